@@ -1,0 +1,357 @@
+"""Asyncio etcd v3 client: range, put, delete, txn, watch and leases.
+
+Contract notes:
+- Reads are retried on UNAVAILABLE until the call's deadline; writes are never
+  retried here, because a timed-out write may or may not have applied. Callers
+  make writes conditional (txn compares) or idempotent so that they can retry.
+- ``watch`` resumes by itself after a broken stream, from the revision after the
+  last event it delivered, and raises ``Compacted`` when that revision is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+from urllib.parse import urlparse
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from controlplane.etcd.ops import prefix_end
+from controlplane.gen.etcd.v3 import kv_pb2, rpc_pb2 as pb, rpc_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+ETCD_REQUEST_SECONDS = Histogram(
+    "quanta_etcd_request_duration_seconds",
+    "Latency of etcd requests made by this process.",
+    ["op"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+ETCD_ERRORS = Counter("quanta_etcd_request_errors_total", "etcd requests that failed.", ["op", "code"])
+
+_MAX_MESSAGE = 512 * 1024 * 1024
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+
+
+class EtcdError(Exception):
+    """An etcd request failed. ``code`` is the gRPC status code (or None)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class Compacted(EtcdError):
+    """The requested revision was compacted away: re-list, then watch again."""
+
+    def __init__(self, compact_revision: int):
+        super().__init__(f"revision compacted (oldest available {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+    @classmethod
+    def from_pb(cls, kv: kv_pb2.KeyValue) -> "KeyValue":
+        return cls(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    kvs: list[KeyValue]
+    more: bool
+    count: int
+    #: The store revision the range was read at.
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    responses: Sequence[pb.ResponseOp]
+
+    def kvs(self, index: int) -> list[KeyValue]:
+        """Key-values returned by the range operation at ``index``."""
+        return [KeyValue.from_pb(kv) for kv in self.responses[index].response_range.kvs]
+
+    def nested(self, index: int) -> "TxnResult":
+        """Result of the nested txn operation at ``index``."""
+        inner = self.responses[index].response_txn
+        return TxnResult(inner.succeeded, self.revision, inner.responses)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    is_delete: bool
+    kv: KeyValue
+    prev_kv: KeyValue | None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """Events of one or more whole revisions, in revision order.
+
+    ``revision``: every change up to and including it has been delivered.
+    An empty batch is a progress notification.
+    """
+
+    events: list[WatchEvent]
+    revision: int
+
+
+def _target(endpoints: str | Sequence[str]) -> tuple[str, list[tuple[str, object]]]:
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",") if e.strip()]
+    hostports = []
+    for endpoint in endpoints:
+        url = urlparse(endpoint if "//" in endpoint else f"//{endpoint}")
+        hostports.append((url.hostname or "127.0.0.1", url.port or 2379))
+    options: list[tuple[str, object]] = [
+        ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if len(hostports) == 1:
+        host, port = hostports[0]
+        return f"{host}:{port}", options
+    try:
+        for host, _ in hostports:
+            ipaddress.ip_address(host)
+    except ValueError:
+        host, port = hostports[0]
+        log.warning("etcd endpoints with host names: using %s only", host)
+        return f"dns:///{host}:{port}", options
+    options.append(("grpc.lb_policy_name", "round_robin"))
+    return "ipv4:" + ",".join(f"{h}:{p}" for h, p in hostports), options
+
+
+class EtcdClient:
+    """One channel to an etcd cluster. Safe to share between tasks of one event loop."""
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0):
+        target, options = _target(endpoints)
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(target, options=options)
+        self._kv = pb_grpc.KVStub(self._channel)
+        self._watch = pb_grpc.WatchStub(self._channel)
+        self._lease = pb_grpc.LeaseStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "EtcdClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _call(self, op: str, method, request, *, retry: bool, timeout: float | None = None):
+        deadline = time.monotonic() + (timeout or self.timeout)
+        delay = 0.05
+        while True:
+            started = time.perf_counter()
+            try:
+                response = await method(request, timeout=max(0.01, deadline - time.monotonic()))
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+                ETCD_ERRORS.labels(op, code.name).inc()
+                if retry and code in _RETRYABLE and time.monotonic() + delay < deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if "compacted" in (err.details() or ""):
+                    raise Compacted(0) from err
+                raise EtcdError(f"etcd {op}: {code.name}: {err.details()}", code) from err
+            ETCD_REQUEST_SECONDS.labels(op).observe(time.perf_counter() - started)
+            return response
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until etcd answers a read, or raise EtcdError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self._call("range", self._kv.Range, pb.RangeRequest(key=b"\0", count_only=True),
+                                 retry=False, timeout=2.0)
+                return
+            except EtcdError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    # --- KV -----------------------------------------------------------------------------
+
+    async def range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        limit: int = 0,
+        revision: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+    ) -> RangeResult:
+        """Linearizable range read; raises Compacted when ``revision`` is gone."""
+        request = pb.RangeRequest(
+            key=key, range_end=range_end, limit=limit, revision=revision,
+            keys_only=keys_only, count_only=count_only,
+        )
+        response = await self._call("range", self._kv.Range, request, retry=True)
+        return RangeResult(
+            [KeyValue.from_pb(kv) for kv in response.kvs], response.more, response.count,
+            response.header.revision,
+        )
+
+    async def get(self, key: bytes, *, revision: int = 0) -> KeyValue | None:
+        result = await self.range(key, revision=revision)
+        return result.kvs[0] if result.kvs else None
+
+    async def range_all(
+        self, key: bytes, range_end: bytes, *, page_size: int = 2000, revision: int = 0
+    ) -> tuple[list[KeyValue], int]:
+        """Every key in [key, range_end) at one revision, read in pages.
+
+        Returns (kvs, revision); the revision is the snapshot to watch from (+1).
+        """
+        result = await self.range(key, range_end, limit=page_size, revision=revision)
+        kvs, revision = list(result.kvs), result.revision
+        while result.more and result.kvs:
+            start = result.kvs[-1].key + b"\0"
+            result = await self.range(start, range_end, limit=page_size, revision=revision)
+            kvs.extend(result.kvs)
+        return kvs, revision
+
+    async def range_prefix(self, prefix: bytes, *, revision: int = 0) -> tuple[list[KeyValue], int]:
+        return await self.range_all(prefix, prefix_end(prefix), revision=revision)
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        """Unconditional put; returns the new revision. Not retried."""
+        response = await self._call("put", self._kv.Put, pb.PutRequest(key=key, value=value, lease=lease),
+                                    retry=False)
+        return response.header.revision
+
+    async def delete(self, key: bytes, range_end: bytes = b"") -> int:
+        """Deletes [key, range_end); returns how many keys went. Not retried."""
+        response = await self._call(
+            "delete", self._kv.DeleteRange, pb.DeleteRangeRequest(key=key, range_end=range_end), retry=False
+        )
+        return response.deleted
+
+    async def txn(
+        self,
+        compare: Sequence[pb.Compare],
+        success: Sequence[pb.RequestOp],
+        failure: Sequence[pb.RequestOp] = (),
+        *,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        """One atomic transaction. Not retried: make it safe to repeat by its compares."""
+        request = pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        read_only = not any(op.WhichOneof("request") != "request_range" for op in (*success, *failure))
+        response = await self._call("txn", self._kv.Txn, request, retry=read_only, timeout=timeout)
+        return TxnResult(response.succeeded, response.header.revision, response.responses)
+
+    async def compact(self, revision: int) -> None:
+        await self._call("compact", self._kv.Compact, pb.CompactionRequest(revision=revision, physical=True),
+                         retry=False)
+
+    # --- Watch --------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        start_revision: int,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+    ) -> AsyncIterator[WatchBatch]:
+        """Yield batches of events from ``start_revision`` (inclusive) on.
+
+        Resumes after a broken stream from the revision after the last delivered
+        batch. Raises Compacted if that revision was compacted away.
+        """
+        next_revision = start_revision
+        delay = 0.05
+        while True:
+            call = self._watch.Watch()
+            try:
+                await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                    key=key, range_end=range_end, start_revision=next_revision,
+                    prev_kv=prev_kv, progress_notify=progress_notify,
+                )))
+                while True:
+                    response = await call.read()
+                    if response is grpc.aio.EOF:
+                        raise EtcdError("etcd closed the watch stream", grpc.StatusCode.UNAVAILABLE)
+                    if response.canceled:
+                        if response.compact_revision:
+                            raise Compacted(response.compact_revision)
+                        raise EtcdError(f"watch canceled: {response.cancel_reason}")
+                    if response.created and not response.events:
+                        continue
+                    delay = 0.05
+                    if response.events:
+                        events = [
+                            WatchEvent(
+                                ev.type == kv_pb2.Event.DELETE,
+                                KeyValue.from_pb(ev.kv),
+                                KeyValue.from_pb(ev.prev_kv) if ev.HasField("prev_kv") else None,
+                            )
+                            for ev in response.events
+                        ]
+                        revision = events[-1].kv.mod_revision
+                    else:
+                        events, revision = [], response.header.revision
+                    next_revision = max(next_revision, revision + 1)
+                    yield WatchBatch(events, revision)
+            except grpc.aio.AioRpcError as err:
+                ETCD_ERRORS.labels("watch", err.code().name).inc()
+                if err.code() not in _RETRYABLE:
+                    raise EtcdError(f"etcd watch: {err.code().name}: {err.details()}", err.code()) from err
+                log.warning("etcd watch broken, resuming", extra={"revision": next_revision})
+            except EtcdError as err:
+                if err.code not in _RETRYABLE:
+                    raise
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # --- Lease --------------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> tuple[int, int]:
+        """Grant a lease; returns (id, ttl). Not retried (an orphan lease just expires)."""
+        response = await self._call("lease_grant", self._lease.LeaseGrant, pb.LeaseGrantRequest(TTL=ttl),
+                                    retry=False)
+        if response.error:
+            raise EtcdError(f"lease grant: {response.error}")
+        return response.ID, response.TTL
+
+    async def revoke(self, lease_id: int) -> None:
+        """Revoke a lease, deleting its keys. Idempotent: an unknown lease is fine."""
+        try:
+            await self._call("lease_revoke", self._lease.LeaseRevoke, pb.LeaseRevokeRequest(ID=lease_id),
+                             retry=True)
+        except EtcdError as err:
+            if err.code != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    def keepalive_stream(self):
+        """A raw LeaseKeepAlive stream (used by Lease)."""
+        return self._lease.LeaseKeepAlive()

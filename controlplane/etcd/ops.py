@@ -1,0 +1,74 @@
+"""Builders for etcd transaction compares and operations.
+
+These are the only place outside ``client.py`` that touches etcd protobufs, so
+that store code reads as ``txn([mod(k) == r], [put(k, v)])``.
+"""
+
+from __future__ import annotations
+
+from controlplane.gen.etcd.v3 import rpc_pb2 as pb
+
+Compare = pb.Compare
+RequestOp = pb.RequestOp
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range_end that selects every key starting with ``prefix``."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+def _cmp(key: bytes, target: int, result: int, **value) -> pb.Compare:
+    return pb.Compare(key=key, target=target, result=result, **value)
+
+
+def mod_revision_is(key: bytes, revision: int) -> pb.Compare:
+    """True when ``key``'s mod_revision equals ``revision`` (0: the key is absent)."""
+    return _cmp(key, pb.Compare.MOD, pb.Compare.EQUAL, mod_revision=revision)
+
+
+def create_revision_is(key: bytes, revision: int) -> pb.Compare:
+    """True when ``key``'s create_revision equals ``revision`` (0: the key is absent)."""
+    return _cmp(key, pb.Compare.CREATE, pb.Compare.EQUAL, create_revision=revision)
+
+
+def absent(key: bytes) -> pb.Compare:
+    """True when ``key`` does not exist."""
+    return create_revision_is(key, 0)
+
+
+def present(key: bytes) -> pb.Compare:
+    """True when ``key`` exists."""
+    return _cmp(key, pb.Compare.CREATE, pb.Compare.GREATER, create_revision=0)
+
+
+def value_is(key: bytes, value: bytes) -> pb.Compare:
+    """True when ``key`` exists and holds exactly ``value``."""
+    return _cmp(key, pb.Compare.VALUE, pb.Compare.EQUAL, value=value)
+
+
+def put(key: bytes, value: bytes, lease: int = 0) -> pb.RequestOp:
+    return pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease))
+
+
+def delete(key: bytes, range_end: bytes = b"") -> pb.RequestOp:
+    return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key, range_end=range_end))
+
+
+def get(key: bytes, range_end: bytes = b"", limit: int = 0) -> pb.RequestOp:
+    return pb.RequestOp(request_range=pb.RangeRequest(key=key, range_end=range_end, limit=limit))
+
+
+def txn(compare: list[pb.Compare], success: list[pb.RequestOp], failure: list[pb.RequestOp] = ()) -> pb.RequestOp:
+    """A nested transaction, evaluated on its own inside an outer one (etcd >= 3.3).
+
+    Lets one round trip carry many independent compare-and-swaps: each nested
+    txn succeeds or fails alone, and the outer response says which did.
+    """
+    return pb.RequestOp(
+        request_txn=pb.TxnRequest(compare=compare, success=success, failure=list(failure))
+    )

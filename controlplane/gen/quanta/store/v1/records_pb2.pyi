@@ -1,0 +1,151 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class VmSpec(_message.Message):
+    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    FLAVOR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    DISK_GIB_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    project: str
+    vm_id: str
+    uid: str
+    flavor: str
+    image: str
+    labels: _containers.ScalarMap[str, str]
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    request_id: str
+    create_time_ns: int
+    delete_time_ns: int
+    shard: int
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class VmStatus(_message.Message):
+    __slots__ = ("state", "host", "reason", "message", "update_time_ns", "accepted_time_ns")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    state: int
+    host: str
+    reason: str
+    message: str
+    update_time_ns: int
+    accepted_time_ns: int
+    def __init__(self, state: _Optional[int] = ..., host: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., update_time_ns: _Optional[int] = ..., accepted_time_ns: _Optional[int] = ...) -> None: ...
+
+class Binding(_message.Message):
+    __slots__ = ("spec", "host", "delete_time_ns")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    spec: VmSpec
+    host: str
+    delete_time_ns: int
+    def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., host: _Optional[str] = ..., delete_time_ns: _Optional[int] = ...) -> None: ...
+
+class HostRegistration(_message.Message):
+    __slots__ = ("host", "driver", "vcpus", "memory_mib", "disk_gib", "labels", "agent", "register_time_ns")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    DISK_GIB_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    driver: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    labels: _containers.ScalarMap[str, str]
+    agent: str
+    register_time_ns: int
+    def __init__(self, host: _Optional[str] = ..., driver: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent: _Optional[str] = ..., register_time_ns: _Optional[int] = ...) -> None: ...
+
+class HostAllocation(_message.Message):
+    __slots__ = ("vcpus", "memory_mib", "disk_gib", "vm_count")
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    DISK_GIB_FIELD_NUMBER: _ClassVar[int]
+    VM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    vm_count: int
+    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., vm_count: _Optional[int] = ...) -> None: ...
+
+class Flavor(_message.Message):
+    __slots__ = ("name", "vcpus", "memory_mib", "disk_gib")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    DISK_GIB_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    def __init__(self, name: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("name", "os", "source", "size_gib")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_GIB_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    os: str
+    source: str
+    size_gib: int
+    def __init__(self, name: _Optional[str] = ..., os: _Optional[str] = ..., source: _Optional[str] = ..., size_gib: _Optional[int] = ...) -> None: ...
+
+class RequestRecord(_message.Message):
+    __slots__ = ("vm_key", "uid")
+    VM_KEY_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    vm_key: str
+    uid: str
+    def __init__(self, vm_key: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
+
+class ShardOwner(_message.Message):
+    __slots__ = ("owner", "acquire_time_ns")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    acquire_time_ns: int
+    def __init__(self, owner: _Optional[str] = ..., acquire_time_ns: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,137 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from controlplane.gen.quanta.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Vm(_message.Message):
+    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[Vm.State]
+        PENDING: _ClassVar[Vm.State]
+        SCHEDULED: _ClassVar[Vm.State]
+        CREATING: _ClassVar[Vm.State]
+        RUNNING: _ClassVar[Vm.State]
+        STOPPED: _ClassVar[Vm.State]
+        ERROR: _ClassVar[Vm.State]
+        DELETING: _ClassVar[Vm.State]
+    STATE_UNSPECIFIED: Vm.State
+    PENDING: Vm.State
+    SCHEDULED: Vm.State
+    CREATING: Vm.State
+    RUNNING: Vm.State
+    STOPPED: Vm.State
+    ERROR: Vm.State
+    DELETING: Vm.State
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    FLAVOR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    uid: str
+    flavor: str
+    image: str
+    labels: _containers.ScalarMap[str, str]
+    resources: _common_pb2.Resources
+    state: Vm.State
+    host: str
+    conditions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Condition]
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    delete_time: _timestamp_pb2.Timestamp
+    etag: str
+    resource_version: int
+    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class CreateVmRequest(_message.Message):
+    __slots__ = ("parent", "vm_id", "vm", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    vm_id: str
+    vm: Vm
+    request_id: str
+    def __init__(self, parent: _Optional[str] = ..., vm_id: _Optional[str] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetVmRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListVmsRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token", "label_selector")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    label_selector: str
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., label_selector: _Optional[str] = ...) -> None: ...
+
+class ListVmsResponse(_message.Message):
+    __slots__ = ("vms", "next_page_token", "resource_version")
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    vms: _containers.RepeatedCompositeFieldContainer[Vm]
+    next_page_token: str
+    resource_version: int
+    def __init__(self, vms: _Optional[_Iterable[_Union[Vm, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class DeleteVmRequest(_message.Message):
+    __slots__ = ("name", "etag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class WatchVmsRequest(_message.Message):
+    __slots__ = ("parent", "resource_version", "label_selector")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    resource_version: int
+    label_selector: str
+    def __init__(self, parent: _Optional[str] = ..., resource_version: _Optional[int] = ..., label_selector: _Optional[str] = ...) -> None: ...
+
+class VmEvent(_message.Message):
+    __slots__ = ("type", "vm", "resource_version")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    type: _common_pb2.EventType
+    vm: Vm
+    resource_version: int
+    def __init__(self, type: _Optional[_Union[_common_pb2.EventType, str]] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
