@@ -59,8 +59,10 @@ def delete(key: bytes, range_end: bytes = b"") -> pb.RequestOp:
     return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key, range_end=range_end))
 
 
-def get(key: bytes, range_end: bytes = b"", limit: int = 0) -> pb.RequestOp:
-    return pb.RequestOp(request_range=pb.RangeRequest(key=key, range_end=range_end, limit=limit))
+def get(key: bytes, range_end: bytes = b"", limit: int = 0, revision: int = 0) -> pb.RequestOp:
+    """A range read; ``revision`` > 0 reads the store as it was then."""
+    return pb.RequestOp(request_range=pb.RangeRequest(key=key, range_end=range_end, limit=limit,
+                                                      revision=revision))
 
 
 def txn(compare: list[pb.Compare], success: list[pb.RequestOp], failure: list[pb.RequestOp] = ()) -> pb.RequestOp:

@@ -55,6 +55,7 @@ class EtcdServer:
                  log_path: str | None = None):
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="quanta-etcd-")
         self.data_dir = data_dir or self._tmp.name
+        os.makedirs(self.data_dir, exist_ok=True)
         self.quota_bytes = quota_bytes
         self.log_path = log_path or os.path.join(self.data_dir, "etcd.log")
         self.process: subprocess.Popen | None = None

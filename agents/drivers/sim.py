@@ -1,0 +1,391 @@
+"""A simulated hypervisor: many hosts in one process, for local runs and scale tests.
+
+This is a driver like any other (it implements :class:`HostDriver`), not a test
+fake: ``quanta up`` runs on it and the benchmarks measure the control plane against
+it. It models what the control plane must cope with:
+
+- capacity, enforced on create (vCPU, memory and disk of all VMs on the host,
+  whatever their power state, plus creates in flight);
+- latency per operation (:class:`SimLatency`); at zero latency no call suspends;
+- faults, injected one by one (:meth:`SimHost.inject_fault`) or at a seeded random
+  rate; a fault may strike after the effect applied, as a timed-out task does;
+- a hypervisor that outlives the agent: with a ``state_dir`` every change is
+  appended to ``<state_dir>/journal.jsonl`` and replayed by the next
+  :class:`SimHypervisor` on that directory, so a restarted agent finds its VMs.
+
+Nothing here reads the wall clock or unseeded randomness: runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any
+
+from agents.drivers.protocol import (
+    CapacityExceeded,
+    DriverError,
+    HostCapacity,
+    OperationFailed,
+    PowerState,
+    VmInfo,
+    VmNotFound,
+    VmRequest,
+)
+
+JOURNAL_NAME = "journal.jsonl"
+
+# Operations that fault injection can target; the last four also take latency and
+# random faults.
+OPS = frozenset({"capacity", "list_vms", "get_vm", "create", "power_on", "power_off", "destroy"})
+_MUTATING = ("create", "power_on", "power_off", "destroy")
+_REQUEST_FIELDS = tuple(f.name for f in fields(VmRequest))
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SimLatency:
+    """Seconds each operation takes on a simulated host (0.0: completes without suspending)."""
+
+    create: float = 0.0
+    power_on: float = 0.0
+    power_off: float = 0.0
+    destroy: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in _MUTATING:
+            if getattr(self, name) < 0:
+                raise ValueError(f"SimLatency.{name} must be >= 0")
+
+    @classmethod
+    def realistic(cls) -> SimLatency:
+        """Linked-clone-like figures, for ``quanta up``."""
+        return cls(create=0.3, power_on=0.1, power_off=0.05, destroy=0.1)
+
+
+class _Vm:
+    __slots__ = ("request", "info")
+
+    def __init__(self, request: VmRequest, power: PowerState = PowerState.OFF):
+        self.request = request
+        self.info = VmInfo(request.vm_uid, power)
+
+
+class _Fault:
+    __slots__ = ("error", "remaining", "after_effect")
+
+    def __init__(self, error: DriverError, remaining: int, after_effect: bool):
+        self.error = error
+        self.remaining = remaining
+        self.after_effect = after_effect
+
+
+def read_journal(state_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All complete records of ``<state_dir>/journal.jsonl`` in order ([] if none).
+
+    A torn last line (a write cut short by a crash) is skipped; any other line that
+    is not a JSON object raises ValueError.
+    """
+    return _parse_journal(os.path.join(state_dir, JOURNAL_NAME))[0]
+
+
+def _parse_journal(path: str) -> tuple[list[dict[str, Any]], int]:
+    """(records, length in bytes of the complete lines)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return [], 0
+    good = data.rfind(b"\n") + 1  # every complete record ends with a newline
+    records = []
+    for n, line in enumerate(data[:good].splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: corrupt journal line") from e
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{n}: journal line is not an object")
+        records.append(record)
+    return records, good
+
+
+class SimHypervisor:
+    """Many simulated hosts sharing one latency model, fault RNG and journal.
+
+    One per process. ``fault_rate`` is the probability that each mutating call
+    (create, power_on, power_off, destroy) fails with a transient OperationFailed,
+    drawn from ``random.Random(seed)``; half of those faults strike after the effect
+    has applied. ``sleep`` is how latency is spent (tests pass a gate).
+
+    With ``state_dir``, construction replays the journal there; VMs of a host come
+    back when that host is added again with :meth:`add_host`. Not thread-safe: use
+    from one event loop.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        latency: SimLatency = SimLatency(),
+        seed: int = 0,
+        fault_rate: float = 0.0,
+        sleep: Sleep = asyncio.sleep,
+    ):
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError("fault_rate must be within [0, 1]")
+        self.latency = latency
+        self.fault_rate = fault_rate
+        self.rng = random.Random(seed)
+        self.sleep = sleep
+        self._hosts: dict[str, SimHost] = {}
+        self._replayed: dict[str, dict[str, _Vm]] = {}
+        self._fd: int | None = None
+        if state_dir is not None:
+            os.makedirs(state_dir, exist_ok=True)
+            path = os.path.join(state_dir, JOURNAL_NAME)
+            records, good = _parse_journal(path)
+            self._replay(records)
+            if os.path.exists(path) and os.path.getsize(path) != good:
+                os.truncate(path, good)  # drop a torn tail so the next line starts clean
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _replay(self, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            vms = self._replayed.setdefault(r["host"], {})
+            op, uid = r["op"], r["vm_uid"]
+            if op == "create":
+                vms.setdefault(uid, _Vm(VmRequest(**{k: r[k] for k in _REQUEST_FIELDS})))
+            elif op == "destroy":
+                vms.pop(uid, None)
+            elif op in ("power_on", "power_off") and uid in vms:
+                vm = vms[uid]
+                vm.info = VmInfo(uid, PowerState.ON if op == "power_on" else PowerState.OFF)
+
+    def journal(self, record: dict[str, Any]) -> None:
+        """Append one record (one os.write on an O_APPEND file); no-op in memory mode."""
+        if self._fd is None:
+            return
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        try:
+            os.write(self._fd, line)
+        except OSError as e:
+            raise OperationFailed(f"sim journal write failed: {e}", transient=True) from e
+
+    def close(self) -> None:
+        """Close the journal; the hypervisor must not be used afterwards. Idempotent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def add_host(self, host_id: str, capacity: HostCapacity) -> SimHost:
+        """Add a host; it adopts the VMs the journal holds for ``host_id``.
+
+        Raises ValueError if the host was added already. Adopted VMs stay even if
+        they exceed ``capacity`` (the host is then full for new creates).
+        """
+        if host_id in self._hosts:
+            raise ValueError(f"sim host {host_id!r} already added")
+        host = SimHost(self, host_id, capacity, self._replayed.pop(host_id, {}))
+        self._hosts[host_id] = host
+        return host
+
+    @property
+    def hosts(self) -> Mapping[str, SimHost]:
+        """The added hosts by id (read-only view)."""
+        return MappingProxyType(self._hosts)
+
+    def total_vms(self) -> int:
+        """VMs on all added hosts."""
+        return sum(len(h) for h in self._hosts.values())
+
+    def vm_counts(self) -> dict[str, int]:
+        """VMs per added host."""
+        return {host_id: len(h) for host_id, h in self._hosts.items()}
+
+
+class SimHost:
+    """One simulated host; implements :class:`~agents.drivers.protocol.HostDriver`.
+
+    Safe for many concurrent coroutines: while a create for a uid is in flight, other
+    calls naming that uid wait for it; capacity is reserved when a create starts and
+    committed only after its latency, so a cancelled create leaves nothing behind.
+    """
+
+    def __init__(self, hypervisor: SimHypervisor, host_id: str, capacity: HostCapacity, vms: dict[str, _Vm]):
+        self.host_id = host_id
+        self._hv = hypervisor
+        self._capacity = capacity
+        self._vms = vms
+        self._creating: dict[str, asyncio.Event] = {}
+        self._faults: dict[str, deque[_Fault]] = {}
+        self._vcpus = sum(vm.request.vcpus for vm in vms.values())
+        self._memory_mib = sum(vm.request.memory_mib for vm in vms.values())
+        self._disk_gib = sum(vm.request.disk_gib for vm in vms.values())
+
+    def __len__(self) -> int:
+        return len(self._vms)
+
+    def used(self) -> HostCapacity:
+        """Resources held by this host's VMs and creates in flight."""
+        return HostCapacity(self._vcpus, self._memory_mib, self._disk_gib)
+
+    def inject_fault(self, op: str, error: DriverError, count: int = 1, *, after_effect: bool = False) -> None:
+        """Make the next ``count`` calls of ``op`` raise (a copy of) ``error``.
+
+        ``op`` is one of :data:`OPS` (``create`` for create_vm, ``destroy`` for
+        destroy_vm). With ``after_effect`` the call first does its work and then
+        raises, as a hypervisor task that timed out after succeeding. Faults queue
+        up in the order injected.
+        """
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}; one of {sorted(OPS)}")
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        self._faults.setdefault(op, deque()).append(_Fault(error, count, after_effect))
+
+    def _take_fault(self, op: str) -> tuple[DriverError, bool] | None:
+        """The fault for this call of ``op``, if any: (error, after_effect)."""
+        queue = self._faults.get(op) if self._faults else None
+        if queue:
+            fault = queue[0]
+            fault.remaining -= 1
+            if fault.remaining == 0:
+                queue.popleft()
+            # A copy per raise: re-raising one instance would chain tracebacks.
+            return copy.copy(fault.error), fault.after_effect
+        hv = self._hv
+        if hv.fault_rate and op in _MUTATING and hv.rng.random() < hv.fault_rate:
+            error = OperationFailed(f"simulated transient fault in {op}", transient=True)
+            return error, hv.rng.random() < 0.5
+        return None
+
+    def _fail_before(self, op: str) -> DriverError | None:
+        """Raise a fault meant to strike now; return one meant for after the effect."""
+        fault = self._take_fault(op)
+        if fault is None:
+            return None
+        error, after_effect = fault
+        if not after_effect:
+            raise error
+        return error
+
+    async def _settled(self, vm_uid: str) -> None:
+        # Wait out an in-flight create of this uid, so calls see it made or not made.
+        while (pending := self._creating.get(vm_uid)) is not None:
+            await pending.wait()
+
+    async def capacity(self) -> HostCapacity:
+        self._fail_before("capacity")
+        return self._capacity
+
+    async def list_vms(self) -> list[VmInfo]:
+        self._fail_before("list_vms")
+        return [vm.info for vm in self._vms.values()]
+
+    async def get_vm(self, vm_uid: str) -> VmInfo | None:
+        self._fail_before("get_vm")
+        if vm_uid in self._creating:
+            await self._settled(vm_uid)
+        vm = self._vms.get(vm_uid)
+        return vm.info if vm is not None else None
+
+    async def create_vm(self, request: VmRequest) -> VmInfo:
+        after = self._fail_before("create")
+        uid = request.vm_uid
+        if uid in self._creating:
+            await self._settled(uid)
+        vm = self._vms.get(uid)
+        if vm is None:
+            self._reserve(request)
+            delay = self._hv.latency.create
+            if delay > 0:
+                done = self._creating[uid] = asyncio.Event()
+                try:
+                    await self._hv.sleep(delay)
+                except BaseException:
+                    self._release(request.vcpus, request.memory_mib, request.disk_gib)
+                    raise
+                finally:
+                    del self._creating[uid]
+                    done.set()
+            try:
+                self._hv.journal({"host": self.host_id, "op": "create", **_request_record(request)})
+            except DriverError:
+                self._release(request.vcpus, request.memory_mib, request.disk_gib)
+                raise
+            vm = self._vms[uid] = _Vm(request)
+        if after is not None:
+            raise after
+        return vm.info
+
+    def _reserve(self, r: VmRequest) -> None:
+        c = self._capacity
+        for what, used, want, total in (
+            ("vcpus", self._vcpus, r.vcpus, c.vcpus),
+            ("memory_mib", self._memory_mib, r.memory_mib, c.memory_mib),
+            ("disk_gib", self._disk_gib, r.disk_gib, c.disk_gib),
+        ):
+            if used + want > total:
+                raise CapacityExceeded(f"host {self.host_id}: {what} {used} used + {want} wanted > {total}")
+        self._vcpus += r.vcpus
+        self._memory_mib += r.memory_mib
+        self._disk_gib += r.disk_gib
+
+    def _release(self, vcpus: int, memory_mib: int, disk_gib: int) -> None:
+        self._vcpus -= vcpus
+        self._memory_mib -= memory_mib
+        self._disk_gib -= disk_gib
+
+    async def power_on(self, vm_uid: str) -> None:
+        await self._set_power(vm_uid, PowerState.ON, "power_on", self._hv.latency.power_on)
+
+    async def power_off(self, vm_uid: str) -> None:
+        await self._set_power(vm_uid, PowerState.OFF, "power_off", self._hv.latency.power_off)
+
+    async def _set_power(self, vm_uid: str, power: PowerState, op: str, delay: float) -> None:
+        after = self._fail_before(op)
+        if vm_uid in self._creating:
+            await self._settled(vm_uid)
+        vm = self._vms.get(vm_uid)
+        if vm is None:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        if vm.info.power is not power:
+            if delay > 0:
+                await self._hv.sleep(delay)
+                vm = self._vms.get(vm_uid)
+                if vm is None:  # destroyed meanwhile
+                    raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+            if vm.info.power is not power:
+                self._hv.journal({"host": self.host_id, "op": op, "vm_uid": vm_uid})
+                vm.info = VmInfo(vm_uid, power)
+        if after is not None:
+            raise after
+
+    async def destroy_vm(self, vm_uid: str) -> None:
+        after = self._fail_before("destroy")
+        if vm_uid in self._creating:
+            await self._settled(vm_uid)
+        if vm_uid in self._vms:
+            delay = self._hv.latency.destroy
+            if delay > 0:
+                await self._hv.sleep(delay)
+            vm = self._vms.get(vm_uid)
+            if vm is not None:  # a concurrent destroy may have won
+                self._hv.journal({"host": self.host_id, "op": "destroy", "vm_uid": vm_uid})
+                del self._vms[vm_uid]
+                r = vm.request
+                self._release(r.vcpus, r.memory_mib, r.disk_gib)
+        if after is not None:
+            raise after
+
+
+def _request_record(r: VmRequest) -> dict[str, Any]:
+    return {name: getattr(r, name) for name in _REQUEST_FIELDS}

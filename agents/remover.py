@@ -1,0 +1,46 @@
+"""Removes destroyed VMs from etcd in batches, one compare-and-swap txn per host
+(their keys go and the host's allocation shrinks atomically)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from controlplane.etcd import EtcdError
+from controlplane.store.hostagent import AgentStore, BoundVm
+
+log = logging.getLogger(__name__)
+
+
+class Remover:
+    def __init__(self, store: AgentStore):
+        self._store = store
+        self._pending: dict[str, dict[object, BoundVm]] = defaultdict(dict)
+        self._wakeup = asyncio.Event()
+
+    def submit(self, host: str, vm: BoundVm) -> None:
+        """Queue the removal of a VM its host has destroyed; never blocks. Idempotent."""
+        self._pending[host][vm.ref] = vm
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, defaultdict(dict)
+            results = await asyncio.gather(
+                *(self._store.remove_destroyed(host, list(vms.values())) for host, vms in batch.items()),
+                return_exceptions=True,
+            )
+            for (host, vms), result in zip(batch.items(), results):
+                if result is True:
+                    continue
+                if isinstance(result, BaseException) and not isinstance(result, EtcdError):
+                    raise result
+                # Lost a race on the allocation (a bind landed meanwhile) or etcd hiccup: retry.
+                for ref, vm in vms.items():
+                    self._pending[host].setdefault(ref, vm)
+                self._wakeup.set()
+            if self._wakeup.is_set():
+                await asyncio.sleep(0)

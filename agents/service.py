@@ -1,0 +1,154 @@
+"""The agent process: registers its hosts, watches their bindings, reconciles.
+
+One process may run one host (production, one agent per ESXi host) or many
+simulated hosts (scale tests, ``quanta up``), with the same code.
+
+Flow (client-go controller): list bindings at R → watch from R+1 → each change
+enqueues its (host, vm) key → workers reconcile; a periodic resync re-enqueues
+everything and destroys orphans (VMs on a host that no binding wants).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Mapping
+
+from agents import metrics
+from agents.drivers.protocol import DriverError, HostDriver
+from agents.reconciler import Key, Reconciler
+from agents.remover import Remover
+from agents.status_writer import StatusWriter
+from controlplane.etcd import Compacted, EtcdClient, Lease, LeaseLost
+from controlplane.models import HostRegistration, Resources, now_ns
+from controlplane.store.hostagent import AgentStore
+from controlplane.store.keys import Keys
+from controlplane.workqueue import QueueShutDown, WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    etcd: str
+    root: str = "/quanta"
+    name: str = "agent"
+    driver: str = "sim"
+    lease_ttl: int = 10
+    workers: int = 256
+    per_host_concurrency: int = 8
+    resync_s: float = 300.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, client: EtcdClient, drivers: Mapping[str, HostDriver]):
+        self.config = config
+        self._etcd = client
+        self._keys = Keys(config.root)
+        self._store = AgentStore(client, self._keys)
+        self._drivers = drivers
+        self._hosts = sorted(drivers)
+        self._queue: WorkQueue[Key] = WorkQueue(base_delay_s=0.05, max_delay_s=30.0)
+        self.statuses = StatusWriter(self._store)
+        self.remover = Remover(self._store)
+        self.reconciler = Reconciler(drivers, self.statuses, self.remover,
+                                     per_host_concurrency=config.per_host_concurrency)
+
+    async def run(self) -> None:
+        """Run until cancelled; raises LeaseLost if the heartbeat lease is lost."""
+        async with Lease(self._etcd, self.config.lease_ttl) as lease:
+            await self._register(lease)
+            metrics.HOSTS.labels("ready").set(len(self._hosts))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._watch_lease(lease))
+                    group.create_task(self.statuses.run())
+                    group.create_task(self.remover.run())
+                    group.create_task(self._sync_bindings())
+                    for _ in range(self.config.workers):
+                        group.create_task(self._worker())
+            finally:
+                metrics.HOSTS.labels("ready").set(0)
+                self._queue.shutdown()
+
+    async def _register(self, lease: Lease) -> None:
+        registrations = []
+        for host in self._hosts:
+            cap = await self._drivers[host].capacity()
+            registrations.append(HostRegistration(
+                host=host, driver=self.config.driver, capacity=Resources(cap.vcpus, cap.memory_mib, cap.disk_gib),
+                labels=dict(cap.labels), agent=self.config.name, register_time_ns=now_ns()))
+        await self._store.register(registrations, lease.id)
+        log.info("hosts registered", extra={"hosts": len(registrations), "lease": f"{lease.id:x}"})
+
+    async def _watch_lease(self, lease: Lease) -> None:
+        await lease.lost.wait()
+        raise LeaseLost(f"agent heartbeat lease {lease.id:x} lost")
+
+    async def _sync_bindings(self) -> None:
+        desired = self.reconciler.desired
+        while True:
+            bound, revision = await self._store.list_bindings(self._hosts)
+            listed = {(vm.binding.host, vm.ref): vm for vm in bound}
+            for key in list(desired):
+                if key not in listed:
+                    del desired[key]
+                    self._queue.add(key)
+            for key, vm in listed.items():
+                desired[key] = vm
+                self._queue.add(key)
+            await self._destroy_orphans()
+            log.info("bindings listed", extra={"vms": len(listed), "revision": revision})
+            try:
+                async with asyncio.timeout(self.config.resync_s):
+                    async for changes, _revision in self._store.watch_bindings(self._hosts, revision + 1):
+                        for change in changes:
+                            key = (change.host, change.ref)
+                            if change.bound is None:
+                                desired.pop(key, None)
+                            else:
+                                desired[key] = change.bound
+                            self._queue.add(key)
+            except TimeoutError:
+                log.info("periodic resync")
+            except Compacted:
+                log.warning("bindings watch compacted; re-listing")
+
+    async def _destroy_orphans(self) -> None:
+        """Destroy VMs a host has that no binding wants (e.g. made for a VM whose
+        deletion completed while this agent was down)."""
+        wanted = {vm.binding.spec.uid for vm in self.reconciler.desired.values()}
+        for host in self._hosts:
+            for info in await self._drivers[host].list_vms():
+                if info.vm_uid not in wanted:
+                    log.warning("destroying orphan VM", extra={"host": host, "uid": info.vm_uid})
+                    await self._drivers[host].destroy_vm(info.vm_uid)
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                key = await self._queue.get()
+            except QueueShutDown:
+                return
+            try:
+                await self.reconciler.reconcile(key)
+                self._queue.forget(key)
+            except DriverError as err:
+                log.info("transient driver fault; will retry",
+                         extra={"vm": key[1].name, "host": key[0], "reason": err.reason})
+                self._queue.add_rate_limited(key)
+            except Exception:
+                log.exception("reconcile failed; will retry", extra={"vm": key[1].name, "host": key[0]})
+                self._queue.add_rate_limited(key)
+            finally:
+                self._queue.done(key)
+
+
+async def run_agent(config: AgentConfig, drivers: Mapping[str, HostDriver]) -> None:
+    client = EtcdClient(config.etcd)
+    try:
+        await client.wait_ready()
+        await Agent(config, client, drivers).run()
+    finally:
+        await client.close()

@@ -1,0 +1,1 @@
+"""The frontend's API edge: error model, request validation and gRPC interceptors."""

@@ -1,0 +1,77 @@
+"""quanta.v1.HostService: the hosts agents registered, read-only."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from controlplane.api import errors, validation
+from controlplane.api.convert import host_to_proto
+from controlplane.api.streams import watch_with_bookmarks
+from controlplane.etcd import Compacted
+from controlplane.gen.quanta.v1 import common_pb2, host_pb2, host_pb2_grpc
+from controlplane.store.errors import NotFound
+from controlplane.store.hosts import HostStore, HostTable
+from controlplane.store.keys import Keys
+
+
+class HostService(host_pb2_grpc.HostServiceServicer):
+    def __init__(self, store: HostStore, keys: Keys, *, bookmark_s: float = 10.0):
+        self._store = store
+        self._keys = keys
+        self._bookmark_s = bookmark_s
+
+    async def GetHost(self, request: host_pb2.GetHostRequest, context) -> host_pb2.Host:
+        host = validation.parse_host_name(request.name)
+        try:
+            return host_to_proto(await self._store.get(host))
+        except NotFound as err:
+            raise errors.not_found("host", request.name) from err
+
+    async def ListHosts(self, request: host_pb2.ListHostsRequest, context) -> host_pb2.ListHostsResponse:
+        size = validation.page_size(request.page_size)
+        token = validation.decode_page_token(request.page_token, "hosts")
+        revision, after = token if token else (0, "")
+        try:
+            records, revision = await self._store.list(revision=revision)
+        except Compacted as err:
+            raise errors.out_of_range("the listing's revision was compacted; start it again",
+                                      "PAGE_TOKEN_EXPIRED") from err
+        if after:
+            records = [r for r in records if r.host > after]
+        page = records[:size]
+        next_token = validation.encode_page_token("hosts", revision, page[-1].host) \
+            if len(records) > size else ""
+        return host_pb2.ListHostsResponse(hosts=[host_to_proto(r) for r in page], next_page_token=next_token,
+                                          resource_version=revision)
+
+    async def WatchHosts(self, request: host_pb2.WatchHostsRequest, context) -> AsyncIterator[host_pb2.HostEvent]:
+        if request.resource_version < 0:
+            raise errors.invalid_argument([("resource_version", "must not be negative")])
+        table = HostTable(self._keys)
+        records, revision = await self._store.list(revision=request.resource_version)
+        for record in records:
+            if record.registration:
+                table.regs[record.host] = (record.registration, record.revision)
+            if record.alloc_revision:
+                table.allocs[record.host] = (record.allocation, record.alloc_revision)
+            if request.resource_version == 0:
+                yield host_pb2.HostEvent(type=common_pb2.ADDED, host=host_to_proto(record),
+                                         resource_version=record.revision)
+        yield host_pb2.HostEvent(type=common_pb2.BOOKMARK, resource_version=revision)
+        try:
+            async for item in watch_with_bookmarks(self._store.watch(revision + 1, table), self._bookmark_s):
+                if item is None:
+                    yield host_pb2.HostEvent(type=common_pb2.BOOKMARK, resource_version=revision)
+                    continue
+                changed, revision = item
+                for record in changed:
+                    if isinstance(record, str):
+                        yield host_pb2.HostEvent(type=common_pb2.DELETED,
+                                                 host=host_pb2.Host(name=f"hosts/{record}"),
+                                                 resource_version=revision)
+                    else:
+                        yield host_pb2.HostEvent(type=common_pb2.MODIFIED, host=host_to_proto(record),
+                                                 resource_version=revision)
+        except Compacted as err:
+            raise errors.out_of_range("resource_version is too old; list again", "RESOURCE_VERSION_EXPIRED") \
+                from err

@@ -1,0 +1,109 @@
+"""``quanta vm ...`` and ``quanta host ...``: the API from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from google.protobuf.json_format import MessageToDict
+
+from controlplane.api.errors import ApiError
+from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
+from controlplane.sdk import Client
+
+
+def _vm_row(vm: vm_pb2.Vm) -> str:
+    state = vm_pb2.Vm.State.Name(vm.state)
+    reason = f"  ({vm.conditions[0].reason}: {vm.conditions[0].message})" if vm.conditions else ""
+    return f"{vm.name.rsplit('/', 1)[-1]:<24} {state:<10} {vm.flavor:<8} {vm.image:<8} {vm.host or '-'}{reason}"
+
+
+def _host_row(host: host_pb2.Host) -> str:
+    state = host_pb2.Host.State.Name(host.state)
+    return (f"{host.name.split('/', 1)[1]:<16} {state:<8} vms={host.vm_count:<6} "
+            f"vcpus={host.allocated.vcpus}/{host.capacity.vcpus} "
+            f"mem={host.allocated.memory_mib}/{host.capacity.memory_mib}MiB")
+
+
+def _print(message, output: str, row) -> None:
+    if output == "json":
+        print(json.dumps(MessageToDict(message), indent=2), flush=True)
+    else:
+        print(row(message), flush=True)
+
+
+def main(kind: str, argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog=f"quanta {kind}")
+    parser.add_argument("--endpoint", default=None, help="API address (default: $QUANTA_ENDPOINT or `quanta up`'s)")
+    parser.add_argument("--tenant", default="default")
+    parser.add_argument("--project", default="default")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    if kind == "vm":
+        create = sub.add_parser("create", help="create a VM (returns at once, PENDING)")
+        create.add_argument("--name", required=True, help="VM id, e.g. web-1")
+        create.add_argument("--flavor", required=True, help="small, medium, large")
+        create.add_argument("--image", required=True, help="ubuntu, debian, photon")
+        create.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
+        create.add_argument("--request-id", default=None, help="idempotency key (default: random)")
+        create.add_argument("--wait", action="store_true", help="wait until RUNNING")
+        for verb in ("get", "delete"):
+            p = sub.add_parser(verb)
+            p.add_argument("name")
+        sub.choices["delete"].add_argument("--etag", default="")
+        listing = sub.add_parser("list")
+        listing.add_argument("--selector", default="", help="label selector k=v,k2=v2")
+        watch = sub.add_parser("watch", help="stream changes until Ctrl-C")
+        watch.add_argument("--resource-version", type=int, default=0)
+        watch.add_argument("--selector", default="")
+    else:
+        sub.add_parser("list")
+        get = sub.add_parser("get")
+        get.add_argument("name")
+    args = parser.parse_args(argv)
+
+    try:
+        with Client(args.endpoint, tenant=args.tenant, project=args.project) as client:
+            _run(kind, args, client)
+    except ApiError as err:
+        print(f"error: {err.code.name}: {err.reason}: {err.message}", file=sys.stderr)
+        for field, description in err.field_violations:
+            print(f"  {field}: {description}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _run(kind: str, args, client: Client) -> None:
+    out = args.output
+    if kind == "host":
+        if args.verb == "list":
+            for host in client.list_hosts():
+                _print(host, out, _host_row)
+        else:
+            _print(client.get_host(args.name), out, _host_row)
+        return
+    if args.verb == "create":
+        labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+        vm = client.create_vm(args.name, flavor=args.flavor, image=args.image, labels=labels,
+                              request_id=args.request_id)
+        _print(vm, out, _vm_row)
+        if args.wait:
+            _print(client.wait_for_vm(args.name, "RUNNING"), out, _vm_row)
+    elif args.verb == "get":
+        _print(client.get_vm(args.name), out, _vm_row)
+    elif args.verb == "list":
+        for vm in client.list_vms(label_selector=args.selector):
+            _print(vm, out, _vm_row)
+    elif args.verb == "delete":
+        _print(client.delete_vm(args.name, etag=args.etag), out, _vm_row)
+    elif args.verb == "watch":
+        for event in client.watch_vms(resource_version=args.resource_version, label_selector=args.selector):
+            if event.type == common_pb2.BOOKMARK:
+                continue
+            kind_name = common_pb2.EventType.Name(event.type)
+            if out == "json":
+                print(json.dumps(MessageToDict(event)), flush=True)
+            else:
+                print(f"{kind_name:<9} {_vm_row(event.vm)}", flush=True)

@@ -1,0 +1,78 @@
+"""``quanta up``: the whole system on this machine until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+from controlplane.local import LocalSystem
+from controlplane.sdk import local_state_path
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="quanta up", description=__doc__)
+    parser.add_argument("--hosts", type=int, default=10, help="simulated hosts (default 10)")
+    parser.add_argument("--frontends", type=int, default=2)
+    parser.add_argument("--schedulers", type=int, default=1)
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    parser.add_argument("--latency", choices=("realistic", "zero"), default="realistic",
+                        help="simulated host latency (realistic: create 0.3 s, power on 0.1 s)")
+    parser.add_argument("--etcd", default="", help="use this etcd instead of starting one")
+    parser.add_argument("--data-dir", default=None, help="keep state and logs here (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    system = LocalSystem(hosts=args.hosts, frontends=args.frontends, schedulers=args.schedulers,
+                         shards=args.shards, port=args.port, latency=args.latency,
+                         etcd_endpoint=args.etcd or None, data_dir=args.data_dir)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    state_path = local_state_path()
+    print("starting etcd, frontends, scheduler and agent ...", flush=True)
+    try:
+        system.start()
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps({
+            "endpoint": system.endpoint, "etcd": system.etcd_endpoint,
+            "metrics": {name: f"127.0.0.1:{port}" for name, port in system.metrics_ports.items()},
+        }, indent=2))
+        print(f"""
+Quanta is up.
+  API (gRPC):   {system.endpoint}    ({args.frontends} frontends share this port)
+  etcd:         {system.etcd_endpoint}
+  hosts:        {args.hosts} simulated ({args.latency} latency)
+  metrics:      {", ".join(f"{n}=:{p}" for n, p in system.metrics_ports.items())}
+  logs:         {system.log_dir}
+
+Try:  quanta vm create --name web-1 --flavor small --image ubuntu
+      quanta vm watch
+Press Ctrl-C to stop.""", flush=True)
+        while not stopping:
+            for process in system.processes.values():
+                if not process.alive and not stopping:
+                    # A component exits when it loses its lease; a supervisor restarts it.
+                    print(f"{process.name} exited ({process.process.returncode}); restarting", flush=True)
+                    process.restarts += 1
+                    process.start()
+            time.sleep(0.5)
+    except (TimeoutError, RuntimeError) as err:
+        print(f"quanta up: {err}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        print("stopping ...", flush=True)
+        system.cleanup()
+        try:
+            if json.loads(state_path.read_text()).get("endpoint") == system.endpoint:
+                state_path.unlink()
+        except (OSError, ValueError):
+            pass
+        print("stopped.", flush=True)

@@ -1,0 +1,199 @@
+"""The whole system on one machine, as real processes: an etcd (unless one is
+given), frontends sharing one port, scheduler processes and a sim agent.
+
+Used by ``quanta up`` and by the integration tests, which kill and restart its
+processes. Every process runs on loopback, on free ports, with its log in
+``log_dir``; ``stop()`` ends every process this object started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from controlplane.etcd.server import EtcdServer, free_port
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    log_path: pathlib.Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                self.argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env}, start_new_session=True,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` and wait for the process to end (SIGKILL: a crash)."""
+        if self.alive:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class LocalSystem:
+    def __init__(
+        self,
+        *,
+        hosts: int = 10,
+        frontends: int = 2,
+        schedulers: int = 1,
+        shards: int = 1,
+        latency: str = "realistic",
+        etcd_endpoint: str | None = None,
+        root: str = "/quanta",
+        data_dir: str | None = None,
+        port: int = 0,
+        lease_ttl: int = 10,
+        host_vcpus: int = 128,
+        host_memory_mib: int = 512 * 1024,
+        metrics: bool = True,
+    ):
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="quanta-")
+        self.data_dir = pathlib.Path(data_dir or self._tmp.name)
+        self.log_dir = self.data_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.hosts = hosts
+        self.frontends = frontends
+        self.schedulers = schedulers
+        self.shards = shards
+        self.latency = latency
+        self.root = root
+        self.port = port
+        self.lease_ttl = lease_ttl
+        self.host_vcpus = host_vcpus
+        self.host_memory_mib = host_memory_mib
+        self.metrics = metrics
+        self.etcd: EtcdServer | None = None
+        self.etcd_endpoint = etcd_endpoint or ""
+        self.processes: dict[str, ManagedProcess] = {}
+        self.metrics_ports: dict[str, int] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _common(self, name: str) -> list[str]:
+        args = ["--etcd", self.etcd_endpoint, "--root", self.root, "--name", name, "--log-format", "json"]
+        if self.metrics:
+            self.metrics_ports[name] = self.metrics_ports.get(name) or free_port()
+            args += ["--metrics-port", str(self.metrics_ports[name])]
+        return args
+
+    def _add(self, name: str, module: str, args: list[str]) -> ManagedProcess:
+        process = ManagedProcess(name, [sys.executable, "-m", module, *self._common(name), *args],
+                                 self.log_dir / f"{name}.log")
+        self.processes[name] = process
+        return process
+
+    def start(self, timeout: float = 60.0) -> "LocalSystem":
+        """Start everything and wait until the API serves and every host registered."""
+        try:
+            if not self.etcd_endpoint:
+                self.etcd = EtcdServer(str(self.data_dir / "etcd")).start()
+                self.etcd_endpoint = self.etcd.endpoint
+            self.port = self.port or free_port()
+            for i in range(self.frontends):
+                self._add(f"frontend-{i}", "controlplane.frontend",
+                          ["--listen", self.endpoint, "--shards", str(self.shards)])
+            for i in range(self.schedulers):
+                self._add(f"scheduler-{i}", "scheduler",
+                          ["--shards", str(self.shards), "--lease-ttl", str(self.lease_ttl)])
+            self._add("agent-0", "agents", [
+                "--hosts", str(self.hosts), "--host-prefix", "sim", "--latency", self.latency,
+                "--state-dir", str(self.data_dir / "sim"), "--lease-ttl", str(self.lease_ttl),
+                "--host-vcpus", str(self.host_vcpus), "--host-memory-mib", str(self.host_memory_mib),
+            ])
+            for process in self.processes.values():
+                process.start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until every frontend answers health checks and all hosts are READY."""
+        from controlplane.sdk import Client
+
+        deadline = time.monotonic() + timeout
+        while True:
+            dead = [p.name for p in self.processes.values() if not p.alive]
+            if dead:
+                raise RuntimeError(f"processes exited during start: {dead}; logs in {self.log_dir}")
+            try:
+                with grpc.insecure_channel(self.endpoint) as channel:
+                    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    with Client(self.endpoint) as client:
+                        ready = [h for h in client.list_hosts() if h.state == h.READY]
+                    if len(ready) >= self.hosts:
+                        return
+            except grpc.RpcError:
+                pass
+            except Exception as err:  # noqa: BLE001 - an ApiError while starting: keep waiting
+                log.debug("not ready yet: %s", err)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"system not ready within {timeout}s; logs in {self.log_dir}")
+            time.sleep(0.1)
+
+    def restart(self, name: str) -> None:
+        process = self.processes[name]
+        process.stop()
+        process.restarts += 1
+        process.start()
+
+    def stop(self) -> None:
+        """Stop every process started here, then etcd; idempotent."""
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+        if self.etcd:
+            self.etcd.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.etcd:
+            self.etcd.cleanup()
+        if self._tmp:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> "LocalSystem":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()

@@ -1,0 +1,245 @@
+"""Frozen domain models shared by the control plane, the scheduler and the agents.
+
+Protobuf stays at the edges: ``from_proto``/``to_proto`` convert the etcd
+records (``controlplane.gen.quanta.store.v1.records_pb2``); the API conversion is
+in ``controlplane.api.convert``.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from controlplane.gen.quanta.store.v1 import records_pb2 as rec
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class VmState(enum.IntEnum):
+    """Values match quanta.v1.Vm.State."""
+
+    UNSPECIFIED = 0
+    PENDING = 1
+    SCHEDULED = 2
+    CREATING = 3
+    RUNNING = 4
+    STOPPED = 5
+    ERROR = 6
+    DELETING = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    vcpus: int = 0
+    memory_mib: int = 0
+    disk_gib: int = 0
+
+    def __add__(self, other: "Resources") -> "Resources":
+        return Resources(self.vcpus + other.vcpus, self.memory_mib + other.memory_mib,
+                         self.disk_gib + other.disk_gib)
+
+    def __sub__(self, other: "Resources") -> "Resources":
+        return Resources(self.vcpus - other.vcpus, self.memory_mib - other.memory_mib,
+                         self.disk_gib - other.disk_gib)
+
+    def fits_within(self, other: "Resources") -> bool:
+        return (self.vcpus <= other.vcpus and self.memory_mib <= other.memory_mib
+                and self.disk_gib <= other.disk_gib)
+
+
+@dataclass(frozen=True, slots=True)
+class VmRef:
+    tenant: str
+    project: str
+    vm_id: str
+
+    @property
+    def name(self) -> str:
+        return f"tenants/{self.tenant}/projects/{self.project}/vms/{self.vm_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """Desired state of a VM; written by frontends only."""
+
+    ref: VmRef
+    uid: str
+    flavor: str
+    image: str
+    resources: Resources
+    labels: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    create_time_ns: int = 0
+    delete_time_ns: int = 0
+    shard: int = 0
+
+    @property
+    def deleting(self) -> bool:
+        return self.delete_time_ns != 0
+
+    def to_proto(self) -> rec.VmSpec:
+        return rec.VmSpec(
+            tenant=self.ref.tenant, project=self.ref.project, vm_id=self.ref.vm_id, uid=self.uid,
+            flavor=self.flavor, image=self.image, labels=dict(self.labels),
+            vcpus=self.resources.vcpus, memory_mib=self.resources.memory_mib,
+            disk_gib=self.resources.disk_gib, request_id=self.request_id,
+            create_time_ns=self.create_time_ns, delete_time_ns=self.delete_time_ns, shard=self.shard,
+        )
+
+    @classmethod
+    def from_proto(cls, m: rec.VmSpec) -> "VmSpec":
+        return cls(
+            VmRef(m.tenant, m.project, m.vm_id), m.uid, m.flavor, m.image,
+            Resources(m.vcpus, m.memory_mib, m.disk_gib), dict(m.labels), m.request_id,
+            m.create_time_ns, m.delete_time_ns, m.shard,
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.to_proto().SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "VmSpec":
+        return cls.from_proto(rec.VmSpec.FromString(data))
+
+    def marked_deleted(self, at_ns: int) -> "VmSpec":
+        return replace(self, delete_time_ns=at_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class VmStatus:
+    """Observed state; written by the scheduler at bind, then by the host's agent."""
+
+    state: VmState
+    host: str = ""
+    reason: str = ""
+    message: str = ""
+    update_time_ns: int = 0
+    accepted_time_ns: int = 0
+
+    def to_bytes(self) -> bytes:
+        return rec.VmStatus(
+            state=int(self.state), host=self.host, reason=self.reason, message=self.message,
+            update_time_ns=self.update_time_ns, accepted_time_ns=self.accepted_time_ns,
+        ).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "VmStatus":
+        m = rec.VmStatus.FromString(data)
+        return cls(VmState(m.state), m.host, m.reason, m.message, m.update_time_ns, m.accepted_time_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A VM bound to a host: what that host's agent must make true."""
+
+    spec: VmSpec
+    host: str
+
+    @property
+    def deleting(self) -> bool:
+        return self.spec.deleting
+
+    def to_bytes(self) -> bytes:
+        return rec.Binding(spec=self.spec.to_proto(), host=self.host,
+                           delete_time_ns=self.spec.delete_time_ns).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Binding":
+        m = rec.Binding.FromString(data)
+        return cls(VmSpec.from_proto(m.spec), m.host)
+
+
+@dataclass(frozen=True, slots=True)
+class HostRegistration:
+    host: str
+    driver: str
+    capacity: Resources
+    labels: Mapping[str, str] = field(default_factory=dict)
+    agent: str = ""
+    register_time_ns: int = 0
+
+    def to_bytes(self) -> bytes:
+        return rec.HostRegistration(
+            host=self.host, driver=self.driver, vcpus=self.capacity.vcpus,
+            memory_mib=self.capacity.memory_mib, disk_gib=self.capacity.disk_gib, labels=dict(self.labels),
+            agent=self.agent, register_time_ns=self.register_time_ns,
+        ).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "HostRegistration":
+        m = rec.HostRegistration.FromString(data)
+        return cls(m.host, m.driver, Resources(m.vcpus, m.memory_mib, m.disk_gib), dict(m.labels), m.agent,
+                   m.register_time_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class HostAllocation:
+    """Sum of what is bound to a host; changes only with its bindings, in one txn."""
+
+    resources: Resources = Resources()
+    vm_count: int = 0
+
+    def plus(self, resources: Resources, count: int = 1) -> "HostAllocation":
+        return HostAllocation(self.resources + resources, self.vm_count + count)
+
+    def minus(self, resources: Resources, count: int = 1) -> "HostAllocation":
+        return HostAllocation(self.resources - resources, self.vm_count - count)
+
+    def to_bytes(self) -> bytes:
+        r = self.resources
+        return rec.HostAllocation(vcpus=r.vcpus, memory_mib=r.memory_mib, disk_gib=r.disk_gib,
+                                  vm_count=self.vm_count).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "HostAllocation":
+        m = rec.HostAllocation.FromString(data)
+        return cls(Resources(m.vcpus, m.memory_mib, m.disk_gib), m.vm_count)
+
+
+@dataclass(frozen=True, slots=True)
+class Flavor:
+    name: str
+    resources: Resources
+
+    def to_bytes(self) -> bytes:
+        r = self.resources
+        return rec.Flavor(name=self.name, vcpus=r.vcpus, memory_mib=r.memory_mib,
+                          disk_gib=r.disk_gib).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Flavor":
+        m = rec.Flavor.FromString(data)
+        return cls(m.name, Resources(m.vcpus, m.memory_mib, m.disk_gib))
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    name: str
+    os: str
+    source: str = ""
+    size_gib: int = 0
+
+    def to_bytes(self) -> bytes:
+        return rec.Image(name=self.name, os=self.os, source=self.source,
+                         size_gib=self.size_gib).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Image":
+        m = rec.Image.FromString(data)
+        return cls(m.name, m.os, m.source, m.size_gib)
+
+
+DEFAULT_FLAVORS = (
+    Flavor("small", Resources(1, 1024, 10)),
+    Flavor("medium", Resources(2, 4096, 40)),
+    Flavor("large", Resources(4, 16384, 100)),
+)
+DEFAULT_IMAGES = (
+    Image("ubuntu", "ubuntu-24.04", "builtin://ubuntu-24.04", 4),
+    Image("debian", "debian-12", "builtin://debian-12", 3),
+    Image("photon", "photon-5", "builtin://photon-5", 1),
+)

@@ -1,0 +1,133 @@
+"""What a host agent reads and writes: its hosts' registrations (heartbeat),
+the bindings it must make true, VM statuses, and the final removal of a VM.
+
+Status writes are batched into one round trip of nested txns, each guarded by
+its binding's create_revision, so a status never resurrects a deleted VM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+
+from controlplane.etcd import EtcdClient, ops
+from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmStatus
+from controlplane.store.keys import Keys
+
+_MAX_OPS_PER_TXN = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class BoundVm:
+    binding: Binding
+    create_revision: int  # of the binding key: identifies this binding incarnation
+    mod_revision: int
+
+    @property
+    def ref(self) -> VmRef:
+        return self.binding.spec.ref
+
+
+@dataclass(frozen=True, slots=True)
+class BindingChange:
+    host: str
+    ref: VmRef
+    bound: BoundVm | None  # None: the binding is gone
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    host: str
+    ref: VmRef
+    binding_create_revision: int
+    status: VmStatus
+
+
+class AgentStore:
+    def __init__(self, client: EtcdClient, keys: Keys):
+        self._etcd = client
+        self._keys = keys
+
+    async def register(self, registrations: Sequence[HostRegistration], lease_id: int) -> None:
+        """Put host registrations under the heartbeat lease. Idempotent."""
+        k = self._keys
+        puts = [ops.put(k.host_reg(r.host), r.to_bytes(), lease=lease_id) for r in registrations]
+        for i in range(0, len(puts), _MAX_OPS_PER_TXN):
+            await self._etcd.txn([], puts[i:i + _MAX_OPS_PER_TXN])
+
+    def _bound(self, kv) -> BoundVm:
+        return BoundVm(Binding.from_bytes(kv.value), kv.create_revision, kv.mod_revision)
+
+    async def list_bindings(self, hosts: Sequence[str]) -> tuple[list[BoundVm], int]:
+        """Bindings of ``hosts`` at one revision (watch from revision + 1)."""
+        start, end = self._keys.bindings_range(list(hosts))
+        kvs, revision = await self._etcd.range_all(start, end)
+        wanted = set(hosts)
+        bound = [self._bound(kv) for kv in kvs if self._keys.host_of_binding(kv.key) in wanted]
+        return bound, revision
+
+    async def watch_bindings(self, hosts: Sequence[str], start_revision: int
+                             ) -> AsyncIterator[tuple[list[BindingChange], int]]:
+        """Binding changes of ``hosts``; one watch over the key range that spans
+        them all (cheap when the host ids of one agent are contiguous)."""
+        start, end = self._keys.bindings_range(list(hosts))
+        wanted = set(hosts)
+        async for batch in self._etcd.watch(start, end, start_revision=start_revision):
+            changes = []
+            for event in batch.events:
+                host = self._keys.host_of_binding(event.kv.key)
+                if host not in wanted:
+                    continue
+                if event.is_delete:
+                    tenant, project, vm_id = event.kv.key.decode().rsplit("/", 3)[1:]
+                    changes.append(BindingChange(host, VmRef(tenant, project, vm_id), None))
+                else:
+                    bound = self._bound(event.kv)
+                    changes.append(BindingChange(host, bound.ref, bound))
+            yield changes, batch.revision
+
+    async def write_statuses(self, updates: Sequence[StatusUpdate]) -> list[bool]:
+        """Write statuses in one round trip (chunked). Each is applied only if its
+        binding still exists with the same create_revision; returns which were."""
+        k = self._keys
+        applied: list[bool] = []
+        for i in range(0, len(updates), _MAX_OPS_PER_TXN):
+            chunk = updates[i:i + _MAX_OPS_PER_TXN]
+            nested = [
+                ops.txn([ops.create_revision_is(k.binding(u.host, u.ref), u.binding_create_revision)],
+                        [ops.put(k.vm_status(u.ref), u.status.to_bytes())])
+                for u in chunk
+            ]
+            result = await self._etcd.txn([], nested)
+            applied += [result.nested(j).succeeded for j in range(len(chunk))]
+        return applied
+
+    async def remove_destroyed(self, host: str, vms: Sequence[BoundVm]) -> bool:
+        """Remove VMs that the host has destroyed: their spec, status, binding and
+        request record go, and the host's allocation shrinks, in one txn.
+
+        Compare-and-swap on the allocation; returns False on a conflict (the
+        caller retries). VMs whose binding changed incarnation are skipped.
+        """
+        k = self._keys
+        alloc_key = k.host_alloc(host)
+        kv = await self._etcd.get(alloc_key)
+        allocation = HostAllocation.from_bytes(kv.value) if kv else HostAllocation()
+        alloc_revision = kv.mod_revision if kv else 0
+        compares = [ops.mod_revision_is(alloc_key, alloc_revision)]
+        success = []
+        for vm in vms:
+            spec = vm.binding.spec
+            ref = spec.ref
+            compares.append(ops.create_revision_is(k.binding(host, ref), vm.create_revision))
+            allocation = allocation.minus(spec.resources)
+            success += [
+                ops.delete(k.vm_spec(ref)),
+                ops.delete(k.vm_status(ref)),
+                ops.delete(k.binding(host, ref)),
+            ]
+            if spec.request_id:
+                success.append(ops.delete(k.request(ref.tenant, ref.project, spec.request_id)))
+        success.append(ops.put(alloc_key, allocation.to_bytes()))
+        result = await self._etcd.txn(compares, success)
+        return result.succeeded

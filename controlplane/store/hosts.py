@@ -1,0 +1,99 @@
+"""Hosts as stored: an agent's registration (under its heartbeat lease) and the
+allocation the scheduler and agent keep with the host's bindings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from controlplane.etcd import EtcdClient, KeyValue, prefix_end
+from controlplane.models import HostAllocation, HostRegistration
+from controlplane.store.errors import NotFound
+from controlplane.store.keys import Keys
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    host: str
+    registration: HostRegistration | None  # None: no heartbeat (agent gone)
+    allocation: HostAllocation
+    alloc_revision: int  # mod_revision of the allocation key, 0 when absent
+    revision: int
+
+    @property
+    def ready(self) -> bool:
+        return self.registration is not None
+
+
+class HostTable:
+    """Folds host key-values into HostRecords; used by list, watch and the scheduler."""
+
+    def __init__(self, keys: Keys):
+        self._keys = keys
+        self.regs: dict[str, tuple[HostRegistration, int]] = {}
+        self.allocs: dict[str, tuple[HostAllocation, int]] = {}
+
+    def apply(self, kv: KeyValue, deleted: bool) -> str:
+        """Fold one key's change in; returns the host it concerns."""
+        host, part = self._keys.parse_host_key(kv.key)
+        table = self.regs if part == "reg" else self.allocs
+        if deleted:
+            table.pop(host, None)
+        elif part == "reg":
+            table[host] = (HostRegistration.from_bytes(kv.value), kv.mod_revision)
+        else:
+            table[host] = (HostAllocation.from_bytes(kv.value), kv.mod_revision)
+        return host
+
+    def record(self, host: str) -> HostRecord | None:
+        reg = self.regs.get(host)
+        alloc = self.allocs.get(host)
+        if reg is None and alloc is None:
+            return None
+        return HostRecord(
+            host,
+            reg[0] if reg else None,
+            alloc[0] if alloc else HostAllocation(),
+            alloc[1] if alloc else 0,
+            max(reg[1] if reg else 0, alloc[1] if alloc else 0),
+        )
+
+    def hosts(self) -> list[str]:
+        return sorted(set(self.regs) | set(self.allocs))
+
+
+class HostStore:
+    def __init__(self, client: EtcdClient, keys: Keys):
+        self._etcd = client
+        self._keys = keys
+
+    async def list(self, *, revision: int = 0) -> tuple[list[HostRecord], int]:
+        """Every known host at one revision (0: now), in name order. Raises Compacted."""
+        kvs, revision = await self._etcd.range_prefix(self._keys.hosts_prefix(), revision=revision)
+        table = HostTable(self._keys)
+        for kv in kvs:
+            table.apply(kv, False)
+        return [table.record(h) for h in table.hosts()], revision
+
+    async def get(self, host: str) -> HostRecord:
+        prefix = self._keys.hosts_prefix() + host.encode() + b"/"
+        result = await self._etcd.range(prefix, prefix_end(prefix))
+        table = HostTable(self._keys)
+        for kv in result.kvs:
+            table.apply(kv, False)
+        record = table.record(host)
+        if record is None:
+            raise NotFound(f"hosts/{host}")
+        return record
+
+    async def watch(self, start_revision: int, table: HostTable) -> AsyncIterator[tuple[list[HostRecord | str], int]]:
+        """Host changes from ``start_revision``, folded into ``table`` (which must
+        hold the state at start_revision - 1). Yields (changed, revision) where
+        each changed item is a HostRecord, or the host id of a host now gone."""
+        prefix = self._keys.hosts_prefix()
+        async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
+            changed: dict[str, HostRecord | str] = {}
+            for event in batch.events:
+                host = table.apply(event.kv, event.is_delete)
+                changed[host] = table.record(host) or host
+            yield list(changed.values()), batch.revision

@@ -1,0 +1,120 @@
+"""The etcd key layout. Every key lives under ``{root}/v1/``; ``root`` lets many
+independent systems (or tests) share one etcd.
+
+::
+
+    vms/{tenant}/{project}/{vm}/spec      VmSpec      frontends
+    vms/{tenant}/{project}/{vm}/status    VmStatus    scheduler (bind), then the host's agent
+    queue/{shard}/{tenant}/{project}/{vm} VmSpec      frontends create, scheduler deletes at bind
+    bindings/{host}/{tenant}/{project}/{vm} Binding   scheduler creates, frontends mark deletion,
+                                                      agent deletes when the VM is gone
+    hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
+    hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
+    flavors/{name}, images/{name}         Flavor, Image
+    requests/{tenant}/{project}/{sha256(request_id)}  RequestRecord  frontends
+    shards/{shard}                        ShardOwner  scheduler, under its session lease
+
+Spec and status of a VM are adjacent keys, so one range reads a VM whole and a
+single prefix watch sees every change of a project's VMs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from controlplane.etcd.ops import prefix_end
+from controlplane.models import VmRef
+
+
+class Keys:
+    def __init__(self, root: str = "/quanta"):
+        self.root = root.rstrip("/")
+        self.base = f"{self.root}/v1/"
+
+    def _k(self, path: str) -> bytes:
+        return (self.base + path).encode()
+
+    # VMs
+    def vms_prefix(self, tenant: str | None = None, project: str | None = None) -> bytes:
+        if tenant is None:
+            return self._k("vms/")
+        if project is None:
+            return self._k(f"vms/{tenant}/")
+        return self._k(f"vms/{tenant}/{project}/")
+
+    def vm_prefix(self, ref: VmRef) -> bytes:
+        return self._k(f"vms/{ref.tenant}/{ref.project}/{ref.vm_id}/")
+
+    def vm_spec(self, ref: VmRef) -> bytes:
+        return self.vm_prefix(ref) + b"spec"
+
+    def vm_status(self, ref: VmRef) -> bytes:
+        return self.vm_prefix(ref) + b"status"
+
+    def parse_vm_key(self, key: bytes) -> tuple[VmRef, str]:
+        """(ref, "spec" | "status") of a key under vms/."""
+        tenant, project, vm_id, part = key[len(self.base) + 4:].decode().split("/")
+        return VmRef(tenant, project, vm_id), part
+
+    # Scheduler queue
+    def queue_prefix(self, shard: int) -> bytes:
+        return self._k(f"queue/{shard:04d}/")
+
+    def queue(self, shard: int, ref: VmRef) -> bytes:
+        return self._k(f"queue/{shard:04d}/{ref.tenant}/{ref.project}/{ref.vm_id}")
+
+    # Bindings
+    def bindings_prefix(self, host: str | None = None) -> bytes:
+        return self._k(f"bindings/{host}/" if host is not None else "bindings/")
+
+    def binding(self, host: str, ref: VmRef) -> bytes:
+        return self._k(f"bindings/{host}/{ref.tenant}/{ref.project}/{ref.vm_id}")
+
+    def bindings_range(self, hosts: list[str]) -> tuple[bytes, bytes]:
+        """The smallest key range that holds the bindings of all ``hosts``."""
+        ordered = sorted(hosts)
+        return self.bindings_prefix(ordered[0]), prefix_end(self.bindings_prefix(ordered[-1]))
+
+    def host_of_binding(self, key: bytes) -> str:
+        return key[len(self.base) + len("bindings/"):].split(b"/", 1)[0].decode()
+
+    # Hosts
+    def hosts_prefix(self) -> bytes:
+        return self._k("hosts/")
+
+    def host_reg(self, host: str) -> bytes:
+        return self._k(f"hosts/{host}/reg")
+
+    def host_alloc(self, host: str) -> bytes:
+        return self._k(f"hosts/{host}/alloc")
+
+    def parse_host_key(self, key: bytes) -> tuple[str, str]:
+        """(host, "reg" | "alloc") of a key under hosts/."""
+        host, part = key[len(self.base) + len("hosts/"):].decode().rsplit("/", 1)
+        return host, part
+
+    # Catalog
+    def flavors_prefix(self) -> bytes:
+        return self._k("flavors/")
+
+    def flavor(self, name: str) -> bytes:
+        return self._k(f"flavors/{name}")
+
+    def images_prefix(self) -> bytes:
+        return self._k("images/")
+
+    def image(self, name: str) -> bytes:
+        return self._k(f"images/{name}")
+
+    # Idempotency and shards
+    def request(self, tenant: str, project: str, request_id: str) -> bytes:
+        digest = hashlib.sha256(request_id.encode()).hexdigest()
+        return self._k(f"requests/{tenant}/{project}/{digest}")
+
+    def shard(self, shard: int) -> bytes:
+        return self._k(f"shards/{shard:04d}")
+
+
+def shard_of(uid: str, shards: int) -> int:
+    """The scheduler shard that owns a pending VM: a stable hash of its uid."""
+    return int.from_bytes(hashlib.blake2b(uid.encode(), digest_size=8).digest(), "big") % shards

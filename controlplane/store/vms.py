@@ -1,0 +1,291 @@
+"""VM desired state in etcd, as the frontends read and write it.
+
+Every write is one etcd transaction guarded by compares, so that two frontends
+(or a retry after a timeout) can never create a VM twice or lose a deletion.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from controlplane.etcd import Compacted, EtcdClient, KeyValue, ops, prefix_end
+from controlplane.gen.quanta.store.v1 import records_pb2 as rec
+from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound
+from controlplane.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+_MAX_CAS_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class VmRecord:
+    """A VM as stored: its spec and status with their etcd revisions."""
+
+    spec: VmSpec
+    status: VmStatus
+    spec_revision: int
+    status_revision: int
+
+    @property
+    def ref(self) -> VmRef:
+        return self.spec.ref
+
+    @property
+    def state(self) -> VmState:
+        if self.spec.deleting:
+            return VmState.DELETING
+        return self.status.state
+
+    @property
+    def resource_version(self) -> int:
+        return max(self.spec_revision, self.status_revision)
+
+    @property
+    def etag(self) -> str:
+        return f"{self.spec_revision:x}"
+
+
+@dataclass(frozen=True, slots=True)
+class VmChange:
+    """One change of a VM in a watch stream. ``record`` is the VM after the change
+    (for a deletion: as it was last seen, or None if it was never seen)."""
+
+    deleted: bool
+    record: VmRecord | None
+    ref: VmRef
+    revision: int
+
+
+def _pair(spec_kv: KeyValue | None, status_kv: KeyValue | None) -> VmRecord | None:
+    if spec_kv is None or status_kv is None:
+        return None
+    return VmRecord(VmSpec.from_bytes(spec_kv.value), VmStatus.from_bytes(status_kv.value),
+                    spec_kv.mod_revision, status_kv.mod_revision)
+
+
+class VmStore:
+    def __init__(self, client: EtcdClient, keys: Keys):
+        self._etcd = client
+        self._keys = keys
+
+    # --- create ------------------------------------------------------------------------
+
+    async def create(self, spec: VmSpec) -> tuple[VmRecord, bool]:
+        """Store a new PENDING VM and queue it for its scheduler shard.
+
+        Idempotent by ``spec.request_id``: a retry returns the VM the first
+        attempt made. Returns (record, created). Raises AlreadyExists when the
+        name is taken by another request.
+        """
+        k = self._keys
+        status = VmStatus(VmState.PENDING, update_time_ns=spec.create_time_ns,
+                          accepted_time_ns=spec.create_time_ns)
+        spec_key, status_key = k.vm_spec(spec.ref), k.vm_status(spec.ref)
+        compares = [ops.absent(spec_key)]
+        success = [
+            ops.put(spec_key, spec.to_bytes()),
+            ops.put(status_key, status.to_bytes()),
+            ops.put(k.queue(spec.shard, spec.ref), spec.to_bytes()),
+        ]
+        failure = [ops.get(k.vm_prefix(spec.ref), prefix_end(k.vm_prefix(spec.ref)))]
+        if spec.request_id:
+            request_key = k.request(spec.ref.tenant, spec.ref.project, spec.request_id)
+            compares.append(ops.absent(request_key))
+            success.append(ops.put(request_key, rec.RequestRecord(
+                vm_key=spec.ref.name, uid=spec.uid).SerializeToString()))
+            failure.append(ops.get(request_key))
+        result = await self._etcd.txn(compares, success, failure)
+        if result.succeeded:
+            return VmRecord(spec, status, result.revision, result.revision), True
+        existing = self._record_from(result.kvs(0))
+        if spec.request_id:
+            request_kvs = result.kvs(1)
+            if request_kvs:
+                made = rec.RequestRecord.FromString(request_kvs[0].value)
+                if existing is not None and existing.spec.uid == made.uid:
+                    return existing, False
+                # The request made another VM (another name), or its VM is gone.
+                ref = _ref_from_name(made.vm_key)
+                if ref is not None and ref != spec.ref:
+                    other = await self.get(ref)
+                    if other.spec.uid == made.uid:
+                        return other, False
+                raise AlreadyExists(f"request {spec.request_id} already made {made.vm_key}")
+        if existing is not None:
+            raise AlreadyExists(spec.ref.name)
+        raise Conflict(f"create of {spec.ref.name} raced; retry")
+
+    # --- read --------------------------------------------------------------------------
+
+    def _record_from(self, kvs: list[KeyValue]) -> VmRecord | None:
+        spec_kv = status_kv = None
+        for kv in kvs:
+            if kv.key.endswith(b"/spec"):
+                spec_kv = kv
+            elif kv.key.endswith(b"/status"):
+                status_kv = kv
+        return _pair(spec_kv, status_kv)
+
+    async def get(self, ref: VmRef, *, revision: int = 0) -> VmRecord:
+        """The VM now (or at ``revision``); raises NotFound."""
+        prefix = self._keys.vm_prefix(ref)
+        result = await self._etcd.range(prefix, prefix_end(prefix), revision=revision)
+        record = self._record_from(result.kvs)
+        if record is None:
+            raise NotFound(ref.name)
+        return record
+
+    async def current_revision(self) -> int:
+        """The store's revision now: a consistent point to list at and watch after."""
+        result = await self._etcd.range(self._keys.vms_prefix() + b"\0", count_only=True)
+        return result.revision
+
+    async def list(
+        self,
+        tenant: str,
+        project: str,
+        *,
+        page_size: int,
+        after: VmRef | None = None,
+        revision: int = 0,
+        selector: Callable[[VmSpec], bool] | None = None,
+    ) -> tuple[list[VmRecord], VmRef | None, int]:
+        """One page of a project's VMs in id order after ``after``, read at
+        ``revision`` (0: now).
+
+        Returns (records, where the next page starts after or None, revision).
+        Pages may hold fewer than page_size records when ``selector`` filters
+        some out. Raises Compacted when ``revision`` is gone.
+        """
+        prefix = self._keys.vms_prefix(tenant, project)
+        start = prefix_end(self._keys.vm_prefix(after)) if after else prefix
+        result = await self._etcd.range(start, prefix_end(prefix), limit=2 * page_size + 1,
+                                        revision=revision)
+        records: list[VmRecord] = []
+        last: VmRef | None = None
+        kvs = result.kvs
+        i = 0
+        scanned = 0
+        while i + 1 < len(kvs) and scanned < page_size:
+            spec_kv, status_kv = kvs[i], kvs[i + 1]
+            if spec_kv.key[:-4] != status_kv.key[:-6]:
+                i += 1  # a spec without status cannot be stored; skip defensively
+                continue
+            i += 2
+            scanned += 1
+            record = _pair(spec_kv, status_kv)
+            last = record.ref
+            if selector is None or selector(record.spec):
+                records.append(record)
+        more = result.more or i < len(kvs)
+        return records, (last if more else None), result.revision
+
+    # --- delete ------------------------------------------------------------------------
+
+    async def request_delete(self, ref: VmRef, *, etag: str = "") -> tuple[VmRecord | None, int]:
+        """Request deletion of a VM.
+
+        A pending VM is removed at once (returns (None, revision)). A bound VM
+        is marked for deletion in its spec and its binding, in one txn; its
+        agent then destroys it and removes it. Idempotent. Raises NotFound, or
+        Conflict when ``etag`` does not match.
+        """
+        k = self._keys
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            record = await self.get(ref)
+            if etag and etag != record.etag:
+                raise Conflict(f"etag {etag} does not match {record.etag}")
+            if record.spec.deleting:
+                return record, record.resource_version
+            spec = record.spec
+            spec_key = k.vm_spec(ref)
+            if record.status.state == VmState.PENDING:
+                queue_key = k.queue(spec.shard, ref)
+                ops_ = [ops.delete(k.vm_prefix(ref), prefix_end(k.vm_prefix(ref))), ops.delete(queue_key)]
+                if spec.request_id:
+                    ops_.append(ops.delete(k.request(ref.tenant, ref.project, spec.request_id)))
+                result = await self._etcd.txn(
+                    [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(queue_key)], ops_)
+                if result.succeeded:
+                    return None, result.revision
+                continue
+            marked = spec.marked_deleted(now_ns())
+            binding_key = k.binding(record.status.host, ref)
+            result = await self._etcd.txn(
+                [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(binding_key)],
+                [ops.put(spec_key, marked.to_bytes()),
+                 ops.put(binding_key, Binding(marked, record.status.host).to_bytes())],
+            )
+            if result.succeeded:
+                return VmRecord(marked, record.status, result.revision, record.status_revision), result.revision
+        raise Conflict(f"deletion of {ref.name} kept conflicting; retry")
+
+    # --- watch -------------------------------------------------------------------------
+
+    async def watch(
+        self, tenant: str, project: str, *, start_revision: int
+    ) -> AsyncIterator[list[VmChange]]:
+        """Changes of a project's VMs from ``start_revision`` (inclusive), batched.
+
+        A batch holds whole revisions; an empty batch is progress. A change that
+        touched only a VM's status is completed with its spec, read at that
+        revision in one round trip per batch. Raises Compacted.
+        """
+        prefix = self._keys.vms_prefix(tenant, project)
+        async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision,
+                                            prev_kv=True):
+            if not batch.events:
+                yield []
+                continue
+            yield await self._changes(batch.events)
+
+    async def _changes(self, events) -> list[VmChange]:
+        # Group per VM and revision: one txn may change spec and status together.
+        grouped: dict[tuple[VmRef, int], dict[str, object]] = {}
+        order: list[tuple[VmRef, int]] = []
+        for event in events:
+            ref, part = self._keys.parse_vm_key(event.kv.key)
+            group_key = (ref, event.kv.mod_revision)
+            if group_key not in grouped:
+                grouped[group_key] = {}
+                order.append(group_key)
+            grouped[group_key][part] = event
+        missing = [gk for gk in order if len(grouped[gk]) == 1 and not next(iter(grouped[gk].values())).is_delete]
+        fetched: dict[tuple[VmRef, int], VmRecord | None] = {}
+        if missing:
+            # Read the other half as it was at the event's revision, so a record
+            # never shows a later change before the event that made it.
+            result = await self._etcd.txn([], [
+                ops.get(self._keys.vm_prefix(ref), prefix_end(self._keys.vm_prefix(ref)), revision=revision)
+                for ref, revision in missing
+            ])
+            for i, gk in enumerate(missing):
+                fetched[gk] = self._record_from(result.kvs(i))
+        changes: list[VmChange] = []
+        for gk in order:
+            ref, revision = gk
+            parts = grouped[gk]
+            events_ = list(parts.values())
+            if any(ev.is_delete for ev in events_):
+                prev = {("spec" if ev.kv.key.endswith(b"/spec") else "status"): ev.prev_kv for ev in events_}
+                changes.append(VmChange(True, _pair(prev.get("spec"), prev.get("status")), ref, revision))
+                continue
+            if len(parts) == 2:
+                record = _pair(parts["spec"].kv, parts["status"].kv)
+            else:
+                record = fetched.get(gk)
+                if record is None:
+                    continue
+            changes.append(VmChange(False, record, ref, revision))
+        return changes
+
+
+def _ref_from_name(name: str) -> VmRef | None:
+    parts = name.split("/")
+    if len(parts) == 6 and parts[0] == "tenants" and parts[2] == "projects" and parts[4] == "vms":
+        return VmRef(parts[1], parts[3], parts[5])
+    return None

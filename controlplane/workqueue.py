@@ -1,0 +1,203 @@
+"""A work queue for asyncio controllers, after client-go's ``util/workqueue``.
+
+Watch handlers only :meth:`~WorkQueue.add` keys; workers loop::
+
+    while True:
+        key = await queue.get()          # raises QueueShutDown when the queue stops
+        try:
+            ok = await reconcile(key)
+        finally:
+            queue.done(key)
+        if ok:
+            queue.forget(key)
+        else:
+            queue.add_rate_limited(key)  # retry with per-key exponential backoff
+
+Guarantees: a key waits in the queue at most once however often it is added; a key
+is never handed to two workers at once; a key added while a worker holds it is
+handed out again after that worker calls :meth:`~WorkQueue.done`, so the latest
+change is always reconciled. Waiting keys come out in FIFO order. The queue belongs
+to one event loop and is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class QueueShutDown(Exception):
+    """The queue was shut down; workers should return."""
+
+
+class WorkQueue(Generic[K]):
+    """De-duplicating FIFO of keys, each processed by at most one worker at a time.
+
+    ``base_delay_s`` and ``max_delay_s`` shape :meth:`add_rate_limited`: the n-th
+    consecutive retry of a key waits ``base_delay_s * 2**(n-1)``, at most
+    ``max_delay_s``.
+    """
+
+    def __init__(self, *, base_delay_s: float = 0.005, max_delay_s: float = 60.0):
+        self._queue: deque[K] = deque()  # waiting keys, in order
+        self._dirty: set[K] = set()  # keys that need processing (waiting, or re-added while processing)
+        self._processing: set[K] = set()
+        self._getters: deque[asyncio.Future[None]] = deque()
+        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._requeues: dict[K, int] = {}
+        self._base_delay_s = base_delay_s
+        self._max_delay_s = max_delay_s
+        self._shut_down = False
+
+    def __len__(self) -> int:
+        """Keys waiting to be handed out (not those being processed or delayed)."""
+        return len(self._queue)
+
+    def in_flight(self) -> int:
+        """Keys handed out and not yet done."""
+        return len(self._processing)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shut_down
+
+    def add(self, key: K) -> None:
+        """Mark ``key`` as needing processing. Never blocks; idempotent while it waits.
+
+        If the key is being processed it is handed out again after :meth:`done`.
+        Ignored after :meth:`shutdown`.
+        """
+        if self._shut_down or key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._processing:
+            self._queue.append(key)
+            self._wake_one()
+
+    def add_after(self, key: K, delay_s: float) -> None:
+        """:meth:`add` ``key`` once ``delay_s`` seconds have passed. Never blocks.
+
+        A key has at most one pending delay: adding it again with an earlier due
+        time moves the timer earlier, with a later one changes nothing. Must be
+        called from the queue's event loop; ignored after :meth:`shutdown`.
+        """
+        if self._shut_down:
+            return
+        if delay_s <= 0:
+            self.add(key)
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay_s
+        timer = self._timers.get(key)
+        if timer is not None:
+            if timer.when() <= due:
+                return
+            timer.cancel()
+        self._timers[key] = loop.call_at(due, self._fire, key)
+
+    def _fire(self, key: K) -> None:
+        del self._timers[key]
+        self.add(key)
+
+    def add_rate_limited(self, key: K) -> None:
+        """:meth:`add_after` with this key's next backoff delay (see the class doc)."""
+        n = self._requeues.get(key, 0)
+        self._requeues[key] = n + 1
+        self.add_after(key, min(self._base_delay_s * 2.0 ** min(n, 62), self._max_delay_s))
+
+    def forget(self, key: K) -> None:
+        """Reset ``key``'s backoff (call after it was processed successfully)."""
+        self._requeues.pop(key, None)
+
+    def num_requeues(self, key: K) -> int:
+        """How many times ``key`` went through :meth:`add_rate_limited` since the last forget."""
+        return self._requeues.get(key, 0)
+
+    async def get(self) -> K:
+        """Wait for a key and hand it out; the caller must call :meth:`done` with it.
+
+        Raises QueueShutDown once the queue is shut down, even if keys still wait.
+        Cancellation-safe: a cancelled get takes no key.
+        """
+        await self._wait_nonempty()
+        return self._take()
+
+    async def get_batch(self, max_n: int) -> list[K]:
+        """Wait for at least one key, then take up to ``max_n`` waiting keys at once.
+
+        Does not wait for more keys once it has one. The caller must call
+        :meth:`done` for each key. Raises QueueShutDown like :meth:`get`.
+        """
+        if max_n < 1:
+            raise ValueError("max_n must be >= 1")
+        await self._wait_nonempty()
+        batch = [self._take() for _ in range(min(max_n, len(self._queue)))]
+        if self._queue:
+            self._wake_one()  # what this batch left is for other getters
+        return batch
+
+    def done(self, key: K) -> None:
+        """Finish processing ``key``; re-queue it if it was added meanwhile.
+
+        Raises ValueError if ``key`` was not handed out (or is already done).
+        """
+        try:
+            self._processing.remove(key)
+        except KeyError:
+            raise ValueError(f"done({key!r}): key is not being processed") from None
+        if key in self._dirty and not self._shut_down:
+            self._queue.append(key)
+            self._wake_one()
+
+    def shutdown(self) -> None:
+        """Stop the queue: every waiting and future get raises QueueShutDown,
+        adds are ignored and pending delays are dropped. Idempotent.
+
+        Keys already handed out stay in flight until their :meth:`done`.
+        """
+        self._shut_down = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        while self._getters:
+            getter = self._getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+
+    def _take(self) -> K:
+        key = self._queue.popleft()
+        self._dirty.discard(key)
+        self._processing.add(key)
+        return key
+
+    async def _wait_nonempty(self) -> None:
+        while True:
+            if self._shut_down:
+                raise QueueShutDown
+            if self._queue:
+                return
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except asyncio.CancelledError:
+                getter.cancel()
+                try:
+                    self._getters.remove(getter)
+                except ValueError:
+                    pass
+                # If we were woken just before being cancelled, pass the wake-up on.
+                if self._queue and not getter.cancelled():
+                    self._wake_one()
+                raise
+
+    def _wake_one(self) -> None:
+        while self._getters:
+            getter = self._getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                return

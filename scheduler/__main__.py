@@ -1,0 +1,24 @@
+"""``quanta scheduler``: run scheduler shards against etcd."""
+
+from __future__ import annotations
+
+import argparse
+
+from controlplane.process import add_common_args, run_process
+from scheduler.service import SchedulerConfig, run_scheduler
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="quanta scheduler", description=__doc__)
+    add_common_args(parser)
+    parser.add_argument("--shards", type=int, default=1, help="total number of shards (default 1)")
+    parser.add_argument("--lease-ttl", type=int, default=10, help="session lease TTL, seconds")
+    parser.add_argument("--batch-size", type=int, default=256, help="VMs placed per bind round trip")
+    args = parser.parse_args(argv)
+    config = SchedulerConfig(etcd=args.etcd, root=args.root, shards=args.shards, lease_ttl=args.lease_ttl,
+                             batch_size=args.batch_size, **({"name": args.name} if args.name else {}))
+    run_process("scheduler", args, run_scheduler(config))
+
+
+if __name__ == "__main__":
+    main()

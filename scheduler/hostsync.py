@@ -1,0 +1,102 @@
+"""Keeps a HostView equal to the hosts in etcd: list, then watch from the next
+revision; re-list when the watch's revision was compacted.
+
+Hosts are shared by every shard of a process. Ready = registered (heartbeat
+lease alive); an unregistered host with an allocation stays in the view as not
+ready, so nothing new lands on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from controlplane.etcd import Compacted
+from controlplane.store.hosts import HostRecord, HostStore, HostTable
+from controlplane.store.keys import Keys
+from scheduler.placement import HostSnapshot, HostView
+from scheduler.placement.model import Resources
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_of(record: HostRecord) -> HostSnapshot:
+    reg = record.registration
+    cap = reg.capacity if reg else None
+    alloc = record.allocation.resources
+    return HostSnapshot(
+        host_id=record.host,
+        ready=record.ready,
+        capacity=Resources(cap.vcpus, cap.memory_mib, cap.disk_gib) if cap else Resources(),
+        allocated=Resources(alloc.vcpus, alloc.memory_mib, alloc.disk_gib),
+        vm_count=record.allocation.vm_count,
+        labels=dict(reg.labels) if reg else {},
+        alloc_revision=record.alloc_revision,
+    )
+
+
+class HostSync:
+    def __init__(self, hosts: HostStore, keys: Keys, view: HostView):
+        self._hosts = hosts
+        self._keys = keys
+        self.view = view
+        self.ready = asyncio.Event()
+        #: Called after capacity may have grown (a host joined or an allocation shrank).
+        self.on_capacity: list[Callable[[], None]] = []
+
+    def confirm(self, snapshot: HostSnapshot) -> None:
+        """Take a bind's own committed write into the view, unless the view already
+        holds a newer revision of the host."""
+        current = self.view.committed(snapshot.host_id)
+        if current is None or current.alloc_revision <= snapshot.alloc_revision:
+            self.view.upsert(snapshot)
+
+    def _apply(self, record: HostRecord | str) -> bool:
+        if isinstance(record, str):
+            self.view.remove(record)
+            return False
+        snapshot = snapshot_of(record)
+        current = self.view.committed(record.host)
+        if current is not None and current.alloc_revision > snapshot.alloc_revision:
+            # Our own bind already put a newer allocation in; keep it but take the registration.
+            snapshot = HostSnapshot(snapshot.host_id, snapshot.ready, snapshot.capacity, current.allocated,
+                                    current.vm_count, snapshot.labels, current.alloc_revision)
+        grew = current is None or not current.ready and snapshot.ready \
+            or snapshot.allocated.vcpus < current.allocated.vcpus \
+            or snapshot.allocated.memory_mib < current.allocated.memory_mib \
+            or snapshot.capacity != current.capacity
+        self.view.upsert(snapshot)
+        return grew
+
+    async def run(self) -> None:
+        while True:
+            records, revision = await self._hosts.list()
+            table = HostTable(self._keys)
+            known = set()
+            for record in records:
+                if record.registration:
+                    table.regs[record.host] = (record.registration, record.revision)
+                if record.alloc_revision:
+                    table.allocs[record.host] = (record.allocation, record.alloc_revision)
+                self._apply(record)
+                known.add(record.host)
+            for snapshot in list(self.view):
+                if snapshot.host_id not in known:
+                    self.view.remove(snapshot.host_id)
+            self.ready.set()
+            self._notify()
+            log.info("hosts listed", extra={"hosts": len(records), "revision": revision})
+            try:
+                async for changed, _revision in self._hosts.watch(revision + 1, table):
+                    grew = False
+                    for record in changed:
+                        grew |= self._apply(record)
+                    if grew:
+                        self._notify()
+            except Compacted:
+                log.warning("host watch compacted; re-listing")
+
+    def _notify(self) -> None:
+        for callback in self.on_capacity:
+            callback()

@@ -1,0 +1,17 @@
+"""Scheduler metrics (names per DESIGN.md: quanta_ prefix, base units, low cardinality)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+QUEUE_DEPTH = Gauge("quanta_scheduler_queue_depth", "Pending VMs waiting for placement.", ["shard"])
+UNSCHEDULABLE = Gauge("quanta_scheduler_unschedulable_vms", "Pending VMs that fit no host now.", ["shard"])
+PLACEMENT_SECONDS = Histogram(
+    "quanta_scheduler_placement_duration_seconds",
+    "Time from taking a batch off the queue to its bind commit, per VM batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BINDS = Counter("quanta_scheduler_binds_total", "VMs bound to hosts.")
+BIND_CONFLICTS = Counter("quanta_scheduler_bind_conflicts_total",
+                         "Host bind groups that lost a compare-and-swap race and were retried.")
+SHARDS_OWNED = Gauge("quanta_scheduler_shards_owned", "Shards this process owns.")
+SHARD_CHANGES = Counter("quanta_scheduler_shard_ownership_changes_total",
+                        "Shards acquired or lost by this process.", ["event"])

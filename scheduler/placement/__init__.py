@@ -1,0 +1,42 @@
+"""Pure placement logic: host snapshots, filters, scorers and place().
+
+Flow: ``HostView`` (hosts as known + assumed) → ``place()`` samples hosts in a random
+order → ``filters`` decide feasibility (cheapest first) → a scorer ranks the feasible
+candidates → best one wins. No I/O, no asyncio, no protobuf: the shard owns those.
+"""
+
+from scheduler.placement.filters import DEFAULT_FILTERS, Filter, fits_resources, host_ready, named
+from scheduler.placement.model import (
+    HostSnapshot,
+    Placement,
+    PlacementRequest,
+    Resources,
+    Verdict,
+)
+from scheduler.placement.place import Hosts, default_candidates, place, visit_order
+from scheduler.placement.scoring import Scorer, normalize, pack, spread, utilisation_after, weighted
+from scheduler.placement.view import HostView
+
+__all__ = [
+    "DEFAULT_FILTERS",
+    "Filter",
+    "HostSnapshot",
+    "HostView",
+    "Hosts",
+    "Placement",
+    "PlacementRequest",
+    "Resources",
+    "Scorer",
+    "Verdict",
+    "default_candidates",
+    "fits_resources",
+    "host_ready",
+    "named",
+    "normalize",
+    "pack",
+    "place",
+    "spread",
+    "utilisation_after",
+    "visit_order",
+    "weighted",
+]

@@ -1,0 +1,142 @@
+"""Value types of placement: what a host offers, what a VM asks for, what was decided.
+
+Everything here is immutable and free of I/O, so filters and scorers can be pure
+functions and tests can build any situation from literals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# Shared, read-only empty mappings: defaults that no caller can mutate by accident.
+# (Given through default_factory: dataclasses reject unhashable plain defaults.)
+EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+_NO_COUNTS: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """An amount of host resources.
+
+    Fields may be negative: the same type carries deltas (``forget`` subtracts) and an
+    over-committed host's ``free``.
+    """
+
+    vcpus: int = 0
+    memory_mib: int = 0
+    disk_gib: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        if not isinstance(other, Resources):
+            return NotImplemented
+        return Resources(
+            self.vcpus + other.vcpus, self.memory_mib + other.memory_mib, self.disk_gib + other.disk_gib
+        )
+
+    def __sub__(self, other: Resources) -> Resources:
+        if not isinstance(other, Resources):
+            return NotImplemented
+        return Resources(
+            self.vcpus - other.vcpus, self.memory_mib - other.memory_mib, self.disk_gib - other.disk_gib
+        )
+
+    def __neg__(self) -> Resources:
+        return Resources(-self.vcpus, -self.memory_mib, -self.disk_gib)
+
+    def fits_within(self, other: Resources) -> bool:
+        """True when every dimension of ``self`` is <= the same dimension of ``other``."""
+        return (
+            self.vcpus <= other.vcpus
+            and self.memory_mib <= other.memory_mib
+            and self.disk_gib <= other.disk_gib
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HostSnapshot:
+    """One host as the scheduler last saw it (plus any placements it assumed).
+
+    ``alloc_revision`` is the etcd mod_revision of the host's allocation key (0 when the
+    key is absent). Placement never interprets it; the bind transaction compares it.
+    """
+
+    host_id: str
+    ready: bool
+    capacity: Resources
+    allocated: Resources
+    vm_count: int = 0
+    # Excluded from hash: a Mapping is not hashable, and host_id already identifies.
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
+    alloc_revision: int = 0
+
+    @property
+    def free(self) -> Resources:
+        """Capacity minus allocation; negative where the host is over-committed."""
+        return self.capacity - self.allocated
+
+    def with_allocated(self, delta: Resources, vm_delta: int) -> HostSnapshot:
+        """A copy with ``delta`` added to ``allocated`` and ``vm_delta`` to ``vm_count``.
+
+        The revision is kept: an assumed placement is not a new etcd state.
+        """
+        return HostSnapshot(
+            host_id=self.host_id,
+            ready=self.ready,
+            capacity=self.capacity,
+            allocated=self.allocated + delta,
+            vm_count=self.vm_count + vm_delta,
+            labels=self.labels,
+            alloc_revision=self.alloc_revision,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRequest:
+    """A workload that needs a host: its store key, uid, size and labels."""
+
+    vm_key: str
+    uid: str
+    resources: Resources
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A filter's answer; ``reason`` is a short CamelCase word when ``ok`` is false."""
+
+    ok: bool
+    reason: str = ""
+
+
+# Filters return this shared instance on success so the hot path does not allocate.
+FITS = Verdict(True)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The outcome of one ``place()`` call.
+
+    ``filtered`` counts, per rejection reason, how many visited hosts were removed.
+    When ``host_id`` is None every host was visited, so ``visited == total`` and the
+    counts explain the whole fleet.
+    """
+
+    host_id: str | None
+    score: float
+    filtered: Mapping[str, int] = field(default_factory=lambda: _NO_COUNTS, hash=False)
+    visited: int = 0
+    total: int = 0
+
+    def message(self) -> str:
+        """A human summary, e.g. ``"0/12 hosts fit: 10 InsufficientMemory, 2 HostNotReady"``."""
+        if self.host_id is not None:
+            return f"placed on {self.host_id} after visiting {self.visited}/{self.total} hosts"
+        fit = self.visited - sum(self.filtered.values())
+        head = f"{fit}/{self.total} hosts fit"
+        if not self.filtered:
+            return head
+        # Largest cause first: that is the one an operator has to act on.
+        parts = sorted(self.filtered.items(), key=lambda kv: (-kv[1], kv[0]))
+        return head + ": " + ", ".join(f"{n} {reason}" for reason, n in parts)

@@ -1,0 +1,214 @@
+"""One scheduler shard: the pending VMs whose uid hashes to it, placed and bound.
+
+Flow: list the shard's queue at R → watch from R+1 → each queued VM's ref goes
+into a de-duplicating work queue → the placer takes a batch, places each VM by
+pure filter/score over the HostView (assuming each placement in memory), and
+commits the whole batch in one round trip of per-host compare-and-swap txns,
+fenced by the shard lock. A lost race forgets the assumption, refreshes that
+host's allocation and re-queues its VMs (bounded attempts per VM); a VM that
+fits nowhere waits, with a status saying why, until capacity appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+
+from controlplane.etcd import Compacted
+from controlplane.models import HostAllocation, Resources as ModelResources, VmRef
+from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore
+from controlplane.store.shards import ShardLock
+from controlplane.workqueue import WorkQueue
+from scheduler import metrics
+from scheduler.hostsync import HostSync
+from scheduler.placement import HostSnapshot, PlacementRequest, Resources, place
+
+log = logging.getLogger(__name__)
+
+
+class ShardLost(Exception):
+    """A bind was fenced off: another process owns the shard now."""
+
+
+def _request(vm: QueuedVm) -> PlacementRequest:
+    r = vm.spec.resources
+    return PlacementRequest(vm_key=vm.spec.ref.name, uid=vm.spec.uid,
+                            resources=Resources(r.vcpus, r.memory_mib, r.disk_gib), labels=vm.spec.labels)
+
+
+class ShardScheduler:
+    def __init__(self, shard: int, store: SchedulingStore, hosts: HostSync, lock: ShardLock, *,
+                 batch_size: int = 256, seed: int | None = None):
+        self.shard = shard
+        self._store = store
+        self._hosts = hosts
+        self._lock = lock
+        self._batch_size = batch_size
+        self._rng = random.Random(seed)
+        self._pending: dict[VmRef, QueuedVm] = {}
+        self._queue: WorkQueue[VmRef] = WorkQueue()
+        self._waiting: set[VmRef] = set()  # fit nowhere; retried when capacity appears
+        self._told: dict[VmRef, str] = {}  # last "no host fits" message written per VM
+        self._label = str(shard)
+
+    def _capacity_changed(self) -> None:
+        for ref in self._waiting:
+            self._queue.add(ref)
+        self._waiting.clear()
+        metrics.UNSCHEDULABLE.labels(self._label).set(0)
+
+    async def run(self) -> None:
+        """Run until cancelled or the shard is lost (raises ShardLost)."""
+        self._hosts.on_capacity.append(self._capacity_changed)
+        try:
+            await self._hosts.ready.wait()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._sync_queue())
+                group.create_task(self._place_loop())
+        finally:
+            self._hosts.on_capacity.remove(self._capacity_changed)
+            self._queue.shutdown()
+            metrics.QUEUE_DEPTH.remove(self._label)
+            metrics.UNSCHEDULABLE.remove(self._label)
+
+    async def _sync_queue(self) -> None:
+        while True:
+            items, revision = await self._store.list_queue(self.shard)
+            current = {vm.spec.ref: vm for vm in items}
+            for ref in list(self._pending):
+                if ref not in current:
+                    self._drop(ref)
+            for ref, vm in current.items():
+                self._pending[ref] = vm
+                if ref not in self._waiting:
+                    self._queue.add(ref)
+            self._update_depth()
+            log.info("queue listed", extra={"shard": self.shard, "pending": len(items)})
+            try:
+                async for change in self._store.watch_queue(self.shard, revision + 1):
+                    for ref in change.removed:
+                        self._drop(ref)
+                    for vm in change.added:
+                        self._pending[vm.spec.ref] = vm
+                        self._waiting.discard(vm.spec.ref)
+                        self._queue.add(vm.spec.ref)
+                    self._update_depth()
+            except Compacted:
+                log.warning("queue watch compacted; re-listing", extra={"shard": self.shard})
+
+    def _drop(self, ref: VmRef) -> None:
+        self._pending.pop(ref, None)
+        self._waiting.discard(ref)
+        self._told.pop(ref, None)
+
+    def _update_depth(self) -> None:
+        metrics.QUEUE_DEPTH.labels(self._label).set(len(self._pending))
+        metrics.UNSCHEDULABLE.labels(self._label).set(len(self._waiting))
+
+    async def _place_loop(self) -> None:
+        while True:
+            refs = await self._queue.get_batch(self._batch_size)
+            try:
+                await self._place_batch(refs)
+            finally:
+                for ref in refs:
+                    self._queue.done(ref)
+
+    async def _place_batch(self, refs: list[VmRef]) -> None:
+        started = time.perf_counter()
+        view = self._hosts.view
+        by_host: dict[str, list[QueuedVm]] = defaultdict(list)
+        unschedulable: list[tuple[QueuedVm, str]] = []
+        for ref in refs:
+            vm = self._pending.get(ref)
+            if vm is None:
+                continue  # bound or deleted meanwhile
+            request = _request(vm)
+            placement = place(request, view, rng=self._rng)
+            if placement.host_id is None:
+                self._waiting.add(ref)
+                message = placement.message()
+                if self._told.get(ref) != message:
+                    self._told[ref] = message
+                    unschedulable.append((vm, message))
+                log.info("no host fits", extra={"shard": self.shard, "vm": ref.name, "why": message})
+                continue
+            view.assume(placement.host_id, request.resources)
+            by_host[placement.host_id].append(vm)
+        if unschedulable:
+            await self._store.write_unschedulable(unschedulable)
+        if by_host:
+            await self._bind(by_host)
+        self._update_depth()
+        metrics.PLACEMENT_SECONDS.observe(time.perf_counter() - started)
+
+    async def _bind(self, by_host: dict[str, list[QueuedVm]]) -> None:
+        view = self._hosts.view
+        binds = []
+        for host, vms in by_host.items():
+            committed = view.committed(host)
+            delta = ModelResources()
+            for vm in vms:
+                delta = delta + vm.spec.resources
+            base = committed.allocated
+            allocation = HostAllocation(
+                ModelResources(base.vcpus + delta.vcpus, base.memory_mib + delta.memory_mib,
+                               base.disk_gib + delta.disk_gib),
+                committed.vm_count + len(vms))
+            binds.append(HostBind(host, committed.alloc_revision, allocation, vms))
+        try:
+            result = await self._store.bind(self._lock.fence(), binds)
+        except BaseException:
+            for bind in binds:
+                self._forget(bind)
+                for vm in bind.vms:
+                    self._queue.add(vm.spec.ref)
+            raise
+        if not result.fenced:
+            for bind in binds:
+                self._forget(bind)
+            raise ShardLost(f"shard {self.shard} was taken over")
+        lost: list[HostBind] = []
+        for bind, ok in zip(binds, result.committed):
+            self._forget(bind)
+            committed = view.committed(bind.host)
+            if ok:
+                a = bind.allocation
+                if committed is not None:
+                    self._hosts.confirm(HostSnapshot(
+                        bind.host, committed.ready, committed.capacity,
+                        Resources(a.resources.vcpus, a.resources.memory_mib, a.resources.disk_gib),
+                        a.vm_count, committed.labels, result.revision))
+                metrics.BINDS.inc(len(bind.vms))
+                for vm in bind.vms:
+                    self._drop(vm.spec.ref)
+            else:
+                lost.append(bind)
+        if lost:
+            metrics.BIND_CONFLICTS.inc(len(lost))
+            await self._refresh(lost)
+
+    def _forget(self, bind: HostBind) -> None:
+        for vm in bind.vms:
+            r = vm.spec.resources
+            self._hosts.view.forget(bind.host, Resources(r.vcpus, r.memory_mib, r.disk_gib))
+
+    async def _refresh(self, lost: list[HostBind]) -> None:
+        """After lost races: read the hosts' allocations as they are now, and
+        re-queue the VMs (a VM that left the queue meanwhile drops out at the
+        next batch, because the queue watch removed it from ``_pending``)."""
+        allocations = await self._store.read_allocations([b.host for b in lost])
+        for bind in lost:
+            allocation, revision = allocations[bind.host]
+            committed = self._hosts.view.committed(bind.host)
+            if committed is not None:
+                r = allocation.resources
+                self._hosts.confirm(HostSnapshot(
+                    bind.host, committed.ready, committed.capacity,
+                    Resources(r.vcpus, r.memory_mib, r.disk_gib), allocation.vm_count, committed.labels,
+                    revision))
+            for vm in bind.vms:
+                self._queue.add(vm.spec.ref)
