@@ -259,8 +259,7 @@ class SimHost:
             fault.remaining -= 1
             if fault.remaining == 0:
                 queue.popleft()
-            # A copy per raise: re-raising one instance would chain tracebacks.
-            return copy.copy(fault.error), fault.after_effect
+            return _fresh(fault.error), fault.after_effect
         hv = self._hv
         if hv.fault_rate and op in _MUTATING and hv.rng.random() < hv.fault_rate:
             error = OperationFailed(f"simulated transient fault in {op}", transient=True)
@@ -304,27 +303,33 @@ class SimHost:
             await self._settled(uid)
         vm = self._vms.get(uid)
         if vm is None:
-            self._reserve(request)
-            delay = self._hv.latency.create
-            if delay > 0:
-                done = self._creating[uid] = asyncio.Event()
-                try:
-                    await self._hv.sleep(delay)
-                except BaseException:
-                    self._release(request.vcpus, request.memory_mib, request.disk_gib)
-                    raise
-                finally:
-                    del self._creating[uid]
-                    done.set()
-            try:
-                self._hv.journal({"host": self.host_id, "op": "create", **_request_record(request)})
-            except DriverError:
-                self._release(request.vcpus, request.memory_mib, request.disk_gib)
-                raise
-            vm = self._vms[uid] = _Vm(request)
+            vm = await self._make(request)
         if after is not None:
             raise after
         return vm.info
+
+    async def _make(self, request: VmRequest) -> _Vm:
+        # Reserve, spend the latency, then commit; nothing is committed unless all
+        # of it ran, so a cancelled or failed create leaves no VM and no reservation.
+        uid = request.vm_uid
+        self._reserve(request)
+        delay = self._hv.latency.create
+        done = None
+        committed = False
+        try:
+            if delay > 0:
+                done = self._creating[uid] = asyncio.Event()  # same-uid callers wait on it
+                await self._hv.sleep(delay)
+            self._hv.journal({"host": self.host_id, "op": "create", **_request_record(request)})
+            vm = self._vms[uid] = _Vm(request)
+            committed = True
+        finally:
+            if not committed:
+                self._release(request.vcpus, request.memory_mib, request.disk_gib)
+            if done is not None:
+                del self._creating[uid]
+                done.set()
+        return vm
 
     def _reserve(self, r: VmRequest) -> None:
         c = self._capacity
@@ -385,6 +390,14 @@ class SimHost:
                 self._release(r.vcpus, r.memory_mib, r.disk_gib)
         if after is not None:
             raise after
+
+
+def _fresh(error: DriverError) -> DriverError:
+    # A copy per raise: raising one instance again and again would chain its tracebacks.
+    try:
+        return copy.copy(error)
+    except TypeError:  # an __init__ that copy cannot call with the message alone
+        return error
 
 
 def _request_record(r: VmRequest) -> dict[str, Any]:

@@ -212,9 +212,11 @@ class EtcdClient:
             keys_only=keys_only, count_only=count_only,
         )
         response = await self._call("range", self._kv.Range, request, retry=True)
+        # etcd's header carries the store's current revision even when the read
+        # was at an older ``revision``; report the revision actually read at.
         return RangeResult(
             [KeyValue.from_pb(kv) for kv in response.kvs], response.more, response.count,
-            response.header.revision,
+            revision or response.header.revision,
         )
 
     async def get(self, key: bytes, *, revision: int = 0) -> KeyValue | None:

@@ -1,0 +1,475 @@
+"""End-to-end creation benchmark: VMs created through the gRPC API until RUNNING.
+
+    python bench/e2e.py --vms 5000 --hosts 100            # starts a LocalSystem (sim, zero latency)
+    python bench/e2e.py --endpoint 127.0.0.1:7000 --vms 500  # against a running system
+    python bench/e2e.py --vms 500 --delete --json
+
+Creates ``--vms`` VMs in a fresh project (``tenants/default/projects/bench-<random>``)
+with ``--concurrency`` CreateVm calls in flight, each with its own vm_id and
+request_id, while one WatchVms stream (from the revision before the first create)
+records when each VM is first seen RUNNING. Nothing polls. Then prints throughput
+(accepted/s, RUNNING/s, creations a minute), API create latency and
+accepted→RUNNING latency (p50/p99), errors by gRPC code and the CPU seconds each
+process used (from /proc/<pid>/stat), to hold against DESIGN.md's performance
+budget: ≥ 30,000 creations a minute, API p99 < 50 ms, ~2 ms CPU per creation.
+
+Latencies are measured on the client's clock: API latency from sending a CreateVm
+to its answer (the successful attempt); accepted→RUNNING from that answer to the
+watch event that shows the VM RUNNING. The benchmark client runs on the same
+machine and its own CPU is reported too.
+
+Exit status: 0 when every VM was accepted, reached RUNNING (and, with
+``--delete``, was gone again); 1 when some did not; 2 on ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import grpc
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc  # noqa: E402
+
+RUNNING = vm_pb2.Vm.RUNNING
+ERROR = vm_pb2.Vm.ERROR
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+MAX_ATTEMPTS = 4          # per request; retries reuse the request_id
+MAX_WATCH_RESTARTS = 20   # per run
+RPC_TIMEOUT_S = 10.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- process CPU -----------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` (its threads included) in seconds; None when it is gone."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK   # fields 14 and 15 of proc(5)
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float | None]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def cpu_delta(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
+    return {name: (after[name] - before[name]) if before.get(name) is not None and after.get(name) is not None
+            else None for name in after}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))]
+
+
+# --- the run ---------------------------------------------------------------------------
+
+@dataclass
+class Phase:
+    """What one phase (create or delete) saw, on the client's monotonic clock."""
+    requested: int = 0
+    first_sent: float | None = None
+    last_answered: float | None = None
+    answered: dict[str, float] = field(default_factory=dict)       # vm_id -> answer time
+    api_latency_s: list[float] = field(default_factory=list)
+    done: dict[str, float] = field(default_factory=dict)           # vm_id -> RUNNING / DELETED seen
+    failed: dict[str, str] = field(default_factory=dict)           # vm_id -> why (ERROR state, gRPC code)
+    requests_done: bool = False
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def check(self) -> None:
+        if self.requests_done and len(self.done) + len(self.failed) >= self.requested:
+            self.complete.set()
+
+
+class Bench:
+    def __init__(self, endpoint: str, *, vms: int, concurrency: int, channels: int, flavor: str, image: str,
+                 tenant: str, project: str):
+        self.endpoint = endpoint
+        self.vms = vms
+        self.concurrency = concurrency
+        self.flavor = flavor
+        self.image = image
+        self.parent = f"tenants/{tenant}/projects/{project}"
+        self.errors: dict[str, Counter] = {"CreateVm": Counter(), "DeleteVm": Counter(), "WatchVms": Counter()}
+        self.retries = 0
+        self.watch_restarts = 0
+        self.create = Phase()
+        self.delete = Phase()
+        self.watch_events: Counter = Counter()   # by "TYPE" or "TYPE/STATE"
+        # One connection per channel (no shared subchannel pool), so that SO_REUSEPORT
+        # spreads the calls over the frontends that share the port.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        self._channels = [grpc.aio.insecure_channel(endpoint, options=options) for _ in range(max(1, channels))]
+        self._watch_channel = grpc.aio.insecure_channel(endpoint, options=options)
+        self._stubs = [vm_pb2_grpc.VmServiceStub(c) for c in self._channels]
+        self._watch_stub = vm_pb2_grpc.VmServiceStub(self._watch_channel)
+        self._revision = 0
+        self._ids = [f"vm-{i:06d}" for i in range(vms)]
+
+    async def close(self) -> None:
+        for channel in (*self._channels, self._watch_channel):
+            await channel.close()
+
+    def name(self, vm_id: str) -> str:
+        return f"{self.parent}/vms/{vm_id}"
+
+    async def start_revision(self) -> int:
+        """The store revision now (an empty project's list), to watch after."""
+        response = await self._stubs[0].ListVms(vm_pb2.ListVmsRequest(parent=self.parent, page_size=1),
+                                                timeout=RPC_TIMEOUT_S)
+        if response.vms:
+            raise SystemExit(f"{self.parent} is not empty; the benchmark needs a fresh project")
+        return response.resource_version
+
+    # watch ---------------------------------------------------------------------------
+
+    async def watch(self, revision: int) -> None:
+        """Record, per VM, when RUNNING (or ERROR) and DELETED were first seen.
+        Resumes after the last revision seen when the stream breaks (bounded)."""
+        self._revision = revision
+        prefix = len(self.parent) + len("/vms/")
+        while True:
+            stream = self._watch_stub.WatchVms(
+                vm_pb2.WatchVmsRequest(parent=self.parent, resource_version=self._revision))
+            try:
+                async for event in stream:
+                    now = time.monotonic()
+                    self._revision = max(self._revision, event.resource_version)
+                    if event.type == common_pb2.BOOKMARK:
+                        self.watch_events["BOOKMARK"] += 1
+                        continue
+                    self.watch_events[f"{common_pb2.EventType.Name(event.type)}/"
+                                      f"{vm_pb2.Vm.State.Name(event.vm.state)}"] += 1
+                    vm_id = event.vm.name[prefix:]
+                    if event.type == common_pb2.DELETED:
+                        if vm_id not in self.delete.done:
+                            self.delete.done[vm_id] = now
+                            self.delete.check()
+                    elif event.vm.state == RUNNING:
+                        if vm_id not in self.create.done:
+                            self.create.done[vm_id] = now
+                            self.create.check()
+                    elif event.vm.state == ERROR and vm_id not in self.create.done:
+                        reason = event.vm.conditions[-1].reason if event.vm.conditions else ""
+                        self.create.failed.setdefault(vm_id, f"ERROR {reason}".strip())
+                        self.create.check()
+                return
+            except grpc.aio.AioRpcError as err:
+                self.errors["WatchVms"][err.code().name] += 1
+                if err.code() == grpc.StatusCode.CANCELLED or self.watch_restarts >= MAX_WATCH_RESTARTS:
+                    raise
+                self.watch_restarts += 1
+                await asyncio.sleep(min(0.1 * 2 ** self.watch_restarts, 2.0))
+            finally:
+                stream.cancel()
+
+    # requests ------------------------------------------------------------------------
+
+    async def _call(self, method: str, phase: Phase, vm_id: str, stub_index: int, make_call) -> None:
+        """One request, retried with the same request on UNAVAILABLE (bounded)."""
+        for attempt in range(MAX_ATTEMPTS):
+            sent = time.monotonic()
+            if phase.first_sent is None:
+                phase.first_sent = sent
+            try:
+                await make_call(self._stubs[stub_index % len(self._stubs)])
+            except grpc.aio.AioRpcError as err:
+                self.errors[method][err.code().name] += 1
+                if err.code() in RETRIED_CODES and attempt + 1 < MAX_ATTEMPTS:
+                    self.retries += 1
+                    await asyncio.sleep(0.05 * 2 ** attempt)
+                    continue
+                if method == "DeleteVm" and err.code() == grpc.StatusCode.NOT_FOUND:
+                    phase.done.setdefault(vm_id, time.monotonic())  # already gone
+                else:
+                    phase.failed.setdefault(vm_id, err.code().name)
+                phase.check()
+                return
+            answered = time.monotonic()
+            phase.answered[vm_id] = answered
+            phase.last_answered = answered
+            phase.api_latency_s.append(answered - sent)
+            return
+
+    async def _run_requests(self, method: str, phase: Phase, ids: list[str], make_call) -> None:
+        phase.requested = len(ids)
+        it = iter(ids)
+
+        async def worker(index: int) -> None:
+            for vm_id in it:       # shared iterator: each id is taken by exactly one worker
+                await self._call(method, phase, vm_id, index, lambda stub, v=vm_id: make_call(stub, v))
+
+        async with asyncio.TaskGroup() as tg:
+            for i in range(min(self.concurrency, len(ids)) or 1):
+                tg.create_task(worker(i))
+        phase.requests_done = True
+        phase.check()
+
+    async def create_all(self) -> None:
+        # One request_id per VM, kept across retries, so a retry never makes a second VM.
+        request_ids = {vm_id: uuid.uuid4().hex for vm_id in self._ids}
+
+        def make_create(stub, vm_id):
+            return stub.CreateVm(vm_pb2.CreateVmRequest(
+                parent=self.parent, vm_id=vm_id, request_id=request_ids[vm_id],
+                vm=vm_pb2.Vm(flavor=self.flavor, image=self.image)), timeout=RPC_TIMEOUT_S)
+
+        await self._run_requests("CreateVm", self.create, self._ids, make_create)
+        await self.create.complete.wait()
+
+    async def delete_all(self) -> None:
+        def make_delete(stub, vm_id):
+            return stub.DeleteVm(vm_pb2.DeleteVmRequest(name=self.name(vm_id)), timeout=RPC_TIMEOUT_S)
+
+        ids = [vm_id for vm_id in self._ids if vm_id in self.create.answered]
+        await self._run_requests("DeleteVm", self.delete, ids, make_delete)
+        await self.delete.complete.wait()
+
+    # figures -------------------------------------------------------------------------
+
+    def figures(self, phase: Phase, done_word: str) -> dict:
+        accepted = len(phase.answered)
+        done = len(phase.done)
+        out: dict = {"requested": phase.requested, "accepted": accepted, done_word: done,
+                     "failed": len(phase.failed)}
+        if phase.first_sent is not None and phase.last_answered is not None:
+            span = phase.last_answered - phase.first_sent
+            out["api_seconds"] = round(span, 3)
+            out["accepted_per_s"] = round(accepted / span, 1) if span > 0 else None
+        if phase.first_sent is not None and phase.done:
+            span = max(phase.done.values()) - phase.first_sent
+            out[f"{done_word}_seconds"] = round(span, 3)
+            out[f"{done_word}_per_s"] = round(done / span, 1) if span > 0 else None
+        out["api_latency_ms"] = {"p50": ms(percentile(phase.api_latency_s, 50)),
+                                 "p99": ms(percentile(phase.api_latency_s, 99)),
+                                 "max": ms(max(phase.api_latency_s, default=None))}
+        # The watch event may be read before the create's answer: count that as 0.
+        lag = [max(0.0, phase.done[v] - phase.answered[v]) for v in phase.done if v in phase.answered]
+        out[f"accepted_to_{done_word}_ms"] = {"p50": ms(percentile(lag, 50)), "p99": ms(percentile(lag, 99)),
+                                               "max": ms(max(lag, default=None))}
+        if phase.failed:
+            out["failures"] = dict(Counter(phase.failed.values()).most_common(10))
+        return out
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int]) -> dict:
+    project = f"bench-{uuid.uuid4().hex[:8]}"
+    bench = Bench(endpoint, vms=args.vms, concurrency=args.concurrency, channels=args.channels,
+                  flavor=args.flavor, image=args.image, tenant=args.tenant, project=project)
+    report: dict = {"project": f"tenants/{args.tenant}/projects/{project}", "timed_out": False}
+    pids = {**pids, "bench-client": os.getpid()}
+    cpu: dict[str, dict] = {}
+    watch_task: asyncio.Task | None = None
+    before: dict | None = None
+    phase = "create"
+    try:
+        async with asyncio.timeout(args.timeout):
+            revision = await bench.start_revision()
+            watch_task = asyncio.create_task(bench.watch(revision))
+            before = cpu_snapshot(pids)
+            work = asyncio.create_task(bench.create_all())
+            # A dead watch would leave us waiting for events that never come: stop on it.
+            await asyncio.wait({work, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                watch_task.result()  # raises what ended the watch
+                raise RuntimeError("the watch ended early")
+            work.result()
+            cpu["create"] = cpu_delta(before, cpu_snapshot(pids))
+            if args.delete:
+                phase = "delete"
+                before = cpu_snapshot(pids)
+                work = asyncio.create_task(bench.delete_all())
+                await asyncio.wait({work, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():
+                    work.cancel()
+                    watch_task.result()
+                    raise RuntimeError("the watch ended early")
+                work.result()
+                cpu["delete"] = cpu_delta(before, cpu_snapshot(pids))
+    except TimeoutError:
+        report["timed_out"] = True
+    except Exception as err:  # noqa: BLE001 - report what finished, then fail
+        report["aborted"] = f"{type(err).__name__}: {err}"
+    finally:
+        if before is not None and phase not in cpu:
+            cpu[phase] = cpu_delta(before, cpu_snapshot(pids))
+        if watch_task is not None:
+            watch_task.cancel()
+            await asyncio.gather(watch_task, return_exceptions=True)
+        await bench.close()
+    report["create"] = bench.figures(bench.create, "running")
+    if args.delete:
+        report["delete"] = bench.figures(bench.delete, "deleted")
+    report["errors"] = {method: dict(codes) for method, codes in bench.errors.items() if codes}
+    report["retries"] = bench.retries
+    report["watch_restarts"] = bench.watch_restarts
+    report["watch_events"] = dict(bench.watch_events.most_common())
+    report["cpu_seconds"] = {p: {n: (round(s, 2) if s is not None else None) for n, s in d.items()}
+                             for p, d in cpu.items()}
+    return report
+
+
+# --- printing --------------------------------------------------------------------------
+
+def fmt(value, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:g}{unit}"
+
+
+def print_report(r: dict) -> None:
+    c = r["create"]
+    print(f"VMs {r['vms']}  hosts {r['hosts']}  concurrency {r['concurrency']}  "
+          f"frontends {r['frontends']}  schedulers {r['schedulers']}x{r['shards']} shards  "
+          f"flavor {r['flavor']}  ({r['project']})")
+    print(f"machine: {r['machine']['nproc']} CPUs, load average at start {r['machine']['loadavg_at_start']}")
+    print(f"accepted            {c['accepted']}/{c['requested']} in {fmt(c.get('api_seconds'), ' s')}"
+          f"  -> {fmt(c.get('accepted_per_s'))} accepted/s")
+    per_s = c.get("running_per_s")
+    print(f"RUNNING             {c['running']}/{c['requested']} in {fmt(c.get('running_seconds'), ' s')}"
+          f"  -> {fmt(per_s)} RUNNING/s = {fmt(round(per_s * 60) if per_s else None)} creations/min")
+    lat, lag = c["api_latency_ms"], c["accepted_to_running_ms"]
+    print(f"API create latency  p50 {fmt(lat['p50'], ' ms')}  p99 {fmt(lat['p99'], ' ms')}"
+          f"  max {fmt(lat['max'], ' ms')}")
+    print(f"accepted->RUNNING   p50 {fmt(lag['p50'], ' ms')}  p99 {fmt(lag['p99'], ' ms')}"
+          f"  max {fmt(lag['max'], ' ms')}")
+    if c.get("failures"):
+        print(f"failed VMs          {c['failed']}: {c['failures']}")
+    if "delete" in r:
+        d = r["delete"]
+        print(f"deleted             {d['deleted']}/{d['requested']} in {fmt(d.get('deleted_seconds'), ' s')}"
+              f"  -> {fmt(d.get('deleted_per_s'))} deletions/s  (DeleteVm p50 {fmt(d['api_latency_ms']['p50'])}"
+              f" p99 {fmt(d['api_latency_ms']['p99'])} ms; requested->gone p50 "
+              f"{fmt(d['accepted_to_deleted_ms']['p50'])} p99 {fmt(d['accepted_to_deleted_ms']['p99'])} ms)")
+    errors = ", ".join(f"{m} {code} {n}" for m, codes in r["errors"].items() for code, n in codes.items())
+    print(f"errors by code      {errors or 'none'}  (retries {r['retries']}, watch restarts "
+          f"{r['watch_restarts']})")
+    events = r["watch_events"]
+    print(f"watch events        {sum(events.values())}: "
+          + ", ".join(f"{kind} {n}" for kind, n in events.items()))
+    for phase, figures in r["cpu_seconds"].items():
+        count = r[phase].get("running" if phase == "create" else "deleted") or 0
+        total = sum(v for v in figures.values() if v is not None)
+        system = sum(v for n, v in figures.items() if v is not None and n != "bench-client")
+        parts = "  ".join(f"{n} {fmt(v)}" for n, v in figures.items())
+        per = f"{system / count * 1000:.2f} ms" if count else "n/a"
+        print(f"CPU s ({phase}):     {parts}  | total {total:.2f}, system without client {system:.2f}"
+              f" = {per} per VM")
+    if r.get("timed_out"):
+        print(f"TIMED OUT after {r['timeout_s']} s")
+    if r.get("aborted"):
+        print(f"ABORTED: {r['aborted']}")
+
+
+# --- main ------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--endpoint", help="host:port of a running system (default: start a LocalSystem)")
+    p.add_argument("--vms", type=int, default=5000)
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    p.add_argument("--channels", type=int, default=4,
+                   help="gRPC connections for the requests (spread over frontends by SO_REUSEPORT)")
+    p.add_argument("--hosts", type=int, default=100, help="simulated hosts (LocalSystem)")
+    p.add_argument("--frontends", type=int, default=2, help="(LocalSystem)")
+    p.add_argument("--schedulers", type=int, default=1, help="(LocalSystem)")
+    p.add_argument("--shards", type=int, default=1, help="(LocalSystem)")
+    p.add_argument("--latency", default="zero", help="sim driver latency profile (LocalSystem)")
+    p.add_argument("--no-metrics", action="store_true", help="LocalSystem processes without /metrics")
+    p.add_argument("--flavor", default="small")
+    p.add_argument("--image", default="ubuntu")
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--delete", action="store_true", help="then delete them all and wait until gone")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds for the run (after start-up)")
+    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds for a LocalSystem to start")
+    p.add_argument("--pid", action="append", default=[], metavar="NAME=PID",
+                   help="with --endpoint: also report the CPU of this process (repeatable)")
+    p.add_argument("--keep-logs", action="store_true", help="keep the LocalSystem's data dir and logs")
+    p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
+    args = p.parse_args(argv)
+    if args.vms < 1 or args.concurrency < 1:
+        p.error("--vms and --concurrency must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    loadavg = os.getloadavg()[0]
+    system = None
+    pids = dict(item.split("=", 1) for item in args.pid)
+    pids = {name: int(pid) for name, pid in pids.items()}
+    try:
+        if args.endpoint:
+            endpoint = args.endpoint
+        else:
+            from controlplane.local import LocalSystem
+
+            data_dir = None
+            if args.keep_logs:
+                import tempfile
+
+                data_dir = tempfile.mkdtemp(prefix="quanta-bench-")
+            system = LocalSystem(hosts=args.hosts, frontends=args.frontends, schedulers=args.schedulers,
+                                 shards=args.shards, latency=args.latency, metrics=not args.no_metrics,
+                                 data_dir=data_dir)
+            started = time.monotonic()
+            system.start(timeout=args.start_timeout)
+            print(f"started LocalSystem in {time.monotonic() - started:.1f} s (logs in {system.log_dir})",
+                  file=sys.stderr)
+            endpoint = system.endpoint
+            pids = {"etcd": system.etcd.process.pid,
+                    **{name: p.pid for name, p in system.processes.items()}, **pids}
+        try:
+            import uvloop
+
+            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        except ImportError:
+            runner = asyncio.Runner()
+        with runner:
+            report = runner.run(run(args, endpoint, pids))
+    finally:
+        if system is not None:
+            if args.keep_logs:
+                system.stop()
+            else:
+                system.cleanup()
+    report = {"vms": args.vms, "hosts": args.hosts if system else None, "concurrency": args.concurrency,
+              "frontends": args.frontends if system else None, "schedulers": args.schedulers if system else None,
+              "shards": args.shards if system else None, "flavor": args.flavor, "endpoint": endpoint,
+              "timeout_s": args.timeout,
+              "machine": {"nproc": os.cpu_count(), "loadavg_at_start": round(loadavg, 2)}, **report}
+    print_report(report)
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    if report["timed_out"]:
+        return 2
+    ok = report["create"]["running"] == args.vms and not report.get("aborted")
+    if args.delete:
+        ok = ok and report["delete"]["deleted"] == report["delete"]["requested"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

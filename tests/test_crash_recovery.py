@@ -1,0 +1,90 @@
+"""Killing the agent or the scheduler (SIGKILL) mid-creation still ends with
+every VM RUNNING, made exactly once on its host, bound exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import uuid
+
+import pytest
+
+from agents.drivers.sim import read_journal
+from controlplane.etcd import EtcdClient
+from controlplane.local import LocalSystem
+from controlplane.models import Binding, HostAllocation
+from controlplane.sdk import Client
+from controlplane.store.keys import Keys
+from controlplane.gen.quanta.v1 import vm_pb2
+from tests.conftest import wait_until
+
+VMS = 120
+
+
+@pytest.fixture
+def system(etcd_server):
+    root = f"/crash-{uuid.uuid4().hex[:8]}"
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=6, latency="realistic",
+                     frontends=1, lease_ttl=3, metrics=False) as local:
+        yield local
+
+
+def _states(client: Client) -> collections.Counter:
+    return collections.Counter(vm_pb2.Vm.State.Name(vm.state) for vm in client.list_vms())
+
+
+def _create_all(client: Client) -> list[vm_pb2.Vm]:
+    return [client.create_vm(f"vm-{i:03d}", flavor="small", image="ubuntu") for i in range(VMS)]
+
+
+def _check_exactly_once(system: LocalSystem, client: Client, vms: list[vm_pb2.Vm]) -> None:
+    wait_until(lambda: _states(client) == {"RUNNING": VMS}, timeout=120, interval=0.2,
+               message=f"all {VMS} VMs RUNNING")
+    uids = {vm.uid for vm in vms}
+    creates = collections.Counter(r["vm_uid"] for r in read_journal(system.data_dir / "sim") if r["op"] == "create")
+    assert set(creates) == uids
+    assert max(creates.values()) == 1, "a VM was created twice"
+
+    async def bindings_and_allocations():
+        keys = Keys(system.root)
+        async with EtcdClient(system.etcd_endpoint) as etcd:
+            bound, _ = await etcd.range_prefix(keys.bindings_prefix())
+            hosts, _ = await etcd.range_prefix(keys.hosts_prefix())
+        bindings = [Binding.from_bytes(kv.value) for kv in bound]
+        allocations = {keys.parse_host_key(kv.key)[0]: HostAllocation.from_bytes(kv.value)
+                       for kv in hosts if kv.key.endswith(b"/alloc")}
+        return bindings, allocations
+
+    bindings, allocations = asyncio.run(bindings_and_allocations())
+    assert sorted(b.spec.uid for b in bindings) == sorted(uids), "each VM bound exactly once"
+    per_host = collections.Counter(b.host for b in bindings)
+    assert {h: a.vm_count for h, a in allocations.items() if a.vm_count} == dict(per_host)
+    assert sum(a.resources.vcpus for a in allocations.values()) == VMS  # small = 1 vCPU
+
+
+def test_agent_killed_mid_creation(system):
+    with Client(system.endpoint, project="crash") as client:
+        vms = _create_all(client)
+        wait_until(lambda: _states(client)["RUNNING"] >= 5, timeout=60, message="some VMs RUNNING")
+        agent = system.processes["agent-0"]
+        agent.kill(signal.SIGKILL)
+        assert _states(client)["RUNNING"] < VMS, "the agent should be killed mid-creation"
+        agent.start()
+        _check_exactly_once(system, client, vms)
+
+
+def test_scheduler_killed_mid_creation(system):
+    with Client(system.endpoint, project="crash") as client:
+        scheduler = system.processes["scheduler-0"]
+        scheduler.process.send_signal(signal.SIGSTOP)  # hold placement so the kill lands mid-creation
+        try:
+            vms = _create_all(client)
+        finally:
+            scheduler.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: sum(_states(client)[s] for s in ("SCHEDULED", "CREATING", "RUNNING")) > 0,
+                   timeout=60, message="some VMs scheduled")
+        scheduler.kill(signal.SIGKILL)
+        assert _states(client)["PENDING"] > 0 or _states(client)["RUNNING"] < VMS
+        scheduler.start()  # waits out the dead process's shard lease, then takes over
+        _check_exactly_once(system, client, vms)

@@ -1,0 +1,226 @@
+"""The whole system as real processes on the session's etcd: the lifecycle a
+user sees through the CLI and SDK, bad input, idempotent retries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+
+import grpc
+import pytest
+
+from controlplane.api.errors import ApiError
+from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
+from controlplane.local import LocalSystem
+from controlplane.sdk import Client
+from tests.conftest import wait_until
+
+State = vm_pb2.Vm.State
+
+
+@pytest.fixture(scope="module")
+def system(etcd_server):
+    root = f"/sys-{uuid.uuid4().hex[:8]}"
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=4, latency="realistic",
+                     metrics=False) as local:
+        yield local
+
+
+@pytest.fixture
+def client(system):
+    project = f"p-{uuid.uuid4().hex[:8]}"  # a project per test: tests see only their own VMs
+    with Client(system.endpoint, project=project) as c:
+        yield c
+
+
+def quanta(system: LocalSystem, project: str, *args: str) -> subprocess.CompletedProcess:
+    """Run the installed ``quanta`` command, as a user would."""
+    executable = os.path.join(os.path.dirname(sys.executable), "quanta")
+    return subprocess.run(
+        [executable, *args[:1], "--endpoint", system.endpoint, "--project", project, *args[1:]],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+class EventRecorder:
+    """Collects VmEvents of a project from a WatchVms stream in a thread."""
+
+    def __init__(self, client: Client):
+        self.events: list[vm_pb2.VmEvent] = []
+        self._stream = client._vms.WatchVms(vm_pb2.WatchVmsRequest(parent=client.parent))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._stream:
+                self.events.append(event)
+        except grpc.RpcError:
+            pass
+
+    def states(self, name: str) -> list[int]:
+        return [e.vm.state for e in self.events if e.vm.name == name and e.type != common_pb2.DELETED]
+
+    def deleted(self, name: str) -> bool:
+        return any(e.type == common_pb2.DELETED and e.vm.name == name for e in self.events)
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._thread.join(10)
+
+
+def test_lifecycle_through_cli_and_watch(system, client):
+    recorder = EventRecorder(client)
+    wait_until(lambda: any(e.type == common_pb2.BOOKMARK for e in recorder.events), message="watch started")
+    try:
+        created = quanta(system, client.project, "vm", "create", "--name", "web-1", "--flavor", "small",
+                         "--image", "ubuntu")
+        assert created.returncode == 0, created.stderr
+        assert "web-1" in created.stdout and "PENDING" in created.stdout
+        name = client.vm_name("web-1")
+        wait_until(lambda: State.RUNNING in recorder.states(name), timeout=30, message="web-1 RUNNING")
+        assert recorder.states(name) == [State.PENDING, State.SCHEDULED, State.CREATING, State.RUNNING]
+
+        got = quanta(system, client.project, "vm", "get", "web-1")
+        assert got.returncode == 0 and "RUNNING" in got.stdout
+        listed = quanta(system, client.project, "vm", "list")
+        assert [line.split()[0] for line in listed.stdout.splitlines()] == ["web-1"]
+        vm = client.get_vm("web-1")
+        host = client.get_host(vm.host)
+        assert host.vm_count >= 1 and host.allocated.vcpus >= 1
+
+        deleted = quanta(system, client.project, "vm", "delete", "web-1")
+        assert deleted.returncode == 0 and "DELETING" in deleted.stdout, deleted.stdout + deleted.stderr
+        wait_until(lambda: recorder.deleted(name), timeout=30, message="web-1 deleted")
+        assert recorder.states(name)[-1] == State.DELETING
+        with pytest.raises(ApiError) as missing:
+            client.get_vm("web-1")
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+        after = client.get_host(vm.host)
+        assert (after.vm_count, after.allocated.vcpus) == (host.vm_count - 1, host.allocated.vcpus - 1)
+    finally:
+        recorder.close()
+
+
+def test_delete_of_a_pending_vm_is_immediate(system, client, etcd_server):
+    # Stop the scheduler so the VM stays pending.
+    system.processes["scheduler-0"].stop()
+    try:
+        vm = client.create_vm("early", flavor="small", image="ubuntu")
+        assert vm.state == State.PENDING
+        gone = client.delete_vm("early")
+        assert gone.state == State.DELETING
+        with pytest.raises(ApiError) as missing:
+            client.get_vm("early")
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+    finally:
+        system.processes["scheduler-0"].start()
+
+
+def _error(call) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        call()
+    return caught.value
+
+
+def test_bad_input_gets_precise_status_and_writes_nothing(system, client):
+    stub = client._vms
+
+    def create(**fields):
+        vm = vm_pb2.Vm(flavor=fields.pop("flavor", "small"), image=fields.pop("image", "ubuntu"),
+                       labels=fields.pop("labels", {}))
+        request = vm_pb2.CreateVmRequest(parent=client.parent, vm=vm, **fields)
+        return lambda: client._call(stub.CreateVm, request)
+
+    empty = _error(create(vm_id=""))
+    assert empty.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in empty.field_violations] == ["vm_id"]
+
+    unknown = _error(create(vm_id="a", flavor="huge"))
+    assert unknown.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert unknown.field_violations[0][0] == "vm.flavor" and "huge" in unknown.field_violations[0][1]
+
+    bad_image = _error(create(vm_id="a", image=""))
+    assert bad_image.field_violations == [("vm.image", "required")]
+
+    labels = {f"k{i}": "v" * 60 for i in range(60)}
+    assert sum(len(k) + len(v) for k, v in labels.items()) < 16 * 1024  # fits: only the message limit counts
+    oversized = _error(create(vm_id="a", labels={"big": "x"}, request_id="r" * 2_000_000))
+    assert oversized.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    bad_parent = _error(lambda: client._call(stub.CreateVm, vm_pb2.CreateVmRequest(
+        parent="tenants/Default/projects/x", vm_id="a", vm=vm_pb2.Vm(flavor="small", image="ubuntu"))))
+    assert bad_parent.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_parent.field_violations[0][0] == "parent"
+
+    token = _error(lambda: client._call(stub.ListVms, vm_pb2.ListVmsRequest(
+        parent=client.parent, page_token="not-a-token")))
+    assert token.code == grpc.StatusCode.INVALID_ARGUMENT and token.reason == "INVALID_PAGE_TOKEN"
+
+    size = _error(lambda: client._call(stub.ListVms, vm_pb2.ListVmsRequest(parent=client.parent, page_size=-1)))
+    assert size.code == grpc.StatusCode.INVALID_ARGUMENT
+
+    missing = _error(lambda: client.get_vm("nope"))
+    assert missing.code == grpc.StatusCode.NOT_FOUND and missing.reason == "VM_NOT_FOUND"
+
+    assert list(client.list_vms()) == []
+
+
+def test_retried_create_with_same_request_id_gives_one_vm(system, client):
+    first = client.create_vm("db-1", flavor="medium", image="debian", request_id="req-42")
+    again = client.create_vm("db-1", flavor="medium", image="debian", request_id="req-42")
+    assert again.uid == first.uid
+    # The retry may even name another VM: the request already made db-1.
+    other_name = client.create_vm("db-2", flavor="medium", image="debian", request_id="req-42")
+    assert other_name.uid == first.uid and other_name.name == first.name
+
+    conflict = _error(lambda: client.create_vm("db-1", flavor="medium", image="debian", request_id="req-43"))
+    assert conflict.code == grpc.StatusCode.ALREADY_EXISTS
+
+    # Concurrent identical retries, on separate connections (possibly separate frontends).
+    results: list[vm_pb2.Vm] = []
+
+    def retry():
+        with Client(system.endpoint, project=client.project) as c:
+            results.append(c.create_vm("db-3", flavor="small", image="debian", request_id="req-44"))
+
+    threads = [threading.Thread(target=retry) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 8 and len({vm.uid for vm in results}) == 1
+    assert sorted(vm.name.rsplit("/", 1)[1] for vm in client.list_vms()) == ["db-1", "db-3"]
+
+
+def test_list_pages_and_label_selector(system, client):
+    for i in range(7):
+        client.create_vm(f"vm-{i}", flavor="small", image="photon", labels={"tier": "web" if i % 2 else "db"})
+    stub = client._vms
+    first = client._call(stub.ListVms, vm_pb2.ListVmsRequest(parent=client.parent, page_size=3))
+    assert len(first.vms) == 3 and first.next_page_token
+    names = [vm.name for vm in client.list_vms(page_size=3)]
+    assert len(names) == 7 and len(set(names)) == 7
+    web = sorted(vm.name.rsplit("/", 1)[1] for vm in client.list_vms(label_selector="tier=web"))
+    assert web == ["vm-1", "vm-3", "vm-5"]
+    # A token is bound to its request: another selector may not reuse it.
+    reuse = _error(lambda: client._call(stub.ListVms, vm_pb2.ListVmsRequest(
+        parent=client.parent, page_size=3, page_token=first.next_page_token, label_selector="tier=db")))
+    assert reuse.reason == "INVALID_PAGE_TOKEN"
+
+
+def test_health_and_reflection_are_served(system):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(system.endpoint) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="quanta.v1.VmService"), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        services = {s.name for r in responses for s in r.list_services_response.service}
+        assert {"quanta.v1.VmService", "quanta.v1.HostService"} <= services
