@@ -24,11 +24,24 @@ class Remover:
         self._pending[host][vm.ref] = vm
         self._wakeup.set()
 
+    def _take_batch(self) -> tuple[dict[str, dict[object, BoundVm]], dict[str, dict[object, BoundVm]]]:
+        """Up to one txn's worth of removals per host; the rest stays pending."""
+        limit = self._store.max_removals_per_txn()
+        batch: dict[str, dict[object, BoundVm]] = {}
+        rest: dict[str, dict[object, BoundVm]] = defaultdict(dict)
+        for host, vms in self._pending.items():
+            items = list(vms.items())
+            batch[host] = dict(items[:limit])
+            if len(items) > limit:
+                rest[host].update(items[limit:])
+                self._wakeup.set()
+        return batch, rest
+
     async def run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            batch, self._pending = self._pending, defaultdict(dict)
+            batch, self._pending = self._take_batch()
             results = await asyncio.gather(
                 *(self._store.remove_destroyed(host, list(vms.values())) for host, vms in batch.items()),
                 return_exceptions=True,

@@ -93,6 +93,7 @@ class Phase:
     done: dict[str, float] = field(default_factory=dict)           # vm_id -> RUNNING / DELETED seen
     failed: dict[str, str] = field(default_factory=dict)           # vm_id -> why (ERROR state, gRPC code)
     requests_done: bool = False
+    schedule_lag_s: float = 0.0                                    # with --rate: worst send delay
     complete: asyncio.Event = field(default_factory=asyncio.Event)
 
     def check(self) -> None:
@@ -102,7 +103,8 @@ class Phase:
 
 class Bench:
     def __init__(self, endpoint: str, *, vms: int, concurrency: int, channels: int, flavor: str, image: str,
-                 tenant: str, project: str):
+                 tenant: str, project: str, rate: float = 0.0):
+        self.rate = rate
         self.endpoint = endpoint
         self.vms = vms
         self.concurrency = concurrency
@@ -210,12 +212,24 @@ class Bench:
             phase.api_latency_s.append(answered - sent)
             return
 
-    async def _run_requests(self, method: str, phase: Phase, ids: list[str], make_call) -> None:
+    async def _run_requests(self, method: str, phase: Phase, ids: list[str], make_call,
+                            rate: float = 0.0) -> None:
+        """``make_call`` for every id, ``concurrency`` at a time; with ``rate`` (requests
+        per second) each request waits for its slot on a fixed schedule (open loop,
+        capped by the concurrency) and ``phase.schedule_lag_s`` records how far the
+        sends fell behind that schedule."""
         phase.requested = len(ids)
-        it = iter(ids)
+        it = iter(enumerate(ids))
+        start = time.monotonic()
 
         async def worker(index: int) -> None:
-            for vm_id in it:       # shared iterator: each id is taken by exactly one worker
+            for i, vm_id in it:       # shared iterator: each id is taken by exactly one worker
+                if rate:
+                    delay = start + i / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    else:
+                        phase.schedule_lag_s = max(phase.schedule_lag_s, -delay)
                 await self._call(method, phase, vm_id, index, lambda stub, v=vm_id: make_call(stub, v))
 
         async with asyncio.TaskGroup() as tg:
@@ -233,7 +247,7 @@ class Bench:
                 parent=self.parent, vm_id=vm_id, request_id=request_ids[vm_id],
                 vm=vm_pb2.Vm(flavor=self.flavor, image=self.image)), timeout=RPC_TIMEOUT_S)
 
-        await self._run_requests("CreateVm", self.create, self._ids, make_create)
+        await self._run_requests("CreateVm", self.create, self._ids, make_create, self.rate)
         await self.create.complete.wait()
 
     async def delete_all(self) -> None:
@@ -266,6 +280,8 @@ class Bench:
         lag = [max(0.0, phase.done[v] - phase.answered[v]) for v in phase.done if v in phase.answered]
         out[f"accepted_to_{done_word}_ms"] = {"p50": ms(percentile(lag, 50)), "p99": ms(percentile(lag, 99)),
                                                "max": ms(max(lag, default=None))}
+        if phase.schedule_lag_s:
+            out["schedule_lag_ms"] = ms(phase.schedule_lag_s)
         if phase.failed:
             out["failures"] = dict(Counter(phase.failed.values()).most_common(10))
         return out
@@ -278,7 +294,8 @@ def ms(seconds: float | None) -> float | None:
 async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int]) -> dict:
     project = f"bench-{uuid.uuid4().hex[:8]}"
     bench = Bench(endpoint, vms=args.vms, concurrency=args.concurrency, channels=args.channels,
-                  flavor=args.flavor, image=args.image, tenant=args.tenant, project=project)
+                  flavor=args.flavor, image=args.image, tenant=args.tenant, project=project,
+                  rate=args.rate)
     report: dict = {"project": f"tenants/{args.tenant}/projects/{project}", "timed_out": False}
     pids = {**pids, "bench-client": os.getpid()}
     cpu: dict[str, dict] = {}
@@ -342,6 +359,7 @@ def fmt(value, unit: str = "") -> str:
 def print_report(r: dict) -> None:
     c = r["create"]
     print(f"VMs {r['vms']}  hosts {r['hosts']}  concurrency {r['concurrency']}  "
+          + (f"rate {r['rate']:g}/s  " if r["rate"] else "") +
           f"frontends {r['frontends']}  schedulers {r['schedulers']}x{r['shards']} shards  "
           f"flavor {r['flavor']}  ({r['project']})")
     print(f"machine: {r['machine']['nproc']} CPUs, load average at start {r['machine']['loadavg_at_start']}")
@@ -355,6 +373,8 @@ def print_report(r: dict) -> None:
           f"  max {fmt(lat['max'], ' ms')}")
     print(f"accepted->RUNNING   p50 {fmt(lag['p50'], ' ms')}  p99 {fmt(lag['p99'], ' ms')}"
           f"  max {fmt(lag['max'], ' ms')}")
+    if c.get("schedule_lag_ms"):
+        print(f"paced sends fell behind their schedule by up to {c['schedule_lag_ms']} ms")
     if c.get("failures"):
         print(f"failed VMs          {c['failed']}: {c['failures']}")
     if "delete" in r:
@@ -390,6 +410,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--endpoint", help="host:port of a running system (default: start a LocalSystem)")
     p.add_argument("--vms", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="creates per second, paced (open loop, capped by --concurrency); 0: as fast as possible")
     p.add_argument("--channels", type=int, default=4,
                    help="gRPC connections for the requests (spread over frontends by SO_REUSEPORT)")
     p.add_argument("--hosts", type=int, default=100, help="simulated hosts (LocalSystem)")
@@ -456,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 system.cleanup()
     report = {"vms": args.vms, "hosts": args.hosts if system else None, "concurrency": args.concurrency,
+              "rate": args.rate or None,
               "frontends": args.frontends if system else None, "schedulers": args.schedulers if system else None,
               "shards": args.shards if system else None, "flavor": args.flavor, "endpoint": endpoint,
               "timeout_s": args.timeout,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.etcd.server import EtcdServer, free_port
+from controlplane.etcd.server import ETCD_MAX_TXN_OPS, EtcdServer, free_port
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,9 @@ class LocalSystem:
         return args
 
     def _add(self, name: str, module: str, args: list[str]) -> ManagedProcess:
+        env = {"QUANTA_ETCD_MAX_TXN_OPS": str(ETCD_MAX_TXN_OPS)} if self.etcd else {}
         process = ManagedProcess(name, [sys.executable, "-m", module, *self._common(name), *args],
-                                 self.log_dir / f"{name}.log")
+                                 self.log_dir / f"{name}.log", env)
         self.processes[name] = process
         return process
 

@@ -122,6 +122,7 @@ class ShardScheduler:
         view = self._hosts.view
         by_host: dict[str, list[QueuedVm]] = defaultdict(list)
         unschedulable: list[tuple[QueuedVm, str]] = []
+        max_hosts, max_per_host = self._store.bind_limits()
         for ref in refs:
             vm = self._pending.get(ref)
             if vm is None:
@@ -135,6 +136,10 @@ class ShardScheduler:
                     self._told[ref] = message
                     unschedulable.append((vm, message))
                 log.info("no host fits", extra={"shard": self.shard, "vm": ref.name, "why": message})
+                continue
+            group = by_host.get(placement.host_id)
+            if (group is None and len(by_host) >= max_hosts) or (group is not None and len(group) >= max_per_host):
+                self._queue.add(ref)  # over one txn's op limit: next batch
                 continue
             view.assume(placement.host_id, request.resources)
             by_host[placement.host_id].append(vm)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
@@ -140,13 +141,21 @@ def _target(endpoints: str | Sequence[str]) -> tuple[str, list[tuple[str, object
     return "ipv4:" + ",".join(f"{h}:{p}" for h, p in hostports), options
 
 
-class EtcdClient:
-    """One channel to an etcd cluster. Safe to share between tasks of one event loop."""
+DEFAULT_MAX_TXN_OPS = 128  # etcd's own default for --max-txn-ops
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0):
+
+class EtcdClient:
+    """One channel to an etcd cluster. Safe to share between tasks of one event loop.
+
+    ``max_txn_ops`` must not exceed the server's ``--max-txn-ops``; stores split
+    their batches by it (default: $QUANTA_ETCD_MAX_TXN_OPS, else etcd's 128).
+    """
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0, max_txn_ops: int | None = None):
         target, options = _target(endpoints)
         self.target = target
         self.timeout = timeout
+        self.max_txn_ops = max_txn_ops or int(os.environ.get("QUANTA_ETCD_MAX_TXN_OPS", DEFAULT_MAX_TXN_OPS))
         self._channel = grpc.aio.insecure_channel(target, options=options)
         self._kv = pb_grpc.KVStub(self._channel)
         self._watch = pb_grpc.WatchStub(self._channel)
@@ -267,6 +276,14 @@ class EtcdClient:
         read_only = not any(op.WhichOneof("request") != "request_range" for op in (*success, *failure))
         response = await self._call("txn", self._kv.Txn, request, retry=read_only, timeout=timeout)
         return TxnResult(response.succeeded, response.header.revision, response.responses)
+
+    async def txn_chunked(self, ops_: Sequence[pb.RequestOp]) -> list[pb.ResponseOp]:
+        """Run unconditional ops in as many txns as ``max_txn_ops`` requires, all in
+        flight at once; returns their responses in order. Not atomic as a whole."""
+        size = self.max_txn_ops
+        chunks = [ops_[i:i + size] for i in range(0, len(ops_), size)]
+        results = await asyncio.gather(*(self.txn([], chunk) for chunk in chunks))
+        return [response for result in results for response in result.responses]
 
     async def compact(self, revision: int) -> None:
         await self._call("compact", self._kv.Compact, pb.CompactionRequest(revision=revision, physical=True),

@@ -18,6 +18,10 @@ import time
 import urllib.request
 
 
+#: What the etcd started here allows per txn; processes using it are told so.
+ETCD_MAX_TXN_OPS = 4096
+
+
 class EtcdNotFound(RuntimeError):
     pass
 
@@ -85,7 +89,7 @@ class EtcdServer:
                 "--auto-compaction-mode", "periodic",
                 "--auto-compaction-retention", "10m",
                 "--quota-backend-bytes", str(self.quota_bytes),
-                "--max-txn-ops", "4096",
+                "--max-txn-ops", str(ETCD_MAX_TXN_OPS),
                 "--max-request-bytes", str(8 * 1024 * 1024),
                 "--snapshot-count", "100000",
                 "--log-level", "warn",

@@ -14,8 +14,6 @@ from controlplane.etcd import EtcdClient, ops
 from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmStatus
 from controlplane.store.keys import Keys
 
-_MAX_OPS_PER_TXN = 1000
-
 
 @dataclass(frozen=True, slots=True)
 class BoundVm:
@@ -51,9 +49,8 @@ class AgentStore:
     async def register(self, registrations: Sequence[HostRegistration], lease_id: int) -> None:
         """Put host registrations under the heartbeat lease. Idempotent."""
         k = self._keys
-        puts = [ops.put(k.host_reg(r.host), r.to_bytes(), lease=lease_id) for r in registrations]
-        for i in range(0, len(puts), _MAX_OPS_PER_TXN):
-            await self._etcd.txn([], puts[i:i + _MAX_OPS_PER_TXN])
+        await self._etcd.txn_chunked(
+            [ops.put(k.host_reg(r.host), r.to_bytes(), lease=lease_id) for r in registrations])
 
     def _bound(self, kv) -> BoundVm:
         return BoundVm(Binding.from_bytes(kv.value), kv.create_revision, kv.mod_revision)
@@ -90,33 +87,40 @@ class AgentStore:
         """Write statuses in one round trip (chunked). Each is applied only if its
         binding still exists with the same create_revision; returns which were."""
         k = self._keys
-        applied: list[bool] = []
-        for i in range(0, len(updates), _MAX_OPS_PER_TXN):
-            chunk = updates[i:i + _MAX_OPS_PER_TXN]
-            nested = [
-                ops.txn([ops.create_revision_is(k.binding(u.host, u.ref), u.binding_create_revision)],
-                        [ops.put(k.vm_status(u.ref), u.status.to_bytes())])
-                for u in chunk
-            ]
-            result = await self._etcd.txn([], nested)
-            applied += [result.nested(j).succeeded for j in range(len(chunk))]
-        return applied
+        nested = [
+            ops.txn([ops.create_revision_is(k.binding(u.host, u.ref), u.binding_create_revision)],
+                    [ops.put(k.vm_status(u.ref), u.status.to_bytes())])
+            for u in updates
+        ]
+        return [response.response_txn.succeeded for response in await self._etcd.txn_chunked(nested)]
+
+    def max_removals_per_txn(self) -> int:
+        """How many VMs one remove_destroyed call may take (each costs 4 txn ops)."""
+        return max(1, (self._etcd.max_txn_ops - 1) // 4)
 
     async def remove_destroyed(self, host: str, vms: Sequence[BoundVm]) -> bool:
         """Remove VMs that the host has destroyed: their spec, status, binding and
         request record go, and the host's allocation shrinks, in one txn.
 
         Compare-and-swap on the allocation; returns False on a conflict (the
-        caller retries). VMs whose binding changed incarnation are skipped.
+        caller retries). VMs whose binding changed incarnation (or is already
+        gone, e.g. a retry of a removal that applied) are skipped, so a retry
+        neither shrinks the allocation twice nor fails forever.
         """
         k = self._keys
         alloc_key = k.host_alloc(host)
-        kv = await self._etcd.get(alloc_key)
-        allocation = HostAllocation.from_bytes(kv.value) if kv else HostAllocation()
-        alloc_revision = kv.mod_revision if kv else 0
+        # Read the allocation and the bindings at one revision.
+        read = await self._etcd.txn([], [ops.get(alloc_key)] + [ops.get(k.binding(host, vm.ref)) for vm in vms])
+        alloc_kvs = read.kvs(0)
+        allocation = HostAllocation.from_bytes(alloc_kvs[0].value) if alloc_kvs else HostAllocation()
+        alloc_revision = alloc_kvs[0].mod_revision if alloc_kvs else 0
+        current = [vm for i, vm in enumerate(vms)
+                   if [kv.create_revision for kv in read.kvs(i + 1)] == [vm.create_revision]]
+        if not current:
+            return True
         compares = [ops.mod_revision_is(alloc_key, alloc_revision)]
         success = []
-        for vm in vms:
+        for vm in current:
             spec = vm.binding.spec
             ref = spec.ref
             compares.append(ops.create_revision_is(k.binding(host, ref), vm.create_revision))

@@ -102,12 +102,18 @@ class SchedulingStore:
             return BindResult(False, [False] * len(binds), result.revision)
         return BindResult(True, [result.nested(i).succeeded for i in range(len(binds))], result.revision)
 
+    def bind_limits(self) -> tuple[int, int]:
+        """(host groups, VMs per host group) that one ``bind`` call may carry
+        within the server's max_txn_ops (each VM costs 3 ops and 1 compare)."""
+        limit = self._etcd.max_txn_ops
+        return limit, max(1, (limit - 1) // 3)
+
     async def read_allocations(self, hosts: Sequence[str]) -> dict[str, tuple[HostAllocation, int]]:
         """Current allocation and its revision for each host (absent: zero, 0)."""
-        result = await self._etcd.txn([], [ops.get(self._keys.host_alloc(h)) for h in hosts])
+        responses = await self._etcd.txn_chunked([ops.get(self._keys.host_alloc(h)) for h in hosts])
         out = {}
-        for i, host in enumerate(hosts):
-            kvs = result.kvs(i)
+        for host, response in zip(hosts, responses):
+            kvs = response.response_range.kvs
             out[host] = (HostAllocation.from_bytes(kvs[0].value), kvs[0].mod_revision) if kvs \
                 else (HostAllocation(), 0)
         return out
@@ -127,4 +133,4 @@ class SchedulingStore:
             nested.append(ops.txn([ops.mod_revision_is(k.queue(spec.shard, spec.ref), vm.queue_revision)],
                                   [ops.put(k.vm_status(spec.ref), status.to_bytes())]))
         if nested:
-            await self._etcd.txn([], nested)
+            await self._etcd.txn_chunked(nested)

@@ -259,12 +259,12 @@ class VmStore:
         if missing:
             # Read the other half as it was at the event's revision, so a record
             # never shows a later change before the event that made it.
-            result = await self._etcd.txn([], [
+            responses = await self._etcd.txn_chunked([
                 ops.get(self._keys.vm_prefix(ref), prefix_end(self._keys.vm_prefix(ref)), revision=revision)
                 for ref, revision in missing
             ])
-            for i, gk in enumerate(missing):
-                fetched[gk] = self._record_from(result.kvs(i))
+            for gk, response in zip(missing, responses):
+                fetched[gk] = self._record_from([KeyValue.from_pb(kv) for kv in response.response_range.kvs])
         changes: list[VmChange] = []
         for gk in order:
             ref, revision = gk

@@ -1,0 +1,310 @@
+"""VmStore against a real etcd: idempotent and race-free create, paginated list
+at one revision, deletion of pending and bound VMs, etags, and the change watch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from controlplane.etcd import EtcdClient
+from controlplane.models import Binding, HostAllocation, Resources, VmRef, VmSpec, VmState, now_ns
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound
+from controlplane.store.keys import Keys, shard_of
+from controlplane.store.scheduling import HostBind, SchedulingStore
+from controlplane.store.vms import VmChange, VmRecord, VmStore
+
+SHARDS = 4
+TENANT, PROJECT = "acme", "web"
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout=timeout))
+
+
+def make_spec(vm_id: str, *, request_id: str = "", labels: dict[str, str] | None = None,
+              project: str = PROJECT) -> VmSpec:
+    uid = uuid.uuid4().hex
+    return VmSpec(VmRef(TENANT, project, vm_id), uid, "small", "ubuntu", Resources(1, 1024, 10),
+                  labels=labels or {}, request_id=request_id, create_time_ns=now_ns(),
+                  shard=shard_of(uid, SHARDS))
+
+
+async def bind(client: EtcdClient, keys: Keys, spec: VmSpec, host: str = "h1") -> int:
+    sched = SchedulingStore(client, keys)
+    queued = next(q for q in (await sched.list_queue(spec.shard))[0] if q.spec.ref == spec.ref)
+    result = await sched.bind(None, [HostBind(host, 0, HostAllocation().plus(spec.resources), [queued])])
+    assert result.committed == [True]
+    return result.revision
+
+
+# --- create ----------------------------------------------------------------------------
+
+def test_create_then_get(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            spec = make_spec("vm-1", request_id="req-1", labels={"env": "prod"})
+            record, created = await store.create(spec)
+            assert created
+            assert record.spec == spec
+            assert record.state == VmState.PENDING
+            assert record.spec_revision == record.status_revision == record.resource_version
+            assert record.etag == f"{record.spec_revision:x}"
+
+            got = await store.get(spec.ref)
+            assert got == record
+            assert got.status.accepted_time_ns == spec.create_time_ns
+            # It is queued for its shard, with the spec.
+            queue = await client.get(keys.queue(spec.shard, spec.ref))
+            assert queue is not None and VmSpec.from_bytes(queue.value) == spec
+            with pytest.raises(NotFound):
+                await store.get(VmRef(TENANT, PROJECT, "vm-none"))
+
+    run(main())
+
+
+def test_create_retry_with_same_request_id_returns_the_first(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            first, created = await store.create(make_spec("vm-1", request_id="req-1"))
+            assert created
+            before = await store.current_revision()
+            # The retry carries a fresh uid (a frontend mints one per attempt).
+            retry, created = await store.create(make_spec("vm-1", request_id="req-1"))
+            assert not created
+            assert retry == first
+            assert await store.current_revision() == before  # nothing was written
+
+            # The same request id under another name still returns the first VM.
+            other_name, created = await store.create(make_spec("vm-2", request_id="req-1"))
+            assert not created and other_name.spec.uid == first.spec.uid
+            assert await store.current_revision() == before
+            with pytest.raises(NotFound):
+                await store.get(VmRef(TENANT, PROJECT, "vm-2"))
+
+    run(main())
+
+
+def test_create_same_name_other_request_is_already_exists(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            first, _ = await store.create(make_spec("vm-1", request_id="req-1"))
+            with pytest.raises(AlreadyExists):
+                await store.create(make_spec("vm-1", request_id="req-2"))
+            with pytest.raises(AlreadyExists):
+                await store.create(make_spec("vm-1"))
+            assert (await store.get(first.ref)).spec.uid == first.spec.uid
+            # The losing request left no record: it can create another name.
+            _, created = await store.create(make_spec("vm-2", request_id="req-2"))
+            assert created
+
+    run(main())
+
+
+def test_concurrent_creates_of_one_name_make_exactly_one(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as c1, EtcdClient(etcd_endpoint) as c2:
+            frontends = [VmStore(c1, keys), VmStore(c2, keys)]
+            specs = [make_spec("contested", request_id=f"req-{i}") for i in range(20)]
+            results = await asyncio.gather(
+                *(frontends[i % 2].create(spec) for i, spec in enumerate(specs)), return_exceptions=True)
+            winners = [r for r in results if isinstance(r, tuple) and r[1]]
+            assert len(winners) == 1, results
+            losers = [r for r in results if not (isinstance(r, tuple) and r[1])]
+            assert len(losers) == 19 and all(isinstance(r, AlreadyExists) for r in losers), losers
+            stored = await frontends[1].get(specs[0].ref)
+            assert stored.spec.uid == winners[0][0].spec.uid
+            # Exactly one queue entry and one request record.
+            queued = [kv for shard in range(SHARDS)
+                      for kv in (await c1.range_prefix(keys.queue_prefix(shard)))[0]]
+            assert [VmSpec.from_bytes(kv.value).uid for kv in queued] == [stored.spec.uid]
+            requests, _ = await c1.range_prefix(f"{root}/v1/requests/".encode())
+            assert len(requests) == 1
+
+    run(main())
+
+
+# --- list ------------------------------------------------------------------------------
+
+def test_list_pages_every_vm_once_at_one_revision(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            # Ids whose string order differs from their numeric order (vm-1, vm-10, vm-2).
+            ids = {f"vm-{i}" for i in range(25)}
+            await asyncio.gather(*(store.create(make_spec(vm_id)) for vm_id in ids))
+            await store.create(make_spec("vm-elsewhere", project="other"))
+
+            page1, after, revision = await store.list(TENANT, PROJECT, page_size=10)
+            assert len(page1) == 10 and after == page1[-1].ref
+            # Created after the first page: a list at that revision must not see them.
+            await asyncio.gather(*(store.create(make_spec(f"vm-late-{i}")) for i in range(3)))
+            page2, after, rev2 = await store.list(TENANT, PROJECT, page_size=10, after=after, revision=revision)
+            assert len(page2) == 10 and after == page2[-1].ref and rev2 == revision
+            page3, after, rev3 = await store.list(TENANT, PROJECT, page_size=10, after=after, revision=revision)
+            assert len(page3) == 5 and after is None and rev3 == revision
+
+            listed = [r.ref.vm_id for r in page1 + page2 + page3]
+            assert sorted(listed) == sorted(ids)  # every VM exactly once, no late one
+            assert listed == sorted(listed)  # in key order
+            assert all(r.resource_version <= revision for r in page1 + page2 + page3)
+
+            # A fresh list sees the late ones; an exact fit ends with no next page.
+            now, _, _ = await store.list(TENANT, PROJECT, page_size=100)
+            assert len(now) == 28
+            exact, after, _ = await store.list(TENANT, PROJECT, page_size=28)
+            assert len(exact) == 28 and after is None
+
+    run(main())
+
+
+def test_list_with_selector(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            for i in range(6):
+                await store.create(make_spec(f"vm-{i}", labels={"env": "prod" if i % 2 else "dev"}))
+            prod: Callable[[VmSpec], bool] = lambda spec: spec.labels.get("env") == "prod"
+
+            records, after, _ = await store.list(TENANT, PROJECT, page_size=10, selector=prod)
+            assert [r.ref.vm_id for r in records] == ["vm-1", "vm-3", "vm-5"] and after is None
+            # Paged: a page scans page_size VMs and may return fewer after filtering.
+            seen: list[str] = []
+            after = None
+            pages = 0
+            while True:
+                records, after, _ = await store.list(TENANT, PROJECT, page_size=2, after=after, selector=prod)
+                pages += 1
+                assert len(records) <= 2
+                seen += [r.ref.vm_id for r in records]
+                if after is None:
+                    break
+            assert seen == ["vm-1", "vm-3", "vm-5"] and pages == 3
+
+    run(main())
+
+
+# --- delete ----------------------------------------------------------------------------
+
+def test_delete_pending_vm_removes_every_key(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            spec = make_spec("vm-1", request_id="req-1")
+            await store.create(spec)
+            record, revision = await store.request_delete(spec.ref)
+            assert record is None and revision > 0
+            assert await client.get(keys.vm_spec(spec.ref)) is None
+            assert await client.get(keys.vm_status(spec.ref)) is None
+            assert await client.get(keys.queue(spec.shard, spec.ref)) is None
+            assert await client.get(keys.request(TENANT, PROJECT, "req-1")) is None
+            with pytest.raises(NotFound):
+                await store.request_delete(spec.ref)
+
+    run(main())
+
+
+def test_delete_bound_vm_marks_spec_and_binding(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            spec = make_spec("vm-1")
+            await store.create(spec)
+            await bind(client, keys, spec, "h1")
+
+            record, revision = await store.request_delete(spec.ref)
+            assert record is not None and record.state == VmState.DELETING
+            assert record.spec.deleting and record.spec_revision == revision
+            assert record.status.state == VmState.SCHEDULED  # status stays the agent's
+
+            stored = await store.get(spec.ref)
+            assert stored.state == VmState.DELETING and stored.spec == record.spec
+            binding = await client.get(keys.binding("h1", spec.ref))
+            assert binding is not None and binding.mod_revision == revision
+            assert Binding.from_bytes(binding.value).deleting
+
+            # Idempotent: a second request changes nothing.
+            again, again_revision = await store.request_delete(spec.ref)
+            assert again == stored and again_revision == revision
+            assert (await client.get(keys.binding("h1", spec.ref))).mod_revision == revision
+
+    run(main())
+
+
+def test_delete_with_stale_etag_is_conflict(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            record, _ = await store.create(make_spec("vm-1"))
+            with pytest.raises(Conflict):
+                await store.request_delete(record.ref, etag=f"{record.spec_revision + 1:x}")
+            assert (await store.get(record.ref)).spec == record.spec  # untouched
+            deleted, _ = await store.request_delete(record.ref, etag=record.etag)
+            assert deleted is None
+            with pytest.raises(NotFound):
+                await store.get(record.ref)
+
+    run(main())
+
+
+# --- watch -----------------------------------------------------------------------------
+
+def test_watch_reports_created_status_and_deleted_changes(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            start = await store.current_revision() + 1
+            changes: list[VmChange] = []
+            deleted_ref = VmRef(TENANT, PROJECT, "vm-b")
+
+            async def consume() -> None:
+                async with contextlib.aclosing(store.watch(TENANT, PROJECT, start_revision=start)) as watch:
+                    async for batch in watch:
+                        changes.extend(batch)
+                        if any(c.deleted and c.ref == deleted_ref for c in changes):
+                            return
+
+            consumer = asyncio.ensure_future(asyncio.wait_for(consume(), timeout=5))
+            a = make_spec("vm-a")
+            created_a, _ = await store.create(a)
+            bound_at = await bind(client, keys, a, "h1")
+            b = make_spec("vm-b")
+            created_b, _ = await store.create(b)
+            _, deleted_at = await store.request_delete(b.ref)
+            await store.create(make_spec("vm-x", project="other"))  # another project: not seen
+            await consumer
+
+            assert [(c.ref.vm_id, c.deleted) for c in changes] == [
+                ("vm-a", False), ("vm-a", False), ("vm-b", False), ("vm-b", True)]
+            added, status_only, added_b, deleted = changes
+            # Created: spec and status in one revision, like an ADDED event.
+            assert added.record == created_a
+            assert added.revision == added.record.spec_revision == added.record.status_revision
+            # Status-only change (the bind), completed with the spec as it was then.
+            assert status_only.revision == bound_at
+            assert status_only.record == VmRecord(a, status_only.record.status, created_a.spec_revision, bound_at)
+            assert status_only.record.status.state == VmState.SCHEDULED
+            assert status_only.record.status.host == "h1"
+            assert added_b.record == created_b
+            # Deleted: the record as it was before the deletion.
+            assert deleted.revision == deleted_at
+            assert deleted.record == created_b
+
+    run(main())
