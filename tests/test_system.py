@@ -3,6 +3,7 @@ user sees through the CLI and SDK, bad input, idempotent retries."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import grpc
 import pytest
 
 from controlplane.api.errors import ApiError
+from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
 from controlplane.local import LocalSystem
 from controlplane.sdk import Client
@@ -224,3 +226,49 @@ def test_health_and_reflection_are_served(system):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         services = {s.name for r in responses for s in r.list_services_response.service}
         assert {"quanta.v1.VmService", "quanta.v1.HostService"} <= services
+
+
+def test_watch_from_a_compacted_version_is_out_of_range(system, client):
+    first = client.create_vm("w-1", flavor="small", image="ubuntu")
+
+    async def compact_now() -> None:
+        async with EtcdClient(system.etcd_endpoint) as etcd:
+            revision = await etcd.put(f"{system.root}/compaction-marker".encode(), b"")
+            await etcd.compact(revision)
+
+    client.create_vm("w-2", flavor="small", image="ubuntu")
+    asyncio.run(compact_now())
+    expired = _error(lambda: list(client.watch_vms(resource_version=first.resource_version, timeout=10)))
+    assert expired.code == grpc.StatusCode.OUT_OF_RANGE and expired.reason == "RESOURCE_VERSION_EXPIRED"
+    # The way out: list again and watch from the list's resource_version.
+    response = client._call(client._vms.ListVms, vm_pb2.ListVmsRequest(parent=client.parent))
+    events = client.watch_vms(resource_version=response.resource_version, timeout=30)
+    client.create_vm("w-3", flavor="small", image="ubuntu")
+    for event in events:
+        if event.type == common_pb2.ADDED:
+            assert event.vm.name == client.vm_name("w-3")
+            break
+
+
+def test_watch_from_zero_sends_current_state_then_bookmark(system, client):
+    client.create_vm("s-1", flavor="small", image="ubuntu")
+    events = client.watch_vms(timeout=30)
+    first = next(events)
+    assert first.type == common_pb2.ADDED and first.vm.name == client.vm_name("s-1")
+    second = next(events)
+    assert second.type == common_pb2.BOOKMARK and second.resource_version >= first.resource_version
+
+
+def test_killing_a_frontend_loses_nothing_it_acknowledged(system, client):
+    acknowledged = [client.create_vm(f"k-{i}", flavor="small", image="ubuntu").uid for i in range(10)]
+    victim = system.processes["frontend-0"]
+    victim.kill()
+    try:
+        # The channel reconnects to the surviving frontend on the same address;
+        # the SDK retries UNAVAILABLE with the same request_id.
+        for i in range(10, 20):
+            acknowledged.append(client.create_vm(f"k-{i}", flavor="small", image="ubuntu").uid)
+        wait_until(lambda: sorted(vm.uid for vm in client.list_vms() if vm.state == State.RUNNING)
+                   == sorted(acknowledged), timeout=60, message="every acknowledged VM RUNNING")
+    finally:
+        victim.start()
