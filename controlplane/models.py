@@ -34,6 +34,9 @@ class VmState(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Resources:
+    """An amount of compute resources. Fields may be negative: the same type
+    carries deltas (a placement forgotten) and an over-committed host's free."""
+
     vcpus: int = 0
     memory_mib: int = 0
     disk_gib: int = 0
@@ -46,7 +49,11 @@ class Resources:
         return Resources(self.vcpus - other.vcpus, self.memory_mib - other.memory_mib,
                          self.disk_gib - other.disk_gib)
 
+    def __neg__(self) -> "Resources":
+        return Resources(-self.vcpus, -self.memory_mib, -self.disk_gib)
+
     def fits_within(self, other: "Resources") -> bool:
+        """True when every dimension is <= the same dimension of ``other``."""
         return (self.vcpus <= other.vcpus and self.memory_mib <= other.memory_mib
                 and self.disk_gib <= other.disk_gib)
 

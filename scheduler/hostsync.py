@@ -16,20 +16,18 @@ from controlplane.etcd import Compacted
 from controlplane.store.hosts import HostRecord, HostStore, HostTable
 from controlplane.store.keys import Keys
 from scheduler.placement import HostSnapshot, HostView
-from scheduler.placement.model import Resources
+from controlplane.models import Resources
 
 log = logging.getLogger(__name__)
 
 
 def snapshot_of(record: HostRecord) -> HostSnapshot:
     reg = record.registration
-    cap = reg.capacity if reg else None
-    alloc = record.allocation.resources
     return HostSnapshot(
         host_id=record.host,
         ready=record.ready,
-        capacity=Resources(cap.vcpus, cap.memory_mib, cap.disk_gib) if cap else Resources(),
-        allocated=Resources(alloc.vcpus, alloc.memory_mib, alloc.disk_gib),
+        capacity=reg.capacity if reg else Resources(),
+        allocated=record.allocation.resources,
         vm_count=record.allocation.vm_count,
         labels=dict(reg.labels) if reg else {},
         alloc_revision=record.alloc_revision,

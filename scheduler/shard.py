@@ -18,13 +18,13 @@ import time
 from collections import defaultdict
 
 from controlplane.etcd import Compacted
-from controlplane.models import HostAllocation, Resources as ModelResources, VmRef
+from controlplane.models import HostAllocation, VmRef
 from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore
 from controlplane.store.shards import ShardLock
 from controlplane.workqueue import WorkQueue
 from scheduler import metrics
 from scheduler.hostsync import HostSync
-from scheduler.placement import HostSnapshot, PlacementRequest, Resources, place
+from scheduler.placement import HostSnapshot, PlacementRequest, place
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,8 @@ class ShardLost(Exception):
 
 
 def _request(vm: QueuedVm) -> PlacementRequest:
-    r = vm.spec.resources
-    return PlacementRequest(vm_key=vm.spec.ref.name, uid=vm.spec.uid,
-                            resources=Resources(r.vcpus, r.memory_mib, r.disk_gib), labels=vm.spec.labels)
+    return PlacementRequest(vm_key=vm.spec.ref.name, uid=vm.spec.uid, resources=vm.spec.resources,
+                            labels=vm.spec.labels)
 
 
 class ShardScheduler:
@@ -155,14 +154,9 @@ class ShardScheduler:
         binds = []
         for host, vms in by_host.items():
             committed = view.committed(host)
-            delta = ModelResources()
+            allocation = HostAllocation(committed.allocated, committed.vm_count)
             for vm in vms:
-                delta = delta + vm.spec.resources
-            base = committed.allocated
-            allocation = HostAllocation(
-                ModelResources(base.vcpus + delta.vcpus, base.memory_mib + delta.memory_mib,
-                               base.disk_gib + delta.disk_gib),
-                committed.vm_count + len(vms))
+                allocation = allocation.plus(vm.spec.resources)
             binds.append(HostBind(host, committed.alloc_revision, allocation, vms))
         try:
             result = await self._store.bind(self._lock.fence(), binds)
@@ -185,8 +179,7 @@ class ShardScheduler:
                 if committed is not None:
                     self._hosts.confirm(HostSnapshot(
                         bind.host, committed.ready, committed.capacity,
-                        Resources(a.resources.vcpus, a.resources.memory_mib, a.resources.disk_gib),
-                        a.vm_count, committed.labels, result.revision))
+                        a.resources, a.vm_count, committed.labels, result.revision))
                 metrics.BINDS.inc(len(bind.vms))
                 for vm in bind.vms:
                     self._drop(vm.spec.ref)
@@ -198,8 +191,7 @@ class ShardScheduler:
 
     def _forget(self, bind: HostBind) -> None:
         for vm in bind.vms:
-            r = vm.spec.resources
-            self._hosts.view.forget(bind.host, Resources(r.vcpus, r.memory_mib, r.disk_gib))
+            self._hosts.view.forget(bind.host, vm.spec.resources)
 
     async def _refresh(self, lost: list[HostBind]) -> None:
         """After lost races: read the hosts' allocations as they are now, and
@@ -210,10 +202,8 @@ class ShardScheduler:
             allocation, revision = allocations[bind.host]
             committed = self._hosts.view.committed(bind.host)
             if committed is not None:
-                r = allocation.resources
                 self._hosts.confirm(HostSnapshot(
-                    bind.host, committed.ready, committed.capacity,
-                    Resources(r.vcpus, r.memory_mib, r.disk_gib), allocation.vm_count, committed.labels,
-                    revision))
+                    bind.host, committed.ready, committed.capacity, allocation.resources, allocation.vm_count,
+                    committed.labels, revision))
             for vm in bind.vms:
                 self._queue.add(vm.spec.ref)

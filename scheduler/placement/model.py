@@ -10,48 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+# One resource type for the whole system: placement shares the control plane's.
+from controlplane.models import Resources
+
 # Shared, read-only empty mappings: defaults that no caller can mutate by accident.
 # (Given through default_factory: dataclasses reject unhashable plain defaults.)
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 _NO_COUNTS: Mapping[str, int] = MappingProxyType({})
-
-
-@dataclass(frozen=True, slots=True)
-class Resources:
-    """An amount of host resources.
-
-    Fields may be negative: the same type carries deltas (``forget`` subtracts) and an
-    over-committed host's ``free``.
-    """
-
-    vcpus: int = 0
-    memory_mib: int = 0
-    disk_gib: int = 0
-
-    def __add__(self, other: Resources) -> Resources:
-        if not isinstance(other, Resources):
-            return NotImplemented
-        return Resources(
-            self.vcpus + other.vcpus, self.memory_mib + other.memory_mib, self.disk_gib + other.disk_gib
-        )
-
-    def __sub__(self, other: Resources) -> Resources:
-        if not isinstance(other, Resources):
-            return NotImplemented
-        return Resources(
-            self.vcpus - other.vcpus, self.memory_mib - other.memory_mib, self.disk_gib - other.disk_gib
-        )
-
-    def __neg__(self) -> Resources:
-        return Resources(-self.vcpus, -self.memory_mib, -self.disk_gib)
-
-    def fits_within(self, other: Resources) -> bool:
-        """True when every dimension of ``self`` is <= the same dimension of ``other``."""
-        return (
-            self.vcpus <= other.vcpus
-            and self.memory_mib <= other.memory_mib
-            and self.disk_gib <= other.disk_gib
-        )
 
 
 @dataclass(frozen=True, slots=True)
