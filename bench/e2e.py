@@ -13,10 +13,18 @@ accepted→RUNNING latency (p50/p99), errors by gRPC code and the CPU seconds ea
 process used (from /proc/<pid>/stat), to hold against DESIGN.md's performance
 budget: ≥ 30,000 creations a minute, API p99 < 50 ms, ~2 ms CPU per creation.
 
+``--rate`` paces the creates on a fixed schedule (open loop, still capped by
+``--concurrency``) to measure latency at a given load, e.g. the budget's 500/s;
+without it the client sends as fast as ``--concurrency`` allows, and API latency
+is then mostly queueing (Little's law: concurrency / throughput).
+
 Latencies are measured on the client's clock: API latency from sending a CreateVm
 to its answer (the successful attempt); accepted→RUNNING from that answer to the
-watch event that shows the VM RUNNING. The benchmark client runs on the same
-machine and its own CPU is reported too.
+watch event that shows the VM RUNNING. The same events carry the servers' own
+timestamps (create_time, and update_time of the SCHEDULED/RUNNING status), so the
+report also gives create→RUNNING as the system saw it and how late the watch
+delivered it; on one machine both clocks are the same. The benchmark client runs
+on the same machine and its own CPU is reported too.
 
 Exit status: 0 when every VM was accepted, reached RUNNING (and, with
 ``--delete``, was gone again); 1 when some did not; 2 on ``--timeout``.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import pathlib
 import sys
@@ -41,6 +50,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc  # noqa: E402
 
+SCHEDULED = vm_pb2.Vm.SCHEDULED
 RUNNING = vm_pb2.Vm.RUNNING
 ERROR = vm_pb2.Vm.ERROR
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
@@ -77,7 +87,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 # --- the run ---------------------------------------------------------------------------
@@ -111,20 +121,29 @@ class Bench:
         self.flavor = flavor
         self.image = image
         self.parent = f"tenants/{tenant}/projects/{project}"
-        self.errors: dict[str, Counter] = {"CreateVm": Counter(), "DeleteVm": Counter(), "WatchVms": Counter()}
+        self.errors: dict[str, Counter] = {m: Counter() for m in ("CreateVm", "DeleteVm", "WatchVms")}
         self.retries = 0
         self.watch_restarts = 0
         self.create = Phase()
+        self.last_seen: dict[str, str] = {}       # vm_id -> "STATE reason" of its last event
+        self.scheduled: dict[str, float] = {}     # vm_id -> SCHEDULED first seen (a create's midpoint)
+        # From the servers' own timestamps (wall clock; comparable to ours on one machine):
+        self.server_scheduled_s: list[float] = []  # create_time -> update_time of the SCHEDULED status
+        self.server_running_s: list[float] = []    # create_time -> update_time of the RUNNING status
+        self.delivery_s: list[float] = []          # RUNNING status written -> its watch event read here
+        self.server_span_ns = [2**63, 0]           # first create_time, last RUNNING update_time
         self.delete = Phase()
         self.watch_events: Counter = Counter()   # by "TYPE" or "TYPE/STATE"
         # One connection per channel (no shared subchannel pool), so that SO_REUSEPORT
         # spreads the calls over the frontends that share the port.
         options = [("grpc.use_local_subchannel_pool", 1)]
-        self._channels = [grpc.aio.insecure_channel(endpoint, options=options) for _ in range(max(1, channels))]
+        self._channels = [grpc.aio.insecure_channel(endpoint, options=options)
+                          for _ in range(max(1, channels))]
         self._watch_channel = grpc.aio.insecure_channel(endpoint, options=options)
         self._stubs = [vm_pb2_grpc.VmServiceStub(c) for c in self._channels]
         self._watch_stub = vm_pb2_grpc.VmServiceStub(self._watch_channel)
         self._revision = 0
+        self._name_prefix = len(self.parent) + len("/vms/")
         self._ids = [f"vm-{i:06d}" for i in range(vms)]
 
     async def close(self) -> None:
@@ -146,43 +165,58 @@ class Bench:
 
     async def watch(self, revision: int) -> None:
         """Record, per VM, when RUNNING (or ERROR) and DELETED were first seen.
-        Resumes after the last revision seen when the stream breaks (bounded)."""
+        Resumes after the last revision seen when the stream breaks or ends (bounded)."""
         self._revision = revision
-        prefix = len(self.parent) + len("/vms/")
         while True:
             stream = self._watch_stub.WatchVms(
                 vm_pb2.WatchVmsRequest(parent=self.parent, resource_version=self._revision))
             try:
                 async for event in stream:
-                    now = time.monotonic()
-                    self._revision = max(self._revision, event.resource_version)
-                    if event.type == common_pb2.BOOKMARK:
-                        self.watch_events["BOOKMARK"] += 1
-                        continue
-                    self.watch_events[f"{common_pb2.EventType.Name(event.type)}/"
-                                      f"{vm_pb2.Vm.State.Name(event.vm.state)}"] += 1
-                    vm_id = event.vm.name[prefix:]
-                    if event.type == common_pb2.DELETED:
-                        if vm_id not in self.delete.done:
-                            self.delete.done[vm_id] = now
-                            self.delete.check()
-                    elif event.vm.state == RUNNING:
-                        if vm_id not in self.create.done:
-                            self.create.done[vm_id] = now
-                            self.create.check()
-                    elif event.vm.state == ERROR and vm_id not in self.create.done:
-                        reason = event.vm.conditions[-1].reason if event.vm.conditions else ""
-                        self.create.failed.setdefault(vm_id, f"ERROR {reason}".strip())
-                        self.create.check()
-                return
+                    self._on_event(event, time.monotonic())
+                code = "stream ended"
             except grpc.aio.AioRpcError as err:
-                self.errors["WatchVms"][err.code().name] += 1
-                if err.code() == grpc.StatusCode.CANCELLED or self.watch_restarts >= MAX_WATCH_RESTARTS:
+                if err.code() == grpc.StatusCode.CANCELLED:
                     raise
-                self.watch_restarts += 1
-                await asyncio.sleep(min(0.1 * 2 ** self.watch_restarts, 2.0))
+                code = err.code().name
             finally:
                 stream.cancel()
+            self.errors["WatchVms"][code] += 1
+            if self.watch_restarts >= MAX_WATCH_RESTARTS:
+                raise RuntimeError(f"WatchVms failed {self.watch_restarts + 1} times; last: {code}")
+            self.watch_restarts += 1
+            await asyncio.sleep(min(0.1 * 2 ** self.watch_restarts, 2.0))
+
+    def _on_event(self, event: vm_pb2.VmEvent, now: float) -> None:
+        self._revision = max(self._revision, event.resource_version)
+        if event.type == common_pb2.BOOKMARK:
+            self.watch_events["BOOKMARK"] += 1
+            return
+        vm = event.vm
+        state = vm_pb2.Vm.State.Name(vm.state)
+        self.watch_events[f"{common_pb2.EventType.Name(event.type)}/{state}"] += 1
+        vm_id = vm.name[self._name_prefix:]
+        reason = vm.conditions[-1].reason if vm.conditions else ""
+        self.last_seen[vm_id] = f"{state} {reason}".strip()
+        if event.type == common_pb2.DELETED:
+            if vm_id not in self.delete.done:
+                self.delete.done[vm_id] = now
+                self.delete.check()
+        elif vm.state == SCHEDULED:
+            if vm_id not in self.scheduled:
+                self.scheduled[vm_id] = now
+                self.server_scheduled_s.append(_since_create(vm))
+        elif vm.state == RUNNING:
+            if vm_id not in self.create.done:
+                self.create.done[vm_id] = now
+                created_ns, updated_ns = vm.create_time.ToNanoseconds(), vm.update_time.ToNanoseconds()
+                self.server_running_s.append((updated_ns - created_ns) / 1e9)
+                first, last = self.server_span_ns
+                self.server_span_ns = [min(first, created_ns), max(last, updated_ns)]
+                self.delivery_s.append(time.time() - updated_ns / 1e9)
+                self.create.check()
+        elif vm.state == ERROR and vm_id not in self.create.done:
+            self.create.failed.setdefault(vm_id, f"ERROR {reason}".strip())
+            self.create.check()
 
     # requests ------------------------------------------------------------------------
 
@@ -287,12 +321,21 @@ class Bench:
         return out
 
 
+def _since_create(vm: vm_pb2.Vm) -> float:
+    """Seconds from the VM's create_time to its update_time (both set by the servers)."""
+    return (vm.update_time.ToNanoseconds() - vm.create_time.ToNanoseconds()) / 1e9
+
+
+def p50_p99(values: list[float]) -> dict:
+    return {"p50": ms(percentile(values, 50)), "p99": ms(percentile(values, 99))}
+
+
 def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
 async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int]) -> dict:
-    project = f"bench-{uuid.uuid4().hex[:8]}"
+    project = args.project or f"bench-{uuid.uuid4().hex[:8]}"
     bench = Bench(endpoint, vms=args.vms, concurrency=args.concurrency, channels=args.channels,
                   flavor=args.flavor, image=args.image, tenant=args.tenant, project=project,
                   rate=args.rate)
@@ -300,6 +343,7 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int]) -> 
     pids = {**pids, "bench-client": os.getpid()}
     cpu: dict[str, dict] = {}
     watch_task: asyncio.Task | None = None
+    work: asyncio.Task | None = None
     before: dict | None = None
     phase = "create"
     try:
@@ -311,7 +355,6 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int]) -> 
             # A dead watch would leave us waiting for events that never come: stop on it.
             await asyncio.wait({work, watch_task}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
-                work.cancel()
                 watch_task.result()  # raises what ended the watch
                 raise RuntimeError("the watch ended early")
             work.result()
@@ -322,7 +365,6 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int]) -> 
                 work = asyncio.create_task(bench.delete_all())
                 await asyncio.wait({work, watch_task}, return_when=asyncio.FIRST_COMPLETED)
                 if not work.done():
-                    work.cancel()
                     watch_task.result()
                     raise RuntimeError("the watch ended early")
                 work.result()
@@ -330,17 +372,35 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int]) -> 
     except TimeoutError:
         report["timed_out"] = True
     except Exception as err:  # noqa: BLE001 - report what finished, then fail
-        report["aborted"] = f"{type(err).__name__}: {err}"
+        detail = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else err
+        report["aborted"] = f"{type(err).__name__}: {detail}"
     finally:
         if before is not None and phase not in cpu:
             cpu[phase] = cpu_delta(before, cpu_snapshot(pids))
-        if watch_task is not None:
-            watch_task.cancel()
-            await asyncio.gather(watch_task, return_exceptions=True)
+        for task in (work, watch_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await bench.close()
     report["create"] = bench.figures(bench.create, "running")
-    if args.delete:
+    answered = bench.create.answered
+    lag = [max(0.0, t - answered[v]) for v, t in bench.scheduled.items() if v in answered]
+    report["create"]["accepted_to_scheduled_ms"] = p50_p99(lag)
+    first_ns, last_ns = bench.server_span_ns
+    if last_ns > first_ns:
+        span_s = (last_ns - first_ns) / 1e9
+        report["create"]["running_per_s_server"] = round(len(bench.server_running_s) / span_s, 1)
+    report["create"]["server_timestamps_ms"] = {
+        "create_to_scheduled": p50_p99(bench.server_scheduled_s),
+        "create_to_running": p50_p99(bench.server_running_s),
+        "running_written_to_watch_event_read": p50_p99(bench.delivery_s),
+    }
+    if phase == "delete":
         report["delete"] = bench.figures(bench.delete, "deleted")
+    unfinished = Counter(bench.last_seen.get(v, "no event seen") for v in bench.create.answered
+                         if v not in bench.create.done and v not in bench.create.failed)
+    if unfinished:
+        report["create"]["unfinished_last_seen"] = dict(unfinished.most_common(10))
     report["errors"] = {method: dict(codes) for method, codes in bench.errors.items() if codes}
     report["retries"] = bench.retries
     report["watch_restarts"] = bench.watch_restarts
@@ -358,10 +418,12 @@ def fmt(value, unit: str = "") -> str:
 
 def print_report(r: dict) -> None:
     c = r["create"]
-    print(f"VMs {r['vms']}  hosts {r['hosts']}  concurrency {r['concurrency']}  "
-          + (f"rate {r['rate']:g}/s  " if r["rate"] else "") +
-          f"frontends {r['frontends']}  schedulers {r['schedulers']}x{r['shards']} shards  "
-          f"flavor {r['flavor']}  ({r['project']})")
+    system = (f"hosts {r['hosts']}  frontends {r['frontends']}  "
+              f"schedulers {r['schedulers']}x{r['shards']} shards" if r["hosts"] is not None
+              else f"endpoint {r['endpoint']}")
+    rate = f"rate {r['rate']:g}/s  " if r["rate"] else ""
+    print(f"VMs {r['vms']}  {system}  concurrency {r['concurrency']}  {rate}flavor {r['flavor']}  "
+          f"({r['project']})")
     print(f"machine: {r['machine']['nproc']} CPUs, load average at start {r['machine']['loadavg_at_start']}")
     print(f"accepted            {c['accepted']}/{c['requested']} in {fmt(c.get('api_seconds'), ' s')}"
           f"  -> {fmt(c.get('accepted_per_s'))} accepted/s")
@@ -373,14 +435,28 @@ def print_report(r: dict) -> None:
           f"  max {fmt(lat['max'], ' ms')}")
     print(f"accepted->RUNNING   p50 {fmt(lag['p50'], ' ms')}  p99 {fmt(lag['p99'], ' ms')}"
           f"  max {fmt(lag['max'], ' ms')}")
+    sched = c["accepted_to_scheduled_ms"]
+    print(f"  of which ->SCHED. p50 {fmt(sched['p50'], ' ms')}  p99 {fmt(sched['p99'], ' ms')}"
+          "  (SCHEDULED seen; the rest is the agent)")
+    st = c["server_timestamps_ms"]
+    print(f"server timestamps   {fmt(c.get('running_per_s_server'))} RUNNING/s (first create_time -> last "
+          "RUNNING update_time, i.e. without the watch's delivery lag)")
+    print(f"                    create->SCHEDULED p50 {fmt(st['create_to_scheduled']['p50'])} "
+          f"p99 {fmt(st['create_to_scheduled']['p99'])} ms, create->RUNNING "
+          f"p50 {fmt(st['create_to_running']['p50'])} p99 {fmt(st['create_to_running']['p99'])} ms, "
+          f"RUNNING written->seen here p50 {fmt(st['running_written_to_watch_event_read']['p50'])} "
+          f"p99 {fmt(st['running_written_to_watch_event_read']['p99'])} ms")
     if c.get("schedule_lag_ms"):
         print(f"paced sends fell behind their schedule by up to {c['schedule_lag_ms']} ms")
+    if c.get("unfinished_last_seen"):
+        print(f"not RUNNING, last seen as: {c['unfinished_last_seen']}")
     if c.get("failures"):
         print(f"failed VMs          {c['failed']}: {c['failures']}")
     if "delete" in r:
         d = r["delete"]
         print(f"deleted             {d['deleted']}/{d['requested']} in {fmt(d.get('deleted_seconds'), ' s')}"
-              f"  -> {fmt(d.get('deleted_per_s'))} deletions/s  (DeleteVm p50 {fmt(d['api_latency_ms']['p50'])}"
+              f"  -> {fmt(d.get('deleted_per_s'))} deletions/s  "
+              f"(DeleteVm p50 {fmt(d['api_latency_ms']['p50'])}"
               f" p99 {fmt(d['api_latency_ms']['p99'])} ms; requested->gone p50 "
               f"{fmt(d['accepted_to_deleted_ms']['p50'])} p99 {fmt(d['accepted_to_deleted_ms']['p99'])} ms)")
     errors = ", ".join(f"{m} {code} {n}" for m, codes in r["errors"].items() for code, n in codes.items())
@@ -411,7 +487,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vms", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     p.add_argument("--rate", type=float, default=0.0,
-                   help="creates per second, paced (open loop, capped by --concurrency); 0: as fast as possible")
+                   help="creates per second, paced (open loop, capped by --concurrency); 0: flat out")
     p.add_argument("--channels", type=int, default=4,
                    help="gRPC connections for the requests (spread over frontends by SO_REUSEPORT)")
     p.add_argument("--hosts", type=int, default=100, help="simulated hosts (LocalSystem)")
@@ -423,6 +499,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--flavor", default="small")
     p.add_argument("--image", default="ubuntu")
     p.add_argument("--tenant", default="default")
+    p.add_argument("--project", help="an empty project to create in (default: a fresh bench-<random>)")
     p.add_argument("--delete", action="store_true", help="then delete them all and wait until gone")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for the run (after start-up)")
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds for a LocalSystem to start")
@@ -431,8 +508,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-logs", action="store_true", help="keep the LocalSystem's data dir and logs")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     args = p.parse_args(argv)
-    if args.vms < 1 or args.concurrency < 1:
-        p.error("--vms and --concurrency must be positive")
+    if args.vms < 1 or args.concurrency < 1 or args.channels < 1:
+        p.error("--vms, --concurrency and --channels must be positive")
+    try:
+        args.pids = {name: int(pid) for name, pid in (item.split("=", 1) for item in args.pid)}
+    except ValueError:
+        p.error("--pid takes NAME=PID")
     return args
 
 
@@ -440,8 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     loadavg = os.getloadavg()[0]
     system = None
-    pids = dict(item.split("=", 1) for item in args.pid)
-    pids = {name: int(pid) for name, pid in pids.items()}
+    pids = args.pids
     try:
         if args.endpoint:
             endpoint = args.endpoint
@@ -479,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                 system.cleanup()
     report = {"vms": args.vms, "hosts": args.hosts if system else None, "concurrency": args.concurrency,
               "rate": args.rate or None,
-              "frontends": args.frontends if system else None, "schedulers": args.schedulers if system else None,
+              "frontends": args.frontends if system else None,
+              "schedulers": args.schedulers if system else None,
               "shards": args.shards if system else None, "flavor": args.flavor, "endpoint": endpoint,
               "timeout_s": args.timeout,
               "machine": {"nproc": os.cpu_count(), "loadavg_at_start": round(loadavg, 2)}, **report}
@@ -490,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ok = report["create"]["running"] == args.vms and not report.get("aborted")
     if args.delete:
-        ok = ok and report["delete"]["deleted"] == report["delete"]["requested"]
+        ok = ok and "delete" in report and report["delete"]["deleted"] == report["delete"]["requested"]
     return 0 if ok else 1
 
 
