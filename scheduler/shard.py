@@ -17,7 +17,7 @@ import random
 import time
 from collections import defaultdict
 
-from controlplane.etcd import Compacted
+from controlplane.etcd import Compacted, EtcdError
 from controlplane.models import HostAllocation, VmRef
 from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore
 from controlplane.store.shards import ShardLock
@@ -112,6 +112,15 @@ class ShardScheduler:
             refs = await self._queue.get_batch(self._batch_size)
             try:
                 await self._place_batch(refs)
+            except EtcdError as err:
+                # etcd unavailable or slow: nothing of this batch is known committed
+                # (a bind that did apply shows up as a queue deletion); try again later.
+                log.warning("placement batch failed; retrying", extra={"shard": self.shard, "error": str(err)})
+                for ref in refs:
+                    self._queue.add_rate_limited(ref)
+            else:
+                for ref in refs:
+                    self._queue.forget(ref)
             finally:
                 for ref in refs:
                     self._queue.done(ref)
@@ -142,10 +151,10 @@ class ShardScheduler:
                 continue
             view.assume(placement.host_id, request.resources)
             by_host[placement.host_id].append(vm)
-        if unschedulable:
-            await self._store.write_unschedulable(unschedulable)
         if by_host:
             await self._bind(by_host)
+        if unschedulable:
+            await self._store.write_unschedulable(unschedulable)
         self._update_depth()
         metrics.PLACEMENT_SECONDS.observe(time.perf_counter() - started)
 
@@ -161,10 +170,10 @@ class ShardScheduler:
         try:
             result = await self._store.bind(self._lock.fence(), binds)
         except BaseException:
+            # Unknown outcome: forget the assumptions; a bind that did apply comes
+            # back through the watches (queue entry gone, allocation changed).
             for bind in binds:
                 self._forget(bind)
-                for vm in bind.vms:
-                    self._queue.add(vm.spec.ref)
             raise
         if not result.fenced:
             for bind in binds:

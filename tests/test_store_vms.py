@@ -206,8 +206,9 @@ def test_delete_pending_vm_removes_every_key(etcd_endpoint: str, root: str) -> N
             store = VmStore(client, keys)
             spec = make_spec("vm-1", request_id="req-1")
             await store.create(spec)
-            record, revision = await store.request_delete(spec.ref)
-            assert record is None and revision > 0
+            deletion = await store.request_delete(spec.ref)
+            assert deletion.removed and deletion.revision > 0
+            assert deletion.record.state == VmState.DELETING and deletion.record.spec.uid == spec.uid
             assert await client.get(keys.vm_spec(spec.ref)) is None
             assert await client.get(keys.vm_status(spec.ref)) is None
             assert await client.get(keys.queue(spec.shard, spec.ref)) is None
@@ -227,8 +228,9 @@ def test_delete_bound_vm_marks_spec_and_binding(etcd_endpoint: str, root: str) -
             await store.create(spec)
             await bind(client, keys, spec, "h1")
 
-            record, revision = await store.request_delete(spec.ref)
-            assert record is not None and record.state == VmState.DELETING
+            deletion = await store.request_delete(spec.ref)
+            record, revision = deletion.record, deletion.revision
+            assert not deletion.removed and record.state == VmState.DELETING
             assert record.spec.deleting and record.spec_revision == revision
             assert record.status.state == VmState.SCHEDULED  # status stays the agent's
 
@@ -239,8 +241,8 @@ def test_delete_bound_vm_marks_spec_and_binding(etcd_endpoint: str, root: str) -
             assert Binding.from_bytes(binding.value).deleting
 
             # Idempotent: a second request changes nothing.
-            again, again_revision = await store.request_delete(spec.ref)
-            assert again == stored and again_revision == revision
+            again = await store.request_delete(spec.ref)
+            assert again.record == stored and again.revision == revision and not again.removed
             assert (await client.get(keys.binding("h1", spec.ref))).mod_revision == revision
 
     run(main())
@@ -255,8 +257,8 @@ def test_delete_with_stale_etag_is_conflict(etcd_endpoint: str, root: str) -> No
             with pytest.raises(Conflict):
                 await store.request_delete(record.ref, etag=f"{record.spec_revision + 1:x}")
             assert (await store.get(record.ref)).spec == record.spec  # untouched
-            deleted, _ = await store.request_delete(record.ref, etag=record.etag)
-            assert deleted is None
+            deleted = await store.request_delete(record.ref, etag=record.etag)
+            assert deleted.removed
             with pytest.raises(NotFound):
                 await store.get(record.ref)
 
@@ -287,7 +289,7 @@ def test_watch_reports_created_status_and_deleted_changes(etcd_endpoint: str, ro
             bound_at = await bind(client, keys, a, "h1")
             b = make_spec("vm-b")
             created_b, _ = await store.create(b)
-            _, deleted_at = await store.request_delete(b.ref)
+            deleted_at = (await store.request_delete(b.ref)).revision
             await store.create(make_spec("vm-x", project="other"))  # another project: not seen
             await consumer
 

@@ -111,20 +111,14 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         tenant, project, vm_id = validation.parse_vm_name(request.name)
         ref = VmRef(tenant, project, vm_id)
         try:
-            before = await self._store.get(ref)
-            record, revision = await self._store.request_delete(ref, etag=request.etag)
+            deletion = await self._store.request_delete(ref, etag=request.etag)
         except NotFound as err:
             raise errors.not_found("vm", request.name) from err
         except Conflict as err:
             raise errors.aborted(str(err), "ETAG_MISMATCH" if request.etag else "CONFLICT") from err
-        if record is None:
-            # Removed at once (it was still pending): answer with its last state, deleting.
-            vm = vm_to_proto(before)
-            vm.state = vm_pb2.Vm.DELETING
-            vm.delete_time.GetCurrentTime()
-            vm.resource_version = revision
-            return vm
-        return vm_to_proto(record)
+        vm = vm_to_proto(deletion.record)
+        vm.resource_version = deletion.revision
+        return vm
 
     async def WatchVms(self, request: vm_pb2.WatchVmsRequest, context) -> AsyncIterator[vm_pb2.VmEvent]:
         v = validation.Violations()
@@ -136,12 +130,14 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         tenant, project = parent
         wanted = (lambda spec: validation.matches(selector, spec.labels)) if selector else (lambda spec: True)
         start = request.resource_version
+        seed: list = []
         if start == 0:
             start = await self._store.current_revision()
             after = None
             while True:
                 records, after, _ = await self._store.list(tenant, project, page_size=1000, after=after,
                                                            revision=start)
+                seed.extend(records)
                 for record in records:
                     if wanted(record.spec):
                         yield vm_pb2.VmEvent(type=common_pb2.ADDED, vm=vm_to_proto(record),
@@ -149,13 +145,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 if after is None:
                     break
             yield vm_pb2.VmEvent(type=common_pb2.BOOKMARK, resource_version=start)
-
-        async def events(from_revision: int):
-            async for changes in self._store.watch(tenant, project, start_revision=from_revision):
-                yield changes
-
+        changes = self._store.watch(tenant, project, start_revision=start + 1, seed=seed)
         try:
-            async for item in watch_with_bookmarks(events(start + 1), self._bookmark_s):
+            async for item in watch_with_bookmarks(changes, self._bookmark_s):
                 if item is None:
                     yield vm_pb2.VmEvent(type=common_pb2.BOOKMARK, resource_version=start)
                     continue

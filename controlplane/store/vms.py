@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterable
 
 from controlplane.etcd import Compacted, EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
@@ -47,6 +47,16 @@ class VmRecord:
     @property
     def etag(self) -> str:
         return f"{self.spec_revision:x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """Outcome of a delete request: the VM as it is after it (DELETING), whether
+    it was removed at once (it was still pending), and the revision."""
+
+    record: VmRecord
+    removed: bool
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +196,13 @@ class VmStore:
 
     # --- delete ------------------------------------------------------------------------
 
-    async def request_delete(self, ref: VmRef, *, etag: str = "") -> tuple[VmRecord | None, int]:
+    async def request_delete(self, ref: VmRef, *, etag: str = "") -> "Deletion":
         """Request deletion of a VM.
 
-        A pending VM is removed at once (returns (None, revision)). A bound VM
-        is marked for deletion in its spec and its binding, in one txn; its
-        agent then destroys it and removes it. Idempotent. Raises NotFound, or
-        Conflict when ``etag`` does not match.
+        A pending VM is removed at once (``removed``). A bound VM is marked for
+        deletion in its spec and its binding, in one txn; its agent then
+        destroys it and removes it. Idempotent. Raises NotFound, or Conflict
+        when ``etag`` does not match.
         """
         k = self._keys
         for _attempt in range(_MAX_CAS_ATTEMPTS):
@@ -200,7 +210,7 @@ class VmStore:
             if etag and etag != record.etag:
                 raise Conflict(f"etag {etag} does not match {record.etag}")
             if record.spec.deleting:
-                return record, record.resource_version
+                return Deletion(record, False, record.resource_version)
             spec = record.spec
             spec_key = k.vm_spec(ref)
             if record.status.state == VmState.PENDING:
@@ -211,7 +221,9 @@ class VmStore:
                 result = await self._etcd.txn(
                     [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(queue_key)], ops_)
                 if result.succeeded:
-                    return None, result.revision
+                    gone = VmRecord(spec.marked_deleted(now_ns()), record.status, record.spec_revision,
+                                    record.status_revision)
+                    return Deletion(gone, True, result.revision)
                 continue
             marked = spec.marked_deleted(now_ns())
             binding_key = k.binding(record.status.host, ref)
@@ -221,40 +233,46 @@ class VmStore:
                  ops.put(binding_key, Binding(marked, record.status.host).to_bytes())],
             )
             if result.succeeded:
-                return VmRecord(marked, record.status, result.revision, record.status_revision), result.revision
+                return Deletion(VmRecord(marked, record.status, result.revision, record.status_revision), False,
+                                result.revision)
         raise Conflict(f"deletion of {ref.name} kept conflicting; retry")
 
     # --- watch -------------------------------------------------------------------------
 
     async def watch(
-        self, tenant: str, project: str, *, start_revision: int
+        self, tenant: str, project: str, *, start_revision: int, seed: Iterable[VmRecord] = (),
+        cache_size: int = 200_000,
     ) -> AsyncIterator[list[VmChange]]:
         """Changes of a project's VMs from ``start_revision`` (inclusive), batched.
 
-        A batch holds whole revisions; an empty batch is progress. A change that
-        touched only a VM's status is completed with its spec, read at that
-        revision in one round trip per batch. Raises Compacted.
+        A batch holds whole revisions; an empty batch is progress. ``seed``: the
+        VMs as of ``start_revision - 1`` if the caller listed them (lets the
+        stream complete changes without reading etcd). A change that touched only
+        one half of a VM (spec or status) is completed from the stream's own
+        record of the VM; a VM the stream has not seen yet is read at the
+        change's revision, in one round trip per batch. Raises Compacted.
         """
+        known = _RecordCache(cache_size)
+        for record in seed:
+            known.put(record)
         prefix = self._keys.vms_prefix(tenant, project)
         async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision,
                                             prev_kv=True):
             if not batch.events:
                 yield []
                 continue
-            yield await self._changes(batch.events)
+            yield await self._changes(batch.events, known)
 
-    async def _changes(self, events) -> list[VmChange]:
+    async def _changes(self, events, known: "_RecordCache") -> list[VmChange]:
         # Group per VM and revision: one txn may change spec and status together.
         grouped: dict[tuple[VmRef, int], dict[str, object]] = {}
-        order: list[tuple[VmRef, int]] = []
         for event in events:
             ref, part = self._keys.parse_vm_key(event.kv.key)
-            group_key = (ref, event.kv.mod_revision)
-            if group_key not in grouped:
-                grouped[group_key] = {}
-                order.append(group_key)
-            grouped[group_key][part] = event
-        missing = [gk for gk in order if len(grouped[gk]) == 1 and not next(iter(grouped[gk].values())).is_delete]
+            grouped.setdefault((ref, event.kv.mod_revision), {})[part] = event
+        missing = [
+            gk for gk, parts in grouped.items()
+            if len(parts) == 1 and not next(iter(parts.values())).is_delete and gk[0] not in known
+        ]
         fetched: dict[tuple[VmRef, int], VmRecord | None] = {}
         if missing:
             # Read the other half as it was at the event's revision, so a record
@@ -266,22 +284,55 @@ class VmStore:
             for gk, response in zip(missing, responses):
                 fetched[gk] = self._record_from([KeyValue.from_pb(kv) for kv in response.response_range.kvs])
         changes: list[VmChange] = []
-        for gk in order:
-            ref, revision = gk
-            parts = grouped[gk]
-            events_ = list(parts.values())
-            if any(ev.is_delete for ev in events_):
-                prev = {("spec" if ev.kv.key.endswith(b"/spec") else "status"): ev.prev_kv for ev in events_}
-                changes.append(VmChange(True, _pair(prev.get("spec"), prev.get("status")), ref, revision))
+        for (ref, revision), parts in grouped.items():
+            if any(ev.is_delete for ev in parts.values()):
+                prev = {("spec" if ev.kv.key.endswith(b"/spec") else "status"): ev.prev_kv
+                        for ev in parts.values()}
+                last = _pair(prev.get("spec"), prev.get("status")) or known.get(ref)
+                known.pop(ref)
+                changes.append(VmChange(True, last, ref, revision))
                 continue
             if len(parts) == 2:
                 record = _pair(parts["spec"].kv, parts["status"].kv)
-            else:
-                record = fetched.get(gk)
+            elif (ref, revision) in fetched:
+                record = fetched[(ref, revision)]
                 if record is None:
-                    continue
+                    continue  # removed again before it could be read; its deletion follows
+            else:
+                before = known.get(ref)
+                part, event = next(iter(parts.items()))
+                if part == "spec":
+                    record = VmRecord(VmSpec.from_bytes(event.kv.value), before.status, revision,
+                                      before.status_revision)
+                else:
+                    record = VmRecord(before.spec, VmStatus.from_bytes(event.kv.value), before.spec_revision,
+                                      revision)
+            known.put(record)
             changes.append(VmChange(False, record, ref, revision))
         return changes
+
+
+class _RecordCache:
+    """A watch stream's latest record per VM, bounded (oldest entries go first;
+    a VM evicted is simply read from etcd again when it next changes)."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._records: dict[VmRef, VmRecord] = {}
+
+    def __contains__(self, ref: VmRef) -> bool:
+        return ref in self._records
+
+    def get(self, ref: VmRef) -> VmRecord | None:
+        return self._records.get(ref)
+
+    def put(self, record: VmRecord) -> None:
+        self._records[record.ref] = record
+        if len(self._records) > self._size:
+            del self._records[next(iter(self._records))]
+
+    def pop(self, ref: VmRef) -> None:
+        self._records.pop(ref, None)
 
 
 def _ref_from_name(name: str) -> VmRef | None:
