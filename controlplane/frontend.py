@@ -25,6 +25,7 @@ from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import host_pb2, host_pb2_grpc, vm_pb2, vm_pb2_grpc
 from controlplane.process import add_common_args, run_process
 from controlplane.store.catalog import Catalog, seed_defaults
+from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
 from controlplane.store.vms import VmStore
@@ -39,7 +40,7 @@ class FrontendConfig:
     etcd: str
     listen: str = "127.0.0.1:7000"
     root: str = "/quanta"
-    shards: int = 1
+    shards: int | None = None  # proposed if the system has no shard count yet
     bookmark_s: float = 10.0
 
 
@@ -60,9 +61,10 @@ async def serve(config: FrontendConfig) -> None:
     try:
         await client.wait_ready()
         await seed_defaults(client, keys)
+        cluster = await ensure_cluster_config(client, keys, shards=config.shards)
         await catalog.start()
         vm_pb2_grpc.add_VmServiceServicer_to_server(
-            VmService(VmStore(client, keys), catalog, shards=config.shards, bookmark_s=config.bookmark_s), server)
+            VmService(VmStore(client, keys), catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
         host_pb2_grpc.add_HostServiceServicer_to_server(
             HostService(HostStore(client, keys), keys, bookmark_s=config.bookmark_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -88,13 +90,18 @@ async def serve(config: FrontendConfig) -> None:
         await client.close()
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="quanta frontend", description=__doc__)
     add_common_args(parser)
     parser.add_argument("--listen", default=os.environ.get("QUANTA_LISTEN", "127.0.0.1:7000"),
                         help="host:port to serve gRPC on (env QUANTA_LISTEN)")
-    parser.add_argument("--shards", type=int, default=int(os.environ.get("QUANTA_SHARDS", "1")),
-                        help="scheduler shard count; must match the schedulers' --shards")
+    parser.add_argument("--shards", type=int, default=_env_int("QUANTA_SHARDS"),
+                        help="scheduler shard count, if this system has none stored yet (default 1)")
     args = parser.parse_args(argv)
     run_process("frontend", args, serve(FrontendConfig(etcd=args.etcd, listen=args.listen, root=args.root,
                                                       shards=args.shards)))

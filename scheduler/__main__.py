@@ -11,7 +11,8 @@ from scheduler.service import SchedulerConfig, run_scheduler
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="quanta scheduler", description=__doc__)
     add_common_args(parser)
-    parser.add_argument("--shards", type=int, default=1, help="total number of shards (default 1)")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="total number of shards, if this system has none stored yet (default 1)")
     parser.add_argument("--lease-ttl", type=int, default=10, help="session lease TTL, seconds")
     parser.add_argument("--batch-size", type=int, default=256, help="VMs placed per bind round trip")
     args = parser.parse_args(argv)

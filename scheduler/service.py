@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass
 
 from controlplane.etcd import EtcdClient, Lease, LeaseLost
+from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
 from controlplane.store.scheduling import SchedulingStore
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class SchedulerConfig:
     etcd: str
     root: str = "/quanta"
-    shards: int = 1
+    shards: int | None = None  # proposed if the system has no shard count yet
     lease_ttl: int = 10
     batch_size: int = 256
     name: str = f"{socket.gethostname()}-{os.getpid()}"
@@ -42,6 +43,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     client = EtcdClient(config.etcd)
     try:
         await client.wait_ready()
+        cluster = await ensure_cluster_config(client, keys, shards=config.shards)
         view = HostView()
         hosts = HostSync(HostStore(client, keys), keys, view)
         store = SchedulingStore(client, keys)
@@ -49,7 +51,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
             async with asyncio.TaskGroup() as group:
                 group.create_task(hosts.run(), name="hosts")
                 group.create_task(_watch_lease(lease), name="lease")
-                for shard in range(config.shards):
+                for shard in range(cluster.shards):
                     group.create_task(_run_shard(shard, client, keys, store, hosts, lease, config),
                                       name=f"shard-{shard}")
     finally:

@@ -13,6 +13,7 @@ import pytest
 
 from controlplane.etcd import EtcdClient
 from controlplane.models import Binding, HostAllocation, Resources, VmRef, VmSpec, VmState, now_ns
+from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.scheduling import HostBind, SchedulingStore
@@ -308,5 +309,18 @@ def test_watch_reports_created_status_and_deleted_changes(etcd_endpoint: str, ro
             # Deleted: the record as it was before the deletion.
             assert deleted.revision == deleted_at
             assert deleted.record == created_b
+
+    run(main())
+
+
+def test_cluster_config_first_writer_wins(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            keys = Keys(root)
+            results = await asyncio.gather(*(ensure_cluster_config(client, keys, shards=n) for n in (3, 5, 7)))
+            assert len({r.shards for r in results}) == 1 and results[0].shards in (3, 5, 7)
+            assert (await ensure_cluster_config(client, keys)).shards == results[0].shards
+            assert (await ensure_cluster_config(client, keys, shards=9)).shards == results[0].shards
+            assert (await ensure_cluster_config(client, Keys(root + "-other"))).shards == 1
 
     run(main())

@@ -13,6 +13,7 @@ independent systems (or tests) share one etcd.
     flavors/{name}, images/{name}         Flavor, Image
     requests/{tenant}/{project}/{sha256(request_id)}  RequestRecord  frontends
     shards/{shard}                        ShardOwner  scheduler, under its session lease
+    config/cluster                        ClusterConfig  first process to start (create-if-absent)
 
 Spec and status of a VM are adjacent keys, so one range reads a VM whole and a
 single prefix watch sees every change of a project's VMs.
@@ -110,6 +111,9 @@ class Keys:
     def request(self, tenant: str, project: str, request_id: str) -> bytes:
         digest = hashlib.sha256(request_id.encode()).hexdigest()
         return self._k(f"requests/{tenant}/{project}/{digest}")
+
+    def cluster_config(self) -> bytes:
+        return self._k("config/cluster")
 
     def shard(self, shard: int) -> bytes:
         return self._k(f"shards/{shard:04d}")

@@ -149,3 +149,9 @@ class ShardOwner(_message.Message):
     owner: str
     acquire_time_ns: int
     def __init__(self, owner: _Optional[str] = ..., acquire_time_ns: _Optional[int] = ...) -> None: ...
+
+class ClusterConfig(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: int
+    def __init__(self, shards: _Optional[int] = ...) -> None: ...
