@@ -56,14 +56,24 @@ Quanta is up.
 Try:  quanta vm create --name web-1 --flavor small --image ubuntu
       quanta vm watch
 Press Ctrl-C to stop.""", flush=True)
+        restart_at: dict[str, float] = {}
         while not stopping:
+            now = time.monotonic()
             for process in system.processes.values():
-                if not process.alive and not stopping:
-                    # A component exits when it loses its lease; a supervisor restarts it.
-                    print(f"{process.name} exited ({process.process.returncode}); restarting", flush=True)
+                if process.alive or stopping:
+                    continue
+                # A component exits when it loses its lease; like a real supervisor,
+                # restart it, backing off when it keeps failing.
+                if process.name not in restart_at:
+                    delay = min(30.0, 0.5 * 2 ** min(process.restarts, 6))
+                    restart_at[process.name] = now + delay
+                    print(f"{process.name} exited ({process.process.returncode}); restarting in {delay:.1f}s "
+                          f"(log: {process.log_path})", flush=True)
+                elif now >= restart_at[process.name]:
+                    del restart_at[process.name]
                     process.restarts += 1
                     process.start()
-            time.sleep(0.5)
+            time.sleep(0.2)
     except (TimeoutError, RuntimeError) as err:
         print(f"quanta up: {err}", file=sys.stderr)
         sys.exit(1)
