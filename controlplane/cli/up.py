@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import signal
 import sys
 import time
 
 from controlplane.local import LocalSystem
 from controlplane.sdk import local_state_path
+
+
+def _write_state(path: pathlib.Path, system: LocalSystem) -> None:
+    """Tell the CLI, the SDK and SREs where everything is."""
+    pids = {name: process.pid for name, process in system.processes.items()}
+    if system.etcd and system.etcd.process:
+        pids["etcd"] = system.etcd.process.pid
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "endpoint": system.endpoint, "etcd": system.etcd_endpoint, "logs": str(system.log_dir), "pids": pids,
+        "metrics": {name: f"127.0.0.1:{port}" for name, port in system.metrics_ports.items()},
+    }, indent=2))
 
 
 def main(argv: list[str]) -> None:
@@ -40,11 +53,7 @@ def main(argv: list[str]) -> None:
     print("starting etcd, frontends, scheduler and agent ...", flush=True)
     try:
         system.start()
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state_path.write_text(json.dumps({
-            "endpoint": system.endpoint, "etcd": system.etcd_endpoint,
-            "metrics": {name: f"127.0.0.1:{port}" for name, port in system.metrics_ports.items()},
-        }, indent=2))
+        _write_state(state_path, system)
         print(f"""
 Quanta is up.
   API (gRPC):   {system.endpoint}    ({args.frontends} frontends share this port)
@@ -73,6 +82,7 @@ Press Ctrl-C to stop.""", flush=True)
                     del restart_at[process.name]
                     process.restarts += 1
                     process.start()
+                    _write_state(state_path, system)
             time.sleep(0.2)
     except (TimeoutError, RuntimeError) as err:
         print(f"quanta up: {err}", file=sys.stderr)

@@ -1,0 +1,73 @@
+"""`quanta up` as a newcomer runs it: it starts everything, the CLI finds it
+without flags, a killed component comes back, and Ctrl-C stops every child."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from tests.conftest import wait_until
+
+QUANTA = os.path.join(os.path.dirname(sys.executable), "quanta")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_quanta_up_runs_the_system_and_stops_every_child(tmp_path):
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    up = subprocess.Popen([QUANTA, "up", "--hosts", "3", "--data-dir", str(tmp_path / "data")], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(up.stdout), daemon=True)
+    reader.start()
+    state_file = tmp_path / "state" / "quanta" / "local.json"
+    try:
+        wait_until(lambda: any("Quanta is up" in line for line in output) or up.poll() is not None,
+                   timeout=90, message="quanta up to report it is up")
+        assert up.poll() is None, "".join(output)
+        state = json.loads(state_file.read_text())
+        assert set(state["pids"]) == {"etcd", "frontend-0", "frontend-1", "scheduler-0", "agent-0"}
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([QUANTA, *args], env=env, capture_output=True, text=True, timeout=60)
+
+        created = cli("vm", "create", "--name", "web-1", "--flavor", "small", "--image", "ubuntu", "--wait")
+        assert created.returncode == 0, created.stderr
+        assert "PENDING" in created.stdout and "RUNNING" in created.stdout
+        assert len(cli("host", "list").stdout.splitlines()) == 3
+
+        old_agent = state["pids"]["agent-0"]
+        os.kill(old_agent, signal.SIGKILL)
+        wait_until(lambda: json.loads(state_file.read_text())["pids"]["agent-0"] != old_agent, timeout=30,
+                   message="agent restarted")
+        assert "agent-0 exited" in "".join(output)
+
+        pids = json.loads(state_file.read_text())["pids"]
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+        reader.join(10)
+        assert "stopped." in "".join(output)
+        assert [name for name, pid in pids.items() if _alive(pid)] == []
+        assert not state_file.exists()
+    finally:
+        if up.poll() is None:  # the test failed midway: stop everything anyway
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
+                if state_file.exists():
+                    for pid in json.loads(state_file.read_text())["pids"].values():
+                        if _alive(pid):
+                            os.kill(pid, signal.SIGKILL)
