@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="sim: per-operation latency model")
     parser.add_argument("--state-dir", default=None,
                         help="sim: where the simulated hypervisor keeps its state across restarts")
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="sim: probability of a transient fault per mutating call (for testing)")
+    parser.add_argument("--seed", type=int, default=0, help="sim: seed of the fault generator")
     parser.add_argument("--workers", type=int, default=256, help="concurrent reconciles in this process")
     parser.add_argument("--per-host-concurrency", type=int, default=8)
     parser.add_argument("--lease-ttl", type=int, default=10, help="heartbeat lease TTL, seconds")
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         hosts=args.hosts, host_prefix=args.host_prefix,
         capacity=HostCapacity(args.host_vcpus, args.host_memory_mib, args.host_disk_gib),
         latency=SimLatency.realistic() if args.latency == "realistic" else SimLatency(),
-        state_dir=args.state_dir,
+        state_dir=args.state_dir, fault_rate=args.fault_rate, seed=args.seed,
     )
     _hypervisor, drivers = build_sim_drivers(sim)
     config = AgentConfig(etcd=args.etcd, root=args.root, name=args.name or args.host_prefix,

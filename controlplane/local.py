@@ -83,6 +83,7 @@ class LocalSystem:
         host_vcpus: int = 128,
         host_memory_mib: int = 512 * 1024,
         metrics: bool = True,
+        fault_rate: float = 0.0,
     ):
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="quanta-")
         self.data_dir = pathlib.Path(data_dir or self._tmp.name)
@@ -99,6 +100,7 @@ class LocalSystem:
         self.host_vcpus = host_vcpus
         self.host_memory_mib = host_memory_mib
         self.metrics = metrics
+        self.fault_rate = fault_rate
         self.etcd: EtcdServer | None = None
         self.etcd_endpoint = etcd_endpoint or ""
         self.processes: dict[str, ManagedProcess] = {}
@@ -139,6 +141,7 @@ class LocalSystem:
                 "--hosts", str(self.hosts), "--host-prefix", "sim", "--latency", self.latency,
                 "--state-dir", str(self.data_dir / "sim"), "--lease-ttl", str(self.lease_ttl),
                 "--host-vcpus", str(self.host_vcpus), "--host-memory-mib", str(self.host_memory_mib),
+                "--fault-rate", str(self.fault_rate),
             ])
             for process in self.processes.values():
                 process.start()

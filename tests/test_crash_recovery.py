@@ -88,3 +88,17 @@ def test_scheduler_killed_mid_creation(system):
         assert _states(client)["PENDING"] > 0 or _states(client)["RUNNING"] < VMS
         scheduler.start()  # waits out the dead process's shard lease, then takes over
         _check_exactly_once(system, client, vms)
+
+
+def test_transient_driver_faults_are_retried_without_duplicates(etcd_server):
+    """30% of host operations fail, half of them after taking effect: the agent
+    retries with backoff and adopts what already happened."""
+    root = f"/faults-{uuid.uuid4().hex[:8]}"
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=4, latency="zero", frontends=1,
+                     fault_rate=0.3, metrics=False) as system:
+        with Client(system.endpoint, project="faults") as client:
+            vms = _create_all(client)
+            _check_exactly_once(system, client, vms)
+        faults = [line for line in (system.log_dir / "agent-0.log").read_text().splitlines()
+                  if "transient driver fault" in line]
+        assert faults, "the fault injection did not happen"

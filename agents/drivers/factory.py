@@ -17,6 +17,7 @@ class SimConfig:
     latency: SimLatency = SimLatency()
     state_dir: str | None = None
     seed: int = 0
+    fault_rate: float = 0.0
 
 
 def sim_host_ids(config: SimConfig) -> list[str]:
@@ -25,7 +26,8 @@ def sim_host_ids(config: SimConfig) -> list[str]:
 
 
 def build_sim_drivers(config: SimConfig) -> tuple[SimHypervisor, dict[str, HostDriver]]:
-    hypervisor = SimHypervisor(config.state_dir, latency=config.latency, seed=config.seed)
+    hypervisor = SimHypervisor(config.state_dir, latency=config.latency, seed=config.seed,
+                               fault_rate=config.fault_rate)
     drivers: dict[str, HostDriver] = {
         host: hypervisor.add_host(host, config.capacity) for host in sim_host_ids(config)
     }
