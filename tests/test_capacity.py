@@ -1,0 +1,37 @@
+"""A VM that fits nowhere waits with a condition that says why, and is placed
+as soon as capacity appears; hosts are never over-committed."""
+
+from __future__ import annotations
+
+import uuid
+
+from controlplane.gen.quanta.v1 import vm_pb2
+from controlplane.local import LocalSystem
+from controlplane.sdk import Client
+from tests.conftest import wait_until
+
+State = vm_pb2.Vm.State
+
+
+def test_waits_for_capacity_then_places(etcd_server):
+    root = f"/cap-{uuid.uuid4().hex[:8]}"
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=1, host_vcpus=2, latency="zero",
+                     frontends=1, metrics=False) as system, Client(system.endpoint) as client:
+        for name in ("a", "b", "c"):
+            client.create_vm(name, flavor="small", image="ubuntu")
+        wait_until(lambda: client.get_vm("c").conditions, message="c to say why it waits")
+        states = {vm.name.rsplit("/", 1)[1]: vm.state for vm in client.list_vms()}
+        running = sorted(name for name, state in states.items() if state == State.RUNNING)
+        waiting = [name for name, state in states.items() if state == State.PENDING]
+        assert len(running) == 2 and len(waiting) == 1
+        condition = client.get_vm(waiting[0]).conditions[0]
+        assert condition.reason == "NoHostFits" and condition.status == "False"
+        assert "0/1 hosts fit" in condition.message and "InsufficientVcpus" in condition.message
+        host = client.get_host("sim-00000")
+        assert (host.allocated.vcpus, host.vm_count) == (2, 2)
+
+        client.delete_vm(running[0])
+        wait_until(lambda: client.get_vm(waiting[0]).state == State.RUNNING, timeout=30,
+                   message="the waiting VM placed once capacity was freed")
+        host = client.get_host("sim-00000")
+        assert (host.allocated.vcpus, host.vm_count) == (2, 2)
