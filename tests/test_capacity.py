@@ -19,11 +19,13 @@ def test_waits_for_capacity_then_places(etcd_server):
                      frontends=1, metrics=False) as system, Client(system.endpoint) as client:
         for name in ("a", "b", "c"):
             client.create_vm(name, flavor="small", image="ubuntu")
-        wait_until(lambda: client.get_vm("c").conditions, message="c to say why it waits")
-        states = {vm.name.rsplit("/", 1)[1]: vm.state for vm in client.list_vms()}
-        running = sorted(name for name, state in states.items() if state == State.RUNNING)
-        waiting = [name for name, state in states.items() if state == State.PENDING]
-        assert len(running) == 2 and len(waiting) == 1
+        def settled():
+            vms = list(client.list_vms())
+            running = sorted(vm.name.rsplit("/", 1)[1] for vm in vms if vm.state == State.RUNNING)
+            waiting = [vm.name.rsplit("/", 1)[1] for vm in vms if vm.state == State.PENDING and vm.conditions]
+            return (running, waiting) if len(running) == 2 and len(waiting) == 1 else None
+
+        running, waiting = wait_until(settled, message="two VMs RUNNING and one waiting with a reason")
         condition = client.get_vm(waiting[0]).conditions[0]
         assert condition.reason == "NoHostFits" and condition.status == "False"
         assert "0/1 hosts fit" in condition.message and "InsufficientVcpus" in condition.message
