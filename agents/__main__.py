@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from agents.drivers.factory import SimConfig, build_sim_drivers
+from agents.drivers.factory import LATENCY_MODELS, SimConfig, build_sim_drivers, sim_latency
 from agents.drivers.protocol import HostCapacity
-from agents.drivers.sim import SimLatency
 from agents.service import AgentConfig, run_agent
 from controlplane.process import add_common_args, run_process
 
@@ -20,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host-vcpus", type=int, default=128)
     parser.add_argument("--host-memory-mib", type=int, default=512 * 1024)
     parser.add_argument("--host-disk-gib", type=int, default=20_000)
-    parser.add_argument("--latency", choices=("zero", "realistic"), default="zero",
+    parser.add_argument("--latency", choices=LATENCY_MODELS, default="zero",
                         help="sim: per-operation latency model")
     parser.add_argument("--state-dir", default=None,
                         help="sim: where the simulated hypervisor keeps its state across restarts")
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     sim = SimConfig(
         hosts=args.hosts, host_prefix=args.host_prefix,
         capacity=HostCapacity(args.host_vcpus, args.host_memory_mib, args.host_disk_gib),
-        latency=SimLatency.realistic() if args.latency == "realistic" else SimLatency(),
+        latency=sim_latency(args.latency),
         state_dir=args.state_dir, fault_rate=args.fault_rate, seed=args.seed,
     )
     _hypervisor, drivers = build_sim_drivers(sim)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 
 from tests.conftest import wait_until
 
@@ -21,6 +22,18 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def _value(text: str, metric: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(metric + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{metric} not found")
 
 
 def test_quanta_up_runs_the_system_and_stops_every_child(tmp_path):
@@ -45,6 +58,22 @@ def test_quanta_up_runs_the_system_and_stops_every_child(tmp_path):
         assert created.returncode == 0, created.stderr
         assert "PENDING" in created.stdout and "RUNNING" in created.stdout
         assert len(cli("host", "list").stdout.splitlines()) == 3
+
+        expected = {
+            "frontend": ("quanta_api_requests_total", "quanta_vm_creations_accepted_total",
+                         "quanta_etcd_request_duration_seconds_bucket"),
+            "scheduler": ("quanta_scheduler_binds_total", "quanta_scheduler_queue_depth",
+                          "quanta_scheduler_placement_duration_seconds_bucket"),
+            "agent": ("quanta_vm_creations_running_total", "quanta_agent_driver_call_duration_seconds_bucket",
+                      "quanta_agent_inflight_operations"),
+        }
+        scraped = {name: _scrape(address) for name, address in state["metrics"].items()}
+        assert set(scraped) == {"frontend-0", "frontend-1", "scheduler-0", "agent-0"}
+        for name, text in scraped.items():
+            for metric in expected[name.split("-")[0]]:
+                assert f"\n{metric}" in text, f"{name} does not export {metric}"
+        assert _value(scraped["scheduler-0"], "quanta_scheduler_binds_total") >= 1
+        assert _value(scraped["agent-0"], "quanta_vm_creations_running_total") >= 1
 
         old_agent = state["pids"]["agent-0"]
         os.kill(old_agent, signal.SIGKILL)

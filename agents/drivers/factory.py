@@ -20,6 +20,16 @@ class SimConfig:
     fault_rate: float = 0.0
 
 
+LATENCY_MODELS = ("zero", "realistic")
+
+
+def sim_latency(model: str) -> SimLatency:
+    """A named sim latency model: "zero" (benchmarks) or "realistic" (quanta up)."""
+    if model not in LATENCY_MODELS:
+        raise ValueError(f"unknown latency model {model!r}; choose from {LATENCY_MODELS}")
+    return SimLatency.realistic() if model == "realistic" else SimLatency()
+
+
 def sim_host_ids(config: SimConfig) -> list[str]:
     """Zero-padded, so one agent's hosts are a contiguous etcd key range."""
     return [f"{config.host_prefix}-{i:05d}" for i in range(config.first_index, config.first_index + config.hosts)]
