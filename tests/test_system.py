@@ -272,3 +272,16 @@ def test_killing_a_frontend_loses_nothing_it_acknowledged(system, client):
                    == sorted(acknowledged), timeout=60, message="every acknowledged VM RUNNING")
     finally:
         victim.start()
+
+
+def test_cli_options_go_before_or_after_the_verb(system, client):
+    client.create_vm("opt-1", flavor="small", image="ubuntu", labels={"env": "prod"})
+    after = quanta(system, client.project, "vm", "get", "opt-1", "-o", "json")
+    assert after.returncode == 0, after.stderr
+    assert '"env": "prod"' in after.stdout
+    listed = quanta(system, client.project, "vm", "list", "--selector", "env=prod")
+    assert listed.stdout.split()[0] == "opt-1"
+    bad = quanta(system, client.project, "vm", "create", "--name", "Bad_Name", "--flavor", "huge",
+                 "--image", "ubuntu")
+    assert bad.returncode == 1
+    assert "INVALID_ARGUMENT" in bad.stderr and "vm.flavor: unknown flavor 'huge'" in bad.stderr

@@ -33,15 +33,28 @@ def _print(message, output: str, row) -> None:
         print(row(message), flush=True)
 
 
+def _common_options(suppress: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the verb (``quanta vm -o json list`` and
+    ``quanta vm list -o json``); after the verb they only override."""
+    parser = argparse.ArgumentParser(add_help=False)
+
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--endpoint", default=default(None),
+                        help="API address (default: $QUANTA_ENDPOINT or `quanta up`'s)")
+    parser.add_argument("--tenant", default=default("default"))
+    parser.add_argument("--project", default=default("default"))
+    parser.add_argument("-o", "--output", choices=("table", "json"), default=default("table"))
+    return parser
+
+
 def main(kind: str, argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"quanta {kind}")
-    parser.add_argument("--endpoint", default=None, help="API address (default: $QUANTA_ENDPOINT or `quanta up`'s)")
-    parser.add_argument("--tenant", default="default")
-    parser.add_argument("--project", default="default")
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser = argparse.ArgumentParser(prog=f"quanta {kind}", parents=[_common_options(False)])
+    common = _common_options(True)
     sub = parser.add_subparsers(dest="verb", required=True)
     if kind == "vm":
-        create = sub.add_parser("create", help="create a VM (returns at once, PENDING)")
+        create = sub.add_parser("create", help="create a VM (returns at once, PENDING)", parents=[common])
         create.add_argument("--name", required=True, help="VM id, e.g. web-1")
         create.add_argument("--flavor", required=True, help="small, medium, large")
         create.add_argument("--image", required=True, help="ubuntu, debian, photon")
@@ -49,17 +62,17 @@ def main(kind: str, argv: list[str]) -> None:
         create.add_argument("--request-id", default=None, help="idempotency key (default: random)")
         create.add_argument("--wait", action="store_true", help="wait until RUNNING")
         for verb in ("get", "delete"):
-            p = sub.add_parser(verb)
+            p = sub.add_parser(verb, parents=[common])
             p.add_argument("name")
         sub.choices["delete"].add_argument("--etag", default="")
-        listing = sub.add_parser("list")
+        listing = sub.add_parser("list", parents=[common])
         listing.add_argument("--selector", default="", help="label selector k=v,k2=v2")
-        watch = sub.add_parser("watch", help="stream changes until Ctrl-C")
+        watch = sub.add_parser("watch", help="stream changes until Ctrl-C", parents=[common])
         watch.add_argument("--resource-version", type=int, default=0)
         watch.add_argument("--selector", default="")
     else:
-        sub.add_parser("list")
-        get = sub.add_parser("get")
+        sub.add_parser("list", parents=[common])
+        get = sub.add_parser("get", parents=[common])
         get.add_argument("name")
     args = parser.parse_args(argv)
 
