@@ -83,9 +83,10 @@ class Client:
                 raise ApiError.from_rpc_error(err) from None
 
     # VMs
-    def create_vm(self, vm_id: str, *, flavor: str, image: str, labels: dict[str, str] | None = None,
+    def create_vm(self, vm_id: str = "", *, flavor: str, image: str, labels: dict[str, str] | None = None,
                   request_id: str | None = None) -> vm_pb2.Vm:
-        """Create a VM; returns it PENDING. Idempotent per request_id (one is generated)."""
+        """Create a VM; returns it PENDING. ``vm_id`` "" lets the server assign one.
+        Idempotent per request_id (one is generated, and reused by the retries here)."""
         request = vm_pb2.CreateVmRequest(
             parent=self.parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex,
             vm=vm_pb2.Vm(flavor=flavor, image=image, labels=labels or {}),

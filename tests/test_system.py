@@ -137,9 +137,15 @@ def test_bad_input_gets_precise_status_and_writes_nothing(system, client):
         request = vm_pb2.CreateVmRequest(parent=client.parent, vm=vm, **fields)
         return lambda: client._call(stub.CreateVm, request)
 
-    empty = _error(create(vm_id=""))
-    assert empty.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert [f for f, _ in empty.field_violations] == ["vm_id"]
+    bad_id = _error(create(vm_id="Web_1"))
+    assert bad_id.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in bad_id.field_violations] == ["vm_id"]
+
+    for call in (stub.GetVm, stub.DeleteVm):
+        request = vm_pb2.GetVmRequest(name="") if call is stub.GetVm else vm_pb2.DeleteVmRequest(name="")
+        empty = _error(lambda: client._call(call, request))
+        assert empty.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in empty.field_violations] == ["name"]
 
     unknown = _error(create(vm_id="a", flavor="huge"))
     assert unknown.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -196,6 +202,17 @@ def test_retried_create_with_same_request_id_gives_one_vm(system, client):
         t.join(30)
     assert len(results) == 8 and len({vm.uid for vm in results}) == 1
     assert sorted(vm.name.rsplit("/", 1)[1] for vm in client.list_vms()) == ["db-1", "db-3"]
+
+
+def test_create_without_an_id_gets_one_and_stays_idempotent(system, client):
+    request = vm_pb2.CreateVmRequest(parent=client.parent, request_id="no-id-1",
+                                     vm=vm_pb2.Vm(flavor="small", image="ubuntu"))
+    first = client._call(client._vms.CreateVm, request)
+    vm_id = first.name.rsplit("/", 1)[1]
+    assert vm_id.startswith("vm-") and len(vm_id) == 19
+    again = client._call(client._vms.CreateVm, request)
+    assert (again.name, again.uid) == (first.name, first.uid)
+    assert [vm.name for vm in client.list_vms()] == [first.name]
 
 
 def test_list_pages_and_label_selector(system, client):

@@ -39,7 +39,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
     async def CreateVm(self, request: vm_pb2.CreateVmRequest, context) -> vm_pb2.Vm:
         v = validation.Violations()
         parent = v.capture(validation.parse_project_parent, request.parent)
-        v.capture(validation.validate_resource_id, request.vm_id, "vm_id", "VM id")
+        # The id is optional (DESIGN.md): without one the server assigns "vm-<random>".
+        vm_id = request.vm_id or f"vm-{uuid.uuid4().hex[:16]}"
+        v.capture(validation.validate_resource_id, vm_id, "vm_id", "VM id")
         vm = request.vm
         if not vm.flavor:
             v.add("vm.flavor", "required")
@@ -53,13 +55,13 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         if sum(len(k) + len(val) for k, val in vm.labels.items()) > MAX_LABELS_BYTES:
             v.add("vm.labels", f"labels exceed {MAX_LABELS_BYTES} bytes in total")
         v.capture(validation.validate_request_id, request.request_id)
-        if vm.name and parent and vm.name != validation.vm_name(*parent, request.vm_id):
+        if vm.name and parent and vm.name != validation.vm_name(*parent, vm_id):
             v.add("vm.name", "output only; leave empty or equal to parent/vms/vm_id")
         v.raise_if_any()
         tenant, project = parent
         uid = uuid.uuid4().hex
         spec = VmSpec(
-            ref=VmRef(tenant, project, request.vm_id), uid=uid, flavor=vm.flavor, image=vm.image,
+            ref=VmRef(tenant, project, vm_id), uid=uid, flavor=vm.flavor, image=vm.image,
             resources=self._catalog.flavors[vm.flavor].resources, labels=dict(vm.labels),
             request_id=request.request_id, create_time_ns=now_ns(), shard=shard_of(uid, self._shards),
         )

@@ -55,7 +55,7 @@ def main(kind: str, argv: list[str]) -> None:
     sub = parser.add_subparsers(dest="verb", required=True)
     if kind == "vm":
         create = sub.add_parser("create", help="create a VM (returns at once, PENDING)", parents=[common])
-        create.add_argument("--name", required=True, help="VM id, e.g. web-1")
+        create.add_argument("--name", default="", help="VM id, e.g. web-1 (default: one is assigned)")
         create.add_argument("--flavor", required=True, help="small, medium, large")
         create.add_argument("--image", required=True, help="ubuntu, debian, photon")
         create.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
@@ -103,7 +103,7 @@ def _run(kind: str, args, client: Client) -> None:
                               request_id=args.request_id)
         _print(vm, out, _vm_row)
         if args.wait:
-            _print(client.wait_for_vm(args.name, "RUNNING"), out, _vm_row)
+            _print(client.wait_for_vm(vm.name, "RUNNING"), out, _vm_row)
     elif args.verb == "get":
         _print(client.get_vm(args.name), out, _vm_row)
     elif args.verb == "list":
