@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from agents import metrics
 from agents.drivers.protocol import DriverError, HostDriver, PowerState, VmRequest

@@ -46,7 +46,7 @@ class Remover:
                 *(self._store.remove_destroyed(host, list(vms.values())) for host, vms in batch.items()),
                 return_exceptions=True,
             )
-            for (host, vms), result in zip(batch.items(), results):
+            for (host, vms), result in zip(batch.items(), results, strict=True):
                 if result is True:
                     continue
                 if isinstance(result, BaseException) and not isinstance(result, EtcdError):

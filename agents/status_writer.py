@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from agents import metrics
 from controlplane.etcd import EtcdError
 from controlplane.models import VmRef
 from controlplane.store.hostagent import AgentStore, StatusUpdate
-from agents import metrics
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +23,15 @@ class StatusWriter:
         self._store = store
         self._pending: dict[tuple[str, VmRef], StatusUpdate] = {}
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def submit(self, update: StatusUpdate) -> None:
         """Queue a status write; never blocks. The last update per VM wins."""
         self._pending[(update.host, update.ref)] = update
-        self._idle.clear()
         self._wakeup.set()
 
     def discard(self, host: str, ref: VmRef) -> None:
         """Drop a not-yet-written update (the VM is being removed)."""
         self._pending.pop((host, ref), None)
-
-    async def flushed(self) -> None:
-        """Wait until everything submitted so far has been written."""
-        await self._idle.wait()
 
     async def run(self) -> None:
         while True:
@@ -47,7 +40,6 @@ class StatusWriter:
             batch = list(self._pending.values())
             self._pending.clear()
             if not batch:
-                self._idle.set()
                 continue
             try:
                 applied = await self._store.write_statuses(batch)
@@ -59,5 +51,3 @@ class StatusWriter:
                 self._wakeup.set()
                 continue
             metrics.STATUS_WRITES.inc(sum(applied))
-            if not self._pending:
-                self._idle.set()

@@ -9,7 +9,6 @@ acknowledged.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from dataclasses import dataclass

@@ -124,7 +124,7 @@ class LocalSystem:
         self.processes[name] = process
         return process
 
-    def start(self, timeout: float = 60.0) -> "LocalSystem":
+    def start(self, timeout: float = 60.0) -> LocalSystem:
         """Start everything and wait until the API serves and every host registered."""
         try:
             if not self.etcd_endpoint:
@@ -176,12 +176,6 @@ class LocalSystem:
                 raise TimeoutError(f"system not ready within {timeout}s; logs in {self.log_dir}")
             time.sleep(0.1)
 
-    def restart(self, name: str) -> None:
-        process = self.processes[name]
-        process.stop()
-        process.restarts += 1
-        process.start()
-
     def stop(self) -> None:
         """Stop every process started here, then etcd; idempotent."""
         for process in reversed(list(self.processes.values())):
@@ -196,7 +190,7 @@ class LocalSystem:
         if self._tmp:
             self._tmp.cleanup()
 
-    def __enter__(self) -> "LocalSystem":
+    def __enter__(self) -> LocalSystem:
         return self.start()
 
     def __exit__(self, *exc) -> None:

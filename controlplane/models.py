@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Mapping
 
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 
@@ -41,18 +41,18 @@ class Resources:
     memory_mib: int = 0
     disk_gib: int = 0
 
-    def __add__(self, other: "Resources") -> "Resources":
+    def __add__(self, other: Resources) -> Resources:
         return Resources(self.vcpus + other.vcpus, self.memory_mib + other.memory_mib,
                          self.disk_gib + other.disk_gib)
 
-    def __sub__(self, other: "Resources") -> "Resources":
+    def __sub__(self, other: Resources) -> Resources:
         return Resources(self.vcpus - other.vcpus, self.memory_mib - other.memory_mib,
                          self.disk_gib - other.disk_gib)
 
-    def __neg__(self) -> "Resources":
+    def __neg__(self) -> Resources:
         return Resources(-self.vcpus, -self.memory_mib, -self.disk_gib)
 
-    def fits_within(self, other: "Resources") -> bool:
+    def fits_within(self, other: Resources) -> bool:
         """True when every dimension is <= the same dimension of ``other``."""
         return (self.vcpus <= other.vcpus and self.memory_mib <= other.memory_mib
                 and self.disk_gib <= other.disk_gib)
@@ -98,7 +98,7 @@ class VmSpec:
         )
 
     @classmethod
-    def from_proto(cls, m: rec.VmSpec) -> "VmSpec":
+    def from_proto(cls, m: rec.VmSpec) -> VmSpec:
         return cls(
             VmRef(m.tenant, m.project, m.vm_id), m.uid, m.flavor, m.image,
             Resources(m.vcpus, m.memory_mib, m.disk_gib), dict(m.labels), m.request_id,
@@ -109,10 +109,10 @@ class VmSpec:
         return self.to_proto().SerializeToString()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "VmSpec":
+    def from_bytes(cls, data: bytes) -> VmSpec:
         return cls.from_proto(rec.VmSpec.FromString(data))
 
-    def marked_deleted(self, at_ns: int) -> "VmSpec":
+    def marked_deleted(self, at_ns: int) -> VmSpec:
         return replace(self, delete_time_ns=at_ns)
 
 
@@ -134,7 +134,7 @@ class VmStatus:
         ).SerializeToString()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "VmStatus":
+    def from_bytes(cls, data: bytes) -> VmStatus:
         m = rec.VmStatus.FromString(data)
         return cls(VmState(m.state), m.host, m.reason, m.message, m.update_time_ns, m.accepted_time_ns)
 
@@ -155,7 +155,7 @@ class Binding:
                            delete_time_ns=self.spec.delete_time_ns).SerializeToString()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Binding":
+    def from_bytes(cls, data: bytes) -> Binding:
         m = rec.Binding.FromString(data)
         return cls(VmSpec.from_proto(m.spec), m.host)
 
@@ -177,7 +177,7 @@ class HostRegistration:
         ).SerializeToString()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "HostRegistration":
+    def from_bytes(cls, data: bytes) -> HostRegistration:
         m = rec.HostRegistration.FromString(data)
         return cls(m.host, m.driver, Resources(m.vcpus, m.memory_mib, m.disk_gib), dict(m.labels), m.agent,
                    m.register_time_ns)
@@ -190,10 +190,10 @@ class HostAllocation:
     resources: Resources = Resources()
     vm_count: int = 0
 
-    def plus(self, resources: Resources, count: int = 1) -> "HostAllocation":
+    def plus(self, resources: Resources, count: int = 1) -> HostAllocation:
         return HostAllocation(self.resources + resources, self.vm_count + count)
 
-    def minus(self, resources: Resources, count: int = 1) -> "HostAllocation":
+    def minus(self, resources: Resources, count: int = 1) -> HostAllocation:
         return HostAllocation(self.resources - resources, self.vm_count - count)
 
     def to_bytes(self) -> bytes:
@@ -202,7 +202,7 @@ class HostAllocation:
                                   vm_count=self.vm_count).SerializeToString()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "HostAllocation":
+    def from_bytes(cls, data: bytes) -> HostAllocation:
         m = rec.HostAllocation.FromString(data)
         return cls(Resources(m.vcpus, m.memory_mib, m.disk_gib), m.vm_count)
 
@@ -218,7 +218,7 @@ class Flavor:
                           disk_gib=r.disk_gib).SerializeToString()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Flavor":
+    def from_bytes(cls, data: bytes) -> Flavor:
         m = rec.Flavor.FromString(data)
         return cls(m.name, Resources(m.vcpus, m.memory_mib, m.disk_gib))
 
@@ -235,7 +235,7 @@ class Image:
                          size_gib=self.size_gib).SerializeToString()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Image":
+    def from_bytes(cls, data: bytes) -> Image:
         m = rec.Image.FromString(data)
         return cls(m.name, m.os, m.source, m.size_gib)
 

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Coroutine
+from collections.abc import Coroutine
 
 from prometheus_client import Info, start_http_server
 

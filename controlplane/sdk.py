@@ -18,7 +18,7 @@ import os
 import pathlib
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 
@@ -59,7 +59,7 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:

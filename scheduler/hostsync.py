@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from controlplane.etcd import Compacted
+from controlplane.models import Resources
 from controlplane.store.hosts import HostRecord, HostStore, HostTable
 from controlplane.store.keys import Keys
 from scheduler.placement import HostSnapshot, HostView
-from controlplane.models import Resources
 
 log = logging.getLogger(__name__)
 

@@ -47,13 +47,12 @@ async def run_scheduler(config: SchedulerConfig) -> None:
         view = HostView()
         hosts = HostSync(HostStore(client, keys), keys, view)
         store = SchedulingStore(client, keys)
-        async with Lease(client, config.lease_ttl) as lease:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(hosts.run(), name="hosts")
-                group.create_task(_watch_lease(lease), name="lease")
-                for shard in range(cluster.shards):
-                    group.create_task(_run_shard(shard, client, keys, store, hosts, lease, config),
-                                      name=f"shard-{shard}")
+        async with Lease(client, config.lease_ttl) as lease, asyncio.TaskGroup() as group:
+            group.create_task(hosts.run(), name="hosts")
+            group.create_task(_watch_lease(lease), name="lease")
+            for shard in range(cluster.shards):
+                group.create_task(_run_shard(shard, client, keys, store, hosts, lease, config),
+                                  name=f"shard-{shard}")
     finally:
         await client.close()
 

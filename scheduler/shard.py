@@ -180,7 +180,7 @@ class ShardScheduler:
                 self._forget(bind)
             raise ShardLost(f"shard {self.shard} was taken over")
         lost: list[HostBind] = []
-        for bind, ok in zip(binds, result.committed):
+        for bind, ok in zip(binds, result.committed, strict=True):
             self._forget(bind)
             committed = view.committed(bind.host)
             if ok:

@@ -12,7 +12,7 @@ import itertools
 import os
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

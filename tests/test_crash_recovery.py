@@ -12,11 +12,11 @@ import pytest
 
 from agents.drivers.sim import read_journal
 from controlplane.etcd import EtcdClient
+from controlplane.gen.quanta.v1 import vm_pb2
 from controlplane.local import LocalSystem
 from controlplane.models import Binding, HostAllocation
 from controlplane.sdk import Client
 from controlplane.store.keys import Keys
-from controlplane.gen.quanta.v1 import vm_pb2
 from tests.conftest import wait_until
 
 VMS = 120

@@ -11,7 +11,14 @@ from typing import Any
 
 from controlplane.etcd import EtcdClient, Lease
 from controlplane.models import (
-    Binding, HostAllocation, Resources, VmRef, VmSpec, VmState, VmStatus, now_ns,
+    Binding,
+    HostAllocation,
+    Resources,
+    VmRef,
+    VmSpec,
+    VmState,
+    VmStatus,
+    now_ns,
 )
 from controlplane.store.hostagent import AgentStore, StatusUpdate
 from controlplane.store.keys import Keys, shard_of

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -178,7 +178,9 @@ def test_list_with_selector(etcd_endpoint: str, root: str) -> None:
             store = VmStore(client, keys)
             for i in range(6):
                 await store.create(make_spec(f"vm-{i}", labels={"env": "prod" if i % 2 else "dev"}))
-            prod: Callable[[VmSpec], bool] = lambda spec: spec.labels.get("env") == "prod"
+
+            def prod(spec: VmSpec) -> bool:
+                return spec.labels.get("env") == "prod"
 
             records, after, _ = await store.list(TENANT, PROJECT, page_size=10, selector=prod)
             assert [r.ref.vm_id for r in records] == ["vm-1", "vm-3", "vm-5"] and after is None

@@ -15,7 +15,7 @@ import pytest
 
 from controlplane.api.errors import ApiError
 from controlplane.etcd import EtcdClient
-from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
+from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
 from controlplane.local import LocalSystem
 from controlplane.sdk import Client
 from tests.conftest import wait_until
@@ -141,9 +141,9 @@ def test_bad_input_gets_precise_status_and_writes_nothing(system, client):
     assert bad_id.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in bad_id.field_violations] == ["vm_id"]
 
-    for call in (stub.GetVm, stub.DeleteVm):
-        request = vm_pb2.GetVmRequest(name="") if call is stub.GetVm else vm_pb2.DeleteVmRequest(name="")
-        empty = _error(lambda: client._call(call, request))
+    for call, request in ((stub.GetVm, vm_pb2.GetVmRequest(name="")),
+                          (stub.DeleteVm, vm_pb2.DeleteVmRequest(name=""))):
+        empty = _error(lambda call=call, request=request: client._call(call, request))
         assert empty.code == grpc.StatusCode.INVALID_ARGUMENT
         assert [f for f, _ in empty.field_violations] == ["name"]
 

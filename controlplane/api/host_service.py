@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from controlplane.api import errors, validation
 from controlplane.api.convert import host_to_proto

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, TypeVar
+from collections.abc import AsyncIterator
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -21,7 +22,7 @@ async def watch_with_bookmarks(source: AsyncIterator[T], idle_s: float) -> Async
         try:
             async for item in source:
                 await queue.put(item)
-        except Exception as err:  # handed to the consumer, re-raised there
+        except Exception as err:  # noqa: BLE001 - handed to the consumer and re-raised there
             await queue.put(err)
             return
         await queue.put(_END)

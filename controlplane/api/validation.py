@@ -114,7 +114,7 @@ def _parse(name: str, field: str, collections: tuple[str, ...], pattern: re.Patt
     if len(parts) != 2 * len(collections) or tuple(parts[0::2]) != collections:
         raise invalid_argument([(field, f'{_show(name)} is not of the form "{form}"')])
     out: list[tuple[str, str]] = []
-    for collection, value in zip(collections, parts[1::2]):
+    for collection, value in zip(collections, parts[1::2], strict=True):
         _check_id(value, f"{collection[:-1]} id", field, out, pattern)
     if out:
         raise invalid_argument(out)
@@ -144,9 +144,8 @@ def parse_host_name(name: str, field: str = "name") -> str:
 
 def _label_key_problem(key: str) -> str | None:
     prefix, slash, label = key.rpartition("/")
-    if slash:
-        if not prefix or len(prefix) > _MAX_PREFIX or not _DNS_SUBDOMAIN.match(prefix):
-            return f"key prefix {_show(prefix)} must be a DNS subdomain of at most {_MAX_PREFIX} characters"
+    if slash and (not prefix or len(prefix) > _MAX_PREFIX or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"key prefix {_show(prefix)} must be a DNS subdomain of at most {_MAX_PREFIX} characters"
     if not label:
         return "key name must not be empty"
     if len(label) > 63:

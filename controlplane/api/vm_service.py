@@ -6,11 +6,9 @@ watched cache). Create returns at once with the VM PENDING.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-import grpc
 from prometheus_client import Counter
 
 from controlplane.api import errors, validation

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
                          etcd_endpoint=args.etcd or None, data_dir=args.data_dir)
     stopping = False
 
-    def on_signal(signum, frame):
+    def on_signal(_signum, _frame):
         nonlocal stopping
         stopping = True
 

@@ -4,6 +4,7 @@ Only one etcd client may live in a process: the stubs register the etcd
 ``etcdserverpb``/``mvccpb`` protobuf symbols.
 """
 
+from controlplane.etcd import ops
 from controlplane.etcd.client import (
     Compacted,
     EtcdClient,
@@ -15,7 +16,6 @@ from controlplane.etcd.client import (
     WatchEvent,
     prefix_end,
 )
-from controlplane.etcd import ops
 from controlplane.etcd.lease import Lease, LeaseLost
 
 __all__ = [

@@ -15,15 +15,17 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
 from urllib.parse import urlparse
 
 import grpc
 from prometheus_client import Counter, Histogram
 
 from controlplane.etcd.ops import prefix_end
-from controlplane.gen.etcd.v3 import kv_pb2, rpc_pb2 as pb, rpc_pb2_grpc as pb_grpc
+from controlplane.gen.etcd.v3 import kv_pb2
+from controlplane.gen.etcd.v3 import rpc_pb2 as pb
+from controlplane.gen.etcd.v3 import rpc_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class KeyValue:
     lease: int
 
     @classmethod
-    def from_pb(cls, kv: kv_pb2.KeyValue) -> "KeyValue":
+    def from_pb(cls, kv: kv_pb2.KeyValue) -> KeyValue:
         return cls(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
 
 
@@ -88,7 +90,7 @@ class TxnResult:
         """Key-values returned by the range operation at ``index``."""
         return [KeyValue.from_pb(kv) for kv in self.responses[index].response_range.kvs]
 
-    def nested(self, index: int) -> "TxnResult":
+    def nested(self, index: int) -> TxnResult:
         """Result of the nested txn operation at ``index``."""
         inner = self.responses[index].response_txn
         return TxnResult(inner.succeeded, self.revision, inner.responses)
@@ -164,7 +166,7 @@ class EtcdClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def __aenter__(self) -> "EtcdClient":
+    async def __aenter__(self) -> EtcdClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

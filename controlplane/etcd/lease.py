@@ -38,13 +38,13 @@ class Lease:
         self._task: asyncio.Task | None = None
         self._expires_at = 0.0
 
-    async def grant(self) -> "Lease":
+    async def grant(self) -> Lease:
         self.id, self.ttl = await self._client.grant(self.ttl)
         self._expires_at = time.monotonic() + self.ttl
         self._task = asyncio.create_task(self._keepalive(), name=f"lease-{self.id:x}")
         return self
 
-    async def __aenter__(self) -> "Lease":
+    async def __aenter__(self) -> Lease:
         return await self.grant()
 
     async def __aexit__(self, *exc) -> None:
@@ -83,7 +83,7 @@ class Lease:
                         return
                     self._expires_at = sent + response.TTL
                     await asyncio.sleep(interval)
-            except (grpc.aio.AioRpcError, EtcdError, asyncio.TimeoutError) as err:
+            except (TimeoutError, grpc.aio.AioRpcError, EtcdError) as err:
                 if time.monotonic() >= self._expires_at:
                     log.error("lease lost: no keepalive within its TTL", extra={"lease": self.id})
                     self.lost.set()

@@ -17,7 +17,6 @@ import tempfile
 import time
 import urllib.request
 
-
 #: What the etcd started here allows per txn; processes using it are told so.
 ETCD_MAX_TXN_OPS = 4096
 
@@ -70,7 +69,7 @@ class EtcdServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
 
-    def start(self, timeout: float = 60.0) -> "EtcdServer":
+    def start(self, timeout: float = 60.0) -> EtcdServer:
         binary = find_etcd_binary()
         for _attempt in range(5):
             self.client_port, self.peer_port = free_port(), free_port()
@@ -94,10 +93,9 @@ class EtcdServer:
                 "--snapshot-count", "100000",
                 "--log-level", "warn",
             ]
-            log_file = open(self.log_path, "ab")
-            self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-            log_file.close()
+            with open(self.log_path, "ab") as log_file:
+                self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
             if self._wait_healthy(timeout):
                 return self
             self.stop()  # port taken between pick and bind, or a slow start: try new ports
@@ -132,7 +130,7 @@ class EtcdServer:
         if self._tmp:
             self._tmp.cleanup()
 
-    def __enter__(self) -> "EtcdServer":
+    def __enter__(self) -> EtcdServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

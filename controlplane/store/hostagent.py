@@ -7,8 +7,8 @@ its binding's create_revision, so a status never resurrects a deleted VM.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
 
 from controlplane.etcd import EtcdClient, ops
 from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmStatus

@@ -3,8 +3,8 @@ allocation the scheduler and agent keep with the host's bindings."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from controlplane.etcd import EtcdClient, KeyValue, prefix_end
 from controlplane.models import HostAllocation, HostRegistration

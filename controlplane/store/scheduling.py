@@ -9,8 +9,8 @@ conflict on one host fails only that host's binds.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
 
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.etcd.ops import Compare
@@ -112,7 +112,7 @@ class SchedulingStore:
         """Current allocation and its revision for each host (absent: zero, 0)."""
         responses = await self._etcd.txn_chunked([ops.get(self._keys.host_alloc(h)) for h in hosts])
         out = {}
-        for host, response in zip(hosts, responses):
+        for host, response in zip(hosts, responses, strict=True):
             kvs = response.response_range.kvs
             out[host] = (HostAllocation.from_bytes(kvs[0].value), kvs[0].mod_revision) if kvs \
                 else (HostAllocation(), 0)

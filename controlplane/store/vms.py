@@ -7,10 +7,10 @@ Every write is one etcd transaction guarded by compares, so that two frontends
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterable
 
-from controlplane.etcd import Compacted, EtcdClient, KeyValue, ops, prefix_end
+from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound
@@ -196,7 +196,7 @@ class VmStore:
 
     # --- delete ------------------------------------------------------------------------
 
-    async def request_delete(self, ref: VmRef, *, etag: str = "") -> "Deletion":
+    async def request_delete(self, ref: VmRef, *, etag: str = "") -> Deletion:
         """Request deletion of a VM.
 
         A pending VM is removed at once (``removed``). A bound VM is marked for
@@ -263,7 +263,7 @@ class VmStore:
                 continue
             yield await self._changes(batch.events, known)
 
-    async def _changes(self, events, known: "_RecordCache") -> list[VmChange]:
+    async def _changes(self, events, known: _RecordCache) -> list[VmChange]:
         # Group per VM and revision: one txn may change spec and status together.
         grouped: dict[tuple[VmRef, int], dict[str, object]] = {}
         for event in events:
@@ -281,7 +281,7 @@ class VmStore:
                 ops.get(self._keys.vm_prefix(ref), prefix_end(self._keys.vm_prefix(ref)), revision=revision)
                 for ref, revision in missing
             ])
-            for gk, response in zip(missing, responses):
+            for gk, response in zip(missing, responses, strict=True):
                 fetched[gk] = self._record_from([KeyValue.from_pb(kv) for kv in response.response_range.kvs])
         changes: list[VmChange] = []
         for (ref, revision), parts in grouped.items():
