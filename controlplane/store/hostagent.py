@@ -47,10 +47,16 @@ class AgentStore:
         self._keys = keys
 
     async def register(self, registrations: Sequence[HostRegistration], lease_id: int) -> None:
-        """Put host registrations under the heartbeat lease. Idempotent."""
+        """Put host registrations under the heartbeat lease, and give each host an
+        (empty) allocation if it has none, so a host whose agent dies stays known
+        (MISSING) instead of vanishing. Idempotent."""
         k = self._keys
-        await self._etcd.txn_chunked(
-            [ops.put(k.host_reg(r.host), r.to_bytes(), lease=lease_id) for r in registrations])
+        empty = HostAllocation().to_bytes()
+        requests = []
+        for r in registrations:
+            requests.append(ops.put(k.host_reg(r.host), r.to_bytes(), lease=lease_id))
+            requests.append(ops.txn([ops.absent(k.host_alloc(r.host))], [ops.put(k.host_alloc(r.host), empty)]))
+        await self._etcd.txn_chunked(requests)
 
     def _bound(self, kv) -> BoundVm:
         return BoundVm(Binding.from_bytes(kv.value), kv.create_revision, kv.mod_revision)

@@ -1,0 +1,64 @@
+"""HostService: agents' hosts as the API shows them, live through WatchHosts."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+
+import grpc
+import pytest
+
+from controlplane.api.errors import ApiError
+from controlplane.gen.quanta.v1 import common_pb2, host_pb2
+from controlplane.local import LocalSystem
+from controlplane.sdk import Client
+from tests.conftest import wait_until
+
+READY, MISSING = host_pb2.Host.READY, host_pb2.Host.MISSING
+
+
+def test_hosts_go_missing_when_their_agent_dies_and_come_back(etcd_server):
+    root = f"/hosts-{uuid.uuid4().hex[:8]}"
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=2, latency="zero", frontends=1,
+                     lease_ttl=2, metrics=False) as system, Client(system.endpoint) as client:
+        client.create_vm("a", flavor="medium", image="ubuntu")
+        wait_until(lambda: client.get_vm("a").state == client.get_vm("a").RUNNING, message="a RUNNING")
+        hosts = {h.name: h for h in client.list_hosts()}
+        assert set(hosts) == {"hosts/sim-00000", "hosts/sim-00001"}
+        assert all(h.state == READY and h.capacity.vcpus == 128 and h.driver == "sim" for h in hosts.values())
+        assert sum(h.allocated.vcpus for h in hosts.values()) == 2
+
+        events: list[host_pb2.HostEvent] = []
+        stream = client._hosts.WatchHosts(host_pb2.WatchHostsRequest())
+        reader = threading.Thread(target=lambda: _collect(stream, events), daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: any(e.type == common_pb2.BOOKMARK for e in events), message="initial state")
+            assert sorted(e.host.name for e in events if e.type == common_pb2.ADDED) == sorted(hosts)
+
+            system.processes["agent-0"].kill(signal.SIGKILL)  # heartbeat stops; lease expires in ~2 s
+            wait_until(lambda: {e.host.name for e in events if e.host.state == MISSING} == set(hosts),
+                       timeout=30, message="both hosts MISSING")
+            missing = client.get_host("sim-00000")
+            assert missing.state == MISSING and missing.vm_count + client.get_host("sim-00001").vm_count == 1
+
+            system.processes["agent-0"].start()
+            wait_until(lambda: all(client.get_host(h).state == READY for h in hosts), timeout=30,
+                       message="hosts READY again")
+            assert client.get_vm("a").state == client.get_vm("a").RUNNING  # adopted, not remade
+        finally:
+            stream.cancel()
+            reader.join(10)
+
+        with pytest.raises(ApiError) as unknown:
+            client.get_host("nope")
+        assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def _collect(stream, events) -> None:
+    try:
+        for event in stream:
+            events.append(event)
+    except grpc.RpcError:
+        pass
