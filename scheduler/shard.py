@@ -88,12 +88,13 @@ class ShardScheduler:
             log.info("queue listed", extra={"shard": self.shard, "pending": len(items)})
             try:
                 async for change in self._store.watch_queue(self.shard, revision + 1):
-                    for ref in change.removed:
-                        self._drop(ref)
-                    for vm in change.added:
-                        self._pending[vm.spec.ref] = vm
-                        self._waiting.discard(vm.spec.ref)
-                        self._queue.add(vm.spec.ref)
+                    for ref, vm in change.events:
+                        if vm is None:
+                            self._drop(ref)
+                        else:
+                            self._pending[ref] = vm
+                            self._waiting.discard(ref)
+                            self._queue.add(ref)
                     self._update_depth()
             except Compacted:
                 log.warning("queue watch compacted; re-listing", extra={"shard": self.shard})
@@ -196,6 +197,8 @@ class ShardScheduler:
                 lost.append(bind)
         if lost:
             metrics.BIND_CONFLICTS.inc(len(lost))
+            log.info("binds lost a race; retrying", extra={"shard": self.shard, "hosts": len(lost),
+                                                           "vms": sum(len(b.vms) for b in lost)})
             await self._refresh(lost)
 
     def _forget(self, bind: HostBind) -> None:
@@ -203,10 +206,12 @@ class ShardScheduler:
             self._hosts.view.forget(bind.host, vm.spec.resources)
 
     async def _refresh(self, lost: list[HostBind]) -> None:
-        """After lost races: read the hosts' allocations as they are now, and
-        re-queue the VMs (a VM that left the queue meanwhile drops out at the
-        next batch, because the queue watch removed it from ``_pending``)."""
-        allocations = await self._store.read_allocations([b.host for b in lost])
+        """After lost races: read the hosts' allocations and the VMs' queue entries
+        as they are now, and re-queue the VMs that are still queued. Reading the
+        entries (not only waiting for the queue watch) means a VM that left the
+        queue can never keep failing its host's whole bind group."""
+        vms = [vm for bind in lost for vm in bind.vms]
+        allocations, entries = await self._store.read_current([b.host for b in lost], vms)
         for bind in lost:
             allocation, revision = allocations[bind.host]
             committed = self._hosts.view.committed(bind.host)
@@ -214,5 +219,11 @@ class ShardScheduler:
                 self._hosts.confirm(HostSnapshot(
                     bind.host, committed.ready, committed.capacity, allocation.resources, allocation.vm_count,
                     committed.labels, revision))
-            for vm in bind.vms:
-                self._queue.add(vm.spec.ref)
+        for vm in vms:
+            ref = vm.spec.ref
+            entry = entries[ref]
+            if entry is None:
+                self._drop(ref)
+            elif ref in self._pending:
+                self._pending[ref] = entry
+                self._queue.add(ref)

@@ -37,3 +37,27 @@ def test_waits_for_capacity_then_places(etcd_server):
                    message="the waiting VM placed once capacity was freed")
         host = client.get_host("sim-00000")
         assert (host.allocated.vcpus, host.vm_count) == (2, 2)
+
+
+def test_churn_on_one_host_keeps_the_allocation_exact(etcd_server):
+    """Creates and deletes race on one host: binds (scheduler) and removals (agent)
+    both compare-and-swap the host's allocation, so lost races must retry and the
+    allocation must end equal to what is bound."""
+    root = f"/churn-{uuid.uuid4().hex[:8]}"
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=1, latency="zero", frontends=1,
+                     metrics=False) as system, Client(system.endpoint) as client:
+        kept: list[str] = []
+        for i in range(120):
+            name = f"c-{i:03d}"
+            client.create_vm(name, flavor="small", image="ubuntu")
+            if i % 3:
+                kept.append(name)
+            if i >= 2 and (i - 2) % 3 == 0:  # delete an earlier VM while later ones are being placed
+                client.delete_vm(f"c-{i - 2:03d}")
+        wait_until(lambda: sorted(vm.name.rsplit("/", 1)[1] for vm in client.list_vms()
+                                  if vm.state == State.RUNNING) == kept,
+                   timeout=60, message="exactly the kept VMs RUNNING, the others gone")
+        wait_until(lambda: len(list(client.list_vms())) == len(kept), message="deleted VMs gone")
+        host = client.get_host("sim-00000")
+        assert (host.vm_count, host.allocated.vcpus, host.allocated.memory_mib) == (len(kept), len(kept),
+                                                                                   1024 * len(kept))

@@ -80,7 +80,7 @@ def test_bind_moves_vm_from_queue_to_host(etcd_endpoint: str, root: str) -> None
             assert record.status.state == VmState.SCHEDULED and record.status.host == "h1"
             assert record.status.accepted_time_ns == spec.create_time_ns
             assert record.status_revision == result.revision and record.spec_revision < result.revision
-            allocs = await sched.read_allocations(["h1", "h-none"])
+            allocs = (await sched.read_current(["h1", "h-none"], []))[0]
             assert allocs["h1"] == (alloc, result.revision)
             assert allocs["h-none"] == (HostAllocation(), 0)
 
@@ -113,12 +113,12 @@ def test_stale_host_fails_alone_in_a_batched_bind(etcd_endpoint: str, root: str)
             assert await client.get(keys.queue(s1.shard, s1.ref)) is not None
             assert await client.get(keys.binding("h1", s1.ref)) is None
             assert (await vms.get(s1.ref)).status.state == VmState.PENDING
-            assert (await sched.read_allocations(["h1"]))["h1"][0] == HostAllocation(Resources(2, 2048, 20), 2)
+            assert ((await sched.read_current(["h1"], []))[0])["h1"][0] == HostAllocation(Resources(2, 2048, 20), 2)
             # h2: committed in the same round trip.
             assert await client.get(keys.queue(s2.shard, s2.ref)) is None
             assert await client.get(keys.binding("h2", s2.ref)) is not None
             assert (await vms.get(s2.ref)).status.host == "h2"
-            assert (await sched.read_allocations(["h2"]))["h2"] == (
+            assert ((await sched.read_current(["h2"], []))[0])["h2"] == (
                 HostAllocation().plus(s2.resources), result.revision)
 
     run(main())
@@ -144,7 +144,7 @@ def test_bind_with_a_lost_fence_writes_nothing(etcd_endpoint: str, root: str) ->
             await lease.revoke()  # the shard key goes with the lease
             assert await client.get(keys.shard(0)) is None
             before = await vms.current_revision()
-            alloc_h1 = await sched.read_allocations(["h1", "h2"])
+            alloc_h1 = (await sched.read_current(["h1", "h2"], []))[0]
             lost = await sched.bind(fence, [
                 HostBind("h1", alloc_h1["h1"][1], alloc_h1["h1"][0].plus(s2.resources), [q2]),
             ])
@@ -152,7 +152,7 @@ def test_bind_with_a_lost_fence_writes_nothing(etcd_endpoint: str, root: str) ->
             assert await vms.current_revision() == before
             assert await client.get(keys.queue(s2.shard, s2.ref)) is not None
             assert await client.get(keys.binding("h1", s2.ref)) is None
-            assert await sched.read_allocations(["h1", "h2"]) == alloc_h1
+            assert (await sched.read_current(["h1", "h2"], []))[0] == alloc_h1
 
     run(main())
 
@@ -228,7 +228,7 @@ def test_concurrent_removals_on_one_host_both_land(etcd_endpoint: str, root: str
             await asyncio.gather(remove(AgentStore(c1, keys), bound[0]), remove(AgentStore(c2, keys), bound[1]))
             assert len(attempts) == 2
 
-            allocs = await sched.read_allocations(["h1"])
+            allocs = (await sched.read_current(["h1"], []))[0]
             assert allocs["h1"][0] == HostAllocation()
             for spec in specs:
                 prefix = keys.vm_prefix(spec.ref)
@@ -252,13 +252,13 @@ def test_remove_destroyed_retry_after_it_applied(etcd_endpoint: str, root: str) 
             await bind_all(vms, sched, "h1", specs)
             bound = {b.ref.vm_id: b for b in (await agent.list_bindings(["h1"]))[0]}
             assert await agent.remove_destroyed("h1", [bound["vm-x"]])
-            assert (await sched.read_allocations(["h1"]))["h1"][0] == total(specs[1:])
+            assert ((await sched.read_current(["h1"], []))[0])["h1"][0] == total(specs[1:])
 
             # Retried alone, and together with a VM still to remove.
             assert await agent.remove_destroyed("h1", [bound["vm-x"]])
-            assert (await sched.read_allocations(["h1"]))["h1"][0] == total(specs[1:])
+            assert ((await sched.read_current(["h1"], []))[0])["h1"][0] == total(specs[1:])
             assert await agent.remove_destroyed("h1", [bound["vm-x"], bound["vm-y"]])
-            assert (await sched.read_allocations(["h1"]))["h1"][0] == HostAllocation()
+            assert ((await sched.read_current(["h1"], []))[0])["h1"][0] == HostAllocation()
             assert (await agent.list_bindings(["h1"]))[0] == []
 
     run(main())
@@ -290,5 +290,22 @@ def test_write_statuses_skips_another_binding_incarnation(etcd_endpoint: str, ro
                 [StatusUpdate("h1", specs[0].ref, bound["vm-s1"].create_revision, running)])
             assert late == [False]
             assert await client.get(keys.vm_status(specs[0].ref)) is None
+
+    run(main())
+
+
+def test_read_current_reports_queue_entries_that_left(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms = VmStore(client, keys)
+            sched = SchedulingStore(client, keys)
+            kept, gone = make_spec("kept"), make_spec("gone")
+            queued = await queue_vms(vms, sched, kept, gone)
+            await vms.request_delete(gone.ref)  # leaves the queue while "in flight"
+            allocations, entries = await sched.read_current(["h1"], queued)
+            assert allocations == {"h1": (HostAllocation(), 0)}
+            assert entries[gone.ref] is None
+            assert entries[kept.ref] == next(q for q in queued if q.spec.ref == kept.ref)
 
     run(main())

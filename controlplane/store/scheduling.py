@@ -26,8 +26,11 @@ class QueuedVm:
 
 @dataclass(frozen=True, slots=True)
 class QueueChange:
-    added: list[QueuedVm]
-    removed: list[VmRef]
+    """Queue events of one watch response, in order: (ref, entry) for a VM queued
+    (or re-queued), (ref, None) for one that left the queue. Order matters: a VM
+    can be queued and removed within one response."""
+
+    events: list[tuple[VmRef, QueuedVm | None]]
     revision: int
 
 
@@ -64,14 +67,15 @@ class SchedulingStore:
         """Queue changes from ``start_revision``. Raises Compacted (re-list then)."""
         prefix = self._keys.queue_prefix(shard)
         async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
-            added, removed = [], []
+            events: list[tuple[VmRef, QueuedVm | None]] = []
             for event in batch.events:
                 if event.is_delete:
                     tenant, project, vm_id = event.kv.key[len(prefix):].decode().split("/")
-                    removed.append(VmRef(tenant, project, vm_id))
+                    events.append((VmRef(tenant, project, vm_id), None))
                 else:
-                    added.append(self._queued(event.kv))
-            yield QueueChange(added, removed, batch.revision)
+                    queued = self._queued(event.kv)
+                    events.append((queued.spec.ref, queued))
+            yield QueueChange(events, batch.revision)
 
     async def bind(self, fence: Compare | None, binds: Sequence[HostBind]) -> BindResult:
         """Commit binds in one round trip; each HostBind commits or fails alone.
@@ -108,15 +112,25 @@ class SchedulingStore:
         limit = self._etcd.max_txn_ops
         return limit, max(1, (limit - 1) // 3)
 
-    async def read_allocations(self, hosts: Sequence[str]) -> dict[str, tuple[HostAllocation, int]]:
-        """Current allocation and its revision for each host (absent: zero, 0)."""
-        responses = await self._etcd.txn_chunked([ops.get(self._keys.host_alloc(h)) for h in hosts])
-        out = {}
-        for host, response in zip(hosts, responses, strict=True):
+    async def read_current(self, hosts: Sequence[str], vms: Sequence[QueuedVm]
+                           ) -> tuple[dict[str, tuple[HostAllocation, int]], dict[VmRef, QueuedVm | None]]:
+        """After lost bind races, in one round trip: each host's allocation and its
+        revision (absent: zero, 0), and each VM's queue entry as it is now (None:
+        no longer queued)."""
+        k = self._keys
+        requests = [ops.get(k.host_alloc(h)) for h in hosts]
+        requests += [ops.get(k.queue(vm.spec.shard, vm.spec.ref)) for vm in vms]
+        responses = await self._etcd.txn_chunked(requests)
+        allocations = {}
+        for host, response in zip(hosts, responses[:len(hosts)], strict=True):
             kvs = response.response_range.kvs
-            out[host] = (HostAllocation.from_bytes(kvs[0].value), kvs[0].mod_revision) if kvs \
+            allocations[host] = (HostAllocation.from_bytes(kvs[0].value), kvs[0].mod_revision) if kvs \
                 else (HostAllocation(), 0)
-        return out
+        entries = {}
+        for vm, response in zip(vms, responses[len(hosts):], strict=True):
+            kvs = response.response_range.kvs
+            entries[vm.spec.ref] = self._queued(kvs[0]) if kvs else None
+        return allocations, entries
 
     async def write_unschedulable(self, items: Sequence[tuple[QueuedVm, str]]) -> None:
         """Record why queued VMs could not be placed (they stay queued).
