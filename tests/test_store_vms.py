@@ -16,6 +16,7 @@ from controlplane.models import Binding, HostAllocation, Resources, VmRef, VmSpe
 from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound
 from controlplane.store.keys import Keys, shard_of
+from controlplane.store.requests import RequestLeases
 from controlplane.store.scheduling import HostBind, SchedulingStore
 from controlplane.store.vms import VmChange, VmRecord, VmStore
 
@@ -202,7 +203,7 @@ def test_list_with_selector(etcd_endpoint: str, root: str) -> None:
 
 # --- delete ----------------------------------------------------------------------------
 
-def test_delete_pending_vm_removes_every_key(etcd_endpoint: str, root: str) -> None:
+def test_delete_pending_vm_removes_every_key_but_the_request_record(etcd_endpoint: str, root: str) -> None:
     async def main() -> None:
         keys = Keys(root)
         async with EtcdClient(etcd_endpoint) as client:
@@ -215,9 +216,15 @@ def test_delete_pending_vm_removes_every_key(etcd_endpoint: str, root: str) -> N
             assert await client.get(keys.vm_spec(spec.ref)) is None
             assert await client.get(keys.vm_status(spec.ref)) is None
             assert await client.get(keys.queue(spec.shard, spec.ref)) is None
-            assert await client.get(keys.request(TENANT, PROJECT, "req-1")) is None
             with pytest.raises(NotFound):
                 await store.request_delete(spec.ref)
+            # The request_id is remembered (under an expiring lease): a late retry of
+            # the create must not make a second VM.
+            record = await client.get(keys.request(TENANT, PROJECT, "req-1"))
+            assert record is not None and record.lease != 0
+            with pytest.raises(AlreadyExists, match="since deleted"):
+                await store.create(make_spec("vm-1", request_id="req-1"))
+            assert await client.get(keys.vm_spec(spec.ref)) is None
 
     run(main())
 
@@ -324,5 +331,18 @@ def test_cluster_config_first_writer_wins(etcd_endpoint: str, root: str) -> None
             assert (await ensure_cluster_config(client, keys)).shards == results[0].shards
             assert (await ensure_cluster_config(client, keys, shards=9)).shards == results[0].shards
             assert (await ensure_cluster_config(client, Keys(root + "-other"))).shards == 1
+
+    run(main())
+
+
+def test_request_records_share_one_lease_per_window(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            leases = RequestLeases(client, retention_s=3600)
+            first, second = await asyncio.gather(leases.current(), leases.current())
+            assert first == second != 0
+            alive = await client.put(f"{root}/probe".encode(), b"", lease=first)
+            assert alive > 0  # the lease exists
+            await client.revoke(first)
 
     run(main())

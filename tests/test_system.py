@@ -188,6 +188,14 @@ def test_retried_create_with_same_request_id_gives_one_vm(system, client):
     conflict = _error(lambda: client.create_vm("db-1", flavor="medium", image="debian", request_id="req-43"))
     assert conflict.code == grpc.StatusCode.ALREADY_EXISTS
 
+    # Even after the VM is gone, a late retry of its create makes no second VM.
+    client.delete_vm("db-1")
+    wait_until(lambda: "db-1" not in [vm.name.rsplit("/", 1)[1] for vm in client.list_vms()], timeout=30,
+               message="db-1 removed")
+    late = _error(lambda: client.create_vm("db-1", flavor="medium", image="debian", request_id="req-42"))
+    assert late.code == grpc.StatusCode.ALREADY_EXISTS
+    client.create_vm("db-1", flavor="medium", image="debian", request_id="req-45")  # a new request may
+
     # Concurrent identical retries, on separate connections (possibly separate frontends).
     results: list[vm_pb2.Vm] = []
 
@@ -202,6 +210,7 @@ def test_retried_create_with_same_request_id_gives_one_vm(system, client):
         t.join(30)
     assert len(results) == 8 and len({vm.uid for vm in results}) == 1
     assert sorted(vm.name.rsplit("/", 1)[1] for vm in client.list_vms()) == ["db-1", "db-3"]
+    assert client.get_vm("db-1").uid != first.uid
 
 
 def test_create_without_an_id_gets_one_and_stays_idempotent(system, client):

@@ -105,8 +105,9 @@ class AgentStore:
         return max(1, (self._etcd.max_txn_ops - 1) // 4)
 
     async def remove_destroyed(self, host: str, vms: Sequence[BoundVm]) -> bool:
-        """Remove VMs that the host has destroyed: their spec, status, binding and
-        request record go, and the host's allocation shrinks, in one txn.
+        """Remove VMs that the host has destroyed: their spec, status and binding
+        go, and the host's allocation shrinks, in one txn (request records stay
+        until their lease expires, so a late retry cannot make a second VM).
 
         Compare-and-swap on the allocation; returns False on a conflict (the
         caller retries). VMs whose binding changed incarnation (or is already
@@ -136,8 +137,6 @@ class AgentStore:
                 ops.delete(k.vm_status(ref)),
                 ops.delete(k.binding(host, ref)),
             ]
-            if spec.request_id:
-                success.append(ops.delete(k.request(ref.tenant, ref.project, spec.request_id)))
         success.append(ops.put(alloc_key, allocation.to_bytes()))
         result = await self._etcd.txn(compares, success)
         return result.succeeded

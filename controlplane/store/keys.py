@@ -11,7 +11,8 @@ independent systems (or tests) share one etcd.
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     flavors/{name}, images/{name}         Flavor, Image
-    requests/{tenant}/{project}/{sha256(request_id)}  RequestRecord  frontends
+    requests/{tenant}/{project}/{sha256(request_id)}  RequestRecord  frontends, under a lease
+                                                      that expires after the retention (24 h)
     shards/{shard}                        ShardOwner  scheduler, under its session lease
     config/cluster                        ClusterConfig  first process to start (create-if-absent)
 

@@ -15,6 +15,7 @@ from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound
 from controlplane.store.keys import Keys
+from controlplane.store.requests import RequestLeases
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +79,20 @@ def _pair(spec_kv: KeyValue | None, status_kv: KeyValue | None) -> VmRecord | No
 
 
 class VmStore:
-    def __init__(self, client: EtcdClient, keys: Keys):
+    def __init__(self, client: EtcdClient, keys: Keys, requests: RequestLeases | None = None):
         self._etcd = client
         self._keys = keys
+        self._requests = requests or RequestLeases(client)
 
     # --- create ------------------------------------------------------------------------
 
     async def create(self, spec: VmSpec) -> tuple[VmRecord, bool]:
         """Store a new PENDING VM and queue it for its scheduler shard.
 
-        Idempotent by ``spec.request_id``: a retry returns the VM the first
-        attempt made. Returns (record, created). Raises AlreadyExists when the
-        name is taken by another request.
+        Idempotent by ``spec.request_id`` for the request retention: a retry
+        returns the VM the first attempt made, or raises AlreadyExists if that
+        VM is gone (never a second VM). Returns (record, created). Raises
+        AlreadyExists when the name is taken by another request.
         """
         k = self._keys
         status = VmStatus(VmState.PENDING, update_time_ns=spec.create_time_ns,
@@ -106,7 +109,7 @@ class VmStore:
             request_key = k.request(spec.ref.tenant, spec.ref.project, spec.request_id)
             compares.append(ops.absent(request_key))
             success.append(ops.put(request_key, rec.RequestRecord(
-                vm_key=spec.ref.name, uid=spec.uid).SerializeToString()))
+                vm_key=spec.ref.name, uid=spec.uid).SerializeToString(), lease=await self._requests.current()))
             failure.append(ops.get(request_key))
         result = await self._etcd.txn(compares, success, failure)
         if result.succeeded:
@@ -121,10 +124,14 @@ class VmStore:
                 # The request made another VM (another name), or its VM is gone.
                 ref = _ref_from_name(made.vm_key)
                 if ref is not None and ref != spec.ref:
-                    other = await self.get(ref)
-                    if other.spec.uid == made.uid:
+                    try:
+                        other = await self.get(ref)
+                    except NotFound:
+                        other = None
+                    if other is not None and other.spec.uid == made.uid:
                         return other, False
-                raise AlreadyExists(f"request {spec.request_id} already made {made.vm_key}")
+                raise AlreadyExists(f"request {spec.request_id} already made {made.vm_key} (since deleted or "
+                                    "replaced); use a new request_id to create another")
         if existing is not None:
             raise AlreadyExists(spec.ref.name)
         raise Conflict(f"create of {spec.ref.name} raced; retry")
@@ -216,8 +223,6 @@ class VmStore:
             if record.status.state == VmState.PENDING:
                 queue_key = k.queue(spec.shard, ref)
                 ops_ = [ops.delete(k.vm_prefix(ref), prefix_end(k.vm_prefix(ref))), ops.delete(queue_key)]
-                if spec.request_id:
-                    ops_.append(ops.delete(k.request(ref.tenant, ref.project, spec.request_id)))
                 result = await self._etcd.txn(
                     [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(queue_key)], ops_)
                 if result.succeeded:
