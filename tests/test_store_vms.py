@@ -222,7 +222,7 @@ def test_delete_pending_vm_removes_every_key_but_the_request_record(etcd_endpoin
             # the create must not make a second VM.
             record = await client.get(keys.request(TENANT, PROJECT, "req-1"))
             assert record is not None and record.lease != 0
-            with pytest.raises(AlreadyExists, match="since deleted"):
+            with pytest.raises(AlreadyExists, match="no longer exists"):
                 await store.create(make_spec("vm-1", request_id="req-1"))
             assert await client.get(keys.vm_spec(spec.ref)) is None
 

@@ -193,7 +193,7 @@ def test_retried_create_with_same_request_id_gives_one_vm(system, client):
     wait_until(lambda: "db-1" not in [vm.name.rsplit("/", 1)[1] for vm in client.list_vms()], timeout=30,
                message="db-1 removed")
     late = _error(lambda: client.create_vm("db-1", flavor="medium", image="debian", request_id="req-42"))
-    assert late.code == grpc.StatusCode.ALREADY_EXISTS
+    assert late.code == grpc.StatusCode.ALREADY_EXISTS and late.reason == "REQUEST_ID_ALREADY_USED"
     client.create_vm("db-1", flavor="medium", image="debian", request_id="req-45")  # a new request may
 
     # Concurrent identical retries, on separate connections (possibly separate frontends).

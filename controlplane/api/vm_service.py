@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import grpc
 from prometheus_client import Counter
 
 from controlplane.api import errors, validation
@@ -18,7 +19,7 @@ from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
 from controlplane.models import VmRef, VmSpec, now_ns
 from controlplane.store.catalog import Catalog
-from controlplane.store.errors import AlreadyExists, Conflict, NotFound
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestReplayed
 from controlplane.store.keys import shard_of
 from controlplane.store.vms import VmStore
 
@@ -65,6 +66,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         )
         try:
             record, created = await self._store.create(spec)
+        except RequestReplayed as err:
+            raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_ALREADY_USED", str(err),
+                                  metadata={"request_id": request.request_id, "created": err.made}) from err
         except AlreadyExists as err:
             raise errors.already_exists("vm", spec.ref.name) from err
         except Conflict as err:

@@ -13,5 +13,15 @@ class AlreadyExists(StoreError):
     pass
 
 
+class RequestReplayed(AlreadyExists):
+    """A create's request_id already made a VM that is not this one any more
+    (deleted, or replaced under its name): a retry must not make a second."""
+
+    def __init__(self, request_id: str, made: str):
+        super().__init__(f"request_id {request_id!r} already created {made}, which no longer exists; "
+                         "use a new request_id to create another VM")
+        self.made = made
+
+
 class Conflict(StoreError):
     """A compare-and-swap kept failing, or an etag did not match."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
-from controlplane.store.errors import AlreadyExists, Conflict, NotFound
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestReplayed
 from controlplane.store.keys import Keys
 from controlplane.store.requests import RequestLeases
 
@@ -130,8 +130,7 @@ class VmStore:
                         other = None
                     if other is not None and other.spec.uid == made.uid:
                         return other, False
-                raise AlreadyExists(f"request {spec.request_id} already made {made.vm_key} (since deleted or "
-                                    "replaced); use a new request_id to create another")
+                raise RequestReplayed(spec.request_id, made.vm_key)
         if existing is not None:
             raise AlreadyExists(spec.ref.name)
         raise Conflict(f"create of {spec.ref.name} raced; retry")
