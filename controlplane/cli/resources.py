@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from google.protobuf.json_format import MessageToDict
@@ -86,6 +87,10 @@ def main(kind: str, argv: list[str]) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:
+        # Output piped into e.g. `head`, which stopped reading: end quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 def _run(kind: str, args, client: Client) -> None:
