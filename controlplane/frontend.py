@@ -27,6 +27,7 @@ from controlplane.store.catalog import Catalog, seed_defaults
 from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
+from controlplane.store.requests import DEFAULT_RETENTION_S, RequestLeases
 from controlplane.store.vms import VmStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class FrontendConfig:
     root: str = "/quanta"
     shards: int | None = None  # proposed if the system has no shard count yet
     bookmark_s: float = 10.0
+    request_retention_s: int = DEFAULT_RETENTION_S
 
 
 async def serve(config: FrontendConfig) -> None:
@@ -63,7 +65,7 @@ async def serve(config: FrontendConfig) -> None:
         cluster = await ensure_cluster_config(client, keys, shards=config.shards)
         await catalog.start()
         vm_pb2_grpc.add_VmServiceServicer_to_server(
-            VmService(VmStore(client, keys), catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
+            VmService(VmStore(client, keys, RequestLeases(client, config.request_retention_s)), catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
         host_pb2_grpc.add_HostServiceServicer_to_server(
             HostService(HostStore(client, keys), keys, bookmark_s=config.bookmark_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -101,9 +103,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="host:port to serve gRPC on (env QUANTA_LISTEN)")
     parser.add_argument("--shards", type=int, default=_env_int("QUANTA_SHARDS"),
                         help="scheduler shard count, if this system has none stored yet (default 1)")
+    parser.add_argument("--request-retention", type=int, default=DEFAULT_RETENTION_S, metavar="SECONDS",
+                        help="how long a create's request_id is remembered (default 24 h)")
     args = parser.parse_args(argv)
     run_process("frontend", args, serve(FrontendConfig(etcd=args.etcd, listen=args.listen, root=args.root,
-                                                      shards=args.shards)))
+                                                      shards=args.shards,
+                                                      request_retention_s=args.request_retention)))
 
 
 if __name__ == "__main__":
