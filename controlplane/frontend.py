@@ -64,8 +64,9 @@ async def serve(config: FrontendConfig) -> None:
         await seed_defaults(client, keys)
         cluster = await ensure_cluster_config(client, keys, shards=config.shards)
         await catalog.start()
+        vms = VmStore(client, keys, RequestLeases(client, config.request_retention_s))
         vm_pb2_grpc.add_VmServiceServicer_to_server(
-            VmService(VmStore(client, keys, RequestLeases(client, config.request_retention_s)), catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
+            VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
         host_pb2_grpc.add_HostServiceServicer_to_server(
             HostService(HostStore(client, keys), keys, bookmark_s=config.bookmark_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
