@@ -73,12 +73,17 @@ class Client:
         return vm_id if vm_id.startswith("tenants/") else f"{self.parent}/vms/{vm_id}"
 
     def _call(self, method, request, *, retries: int = 0):
+        """One API call within ``self.timeout`` in all, retrying UNAVAILABLE up to
+        ``retries`` times (with backoff) while time is left. Raises ApiError."""
+        deadline = time.monotonic() + self.timeout
         for attempt in range(retries + 1):
             try:
-                return method(request, timeout=self.timeout)
+                return method(request, timeout=max(0.001, deadline - time.monotonic()))
             except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.UNAVAILABLE and attempt < retries:
-                    time.sleep(min(0.1 * 2 ** attempt, 2.0))
+                backoff = min(0.1 * 2 ** attempt, 2.0)
+                if (err.code() == grpc.StatusCode.UNAVAILABLE and attempt < retries
+                        and time.monotonic() + backoff < deadline):
+                    time.sleep(backoff)
                     continue
                 raise ApiError.from_rpc_error(err) from None
 

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from controlplane.api.interceptors import (
     default_interceptors,
     error_for_exception,
 )
-from controlplane.etcd.client import Compacted, EtcdError
+from controlplane.etcd.client import Compacted, EtcdError, call_deadline
 from controlplane.gen.quanta.v1 import vm_pb2
 
 SERVICE = "quanta.test.Probe"
@@ -83,6 +84,11 @@ async def write_then_crash(request: bytes, context: grpc.aio.ServicerContext) ->
     raise RuntimeError("boom mid-stream")
 
 
+async def deadline_left(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    deadline = call_deadline.get()
+    return b"none" if deadline is None else f"{deadline - time.monotonic():.3f}".encode()
+
+
 async def get_vm(request: vm_pb2.GetVmRequest, context: grpc.aio.ServicerContext) -> vm_pb2.Vm:
     return vm_pb2.Vm(name=request.name)
 
@@ -98,6 +104,7 @@ HANDLERS = grpc.method_handlers_generic_handler(
         "EtcdOdd": grpc.unary_unary_rpc_method_handler(etcd_odd),
         "Compacted": grpc.unary_unary_rpc_method_handler(compacted),
         "OwnAbort": grpc.unary_unary_rpc_method_handler(own_abort),
+        "DeadlineLeft": grpc.unary_unary_rpc_method_handler(deadline_left),
         "StreamThenFail": grpc.unary_stream_rpc_method_handler(stream_then_fail),
         "StreamOk": grpc.unary_stream_rpc_method_handler(stream_ok),
         "WriteThenCrash": grpc.unary_stream_rpc_method_handler(write_then_crash),
@@ -421,3 +428,14 @@ def test_json_logs_include_extra_and_exception() -> None:
     data = json.loads(lines[0])
     assert data["hosts_removed"] == {"ram": 3} and data["vm"] == "v1"
     assert "ValueError: bad" in data["exc"] and data["level"] == "ERROR"
+
+
+def test_the_callers_deadline_bounds_etcd_calls_made_for_it() -> None:
+    async def client(channel: grpc.aio.Channel, target: str) -> tuple[bytes, bytes]:
+        call = channel.unary_unary(f"/{SERVICE}/DeadlineLeft")
+        return await call(b"x", timeout=5), await call(b"x")
+
+    with_deadline, without = serve(client)
+    assert 0 < float(with_deadline) <= 5
+    assert without == b"none"
+    assert call_deadline.get() is None  # nothing leaks out of the handler

@@ -33,7 +33,7 @@ from prometheus_client import Counter, Histogram
 from controlplane import logcontext
 from controlplane.api import errors
 from controlplane.api.errors import GRPC_DETAILS_METADATA_KEY, ApiError
-from controlplane.etcd.client import Compacted, EtcdError
+from controlplane.etcd.client import Compacted, EtcdError, call_deadline
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ def _incoming_request_id(context: grpc.aio.ServicerContext) -> str | None:
 
 
 class RequestContextInterceptor(_BehaviorInterceptor):
-    """Binds the ``request_id`` and ``method`` contextvars for the handler's duration.
+    """Binds the ``request_id``, ``method`` and etcd ``call_deadline`` contextvars for
+    the handler's duration.
 
     The request id is the caller's ``x-request-id`` metadata when it is 1–128
     printable ASCII characters without spaces, else a fresh uuid4 hex. It is sent
@@ -178,14 +179,18 @@ class RequestContextInterceptor(_BehaviorInterceptor):
     ``set_trailing_metadata`` itself should include it; ErrorInterceptor keeps it).
     """
 
-    def _enter(self, context: grpc.aio.ServicerContext, method: str) -> tuple[Any, Any]:
+    def _enter(self, context: grpc.aio.ServicerContext, method: str) -> tuple[Any, Any, Any]:
         rid = _incoming_request_id(context) or uuid.uuid4().hex
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-        return logcontext.request_id.set(rid), logcontext.method.set(method)
+        # The caller's deadline bounds the etcd calls made for it (see call_deadline).
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        return (logcontext.request_id.set(rid), logcontext.method.set(method), call_deadline.set(deadline))
 
     @staticmethod
-    def _exit(tokens: tuple[Any, Any]) -> None:
+    def _exit(tokens: tuple[Any, Any, Any]) -> None:
         try:
+            call_deadline.reset(tokens[2])
             logcontext.method.reset(tokens[1])
             logcontext.request_id.reset(tokens[0])
         except ValueError:

@@ -11,6 +11,7 @@ Contract notes:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import logging
 import os
@@ -38,6 +39,11 @@ ETCD_REQUEST_SECONDS = Histogram(
 ETCD_ERRORS = Counter("quanta_etcd_request_errors_total", "etcd requests that failed.", ["op", "code"])
 
 _MAX_MESSAGE = 512 * 1024 * 1024
+
+#: The deadline (time.monotonic()) of the work this task does for someone else,
+#: e.g. the API call a frontend is serving: etcd calls made on its behalf end by
+#: then instead of outliving a caller that has given up. None: no such deadline.
+call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 
 
@@ -174,6 +180,9 @@ class EtcdClient:
 
     async def _call(self, op: str, method, request, *, retry: bool, timeout: float | None = None):
         deadline = time.monotonic() + (timeout or self.timeout)
+        outer = call_deadline.get()
+        if outer is not None:
+            deadline = min(deadline, outer)
         delay = 0.05
         while True:
             started = time.perf_counter()

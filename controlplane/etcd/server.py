@@ -70,36 +70,49 @@ class EtcdServer:
         return f"http://127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 60.0) -> EtcdServer:
-        binary = find_etcd_binary()
+        """Start on new free ports; blocks until healthy."""
         for _attempt in range(5):
             self.client_port, self.peer_port = free_port(), free_port()
-            client_url = f"http://127.0.0.1:{self.client_port}"
-            peer_url = f"http://127.0.0.1:{self.peer_port}"
-            args = [
-                binary,
-                "--name", "quanta",
-                "--data-dir", os.path.join(self.data_dir, "member"),
-                "--listen-client-urls", client_url,
-                "--advertise-client-urls", client_url,
-                "--listen-peer-urls", peer_url,
-                "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"quanta={peer_url}",
-                "--initial-cluster-state", "new",
-                "--auto-compaction-mode", "periodic",
-                "--auto-compaction-retention", "10m",
-                "--quota-backend-bytes", str(self.quota_bytes),
-                "--max-txn-ops", str(ETCD_MAX_TXN_OPS),
-                "--max-request-bytes", str(8 * 1024 * 1024),
-                "--snapshot-count", "100000",
-                "--log-level", "warn",
-            ]
-            with open(self.log_path, "ab") as log_file:
-                self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
-            if self._wait_healthy(timeout):
+            if self._launch(timeout):
                 return self
             self.stop()  # port taken between pick and bind, or a slow start: try new ports
         raise RuntimeError(f"etcd did not start; see {self.log_path}")
+
+    def restart(self, timeout: float = 60.0) -> EtcdServer:
+        """Start again after a stop or crash: same ports, same data (what a
+        restarted member does); blocks until healthy."""
+        self.stop()
+        if not self._launch(timeout, state="existing"):
+            raise RuntimeError(f"etcd did not restart; see {self.log_path}")
+        return self
+
+    def _launch(self, timeout: float, state: str = "new") -> bool:
+        """Run etcd on the chosen ports; True once it is healthy."""
+        binary = find_etcd_binary()
+        client_url = f"http://127.0.0.1:{self.client_port}"
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        args = [
+            binary,
+            "--name", "quanta",
+            "--data-dir", os.path.join(self.data_dir, "member"),
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"quanta={peer_url}",
+            "--initial-cluster-state", state,
+            "--auto-compaction-mode", "periodic",
+            "--auto-compaction-retention", "10m",
+            "--quota-backend-bytes", str(self.quota_bytes),
+            "--max-txn-ops", str(ETCD_MAX_TXN_OPS),
+            "--max-request-bytes", str(8 * 1024 * 1024),
+            "--snapshot-count", "100000",
+            "--log-level", "warn",
+        ]
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        return self._wait_healthy(timeout)
 
     def _wait_healthy(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
