@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.etcd.server import ETCD_MAX_TXN_OPS, EtcdServer, free_port
+from controlplane.etcd.server import ETCD_MAX_TXN_OPS, EtcdServer, free_port, terminate
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,7 @@ class ManagedProcess:
             self.process.wait(30)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.alive:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
 
 
 class LocalSystem:

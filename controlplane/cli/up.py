@@ -66,9 +66,12 @@ Try:  quanta vm create --name web-1 --flavor small --image ubuntu
       quanta vm watch
 Press Ctrl-C to stop.""", flush=True)
         restart_at: dict[str, float] = {}
+        started_at = {name: time.monotonic() for name in system.processes}
         while not stopping:
             now = time.monotonic()
             for process in system.processes.values():
+                if process.alive and process.restarts and now - started_at[process.name] > 60:
+                    process.restarts = 0  # a minute of health forgives earlier failures
                 if process.alive or stopping:
                     continue
                 # A component exits when it loses its lease; like a real supervisor,
@@ -82,6 +85,7 @@ Press Ctrl-C to stop.""", flush=True)
                     del restart_at[process.name]
                     process.restarts += 1
                     process.start()
+                    started_at[process.name] = now
                     _write_state(state_path, system)
             time.sleep(0.2)
     except (TimeoutError, RuntimeError) as err:

@@ -45,6 +45,19 @@ def find_etcd_binary() -> str:
     )
 
 
+def terminate(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """Stop a child: SIGTERM, then SIGKILL if it has not ended within ``timeout``.
+    Idempotent; returns once the process is gone."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -129,13 +142,7 @@ class EtcdServer:
         return False
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.process = None
 
     def cleanup(self) -> None:
