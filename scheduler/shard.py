@@ -141,10 +141,10 @@ class ShardScheduler:
             if placement.host_id is None:
                 self._waiting.add(ref)
                 message = placement.message()
-                if self._told.get(ref) != message:
+                if self._told.get(ref) != message:  # say it (and log it) once per reason
                     self._told[ref] = message
                     unschedulable.append((vm, message))
-                log.info("no host fits", extra={"shard": self.shard, "vm": ref.name, "why": message})
+                    log.info("no host fits", extra={"shard": self.shard, "vm": ref.name, "why": message})
                 continue
             group = by_host.get(placement.host_id)
             if (group is None and len(by_host) >= max_hosts) or (group is not None and len(group) >= max_per_host):
