@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from agents.drivers.factory import LATENCY_MODELS, SimConfig, build_sim_drivers, sim_latency
+from agents.drivers.factory import LATENCY_HELP, SimConfig, SimLatency, build_sim_drivers, sim_latency
 from agents.drivers.protocol import HostCapacity
 from agents.service import AgentConfig, run_agent
 from controlplane.process import add_common_args, run_process
+
+
+def _latency(spec: str) -> SimLatency:
+    try:
+        return sim_latency(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,8 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host-vcpus", type=int, default=128)
     parser.add_argument("--host-memory-mib", type=int, default=512 * 1024)
     parser.add_argument("--host-disk-gib", type=int, default=20_000)
-    parser.add_argument("--latency", choices=LATENCY_MODELS, default="zero",
-                        help="sim: per-operation latency model")
+    parser.add_argument("--latency", type=_latency, default=SimLatency(), help=f"sim: {LATENCY_HELP}")
     parser.add_argument("--state-dir", default=None,
                         help="sim: where the simulated hypervisor keeps its state across restarts")
     parser.add_argument("--fault-rate", type=float, default=0.0,
@@ -33,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     sim = SimConfig(
         hosts=args.hosts, host_prefix=args.host_prefix,
         capacity=HostCapacity(args.host_vcpus, args.host_memory_mib, args.host_disk_gib),
-        latency=sim_latency(args.latency),
+        latency=args.latency,
         state_dir=args.state_dir, fault_rate=args.fault_rate, seed=args.seed,
     )
     _hypervisor, drivers = build_sim_drivers(sim)

@@ -21,13 +21,28 @@ class SimConfig:
 
 
 LATENCY_MODELS = ("zero", "realistic")
+LATENCY_HELP = ('"zero", "realistic" (create 0.3 s, power on 0.1 s, power off 0.05 s, destroy 0.1 s), '
+                'or seconds per operation, e.g. "create=0.5,power_on=0.2" (others 0)')
 
 
-def sim_latency(model: str) -> SimLatency:
-    """A named sim latency model: "zero" (benchmarks) or "realistic" (quanta up)."""
-    if model not in LATENCY_MODELS:
-        raise ValueError(f"unknown latency model {model!r}; choose from {LATENCY_MODELS}")
-    return SimLatency.realistic() if model == "realistic" else SimLatency()
+def sim_latency(spec: str) -> SimLatency:
+    """Parse a sim latency: a named model ("zero" for benchmarks, "realistic" for
+    quanta up) or per-operation seconds "create=0.5,power_on=0.2". Raises ValueError."""
+    if spec == "zero":
+        return SimLatency()
+    if spec == "realistic":
+        return SimLatency.realistic()
+    seconds: dict[str, float] = {}
+    for item in spec.split(","):
+        op, sep, value = item.partition("=")
+        op = op.strip()
+        if not sep or op not in SimLatency.__dataclass_fields__:
+            raise ValueError(f"bad latency {item!r}: use {LATENCY_HELP}")
+        try:
+            seconds[op] = float(value)
+        except ValueError:
+            raise ValueError(f"bad latency {item!r}: {value!r} is not a number of seconds") from None
+    return SimLatency(**seconds)
 
 
 def sim_host_ids(config: SimConfig) -> list[str]:

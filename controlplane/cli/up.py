@@ -32,8 +32,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--schedulers", type=int, default=1)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
-    parser.add_argument("--latency", choices=("realistic", "zero"), default="realistic",
-                        help="simulated host latency (realistic: create 0.3 s, power on 0.1 s)")
+    parser.add_argument("--latency", default="realistic",
+                        help='simulated host latency: "realistic" (create 0.3 s, power on 0.1 s), "zero", '
+                             'or per operation, e.g. "create=1.5,power_on=0.5"')
     parser.add_argument("--etcd", default="", help="use this etcd instead of starting one")
     parser.add_argument("--data-dir", default=None, help="keep state and logs here (default: a temp dir)")
     args = parser.parse_args(argv)
