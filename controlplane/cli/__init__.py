@@ -1,4 +1,4 @@
-"""The ``quanta`` command: run components, start a local system, manage VMs.
+"""quanta: run components, start a local system, manage VMs.
 
     quanta up [--hosts N]                 the whole system locally, until Ctrl-C
     quanta frontend|scheduler|agent ...   one component (see --help of each)

@@ -1,4 +1,5 @@
-"""``quanta up``: the whole system on this machine until Ctrl-C."""
+"""quanta up: the whole system on this machine (etcd, API frontends, scheduler,
+an agent with simulated hosts) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def _write_state(path: pathlib.Path, system: LocalSystem) -> None:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="quanta up", description=__doc__)
     parser.add_argument("--hosts", type=int, default=10, help="simulated hosts (default 10)")
-    parser.add_argument("--frontends", type=int, default=2)
-    parser.add_argument("--schedulers", type=int, default=1)
-    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--frontends", type=int, default=2, help="API frontends sharing the port (default 2)")
+    parser.add_argument("--schedulers", type=int, default=1,
+                        help="scheduler processes; extra ones stand by for a shard whose owner dies (default 1)")
+    parser.add_argument("--shards", type=int, default=1, help="scheduler shards for a new system (default 1)")
     parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     parser.add_argument("--latency", default="realistic",
                         help='simulated host latency: "realistic" (create 0.3 s, power on 0.1 s), "zero", '
