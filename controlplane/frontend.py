@@ -104,11 +104,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="host:port to serve gRPC on (env QUANTA_LISTEN)")
     parser.add_argument("--shards", type=int, default=_env_int("QUANTA_SHARDS"),
                         help="scheduler shard count, if this system has none stored yet (default 1)")
+    parser.add_argument("--bookmark-interval", type=float, default=10.0, metavar="SECONDS",
+                        help="a quiet watch stream gets a BOOKMARK this often (default 10)")
     parser.add_argument("--request-retention", type=int, default=DEFAULT_RETENTION_S, metavar="SECONDS",
                         help="how long a create's request_id is remembered (default 24 h)")
     args = parser.parse_args(argv)
     run_process("frontend", args, serve(FrontendConfig(etcd=args.etcd, listen=args.listen, root=args.root,
-                                                      shards=args.shards,
+                                                      shards=args.shards, bookmark_s=args.bookmark_interval,
                                                       request_retention_s=args.request_retention)))
 
 

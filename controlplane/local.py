@@ -78,6 +78,7 @@ class LocalSystem:
         host_memory_mib: int = 512 * 1024,
         metrics: bool = True,
         fault_rate: float = 0.0,
+        bookmark_interval_s: float = 10.0,
     ):
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="quanta-")
         self.data_dir = pathlib.Path(data_dir or self._tmp.name)
@@ -95,6 +96,7 @@ class LocalSystem:
         self.host_memory_mib = host_memory_mib
         self.metrics = metrics
         self.fault_rate = fault_rate
+        self.bookmark_interval_s = bookmark_interval_s
         self.etcd: EtcdServer | None = None
         self.etcd_endpoint = etcd_endpoint or ""
         self.processes: dict[str, ManagedProcess] = {}
@@ -127,7 +129,8 @@ class LocalSystem:
             self.port = self.port or free_port()
             for i in range(self.frontends):
                 self._add(f"frontend-{i}", "controlplane.frontend",
-                          ["--listen", self.endpoint, "--shards", str(self.shards)])
+                          ["--listen", self.endpoint, "--shards", str(self.shards),
+                           "--bookmark-interval", str(self.bookmark_interval_s)])
             for i in range(self.schedulers):
                 self._add(f"scheduler-{i}", "scheduler",
                           ["--shards", str(self.shards), "--lease-ttl", str(self.lease_ttl)])

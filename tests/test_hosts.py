@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import common_pb2, host_pb2
+from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
 from controlplane.local import LocalSystem
 from controlplane.sdk import Client
 from tests.conftest import wait_until
@@ -62,3 +62,19 @@ def _collect(stream, events) -> None:
             events.append(event)
     except grpc.RpcError:
         pass
+
+
+def test_quiet_watches_get_bookmarks(etcd_server):
+    root = f"/bookmarks-{uuid.uuid4().hex[:8]}"
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=1, latency="zero", frontends=1,
+                     metrics=False, bookmark_interval_s=0.3) as system, Client(system.endpoint) as client:
+        listed = client._call(client._vms.ListVms, vm_pb2.ListVmsRequest(parent=client.parent))
+        events = client.watch_vms(resource_version=listed.resource_version, timeout=30)
+        bookmarks = [next(events), next(events)]  # nothing changes: only bookmarks arrive
+        events.close()
+        assert [e.type for e in bookmarks] == [common_pb2.BOOKMARK, common_pb2.BOOKMARK]
+        assert all(e.resource_version >= listed.resource_version for e in bookmarks)
+        hosts = client._hosts.WatchHosts(host_pb2.WatchHostsRequest(), timeout=30)
+        kinds = [next(hosts).type for _ in range(3)]  # the host, the list's bookmark, an idle bookmark
+        hosts.cancel()
+        assert kinds == [common_pb2.ADDED, common_pb2.BOOKMARK, common_pb2.BOOKMARK]

@@ -98,11 +98,12 @@ class VmStore:
         status = VmStatus(VmState.PENDING, update_time_ns=spec.create_time_ns,
                           accepted_time_ns=spec.create_time_ns)
         spec_key, status_key = k.vm_spec(spec.ref), k.vm_status(spec.ref)
+        spec_bytes = spec.to_bytes()
         compares = [ops.absent(spec_key)]
         success = [
-            ops.put(spec_key, spec.to_bytes()),
+            ops.put(spec_key, spec_bytes),
             ops.put(status_key, status.to_bytes()),
-            ops.put(k.queue(spec.shard, spec.ref), spec.to_bytes()),
+            ops.put(k.queue(spec.shard, spec.ref), spec_bytes),
         ]
         failure = [ops.get(k.vm_prefix(spec.ref), prefix_end(k.vm_prefix(spec.ref)))]
         if spec.request_id:
