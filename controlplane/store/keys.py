@@ -73,9 +73,10 @@ class Keys:
         return self._k(f"bindings/{host}/{ref.tenant}/{ref.project}/{ref.vm_id}")
 
     def bindings_range(self, hosts: list[str]) -> tuple[bytes, bytes]:
-        """The smallest key range that holds the bindings of all ``hosts``."""
-        ordered = sorted(hosts)
-        return self.bindings_prefix(ordered[0]), prefix_end(self.bindings_prefix(ordered[-1]))
+        """The smallest key range that holds the bindings of all ``hosts`` (by key
+        bytes: "a-b/" sorts before "a/", so host-name order would not do)."""
+        prefixes = [self.bindings_prefix(host) for host in hosts]
+        return min(prefixes), max(prefix_end(p) for p in prefixes)
 
     def host_of_binding(self, key: bytes) -> str:
         return key[len(self.base) + len("bindings/"):].split(b"/", 1)[0].decode()
