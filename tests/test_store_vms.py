@@ -12,9 +12,19 @@ from typing import Any
 import pytest
 
 from controlplane.etcd import EtcdClient
-from controlplane.models import Binding, HostAllocation, Resources, VmRef, VmSpec, VmState, now_ns
+from controlplane.models import (
+    Binding,
+    HostAllocation,
+    HostRegistration,
+    Resources,
+    VmRef,
+    VmSpec,
+    VmState,
+    now_ns,
+)
 from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound
+from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.requests import RequestLeases
 from controlplane.store.scheduling import HostBind, SchedulingStore
@@ -344,5 +354,34 @@ def test_request_records_share_one_lease_per_window(etcd_endpoint: str, root: st
             alive = await client.put(f"{root}/probe".encode(), b"", lease=first)
             assert alive > 0  # the lease exists
             await client.revoke(first)
+
+    run(main())
+
+
+def test_host_pages_cover_every_host_once(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            # 7 hosts: some with a registration and an allocation, some with only one of them;
+            # ids where key order differs from string order ("h-1-x/" < "h-1/").
+            names = ["h-0", "h-1", "h-1-x", "h-2", "h-2-y", "h-20", "h-3"]
+            for i, host in enumerate(names):
+                if i % 3 != 2:
+                    await client.put(keys.host_reg(host), HostRegistration(
+                        host, "sim", Resources(8, 8192, 100)).to_bytes())
+                if i % 3 != 1:
+                    await client.put(keys.host_alloc(host), HostAllocation(Resources(1, 1024, 10), 1).to_bytes())
+            store = HostStore(client, keys)
+            for limit in (1, 2, 3, 7, 100):
+                seen, after, revision, pages = [], "", 0, 0
+                while True:
+                    records, after, revision = await store.page(after=after, limit=limit, revision=revision)
+                    assert len(records) <= limit
+                    seen += [r.host for r in records]
+                    pages += 1
+                    if not after:
+                        break
+                assert sorted(seen) == sorted(names) and len(seen) == len(set(seen)), limit
+                assert pages <= 7 // limit + 2
 
     run(main())

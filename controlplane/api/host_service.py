@@ -31,17 +31,15 @@ class HostService(host_pb2_grpc.HostServiceServicer):
         size = validation.page_size(request.page_size)
         token = validation.decode_page_token(request.page_token, "hosts")
         revision, after = token if token else (0, "")
+        if after:
+            validation.parse_host_name(f"hosts/{after}", "page_token")
         try:
-            records, revision = await self._store.list(revision=revision)
+            records, last, revision = await self._store.page(after=after, limit=size, revision=revision)
         except Compacted as err:
             raise errors.out_of_range("the listing's revision was compacted; start it again",
                                       "PAGE_TOKEN_EXPIRED") from err
-        if after:
-            records = [r for r in records if r.host > after]
-        page = records[:size]
-        next_token = validation.encode_page_token("hosts", revision, page[-1].host) \
-            if len(records) > size else ""
-        return host_pb2.ListHostsResponse(hosts=[host_to_proto(r) for r in page], next_page_token=next_token,
+        next_token = validation.encode_page_token("hosts", revision, last) if last else ""
+        return host_pb2.ListHostsResponse(hosts=[host_to_proto(r) for r in records], next_page_token=next_token,
                                           resource_version=revision)
 
     async def WatchHosts(self, request: host_pb2.WatchHostsRequest, context) -> AsyncIterator[host_pb2.HostEvent]:

@@ -75,6 +75,27 @@ class HostStore:
             table.apply(kv, False)
         return [table.record(h) for h in table.hosts()], revision
 
+    async def page(self, *, after: str = "", limit: int, revision: int = 0
+                   ) -> tuple[list[HostRecord], str, int]:
+        """Up to ``limit`` hosts in name order after host ``after``, read at
+        ``revision`` (0: now). Returns (records, last host if more may follow
+        else "", revision). Reads about 2 keys per host, not the whole fleet."""
+        prefix = self._keys.hosts_prefix()
+        start = prefix_end(prefix + after.encode() + b"/") if after else prefix
+        # Each host has at most 2 keys (reg, alloc); one more shows whether more follow.
+        result = await self._etcd.range(start, prefix_end(prefix), limit=2 * limit + 1, revision=revision)
+        table = HostTable(self._keys)
+        hosts: list[str] = []  # in key order ("a-b/" sorts before "a/"), which paging follows
+        for kv in result.kvs:
+            host = table.apply(kv, False)
+            if not hosts or hosts[-1] != host:
+                hosts.append(host)
+        more = result.more or len(hosts) > limit
+        if more and len(hosts) > 1 and result.more:
+            hosts = hosts[:-1]  # the last host's keys may have been cut by the limit
+        hosts = hosts[:limit]
+        return [table.record(h) for h in hosts], (hosts[-1] if more and hosts else ""), result.revision
+
     async def get(self, host: str) -> HostRecord:
         prefix = self._keys.hosts_prefix() + host.encode() + b"/"
         result = await self._etcd.range(prefix, prefix_end(prefix))
