@@ -68,7 +68,7 @@ async def serve(config: FrontendConfig) -> None:
         vm_pb2_grpc.add_VmServiceServicer_to_server(
             VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
         host_pb2_grpc.add_HostServiceServicer_to_server(
-            HostService(HostStore(client, keys), keys, bookmark_s=config.bookmark_s), server)
+            HostService(HostStore(client, keys), bookmark_s=config.bookmark_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         services = (
             vm_pb2.DESCRIPTOR.services_by_name["VmService"].full_name,

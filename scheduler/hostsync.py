@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from controlplane.etcd import Compacted
-from controlplane.models import Resources
-from controlplane.store.hosts import HostRecord, HostStore, HostTable
-from controlplane.store.keys import Keys
+from controlplane.models import HostAllocation, Resources
+from controlplane.store.hosts import HostRecord, HostStore
 from scheduler.placement import HostSnapshot, HostView
 
 log = logging.getLogger(__name__)
@@ -35,20 +35,20 @@ def snapshot_of(record: HostRecord) -> HostSnapshot:
 
 
 class HostSync:
-    def __init__(self, hosts: HostStore, keys: Keys, view: HostView):
+    def __init__(self, hosts: HostStore, view: HostView):
         self._hosts = hosts
-        self._keys = keys
         self.view = view
         self.ready = asyncio.Event()
         #: Called after capacity may have grown (a host joined or an allocation shrank).
         self.on_capacity: list[Callable[[], None]] = []
 
-    def confirm(self, snapshot: HostSnapshot) -> None:
-        """Take a bind's own committed write into the view, unless the view already
-        holds a newer revision of the host."""
-        current = self.view.committed(snapshot.host_id)
-        if current is None or current.alloc_revision <= snapshot.alloc_revision:
-            self.view.upsert(snapshot)
+    def confirm(self, host: str, allocation: HostAllocation, revision: int) -> None:
+        """Take an allocation this process wrote or read at ``revision`` into the
+        view, unless the host is gone or the view already holds a newer revision."""
+        current = self.view.committed(host)
+        if current is not None and current.alloc_revision <= revision:
+            self.view.upsert(replace(current, allocated=allocation.resources, vm_count=allocation.vm_count,
+                                     alloc_revision=revision))
 
     def _apply(self, record: HostRecord | str) -> bool:
         if isinstance(record, str):
@@ -58,8 +58,8 @@ class HostSync:
         current = self.view.committed(record.host)
         if current is not None and current.alloc_revision > snapshot.alloc_revision:
             # Our own bind already put a newer allocation in; keep it but take the registration.
-            snapshot = HostSnapshot(snapshot.host_id, snapshot.ready, snapshot.capacity, current.allocated,
-                                    current.vm_count, snapshot.labels, current.alloc_revision)
+            snapshot = replace(snapshot, allocated=current.allocated, vm_count=current.vm_count,
+                               alloc_revision=current.alloc_revision)
         grew = current is None or not current.ready and snapshot.ready \
             or snapshot.allocated.vcpus < current.allocated.vcpus \
             or snapshot.allocated.memory_mib < current.allocated.memory_mib \
@@ -69,14 +69,10 @@ class HostSync:
 
     async def run(self) -> None:
         while True:
-            records, revision = await self._hosts.list()
-            table = HostTable(self._keys)
+            table, revision = await self._hosts.snapshot()
+            records = table.records()
             known = set()
             for record in records:
-                if record.registration:
-                    table.regs[record.host] = (record.registration, record.revision)
-                if record.alloc_revision:
-                    table.allocs[record.host] = (record.allocation, record.alloc_revision)
                 self._apply(record)
                 known.add(record.host)
             for snapshot in list(self.view):

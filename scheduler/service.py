@@ -45,7 +45,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
         await client.wait_ready()
         cluster = await ensure_cluster_config(client, keys, shards=config.shards)
         view = HostView()
-        hosts = HostSync(HostStore(client, keys), keys, view)
+        hosts = HostSync(HostStore(client, keys), view)
         store = SchedulingStore(client, keys)
         async with Lease(client, config.lease_ttl) as lease, asyncio.TaskGroup() as group:
             group.create_task(hosts.run(), name="hosts")

@@ -24,7 +24,7 @@ from controlplane.store.shards import ShardLock
 from controlplane.workqueue import WorkQueue
 from scheduler import metrics
 from scheduler.hostsync import HostSync
-from scheduler.placement import HostSnapshot, PlacementRequest, place
+from scheduler.placement import PlacementRequest, place
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +183,8 @@ class ShardScheduler:
         lost: list[HostBind] = []
         for bind, ok in zip(binds, result.committed, strict=True):
             self._forget(bind)
-            committed = view.committed(bind.host)
             if ok:
-                a = bind.allocation
-                if committed is not None:
-                    self._hosts.confirm(HostSnapshot(
-                        bind.host, committed.ready, committed.capacity,
-                        a.resources, a.vm_count, committed.labels, result.revision))
+                self._hosts.confirm(bind.host, bind.allocation, result.revision)
                 metrics.BINDS.inc(len(bind.vms))
                 for vm in bind.vms:
                     self._drop(vm.spec.ref)
@@ -213,12 +208,7 @@ class ShardScheduler:
         vms = [vm for bind in lost for vm in bind.vms]
         allocations, entries = await self._store.read_current([b.host for b in lost], vms)
         for bind in lost:
-            allocation, revision = allocations[bind.host]
-            committed = self._hosts.view.committed(bind.host)
-            if committed is not None:
-                self._hosts.confirm(HostSnapshot(
-                    bind.host, committed.ready, committed.capacity, allocation.resources, allocation.vm_count,
-                    committed.labels, revision))
+            self._hosts.confirm(bind.host, *allocations[bind.host])
         for vm in vms:
             ref = vm.spec.ref
             entry = entries[ref]

@@ -10,14 +10,12 @@ from controlplane.api.streams import watch_with_bookmarks
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, host_pb2_grpc
 from controlplane.store.errors import NotFound
-from controlplane.store.hosts import HostStore, HostTable
-from controlplane.store.keys import Keys
+from controlplane.store.hosts import HostStore
 
 
 class HostService(host_pb2_grpc.HostServiceServicer):
-    def __init__(self, store: HostStore, keys: Keys, *, bookmark_s: float = 10.0):
+    def __init__(self, store: HostStore, *, bookmark_s: float = 10.0):
         self._store = store
-        self._keys = keys
         self._bookmark_s = bookmark_s
 
     async def GetHost(self, request: host_pb2.GetHostRequest, context) -> host_pb2.Host:
@@ -45,13 +43,8 @@ class HostService(host_pb2_grpc.HostServiceServicer):
     async def WatchHosts(self, request: host_pb2.WatchHostsRequest, context) -> AsyncIterator[host_pb2.HostEvent]:
         if request.resource_version < 0:
             raise errors.invalid_argument([("resource_version", "must not be negative")])
-        table = HostTable(self._keys)
-        records, revision = await self._store.list(revision=request.resource_version)
-        for record in records:
-            if record.registration:
-                table.regs[record.host] = (record.registration, record.revision)
-            if record.alloc_revision:
-                table.allocs[record.host] = (record.allocation, record.alloc_revision)
+        table, revision = await self._store.snapshot(revision=request.resource_version)
+        for record in table.records():
             if request.resource_version == 0:
                 yield host_pb2.HostEvent(type=common_pb2.ADDED, host=host_to_proto(record),
                                          resource_version=record.revision)

@@ -61,19 +61,29 @@ class HostTable:
     def hosts(self) -> list[str]:
         return sorted(set(self.regs) | set(self.allocs))
 
+    def records(self) -> list[HostRecord]:
+        """Every host in the table, in name order."""
+        return [self.record(h) for h in self.hosts()]
+
 
 class HostStore:
     def __init__(self, client: EtcdClient, keys: Keys):
         self._etcd = client
         self._keys = keys
 
-    async def list(self, *, revision: int = 0) -> tuple[list[HostRecord], int]:
-        """Every known host at one revision (0: now), in name order. Raises Compacted."""
+    async def snapshot(self, *, revision: int = 0) -> tuple[HostTable, int]:
+        """Every known host at one revision (0: now), as a table to hand to
+        ``watch(revision + 1, table)``. Raises Compacted."""
         kvs, revision = await self._etcd.range_prefix(self._keys.hosts_prefix(), revision=revision)
         table = HostTable(self._keys)
         for kv in kvs:
             table.apply(kv, False)
-        return [table.record(h) for h in table.hosts()], revision
+        return table, revision
+
+    async def list(self, *, revision: int = 0) -> tuple[list[HostRecord], int]:
+        """Every known host at one revision (0: now), in name order. Raises Compacted."""
+        table, revision = await self.snapshot(revision=revision)
+        return table.records(), revision
 
     async def page(self, *, after: str = "", limit: int, revision: int = 0
                    ) -> tuple[list[HostRecord], str, int]:
