@@ -31,3 +31,11 @@ def test_shards_are_stable_and_spread():
         counts[shard_of(f"uid-{i}", 4)] += 1
     assert shard_of("uid-1", 4) == shard_of("uid-1", 4)
     assert min(counts) > 800  # roughly even: 1000 each
+
+
+def test_refs_read_back_from_names_and_key_ends():
+    keys = Keys("/q")
+    ref = VmRef("t", "p-1", "vm-2")
+    assert VmRef.from_name(ref.name) == ref
+    assert VmRef.from_name("tenants/t/projects/p") is None
+    assert keys.ref_at_end(keys.queue(3, ref)) == ref == keys.ref_at_end(keys.binding("h-1", ref))

@@ -82,8 +82,7 @@ class AgentStore:
                 if host not in wanted:
                     continue
                 if event.is_delete:
-                    tenant, project, vm_id = event.kv.key.decode().rsplit("/", 3)[1:]
-                    changes.append(BindingChange(host, VmRef(tenant, project, vm_id), None))
+                    changes.append(BindingChange(host, self._keys.ref_at_end(event.kv.key), None))
                 else:
                     bound = self._bound(event.kv)
                     changes.append(BindingChange(host, bound.ref, bound))

@@ -58,6 +58,12 @@ class Keys:
         tenant, project, vm_id, part = key[len(self.base) + 4:].decode().split("/")
         return VmRef(tenant, project, vm_id), part
 
+    @staticmethod
+    def ref_at_end(key: bytes) -> VmRef:
+        """The VM a queue or binding key ends with (``.../{tenant}/{project}/{vm}``)."""
+        tenant, project, vm_id = key.decode().rsplit("/", 3)[1:]
+        return VmRef(tenant, project, vm_id)
+
     # Scheduler queue
     def queue_prefix(self, shard: int) -> bytes:
         return self._k(f"queue/{shard:04d}/")

@@ -70,8 +70,7 @@ class SchedulingStore:
             events: list[tuple[VmRef, QueuedVm | None]] = []
             for event in batch.events:
                 if event.is_delete:
-                    tenant, project, vm_id = event.kv.key[len(prefix):].decode().split("/")
-                    events.append((VmRef(tenant, project, vm_id), None))
+                    events.append((self._keys.ref_at_end(event.kv.key), None))
                 else:
                     queued = self._queued(event.kv)
                     events.append((queued.spec.ref, queued))

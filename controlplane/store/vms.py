@@ -123,7 +123,7 @@ class VmStore:
                 if existing is not None and existing.spec.uid == made.uid:
                     return existing, False
                 # The request made another VM (another name), or its VM is gone.
-                ref = _ref_from_name(made.vm_key)
+                ref = VmRef.from_name(made.vm_key)
                 if ref is not None and ref != spec.ref:
                     try:
                         other = await self.get(ref)
@@ -338,10 +338,3 @@ class _RecordCache:
 
     def pop(self, ref: VmRef) -> None:
         self._records.pop(ref, None)
-
-
-def _ref_from_name(name: str) -> VmRef | None:
-    parts = name.split("/")
-    if len(parts) == 6 and parts[0] == "tenants" and parts[2] == "projects" and parts[4] == "vms":
-        return VmRef(parts[1], parts[3], parts[5])
-    return None
