@@ -106,6 +106,12 @@ class LocalSystem:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def client(self, **kwargs):
+        """An SDK client for this system's API, with the credentials it needs."""
+        from controlplane.sdk import Client
+
+        return Client(self.endpoint, **kwargs)
+
     def _common(self, name: str) -> list[str]:
         args = ["--etcd", self.etcd_endpoint, "--root", self.root, "--name", name, "--log-format", "json"]
         if self.metrics:

@@ -7,7 +7,6 @@ import uuid
 
 from controlplane.gen.quanta.v1 import vm_pb2
 from controlplane.local import LocalSystem
-from controlplane.sdk import Client
 from tests.conftest import wait_until
 
 State = vm_pb2.Vm.State
@@ -16,7 +15,7 @@ State = vm_pb2.Vm.State
 def test_waits_for_capacity_then_places(etcd_server):
     root = f"/cap-{uuid.uuid4().hex[:8]}"
     with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=1, host_vcpus=2, latency="zero",
-                     frontends=1, metrics=False) as system, Client(system.endpoint) as client:
+                     frontends=1, metrics=False) as system, system.client() as client:
         for name in ("a", "b", "c"):
             client.create_vm(name, flavor="small", image="ubuntu")
         def settled():
@@ -45,7 +44,7 @@ def test_churn_on_one_host_keeps_the_allocation_exact(etcd_server):
     allocation must end equal to what is bound."""
     root = f"/churn-{uuid.uuid4().hex[:8]}"
     with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=1, latency="zero", frontends=1,
-                     metrics=False) as system, Client(system.endpoint) as client:
+                     metrics=False) as system, system.client() as client:
         kept: list[str] = []
         for i in range(120):
             name = f"c-{i:03d}"

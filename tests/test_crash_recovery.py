@@ -66,7 +66,7 @@ def _check_exactly_once(system: LocalSystem, client: Client, vms: list[vm_pb2.Vm
 
 
 def test_agent_killed_mid_creation(system):
-    with Client(system.endpoint, project="crash") as client:
+    with system.client(project="crash") as client:
         vms = _create_all(client)
         wait_until(lambda: _states(client)["RUNNING"] >= 5, timeout=60, message="some VMs RUNNING")
         agent = system.processes["agent-0"]
@@ -77,7 +77,7 @@ def test_agent_killed_mid_creation(system):
 
 
 def test_scheduler_killed_mid_creation(system):
-    with Client(system.endpoint, project="crash") as client:
+    with system.client(project="crash") as client:
         scheduler = system.processes["scheduler-0"]
         scheduler.process.send_signal(signal.SIGSTOP)  # hold placement so the kill lands mid-creation
         try:
@@ -98,7 +98,7 @@ def test_transient_driver_faults_are_retried_without_duplicates(etcd_server):
     root = f"/faults-{uuid.uuid4().hex[:8]}"
     with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=4, latency="zero", frontends=1,
                      fault_rate=0.3, metrics=False) as system:
-        with Client(system.endpoint, project="faults") as client:
+        with system.client(project="faults") as client:
             vms = _create_all(client)
             _check_exactly_once(system, client, vms)
         faults = [line for line in (system.log_dir / "agent-0.log").read_text().splitlines()
@@ -111,7 +111,7 @@ def test_etcd_killed_and_restarted_mid_creation(tmp_path):
     its data: every process rides it out (watches resume, leases survive a short
     outage), nothing acknowledged is lost, nothing is made twice."""
     with LocalSystem(hosts=2, latency="realistic", frontends=1, lease_ttl=10, metrics=False,
-                     data_dir=str(tmp_path)) as system, Client(system.endpoint, project="crash") as client:
+                     data_dir=str(tmp_path)) as system, system.client(project="crash") as client:
         agent = system.processes["agent-0"].process
         agent.send_signal(signal.SIGSTOP)  # let the VMs pile up bound, then release them all at once
         try:
@@ -122,7 +122,7 @@ def test_etcd_killed_and_restarted_mid_creation(tmp_path):
         # 2 hosts x 8 creations at a time x 0.4 s: the agent is busy for ~3 s when etcd dies.
         system.etcd.process.send_signal(signal.SIGKILL)
         system.etcd.process.wait(30)
-        with Client(system.endpoint, project="crash", timeout=3) as impatient, pytest.raises(ApiError) as down:
+        with system.client(project="crash", timeout=3) as impatient, pytest.raises(ApiError) as down:
             impatient.get_vm("vm-000")  # within the caller's deadline, the API says etcd is gone
         assert down.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         system.etcd.restart()

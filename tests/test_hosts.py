@@ -12,7 +12,6 @@ import pytest
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
 from controlplane.local import LocalSystem
-from controlplane.sdk import Client
 from tests.conftest import wait_until
 
 READY, MISSING = host_pb2.Host.READY, host_pb2.Host.MISSING
@@ -21,7 +20,7 @@ READY, MISSING = host_pb2.Host.READY, host_pb2.Host.MISSING
 def test_hosts_go_missing_when_their_agent_dies_and_come_back(etcd_server):
     root = f"/hosts-{uuid.uuid4().hex[:8]}"
     with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=2, latency="zero", frontends=1,
-                     lease_ttl=2, metrics=False) as system, Client(system.endpoint) as client:
+                     lease_ttl=2, metrics=False) as system, system.client() as client:
         client.create_vm("a", flavor="medium", image="ubuntu")
         wait_until(lambda: client.get_vm("a").state == client.get_vm("a").RUNNING, message="a RUNNING")
         hosts = {h.name: h for h in client.list_hosts()}
@@ -67,7 +66,7 @@ def _collect(stream, events) -> None:
 def test_quiet_watches_get_bookmarks(etcd_server):
     root = f"/bookmarks-{uuid.uuid4().hex[:8]}"
     with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=1, latency="zero", frontends=1,
-                     metrics=False, bookmark_interval_s=0.3) as system, Client(system.endpoint) as client:
+                     metrics=False, bookmark_interval_s=0.3) as system, system.client() as client:
         listed = client._call(client._vms.ListVms, vm_pb2.ListVmsRequest(parent=client.parent))
         events = client.watch_vms(resource_version=listed.resource_version, timeout=30)
         bookmarks = [next(events), next(events)]  # nothing changes: only bookmarks arrive

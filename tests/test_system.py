@@ -34,7 +34,7 @@ def system(etcd_server):
 @pytest.fixture
 def client(system):
     project = f"p-{uuid.uuid4().hex[:8]}"  # a project per test: tests see only their own VMs
-    with Client(system.endpoint, project=project) as c:
+    with system.client(project=project) as c:
         yield c
 
 
@@ -200,7 +200,7 @@ def test_retried_create_with_same_request_id_gives_one_vm(system, client):
     results: list[vm_pb2.Vm] = []
 
     def retry():
-        with Client(system.endpoint, project=client.project) as c:
+        with system.client(project=client.project) as c:
             results.append(c.create_vm("db-3", flavor="small", image="debian", request_id="req-44"))
 
     threads = [threading.Thread(target=retry) for _ in range(8)]
