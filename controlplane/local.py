@@ -8,6 +8,7 @@ processes. Every process runs on loopback, on free ports, with its log in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pathlib
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controlplane.api.errors import ApiError
+from controlplane.auth.bootstrap import bootstrap_admin_token
 from controlplane.etcd.server import ETCD_MAX_TXN_OPS, EtcdServer, free_port, terminate
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ class LocalSystem:
         metrics: bool = True,
         fault_rate: float = 0.0,
         bookmark_interval_s: float = 10.0,
+        prometheus: bool = False,
     ):
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="quanta-")
         self.data_dir = pathlib.Path(data_dir or self._tmp.name)
@@ -97,8 +101,11 @@ class LocalSystem:
         self.metrics = metrics
         self.fault_rate = fault_rate
         self.bookmark_interval_s = bookmark_interval_s
+        self.with_prometheus = prometheus
+        self.prometheus = None  # a controlplane.prometheus.PrometheusServer once started
         self.etcd: EtcdServer | None = None
         self.etcd_endpoint = etcd_endpoint or ""
+        self.admin_token = ""
         self.processes: dict[str, ManagedProcess] = {}
         self.metrics_ports: dict[str, int] = {}
 
@@ -106,11 +113,23 @@ class LocalSystem:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def client(self, **kwargs):
-        """An SDK client for this system's API, with the credentials it needs."""
+    def client(self, *, token: str | None = None, ensure_project: bool = True, **kwargs):
+        """An SDK client for this system's API, as the admin unless ``token`` is given.
+        With ``ensure_project`` (and the admin), the client's tenant and project are
+        made first if absent (unlimited), so tests can name any project."""
         from controlplane.sdk import Client
 
-        return Client(self.endpoint, **kwargs)
+        client = Client(self.endpoint, token=token or self.admin_token, **kwargs)
+        if ensure_project and token is None:
+            for create in (lambda: client.create_tenant(client.tenant),
+                           lambda: client.create_project(client.project)):
+                try:
+                    create()
+                except ApiError as err:
+                    if err.code is not grpc.StatusCode.ALREADY_EXISTS:
+                        client.close()
+                        raise
+        return client
 
     def _common(self, name: str) -> list[str]:
         args = ["--etcd", self.etcd_endpoint, "--root", self.root, "--name", name, "--log-format", "json"]
@@ -133,6 +152,7 @@ class LocalSystem:
                 self.etcd = EtcdServer(str(self.data_dir / "etcd")).start()
                 self.etcd_endpoint = self.etcd.endpoint
             self.port = self.port or free_port()
+            self.admin_token = asyncio.run(bootstrap_admin_token(self.etcd_endpoint, self.root))
             for i in range(self.frontends):
                 self._add(f"frontend-{i}", "controlplane.frontend",
                           ["--listen", self.endpoint, "--shards", str(self.shards),
@@ -149,6 +169,8 @@ class LocalSystem:
             for process in self.processes.values():
                 process.start()
             self.wait_ready(timeout)
+            if self.with_prometheus:
+                self._start_prometheus()
         except BaseException:
             self.stop()
             raise
@@ -167,7 +189,7 @@ class LocalSystem:
                 with grpc.insecure_channel(self.endpoint) as channel:
                     response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
                 if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    with Client(self.endpoint) as client:
+                    with Client(self.endpoint, token=self.admin_token) as client:
                         ready = [h for h in client.list_hosts() if h.state == h.READY]
                     if len(ready) >= self.hosts:
                         return
@@ -179,8 +201,20 @@ class LocalSystem:
                 raise TimeoutError(f"system not ready within {timeout}s; logs in {self.log_dir}")
             time.sleep(0.1)
 
+    def _start_prometheus(self) -> None:
+        """A Prometheus scraping every process here and etcd (``quanta up --prometheus``)."""
+        from controlplane.prometheus import PrometheusServer
+
+        targets = {name: f"127.0.0.1:{port}" for name, port in self.metrics_ports.items()}
+        if self.etcd:
+            targets["etcd"] = self.etcd.endpoint.removeprefix("http://")
+        self.prometheus = PrometheusServer(self.data_dir / "prometheus")
+        self.prometheus.start(targets)
+
     def stop(self) -> None:
         """Stop every process started here, then etcd; idempotent."""
+        if self.prometheus:
+            self.prometheus.stop()
         for process in reversed(list(self.processes.values())):
             process.stop()
         if self.etcd:

@@ -20,9 +20,13 @@ def _write_state(path: pathlib.Path, system: LocalSystem) -> None:
     if system.etcd and system.etcd.process:
         pids["etcd"] = system.etcd.process.pid
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)  # it holds the admin token
+    path.chmod(0o600)
     path.write_text(json.dumps({
         "endpoint": system.endpoint, "etcd": system.etcd_endpoint, "logs": str(system.log_dir), "pids": pids,
+        "admin_token": system.admin_token,
         "metrics": {name: f"127.0.0.1:{port}" for name, port in system.metrics_ports.items()},
+        **({"prometheus": system.prometheus.url} if system.prometheus else {}),
     }, indent=2))
 
 
@@ -31,7 +35,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--hosts", type=int, default=10, help="simulated hosts (default 10)")
     parser.add_argument("--frontends", type=int, default=2, help="API frontends sharing the port (default 2)")
     parser.add_argument("--schedulers", type=int, default=1,
-                        help="scheduler processes; extra ones stand by for a shard whose owner dies (default 1)")
+                        help="scheduler processes; they share the shards fairly and take over a dead one's "
+                             "(default 1; see `quanta scheduler shards`)")
     parser.add_argument("--shards", type=int, default=1, help="scheduler shards for a new system (default 1)")
     parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     parser.add_argument("--latency", default="realistic",
@@ -39,11 +44,13 @@ def main(argv: list[str]) -> None:
                              'or per operation, e.g. "create=1.5,power_on=0.5"')
     parser.add_argument("--etcd", default="", help="use this etcd instead of starting one")
     parser.add_argument("--data-dir", default=None, help="keep state and logs here (default: a temp dir)")
+    parser.add_argument("--prometheus", action="store_true",
+                        help="also run Prometheus (the 'prometheus' binary) scraping every process")
     args = parser.parse_args(argv)
 
     system = LocalSystem(hosts=args.hosts, frontends=args.frontends, schedulers=args.schedulers,
                          shards=args.shards, port=args.port, latency=args.latency,
-                         etcd_endpoint=args.etcd or None, data_dir=args.data_dir)
+                         etcd_endpoint=args.etcd or None, data_dir=args.data_dir, prometheus=args.prometheus)
     stopping = False
 
     def on_signal(_signum, _frame):
@@ -57,16 +64,21 @@ def main(argv: list[str]) -> None:
     try:
         system.start()
         _write_state(state_path, system)
+        prometheus_line = f"\n  prometheus:   {system.prometheus.url}" if system.prometheus else ""
         print(f"""
 Quanta is up.
   API (gRPC):   {system.endpoint}    ({args.frontends} frontends share this port)
   etcd:         {system.etcd_endpoint}
   hosts:        {args.hosts} simulated ({args.latency} latency)
   metrics:      {", ".join(f"{n}=:{p}" for n, p in system.metrics_ports.items())}
-  logs:         {system.log_dir}
+  logs:         {system.log_dir}{prometheus_line}
+
+Admin token (system-admin, 30 days; the CLI and SDK on this machine use it by default):
+  {system.admin_token}
 
 Try:  quanta vm create --name web-1 --flavor small --image ubuntu
       quanta vm watch
+      quanta tenant create acme --quota vms=10,vcpus=8
 Press Ctrl-C to stop.""", flush=True)
         restart_at: dict[str, float] = {}
         started_at = {name: time.monotonic() for name in system.processes}
@@ -91,7 +103,7 @@ Press Ctrl-C to stop.""", flush=True)
                     started_at[process.name] = now
                     _write_state(state_path, system)
             time.sleep(0.2)
-    except (TimeoutError, RuntimeError) as err:
+    except (TimeoutError, RuntimeError, FileNotFoundError) as err:
         print(f"quanta up: {err}", file=sys.stderr)
         sys.exit(1)
     finally:
