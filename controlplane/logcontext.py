@@ -27,6 +27,7 @@ tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("tenant", de
 vm: contextvars.ContextVar[str | None] = contextvars.ContextVar("vm", default=None)
 host: contextvars.ContextVar[str | None] = contextvars.ContextVar("host", default=None)
 shard: contextvars.ContextVar[str | None] = contextvars.ContextVar("shard", default=None)
+subject: contextvars.ContextVar[str | None] = contextvars.ContextVar("subject", default=None)
 
 #: Record attribute name -> contextvar copied onto every record by ContextFilter.
 CONTEXT_VARS: dict[str, contextvars.ContextVar[str | None]] = {
@@ -36,6 +37,7 @@ CONTEXT_VARS: dict[str, contextvars.ContextVar[str | None]] = {
     "vm": vm,
     "host": host,
     "shard": shard,
+    "subject": subject,
 }
 
 

@@ -21,11 +21,26 @@ import uuid
 from collections.abc import Iterator
 
 import grpc
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import host_pb2, host_pb2_grpc, vm_pb2, vm_pb2_grpc
+from controlplane.gen.quanta.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    host_pb2,
+    host_pb2_grpc,
+    tenancy_pb2,
+    tenancy_pb2_grpc,
+    vm_pb2,
+    vm_pb2_grpc,
+)
 
 DEFAULT_ENDPOINT = "127.0.0.1:7000"
+ROLES = {"system-admin": auth_pb2.Grant.SYSTEM_ADMIN, "tenant-admin": auth_pb2.Grant.TENANT_ADMIN,
+         "project-member": auth_pb2.Grant.PROJECT_MEMBER, "viewer": auth_pb2.Grant.VIEWER}
 
 
 def local_state_path() -> pathlib.Path:
@@ -34,30 +49,73 @@ def local_state_path() -> pathlib.Path:
     return pathlib.Path(base) / "quanta" / "local.json"
 
 
-def resolve_endpoint(endpoint: str | None = None) -> str:
-    if endpoint:
-        return endpoint
-    if os.environ.get("QUANTA_ENDPOINT"):
-        return os.environ["QUANTA_ENDPOINT"]
+def _local_state(key: str) -> str | None:
     try:
-        return json.loads(local_state_path().read_text())["endpoint"]
+        return json.loads(local_state_path().read_text())[key]
     except (OSError, ValueError, KeyError):
-        return DEFAULT_ENDPOINT
+        return None
+
+
+def resolve_endpoint(endpoint: str | None = None) -> str:
+    """``endpoint``, else $QUANTA_ENDPOINT, else the one `quanta up` recorded."""
+    return endpoint or os.environ.get("QUANTA_ENDPOINT") or _local_state("endpoint") or DEFAULT_ENDPOINT
+
+
+def resolve_token(token: str | None = None) -> str:
+    """``token``, else $QUANTA_TOKEN, else the admin token `quanta up` recorded ("" if none)."""
+    return token or os.environ.get("QUANTA_TOKEN") or _local_state("admin_token") or ""
+
+
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds fixed metadata (the bearer token) to every call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]):
+        self._metadata = metadata
+
+    def _details(self, details):
+        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
 
 
 class Client:
-    def __init__(self, endpoint: str | None = None, *, tenant: str = "default", project: str = "default",
-                 timeout: float = 10.0):
+    """A connection to Quanta's API as one caller (``token``) in one project (the
+    default for VM calls; tenant and project methods name their resources).
+
+    ``tls_ca``: a PEM file to verify the server with (TLS); without it the channel
+    is plaintext (the local default on loopback)."""
+
+    def __init__(self, endpoint: str | None = None, *, token: str | None = None, tenant: str = "default",
+                 project: str = "default", timeout: float = 10.0, tls_ca: str | None = None):
         self.endpoint = resolve_endpoint(endpoint)
         self.tenant = tenant
         self.project = project
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.endpoint)
+        tls_ca = tls_ca or os.environ.get("QUANTA_TLS_CA")
+        if tls_ca:
+            credentials = grpc.ssl_channel_credentials(pathlib.Path(tls_ca).read_bytes())
+            self._raw_channel = grpc.secure_channel(self.endpoint, credentials)
+        else:
+            self._raw_channel = grpc.insecure_channel(self.endpoint)
+        bearer = resolve_token(token)
+        self._channel = (grpc.intercept_channel(self._raw_channel, _Metadata((("authorization", f"Bearer {bearer}"),)))
+                         if bearer else self._raw_channel)
         self._vms = vm_pb2_grpc.VmServiceStub(self._channel)
         self._hosts = host_pb2_grpc.HostServiceStub(self._channel)
+        self._tenants = tenancy_pb2_grpc.TenantServiceStub(self._channel)
+        self._projects = tenancy_pb2_grpc.ProjectServiceStub(self._channel)
+        self._quotas = tenancy_pb2_grpc.QuotaServiceStub(self._channel)
+        self._flavors = catalog_pb2_grpc.FlavorServiceStub(self._channel)
+        self._images = catalog_pb2_grpc.ImageServiceStub(self._channel)
+        self._tokens = auth_pb2_grpc.TokenServiceStub(self._channel)
+        self._audit = auth_pb2_grpc.AuditServiceStub(self._channel)
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -72,10 +130,11 @@ class Client:
     def vm_name(self, vm_id: str) -> str:
         return vm_id if vm_id.startswith("tenants/") else f"{self.parent}/vms/{vm_id}"
 
-    def _call(self, method, request, *, retries: int = 0):
-        """One API call within ``self.timeout`` in all, retrying UNAVAILABLE up to
-        ``retries`` times (with backoff) while time is left. Raises ApiError."""
-        deadline = time.monotonic() + self.timeout
+    def _call(self, method, request, *, retries: int = 0, timeout: float | None = None):
+        """One API call within ``timeout`` (default ``self.timeout``) in all, retrying
+        UNAVAILABLE up to ``retries`` times (with backoff) while time is left. Raises
+        ApiError."""
+        deadline = time.monotonic() + (timeout or self.timeout)
         for attempt in range(retries + 1):
             try:
                 return method(request, timeout=max(0.001, deadline - time.monotonic()))
@@ -160,3 +219,145 @@ class Client:
     def get_host(self, host_id: str) -> host_pb2.Host:
         name = host_id if host_id.startswith("hosts/") else f"hosts/{host_id}"
         return self._call(self._hosts.GetHost, host_pb2.GetHostRequest(name=name), retries=3)
+
+    # Tenants, projects and quotas
+    def create_tenant(self, tenant_id: str, *, display_name: str = "", labels: dict[str, str] | None = None,
+                      quota: dict[str, int] | None = None) -> tenancy_pb2.Tenant:
+        """Create a tenant (system admins); ``quota``: its ticket, e.g. {"vms": 100, "vcpus": 64}."""
+        return self._call(self._tenants.CreateTenant, tenancy_pb2.CreateTenantRequest(
+            tenant_id=tenant_id, tenant=tenancy_pb2.Tenant(display_name=display_name, labels=labels or {}),
+            quota=tenancy_pb2.ResourceLimits(**(quota or {}))))
+
+    def get_tenant(self, tenant_id: str) -> tenancy_pb2.Tenant:
+        return self._call(self._tenants.GetTenant, tenancy_pb2.GetTenantRequest(name=f"tenants/{tenant_id}"),
+                          retries=3)
+
+    def list_tenants(self) -> list[tenancy_pb2.Tenant]:
+        return _all(lambda token: self._call(self._tenants.ListTenants, tenancy_pb2.ListTenantsRequest(
+            page_size=1000, page_token=token), retries=3), "tenants")
+
+    def update_tenant(self, tenant_id: str, *, display_name: str | None = None,
+                      labels: dict[str, str] | None = None, etag: str = "") -> tenancy_pb2.Tenant:
+        tenant = tenancy_pb2.Tenant(name=f"tenants/{tenant_id}", display_name=display_name or "",
+                                    labels=labels or {}, etag=etag)
+        paths = [p for p, v in (("display_name", display_name), ("labels", labels)) if v is not None]
+        return self._call(self._tenants.UpdateTenant, tenancy_pb2.UpdateTenantRequest(
+            tenant=tenant, update_mask=field_mask_pb2.FieldMask(paths=paths)))
+
+    def delete_tenant(self, tenant_id: str, *, force: bool = False, etag: str = "") -> tenancy_pb2.Tenant:
+        return self._call(self._tenants.DeleteTenant, tenancy_pb2.DeleteTenantRequest(
+            name=f"tenants/{tenant_id}", force=force, etag=etag), timeout=max(self.timeout, 120))
+
+    def create_project(self, project_id: str, *, tenant: str | None = None, display_name: str = "",
+                       labels: dict[str, str] | None = None,
+                       quota: dict[str, int] | None = None) -> tenancy_pb2.Project:
+        """Create a project in ``tenant`` (default: this client's) with limits ``quota``."""
+        return self._call(self._projects.CreateProject, tenancy_pb2.CreateProjectRequest(
+            parent=f"tenants/{tenant or self.tenant}", project_id=project_id,
+            project=tenancy_pb2.Project(display_name=display_name, labels=labels or {}),
+            quota=tenancy_pb2.ResourceLimits(**(quota or {}))))
+
+    def get_project(self, project_id: str, *, tenant: str | None = None) -> tenancy_pb2.Project:
+        return self._call(self._projects.GetProject, tenancy_pb2.GetProjectRequest(
+            name=f"tenants/{tenant or self.tenant}/projects/{project_id}"), retries=3)
+
+    def list_projects(self, *, tenant: str | None = None) -> list[tenancy_pb2.Project]:
+        return _all(lambda token: self._call(self._projects.ListProjects, tenancy_pb2.ListProjectsRequest(
+            parent=f"tenants/{tenant or self.tenant}", page_size=1000, page_token=token), retries=3), "projects")
+
+    def delete_project(self, project_id: str, *, tenant: str | None = None, force: bool = False,
+                       etag: str = "") -> tenancy_pb2.Project:
+        return self._call(self._projects.DeleteProject, tenancy_pb2.DeleteProjectRequest(
+            name=f"tenants/{tenant or self.tenant}/projects/{project_id}", force=force, etag=etag),
+            timeout=max(self.timeout, 120))
+
+    def get_quota(self, name: str) -> tenancy_pb2.Quota:
+        """``name``: "tenants/t/quota" or "tenants/t/projects/p/quota"."""
+        return self._call(self._quotas.GetQuota, tenancy_pb2.GetQuotaRequest(name=name), retries=3)
+
+    def update_quota(self, name: str, limits: dict[str, int | None], *, etag: str = "") -> tenancy_pb2.Quota:
+        """Set the named limits (None: unlimited); other dimensions are unchanged."""
+        quota = tenancy_pb2.Quota(name=name, etag=etag, limits=tenancy_pb2.ResourceLimits(
+            **{k: v for k, v in limits.items() if v is not None}))
+        return self._call(self._quotas.UpdateQuota, tenancy_pb2.UpdateQuotaRequest(
+            quota=quota, update_mask=field_mask_pb2.FieldMask(paths=[f"limits.{k}" for k in limits])))
+
+    def list_quotas(self, *, tenant: str | None = None) -> list[tenancy_pb2.Quota]:
+        return _all(lambda token: self._call(self._quotas.ListQuotas, tenancy_pb2.ListQuotasRequest(
+            parent=f"tenants/{tenant or self.tenant}", page_size=1000, page_token=token), retries=3), "quotas")
+
+    # Catalog
+    def create_flavor(self, flavor_id: str, *, vcpus: int, memory_mib: int, disk_gib: int,
+                      tenant: str = "") -> catalog_pb2.Flavor:
+        """A public flavor, or ``tenant``'s private one."""
+        return self._call(self._flavors.CreateFlavor, catalog_pb2.CreateFlavorRequest(
+            parent=f"tenants/{tenant}" if tenant else "", flavor_id=flavor_id, flavor=catalog_pb2.Flavor(
+                resources=common_pb2.Resources(vcpus=vcpus, memory_mib=memory_mib, disk_gib=disk_gib))))
+
+    def list_flavors(self, *, tenant: str | None = None) -> list[catalog_pb2.Flavor]:
+        """The flavors ``tenant`` (default: this client's) may use."""
+        return _all(lambda token: self._call(self._flavors.ListFlavors, catalog_pb2.ListFlavorsRequest(
+            parent=f"tenants/{tenant or self.tenant}", page_size=1000, page_token=token), retries=3), "flavors")
+
+    def delete_flavor(self, name: str) -> catalog_pb2.Flavor:
+        return self._call(self._flavors.DeleteFlavor, catalog_pb2.DeleteFlavorRequest(name=name))
+
+    def create_image(self, image_id: str, *, source: str, os_name: str = "", size_gib: int = 0) -> catalog_pb2.Image:
+        return self._call(self._images.CreateImage, catalog_pb2.CreateImageRequest(
+            image_id=image_id, image=catalog_pb2.Image(source=source, os=os_name, size_gib=size_gib)))
+
+    def list_images(self) -> list[catalog_pb2.Image]:
+        return _all(lambda token: self._call(self._images.ListImages, catalog_pb2.ListImagesRequest(
+            page_size=1000, page_token=token), retries=3), "images")
+
+    def delete_image(self, image_id: str) -> catalog_pb2.Image:
+        return self._call(self._images.DeleteImage, catalog_pb2.DeleteImageRequest(name=f"images/{image_id}"))
+
+    # Tokens and audit
+    def create_token(self, subject: str, grants: list[tuple[str, str, str]], *,
+                     ttl_s: int = 24 * 3600) -> auth_pb2.CreateTokenResponse:
+        """Issue a token; ``grants``: (role, tenant, project) with role one of
+        system-admin, tenant-admin, project-member, viewer. The bearer token is in
+        ``.bearer_token`` of the response (shown only once)."""
+        return self._call(self._tokens.CreateToken, auth_pb2.CreateTokenRequest(
+            subject=subject, ttl=duration_pb2.Duration(seconds=ttl_s),
+            grants=[auth_pb2.Grant(role=ROLES[r], tenant=t, project=p) for r, t, p in grants]))
+
+    def get_token(self, token_id: str) -> auth_pb2.Token:
+        name = token_id if token_id.startswith("tokens/") else f"tokens/{token_id}"
+        return self._call(self._tokens.GetToken, auth_pb2.GetTokenRequest(name=name), retries=3)
+
+    def revoke_token(self, token_id: str) -> auth_pb2.Token:
+        name = token_id if token_id.startswith("tokens/") else f"tokens/{token_id}"
+        return self._call(self._tokens.RevokeToken, auth_pb2.RevokeTokenRequest(name=name))
+
+    def whoami(self) -> auth_pb2.Token:
+        return self._call(self._tokens.GetCaller, auth_pb2.GetCallerRequest(), retries=3)
+
+    def list_audit(self, *, tenant: str = "") -> list[auth_pb2.AuditRecord]:
+        """The audit log, oldest first: one tenant's, or (tenant "") everything."""
+        return _all(lambda token: self._call(self._audit.ListAuditRecords, auth_pb2.ListAuditRecordsRequest(
+            parent=f"tenants/{tenant}" if tenant else "", page_size=1000, page_token=token), retries=3), "records")
+
+    def watch_audit(self, *, tenant: str = "", resource_version: int = 0,
+                    timeout: float | None = None) -> Iterator[auth_pb2.AuditEvent]:
+        stream = self._audit.WatchAuditRecords(auth_pb2.WatchAuditRecordsRequest(
+            parent=f"tenants/{tenant}" if tenant else "", resource_version=resource_version), timeout=timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
+                return
+            raise ApiError.from_rpc_error(err) from None
+        finally:
+            stream.cancel()
+
+
+def _all(fetch, field: str) -> list:
+    items, token = [], ""
+    while True:
+        response = fetch(token)
+        items.extend(getattr(response, field))
+        token = response.next_page_token
+        if not token:
+            return items

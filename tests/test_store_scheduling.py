@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+import pytest
+
 from controlplane.etcd import EtcdClient, Lease
 from controlplane.models import (
     Binding,
@@ -24,6 +26,7 @@ from controlplane.store.hostagent import AgentStore, StatusUpdate
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore
 from controlplane.store.shards import ShardLock
+from controlplane.store.tenancy import ensure_project
 from controlplane.store.vms import VmStore
 
 SHARDS = 4
@@ -32,6 +35,17 @@ SMALL = Resources(1, 1024, 10)
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout=timeout))
+
+
+@pytest.fixture(autouse=True)
+def _projects(etcd_endpoint: str, root: str) -> None:
+    """The projects these tests create VMs in (a VM's quota is charged to its project)."""
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            for project in ('web',):
+                await ensure_project(client, Keys(root), "acme", project)
+
+    asyncio.run(main())
 
 
 def make_spec(vm_id: str, *, request_id: str = "", resources: Resources = SMALL) -> VmSpec:

@@ -26,8 +26,9 @@ from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys, shard_of
-from controlplane.store.requests import RequestLeases
+from controlplane.store.retention import RetentionLeases
 from controlplane.store.scheduling import HostBind, SchedulingStore
+from controlplane.store.tenancy import ensure_project
 from controlplane.store.vms import VmChange, VmRecord, VmStore
 
 SHARDS = 4
@@ -36,6 +37,17 @@ TENANT, PROJECT = "acme", "web"
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout=timeout))
+
+
+@pytest.fixture(autouse=True)
+def _projects(etcd_endpoint: str, root: str) -> None:
+    """The projects these tests create VMs in (a VM's quota is charged to its project)."""
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            for project in ('web', 'other'):
+                await ensure_project(client, Keys(root), "acme", project)
+
+    asyncio.run(main())
 
 
 def make_spec(vm_id: str, *, request_id: str = "", labels: dict[str, str] | None = None,
@@ -348,7 +360,7 @@ def test_cluster_config_first_writer_wins(etcd_endpoint: str, root: str) -> None
 def test_request_records_share_one_lease_per_window(etcd_endpoint: str, root: str) -> None:
     async def main() -> None:
         async with EtcdClient(etcd_endpoint) as client:
-            leases = RequestLeases(client, retention_s=3600)
+            leases = RetentionLeases(client, retention_s=3600)
             first, second = await asyncio.gather(leases.current(), leases.current())
             assert first == second != 0
             alive = await client.put(f"{root}/probe".encode(), b"", lease=first)

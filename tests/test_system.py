@@ -43,7 +43,7 @@ def quanta(system: LocalSystem, project: str, *args: str) -> subprocess.Complete
     executable = os.path.join(os.path.dirname(sys.executable), "quanta")
     return subprocess.run(
         [executable, *args[:1], "--endpoint", system.endpoint, "--project", project, *args[1:]],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env={**os.environ, "QUANTA_TOKEN": system.admin_token},
     )
 
 

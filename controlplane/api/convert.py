@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
-from controlplane.models import Resources, VmState
+from controlplane.auth.principal import Grant, Role
+from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
+from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
+from controlplane.models import Flavor, Image, Resources, VmState
 from controlplane.store.hosts import HostRecord
 from controlplane.store.vms import VmRecord
+from controlplane.tenancy import DIMENSIONS, Limits, Project, Tenant, Usage
 
 
 def _ts(ns: int) -> Timestamp | None:
@@ -53,3 +56,77 @@ def host_to_proto(record: HostRecord) -> host_pb2.Host:
         if reg.register_time_ns:
             host.register_time.CopyFrom(_ts(reg.register_time_ns))
     return host
+
+
+def limits_to_proto(limits: Limits) -> tenancy_pb2.ResourceLimits:
+    return tenancy_pb2.ResourceLimits(**{d: getattr(limits, d) for d in DIMENSIONS if getattr(limits, d) is not None})
+
+
+def limits_from_proto(message: tenancy_pb2.ResourceLimits) -> Limits:
+    return Limits(*(getattr(message, d) if message.HasField(d) else None for d in DIMENSIONS))
+
+
+def usage_to_proto(usage: Usage) -> tenancy_pb2.ResourceUsage:
+    return tenancy_pb2.ResourceUsage(**{d: getattr(usage, d) for d in DIMENSIONS})
+
+
+def tenant_to_proto(tenant: Tenant, revision: int) -> tenancy_pb2.Tenant:
+    return tenancy_pb2.Tenant(name=tenant.name, display_name=tenant.display_name, labels=dict(tenant.labels),
+                              create_time=_ts(tenant.create_time_ns), update_time=_ts(tenant.update_time_ns),
+                              etag=f"{revision:x}")
+
+
+def project_to_proto(project: Project, revision: int) -> tenancy_pb2.Project:
+    return tenancy_pb2.Project(name=project.name, display_name=project.display_name, labels=dict(project.labels),
+                               create_time=_ts(project.create_time_ns), update_time=_ts(project.update_time_ns),
+                               etag=f"{revision:x}")
+
+
+def project_quota_to_proto(project: Project, revision: int, usage: Usage) -> tenancy_pb2.Quota:
+    return tenancy_pb2.Quota(name=f"{project.name}/quota", limits=limits_to_proto(project.quota),
+                             usage=usage_to_proto(usage), etag=f"{revision:x}")
+
+
+def tenant_quota_to_proto(tenant: Tenant, revision: int, usage: Usage) -> tenancy_pb2.Quota:
+    return tenancy_pb2.Quota(name=f"{tenant.name}/quota", limits=limits_to_proto(tenant.quota),
+                             usage=usage_to_proto(usage), allocated=usage_to_proto(tenant.allocated),
+                             etag=f"{revision:x}")
+
+
+def flavor_to_proto(flavor: Flavor, name: str, public: bool, revision: int = 0) -> catalog_pb2.Flavor:
+    return catalog_pb2.Flavor(name=name, resources=resources_to_proto(flavor.resources), public=public,
+                              etag=f"{revision:x}" if revision else "")
+
+
+def image_to_proto(image: Image, revision: int = 0) -> catalog_pb2.Image:
+    return catalog_pb2.Image(name=f"images/{image.name}", source=image.source, size_gib=image.size_gib, os=image.os,
+                             etag=f"{revision:x}" if revision else "")
+
+
+ROLE_TO_PROTO = {
+    Role.SYSTEM_ADMIN: auth_pb2.Grant.SYSTEM_ADMIN, Role.TENANT_ADMIN: auth_pb2.Grant.TENANT_ADMIN,
+    Role.PROJECT_MEMBER: auth_pb2.Grant.PROJECT_MEMBER, Role.VIEWER: auth_pb2.Grant.VIEWER,
+}
+ROLE_FROM_PROTO = {v: k for k, v in ROLE_TO_PROTO.items()}
+
+
+def grant_to_proto(grant: Grant) -> auth_pb2.Grant:
+    return auth_pb2.Grant(role=ROLE_TO_PROTO[grant.role], tenant=grant.tenant, project=grant.project)
+
+
+def token_to_proto(record: trec.TokenRecord, revoked: bool) -> auth_pb2.Token:
+    return auth_pb2.Token(
+        name=f"tokens/{record.token_id}", subject=record.subject, issued_by=record.issued_by, revoked=revoked,
+        grants=[auth_pb2.Grant(role=ROLE_TO_PROTO[Role(g.role)], tenant=g.tenant, project=g.project)
+                for g in record.grants],
+        issue_time=_ts(record.issue_time_ns), expire_time=_ts(record.expire_time_ns),
+    )
+
+
+def audit_to_proto(tenant_key: str, record: trec.AuditRecord) -> auth_pb2.AuditRecord:
+    return auth_pb2.AuditRecord(
+        name=f"{'tenants/' + record.tenant + '/' if record.tenant else ''}auditRecords/{tenant_key}",
+        time=_ts(record.time_ns), subject=record.subject, method=record.method, resource=record.resource,
+        peer=record.peer, code=record.code, message=record.message, request_id=record.request_id,
+        token_id=record.token_id,
+    )

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from controlplane.api import errors, validation
+from controlplane.api.access import require
 from controlplane.api.convert import host_to_proto
 from controlplane.api.streams import watch_with_bookmarks
+from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, host_pb2_grpc
 from controlplane.store.errors import NotFound
@@ -20,12 +22,14 @@ class HostService(host_pb2_grpc.HostServiceServicer):
 
     async def GetHost(self, request: host_pb2.GetHostRequest, context) -> host_pb2.Host:
         host = validation.parse_host_name(request.name)
+        require(Action.SYSTEM_READ, kind="host", name=request.name)
         try:
             return host_to_proto(await self._store.get(host))
         except NotFound as err:
             raise errors.not_found("host", request.name) from err
 
     async def ListHosts(self, request: host_pb2.ListHostsRequest, context) -> host_pb2.ListHostsResponse:
+        require(Action.SYSTEM_READ, kind="host", name="hosts")
         size = validation.page_size(request.page_size)
         token = validation.decode_page_token(request.page_token, "hosts")
         revision, after = token if token else (0, "")
@@ -41,6 +45,7 @@ class HostService(host_pb2_grpc.HostServiceServicer):
                                           resource_version=revision)
 
     async def WatchHosts(self, request: host_pb2.WatchHostsRequest, context) -> AsyncIterator[host_pb2.HostEvent]:
+        require(Action.SYSTEM_READ, kind="host", name="hosts")
         if request.resource_version < 0:
             raise errors.invalid_argument([("resource_version", "must not be negative")])
         table, revision = await self._store.snapshot(revision=request.resource_version)

@@ -320,3 +320,57 @@ def decode_page_token(token: str, scope: str, field: str = "page_token") -> tupl
     except UnicodeDecodeError:
         raise bad("malformed page token") from None
     return revision, after_key
+
+
+# --- tenancy, catalog and token names ------------------------------------------------
+
+
+def parse_tenant_name(name: str, field: str = "name") -> str:
+    """``"tenants/{t}"`` → ``t``."""
+    (t,) = _parse(name, field, ("tenants",), RESOURCE_ID)
+    return t
+
+
+def parse_quota_name(name: str, field: str = "name") -> tuple[str, str | None]:
+    """``"tenants/{t}/quota"`` → ``(t, None)``; ``"tenants/{t}/projects/{p}/quota"`` → ``(t, p)``."""
+    if not name.endswith("/quota"):
+        raise invalid_argument([(field, f'{_show(name)} is not of the form "tenants/{{tenant}}/quota" or '
+                                        '"tenants/{tenant}/projects/{project}/quota"')])
+    owner = name[: -len("/quota")]
+    if owner.count("/") == 1:
+        return parse_tenant_name(owner, field), None
+    return parse_project_parent(owner, field)
+
+
+def parse_flavor_name(name: str, field: str = "name") -> tuple[str, str]:
+    """``"flavors/{f}"`` → ``("", f)`` (public); ``"tenants/{t}/flavors/{f}"`` → ``(t, f)``."""
+    if name.startswith("tenants/"):
+        t, f = _parse(name, field, ("tenants", "flavors"), RESOURCE_ID)
+        return t, f
+    (f,) = _parse(name, field, ("flavors",), RESOURCE_ID)
+    return "", f
+
+
+def parse_flavor_parent(parent: str, field: str = "parent") -> str:
+    """``""`` → ``""`` (public flavors); ``"tenants/{t}"`` → ``t``."""
+    return parse_tenant_name(parent, field) if parent else ""
+
+
+def parse_image_name(name: str, field: str = "name") -> str:
+    (i,) = _parse(name, field, ("images",), RESOURCE_ID)
+    return i
+
+
+def parse_token_name(name: str, field: str = "name") -> str:
+    (t,) = _parse(name, field, ("tokens",), RESOURCE_ID)
+    return t
+
+
+def mask_paths(paths: list[str], allowed: tuple[str, ...], field: str = "update_mask") -> set[str]:
+    """The paths of an update mask, each one of ``allowed`` (empty mask: all of them)."""
+    if not paths:
+        return set(allowed)
+    unknown = [p for p in paths if p not in allowed]
+    if unknown:
+        raise invalid_argument([(field, f"unknown or immutable paths {unknown}; allowed: {list(allowed)}")])
+    return set(paths)

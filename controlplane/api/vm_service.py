@@ -13,14 +13,17 @@ import grpc
 from prometheus_client import Counter
 
 from controlplane.api import errors, validation
+from controlplane.api.access import require
 from controlplane.api.convert import vm_to_proto
 from controlplane.api.streams import watch_with_bookmarks
+from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
 from controlplane.models import VmRef, VmSpec, now_ns
 from controlplane.store.catalog import Catalog
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestReplayed
 from controlplane.store.keys import shard_of
+from controlplane.store.ledger import QuotaExceeded
 from controlplane.store.vms import VmStore
 
 CREATIONS_ACCEPTED = Counter("quanta_vm_creations_accepted_total", "VM creations accepted by the API.")
@@ -42,10 +45,14 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         vm_id = request.vm_id or f"vm-{uuid.uuid4().hex[:16]}"
         v.capture(validation.validate_resource_id, vm_id, "vm_id", "VM id")
         vm = request.vm
+        if parent:
+            require(Action.WRITE_VMS, *parent, kind="project", name=request.parent)
+        flavor = self._catalog.flavor_for(parent[0], vm.flavor) if parent else None
         if not vm.flavor:
             v.add("vm.flavor", "required")
-        elif vm.flavor not in self._catalog.flavors:
-            v.add("vm.flavor", f"unknown flavor {vm.flavor!r}; known: {', '.join(sorted(self._catalog.flavors))}")
+        elif parent and flavor is None:
+            known = ", ".join(sorted(self._catalog.flavors_for(parent[0])))
+            v.add("vm.flavor", f"unknown flavor {vm.flavor!r}; known: {known}")
         if not vm.image:
             v.add("vm.image", "required")
         elif vm.image not in self._catalog.images:
@@ -61,7 +68,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         uid = uuid.uuid4().hex
         spec = VmSpec(
             ref=VmRef(tenant, project, vm_id), uid=uid, flavor=vm.flavor, image=vm.image,
-            resources=self._catalog.flavors[vm.flavor].resources, labels=dict(vm.labels),
+            resources=flavor.resources, labels=dict(vm.labels),
             request_id=request.request_id, create_time_ns=now_ns(), shard=shard_of(uid, self._shards),
         )
         try:
@@ -71,6 +78,12 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                                   metadata={"request_id": request.request_id, "created": err.made}) from err
         except AlreadyExists as err:
             raise errors.already_exists("vm", spec.ref.name) from err
+        except NotFound as err:
+            raise errors.not_found("project", request.parent) from err
+        except QuotaExceeded as err:
+            raise errors.resource_exhausted(
+                str(err), "QUOTA_EXCEEDED",
+                metadata={"project": request.parent, "dimensions": ",".join(err.dimensions)}) from err
         except Conflict as err:
             raise errors.aborted(str(err)) from err
         if created:
@@ -79,6 +92,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
 
     async def GetVm(self, request: vm_pb2.GetVmRequest, context) -> vm_pb2.Vm:
         tenant, project, vm_id = validation.parse_vm_name(request.name)
+        require(Action.READ, tenant, project, kind="vm", name=request.name)
         try:
             return vm_to_proto(await self._store.get(VmRef(tenant, project, vm_id)))
         except NotFound as err:
@@ -91,6 +105,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         selector = v.capture(validation.parse_label_selector, request.label_selector)
         v.raise_if_any()
         tenant, project = parent
+        require(Action.READ, tenant, project, kind="project", name=request.parent)
         scope = f"vms|{request.parent}|{validation.format_label_selector(selector)}"
         token = validation.decode_page_token(request.page_token, scope)
         revision, after_vm = token if token else (0, "")
@@ -113,6 +128,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
 
     async def DeleteVm(self, request: vm_pb2.DeleteVmRequest, context) -> vm_pb2.Vm:
         tenant, project, vm_id = validation.parse_vm_name(request.name)
+        require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
         ref = VmRef(tenant, project, vm_id)
         try:
             deletion = await self._store.request_delete(ref, etag=request.etag)
@@ -132,6 +148,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             v.add("resource_version", "must not be negative")
         v.raise_if_any()
         tenant, project = parent
+        require(Action.READ, tenant, project, kind="project", name=request.parent)
         wanted = (lambda spec: validation.matches(selector, spec.labels)) if selector else (lambda spec: True)
         start = request.resource_version
         seed: list = []

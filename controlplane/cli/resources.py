@@ -27,14 +27,14 @@ def _host_row(host: host_pb2.Host) -> str:
             f"mem={host.allocated.memory_mib}/{host.capacity.memory_mib}MiB")
 
 
-def _print(message, output: str, row) -> None:
+def print_message(message, output: str, row) -> None:
     if output == "json":
         print(json.dumps(MessageToDict(message), indent=2), flush=True)
     else:
         print(row(message), flush=True)
 
 
-def _common_options(suppress: bool) -> argparse.ArgumentParser:
+def common_options(suppress: bool) -> argparse.ArgumentParser:
     """Options accepted before and after the verb (``quanta vm -o json list`` and
     ``quanta vm list -o json``); after the verb they only override."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -44,15 +44,38 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
 
     parser.add_argument("--endpoint", default=default(None),
                         help="API address (default: $QUANTA_ENDPOINT or `quanta up`'s)")
+    parser.add_argument("--token", default=default(None),
+                        help="bearer token (default: $QUANTA_TOKEN or `quanta up`'s admin token)")
+    parser.add_argument("--tls-ca", default=default(None), help="verify the API's TLS certificate with this PEM")
     parser.add_argument("--tenant", default=default("default"))
     parser.add_argument("--project", default=default("default"))
     parser.add_argument("-o", "--output", choices=("table", "json"), default=default("table"))
     return parser
 
 
+def run_with_client(args, action) -> None:
+    """Run ``action(client)`` with a client built from the common options; API
+    errors print as ``error: CODE: REASON: message`` (and field violations), exit 1."""
+    try:
+        with Client(args.endpoint, token=args.token, tenant=args.tenant, project=args.project,
+                    tls_ca=args.tls_ca) as client:
+            action(client)
+    except ApiError as err:
+        print(f"error: {err.code.name}: {err.reason}: {err.message}", file=sys.stderr)
+        for field, description in err.field_violations:
+            print(f"  {field}: {description}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # Output piped into e.g. `head`, which stopped reading: end quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
 def main(kind: str, argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"quanta {kind}", parents=[_common_options(False)])
-    common = _common_options(True)
+    parser = argparse.ArgumentParser(prog=f"quanta {kind}", parents=[common_options(False)])
+    common = common_options(True)
     sub = parser.add_subparsers(dest="verb", required=True)
     if kind == "vm":
         create = sub.add_parser("create", help="create a VM (returns at once, PENDING)", parents=[common])
@@ -76,21 +99,7 @@ def main(kind: str, argv: list[str]) -> None:
         get = sub.add_parser("get", parents=[common])
         get.add_argument("name")
     args = parser.parse_args(argv)
-
-    try:
-        with Client(args.endpoint, tenant=args.tenant, project=args.project) as client:
-            _run(kind, args, client)
-    except ApiError as err:
-        print(f"error: {err.code.name}: {err.reason}: {err.message}", file=sys.stderr)
-        for field, description in err.field_violations:
-            print(f"  {field}: {description}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BrokenPipeError:
-        # Output piped into e.g. `head`, which stopped reading: end quietly.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+    run_with_client(args, lambda client: _run(kind, args, client))
 
 
 def _run(kind: str, args, client: Client) -> None:
@@ -98,24 +107,24 @@ def _run(kind: str, args, client: Client) -> None:
     if kind == "host":
         if args.verb == "list":
             for host in client.list_hosts():
-                _print(host, out, _host_row)
+                print_message(host, out, _host_row)
         else:
-            _print(client.get_host(args.name), out, _host_row)
+            print_message(client.get_host(args.name), out, _host_row)
         return
     if args.verb == "create":
         labels = dict(item.split("=", 1) for item in args.label if "=" in item)
         vm = client.create_vm(args.name, flavor=args.flavor, image=args.image, labels=labels,
                               request_id=args.request_id)
-        _print(vm, out, _vm_row)
+        print_message(vm, out, _vm_row)
         if args.wait:
-            _print(client.wait_for_vm(vm.name, "RUNNING"), out, _vm_row)
+            print_message(client.wait_for_vm(vm.name, "RUNNING"), out, _vm_row)
     elif args.verb == "get":
-        _print(client.get_vm(args.name), out, _vm_row)
+        print_message(client.get_vm(args.name), out, _vm_row)
     elif args.verb == "list":
         for vm in client.list_vms(label_selector=args.selector):
-            _print(vm, out, _vm_row)
+            print_message(vm, out, _vm_row)
     elif args.verb == "delete":
-        _print(client.delete_vm(args.name, etag=args.etag), out, _vm_row)
+        print_message(client.delete_vm(args.name, etag=args.etag), out, _vm_row)
     elif args.verb == "watch":
         for event in client.watch_vms(resource_version=args.resource_version, label_selector=args.selector):
             if event.type == common_pb2.BOOKMARK:

@@ -1,19 +1,15 @@
-"""Flavors and images: seeded defaults and a watched in-memory cache.
+"""Flavors and images: seeded defaults and watched in-memory mirrors.
 
-Frontends validate creates against the cache (no etcd read on the hot path);
-the cache is rebuilt from etcd by list + watch and is never authoritative.
+Frontends validate creates against the mirrors (no etcd read on the hot path); they
+are rebuilt from etcd by list + watch and are never authoritative.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-from controlplane.etcd import Compacted, EtcdClient, ops
+from controlplane.etcd import EtcdClient, ops
 from controlplane.models import DEFAULT_FLAVORS, DEFAULT_IMAGES, Flavor, Image
 from controlplane.store.keys import Keys
-
-log = logging.getLogger(__name__)
+from controlplane.store.mirror import PrefixMirror
 
 
 async def seed_defaults(client: EtcdClient, keys: Keys) -> None:
@@ -25,44 +21,50 @@ async def seed_defaults(client: EtcdClient, keys: Keys) -> None:
 
 
 class Catalog:
-    """Cache of flavors and images. ``start()`` returns once the first list is in."""
+    """Mirrors of public flavors, tenant-private flavors and images.
+    ``start()`` returns once all three are listed."""
 
     def __init__(self, client: EtcdClient, keys: Keys):
-        self._etcd = client
-        self._keys = keys
-        self.flavors: dict[str, Flavor] = {}
-        self.images: dict[str, Image] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._public = PrefixMirror(client, keys.flavors_prefix(), Flavor.from_bytes)
+        self._private = PrefixMirror(client, keys.tenant_flavors_prefix(), Flavor.from_bytes)
+        self._images = PrefixMirror(client, keys.images_prefix(), Image.from_bytes)
+
+    @property
+    def flavors(self) -> dict[str, Flavor]:
+        """Public flavors by id."""
+        return self._public.items
+
+    @property
+    def images(self) -> dict[str, Image]:
+        return self._images.items
+
+    def flavor_for(self, tenant: str, flavor_id: str) -> Flavor | None:
+        """The flavor ``flavor_id`` means for ``tenant``: its private one, else the public one."""
+        return self._private.items.get(f"{tenant}/{flavor_id}") or self._public.items.get(flavor_id)
+
+    def flavors_for(self, tenant: str) -> dict[str, Flavor]:
+        """Every flavor id ``tenant`` may use."""
+        found = dict(self._public.items)
+        prefix = f"{tenant}/"
+        for key, flavor in self._private.items.items():
+            if key.startswith(prefix):
+                found[key[len(prefix):]] = flavor
+        return found
+
+    def private_flavors(self, tenant: str) -> dict[str, Flavor]:
+        prefix = f"{tenant}/"
+        return {k[len(prefix):]: f for k, f in self._private.items.items() if k.startswith(prefix)}
+
+    async def wait_for_revision(self, revision: int) -> None:
+        """Block (briefly) until every mirror reflects ``revision``: read-your-writes
+        for the API calls that change the catalog."""
+        for mirror in (self._public, self._private, self._images):
+            await mirror.wait_for_revision(revision)
 
     async def start(self) -> None:
-        for prefix, target, decode in (
-            (self._keys.flavors_prefix(), self.flavors, Flavor.from_bytes),
-            (self._keys.images_prefix(), self.images, Image.from_bytes),
-        ):
-            ready = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._sync(prefix, target, decode, ready)))
-            await ready.wait()
+        for mirror in (self._public, self._private, self._images):
+            await mirror.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _sync(self, prefix: bytes, target: dict, decode, ready: asyncio.Event) -> None:
-        while True:
-            kvs, revision = await self._etcd.range_prefix(prefix)
-            target.clear()
-            for kv in kvs:
-                item = decode(kv.value)
-                target[item.name] = item
-            ready.set()
-            try:
-                async for batch in self._etcd.watch(prefix, ops.prefix_end(prefix), start_revision=revision + 1):
-                    for event in batch.events:
-                        name = event.kv.key[len(prefix):].decode()
-                        if event.is_delete:
-                            target.pop(name, None)
-                        else:
-                            target[name] = decode(event.kv.value)
-            except Compacted:
-                log.info("catalog watch compacted; re-listing", extra={"prefix": prefix.decode()})
+        for mirror in (self._public, self._private, self._images):
+            await mirror.stop()

@@ -10,10 +10,19 @@ independent systems (or tests) share one etcd.
                                                       agent deletes when the VM is gone
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
-    flavors/{name}, images/{name}         Flavor, Image
+    hosts/{host}/maintenance              (empty)     an operator: no new placements while present
+    flavors/{name}, images/{name}         Flavor, Image   public catalog (system admins)
+    tenant-flavors/{tenant}/{name}        Flavor      a tenant's private flavors (its admins)
+    tenants/{tenant}                      TenantRecord      system admins; quota ticket + allocated
+    projects/{tenant}/{project}           ProjectRecord     tenant admins; the project's limits
+    usage/{tenant}/{project}              Usage       frontends, in the txn of every VM create/delete
+    tokens/{id}, revocations/{id}         TokenRecord, Revocation  under leases ending at expiry
+    secrets/signing-key                   SigningKey  first process to need it (create-if-absent)
+    audit/{tenant or -}/{time}-{id}       AuditRecord frontends, under a retention lease
     requests/{tenant}/{project}/{sha256(request_id)}  RequestRecord  frontends, under a lease
                                                       that expires after the retention (24 h)
     shards/{shard}                        ShardOwner  scheduler, under its session lease
+    shards/members/{lease id}             ShardOwner  each live scheduler process, under its session lease
     config/cluster                        ClusterConfig  first process to start (create-if-absent)
 
 Spec and status of a VM are adjacent keys, so one range reads a VM whole and a
@@ -97,6 +106,9 @@ class Keys:
     def host_alloc(self, host: str) -> bytes:
         return self._k(f"hosts/{host}/alloc")
 
+    def host_maintenance(self, host: str) -> bytes:
+        return self._k(f"hosts/{host}/maintenance")
+
     def parse_host_key(self, key: bytes) -> tuple[str, str]:
         """(host, "reg" | "alloc") of a key under hosts/."""
         host, part = key[len(self.base) + len("hosts/"):].decode().rsplit("/", 1)
@@ -115,6 +127,53 @@ class Keys:
     def image(self, name: str) -> bytes:
         return self._k(f"images/{name}")
 
+    def tenant_flavors_prefix(self, tenant: str | None = None) -> bytes:
+        return self._k("tenant-flavors/" if tenant is None else f"tenant-flavors/{tenant}/")
+
+    def tenant_flavor(self, tenant: str, name: str) -> bytes:
+        return self._k(f"tenant-flavors/{tenant}/{name}")
+
+    # Tenancy
+    def tenants_prefix(self) -> bytes:
+        return self._k("tenants/")
+
+    def tenant(self, tenant: str) -> bytes:
+        return self._k(f"tenants/{tenant}")
+
+    def projects_prefix(self, tenant: str | None = None) -> bytes:
+        return self._k("projects/" if tenant is None else f"projects/{tenant}/")
+
+    def project(self, tenant: str, project: str) -> bytes:
+        return self._k(f"projects/{tenant}/{project}")
+
+    def usage_prefix(self, tenant: str) -> bytes:
+        return self._k(f"usage/{tenant}/")
+
+    def usage(self, tenant: str, project: str) -> bytes:
+        return self._k(f"usage/{tenant}/{project}")
+
+    # Authentication and audit
+    def signing_key(self) -> bytes:
+        return self._k("secrets/signing-key")
+
+    def tokens_prefix(self) -> bytes:
+        return self._k("tokens/")
+
+    def token(self, token_id: str) -> bytes:
+        return self._k(f"tokens/{token_id}")
+
+    def revocations_prefix(self) -> bytes:
+        return self._k("revocations/")
+
+    def revocation(self, token_id: str) -> bytes:
+        return self._k(f"revocations/{token_id}")
+
+    def audit_prefix(self, tenant: str | None = None) -> bytes:
+        return self._k("audit/" if tenant is None else f"audit/{tenant or '-'}/")
+
+    def audit(self, tenant: str, time_ns: int, record_id: str) -> bytes:
+        return self._k(f"audit/{tenant or '-'}/{time_ns:020d}-{record_id}")
+
     # Idempotency and shards
     def request(self, tenant: str, project: str, request_id: str) -> bytes:
         digest = hashlib.sha256(request_id.encode()).hexdigest()
@@ -125,6 +184,13 @@ class Keys:
 
     def shard(self, shard: int) -> bytes:
         return self._k(f"shards/{shard:04d}")
+
+    def shards_prefix(self) -> bytes:
+        """Shard owners and scheduler members together: one range, one watch."""
+        return self._k("shards/")
+
+    def shard_member(self, member: str) -> bytes:
+        return self._k(f"shards/members/{member}")
 
 
 def shard_of(uid: str, shards: int) -> int:

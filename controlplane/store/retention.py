@@ -1,6 +1,6 @@
-"""How long create request_ids are remembered: their records live under leases
-that expire after the retention, so a retry within it never makes a second VM
-(even after the first was deleted) and old records do not pile up.
+"""Records that expire after a retention (create request_ids, audit records) live
+under leases, so they need no cleanup: a create retried within the retention never
+makes a second VM (even after the first was deleted), and old records do not pile up.
 
 One lease per time window per process, granted lazily and never kept alive: a
 record written in a window lives at least ``retention_s`` and at most one
@@ -17,7 +17,7 @@ from controlplane.etcd import EtcdClient
 DEFAULT_RETENTION_S = 24 * 3600
 
 
-class RequestLeases:
+class RetentionLeases:
     def __init__(self, client: EtcdClient, retention_s: int = DEFAULT_RETENTION_S):
         self._etcd = client
         self.retention_s = retention_s

@@ -15,7 +15,9 @@ from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestReplayed
 from controlplane.store.keys import Keys
-from controlplane.store.requests import RequestLeases
+from controlplane.store.ledger import Charge, GuardFailed, QuotaExceeded, UsageLedger
+from controlplane.store.retention import RetentionLeases
+from controlplane.tenancy import Usage
 
 log = logging.getLogger(__name__)
 
@@ -79,59 +81,80 @@ def _pair(spec_kv: KeyValue | None, status_kv: KeyValue | None) -> VmRecord | No
 
 
 class VmStore:
-    def __init__(self, client: EtcdClient, keys: Keys, requests: RequestLeases | None = None):
+    def __init__(self, client: EtcdClient, keys: Keys, requests: RetentionLeases | None = None,
+                 ledger: UsageLedger | None = None):
         self._etcd = client
         self._keys = keys
-        self._requests = requests or RequestLeases(client)
+        self._requests = requests or RetentionLeases(client)
+        self._ledger = ledger or UsageLedger(client, keys)
 
     # --- create ------------------------------------------------------------------------
 
     async def create(self, spec: VmSpec) -> tuple[VmRecord, bool]:
-        """Store a new PENDING VM and queue it for its scheduler shard.
+        """Store a new PENDING VM, queue it for its scheduler shard and charge its
+        project's quota, in one transaction.
 
         Idempotent by ``spec.request_id`` for the request retention: a retry
-        returns the VM the first attempt made, or raises AlreadyExists if that
+        returns the VM the first attempt made, or raises RequestReplayed if that
         VM is gone (never a second VM). Returns (record, created). Raises
-        AlreadyExists when the name is taken by another request.
+        AlreadyExists when the name is taken by another request, NotFound when the
+        project does not exist, QuotaExceeded when the VM does not fit its quota.
         """
         k = self._keys
         status = VmStatus(VmState.PENDING, update_time_ns=spec.create_time_ns,
                           accepted_time_ns=spec.create_time_ns)
         spec_key, status_key = k.vm_spec(spec.ref), k.vm_status(spec.ref)
         spec_bytes = spec.to_bytes()
-        compares = [ops.absent(spec_key)]
-        success = [
-            ops.put(spec_key, spec_bytes),
-            ops.put(status_key, status.to_bytes()),
-            ops.put(k.queue(spec.shard, spec.ref), spec_bytes),
-        ]
-        failure = [ops.get(k.vm_prefix(spec.ref), prefix_end(k.vm_prefix(spec.ref)))]
+        vm_range = ops.get(k.vm_prefix(spec.ref), prefix_end(k.vm_prefix(spec.ref)))
+        charge = Charge(
+            Usage.of_vm(spec.resources),
+            compares=[ops.absent(spec_key)],
+            writes=[ops.put(spec_key, spec_bytes), ops.put(status_key, status.to_bytes()),
+                    ops.put(k.queue(spec.shard, spec.ref), spec_bytes)],
+            reads=[vm_range],
+            exclusive=(k.vm_prefix(spec.ref),),
+        )
+        request_key = b""
         if spec.request_id:
             request_key = k.request(spec.ref.tenant, spec.ref.project, spec.request_id)
-            compares.append(ops.absent(request_key))
-            success.append(ops.put(request_key, rec.RequestRecord(
+            charge.compares.append(ops.absent(request_key))
+            charge.writes.append(ops.put(request_key, rec.RequestRecord(
                 vm_key=spec.ref.name, uid=spec.uid).SerializeToString(), lease=await self._requests.current()))
-            failure.append(ops.get(request_key))
-        result = await self._etcd.txn(compares, success, failure)
-        if result.succeeded:
-            return VmRecord(spec, status, result.revision, result.revision), True
-        existing = self._record_from(result.kvs(0))
-        if spec.request_id:
-            request_kvs = result.kvs(1)
-            if request_kvs:
-                made = rec.RequestRecord.FromString(request_kvs[0].value)
-                if existing is not None and existing.spec.uid == made.uid:
-                    return existing, False
-                # The request made another VM (another name), or its VM is gone.
-                ref = VmRef.from_name(made.vm_key)
-                if ref is not None and ref != spec.ref:
-                    try:
-                        other = await self.get(ref)
-                    except NotFound:
-                        other = None
-                    if other is not None and other.spec.uid == made.uid:
-                        return other, False
-                raise RequestReplayed(spec.request_id, made.vm_key)
+            charge.reads.append(ops.get(request_key))
+            charge.exclusive += (request_key,)
+        try:
+            revision = await self._ledger.apply(spec.ref.tenant, spec.ref.project, charge)
+            return VmRecord(spec, status, revision, revision), True
+        except GuardFailed as failed:
+            existing, request_kvs = self._record_from(failed.kvs[0]), failed.kvs[1] if spec.request_id else []
+        except QuotaExceeded:
+            if not spec.request_id:
+                raise
+            # A retry of a create that succeeded must return its VM, even when the
+            # quota is now full.
+            result = await self._etcd.txn([], [vm_range, ops.get(request_key)])
+            existing, request_kvs = self._record_from(result.kvs(0)), result.kvs(1)
+            if not request_kvs:
+                raise
+        return await self._existing(spec, existing, request_kvs)
+
+    async def _existing(self, spec: VmSpec, existing: VmRecord | None,
+                        request_kvs: list[KeyValue]) -> tuple[VmRecord, bool]:
+        """The outcome of a create whose name or request_id was taken already."""
+        if spec.request_id and request_kvs:
+            made = rec.RequestRecord.FromString(request_kvs[0].value)
+            if existing is not None and existing.spec.uid == made.uid:
+                return existing, False
+            # The request made another VM (another name), or its VM is gone.
+            ref = VmRef.from_name(made.vm_key)
+            if ref is not None and ref != spec.ref:
+                try:
+                    other = await self.get(ref)
+                except NotFound:
+                    other = None
+                if other is not None and other.spec.uid == made.uid:
+                    return other, False
+            raise RequestReplayed(spec.request_id, made.vm_key)
         if existing is not None:
             raise AlreadyExists(spec.ref.name)
         raise Conflict(f"create of {spec.ref.name} raced; retry")
@@ -208,8 +231,9 @@ class VmStore:
 
         A pending VM is removed at once (``removed``). A bound VM is marked for
         deletion in its spec and its binding, in one txn; its agent then
-        destroys it and removes it. Idempotent. Raises NotFound, or Conflict
-        when ``etag`` does not match.
+        destroys it and removes it. Either way the VM's quota is released in the
+        same transaction. Idempotent. Raises NotFound, or Conflict when ``etag``
+        does not match.
         """
         k = self._keys
         for _attempt in range(_MAX_CAS_ATTEMPTS):
@@ -220,26 +244,30 @@ class VmStore:
                 return Deletion(record, False, record.resource_version)
             spec = record.spec
             spec_key = k.vm_spec(ref)
+            release = -Usage.of_vm(spec.resources)
             if record.status.state == VmState.PENDING:
                 queue_key = k.queue(spec.shard, ref)
-                ops_ = [ops.delete(k.vm_prefix(ref), prefix_end(k.vm_prefix(ref))), ops.delete(queue_key)]
-                result = await self._etcd.txn(
-                    [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(queue_key)], ops_)
-                if result.succeeded:
-                    gone = VmRecord(spec.marked_deleted(now_ns()), record.status, record.spec_revision,
-                                    record.status_revision)
-                    return Deletion(gone, True, result.revision)
-                continue
+                charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(queue_key)],
+                                [ops.delete(k.vm_prefix(ref), prefix_end(k.vm_prefix(ref))), ops.delete(queue_key)],
+                                exclusive=(k.vm_prefix(ref),))
+                try:
+                    revision = await self._ledger.apply(ref.tenant, ref.project, charge)
+                except GuardFailed:
+                    continue
+                gone = VmRecord(spec.marked_deleted(now_ns()), record.status, record.spec_revision,
+                                record.status_revision)
+                return Deletion(gone, True, revision)
             marked = spec.marked_deleted(now_ns())
             binding_key = k.binding(record.status.host, ref)
-            result = await self._etcd.txn(
-                [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(binding_key)],
-                [ops.put(spec_key, marked.to_bytes()),
-                 ops.put(binding_key, Binding(marked, record.status.host).to_bytes())],
-            )
-            if result.succeeded:
-                return Deletion(VmRecord(marked, record.status, result.revision, record.status_revision), False,
-                                result.revision)
+            charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(binding_key)],
+                            [ops.put(spec_key, marked.to_bytes()),
+                             ops.put(binding_key, Binding(marked, record.status.host).to_bytes())],
+                            exclusive=(k.vm_prefix(ref),))
+            try:
+                revision = await self._ledger.apply(ref.tenant, ref.project, charge)
+            except GuardFailed:
+                continue
+            return Deletion(VmRecord(marked, record.status, revision, record.status_revision), False, revision)
         raise Conflict(f"deletion of {ref.name} kept conflicting; retry")
 
     # --- watch -------------------------------------------------------------------------

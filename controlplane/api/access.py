@@ -1,0 +1,30 @@
+"""Authorisation checks for service methods: the policy (controlplane.auth.policy)
+turned into API errors. A scope the caller may not even read is NOT_FOUND (no
+existence leak); one it may read but not act on is PERMISSION_DENIED."""
+
+from __future__ import annotations
+
+from controlplane.api import errors
+from controlplane.auth.policy import Action, Decision, decide
+from controlplane.auth.principal import Principal, current
+
+
+def caller() -> Principal:
+    """The authenticated caller of the RPC being handled."""
+    principal = current.get()
+    if principal is None:  # only reachable if a service is mounted without AuthInterceptor
+        raise errors.unauthenticated("no authenticated caller")
+    return principal
+
+
+def require(action: Action, tenant: str = "", project: str | None = None, *, kind: str, name: str) -> Principal:
+    """The caller, if it may do ``action`` on the scope; else the ApiError to answer.
+    ``kind``/``name`` describe the resource for NOT_FOUND (e.g. "project", its name)."""
+    principal = caller()
+    decision = decide(principal, action, tenant, project)
+    if decision is Decision.HIDDEN:
+        raise errors.not_found(kind, name)
+    if decision is Decision.DENIED:
+        raise errors.permission_denied(f"{principal.subject} may not {action.value.replace('-', ' ')} on {name}",
+                                       "ROLE_NOT_GRANTED")
+    return principal

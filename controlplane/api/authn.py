@@ -1,0 +1,186 @@
+"""Authentication, rate limiting and audit as grpc.aio interceptors.
+
+- :class:`AuthInterceptor` reads ``authorization: Bearer <token>``, verifies it
+  offline (signature, expiry) and against the watched revocation list, binds the
+  caller to :data:`controlplane.auth.principal.current`, then spends one token of the
+  caller's rate-limit bucket. Health checks and reflection need no token.
+- :class:`AuditInterceptor` appends an audit record for every mutation an
+  authenticated caller attempts (allowed or not), with its final status code.
+
+Both sit inside ErrorInterceptor (their ApiErrors become statuses) and the auth one
+outside the audit one (records name the caller); see :func:`controlplane.frontend.serve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from controlplane import logcontext
+from controlplane.api import errors
+from controlplane.api.interceptors import (
+    StreamBehavior,
+    UnaryBehavior,
+    _BehaviorInterceptor,
+    error_for_exception,
+    short_method,
+)
+from controlplane.auth.principal import Principal, current
+from controlplane.auth.ratelimit import RateLimiter
+from controlplane.auth.revocations import RevocationList
+from controlplane.auth.tokens import InvalidToken, TokenAuthority
+from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
+from controlplane.models import now_ns
+from controlplane.store.audit import AuditLog
+
+log = logging.getLogger(__name__)
+
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+_READ_VERBS = ("Get", "List", "Watch")
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+    return None
+
+
+class AuthInterceptor(_BehaviorInterceptor):
+    def __init__(self, authority: TokenAuthority, revocations: RevocationList, limiter: RateLimiter | None):
+        super().__init__()
+        self._authority = authority
+        self._revocations = revocations
+        self._limiter = limiter
+
+    def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller, or ApiError UNAUTHENTICATED / RESOURCE_EXHAUSTED (rate limit)."""
+        token = _bearer(context)
+        if token is None:
+            raise errors.unauthenticated('missing "authorization: Bearer <token>" metadata', "TOKEN_MISSING")
+        if not token:
+            raise errors.unauthenticated('malformed authorization metadata; expected "Bearer <token>"',
+                                         "TOKEN_MALFORMED")
+        try:
+            principal = self._authority.verify(token)
+        except InvalidToken as err:
+            raise errors.unauthenticated(str(err), err.reason) from err
+        if principal.token_id in self._revocations:
+            raise errors.unauthenticated("the token has been revoked", "TOKEN_REVOKED")
+        if self._limiter is not None:
+            wait_s = self._limiter.acquire(principal.subject, time.monotonic())
+            if wait_s > 0:
+                raise errors.resource_exhausted(
+                    f"rate limit of {self._limiter.rate:g} requests/s for {principal.subject} exceeded",
+                    "RATE_LIMITED", retry_delay_s=wait_s, metadata={"subject": principal.subject})
+        return principal
+
+    def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler
+        return super()._wrap_handler(handler, method)
+
+    def wrap_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+        async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            principal = self.authenticate(context)
+            token, subject = current.set(principal), logcontext.subject.set(principal.subject)
+            try:
+                return await behavior(request, context)
+            finally:
+                logcontext.subject.reset(subject)
+                current.reset(token)
+
+        return authenticated
+
+    def wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
+        async def authenticated(request: Any, context: grpc.aio.ServicerContext):
+            principal = self.authenticate(context)
+            token, subject = current.set(principal), logcontext.subject.set(principal.subject)
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                try:
+                    logcontext.subject.reset(subject)
+                    current.reset(token)
+                except ValueError:
+                    pass  # closed from another context
+
+        return authenticated
+
+
+def resource_of(request: Any) -> str:
+    """The resource a request acts on, best effort: its ``name``, the ``name`` of the
+    resource it carries, or ``parent`` + the collection and id it creates."""
+    name = getattr(request, "name", "")
+    if isinstance(name, str) and name:
+        return name
+    for field, _value in request.ListFields():
+        if field.message_type is not None and not field.is_repeated:
+            inner = getattr(request, field.name)
+            if getattr(inner, "name", ""):
+                return inner.name
+    parent = getattr(request, "parent", "")
+    for field, value in request.ListFields():
+        if field.name.endswith("_id") and isinstance(value, str) and field.name != "request_id":
+            collection = field.name[:-3] + "s"
+            return f"{parent}/{collection}/{value}" if parent else f"{collection}/{value}"
+    return parent
+
+
+def tenant_of(resource: str) -> str:
+    parts = resource.split("/")
+    return parts[1] if len(parts) >= 2 and parts[0] == "tenants" else ""
+
+
+class AuditInterceptor(_BehaviorInterceptor):
+    """Audits unary mutations (every method but Get*/List*/Watch*)."""
+
+    def __init__(self, log: AuditLog):
+        super().__init__()
+        self._log = log
+
+    def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if method.startswith(PUBLIC_METHOD_PREFIXES) or short_method(method).startswith(_READ_VERBS):
+            return handler
+        return super()._wrap_handler(handler, method)
+
+    def wrap_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+        short = short_method(method)
+
+        async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            code, message = "OK", ""
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = context.code().name if isinstance(context.code(), grpc.StatusCode) else "UNKNOWN"
+                raise
+            except Exception as exc:
+                api = error_for_exception(exc)
+                code, message = api.code.name, api.message
+                raise
+            finally:
+                try:
+                    self._record(short, request, context, code, message)
+                except Exception:  # noqa: BLE001 - auditing must never fail the call it records
+                    log.exception("audit record failed", extra={"method": short})
+
+        return audited
+
+    def wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
+        return behavior
+
+    def _record(self, method: str, request: Any, context: grpc.aio.ServicerContext, code: str, message: str) -> None:
+        principal = current.get()
+        if principal is None:
+            return
+        resource = resource_of(request)
+        self._log.append(trec.AuditRecord(
+            time_ns=now_ns(), subject=principal.subject, method=method, resource=resource,
+            tenant=tenant_of(resource), peer=context.peer() or "", code=code, message=message[:500],
+            request_id=logcontext.request_id.get() or "", token_id=principal.token_id,
+        ))

@@ -1,0 +1,98 @@
+"""quanta.v1.TenantService: tenants (system admins create and delete them; anyone
+granted a role in a tenant sees it)."""
+
+from __future__ import annotations
+
+from controlplane.api import errors, validation
+from controlplane.api.access import caller, require
+from controlplane.api.convert import limits_from_proto, tenant_to_proto
+from controlplane.api.paging import page
+from controlplane.api.project_service import delete_project, holds_vms
+from controlplane.auth.policy import Action, visible_tenants
+from controlplane.gen.quanta.v1 import tenancy_pb2, tenancy_pb2_grpc
+from controlplane.models import now_ns
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound
+from controlplane.store.tenancy import HoldsVms, TenancyStore
+from controlplane.store.vms import VmStore
+from controlplane.tenancy import Tenant
+
+
+class TenantService(tenancy_pb2_grpc.TenantServiceServicer):
+    def __init__(self, tenancy: TenancyStore, vms: VmStore):
+        self._tenancy = tenancy
+        self._vms = vms
+
+    async def CreateTenant(self, request: tenancy_pb2.CreateTenantRequest, context) -> tenancy_pb2.Tenant:
+        v = validation.Violations()
+        v.capture(validation.validate_resource_id, request.tenant_id, "tenant_id", "tenant id")
+        v.capture(validation.validate_labels, request.tenant.labels, "tenant.labels")
+        for d, value in request.quota.ListFields():
+            if value < 0:
+                v.add(f"quota.{d.name}", "must not be negative")
+        v.raise_if_any()
+        require(Action.SYSTEM, kind="tenant", name=f"tenants/{request.tenant_id}")
+        now = now_ns()
+        tenant = Tenant(request.tenant_id, request.tenant.display_name, dict(request.tenant.labels),
+                        limits_from_proto(request.quota), create_time_ns=now, update_time_ns=now)
+        try:
+            revision = await self._tenancy.create_tenant(tenant)
+        except AlreadyExists as err:
+            raise errors.already_exists("tenant", tenant.name) from err
+        return tenant_to_proto(tenant, revision)
+
+    async def GetTenant(self, request: tenancy_pb2.GetTenantRequest, context) -> tenancy_pb2.Tenant:
+        tenant_id = validation.parse_tenant_name(request.name)
+        require(Action.READ, tenant_id, kind="tenant", name=request.name)
+        try:
+            return tenant_to_proto(*await self._tenancy.get_tenant(tenant_id))
+        except NotFound as err:
+            raise errors.not_found("tenant", request.name) from err
+
+    async def ListTenants(self, request: tenancy_pb2.ListTenantsRequest, context) -> tenancy_pb2.ListTenantsResponse:
+        selector = validation.parse_label_selector(request.label_selector)
+        visible = visible_tenants(caller())
+        tenants, _revision = await self._tenancy.list_tenants()
+        shown = [(t, r) for t, r in tenants if (visible is None or t.tenant_id in visible)
+                 and (not selector or validation.matches(selector, t.labels))]
+        chosen, token = page(shown, lambda tr: tr[0].tenant_id, page_size=request.page_size,
+                             page_token=request.page_token,
+                             scope=f"tenants|{validation.format_label_selector(selector)}")
+        return tenancy_pb2.ListTenantsResponse(tenants=[tenant_to_proto(t, r) for t, r in chosen],
+                                               next_page_token=token)
+
+    async def UpdateTenant(self, request: tenancy_pb2.UpdateTenantRequest, context) -> tenancy_pb2.Tenant:
+        v = validation.Violations()
+        tenant_id = v.capture(validation.parse_tenant_name, request.tenant.name, "tenant.name")
+        paths = v.capture(validation.mask_paths, list(request.update_mask.paths), ("display_name", "labels"))
+        v.capture(validation.validate_labels, request.tenant.labels, "tenant.labels")
+        v.raise_if_any()
+        require(Action.ADMIN, tenant_id, kind="tenant", name=request.tenant.name)
+
+        def change(tenant: Tenant) -> Tenant:
+            return tenant.with_(
+                display_name=request.tenant.display_name if "display_name" in paths else tenant.display_name,
+                labels=dict(request.tenant.labels) if "labels" in paths else tenant.labels)
+
+        try:
+            return tenant_to_proto(*await self._tenancy.update_tenant(tenant_id, change, etag=request.tenant.etag))
+        except NotFound as err:
+            raise errors.not_found("tenant", request.tenant.name) from err
+        except Conflict as err:
+            raise errors.aborted(str(err), "ETAG_MISMATCH" if request.tenant.etag else "CONFLICT") from err
+
+    async def DeleteTenant(self, request: tenancy_pb2.DeleteTenantRequest, context) -> tenancy_pb2.Tenant:
+        tenant_id = validation.parse_tenant_name(request.name)
+        require(Action.SYSTEM, tenant_id, kind="tenant", name=request.name)
+
+        async def remove_project(project_id: str) -> None:
+            await delete_project(self._tenancy, self._vms, tenant_id, project_id, force=request.force)
+
+        try:
+            tenant = await self._tenancy.delete_tenant(tenant_id, etag=request.etag, delete_project=remove_project)
+        except NotFound as err:
+            raise errors.not_found("tenant", request.name) from err
+        except HoldsVms as err:
+            raise holds_vms(err) from err
+        except Conflict as err:
+            raise errors.aborted(str(err), "ETAG_MISMATCH" if request.etag else "CONFLICT") from err
+        return tenant_to_proto(tenant, 0)

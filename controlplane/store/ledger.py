@@ -1,0 +1,236 @@
+"""Quota charging: every change to a project's VMs moves its usage key in the same
+etcd transaction, checked against the project's limits.
+
+A usage key is one hot key per project, so per-request compare-and-swap would let
+only one of N concurrent creates win each round. The ledger therefore group-commits:
+per project, the charges that arrive while a transaction is in flight go together in
+the next one (one compare on the usage and project keys, one put of the new usage,
+plus each charge's own compares and writes). Charges are admitted in arrival order;
+one that would exceed a limit is refused without holding up the rest, so 50
+concurrent creates against a limit of 10 make exactly 10 VMs, whatever the number of
+frontends (each frontend's batches compare the usage revision they read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from controlplane.etcd import EtcdClient, KeyValue, ops
+from controlplane.etcd.client import TxnResult
+from controlplane.store.errors import Conflict, NotFound, StoreError
+from controlplane.store.keys import Keys
+from controlplane.tenancy import Limits, Project, Usage
+
+log = logging.getLogger(__name__)
+
+_MAX_ROUNDS = 32
+
+
+class QuotaExceeded(StoreError):
+    def __init__(self, project: str, dimensions: list[str], limits: Limits, usage: Usage):
+        shown = ", ".join(f"{d} {getattr(usage, d)}/{getattr(limits, d)}" for d in dimensions)
+        super().__init__(f"quota of {project} exceeded in {shown} (in use/limit)")
+        self.dimensions = dimensions
+        self.limits = limits
+        self.usage = usage
+
+
+class GuardFailed(StoreError):
+    """A charge's own compares did not hold; ``kvs`` are what its failure reads returned
+    (one list per read, in order)."""
+
+    def __init__(self, kvs: list[list[KeyValue]]):
+        super().__init__("the change's preconditions did not hold")
+        self.kvs = kvs
+
+
+@dataclass(slots=True)
+class Charge:
+    """One change of a project's VMs: its usage ``delta``, the ``compares`` that must
+    hold for it, the ``writes`` that make it and the ``reads`` that explain a failed
+    compare (returned in GuardFailed). ``exclusive``: names (e.g. the VM's key prefix,
+    its request key) that no other charge in the same transaction may touch, since
+    etcd refuses a txn that writes one key twice."""
+
+    delta: Usage
+    compares: list = field(default_factory=list)
+    writes: list = field(default_factory=list)
+    reads: list = field(default_factory=list)
+    exclusive: tuple[bytes, ...] = ()
+
+
+@dataclass(slots=True)
+class _State:
+    project: Project | None
+    project_revision: int
+    usage: Usage
+    usage_revision: int
+
+
+@dataclass(slots=True)
+class _Lane:
+    pending: list[tuple[Charge, asyncio.Future]] = field(default_factory=list)
+    draining: bool = False
+
+
+def _fail(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():  # its caller may have gone (cancelled)
+        future.set_exception(error)
+
+
+def _succeed(future: asyncio.Future, revision: int) -> None:
+    if not future.done():
+        future.set_result(revision)
+
+
+class UsageLedger:
+    """Applies charges to project usage with group commit (see the module docstring).
+    One per process; safe for any number of processes at once."""
+
+    def __init__(self, client: EtcdClient, keys: Keys):
+        self._etcd = client
+        self._keys = keys
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        # What each project's keys held after our last txn: a stale entry only costs
+        # one failed compare (whose failure branch reads them again).
+        self._states: dict[tuple[str, str], _State] = {}
+
+    async def apply(self, tenant: str, project: str, charge: Charge) -> int:
+        """Apply ``charge`` atomically with the usage change; returns the revision.
+
+        Raises NotFound (no such project), QuotaExceeded (a growth over a limit:
+        nothing written), GuardFailed (the charge's compares failed: nothing
+        written) or Conflict (the usage key kept changing under it)."""
+        lane = self._lanes.setdefault((tenant, project), _Lane())
+        future = asyncio.get_running_loop().create_future()
+        lane.pending.append((charge, future))
+        if not lane.draining:
+            lane.draining = True
+            asyncio.get_running_loop().create_task(self._drain(tenant, project, lane))
+        return await future
+
+    async def usage(self, tenant: str, project: str) -> tuple[Usage, int]:
+        """A project's usage now and the key's mod revision (0 if absent)."""
+        result = await self._etcd.range(self._keys.usage(tenant, project))
+        if not result.kvs:
+            return Usage(), 0
+        return Usage.from_bytes(result.kvs[0].value), result.kvs[0].mod_revision
+
+    async def _drain(self, tenant: str, project: str, lane: _Lane) -> None:
+        try:
+            while lane.pending:
+                batch, lane.pending = self._take(lane.pending)
+                try:
+                    await self._commit(tenant, project, batch)
+                except BaseException as err:  # noqa: BLE001 - every waiter must hear of it
+                    self._states.pop((tenant, project), None)
+                    for _charge, future in batch:
+                        _fail(future, err if isinstance(err, Exception) else Conflict("cancelled"))
+                    if not isinstance(err, Exception):
+                        raise
+        finally:
+            lane.draining = False
+            if not lane.pending and self._lanes.get((tenant, project)) is lane:
+                del self._lanes[(tenant, project)]
+
+    def _take(self, pending: list) -> tuple[list, list]:
+        """As many charges as fit one transaction under etcd's --max-txn-ops, in
+        arrival order, leaving for later those that touch a name already taken."""
+        budget = self._etcd.max_txn_ops - 2
+        compares = writes = 0
+        taken: set[bytes] = set()
+        batch: list = []
+        later: list = []
+        for item in pending:
+            charge = item[0]
+            if taken.intersection(charge.exclusive) or (batch and max(
+                    compares + len(charge.compares), writes + len(charge.writes), len(batch) + 1) > budget):
+                later.append(item)
+                continue
+            compares += len(charge.compares)
+            writes += len(charge.writes)
+            taken.update(charge.exclusive)
+            batch.append(item)
+        return batch, later
+
+    async def _read_state(self, tenant: str, project: str) -> _State:
+        k = self._keys
+        result = await self._etcd.txn([], [ops.get(k.project(tenant, project)), ops.get(k.usage(tenant, project))])
+        return self._state_from(result, 0)
+
+    def _state_from(self, result: TxnResult, first: int) -> _State:
+        project_kvs, usage_kvs = result.kvs(first), result.kvs(first + 1)
+        project = Project.from_bytes(project_kvs[0].value) if project_kvs else None
+        usage = Usage.from_bytes(usage_kvs[0].value) if usage_kvs else Usage()
+        return _State(project, project_kvs[0].mod_revision if project_kvs else 0, usage,
+                      usage_kvs[0].mod_revision if usage_kvs else 0)
+
+    def _remember(self, tenant: str, project: str, state: _State) -> None:
+        if len(self._states) >= 10_000:
+            self._states.clear()
+        self._states[(tenant, project)] = state
+
+    async def _commit(self, tenant: str, project: str, batch: list) -> None:
+        k = self._keys
+        project_key, usage_key = k.project(tenant, project), k.usage(tenant, project)
+        name = f"tenants/{tenant}/projects/{project}"
+        fresh = False  # refusals and NotFound are only ever decided on a state read just now
+        for _round in range(_MAX_ROUNDS):
+            state = self._states.get((tenant, project))
+            if state is None:
+                state, fresh = await self._read_state(tenant, project), True
+                self._remember(tenant, project, state)
+            if state.project is None or state.usage_revision == 0:
+                self._states.pop((tenant, project), None)
+                if not fresh:
+                    continue
+                for _charge, future in batch:
+                    _fail(future, NotFound(name))
+                return
+            accepted: list[tuple[Charge, asyncio.Future]] = []
+            refused: list[tuple[asyncio.Future, QuotaExceeded]] = []
+            usage = state.usage
+            for charge, future in batch:
+                after = usage + charge.delta
+                over = state.project.quota.exceeded(after) if charge.delta.grows else []
+                if over:
+                    refused.append((future, QuotaExceeded(name, over, state.project.quota, after)))
+                    continue
+                usage = after
+                accepted.append((charge, future))
+            if refused and not fresh:
+                self._states.pop((tenant, project), None)
+                continue
+            for future, error in refused:
+                _fail(future, error)
+            if not accepted:
+                return
+            compares = [ops.mod_revision_is(project_key, state.project_revision),
+                        ops.mod_revision_is(usage_key, state.usage_revision)]
+            writes = [ops.put(usage_key, usage.to_bytes())]
+            reads = [ops.get(project_key), ops.get(usage_key)]
+            for charge, _future in accepted:
+                compares.extend(charge.compares)
+                writes.extend(charge.writes)
+                reads.append(ops.txn(list(charge.compares), [], list(charge.reads)))
+            result = await self._etcd.txn(compares, writes, reads)
+            if result.succeeded:
+                self._remember(tenant, project, _State(state.project, state.project_revision, usage, result.revision))
+                for _charge, future in accepted:
+                    _succeed(future, result.revision)
+                return
+            self._remember(tenant, project, self._state_from(result, 0))
+            fresh = True
+            batch = []
+            for i, (charge, future) in enumerate(accepted):
+                guard = result.nested(2 + i)
+                if guard.succeeded:
+                    batch.append((charge, future))
+                else:
+                    _fail(future, GuardFailed([guard.kvs(j) for j in range(len(charge.reads))]))
+            if not batch:
+                return
+        for _charge, future in batch:
+            _fail(future, Conflict(f"the usage of {name} kept changing; retry"))

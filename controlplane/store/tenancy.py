@@ -1,0 +1,265 @@
+"""Tenants and projects in etcd, with the quota invariants they carry.
+
+- A tenant's ``allocated`` is the sum of its projects' limits; it changes in the
+  transaction that changes a project's limits, compared on the tenant's revision, so
+  two tenant admins raising two projects at once cannot over-allocate the ticket.
+- Creating or deleting a project also rewrites its tenant record, so a tenant
+  deletion that compares the tenant's revision cannot miss a project made meanwhile.
+- A project's usage key (``usage/{t}/{p}``) exists exactly while the project does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
+from controlplane.models import now_ns
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound, StoreError
+from controlplane.store.keys import Keys
+from controlplane.tenancy import Limits, Project, Tenant, Usage, ticket_problems
+
+_MAX_CAS_ATTEMPTS = 16
+
+DEFAULT_TENANT = "default"
+DEFAULT_PROJECT = "default"
+
+
+class QuotaInvalid(StoreError):
+    """A limit change would break the ticket invariant; ``violations`` are (field, why)."""
+
+    def __init__(self, violations: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{f}: {why}" for f, why in violations))
+        self.violations = violations
+
+
+class HoldsVms(StoreError):
+    """A project (or a tenant's project) still holds VMs."""
+
+    def __init__(self, name: str, vms: int):
+        super().__init__(f"{name} still holds {vms} VMs; delete them first or delete with force")
+        self.vms = vms
+
+
+def _etag(revision: int) -> str:
+    return f"{revision:x}"
+
+
+def _check_etag(etag: str, revision: int) -> None:
+    if etag and etag != _etag(revision):
+        raise Conflict(f"etag {etag} does not match {_etag(revision)}")
+
+
+class TenancyStore:
+    def __init__(self, client: EtcdClient, keys: Keys):
+        self._etcd = client
+        self._keys = keys
+
+    # --- tenants -----------------------------------------------------------------------
+
+    async def create_tenant(self, tenant: Tenant) -> int:
+        """Store a new tenant; returns its revision. Raises AlreadyExists."""
+        key = self._keys.tenant(tenant.tenant_id)
+        result = await self._etcd.txn([ops.absent(key)], [ops.put(key, tenant.to_bytes())])
+        if not result.succeeded:
+            raise AlreadyExists(tenant.name)
+        return result.revision
+
+    async def get_tenant(self, tenant_id: str) -> tuple[Tenant, int]:
+        """(tenant, mod revision); raises NotFound."""
+        result = await self._etcd.range(self._keys.tenant(tenant_id))
+        if not result.kvs:
+            raise NotFound(f"tenants/{tenant_id}")
+        return Tenant.from_bytes(result.kvs[0].value), result.kvs[0].mod_revision
+
+    async def list_tenants(self) -> tuple[list[tuple[Tenant, int]], int]:
+        kvs, revision = await self._etcd.range_prefix(self._keys.tenants_prefix())
+        return [(Tenant.from_bytes(kv.value), kv.mod_revision) for kv in kvs], revision
+
+    async def update_tenant(self, tenant_id: str, change: Callable[[Tenant], Tenant], *, etag: str = "") -> tuple[
+            Tenant, int]:
+        """Apply ``change`` to the tenant by compare-and-swap. ``change`` may raise to
+        refuse (e.g. QuotaInvalid). Raises NotFound, Conflict (etag)."""
+        key = self._keys.tenant(tenant_id)
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            tenant, revision = await self.get_tenant(tenant_id)
+            _check_etag(etag, revision)
+            updated = change(tenant).with_(update_time_ns=now_ns())
+            result = await self._etcd.txn([ops.mod_revision_is(key, revision)], [ops.put(key, updated.to_bytes())])
+            if result.succeeded:
+                return updated, result.revision
+        raise Conflict(f"tenants/{tenant_id} kept changing; retry")
+
+    async def set_ticket(self, tenant_id: str, limits: Limits, *, etag: str = "") -> tuple[Tenant, int]:
+        """Set a tenant's quota ticket; refuses (QuotaInvalid) a ticket below what its
+        projects are allocated, or one that limits a dimension some project leaves
+        unlimited."""
+        projects = [p for p, _rev in (await self.list_projects(tenant_id))[0]]
+
+        def change(tenant: Tenant) -> Tenant:
+            problems = []
+            for d in limits.limited():
+                cap = getattr(limits, d)
+                held = getattr(tenant.allocated, d)
+                if held > cap:
+                    problems.append((f"limits.{d}", f"{cap} is below what its projects are allocated ({held})"))
+                unlimited = [p.project_id for p in projects if getattr(p.quota, d) is None]
+                if unlimited:
+                    problems.append((f"limits.{d}", f"projects {', '.join(sorted(unlimited))} are unlimited in {d}; "
+                                                    "limit them first"))
+            if problems:
+                raise QuotaInvalid(problems)
+            return tenant.with_(quota=limits)
+
+        return await self.update_tenant(tenant_id, change, etag=etag)
+
+    async def delete_tenant(self, tenant_id: str, *, etag: str = "",
+                            delete_project: Callable[[str], object]) -> Tenant:
+        """Delete a tenant whose projects are all gone; ``delete_project(project_id)``
+        (awaitable) is called for each remaining project first (it raises HoldsVms
+        to refuse). Raises NotFound, Conflict."""
+        k = self._keys
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            tenant, revision = await self.get_tenant(tenant_id)
+            _check_etag(etag, revision)
+            projects, _rev = await self.list_projects(tenant_id)
+            if projects:
+                for project, _prev in projects:
+                    try:
+                        await delete_project(project.project_id)
+                    except NotFound:
+                        pass
+                etag = ""  # deleting projects rewrote the tenant record
+                continue
+            result = await self._etcd.txn(
+                [ops.mod_revision_is(k.tenant(tenant_id), revision)],
+                [ops.delete(k.tenant(tenant_id)),
+                 ops.delete(k.projects_prefix(tenant_id), prefix_end(k.projects_prefix(tenant_id))),
+                 ops.delete(k.usage_prefix(tenant_id), prefix_end(k.usage_prefix(tenant_id))),
+                 ops.delete(k.tenant_flavors_prefix(tenant_id), prefix_end(k.tenant_flavors_prefix(tenant_id)))],
+            )
+            if result.succeeded:
+                return tenant
+        raise Conflict(f"tenants/{tenant_id} kept changing; retry")
+
+    # --- projects ----------------------------------------------------------------------
+
+    async def create_project(self, project: Project) -> int:
+        """Store a new project with zero usage, taking its limits from the tenant's
+        ticket. Raises NotFound (tenant), AlreadyExists, QuotaInvalid."""
+        k = self._keys
+        key = k.project(project.tenant_id, project.project_id)
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            tenant, revision = await self.get_tenant(project.tenant_id)
+            problems = ticket_problems(tenant.quota, tenant.allocated, Limits(), project.quota)
+            if problems:
+                raise QuotaInvalid(problems)
+            updated = tenant.with_(allocated=tenant.allocated + project.quota.as_usage())
+            result = await self._etcd.txn(
+                [ops.mod_revision_is(k.tenant(project.tenant_id), revision), ops.absent(key)],
+                [ops.put(key, project.to_bytes()), ops.put(k.usage(project.tenant_id, project.project_id),
+                                                           Usage().to_bytes()),
+                 ops.put(k.tenant(project.tenant_id), updated.to_bytes())],
+                [ops.get(key)],
+            )
+            if result.succeeded:
+                return result.revision
+            if result.kvs(0):
+                raise AlreadyExists(project.name)
+        raise Conflict(f"tenants/{project.tenant_id} kept changing; retry")
+
+    async def get_project(self, tenant_id: str, project_id: str) -> tuple[Project, int]:
+        result = await self._etcd.range(self._keys.project(tenant_id, project_id))
+        if not result.kvs:
+            raise NotFound(f"tenants/{tenant_id}/projects/{project_id}")
+        return Project.from_bytes(result.kvs[0].value), result.kvs[0].mod_revision
+
+    async def list_projects(self, tenant_id: str) -> tuple[list[tuple[Project, int]], int]:
+        kvs, revision = await self._etcd.range_prefix(self._keys.projects_prefix(tenant_id))
+        return [(Project.from_bytes(kv.value), kv.mod_revision) for kv in kvs], revision
+
+    async def usages(self, tenant_id: str) -> dict[str, tuple[Usage, int]]:
+        """Each project's usage and the usage key's revision, by project id."""
+        prefix = self._keys.usage_prefix(tenant_id)
+        kvs, _revision = await self._etcd.range_prefix(prefix)
+        return {kv.key[len(prefix):].decode(): (Usage.from_bytes(kv.value), kv.mod_revision) for kv in kvs}
+
+    async def update_project(self, tenant_id: str, project_id: str, change: Callable[[Project], Project], *,
+                             etag: str = "") -> tuple[Project, int]:
+        """Apply ``change`` (display name, labels, limits) by compare-and-swap on the
+        project and, when limits change, its tenant. Raises NotFound, Conflict,
+        QuotaInvalid."""
+        k = self._keys
+        key = k.project(tenant_id, project_id)
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            project, revision = await self.get_project(tenant_id, project_id)
+            _check_etag(etag, revision)
+            updated = change(project).with_(update_time_ns=now_ns())
+            compares = [ops.mod_revision_is(key, revision)]
+            writes = [ops.put(key, updated.to_bytes())]
+            if updated.quota != project.quota:
+                tenant, tenant_revision = await self.get_tenant(tenant_id)
+                problems = ticket_problems(tenant.quota, tenant.allocated, project.quota, updated.quota)
+                if problems:
+                    raise QuotaInvalid(problems)
+                allocated = tenant.allocated - project.quota.as_usage() + updated.quota.as_usage()
+                compares.append(ops.mod_revision_is(k.tenant(tenant_id), tenant_revision))
+                writes.append(ops.put(k.tenant(tenant_id), tenant.with_(allocated=allocated).to_bytes()))
+            result = await self._etcd.txn(compares, writes)
+            if result.succeeded:
+                return updated, result.revision
+        raise Conflict(f"tenants/{tenant_id}/projects/{project_id} kept changing; retry")
+
+    async def delete_project(self, tenant_id: str, project_id: str, *, etag: str = "") -> Project:
+        """Delete a project that holds no VMs (its usage shows none: VMs being deleted
+        have released theirs), returning its limits to the tenant's ticket. Raises
+        NotFound, Conflict, HoldsVms."""
+        k = self._keys
+        key, usage_key = k.project(tenant_id, project_id), k.usage(tenant_id, project_id)
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            result = await self._etcd.txn([], [ops.get(key), ops.get(usage_key), ops.get(k.tenant(tenant_id))])
+            project_kvs, usage_kvs, tenant_kvs = result.kvs(0), result.kvs(1), result.kvs(2)
+            if not project_kvs:
+                raise NotFound(f"tenants/{tenant_id}/projects/{project_id}")
+            _check_etag(etag, project_kvs[0].mod_revision)
+            usage = Usage.from_bytes(usage_kvs[0].value) if usage_kvs else Usage()
+            if usage.vms > 0:
+                raise HoldsVms(f"tenants/{tenant_id}/projects/{project_id}", usage.vms)
+            project = Project.from_bytes(project_kvs[0].value)
+            compares = [ops.mod_revision_is(key, project_kvs[0].mod_revision),
+                        ops.mod_revision_is(usage_key, _revision_of(usage_kvs))]
+            writes = [ops.delete(key), ops.delete(usage_key),
+                      ops.delete(*_prefix_range(k.request(tenant_id, project_id, "x")))]
+            if tenant_kvs:
+                tenant = Tenant.from_bytes(tenant_kvs[0].value)
+                compares.append(ops.mod_revision_is(k.tenant(tenant_id), tenant_kvs[0].mod_revision))
+                writes.append(ops.put(k.tenant(tenant_id), tenant.with_(
+                    allocated=tenant.allocated - project.quota.as_usage()).to_bytes()))
+            result = await self._etcd.txn(compares, writes)
+            if result.succeeded:
+                return project
+        raise Conflict(f"tenants/{tenant_id}/projects/{project_id} kept changing; retry")
+
+
+def _revision_of(kvs: list[KeyValue]) -> int:
+    return kvs[0].mod_revision if kvs else 0
+
+
+def _prefix_range(request_key: bytes) -> tuple[bytes, bytes]:
+    prefix = request_key.rsplit(b"/", 1)[0] + b"/"
+    return prefix, prefix_end(prefix)
+
+
+async def ensure_project(client: EtcdClient, keys: Keys, tenant_id: str = DEFAULT_TENANT,
+                         project_id: str = DEFAULT_PROJECT) -> None:
+    """Make the tenant and project (unlimited) if absent. Idempotent, safe to run from
+    several processes at once; used to seed ``default/default`` and by tests."""
+    store = TenancyStore(client, keys)
+    now = now_ns()
+    try:
+        await store.create_tenant(Tenant(tenant_id, create_time_ns=now, update_time_ns=now))
+    except AlreadyExists:
+        pass
+    try:
+        await store.create_project(Project(tenant_id, project_id, create_time_ns=now, update_time_ns=now))
+    except AlreadyExists:
+        pass
