@@ -83,6 +83,7 @@ class LocalSystem:
         fault_rate: float = 0.0,
         bookmark_interval_s: float = 10.0,
         prometheus: bool = False,
+        frontend_args: tuple[str, ...] = (),
     ):
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="quanta-")
         self.data_dir = pathlib.Path(data_dir or self._tmp.name)
@@ -102,6 +103,7 @@ class LocalSystem:
         self.fault_rate = fault_rate
         self.bookmark_interval_s = bookmark_interval_s
         self.with_prometheus = prometheus
+        self.frontend_args = tuple(frontend_args)
         self.prometheus = None  # a controlplane.prometheus.PrometheusServer once started
         self.etcd: EtcdServer | None = None
         self.etcd_endpoint = etcd_endpoint or ""
@@ -156,7 +158,7 @@ class LocalSystem:
             for i in range(self.frontends):
                 self._add(f"frontend-{i}", "controlplane.frontend",
                           ["--listen", self.endpoint, "--shards", str(self.shards),
-                           "--bookmark-interval", str(self.bookmark_interval_s)])
+                           "--bookmark-interval", str(self.bookmark_interval_s), *self.frontend_args])
             for i in range(self.schedulers):
                 self._add(f"scheduler-{i}", "scheduler",
                           ["--shards", str(self.shards), "--lease-ttl", str(self.lease_ttl)])

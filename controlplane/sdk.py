@@ -87,20 +87,24 @@ class Client:
     default for VM calls; tenant and project methods name their resources).
 
     ``tls_ca``: a PEM file to verify the server with (TLS); without it the channel
-    is plaintext (the local default on loopback)."""
+    is plaintext (the local default on loopback). ``own_connection``: do not share
+    the TCP connection with other clients of this process (gRPC pools them per
+    target), e.g. to spread load over frontends behind one address."""
 
     def __init__(self, endpoint: str | None = None, *, token: str | None = None, tenant: str = "default",
-                 project: str = "default", timeout: float = 10.0, tls_ca: str | None = None):
+                 project: str = "default", timeout: float = 10.0, tls_ca: str | None = None,
+                 own_connection: bool = False):
         self.endpoint = resolve_endpoint(endpoint)
         self.tenant = tenant
         self.project = project
         self.timeout = timeout
         tls_ca = tls_ca or os.environ.get("QUANTA_TLS_CA")
+        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
         if tls_ca:
             credentials = grpc.ssl_channel_credentials(pathlib.Path(tls_ca).read_bytes())
-            self._raw_channel = grpc.secure_channel(self.endpoint, credentials)
+            self._raw_channel = grpc.secure_channel(self.endpoint, credentials, options=options)
         else:
-            self._raw_channel = grpc.insecure_channel(self.endpoint)
+            self._raw_channel = grpc.insecure_channel(self.endpoint, options=options)
         bearer = resolve_token(token)
         self._channel = (grpc.intercept_channel(self._raw_channel, _Metadata((("authorization", f"Bearer {bearer}"),)))
                          if bearer else self._raw_channel)

@@ -65,7 +65,7 @@ class FlavorService(catalog_pb2_grpc.FlavorServiceServicer):
             revision = await self._records.create(self._key(tenant, request.flavor_id), flavor.to_bytes())
         except AlreadyExists as err:
             raise errors.already_exists("flavor", name) from err
-        await self._catalog.wait_for_revision(revision)
+        await self._catalog.wait_for_flavor(revision, private=bool(tenant))
         return flavor_to_proto(flavor, name, not tenant, revision)
 
     async def GetFlavor(self, request: catalog_pb2.GetFlavorRequest, context) -> catalog_pb2.Flavor:
@@ -107,7 +107,7 @@ class FlavorService(catalog_pb2_grpc.FlavorServiceServicer):
             raise errors.not_found("flavor", request.flavor.name) from err
         except Conflict as err:
             raise errors.aborted(str(err), "ETAG_MISMATCH") from err
-        await self._catalog.wait_for_revision(revision)
+        await self._catalog.wait_for_flavor(revision, private=bool(tenant))
         return flavor_to_proto(updated, request.flavor.name, not tenant, revision)
 
     async def DeleteFlavor(self, request: catalog_pb2.DeleteFlavorRequest, context) -> catalog_pb2.Flavor:
@@ -152,7 +152,7 @@ class ImageService(catalog_pb2_grpc.ImageServiceServicer):
             revision = await self._records.create(self._keys.image(image.name), image.to_bytes())
         except AlreadyExists as err:
             raise errors.already_exists("image", f"images/{image.name}") from err
-        await self._catalog.wait_for_revision(revision)
+        await self._catalog.wait_for_image(revision)
         return image_to_proto(image, revision)
 
     async def GetImage(self, request: catalog_pb2.GetImageRequest, context) -> catalog_pb2.Image:
@@ -191,7 +191,7 @@ class ImageService(catalog_pb2_grpc.ImageServiceServicer):
             raise errors.not_found("image", request.image.name) from err
         except Conflict as err:
             raise errors.aborted(str(err), "ETAG_MISMATCH") from err
-        await self._catalog.wait_for_revision(revision)
+        await self._catalog.wait_for_image(revision)
         return image_to_proto(Image.from_bytes(value), revision)
 
     async def DeleteImage(self, request: catalog_pb2.DeleteImageRequest, context) -> catalog_pb2.Image:

@@ -2,7 +2,8 @@
 
 Actions, from least to most privileged:
 
-- READ: see a tenant's or project's resources. Any grant covering the scope.
+- READ: see a tenant's or project's resources. Any grant covering the scope; the
+  tenant as a whole (its record, ticket and flavors) is readable with any grant in it.
 - WRITE_VMS: create and delete VMs in a project. tenant-admin of the tenant or
   project-member of the project.
 - ADMIN: manage a tenant's projects, project quotas, private flavors, tokens and read
@@ -37,7 +38,10 @@ class Decision(enum.Enum):
 
 
 def can_read(principal: Principal, tenant: str, project: str | None = None) -> bool:
-    """True when some grant covers ``tenant`` (and ``project``, when given)."""
+    """True when some grant covers ``project`` of ``tenant``; for the tenant as a whole
+    (``project`` None), when some grant is in the tenant at all."""
+    if project is None:
+        return any(not g.tenant or g.tenant == tenant for g in principal.grants)
     return any(g.covers(tenant, project) for g in principal.grants)
 
 
@@ -57,6 +61,7 @@ def decide(principal: Principal, action: Action, tenant: str = "", project: str 
         return Decision.ALLOWED if action is Action.READ else Decision.DENIED
     if not can_read(principal, tenant, project):
         return Decision.HIDDEN
+    # Below, the caller knows the scope exists; refusals are PERMISSION_DENIED.
     if action is Action.READ:
         return Decision.ALLOWED
     if action is Action.WRITE_VMS:

@@ -55,11 +55,13 @@ class Catalog:
         prefix = f"{tenant}/"
         return {k[len(prefix):]: f for k, f in self._private.items.items() if k.startswith(prefix)}
 
-    async def wait_for_revision(self, revision: int) -> None:
-        """Block (briefly) until every mirror reflects ``revision``: read-your-writes
-        for the API calls that change the catalog."""
-        for mirror in (self._public, self._private, self._images):
-            await mirror.wait_for_revision(revision)
+    async def wait_for_flavor(self, revision: int, *, private: bool) -> None:
+        """Block (briefly) until the flavor mirror a write went to reflects ``revision``:
+        read-your-writes for the API calls that change the catalog."""
+        await (self._private if private else self._public).wait_for_revision(revision)
+
+    async def wait_for_image(self, revision: int) -> None:
+        await self._images.wait_for_revision(revision)
 
     async def start(self) -> None:
         for mirror in (self._public, self._private, self._images):

@@ -49,14 +49,12 @@ class PrefixMirror(Generic[T]):
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def wait_for_revision(self, revision: int, timeout: float = 5.0) -> bool:
-        """Block until the mirror reflects ``revision`` (a write this process just
-        made); False on timeout."""
-        async def reached() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.revision >= revision)
-
+        """Block until the mirror reflects ``revision`` of a write under its prefix (one
+        this process just made); False on timeout. A revision of another prefix may
+        never show here: wait only for writes of this one."""
         try:
-            await asyncio.wait_for(reached(), timeout)
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: self.revision >= revision)
             return True
         except TimeoutError:
             return False

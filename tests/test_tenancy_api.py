@@ -1,0 +1,388 @@
+"""Multi-tenancy through the real API: two tenants, every role, every kind of method
+(allowed, denied, or answered as if absent; lists filtered), the quota race across
+several frontends, tokens that expire, are revoked or tampered with, audit records
+for every mutation, and forced deletion of projects and tenants that hold VMs."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import re
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from controlplane.api.errors import ApiError
+from controlplane.gen.quanta.v1 import tenancy_pb2, vm_pb2
+from controlplane.local import LocalSystem
+from controlplane.sdk import Client
+from tests.conftest import wait_until
+
+ROLES = ("admin", "acme_admin", "web_member", "acme_viewer", "web_viewer", "globex_admin")
+
+
+@dataclass
+class World:
+    system: LocalSystem
+    tokens: dict[str, str]
+
+    def as_(self, who: str, tenant: str = "acme", project: str = "web", **kwargs) -> Client:
+        token = self.system.admin_token if who == "admin" else self.tokens[who]
+        return Client(self.system.endpoint, token=token, tenant=tenant, project=project, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def world():
+    with LocalSystem(hosts=3, frontends=3, latency="zero", metrics=True) as system:
+        with system.client(ensure_project=False) as admin:
+            admin.create_tenant("acme", quota={"vms": 100})
+            admin.create_tenant("globex")
+            admin.create_project("web", tenant="acme", quota={"vms": 40})
+            admin.create_project("db", tenant="acme", quota={"vms": 40})
+            admin.create_project("app", tenant="globex")
+            grants = {
+                "acme_admin": [("tenant-admin", "acme", "")],
+                "web_member": [("project-member", "acme", "web")],
+                "acme_viewer": [("viewer", "acme", "")],
+                "web_viewer": [("viewer", "acme", "web")],
+                "globex_admin": [("tenant-admin", "globex", "")],
+            }
+            tokens = {who: admin.create_token(who, g).bearer_token for who, g in grants.items()}
+        w = World(system, tokens)
+        for tenant, project, vm in (("acme", "web", "vm-a"), ("acme", "db", "vm-d"), ("globex", "app", "vm-g")):
+            with w.as_("admin", tenant, project) as c:
+                c.create_vm(vm, flavor="small", image="ubuntu")
+        yield w
+
+
+def outcome(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except ApiError as err:
+        return err.code.name
+    return "OK"
+
+
+def _fresh() -> str:
+    return f"x-{uuid.uuid4().hex[:8]}"
+
+
+def _delete_fresh_vm(w: World, c: Client) -> None:
+    vm_id = _fresh()
+    with w.as_("admin", "acme", "web") as admin:
+        admin.create_vm(vm_id, flavor="small", image="ubuntu")
+    c.delete_vm(vm_id)
+
+
+OK, PD, NF, FP = "OK", "PERMISSION_DENIED", "NOT_FOUND", "FAILED_PRECONDITION"
+
+# operation -> (what it does with a client, expected outcome per role in ROLES order)
+MATRIX: dict[str, tuple[Callable[[World, Client], object], tuple[str, ...]]] = {
+    "get tenant acme": (lambda w, c: c.get_tenant("acme"), (OK, OK, OK, OK, OK, NF)),
+    "get tenant globex": (lambda w, c: c.get_tenant("globex"), (OK, NF, NF, NF, NF, OK)),
+    "get project acme/web": (lambda w, c: c.get_project("web"), (OK, OK, OK, OK, OK, NF)),
+    "get project acme/db": (lambda w, c: c.get_project("db"), (OK, OK, NF, OK, NF, NF)),
+    "get vm acme/web": (lambda w, c: c.get_vm("vm-a"), (OK, OK, OK, OK, OK, NF)),
+    "get vm acme/db": (lambda w, c: c.get_vm("tenants/acme/projects/db/vms/vm-d"), (OK, OK, NF, OK, NF, NF)),
+    "get vm globex/app": (lambda w, c: c.get_vm("tenants/globex/projects/app/vms/vm-g"), (OK, NF, NF, NF, NF, OK)),
+    "list vms acme/web": (lambda w, c: list(c.list_vms()), (OK, OK, OK, OK, OK, NF)),
+    "get quota acme/web": (lambda w, c: c.get_quota("tenants/acme/projects/web/quota"), (OK, OK, OK, OK, OK, NF)),
+    "get quota acme/db": (lambda w, c: c.get_quota("tenants/acme/projects/db/quota"), (OK, OK, NF, OK, NF, NF)),
+    "create vm acme/web": (lambda w, c: c.create_vm(_fresh(), flavor="small", image="ubuntu"),
+                           (OK, OK, OK, PD, PD, NF)),
+    "create vm acme/db": (lambda w, c: Client.create_vm(c, _fresh(), flavor="small", image="ubuntu")
+                          if c.project == "db" else None, (OK, OK, NF, PD, NF, NF)),
+    "delete vm acme/web": (_delete_fresh_vm, (OK, OK, OK, PD, PD, NF)),
+    "create project in acme": (lambda w, c: c.create_project(_fresh(), tenant="acme", quota={"vms": 1}),
+                               (OK, OK, PD, PD, PD, NF)),
+    "update quota acme/web": (lambda w, c: c.update_quota("tenants/acme/projects/web/quota", {"vms": 40}),
+                              (OK, OK, PD, PD, PD, NF)),
+    "update quota acme/db": (lambda w, c: c.update_quota("tenants/acme/projects/db/quota", {"vms": 40}),
+                             (OK, OK, NF, PD, NF, NF)),
+    "update ticket acme": (lambda w, c: c.update_quota("tenants/acme/quota", {"vms": 100}), (OK, PD, PD, PD, PD, NF)),
+    "create tenant": (lambda w, c: c.create_tenant(_fresh()), (OK, PD, PD, PD, PD, PD)),
+    "issue acme token": (lambda w, c: c.create_token("x", [("project-member", "acme", "web")]),
+                         (OK, OK, PD, PD, PD, PD)),
+    "issue system token": (lambda w, c: c.create_token("x", [("system-admin", "", "")]), (OK, PD, PD, PD, PD, PD)),
+    "list hosts": (lambda w, c: list(c.list_hosts()), (OK, PD, PD, PD, PD, PD)),
+    "list acme audit": (lambda w, c: c.list_audit(tenant="acme"), (OK, OK, PD, PD, PD, NF)),
+    "list all audit": (lambda w, c: c.list_audit(), (OK, PD, PD, PD, PD, PD)),
+    "create acme flavor": (lambda w, c: c.create_flavor(_fresh(), vcpus=1, memory_mib=512, disk_gib=5, tenant="acme"),
+                           (OK, OK, PD, PD, PD, NF)),
+    "create public flavor": (lambda w, c: c.create_flavor(_fresh(), vcpus=1, memory_mib=512, disk_gib=5),
+                             (OK, PD, PD, PD, PD, PD)),
+    "list acme flavors": (lambda w, c: c.list_flavors(tenant="acme"), (OK, OK, OK, OK, OK, NF)),
+    "list images": (lambda w, c: c.list_images(), (OK, OK, OK, OK, OK, OK)),
+    "delete project acme/db": (lambda w, c: c.delete_project("db", tenant="acme"), (FP, FP, NF, PD, NF, NF)),
+}
+
+
+@pytest.mark.parametrize("operation", list(MATRIX))
+def test_every_role_is_allowed_denied_or_answered_not_found(world: World, operation: str) -> None:
+    action, expected = MATRIX[operation]
+    got = {}
+    for who in ROLES:
+        project = "db" if "acme/db" in operation and operation.startswith("create vm") else "web"
+        with world.as_(who, "acme", project) as client:
+            got[who] = outcome(lambda client=client: action(world, client))
+    assert got == dict(zip(ROLES, expected, strict=True))
+
+
+def test_not_found_for_another_tenant_looks_like_absence(world: World) -> None:
+    """globex's admin learns nothing from asking about acme: the answer for acme's real
+    project is the same as for a project that does not exist."""
+    with world.as_("globex_admin", "acme", "web") as spy:
+        real = pytest.raises(ApiError, spy.get_project, "web").value
+        made_up = pytest.raises(ApiError, spy.get_project, "no-such").value
+    assert (real.code, real.reason) == (made_up.code, made_up.reason) == (grpc.StatusCode.NOT_FOUND,
+                                                                          "PROJECT_NOT_FOUND")
+
+
+def test_lists_contain_only_what_the_caller_may_see(world: World) -> None:
+    def tenants(who: str) -> set[str]:
+        with world.as_(who) as c:
+            return {t.name for t in c.list_tenants()}
+
+    assert {"tenants/acme", "tenants/globex", "tenants/default"} <= tenants("admin")
+    assert tenants("acme_admin") == tenants("web_member") == tenants("acme_viewer") == {"tenants/acme"}
+    assert tenants("globex_admin") == {"tenants/globex"}
+    with world.as_("web_member") as member, world.as_("acme_viewer") as viewer:
+        assert [p.name for p in member.list_projects()] == ["tenants/acme/projects/web"]
+        assert {"tenants/acme/projects/web", "tenants/acme/projects/db"} <= {p.name for p in viewer.list_projects()}
+        assert [q.name for q in member.list_quotas()] == ["tenants/acme/projects/web/quota"]
+        assert all(vm.name.startswith("tenants/acme/projects/web/") for vm in member.list_vms())
+    with world.as_("acme_admin") as acme:
+        records = acme.list_audit(tenant="acme")
+    assert records and all(r.resource.split("/")[:2] == ["tenants", "acme"] for r in records)
+
+
+def test_private_flavors_are_seen_and_used_only_in_their_tenant(world: World) -> None:
+    with world.as_("acme_admin") as acme:
+        acme.create_flavor("acme-big", vcpus=2, memory_mib=2048, disk_gib=20, tenant="acme")
+        assert "tenants/acme/flavors/acme-big" in {f.name for f in acme.list_flavors()}
+        vm = acme.create_vm(_fresh(), flavor="acme-big", image="ubuntu")
+        assert (vm.resources.vcpus, vm.resources.memory_mib) == (2, 2048)
+    with world.as_("globex_admin", "globex", "app") as globex:
+        assert "tenants/acme/flavors/acme-big" not in {f.name for f in globex.list_flavors()}
+        refused = pytest.raises(ApiError, globex.create_vm, _fresh(), flavor="acme-big", image="ubuntu").value
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.field_violations[0][0] == "vm.flavor" and "acme-big" not in refused.field_violations[0][1].split(
+        "known:")[1]
+
+
+def _frontend_creates(system: LocalSystem) -> dict[str, float]:
+    counts = {}
+    for name, port in system.metrics_ports.items():
+        if name.startswith("frontend"):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            counts[name] = sum(float(v) for v in re.findall(
+                r'^quanta_api_requests_total\{[^}]*method="CreateVm"[^}]*\} (\S+)$', text, re.MULTILINE))
+    return counts
+
+
+def test_quota_holds_under_concurrent_creates_across_frontends(world: World) -> None:
+    """50 creates at once, on 25 connections spread over 3 frontends, against a limit
+    of 10: exactly 10 VMs and 40 RESOURCE_EXHAUSTED."""
+    with world.as_("admin", "acme") as admin:
+        admin.create_project("race", tenant="acme", quota={"vms": 10})
+    before = _frontend_creates(world.system)
+    clients = [world.as_("acme_admin", "acme", "race", own_connection=True) for _ in range(25)]
+    try:
+        def create(i: int) -> str:
+            try:
+                clients[i % len(clients)].create_vm(f"r-{i:02d}", flavor="small", image="ubuntu")
+                return "OK"
+            except ApiError as err:
+                return f"{err.code.name}:{err.reason}"
+
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            results = Counter(pool.map(create, range(50)))
+    finally:
+        for client in clients:
+            client.close()
+    assert results == {"OK": 10, "RESOURCE_EXHAUSTED:QUOTA_EXCEEDED": 40}
+    with world.as_("acme_admin", "acme", "race") as c:
+        assert len(list(c.list_vms())) == 10
+        quota = c.get_quota("tenants/acme/projects/race/quota")
+    assert (quota.usage.vms, quota.usage.vcpus, quota.limits.vms) == (10, 10, 10)
+    after = _frontend_creates(world.system)
+    served = [name for name in after if after[name] > before.get(name, 0)]
+    assert len(served) >= 2, f"the creates reached only {served}"
+
+
+def test_deleting_releases_quota_at_once(world: World) -> None:
+    with world.as_("admin", "acme") as admin:
+        admin.create_project("tight", tenant="acme", quota={"vms": 1})
+    with world.as_("acme_admin", "acme", "tight") as c:
+        c.create_vm("one", flavor="small", image="ubuntu")
+        assert pytest.raises(ApiError, c.create_vm, "two", flavor="small", image="ubuntu").value.reason == \
+            "QUOTA_EXCEEDED"
+        c.delete_vm("one")
+        assert c.create_vm("two", flavor="small", image="ubuntu").state == vm_pb2.Vm.PENDING
+        assert c.get_quota("tenants/acme/projects/tight/quota").usage.vms == 1
+
+
+def test_project_limits_stay_within_the_tenant_ticket(world: World) -> None:
+    with world.as_("admin") as admin:
+        admin.create_tenant("ticketed", quota={"vms": 10, "vcpus": 8})
+    with world.as_("admin", "ticketed") as admin:
+        missing = pytest.raises(ApiError, admin.create_project, "p1", quota={"vms": 5}).value
+        assert missing.reason == "QUOTA_INVALID" and missing.field_violations[0][0] == "quota.vcpus"
+        admin.create_project("p1", quota={"vms": 6, "vcpus": 4})
+        over = pytest.raises(ApiError, admin.create_project, "p2", quota={"vms": 6, "vcpus": 4}).value
+        assert over.reason == "QUOTA_INVALID" and over.field_violations[0][0] == "quota.vms"
+        admin.create_project("p2", quota={"vms": 4, "vcpus": 4})
+        ticket = admin.get_quota("tenants/ticketed/quota")
+        assert (ticket.allocated.vms, ticket.allocated.vcpus) == (10, 8)
+        shrink = pytest.raises(ApiError, admin.update_quota, "tenants/ticketed/quota", {"vms": 9}).value
+        assert shrink.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_deleting_a_project_or_tenant_with_vms_needs_force(world: World) -> None:
+    with world.as_("admin") as admin:
+        admin.create_tenant("doomed")
+        admin.create_project("p", tenant="doomed", quota={"vms": 5})
+    with world.as_("admin", "doomed", "p") as c:
+        for i in range(3):
+            c.create_vm(f"v-{i}", flavor="small", image="ubuntu")
+        c.wait_for_vm("v-2", "RUNNING", timeout=60)
+        refused = pytest.raises(ApiError, c.delete_project, "p").value
+        assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "HAS_VMS")
+        refused = pytest.raises(ApiError, c.delete_tenant, "doomed").value
+        assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "HAS_VMS")
+        assert len(list(c.list_vms())) == 3  # nothing was deleted by the refused calls
+        c.delete_tenant("doomed", force=True)
+        assert pytest.raises(ApiError, c.get_tenant, "doomed").value.code == grpc.StatusCode.NOT_FOUND
+        assert pytest.raises(ApiError, c.create_vm, "late", flavor="small", image="ubuntu").value.code == \
+            grpc.StatusCode.NOT_FOUND
+        # The agent destroys the VMs and their records go.
+        wait_until(lambda: not list(c.list_vms()), timeout=60, message="the forced deletion's VMs to go")
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+def _raw_call(w: World, metadata: tuple[tuple[str, str], ...]) -> ApiError:
+    with grpc.insecure_channel(w.system.endpoint) as channel:
+        stub = channel.unary_unary("/quanta.v1.TenantService/GetTenant",
+                                   request_serializer=tenancy_pb2.GetTenantRequest.SerializeToString,
+                                   response_deserializer=tenancy_pb2.Tenant.FromString)
+        try:
+            stub(tenancy_pb2.GetTenantRequest(name="tenants/acme"), metadata=metadata, timeout=10)
+        except grpc.RpcError as err:
+            return ApiError.from_rpc_error(err)
+    raise AssertionError("the call succeeded")
+
+
+def test_missing_malformed_and_tampered_tokens_are_unauthenticated(world: World) -> None:
+    assert _raw_call(world, ()).reason == "TOKEN_MISSING"
+    assert _raw_call(world, (("authorization", "Basic abc"),)).reason == "TOKEN_MALFORMED"
+    header, payload, signature = world.tokens["web_member"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["grants"] = [{"role": "system-admin"}]
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    for token in (f"{header}.{forged}.{signature}", f"{header}.{payload}.{signature[::-1]}", "not-a-jwt"):
+        err = _raw_call(world, (("authorization", f"Bearer {token}"),))
+        assert (err.code, err.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+    assert _raw_call(world, ()).code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_health_needs_no_token(world: World) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(world.system.endpoint) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_an_expired_token_is_refused(world: World) -> None:
+    with world.as_("acme_admin") as acme:
+        short = acme.create_token("brief", [("viewer", "acme", "web")], ttl_s=1).bearer_token
+
+    def refused() -> str | None:
+        with Client(world.system.endpoint, token=short, tenant="acme", project="web") as c:
+            return None if outcome(lambda: c.get_project("web")) == OK else pytest.raises(
+                ApiError, c.get_project, "web").value.reason
+
+    wait_until(lambda: refused() == "TOKEN_EXPIRED", timeout=30, message="the token to expire")
+
+
+def test_a_revoked_token_is_refused_by_every_frontend(world: World) -> None:
+    with world.as_("acme_admin") as acme:
+        issued = acme.create_token("leaky", [("project-member", "acme", "web")])
+        with Client(world.system.endpoint, token=issued.bearer_token, tenant="acme", project="web") as leaky:
+            assert leaky.whoami().name == issued.token.name
+            assert not acme.get_token(issued.token.name).revoked
+            acme.revoke_token(issued.token.name)
+            assert acme.get_token(issued.token.name).revoked
+
+    def every_frontend_refuses() -> bool:
+        # Fresh connections land on different frontends (SO_REUSEPORT).
+        for _ in range(12):
+            with Client(world.system.endpoint, token=issued.bearer_token, tenant="acme", project="web",
+                        own_connection=True) as c:
+                try:
+                    c.get_project("web")
+                    return False
+                except ApiError as err:
+                    assert err.reason == "TOKEN_REVOKED"
+        return True
+
+    wait_until(every_frontend_refuses, timeout=30, message="every frontend to refuse the revoked token")
+    with world.as_("globex_admin") as globex:
+        assert outcome(lambda: globex.revoke_token(issued.token.name)) == NF  # not globex's to see
+
+
+# --- audit --------------------------------------------------------------------------------
+
+
+def test_every_mutation_is_audited_with_caller_resource_and_result(world: World) -> None:
+    project = _fresh()
+    with world.as_("acme_admin", "acme", project) as acme:
+        acme.create_project(project, tenant="acme", quota={"vms": 1})
+        vm = acme.create_vm("audited", flavor="small", image="ubuntu")
+        acme.delete_vm("audited")
+        denied = outcome(lambda: acme.create_tenant("not-allowed"))
+        bad = outcome(lambda: acme.create_vm("Bad_Name", flavor="small", image="ubuntu"))
+    assert (denied, bad) == (PD, "INVALID_ARGUMENT")
+    expected = {
+        ("CreateProject", f"tenants/acme/projects/{project}", "OK"),
+        ("CreateVm", vm.name, "OK"),
+        ("DeleteVm", vm.name, "OK"),
+        ("CreateVm", f"tenants/acme/projects/{project}/vms/Bad_Name", "INVALID_ARGUMENT"),
+    }
+
+    def audited() -> set:
+        with world.as_("admin") as admin:
+            records = admin.list_audit(tenant="acme")
+        return {(r.method, r.resource, r.code) for r in records if r.subject == "acme_admin"}
+
+    wait_until(lambda: expected <= audited(), timeout=30, message="the audit records")
+    with world.as_("admin") as admin:
+        everything = admin.list_audit()
+    denial = [r for r in everything if r.method == "CreateTenant" and r.resource == "tenants/not-allowed"]
+    assert denial and denial[0].code == PD and denial[0].subject == "acme_admin" and denial[0].peer
+    # A tenant admin sees its tenant's records only; a member sees none.
+    with world.as_("acme_admin") as acme, world.as_("web_member") as member:
+        assert all(r.resource.split("/")[:2] == ["tenants", "acme"] for r in acme.list_audit(tenant="acme"))
+        assert outcome(lambda: member.list_audit(tenant="acme")) == PD
+
+
+def test_audit_records_can_be_watched(world: World) -> None:
+    with world.as_("admin") as admin:
+        events = admin.watch_audit(tenant="acme", timeout=60)
+        assert next(events).type == 4  # BOOKMARK: the stream is live
+        with world.as_("acme_admin", "acme", "web") as acme:
+            made = acme.create_vm(_fresh(), flavor="small", image="ubuntu")
+        for event in events:
+            if event.record.resource == made.name:
+                assert (event.record.method, event.record.code) == ("CreateVm", "OK")
+                break
+        else:
+            raise AssertionError("the create was not streamed")
