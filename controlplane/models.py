@@ -92,6 +92,8 @@ class VmSpec:
     create_time_ns: int = 0
     delete_time_ns: int = 0
     shard: int = 0
+    node_selector: Mapping[str, str] = field(default_factory=dict)  # host labels it needs
+    anti_affinity_group: str = ""  # no two VMs of one group on a host
 
     @property
     def deleting(self) -> bool:
@@ -104,6 +106,7 @@ class VmSpec:
             vcpus=self.resources.vcpus, memory_mib=self.resources.memory_mib,
             disk_gib=self.resources.disk_gib, request_id=self.request_id,
             create_time_ns=self.create_time_ns, delete_time_ns=self.delete_time_ns, shard=self.shard,
+            node_selector=dict(self.node_selector), anti_affinity_group=self.anti_affinity_group,
         )
 
     @classmethod
@@ -111,7 +114,7 @@ class VmSpec:
         return cls(
             VmRef(m.tenant, m.project, m.vm_id), m.uid, m.flavor, m.image,
             Resources(m.vcpus, m.memory_mib, m.disk_gib), dict(m.labels), m.request_id,
-            m.create_time_ns, m.delete_time_ns, m.shard,
+            m.create_time_ns, m.delete_time_ns, m.shard, dict(m.node_selector), m.anti_affinity_group,
         )
 
     def to_bytes(self) -> bytes:
@@ -198,22 +201,38 @@ class HostAllocation:
 
     resources: Resources = Resources()
     vm_count: int = 0
+    groups: Mapping[str, int] = field(default_factory=dict)  # VMs per anti-affinity group
 
-    def plus(self, resources: Resources, count: int = 1) -> HostAllocation:
-        return HostAllocation(self.resources + resources, self.vm_count + count)
+    def plus(self, resources: Resources, count: int = 1, group: str = "") -> HostAllocation:
+        return HostAllocation(self.resources + resources, self.vm_count + count,
+                              _count(self.groups, group, count))
 
-    def minus(self, resources: Resources, count: int = 1) -> HostAllocation:
-        return HostAllocation(self.resources - resources, self.vm_count - count)
+    def minus(self, resources: Resources, count: int = 1, group: str = "") -> HostAllocation:
+        return HostAllocation(self.resources - resources, self.vm_count - count,
+                              _count(self.groups, group, -count))
 
     def to_bytes(self) -> bytes:
         r = self.resources
         return rec.HostAllocation(vcpus=r.vcpus, memory_mib=r.memory_mib, disk_gib=r.disk_gib,
-                                  vm_count=self.vm_count).SerializeToString()
+                                  vm_count=self.vm_count, groups=dict(self.groups)).SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HostAllocation:
         m = rec.HostAllocation.FromString(data)
-        return cls(Resources(m.vcpus, m.memory_mib, m.disk_gib), m.vm_count)
+        return cls(Resources(m.vcpus, m.memory_mib, m.disk_gib), m.vm_count, dict(m.groups))
+
+
+def _count(groups: Mapping[str, int], group: str, delta: int) -> Mapping[str, int]:
+    """``groups`` with ``group``'s count moved by ``delta``; zero counts are dropped."""
+    if not group:
+        return groups
+    counted = dict(groups)
+    n = counted.get(group, 0) + delta
+    if n > 0:
+        counted[group] = n
+    else:
+        counted.pop(group, None)
+    return counted
 
 
 @dataclass(frozen=True, slots=True)

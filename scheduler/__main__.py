@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from controlplane.process import add_common_args, run_process
+from scheduler.placement import POLICIES
 from scheduler.service import SchedulerConfig, run_scheduler
 
 
@@ -15,9 +16,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="total number of shards, if this system has none stored yet (default 1)")
     parser.add_argument("--lease-ttl", type=int, default=10, help="session lease TTL, seconds")
     parser.add_argument("--batch-size", type=int, default=256, help="VMs placed per bind round trip")
+    parser.add_argument("--policy", choices=sorted(POLICIES), default="spread",
+                        help="spread: least allocated host first; pack: fill hosts up (default spread)")
     args = parser.parse_args(argv)
     config = SchedulerConfig(etcd=args.etcd, root=args.root, shards=args.shards, lease_ttl=args.lease_ttl,
-                             batch_size=args.batch_size, **({"name": args.name} if args.name else {}))
+                             batch_size=args.batch_size, policy=args.policy,
+                             **({"name": args.name} if args.name else {}))
     run_process("scheduler", args, run_scheduler(config))
 
 

@@ -16,21 +16,49 @@ from dataclasses import replace
 from controlplane.etcd import Compacted
 from controlplane.models import HostAllocation, Resources
 from controlplane.store.hosts import HostRecord, HostStore
+from scheduler import metrics
 from scheduler.placement import HostSnapshot, HostView
 
 log = logging.getLogger(__name__)
 
 
+#: Host labels (set by the agent at registration) that say how far to overcommit.
+VCPU_OVERCOMMIT = "quanta.io/vcpu-overcommit"
+MEMORY_OVERCOMMIT = "quanta.io/memory-overcommit"
+DISK_OVERCOMMIT = "quanta.io/disk-overcommit"
+
+
+def _ratio(labels: dict[str, str], key: str) -> float:
+    try:
+        ratio = float(labels.get(key, "1"))
+    except ValueError:
+        log.warning("bad overcommit label ignored", extra={"label": key, "value": labels[key]})
+        return 1.0
+    return ratio if ratio > 0 else 1.0
+
+
+def allocatable(capacity: Resources, labels: dict[str, str]) -> Resources:
+    """Capacity times the host's overcommit ratios (labels; 1.0 when absent or bad)."""
+    return Resources(int(capacity.vcpus * _ratio(labels, VCPU_OVERCOMMIT)),
+                     int(capacity.memory_mib * _ratio(labels, MEMORY_OVERCOMMIT)),
+                     int(capacity.disk_gib * _ratio(labels, DISK_OVERCOMMIT)))
+
+
 def snapshot_of(record: HostRecord) -> HostSnapshot:
     reg = record.registration
+    labels = dict(reg.labels) if reg else {}
+    capacity = reg.capacity if reg else Resources()
     return HostSnapshot(
         host_id=record.host,
         ready=record.ready,
-        capacity=reg.capacity if reg else Resources(),
+        capacity=capacity,
         allocated=record.allocation.resources,
         vm_count=record.allocation.vm_count,
-        labels=dict(reg.labels) if reg else {},
+        labels=labels,
         alloc_revision=record.alloc_revision,
+        maintenance=record.maintenance,
+        allocatable=allocatable(capacity, labels),
+        groups=dict(record.allocation.groups),
     )
 
 
@@ -41,6 +69,9 @@ class HostSync:
         self.ready = asyncio.Event()
         #: Called after capacity may have grown (a host joined or an allocation shrank).
         self.on_capacity: list[Callable[[], None]] = []
+        # Counted at scrape time, not per watch event: a view holds up to 10,000s of hosts.
+        metrics.HOSTS.labels("ready").set_function(lambda: sum(1 for h in view if h.ready))
+        metrics.HOSTS.labels("missing").set_function(lambda: sum(1 for h in view if not h.ready))
 
     def confirm(self, host: str, allocation: HostAllocation, revision: int) -> None:
         """Take an allocation this process wrote or read at ``revision`` into the
@@ -48,7 +79,7 @@ class HostSync:
         current = self.view.committed(host)
         if current is not None and current.alloc_revision <= revision:
             self.view.upsert(replace(current, allocated=allocation.resources, vm_count=allocation.vm_count,
-                                     alloc_revision=revision))
+                                     groups=dict(allocation.groups), alloc_revision=revision))
 
     def _apply(self, record: HostRecord | str) -> bool:
         if isinstance(record, str):
@@ -59,11 +90,13 @@ class HostSync:
         if current is not None and current.alloc_revision > snapshot.alloc_revision:
             # Our own bind already put a newer allocation in; keep it but take the registration.
             snapshot = replace(snapshot, allocated=current.allocated, vm_count=current.vm_count,
-                               alloc_revision=current.alloc_revision)
+                               groups=current.groups, alloc_revision=current.alloc_revision)
         grew = current is None or not current.ready and snapshot.ready \
+            or current.maintenance and not snapshot.maintenance \
+            or len(snapshot.groups) < len(current.groups) \
             or snapshot.allocated.vcpus < current.allocated.vcpus \
             or snapshot.allocated.memory_mib < current.allocated.memory_mib \
-            or snapshot.capacity != current.capacity
+            or snapshot.allocatable != current.allocatable
         self.view.upsert(snapshot)
         return grew
 

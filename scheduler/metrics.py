@@ -13,5 +13,7 @@ BINDS = Counter("quanta_scheduler_binds_total", "VMs bound to hosts.")
 BIND_CONFLICTS = Counter("quanta_scheduler_bind_conflicts_total",
                          "Host bind groups that lost a compare-and-swap race and were retried.")
 SHARDS_OWNED = Gauge("quanta_scheduler_shards_owned", "Shards this process owns.")
+HOSTS = Gauge("quanta_scheduler_hosts", "Hosts in this process's view by state: ready (heartbeat lease "
+              "alive) or missing (heartbeat lost while VMs are still bound to it).", ["state"])
 SHARD_CHANGES = Counter("quanta_scheduler_shard_ownership_changes_total",
                         "Shards acquired or lost by this process.", ["event"])

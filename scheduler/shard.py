@@ -24,7 +24,7 @@ from controlplane.store.shards import ShardLock
 from controlplane.workqueue import WorkQueue
 from scheduler import metrics
 from scheduler.hostsync import HostSync
-from scheduler.placement import PlacementRequest, place
+from scheduler.placement import PlacementRequest, Scorer, place, spread
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,19 @@ class ShardLost(Exception):
 
 def _request(vm: QueuedVm) -> PlacementRequest:
     return PlacementRequest(vm_key=vm.spec.ref.name, uid=vm.spec.uid, resources=vm.spec.resources,
-                            labels=vm.spec.labels)
+                            labels=vm.spec.labels, node_selector=vm.spec.node_selector,
+                            anti_affinity_group=vm.spec.anti_affinity_group)
 
 
 class ShardScheduler:
     def __init__(self, shard: int, store: SchedulingStore, hosts: HostSync, lock: ShardLock, *,
-                 batch_size: int = 256, seed: int | None = None):
+                 batch_size: int = 256, seed: int | None = None, scorer: Scorer = spread):
         self.shard = shard
         self._store = store
         self._hosts = hosts
         self._lock = lock
         self._batch_size = batch_size
+        self._scorer = scorer
         self._rng = random.Random(seed)
         self._pending: dict[VmRef, QueuedVm] = {}
         self._queue: WorkQueue[VmRef] = WorkQueue()
@@ -137,7 +139,7 @@ class ShardScheduler:
             if vm is None:
                 continue  # bound or deleted meanwhile
             request = _request(vm)
-            placement = place(request, view, rng=self._rng)
+            placement = place(request, view, rng=self._rng, scorer=self._scorer)
             if placement.host_id is None:
                 self._waiting.add(ref)
                 message = placement.message()
@@ -150,7 +152,7 @@ class ShardScheduler:
             if (group is None and len(by_host) >= max_hosts) or (group is not None and len(group) >= max_per_host):
                 self._queue.add(ref)  # over one txn's op limit: next batch
                 continue
-            view.assume(placement.host_id, request.resources)
+            view.assume(placement.host_id, request.resources, group=request.anti_affinity_group)
             by_host[placement.host_id].append(vm)
         if by_host:
             await self._bind(by_host)
@@ -164,9 +166,9 @@ class ShardScheduler:
         binds = []
         for host, vms in by_host.items():
             committed = view.committed(host)
-            allocation = HostAllocation(committed.allocated, committed.vm_count)
+            allocation = HostAllocation(committed.allocated, committed.vm_count, committed.groups)
             for vm in vms:
-                allocation = allocation.plus(vm.spec.resources)
+                allocation = allocation.plus(vm.spec.resources, group=vm.spec.anti_affinity_group)
             binds.append(HostBind(host, committed.alloc_revision, allocation, vms))
         try:
             result = await self._store.bind(self._lock.fence(), binds)
@@ -198,7 +200,7 @@ class ShardScheduler:
 
     def _forget(self, bind: HostBind) -> None:
         for vm in bind.vms:
-            self._hosts.view.forget(bind.host, vm.spec.resources)
+            self._hosts.view.forget(bind.host, vm.spec.resources, group=vm.spec.anti_affinity_group)
 
     async def _refresh(self, lost: list[HostBind]) -> None:
         """After lost races: read the hosts' allocations and the VMs' queue entries

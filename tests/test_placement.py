@@ -127,7 +127,8 @@ def test_fits_resources(name: str, request_: PlacementRequest, allocated: Resour
 
 
 def test_default_filters_are_named_cheapest_first() -> None:
-    assert [f.name for f in DEFAULT_FILTERS] == ["HostReady", "FitsResources"]
+    assert [f.name for f in DEFAULT_FILTERS] == ["HostReady", "NotInMaintenance", "NodeSelector",
+                                                 "HostAntiAffinity", "FitsResources"]
 
 
 # --- scorers -----------------------------------------------------------------------

@@ -43,3 +43,9 @@ async def ensure_cluster_config(client: EtcdClient, keys: Keys, *, shards: int |
         log.warning("--shards %d ignored: this system has %d shards (changing it is not supported yet)",
                     shards, stored.shards)
     return ClusterConfig(stored.shards)
+
+
+async def read_cluster_config(client: EtcdClient, keys: Keys) -> ClusterConfig | None:
+    """The stored config, or None if no process has stored one yet. Read-only."""
+    kv = await client.get(keys.cluster_config())
+    return ClusterConfig(rec.ClusterConfig.FromString(kv.value).shards) if kv else None

@@ -130,7 +130,7 @@ class AgentStore:
             spec = vm.binding.spec
             ref = spec.ref
             compares.append(ops.create_revision_is(k.binding(host, ref), vm.create_revision))
-            allocation = allocation.minus(spec.resources)
+            allocation = allocation.minus(spec.resources, group=spec.anti_affinity_group)
             success += [
                 ops.delete(k.vm_spec(ref)),
                 ops.delete(k.vm_status(ref)),

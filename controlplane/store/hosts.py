@@ -19,6 +19,7 @@ class HostRecord:
     allocation: HostAllocation
     alloc_revision: int  # mod_revision of the allocation key, 0 when absent
     revision: int
+    maintenance: bool = False  # an operator took it out of placement
 
     @property
     def ready(self) -> bool:
@@ -32,10 +33,16 @@ class HostTable:
         self._keys = keys
         self.regs: dict[str, tuple[HostRegistration, int]] = {}
         self.allocs: dict[str, tuple[HostAllocation, int]] = {}
+        self.maintenance: set[str] = set()
 
     def apply(self, kv: KeyValue, deleted: bool) -> str:
         """Fold one key's change in; returns the host it concerns."""
         host, part = self._keys.parse_host_key(kv.key)
+        if part == "maintenance":
+            (self.maintenance.discard if deleted else self.maintenance.add)(host)
+            return host
+        if part not in ("reg", "alloc"):
+            return host  # a part this version does not know
         table = self.regs if part == "reg" else self.allocs
         if deleted:
             table.pop(host, None)
@@ -56,6 +63,7 @@ class HostTable:
             alloc[0] if alloc else HostAllocation(),
             alloc[1] if alloc else 0,
             max(reg[1] if reg else 0, alloc[1] if alloc else 0),
+            host in self.maintenance,
         )
 
     def hosts(self) -> list[str]:
@@ -116,6 +124,15 @@ class HostStore:
         if record is None:
             raise NotFound(f"hosts/{host}")
         return record
+
+    async def set_maintenance(self, host: str, on: bool) -> None:
+        """Take the host out of placement (``on``) or put it back. Idempotent; VMs on
+        it keep running (draining them is the caller's business)."""
+        key = self._keys.host_maintenance(host)
+        if on:
+            await self._etcd.put(key, b"")
+        else:
+            await self._etcd.delete(key)
 
     async def watch(self, start_revision: int, table: HostTable) -> AsyncIterator[tuple[list[HostRecord | str], int]]:
         """Host changes from ``start_revision``, folded into ``table`` (which must

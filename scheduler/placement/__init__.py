@@ -5,7 +5,16 @@ order → ``filters`` decide feasibility (cheapest first) → a scorer ranks the
 candidates → best one wins. No I/O, no asyncio, no protobuf: the shard owns those.
 """
 
-from scheduler.placement.filters import DEFAULT_FILTERS, Filter, fits_resources, host_ready, named
+from scheduler.placement.filters import (
+    DEFAULT_FILTERS,
+    Filter,
+    fits_resources,
+    host_anti_affinity,
+    host_ready,
+    matches_node_selector,
+    named,
+    not_in_maintenance,
+)
 from scheduler.placement.model import (
     HostSnapshot,
     Placement,
@@ -14,7 +23,7 @@ from scheduler.placement.model import (
     Verdict,
 )
 from scheduler.placement.place import Hosts, default_candidates, place, visit_order
-from scheduler.placement.scoring import Scorer, normalize, pack, spread, utilisation_after, weighted
+from scheduler.placement.scoring import POLICIES, Scorer, normalize, pack, spread, utilisation_after, weighted
 from scheduler.placement.view import HostView
 
 __all__ = [
@@ -22,6 +31,7 @@ __all__ = [
     "Filter",
     "HostSnapshot",
     "HostView",
+    "POLICIES",
     "Hosts",
     "Placement",
     "PlacementRequest",
@@ -30,9 +40,12 @@ __all__ = [
     "Verdict",
     "default_candidates",
     "fits_resources",
+    "host_anti_affinity",
     "host_ready",
+    "matches_node_selector",
     "named",
     "normalize",
+    "not_in_maintenance",
     "pack",
     "place",
     "spread",

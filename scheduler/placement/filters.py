@@ -32,6 +32,9 @@ def named(name: str) -> Callable[[Callable[[PlacementRequest, HostSnapshot], Ver
 
 
 _NOT_READY = Verdict(False, "HostNotReady")
+_MAINTENANCE = Verdict(False, "HostInMaintenance")
+_SELECTOR = Verdict(False, "NodeSelectorMismatch")
+_ANTI_AFFINITY = Verdict(False, "AntiAffinity")
 _NO_VCPUS = Verdict(False, "InsufficientVcpus")
 _NO_MEMORY = Verdict(False, "InsufficientMemory")
 _NO_DISK = Verdict(False, "InsufficientDisk")
@@ -43,14 +46,40 @@ def host_ready(request: PlacementRequest, host: HostSnapshot) -> Verdict:
     return FITS if host.ready else _NOT_READY
 
 
+@named("NotInMaintenance")
+def not_in_maintenance(request: PlacementRequest, host: HostSnapshot) -> Verdict:
+    """Rejects hosts an operator put in maintenance (or is draining)."""
+    return _MAINTENANCE if host.maintenance else FITS
+
+
+@named("NodeSelector")
+def matches_node_selector(request: PlacementRequest, host: HostSnapshot) -> Verdict:
+    """Rejects hosts that lack any label of the request's node selector (exact match)."""
+    labels = host.labels
+    for key, value in request.node_selector.items():
+        if labels.get(key) != value:
+            return _SELECTOR
+    return FITS
+
+
+@named("HostAntiAffinity")
+def host_anti_affinity(request: PlacementRequest, host: HostSnapshot) -> Verdict:
+    """Rejects hosts that already run (or are assumed to run) a VM of the request's
+    anti-affinity group. Holds across shards because the group counts live in the
+    host's allocation, which every bind compares."""
+    group = request.anti_affinity_group
+    return _ANTI_AFFINITY if group and host.groups.get(group, 0) > 0 else FITS
+
+
 @named("FitsResources")
 def fits_resources(request: PlacementRequest, host: HostSnapshot) -> Verdict:
-    """Rejects hosts whose free capacity is below the request in any dimension.
+    """Rejects hosts whose free allocatable capacity (capacity times the host's
+    overcommit ratios) is below the request in any dimension.
 
     Reports the first short dimension in the order memory, vcpus, disk: memory is the
     dimension that runs out first on VM hosts, so it is the most telling reason.
     """
-    want, cap, used = request.resources, host.capacity, host.allocated
+    want, cap, used = request.resources, host.allocatable, host.allocated
     # Compared field by field rather than via ``host.free``: no allocation per host.
     if want.memory_mib > cap.memory_mib - used.memory_mib:
         return _NO_MEMORY
@@ -61,5 +90,7 @@ def fits_resources(request: PlacementRequest, host: HostSnapshot) -> Verdict:
     return FITS
 
 
-# Cheapest first: a boolean check before arithmetic over three dimensions.
-DEFAULT_FILTERS: tuple[Filter, ...] = (host_ready, fits_resources)
+# Cheapest first: boolean checks, then lookups that cost nothing without a selector
+# or group, then arithmetic over three dimensions.
+DEFAULT_FILTERS: tuple[Filter, ...] = (host_ready, not_in_maintenance, matches_node_selector, host_anti_affinity,
+                                       fits_resources)

@@ -25,6 +25,9 @@ class HostSnapshot:
 
     ``alloc_revision`` is the etcd mod_revision of the host's allocation key (0 when the
     key is absent). Placement never interprets it; the bind transaction compares it.
+    ``allocatable`` is capacity times the host's overcommit ratios (default: capacity).
+    ``groups`` counts the VMs of each anti-affinity group on the host; it is part of the
+    allocation, so the same compare that guards capacity guards anti-affinity.
     """
 
     host_id: str
@@ -35,17 +38,35 @@ class HostSnapshot:
     # Excluded from hash: a Mapping is not hashable, and host_id already identifies.
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
     alloc_revision: int = 0
+    maintenance: bool = False
+    allocatable: Resources | None = None
+    groups: Mapping[str, int] = field(default_factory=lambda: _NO_COUNTS, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.allocatable is None:
+            object.__setattr__(self, "allocatable", self.capacity)
 
     @property
     def free(self) -> Resources:
-        """Capacity minus allocation; negative where the host is over-committed."""
-        return self.capacity - self.allocated
+        """Allocatable minus allocation; negative where the host is over-committed."""
+        return self.allocatable - self.allocated
 
-    def with_allocated(self, delta: Resources, vm_delta: int) -> HostSnapshot:
-        """A copy with ``delta`` added to ``allocated`` and ``vm_delta`` to ``vm_count``.
+    def with_allocated(self, delta: Resources, vm_delta: int,
+                       group_deltas: Mapping[str, int] = _NO_COUNTS) -> HostSnapshot:
+        """A copy with ``delta`` added to ``allocated``, ``vm_delta`` to ``vm_count``
+        and each of ``group_deltas`` to its group's count (zero counts dropped).
 
         The revision is kept: an assumed placement is not a new etcd state.
         """
+        groups = self.groups
+        if group_deltas:
+            groups = dict(groups)
+            for group, d in group_deltas.items():
+                n = groups.get(group, 0) + d
+                if n > 0:
+                    groups[group] = n
+                else:
+                    groups.pop(group, None)
         return HostSnapshot(
             host_id=self.host_id,
             ready=self.ready,
@@ -54,17 +75,23 @@ class HostSnapshot:
             vm_count=self.vm_count + vm_delta,
             labels=self.labels,
             alloc_revision=self.alloc_revision,
+            maintenance=self.maintenance,
+            allocatable=self.allocatable,
+            groups=groups,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class PlacementRequest:
-    """A workload that needs a host: its store key, uid, size and labels."""
+    """A workload that needs a host: its store key, uid, size and labels, the host
+    labels it requires (``node_selector``) and its anti-affinity group, if any."""
 
     vm_key: str
     uid: str
     resources: Resources
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
+    node_selector: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
+    anti_affinity_group: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ _ZERO = Resources()
 class HostView:
     """Mutable set of host snapshots with O(1) upsert, remove, lookup and sampling."""
 
-    __slots__ = ("_assumed", "_committed", "_hosts", "_index")
+    __slots__ = ("_assumed", "_assumed_groups", "_committed", "_hosts", "_index")
 
     def __init__(self, snapshots: tuple[HostSnapshot, ...] | list[HostSnapshot] = ()) -> None:
         # Effective snapshots in a dense list so place() can sample by position.
@@ -39,6 +39,8 @@ class HostView:
         self._committed: dict[str, HostSnapshot] = {}
         # Only hosts with a non-zero pending delta have an entry.
         self._assumed: dict[str, tuple[Resources, int]] = {}
+        # Anti-affinity group counts assumed per host (only hosts with some).
+        self._assumed_groups: dict[str, dict[str, int]] = {}
         for s in snapshots:
             self.upsert(s)
 
@@ -94,6 +96,7 @@ class HostView:
             return False
         del self._committed[host_id]
         self._assumed.pop(host_id, None)
+        self._assumed_groups.pop(host_id, None)
         last = self._hosts.pop()
         if i < len(self._hosts):
             # Swap-remove: the former last host fills the gap, keeping the list dense.
@@ -101,30 +104,44 @@ class HostView:
             self._index[last.host_id] = i
         return True
 
-    def assume(self, host_id: str, resources: Resources, vm_delta: int = 1) -> None:
-        """Counts a placement on the host until ``forget``. Raises KeyError if unknown."""
+    def assume(self, host_id: str, resources: Resources, vm_delta: int = 1, group: str = "") -> None:
+        """Counts a placement (of anti-affinity ``group``, if any) on the host until
+        ``forget``. Raises KeyError if unknown."""
         if host_id not in self._index:
             raise KeyError(host_id)
         res, vms = self._assumed.get(host_id, (_ZERO, 0))
-        self._set_assumed(host_id, res + resources, vms + vm_delta)
+        self._set_assumed(host_id, res + resources, vms + vm_delta, group, vm_delta)
 
-    def forget(self, host_id: str, resources: Resources, vm_delta: int = 1) -> None:
+    def forget(self, host_id: str, resources: Resources, vm_delta: int = 1, group: str = "") -> None:
         """Undoes a matching ``assume``. A no-op if the host was removed meanwhile
         (its assumptions went with it), so a late bind failure needs no check."""
         if host_id not in self._index:
             return
         res, vms = self._assumed.get(host_id, (_ZERO, 0))
-        self._set_assumed(host_id, res - resources, vms - vm_delta)
+        self._set_assumed(host_id, res - resources, vms - vm_delta, group, -vm_delta)
 
-    def _set_assumed(self, host_id: str, res: Resources, vms: int) -> None:
+    def _set_assumed(self, host_id: str, res: Resources, vms: int, group: str, group_delta: int) -> None:
         if res == _ZERO and vms == 0:
             self._assumed.pop(host_id, None)
         else:
             self._assumed[host_id] = (res, vms)
+        if group:
+            groups = self._assumed_groups.setdefault(host_id, {})
+            n = groups.get(group, 0) + group_delta
+            if n:
+                groups[group] = n
+            else:
+                groups.pop(group, None)
+            if not groups:
+                del self._assumed_groups[host_id]
         self._hosts[self._index[host_id]] = self._effective(self._committed[host_id])
 
     def _effective(self, committed: HostSnapshot) -> HostSnapshot:
         pending = self._assumed.get(committed.host_id)
+        groups = self._assumed_groups.get(committed.host_id)
         # Recomputed from the committed snapshot rather than adjusted step by step, so
         # once the last assumption is forgotten the view holds that very snapshot again.
-        return committed if pending is None else committed.with_allocated(*pending)
+        if pending is None and groups is None:
+            return committed
+        res, vms = pending or (_ZERO, 0)
+        return committed.with_allocated(res, vms, groups or {})

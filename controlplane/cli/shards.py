@@ -1,0 +1,70 @@
+"""``quanta scheduler shards``: who owns each scheduler shard, and how much waits in it.
+
+Reads etcd directly (shard ownership is not part of the public API): the
+endpoint comes from --etcd, $QUANTA_ETCD or the system ``quanta up`` started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+
+from controlplane.etcd import EtcdClient
+from controlplane.sdk import local_state_path
+from controlplane.store.cluster import read_cluster_config
+from controlplane.store.keys import Keys
+from controlplane.store.shards import ShardDirectory
+
+
+def _default_etcd() -> str:
+    if os.environ.get("QUANTA_ETCD"):
+        return os.environ["QUANTA_ETCD"]
+    try:
+        return json.loads(local_state_path().read_text())["etcd"]
+    except (OSError, ValueError, KeyError):
+        return "http://127.0.0.1:2379"
+
+
+async def _read(etcd: str, root: str) -> dict:
+    keys = Keys(root)
+    async with EtcdClient(etcd, timeout=5.0) as client:
+        cluster = await read_cluster_config(client, keys)
+        count = cluster.shards if cluster else 0
+        directory = ShardDirectory(client, keys)
+        table = await directory.snapshot()
+        depths = await directory.queue_depths(count)
+    now = time.time_ns()
+    shards = []
+    for shard in range(count):
+        holder = table.owners.get(shard)
+        shards.append({
+            "shard": shard,
+            "owner": holder.owner if holder else "",
+            "member": holder.member if holder else "",
+            "held_seconds": round((now - holder.acquire_time_ns) / 1e9, 1) if holder else 0,
+            "queued": depths[shard],
+        })
+    members = [{"member": m, "name": n, "shards": sum(1 for s in shards if s["member"] == m)}
+               for m, n in sorted(table.members.items(), key=lambda kv: kv[1])]
+    return {"shards": shards, "schedulers": members, "revision": table.revision}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="quanta scheduler shards", description=__doc__)
+    parser.add_argument("--etcd", default=_default_etcd(), help="etcd endpoints (default: $QUANTA_ETCD or quanta up's)")
+    parser.add_argument("--root", default=os.environ.get("QUANTA_ROOT", "/quanta"), help="etcd key prefix")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    args = parser.parse_args(argv)
+    state = asyncio.run(_read(args.etcd, args.root))
+    if args.output == "json":
+        print(json.dumps(state, indent=2))
+        return
+    print(f"{'SHARD':<6} {'OWNER':<24} {'HELD':>8} {'QUEUED':>7}")
+    for s in state["shards"]:
+        held = f"{s['held_seconds']:.0f}s" if s["owner"] else "-"
+        print(f"{s['shard']:<6} {s['owner'] or '(none)':<24} {held:>8} {s['queued']:>7}")
+    names = ", ".join(f"{m['name']} ({m['shards']})" for m in state["schedulers"]) or "none"
+    print(f"\n{len(state['schedulers'])} scheduler processes: {names}")
