@@ -113,7 +113,7 @@ class Phase:
 
 class Bench:
     def __init__(self, endpoint: str, *, vms: int, concurrency: int, channels: int, flavor: str, image: str,
-                 tenant: str, project: str, rate: float = 0.0):
+                 tenant: str, project: str, token: str, rate: float = 0.0):
         self.rate = rate
         self.endpoint = endpoint
         self.vms = vms
@@ -142,6 +142,7 @@ class Bench:
         self._watch_channel = grpc.aio.insecure_channel(endpoint, options=options)
         self._stubs = [vm_pb2_grpc.VmServiceStub(c) for c in self._channels]
         self._watch_stub = vm_pb2_grpc.VmServiceStub(self._watch_channel)
+        self._md = (("authorization", f"Bearer {token}"),)
         self._revision = 0
         self._name_prefix = len(self.parent) + len("/vms/")
         self._ids = [f"vm-{i:06d}" for i in range(vms)]
@@ -156,7 +157,7 @@ class Bench:
     async def start_revision(self) -> int:
         """The store revision now (an empty project's list), to watch after."""
         response = await self._stubs[0].ListVms(vm_pb2.ListVmsRequest(parent=self.parent, page_size=1),
-                                                timeout=RPC_TIMEOUT_S)
+                                                timeout=RPC_TIMEOUT_S, metadata=self._md)
         if response.vms:
             raise SystemExit(f"{self.parent} is not empty; the benchmark needs a fresh project")
         return response.resource_version
@@ -169,7 +170,7 @@ class Bench:
         self._revision = revision
         while True:
             stream = self._watch_stub.WatchVms(
-                vm_pb2.WatchVmsRequest(parent=self.parent, resource_version=self._revision))
+                vm_pb2.WatchVmsRequest(parent=self.parent, resource_version=self._revision), metadata=self._md)
             try:
                 async for event in stream:
                     self._on_event(event, time.monotonic())
@@ -279,14 +280,15 @@ class Bench:
         def make_create(stub, vm_id):
             return stub.CreateVm(vm_pb2.CreateVmRequest(
                 parent=self.parent, vm_id=vm_id, request_id=request_ids[vm_id],
-                vm=vm_pb2.Vm(flavor=self.flavor, image=self.image)), timeout=RPC_TIMEOUT_S)
+                vm=vm_pb2.Vm(flavor=self.flavor, image=self.image)), timeout=RPC_TIMEOUT_S, metadata=self._md)
 
         await self._run_requests("CreateVm", self.create, self._ids, make_create, self.rate)
         await self.create.complete.wait()
 
     async def delete_all(self) -> None:
         def make_delete(stub, vm_id):
-            return stub.DeleteVm(vm_pb2.DeleteVmRequest(name=self.name(vm_id)), timeout=RPC_TIMEOUT_S)
+            return stub.DeleteVm(vm_pb2.DeleteVmRequest(name=self.name(vm_id)), timeout=RPC_TIMEOUT_S,
+                                 metadata=self._md)
 
         ids = [vm_id for vm_id in self._ids if vm_id in self.create.answered]
         await self._run_requests("DeleteVm", self.delete, ids, make_delete)
@@ -334,10 +336,24 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int]) -> dict:
+def ensure_project(endpoint: str, token: str, tenant: str, project: str) -> None:
+    """Make the benchmark's project (unlimited) if it is not there yet."""
+    from controlplane.api.errors import ApiError
+    from controlplane.sdk import Client
+
+    with Client(endpoint, token=token, tenant=tenant) as client:
+        try:
+            client.create_project(project)
+        except ApiError as err:
+            if err.code is not grpc.StatusCode.ALREADY_EXISTS:
+                raise
+
+
+async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], token: str) -> dict:
     project = args.project or f"bench-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(ensure_project, endpoint, token, args.tenant, project)
     bench = Bench(endpoint, vms=args.vms, concurrency=args.concurrency, channels=args.channels,
-                  flavor=args.flavor, image=args.image, tenant=args.tenant, project=project,
+                  flavor=args.flavor, image=args.image, tenant=args.tenant, project=project, token=token,
                   rate=args.rate)
     report: dict = {"project": f"tenants/{args.tenant}/projects/{project}", "timed_out": False}
     pids = {**pids, "bench-client": os.getpid()}
@@ -484,6 +500,7 @@ def print_report(r: dict) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoint", help="host:port of a running system (default: start a LocalSystem)")
+    p.add_argument("--token", help="with --endpoint: bearer token (default: $QUANTA_TOKEN or `quanta up`'s)")
     p.add_argument("--vms", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     p.add_argument("--rate", type=float, default=0.0,
@@ -524,7 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     pids = args.pids
     try:
         if args.endpoint:
+            from controlplane.sdk import resolve_token
+
             endpoint = args.endpoint
+            token = resolve_token(args.token)
         else:
             from controlplane.local import LocalSystem
 
@@ -541,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"started LocalSystem in {time.monotonic() - started:.1f} s (logs in {system.log_dir})",
                   file=sys.stderr)
             endpoint = system.endpoint
+            token = system.admin_token
             pids = {"etcd": system.etcd.process.pid,
                     **{name: p.pid for name, p in system.processes.items()}, **pids}
         try:
@@ -550,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             runner = asyncio.Runner()
         with runner:
-            report = runner.run(run(args, endpoint, pids))
+            report = runner.run(run(args, endpoint, pids, token))
     finally:
         if system is not None:
             if args.keep_logs:

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import grpc
+from prometheus_client import Counter
 
 from controlplane import logcontext
 from controlplane.api import errors
@@ -37,6 +38,10 @@ from controlplane.models import now_ns
 from controlplane.store.audit import AuditLog
 
 log = logging.getLogger(__name__)
+
+AUTH_REFUSALS = Counter("quanta_api_auth_refusals_total",
+                        "Requests refused before their handler: bad or missing tokens, and rate limits, by reason.",
+                        ["reason"])
 
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 _READ_VERBS = ("Get", "List", "Watch")
@@ -59,6 +64,13 @@ class AuthInterceptor(_BehaviorInterceptor):
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller, or ApiError UNAUTHENTICATED / RESOURCE_EXHAUSTED (rate limit)."""
+        try:
+            return self._authenticate(context)
+        except errors.ApiError as err:
+            AUTH_REFUSALS.labels(err.reason).inc()
+            raise
+
+    def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         token = _bearer(context)
         if token is None:
             raise errors.unauthenticated('missing "authorization: Bearer <token>" metadata', "TOKEN_MISSING")

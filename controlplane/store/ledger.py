@@ -17,6 +17,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter, Histogram
+
 from controlplane.etcd import EtcdClient, KeyValue, ops
 from controlplane.etcd.client import TxnResult
 from controlplane.store.errors import Conflict, NotFound, StoreError
@@ -26,6 +28,15 @@ from controlplane.tenancy import Limits, Project, Usage
 log = logging.getLogger(__name__)
 
 _MAX_ROUNDS = 32
+
+QUOTA_BATCH_SIZE = Histogram(
+    "quanta_quota_commit_batch_size", "Charges (VM creates/deletes) per quota group-commit transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+QUOTA_CONFLICTS = Counter(
+    "quanta_quota_commit_conflicts_total",
+    "Quota group commits retried because the project's usage or limits changed under them "
+    "(another frontend's commit, or a limit update).")
+QUOTA_REFUSALS = Counter("quanta_quota_exceeded_total", "Charges refused because they would exceed a quota.")
 
 
 class QuotaExceeded(StoreError):
@@ -203,6 +214,7 @@ class UsageLedger:
             if refused and not fresh:
                 self._states.pop((tenant, project), None)
                 continue
+            QUOTA_REFUSALS.inc(len(refused))
             for future, error in refused:
                 _fail(future, error)
             if not accepted:
@@ -215,12 +227,14 @@ class UsageLedger:
                 compares.extend(charge.compares)
                 writes.extend(charge.writes)
                 reads.append(ops.txn(list(charge.compares), [], list(charge.reads)))
+            QUOTA_BATCH_SIZE.observe(len(accepted))
             result = await self._etcd.txn(compares, writes, reads)
             if result.succeeded:
                 self._remember(tenant, project, _State(state.project, state.project_revision, usage, result.revision))
                 for _charge, future in accepted:
                     _succeed(future, result.revision)
                 return
+            QUOTA_CONFLICTS.inc()
             self._remember(tenant, project, self._state_from(result, 0))
             fresh = True
             batch = []
