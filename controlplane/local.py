@@ -82,6 +82,8 @@ class LocalSystem:
         metrics: bool = True,
         fault_rate: float = 0.0,
         bookmark_interval_s: float = 10.0,
+        agents: list[list[str]] | None = None,
+        agent_env: dict[str, str] | None = None,
         prometheus: bool = False,
         frontend_args: tuple[str, ...] = (),
     ):
@@ -102,6 +104,9 @@ class LocalSystem:
         self.metrics = metrics
         self.fault_rate = fault_rate
         self.bookmark_interval_s = bookmark_interval_s
+        #: Agents to run instead of the sim one: one argument list each (e.g. --driver esxi ...).
+        self.agents = agents
+        self.agent_env = agent_env or {}
         self.with_prometheus = prometheus
         self.frontend_args = tuple(frontend_args)
         self.prometheus = None  # a controlplane.prometheus.PrometheusServer once started
@@ -162,12 +167,16 @@ class LocalSystem:
             for i in range(self.schedulers):
                 self._add(f"scheduler-{i}", "scheduler",
                           ["--shards", str(self.shards), "--lease-ttl", str(self.lease_ttl)])
-            self._add("agent-0", "agents", [
-                "--hosts", str(self.hosts), "--host-prefix", "sim", "--latency", self.latency,
-                "--state-dir", str(self.data_dir / "sim"), "--lease-ttl", str(self.lease_ttl),
-                "--host-vcpus", str(self.host_vcpus), "--host-memory-mib", str(self.host_memory_mib),
-                "--fault-rate", str(self.fault_rate),
-            ])
+            for i, agent_args in enumerate(self.agents or ()):
+                self._add(f"agent-{i}", "agents", ["--lease-ttl", str(self.lease_ttl), *agent_args]
+                          ).env.update(self.agent_env)
+            if not self.agents:
+                self._add("agent-0", "agents", [
+                    "--hosts", str(self.hosts), "--host-prefix", "sim", "--latency", self.latency,
+                    "--state-dir", str(self.data_dir / "sim"), "--lease-ttl", str(self.lease_ttl),
+                    "--host-vcpus", str(self.host_vcpus), "--host-memory-mib", str(self.host_memory_mib),
+                    "--fault-rate", str(self.fault_rate),
+                ])
             for process in self.processes.values():
                 process.start()
             self.wait_ready(timeout)

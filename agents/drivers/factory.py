@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agents.drivers.protocol import HostCapacity, HostDriver
 from agents.drivers.sim import SimHypervisor, SimLatency
+
+if TYPE_CHECKING:
+    from agents.drivers.esxi import EsxiConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +63,17 @@ def build_sim_drivers(config: SimConfig) -> tuple[SimHypervisor, dict[str, HostD
         host: hypervisor.add_host(host, config.capacity) for host in sim_host_ids(config)
     }
     return hypervisor, drivers
+
+
+@contextlib.asynccontextmanager
+async def esxi_drivers(config: EsxiConfig) -> AsyncIterator[dict[str, HostDriver]]:
+    """Connect to one ESXi host or vCenter and yield a driver per host it runs; the
+    session closes on exit. Raises DriverError if it cannot connect. (pyvmomi is
+    imported only here, so a sim agent does not need it.)"""
+    from agents.drivers.esxi import open_esxi
+
+    session, drivers = await open_esxi(config)
+    try:
+        yield dict(drivers)
+    finally:
+        await session.close()

@@ -2,8 +2,9 @@
 
 - :class:`AuthInterceptor` reads ``authorization: Bearer <token>``, verifies it
   offline (signature, expiry) and against the watched revocation list, binds the
-  caller to :data:`controlplane.auth.principal.current`, then spends one token of the
-  caller's rate-limit bucket. Health checks and reflection need no token.
+  caller to :data:`controlplane.auth.principal.current` (and its subject and the
+  request's tenant to the log context), then spends one token of the caller's
+  rate-limit bucket. Health checks and reflection need no token.
 - :class:`AuditInterceptor` appends an audit record for every mutation an
   authenticated caller attempts (allowed or not), with its final status code.
 
@@ -100,9 +101,11 @@ class AuthInterceptor(_BehaviorInterceptor):
         async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
             principal = self.authenticate(context)
             token, subject = current.set(principal), logcontext.subject.set(principal.subject)
+            tenant = logcontext.tenant.set(tenant_of(resource_of(request)) or None)
             try:
                 return await behavior(request, context)
             finally:
+                logcontext.tenant.reset(tenant)
                 logcontext.subject.reset(subject)
                 current.reset(token)
 
