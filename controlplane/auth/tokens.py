@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controlplane.auth.principal import Grant, Principal
+from controlplane.auth.principal import Grant, Principal, scope_error
 from controlplane.etcd import EtcdClient, ops
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.models import now_ns
@@ -84,8 +84,11 @@ class TokenAuthority:
                 bearer, self._public, algorithms=[ALGORITHM], issuer=ISSUER, leeway=LEEWAY_S,
                 options={"require": ["exp", "iat", "sub", "jti", "iss"], "verify_iat": False},
             ) if now is None else self._decode_at(bearer, moment)
-            principal = Principal(str(claims["sub"]), tuple(Grant.from_claim(c) for c in claims.get("grants", [])),
-                                  str(claims["jti"]), float(claims["exp"]))
+            grants = tuple(Grant.from_claim(c) for c in claims.get("grants", []))
+            malformed = [str(g) for g in grants if scope_error(g)]
+            if malformed:  # only our key signs tokens, and issuing checks grants: defence in depth
+                raise ValueError(f"malformed grants {malformed}")
+            principal = Principal(str(claims["sub"]), grants, str(claims["jti"]), float(claims["exp"]))
         except jwt.ExpiredSignatureError as err:
             raise InvalidToken("the token has expired", "TOKEN_EXPIRED") from err
         except (jwt.PyJWTError, KeyError, ValueError, TypeError) as err:

@@ -104,6 +104,7 @@ class UsageLedger:
         self._etcd = client
         self._keys = keys
         self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._drains: set[asyncio.Task] = set()  # held: the loop keeps only weak references
         # What each project's keys held after our last txn: a stale entry only costs
         # one failed compare (whose failure branch reads them again).
         self._states: dict[tuple[str, str], _State] = {}
@@ -119,7 +120,9 @@ class UsageLedger:
         lane.pending.append((charge, future))
         if not lane.draining:
             lane.draining = True
-            asyncio.get_running_loop().create_task(self._drain(tenant, project, lane))
+            task = asyncio.get_running_loop().create_task(self._drain(tenant, project, lane))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
         return await future
 
     async def usage(self, tenant: str, project: str) -> tuple[Usage, int]:

@@ -92,10 +92,20 @@ class TenancyStore:
     async def set_ticket(self, tenant_id: str, limits: Limits, *, etag: str = "") -> tuple[Tenant, int]:
         """Set a tenant's quota ticket; refuses (QuotaInvalid) a ticket below what its
         projects are allocated, or one that limits a dimension some project leaves
-        unlimited."""
-        projects = [p for p, _rev in (await self.list_projects(tenant_id))[0]]
-
-        def change(tenant: Tenant) -> Tenant:
+        unlimited. The tenant and its projects are read in one snapshot and the write
+        compares the tenant's revision (which every project creation changes)."""
+        k = self._keys
+        key = k.tenant(tenant_id)
+        projects_prefix = k.projects_prefix(tenant_id)
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            snapshot = await self._etcd.txn([], [ops.get(key), ops.get(projects_prefix, prefix_end(projects_prefix))])
+            tenant_kvs, project_kvs = snapshot.kvs(0), snapshot.kvs(1)
+            if not tenant_kvs:
+                raise NotFound(f"tenants/{tenant_id}")
+            revision = tenant_kvs[0].mod_revision
+            _check_etag(etag, revision)
+            tenant = Tenant.from_bytes(tenant_kvs[0].value)
+            projects = [Project.from_bytes(kv.value) for kv in project_kvs]
             problems = []
             for d in limits.limited():
                 cap = getattr(limits, d)
@@ -108,9 +118,11 @@ class TenancyStore:
                                                     "limit them first"))
             if problems:
                 raise QuotaInvalid(problems)
-            return tenant.with_(quota=limits)
-
-        return await self.update_tenant(tenant_id, change, etag=etag)
+            updated = tenant.with_(quota=limits, update_time_ns=now_ns())
+            result = await self._etcd.txn([ops.mod_revision_is(key, revision)], [ops.put(key, updated.to_bytes())])
+            if result.succeeded:
+                return updated, result.revision
+        raise Conflict(f"tenants/{tenant_id} kept changing; retry")
 
     async def delete_tenant(self, tenant_id: str, *, etag: str = "",
                             delete_project: Callable[[str], object]) -> Tenant:
