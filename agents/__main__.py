@@ -15,6 +15,7 @@ from agents.drivers.factory import (
     SimConfig,
     SimLatency,
     build_sim_drivers,
+    esxi_config,
     esxi_drivers,
     sim_latency,
 )
@@ -82,12 +83,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run_esxi(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from agents.drivers.esxi import EsxiConfig
-
     if not args.esxi_url:
         parser.error("--driver esxi needs --esxi-url")
     try:
-        esxi = EsxiConfig(
+        esxi = esxi_config(
             url=args.esxi_url, user=args.esxi_user, password=os.environ.get("QUANTA_ESXI_PASSWORD", ""),
             verify_tls=not args.esxi_insecure, ca_file=args.esxi_ca_file, hosts=tuple(args.esxi_host),
             host_id_prefix=args.esxi_host_id_prefix, datastore=args.esxi_datastore,

@@ -65,6 +65,13 @@ def build_sim_drivers(config: SimConfig) -> tuple[SimHypervisor, dict[str, HostD
     return hypervisor, drivers
 
 
+def esxi_config(**settings) -> EsxiConfig:
+    """An EsxiConfig (see agents/drivers/esxi/config.py for the settings). Raises ValueError."""
+    from agents.drivers.esxi import EsxiConfig
+
+    return EsxiConfig(**settings)
+
+
 @contextlib.asynccontextmanager
 async def esxi_drivers(config: EsxiConfig) -> AsyncIterator[dict[str, HostDriver]]:
     """Connect to one ESXi host or vCenter and yield a driver per host it runs; the

@@ -1,0 +1,91 @@
+"""Specs for making a VM from an image, one builder per way (pure pyvmomi data, no calls).
+
+- instant: ``InstantClone_Task`` from a running parent (vCenter 6.7+); the child
+  shares the parent's memory and disks, ready in about a second.
+- linked: ``CloneVM_Task`` from the image's current snapshot with
+  ``createNewChildDiskBacking`` (vCenter); on a standalone ESXi host, which has no
+  CloneVM, ``CreateVM_Task`` with each disk a new child of the snapshot's disk.
+- full: ``CloneVM_Task`` copying every disk; the fallback when a linked clone fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyVmomi import vim
+
+from agents.drivers.esxi.session import UID_KEY, Datastore, HostInfo
+from agents.drivers.protocol import VmRequest
+
+_COPIED_DEVICES = (vim.vm.device.VirtualSCSIController, vim.vm.device.VirtualSATAController,
+                   vim.vm.device.VirtualEthernetCard)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """An image VM ready to clone from on one datastore."""
+
+    name: str
+    moid: str
+    powered_on: bool
+    datastores: frozenset[str]
+    mo: Any = field(compare=False, repr=False)
+    snapshot: Any = field(compare=False, repr=False, default=None)
+    guest_id: str = ""
+    devices: tuple = field(compare=False, repr=False, default=())
+    """The devices of the snapshot (else of the VM): what a linked CreateVM copies."""
+
+
+def vm_name(request: VmRequest) -> str:
+    """vSphere name of a Quanta VM: unique per uid, so a repeated create meets DuplicateName."""
+    return f"quanta-{request.vm_uid}"
+
+
+def _extra_config(request: VmRequest) -> list:
+    return [vim.option.OptionValue(key=UID_KEY, value=request.vm_uid)]
+
+
+def _config(request: VmRequest) -> Any:
+    return vim.vm.ConfigSpec(numCPUs=request.vcpus, memoryMB=request.memory_mib,
+                             annotation=f"Quanta {request.name}", extraConfig=_extra_config(request))
+
+
+def clone_spec(request: VmRequest, image: ImageRef, host: HostInfo, datastore: Datastore, *, linked: bool) -> Any:
+    relocate = vim.vm.RelocateSpec(pool=host.pool, host=host.mo, datastore=datastore.mo)
+    spec = vim.vm.CloneSpec(location=relocate, config=_config(request), powerOn=False, template=False)
+    if linked:
+        relocate.diskMoveType = "createNewChildDiskBacking"
+        spec.snapshot = image.snapshot
+    else:
+        relocate.diskMoveType = "moveAllDiskBackingsAndDisallowSharing"
+    return spec
+
+
+def instant_clone_spec(request: VmRequest, host: HostInfo, datastore: Datastore) -> Any:
+    return vim.vm.InstantCloneSpec(
+        name=vm_name(request), location=vim.vm.RelocateSpec(pool=host.pool, host=host.mo, datastore=datastore.mo),
+        config=_extra_config(request))
+
+
+def linked_create_spec(request: VmRequest, image: ImageRef, datastore: Datastore) -> Any:
+    """CreateVM spec whose disks are new delta disks over the image snapshot's disks."""
+    changes = []
+    for device in image.devices:
+        if isinstance(device, vim.vm.device.VirtualDisk):
+            backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                fileName=f"[{datastore.name}]", diskMode="persistent",
+                parent=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=device.backing.fileName,
+                                                                     diskMode="persistent"))
+            disk = vim.vm.device.VirtualDisk(key=device.key, controllerKey=device.controllerKey,
+                                             unitNumber=device.unitNumber, capacityInKB=device.capacityInKB,
+                                             backing=backing)
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
+        elif isinstance(device, _COPIED_DEVICES):
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=device))
+    config = _config(request)
+    config.name = vm_name(request)
+    config.guestId = image.guest_id or "otherGuest64"
+    config.files = vim.vm.FileInfo(vmPathName=f"[{datastore.name}]")
+    config.deviceChange = changes
+    return config

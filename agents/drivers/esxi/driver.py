@@ -1,0 +1,328 @@
+"""``EsxiHost``: the HostDriver for one ESXi host, over a shared :class:`Session`.
+
+VMs are found by the Quanta id in their extraConfig (``quanta.vm_uid``), as the
+session's watcher last saw them, so a restarted agent adopts what it made and
+``list_vms`` shows every Quanta VM on the host (for orphan cleanup). Every vSphere
+fault is mapped by :mod:`faults`; operations that fail with a transient fault are
+retried here ``retries`` times with jittered exponential backoff before the error
+reaches the agent. All operations are idempotent, which is what makes retrying safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from pyVmomi import vim, vmodl
+
+from agents.drivers.esxi import clone
+from agents.drivers.esxi.config import EsxiConfig
+from agents.drivers.esxi.faults import to_driver_error
+from agents.drivers.esxi.images import ImageCache
+from agents.drivers.esxi.session import Datastore, HostInfo, Observed, Session, host_id_for
+from agents.drivers.protocol import (
+    DriverError,
+    HostCapacity,
+    ImageNotFound,
+    OperationFailed,
+    PowerState,
+    VmInfo,
+    VmNotFound,
+    VmRequest,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_STATE_WAIT_S = 3.0
+_POWER = {"poweredOn": PowerState.ON}
+# Faults after which a linked clone is worth retrying as a full clone (not capacity, not a missing image).
+_FALLBACK_REASONS = frozenset({"NotSupported", "SnapshotFault", "InvalidArgument", "InvalidRequest", "InvalidVmConfig",
+                               "FileFault", "InvalidDatastore", "VimFault", "MethodFault"})
+
+
+class EsxiHost:
+    """One ESXi host; implements :class:`~agents.drivers.protocol.HostDriver`.
+
+    Safe for many concurrent coroutines; calls naming the same uid are serialised
+    by a per-uid lock, so a create and its retry cannot both clone.
+    """
+
+    def __init__(self, session: Session, host: HostInfo, images: ImageCache):
+        self._session = session
+        self._config = session.config
+        self.host = host
+        self.host_id = host_id_for(self._config.host_id_prefix, host.name)
+        self._images = images
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.datastore = self._pick_datastore()
+
+    def _pick_datastore(self) -> Datastore:
+        stores = self.host.datastores
+        if self._config.datastore:
+            for ds in stores:
+                if ds.name == self._config.datastore:
+                    return ds
+            raise OperationFailed(f"host {self.host.name}: no datastore {self._config.datastore!r}; "
+                                  f"has {[ds.name for ds in stores]}")
+        if not stores:
+            raise OperationFailed(f"host {self.host.name} has no accessible datastore")
+        return max(stores, key=lambda ds: ds.free)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        delay = self._config.retry_base_s
+        for left in range(self._config.retries, -1, -1):
+            try:
+                return await attempt()
+            except Exception as raw:
+                err = to_driver_error(raw, f"{what} on {self.host_id}")
+                if not err.transient or left == 0:
+                    raise err from raw
+                log.info("transient vSphere fault; retrying", extra={"host": self.host_id, "op": what,
+                                                                      "reason": err.reason})
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _lock(self, vm_uid: str) -> asyncio.Lock:
+        lock = self._locks.get(vm_uid)
+        if lock is None:
+            lock = self._locks[vm_uid] = asyncio.Lock()
+        return lock
+
+    def _mine(self, vm: Observed) -> bool:
+        return vm.host == self.host.moid
+
+    def _observed(self, vm_uid: str) -> list[Observed]:
+        s = self._session
+        return [s.vms[m] for m in s.by_uid.get(vm_uid, ()) if self._mine(s.vms[m])]
+
+    def _info(self, vm_uid: str) -> VmInfo | None:
+        vms = self._observed(vm_uid)
+        if not vms:
+            return None
+        on = any(vm.power == "poweredOn" for vm in vms)
+        return VmInfo(vm_uid, PowerState.ON if on else PowerState.OFF)
+
+    async def _synced(self) -> None:
+        await self._session.synced.wait()
+
+    # --- HostDriver -------------------------------------------------------------------
+
+    async def capacity(self) -> HostCapacity:
+        c, h = self._config, self.host
+        return HostCapacity(
+            vcpus=int(h.threads * c.cpu_allocation_ratio),
+            memory_mib=int(h.memory_bytes // 2**20 * c.memory_allocation_ratio),
+            disk_gib=int(self.datastore.capacity // 2**30 * c.disk_allocation_ratio),
+            labels={"hypervisor": "esxi", "esxi.version": h.version, "esxi.datastore": self.datastore.name,
+                    "esxi.api": self._session.api_type})
+
+    def inventory(self) -> dict[str, list[str]]:
+        """The host's datastores and networks as discovered at start (names)."""
+        return {"datastores": [ds.name for ds in self.host.datastores], "networks": list(self.host.networks)}
+
+    async def list_vms(self) -> list[VmInfo]:
+        await self._synced()
+        return [info for uid in list(self._session.by_uid) if (info := self._info(uid)) is not None]
+
+    async def get_vm(self, vm_uid: str) -> VmInfo | None:
+        await self._synced()
+        async with self._lock(vm_uid):
+            return self._info(vm_uid)
+
+    async def create_vm(self, request: VmRequest) -> VmInfo:
+        await self._synced()
+        async with self._lock(request.vm_uid):
+            info = self._info(request.vm_uid)
+            if info is not None:
+                return info
+            attempts = 0
+
+            async def attempt() -> VmInfo:
+                nonlocal attempts
+                attempts += 1
+                return await self._create(request, retry=attempts > 1)
+            return await self._retrying("create", attempt)
+
+    async def _create(self, request: VmRequest, *, retry: bool = False) -> VmInfo:
+        info = self._info(request.vm_uid)
+        if info is not None:  # an earlier attempt applied after all
+            return info
+        if retry and await self._session.call(self._session.find_vm, self.host.vm_folder, clone.vm_name(request)):
+            # The failed attempt made the VM (its answer was lost, or the watcher lags):
+            # never clone twice; adopt it once the watcher shows it.
+            if await self._session.wait_for(lambda: self._info(request.vm_uid) is not None, _STATE_WAIT_S):
+                return self._info(request.vm_uid)
+            raise OperationFailed(f"VM {request.vm_uid} exists on {self.host_id} but is not seen yet",
+                                  transient=True)
+        image = await self._images.get(request.image, self.host, self.datastore)
+        try:
+            mo = await self._make(request, image)
+        except vim.fault.DuplicateName:
+            # A VM of this uid exists that the watcher has not shown yet (made by an
+            # attempt whose answer was lost): adopt it.
+            if await self._session.wait_for(lambda: self._info(request.vm_uid) is not None, _STATE_WAIT_S):
+                return self._info(request.vm_uid)
+            raise
+        try:
+            await self._fit_hardware(mo, request)
+        except Exception:
+            await self._destroy_mo(mo)
+            raise
+        if not await self._session.wait_for(lambda: self._info(request.vm_uid) is not None, _STATE_WAIT_S):
+            # The watcher missed it (seen with vcsim under load): read it once, directly.
+            await self._session.refresh(mo)
+            if self._info(request.vm_uid) is None:
+                raise OperationFailed(f"VM {request.vm_uid} made on {self.host_id} but not seen", transient=True)
+            log.warning("watcher missed a new VM; read it directly", extra={"host": self.host_id})
+        return self._info(request.vm_uid)
+
+    async def _make(self, request: VmRequest, image: clone.ImageRef):
+        """Make the VM by the first way that works; its VirtualMachine object. Raises the vSphere fault."""
+        s, mode, ds = self._session, self._config.clone_mode, self.datastore
+        if mode == "instant" or (mode == "auto" and s.is_vcenter and image.powered_on):
+            try:
+                return await s.run_task(image.mo.InstantClone_Task, clone.instant_clone_spec(request, self.host, ds))
+            except (vim.fault.VimFault, vmodl.MethodFault) as fault:
+                if mode == "instant" or not _falls_back(fault):
+                    raise
+                log.info("instant clone failed; trying a linked clone",
+                         extra={"host": self.host_id, "reason": type(fault).__name__})
+        if mode in ("auto", "linked") and image.snapshot is not None:
+            try:
+                if s.is_vcenter:
+                    spec = clone.clone_spec(request, image, self.host, ds, linked=True)
+                    return await s.run_task(image.mo.CloneVM_Task, self.host.vm_folder, clone.vm_name(request), spec)
+                config = clone.linked_create_spec(request, image, ds)
+                return await s.run_task(self.host.vm_folder.CreateVM_Task, config, self.host.pool, self.host.mo)
+            except (vim.fault.VimFault, vmodl.MethodFault) as fault:
+                if mode == "linked" or not _falls_back(fault):
+                    raise
+                log.info("linked clone failed; trying a full clone",
+                         extra={"host": self.host_id, "reason": type(fault).__name__})
+        elif mode == "linked":
+            raise ImageNotFound(f"image {image.name!r} has no snapshot to link clones to")
+        spec = clone.clone_spec(request, image, self.host, ds, linked=False)
+        return await s.run_task(image.mo.CloneVM_Task, self.host.vm_folder, clone.vm_name(request), spec)
+
+    async def _fit_hardware(self, mo, request: VmRequest) -> None:
+        # Clones may keep the image's CPU and memory (vcsim always does): set them if so.
+        cpus, memory = await self._session.call(_hardware, mo)
+        if (cpus, memory) != (request.vcpus, request.memory_mib):
+            spec = vim.vm.ConfigSpec(numCPUs=request.vcpus, memoryMB=request.memory_mib)
+            await self._session.run_task(mo.ReconfigVM_Task, spec)
+
+    async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
+        """Set the VM's vCPUs and memory. Idempotent. Raises VmNotFound; a host that
+        cannot change a running VM raises a permanent OperationFailed."""
+        await self._synced()
+        async with self._lock(vm_uid):
+            vms = self._require(vm_uid)
+            spec = vim.vm.ConfigSpec(numCPUs=vcpus, memoryMB=memory_mib)
+
+            async def attempt() -> None:
+                for vm in vms:
+                    await self._session.run_task(self._session.vm_mo(vm.moid).ReconfigVM_Task, spec)
+            await self._retrying("reconfigure", attempt)
+
+    async def hardware(self, vm_uid: str) -> tuple[int, int]:
+        """(vCPUs, memory MiB) as the host reports them now. Raises VmNotFound."""
+        await self._synced()
+        vm = self._require(vm_uid)[0]
+        try:
+            return await self._session.call(_hardware, self._session.vm_mo(vm.moid))
+        except Exception as err:
+            raise to_driver_error(err, f"read {vm_uid}") from err
+
+    def _require(self, vm_uid: str) -> list[Observed]:
+        vms = self._observed(vm_uid)
+        if not vms:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        return vms
+
+    async def power_on(self, vm_uid: str) -> None:
+        await self._set_power(vm_uid, "poweredOn")
+
+    async def power_off(self, vm_uid: str) -> None:
+        await self._set_power(vm_uid, "poweredOff")
+
+    async def _set_power(self, vm_uid: str, want: str) -> None:
+        await self._synced()
+        async with self._lock(vm_uid):
+            async def attempt() -> None:
+                for vm in self._require(vm_uid):
+                    if vm.power == want:
+                        continue
+                    mo = self._session.vm_mo(vm.moid)
+                    start = mo.PowerOnVM_Task if want == "poweredOn" else mo.PowerOffVM_Task
+                    try:
+                        await (self._session.run_task(start, None) if want == "poweredOn"
+                               else self._session.run_task(start))
+                    except vim.fault.InvalidPowerState:
+                        pass  # already there (our cache was behind); confirmed below
+                    if not await self._session.wait_for(lambda v=vm: v.power == want or v.moid not in
+                                                        self._session.vms, _STATE_WAIT_S):
+                        raise OperationFailed(f"VM {vm_uid} not {want} after its task", transient=True)
+            await self._retrying("power_on" if want == "poweredOn" else "power_off", attempt)
+
+    async def destroy_vm(self, vm_uid: str) -> None:
+        await self._synced()
+        async with self._lock(vm_uid):
+            async def attempt() -> None:
+                for vm in self._observed(vm_uid):
+                    await self._destroy_mo(self._session.vm_mo(vm.moid))
+                if not await self._session.wait_for(lambda: not self._observed(vm_uid), _STATE_WAIT_S):
+                    raise OperationFailed(f"VM {vm_uid} still listed after Destroy_Task", transient=True)
+            await self._retrying("destroy", attempt)
+
+    async def _destroy_mo(self, mo) -> None:
+        try:
+            try:
+                await self._session.run_task(mo.PowerOffVM_Task)
+            except vim.fault.InvalidPowerState:
+                pass  # off already
+            await self._session.run_task(mo.Destroy_Task)
+        except vmodl.fault.ManagedObjectNotFound:
+            pass  # gone already: what we wanted
+
+
+def _falls_back(fault: BaseException) -> bool:
+    return to_driver_error(fault).reason in _FALLBACK_REASONS
+
+
+def _hardware(mo) -> tuple[int, int]:
+    hardware = mo.config.hardware
+    return hardware.numCPU, hardware.memoryMB
+
+
+async def open_esxi(config: EsxiConfig) -> tuple[Session, dict[str, EsxiHost]]:
+    """Connect to the endpoint and make a driver per host it manages (``config.hosts``
+    if given). Raises DriverError if it cannot connect or a named host is absent."""
+    session = await Session.open(config)
+    try:
+        hosts = await session.discover_hosts()
+        if config.hosts:
+            missing = set(config.hosts) - {h.name for h in hosts}
+            if missing:
+                raise OperationFailed(f"{config.url} has no host(s) {sorted(missing)}; "
+                                      f"has {sorted(h.name for h in hosts)}")
+            hosts = [h for h in hosts if h.name in config.hosts]
+        images = ImageCache(session)
+        drivers = {}
+        for info in hosts:
+            driver = EsxiHost(session, info, images)
+            drivers[driver.host_id] = driver
+        await session.synced.wait()
+        return session, drivers
+    except BaseException:
+        await session.close()
+        raise
+
+
+__all__ = ["DriverError", "EsxiHost", "open_esxi"]

@@ -1,0 +1,478 @@
+"""One vSphere endpoint: a logged-in SOAP stub, a bounded thread pool for its
+blocking calls, and a PropertyCollector watch that keeps VM state and task results.
+
+pyvmomi blocks, so every remote call runs in the session's thread pool
+(``threads`` at once) and the driver stays async. VM state is not polled: one
+watcher thread long-polls ``WaitForUpdatesEx`` on a collector of its own, over a
+ContainerView of every VirtualMachine, and hands each batch of changes to the event
+loop, which alone touches the cache. Tasks are awaited the same way: a filter on the
+task joins the watcher's collector until the task ends.
+
+An expired session (``NotAuthenticated``) is renewed by logging in again, once per
+expiry however many calls notice it, and the failed call is repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from pyVim.connect import SmartStubAdapter
+from pyVmomi import vim, vmodl
+
+from agents.drivers.esxi.config import EsxiConfig
+from agents.drivers.esxi.faults import to_driver_error
+from agents.drivers.protocol import HostUnavailable
+
+log = logging.getLogger(__name__)
+
+UID_KEY = "quanta.vm_uid"
+"""The extraConfig key that carries a VM's Quanta id."""
+
+_VM_PATHS = ["name", "runtime.powerState", "runtime.host", "config.extraConfig"]
+_TASK_PATHS = ["info.state", "info.error", "info.result"]
+_WAIT_SECONDS = 5  # how long a replaced collector (after a re-login) may go unnoticed
+
+
+@dataclass(slots=True)
+class Observed:
+    """What the watcher last saw of one VM (any VM, Quanta's or not)."""
+
+    moid: str
+    name: str = ""
+    uid: str = ""
+    power: str = "poweredOff"
+    host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Datastore:
+    moid: str
+    name: str
+    capacity: int
+    free: int
+    mo: Any = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    """A HostSystem as discovered at start."""
+
+    moid: str
+    name: str
+    threads: int
+    memory_bytes: int
+    version: str
+    datastores: tuple[Datastore, ...]
+    networks: tuple[str, ...]
+    mo: Any = field(compare=False, repr=False)
+    pool: Any = field(compare=False, repr=False)
+    vm_folder: Any = field(compare=False, repr=False)
+
+
+def host_id_for(prefix: str, name: str) -> str:
+    return prefix + re.sub(r"[^a-z0-9.-]", "-", name.lower())
+
+
+class Session:
+    """A logged-in connection to one vSphere endpoint. Create with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, config: EsxiConfig):
+        self.config = config
+        self.api_type = ""
+        self.relogins = 0
+        self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="esxi")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stub = None
+        self._content = None
+        self._login_lock = threading.Lock()
+        self._login_generation = 0
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._pc_lock = threading.Lock()
+        self._pc = None
+        self._task_filters: dict[str, Any] = {}   # task moid -> filter (guarded by _pc_lock)
+        self._task_mos: dict[str, Any] = {}       # task moid -> task (guarded by _pc_lock)
+        # Below: touched only on the event loop.
+        self.vms: dict[str, Observed] = {}
+        self.by_uid: dict[str, set[str]] = {}
+        self.by_name: dict[str, str] = {}
+        self._task_state: dict[str, dict[str, Any]] = {}
+        self._task_waiters: dict[str, asyncio.Future] = {}
+        self._resync_seen: set[str] | None = None
+        self.synced = asyncio.Event()
+        self.changed = asyncio.Condition()
+
+    @property
+    def is_vcenter(self) -> bool:
+        return self.api_type == "VirtualCenter"
+
+    # --- connection -------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, config: EsxiConfig) -> Session:
+        """Connect, log in and start the watcher. Raises DriverError (HostUnavailable, TlsError...)."""
+        session = cls(config)
+        session._loop = asyncio.get_running_loop()
+        try:
+            await session._loop.run_in_executor(session._pool, session._connect)
+        except Exception as err:
+            session._pool.shutdown(wait=False)
+            raise to_driver_error(err, f"connect {config.url}") from err
+        session._watcher = threading.Thread(target=session._watch, name="esxi-watch", daemon=True)
+        session._watcher.start()
+        return session
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if not self.config.verify_tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(cafile=self.config.ca_file)
+
+    def _connect(self) -> None:
+        url = urlparse(self.config.url)
+        https = url.scheme != "http"
+        port = url.port or (443 if https else 80)
+        self._stub = SmartStubAdapter(
+            host=url.hostname, port=port if https else -port, path=url.path or "/sdk",
+            poolSize=self.config.threads + 2, sslContext=self._ssl_context() if https else None,
+            httpConnectionTimeout=30)
+        if self._stub is None:
+            raise HostUnavailable(f"{self.config.url} is not a vSphere endpoint")
+        instance = vim.ServiceInstance("ServiceInstance", self._stub)
+        self._content = instance.RetrieveContent()
+        self.api_type = self._content.about.apiType
+        self._content.sessionManager.Login(self.config.user, self.config.password)
+
+    def _relogin(self, seen_generation: int) -> None:
+        with self._login_lock:
+            if self._login_generation != seen_generation:
+                return  # another caller renewed the session since this one failed
+            log.warning("vSphere session expired; logging in again", extra={"url": self.config.url})
+            self._content.sessionManager.Login(self.config.user, self.config.password)
+            self._login_generation += 1
+            self.relogins += 1
+
+    def expire_for_test(self) -> None:
+        """Log the session out, as an idle timeout would. Blocking; for tests."""
+        self._content.sessionManager.Logout()
+
+    async def close(self) -> None:
+        """Stop the watcher, log out, free the threads. Idempotent."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._pc is not None:
+            try:
+                await self._loop.run_in_executor(self._pool, self._pc.CancelWaitForUpdates)
+            except Exception:  # noqa: BLE001 - the watcher also stops on its own error
+                pass
+        if self._watcher is not None:
+            await self._loop.run_in_executor(None, self._watcher.join, 2 * _WAIT_SECONDS)
+        try:
+            await self._loop.run_in_executor(self._pool, self._content.sessionManager.Logout)
+        except Exception:  # noqa: BLE001 - logging out of an unreachable host is best effort
+            pass
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for waiter in self._task_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(HostUnavailable("session closed"))
+
+    # --- calls ------------------------------------------------------------------------
+
+    def _invoke(self, fn: Callable[..., Any], args: tuple) -> Any:
+        generation = self._login_generation
+        try:
+            return fn(*args)
+        except vim.fault.NotAuthenticated:
+            self._relogin(generation)
+            return fn(*args)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking pyvmomi call in the pool, logging in again if the session expired.
+        Raises the vSphere fault as is (the driver maps it)."""
+        if self._stopping.is_set():
+            raise HostUnavailable("session closed")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._invoke, fn, args)
+
+    async def run_task(self, start: Callable[..., Any], *args: Any) -> Any:
+        """Start a task and wait for it through the watcher; its result, or its fault raised."""
+        task = await self.call(start, *args)
+        return await self.wait_task(task)
+
+    async def wait_task(self, task: Any) -> Any:
+        moid = task._moId
+        waiter = self._loop.create_future()
+        self._task_waiters[moid] = waiter
+        try:
+            await self.call(self._watch_task, task)
+            async with asyncio.timeout(self.config.task_timeout_s):
+                return await waiter
+        finally:
+            self._task_waiters.pop(moid, None)
+            self._task_state.pop(moid, None)
+            self._pool.submit(self._unwatch_task, moid)
+
+    def _watch_task(self, task: Any) -> None:
+        with self._pc_lock:
+            self._task_mos[task._moId] = task
+            pc = self._pc
+            if pc is None:
+                return  # the watcher is rebuilding its collector, with a filter for this task
+            try:
+                self._task_filters[task._moId] = pc.CreateFilter(_task_filter(task), partialUpdates=True)
+                return
+            except vmodl.fault.ManagedObjectNotFound:
+                pass  # the collector died with an expired session: build the next one now
+        self._setup_collector(stale=pc)
+
+    def _unwatch_task(self, moid: str) -> None:
+        with self._pc_lock:
+            self._task_mos.pop(moid, None)
+            filt = self._task_filters.pop(moid, None)
+        if filt is not None:
+            try:
+                filt.DestroyPropertyFilter()
+            except Exception:  # noqa: BLE001 - gone with its session already
+                pass
+
+    # --- discovery --------------------------------------------------------------------
+
+    async def discover_hosts(self) -> list[HostInfo]:
+        """Every HostSystem (with datastores, networks, pool and VM folder). Raises DriverError."""
+        try:
+            return await self.call(self._discover_hosts)
+        except Exception as err:
+            raise to_driver_error(err, "discover hosts") from err
+
+    def _discover_hosts(self) -> list[HostInfo]:
+        content = self._content
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+        try:
+            hosts = []
+            for host in view.view:
+                datacenter = host.parent
+                while not isinstance(datacenter, vim.Datacenter):
+                    datacenter = datacenter.parent
+                datastores = tuple(
+                    Datastore(ds._moId, ds.name, ds.summary.capacity, ds.summary.freeSpace, ds)
+                    for ds in host.datastore if ds.summary.accessible)
+                hardware = host.hardware
+                hosts.append(HostInfo(
+                    moid=host._moId, name=host.name, threads=hardware.cpuInfo.numCpuThreads,
+                    memory_bytes=hardware.memorySize, version=content.about.version,
+                    datastores=datastores, networks=tuple(n.name for n in host.network),
+                    mo=host, pool=host.parent.resourcePool, vm_folder=datacenter.vmFolder))
+            return hosts
+        finally:
+            view.Destroy()
+
+    def retrieve(self, mo: Any, paths: list[str]) -> dict[str, Any]:
+        """Blocking: the properties of one object that are set (unset ones are absent).
+
+        Used instead of pyvmomi's attribute accessors for properties that may be
+        unset: vcsim panics serving an accessor's Fetch of an unset property."""
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=mo, skip=False)],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(mo), pathSet=paths)])
+        result = self._content.propertyCollector.RetrievePropertiesEx(
+            [spec], vmodl.query.PropertyCollector.RetrieveOptions())
+        return {p.name: p.val for obj in (result.objects if result else ()) for p in obj.propSet or ()}
+
+    def find_vm(self, folder: Any, name: str) -> bool:
+        """Blocking: whether ``folder`` holds a VM named ``name``, asked of the server (not the cache)."""
+        return self._content.searchIndex.FindChild(folder, name) is not None
+
+    async def refresh(self, mo: Any) -> None:
+        """Read one VM's watched properties directly into the cache (when the watcher lags)."""
+        props = await self.call(self.retrieve, mo, _VM_PATHS)
+        self._apply_vm("enter", mo._moId, [(name, "assign", value) for name, value in props.items()])
+
+    def vm_mo(self, moid: str) -> Any:
+        return vim.VirtualMachine(moid, self._stub)
+
+    # --- the watcher (its own thread) -------------------------------------------------
+
+    def _setup_collector(self, stale: Any = None) -> None:
+        """Make the watcher's collector (VM view plus pending task filters), unless one
+        other than ``stale`` exists already. Called by the watcher, or by a caller that
+        found the collector gone with an expired session (the watcher then switches)."""
+        content = self._content
+        with self._pc_lock:
+            if self._pc is not None and self._pc is not stale:
+                return
+            pc = content.propertyCollector.CreatePropertyCollector()
+            view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+            spec = vmodl.query.PropertyCollector.FilterSpec(
+                objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[
+                    vmodl.query.PropertyCollector.TraversalSpec(
+                        name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+                propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_PATHS)])
+            pc.CreateFilter(spec, partialUpdates=True)
+            self._task_filters = {moid: pc.CreateFilter(_task_filter(task), partialUpdates=True)
+                                  for moid, task in self._task_mos.items()}
+            self._pc = pc
+
+    def _watch(self) -> None:
+        version = ""
+        current = None
+        options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=_WAIT_SECONDS)
+        backoff = 0.1
+        while not self._stopping.is_set():
+            generation = self._login_generation
+            try:
+                if self._pc is None:
+                    self._setup_collector()
+                if self._pc is not current:  # a new collector (ours, or a caller's): start over
+                    current, version = self._pc, ""
+                    self._post(self._begin_resync)
+                update = current.WaitForUpdatesEx(version, options)
+                backoff = 0.1
+                if current is not self._pc:
+                    continue  # replaced while we waited: what it said is stale
+            except vmodl.fault.RequestCanceled:
+                continue
+            except (vim.fault.NotAuthenticated, vmodl.fault.ManagedObjectNotFound) as err:
+                # The session expired, and the collector and view with it.
+                with self._pc_lock:
+                    if self._pc is current:
+                        self._pc = None
+                if isinstance(err, vim.fault.NotAuthenticated):
+                    try:
+                        self._relogin(generation)
+                    except Exception as login_err:  # noqa: BLE001 - retried after a backoff
+                        log.warning("re-login failed", extra={"error": str(login_err)})
+                        self._stopping.wait(backoff)
+                        backoff = min(backoff * 2, 10.0)
+                continue
+            except Exception as err:  # noqa: BLE001 - the host is away: keep trying until closed
+                if self._stopping.is_set():
+                    return
+                log.warning("vSphere watch failed; retrying", extra={"error": str(err), "url": self.config.url})
+                with self._pc_lock:
+                    if self._pc is current:
+                        self._pc = None
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if update is None:
+                continue
+            version = update.version
+            changes = []
+            for filter_update in update.filterSet or ():
+                for obj in filter_update.objectSet or ():
+                    changes.append((obj.kind, obj.obj, [(c.name, c.op, c.val) for c in obj.changeSet or ()]))
+            self._post(self._apply, changes, not update.truncated)
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop closed under us: we are shutting down
+            self._stopping.set()
+
+    # --- the cache (event loop only) --------------------------------------------------
+
+    def _begin_resync(self) -> None:
+        self._resync_seen = set()
+
+    def _apply(self, changes: list, complete: bool) -> None:
+        for kind, obj, props in changes:
+            if isinstance(obj, vim.Task):
+                self._apply_task(obj._moId, props)
+            else:
+                self._apply_vm(kind, obj._moId, props)
+        if complete and self._resync_seen is not None:
+            for moid in [m for m in self.vms if m not in self._resync_seen]:
+                self._forget(moid)
+            self._resync_seen = None
+            self.synced.set()
+        asyncio.ensure_future(self._notify())
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _apply_vm(self, kind: str, moid: str, props: list) -> None:
+        if kind == "leave":
+            self._forget(moid)
+            return
+        if self._resync_seen is not None:
+            self._resync_seen.add(moid)
+        vm = self.vms.get(moid)
+        if vm is None:
+            vm = self.vms[moid] = Observed(moid)
+        uid, name = vm.uid, vm.name
+        for path, op, value in props:
+            if path == "name":
+                vm.name = value or ""
+            elif path == "runtime.powerState":
+                vm.power = str(value)
+            elif path == "runtime.host":
+                vm.host = value._moId if value is not None else ""
+            elif path == "config.extraConfig":
+                vm.uid = next((str(o.value) for o in value or () if o.key == UID_KEY), "") if op != "remove" else ""
+            elif path == f'config.extraConfig["{UID_KEY}"]':
+                vm.uid = str(value.value) if value is not None and op != "remove" else ""
+        if uid != vm.uid:
+            if uid:
+                self.by_uid.get(uid, set()).discard(moid)
+                if not self.by_uid.get(uid):
+                    self.by_uid.pop(uid, None)
+            if vm.uid:
+                self.by_uid.setdefault(vm.uid, set()).add(moid)
+        if name != vm.name:
+            if name and self.by_name.get(name) == moid:
+                del self.by_name[name]
+            if vm.name:
+                self.by_name[vm.name] = moid
+
+    def _forget(self, moid: str) -> None:
+        vm = self.vms.pop(moid, None)
+        if vm is None:
+            return
+        if vm.uid:
+            moids = self.by_uid.get(vm.uid, set())
+            moids.discard(moid)
+            if not moids:
+                self.by_uid.pop(vm.uid, None)
+        if vm.name and self.by_name.get(vm.name) == moid:
+            del self.by_name[vm.name]
+
+    def _apply_task(self, moid: str, props: list) -> None:
+        state = self._task_state.setdefault(moid, {})
+        for path, _op, value in props:
+            state[path] = value
+        waiter = self._task_waiters.get(moid)
+        if waiter is None or waiter.done():
+            return
+        if state.get("info.state") == "success":
+            waiter.set_result(state.get("info.result"))
+        elif state.get("info.state") == "error":
+            fault = state.get("info.error")
+            waiter.set_exception(fault if isinstance(fault, BaseException) else vmodl.fault.SystemError(
+                msg=f"task failed: {fault!r}"))
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds after some watcher update; False at the deadline."""
+        try:
+            async with asyncio.timeout(timeout), self.changed:
+                await self.changed.wait_for(predicate)
+            return True
+        except TimeoutError:
+            return predicate()
+
+
+def _task_filter(task: Any) -> Any:
+    return vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task, skip=False)],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.Task, pathSet=_TASK_PATHS)])

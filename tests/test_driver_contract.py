@@ -1,0 +1,207 @@
+"""One HostDriver contract, run against every driver: ``sim`` and ``esxi`` on vcsim.
+
+Each backend knows how to open a driver, reopen it as a restarted agent would (a
+new SimHypervisor on the same journal; a new vSphere session) and make a slow one
+(sim latency; vcsim method delays). A vcsim process serves one test module and is
+stopped at its end, also on failure. VM ids are fresh per test so that tests can
+share one simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agents.drivers.factory import esxi_drivers
+from agents.drivers.protocol import HostCapacity, HostDriver, PowerState, VmInfo, VmNotFound, VmRequest
+from agents.drivers.sim import SimHypervisor, SimLatency
+from tests.vcsim import Vcsim
+
+SLOW_CREATE_S = 0.3
+
+
+def req(uid: str, vcpus: int = 1, memory_mib: int = 512) -> VmRequest:
+    return VmRequest(uid, f"tenants/t/projects/p/vms/{uid}", "ubuntu", vcpus, memory_mib, 10)
+
+
+def uids(n: int = 1) -> list[str]:
+    return [uuid.uuid4().hex[:12] for _ in range(n)]
+
+
+class SimBackend:
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+
+    @contextlib.asynccontextmanager
+    async def driver(self, *, slow: bool = False) -> AsyncIterator[HostDriver]:
+        latency = SimLatency(create=SLOW_CREATE_S) if slow else SimLatency()
+        hypervisor = SimHypervisor(self.state_dir, latency=latency)
+        try:
+            yield hypervisor.add_host("sim-0", HostCapacity(vcpus=512, memory_mib=1 << 20, disk_gib=100_000))
+        finally:
+            hypervisor.close()
+
+
+class VcsimBackend:
+    def __init__(self, fast: Vcsim, slow: Vcsim):
+        self.fast, self.slow = fast, slow
+
+    @contextlib.asynccontextmanager
+    async def driver(self, *, slow: bool = False) -> AsyncIterator[HostDriver]:
+        vcsim = self.slow if slow else self.fast
+        async with esxi_drivers(vcsim.config()) as drivers:
+            (driver,) = drivers.values()
+            yield driver
+
+
+@pytest.fixture(scope="module")
+def vcsims():
+    started: list[Vcsim] = []
+    try:
+        for delays in ({}, {"CreateVM_Task": int(SLOW_CREATE_S * 1000)}):
+            vcsim = Vcsim(mode="esx", method_delay=delays)
+            started.append(vcsim)
+            vcsim.start()
+            vcsim.make_image("ubuntu")
+        yield started
+    finally:
+        for vcsim in started:
+            vcsim.cleanup()
+
+
+@pytest.fixture(params=["sim", "vcsim"])
+def backend(request, tmp_path):
+    if request.param == "sim":
+        return SimBackend(str(tmp_path / "sim"))
+    return VcsimBackend(*request.getfixturevalue("vcsims"))
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_create_makes_one_vm_powered_off(backend):
+    async def body():
+        (uid,) = uids()
+        async with backend.driver() as driver:
+            assert await driver.get_vm(uid) is None
+            info = await driver.create_vm(req(uid))
+            assert info == VmInfo(uid, PowerState.OFF)
+            assert await driver.get_vm(uid) == info
+            assert [vm for vm in await driver.list_vms() if vm.vm_uid == uid] == [info]
+    run(body())
+
+
+def test_create_is_idempotent_also_when_concurrent(backend):
+    async def body():
+        (uid,) = uids()
+        async with backend.driver() as driver:
+            results = await asyncio.gather(*(driver.create_vm(req(uid)) for _ in range(4)))
+            assert set(results) == {VmInfo(uid, PowerState.OFF)}
+            assert await driver.create_vm(req(uid)) == VmInfo(uid, PowerState.OFF)
+            assert [vm.vm_uid for vm in await driver.list_vms()].count(uid) == 1
+    run(body())
+
+
+def test_power_on_and_off_are_idempotent(backend):
+    async def body():
+        (uid,) = uids()
+        async with backend.driver() as driver:
+            await driver.create_vm(req(uid))
+            for _ in range(2):
+                await driver.power_on(uid)
+                assert await driver.get_vm(uid) == VmInfo(uid, PowerState.ON)
+            for _ in range(2):
+                await driver.power_off(uid)
+                assert await driver.get_vm(uid) == VmInfo(uid, PowerState.OFF)
+    run(body())
+
+
+def test_power_and_missing_vms_raise_vm_not_found(backend):
+    async def body():
+        (uid,) = uids()
+        async with backend.driver() as driver:
+            for op in (driver.power_on, driver.power_off):
+                with pytest.raises(VmNotFound) as caught:
+                    await op(uid)
+                assert caught.value.reason == "VmNotFound" and not caught.value.transient
+    run(body())
+
+
+def test_destroy_removes_a_running_vm_and_is_idempotent(backend):
+    async def body():
+        keep, gone = uids(2)
+        async with backend.driver() as driver:
+            for uid in (keep, gone):
+                await driver.create_vm(req(uid))
+                await driver.power_on(uid)
+            await driver.destroy_vm(gone)
+            await driver.destroy_vm(gone)
+            assert await driver.get_vm(gone) is None
+            assert await driver.get_vm(keep) == VmInfo(keep, PowerState.ON)
+            listed = {vm.vm_uid for vm in await driver.list_vms()}
+            assert keep in listed and gone not in listed
+    run(body())
+
+
+def test_a_restarted_driver_adopts_vms_instead_of_making_them_again(backend):
+    async def body():
+        on, off = uids(2)
+        async with backend.driver() as driver:
+            await driver.create_vm(req(on))
+            await driver.power_on(on)
+            await driver.create_vm(req(off))
+        async with backend.driver() as driver:  # a new agent process, same hypervisor
+            assert await driver.get_vm(on) == VmInfo(on, PowerState.ON)
+            assert await driver.create_vm(req(on)) == VmInfo(on, PowerState.ON)
+            assert await driver.create_vm(req(off)) == VmInfo(off, PowerState.OFF)
+            listed = [vm.vm_uid for vm in await driver.list_vms()]
+            assert listed.count(on) == 1 and listed.count(off) == 1
+    run(body())
+
+
+def test_orphans_are_listed_and_cleaned_up_after_a_restart(backend):
+    async def body():
+        wanted, orphan_a, orphan_b = uids(3)
+        async with backend.driver() as driver:
+            for uid in (wanted, orphan_a, orphan_b):
+                await driver.create_vm(req(uid))
+            await driver.power_on(orphan_a)
+        async with backend.driver() as driver:
+            # What the agent's resync does: destroy every listed VM no binding wants.
+            mine = {wanted, orphan_a, orphan_b}
+            for vm in await driver.list_vms():
+                if vm.vm_uid in mine and vm.vm_uid != wanted:
+                    await driver.destroy_vm(vm.vm_uid)
+            listed = {vm.vm_uid for vm in await driver.list_vms()} & mine
+            assert listed == {wanted}
+    run(body())
+
+
+def test_latency_of_the_host_shows_in_create(backend):
+    async def body():
+        (uid,) = uids()
+        async with backend.driver(slow=True) as driver:
+            started = time.perf_counter()
+            await driver.create_vm(req(uid))
+            slow = time.perf_counter() - started
+            started = time.perf_counter()
+            await driver.power_on(uid)
+            fast = time.perf_counter() - started
+        assert slow >= SLOW_CREATE_S
+        assert fast < SLOW_CREATE_S
+    run(body())
+
+
+def test_capacity_is_positive_and_stable(backend):
+    async def body():
+        async with backend.driver() as driver:
+            first = await driver.capacity()
+            assert first.vcpus > 0 and first.memory_mib > 0 and first.disk_gib > 0
+            assert await driver.capacity() == first
+    run(body())

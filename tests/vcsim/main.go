@@ -1,0 +1,177 @@
+// Command vcsim runs govmomi's vSphere API simulator for Quanta's tests and benchmarks.
+//
+// Debian ships govmomi's simulator library but not its vcsim program, so this small
+// main builds one (see scripts/build-vcsim):
+//
+//	GOPATH=/usr/share/gocode GO111MODULE=off go build -o vcsim tests/vcsim/main.go
+//
+// It listens on the given loopback address (port 0: a free port), prints one JSON
+// line {"url": ..., "cert": ...} on stdout once it serves, and exits when stdin
+// closes or on SIGINT/SIGTERM, so that it never outlives the process that started it.
+package main
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"io"
+	"io/ioutil"
+	"log"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+)
+
+func parseMethodDelay(spec string) (map[string]int, error) {
+	delays := map[string]int{}
+	if spec == "" {
+		return delays, nil
+	}
+	for _, item := range strings.Split(spec, ",") {
+		parts := strings.SplitN(item, "=", 2)
+		if len(parts) != 2 {
+			return nil, fmt.Errorf("bad method delay %q: use Method=milliseconds", item)
+		}
+		ms, err := strconv.Atoi(parts[1])
+		if err != nil || ms < 0 {
+			return nil, fmt.Errorf("bad method delay %q: %q is not milliseconds", item, parts[1])
+		}
+		delays[strings.TrimSpace(parts[0])] = ms
+	}
+	return delays, nil
+}
+
+// loopbackCertificate makes a self-signed P-256 certificate for 127.0.0.1, ::1 and
+// localhost. The simulator's built-in one is RSA-1024, which OpenSSL at its default
+// security level rejects as too weak, so a client that verifies TLS could not connect.
+func loopbackCertificate() (tls.Certificate, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	template := x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: "vcsim"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback},
+		DNSNames:              []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &template, &template, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	pair, err := tls.X509KeyPair(certPEM, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+	return pair, certPEM, err
+}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:0", "address to serve on (port 0: a free port)")
+	mode := flag.String("mode", "esx", "esx (a standalone ESXi host) or vpx (a vCenter)")
+	hosts := flag.Int("hosts", 1, "vpx: standalone hosts per datacenter")
+	clusterHosts := flag.Int("cluster-hosts", 0, "vpx: hosts in one cluster (0: no cluster)")
+	datastores := flag.Int("ds", 1, "local datastores, mounted on every host")
+	vms := flag.Int("vm", 0, "VMs the model creates per host/pool (Quanta tests start from none)")
+	delay := flag.Int("delay", 0, "milliseconds added to every SOAP call")
+	methodDelay := flag.String("method-delay", "", "milliseconds per method, e.g. CreateVM_Task=200,PowerOnVM_Task=100")
+	useTLS := flag.Bool("tls", true, "serve https (with a generated certificate)")
+	certOut := flag.String("cert-out", "", "with -tls: write the server certificate (PEM) here")
+	username := flag.String("username", "user", "the only accepted user name")
+	password := flag.String("password", "pass", "its password")
+	sessionIdle := flag.Duration("session-idle", 0, "expire sessions idle this long (0: never)")
+	flag.Parse()
+
+	delays, err := parseMethodDelay(*methodDelay)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	var model *simulator.Model
+	switch *mode {
+	case "esx":
+		model = simulator.ESX()
+	case "vpx":
+		model = simulator.VPX()
+		model.Host = *hosts
+		model.ClusterHost = *clusterHosts
+		if *clusterHosts == 0 {
+			model.Cluster = 0
+		}
+		model.Portgroup = 0
+	default:
+		log.Fatalf("unknown -mode %q: esx or vpx", *mode)
+	}
+	model.Datastore = *datastores
+	model.Machine = *vms
+	model.Autostart = false
+	model.DelayConfig = simulator.DelayConfig{Delay: *delay, MethodDelay: delays}
+	simulator.SessionIdleTimeout = *sessionIdle
+
+	if err := model.Create(); err != nil {
+		log.Fatal(err)
+	}
+	defer model.Remove()
+
+	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
+	cert := ""
+	if *useTLS {
+		pair, certPEM, err := loopbackCertificate()
+		if err != nil {
+			log.Fatal(err)
+		}
+		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+		if *certOut != "" {
+			if err := ioutil.WriteFile(*certOut, certPEM, 0o644); err != nil {
+				log.Fatal(err)
+			}
+			cert = *certOut
+		}
+	}
+	server := model.Service.NewServer()
+	defer server.Close()
+
+	served := server.URL
+	served.User = url.UserPassword(*username, *password)
+	line, _ := json.Marshal(map[string]string{"url": served.String(), "cert": cert})
+	fmt.Println(string(line))
+	os.Stdout.Sync()
+
+	stdinClosed := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(ioutil.Discard, bufio.NewReader(os.Stdin))
+		close(stdinClosed)
+	}()
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	start := time.Now()
+	select {
+	case <-stdinClosed:
+	case <-signals:
+	}
+	log.Printf("vcsim: stopping after %s", time.Since(start).Round(time.Millisecond))
+}
