@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0,
                         help="sim: probability of a transient fault per mutating call (for testing)")
     parser.add_argument("--seed", type=int, default=0, help="sim: seed of the fault generator")
+    parser.add_argument("--images", default=None,
+                        help="sim: the images the hosts have, comma separated, e.g. ubuntu,debian,photon "
+                             "(others fail with ImageNotFound); default: any image")
     esxi = parser.add_argument_group("esxi driver (password in $QUANTA_ESXI_PASSWORD)")
     esxi.add_argument("--esxi-url", help="https://HOST[:PORT]/sdk of an ESXi host or vCenter")
     esxi.add_argument("--esxi-user", default="root")
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=256, help="concurrent reconciles in this process")
     parser.add_argument("--per-host-concurrency", type=int, default=8)
     parser.add_argument("--lease-ttl", type=int, default=10, help="heartbeat lease TTL, seconds")
+    parser.add_argument("--shutdown-grace", type=float, default=20.0,
+                        help="on SIGTERM/SIGINT, seconds that in-flight host operations get to finish "
+                             "(a second signal stops at once)")
     args = parser.parse_args(argv)
     if args.driver == "esxi":
         _run_esxi(parser, args)
@@ -74,11 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         capacity=HostCapacity(args.host_vcpus, args.host_memory_mib, args.host_disk_gib),
         latency=args.latency,
         state_dir=args.state_dir, fault_rate=args.fault_rate, seed=args.seed,
+        images=tuple(i.strip() for i in args.images.split(",") if i.strip()) if args.images is not None else None,
     )
     _hypervisor, drivers = build_sim_drivers(sim)
     config = AgentConfig(etcd=args.etcd, root=args.root, name=args.name or args.host_prefix,
                          driver=args.driver, lease_ttl=args.lease_ttl, workers=args.workers,
-                         per_host_concurrency=args.per_host_concurrency)
+                         per_host_concurrency=args.per_host_concurrency, shutdown_grace_s=args.shutdown_grace)
     run_process("agent", args, run_agent(config, drivers))
 
 
@@ -97,7 +104,7 @@ def _run_esxi(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(str(err))
     config = AgentConfig(etcd=args.etcd, root=args.root, name=args.name or f"esxi-{args.esxi_host_id_prefix}agent",
                          driver="esxi", lease_ttl=args.lease_ttl, workers=args.workers,
-                         per_host_concurrency=args.per_host_concurrency)
+                         per_host_concurrency=args.per_host_concurrency, shutdown_grace_s=args.shutdown_grace)
 
     async def run() -> None:
         async with esxi_drivers(esxi) as drivers:

@@ -18,6 +18,12 @@ class Remover:
         self._store = store
         self._pending: dict[str, dict[object, BoundVm]] = defaultdict(dict)
         self._wakeup = asyncio.Event()
+        self._closing = False
+
+    def close(self) -> None:
+        """Make :meth:`run` return once every removal submitted so far is written."""
+        self._closing = True
+        self._wakeup.set()
 
     def submit(self, host: str, vm: BoundVm) -> None:
         """Queue the removal of a VM its host has destroyed; never blocks. Idempotent."""
@@ -39,9 +45,12 @@ class Remover:
 
     async def run(self) -> None:
         while True:
-            await self._wakeup.wait()
+            if not self._closing:
+                await self._wakeup.wait()
             self._wakeup.clear()
             batch, self._pending = self._take_batch()
+            if self._closing and not any(batch.values()):
+                return
             results = await asyncio.gather(
                 *(self._store.remove_destroyed(host, list(vms.values())) for host, vms in batch.items()),
                 return_exceptions=True,

@@ -23,6 +23,12 @@ class StatusWriter:
         self._store = store
         self._pending: dict[tuple[str, VmRef], StatusUpdate] = {}
         self._wakeup = asyncio.Event()
+        self._closing = False
+
+    def close(self) -> None:
+        """Make :meth:`run` return once every update submitted so far is written."""
+        self._closing = True
+        self._wakeup.set()
 
     def submit(self, update: StatusUpdate) -> None:
         """Queue a status write; never blocks. The last update per VM wins."""
@@ -35,11 +41,14 @@ class StatusWriter:
 
     async def run(self) -> None:
         while True:
-            await self._wakeup.wait()
+            if not self._closing:
+                await self._wakeup.wait()
             self._wakeup.clear()
             batch = list(self._pending.values())
             self._pending.clear()
             if not batch:
+                if self._closing:
+                    return
                 continue
             try:
                 applied = await self._store.write_statuses(batch)

@@ -18,15 +18,24 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agents.drivers.factory import esxi_drivers
-from agents.drivers.protocol import HostCapacity, HostDriver, PowerState, VmInfo, VmNotFound, VmRequest
+from agents.drivers.protocol import (
+    HostCapacity,
+    HostDriver,
+    ImageNotFound,
+    PowerState,
+    VmInfo,
+    VmNotFound,
+    VmRequest,
+)
 from agents.drivers.sim import SimHypervisor, SimLatency
 from tests.vcsim import Vcsim
 
 SLOW_CREATE_S = 0.3
+SIM_IMAGES = ("ubuntu", "debian", "photon")  # the images a Quanta system is seeded with
 
 
-def req(uid: str, vcpus: int = 1, memory_mib: int = 512) -> VmRequest:
-    return VmRequest(uid, f"tenants/t/projects/p/vms/{uid}", "ubuntu", vcpus, memory_mib, 10)
+def req(uid: str, vcpus: int = 1, memory_mib: int = 512, image: str = "ubuntu") -> VmRequest:
+    return VmRequest(uid, f"tenants/t/projects/p/vms/{uid}", image, vcpus, memory_mib, 10)
 
 
 def uids(n: int = 1) -> list[str]:
@@ -40,7 +49,7 @@ class SimBackend:
     @contextlib.asynccontextmanager
     async def driver(self, *, slow: bool = False) -> AsyncIterator[HostDriver]:
         latency = SimLatency(create=SLOW_CREATE_S) if slow else SimLatency()
-        hypervisor = SimHypervisor(self.state_dir, latency=latency)
+        hypervisor = SimHypervisor(self.state_dir, latency=latency, images=SIM_IMAGES)
         try:
             yield hypervisor.add_host("sim-0", HostCapacity(vcpus=512, memory_mib=1 << 20, disk_gib=100_000))
         finally:
@@ -204,4 +213,39 @@ def test_capacity_is_positive_and_stable(backend):
             first = await driver.capacity()
             assert first.vcpus > 0 and first.memory_mib > 0 and first.disk_gib > 0
             assert await driver.capacity() == first
+    run(body())
+
+
+def test_reconfigure_sets_cpu_and_memory_idempotently(backend):
+    async def body():
+        (uid,) = uids()
+        async with backend.driver() as driver:
+            await driver.create_vm(req(uid, vcpus=2, memory_mib=1024))
+            # hardware() is each driver's own read of what the host reports (not in the Protocol).
+            assert await driver.hardware(uid) == (2, 1024)
+            for _ in range(2):
+                await driver.reconfigure(uid, vcpus=4, memory_mib=2048)
+                assert await driver.hardware(uid) == (4, 2048)
+            await driver.power_on(uid)
+            await driver.reconfigure(uid, vcpus=1, memory_mib=512)
+            assert await driver.hardware(uid) == (1, 512)
+            assert await driver.get_vm(uid) == VmInfo(uid, PowerState.ON)
+        async with backend.driver() as driver:  # the change outlives the agent
+            assert await driver.hardware(uid) == (1, 512)
+            (absent,) = uids()
+            with pytest.raises(VmNotFound) as caught:
+                await driver.reconfigure(absent, vcpus=1, memory_mib=512)
+            assert not caught.value.transient
+    run(body())
+
+
+def test_an_unknown_image_raises_image_not_found_and_leaves_no_vm(backend):
+    async def body():
+        (uid,) = uids()
+        async with backend.driver() as driver:
+            with pytest.raises(ImageNotFound) as caught:
+                await driver.create_vm(req(uid, image="no-such-image"))
+            assert (caught.value.reason, caught.value.transient) == ("ImageNotFound", False)
+            assert await driver.get_vm(uid) is None
+            assert uid not in {vm.vm_uid for vm in await driver.list_vms()}
     run(body())

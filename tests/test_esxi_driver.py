@@ -1,6 +1,6 @@
 """The esxi driver's own promises beyond the contract: its fault table, TLS and
 login, re-login on session expiry, vCenter clone paths (linked, full fallback,
-InstantClone error handling and call shape), image copy-once, reconfigure, and
+InstantClone error handling and call shape), image copy-once and
 retries of transient faults. Against vcsim except where a fault must be forced.
 """
 
@@ -152,23 +152,6 @@ def test_image_is_copied_once_to_a_new_datastore_under_concurrent_first_use(esx)
         Disconnect(si)
     assert names.count("quanta-image-copyme@LocalDS_1") == 1
     assert {vm.uid for vm in esx.quanta_vms()} >= set(made)
-
-
-def test_reconfigure_sets_cpu_and_memory(esx):
-    async def body():
-        session, drivers = await open_esxi(esx.config())
-        try:
-            (driver,) = drivers.values()
-            request = req(vcpus=2, memory_mib=1024)
-            await driver.create_vm(request)
-            assert await driver.hardware(request.vm_uid) == (2, 1024)
-            await driver.reconfigure(request.vm_uid, vcpus=4, memory_mib=2048)
-            assert await driver.hardware(request.vm_uid) == (4, 2048)
-            with pytest.raises(VmNotFound):
-                await driver.reconfigure("absent", vcpus=1, memory_mib=512)
-        finally:
-            await session.close()
-    run(body())
 
 
 @pytest.mark.parametrize("mode, image", [("linked", "ubuntu"), ("auto", "bare"), ("full", "ubuntu"),

@@ -375,7 +375,8 @@ def test_zero_latency_never_suspends() -> None:
 
 
 def test_realistic_latency_and_validation() -> None:
-    assert SimLatency.realistic() == SimLatency(create=0.3, power_on=0.1, power_off=0.05, destroy=0.1)
+    assert SimLatency.realistic() == SimLatency(create=0.3, power_on=0.1, power_off=0.05, reconfigure=0.1,
+                                                destroy=0.1)
     with pytest.raises(ValueError):
         SimLatency(create=-1)
     with pytest.raises(ValueError):
@@ -392,5 +393,64 @@ def test_many_hosts_and_counts() -> None:
         assert set(hv.hosts) == {f"h{i}" for i in range(50)}
         with pytest.raises(ValueError):
             hv.add_host("h0", CAP)
+
+    run(main())
+
+
+def test_reconfigure_is_held_to_capacity_and_journaled(tmp_path: Any) -> None:
+    async def first_life() -> None:
+        hv = SimHypervisor(tmp_path)
+        host = hv.add_host("h1", CAP)
+        await host.create_vm(req("a", vcpus=2, memory_mib=2048))
+        await host.create_vm(req("b", vcpus=2, memory_mib=2048))
+        await host.reconfigure("a", vcpus=6, memory_mib=6144)  # exactly full
+        assert host.used() == HostCapacity(8, 8192, 40)
+        for vcpus, memory_mib in ((7, 6144), (6, 6145)):
+            with pytest.raises(CapacityExceeded):
+                await host.reconfigure("a", vcpus=vcpus, memory_mib=memory_mib)
+        assert host.used() == HostCapacity(8, 8192, 40) and await host.hardware("a") == (6, 6144)
+        await host.reconfigure("a", vcpus=1, memory_mib=512)  # shrinking frees room
+        await host.reconfigure("a", vcpus=1, memory_mib=512)  # idempotent: no second record
+        assert host.used() == HostCapacity(3, 2560, 40)
+        hv.close()
+
+    run(first_life())
+    assert [r["op"] for r in read_journal(tmp_path)].count("reconfigure") == 2
+    hv = SimHypervisor(tmp_path)
+    host = hv.add_host("h1", CAP)
+    assert run(host.hardware("a")) == (1, 512)
+    assert host.used() == HostCapacity(3, 2560, 40)
+    with pytest.raises(VmNotFound):
+        run(host.reconfigure("absent", vcpus=1, memory_mib=512))
+    hv.close()
+
+
+def test_growth_is_reserved_while_a_slow_reconfigure_runs_and_released_if_cancelled() -> None:
+    async def main() -> None:
+        gate = Gate()
+        host = SimHypervisor(None, latency=SimLatency(reconfigure=1.0), sleep=gate).add_host("h1", CAP)
+        await host.create_vm(req("a", vcpus=2, memory_mib=1024))
+        task = asyncio.create_task(host.reconfigure("a", vcpus=6, memory_mib=1024))
+        await gate.until_parked(1)
+        assert host.used().vcpus == 6
+        with pytest.raises(CapacityExceeded):  # the growth in flight counts
+            await host.create_vm(req("b", vcpus=4))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert host.used().vcpus == 2 and await host.hardware("a") == (2, 1024)
+
+    run(main())
+
+
+def test_a_host_with_an_image_set_makes_only_those_images() -> None:
+    async def main() -> None:
+        limited = SimHypervisor(None, images=("ubuntu",)).add_host("h1", CAP)
+        with pytest.raises(ImageNotFound):
+            await limited.create_vm(VmRequest("x", "x", "centos", 1, 512, 10))
+        assert len(limited) == 0 and limited.used() == HostCapacity(0, 0, 0)
+        assert await limited.create_vm(req("y")) == VmInfo("y", PowerState.OFF)
+        anything = SimHypervisor(None).add_host("h1", CAP)  # the default: every image exists
+        assert await anything.create_vm(VmRequest("x", "x", "centos", 1, 512, 10)) == VmInfo("x", PowerState.OFF)
 
     run(main())

@@ -24,10 +24,13 @@ class SimConfig:
     state_dir: str | None = None
     seed: int = 0
     fault_rate: float = 0.0
+    images: tuple[str, ...] | None = None
+    """Images the simulated hosts have (others fail with ImageNotFound); None: any image."""
 
 
 LATENCY_MODELS = ("zero", "realistic")
-LATENCY_HELP = ('"zero", "realistic" (create 0.3 s, power on 0.1 s, power off 0.05 s, destroy 0.1 s), '
+LATENCY_HELP = ('"zero", "realistic" (create 0.3 s, power on 0.1 s, power off 0.05 s, reconfigure 0.1 s, '
+                'destroy 0.1 s), '
                 'or seconds per operation, e.g. "create=0.5,power_on=0.2" (others 0)')
 
 
@@ -58,7 +61,7 @@ def sim_host_ids(config: SimConfig) -> list[str]:
 
 def build_sim_drivers(config: SimConfig) -> tuple[SimHypervisor, dict[str, HostDriver]]:
     hypervisor = SimHypervisor(config.state_dir, latency=config.latency, seed=config.seed,
-                               fault_rate=config.fault_rate)
+                               fault_rate=config.fault_rate, images=config.images)
     drivers: dict[str, HostDriver] = {
         host: hypervisor.add_host(host, config.capacity) for host in sim_host_ids(config)
     }

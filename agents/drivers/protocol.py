@@ -156,6 +156,15 @@ class HostDriver(Protocol):
         """Power the VM off (hard). Idempotent (off stays off). Raises VmNotFound if absent."""
         ...
 
+    async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
+        """Set the VM's vCPUs and memory, whatever its power state.
+
+        Idempotent (the same values again change nothing). Raises VmNotFound if the VM
+        is absent, CapacityExceeded if the host lacks room for the increase; a host
+        that cannot change a running VM raises a permanent OperationFailed.
+        """
+        ...
+
     async def destroy_vm(self, vm_uid: str) -> None:
         """Destroy the VM, whatever its power state. Idempotent: an absent VM is fine."""
         ...

@@ -4,8 +4,10 @@ This is a driver like any other (it implements :class:`HostDriver`), not a test
 fake: ``quanta up`` runs on it and the benchmarks measure the control plane against
 it. It models what the control plane must cope with:
 
-- capacity, enforced on create (vCPU, memory and disk of all VMs on the host,
-  whatever their power state, plus creates in flight);
+- capacity, enforced on create and reconfigure (vCPU, memory and disk of all VMs
+  on the host, whatever their power state, plus creates and growths in flight);
+- images: with ``images`` given, a host makes VMs only of those images (others
+  raise ImageNotFound); by default it has every image;
 - latency per operation (:class:`SimLatency`); at zero latency no call suspends;
 - faults, injected one by one (:meth:`SimHost.inject_fault`) or at a seeded random
   rate; a fault may strike after the effect applied, as a timed-out task does;
@@ -24,8 +26,8 @@ import json
 import os
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -33,6 +35,7 @@ from agents.drivers.protocol import (
     CapacityExceeded,
     DriverError,
     HostCapacity,
+    ImageNotFound,
     OperationFailed,
     PowerState,
     VmInfo,
@@ -42,10 +45,10 @@ from agents.drivers.protocol import (
 
 JOURNAL_NAME = "journal.jsonl"
 
-# Operations that fault injection can target; the last four also take latency and
+# Operations that fault injection can target; the mutating ones also take latency and
 # random faults.
-OPS = frozenset({"capacity", "list_vms", "get_vm", "create", "power_on", "power_off", "destroy"})
-_MUTATING = ("create", "power_on", "power_off", "destroy")
+OPS = frozenset({"capacity", "list_vms", "get_vm", "create", "power_on", "power_off", "reconfigure", "destroy"})
+_MUTATING = ("create", "power_on", "power_off", "reconfigure", "destroy")
 _REQUEST_FIELDS = tuple(f.name for f in fields(VmRequest))
 
 Sleep = Callable[[float], Awaitable[Any]]
@@ -58,6 +61,7 @@ class SimLatency:
     create: float = 0.0
     power_on: float = 0.0
     power_off: float = 0.0
+    reconfigure: float = 0.0
     destroy: float = 0.0
 
     def __post_init__(self) -> None:
@@ -68,7 +72,7 @@ class SimLatency:
     @classmethod
     def realistic(cls) -> SimLatency:
         """Linked-clone-like figures, for ``quanta up``."""
-        return cls(create=0.3, power_on=0.1, power_off=0.05, destroy=0.1)
+        return cls(create=0.3, power_on=0.1, power_off=0.05, reconfigure=0.1, destroy=0.1)
 
 
 class _Vm:
@@ -124,6 +128,7 @@ class SimHypervisor:
     (create, power_on, power_off, destroy) fails with a transient OperationFailed,
     drawn from ``random.Random(seed)``; half of those faults strike after the effect
     has applied. ``sleep`` is how latency is spent (tests pass a gate).
+    ``images``: the image names every host has (None: any name is an image).
 
     With ``state_dir``, construction replays the journal there; VMs of a host come
     back when that host is added again with :meth:`add_host`. Not thread-safe: use
@@ -138,9 +143,11 @@ class SimHypervisor:
         seed: int = 0,
         fault_rate: float = 0.0,
         sleep: Sleep = asyncio.sleep,
+        images: Iterable[str] | None = None,
     ):
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError("fault_rate must be within [0, 1]")
+        self.images: frozenset[str] | None = None if images is None else frozenset(images)
         self.latency = latency
         self.fault_rate = fault_rate
         self.rng = random.Random(seed)
@@ -168,6 +175,9 @@ class SimHypervisor:
             elif op in ("power_on", "power_off") and uid in vms:
                 vm = vms[uid]
                 vm.info = VmInfo(uid, PowerState.ON if op == "power_on" else PowerState.OFF)
+            elif op == "reconfigure" and uid in vms:
+                vm = vms[uid]
+                vm.request = replace(vm.request, vcpus=r["vcpus"], memory_mib=r["memory_mib"])
 
     def journal(self, record: dict[str, Any]) -> None:
         """Append one record (one os.write on an O_APPEND file); no-op in memory mode."""
@@ -303,6 +313,9 @@ class SimHost:
             await self._settled(uid)
         vm = self._vms.get(uid)
         if vm is None:
+            images = self._hv.images
+            if images is not None and request.image not in images:
+                raise ImageNotFound(f"host {self.host_id}: no image {request.image!r}; has {sorted(images)}")
             vm = await self._make(request)
         if after is not None:
             raise after
@@ -332,17 +345,20 @@ class SimHost:
         return vm
 
     def _reserve(self, r: VmRequest) -> None:
+        self._reserve_amounts(r.vcpus, r.memory_mib, r.disk_gib)
+
+    def _reserve_amounts(self, vcpus: int, memory_mib: int, disk_gib: int) -> None:
         c = self._capacity
         for what, used, want, total in (
-            ("vcpus", self._vcpus, r.vcpus, c.vcpus),
-            ("memory_mib", self._memory_mib, r.memory_mib, c.memory_mib),
-            ("disk_gib", self._disk_gib, r.disk_gib, c.disk_gib),
+            ("vcpus", self._vcpus, vcpus, c.vcpus),
+            ("memory_mib", self._memory_mib, memory_mib, c.memory_mib),
+            ("disk_gib", self._disk_gib, disk_gib, c.disk_gib),
         ):
-            if used + want > total:
+            if want > 0 and used + want > total:
                 raise CapacityExceeded(f"host {self.host_id}: {what} {used} used + {want} wanted > {total}")
-        self._vcpus += r.vcpus
-        self._memory_mib += r.memory_mib
-        self._disk_gib += r.disk_gib
+        self._vcpus += vcpus
+        self._memory_mib += memory_mib
+        self._disk_gib += disk_gib
 
     def _release(self, vcpus: int, memory_mib: int, disk_gib: int) -> None:
         self._vcpus -= vcpus
@@ -373,6 +389,48 @@ class SimHost:
                 vm.info = VmInfo(vm_uid, power)
         if after is not None:
             raise after
+
+    async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
+        after = self._fail_before("reconfigure")
+        if vcpus < 1 or memory_mib < 1:
+            raise OperationFailed(f"host {self.host_id}: bad size {vcpus} vCPUs, {memory_mib} MiB",
+                                  reason="InvalidArgument")
+        if vm_uid in self._creating:
+            await self._settled(vm_uid)
+        vm = self._vms.get(vm_uid)
+        if vm is None:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        old = vm.request
+        if (old.vcpus, old.memory_mib) != (vcpus, memory_mib):
+            # Hold room for the growth while the change takes its time; give back what
+            # shrinks only once it is made, so the host is never overbooked meanwhile.
+            grow_vcpus, grow_memory = max(0, vcpus - old.vcpus), max(0, memory_mib - old.memory_mib)
+            self._reserve_amounts(grow_vcpus, grow_memory, 0)
+            committed = False
+            try:
+                delay = self._hv.latency.reconfigure
+                if delay > 0:
+                    await self._hv.sleep(delay)
+                if self._vms.get(vm_uid) is not vm:  # destroyed meanwhile
+                    raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+                now = vm.request  # another reconfigure may have landed meanwhile
+                self._hv.journal({"host": self.host_id, "op": "reconfigure", "vm_uid": vm_uid, "vcpus": vcpus,
+                                  "memory_mib": memory_mib})
+                vm.request = replace(now, vcpus=vcpus, memory_mib=memory_mib)
+                self._release(now.vcpus + grow_vcpus - vcpus, now.memory_mib + grow_memory - memory_mib, 0)
+                committed = True
+            finally:
+                if not committed:
+                    self._release(grow_vcpus, grow_memory, 0)
+        if after is not None:
+            raise after
+
+    async def hardware(self, vm_uid: str) -> tuple[int, int]:
+        """(vCPUs, memory MiB) of the VM now. Raises VmNotFound. (Not part of HostDriver; as EsxiHost's.)"""
+        vm = self._vms.get(vm_uid)
+        if vm is None:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        return vm.request.vcpus, vm.request.memory_mib
 
     async def destroy_vm(self, vm_uid: str) -> None:
         after = self._fail_before("destroy")
