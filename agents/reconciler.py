@@ -47,9 +47,20 @@ class Reconciler:
         self._statuses = statuses
         self._remover = remover
         self.desired: dict[Key, BoundVm] = {}
+        #: VMs whose binding went away without a deletion (moved to another host):
+        #: destroyed here by the next reconcile of their key.
+        self.unbound: dict[Key, str] = {}
         #: Last state written per VM, so unchanged states are not written again.
         self.reported: dict[Key, VmState] = {}
         self._host_slots = {host: asyncio.Semaphore(per_host_concurrency) for host in drivers}
+        #: Reconciles in driver calls now.
+        self.acting = 0
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Start no new host work: a reconcile not yet acting returns without acting
+        (the VM stays desired in etcd for the next agent); those acting finish."""
+        self._stopping = True
 
     def _report(self, key: Key, vm: BoundVm, state: VmState, reason: str = "", message: str = "") -> None:
         if self.reported.get(key) == state and not reason:
@@ -60,6 +71,14 @@ class Reconciler:
             state, host=host, reason=reason, message=message, update_time_ns=now_ns(),
             accepted_time_ns=vm.binding.spec.create_time_ns)))
 
+    def unbind(self, key: Key) -> None:
+        """The binding of ``key`` is gone. Unless it went because its VM was deleted
+        (destroyed already), the VM was moved off this host: remember its uid so
+        that reconcile destroys it."""
+        vm = self.desired.pop(key, None)
+        if vm is not None and not vm.binding.deleting:
+            self.unbound[key] = vm.binding.spec.uid
+
     async def reconcile(self, key: Key) -> None:
         """Bring one VM to its desired state. Raises DriverError when a transient
         fault should be retried later."""
@@ -67,12 +86,23 @@ class Reconciler:
         vm = self.desired.get(key)
         if vm is None:
             self.reported.pop(key, None)
+            uid = self.unbound.get(key)
+            if uid is not None:
+                with bound(vm=ref.name, host=host):
+                    log.info("binding gone; destroying the VM moved off this host")
+                    async with self._host_slots[host]:
+                        await _timed("destroy", self._drivers[host].destroy_vm(uid))
+                self.unbound.pop(key, None)
             return
+        self.unbound.pop(key, None)  # bound here again: adopt it, if it still exists
         driver = self._drivers[host]
         spec = vm.binding.spec
         with bound(vm=ref.name, host=host):
             async with self._host_slots[host]:
+                if self._stopping:
+                    return
                 metrics.INFLIGHT.inc()
+                self.acting += 1
                 try:
                     if vm.binding.deleting:
                         await _timed("destroy", driver.destroy_vm(spec.uid))
@@ -89,6 +119,7 @@ class Reconciler:
                         self._report(key, vm, VmState.ERROR, err.reason, str(err))
                 finally:
                     metrics.INFLIGHT.dec()
+                    self.acting -= 1
 
     async def _make_running(self, key: Key, vm: BoundVm, driver: HostDriver) -> None:
         spec = vm.binding.spec

@@ -5,13 +5,21 @@ simulated hosts (scale tests, ``quanta up``), with the same code.
 
 Flow (client-go controller): list bindings at R → watch from R+1 → each change
 enqueues its (host, vm) key → workers reconcile; a periodic resync re-enqueues
-everything and destroys orphans (VMs on a host that no binding wants).
+everything and destroys orphans (VMs on a host that no binding wants). A
+binding that disappears while its VM is not being deleted (the VM was moved off
+this host: drain, host declared dead) makes the worker destroy the VM here.
+
+Clean shutdown (SIGTERM/SIGINT, :meth:`Agent.stop`): no new work starts, the
+reconciles already in driver calls get ``shutdown_grace_s`` to finish, their
+statuses are written, then the agent exits. Work not started stays desired state
+in etcd for the next agent; a second signal stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,6 +47,7 @@ class AgentConfig:
     workers: int = 256
     per_host_concurrency: int = 8
     resync_s: float = 300.0
+    shutdown_grace_s: float = 20.0
 
 
 class Agent:
@@ -54,23 +63,56 @@ class Agent:
         self.remover = Remover(self._store)
         self.reconciler = Reconciler(drivers, self.statuses, self.remover,
                                      per_host_concurrency=config.per_host_concurrency)
+        self._stopping = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Begin a clean shutdown (see the module doc); :meth:`run` then returns. Idempotent."""
+        self._stopping.set()
 
     async def run(self) -> None:
-        """Run until cancelled; raises LeaseLost if the heartbeat lease is lost."""
+        """Run until :meth:`stop` (returns once drained) or cancelled (stops at once);
+        raises LeaseLost if the heartbeat lease is lost."""
         async with Lease(self._etcd, self.config.lease_ttl) as lease:
             await self._register(lease)
             metrics.HOSTS.labels("ready").set(len(self._hosts))
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._watch_lease(lease))
-                    group.create_task(self.statuses.run())
-                    group.create_task(self.remover.run())
-                    group.create_task(self._sync_bindings())
-                    for _ in range(self.config.workers):
-                        group.create_task(self._worker())
+                    lease_watch = group.create_task(self._watch_lease(lease))
+                    writers = [group.create_task(self.statuses.run()), group.create_task(self.remover.run())]
+                    sync = group.create_task(self._sync_bindings())
+                    workers = [group.create_task(self._worker()) for _ in range(self.config.workers)]
+                    await self._stopping.wait()
+                    await self._drain(sync, workers, writers)
+                    lease_watch.cancel()
             finally:
                 metrics.HOSTS.labels("ready").set(0)
                 self._queue.shutdown()
+
+    async def _drain(self, sync: asyncio.Task, workers: list[asyncio.Task], writers: list[asyncio.Task]) -> None:
+        loop = asyncio.get_running_loop()
+        grace = self.config.shutdown_grace_s
+        deadline = loop.time() + grace
+        sync.cancel()  # an orphan destroy it was making is redone by the next agent's resync
+        self.reconciler.stop()
+        self._queue.shutdown()
+        inflight = self.reconciler.acting
+        log.info("stopping: no new work; letting in-flight host operations finish",
+                 extra={"inflight": inflight, "grace_s": grace})
+        _, late = await asyncio.wait(workers, timeout=grace) if workers else (set(), set())
+        for task in late:  # past the grace: the next agent adopts or redoes these (all idempotent)
+            task.cancel()
+        abandoned = self.reconciler.acting if late else 0
+        self.statuses.close()
+        self.remover.close()
+        _, unwritten = await asyncio.wait(writers, timeout=max(deadline - loop.time(), 1.0))
+        for task in unwritten:
+            task.cancel()
+        log.info("agent stopped cleanly" if not late and not unwritten else "agent stopped after its grace period",
+                 extra={"inflight": inflight, "abandoned": abandoned, "writes_unfinished": bool(unwritten)})
 
     async def _register(self, lease: Lease) -> None:
         registrations = []
@@ -93,7 +135,7 @@ class Agent:
             listed = {(vm.binding.host, vm.ref): vm for vm in bound}
             for key in list(desired):
                 if key not in listed:
-                    del desired[key]
+                    self.reconciler.unbind(key)
                     self._queue.add(key)
             for key, vm in listed.items():
                 desired[key] = vm
@@ -106,7 +148,7 @@ class Agent:
                         for change in changes:
                             key = (change.host, change.ref)
                             if change.bound is None:
-                                desired.pop(key, None)
+                                self.reconciler.unbind(key)
                             else:
                                 desired[key] = change.bound
                             self._queue.add(key)
@@ -149,6 +191,24 @@ async def run_agent(config: AgentConfig, drivers: Mapping[str, HostDriver]) -> N
     client = EtcdClient(config.etcd)
     try:
         await client.wait_ready()
-        await Agent(config, client, drivers).run()
+        agent = Agent(config, client, drivers)
+        _stop_cleanly_on_signals(agent)
+        await agent.run()
     finally:
         await client.close()
+
+
+def _stop_cleanly_on_signals(agent: Agent) -> None:
+    """SIGTERM/SIGINT begin a clean stop; a second one cancels at once. (Replaces the
+    process's cancel-at-once handlers, see controlplane.process.)"""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if agent.stopping:
+            task.cancel()
+        else:
+            agent.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)

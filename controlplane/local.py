@@ -86,6 +86,8 @@ class LocalSystem:
         agent_env: dict[str, str] | None = None,
         prometheus: bool = False,
         frontend_args: tuple[str, ...] = (),
+        scheduler_args: tuple[str, ...] = (),
+        sim_agents: int = 1,
     ):
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="quanta-")
         self.data_dir = pathlib.Path(data_dir or self._tmp.name)
@@ -109,6 +111,10 @@ class LocalSystem:
         self.agent_env = agent_env or {}
         self.with_prometheus = prometheus
         self.frontend_args = tuple(frontend_args)
+        self.scheduler_args = tuple(scheduler_args)
+        #: Sim agent processes sharing the ``hosts``: agent-0 runs sim-00000..., agent-i
+        #: (i > 0) runs sim{i}-00000... with its journal in sim_state_dir(i).
+        self.sim_agents = max(1, sim_agents)
         self.prometheus = None  # a controlplane.prometheus.PrometheusServer once started
         self.etcd: EtcdServer | None = None
         self.etcd_endpoint = etcd_endpoint or ""
@@ -152,6 +158,10 @@ class LocalSystem:
         self.processes[name] = process
         return process
 
+    def sim_state_dir(self, agent: int = 0) -> pathlib.Path:
+        """Where sim agent ``agent`` keeps its simulated hosts' journal."""
+        return self.data_dir / (f"sim{agent}" if agent else "sim")
+
     def start(self, timeout: float = 60.0) -> LocalSystem:
         """Start everything and wait until the API serves and every host registered."""
         try:
@@ -166,17 +176,19 @@ class LocalSystem:
                            "--bookmark-interval", str(self.bookmark_interval_s), *self.frontend_args])
             for i in range(self.schedulers):
                 self._add(f"scheduler-{i}", "scheduler",
-                          ["--shards", str(self.shards), "--lease-ttl", str(self.lease_ttl)])
+                          ["--shards", str(self.shards), "--lease-ttl", str(self.lease_ttl), *self.scheduler_args])
             for i, agent_args in enumerate(self.agents or ()):
                 self._add(f"agent-{i}", "agents", ["--lease-ttl", str(self.lease_ttl), *agent_args]
                           ).env.update(self.agent_env)
             if not self.agents:
-                self._add("agent-0", "agents", [
-                    "--hosts", str(self.hosts), "--host-prefix", "sim", "--latency", self.latency,
-                    "--state-dir", str(self.data_dir / "sim"), "--lease-ttl", str(self.lease_ttl),
-                    "--host-vcpus", str(self.host_vcpus), "--host-memory-mib", str(self.host_memory_mib),
-                    "--fault-rate", str(self.fault_rate),
-                ])
+                for i in range(self.sim_agents):
+                    hosts = self.hosts // self.sim_agents + (i < self.hosts % self.sim_agents)
+                    self._add(f"agent-{i}", "agents", [
+                        "--hosts", str(hosts), "--host-prefix", f"sim{i or ''}", "--latency", self.latency,
+                        "--state-dir", str(self.sim_state_dir(i)), "--lease-ttl", str(self.lease_ttl),
+                        "--host-vcpus", str(self.host_vcpus), "--host-memory-mib", str(self.host_memory_mib),
+                        "--fault-rate", str(self.fault_rate),
+                    ])
             for process in self.processes.values():
                 process.start()
             self.wait_ready(timeout)

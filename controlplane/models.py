@@ -32,6 +32,15 @@ class VmState(enum.IntEnum):
     DELETING = 7
 
 
+class RestartPolicy(enum.IntEnum):
+    """What happens to a running VM when its host is drained or declared dead.
+    Stored values (quanta.store.v1.VmSpec.restart_policy); the API's enum is
+    shifted by one (0 there is UNSPECIFIED = ALWAYS)."""
+
+    ALWAYS = 0  # placed again on another host
+    NEVER = 1  # deleted
+
+
 @dataclass(frozen=True, slots=True)
 class Resources:
     """An amount of compute resources. Fields may be negative: the same type
@@ -94,6 +103,7 @@ class VmSpec:
     shard: int = 0
     node_selector: Mapping[str, str] = field(default_factory=dict)  # host labels it needs
     anti_affinity_group: str = ""  # no two VMs of one group on a host
+    restart_policy: RestartPolicy = RestartPolicy.ALWAYS
 
     @property
     def deleting(self) -> bool:
@@ -107,6 +117,7 @@ class VmSpec:
             disk_gib=self.resources.disk_gib, request_id=self.request_id,
             create_time_ns=self.create_time_ns, delete_time_ns=self.delete_time_ns, shard=self.shard,
             node_selector=dict(self.node_selector), anti_affinity_group=self.anti_affinity_group,
+            restart_policy=int(self.restart_policy),
         )
 
     @classmethod
@@ -115,6 +126,7 @@ class VmSpec:
             VmRef(m.tenant, m.project, m.vm_id), m.uid, m.flavor, m.image,
             Resources(m.vcpus, m.memory_mib, m.disk_gib), dict(m.labels), m.request_id,
             m.create_time_ns, m.delete_time_ns, m.shard, dict(m.node_selector), m.anti_affinity_group,
+            RestartPolicy(m.restart_policy) if m.restart_policy in (0, 1) else RestartPolicy.ALWAYS,
         )
 
     def to_bytes(self) -> bytes:

@@ -152,12 +152,18 @@ class Client:
 
     # VMs
     def create_vm(self, vm_id: str = "", *, flavor: str, image: str, labels: dict[str, str] | None = None,
-                  request_id: str | None = None) -> vm_pb2.Vm:
+                  request_id: str | None = None, node_selector: dict[str, str] | None = None,
+                  anti_affinity_group: str = "", restart_policy: str = "ALWAYS") -> vm_pb2.Vm:
         """Create a VM; returns it PENDING. ``vm_id`` "" lets the server assign one.
-        Idempotent per request_id (one is generated, and reused by the retries here)."""
+        Idempotent per request_id (one is generated, and reused by the retries here).
+        ``node_selector``: host labels it needs; ``anti_affinity_group``: no two VMs
+        of the group on one host; ``restart_policy``: "ALWAYS" (placed again when its
+        host is drained or dead) or "NEVER" (deleted then)."""
         request = vm_pb2.CreateVmRequest(
             parent=self.parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex,
-            vm=vm_pb2.Vm(flavor=flavor, image=image, labels=labels or {}),
+            vm=vm_pb2.Vm(flavor=flavor, image=image, labels=labels or {}, node_selector=node_selector or {},
+                         anti_affinity_group=anti_affinity_group,
+                         restart_policy=vm_pb2.Vm.RestartPolicy.Value(restart_policy)),
         )
         return self._call(self._vms.CreateVm, request, retries=3)
 
@@ -184,17 +190,9 @@ class Client:
     def watch_vms(self, *, resource_version: int = 0, label_selector: str = "",
                   timeout: float | None = None) -> Iterator[vm_pb2.VmEvent]:
         """Stream VM events (from 0: current state first). Ends after ``timeout`` seconds if given."""
-        stream = self._vms.WatchVms(vm_pb2.WatchVmsRequest(
+        yield from _stream(self._vms.WatchVms(vm_pb2.WatchVmsRequest(
             parent=self.parent, resource_version=resource_version, label_selector=label_selector),
-            timeout=timeout)
-        try:
-            yield from stream
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
-                return
-            raise ApiError.from_rpc_error(err) from None
-        finally:
-            stream.cancel()
+            timeout=timeout), timeout)
 
     def wait_for_vm(self, vm_id: str, state: str, *, timeout: float = 60.0) -> vm_pb2.Vm:
         """Block until the VM is in ``state`` (e.g. "RUNNING"), watching, not polling.
@@ -223,6 +221,20 @@ class Client:
     def get_host(self, host_id: str) -> host_pb2.Host:
         name = host_id if host_id.startswith("hosts/") else f"hosts/{host_id}"
         return self._call(self._hosts.GetHost, host_pb2.GetHostRequest(name=name), retries=3)
+
+    def set_maintenance(self, host_id: str, maintenance: bool = True) -> host_pb2.Host:
+        """Take a host out of placement (or put it back); system admins. Idempotent."""
+        name = host_id if host_id.startswith("hosts/") else f"hosts/{host_id}"
+        return self._call(self._hosts.SetMaintenance,
+                          host_pb2.SetMaintenanceRequest(name=name, maintenance=maintenance), retries=3)
+
+    def drain_host(self, host_id: str, *, timeout_s: float = 300.0) -> host_pb2.Host:
+        """Maintenance, then move every VM off the host by its restart policy; blocks
+        until the host is empty (DEADLINE_EXCEEDED after ``timeout_s``). Safe to retry."""
+        name = host_id if host_id.startswith("hosts/") else f"hosts/{host_id}"
+        request = host_pb2.DrainHostRequest(name=name)
+        request.timeout.FromNanoseconds(int(timeout_s * 1e9))
+        return self._call(self._hosts.DrainHost, request, retries=3, timeout=timeout_s + 10)
 
     # Tenants, projects and quotas
     def create_tenant(self, tenant_id: str, *, display_name: str = "", labels: dict[str, str] | None = None,
@@ -345,16 +357,22 @@ class Client:
 
     def watch_audit(self, *, tenant: str = "", resource_version: int = 0,
                     timeout: float | None = None) -> Iterator[auth_pb2.AuditEvent]:
-        stream = self._audit.WatchAuditRecords(auth_pb2.WatchAuditRecordsRequest(
-            parent=f"tenants/{tenant}" if tenant else "", resource_version=resource_version), timeout=timeout)
-        try:
-            yield from stream
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
-                return
-            raise ApiError.from_rpc_error(err) from None
-        finally:
-            stream.cancel()
+        yield from _stream(self._audit.WatchAuditRecords(auth_pb2.WatchAuditRecordsRequest(
+            parent=f"tenants/{tenant}" if tenant else "", resource_version=resource_version), timeout=timeout),
+            timeout)
+
+
+def _stream(stream, timeout: float | None) -> Iterator:
+    """The messages of a server stream; ends quietly when ``timeout`` (if given) runs
+    out, raises ApiError for anything else, and cancels the call when abandoned."""
+    try:
+        yield from stream
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
+            return
+        raise ApiError.from_rpc_error(err) from None
+    finally:
+        stream.cancel()
 
 
 def _all(fetch, field: str) -> list:

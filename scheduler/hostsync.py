@@ -50,7 +50,7 @@ def snapshot_of(record: HostRecord) -> HostSnapshot:
     capacity = reg.capacity if reg else Resources()
     return HostSnapshot(
         host_id=record.host,
-        ready=record.ready,
+        ready=record.ready and not record.dead,  # a dead host takes nothing until its marker is lifted
         capacity=capacity,
         allocated=record.allocation.resources,
         vm_count=record.allocation.vm_count,

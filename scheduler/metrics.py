@@ -17,3 +17,5 @@ HOSTS = Gauge("quanta_scheduler_hosts", "Hosts in this process's view by state: 
               "alive) or missing (heartbeat lost while VMs are still bound to it).", ["state"])
 SHARD_CHANGES = Counter("quanta_scheduler_shard_ownership_changes_total",
                         "Shards acquired or lost by this process.", ["event"])
+HOSTS_DECLARED_DEAD = Counter("quanta_scheduler_hosts_declared_dead_total",
+                              "Hosts this process declared dead (missing past the grace); their VMs are moved off.")

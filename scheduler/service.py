@@ -8,6 +8,9 @@ and releases its surplus when a process joins. A dead process's member and
 shard keys go with its lease, so within the lease TTL the others take its
 shards over. Every bind still compares the shard key's create_revision (fence).
 
+The owner of shard 0 also runs the ``HostReaper`` (lifecycle.py): hosts missing
+past ``host_dead_after_s`` are declared dead and their VMs moved off.
+
 Losing the session lease cancels all shard work (TaskGroup) and the process
 exits non-zero, so a supervisor restarts it with a fresh session.
 """
@@ -25,10 +28,13 @@ from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, LeaseLost
 from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
+from controlplane.store.lifecycle import HostEvictor, LifecycleStore
 from controlplane.store.scheduling import SchedulingStore
 from controlplane.store.shards import ShardDirectory, ShardLock, ShardTable
+from controlplane.store.vms import VmStore
 from scheduler import balance, metrics
 from scheduler.hostsync import HostSync
+from scheduler.lifecycle import HostReaper
 from scheduler.placement import POLICIES, HostView
 from scheduler.shard import ShardLost, ShardScheduler
 
@@ -44,6 +50,7 @@ class SchedulerConfig:
     batch_size: int = 256
     policy: str = "spread"  # a key of placement.POLICIES
     name: str = f"{socket.gethostname()}-{os.getpid()}"
+    host_dead_after_s: float = 60.0  # a host missing this long is declared dead (by shard 0's owner)
 
 
 async def run_scheduler(config: SchedulerConfig) -> None:
@@ -57,9 +64,21 @@ async def run_scheduler(config: SchedulerConfig) -> None:
         hosts = HostSync(HostStore(client, keys), view)
         store = SchedulingStore(client, keys)
 
+        lifecycle = LifecycleStore(client, keys)
+        evictor = HostEvictor(lifecycle, VmStore(client, keys))
+
         async def run_shard(lock: ShardLock) -> None:
-            await ShardScheduler(lock.shard, store, hosts, lock, batch_size=config.batch_size,
-                                 scorer=POLICIES[config.policy]).run()
+            shard = ShardScheduler(lock.shard, store, hosts, lock, batch_size=config.batch_size,
+                                   scorer=POLICIES[config.policy])
+            if lock.shard != 0:
+                await shard.run()
+                return
+            # Shard 0's owner also declares missing hosts dead: exactly one process at a time.
+            reaper = HostReaper(HostStore(client, keys), lifecycle, evictor, lock.fence,
+                                grace_s=config.host_dead_after_s)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(shard.run(), name=f"shard-{lock.shard}")
+                group.create_task(reaper.run(), name="host-reaper")
 
         async with Lease(client, config.lease_ttl) as lease, asyncio.TaskGroup() as group:
             group.create_task(hosts.run(), name="hosts")

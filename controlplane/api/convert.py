@@ -7,7 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controlplane.auth.principal import Grant, Role
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
-from controlplane.models import Flavor, Image, Resources, VmState
+from controlplane.models import Flavor, Image, Resources, RestartPolicy, VmState
 from controlplane.store.hosts import HostRecord
 from controlplane.store.vms import VmRecord
 from controlplane.tenancy import DIMENSIONS, Limits, Project, Tenant, Usage
@@ -32,6 +32,8 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
         resources=resources_to_proto(spec.resources), state=int(record.state), host=status.host,
         create_time=_ts(spec.create_time_ns), update_time=_ts(status.update_time_ns or spec.create_time_ns),
         delete_time=_ts(spec.delete_time_ns), etag=record.etag, resource_version=record.resource_version,
+        node_selector=dict(spec.node_selector), anti_affinity_group=spec.anti_affinity_group,
+        restart_policy=RESTART_POLICY_TO_PROTO[spec.restart_policy],
     )
     if status.reason:
         condition_type = "Scheduled" if status.state == VmState.PENDING else "Ready"
@@ -41,11 +43,23 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
     return vm
 
 
+RESTART_POLICY_TO_PROTO = {RestartPolicy.ALWAYS: vm_pb2.Vm.ALWAYS, RestartPolicy.NEVER: vm_pb2.Vm.NEVER}
+RESTART_POLICY_FROM_PROTO = {vm_pb2.Vm.RESTART_POLICY_UNSPECIFIED: RestartPolicy.ALWAYS,
+                             vm_pb2.Vm.ALWAYS: RestartPolicy.ALWAYS, vm_pb2.Vm.NEVER: RestartPolicy.NEVER}
+
+
+def host_state(record: HostRecord) -> int:
+    """DEAD while the dead marker stands (even once the agent is back), else READY
+    when registered, else MISSING."""
+    if record.dead:
+        return host_pb2.Host.DEAD
+    return host_pb2.Host.READY if record.ready else host_pb2.Host.MISSING
+
+
 def host_to_proto(record: HostRecord) -> host_pb2.Host:
     reg = record.registration
     host = host_pb2.Host(
-        name=f"hosts/{record.host}",
-        state=host_pb2.Host.READY if record.ready else host_pb2.Host.MISSING,
+        name=f"hosts/{record.host}", state=host_state(record), maintenance=record.maintenance,
         allocated=resources_to_proto(record.allocation.resources), vm_count=record.allocation.vm_count,
         resource_version=record.revision,
     )

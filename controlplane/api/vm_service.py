@@ -14,7 +14,7 @@ from prometheus_client import Counter
 
 from controlplane.api import errors, validation
 from controlplane.api.access import require
-from controlplane.api.convert import vm_to_proto
+from controlplane.api.convert import RESTART_POLICY_FROM_PROTO, vm_to_proto
 from controlplane.api.streams import watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
@@ -60,6 +60,12 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         v.capture(validation.validate_labels, vm.labels, "vm.labels")
         if sum(len(k) + len(val) for k, val in vm.labels.items()) > MAX_LABELS_BYTES:
             v.add("vm.labels", f"labels exceed {MAX_LABELS_BYTES} bytes in total")
+        v.capture(validation.validate_labels, vm.node_selector, "vm.node_selector")
+        if vm.anti_affinity_group:
+            v.capture(validation.validate_resource_id, vm.anti_affinity_group, "vm.anti_affinity_group",
+                      "anti-affinity group")
+        if vm.restart_policy not in RESTART_POLICY_FROM_PROTO:
+            v.add("vm.restart_policy", f"unknown restart policy {vm.restart_policy}; ALWAYS or NEVER")
         v.capture(validation.validate_request_id, request.request_id)
         if vm.name and parent and vm.name != validation.vm_name(*parent, vm_id):
             v.add("vm.name", "output only; leave empty or equal to parent/vms/vm_id")
@@ -70,6 +76,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             ref=VmRef(tenant, project, vm_id), uid=uid, flavor=vm.flavor, image=vm.image,
             resources=flavor.resources, labels=dict(vm.labels),
             request_id=request.request_id, create_time_ns=now_ns(), shard=shard_of(uid, self._shards),
+            node_selector=dict(vm.node_selector), anti_affinity_group=vm.anti_affinity_group,
+            restart_policy=RESTART_POLICY_FROM_PROTO[vm.restart_policy],
         )
         try:
             record, created = await self._store.create(spec)

@@ -21,7 +21,7 @@ def _vm_row(vm: vm_pb2.Vm) -> str:
 
 
 def _host_row(host: host_pb2.Host) -> str:
-    state = host_pb2.Host.State.Name(host.state)
+    state = host_pb2.Host.State.Name(host.state) + ("*" if host.maintenance else "")
     return (f"{host.name.split('/', 1)[1]:<16} {state:<8} vms={host.vm_count:<6} "
             f"vcpus={host.allocated.vcpus}/{host.capacity.vcpus} "
             f"mem={host.allocated.memory_mib}/{host.capacity.memory_mib}MiB")
@@ -84,6 +84,11 @@ def main(kind: str, argv: list[str]) -> None:
         create.add_argument("--image", required=True, help="ubuntu, debian, photon")
         create.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
         create.add_argument("--request-id", default=None, help="idempotency key (default: random)")
+        create.add_argument("--node-selector", action="append", default=[], metavar="K=V",
+                            help="only hosts with this label (repeatable)")
+        create.add_argument("--anti-affinity-group", default="", help="no two VMs of this group on one host")
+        create.add_argument("--restart-policy", choices=("ALWAYS", "NEVER"), default="ALWAYS",
+                            help="when its host is drained or dead: ALWAYS place it again, NEVER delete it")
         create.add_argument("--wait", action="store_true", help="wait until RUNNING")
         for verb in ("get", "delete"):
             p = sub.add_parser(verb, parents=[common])
@@ -98,6 +103,14 @@ def main(kind: str, argv: list[str]) -> None:
         sub.add_parser("list", parents=[common])
         get = sub.add_parser("get", parents=[common])
         get.add_argument("name")
+        maintenance = sub.add_parser("maintenance", help="no new VMs on the host (system admins)",
+                                     parents=[common])
+        maintenance.add_argument("name")
+        maintenance.add_argument("--off", action="store_true", help="take the host out of maintenance")
+        drain = sub.add_parser("drain", help="maintenance, then move its VMs off by restart policy; waits",
+                               parents=[common])
+        drain.add_argument("name")
+        drain.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the host to empty")
     args = parser.parse_args(argv)
     run_with_client(args, lambda client: _run(kind, args, client))
 
@@ -108,13 +121,19 @@ def _run(kind: str, args, client: Client) -> None:
         if args.verb == "list":
             for host in client.list_hosts():
                 print_message(host, out, _host_row)
+        elif args.verb == "maintenance":
+            print_message(client.set_maintenance(args.name, not args.off), out, _host_row)
+        elif args.verb == "drain":
+            print_message(client.drain_host(args.name, timeout_s=args.timeout), out, _host_row)
         else:
             print_message(client.get_host(args.name), out, _host_row)
         return
     if args.verb == "create":
         labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+        selector = dict(item.split("=", 1) for item in args.node_selector if "=" in item)
         vm = client.create_vm(args.name, flavor=args.flavor, image=args.image, labels=labels,
-                              request_id=args.request_id)
+                              request_id=args.request_id, node_selector=selector,
+                              anti_affinity_group=args.anti_affinity_group, restart_policy=args.restart_policy)
         print_message(vm, out, _vm_row)
         if args.wait:
             print_message(client.wait_for_vm(vm.name, "RUNNING"), out, _vm_row)

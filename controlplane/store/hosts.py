@@ -20,6 +20,8 @@ class HostRecord:
     alloc_revision: int  # mod_revision of the allocation key, 0 when absent
     revision: int
     maintenance: bool = False  # an operator took it out of placement
+    dead: bool = False  # declared dead (missing past the grace); its VMs are moved off
+    dead_revision: int = 0  # mod_revision of the dead marker, 0 when absent
 
     @property
     def ready(self) -> bool:
@@ -34,12 +36,19 @@ class HostTable:
         self.regs: dict[str, tuple[HostRegistration, int]] = {}
         self.allocs: dict[str, tuple[HostAllocation, int]] = {}
         self.maintenance: set[str] = set()
+        self.dead: dict[str, int] = {}  # host -> the dead marker's mod_revision
 
     def apply(self, kv: KeyValue, deleted: bool) -> str:
         """Fold one key's change in; returns the host it concerns."""
         host, part = self._keys.parse_host_key(kv.key)
         if part == "maintenance":
             (self.maintenance.discard if deleted else self.maintenance.add)(host)
+            return host
+        if part == "dead":
+            if deleted:
+                self.dead.pop(host, None)
+            else:
+                self.dead[host] = kv.mod_revision
             return host
         if part not in ("reg", "alloc"):
             return host  # a part this version does not know
@@ -64,6 +73,8 @@ class HostTable:
             alloc[1] if alloc else 0,
             max(reg[1] if reg else 0, alloc[1] if alloc else 0),
             host in self.maintenance,
+            host in self.dead,
+            self.dead.get(host, 0),
         )
 
     def hosts(self) -> list[str]:
@@ -100,8 +111,8 @@ class HostStore:
         else "", revision). Reads about 2 keys per host, not the whole fleet."""
         prefix = self._keys.hosts_prefix()
         start = prefix_end(prefix + after.encode() + b"/") if after else prefix
-        # Each host has at most 2 keys (reg, alloc); one more shows whether more follow.
-        result = await self._etcd.range(start, prefix_end(prefix), limit=2 * limit + 1, revision=revision)
+        # Each host has at most 4 keys (reg, alloc, maintenance, dead); one more shows whether more follow.
+        result = await self._etcd.range(start, prefix_end(prefix), limit=4 * limit + 1, revision=revision)
         table = HostTable(self._keys)
         hosts: list[str] = []  # in key order ("a-b/" sorts before "a/"), which paging follows
         for kv in result.kvs:

@@ -11,6 +11,8 @@ independent systems (or tests) share one etcd.
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present
+    hosts/{host}/dead                     (empty)     the scheduler (shard 0's owner): missing past the grace;
+                                                      its VMs are moved off, no bind lands on it while present
     flavors/{name}, images/{name}         Flavor, Image   public catalog (system admins)
     tenant-flavors/{tenant}/{name}        Flavor      a tenant's private flavors (its admins)
     tenants/{tenant}                      TenantRecord      system admins; quota ticket + allocated
@@ -109,8 +111,11 @@ class Keys:
     def host_maintenance(self, host: str) -> bytes:
         return self._k(f"hosts/{host}/maintenance")
 
+    def host_dead(self, host: str) -> bytes:
+        return self._k(f"hosts/{host}/dead")
+
     def parse_host_key(self, key: bytes) -> tuple[str, str]:
-        """(host, "reg" | "alloc") of a key under hosts/."""
+        """(host, "reg" | "alloc" | "maintenance" | "dead") of a key under hosts/."""
         host, part = key[len(self.base) + len("hosts/"):].decode().rsplit("/", 1)
         return host, part
 

@@ -2,7 +2,8 @@
 binds that move VMs from the queue onto hosts.
 
 A bind is compare-and-swap on everything it read: the shard's ownership
-(fencing), each host's allocation revision and each queued VM's queue entry.
+(fencing), each host's allocation revision (and that it is not declared dead)
+and each queued VM's queue entry.
 Binds are batched: one etcd round trip carries one nested txn per host, so a
 conflict on one host fails only that host's binds.
 """
@@ -86,7 +87,9 @@ class SchedulingStore:
         at = now_ns()
         nested = []
         for bind in binds:
-            compares = [ops.mod_revision_is(k.host_alloc(bind.host), bind.alloc_revision)]
+            # A host declared dead takes no binds, whatever a (lagging) host view says.
+            compares = [ops.mod_revision_is(k.host_alloc(bind.host), bind.alloc_revision),
+                        ops.absent(k.host_dead(bind.host))]
             success = [ops.put(k.host_alloc(bind.host), bind.allocation.to_bytes())]
             for vm in bind.vms:
                 spec = vm.spec

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from controlplane.gen.quanta.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
@@ -12,15 +13,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Host(_message.Message):
-    __slots__ = ("name", "state", "capacity", "allocated", "vm_count", "labels", "driver", "register_time", "resource_version")
+    __slots__ = ("name", "state", "capacity", "allocated", "vm_count", "labels", "driver", "register_time", "resource_version", "maintenance")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Host.State]
         READY: _ClassVar[Host.State]
         MISSING: _ClassVar[Host.State]
+        DEAD: _ClassVar[Host.State]
     STATE_UNSPECIFIED: Host.State
     READY: Host.State
     MISSING: Host.State
+    DEAD: Host.State
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +40,7 @@ class Host(_message.Message):
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     REGISTER_TIME_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAINTENANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: Host.State
     capacity: _common_pb2.Resources
@@ -46,7 +50,8 @@ class Host(_message.Message):
     driver: str
     register_time: _timestamp_pb2.Timestamp
     resource_version: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[Host.State, str]] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., allocated: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., vm_count: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[str] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
+    maintenance: bool
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[Host.State, str]] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., allocated: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., vm_count: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[str] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource_version: _Optional[int] = ..., maintenance: _Optional[bool] = ...) -> None: ...
 
 class GetHostRequest(_message.Message):
     __slots__ = ("name",)
@@ -71,6 +76,22 @@ class ListHostsResponse(_message.Message):
     next_page_token: str
     resource_version: int
     def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class SetMaintenanceRequest(_message.Message):
+    __slots__ = ("name", "maintenance")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAINTENANCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    maintenance: bool
+    def __init__(self, name: _Optional[str] = ..., maintenance: _Optional[bool] = ...) -> None: ...
+
+class DrainHostRequest(_message.Message):
+    __slots__ = ("name", "timeout")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    timeout: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class WatchHostsRequest(_message.Message):
     __slots__ = ("resource_version",)

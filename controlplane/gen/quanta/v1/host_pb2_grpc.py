@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class HostServiceStub:
-    """HostService shows the hypervisor hosts that agents registered. Read-only here.
+    """HostService shows the hypervisor hosts that agents registered, and takes them
+    out of placement (system admins).
     """
 
     def __init__(self, channel):
@@ -50,10 +51,21 @@ class HostServiceStub:
                 request_serializer=quanta_dot_v1_dot_host__pb2.WatchHostsRequest.SerializeToString,
                 response_deserializer=quanta_dot_v1_dot_host__pb2.HostEvent.FromString,
                 _registered_method=True)
+        self.SetMaintenance = channel.unary_unary(
+                '/quanta.v1.HostService/SetMaintenance',
+                request_serializer=quanta_dot_v1_dot_host__pb2.SetMaintenanceRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_host__pb2.Host.FromString,
+                _registered_method=True)
+        self.DrainHost = channel.unary_unary(
+                '/quanta.v1.HostService/DrainHost',
+                request_serializer=quanta_dot_v1_dot_host__pb2.DrainHostRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_host__pb2.Host.FromString,
+                _registered_method=True)
 
 
 class HostServiceServicer:
-    """HostService shows the hypervisor hosts that agents registered. Read-only here.
+    """HostService shows the hypervisor hosts that agents registered, and takes them
+    out of placement (system admins).
     """
 
     def GetHost(self, request, context):
@@ -70,6 +82,24 @@ class HostServiceServicer:
 
     def WatchHosts(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMaintenance(self, request, context):
+        """Puts a host into maintenance (no new placements; its VMs keep running) or
+        takes it out. Idempotent. Returns the host.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainHost(self, request, context):
+        """Puts the host into maintenance, then moves its VMs off by their restart
+        policy (ALWAYS: placed again elsewhere; NEVER: deleted) and blocks until the
+        host holds no VMs. DEADLINE_EXCEEDED (reason DRAIN_TIMEOUT) when the
+        timeout passes first; what was moved stays moved, and a retry continues.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -92,6 +122,16 @@ def add_HostServiceServicer_to_server(servicer, server):
                     request_deserializer=quanta_dot_v1_dot_host__pb2.WatchHostsRequest.FromString,
                     response_serializer=quanta_dot_v1_dot_host__pb2.HostEvent.SerializeToString,
             ),
+            'SetMaintenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMaintenance,
+                    request_deserializer=quanta_dot_v1_dot_host__pb2.SetMaintenanceRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_host__pb2.Host.SerializeToString,
+            ),
+            'DrainHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainHost,
+                    request_deserializer=quanta_dot_v1_dot_host__pb2.DrainHostRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_host__pb2.Host.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'quanta.v1.HostService', rpc_method_handlers)
@@ -101,7 +141,8 @@ def add_HostServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class HostService:
-    """HostService shows the hypervisor hosts that agents registered. Read-only here.
+    """HostService shows the hypervisor hosts that agents registered, and takes them
+    out of placement (system admins).
     """
 
     @staticmethod
@@ -175,6 +216,60 @@ class HostService:
             '/quanta.v1.HostService/WatchHosts',
             quanta_dot_v1_dot_host__pb2.WatchHostsRequest.SerializeToString,
             quanta_dot_v1_dot_host__pb2.HostEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMaintenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.HostService/SetMaintenance',
+            quanta_dot_v1_dot_host__pb2.SetMaintenanceRequest.SerializeToString,
+            quanta_dot_v1_dot_host__pb2.Host.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.HostService/DrainHost',
+            quanta_dot_v1_dot_host__pb2.DrainHostRequest.SerializeToString,
+            quanta_dot_v1_dot_host__pb2.Host.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Vm(_message.Message):
-    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version")
+    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version", "node_selector", "anti_affinity_group", "restart_policy")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Vm.State]
@@ -31,7 +31,22 @@ class Vm(_message.Message):
     STOPPED: Vm.State
     ERROR: Vm.State
     DELETING: Vm.State
+    class RestartPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RESTART_POLICY_UNSPECIFIED: _ClassVar[Vm.RestartPolicy]
+        ALWAYS: _ClassVar[Vm.RestartPolicy]
+        NEVER: _ClassVar[Vm.RestartPolicy]
+    RESTART_POLICY_UNSPECIFIED: Vm.RestartPolicy
+    ALWAYS: Vm.RestartPolicy
+    NEVER: Vm.RestartPolicy
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +67,9 @@ class Vm(_message.Message):
     DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    ANTI_AFFINITY_GROUP_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     name: str
     uid: str
     flavor: str
@@ -66,7 +84,10 @@ class Vm(_message.Message):
     delete_time: _timestamp_pb2.Timestamp
     etag: str
     resource_version: int
-    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ...) -> None: ...
+    node_selector: _containers.ScalarMap[str, str]
+    anti_affinity_group: str
+    restart_policy: Vm.RestartPolicy
+    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[_Union[Vm.RestartPolicy, str]] = ...) -> None: ...
 
 class CreateVmRequest(_message.Message):
     __slots__ = ("parent", "vm_id", "vm", "request_id")

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VmSpec(_message.Message):
-    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group")
+    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class VmSpec(_message.Message):
     SHARD_FIELD_NUMBER: _ClassVar[int]
     NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     ANTI_AFFINITY_GROUP_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     project: str
     vm_id: str
@@ -54,7 +55,8 @@ class VmSpec(_message.Message):
     shard: int
     node_selector: _containers.ScalarMap[str, str]
     anti_affinity_group: str
-    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ...) -> None: ...
+    restart_policy: int
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ...) -> None: ...
 
 class VmStatus(_message.Message):
     __slots__ = ("state", "host", "reason", "message", "update_time_ns", "accepted_time_ns")

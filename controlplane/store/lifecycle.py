@@ -1,0 +1,211 @@
+"""Host lifecycle in the store: moving VMs off a host that is drained or declared
+dead, and the dead marker.
+
+Moving a VM off a host is one transaction per batch of its VMs that compares
+the host's allocation (mod_revision) and each binding's mod_revision, then
+deletes the binding, shrinks the allocation, puts the VM back in its shard's
+queue and sets its status PENDING with the reason. So a VM is never bound
+twice (the binding goes in the txn that queues it; the next bind deletes the
+queue entry) and never lost (no step removes a VM without putting it back
+or releasing it). The old host's agent sees its binding gone and destroys the
+VM. A NEVER-restart VM is deleted instead, through the normal deletion path
+(quota released, binding marked); on a dead host, whose agent will not
+destroy anything, deleting VMs are then removed outright.
+
+Used by the frontends (DrainHost) and by the scheduler that owns shard 0
+(hosts missing past the grace). Both may run at once on one host: every
+move compares what it read, so the loser re-reads and finds less to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from controlplane.etcd import EtcdClient, ops, prefix_end
+from controlplane.etcd.ops import Compare
+from controlplane.models import Binding, HostAllocation, RestartPolicy, VmState, VmStatus, now_ns
+from controlplane.store.errors import Conflict, NotFound
+from controlplane.store.hostagent import BoundVm
+from controlplane.store.keys import Keys
+from controlplane.store.vms import VmStore
+
+log = logging.getLogger(__name__)
+
+#: Status reasons of a VM moved off its host (condition "Scheduled" False).
+REASON_DRAINED = "HostDrained"
+REASON_DEAD = "HostDead"
+
+_MAX_ROUNDS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """What to do with the VMs bound to a host being emptied."""
+
+    requeue: list[BoundVm]  # ALWAYS: back to the scheduler queue, placed elsewhere
+    delete: list[BoundVm]  # NEVER: deletion requested (quota released; the binding is marked)
+    remove: list[BoundVm]  # deletion requested, host dead: gone now (nobody else will remove them)
+    waiting: int  # deletion requested, host alive: its agent destroys and removes them
+
+    def __bool__(self) -> bool:
+        return bool(self.requeue or self.delete or self.remove)
+
+
+def plan_eviction(bound: Sequence[BoundVm], *, host_dead: bool) -> Eviction:
+    """Pure: sort a host's bindings by restart policy and deletion state."""
+    requeue, delete, remove = [], [], []
+    waiting = 0
+    for vm in bound:
+        spec = vm.binding.spec
+        if spec.deleting:
+            if host_dead:
+                remove.append(vm)
+            else:
+                waiting += 1
+        elif spec.restart_policy is RestartPolicy.NEVER:
+            delete.append(vm)
+        else:
+            requeue.append(vm)
+    return Eviction(requeue, delete, remove, waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class HostBindings:
+    """A host's bindings and allocation, read at one revision."""
+
+    bound: list[BoundVm]
+    allocation: HostAllocation
+    alloc_revision: int
+    revision: int
+
+
+class LifecycleStore:
+    def __init__(self, client: EtcdClient, keys: Keys):
+        self._etcd = client
+        self._keys = keys
+
+    async def host_bindings(self, host: str) -> HostBindings:
+        k = self._keys
+        prefix = k.bindings_prefix(host)
+        result = await self._etcd.txn([], [ops.get(k.host_alloc(host)), ops.get(prefix, prefix_end(prefix))])
+        alloc_kvs = result.kvs(0)
+        allocation = HostAllocation.from_bytes(alloc_kvs[0].value) if alloc_kvs else HostAllocation()
+        bound = [BoundVm(Binding.from_bytes(kv.value), kv.create_revision, kv.mod_revision) for kv in result.kvs(1)]
+        return HostBindings(bound, allocation, alloc_kvs[0].mod_revision if alloc_kvs else 0, result.revision)
+
+    def max_moves_per_txn(self) -> int:
+        """VMs one ``move_off`` may take (each costs 3 ops and 1 compare)."""
+        return max(1, (self._etcd.max_txn_ops - 2) // 3)
+
+    async def move_off(self, host: str, read: HostBindings, requeue: Sequence[BoundVm], remove: Sequence[BoundVm],
+                       *, reason: str, message: str, fence: Compare | None = None) -> bool:
+        """In one txn: each VM of ``requeue`` leaves the host for its shard's queue
+        (status PENDING, ``reason``), each of ``remove`` is removed (spec, status,
+        binding), and the allocation shrinks by all of them. Compare-and-swap on
+        the allocation and every binding as ``read``; returns False (nothing
+        written) when any changed, or when ``fence`` does not hold."""
+        k = self._keys
+        alloc_key = k.host_alloc(host)
+        compares = [ops.mod_revision_is(alloc_key, read.alloc_revision)] + ([fence] if fence is not None else [])
+        success = []
+        allocation = read.allocation
+        at = now_ns()
+        for vm in requeue:
+            spec = vm.binding.spec
+            binding_key = k.binding(host, spec.ref)
+            compares.append(ops.mod_revision_is(binding_key, vm.mod_revision))
+            allocation = allocation.minus(spec.resources, group=spec.anti_affinity_group)
+            status = VmStatus(VmState.PENDING, reason=reason, message=message, update_time_ns=at,
+                              accepted_time_ns=spec.create_time_ns)
+            success += [ops.delete(binding_key), ops.put(k.queue(spec.shard, spec.ref), spec.to_bytes()),
+                        ops.put(k.vm_status(spec.ref), status.to_bytes())]
+        for vm in remove:
+            spec = vm.binding.spec
+            binding_key = k.binding(host, spec.ref)
+            compares.append(ops.mod_revision_is(binding_key, vm.mod_revision))
+            allocation = allocation.minus(spec.resources, group=spec.anti_affinity_group)
+            success += [ops.delete(k.vm_spec(spec.ref)), ops.delete(k.vm_status(spec.ref)), ops.delete(binding_key)]
+        if not success:
+            return True
+        success.append(ops.put(alloc_key, allocation.to_bytes()))
+        return (await self._etcd.txn(compares, success)).succeeded
+
+    async def declare_dead(self, host: str, fence: Compare) -> bool:
+        """Mark ``host`` dead if it is still missing (no registration) and not
+        marked yet, under ``fence``; True if this call marked it. From then on no
+        bind lands on it (binds compare the marker's absence)."""
+        k = self._keys
+        result = await self._etcd.txn(
+            [fence, ops.absent(k.host_reg(host)), ops.absent(k.host_dead(host)), ops.present(k.host_alloc(host))],
+            [ops.put(k.host_dead(host), b"")])
+        return result.succeeded
+
+    async def clear_dead(self, host: str, dead_revision: int, alloc_revision: int, fence: Compare) -> bool:
+        """Lift the dead marker of a host that is registered again and holds no VMs
+        (its allocation as read at ``alloc_revision`` was empty); True if lifted."""
+        k = self._keys
+        result = await self._etcd.txn(
+            [fence, ops.mod_revision_is(k.host_dead(host), dead_revision), ops.present(k.host_reg(host)),
+             ops.mod_revision_is(k.host_alloc(host), alloc_revision)],
+            [ops.delete(k.host_dead(host))])
+        return result.succeeded
+
+    async def wait_bindings_change(self, host: str, after_revision: int, timeout_s: float) -> bool:
+        """Block until a binding of ``host`` changes after ``after_revision`` (True)
+        or ``timeout_s`` passes (False)."""
+        prefix = self._keys.bindings_prefix(host)
+        try:
+            async with asyncio.timeout(max(0.0, timeout_s)):
+                async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=after_revision + 1):
+                    if batch.events:
+                        return True
+        except TimeoutError:
+            return False
+        return True
+
+
+class HostEvictor:
+    """Empties a host by restart policy. Idempotent and safe to run from several
+    processes at once (see the module docstring)."""
+
+    def __init__(self, store: LifecycleStore, vms: VmStore):
+        self._store = store
+        self._vms = vms
+
+    async def evict(self, host: str, *, dead: bool, fence: Compare | None = None) -> HostBindings:
+        """Move off every VM of ``host`` that can be moved now; returns the host's
+        bindings as last read (what is left: VMs whose agent is destroying them,
+        or whose moves kept losing races; callers wait and call again)."""
+        reason = REASON_DEAD if dead else REASON_DRAINED
+        message = (f"host {host} was declared dead; placing the VM again" if dead
+                   else f"host {host} is being drained; placing the VM again")
+        chunk = self._store.max_moves_per_txn()
+        read = await self._store.host_bindings(host)
+        for _round in range(_MAX_ROUNDS):
+            plan = plan_eviction(read.bound, host_dead=dead)
+            if not plan:
+                return read
+            for vm in plan.delete:
+                try:
+                    await self._vms.request_delete(vm.ref)
+                except (NotFound, Conflict) as err:
+                    log.info("restart-policy deletion skipped", extra={"vm": vm.ref.name, "error": str(err)})
+            moves = [(vm, True) for vm in plan.requeue] + [(vm, False) for vm in plan.remove]
+            for i in range(0, len(moves), chunk):
+                part = moves[i:i + chunk]
+                moved = await self._store.move_off(host, read, [vm for vm, q in part if q],
+                                                   [vm for vm, q in part if not q], reason=reason,
+                                                   message=message, fence=fence)
+                # Read again either way: a move changes the allocation's revision, a
+                # lost race means the allocation or a binding changed.
+                read = await self._store.host_bindings(host)
+                if not moved:
+                    break
+                log.info("VMs moved off host", extra={"host": host, "requeued": sum(q for _, q in part),
+                                                      "removed": sum(not q for _, q in part), "reason": reason})
+            if not moves:
+                read = await self._store.host_bindings(host)
+        return read

@@ -1,0 +1,123 @@
+"""Host failure as a scheduler input: a host missing (no heartbeat) for longer
+than the grace is declared dead, and its VMs are moved off by restart policy.
+
+Runs in exactly one process: the owner of shard 0, with every declaration
+fenced by that shard's lock. Flow: list hosts → watch → on each change or
+tick: start a clock for each newly missing host, declare dead the ones whose
+clock ran out (one txn: still unregistered, not yet marked, fence), move the
+VMs off dead hosts (``HostEvictor``: compare-and-swap per binding), and lift
+the marker of a dead host whose agent is back once it holds no VMs (its agent
+found no bindings and destroyed what it still had).
+
+The clock is this process's own (monotonic, from when it first saw the host
+missing), so a takeover of shard 0 restarts it: a host is declared dead at
+least the grace after it went missing, never earlier, whatever the clocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from controlplane.etcd import Compacted, EtcdError
+from controlplane.etcd.ops import Compare
+from controlplane.store.hosts import HostRecord, HostStore, HostTable
+from controlplane.store.lifecycle import HostEvictor, LifecycleStore
+from scheduler import metrics
+
+log = logging.getLogger(__name__)
+
+
+class MissingClock:
+    """Pure: when each missing host was first seen missing, and which are due."""
+
+    def __init__(self, grace_s: float):
+        self.grace_s = grace_s
+        self._since: dict[str, float] = {}
+
+    def observe(self, host: str, missing: bool, now: float) -> None:
+        if missing:
+            self._since.setdefault(host, now)
+        else:
+            self._since.pop(host, None)
+
+    def forget(self, host: str) -> None:
+        self._since.pop(host, None)
+
+    def due(self, now: float) -> list[str]:
+        """Hosts missing for at least the grace, longest missing first."""
+        return [h for h, since in sorted(self._since.items(), key=lambda item: item[1])
+                if now - since >= self.grace_s]
+
+    def __contains__(self, host: str) -> bool:
+        return host in self._since
+
+
+def missing(record: HostRecord) -> bool:
+    """No heartbeat and not declared dead yet."""
+    return record.registration is None and not record.dead
+
+
+class HostReaper:
+    def __init__(self, hosts: HostStore, store: LifecycleStore, evictor: HostEvictor, fence: Callable[[], Compare],
+                 *, grace_s: float, tick_s: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self._hosts = hosts
+        self._store = store
+        self._evictor = evictor
+        self._fence = fence
+        self.clock = MissingClock(grace_s)
+        self._tick_s = tick_s if tick_s is not None else max(0.2, min(1.0, grace_s / 4))
+        self._now = clock
+
+    async def run(self) -> None:
+        """Run until cancelled. etcd errors are logged and retried next tick."""
+        while True:
+            table, revision = await self._hosts.snapshot()
+            changed = asyncio.Event()
+            watcher = asyncio.create_task(self._watch(table, revision, changed), name="reaper-watch")
+            try:
+                while not watcher.done():
+                    changed.clear()
+                    try:
+                        await self.step(table.records())
+                    except EtcdError as err:
+                        log.warning("host reaper step failed; retrying", extra={"error": str(err)})
+                    try:
+                        async with asyncio.timeout(self._tick_s):
+                            await changed.wait()
+                    except TimeoutError:
+                        pass
+                try:
+                    watcher.result()
+                except Compacted:
+                    log.warning("reaper host watch compacted; re-listing")
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch(self, table: HostTable, revision: int, changed: asyncio.Event) -> None:
+        async for _changed, _revision in self._hosts.watch(revision + 1, table):
+            changed.set()
+
+    async def step(self, records: Iterable[HostRecord]) -> None:
+        """One pass over the hosts as ``records`` show them."""
+        now = self._now()
+        records = list(records)
+        for record in records:
+            self.clock.observe(record.host, missing(record), now)
+        for host in self.clock.due(now):
+            self.clock.forget(host)
+            if await self._store.declare_dead(host, self._fence()):
+                metrics.HOSTS_DECLARED_DEAD.inc()
+                log.warning("host declared dead", extra={"host": host, "grace_s": self.clock.grace_s})
+                await self._evictor.evict(host, dead=True, fence=self._fence())
+        for record in records:
+            if not record.dead:
+                continue
+            if record.allocation.vm_count > 0:
+                await self._evictor.evict(record.host, dead=True, fence=self._fence())
+            elif record.ready and await self._store.clear_dead(record.host, record.dead_revision,
+                                                               record.alloc_revision, self._fence()):
+                log.info("dead host is back and empty; it takes VMs again", extra={"host": record.host})

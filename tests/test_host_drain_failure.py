@@ -1,0 +1,204 @@
+"""Drain and host failure with the real processes: VMs leave a drained or dead
+host by restart policy (ALWAYS: RUNNING elsewhere, made exactly once there;
+NEVER: deleted), the old host destroys what it ran, and nothing is bound twice."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import uuid
+
+import grpc
+import pytest
+
+from agents.drivers.sim import read_journal
+from controlplane.api.errors import ApiError
+from controlplane.etcd import EtcdClient
+from controlplane.gen.quanta.v1 import host_pb2, vm_pb2
+from controlplane.local import LocalSystem
+from controlplane.models import Binding, HostAllocation
+from controlplane.sdk import Client
+from controlplane.store.keys import Keys
+from tests.conftest import wait_until
+
+ALWAYS_VMS = 24
+NEVER_VMS = 6
+
+
+def _create(client: Client) -> tuple[list[vm_pb2.Vm], list[vm_pb2.Vm]]:
+    always = [client.create_vm(f"keep-{i:02d}", flavor="small", image="ubuntu") for i in range(ALWAYS_VMS)]
+    never = [client.create_vm(f"once-{i:02d}", flavor="small", image="ubuntu", restart_policy="NEVER")
+             for i in range(NEVER_VMS)]
+    return always, never
+
+
+def _vms(client: Client) -> dict[str, vm_pb2.Vm]:
+    return {vm.uid: vm for vm in client.list_vms()}
+
+
+def _all_running(client: Client, count: int) -> dict[str, vm_pb2.Vm] | None:
+    vms = _vms(client)
+    return vms if len(vms) == count and all(vm.state == vm_pb2.Vm.RUNNING for vm in vms.values()) else None
+
+
+def _journal(system: LocalSystem, agents: int = 1) -> list[dict]:
+    return [r for i in range(agents) for r in read_journal(system.sim_state_dir(i))]
+
+
+def _ops(records: list[dict], op: str) -> collections.Counter:
+    """(host, uid) -> how many times ``op`` happened."""
+    return collections.Counter((r["host"], r["vm_uid"]) for r in records if r["op"] == op)
+
+
+def _bindings(system: LocalSystem) -> tuple[list[Binding], dict[str, HostAllocation]]:
+    async def read():
+        keys = Keys(system.root)
+        async with EtcdClient(system.etcd_endpoint) as etcd:
+            bound, _ = await etcd.range_prefix(keys.bindings_prefix())
+            hosts, _ = await etcd.range_prefix(keys.hosts_prefix())
+        allocations = {keys.parse_host_key(kv.key)[0]: HostAllocation.from_bytes(kv.value)
+                       for kv in hosts if kv.key.endswith(b"/alloc")}
+        return [Binding.from_bytes(kv.value) for kv in bound], allocations
+
+    return asyncio.run(read())
+
+
+def _check_moved_exactly_once(system: LocalSystem, client: Client, agents: int, old_hosts: set[str],
+                              moved: set[str], deleted: set[str], survivors: int) -> dict[str, vm_pb2.Vm]:
+    """Every VM that was on ``old_hosts`` with policy ALWAYS (``moved``) RUNNING on
+    another host, made there exactly once; the NEVER ones (``deleted``) gone; each
+    VM bound once and each host's allocation equal to its bindings."""
+    vms = wait_until(lambda: _all_running(client, survivors), timeout=90, interval=0.2,
+                     message=f"{survivors} VMs RUNNING after the move")
+    assert moved <= set(vms) and not deleted & set(vms)
+    creates = _ops(_journal(system, agents), "create")
+    assert max(creates.values()) == 1, "a VM was made twice on one host"
+    for uid in moved:
+        new_host = vms[uid].host
+        assert new_host not in old_hosts
+        assert [h for h, u in creates if u == uid and h not in old_hosts] == [new_host], \
+            "a moved VM was made on more than its one new host"
+    bindings, allocations = _bindings(system)
+    assert sorted(b.spec.uid for b in bindings) == sorted(vms), "each VM bound exactly once"
+    per_host = collections.Counter(b.host for b in bindings)
+    assert {h: a.vm_count for h, a in allocations.items() if a.vm_count} == dict(per_host)
+    assert not per_host.keys() & old_hosts
+    return vms
+
+
+@pytest.fixture
+def system(etcd_server, tmp_path):
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=f"/drain-{uuid.uuid4().hex[:8]}", hosts=3,
+                     latency="zero", frontends=1, lease_ttl=3, metrics=False, data_dir=str(tmp_path)) as local:
+        yield local
+
+
+def test_drain_moves_every_vm_off_by_restart_policy(system):
+    with system.client(project="drain") as client:
+        # Placement fields are validated and echoed by the API.
+        with pytest.raises(ApiError) as bad:
+            client.create_vm("bad", flavor="small", image="ubuntu", node_selector={"-x": "y"},
+                             anti_affinity_group="Not_An_Id")
+        assert bad.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert {f.split("[")[0] for f, _ in bad.value.field_violations} == {"vm.node_selector",
+                                                                          "vm.anti_affinity_group"}
+        always, never = _create(client)
+        echoed = client.get_vm(never[0].name)
+        assert echoed.restart_policy == vm_pb2.Vm.NEVER and always[0].restart_policy == vm_pb2.Vm.ALWAYS
+        picky = client.create_vm("picky", flavor="small", image="ubuntu", node_selector={"disk": "ssd"},
+                                 anti_affinity_group="web")
+        assert dict(picky.node_selector) == {"disk": "ssd"} and picky.anti_affinity_group == "web"
+        client.delete_vm("picky")  # no sim host has disk=ssd: it would stay PENDING
+        vms = wait_until(lambda: _all_running(client, ALWAYS_VMS + NEVER_VMS), timeout=60,
+                         message="all VMs RUNNING")
+        per_host = collections.Counter(vm.host for vm in vms.values())
+        victim = per_host.most_common(1)[0][0]
+        on_victim = {uid for uid, vm in vms.items() if vm.host == victim}
+        moved = on_victim & {vm.uid for vm in always}
+        deleted = on_victim & {vm.uid for vm in never}
+        assert moved, "no ALWAYS VM on the drained host"
+
+        # Only system admins may take hosts out of placement.
+        member = client.create_token("member", [("project-member", client.tenant, client.project)]).bearer_token
+        with Client(system.endpoint, token=member, project="drain") as outsider:
+            for call in (lambda: outsider.set_maintenance(victim), lambda: outsider.drain_host(victim)):
+                with pytest.raises(ApiError) as denied:
+                    call()
+                assert denied.value.code is grpc.StatusCode.PERMISSION_DENIED
+        assert not client.get_host(victim).maintenance
+        with pytest.raises(ApiError) as missing:
+            client.drain_host("no-such-host")
+        assert missing.value.code is grpc.StatusCode.NOT_FOUND
+
+        host = client.drain_host(victim, timeout_s=60)
+        assert host.vm_count == 0 and host.maintenance and host.state == host_pb2.Host.READY
+
+        survivors = ALWAYS_VMS + NEVER_VMS - len(deleted)
+        after = _check_moved_exactly_once(system, client, 1, {victim}, moved, deleted, survivors)
+        # The drained host destroyed each VM it ran (moved or deleted), once.
+        destroys = wait_until(lambda: (d := _ops(_journal(system), "destroy")) and
+                              {u for h, u in d if h == victim} == on_victim and d,
+                              timeout=30, message="the drained host destroyed its VMs")
+        assert all(n == 1 for (h, _u), n in destroys.items() if h == victim)
+        assert {after[uid].host for uid in moved} <= set(per_host) - {victim}
+
+        # In maintenance, nothing new lands there; out of it, it takes VMs again.
+        extra = [client.create_vm(f"new-{i}", flavor="small", image="ubuntu") for i in range(6)]
+        placed = wait_until(lambda: all(v.host for v in (client.get_vm(e.name) for e in extra))
+                            and [client.get_vm(e.name).host for e in extra], timeout=30, message="new VMs bound")
+        assert victim not in placed
+        assert not client.set_maintenance(victim, False).maintenance
+
+
+def test_dead_host_vms_run_elsewhere_exactly_once_and_never_twice(etcd_server, tmp_path):
+    """agent-1 (hosts sim1-*) is SIGKILLed: its hosts go MISSING, are declared
+    DEAD after the scheduler's grace, and their VMs run on agent-0's hosts (made
+    there once). When agent-1 returns, it destroys what it ran and its hosts are
+    READY again once empty."""
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=f"/dead-{uuid.uuid4().hex[:8]}", hosts=4,
+                     sim_agents=2, latency="zero", frontends=1, lease_ttl=2, metrics=False, data_dir=str(tmp_path),
+                     scheduler_args=("--host-dead-after", "3")) as system, \
+            system.client(project="dead") as client:
+        always, never = _create(client)
+        vms = wait_until(lambda: _all_running(client, ALWAYS_VMS + NEVER_VMS), timeout=60,
+                         message="all VMs RUNNING")
+        dead_hosts = {h.name.split("/", 1)[1] for h in client.list_hosts() if h.name.startswith("hosts/sim1-")}
+        assert len(dead_hosts) == 2
+        on_dead = {uid for uid, vm in vms.items() if vm.host in dead_hosts}
+        moved = on_dead & {vm.uid for vm in always}
+        deleted = on_dead & {vm.uid for vm in never}
+        assert moved, "no ALWAYS VM on agent-1's hosts"
+
+        system.processes["agent-1"].kill(signal.SIGKILL)
+        seen: dict[str, set[int]] = collections.defaultdict(set)
+
+        def states() -> dict[str, int]:
+            now = {h.name.split("/", 1)[1]: h.state for h in client.list_hosts()}
+            for host in dead_hosts:
+                seen[host].add(now[host])
+            return now
+
+        wait_until(lambda: all(states()[h] == host_pb2.Host.DEAD for h in dead_hosts), timeout=30,
+                   interval=0.1, message="agent-1's hosts declared dead")
+        assert all(host_pb2.Host.MISSING in seen[h] for h in dead_hosts), "DEAD without being MISSING first"
+
+        survivors = ALWAYS_VMS + NEVER_VMS - len(deleted)
+        _check_moved_exactly_once(system, client, 2, dead_hosts, moved, deleted, survivors)
+        for uid in deleted:
+            with pytest.raises(ApiError) as gone:
+                client.get_vm(vms[uid].name)
+            assert gone.value.code is grpc.StatusCode.NOT_FOUND
+
+        # agent-1 returns: it finds no bindings, destroys what it still runs, and
+        # its hosts take VMs again once empty.
+        system.processes["agent-1"].start()
+        wait_until(lambda: all(states()[h] == host_pb2.Host.READY for h in dead_hosts), timeout=30,
+                   message="agent-1's hosts READY again")
+        destroyed = wait_until(
+            lambda: (d := {u for (h, u) in _ops(read_journal(system.sim_state_dir(1)), "destroy") if h in dead_hosts})
+            >= on_dead and d, timeout=30, message="the returned agent destroyed its old VMs")
+        assert destroyed == on_dead
+        creates_back = _ops(read_journal(system.sim_state_dir(1)), "create")
+        assert set(creates_back) == {(vms[u].host, u) for u in on_dead}, "the returned host made a VM again"
+        _check_moved_exactly_once(system, client, 2, dead_hosts, moved, deleted, survivors)

@@ -1,0 +1,261 @@
+"""Host lifecycle as scheduler inputs, below the processes: the pure eviction plan
+and missing-host clock, and the store's compare-and-swap moves, dead markers and
+the reaper's decisions against a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from controlplane.api.convert import host_state, vm_to_proto
+from controlplane.etcd import EtcdClient, Lease
+from controlplane.gen.quanta.v1 import host_pb2, vm_pb2
+from controlplane.models import (
+    Binding,
+    HostAllocation,
+    HostRegistration,
+    Resources,
+    RestartPolicy,
+    VmRef,
+    VmSpec,
+    VmState,
+    VmStatus,
+    now_ns,
+)
+from controlplane.store.errors import NotFound
+from controlplane.store.hostagent import AgentStore, BoundVm
+from controlplane.store.hosts import HostRecord, HostStore
+from controlplane.store.keys import Keys, shard_of
+from controlplane.store.lifecycle import REASON_DEAD, REASON_DRAINED, HostEvictor, LifecycleStore, plan_eviction
+from controlplane.store.scheduling import HostBind, SchedulingStore
+from controlplane.store.shards import ShardLock
+from controlplane.store.tenancy import ensure_project
+from controlplane.store.vms import VmRecord, VmStore
+from scheduler.lifecycle import HostReaper, MissingClock
+
+SHARDS = 4
+SMALL = Resources(1, 1024, 10)
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout=timeout))
+
+
+def make_spec(vm_id: str, policy: RestartPolicy = RestartPolicy.ALWAYS, *, deleting: bool = False,
+              group: str = "") -> VmSpec:
+    uid = uuid.uuid4().hex
+    return VmSpec(VmRef("acme", "web", vm_id), uid, "small", "ubuntu", SMALL, create_time_ns=now_ns(),
+                  shard=shard_of(uid, SHARDS), restart_policy=policy, anti_affinity_group=group,
+                  delete_time_ns=now_ns() if deleting else 0)
+
+
+def bound(spec: VmSpec) -> BoundVm:
+    return BoundVm(Binding(spec, "h1"), 5, 6)
+
+
+# --- pure ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host_dead, expected", [
+    (False, {"requeue": ["a"], "delete": ["n"], "remove": [], "waiting": 2}),
+    (True, {"requeue": ["a"], "delete": ["n"], "remove": ["d", "dn"], "waiting": 0}),
+])
+def test_plan_eviction_sorts_by_restart_policy_and_deletion(host_dead, expected):
+    vms = [bound(make_spec("a")), bound(make_spec("n", RestartPolicy.NEVER)),
+           bound(make_spec("d", deleting=True)), bound(make_spec("dn", RestartPolicy.NEVER, deleting=True))]
+    plan = plan_eviction(vms, host_dead=host_dead)
+    got = {"requeue": [v.ref.vm_id for v in plan.requeue], "delete": [v.ref.vm_id for v in plan.delete],
+           "remove": [v.ref.vm_id for v in plan.remove], "waiting": plan.waiting}
+    assert got == expected
+    assert bool(plan)
+
+
+def test_plan_eviction_of_only_deleting_vms_on_a_live_host_is_empty():
+    plan = plan_eviction([bound(make_spec("d", deleting=True))], host_dead=False)
+    assert not plan and plan.waiting == 1
+
+
+def test_missing_clock_declares_after_the_grace_and_forgets_returning_hosts():
+    clock = MissingClock(grace_s=10)
+    clock.observe("h1", True, now=100)
+    clock.observe("h2", True, now=105)
+    clock.observe("h1", True, now=108)  # still missing: the clock keeps its first sighting
+    assert clock.due(109.9) == []
+    assert clock.due(110) == ["h1"]
+    assert clock.due(200) == ["h1", "h2"]  # longest missing first
+    clock.observe("h1", False, now=200)  # back before being declared: starts over next time
+    assert clock.due(200) == ["h2"] and "h1" not in clock
+    clock.observe("h1", True, now=201)
+    assert clock.due(210) == ["h2"]
+
+
+def test_restart_policy_round_trips_through_the_store_record_and_the_api():
+    spec = make_spec("p", RestartPolicy.NEVER, group="db")
+    assert VmSpec.from_bytes(spec.to_bytes()) == spec
+    vm = vm_to_proto(VmRecord(spec, VmStatus(VmState.PENDING), 1, 1))
+    assert vm.restart_policy == vm_pb2.Vm.NEVER and vm.anti_affinity_group == "db"
+    assert vm_to_proto(VmRecord(make_spec("q"), VmStatus(VmState.PENDING), 1, 1)).restart_policy == vm_pb2.Vm.ALWAYS
+
+
+def test_host_state_shows_dead_until_the_marker_is_lifted():
+    reg = HostRegistration("h1", "sim", Resources(8, 8192, 100))
+    assert host_state(HostRecord("h1", reg, HostAllocation(), 1, 1)) == host_pb2.Host.READY
+    assert host_state(HostRecord("h1", None, HostAllocation(), 1, 1)) == host_pb2.Host.MISSING
+    assert host_state(HostRecord("h1", None, HostAllocation(), 1, 1, dead=True)) == host_pb2.Host.DEAD
+    assert host_state(HostRecord("h1", reg, HostAllocation(), 1, 1, dead=True)) == host_pb2.Host.DEAD
+
+
+# --- against etcd ----------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _project(request, etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            await ensure_project(client, Keys(root), "acme", "web")
+
+    if "etcd_endpoint" in request.fixturenames:
+        asyncio.run(main())
+
+
+async def bind_all(vms: VmStore, sched: SchedulingStore, host: str, specs: list[VmSpec]) -> None:
+    for spec in specs:
+        await vms.create(spec)
+    queued = {q.spec.ref: q for shard in {s.shard for s in specs} for q in (await sched.list_queue(shard))[0]}
+    allocation = HostAllocation()
+    for spec in specs:
+        allocation = allocation.plus(spec.resources, group=spec.anti_affinity_group)
+    current = await sched.read_current([host], [])
+    result = await sched.bind(None, [HostBind(host, current[0][host][1], allocation,
+                                              [queued[s.ref] for s in specs])])
+    assert result.committed == [True]
+
+
+def test_drain_eviction_requeues_always_and_deletes_never(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            keep, gone = make_spec("keep", group="g"), make_spec("gone", RestartPolicy.NEVER)
+            await bind_all(vms, sched, "h1", [keep, gone])
+
+            left = await HostEvictor(lifecycle, vms).evict("h1", dead=False)
+
+            # NEVER: deletion requested; the live host's agent destroys and removes it.
+            assert [b.ref.vm_id for b in left.bound] == ["gone"] and left.bound[0].binding.deleting
+            assert (await vms.get(gone.ref)).state == VmState.DELETING
+            # ALWAYS: off the host, back in its shard's queue, PENDING with the reason.
+            record = await vms.get(keep.ref)
+            assert record.status.state == VmState.PENDING and record.status.reason == REASON_DRAINED
+            assert [q.spec.uid for q in (await sched.list_queue(keep.shard))[0]] == [keep.uid]
+            assert left.allocation == HostAllocation().plus(gone.resources)  # group "g" left with its VM
+            # A second eviction finds nothing more to do and changes nothing.
+            again = await HostEvictor(lifecycle, vms).evict("h1", dead=False)
+            assert again.bound == left.bound and again.alloc_revision == left.alloc_revision
+
+    run(main())
+
+
+def test_a_move_compares_every_binding_it_read(etcd_endpoint: str, root: str) -> None:
+    """A deletion marked after the read makes the move write nothing (the VM can
+    be neither lost nor queued while being deleted)."""
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            a, b = make_spec("a"), make_spec("b")
+            await bind_all(vms, sched, "h1", [a, b])
+            read = await lifecycle.host_bindings("h1")
+            await vms.request_delete(b.ref)  # rewrites b's binding: its mod_revision moves on
+            assert not await lifecycle.move_off("h1", read, read.bound, [], reason=REASON_DRAINED, message="")
+            now = await lifecycle.host_bindings("h1")
+            assert sorted(v.ref.vm_id for v in now.bound) == ["a", "b"] and now.allocation == read.allocation
+            assert all(q.spec.uid != a.uid for q in (await sched.list_queue(a.shard))[0]), "a was queued"
+
+    run(main())
+
+
+def test_dead_marker_is_set_once_blocks_binds_and_is_lifted_when_back_and_empty(etcd_endpoint: str,
+                                                                               root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            hosts, agent = HostStore(client, keys), AgentStore(client, keys)
+            lease = await Lease(client, ttl=30).grant()
+            reg = HostRegistration("h1", "sim", Resources(64, 65536, 1000))
+            await agent.register([reg], lease.id)
+            lock = ShardLock(client, keys, 0, "sched-a", lease)
+            await lock.acquire()
+            fence = lock.fence()
+
+            assert not await lifecycle.declare_dead("h1", fence), "a registered host is not dead"
+            await client.delete(keys.host_reg("h1"))  # heartbeat lost
+            assert await lifecycle.declare_dead("h1", fence)
+            assert not await lifecycle.declare_dead("h1", fence), "declared once only"
+            record = await hosts.get("h1")
+            assert record.dead and not record.ready
+
+            # No bind lands on a dead host, whatever the binder's view said.
+            spec = make_spec("late")
+            await vms.create(spec)
+            (queued,), _ = await sched.list_queue(spec.shard)
+            result = await sched.bind(None, [HostBind("h1", record.alloc_revision,
+                                                      HostAllocation().plus(spec.resources), [queued])])
+            assert result.committed == [False]
+
+            # Lifted only once the host is registered again (and empty), and under the fence.
+            assert not await lifecycle.clear_dead("h1", record.dead_revision, record.alloc_revision, fence)
+            await agent.register([reg], lease.id)
+            record = await hosts.get("h1")
+            other = ShardLock(client, keys, 1, "sched-b", lease)
+            await other.acquire()
+            wrong_fence = ShardLock(client, keys, 0, "sched-b", lease).fence()  # create_revision 0: not the owner
+            assert not await lifecycle.clear_dead("h1", record.dead_revision, record.alloc_revision, wrong_fence)
+            assert await lifecycle.clear_dead("h1", record.dead_revision, record.alloc_revision, fence)
+            assert not (await hosts.get("h1")).dead
+            await lease.revoke()
+
+    run(main())
+
+
+def test_reaper_declares_after_the_grace_and_moves_vms_by_policy(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            hosts, agent = HostStore(client, keys), AgentStore(client, keys)
+            lease = await Lease(client, ttl=30).grant()
+            await agent.register([HostRegistration("h1", "sim", Resources(64, 65536, 1000))], lease.id)
+            keep, never, deleting = make_spec("keep"), make_spec("never", RestartPolicy.NEVER), make_spec("del")
+            await bind_all(vms, sched, "h1", [keep, never, deleting])
+            await vms.request_delete(deleting.ref)
+            lock = ShardLock(client, keys, 0, "sched-a", lease)
+            await lock.acquire()
+            now = [1000.0]
+            reaper = HostReaper(hosts, lifecycle, HostEvictor(lifecycle, vms), lock.fence, grace_s=60,
+                                clock=lambda: now[0])
+
+            await client.delete(keys.host_reg("h1"))
+            await reaper.step((await hosts.list())[0])
+            now[0] += 59
+            await reaper.step((await hosts.list())[0])
+            assert not (await hosts.get("h1")).dead, "declared before the grace"
+            now[0] += 1
+            await reaper.step((await hosts.list())[0])
+
+            record = await hosts.get("h1")
+            assert record.dead and record.allocation == HostAllocation()
+            assert (await lifecycle.host_bindings("h1")).bound == []
+            moved = await vms.get(keep.ref)
+            assert moved.status.state == VmState.PENDING and moved.status.reason == REASON_DEAD
+            assert any(q.spec.uid == keep.uid for q in (await sched.list_queue(keep.shard))[0])
+            for gone in (never, deleting):  # NEVER: deleted; already deleting: removed (the host is dead)
+                with pytest.raises(NotFound):
+                    await vms.get(gone.ref)
+            await lease.revoke()
+
+    run(main())
