@@ -16,7 +16,7 @@ from controlplane.etcd import EtcdClient
 from controlplane.models import Resources, VmRef, VmSpec, now_ns
 from controlplane.store.errors import AlreadyExists, NotFound
 from controlplane.store.keys import Keys, shard_of
-from controlplane.store.ledger import QuotaExceeded
+from controlplane.store.ledger import QUOTA_CONFLICTS, QuotaExceeded, UsageLedger
 from controlplane.store.tenancy import HoldsVms, QuotaInvalid, TenancyStore
 from controlplane.store.vms import VmRecord, VmStore
 from controlplane.tenancy import Limits, Project, Tenant, Usage
@@ -49,9 +49,13 @@ async def make_project(client: EtcdClient, keys: Keys, limits: Limits, *, tenant
 
 
 async def usage_of(client: EtcdClient, keys: Keys, tenant: str = TENANT, project: str = PROJECT) -> Usage:
-    kv = await client.get(keys.usage(tenant, project))
-    assert kv is not None, "the usage key exists while the project does"
-    return Usage.from_bytes(kv.value)
+    """The project's usage as stored: the sum of its stripes."""
+    return (await TenancyStore(client, keys).usages(tenant)).get(project, Usage())
+
+
+async def has_usage_keys(client: EtcdClient, keys: Keys, tenant: str, project: str) -> bool:
+    kvs, _revision = await client.range_prefix(keys.usage_prefix(tenant, project))
+    return bool(kvs)
 
 
 async def vm_count(store: VmStore, tenant: str = TENANT, project: str = PROJECT) -> int:
@@ -330,7 +334,7 @@ def test_create_in_a_missing_project_is_not_found(etcd_endpoint: str, root: str)
                                               for i in range(5)), return_exceptions=True)
             assert all(isinstance(o, NotFound) for o in outcomes), outcomes
             assert await vm_count(store, TENANT, "nope") == 0
-            assert await client.get(keys.usage(TENANT, "nope")) is None
+            assert not await has_usage_keys(client, keys, TENANT, "nope")
 
     run(main())
 
@@ -347,7 +351,7 @@ def test_create_after_the_project_is_deleted_is_not_found(etcd_endpoint: str, ro
             with pytest.raises(NotFound):
                 await store.create(make_spec("vm-2"))
             assert await vm_count(store) == 0
-            assert await client.get(keys.usage(TENANT, PROJECT)) is None
+            assert not await has_usage_keys(client, keys, TENANT, PROJECT)
 
     run(main())
 
@@ -475,11 +479,12 @@ def test_delete_project_waits_for_its_vms_and_returns_its_limits(etcd_endpoint: 
             assert deleted.project_id == PROJECT
             with pytest.raises(NotFound):
                 await tenancy.get_project(TENANT, PROJECT)
-            assert await client.get(keys.usage(TENANT, PROJECT)) is None
+            assert not await has_usage_keys(client, keys, TENANT, PROJECT)
             assert await client.get(keys.request(TENANT, PROJECT, "r-0")) is None  # request records went too
             tenant, _rev = await tenancy.get_tenant(TENANT)
             assert tenant.allocated == Usage(vms=4, vcpus=10)
-            assert set(await tenancy.usages(TENANT)) == {"keep"}
+            assert set(await tenancy.usages(TENANT)) == set()  # "keep" never held a VM: no stripes
+            assert (await tenancy.get_project(TENANT, "keep"))[0].quota == Limits(vms=4, vcpus=10)
             with pytest.raises(NotFound):
                 await tenancy.delete_project(TENANT, PROJECT)
 
@@ -543,5 +548,49 @@ def test_set_ticket_cannot_miss_a_project_made_meanwhile(etcd_endpoint: str, roo
             unlimited = [p.project_id for p in projects if p.quota.vcpus is None]
             assert tenant.quota.vcpus is None or not unlimited, (
                 f"the ticket limits vcpus to {tenant.quota.vcpus} but {unlimited} are unlimited in vcpus")
+
+    run(main())
+
+
+# --- usage stripes ----------------------------------------------------------------------
+
+
+def test_frontends_on_different_stripes_do_not_conflict_on_an_unlimited_project(etcd_endpoint: str,
+                                                                                   root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as c1, EtcdClient(etcd_endpoint) as c2:
+            await make_project(c1, keys, Limits())
+            stores = [VmStore(c1, keys, ledger=UsageLedger(c1, keys, stripe=1)),
+                      VmStore(c2, keys, ledger=UsageLedger(c2, keys, stripe=2))]
+            conflicts = QUOTA_CONFLICTS._value.get()
+            await asyncio.gather(*(stores[i % 2].create(make_spec(f"vm-{i}")) for i in range(60)))
+            assert QUOTA_CONFLICTS._value.get() == conflicts
+            kvs, _revision = await c1.range_prefix(keys.usage_prefix(TENANT, PROJECT))
+            assert [kv.key.rsplit(b"/", 1)[1] for kv in kvs] == [b"01", b"02"]
+            assert await usage_of(c1, keys) == Usage.of_vm(make_spec("x").resources, 60)
+
+    run(main())
+
+
+def test_a_limit_set_later_counts_every_stripe(etcd_endpoint: str, root: str) -> None:
+    """Usage charged on several stripes while the project was unlimited all counts
+    against a limit set afterwards, whichever frontend checks it."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as c1, EtcdClient(etcd_endpoint) as c2:
+            tenancy = await make_project(c1, keys, Limits())
+            one = VmStore(c1, keys, ledger=UsageLedger(c1, keys, stripe=1))
+            two = VmStore(c2, keys, ledger=UsageLedger(c2, keys, stripe=2))
+            for i in range(3):
+                await one.create(make_spec(f"a-{i}"))
+                await two.create(make_spec(f"b-{i}"))
+            await tenancy.update_project(TENANT, PROJECT, lambda p: p.with_(quota=Limits(vms=7)))
+            await one.create(make_spec("a-last"))
+            with pytest.raises(QuotaExceeded):
+                await two.create(make_spec("b-over"))
+            with pytest.raises(QuotaExceeded):
+                await one.create(make_spec("a-over"))
+            assert (await usage_of(c1, keys)).vms == 7
 
     run(main())

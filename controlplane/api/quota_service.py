@@ -31,13 +31,13 @@ class QuotaService(tenancy_pb2_grpc.QuotaServiceServicer):
 
     async def _tenant_usage(self, tenant: str) -> Usage:
         total = Usage()
-        for usage, _revision in (await self._tenancy.usages(tenant)).values():
+        for usage in (await self._tenancy.usages(tenant)).values():
             total = total + usage
         return total
 
     async def _project_quota(self, tenant: str, project: str) -> tenancy_pb2.Quota:
         found, revision = await self._tenancy.get_project(tenant, project)
-        usage = (await self._tenancy.usages(tenant)).get(project, (Usage(), 0))[0]
+        usage = (await self._tenancy.usages(tenant)).get(project, Usage())
         return project_quota_to_proto(found, revision, usage)
 
     async def GetQuota(self, request: tenancy_pb2.GetQuotaRequest, context) -> tenancy_pb2.Quota:
@@ -91,5 +91,5 @@ class QuotaService(tenancy_pb2_grpc.QuotaServiceServicer):
         chosen, token = page(shown, lambda pr: pr[0].project_id, page_size=request.page_size,
                              page_token=request.page_token, scope=f"quotas|{request.parent}")
         return tenancy_pb2.ListQuotasResponse(
-            quotas=[project_quota_to_proto(p, r, usages.get(p.project_id, (Usage(), 0))[0]) for p, r in chosen],
+            quotas=[project_quota_to_proto(p, r, usages.get(p.project_id, Usage())) for p, r in chosen],
             next_page_token=token)

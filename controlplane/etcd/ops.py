@@ -31,6 +31,13 @@ def mod_revision_is(key: bytes, revision: int) -> pb.Compare:
     return _cmp(key, pb.Compare.MOD, pb.Compare.EQUAL, mod_revision=revision)
 
 
+def unchanged_since(key: bytes, range_end: bytes, revision: int) -> pb.Compare:
+    """True when no key in [key, range_end) was written after ``revision`` (nor created:
+    a new key has a later mod_revision; an empty range passes)."""
+    return pb.Compare(key=key, range_end=range_end, target=pb.Compare.MOD, result=pb.Compare.LESS,
+                      mod_revision=revision + 1)
+
+
 def create_revision_is(key: bytes, revision: int) -> pb.Compare:
     """True when ``key``'s create_revision equals ``revision`` (0: the key is absent)."""
     return _cmp(key, pb.Compare.CREATE, pb.Compare.EQUAL, create_revision=revision)

@@ -17,7 +17,8 @@ independent systems (or tests) share one etcd.
     tenant-flavors/{tenant}/{name}        Flavor      a tenant's private flavors (its admins)
     tenants/{tenant}                      TenantRecord      system admins; quota ticket + allocated
     projects/{tenant}/{project}           ProjectRecord     tenant admins; the project's limits
-    usage/{tenant}/{project}              Usage       frontends, in the txn of every VM create/delete
+    usage/{tenant}/{project}/{stripe}     Usage       frontends, in the txn of every VM create/delete;
+                                                      a project's usage is the sum of its stripes
     tokens/{id}, revocations/{id}         TokenRecord, Revocation  under leases ending at expiry
     secrets/signing-key                   SigningKey  first process to need it (create-if-absent)
     audit/{tenant or -}/{time}-{id}       AuditRecord frontends, under a retention lease
@@ -151,11 +152,11 @@ class Keys:
     def project(self, tenant: str, project: str) -> bytes:
         return self._k(f"projects/{tenant}/{project}")
 
-    def usage_prefix(self, tenant: str) -> bytes:
-        return self._k(f"usage/{tenant}/")
+    def usage_prefix(self, tenant: str, project: str | None = None) -> bytes:
+        return self._k(f"usage/{tenant}/" if project is None else f"usage/{tenant}/{project}/")
 
-    def usage(self, tenant: str, project: str) -> bytes:
-        return self._k(f"usage/{tenant}/{project}")
+    def usage(self, tenant: str, project: str, stripe: int) -> bytes:
+        return self._k(f"usage/{tenant}/{project}/{stripe:02d}")
 
     # Authentication and audit
     def signing_key(self) -> bytes:

@@ -1,25 +1,37 @@
-"""Quota charging: every change to a project's VMs moves its usage key in the same
-etcd transaction, checked against the project's limits.
+"""Quota charging: every change to a project's VMs moves its usage in the same etcd
+transaction, checked against the project's limits.
 
-A usage key is one hot key per project, so per-request compare-and-swap would let
-only one of N concurrent creates win each round. The ledger therefore group-commits:
-per project, the charges that arrive while a transaction is in flight go together in
-the next one (one compare on the usage and project keys, one put of the new usage,
-plus each charge's own compares and writes). Charges are admitted in arrival order;
-one that would exceed a limit is refused without holding up the rest, so 50
-concurrent creates against a limit of 10 make exactly 10 VMs, whatever the number of
-frontends (each frontend's batches compare the usage revision they read).
+A project's usage is the sum of a few stripe keys (``usage/{t}/{p}/{stripe}``); each
+ledger (frontend) writes one stripe of its own, chosen at random at start.
+
+- A project with limits: every commit compares that no stripe changed since the
+  usage it read (one range compare) and the project's revision, so the sum it checked
+  against the limits is the sum it changes. Concurrent frontends then conflict like
+  on one key, and lose a round trip when they meet (the failure branch reads the
+  stripes again).
+- A project without limits (e.g. ``default``): nothing to check the sum against, so a
+  commit compares only its own stripe and the project's revision; frontends with
+  different stripes never conflict.
+
+Per-request compare-and-swap on a hot key would let only one of N concurrent creates
+win each round, so the ledger also group-commits: per project, the charges that
+arrive while a transaction is in flight go together in the next one (one set of
+compares, one put of the stripe, plus each charge's own compares and writes). Charges
+are admitted in arrival order; one that would exceed a limit is refused without
+holding up the rest, so 50 concurrent creates against a limit of 10 make exactly 10
+VMs, whatever the number of frontends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
-from controlplane.etcd import EtcdClient, KeyValue, ops
+from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.etcd.client import TxnResult
 from controlplane.store.errors import Conflict, NotFound, StoreError
 from controlplane.store.keys import Keys
@@ -28,6 +40,7 @@ from controlplane.tenancy import Limits, Project, Usage
 log = logging.getLogger(__name__)
 
 _MAX_ROUNDS = 32
+USAGE_STRIPES = 8
 
 QUOTA_BATCH_SIZE = Histogram(
     "quanta_quota_commit_batch_size", "Charges (VM creates/deletes) per quota group-commit transaction.",
@@ -74,10 +87,25 @@ class Charge:
 
 @dataclass(slots=True)
 class _State:
+    """A project's keys as last known: its record and, per stripe, (usage, mod revision).
+    ``complete_at``: every stripe is known as of this revision (0: only our own is)."""
+
     project: Project | None
     project_revision: int
-    usage: Usage
-    usage_revision: int
+    stripes: dict[int, tuple[Usage, int]]
+    complete_at: int
+
+    @property
+    def total(self) -> Usage:
+        total = Usage()
+        for usage, _revision in self.stripes.values():
+            total = total + usage
+        return total
+
+
+def stripes_from(kvs: list[KeyValue]) -> dict[int, tuple[Usage, int]]:
+    """Usage stripes by number, from a range over a project's usage prefix."""
+    return {int(kv.key.rsplit(b"/", 1)[1]): (Usage.from_bytes(kv.value), kv.mod_revision) for kv in kvs}
 
 
 @dataclass(slots=True)
@@ -100,9 +128,10 @@ class UsageLedger:
     """Applies charges to project usage with group commit (see the module docstring).
     One per process; safe for any number of processes at once."""
 
-    def __init__(self, client: EtcdClient, keys: Keys):
+    def __init__(self, client: EtcdClient, keys: Keys, *, stripe: int | None = None):
         self._etcd = client
         self._keys = keys
+        self.stripe = random.randrange(USAGE_STRIPES) if stripe is None else stripe
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self._drains: set[asyncio.Task] = set()  # held: the loop keeps only weak references
         # What each project's keys held after our last txn: a stale entry only costs
@@ -125,12 +154,10 @@ class UsageLedger:
             task.add_done_callback(self._drains.discard)
         return await future
 
-    async def usage(self, tenant: str, project: str) -> tuple[Usage, int]:
-        """A project's usage now and the key's mod revision (0 if absent)."""
-        result = await self._etcd.range(self._keys.usage(tenant, project))
-        if not result.kvs:
-            return Usage(), 0
-        return Usage.from_bytes(result.kvs[0].value), result.kvs[0].mod_revision
+    async def usage(self, tenant: str, project: str) -> Usage:
+        """A project's usage now: the sum of its stripes."""
+        kvs, _revision = await self._etcd.range_prefix(self._keys.usage_prefix(tenant, project))
+        return _State(None, 0, stripes_from(kvs), 0).total
 
     async def _drain(self, tenant: str, project: str, lane: _Lane) -> None:
         try:
@@ -169,17 +196,19 @@ class UsageLedger:
             batch.append(item)
         return batch, later
 
-    async def _read_state(self, tenant: str, project: str) -> _State:
-        k = self._keys
-        result = await self._etcd.txn([], [ops.get(k.project(tenant, project)), ops.get(k.usage(tenant, project))])
-        return self._state_from(result, 0)
+    def _state_reads(self, tenant: str, project: str) -> list:
+        prefix = self._keys.usage_prefix(tenant, project)
+        return [ops.get(self._keys.project(tenant, project)), ops.get(prefix, prefix_end(prefix))]
 
-    def _state_from(self, result: TxnResult, first: int) -> _State:
+    async def _read_state(self, tenant: str, project: str) -> _State:
+        return self._state_from(await self._etcd.txn([], self._state_reads(tenant, project)), 0)
+
+    @staticmethod
+    def _state_from(result: TxnResult, first: int) -> _State:
         project_kvs, usage_kvs = result.kvs(first), result.kvs(first + 1)
         project = Project.from_bytes(project_kvs[0].value) if project_kvs else None
-        usage = Usage.from_bytes(usage_kvs[0].value) if usage_kvs else Usage()
-        return _State(project, project_kvs[0].mod_revision if project_kvs else 0, usage,
-                      usage_kvs[0].mod_revision if usage_kvs else 0)
+        return _State(project, project_kvs[0].mod_revision if project_kvs else 0, stripes_from(usage_kvs),
+                      result.revision)
 
     def _remember(self, tenant: str, project: str, state: _State) -> None:
         if len(self._states) >= 10_000:
@@ -188,7 +217,9 @@ class UsageLedger:
 
     async def _commit(self, tenant: str, project: str, batch: list) -> None:
         k = self._keys
-        project_key, usage_key = k.project(tenant, project), k.usage(tenant, project)
+        project_key = k.project(tenant, project)
+        prefix = k.usage_prefix(tenant, project)
+        mine = k.usage(tenant, project, self.stripe)
         name = f"tenants/{tenant}/projects/{project}"
         fresh = False  # refusals and NotFound are only ever decided on a state read just now
         for _round in range(_MAX_ROUNDS):
@@ -196,23 +227,29 @@ class UsageLedger:
             if state is None:
                 state, fresh = await self._read_state(tenant, project), True
                 self._remember(tenant, project, state)
-            if state.project is None or state.usage_revision == 0:
+            if state.project is None:
                 self._states.pop((tenant, project), None)
                 if not fresh:
                     continue
                 for _charge, future in batch:
                     _fail(future, NotFound(name))
                 return
+            limited = bool(state.project.quota.limited())
+            if limited and not state.complete_at:
+                self._states.pop((tenant, project), None)  # only our stripe is known: read them all
+                continue
             accepted: list[tuple[Charge, asyncio.Future]] = []
             refused: list[tuple[asyncio.Future, QuotaExceeded]] = []
-            usage = state.usage
+            total = state.total
+            own = state.stripes.get(self.stripe, (Usage(), 0))
+            delta = Usage()
             for charge, future in batch:
-                after = usage + charge.delta
+                after = total + delta + charge.delta
                 over = state.project.quota.exceeded(after) if charge.delta.grows else []
                 if over:
                     refused.append((future, QuotaExceeded(name, over, state.project.quota, after)))
                     continue
-                usage = after
+                delta = delta + charge.delta
                 accepted.append((charge, future))
             if refused and not fresh:
                 self._states.pop((tenant, project), None)
@@ -222,10 +259,13 @@ class UsageLedger:
                 _fail(future, error)
             if not accepted:
                 return
-            compares = [ops.mod_revision_is(project_key, state.project_revision),
-                        ops.mod_revision_is(usage_key, state.usage_revision)]
-            writes = [ops.put(usage_key, usage.to_bytes())]
-            reads = [ops.get(project_key), ops.get(usage_key)]
+            compares = [ops.mod_revision_is(project_key, state.project_revision)]
+            if limited:
+                compares.append(ops.unchanged_since(prefix, prefix_end(prefix), state.complete_at))
+            else:
+                compares.append(ops.mod_revision_is(mine, own[1]))
+            writes = [ops.put(mine, (own[0] + delta).to_bytes())]
+            reads = self._state_reads(tenant, project)
             for charge, _future in accepted:
                 compares.extend(charge.compares)
                 writes.extend(charge.writes)
@@ -233,7 +273,10 @@ class UsageLedger:
             QUOTA_BATCH_SIZE.observe(len(accepted))
             result = await self._etcd.txn(compares, writes, reads)
             if result.succeeded:
-                self._remember(tenant, project, _State(state.project, state.project_revision, usage, result.revision))
+                stripes = {**state.stripes, self.stripe: (own[0] + delta, result.revision)}
+                # A limited commit compared every stripe, so all are known as of its revision.
+                self._remember(tenant, project, _State(state.project, state.project_revision, stripes,
+                                                       result.revision if limited else 0))
                 for _charge, future in accepted:
                     _succeed(future, result.revision)
                 return

@@ -5,14 +5,14 @@
   two tenant admins raising two projects at once cannot over-allocate the ticket.
 - Creating or deleting a project also rewrites its tenant record, so a tenant
   deletion that compares the tenant's revision cannot miss a project made meanwhile.
-- A project's usage key (``usage/{t}/{p}``) exists exactly while the project does.
+- A project's usage stripes (``usage/{t}/{p}/{n}``, see ledger.py) go with the project.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
+from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.models import now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, StoreError
 from controlplane.store.keys import Keys
@@ -156,8 +156,8 @@ class TenancyStore:
     # --- projects ----------------------------------------------------------------------
 
     async def create_project(self, project: Project) -> int:
-        """Store a new project with zero usage, taking its limits from the tenant's
-        ticket. Raises NotFound (tenant), AlreadyExists, QuotaInvalid."""
+        """Store a new project (its usage starts at zero: no stripes), taking its limits
+        from the tenant's ticket. Raises NotFound (tenant), AlreadyExists, QuotaInvalid."""
         k = self._keys
         key = k.project(project.tenant_id, project.project_id)
         for _attempt in range(_MAX_CAS_ATTEMPTS):
@@ -168,9 +168,7 @@ class TenancyStore:
             updated = tenant.with_(allocated=tenant.allocated + project.quota.as_usage())
             result = await self._etcd.txn(
                 [ops.mod_revision_is(k.tenant(project.tenant_id), revision), ops.absent(key)],
-                [ops.put(key, project.to_bytes()), ops.put(k.usage(project.tenant_id, project.project_id),
-                                                           Usage().to_bytes()),
-                 ops.put(k.tenant(project.tenant_id), updated.to_bytes())],
+                [ops.put(key, project.to_bytes()), ops.put(k.tenant(project.tenant_id), updated.to_bytes())],
                 [ops.get(key)],
             )
             if result.succeeded:
@@ -189,11 +187,16 @@ class TenancyStore:
         kvs, revision = await self._etcd.range_prefix(self._keys.projects_prefix(tenant_id))
         return [(Project.from_bytes(kv.value), kv.mod_revision) for kv in kvs], revision
 
-    async def usages(self, tenant_id: str) -> dict[str, tuple[Usage, int]]:
-        """Each project's usage and the usage key's revision, by project id."""
+    async def usages(self, tenant_id: str) -> dict[str, Usage]:
+        """Each project's usage (the sum of its stripes), by project id; projects that
+        never held a VM are absent."""
         prefix = self._keys.usage_prefix(tenant_id)
         kvs, _revision = await self._etcd.range_prefix(prefix)
-        return {kv.key[len(prefix):].decode(): (Usage.from_bytes(kv.value), kv.mod_revision) for kv in kvs}
+        found: dict[str, Usage] = {}
+        for kv in kvs:
+            project = kv.key[len(prefix):].decode().split("/", 1)[0]
+            found[project] = found.get(project, Usage()) + Usage.from_bytes(kv.value)
+        return found
 
     async def update_project(self, tenant_id: str, project_id: str, change: Callable[[Project], Project], *,
                              etag: str = "") -> tuple[Project, int]:
@@ -226,20 +229,22 @@ class TenancyStore:
         have released theirs), returning its limits to the tenant's ticket. Raises
         NotFound, Conflict, HoldsVms."""
         k = self._keys
-        key, usage_key = k.project(tenant_id, project_id), k.usage(tenant_id, project_id)
+        key, usage = k.project(tenant_id, project_id), k.usage_prefix(tenant_id, project_id)
         for _attempt in range(_MAX_CAS_ATTEMPTS):
-            result = await self._etcd.txn([], [ops.get(key), ops.get(usage_key), ops.get(k.tenant(tenant_id))])
+            result = await self._etcd.txn([], [ops.get(key), ops.get(usage, prefix_end(usage)),
+                                               ops.get(k.tenant(tenant_id))])
             project_kvs, usage_kvs, tenant_kvs = result.kvs(0), result.kvs(1), result.kvs(2)
             if not project_kvs:
                 raise NotFound(f"tenants/{tenant_id}/projects/{project_id}")
             _check_etag(etag, project_kvs[0].mod_revision)
-            usage = Usage.from_bytes(usage_kvs[0].value) if usage_kvs else Usage()
-            if usage.vms > 0:
-                raise HoldsVms(f"tenants/{tenant_id}/projects/{project_id}", usage.vms)
+            vms = sum(Usage.from_bytes(kv.value).vms for kv in usage_kvs)
+            if vms > 0:
+                raise HoldsVms(f"tenants/{tenant_id}/projects/{project_id}", vms)
             project = Project.from_bytes(project_kvs[0].value)
+            # No VM may be charged between this read and the delete (every charge writes a stripe).
             compares = [ops.mod_revision_is(key, project_kvs[0].mod_revision),
-                        ops.mod_revision_is(usage_key, _revision_of(usage_kvs))]
-            writes = [ops.delete(key), ops.delete(usage_key),
+                        ops.unchanged_since(usage, prefix_end(usage), result.revision)]
+            writes = [ops.delete(key), ops.delete(usage, prefix_end(usage)),
                       ops.delete(*_prefix_range(k.request(tenant_id, project_id, "x")))]
             if tenant_kvs:
                 tenant = Tenant.from_bytes(tenant_kvs[0].value)
@@ -250,10 +255,6 @@ class TenancyStore:
             if result.succeeded:
                 return project
         raise Conflict(f"tenants/{tenant_id}/projects/{project_id} kept changing; retry")
-
-
-def _revision_of(kvs: list[KeyValue]) -> int:
-    return kvs[0].mod_revision if kvs else 0
 
 
 def _prefix_range(request_key: bytes) -> tuple[bytes, bytes]:
