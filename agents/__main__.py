@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0,
                         help="sim: probability of a transient fault per mutating call (for testing)")
     parser.add_argument("--seed", type=int, default=0, help="sim: seed of the fault generator")
+    parser.add_argument("--zones", default="",
+                        help="sim: comma-separated availability zones, given to the hosts round robin "
+                             "(label topology.quanta.io/zone)")
     parser.add_argument("--images", default=None,
                         help="sim: the images the hosts have, comma separated, e.g. ubuntu,debian,photon "
                              "(others fail with ImageNotFound); default: any image")
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         latency=args.latency,
         state_dir=args.state_dir, fault_rate=args.fault_rate, seed=args.seed,
         images=tuple(i.strip() for i in args.images.split(",") if i.strip()) if args.images is not None else None,
+        zones=tuple(z.strip() for z in args.zones.split(",") if z.strip()),
     )
     _hypervisor, drivers = build_sim_drivers(sim)
     config = AgentConfig(etcd=args.etcd, root=args.root, name=args.name or args.host_prefix,

@@ -41,6 +41,26 @@ class RestartPolicy(enum.IntEnum):
     NEVER = 1  # deleted
 
 
+class Scope(enum.IntEnum):
+    """Where an (anti-)affinity constraint applies. Stored values
+    (quanta.store.v1.VmSpec.*_scope); the API's enum is shifted by one."""
+
+    HOST = 0
+    ZONE = 1
+
+
+#: The host label naming a host's availability zone (set by its agent).
+ZONE_LABEL = "topology.quanta.io/zone"
+#: Host label prefix an agent sets per image it holds locally: ``image.quanta.io/<image>=true``.
+IMAGE_LABEL_PREFIX = "image.quanta.io/"
+
+
+def zone_of(labels: Mapping[str, str]) -> str:
+    """The zone a host's labels name, or "" (none, or not usable as a key segment)."""
+    zone = labels.get(ZONE_LABEL, "")
+    return zone if "/" not in zone else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Resources:
     """An amount of compute resources. Fields may be negative: the same type
@@ -104,10 +124,41 @@ class VmSpec:
     node_selector: Mapping[str, str] = field(default_factory=dict)  # host labels it needs
     anti_affinity_group: str = ""  # no two VMs of one group on a host
     restart_policy: RestartPolicy = RestartPolicy.ALWAYS
+    anti_affinity_scope: Scope = Scope.HOST  # ZONE: nor two zone-scoped VMs of the group in a zone
+    affinity_group: str = ""  # only where a VM of this group runs
+    affinity_scope: Scope = Scope.HOST
 
     @property
     def deleting(self) -> bool:
         return self.delete_time_ns != 0
+
+    @property
+    def host_group(self) -> str:
+        """The anti-affinity group this VM counts in on its host's allocation ("" when
+        none): ``{tenant}/{project}/{group}``, so tenants never block or see each other."""
+        return f"{self.ref.tenant}/{self.ref.project}/{self.anti_affinity_group}" if self.anti_affinity_group else ""
+
+    @property
+    def host_affinity_group(self) -> str:
+        """The host group count this VM must find on its host ("" when none or zone-scoped)."""
+        if self.affinity_scope is not Scope.HOST or not self.affinity_group:
+            return ""
+        return f"{self.ref.tenant}/{self.ref.project}/{self.affinity_group}"
+
+    @property
+    def zone_group(self) -> str:
+        """The zone group count this VM is part of ("" when not zone-scoped):
+        ``{tenant}/{project}/{group}``, so projects never see each other's groups."""
+        if self.anti_affinity_scope is not Scope.ZONE or not self.anti_affinity_group:
+            return ""
+        return f"{self.ref.tenant}/{self.ref.project}/{self.anti_affinity_group}"
+
+    @property
+    def zone_affinity_group(self) -> str:
+        """The zone group count this VM must find in its zone ("" when none)."""
+        if self.affinity_scope is not Scope.ZONE or not self.affinity_group:
+            return ""
+        return f"{self.ref.tenant}/{self.ref.project}/{self.affinity_group}"
 
     def to_proto(self) -> rec.VmSpec:
         return rec.VmSpec(
@@ -117,7 +168,8 @@ class VmSpec:
             disk_gib=self.resources.disk_gib, request_id=self.request_id,
             create_time_ns=self.create_time_ns, delete_time_ns=self.delete_time_ns, shard=self.shard,
             node_selector=dict(self.node_selector), anti_affinity_group=self.anti_affinity_group,
-            restart_policy=int(self.restart_policy),
+            restart_policy=int(self.restart_policy), anti_affinity_scope=int(self.anti_affinity_scope),
+            affinity_group=self.affinity_group, affinity_scope=int(self.affinity_scope),
         )
 
     @classmethod
@@ -127,6 +179,7 @@ class VmSpec:
             Resources(m.vcpus, m.memory_mib, m.disk_gib), dict(m.labels), m.request_id,
             m.create_time_ns, m.delete_time_ns, m.shard, dict(m.node_selector), m.anti_affinity_group,
             RestartPolicy(m.restart_policy) if m.restart_policy in (0, 1) else RestartPolicy.ALWAYS,
+            _scope(m.anti_affinity_scope), m.affinity_group, _scope(m.affinity_scope),
         )
 
     def to_bytes(self) -> bytes:
@@ -138,6 +191,10 @@ class VmSpec:
 
     def marked_deleted(self, at_ns: int) -> VmSpec:
         return replace(self, delete_time_ns=at_ns)
+
+
+def _scope(value: int) -> Scope:
+    return Scope(value) if value in (0, 1) else Scope.HOST
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +226,7 @@ class Binding:
 
     spec: VmSpec
     host: str
+    zone: str = ""  # the host's zone at bind time, if the VM is counted there (VmSpec.zone_group)
 
     @property
     def deleting(self) -> bool:
@@ -176,12 +234,12 @@ class Binding:
 
     def to_bytes(self) -> bytes:
         return rec.Binding(spec=self.spec.to_proto(), host=self.host,
-                           delete_time_ns=self.spec.delete_time_ns).SerializeToString()
+                           delete_time_ns=self.spec.delete_time_ns, zone=self.zone).SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Binding:
         m = rec.Binding.FromString(data)
-        return cls(VmSpec.from_proto(m.spec), m.host)
+        return cls(VmSpec.from_proto(m.spec), m.host, m.zone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,17 +153,23 @@ class Client:
     # VMs
     def create_vm(self, vm_id: str = "", *, flavor: str, image: str, labels: dict[str, str] | None = None,
                   request_id: str | None = None, node_selector: dict[str, str] | None = None,
-                  anti_affinity_group: str = "", restart_policy: str = "ALWAYS") -> vm_pb2.Vm:
+                  anti_affinity_group: str = "", restart_policy: str = "ALWAYS", anti_affinity_scope: str = "HOST",
+                  affinity_group: str = "", affinity_scope: str = "HOST") -> vm_pb2.Vm:
         """Create a VM; returns it PENDING. ``vm_id`` "" lets the server assign one.
         Idempotent per request_id (one is generated, and reused by the retries here).
         ``node_selector``: host labels it needs; ``anti_affinity_group``: no two VMs
-        of the group on one host; ``restart_policy``: "ALWAYS" (placed again when its
-        host is drained or dead) or "NEVER" (deleted then)."""
+        of the group on one host; ``anti_affinity_scope`` "ZONE": nor two zone-scoped
+        VMs of the group in one zone (host label topology.quanta.io/zone);
+        ``affinity_group``: only on a host (``affinity_scope`` "HOST") or in a zone
+        ("ZONE") that runs a VM of that group; ``restart_policy``: "ALWAYS" (placed
+        again when its host is drained or dead) or "NEVER" (deleted then)."""
         request = vm_pb2.CreateVmRequest(
             parent=self.parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex,
             vm=vm_pb2.Vm(flavor=flavor, image=image, labels=labels or {}, node_selector=node_selector or {},
                          anti_affinity_group=anti_affinity_group,
-                         restart_policy=vm_pb2.Vm.RestartPolicy.Value(restart_policy)),
+                         restart_policy=vm_pb2.Vm.RestartPolicy.Value(restart_policy),
+                         anti_affinity_scope=vm_pb2.Vm.Scope.Value(anti_affinity_scope),
+                         affinity_group=affinity_group, affinity_scope=vm_pb2.Vm.Scope.Value(affinity_scope)),
         )
         return self._call(self._vms.CreateVm, request, retries=3)
 

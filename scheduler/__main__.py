@@ -18,12 +18,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="VMs placed per bind round trip")
     parser.add_argument("--policy", choices=sorted(POLICIES), default="spread",
                         help="spread: least allocated host first; pack: fill hosts up (default spread)")
+    parser.add_argument("--image-locality-weight", type=float, default=0.5,
+                        help="weight of preferring hosts that hold the VM's image (label image.quanta.io/IMAGE=true) "
+                             "next to the policy's score, which weighs 1 (0: off; default 0.5)")
     parser.add_argument("--host-dead-after", type=float, default=60.0,
                         help="seconds a host may miss its heartbeat before it is declared dead and its VMs "
                              "are placed again by restart policy (default 60)")
     args = parser.parse_args(argv)
     config = SchedulerConfig(etcd=args.etcd, root=args.root, shards=args.shards, lease_ttl=args.lease_ttl,
                              batch_size=args.batch_size, policy=args.policy,
+                             image_locality_weight=args.image_locality_weight,
                              host_dead_after_s=args.host_dead_after,
                              **({"name": args.name} if args.name else {}))
     run_process("scheduler", args, run_scheduler(config))

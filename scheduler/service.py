@@ -32,11 +32,13 @@ from controlplane.store.lifecycle import HostEvictor, LifecycleStore
 from controlplane.store.scheduling import SchedulingStore
 from controlplane.store.shards import ShardDirectory, ShardLock, ShardTable
 from controlplane.store.vms import VmStore
+from controlplane.store.zones import ZoneStore
 from scheduler import balance, metrics
 from scheduler.hostsync import HostSync
 from scheduler.lifecycle import HostReaper
-from scheduler.placement import POLICIES, HostView
+from scheduler.placement import HostView, policy
 from scheduler.shard import ShardLost, ShardScheduler
+from scheduler.zonesync import ZoneSync
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class SchedulerConfig:
     lease_ttl: int = 10
     batch_size: int = 256
     policy: str = "spread"  # a key of placement.POLICIES
+    image_locality_weight: float = 0.5  # weight of image_locality next to the policy's scorer (0: off)
     name: str = f"{socket.gethostname()}-{os.getpid()}"
     host_dead_after_s: float = 60.0  # a host missing this long is declared dead (by shard 0's owner)
 
@@ -62,14 +65,15 @@ async def run_scheduler(config: SchedulerConfig) -> None:
         cluster = await ensure_cluster_config(client, keys, shards=config.shards)
         view = HostView()
         hosts = HostSync(HostStore(client, keys), view)
+        zones = ZoneSync(ZoneStore(client, keys))
         store = SchedulingStore(client, keys)
 
         lifecycle = LifecycleStore(client, keys)
         evictor = HostEvictor(lifecycle, VmStore(client, keys))
 
         async def run_shard(lock: ShardLock) -> None:
-            shard = ShardScheduler(lock.shard, store, hosts, lock, batch_size=config.batch_size,
-                                   scorer=POLICIES[config.policy])
+            shard = ShardScheduler(lock.shard, store, hosts, lock, zones=zones, batch_size=config.batch_size,
+                                   scorer=policy(config.policy, image_locality_weight=config.image_locality_weight))
             if lock.shard != 0:
                 await shard.run()
                 return
@@ -82,6 +86,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
 
         async with Lease(client, config.lease_ttl) as lease, asyncio.TaskGroup() as group:
             group.create_task(hosts.run(), name="hosts")
+            group.create_task(zones.run(), name="zones")
             group.create_task(_watch_lease(lease), name="lease")
             manager = ShardManager(client, keys, cluster.shards, lease, config.name, run_shard,
                                    resync_s=config.lease_ttl)

@@ -21,10 +21,12 @@ from controlplane.etcd import Compacted, EtcdError
 from controlplane.models import HostAllocation, VmRef
 from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore
 from controlplane.store.shards import ShardLock
+from controlplane.store.zones import ZoneCount, ZoneGroupId
 from controlplane.workqueue import WorkQueue
 from scheduler import metrics
 from scheduler.hostsync import HostSync
-from scheduler.placement import PlacementRequest, Scorer, place, spread
+from scheduler.placement import PlacementRequest, Scorer, ZoneCounts, place, spread
+from scheduler.zonesync import ZoneSync
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +35,55 @@ class ShardLost(Exception):
     """A bind was fenced off: another process owns the shard now."""
 
 
-def _request(vm: QueuedVm) -> PlacementRequest:
-    return PlacementRequest(vm_key=vm.spec.ref.name, uid=vm.spec.uid, resources=vm.spec.resources,
-                            labels=vm.spec.labels, node_selector=vm.spec.node_selector,
-                            anti_affinity_group=vm.spec.anti_affinity_group)
+_NO_ZONES: frozenset[str] = frozenset()
+
+
+def _request(vm: QueuedVm, zones: ZoneCounts) -> PlacementRequest:
+    """The placement request of a queued VM, its zone constraints resolved against
+    ``zones`` (committed + assumed) as they are now."""
+    spec = vm.spec
+    zone_group, zone_affinity = spec.zone_group, spec.zone_affinity_group
+    return PlacementRequest(vm_key=spec.ref.name, uid=spec.uid, resources=spec.resources,
+                            labels=spec.labels, node_selector=spec.node_selector,
+                            anti_affinity_group=spec.host_group, zone_spread=bool(zone_group),
+                            avoid_zones=zones.zones_with(zone_group) if zone_group else _NO_ZONES,
+                            host_affinity_group=spec.host_affinity_group,
+                            affinity_zones=zones.zones_with(zone_affinity) if zone_affinity else None,
+                            image=spec.image)
+
+
+class _ZoneKeys:
+    """Which host of a bind batch touches each zone group count. One etcd txn may not
+    write a key twice, and a nested txn that compares a key written by an earlier one
+    fails, so a count is written by at most one host per batch and then read by no
+    other; a VM that would break this waits for the next batch."""
+
+    __slots__ = ("readers", "writers")
+
+    def __init__(self) -> None:
+        self.writers: dict[ZoneGroupId, str] = {}
+        self.readers: dict[ZoneGroupId, set[str]] = {}
+
+    def claim(self, host: str, writes: ZoneGroupId | None, reads: ZoneGroupId | None) -> bool:
+        if writes is not None and (self.writers.get(writes, host) != host
+                                   or self.readers.get(writes, set()) - {host}):
+            return False
+        if reads is not None and self.writers.get(reads, host) != host:
+            return False
+        if writes is not None:
+            self.writers[writes] = host
+        if reads is not None:
+            self.readers.setdefault(reads, set()).add(host)
+        return True
 
 
 class ShardScheduler:
     def __init__(self, shard: int, store: SchedulingStore, hosts: HostSync, lock: ShardLock, *,
-                 batch_size: int = 256, seed: int | None = None, scorer: Scorer = spread):
+                 zones: ZoneSync, batch_size: int = 256, seed: int | None = None, scorer: Scorer = spread):
         self.shard = shard
         self._store = store
         self._hosts = hosts
+        self._zones = zones
         self._lock = lock
         self._batch_size = batch_size
         self._scorer = scorer
@@ -64,13 +103,16 @@ class ShardScheduler:
     async def run(self) -> None:
         """Run until cancelled or the shard is lost (raises ShardLost)."""
         self._hosts.on_capacity.append(self._capacity_changed)
+        self._zones.on_change.append(self._capacity_changed)
         try:
             await self._hosts.ready.wait()
+            await self._zones.ready.wait()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._sync_queue())
                 group.create_task(self._place_loop())
         finally:
             self._hosts.on_capacity.remove(self._capacity_changed)
+            self._zones.on_change.remove(self._capacity_changed)
             self._queue.shutdown()
             metrics.QUEUE_DEPTH.remove(self._label)
             metrics.UNSCHEDULABLE.remove(self._label)
@@ -132,13 +174,16 @@ class ShardScheduler:
         started = time.perf_counter()
         view = self._hosts.view
         by_host: dict[str, list[QueuedVm]] = defaultdict(list)
+        zone_of_host: dict[str, str] = {}
+        zone_keys = _ZoneKeys()
+        counts = self._zones.counts
         unschedulable: list[tuple[QueuedVm, str]] = []
         max_hosts, max_per_host = self._store.bind_limits()
         for ref in refs:
             vm = self._pending.get(ref)
             if vm is None:
                 continue  # bound or deleted meanwhile
-            request = _request(vm)
+            request = _request(vm, counts)
             placement = place(request, view, rng=self._rng, scorer=self._scorer)
             if placement.host_id is None:
                 self._waiting.add(ref)
@@ -152,24 +197,40 @@ class ShardScheduler:
             if (group is None and len(by_host) >= max_hosts) or (group is not None and len(group) >= max_per_host):
                 self._queue.add(ref)  # over one txn's op limit: next batch
                 continue
+            zone = zone_of_host.get(placement.host_id)
+            if zone is None:
+                zone = view.get(placement.host_id).zone
+            spec = vm.spec
+            writes = (zone, spec.zone_group) if zone and spec.zone_group else None
+            reads = (zone, spec.zone_affinity_group) if zone and spec.zone_affinity_group else None
+            if not zone_keys.claim(placement.host_id, writes, reads):
+                self._queue.add(ref)  # its zone count is another host's in this batch: next batch
+                continue
             view.assume(placement.host_id, request.resources, group=request.anti_affinity_group)
+            counts.assume(zone, spec.zone_group)
+            zone_of_host[placement.host_id] = zone
             by_host[placement.host_id].append(vm)
         if by_host:
-            await self._bind(by_host)
+            await self._bind(by_host, zone_of_host)
         if unschedulable:
             await self._store.write_unschedulable(unschedulable)
         self._update_depth()
         metrics.PLACEMENT_SECONDS.observe(time.perf_counter() - started)
 
-    async def _bind(self, by_host: dict[str, list[QueuedVm]]) -> None:
+    async def _bind(self, by_host: dict[str, list[QueuedVm]], zone_of_host: dict[str, str]) -> None:
         view = self._hosts.view
+        counts = self._zones.counts
         binds = []
         for host, vms in by_host.items():
             committed = view.committed(host)
             allocation = HostAllocation(committed.allocated, committed.vm_count, committed.groups)
             for vm in vms:
-                allocation = allocation.plus(vm.spec.resources, group=vm.spec.anti_affinity_group)
-            binds.append(HostBind(host, committed.alloc_revision, allocation, vms))
+                allocation = allocation.plus(vm.spec.resources, group=vm.spec.host_group)
+            zone = zone_of_host.get(host, "")
+            # The counts as committed (what etcd holds), never with the batch's assumptions.
+            zone_counts = {(zone, g): ZoneCount(*counts.committed(zone, g))
+                           for vm in vms for g in (vm.spec.zone_group, vm.spec.zone_affinity_group) if zone and g}
+            binds.append(HostBind(host, committed.alloc_revision, allocation, vms, zone, zone_counts))
         try:
             result = await self._store.bind(self._lock.fence(), binds)
         except BaseException:
@@ -187,6 +248,7 @@ class ShardScheduler:
             self._forget(bind)
             if ok:
                 self._hosts.confirm(bind.host, bind.allocation, result.revision)
+                self._confirm_zones(bind, result.revision)
                 metrics.BINDS.inc(len(bind.vms))
                 for vm in bind.vms:
                     self._drop(vm.spec.ref)
@@ -200,7 +262,18 @@ class ShardScheduler:
 
     def _forget(self, bind: HostBind) -> None:
         for vm in bind.vms:
-            self._hosts.view.forget(bind.host, vm.spec.resources, group=vm.spec.anti_affinity_group)
+            self._hosts.view.forget(bind.host, vm.spec.resources, group=vm.spec.host_group)
+            self._zones.counts.forget(bind.zone, vm.spec.zone_group)
+
+    def _confirm_zones(self, bind: HostBind, revision: int) -> None:
+        """Take the zone counts a committed bind wrote into the view (at ``revision``)."""
+        added: dict[ZoneGroupId, int] = defaultdict(int)
+        for vm in bind.vms:
+            if bind.zone and vm.spec.zone_group:
+                added[(bind.zone, vm.spec.zone_group)] += 1
+        for (zone, group), n in added.items():
+            self._zones.confirm(zone, group, bind.zone_counts.get((zone, group), ZoneCount()).vms + n, revision,
+                                revision)
 
     async def _refresh(self, lost: list[HostBind]) -> None:
         """After lost races: read the hosts' allocations and the VMs' queue entries
@@ -211,6 +284,10 @@ class ShardScheduler:
         allocations, entries = await self._store.read_current([b.host for b in lost], vms)
         for bind in lost:
             self._hosts.confirm(bind.host, *allocations[bind.host])
+        # A zone count may be what changed: read those too rather than wait for the watch.
+        zone_counts, revision = await self._store.read_zone_counts(sorted({zg for b in lost for zg in b.zone_ids()}))
+        for (zone, group), count in zone_counts.items():
+            self._zones.confirm(zone, group, count.vms, count.revision, revision)
         for vm in vms:
             ref = vm.spec.ref
             entry = entries[ref]

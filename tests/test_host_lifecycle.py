@@ -126,7 +126,7 @@ async def bind_all(vms: VmStore, sched: SchedulingStore, host: str, specs: list[
     queued = {q.spec.ref: q for shard in {s.shard for s in specs} for q in (await sched.list_queue(shard))[0]}
     allocation = HostAllocation()
     for spec in specs:
-        allocation = allocation.plus(spec.resources, group=spec.anti_affinity_group)
+        allocation = allocation.plus(spec.resources, group=spec.host_group)
     current = await sched.read_current([host], [])
     result = await sched.bind(None, [HostBind(host, current[0][host][1], allocation,
                                               [queued[s.ref] for s in specs])])

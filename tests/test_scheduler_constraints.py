@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane.etcd import EtcdClient
-from controlplane.models import Binding, HostAllocation, Resources
+from controlplane.models import Binding, HostAllocation, Resources, VmRef, VmSpec
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
 from scheduler.hostsync import MEMORY_OVERCOMMIT, VCPU_OVERCOMMIT, allocatable
@@ -190,7 +190,8 @@ def test_anti_affine_vms_placed_at_once_by_two_processes_never_share_a_host(etcd
                 assert all(m == "0/4 hosts fit: 3 AntiAffinity, 1 HostInMaintenance" for m in statuses), statuses
                 alloc_groups = [HostAllocation.from_bytes((await client.get(keys.host_alloc(h))).value).groups
                                 for h in hosts]
-                assert alloc_groups == [{"db": 1}] * 3 + [{}]
+                group = specs[0].host_group  # scoped: {tenant}/{project}/db
+                assert group.endswith("/db") and alloc_groups == [{group: 1}] * 3 + [{}]
                 assert len(await _bindings(client, keys)) == 3  # and no more came later
             finally:
                 for task in tasks:
@@ -218,3 +219,17 @@ async def _reasons(client: EtcdClient, keys: Keys, specs, bound) -> list[str] | 
             return None
         messages.append(VmStatus.from_bytes(kv.value).message)
     return messages
+
+
+def test_groups_of_different_projects_never_meet_on_a_host() -> None:
+    """Anti-affinity groups are counted per tenant and project: acme's "db" neither
+    blocks nor reveals globex's "db"."""
+    def spec(tenant: str, project: str) -> VmSpec:
+        return VmSpec(VmRef(tenant, project, "v"), "u", "small", "ubuntu", Resources(1, 1, 1),
+                      anti_affinity_group="db")
+
+    acme, globex, other_project = spec("acme", "web"), spec("globex", "web"), spec("acme", "ops")
+    assert len({acme.host_group, globex.host_group, other_project.host_group}) == 3
+    occupied = host(groups={acme.host_group: 1})
+    assert host_anti_affinity(req(group=globex.host_group), occupied) == FITS
+    assert host_anti_affinity(req(group=acme.host_group), occupied) != FITS

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from agents.drivers.protocol import HostCapacity, HostDriver
 from agents.drivers.sim import SimHypervisor, SimLatency
+from controlplane.models import IMAGE_LABEL_PREFIX, ZONE_LABEL
 
 if TYPE_CHECKING:
     from agents.drivers.esxi import EsxiConfig
@@ -25,7 +26,11 @@ class SimConfig:
     seed: int = 0
     fault_rate: float = 0.0
     images: tuple[str, ...] | None = None
-    """Images the simulated hosts have (others fail with ImageNotFound); None: any image."""
+    """Images the simulated hosts have (others fail with ImageNotFound); None: any image.
+    Given, each host reports them as labels ``image.quanta.io/<image>=true``."""
+    zones: tuple[str, ...] = ()
+    """Availability zones the hosts are spread over, round robin by index (label
+    ``topology.quanta.io/zone``); empty: hosts have no zone."""
 
 
 LATENCY_MODELS = ("zero", "realistic")
@@ -63,9 +68,22 @@ def build_sim_drivers(config: SimConfig) -> tuple[SimHypervisor, dict[str, HostD
     hypervisor = SimHypervisor(config.state_dir, latency=config.latency, seed=config.seed,
                                fault_rate=config.fault_rate, images=config.images)
     drivers: dict[str, HostDriver] = {
-        host: hypervisor.add_host(host, config.capacity) for host in sim_host_ids(config)
+        host: hypervisor.add_host(host, sim_host_capacity(config, config.first_index + i))
+        for i, host in enumerate(sim_host_ids(config))
     }
     return hypervisor, drivers
+
+
+def sim_host_capacity(config: SimConfig, index: int) -> HostCapacity:
+    """The capacity and labels of sim host number ``index``: its zone and images."""
+    labels = dict(config.capacity.labels)
+    if config.zones:
+        labels[ZONE_LABEL] = config.zones[index % len(config.zones)]
+    for image in config.images or ():
+        labels[IMAGE_LABEL_PREFIX + image] = "true"
+    if labels == config.capacity.labels:
+        return config.capacity
+    return HostCapacity(config.capacity.vcpus, config.capacity.memory_mib, config.capacity.disk_gib, labels)
 
 
 def esxi_config(**settings) -> EsxiConfig:

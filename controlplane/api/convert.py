@@ -7,7 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controlplane.auth.principal import Grant, Role
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
-from controlplane.models import Flavor, Image, Resources, RestartPolicy, VmState
+from controlplane.models import Flavor, Image, Resources, RestartPolicy, Scope, VmState
 from controlplane.store.hosts import HostRecord
 from controlplane.store.vms import VmRecord
 from controlplane.tenancy import DIMENSIONS, Limits, Project, Tenant, Usage
@@ -34,6 +34,8 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
         delete_time=_ts(spec.delete_time_ns), etag=record.etag, resource_version=record.resource_version,
         node_selector=dict(spec.node_selector), anti_affinity_group=spec.anti_affinity_group,
         restart_policy=RESTART_POLICY_TO_PROTO[spec.restart_policy],
+        anti_affinity_scope=SCOPE_TO_PROTO[spec.anti_affinity_scope], affinity_group=spec.affinity_group,
+        affinity_scope=SCOPE_TO_PROTO[spec.affinity_scope],
     )
     if status.reason:
         condition_type = "Scheduled" if status.state == VmState.PENDING else "Ready"
@@ -46,6 +48,8 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
 RESTART_POLICY_TO_PROTO = {RestartPolicy.ALWAYS: vm_pb2.Vm.ALWAYS, RestartPolicy.NEVER: vm_pb2.Vm.NEVER}
 RESTART_POLICY_FROM_PROTO = {vm_pb2.Vm.RESTART_POLICY_UNSPECIFIED: RestartPolicy.ALWAYS,
                              vm_pb2.Vm.ALWAYS: RestartPolicy.ALWAYS, vm_pb2.Vm.NEVER: RestartPolicy.NEVER}
+SCOPE_TO_PROTO = {Scope.HOST: vm_pb2.Vm.HOST, Scope.ZONE: vm_pb2.Vm.ZONE}
+SCOPE_FROM_PROTO = {vm_pb2.Vm.SCOPE_UNSPECIFIED: Scope.HOST, vm_pb2.Vm.HOST: Scope.HOST, vm_pb2.Vm.ZONE: Scope.ZONE}
 
 
 def host_state(record: HostRecord) -> int:

@@ -14,12 +14,12 @@ from prometheus_client import Counter
 
 from controlplane.api import errors, validation
 from controlplane.api.access import require
-from controlplane.api.convert import RESTART_POLICY_FROM_PROTO, vm_to_proto
+from controlplane.api.convert import RESTART_POLICY_FROM_PROTO, SCOPE_FROM_PROTO, vm_to_proto
 from controlplane.api.streams import watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
-from controlplane.models import VmRef, VmSpec, now_ns
+from controlplane.models import Scope, VmRef, VmSpec, now_ns
 from controlplane.store.catalog import Catalog
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestReplayed
 from controlplane.store.keys import shard_of
@@ -64,6 +64,16 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         if vm.anti_affinity_group:
             v.capture(validation.validate_resource_id, vm.anti_affinity_group, "vm.anti_affinity_group",
                       "anti-affinity group")
+        if vm.anti_affinity_scope not in SCOPE_FROM_PROTO:
+            v.add("vm.anti_affinity_scope", f"unknown scope {vm.anti_affinity_scope}; HOST or ZONE")
+        elif SCOPE_FROM_PROTO[vm.anti_affinity_scope] is Scope.ZONE and not vm.anti_affinity_group:
+            v.add("vm.anti_affinity_scope", "ZONE needs an anti_affinity_group")
+        if vm.affinity_group:
+            v.capture(validation.validate_resource_id, vm.affinity_group, "vm.affinity_group", "affinity group")
+        if vm.affinity_scope not in SCOPE_FROM_PROTO:
+            v.add("vm.affinity_scope", f"unknown scope {vm.affinity_scope}; HOST or ZONE")
+        elif SCOPE_FROM_PROTO[vm.affinity_scope] is Scope.ZONE and not vm.affinity_group:
+            v.add("vm.affinity_scope", "ZONE needs an affinity_group")
         if vm.restart_policy not in RESTART_POLICY_FROM_PROTO:
             v.add("vm.restart_policy", f"unknown restart policy {vm.restart_policy}; ALWAYS or NEVER")
         v.capture(validation.validate_request_id, request.request_id)
@@ -78,6 +88,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             request_id=request.request_id, create_time_ns=now_ns(), shard=shard_of(uid, self._shards),
             node_selector=dict(vm.node_selector), anti_affinity_group=vm.anti_affinity_group,
             restart_policy=RESTART_POLICY_FROM_PROTO[vm.restart_policy],
+            anti_affinity_scope=SCOPE_FROM_PROTO[vm.anti_affinity_scope], affinity_group=vm.affinity_group,
+            affinity_scope=SCOPE_FROM_PROTO[vm.affinity_scope],
         )
         try:
             record, created = await self._store.create(spec)

@@ -87,6 +87,11 @@ def main(kind: str, argv: list[str]) -> None:
         create.add_argument("--node-selector", action="append", default=[], metavar="K=V",
                             help="only hosts with this label (repeatable)")
         create.add_argument("--anti-affinity-group", default="", help="no two VMs of this group on one host")
+        create.add_argument("--anti-affinity-scope", choices=("HOST", "ZONE"), default="HOST",
+                            help="ZONE: nor two (zone-scoped) VMs of the group in one zone")
+        create.add_argument("--affinity-group", default="",
+                            help="only on a host (or zone, see --affinity-scope) that runs a VM of this group")
+        create.add_argument("--affinity-scope", choices=("HOST", "ZONE"), default="HOST")
         create.add_argument("--restart-policy", choices=("ALWAYS", "NEVER"), default="ALWAYS",
                             help="when its host is drained or dead: ALWAYS place it again, NEVER delete it")
         create.add_argument("--wait", action="store_true", help="wait until RUNNING")
@@ -133,7 +138,9 @@ def _run(kind: str, args, client: Client) -> None:
         selector = dict(item.split("=", 1) for item in args.node_selector if "=" in item)
         vm = client.create_vm(args.name, flavor=args.flavor, image=args.image, labels=labels,
                               request_id=args.request_id, node_selector=selector,
-                              anti_affinity_group=args.anti_affinity_group, restart_policy=args.restart_policy)
+                              anti_affinity_group=args.anti_affinity_group, restart_policy=args.restart_policy,
+                              anti_affinity_scope=args.anti_affinity_scope, affinity_group=args.affinity_group,
+                              affinity_scope=args.affinity_scope)
         print_message(vm, out, _vm_row)
         if args.wait:
             print_message(client.wait_for_vm(vm.name, "RUNNING"), out, _vm_row)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from controlplane.etcd import EtcdClient, ops
 from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmStatus
 from controlplane.store.keys import Keys
+from controlplane.store.zones import ZoneGroupId, ZoneStore, add_delta, counted_changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +106,12 @@ class AgentStore:
 
     async def remove_destroyed(self, host: str, vms: Sequence[BoundVm]) -> bool:
         """Remove VMs that the host has destroyed: their spec, status and binding
-        go, and the host's allocation shrinks, in one txn (request records stay
-        until their lease expires, so a late retry cannot make a second VM).
+        go, and the host's allocation shrinks (and the zone group count of each
+        zone-scoped VM), in one txn (request records stay until their lease
+        expires, so a late retry cannot make a second VM).
 
-        Compare-and-swap on the allocation; returns False on a conflict (the
-        caller retries). VMs whose binding changed incarnation (or is already
+        Compare-and-swap on the allocation and those counts; returns False on a
+        conflict (the caller retries). VMs whose binding changed incarnation (or is already
         gone, e.g. a retry of a removal that applied) are skipped, so a retry
         neither shrinks the allocation twice nor fails forever.
         """
@@ -124,13 +126,20 @@ class AgentStore:
                    if [kv.create_revision for kv in read.kvs(i + 1)] == [vm.create_revision]]
         if not current:
             return True
-        compares = [ops.mod_revision_is(alloc_key, alloc_revision)]
-        success = []
+        # Zone-scoped VMs: their bindings name the zone they are counted in.
+        deltas: dict[ZoneGroupId, int] = {}
+        for vm in current:
+            add_delta(deltas, vm.binding.zone, vm.binding.spec.zone_group, -1)
+        zones = ZoneStore(self._etcd, k)
+        counts, _ = await zones.read(deltas)
+        zone_compares, zone_writes = counted_changes(k, counts, deltas)
+        compares = [ops.mod_revision_is(alloc_key, alloc_revision), *zone_compares]
+        success = list(zone_writes)
         for vm in current:
             spec = vm.binding.spec
             ref = spec.ref
             compares.append(ops.create_revision_is(k.binding(host, ref), vm.create_revision))
-            allocation = allocation.minus(spec.resources, group=spec.anti_affinity_group)
+            allocation = allocation.minus(spec.resources, group=spec.host_group)
             success += [
                 ops.delete(k.vm_spec(ref)),
                 ops.delete(k.vm_status(ref)),

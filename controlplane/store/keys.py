@@ -13,6 +13,9 @@ independent systems (or tests) share one etcd.
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present
     hosts/{host}/dead                     (empty)     the scheduler (shard 0's owner): missing past the grace;
                                                       its VMs are moved off, no bind lands on it while present
+    zones/{zone}/groups/{t}/{p}/{group}   ZoneGroup   zone-scoped VMs of the group in the zone: changed in the
+                                                      txn of each such VM's bind and removal (scheduler, agent,
+                                                      host lifecycle); absent when none
     flavors/{name}, images/{name}         Flavor, Image   public catalog (system admins)
     tenant-flavors/{tenant}/{name}        Flavor      a tenant's private flavors (its admins)
     tenants/{tenant}                      TenantRecord      system admins; quota ticket + allocated
@@ -119,6 +122,22 @@ class Keys:
         """(host, "reg" | "alloc" | "maintenance" | "dead") of a key under hosts/."""
         host, part = key[len(self.base) + len("hosts/"):].decode().rsplit("/", 1)
         return host, part
+
+    # Zones
+    def zones_prefix(self) -> bytes:
+        return self._k("zones/")
+
+    def zone_group(self, zone: str, group: str) -> bytes:
+        """The count key of ``group`` (``{tenant}/{project}/{name}``, VmSpec.zone_group) in ``zone``."""
+        return self._k(f"zones/{zone}/groups/{group}")
+
+    def parse_zone_group_key(self, key: bytes) -> tuple[str, str] | None:
+        """(zone, group) of a key under zones/, or None for a key this version does not know."""
+        zone, part, group = key[len(self.base) + len("zones/"):].decode().partition("/")
+        kind, _, group = group.partition("/")
+        if not part or kind != "groups" or not group:
+            return None
+        return zone, group
 
     # Catalog
     def flavors_prefix(self) -> bytes:

@@ -31,6 +31,7 @@ from controlplane.store.errors import Conflict, NotFound
 from controlplane.store.hostagent import BoundVm
 from controlplane.store.keys import Keys
 from controlplane.store.vms import VmStore
+from controlplane.store.zones import ZoneGroupId, ZoneStore, add_delta, counted_changes
 
 log = logging.getLogger(__name__)
 
@@ -97,27 +98,34 @@ class LifecycleStore:
         return HostBindings(bound, allocation, alloc_kvs[0].mod_revision if alloc_kvs else 0, result.revision)
 
     def max_moves_per_txn(self) -> int:
-        """VMs one ``move_off`` may take (each costs 3 ops and 1 compare)."""
-        return max(1, (self._etcd.max_txn_ops - 2) // 3)
+        """VMs one ``move_off`` may take (each costs 3 ops and 1 compare, plus at most
+        one zone group count write and compare)."""
+        return max(1, (self._etcd.max_txn_ops - 2) // 4)
 
     async def move_off(self, host: str, read: HostBindings, requeue: Sequence[BoundVm], remove: Sequence[BoundVm],
                        *, reason: str, message: str, fence: Compare | None = None) -> bool:
         """In one txn: each VM of ``requeue`` leaves the host for its shard's queue
         (status PENDING, ``reason``), each of ``remove`` is removed (spec, status,
-        binding), and the allocation shrinks by all of them. Compare-and-swap on
-        the allocation and every binding as ``read``; returns False (nothing
+        binding), and the allocation shrinks by all of them, as do the zone group
+        counts of the zone-scoped ones. Compare-and-swap on the allocation and
+        every binding as ``read`` and on those counts; returns False (nothing
         written) when any changed, or when ``fence`` does not hold."""
         k = self._keys
         alloc_key = k.host_alloc(host)
-        compares = [ops.mod_revision_is(alloc_key, read.alloc_revision)] + ([fence] if fence is not None else [])
-        success = []
+        deltas: dict[ZoneGroupId, int] = {}
+        for vm in (*requeue, *remove):
+            add_delta(deltas, vm.binding.zone, vm.binding.spec.zone_group, -1)
+        counts, _ = await ZoneStore(self._etcd, k).read(deltas)
+        zone_compares, success = counted_changes(k, counts, deltas)
+        compares = [ops.mod_revision_is(alloc_key, read.alloc_revision), *zone_compares] \
+            + ([fence] if fence is not None else [])
         allocation = read.allocation
         at = now_ns()
         for vm in requeue:
             spec = vm.binding.spec
             binding_key = k.binding(host, spec.ref)
             compares.append(ops.mod_revision_is(binding_key, vm.mod_revision))
-            allocation = allocation.minus(spec.resources, group=spec.anti_affinity_group)
+            allocation = allocation.minus(spec.resources, group=spec.host_group)
             status = VmStatus(VmState.PENDING, reason=reason, message=message, update_time_ns=at,
                               accepted_time_ns=spec.create_time_ns)
             success += [ops.delete(binding_key), ops.put(k.queue(spec.shard, spec.ref), spec.to_bytes()),
@@ -126,9 +134,9 @@ class LifecycleStore:
             spec = vm.binding.spec
             binding_key = k.binding(host, spec.ref)
             compares.append(ops.mod_revision_is(binding_key, vm.mod_revision))
-            allocation = allocation.minus(spec.resources, group=spec.anti_affinity_group)
+            allocation = allocation.minus(spec.resources, group=spec.host_group)
             success += [ops.delete(k.vm_spec(spec.ref)), ops.delete(k.vm_status(spec.ref)), ops.delete(binding_key)]
-        if not success:
+        if not requeue and not remove:
             return True
         success.append(ops.put(alloc_key, allocation.to_bytes()))
         return (await self._etcd.txn(compares, success)).succeeded

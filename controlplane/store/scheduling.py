@@ -2,21 +2,23 @@
 binds that move VMs from the queue onto hosts.
 
 A bind is compare-and-swap on everything it read: the shard's ownership
-(fencing), each host's allocation revision (and that it is not declared dead)
-and each queued VM's queue entry.
+(fencing), each host's allocation revision (and that it is not declared dead),
+each queued VM's queue entry, and the zone group counts (``zones.py``) that
+zone-scoped VMs change or zone-affine VMs rely on.
 Binds are batched: one etcd round trip carries one nested txn per host, so a
 conflict on one host fails only that host's binds.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.etcd.ops import Compare
 from controlplane.models import Binding, HostAllocation, VmRef, VmSpec, VmState, VmStatus, now_ns
 from controlplane.store.keys import Keys
+from controlplane.store.zones import ZoneCount, ZoneGroupId, ZoneStore, add_delta, counted_changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,16 @@ class HostBind:
     alloc_revision: int  # the allocation key's mod_revision the placement was based on
     allocation: HostAllocation  # the allocation after these binds
     vms: Sequence[QueuedVm]
+    zone: str = ""  # the host's zone as placement saw it
+    # Zone group counts as placement read them: those the VMs' zone_group and
+    # zone_affinity_group name in ``zone`` (absent from the map: read as absent).
+    zone_counts: Mapping[ZoneGroupId, ZoneCount] = field(default_factory=dict)
+
+    def zone_ids(self) -> set[ZoneGroupId]:
+        """The zone group counts this bind compares."""
+        if not self.zone:
+            return set()
+        return {(self.zone, g) for vm in self.vms for g in (vm.spec.zone_group, vm.spec.zone_affinity_group) if g}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +103,17 @@ class SchedulingStore:
             compares = [ops.mod_revision_is(k.host_alloc(bind.host), bind.alloc_revision),
                         ops.absent(k.host_dead(bind.host))]
             success = [ops.put(k.host_alloc(bind.host), bind.allocation.to_bytes())]
+            deltas: dict[ZoneGroupId, int] = {}
+            for vm in bind.vms:
+                add_delta(deltas, bind.zone, vm.spec.zone_group, 1)
+            for zg in bind.zone_ids():
+                deltas.setdefault(zg, 0)
+            zone_compares, zone_writes = counted_changes(k, bind.zone_counts, deltas)
+            # Affinity only reads a count (delta 0): compare it unchanged, write nothing.
+            zone_compares += [ops.mod_revision_is(k.zone_group(*zg), bind.zone_counts.get(zg, ZoneCount()).revision)
+                              for zg, d in deltas.items() if d == 0]
+            compares += zone_compares
+            success += zone_writes
             for vm in bind.vms:
                 spec = vm.spec
                 queue_key = k.queue(spec.shard, spec.ref)
@@ -99,7 +122,8 @@ class SchedulingStore:
                                   accepted_time_ns=spec.create_time_ns)
                 success += [
                     ops.delete(queue_key),
-                    ops.put(k.binding(bind.host, spec.ref), Binding(spec, bind.host).to_bytes()),
+                    ops.put(k.binding(bind.host, spec.ref),
+                            Binding(spec, bind.host, bind.zone if spec.zone_group else "").to_bytes()),
                     ops.put(k.vm_status(spec.ref), status.to_bytes()),
                 ]
             nested.append(ops.txn(compares, success))
@@ -110,9 +134,10 @@ class SchedulingStore:
 
     def bind_limits(self) -> tuple[int, int]:
         """(host groups, VMs per host group) that one ``bind`` call may carry
-        within the server's max_txn_ops (each VM costs 3 ops and 1 compare)."""
+        within the server's max_txn_ops (each VM costs 3 ops and 1 compare, plus
+        at most one zone count write or compare of its own)."""
         limit = self._etcd.max_txn_ops
-        return limit, max(1, (limit - 1) // 3)
+        return limit, max(1, (limit - 1) // 4)
 
     async def read_current(self, hosts: Sequence[str], vms: Sequence[QueuedVm]
                            ) -> tuple[dict[str, tuple[HostAllocation, int]], dict[VmRef, QueuedVm | None]]:
@@ -133,6 +158,10 @@ class SchedulingStore:
             kvs = response.response_range.kvs
             entries[vm.spec.ref] = self._queued(kvs[0]) if kvs else None
         return allocations, entries
+
+    async def read_zone_counts(self, ids: Sequence[ZoneGroupId]) -> tuple[dict[ZoneGroupId, ZoneCount], int]:
+        """After lost bind races: the zone group counts of ``ids`` now, and the revision read at."""
+        return await ZoneStore(self._etcd, self._keys).read(ids)
 
     async def write_unschedulable(self, items: Sequence[tuple[QueuedVm, str]]) -> None:
         """Record why queued VMs could not be placed (they stay queued).

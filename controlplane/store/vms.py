@@ -259,9 +259,16 @@ class VmStore:
                 return Deletion(gone, True, revision)
             marked = spec.marked_deleted(now_ns())
             binding_key = k.binding(record.status.host, ref)
-            charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(binding_key)],
+            bound_guard, zone = ops.present(binding_key), ""
+            if spec.zone_group:
+                # The binding records the zone the VM is counted in; keep it for the removal.
+                kv = await self._etcd.get(binding_key)
+                if kv is None:
+                    continue  # moved off meanwhile: read the VM again
+                bound_guard, zone = ops.mod_revision_is(binding_key, kv.mod_revision), Binding.from_bytes(kv.value).zone
+            charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), bound_guard],
                             [ops.put(spec_key, marked.to_bytes()),
-                             ops.put(binding_key, Binding(marked, record.status.host).to_bytes())],
+                             ops.put(binding_key, Binding(marked, record.status.host, zone).to_bytes())],
                             exclusive=(k.vm_prefix(ref),))
             try:
                 revision = await self._ledger.apply(ref.tenant, ref.project, charge)

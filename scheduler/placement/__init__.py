@@ -9,13 +9,18 @@ from scheduler.placement.filters import (
     DEFAULT_FILTERS,
     Filter,
     fits_resources,
+    host_affinity,
     host_anti_affinity,
     host_ready,
     matches_node_selector,
     named,
     not_in_maintenance,
+    zone_affinity,
+    zone_anti_affinity,
 )
 from scheduler.placement.model import (
+    IMAGE_LABEL_PREFIX,
+    ZONE_LABEL,
     HostSnapshot,
     Placement,
     PlacementRequest,
@@ -23,11 +28,24 @@ from scheduler.placement.model import (
     Verdict,
 )
 from scheduler.placement.place import Hosts, default_candidates, place, visit_order
-from scheduler.placement.scoring import POLICIES, Scorer, normalize, pack, spread, utilisation_after, weighted
+from scheduler.placement.scoring import (
+    POLICIES,
+    Scorer,
+    image_locality,
+    normalize,
+    pack,
+    policy,
+    spread,
+    utilisation_after,
+    weighted,
+)
 from scheduler.placement.view import HostView
+from scheduler.placement.zones import ZoneCounts
 
 __all__ = [
     "DEFAULT_FILTERS",
+    "IMAGE_LABEL_PREFIX",
+    "ZONE_LABEL",
     "Filter",
     "HostSnapshot",
     "HostView",
@@ -38,18 +56,24 @@ __all__ = [
     "Resources",
     "Scorer",
     "Verdict",
+    "ZoneCounts",
     "default_candidates",
     "fits_resources",
+    "host_affinity",
     "host_anti_affinity",
     "host_ready",
     "matches_node_selector",
     "named",
+    "image_locality",
     "normalize",
     "not_in_maintenance",
     "pack",
     "place",
+    "policy",
     "spread",
     "utilisation_after",
     "visit_order",
     "weighted",
+    "zone_affinity",
+    "zone_anti_affinity",
 ]

@@ -35,6 +35,10 @@ _NOT_READY = Verdict(False, "HostNotReady")
 _MAINTENANCE = Verdict(False, "HostInMaintenance")
 _SELECTOR = Verdict(False, "NodeSelectorMismatch")
 _ANTI_AFFINITY = Verdict(False, "AntiAffinity")
+_NO_ZONE = Verdict(False, "HostWithoutZone")
+_ZONE_ANTI_AFFINITY = Verdict(False, "ZoneAntiAffinity")
+_HOST_AFFINITY = Verdict(False, "HostAffinity")
+_ZONE_AFFINITY = Verdict(False, "ZoneAffinity")
 _NO_VCPUS = Verdict(False, "InsufficientVcpus")
 _NO_MEMORY = Verdict(False, "InsufficientMemory")
 _NO_DISK = Verdict(False, "InsufficientDisk")
@@ -71,6 +75,38 @@ def host_anti_affinity(request: PlacementRequest, host: HostSnapshot) -> Verdict
     return _ANTI_AFFINITY if group and host.groups.get(group, 0) > 0 else FITS
 
 
+@named("ZoneAntiAffinity")
+def zone_anti_affinity(request: PlacementRequest, host: HostSnapshot) -> Verdict:
+    """For a zone-scoped VM: rejects hosts without a zone, and hosts in a zone that
+    already runs (or is assumed to run) a zone-scoped VM of its group. Holds across
+    shards because the bind compares and bumps the zone's group count
+    (``zones/{zone}/groups/...``) in the same txn as the host allocation."""
+    if not request.zone_spread:
+        return FITS
+    zone = host.zone
+    if not zone:
+        return _NO_ZONE
+    return _ZONE_ANTI_AFFINITY if zone in request.avoid_zones else FITS
+
+
+@named("HostAffinity")
+def host_affinity(request: PlacementRequest, host: HostSnapshot) -> Verdict:
+    """Rejects hosts that run no VM of the request's affinity group (host scope)."""
+    group = request.host_affinity_group
+    return _HOST_AFFINITY if group and host.groups.get(group, 0) == 0 else FITS
+
+
+@named("ZoneAffinity")
+def zone_affinity(request: PlacementRequest, host: HostSnapshot) -> Verdict:
+    """Rejects hosts outside the zones that run a zone-scoped VM of the request's
+    affinity group (zone scope); every host while that group runs nowhere."""
+    zones = request.affinity_zones
+    if zones is None:
+        return FITS
+    zone = host.zone
+    return FITS if zone and zone in zones else _ZONE_AFFINITY
+
+
 @named("FitsResources")
 def fits_resources(request: PlacementRequest, host: HostSnapshot) -> Verdict:
     """Rejects hosts whose free allocatable capacity (capacity times the host's
@@ -90,7 +126,9 @@ def fits_resources(request: PlacementRequest, host: HostSnapshot) -> Verdict:
     return FITS
 
 
-# Cheapest first: boolean checks, then lookups that cost nothing without a selector
-# or group, then arithmetic over three dimensions.
-DEFAULT_FILTERS: tuple[Filter, ...] = (host_ready, not_in_maintenance, matches_node_selector, host_anti_affinity,
-                                       fits_resources)
+# Cheapest first: boolean checks, then lookups that cost nothing without a selector,
+# group or zone constraint, then arithmetic over three dimensions.
+# Zone anti-affinity before host anti-affinity: for a zone-scoped VM it is the
+# wider reason, so "no host fits" names it for every host of a taken zone.
+DEFAULT_FILTERS: tuple[Filter, ...] = (host_ready, not_in_maintenance, matches_node_selector, zone_anti_affinity,
+                                       host_anti_affinity, host_affinity, zone_affinity, fits_resources)

@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 # One resource type for the whole system: placement shares the control plane's.
-from controlplane.models import Resources
+from controlplane.models import IMAGE_LABEL_PREFIX, ZONE_LABEL, Resources, zone_of
 
 # Shared, read-only empty mappings: defaults that no caller can mutate by accident.
 # (Given through default_factory: dataclasses reject unhashable plain defaults.)
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 _NO_COUNTS: Mapping[str, int] = MappingProxyType({})
+_NO_ZONES: frozenset[str] = frozenset()
+
+__all__ = ["IMAGE_LABEL_PREFIX", "ZONE_LABEL", "HostSnapshot", "Placement", "PlacementRequest", "Resources",
+           "Verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,11 @@ class HostSnapshot:
     def __post_init__(self) -> None:
         if self.allocatable is None:
             object.__setattr__(self, "allocatable", self.capacity)
+
+    @property
+    def zone(self) -> str:
+        """The host's availability zone (label ``topology.quanta.io/zone``), "" if none."""
+        return zone_of(self.labels)
 
     @property
     def free(self) -> Resources:
@@ -84,7 +93,17 @@ class HostSnapshot:
 @dataclass(frozen=True, slots=True)
 class PlacementRequest:
     """A workload that needs a host: its store key, uid, size and labels, the host
-    labels it requires (``node_selector``) and its anti-affinity group, if any."""
+    labels it requires (``node_selector``) and its anti-affinity group, if any.
+
+    Zone constraints arrive resolved, so that filters stay ``(request, host)``
+    lookups: whoever builds the request (the shard, from its zone counts, committed
+    plus assumed) names the zones. ``zone_spread``: the VM must land in a zone
+    (hosts without one do not qualify) that is not in ``avoid_zones``, the zones
+    already holding a zone-scoped VM of its group. ``host_affinity_group``: only
+    hosts running a VM of that group. ``affinity_zones``: only hosts in one of
+    these zones (None: no zone affinity; empty: no zone qualifies yet).
+    ``image``: for image locality scoring.
+    """
 
     vm_key: str
     uid: str
@@ -92,6 +111,11 @@ class PlacementRequest:
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
     node_selector: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
     anti_affinity_group: str = ""
+    zone_spread: bool = False
+    avoid_zones: frozenset[str] = _NO_ZONES
+    host_affinity_group: str = ""
+    affinity_zones: frozenset[str] | None = None
+    image: str = ""
 
 
 @dataclass(frozen=True, slots=True)

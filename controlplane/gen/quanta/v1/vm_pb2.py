@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from controlplane.gen.quanta.v1 import common_pb2 as quanta_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12quanta/v1/vm.proto\x12\tquanta.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16quanta/v1/common.proto\"\xdc\x06\n\x02Vm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0e\n\x06\x66lavor\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12)\n\x06labels\x18\x05 \x03(\x0b\x32\x19.quanta.v1.Vm.LabelsEntry\x12\'\n\tresources\x18\x06 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\"\n\x05state\x18\x07 \x01(\x0e\x32\x13.quanta.v1.Vm.State\x12\x0c\n\x04host\x18\x08 \x01(\t\x12(\n\nconditions\x18\t \x03(\x0b\x32\x14.quanta.v1.Condition\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12\x18\n\x10resource_version\x18\x0e \x01(\x03\x12\x36\n\rnode_selector\x18\x0f \x03(\x0b\x32\x1f.quanta.v1.Vm.NodeSelectorEntry\x12\x1b\n\x13\x61nti_affinity_group\x18\x10 \x01(\t\x12\x33\n\x0erestart_policy\x18\x11 \x01(\x0e\x32\x1b.quanta.v1.Vm.RestartPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tSCHEDULED\x10\x02\x12\x0c\n\x08\x43REATING\x10\x03\x12\x0b\n\x07RUNNING\x10\x04\x12\x0b\n\x07STOPPED\x10\x05\x12\t\n\x05\x45RROR\x10\x06\x12\x0c\n\x08\x44\x45LETING\x10\x07\"F\n\rRestartPolicy\x12\x1e\n\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\n\n\x06\x41LWAYS\x10\x01\x12\t\n\x05NEVER\x10\x02\"_\n\x0f\x43reateVmRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05vm_id\x18\x02 \x01(\t\x12\x19\n\x02vm\x18\x03 \x01(\x0b\x32\r.quanta.v1.Vm\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1c\n\x0cGetVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"_\n\x0eListVmsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"`\n\x0fListVmsResponse\x12\x1a\n\x03vms\x18\x01 \x03(\x0b\x32\r.quanta.v1.Vm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"-\n\x0f\x44\x65leteVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"S\n\x0fWatchVmsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"b\n\x07VmEvent\x12\"\n\x04type\x18\x01 \x01(\x0e\x32\x14.quanta.v1.EventType\x12\x19\n\x02vm\x18\x02 \x01(\x0b\x32\r.quanta.v1.Vm\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\x32\xaa\x02\n\tVmService\x12\x35\n\x08\x43reateVm\x12\x1a.quanta.v1.CreateVmRequest\x1a\r.quanta.v1.Vm\x12/\n\x05GetVm\x12\x17.quanta.v1.GetVmRequest\x1a\r.quanta.v1.Vm\x12@\n\x07ListVms\x12\x19.quanta.v1.ListVmsRequest\x1a\x1a.quanta.v1.ListVmsResponse\x12\x35\n\x08\x44\x65leteVm\x12\x1a.quanta.v1.DeleteVmRequest\x1a\r.quanta.v1.Vm\x12<\n\x08WatchVms\x12\x1a.quanta.v1.WatchVmsRequest\x1a\x12.quanta.v1.VmEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12quanta/v1/vm.proto\x12\tquanta.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16quanta/v1/common.proto\"\x87\x08\n\x02Vm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0e\n\x06\x66lavor\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12)\n\x06labels\x18\x05 \x03(\x0b\x32\x19.quanta.v1.Vm.LabelsEntry\x12\'\n\tresources\x18\x06 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\"\n\x05state\x18\x07 \x01(\x0e\x32\x13.quanta.v1.Vm.State\x12\x0c\n\x04host\x18\x08 \x01(\t\x12(\n\nconditions\x18\t \x03(\x0b\x32\x14.quanta.v1.Condition\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12\x18\n\x10resource_version\x18\x0e \x01(\x03\x12\x36\n\rnode_selector\x18\x0f \x03(\x0b\x32\x1f.quanta.v1.Vm.NodeSelectorEntry\x12\x1b\n\x13\x61nti_affinity_group\x18\x10 \x01(\t\x12\x33\n\x0erestart_policy\x18\x11 \x01(\x0e\x32\x1b.quanta.v1.Vm.RestartPolicy\x12\x30\n\x13\x61nti_affinity_scope\x18\x12 \x01(\x0e\x32\x13.quanta.v1.Vm.Scope\x12\x16\n\x0e\x61\x66\x66inity_group\x18\x13 \x01(\t\x12+\n\x0e\x61\x66\x66inity_scope\x18\x14 \x01(\x0e\x32\x13.quanta.v1.Vm.Scope\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tSCHEDULED\x10\x02\x12\x0c\n\x08\x43REATING\x10\x03\x12\x0b\n\x07RUNNING\x10\x04\x12\x0b\n\x07STOPPED\x10\x05\x12\t\n\x05\x45RROR\x10\x06\x12\x0c\n\x08\x44\x45LETING\x10\x07\"F\n\rRestartPolicy\x12\x1e\n\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\n\n\x06\x41LWAYS\x10\x01\x12\t\n\x05NEVER\x10\x02\"2\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x08\n\x04HOST\x10\x01\x12\x08\n\x04ZONE\x10\x02\"_\n\x0f\x43reateVmRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05vm_id\x18\x02 \x01(\t\x12\x19\n\x02vm\x18\x03 \x01(\x0b\x32\r.quanta.v1.Vm\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1c\n\x0cGetVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"_\n\x0eListVmsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"`\n\x0fListVmsResponse\x12\x1a\n\x03vms\x18\x01 \x03(\x0b\x32\r.quanta.v1.Vm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"-\n\x0f\x44\x65leteVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"S\n\x0fWatchVmsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"b\n\x07VmEvent\x12\"\n\x04type\x18\x01 \x01(\x0e\x32\x14.quanta.v1.EventType\x12\x19\n\x02vm\x18\x02 \x01(\x0b\x32\r.quanta.v1.Vm\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\x32\xaa\x02\n\tVmService\x12\x35\n\x08\x43reateVm\x12\x1a.quanta.v1.CreateVmRequest\x1a\r.quanta.v1.Vm\x12/\n\x05GetVm\x12\x17.quanta.v1.GetVmRequest\x1a\r.quanta.v1.Vm\x12@\n\x07ListVms\x12\x19.quanta.v1.ListVmsRequest\x1a\x1a.quanta.v1.ListVmsResponse\x12\x35\n\x08\x44\x65leteVm\x12\x1a.quanta.v1.DeleteVmRequest\x1a\r.quanta.v1.Vm\x12<\n\x08WatchVms\x12\x1a.quanta.v1.WatchVmsRequest\x1a\x12.quanta.v1.VmEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,29 +38,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VM_NODESELECTORENTRY']._loaded_options = None
   _globals['_VM_NODESELECTORENTRY']._serialized_options = b'8\001'
   _globals['_VM']._serialized_start=91
-  _globals['_VM']._serialized_end=951
-  _globals['_VM_LABELSENTRY']._serialized_start=656
-  _globals['_VM_LABELSENTRY']._serialized_end=701
-  _globals['_VM_NODESELECTORENTRY']._serialized_start=703
-  _globals['_VM_NODESELECTORENTRY']._serialized_end=754
-  _globals['_VM_STATE']._serialized_start=756
-  _globals['_VM_STATE']._serialized_end=879
-  _globals['_VM_RESTARTPOLICY']._serialized_start=881
-  _globals['_VM_RESTARTPOLICY']._serialized_end=951
-  _globals['_CREATEVMREQUEST']._serialized_start=953
-  _globals['_CREATEVMREQUEST']._serialized_end=1048
-  _globals['_GETVMREQUEST']._serialized_start=1050
-  _globals['_GETVMREQUEST']._serialized_end=1078
-  _globals['_LISTVMSREQUEST']._serialized_start=1080
-  _globals['_LISTVMSREQUEST']._serialized_end=1175
-  _globals['_LISTVMSRESPONSE']._serialized_start=1177
-  _globals['_LISTVMSRESPONSE']._serialized_end=1273
-  _globals['_DELETEVMREQUEST']._serialized_start=1275
-  _globals['_DELETEVMREQUEST']._serialized_end=1320
-  _globals['_WATCHVMSREQUEST']._serialized_start=1322
-  _globals['_WATCHVMSREQUEST']._serialized_end=1405
-  _globals['_VMEVENT']._serialized_start=1407
-  _globals['_VMEVENT']._serialized_end=1505
-  _globals['_VMSERVICE']._serialized_start=1508
-  _globals['_VMSERVICE']._serialized_end=1806
+  _globals['_VM']._serialized_end=1122
+  _globals['_VM_LABELSENTRY']._serialized_start=775
+  _globals['_VM_LABELSENTRY']._serialized_end=820
+  _globals['_VM_NODESELECTORENTRY']._serialized_start=822
+  _globals['_VM_NODESELECTORENTRY']._serialized_end=873
+  _globals['_VM_STATE']._serialized_start=875
+  _globals['_VM_STATE']._serialized_end=998
+  _globals['_VM_RESTARTPOLICY']._serialized_start=1000
+  _globals['_VM_RESTARTPOLICY']._serialized_end=1070
+  _globals['_VM_SCOPE']._serialized_start=1072
+  _globals['_VM_SCOPE']._serialized_end=1122
+  _globals['_CREATEVMREQUEST']._serialized_start=1124
+  _globals['_CREATEVMREQUEST']._serialized_end=1219
+  _globals['_GETVMREQUEST']._serialized_start=1221
+  _globals['_GETVMREQUEST']._serialized_end=1249
+  _globals['_LISTVMSREQUEST']._serialized_start=1251
+  _globals['_LISTVMSREQUEST']._serialized_end=1346
+  _globals['_LISTVMSRESPONSE']._serialized_start=1348
+  _globals['_LISTVMSRESPONSE']._serialized_end=1444
+  _globals['_DELETEVMREQUEST']._serialized_start=1446
+  _globals['_DELETEVMREQUEST']._serialized_end=1491
+  _globals['_WATCHVMSREQUEST']._serialized_start=1493
+  _globals['_WATCHVMSREQUEST']._serialized_end=1576
+  _globals['_VMEVENT']._serialized_start=1578
+  _globals['_VMEVENT']._serialized_end=1676
+  _globals['_VMSERVICE']._serialized_start=1679
+  _globals['_VMSERVICE']._serialized_end=1977
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Vm(_message.Message):
-    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version", "node_selector", "anti_affinity_group", "restart_policy")
+    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Vm.State]
@@ -39,6 +39,14 @@ class Vm(_message.Message):
     RESTART_POLICY_UNSPECIFIED: Vm.RestartPolicy
     ALWAYS: Vm.RestartPolicy
     NEVER: Vm.RestartPolicy
+    class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SCOPE_UNSPECIFIED: _ClassVar[Vm.Scope]
+        HOST: _ClassVar[Vm.Scope]
+        ZONE: _ClassVar[Vm.Scope]
+    SCOPE_UNSPECIFIED: Vm.Scope
+    HOST: Vm.Scope
+    ZONE: Vm.Scope
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +78,9 @@ class Vm(_message.Message):
     NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     ANTI_AFFINITY_GROUP_FIELD_NUMBER: _ClassVar[int]
     RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    ANTI_AFFINITY_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_GROUP_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_SCOPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     uid: str
     flavor: str
@@ -87,7 +98,10 @@ class Vm(_message.Message):
     node_selector: _containers.ScalarMap[str, str]
     anti_affinity_group: str
     restart_policy: Vm.RestartPolicy
-    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[_Union[Vm.RestartPolicy, str]] = ...) -> None: ...
+    anti_affinity_scope: Vm.Scope
+    affinity_group: str
+    affinity_scope: Vm.Scope
+    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[_Union[Vm.RestartPolicy, str]] = ..., anti_affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[_Union[Vm.Scope, str]] = ...) -> None: ...
 
 class CreateVmRequest(_message.Message):
     __slots__ = ("parent", "vm_id", "vm", "request_id")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquanta/store/v1/records.proto\x12\x0fquanta.store.v1\"\xfc\x03\n\x06VmSpec\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05vm_id\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x0e\n\x06\x66lavor\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\t\x12\x33\n\x06labels\x18\x07 \x03(\x0b\x32#.quanta.store.v1.VmSpec.LabelsEntry\x12\r\n\x05vcpus\x18\x08 \x01(\x05\x12\x12\n\nmemory_mib\x18\t \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\n \x01(\x03\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x16\n\x0e\x63reate_time_ns\x18\x0c \x01(\x03\x12\x16\n\x0e\x64\x65lete_time_ns\x18\r \x01(\x03\x12\r\n\x05shard\x18\x0e \x01(\x05\x12@\n\rnode_selector\x18\x0f \x03(\x0b\x32).quanta.store.v1.VmSpec.NodeSelectorEntry\x12\x1b\n\x13\x61nti_affinity_group\x18\x10 \x01(\t\x12\x16\n\x0erestart_policy\x18\x11 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x08VmStatus\x12\r\n\x05state\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0eupdate_time_ns\x18\x05 \x01(\x03\x12\x18\n\x10\x61\x63\x63\x65pted_time_ns\x18\x06 \x01(\x03\"V\n\x07\x42inding\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.quanta.store.v1.VmSpec\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65lete_time_ns\x18\x03 \x01(\x03\"\xfc\x01\n\x10HostRegistration\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\r\n\x05vcpus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x05 \x01(\x03\x12=\n\x06labels\x18\x06 \x03(\x0b\x32-.quanta.store.v1.HostRegistration.LabelsEntry\x12\r\n\x05\x61gent\x18\x07 \x01(\t\x12\x18\n\x10register_time_ns\x18\x08 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc3\x01\n\x0eHostAllocation\x12\r\n\x05vcpus\x18\x01 \x01(\x05\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x03 \x01(\x03\x12\x10\n\x08vm_count\x18\x04 \x01(\x05\x12;\n\x06groups\x18\x05 \x03(\x0b\x32+.quanta.store.v1.HostAllocation.GroupsEntry\x1a-\n\x0bGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"K\n\x06\x46lavor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x04 \x01(\x03\"C\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08size_gib\x18\x04 \x01(\x03\",\n\rRequestRecord\x12\x0e\n\x06vm_key\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\"4\n\nShardOwner\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63quire_time_ns\x18\x02 \x01(\x03\"\x1f\n\rClusterConfig\x12\x0e\n\x06shards\x18\x01 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquanta/store/v1/records.proto\x12\x0fquanta.store.v1\"\xc9\x04\n\x06VmSpec\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05vm_id\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x0e\n\x06\x66lavor\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\t\x12\x33\n\x06labels\x18\x07 \x03(\x0b\x32#.quanta.store.v1.VmSpec.LabelsEntry\x12\r\n\x05vcpus\x18\x08 \x01(\x05\x12\x12\n\nmemory_mib\x18\t \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\n \x01(\x03\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x16\n\x0e\x63reate_time_ns\x18\x0c \x01(\x03\x12\x16\n\x0e\x64\x65lete_time_ns\x18\r \x01(\x03\x12\r\n\x05shard\x18\x0e \x01(\x05\x12@\n\rnode_selector\x18\x0f \x03(\x0b\x32).quanta.store.v1.VmSpec.NodeSelectorEntry\x12\x1b\n\x13\x61nti_affinity_group\x18\x10 \x01(\t\x12\x16\n\x0erestart_policy\x18\x11 \x01(\x05\x12\x1b\n\x13\x61nti_affinity_scope\x18\x12 \x01(\x05\x12\x16\n\x0e\x61\x66\x66inity_group\x18\x13 \x01(\t\x12\x16\n\x0e\x61\x66\x66inity_scope\x18\x14 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x08VmStatus\x12\r\n\x05state\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0eupdate_time_ns\x18\x05 \x01(\x03\x12\x18\n\x10\x61\x63\x63\x65pted_time_ns\x18\x06 \x01(\x03\"d\n\x07\x42inding\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.quanta.store.v1.VmSpec\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65lete_time_ns\x18\x03 \x01(\x03\x12\x0c\n\x04zone\x18\x04 \x01(\t\"\x18\n\tZoneGroup\x12\x0b\n\x03vms\x18\x01 \x01(\x05\"\xfc\x01\n\x10HostRegistration\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\r\n\x05vcpus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x05 \x01(\x03\x12=\n\x06labels\x18\x06 \x03(\x0b\x32-.quanta.store.v1.HostRegistration.LabelsEntry\x12\r\n\x05\x61gent\x18\x07 \x01(\t\x12\x18\n\x10register_time_ns\x18\x08 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc3\x01\n\x0eHostAllocation\x12\r\n\x05vcpus\x18\x01 \x01(\x05\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x03 \x01(\x03\x12\x10\n\x08vm_count\x18\x04 \x01(\x05\x12;\n\x06groups\x18\x05 \x03(\x0b\x32+.quanta.store.v1.HostAllocation.GroupsEntry\x1a-\n\x0bGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"K\n\x06\x46lavor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x04 \x01(\x03\"C\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08size_gib\x18\x04 \x01(\x03\",\n\rRequestRecord\x12\x0e\n\x06vm_key\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\"4\n\nShardOwner\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63quire_time_ns\x18\x02 \x01(\x03\"\x1f\n\rClusterConfig\x12\x0e\n\x06shards\x18\x01 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,31 +40,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOSTALLOCATION_GROUPSENTRY']._loaded_options = None
   _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_options = b'8\001'
   _globals['_VMSPEC']._serialized_start=51
-  _globals['_VMSPEC']._serialized_end=559
-  _globals['_VMSPEC_LABELSENTRY']._serialized_start=461
-  _globals['_VMSPEC_LABELSENTRY']._serialized_end=506
-  _globals['_VMSPEC_NODESELECTORENTRY']._serialized_start=508
-  _globals['_VMSPEC_NODESELECTORENTRY']._serialized_end=559
-  _globals['_VMSTATUS']._serialized_start=561
-  _globals['_VMSTATUS']._serialized_end=683
-  _globals['_BINDING']._serialized_start=685
-  _globals['_BINDING']._serialized_end=771
-  _globals['_HOSTREGISTRATION']._serialized_start=774
-  _globals['_HOSTREGISTRATION']._serialized_end=1026
-  _globals['_HOSTREGISTRATION_LABELSENTRY']._serialized_start=461
-  _globals['_HOSTREGISTRATION_LABELSENTRY']._serialized_end=506
-  _globals['_HOSTALLOCATION']._serialized_start=1029
-  _globals['_HOSTALLOCATION']._serialized_end=1224
-  _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_start=1179
-  _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_end=1224
-  _globals['_FLAVOR']._serialized_start=1226
-  _globals['_FLAVOR']._serialized_end=1301
-  _globals['_IMAGE']._serialized_start=1303
-  _globals['_IMAGE']._serialized_end=1370
-  _globals['_REQUESTRECORD']._serialized_start=1372
-  _globals['_REQUESTRECORD']._serialized_end=1416
-  _globals['_SHARDOWNER']._serialized_start=1418
-  _globals['_SHARDOWNER']._serialized_end=1470
-  _globals['_CLUSTERCONFIG']._serialized_start=1472
-  _globals['_CLUSTERCONFIG']._serialized_end=1503
+  _globals['_VMSPEC']._serialized_end=636
+  _globals['_VMSPEC_LABELSENTRY']._serialized_start=538
+  _globals['_VMSPEC_LABELSENTRY']._serialized_end=583
+  _globals['_VMSPEC_NODESELECTORENTRY']._serialized_start=585
+  _globals['_VMSPEC_NODESELECTORENTRY']._serialized_end=636
+  _globals['_VMSTATUS']._serialized_start=638
+  _globals['_VMSTATUS']._serialized_end=760
+  _globals['_BINDING']._serialized_start=762
+  _globals['_BINDING']._serialized_end=862
+  _globals['_ZONEGROUP']._serialized_start=864
+  _globals['_ZONEGROUP']._serialized_end=888
+  _globals['_HOSTREGISTRATION']._serialized_start=891
+  _globals['_HOSTREGISTRATION']._serialized_end=1143
+  _globals['_HOSTREGISTRATION_LABELSENTRY']._serialized_start=538
+  _globals['_HOSTREGISTRATION_LABELSENTRY']._serialized_end=583
+  _globals['_HOSTALLOCATION']._serialized_start=1146
+  _globals['_HOSTALLOCATION']._serialized_end=1341
+  _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_start=1296
+  _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_end=1341
+  _globals['_FLAVOR']._serialized_start=1343
+  _globals['_FLAVOR']._serialized_end=1418
+  _globals['_IMAGE']._serialized_start=1420
+  _globals['_IMAGE']._serialized_end=1487
+  _globals['_REQUESTRECORD']._serialized_start=1489
+  _globals['_REQUESTRECORD']._serialized_end=1533
+  _globals['_SHARDOWNER']._serialized_start=1535
+  _globals['_SHARDOWNER']._serialized_end=1587
+  _globals['_CLUSTERCONFIG']._serialized_start=1589
+  _globals['_CLUSTERCONFIG']._serialized_end=1620
 # @@protoc_insertion_point(module_scope)

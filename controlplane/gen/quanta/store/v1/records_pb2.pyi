@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VmSpec(_message.Message):
-    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy")
+    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,9 @@ class VmSpec(_message.Message):
     NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     ANTI_AFFINITY_GROUP_FIELD_NUMBER: _ClassVar[int]
     RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    ANTI_AFFINITY_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_GROUP_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_SCOPE_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     project: str
     vm_id: str
@@ -56,7 +59,10 @@ class VmSpec(_message.Message):
     node_selector: _containers.ScalarMap[str, str]
     anti_affinity_group: str
     restart_policy: int
-    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ...) -> None: ...
+    anti_affinity_scope: int
+    affinity_group: str
+    affinity_scope: int
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ...) -> None: ...
 
 class VmStatus(_message.Message):
     __slots__ = ("state", "host", "reason", "message", "update_time_ns", "accepted_time_ns")
@@ -75,14 +81,22 @@ class VmStatus(_message.Message):
     def __init__(self, state: _Optional[int] = ..., host: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., update_time_ns: _Optional[int] = ..., accepted_time_ns: _Optional[int] = ...) -> None: ...
 
 class Binding(_message.Message):
-    __slots__ = ("spec", "host", "delete_time_ns")
+    __slots__ = ("spec", "host", "delete_time_ns", "zone")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     DELETE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
     spec: VmSpec
     host: str
     delete_time_ns: int
-    def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., host: _Optional[str] = ..., delete_time_ns: _Optional[int] = ...) -> None: ...
+    zone: str
+    def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., host: _Optional[str] = ..., delete_time_ns: _Optional[int] = ..., zone: _Optional[str] = ...) -> None: ...
+
+class ZoneGroup(_message.Message):
+    __slots__ = ("vms",)
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    vms: int
+    def __init__(self, vms: _Optional[int] = ...) -> None: ...
 
 class HostRegistration(_message.Message):
     __slots__ = ("host", "driver", "vcpus", "memory_mib", "disk_gib", "labels", "agent", "register_time_ns")
