@@ -37,7 +37,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--schedulers", type=int, default=1,
                         help="scheduler processes; they share the shards fairly and take over a dead one's "
                              "(default 1; see `quanta scheduler shards`)")
-    parser.add_argument("--shards", type=int, default=1, help="scheduler shards for a new system (default 1)")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="scheduler shards for a new system (default: twice the schedulers, at least 4)")
     parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     parser.add_argument("--latency", default="realistic",
                         help='simulated host latency: "realistic" (create 0.3 s, power on 0.1 s), "zero", '
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     system = LocalSystem(hosts=args.hosts, frontends=args.frontends, schedulers=args.schedulers,
-                         shards=args.shards, port=args.port, latency=args.latency,
+                         shards=args.shards or max(4, 2 * args.schedulers), port=args.port, latency=args.latency,
                          etcd_endpoint=args.etcd or None, data_dir=args.data_dir, prometheus=args.prometheus)
     stopping = False
 
