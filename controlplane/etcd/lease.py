@@ -83,7 +83,8 @@ class Lease:
                         return
                     self._expires_at = sent + response.TTL
                     await asyncio.sleep(interval)
-            except (TimeoutError, grpc.aio.AioRpcError, EtcdError) as err:
+            except (TimeoutError, grpc.aio.AioRpcError, EtcdError, asyncio.InvalidStateError) as err:
+                # (InvalidStateError: a write to a stream the server already ended.)
                 if time.monotonic() >= self._expires_at:
                     log.error("lease lost: no keepalive within its TTL", extra={"lease": self.id})
                     self.lost.set()
