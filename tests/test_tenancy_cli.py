@@ -72,3 +72,11 @@ def test_tenant_project_quota_token_and_vms_from_the_cli(system: LocalSystem) ->
     wait_until(lambda: "UNAUTHENTICATED: TOKEN_REVOKED" in quanta(
         system, dev, "vm", "list", "--tenant", "acme", "--project", "web").stderr, timeout=30,
         message="the revoked token to be refused")
+
+
+def test_an_operator_bootstraps_the_first_admin_token_from_etcd(system: LocalSystem) -> None:
+    minted = subprocess.run([QUANTA, "token", "bootstrap", "--etcd", system.etcd_endpoint, "--root", system.root,
+                             "--subject", "ops", "--ttl", "1h"], capture_output=True, text=True, timeout=60)
+    assert minted.returncode == 0, minted.stderr
+    me = json.loads(quanta(system, minted.stdout.strip(), "token", "whoami", "-o", "json").stdout)
+    assert me["subject"] == "ops" and me["grants"] == [{"role": "SYSTEM_ADMIN"}] and me["issuedBy"] == "bootstrap"
