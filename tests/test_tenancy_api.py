@@ -386,3 +386,17 @@ def test_audit_records_can_be_watched(world: World) -> None:
                 break
         else:
             raise AssertionError("the create was not streamed")
+
+
+def test_a_watch_ends_once_its_token_is_revoked(world: World) -> None:
+    with world.as_("globex_admin", "globex", "app") as globex:  # globex/app is unlimited
+        issued = globex.create_token("watcher", [("viewer", "globex", "app")])
+        with Client(world.system.endpoint, token=issued.bearer_token, tenant="globex", project="app") as watcher:
+            events = watcher.watch_vms(timeout=60)
+            next(events)  # the stream is live
+            globex.revoke_token(issued.token.name)
+            with pytest.raises(ApiError) as ended:
+                for _ in range(50):  # each create is an event the stream must pass through its check
+                    globex.create_vm(_fresh(), flavor="small", image="ubuntu")
+                    next(events)
+    assert (ended.value.code, ended.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -33,7 +34,7 @@ from controlplane.api.interceptors import (
 from controlplane.auth.principal import Principal, current
 from controlplane.auth.ratelimit import RateLimiter
 from controlplane.auth.revocations import RevocationList
-from controlplane.auth.tokens import InvalidToken, TokenAuthority
+from controlplane.auth.tokens import LEEWAY_S, InvalidToken, TokenAuthority
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.models import now_ns
 from controlplane.store.audit import AuditLog
@@ -116,8 +117,15 @@ class AuthInterceptor(_BehaviorInterceptor):
             principal = self.authenticate(context)
             token, subject = current.set(principal), logcontext.subject.set(principal.subject)
             try:
-                async for response in behavior(request, context):
-                    yield response
+                async with aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
+                        # A stream outlives its token's checks at the start: end it once the
+                        # token is revoked or expires (quiet streams still get bookmarks).
+                        if principal.token_id in self._revocations:
+                            raise errors.unauthenticated("the token has been revoked", "TOKEN_REVOKED")
+                        if time.time() > principal.expires_at + LEEWAY_S:
+                            raise errors.unauthenticated("the token has expired", "TOKEN_EXPIRED")
+                        yield response
             finally:
                 try:
                     logcontext.subject.reset(subject)
