@@ -7,12 +7,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
 
 from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, WatchEvent, ops, prefix_end
+from controlplane.etcd.server import ETCD_MAX_TXN_OPS
+from controlplane.store.keys import Keys
+from controlplane.store.scheduling import SchedulingStore
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
@@ -330,3 +334,29 @@ def test_unreachable_endpoint_raises_unavailable_quickly() -> None:
             assert time.monotonic() - started < 4.0
 
     run(main())
+
+
+# --- nested transactions within etcd's --max-txn-ops ----------------------------------------
+
+def test_chunks_of_nested_txns_leave_room_for_the_nested_ops(etcd_endpoint: str, root: str) -> None:
+    """etcd counts a parent's ops and a nested txn's ops together; chunks at exactly
+    max_txn_ops nested txns were refused ("too many operations in txn request")."""
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint, max_txn_ops=ETCD_MAX_TXN_OPS) as client:
+            nested = [ops.txn([ops.absent(k(root, f"n{i}"))], [ops.put(k(root, f"n{i}"), b"v")])
+                      for i in range(ETCD_MAX_TXN_OPS + 10)]
+            responses = await client.txn_chunked(nested)
+            assert len(responses) == len(nested) and all(r.response_txn.succeeded for r in responses)
+            kvs, _revision = await client.range_prefix(k(root, "n"))
+            assert len(kvs) == len(nested)
+
+    run(main())
+
+
+@pytest.mark.parametrize("limit", [8, 128, 4096])
+def test_a_full_bind_fits_the_limit(limit: int) -> None:
+    """The largest bind (every host group full) stays within etcd's budget for nested
+    txns: host groups + the largest group's ops <= max_txn_ops."""
+    hosts, per_host = SchedulingStore(SimpleNamespace(max_txn_ops=limit), Keys("/x")).bind_limits()
+    group_ops = max(2 + 2 * per_host, 1 + 4 * per_host)  # compares; writes (incl. a zone count per VM)
+    assert hosts >= 1 and per_host >= 1 and hosts + group_ops <= limit

@@ -152,6 +152,14 @@ def _target(endpoints: str | Sequence[str]) -> tuple[str, list[tuple[str, object
 DEFAULT_MAX_TXN_OPS = 128  # etcd's own default for --max-txn-ops
 
 
+def _nested_size(op: pb.RequestOp) -> int:
+    """The ops a nested txn counts against its parent's limit (0 for other ops)."""
+    if op.WhichOneof("request") != "request_txn":
+        return 0
+    t = op.request_txn
+    return max(len(t.compare), len(t.success), len(t.failure))
+
+
 class EtcdClient:
     """One channel to an etcd cluster. Safe to share between tasks of one event loop.
 
@@ -290,9 +298,24 @@ class EtcdClient:
 
     async def txn_chunked(self, ops_: Sequence[pb.RequestOp]) -> list[pb.ResponseOp]:
         """Run unconditional ops in as many txns as ``max_txn_ops`` requires, all in
-        flight at once; returns their responses in order. Not atomic as a whole."""
-        size = self.max_txn_ops
-        chunks = [ops_[i:i + size] for i in range(0, len(ops_), size)]
+        flight at once; returns their responses in order. Not atomic as a whole.
+
+        etcd gives a nested txn only what its parent leaves of the limit (ops in the
+        parent + ops in the nested txn <= max_txn_ops), so a chunk of nested txns is
+        cut where that would be exceeded, not only at max_txn_ops ops."""
+        limit = self.max_txn_ops
+        chunks: list[list[pb.RequestOp]] = []
+        chunk: list[pb.RequestOp] = []
+        widest = 0  # the largest nested txn in the chunk
+        for op in ops_:
+            nested = _nested_size(op)
+            if chunk and (len(chunk) + 1 > limit or len(chunk) + 1 + max(widest, nested) > limit):
+                chunks.append(chunk)
+                chunk, widest = [], 0
+            chunk.append(op)
+            widest = max(widest, nested)
+        if chunk:
+            chunks.append(chunk)
         results = await asyncio.gather(*(self.txn([], chunk) for chunk in chunks))
         return [response for result in results for response in result.responses]
 

@@ -187,7 +187,7 @@ class UsageLedger:
         for item in pending:
             charge = item[0]
             if taken.intersection(charge.exclusive) or (batch and max(
-                    compares + len(charge.compares), writes + len(charge.writes), len(batch) + 1) > budget):
+                    compares + len(charge.compares), writes + len(charge.writes), len(batch) + 3) > budget):
                 later.append(item)
                 continue
             compares += len(charge.compares)

@@ -101,7 +101,7 @@ class SchedulingStore:
         for bind in binds:
             # A host declared dead takes no binds, whatever a (lagging) host view says.
             compares = [ops.mod_revision_is(k.host_alloc(bind.host), bind.alloc_revision),
-                        ops.absent(k.host_dead(bind.host))]
+                        ops.absent(k.host_dead(bind.host)), ops.absent(k.host_maintenance(bind.host))]
             success = [ops.put(k.host_alloc(bind.host), bind.allocation.to_bytes())]
             deltas: dict[ZoneGroupId, int] = {}
             for vm in bind.vms:
@@ -133,11 +133,14 @@ class SchedulingStore:
         return BindResult(True, [result.nested(i).succeeded for i in range(len(binds))], result.revision)
 
     def bind_limits(self) -> tuple[int, int]:
-        """(host groups, VMs per host group) that one ``bind`` call may carry
-        within the server's max_txn_ops (each VM costs 3 ops and 1 compare, plus
-        at most one zone count write or compare of its own)."""
+        """(host groups, VMs per host group) that one ``bind`` call may carry within
+        the server's max_txn_ops. Each host group is a nested txn; etcd counts the
+        parent's ops and a nested txn's ops together (hosts + the largest group <=
+        the limit). A group has 3 compares and 1 put of its own, and per VM 3 ops
+        and 1 compare, plus at most one zone count write or compare."""
         limit = self._etcd.max_txn_ops
-        return limit, max(1, (limit - 1) // 4)
+        per_host = max(1, (limit // 2 - 1) // 4)  # a group's ops: at most 1 + 4 per VM
+        return max(1, min(limit // 2, limit - 1 - 4 * per_host)), per_host
 
     async def read_current(self, hosts: Sequence[str], vms: Sequence[QueuedVm]
                            ) -> tuple[dict[str, tuple[HostAllocation, int]], dict[VmRef, QueuedVm | None]]:
