@@ -62,6 +62,19 @@ def snapshot_of(record: HostRecord) -> HostSnapshot:
     )
 
 
+def _may_fit_more(before: HostSnapshot, after: HostSnapshot) -> bool:
+    """Whether a VM that did not fit ``before`` may fit ``after``: the host became
+    ready or left maintenance, freed resources, changed labels (node selectors, zones)
+    or allocatable capacity, or its set of groups changed (anti-affinity leaves,
+    affinity arrives)."""
+    return (not before.ready and after.ready or before.maintenance and not after.maintenance
+            or after.groups.keys() != before.groups.keys()
+            or after.allocated.vcpus < before.allocated.vcpus
+            or after.allocated.memory_mib < before.allocated.memory_mib
+            or after.allocated.disk_gib < before.allocated.disk_gib
+            or after.labels != before.labels or after.allocatable != before.allocatable)
+
+
 class HostSync:
     def __init__(self, hosts: HostStore, view: HostView):
         self._hosts = hosts
@@ -78,8 +91,13 @@ class HostSync:
         view, unless the host is gone or the view already holds a newer revision."""
         current = self.view.committed(host)
         if current is not None and current.alloc_revision <= revision:
-            self.view.upsert(replace(current, allocated=allocation.resources, vm_count=allocation.vm_count,
-                                     groups=dict(allocation.groups), alloc_revision=revision))
+            updated = replace(current, allocated=allocation.resources, vm_count=allocation.vm_count,
+                              groups=dict(allocation.groups), alloc_revision=revision)
+            self.view.upsert(updated)
+            if updated.groups.keys() != current.groups.keys():
+                # A group arriving lets affine VMs in (not only capacity does).
+                for callback in self.on_capacity:
+                    callback()
 
     def _apply(self, record: HostRecord | str) -> bool:
         if isinstance(record, str):
@@ -91,12 +109,7 @@ class HostSync:
             # Our own bind already put a newer allocation in; keep it but take the registration.
             snapshot = replace(snapshot, allocated=current.allocated, vm_count=current.vm_count,
                                groups=current.groups, alloc_revision=current.alloc_revision)
-        grew = current is None or not current.ready and snapshot.ready \
-            or current.maintenance and not snapshot.maintenance \
-            or len(snapshot.groups) < len(current.groups) \
-            or snapshot.allocated.vcpus < current.allocated.vcpus \
-            or snapshot.allocated.memory_mib < current.allocated.memory_mib \
-            or snapshot.allocatable != current.allocatable
+        grew = current is None or _may_fit_more(current, snapshot)
         self.view.upsert(snapshot)
         return grew
 

@@ -324,3 +324,51 @@ def test_zone_anti_affine_vms_created_at_once_land_one_per_zone(zoned_system) ->
         assert zone_of[now[newcomer.pop()].host] == freed
         assert sorted(zone_of[vm.host] for vm in now.values()) == list(ZONES)
         assert sum(1 for vm in _vms(client).values() if not vm.host) == n - len(ZONES) - 1
+
+
+def test_a_vm_waiting_for_its_affinity_group_is_placed_when_the_group_arrives(etcd_endpoint: str,
+                                                                              root: str) -> None:
+    """A group appearing on a host (a bind this process made) wakes VMs affine to it;
+    it is not a capacity change, and once was not noticed at all."""
+    from scheduler.service import SchedulerConfig, run_scheduler
+    from tests.conftest import async_wait_until
+
+    async def bound(client: EtcdClient, keys: Keys) -> dict[str, str]:
+        kvs, _revision = await client.range_prefix(keys.bindings_prefix())
+        return {b.spec.ref.vm_id: b.host for b in (Binding.from_bytes(kv.value) for kv in kvs)}
+
+    def spec(name: str, **kwargs) -> VmSpec:
+        uid = uuid.uuid4().hex
+        return VmSpec(VmRef("t", "p", name), uid, "small", "ubuntu", Resources(1, 1024, 10), create_time_ns=now_ns(),
+                      shard=shard_of(uid, 1), **kwargs)
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            await seed_hosts(client, keys, 4, Resources(16, 65536, 1000))
+            await queue_specs(client, keys, [spec("follower", affinity_group="g", affinity_scope=Scope.HOST)])
+            scheduler = asyncio.create_task(run_scheduler(SchedulerConfig(
+                etcd=etcd_endpoint, root=root, shards=1, lease_ttl=5, name="s")))
+            try:
+                await async_wait_until(lambda: _reason_of(client, keys, "follower"), timeout=30,
+                                       message="the follower to wait for its group")
+                await queue_specs(client, keys, [spec("leader", anti_affinity_group="g")])
+                placed = await async_wait_until(lambda: _both(bound(client, keys)), timeout=30,
+                                                message="the follower placed once the leader is")
+                assert placed["follower"] == placed["leader"]
+            finally:
+                scheduler.cancel()
+                await asyncio.gather(scheduler, return_exceptions=True)
+
+    async def _both(found):
+        placed = await found
+        return placed if {"leader", "follower"} <= placed.keys() else None
+
+    run(main(), timeout=90)
+
+
+async def _reason_of(client: EtcdClient, keys: Keys, vm_id: str) -> str | None:
+    from controlplane.models import VmStatus
+
+    kv = await client.get(keys.vm_status(VmRef("t", "p", vm_id)))
+    return VmStatus.from_bytes(kv.value).message if kv is not None and kv.value else None

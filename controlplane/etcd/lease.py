@@ -74,7 +74,9 @@ class Lease:
                 while True:
                     sent = time.monotonic()
                     await stream.write(pb.LeaseKeepAliveRequest(ID=self.id))
-                    response = await asyncio.wait_for(stream.read(), timeout=max(self._expires_at - sent, 0.1))
+                    # Not wait_for: on 3.11 it can swallow a cancel (revoke) that races the read.
+                    async with asyncio.timeout(max(self._expires_at - sent, 0.1)):
+                        response = await stream.read()
                     if response is grpc.aio.EOF:
                         raise EtcdError("keepalive stream closed", grpc.StatusCode.UNAVAILABLE)
                     if response.TTL <= 0:
