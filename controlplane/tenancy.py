@@ -151,7 +151,8 @@ def ticket_problems(ticket: Limits, allocated: Usage, old: Limits, new: Limits) 
     ``ticket`` of which ``allocated`` is given to projects (``old`` included): every
     dimension the ticket limits must be limited in the project, and the projects'
     limits must stay within the ticket. (field, description) pairs; empty when fine."""
-    problems = []
+    problems = [(f"quota.{d}", "must not be negative") for d in DIMENSIONS
+                if getattr(new, d) is not None and getattr(new, d) < 0]
     after = allocated - old.as_usage() + new.as_usage()
     for d in DIMENSIONS:
         cap = getattr(ticket, d)

@@ -107,7 +107,7 @@ MATRIX: dict[str, tuple[Callable[[World, Client], object], tuple[str, ...]]] = {
                              (OK, OK, NF, PD, NF, NF)),
     "update ticket acme": (lambda w, c: c.update_quota("tenants/acme/quota", {"vms": 100}), (OK, PD, PD, PD, PD, NF)),
     "create tenant": (lambda w, c: c.create_tenant(_fresh()), (OK, PD, PD, PD, PD, PD)),
-    "issue acme token": (lambda w, c: c.create_token("x", [("project-member", "acme", "web")]),
+    "issue acme token": (lambda w, c: c.create_token("x@acme", [("project-member", "acme", "web")]),
                          (OK, OK, PD, PD, PD, PD)),
     "issue system token": (lambda w, c: c.create_token("x", [("system-admin", "", "")]), (OK, PD, PD, PD, PD, PD)),
     "list hosts": (lambda w, c: list(c.list_hosts()), (OK, PD, PD, PD, PD, PD)),
@@ -159,7 +159,8 @@ def test_lists_contain_only_what_the_caller_may_see(world: World) -> None:
         assert all(vm.name.startswith("tenants/acme/projects/web/") for vm in member.list_vms())
     with world.as_("acme_admin") as acme:
         records = acme.list_audit(tenant="acme")
-    assert records and all(r.resource.split("/")[:2] == ["tenants", "acme"] for r in records)
+    assert records and all(r.resource.split("/")[:2] == ["tenants", "acme"] or r.resource == "tokens"
+                           for r in records)
 
 
 def test_private_flavors_are_seen_and_used_only_in_their_tenant(world: World) -> None:
@@ -303,7 +304,7 @@ def test_health_needs_no_token(world: World) -> None:
 
 def test_an_expired_token_is_refused(world: World) -> None:
     with world.as_("acme_admin") as acme:
-        short = acme.create_token("brief", [("viewer", "acme", "web")], ttl_s=1).bearer_token
+        short = acme.create_token("brief@acme", [("viewer", "acme", "web")], ttl_s=1).bearer_token
 
     def refused() -> str | None:
         with Client(world.system.endpoint, token=short, tenant="acme", project="web") as c:
@@ -315,7 +316,7 @@ def test_an_expired_token_is_refused(world: World) -> None:
 
 def test_a_revoked_token_is_refused_by_every_frontend(world: World) -> None:
     with world.as_("acme_admin") as acme:
-        issued = acme.create_token("leaky", [("project-member", "acme", "web")])
+        issued = acme.create_token("leaky@acme", [("project-member", "acme", "web")])
         with Client(world.system.endpoint, token=issued.bearer_token, tenant="acme", project="web") as leaky:
             assert leaky.whoami().name == issued.token.name
             assert not acme.get_token(issued.token.name).revoked
@@ -370,7 +371,8 @@ def test_every_mutation_is_audited_with_caller_resource_and_result(world: World)
     assert denial and denial[0].code == PD and denial[0].subject == "acme_admin" and denial[0].peer
     # A tenant admin sees its tenant's records only; a member sees none.
     with world.as_("acme_admin") as acme, world.as_("web_member") as member:
-        assert all(r.resource.split("/")[:2] == ["tenants", "acme"] for r in acme.list_audit(tenant="acme"))
+        assert all(r.resource.split("/")[:2] == ["tenants", "acme"] or r.resource == "tokens"
+                   for r in acme.list_audit(tenant="acme"))
         assert outcome(lambda: member.list_audit(tenant="acme")) == PD
 
 
@@ -390,7 +392,7 @@ def test_audit_records_can_be_watched(world: World) -> None:
 
 def test_a_watch_ends_once_its_token_is_revoked(world: World) -> None:
     with world.as_("globex_admin", "globex", "app") as globex:  # globex/app is unlimited
-        issued = globex.create_token("watcher", [("viewer", "globex", "app")])
+        issued = globex.create_token("watcher@globex", [("viewer", "globex", "app")])
         with Client(world.system.endpoint, token=issued.bearer_token, tenant="globex", project="app") as watcher:
             events = watcher.watch_vms(timeout=60)
             next(events)  # the stream is live
@@ -400,3 +402,56 @@ def test_a_watch_ends_once_its_token_is_revoked(world: World) -> None:
                     globex.create_vm(_fresh(), flavor="small", image="ubuntu")
                     next(events)
     assert (ended.value.code, ended.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
+
+
+def test_a_tenant_admin_names_only_its_own_users(world: World) -> None:
+    """Subjects minted by a tenant admin end with @tenant: no "admin" look-alike that
+    would share the real admin's rate-limit bucket or read as it in audit records."""
+    with world.as_("acme_admin") as acme:
+        refused = pytest.raises(ApiError, acme.create_token, "admin", [("viewer", "acme", "")]).value
+        assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SUBJECT_NOT_IN_TENANT")
+        issued = acme.create_token("ci@acme", [("viewer", "acme", "")], ttl_s=365 * 86400)
+    # And a token never outlives its issuer's (acme_admin's: 24 h).
+    lifetime = issued.token.expire_time.seconds - issued.token.issue_time.seconds
+    assert 0 < lifetime <= 24 * 3600
+
+
+def test_audit_records_are_filed_by_what_was_authorised_not_by_what_the_body_claims(world: World) -> None:
+    """A name planted in a request body must not file the record in another tenant's
+    log; a probe of another tenant's resource lands in the system log, not theirs."""
+    from controlplane.gen.quanta.v1 import tenancy_pb2
+
+    project = _fresh()
+    with world.as_("acme_admin") as acme:
+        acme._call(acme._projects.CreateProject, tenancy_pb2.CreateProjectRequest(
+            parent="tenants/acme", project_id=project, quota=tenancy_pb2.ResourceLimits(vms=1),
+            project=tenancy_pb2.Project(name="tenants/globex/projects/app")))
+        probe = outcome(lambda: acme.delete_vm("tenants/globex/projects/app/vms/vm-g"))
+    assert probe == NF
+
+    def filed() -> tuple[list, list]:
+        with world.as_("admin") as admin:
+            return admin.list_audit(tenant="acme"), admin.list_audit(tenant="globex")
+
+    wait_until(lambda: any(r.resource == f"tenants/acme/projects/{project}" for r in filed()[0]), timeout=30,
+               message="the create filed under acme")
+    acme_log, globex_log = filed()
+    assert not [r for r in globex_log if r.subject == "acme_admin"]
+
+
+def test_limits_must_be_sane_and_refusals_leave_everything_in_place(world: World) -> None:
+    with world.as_("admin") as admin:
+        admin.create_tenant("careful", quota={"vms": 10})
+    with world.as_("admin", "careful", "full") as admin:
+        for quota in ({"vms": -1000}, {"vms": 2**62}):
+            refused = pytest.raises(ApiError, admin.create_project, "bad", quota=quota).value
+            assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and refused.field_violations[0][0] == "quota.vms"
+        admin.create_project("empty", quota={"vms": 1})
+        admin.create_project("full", quota={"vms": 1})
+        admin.create_vm("v", flavor="small", image="ubuntu")
+        refused = pytest.raises(ApiError, admin.delete_tenant, "careful").value
+        assert refused.reason == "HAS_VMS"
+        assert {p.name for p in admin.list_projects()} == {"tenants/careful/projects/empty",
+                                                            "tenants/careful/projects/full"}
+        huge = pytest.raises(ApiError, lambda: next(admin.watch_vms(resource_version=2**63 - 1, timeout=10))).value
+        assert huge.code == grpc.StatusCode.INVALID_ARGUMENT

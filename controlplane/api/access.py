@@ -4,9 +4,17 @@ existence leak); one it may read but not act on is PERMISSION_DENIED."""
 
 from __future__ import annotations
 
+import contextvars
+
 from controlplane.api import errors
 from controlplane.auth.policy import Action, Decision, decide
 from controlplane.auth.principal import Principal, current
+
+audit_scope: contextvars.ContextVar[dict | None] = contextvars.ContextVar("quanta_audit_scope", default=None)
+"""Set (to an empty dict) by the audit interceptor around a mutation; :func:`require`
+records in it the tenant and resource the caller was found allowed (or visibly
+denied) to act on, so audit records are filed by what was authorised, never by a
+name the request body merely claims."""
 
 
 def caller() -> Principal:
@@ -24,6 +32,9 @@ def require(action: Action, tenant: str = "", project: str | None = None, *, kin
     decision = decide(principal, action, tenant, project)
     if decision is Decision.HIDDEN:
         raise errors.not_found(kind, name)
+    scope = audit_scope.get()
+    if scope is not None and tenant:
+        scope.update(tenant=tenant, resource=name)
     if decision is Decision.DENIED:
         raise errors.permission_denied(f"{principal.subject} may not {action.value.replace('-', ' ')} on {name}",
                                        "ROLE_NOT_GRANTED")

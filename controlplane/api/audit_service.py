@@ -47,8 +47,7 @@ class AuditService(auth_pb2_grpc.AuditServiceServicer):
     async def WatchAuditRecords(self, request: auth_pb2.WatchAuditRecordsRequest,
                                 context) -> AsyncIterator[auth_pb2.AuditEvent]:
         tenant = _scope(request.parent)
-        if request.resource_version < 0:
-            raise errors.invalid_argument([("resource_version", "must not be negative")])
+        validation.validate_resource_version(request.resource_version)
         start = request.resource_version
         if start == 0:
             _entries, _last, start = await self._log.list(tenant, page_size=1)

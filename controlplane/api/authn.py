@@ -24,6 +24,7 @@ from prometheus_client import Counter
 
 from controlplane import logcontext
 from controlplane.api import errors
+from controlplane.api.access import audit_scope
 from controlplane.api.interceptors import (
     StreamBehavior,
     UnaryBehavior,
@@ -86,7 +87,7 @@ class AuthInterceptor(_BehaviorInterceptor):
         if principal.token_id in self._revocations:
             raise errors.unauthenticated("the token has been revoked", "TOKEN_REVOKED")
         if self._limiter is not None:
-            wait_s = self._limiter.acquire(principal.subject, time.monotonic())
+            wait_s = self._limiter.acquire(principal.identity, time.monotonic())
             if wait_s > 0:
                 raise errors.resource_exhausted(
                     f"rate limit of {self._limiter.rate:g} requests/s for {principal.subject} exceeded",
@@ -137,21 +138,22 @@ class AuthInterceptor(_BehaviorInterceptor):
 
 
 def resource_of(request: Any) -> str:
-    """The resource a request acts on, best effort: its ``name``, the ``name`` of the
-    resource it carries, or ``parent`` + the collection and id it creates."""
+    """The resource a request acts on, as the request names it (best effort): its
+    ``name``, else ``parent`` + the collection and id it creates, else the ``name`` of
+    the resource it carries. Unchecked: a caller can put anything there."""
     name = getattr(request, "name", "")
     if isinstance(name, str) and name:
         return name
-    for field, _value in request.ListFields():
-        if field.message_type is not None and not field.is_repeated:
-            inner = getattr(request, field.name)
-            if getattr(inner, "name", ""):
-                return inner.name
     parent = getattr(request, "parent", "")
     for field, value in request.ListFields():
         if field.name.endswith("_id") and isinstance(value, str) and field.name != "request_id":
             collection = field.name[:-3] + "s"
             return f"{parent}/{collection}/{value}" if parent else f"{collection}/{value}"
+    for field, _value in request.ListFields():
+        if field.message_type is not None and not field.is_repeated:
+            inner = getattr(request, field.name)
+            if getattr(inner, "name", ""):
+                return inner.name
     return parent
 
 
@@ -177,6 +179,8 @@ class AuditInterceptor(_BehaviorInterceptor):
 
         async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
             code, message = "OK", ""
+            scope: dict = {}
+            token = audit_scope.set(scope)
             try:
                 return await behavior(request, context)
             except grpc.aio.AbortError:
@@ -187,8 +191,9 @@ class AuditInterceptor(_BehaviorInterceptor):
                 code, message = api.code.name, api.message
                 raise
             finally:
+                audit_scope.reset(token)
                 try:
-                    self._record(short, request, context, code, message)
+                    self._record(short, request, context, code, message, scope)
                 except Exception:  # noqa: BLE001 - auditing must never fail the call it records
                     log.exception("audit record failed", extra={"method": short})
 
@@ -197,13 +202,20 @@ class AuditInterceptor(_BehaviorInterceptor):
     def wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
         return behavior
 
-    def _record(self, method: str, request: Any, context: grpc.aio.ServicerContext, code: str, message: str) -> None:
+    def _record(self, method: str, request: Any, context: grpc.aio.ServicerContext, code: str, message: str,
+                scope: dict) -> None:
+        """File the record under the tenant the caller was authorised (or visibly denied)
+        for; an attempt that never got that far (bad input, a scope hidden from the
+        caller, a global resource) goes to the system's log (tenant "")."""
         principal = current.get()
         if principal is None:
             return
         resource = resource_of(request)
+        tenant = scope.get("tenant", "")
+        if tenant and tenant_of(resource) != tenant:
+            resource = scope["resource"]  # what the request claims is not what was authorised
         self._log.append(trec.AuditRecord(
             time_ns=now_ns(), subject=principal.subject, method=method, resource=resource,
-            tenant=tenant_of(resource), peer=context.peer() or "", code=code, message=message[:500],
+            tenant=tenant, peer=context.peer() or "", code=code, message=message[:500],
             request_id=logcontext.request_id.get() or "", token_id=principal.token_id,
         ))

@@ -131,14 +131,15 @@ class ImageService(catalog_pb2_grpc.ImageServiceServicer):
         self._catalog = catalog
 
     @staticmethod
-    def _violations(v: validation.Violations, image: catalog_pb2.Image) -> None:
-        if not image.source:
+    def _violations(v: validation.Violations, image: catalog_pb2.Image,
+                    fields: tuple[str, ...] | set[str] = ("source", "size_gib", "os")) -> None:
+        if "source" in fields and not image.source:
             v.add("image.source", "required: where drivers clone the image from")
-        if len(image.source) > 1024:
+        if "source" in fields and len(image.source) > 1024:
             v.add("image.source", "at most 1024 characters")
-        if image.size_gib < 0:
-            v.add("image.size_gib", "must not be negative")
-        if len(image.os) > 128:
+        if "size_gib" in fields and not 0 <= image.size_gib <= 1024 * 1024:
+            v.add("image.size_gib", "must be between 0 and 1048576")
+        if "os" in fields and len(image.os) > 128:
             v.add("image.os", "at most 128 characters")
 
     async def CreateImage(self, request: catalog_pb2.CreateImageRequest, context) -> catalog_pb2.Image:
@@ -174,8 +175,8 @@ class ImageService(catalog_pb2_grpc.ImageServiceServicer):
         v = validation.Violations()
         image_id = v.capture(validation.parse_image_name, request.image.name, "image.name")
         paths = v.capture(validation.mask_paths, list(request.update_mask.paths), self._FIELDS)
-        if paths and "source" in paths:
-            self._violations(v, request.image)
+        if paths:
+            self._violations(v, request.image, paths)
         v.raise_if_any()
         require(Action.SYSTEM, kind="image", name=request.image.name)
 

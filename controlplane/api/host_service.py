@@ -98,8 +98,7 @@ class HostService(host_pb2_grpc.HostServiceServicer):
 
     async def WatchHosts(self, request: host_pb2.WatchHostsRequest, context) -> AsyncIterator[host_pb2.HostEvent]:
         require(Action.SYSTEM_READ, kind="host", name="hosts")
-        if request.resource_version < 0:
-            raise errors.invalid_argument([("resource_version", "must not be negative")])
+        validation.validate_resource_version(request.resource_version)
         table, revision = await self._store.snapshot(revision=request.resource_version)
         for record in table.records():
             if request.resource_version == 0:

@@ -68,6 +68,7 @@ def error_for_exception(exc: BaseException) -> ApiError:
 
     - ApiError: itself.
     - etcd ``Compacted``: OUT_OF_RANGE ``RESOURCE_VERSION_EXPIRED`` (re-list).
+    - ``EtcdError`` OUT_OF_RANGE (a future revision): OUT_OF_RANGE ``RESOURCE_VERSION_TOO_NEW``.
     - ``EtcdError`` UNAVAILABLE / DEADLINE_EXCEEDED: UNAVAILABLE ``STORE_UNAVAILABLE``,
       retry after 1 s; any other ``EtcdError``: UNAVAILABLE ``STORE_ERROR``, retry after 5 s.
     - anything else: INTERNAL with a generic message (no internals leaked).
@@ -79,6 +80,9 @@ def error_for_exception(exc: BaseException) -> ApiError:
             "the requested resource version is no longer available; list again", "RESOURCE_VERSION_EXPIRED"
         )
     if isinstance(exc, EtcdError):
+        if exc.code is grpc.StatusCode.OUT_OF_RANGE:  # etcd: "required revision is a future revision"
+            return errors.out_of_range("the requested resource version is newer than the store's",
+                                       "RESOURCE_VERSION_TOO_NEW")
         if exc.code in _TRANSIENT_ETCD_CODES:
             return errors.unavailable("the store is temporarily unavailable; retry", 1.0, "STORE_UNAVAILABLE")
         return errors.unavailable("the store failed the request; retry later", 5.0, "STORE_ERROR")

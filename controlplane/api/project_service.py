@@ -69,6 +69,7 @@ class ProjectService(tenancy_pb2_grpc.ProjectServiceServicer):
         tenant = v.capture(validation.parse_tenant_name, request.parent, "parent")
         v.capture(validation.validate_resource_id, request.project_id, "project_id", "project id")
         v.capture(validation.validate_labels, request.project.labels, "project.labels")
+        v.capture(validation.validate_limits, request.quota, "quota")
         v.raise_if_any()
         require(Action.ADMIN, tenant, kind="tenant", name=request.parent)
         now = now_ns()

@@ -55,9 +55,7 @@ class QuotaService(tenancy_pb2_grpc.QuotaServiceServicer):
         v = validation.Violations()
         names = v.capture(validation.parse_quota_name, request.quota.name, "quota.name")
         paths = v.capture(validation.mask_paths, list(request.update_mask.paths), _PATHS)
-        for d, value in request.quota.limits.ListFields():
-            if value < 0:
-                v.add(f"quota.limits.{d.name}", "must not be negative")
+        v.capture(validation.validate_limits, request.quota.limits, "quota.limits")
         v.raise_if_any()
         tenant, project = names
         new = limits_from_proto(request.quota.limits)

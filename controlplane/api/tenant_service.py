@@ -26,9 +26,7 @@ class TenantService(tenancy_pb2_grpc.TenantServiceServicer):
         v = validation.Violations()
         v.capture(validation.validate_resource_id, request.tenant_id, "tenant_id", "tenant id")
         v.capture(validation.validate_labels, request.tenant.labels, "tenant.labels")
-        for d, value in request.quota.ListFields():
-            if value < 0:
-                v.add(f"quota.{d.name}", "must not be negative")
+        v.capture(validation.validate_limits, request.quota, "quota")
         v.raise_if_any()
         require(Action.SYSTEM, kind="tenant", name=f"tenants/{request.tenant_id}")
         now = now_ns()
@@ -83,6 +81,13 @@ class TenantService(tenancy_pb2_grpc.TenantServiceServicer):
     async def DeleteTenant(self, request: tenancy_pb2.DeleteTenantRequest, context) -> tenancy_pb2.Tenant:
         tenant_id = validation.parse_tenant_name(request.name)
         require(Action.SYSTEM, tenant_id, kind="tenant", name=request.name)
+
+        if not request.force:
+            # Refuse before deleting anything (empty projects included).
+            holding = {p: u.vms for p, u in (await self._tenancy.usages(tenant_id)).items() if u.vms > 0}
+            if holding:
+                raise holds_vms(HoldsVms(f"{request.name} (projects {', '.join(sorted(holding))})",
+                                         sum(holding.values())))
 
         async def remove_project(project_id: str) -> None:
             await delete_project(self._tenancy, self._vms, tenant_id, project_id, force=request.force)

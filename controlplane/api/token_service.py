@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from controlplane.api import errors, validation
-from controlplane.api.access import caller
+from controlplane.api.access import audit_scope, caller
 from controlplane.api.convert import ROLE_FROM_PROTO, token_to_proto
 from controlplane.auth.policy import may_grant
 from controlplane.auth.principal import Grant, Principal, Role, scope_error
@@ -72,6 +72,18 @@ class TokenService(auth_pb2_grpc.TokenServiceServicer):
         for grant in grants:
             if not may_grant(principal, grant.tenant, grant.role is Role.SYSTEM_ADMIN):
                 raise errors.permission_denied(f"{principal.subject} may not grant {grant}", "GRANT_NOT_ALLOWED")
+        tenants = {g.tenant for g in grants}
+        if not principal.is_system_admin:
+            # A tenant admin names its own users only: "who@tenant", never another's "admin".
+            if len(tenants) != 1 or not request.subject.endswith(f"@{next(iter(tenants))}"):
+                raise errors.invalid_argument(
+                    [("subject", f"tokens issued by a tenant admin are for one tenant, and their subject ends "
+                                 f"with @<tenant> (e.g. dev@{sorted(tenants)[0]})")], "SUBJECT_NOT_IN_TENANT")
+            scope = audit_scope.get()
+            if scope is not None:
+                scope.update(tenant=next(iter(tenants)), resource="tokens")
+        # A token never outlives the one that issued it.
+        ttl_s = min(ttl_s, max(1, int(principal.expires_at - time.time()))) if principal.expires_at else ttl_s
         issued = await issue_recorded(self._etcd, self._keys, self._authority, request.subject, tuple(grants),
                                       ttl_s, issued_by=principal.subject)
         value, _revision = await self._records.get(self._keys.token(issued.principal.token_id))

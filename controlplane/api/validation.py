@@ -28,6 +28,7 @@ RESOURCE_ID = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 HOST_ID = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 MAX_LABELS = 64
+MAX_REVISION = 2**62  # resource versions are etcd revisions (int64); nothing real comes near
 _LABEL_NAME = re.compile(r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([a-zA-Z0-9]([-_.a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -281,8 +282,8 @@ def encode_page_token(scope: str, revision: int, after_key: str) -> str:
     the token is only accepted back with the same scope. Raises ValueError for a
     negative revision.
     """
-    if revision < 0:
-        raise ValueError("revision must not be negative")
+    if not 0 <= revision <= MAX_REVISION:
+        raise ValueError(f"revision must be between 0 and {MAX_REVISION}")
     body = _TOKEN_HEAD.pack(_TOKEN_VERSION, revision, _digest(scope.encode(), 8)) + after_key.encode()
     return base64.urlsafe_b64encode(body + _digest(body, _CHECKSUM_LEN)).rstrip(b"=").decode("ascii")
 
@@ -311,6 +312,8 @@ def decode_page_token(token: str, scope: str, field: str = "page_token") -> tupl
     if _digest(body, _CHECKSUM_LEN) != checksum:
         raise bad("malformed page token")
     version, revision, scope_digest = _TOKEN_HEAD.unpack_from(body)
+    if revision > MAX_REVISION:
+        raise bad("malformed page token")
     if version != _TOKEN_VERSION:
         raise bad("page token from an unsupported version; restart the listing")
     if scope_digest != _digest(scope.encode(), 8):
@@ -374,3 +377,20 @@ def mask_paths(paths: list[str], allowed: tuple[str, ...], field: str = "update_
     if unknown:
         raise invalid_argument([(field, f"unknown or immutable paths {unknown}; allowed: {list(allowed)}")])
     return set(paths)
+
+
+MAX_LIMIT = 2**40  # far above any real quota, far below int64 sums of many projects
+
+
+def validate_limits(limits, field: str) -> None:
+    """Each set field of a ResourceLimits message is between 0 and MAX_LIMIT."""
+    out = [(f"{field}.{d.name}", f"must be between 0 and {MAX_LIMIT}")
+           for d, value in limits.ListFields() if not 0 <= value <= MAX_LIMIT]
+    if out:
+        raise invalid_argument(out)
+
+
+def validate_resource_version(value: int, field: str = "resource_version") -> None:
+    """A watch's starting point: 0 (now) or an etcd revision."""
+    if not 0 <= value <= MAX_REVISION:
+        raise invalid_argument([(field, f"must be between 0 and {MAX_REVISION}")])

@@ -164,8 +164,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         v = validation.Violations()
         parent = v.capture(validation.parse_project_parent, request.parent)
         selector = v.capture(validation.parse_label_selector, request.label_selector)
-        if request.resource_version < 0:
-            v.add("resource_version", "must not be negative")
+        v.capture(validation.validate_resource_version, request.resource_version)
         v.raise_if_any()
         tenant, project = parent
         require(Action.READ, tenant, project, kind="project", name=request.parent)

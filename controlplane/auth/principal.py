@@ -81,6 +81,13 @@ class Principal:
     def is_system_admin(self) -> bool:
         return any(g.role is Role.SYSTEM_ADMIN for g in self.grants)
 
+    @property
+    def identity(self) -> str:
+        """Who this is for rate limits: the subject within the scope of its grants, so a
+        tenant admin minting a token for subject "admin" gets a bucket of its own."""
+        scope = "*" if any(not g.tenant for g in self.grants) else ",".join(sorted({g.tenant for g in self.grants}))
+        return f"{scope}|{self.subject}"
+
 
 current = contextvars.ContextVar[Principal | None]("quanta_principal", default=None)
 """The caller of the RPC being handled (bound by the auth interceptor)."""

@@ -8,6 +8,7 @@ watch round trip.
 
 from __future__ import annotations
 
+from controlplane.auth.tokens import LEEWAY_S
 from controlplane.etcd import EtcdClient, ops
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.models import now_ns
@@ -33,7 +34,8 @@ class RevocationList:
     async def revoke(self, token_id: str, *, expires_in_s: float, revoked_by: str) -> None:
         """Revoke ``token_id`` until its expiry (idempotent). Returns once this process's
         own mirror refuses the token."""
-        lease, _ttl = await self._etcd.grant(max(1, int(expires_in_s) + 1))
+        # Outlive the token's expiry plus the leeway verification allows after it.
+        lease, _ttl = await self._etcd.grant(max(1, int(expires_in_s) + LEEWAY_S + 5))
         record = trec.Revocation(token_id=token_id, revoke_time_ns=now_ns(), revoked_by=revoked_by)
         result = await self._etcd.txn([], [ops.put(self._keys.revocation(token_id), record.SerializeToString(),
                                                    lease=lease)])

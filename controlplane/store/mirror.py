@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from controlplane.etcd import Compacted, EtcdClient, ops
+from controlplane.etcd import Compacted, EtcdClient, EtcdError, ops
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,18 @@ class PrefixMirror(Generic[T]):
             return False
 
     async def _sync(self, ready: asyncio.Event) -> None:
+        """List, then watch; re-list after a compaction or any store failure (with
+        backoff), for as long as the mirror runs: a mirror that stopped following would
+        go on answering from stale data (e.g. a revocation list missing revocations)."""
         prefix, end = self._prefix, ops.prefix_end(self._prefix)
+        delay = 0.1
         while True:
-            kvs, revision = await self._etcd.range_prefix(prefix)
-            self.items = {kv.key[len(prefix):].decode(): self._decode(kv.value) for kv in kvs}
-            await self._advance(revision)
-            ready.set()
             try:
+                kvs, revision = await self._etcd.range_prefix(prefix)
+                self.items = {kv.key[len(prefix):].decode(): self._decode(kv.value) for kv in kvs}
+                await self._advance(revision)
+                ready.set()
+                delay = 0.1
                 async for batch in self._etcd.watch(prefix, end, start_revision=revision + 1, progress_notify=True):
                     for event in batch.events:
                         name = event.kv.key[len(prefix):].decode()
@@ -77,6 +82,12 @@ class PrefixMirror(Generic[T]):
                     await self._advance(batch.revision)
             except Compacted:
                 log.info("mirror watch compacted; re-listing", extra={"prefix": prefix.decode()})
+            except EtcdError as err:
+                if not ready.is_set():
+                    raise  # the first list failed: the caller's start() reports it
+                log.warning("mirror lost the store; re-listing", extra={"prefix": prefix.decode(), "error": str(err)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _advance(self, revision: int) -> None:
         async with self._changed:
