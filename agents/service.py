@@ -160,10 +160,11 @@ class Agent:
     async def _destroy_orphans(self) -> None:
         """Destroy VMs a host has that no binding wants (e.g. made for a VM whose
         deletion completed while this agent was down)."""
-        wanted = {vm.binding.spec.uid for vm in self.reconciler.desired.values()}
+        # By (host, uid): a VM moved between two hosts of this agent is wanted on one only.
+        wanted = {(vm.binding.host, vm.binding.spec.uid) for vm in self.reconciler.desired.values()}
         for host in self._hosts:
             for info in await self._drivers[host].list_vms():
-                if info.vm_uid not in wanted:
+                if (host, info.vm_uid) not in wanted:
                     log.warning("destroying orphan VM", extra={"host": host, "uid": info.vm_uid})
                     await self._drivers[host].destroy_vm(info.vm_uid)
 
