@@ -259,3 +259,20 @@ def test_reaper_declares_after_the_grace_and_moves_vms_by_policy(etcd_endpoint: 
             await lease.revoke()
 
     run(main())
+
+
+def test_a_dead_host_eviction_deletes_nothing_once_the_host_is_back(etcd_endpoint: str, root: str) -> None:
+    """NEVER-policy deletions of a dead host's VMs compare that the host is still
+    declared dead: a reaper acting on a stale view must not delete VMs of a host that
+    has come back."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            never = make_spec("never", RestartPolicy.NEVER)
+            await bind_all(vms, sched, "h1", [never])
+            # No dead marker for h1: it is alive (again).
+            await HostEvictor(lifecycle, vms).evict("h1", dead=True)
+            assert (await vms.get(never.ref)).state != VmState.DELETING
+
+    run(main())

@@ -88,6 +88,10 @@ class LifecycleStore:
         self._etcd = client
         self._keys = keys
 
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
     async def host_bindings(self, host: str) -> HostBindings:
         k = self._keys
         prefix = k.bindings_prefix(host)
@@ -103,7 +107,8 @@ class LifecycleStore:
         return max(1, (self._etcd.max_txn_ops - 2) // 4)
 
     async def move_off(self, host: str, read: HostBindings, requeue: Sequence[BoundVm], remove: Sequence[BoundVm],
-                       *, reason: str, message: str, fence: Compare | None = None) -> bool:
+                       *, reason: str, message: str, fence: Compare | None = None,
+                       guard: Sequence[Compare] = ()) -> bool:
         """In one txn: each VM of ``requeue`` leaves the host for its shard's queue
         (status PENDING, ``reason``), each of ``remove`` is removed (spec, status,
         binding), and the allocation shrinks by all of them, as do the zone group
@@ -117,7 +122,7 @@ class LifecycleStore:
             add_delta(deltas, vm.binding.zone, vm.binding.spec.zone_group, -1)
         counts, _ = await ZoneStore(self._etcd, k).read(deltas)
         zone_compares, success = counted_changes(k, counts, deltas)
-        compares = [ops.mod_revision_is(alloc_key, read.alloc_revision), *zone_compares] \
+        compares = [ops.mod_revision_is(alloc_key, read.alloc_revision), *zone_compares, *guard] \
             + ([fence] if fence is not None else [])
         allocation = read.allocation
         at = now_ns()
@@ -196,9 +201,13 @@ class HostEvictor:
             plan = plan_eviction(read.bound, host_dead=dead)
             if not plan:
                 return read
+            # A dead host's NEVER-policy VMs are deleted under the reaper's fence and only
+            # while the host is still declared dead (it may have come back meanwhile).
+            still_dead = [ops.present(self._store.keys.host_dead(host))] if dead else []
+            guard = [*([fence] if fence is not None else []), *still_dead]
             for vm in plan.delete:
                 try:
-                    await self._vms.request_delete(vm.ref)
+                    await self._vms.request_delete(vm.ref, guard=guard)
                 except (NotFound, Conflict) as err:
                     log.info("restart-policy deletion skipped", extra={"vm": vm.ref.name, "error": str(err)})
             moves = [(vm, True) for vm in plan.requeue] + [(vm, False) for vm in plan.remove]
@@ -206,7 +215,7 @@ class HostEvictor:
                 part = moves[i:i + chunk]
                 moved = await self._store.move_off(host, read, [vm for vm, q in part if q],
                                                    [vm for vm, q in part if not q], reason=reason,
-                                                   message=message, fence=fence)
+                                                   message=message, fence=fence, guard=still_dead)
                 # Read again either way: a move changes the allocation's revision, a
                 # lost race means the allocation or a binding changed.
                 read = await self._store.host_bindings(host)

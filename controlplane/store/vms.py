@@ -7,7 +7,7 @@ Every write is one etcd transaction guarded by compares, so that two frontends
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
@@ -226,16 +226,18 @@ class VmStore:
 
     # --- delete ------------------------------------------------------------------------
 
-    async def request_delete(self, ref: VmRef, *, etag: str = "") -> Deletion:
+    async def request_delete(self, ref: VmRef, *, etag: str = "", guard: Sequence = ()) -> Deletion:
         """Request deletion of a VM.
 
         A pending VM is removed at once (``removed``). A bound VM is marked for
         deletion in its spec and its binding, in one txn; its agent then
         destroys it and removes it. Either way the VM's quota is released in the
         same transaction. Idempotent. Raises NotFound, or Conflict when ``etag``
-        does not match.
+        does not match or a ``guard`` compare (the caller's own, e.g. a fence)
+        keeps failing.
         """
         k = self._keys
+        guard = list(guard)
         for _attempt in range(_MAX_CAS_ATTEMPTS):
             record = await self.get(ref)
             if etag and etag != record.etag:
@@ -247,7 +249,8 @@ class VmStore:
             release = -Usage.of_vm(spec.resources)
             if record.status.state == VmState.PENDING:
                 queue_key = k.queue(spec.shard, ref)
-                charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(queue_key)],
+                charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(queue_key),
+                                          *guard],
                                 [ops.delete(k.vm_prefix(ref), prefix_end(k.vm_prefix(ref))), ops.delete(queue_key)],
                                 exclusive=(k.vm_prefix(ref),))
                 try:
@@ -266,7 +269,7 @@ class VmStore:
                 if kv is None:
                     continue  # moved off meanwhile: read the VM again
                 bound_guard, zone = ops.mod_revision_is(binding_key, kv.mod_revision), Binding.from_bytes(kv.value).zone
-            charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), bound_guard],
+            charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), bound_guard, *guard],
                             [ops.put(spec_key, marked.to_bytes()),
                              ops.put(binding_key, Binding(marked, record.status.host, zone).to_bytes())],
                             exclusive=(k.vm_prefix(ref),))
