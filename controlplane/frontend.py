@@ -121,7 +121,7 @@ async def serve(config: FrontendConfig) -> None:
         host_pb2_grpc.add_HostServiceServicer_to_server(
             HostService(HostStore(client, keys), lifecycle=LifecycleStore(client, keys),
                         evictor=HostEvictor(LifecycleStore(client, keys), vms), bookmark_s=config.bookmark_s), server)
-        tenancy_pb2_grpc.add_TenantServiceServicer_to_server(TenantService(tenancy, vms), server)
+        tenancy_pb2_grpc.add_TenantServiceServicer_to_server(TenantService(tenancy, vms, revocations), server)
         tenancy_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectService(tenancy, vms), server)
         tenancy_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaService(tenancy), server)
         catalog_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorService(records, keys, catalog), server)

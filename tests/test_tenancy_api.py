@@ -455,3 +455,18 @@ def test_limits_must_be_sane_and_refusals_leave_everything_in_place(world: World
                                                             "tenants/careful/projects/full"}
         huge = pytest.raises(ApiError, lambda: next(admin.watch_vms(resource_version=2**63 - 1, timeout=10))).value
         assert huge.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_deleted_tenant_takes_its_tokens_along(world: World) -> None:
+    """A tenant made again under a deleted one's id is not reachable by the old tokens."""
+    with world.as_("admin") as admin:
+        admin.create_tenant("phoenix")
+        old = admin.create_token("ops@phoenix", [("tenant-admin", "phoenix", "")]).bearer_token
+        admin.delete_tenant("phoenix")
+        admin.create_tenant("phoenix")
+
+    def refused() -> bool:
+        with Client(world.system.endpoint, token=old, tenant="phoenix", own_connection=True) as c:
+            return outcome(lambda: c.get_tenant("phoenix")) == "UNAUTHENTICATED"
+
+    wait_until(refused, timeout=30, message="the old token to be refused")

@@ -9,6 +9,7 @@ from controlplane.api.convert import limits_from_proto, tenant_to_proto
 from controlplane.api.paging import page
 from controlplane.api.project_service import delete_project, holds_vms
 from controlplane.auth.policy import Action, visible_tenants
+from controlplane.auth.revocations import RevocationList
 from controlplane.gen.quanta.v1 import tenancy_pb2, tenancy_pb2_grpc
 from controlplane.models import now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound
@@ -18,9 +19,10 @@ from controlplane.tenancy import Tenant
 
 
 class TenantService(tenancy_pb2_grpc.TenantServiceServicer):
-    def __init__(self, tenancy: TenancyStore, vms: VmStore):
+    def __init__(self, tenancy: TenancyStore, vms: VmStore, revocations: RevocationList):
         self._tenancy = tenancy
         self._vms = vms
+        self._revocations = revocations
 
     async def CreateTenant(self, request: tenancy_pb2.CreateTenantRequest, context) -> tenancy_pb2.Tenant:
         v = validation.Violations()
@@ -100,4 +102,6 @@ class TenantService(tenancy_pb2_grpc.TenantServiceServicer):
             raise holds_vms(err) from err
         except Conflict as err:
             raise errors.aborted(str(err), "ETAG_MISMATCH" if request.etag else "CONFLICT") from err
+        # Its tokens go with it: a tenant made again under this id starts with none.
+        await self._revocations.revoke_tenant(tenant_id, revoked_by=caller().subject)
         return tenant_to_proto(tenant, 0)

@@ -40,3 +40,18 @@ class RevocationList:
         result = await self._etcd.txn([], [ops.put(self._keys.revocation(token_id), record.SerializeToString(),
                                                    lease=lease)])
         await self._mirror.wait_for_revision(result.revision)
+
+    async def revoke_tenant(self, tenant_id: str, *, revoked_by: str) -> int:
+        """Revoke every live token with a grant in ``tenant_id`` (its deletion: a tenant
+        re-created under the same id must not be reachable by the old tokens). Returns
+        how many were revoked."""
+        kvs, _revision = await self._etcd.range_prefix(self._keys.tokens_prefix())
+        now_s = now_ns() / 1e9
+        revoked = 0
+        for kv in kvs:
+            record = trec.TokenRecord.FromString(kv.value)
+            if any(g.tenant == tenant_id for g in record.grants) and record.token_id not in self:
+                await self.revoke(record.token_id, expires_in_s=max(0.0, record.expire_time_ns / 1e9 - now_s),
+                                  revoked_by=revoked_by)
+                revoked += 1
+        return revoked
