@@ -76,7 +76,7 @@ class Reconciler:
         (destroyed already), the VM was moved off this host: remember its uid so
         that reconcile destroys it."""
         vm = self.desired.pop(key, None)
-        if vm is not None and not vm.binding.deleting:
+        if vm is not None and not (vm.binding.deleting or vm.binding.evicting):
             self.unbound[key] = vm.binding.spec.uid
 
     async def reconcile(self, key: Key) -> None:
@@ -104,7 +104,9 @@ class Reconciler:
                 metrics.INFLIGHT.inc()
                 self.acting += 1
                 try:
-                    if vm.binding.deleting:
+                    if vm.binding.deleting or vm.binding.evicting:
+                        # Evicting (a drain): destroyed here first; removing the binding then
+                        # queues the VM again, so it never runs on two hosts at once.
                         await _timed("destroy", driver.destroy_vm(spec.uid))
                         self._statuses.discard(host, ref)
                         self._remover.submit(host, vm)

@@ -227,19 +227,26 @@ class Binding:
     spec: VmSpec
     host: str
     zone: str = ""  # the host's zone at bind time, if the VM is counted there (VmSpec.zone_group)
+    evict_reason: str = ""  # set by a drain: destroy here, then back to the queue
+    evict_message: str = ""
 
     @property
     def deleting(self) -> bool:
         return self.spec.deleting
 
+    @property
+    def evicting(self) -> bool:
+        return bool(self.evict_reason) and not self.spec.deleting
+
     def to_bytes(self) -> bytes:
-        return rec.Binding(spec=self.spec.to_proto(), host=self.host,
-                           delete_time_ns=self.spec.delete_time_ns, zone=self.zone).SerializeToString()
+        return rec.Binding(spec=self.spec.to_proto(), host=self.host, delete_time_ns=self.spec.delete_time_ns,
+                           zone=self.zone, evict_reason=self.evict_reason,
+                           evict_message=self.evict_message).SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Binding:
         m = rec.Binding.FromString(data)
-        return cls(VmSpec.from_proto(m.spec), m.host, m.zone)
+        return cls(VmSpec.from_proto(m.spec), m.host, m.zone, m.evict_reason, m.evict_message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,13 @@ def test_drain_moves_every_vm_off_by_restart_policy(system):
                               timeout=30, message="the drained host destroyed its VMs")
         assert all(n == 1 for (h, _u), n in destroys.items() if h == victim)
         assert {after[uid].host for uid in moved} <= set(per_host) - {victim}
+        # Never on two hosts at once: each moved VM was destroyed on the drained host
+        # before it was made on its new one (one agent, one journal, in order).
+        order = [(r["op"], r["host"], r["vm_uid"]) for r in _journal(system)]
+        for uid in moved:
+            gone = order.index(("destroy", victim, uid))
+            made = order.index(("create", after[uid].host, uid))
+            assert gone < made, f"{uid} was made on {after[uid].host} before the drained host destroyed it"
 
         # In maintenance, nothing new lands there; out of it, it takes VMs again.
         extra = [client.create_vm(f"new-{i}", flavor="small", image="ubuntu") for i in range(6)]

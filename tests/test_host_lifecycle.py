@@ -60,15 +60,19 @@ def bound(spec: VmSpec) -> BoundVm:
 # --- pure ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host_dead, expected", [
-    (False, {"requeue": ["a"], "delete": ["n"], "remove": [], "waiting": 2}),
-    (True, {"requeue": ["a"], "delete": ["n"], "remove": ["d", "dn"], "waiting": 0}),
+    # A live host's ALWAYS VMs are marked (its agent destroys, then queues them); one
+    # already marked is waited for, like deletions.
+    (False, {"requeue": [], "mark": ["a"], "delete": ["n"], "remove": [], "waiting": 3}),
+    (True, {"requeue": ["a", "e"], "mark": [], "delete": ["n"], "remove": ["d", "dn"], "waiting": 0}),
 ])
 def test_plan_eviction_sorts_by_restart_policy_and_deletion(host_dead, expected):
+    evicting = BoundVm(Binding(make_spec("e"), "h1", "", REASON_DRAINED, "draining"), 5, 6)
     vms = [bound(make_spec("a")), bound(make_spec("n", RestartPolicy.NEVER)),
-           bound(make_spec("d", deleting=True)), bound(make_spec("dn", RestartPolicy.NEVER, deleting=True))]
+           bound(make_spec("d", deleting=True)), bound(make_spec("dn", RestartPolicy.NEVER, deleting=True)), evicting]
     plan = plan_eviction(vms, host_dead=host_dead)
-    got = {"requeue": [v.ref.vm_id for v in plan.requeue], "delete": [v.ref.vm_id for v in plan.delete],
-           "remove": [v.ref.vm_id for v in plan.remove], "waiting": plan.waiting}
+    got = {"requeue": [v.ref.vm_id for v in plan.requeue], "mark": [v.ref.vm_id for v in plan.mark],
+           "delete": [v.ref.vm_id for v in plan.delete], "remove": [v.ref.vm_id for v in plan.remove],
+           "waiting": plan.waiting}
     assert got == expected
     assert bool(plan)
 
@@ -144,16 +148,23 @@ def test_drain_eviction_requeues_always_and_deletes_never(etcd_endpoint: str, ro
             left = await HostEvictor(lifecycle, vms).evict("h1", dead=False)
 
             # NEVER: deletion requested; the live host's agent destroys and removes it.
-            assert [b.ref.vm_id for b in left.bound] == ["gone"] and left.bound[0].binding.deleting
-            assert (await vms.get(gone.ref)).state == VmState.DELETING
-            # ALWAYS: off the host, back in its shard's queue, PENDING with the reason.
-            record = await vms.get(keep.ref)
-            assert record.status.state == VmState.PENDING and record.status.reason == REASON_DRAINED
-            assert [q.spec.uid for q in (await sched.list_queue(keep.shard))[0]] == [keep.uid]
-            assert left.allocation == HostAllocation().plus(gone.resources)  # group "g" left with its VM
+            by_id = {b.ref.vm_id: b for b in left.bound}
+            assert by_id["gone"].binding.deleting and (await vms.get(gone.ref)).state == VmState.DELETING
+            # ALWAYS on a live host: still bound (it runs until its agent destroys it),
+            # marked evicting, not queued yet: it never runs on two hosts at once.
+            assert by_id["keep"].binding.evicting and (await vms.get(keep.ref)).status.host == "h1"
+            assert (await sched.list_queue(keep.shard))[0] == []
             # A second eviction finds nothing more to do and changes nothing.
             again = await HostEvictor(lifecycle, vms).evict("h1", dead=False)
             assert again.bound == left.bound and again.alloc_revision == left.alloc_revision
+            # The agent destroyed it: its removal puts it back in its shard's queue, PENDING.
+            assert await AgentStore(client, keys).remove_destroyed("h1", [by_id["keep"]])
+            record = await vms.get(keep.ref)
+            assert record.status.state == VmState.PENDING and record.status.reason == REASON_DRAINED
+            assert [q.spec.uid for q in (await sched.list_queue(keep.shard))[0]] == [keep.uid]
+            after = await lifecycle.host_bindings("h1")
+            assert [b.ref.vm_id for b in after.bound] == ["gone"]
+            assert after.allocation == HostAllocation().plus(gone.resources)  # group "g" left with its VM
 
     run(main())
 

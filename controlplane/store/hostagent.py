@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from controlplane.etcd import EtcdClient, ops
-from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmStatus
+from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmState, VmStatus, now_ns
 from controlplane.store.keys import Keys
 from controlplane.store.zones import ZoneGroupId, ZoneStore, add_delta, counted_changes
 
@@ -106,7 +106,8 @@ class AgentStore:
 
     async def remove_destroyed(self, host: str, vms: Sequence[BoundVm]) -> bool:
         """Remove VMs that the host has destroyed: their spec, status and binding
-        go, and the host's allocation shrinks (and the zone group count of each
+        go (an evicted VM's spec stays: it goes back to its shard's queue, PENDING),
+        and the host's allocation shrinks (and the zone group count of each
         zone-scoped VM), in one txn (request records stay until their lease
         expires, so a late retry cannot make a second VM).
 
@@ -140,11 +141,15 @@ class AgentStore:
             ref = spec.ref
             compares.append(ops.create_revision_is(k.binding(host, ref), vm.create_revision))
             allocation = allocation.minus(spec.resources, group=spec.host_group)
-            success += [
-                ops.delete(k.vm_spec(ref)),
-                ops.delete(k.vm_status(ref)),
-                ops.delete(k.binding(host, ref)),
-            ]
+            if vm.binding.evicting:
+                # Drained: destroyed here, so back to its shard's queue, to run elsewhere.
+                status = VmStatus(VmState.PENDING, reason=vm.binding.evict_reason, message=vm.binding.evict_message,
+                                  update_time_ns=now_ns(), accepted_time_ns=spec.create_time_ns)
+                success += [ops.put(k.queue(spec.shard, ref), spec.to_bytes()),
+                            ops.put(k.vm_status(ref), status.to_bytes())]
+            else:
+                success += [ops.delete(k.vm_spec(ref)), ops.delete(k.vm_status(ref))]
+            success.append(ops.delete(k.binding(host, ref)))
         success.append(ops.put(alloc_key, allocation.to_bytes()))
         result = await self._etcd.txn(compares, success)
         return result.succeeded

@@ -1,16 +1,18 @@
 """Host lifecycle in the store: moving VMs off a host that is drained or declared
 dead, and the dead marker.
 
-Moving a VM off a host is one transaction per batch of its VMs that compares
-the host's allocation (mod_revision) and each binding's mod_revision, then
-deletes the binding, shrinks the allocation, puts the VM back in its shard's
-queue and sets its status PENDING with the reason. So a VM is never bound
-twice (the binding goes in the txn that queues it; the next bind deletes the
-queue entry) and never lost (no step removes a VM without putting it back
-or releasing it). The old host's agent sees its binding gone and destroys the
-VM. A NEVER-restart VM is deleted instead, through the normal deletion path
-(quota released, binding marked); on a dead host, whose agent will not
-destroy anything, deleting VMs are then removed outright.
+A drained host is alive, so its VMs are moved in two steps, never running twice:
+each binding is marked *evicting* (a txn comparing its mod_revision); the host's
+agent destroys the VM and then, in the txn that removes the binding and shrinks the
+allocation, puts the VM back in its shard's queue (PENDING with the reason; see
+AgentStore.remove_destroyed). A dead host's agent will do nothing, so its VMs are
+moved at once: one transaction per batch that compares the host's allocation and
+each binding's mod_revision, deletes the bindings, shrinks the allocation, queues
+the VMs and sets them PENDING. Either way a VM is never bound twice (the binding
+goes in the txn that queues it; the next bind deletes the queue entry) and never
+lost (no step removes a VM without putting it back or releasing it). A
+NEVER-restart VM is deleted instead, through the normal deletion path (quota
+released, binding marked); on a dead host, deleting VMs are then removed outright.
 
 Used by the frontends (DrainHost) and by the scheduler that owns shard 0
 (hosts missing past the grace). Both may run at once on one host: every
@@ -46,18 +48,19 @@ _MAX_ROUNDS = 16
 class Eviction:
     """What to do with the VMs bound to a host being emptied."""
 
-    requeue: list[BoundVm]  # ALWAYS: back to the scheduler queue, placed elsewhere
+    requeue: list[BoundVm]  # ALWAYS, host dead: back to the scheduler queue now, placed elsewhere
+    mark: list[BoundVm]  # ALWAYS, host alive: marked evicting; its agent destroys, then queues it
     delete: list[BoundVm]  # NEVER: deletion requested (quota released; the binding is marked)
     remove: list[BoundVm]  # deletion requested, host dead: gone now (nobody else will remove them)
     waiting: int  # deletion requested, host alive: its agent destroys and removes them
 
     def __bool__(self) -> bool:
-        return bool(self.requeue or self.delete or self.remove)
+        return bool(self.requeue or self.mark or self.delete or self.remove)
 
 
 def plan_eviction(bound: Sequence[BoundVm], *, host_dead: bool) -> Eviction:
     """Pure: sort a host's bindings by restart policy and deletion state."""
-    requeue, delete, remove = [], [], []
+    requeue, mark, delete, remove = [], [], [], []
     waiting = 0
     for vm in bound:
         spec = vm.binding.spec
@@ -68,9 +71,13 @@ def plan_eviction(bound: Sequence[BoundVm], *, host_dead: bool) -> Eviction:
                 waiting += 1
         elif spec.restart_policy is RestartPolicy.NEVER:
             delete.append(vm)
-        else:
+        elif host_dead:
             requeue.append(vm)
-    return Eviction(requeue, delete, remove, waiting)
+        elif vm.binding.evicting:
+            waiting += 1
+        else:
+            mark.append(vm)
+    return Eviction(requeue, mark, delete, remove, waiting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,19 @@ class LifecycleStore:
         success.append(ops.put(alloc_key, allocation.to_bytes()))
         return (await self._etcd.txn(compares, success)).succeeded
 
+    async def mark_evicting(self, host: str, vms: Sequence[BoundVm], *, reason: str, message: str) -> bool:
+        """Mark bindings of a live host evicting (its agent destroys those VMs, then
+        queues them again). One txn comparing each binding's mod_revision; False when
+        any changed (the caller re-reads)."""
+        k = self._keys
+        compares, success = [], []
+        for vm in vms:
+            key = k.binding(host, vm.ref)
+            compares.append(ops.mod_revision_is(key, vm.mod_revision))
+            marked = Binding(vm.binding.spec, vm.binding.host, vm.binding.zone, reason, message)
+            success.append(ops.put(key, marked.to_bytes()))
+        return (await self._etcd.txn(compares, success)).succeeded
+
     async def declare_dead(self, host: str, fence: Compare) -> bool:
         """Mark ``host`` dead if it is still missing (no registration) and not
         marked yet, under ``fence``; True if this call marked it. From then on no
@@ -210,6 +230,9 @@ class HostEvictor:
                     await self._vms.request_delete(vm.ref, guard=guard)
                 except (NotFound, Conflict) as err:
                     log.info("restart-policy deletion skipped", extra={"vm": vm.ref.name, "error": str(err)})
+            for i in range(0, len(plan.mark), chunk):
+                if await self._store.mark_evicting(host, plan.mark[i:i + chunk], reason=reason, message=message):
+                    log.info("VMs marked for eviction", extra={"host": host, "vms": len(plan.mark[i:i + chunk])})
             moves = [(vm, True) for vm in plan.requeue] + [(vm, False) for vm in plan.remove]
             for i in range(0, len(moves), chunk):
                 part = moves[i:i + chunk]
@@ -225,4 +248,6 @@ class HostEvictor:
                                                       "removed": sum(not q for _, q in part), "reason": reason})
             if not moves:
                 read = await self._store.host_bindings(host)
+            if not plan.requeue and not plan.remove and not plan.delete:
+                return read  # marked: the agent takes it from here (callers wait and call again)
         return read

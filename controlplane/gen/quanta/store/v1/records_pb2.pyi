@@ -81,16 +81,20 @@ class VmStatus(_message.Message):
     def __init__(self, state: _Optional[int] = ..., host: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., update_time_ns: _Optional[int] = ..., accepted_time_ns: _Optional[int] = ...) -> None: ...
 
 class Binding(_message.Message):
-    __slots__ = ("spec", "host", "delete_time_ns", "zone")
+    __slots__ = ("spec", "host", "delete_time_ns", "zone", "evict_reason", "evict_message")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     DELETE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
+    EVICT_REASON_FIELD_NUMBER: _ClassVar[int]
+    EVICT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     spec: VmSpec
     host: str
     delete_time_ns: int
     zone: str
-    def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., host: _Optional[str] = ..., delete_time_ns: _Optional[int] = ..., zone: _Optional[str] = ...) -> None: ...
+    evict_reason: str
+    evict_message: str
+    def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., host: _Optional[str] = ..., delete_time_ns: _Optional[int] = ..., zone: _Optional[str] = ..., evict_reason: _Optional[str] = ..., evict_message: _Optional[str] = ...) -> None: ...
 
 class ZoneGroup(_message.Message):
     __slots__ = ("vms",)
