@@ -30,15 +30,11 @@ class QuotaService(tenancy_pb2_grpc.QuotaServiceServicer):
         self._tenancy = tenancy
 
     async def _tenant_usage(self, tenant: str) -> Usage:
-        total = Usage()
-        for usage in (await self._tenancy.usages(tenant)).values():
-            total = total + usage
-        return total
+        return sum((await self._tenancy.usages(tenant)).values(), Usage())
 
     async def _project_quota(self, tenant: str, project: str) -> tenancy_pb2.Quota:
         found, revision = await self._tenancy.get_project(tenant, project)
-        usage = (await self._tenancy.usages(tenant)).get(project, Usage())
-        return project_quota_to_proto(found, revision, usage)
+        return project_quota_to_proto(found, revision, await self._tenancy.usage(tenant, project))
 
     async def GetQuota(self, request: tenancy_pb2.GetQuotaRequest, context) -> tenancy_pb2.Quota:
         tenant, project = validation.parse_quota_name(request.name)

@@ -43,13 +43,8 @@ class Catalog:
         return self._private.items.get(f"{tenant}/{flavor_id}") or self._public.items.get(flavor_id)
 
     def flavors_for(self, tenant: str) -> dict[str, Flavor]:
-        """Every flavor id ``tenant`` may use."""
-        found = dict(self._public.items)
-        prefix = f"{tenant}/"
-        for key, flavor in self._private.items.items():
-            if key.startswith(prefix):
-                found[key[len(prefix):]] = flavor
-        return found
+        """Every flavor id ``tenant`` may use (a private one hides a public one)."""
+        return {**self._public.items, **self.private_flavors(tenant)}
 
     def private_flavors(self, tenant: str) -> dict[str, Flavor]:
         prefix = f"{tenant}/"

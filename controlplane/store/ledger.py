@@ -97,10 +97,7 @@ class _State:
 
     @property
     def total(self) -> Usage:
-        total = Usage()
-        for usage, _revision in self.stripes.values():
-            total = total + usage
-        return total
+        return sum((usage for usage, _revision in self.stripes.values()), Usage())
 
 
 def stripes_from(kvs: list[KeyValue]) -> dict[int, tuple[Usage, int]]:
@@ -153,11 +150,6 @@ class UsageLedger:
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
         return await future
-
-    async def usage(self, tenant: str, project: str) -> Usage:
-        """A project's usage now: the sum of its stripes."""
-        kvs, _revision = await self._etcd.range_prefix(self._keys.usage_prefix(tenant, project))
-        return _State(None, 0, stripes_from(kvs), 0).total
 
     async def _drain(self, tenant: str, project: str, lane: _Lane) -> None:
         try:

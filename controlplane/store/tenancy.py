@@ -187,6 +187,11 @@ class TenancyStore:
         kvs, revision = await self._etcd.range_prefix(self._keys.projects_prefix(tenant_id))
         return [(Project.from_bytes(kv.value), kv.mod_revision) for kv in kvs], revision
 
+    async def usage(self, tenant_id: str, project_id: str) -> Usage:
+        """A project's usage: the sum of its stripes (zero if it never held a VM)."""
+        kvs, _revision = await self._etcd.range_prefix(self._keys.usage_prefix(tenant_id, project_id))
+        return sum((Usage.from_bytes(kv.value) for kv in kvs), Usage())
+
     async def usages(self, tenant_id: str) -> dict[str, Usage]:
         """Each project's usage (the sum of its stripes), by project id; projects that
         never held a VM are absent."""
