@@ -73,40 +73,31 @@ class TokenAuthority:
         shape: ``INVALID_TOKEN``; past its expiry: ``TOKEN_EXPIRED``). Does not check
         revocation."""
         moment = time.time() if now is None else now
-        cached = self._cache.get(bearer)
-        if cached is not None:
-            if moment > cached.expires_at + LEEWAY_S:
-                self._cache.pop(bearer, None)
-                raise InvalidToken("the token has expired", "TOKEN_EXPIRED")
-            return cached
+        principal = self._cache.get(bearer)
+        if principal is None:
+            principal = self._decode(bearer)
+            self._cache[bearer] = principal
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        if moment > principal.expires_at + LEEWAY_S:
+            self._cache.pop(bearer, None)
+            raise InvalidToken("the token has expired", "TOKEN_EXPIRED")
+        return principal
+
+    def _decode(self, bearer: str) -> Principal:
+        """The principal of a token whose signature and claims hold; its expiry is the
+        caller's to check (against the wall clock or, in tests, a given moment)."""
         try:
-            claims = jwt.decode(
-                bearer, self._public, algorithms=[ALGORITHM], issuer=ISSUER, leeway=LEEWAY_S,
-                options={"require": ["exp", "iat", "sub", "jti", "iss"], "verify_iat": False},
-            ) if now is None else self._decode_at(bearer, moment)
+            claims = jwt.decode(bearer, self._public, algorithms=[ALGORITHM], issuer=ISSUER,
+                                options={"require": ["exp", "iat", "sub", "jti", "iss"], "verify_exp": False,
+                                         "verify_iat": False})
             grants = tuple(Grant.from_claim(c) for c in claims.get("grants", []))
             malformed = [str(g) for g in grants if scope_error(g)]
             if malformed:  # only our key signs tokens, and issuing checks grants: defence in depth
                 raise ValueError(f"malformed grants {malformed}")
-            principal = Principal(str(claims["sub"]), grants, str(claims["jti"]), float(claims["exp"]))
-        except jwt.ExpiredSignatureError as err:
-            raise InvalidToken("the token has expired", "TOKEN_EXPIRED") from err
+            return Principal(str(claims["sub"]), grants, str(claims["jti"]), float(claims["exp"]))
         except (jwt.PyJWTError, KeyError, ValueError, TypeError) as err:
             raise InvalidToken(f"the token is not valid: {err}") from err
-        self._cache[bearer] = principal
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return principal
-
-    def _decode_at(self, bearer: str, moment: float) -> dict:
-        # PyJWT checks expiry against the wall clock; with an explicit `now` (tests),
-        # verify the signature and claims, then the expiry ourselves.
-        claims = jwt.decode(bearer, self._public, algorithms=[ALGORITHM], issuer=ISSUER,
-                            options={"require": ["exp", "iat", "sub", "jti", "iss"], "verify_exp": False,
-                                     "verify_iat": False})
-        if moment > float(claims["exp"]) + LEEWAY_S:
-            raise jwt.ExpiredSignatureError("expired")
-        return claims
 
 
 async def load_authority(client: EtcdClient, keys: Keys) -> TokenAuthority:
