@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 
+from controlplane import logcontext
 from controlplane.api import errors
 from controlplane.auth.policy import Action, Decision, decide
 from controlplane.auth.principal import Principal, current
@@ -32,9 +33,11 @@ def require(action: Action, tenant: str = "", project: str | None = None, *, kin
     decision = decide(principal, action, tenant, project)
     if decision is Decision.HIDDEN:
         raise errors.not_found(kind, name)
-    scope = audit_scope.get()
-    if scope is not None and tenant:
-        scope.update(tenant=tenant, resource=name)
+    if tenant:
+        logcontext.tenant.set(tenant)  # reset with the RPC's other context (AuthInterceptor)
+        scope = audit_scope.get()
+        if scope is not None:
+            scope.update(tenant=tenant, resource=name)
     if decision is Decision.DENIED:
         raise errors.permission_denied(f"{principal.subject} may not {action.value.replace('-', ' ')} on {name}",
                                        "ROLE_NOT_GRANTED")

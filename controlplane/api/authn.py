@@ -2,9 +2,9 @@
 
 - :class:`AuthInterceptor` reads ``authorization: Bearer <token>``, verifies it
   offline (signature, expiry) and against the watched revocation list, binds the
-  caller to :data:`controlplane.auth.principal.current` (and its subject and the
-  request's tenant to the log context), then spends one token of the caller's
-  rate-limit bucket. Health checks and reflection need no token.
+  caller to :data:`controlplane.auth.principal.current` (and its subject to the log
+  context; ``access.require`` adds the tenant it authorised), then spends one token
+  of the caller's rate-limit bucket. Health checks and reflection need no token.
 - :class:`AuditInterceptor` appends an audit record for every mutation an
   authenticated caller attempts (allowed or not), with its final status code.
 
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import aclosing
+from collections.abc import Iterator
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 import grpc
@@ -99,25 +100,34 @@ class AuthInterceptor(_BehaviorInterceptor):
             return handler
         return super()._wrap_handler(handler, method)
 
+    @staticmethod
+    @contextmanager
+    def _bound(principal: Principal) -> Iterator[None]:
+        """The caller, and its subject in the log context, for the RPC's duration. The
+        log context's tenant starts empty: :func:`access.require` fills in the tenant
+        the caller was found allowed to act on."""
+        tokens = (current.set(principal), logcontext.subject.set(principal.subject), logcontext.tenant.set(None))
+        try:
+            yield
+        finally:
+            try:
+                logcontext.tenant.reset(tokens[2])
+                logcontext.subject.reset(tokens[1])
+                current.reset(tokens[0])
+            except ValueError:
+                pass  # a stream closed from another context; the RPC's task context dies with it
+
     def wrap_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            principal = self.authenticate(context)
-            token, subject = current.set(principal), logcontext.subject.set(principal.subject)
-            tenant = logcontext.tenant.set(tenant_of(resource_of(request)) or None)
-            try:
+            with self._bound(self.authenticate(context)):
                 return await behavior(request, context)
-            finally:
-                logcontext.tenant.reset(tenant)
-                logcontext.subject.reset(subject)
-                current.reset(token)
 
         return authenticated
 
     def wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
         async def authenticated(request: Any, context: grpc.aio.ServicerContext):
             principal = self.authenticate(context)
-            token, subject = current.set(principal), logcontext.subject.set(principal.subject)
-            try:
+            with self._bound(principal):
                 async with aclosing(behavior(request, context)) as responses:
                     async for response in responses:
                         # A stream outlives its token's checks at the start: end it once the
@@ -127,12 +137,6 @@ class AuthInterceptor(_BehaviorInterceptor):
                         if time.time() > principal.expires_at + LEEWAY_S:
                             raise errors.unauthenticated("the token has expired", "TOKEN_EXPIRED")
                         yield response
-            finally:
-                try:
-                    logcontext.subject.reset(subject)
-                    current.reset(token)
-                except ValueError:
-                    pass  # closed from another context
 
         return authenticated
 
