@@ -225,19 +225,19 @@ class Client:
                 return
 
     def get_host(self, host_id: str) -> host_pb2.Host:
-        name = host_id if host_id.startswith("hosts/") else f"hosts/{host_id}"
+        name = _named("hosts/", host_id)
         return self._call(self._hosts.GetHost, host_pb2.GetHostRequest(name=name), retries=3)
 
     def set_maintenance(self, host_id: str, maintenance: bool = True) -> host_pb2.Host:
         """Take a host out of placement (or put it back); system admins. Idempotent."""
-        name = host_id if host_id.startswith("hosts/") else f"hosts/{host_id}"
+        name = _named("hosts/", host_id)
         return self._call(self._hosts.SetMaintenance,
                           host_pb2.SetMaintenanceRequest(name=name, maintenance=maintenance), retries=3)
 
     def drain_host(self, host_id: str, *, timeout_s: float = 300.0) -> host_pb2.Host:
         """Maintenance, then move every VM off the host by its restart policy; blocks
         until the host is empty (DEADLINE_EXCEEDED after ``timeout_s``). Safe to retry."""
-        name = host_id if host_id.startswith("hosts/") else f"hosts/{host_id}"
+        name = _named("hosts/", host_id)
         request = host_pb2.DrainHostRequest(name=name)
         request.timeout.FromNanoseconds(int(timeout_s * 1e9))
         return self._call(self._hosts.DrainHost, request, retries=3, timeout=timeout_s + 10)
@@ -346,11 +346,11 @@ class Client:
             grants=[auth_pb2.Grant(role=ROLES[r], tenant=t, project=p) for r, t, p in grants]))
 
     def get_token(self, token_id: str) -> auth_pb2.Token:
-        name = token_id if token_id.startswith("tokens/") else f"tokens/{token_id}"
+        name = _named("tokens/", token_id)
         return self._call(self._tokens.GetToken, auth_pb2.GetTokenRequest(name=name), retries=3)
 
     def revoke_token(self, token_id: str) -> auth_pb2.Token:
-        name = token_id if token_id.startswith("tokens/") else f"tokens/{token_id}"
+        name = _named("tokens/", token_id)
         return self._call(self._tokens.RevokeToken, auth_pb2.RevokeTokenRequest(name=name))
 
     def whoami(self) -> auth_pb2.Token:
@@ -366,6 +366,11 @@ class Client:
         yield from _stream(self._audit.WatchAuditRecords(auth_pb2.WatchAuditRecordsRequest(
             parent=f"tenants/{tenant}" if tenant else "", resource_version=resource_version), timeout=timeout),
             timeout)
+
+
+def _named(collection: str, id_or_name: str) -> str:
+    """``"hosts/", "h1"`` → ``"hosts/h1"``; a full name is kept as it is."""
+    return id_or_name if id_or_name.startswith(collection) else f"{collection}{id_or_name}"
 
 
 def _stream(stream, timeout: float | None) -> Iterator:
