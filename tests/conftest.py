@@ -41,6 +41,21 @@ def root() -> str:
     return f"/t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
 
 
+def make_projects(etcd_endpoint: str, root: str, tenant: str, *projects: str) -> None:
+    """Make ``tenant`` and its ``projects`` (unlimited) under the test's key prefix, as
+    store-level tests need: every VM is charged to a project that must exist."""
+    from controlplane.etcd import EtcdClient
+    from controlplane.store.keys import Keys
+    from controlplane.store.tenancy import ensure_project
+
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            for project in projects:
+                await ensure_project(client, Keys(root), tenant, project)
+
+    asyncio.run(main())
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
                message: str = "condition") -> object:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""

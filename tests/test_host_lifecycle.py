@@ -33,9 +33,9 @@ from controlplane.store.keys import Keys, shard_of
 from controlplane.store.lifecycle import REASON_DEAD, REASON_DRAINED, HostEvictor, LifecycleStore, plan_eviction
 from controlplane.store.scheduling import HostBind, SchedulingStore
 from controlplane.store.shards import ShardLock
-from controlplane.store.tenancy import ensure_project
 from controlplane.store.vms import VmRecord, VmStore
 from scheduler.lifecycle import HostReaper, MissingClock
+from tests.conftest import make_projects
 
 SHARDS = 4
 SMALL = Resources(1, 1024, 10)
@@ -115,13 +115,8 @@ def test_host_state_shows_dead_until_the_marker_is_lifted():
 # --- against etcd ----------------------------------------------------------------------
 
 @pytest.fixture(autouse=True)
-def _project(request, etcd_endpoint: str, root: str) -> None:
-    async def main() -> None:
-        async with EtcdClient(etcd_endpoint) as client:
-            await ensure_project(client, Keys(root), "acme", "web")
-
-    if "etcd_endpoint" in request.fixturenames:
-        asyncio.run(main())
+def _project(etcd_endpoint: str, root: str) -> None:
+    make_projects(etcd_endpoint, root, "acme", "web")
 
 
 async def bind_all(vms: VmStore, sched: SchedulingStore, host: str, specs: list[VmSpec]) -> None:

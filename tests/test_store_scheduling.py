@@ -26,8 +26,8 @@ from controlplane.store.hostagent import AgentStore, StatusUpdate
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore
 from controlplane.store.shards import ShardLock
-from controlplane.store.tenancy import ensure_project
 from controlplane.store.vms import VmStore
+from tests.conftest import make_projects
 
 SHARDS = 4
 SMALL = Resources(1, 1024, 10)
@@ -40,12 +40,7 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
 @pytest.fixture(autouse=True)
 def _projects(etcd_endpoint: str, root: str) -> None:
     """The projects these tests create VMs in (a VM's quota is charged to its project)."""
-    async def main() -> None:
-        async with EtcdClient(etcd_endpoint) as client:
-            for project in ('web',):
-                await ensure_project(client, Keys(root), "acme", project)
-
-    asyncio.run(main())
+    make_projects(etcd_endpoint, root, "acme", "web")
 
 
 def make_spec(vm_id: str, *, request_id: str = "", resources: Resources = SMALL) -> VmSpec:

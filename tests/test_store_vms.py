@@ -28,8 +28,8 @@ from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.retention import RetentionLeases
 from controlplane.store.scheduling import HostBind, SchedulingStore
-from controlplane.store.tenancy import ensure_project
 from controlplane.store.vms import VmChange, VmRecord, VmStore
+from tests.conftest import make_projects
 
 SHARDS = 4
 TENANT, PROJECT = "acme", "web"
@@ -42,12 +42,7 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
 @pytest.fixture(autouse=True)
 def _projects(etcd_endpoint: str, root: str) -> None:
     """The projects these tests create VMs in (a VM's quota is charged to its project)."""
-    async def main() -> None:
-        async with EtcdClient(etcd_endpoint) as client:
-            for project in ('web', 'other'):
-                await ensure_project(client, Keys(root), "acme", project)
-
-    asyncio.run(main())
+    make_projects(etcd_endpoint, root, "acme", "web", "other")
 
 
 def make_spec(vm_id: str, *, request_id: str = "", labels: dict[str, str] | None = None,
