@@ -5,6 +5,7 @@ existence leak); one it may read but not act on is PERMISSION_DENIED."""
 from __future__ import annotations
 
 import contextvars
+from typing import Protocol
 
 from controlplane import logcontext
 from controlplane.api import errors
@@ -16,6 +17,23 @@ audit_scope: contextvars.ContextVar[dict | None] = contextvars.ContextVar("quant
 records in it the tenant and resource the caller was found allowed (or visibly
 denied) to act on, so audit records are filed by what was authorised, never by a
 name the request body merely claims."""
+
+
+class AuditDraft(Protocol):
+    """The success record of the mutation being handled, for a service to write in
+    the mutation's own transaction (then the audit interceptor writes none)."""
+
+    async def writes(self) -> list:
+        """The ops (puts) that file the record; [] if there is none to file."""
+
+    def committed(self) -> None:
+        """Tell the interceptor the writes were committed with the mutation."""
+
+
+def audit_draft() -> AuditDraft | None:
+    """The draft of the audited call being handled (None outside one)."""
+    scope = audit_scope.get()
+    return scope.get("draft") if scope is not None else None
 
 
 def caller() -> Principal:

@@ -5,8 +5,9 @@
   caller to :data:`controlplane.auth.principal.current` (and its subject to the log
   context; ``access.require`` adds the tenant it authorised), then spends one token
   of the caller's rate-limit bucket. Health checks and reflection need no token.
-- :class:`AuditInterceptor` appends an audit record for every mutation an
-  authenticated caller attempts (allowed or not), with its final status code.
+- :class:`AuditInterceptor` writes an audit record for every mutation an
+  authenticated caller attempts (allowed or not), with its final status code,
+  and answers once the record is in etcd (see :mod:`controlplane.store.audit`).
 
 Both sit inside ErrorInterceptor (their ApiErrors become statuses) and the auth one
 outside the audit one (records name the caller); see :func:`controlplane.frontend.serve`.
@@ -14,6 +15,7 @@ outside the audit one (records name the caller); see :func:`controlplane.fronten
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 AUTH_REFUSALS = Counter("quanta_api_auth_refusals_total",
                         "Requests refused before their handler: bad or missing tokens, and rate limits, by reason.",
                         ["reason"])
+
+AUDIT_UNWRITTEN = Counter("quanta_api_audit_unwritten_answers_total",
+                          "Mutations answered before their audit record was written (etcd too slow for the "
+                          "caller's deadline); the record stays queued.")
+MAX_AUDIT_WAIT_S = 5.0
 
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 _READ_VERBS = ("Get", "List", "Watch")
@@ -184,11 +191,15 @@ class AuditInterceptor(_BehaviorInterceptor):
         async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
             code, message = "OK", ""
             scope: dict = {}
+            draft = scope["draft"] = _Draft(self, short, request, context, scope)
             token = audit_scope.set(scope)
             try:
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 code = context.code().name if isinstance(context.code(), grpc.StatusCode) else "UNKNOWN"
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
                 raise
             except Exception as exc:
                 api = error_for_exception(exc)
@@ -196,30 +207,66 @@ class AuditInterceptor(_BehaviorInterceptor):
                 raise
             finally:
                 audit_scope.reset(token)
-                try:
-                    self._record(short, request, context, code, message, scope)
-                except Exception:  # noqa: BLE001 - auditing must never fail the call it records
-                    log.exception("audit record failed", extra={"method": short})
+                written = None
+                if not (draft.done and code == "OK"):  # else written with the mutation
+                    try:
+                        record = self.record(short, request, context, code, message, scope)
+                        written = self._log.append(record) if record is not None else None
+                    except Exception:  # noqa: BLE001 - auditing must never fail the call it records
+                        log.exception("audit record failed", extra={"method": short})
+                if written is not None and code != "CANCELLED":  # a cancelled call has no one to answer
+                    await self._until_written(written, context, short)
 
         return audited
+
+    async def _until_written(self, written: asyncio.Future, context: grpc.aio.ServicerContext, method: str) -> None:
+        """Hold the answer until its audit record is in etcd, or until the caller's
+        deadline is near (at most MAX_AUDIT_WAIT_S): then answer anyway, the record
+        stays queued."""
+        remaining = context.time_remaining()
+        patience = MAX_AUDIT_WAIT_S if remaining is None else min(MAX_AUDIT_WAIT_S, max(0.0, remaining * 0.9))
+        done, _ = await asyncio.wait({written}, timeout=patience)
+        if not done:
+            AUDIT_UNWRITTEN.inc()
+            log.warning("answering before the audit record is written", extra={"method": method})
 
     def wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
         return behavior
 
-    def _record(self, method: str, request: Any, context: grpc.aio.ServicerContext, code: str, message: str,
-                scope: dict) -> None:
-        """File the record under the tenant the caller was authorised (or visibly denied)
-        for; an attempt that never got that far (bad input, a scope hidden from the
-        caller, a global resource) goes to the system's log (tenant "")."""
+    def record(self, method: str, request: Any, context: grpc.aio.ServicerContext, code: str, message: str,
+               scope: dict) -> trec.AuditRecord | None:
+        """The call's record (None for an unauthenticated call), filed under the tenant
+        the caller was authorised (or visibly denied) for; an attempt that never got
+        that far (bad input, a scope hidden from the caller, a global resource) goes
+        to the system's log (tenant "")."""
         principal = current.get()
         if principal is None:
-            return
+            return None
         resource = resource_of(request)
         tenant = scope.get("tenant", "")
         if tenant and tenant_of(resource) != tenant:
             resource = scope["resource"]  # what the request claims is not what was authorised
-        self._log.append(trec.AuditRecord(
+        return trec.AuditRecord(
             time_ns=now_ns(), subject=principal.subject, method=method, resource=resource,
             tenant=tenant, peer=context.peer() or "", code=code, message=message[:500],
             request_id=logcontext.request_id.get() or "", token_id=principal.token_id,
-        ))
+        )
+
+
+class _Draft:
+    """:class:`controlplane.api.access.AuditDraft` of one audited call."""
+
+    __slots__ = ("_interceptor", "_method", "_request", "_context", "_scope", "done")
+
+    def __init__(self, interceptor: AuditInterceptor, method: str, request: Any,
+                 context: grpc.aio.ServicerContext, scope: dict):
+        self._interceptor, self._method, self._request = interceptor, method, request
+        self._context, self._scope = context, scope
+        self.done = False
+
+    async def writes(self) -> list:
+        record = self._interceptor.record(self._method, self._request, self._context, "OK", "", self._scope)
+        return [] if record is None else [await self._interceptor._log.put(record)]
+
+    def committed(self) -> None:
+        self.done = True

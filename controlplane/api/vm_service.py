@@ -13,7 +13,7 @@ import grpc
 from prometheus_client import Counter
 
 from controlplane.api import errors, validation
-from controlplane.api.access import require
+from controlplane.api.access import audit_draft, require
 from controlplane.api.convert import RESTART_POLICY_FROM_PROTO, SCOPE_FROM_PROTO, vm_to_proto
 from controlplane.api.streams import watch_with_bookmarks
 from controlplane.auth.policy import Action
@@ -91,8 +91,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             anti_affinity_scope=SCOPE_FROM_PROTO[vm.anti_affinity_scope], affinity_group=vm.affinity_group,
             affinity_scope=SCOPE_FROM_PROTO[vm.affinity_scope],
         )
+        draft = audit_draft()
         try:
-            record, created = await self._store.create(spec)
+            record, created = await self._store.create(spec, also=await draft.writes() if draft else ())
         except RequestReplayed as err:
             raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_ALREADY_USED", str(err),
                                   metadata={"request_id": request.request_id, "created": err.made}) from err
@@ -108,6 +109,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             raise errors.aborted(str(err)) from err
         if created:
             CREATIONS_ACCEPTED.inc()
+            if draft:
+                draft.committed()
         return vm_to_proto(record)
 
     async def GetVm(self, request: vm_pb2.GetVmRequest, context) -> vm_pb2.Vm:
@@ -150,12 +153,16 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         tenant, project, vm_id = validation.parse_vm_name(request.name)
         require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
         ref = VmRef(tenant, project, vm_id)
+        draft = audit_draft()
         try:
-            deletion = await self._store.request_delete(ref, etag=request.etag)
+            deletion = await self._store.request_delete(ref, etag=request.etag,
+                                                        also=await draft.writes() if draft else ())
         except NotFound as err:
             raise errors.not_found("vm", request.name) from err
         except Conflict as err:
             raise errors.aborted(str(err), "ETAG_MISMATCH" if request.etag else "CONFLICT") from err
+        if deletion.changed and draft:
+            draft.committed()
         vm = vm_to_proto(deletion.record)
         vm.resource_version = deletion.revision
         return vm

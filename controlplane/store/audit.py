@@ -1,10 +1,13 @@
-"""The audit log: one record per mutation attempt, written in batches.
+"""The audit log: one record per mutation attempt, written by group commit.
 
-Records are appended by the frontend after the mutation's outcome is known (so a
-refused attempt is recorded too) and flushed every few milliseconds in one
-transaction per batch, under a retention lease. A frontend killed between answering
-and flushing loses at most that window's records (``flush_interval_s``); the
-mutation itself is unaffected.
+A frontend records each attempt once its outcome is known (so a refused attempt is
+recorded too) and answers the caller only after the record is in etcd: an answered
+mutation is audited even if the frontend is killed right after. Records queued while
+a write is in flight go together in the next one, one atomic transaction per
+``max_txn_ops`` records (a failed transaction is retried whole, never half-written
+twice). If etcd cannot take a record within the caller's patience the answer goes
+out anyway and the record stays queued, retried until it is written or the process
+stops.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from controlplane.store.retention import RetentionLeases
 log = logging.getLogger(__name__)
 
 DEFAULT_AUDIT_RETENTION_S = 30 * 24 * 3600
+RETRY_S = (0.05, 2.0)
+"""Backoff between failed writes: first, at most."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,62 +37,98 @@ class AuditEntry:
     record: trec.AuditRecord
 
 
+@dataclass(slots=True)
+class _Pending:
+    key: bytes
+    value: bytes
+    written: asyncio.Future[None]
+
+
 def _entry(prefix: bytes, kv: KeyValue) -> AuditEntry:
     return AuditEntry(kv.key[len(prefix):].decode(), trec.AuditRecord.FromString(kv.value))
 
 
 class AuditLog:
-    def __init__(self, client: EtcdClient, keys: Keys, *, retention_s: int = DEFAULT_AUDIT_RETENTION_S,
-                 flush_interval_s: float = 0.05):
+    def __init__(self, client: EtcdClient, keys: Keys, *, retention_s: int = DEFAULT_AUDIT_RETENTION_S):
         self._etcd = client
         self._keys = keys
         self._leases = RetentionLeases(client, retention_s)
-        self._flush_s = flush_interval_s
-        self._buffer: list[tuple[bytes, bytes]] = []
+        self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    def append(self, record: trec.AuditRecord) -> None:
-        """Queue ``record`` for the next flush; never blocks."""
-        key = self._keys.audit(record.tenant, record.time_ns, uuid.uuid4().hex[:12])
-        self._buffer.append((key, record.SerializeToString()))
+    def _key(self, record: trec.AuditRecord) -> bytes:
+        return self._keys.audit(record.tenant, record.time_ns, uuid.uuid4().hex[:12])
+
+    async def put(self, record: trec.AuditRecord) -> ops.RequestOp:
+        """The put that files ``record``, for a caller to run in its own transaction
+        (the mutation it records), instead of :meth:`append`."""
+        return ops.put(self._key(record), record.SerializeToString(), lease=await self._leases.current())
+
+    def append(self, record: trec.AuditRecord) -> asyncio.Future[None]:
+        """Queue ``record``; never blocks. The future is done once the record is
+        written (it never fails: a failed write is retried). Cancelling it does not
+        withdraw the record."""
+        pending = _Pending(self._key(record), record.SerializeToString(),
+                           asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
         self._wake.set()
+        return asyncio.shield(pending.written)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Flush what is queued, then stop."""
+        """Write what is queued (one attempt), then stop."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         try:
             await self.flush()
         except EtcdError as err:
-            log.warning("audit records lost at shutdown: %s", err, extra={"records": len(self._buffer)})
+            log.warning("audit records lost at shutdown: %s", err, extra={"records": len(self._queue)})
 
     async def flush(self) -> None:
-        """Write everything queued so far (one txn per --max-txn-ops records)."""
-        if not self._buffer:
+        """Write everything queued so far, one transaction per ``max_txn_ops`` records,
+        all in flight at once. Raises the first failure after putting the records of
+        every failed transaction back at the head of the queue."""
+        if not self._queue:
             return
-        batch, self._buffer = self._buffer, []
+        batch, self._queue = self._queue, []
+        limit = self._etcd.max_txn_ops
+        chunks = [batch[i:i + limit] for i in range(0, len(batch), limit)]
         try:
             lease = await self._leases.current()
-            await self._etcd.txn_chunked([ops.put(key, value, lease=lease) for key, value in batch])
+            results = await asyncio.gather(
+                *(self._etcd.txn([], [ops.put(p.key, p.value, lease=lease) for p in chunk]) for chunk in chunks),
+                return_exceptions=True)
         except BaseException:
-            self._buffer[:0] = batch  # keep them for the next attempt
+            self._queue[:0] = batch
             raise
+        failed = [p for chunk, result in zip(chunks, results, strict=True)
+                  if isinstance(result, BaseException) for p in chunk]
+        for chunk, result in zip(chunks, results, strict=True):
+            if not isinstance(result, BaseException):
+                for pending in chunk:
+                    if not pending.written.done():
+                        pending.written.set_result(None)
+        if failed:
+            self._queue[:0] = failed
+            raise next(r for r in results if isinstance(r, BaseException))
 
     async def _run(self) -> None:
+        backoff = RETRY_S[0]
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()
+                backoff = RETRY_S[0]
             except EtcdError as err:
-                log.warning("audit flush failed; retrying: %s", err, extra={"records": len(self._buffer)})
+                log.warning("audit write failed; retrying: %s", err, extra={"records": len(self._queue)})
                 self._wake.set()
-            await asyncio.sleep(self._flush_s)  # batch what arrives meanwhile
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_S[1])
 
     # --- reading -------------------------------------------------------------------------
 

@@ -55,11 +55,13 @@ class VmRecord:
 @dataclass(frozen=True, slots=True)
 class Deletion:
     """Outcome of a delete request: the VM as it is after it (DELETING), whether
-    it was removed at once (it was still pending), and the revision."""
+    it was removed at once (it was still pending), the revision, and whether this
+    request wrote anything (False: the VM was being deleted already)."""
 
     record: VmRecord
     removed: bool
     revision: int
+    changed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +92,17 @@ class VmStore:
 
     # --- create ------------------------------------------------------------------------
 
-    async def create(self, spec: VmSpec) -> tuple[VmRecord, bool]:
+    async def create(self, spec: VmSpec, *, also: Sequence = ()) -> tuple[VmRecord, bool]:
         """Store a new PENDING VM, queue it for its scheduler shard and charge its
-        project's quota, in one transaction.
+        project's quota, in one transaction, with the puts ``also`` (e.g. its audit
+        record; keys no other change writes).
 
         Idempotent by ``spec.request_id`` for the request retention: a retry
         returns the VM the first attempt made, or raises RequestReplayed if that
         VM is gone (never a second VM). Returns (record, created). Raises
         AlreadyExists when the name is taken by another request, NotFound when the
         project does not exist, QuotaExceeded when the VM does not fit its quota.
+        ``created`` False: nothing was written, ``also`` neither.
         """
         k = self._keys
         status = VmStatus(VmState.PENDING, update_time_ns=spec.create_time_ns,
@@ -110,7 +114,7 @@ class VmStore:
             Usage.of_vm(spec.resources),
             compares=[ops.absent(spec_key)],
             writes=[ops.put(spec_key, spec_bytes), ops.put(status_key, status.to_bytes()),
-                    ops.put(k.queue(spec.shard, spec.ref), spec_bytes)],
+                    ops.put(k.queue(spec.shard, spec.ref), spec_bytes), *also],
             reads=[vm_range],
             exclusive=(k.vm_prefix(spec.ref),),
         )
@@ -226,15 +230,17 @@ class VmStore:
 
     # --- delete ------------------------------------------------------------------------
 
-    async def request_delete(self, ref: VmRef, *, etag: str = "", guard: Sequence = ()) -> Deletion:
+    async def request_delete(self, ref: VmRef, *, etag: str = "", guard: Sequence = (),
+                             also: Sequence = ()) -> Deletion:
         """Request deletion of a VM.
 
         A pending VM is removed at once (``removed``). A bound VM is marked for
         deletion in its spec and its binding, in one txn; its agent then
         destroys it and removes it. Either way the VM's quota is released in the
-        same transaction. Idempotent. Raises NotFound, or Conflict when ``etag``
-        does not match or a ``guard`` compare (the caller's own, e.g. a fence)
-        keeps failing.
+        same transaction, with the puts ``also`` (as in :meth:`create`).
+        Idempotent: a VM already being deleted is returned, nothing written
+        (``changed`` False). Raises NotFound, or Conflict when ``etag`` does not
+        match or a ``guard`` compare (the caller's own, e.g. a fence) keeps failing.
         """
         k = self._keys
         guard = list(guard)
@@ -243,7 +249,7 @@ class VmStore:
             if etag and etag != record.etag:
                 raise Conflict(f"etag {etag} does not match {record.etag}")
             if record.spec.deleting:
-                return Deletion(record, False, record.resource_version)
+                return Deletion(record, False, record.resource_version, changed=False)
             spec = record.spec
             spec_key = k.vm_spec(ref)
             release = -Usage.of_vm(spec.resources)
@@ -251,7 +257,8 @@ class VmStore:
                 queue_key = k.queue(spec.shard, ref)
                 charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(queue_key),
                                           *guard],
-                                [ops.delete(k.vm_prefix(ref), prefix_end(k.vm_prefix(ref))), ops.delete(queue_key)],
+                                [ops.delete(k.vm_prefix(ref), prefix_end(k.vm_prefix(ref))), ops.delete(queue_key),
+                                 *also],
                                 exclusive=(k.vm_prefix(ref),))
                 try:
                     revision = await self._ledger.apply(ref.tenant, ref.project, charge)
@@ -271,7 +278,7 @@ class VmStore:
                 bound_guard, zone = ops.mod_revision_is(binding_key, kv.mod_revision), Binding.from_bytes(kv.value).zone
             charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), bound_guard, *guard],
                             [ops.put(spec_key, marked.to_bytes()),
-                             ops.put(binding_key, Binding(marked, record.status.host, zone).to_bytes())],
+                             ops.put(binding_key, Binding(marked, record.status.host, zone).to_bytes()), *also],
                             exclusive=(k.vm_prefix(ref),))
             try:
                 revision = await self._ledger.apply(ref.tenant, ref.project, charge)
