@@ -236,12 +236,10 @@ class ShardScheduler:
         except BaseException:
             # Unknown outcome: forget the assumptions; a bind that did apply comes
             # back through the watches (queue entry gone, allocation changed).
-            for bind in binds:
-                self._forget(bind)
+            self._forget_all(binds)
             raise
         if not result.fenced:
-            for bind in binds:
-                self._forget(bind)
+            self._forget_all(binds)
             raise ShardLost(f"shard {self.shard} was taken over")
         lost: list[HostBind] = []
         for bind, ok in zip(binds, result.committed, strict=True):
@@ -255,10 +253,18 @@ class ShardScheduler:
             else:
                 lost.append(bind)
         if lost:
+            self._hosts.notify()  # VMs turned away for what the lost binds assumed may fit now
             metrics.BIND_CONFLICTS.inc(len(lost))
             log.info("binds lost a race; retrying", extra={"shard": self.shard, "hosts": len(lost),
                                                            "vms": sum(len(b.vms) for b in lost)})
             await self._refresh(lost)
+
+    def _forget_all(self, binds: list[HostBind]) -> None:
+        """Forget binds that did not commit (as far as we know), and retry the VMs
+        that the assumptions of these binds turned away."""
+        for bind in binds:
+            self._forget(bind)
+        self._hosts.notify()
 
     def _forget(self, bind: HostBind) -> None:
         for vm in bind.vms:

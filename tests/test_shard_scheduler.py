@@ -1,0 +1,83 @@
+"""One ShardScheduler in process, on a real etcd: what it assumed for a bind that
+then failed must not keep other VMs waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from controlplane.etcd import EtcdClient, Lease
+from controlplane.models import HostRegistration, Resources, VmRef, VmSpec, now_ns
+from controlplane.store.hostagent import AgentStore
+from controlplane.store.hosts import HostStore
+from controlplane.store.keys import Keys
+from controlplane.store.scheduling import SchedulingStore
+from controlplane.store.shards import ShardLock
+from controlplane.store.vms import VmStore
+from controlplane.store.zones import ZoneStore
+from scheduler.hostsync import HostSync
+from scheduler.placement.view import HostView
+from scheduler.shard import ShardScheduler
+from scheduler.zonesync import ZoneSync
+from tests.conftest import async_wait_until, make_projects
+
+SMALL = Resources(1, 1024, 10)
+
+
+def _spec(vm_id: str) -> VmSpec:
+    return VmSpec(VmRef("acme", "web", vm_id), uuid.uuid4().hex, "small", "ubuntu", SMALL,
+                  create_time_ns=now_ns(), shard=0, anti_affinity_group="db")
+
+
+class _DeletedBeforeItsBind(SchedulingStore):
+    """Deletes the VMs of the first bind just before it is sent (a user deleting a
+    pending VM while it is being placed): that bind fails, nothing else changes."""
+
+    def __init__(self, client: EtcdClient, keys: Keys, vms: VmStore):
+        super().__init__(client, keys)
+        self._vms = vms
+        self.deleted: list[VmRef] = []
+
+    async def bind(self, fence, binds):
+        if not self.deleted:
+            self.deleted = [vm.spec.ref for bind in binds for vm in bind.vms]
+            for ref in self.deleted:
+                await self._vms.request_delete(ref)
+        return await super().bind(fence, binds)
+
+
+def test_a_vm_turned_away_for_a_bind_that_failed_is_placed(etcd_endpoint: str, root: str) -> None:
+    """Two anti-affine VMs, one host: the first is assumed there and the second turned
+    away (anti-affinity); the first is deleted before its bind commits, so the
+    second must be placed although no host's capacity changed."""
+    make_projects(etcd_endpoint, root, "acme", "web")
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client, Lease(client, 10) as lease:
+            vms = VmStore(client, keys)
+            await AgentStore(client, keys).register(
+                [HostRegistration("host-1", "sim", Resources(16, 65536, 1000))], lease.id)
+            for vm_id in ("vm-a", "vm-b"):  # both queued before the shard starts: one batch
+                await vms.create(_spec(vm_id))
+            store = _DeletedBeforeItsBind(client, keys, vms)
+            hosts, zones = HostSync(HostStore(client, keys), HostView()), ZoneSync(ZoneStore(client, keys))
+            lock = ShardLock(client, keys, 0, "test", lease)
+            await lock.acquire()
+            shard = ShardScheduler(0, store, hosts, lock, zones=zones, seed=1)
+            tasks = [asyncio.create_task(t) for t in (hosts.run(), zones.run(), shard.run())]
+            try:
+                await async_wait_until(lambda: store.deleted, timeout=30, message="the first bind")
+                (deleted,) = store.deleted
+                (other,) = {VmRef("acme", "web", "vm-a"), VmRef("acme", "web", "vm-b")} - {deleted}
+
+                async def bound() -> bool:
+                    return (await vms.get(other)).status.host == "host-1"
+
+                await async_wait_until(bound, timeout=30, message=f"{other.name} placed")
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(asyncio.wait_for(main(), timeout=90))
