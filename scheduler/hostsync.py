@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from controlplane.etcd import Compacted
 from controlplane.models import HostAllocation, Resources
-from controlplane.store.hosts import HostRecord, HostStore
+from controlplane.store.hosts import HostRecord, HostStore, HostTable
 from scheduler import metrics
 from scheduler.placement import HostSnapshot, HostView
 
@@ -80,8 +80,13 @@ class HostSync:
         self._hosts = hosts
         self.view = view
         self.ready = asyncio.Event()
+        #: The hosts' records as of the last watch event (a new table after each listing).
+        self.table = HostTable(hosts.keys)
         #: Called after capacity may have grown (a host joined or an allocation shrank).
         self.on_capacity: list[Callable[[], None]] = []
+        #: Called with the ids of hosts whose records changed in ``table``; None after a
+        #: (re-)listing: any host may have changed.
+        self.on_records: list[Callable[[list[str] | None], None]] = []
         # Counted at scrape time, not per watch event: a view holds up to 10,000s of hosts.
         metrics.HOSTS.labels("ready").set_function(lambda: sum(1 for h in view if h.ready))
         metrics.HOSTS.labels("missing").set_function(lambda: sum(1 for h in view if not h.ready))
@@ -116,6 +121,7 @@ class HostSync:
     async def run(self) -> None:
         while True:
             table, revision = await self._hosts.snapshot()
+            self.table = table
             records = table.records()
             known = set()
             for record in records:
@@ -125,18 +131,26 @@ class HostSync:
                 if snapshot.host_id not in known:
                     self.view.remove(snapshot.host_id)
             self.ready.set()
-            self._notify()
+            for callback in self.on_records:
+                callback(None)
+            self.notify()
             log.info("hosts listed", extra={"hosts": len(records), "revision": revision})
             try:
                 async for changed, _revision in self._hosts.watch(revision + 1, table):
                     grew = False
                     for record in changed:
                         grew |= self._apply(record)
+                    if self.on_records:
+                        hosts = [r if isinstance(r, str) else r.host for r in changed]
+                        for callback in self.on_records:
+                            callback(hosts)
                     if grew:
-                        self._notify()
+                        self.notify()
             except Compacted:
                 log.warning("host watch compacted; re-listing")
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Run the ``on_capacity`` callbacks: capacity may have grown (also when a
+        shard forgets what it had assumed, and may have turned VMs away for)."""
         for callback in self.on_capacity:
             callback()

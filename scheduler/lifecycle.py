@@ -2,8 +2,8 @@
 than the grace is declared dead, and its VMs are moved off by restart policy.
 
 Runs in exactly one process: the owner of shard 0, with every declaration
-fenced by that shard's lock. Flow: list hosts → watch → on each change or
-tick: start a clock for each newly missing host, declare dead the ones whose
+fenced by that shard's lock. Flow: follow the process's HostSync; on each change
+or tick: start a clock for each newly missing host, declare dead the ones whose
 clock ran out (one txn: still unregistered, not yet marked, fence), move the
 VMs off dead hosts (``HostEvictor``: compare-and-swap per binding), and lift
 the marker of a dead host whose agent is back once it holds no VMs (its agent
@@ -21,11 +21,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from controlplane.etcd import Compacted, EtcdError
+from controlplane.etcd import EtcdError
 from controlplane.etcd.ops import Compare
-from controlplane.store.hosts import HostRecord, HostStore, HostTable
+from controlplane.store.hosts import HostRecord
 from controlplane.store.lifecycle import HostEvictor, LifecycleStore
 from scheduler import metrics
+from scheduler.hostsync import HostSync
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def missing(record: HostRecord) -> bool:
 
 
 class HostReaper:
-    def __init__(self, hosts: HostStore, store: LifecycleStore, evictor: HostEvictor, fence: Callable[[], Compare],
+    def __init__(self, hosts: HostSync, store: LifecycleStore, evictor: HostEvictor, fence: Callable[[], Compare],
                  *, grace_s: float, tick_s: float | None = None, clock: Callable[[], float] = time.monotonic):
         self._hosts = hosts
         self._store = store
@@ -72,44 +73,59 @@ class HostReaper:
         self._now = clock
 
     async def run(self) -> None:
-        """Run until cancelled. etcd errors are logged and retried next tick."""
-        while True:
-            table, revision = await self._hosts.snapshot()
-            changed = asyncio.Event()
-            watcher = asyncio.create_task(self._watch(table, revision, changed), name="reaper-watch")
-            try:
-                while not watcher.done():
-                    changed.clear()
-                    try:
-                        await self.step(table.records())
-                    except EtcdError as err:
-                        log.warning("host reaper step failed; retrying", extra={"error": str(err)})
-                    try:
-                        async with asyncio.timeout(self._tick_s):
-                            await changed.wait()
-                    except TimeoutError:
-                        pass
-                try:
-                    watcher.result()
-                except Compacted:
-                    log.warning("reaper host watch compacted; re-listing")
-            finally:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+        """Run until cancelled. etcd errors are logged and retried next tick.
 
-    async def _watch(self, table: HostTable, revision: int, changed: asyncio.Event) -> None:
-        async for _changed, _revision in self._hosts.watch(revision + 1, table):
+        Follows the process's HostSync (no watch of its own). Each step looks only
+        at the hosts that changed since the last one (all of them after a listing)
+        and at the clocks: a bind storm on 10,000s of hosts costs a few records
+        per step, not a pass over the fleet."""
+        todo: set[str] = set()  # hosts to look at in the next step
+        changed = asyncio.Event()
+
+        def on_records(hosts: list[str] | None) -> None:
+            todo.update(self._hosts.table.hosts() if hosts is None else hosts)
             changed.set()
 
+        self._hosts.on_records.append(on_records)
+        try:
+            await self._hosts.ready.wait()
+            on_records(None)
+            while True:
+                changed.clear()
+                todo_now = set(todo)
+                todo.clear()
+                table, records = self._hosts.table, []
+                for host in sorted(todo_now):
+                    record = table.record(host)
+                    if record is None:
+                        self.clock.forget(host)  # no keys left: nothing to reap
+                    else:
+                        records.append(record)
+                try:
+                    await self.step(records)
+                except EtcdError as err:
+                    todo |= todo_now  # look at them again
+                    log.warning("host reaper step failed; retrying", extra={"error": str(err)})
+                try:
+                    async with asyncio.timeout(self._tick_s):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            self._hosts.on_records.remove(on_records)
+
     async def step(self, records: Iterable[HostRecord]) -> None:
-        """One pass over the hosts as ``records`` show them."""
+        """Observe the hosts as ``records`` show them (the ones that changed), declare
+        dead those missing past the grace (of all observed so far), and move VMs off
+        (or lift the marker of) the dead ones among ``records``."""
         now = self._now()
         records = list(records)
         for record in records:
             self.clock.observe(record.host, missing(record), now)
         for host in self.clock.due(now):
+            declared = await self._store.declare_dead(host, self._fence())  # raises: its clock stays, retried
             self.clock.forget(host)
-            if await self._store.declare_dead(host, self._fence()):
+            if declared:  # (its marker's watch event brings it back here if the eviction fails)
                 metrics.HOSTS_DECLARED_DEAD.inc()
                 log.warning("host declared dead", extra={"host": host, "grace_s": self.clock.grace_s})
                 await self._evictor.evict(host, dead=True, fence=self._fence())

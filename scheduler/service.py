@@ -78,7 +78,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
                 await shard.run()
                 return
             # Shard 0's owner also declares missing hosts dead: exactly one process at a time.
-            reaper = HostReaper(HostStore(client, keys), lifecycle, evictor, lock.fence,
+            reaper = HostReaper(hosts, lifecycle, evictor, lock.fence,
                                 grace_s=config.host_dead_after_s)
             async with asyncio.TaskGroup() as group:
                 group.create_task(shard.run(), name=f"shard-{lock.shard}")

@@ -34,7 +34,9 @@ from controlplane.store.lifecycle import REASON_DEAD, REASON_DRAINED, HostEvicto
 from controlplane.store.scheduling import HostBind, SchedulingStore
 from controlplane.store.shards import ShardLock
 from controlplane.store.vms import VmRecord, VmStore
+from scheduler.hostsync import HostSync
 from scheduler.lifecycle import HostReaper, MissingClock
+from scheduler.placement import HostView
 from tests.conftest import make_projects
 
 SHARDS = 4
@@ -242,7 +244,8 @@ def test_reaper_declares_after_the_grace_and_moves_vms_by_policy(etcd_endpoint: 
             lock = ShardLock(client, keys, 0, "sched-a", lease)
             await lock.acquire()
             now = [1000.0]
-            reaper = HostReaper(hosts, lifecycle, HostEvictor(lifecycle, vms), lock.fence, grace_s=60,
+            reaper = HostReaper(HostSync(hosts, HostView()), lifecycle, HostEvictor(lifecycle, vms), lock.fence,
+                                grace_s=60,
                                 clock=lambda: now[0])
 
             await client.delete(keys.host_reg("h1"))

@@ -90,6 +90,10 @@ class HostStore:
         self._etcd = client
         self._keys = keys
 
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
     async def snapshot(self, *, revision: int = 0) -> tuple[HostTable, int]:
         """Every known host at one revision (0: now), as a table to hand to
         ``watch(revision + 1, table)``. Raises Compacted."""
