@@ -61,7 +61,9 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     state_path = local_state_path()
-    print("starting etcd, frontends, scheduler and agent ...", flush=True)
+    schedulers = "scheduler" if args.schedulers == 1 else f"{args.schedulers} schedulers"
+    print(f"starting etcd, {args.frontends} frontends, {schedulers} and an agent of {args.hosts} hosts ...",
+          flush=True)
     try:
         system.start()
         _write_state(state_path, system)

@@ -53,9 +53,11 @@ QUOTA_REFUSALS = Counter("quanta_quota_exceeded_total", "Charges refused because
 
 
 class QuotaExceeded(StoreError):
+    """``usage``: what the project would use with the refused change."""
+
     def __init__(self, project: str, dimensions: list[str], limits: Limits, usage: Usage):
-        shown = ", ".join(f"{d} {getattr(usage, d)}/{getattr(limits, d)}" for d in dimensions)
-        super().__init__(f"quota of {project} exceeded in {shown} (in use/limit)")
+        shown = ", ".join(f"{d} would be {getattr(usage, d)} (limit {getattr(limits, d)})" for d in dimensions)
+        super().__init__(f"quota of {project} exceeded: {shown}")
         self.dimensions = dimensions
         self.limits = limits
         self.usage = usage
