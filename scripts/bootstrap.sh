@@ -15,13 +15,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "creating venv in $VENV" >&2
   "$PYTHON" -m venv "$VENV"
 fi
-# Reinstall when pyproject.toml changed since the last install (or extras differ).
+# Reinstall when pyproject.toml changed since the last install or extras are missing;
+# keep the extras installed before (scripts/up and scripts/test then share one install).
 STAMP="$VENV/.quanta-installed"
-WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $EXTRAS"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "installing quanta[$EXTRAS] into $VENV" >&2
+HASH="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+HAVE_HASH="" HAVE_EXTRAS=""
+if [ -f "$STAMP" ]; then read -r HAVE_HASH HAVE_EXTRAS < "$STAMP" || true; fi
+ALL="$(printf '%s\n' ${EXTRAS//,/ } ${HAVE_EXTRAS//,/ } | sort -u | paste -sd, -)"
+if [ "$HAVE_HASH" != "$HASH" ] || [ "$ALL" != "$HAVE_EXTRAS" ]; then
+  echo "installing quanta[$ALL] into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]" >&2
-  echo "$WANT" > "$STAMP"
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$ALL]" >&2
+  echo "$HASH $ALL" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
