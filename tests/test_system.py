@@ -4,6 +4,7 @@ user sees through the CLI and SDK, bad input, idempotent retries."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -311,3 +312,13 @@ def test_cli_options_go_before_or_after_the_verb(system, client):
                  "--image", "ubuntu")
     assert bad.returncode == 1
     assert "INVALID_ARGUMENT" in bad.stderr and "vm.flavor: unknown flavor 'huge'" in bad.stderr
+
+
+def test_cli_lists_in_json_are_one_array(system, client):
+    empty = quanta(system, client.project, "vm", "list", "--selector", "env=nowhere", "-o", "json")
+    assert empty.returncode == 0, empty.stderr
+    assert json.loads(empty.stdout) == []
+    for i in range(3):
+        client.create_vm(f"arr-{i}", flavor="small", image="ubuntu", labels={"env": "array"})
+    listed = quanta(system, client.project, "vm", "list", "--selector", "env=array", "-o", "json")
+    assert [vm["name"].rsplit("/", 1)[1] for vm in json.loads(listed.stdout)] == ["arr-0", "arr-1", "arr-2"]

@@ -11,7 +11,7 @@ import sys
 
 from google.protobuf.json_format import MessageToDict
 
-from controlplane.cli.resources import common_options, print_message, run_with_client
+from controlplane.cli.resources import common_options, print_list, print_message, run_with_client
 from controlplane.gen.quanta.v1 import common_pb2
 from controlplane.sdk import ROLES, Client
 from controlplane.tenancy import DIMENSIONS
@@ -145,8 +145,7 @@ def _run(kind: str, args, client: Client) -> None:  # noqa: C901 - one dispatch 
         elif verb == "get":
             show(client.get_tenant(args.id))
         elif verb == "list":
-            for tenant in client.list_tenants():
-                show(tenant)
+            print_list(client.list_tenants(), out, _row)
         else:
             show(client.delete_tenant(args.id, force=args.force))
     elif kind == "project":
@@ -156,8 +155,7 @@ def _run(kind: str, args, client: Client) -> None:  # noqa: C901 - one dispatch 
         elif verb == "get":
             show(client.get_project(args.id))
         elif verb == "list":
-            for project in client.list_projects():
-                show(project)
+            print_list(client.list_projects(), out, _row)
         else:
             show(client.delete_project(args.id, force=args.force))
     elif kind == "quota":
@@ -166,23 +164,20 @@ def _run(kind: str, args, client: Client) -> None:  # noqa: C901 - one dispatch 
         elif verb == "set":
             show(client.update_quota(_quota_name(args.id), args.limits))
         else:
-            for quota in client.list_quotas():
-                show(quota)
+            print_list(client.list_quotas(), out, _row)
     elif kind == "flavor":
         if verb == "create":
             show(client.create_flavor(args.id, vcpus=args.vcpus, memory_mib=args.memory_mib,
                                       disk_gib=args.disk_gib, tenant=args.tenant if args.private else ""))
         elif verb == "list":
-            for flavor in client.list_flavors():
-                show(flavor)
+            print_list(client.list_flavors(), out, _row)
         else:
             show(client.delete_flavor(args.id if "/" in args.id else f"flavors/{args.id}"))
     elif kind == "image":
         if verb == "create":
             show(client.create_image(args.id, source=args.source, os_name=args.os, size_gib=args.size_gib))
         elif verb == "list":
-            for image in client.list_images():
-                show(image)
+            print_list(client.list_images(), out, _row)
         else:
             show(client.delete_image(args.id))
     elif kind == "token":
@@ -203,8 +198,7 @@ def _run(kind: str, args, client: Client) -> None:  # noqa: C901 - one dispatch 
     elif kind == "audit":
         tenant = "" if args.all else args.tenant
         if verb == "list":
-            for record in client.list_audit(tenant=tenant):
-                show(record)
+            print_list(client.list_audit(tenant=tenant), out, _row)
         else:
             for event in client.watch_audit(tenant=tenant):
                 if event.type != common_pb2.BOOKMARK:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterable
 
 from google.protobuf.json_format import MessageToDict
 
@@ -32,6 +33,20 @@ def print_message(message, output: str, row) -> None:
         print(json.dumps(MessageToDict(message), indent=2), flush=True)
     else:
         print(row(message), flush=True)
+
+
+def print_list(messages: Iterable, output: str, row) -> None:
+    """A listing: one row per message, or (json) one JSON array, written as the
+    pages arrive ([] when empty)."""
+    if output != "json":
+        for message in messages:
+            print(row(message), flush=True)
+        return
+    sep = "[\n"
+    for message in messages:
+        sys.stdout.write(sep + json.dumps(MessageToDict(message), indent=2))
+        sep = ",\n"
+    print("[]" if sep == "[\n" else "\n]", flush=True)
 
 
 def common_options(suppress: bool) -> argparse.ArgumentParser:
@@ -124,8 +139,7 @@ def _run(kind: str, args, client: Client) -> None:
     out = args.output
     if kind == "host":
         if args.verb == "list":
-            for host in client.list_hosts():
-                print_message(host, out, _host_row)
+            print_list(client.list_hosts(), out, _host_row)
         elif args.verb == "maintenance":
             print_message(client.set_maintenance(args.name, not args.off), out, _host_row)
         elif args.verb == "drain":
@@ -147,8 +161,7 @@ def _run(kind: str, args, client: Client) -> None:
     elif args.verb == "get":
         print_message(client.get_vm(args.name), out, _vm_row)
     elif args.verb == "list":
-        for vm in client.list_vms(label_selector=args.selector):
-            print_message(vm, out, _vm_row)
+        print_list(client.list_vms(label_selector=args.selector), out, _vm_row)
     elif args.verb == "delete":
         print_message(client.delete_vm(args.name, etag=args.etag), out, _vm_row)
     elif args.verb == "watch":
