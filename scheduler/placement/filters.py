@@ -99,7 +99,7 @@ def host_affinity(request: PlacementRequest, host: HostSnapshot) -> Verdict:
 @named("ZoneAffinity")
 def zone_affinity(request: PlacementRequest, host: HostSnapshot) -> Verdict:
     """Rejects hosts outside the zones that run a zone-scoped VM of the request's
-    affinity group (zone scope); every host while that group runs nowhere."""
+    affinity group (zone scope): every host while that group runs nowhere."""
     zones = request.affinity_zones
     if zones is None:
         return FITS
