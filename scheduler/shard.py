@@ -189,7 +189,6 @@ class ShardScheduler:
                 self._waiting.add(ref)
                 message = placement.message()
                 if self._told.get(ref) != message:  # say it (and log it) once per reason
-                    self._told[ref] = message
                     unschedulable.append((vm, message))
                     log.info("no host fits", extra={"shard": self.shard, "vm": ref.name, "why": message})
                 continue
@@ -213,7 +212,10 @@ class ShardScheduler:
         if by_host:
             await self._bind(by_host, zone_of_host)
         if unschedulable:
-            await self._store.write_unschedulable(unschedulable)
+            await self._store.write_unschedulable(unschedulable)  # raises: told next time
+            for vm, message in unschedulable:
+                if vm.spec.ref in self._pending:
+                    self._told[vm.spec.ref] = message
         self._update_depth()
         metrics.PLACEMENT_SECONDS.observe(time.perf_counter() - started)
 

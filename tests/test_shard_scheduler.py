@@ -1,12 +1,13 @@
-"""One ShardScheduler in process, on a real etcd: what it assumed for a bind that
-then failed must not keep other VMs waiting."""
+"""One ShardScheduler in process, on a real etcd, with store calls that fail: what
+it assumed for a bind that then failed must not keep other VMs waiting, and a
+reason it could not write is written later."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 
-from controlplane.etcd import EtcdClient, Lease
+from controlplane.etcd import EtcdClient, EtcdError, Lease
 from controlplane.models import HostRegistration, Resources, VmRef, VmSpec, now_ns
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.hosts import HostStore
@@ -24,9 +25,24 @@ from tests.conftest import async_wait_until, make_projects
 SMALL = Resources(1, 1024, 10)
 
 
-def _spec(vm_id: str) -> VmSpec:
-    return VmSpec(VmRef("acme", "web", vm_id), uuid.uuid4().hex, "small", "ubuntu", SMALL,
+def _spec(vm_id: str, resources: Resources = SMALL) -> VmSpec:
+    return VmSpec(VmRef("acme", "web", vm_id), uuid.uuid4().hex, "small", "ubuntu", resources,
                   create_time_ns=now_ns(), shard=0, anti_affinity_group="db")
+
+
+async def _run_shard(client: EtcdClient, keys: Keys, lease: Lease, store: SchedulingStore, until) -> None:
+    """Run shard 0 (with its host and zone sync) until ``until()`` (a coroutine) returns."""
+    hosts, zones = HostSync(HostStore(client, keys), HostView()), ZoneSync(ZoneStore(client, keys))
+    lock = ShardLock(client, keys, 0, "test", lease)
+    await lock.acquire()
+    shard = ShardScheduler(0, store, hosts, lock, zones=zones, seed=1)
+    tasks = [asyncio.create_task(t) for t in (hosts.run(), zones.run(), shard.run())]
+    try:
+        await until()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _DeletedBeforeItsBind(SchedulingStore):
@@ -61,12 +77,8 @@ def test_a_vm_turned_away_for_a_bind_that_failed_is_placed(etcd_endpoint: str, r
             for vm_id in ("vm-a", "vm-b"):  # both queued before the shard starts: one batch
                 await vms.create(_spec(vm_id))
             store = _DeletedBeforeItsBind(client, keys, vms)
-            hosts, zones = HostSync(HostStore(client, keys), HostView()), ZoneSync(ZoneStore(client, keys))
-            lock = ShardLock(client, keys, 0, "test", lease)
-            await lock.acquire()
-            shard = ShardScheduler(0, store, hosts, lock, zones=zones, seed=1)
-            tasks = [asyncio.create_task(t) for t in (hosts.run(), zones.run(), shard.run())]
-            try:
+
+            async def until_the_other_is_placed() -> None:
                 await async_wait_until(lambda: store.deleted, timeout=30, message="the first bind")
                 (deleted,) = store.deleted
                 (other,) = {VmRef("acme", "web", "vm-a"), VmRef("acme", "web", "vm-b")} - {deleted}
@@ -75,9 +87,41 @@ def test_a_vm_turned_away_for_a_bind_that_failed_is_placed(etcd_endpoint: str, r
                     return (await vms.get(other)).status.host == "host-1"
 
                 await async_wait_until(bound, timeout=30, message=f"{other.name} placed")
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+
+            await _run_shard(client, keys, lease, store, until_the_other_is_placed)
+
+    asyncio.run(asyncio.wait_for(main(), timeout=90))
+
+
+class _FirstReasonFails(SchedulingStore):
+    """The first write of unschedulable reasons fails (etcd unavailable)."""
+
+    failed = False
+
+    async def write_unschedulable(self, items):
+        if not self.failed:
+            self.failed = True
+            raise EtcdError("injected: etcd unavailable")
+        return await super().write_unschedulable(items)
+
+
+def test_a_reason_that_could_not_be_written_is_written_later(etcd_endpoint: str, root: str) -> None:
+    make_projects(etcd_endpoint, root, "acme", "web")
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client, Lease(client, 10) as lease:
+            vms = VmStore(client, keys)
+            await AgentStore(client, keys).register(
+                [HostRegistration("host-1", "sim", Resources(2, 4096, 100))], lease.id)
+            too_big = _spec("too-big", Resources(8, 1024, 10))
+            await vms.create(too_big)
+            store = _FirstReasonFails(client, keys)
+
+            async def told() -> bool:
+                return store.failed and (await vms.get(too_big.ref)).status.reason == "NoHostFits"
+
+            await _run_shard(client, keys, lease, store,
+                             lambda: async_wait_until(told, timeout=30, message="the NoHostFits reason written"))
 
     asyncio.run(asyncio.wait_for(main(), timeout=90))
