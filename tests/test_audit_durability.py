@@ -10,10 +10,13 @@ import signal
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from prometheus_client import REGISTRY
+
 from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.local import LocalSystem
-from controlplane.models import VmRef
+from controlplane.models import VmRef, now_ns
+from controlplane.store.audit import AuditLog
 from controlplane.store.keys import Keys
 
 CALLS = 40
@@ -57,3 +60,32 @@ def test_a_vm_create_and_its_audit_record_are_one_transaction(etcd_server):
 
     created, audited = asyncio.run(revisions())
     assert audited == [created], f"{vm.name}: the record was written at {audited}, the VM at {created}"
+
+
+def test_records_too_large_together_are_written_alone_and_one_too_large_alone_is_dropped(etcd_endpoint, root):
+    """The test etcd takes requests up to 8 MiB: three 3 MB records fail together and
+    are written one by one; a 9 MB record is dropped (counted); none holds up the
+    small record queued behind them."""
+    mb = 1024 * 1024
+
+    async def main() -> set[str]:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            audit = AuditLog(client, keys, retention_s=60)
+            await audit.start()
+            try:
+                written = [audit.append(trec.AuditRecord(time_ns=now_ns(), tenant="t", method=name, message=body))
+                           for name, body in (("big-1", "x" * 3 * mb), ("big-2", "x" * 3 * mb),
+                                              ("big-3", "x" * 3 * mb), ("huge", "x" * 9 * mb), ("small", ""))]
+                await asyncio.wait_for(asyncio.gather(*written), timeout=60)
+            finally:
+                await audit.stop()
+            entries, _, _ = await audit.list("t", page_size=10)
+            return {entry.record.method for entry in entries}
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("quanta_audit_records_dropped_total") or 0.0
+
+    before = dropped()
+    assert asyncio.run(main()) == {"big-1", "big-2", "big-3", "small"}
+    assert dropped() == before + 1

@@ -6,8 +6,9 @@
   context; ``access.require`` adds the tenant it authorised), then spends one token
   of the caller's rate-limit bucket. Health checks and reflection need no token.
 - :class:`AuditInterceptor` writes an audit record for every mutation an
-  authenticated caller attempts (allowed or not), with its final status code,
-  and answers once the record is in etcd (see :mod:`controlplane.store.audit`).
+  authenticated caller attempts (allowed or not), with its final status code;
+  a mutation that succeeded is answered once its record is in etcd (see
+  :mod:`controlplane.store.audit`), a refused attempt at once.
 
 Both sit inside ErrorInterceptor (their ApiErrors become statuses) and the auth one
 outside the audit one (records name the caller); see :func:`controlplane.frontend.serve`.
@@ -53,6 +54,7 @@ AUDIT_UNWRITTEN = Counter("quanta_api_audit_unwritten_answers_total",
                           "Mutations answered before their audit record was written (etcd too slow for the "
                           "caller's deadline); the record stays queued.")
 MAX_AUDIT_WAIT_S = 5.0
+MAX_FIELD = 500  # characters of an audit record's request-controlled fields
 
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 _READ_VERBS = ("Get", "List", "Watch")
@@ -214,7 +216,7 @@ class AuditInterceptor(_BehaviorInterceptor):
                         written = self._log.append(record) if record is not None else None
                     except Exception:  # noqa: BLE001 - auditing must never fail the call it records
                         log.exception("audit record failed", extra={"method": short})
-                if written is not None and code != "CANCELLED":  # a cancelled call has no one to answer
+                if written is not None and code == "OK":  # a mutation that happened: answered once recorded
                     await self._until_written(written, context, short)
 
         return audited
@@ -246,10 +248,11 @@ class AuditInterceptor(_BehaviorInterceptor):
         tenant = scope.get("tenant", "")
         if tenant and tenant_of(resource) != tenant:
             resource = scope["resource"]  # what the request claims is not what was authorised
+        # Fields a request controls are cut short, so a batch of records always fits etcd.
         return trec.AuditRecord(
-            time_ns=now_ns(), subject=principal.subject, method=method, resource=resource,
-            tenant=tenant, peer=context.peer() or "", code=code, message=message[:500],
-            request_id=logcontext.request_id.get() or "", token_id=principal.token_id,
+            time_ns=now_ns(), subject=principal.subject, method=method, resource=resource[:MAX_FIELD],
+            tenant=tenant, peer=context.peer() or "", code=code, message=message[:MAX_FIELD],
+            request_id=(logcontext.request_id.get() or "")[:MAX_FIELD], token_id=principal.token_id,
         )
 
 

@@ -1,13 +1,14 @@
 """The audit log: one record per mutation attempt, written by group commit.
 
 A frontend records each attempt once its outcome is known (so a refused attempt is
-recorded too) and answers the caller only after the record is in etcd: an answered
-mutation is audited even if the frontend is killed right after. Records queued while
-a write is in flight go together in the next one, one atomic transaction per
-``max_txn_ops`` records (a failed transaction is retried whole, never half-written
-twice). If etcd cannot take a record within the caller's patience the answer goes
-out anyway and the record stays queued, retried until it is written or the process
-stops.
+recorded too) and answers a mutation that happened only after its record is in
+etcd: an answered mutation is audited even if the frontend is killed right after.
+(VM creates and deletes carry their record in their own transaction: :meth:`put`.)
+Records queued while a write is in flight go together in the next one, one atomic
+transaction per ``max_txn_ops`` records; a failed transaction is retried under the
+same keys (never two records for one attempt). If etcd cannot take a record within
+the caller's patience the answer goes out anyway and the record stays queued,
+retried until it is written or the process stops.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+import grpc
+from prometheus_client import Counter
 
 from controlplane.etcd import EtcdClient, EtcdError, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
@@ -37,11 +41,29 @@ class AuditEntry:
     record: trec.AuditRecord
 
 
+AUDIT_DROPPED = Counter("quanta_audit_records_dropped_total",
+                        "Audit records dropped because etcd refused them, alone, as too large.")
+
+
 @dataclass(slots=True)
 class _Pending:
     key: bytes
     value: bytes
     written: asyncio.Future[None]
+    alone: bool = False  # was in a transaction refused as too large: goes in one of its own
+
+
+def _settle(pending: _Pending) -> None:
+    if not pending.written.done():
+        pending.written.set_result(None)
+
+
+def _too_large(error: BaseException) -> bool:
+    """etcd (or gRPC before it) refused the request for its size: retrying it as it
+    is would fail forever."""
+    return isinstance(error, EtcdError) and (
+        error.code is grpc.StatusCode.INVALID_ARGUMENT
+        or (error.code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in str(error)))
 
 
 def _entry(prefix: bytes, kv: KeyValue) -> AuditEntry:
@@ -67,8 +89,8 @@ class AuditLog:
 
     def append(self, record: trec.AuditRecord) -> asyncio.Future[None]:
         """Queue ``record``; never blocks. The future is done once the record is
-        written (it never fails: a failed write is retried). Cancelling it does not
-        withdraw the record."""
+        written (it never fails: a failed write is retried), or dropped as too large
+        for etcd. Cancelling it does not withdraw the record."""
         pending = _Pending(self._key(record), record.SerializeToString(),
                            asyncio.get_running_loop().create_future())
         self._queue.append(pending)
@@ -89,14 +111,18 @@ class AuditLog:
             log.warning("audit records lost at shutdown: %s", err, extra={"records": len(self._queue)})
 
     async def flush(self) -> None:
-        """Write everything queued so far, one transaction per ``max_txn_ops`` records,
-        all in flight at once. Raises the first failure after putting the records of
-        every failed transaction back at the head of the queue."""
+        """Write everything queued so far: one transaction per ``max_txn_ops`` records
+        (a record that was in a transaction etcd refused as too large goes alone),
+        all in flight at once. A record refused alone as too large is dropped
+        (logged, counted). Raises the first other failure after putting the records
+        of every failed transaction back at the head of the queue."""
         if not self._queue:
             return
         batch, self._queue = self._queue, []
         limit = self._etcd.max_txn_ops
-        chunks = [batch[i:i + limit] for i in range(0, len(batch), limit)]
+        together = [p for p in batch if not p.alone]
+        chunks = [together[i:i + limit] for i in range(0, len(together), limit)]
+        chunks += [[p] for p in batch if p.alone]
         try:
             lease = await self._leases.current()
             results = await asyncio.gather(
@@ -105,16 +131,29 @@ class AuditLog:
         except BaseException:
             self._queue[:0] = batch
             raise
-        failed = [p for chunk, result in zip(chunks, results, strict=True)
-                  if isinstance(result, BaseException) for p in chunk]
+        again: list[_Pending] = []
+        error: BaseException | None = None
         for chunk, result in zip(chunks, results, strict=True):
             if not isinstance(result, BaseException):
                 for pending in chunk:
-                    if not pending.written.done():
-                        pending.written.set_result(None)
-        if failed:
-            self._queue[:0] = failed
-            raise next(r for r in results if isinstance(r, BaseException))
+                    _settle(pending)
+            elif _too_large(result) and len(chunk) == 1:
+                AUDIT_DROPPED.inc()
+                log.error("audit record dropped: etcd refuses it as too large: %s", result,
+                          extra={"bytes": len(chunk[0].value)})
+                _settle(chunk[0])
+            else:
+                if _too_large(result):
+                    for pending in chunk:
+                        pending.alone = True
+                else:
+                    error = error or result
+                again.extend(chunk)
+        if again:
+            self._queue[:0] = again
+            self._wake.set()
+        if error is not None:
+            raise error
 
     async def _run(self) -> None:
         backoff = RETRY_S[0]
@@ -124,8 +163,11 @@ class AuditLog:
             try:
                 await self.flush()
                 backoff = RETRY_S[0]
-            except EtcdError as err:
-                log.warning("audit write failed; retrying: %s", err, extra={"records": len(self._queue)})
+            except Exception as err:  # noqa: BLE001 - the writer must outlive any failure
+                if isinstance(err, EtcdError):
+                    log.warning("audit write failed; retrying: %s", err, extra={"records": len(self._queue)})
+                else:
+                    log.exception("audit write failed; retrying", extra={"records": len(self._queue)})
                 self._wake.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RETRY_S[1])
