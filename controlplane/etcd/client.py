@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -160,6 +160,10 @@ def _nested_size(op: pb.RequestOp) -> int:
     return max(len(t.compare), len(t.success), len(t.failure))
 
 
+LEASE_NOT_FOUND = "requested lease not found"
+"""What etcd says when a put names a lease it does not have."""
+
+
 class EtcdClient:
     """One channel to an etcd cluster. Safe to share between tasks of one event loop.
 
@@ -176,6 +180,10 @@ class EtcdClient:
         self._kv = pb_grpc.KVStub(self._channel)
         self._watch = pb_grpc.WatchStub(self._channel)
         self._lease = pb_grpc.LeaseStub(self._channel)
+        #: Called when etcd refused a request for a lease it does not know (revoked,
+        #: expired, or etcd restored without it), so holders of cached lease ids
+        #: (e.g. RetentionLeases) grant a new one instead of failing until they rotate.
+        self.on_lease_not_found: list[Callable[[], None]] = []
 
     async def close(self) -> None:
         await self._channel.close()
@@ -205,6 +213,9 @@ class EtcdClient:
                     continue
                 if "compacted" in (err.details() or ""):
                     raise Compacted(0) from err
+                if LEASE_NOT_FOUND in (err.details() or ""):
+                    for callback in self.on_lease_not_found:
+                        callback()
                 raise EtcdError(f"etcd {op}: {code.name}: {err.details()}", code) from err
             ETCD_REQUEST_SECONDS.labels(op).observe(time.perf_counter() - started)
             return response

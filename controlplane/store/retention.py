@@ -4,7 +4,9 @@ makes a second VM (even after the first was deleted), and old records do not pil
 
 One lease per time window per process, granted lazily and never kept alive: a
 record written in a window lives at least ``retention_s`` and at most one
-window longer. A frontend that dies just leaves its leases to expire.
+window longer. A frontend that dies just leaves its leases to expire. If etcd
+refuses the lease (revoked by hand, or etcd restored from a backup without it), the
+next record gets a new one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ class RetentionLeases:
         self._lease = 0
         self._renew_at = 0.0
         self._lock = asyncio.Lock()
+        client.on_lease_not_found.append(self._forget)
+
+    def _forget(self) -> None:
+        """etcd lost a lease (perhaps ours): grant a new one next time."""
+        self._lease = 0
 
     async def current(self) -> int:
         """The lease id to attach a new request record to. Grants one per window."""
