@@ -106,6 +106,9 @@ class HostReaper:
                 except EtcdError as err:
                     todo |= todo_now  # look at them again
                     log.warning("host reaper step failed; retrying", extra={"error": str(err)})
+                # A dead host that held VMs is looked at again next tick, whether or not
+                # its keys change: an eviction may leave VMs behind (lost races, conflicts).
+                todo.update(r.host for r in records if r.dead and r.allocation.vm_count > 0)
                 try:
                     async with asyncio.timeout(self._tick_s):
                         await changed.wait()

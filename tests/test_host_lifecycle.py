@@ -37,7 +37,7 @@ from controlplane.store.vms import VmRecord, VmStore
 from scheduler.hostsync import HostSync
 from scheduler.lifecycle import HostReaper, MissingClock
 from scheduler.placement import HostView
-from tests.conftest import make_projects
+from tests.conftest import async_wait_until, make_projects
 
 SHARDS = 4
 SMALL = Resources(1, 1024, 10)
@@ -283,5 +283,53 @@ def test_a_dead_host_eviction_deletes_nothing_once_the_host_is_back(etcd_endpoin
             # No dead marker for h1: it is alive (again).
             await HostEvictor(lifecycle, vms).evict("h1", dead=True)
             assert (await vms.get(never.ref)).state != VmState.DELETING
+
+    run(main())
+
+
+class _FirstEvictionsLeaveEverything(HostEvictor):
+    """The first two evictions (at the declaration, and on the dead marker's watch
+    event) move nothing, as when every move lost its race."""
+
+    calls = 0
+
+    async def evict(self, host: str, *, dead: bool, fence=None):
+        self.calls += 1
+        if self.calls <= 2:
+            return await self._store.host_bindings(host)
+        return await super().evict(host, dead=dead, fence=fence)
+
+
+def test_the_running_reaper_evicts_again_what_an_eviction_left_behind(etcd_endpoint: str, root: str) -> None:
+    """Nothing about the dead host changes after its fruitless evictions: the reaper
+    still comes back to it on its tick and moves the VM off."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            hosts, agent = HostStore(client, keys), AgentStore(client, keys)
+            lease = await Lease(client, ttl=30).grant()
+            await agent.register([HostRegistration("h1", "sim", Resources(64, 65536, 1000))], lease.id)
+            keep = make_spec("keep")
+            await bind_all(vms, sched, "h1", [keep])
+            lock = ShardLock(client, keys, 0, "sched-a", lease)
+            await lock.acquire()
+            sync = HostSync(hosts, HostView())
+            evictor = _FirstEvictionsLeaveEverything(lifecycle, vms)
+            reaper = HostReaper(sync, lifecycle, evictor, lock.fence, grace_s=0.2, tick_s=0.1)
+            tasks = [asyncio.create_task(sync.run()), asyncio.create_task(reaper.run())]
+            try:
+                await client.delete(keys.host_reg("h1"))  # the agent is gone
+                await async_wait_until(lambda: evictor.calls >= 2, timeout=20, message="the fruitless evictions")
+
+                async def moved() -> bool:
+                    return (await vms.get(keep.ref)).status.reason == REASON_DEAD
+
+                await async_wait_until(moved, timeout=20, message="the VM moved off the dead host")
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await lease.revoke()
 
     run(main())
