@@ -84,6 +84,9 @@ class HostSync:
         self.table = HostTable(hosts.keys)
         #: Called after capacity may have grown (a host joined or an allocation shrank).
         self.on_capacity: list[Callable[[], None]] = []
+        #: VMs the shards of this process found no host for, ever. A shard whose bind
+        #: fails wakes the waiting VMs only if this moved while it held assumptions.
+        self.turned_away = 0
         #: Called with the ids of hosts whose records changed in ``table``; None after a
         #: (re-)listing: any host may have changed.
         self.on_records: list[Callable[[list[str] | None], None]] = []

@@ -92,6 +92,7 @@ class ShardScheduler:
         self._queue: WorkQueue[VmRef] = WorkQueue()
         self._waiting: set[VmRef] = set()  # fit nowhere; retried when capacity appears
         self._told: dict[VmRef, str] = {}  # last "no host fits" message written per VM
+        self._turned_away_at = 0  # HostSync.turned_away when this batch began assuming
         self._label = str(shard)
 
     def _capacity_changed(self) -> None:
@@ -172,6 +173,7 @@ class ShardScheduler:
 
     async def _place_batch(self, refs: list[VmRef]) -> None:
         started = time.perf_counter()
+        self._turned_away_at = self._hosts.turned_away
         view = self._hosts.view
         by_host: dict[str, list[QueuedVm]] = defaultdict(list)
         zone_of_host: dict[str, str] = {}
@@ -187,6 +189,7 @@ class ShardScheduler:
             placement = place(request, view, rng=self._rng, scorer=self._scorer)
             if placement.host_id is None:
                 self._waiting.add(ref)
+                self._hosts.turned_away += 1
                 message = placement.message()
                 if self._told.get(ref) != message:  # say it (and log it) once per reason
                     unschedulable.append((vm, message))
@@ -255,18 +258,24 @@ class ShardScheduler:
             else:
                 lost.append(bind)
         if lost:
-            self._hosts.notify()  # VMs turned away for what the lost binds assumed may fit now
             metrics.BIND_CONFLICTS.inc(len(lost))
             log.info("binds lost a race; retrying", extra={"shard": self.shard, "hosts": len(lost),
                                                            "vms": sum(len(b.vms) for b in lost)})
             await self._refresh(lost)
+            self._wake_turned_away()
 
     def _forget_all(self, binds: list[HostBind]) -> None:
         """Forget binds that did not commit (as far as we know), and retry the VMs
         that the assumptions of these binds turned away."""
         for bind in binds:
             self._forget(bind)
-        self._hosts.notify()
+        self._wake_turned_away()
+
+    def _wake_turned_away(self) -> None:
+        """After assumptions went unbound: retry the waiting VMs, if any VM (of any
+        shard here) was turned away while they were held."""
+        if self._hosts.turned_away != self._turned_away_at:
+            self._hosts.notify()
 
     def _forget(self, bind: HostBind) -> None:
         for vm in bind.vms:
