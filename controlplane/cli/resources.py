@@ -37,7 +37,8 @@ def print_message(message, output: str, row) -> None:
 
 def print_list(messages: Iterable, output: str, row) -> None:
     """A listing: one row per message, or (json) one JSON array, written as the
-    pages arrive ([] when empty)."""
+    pages arrive ([] when empty; a listing cut by an error leaves the array open
+    and the command fails)."""
     if output != "json":
         for message in messages:
             print(row(message), flush=True)
@@ -45,6 +46,7 @@ def print_list(messages: Iterable, output: str, row) -> None:
     sep = "[\n"
     for message in messages:
         sys.stdout.write(sep + json.dumps(MessageToDict(message), indent=2))
+        sys.stdout.flush()
         sep = ",\n"
     print("[]" if sep == "[\n" else "\n]", flush=True)
 
