@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from controlplane.etcd import Compacted
@@ -82,8 +82,9 @@ class HostSync:
         self.ready = asyncio.Event()
         #: The hosts' records as of the last watch event (a new table after each listing).
         self.table = HostTable(hosts.keys)
-        #: Called after capacity may have grown (a host joined or an allocation shrank).
-        self.on_capacity: list[Callable[[], None]] = []
+        #: Called after capacity may have grown (a host joined, an allocation shrank, a
+        #: group arrived), with those hosts' ids (None: any host, e.g. after a listing).
+        self.on_capacity: list[Callable[[Collection[str] | None], None]] = []
         #: VMs the shards of this process found no host for, ever. A shard whose bind
         #: fails wakes the waiting VMs only if this moved while it held assumptions.
         self.turned_away = 0
@@ -104,8 +105,7 @@ class HostSync:
             self.view.upsert(updated)
             if updated.groups.keys() != current.groups.keys():
                 # A group arriving lets affine VMs in (not only capacity does).
-                for callback in self.on_capacity:
-                    callback()
+                self.notify((host,))
 
     def _apply(self, record: HostRecord | str) -> bool:
         if isinstance(record, str):
@@ -140,20 +140,19 @@ class HostSync:
             log.info("hosts listed", extra={"hosts": len(records), "revision": revision})
             try:
                 async for changed, _revision in self._hosts.watch(revision + 1, table):
-                    grew = False
-                    for record in changed:
-                        grew |= self._apply(record)
+                    grew = [record.host for record in changed if self._apply(record)]  # (str: removed)
                     if self.on_records:
                         hosts = [r if isinstance(r, str) else r.host for r in changed]
                         for callback in self.on_records:
                             callback(hosts)
                     if grew:
-                        self.notify()
+                        self.notify(grew)
             except Compacted:
                 log.warning("host watch compacted; re-listing")
 
-    def notify(self) -> None:
-        """Run the ``on_capacity`` callbacks: capacity may have grown (also when a
-        shard forgets what it had assumed, and may have turned VMs away for)."""
+    def notify(self, hosts: Collection[str] | None = None) -> None:
+        """Run the ``on_capacity`` callbacks: capacity may have grown on ``hosts`` (None:
+        anywhere); also when a shard forgets what it had assumed on them, and may have
+        turned VMs away for."""
         for callback in self.on_capacity:
-            callback()
+            callback(hosts)

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Collection
 
 from controlplane.etcd import Compacted, EtcdError
 from controlplane.models import HostAllocation, VmRef
@@ -25,7 +26,7 @@ from controlplane.store.zones import ZoneCount, ZoneGroupId
 from controlplane.workqueue import WorkQueue
 from scheduler import metrics
 from scheduler.hostsync import HostSync
-from scheduler.placement import PlacementRequest, Scorer, ZoneCounts, place, spread
+from scheduler.placement import PlacementRequest, Scorer, ZoneCounts, admit, place, spread
 from scheduler.zonesync import ZoneSync
 
 log = logging.getLogger(__name__)
@@ -90,16 +91,29 @@ class ShardScheduler:
         self._rng = random.Random(seed)
         self._pending: dict[VmRef, QueuedVm] = {}
         self._queue: WorkQueue[VmRef] = WorkQueue()
-        self._waiting: set[VmRef] = set()  # fit nowhere; retried when capacity appears
+        self._waiting: dict[VmRef, None] = {}  # fit nowhere, oldest first; retried when capacity appears
         self._told: dict[VmRef, str] = {}  # last "no host fits" message written per VM
         self._turned_away_at = 0  # HostSync.turned_away when this batch began assuming
         self._label = str(shard)
 
-    def _capacity_changed(self) -> None:
-        for ref in self._waiting:
+    def _capacity_changed(self, hosts: Collection[str] | None = None) -> None:
+        """Re-queue the waiting VMs that may fit now: all of them (``hosts`` None), or,
+        oldest first, as many as the changed ``hosts`` can take (``admit``: a check of
+        those hosts, not a placement over the fleet per waiting VM)."""
+        if not self._waiting:
+            return
+        if hosts is None:
+            woken = list(self._waiting)
+        else:
+            view, counts = self._hosts.view, self._zones.counts
+            changed = [snapshot for host in hosts if (snapshot := view.get(host)) is not None]
+            gone = [ref for ref in self._waiting if ref not in self._pending]
+            woken = gone + admit(((ref, _request(self._pending[ref], counts)) for ref in self._waiting
+                                  if ref in self._pending), changed)
+        for ref in woken:
+            self._waiting.pop(ref, None)
             self._queue.add(ref)
-        self._waiting.clear()
-        metrics.UNSCHEDULABLE.labels(self._label).set(0)
+        metrics.UNSCHEDULABLE.labels(self._label).set(len(self._waiting))
 
     async def run(self) -> None:
         """Run until cancelled or the shard is lost (raises ShardLost)."""
@@ -138,7 +152,7 @@ class ShardScheduler:
                             self._drop(ref)
                         else:
                             self._pending[ref] = vm
-                            self._waiting.discard(ref)
+                            self._waiting.pop(ref, None)
                             self._queue.add(ref)
                     self._update_depth()
             except Compacted:
@@ -146,7 +160,7 @@ class ShardScheduler:
 
     def _drop(self, ref: VmRef) -> None:
         self._pending.pop(ref, None)
-        self._waiting.discard(ref)
+        self._waiting.pop(ref, None)
         self._told.pop(ref, None)
 
     def _update_depth(self) -> None:
@@ -188,7 +202,7 @@ class ShardScheduler:
             request = _request(vm, counts)
             placement = place(request, view, rng=self._rng, scorer=self._scorer)
             if placement.host_id is None:
-                self._waiting.add(ref)
+                self._waiting[ref] = None
                 self._hosts.turned_away += 1
                 message = placement.message()
                 if self._told.get(ref) != message:  # say it (and log it) once per reason
@@ -262,20 +276,20 @@ class ShardScheduler:
             log.info("binds lost a race; retrying", extra={"shard": self.shard, "hosts": len(lost),
                                                            "vms": sum(len(b.vms) for b in lost)})
             await self._refresh(lost)
-            self._wake_turned_away()
+            self._wake_turned_away(lost)
 
     def _forget_all(self, binds: list[HostBind]) -> None:
         """Forget binds that did not commit (as far as we know), and retry the VMs
         that the assumptions of these binds turned away."""
         for bind in binds:
             self._forget(bind)
-        self._wake_turned_away()
+        self._wake_turned_away(binds)
 
-    def _wake_turned_away(self) -> None:
-        """After assumptions went unbound: retry the waiting VMs, if any VM (of any
-        shard here) was turned away while they were held."""
+    def _wake_turned_away(self, binds: list[HostBind]) -> None:
+        """After the assumptions of ``binds`` went unbound: retry the waiting VMs that
+        fit their hosts now, if any VM (of any shard here) was turned away meanwhile."""
         if self._hosts.turned_away != self._turned_away_at:
-            self._hosts.notify()
+            self._hosts.notify([bind.host for bind in binds])
 
     def _forget(self, bind: HostBind) -> None:
         for vm in bind.vms:

@@ -13,27 +13,32 @@ State = vm_pb2.Vm.State
 
 
 def test_waits_for_capacity_then_places(etcd_server):
+    """Two of four VMs fit; when one is deleted, the room it frees goes to the VM that
+    has waited longest, and the other keeps waiting (a freed slot admits one VM)."""
     root = f"/cap-{uuid.uuid4().hex[:8]}"
     with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=1, host_vcpus=2, latency="zero",
                      frontends=1, metrics=False) as system, system.client() as client:
-        for name in ("a", "b", "c"):
+        for name in ("a", "b", "c", "d"):
             client.create_vm(name, flavor="small", image="ubuntu")
         def settled():
             vms = list(client.list_vms())
             running = sorted(vm.name.rsplit("/", 1)[1] for vm in vms if vm.state == State.RUNNING)
-            waiting = [vm.name.rsplit("/", 1)[1] for vm in vms if vm.state == State.PENDING and vm.conditions]
-            return (running, waiting) if len(running) == 2 and len(waiting) == 1 else None
+            waiting = [vm for vm in vms if vm.state == State.PENDING and vm.conditions]
+            return (running, waiting) if len(running) == 2 and len(waiting) == 2 else None
 
-        running, waiting = wait_until(settled, message="two VMs RUNNING and one waiting with a reason")
-        condition = client.get_vm(waiting[0]).conditions[0]
+        running, waiting = wait_until(settled, message="two VMs RUNNING and two waiting with a reason")
+        condition = waiting[0].conditions[0]
         assert condition.reason == "NoHostFits" and condition.status == "False"
         assert "0/1 hosts fit" in condition.message and "InsufficientVcpus" in condition.message
         host = client.get_host("sim-00000")
         assert (host.allocated.vcpus, host.vm_count) == (2, 2)
+        first, second = "c", "d"  # created (so queued, so turned away) in that order
+        assert sorted(vm.name.rsplit("/", 1)[1] for vm in waiting) == [first, second]
 
         client.delete_vm(running[0])
-        wait_until(lambda: client.get_vm(waiting[0]).state == State.RUNNING, timeout=30,
-                   message="the waiting VM placed once capacity was freed")
+        wait_until(lambda: client.get_vm(first).state == State.RUNNING, timeout=30,
+                   message="the longest-waiting VM placed once capacity was freed")
+        assert client.get_vm(second).state == State.PENDING
         host = client.get_host("sim-00000")
         assert (host.allocated.vcpus, host.vm_count) == (2, 2)
 

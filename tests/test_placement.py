@@ -17,6 +17,7 @@ from scheduler.placement import (
     PlacementRequest,
     Resources,
     Verdict,
+    admit,
     default_candidates,
     fits_resources,
     host_ready,
@@ -422,3 +423,26 @@ def test_view_matches_a_dict_model(ops: list[tuple[str, int, int]]) -> None:
     assert {h.host_id: h for h in view} == model
     assert all(view[i] is view.get(view[i].host_id) for i in range(len(view)))
     assert all((hid in view) for hid in model)
+
+
+@PROPS
+@given(views(), st.lists(requests_st, max_size=8))
+def test_admit_takes_waiting_requests_in_order_while_the_changed_hosts_have_room(
+    view: HostView, waiting: list[PlacementRequest]
+) -> None:
+    changed = list(view)[: max(1, len(view) // 3)]
+    admitted = admit(enumerate(waiting), changed)
+    assert admitted == sorted(admitted)  # oldest first
+    # Only requests that fit a changed host on its own get in...
+    assert all(any(feasible(waiting[i], h) for h in changed) for i in admitted)
+    # ...and the first one that fits always does.
+    fitting = [i for i, r in enumerate(waiting) if any(feasible(r, h) for h in changed)]
+    assert admitted[:1] == fitting[:1]
+    assert admit(enumerate(waiting), []) == []
+
+
+def test_a_host_freed_of_k_slots_admits_k_waiting_vms() -> None:
+    freed = host(capacity=Resources(16, 65536, 1000), allocated=Resources(13, 0, 0))  # 3 vCPUs free
+    waiting = [(f"vm-{i}", req(vcpus=1)) for i in range(10)]
+    assert admit(waiting, [freed]) == ["vm-0", "vm-1", "vm-2"]
+    assert admit([("big", req(vcpus=4)), *waiting], [freed]) == ["vm-0", "vm-1", "vm-2"]

@@ -27,7 +27,7 @@ from scheduler.placement.model import (
     Resources,
     Verdict,
 )
-from scheduler.placement.place import Hosts, default_candidates, place, visit_order
+from scheduler.placement.place import Hosts, admit, default_candidates, place, visit_order
 from scheduler.placement.scoring import (
     POLICIES,
     Scorer,
@@ -58,6 +58,7 @@ __all__ = [
     "Verdict",
     "ZoneCounts",
     "default_candidates",
+    "admit",
     "fits_resources",
     "host_affinity",
     "host_anti_affinity",

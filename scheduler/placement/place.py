@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from scheduler.placement.filters import DEFAULT_FILTERS, Filter
 from scheduler.placement.model import HostSnapshot, Placement, PlacementRequest
 from scheduler.placement.scoring import Scorer, spread
+
+K = TypeVar("K")
 
 
 class Hosts(Protocol):
@@ -102,3 +104,23 @@ def place(
                 if found >= k:
                     break
     return Placement(host_id=best_id, score=best_score, filtered=filtered, visited=visited, total=n)
+
+
+def admit(waiting: Iterable[tuple[K, PlacementRequest]], hosts: Sequence[HostSnapshot], *,
+          filters: Sequence[Filter] = DEFAULT_FILTERS) -> list[K]:
+    """The keys of the ``waiting`` requests that the (changed) ``hosts`` can take, in
+    order: each admitted request takes its room on the first of ``hosts`` that passes
+    every filter for it, so a host freed of one VM admits one waiting VM, not all that
+    would fit it alone. The cost is |waiting| x |hosts| filter checks, not a placement
+    over the fleet per waiting request. Approximate beyond resources and host groups
+    (zones are not re-counted): a placement still decides."""
+    room = list(hosts)
+    admitted: list[K] = []
+    for key, request in waiting:
+        for i, host in enumerate(room):
+            if all(f(request, host).ok for f in filters):
+                groups = {request.anti_affinity_group: 1} if request.anti_affinity_group else {}
+                room[i] = host.with_allocated(request.resources, 1, groups)
+                admitted.append(key)
+                break
+    return admitted
