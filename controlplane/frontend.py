@@ -28,6 +28,7 @@ from controlplane.api.tenant_service import TenantService
 from controlplane.api.token_service import TokenService
 from controlplane.api.vm_service import VmService
 from controlplane.auth.ratelimit import RateLimiter
+from controlplane.auth.rateshare import RateShares
 from controlplane.auth.revocations import RevocationList
 from controlplane.auth.tokens import load_authority
 from controlplane.etcd import EtcdClient
@@ -90,6 +91,7 @@ async def serve(config: FrontendConfig) -> None:
     client = EtcdClient(config.etcd)
     catalog = Catalog(client, keys)
     revocations = RevocationList(client, keys)
+    shares: RateShares | None = None
     audit = AuditLog(client, keys, retention_s=config.audit_retention_s)
     credentials = _server_credentials(config)
     health_servicer = health.aio.HealthServicer()
@@ -104,8 +106,11 @@ async def serve(config: FrontendConfig) -> None:
         await revocations.start()
         await audit.start()
         limiter = RateLimiter(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
+        if limiter is not None:
+            shares = RateShares(client, keys, rate=config.rate_limit)
+            await shares.start()
         server = grpc.aio.server(
-            interceptors=[*default_interceptors(), AuthInterceptor(authority, revocations, limiter),
+            interceptors=[*default_interceptors(), AuthInterceptor(authority, revocations, limiter, shares),
                           AuditInterceptor(audit)],
             options=[
                 ("grpc.so_reuseport", 1),
@@ -157,6 +162,8 @@ async def serve(config: FrontendConfig) -> None:
         if server is not None:
             await server.stop(grace=5)
         await audit.stop()
+        if shares is not None:
+            await shares.stop()
         await revocations.stop()
         await catalog.stop()
         await client.close()

@@ -158,6 +158,27 @@ class LocalSystem:
         self.processes[name] = process
         return process
 
+    def add_frontend(self, name: str, listen: str) -> ManagedProcess:
+        """Start one more frontend of this system on an address of its own (to reach
+        one frontend in particular), with the same ``frontend_args``; stopped with
+        the rest. Returns once it serves."""
+        process = self._add(name, "controlplane.frontend", ["--listen", listen, *self.frontend_args])
+        process.start()
+        deadline = time.monotonic() + 60
+        while True:
+            if not process.alive:
+                raise RuntimeError(f"{name} exited; log in {process.log_path}")
+            try:
+                with grpc.insecure_channel(listen) as channel:
+                    if health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status \
+                            == health_pb2.HealthCheckResponse.SERVING:
+                        return process
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not serve within 60 s; log in {process.log_path}")
+            time.sleep(0.1)
+
     def sim_state_dir(self, agent: int = 0) -> pathlib.Path:
         """Where sim agent ``agent`` keeps its simulated hosts' journal."""
         return self.data_dir / (f"sim{agent}" if agent else "sim")

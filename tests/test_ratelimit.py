@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.auth.ratelimit import RateLimiter
+from controlplane.auth.ratelimit import MIN_SHARE, DemandMeter, RateLimiter, share
 
 
 def test_burst_then_refusal_with_the_wait() -> None:
@@ -140,3 +140,43 @@ def test_waiting_as_told_succeeds(rate: float, burst: int, gaps: list[float]) ->
     while (wait := limiter.acquire("k", now)) == 0.0:
         pass
     assert limiter.acquire("k", now + wait * (1 + 1e-9) + 1e-12) == 0.0
+
+
+# --- shares of a caller's rate across frontends ---------------------------------------
+
+
+def test_a_share_holds_and_refills_its_part_of_the_rate_and_burst() -> None:
+    limiter = RateLimiter(rate=10.0, burst=10)
+    assert [limiter.acquire("k", 0.0, 0.5) for _ in range(5)] == [0.0] * 5  # half the burst
+    assert limiter.acquire("k", 0.0, 0.5) == pytest.approx(0.2)  # refilling at 5/s
+    assert limiter.acquire("k", 0.2, 0.5) == 0.0
+    # A tiny share still holds one token, refilled at the tiny rate.
+    tiny = RateLimiter(rate=10.0, burst=10)
+    assert tiny.acquire("k", 0.0, 0.01) == 0.0
+    assert tiny.acquire("k", 0.0, 0.01) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(("own", "others", "want"), [
+    (5.0, 0.0, 1.0),     # nobody else sees the caller: all of it
+    (0.0, 0.0, 1.0),
+    (5.0, 5.0, 0.5),     # spread evenly over two frontends: half each
+    (1.0, 3.0, 0.25),
+    (0.0, 50.0, MIN_SHARE),  # just turned to this frontend: not shut out
+])
+def test_share_follows_demand(own: float, others: float, want: float) -> None:
+    assert share(own, others) == pytest.approx(want)
+
+
+def test_demand_meter_rates_over_windows() -> None:
+    meter = DemandMeter(window_s=1.0)
+    for i in range(30):
+        meter.record("busy", 10.0 + i / 30)
+    meter.record("idle", 10.5)
+    assert meter.rate("busy", 10.99) == pytest.approx(30.0)  # the window so far
+    assert meter.busy(10.99, threshold=5.0) == {}  # no full window yet
+    assert meter.busy(11.0, threshold=5.0) == {"busy": pytest.approx(30.0)}
+    for i in range(10):
+        meter.record("busy", 11.0 + i / 10)
+    assert meter.rate("busy", 11.5) == pytest.approx(30.0)  # the last window's, while higher
+    assert meter.busy(12.0, threshold=5.0) == {"busy": pytest.approx(10.0)}
+    assert meter.busy(14.0, threshold=0.0) == {}  # two idle windows: forgotten

@@ -38,6 +38,7 @@ from controlplane.api.interceptors import (
 )
 from controlplane.auth.principal import Principal, current
 from controlplane.auth.ratelimit import RateLimiter
+from controlplane.auth.rateshare import RateShares
 from controlplane.auth.revocations import RevocationList
 from controlplane.auth.tokens import LEEWAY_S, InvalidToken, TokenAuthority
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
@@ -69,11 +70,15 @@ def _bearer(context: grpc.aio.ServicerContext) -> str | None:
 
 
 class AuthInterceptor(_BehaviorInterceptor):
-    def __init__(self, authority: TokenAuthority, revocations: RevocationList, limiter: RateLimiter | None):
+    def __init__(self, authority: TokenAuthority, revocations: RevocationList, limiter: RateLimiter | None,
+                 shares: RateShares | None = None):
+        """``shares``: the caller's demand at the other frontends, so the limit holds
+        across all of them (None: this frontend limits on its own)."""
         super().__init__()
         self._authority = authority
         self._revocations = revocations
         self._limiter = limiter
+        self._shares = shares
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller, or ApiError UNAUTHENTICATED / RESOURCE_EXHAUSTED (rate limit)."""
@@ -97,7 +102,9 @@ class AuthInterceptor(_BehaviorInterceptor):
         if principal.token_id in self._revocations:
             raise errors.unauthenticated("the token has been revoked", "TOKEN_REVOKED")
         if self._limiter is not None:
-            wait_s = self._limiter.acquire(principal.identity, time.monotonic())
+            now = time.monotonic()
+            part = 1.0 if self._shares is None else self._shares.record(principal.identity, now)
+            wait_s = self._limiter.acquire(principal.identity, now, part)
             if wait_s > 0:
                 raise errors.resource_exhausted(
                     f"rate limit of {self._limiter.rate:g} requests/s for {principal.subject} exceeded",

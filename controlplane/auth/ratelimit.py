@@ -1,8 +1,11 @@
 """Per-caller rate limits: one token bucket per identity, pure (time is passed in).
 
-Each frontend limits on its own (no store round trip per request): with N frontends
-behind one address a caller gets at most N times the rate. Buckets of callers idle
-long enough to be full again are dropped, so memory follows the active callers.
+Each frontend limits on its own (no store round trip per request), with the share
+of the caller's rate that its part of the caller's demand entitles it to (see
+:func:`share` and :mod:`controlplane.auth.rateshare`): a caller spread over N
+frontends gets about the rate in total, one stuck to a single frontend all of it.
+Buckets of callers idle long enough to be full again are dropped, so memory follows
+the active callers.
 """
 
 from __future__ import annotations
@@ -27,21 +30,25 @@ class RateLimiter:
         self._max_keys = max_keys
         self._buckets: dict[str, _Bucket] = {}
 
-    def acquire(self, key: str, now: float) -> float:
-        """Take one token for ``key``. Returns 0.0 when allowed, else the seconds until
-        a token will be available (the request is refused and takes nothing)."""
+    def acquire(self, key: str, now: float, share: float = 1.0) -> float:
+        """Take one token for ``key``, from a bucket that holds and refills ``share``
+        (0 < share <= 1) of the rate and burst (never less than one token). Returns
+        0.0 when allowed, else the seconds until a token will be available (the
+        request is refused and takes nothing)."""
+        rate = self.rate * share
+        burst = max(1.0, self.burst * share)
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self._max_keys:
                 self._evict_full(now)
-            bucket = self._buckets[key] = _Bucket(self.burst, now)
+            bucket = self._buckets[key] = _Bucket(burst, now)
         else:
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
             bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0.0
-        return (1.0 - bucket.tokens) / self.rate
+        return (1.0 - bucket.tokens) / rate
 
     def _evict_full(self, now: float) -> None:
         refill_s = self.burst / self.rate
@@ -49,3 +56,54 @@ class RateLimiter:
         if len(self._buckets) >= self._max_keys:  # all active: drop the oldest half
             keep = sorted(self._buckets.items(), key=lambda kv: kv[1].updated)[len(self._buckets) // 2:]
             self._buckets = dict(keep)
+
+
+MIN_SHARE = 0.01
+
+
+def share(own: float, others: float) -> float:
+    """The part of a caller's rate one frontend may grant: its part of the caller's
+    demand (requests/s here vs. at all other frontends together); all of it while
+    nobody else sees the caller. At least MIN_SHARE, so a frontend a caller just
+    turned to is not shut out before its demand is known."""
+    if others <= 0:
+        return 1.0
+    return max(MIN_SHARE, own / (own + others))
+
+
+class DemandMeter:
+    """Requests per second per key, over fixed windows of ``window_s`` (time passed in).
+
+    ``rate`` is the last full window's rate, or the current window's so far if
+    higher (a burst shows at once). Keys idle for a window are forgotten."""
+
+    def __init__(self, window_s: float = 1.0):
+        if window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        self.window_s = window_s
+        self._start: float | None = None
+        self._current: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+
+    def _roll(self, now: float) -> None:
+        if self._start is None:
+            self._start = now
+        elapsed = now - self._start
+        if elapsed >= self.window_s:
+            # Longer than a window (idle time in between) averages over all of it.
+            self._last = {k: n / elapsed for k, n in self._current.items()}
+            self._current = {}
+            self._start = now
+
+    def record(self, key: str, now: float) -> None:
+        self._roll(now)
+        self._current[key] = self._current.get(key, 0) + 1
+
+    def rate(self, key: str, now: float) -> float:
+        self._roll(now)
+        return max(self._last.get(key, 0.0), self._current.get(key, 0) / self.window_s)
+
+    def busy(self, now: float, threshold: float) -> dict[str, float]:
+        """The last full window's rates of at least ``threshold``."""
+        self._roll(now)
+        return {k: r for k, r in self._last.items() if r >= threshold}

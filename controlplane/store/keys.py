@@ -25,6 +25,7 @@ independent systems (or tests) share one etcd.
     tokens/{id}, revocations/{id}         TokenRecord, Revocation  under leases ending at expiry
     secrets/signing-key                   SigningKey  first process to need it (create-if-absent)
     audit/{tenant or -}/{time}-{id}       AuditRecord frontends, under a retention lease
+    rate-demand/{frontend}                RateDemand  each frontend, under its lease: its callers' demand
     requests/{tenant}/{project}/{sha256(request_id)}  RequestRecord  frontends, under a lease
                                                       that expires after the retention (24 h)
     shards/{shard}                        ShardOwner  scheduler, under its session lease
@@ -198,6 +199,12 @@ class Keys:
 
     def audit(self, tenant: str, time_ns: int, record_id: str) -> bytes:
         return self._k(f"audit/{tenant or '-'}/{time_ns:020d}-{record_id}")
+
+    def rate_demand_prefix(self) -> bytes:
+        return self._k("rate-demand/")
+
+    def rate_demand(self, frontend: str) -> bytes:
+        return self._k(f"rate-demand/{frontend}")
 
     # Idempotency and shards
     def request(self, tenant: str, project: str, request_id: str) -> bytes:

@@ -149,3 +149,18 @@ class AuditRecord(_message.Message):
     request_id: str
     token_id: str
     def __init__(self, time_ns: _Optional[int] = ..., subject: _Optional[str] = ..., method: _Optional[str] = ..., resource: _Optional[str] = ..., tenant: _Optional[str] = ..., peer: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ..., token_id: _Optional[str] = ...) -> None: ...
+
+class RateDemand(_message.Message):
+    __slots__ = ("per_second", "time_ns")
+    class PerSecondEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    per_second: _containers.ScalarMap[str, float]
+    time_ns: int
+    def __init__(self, per_second: _Optional[_Mapping[str, float]] = ..., time_ns: _Optional[int] = ...) -> None: ...
