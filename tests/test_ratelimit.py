@@ -157,14 +157,31 @@ def test_a_share_holds_and_refills_its_part_of_the_rate_and_burst() -> None:
 
 
 @pytest.mark.parametrize(("own", "others", "want"), [
-    (5.0, 0.0, 1.0),     # nobody else sees the caller: all of it
-    (0.0, 0.0, 1.0),
-    (5.0, 5.0, 0.5),     # spread evenly over two frontends: half each
-    (1.0, 3.0, 0.25),
-    (0.0, 50.0, MIN_SHARE),  # just turned to this frontend: not shut out
+    (5.0, [], 1.0),           # nobody else sees the caller: all of it
+    (0.0, [0.0], 1.0),
+    (6.0, [14.0], 0.3 + 0.0),  # demands within the rate: each its own (nothing left over)
+    (4.0, [6.0], 0.2 + 0.25),  # ... plus half of what is left (20 - 10) / 2 / 20
+    (30.0, [30.0], 0.5),      # over the rate, evenly: half each
+    (5.0, [100.0], 0.25),     # the one asking less than half gets all it asks
+    (100.0, [5.0], 0.75),     # ... and the busy one the rest
+    (100.0, [5.0, 100.0], 0.375),  # three frontends: 5, then (20 - 5) / 2 each
+    (0.0, [50.0], MIN_SHARE),  # just turned to this frontend: not shut out
 ])
-def test_share_follows_demand(own: float, others: float, want: float) -> None:
-    assert share(own, others) == pytest.approx(want)
+def test_share_is_max_min_fair(own: float, others: list[float], want: float) -> None:
+    assert share(own, others, 20.0) == pytest.approx(want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.01, 1000), min_size=1, max_size=6), st.floats(1, 1000))
+def test_shares_never_grant_more_than_the_rate_in_total_when_all_are_busy(demands: list[float],
+                                                                         rate: float) -> None:
+    """Every frontend computing its share from the same demands: together they grant
+    at most the rate (once each frontend's floor is accounted for), and each at least
+    its demand or an equal part."""
+    grants = [share(d, demands[:i] + demands[i + 1:], rate) * rate for i, d in enumerate(demands)]
+    assert sum(grants) <= rate * (1 + 1e-9) + MIN_SHARE * rate * len(demands)
+    for d, g in zip(demands, grants, strict=True):
+        assert g >= min(d, rate / len(demands)) * (1 - 1e-9) or g >= MIN_SHARE * rate
 
 
 def test_demand_meter_rates_over_windows() -> None:

@@ -1,7 +1,7 @@
 """Per-caller rate limits: one token bucket per identity, pure (time is passed in).
 
-Each frontend limits on its own (no store round trip per request), with the share
-of the caller's rate that its part of the caller's demand entitles it to (see
+Each frontend limits on its own (no store round trip per request), with a max-min
+fair share of the caller's rate given the caller's demand at every frontend (see
 :func:`share` and :mod:`controlplane.auth.rateshare`): a caller spread over N
 frontends gets about the rate in total, one stuck to a single frontend all of it.
 Buckets of callers idle long enough to be full again are dropped, so memory follows
@@ -10,6 +10,7 @@ the active callers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -61,14 +62,27 @@ class RateLimiter:
 MIN_SHARE = 0.01
 
 
-def share(own: float, others: float) -> float:
-    """The part of a caller's rate one frontend may grant: its part of the caller's
-    demand (requests/s here vs. at all other frontends together); all of it while
-    nobody else sees the caller. At least MIN_SHARE, so a frontend a caller just
-    turned to is not shut out before its demand is known."""
-    if others <= 0:
+def share(own: float, others: Sequence[float], rate: float) -> float:
+    """The part (0..1] of a caller's ``rate`` one frontend may grant, from the caller's
+    demand (requests/s) here (``own``) and at each other frontend that sees it.
+
+    Max-min fair: while the demands add up to no more than the rate, every frontend
+    gets its demand and an equal part of the rest; beyond that, each gets at most an
+    equal part of the rate, and what frontends asking less leave goes to the others
+    (water-filling). So a frontend that sees little of the caller always gets what it
+    sees, and a busy one cannot take the others' part. All of it while nobody else
+    sees the caller; never below MIN_SHARE."""
+    demands = sorted([max(own, 0.0), *(d for d in others if d > 0)])
+    if len(demands) == 1 or rate <= 0:
         return 1.0
-    return max(MIN_SHARE, own / (own + others))
+    remaining = rate
+    for i, demand in enumerate(demands):
+        equal = remaining / (len(demands) - i)
+        if demand > equal:  # this one and every larger one are capped at the level
+            return max(MIN_SHARE, min(own, equal) / rate)
+        remaining -= demand
+    # Everyone's demand fits: share out what is left evenly.
+    return max(MIN_SHARE, min(1.0, (own + remaining / len(demands)) / rate))
 
 
 class DemandMeter:
