@@ -234,6 +234,11 @@ class Client:
         return self._call(self._hosts.SetMaintenance,
                           host_pb2.SetMaintenanceRequest(name=name, maintenance=maintenance), retries=3)
 
+    def delete_host(self, host_id: str) -> host_pb2.Host:
+        """Forget a decommissioned host (no heartbeat, no VMs); system admins. Returns
+        it as it was. FAILED_PRECONDITION (HOST_ALIVE, HOST_NOT_EMPTY) otherwise."""
+        return self._call(self._hosts.DeleteHost, host_pb2.DeleteHostRequest(name=_named("hosts/", host_id)))
+
     def drain_host(self, host_id: str, *, timeout_s: float = 300.0) -> host_pb2.Host:
         """Maintenance, then move every VM off the host by its restart policy; blocks
         until the host is empty (DEADLINE_EXCEEDED after ``timeout_s``). Safe to retry."""

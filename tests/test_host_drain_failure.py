@@ -209,3 +209,43 @@ def test_dead_host_vms_run_elsewhere_exactly_once_and_never_twice(etcd_server, t
         creates_back = _ops(read_journal(system.sim_state_dir(1)), "create")
         assert set(creates_back) == {(vms[u].host, u) for u in on_dead}, "the returned host made a VM again"
         _check_moved_exactly_once(system, client, 2, dead_hosts, moved, deleted, survivors)
+
+
+def test_only_a_host_without_heartbeat_and_vms_can_be_deleted(etcd_server, tmp_path):
+    """DeleteHost refuses a live host (HOST_ALIVE) and a missing one that still holds
+    VMs (HOST_NOT_EMPTY); once the scheduler declared it dead and moved its VMs off,
+    it is forgotten, and only system admins may do it."""
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=f"/forget-{uuid.uuid4().hex[:8]}", hosts=4,
+                     sim_agents=2, latency="zero", frontends=1, lease_ttl=2, metrics=False, data_dir=str(tmp_path),
+                     scheduler_args=("--host-dead-after", "10")) as system, \
+            system.client(project="forget") as client:
+        vms = [client.create_vm(f"vm-{i}", flavor="small", image="ubuntu") for i in range(8)]
+        running = wait_until(lambda: _all_running(client, len(vms)), timeout=60, message="all VMs RUNNING")
+        gone_host = next(vm.host for vm in running.values() if vm.host.startswith("sim1-"))
+
+        def refusal(call) -> tuple[grpc.StatusCode, str]:
+            with pytest.raises(ApiError) as refused:
+                call()
+            return refused.value.code, refused.value.reason
+
+        assert refusal(lambda: client.delete_host(gone_host)) == (grpc.StatusCode.FAILED_PRECONDITION, "HOST_ALIVE")
+        assert refusal(lambda: client.delete_host("no-such-host"))[0] is grpc.StatusCode.NOT_FOUND
+        system.processes["agent-1"].kill(signal.SIGKILL)
+        wait_until(lambda: client.get_host(gone_host).state == host_pb2.Host.MISSING, timeout=30,
+                   message="the host MISSING")
+        # Missing for 10 s before the scheduler declares it dead: its VMs are still bound.
+        assert refusal(lambda: client.delete_host(gone_host)) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                                  "HOST_NOT_EMPTY")
+        wait_until(lambda: (h := client.get_host(gone_host)).state == host_pb2.Host.DEAD and h.vm_count == 0,
+                   timeout=60, message="the host DEAD and empty")
+        member = client.create_token("member", [("project-member", client.tenant, client.project)]).bearer_token
+        with Client(system.endpoint, token=member, project="forget") as outsider:
+            assert refusal(lambda: outsider.delete_host(gone_host))[0] is grpc.StatusCode.PERMISSION_DENIED
+
+        forgotten = client.delete_host(gone_host)
+        assert forgotten.state == host_pb2.Host.DEAD and forgotten.vm_count == 0
+        assert gone_host not in {h.name.split("/", 1)[1] for h in client.list_hosts()}
+        assert refusal(lambda: client.get_host(gone_host))[0] is grpc.StatusCode.NOT_FOUND
+        # Its VMs run elsewhere; the cluster goes on placing.
+        wait_until(lambda: _all_running(client, len(vms)), timeout=60, message="the moved VMs RUNNING")
+        assert client.create_vm("after", flavor="small", image="ubuntu").state == vm_pb2.Vm.PENDING

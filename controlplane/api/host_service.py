@@ -18,7 +18,7 @@ from controlplane.api.streams import watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, host_pb2_grpc
-from controlplane.store.errors import NotFound
+from controlplane.store.errors import Conflict, HostAlive, HostNotEmpty, NotFound
 from controlplane.store.hosts import HostStore
 from controlplane.store.lifecycle import HostEvictor, LifecycleStore
 
@@ -46,6 +46,20 @@ class HostService(host_pb2_grpc.HostServiceServicer):
         await self._existing(host, request.name)
         await self._store.set_maintenance(host, request.maintenance)
         return host_to_proto(await self._existing(host, request.name))
+
+    async def DeleteHost(self, request: host_pb2.DeleteHostRequest, context) -> host_pb2.Host:
+        host = validation.parse_host_name(request.name)
+        require(Action.SYSTEM, kind="host", name=request.name)
+        try:
+            return host_to_proto(await self._store.delete(host))
+        except NotFound as err:
+            raise errors.not_found("host", request.name) from err
+        except HostAlive as err:
+            raise errors.failed_precondition(str(err), "HOST_ALIVE") from err
+        except HostNotEmpty as err:
+            raise errors.failed_precondition(str(err), "HOST_NOT_EMPTY") from err
+        except Conflict as err:
+            raise errors.aborted(str(err)) from err
 
     async def DrainHost(self, request: host_pb2.DrainHostRequest, context) -> host_pb2.Host:
         host = validation.parse_host_name(request.name)

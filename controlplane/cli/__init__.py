@@ -4,7 +4,7 @@
     quanta frontend|scheduler|agent ...   one component (see --help of each)
     quanta scheduler shards               who owns each scheduler shard
     quanta vm create|get|list|watch|delete
-    quanta host list|get|maintenance|drain
+    quanta host list|get|maintenance|drain|delete
     quanta tenant|project create|get|list|delete
     quanta quota get|set|list
     quanta flavor|image create|list|delete

@@ -133,6 +133,9 @@ def main(kind: str, argv: list[str]) -> None:
                                parents=[common])
         drain.add_argument("name")
         drain.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the host to empty")
+        delete = sub.add_parser("delete", help="forget a host with no heartbeat and no VMs (system admins)",
+                                parents=[common])
+        delete.add_argument("name")
     args = parser.parse_args(argv)
     run_with_client(args, lambda client: _run(kind, args, client))
 
@@ -146,6 +149,8 @@ def _run(kind: str, args, client: Client) -> None:
             print_message(client.set_maintenance(args.name, not args.off), out, _host_row)
         elif args.verb == "drain":
             print_message(client.drain_host(args.name, timeout_s=args.timeout), out, _host_row)
+        elif args.verb == "delete":
+            print_message(client.delete_host(args.name), out, _host_row)
         else:
             print_message(client.get_host(args.name), out, _host_row)
         return

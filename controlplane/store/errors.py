@@ -25,3 +25,17 @@ class RequestReplayed(AlreadyExists):
 
 class Conflict(StoreError):
     """A compare-and-swap kept failing, or an etag did not match."""
+
+
+class HostAlive(StoreError):
+    """The host's agent still heartbeats: it cannot be forgotten."""
+
+    def __init__(self, host: str):
+        super().__init__(f"host {host} is registered (its agent heartbeats); stop the agent first")
+
+
+class HostNotEmpty(StoreError):
+    """VMs are still bound to the host."""
+
+    def __init__(self, host: str, vms: int):
+        super().__init__(f"host {host} holds {vms} VMs; drain it, or let the scheduler declare it dead")

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from controlplane.etcd import EtcdClient, KeyValue, prefix_end
+from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.models import HostAllocation, HostRegistration
-from controlplane.store.errors import NotFound
+from controlplane.store.errors import Conflict, HostAlive, HostNotEmpty, NotFound
 from controlplane.store.keys import Keys
 
 
@@ -139,6 +139,25 @@ class HostStore:
         if record is None:
             raise NotFound(f"hosts/{host}")
         return record
+
+    async def delete(self, host: str) -> HostRecord:
+        """Forget a host that has no heartbeat and holds no VMs: its allocation, and
+        its maintenance and dead markers, in one txn that compares it is still so.
+        Returns the record as it was. Raises NotFound, HostAlive, HostNotEmpty."""
+        k = self._keys
+        for _attempt in range(8):
+            record = await self.get(host)
+            if record.registration is not None:
+                raise HostAlive(host)
+            if record.allocation.vm_count:
+                raise HostNotEmpty(host, record.allocation.vm_count)
+            alloc = k.host_alloc(host)
+            guard = [ops.absent(k.host_reg(host)),
+                     ops.mod_revision_is(alloc, record.alloc_revision) if record.alloc_revision else ops.absent(alloc)]
+            deletes = [ops.delete(alloc), ops.delete(k.host_maintenance(host)), ops.delete(k.host_dead(host))]
+            if (await self._etcd.txn(guard, deletes)).succeeded:
+                return record
+        raise Conflict(f"host {host} kept changing; retry")
 
     async def set_maintenance(self, host: str, on: bool) -> None:
         """Take the host out of placement (``on``) or put it back. Idempotent; VMs on

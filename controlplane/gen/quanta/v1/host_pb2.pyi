@@ -93,6 +93,12 @@ class DrainHostRequest(_message.Message):
     timeout: _duration_pb2.Duration
     def __init__(self, name: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
+class DeleteHostRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
 class WatchHostsRequest(_message.Message):
     __slots__ = ("resource_version",)
     RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]

@@ -61,6 +61,11 @@ class HostServiceStub:
                 request_serializer=quanta_dot_v1_dot_host__pb2.DrainHostRequest.SerializeToString,
                 response_deserializer=quanta_dot_v1_dot_host__pb2.Host.FromString,
                 _registered_method=True)
+        self.DeleteHost = channel.unary_unary(
+                '/quanta.v1.HostService/DeleteHost',
+                request_serializer=quanta_dot_v1_dot_host__pb2.DeleteHostRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_host__pb2.Host.FromString,
+                _registered_method=True)
 
 
 class HostServiceServicer:
@@ -104,6 +109,17 @@ class HostServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteHost(self, request, context):
+        """Forgets a decommissioned host: one with no heartbeat (MISSING or DEAD) that
+        holds no VMs. FAILED_PRECONDITION with reason HOST_ALIVE while its agent
+        heartbeats, HOST_NOT_EMPTY while VMs are bound to it (drain it, or wait for
+        the scheduler to declare it dead and move them). Returns the host as it was.
+        An agent that registers the host again brings it back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +146,11 @@ def add_HostServiceServicer_to_server(servicer, server):
             'DrainHost': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainHost,
                     request_deserializer=quanta_dot_v1_dot_host__pb2.DrainHostRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_host__pb2.Host.SerializeToString,
+            ),
+            'DeleteHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteHost,
+                    request_deserializer=quanta_dot_v1_dot_host__pb2.DeleteHostRequest.FromString,
                     response_serializer=quanta_dot_v1_dot_host__pb2.Host.SerializeToString,
             ),
     }
@@ -269,6 +290,33 @@ class HostService:
             target,
             '/quanta.v1.HostService/DrainHost',
             quanta_dot_v1_dot_host__pb2.DrainHostRequest.SerializeToString,
+            quanta_dot_v1_dot_host__pb2.Host.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.HostService/DeleteHost',
+            quanta_dot_v1_dot_host__pb2.DeleteHostRequest.SerializeToString,
             quanta_dot_v1_dot_host__pb2.Host.FromString,
             options,
             channel_credentials,
