@@ -63,6 +63,16 @@ class ManagedProcess:
         terminate(self.process, timeout)
 
 
+def _serving(endpoint: str) -> bool:
+    """Whether the gRPC server at ``endpoint`` answers its health check with SERVING."""
+    try:
+        with grpc.insecure_channel(endpoint) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    except grpc.RpcError:
+        return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
 class LocalSystem:
     def __init__(
         self,
@@ -168,13 +178,8 @@ class LocalSystem:
         while True:
             if not process.alive:
                 raise RuntimeError(f"{name} exited; log in {process.log_path}")
-            try:
-                with grpc.insecure_channel(listen) as channel:
-                    if health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status \
-                            == health_pb2.HealthCheckResponse.SERVING:
-                        return process
-            except grpc.RpcError:
-                pass
+            if _serving(listen):
+                return process
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not serve within 60 s; log in {process.log_path}")
             time.sleep(0.1)
@@ -230,15 +235,11 @@ class LocalSystem:
             if dead:
                 raise RuntimeError(f"processes exited during start: {dead}; logs in {self.log_dir}")
             try:
-                with grpc.insecure_channel(self.endpoint) as channel:
-                    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                if _serving(self.endpoint):
                     with Client(self.endpoint, token=self.admin_token) as client:
                         ready = [h for h in client.list_hosts() if h.state == h.READY]
                     if len(ready) >= self.hosts:
                         return
-            except grpc.RpcError:
-                pass
             except Exception as err:  # noqa: BLE001 - an ApiError while starting: keep waiting
                 log.debug("not ready yet: %s", err)
             if time.monotonic() > deadline:

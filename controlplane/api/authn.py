@@ -200,7 +200,7 @@ class AuditInterceptor(_BehaviorInterceptor):
         async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
             code, message = "OK", ""
             scope: dict = {}
-            draft = scope["draft"] = _Draft(self, short, request, context, scope)
+            draft = scope["draft"] = _Draft(self, self._log, short, request, context, scope)
             token = audit_scope.set(scope)
             try:
                 return await behavior(request, context)
@@ -266,17 +266,17 @@ class AuditInterceptor(_BehaviorInterceptor):
 class _Draft:
     """:class:`controlplane.api.access.AuditDraft` of one audited call."""
 
-    __slots__ = ("_interceptor", "_method", "_request", "_context", "_scope", "done")
+    __slots__ = ("_interceptor", "_log", "_method", "_request", "_context", "_scope", "done")
 
-    def __init__(self, interceptor: AuditInterceptor, method: str, request: Any,
+    def __init__(self, interceptor: AuditInterceptor, log: AuditLog, method: str, request: Any,
                  context: grpc.aio.ServicerContext, scope: dict):
-        self._interceptor, self._method, self._request = interceptor, method, request
+        self._interceptor, self._log, self._method, self._request = interceptor, log, method, request
         self._context, self._scope = context, scope
         self.done = False
 
     async def writes(self) -> list:
         record = self._interceptor.record(self._method, self._request, self._context, "OK", "", self._scope)
-        return [] if record is None else [await self._interceptor._log.put(record)]
+        return [] if record is None else [await self._log.put(record)]
 
     def committed(self) -> None:
         self.done = True

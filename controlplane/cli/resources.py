@@ -41,7 +41,7 @@ def print_list(messages: Iterable, output: str, row) -> None:
     and the command fails)."""
     if output != "json":
         for message in messages:
-            print(row(message), flush=True)
+            print_message(message, output, row)
         return
     sep = "[\n"
     for message in messages:
