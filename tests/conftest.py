@@ -8,11 +8,12 @@ ports and is stopped at the end, also when a test fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 
 import pytest
 
@@ -82,3 +83,16 @@ async def async_wait_until(condition, timeout: float = 30.0, interval: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running(*coros: Coroutine) -> AsyncIterator[list[asyncio.Task]]:
+    """Run ``coros`` as tasks for the duration of the block; cancel and await them
+    after it, also when it fails."""
+    tasks = [asyncio.create_task(coro) for coro in coros]
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -37,7 +37,7 @@ from controlplane.store.vms import VmRecord, VmStore
 from scheduler.hostsync import HostSync
 from scheduler.lifecycle import HostReaper, MissingClock
 from scheduler.placement import HostView
-from tests.conftest import async_wait_until, make_projects
+from tests.conftest import async_wait_until, make_projects, running
 
 SHARDS = 4
 SMALL = Resources(1, 1024, 10)
@@ -317,19 +317,17 @@ def test_the_running_reaper_evicts_again_what_an_eviction_left_behind(etcd_endpo
             sync = HostSync(hosts, HostView())
             evictor = _FirstEvictionsLeaveEverything(lifecycle, vms)
             reaper = HostReaper(sync, lifecycle, evictor, lock.fence, grace_s=0.2, tick_s=0.1)
-            tasks = [asyncio.create_task(sync.run()), asyncio.create_task(reaper.run())]
             try:
-                await client.delete(keys.host_reg("h1"))  # the agent is gone
-                await async_wait_until(lambda: evictor.calls >= 2, timeout=20, message="the fruitless evictions")
+                async with running(sync.run(), reaper.run()):
+                    await client.delete(keys.host_reg("h1"))  # the agent is gone
+                    await async_wait_until(lambda: evictor.calls >= 2, timeout=20,
+                                           message="the fruitless evictions")
 
-                async def moved() -> bool:
-                    return (await vms.get(keep.ref)).status.reason == REASON_DEAD
+                    async def moved() -> bool:
+                        return (await vms.get(keep.ref)).status.reason == REASON_DEAD
 
-                await async_wait_until(moved, timeout=20, message="the VM moved off the dead host")
+                    await async_wait_until(moved, timeout=20, message="the VM moved off the dead host")
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
                 await lease.revoke()
 
     run(main())

@@ -35,7 +35,7 @@ from scheduler.placement import (
 )
 from scheduler.service import SchedulerConfig, run_scheduler
 from scheduler.simulate import make_specs, queue_specs, seed_hosts
-from tests.conftest import async_wait_until
+from tests.conftest import async_wait_until, running
 
 PROPS = settings(max_examples=150, deadline=None)
 CAP = Resources(16, 65536, 1000)
@@ -175,9 +175,9 @@ def test_anti_affine_vms_placed_at_once_by_two_processes_never_share_a_host(etcd
             while len({s.shard for s in specs}) < shards:  # both processes must have some to place
                 specs = make_specs(6, shards, Resources(1, 1024, 10), anti_affinity_group="db")
             await queue_specs(client, keys, specs)
-            tasks = [asyncio.create_task(run_scheduler(SchedulerConfig(
-                etcd=etcd_endpoint, root=root, shards=shards, lease_ttl=5, name=f"sched-{i}"))) for i in range(2)]
-            try:
+            schedulers = [run_scheduler(SchedulerConfig(etcd=etcd_endpoint, root=root, shards=shards, lease_ttl=5,
+                                                        name=f"sched-{i}")) for i in range(2)]
+            async with running(*schedulers):
                 bound = await async_wait_until(
                     lambda: _full(client, keys, 3), timeout=30, message="3 anti-affine VMs bound")
                 assert Counter(b.host for b in bound) == {h: 1 for h in hosts[:3]}
@@ -193,10 +193,6 @@ def test_anti_affine_vms_placed_at_once_by_two_processes_never_share_a_host(etcd
                 group = specs[0].host_group  # scoped: {tenant}/{project}/db
                 assert group.endswith("/db") and alloc_groups == [{group: 1}] * 3 + [{}]
                 assert len(await _bindings(client, keys)) == 3  # and no more came later
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
 
     run(main())
 

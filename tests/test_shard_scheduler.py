@@ -20,7 +20,7 @@ from scheduler.hostsync import HostSync
 from scheduler.placement.view import HostView
 from scheduler.shard import ShardScheduler
 from scheduler.zonesync import ZoneSync
-from tests.conftest import async_wait_until, make_projects
+from tests.conftest import async_wait_until, make_projects, running
 
 SMALL = Resources(1, 1024, 10)
 
@@ -36,13 +36,8 @@ async def _run_shard(client: EtcdClient, keys: Keys, lease: Lease, store: Schedu
     lock = ShardLock(client, keys, 0, "test", lease)
     await lock.acquire()
     shard = ShardScheduler(0, store, hosts, lock, zones=zones, seed=1)
-    tasks = [asyncio.create_task(t) for t in (hosts.run(), zones.run(), shard.run())]
-    try:
+    async with running(hosts.run(), zones.run(), shard.run()):
         await until()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _DeletedBeforeItsBind(SchedulingStore):
