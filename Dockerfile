@@ -4,6 +4,7 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY quanta ./quanta
 COPY controlplane ./controlplane
 COPY scheduler ./scheduler
 COPY agents ./agents

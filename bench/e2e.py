@@ -339,7 +339,7 @@ def ms(seconds: float | None) -> float | None:
 def ensure_project(endpoint: str, token: str, tenant: str, project: str) -> None:
     """Make the benchmark's project (unlimited) if it is not there yet."""
     from controlplane.api.errors import ApiError
-    from controlplane.sdk import Client
+    from quanta.client import Client
 
     with Client(endpoint, token=token, tenant=tenant) as client:
         try:
@@ -541,12 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     pids = args.pids
     try:
         if args.endpoint:
-            from controlplane.sdk import resolve_token
+            from quanta.client import resolve_token
 
             endpoint = args.endpoint
             token = resolve_token(args.token)
         else:
-            from controlplane.local import LocalSystem
+            from quanta.local import LocalSystem
 
             data_dir = None
             if args.keep_logs:

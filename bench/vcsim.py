@@ -97,7 +97,7 @@ def check_on_vsphere(vcsims) -> dict:
 
 
 def one_run(args: argparse.Namespace, delays: dict[str, int]) -> dict:
-    from controlplane.local import LocalSystem
+    from quanta.local import LocalSystem
     from tests.vcsim import Vcsim
 
     vcsims: list[Vcsim] = []

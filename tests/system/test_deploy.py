@@ -38,12 +38,12 @@ from unittest import mock
 import pytest
 import yaml
 
-import controlplane.cli
-from controlplane.local import LocalSystem
-from controlplane.prometheus import PrometheusServer, job_of, scrape_config
+import quanta.cli
+from quanta.local import LocalSystem
+from quanta.prometheus import PrometheusServer, job_of, scrape_config
 from tests.conftest import wait_until
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -128,7 +128,7 @@ def component_parser(component: str, env: dict[str, str] | None = None) -> argpa
         raise _Captured(argv)
 
     with mock.patch("os.execv", execv), pytest.raises(_Captured) as exec_call:
-        controlplane.cli.main([component])
+        quanta.cli.main([component])
     argv = exec_call.value.value
     module = argv[argv.index("-m") + 1]
     spec = importlib.util.find_spec(module)

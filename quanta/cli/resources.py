@@ -12,7 +12,7 @@ from google.protobuf.json_format import MessageToDict
 
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
-from controlplane.sdk import Client
+from quanta.client import Client
 
 
 def _vm_row(vm: vm_pb2.Vm) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import time
 
-from controlplane.local import LocalSystem
+from quanta.local import LocalSystem
 from tests.vcsim import Vcsim
 
 VMS = 200

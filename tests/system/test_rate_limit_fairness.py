@@ -11,8 +11,8 @@ import grpc
 
 from controlplane.api.errors import ApiError
 from controlplane.etcd.server import free_port
-from controlplane.local import LocalSystem
-from controlplane.sdk import Client
+from quanta.client import Client
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 

@@ -20,8 +20,8 @@ import pytest
 
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import tenancy_pb2, vm_pb2
-from controlplane.local import LocalSystem
-from controlplane.sdk import Client
+from quanta.client import Client
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 ROLES = ("admin", "acme_admin", "web_member", "acme_viewer", "web_viewer", "globex_admin")

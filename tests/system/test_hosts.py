@@ -11,7 +11,7 @@ import pytest
 
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
-from controlplane.local import LocalSystem
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 READY, MISSING = host_pb2.Host.READY, host_pb2.Host.MISSING

@@ -10,8 +10,8 @@ import signal
 import sys
 import time
 
-from controlplane.local import LocalSystem
-from controlplane.sdk import local_state_path
+from quanta.client import local_state_path
+from quanta.local import LocalSystem
 
 
 def _write_state(path: pathlib.Path, system: LocalSystem) -> None:

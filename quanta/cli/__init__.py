@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 
@@ -24,25 +23,32 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__.strip())
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
-    # Components run in their own module (and process); exec keeps the layering:
-    # the control plane never imports the scheduler or the agents.
-    components = {"frontend": "controlplane.frontend", "scheduler": "scheduler", "agent": "agents"}
     if command == "scheduler" and rest[:1] == ["shards"]:
-        from controlplane.cli.shards import main as shards
+        from quanta.cli.shards import main as shards
 
         shards(rest[1:])
-    elif command in components:
-        os.execv(sys.executable, [sys.executable, "-m", components[command], *rest])
+    elif command == "frontend":
+        from controlplane.frontend import main as frontend
+
+        frontend(rest)
+    elif command == "scheduler":
+        from scheduler.__main__ import main as scheduler
+
+        scheduler(rest)
+    elif command == "agent":
+        from agents.__main__ import main as agent
+
+        agent(rest)
     elif command == "up":
-        from controlplane.cli.up import main as up
+        from quanta.cli.up import main as up
 
         up(rest)
     elif command in ("vm", "host"):
-        from controlplane.cli.resources import main as resources
+        from quanta.cli.resources import main as resources
 
         resources(command, rest)
     elif command in ("tenant", "project", "quota", "flavor", "image", "token", "audit"):
-        from controlplane.cli.admin import main as admin
+        from quanta.cli.admin import main as admin
 
         admin(command, rest)
     else:

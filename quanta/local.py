@@ -125,7 +125,7 @@ class LocalSystem:
         #: Sim agent processes sharing the ``hosts``: agent-0 runs sim-00000..., agent-i
         #: (i > 0) runs sim{i}-00000... with its journal in sim_state_dir(i).
         self.sim_agents = max(1, sim_agents)
-        self.prometheus = None  # a controlplane.prometheus.PrometheusServer once started
+        self.prometheus = None  # a quanta.prometheus.PrometheusServer once started
         self.etcd: EtcdServer | None = None
         self.etcd_endpoint = etcd_endpoint or ""
         self.admin_token = ""
@@ -140,7 +140,7 @@ class LocalSystem:
         """An SDK client for this system's API, as the admin unless ``token`` is given.
         With ``ensure_project`` (and the admin), the client's tenant and project are
         made first if absent (unlimited), so tests can name any project."""
-        from controlplane.sdk import Client
+        from quanta.client import Client
 
         client = Client(self.endpoint, token=token or self.admin_token, **kwargs)
         if ensure_project and token is None:
@@ -227,7 +227,7 @@ class LocalSystem:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until every frontend answers health checks and all hosts are READY."""
-        from controlplane.sdk import Client
+        from quanta.client import Client
 
         deadline = time.monotonic() + timeout
         while True:
@@ -248,7 +248,7 @@ class LocalSystem:
 
     def _start_prometheus(self) -> None:
         """A Prometheus scraping every process here and etcd (``quanta up --prometheus``)."""
-        from controlplane.prometheus import PrometheusServer
+        from quanta.prometheus import PrometheusServer
 
         targets = {name: f"127.0.0.1:{port}" for name, port in self.metrics_ports.items()}
         if self.etcd:

@@ -12,7 +12,7 @@ import grpc_tools
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROTO = ROOT / "proto"
 GEN = ROOT / "controlplane" / "gen"
 

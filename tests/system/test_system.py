@@ -17,8 +17,8 @@ import pytest
 from controlplane.api.errors import ApiError
 from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
-from controlplane.local import LocalSystem
-from controlplane.sdk import Client
+from quanta.client import Client
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 State = vm_pb2.Vm.State

@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 
 from controlplane.api.errors import ApiError
 from controlplane.etcd import EtcdClient
-from controlplane.local import LocalSystem
 from controlplane.models import ZONE_LABEL, Binding, HostAllocation, Resources, Scope, VmRef, VmSpec, now_ns
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.lifecycle import LifecycleStore
 from controlplane.store.scheduling import HostBind, SchedulingStore
 from controlplane.store.zones import ZoneCount, ZoneStore
+from quanta.local import LocalSystem
 from scheduler.placement import (
     DEFAULT_FILTERS,
     HostSnapshot,

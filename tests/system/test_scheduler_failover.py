@@ -10,11 +10,11 @@ import signal
 import uuid
 
 from controlplane.etcd import EtcdClient
-from controlplane.local import LocalSystem
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.shards import ShardDirectory
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
-from tests.test_crash_recovery import _check_exactly_once, _states
+from tests.system.test_crash_recovery import _check_exactly_once, _states
 
 SHARDS = 6
 
@@ -52,7 +52,7 @@ def test_scheduler_killed_mid_load_loses_and_duplicates_nothing(etcd_server, tmp
         victim.process.send_signal(signal.SIGSTOP)  # its shards keep their VMs pending until the kill
         with system.client(project="failover") as client:
             try:
-                from tests.test_crash_recovery import VMS
+                from tests.system.test_crash_recovery import VMS
 
                 vms = [client.create_vm(f"vm-{i:03d}", flavor="small", image="ubuntu") for i in range(VMS)]
                 stuck = {vm.uid for vm in vms if shard_of(vm.uid, SHARDS) in victim_shards}

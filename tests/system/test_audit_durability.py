@@ -14,10 +14,10 @@ from prometheus_client import REGISTRY
 
 from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
-from controlplane.local import LocalSystem
 from controlplane.models import VmRef, now_ns
 from controlplane.store.audit import AuditLog
 from controlplane.store.keys import Keys
+from quanta.local import LocalSystem
 
 CALLS = 40
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from controlplane.local import LocalSystem
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 QUANTA = os.path.join(os.path.dirname(sys.executable), "quanta")

@@ -16,8 +16,8 @@ from cryptography.x509.oid import NameOID
 
 from controlplane.api.errors import ApiError
 from controlplane.etcd.server import free_port, terminate
-from controlplane.local import LocalSystem
-from controlplane.sdk import Client
+from quanta.client import Client
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 

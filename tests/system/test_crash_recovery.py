@@ -15,10 +15,10 @@ from agents.drivers.sim import read_journal
 from controlplane.api.errors import ApiError
 from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import vm_pb2
-from controlplane.local import LocalSystem
 from controlplane.models import Binding, HostAllocation
-from controlplane.sdk import Client
 from controlplane.store.keys import Keys
+from quanta.client import Client
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 VMS = 120

@@ -13,10 +13,10 @@ import os
 import time
 
 from controlplane.etcd import EtcdClient
-from controlplane.sdk import local_state_path
 from controlplane.store.cluster import read_cluster_config
 from controlplane.store.keys import Keys
 from controlplane.store.shards import ShardDirectory
+from quanta.client import local_state_path
 
 
 def _default_etcd() -> str:

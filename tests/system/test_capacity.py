@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 from controlplane.gen.quanta.v1 import vm_pb2
-from controlplane.local import LocalSystem
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 State = vm_pb2.Vm.State

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 
 from controlplane.etcd import EtcdClient
-from controlplane.local import LocalSystem
 from controlplane.models import VmSpec
 from controlplane.store.keys import Keys
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 

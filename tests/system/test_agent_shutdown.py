@@ -11,9 +11,9 @@ import uuid
 import pytest
 
 from agents.drivers.sim import read_journal
-from controlplane.local import LocalSystem
+from quanta.local import LocalSystem
 from tests.conftest import wait_until
-from tests.test_crash_recovery import VMS, _check_exactly_once, _create_all, _states
+from tests.system.test_crash_recovery import VMS, _check_exactly_once, _create_all, _states
 
 
 def _agent_log(system: LocalSystem, message: str) -> list[dict]:

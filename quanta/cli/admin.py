@@ -11,10 +11,10 @@ import sys
 
 from google.protobuf.json_format import MessageToDict
 
-from controlplane.cli.resources import common_options, print_list, print_message, run_with_client
 from controlplane.gen.quanta.v1 import common_pb2
-from controlplane.sdk import ROLES, Client
 from controlplane.tenancy import DIMENSIONS
+from quanta.cli.resources import common_options, print_list, print_message, run_with_client
+from quanta.client import ROLES, Client
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 
