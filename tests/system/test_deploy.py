@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import io
 import json
 import os
@@ -123,24 +121,13 @@ class _Captured(Exception):
 
 def component_parser(component: str, env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """The parser ``quanta <component>`` uses, built under ``env`` (its defaults read
-    QUANTA_* variables): the module the CLI execs, run until it parses its arguments."""
-    def execv(_path, argv):
-        raise _Captured(argv)
-
-    with mock.patch("os.execv", execv), pytest.raises(_Captured) as exec_call:
-        quanta.cli.main([component])
-    argv = exec_call.value.value
-    module = argv[argv.index("-m") + 1]
-    spec = importlib.util.find_spec(module)
-    if spec.submodule_search_locations:
-        module += ".__main__"
-
+    QUANTA_* variables): the CLI runs the component's main until it parses its arguments."""
     def parse_args(self, *_args, **_kwargs):
         raise _Captured(self)
 
     with mock.patch.dict(os.environ, env or {}), mock.patch.object(argparse.ArgumentParser, "parse_args", parse_args), \
             pytest.raises(_Captured) as parser_call:
-        importlib.import_module(module).main([])
+        quanta.cli.main([component])
     return parser_call.value.value
 
 
