@@ -4,7 +4,7 @@ Usage: python scripts/genproto.py [OUT_DIR]
 
 protoc writes absolute imports (``from quanta.v1 import common_pb2``); they are
 rewritten to live under the ``controlplane.gen`` package so that no sys.path
-editing is needed. tests/test_proto_stubs.py fails when the committed stubs
+editing is needed. tests/unit/test_proto_stubs.py fails when the committed stubs
 drift from proto/.
 """
 
