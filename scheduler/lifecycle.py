@@ -6,8 +6,10 @@ its VMs are moved off at once by restart policy; a drained host (DrainHost: the
 marked evicting and its agent destroys and requeues them (``HostEvictor`` with
 ``dead=False``), its NEVER VMs deleted.
 
-Runs in exactly one process: the owner of shard 0, with every declaration and
-move fenced by that shard's lock. Flow: follow the process's HostSync; on each
+Runs in exactly one process: the owner of shard 0, with every declaration,
+move and deletion fenced by that shard's lock (marking a drained host's VMs
+evicting is not: ``LifecycleStore.mark_evicting`` takes no fence, so an owner
+deposed a moment ago may still mark what the drain asked for). Flow: follow the process's HostSync; on each
 change or tick: start a clock for each newly missing host, declare dead the
 ones whose clock ran out (one txn: still unregistered, not yet marked, fence),
 move the VMs off dead and drained hosts (``HostEvictor``: compare-and-swap per
