@@ -50,7 +50,6 @@ from controlplane.store.catalog import Catalog, seed_defaults
 from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
-from controlplane.store.lifecycle import HostEvictor, LifecycleStore
 from controlplane.store.records import KeyedRecords
 from controlplane.store.retention import DEFAULT_RETENTION_S, RetentionLeases
 from controlplane.store.tenancy import TenancyStore, ensure_project
@@ -124,8 +123,7 @@ async def serve(config: FrontendConfig) -> None:
         vm_pb2_grpc.add_VmServiceServicer_to_server(
             VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
         host_pb2_grpc.add_HostServiceServicer_to_server(
-            HostService(HostStore(client, keys), lifecycle=LifecycleStore(client, keys),
-                        evictor=HostEvictor(LifecycleStore(client, keys), vms), bookmark_s=config.bookmark_s), server)
+            HostService(HostStore(client, keys), bookmark_s=config.bookmark_s), server)
         tenancy_pb2_grpc.add_TenantServiceServicer_to_server(TenantService(tenancy, vms, revocations), server)
         tenancy_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectService(tenancy, vms), server)
         tenancy_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaService(tenancy), server)

@@ -18,7 +18,7 @@ import os
 import pathlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
@@ -239,13 +239,51 @@ class Client:
         it as it was. FAILED_PRECONDITION (HOST_ALIVE, HOST_NOT_EMPTY) otherwise."""
         return self._call(self._hosts.DeleteHost, host_pb2.DeleteHostRequest(name=_named("hosts/", host_id)))
 
-    def drain_host(self, host_id: str, *, timeout_s: float = 300.0) -> host_pb2.Host:
-        """Maintenance, then move every VM off the host by its restart policy; blocks
-        until the host is empty (DEADLINE_EXCEEDED after ``timeout_s``). Safe to retry."""
+    def watch_hosts(self, *, resource_version: int = 0, timeout: float | None = None) -> Iterator[host_pb2.HostEvent]:
+        """Stream host events (from 0: every host first); system admins. Ends after
+        ``timeout`` seconds if given."""
+        yield from _stream(self._hosts.WatchHosts(host_pb2.WatchHostsRequest(resource_version=resource_version),
+                                                  timeout=timeout), timeout)
+
+    def drain_host(self, host_id: str, *, wait: bool = False, timeout_s: float = 300.0,
+                   on_progress: Callable[[host_pb2.Host], None] | None = None) -> host_pb2.Host:
+        """Have the host emptied: maintenance, then the scheduler moves its VMs off by
+        restart policy (ALWAYS: placed again elsewhere; NEVER: deleted). Returns at
+        once with the host (DRAINING, or DRAINED when empty); with ``wait``, as
+        :meth:`wait_for_host_drained` does. Idempotent; ``set_maintenance(host,
+        False)`` ends the drain."""
         name = _named("hosts/", host_id)
-        request = host_pb2.DrainHostRequest(name=name)
-        request.timeout.FromNanoseconds(int(timeout_s * 1e9))
-        return self._call(self._hosts.DrainHost, request, retries=3, timeout=timeout_s + 10)
+        host = self._call(self._hosts.DrainHost, host_pb2.DrainHostRequest(name=name), retries=3)
+        return self.wait_for_host_drained(name, timeout_s=timeout_s, on_progress=on_progress) if wait else host
+
+    def wait_for_host_drained(self, host_id: str, *, timeout_s: float = 300.0,
+                              on_progress: Callable[[host_pb2.Host], None] | None = None) -> host_pb2.Host:
+        """Block until the host holds no VMs, watching, not polling; returns it then
+        (a host forgotten meanwhile was empty: its last known state, with no VMs).
+        ``on_progress(host)`` is called when the host is first seen and whenever
+        its VM count changes. Raises TimeoutError after ``timeout_s`` (the drain
+        goes on), ApiError (NOT_FOUND) for an unknown host."""
+        name = _named("hosts/", host_id)
+        last = self.get_host(name)  # NOT_FOUND now rather than a silent timeout
+        if on_progress is not None:
+            on_progress(last)
+        if last.vm_count == 0:
+            return last
+        deadline = time.monotonic() + timeout_s
+        for event in self.watch_hosts(timeout=timeout_s):
+            if event.host.name != name:
+                continue
+            if event.type == common_pb2.DELETED:
+                last.vm_count = 0
+                return last
+            if event.host.vm_count != last.vm_count and on_progress is not None:
+                on_progress(event.host)
+            last = event.host
+            if last.vm_count == 0:
+                return last
+            if time.monotonic() > deadline:
+                break
+        raise TimeoutError(f"{name} still holds {last.vm_count} VMs after {timeout_s:g} s; the drain goes on")
 
     # Tenants, projects and quotas
     def create_tenant(self, tenant_id: str, *, display_name: str = "", labels: dict[str, str] | None = None,

@@ -8,8 +8,9 @@ and releases its surplus when a process joins. A dead process's member and
 shard keys go with its lease, so within the lease TTL the others take its
 shards over. Every bind still compares the shard key's create_revision (fence).
 
-The owner of shard 0 also runs the ``HostReaper`` (lifecycle.py): hosts missing
-past ``host_dead_after_s`` are declared dead and their VMs moved off.
+The owner of shard 0 also runs the ``HostController`` (lifecycle.py): hosts
+missing past ``host_dead_after_s`` are declared dead and their VMs moved off, and
+drained hosts (DrainHost) are emptied.
 
 Losing the session lease cancels all shard work (TaskGroup) and the process
 exits non-zero, so a supervisor restarts it with a fresh session.
@@ -35,7 +36,7 @@ from controlplane.store.vms import VmStore
 from controlplane.store.zones import ZoneStore
 from scheduler import balance, metrics
 from scheduler.hostsync import HostSync
-from scheduler.lifecycle import HostReaper
+from scheduler.lifecycle import HostController
 from scheduler.placement import HostView, policy
 from scheduler.shard import ShardLost, ShardScheduler
 from scheduler.zonesync import ZoneSync
@@ -77,12 +78,12 @@ async def run_scheduler(config: SchedulerConfig) -> None:
             if lock.shard != 0:
                 await shard.run()
                 return
-            # Shard 0's owner also declares missing hosts dead: exactly one process at a time.
-            reaper = HostReaper(hosts, lifecycle, evictor, lock.fence,
-                                grace_s=config.host_dead_after_s)
+            # Shard 0's owner also declares missing hosts dead and empties dead and
+            # drained hosts: exactly one process at a time.
+            controller = HostController(hosts, lifecycle, evictor, lock.fence, grace_s=config.host_dead_after_s)
             async with asyncio.TaskGroup() as group:
                 group.create_task(shard.run(), name=f"shard-{lock.shard}")
-                group.create_task(reaper.run(), name="host-reaper")
+                group.create_task(controller.run(), name="host-controller")
 
         async with Lease(client, config.lease_ttl) as lease, asyncio.TaskGroup() as group:
             group.create_task(hosts.run(), name="hosts")

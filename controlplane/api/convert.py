@@ -53,11 +53,16 @@ SCOPE_FROM_PROTO = {vm_pb2.Vm.SCOPE_UNSPECIFIED: Scope.HOST, vm_pb2.Vm.HOST: Sco
 
 
 def host_state(record: HostRecord) -> int:
-    """DEAD while the dead marker stands (even once the agent is back), else READY
-    when registered, else MISSING."""
+    """DEAD while the dead marker stands (even once the agent is back), else
+    MISSING when not registered, else DRAINING / DRAINED (empty) while drained,
+    else READY."""
     if record.dead:
         return host_pb2.Host.DEAD
-    return host_pb2.Host.READY if record.ready else host_pb2.Host.MISSING
+    if not record.ready:
+        return host_pb2.Host.MISSING
+    if record.draining:
+        return host_pb2.Host.DRAINING if record.allocation.vm_count else host_pb2.Host.DRAINED
+    return host_pb2.Host.READY
 
 
 def host_to_proto(record: HostRecord) -> host_pb2.Host:

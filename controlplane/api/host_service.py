@@ -1,15 +1,11 @@
 """quanta.v1.HostService: the hosts agents registered; maintenance and drain
-(system admins). Drain blocks the call, not the system: the moves are
-compare-and-swap transactions (controlplane.store.lifecycle), so a drain cut
-short by its deadline or a frontend crash leaves nothing half-done, and a
-retry continues where it stopped."""
+(system admins). A drain is an intent recorded in etcd (maintenance and the
+drain marker, one txn); the frontend answers at once and never waits for a
+host: the scheduler that owns shard 0 moves the VMs off (scheduler.lifecycle)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
-
-import grpc
 
 from controlplane.api import errors, validation
 from controlplane.api.access import require
@@ -20,18 +16,11 @@ from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, host_pb2_grpc
 from controlplane.store.errors import Conflict, HostAlive, HostNotEmpty, NotFound
 from controlplane.store.hosts import HostStore
-from controlplane.store.lifecycle import HostEvictor, LifecycleStore
-
-DRAIN_TIMEOUT_S = 300.0
-MAX_DRAIN_TIMEOUT_S = 3600.0
 
 
 class HostService(host_pb2_grpc.HostServiceServicer):
-    def __init__(self, store: HostStore, *, lifecycle: LifecycleStore | None = None,
-                 evictor: HostEvictor | None = None, bookmark_s: float = 10.0):
+    def __init__(self, store: HostStore, *, bookmark_s: float = 10.0):
         self._store = store
-        self._lifecycle = lifecycle
-        self._evictor = evictor
         self._bookmark_s = bookmark_s
 
     async def _existing(self, host: str, name: str):
@@ -62,28 +51,11 @@ class HostService(host_pb2_grpc.HostServiceServicer):
             raise errors.aborted(str(err)) from err
 
     async def DrainHost(self, request: host_pb2.DrainHostRequest, context) -> host_pb2.Host:
+        """Idempotent; answers at once (``timeout`` is deprecated and ignored)."""
         host = validation.parse_host_name(request.name)
-        timeout_s = request.timeout.ToNanoseconds() / 1e9 if request.HasField("timeout") else 0.0
-        if timeout_s < 0 or timeout_s > MAX_DRAIN_TIMEOUT_S:
-            raise errors.invalid_argument([("timeout", f"must be between 0 and {MAX_DRAIN_TIMEOUT_S:.0f} s")])
         require(Action.SYSTEM, kind="host", name=request.name)
-        if self._evictor is None or self._lifecycle is None:
-            raise errors.failed_precondition("this frontend cannot drain hosts", "DRAIN_UNSUPPORTED")
-        deadline = time.monotonic() + (timeout_s or DRAIN_TIMEOUT_S)
-        record = await self._existing(host, request.name)
-        await self._store.set_maintenance(host, True)
-        while True:
-            left = await self._evictor.evict(host, dead=record.dead)
-            if not left.bound:
-                break
-            # What is left is being destroyed by its agent, or lost a race: wait for a change.
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0 or not await self._lifecycle.wait_bindings_change(host, left.revision, remaining_s):
-                raise errors.ApiError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, "DRAIN_TIMEOUT",
-                    f"{request.name} still holds {len(left.bound)} VMs; what was moved stays moved, "
-                    "drain again to continue", metadata={"host": request.name, "vms": str(len(left.bound))})
-            record = await self._existing(host, request.name)
+        await self._existing(host, request.name)
+        await self._store.drain(host)
         return host_to_proto(await self._existing(host, request.name))
 
     async def GetHost(self, request: host_pb2.GetHostRequest, context) -> host_pb2.Host:

@@ -22,10 +22,17 @@ class HostRecord:
     maintenance: bool = False  # an operator took it out of placement
     dead: bool = False  # declared dead (missing past the grace); its VMs are moved off
     dead_revision: int = 0  # mod_revision of the dead marker, 0 when absent
+    drain: bool = False  # the drain marker: an operator asked for it to be emptied
 
     @property
     def ready(self) -> bool:
         return self.registration is not None
+
+    @property
+    def draining(self) -> bool:
+        """Its VMs are to be moved off: drained (marker) and still out of placement
+        (a drain without maintenance would move VMs off a host that takes new ones)."""
+        return self.drain and self.maintenance
 
 
 class HostTable:
@@ -36,13 +43,15 @@ class HostTable:
         self.regs: dict[str, tuple[HostRegistration, int]] = {}
         self.allocs: dict[str, tuple[HostAllocation, int]] = {}
         self.maintenance: set[str] = set()
+        self.drain: set[str] = set()
         self.dead: dict[str, int] = {}  # host -> the dead marker's mod_revision
 
     def apply(self, kv: KeyValue, deleted: bool) -> str:
         """Fold one key's change in; returns the host it concerns."""
         host, part = self._keys.parse_host_key(kv.key)
-        if part == "maintenance":
-            (self.maintenance.discard if deleted else self.maintenance.add)(host)
+        if part in ("maintenance", "drain"):
+            marked = self.maintenance if part == "maintenance" else self.drain
+            (marked.discard if deleted else marked.add)(host)
             return host
         if part == "dead":
             if deleted:
@@ -75,6 +84,7 @@ class HostTable:
             host in self.maintenance,
             host in self.dead,
             self.dead.get(host, 0),
+            host in self.drain,
         )
 
     def hosts(self) -> list[str]:
@@ -115,8 +125,8 @@ class HostStore:
         else "", revision). Reads about 2 keys per host, not the whole fleet."""
         prefix = self._keys.hosts_prefix()
         start = prefix_end(prefix + after.encode() + b"/") if after else prefix
-        # Each host has at most 4 keys (reg, alloc, maintenance, dead); one more shows whether more follow.
-        result = await self._etcd.range(start, prefix_end(prefix), limit=4 * limit + 1, revision=revision)
+        # Each host has at most 5 keys (reg, alloc, maintenance, dead, drain); one more shows whether more follow.
+        result = await self._etcd.range(start, prefix_end(prefix), limit=5 * limit + 1, revision=revision)
         table = HostTable(self._keys)
         hosts: list[str] = []  # in key order ("a-b/" sorts before "a/"), which paging follows
         for kv in result.kvs:
@@ -142,7 +152,7 @@ class HostStore:
 
     async def delete(self, host: str) -> HostRecord:
         """Forget a host that has no heartbeat and holds no VMs: its allocation, and
-        its maintenance and dead markers, in one txn that compares it is still so.
+        its maintenance, drain and dead markers, in one txn that compares it is still so.
         Returns the record as it was. Raises NotFound, HostAlive, HostNotEmpty."""
         k = self._keys
         for _attempt in range(8):
@@ -154,19 +164,28 @@ class HostStore:
             alloc = k.host_alloc(host)
             guard = [ops.absent(k.host_reg(host)),
                      ops.mod_revision_is(alloc, record.alloc_revision) if record.alloc_revision else ops.absent(alloc)]
-            deletes = [ops.delete(alloc), ops.delete(k.host_maintenance(host)), ops.delete(k.host_dead(host))]
+            deletes = [ops.delete(alloc), ops.delete(k.host_maintenance(host)), ops.delete(k.host_dead(host)),
+                       ops.delete(k.host_drain(host))]
             if (await self._etcd.txn(guard, deletes)).succeeded:
                 return record
         raise Conflict(f"host {host} kept changing; retry")
 
     async def set_maintenance(self, host: str, on: bool) -> None:
-        """Take the host out of placement (``on``) or put it back. Idempotent; VMs on
-        it keep running (draining them is the caller's business)."""
-        key = self._keys.host_maintenance(host)
+        """Take the host out of placement (``on``; VMs on it keep running) or put it
+        back, which also ends a drain (both markers go in one txn; VMs already
+        marked evicting still move). Idempotent."""
+        k = self._keys
         if on:
-            await self._etcd.put(key, b"")
+            await self._etcd.put(k.host_maintenance(host), b"")
         else:
-            await self._etcd.delete(key)
+            await self._etcd.txn([], [ops.delete(k.host_maintenance(host)), ops.delete(k.host_drain(host))])
+
+    async def drain(self, host: str) -> None:
+        """Record that ``host`` is to be emptied: maintenance (no new placements) and
+        the drain marker, in one txn. Returns at once; the scheduler that owns shard 0
+        moves the VMs off (scheduler.lifecycle). Idempotent."""
+        k = self._keys
+        await self._etcd.txn([], [ops.put(k.host_maintenance(host), b""), ops.put(k.host_drain(host), b"")])
 
     async def watch(self, start_revision: int, table: HostTable) -> AsyncIterator[tuple[list[HostRecord | str], int]]:
         """Host changes from ``start_revision``, folded into ``table`` (which must

@@ -11,6 +11,9 @@ independent systems (or tests) share one etcd.
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present
+    hosts/{host}/drain                    (empty)     an operator (DrainHost, with maintenance in one txn): the
+                                                      scheduler (shard 0's owner) moves the host's VMs off while
+                                                      present with maintenance; SetMaintenance(false) lifts both
     hosts/{host}/dead                     (empty)     the scheduler (shard 0's owner): missing past the grace;
                                                       its VMs are moved off, no bind lands on it while present
     zones/{zone}/groups/{t}/{p}/{group}   ZoneGroup   zone-scoped VMs of the group in the zone: changed in the
@@ -119,8 +122,11 @@ class Keys:
     def host_dead(self, host: str) -> bytes:
         return self._k(f"hosts/{host}/dead")
 
+    def host_drain(self, host: str) -> bytes:
+        return self._k(f"hosts/{host}/drain")
+
     def parse_host_key(self, key: bytes) -> tuple[str, str]:
-        """(host, "reg" | "alloc" | "maintenance" | "dead") of a key under hosts/."""
+        """(host, "reg" | "alloc" | "maintenance" | "dead" | "drain") of a key under hosts/."""
         host, part = key[len(self.base) + len("hosts/"):].decode().rsplit("/", 1)
         return host, part
 

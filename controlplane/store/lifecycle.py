@@ -14,9 +14,10 @@ lost (no step removes a VM without putting it back or releasing it). A
 NEVER-restart VM is deleted instead, through the normal deletion path (quota
 released, binding marked); on a dead host, deleting VMs are then removed outright.
 
-Used by the frontends (DrainHost) and by the scheduler that owns shard 0
-(hosts missing past the grace). Both may run at once on one host: every
-move compares what it read, so the loser re-reads and finds less to do.
+Used by the host controller of the scheduler that owns shard 0 (drained hosts,
+and hosts missing past the grace). Two owners may overlap for a moment around a
+takeover: every move compares what it read, so the loser re-reads and finds
+less to do.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def _vm_row(vm: vm_pb2.Vm) -> str:
 
 def _host_row(host: host_pb2.Host) -> str:
     state = host_pb2.Host.State.Name(host.state) + ("*" if host.maintenance else "")
-    return (f"{host.name.split('/', 1)[1]:<16} {state:<8} vms={host.vm_count:<6} "
+    return (f"{host.name.split('/', 1)[1]:<16} {state:<9} vms={host.vm_count:<6} "
             f"vcpus={host.allocated.vcpus}/{host.capacity.vcpus} "
             f"mem={host.allocated.memory_mib}/{host.capacity.memory_mib}MiB")
 
@@ -72,7 +72,8 @@ def common_options(suppress: bool) -> argparse.ArgumentParser:
 
 def run_with_client(args, action) -> None:
     """Run ``action(client)`` with a client built from the common options; API
-    errors print as ``error: CODE: REASON: message`` (and field violations), exit 1."""
+    errors print as ``error: CODE: REASON: message`` (and field violations), a
+    ``--wait`` that ran out of time as ``error: message``; both exit 1."""
     try:
         with Client(args.endpoint, token=args.token, tenant=args.tenant, project=args.project,
                     tls_ca=args.tls_ca) as client:
@@ -81,6 +82,9 @@ def run_with_client(args, action) -> None:
         print(f"error: {err.code.name}: {err.reason}: {err.message}", file=sys.stderr)
         for field, description in err.field_violations:
             print(f"  {field}: {description}", file=sys.stderr)
+        sys.exit(1)
+    except TimeoutError as err:  # a --wait that ran out of time
+        print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -129,10 +133,13 @@ def main(kind: str, argv: list[str]) -> None:
                                      parents=[common])
         maintenance.add_argument("name")
         maintenance.add_argument("--off", action="store_true", help="take the host out of maintenance")
-        drain = sub.add_parser("drain", help="maintenance, then move its VMs off by restart policy; waits",
-                               parents=[common])
+        drain = sub.add_parser("drain", help="maintenance, then its VMs are moved off by restart policy "
+                               "(returns at once; --wait to follow it)", parents=[common])
         drain.add_argument("name")
-        drain.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the host to empty")
+        drain.add_argument("--wait", action="store_true",
+                           help="follow the host until it holds no VMs, printing how many are left")
+        drain.add_argument("--timeout", type=float, default=300.0,
+                           help="with --wait: seconds to wait for the host to empty (then exit 1; the drain goes on)")
         delete = sub.add_parser("delete", help="forget a host with no heartbeat and no VMs (system admins)",
                                 parents=[common])
         delete.add_argument("name")
@@ -148,7 +155,13 @@ def _run(kind: str, args, client: Client) -> None:
         elif args.verb == "maintenance":
             print_message(client.set_maintenance(args.name, not args.off), out, _host_row)
         elif args.verb == "drain":
-            print_message(client.drain_host(args.name, timeout_s=args.timeout), out, _host_row)
+            progress = sys.stderr if out == "json" else sys.stdout  # stdout stays one JSON document
+
+            def show(host: host_pb2.Host) -> None:
+                print(f"{host.name}: {host.vm_count} VMs left", file=progress, flush=True)
+
+            print_message(client.drain_host(args.name, wait=args.wait, timeout_s=args.timeout, on_progress=show),
+                          out, _host_row)
         elif args.verb == "delete":
             print_message(client.delete_host(args.name), out, _host_row)
         else:

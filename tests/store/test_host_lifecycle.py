@@ -1,6 +1,6 @@
-"""Host lifecycle as scheduler inputs, below the processes: the pure eviction plan
-and missing-host clock, and the store's compare-and-swap moves, dead markers and
-the reaper's decisions against a real etcd."""
+"""Host lifecycle as scheduler inputs, below the processes: the pure eviction plan,
+missing-host clock and host states, and the store's compare-and-swap moves, dead
+and drain markers and the host controller's decisions against a real etcd."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from controlplane.store.scheduling import HostBind, SchedulingStore
 from controlplane.store.shards import ShardLock
 from controlplane.store.vms import VmRecord, VmStore
 from scheduler.hostsync import HostSync
-from scheduler.lifecycle import HostReaper, MissingClock
+from scheduler.lifecycle import HostController, MissingClock
 from scheduler.placement import HostView
 from tests.conftest import async_wait_until, make_projects, running
 
@@ -112,6 +112,24 @@ def test_host_state_shows_dead_until_the_marker_is_lifted():
     assert host_state(HostRecord("h1", None, HostAllocation(), 1, 1)) == host_pb2.Host.MISSING
     assert host_state(HostRecord("h1", None, HostAllocation(), 1, 1, dead=True)) == host_pb2.Host.DEAD
     assert host_state(HostRecord("h1", reg, HostAllocation(), 1, 1, dead=True)) == host_pb2.Host.DEAD
+
+
+@pytest.mark.parametrize("registered, maintenance, drain, dead, vms, expected", [
+    (True, True, True, False, 2, host_pb2.Host.DRAINING),
+    (True, True, True, False, 0, host_pb2.Host.DRAINED),
+    (True, True, False, False, 2, host_pb2.Host.READY),  # maintenance alone moves nothing
+    (True, False, True, False, 2, host_pb2.Host.READY),  # a drain marker without maintenance is no drain
+    (False, True, True, False, 2, host_pb2.Host.MISSING),  # its agent is gone: nothing moves until DEAD
+    (True, True, True, True, 2, host_pb2.Host.DEAD),
+])
+def test_host_state_of_a_drained_host(registered, maintenance, drain, dead, vms, expected):
+    reg = HostRegistration("h1", "sim", Resources(8, 8192, 100)) if registered else None
+    allocation = HostAllocation()
+    for _ in range(vms):
+        allocation = allocation.plus(SMALL)
+    record = HostRecord("h1", reg, allocation, 1, 1, maintenance=maintenance, dead=dead, drain=drain)
+    assert host_state(record) == expected
+    assert record.draining == (maintenance and drain)
 
 
 # --- against etcd ----------------------------------------------------------------------
@@ -244,7 +262,7 @@ def test_reaper_declares_after_the_grace_and_moves_vms_by_policy(etcd_endpoint: 
             lock = ShardLock(client, keys, 0, "sched-a", lease)
             await lock.acquire()
             now = [1000.0]
-            reaper = HostReaper(HostSync(hosts, HostView()), lifecycle, HostEvictor(lifecycle, vms), lock.fence,
+            reaper = HostController(HostSync(hosts, HostView()), lifecycle, HostEvictor(lifecycle, vms), lock.fence,
                                 grace_s=60,
                                 clock=lambda: now[0])
 
@@ -316,7 +334,7 @@ def test_the_running_reaper_evicts_again_what_an_eviction_left_behind(etcd_endpo
             await lock.acquire()
             sync = HostSync(hosts, HostView())
             evictor = _FirstEvictionsLeaveEverything(lifecycle, vms)
-            reaper = HostReaper(sync, lifecycle, evictor, lock.fence, grace_s=0.2, tick_s=0.1)
+            reaper = HostController(sync, lifecycle, evictor, lock.fence, grace_s=0.2, tick_s=0.1)
             try:
                 async with running(sync.run(), reaper.run()):
                     await client.delete(keys.host_reg("h1"))  # the agent is gone
@@ -327,6 +345,139 @@ def test_the_running_reaper_evicts_again_what_an_eviction_left_behind(etcd_endpo
                         return (await vms.get(keep.ref)).status.reason == REASON_DEAD
 
                     await async_wait_until(moved, timeout=20, message="the VM moved off the dead host")
+            finally:
+                await lease.revoke()
+
+    run(main())
+
+
+def test_drain_marker_goes_with_maintenance_and_with_the_host(etcd_endpoint: str, root: str) -> None:
+    """DrainHost's intent: maintenance and the drain marker in one txn; ending
+    maintenance ends the drain; forgetting the host forgets both; listings and
+    pages show it (a host now has up to 5 keys)."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            hosts, agent = HostStore(client, keys), AgentStore(client, keys)
+            lease = await Lease(client, ttl=30).grant()
+            names = [f"h{i}" for i in range(5)]
+            await agent.register([HostRegistration(h, "sim", Resources(8, 8192, 100)) for h in names], lease.id)
+            for host in names:
+                await hosts.drain(host)
+                await client.put(keys.host_dead(host), b"")  # every key a host can have
+            await hosts.drain("h1")  # idempotent
+            record = await hosts.get("h1")
+            assert record.drain and record.maintenance and record.draining
+            for limit in (1, 2, 3):
+                seen, after = [], ""
+                while True:
+                    page, after, _ = await hosts.page(after=after, limit=limit)
+                    assert all(r.draining and r.dead for r in page)
+                    seen += [r.host for r in page]
+                    if not after:
+                        break
+                assert seen == names, f"pages of {limit}"
+
+            await hosts.set_maintenance("h1", True)  # already in maintenance: the drain stays
+            assert (await hosts.get("h1")).draining
+            await hosts.set_maintenance("h1", False)
+            record = await hosts.get("h1")
+            assert not record.maintenance and not record.drain
+
+            await lease.revoke()  # no heartbeat: h2 may be forgotten, markers and all
+            await hosts.delete("h2")
+            assert await client.get(keys.host_drain("h2")) is None
+            assert await client.get(keys.host_maintenance("h2")) is None
+
+    run(main())
+
+
+def test_the_controller_empties_drained_hosts_only(etcd_endpoint: str, root: str) -> None:
+    """A drained live host: its ALWAYS VMs marked evicting (its agent destroys,
+    then queues them), its NEVER VMs deleted, under shard 0's fence; a host only
+    in maintenance keeps its VMs. When the agent removed what it destroyed, the
+    host is DRAINED."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            hosts, agent = HostStore(client, keys), AgentStore(client, keys)
+            lease = await Lease(client, ttl=30).grant()
+            await agent.register([HostRegistration(h, "sim", Resources(64, 65536, 1000)) for h in ("h1", "h2")],
+                                 lease.id)
+            keep, never, stays = make_spec("keep"), make_spec("never", RestartPolicy.NEVER), make_spec("stays")
+            await bind_all(vms, sched, "h1", [keep, never])
+            await bind_all(vms, sched, "h2", [stays])
+            lock = ShardLock(client, keys, 0, "sched-a", lease)
+            await lock.acquire()
+            controller = HostController(HostSync(hosts, HostView()), lifecycle, HostEvictor(lifecycle, vms),
+                                        lock.fence, grace_s=60)
+            await hosts.drain("h1")
+            await hosts.set_maintenance("h2", True)
+
+            again = await controller.step((await hosts.list())[0])
+
+            assert again == set(), "everything left waits for the agent"
+            by_id = {b.ref.vm_id: b for b in (await lifecycle.host_bindings("h1")).bound}
+            assert by_id["keep"].binding.evicting and by_id["keep"].binding.evict_reason == REASON_DRAINED
+            assert by_id["never"].binding.deleting and (await vms.get(never.ref)).state == VmState.DELETING
+            assert (await sched.list_queue(keep.shard))[0] == [], "queued while it still runs on h1"
+            (h2,) = (await lifecycle.host_bindings("h2")).bound
+            assert not h2.binding.evicting and not h2.binding.deleting
+
+            # The agent destroyed both: keep goes back to its queue, never is gone; h1 is DRAINED.
+            assert await agent.remove_destroyed("h1", list(by_id.values()))
+            assert (await vms.get(keep.ref)).status.reason == REASON_DRAINED
+            with pytest.raises(NotFound):
+                await vms.get(never.ref)
+            record = await hosts.get("h1")
+            assert host_state(record) == host_pb2.Host.DRAINED and record.allocation == HostAllocation()
+            assert await controller.step([record]) == set()
+            await lease.revoke()
+
+    run(main())
+
+
+class _FirstDrainEvictionsMoveNothing(HostEvictor):
+    """The first evictions of a live host mark nothing, as when every mark lost its race."""
+
+    calls = 0
+
+    async def evict(self, host: str, *, dead: bool, fence=None):
+        self.calls += 1
+        if self.calls <= 2 and not dead:
+            return await self._store.host_bindings(host)
+        return await super().evict(host, dead=dead, fence=fence)
+
+
+def test_the_running_controller_drains_and_comes_back_to_what_it_left(etcd_endpoint: str, root: str) -> None:
+    """A drain recorded while the controller runs is acted on through HostSync; an
+    eviction that marked nothing is tried again on the tick, though no key of the
+    host changed."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            hosts, agent = HostStore(client, keys), AgentStore(client, keys)
+            lease = await Lease(client, ttl=30).grant()
+            await agent.register([HostRegistration("h1", "sim", Resources(64, 65536, 1000))], lease.id)
+            keep = make_spec("keep")
+            await bind_all(vms, sched, "h1", [keep])
+            lock = ShardLock(client, keys, 0, "sched-a", lease)
+            await lock.acquire()
+            sync = HostSync(hosts, HostView())
+            evictor = _FirstDrainEvictionsMoveNothing(lifecycle, vms)
+            controller = HostController(sync, lifecycle, evictor, lock.fence, grace_s=60, tick_s=0.1)
+            try:
+                async with running(sync.run(), controller.run()):
+                    await sync.ready.wait()
+                    await hosts.drain("h1")
+
+                    async def marked() -> bool:
+                        return all(b.binding.evicting for b in (await lifecycle.host_bindings("h1")).bound)
+
+                    await async_wait_until(marked, timeout=20, message="the VM marked evicting")
+                    assert evictor.calls >= 3, f"marked after {evictor.calls} evictions"
             finally:
                 await lease.revoke()
 

@@ -1,12 +1,17 @@
 """Drain and host failure with the real processes: VMs leave a drained or dead
 host by restart policy (ALWAYS: RUNNING elsewhere, made exactly once there;
-NEVER: deleted), the old host destroys what it ran, and nothing is bound twice."""
+NEVER: deleted), the old host destroys what it ran, and nothing is bound twice.
+DrainHost answers at once; the scheduler that owns shard 0 empties the host,
+and a new owner finishes what a dead one left."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import signal
+import subprocess
+import sys
 import uuid
 
 import grpc
@@ -18,12 +23,17 @@ from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import host_pb2, vm_pb2
 from controlplane.models import Binding, HostAllocation
 from controlplane.store.keys import Keys
+from controlplane.store.shards import ShardDirectory
 from quanta.client import Client
 from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 ALWAYS_VMS = 24
 NEVER_VMS = 6
+#: Sim latency of the drain tests: destroying a VM takes a second, so a drained
+#: host surely still holds its VMs when DrainHost answers.
+SLOW_DESTROY = "destroy=1"
+QUANTA = os.path.join(os.path.dirname(sys.executable), "quanta")
 
 
 def _create(client: Client) -> tuple[list[vm_pb2.Vm], list[vm_pb2.Vm]]:
@@ -87,10 +97,30 @@ def _check_moved_exactly_once(system: LocalSystem, client: Client, agents: int, 
     return vms
 
 
+def _shard_owner(system: LocalSystem, shard: int) -> str | None:
+    """The process that owns ``shard``, as etcd says."""
+
+    async def read() -> str | None:
+        async with EtcdClient(system.etcd_endpoint) as client:
+            table = await ShardDirectory(client, Keys(system.root)).snapshot()
+        holder = table.owners.get(shard)
+        return holder.owner if holder else None
+
+    return asyncio.run(read())
+
+
+def _victim(vms: dict[str, vm_pb2.Vm], always: list[vm_pb2.Vm],
+            never: list[vm_pb2.Vm]) -> tuple[str, set[str], set[str], set[str]]:
+    """The host running the most VMs: (host, its VMs, its ALWAYS ones, its NEVER ones)."""
+    victim = collections.Counter(vm.host for vm in vms.values()).most_common(1)[0][0]
+    on_victim = {uid for uid, vm in vms.items() if vm.host == victim}
+    return victim, on_victim, on_victim & {vm.uid for vm in always}, on_victim & {vm.uid for vm in never}
+
+
 @pytest.fixture
 def system(etcd_server, tmp_path):
     with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=f"/drain-{uuid.uuid4().hex[:8]}", hosts=3,
-                     latency="zero", frontends=1, lease_ttl=3, metrics=False, data_dir=str(tmp_path)) as local:
+                     latency=SLOW_DESTROY, frontends=1, lease_ttl=3, metrics=False, data_dir=str(tmp_path)) as local:
         yield local
 
 
@@ -113,10 +143,7 @@ def test_drain_moves_every_vm_off_by_restart_policy(system):
         vms = wait_until(lambda: _all_running(client, ALWAYS_VMS + NEVER_VMS), timeout=60,
                          message="all VMs RUNNING")
         per_host = collections.Counter(vm.host for vm in vms.values())
-        victim = per_host.most_common(1)[0][0]
-        on_victim = {uid for uid, vm in vms.items() if vm.host == victim}
-        moved = on_victim & {vm.uid for vm in always}
-        deleted = on_victim & {vm.uid for vm in never}
+        victim, on_victim, moved, deleted = _victim(vms, always, never)
         assert moved, "no ALWAYS VM on the drained host"
 
         # Only system admins may take hosts out of placement.
@@ -131,8 +158,15 @@ def test_drain_moves_every_vm_off_by_restart_policy(system):
             client.drain_host("no-such-host")
         assert missing.value.code is grpc.StatusCode.NOT_FOUND
 
-        host = client.drain_host(victim, timeout_s=60)
-        assert host.vm_count == 0 and host.maintenance and host.state == host_pb2.Host.READY
+        # The answer does not wait for the host: it still holds every VM (destroying one takes 1 s).
+        host = client.drain_host(victim)
+        assert (host.state, host.maintenance, host.vm_count) == (host_pb2.Host.DRAINING, True, len(on_victim))
+        progress: list[int] = []
+        host = client.wait_for_host_drained(victim, timeout_s=60, on_progress=lambda h: progress.append(h.vm_count))
+        assert host.vm_count == 0 and host.maintenance and host.state == host_pb2.Host.DRAINED
+        assert progress[0] > 0 and progress[-1] == 0 and progress == sorted(progress, reverse=True), progress
+        again = client.drain_host(victim)  # idempotent: nothing left to do
+        assert (again.state, again.vm_count) == (host_pb2.Host.DRAINED, 0)
 
         survivors = ALWAYS_VMS + NEVER_VMS - len(deleted)
         after = _check_moved_exactly_once(system, client, 1, {victim}, moved, deleted, survivors)
@@ -155,8 +189,81 @@ def test_drain_moves_every_vm_off_by_restart_policy(system):
         placed = wait_until(lambda: all(v.host for v in (client.get_vm(e.name) for e in extra))
                             and [client.get_vm(e.name).host for e in extra], timeout=30, message="new VMs bound")
         assert victim not in placed
-        assert not client.set_maintenance(victim, False).maintenance
+        back = client.set_maintenance(victim, False)  # ends the drain too
+        assert not back.maintenance and back.state == host_pb2.Host.READY
 
+
+
+def test_drain_finishes_when_the_owner_of_shard_0_dies(etcd_server, tmp_path):
+    """The drain is recorded while scheduler process A owns shard 0 (so A's host
+    controller must empty the host), but A is frozen and then SIGKILLed before it
+    moves anything: B takes shard 0 over and finishes the drain from what etcd
+    holds. Every ALWAYS VM ends RUNNING elsewhere, made exactly once there."""
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=f"/drain-takeover-{uuid.uuid4().hex[:8]}", hosts=3,
+                     schedulers=2, shards=2, latency=SLOW_DESTROY, frontends=1, lease_ttl=3, metrics=False,
+                     data_dir=str(tmp_path)) as system, system.client(project="takeover") as client:
+        always, never = _create(client)
+        vms = wait_until(lambda: _all_running(client, ALWAYS_VMS + NEVER_VMS), timeout=60,
+                         message="all VMs RUNNING")
+        victim, on_victim, moved, deleted = _victim(vms, always, never)
+        assert moved, "no ALWAYS VM on the drained host"
+        owners = wait_until(lambda: (o := {s: _shard_owner(system, s) for s in (0, 1)})
+                            and set(o.values()) == {"scheduler-0", "scheduler-1"} and o,
+                            timeout=30, message="one shard per scheduler process")
+        owner = system.processes[owners[0]]
+        owner.process.send_signal(signal.SIGSTOP)  # alive to etcd until its lease runs out
+        try:
+            host = client.drain_host(victim)
+            assert (host.state, host.vm_count) == (host_pb2.Host.DRAINING, len(on_victim))
+            untouched = not any(b.evicting or b.deleting for b in _bindings(system)[0] if b.host == victim)
+            still_owner = _shard_owner(system, 0)
+        finally:
+            owner.kill(signal.SIGKILL)  # a stopped process dies of SIGKILL too
+        assert still_owner == owners[0], "shard 0 changed hands before the kill; the test proves nothing"
+        assert untouched, "VMs were moved while the owner of shard 0 was frozen"
+
+        survivor = ({"scheduler-0", "scheduler-1"} - {owners[0]}).pop()
+        host = client.wait_for_host_drained(victim, timeout_s=60)
+        assert (host.state, host.vm_count) == (host_pb2.Host.DRAINED, 0)
+        assert _shard_owner(system, 0) == survivor
+        _check_moved_exactly_once(system, client, 1, {victim}, moved, deleted,
+                                  ALWAYS_VMS + NEVER_VMS - len(deleted))
+
+
+def test_cli_drain_wait_shows_progress_until_the_host_is_empty(system):
+    """``quanta host drain NAME --wait`` prints how many VMs are left until none;
+    one that runs out of time exits 1 with a message, not a traceback, and the
+    drain goes on."""
+    env = {**os.environ, "QUANTA_ENDPOINT": system.endpoint, "QUANTA_TOKEN": system.admin_token}
+
+    def quanta(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([QUANTA, "host", "drain", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    with system.client(project="cli") as client:
+        vms = [client.create_vm(f"vm-{i:02d}", flavor="small", image="ubuntu") for i in range(12)]
+        running = wait_until(lambda: _all_running(client, len(vms)), timeout=60, message="all VMs RUNNING")
+        victim, on_victim, _, _ = _victim(running, vms, [])
+
+        done = quanta(victim, "--wait", "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        counts = [int(line.split(": ", 1)[1].split()[0]) for line in lines[:-1]]
+        assert all(line == f"hosts/{victim}: {n} VMs left" for line, n in zip(lines, counts, strict=False)), lines
+        assert counts[0] == len(on_victim) and counts[-1] == 0 and counts == sorted(counts, reverse=True), lines
+        assert lines[-1].split()[:3] == [victim, "DRAINED*", "vms=0"], lines
+        running = wait_until(lambda: _all_running(client, len(vms)), timeout=60,
+                             message="the drained VMs RUNNING elsewhere")
+        assert victim not in {vm.host for vm in running.values()}
+
+        # Another host; destroying takes 1 s, so 0.2 s is too short.
+        second, on_second, _, _ = _victim(running, vms, [])
+        short = quanta(second, "--wait", "--timeout", "0.2")
+        assert short.returncode == 1, short
+        assert short.stderr.strip() == (f"error: hosts/{second} still holds {len(on_second)} VMs after 0.2 s; "
+                                        "the drain goes on"), short.stderr
+        assert short.stdout.splitlines() == [f"hosts/{second}: {len(on_second)} VMs left"]
+        assert client.wait_for_host_drained(second, timeout_s=60).state == host_pb2.Host.DRAINED  # it went on
 
 def test_dead_host_vms_run_elsewhere_exactly_once_and_never_twice(etcd_server, tmp_path):
     """agent-1 (hosts sim1-*) is SIGKILLed: its hosts go MISSING, are declared

@@ -20,10 +20,14 @@ class Host(_message.Message):
         READY: _ClassVar[Host.State]
         MISSING: _ClassVar[Host.State]
         DEAD: _ClassVar[Host.State]
+        DRAINING: _ClassVar[Host.State]
+        DRAINED: _ClassVar[Host.State]
     STATE_UNSPECIFIED: Host.State
     READY: Host.State
     MISSING: Host.State
     DEAD: Host.State
+    DRAINING: Host.State
+    DRAINED: Host.State
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]

@@ -93,17 +93,20 @@ class HostServiceServicer:
 
     def SetMaintenance(self, request, context):
         """Puts a host into maintenance (no new placements; its VMs keep running) or
-        takes it out. Idempotent. Returns the host.
+        takes it out, which also ends a drain (VMs already on their way off still
+        move). Idempotent. Returns the host.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DrainHost(self, request, context):
-        """Puts the host into maintenance, then moves its VMs off by their restart
-        policy (ALWAYS: placed again elsewhere; NEVER: deleted) and blocks until the
-        host holds no VMs. DEADLINE_EXCEEDED (reason DRAIN_TIMEOUT) when the
-        timeout passes first; what was moved stays moved, and a retry continues.
+        """Records that the host is to be emptied and returns at once with the host
+        (DRAINING while it holds VMs, DRAINED once empty): it goes into maintenance,
+        and the scheduler moves its VMs off by their restart policy (ALWAYS: its
+        agent destroys the VM, which is then placed again elsewhere; NEVER: deleted).
+        Follow the progress with GetHost or WatchHosts (vm_count). Idempotent; the
+        intent survives any process restart. SetMaintenance(false) ends it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
