@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.api.audit_service import AuditService
 from controlplane.api.authn import AuditInterceptor, AuthInterceptor
 from controlplane.api.catalog_service import FlavorService, ImageService
+from controlplane.api.decoding import DecodeInterceptor
 from controlplane.api.host_service import HostService
 from controlplane.api.interceptors import default_interceptors
 from controlplane.api.project_service import ProjectService
@@ -110,8 +111,9 @@ async def serve(config: FrontendConfig) -> None:
             shares = RateShares(client, keys, rate=config.rate_limit)
             await shares.start()
         server = grpc.aio.server(
+            # Requests are parsed after authentication, before the audit (DecodeInterceptor).
             interceptors=[*default_interceptors(), AuthInterceptor(authority, revocations, limiter, shares),
-                          AuditInterceptor(audit)],
+                          DecodeInterceptor(), AuditInterceptor(audit)],
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
