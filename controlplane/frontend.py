@@ -134,7 +134,7 @@ async def serve(config: FrontendConfig) -> None:
         catalog_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorService(records, keys, catalog), server)
         catalog_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(records, keys, catalog), server)
         auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(client, keys, authority, revocations), server)
-        auth_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(audit), server)
+        auth_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(audit, bookmark_s=config.bookmark_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         api_services = [
             module.DESCRIPTOR.services_by_name[name].full_name

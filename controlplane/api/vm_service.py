@@ -15,7 +15,7 @@ from prometheus_client import Counter
 from controlplane.api import errors, validation
 from controlplane.api.access import audit_draft, require
 from controlplane.api.convert import RESTART_POLICY_FROM_PROTO, SCOPE_FROM_PROTO, vm_to_proto
-from controlplane.api.streams import watch_with_bookmarks
+from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
@@ -176,10 +176,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         tenant, project = parent
         require(Action.READ, tenant, project, kind="project", name=request.parent)
         wanted = (lambda spec: validation.matches(selector, spec.labels)) if selector else (lambda spec: True)
-        start = request.resource_version
+        start = start_revision(request.resource_version, await self._store.current_revision())
         seed: list = []
-        if start == 0:
-            start = await self._store.current_revision()
+        if request.resource_version == 0:
             after = None
             while True:
                 records, after, _ = await self._store.list(tenant, project, page_size=1000, after=after,
