@@ -20,8 +20,9 @@ from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
 from controlplane.models import Scope, VmRef, VmSpec, now_ns
+from controlplane.store import idempotency
 from controlplane.store.catalog import Catalog
-from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestReplayed
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
 from controlplane.store.keys import shard_of
 from controlplane.store.ledger import QuotaExceeded
 from controlplane.store.vms import VmStore
@@ -93,7 +94,12 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         )
         draft = audit_draft()
         try:
-            record, created = await self._store.create(spec, also=await draft.writes() if draft else ())
+            record, created = await self._store.create(
+                spec, also=await draft.writes() if draft else (),
+                fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id)))
+        except RequestMismatch as err:
+            raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED", str(err),
+                                  metadata={"request_id": request.request_id, "created": err.made}) from err
         except RequestReplayed as err:
             raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_ALREADY_USED", str(err),
                                   metadata={"request_id": request.request_id, "created": err.made}) from err

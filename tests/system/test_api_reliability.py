@@ -4,6 +4,9 @@ deletion racing a member that keeps creating."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -150,3 +153,32 @@ def test_an_audit_watch_resumed_from_its_last_version_sees_every_record_once(sys
     listed = admin._call(admin._audit.ListAuditRecords, auth_pb2.ListAuditRecordsRequest(parent=parent))
     made = [r.name for r in listed.records if r.name not in before]
     assert sorted(seen) == sorted(made) and len(made) == 12
+
+
+# --- request ids ------------------------------------------------------------------------
+
+
+def _quanta(system: LocalSystem, *args: str) -> subprocess.CompletedProcess:
+    """The installed ``quanta`` command, as a user runs it."""
+    executable = os.path.join(os.path.dirname(sys.executable), "quanta")
+    return subprocess.run([executable, *args[:1], "--endpoint", system.endpoint, *args[1:]], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "QUANTA_TOKEN": system.admin_token})
+
+
+def test_a_request_id_reused_with_other_parameters_is_refused(system, admin) -> None:
+    admin.create_tenant(tenant := _fresh("rq"))
+    admin.create_project("p", tenant=tenant)
+    with system.client(tenant=tenant, project="p", ensure_project=False) as c:
+        first = c.create_vm("a", flavor="small", image="ubuntu", labels={"k": "v"}, request_id="req-1")
+        assert c.create_vm("a", flavor="small", image="ubuntu", labels={"k": "v"}, request_id="req-1").uid == first.uid
+        for vm_id, flavor, labels in (("b", "small", {"k": "v"}), ("a", "medium", {"k": "v"}), ("a", "small", {})):
+            err = _error(lambda: c.create_vm(vm_id, flavor=flavor, image="ubuntu", labels=labels,  # noqa: B023
+                                             request_id="req-1"))
+            assert (err.code, err.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+            assert err.metadata == {"request_id": "req-1", "created": first.name}
+        assert [vm.name for vm in c.list_vms()] == [first.name]
+    # The CLI shows the refusal in one line, not a traceback.
+    done = _quanta(system, "vm", "--tenant", tenant, "--project", "p", "create", "--name", "a", "--flavor", "large",
+                   "--image", "ubuntu", "--request-id", "req-1")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ALREADY_EXISTS: REQUEST_ID_REUSED: request_id 'req-1' was used"), done.stderr
