@@ -24,7 +24,7 @@ from controlplane.store import idempotency
 from controlplane.store.catalog import Catalog
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
 from controlplane.store.keys import shard_of
-from controlplane.store.ledger import QuotaExceeded
+from controlplane.store.ledger import ProjectDeleting, QuotaExceeded
 from controlplane.store.vms import VmStore
 
 CREATIONS_ACCEPTED = Counter("quanta_vm_creations_accepted_total", "VM creations accepted by the API.")
@@ -107,6 +107,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             raise errors.already_exists("vm", spec.ref.name) from err
         except NotFound as err:
             raise errors.not_found("project", request.parent) from err
+        except ProjectDeleting as err:
+            raise errors.failed_precondition(str(err), "PROJECT_DELETING",
+                                             metadata={"project": request.parent}) from err
         except QuotaExceeded as err:
             raise errors.resource_exhausted(
                 str(err), "QUOTA_EXCEEDED",

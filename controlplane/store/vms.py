@@ -15,7 +15,7 @@ from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
 from controlplane.store.keys import Keys
-from controlplane.store.ledger import Charge, GuardFailed, QuotaExceeded, UsageLedger
+from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, QuotaExceeded, UsageLedger
 from controlplane.store.retention import RetentionLeases
 from controlplane.tenancy import Usage
 
@@ -104,7 +104,8 @@ class VmStore:
         with the same request_id and another fingerprint raises RequestMismatch
         (when both have one). Returns (record, created). Raises
         AlreadyExists when the name is taken by another request, NotFound when the
-        project does not exist, QuotaExceeded when the VM does not fit its quota.
+        project does not exist, QuotaExceeded when the VM does not fit its quota,
+        ProjectDeleting when the project is being deleted.
         ``created`` False: nothing was written, ``also`` neither.
         """
         k = self._keys
@@ -135,11 +136,11 @@ class VmStore:
             return VmRecord(spec, status, revision, revision), True
         except GuardFailed as failed:
             existing, request_kvs = self._record_from(failed.kvs[0]), failed.kvs[1] if spec.request_id else []
-        except QuotaExceeded:
+        except (QuotaExceeded, ProjectDeleting):
             if not spec.request_id:
                 raise
             # A retry of a create that succeeded must return its VM, even when the
-            # quota is now full.
+            # quota is now full or the project is being deleted.
             result = await self._etcd.txn([], [vm_range, ops.get(request_key)])
             existing, request_kvs = self._record_from(result.kvs(0)), result.kvs(1)
             if not request_kvs:

@@ -4,9 +4,11 @@ deletion racing a member that keeps creating."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -17,6 +19,7 @@ from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
+from tests.conftest import wait_until
 
 SERVICE_MODULES = (vm_pb2, host_pb2, tenancy_pb2, catalog_pb2, auth_pb2)
 INVALID_UTF8_NAME = bytes.fromhex("0a04fffec328")  # GetVmRequest.name = b"\xff\xfe\xc3("
@@ -182,3 +185,49 @@ def test_a_request_id_reused_with_other_parameters_is_refused(system, admin) -> 
                    "--image", "ubuntu", "--request-id", "req-1")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: ALREADY_EXISTS: REQUEST_ID_REUSED: request_id 'req-1' was used"), done.stderr
+
+
+# --- forced project deletion ------------------------------------------------------------
+
+
+def test_a_forced_project_deletion_wins_over_members_that_keep_creating(system, admin) -> None:
+    admin.create_tenant(tenant := _fresh("pd"))
+    admin.create_project("p", tenant=tenant)
+    member = admin.create_token("member@pd", [("project-member", tenant, "p")]).bearer_token
+    with Client(system.endpoint, token=member, tenant=tenant, project="p") as c:
+        for i in range(10):
+            c.create_vm(f"before-{i}", flavor="small", image="ubuntu")
+    stop = threading.Event()
+    ended: list[ApiError] = []
+    created: list[str] = []
+
+    def keep_creating(worker: int) -> None:
+        with Client(system.endpoint, token=member, tenant=tenant, project="p") as c:
+            for i in itertools.count():
+                try:
+                    created.append(c.create_vm(f"w{worker}-{i}", flavor="small", image="ubuntu").name)
+                except ApiError as err:
+                    ended.append(err)
+                    return
+                if stop.is_set():
+                    return
+
+    creators = [threading.Thread(target=keep_creating, args=(w,)) for w in range(3)]
+    for t in creators:
+        t.start()
+    try:
+        wait_until(lambda: len(created) >= 10, timeout=30, message="the creators to get going")
+        deleted = admin.delete_project("p", tenant=tenant, force=True)
+    except BaseException:
+        stop.set()  # else they stop at their first refusal
+        raise
+    finally:
+        for t in creators:
+            t.join(30)
+    assert deleted.HasField("delete_time")
+    assert len(ended) == 3, f"every creator was refused: {ended}"
+    assert {(e.code, e.reason) for e in ended} <= {(grpc.StatusCode.FAILED_PRECONDITION, "PROJECT_DELETING"),
+                                                   (grpc.StatusCode.NOT_FOUND, "PROJECT_NOT_FOUND")}, ended
+    assert _error(lambda: admin.get_project("p", tenant=tenant)).code == grpc.StatusCode.NOT_FOUND
+    with system.client(tenant=tenant, project="p", ensure_project=False) as c:
+        wait_until(lambda: not list(c.list_vms()), timeout=60, message="the forced deletion's VMs to go")
