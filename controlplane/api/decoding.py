@@ -47,10 +47,8 @@ def malformed(parse: Parse) -> errors.ApiError:
         "that is not UTF-8)", metadata={"message": name})
 
 
-def decode(parse: Parse, data: Any) -> Any:
+def decode(parse: Parse, data: bytes) -> Any:
     """``parse(data)``; raises :func:`malformed` instead of DecodeError."""
-    if not isinstance(data, bytes):
-        return data  # already a message (e.g. an in-process call)
     try:
         return parse(data)
     except DecodeError as err:
