@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.api.audit_service import AuditService
 from controlplane.api.authn import AuditInterceptor, AuthInterceptor
 from controlplane.api.catalog_service import FlavorService, ImageService
+from controlplane.api.decoding import DecodeInterceptor
 from controlplane.api.host_service import HostService
 from controlplane.api.interceptors import default_interceptors
 from controlplane.api.project_service import ProjectService
@@ -109,8 +110,9 @@ async def serve(config: FrontendConfig) -> None:
             shares = RateShares(client, keys, rate=config.rate_limit)
             await shares.start()
         server = grpc.aio.server(
+            # Requests are parsed after authentication, before the audit (DecodeInterceptor).
             interceptors=[*default_interceptors(), AuthInterceptor(authority, revocations, limiter, shares),
-                          AuditInterceptor(audit)],
+                          DecodeInterceptor(), AuditInterceptor(audit)],
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -130,7 +132,7 @@ async def serve(config: FrontendConfig) -> None:
         catalog_pb2_grpc.add_FlavorServiceServicer_to_server(FlavorService(records, keys, catalog), server)
         catalog_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(records, keys, catalog), server)
         auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(client, keys, authority, revocations), server)
-        auth_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(audit), server)
+        auth_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(audit, bookmark_s=config.bookmark_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         api_services = [
             module.DESCRIPTOR.services_by_name[name].full_name

@@ -124,23 +124,28 @@ class Project:
     quota: Limits = Limits()
     create_time_ns: int = 0
     update_time_ns: int = 0
+    delete_time_ns: int = 0  # non-zero: being deleted, takes no new VMs
 
     @property
     def name(self) -> str:
         return f"tenants/{self.tenant_id}/projects/{self.project_id}"
 
+    @property
+    def deleting(self) -> bool:
+        return self.delete_time_ns != 0
+
     def to_bytes(self) -> bytes:
         return trec.ProjectRecord(
             tenant_id=self.tenant_id, project_id=self.project_id, display_name=self.display_name,
             labels=dict(self.labels), quota=self.quota.to_record(), create_time_ns=self.create_time_ns,
-            update_time_ns=self.update_time_ns,
+            update_time_ns=self.update_time_ns, delete_time_ns=self.delete_time_ns,
         ).SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Project:
         m = trec.ProjectRecord.FromString(data)
         return cls(m.tenant_id, m.project_id, m.display_name, dict(m.labels), Limits.from_record(m.quota),
-                   m.create_time_ns, m.update_time_ns)
+                   m.create_time_ns, m.update_time_ns, m.delete_time_ns)
 
     def with_(self, **changes) -> Project:
         return replace(self, **changes)

@@ -332,6 +332,11 @@ class Client:
 
     def delete_project(self, project_id: str, *, tenant: str | None = None, force: bool = False,
                        etag: str = "") -> tenancy_pb2.Project:
+        """Delete a project; refused (FAILED_PRECONDITION HAS_VMS) while it holds VMs,
+        unless ``force``: then the project is first marked as being deleted (its
+        ``delete_time``; creates in it fail with FAILED_PRECONDITION PROJECT_DELETING),
+        its VMs are deleted, then it. A forced deletion cut short stays marked: call
+        again to finish it."""
         return self._call(self._projects.DeleteProject, tenancy_pb2.DeleteProjectRequest(
             name=f"tenants/{tenant or self.tenant}/projects/{project_id}", force=force, etag=etag),
             timeout=max(self.timeout, 120))

@@ -102,7 +102,7 @@ def tenant_to_proto(tenant: Tenant, revision: int) -> tenancy_pb2.Tenant:
 def project_to_proto(project: Project, revision: int) -> tenancy_pb2.Project:
     return tenancy_pb2.Project(name=project.name, display_name=project.display_name, labels=dict(project.labels),
                                create_time=_ts(project.create_time_ns), update_time=_ts(project.update_time_ns),
-                               etag=f"{revision:x}")
+                               etag=f"{revision:x}", delete_time=_ts(project.delete_time_ns))
 
 
 def project_quota_to_proto(project: Project, revision: int, usage: Usage) -> tenancy_pb2.Quota:

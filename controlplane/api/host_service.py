@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from controlplane.api import errors, validation
 from controlplane.api.access import require
 from controlplane.api.convert import host_to_proto
-from controlplane.api.streams import watch_with_bookmarks
+from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, host_pb2_grpc
@@ -85,6 +85,8 @@ class HostService(host_pb2_grpc.HostServiceServicer):
     async def WatchHosts(self, request: host_pb2.WatchHostsRequest, context) -> AsyncIterator[host_pb2.HostEvent]:
         require(Action.SYSTEM_READ, kind="host", name="hosts")
         validation.validate_resource_version(request.resource_version)
+        if request.resource_version:
+            start_revision(request.resource_version, await self._store.current_revision())
         table, revision = await self._store.snapshot(revision=request.resource_version)
         for record in table.records():
             if request.resource_version == 0:

@@ -1,10 +1,24 @@
-"""Helpers for server-streaming methods."""
+"""Helpers for server-streaming methods, and the one rule every ``Watch`` follows
+(DESIGN.md, API conventions):
+
+- it starts from a ``resource_version``: 0 means now (:func:`start_revision`); a
+  version newer than the store's is OUT_OF_RANGE ``RESOURCE_VERSION_TOO_NEW``, like
+  one compacted away (``RESOURCE_VERSION_EXPIRED``): the client lists again;
+- each event carries the revision of the change it reports;
+- bookmarks carry the revision up to which every change was sent, so they advance
+  with the events (and with etcd's progress notifications) while the stream is quiet
+  (:func:`watch_with_bookmarks`);
+
+so a client resuming from the last version it saw gets every later change once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from typing import TypeVar
+
+from controlplane.api import errors
 
 T = TypeVar("T")
 
@@ -43,3 +57,22 @@ async def watch_with_bookmarks(source: AsyncIterator[T], idle_s: float) -> Async
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def too_new(requested: int, current: int) -> errors.ApiError:
+    """OUT_OF_RANGE ``RESOURCE_VERSION_TOO_NEW``: ``requested`` is beyond the store's ``current`` revision."""
+    return errors.out_of_range(
+        f"resource_version {requested} is newer than the store's ({current}); list again and watch from the "
+        "listing's resource_version", "RESOURCE_VERSION_TOO_NEW",
+        metadata={"resource_version": str(requested), "current": str(current)})
+
+
+def start_revision(requested: int, current: int) -> int:
+    """Where a watch starts: after ``requested`` (a client's last seen version), or
+    after ``current`` (the store's revision, read just now) when ``requested`` is 0.
+    Raises :func:`too_new` when ``requested`` is beyond ``current``: watching from
+    there would silently skip every change up to it. (``requested`` is range-checked
+    beforehand by ``validation.validate_resource_version``.)"""
+    if requested > current:
+        raise too_new(requested, current)
+    return requested or current

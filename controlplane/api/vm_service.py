@@ -15,15 +15,16 @@ from prometheus_client import Counter
 from controlplane.api import errors, validation
 from controlplane.api.access import audit_draft, require
 from controlplane.api.convert import RESTART_POLICY_FROM_PROTO, SCOPE_FROM_PROTO, vm_to_proto
-from controlplane.api.streams import watch_with_bookmarks
+from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
 from controlplane.models import Scope, VmRef, VmSpec, now_ns
+from controlplane.store import idempotency
 from controlplane.store.catalog import Catalog
-from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestReplayed
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
 from controlplane.store.keys import shard_of
-from controlplane.store.ledger import QuotaExceeded
+from controlplane.store.ledger import ProjectDeleting, QuotaExceeded
 from controlplane.store.vms import VmStore
 
 CREATIONS_ACCEPTED = Counter("quanta_vm_creations_accepted_total", "VM creations accepted by the API.")
@@ -93,7 +94,12 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         )
         draft = audit_draft()
         try:
-            record, created = await self._store.create(spec, also=await draft.writes() if draft else ())
+            record, created = await self._store.create(
+                spec, also=await draft.writes() if draft else (),
+                fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id)))
+        except RequestMismatch as err:
+            raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED", str(err),
+                                  metadata={"request_id": request.request_id, "created": err.made}) from err
         except RequestReplayed as err:
             raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_ALREADY_USED", str(err),
                                   metadata={"request_id": request.request_id, "created": err.made}) from err
@@ -101,6 +107,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             raise errors.already_exists("vm", spec.ref.name) from err
         except NotFound as err:
             raise errors.not_found("project", request.parent) from err
+        except ProjectDeleting as err:
+            raise errors.failed_precondition(str(err), "PROJECT_DELETING",
+                                             metadata={"project": request.parent}) from err
         except QuotaExceeded as err:
             raise errors.resource_exhausted(
                 str(err), "QUOTA_EXCEEDED",
@@ -176,10 +185,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         tenant, project = parent
         require(Action.READ, tenant, project, kind="project", name=request.parent)
         wanted = (lambda spec: validation.matches(selector, spec.labels)) if selector else (lambda spec: True)
-        start = request.resource_version
+        start = start_revision(request.resource_version, await self._store.current_revision())
         seed: list = []
-        if start == 0:
-            start = await self._store.current_revision()
+        if request.resource_version == 0:
             after = None
             while True:
                 records, after, _ = await self._store.list(tenant, project, page_size=1000, after=after,

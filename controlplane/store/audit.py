@@ -39,6 +39,8 @@ class AuditEntry:
     key: str
     """The entry's id within its tenant: ``{time_ns:020d}-{id}``."""
     record: trec.AuditRecord
+    revision: int = 0
+    """The etcd revision that wrote it (records written in one transaction share it)."""
 
 
 AUDIT_DROPPED = Counter("quanta_audit_records_dropped_total",
@@ -67,7 +69,7 @@ def _too_large(error: BaseException) -> bool:
 
 
 def _entry(prefix: bytes, kv: KeyValue) -> AuditEntry:
-    return AuditEntry(kv.key[len(prefix):].decode(), trec.AuditRecord.FromString(kv.value))
+    return AuditEntry(kv.key[len(prefix):].decode(), trec.AuditRecord.FromString(kv.value), kv.mod_revision)
 
 
 class AuditLog:
@@ -185,9 +187,17 @@ class AuditLog:
         entries = [_entry(prefix, kv) for kv in result.kvs]
         return entries, (entries[-1].key if entries and result.more else ""), result.revision
 
-    async def watch(self, tenant: str | None, *, start_revision: int) -> AsyncIterator[list[AuditEntry]]:
-        """New records from ``start_revision``; an empty list is progress. Raises Compacted."""
+    async def current_revision(self) -> int:
+        """The store's revision now (a count-only read): where a watch may start."""
+        prefix = self._keys.audit_prefix(None)
+        return (await self._etcd.range(prefix, prefix_end(prefix), count_only=True)).revision
+
+    async def watch(self, tenant: str | None, *,
+                    start_revision: int) -> AsyncIterator[tuple[list[AuditEntry], int]]:
+        """New records from ``start_revision``, in batches of whole revisions: (entries,
+        the revision up to which every record was delivered). No entries: progress.
+        Raises Compacted."""
         prefix = self._keys.audit_prefix(tenant)
         async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision,
                                             progress_notify=True):
-            yield [_entry(prefix, event.kv) for event in batch.events if not event.is_delete]
+            yield [_entry(prefix, event.kv) for event in batch.events if not event.is_delete], batch.revision

@@ -23,6 +23,16 @@ class RequestReplayed(AlreadyExists):
         self.made = made
 
 
+class RequestMismatch(AlreadyExists):
+    """A create's request_id was used before by a create that asked for something
+    else (another VM id, flavor, image, labels or placement): not a retry."""
+
+    def __init__(self, request_id: str, made: str):
+        super().__init__(f"request_id {request_id!r} was used by another create (of {made}) with different "
+                         "parameters; a retry must repeat the first request, a new request needs a new request_id")
+        self.made = made
+
+
 class Conflict(StoreError):
     """A compare-and-swap kept failing, or an etag did not match."""
 

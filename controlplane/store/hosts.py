@@ -104,6 +104,11 @@ class HostStore:
     def keys(self) -> Keys:
         return self._keys
 
+    async def current_revision(self) -> int:
+        """The store's revision now (a count-only read): where a watch may start."""
+        prefix = self._keys.hosts_prefix()
+        return (await self._etcd.range(prefix, prefix_end(prefix), count_only=True)).revision
+
     async def snapshot(self, *, revision: int = 0) -> tuple[HostTable, int]:
         """Every known host at one revision (0: now), as a table to hand to
         ``watch(revision + 1, table)``. Raises Compacted."""

@@ -19,7 +19,8 @@ arrive while a transaction is in flight go together in the next one (one set of
 compares, one put of the stripe, plus each charge's own compares and writes). Charges
 are admitted in arrival order; one that would exceed a limit is refused without
 holding up the rest, so 50 concurrent creates against a limit of 10 make exactly 10
-VMs, whatever the number of frontends.
+VMs, whatever the number of frontends. A project marked as being deleted (its
+record's ``delete_time_ns``) takes no growth at all.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ class QuotaExceeded(StoreError):
         self.dimensions = dimensions
         self.limits = limits
         self.usage = usage
+
+
+class ProjectDeleting(StoreError):
+    """The project is being deleted: it takes no growth (no new VMs)."""
+
+    def __init__(self, project: str):
+        super().__init__(f"{project} is being deleted; it takes no new VMs")
+        self.project = project
 
 
 class GuardFailed(StoreError):
@@ -141,7 +150,9 @@ class UsageLedger:
         """Apply ``charge`` atomically with the usage change; returns the revision.
 
         Raises NotFound (no such project), QuotaExceeded (a growth over a limit:
-        nothing written), GuardFailed (the charge's compares failed: nothing
+        nothing written), ProjectDeleting (a growth of a project being deleted:
+        nothing written; every commit compares the project's record, so a
+        deletion that began before the commit is always seen), GuardFailed (the charge's compares failed: nothing
         written) or Conflict (the usage key kept changing under it)."""
         lane = self._lanes.setdefault((tenant, project), _Lane())
         future = asyncio.get_running_loop().create_future()
@@ -233,11 +244,14 @@ class UsageLedger:
                 self._states.pop((tenant, project), None)  # only our stripe is known: read them all
                 continue
             accepted: list[tuple[Charge, asyncio.Future]] = []
-            refused: list[tuple[asyncio.Future, QuotaExceeded]] = []
+            refused: list[tuple[asyncio.Future, StoreError]] = []
             total = state.total
             own = state.stripes.get(self.stripe, (Usage(), 0))
             delta = Usage()
             for charge, future in batch:
+                if state.project.deleting and charge.delta.grows:
+                    refused.append((future, ProjectDeleting(name)))
+                    continue
                 after = total + delta + charge.delta
                 over = state.project.quota.exceeded(after) if charge.delta.grows else []
                 if over:
@@ -248,7 +262,7 @@ class UsageLedger:
             if refused and not fresh:
                 self._states.pop((tenant, project), None)
                 continue
-            QUOTA_REFUSALS.inc(len(refused))
+            QUOTA_REFUSALS.inc(sum(isinstance(error, QuotaExceeded) for _future, error in refused))
             for future, error in refused:
                 _fail(future, error)
             if not accepted:

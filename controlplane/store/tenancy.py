@@ -229,6 +229,25 @@ class TenancyStore:
                 return updated, result.revision
         raise Conflict(f"tenants/{tenant_id}/projects/{project_id} kept changing; retry")
 
+    async def mark_project_deleting(self, tenant_id: str, project_id: str, *, etag: str = "") -> Project:
+        """Mark a project as being deleted (idempotent: a project marked already is
+        returned as it is). From the mark's commit on, the quota ledger refuses to
+        grow it (ProjectDeleting): it takes no new VMs, so its VMs can all be
+        deleted and then the project (:meth:`delete_project`). Nothing unmarks it;
+        a deletion cut short is finished by deleting again. Raises NotFound,
+        Conflict (etag, or the record kept changing)."""
+        key = self._keys.project(tenant_id, project_id)
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            project, revision = await self.get_project(tenant_id, project_id)
+            _check_etag(etag, revision)
+            if project.deleting:
+                return project
+            marked = project.with_(delete_time_ns=now_ns())
+            result = await self._etcd.txn([ops.mod_revision_is(key, revision)], [ops.put(key, marked.to_bytes())])
+            if result.succeeded:
+                return marked
+        raise Conflict(f"tenants/{tenant_id}/projects/{project_id} kept changing; retry")
+
     async def delete_project(self, tenant_id: str, project_id: str, *, etag: str = "") -> Project:
         """Delete a project that holds no VMs (its usage shows none: VMs being deleted
         have released theirs), returning its limits to the tenant's ticket. Raises

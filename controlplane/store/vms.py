@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
-from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestReplayed
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
 from controlplane.store.keys import Keys
-from controlplane.store.ledger import Charge, GuardFailed, QuotaExceeded, UsageLedger
+from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, QuotaExceeded, UsageLedger
 from controlplane.store.retention import RetentionLeases
 from controlplane.tenancy import Usage
 
@@ -92,16 +92,20 @@ class VmStore:
 
     # --- create ------------------------------------------------------------------------
 
-    async def create(self, spec: VmSpec, *, also: Sequence = ()) -> tuple[VmRecord, bool]:
+    async def create(self, spec: VmSpec, *, also: Sequence = (), fingerprint: bytes = b"") -> tuple[VmRecord, bool]:
         """Store a new PENDING VM, queue it for its scheduler shard and charge its
         project's quota, in one transaction, with the puts ``also`` (e.g. its audit
         record; keys no other change writes).
 
         Idempotent by ``spec.request_id`` for the request retention: a retry
         returns the VM the first attempt made, or raises RequestReplayed if that
-        VM is gone (never a second VM). Returns (record, created). Raises
+        VM is gone (never a second VM). ``fingerprint`` (see
+        :mod:`controlplane.store.idempotency`) is kept with the request_id: a create
+        with the same request_id and another fingerprint raises RequestMismatch
+        (when both have one). Returns (record, created). Raises
         AlreadyExists when the name is taken by another request, NotFound when the
-        project does not exist, QuotaExceeded when the VM does not fit its quota.
+        project does not exist, QuotaExceeded when the VM does not fit its quota,
+        ProjectDeleting when the project is being deleted.
         ``created`` False: nothing was written, ``also`` neither.
         """
         k = self._keys
@@ -123,7 +127,8 @@ class VmStore:
             request_key = k.request(spec.ref.tenant, spec.ref.project, spec.request_id)
             charge.compares.append(ops.absent(request_key))
             charge.writes.append(ops.put(request_key, rec.RequestRecord(
-                vm_key=spec.ref.name, uid=spec.uid).SerializeToString(), lease=await self._requests.current()))
+                vm_key=spec.ref.name, uid=spec.uid, fingerprint=fingerprint).SerializeToString(),
+                lease=await self._requests.current()))
             charge.reads.append(ops.get(request_key))
             charge.exclusive += (request_key,)
         try:
@@ -131,22 +136,24 @@ class VmStore:
             return VmRecord(spec, status, revision, revision), True
         except GuardFailed as failed:
             existing, request_kvs = self._record_from(failed.kvs[0]), failed.kvs[1] if spec.request_id else []
-        except QuotaExceeded:
+        except (QuotaExceeded, ProjectDeleting):
             if not spec.request_id:
                 raise
             # A retry of a create that succeeded must return its VM, even when the
-            # quota is now full.
+            # quota is now full or the project is being deleted.
             result = await self._etcd.txn([], [vm_range, ops.get(request_key)])
             existing, request_kvs = self._record_from(result.kvs(0)), result.kvs(1)
             if not request_kvs:
                 raise
-        return await self._existing(spec, existing, request_kvs)
+        return await self._existing(spec, existing, request_kvs, fingerprint)
 
     async def _existing(self, spec: VmSpec, existing: VmRecord | None,
-                        request_kvs: list[KeyValue]) -> tuple[VmRecord, bool]:
+                        request_kvs: list[KeyValue], fingerprint: bytes = b"") -> tuple[VmRecord, bool]:
         """The outcome of a create whose name or request_id was taken already."""
         if spec.request_id and request_kvs:
             made = rec.RequestRecord.FromString(request_kvs[0].value)
+            if made.fingerprint and fingerprint and made.fingerprint != fingerprint:
+                raise RequestMismatch(spec.request_id, made.vm_key)
             if existing is not None and existing.spec.uid == made.uid:
                 return existing, False
             # The request made another VM (another name), or its VM is gone.

@@ -78,7 +78,9 @@ def _parser(kind: str) -> argparse.ArgumentParser:
         verb("get", f"show a {kind}")
         verb("list", f"list {kind}s", named=False)
         delete = verb("delete", f"delete a {kind} (refused while it holds VMs, unless --force)")
-        delete.add_argument("--force", action="store_true", help="delete its VMs first")
+        delete.add_argument("--force", action="store_true",
+                            help="delete its VMs first (a project takes no new VMs from then on; run again to "
+                            "finish a deletion cut short)")
     elif kind == "quota":
         verb("get", "show a quota: TENANT (its ticket) or TENANT/PROJECT")
         setter = verb("set", "change limits: quanta quota set acme/web vms=20,vcpus=unlimited")

@@ -16,7 +16,7 @@ from controlplane.etcd import EtcdClient
 from controlplane.models import Resources, VmRef, VmSpec, now_ns
 from controlplane.store.errors import AlreadyExists, NotFound
 from controlplane.store.keys import Keys, shard_of
-from controlplane.store.ledger import QUOTA_CONFLICTS, QuotaExceeded, UsageLedger
+from controlplane.store.ledger import QUOTA_CONFLICTS, ProjectDeleting, QuotaExceeded, UsageLedger
 from controlplane.store.tenancy import HoldsVms, QuotaInvalid, TenancyStore
 from controlplane.store.vms import VmRecord, VmStore
 from controlplane.tenancy import Limits, Project, Tenant, Usage
@@ -352,6 +352,36 @@ def test_create_after_the_project_is_deleted_is_not_found(etcd_endpoint: str, ro
                 await store.create(make_spec("vm-2"))
             assert await vm_count(store) == 0
             assert not await has_usage_keys(client, keys, TENANT, PROJECT)
+
+    run(main())
+
+
+def test_a_project_being_deleted_takes_no_new_vms(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client, EtcdClient(etcd_endpoint) as admin_client:
+            await make_project(client, keys, Limits())  # unlimited: a commit compares only its own stripe
+            store = VmStore(client, keys)
+            kept, _ = await store.create(make_spec("vm-1", request_id="req-1"))  # the ledger caches the project
+            tenancy = TenancyStore(admin_client, keys)
+            marked = await tenancy.mark_project_deleting(TENANT, PROJECT)
+            assert marked.deleting
+            assert (await tenancy.mark_project_deleting(TENANT, PROJECT)) == marked  # idempotent
+            with pytest.raises(ProjectDeleting):
+                await store.create(make_spec("vm-2"))
+            outcomes = await asyncio.gather(*(store.create(make_spec(f"c-{i}")) for i in range(10)),
+                                            return_exceptions=True)
+            assert all(isinstance(o, ProjectDeleting) for o in outcomes), outcomes
+            # A retry of a create that succeeded before still gets its VM; deletions go on.
+            again, created = await store.create(make_spec("vm-1", request_id="req-1"))
+            assert (again.spec.uid, created) == (kept.spec.uid, False)
+            await store.request_delete(kept.ref)
+            assert (await usage_of(client, keys)).vms == 0
+            await tenancy.delete_project(TENANT, PROJECT)
+            with pytest.raises(NotFound):
+                await store.create(make_spec("vm-3"))
+            with pytest.raises(NotFound):
+                await tenancy.mark_project_deleting(TENANT, PROJECT)
 
     run(main())
 

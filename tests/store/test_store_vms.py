@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -23,8 +24,9 @@ from controlplane.models import (
     now_ns,
 )
 from controlplane.store.cluster import ensure_cluster_config
-from controlplane.store.errors import AlreadyExists, Conflict, NotFound
+from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch
 from controlplane.store.hosts import HostStore
+from controlplane.store.idempotency import fingerprint
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.retention import RetentionLeases
 from controlplane.store.scheduling import HostBind, SchedulingStore
@@ -108,6 +110,43 @@ def test_create_retry_with_same_request_id_returns_the_first(etcd_endpoint: str,
             assert await store.current_revision() == before
             with pytest.raises(NotFound):
                 await store.get(VmRef(TENANT, PROJECT, "vm-2"))
+
+    run(main())
+
+
+def test_create_with_a_reused_request_id_and_other_parameters_is_refused(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+
+            async def create(vm_id: str, request_id: str, **changes: Any) -> tuple[VmRecord, bool]:
+                spec = dataclasses.replace(make_spec(vm_id, request_id=request_id), **changes)
+                return await store.create(spec, fingerprint=fingerprint(spec, chosen_id=True))
+
+            first, created = await create("vm-1", "req-1")
+            assert created
+            before = await store.current_revision()
+            retry, created = await create("vm-1", "req-1")  # a true retry: the first answer
+            assert (retry, created) == (first, False)
+            for vm_id, changes in (("vm-2", {}), ("vm-1", {"flavor": "large"}), ("vm-1", {"labels": {"a": "b"}})):
+                with pytest.raises(RequestMismatch) as refused:
+                    await create(vm_id, "req-1", **changes)
+                assert refused.value.made == first.ref.name
+            assert await store.current_revision() == before  # nothing was written
+            with pytest.raises(NotFound):
+                await store.get(VmRef(TENANT, PROJECT, "vm-2"))
+
+            # Concurrent creates with one request_id and different ids: one VM, the others refused.
+            outcomes = await asyncio.gather(*(create(f"c-{i}", "req-2") for i in range(6)), return_exceptions=True)
+            made = [o for o in outcomes if not isinstance(o, BaseException)]
+            assert len(made) == 1 and made[0][1]
+            assert all(isinstance(o, RequestMismatch) for o in outcomes if isinstance(o, BaseException))
+
+            # A record without a fingerprint (written before they existed) keeps the old rule.
+            old, _ = await store.create(make_spec("vm-3", request_id="req-3"))
+            again, created = await create("vm-4", "req-3")
+            assert (again.spec.uid, created) == (old.spec.uid, False)
 
     run(main())
 

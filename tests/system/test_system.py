@@ -182,9 +182,10 @@ def test_retried_create_with_same_request_id_gives_one_vm(system, client):
     first = client.create_vm("db-1", flavor="medium", image="debian", request_id="req-42")
     again = client.create_vm("db-1", flavor="medium", image="debian", request_id="req-42")
     assert again.uid == first.uid
-    # The retry may even name another VM: the request already made db-1.
-    other_name = client.create_vm("db-2", flavor="medium", image="debian", request_id="req-42")
-    assert other_name.uid == first.uid and other_name.name == first.name
+    # The same request_id with other parameters (here another VM id) is not a retry: refused.
+    reused = _error(lambda: client.create_vm("db-2", flavor="medium", image="debian", request_id="req-42"))
+    assert (reused.code, reused.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    assert reused.metadata["created"] == first.name
 
     conflict = _error(lambda: client.create_vm("db-1", flavor="medium", image="debian", request_id="req-43"))
     assert conflict.code == grpc.StatusCode.ALREADY_EXISTS

@@ -97,6 +97,7 @@ class VmServiceServicer:
 
     def WatchVms(self, request, context):
         """Streams changes after resource_version (0: the current state first, as ADDED).
+        A resource_version compacted away, or beyond the store's, is OUT_OF_RANGE: list again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -175,12 +175,14 @@ class Image(_message.Message):
     def __init__(self, name: _Optional[str] = ..., os: _Optional[str] = ..., source: _Optional[str] = ..., size_gib: _Optional[int] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("vm_key", "uid")
+    __slots__ = ("vm_key", "uid", "fingerprint")
     VM_KEY_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     vm_key: str
     uid: str
-    def __init__(self, vm_key: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
+    fingerprint: bytes
+    def __init__(self, vm_key: _Optional[str] = ..., uid: _Optional[str] = ..., fingerprint: _Optional[bytes] = ...) -> None: ...
 
 class ShardOwner(_message.Message):
     __slots__ = ("owner", "acquire_time_ns")

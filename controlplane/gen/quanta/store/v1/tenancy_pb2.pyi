@@ -56,7 +56,7 @@ class TenantRecord(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., quota: _Optional[_Union[Limits, _Mapping]] = ..., allocated: _Optional[_Union[Usage, _Mapping]] = ..., create_time_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ...) -> None: ...
 
 class ProjectRecord(_message.Message):
-    __slots__ = ("tenant_id", "project_id", "display_name", "labels", "quota", "create_time_ns", "update_time_ns")
+    __slots__ = ("tenant_id", "project_id", "display_name", "labels", "quota", "create_time_ns", "update_time_ns", "delete_time_ns")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class ProjectRecord(_message.Message):
     QUOTA_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     project_id: str
     display_name: str
@@ -78,7 +79,8 @@ class ProjectRecord(_message.Message):
     quota: Limits
     create_time_ns: int
     update_time_ns: int
-    def __init__(self, tenant_id: _Optional[str] = ..., project_id: _Optional[str] = ..., display_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., quota: _Optional[_Union[Limits, _Mapping]] = ..., create_time_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ...) -> None: ...
+    delete_time_ns: int
+    def __init__(self, tenant_id: _Optional[str] = ..., project_id: _Optional[str] = ..., display_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., quota: _Optional[_Union[Limits, _Mapping]] = ..., create_time_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ...) -> None: ...
 
 class Grant(_message.Message):
     __slots__ = ("role", "tenant", "project")

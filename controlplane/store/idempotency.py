@@ -1,0 +1,42 @@
+"""What makes two creates with one ``request_id`` the same request.
+
+A create's request record (``requests/{t}/{p}/{sha256(request_id)}``, see
+:meth:`controlplane.store.vms.VmStore.create`) keeps the fingerprint of what the
+caller asked for. A later create with that request_id is a retry only if its
+fingerprint is the same: then it gets the first answer; otherwise it is refused
+(``RequestMismatch``), never answered with a VM it did not describe (DESIGN.md:
+"A request_id reused with different parameters is refused"). Records written
+before fingerprints existed have none and are taken as retries, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from controlplane.models import VmSpec
+
+VERSION = b"vm-create-v1\0"
+
+FINGERPRINTED = frozenset({
+    "flavor", "image", "labels", "node_selector", "anti_affinity_group", "anti_affinity_scope",
+    "affinity_group", "affinity_scope", "restart_policy",
+})
+"""The VmSpec fields a caller chooses (besides the VM's id)."""
+
+NOT_FINGERPRINTED = frozenset({
+    "ref",  # its tenant and project are in the request record's key; its id counts when chosen (below)
+    "uid", "resources", "request_id", "create_time_ns", "delete_time_ns", "shard",  # made by the server
+})
+
+
+def fingerprint(spec: VmSpec, *, chosen_id: bool) -> bytes:
+    """SHA-256 of the create's parameters, normalised (defaults as stored, maps in
+    key order): the VM's id if the caller chose it (``chosen_id``; a server-assigned
+    id differs on every attempt) and every field in :data:`FINGERPRINTED`. Pure."""
+    chosen = {name: getattr(spec, name) for name in sorted(FINGERPRINTED)}
+    chosen = {name: dict(value) if name in ("labels", "node_selector") else
+              int(value) if name.endswith(("_scope", "_policy")) else value for name, value in chosen.items()}
+    chosen["vm_id"] = spec.ref.vm_id if chosen_id else ""
+    encoded = json.dumps(chosen, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(VERSION + encoded).digest()
