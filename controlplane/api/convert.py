@@ -69,6 +69,9 @@ def host_to_proto(record: HostRecord) -> host_pb2.Host:
     )
     if reg is not None:
         host.capacity.CopyFrom(resources_to_proto(reg.capacity))
+        o = reg.overcommit
+        host.overcommit.CopyFrom(host_pb2.Overcommit(vcpus=o.vcpus, memory=o.memory, disk=o.disk))
+        host.allocatable.CopyFrom(resources_to_proto(reg.allocatable))
         host.labels.update(reg.labels)
         host.driver = reg.driver
         if reg.register_time_ns:
