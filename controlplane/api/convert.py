@@ -148,6 +148,6 @@ def audit_to_proto(tenant_key: str, record: trec.AuditRecord) -> auth_pb2.AuditR
     return auth_pb2.AuditRecord(
         name=f"{'tenants/' + record.tenant + '/' if record.tenant else ''}auditRecords/{tenant_key}",
         time=_ts(record.time_ns), subject=record.subject, method=record.method, resource=record.resource,
-        peer=record.peer, code=record.code, message=record.message, request_id=record.request_id,
+        peer=record.peer, code=record.code, message=record.message, correlation_id=record.correlation_id,
         token_id=record.token_id,
     )
