@@ -29,7 +29,7 @@ from agents.reconciler import Key, Reconciler
 from agents.remover import Remover
 from agents.status_writer import StatusWriter
 from controlplane.etcd import Compacted, EtcdClient, Lease, LeaseLost
-from controlplane.models import HostRegistration, Resources, now_ns
+from controlplane.models import NO_OVERCOMMIT, HostRegistration, Overcommit, Resources, now_ns
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.keys import Keys
 from controlplane.workqueue import QueueShutDown, WorkQueue
@@ -48,6 +48,9 @@ class AgentConfig:
     per_host_concurrency: int = 8
     resync_s: float = 300.0
     shutdown_grace_s: float = 20.0
+    overcommit: Overcommit = NO_OVERCOMMIT
+    """Registered with every host of this agent: placement books up to the raw
+    capacity its driver reports times these ratios."""
 
 
 class Agent:
@@ -120,7 +123,8 @@ class Agent:
             cap = await self._drivers[host].capacity()
             registrations.append(HostRegistration(
                 host=host, driver=self.config.driver, capacity=Resources(cap.vcpus, cap.memory_mib, cap.disk_gib),
-                labels=dict(cap.labels), agent=self.config.name, register_time_ns=now_ns()))
+                labels=dict(cap.labels), agent=self.config.name, register_time_ns=now_ns(),
+                overcommit=self.config.overcommit))
         await self._store.register(registrations, lease.id)
         log.info("hosts registered", extra={"hosts": len(registrations), "lease": f"{lease.id:x}"})
 

@@ -75,8 +75,8 @@ def agent_args(vcsim, index: int, args: argparse.Namespace) -> list[str]:
     per_host = -(-args.vms // args.hosts) + 8
     cpu_ratio, memory_ratio, disk_ratio = per_host / 2 + 1, per_host / 4 + 1, per_host * 10 / 250 + 1
     return [*vcsim.agent_args(host_id_prefix=f"esx{index}-"), "--name", f"esxi-agent-{index}",
-            "--esxi-cpu-ratio", f"{cpu_ratio:g}", "--esxi-memory-ratio", f"{memory_ratio:g}",
-            "--esxi-disk-ratio", f"{disk_ratio:g}", "--esxi-threads", str(args.esxi_threads),
+            "--vcpu-overcommit", f"{cpu_ratio:g}", "--memory-overcommit", f"{memory_ratio:g}",
+            "--disk-overcommit", f"{disk_ratio:g}", "--esxi-threads", str(args.esxi_threads),
             "--esxi-clone-mode", args.clone_mode, "--per-host-concurrency", str(args.per_host_concurrency)]
 
 

@@ -21,7 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+#: The correlation id of the RPC being served (see controlplane.api.interceptors): it ties
+#: the log lines and the audit record of one call together. Not a create's ``request_id``,
+#: which is the idempotency key.
+correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 method: contextvars.ContextVar[str | None] = contextvars.ContextVar("method", default=None)
 tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("tenant", default=None)
 vm: contextvars.ContextVar[str | None] = contextvars.ContextVar("vm", default=None)
@@ -31,7 +34,7 @@ subject: contextvars.ContextVar[str | None] = contextvars.ContextVar("subject", 
 
 #: Record attribute name -> contextvar copied onto every record by ContextFilter.
 CONTEXT_VARS: dict[str, contextvars.ContextVar[str | None]] = {
-    "request_id": request_id,
+    "correlation_id": correlation_id,
     "method": method,
     "tenant": tenant,
     "vm": vm,

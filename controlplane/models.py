@@ -8,6 +8,7 @@ in ``controlplane.api.convert``.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -85,6 +86,42 @@ class Resources:
         """True when every dimension is <= the same dimension of ``other``."""
         return (self.vcpus <= other.vcpus and self.memory_mib <= other.memory_mib
                 and self.disk_gib <= other.disk_gib)
+
+
+@dataclass(frozen=True, slots=True)
+class Overcommit:
+    """How far bookings on a host may exceed its raw capacity, per resource.
+
+    The one overcommit setting: given to a host's agent (``quanta agent
+    --vcpu-overcommit 4``), stored in the host's registration, and applied only by
+    :meth:`allocatable`, which placement (and ``quanta host get``) uses. Drivers
+    report raw capacity and never multiply it. Ratios are finite and > 0 (below 1
+    keeps part of a host back); raises ValueError otherwise.
+    """
+
+    vcpus: float = 1.0
+    memory: float = 1.0
+    disk: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("vcpus", "memory", "disk"):
+            ratio = getattr(self, name)
+            if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0):
+                raise ValueError(f"{name} overcommit must be a number > 0, got {ratio!r}")
+
+    def allocatable(self, capacity: Resources) -> Resources:
+        """``capacity`` (raw) times the ratios, rounded down: what may be booked."""
+        return Resources(_times(capacity.vcpus, self.vcpus), _times(capacity.memory_mib, self.memory),
+                         _times(capacity.disk_gib, self.disk))
+
+
+def _times(amount: int, ratio: float) -> int:
+    # Rounded to 6 places before the floor, so 100 × 1.15 is 115 and not 114.99999999999999.
+    return math.floor(round(amount * ratio, 6))
+
+
+#: No overcommit: allocatable equals capacity.
+NO_OVERCOMMIT = Overcommit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,25 +288,45 @@ class Binding:
 
 @dataclass(frozen=True, slots=True)
 class HostRegistration:
+    """A host as its agent registered it: ``capacity`` is the raw capacity its driver
+    reports, ``overcommit`` the agent's setting; :attr:`allocatable` is what
+    placement books against."""
+
     host: str
     driver: str
     capacity: Resources
     labels: Mapping[str, str] = field(default_factory=dict)
     agent: str = ""
     register_time_ns: int = 0
+    overcommit: Overcommit = NO_OVERCOMMIT
+
+    @property
+    def allocatable(self) -> Resources:
+        return self.overcommit.allocatable(self.capacity)
 
     def to_bytes(self) -> bytes:
+        o = self.overcommit
         return rec.HostRegistration(
             host=self.host, driver=self.driver, vcpus=self.capacity.vcpus,
             memory_mib=self.capacity.memory_mib, disk_gib=self.capacity.disk_gib, labels=dict(self.labels),
             agent=self.agent, register_time_ns=self.register_time_ns,
+            vcpu_overcommit=o.vcpus, memory_overcommit=o.memory, disk_overcommit=o.disk,
         ).SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HostRegistration:
         m = rec.HostRegistration.FromString(data)
+        overcommit = Overcommit(_stored_ratio(m.vcpu_overcommit), _stored_ratio(m.memory_overcommit),
+                                _stored_ratio(m.disk_overcommit))
         return cls(m.host, m.driver, Resources(m.vcpus, m.memory_mib, m.disk_gib), dict(m.labels), m.agent,
-                   m.register_time_ns)
+                   m.register_time_ns, overcommit)
+
+
+def _stored_ratio(ratio: float) -> float:
+    # 0 is unset: written by an agent older than the setting, whose driver had already
+    # multiplied the capacity it registered; so no overcommit on top. A value no agent
+    # writes (negative, NaN) must not stop the readers of every host either.
+    return ratio if math.isfinite(ratio) and ratio > 0 else 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,42 +22,21 @@ from scheduler.placement import HostSnapshot, HostView
 log = logging.getLogger(__name__)
 
 
-#: Host labels (set by the agent at registration) that say how far to overcommit.
-VCPU_OVERCOMMIT = "quanta.io/vcpu-overcommit"
-MEMORY_OVERCOMMIT = "quanta.io/memory-overcommit"
-DISK_OVERCOMMIT = "quanta.io/disk-overcommit"
-
-
-def _ratio(labels: dict[str, str], key: str) -> float:
-    try:
-        ratio = float(labels.get(key, "1"))
-    except ValueError:
-        log.warning("bad overcommit label ignored", extra={"label": key, "value": labels[key]})
-        return 1.0
-    return ratio if ratio > 0 else 1.0
-
-
-def allocatable(capacity: Resources, labels: dict[str, str]) -> Resources:
-    """Capacity times the host's overcommit ratios (labels; 1.0 when absent or bad)."""
-    return Resources(int(capacity.vcpus * _ratio(labels, VCPU_OVERCOMMIT)),
-                     int(capacity.memory_mib * _ratio(labels, MEMORY_OVERCOMMIT)),
-                     int(capacity.disk_gib * _ratio(labels, DISK_OVERCOMMIT)))
-
-
 def snapshot_of(record: HostRecord) -> HostSnapshot:
+    """The placement view of a host record. Allocatable capacity is the registration's
+    raw capacity times its overcommit setting (:meth:`HostRegistration.allocatable`,
+    the one place a ratio is applied)."""
     reg = record.registration
-    labels = dict(reg.labels) if reg else {}
-    capacity = reg.capacity if reg else Resources()
     return HostSnapshot(
         host_id=record.host,
         ready=record.ready and not record.dead,  # a dead host takes nothing until its marker is lifted
-        capacity=capacity,
+        capacity=reg.capacity if reg else Resources(),
         allocated=record.allocation.resources,
         vm_count=record.allocation.vm_count,
-        labels=labels,
+        labels=dict(reg.labels) if reg else {},
         alloc_revision=record.alloc_revision,
         maintenance=record.maintenance,
-        allocatable=allocatable(capacity, labels),
+        allocatable=reg.allocatable if reg else Resources(),
         groups=dict(record.allocation.groups),
     )
 

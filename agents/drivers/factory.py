@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from agents.drivers.protocol import HostCapacity, HostDriver
 from agents.drivers.sim import SimHypervisor, SimLatency
-from controlplane.models import IMAGE_LABEL_PREFIX, ZONE_LABEL
+from controlplane.models import IMAGE_LABEL_PREFIX, NO_OVERCOMMIT, ZONE_LABEL, Overcommit
 
 if TYPE_CHECKING:
     from agents.drivers.esxi import EsxiConfig
@@ -21,6 +21,9 @@ class SimConfig:
     host_prefix: str = "sim"
     first_index: int = 0
     capacity: HostCapacity = HostCapacity(vcpus=128, memory_mib=512 * 1024, disk_gib=20_000)
+    """Each host's raw capacity."""
+    overcommit: Overcommit = NO_OVERCOMMIT
+    """The agent's overcommit setting: the simulated hosts take VMs up to capacity times it."""
     latency: SimLatency = SimLatency()
     state_dir: str | None = None
     seed: int = 0
@@ -68,7 +71,7 @@ def build_sim_drivers(config: SimConfig) -> tuple[SimHypervisor, dict[str, HostD
     hypervisor = SimHypervisor(config.state_dir, latency=config.latency, seed=config.seed,
                                fault_rate=config.fault_rate, images=config.images)
     drivers: dict[str, HostDriver] = {
-        host: hypervisor.add_host(host, sim_host_capacity(config, config.first_index + i))
+        host: hypervisor.add_host(host, sim_host_capacity(config, config.first_index + i), config.overcommit)
         for i, host in enumerate(sim_host_ids(config))
     }
     return hypervisor, drivers

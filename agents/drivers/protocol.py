@@ -49,7 +49,11 @@ class VmInfo:
 
 @dataclass(frozen=True, slots=True)
 class HostCapacity:
-    """A host's total allocatable resources (not what is free) and its labels."""
+    """A host's raw total resources (not what is free) and its labels.
+
+    Raw: hardware threads, physical memory, datastore size, never multiplied by an
+    overcommit ratio. Overcommit is the agent's setting, applied once, by placement
+    (``controlplane.models.Overcommit``)."""
 
     vcpus: int
     memory_mib: int
@@ -126,7 +130,7 @@ class HostDriver(Protocol):
     host_id: str
 
     async def capacity(self) -> HostCapacity:
-        """The host's total allocatable capacity and labels. Read-only."""
+        """The host's raw total capacity (see :class:`HostCapacity`) and labels. Read-only."""
         ...
 
     async def list_vms(self) -> list[VmInfo]:

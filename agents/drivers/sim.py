@@ -5,7 +5,9 @@ fake: ``quanta up`` runs on it and the benchmarks measure the control plane agai
 it. It models what the control plane must cope with:
 
 - capacity, enforced on create and reconfigure (vCPU, memory and disk of all VMs
-  on the host, whatever their power state, plus creates and growths in flight);
+  on the host, whatever their power state, plus creates and growths in flight),
+  up to the raw capacity times the host's overcommit, as a hypervisor runs more
+  vCPUs than it has threads; :meth:`SimHost.capacity` reports the raw capacity;
 - images: with ``images`` given, a host makes VMs only of those images (others
   raise ImageNotFound); by default it has every image;
 - latency per operation (:class:`SimLatency`); at zero latency no call suspends;
@@ -42,6 +44,7 @@ from agents.drivers.protocol import (
     VmNotFound,
     VmRequest,
 )
+from controlplane.models import NO_OVERCOMMIT, Overcommit, Resources
 
 JOURNAL_NAME = "journal.jsonl"
 
@@ -195,15 +198,17 @@ class SimHypervisor:
             os.close(self._fd)
             self._fd = None
 
-    def add_host(self, host_id: str, capacity: HostCapacity) -> SimHost:
+    def add_host(self, host_id: str, capacity: HostCapacity, overcommit: Overcommit = NO_OVERCOMMIT) -> SimHost:
         """Add a host; it adopts the VMs the journal holds for ``host_id``.
 
+        The host reports ``capacity`` (raw) and takes VMs up to ``capacity`` times
+        ``overcommit`` (give it the agent's setting, so that what placement books fits).
         Raises ValueError if the host was added already. Adopted VMs stay even if
-        they exceed ``capacity`` (the host is then full for new creates).
+        they exceed that (the host is then full for new creates).
         """
         if host_id in self._hosts:
             raise ValueError(f"sim host {host_id!r} already added")
-        host = SimHost(self, host_id, capacity, self._replayed.pop(host_id, {}))
+        host = SimHost(self, host_id, capacity, self._replayed.pop(host_id, {}), overcommit)
         self._hosts[host_id] = host
         return host
 
@@ -229,10 +234,13 @@ class SimHost:
     committed only after its latency, so a cancelled create leaves nothing behind.
     """
 
-    def __init__(self, hypervisor: SimHypervisor, host_id: str, capacity: HostCapacity, vms: dict[str, _Vm]):
+    def __init__(self, hypervisor: SimHypervisor, host_id: str, capacity: HostCapacity, vms: dict[str, _Vm],
+                 overcommit: Overcommit = NO_OVERCOMMIT):
         self.host_id = host_id
         self._hv = hypervisor
         self._capacity = capacity
+        #: What VMs may take: the raw capacity times the overcommit.
+        self.limit = overcommit.allocatable(Resources(capacity.vcpus, capacity.memory_mib, capacity.disk_gib))
         self._vms = vms
         self._creating: dict[str, asyncio.Event] = {}
         self._faults: dict[str, deque[_Fault]] = {}
@@ -348,7 +356,7 @@ class SimHost:
         self._reserve_amounts(r.vcpus, r.memory_mib, r.disk_gib)
 
     def _reserve_amounts(self, vcpus: int, memory_mib: int, disk_gib: int) -> None:
-        c = self._capacity
+        c = self.limit
         for what, used, want, total in (
             ("vcpus", self._vcpus, vcpus, c.vcpus),
             ("memory_mib", self._memory_mib, memory_mib, c.memory_mib),

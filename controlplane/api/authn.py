@@ -259,7 +259,7 @@ class AuditInterceptor(_BehaviorInterceptor):
         return trec.AuditRecord(
             time_ns=now_ns(), subject=principal.subject, method=method, resource=resource[:MAX_FIELD],
             tenant=tenant, peer=context.peer() or "", code=code, message=message[:MAX_FIELD],
-            request_id=(logcontext.request_id.get() or "")[:MAX_FIELD], token_id=principal.token_id,
+            correlation_id=(logcontext.correlation_id.get() or "")[:MAX_FIELD], token_id=principal.token_id,
         )
 
 

@@ -74,6 +74,9 @@ def host_to_proto(record: HostRecord) -> host_pb2.Host:
     )
     if reg is not None:
         host.capacity.CopyFrom(resources_to_proto(reg.capacity))
+        o = reg.overcommit
+        host.overcommit.CopyFrom(host_pb2.Overcommit(vcpus=o.vcpus, memory=o.memory, disk=o.disk))
+        host.allocatable.CopyFrom(resources_to_proto(reg.allocatable))
         host.labels.update(reg.labels)
         host.driver = reg.driver
         if reg.register_time_ns:
@@ -150,6 +153,6 @@ def audit_to_proto(tenant_key: str, record: trec.AuditRecord) -> auth_pb2.AuditR
     return auth_pb2.AuditRecord(
         name=f"{'tenants/' + record.tenant + '/' if record.tenant else ''}auditRecords/{tenant_key}",
         time=_ts(record.time_ns), subject=record.subject, method=record.method, resource=record.resource,
-        peer=record.peer, code=record.code, message=record.message, request_id=record.request_id,
+        peer=record.peer, code=record.code, message=record.message, correlation_id=record.correlation_id,
         token_id=record.token_id,
     )

@@ -118,7 +118,7 @@ class ApiError(Exception):
     def to_status(self, extra_metadata: Iterable[tuple[str, str | bytes]] = ()) -> grpc.Status:
         """The :class:`grpc.Status` for ``context.abort_with_status``.
 
-        ``extra_metadata`` (e.g. the request id) is appended to the trailing metadata
+        ``extra_metadata`` (e.g. the correlation id) is appended to the trailing metadata
         that carries the encoded status.
         """
         status = rpc_status.to_status(self.to_status_proto())

@@ -7,8 +7,9 @@ in any order; the recommended one (outermost first) is :func:`default_intercepto
 
     server = grpc.aio.server(interceptors=default_interceptors())
 
-- :class:`RequestContextInterceptor` binds ``request_id``/``method`` contextvars and
-  echoes ``x-request-id`` in trailing metadata.
+- :class:`RequestContextInterceptor` binds the ``correlation_id``/``method``
+  contextvars and echoes the correlation id (``x-correlation-id`` and
+  ``x-request-id``) in trailing metadata.
 - :class:`MetricsInterceptor` counts requests by method and final status code and
   times them (streams until they end).
 - :class:`ErrorInterceptor` turns :class:`~controlplane.api.errors.ApiError`,
@@ -37,8 +38,11 @@ from controlplane.etcd.client import Compacted, EtcdError, call_deadline
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
-_MAX_REQUEST_ID = 128
+#: Metadata keys a caller may send its correlation id under, in order of preference;
+#: the frontend echoes the id under both. ``x-request-id`` is the common convention
+#: (proxies, load balancers); it is not a create's ``request_id`` (idempotency key).
+CORRELATION_ID_HEADERS = ("x-correlation-id", "x-request-id")
+_MAX_CORRELATION_ID = 128
 
 API_REQUESTS = Counter(
     "quanta_api_requests_total",
@@ -164,39 +168,44 @@ class _BehaviorInterceptor(grpc.aio.ServerInterceptor):
 # --- request context -----------------------------------------------------------------
 
 
-def _incoming_request_id(context: grpc.aio.ServicerContext) -> str | None:
+def _incoming_correlation_id(context: grpc.aio.ServicerContext) -> str | None:
+    given: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str):
-            if 0 < len(value) <= _MAX_REQUEST_ID and all(" " < ch <= "~" for ch in value):
-                return value
-            return None  # a malformed id is replaced, not echoed into our logs
-    return None
+        if key in CORRELATION_ID_HEADERS and isinstance(value, str):
+            given.setdefault(key, value)
+    value = next((given[header] for header in CORRELATION_ID_HEADERS if header in given), None)
+    if value is not None and 0 < len(value) <= _MAX_CORRELATION_ID and all(" " < ch <= "~" for ch in value):
+        return value
+    return None  # none given, or a malformed one: replaced, not echoed into our logs
 
 
 class RequestContextInterceptor(_BehaviorInterceptor):
-    """Binds the ``request_id``, ``method`` and etcd ``call_deadline`` contextvars for
-    the handler's duration.
+    """Binds the ``correlation_id``, ``method`` and etcd ``call_deadline`` contextvars
+    for the handler's duration.
 
-    The request id is the caller's ``x-request-id`` metadata when it is 1–128
-    printable ASCII characters without spaces, else a fresh uuid4 hex. It is sent
-    back as ``x-request-id`` trailing metadata (a handler that calls
-    ``set_trailing_metadata`` itself should include it; ErrorInterceptor keeps it).
+    The correlation id ties a call's log lines (field ``correlation_id``) and audit
+    record together. It is the caller's ``x-correlation-id`` metadata, else its
+    ``x-request-id`` (the common convention), when that is 1–128 printable ASCII
+    characters without spaces; else a fresh uuid4 hex. It is sent back under both
+    keys in trailing metadata (a handler that calls ``set_trailing_metadata`` itself
+    should include them; ErrorInterceptor keeps them). Unrelated to a create's
+    ``request_id`` field, the idempotency key.
     """
 
     def _enter(self, context: grpc.aio.ServicerContext, method: str) -> tuple[Any, Any, Any]:
-        rid = _incoming_request_id(context) or uuid.uuid4().hex
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+        cid = _incoming_correlation_id(context) or uuid.uuid4().hex
+        context.set_trailing_metadata(tuple((header, cid) for header in CORRELATION_ID_HEADERS))
         # The caller's deadline bounds the etcd calls made for it (see call_deadline).
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        return (logcontext.request_id.set(rid), logcontext.method.set(method), call_deadline.set(deadline))
+        return (logcontext.correlation_id.set(cid), logcontext.method.set(method), call_deadline.set(deadline))
 
     @staticmethod
     def _exit(tokens: tuple[Any, Any, Any]) -> None:
         try:
             call_deadline.reset(tokens[2])
             logcontext.method.reset(tokens[1])
-            logcontext.request_id.reset(tokens[0])
+            logcontext.correlation_id.reset(tokens[0])
         except ValueError:
             pass  # a stream closed from another context; the RPC's task context dies with it
 
@@ -237,7 +246,7 @@ class ErrorInterceptor(_BehaviorInterceptor):
     propagate untouched, as do cancellation and GeneratorExit (BaseExceptions).
     Unexpected exceptions are logged with their traceback; etcd failures as
     warnings; ApiErrors not at all (they are answers, not faults). Trailing
-    metadata the RPC already set (e.g. ``x-request-id``) is kept.
+    metadata the RPC already set (e.g. ``x-correlation-id``) is kept.
     """
 
     async def _abort(self, context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:

@@ -21,11 +21,44 @@ def _vm_row(vm: vm_pb2.Vm) -> str:
     return f"{vm.name.rsplit('/', 1)[-1]:<24} {state:<10} {vm.flavor:<8} {vm.image:<8} {vm.host or '-'}{reason}"
 
 
+def _allocatable(host: host_pb2.Host) -> common_pb2.Resources:
+    # A frontend older than the overcommit fields sends capacity only.
+    return host.allocatable if host.HasField("allocatable") else host.capacity
+
+
 def _host_row(host: host_pb2.Host) -> str:
+    """One line: allocated out of allocatable (capacity × overcommit)."""
     state = host_pb2.Host.State.Name(host.state) + ("*" if host.maintenance else "")
+    allocatable = _allocatable(host)
     return (f"{host.name.split('/', 1)[1]:<16} {state:<9} vms={host.vm_count:<6} "
-            f"vcpus={host.allocated.vcpus}/{host.capacity.vcpus} "
-            f"mem={host.allocated.memory_mib}/{host.capacity.memory_mib}MiB")
+            f"vcpus={host.allocated.vcpus}/{allocatable.vcpus} "
+            f"mem={host.allocated.memory_mib}/{allocatable.memory_mib}MiB")
+
+
+def _host_detail(host: host_pb2.Host) -> str:
+    """``quanta host get``: the host, then its raw capacity, overcommit ratios,
+    allocatable capacity (their product) and allocation, per resource."""
+    state = host_pb2.Host.State.Name(host.state) + (" (maintenance)" if host.maintenance else "")
+    o = host.overcommit if host.HasField("overcommit") else host_pb2.Overcommit(vcpus=1, memory=1, disk=1)
+    allocatable = _allocatable(host)
+    rows = [("", "vcpus", "memory_mib", "disk_gib"),
+            ("capacity", *_amounts(host.capacity)),
+            ("overcommit", f"{o.vcpus:g}", f"{o.memory:g}", f"{o.disk:g}"),
+            ("allocatable", *_amounts(allocatable)),
+            ("allocated", *_amounts(host.allocated))]
+    labels = ",".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "-"
+    return "\n".join([
+        f"name:    {host.name.split('/', 1)[1]}",
+        f"state:   {state}",
+        f"driver:  {host.driver or '-'}",
+        f"vms:     {host.vm_count}",
+        f"labels:  {labels}",
+        *(f"{name:<12} {a:>8} {b:>11} {c:>9}" for name, a, b, c in rows),
+    ])
+
+
+def _amounts(r: common_pb2.Resources) -> tuple[str, str, str]:
+    return str(r.vcpus), str(r.memory_mib), str(r.disk_gib)
 
 
 def print_message(message, output: str, row) -> None:
@@ -165,7 +198,7 @@ def _run(kind: str, args, client: Client) -> None:
         elif args.verb == "delete":
             print_message(client.delete_host(args.name), out, _host_row)
         else:
-            print_message(client.get_host(args.name), out, _host_row)
+            print_message(client.get_host(args.name), out, _host_detail)
         return
     if args.verb == "create":
         labels = dict(item.split("=", 1) for item in args.label if "=" in item)

@@ -29,7 +29,8 @@ class HostSnapshot:
 
     ``alloc_revision`` is the etcd mod_revision of the host's allocation key (0 when the
     key is absent). Placement never interprets it; the bind transaction compares it.
-    ``allocatable`` is capacity times the host's overcommit ratios (default: capacity).
+    ``capacity`` is raw; ``allocatable`` is what may be booked: capacity times the host's
+    overcommit setting (``HostRegistration.allocatable``; default: capacity).
     ``groups`` counts the VMs of each anti-affinity group on the host; it is part of the
     allocation, so the same compare that guards capacity guards anti-affinity.
     """

@@ -1,6 +1,7 @@
 """Placement constraints: maintenance, node selectors, host anti-affinity and
-overcommit ratios, as table-driven and Hypothesis tests of the pure filters, and
-anti-affinity under parallel placement by two scheduler processes on real etcd."""
+allocatable capacity (how overcommit makes it: tests/unit/test_overcommit.py), as
+table-driven and Hypothesis tests of the pure filters, and anti-affinity under
+parallel placement by two scheduler processes on real etcd."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from controlplane.etcd import EtcdClient
 from controlplane.models import Binding, HostAllocation, Resources, VmRef, VmSpec
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
-from scheduler.hostsync import MEMORY_OVERCOMMIT, VCPU_OVERCOMMIT, allocatable
 from scheduler.placement import (
     DEFAULT_FILTERS,
     HostSnapshot,
@@ -81,17 +81,6 @@ def req(resources: Resources = SMALL, *, selector: dict | None = None,
 ])
 def test_filters(name, filter_, request_, host_, want) -> None:
     assert filter_(request_, host_) == want, name
-
-
-@pytest.mark.parametrize(("labels", "want"), [
-    ({}, Resources(16, 65536, 1000)),
-    ({VCPU_OVERCOMMIT: "4"}, Resources(64, 65536, 1000)),
-    ({VCPU_OVERCOMMIT: "1.5", MEMORY_OVERCOMMIT: "1.25"}, Resources(24, 81920, 1000)),
-    ({VCPU_OVERCOMMIT: "lots"}, Resources(16, 65536, 1000)),  # a bad label does not break placement
-    ({VCPU_OVERCOMMIT: "-2"}, Resources(16, 65536, 1000)),
-])
-def test_allocatable_from_overcommit_labels(labels: dict, want: Resources) -> None:
-    assert allocatable(CAP, labels) == want
 
 
 def test_spread_and_pack_prefer_opposite_hosts() -> None:

@@ -3,6 +3,10 @@ as soon as capacity appears; hosts are never over-committed."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 
 from controlplane.gen.quanta.v1 import vm_pb2
@@ -10,6 +14,7 @@ from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
 State = vm_pb2.Vm.State
+QUANTA = os.path.join(os.path.dirname(sys.executable), "quanta")
 
 
 def test_waits_for_capacity_then_places(etcd_server):
@@ -65,3 +70,37 @@ def test_churn_on_one_host_keeps_the_allocation_exact(etcd_server):
         host = client.get_host("sim-00000")
         assert (host.vm_count, host.allocated.vcpus, host.allocated.memory_mib) == (len(kept), len(kept),
                                                                                    1024 * len(kept))
+
+
+def test_overcommit_is_applied_once_and_host_get_shows_it(etcd_server):
+    """An agent started with --vcpu-overcommit 2 on hosts of 2 raw vCPUs: placement
+    books 4 (not 2, not 8), and `quanta host get` shows the raw capacity, the ratio
+    and the allocatable capacity that results."""
+    root = f"/overcommit-{uuid.uuid4().hex[:8]}"
+    agent = ["--hosts", "1", "--host-vcpus", "2", "--latency", "zero", "--vcpu-overcommit", "2"]
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=1, frontends=1, metrics=False,
+                     agents=[agent]) as system, system.client() as client:
+        for i in range(6):
+            client.create_vm(f"vm-{i}", flavor="small", image="ubuntu")
+
+        def settled():
+            vms = list(client.list_vms())
+            running = [vm for vm in vms if vm.state == State.RUNNING]
+            waiting = [vm for vm in vms if vm.state == State.PENDING and vm.conditions]
+            return (running, waiting) if len(running) + len(waiting) == 6 else None
+
+        running, waiting = wait_until(settled, message="every VM RUNNING or waiting with a reason")
+        assert (len(running), len(waiting)) == (4, 2)
+        assert "InsufficientVcpus" in waiting[0].conditions[0].message
+
+        env = {**os.environ, "QUANTA_ENDPOINT": system.endpoint, "QUANTA_TOKEN": system.admin_token}
+        shown = subprocess.run([QUANTA, "host", "get", "sim-00000"], env=env, capture_output=True, text=True,
+                               timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        table = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines() if line.strip()}
+        assert table["capacity"][0] == "2" and table["overcommit"][0] == "2"
+        assert table["allocatable"][0] == "4" and table["allocated"][0] == "4"
+        as_json = subprocess.run([QUANTA, "host", "get", "sim-00000", "-o", "json"], env=env, capture_output=True,
+                                 text=True, timeout=60)
+        host = json.loads(as_json.stdout)
+        assert (host["capacity"]["vcpus"], host["overcommit"]["vcpus"], host["allocatable"]["vcpus"]) == (2, 2.0, 4)

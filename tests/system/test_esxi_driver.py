@@ -12,6 +12,7 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
+from pyVim.connect import Disconnect
 from pyVmomi import vim, vmodl
 
 from agents.drivers.esxi import EsxiConfig, open_esxi
@@ -114,6 +115,34 @@ def test_unknown_image_and_datastore_are_permanent_errors(esx):
         with pytest.raises(OperationFailed, match="no datastore 'nope'"):
             await open_esxi(esx.config(datastore="nope"))
     run(body())
+
+
+def test_reported_capacity_is_raw(esx):
+    """Threads, memory and the VM datastore's size as vSphere reports them, never
+    multiplied by an overcommit ratio (the agent's setting applies once, in placement)."""
+    si = esx.connect()
+    try:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+        (host,) = view.view
+        view.Destroy()
+        hardware = host.hardware
+        datastores = {ds.name: ds.summary.capacity for ds in host.datastore}
+    finally:
+        Disconnect(si)
+
+    async def body():
+        session, drivers = await open_esxi(esx.config(datastore="LocalDS_1"))
+        try:
+            (driver,) = drivers.values()
+            return await driver.capacity()
+        finally:
+            await session.close()
+
+    capacity = run(body())
+    assert (capacity.vcpus, capacity.memory_mib, capacity.disk_gib) == (
+        hardware.cpuInfo.numCpuThreads, hardware.memorySize // 2**20, datastores["LocalDS_1"] // 2**30)
+    assert capacity.labels["esxi.datastore"] == "LocalDS_1"
 
 
 def test_an_expired_session_is_renewed_once_and_work_goes_on(esx):

@@ -19,7 +19,7 @@ VMS = 200
 def agent_args(vcsim: Vcsim, index: int) -> list[str]:
     # A vcsim host offers 2 threads, 4 GiB and 251 GiB: overcommit so 100+ small VMs fit.
     return [*vcsim.agent_args(host_id_prefix=f"esx{index}-"), "--name", f"esxi-agent-{index}",
-            "--esxi-cpu-ratio", "64", "--esxi-memory-ratio", "32", "--esxi-disk-ratio", "6"]
+            "--vcpu-overcommit", "64", "--memory-overcommit", "32", "--disk-overcommit", "6"]
 
 
 def test_200_vms_on_vcsim_hosts_end_to_end():

@@ -390,6 +390,24 @@ def test_audit_records_can_be_watched(world: World) -> None:
             raise AssertionError("the create was not streamed")
 
 
+def test_the_audit_record_carries_the_calls_correlation_id(world: World) -> None:
+    """The caller's x-correlation-id ties the call's audit record (and log lines) to it,
+    and comes back in the trailing metadata; a create's request_id is another thing."""
+    with world.as_("acme_admin", "acme", "web") as acme:
+        request = vm_pb2.CreateVmRequest(parent=acme.parent, vm_id=_fresh(), request_id="idem-1",
+                                         vm=vm_pb2.Vm(flavor="small", image="ubuntu"))
+        made, call = acme._vms.CreateVm.with_call(request, metadata=(("x-correlation-id", "corr-audit-1"),),
+                                                  timeout=30)
+    assert dict(call.trailing_metadata())["x-correlation-id"] == "corr-audit-1"
+
+    def record():
+        with world.as_("admin") as admin:
+            return next((r for r in admin.list_audit(tenant="acme") if r.resource == made.name), None)
+
+    audited = wait_until(record, timeout=30, message=f"the audit record of creating {made.name}")
+    assert (audited.method, audited.correlation_id) == ("CreateVm", "corr-audit-1")
+
+
 def test_a_watch_ends_once_its_token_is_revoked(world: World) -> None:
     with world.as_("globex_admin", "globex", "app") as globex:  # globex/app is unlimited
         issued = globex.create_token("watcher@globex", [("viewer", "globex", "app")])

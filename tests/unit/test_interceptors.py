@@ -29,11 +29,11 @@ from controlplane.gen.quanta.v1 import vm_pb2
 
 SERVICE = "quanta.test.Probe"
 
-seen_request_ids: list[str | None] = []
+seen_correlation_ids: list[str | None] = []
 
 
 async def ok(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    seen_request_ids.append(logcontext.request_id.get())
+    seen_correlation_ids.append(logcontext.correlation_id.get())
     return request
 
 
@@ -74,7 +74,7 @@ async def stream_then_fail(request: bytes, context: grpc.aio.ServicerContext):
 
 
 async def stream_ok(request: bytes, context: grpc.aio.ServicerContext):
-    seen_request_ids.append(logcontext.request_id.get())
+    seen_correlation_ids.append(logcontext.correlation_id.get())
     for i in range(3):
         yield str(i).encode()
 
@@ -281,7 +281,7 @@ def test_error_for_exception_table() -> None:
 
 # --- request context -------------------------------------------------------------------
 
-def test_request_id_is_propagated_and_echoed() -> None:
+def test_correlation_id_from_x_request_id_is_propagated_and_echoed() -> None:
     async def client(channel: grpc.aio.Channel, target: str) -> tuple[Any, Any, Any, list[bytes]]:
         call = channel.unary_unary(f"/{SERVICE}/Ok")(b"x", metadata=(("x-request-id", "req-123"),))
         await call
@@ -294,25 +294,45 @@ def test_request_id_is_propagated_and_echoed() -> None:
         items = [m async for m in stream]
         return given, generated, failed.trailing_metadata(), items
 
-    seen_request_ids.clear()
+    seen_correlation_ids.clear()
     given, generated, failed, items = serve(client)
     assert dict(given)["x-request-id"] == "req-123"
-    rid = dict(generated)["x-request-id"]
-    assert len(rid) == 32 and int(rid, 16) >= 0
+    cid = dict(generated)["x-request-id"]
+    assert len(cid) == 32 and int(cid, 16) >= 0
     assert dict(failed)["x-request-id"] == "req-err"  # kept beside the rich status
     assert items == [b"0", b"1", b"2"]
-    assert seen_request_ids == ["req-123", rid, "req-s"]
-    assert logcontext.request_id.get() is None
+    assert seen_correlation_ids == ["req-123", cid, "req-s"]
+    # Echoed under both keys, whichever the caller used.
+    assert dict(given)["x-correlation-id"] == "req-123" and dict(generated)["x-correlation-id"] == cid
+    assert dict(failed)["x-correlation-id"] == "req-err"
+    assert logcontext.correlation_id.get() is None
 
 
-def test_malformed_request_id_is_replaced() -> None:
+def test_correlation_id_from_x_correlation_id_wins() -> None:
+    async def client(channel: grpc.aio.Channel, target: str) -> list[Any]:
+        trailers = []
+        for metadata in ((("x-correlation-id", "corr-1"),),
+                         (("x-request-id", "req-2"), ("x-correlation-id", "corr-2"))):
+            call = channel.unary_unary(f"/{SERVICE}/Ok")(b"x", metadata=metadata)
+            await call
+            trailers.append(dict(await call.trailing_metadata()))
+        return trailers
+
+    seen_correlation_ids.clear()
+    only, both = serve(client)
+    assert (only["x-correlation-id"], only["x-request-id"]) == ("corr-1", "corr-1")
+    assert (both["x-correlation-id"], both["x-request-id"]) == ("corr-2", "corr-2")
+    assert seen_correlation_ids == ["corr-1", "corr-2"]
+
+
+def test_malformed_correlation_id_is_replaced() -> None:
     async def client(channel: grpc.aio.Channel, target: str) -> Any:
         call = channel.unary_unary(f"/{SERVICE}/Ok")(b"x", metadata=(("x-request-id", "x" * 200),))
         await call
         return await call.trailing_metadata()
 
-    rid = dict(serve(client))["x-request-id"]
-    assert len(rid) == 32
+    cid = dict(serve(client))["x-request-id"]
+    assert len(cid) == 32
 
 
 # --- metrics ---------------------------------------------------------------------------
@@ -395,13 +415,14 @@ def test_stream_duration_covers_the_whole_stream() -> None:
 
 def test_json_logs_carry_context() -> None:
     record = logging.LogRecord("quanta.test", logging.INFO, __file__, 1, "placed %s", ("vm-1",), None)
-    with logcontext.bound(request_id="r-9", tenant="acme", shard="3"):
+    with logcontext.bound(correlation_id="r-9", tenant="acme", shard="3"):
         assert logcontext.ContextFilter().filter(record)
         line = logcontext.JsonFormatter().format(record)
     assert logcontext.tenant.get() is None
     data = json.loads(line)
     assert data["msg"] == "placed vm-1"
-    assert (data["request_id"], data["tenant"], data["shard"]) == ("r-9", "acme", "3")
+    assert (data["correlation_id"], data["tenant"], data["shard"]) == ("r-9", "acme", "3")
+    assert "request_id" not in data  # a create's idempotency key is another thing
     assert "vm" not in data and data["level"] == "INFO" and data["ts"].endswith("Z")
 
 

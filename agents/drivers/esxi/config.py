@@ -34,9 +34,6 @@ class EsxiConfig:
     or force one of instant / linked / full."""
     threads: int = 16
     """Blocking pyvmomi calls in flight at once for this endpoint."""
-    cpu_allocation_ratio: float = 4.0
-    memory_allocation_ratio: float = 1.0
-    disk_allocation_ratio: float = 1.0
     retries: int = 3
     """Extra attempts of an operation that failed with a transient fault."""
     retry_base_s: float = 0.2

@@ -115,11 +115,13 @@ class EsxiHost:
     # --- HostDriver -------------------------------------------------------------------
 
     async def capacity(self) -> HostCapacity:
-        c, h = self._config, self.host
+        """Raw: hardware threads, physical memory and the VM datastore's size (the agent's
+        overcommit setting applies on top, in placement)."""
+        h = self.host
         return HostCapacity(
-            vcpus=int(h.threads * c.cpu_allocation_ratio),
-            memory_mib=int(h.memory_bytes // 2**20 * c.memory_allocation_ratio),
-            disk_gib=int(self.datastore.capacity // 2**30 * c.disk_allocation_ratio),
+            vcpus=h.threads,
+            memory_mib=h.memory_bytes // 2**20,
+            disk_gib=self.datastore.capacity // 2**30,
             labels={"hypervisor": "esxi", "esxi.version": h.version, "esxi.datastore": self.datastore.name,
                     "esxi.api": self._session.api_type})
 

@@ -87,7 +87,7 @@ class GetCallerRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AuditRecord(_message.Message):
-    __slots__ = ("name", "time", "subject", "method", "resource", "peer", "code", "message", "request_id", "token_id")
+    __slots__ = ("name", "time", "subject", "method", "resource", "peer", "code", "message", "correlation_id", "token_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -96,7 +96,7 @@ class AuditRecord(_message.Message):
     PEER_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     time: _timestamp_pb2.Timestamp
@@ -106,9 +106,9 @@ class AuditRecord(_message.Message):
     peer: str
     code: str
     message: str
-    request_id: str
+    correlation_id: str
     token_id: str
-    def __init__(self, name: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject: _Optional[str] = ..., method: _Optional[str] = ..., resource: _Optional[str] = ..., peer: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ..., token_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject: _Optional[str] = ..., method: _Optional[str] = ..., resource: _Optional[str] = ..., peer: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., correlation_id: _Optional[str] = ..., token_id: _Optional[str] = ...) -> None: ...
 
 class ListAuditRecordsRequest(_message.Message):
     __slots__ = ("parent", "page_size", "page_token")

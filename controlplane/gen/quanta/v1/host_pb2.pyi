@@ -13,7 +13,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Host(_message.Message):
-    __slots__ = ("name", "state", "capacity", "allocated", "vm_count", "labels", "driver", "register_time", "resource_version", "maintenance")
+    __slots__ = ("name", "state", "capacity", "allocated", "vm_count", "labels", "driver", "register_time", "resource_version", "maintenance", "overcommit", "allocatable")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Host.State]
@@ -45,6 +45,8 @@ class Host(_message.Message):
     REGISTER_TIME_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAINTENANCE_FIELD_NUMBER: _ClassVar[int]
+    OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: Host.State
     capacity: _common_pb2.Resources
@@ -55,7 +57,19 @@ class Host(_message.Message):
     register_time: _timestamp_pb2.Timestamp
     resource_version: int
     maintenance: bool
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[Host.State, str]] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., allocated: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., vm_count: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[str] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource_version: _Optional[int] = ..., maintenance: _Optional[bool] = ...) -> None: ...
+    overcommit: Overcommit
+    allocatable: _common_pb2.Resources
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[Host.State, str]] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., allocated: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., vm_count: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[str] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource_version: _Optional[int] = ..., maintenance: _Optional[bool] = ..., overcommit: _Optional[_Union[Overcommit, _Mapping]] = ..., allocatable: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
+
+class Overcommit(_message.Message):
+    __slots__ = ("vcpus", "memory", "disk")
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    DISK_FIELD_NUMBER: _ClassVar[int]
+    vcpus: float
+    memory: float
+    disk: float
+    def __init__(self, vcpus: _Optional[float] = ..., memory: _Optional[float] = ..., disk: _Optional[float] = ...) -> None: ...
 
 class GetHostRequest(_message.Message):
     __slots__ = ("name",)

@@ -103,7 +103,7 @@ class ZoneGroup(_message.Message):
     def __init__(self, vms: _Optional[int] = ...) -> None: ...
 
 class HostRegistration(_message.Message):
-    __slots__ = ("host", "driver", "vcpus", "memory_mib", "disk_gib", "labels", "agent", "register_time_ns")
+    __slots__ = ("host", "driver", "vcpus", "memory_mib", "disk_gib", "labels", "agent", "register_time_ns", "vcpu_overcommit", "memory_overcommit", "disk_overcommit")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,9 @@ class HostRegistration(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     REGISTER_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    VCPU_OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
+    DISK_OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
     host: str
     driver: str
     vcpus: int
@@ -127,7 +130,10 @@ class HostRegistration(_message.Message):
     labels: _containers.ScalarMap[str, str]
     agent: str
     register_time_ns: int
-    def __init__(self, host: _Optional[str] = ..., driver: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent: _Optional[str] = ..., register_time_ns: _Optional[int] = ...) -> None: ...
+    vcpu_overcommit: float
+    memory_overcommit: float
+    disk_overcommit: float
+    def __init__(self, host: _Optional[str] = ..., driver: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent: _Optional[str] = ..., register_time_ns: _Optional[int] = ..., vcpu_overcommit: _Optional[float] = ..., memory_overcommit: _Optional[float] = ..., disk_overcommit: _Optional[float] = ...) -> None: ...
 
 class HostAllocation(_message.Message):
     __slots__ = ("vcpus", "memory_mib", "disk_gib", "vm_count", "groups")

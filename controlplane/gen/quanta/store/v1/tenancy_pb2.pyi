@@ -129,7 +129,7 @@ class SigningKey(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., private_key_pem: _Optional[bytes] = ..., create_time_ns: _Optional[int] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
-    __slots__ = ("time_ns", "subject", "method", "resource", "tenant", "peer", "code", "message", "request_id", "token_id")
+    __slots__ = ("time_ns", "subject", "method", "resource", "tenant", "peer", "code", "message", "correlation_id", "token_id")
     TIME_NS_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -138,7 +138,7 @@ class AuditRecord(_message.Message):
     PEER_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     time_ns: int
     subject: str
@@ -148,9 +148,9 @@ class AuditRecord(_message.Message):
     peer: str
     code: str
     message: str
-    request_id: str
+    correlation_id: str
     token_id: str
-    def __init__(self, time_ns: _Optional[int] = ..., subject: _Optional[str] = ..., method: _Optional[str] = ..., resource: _Optional[str] = ..., tenant: _Optional[str] = ..., peer: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ..., token_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, time_ns: _Optional[int] = ..., subject: _Optional[str] = ..., method: _Optional[str] = ..., resource: _Optional[str] = ..., tenant: _Optional[str] = ..., peer: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., correlation_id: _Optional[str] = ..., token_id: _Optional[str] = ...) -> None: ...
 
 class RateDemand(_message.Message):
     __slots__ = ("per_second", "time_ns")
