@@ -1,5 +1,5 @@
-"""quanta.v1.HostService: the hosts agents registered; maintenance and drain
-(system admins). Drain blocks the call, not the system: the moves are
+"""quanta.v1.HostService: the hosts agents registered; maintenance and drain;
+quarantined VMs, adopted or destroyed (system admins). Drain blocks the call, not the system: the moves are
 compare-and-swap transactions (controlplane.store.lifecycle), so a drain cut
 short by its deadline or a frontend crash leaves nothing half-done, and a
 retry continues where it stopped."""
@@ -13,14 +13,16 @@ import grpc
 
 from controlplane.api import errors, validation
 from controlplane.api.access import require
-from controlplane.api.convert import host_to_proto
+from controlplane.api.convert import host_to_proto, orphan_to_proto, vm_to_proto
 from controlplane.api.streams import watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, host_pb2_grpc
-from controlplane.store.errors import Conflict, HostAlive, HostNotEmpty, NotFound
+from controlplane.store.errors import AlreadyExists, Conflict, HostAlive, HostNotEmpty, NotFound
 from controlplane.store.hosts import HostStore
+from controlplane.store.ledger import QuotaExceeded
 from controlplane.store.lifecycle import HostEvictor, LifecycleStore
+from controlplane.store.orphans import HostDead, NotAdoptable, OrphanStore, ProjectNotFound
 
 DRAIN_TIMEOUT_S = 300.0
 MAX_DRAIN_TIMEOUT_S = 3600.0
@@ -28,8 +30,10 @@ MAX_DRAIN_TIMEOUT_S = 3600.0
 
 class HostService(host_pb2_grpc.HostServiceServicer):
     def __init__(self, store: HostStore, *, lifecycle: LifecycleStore | None = None,
-                 evictor: HostEvictor | None = None, bookmark_s: float = 10.0):
+                 evictor: HostEvictor | None = None, bookmark_s: float = 10.0,
+                 orphans: OrphanStore | None = None):
         self._store = store
+        self._orphans = orphans
         self._lifecycle = lifecycle
         self._evictor = evictor
         self._bookmark_s = bookmark_s
@@ -85,6 +89,56 @@ class HostService(host_pb2_grpc.HostServiceServicer):
                     "drain again to continue", metadata={"host": request.name, "vms": str(len(left.bound))})
             record = await self._existing(host, request.name)
         return host_to_proto(await self._existing(host, request.name))
+
+    def _orphan_store(self) -> OrphanStore:
+        if self._orphans is None:
+            raise errors.failed_precondition("this frontend cannot handle orphans", "ORPHANS_UNSUPPORTED")
+        return self._orphans
+
+    async def ListOrphans(self, request: host_pb2.ListOrphansRequest, context) -> host_pb2.ListOrphansResponse:
+        v = validation.Violations()
+        host = v.capture(validation.parse_host_name, request.host, "host") if request.host else None
+        size = v.capture(validation.page_size, request.page_size)
+        v.raise_if_any()
+        require(Action.SYSTEM_READ, kind="host", name=request.host or "hosts")
+        scope = f"orphans|{request.host}"
+        token = validation.decode_page_token(request.page_token, scope)
+        after = token[1] if token else ""
+        orphans, last = await self._orphan_store().list(host=host, after=after, limit=size)
+        return host_pb2.ListOrphansResponse(
+            orphans=[orphan_to_proto(o) for o in orphans],
+            next_page_token=validation.encode_page_token(scope, 0, last) if last else "")
+
+    async def AdoptOrphan(self, request: host_pb2.AdoptOrphanRequest, context):
+        host, uid = validation.parse_orphan_name(request.name)
+        require(Action.SYSTEM, kind="orphan", name=request.name)
+        try:
+            return vm_to_proto(await self._orphan_store().adopt(host, uid))
+        except ProjectNotFound as err:
+            raise errors.not_found("project", str(err)) from err
+        except NotFound as err:
+            raise errors.not_found("orphan", request.name) from err
+        except NotAdoptable as err:
+            raise errors.failed_precondition(str(err), "NOT_ADOPTABLE") from err
+        except HostDead as err:
+            raise errors.failed_precondition(str(err), "HOST_DEAD") from err
+        except AlreadyExists as err:
+            raise errors.already_exists("vm", str(err)) from err
+        except QuotaExceeded as err:
+            raise errors.resource_exhausted(str(err), "QUOTA_EXCEEDED",
+                                            metadata={"dimensions": ",".join(err.dimensions)}) from err
+        except Conflict as err:
+            raise errors.aborted(str(err)) from err
+
+    async def DestroyOrphan(self, request: host_pb2.DestroyOrphanRequest, context) -> host_pb2.OrphanVm:
+        host, uid = validation.parse_orphan_name(request.name)
+        require(Action.SYSTEM, kind="orphan", name=request.name)
+        try:
+            return orphan_to_proto(await self._orphan_store().destroy(host, uid))
+        except NotFound as err:
+            raise errors.not_found("orphan", request.name) from err
+        except Conflict as err:
+            raise errors.aborted(str(err)) from err
 
     async def GetHost(self, request: host_pb2.GetHostRequest, context) -> host_pb2.Host:
         host = validation.parse_host_name(request.name)
