@@ -123,27 +123,35 @@ class OrphanKeeper:
         hosts = sorted(self._drivers)
         while True:
             try:
-                async for gone in self._store.watch_removals(hosts):
-                    mine = [pair for pair in gone if pair in self.quarantined]
-                    if not mine:
-                        continue
-                    tombstones = await self._store.tombstones.present(mine)
-                    for host, uid in mine:
-                        orphan = self.quarantined.pop((host, uid))
-                        if (host, uid) in tombstones:
-                            log.info("destroying a quarantined VM an operator condemned",
-                                     extra={"host": host, "uid": uid, "vm": orphan.vm})
-                            try:
-                                await self._drivers[host].destroy_vm(uid)
-                            except DriverError as err:  # the next scan finds it, and its tombstone
-                                log.warning("destroy failed; the next scan retries",
-                                            extra={"host": host, "uid": uid, "reason": err.reason})
-                        else:
-                            log.info("quarantined VM released (adopted)", extra={"host": host, "uid": uid,
-                                                                                  "vm": orphan.vm})
-                    self._count()
+                # Records deleted before the watch starts (or while it was down) count too.
+                present, revision = await self._store.recorded(hosts)
+                await self._decided([pair for pair in self.quarantined if pair not in present])
+                async for gone in self._store.watch_removals(hosts, revision + 1):
+                    await self._decided([pair for pair in gone if pair in self.quarantined])
             except Compacted:
-                log.warning("orphan records watch compacted; watching again (the next scan catches up)")
+                log.warning("orphan records watch compacted; watching again")
             except EtcdError as err:
                 log.warning("orphan records watch failed; watching again", extra={"error": str(err)})
                 await asyncio.sleep(1.0)
+
+    async def _decided(self, pairs: list[HostUid]) -> None:
+        """Quarantined VMs whose records are gone: destroy those a tombstone now condemns,
+        forget the others."""
+        if not pairs:
+            return
+        tombstones = await self._store.tombstones.present(pairs)
+        for host, uid in pairs:
+            orphan = self.quarantined.pop((host, uid), None)
+            if orphan is None:
+                continue
+            if (host, uid) not in tombstones:
+                log.info("quarantined VM released (adopted)", extra={"host": host, "uid": uid, "vm": orphan.vm})
+                continue
+            log.info("destroying a quarantined VM an operator condemned",
+                     extra={"host": host, "uid": uid, "vm": orphan.vm})
+            try:
+                await self._drivers[host].destroy_vm(uid)
+            except DriverError as err:  # the next scan finds it, and its tombstone
+                log.warning("destroy failed; the next scan retries",
+                            extra={"host": host, "uid": uid, "reason": err.reason})
+        self._count()

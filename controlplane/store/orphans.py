@@ -124,32 +124,50 @@ class OrphanStore:
 
     async def quarantine(self, orphans: Sequence[Orphan], lease_id: int) -> list[bool]:
         """Record ``orphans`` under the agent's heartbeat lease, each only while it
-        has neither a tombstone nor (when its name is known) a binding on its host;
-        returns which were recorded (False: one of those appeared; look again).
-        One round trip; idempotent."""
+        has no tombstone and no binding of its own uid on its host (one under its name
+        and host appears when it is adopted); returns which were recorded (False: one
+        of those appeared; look again). Idempotent."""
         k = self._keys
-        nested = []
-        for orphan in orphans:
+
+        def record(orphan: Orphan, *, unbound: bool):
             compares = [ops.absent(k.tombstone(orphan.host, orphan.uid))]
-            if orphan.ref is not None:
+            if unbound and orphan.ref is not None:
                 compares.append(ops.absent(k.binding(orphan.host, orphan.ref)))
-            nested.append(ops.txn(compares, [ops.put(k.orphan(orphan.host, orphan.uid), orphan.to_bytes(),
-                                                     lease=lease_id)]))
-        responses = await self._etcd.txn_chunked(nested)
-        return [response.response_txn.succeeded for response in responses]
+            return ops.txn(compares, [ops.put(k.orphan(orphan.host, orphan.uid), orphan.to_bytes(), lease=lease_id)])
+
+        responses = await self._etcd.txn_chunked([record(o, unbound=True) for o in orphans])
+        done = [response.response_txn.succeeded for response in responses]
+        # Failed: a tombstone, or a binding under the same name; that binding may be
+        # another VM's (another uid under a name reused since): then record it anyway.
+        again = [i for i, ok in enumerate(done) if not ok and orphans[i].ref is not None]
+        if again:
+            reads = await self._etcd.txn_chunked([ops.get(k.binding(orphans[i].host, orphans[i].ref)) for i in again])
+            others = [i for i, response in zip(again, reads, strict=True)
+                      if response.response_range.kvs
+                      and Binding.from_bytes(response.response_range.kvs[0].value).spec.uid != orphans[i].uid]
+            if others:
+                retried = await self._etcd.txn_chunked([record(orphans[i], unbound=False) for i in others])
+                for i, response in zip(others, retried, strict=True):
+                    done[i] = response.response_txn.succeeded
+        return done
 
     async def forget(self, pairs: Sequence[HostUid]) -> None:
         """Delete the records of ``pairs`` (their VMs are gone or wanted). Idempotent."""
         if pairs:
             await self._etcd.txn_chunked([ops.delete(self._keys.orphan(h, u)) for h, u in pairs])
 
-    async def watch_removals(self, hosts: Sequence[str]) -> AsyncIterator[list[HostUid]]:
-        """(host, uid) of each record of ``hosts`` deleted from now on (an operator
-        adopted or destroyed it, or its agent forgot it). Raises Compacted."""
+    async def recorded(self, hosts: Sequence[str]) -> tuple[set[HostUid], int]:
+        """The (host, uid) of every record of ``hosts`` now, and the revision read at."""
+        start, end = self._keys.orphans_range(list(hosts))
+        kvs, revision = await self._etcd.range_all(start, end)
+        return {self._keys.parse_orphan_key(kv.key) for kv in kvs}, revision
+
+    async def watch_removals(self, hosts: Sequence[str], start_revision: int) -> AsyncIterator[list[HostUid]]:
+        """(host, uid) of each record of ``hosts`` deleted from ``start_revision`` on
+        (an operator adopted or destroyed it, or its agent forgot it). Raises Compacted."""
         start, end = self._keys.orphans_range(list(hosts))
         wanted = set(hosts)
-        revision = (await self._etcd.range(start, end, count_only=True)).revision
-        async for batch in self._etcd.watch(start, end, start_revision=revision + 1):
+        async for batch in self._etcd.watch(start, end, start_revision=start_revision):
             gone = [self._keys.parse_orphan_key(e.kv.key) for e in batch.events if e.is_delete]
             gone = [pair for pair in gone if pair[0] in wanted]
             if gone:
