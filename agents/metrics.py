@@ -15,3 +15,7 @@ ACCEPTED_TO_RUNNING = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
 STATUS_WRITES = Counter("quanta_agent_status_writes_total", "VM status updates written to etcd.")
+ORPHAN_VMS = Gauge(
+    "quanta_agent_orphan_vms",
+    "VMs quarantined on this agent's hosts: unknown to the store and without a tombstone "
+    "(quanta host orphans; adopt or destroy them).")

@@ -17,11 +17,13 @@ from collections.abc import Mapping
 
 from agents import metrics
 from agents.drivers.protocol import DriverError, HostDriver, PowerState, VmRequest
+from agents.orphans import OrphanKeeper
 from agents.remover import Remover
 from agents.status_writer import StatusWriter
 from controlplane.logcontext import bound
 from controlplane.models import VmRef, VmState, VmStatus, now_ns
 from controlplane.store.hostagent import BoundVm, StatusUpdate
+from controlplane.store.orphans import spec_record
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,16 @@ async def _timed(op: str, call):
 
 class Reconciler:
     def __init__(self, drivers: Mapping[str, HostDriver], statuses: StatusWriter, remover: Remover,
-                 *, per_host_concurrency: int = 8):
+                 *, per_host_concurrency: int = 8, orphans: OrphanKeeper | None = None):
         self._drivers = drivers
+        #: Decides the fate of a VM whose binding went without a deletion (None: keep it).
+        self._orphans = orphans
         self._statuses = statuses
         self._remover = remover
         self.desired: dict[Key, BoundVm] = {}
         #: VMs whose binding went away without a deletion (moved to another host):
-        #: destroyed here by the next reconcile of their key.
+        #: the next reconcile of their key hands them to the OrphanKeeper, which
+        #: destroys them by their tombstone (or quarantines them without one).
         self.unbound: dict[Key, str] = {}
         #: Last state written per VM, so unchanged states are not written again.
         self.reported: dict[Key, VmState] = {}
@@ -74,7 +79,7 @@ class Reconciler:
     def unbind(self, key: Key) -> None:
         """The binding of ``key`` is gone. Unless it went because its VM was deleted
         (destroyed already), the VM was moved off this host: remember its uid so
-        that reconcile destroys it."""
+        that reconcile releases it (destroyed only with a tombstone)."""
         vm = self.desired.pop(key, None)
         if vm is not None and not (vm.binding.deleting or vm.binding.evicting):
             self.unbound[key] = vm.binding.spec.uid
@@ -89,9 +94,10 @@ class Reconciler:
             uid = self.unbound.get(key)
             if uid is not None:
                 with bound(vm=ref.name, host=host):
-                    log.info("binding gone; destroying the VM moved off this host")
-                    async with self._host_slots[host]:
-                        await _timed("destroy", self._drivers[host].destroy_vm(uid))
+                    log.info("binding gone without a deletion; releasing the VM (destroyed only with a tombstone)")
+                    if self._orphans is not None:
+                        async with self._host_slots[host]:
+                            await self._orphans.release(host, uid)
                 self.unbound.pop(key, None)
             return
         self.unbound.pop(key, None)  # bound here again: adopt it, if it still exists
@@ -131,7 +137,7 @@ class Reconciler:
             self._report(key, vm, VmState.CREATING)
             info = await _timed("create", driver.create_vm(VmRequest(
                 vm_uid=spec.uid, name=spec.ref.name, image=spec.image, vcpus=spec.resources.vcpus,
-                memory_mib=spec.resources.memory_mib, disk_gib=spec.resources.disk_gib)))
+                memory_mib=spec.resources.memory_mib, disk_gib=spec.resources.disk_gib, record=spec_record(spec))))
         if info.power is not PowerState.ON:
             await _timed("power_on", driver.power_on(spec.uid))
         if acted:

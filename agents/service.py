@@ -5,9 +5,11 @@ simulated hosts (scale tests, ``quanta up``), with the same code.
 
 Flow (client-go controller): list bindings at R → watch from R+1 → each change
 enqueues its (host, vm) key → workers reconcile; a periodic resync re-enqueues
-everything and destroys orphans (VMs on a host that no binding wants). A
-binding that disappears while its VM is not being deleted (the VM was moved off
-this host: drain, host declared dead) makes the worker destroy the VM here.
+everything and scans the hosts for VMs that no binding wants. A binding that
+disappears while its VM is not being deleted (the VM was moved off this host:
+host declared dead) makes the worker release the VM here. Either way such a VM
+is destroyed only with proof, a tombstone; without one it is quarantined and
+reported (``orphans.py``).
 
 Clean shutdown (SIGTERM/SIGINT, :meth:`Agent.stop`): no new work starts, the
 reconciles already in driver calls get ``shutdown_grace_s`` to finish, their
@@ -25,13 +27,15 @@ from dataclasses import dataclass
 
 from agents import metrics
 from agents.drivers.protocol import DriverError, HostDriver
+from agents.orphans import OrphanKeeper
 from agents.reconciler import Key, Reconciler
 from agents.remover import Remover
 from agents.status_writer import StatusWriter
-from controlplane.etcd import Compacted, EtcdClient, Lease, LeaseLost
+from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, LeaseLost
 from controlplane.models import NO_OVERCOMMIT, HostRegistration, Overcommit, Resources, now_ns
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.keys import Keys
+from controlplane.store.orphans import OrphanStore
 from controlplane.workqueue import QueueShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -64,8 +68,9 @@ class Agent:
         self._queue: WorkQueue[Key] = WorkQueue(base_delay_s=0.05, max_delay_s=30.0)
         self.statuses = StatusWriter(self._store)
         self.remover = Remover(self._store)
+        self.orphans = OrphanKeeper(drivers, OrphanStore(client, self._keys), agent=config.name)
         self.reconciler = Reconciler(drivers, self.statuses, self.remover,
-                                     per_host_concurrency=config.per_host_concurrency)
+                                     per_host_concurrency=config.per_host_concurrency, orphans=self.orphans)
         self._stopping = asyncio.Event()
 
     @property
@@ -81,14 +86,17 @@ class Agent:
         raises LeaseLost if the heartbeat lease is lost."""
         async with Lease(self._etcd, self.config.lease_ttl) as lease:
             await self._register(lease)
+            self.orphans.start(lease.id)
             metrics.HOSTS.labels("ready").set(len(self._hosts))
             try:
                 async with asyncio.TaskGroup() as group:
                     lease_watch = group.create_task(self._watch_lease(lease))
                     writers = [group.create_task(self.statuses.run()), group.create_task(self.remover.run())]
                     sync = group.create_task(self._sync_bindings())
+                    decisions = group.create_task(self.orphans.watch())
                     workers = [group.create_task(self._worker()) for _ in range(self.config.workers)]
                     await self._stopping.wait()
+                    decisions.cancel()
                     await self._drain(sync, workers, writers)
                     lease_watch.cancel()
             finally:
@@ -99,7 +107,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         grace = self.config.shutdown_grace_s
         deadline = loop.time() + grace
-        sync.cancel()  # an orphan destroy it was making is redone by the next agent's resync
+        sync.cancel()  # a scan it was making is redone by the next agent's resync
         self.reconciler.stop()
         self._queue.shutdown()
         inflight = self.reconciler.acting
@@ -144,7 +152,7 @@ class Agent:
             for key, vm in listed.items():
                 desired[key] = vm
                 self._queue.add(key)
-            await self._destroy_orphans()
+            await self._scan_hosts()
             log.info("bindings listed", extra={"vms": len(listed), "revision": revision})
             try:
                 async with asyncio.timeout(self.config.resync_s):
@@ -161,16 +169,16 @@ class Agent:
             except Compacted:
                 log.warning("bindings watch compacted; re-listing")
 
-    async def _destroy_orphans(self) -> None:
-        """Destroy VMs a host has that no binding wants (e.g. made for a VM whose
-        deletion completed while this agent was down)."""
+    async def _scan_hosts(self) -> None:
+        """Settle VMs the hosts have that no binding wants (e.g. made for a VM whose
+        deletion completed while this agent was down: destroyed by its tombstone; or
+        made after the backup the store was restored from: quarantined)."""
         # By (host, uid): a VM moved between two hosts of this agent is wanted on one only.
         wanted = {(vm.binding.host, vm.binding.spec.uid) for vm in self.reconciler.desired.values()}
-        for host in self._hosts:
-            for info in await self._drivers[host].list_vms():
-                if (host, info.vm_uid) not in wanted:
-                    log.warning("destroying orphan VM", extra={"host": host, "uid": info.vm_uid})
-                    await self._drivers[host].destroy_vm(info.vm_uid)
+        try:
+            await self.orphans.scan(wanted)
+        except (DriverError, EtcdError) as err:
+            log.warning("host scan failed; the next resync scans again", extra={"error": str(err)})
 
     async def _worker(self) -> None:
         while True:

@@ -51,6 +51,8 @@ from controlplane.store.catalog import Catalog, seed_defaults
 from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
+from controlplane.store.ledger import UsageLedger
+from controlplane.store.orphans import OrphanStore
 from controlplane.store.records import KeyedRecords
 from controlplane.store.retention import DEFAULT_RETENTION_S, RetentionLeases
 from controlplane.store.tenancy import TenancyStore, ensure_project
@@ -119,13 +121,15 @@ async def serve(config: FrontendConfig) -> None:
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ],
         )
-        vms = VmStore(client, keys, RetentionLeases(client, config.request_retention_s))
+        ledger = UsageLedger(client, keys)
+        vms = VmStore(client, keys, RetentionLeases(client, config.request_retention_s), ledger)
         tenancy = TenancyStore(client, keys)
         records = KeyedRecords(client)
         vm_pb2_grpc.add_VmServiceServicer_to_server(
             VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
         host_pb2_grpc.add_HostServiceServicer_to_server(
-            HostService(HostStore(client, keys), bookmark_s=config.bookmark_s), server)
+            HostService(HostStore(client, keys), bookmark_s=config.bookmark_s,
+                        orphans=OrphanStore(client, keys, ledger)), server)
         tenancy_pb2_grpc.add_TenantServiceServicer_to_server(TenantService(tenancy, vms, revocations), server)
         tenancy_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectService(tenancy, vms), server)
         tenancy_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaService(tenancy), server)

@@ -285,6 +285,30 @@ class Client:
                 break
         raise TimeoutError(f"{name} still holds {last.vm_count} VMs after {timeout_s:g} s; the drain goes on")
 
+    def list_orphans(self, host_id: str = "") -> Iterator[host_pb2.OrphanVm]:
+        """Quarantined VMs: on a host (``host_id``) or any, unknown to the store and
+        without a tombstone; system admins."""
+        host = _named("hosts/", host_id) if host_id else ""
+        token = ""
+        while True:
+            response = self._call(self._hosts.ListOrphans, host_pb2.ListOrphansRequest(
+                host=host, page_size=1000, page_token=token), retries=3)
+            yield from response.orphans
+            token = response.next_page_token
+            if not token:
+                return
+
+    def adopt_orphan(self, host_id: str, uid: str) -> vm_pb2.Vm:
+        """Bring a quarantined VM back under its project, on the host it runs on; charges
+        its quota (RESOURCE_EXHAUSTED when it does not fit). System admins."""
+        name = f"{_named('hosts/', host_id)}/orphans/{uid}"
+        return self._call(self._hosts.AdoptOrphan, host_pb2.AdoptOrphanRequest(name=name))
+
+    def destroy_orphan(self, host_id: str, uid: str) -> host_pb2.OrphanVm:
+        """Have a quarantined VM destroyed by its host's agent. System admins."""
+        name = f"{_named('hosts/', host_id)}/orphans/{uid}"
+        return self._call(self._hosts.DestroyOrphan, host_pb2.DestroyOrphanRequest(name=name), retries=3)
+
     # Tenants, projects and quotas
     def create_tenant(self, tenant_id: str, *, display_name: str = "", labels: dict[str, str] | None = None,
                       quota: dict[str, int] | None = None) -> tenancy_pb2.Tenant:

@@ -265,6 +265,16 @@ class LocalSystem:
         if self.etcd:
             self.etcd.stop()
 
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start again, after :meth:`stop`, the etcd started here (same ports; its data
+        dir as it is now, e.g. restored from a backup) and every process; returns once
+        the system is ready."""
+        if self.etcd:
+            self.etcd.restart()
+        for process in self.processes.values():
+            process.start()
+        self.wait_ready(timeout)
+
     def cleanup(self) -> None:
         self.stop()
         if self.etcd:

@@ -19,6 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+#: The longest VmRequest.record a driver must keep.
+MAX_RECORD_CHARS = 16 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class VmRequest:
@@ -32,6 +35,11 @@ class VmRequest:
     vcpus: int
     memory_mib: int
     disk_gib: int
+    record: str = ""
+    """Opaque text (at most :data:`MAX_RECORD_CHARS`) the driver keeps with the VM and
+    returns as ``VmInfo.record``: the control plane's record of what the VM is (its
+    spec as made), by which a VM found on a host that the store does not know can be
+    adopted (controlplane/store/orphans.py)."""
 
 
 class PowerState(enum.Enum):
@@ -45,6 +53,10 @@ class VmInfo:
 
     vm_uid: str
     power: PowerState
+    # As the VM was made (VmRequest.name and .record; "" when it was made without):
+    # what it is, not how it is, so not part of equality.
+    name: str = field(default="", compare=False)
+    record: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +146,8 @@ class HostDriver(Protocol):
         ...
 
     async def list_vms(self) -> list[VmInfo]:
-        """Every VM on the host that carries a Quanta id (others are ignored). Read-only."""
+        """Every VM on the host that carries a Quanta id (others are ignored), with the
+        name and record it was made with. Read-only."""
         ...
 
     async def get_vm(self, vm_uid: str) -> VmInfo | None:

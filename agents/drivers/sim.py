@@ -83,7 +83,7 @@ class _Vm:
 
     def __init__(self, request: VmRequest, power: PowerState = PowerState.OFF):
         self.request = request
-        self.info = VmInfo(request.vm_uid, power)
+        self.info = VmInfo(request.vm_uid, power, request.name, request.record)
 
 
 class _Fault:
@@ -172,12 +172,13 @@ class SimHypervisor:
             vms = self._replayed.setdefault(r["host"], {})
             op, uid = r["op"], r["vm_uid"]
             if op == "create":
-                vms.setdefault(uid, _Vm(VmRequest(**{k: r[k] for k in _REQUEST_FIELDS})))
+                # Fields a journal written by an older version lacks take their defaults.
+                vms.setdefault(uid, _Vm(VmRequest(**{k: r[k] for k in _REQUEST_FIELDS if k in r})))
             elif op == "destroy":
                 vms.pop(uid, None)
             elif op in ("power_on", "power_off") and uid in vms:
                 vm = vms[uid]
-                vm.info = VmInfo(uid, PowerState.ON if op == "power_on" else PowerState.OFF)
+                vm.info = replace(vm.info, power=PowerState.ON if op == "power_on" else PowerState.OFF)
             elif op == "reconfigure" and uid in vms:
                 vm = vms[uid]
                 vm.request = replace(vm.request, vcpus=r["vcpus"], memory_mib=r["memory_mib"])
@@ -394,7 +395,7 @@ class SimHost:
                     raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
             if vm.info.power is not power:
                 self._hv.journal({"host": self.host_id, "op": op, "vm_uid": vm_uid})
-                vm.info = VmInfo(vm_uid, power)
+                vm.info = replace(vm.info, power=power)
         if after is not None:
             raise after
 

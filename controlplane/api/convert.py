@@ -9,6 +9,7 @@ from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
 from controlplane.models import Flavor, Image, Resources, RestartPolicy, Scope, VmState
 from controlplane.store.hosts import HostRecord
+from controlplane.store.orphans import Orphan
 from controlplane.store.vms import VmRecord
 from controlplane.tenancy import DIMENSIONS, Limits, Project, Tenant, Usage
 
@@ -82,6 +83,19 @@ def host_to_proto(record: HostRecord) -> host_pb2.Host:
         if reg.register_time_ns:
             host.register_time.CopyFrom(_ts(reg.register_time_ns))
     return host
+
+
+def orphan_to_proto(orphan: Orphan) -> host_pb2.OrphanVm:
+    message = host_pb2.OrphanVm(
+        name=f"hosts/{orphan.host}/orphans/{orphan.uid}", host=f"hosts/{orphan.host}", uid=orphan.uid,
+        vm=orphan.vm, powered_on=orphan.powered_on, found_time=_ts(orphan.found_time_ns),
+        adoptable=orphan.spec is not None)
+    if orphan.spec is not None:
+        spec = orphan.spec
+        message.resources.CopyFrom(resources_to_proto(spec.resources))
+        message.flavor, message.image = spec.flavor, spec.image
+        message.labels.update(spec.labels)
+    return message
 
 
 def limits_to_proto(limits: Limits) -> tenancy_pb2.ResourceLimits:

@@ -1,7 +1,8 @@
-"""quanta.v1.HostService: the hosts agents registered; maintenance and drain
-(system admins). A drain is an intent recorded in etcd (maintenance and the
-drain marker, one txn); the frontend answers at once and never waits for a
-host: the scheduler that owns shard 0 moves the VMs off (scheduler.lifecycle)."""
+"""quanta.v1.HostService: the hosts agents registered; maintenance and drain;
+quarantined VMs, adopted or destroyed (system admins). A drain is an intent
+recorded in etcd (maintenance and the drain marker, one txn); the frontend
+answers at once and never waits for a host: the scheduler that owns shard 0
+moves the VMs off (scheduler.lifecycle)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ from collections.abc import AsyncIterator
 
 from controlplane.api import errors, validation
 from controlplane.api.access import require
-from controlplane.api.convert import host_to_proto
+from controlplane.api.convert import host_to_proto, orphan_to_proto, vm_to_proto
 from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, host_pb2_grpc
-from controlplane.store.errors import Conflict, HostAlive, HostNotEmpty, NotFound
+from controlplane.store.errors import AlreadyExists, Conflict, HostAlive, HostNotEmpty, NotFound
 from controlplane.store.hosts import HostStore
+from controlplane.store.ledger import QuotaExceeded
+from controlplane.store.orphans import HostDead, NotAdoptable, OrphanStore, ProjectNotFound
 
 
 class HostService(host_pb2_grpc.HostServiceServicer):
-    def __init__(self, store: HostStore, *, bookmark_s: float = 10.0):
+    def __init__(self, store: HostStore, *, bookmark_s: float = 10.0, orphans: OrphanStore | None = None):
         self._store = store
+        self._orphans = orphans
         self._bookmark_s = bookmark_s
 
     async def _existing(self, host: str, name: str):
@@ -57,6 +61,56 @@ class HostService(host_pb2_grpc.HostServiceServicer):
         await self._existing(host, request.name)
         await self._store.drain(host)
         return host_to_proto(await self._existing(host, request.name))
+
+    def _orphan_store(self) -> OrphanStore:
+        if self._orphans is None:
+            raise errors.failed_precondition("this frontend cannot handle orphans", "ORPHANS_UNSUPPORTED")
+        return self._orphans
+
+    async def ListOrphans(self, request: host_pb2.ListOrphansRequest, context) -> host_pb2.ListOrphansResponse:
+        v = validation.Violations()
+        host = v.capture(validation.parse_host_name, request.host, "host") if request.host else None
+        size = v.capture(validation.page_size, request.page_size)
+        v.raise_if_any()
+        require(Action.SYSTEM_READ, kind="host", name=request.host or "hosts")
+        scope = f"orphans|{request.host}"
+        token = validation.decode_page_token(request.page_token, scope)
+        after = token[1] if token else ""
+        orphans, last = await self._orphan_store().list(host=host, after=after, limit=size)
+        return host_pb2.ListOrphansResponse(
+            orphans=[orphan_to_proto(o) for o in orphans],
+            next_page_token=validation.encode_page_token(scope, 0, last) if last else "")
+
+    async def AdoptOrphan(self, request: host_pb2.AdoptOrphanRequest, context):
+        host, uid = validation.parse_orphan_name(request.name)
+        require(Action.SYSTEM, kind="orphan", name=request.name)
+        try:
+            return vm_to_proto(await self._orphan_store().adopt(host, uid))
+        except ProjectNotFound as err:
+            raise errors.not_found("project", str(err)) from err
+        except NotFound as err:
+            raise errors.not_found("orphan", request.name) from err
+        except NotAdoptable as err:
+            raise errors.failed_precondition(str(err), "NOT_ADOPTABLE") from err
+        except HostDead as err:
+            raise errors.failed_precondition(str(err), "HOST_DEAD") from err
+        except AlreadyExists as err:
+            raise errors.already_exists("vm", str(err)) from err
+        except QuotaExceeded as err:
+            raise errors.resource_exhausted(str(err), "QUOTA_EXCEEDED",
+                                            metadata={"dimensions": ",".join(err.dimensions)}) from err
+        except Conflict as err:
+            raise errors.aborted(str(err)) from err
+
+    async def DestroyOrphan(self, request: host_pb2.DestroyOrphanRequest, context) -> host_pb2.OrphanVm:
+        host, uid = validation.parse_orphan_name(request.name)
+        require(Action.SYSTEM, kind="orphan", name=request.name)
+        try:
+            return orphan_to_proto(await self._orphan_store().destroy(host, uid))
+        except NotFound as err:
+            raise errors.not_found("orphan", request.name) from err
+        except Conflict as err:
+            raise errors.aborted(str(err)) from err
 
     async def GetHost(self, request: host_pb2.GetHostRequest, context) -> host_pb2.Host:
         host = validation.parse_host_name(request.name)

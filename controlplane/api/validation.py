@@ -140,6 +140,22 @@ def parse_host_name(name: str, field: str = "name") -> str:
     return h
 
 
+VM_UID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def parse_orphan_name(name: str, field: str = "name") -> tuple[str, str]:
+    """``"hosts/{h}/orphans/{uid}"`` → ``(h, uid)`` (a quarantined VM, by its Quanta uid)."""
+    host_part, sep, rest = name.partition("/orphans/")
+    if not sep:
+        raise invalid_argument([(field, f'{_show(name)} is not of the form "hosts/{{host}}/orphans/{{uid}}"')])
+    host = parse_host_name(host_part, field)
+    out: list[tuple[str, str]] = []
+    _check_id(rest, "VM uid", field, out, VM_UID)
+    if out:
+        raise invalid_argument(out)
+    return host, rest
+
+
 # --- labels and selectors ------------------------------------------------------------
 
 

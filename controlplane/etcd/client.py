@@ -419,3 +419,23 @@ class EtcdClient:
     def keepalive_stream(self):
         """A raw LeaseKeepAlive stream (used by Lease)."""
         return self._lease.LeaseKeepAlive()
+
+    # --- Maintenance --------------------------------------------------------------------
+
+    async def snapshot(self) -> AsyncIterator[bytes]:
+        """The backend database of the member this channel reaches, as chunks of one
+        Maintenance.Snapshot stream (etcd appends the db's sha256, which ``etcdutl
+        snapshot restore`` checks). Not retried; no deadline (a large db takes long).
+        Raises EtcdError when the stream fails or ends before etcd said it was complete."""
+        call = pb_grpc.MaintenanceStub(self._channel).Snapshot(pb.SnapshotRequest())
+        remaining = None
+        try:
+            async for response in call:
+                remaining = response.remaining_bytes
+                yield response.blob
+        except grpc.aio.AioRpcError as err:
+            raise EtcdError(f"etcd snapshot: {err.code().name}: {err.details()}", err.code()) from err
+        finally:
+            call.cancel()
+        if remaining != 0:
+            raise EtcdError("etcd snapshot: the stream ended before the snapshot was complete")

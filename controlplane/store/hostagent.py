@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from controlplane.etcd import EtcdClient, ops
 from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmState, VmStatus, now_ns
 from controlplane.store.keys import Keys
+from controlplane.store.tombstones import DELETED, MOVED, Tombstones
 from controlplane.store.zones import ZoneGroupId, ZoneStore, add_delta, counted_changes
 
 
@@ -46,6 +47,7 @@ class AgentStore:
     def __init__(self, client: EtcdClient, keys: Keys):
         self._etcd = client
         self._keys = keys
+        self._tombstones = Tombstones(client, keys)
 
     async def register(self, registrations: Sequence[HostRegistration], lease_id: int) -> None:
         """Put host registrations under the heartbeat lease, and give each host an
@@ -101,14 +103,15 @@ class AgentStore:
         return [response.response_txn.succeeded for response in await self._etcd.txn_chunked(nested)]
 
     def max_removals_per_txn(self) -> int:
-        """How many VMs one remove_destroyed call may take (each costs 4 txn ops)."""
-        return max(1, (self._etcd.max_txn_ops - 1) // 4)
+        """How many VMs one remove_destroyed call may take (each costs 5 txn ops)."""
+        return max(1, (self._etcd.max_txn_ops - 1) // 5)
 
     async def remove_destroyed(self, host: str, vms: Sequence[BoundVm]) -> bool:
         """Remove VMs that the host has destroyed: their spec, status and binding
         go (an evicted VM's spec stays: it goes back to its shard's queue, PENDING),
         and the host's allocation shrinks (and the zone group count of each
-        zone-scoped VM), in one txn (request records stay until their lease
+        zone-scoped VM), and each VM's tombstone is written (controlplane/store/tombstones.py),
+        in one txn (request records stay until their lease
         expires, so a late retry cannot make a second VM).
 
         Compare-and-swap on the allocation and those counts; returns False on a
@@ -151,5 +154,7 @@ class AgentStore:
                 success += [ops.delete(k.vm_spec(ref)), ops.delete(k.vm_status(ref))]
             success.append(ops.delete(k.binding(host, ref)))
         success.append(ops.put(alloc_key, allocation.to_bytes()))
+        success += await self._tombstones.puts(host, [(vm.binding.spec, MOVED if vm.binding.evicting else DELETED)
+                                                      for vm in current])
         result = await self._etcd.txn(compares, success)
         return result.succeeded

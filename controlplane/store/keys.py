@@ -16,6 +16,13 @@ independent systems (or tests) share one etcd.
                                                       present with maintenance; SetMaintenance(false) lifts both
     hosts/{host}/dead                     (empty)     the scheduler (shard 0's owner): missing past the grace;
                                                       its VMs are moved off, no bind lands on it while present
+    tombstones/{host}/{uid}               Tombstone   whoever takes a VM off a host (agent removal, host lifecycle
+                                                      moves, an operator destroying an orphan), in that txn, under a
+                                                      retention lease (3 days): the proof an agent destroys an
+                                                      unknown VM by
+    orphans/{host}/{uid}                  OrphanVm    the host's agent, under its heartbeat lease: a VM it found that
+                                                      no binding wants and no tombstone condemns (quarantined);
+                                                      deleted when an operator adopts or destroys it
     zones/{zone}/groups/{t}/{p}/{group}   ZoneGroup   zone-scoped VMs of the group in the zone: changed in the
                                                       txn of each such VM's bind and removal (scheduler, agent,
                                                       host lifecycle); absent when none
@@ -129,6 +136,26 @@ class Keys:
         """(host, "reg" | "alloc" | "maintenance" | "dead" | "drain") of a key under hosts/."""
         host, part = key[len(self.base) + len("hosts/"):].decode().rsplit("/", 1)
         return host, part
+
+    # Tombstones and orphans (controlplane/store/tombstones.py, orphans.py)
+    def tombstone(self, host: str, uid: str) -> bytes:
+        return self._k(f"tombstones/{host}/{uid}")
+
+    def orphans_prefix(self, host: str | None = None) -> bytes:
+        return self._k(f"orphans/{host}/" if host is not None else "orphans/")
+
+    def orphan(self, host: str, uid: str) -> bytes:
+        return self._k(f"orphans/{host}/{uid}")
+
+    def orphans_range(self, hosts: list[str]) -> tuple[bytes, bytes]:
+        """The smallest key range that holds the orphan records of all ``hosts``."""
+        prefixes = [self.orphans_prefix(host) for host in hosts]
+        return min(prefixes), max(prefix_end(p) for p in prefixes)
+
+    def parse_orphan_key(self, key: bytes) -> tuple[str, str]:
+        """(host, uid) of a key under orphans/."""
+        host, uid = key[len(self.base) + len("orphans/"):].decode().rsplit("/", 1)
+        return host, uid
 
     # Zones
     def zones_prefix(self) -> bytes:

@@ -33,6 +33,7 @@ from controlplane.models import Binding, HostAllocation, RestartPolicy, VmState,
 from controlplane.store.errors import Conflict, NotFound
 from controlplane.store.hostagent import BoundVm
 from controlplane.store.keys import Keys
+from controlplane.store.tombstones import DELETED, MOVED, Tombstones
 from controlplane.store.vms import VmStore
 from controlplane.store.zones import ZoneGroupId, ZoneStore, add_delta, counted_changes
 
@@ -95,6 +96,7 @@ class LifecycleStore:
     def __init__(self, client: EtcdClient, keys: Keys):
         self._etcd = client
         self._keys = keys
+        self._tombstones = Tombstones(client, keys)
 
     @property
     def keys(self) -> Keys:
@@ -110,9 +112,9 @@ class LifecycleStore:
         return HostBindings(bound, allocation, alloc_kvs[0].mod_revision if alloc_kvs else 0, result.revision)
 
     def max_moves_per_txn(self) -> int:
-        """VMs one ``move_off`` may take (each costs 3 ops and 1 compare, plus at most
-        one zone group count write and compare)."""
-        return max(1, (self._etcd.max_txn_ops - 2) // 4)
+        """VMs one ``move_off`` may take (each costs 4 ops, its tombstone one of them, and
+        1 compare, plus at most one zone group count write and compare)."""
+        return max(1, (self._etcd.max_txn_ops - 2) // 5)
 
     async def move_off(self, host: str, read: HostBindings, requeue: Sequence[BoundVm], remove: Sequence[BoundVm],
                        *, reason: str, message: str, fence: Compare | None = None,
@@ -120,7 +122,8 @@ class LifecycleStore:
         """In one txn: each VM of ``requeue`` leaves the host for its shard's queue
         (status PENDING, ``reason``), each of ``remove`` is removed (spec, status,
         binding), and the allocation shrinks by all of them, as do the zone group
-        counts of the zone-scoped ones. Compare-and-swap on the allocation and
+        counts of the zone-scoped ones; each VM gets its tombstone (the host may still
+        run it: its agent destroys it by that proof when it comes back). Compare-and-swap on the allocation and
         every binding as ``read`` and on those counts; returns False (nothing
         written) when any changed, or when ``fence`` does not hold."""
         k = self._keys
@@ -152,6 +155,8 @@ class LifecycleStore:
         if not requeue and not remove:
             return True
         success.append(ops.put(alloc_key, allocation.to_bytes()))
+        success += await self._tombstones.puts(host, [(vm.binding.spec, MOVED) for vm in requeue]
+                                               + [(vm.binding.spec, DELETED) for vm in remove])
         return (await self._etcd.txn(compares, success)).succeeded
 
     async def mark_evicting(self, host: str, vms: Sequence[BoundVm], *, reason: str, message: str) -> bool:

@@ -5,6 +5,8 @@
     quanta scheduler shards               who owns each scheduler shard
     quanta vm create|get|list|watch|delete
     quanta host list|get|maintenance|drain|delete
+    quanta host orphans [HOST] | orphans adopt|destroy HOST UID
+    quanta backup create|restore FILE     an etcd snapshot with its checksum; restore one
     quanta tenant|project create|get|list|delete
     quanta quota get|set|list
     quanta flavor|image create|list|delete
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         from quanta.cli.up import main as up
 
         up(rest)
+    elif command == "backup":
+        from quanta.cli.backup import main as backup
+
+        backup(rest)
     elif command in ("vm", "host"):
         from quanta.cli.resources import main as resources
 

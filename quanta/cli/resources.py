@@ -61,6 +61,13 @@ def _amounts(r: common_pb2.Resources) -> tuple[str, str, str]:
     return str(r.vcpus), str(r.memory_mib), str(r.disk_gib)
 
 
+def _orphan_row(orphan: host_pb2.OrphanVm) -> str:
+    power = "on" if orphan.powered_on else "off"
+    adoptable = "" if orphan.adoptable else "  (not adoptable)"
+    return (f"{orphan.host.split('/', 1)[1]:<16} {orphan.uid:<34} {power:<4} {orphan.vm or '-'} "
+            f"{orphan.flavor or '-'}{adoptable}")
+
+
 def print_message(message, output: str, row) -> None:
     if output == "json":
         print(json.dumps(MessageToDict(message), indent=2), flush=True)
@@ -176,7 +183,19 @@ def main(kind: str, argv: list[str]) -> None:
         delete = sub.add_parser("delete", help="forget a host with no heartbeat and no VMs (system admins)",
                                 parents=[common])
         delete.add_argument("name")
+        orphans = sub.add_parser(
+            "orphans", parents=[common],
+            help="VMs quarantined on hosts: unknown to the store, no tombstone (system admins)",
+            usage="quanta host orphans [HOST] | orphans adopt HOST UID | orphans destroy HOST UID")
+        orphans.add_argument("words", nargs="*", metavar="ARG",
+                             help="HOST: list that host's; adopt HOST UID: back under its project (charges its "
+                                  "quota); destroy HOST UID: its agent destroys it")
     args = parser.parse_args(argv)
+    if kind == "host" and args.verb == "orphans":
+        words = args.words
+        if (words[:1] in (["adopt"], ["destroy"]) and len(words) != 3) or (
+                words[:1] not in (["adopt"], ["destroy"]) and len(words) > 1):
+            parser.error("usage: quanta host orphans [HOST] | orphans adopt HOST UID | orphans destroy HOST UID")
     run_with_client(args, lambda client: _run(kind, args, client))
 
 
@@ -197,6 +216,14 @@ def _run(kind: str, args, client: Client) -> None:
                           out, _host_row)
         elif args.verb == "delete":
             print_message(client.delete_host(args.name), out, _host_row)
+        elif args.verb == "orphans":
+            words = args.words
+            if words[:1] == ["adopt"]:
+                print_message(client.adopt_orphan(words[1], words[2]), out, _vm_row)
+            elif words[:1] == ["destroy"]:
+                print_message(client.destroy_orphan(words[1], words[2]), out, _orphan_row)
+            else:
+                print_list(client.list_orphans(words[0] if words else ""), out, _orphan_row)
         else:
             print_message(client.get_host(args.name), out, _host_detail)
         return

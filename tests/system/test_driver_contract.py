@@ -14,6 +14,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -189,6 +190,21 @@ def test_orphans_are_listed_and_cleaned_up_after_a_restart(backend):
                     await driver.destroy_vm(vm.vm_uid)
             listed = {vm.vm_uid for vm in await driver.list_vms()} & mine
             assert listed == {wanted}
+    run(body())
+
+
+def test_a_vm_keeps_the_name_and_record_it_was_made_with_across_a_restart(backend):
+    """What lets an agent adopt a VM its store forgot (controlplane/store/orphans.py)."""
+    async def body():
+        (uid,) = uids()
+        record = "CgF0EgFwGgN2bS0x" * 40  # opaque text, as long as a spec with some labels
+        async with backend.driver() as driver:
+            made = await driver.create_vm(replace(req(uid), record=record))
+            assert (made.name, made.record) == (f"tenants/t/projects/p/vms/{uid}", record)
+        async with backend.driver() as driver:
+            (found,) = [vm for vm in await driver.list_vms() if vm.vm_uid == uid]
+            assert (found.name, found.record) == (f"tenants/t/projects/p/vms/{uid}", record)
+            assert (await driver.get_vm(uid)).record == record
     run(body())
 
 

@@ -23,6 +23,15 @@ def test_key_parsers_invert_the_builders():
     assert keys.parse_vm_key(keys.vm_status(ref)) == (ref, "status")
     assert keys.parse_host_key(keys.host_alloc("h.example.com")) == ("h.example.com", "alloc")
     assert keys.host_of_binding(keys.binding("h-1", ref)) == "h-1"
+    assert keys.parse_orphan_key(keys.orphan("h.example.com", "ab12")) == ("h.example.com", "ab12")
+
+
+def test_orphans_range_covers_every_host_and_no_other():
+    keys = Keys("/q")
+    start, end = keys.orphans_range(["a", "a-b", "sim-00001"])
+    for host in ("a", "a-b", "sim-00001"):
+        assert start <= keys.orphan(host, "u") < end, host
+    assert not start <= keys.tombstone("a", "u") < end
 
 
 def test_shards_are_stable_and_spread():

@@ -141,6 +141,24 @@ def test_parse_host_name(name: str, ok: bool) -> None:
         _invalid(v.parse_host_name, name)
 
 
+@pytest.mark.parametrize(
+    "name, ok",
+    [
+        ("hosts/esx-01/orphans/6f1c0a9e", True),
+        ("hosts/esx-01/orphans/", False),
+        ("hosts/ESX/orphans/6f1c", False),
+        ("hosts/esx-01/orphans/a/b", False),
+        ("hosts/esx-01/vms/6f1c", False),
+        ("", False),
+    ],
+)
+def test_parse_orphan_name(name: str, ok: bool) -> None:
+    if ok:
+        assert v.parse_orphan_name(name) == ("esx-01", "6f1c0a9e")
+    else:
+        _invalid(v.parse_orphan_name, name)
+
+
 def test_violations_collects_across_fields() -> None:
     collected = v.Violations()
     assert collected.capture(v.parse_project_parent, "tenants/x/projects/y") == ("x", "y")

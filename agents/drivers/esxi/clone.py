@@ -15,7 +15,7 @@ from typing import Any
 
 from pyVmomi import vim
 
-from agents.drivers.esxi.session import UID_KEY, Datastore, HostInfo
+from agents.drivers.esxi.session import NAME_KEY, RECORD_KEY, UID_KEY, Datastore, HostInfo
 from agents.drivers.protocol import VmRequest
 
 _COPIED_DEVICES = (vim.vm.device.VirtualSCSIController, vim.vm.device.VirtualSATAController,
@@ -43,7 +43,11 @@ def vm_name(request: VmRequest) -> str:
 
 
 def _extra_config(request: VmRequest) -> list:
-    return [vim.option.OptionValue(key=UID_KEY, value=request.vm_uid)]
+    options = [vim.option.OptionValue(key=UID_KEY, value=request.vm_uid),
+               vim.option.OptionValue(key=NAME_KEY, value=request.name)]
+    if request.record:
+        options.append(vim.option.OptionValue(key=RECORD_KEY, value=request.record))
+    return options
 
 
 def _config(request: VmRequest) -> Any:

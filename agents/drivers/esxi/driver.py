@@ -107,7 +107,7 @@ class EsxiHost:
         if not vms:
             return None
         on = any(vm.power == "poweredOn" for vm in vms)
-        return VmInfo(vm_uid, PowerState.ON if on else PowerState.OFF)
+        return VmInfo(vm_uid, PowerState.ON if on else PowerState.OFF, vms[0].vm_name, vms[0].record)
 
     async def _synced(self) -> None:
         await self._session.synced.wait()

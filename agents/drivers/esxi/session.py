@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 UID_KEY = "quanta.vm_uid"
 """The extraConfig key that carries a VM's Quanta id."""
+NAME_KEY = "quanta.vm_name"
+RECORD_KEY = "quanta.vm_record"
+"""extraConfig keys of VmRequest.name and .record (what the VM was made as, for adoption)."""
 
 _VM_PATHS = ["name", "runtime.powerState", "runtime.host", "config.extraConfig"]
 _TASK_PATHS = ["info.state", "info.error", "info.result"]
@@ -51,6 +54,8 @@ class Observed:
     uid: str = ""
     power: str = "poweredOff"
     host: str = ""
+    vm_name: str = ""  # VmRequest.name, from extraConfig
+    record: str = ""  # VmRequest.record, from extraConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +425,9 @@ class Session:
             elif path == "runtime.host":
                 vm.host = value._moId if value is not None else ""
             elif path == "config.extraConfig":
-                vm.uid = next((str(o.value) for o in value or () if o.key == UID_KEY), "") if op != "remove" else ""
+                options = {o.key: str(o.value) for o in value or ()} if op != "remove" else {}
+                vm.uid, vm.vm_name, vm.record = (options.get(UID_KEY, ""), options.get(NAME_KEY, ""),
+                                                 options.get(RECORD_KEY, ""))
             elif path == f'config.extraConfig["{UID_KEY}"]':
                 vm.uid = str(value.value) if value is not None and op != "remove" else ""
         if uid != vm.uid:

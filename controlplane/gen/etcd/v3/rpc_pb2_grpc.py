@@ -540,3 +540,77 @@ class Lease:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class MaintenanceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Snapshot = channel.unary_stream(
+                '/etcdserverpb.Maintenance/Snapshot',
+                request_serializer=etcd_dot_v3_dot_rpc__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=etcd_dot_v3_dot_rpc__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
+
+
+class MaintenanceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Snapshot(self, request, context):
+        """Streams the member's backend database; etcd appends the db's sha256 to the
+        blob, which `etcdutl snapshot restore` verifies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MaintenanceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.SnapshotRequest.FromString,
+                    response_serializer=etcd_dot_v3_dot_rpc__pb2.SnapshotResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'etcdserverpb.Maintenance', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('etcdserverpb.Maintenance', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Maintenance:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/etcdserverpb.Maintenance/Snapshot',
+            etcd_dot_v3_dot_rpc__pb2.SnapshotRequest.SerializeToString,
+            etcd_dot_v3_dot_rpc__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from controlplane.gen.quanta.v1 import common_pb2 as _common_pb2
+from controlplane.gen.quanta.v1 import vm_pb2 as _vm_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -11,6 +12,69 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class OrphanVm(_message.Message):
+    __slots__ = ("name", "host", "uid", "vm", "resources", "flavor", "image", "powered_on", "found_time", "adoptable", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    FLAVOR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    POWERED_ON_FIELD_NUMBER: _ClassVar[int]
+    FOUND_TIME_FIELD_NUMBER: _ClassVar[int]
+    ADOPTABLE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    host: str
+    uid: str
+    vm: str
+    resources: _common_pb2.Resources
+    flavor: str
+    image: str
+    powered_on: bool
+    found_time: _timestamp_pb2.Timestamp
+    adoptable: bool
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., uid: _Optional[str] = ..., vm: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., powered_on: _Optional[bool] = ..., found_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adoptable: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListOrphansRequest(_message.Message):
+    __slots__ = ("host", "page_size", "page_token")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    page_size: int
+    page_token: str
+    def __init__(self, host: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListOrphansResponse(_message.Message):
+    __slots__ = ("orphans", "next_page_token")
+    ORPHANS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    orphans: _containers.RepeatedCompositeFieldContainer[OrphanVm]
+    next_page_token: str
+    def __init__(self, orphans: _Optional[_Iterable[_Union[OrphanVm, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class AdoptOrphanRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DestroyOrphanRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Host(_message.Message):
     __slots__ = ("name", "state", "capacity", "allocated", "vm_count", "labels", "driver", "register_time", "resource_version", "maintenance", "overcommit", "allocatable")

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from controlplane.gen.quanta.v1 import host_pb2 as quanta_dot_v1_dot_host__pb2
+from controlplane.gen.quanta.v1 import vm_pb2 as quanta_dot_v1_dot_vm__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -66,6 +67,21 @@ class HostServiceStub:
                 request_serializer=quanta_dot_v1_dot_host__pb2.DeleteHostRequest.SerializeToString,
                 response_deserializer=quanta_dot_v1_dot_host__pb2.Host.FromString,
                 _registered_method=True)
+        self.ListOrphans = channel.unary_unary(
+                '/quanta.v1.HostService/ListOrphans',
+                request_serializer=quanta_dot_v1_dot_host__pb2.ListOrphansRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_host__pb2.ListOrphansResponse.FromString,
+                _registered_method=True)
+        self.AdoptOrphan = channel.unary_unary(
+                '/quanta.v1.HostService/AdoptOrphan',
+                request_serializer=quanta_dot_v1_dot_host__pb2.AdoptOrphanRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
+        self.DestroyOrphan = channel.unary_unary(
+                '/quanta.v1.HostService/DestroyOrphan',
+                request_serializer=quanta_dot_v1_dot_host__pb2.DestroyOrphanRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_host__pb2.OrphanVm.FromString,
+                _registered_method=True)
 
 
 class HostServiceServicer:
@@ -123,6 +139,37 @@ class HostServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOrphans(self, request, context):
+        """VMs found on hosts that the store does not know: no binding wants them and no
+        tombstone says they were deleted or moved (e.g. made after the backup the
+        store was restored from). They are quarantined — left running as they are,
+        never destroyed — and reported by their host's agent while it runs, until an
+        operator adopts or destroys them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdoptOrphan(self, request, context):
+        """Brings a quarantined VM back under its project as it was recorded when it was
+        made (name, uid, spec), bound to the host it runs on; charges the project's
+        quota (RESOURCE_EXHAUSTED, reason QUOTA_EXCEEDED, when it does not fit).
+        ALREADY_EXISTS when a VM of that name exists, FAILED_PRECONDITION with reason
+        NOT_ADOPTABLE when nothing was recorded to adopt it by, HOST_DEAD when the host
+        is declared dead, NOT_FOUND for an unknown orphan or project. Returns the VM.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyOrphan(self, request, context):
+        """Destroys a quarantined VM: writes the tombstone by which its host's agent
+        destroys it. Returns the orphan as it was.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +202,21 @@ def add_HostServiceServicer_to_server(servicer, server):
                     servicer.DeleteHost,
                     request_deserializer=quanta_dot_v1_dot_host__pb2.DeleteHostRequest.FromString,
                     response_serializer=quanta_dot_v1_dot_host__pb2.Host.SerializeToString,
+            ),
+            'ListOrphans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrphans,
+                    request_deserializer=quanta_dot_v1_dot_host__pb2.ListOrphansRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_host__pb2.ListOrphansResponse.SerializeToString,
+            ),
+            'AdoptOrphan': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdoptOrphan,
+                    request_deserializer=quanta_dot_v1_dot_host__pb2.AdoptOrphanRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'DestroyOrphan': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyOrphan,
+                    request_deserializer=quanta_dot_v1_dot_host__pb2.DestroyOrphanRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_host__pb2.OrphanVm.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +383,87 @@ class HostService:
             '/quanta.v1.HostService/DeleteHost',
             quanta_dot_v1_dot_host__pb2.DeleteHostRequest.SerializeToString,
             quanta_dot_v1_dot_host__pb2.Host.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrphans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.HostService/ListOrphans',
+            quanta_dot_v1_dot_host__pb2.ListOrphansRequest.SerializeToString,
+            quanta_dot_v1_dot_host__pb2.ListOrphansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdoptOrphan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.HostService/AdoptOrphan',
+            quanta_dot_v1_dot_host__pb2.AdoptOrphanRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyOrphan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.HostService/DestroyOrphan',
+            quanta_dot_v1_dot_host__pb2.DestroyOrphanRequest.SerializeToString,
+            quanta_dot_v1_dot_host__pb2.OrphanVm.FromString,
             options,
             channel_credentials,
             insecure,

@@ -203,3 +203,31 @@ class ClusterConfig(_message.Message):
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     shards: int
     def __init__(self, shards: _Optional[int] = ...) -> None: ...
+
+class Tombstone(_message.Message):
+    __slots__ = ("reason", "vm", "time_ns")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    vm: str
+    time_ns: int
+    def __init__(self, reason: _Optional[str] = ..., vm: _Optional[str] = ..., time_ns: _Optional[int] = ...) -> None: ...
+
+class OrphanVm(_message.Message):
+    __slots__ = ("host", "uid", "vm", "spec", "powered_on", "found_time_ns", "agent")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    POWERED_ON_FIELD_NUMBER: _ClassVar[int]
+    FOUND_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    uid: str
+    vm: str
+    spec: VmSpec
+    powered_on: bool
+    found_time_ns: int
+    agent: str
+    def __init__(self, host: _Optional[str] = ..., uid: _Optional[str] = ..., vm: _Optional[str] = ..., spec: _Optional[_Union[VmSpec, _Mapping]] = ..., powered_on: _Optional[bool] = ..., found_time_ns: _Optional[int] = ..., agent: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,81 @@
+"""Tombstones: the proof an agent needs before it destroys a VM its store does not know.
+
+DESIGN: "Orphans need proof". A VM found on a host that no binding wants is
+destroyed only when ``tombstones/{host}/{uid}`` exists; any other is quarantined
+and reported (``controlplane/store/orphans.py``). So a store restored from an
+older backup, which knows nothing of the VMs made since, destroys none of them.
+
+Every transaction that takes a VM off a host adds the tombstone puts built here,
+in the same transaction, so the proof exists exactly when the binding is gone:
+
+- ``AgentStore.remove_destroyed``: a deleted VM (``deleted``) or a drained one
+  going back to the queue (``moved``), after its agent destroyed it;
+- ``LifecycleStore.move_off``: a dead host's VMs, placed again (``moved``) or
+  removed (``deleted``) while that host may still run them;
+- ``OrphanStore.destroy``: an operator condemns a quarantined VM (``destroyed``).
+
+Tombstones live under retention leases (:data:`TOMBSTONE_RETENTION_S`), so they
+need no cleanup. A host that comes back after its tombstones expired finds its
+stale VMs quarantined, not destroyed: safe, and reported for an operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from controlplane.etcd import EtcdClient, ops
+from controlplane.gen.quanta.store.v1 import records_pb2 as rec
+from controlplane.models import VmSpec, now_ns
+from controlplane.store.keys import Keys
+from controlplane.store.retention import RetentionLeases
+
+#: How long a tombstone lives at least (at most one retention window longer).
+TOMBSTONE_RETENTION_S = 3 * 24 * 3600
+
+DELETED = "deleted"
+MOVED = "moved"
+DESTROYED = "destroyed"
+
+HostUid = tuple[str, str]
+
+
+class Tombstones:
+    """Builds tombstone puts for other stores' transactions and reads them back.
+    One per store object; shares nothing but the etcd client."""
+
+    def __init__(self, client: EtcdClient, keys: Keys, leases: RetentionLeases | None = None):
+        self._etcd = client
+        self._keys = keys
+        self._leases = leases or RetentionLeases(client, TOMBSTONE_RETENTION_S)
+
+    async def puts(self, host: str, vms: Iterable[tuple[VmSpec, str]]) -> list:
+        """One put per (spec, reason) for ``host``, under the current retention lease
+        (granted lazily: no call to etcd when ``vms`` is empty). Idempotent to apply
+        twice (a put of the same key)."""
+        items = list(vms)
+        if not items:
+            return []
+        lease = await self._leases.current()
+        at = now_ns()
+        return [ops.put(self._keys.tombstone(host, spec.uid),
+                        rec.Tombstone(reason=reason, vm=spec.ref.name, time_ns=at).SerializeToString(), lease=lease)
+                for spec, reason in items]
+
+    async def put_ops(self, host: str, uid: str, vm: str, reason: str) -> list:
+        """A put for a VM known only by uid and name (an orphan)."""
+        lease = await self._leases.current()
+        return [ops.put(self._keys.tombstone(host, uid),
+                        rec.Tombstone(reason=reason, vm=vm, time_ns=now_ns()).SerializeToString(), lease=lease)]
+
+    async def present(self, pairs: Sequence[HostUid]) -> dict[HostUid, str]:
+        """The tombstones of ``pairs`` that exist now: (host, uid) → reason. One round
+        trip (chunked by the txn limit); read-only."""
+        if not pairs:
+            return {}
+        responses = await self._etcd.txn_chunked([ops.get(self._keys.tombstone(h, u)) for h, u in pairs])
+        found: dict[HostUid, str] = {}
+        for pair, response in zip(pairs, responses, strict=True):
+            kvs = response.response_range.kvs
+            if kvs:
+                found[pair] = rec.Tombstone.FromString(kvs[0].value).reason
+        return found
