@@ -29,7 +29,8 @@ class HostSnapshot:
 
     ``alloc_revision`` is the etcd mod_revision of the host's allocation key (0 when the
     key is absent). Placement never interprets it; the bind transaction compares it.
-    ``allocatable`` is capacity times the host's overcommit ratios (default: capacity).
+    ``allocatable`` is capacity times the host's overcommit ratios (None: capacity);
+    placement reads it as ``limit``, which is typed as always set.
     ``groups`` counts the VMs of each anti-affinity group on the host; it is part of the
     allocation, so the same compare that guards capacity guards anti-affinity.
     """
@@ -56,9 +57,15 @@ class HostSnapshot:
         return zone_of(self.labels)
 
     @property
+    def limit(self) -> Resources:
+        """What may be allocated on the host: ``allocatable`` (filled with capacity by
+        ``__post_init__`` when given as None)."""
+        return self.capacity if self.allocatable is None else self.allocatable
+
+    @property
     def free(self) -> Resources:
         """Allocatable minus allocation; negative where the host is over-committed."""
-        return self.allocatable - self.allocated
+        return self.limit - self.allocated
 
     def with_allocated(self, delta: Resources, vm_delta: int,
                        group_deltas: Mapping[str, int] = _NO_COUNTS) -> HostSnapshot:
