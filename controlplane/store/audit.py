@@ -14,6 +14,7 @@ retried until it is written or the process stops.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -185,7 +186,7 @@ class AuditLog:
         entries = [_entry(prefix, kv) for kv in result.kvs]
         return entries, (entries[-1].key if entries and result.more else ""), result.revision
 
-    async def watch(self, tenant: str | None, *, start_revision: int) -> AsyncIterator[list[AuditEntry]]:
+    async def watch(self, tenant: str | None, *, start_revision: int) -> AsyncIterator[builtins.list[AuditEntry]]:
         """New records from ``start_revision``; an empty list is progress. Raises Compacted."""
         prefix = self._keys.audit_prefix(tenant)
         async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision,
