@@ -114,10 +114,10 @@ class HostService(host_pb2_grpc.HostServiceServicer):
         require(Action.SYSTEM_READ, kind="host", name="hosts")
         validation.validate_resource_version(request.resource_version)
         table, revision = await self._store.snapshot(revision=request.resource_version)
-        for record in table.records():
+        for known in table.records():
             if request.resource_version == 0:
-                yield host_pb2.HostEvent(type=common_pb2.ADDED, host=host_to_proto(record),
-                                         resource_version=record.revision)
+                yield host_pb2.HostEvent(type=common_pb2.ADDED, host=host_to_proto(known),
+                                         resource_version=known.revision)
         yield host_pb2.HostEvent(type=common_pb2.BOOKMARK, resource_version=revision)
         try:
             async for item in watch_with_bookmarks(self._store.watch(revision + 1, table), self._bookmark_s):

@@ -23,7 +23,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -53,7 +53,7 @@ API_REQUEST_DURATION = Histogram(
 )
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
 
 _TRANSIENT_ETCD_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -120,7 +120,7 @@ class _BehaviorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         key = (id(handler), method)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is handler:
@@ -215,7 +215,7 @@ class RequestContextInterceptor(_BehaviorInterceptor):
     def wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
         short = short_method(method)
 
-        async def with_request_context(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def with_request_context(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             tokens = self._enter(context, short)
             try:
                 async with aclosing(behavior(request, context)) as responses:
@@ -267,7 +267,7 @@ class ErrorInterceptor(_BehaviorInterceptor):
         return mapping_errors
 
     def wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
-        async def mapping_errors(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def mapping_errors(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             try:
                 async with aclosing(behavior(request, context)) as responses:
                     async for response in responses:
@@ -327,7 +327,7 @@ class MetricsInterceptor(_BehaviorInterceptor):
         short = short_method(method)
         duration = API_REQUEST_DURATION.labels(short)
 
-        async def measured(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def measured(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             start = time.perf_counter()
             failure: BaseException | None = None
             try:
