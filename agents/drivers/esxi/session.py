@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from pyVim.connect import SmartStubAdapter
 from pyVmomi import vim, vmodl
+from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from agents.drivers.esxi.config import EsxiConfig
 from agents.drivers.esxi.faults import to_driver_error
@@ -109,7 +110,7 @@ class Session:
         self.relogins = 0
         self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="esxi")
         self._loop = loop
-        self._stub: Any = None  # pyVim's SmartStubAdapter returns an untyped SOAP stub
+        self._stub: SoapStubAdapter | None = None
         self._connected: _Service | None = None
         self._login_lock = threading.Lock()
         self._login_generation = 0
