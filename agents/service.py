@@ -216,6 +216,8 @@ def _stop_cleanly_on_signals(agent: Agent) -> None:
     process's cancel-at-once handlers, see controlplane.process.)"""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("call from a task: a second signal cancels the calling task")
 
     def on_signal() -> None:
         if agent.stopping:

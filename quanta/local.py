@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +26,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controlplane.api.errors import ApiError
 from controlplane.auth.bootstrap import bootstrap_admin_token
 from controlplane.etcd.server import ETCD_MAX_TXN_OPS, EtcdServer, free_port, terminate
+
+if TYPE_CHECKING:
+    from quanta.prometheus import PrometheusServer
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +57,17 @@ class ManagedProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status; None while running or before the first start."""
+        return self.process.returncode if self.process else None
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` and wait for the process to end (SIGKILL: a crash)."""
-        if self.alive:
-            self.process.send_signal(sig)
-            self.process.wait(30)
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(sig)
+            process.wait(30)
 
     def stop(self, timeout: float = 10.0) -> None:
         terminate(self.process, timeout)
@@ -67,7 +77,9 @@ def _serving(endpoint: str) -> bool:
     """Whether the gRPC server at ``endpoint`` answers its health check with SERVING."""
     try:
         with grpc.insecure_channel(endpoint) as channel:
-            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            # typeshed's HealthStub declares none of the methods the generated __init__ sets.
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)  # type: ignore[attr-defined]
     except grpc.RpcError:
         return False
     return response.status == health_pb2.HealthCheckResponse.SERVING
@@ -99,8 +111,11 @@ class LocalSystem:
         scheduler_args: tuple[str, ...] = (),
         sim_agents: int = 1,
     ):
-        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="quanta-")
-        self.data_dir = pathlib.Path(data_dir or self._tmp.name)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if not data_dir:
+            self._tmp = tempfile.TemporaryDirectory(prefix="quanta-")
+            data_dir = self._tmp.name
+        self.data_dir = pathlib.Path(data_dir)
         self.log_dir = self.data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.hosts = hosts
@@ -125,7 +140,7 @@ class LocalSystem:
         #: Sim agent processes sharing the ``hosts``: agent-0 runs sim-00000..., agent-i
         #: (i > 0) runs sim{i}-00000... with its journal in sim_state_dir(i).
         self.sim_agents = max(1, sim_agents)
-        self.prometheus = None  # a quanta.prometheus.PrometheusServer once started
+        self.prometheus: PrometheusServer | None = None  # once started
         self.etcd: EtcdServer | None = None
         self.etcd_endpoint = etcd_endpoint or ""
         self.admin_token = ""

@@ -82,17 +82,17 @@ class PrometheusServer:
             self.process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            self._wait_ready(timeout)
+            self._wait_ready(self.process, timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, process: subprocess.Popen, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited ({self.process.returncode}); log: {self.log_path}")
+            if process.poll() is not None:
+                raise RuntimeError(f"prometheus exited ({process.returncode}); log: {self.log_path}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
                     if response.status == 200:

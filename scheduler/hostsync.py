@@ -119,7 +119,8 @@ class HostSync:
             log.info("hosts listed", extra={"hosts": len(records), "revision": revision})
             try:
                 async for changed, _revision in self._hosts.watch(revision + 1, table):
-                    grew = [record.host for record in changed if self._apply(record)]  # (str: removed)
+                    grew = [record.host for record in changed  # (str: removed, never grew)
+                            if self._apply(record) and isinstance(record, HostRecord)]
                     if self.on_records:
                         hosts = [r if isinstance(r, str) else r.host for r in changed]
                         for callback in self.on_records:

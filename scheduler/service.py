@@ -19,11 +19,13 @@ exits non-zero, so a supervisor restarts it with a fresh session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, LeaseLost
 from controlplane.store.cluster import ensure_cluster_config
@@ -110,7 +112,7 @@ class ShardManager:
     """
 
     def __init__(self, client: EtcdClient, keys: Keys, shards: int, lease: Lease, name: str,
-                 run_shard: Callable[[ShardLock], Awaitable[None]], *, resync_s: float = 10.0):
+                 run_shard: Callable[[ShardLock], Coroutine[Any, Any, None]], *, resync_s: float = 10.0):
         self._etcd = client
         self._keys = keys
         self._directory = ShardDirectory(client, keys)
@@ -205,7 +207,7 @@ class ShardManager:
     def _start(self, lock: ShardLock) -> None:
         task = asyncio.create_task(self._run_shard(lock), name=f"shard-{lock.shard}")
         self._running[lock.shard] = (lock, task)
-        task.add_done_callback(lambda t, shard=lock.shard: self._shard_ended(shard, t))
+        task.add_done_callback(functools.partial(self._shard_ended, lock.shard))
         metrics.SHARDS_OWNED.set(len(self._running))
         metrics.SHARD_CHANGES.labels("acquired").inc()
         log.info("shard started", extra={"shard": lock.shard, "owned": self.owned})

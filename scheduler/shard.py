@@ -147,11 +147,11 @@ class ShardScheduler:
             log.info("queue listed", extra={"shard": self.shard, "pending": len(items)})
             try:
                 async for change in self._store.watch_queue(self.shard, revision + 1):
-                    for ref, vm in change.events:
-                        if vm is None:
+                    for ref, queued in change.events:
+                        if queued is None:
                             self._drop(ref)
                         else:
-                            self._pending[ref] = vm
+                            self._pending[ref] = queued
                             self._waiting.pop(ref, None)
                             self._queue.add(ref)
                     self._update_depth()
@@ -215,7 +215,10 @@ class ShardScheduler:
                 continue
             zone = zone_of_host.get(placement.host_id)
             if zone is None:
-                zone = view.get(placement.host_id).zone
+                chosen = view.get(placement.host_id)
+                if chosen is None:  # place() chose it from the view, with no await since
+                    raise KeyError(placement.host_id)
+                zone = chosen.zone
             spec = vm.spec
             writes = (zone, spec.zone_group) if zone and spec.zone_group else None
             reads = (zone, spec.zone_affinity_group) if zone and spec.zone_affinity_group else None
@@ -242,6 +245,8 @@ class ShardScheduler:
         binds = []
         for host, vms in by_host.items():
             committed = view.committed(host)
+            if committed is None:  # placed on in this batch, with no await since
+                raise KeyError(host)
             allocation = HostAllocation(committed.allocated, committed.vm_count, committed.groups)
             for vm in vms:
                 allocation = allocation.plus(vm.spec.resources, group=vm.spec.host_group)

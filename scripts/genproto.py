@@ -4,8 +4,9 @@ Usage: python scripts/genproto.py [OUT_DIR]
 
 protoc writes absolute imports (``from quanta.v1 import common_pb2``); they are
 rewritten to live under the ``controlplane.gen`` package so that no sys.path
-editing is needed. tests/unit/test_proto_stubs.py fails when the committed stubs
-drift from proto/.
+editing is needed. Beside each module goes its .pyi type stub (``--pyi_out``), which
+mypy reads (the generated code itself is not type-checked). tests/unit/test_proto_stubs.py
+fails when the committed stubs drift from proto/.
 """
 
 from __future__ import annotations

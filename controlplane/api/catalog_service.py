@@ -54,6 +54,7 @@ class FlavorService(catalog_pb2_grpc.FlavorServiceServicer):
         v.capture(validation.validate_resource_id, request.flavor_id, "flavor_id", "flavor id")
         _resource_violations(v, request.flavor.resources, "flavor.resources")
         v.raise_if_any()
+        tenant = v.valid(tenant)
         name = _flavor_name(tenant, request.flavor_id)
         if tenant:
             require(Action.ADMIN, tenant, kind="tenant", name=request.parent)
@@ -96,7 +97,7 @@ class FlavorService(catalog_pb2_grpc.FlavorServiceServicer):
         v.capture(validation.mask_paths, list(request.update_mask.paths), ("resources",))
         _resource_violations(v, request.flavor.resources, "flavor.resources")
         v.raise_if_any()
-        tenant, flavor_id = names
+        tenant, flavor_id = v.valid(names)
         self._require_write(tenant, request.flavor.name)
         r = request.flavor.resources
         updated = Flavor(flavor_id, Resources(r.vcpus, r.memory_mib, r.disk_gib))
@@ -178,6 +179,7 @@ class ImageService(catalog_pb2_grpc.ImageServiceServicer):
         if paths:
             self._violations(v, request.image, paths)
         v.raise_if_any()
+        image_id, paths = v.valid(image_id), v.valid(paths)
         require(Action.SYSTEM, kind="image", name=request.image.name)
 
         def change(old: bytes) -> bytes:

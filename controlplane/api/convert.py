@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.auth.principal import Grant, Role
@@ -30,7 +32,9 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
     spec, status = record.spec, record.status
     vm = vm_pb2.Vm(
         name=spec.ref.name, uid=spec.uid, flavor=spec.flavor, image=spec.image, labels=dict(spec.labels),
-        resources=resources_to_proto(spec.resources), state=int(record.state), host=status.host,
+        resources=resources_to_proto(spec.resources), host=status.host,
+        # VmState's values are Vm.State's (tests/unit/test_convert.py holds them so).
+        state=cast(vm_pb2.Vm.State, int(record.state)),
         create_time=_ts(spec.create_time_ns), update_time=_ts(status.update_time_ns or spec.create_time_ns),
         delete_time=_ts(spec.delete_time_ns), etag=record.etag, resource_version=record.resource_version,
         node_selector=dict(spec.node_selector), anti_affinity_group=spec.anti_affinity_group,
@@ -53,7 +57,7 @@ SCOPE_TO_PROTO = {Scope.HOST: vm_pb2.Vm.HOST, Scope.ZONE: vm_pb2.Vm.ZONE}
 SCOPE_FROM_PROTO = {vm_pb2.Vm.SCOPE_UNSPECIFIED: Scope.HOST, vm_pb2.Vm.HOST: Scope.HOST, vm_pb2.Vm.ZONE: Scope.ZONE}
 
 
-def host_state(record: HostRecord) -> int:
+def host_state(record: HostRecord) -> host_pb2.Host.State:
     """DEAD while the dead marker stands (even once the agent is back), else
     MISSING when not registered, else DRAINING / DRAINED (empty) while drained,
     else READY."""
@@ -81,7 +85,7 @@ def host_to_proto(record: HostRecord) -> host_pb2.Host:
         host.labels.update(reg.labels)
         host.driver = reg.driver
         if reg.register_time_ns:
-            host.register_time.CopyFrom(_ts(reg.register_time_ns))
+            host.register_time.FromNanoseconds(reg.register_time_ns)
     return host
 
 

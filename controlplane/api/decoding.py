@@ -17,7 +17,7 @@ message). An undecodable request names no resource, so it is not audited.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -90,7 +90,7 @@ class DecodeInterceptor(_BehaviorInterceptor):
 
     @staticmethod
     def _stream(behavior: StreamBehavior, parse: Parse) -> StreamBehavior:
-        async def decoded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def decoded(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             async with aclosing(behavior(decode(parse, request), context)) as responses:
                 async for response in responses:
                     yield response

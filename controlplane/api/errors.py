@@ -37,7 +37,7 @@ class _Status(NamedTuple):
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
-class Status(_Status, grpc.Status):  # type: ignore[misc]
+class Status(_Status, grpc.Status):
     """A concrete :class:`grpc.Status` (code, details, trailing_metadata)."""
 
 
@@ -138,19 +138,16 @@ class ApiError(Exception):
         violations: list[tuple[str, str]] = []
         retry: float | None = None
         for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
+            # Unpack is False (and leaves the message alone) when the detail is of another type.
+            info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+            info_r = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
                 if _REASON.match(info.reason):
                     reason = info.reason
                 metadata.update(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
+            elif detail.Unpack(bad):
                 violations.extend((v.field, v.description) for v in bad.field_violations)
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info_r = error_details_pb2.RetryInfo()
-                detail.Unpack(info_r)
+            elif detail.Unpack(info_r):
                 retry = info_r.retry_delay.ToNanoseconds() / 1e9
         return cls(
             code, reason, status.message, metadata=metadata, field_violations=violations, retry_delay_s=retry

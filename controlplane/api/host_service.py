@@ -76,7 +76,7 @@ class HostService(host_pb2_grpc.HostServiceServicer):
         scope = f"orphans|{request.host}"
         token = validation.decode_page_token(request.page_token, scope)
         after = token[1] if token else ""
-        orphans, last = await self._orphan_store().list(host=host, after=after, limit=size)
+        orphans, last = await self._orphan_store().list(host=host, after=after, limit=v.valid(size))
         return host_pb2.ListOrphansResponse(
             orphans=[orphan_to_proto(o) for o in orphans],
             next_page_token=validation.encode_page_token(scope, 0, last) if last else "")
@@ -142,10 +142,10 @@ class HostService(host_pb2_grpc.HostServiceServicer):
         if request.resource_version:
             start_revision(request.resource_version, await self._store.current_revision())
         table, revision = await self._store.snapshot(revision=request.resource_version)
-        for record in table.records():
+        for known in table.records():
             if request.resource_version == 0:
-                yield host_pb2.HostEvent(type=common_pb2.ADDED, host=host_to_proto(record),
-                                         resource_version=record.revision)
+                yield host_pb2.HostEvent(type=common_pb2.ADDED, host=host_to_proto(known),
+                                         resource_version=known.revision)
         yield host_pb2.HostEvent(type=common_pb2.BOOKMARK, resource_version=revision)
         try:
             async for item in watch_with_bookmarks(self._store.watch(revision + 1, table), self._bookmark_s):

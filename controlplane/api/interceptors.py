@@ -24,7 +24,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -57,7 +57,7 @@ API_REQUEST_DURATION = Histogram(
 )
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
 
 _TRANSIENT_ETCD_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -124,7 +124,7 @@ class _BehaviorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         key = (id(handler), method)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is handler:
@@ -170,9 +170,9 @@ class _BehaviorInterceptor(grpc.aio.ServerInterceptor):
 
 def _incoming_correlation_id(context: grpc.aio.ServicerContext) -> str | None:
     given: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
-        if key in CORRELATION_ID_HEADERS and isinstance(value, str):
-            given.setdefault(key, value)
+    for key, given_value in context.invocation_metadata() or ():
+        if key in CORRELATION_ID_HEADERS and isinstance(given_value, str):
+            given.setdefault(key, given_value)
     value = next((given[header] for header in CORRELATION_ID_HEADERS if header in given), None)
     if value is not None and 0 < len(value) <= _MAX_CORRELATION_ID and all(" " < ch <= "~" for ch in value):
         return value
@@ -224,7 +224,7 @@ class RequestContextInterceptor(_BehaviorInterceptor):
     def wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
         short = short_method(method)
 
-        async def with_request_context(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def with_request_context(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             tokens = self._enter(context, short)
             try:
                 async with aclosing(behavior(request, context)) as responses:
@@ -276,7 +276,7 @@ class ErrorInterceptor(_BehaviorInterceptor):
         return mapping_errors
 
     def wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
-        async def mapping_errors(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def mapping_errors(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             try:
                 async with aclosing(behavior(request, context)) as responses:
                     async for response in responses:
@@ -336,7 +336,7 @@ class MetricsInterceptor(_BehaviorInterceptor):
         short = short_method(method)
         duration = API_REQUEST_DURATION.labels(short)
 
-        async def measured(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def measured(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             start = time.perf_counter()
             failure: BaseException | None = None
             try:

@@ -77,6 +77,7 @@ class ProjectService(tenancy_pb2_grpc.ProjectServiceServicer):
         v.capture(validation.validate_labels, request.project.labels, "project.labels")
         v.capture(validation.validate_limits, request.quota, "quota")
         v.raise_if_any()
+        tenant = v.valid(tenant)
         require(Action.ADMIN, tenant, kind="tenant", name=request.parent)
         now = now_ns()
         project = Project(tenant, request.project_id, request.project.display_name, dict(request.project.labels),
@@ -104,6 +105,7 @@ class ProjectService(tenancy_pb2_grpc.ProjectServiceServicer):
         tenant = v.capture(validation.parse_tenant_name, request.parent, "parent")
         selector = v.capture(validation.parse_label_selector, request.label_selector)
         v.raise_if_any()
+        tenant = v.valid(tenant)
         principal = caller()
         visible = visible_projects(principal, tenant)
         if visible is not None and not visible:
@@ -123,7 +125,8 @@ class ProjectService(tenancy_pb2_grpc.ProjectServiceServicer):
         paths = v.capture(validation.mask_paths, list(request.update_mask.paths), ("display_name", "labels"))
         v.capture(validation.validate_labels, request.project.labels, "project.labels")
         v.raise_if_any()
-        tenant, project_id = names
+        tenant, project_id = v.valid(names)
+        paths = v.valid(paths)
         require(Action.ADMIN, tenant, project_id, kind="project", name=request.project.name)
 
         def change(project: Project) -> Project:

@@ -53,7 +53,8 @@ class QuotaService(tenancy_pb2_grpc.QuotaServiceServicer):
         paths = v.capture(validation.mask_paths, list(request.update_mask.paths), _PATHS)
         v.capture(validation.validate_limits, request.quota.limits, "quota.limits")
         v.raise_if_any()
-        tenant, project = names
+        tenant, project = v.valid(names)
+        paths = v.valid(paths)
         new = limits_from_proto(request.quota.limits)
         etag = request.quota.etag
         try:

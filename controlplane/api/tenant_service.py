@@ -66,6 +66,7 @@ class TenantService(tenancy_pb2_grpc.TenantServiceServicer):
         paths = v.capture(validation.mask_paths, list(request.update_mask.paths), ("display_name", "labels"))
         v.capture(validation.validate_labels, request.tenant.labels, "tenant.labels")
         v.raise_if_any()
+        tenant_id, paths = v.valid(tenant_id), v.valid(paths)
         require(Action.ADMIN, tenant_id, kind="tenant", name=request.tenant.name)
 
         def change(tenant: Tenant) -> Tenant:

@@ -59,9 +59,9 @@ class TokenService(auth_pb2_grpc.TokenServiceServicer):
                 continue
             grant = Grant(ROLE_FROM_PROTO[g.role], g.tenant, g.project)
             problem = scope_error(grant)
-            for part, value in (("tenant", g.tenant), ("project", g.project)):
-                if value:
-                    v.capture(validation.validate_resource_id, value, f"grants[{i}].{part}", f"{part} id")
+            for part, given in (("tenant", g.tenant), ("project", g.project)):
+                if given:
+                    v.capture(validation.validate_resource_id, given, f"grants[{i}].{part}", f"{part} id")
             if problem:
                 v.add(f"grants[{i}]", problem)
             grants.append(grant)

@@ -47,6 +47,7 @@ class Violations:
     >>> parent = v.capture(parse_project_parent, req.parent)   # None when invalid
     >>> v.capture(validate_labels, req.vm.labels, "vm.labels")
     >>> v.raise_if_any()
+    >>> tenant, project = v.valid(parent)   # typed as set from here on
     """
 
     def __init__(self) -> None:
@@ -69,6 +70,17 @@ class Violations:
         """Raises INVALID_ARGUMENT listing everything collected; no-op when nothing was."""
         if self.items:
             raise invalid_argument(self.items, reason)
+
+    def valid(self, value: T | None) -> T:
+        """``value`` (what a ``capture`` returned, or a lookup whose absence was
+        ``add``-ed) once it is known to be set. Called after ``raise_if_any``, it never
+        raises: a capture that returned None recorded a violation. Before it, raises
+        INVALID_ARGUMENT as ``raise_if_any`` does; None with nothing collected is a bug
+        in the caller (RuntimeError)."""
+        if value is None:
+            self.raise_if_any()
+            raise RuntimeError("no violation recorded for a value that is missing")
+        return value
 
 
 def _show(value: str) -> str:

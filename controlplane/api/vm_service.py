@@ -81,7 +81,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         if vm.name and parent and vm.name != validation.vm_name(*parent, vm_id):
             v.add("vm.name", "output only; leave empty or equal to parent/vms/vm_id")
         v.raise_if_any()
-        tenant, project = parent
+        tenant, project = v.valid(parent)
+        flavor = v.valid(flavor)
         uid = uuid.uuid4().hex
         spec = VmSpec(
             ref=VmRef(tenant, project, vm_id), uid=uid, flavor=vm.flavor, image=vm.image,
@@ -136,7 +137,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         size = v.capture(validation.page_size, request.page_size)
         selector = v.capture(validation.parse_label_selector, request.label_selector)
         v.raise_if_any()
-        tenant, project = parent
+        tenant, project = v.valid(parent)
+        size, selector = v.valid(size), v.valid(selector)
         require(Action.READ, tenant, project, kind="project", name=request.parent)
         scope = f"vms|{request.parent}|{validation.format_label_selector(selector)}"
         token = validation.decode_page_token(request.page_token, scope)
@@ -182,7 +184,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         selector = v.capture(validation.parse_label_selector, request.label_selector)
         v.capture(validation.validate_resource_version, request.resource_version)
         v.raise_if_any()
-        tenant, project = parent
+        tenant, project = v.valid(parent)
         require(Action.READ, tenant, project, kind="project", name=request.parent)
         wanted = (lambda spec: validation.matches(selector, spec.labels)) if selector else (lambda spec: True)
         start = start_revision(request.resource_version, await self._store.current_revision())

@@ -61,12 +61,13 @@ class TokenAuthority:
         """A new token for ``subject`` with ``grants``, valid for ``ttl_s`` seconds."""
         issued = time.time() if now is None else now
         token_id = f"tok-{uuid.uuid4().hex[:24]}"
+        expires = int(issued + ttl_s)
         claims = {
-            "iss": ISSUER, "sub": subject, "jti": token_id, "iat": int(issued), "exp": int(issued + ttl_s),
+            "iss": ISSUER, "sub": subject, "jti": token_id, "iat": int(issued), "exp": expires,
             "grants": [g.to_claim() for g in grants],
         }
         bearer = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.key_id})
-        return IssuedToken(bearer, Principal(subject, tuple(grants), token_id, float(claims["exp"])), issued)
+        return IssuedToken(bearer, Principal(subject, tuple(grants), token_id, float(expires)), issued)
 
     def verify(self, bearer: str, *, now: float | None = None) -> Principal:
         """The principal ``bearer`` stands for. Raises InvalidToken (bad signature or

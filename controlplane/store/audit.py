@@ -14,6 +14,7 @@ retried until it is written or the process stops.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -193,7 +194,7 @@ class AuditLog:
         return (await self._etcd.range(prefix, prefix_end(prefix), count_only=True)).revision
 
     async def watch(self, tenant: str | None, *,
-                    start_revision: int) -> AsyncIterator[tuple[list[AuditEntry], int]]:
+                    start_revision: int) -> AsyncIterator[tuple[builtins.list[AuditEntry], int]]:
         """New records from ``start_revision``, in batches of whole revisions: (entries,
         the revision up to which every record was delivered). No entries: progress.
         Raises Compacted."""

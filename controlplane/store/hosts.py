@@ -3,6 +3,7 @@ allocation the scheduler and agent keep with the host's bindings."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -61,13 +62,12 @@ class HostTable:
             return host
         if part not in ("reg", "alloc"):
             return host  # a part this version does not know
-        table = self.regs if part == "reg" else self.allocs
         if deleted:
-            table.pop(host, None)
+            (self.regs if part == "reg" else self.allocs).pop(host, None)
         elif part == "reg":
-            table[host] = (HostRegistration.from_bytes(kv.value), kv.mod_revision)
+            self.regs[host] = (HostRegistration.from_bytes(kv.value), kv.mod_revision)
         else:
-            table[host] = (HostAllocation.from_bytes(kv.value), kv.mod_revision)
+            self.allocs[host] = (HostAllocation.from_bytes(kv.value), kv.mod_revision)
         return host
 
     def record(self, host: str) -> HostRecord | None:
@@ -92,7 +92,7 @@ class HostTable:
 
     def records(self) -> list[HostRecord]:
         """Every host in the table, in name order."""
-        return [self.record(h) for h in self.hosts()]
+        return [record for h in self.hosts() if (record := self.record(h)) is not None]
 
 
 class HostStore:
@@ -124,7 +124,7 @@ class HostStore:
         return table.records(), revision
 
     async def page(self, *, after: str = "", limit: int, revision: int = 0
-                   ) -> tuple[list[HostRecord], str, int]:
+                   ) -> tuple[builtins.list[HostRecord], str, int]:
         """Up to ``limit`` hosts in name order after host ``after``, read at
         ``revision`` (0: now). Returns (records, last host if more may follow
         else "", revision). Reads about 2 keys per host, not the whole fleet."""
@@ -142,7 +142,9 @@ class HostStore:
         if more and len(hosts) > 1 and result.more:
             hosts = hosts[:-1]  # the last host's keys may have been cut by the limit
         hosts = hosts[:limit]
-        return [table.record(h) for h in hosts], (hosts[-1] if more and hosts else ""), result.revision
+        # A host with only a maintenance or dead marker left has no record (as in records()).
+        records = [record for h in hosts if (record := table.record(h)) is not None]
+        return records, (hosts[-1] if more and hosts else ""), result.revision
 
     async def get(self, host: str) -> HostRecord:
         prefix = self._keys.hosts_prefix() + host.encode() + b"/"
@@ -192,7 +194,8 @@ class HostStore:
         k = self._keys
         await self._etcd.txn([], [ops.put(k.host_maintenance(host), b""), ops.put(k.host_drain(host), b"")])
 
-    async def watch(self, start_revision: int, table: HostTable) -> AsyncIterator[tuple[list[HostRecord | str], int]]:
+    async def watch(self, start_revision: int, table: HostTable
+                    ) -> AsyncIterator[tuple[builtins.list[HostRecord | str], int]]:
         """Host changes from ``start_revision``, folded into ``table`` (which must
         hold the state at start_revision - 1). Yields (changed, revision) where
         each changed item is a HostRecord, or the host id of a host now gone."""

@@ -139,10 +139,10 @@ class OrphanStore:
         done = [response.response_txn.succeeded for response in responses]
         # Failed: a tombstone, or a binding under the same name; that binding may be
         # another VM's (another uid under a name reused since): then record it anyway.
-        again = [i for i, ok in enumerate(done) if not ok and orphans[i].ref is not None]
+        again = [(i, ref) for i, ok in enumerate(done) if not ok and (ref := orphans[i].ref) is not None]
         if again:
-            reads = await self._etcd.txn_chunked([ops.get(k.binding(orphans[i].host, orphans[i].ref)) for i in again])
-            others = [i for i, response in zip(again, reads, strict=True)
+            reads = await self._etcd.txn_chunked([ops.get(k.binding(orphans[i].host, ref)) for i, ref in again])
+            others = [i for (i, _), response in zip(again, reads, strict=True)
                       if response.response_range.kvs
                       and Binding.from_bytes(response.response_range.kvs[0].value).spec.uid != orphans[i].uid]
             if others:

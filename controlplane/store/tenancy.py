@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.models import now_ns
@@ -125,7 +125,7 @@ class TenancyStore:
         raise Conflict(f"tenants/{tenant_id} kept changing; retry")
 
     async def delete_tenant(self, tenant_id: str, *, etag: str = "",
-                            delete_project: Callable[[str], object]) -> Tenant:
+                            delete_project: Callable[[str], Awaitable[object]]) -> Tenant:
         """Delete a tenant whose projects are all gone; ``delete_project(project_id)``
         (awaitable) is called for each remaining project first (it raises HoldsVms
         to refuse). Raises NotFound, Conflict."""

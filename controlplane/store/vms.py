@@ -6,11 +6,12 @@ Every write is one etcd transaction guarded by compares, so that two frontends
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
+from controlplane.etcd import EtcdClient, KeyValue, WatchEvent, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
@@ -78,6 +79,10 @@ class VmChange:
 def _pair(spec_kv: KeyValue | None, status_kv: KeyValue | None) -> VmRecord | None:
     if spec_kv is None or status_kv is None:
         return None
+    return _record(spec_kv, status_kv)
+
+
+def _record(spec_kv: KeyValue, status_kv: KeyValue) -> VmRecord:
     return VmRecord(VmSpec.from_bytes(spec_kv.value), VmStatus.from_bytes(status_kv.value),
                     spec_kv.mod_revision, status_kv.mod_revision)
 
@@ -228,7 +233,7 @@ class VmStore:
                 continue
             i += 2
             scanned += 1
-            record = _pair(spec_kv, status_kv)
+            record = _record(spec_kv, status_kv)
             last = record.ref
             if selector is None or selector(record.spec):
                 records.append(record)
@@ -299,7 +304,7 @@ class VmStore:
     async def watch(
         self, tenant: str, project: str, *, start_revision: int, seed: Iterable[VmRecord] = (),
         cache_size: int = 200_000,
-    ) -> AsyncIterator[list[VmChange]]:
+    ) -> AsyncIterator[builtins.list[VmChange]]:
         """Changes of a project's VMs from ``start_revision`` (inclusive), batched.
 
         A batch holds whole revisions; an empty batch is progress. ``seed``: the
@@ -312,6 +317,7 @@ class VmStore:
         known = _RecordCache(cache_size)
         for record in seed:
             known.put(record)
+        known.trim()
         prefix = self._keys.vms_prefix(tenant, project)
         async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision,
                                             prev_kv=True):
@@ -319,10 +325,11 @@ class VmStore:
                 yield []
                 continue
             yield await self._changes(batch.events, known)
+            known.trim()
 
-    async def _changes(self, events, known: _RecordCache) -> list[VmChange]:
+    async def _changes(self, events: Iterable[WatchEvent], known: _RecordCache) -> builtins.list[VmChange]:
         # Group per VM and revision: one txn may change spec and status together.
-        grouped: dict[tuple[VmRef, int], dict[str, object]] = {}
+        grouped: dict[tuple[VmRef, int], dict[str, WatchEvent]] = {}
         for event in events:
             ref, part = self._keys.parse_vm_key(event.kv.key)
             grouped.setdefault((ref, event.kv.mod_revision), {})[part] = event
@@ -340,7 +347,7 @@ class VmStore:
             ])
             for gk, response in zip(missing, responses, strict=True):
                 fetched[gk] = self._record_from([KeyValue.from_pb(kv) for kv in response.response_range.kvs])
-        changes: list[VmChange] = []
+        changes: builtins.list[VmChange] = []
         for (ref, revision), parts in grouped.items():
             if any(ev.is_delete for ev in parts.values()):
                 prev = {("spec" if ev.kv.key.endswith(b"/spec") else "status"): ev.prev_kv
@@ -350,13 +357,16 @@ class VmStore:
                 changes.append(VmChange(True, last, ref, revision))
                 continue
             if len(parts) == 2:
-                record = _pair(parts["spec"].kv, parts["status"].kv)
+                record = _record(parts["spec"].kv, parts["status"].kv)
             elif (ref, revision) in fetched:
-                record = fetched[(ref, revision)]
-                if record is None:
+                read = fetched[(ref, revision)]
+                if read is None:
                     continue  # removed again before it could be read; its deletion follows
+                record = read
             else:
                 before = known.get(ref)
+                if before is None:  # not missing above, and nothing is evicted within a batch
+                    raise RuntimeError(f"watch lost its record of {ref} within a batch")
                 part, event = next(iter(parts.items()))
                 if part == "spec":
                     record = VmRecord(VmSpec.from_bytes(event.kv.value), before.status, revision,
@@ -370,8 +380,10 @@ class VmStore:
 
 
 class _RecordCache:
-    """A watch stream's latest record per VM, bounded (oldest entries go first;
-    a VM evicted is simply read from etcd again when it next changes)."""
+    """A watch stream's latest record per VM, bounded between batches (``trim``: the
+    oldest entries go first; a VM evicted is simply read from etcd again when it next
+    changes). Nothing is evicted within a batch, so a VM found in it stays there
+    unless the batch deletes it."""
 
     def __init__(self, size: int):
         self._size = size
@@ -385,7 +397,10 @@ class _RecordCache:
 
     def put(self, record: VmRecord) -> None:
         self._records[record.ref] = record
-        if len(self._records) > self._size:
+
+    def trim(self) -> None:
+        """Evict the oldest entries down to the size bound."""
+        while len(self._records) > self._size:
             del self._records[next(iter(self._records))]
 
     def pop(self, ref: VmRef) -> None:

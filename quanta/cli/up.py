@@ -97,7 +97,7 @@ Press Ctrl-C to stop.""", flush=True)
                 if process.name not in restart_at:
                     delay = min(30.0, 0.5 * 2 ** min(process.restarts, 6))
                     restart_at[process.name] = now + delay
-                    print(f"{process.name} exited ({process.process.returncode}); restarting in {delay:.1f}s "
+                    print(f"{process.name} exited ({process.returncode}); restarting in {delay:.1f}s "
                           f"(log: {process.log_path})", flush=True)
                 elif now >= restart_at[process.name]:
                     del restart_at[process.name]

@@ -115,7 +115,7 @@ def fits_resources(request: PlacementRequest, host: HostSnapshot) -> Verdict:
     Reports the first short dimension in the order memory, vcpus, disk: memory is the
     dimension that runs out first on VM hosts, so it is the most telling reason.
     """
-    want, cap, used = request.resources, host.allocatable, host.allocated
+    want, cap, used = request.resources, host.limit, host.allocated
     # Compared field by field rather than via ``host.free``: no allocation per host.
     if want.memory_mib > cap.memory_mib - used.memory_mib:
         return _NO_MEMORY

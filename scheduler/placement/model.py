@@ -31,6 +31,7 @@ class HostSnapshot:
     key is absent). Placement never interprets it; the bind transaction compares it.
     ``capacity`` is raw; ``allocatable`` is what may be booked: capacity times the host's
     overcommit setting (``HostRegistration.allocatable``; default: capacity).
+    Placement reads it as ``limit``, which is typed as always set.
     ``groups`` counts the VMs of each anti-affinity group on the host; it is part of the
     allocation, so the same compare that guards capacity guards anti-affinity.
     """
@@ -57,9 +58,15 @@ class HostSnapshot:
         return zone_of(self.labels)
 
     @property
+    def limit(self) -> Resources:
+        """What may be allocated on the host: ``allocatable`` (filled with capacity by
+        ``__post_init__`` when given as None)."""
+        return self.capacity if self.allocatable is None else self.allocatable
+
+    @property
     def free(self) -> Resources:
         """Allocatable minus allocation; negative where the host is over-committed."""
-        return self.allocatable - self.allocated
+        return self.limit - self.allocated
 
     def with_allocated(self, delta: Resources, vm_delta: int,
                        group_deltas: Mapping[str, int] = _NO_COUNTS) -> HostSnapshot:

@@ -30,7 +30,7 @@ def _fraction(used: int, capacity: int) -> float:
 
 def utilisation_after(request: PlacementRequest, host: HostSnapshot) -> float:
     """Mean of the vcpu and memory fractions in use once ``request`` lands, in [0, 1]."""
-    want, cap, used = request.resources, host.allocatable, host.allocated
+    want, cap, used = request.resources, host.limit, host.allocated
     return (
         _fraction(used.vcpus + want.vcpus, cap.vcpus)
         + _fraction(used.memory_mib + want.memory_mib, cap.memory_mib)

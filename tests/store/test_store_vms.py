@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.etcd import EtcdClient
+from controlplane.etcd import EtcdClient, ops
 from controlplane.models import (
     Binding,
     HostAllocation,
@@ -21,6 +21,7 @@ from controlplane.models import (
     VmRef,
     VmSpec,
     VmState,
+    VmStatus,
     now_ns,
 )
 from controlplane.store.cluster import ensure_cluster_config
@@ -378,6 +379,32 @@ def test_watch_reports_created_status_and_deleted_changes(etcd_endpoint: str, ro
     run(main())
 
 
+def test_watch_completes_a_change_to_a_vm_its_full_cache_held(etcd_endpoint: str, root: str) -> None:
+    # One revision that adds a VM to a full cache and changes half of a VM the cache
+    # held: adding the first must not evict the second before its change is completed.
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            held, _ = await store.create(make_spec("vm-held"))
+            start = await store.current_revision() + 1
+            added = make_spec("vm-added")
+            status = VmStatus(VmState.PENDING, reason="Unschedulable", update_time_ns=now_ns())
+            revision = (await client.txn([], [
+                ops.put(keys.vm_spec(added.ref), added.to_bytes()),
+                ops.put(keys.vm_status(added.ref), status.to_bytes()),
+                ops.put(keys.vm_status(held.ref), status.to_bytes()),
+            ])).revision
+            async with contextlib.aclosing(store.watch(TENANT, PROJECT, start_revision=start, seed=[held],
+                                                       cache_size=1)) as watch:
+                batch = await anext(watch)
+            assert batch == [VmChange(False, VmRecord(added, status, revision, revision), added.ref, revision),
+                             VmChange(False, VmRecord(held.spec, status, held.spec_revision, revision), held.ref,
+                                      revision)]
+
+    run(main())
+
+
 def test_cluster_config_first_writer_wins(etcd_endpoint: str, root: str) -> None:
     async def main() -> None:
         async with EtcdClient(etcd_endpoint) as client:
@@ -429,5 +456,20 @@ def test_host_pages_cover_every_host_once(etcd_endpoint: str, root: str) -> None
                         break
                 assert sorted(seen) == sorted(names) and len(seen) == len(set(seen)), limit
                 assert pages <= 7 // limit + 2
+
+    run(main())
+
+
+def test_host_pages_leave_out_a_host_with_only_a_marker(etcd_endpoint: str, root: str) -> None:
+    # A maintenance marker outlives the host's registration and allocation: no record, as in list().
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            await client.put(keys.host_reg("h-1"), HostRegistration("h-1", "sim", Resources(8, 8192, 100)).to_bytes())
+            await client.put(keys.host_maintenance("h-0"), b"")
+            store = HostStore(client, keys)
+            records, after, _revision = await store.page(limit=10)
+            assert [r.host for r in records] == [r.host for r in (await store.list())[0]] == ["h-1"]
+            assert after == ""
 
     run(main())

@@ -1,9 +1,11 @@
 """The committed stubs in controlplane/gen must match proto/ (regenerate with
-``python scripts/genproto.py``). Compares descriptors, not text, so the check
-does not depend on the exact grpcio-tools version that generated them."""
+``python scripts/genproto.py``). Compares descriptors, and the names the .pyi type
+stubs declare, not text, so the check does not depend on the exact grpcio-tools
+version that generated them."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pathlib
 import tempfile
@@ -69,3 +71,67 @@ def test_grpc_stubs_cover_every_service_method():
             servicer = getattr(grpc_module, f"{service.name}Servicer")
             for method in service.method:
                 assert hasattr(servicer, method.name), f"{service.name}.{method.name} missing; regenerate"
+
+
+def _declared(stub: pathlib.Path) -> set[str]:
+    """Dotted names a .pyi declares: classes (nested ones too), their annotated
+    attributes (fields, enum values) and each __init__ keyword as ``Class(name)``;
+    field-number constants and DESCRIPTOR are left out."""
+    names: set[str] = set()
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                names.add(prefix + node.name)
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if node.target.id != "DESCRIPTOR" and not node.target.id.endswith("_FIELD_NUMBER"):
+                    names.add(prefix + node.target.id)
+            elif isinstance(node, ast.FunctionDef) and node.name == "__init__":
+                names.update(f"{prefix[:-1]}({a.arg})" for a in node.args.args[1:] + node.args.kwonlyargs)
+
+    visit(ast.parse(stub.read_text()).body, "")
+    return names
+
+
+def _expected(file: descriptor_pb2.FileDescriptorProto) -> set[str]:
+    """The names protoc's pyi generator declares for ``file``: each message with its
+    fields (also as __init__ keywords) and nested types, each enum with its values,
+    which also appear in the enclosing scope."""
+    names: set[str] = set()
+
+    def enum(e: descriptor_pb2.EnumDescriptorProto, prefix: str) -> None:
+        names.add(prefix + e.name)
+        for value in e.value:
+            names.update({f"{prefix}{e.name}.{value.name}", prefix + value.name})
+
+    def message(m: descriptor_pb2.DescriptorProto, prefix: str) -> None:
+        names.add(prefix + m.name)
+        inner = f"{prefix}{m.name}."
+        for field in m.field:
+            names.update({inner + field.name, f"{prefix}{m.name}({field.name})"})
+        for e in m.enum_type:
+            enum(e, inner)
+        for nested in m.nested_type:
+            message(nested, inner)
+
+    for e in file.enum_type:
+        enum(e, "")
+    for m in file.message_type:
+        message(m, "")
+    return names
+
+
+def test_every_proto_has_a_matching_type_stub():
+    for name, file in _compiled().items():
+        stub = GEN / (name[: -len(".proto")] + "_pb2.pyi")
+        assert stub.exists(), f"{stub.relative_to(ROOT)} missing; run python scripts/genproto.py"
+        declared, expected = _declared(stub), _expected(file)
+        assert declared == expected, (
+            f"{name}: type stub drifted from proto/ (only in the stub: {sorted(declared - expected)}; "
+            f"only in proto/: {sorted(expected - declared)}); run python scripts/genproto.py")
+
+
+def test_no_type_stub_without_a_proto():
+    compiled = {name[: -len(".proto")] + "_pb2.pyi" for name in _compiled()}
+    assert {str(p.relative_to(GEN)) for p in GEN.rglob("*.pyi")} == compiled

@@ -16,7 +16,7 @@ from typing import Any
 from pyVmomi import vim
 
 from agents.drivers.esxi.session import NAME_KEY, RECORD_KEY, UID_KEY, Datastore, HostInfo
-from agents.drivers.protocol import VmRequest
+from agents.drivers.protocol import OperationFailed, VmRequest
 
 _COPIED_DEVICES = (vim.vm.device.VirtualSCSIController, vim.vm.device.VirtualSATAController,
                    vim.vm.device.VirtualEthernetCard)
@@ -77,9 +77,12 @@ def linked_create_spec(request: VmRequest, image: ImageRef, datastore: Datastore
     changes = []
     for device in image.devices:
         if isinstance(device, vim.vm.device.VirtualDisk):
+            parent = device.backing
+            if not isinstance(parent, vim.vm.device.VirtualDevice.FileBackingInfo):
+                raise OperationFailed(f"image {image.name}: disk {device.key} has no file to link a child to")
             backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
                 fileName=f"[{datastore.name}]", diskMode="persistent",
-                parent=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=device.backing.fileName,
+                parent=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=parent.fileName,
                                                                      diskMode="persistent"))
             disk = vim.vm.device.VirtualDisk(key=device.key, controllerKey=device.controllerKey,
                                              unitNumber=device.unitNumber, capacityInKB=device.capacityInKB,

@@ -109,6 +109,14 @@ class EsxiHost:
         on = any(vm.power == "poweredOn" for vm in vms)
         return VmInfo(vm_uid, PowerState.ON if on else PowerState.OFF, vms[0].vm_name, vms[0].record)
 
+    def _seen(self, vm_uid: str) -> VmInfo:
+        """The VM of ``vm_uid`` once the watcher has shown it; raises OperationFailed
+        (transient) if it is gone from the cache again."""
+        info = self._info(vm_uid)
+        if info is None:
+            raise OperationFailed(f"VM {vm_uid} on {self.host_id} was seen, then lost", transient=True)
+        return info
+
     async def _synced(self) -> None:
         await self._session.synced.wait()
 
@@ -160,7 +168,7 @@ class EsxiHost:
             # The failed attempt made the VM (its answer was lost, or the watcher lags):
             # never clone twice; adopt it once the watcher shows it.
             if await self._session.wait_for(lambda: self._info(request.vm_uid) is not None, _STATE_WAIT_S):
-                return self._info(request.vm_uid)
+                return self._seen(request.vm_uid)
             raise OperationFailed(f"VM {request.vm_uid} exists on {self.host_id} but is not seen yet",
                                   transient=True)
         image = await self._images.get(request.image, self.host, self.datastore)
@@ -170,7 +178,7 @@ class EsxiHost:
             # A VM of this uid exists that the watcher has not shown yet (made by an
             # attempt whose answer was lost): adopt it.
             if await self._session.wait_for(lambda: self._info(request.vm_uid) is not None, _STATE_WAIT_S):
-                return self._info(request.vm_uid)
+                return self._seen(request.vm_uid)
             raise
         try:
             await self._fit_hardware(mo, request)
@@ -183,7 +191,7 @@ class EsxiHost:
             if self._info(request.vm_uid) is None:
                 raise OperationFailed(f"VM {request.vm_uid} made on {self.host_id} but not seen", transient=True)
             log.warning("watcher missed a new VM; read it directly", extra={"host": self.host_id})
-        return self._info(request.vm_uid)
+        return self._seen(request.vm_uid)
 
     async def _make(self, request: VmRequest, image: clone.ImageRef):
         """Make the VM by the first way that works; its VirtualMachine object. Raises the vSphere fault."""
@@ -268,8 +276,10 @@ class EsxiHost:
                                else self._session.run_task(start))
                     except vim.fault.InvalidPowerState:
                         pass  # already there (our cache was behind); confirmed below
-                    if not await self._session.wait_for(lambda v=vm: v.power == want or v.moid not in
-                                                        self._session.vms, _STATE_WAIT_S):
+                    def settled(v: Observed = vm) -> bool:
+                        return v.power == want or v.moid not in self._session.vms
+
+                    if not await self._session.wait_for(settled, _STATE_WAIT_S):
                         raise OperationFailed(f"VM {vm_uid} not {want} after its task", transient=True)
             await self._retrying("power_on" if want == "poweredOn" else "power_off", attempt)
 

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from pyVim.connect import SmartStubAdapter
 from pyVmomi import vim, vmodl
+from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from agents.drivers.esxi.config import EsxiConfig
 from agents.drivers.esxi.faults import to_driver_error
@@ -83,6 +84,24 @@ class HostInfo:
     vm_folder: Any = field(compare=False, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Service:
+    """A connected endpoint's service content and the managers the session uses
+    (optional in the vSphere API; every ESXi and vCenter has them)."""
+
+    content: vim.ServiceInstanceContent
+    sessions: vim.SessionManager
+    views: vim.view.ViewManager
+    search: vim.SearchIndex
+
+    @classmethod
+    def of(cls, content: vim.ServiceInstanceContent, url: str) -> _Service:
+        """Raises HostUnavailable when the endpoint lacks one of the managers."""
+        if content.sessionManager is None or content.viewManager is None or content.searchIndex is None:
+            raise HostUnavailable(f"{url} lacks a session, view or search manager")
+        return cls(content, content.sessionManager, content.viewManager, content.searchIndex)
+
+
 def host_id_for(prefix: str, name: str) -> str:
     return prefix + re.sub(r"[^a-z0-9.-]", "-", name.lower())
 
@@ -90,20 +109,20 @@ def host_id_for(prefix: str, name: str) -> str:
 class Session:
     """A logged-in connection to one vSphere endpoint. Create with :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, config: EsxiConfig):
+    def __init__(self, config: EsxiConfig, loop: asyncio.AbstractEventLoop):
         self.config = config
         self.api_type = ""
         self.relogins = 0
         self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="esxi")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stub = None
-        self._content = None
+        self._loop = loop
+        self._stub: SoapStubAdapter | None = None
+        self._connected: _Service | None = None
         self._login_lock = threading.Lock()
         self._login_generation = 0
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._pc_lock = threading.Lock()
-        self._pc = None
+        self._pc: vmodl.query.PropertyCollector | None = None
         self._task_filters: dict[str, Any] = {}   # task moid -> filter (guarded by _pc_lock)
         self._task_mos: dict[str, Any] = {}       # task moid -> task (guarded by _pc_lock)
         # Below: touched only on the event loop.
@@ -117,6 +136,13 @@ class Session:
         self.changed = asyncio.Condition()
 
     @property
+    def _service(self) -> _Service:
+        """The endpoint's managers; raises HostUnavailable before ``_connect`` succeeded."""
+        if self._connected is None:
+            raise HostUnavailable(f"{self.config.url}: not connected")
+        return self._connected
+
+    @property
     def is_vcenter(self) -> bool:
         return self.api_type == "VirtualCenter"
 
@@ -125,8 +151,7 @@ class Session:
     @classmethod
     async def open(cls, config: EsxiConfig) -> Session:
         """Connect, log in and start the watcher. Raises DriverError (HostUnavailable, TlsError...)."""
-        session = cls(config)
-        session._loop = asyncio.get_running_loop()
+        session = cls(config, asyncio.get_running_loop())
         try:
             await session._loop.run_in_executor(session._pool, session._connect)
         except Exception as err:
@@ -155,22 +180,22 @@ class Session:
         if self._stub is None:
             raise HostUnavailable(f"{self.config.url} is not a vSphere endpoint")
         instance = vim.ServiceInstance("ServiceInstance", self._stub)
-        self._content = instance.RetrieveContent()
-        self.api_type = self._content.about.apiType
-        self._content.sessionManager.Login(self.config.user, self.config.password)
+        self._connected = service = _Service.of(instance.RetrieveContent(), self.config.url)
+        self.api_type = service.content.about.apiType
+        service.sessions.Login(self.config.user, self.config.password, None)
 
     def _relogin(self, seen_generation: int) -> None:
         with self._login_lock:
             if self._login_generation != seen_generation:
                 return  # another caller renewed the session since this one failed
             log.warning("vSphere session expired; logging in again", extra={"url": self.config.url})
-            self._content.sessionManager.Login(self.config.user, self.config.password)
+            self._service.sessions.Login(self.config.user, self.config.password, None)
             self._login_generation += 1
             self.relogins += 1
 
     def expire_for_test(self) -> None:
         """Log the session out, as an idle timeout would. Blocking; for tests."""
-        self._content.sessionManager.Logout()
+        self._service.sessions.Logout()
 
     async def close(self) -> None:
         """Stop the watcher, log out, free the threads. Idempotent."""
@@ -185,7 +210,7 @@ class Session:
         if self._watcher is not None:
             await self._loop.run_in_executor(None, self._watcher.join, 2 * _WAIT_SECONDS)
         try:
-            await self._loop.run_in_executor(self._pool, self._content.sessionManager.Logout)
+            await self._loop.run_in_executor(self._pool, self._service.sessions.Logout)
         except Exception:  # noqa: BLE001 - logging out of an unreachable host is best effort
             pass
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -261,8 +286,9 @@ class Session:
             raise to_driver_error(err, "discover hosts") from err
 
     def _discover_hosts(self) -> list[HostInfo]:
-        content = self._content
-        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+        service = self._service
+        content = service.content
+        view = service.views.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
         try:
             hosts = []
             for host in view.view:
@@ -290,13 +316,13 @@ class Session:
         spec = vmodl.query.PropertyCollector.FilterSpec(
             objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=mo, skip=False)],
             propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(mo), pathSet=paths)])
-        result = self._content.propertyCollector.RetrievePropertiesEx(
+        result = self._service.content.propertyCollector.RetrievePropertiesEx(
             [spec], vmodl.query.PropertyCollector.RetrieveOptions())
         return {p.name: p.val for obj in (result.objects if result else ()) for p in obj.propSet or ()}
 
     def find_vm(self, folder: Any, name: str) -> bool:
         """Blocking: whether ``folder`` holds a VM named ``name``, asked of the server (not the cache)."""
-        return self._content.searchIndex.FindChild(folder, name) is not None
+        return self._service.search.FindChild(folder, name) is not None
 
     async def refresh(self, mo: Any) -> None:
         """Read one VM's watched properties directly into the cache (when the watcher lags)."""
@@ -308,16 +334,16 @@ class Session:
 
     # --- the watcher (its own thread) -------------------------------------------------
 
-    def _setup_collector(self, stale: Any = None) -> None:
+    def _setup_collector(self, stale: Any = None) -> vmodl.query.PropertyCollector:
         """Make the watcher's collector (VM view plus pending task filters), unless one
-        other than ``stale`` exists already. Called by the watcher, or by a caller that
+        other than ``stale`` exists already; returns the one now in use. Called by the watcher, or by a caller that
         found the collector gone with an expired session (the watcher then switches)."""
-        content = self._content
+        service = self._service
         with self._pc_lock:
             if self._pc is not None and self._pc is not stale:
-                return
-            pc = content.propertyCollector.CreatePropertyCollector()
-            view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+                return self._pc
+            pc = service.content.propertyCollector.CreatePropertyCollector()
+            view = service.views.CreateContainerView(service.content.rootFolder, [vim.VirtualMachine], True)
             spec = vmodl.query.PropertyCollector.FilterSpec(
                 objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[
                     vmodl.query.PropertyCollector.TraversalSpec(
@@ -327,20 +353,23 @@ class Session:
             self._task_filters = {moid: pc.CreateFilter(_task_filter(task), partialUpdates=True)
                                   for moid, task in self._task_mos.items()}
             self._pc = pc
+            return pc
 
     def _watch(self) -> None:
         version = ""
-        current = None
+        current: vmodl.query.PropertyCollector | None = None
         options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=_WAIT_SECONDS)
         backoff = 0.1
         while not self._stopping.is_set():
             generation = self._login_generation
             try:
-                if self._pc is None:
-                    self._setup_collector()
-                if self._pc is not current:  # a new collector (ours, or a caller's): start over
-                    current, version = self._pc, ""
+                pc = self._pc
+                if pc is None:
+                    pc = self._setup_collector()
+                if pc is not current:  # a new collector (ours, or a caller's): start over
+                    version = ""
                     self._post(self._begin_resync)
+                current = pc
                 update = current.WaitForUpdatesEx(version, options)
                 backoff = 0.1
                 if current is not self._pc:
