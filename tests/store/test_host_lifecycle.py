@@ -125,11 +125,8 @@ async def bind_all(vms: VmStore, sched: SchedulingStore, host: str, specs: list[
     for spec in specs:
         await vms.create(spec)
     queued = {q.spec.ref: q for shard in {s.shard for s in specs} for q in (await sched.list_queue(shard))[0]}
-    allocation = HostAllocation()
-    for spec in specs:
-        allocation = allocation.plus(spec.resources, group=spec.host_group)
     current = await sched.read_current([host], [])
-    result = await sched.bind(None, [HostBind(host, current[0][host][1], allocation,
+    result = await sched.bind(None, [HostBind(host, current[0][host][1], current[0][host][0],
                                               [queued[s.ref] for s in specs])])
     assert result.committed == [True]
 
@@ -211,8 +208,7 @@ def test_dead_marker_is_set_once_blocks_binds_and_is_lifted_when_back_and_empty(
             spec = make_spec("late")
             await vms.create(spec)
             (queued,), _ = await sched.list_queue(spec.shard)
-            result = await sched.bind(None, [HostBind("h1", record.alloc_revision,
-                                                      HostAllocation().plus(spec.resources), [queued])])
+            result = await sched.bind(None, [HostBind("h1", record.alloc_revision, HostAllocation(), [queued])])
             assert result.committed == [False]
 
             # Lifted only once the host is registered again (and empty), and under the fence.
