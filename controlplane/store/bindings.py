@@ -103,6 +103,19 @@ class HostTxn:
         return ops.txn(self.compares, self.writes)
 
 
+def as_bound(spec: VmSpec, host: str, zone: str) -> Binding:
+    """The binding a bind writes for ``spec`` onto ``host`` in ``zone``: the spec's copy,
+    and the zone only when the VM is counted there."""
+    return Binding(spec, host, zone if spec.zone_group else "")
+
+
+def holds_same(a: VmSpec, b: VmSpec) -> bool:
+    """True when a bound VM with spec ``a`` holds what it would hold with ``b``: the same
+    resources, host group and zone group (else its allocation and counts would have to
+    change with it: a move, not a rewrite of the binding)."""
+    return a.resources == b.resources and a.host_group == b.host_group and a.zone_group == b.zone_group
+
+
 def bind_zone_ids(zone: str, specs: Iterable[VmSpec]) -> set[ZoneGroupId]:
     """The zone group counts a bind of ``specs`` into ``zone`` compares: those they are
     counted in and those their zone affinity relies on."""
@@ -148,8 +161,7 @@ def bind(keys: Keys, host: HostRead, vms: Sequence[tuple[VmSpec, int]], *, zone:
         compares.append(ops.mod_revision_is(queue_key, queue_revision))
         status = VmStatus(VmState.SCHEDULED, host=host.host, update_time_ns=at, accepted_time_ns=spec.create_time_ns)
         writes += [ops.delete(queue_key),
-                   ops.put(k.binding(host.host, spec.ref), Binding(spec, host.host, zone if spec.zone_group else "")
-                           .to_bytes()),
+                   ops.put(k.binding(host.host, spec.ref), as_bound(spec, host.host, zone).to_bytes()),
                    ops.put(k.vm_status(spec.ref), status.to_bytes())]
     writes.append(ops.put(k.host_alloc(host.host), allocation.to_bytes()))
     return HostTxn(host.host, compares, writes, allocation, after)

@@ -163,6 +163,32 @@ def test_drain_eviction_requeues_always_and_deletes_never(etcd_endpoint: str, ro
     run(main())
 
 
+def test_a_vm_deleted_while_evicted_is_removed_not_queued_again(etcd_endpoint: str, root: str) -> None:
+    """The agent destroyed an evicting VM; the VM's deletion was requested before the
+    agent's removal landed. The removal goes by the binding as it is now: the VM goes
+    (it was queued again with its old, undeleted spec, and would have run again)."""
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            agent = AgentStore(client, keys)
+            vm = make_spec("vm")
+            await bind_all(vms, sched, "h1", [vm])
+            await HostEvictor(lifecycle, vms).evict("h1", dead=False)
+            (seen,), _ = await agent.list_bindings(["h1"])
+            assert seen.binding.evicting  # the agent destroys it for this
+            await vms.request_delete(vm.ref)
+            assert await agent.remove_destroyed("h1", [seen])
+            assert (await sched.list_queue(vm.shard))[0] == []
+            with pytest.raises(NotFound):
+                await vms.get(vm.ref)
+            after = await lifecycle.host_bindings("h1")
+            assert after.bound == [] and after.allocation == HostAllocation()
+
+    run(main())
+
+
 def test_a_move_compares_every_binding_it_read(etcd_endpoint: str, root: str) -> None:
     """A deletion marked after the read makes the move write nothing (the VM can
     be neither lost nor queued while being deleted)."""
