@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.etcd.ops import Compare
@@ -143,7 +143,7 @@ class LifecycleStore:
         for vm in vms:
             key = k.binding(host, vm.ref)
             compares.append(ops.mod_revision_is(key, vm.mod_revision))
-            marked = Binding(vm.binding.spec, vm.binding.host, vm.binding.zone, reason, message)
+            marked = replace(vm.binding, evict_reason=reason, evict_message=message)
             success.append(ops.put(key, marked.to_bytes()))
         return (await self._etcd.txn(compares, success)).succeeded
 
