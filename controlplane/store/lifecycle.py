@@ -8,9 +8,9 @@ allocation, puts the VM back in its shard's queue (PENDING with the reason; see
 AgentStore.remove_destroyed). A dead host's agent will do nothing, so its VMs are
 moved at once: one transaction per batch that compares the host's allocation and
 each binding's mod_revision, deletes the bindings, shrinks the allocation, queues
-the VMs and sets them PENDING. Either way a VM is never bound twice (the binding
-goes in the txn that queues it; the next bind deletes the queue entry) and never
-lost (no step removes a VM without putting it back or releasing it). A
+the VMs and sets them PENDING (built by ``bindings.unbind``, as the agent's is).
+Either way a VM is never bound twice (the binding goes in the txn that queues it;
+the next bind deletes the queue entry) and never lost (no step removes a VM without putting it back or releasing it). A
 NEVER-restart VM is deleted instead, through the normal deletion path (quota
 released, binding marked); on a dead host, deleting VMs are then removed outright.
 
