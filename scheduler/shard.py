@@ -248,8 +248,6 @@ class ShardScheduler:
             if committed is None:  # placed on in this batch, with no await since
                 raise KeyError(host)
             allocation = HostAllocation(committed.allocated, committed.vm_count, committed.groups)
-            for vm in vms:
-                allocation = allocation.plus(vm.spec.resources, group=vm.spec.host_group)
             zone = zone_of_host.get(host, "")
             # The counts as committed (what etcd holds), never with the batch's assumptions.
             zone_counts = {(zone, g): ZoneCount(*counts.committed(zone, g))
@@ -266,11 +264,12 @@ class ShardScheduler:
             self._forget_all(binds)
             raise ShardLost(f"shard {self.shard} was taken over")
         lost: list[HostBind] = []
-        for bind, ok in zip(binds, result.committed, strict=True):
+        for i, (bind, ok) in enumerate(zip(binds, result.committed, strict=True)):
             self._forget(bind)
             if ok:
-                self._hosts.confirm(bind.host, bind.allocation, result.revision)
-                self._confirm_zones(bind, result.revision)
+                self._hosts.confirm(bind.host, result.allocations[i], result.revision)
+                for (zone, group), n in result.zone_counts[i].items():
+                    self._zones.confirm(zone, group, n, result.revision, result.revision)
                 metrics.BINDS.inc(len(bind.vms))
                 for vm in bind.vms:
                     self._drop(vm.spec.ref)
@@ -300,16 +299,6 @@ class ShardScheduler:
         for vm in bind.vms:
             self._hosts.view.forget(bind.host, vm.spec.resources, group=vm.spec.host_group)
             self._zones.counts.forget(bind.zone, vm.spec.zone_group)
-
-    def _confirm_zones(self, bind: HostBind, revision: int) -> None:
-        """Take the zone counts a committed bind wrote into the view (at ``revision``)."""
-        added: dict[ZoneGroupId, int] = defaultdict(int)
-        for vm in bind.vms:
-            if bind.zone and vm.spec.zone_group:
-                added[(bind.zone, vm.spec.zone_group)] += 1
-        for (zone, group), n in added.items():
-            self._zones.confirm(zone, group, bind.zone_counts.get((zone, group), ZoneCount()).vms + n, revision,
-                                revision)
 
     async def _refresh(self, lost: list[HostBind]) -> None:
         """After lost races: read the hosts' allocations and the VMs' queue entries

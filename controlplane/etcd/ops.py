@@ -45,6 +45,12 @@ def create_revision_is(key: bytes, revision: int) -> pb.Compare:
     return _cmp(key, pb.Compare.CREATE, pb.Compare.EQUAL, create_revision=revision)
 
 
+def version_is(key: bytes, version: int) -> pb.Compare:
+    """True when ``key`` has been written exactly ``version`` times since it was created
+    (1: never changed since; 0: absent)."""
+    return _cmp(key, pb.Compare.VERSION, pb.Compare.EQUAL, version=version)
+
+
 def absent(key: bytes) -> pb.Compare:
     """True when ``key`` does not exist."""
     return create_revision_is(key, 0)

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from controlplane.etcd import EtcdClient, ops
-from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmState, VmStatus, now_ns
+from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmStatus, now_ns
+from controlplane.store import bindings
+from controlplane.store.bindings import HostRead
 from controlplane.store.keys import Keys
-from controlplane.store.tombstones import DELETED, MOVED, Tombstones
-from controlplane.store.zones import ZoneGroupId, ZoneStore, add_delta, counted_changes
+from controlplane.store.tombstones import Tombstones
+from controlplane.store.zones import ZoneStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,58 +105,47 @@ class AgentStore:
         return [response.response_txn.succeeded for response in await self._etcd.txn_chunked(nested)]
 
     def max_removals_per_txn(self) -> int:
-        """How many VMs one remove_destroyed call may take (each costs 5 txn ops)."""
-        return max(1, (self._etcd.max_txn_ops - 1) // 5)
+        """How many VMs one remove_destroyed call may take (measured on what
+        ``bindings.unbind`` builds)."""
+        return bindings.unbinds_per_txn(self._etcd.max_txn_ops)
 
     async def remove_destroyed(self, host: str, vms: Sequence[BoundVm]) -> bool:
-        """Remove VMs that the host has destroyed: their spec, status and binding
-        go (an evicted VM's spec stays: it goes back to its shard's queue, PENDING),
-        and the host's allocation shrinks (and the zone group count of each
-        zone-scoped VM), and each VM's tombstone is written (controlplane/store/tombstones.py),
-        in one txn (request records stay until their lease
-        expires, so a late retry cannot make a second VM).
+        """Unbind VMs that the host has destroyed (``bindings.unbind``), in one txn:
+        their binding goes and the host's allocation shrinks (and the zone group
+        count of each zone-scoped VM); an evicted VM goes back to its shard's queue,
+        PENDING, any other is removed with its spec and status (request records stay
+        until their lease expires, so a late retry cannot make a second VM).
 
-        Compare-and-swap on the allocation and those counts; returns False on a
-        conflict (the caller retries). VMs whose binding changed incarnation (or is already
-        gone, e.g. a retry of a removal that applied) are skipped, so a retry
+        Each VM is unbound as its binding is now (read with the allocation and the
+        counts, in one round trip), so a VM deleted after its eviction began is
+        removed, not queued again. Compare-and-swap on all of those; returns False on
+        a conflict (the caller retries). VMs whose binding changed incarnation (or is
+        already gone, e.g. a retry of a removal that applied) are skipped, so a retry
         neither shrinks the allocation twice nor fails forever.
         """
         k = self._keys
-        alloc_key = k.host_alloc(host)
-        # Read the allocation and the bindings at one revision.
-        read = await self._etcd.txn([], [ops.get(alloc_key)] + [ops.get(k.binding(host, vm.ref)) for vm in vms])
+        zones = ZoneStore(self._etcd, k)
+        zone_ids = sorted(bindings.unbind_zone_ids(vm.binding for vm in vms))
+        # Allocation, bindings and counts at one revision.
+        read = await self._etcd.txn([], [ops.get(k.host_alloc(host)), *(ops.get(k.binding(host, vm.ref)) for vm in vms),
+                                         *zones.read_ops(zone_ids)])
         alloc_kvs = read.kvs(0)
         allocation = HostAllocation.from_bytes(alloc_kvs[0].value) if alloc_kvs else HostAllocation()
-        alloc_revision = alloc_kvs[0].mod_revision if alloc_kvs else 0
-        current = [vm for i, vm in enumerate(vms)
-                   if [kv.create_revision for kv in read.kvs(i + 1)] == [vm.create_revision]]
-        if not current:
+        unbinds = []
+        for i, vm in enumerate(vms):
+            kvs = read.kvs(i + 1)
+            if [kv.create_revision for kv in kvs] != [vm.create_revision]:
+                continue
+            now = vm.binding if kvs[0].mod_revision == vm.mod_revision else Binding.from_bytes(kvs[0].value)
+            # Drained: destroyed here, so back to its shard's queue, to run elsewhere.
+            unbinds.append(bindings.Unbind(now, kvs[0].mod_revision, now.evicting, now.evict_reason,
+                                           now.evict_message))
+        if not unbinds:
             return True
-        # Zone-scoped VMs: their bindings name the zone they are counted in.
-        deltas: dict[ZoneGroupId, int] = {}
-        for vm in current:
-            add_delta(deltas, vm.binding.zone, vm.binding.spec.zone_group, -1)
-        zones = ZoneStore(self._etcd, k)
-        counts, _ = await zones.read(deltas)
-        zone_compares, zone_writes = counted_changes(k, counts, deltas)
-        compares = [ops.mod_revision_is(alloc_key, alloc_revision), *zone_compares]
-        success = list(zone_writes)
-        for vm in current:
-            spec = vm.binding.spec
-            ref = spec.ref
-            compares.append(ops.create_revision_is(k.binding(host, ref), vm.create_revision))
-            allocation = allocation.minus(spec.resources, group=spec.host_group)
-            if vm.binding.evicting:
-                # Drained: destroyed here, so back to its shard's queue, to run elsewhere.
-                status = VmStatus(VmState.PENDING, reason=vm.binding.evict_reason, message=vm.binding.evict_message,
-                                  update_time_ns=now_ns(), accepted_time_ns=spec.create_time_ns)
-                success += [ops.put(k.queue(spec.shard, ref), spec.to_bytes()),
-                            ops.put(k.vm_status(ref), status.to_bytes())]
-            else:
-                success += [ops.delete(k.vm_spec(ref)), ops.delete(k.vm_status(ref))]
-            success.append(ops.delete(k.binding(host, ref)))
-        success.append(ops.put(alloc_key, allocation.to_bytes()))
-        success += await self._tombstones.puts(host, [(vm.binding.spec, MOVED if vm.binding.evicting else DELETED)
-                                                      for vm in current])
-        result = await self._etcd.txn(compares, success)
-        return result.succeeded
+        counts = {zg: ZoneStore.parse(read.kvs(1 + len(vms) + i)) for i, zg in enumerate(zone_ids)}
+        missing = bindings.unbind_zone_ids(u.binding for u in unbinds) - counts.keys()
+        if missing:  # the binding changed since the caller saw it
+            counts.update((await zones.read(missing))[0])
+        change = bindings.unbind(k, HostRead(host, allocation, alloc_kvs[0].mod_revision if alloc_kvs else 0), unbinds,
+                                 zone_counts=counts, at=now_ns(), tombstone_lease=await self._tombstones.lease())
+        return (await self._etcd.txn(change.compares, change.writes)).succeeded

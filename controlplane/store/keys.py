@@ -6,8 +6,11 @@ independent systems (or tests) share one etcd.
     vms/{tenant}/{project}/{vm}/spec      VmSpec      frontends
     vms/{tenant}/{project}/{vm}/status    VmStatus    scheduler (bind), then the host's agent
     queue/{shard}/{tenant}/{project}/{vm} VmSpec      frontends create, scheduler deletes at bind
-    bindings/{host}/{tenant}/{project}/{vm} Binding   scheduler creates, frontends mark deletion,
-                                                      agent deletes when the VM is gone
+    bindings/{host}/{tenant}/{project}/{vm} Binding   scheduler creates, agent or host lifecycle deletes
+                                                      (bindings.py); a drain marks it evicting
+    A VM's spec is copied into its queue entry or its binding (their readers place and
+    reconcile from them); after create, only VmStore.update_spec changes the spec, and it
+    rewrites the copy in the same txn.
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present

@@ -8,9 +8,9 @@ allocation, puts the VM back in its shard's queue (PENDING with the reason; see
 AgentStore.remove_destroyed). A dead host's agent will do nothing, so its VMs are
 moved at once: one transaction per batch that compares the host's allocation and
 each binding's mod_revision, deletes the bindings, shrinks the allocation, queues
-the VMs and sets them PENDING. Either way a VM is never bound twice (the binding
-goes in the txn that queues it; the next bind deletes the queue entry) and never
-lost (no step removes a VM without putting it back or releasing it). A
+the VMs and sets them PENDING (built by ``bindings.unbind``, as the agent's is).
+Either way a VM is never bound twice (the binding goes in the txn that queues it;
+the next bind deletes the queue entry) and never lost (no step removes a VM without putting it back or releasing it). A
 NEVER-restart VM is deleted instead, through the normal deletion path (quota
 released, binding marked); on a dead host, deleting VMs are then removed outright.
 
@@ -25,17 +25,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.etcd.ops import Compare
-from controlplane.models import Binding, HostAllocation, RestartPolicy, VmState, VmStatus, now_ns
+from controlplane.models import Binding, HostAllocation, RestartPolicy, now_ns
+from controlplane.store import bindings
+from controlplane.store.bindings import HostRead
 from controlplane.store.errors import Conflict, NotFound
 from controlplane.store.hostagent import BoundVm
 from controlplane.store.keys import Keys
-from controlplane.store.tombstones import DELETED, MOVED, Tombstones
+from controlplane.store.tombstones import Tombstones
 from controlplane.store.vms import VmStore
-from controlplane.store.zones import ZoneGroupId, ZoneStore, add_delta, counted_changes
+from controlplane.store.zones import ZoneStore
 
 log = logging.getLogger(__name__)
 
@@ -112,52 +114,28 @@ class LifecycleStore:
         return HostBindings(bound, allocation, alloc_kvs[0].mod_revision if alloc_kvs else 0, result.revision)
 
     def max_moves_per_txn(self) -> int:
-        """VMs one ``move_off`` may take (each costs 4 ops, its tombstone one of them, and
-        1 compare, plus at most one zone group count write and compare)."""
-        return max(1, (self._etcd.max_txn_ops - 2) // 5)
+        """VMs one ``move_off`` may take (measured on what ``bindings.unbind`` builds,
+        with room for a fence and a guard compare)."""
+        return bindings.unbinds_per_txn(self._etcd.max_txn_ops, guards=2)
 
     async def move_off(self, host: str, read: HostBindings, requeue: Sequence[BoundVm], remove: Sequence[BoundVm],
                        *, reason: str, message: str, fence: Compare | None = None,
                        guard: Sequence[Compare] = ()) -> bool:
-        """In one txn: each VM of ``requeue`` leaves the host for its shard's queue
-        (status PENDING, ``reason``), each of ``remove`` is removed (spec, status,
-        binding), and the allocation shrinks by all of them, as do the zone group
-        counts of the zone-scoped ones; each VM gets its tombstone (the host may still
-        run it: its agent destroys it by that proof when it comes back). Compare-and-swap on the allocation and
-        every binding as ``read`` and on those counts; returns False (nothing
+        """In one txn (``bindings.unbind``): each VM of ``requeue`` leaves the host for
+        its shard's queue (status PENDING, ``reason``), each of ``remove`` is removed
+        (spec, status, binding), and the allocation shrinks by all of them, as do the
+        zone group counts of the zone-scoped ones. Compare-and-swap on the allocation
+        and every binding as ``read`` and on those counts; returns False (nothing
         written) when any changed, or when ``fence`` does not hold."""
-        k = self._keys
-        alloc_key = k.host_alloc(host)
-        deltas: dict[ZoneGroupId, int] = {}
-        for vm in (*requeue, *remove):
-            add_delta(deltas, vm.binding.zone, vm.binding.spec.zone_group, -1)
-        counts, _ = await ZoneStore(self._etcd, k).read(deltas)
-        zone_compares, success = counted_changes(k, counts, deltas)
-        compares = [ops.mod_revision_is(alloc_key, read.alloc_revision), *zone_compares, *guard] \
-            + ([fence] if fence is not None else [])
-        allocation = read.allocation
-        at = now_ns()
-        for vm in requeue:
-            spec = vm.binding.spec
-            binding_key = k.binding(host, spec.ref)
-            compares.append(ops.mod_revision_is(binding_key, vm.mod_revision))
-            allocation = allocation.minus(spec.resources, group=spec.host_group)
-            status = VmStatus(VmState.PENDING, reason=reason, message=message, update_time_ns=at,
-                              accepted_time_ns=spec.create_time_ns)
-            success += [ops.delete(binding_key), ops.put(k.queue(spec.shard, spec.ref), spec.to_bytes()),
-                        ops.put(k.vm_status(spec.ref), status.to_bytes())]
-        for vm in remove:
-            spec = vm.binding.spec
-            binding_key = k.binding(host, spec.ref)
-            compares.append(ops.mod_revision_is(binding_key, vm.mod_revision))
-            allocation = allocation.minus(spec.resources, group=spec.host_group)
-            success += [ops.delete(k.vm_spec(spec.ref)), ops.delete(k.vm_status(spec.ref)), ops.delete(binding_key)]
         if not requeue and not remove:
             return True
-        success.append(ops.put(alloc_key, allocation.to_bytes()))
-        success += await self._tombstones.puts(host, [(vm.binding.spec, MOVED) for vm in requeue]
-                                               + [(vm.binding.spec, DELETED) for vm in remove])
-        return (await self._etcd.txn(compares, success)).succeeded
+        unbinds = [bindings.Unbind(vm.binding, vm.mod_revision, True, reason, message) for vm in requeue]
+        unbinds += [bindings.Unbind(vm.binding, vm.mod_revision, False) for vm in remove]
+        counts, _ = await ZoneStore(self._etcd, self._keys).read(bindings.unbind_zone_ids(u.binding for u in unbinds))
+        change = bindings.unbind(self._keys, HostRead(host, read.allocation, read.alloc_revision), unbinds,
+                                 zone_counts=counts, at=now_ns(), tombstone_lease=await self._tombstones.lease(),
+                                 guard=[*guard, *([fence] if fence is not None else [])])
+        return (await self._etcd.txn(change.compares, change.writes)).succeeded
 
     async def mark_evicting(self, host: str, vms: Sequence[BoundVm], *, reason: str, message: str) -> bool:
         """Mark bindings of a live host evicting (its agent destroys those VMs, then
@@ -168,7 +146,7 @@ class LifecycleStore:
         for vm in vms:
             key = k.binding(host, vm.ref)
             compares.append(ops.mod_revision_is(key, vm.mod_revision))
-            marked = Binding(vm.binding.spec, vm.binding.host, vm.binding.zone, reason, message)
+            marked = replace(vm.binding, evict_reason=reason, evict_message=message)
             success.append(ops.put(key, marked.to_bytes()))
         return (await self._etcd.txn(compares, success)).succeeded
 

@@ -30,17 +30,17 @@ from controlplane.models import (
     HostRegistration,
     VmRef,
     VmSpec,
-    VmState,
-    VmStatus,
     now_ns,
     zone_of,
 )
+from controlplane.store import bindings
+from controlplane.store.bindings import HostRead
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, StoreError
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import Charge, GuardFailed, UsageLedger
 from controlplane.store.tombstones import DESTROYED, Tombstones
 from controlplane.store.vms import VmRecord
-from controlplane.store.zones import ZoneGroupId, ZoneStore, add_delta, counted_changes
+from controlplane.store.zones import ZoneStore
 from controlplane.tenancy import Usage
 
 log = logging.getLogger(__name__)
@@ -226,24 +226,17 @@ class OrphanStore:
             alloc_kvs, reg_kvs = read.kvs(0), read.kvs(2)
             allocation = HostAllocation.from_bytes(alloc_kvs[0].value) if alloc_kvs else HostAllocation()
             zone = zone_of(HostRegistration.from_bytes(reg_kvs[0].value).labels) if reg_kvs else ""
-            zone = zone if spec.zone_group else ""
-            deltas: dict[ZoneGroupId, int] = {}
-            add_delta(deltas, zone, spec.zone_group, 1)
-            counts, _ = await ZoneStore(self._etcd, k).read(deltas)
-            zone_compares, zone_writes = counted_changes(k, counts, deltas)
+            counts, _ = await ZoneStore(self._etcd, k).read(bindings.bind_zone_ids(zone, [spec]))
             at = now_ns()
-            status = VmStatus(VmState.SCHEDULED, host=host, update_time_ns=at, accepted_time_ns=at)
+            bound = bindings.bind(k, HostRead(host, allocation, alloc_kvs[0].mod_revision if alloc_kvs else 0),
+                                  [(spec, 0)], zone=zone, zone_counts=counts, at=at, adopting=True)
             vm_range = ops.get(k.vm_prefix(spec.ref), prefix_end(k.vm_prefix(spec.ref)))
             charge = Charge(
                 Usage.of_vm(spec.resources),
                 compares=[ops.mod_revision_is(k.orphan(host, uid), orphan.revision), ops.absent(k.vm_spec(spec.ref)),
-                          ops.mod_revision_is(k.host_alloc(host), alloc_kvs[0].mod_revision if alloc_kvs else 0),
-                          ops.absent(k.host_dead(host)), *zone_compares],
-                writes=[ops.put(k.vm_spec(spec.ref), spec.to_bytes()),
-                        ops.put(k.vm_status(spec.ref), status.to_bytes()),
-                        ops.put(k.binding(host, spec.ref), Binding(spec, host, zone).to_bytes()),
-                        ops.put(k.host_alloc(host), allocation.plus(spec.resources, group=spec.host_group).to_bytes()),
-                        ops.delete(k.orphan(host, uid)), *zone_writes],
+                          *bound.compares],
+                writes=[ops.put(k.vm_spec(spec.ref), spec.to_bytes()), ops.delete(k.orphan(host, uid)),
+                        *bound.writes],
                 reads=[vm_range],
                 exclusive=(k.vm_prefix(spec.ref),),
             )
@@ -256,5 +249,5 @@ class OrphanStore:
                     raise AlreadyExists(spec.ref.name) from None
                 continue  # the record, the allocation or a count changed: read again
             log.info("orphan VM adopted", extra={"host": host, "uid": uid, "vm": spec.ref.name})
-            return VmRecord(spec, status, revision, revision)
+            return VmRecord(spec, bindings.bound_status(spec, host, at), revision, revision)
         raise Conflict(f"adoption of orphan {uid} on {host} kept conflicting; retry")

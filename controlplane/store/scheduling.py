@@ -4,7 +4,8 @@ binds that move VMs from the queue onto hosts.
 A bind is compare-and-swap on everything it read: the shard's ownership
 (fencing), each host's allocation revision (and that it is not declared dead),
 each queued VM's queue entry, and the zone group counts (``zones.py``) that
-zone-scoped VMs change or zone-affine VMs rely on.
+zone-scoped VMs change or zone-affine VMs rely on; what it compares and writes
+is built by ``bindings.py``.
 Binds are batched: one etcd round trip carries one nested txn per host, so a
 conflict on one host fails only that host's binds.
 """
@@ -16,9 +17,11 @@ from dataclasses import dataclass, field
 
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.etcd.ops import Compare
-from controlplane.models import Binding, HostAllocation, VmRef, VmSpec, VmState, VmStatus, now_ns
+from controlplane.models import HostAllocation, VmRef, VmSpec, VmState, VmStatus, now_ns
+from controlplane.store import bindings
+from controlplane.store.bindings import HostRead
 from controlplane.store.keys import Keys
-from controlplane.store.zones import ZoneCount, ZoneGroupId, ZoneStore, add_delta, counted_changes
+from controlplane.store.zones import ZoneCount, ZoneGroupId, ZoneStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +42,11 @@ class QueueChange:
 
 @dataclass(frozen=True, slots=True)
 class HostBind:
-    """Binds onto one host, all or none: the VMs and the allocation they make."""
+    """Binds onto one host, all or none: the VMs and the allocation they start from."""
 
     host: str
     alloc_revision: int  # the allocation key's mod_revision the placement was based on
-    allocation: HostAllocation  # the allocation after these binds
+    committed: HostAllocation  # the allocation as of alloc_revision (the bind adds the VMs)
     vms: Sequence[QueuedVm]
     zone: str = ""  # the host's zone as placement saw it
     # Zone group counts as placement read them: those the VMs' zone_group and
@@ -52,9 +55,7 @@ class HostBind:
 
     def zone_ids(self) -> set[ZoneGroupId]:
         """The zone group counts this bind compares."""
-        if not self.zone:
-            return set()
-        return {(self.zone, g) for vm in self.vms for g in (vm.spec.zone_group, vm.spec.zone_affinity_group) if g}
+        return bindings.bind_zone_ids(self.zone, (vm.spec for vm in self.vms))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,8 @@ class BindResult:
     fenced: bool  # False: the shard is no longer ours; nothing was written
     committed: list[bool]  # per HostBind
     revision: int
+    allocations: list[HostAllocation] = field(default_factory=list)  # per HostBind: its host's, if it committed
+    zone_counts: list[dict[ZoneGroupId, int]] = field(default_factory=list)  # per HostBind: counts it wrote
 
 
 class SchedulingStore:
@@ -90,57 +93,27 @@ class SchedulingStore:
             yield QueueChange(events, batch.revision)
 
     async def bind(self, fence: Compare | None, binds: Sequence[HostBind]) -> BindResult:
-        """Commit binds in one round trip; each HostBind commits or fails alone.
+        """Commit binds in one round trip; each HostBind commits or fails alone
+        (built by ``bindings.bind``).
 
         Not retried here: a failed HostBind means the caller's view was stale
         (another bind or an unbind on that host, or the VM left the queue).
         """
-        k = self._keys
         at = now_ns()
-        nested = []
-        for bind in binds:
-            # A host declared dead takes no binds, whatever a (lagging) host view says.
-            compares = [ops.mod_revision_is(k.host_alloc(bind.host), bind.alloc_revision),
-                        ops.absent(k.host_dead(bind.host)), ops.absent(k.host_maintenance(bind.host))]
-            success = [ops.put(k.host_alloc(bind.host), bind.allocation.to_bytes())]
-            deltas: dict[ZoneGroupId, int] = {}
-            for vm in bind.vms:
-                add_delta(deltas, bind.zone, vm.spec.zone_group, 1)
-            for zg in bind.zone_ids():
-                deltas.setdefault(zg, 0)
-            zone_compares, zone_writes = counted_changes(k, bind.zone_counts, deltas)
-            # Affinity only reads a count (delta 0): compare it unchanged, write nothing.
-            zone_compares += [ops.mod_revision_is(k.zone_group(*zg), bind.zone_counts.get(zg, ZoneCount()).revision)
-                              for zg, d in deltas.items() if d == 0]
-            compares += zone_compares
-            success += zone_writes
-            for vm in bind.vms:
-                spec = vm.spec
-                queue_key = k.queue(spec.shard, spec.ref)
-                compares.append(ops.mod_revision_is(queue_key, vm.queue_revision))
-                status = VmStatus(VmState.SCHEDULED, host=bind.host, update_time_ns=at,
-                                  accepted_time_ns=spec.create_time_ns)
-                success += [
-                    ops.delete(queue_key),
-                    ops.put(k.binding(bind.host, spec.ref),
-                            Binding(spec, bind.host, bind.zone if spec.zone_group else "").to_bytes()),
-                    ops.put(k.vm_status(spec.ref), status.to_bytes()),
-                ]
-            nested.append(ops.txn(compares, success))
-        result = await self._etcd.txn([fence] if fence is not None else [], nested)
+        built = [bindings.bind(self._keys, HostRead(b.host, b.committed, b.alloc_revision),
+                               [(vm.spec, vm.queue_revision) for vm in b.vms], zone=b.zone,
+                               zone_counts=b.zone_counts, at=at) for b in binds]
+        result = await self._etcd.txn([fence] if fence is not None else [], [t.nested() for t in built])
+        allocations, counts = [t.allocation for t in built], [t.zone_counts for t in built]
         if not result.succeeded:
-            return BindResult(False, [False] * len(binds), result.revision)
-        return BindResult(True, [result.nested(i).succeeded for i in range(len(binds))], result.revision)
+            return BindResult(False, [False] * len(binds), result.revision, allocations, counts)
+        return BindResult(True, [result.nested(i).succeeded for i in range(len(binds))], result.revision,
+                          allocations, counts)
 
     def bind_limits(self) -> tuple[int, int]:
         """(host groups, VMs per host group) that one ``bind`` call may carry within
-        the server's max_txn_ops. Each host group is a nested txn; etcd counts the
-        parent's ops and a nested txn's ops together (hosts + the largest group <=
-        the limit). A group has 3 compares and 1 put of its own, and per VM 3 ops
-        and 1 compare, plus at most one zone count write or compare."""
-        limit = self._etcd.max_txn_ops
-        per_host = max(1, (limit // 2 - 1) // 4)  # a group's ops: at most 1 + 4 per VM
-        return max(1, min(limit // 2, limit - 1 - 4 * per_host)), per_host
+        the server's max_txn_ops (measured on what ``bindings.bind`` builds)."""
+        return bindings.bind_limits(self._etcd.max_txn_ops)
 
     async def read_current(self, hosts: Sequence[str], vms: Sequence[QueuedVm]
                            ) -> tuple[dict[str, tuple[HostAllocation, int]], dict[VmRef, QueuedVm | None]]:

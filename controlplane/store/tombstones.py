@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from controlplane.etcd import EtcdClient, ops
+from controlplane.etcd.ops import RequestOp
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import VmSpec, now_ns
 from controlplane.store.keys import Keys
@@ -37,6 +38,13 @@ MOVED = "moved"
 DESTROYED = "destroyed"
 
 HostUid = tuple[str, str]
+
+
+def tombstone_put(keys: Keys, host: str, uid: str, vm: str, reason: str, *, lease: int, at: int) -> RequestOp:
+    """Pure: the put of the tombstone that proves ``uid`` (named ``vm``) left ``host``
+    for ``reason``, under the retention ``lease``."""
+    return ops.put(keys.tombstone(host, uid), rec.Tombstone(reason=reason, vm=vm, time_ns=at).SerializeToString(),
+                   lease=lease)
 
 
 class Tombstones:
@@ -57,15 +65,17 @@ class Tombstones:
             return []
         lease = await self._leases.current()
         at = now_ns()
-        return [ops.put(self._keys.tombstone(host, spec.uid),
-                        rec.Tombstone(reason=reason, vm=spec.ref.name, time_ns=at).SerializeToString(), lease=lease)
+        return [tombstone_put(self._keys, host, spec.uid, spec.ref.name, reason, lease=lease, at=at)
                 for spec, reason in items]
 
     async def put_ops(self, host: str, uid: str, vm: str, reason: str) -> list:
         """A put for a VM known only by uid and name (an orphan)."""
-        lease = await self._leases.current()
-        return [ops.put(self._keys.tombstone(host, uid),
-                        rec.Tombstone(reason=reason, vm=vm, time_ns=now_ns()).SerializeToString(), lease=lease)]
+        return [tombstone_put(self._keys, host, uid, vm, reason, lease=await self.lease(), at=now_ns())]
+
+    async def lease(self) -> int:
+        """The retention lease tombstones are put under now (granted lazily, then cached
+        for its window)."""
+        return await self._leases.current()
 
     async def present(self, pairs: Sequence[HostUid]) -> dict[HostUid, str]:
         """The tombstones of ``pairs`` that exist now: (host, uid) → reason. One round

@@ -9,11 +9,12 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controlplane.etcd import EtcdClient, KeyValue, WatchEvent, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
+from controlplane.store import bindings
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, QuotaExceeded, UsageLedger
@@ -54,15 +55,24 @@ class VmRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Deletion:
-    """Outcome of a delete request: the VM as it is after it (DELETING), whether
-    it was removed at once (it was still pending), the revision, and whether this
-    request wrote anything (False: the VM was being deleted already)."""
+class SpecUpdate:
+    """Outcome of a spec change: the VM as it is after it, whether it was removed at
+    once (deleted while still pending), the revision, and whether this change wrote
+    anything (False: the spec was as wanted already)."""
 
     record: VmRecord
     removed: bool
     revision: int
     changed: bool = True
+
+
+#: What a delete request returns.
+Deletion = SpecUpdate
+
+
+def held(spec: VmSpec) -> Usage:
+    """What a VM holds of its project's quota: its resources, until it is being deleted."""
+    return Usage() if spec.deleting else Usage.of_vm(spec.resources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,64 +250,99 @@ class VmStore:
         more = result.more or i < len(kvs)
         return records, (last if more else None), result.revision
 
-    # --- delete ------------------------------------------------------------------------
+    # --- change ------------------------------------------------------------------------
+
+    async def update_spec(self, ref: VmRef, change: Callable[[VmSpec], VmSpec], *, etag: str = "",
+                          guard: Sequence = (), also: Sequence = ()) -> SpecUpdate:
+        """Change a VM's desired state: the one path every change after create takes.
+
+        ``change`` (pure, may be called more than once) maps the spec as stored to the
+        wanted one; returning it unchanged writes nothing (``changed`` False). Every
+        copy of the spec is rewritten with it in one transaction, compared against
+        what was read: the spec key, and the queue entry of a pending VM or the binding
+        of a bound one (the scheduler places, and an agent reconciles, from those
+        copies). The project's quota moves by what the VM holds before and after
+        (``held``), in the same transaction, with the puts ``also`` (keys no other
+        change writes, e.g. an audit record). A change that marks a pending VM deleted
+        removes it at once (``removed``): nobody holds it to destroy it.
+
+        Raises NotFound; Conflict when ``etag`` does not match or the VM or a
+        ``guard`` compare (the caller's own, e.g. a fence) keeps changing under it;
+        QuotaExceeded when the change grows the VM beyond its project's quota;
+        ValueError when ``change`` alters the VM's identity or shard, or what a bound
+        VM holds on its host (that is a move: ``bindings.py``).
+        """
+        k = self._keys
+        spec_key, prefix = k.vm_spec(ref), k.vm_prefix(ref)
+        vm_range = ops.get(prefix, prefix_end(prefix))
+        record = await self.get(ref)
+        binding_kv: KeyValue | None = None  # the VM's binding as last read, if it was
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            if etag and etag != record.etag:
+                raise Conflict(f"etag {etag} does not match {record.etag}")
+            was = record.spec
+            spec = change(was)
+            if spec == was:
+                return SpecUpdate(record, False, record.resource_version, changed=False)
+            if (spec.ref, spec.uid, spec.shard) != (was.ref, was.uid, was.shard):
+                raise ValueError(f"a spec change may not change the identity or shard of {ref.name}")
+            compares = [ops.mod_revision_is(spec_key, record.spec_revision), *guard]
+            reads = [vm_range]
+            if record.status.state == VmState.PENDING:
+                queue_key = k.queue(was.shard, ref)
+                compares.append(ops.present(queue_key))
+                if spec.deleting:
+                    writes = [ops.delete(prefix, prefix_end(prefix)), ops.delete(queue_key)]
+                else:
+                    writes = [ops.put(spec_key, spec.to_bytes()), ops.put(queue_key, spec.to_bytes())]
+            else:
+                if not bindings.holds_same(was, spec):
+                    raise ValueError(f"{ref.name} is bound: its resources and groups stay while it is")
+                host = record.status.host
+                binding_key = k.binding(host, ref)
+                if (binding_kv is None or binding_kv.key != binding_key) and was.zone_group:
+                    # The binding names the zone the VM is counted in: read it.
+                    binding_kv = await self._etcd.get(binding_key)
+                    if binding_kv is None:
+                        record = await self.get(ref)  # moved off meanwhile
+                        continue
+                if binding_kv is not None and binding_kv.key == binding_key:
+                    placed = Binding.from_bytes(binding_kv.value)
+                    compares.append(ops.mod_revision_is(binding_key, binding_kv.mod_revision))
+                else:
+                    # A binding never written since its bind holds what the bind wrote
+                    # (the spec as stored: every change rewrites both): no need to read it.
+                    placed = bindings.as_bound(was, host, "")
+                    compares.append(ops.version_is(binding_key, 1))
+                writes = [ops.put(spec_key, spec.to_bytes()),
+                          ops.put(binding_key, replace(placed, spec=spec).to_bytes())]
+                reads.append(ops.get(binding_key))
+            charge = Charge(held(spec) - held(was), compares, [*writes, *also], reads, exclusive=(prefix,))
+            try:
+                revision = await self._ledger.apply(ref.tenant, ref.project, charge)
+            except GuardFailed as failed:
+                now = self._record_from(failed.kvs[0])
+                if now is None:
+                    raise NotFound(ref.name) from None
+                record = now
+                binding_kv = failed.kvs[1][0] if len(failed.kvs) > 1 and failed.kvs[1] else None
+                continue
+            if spec.deleting and record.status.state == VmState.PENDING:
+                return SpecUpdate(VmRecord(spec, record.status, record.spec_revision, record.status_revision), True,
+                                  revision)
+            return SpecUpdate(VmRecord(spec, record.status, revision, record.status_revision), False, revision)
+        raise Conflict(f"the change of {ref.name} kept conflicting; retry")
 
     async def request_delete(self, ref: VmRef, *, etag: str = "", guard: Sequence = (),
                              also: Sequence = ()) -> Deletion:
-        """Request deletion of a VM.
-
-        A pending VM is removed at once (``removed``). A bound VM is marked for
-        deletion in its spec and its binding, in one txn; its agent then
-        destroys it and removes it. Either way the VM's quota is released in the
-        same transaction, with the puts ``also`` (as in :meth:`create`).
-        Idempotent: a VM already being deleted is returned, nothing written
-        (``changed`` False). Raises NotFound, or Conflict when ``etag`` does not
-        match or a ``guard`` compare (the caller's own, e.g. a fence) keeps failing.
-        """
-        k = self._keys
-        guard = list(guard)
-        for _attempt in range(_MAX_CAS_ATTEMPTS):
-            record = await self.get(ref)
-            if etag and etag != record.etag:
-                raise Conflict(f"etag {etag} does not match {record.etag}")
-            if record.spec.deleting:
-                return Deletion(record, False, record.resource_version, changed=False)
-            spec = record.spec
-            spec_key = k.vm_spec(ref)
-            release = -Usage.of_vm(spec.resources)
-            if record.status.state == VmState.PENDING:
-                queue_key = k.queue(spec.shard, ref)
-                charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), ops.present(queue_key),
-                                          *guard],
-                                [ops.delete(k.vm_prefix(ref), prefix_end(k.vm_prefix(ref))), ops.delete(queue_key),
-                                 *also],
-                                exclusive=(k.vm_prefix(ref),))
-                try:
-                    revision = await self._ledger.apply(ref.tenant, ref.project, charge)
-                except GuardFailed:
-                    continue
-                gone = VmRecord(spec.marked_deleted(now_ns()), record.status, record.spec_revision,
-                                record.status_revision)
-                return Deletion(gone, True, revision)
-            marked = spec.marked_deleted(now_ns())
-            binding_key = k.binding(record.status.host, ref)
-            bound_guard, zone = ops.present(binding_key), ""
-            if spec.zone_group:
-                # The binding records the zone the VM is counted in; keep it for the removal.
-                kv = await self._etcd.get(binding_key)
-                if kv is None:
-                    continue  # moved off meanwhile: read the VM again
-                bound_guard, zone = ops.mod_revision_is(binding_key, kv.mod_revision), Binding.from_bytes(kv.value).zone
-            charge = Charge(release, [ops.mod_revision_is(spec_key, record.spec_revision), bound_guard, *guard],
-                            [ops.put(spec_key, marked.to_bytes()),
-                             ops.put(binding_key, Binding(marked, record.status.host, zone).to_bytes()), *also],
-                            exclusive=(k.vm_prefix(ref),))
-            try:
-                revision = await self._ledger.apply(ref.tenant, ref.project, charge)
-            except GuardFailed:
-                continue
-            return Deletion(VmRecord(marked, record.status, revision, record.status_revision), False, revision)
-        raise Conflict(f"deletion of {ref.name} kept conflicting; retry")
+        """Request deletion of a VM: its spec marked deleted through :meth:`update_spec`
+        (quota released in the same transaction). A pending VM is removed at once
+        (``removed``); a bound VM's agent destroys it, then removes it. Idempotent: a
+        VM already being deleted is returned, nothing written (``changed`` False).
+        Raises NotFound, or Conflict (see :meth:`update_spec`)."""
+        at = now_ns()
+        return await self.update_spec(ref, lambda spec: spec if spec.deleting else spec.marked_deleted(at),
+                                      etag=etag, guard=guard, also=also)
 
     # --- watch -------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ different shards or processes at once, cannot both commit; the scheduler learns 
 counts by watching ``zones/`` and placement filters on them.
 
 Writers: the scheduler (bind), the agent (removal of destroyed VMs), host lifecycle
-(moves off drained or dead hosts). ``counted_changes`` builds their compares and
-writes from counts read in the same round trip as whatever else they compare.
+(moves off drained or dead hosts), all through ``bindings.py``, whose builders call
+``counted_changes`` for the compares and writes of the counts they read.
 """
 
 from __future__ import annotations

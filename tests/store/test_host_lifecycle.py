@@ -143,11 +143,8 @@ async def bind_all(vms: VmStore, sched: SchedulingStore, host: str, specs: list[
     for spec in specs:
         await vms.create(spec)
     queued = {q.spec.ref: q for shard in {s.shard for s in specs} for q in (await sched.list_queue(shard))[0]}
-    allocation = HostAllocation()
-    for spec in specs:
-        allocation = allocation.plus(spec.resources, group=spec.host_group)
     current = await sched.read_current([host], [])
-    result = await sched.bind(None, [HostBind(host, current[0][host][1], allocation,
+    result = await sched.bind(None, [HostBind(host, current[0][host][1], current[0][host][0],
                                               [queued[s.ref] for s in specs])])
     assert result.committed == [True]
 
@@ -180,6 +177,32 @@ def test_drain_eviction_requeues_always_and_deletes_never(etcd_endpoint: str, ro
             after = await lifecycle.host_bindings("h1")
             assert [b.ref.vm_id for b in after.bound] == ["gone"]
             assert after.allocation == HostAllocation().plus(gone.resources)  # group "g" left with its VM
+
+    run(main())
+
+
+def test_a_vm_deleted_while_evicted_is_removed_not_queued_again(etcd_endpoint: str, root: str) -> None:
+    """The agent destroyed an evicting VM; the VM's deletion was requested before the
+    agent's removal landed. The removal goes by the binding as it is now: the VM goes
+    (it was queued again with its old, undeleted spec, and would have run again)."""
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            agent = AgentStore(client, keys)
+            vm = make_spec("vm")
+            await bind_all(vms, sched, "h1", [vm])
+            await HostEvictor(lifecycle, vms).evict("h1", dead=False)
+            (seen,), _ = await agent.list_bindings(["h1"])
+            assert seen.binding.evicting  # the agent destroys it for this
+            await vms.request_delete(vm.ref)
+            assert await agent.remove_destroyed("h1", [seen])
+            assert (await sched.list_queue(vm.shard))[0] == []
+            with pytest.raises(NotFound):
+                await vms.get(vm.ref)
+            after = await lifecycle.host_bindings("h1")
+            assert after.bound == [] and after.allocation == HostAllocation()
 
     run(main())
 
@@ -229,8 +252,7 @@ def test_dead_marker_is_set_once_blocks_binds_and_is_lifted_when_back_and_empty(
             spec = make_spec("late")
             await vms.create(spec)
             (queued,), _ = await sched.list_queue(spec.shard)
-            result = await sched.bind(None, [HostBind("h1", record.alloc_revision,
-                                                      HostAllocation().plus(spec.resources), [queued])])
+            result = await sched.bind(None, [HostBind("h1", record.alloc_revision, HostAllocation(), [queued])])
             assert result.committed == [False]
 
             # Lifted only once the host is registered again (and empty), and under the fence.

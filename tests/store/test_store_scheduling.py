@@ -78,7 +78,7 @@ def test_bind_moves_vm_from_queue_to_host(etcd_endpoint: str, root: str) -> None
             (queued,) = await queue_vms(vms, sched, spec)
             assert queued.spec == spec
             alloc = HostAllocation().plus(spec.resources)
-            result = await sched.bind(None, [HostBind("h1", 0, alloc, [queued])])
+            result = await sched.bind(None, [HostBind("h1", 0, HostAllocation(), [queued])])
             assert result.fenced and result.committed == [True]
 
             assert await client.get(keys.queue(spec.shard, spec.ref)) is None
@@ -94,7 +94,7 @@ def test_bind_moves_vm_from_queue_to_host(etcd_endpoint: str, root: str) -> None
             assert allocs["h-none"] == (HostAllocation(), 0)
 
             # The same bind again is stale on every compare: it changes nothing.
-            again = await sched.bind(None, [HostBind("h1", 0, alloc, [queued])])
+            again = await sched.bind(None, [HostBind("h1", 0, HostAllocation(), [queued])])
             assert again.fenced and again.committed == [False]
             assert again.revision == result.revision
 
@@ -113,8 +113,8 @@ def test_stale_host_fails_alone_in_a_batched_bind(etcd_endpoint: str, root: str)
             await client.put(keys.host_alloc("h1"), HostAllocation(Resources(2, 2048, 20), 2).to_bytes())
 
             result = await sched.bind(None, [
-                HostBind("h1", seen, HostAllocation().plus(s1.resources), [q1]),
-                HostBind("h2", 0, HostAllocation().plus(s2.resources), [q2]),
+                HostBind("h1", seen, HostAllocation(), [q1]),
+                HostBind("h2", 0, HostAllocation(), [q2]),
             ])
             assert result.fenced and result.committed == [False, True]
 
@@ -146,7 +146,7 @@ def test_bind_with_a_lost_fence_writes_nothing(etcd_endpoint: str, root: str) ->
             assert lock.create_revision > 0
 
             # While owned, the fence lets a bind through.
-            ok = await sched.bind(lock.fence(), [HostBind("h1", 0, HostAllocation().plus(s1.resources), [q1])])
+            ok = await sched.bind(lock.fence(), [HostBind("h1", 0, HostAllocation(), [q1])])
             assert ok.fenced and ok.committed == [True]
 
             fence = lock.fence()
@@ -155,7 +155,7 @@ def test_bind_with_a_lost_fence_writes_nothing(etcd_endpoint: str, root: str) ->
             before = await vms.current_revision()
             alloc_h1 = (await sched.read_current(["h1", "h2"], []))[0]
             lost = await sched.bind(fence, [
-                HostBind("h1", alloc_h1["h1"][1], alloc_h1["h1"][0].plus(s2.resources), [q2]),
+                HostBind("h1", alloc_h1["h1"][1], alloc_h1["h1"][0], [q2]),
             ])
             assert lost.fenced is False and lost.committed == [False]
             assert await vms.current_revision() == before
@@ -211,7 +211,7 @@ def test_shard_lock_waits_for_the_holders_lease(etcd_endpoint: str, root: str) -
 
 async def bind_all(vms: VmStore, sched: SchedulingStore, host: str, specs: list[VmSpec]) -> None:
     queued = await queue_vms(vms, sched, *specs)
-    result = await sched.bind(None, [HostBind(host, 0, total(specs), queued)])
+    result = await sched.bind(None, [HostBind(host, 0, HostAllocation(), queued)])
     assert result.committed == [True]
 
 

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import uuid
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,7 +32,9 @@ from controlplane.store.idempotency import fingerprint
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.retention import RetentionLeases
 from controlplane.store.scheduling import HostBind, SchedulingStore
+from controlplane.store.tenancy import TenancyStore
 from controlplane.store.vms import VmChange, VmRecord, VmStore
+from controlplane.tenancy import Usage
 from tests.conftest import make_projects
 
 SHARDS = 4
@@ -59,7 +62,7 @@ def make_spec(vm_id: str, *, request_id: str = "", labels: dict[str, str] | None
 async def bind(client: EtcdClient, keys: Keys, spec: VmSpec, host: str = "h1") -> int:
     sched = SchedulingStore(client, keys)
     queued = next(q for q in (await sched.list_queue(spec.shard))[0] if q.spec.ref == spec.ref)
-    result = await sched.bind(None, [HostBind(host, 0, HostAllocation().plus(spec.resources), [queued])])
+    result = await sched.bind(None, [HostBind(host, 0, HostAllocation(), [queued])])
     assert result.committed == [True]
     return result.revision
 
@@ -328,6 +331,111 @@ def test_delete_with_stale_etag_is_conflict(etcd_endpoint: str, root: str) -> No
             assert deleted.removed
             with pytest.raises(NotFound):
                 await store.get(record.ref)
+
+    run(main())
+
+
+# --- change: one path rewrites every copy of the spec ---------------------------------
+
+class CountingClient(EtcdClient):
+    """A real client that counts its round trips to etcd (reads and txns)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.round_trips = 0
+
+    async def range(self, *args, **kwargs):
+        self.round_trips += 1
+        return await super().range(*args, **kwargs)
+
+    async def txn(self, *args, **kwargs):
+        self.round_trips += 1
+        return await super().txn(*args, **kwargs)
+
+
+def relabel(**labels: str):
+    return lambda spec: replace(spec, labels={**spec.labels, **labels})
+
+
+def test_update_spec_rewrites_queue_entry_of_a_pending_vm(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            record, _ = await store.create(make_spec("vm-1", labels={"a": "1"}))
+            update = await store.update_spec(record.ref, relabel(b="2"), etag=record.etag)
+            assert update.changed and not update.removed
+            assert update.record.spec.labels == {"a": "1", "b": "2"} and update.record.spec_revision == update.revision
+            spec_kv = await client.get(keys.vm_spec(record.ref))
+            queue_kv = await client.get(keys.queue(record.spec.shard, record.ref))
+            assert spec_kv.mod_revision == queue_kv.mod_revision == update.revision  # one txn
+            assert VmSpec.from_bytes(queue_kv.value) == VmSpec.from_bytes(spec_kv.value) == update.record.spec
+            # As wanted already: nothing written.
+            again = await store.update_spec(record.ref, relabel(b="2"))
+            assert not again.changed and (await client.get(keys.vm_spec(record.ref))).mod_revision == update.revision
+            with pytest.raises(Conflict):
+                await store.update_spec(record.ref, relabel(c="3"), etag=record.etag)  # stale etag
+            with pytest.raises(ValueError):
+                await store.update_spec(record.ref, lambda spec: replace(spec, shard=spec.shard + 1))
+
+    run(main())
+
+
+def test_update_spec_charges_quota_for_what_the_vm_holds(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store, tenancy = VmStore(client, keys), TenancyStore(client, keys)
+            record, _ = await store.create(make_spec("vm-1"))
+            assert (await tenancy.usages(TENANT))[PROJECT] == Usage.of_vm(Resources(1, 1024, 10))
+            await store.update_spec(record.ref, lambda spec: replace(spec, resources=Resources(2, 2048, 20)))
+            assert (await tenancy.usages(TENANT))[PROJECT] == Usage.of_vm(Resources(2, 2048, 20))
+            assert (await store.get(record.ref)).spec.resources == Resources(2, 2048, 20)
+
+    run(main())
+
+
+def test_update_spec_rewrites_the_binding_and_keeps_its_placement(etcd_endpoint: str, root: str) -> None:
+    """A bound VM's binding is rewritten with the spec, keeping what placement and a
+    drain wrote into it (zone, eviction); what it holds on the host cannot change."""
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            plain, evicting = make_spec("vm-1"), make_spec("vm-2")
+            for spec in (plain, evicting):
+                await store.create(spec)
+                await bind(client, keys, spec, "h1" if spec is plain else "h2")
+            marked = Binding(evicting, "h2", "", "HostDrained", "drained")
+            await client.put(keys.binding("h2", evicting.ref), marked.to_bytes())
+
+            for spec, host, before in ((plain, "h1", Binding(plain, "h1")), (evicting, "h2", marked)):
+                update = await store.update_spec(spec.ref, relabel(tier="gold"))
+                binding_kv = await client.get(keys.binding(host, spec.ref))
+                assert binding_kv.mod_revision == update.revision == update.record.spec_revision
+                assert Binding.from_bytes(binding_kv.value) == replace(before, spec=update.record.spec)
+                assert (await store.get(spec.ref)).spec == update.record.spec
+            with pytest.raises(ValueError):
+                await store.update_spec(plain.ref, lambda spec: replace(spec, resources=Resources(2, 2048, 20)))
+
+    run(main())
+
+
+def test_delete_of_a_bound_vm_reads_no_more_than_before(etcd_endpoint: str, root: str) -> None:
+    """The hot path: one read of the VM and one txn; its binding is not read first."""
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with CountingClient(etcd_endpoint) as client:
+            store = VmStore(client, keys)
+            spec = make_spec("vm-1", labels={"a": "1", "b": "2", "c": "3"})
+            await store.create(spec)
+            await bind(client, keys, spec)
+            client.round_trips = 0
+            deletion = await store.request_delete(spec.ref)
+            assert Binding.from_bytes((await client.get(keys.binding("h1", spec.ref))).value).deleting
+            assert client.round_trips == 3 and not deletion.removed  # get, txn, and the get above
 
     run(main())
 

@@ -222,9 +222,9 @@ def test_zone_counts_guard_binds_and_follow_removals_and_moves(etcd_endpoint, ro
             by_id = {q.spec.ref.vm_id: q for q in queued}
             empty = {("a", "t/p/db"): ZoneCount()}
             allocs = {h: (await client.get(keys.host_alloc(h))).mod_revision for h in hosts}
-            first = HostBind(hosts[0], allocs[hosts[0]], HostAllocation().plus(SMALL, group="t/p/db"),
+            first = HostBind(hosts[0], allocs[hosts[0]], HostAllocation(),
                              [by_id["vm-0"]], "a", empty)
-            second = HostBind(hosts[1], allocs[hosts[1]], HostAllocation().plus(SMALL, group="t/p/db"),
+            second = HostBind(hosts[1], allocs[hosts[1]], HostAllocation(),
                               [by_id["vm-1"]], "a", empty)
             assert (await sched.bind(None, [first])).committed == [True]
             assert (await sched.bind(None, [second])).committed == [False]  # same zone count read: lost
@@ -241,7 +241,7 @@ def test_zone_counts_guard_binds_and_follow_removals_and_moves(etcd_endpoint, ro
 
             # vm-1 binds now (its view refreshed); a drain moves it off and gives the zone back.
             alloc_kv = await client.get(keys.host_alloc(hosts[1]))
-            retry = HostBind(hosts[1], alloc_kv.mod_revision, second.allocation, second.vms, "a",
+            retry = HostBind(hosts[1], alloc_kv.mod_revision, second.committed, second.vms, "a",
                              {("a", "t/p/db"): ZoneCount()})
             assert (await sched.bind(None, [retry])).committed == [True]
             assert (await zones.read([("a", "t/p/db")]))[0][("a", "t/p/db")].vms == 1

@@ -1,0 +1,274 @@
+"""What binding a VM to a host, and unbinding it, writes in etcd: the one place for
+the rules every writer of a host's bindings obeys.
+
+- **bind** (the scheduler): the VM's queue entry goes; its binding (the entry's copy
+  of the spec, and the zone it is counted in) and status SCHEDULED come; the host's
+  allocation grows by the VM (resources, count, host group); the zone group count of
+  a zone-scoped VM grows.
+- **unbind** (the agent after destroying a VM; the host evictor): the binding goes,
+  the allocation and the zone group count shrink, and the VM is either
+  *requeued* (the binding's copy of the spec back to its shard's queue, status
+  PENDING with why) or *removed* (spec and status go too).
+
+A *move* off a host is unbinds, some requeued and some removed, in one txn.
+
+Every builder compares what its result was computed from: the allocation's
+mod_revision, each zone group count it writes or relies on, each queue entry or
+binding as read. So a change built from a stale read fails as a whole and the
+allocation and counts always equal what the bindings imply (held against a model
+by ``tests/unit/test_bindings.py``).
+
+A built change is a :class:`HostTxn`: compares, writes, the allocation and counts it
+leaves, and its cost against etcd's ``--max-txn-ops``. Budgets (how many VMs one txn
+may carry) are measured by building the worst case with these same builders, never
+counted by hand.
+
+Pure: no I/O. Used by ``SchedulingStore.bind``, ``AgentStore.remove_destroyed`` and
+``LifecycleStore.move_off``; ``VmStore.update_spec`` (the one writer of the spec's
+copies) rewrites bindings with :func:`as_bound` and :func:`holds_same`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from controlplane.etcd import ops
+from controlplane.etcd.ops import Compare, RequestOp
+from controlplane.models import Binding, HostAllocation, Resources, Scope, VmRef, VmSpec, VmState, VmStatus
+from controlplane.store.keys import Keys
+from controlplane.store.tombstones import DELETED, MOVED, tombstone_put
+from controlplane.store.zones import ZoneCount, ZoneGroupId, add_delta, counted_changes
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Ops of a txn as etcd counts them against ``--max-txn-ops``: the larger of its
+    compares and its writes (a nested txn also takes from its parent's limit)."""
+
+    compares: int = 0
+    writes: int = 0
+
+    @property
+    def ops(self) -> int:
+        return max(self.compares, self.writes)
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.compares + other.compares, self.writes + other.writes)
+
+    def __sub__(self, other: Cost) -> Cost:
+        return Cost(self.compares - other.compares, self.writes - other.writes)
+
+    def __mul__(self, n: int) -> Cost:
+        return Cost(self.compares * n, self.writes * n)
+
+
+@dataclass(frozen=True, slots=True)
+class HostRead:
+    """A host's allocation as read: what a change of its bindings starts from and compares."""
+
+    host: str
+    allocation: HostAllocation = HostAllocation()
+    revision: int = 0  # the allocation key's mod_revision (0: absent)
+
+
+@dataclass(frozen=True, slots=True)
+class Unbind:
+    """One VM leaving its host: its binding as read (value and mod_revision) and where
+    it goes: back to its shard's queue (``requeue``, status PENDING with ``reason``
+    and ``message``) or away with its spec and status."""
+
+    binding: Binding
+    revision: int  # the binding key's mod_revision as read
+    requeue: bool
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HostTxn:
+    """One host's binding changes as one transaction, and what it leaves behind."""
+
+    host: str
+    compares: list[Compare]
+    writes: list[RequestOp]
+    allocation: HostAllocation  # the host's allocation once it applied
+    zone_counts: dict[ZoneGroupId, int] = field(default_factory=dict)  # each count it writes, once it applied
+
+    @property
+    def cost(self) -> Cost:
+        return Cost(len(self.compares), len(self.writes))
+
+    def nested(self) -> RequestOp:
+        """This change as a nested txn (commits or fails alone inside a parent)."""
+        return ops.txn(self.compares, self.writes)
+
+
+def as_bound(spec: VmSpec, host: str, zone: str) -> Binding:
+    """The binding a bind writes for ``spec`` onto ``host`` in ``zone``: the spec's copy,
+    and the zone only when the VM is counted there."""
+    return Binding(spec, host, zone if spec.zone_group else "")
+
+
+def holds_same(a: VmSpec, b: VmSpec) -> bool:
+    """True when a bound VM with spec ``a`` holds what it would hold with ``b``: the same
+    resources, host group and zone group (else its allocation and counts would have to
+    change with it: a move, not a rewrite of the binding)."""
+    return a.resources == b.resources and a.host_group == b.host_group and a.zone_group == b.zone_group
+
+
+def bind_zone_ids(zone: str, specs: Iterable[VmSpec]) -> set[ZoneGroupId]:
+    """The zone group counts a bind of ``specs`` into ``zone`` compares: those they are
+    counted in and those their zone affinity relies on."""
+    if not zone:
+        return set()
+    return {(zone, g) for spec in specs for g in (spec.zone_group, spec.zone_affinity_group) if g}
+
+
+def unbind_zone_ids(bindings: Iterable[Binding]) -> set[ZoneGroupId]:
+    """The zone group counts an unbind of ``bindings`` writes."""
+    return {(b.zone, b.spec.zone_group) for b in bindings if b.zone and b.spec.zone_group}
+
+
+def _counts(keys: Keys, zone_counts: Mapping[ZoneGroupId, ZoneCount], deltas: Mapping[ZoneGroupId, int]
+            ) -> tuple[list[Compare], list[RequestOp], dict[ZoneGroupId, int]]:
+    compares, writes = counted_changes(keys, zone_counts, deltas)
+    after = {zg: zone_counts.get(zg, ZoneCount()).vms + d for zg, d in deltas.items() if d}
+    return compares, writes, after
+
+
+def bound_status(spec: VmSpec, host: str, at: int) -> VmStatus:
+    """The status a bind writes: SCHEDULED on ``host`` at ``at``."""
+    return VmStatus(VmState.SCHEDULED, host=host, update_time_ns=at, accepted_time_ns=spec.create_time_ns)
+
+
+def bind(keys: Keys, host: HostRead, vms: Sequence[tuple[VmSpec, int]], *, zone: str,
+         zone_counts: Mapping[ZoneGroupId, ZoneCount], at: int, adopting: bool = False) -> HostTxn:
+    """Bind ``vms`` (each a spec with its queue entry's mod_revision) onto ``host``,
+    all or none. ``zone``: the host's zone as placement saw it; ``zone_counts``: the
+    counts of ``bind_zone_ids`` as read (absent from the map: read as absent).
+
+    Also compares that the host is not declared dead nor in maintenance: no bind
+    lands there, whatever a (lagging) host view says. ``adopting``: the VMs already
+    run on ``host`` and were in no queue (an operator adopts a quarantined VM,
+    ``orphans.py``): no queue entry is compared or deleted, and maintenance does not
+    refuse them (they are not new placements)."""
+    k = keys
+    deltas: dict[ZoneGroupId, int] = {}
+    for spec, _revision in vms:
+        add_delta(deltas, zone, spec.zone_group, 1)
+    compares, writes, after = _counts(k, zone_counts, deltas)
+    # Affinity only reads a count: compare it unchanged, write nothing.
+    compares += [ops.mod_revision_is(k.zone_group(*zg), zone_counts.get(zg, ZoneCount()).revision)
+                 for zg in bind_zone_ids(zone, (spec for spec, _ in vms)) if not deltas.get(zg)]
+    compares += [ops.mod_revision_is(k.host_alloc(host.host), host.revision), ops.absent(k.host_dead(host.host)),
+                 *([] if adopting else [ops.absent(k.host_maintenance(host.host))])]
+    allocation = host.allocation
+    for spec, queue_revision in vms:
+        queue_key = k.queue(spec.shard, spec.ref)
+        allocation = allocation.plus(spec.resources, group=spec.host_group)
+        status = bound_status(spec, host.host, at)
+        if not adopting:
+            compares.append(ops.mod_revision_is(queue_key, queue_revision))
+            writes.append(ops.delete(queue_key))
+        writes += [ops.put(k.binding(host.host, spec.ref), as_bound(spec, host.host, zone).to_bytes()),
+                   ops.put(k.vm_status(spec.ref), status.to_bytes())]
+    writes.append(ops.put(k.host_alloc(host.host), allocation.to_bytes()))
+    return HostTxn(host.host, compares, writes, allocation, after)
+
+
+def unbind(keys: Keys, host: HostRead, vms: Sequence[Unbind], *, zone_counts: Mapping[ZoneGroupId, ZoneCount],
+           at: int, tombstone_lease: int, guard: Sequence[Compare] = ()) -> HostTxn:
+    """Unbind ``vms`` from ``host``, all or none, with the caller's ``guard`` compares
+    (e.g. a fence). ``zone_counts``: the counts of ``unbind_zone_ids`` as read.
+    Each VM leaves its tombstone on ``host`` (``tombstones.py``: ``moved`` when
+    requeued, else ``deleted``) under ``tombstone_lease``, the proof its agent needs
+    to destroy a copy still running there.
+
+    A count never goes below zero here: an unbind retried after it applied is caught
+    by its binding compares."""
+    k = keys
+    deltas: dict[ZoneGroupId, int] = {}
+    for vm in vms:
+        add_delta(deltas, vm.binding.zone, vm.binding.spec.zone_group, -1)
+    compares, writes, after = _counts(k, zone_counts, deltas)
+    compares += [ops.mod_revision_is(k.host_alloc(host.host), host.revision), *guard]
+    allocation = host.allocation
+    for vm in vms:
+        spec = vm.binding.spec
+        ref = spec.ref
+        binding_key = k.binding(host.host, ref)
+        allocation = allocation.minus(spec.resources, group=spec.host_group)
+        compares.append(ops.mod_revision_is(binding_key, vm.revision))
+        writes += [ops.delete(binding_key),
+                   tombstone_put(k, host.host, spec.uid, ref.name, MOVED if vm.requeue else DELETED,
+                                 lease=tombstone_lease, at=at)]
+        if vm.requeue:
+            status = VmStatus(VmState.PENDING, reason=vm.reason, message=vm.message, update_time_ns=at,
+                              accepted_time_ns=spec.create_time_ns)
+            writes += [ops.put(k.queue(spec.shard, ref), spec.to_bytes()), ops.put(k.vm_status(ref), status.to_bytes())]
+        else:
+            writes += [ops.delete(k.vm_spec(ref)), ops.delete(k.vm_status(ref))]
+    writes.append(ops.put(k.host_alloc(host.host), allocation.to_bytes()))
+    return HostTxn(host.host, compares, writes, allocation, after)
+
+
+# --- budgets: measured on the builders above ----------------------------------------------
+
+def _worst_spec(i: int) -> VmSpec:
+    """A VM that costs the most to bind or unbind: counted in a zone group and relying
+    on another (both its own, so nothing is shared with other VMs)."""
+    return VmSpec(VmRef("t", "p", f"v{i}"), f"u{i}", "f", "i", Resources(1, 1, 1), shard=0,
+                  anti_affinity_group=f"g{i}", anti_affinity_scope=Scope.ZONE,
+                  affinity_group=f"a{i}", affinity_scope=Scope.ZONE)
+
+
+def _fixed_and_each(cost_of) -> tuple[Cost, Cost]:
+    one, two = cost_of(1), cost_of(2)
+    each = two - one
+    return one - each, each
+
+
+@functools.cache
+def _bind_costs() -> tuple[Cost, Cost]:
+    keys = Keys("/")
+    return _fixed_and_each(lambda n: bind(keys, HostRead("h"), [(_worst_spec(i), 1) for i in range(n)], zone="z",
+                                          zone_counts={}, at=0).cost)
+
+
+@functools.cache
+def _unbind_costs() -> tuple[Cost, Cost]:
+    keys = Keys("/")
+
+    def cost(n: int, requeue: bool) -> Cost:
+        vms = [Unbind(Binding(_worst_spec(i), "h", "z"), 1, requeue) for i in range(n)]
+        return unbind(keys, HostRead("h"), vms, zone_counts={}, at=0, tombstone_lease=1).cost
+
+    fixed_q, each_q = _fixed_and_each(lambda n: cost(n, True))
+    fixed_r, each_r = _fixed_and_each(lambda n: cost(n, False))
+    return (Cost(max(fixed_q.compares, fixed_r.compares), max(fixed_q.writes, fixed_r.writes)),
+            Cost(max(each_q.compares, each_r.compares), max(each_q.writes, each_r.writes)))
+
+
+def most_that_fit(budget: int, fixed: Cost, each: Cost) -> int:
+    """The most items (at least 1) whose txn, ``fixed + n * each``, stays within ``budget`` ops."""
+    bounds = [(budget - f) // e for f, e in ((fixed.compares, each.compares), (fixed.writes, each.writes)) if e > 0]
+    return max(1, min(bounds)) if bounds else 1
+
+
+def bind_limits(max_txn_ops: int) -> tuple[int, int]:
+    """(hosts, VMs per host) one bind round trip may carry: each host's bind is a nested
+    txn of a parent that holds the fence compare and one op per host, and etcd counts
+    the parent's ops and the largest nested txn's together (<= ``max_txn_ops``). Half
+    the limit goes to the hosts, half to the VMs of one host."""
+    fixed, each = _bind_costs()
+    per_host = most_that_fit(max_txn_ops // 2, fixed, each)
+    largest = (fixed + each * per_host).ops
+    return max(1, min(max_txn_ops // 2, max_txn_ops - largest)), per_host
+
+
+def unbinds_per_txn(max_txn_ops: int, *, guards: int = 0) -> int:
+    """VMs one unbind txn may carry (``guards``: the caller's own compares)."""
+    fixed, each = _unbind_costs()
+    return most_that_fit(max_txn_ops, fixed + Cost(guards, 0), each)

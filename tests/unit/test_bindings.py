@@ -1,0 +1,386 @@
+"""The binding rules (``controlplane/store/bindings.py``) held against a model.
+
+Random sequences of bind (the scheduler, several hosts in one round trip), remove
+(the agent, after destroying VMs), requeue (the agent, after destroying evicted VMs)
+and move (the host evictor: some requeued, some removed, under a fence) are built by
+the module from reads that may be stale, as racing writers' are, and applied to an
+interpreter of etcd's transaction rules. After every step the host allocations and
+the zone group counts must equal what the bindings imply, every VM must be in
+exactly one place (queue, one host, or gone), and no transaction may exceed
+``--max-txn-ops`` under the budgets the module derives.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from controlplane.etcd import ops
+from controlplane.gen.etcd.v3 import rpc_pb2 as pb
+from controlplane.gen.quanta.store.v1.records_pb2 import Tombstone
+from controlplane.models import Binding, HostAllocation, Resources, Scope, VmRef, VmSpec, VmState, VmStatus
+from controlplane.store import bindings
+from controlplane.store.bindings import HostRead, Unbind
+from controlplane.store.keys import Keys
+from controlplane.store.zones import ZoneCount, decode
+
+MAX_TXN_OPS = 16  # small, so that budgets bind
+HOSTS = {"h1": "a", "h2": "a", "h3": "b", "h4": ""}  # host -> zone ("": none)
+KEYS = Keys("/t")
+FENCE = b"/t/v1/shards/0000"
+
+
+class TooManyOps(Exception):
+    pass
+
+
+class FakeEtcd:
+    """etcd's txn semantics over a dict, as far as these txns use them: compares of
+    create/mod revision and version, puts and single-key deletes, nested txns whose
+    compares all see the state before the txn, one revision per txn, no key written
+    twice, and ``--max-txn-ops`` (a nested txn gets what its parent leaves)."""
+
+    def __init__(self) -> None:
+        self.kv: dict[bytes, tuple[bytes, int, int, int]] = {}  # value, create, mod, version
+        self.revision = 1
+
+    def _holds(self, c: pb.Compare) -> bool:
+        value, create, mod, version = self.kv.get(c.key, (b"", 0, 0, 0))
+        actual, wanted = {pb.Compare.CREATE: (create, c.create_revision), pb.Compare.MOD: (mod, c.mod_revision),
+                          pb.Compare.VERSION: (version, c.version)}[c.target]
+        return {pb.Compare.EQUAL: actual == wanted, pb.Compare.GREATER: actual > wanted,
+                pb.Compare.LESS: actual < wanted}[c.result]
+
+    @staticmethod
+    def _check(compares, success, limit: int) -> None:
+        opc = max(len(compares), len(success))
+        if opc > limit:
+            raise TooManyOps(f"{opc} ops > {limit}")
+        for op in success:
+            if op.WhichOneof("request") == "request_txn":
+                FakeEtcd._check(op.request_txn.compare, op.request_txn.success, limit - opc)
+
+    def _writes(self, compares, success) -> list | None:
+        """The writes this txn makes (None: its compares fail), nested ones included."""
+        if not all(self._holds(c) for c in compares):
+            return None
+        writes = []
+        for op in success:
+            if op.WhichOneof("request") == "request_txn":
+                writes.append(self._writes(op.request_txn.compare, op.request_txn.success))
+            else:
+                writes.append(op)
+        return writes
+
+    def txn(self, compares, success) -> tuple[bool, list[bool]]:
+        """Apply a txn; (succeeded, per nested txn: succeeded)."""
+        self._check(compares, success, MAX_TXN_OPS)
+        plan = self._writes(compares, success)
+        if plan is None:
+            return False, []
+        flat, nested = [], []
+        for item in plan:
+            if isinstance(item, list) or item is None:
+                nested.append(item is not None)
+                flat += item or []
+            else:
+                flat.append(item)
+        keys = [op.request_put.key if op.WhichOneof("request") == "request_put" else op.request_delete_range.key
+                for op in flat]
+        assert len(keys) == len(set(keys)), "etcd refuses a txn that writes one key twice"
+        self.revision += 1
+        for op in flat:
+            if op.WhichOneof("request") == "request_put":
+                _value, create, _mod, version = self.kv.get(op.request_put.key, (b"", 0, 0, 0))
+                self.kv[op.request_put.key] = (op.request_put.value, create or self.revision, self.revision,
+                                               version + 1)
+            else:
+                assert not op.request_delete_range.range_end
+                self.kv.pop(op.request_delete_range.key, None)
+        return True, nested
+
+
+def make_spec(i: int, resources: Resources, group: str, group_scope: Scope, affinity: str,
+              affinity_scope: Scope) -> VmSpec:
+    return VmSpec(VmRef("t", "p", f"vm{i}"), f"uid{i}", "f", "img", resources, shard=0,
+                  anti_affinity_group=group, anti_affinity_scope=group_scope,
+                  affinity_group=affinity, affinity_scope=affinity_scope)
+
+
+specs_strategy = st.lists(
+    st.builds(lambda r, g, gs, a, as_: (r, g, gs, a, as_),
+              st.builds(Resources, st.integers(1, 4), st.integers(1, 4), st.integers(0, 4)),
+              st.sampled_from(["", "g1", "g2"]), st.sampled_from([Scope.HOST, Scope.ZONE]),
+              st.sampled_from(["", "g1"]), st.sampled_from([Scope.HOST, Scope.ZONE])),
+    min_size=4, max_size=10)
+
+
+class BindingMachine(RuleBasedStateMachine):
+    """The store is a FakeEtcd; the model is where each VM is."""
+
+    @initialize(params=specs_strategy)
+    def start(self, params) -> None:
+        self.etcd = FakeEtcd()
+        self.etcd.kv[FENCE] = (b"", 1, 1, 1)
+        self.specs = [make_spec(i, *p) for i, p in enumerate(params)]
+        self.where: dict[VmRef, str | None] = {}  # "queue", a host, or None: gone
+        for spec in self.specs:
+            self._create(spec)
+        self.history = [copy.copy(self.etcd.kv)]
+
+    def _create(self, spec: VmSpec) -> None:
+        status = VmStatus(VmState.PENDING, accepted_time_ns=1)
+        assert self.etcd.txn([ops.absent(KEYS.vm_spec(spec.ref))],
+                             [ops.put(KEYS.vm_spec(spec.ref), spec.to_bytes()),
+                              ops.put(KEYS.vm_status(spec.ref), status.to_bytes()),
+                              ops.put(KEYS.queue(spec.shard, spec.ref), spec.to_bytes())])[0]
+        self.where[spec.ref] = "queue"
+
+    def _read(self, lag: int) -> dict:
+        """The store as some earlier step left it: what a lagging writer read."""
+        return self.history[max(0, len(self.history) - 1 - lag)]
+
+    def _committed(self) -> None:
+        self.history.append(copy.copy(self.etcd.kv))
+
+    @staticmethod
+    def _host(read: dict, host: str) -> HostRead:
+        kv = read.get(KEYS.host_alloc(host))
+        return HostRead(host, HostAllocation.from_bytes(kv[0]), kv[2]) if kv else HostRead(host)
+
+    @staticmethod
+    def _counts(read: dict, ids) -> dict:
+        counts = {}
+        for zg in ids:
+            kv = read.get(KEYS.zone_group(*zg))
+            counts[zg] = ZoneCount(decode(kv[0]), kv[2]) if kv else ZoneCount()
+        return counts
+
+    # --- the writers ----------------------------------------------------------------------
+
+    @rule(data=st.data(), lag=st.integers(0, 3))
+    def bind(self, data, lag: int) -> None:
+        """The scheduler: queued VMs (as it read the queue) onto hosts, one nested txn per host."""
+        read = self._read(lag)
+        queued = [VmSpec.from_bytes(read[key][0]) for key in (KEYS.queue(s.shard, s.ref) for s in self.specs)
+                  if key in read]
+        max_hosts, per_host = bindings.bind_limits(MAX_TXN_OPS)
+        by_host: dict[str, list[VmSpec]] = {}
+        writers: dict = {}
+        readers: dict = {}
+        for spec in queued:
+            host = data.draw(st.sampled_from([None, *HOSTS]))
+            if host is None or (host not in by_host and len(by_host) >= max_hosts) \
+                    or len(by_host.get(host, [])) >= per_host:
+                continue
+            zone = HOSTS[host]
+            writes = (zone, spec.zone_group) if zone and spec.zone_group else None
+            reads = (zone, spec.zone_affinity_group) if zone and spec.zone_affinity_group else None
+            # As the scheduler: a count written by one host's bind is in no other host's.
+            if (writes and (writers.get(writes, host) != host or readers.get(writes, {host}) != {host})) or \
+                    (reads and writers.get(reads, host) != host):
+                continue
+            if writes:
+                writers[writes] = host
+            if reads:
+                readers.setdefault(reads, set()).add(host)
+            by_host.setdefault(host, []).append(spec)
+        if not by_host:
+            return
+        built = []
+        for host, specs in by_host.items():
+            zone = HOSTS[host]
+            built.append(bindings.bind(KEYS, self._host(read, host),
+                                       [(s, read[KEYS.queue(s.shard, s.ref)][2]) for s in specs], zone=zone,
+                                       zone_counts=self._counts(read, bindings.bind_zone_ids(zone, specs)), at=1))
+        fenced, committed = self.etcd.txn([ops.present(FENCE)], [t.nested() for t in built])
+        assert fenced
+        for txn, ok, specs in zip(built, committed, by_host.values(), strict=True):
+            if ok:
+                for spec in specs:
+                    assert self.where[spec.ref] == "queue", "bound from a queue entry that was gone"
+                    self.where[spec.ref] = txn.host
+                self._check_left(txn)
+        self._committed()
+
+    def _unbind(self, data, lag: int, *, requeue, guards: int) -> None:
+        read = self._read(lag)
+        host = data.draw(st.sampled_from(list(HOSTS)))
+        prefix = KEYS.bindings_prefix(host)
+        bound = [(key, kv) for key, kv in read.items() if key.startswith(prefix)]
+        if not bound:
+            return
+        limit = bindings.unbinds_per_txn(MAX_TXN_OPS, guards=guards)
+        chosen = data.draw(st.lists(st.sampled_from(bound), min_size=1, max_size=limit, unique=True))
+        unbinds = [Unbind(Binding.from_bytes(kv[0]), kv[2], requeue(data), "Why", "m") for _key, kv in chosen]
+        guard = [ops.present(FENCE), ops.present(FENCE)][:guards]
+        txn = bindings.unbind(KEYS, self._host(read, host), unbinds, tombstone_lease=7,
+                              zone_counts=self._counts(read, bindings.unbind_zone_ids(u.binding for u in unbinds)),
+                              at=1, guard=guard)
+        ok, _ = self.etcd.txn(txn.compares, txn.writes)
+        if ok:
+            for u in unbinds:
+                assert self.where[u.binding.spec.ref] == host, "unbound from a host it was not on"
+                self.where[u.binding.spec.ref] = "queue" if u.requeue else None
+                # The proof its agent needs to destroy a copy still on the host.
+                tombstone = Tombstone.FromString(self.etcd.kv[KEYS.tombstone(host, u.binding.spec.uid)][0])
+                assert tombstone.reason == ("moved" if u.requeue else "deleted")
+            self._check_left(txn)
+            self._committed()
+
+    @rule(data=st.data(), lag=st.integers(0, 3))
+    def remove(self, data, lag: int) -> None:
+        """The agent: VMs it destroyed (being deleted) go with their spec and status."""
+        self._unbind(data, lag, requeue=lambda data: False, guards=0)
+
+    @rule(data=st.data(), lag=st.integers(0, 3))
+    def requeue(self, data, lag: int) -> None:
+        """The agent: evicted VMs it destroyed go back to their shard's queue."""
+        self._unbind(data, lag, requeue=lambda data: True, guards=0)
+
+    @rule(data=st.data(), lag=st.integers(0, 3))
+    def move(self, data, lag: int) -> None:
+        """The host evictor: a dead host's VMs, some queued again, some removed, under a fence."""
+        self._unbind(data, lag, requeue=lambda data: data.draw(st.booleans()), guards=2)
+
+    @rule(data=st.data(), lag=st.integers(0, 3))
+    def relabel(self, data, lag: int) -> None:
+        """A spec change (as VmStore.update_spec makes it): the spec and its copy, the
+        queue entry or the binding, rewritten in one txn compared as read."""
+        read = self._read(lag)
+        spec = data.draw(st.sampled_from(self.specs))
+        spec_kv = read.get(KEYS.vm_spec(spec.ref))
+        if spec_kv is None:
+            return
+        changed = replace(VmSpec.from_bytes(spec_kv[0]), labels={"n": str(self.etcd.revision)})
+        copies = [key for key in (KEYS.queue(spec.shard, spec.ref), *(KEYS.binding(h, spec.ref) for h in HOSTS))
+                  if key in read]
+        compares = [ops.mod_revision_is(KEYS.vm_spec(spec.ref), spec_kv[2])]
+        writes = [ops.put(KEYS.vm_spec(spec.ref), changed.to_bytes())]
+        for key in copies:
+            compares.append(ops.mod_revision_is(key, read[key][2]))
+            value = changed.to_bytes() if key.startswith(KEYS.queue_prefix(spec.shard)) else \
+                replace(Binding.from_bytes(read[key][0]), spec=changed).to_bytes()
+            writes.append(ops.put(key, value))
+        if self.etcd.txn(compares, writes)[0]:
+            self._committed()
+
+    @precondition(lambda self: any(w is None for w in self.where.values()))
+    @rule(data=st.data())
+    def create_again(self, data) -> None:
+        spec = data.draw(st.sampled_from([s for s in self.specs if self.where[s.ref] is None]))
+        self._create(spec)
+        self._committed()
+
+    def _check_left(self, txn: bindings.HostTxn) -> None:
+        """What the builder said its txn leaves is what the store holds."""
+        assert HostAllocation.from_bytes(self.etcd.kv[KEYS.host_alloc(txn.host)][0]) == txn.allocation
+        for zg, n in txn.zone_counts.items():
+            kv = self.etcd.kv.get(KEYS.zone_group(*zg))
+            assert (decode(kv[0]) if kv else 0) == n
+
+    # --- what must always hold --------------------------------------------------------------
+
+    @invariant()
+    def allocations_and_counts_are_what_the_bindings_imply(self) -> None:
+        implied = {host: HostAllocation() for host in HOSTS}
+        counts: dict = {}
+        for key, (value, *_rest) in self.etcd.kv.items():
+            if key.startswith(KEYS.bindings_prefix()):
+                b = Binding.from_bytes(value)
+                implied[b.host] = implied[b.host].plus(b.spec.resources, group=b.spec.host_group)
+                if b.zone and b.spec.zone_group:
+                    counts[(b.zone, b.spec.zone_group)] = counts.get((b.zone, b.spec.zone_group), 0) + 1
+        for host, allocation in implied.items():
+            kv = self.etcd.kv.get(KEYS.host_alloc(host))
+            assert (HostAllocation.from_bytes(kv[0]) if kv else HostAllocation()) == allocation, host
+        stored = {KEYS.parse_zone_group_key(key): decode(value) for key, (value, *_rest) in self.etcd.kv.items()
+                  if key.startswith(KEYS.zones_prefix())}
+        assert stored == counts
+
+    @invariant()
+    def each_vm_is_in_exactly_one_place(self) -> None:
+        for spec in self.specs:
+            where = self.where[spec.ref]
+            queued = KEYS.queue(spec.shard, spec.ref) in self.etcd.kv
+            hosts = [h for h in HOSTS if KEYS.binding(h, spec.ref) in self.etcd.kv]
+            assert queued == (where == "queue")
+            assert hosts == ([where] if where not in ("queue", None) else [])
+            assert (KEYS.vm_spec(spec.ref) in self.etcd.kv) == (where is not None)
+            assert (KEYS.vm_status(spec.ref) in self.etcd.kv) == (where is not None)
+            if hosts:
+                binding = Binding.from_bytes(self.etcd.kv[KEYS.binding(hosts[0], spec.ref)][0])
+                assert binding.zone == (HOSTS[hosts[0]] if spec.zone_group else "")
+
+    @invariant()
+    def every_copy_of_a_spec_is_the_spec(self) -> None:
+        for spec in self.specs:
+            where, kv = self.where[spec.ref], self.etcd.kv
+            if where == "queue":
+                assert kv[KEYS.queue(spec.shard, spec.ref)][0] == kv[KEYS.vm_spec(spec.ref)][0]
+            elif where is not None:
+                copy_ = Binding.from_bytes(kv[KEYS.binding(where, spec.ref)][0]).spec
+                assert copy_ == VmSpec.from_bytes(kv[KEYS.vm_spec(spec.ref)][0])
+
+
+BindingMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+test_binding_rules_hold_against_the_model = BindingMachine.TestCase
+
+
+# --- budgets ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("limit", [8, 16, 128, 4096])
+def test_the_fullest_bind_fits_the_limit(limit: int) -> None:
+    """Every host full of the costliest VMs (each counted in a zone group and relying
+    on another): host groups + the largest group's ops <= max_txn_ops."""
+    hosts, per_host = bindings.bind_limits(limit)
+    assert hosts >= 1 and per_host >= 1
+    specs = [make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE, f"a{i}", Scope.ZONE) for i in range(per_host)]
+    group = bindings.bind(KEYS, HostRead("h"), [(s, 1) for s in specs], zone="z", zone_counts={}, at=0)
+    FakeEtcd._check([ops.present(FENCE)], [group.nested()] * hosts, limit)
+    assert hosts + group.cost.ops <= limit
+
+
+@pytest.mark.parametrize("limit", [8, 16, 128, 4096])
+@pytest.mark.parametrize("guards", [0, 2])
+def test_the_fullest_unbind_fits_the_limit(limit: int, guards: int) -> None:
+    n = bindings.unbinds_per_txn(limit, guards=guards)
+    specs = [make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE, "", Scope.HOST) for i in range(n)]
+    for requeue in (True, False):
+        txn = bindings.unbind(KEYS, HostRead("h"), [Unbind(Binding(s, "h", "z"), 1, requeue) for s in specs],
+                              zone_counts={}, at=0, tombstone_lease=7, guard=[ops.present(FENCE)] * guards)
+        assert txn.cost.ops <= limit
+    # One more would not fit (at a limit where one fits at all).
+    if n > 1:
+        more = [make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE, "", Scope.HOST) for i in range(n + 1)]
+        txn = bindings.unbind(KEYS, HostRead("h"), [Unbind(Binding(s, "h", "z"), 1, False) for s in more],
+                              zone_counts={}, at=0, tombstone_lease=7, guard=[ops.present(FENCE)] * guards)
+        assert txn.cost.ops > limit
+
+
+def test_holds_same_is_what_the_allocation_and_counts_depend_on() -> None:
+    base = make_spec(0, Resources(1, 1, 1), "g1", Scope.ZONE, "", Scope.HOST)
+    assert bindings.holds_same(base, base.marked_deleted(5))
+    assert bindings.holds_same(base, replace(base, labels={"x": "y"}, flavor="other"))
+    assert not bindings.holds_same(base, make_spec(0, Resources(2, 1, 1), "g1", Scope.ZONE, "", Scope.HOST))
+    assert not bindings.holds_same(base, make_spec(0, Resources(1, 1, 1), "g2", Scope.ZONE, "", Scope.HOST))
+    assert not bindings.holds_same(base, make_spec(0, Resources(1, 1, 1), "g1", Scope.HOST, "", Scope.HOST))
+
+
+def test_an_adopted_vm_is_bound_without_a_queue_entry_even_under_maintenance() -> None:
+    etcd = FakeEtcd()
+    etcd.txn([], [ops.put(KEYS.host_maintenance("h"), b"")])
+    spec = make_spec(1, Resources(2, 3, 4), "g", Scope.ZONE, "", Scope.HOST)
+    placed = bindings.bind(KEYS, HostRead("h"), [(spec, 0)], zone="z", zone_counts={}, at=5)
+    assert not etcd.txn(placed.compares, placed.writes)[0], "a placement must not land under maintenance"
+    adopted = bindings.bind(KEYS, HostRead("h"), [(spec, 0)], zone="z", zone_counts={}, at=5, adopting=True)
+    assert etcd.txn(adopted.compares, adopted.writes)[0]
+    assert KEYS.queue(spec.shard, spec.ref) not in etcd.kv
+    assert Binding.from_bytes(etcd.kv[KEYS.binding("h", spec.ref)][0]).zone == "z"
+    assert HostAllocation.from_bytes(etcd.kv[KEYS.host_alloc("h")][0]).vm_count == 1
+    assert decode(etcd.kv[KEYS.zone_group("z", spec.zone_group)][0]) == 1
