@@ -35,8 +35,9 @@ def test_hosts_go_missing_when_their_agent_dies_and_come_back(etcd_server):
         reader.start()
         try:
             def events_seen() -> str:
-                return "events " + str(Tally(f"{common_pb2.EventType.Name(e.type)} {e.host.name} "
-                                             f"{host_pb2.Host.State.Name(e.host.state)}" for e in list(events)))
+                return "events " + str(Tally(common_pb2.EventType.Name(e.type) + (
+                    f" {e.host.name} {host_pb2.Host.State.Name(e.host.state)}" if e.host.name else "")
+                    for e in list(events)))
 
             wait_until(lambda: any(e.type == common_pb2.BOOKMARK for e in events),
                        message="the initial state and a bookmark", seen=events_seen)

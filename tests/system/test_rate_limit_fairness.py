@@ -42,7 +42,7 @@ def test_a_flooding_tenant_cannot_starve_another() -> None:
             thread.start()
         try:
             wait_until(lambda: refusals, timeout=30, message="the flooding tenant to be limited",
-                       seen=lambda: f"{len(served)} calls served, none refused; "
+                       seen=lambda: f"{len(served)} calls served, {len(refusals)} refused; "
                                     f"{sum(t.is_alive() for t in threads)} of {len(threads)} flooders running")
             with Client(system.endpoint, token=quiet_token, tenant="quiet", project="p") as quiet:
                 answered = [quiet.get_project("p").name for _ in range(15)]  # within its own burst
