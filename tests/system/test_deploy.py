@@ -41,7 +41,7 @@ import yaml
 import quanta.cli
 from quanta.local import LocalSystem
 from quanta.prometheus import PrometheusServer, job_of, scrape_config
-from tests.conftest import Tally, wait_until
+from tests.conftest import wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -575,8 +575,8 @@ def test_local_prometheus_scrapes_every_process_and_has_the_dashboards_data(live
                + str([r["value"][1] for r in prometheus.query("sum(quanta_vm_creations_running_total)")]))
 
     def targets() -> str:
-        return str(Tally(f"{r['metric'].get('name') or r['metric']['job']} up={r['value'][1]}"
-                         for r in prometheus.query("up")))
+        return ", ".join(sorted(f"{r['metric'].get('name') or r['metric']['job']} up={r['value'][1]}"
+                                for r in prometheus.query("up")))
 
     up = wait_until(lambda: len(targets := prometheus.query("up == 1")) == len(scraped) + 1 and targets,
                     timeout=60, interval=0.5, message=f"all {len(scraped) + 1} targets up", seen=targets)
@@ -633,7 +633,7 @@ def test_quanta_up_prometheus_prints_its_url_and_stops_it(tmp_path):
         def targets() -> str:
             with urllib.request.urlopen(f"{url}/api/v1/query?query=up", timeout=10) as response:
                 result = json.load(response)["data"]["result"]
-            return str(Tally(f"{r['metric']['job']} up={r['value'][1]}" for r in result))
+            return ", ".join(sorted(f"{r['metric']['job']} up={r['value'][1]}" for r in result))
 
         wait_until(frontend_up, timeout=60, interval=0.5, message="Prometheus to scrape the frontend", seen=targets)
         up.send_signal(signal.SIGINT)
