@@ -15,13 +15,15 @@ name (``scripts/test -m unit`` runs the pure ones in seconds):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
+import json
 import os
 import pathlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 
 import pytest
 
@@ -80,22 +82,135 @@ def make_projects(etcd_endpoint: str, root: str, tenant: str, *projects: str) ->
     asyncio.run(main())
 
 
+class Tally(collections.Counter):
+    """A Counter that prints as its counts, most first ("RUNNING 97, CREATING 20,
+    SCHEDULED 3"), so a timeout message can say what was seen. Compares equal to a
+    dict of the same non-zero counts."""
+
+    def __str__(self) -> str:
+        return ", ".join(f"{key} {n}" for key, n in self.most_common()) or "none"
+
+    __repr__ = __str__
+
+
+def vm_states(vms: Iterable) -> Tally:
+    """The states of ``vms`` (quanta.v1 Vm messages) by count."""
+    from controlplane.gen.quanta.v1 import vm_pb2
+
+    return Tally(vm_pb2.Vm.State.Name(vm.state) for vm in vms)
+
+
+def describe_vms(vms: Iterable, *, want: str | None = "RUNNING", few: int = 10) -> str:
+    """For a timeout message: the VMs' states by count and, when at most ``few`` are
+    not in state ``want`` (None: any state), each of those with its host and
+    condition reasons."""
+    from controlplane.gen.quanta.v1 import vm_pb2
+
+    vms = list(vms)
+    text = str(vm_states(vms))
+    others = [vm for vm in vms if vm_pb2.Vm.State.Name(vm.state) != want]
+    if others and len(others) <= few:
+        text += ("; not " + want if want else "; each") + ": " + ", ".join(
+            f"{vm.name.rsplit('/', 1)[-1]} {vm_pb2.Vm.State.Name(vm.state)}"
+            + (f" on {vm.host}" if vm.host else "")
+            + "".join(f" [{c.type}={c.status} {c.reason}: {c.message}]" for c in vm.conditions if c.reason)
+            for vm in others)
+    return text
+
+
+def describe_hosts(hosts: Iterable) -> str:
+    """For a timeout message: each host (quanta.v1 Host messages) with its state and
+    VM count."""
+    from controlplane.gen.quanta.v1 import host_pb2
+
+    return ", ".join(f"{h.name.rsplit('/', 1)[-1]} {host_pb2.Host.State.Name(h.state)}"
+                     f"{' (maintenance)' if h.maintenance else ''} {h.vm_count} VMs" for h in hosts) or "no hosts"
+
+
+def describe_processes(system) -> str:
+    """For a timeout message: which of a LocalSystem's processes have exited, with
+    their exit codes and last words (a component that died explains a stall)."""
+    dead = [p for p in system.processes.values() if not p.alive]
+    if not dead:
+        return f"all {len(system.processes)} processes alive"
+    return "exited: " + "; ".join(
+        f"{p.name} exited {p.process.returncode if p.process else '?'} ({_last_words(p.log_path)})" for p in dead)
+
+
+def _last_words(log_path: pathlib.Path) -> str:
+    """The last log record's message and, for a JSON record with a traceback, the
+    exception it ended with (its last line)."""
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    if not lines:
+        return "no log"
+    try:
+        record = json.loads(lines[-1])
+    except ValueError:
+        return lines[-1][-300:]
+    if not isinstance(record, dict):
+        return lines[-1][-300:]
+    raised = [line.strip(" |+-") for line in str(record.get("exc", "")).splitlines()]
+    raised = [line for line in raised if line]
+    return str(record.get("msg", ""))[:200] + (f": {raised[-1][:300]}" if raised else "")
+
+
+def seen_in(system, client, *, want: str | None = "RUNNING") -> Callable[[], str]:
+    """A ``seen`` for waits on a LocalSystem: its VMs' states by count (and those not
+    in state ``want``, if few) as ``client`` lists them, and any process that exited."""
+    return lambda: f"{describe_vms(client.list_vms(), want=want)}; {describe_processes(system)}"
+
+
+def describe_tasks(tasks: Iterable[asyncio.Task]) -> str:
+    """For a timeout message: which background tasks (e.g. from ``running``) have
+    ended, and how (one that died explains a stall)."""
+    tasks = list(tasks)
+    ended = [t for t in tasks if t.done()]
+    if not ended:
+        return f"all {len(tasks)} tasks running"
+    return "ended: " + "; ".join(
+        f"{t.get_name()} " + ("cancelled" if t.cancelled() else f"raised {t.exception()!r}" if t.exception()
+                             else "returned") for t in ended)
+
+
+def _timed_out(timeout: float, message: str, last: object) -> AssertionError:
+    """The failure of a wait: what it waited for, and what it saw (unless that is a
+    bare None/False, which says nothing)."""
+    text = f"timed out after {timeout}s waiting for {message}"
+    if last is not None and last is not False:
+        text += f"; last seen: {last}"
+    return AssertionError(text)
+
+
+def _could_not_look(err: Exception) -> str:
+    return f"(could not look: {type(err).__name__}: {err})"
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
-               message: str = "condition") -> object:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+               message: str = "condition", seen: Callable[[], object] | None = None) -> object:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    After ``timeout`` it fails with an AssertionError naming ``message`` and what
+    was last seen: ``seen()``, called once at the timeout, if given (e.g. the VMs'
+    states by count, a ``Tally``); else the condition's last falsy value.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            if seen is not None:
+                try:
+                    value = seen()
+                except Exception as err:  # noqa: BLE001 - the timeout is the failure; say why nothing was seen
+                    value = _could_not_look(err)
+            raise _timed_out(timeout, message, value)
         time.sleep(interval)
 
 
 async def async_wait_until(condition, timeout: float = 30.0, interval: float = 0.02,
-                           message: str = "condition"):
-    """Async twin of wait_until; ``condition`` may be a coroutine function."""
+                           message: str = "condition", seen=None):
+    """Async twin of wait_until; ``condition`` and ``seen`` may be coroutine functions."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -104,7 +219,14 @@ async def async_wait_until(condition, timeout: float = 30.0, interval: float = 0
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            if seen is not None:
+                try:
+                    value = seen()
+                    if asyncio.iscoroutine(value):
+                        value = await value
+                except Exception as err:  # noqa: BLE001 - the timeout is the failure; say why nothing was seen
+                    value = _could_not_look(err)
+            raise _timed_out(timeout, message, value)
         await asyncio.sleep(interval)
 
 

@@ -17,6 +17,7 @@ from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, WatchEven
 from controlplane.etcd.server import ETCD_MAX_TXN_OPS
 from controlplane.store.keys import Keys
 from controlplane.store.scheduling import SchedulingStore
+from tests.conftest import async_wait_until
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
@@ -39,7 +40,12 @@ async def collect_events(watch: AsyncIterator, until: Callable[[list[WatchEvent]
                 return
 
     async with contextlib.aclosing(watch):
-        await asyncio.wait_for(consume(), timeout)
+        try:
+            await asyncio.wait_for(consume(), timeout)
+        except TimeoutError:
+            got = [("DELETE " if e.is_delete else "PUT ") + e.kv.key.decode(errors="replace") for e in events]
+            raise AssertionError(f"timed out after {timeout}s waiting for the watch's events; "
+                                 f"last seen: {len(got)} events {got[-10:]}") from None
     return events
 
 
@@ -310,7 +316,9 @@ def test_lease_lost_when_revoked_behind_its_back(etcd_endpoint: str, root: str) 
             try:
                 await client.put(k(root, "held"), b"x", lease=lease.id)
                 await client.revoke(lease.id)
-                await asyncio.wait_for(lease.lost.wait(), timeout=lease.ttl + 1)
+                await async_wait_until(lease.lost.is_set, timeout=lease.ttl + 1,
+                                       message="the revoked lease noticed lost",
+                                       seen=lambda: f"lease.lost not set; keepalive task {lease._task}")
                 assert await client.get(k(root, "held")) is None
             finally:
                 await lease.revoke()

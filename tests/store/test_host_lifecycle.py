@@ -37,7 +37,7 @@ from controlplane.store.vms import VmRecord, VmStore
 from scheduler.hostsync import HostSync
 from scheduler.lifecycle import HostController, MissingClock
 from scheduler.placement import HostView
-from tests.conftest import async_wait_until, make_projects, running
+from tests.conftest import async_wait_until, describe_tasks, make_projects, running
 
 SHARDS = 4
 SMALL = Resources(1, 1024, 10)
@@ -358,15 +358,21 @@ def test_the_running_reaper_evicts_again_what_an_eviction_left_behind(etcd_endpo
             evictor = _FirstEvictionsLeaveEverything(lifecycle, vms)
             reaper = HostController(sync, lifecycle, evictor, lock.fence, grace_s=0.2, tick_s=0.1)
             try:
-                async with running(sync.run(), reaper.run()):
+                async with running(sync.run(), reaper.run()) as tasks:
                     await client.delete(keys.host_reg("h1"))  # the agent is gone
                     await async_wait_until(lambda: evictor.calls >= 2, timeout=20,
-                                           message="the fruitless evictions")
+                                           message="two fruitless evictions",
+                                           seen=lambda: f"{evictor.calls} evictions; {describe_tasks(tasks)}")
 
                     async def moved() -> bool:
                         return (await vms.get(keep.ref)).status.reason == REASON_DEAD
 
-                    await async_wait_until(moved, timeout=20, message="the VM moved off the dead host")
+                    async def seen() -> str:
+                        status = (await vms.get(keep.ref)).status
+                        return (f"{status.state.name} {status.reason!r} on {status.host!r} after {evictor.calls} "
+                                f"evictions; {describe_tasks(tasks)}")
+
+                    await async_wait_until(moved, timeout=20, message="the VM moved off the dead host", seen=seen)
             finally:
                 await lease.revoke()
 

@@ -35,7 +35,7 @@ from scheduler.placement import (
 )
 from scheduler.service import SchedulerConfig, run_scheduler
 from scheduler.simulate import make_specs, queue_specs, seed_hosts
-from tests.conftest import async_wait_until, running
+from tests.conftest import async_wait_until, describe_tasks, running
 
 PROPS = settings(max_examples=150, deadline=None)
 CAP = Resources(16, 65536, 1000)
@@ -166,16 +166,24 @@ def test_anti_affine_vms_placed_at_once_by_two_processes_never_share_a_host(etcd
             await queue_specs(client, keys, specs)
             schedulers = [run_scheduler(SchedulerConfig(etcd=etcd_endpoint, root=root, shards=shards, lease_ttl=5,
                                                         name=f"sched-{i}")) for i in range(2)]
-            async with running(*schedulers):
+            async with running(*schedulers) as tasks:
+                async def seen() -> str:
+                    placed = Counter(b.host for b in await _bindings(client, keys))
+                    return f"bound per host {dict(placed)}; {describe_tasks(tasks)}"
+
                 bound = await async_wait_until(
-                    lambda: _full(client, keys, 3), timeout=30, message="3 anti-affine VMs bound")
+                    lambda: _full(client, keys, 3), timeout=30, message="3 anti-affine VMs bound", seen=seen)
                 assert Counter(b.host for b in bound) == {h: 1 for h in hosts[:3]}
                 # The others stay queued, each with the reason why.
                 queued = [kv for shard in range(shards) for kv in
                           (await client.range_prefix(keys.queue_prefix(shard)))[0]]
                 assert len(queued) == 3
+                async def reasons_seen() -> str:
+                    written = [await client.get(keys.vm_status(s.ref)) for s in specs]
+                    return f"{sum(kv is not None for kv in written)} of {len(specs)} statuses; {await seen()}"
+
                 statuses = await async_wait_until(lambda: _reasons(client, keys, specs, bound), timeout=10,
-                                                  message="unschedulable reasons written")
+                                                  message="unschedulable reasons written", seen=reasons_seen)
                 assert all(m == "0/4 hosts fit: 3 AntiAffinity, 1 HostInMaintenance" for m in statuses), statuses
                 alloc_groups = [HostAllocation.from_bytes((await client.get(keys.host_alloc(h))).value).groups
                                 for h in hosts]

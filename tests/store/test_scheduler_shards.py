@@ -17,7 +17,7 @@ from controlplane.store.keys import Keys
 from controlplane.store.shards import ShardDirectory, ShardLock
 from scheduler.balance import plan, quota
 from scheduler.service import ShardManager
-from tests.conftest import async_wait_until
+from tests.conftest import async_wait_until, describe_tasks
 
 PROPS = settings(max_examples=200, deadline=None)
 
@@ -165,21 +165,26 @@ def test_managers_spread_rebalance_on_join_and_take_over_from_the_dead(etcd_endp
                     owners = await _owners(client, keys)
                     return _balanced(owners, {p.name: p.manager.owned for p in live}, shards)
 
-                await async_wait_until(settled, timeout=15, message="7 shards spread over 3 processes")
+                async def seen() -> str:
+                    running = {p.name: p.manager.owned for p in procs if not p.task.done()}
+                    ended = [f"{p.name} ({describe_tasks([p.task])})" for p in procs if p.task.done()]
+                    return f"etcd owners {await _owners(client, keys)}; processes run {running}; ended {ended}"
+
+                await async_wait_until(settled, timeout=15, message="7 shards spread over 3 processes", seen=seen)
                 assert sorted(len(p.manager.owned) for p in procs) == [2, 2, 3]
 
                 procs.append(await Process(client, keys, shards, "s-3").start())  # a joiner gets its share
-                await async_wait_until(settled, timeout=15, message="rebalanced onto a 4th process")
+                await async_wait_until(settled, timeout=15, message="rebalanced onto a 4th process", seen=seen)
                 assert sorted(len(p.manager.owned) for p in procs) == [1, 2, 2, 2]
 
                 await procs[0].leave()
-                await async_wait_until(settled, timeout=15, message="a leaver's shards taken over")
+                await async_wait_until(settled, timeout=15, message="a leaver's shards taken over", seen=seen)
                 assert sorted(len(p.manager.owned) for p in procs[1:]) == [2, 2, 3]
 
                 await procs[1].crash()
                 # Until its lease expires the dead process still holds its shards.
                 assert any(o == "s-1" for o in (await _owners(client, keys)).values())
-                await async_wait_until(settled, timeout=15, message="a dead process's shards taken over")
+                await async_wait_until(settled, timeout=15, message="a dead process's shards taken over", seen=seen)
                 assert sorted(len(p.manager.owned) for p in procs[2:]) == [3, 4]
             finally:
                 for p in procs:

@@ -20,7 +20,7 @@ from scheduler.hostsync import HostSync
 from scheduler.placement.view import HostView
 from scheduler.shard import ShardScheduler
 from scheduler.zonesync import ZoneSync
-from tests.conftest import async_wait_until, make_projects, running
+from tests.conftest import async_wait_until, describe_tasks, make_projects, running
 
 SMALL = Resources(1, 1024, 10)
 
@@ -31,13 +31,14 @@ def _spec(vm_id: str, resources: Resources = SMALL) -> VmSpec:
 
 
 async def _run_shard(client: EtcdClient, keys: Keys, lease: Lease, store: SchedulingStore, until) -> None:
-    """Run shard 0 (with its host and zone sync) until ``until()`` (a coroutine) returns."""
+    """Run shard 0 (with its host and zone sync) until ``until(tasks)`` (a coroutine)
+    returns; ``tasks`` are theirs, for a timeout message to tell whether one ended."""
     hosts, zones = HostSync(HostStore(client, keys), HostView()), ZoneSync(ZoneStore(client, keys))
     lock = ShardLock(client, keys, 0, "test", lease)
     await lock.acquire()
     shard = ShardScheduler(0, store, hosts, lock, zones=zones, seed=1)
-    async with running(hosts.run(), zones.run(), shard.run()):
-        await until()
+    async with running(hosts.run(), zones.run(), shard.run()) as tasks:
+        await until(tasks)
 
 
 class _DeletedBeforeItsBind(SchedulingStore):
@@ -73,15 +74,20 @@ def test_a_vm_turned_away_for_a_bind_that_failed_is_placed(etcd_endpoint: str, r
                 await vms.create(_spec(vm_id))
             store = _DeletedBeforeItsBind(client, keys, vms)
 
-            async def until_the_other_is_placed() -> None:
-                await async_wait_until(lambda: store.deleted, timeout=30, message="the first bind")
+            async def until_the_other_is_placed(tasks) -> None:
+                await async_wait_until(lambda: store.deleted, timeout=30, message="the first bind",
+                                       seen=lambda: f"no bind yet; {describe_tasks(tasks)}")
                 (deleted,) = store.deleted
                 (other,) = {VmRef("acme", "web", "vm-a"), VmRef("acme", "web", "vm-b")} - {deleted}
 
                 async def bound() -> bool:
                     return (await vms.get(other)).status.host == "host-1"
 
-                await async_wait_until(bound, timeout=30, message=f"{other.name} placed")
+                async def seen() -> str:
+                    status = (await vms.get(other)).status
+                    return f"{status.state.name} {status.reason!r} {status.message!r}; {describe_tasks(tasks)}"
+
+                await async_wait_until(bound, timeout=30, message=f"{other.name} placed on host-1", seen=seen)
 
             await _run_shard(client, keys, lease, store, until_the_other_is_placed)
 
@@ -116,7 +122,14 @@ def test_a_reason_that_could_not_be_written_is_written_later(etcd_endpoint: str,
             async def told() -> bool:
                 return store.failed and (await vms.get(too_big.ref)).status.reason == "NoHostFits"
 
-            await _run_shard(client, keys, lease, store,
-                             lambda: async_wait_until(told, timeout=30, message="the NoHostFits reason written"))
+            def until_told(tasks):
+                async def seen() -> str:
+                    status = (await vms.get(too_big.ref)).status
+                    return (f"first write failed: {store.failed}; status {status.state.name} {status.reason!r}; "
+                            f"{describe_tasks(tasks)}")
+
+                return async_wait_until(told, timeout=30, message="the NoHostFits reason written", seen=seen)
+
+            await _run_shard(client, keys, lease, store, until_told)
 
     asyncio.run(asyncio.wait_for(main(), timeout=90))

@@ -189,7 +189,10 @@ def test_shard_lock_waits_for_the_holders_lease(etcd_endpoint: str, root: str) -
                 assert (await client.get(keys.shard(3))).lease == lease_a.id
 
                 await lease_a.revoke()
-                await asyncio.wait_for(waiting, timeout=5)
+                done, _ = await asyncio.wait({waiting}, timeout=5)
+                assert done, ("timed out after 5s waiting for sched-b to acquire shard 3 once sched-a's lease "
+                              f"was revoked; last seen: the shard key {await client.get(keys.shard(3))}")
+                waiting.result()
                 held = await client.get(keys.shard(3))
                 assert held is not None and held.lease == lease_b.id
                 assert lock_b.create_revision == held.create_revision

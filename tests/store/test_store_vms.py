@@ -466,7 +466,11 @@ def test_watch_reports_created_status_and_deleted_changes(etcd_endpoint: str, ro
             created_b, _ = await store.create(b)
             deleted_at = (await store.request_delete(b.ref)).revision
             await store.create(make_spec("vm-x", project="other"))  # another project: not seen
-            await consumer
+            try:
+                await consumer
+            except TimeoutError:
+                raise AssertionError("timed out after 5s waiting for vm-b's deletion in the watch; last seen: "
+                                     f"{[(c.ref.vm_id, c.deleted, c.revision) for c in changes]}") from None
 
             assert [(c.ref.vm_id, c.deleted) for c in changes] == [
                 ("vm-a", False), ("vm-a", False), ("vm-b", False), ("vm-b", True)]

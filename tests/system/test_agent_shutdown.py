@@ -12,7 +12,7 @@ import pytest
 
 from agents.drivers.sim import read_journal
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import describe_vms, seen_in, wait_until
 from tests.system.test_crash_recovery import VMS, _check_exactly_once, _create_all, _states
 
 
@@ -45,7 +45,8 @@ def system(etcd_server):
 def test_sigterm_finishes_in_flight_creations_and_writes_their_statuses(system):
     with system.client(project="shutdown") as client:
         vms = _create_all(client)
-        wait_until(lambda: _states(client)["RUNNING"] >= 5, timeout=60, message="some VMs RUNNING")
+        wait_until(lambda: _states(client)["RUNNING"] >= 5, timeout=60, message="some VMs RUNNING",
+                   seen=seen_in(system, client))
         agent = system.processes["agent-0"]
         agent.kill(signal.SIGTERM)  # returns once the process has exited
         assert agent.process.returncode == 0
@@ -61,7 +62,13 @@ def test_sigterm_finishes_in_flight_creations_and_writes_their_statuses(system):
         def running() -> set[str]:
             return {vm.uid for vm in client.list_vms() if vm.state == vm.RUNNING}
 
-        wait_until(lambda: running() == made, timeout=10, message="RUNNING statuses of exactly the VMs made")
+        def difference() -> str:
+            now = running()
+            return (f"{describe_vms(client.list_vms())}; made but not RUNNING: {len(made - now)}, "
+                    f"RUNNING but not made: {len(now - made)}")
+
+        wait_until(lambda: running() == made, timeout=10, seen=difference,
+                   message=f"RUNNING statuses of exactly the {len(made)} VMs made")
         agent.start()
         _check_exactly_once(system, client, vms)
 
@@ -74,7 +81,8 @@ def test_operations_longer_than_the_grace_are_left_to_the_next_agent(etcd_server
                      metrics=False, data_dir=str(tmp_path), agents=[agent_args]) as system, \
             system.client(project="shutdown") as client:
         made = {client.create_vm(f"vm-{i}", flavor="small", image="ubuntu").uid for i in range(4)}
-        wait_until(lambda: _states(client)["CREATING"] == 4, timeout=30, message="4 creations in flight")
+        wait_until(lambda: _states(client)["CREATING"] == 4, timeout=30, message="4 creations in flight",
+                   seen=seen_in(system, client))
         agent = system.processes["agent-0"]
         agent.kill(signal.SIGTERM)
         assert agent.process.returncode == 0
@@ -82,6 +90,7 @@ def test_operations_longer_than_the_grace_are_left_to_the_next_agent(etcd_server
         assert stopped["msg"] == "agent stopped after its grace period" and stopped["abandoned"] == 4
         assert _journal_uids(system, "create") == set(), "an abandoned sim create leaves nothing"
         agent.start()
-        wait_until(lambda: _states(client) == {"RUNNING": 4}, timeout=60, message="all 4 RUNNING")
+        wait_until(lambda: _states(client) == {"RUNNING": 4}, timeout=60, message="all 4 RUNNING",
+                   seen=seen_in(system, client))
         creates = [r["vm_uid"] for r in read_journal(tmp_path / "sim") if r["op"] == "create"]
         assert sorted(creates) == sorted(made)

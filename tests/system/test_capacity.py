@@ -11,7 +11,7 @@ import uuid
 
 from controlplane.gen.quanta.v1 import vm_pb2
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import describe_vms, seen_in, wait_until
 
 State = vm_pb2.Vm.State
 QUANTA = os.path.join(os.path.dirname(sys.executable), "quanta")
@@ -31,7 +31,8 @@ def test_waits_for_capacity_then_places(etcd_server):
             waiting = [vm for vm in vms if vm.state == State.PENDING and vm.conditions]
             return (running, waiting) if len(running) == 2 and len(waiting) == 2 else None
 
-        running, waiting = wait_until(settled, message="two VMs RUNNING and two waiting with a reason")
+        running, waiting = wait_until(settled, message="two VMs RUNNING and two waiting with a reason",
+                                      seen=seen_in(system, client))
         condition = waiting[0].conditions[0]
         assert condition.reason == "NoHostFits" and condition.status == "False"
         assert "0/1 hosts fit" in condition.message and "InsufficientVcpus" in condition.message
@@ -42,7 +43,8 @@ def test_waits_for_capacity_then_places(etcd_server):
 
         client.delete_vm(running[0])
         wait_until(lambda: client.get_vm(first).state == State.RUNNING, timeout=30,
-                   message="the longest-waiting VM placed once capacity was freed")
+                   message=f"the longest-waiting VM ({first}) placed once capacity was freed",
+                   seen=seen_in(system, client))
         assert client.get_vm(second).state == State.PENDING
         host = client.get_host("sim-00000")
         assert (host.allocated.vcpus, host.vm_count) == (2, 2)
@@ -63,10 +65,18 @@ def test_churn_on_one_host_keeps_the_allocation_exact(etcd_server):
                 kept.append(name)
             if i >= 2 and (i - 2) % 3 == 0:  # delete an earlier VM while later ones are being placed
                 client.delete_vm(f"c-{i - 2:03d}")
-        wait_until(lambda: sorted(vm.name.rsplit("/", 1)[1] for vm in client.list_vms()
-                                  if vm.state == State.RUNNING) == kept,
-                   timeout=60, message="exactly the kept VMs RUNNING, the others gone")
-        wait_until(lambda: len(list(client.list_vms())) == len(kept), message="deleted VMs gone")
+        def running() -> list[str]:
+            return sorted(vm.name.rsplit("/", 1)[1] for vm in client.list_vms() if vm.state == State.RUNNING)
+
+        def difference() -> str:
+            now = running()
+            return (f"{describe_vms(client.list_vms(), few=0)}; kept but not RUNNING: {sorted(set(kept) - set(now))}, "
+                    f"RUNNING but deleted: {sorted(set(now) - set(kept))}")
+
+        wait_until(lambda: running() == kept, timeout=60,
+                   message=f"exactly the {len(kept)} kept VMs RUNNING, the others gone", seen=difference)
+        wait_until(lambda: len(list(client.list_vms())) == len(kept), message=f"deleted VMs gone ({len(kept)} left)",
+                   seen=seen_in(system, client))
         host = client.get_host("sim-00000")
         assert (host.vm_count, host.allocated.vcpus, host.allocated.memory_mib) == (len(kept), len(kept),
                                                                                    1024 * len(kept))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import time
 import uuid
 
 import grpc
@@ -19,7 +20,7 @@ from controlplane.models import Binding, HostAllocation
 from controlplane.store.keys import Keys
 from quanta.client import Client
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import describe_processes, seen_in, vm_states, wait_until
 
 VMS = 120
 
@@ -35,7 +36,14 @@ def system(etcd_server):
 
 
 def _states(client: Client) -> collections.Counter:
-    return collections.Counter(vm_pb2.Vm.State.Name(vm.state) for vm in client.list_vms())
+    return vm_states(client.list_vms())
+
+
+def _seen(system: LocalSystem, client: Client, note: str = ""):
+    """What a wait saw: the VMs' states by count (and the stragglers, if few), the
+    sim hosts' creations so far, any component that died (and ``note``)."""
+    vms = seen_in(system, client)
+    return lambda: f"{vms()}; {_sim_creations(system)} made on the sim hosts{note}"
 
 
 def _create_all(client: Client) -> list[vm_pb2.Vm]:
@@ -47,9 +55,11 @@ def _sim_creations(system: LocalSystem) -> int:
     return sum(r["op"] == "create" for r in read_journal(system.data_dir / "sim"))
 
 
-def _check_exactly_once(system: LocalSystem, client: Client, vms: list[vm_pb2.Vm]) -> None:
+def _check_exactly_once(system: LocalSystem, client: Client, vms: list[vm_pb2.Vm], note: str = "") -> None:
+    """Every VM RUNNING, made once on its host, bound once; ``note`` is added to the
+    timeout message (what the test did that may explain a stall)."""
     wait_until(lambda: _states(client) == {"RUNNING": VMS}, timeout=120, interval=0.2,
-               message=f"all {VMS} VMs RUNNING")
+               message=f"all {VMS} VMs RUNNING", seen=_seen(system, client, note))
     uids = {vm.uid for vm in vms}
     creates = collections.Counter(r["vm_uid"] for r in read_journal(system.data_dir / "sim") if r["op"] == "create")
     assert set(creates) == uids
@@ -75,7 +85,8 @@ def _check_exactly_once(system: LocalSystem, client: Client, vms: list[vm_pb2.Vm
 def test_agent_killed_mid_creation(system):
     with system.client(project="crash") as client:
         vms = _create_all(client)
-        wait_until(lambda: _states(client)["RUNNING"] >= 5, timeout=60, message="some VMs RUNNING")
+        wait_until(lambda: _states(client)["RUNNING"] >= 5, timeout=60, message="some VMs RUNNING",
+                   seen=_seen(system, client))
         agent = system.processes["agent-0"]
         agent.kill(signal.SIGKILL)
         assert _states(client)["RUNNING"] < VMS, "the agent should be killed mid-creation"
@@ -92,7 +103,7 @@ def test_scheduler_killed_mid_creation(system):
         finally:
             scheduler.process.send_signal(signal.SIGCONT)
         wait_until(lambda: sum(_states(client)[s] for s in ("SCHEDULED", "CREATING", "RUNNING")) > 0,
-                   timeout=60, message="some VMs scheduled")
+                   timeout=60, message="some VMs scheduled", seen=_seen(system, client))
         scheduler.kill(signal.SIGKILL)
         assert _states(client)["PENDING"] > 0 or _states(client)["RUNNING"] < VMS
         scheduler.start()  # waits out the dead process's shard lease, then takes over
@@ -123,10 +134,12 @@ def test_etcd_killed_and_restarted_mid_creation(tmp_path):
         agent.send_signal(signal.SIGSTOP)  # let the VMs pile up bound, then release them all at once
         try:
             vms = _create_all(client)
-            wait_until(lambda: _states(client)["SCHEDULED"] == VMS, timeout=60, message="all VMs bound")
+            wait_until(lambda: _states(client)["SCHEDULED"] == VMS, timeout=60, message=f"all {VMS} VMs bound",
+                       seen=_seen(system, client))
         finally:
             agent.send_signal(signal.SIGCONT)
         # 2 hosts x 8 creations at a time x 0.4 s: the agent is busy for ~3 s when etcd dies.
+        killed = time.monotonic()
         system.etcd.process.send_signal(signal.SIGKILL)
         system.etcd.process.wait(30)
         # The agent was stopped until just now: the rest is made and reported across the outage.
@@ -136,7 +149,9 @@ def test_etcd_killed_and_restarted_mid_creation(tmp_path):
             impatient.get_vm("vm-000")  # within the caller's deadline, the API says etcd is gone
         assert down.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         system.etcd.restart()
-        _check_exactly_once(system, client, vms)
-        assert all(p.alive for p in system.processes.values()), "a component died with etcd"
+        outage = f"; etcd was down {time.monotonic() - killed:.1f}s (the lease TTL is {system.lease_ttl}s)"
+        _check_exactly_once(system, client, vms, note=outage)
+        assert all(p.alive for p in system.processes.values()), f"a component died with etcd: " \
+            f"{describe_processes(system)}{outage}"
         # The API keeps working after the outage.
         assert client.create_vm("after", flavor="small", image="ubuntu").state == vm_pb2.Vm.PENDING

@@ -557,9 +557,16 @@ def test_local_prometheus_scrapes_every_process_and_has_the_dashboards_data(live
     def running() -> list[dict]:
         return prometheus.query("sum(quanta_vm_creations_running_total) >= 4")
 
-    wait_until(running, timeout=60, interval=0.5, message="Prometheus to have scraped the running creations")
+    wait_until(running, timeout=60, interval=0.5, message="Prometheus to have scraped 4 running creations",
+               seen=lambda: "running creations in Prometheus: "
+               + str([r["value"][1] for r in prometheus.query("sum(quanta_vm_creations_running_total)")]))
+
+    def targets() -> str:
+        return ", ".join(sorted(f"{r['metric'].get('name') or r['metric']['job']} up={r['value'][1]}"
+                                for r in prometheus.query("up")))
+
     up = wait_until(lambda: len(targets := prometheus.query("up == 1")) == len(scraped) + 1 and targets,
-                    timeout=60, interval=0.5, message="every target up")
+                    timeout=60, interval=0.5, message=f"all {len(scraped) + 1} targets up", seen=targets)
     assert {(r["metric"]["job"], r["metric"].get("name")) for r in up} == \
         {(job_of(name), name) for name in scraped} | {("etcd", "etcd")}
     # Every dashboard metric a process has samples of is in Prometheus too.
@@ -597,7 +604,8 @@ def test_quanta_up_prometheus_prints_its_url_and_stops_it(tmp_path):
     reader.start()
     try:
         wait_until(lambda: any("Quanta is up" in line for line in output) or up.poll() is not None,
-                   timeout=120, message="quanta up --prometheus to report it is up")
+                   timeout=120, message="quanta up --prometheus to report it is up",
+                   seen=lambda: f"its output: {''.join(output[-20:])!r}")
         assert up.poll() is None, "".join(output)
         url = next(re.search(r"prometheus:\s+(http://127\.0\.0\.1:\d+)", line).group(1)
                    for line in output if re.search(r"prometheus:\s+http", line))
@@ -609,7 +617,12 @@ def test_quanta_up_prometheus_prints_its_url_and_stops_it(tmp_path):
             with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=10) as response:
                 return bool(json.load(response)["data"]["result"])
 
-        wait_until(frontend_up, timeout=60, interval=0.5, message="Prometheus to scrape the frontend")
+        def targets() -> str:
+            with urllib.request.urlopen(f"{url}/api/v1/query?query=up", timeout=10) as response:
+                result = json.load(response)["data"]["result"]
+            return ", ".join(sorted(f"{r['metric']['job']} up={r['value'][1]}" for r in result))
+
+        wait_until(frontend_up, timeout=60, interval=0.5, message="Prometheus to scrape the frontend", seen=targets)
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
         with pytest.raises(urllib.error.URLError):

@@ -31,6 +31,7 @@ from agents.drivers.protocol import (
     VmNotFound,
     VmRequest,
 )
+from tests.conftest import async_wait_until
 from tests.vcsim import Vcsim
 
 
@@ -156,6 +157,41 @@ def test_an_expired_session_is_renewed_once_and_work_goes_on(esx):
             await driver.power_on(request.vm_uid)
             assert session.relogins == 1
             assert await driver.get_vm(request.vm_uid) == VmInfo(request.vm_uid, PowerState.ON)
+        finally:
+            await session.close()
+    run(body())
+
+
+def test_a_task_that_ended_before_it_was_awaited_is_not_awaited_forever(esx):
+    """vSphere reports a new filter's values at once; vcsim only with a later change.
+    A task awaited after it ended, and after the watcher took its last update (a
+    slow caller on a loaded machine), still resolves."""
+    async def body():
+        session, drivers = await open_esxi(esx.config())
+        try:
+            (driver,) = drivers.values()
+            first, marker = req(), req()
+            await driver.create_vm(first)
+            (moid,) = session.by_uid[first.vm_uid]
+            task = await session.call(session.vm_mo(moid).PowerOnVM_Task)
+
+            async def state() -> str:
+                return (await session.call(session.retrieve, task, ["info.state"])).get("info.state")
+
+            async def ended() -> bool:
+                return await state() == "success"
+
+            await async_wait_until(ended, timeout=30, message="the power-on task to end", seen=state)
+            # The watcher hands over changes in batches: once it shows a VM made after the
+            # task ended, it has taken the task's last update too.
+            await driver.create_vm(marker)
+            try:
+                async with asyncio.timeout(20):
+                    await session.wait_task(task)
+            except TimeoutError:
+                raise AssertionError(f"timed out after 20s waiting for a task that had ended; last seen: "
+                                     f"{await state()} (read directly)") from None
+            assert await driver.get_vm(first.vm_uid) == VmInfo(first.vm_uid, PowerState.ON)
         finally:
             await session.close()
     run(body())

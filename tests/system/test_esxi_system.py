@@ -11,6 +11,7 @@ import collections
 import time
 
 from quanta.local import LocalSystem
+from tests.conftest import describe_processes, describe_vms
 from tests.vcsim import Vcsim
 
 VMS = 200
@@ -48,7 +49,8 @@ def test_200_vms_on_vcsim_hosts_end_to_end():
                         running.add(vm.uid)
                     if len(running) == VMS or time.monotonic() > deadline:
                         break
-                assert running == made
+                assert running == made, (f"timed out after 240s waiting for all {VMS} VMs RUNNING; last seen: "
+                                         f"{describe_vms(client.list_vms())}; {describe_processes(system)}")
             seen = [vm for v in vcsims for vm in v.quanta_vms()]
             counts = collections.Counter(vm.uid for vm in seen)
             assert set(counts) == made

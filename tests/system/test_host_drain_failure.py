@@ -26,7 +26,7 @@ from controlplane.store.keys import Keys
 from controlplane.store.shards import ShardDirectory
 from quanta.client import Client
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import describe_hosts, describe_processes, seen_in, wait_until
 
 ALWAYS_VMS = 24
 NEVER_VMS = 6
@@ -50,6 +50,13 @@ def _vms(client: Client) -> dict[str, vm_pb2.Vm]:
 def _all_running(client: Client, count: int) -> dict[str, vm_pb2.Vm] | None:
     vms = _vms(client)
     return vms if len(vms) == count and all(vm.state == vm_pb2.Vm.RUNNING for vm in vms.values()) else None
+
+
+def _seen(system: LocalSystem, client: Client):
+    """What a wait saw: the VMs' states by count (the stragglers, if few), the hosts'
+    states and any process that exited."""
+    vms = seen_in(system, client)
+    return lambda: f"{vms()}; hosts: {describe_hosts(client.list_hosts())}"
 
 
 def _journal(system: LocalSystem, agents: int = 1) -> list[dict]:
@@ -80,7 +87,7 @@ def _check_moved_exactly_once(system: LocalSystem, client: Client, agents: int, 
     another host, made there exactly once; the NEVER ones (``deleted``) gone; each
     VM bound once and each host's allocation equal to its bindings."""
     vms = wait_until(lambda: _all_running(client, survivors), timeout=90, interval=0.2,
-                     message=f"{survivors} VMs RUNNING after the move")
+                     message=f"{survivors} VMs RUNNING after the move", seen=_seen(system, client))
     assert moved <= set(vms) and not deleted & set(vms)
     creates = _ops(_journal(system, agents), "create")
     assert max(creates.values()) == 1, "a VM was made twice on one host"
@@ -141,7 +148,7 @@ def test_drain_moves_every_vm_off_by_restart_policy(system):
         assert dict(picky.node_selector) == {"disk": "ssd"} and picky.anti_affinity_group == "web"
         client.delete_vm("picky")  # no sim host has disk=ssd: it would stay PENDING
         vms = wait_until(lambda: _all_running(client, ALWAYS_VMS + NEVER_VMS), timeout=60,
-                         message="all VMs RUNNING")
+                         message=f"all {ALWAYS_VMS + NEVER_VMS} VMs RUNNING", seen=_seen(system, client))
         per_host = collections.Counter(vm.host for vm in vms.values())
         victim, on_victim, moved, deleted = _victim(vms, always, never)
         assert moved, "no ALWAYS VM on the drained host"
@@ -171,9 +178,14 @@ def test_drain_moves_every_vm_off_by_restart_policy(system):
         survivors = ALWAYS_VMS + NEVER_VMS - len(deleted)
         after = _check_moved_exactly_once(system, client, 1, {victim}, moved, deleted, survivors)
         # The drained host destroyed each VM it ran (moved or deleted), once.
+        def destroyed_on_victim() -> str:
+            done = {u for h, u in _ops(_journal(system), "destroy") if h == victim}
+            return f"{len(done & on_victim)} of its {len(on_victim)} VMs destroyed, {len(done - on_victim)} others"
+
         destroys = wait_until(lambda: (d := _ops(_journal(system), "destroy")) and
                               {u for h, u in d if h == victim} == on_victim and d,
-                              timeout=30, message="the drained host destroyed its VMs")
+                              timeout=30, message=f"the drained host {victim} to destroy its VMs",
+                              seen=destroyed_on_victim)
         assert all(n == 1 for (h, _u), n in destroys.items() if h == victim)
         assert {after[uid].host for uid in moved} <= set(per_host) - {victim}
         # Never on two hosts at once: each moved VM was destroyed on the drained host
@@ -187,7 +199,8 @@ def test_drain_moves_every_vm_off_by_restart_policy(system):
         # In maintenance, nothing new lands there; out of it, it takes VMs again.
         extra = [client.create_vm(f"new-{i}", flavor="small", image="ubuntu") for i in range(6)]
         placed = wait_until(lambda: all(v.host for v in (client.get_vm(e.name) for e in extra))
-                            and [client.get_vm(e.name).host for e in extra], timeout=30, message="new VMs bound")
+                            and [client.get_vm(e.name).host for e in extra], timeout=30,
+                            message=f"{len(extra)} new VMs bound", seen=_seen(system, client))
         assert victim not in placed
         back = client.set_maintenance(victim, False)  # ends the drain too
         assert not back.maintenance and back.state == host_pb2.Host.READY
@@ -276,7 +289,7 @@ def test_dead_host_vms_run_elsewhere_exactly_once_and_never_twice(etcd_server, t
             system.client(project="dead") as client:
         always, never = _create(client)
         vms = wait_until(lambda: _all_running(client, ALWAYS_VMS + NEVER_VMS), timeout=60,
-                         message="all VMs RUNNING")
+                         message=f"all {ALWAYS_VMS + NEVER_VMS} VMs RUNNING", seen=_seen(system, client))
         dead_hosts = {h.name.split("/", 1)[1] for h in client.list_hosts() if h.name.startswith("hosts/sim1-")}
         assert len(dead_hosts) == 2
         on_dead = {uid for uid, vm in vms.items() if vm.host in dead_hosts}
@@ -293,8 +306,11 @@ def test_dead_host_vms_run_elsewhere_exactly_once_and_never_twice(etcd_server, t
                 seen[host].add(now[host])
             return now
 
+        def hosts_seen() -> str:
+            return f"{describe_hosts(client.list_hosts())}; {describe_processes(system)}"
+
         wait_until(lambda: all(states()[h] == host_pb2.Host.DEAD for h in dead_hosts), timeout=30,
-                   interval=0.1, message="agent-1's hosts declared dead")
+                   interval=0.1, message=f"agent-1's hosts {sorted(dead_hosts)} declared dead", seen=hosts_seen)
         assert all(host_pb2.Host.MISSING in seen[h] for h in dead_hosts), "DEAD without being MISSING first"
 
         survivors = ALWAYS_VMS + NEVER_VMS - len(deleted)
@@ -308,10 +324,14 @@ def test_dead_host_vms_run_elsewhere_exactly_once_and_never_twice(etcd_server, t
         # its hosts take VMs again once empty.
         system.processes["agent-1"].start()
         wait_until(lambda: all(states()[h] == host_pb2.Host.READY for h in dead_hosts), timeout=30,
-                   message="agent-1's hosts READY again")
-        destroyed = wait_until(
-            lambda: (d := {u for (h, u) in _ops(read_journal(system.sim_state_dir(1)), "destroy") if h in dead_hosts})
-            >= on_dead and d, timeout=30, message="the returned agent destroyed its old VMs")
+                   message="agent-1's hosts READY again", seen=hosts_seen)
+        def destroyed_back() -> set[str]:
+            return {u for (h, u) in _ops(read_journal(system.sim_state_dir(1)), "destroy") if h in dead_hosts}
+
+        destroyed = wait_until(lambda: (d := destroyed_back()) >= on_dead and d, timeout=30,
+                               message=f"the returned agent to destroy its {len(on_dead)} old VMs",
+                               seen=lambda: f"{len(destroyed_back() & on_dead)} of them destroyed; "
+                                            f"{describe_processes(system)}")
         assert destroyed == on_dead
         creates_back = _ops(read_journal(system.sim_state_dir(1)), "create")
         assert set(creates_back) == {(vms[u].host, u) for u in on_dead}, "the returned host made a VM again"
@@ -327,7 +347,8 @@ def test_only_a_host_without_heartbeat_and_vms_can_be_deleted(etcd_server, tmp_p
                      scheduler_args=("--host-dead-after", "10")) as system, \
             system.client(project="forget") as client:
         vms = [client.create_vm(f"vm-{i}", flavor="small", image="ubuntu") for i in range(8)]
-        running = wait_until(lambda: _all_running(client, len(vms)), timeout=60, message="all VMs RUNNING")
+        running = wait_until(lambda: _all_running(client, len(vms)), timeout=60, message=f"all {len(vms)} VMs RUNNING",
+                             seen=_seen(system, client))
         gone_host = next(vm.host for vm in running.values() if vm.host.startswith("sim1-"))
 
         def refusal(call) -> tuple[grpc.StatusCode, str]:
@@ -339,12 +360,12 @@ def test_only_a_host_without_heartbeat_and_vms_can_be_deleted(etcd_server, tmp_p
         assert refusal(lambda: client.delete_host("no-such-host"))[0] is grpc.StatusCode.NOT_FOUND
         system.processes["agent-1"].kill(signal.SIGKILL)
         wait_until(lambda: client.get_host(gone_host).state == host_pb2.Host.MISSING, timeout=30,
-                   message="the host MISSING")
+                   message=f"{gone_host} MISSING", seen=_seen(system, client))
         # Missing for 10 s before the scheduler declares it dead: its VMs are still bound.
         assert refusal(lambda: client.delete_host(gone_host)) == (grpc.StatusCode.FAILED_PRECONDITION,
                                                                   "HOST_NOT_EMPTY")
         wait_until(lambda: (h := client.get_host(gone_host)).state == host_pb2.Host.DEAD and h.vm_count == 0,
-                   timeout=60, message="the host DEAD and empty")
+                   timeout=60, message=f"{gone_host} DEAD and empty", seen=_seen(system, client))
         member = client.create_token("member", [("project-member", client.tenant, client.project)]).bearer_token
         with Client(system.endpoint, token=member, project="forget") as outsider:
             assert refusal(lambda: outsider.delete_host(gone_host))[0] is grpc.StatusCode.PERMISSION_DENIED
@@ -354,5 +375,6 @@ def test_only_a_host_without_heartbeat_and_vms_can_be_deleted(etcd_server, tmp_p
         assert gone_host not in {h.name.split("/", 1)[1] for h in client.list_hosts()}
         assert refusal(lambda: client.get_host(gone_host))[0] is grpc.StatusCode.NOT_FOUND
         # Its VMs run elsewhere; the cluster goes on placing.
-        wait_until(lambda: _all_running(client, len(vms)), timeout=60, message="the moved VMs RUNNING")
+        wait_until(lambda: _all_running(client, len(vms)), timeout=60, message=f"the {len(vms)} VMs RUNNING elsewhere",
+                   seen=_seen(system, client))
         assert client.create_vm("after", flavor="small", image="ubuntu").state == vm_pb2.Vm.PENDING

@@ -12,7 +12,7 @@ import pytest
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import Tally, describe_hosts, seen_in, wait_until
 
 READY, MISSING = host_pb2.Host.READY, host_pb2.Host.MISSING
 
@@ -22,7 +22,8 @@ def test_hosts_go_missing_when_their_agent_dies_and_come_back(etcd_server):
     with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=2, latency="zero", frontends=1,
                      lease_ttl=2, metrics=False) as system, system.client() as client:
         client.create_vm("a", flavor="medium", image="ubuntu")
-        wait_until(lambda: client.get_vm("a").state == client.get_vm("a").RUNNING, message="a RUNNING")
+        wait_until(lambda: client.get_vm("a").state == client.get_vm("a").RUNNING, message="a RUNNING",
+                   seen=seen_in(system, client))
         hosts = {h.name: h for h in client.list_hosts()}
         assert set(hosts) == {"hosts/sim-00000", "hosts/sim-00001"}
         assert all(h.state == READY and h.capacity.vcpus == 128 and h.driver == "sim" for h in hosts.values())
@@ -33,18 +34,24 @@ def test_hosts_go_missing_when_their_agent_dies_and_come_back(etcd_server):
         reader = threading.Thread(target=lambda: _collect(stream, events), daemon=True)
         reader.start()
         try:
-            wait_until(lambda: any(e.type == common_pb2.BOOKMARK for e in events), message="initial state")
+            def events_seen() -> str:
+                return "events " + str(Tally(common_pb2.EventType.Name(e.type) + (
+                    f" {e.host.name} {host_pb2.Host.State.Name(e.host.state)}" if e.host.name else "")
+                    for e in list(events)))
+
+            wait_until(lambda: any(e.type == common_pb2.BOOKMARK for e in events),
+                       message="the initial state and a bookmark", seen=events_seen)
             assert sorted(e.host.name for e in events if e.type == common_pb2.ADDED) == sorted(hosts)
 
             system.processes["agent-0"].kill(signal.SIGKILL)  # heartbeat stops; lease expires in ~2 s
             wait_until(lambda: {e.host.name for e in events if e.host.state == MISSING} == set(hosts),
-                       timeout=30, message="both hosts MISSING")
+                       timeout=30, message="both hosts MISSING in the watch", seen=events_seen)
             missing = client.get_host("sim-00000")
             assert missing.state == MISSING and missing.vm_count + client.get_host("sim-00001").vm_count == 1
 
             system.processes["agent-0"].start()
             wait_until(lambda: all(client.get_host(h).state == READY for h in hosts), timeout=30,
-                       message="hosts READY again")
+                       message="hosts READY again", seen=lambda: describe_hosts(client.list_hosts()))
             assert client.get_vm("a").state == client.get_vm("a").RUNNING  # adopted, not remade
         finally:
             stream.cancel()

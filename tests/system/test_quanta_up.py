@@ -46,7 +46,8 @@ def test_quanta_up_runs_the_system_and_stops_every_child(tmp_path):
     state_file = tmp_path / "state" / "quanta" / "local.json"
     try:
         wait_until(lambda: any("Quanta is up" in line for line in output) or up.poll() is not None,
-                   timeout=90, message="quanta up to report it is up")
+                   timeout=90, message="quanta up to report it is up",
+                   seen=lambda: f"its output: {''.join(output[-20:])!r}")
         assert up.poll() is None, "".join(output)
         state = json.loads(state_file.read_text())
         assert set(state["pids"]) == {"etcd", "frontend-0", "frontend-1", "scheduler-0", "agent-0"}
@@ -80,7 +81,8 @@ def test_quanta_up_runs_the_system_and_stops_every_child(tmp_path):
         old_agent = state["pids"]["agent-0"]
         os.kill(old_agent, signal.SIGKILL)
         wait_until(lambda: json.loads(state_file.read_text())["pids"]["agent-0"] != old_agent, timeout=30,
-                   message="agent restarted")
+                   message=f"agent-0 (pid {old_agent}) restarted",
+                   seen=lambda: f"pids {json.loads(state_file.read_text())['pids']}; output: {''.join(output[-10:])!r}")
         assert "agent-0 exited" in "".join(output)
 
         pids = json.loads(state_file.read_text())["pids"]

@@ -26,13 +26,14 @@ def test_a_flooding_tenant_cannot_starve_another() -> None:
             loud_token = admin.create_token("loud-bot", [("tenant-admin", "loud", "")]).bearer_token
             quiet_token = admin.create_token("quiet-bot", [("tenant-admin", "quiet", "")]).bearer_token
         refusals: list[ApiError] = []
+        served: list[str] = []
         stop = threading.Event()
 
         def flood() -> None:
             with Client(system.endpoint, token=loud_token, tenant="loud", project="p") as loud:
                 while not stop.is_set():
                     try:
-                        loud.get_project("p")
+                        served.append(loud.get_project("p").name)
                     except ApiError as err:
                         refusals.append(err)
 
@@ -40,7 +41,9 @@ def test_a_flooding_tenant_cannot_starve_another() -> None:
         for thread in threads:
             thread.start()
         try:
-            wait_until(lambda: refusals, timeout=30, message="the flooding tenant to be limited")
+            wait_until(lambda: refusals, timeout=30, message="the flooding tenant to be limited",
+                       seen=lambda: f"{len(served)} calls served, {len(refusals)} refused; "
+                                    f"{sum(t.is_alive() for t in threads)} of {len(threads)} flooders running")
             with Client(system.endpoint, token=quiet_token, tenant="quiet", project="p") as quiet:
                 answered = [quiet.get_project("p").name for _ in range(15)]  # within its own burst
         finally:

@@ -13,7 +13,7 @@ from controlplane.etcd import EtcdClient
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.shards import ShardDirectory
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import describe_processes, seen_in, wait_until
 from tests.system.test_crash_recovery import _check_exactly_once, _states
 
 SHARDS = 6
@@ -39,12 +39,18 @@ def _spread(system: LocalSystem, names: set[str]) -> dict[int, str] | None:
     return None
 
 
+def _owners_seen(system: LocalSystem):
+    """What a wait on the shards saw: shard -> owner, and any process that exited."""
+    return lambda: f"owners {dict(sorted(_owners(system).items()))}; {describe_processes(system)}"
+
+
 def test_scheduler_killed_mid_load_loses_and_duplicates_nothing(etcd_server, tmp_path):
     root = f"/failover-{uuid.uuid4().hex[:8]}"
     with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=6, latency="zero", frontends=1,
                      schedulers=3, shards=SHARDS, lease_ttl=3, metrics=False, data_dir=str(tmp_path)) as system:
         names = {f"scheduler-{i}" for i in range(3)}
-        owners = wait_until(lambda: _spread(system, names), timeout=30, message="6 shards spread over 3 processes")
+        owners = wait_until(lambda: _spread(system, names), timeout=30, message="6 shards spread over 3 processes",
+                            seen=_owners_seen(system))
         assert collections.Counter(owners.values()) == {name: 2 for name in names}
 
         victim = system.processes["scheduler-1"]
@@ -59,17 +65,18 @@ def test_scheduler_killed_mid_load_loses_and_duplicates_nothing(etcd_server, tmp
                 assert stuck, "no VM hashed to the victim's shards"
                 # The other processes place their shards' VMs meanwhile.
                 wait_until(lambda: _states(client)["PENDING"] == len(stuck), timeout=60,
-                           message="all VMs but the victim's placed")
+                           message=f"all VMs but the victim's {len(stuck)} placed", seen=seen_in(system, client))
             finally:
                 victim.kill(signal.SIGKILL)  # a stopped process dies of SIGKILL too
             assert _states(client)["PENDING"] == len(stuck), "the kill should land while its VMs are pending"
 
             survivors = names - {"scheduler-1"}
             owners = wait_until(lambda: _spread(system, survivors), timeout=30,
-                                message="the dead process's shards taken over")
+                                message="the dead process's shards taken over", seen=_owners_seen(system))
             assert collections.Counter(owners.values()) == {name: 3 for name in survivors}
             _check_exactly_once(system, client, vms)
 
             victim.start()  # it rejoins and gets its fair share back
-            owners = wait_until(lambda: _spread(system, names), timeout=30, message="rebalanced after rejoin")
+            owners = wait_until(lambda: _spread(system, names), timeout=30, message="rebalanced after rejoin",
+                                seen=_owners_seen(system))
             assert collections.Counter(owners.values()) == {name: 2 for name in names}

@@ -12,7 +12,7 @@ from controlplane.etcd import EtcdClient
 from controlplane.models import VmSpec
 from controlplane.store.keys import Keys
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import seen_in, wait_until
 
 
 def test_vms_of_every_shard_land_on_the_one_host_with_room() -> None:
@@ -24,7 +24,8 @@ def test_vms_of_every_shard_land_on_the_one_host_with_room() -> None:
         for i in range(16):
             client.create_vm(f"s-{i:02d}", flavor="small", image="ubuntu")
         wait_until(lambda: all(vm.state == vm.RUNNING for vm in client.list_vms()) and
-                   len(list(client.list_vms())) == 16, timeout=60, message="every VM RUNNING")
+                   len(list(client.list_vms())) == 16, timeout=60, message="all 16 VMs RUNNING",
+                   seen=seen_in(system, client))
         assert {vm.host for vm in client.list_vms()} == {hosts[0]}
 
         async def shards_of() -> set[int]:

@@ -19,7 +19,7 @@ from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import Tally, describe_vms, seen_in, wait_until
 
 State = vm_pb2.Vm.State
 
@@ -70,6 +70,12 @@ class EventRecorder:
     def deleted(self, name: str) -> bool:
         return any(e.type == common_pb2.DELETED and e.vm.name == name for e in self.events)
 
+    def seen(self) -> str:
+        """What the stream brought so far, for a timeout message."""
+        return "events " + str(Tally(common_pb2.EventType.Name(e.type) + (
+            f" {e.vm.name.rsplit('/', 1)[-1]} {vm_pb2.Vm.State.Name(e.vm.state)}" if e.vm.name else "")
+            for e in list(self.events)))
+
     def close(self) -> None:
         self._stream.cancel()
         self._thread.join(10)
@@ -77,14 +83,16 @@ class EventRecorder:
 
 def test_lifecycle_through_cli_and_watch(system, client):
     recorder = EventRecorder(client)
-    wait_until(lambda: any(e.type == common_pb2.BOOKMARK for e in recorder.events), message="watch started")
+    wait_until(lambda: any(e.type == common_pb2.BOOKMARK for e in recorder.events),
+               message="the watch's first bookmark", seen=recorder.seen)
     try:
         created = quanta(system, client.project, "vm", "create", "--name", "web-1", "--flavor", "small",
                          "--image", "ubuntu")
         assert created.returncode == 0, created.stderr
         assert "web-1" in created.stdout and "PENDING" in created.stdout
         name = client.vm_name("web-1")
-        wait_until(lambda: State.RUNNING in recorder.states(name), timeout=30, message="web-1 RUNNING")
+        wait_until(lambda: State.RUNNING in recorder.states(name), timeout=30, message="web-1 RUNNING in the watch",
+                   seen=lambda: f"{recorder.seen()}; listed: {describe_vms(client.list_vms())}")
         assert recorder.states(name) == [State.PENDING, State.SCHEDULED, State.CREATING, State.RUNNING]
 
         got = quanta(system, client.project, "vm", "get", "web-1")
@@ -97,7 +105,8 @@ def test_lifecycle_through_cli_and_watch(system, client):
 
         deleted = quanta(system, client.project, "vm", "delete", "web-1")
         assert deleted.returncode == 0 and "DELETING" in deleted.stdout, deleted.stdout + deleted.stderr
-        wait_until(lambda: recorder.deleted(name), timeout=30, message="web-1 deleted")
+        wait_until(lambda: recorder.deleted(name), timeout=30, message="web-1 DELETED in the watch",
+                   seen=lambda: f"{recorder.seen()}; listed: {describe_vms(client.list_vms())}")
         assert recorder.states(name)[-1] == State.DELETING
         with pytest.raises(ApiError) as missing:
             client.get_vm("web-1")
@@ -193,7 +202,7 @@ def test_retried_create_with_same_request_id_gives_one_vm(system, client):
     # Even after the VM is gone, a late retry of its create makes no second VM.
     client.delete_vm("db-1")
     wait_until(lambda: "db-1" not in [vm.name.rsplit("/", 1)[1] for vm in client.list_vms()], timeout=30,
-               message="db-1 removed")
+               message="db-1 removed", seen=seen_in(system, client))
     late = _error(lambda: client.create_vm("db-1", flavor="medium", image="debian", request_id="req-42"))
     assert late.code == grpc.StatusCode.ALREADY_EXISTS and late.reason == "REQUEST_ID_ALREADY_USED"
     client.create_vm("db-1", flavor="medium", image="debian", request_id="req-45")  # a new request may
@@ -297,7 +306,8 @@ def test_killing_a_frontend_loses_nothing_it_acknowledged(system, client):
         for i in range(10, 20):
             acknowledged.append(client.create_vm(f"k-{i}", flavor="small", image="ubuntu").uid)
         wait_until(lambda: sorted(vm.uid for vm in client.list_vms() if vm.state == State.RUNNING)
-                   == sorted(acknowledged), timeout=60, message="every acknowledged VM RUNNING")
+                   == sorted(acknowledged), timeout=60, message=f"all {len(acknowledged)} acknowledged VMs RUNNING",
+                   seen=seen_in(system, client))
     finally:
         victim.start()
 

@@ -22,7 +22,7 @@ from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import tenancy_pb2, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import Tally, describe_vms, wait_until
 
 ROLES = ("admin", "acme_admin", "web_member", "acme_viewer", "web_viewer", "globex_admin")
 
@@ -263,7 +263,8 @@ def test_deleting_a_project_or_tenant_with_vms_needs_force(world: World) -> None
         assert pytest.raises(ApiError, c.create_vm, "late", flavor="small", image="ubuntu").value.code == \
             grpc.StatusCode.NOT_FOUND
         # The agent destroys the VMs and their records go.
-        wait_until(lambda: not list(c.list_vms()), timeout=60, message="the forced deletion's VMs to go")
+        wait_until(lambda: not list(c.list_vms()), timeout=60, message="the forced deletion's VMs to go",
+                   seen=lambda: describe_vms(c.list_vms(), want=None))
 
 
 # --- tokens -------------------------------------------------------------------------------
@@ -311,7 +312,8 @@ def test_an_expired_token_is_refused(world: World) -> None:
             return None if outcome(lambda: c.get_project("web")) == OK else pytest.raises(
                 ApiError, c.get_project, "web").value.reason
 
-    wait_until(lambda: refused() == "TOKEN_EXPIRED", timeout=30, message="the token to expire")
+    wait_until(lambda: refused() == "TOKEN_EXPIRED", timeout=30, message="the token to expire",
+               seen=lambda: f"get_project answered {refused() or 'OK'}")
 
 
 def test_a_revoked_token_is_refused_by_every_frontend(world: World) -> None:
@@ -335,7 +337,16 @@ def test_a_revoked_token_is_refused_by_every_frontend(world: World) -> None:
                     assert err.reason == "TOKEN_REVOKED"
         return True
 
-    wait_until(every_frontend_refuses, timeout=30, message="every frontend to refuse the revoked token")
+    def answers() -> Tally:
+        tally = Tally()
+        for _ in range(12):
+            with Client(world.system.endpoint, token=issued.bearer_token, tenant="acme", project="web",
+                        own_connection=True) as c:
+                tally[outcome(lambda: c.get_project("web"))] += 1
+        return tally
+
+    wait_until(every_frontend_refuses, timeout=30, message="every frontend to refuse the revoked token",
+               seen=lambda: f"answers to 12 fresh connections: {answers()}")
     with world.as_("globex_admin") as globex:
         assert outcome(lambda: globex.revoke_token(issued.token.name)) == NF  # not globex's to see
 
@@ -364,7 +375,8 @@ def test_every_mutation_is_audited_with_caller_resource_and_result(world: World)
             records = admin.list_audit(tenant="acme")
         return {(r.method, r.resource, r.code) for r in records if r.subject == "acme_admin"}
 
-    wait_until(lambda: expected <= audited(), timeout=30, message="the audit records")
+    wait_until(lambda: expected <= audited(), timeout=30, message=f"the {len(expected)} audit records",
+               seen=lambda: f"missing {sorted(expected - audited())}")
     with world.as_("admin") as admin:
         everything = admin.list_audit()
     denial = [r for r in everything if r.method == "CreateTenant" and r.resource == "tenants/not-allowed"]
@@ -452,7 +464,8 @@ def test_audit_records_are_filed_by_what_was_authorised_not_by_what_the_body_cla
             return admin.list_audit(tenant="acme"), admin.list_audit(tenant="globex")
 
     wait_until(lambda: any(r.resource == f"tenants/acme/projects/{project}" for r in filed()[0]), timeout=30,
-               message="the create filed under acme")
+               message=f"the create of {project} filed under acme",
+               seen=lambda: f"acme's log: {Tally(r.method for r in filed()[0])}")
     acme_log, globex_log = filed()
     assert not [r for r in globex_log if r.subject == "acme_admin"]
 
@@ -483,8 +496,9 @@ def test_a_deleted_tenant_takes_its_tokens_along(world: World) -> None:
         admin.delete_tenant("phoenix")
         admin.create_tenant("phoenix")
 
-    def refused() -> bool:
+    def answer() -> str:
         with Client(world.system.endpoint, token=old, tenant="phoenix", own_connection=True) as c:
-            return outcome(lambda: c.get_tenant("phoenix")) == "UNAUTHENTICATED"
+            return outcome(lambda: c.get_tenant("phoenix"))
 
-    wait_until(refused, timeout=30, message="the old token to be refused")
+    wait_until(lambda: answer() == "UNAUTHENTICATED", timeout=30, message="the old token to be refused",
+               seen=lambda: f"get_tenant answered {answer()}")

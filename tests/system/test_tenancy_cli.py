@@ -69,9 +69,12 @@ def test_tenant_project_quota_token_and_vms_from_the_cli(system: LocalSystem) ->
     token_name = whoami["name"]
     assert quanta(system, admin, "token", "revoke", token_name).returncode == 0
     # (Every frontend watches the revocation list: within moments, whichever answers.)
-    wait_until(lambda: "UNAUTHENTICATED: TOKEN_REVOKED" in quanta(
-        system, dev, "vm", "list", "--tenant", "acme", "--project", "web").stderr, timeout=30,
-        message="the revoked token to be refused")
+    def listed() -> subprocess.CompletedProcess:
+        return quanta(system, dev, "vm", "list", "--tenant", "acme", "--project", "web")
+
+    wait_until(lambda: "UNAUTHENTICATED: TOKEN_REVOKED" in listed().stderr, timeout=30,
+               message="the revoked token to be refused",
+               seen=lambda: f"vm list answered {(r := listed()).returncode}: {(r.stderr or r.stdout)[-300:]!r}")
 
 
 def test_an_operator_bootstraps_the_first_admin_token_from_etcd(system: LocalSystem) -> None:

@@ -49,14 +49,23 @@ def test_tls_frontend(tmp_path) -> None:
             [sys.executable, "-m", "controlplane.frontend", "--etcd", system.etcd_endpoint, "--root", system.root,
              "--listen", endpoint, "--tls-cert", cert, "--tls-key", key], stdout=log, stderr=subprocess.STDOUT)
         try:
+            last: list[str] = []
+
             def answers() -> bool:
                 with Client(endpoint, token=system.admin_token, tls_ca=cert, timeout=3) as secure:
                     try:
                         return secure.get_tenant("default").name == "tenants/default"
-                    except ApiError:
+                    except ApiError as err:
+                        last[:] = [f"{err.code.name}: {err}"]
                         return False
 
-            wait_until(answers, timeout=60, message="the TLS frontend to answer")
+            def seen() -> str:
+                lines = (tmp_path / "tls-frontend.log").read_text(errors="replace").splitlines()
+                exited = frontend.poll()
+                return (f"{last[0] if last else 'no answer'}; the frontend "
+                        f"{'exited ' + str(exited) if exited is not None else 'runs'}; its log ends {lines[-3:]}")
+
+            wait_until(answers, timeout=60, message="the TLS frontend to answer", seen=seen)
             with Client(endpoint, token=system.admin_token, timeout=3) as plain, pytest.raises(ApiError) as refused:
                 plain.get_tenant("default")
             assert refused.value.code.name == "UNAVAILABLE"

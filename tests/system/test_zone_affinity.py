@@ -43,7 +43,7 @@ from scheduler.placement import (
     zone_anti_affinity,
 )
 from scheduler.simulate import queue_specs, seed_hosts
-from tests.conftest import wait_until
+from tests.conftest import describe_vms, seen_in, wait_until
 
 PROPS = settings(max_examples=150, deadline=None)
 CAP = Resources(16, 65536, 1000)
@@ -299,7 +299,8 @@ def test_zone_anti_affine_vms_created_at_once_land_one_per_zone(zoned_system) ->
                 c.reason == "NoHostFits" and "6 ZoneAntiAffinity" in c.message for c in vm.conditions)]
             return vms if len(placed) == len(ZONES) and len(waiting) == n - len(ZONES) else None
 
-        vms = wait_until(settled, timeout=60, message="one VM per zone placed, the others waiting with the reason")
+        vms = wait_until(settled, timeout=60, message="one VM per zone placed, the others waiting with the reason",
+                         seen=seen_in(zoned_system, client))
         placed = {v: vm for v, vm in vms.items() if vm.host}
         assert sorted(zone_of[vm.host] for vm in placed.values()) == list(ZONES)
         assert all(vm.anti_affinity_scope == vm.ZONE and vm.anti_affinity_group == "db" for vm in vms.values())
@@ -318,7 +319,8 @@ def test_zone_anti_affine_vms_created_at_once_land_one_per_zone(zoned_system) ->
                 return None
             return now
 
-        now = wait_until(refilled, timeout=60, message="a waiting VM placed in the freed zone")
+        now = wait_until(refilled, timeout=60, message=f"a waiting VM placed in the freed zone {freed}",
+                         seen=lambda: f"{describe_vms(client.list_vms(), want=None)}; hosts' zones {zone_of}")
         newcomer = set(now) - set(placed)
         assert len(newcomer) == 1
         assert zone_of[now[newcomer.pop()].host] == freed
@@ -350,11 +352,15 @@ def test_a_vm_waiting_for_its_affinity_group_is_placed_when_the_group_arrives(et
             scheduler = asyncio.create_task(run_scheduler(SchedulerConfig(
                 etcd=etcd_endpoint, root=root, shards=1, lease_ttl=5, name="s")))
             try:
+                async def seen() -> str:
+                    state = f"ended: {scheduler.exception()!r}" if scheduler.done() else "running"
+                    return f"bound {await bound(client, keys)}; the scheduler {state}"
+
                 await async_wait_until(lambda: _reason_of(client, keys, "follower"), timeout=30,
-                                       message="the follower to wait for its group")
+                                       message="the follower to wait for its group, with a reason", seen=seen)
                 await queue_specs(client, keys, [spec("leader", anti_affinity_group="g")])
                 placed = await async_wait_until(lambda: _both(bound(client, keys)), timeout=30,
-                                                message="the follower placed once the leader is")
+                                                message="the follower placed once the leader is", seen=seen)
                 assert placed["follower"] == placed["leader"]
             finally:
                 scheduler.cancel()

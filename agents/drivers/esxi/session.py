@@ -246,6 +246,11 @@ class Session:
         self._task_waiters[moid] = waiter
         try:
             await self.call(self._watch_task, task)
+            # Read the task once after subscribing: vSphere reports a new filter's values
+            # at once, but vcsim only with some later change, so a task that ended before
+            # its filter existed (a slow caller, a loaded machine) would be awaited forever.
+            props = await self.call(self.retrieve, task, _TASK_PATHS)
+            self._apply_task(moid, [(path, "assign", value) for path, value in props.items()])
             async with asyncio.timeout(self.config.task_timeout_s):
                 return await waiter
         finally:
