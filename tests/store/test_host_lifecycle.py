@@ -504,7 +504,8 @@ def test_the_running_controller_drains_and_comes_back_to_what_it_left(etcd_endpo
                     async def marked() -> bool:
                         return all(b.binding.evicting for b in (await lifecycle.host_bindings("h1")).bound)
 
-                    await async_wait_until(marked, timeout=20, message="the VM marked evicting")
+                    await async_wait_until(marked, timeout=20, message="the VM marked evicting",
+                                           seen=lambda: f"{evictor.calls} evictions")
                     assert evictor.calls >= 3, f"marked after {evictor.calls} evictions"
             finally:
                 await lease.revoke()

@@ -190,10 +190,12 @@ def test_operators_adopt_or_destroy_quarantined_vms(etcd_endpoint: str, root: st
                 async def destroyed() -> bool:
                     return await host.get_vm(drop.uid) is None
 
-                await async_wait_until(destroyed, message="the condemned VM destroyed by its agent")
+                await async_wait_until(destroyed, message="the condemned VM destroyed by its agent",
+                                       seen=lambda: f"quarantined: {sorted(keeper.quarantined)}")
                 await async_wait_until(lambda: (HOST, drop.uid) not in keeper.quarantined and
                                        (HOST, keep.uid) not in keeper.quarantined,
-                                       message="the keeper forgot the adopted and destroyed VMs")
+                                       message="the keeper forgot the adopted and destroyed VMs",
+                                       seen=lambda: f"quarantined: {sorted(keeper.quarantined)}")
             assert {vm.vm_uid for vm in await host.list_vms()} == {keep.uid, twin.uid, over.uid}
 
     run(main())

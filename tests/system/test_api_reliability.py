@@ -19,7 +19,7 @@ from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import describe_vms, wait_until
 
 SERVICE_MODULES = (vm_pb2, host_pb2, tenancy_pb2, catalog_pb2, auth_pb2)
 INVALID_UTF8_NAME = bytes.fromhex("0a04fffec328")  # GetVmRequest.name = b"\xff\xfe\xc3("
@@ -216,7 +216,8 @@ def test_a_forced_project_deletion_wins_over_members_that_keep_creating(system, 
     for t in creators:
         t.start()
     try:
-        wait_until(lambda: len(created) >= 10, timeout=30, message="the creators to get going")
+        wait_until(lambda: len(created) >= 10, timeout=30, message="the creators to get going",
+                   seen=lambda: f"{len(created)} created")
         deleted = admin.delete_project("p", tenant=tenant, force=True)
     except BaseException:
         stop.set()  # else they stop at their first refusal
@@ -230,4 +231,5 @@ def test_a_forced_project_deletion_wins_over_members_that_keep_creating(system, 
                                                    (grpc.StatusCode.NOT_FOUND, "PROJECT_NOT_FOUND")}, ended
     assert _error(lambda: admin.get_project("p", tenant=tenant)).code == grpc.StatusCode.NOT_FOUND
     with system.client(tenant=tenant, project="p", ensure_project=False) as c:
-        wait_until(lambda: not list(c.list_vms()), timeout=60, message="the forced deletion's VMs to go")
+        wait_until(lambda: not list(c.list_vms()), timeout=60, message="the forced deletion's VMs to go",
+                   seen=lambda: describe_vms(c.list_vms(), want=None))

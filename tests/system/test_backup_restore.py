@@ -13,7 +13,7 @@ import urllib.request
 from agents.drivers.sim import read_journal
 from controlplane.gen.quanta.v1 import vm_pb2
 from quanta.local import LocalSystem
-from tests.conftest import wait_until
+from tests.conftest import describe_processes, seen_in, wait_until
 
 BEFORE = 10
 AFTER = 50
@@ -48,14 +48,14 @@ def test_restore_from_an_older_backup_destroys_nothing_made_since(tmp_path) -> N
         client = system.client()
         before = [client.create_vm(f"before-{i:02d}", flavor="small", image="ubuntu") for i in range(BEFORE)]
         wait_until(lambda: _running(client, {vm.name for vm in before}), timeout=60,
-                   message=f"the first {BEFORE} VMs RUNNING")
+                   message=f"the first {BEFORE} VMs RUNNING", seen=seen_in(system, client))
         backup = tmp_path / "quanta.db"
         printed = _quanta("backup", "create", str(backup), "--etcd", system.etcd_endpoint)
         assert (tmp_path / "quanta.db.sha256").read_text().split()[0] in printed
 
         after = [client.create_vm(f"after-{i:02d}", flavor="small", image="ubuntu") for i in range(AFTER)]
         wait_until(lambda: _running(client, {vm.name for vm in after}), timeout=90,
-                   message=f"the {AFTER} later VMs RUNNING")
+                   message=f"the {AFTER} later VMs RUNNING", seen=seen_in(system, client))
         client.close()
 
         # The documented procedure: stop everything, restore into a new data dir, start etcd, then the rest.
@@ -69,14 +69,15 @@ def test_restore_from_an_older_backup_destroys_nothing_made_since(tmp_path) -> N
         client = system.client()
         after_uids = {vm.uid for vm in after}
         orphans = wait_until(lambda: (o := list(client.list_orphans())) and len(o) >= AFTER and o, timeout=60,
-                             message=f"the {AFTER} VMs made after the backup reported as orphans")
+                             message=f"the {AFTER} VMs made after the backup reported as orphans",
+                             seen=lambda: f"{len(list(client.list_orphans()))} orphans; {describe_processes(system)}")
         assert {o.uid for o in orphans} == after_uids
         assert {o.vm for o in orphans} == {vm.name for vm in after}
         assert all(o.adoptable and o.powered_on for o in orphans)
         assert _orphan_gauge(system) == AFTER
         # The store knows only what the backup held; the hosts destroyed nothing.
         wait_until(lambda: _running(client, {vm.name for vm in before}), timeout=60,
-                   message="the VMs of the backup RUNNING again")
+                   message="the VMs of the backup RUNNING again", seen=seen_in(system, client))
         assert {vm.name for vm in client.list_vms()} == {vm.name for vm in before}
         assert _destroyed(system) == []
 
@@ -86,13 +87,15 @@ def test_restore_from_an_older_backup_destroys_nothing_made_since(tmp_path) -> N
             vm = client.adopt_orphan(orphan.host, orphan.uid)
             assert (vm.name, vm.uid, vm.host) == (orphan.vm, orphan.uid, orphan.host.removeprefix("hosts/"))
         wait_until(lambda: _running(client, {o.vm for o in kept}), timeout=60,
-                   message="the adopted VMs RUNNING under their project")
+                   message="the adopted VMs RUNNING under their project", seen=seen_in(system, client))
         # Destroy the last one: its agent destroys it, by the tombstone the operator wrote.
         client.destroy_orphan(doomed.host, doomed.uid)
         wait_until(lambda: _destroyed(system) == [doomed.uid], timeout=30,
-                   message="the condemned orphan destroyed by its agent")
+                   message="the condemned orphan destroyed by its agent",
+                   seen=lambda: f"destroyed: {_destroyed(system)}; {describe_processes(system)}")
         wait_until(lambda: not list(client.list_orphans()) and _orphan_gauge(system) == 0, timeout=30,
-                   message="no orphans left")
+                   message="no orphans left",
+                   seen=lambda: f"{len(list(client.list_orphans()))} orphans, gauge {_orphan_gauge(system)}")
         assert len(list(client.list_vms())) == BEFORE + AFTER - 1
         usage = client.get_quota(f"tenants/{client.tenant}/projects/{client.project}/quota").usage
         assert usage.vms == BEFORE + AFTER - 1

@@ -99,7 +99,8 @@ def test_overcommit_is_applied_once_and_host_get_shows_it(etcd_server):
             waiting = [vm for vm in vms if vm.state == State.PENDING and vm.conditions]
             return (running, waiting) if len(running) + len(waiting) == 6 else None
 
-        running, waiting = wait_until(settled, message="every VM RUNNING or waiting with a reason")
+        running, waiting = wait_until(settled, message="every VM RUNNING or waiting with a reason",
+                                      seen=seen_in(system, client))
         assert (len(running), len(waiting)) == (4, 2)
         assert "InsufficientVcpus" in waiting[0].conditions[0].message
 

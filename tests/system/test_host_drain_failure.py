@@ -217,12 +217,14 @@ def test_drain_finishes_when_the_owner_of_shard_0_dies(etcd_server, tmp_path):
                      data_dir=str(tmp_path)) as system, system.client(project="takeover") as client:
         always, never = _create(client)
         vms = wait_until(lambda: _all_running(client, ALWAYS_VMS + NEVER_VMS), timeout=60,
-                         message="all VMs RUNNING")
+                         message="all VMs RUNNING", seen=seen_in(system, client))
         victim, on_victim, moved, deleted = _victim(vms, always, never)
         assert moved, "no ALWAYS VM on the drained host"
         owners = wait_until(lambda: (o := {s: _shard_owner(system, s) for s in (0, 1)})
                             and set(o.values()) == {"scheduler-0", "scheduler-1"} and o,
-                            timeout=30, message="one shard per scheduler process")
+                            timeout=30, message="one shard per scheduler process",
+                            seen=lambda: f"owners {[_shard_owner(system, s) for s in (0, 1)]}; "
+                                         f"{describe_processes(system)}")
         owner = system.processes[owners[0]]
         owner.process.send_signal(signal.SIGSTOP)  # alive to etcd until its lease runs out
         try:
@@ -255,7 +257,8 @@ def test_cli_drain_wait_shows_progress_until_the_host_is_empty(system):
 
     with system.client(project="cli") as client:
         vms = [client.create_vm(f"vm-{i:02d}", flavor="small", image="ubuntu") for i in range(12)]
-        running = wait_until(lambda: _all_running(client, len(vms)), timeout=60, message="all VMs RUNNING")
+        running = wait_until(lambda: _all_running(client, len(vms)), timeout=60, message="all VMs RUNNING",
+                             seen=seen_in(system, client))
         victim, on_victim, _, _ = _victim(running, vms, [])
 
         done = quanta(victim, "--wait", "--timeout", "60")
@@ -266,7 +269,7 @@ def test_cli_drain_wait_shows_progress_until_the_host_is_empty(system):
         assert counts[0] == len(on_victim) and counts[-1] == 0 and counts == sorted(counts, reverse=True), lines
         assert lines[-1].split()[:3] == [victim, "DRAINED*", "vms=0"], lines
         running = wait_until(lambda: _all_running(client, len(vms)), timeout=60,
-                             message="the drained VMs RUNNING elsewhere")
+                             message="the drained VMs RUNNING elsewhere", seen=seen_in(system, client))
         assert victim not in {vm.host for vm in running.values()}
 
         # Another host; destroying takes 1 s, so 0.2 s is too short.

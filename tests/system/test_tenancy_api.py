@@ -412,11 +412,15 @@ def test_the_audit_record_carries_the_calls_correlation_id(world: World) -> None
                                                   timeout=30)
     assert dict(call.trailing_metadata())["x-correlation-id"] == "corr-audit-1"
 
-    def record():
+    def _acme_records() -> list:
         with world.as_("admin") as admin:
-            return next((r for r in admin.list_audit(tenant="acme") if r.resource == made.name), None)
+            return list(admin.list_audit(tenant="acme"))
 
-    audited = wait_until(record, timeout=30, message=f"the audit record of creating {made.name}")
+    def record():
+        return next((r for r in _acme_records() if r.resource == made.name), None)
+
+    audited = wait_until(record, timeout=30, message=f"the audit record of creating {made.name}",
+                         seen=lambda: f"{len(_acme_records())} acme records")
     assert (audited.method, audited.correlation_id) == ("CreateVm", "corr-audit-1")
 
 
