@@ -298,7 +298,8 @@ def test_instant_clone_call_shape_from_a_running_parent():
     assert spec.name == f"quanta-{request.vm_uid}"
     assert [mo._moId for mo in (spec.location.host, spec.location.pool, spec.location.datastore)] == \
         ["host-1", "pool-1", "ds-1"]
-    assert [(o.key, o.value) for o in spec.config] == [("quanta.vm_uid", request.vm_uid)]
+    assert [(o.key, o.value) for o in spec.config] == [("quanta.vm_uid", request.vm_uid),
+                                                       ("quanta.vm_name", request.name)]
 
 
 def test_instant_clone_unsupported_falls_back_to_a_linked_clone_but_capacity_does_not():
