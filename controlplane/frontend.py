@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from controlplane.api.audit_service import AuditService
 from controlplane.api.authn import AuditInterceptor, AuthInterceptor
@@ -25,6 +24,7 @@ from controlplane.api.host_service import HostService
 from controlplane.api.interceptors import default_interceptors
 from controlplane.api.project_service import ProjectService
 from controlplane.api.quota_service import QuotaService
+from controlplane.api.reflection import enable_server_reflection
 from controlplane.api.tenant_service import TenantService
 from controlplane.api.token_service import TokenService
 from controlplane.api.vm_service import VmService
@@ -146,9 +146,9 @@ async def serve(config: FrontendConfig) -> None:
                                   (auth_pb2, ("TokenService", "AuditService")))
             for name in names
         ]
-        services = (*api_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(services, server)
+        # Reflection in v1 and v1alpha (what buf curl and grpcurl use to call the API).
+        enable_server_reflection((*api_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+                                 server)
         if credentials is not None:
             port = server.add_secure_port(config.listen, credentials)
         else:

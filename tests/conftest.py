@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import itertools
 import os
-import shutil
 import pathlib
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
