@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controlplane.api.audit_service import AuditService
@@ -21,7 +22,7 @@ from controlplane.api.authn import AuditInterceptor, AuthInterceptor
 from controlplane.api.catalog_service import FlavorService, ImageService
 from controlplane.api.decoding import DecodeInterceptor
 from controlplane.api.host_service import HostService
-from controlplane.api.interceptors import default_interceptors
+from controlplane.api.interceptors import default_interceptors, initialise_request_metrics
 from controlplane.api.project_service import ProjectService
 from controlplane.api.quota_service import QuotaService
 from controlplane.api.reflection import enable_server_reflection
@@ -146,6 +147,8 @@ async def serve(config: FrontendConfig) -> None:
                                   (auth_pb2, ("TokenService", "AuditService")))
             for name in names
         ]
+        initialise_request_metrics(method.name for name in api_services
+                                   for method in descriptor_pool.Default().FindServiceByName(name).methods)
         # Reflection in v1 and v1alpha (what buf curl and grpcurl use to call the API).
         enable_server_reflection((*api_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
                                  server)

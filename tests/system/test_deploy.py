@@ -596,6 +596,35 @@ def test_local_prometheus_scrapes_every_process_and_has_the_dashboards_data(live
     assert set(prometheus.rule_groups()) == {g["name"] for g in load_yaml(ALERT_RULES)["groups"]}
 
 
+def test_failure_counters_start_at_zero_for_their_known_label_values(live):
+    _system, scraped = live
+    frontend = scraped["frontend-0"]
+    for method in ("CreateVm", "DrainHost", "ListTenants"):
+        for code in ("INTERNAL", "UNAVAILABLE", "NOT_FOUND"):
+            series = rf'^quanta_api_requests_total\{{code="{code}",method="{method}"\}} 0\.0$'
+            assert re.search(series, frontend, re.M), f"{method} {code}"
+    assert re.search(r'^quanta_vm_creations_failed_total\{reason="CapacityExceeded"\} 0\.0$', scraped["agent-0"], re.M)
+    for name, text in scraped.items():
+        assert re.search(r'^quanta_etcd_request_errors_total\{code="UNAVAILABLE",op="txn"\} 0\.0$', text, re.M), name
+
+
+def test_a_healthy_systems_dashboard_has_data_in_every_panel(live):
+    """No "No data" panel: every query of the dashboard returns a series (0 where nothing
+    failed), once Prometheus has two scrapes for rate()."""
+    system, _scraped = live
+    exprs = [expr.replace("$__rate_interval", "1m") for expr in dashboard_exprs()]
+    empty: list[str] = []
+
+    def all_have_data() -> bool:
+        empty[:] = [expr for expr in exprs if not system.prometheus.query(expr)]
+        return not empty
+
+    try:
+        wait_until(all_have_data, timeout=60, interval=1, message="every dashboard query to return data")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; without data: {empty}") from None
+
+
 def test_prometheus_server_stops_and_reports_a_missing_binary(tmp_path):
     with pytest.raises(FileNotFoundError, match="prometheus"):
         PrometheusServer(tmp_path / "none", binary=str(tmp_path / "no-prometheus")).start({})
