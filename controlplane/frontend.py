@@ -14,17 +14,18 @@ import os
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from controlplane.api.audit_service import AuditService
 from controlplane.api.authn import AuditInterceptor, AuthInterceptor
 from controlplane.api.catalog_service import FlavorService, ImageService
 from controlplane.api.decoding import DecodeInterceptor
 from controlplane.api.host_service import HostService
-from controlplane.api.interceptors import default_interceptors
+from controlplane.api.interceptors import default_interceptors, initialise_request_metrics
 from controlplane.api.project_service import ProjectService
 from controlplane.api.quota_service import QuotaService
+from controlplane.api.reflection import enable_server_reflection
 from controlplane.api.tenant_service import TenantService
 from controlplane.api.token_service import TokenService
 from controlplane.api.vm_service import VmService
@@ -146,9 +147,11 @@ async def serve(config: FrontendConfig) -> None:
                                   (auth_pb2, ("TokenService", "AuditService")))
             for name in names
         ]
-        services = (*api_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(services, server)
+        initialise_request_metrics(method.name for name in api_services
+                                   for method in descriptor_pool.Default().FindServiceByName(name).methods)
+        # Reflection in v1 and v1alpha (what buf curl and grpcurl use to call the API).
+        enable_server_reflection((*api_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+                                 server)
         if credentials is not None:
             port = server.add_secure_port(config.listen, credentials)
         else:

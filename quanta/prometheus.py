@@ -2,7 +2,8 @@
 
 Runs the ``prometheus`` binary (Debian's ``prometheus`` package, or any on PATH) on
 loopback on a free port, with a scrape config generated from the processes'
-metrics ports and the alert rules of ``deploy/prometheus/`` when this is a checkout.
+metrics ports and the alert rules the package ships (``quanta/monitoring/alerts.yml``,
+package data, so an installed wheel has them as a checkout does).
 Job names match the compose file and the Kubernetes scrape config, so the alerts
 and the Grafana dashboard work unchanged against it: ``quanta-frontend``,
 ``quanta-scheduler``, ``quanta-agent`` and ``etcd``.
@@ -22,8 +23,11 @@ from collections.abc import Mapping
 
 from controlplane.etcd.server import free_port, terminate
 
-#: Alert rules shipped in deploy/; present in a checkout, absent in an installed package.
-DEPLOY_RULES = pathlib.Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+#: Package data: the Prometheus alert rules and the Grafana dashboard (the one copy of
+#: each; deploy/compose mounts the rules from here).
+MONITORING_DIR = pathlib.Path(__file__).resolve().parent / "monitoring"
+ALERT_RULES = MONITORING_DIR / "alerts.yml"
+DASHBOARD = MONITORING_DIR / "dashboard.json"
 
 
 def job_of(process_name: str) -> str:
@@ -47,13 +51,16 @@ def scrape_config(targets: Mapping[str, str], *, interval: str = "5s",
 
 
 class PrometheusServer:
-    """One Prometheus process on 127.0.0.1. ``start()`` blocks until it is ready;
-    ``stop()`` is idempotent and ends the process (SIGTERM, then SIGKILL)."""
+    """One Prometheus process on 127.0.0.1 evaluating the alert rules ``rules`` (default:
+    the packaged ones). ``start()`` blocks until it is ready; ``stop()`` is idempotent and
+    ends the process (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, data_dir: str | pathlib.Path, *, binary: str | None = None, interval: str = "5s"):
+    def __init__(self, data_dir: str | pathlib.Path, *, binary: str | None = None, interval: str = "5s",
+                 rules: pathlib.Path = ALERT_RULES):
         self.data_dir = pathlib.Path(data_dir)
         self.binary = binary or shutil.which("prometheus") or "/usr/bin/prometheus"
         self.interval = interval
+        self.rules = rules
         self.port = 0
         self.process: subprocess.Popen | None = None
         self.config_path = self.data_dir / "prometheus.yml"
@@ -65,15 +72,19 @@ class PrometheusServer:
 
     def start(self, targets: Mapping[str, str], timeout: float = 30.0) -> PrometheusServer:
         """Write the config for ``targets`` (name -> host:port), start Prometheus and wait
-        until it is ready. Raises FileNotFoundError without a prometheus binary, and
-        RuntimeError/TimeoutError (after stopping it) when it exits or does not get ready."""
+        until it is ready with the alert rules loaded. Raises FileNotFoundError without a
+        prometheus binary or without the rules file (a broken install), and
+        RuntimeError/TimeoutError (after stopping it) when it exits, does not get ready,
+        or has loaded no rule group."""
         if not pathlib.Path(self.binary).exists():
             raise FileNotFoundError(f"no prometheus binary ({self.binary}); install Debian's 'prometheus' package")
+        if not self.rules.is_file():
+            raise FileNotFoundError(f"no alert rules at {self.rules}: the quanta package lacks its data files; "
+                                    "reinstall it")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        rules = (str(DEPLOY_RULES),) if DEPLOY_RULES.exists() else ()
         # JSON is YAML: no YAML library needed at run time.
-        self.config_path.write_text(json.dumps(scrape_config(targets, interval=self.interval, rule_files=rules),
-                                               indent=2))
+        self.config_path.write_text(json.dumps(
+            scrape_config(targets, interval=self.interval, rule_files=(str(self.rules),)), indent=2))
         self.port = free_port()
         argv = [self.binary, f"--config.file={self.config_path}",
                 f"--storage.tsdb.path={self.data_dir / 'tsdb'}", "--storage.tsdb.retention.time=1d",
@@ -83,6 +94,11 @@ class PrometheusServer:
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             self._wait_ready(self.process, timeout)
+            # Prometheus loads its rule files before it reports ready, and starts without
+            # them (a log line only) when a file has no groups or is not found.
+            if not self.rule_groups():
+                raise RuntimeError(f"prometheus loaded no alert rule groups from {self.rules}; "
+                                   f"log: {self.log_path}")
         except BaseException:
             self.stop()
             raise
@@ -115,6 +131,11 @@ class PrometheusServer:
         if body.get("status") != "success":
             raise RuntimeError(f"query {expr!r} failed: {body}")
         return body["data"]["result"]
+
+    def rule_groups(self) -> list[str]:
+        """The names of the rule groups Prometheus has loaded (``/api/v1/rules``)."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/rules", timeout=10) as response:
+            return [group["name"] for group in json.load(response)["data"]["groups"]]
 
     def stop(self, timeout: float = 10.0) -> None:
         terminate(self.process, timeout)

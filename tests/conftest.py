@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -241,3 +242,17 @@ async def running(*coros: Coroutine) -> AsyncIterator[list[asyncio.Task]]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def buf_binary() -> str:
+    """The ``buf`` CLI (npm's @bufbuild/buf): on PATH, or where scripts/deps installs it
+    (``$BUF_DIR``, default ``~/.cache/quanta/buf``). Skips the test without it, except in
+    CI, where scripts/deps must have installed it."""
+    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "quanta" / "buf"
+    installed = pathlib.Path(os.environ.get("BUF_DIR") or cache) / "node_modules" / ".bin" / "buf"
+    found = shutil.which("buf") or (str(installed) if installed.exists() else None)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"buf is missing in CI (not on PATH, nor at {installed}): scripts/deps installs it")
+        pytest.skip(f"buf is not installed (not on PATH, nor at {installed}); scripts/deps installs it with npm")
+    return found

@@ -24,7 +24,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import Any
 
@@ -65,6 +65,16 @@ _TRANSIENT_ETCD_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.
 def short_method(full_method: str) -> str:
     """``"/quanta.v1.VmService/CreateVm"`` → ``"CreateVm"``."""
     return full_method.rsplit("/", 1)[-1]
+
+
+def initialise_request_metrics(methods: Iterable[str]) -> None:
+    """Create the ``quanta_api_requests_total`` series of ``methods`` (full or short
+    names) for every status code, at 0, as go-grpc-prometheus' InitializeMetrics does: a
+    healthy frontend's error panels show 0 instead of no data, and rate() sees a series'
+    first failure. Idempotent; call at start with the methods the server serves."""
+    for method in methods:
+        for code in grpc.StatusCode:
+            API_REQUESTS.labels(short_method(method), code.name)
 
 
 def error_for_exception(exc: BaseException) -> ApiError:

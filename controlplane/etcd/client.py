@@ -37,6 +37,14 @@ ETCD_REQUEST_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 ETCD_ERRORS = Counter("quanta_etcd_request_errors_total", "etcd requests that failed.", ["op", "code"])
+#: The ``op`` label values: every kind of request this client makes.
+ETCD_OPS = ("range", "put", "delete", "txn", "compact", "lease_grant", "lease_revoke", "watch")
+# Every error series exists from the start, at 0: a healthy process shows 0 errors rather
+# than no data, and rate() sees a series' first error (labels() alone creates it).
+for _op in ETCD_OPS:
+    for _code in grpc.StatusCode:
+        if _code is not grpc.StatusCode.OK:
+            ETCD_ERRORS.labels(_op, _code.name)
 
 _MAX_MESSAGE = 512 * 1024 * 1024
 

@@ -38,7 +38,7 @@ import yaml
 
 import quanta.cli
 from quanta.local import LocalSystem
-from quanta.prometheus import PrometheusServer, job_of, scrape_config
+from quanta.prometheus import ALERT_RULES, DASHBOARD, PrometheusServer, job_of, scrape_config
 from tests.conftest import wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -63,11 +63,11 @@ def load_yaml(path: pathlib.Path) -> dict:
 
 
 def alert_rules() -> list[dict]:
-    return [rule for group in load_yaml(PROMETHEUS_DIR / "alerts.yml")["groups"] for rule in group["rules"]]
+    return [rule for group in load_yaml(ALERT_RULES)["groups"] for rule in group["rules"]]
 
 
 def dashboard_exprs() -> list[str]:
-    dashboard = json.loads((DEPLOY / "grafana" / "quanta.json").read_text())
+    dashboard = json.loads(DASHBOARD.read_text())
     return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
@@ -196,7 +196,7 @@ def check_quanta_process(argv: list[str], env: dict[str, str], *, metrics_port: 
 
 
 def test_alert_rules_pass_promtool_check_and_unit_tests():
-    assert "SUCCESS" in promtool("check", "rules", str(PROMETHEUS_DIR / "alerts.yml")).stdout
+    assert "SUCCESS" in promtool("check", "rules", str(ALERT_RULES)).stdout
     result = promtool("test", "rules", str(PROMETHEUS_DIR / "tests" / "alerts_test.yml"))
     assert "SUCCESS" in result.stdout + result.stderr
 
@@ -218,8 +218,11 @@ def jobs_in(exprs: list[str]) -> set[str]:
     return {job for expr in exprs for job in re.findall(r'job="([^"]+)"', expr)}
 
 
-def test_compose_scrape_config_passes_promtool_and_names_the_alerts_jobs():
-    promtool("check", "config", str(PROMETHEUS_DIR / "compose.yml"))
+def test_compose_scrape_config_passes_promtool_and_names_the_alerts_jobs(tmp_path):
+    # Laid out as compose mounts it: the config beside the packaged alert rules.
+    shutil.copy(PROMETHEUS_DIR / "compose.yml", tmp_path / "compose.yml")
+    shutil.copy(ALERT_RULES, tmp_path / "alerts.yml")
+    promtool("check", "config", str(tmp_path / "compose.yml"))
     jobs = {job["job_name"] for job in load_yaml(PROMETHEUS_DIR / "compose.yml")["scrape_configs"]}
     assert jobs == QUANTA_JOBS | {"etcd"}
     assert jobs_in([rule["expr"] for rule in alert_rules()] + dashboard_exprs()) <= jobs
@@ -233,7 +236,7 @@ def test_kubernetes_scrape_config_is_valid_and_keyed_by_the_manifests_annotation
         assert job.pop("kubernetes_sd_configs")[0]["role"] == "pod"
         job["static_configs"] = [{"targets": ["127.0.0.1:9100"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    shutil.copy(PROMETHEUS_DIR / "alerts.yml", tmp_path / "alerts.yml")
+    shutil.copy(ALERT_RULES, tmp_path / "alerts.yml")
     promtool("check", "config", str(tmp_path / "prometheus.yml"))
 
     relabels = config["scrape_configs"][0]["relabel_configs"]
@@ -250,7 +253,7 @@ def test_kubernetes_scrape_config_is_valid_and_keyed_by_the_manifests_annotation
 def test_generated_scrape_config_for_quanta_up_uses_the_same_jobs(tmp_path):
     targets = {"frontend-0": "127.0.0.1:1", "frontend-1": "127.0.0.1:2", "scheduler-0": "127.0.0.1:3",
                "agent-0": "127.0.0.1:4", "etcd": "127.0.0.1:5"}
-    config = scrape_config(targets, rule_files=(str(PROMETHEUS_DIR / "alerts.yml"),))
+    config = scrape_config(targets, rule_files=(str(ALERT_RULES),))
     path = tmp_path / "prometheus.yml"
     path.write_text(json.dumps(config))
     promtool("check", "config", str(path))
@@ -334,9 +337,31 @@ def test_compose_quanta_commands_parse_and_ports_agree_with_the_lb_and_prometheu
     etcd = {f"{name}:2379" for name, s in services.items() if s["image"].startswith("quay.io/coreos/etcd:")}
     assert scrape == {**expected_scrape, "etcd": etcd}
     prometheus = services["prometheus"]
-    assert "../prometheus:/etc/prometheus:ro" in prometheus["volumes"]
     config = next(arg for arg in prometheus["command"] if arg.startswith("--config.file="))
     assert config == "--config.file=/etc/prometheus/compose.yml"
+    # The config and its rule files are mounted where it names them; the rules are the
+    # package's own (one copy).
+    mounts = {target: (DEPLOY / "compose" / source).resolve()
+              for source, target, *_ in (volume.split(":") for volume in prometheus["volumes"])
+              if source.startswith(".")}
+    assert mounts["/etc/prometheus/compose.yml"] == PROMETHEUS_DIR / "compose.yml"
+    rule_files = load_yaml(PROMETHEUS_DIR / "compose.yml")["rule_files"]
+    assert rule_files == ["alerts.yml"]
+    assert mounts["/etc/prometheus/alerts.yml"] == ALERT_RULES
+
+
+def test_compose_haproxy_config_passes_haproxy_check_as_shipped():
+    """Valid before the frontends' names resolve (outside compose none do): such servers
+    start disabled and are enabled through docker's DNS (``init-addr``, ``resolvers``)."""
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    if haproxy is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("haproxy is not installed in CI: scripts/deps installs Debian's haproxy package")
+        pytest.skip("haproxy is not installed (Debian's haproxy package; scripts/deps installs it)")
+    config = DEPLOY / "compose" / "haproxy.cfg"
+    result = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"haproxy -c -f {config}:\n{result.stdout}\n{result.stderr}"
+    assert "Configuration file is valid" in result.stdout + result.stderr
 
 
 # -- Kubernetes --------------------------------------------------------------------------------
@@ -574,10 +599,35 @@ def test_local_prometheus_scrapes_every_process_and_has_the_dashboards_data(live
                if line and not line.startswith("#")}
     in_prometheus = {r["metric"]["__name__"] for r in prometheus.query('count by (__name__) ({__name__=~"quanta_.*"})')}
     assert (dashboard & sampled) - in_prometheus == set()
-    # The alert rules of deploy/ are loaded.
-    with urllib.request.urlopen(f"{prometheus.url}/api/v1/rules", timeout=10) as response:
-        groups = {g["name"] for g in json.load(response)["data"]["groups"]}
-    assert groups == {g["name"] for g in load_yaml(PROMETHEUS_DIR / "alerts.yml")["groups"]}
+    # The packaged alert rules are loaded.
+    assert set(prometheus.rule_groups()) == {g["name"] for g in load_yaml(ALERT_RULES)["groups"]}
+
+
+def test_failure_counters_start_at_zero_for_their_known_label_values(live):
+    _system, scraped = live
+    frontend = scraped["frontend-0"]
+    for method in ("CreateVm", "DrainHost", "ListTenants"):
+        for code in ("INTERNAL", "UNAVAILABLE", "NOT_FOUND"):
+            series = rf'^quanta_api_requests_total\{{code="{code}",method="{method}"\}} 0\.0$'
+            assert re.search(series, frontend, re.M), f"{method} {code}"
+    assert re.search(r'^quanta_vm_creations_failed_total\{reason="CapacityExceeded"\} 0\.0$', scraped["agent-0"], re.M)
+    for name, text in scraped.items():
+        assert re.search(r'^quanta_etcd_request_errors_total\{code="UNAVAILABLE",op="txn"\} 0\.0$', text, re.M), name
+
+
+def test_a_healthy_systems_dashboard_has_data_in_every_panel(live):
+    """No "No data" panel: every query of the dashboard returns a series (0 where nothing
+    failed), once Prometheus has two scrapes for rate()."""
+    system, _scraped = live
+    exprs = [expr.replace("$__rate_interval", "1m") for expr in dashboard_exprs()]
+    empty: list[str] = []
+
+    def all_have_data() -> bool:
+        empty[:] = [expr for expr in exprs if not system.prometheus.query(expr)]
+        return not empty
+
+    wait_until(all_have_data, timeout=60, interval=1, message="every dashboard query to return data",
+               seen=lambda: f"without data: {empty}")
 
 
 def test_prometheus_server_stops_and_reports_a_missing_binary(tmp_path):
@@ -592,6 +642,17 @@ def test_prometheus_server_stops_and_reports_a_missing_binary(tmp_path):
         server.stop()
     assert server.process.poll() is not None
     server.stop()  # idempotent
+
+
+def test_prometheus_server_refuses_to_run_without_alert_rules(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no alert rules at .*missing.yml"):
+        PrometheusServer(tmp_path / "a", rules=tmp_path / "missing.yml").start({})
+    empty = tmp_path / "empty.yml"
+    empty.write_text("groups: []\n")
+    server = PrometheusServer(tmp_path / "b", rules=empty)
+    with pytest.raises(RuntimeError, match="loaded no alert rule groups"):
+        server.start({})
+    assert server.process is not None and server.process.poll() is not None, "left running after the failure"
 
 
 def test_quanta_up_prometheus_prints_its_url_and_stops_it(tmp_path):

@@ -19,7 +19,7 @@ from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
-from tests.conftest import Tally, describe_vms, seen_in, wait_until
+from tests.conftest import Tally, buf_binary, describe_vms, seen_in, wait_until
 
 State = vm_pb2.Vm.State
 
@@ -263,6 +263,33 @@ def test_health_and_reflection_are_served(system):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         services = {s.name for r in responses for s in r.list_services_response.service}
         assert {"quanta.v1.VmService", "quanta.v1.HostService"} <= services
+
+
+def test_reflection_v1_lists_and_describes_the_services(system):
+    """grpc.reflection.v1 beside v1alpha: a client that speaks only v1 (buf curl with
+    ``--reflect-protocol grpc-v1``, a real third-party client) lists every method."""
+    from grpc_reflection.v1alpha import reflection_pb2  # v1's messages, field for field
+
+    with grpc.insecure_channel(system.endpoint) as channel:
+        info = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        listed, described = info(iter([reflection_pb2.ServerReflectionRequest(list_services=""),
+                                       reflection_pb2.ServerReflectionRequest(
+                                           file_containing_symbol="grpc.reflection.v1.ServerReflection")]),
+                                 timeout=5)
+    services = {s.name for s in listed.list_services_response.service}
+    assert {"quanta.v1.VmService", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert described.file_descriptor_response.file_descriptor_proto, described
+
+    result = subprocess.run([buf_binary(), "curl", "--protocol", "grpc", "--http2-prior-knowledge",
+                             "--reflect-protocol", "grpc-v1", "--list-methods", f"http://{system.endpoint}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    methods = set(result.stdout.split())
+    assert {"quanta.v1.VmService/CreateVm", "quanta.v1.HostService/DrainHost",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo"} <= methods
 
 
 def test_watch_from_a_compacted_version_is_out_of_range(system, client):
