@@ -6,6 +6,13 @@ Contract notes:
   make writes conditional (txn compares) or idempotent so that they can retry.
 - ``watch`` resumes by itself after a broken stream, from the revision after the
   last event it delivered, and raises ``Compacted`` when that revision is gone.
+- Several endpoints are one channel balanced round robin; a member that is down is
+  skipped and tried again within a second of its return. Every request, watch and
+  keepalive requires a leader (etcd's ``hasleader`` metadata, as clientv3's
+  ``WithRequireLeader``): a member cut off from its quorum answers UNAVAILABLE
+  at once instead of serving a stalled watch or a request that hangs until its
+  deadline, so the caller retries on a member that has one.
+- Whether etcd answers is tracked per client (``reachability``, logs and metrics).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from controlplane.etcd.ops import prefix_end
+from controlplane.etcd.reachability import Reachability
 from controlplane.gen.etcd.v3 import kv_pb2
 from controlplane.gen.etcd.v3 import rpc_pb2 as pb
 from controlplane.gen.etcd.v3 import rpc_pb2_grpc as pb_grpc
@@ -45,6 +53,8 @@ _MAX_MESSAGE = 512 * 1024 * 1024
 #: then instead of outliving a caller that has given up. None: no such deadline.
 call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+#: gRPC metadata asking etcd to refuse (UNAVAILABLE, "no leader") when the member has no leader.
+REQUIRE_LEADER = (("hasleader", "true"),)
 
 
 class EtcdError(Exception):
@@ -134,6 +144,11 @@ def _target(endpoints: str | Sequence[str]) -> tuple[str, list[tuple[str, object
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A member that comes back (restart, end of a partition) is used again within
+        # a second; gRPC's default backoff grows to two minutes between attempts.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     if len(hostports) == 1:
         host, port = hostports[0]
@@ -184,6 +199,8 @@ class EtcdClient:
         #: expired, or etcd restored without it), so holders of cached lease ids
         #: (e.g. RetentionLeases) grant a new one instead of failing until they rotate.
         self.on_lease_not_found: list[Callable[[], None]] = []
+        #: Whether etcd answers this client (logs and metrics of outages).
+        self.reachability = Reachability()
 
     async def close(self) -> None:
         await self._channel.close()
@@ -195,18 +212,24 @@ class EtcdClient:
         await self.close()
 
     async def _call(self, op: str, method, request, *, retry: bool, timeout: float | None = None):
-        deadline = time.monotonic() + (timeout or self.timeout)
+        own_deadline = time.monotonic() + (timeout or self.timeout)
         outer = call_deadline.get()
-        if outer is not None:
-            deadline = min(deadline, outer)
+        deadline = own_deadline if outer is None else min(own_deadline, outer)
         delay = 0.05
         while True:
             started = time.perf_counter()
             try:
-                response = await method(request, timeout=max(0.01, deadline - time.monotonic()))
+                response = await method(request, timeout=max(0.01, deadline - time.monotonic()),
+                                        metadata=REQUIRE_LEADER)
             except grpc.aio.AioRpcError as err:
                 code = err.code()
                 ETCD_ERRORS.labels(op, code.name).inc()
+                # A caller's own deadline says nothing about etcd; ours (or UNAVAILABLE) does.
+                if code == grpc.StatusCode.UNAVAILABLE or (
+                        code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline == own_deadline):
+                    self.reachability.unreachable(f"{op}: {code.name}: {err.details()}")
+                else:
+                    self.reachability.reachable()
                 if retry and code in _RETRYABLE and time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
@@ -218,6 +241,8 @@ class EtcdClient:
                         callback()
                 raise EtcdError(f"etcd {op}: {code.name}: {err.details()}", code) from err
             ETCD_REQUEST_SECONDS.labels(op).observe(time.perf_counter() - started)
+            if self.reachability.since is not None:
+                self.reachability.reachable()
             return response
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
@@ -353,7 +378,7 @@ class EtcdClient:
         next_revision = start_revision
         delay = 0.05
         while True:
-            call = self._watch.Watch()
+            call = self._watch.Watch(metadata=REQUIRE_LEADER)
             try:
                 await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
                     key=key, range_end=range_end, start_revision=next_revision,
@@ -367,6 +392,8 @@ class EtcdClient:
                         if response.compact_revision:
                             raise Compacted(response.compact_revision)
                         raise EtcdError(f"watch canceled: {response.cancel_reason}")
+                    if self.reachability.since is not None:
+                        self.reachability.reachable()
                     if response.created and not response.events:
                         continue
                     delay = 0.05
@@ -388,10 +415,12 @@ class EtcdClient:
                 ETCD_ERRORS.labels("watch", err.code().name).inc()
                 if err.code() not in _RETRYABLE:
                     raise EtcdError(f"etcd watch: {err.code().name}: {err.details()}", err.code()) from err
+                self.reachability.unreachable(f"watch: {err.code().name}: {err.details()}")
                 log.warning("etcd watch broken, resuming", extra={"revision": next_revision})
             except EtcdError as err:
                 if err.code not in _RETRYABLE:
                     raise
+                self.reachability.unreachable(f"watch: {err}")
             finally:
                 call.cancel()
             await asyncio.sleep(delay)
@@ -416,6 +445,12 @@ class EtcdClient:
             if err.code != grpc.StatusCode.NOT_FOUND:
                 raise
 
+    async def time_to_live(self, lease_id: int) -> int:
+        """Seconds etcd gives the lease now; -1 when etcd does not know it (expired, revoked)."""
+        response = await self._call("lease_ttl", self._lease.LeaseTimeToLive,
+                                    pb.LeaseTimeToLiveRequest(ID=lease_id), retry=True)
+        return response.TTL
+
     def keepalive_stream(self):
-        """A raw LeaseKeepAlive stream (used by Lease)."""
-        return self._lease.LeaseKeepAlive()
+        """A raw LeaseKeepAlive stream (used by Lease); refused by a member without a leader."""
+        return self._lease.LeaseKeepAlive(metadata=REQUIRE_LEADER)

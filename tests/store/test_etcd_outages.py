@@ -1,0 +1,122 @@
+"""etcd outages against the client and its leases (DESIGN.md: every process rides
+out an etcd outage shorter than its lease TTL, and fails over between endpoints).
+
+Each test starts an etcd of its own (the session's is shared by other tests) and
+takes it away: SIGKILL + restart on the same data (a crash), SIGSTOP (a member
+that hangs: its connections stay open and answer nothing), a leader election.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from controlplane.etcd import EtcdClient, EtcdError, Lease
+from controlplane.etcd.server import EtcdCluster, EtcdServer
+from tests.conftest import async_wait_until
+
+
+def _outages() -> float:
+    return REGISTRY.get_sample_value("quanta_etcd_outages_total") or 0.0
+
+
+async def _renewed_after(client: EtcdClient, lease: Lease, moment: float, ttl: int) -> None:
+    """Wait until etcd holds the lease with a TTL renewed after ``moment`` (monotonic)."""
+    async def renewed() -> bool:
+        remaining = await client.time_to_live(lease.id)
+        return remaining > 0 and time.monotonic() + remaining > moment + ttl / 2
+    await async_wait_until(renewed, timeout=ttl, interval=0.2, message=f"lease {lease.id:x} renewed by etcd")
+
+
+@pytest.mark.parametrize("fault", ["crash", "hang"])
+def test_lease_rides_out_an_outage_shorter_than_its_ttl(tmp_path, fault: str) -> None:
+    """3 s without etcd against a 10 s lease: not lost, its key kept, renewed after,
+    and the outage counted."""
+    ttl = 10
+
+    async def main(server: EtcdServer) -> None:
+        async with EtcdClient(server.endpoint, timeout=1.0) as client:
+            lease = await Lease(client, ttl).grant()
+            await client.put(b"/outage/key", b"v", lease=lease.id)
+            outages = _outages()
+            if fault == "crash":
+                server.kill(signal.SIGKILL)
+            else:
+                server.process.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(EtcdError) as refused:  # what a request meets meanwhile
+                    await client.get(b"/outage/key")
+                assert refused.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                assert not client.reachability.ok
+                await asyncio.sleep(3 - (time.monotonic() - started))  # the outage itself: 3 s in all
+            finally:
+                if fault == "crash":
+                    await asyncio.to_thread(server.restart)
+                else:
+                    server.process.send_signal(signal.SIGCONT)
+            back = time.monotonic()
+            assert not lease.lost.is_set(), "a 3 s outage lost a 10 s lease"
+            await _renewed_after(client, lease, back, ttl)
+            assert not lease.lost.is_set()
+            assert (await client.get(b"/outage/key")).lease == lease.id
+            assert _outages() > outages, "the outage was not reported"
+            assert client.reachability.ok
+            await lease.revoke()
+
+    with EtcdServer(str(tmp_path / "etcd")) as server:
+        asyncio.run(main(server))
+
+
+def test_lease_is_lost_when_the_outage_outlasts_its_ttl(tmp_path) -> None:
+    """No keepalive answered for a whole TTL: lost (within about the TTL), even
+    though etcd never said so."""
+    ttl = 2
+
+    async def main(server: EtcdServer) -> None:
+        async with EtcdClient(server.endpoint) as client:
+            lease = await Lease(client, ttl).grant()
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                stopped = time.monotonic()
+                await async_wait_until(lease.lost.is_set, timeout=ttl + 3, message="the lease declared lost")
+                lasted = time.monotonic() - stopped
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            # Counted from the last answered keepalive (at most a third of the TTL before the stop).
+            assert ttl * 2 / 3 - 0.1 <= lasted <= ttl + 1.0, lasted
+            assert not client.reachability.ok
+
+    with EtcdServer(str(tmp_path / "etcd")) as server:
+        asyncio.run(main(server))
+
+
+def test_lease_fails_over_from_a_hung_member_and_rides_out_elections(tmp_path) -> None:
+    """Three members; each in turn hangs (SIGSTOP) for longer than the lease's TTL,
+    the leader among them: the keepalive moves to a member that answers, and the
+    lease lives on. (A stream left waiting on the hung member lost the lease.)"""
+    ttl = 4
+
+    async def main(cluster: EtcdCluster) -> None:
+        async with EtcdClient(cluster.endpoint) as client:
+            lease = await Lease(client, ttl).grant()
+            await client.put(b"/outage/key", b"v", lease=lease.id)
+            for member in cluster.members:
+                member.process.send_signal(signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(ttl + 1)  # the hang itself: longer than the TTL
+                    assert not lease.lost.is_set(), f"lease lost while {member.name} hung"
+                finally:
+                    member.process.send_signal(signal.SIGCONT)
+                await asyncio.to_thread(cluster.leader)  # the cluster whole again before the next
+            assert (await client.get(b"/outage/key")).lease == lease.id
+            assert await client.time_to_live(lease.id) > 0
+            await lease.revoke()
+
+    with EtcdCluster(3, str(tmp_path / "etcd")) as cluster:
+        asyncio.run(main(cluster))
