@@ -49,12 +49,26 @@ ETCD_ERRORS = Counter("quanta_etcd_request_errors_total", "etcd requests that fa
 _MAX_MESSAGE = 512 * 1024 * 1024
 
 #: The deadline (time.monotonic()) of the work this task does for someone else,
-#: e.g. the API call a frontend is serving: etcd calls made on its behalf end by
-#: then instead of outliving a caller that has given up. None: no such deadline.
+#: e.g. the API call a frontend is serving: etcd calls made on its behalf end
+#: shortly before then (``CALLER_MARGIN_S``), so that the caller hears why
+#: (UNAVAILABLE) instead of its own DEADLINE_EXCEEDED, and never outlive a caller
+#: that has given up. None: no such deadline.
 call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
+#: What etcd calls leave of a caller's deadline for the answer: a tenth of the time left, at most this.
+CALLER_MARGIN_S = 0.25
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 #: gRPC metadata asking etcd to refuse (UNAVAILABLE, "no leader") when the member has no leader.
 REQUIRE_LEADER = (("hasleader", "true"),)
+
+
+def caller_deadline() -> float | None:
+    """When etcd work for the caller of ``call_deadline`` must end (time.monotonic()),
+    leaving it time to hear the answer; None: no caller deadline. Work that waits
+    for another task's etcd call on a caller's behalf waits until then at most."""
+    outer = call_deadline.get()
+    if outer is None:
+        return None
+    return outer - min(CALLER_MARGIN_S, max(0.0, outer - time.monotonic()) / 10)
 
 
 class EtcdError(Exception):
@@ -164,6 +178,18 @@ def _target(endpoints: str | Sequence[str]) -> tuple[str, list[tuple[str, object
     return "ipv4:" + ",".join(f"{h}:{p}" for h, p in hostports), options
 
 
+def _send_failed(op: str, err: grpc.aio.AioRpcError | asyncio.InvalidStateError) -> EtcdError:
+    """What a failed send on a stream means. The server may end a stream before our
+    first message is sent (a member restarting, or without a leader); the send then
+    fails with INTERNAL ("Internal error from Core") or InvalidStateError instead of
+    the stream's own status: a broken stream (UNAVAILABLE), to be opened again."""
+    code = err.code() if isinstance(err, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
+    if code == grpc.StatusCode.INTERNAL:
+        code = grpc.StatusCode.UNAVAILABLE
+    details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+    return EtcdError(f"etcd {op}: send failed: {details}", code)
+
+
 DEFAULT_MAX_TXN_OPS = 128  # etcd's own default for --max-txn-ops
 
 
@@ -213,7 +239,7 @@ class EtcdClient:
 
     async def _call(self, op: str, method, request, *, retry: bool, timeout: float | None = None):
         own_deadline = time.monotonic() + (timeout or self.timeout)
-        outer = call_deadline.get()
+        outer = caller_deadline()
         deadline = own_deadline if outer is None else min(own_deadline, outer)
         delay = 0.05
         while True:
@@ -380,10 +406,13 @@ class EtcdClient:
         while True:
             call = self._watch.Watch(metadata=REQUIRE_LEADER)
             try:
-                await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
-                    key=key, range_end=range_end, start_revision=next_revision,
-                    prev_kv=prev_kv, progress_notify=progress_notify,
-                )))
+                try:
+                    await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                        key=key, range_end=range_end, start_revision=next_revision,
+                        prev_kv=prev_kv, progress_notify=progress_notify,
+                    )))
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
+                    raise _send_failed("watch", err) from err
                 while True:
                     response = await call.read()
                     if response is grpc.aio.EOF:
