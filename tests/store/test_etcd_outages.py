@@ -168,3 +168,37 @@ def test_watches_resume_after_an_outage(tmp_path, fault: str) -> None:
     etcd = EtcdServer(str(tmp_path / "etcd")) if fault == "crash" else EtcdCluster(3, str(tmp_path / "etcd"))
     with etcd:
         asyncio.run(main(etcd))
+
+
+def test_list_and_watch_loops_outlive_a_read_that_gave_up(tmp_path) -> None:
+    """A list + watch loop (a scheduler's host view, as a shard taken over mid-outage
+    starts one) whose listing gives up while etcd is down (its client's reads retry
+    for 1 s; the outage lasts 3) lists again once etcd is back instead of ending, and
+    with it the scheduler."""
+    from controlplane.models import HostRegistration, Resources
+    from controlplane.store.hostagent import AgentStore
+    from controlplane.store.hosts import HostStore
+    from controlplane.store.keys import Keys
+    from scheduler.hostsync import HostSync
+    from scheduler.placement import HostView
+
+    async def main(server: EtcdServer) -> None:
+        keys = Keys("/outage")
+        async with EtcdClient(server.endpoint) as writer, EtcdClient(server.endpoint, timeout=1.0) as reader:
+            lease = await Lease(writer, 30).grant()
+            agents = AgentStore(writer, keys)
+            await agents.register([HostRegistration("h1", "sim", Resources(8, 8192, 100))], lease.id)
+            server.kill(signal.SIGKILL)
+            sync = HostSync(HostStore(reader, keys), HostView())
+            async with running(sync.run()) as (task,):
+                await async_wait_until(lambda: not reader.reachability.ok, timeout=10, message="the outage seen")
+                await asyncio.sleep(3)  # the outage itself; the listing gives up meanwhile
+                assert not task.done(), f"the host view ended: {task.exception()!r}"
+                await asyncio.to_thread(server.restart)
+                await agents.register([HostRegistration("h2", "sim", Resources(8, 8192, 100))], lease.id)
+                await async_wait_until(lambda: sync.view.get("h1") and sync.view.get("h2"), timeout=15,
+                                       message="h1 and h2 in the view after the outage")
+                assert not task.done()
+
+    with EtcdServer(str(tmp_path / "etcd")) as server:
+        asyncio.run(main(server))
