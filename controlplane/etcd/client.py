@@ -190,6 +190,9 @@ def _send_failed(op: str, err: grpc.aio.AioRpcError | asyncio.InvalidStateError)
     return EtcdError(f"etcd {op}: send failed: {details}", code)
 
 
+#: The watch id of etcd's answer to a progress request (clientv3's InvalidWatchID).
+_PROGRESS_ALL = -1
+
 DEFAULT_MAX_TXN_OPS = 128  # etcd's own default for --max-txn-ops
 
 
@@ -227,6 +230,10 @@ class EtcdClient:
         self.on_lease_not_found: list[Callable[[], None]] = []
         #: Whether etcd answers this client (logs and metrics of outages).
         self.reachability = Reachability()
+        #: A watch stream silent this long is probed with a progress request, and
+        #: reopened when the probe gets no answer within ``watch_probe_s``.
+        self.watch_idle_s = 10.0
+        self.watch_probe_s = 5.0
 
     async def close(self) -> None:
         await self._channel.close()
@@ -414,7 +421,7 @@ class EtcdClient:
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
                     raise _send_failed("watch", err) from err
                 while True:
-                    response = await call.read()
+                    response = await self._read_or_probe(call)
                     if response is grpc.aio.EOF:
                         raise EtcdError("etcd closed the watch stream", grpc.StatusCode.UNAVAILABLE)
                     if response.canceled:
@@ -424,6 +431,10 @@ class EtcdClient:
                     if self.reachability.since is not None:
                         self.reachability.reachable()
                     if response.created and not response.events:
+                        continue
+                    if response.watch_id == _PROGRESS_ALL and not response.events:
+                        # The answer to our probe: the stream lives. Not a bookmark (etcd
+                        # before 3.5.8 could send it ahead of events still queued).
                         continue
                     delay = 0.05
                     if response.events:
@@ -450,10 +461,35 @@ class EtcdClient:
                 if err.code not in _RETRYABLE:
                     raise
                 self.reachability.unreachable(f"watch: {err}")
+                log.warning("etcd watch broken, resuming", extra={"revision": next_revision, "error": str(err)})
             finally:
                 call.cancel()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def _read_or_probe(self, call):
+        """The next response of a watch stream. A stream silent for ``watch_idle_s`` is
+        asked for a progress report; silent ``watch_probe_s`` more, it is taken for
+        stalled (a member that hangs, or that keeps a stream it no longer serves:
+        etcd issues 12534, 17611) and raises UNAVAILABLE so the watch reopens.
+        (The read is never cancelled while the stream lives: that would end the RPC.)"""
+        read = asyncio.ensure_future(call.read())
+        try:
+            done, _ = await asyncio.wait({read}, timeout=self.watch_idle_s)
+            if not done:
+                try:
+                    await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
+                    raise _send_failed("watch", err) from err
+                done, _ = await asyncio.wait({read}, timeout=self.watch_probe_s)
+                if not done:
+                    raise EtcdError("etcd watch stalled: no answer to a progress request",
+                                    grpc.StatusCode.UNAVAILABLE)
+            return read.result()
+        finally:
+            if not read.done():
+                read.cancel()  # the stream is being abandoned
+                await asyncio.gather(read, return_exceptions=True)
 
     # --- Lease --------------------------------------------------------------------------
 
