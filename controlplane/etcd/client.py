@@ -257,11 +257,12 @@ class EtcdClient:
             except grpc.aio.AioRpcError as err:
                 code = err.code()
                 ETCD_ERRORS.labels(op, code.name).inc()
-                # A caller's own deadline says nothing about etcd; ours (or UNAVAILABLE) does.
+                # A caller's own deadline says nothing about etcd; ours (or UNAVAILABLE) does,
+                # and any other error is an answer from etcd.
                 if code == grpc.StatusCode.UNAVAILABLE or (
                         code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline == own_deadline):
                     self.reachability.unreachable(f"{op}: {code.name}: {err.details()}")
-                else:
+                elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
                     self.reachability.reachable()
                 if retry and code in _RETRYABLE and time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay)
