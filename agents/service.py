@@ -32,6 +32,7 @@ from agents.reconciler import Key, Reconciler
 from agents.remover import Remover
 from agents.status_writer import StatusWriter
 from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, LeaseLost
+from controlplane.etcd.outages import ride_out
 from controlplane.models import NO_OVERCOMMIT, HostRegistration, Overcommit, Resources, now_ns
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.keys import Keys
@@ -92,7 +93,7 @@ class Agent:
                 async with asyncio.TaskGroup() as group:
                     lease_watch = group.create_task(self._watch_lease(lease))
                     writers = [group.create_task(self.statuses.run()), group.create_task(self.remover.run())]
-                    sync = group.create_task(self._sync_bindings())
+                    sync = group.create_task(ride_out(self._sync_bindings, "bindings"))
                     decisions = group.create_task(self.orphans.watch())
                     workers = [group.create_task(self._worker()) for _ in range(self.config.workers)]
                     await self._stopping.wait()

@@ -1,5 +1,6 @@
 """The whole system on one machine, as real processes: an etcd (unless one is
-given), frontends sharing one port, scheduler processes and a sim agent.
+given; one member or a cluster of ``etcd_members``), frontends sharing one port,
+scheduler processes and a sim agent. Every component is given every etcd member.
 
 Used by ``quanta up`` and by the integration tests, which kill and restart its
 processes. Every process runs on loopback, on free ports, with its log in
@@ -25,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.api.errors import ApiError
 from controlplane.auth.bootstrap import bootstrap_admin_token
-from controlplane.etcd.server import ETCD_MAX_TXN_OPS, EtcdServer, free_port, terminate
+from controlplane.etcd.server import ETCD_MAX_TXN_OPS, EtcdCluster, EtcdServer, free_port, terminate
 
 if TYPE_CHECKING:
     from quanta.prometheus import PrometheusServer
@@ -110,6 +111,7 @@ class LocalSystem:
         frontend_args: tuple[str, ...] = (),
         scheduler_args: tuple[str, ...] = (),
         sim_agents: int = 1,
+        etcd_members: int = 1,
     ):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if not data_dir:
@@ -141,7 +143,9 @@ class LocalSystem:
         #: (i > 0) runs sim{i}-00000... with its journal in sim_state_dir(i).
         self.sim_agents = max(1, sim_agents)
         self.prometheus: PrometheusServer | None = None  # once started
-        self.etcd: EtcdServer | None = None
+        #: Members of the etcd started here (1: an EtcdServer; more: an EtcdCluster).
+        self.etcd_members = etcd_members
+        self.etcd: EtcdServer | EtcdCluster | None = None
         self.etcd_endpoint = etcd_endpoint or ""
         self.admin_token = ""
         self.processes: dict[str, ManagedProcess] = {}
@@ -207,8 +211,10 @@ class LocalSystem:
         """Start everything and wait until the API serves and every host registered."""
         try:
             if not self.etcd_endpoint:
-                self.etcd = EtcdServer(str(self.data_dir / "etcd")).start()
-                self.etcd_endpoint = self.etcd.endpoint
+                etcd_dir = str(self.data_dir / "etcd")
+                self.etcd = (EtcdServer(etcd_dir) if self.etcd_members == 1
+                             else EtcdCluster(self.etcd_members, etcd_dir)).start()
+                self.etcd_endpoint = self.etcd.endpoint  # every member, comma separated
             self.port = self.port or free_port()
             self.admin_token = asyncio.run(bootstrap_admin_token(self.etcd_endpoint, self.root))
             for i in range(self.frontends):
@@ -266,7 +272,9 @@ class LocalSystem:
         from quanta.prometheus import PrometheusServer
 
         targets = {name: f"127.0.0.1:{port}" for name, port in self.metrics_ports.items()}
-        if self.etcd:
+        if isinstance(self.etcd, EtcdCluster):
+            targets.update({f"etcd-{i}": m.endpoint.removeprefix("http://") for i, m in enumerate(self.etcd.members)})
+        elif self.etcd:
             targets["etcd"] = self.etcd.endpoint.removeprefix("http://")
         self.prometheus = PrometheusServer(self.data_dir / "prometheus")
         self.prometheus.start(targets)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from controlplane.etcd import Compacted
+from controlplane.etcd.outages import ride_out
 from controlplane.models import HostAllocation, Resources
 from controlplane.store.hosts import HostRecord, HostStore, HostTable
 from scheduler import metrics
@@ -101,6 +102,10 @@ class HostSync:
         return grew
 
     async def run(self) -> None:
+        """List and watch the hosts until cancelled; rides out etcd outages (re-lists)."""
+        await ride_out(self._list_and_watch, "hosts")
+
+    async def _list_and_watch(self) -> None:
         while True:
             table, revision = await self._hosts.snapshot()
             self.table = table

@@ -13,7 +13,9 @@ missing past ``host_dead_after_s`` are declared dead and their VMs moved off, an
 drained hosts (DrainHost) are emptied.
 
 Losing the session lease cancels all shard work (TaskGroup) and the process
-exits non-zero, so a supervisor restarts it with a fresh session.
+exits non-zero, so a supervisor restarts it with a fresh session. An etcd outage
+shorter than the lease's TTL is ridden out: the list + watch loops list again
+(controlplane.etcd.outages), failed binds are retried, the shards stay owned.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, LeaseLost
+from controlplane.etcd.outages import ride_out
 from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
@@ -136,7 +139,7 @@ class ShardManager:
     async def run(self) -> None:
         self.member = await self._directory.join(self._lease, self.name)
         log.info("scheduler joined", extra={"member": self.member, "shards": self.shards})
-        watcher = asyncio.create_task(self._watch(), name="shard-watch")
+        watcher = asyncio.create_task(ride_out(self._watch, "shards"), name="shard-watch")
         try:
             while True:
                 if watcher.done():

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Collection
 
 from controlplane.etcd import Compacted, EtcdError
+from controlplane.etcd.outages import ride_out
 from controlplane.models import HostAllocation, VmRef
 from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore
 from controlplane.store.shards import ShardLock
@@ -123,7 +124,7 @@ class ShardScheduler:
             await self._hosts.ready.wait()
             await self._zones.ready.wait()
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._sync_queue())
+                group.create_task(ride_out(self._sync_queue, f"queue {self.shard}"))
                 group.create_task(self._place_loop())
         finally:
             self._hosts.on_capacity.remove(self._capacity_changed)

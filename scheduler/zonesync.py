@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from controlplane.etcd import Compacted
+from controlplane.etcd.outages import ride_out
 from controlplane.store.zones import ZoneStore
 from scheduler.placement import ZoneCounts
 
@@ -29,6 +30,10 @@ class ZoneSync:
         self.on_change: list[Callable[[], None]] = []
 
     async def run(self) -> None:
+        """List and watch the zone counts until cancelled; rides out etcd outages (re-lists)."""
+        await ride_out(self._list_and_watch, "zones")
+
+    async def _list_and_watch(self) -> None:
         while True:
             counts, revision = await self._store.snapshot()
             self.counts.reset({zg: (c.vms, c.revision) for zg, c in counts.items()}, revision)

@@ -6,6 +6,13 @@ Contract notes:
   make writes conditional (txn compares) or idempotent so that they can retry.
 - ``watch`` resumes by itself after a broken stream, from the revision after the
   last event it delivered, and raises ``Compacted`` when that revision is gone.
+- Several endpoints are one channel balanced round robin; a member that is down is
+  skipped and tried again within a second of its return. Every request, watch and
+  keepalive requires a leader (etcd's ``hasleader`` metadata, as clientv3's
+  ``WithRequireLeader``): a member cut off from its quorum answers UNAVAILABLE
+  at once instead of serving a stalled watch or a request that hangs until its
+  deadline, so the caller retries on a member that has one.
+- Whether etcd answers is tracked per client (``reachability``, logs and metrics).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from controlplane.etcd.ops import prefix_end
+from controlplane.etcd.reachability import Reachability
 from controlplane.gen.etcd.v3 import kv_pb2
 from controlplane.gen.etcd.v3 import rpc_pb2 as pb
 from controlplane.gen.etcd.v3 import rpc_pb2_grpc as pb_grpc
@@ -38,7 +46,7 @@ ETCD_REQUEST_SECONDS = Histogram(
 )
 ETCD_ERRORS = Counter("quanta_etcd_request_errors_total", "etcd requests that failed.", ["op", "code"])
 #: The ``op`` label values: every kind of request this client makes.
-ETCD_OPS = ("range", "put", "delete", "txn", "compact", "lease_grant", "lease_revoke", "watch")
+ETCD_OPS = ("range", "put", "delete", "txn", "compact", "lease_grant", "lease_revoke", "lease_ttl", "watch")
 # Every error series exists from the start, at 0: a healthy process shows 0 errors rather
 # than no data, and rate() sees a series' first error (labels() alone creates it).
 for _op in ETCD_OPS:
@@ -49,10 +57,26 @@ for _op in ETCD_OPS:
 _MAX_MESSAGE = 512 * 1024 * 1024
 
 #: The deadline (time.monotonic()) of the work this task does for someone else,
-#: e.g. the API call a frontend is serving: etcd calls made on its behalf end by
-#: then instead of outliving a caller that has given up. None: no such deadline.
+#: e.g. the API call a frontend is serving: etcd calls made on its behalf end
+#: shortly before then (``CALLER_MARGIN_S``), so that the caller hears why
+#: (UNAVAILABLE) instead of its own DEADLINE_EXCEEDED, and never outlive a caller
+#: that has given up. None: no such deadline.
 call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
+#: What etcd calls leave of a caller's deadline for the answer: a tenth of the time left, at most this.
+CALLER_MARGIN_S = 0.25
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+#: gRPC metadata asking etcd to refuse (UNAVAILABLE, "no leader") when the member has no leader.
+REQUIRE_LEADER = (("hasleader", "true"),)
+
+
+def caller_deadline() -> float | None:
+    """When etcd work for the caller of ``call_deadline`` must end (time.monotonic()),
+    leaving it time to hear the answer; None: no caller deadline. Work that waits
+    for another task's etcd call on a caller's behalf waits until then at most."""
+    outer = call_deadline.get()
+    if outer is None:
+        return None
+    return outer - min(CALLER_MARGIN_S, max(0.0, outer - time.monotonic()) / 10)
 
 
 class EtcdError(Exception):
@@ -142,6 +166,11 @@ def _target(endpoints: str | Sequence[str]) -> tuple[str, list[tuple[str, object
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A member that comes back (restart, end of a partition) is used again within
+        # a second; gRPC's default backoff grows to two minutes between attempts.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     if len(hostports) == 1:
         host, port = hostports[0]
@@ -156,6 +185,21 @@ def _target(endpoints: str | Sequence[str]) -> tuple[str, list[tuple[str, object
     options.append(("grpc.lb_policy_name", "round_robin"))
     return "ipv4:" + ",".join(f"{h}:{p}" for h, p in hostports), options
 
+
+def _send_failed(op: str, err: grpc.aio.AioRpcError | asyncio.InvalidStateError) -> EtcdError:
+    """What a failed send on a stream means. The server may end a stream before our
+    first message is sent (a member restarting, or without a leader); the send then
+    fails with INTERNAL ("Internal error from Core") or InvalidStateError instead of
+    the stream's own status: a broken stream (UNAVAILABLE), to be opened again."""
+    code = err.code() if isinstance(err, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
+    if code == grpc.StatusCode.INTERNAL:
+        code = grpc.StatusCode.UNAVAILABLE
+    details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+    return EtcdError(f"etcd {op}: send failed: {details}", code)
+
+
+#: The watch id of etcd's answer to a progress request (clientv3's InvalidWatchID).
+_PROGRESS_ALL = -1
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's own default for --max-txn-ops
 
@@ -192,6 +236,12 @@ class EtcdClient:
         #: expired, or etcd restored without it), so holders of cached lease ids
         #: (e.g. RetentionLeases) grant a new one instead of failing until they rotate.
         self.on_lease_not_found: list[Callable[[], None]] = []
+        #: Whether etcd answers this client (logs and metrics of outages).
+        self.reachability = Reachability()
+        #: A watch stream silent this long is probed with a progress request, and
+        #: reopened when the probe gets no answer within ``watch_probe_s``.
+        self.watch_idle_s = 10.0
+        self.watch_probe_s = 5.0
 
     async def close(self) -> None:
         await self._channel.close()
@@ -203,18 +253,25 @@ class EtcdClient:
         await self.close()
 
     async def _call(self, op: str, method, request, *, retry: bool, timeout: float | None = None):
-        deadline = time.monotonic() + (timeout or self.timeout)
-        outer = call_deadline.get()
-        if outer is not None:
-            deadline = min(deadline, outer)
+        own_deadline = time.monotonic() + (timeout or self.timeout)
+        outer = caller_deadline()
+        deadline = own_deadline if outer is None else min(own_deadline, outer)
         delay = 0.05
         while True:
             started = time.perf_counter()
             try:
-                response = await method(request, timeout=max(0.01, deadline - time.monotonic()))
+                response = await method(request, timeout=max(0.01, deadline - time.monotonic()),
+                                        metadata=REQUIRE_LEADER)
             except grpc.aio.AioRpcError as err:
                 code = err.code()
                 ETCD_ERRORS.labels(op, code.name).inc()
+                # A caller's own deadline says nothing about etcd; ours (or UNAVAILABLE) does,
+                # and any other error is an answer from etcd.
+                if code == grpc.StatusCode.UNAVAILABLE or (
+                        code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline == own_deadline):
+                    self.reachability.unreachable(f"{op}: {code.name}: {err.details()}")
+                elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self.reachability.reachable()
                 if retry and code in _RETRYABLE and time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
@@ -226,6 +283,8 @@ class EtcdClient:
                         callback()
                 raise EtcdError(f"etcd {op}: {code.name}: {err.details()}", code) from err
             ETCD_REQUEST_SECONDS.labels(op).observe(time.perf_counter() - started)
+            if self.reachability.since is not None:
+                self.reachability.reachable()
             return response
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
@@ -361,21 +420,30 @@ class EtcdClient:
         next_revision = start_revision
         delay = 0.05
         while True:
-            call = self._watch.Watch()
+            call = self._watch.Watch(metadata=REQUIRE_LEADER)
             try:
-                await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
-                    key=key, range_end=range_end, start_revision=next_revision,
-                    prev_kv=prev_kv, progress_notify=progress_notify,
-                )))
+                try:
+                    await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                        key=key, range_end=range_end, start_revision=next_revision,
+                        prev_kv=prev_kv, progress_notify=progress_notify,
+                    )))
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
+                    raise _send_failed("watch", err) from err
                 while True:
-                    response = await call.read()
+                    response = await self._read_or_probe(call)
                     if response is grpc.aio.EOF:
                         raise EtcdError("etcd closed the watch stream", grpc.StatusCode.UNAVAILABLE)
                     if response.canceled:
                         if response.compact_revision:
                             raise Compacted(response.compact_revision)
                         raise EtcdError(f"watch canceled: {response.cancel_reason}")
+                    if self.reachability.since is not None:
+                        self.reachability.reachable()
                     if response.created and not response.events:
+                        continue
+                    if response.watch_id == _PROGRESS_ALL and not response.events:
+                        # The answer to our probe: the stream lives. Not a bookmark (etcd
+                        # before 3.5.8 could send it ahead of events still queued).
                         continue
                     delay = 0.05
                     if response.events:
@@ -396,14 +464,41 @@ class EtcdClient:
                 ETCD_ERRORS.labels("watch", err.code().name).inc()
                 if err.code() not in _RETRYABLE:
                     raise EtcdError(f"etcd watch: {err.code().name}: {err.details()}", err.code()) from err
+                self.reachability.unreachable(f"watch: {err.code().name}: {err.details()}")
                 log.warning("etcd watch broken, resuming", extra={"revision": next_revision})
             except EtcdError as err:
                 if err.code not in _RETRYABLE:
                     raise
+                self.reachability.unreachable(f"watch: {err}")
+                log.warning("etcd watch broken, resuming", extra={"revision": next_revision, "error": str(err)})
             finally:
                 call.cancel()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def _read_or_probe(self, call):
+        """The next response of a watch stream. A stream silent for ``watch_idle_s`` is
+        asked for a progress report; silent ``watch_probe_s`` more, it is taken for
+        stalled (a member that hangs, or that keeps a stream it no longer serves:
+        etcd issues 12534, 17611) and raises UNAVAILABLE so the watch reopens.
+        (The read is never cancelled while the stream lives: that would end the RPC.)"""
+        read = asyncio.ensure_future(call.read())
+        try:
+            done, _ = await asyncio.wait({read}, timeout=self.watch_idle_s)
+            if not done:
+                try:
+                    await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
+                    raise _send_failed("watch", err) from err
+                done, _ = await asyncio.wait({read}, timeout=self.watch_probe_s)
+                if not done:
+                    raise EtcdError("etcd watch stalled: no answer to a progress request",
+                                    grpc.StatusCode.UNAVAILABLE)
+            return read.result()
+        finally:
+            if not read.done():
+                read.cancel()  # the stream is being abandoned
+                await asyncio.gather(read, return_exceptions=True)
 
     # --- Lease --------------------------------------------------------------------------
 
@@ -424,9 +519,15 @@ class EtcdClient:
             if err.code != grpc.StatusCode.NOT_FOUND:
                 raise
 
+    async def time_to_live(self, lease_id: int) -> int:
+        """Seconds etcd gives the lease now; -1 when etcd does not know it (expired, revoked)."""
+        response = await self._call("lease_ttl", self._lease.LeaseTimeToLive,
+                                    pb.LeaseTimeToLiveRequest(ID=lease_id), retry=True)
+        return response.TTL
+
     def keepalive_stream(self):
-        """A raw LeaseKeepAlive stream (used by Lease)."""
-        return self._lease.LeaseKeepAlive()
+        """A raw LeaseKeepAlive stream (used by Lease); refused by a member without a leader."""
+        return self._lease.LeaseKeepAlive(metadata=REQUIRE_LEADER)
 
     # --- Maintenance --------------------------------------------------------------------
 

@@ -9,6 +9,12 @@ Usage::
 ``lost`` is set (and never cleared) when etcd says the lease is gone, or when no
 keepalive succeeded for a whole TTL: from then on nothing the lease guarded may
 be trusted, and the holder must stop the work it guarded.
+
+An etcd outage shorter than that is ridden out: a keepalive that fails or gets
+no answer within a third of the TTL is retried on a new stream (which the
+client's round robin puts on another member when there are several) until the
+TTL, counted from the last answer, has passed. etcd itself does not expire a
+lease while it has no leader, and a new leader gives every lease a fresh TTL.
 """
 
 from __future__ import annotations
@@ -75,10 +81,12 @@ class Lease:
                     sent = time.monotonic()
                     await stream.write(pb.LeaseKeepAliveRequest(ID=self.id))
                     # Not wait_for: on 3.11 it can swallow a cancel (revoke) that races the read.
-                    async with asyncio.timeout(max(self._expires_at - sent, 0.1)):
+                    # No answer within a third of the TTL: a stuck member; retry on a new stream.
+                    async with asyncio.timeout(max(min(self._expires_at - sent, interval), 0.1)):
                         response = await stream.read()
                     if response is grpc.aio.EOF:
                         raise EtcdError("keepalive stream closed", grpc.StatusCode.UNAVAILABLE)
+                    self._client.reachability.reachable()
                     if response.TTL <= 0:
                         log.error("lease expired", extra={"lease": self.id})
                         self.lost.set()
@@ -87,11 +95,13 @@ class Lease:
                     await asyncio.sleep(interval)
             except (TimeoutError, grpc.aio.AioRpcError, EtcdError, asyncio.InvalidStateError) as err:
                 # (InvalidStateError: a write to a stream the server already ended.)
+                self._client.reachability.unreachable(f"lease keepalive: {type(err).__name__}: {err}")
                 if time.monotonic() >= self._expires_at:
                     log.error("lease lost: no keepalive within its TTL", extra={"lease": self.id})
                     self.lost.set()
                     return
-                log.warning("lease keepalive failed, retrying", extra={"lease": self.id, "error": str(err)})
+                log.warning("lease keepalive failed, retrying", extra={
+                    "lease": self.id, "error": str(err), "expires_in_s": round(self._expires_at - time.monotonic(), 3)})
                 await asyncio.sleep(min(0.5, interval))
             finally:
                 stream.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 import shutil
 import signal
 import socket
@@ -65,10 +66,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EtcdServer:
-    """A single-member etcd on loopback. ``start()`` blocks until it is healthy."""
+    """One etcd member on loopback. ``start()`` blocks until it is healthy.
+
+    Alone (the default) it is a single-member cluster; ``EtcdCluster`` makes
+    several of them one cluster (``initial_cluster``, ``name``, ``token``).
+    """
 
     def __init__(self, data_dir: str | None = None, *, quota_bytes: int = 8 * 1024**3,
-                 log_path: str | None = None):
+                 log_path: str | None = None, name: str = "quanta", token: str = "etcd-cluster"):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if not data_dir:
             self._tmp = tempfile.TemporaryDirectory(prefix="quanta-etcd-")
@@ -77,19 +82,32 @@ class EtcdServer:
         os.makedirs(self.data_dir, exist_ok=True)
         self.quota_bytes = quota_bytes
         self.log_path = log_path or os.path.join(self.data_dir, "etcd.log")
+        self.name = name
+        self.token = token
         self.process: subprocess.Popen | None = None
         self.client_port = 0
         self.peer_port = 0
+        #: ``name=peer-url,...`` of every member; empty: this member alone.
+        self.initial_cluster = ""
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, timeout: float = 60.0) -> EtcdServer:
         """Start on new free ports; blocks until healthy."""
         for _attempt in range(5):
             self.client_port, self.peer_port = free_port(), free_port()
-            if self._launch(timeout):
+            self.spawn()
+            if self.wait_healthy(timeout):
                 return self
             self.stop()  # port taken between pick and bind, or a slow start: try new ports
         raise RuntimeError(f"etcd did not start; see {self.log_path}")
@@ -98,24 +116,25 @@ class EtcdServer:
         """Start again after a stop or crash: same ports, same data (what a
         restarted member does); blocks until healthy."""
         self.stop()
-        if not self._launch(timeout, state="existing"):
+        self.spawn(state="existing")
+        if not self.wait_healthy(timeout):
             raise RuntimeError(f"etcd did not restart; see {self.log_path}")
         return self
 
-    def _launch(self, timeout: float, state: str = "new") -> bool:
-        """Run etcd on the chosen ports; True once it is healthy."""
+    def spawn(self, state: str = "new") -> None:
+        """Run etcd on the chosen ports; does not wait (see ``wait_healthy``)."""
         binary = find_etcd_binary()
-        client_url = f"http://127.0.0.1:{self.client_port}"
-        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        client_url = self.endpoint
         args = [
             binary,
-            "--name", "quanta",
+            "--name", self.name,
             "--data-dir", os.path.join(self.data_dir, "member"),
             "--listen-client-urls", client_url,
             "--advertise-client-urls", client_url,
-            "--listen-peer-urls", peer_url,
-            "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"quanta={peer_url}",
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
+            "--initial-cluster-token", self.token,
             "--initial-cluster-state", state,
             "--auto-compaction-mode", "periodic",
             "--auto-compaction-retention", "10m",
@@ -128,12 +147,13 @@ class EtcdServer:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        return self._wait_healthy(self.process, timeout)
 
-    def _wait_healthy(self, process: subprocess.Popen, timeout: float) -> bool:
+    def wait_healthy(self, timeout: float) -> bool:
+        """True once the member reports healthy (it has a leader); False if it
+        exited or ``timeout`` passed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if process.poll() is not None:
+            if not self.alive:
                 return False
             try:
                 with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as response:
@@ -143,6 +163,21 @@ class EtcdServer:
                 pass
             time.sleep(0.05)
         return False
+
+    def is_leader(self) -> bool:
+        """Whether this member leads its cluster now (its own ``etcd_server_is_leader``
+        metric); False when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/metrics", timeout=2) as response:
+                return any(line.strip() == b"etcd_server_is_leader 1" for line in response)
+        except OSError:
+            return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` and wait for the process to end (SIGKILL: a crash). The data stays."""
+        if self.process is not None and self.alive:
+            self.process.send_signal(sig)
+            self.process.wait(30)
 
     def stop(self) -> None:
         terminate(self.process)
@@ -154,6 +189,98 @@ class EtcdServer:
             self._tmp.cleanup()
 
     def __enter__(self) -> EtcdServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback forming one cluster, each with its own data
+    dir under ``data_dir``; for tests and ``quanta up --etcd-members 3``.
+
+    ``endpoint`` lists every member's client URL, comma separated, as every
+    component's ``--etcd`` takes it. Members can be killed and restarted one by one
+    (``members[i]``); ``restart(*indices)`` starts several at once, which a cluster
+    that lost its quorum needs (a lone member never becomes healthy).
+    """
+
+    def __init__(self, size: int = 3, data_dir: str | None = None, *, quota_bytes: int = 8 * 1024**3):
+        if size < 1:
+            raise ValueError("an etcd cluster needs at least one member")
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if not data_dir:
+            self._tmp = tempfile.TemporaryDirectory(prefix="quanta-etcd-")
+            data_dir = self._tmp.name
+        self.data_dir = data_dir
+        token = f"quanta-{os.getpid()}-{secrets.token_hex(4)}"  # keeps clusters on one machine apart
+        self.members = [
+            EtcdServer(os.path.join(self.data_dir, f"member-{i}"), quota_bytes=quota_bytes,
+                       name=f"quanta-{i}", token=token)
+            for i in range(size)
+        ]
+
+    @property
+    def endpoint(self) -> str:
+        return ",".join(member.endpoint for member in self.members)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [member.endpoint for member in self.members]
+
+    def start(self, timeout: float = 60.0) -> EtcdCluster:
+        """Start every member on new free ports; blocks until all are healthy."""
+        for _attempt in range(5):
+            for member in self.members:
+                member.client_port, member.peer_port = free_port(), free_port()
+            initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+            for member in self.members:
+                member.initial_cluster = initial
+                member.spawn()
+            if self._wait_healthy(self.members, timeout):
+                return self
+            self.stop()
+            for member in self.members:  # a failed first start leaves a half-made member dir
+                shutil.rmtree(os.path.join(member.data_dir, "member"), ignore_errors=True)
+        raise RuntimeError(f"etcd cluster did not start; see {self.data_dir}/member-*/etcd.log")
+
+    def restart(self, *indices: int, timeout: float = 60.0) -> EtcdCluster:
+        """(Re)start the members ``indices`` (default: all) on their ports and data,
+        together; blocks until they are healthy."""
+        members = [self.members[i] for i in indices] if indices else self.members
+        for member in members:
+            member.stop()
+            member.spawn(state="existing")
+        if not self._wait_healthy(members, timeout):
+            raise RuntimeError(f"etcd members {list(indices)} did not restart; see {self.data_dir}")
+        return self
+
+    @staticmethod
+    def _wait_healthy(members: list[EtcdServer], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(member.wait_healthy(max(0.0, deadline - time.monotonic())) for member in members)
+
+    def leader(self, timeout: float = 30.0) -> int:
+        """Index of the member that leads now; waits out an election (TimeoutError)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, member in enumerate(self.members):
+                if member.alive and member.is_leader():
+                    return i
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no etcd leader within {timeout}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> EtcdCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

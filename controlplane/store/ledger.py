@@ -28,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 
+import grpc
 from prometheus_client import Counter, Histogram
 
-from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
-from controlplane.etcd.client import TxnResult
+from controlplane.etcd import EtcdClient, EtcdError, KeyValue, ops, prefix_end
+from controlplane.etcd.client import TxnResult, caller_deadline
 from controlplane.store.errors import Conflict, NotFound, StoreError
 from controlplane.store.keys import Keys
 from controlplane.tenancy import Limits, Project, Usage
@@ -162,7 +164,18 @@ class UsageLedger:
             task = asyncio.get_running_loop().create_task(self._drain(tenant, project, lane))
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
-        return await future
+        deadline = caller_deadline()
+        if deadline is None:
+            return await future
+        # The batch may commit for others after our caller gave up (e.g. etcd without
+        # quorum): the caller hears "unknown outcome" in time, as from its own txn.
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # heard by nobody now
+            raise EtcdError("quota ledger: the caller's deadline passed waiting for the batch's txn",
+                            grpc.StatusCode.DEADLINE_EXCEEDED) from None
 
     async def _drain(self, tenant: str, project: str, lane: _Lane) -> None:
         try:

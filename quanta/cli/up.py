@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 
+from controlplane.etcd.server import EtcdCluster
 from quanta.client import local_state_path
 from quanta.local import LocalSystem
 
@@ -17,8 +18,13 @@ from quanta.local import LocalSystem
 def _write_state(path: pathlib.Path, system: LocalSystem) -> None:
     """Tell the CLI, the SDK and SREs where everything is."""
     pids = {name: process.pid for name, process in system.processes.items()}
-    if system.etcd and system.etcd.process:
-        pids["etcd"] = system.etcd.process.pid
+    if isinstance(system.etcd, EtcdCluster):
+        members = system.etcd.members
+    else:
+        members = [system.etcd] if system.etcd else []
+    for i, member in enumerate(members):
+        if member.process:
+            pids["etcd" if len(members) == 1 else f"etcd-{i}"] = member.process.pid
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)  # it holds the admin token
     path.chmod(0o600)
@@ -43,7 +49,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--latency", default="realistic",
                         help='simulated host latency: "realistic" (create 0.3 s, power on 0.1 s), "zero", '
                              'or per operation, e.g. "create=1.5,power_on=0.5"')
-    parser.add_argument("--etcd", default="", help="use this etcd instead of starting one")
+    parser.add_argument("--etcd", default="", help="use this etcd instead of starting one (endpoints, comma "
+                        "separated)")
+    parser.add_argument("--etcd-members", type=int, choices=(1, 3, 5), default=1,
+                        help="members of the etcd started here: 1, or a cluster of 3 or 5 on loopback that "
+                             "rides out the loss of a minority (default 1)")
     parser.add_argument("--data-dir", default=None, help="keep state and logs here (default: a temp dir)")
     parser.add_argument("--prometheus", action="store_true",
                         help="also run Prometheus (the 'prometheus' binary) scraping every process")
@@ -51,7 +61,8 @@ def main(argv: list[str]) -> None:
 
     system = LocalSystem(hosts=args.hosts, frontends=args.frontends, schedulers=args.schedulers,
                          shards=args.shards or max(4, 2 * args.schedulers), port=args.port, latency=args.latency,
-                         etcd_endpoint=args.etcd or None, data_dir=args.data_dir, prometheus=args.prometheus)
+                         etcd_endpoint=args.etcd or None, data_dir=args.data_dir, prometheus=args.prometheus,
+                         etcd_members=args.etcd_members)
     stopping = False
 
     def on_signal(_signum, _frame):
@@ -62,7 +73,8 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     state_path = local_state_path()
     schedulers = "scheduler" if args.schedulers == 1 else f"{args.schedulers} schedulers"
-    print(f"starting etcd, {args.frontends} frontends, {schedulers} and an agent of {args.hosts} hosts ...",
+    etcd = "etcd" if args.etcd_members == 1 else f"a {args.etcd_members}-member etcd"
+    print(f"starting {etcd}, {args.frontends} frontends, {schedulers} and an agent of {args.hosts} hosts ...",
           flush=True)
     try:
         system.start()

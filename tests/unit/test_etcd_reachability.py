@@ -1,0 +1,46 @@
+"""Outage bookkeeping (controlplane.etcd.reachability) and which etcd failures are
+transient (controlplane.etcd.outages): pure, no etcd."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from controlplane.etcd.client import Compacted, EtcdError
+from controlplane.etcd.outages import is_transient
+from controlplane.etcd.reachability import Reachability
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_an_outage_is_counted_once_from_its_first_failure_to_the_next_answer() -> None:
+    now = [100.0]
+    reach = Reachability(clock=lambda: now[0])
+    seconds, outages = _sample("quanta_etcd_unreachable_seconds_total"), _sample("quanta_etcd_outages_total")
+    assert reach.ok and _sample("quanta_etcd_reachable") == 1
+    assert reach.reachable() == 0.0  # no outage: nothing to end
+
+    reach.unreachable("range: UNAVAILABLE")
+    now[0] += 2.0
+    reach.unreachable("watch: UNAVAILABLE")  # the same outage: its start stays
+    assert not reach.ok and _sample("quanta_etcd_reachable") == 0
+    now[0] += 1.5
+    assert reach.reachable() == pytest.approx(3.5)
+    assert reach.ok and _sample("quanta_etcd_reachable") == 1
+    assert _sample("quanta_etcd_unreachable_seconds_total") == pytest.approx(seconds + 3.5)
+    assert _sample("quanta_etcd_outages_total") == outages + 1
+
+
+@pytest.mark.parametrize("error, transient", [
+    (EtcdError("no leader", grpc.StatusCode.UNAVAILABLE), True),
+    (EtcdError("deadline", grpc.StatusCode.DEADLINE_EXCEEDED), True),
+    (EtcdError("too many ops", grpc.StatusCode.INVALID_ARGUMENT), False),
+    (EtcdError("watch canceled"), False),
+    (Compacted(42), False),  # re-list, not wait
+    (RuntimeError("not etcd"), False),
+])
+def test_only_an_unreachable_etcd_is_transient(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
