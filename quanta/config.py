@@ -262,7 +262,7 @@ def editing_config(path: pathlib.Path | None = None) -> Iterator[list[Config]]:
 
     path = path or config_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
+    with os.fdopen(os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         box = [load_config(path)]
         yield box
