@@ -24,7 +24,25 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import grpc
 
 from controlplane.gen.quanta.v1 import host_pb2, vm_pb2
-from quanta.calls import ROLES, STUBS, Calls, ClientBase, Pages, Stream, Unary, named
+from quanta.calls import (
+    AUDIT,
+    FLAVORS,
+    HOSTS,
+    IMAGES,
+    PROJECTS,
+    QUOTAS,
+    ROLES,
+    STUBS,
+    TENANTS,
+    TOKENS,
+    VMS,
+    Calls,
+    ClientBase,
+    Pages,
+    Stream,
+    Unary,
+    named,
+)
 from quanta.config import DEFAULT_ENDPOINT, local_state_path, settings
 from quanta.waits import DrainWait, VmWait
 
@@ -79,6 +97,22 @@ def stream(build: Callable[Concatenate[Calls, P], Stream[T]]) -> Callable[Concat
     return method
 
 
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds fixed metadata (the bearer token) to every call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+
 class Client(ClientBase):
     """A connection to Quanta's API as one caller (``token``) in one project (the
     default for VM calls; tenant and project methods name their resources). Settings
@@ -92,13 +126,20 @@ class Client(ClientBase):
         super().__init__(endpoint, token=token, tenant=tenant, project=project, timeout=timeout, tls_ca=tls_ca,
                          own_connection=own_connection, context=context)
         if self._credentials is not None:
-            self._channel = grpc.secure_channel(self.endpoint, self._credentials, options=self._options)
+            self._raw_channel = grpc.secure_channel(self.endpoint, self._credentials, options=self._options)
         else:
-            self._channel = grpc.insecure_channel(self.endpoint, options=self._options)
+            self._raw_channel = grpc.insecure_channel(self.endpoint, options=self._options)
+        # The token rides on the channel, so raw stub calls (below) are authenticated too.
+        self._channel = (grpc.intercept_channel(self._raw_channel, _Metadata(self._metadata))
+                         if self._metadata else self._raw_channel)
         self._stubs = {service: stub(self._channel) for service, stub in STUBS.items()}
+        # The raw stubs, for tests that send requests the SDK's methods would not build.
+        self._vms, self._hosts, self._tenants = self._stubs[VMS], self._stubs[HOSTS], self._stubs[TENANTS]
+        self._projects, self._quotas, self._flavors = self._stubs[PROJECTS], self._stubs[QUOTAS], self._stubs[FLAVORS]
+        self._images, self._tokens, self._audit = self._stubs[IMAGES], self._stubs[TOKENS], self._stubs[AUDIT]
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -108,12 +149,16 @@ class Client(ClientBase):
 
     # How calls are carried out: the only part the asyncio client does differently.
     def _unary(self, call: Unary[R]) -> R:
-        method = getattr(self._stubs[call.service], call.method)
+        return call.parse(self._call(getattr(self._stubs[call.service], call.method), call.request,
+                                     timeout=call.timeout))
+
+    def _call(self, method: Any, request: Any, *, timeout: float | None = None) -> Any:
+        """``method`` (a raw stub's) with ``request`` within ``timeout`` (default: the
+        client's), retried as the channel's policy says; raises QuantaError."""
         try:
-            response = method(call.request, timeout=call.timeout or self.timeout, metadata=self._metadata)
+            return method(request, timeout=timeout or self.timeout)
         except grpc.RpcError as err:
             raise self._error(err) from None
-        return call.parse(response)
 
     def _pages(self, listing: Pages[T]) -> Iterator[T]:
         token = ""
@@ -126,8 +171,7 @@ class Client(ClientBase):
     def _stream(self, call: Stream[T]) -> Iterator[T]:
         """The messages of a server stream; ends quietly when its timeout (if any) runs
         out, raises QuantaError for anything else, and cancels the call when abandoned."""
-        responses: Any = getattr(self._stubs[call.service], call.method)(
-            call.request, timeout=call.timeout, metadata=self._metadata)
+        responses: Any = getattr(self._stubs[call.service], call.method)(call.request, timeout=call.timeout)
         try:
             yield from responses
         except grpc.RpcError as err:
