@@ -48,6 +48,22 @@ def pytest_collection_modifyitems(config, items) -> None:
         item.add_marker(getattr(pytest.mark, tier))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_client_settings(tmp_path_factory):
+    """Tests never see (or change) the developer's CLI/SDK settings: their config file
+    and contexts, a running `quanta up`, or $QUANTA_* settings. A test that wants
+    some sets them itself (and child processes inherit these)."""
+    patch = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("client-settings")
+    patch.setenv("QUANTA_CONFIG", str(home / "config.yaml"))
+    patch.setenv("XDG_STATE_HOME", str(home / "state"))
+    for name in ("QUANTA_CONTEXT", "QUANTA_ENDPOINT", "QUANTA_TOKEN", "QUANTA_TENANT", "QUANTA_PROJECT",
+                 "QUANTA_TLS_CA"):
+        patch.delenv(name, raising=False)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def etcd_server():
     server = EtcdServer().start()

@@ -1,6 +1,7 @@
 """quanta: run components, start a local system, manage VMs.
 
-    quanta up [--hosts N]                 the whole system locally, until Ctrl-C
+    quanta up [--name NAME] [--hosts N]   the whole system locally, until Ctrl-C
+    quanta context list|current|use|set|delete   where the CLI and SDK connect
     quanta frontend|scheduler|agent ...   one component (see --help of each)
     quanta scheduler shards               who owns each scheduler shard
     quanta vm create|get|list|watch|delete
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         from quanta.cli.up import main as up
 
         up(rest)
+    elif command == "context":
+        from quanta.cli.context import main as context
+
+        context(rest)
     elif command == "backup":
         from quanta.cli.backup import main as backup
 

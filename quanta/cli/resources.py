@@ -99,13 +99,15 @@ def common_options(suppress: bool) -> argparse.ArgumentParser:
     def default(value):
         return argparse.SUPPRESS if suppress else value
 
+    parser.add_argument("--context", default=default(None),
+                        help="the config context to use (default: $QUANTA_CONTEXT or the current one)")
     parser.add_argument("--endpoint", default=default(None),
-                        help="API address (default: $QUANTA_ENDPOINT or `quanta up`'s)")
+                        help="API address (default: $QUANTA_ENDPOINT, the context's or `quanta up`'s)")
     parser.add_argument("--token", default=default(None),
-                        help="bearer token (default: $QUANTA_TOKEN or `quanta up`'s admin token)")
+                        help="bearer token (default: $QUANTA_TOKEN, the context's or `quanta up`'s admin token)")
     parser.add_argument("--tls-ca", default=default(None), help="verify the API's TLS certificate with this PEM")
-    parser.add_argument("--tenant", default=default("default"))
-    parser.add_argument("--project", default=default("default"))
+    parser.add_argument("--tenant", default=default(None))
+    parser.add_argument("--project", default=default(None))
     parser.add_argument("-o", "--output", choices=("table", "json"), default=default("table"))
     return parser
 
@@ -116,7 +118,9 @@ def run_with_client(args, action) -> None:
     ``--wait`` that ran out of time as ``error: message``; both exit 1."""
     try:
         with Client(args.endpoint, token=args.token, tenant=args.tenant, project=args.project,
-                    tls_ca=args.tls_ca) as client:
+                    tls_ca=args.tls_ca, context=args.context) as client:
+            # Flags not given resolve through $QUANTA_* and the context (quanta.config).
+            args.tenant, args.project = client.tenant, client.project
             action(client)
     except ApiError as err:
         print(f"error: {err.code.name}: {err.reason}: {err.message}", file=sys.stderr)

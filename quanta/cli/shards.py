@@ -1,7 +1,8 @@
 """``quanta scheduler shards``: who owns each scheduler shard, and how much waits in it.
 
 Reads etcd directly (shard ownership is not part of the public API): the
-endpoint comes from --etcd, $QUANTA_ETCD or the system ``quanta up`` started.
+endpoint comes from --etcd, $QUANTA_ETCD or the ``quanta up`` system behind the
+context in use ($QUANTA_CONTEXT or the current one; else the default system's).
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from controlplane.etcd import EtcdClient
 from controlplane.store.cluster import read_cluster_config
 from controlplane.store.keys import Keys
 from controlplane.store.shards import ShardDirectory
-from quanta.client import local_state_path
+from quanta.config import system_state
+from quanta.errors import ConfigError
 
 
 def _default_etcd() -> str:
+    """$QUANTA_ETCD, else the etcd of the `quanta up` system behind the context in use."""
     if os.environ.get("QUANTA_ETCD"):
         return os.environ["QUANTA_ETCD"]
     try:
-        return json.loads(local_state_path().read_text())["etcd"]
-    except (OSError, ValueError, KeyError):
-        return "http://127.0.0.1:2379"
+        state = system_state()
+    except ConfigError:
+        state = None
+    return str((state or {}).get("etcd") or "http://127.0.0.1:2379")
 
 
 async def _read(etcd: str, root: str) -> dict:

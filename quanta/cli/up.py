@@ -1,23 +1,29 @@
 """quanta up: the whole system on this machine (etcd, API frontends, scheduler,
-an agent with simulated hosts) until Ctrl-C."""
+an agent with simulated hosts) until Ctrl-C.
+
+Each system has a name (``--name``, default ``local``): its state file
+(``$XDG_STATE_HOME/quanta/NAME.json``) and a CLI context of that name, made
+current unless another context is; both are removed when it stops, and other
+systems' are left alone, so several can run side by side."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
+import dataclasses
+import os
 import signal
 import sys
 import time
 
 from controlplane.etcd.server import EtcdCluster
-from quanta.client import local_state_path
+from quanta import config
+from quanta.errors import ConfigError
 from quanta.local import LocalSystem
 
 
-def _write_state(path: pathlib.Path, system: LocalSystem) -> None:
-    """Tell the CLI, the SDK and SREs where everything is."""
-    pids = {name: process.pid for name, process in system.processes.items()}
+def _state(name: str, system: LocalSystem) -> dict:
+    """What the CLI, the SDK and SREs need to find everything."""
+    pids = {proc: process.pid for proc, process in system.processes.items()}
     if isinstance(system.etcd, EtcdCluster):
         members = system.etcd.members
     else:
@@ -25,19 +31,76 @@ def _write_state(path: pathlib.Path, system: LocalSystem) -> None:
     for i, member in enumerate(members):
         if member.process:
             pids["etcd" if len(members) == 1 else f"etcd-{i}"] = member.process.pid
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)  # it holds the admin token
-    path.chmod(0o600)
-    path.write_text(json.dumps({
+    return {
+        "name": name, "pid": os.getpid(),
         "endpoint": system.endpoint, "etcd": system.etcd_endpoint, "logs": str(system.log_dir), "pids": pids,
         "admin_token": system.admin_token,
-        "metrics": {name: f"127.0.0.1:{port}" for name, port in system.metrics_ports.items()},
+        "metrics": {proc: f"127.0.0.1:{port}" for proc, port in system.metrics_ports.items()},
         **({"prometheus": system.prometheus.url} if system.prometheus else {}),
-    }, indent=2))
+    }
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_free(name: str) -> None:
+    """Raise ConfigError if ``name`` is taken: a running ``quanta up`` of that name, or
+    a context of that name that no ``quanta up`` made (it would be overwritten)."""
+    running = config.local_state(name)
+    if running and running.get("pid") != os.getpid() and _alive(running.get("pid")):
+        raise ConfigError(f"a system named {name!r} is running (API {running.get('endpoint')}, "
+                          f"pid {running.get('pid')}); stop it, or start another with --name OTHER", "NAME_TAKEN")
+    existing = config.load_config().contexts.get(name)
+    if existing is not None and existing.system != name:
+        raise ConfigError(f"context {name!r} exists and was not made by `quanta up`; start with --name OTHER, "
+                          f"or remove it with `quanta context delete {name}`", "NAME_TAKEN")
+
+
+def add_context(name: str, system: LocalSystem) -> tuple[str, bool]:
+    """Add (or refresh) the context ``name`` for ``system``; make it current if no
+    existing context is. Returns the current context and whether it is this one."""
+    context = config.Context(name=name, endpoint=system.endpoint, token=system.admin_token, system=name)
+    with config.editing_config() as box:
+        cfg = box[0].with_context(context)
+        if not cfg.current or cfg.current not in cfg.contexts:
+            cfg = dataclasses.replace(cfg, current=name)
+        box[0] = cfg
+    return cfg.current, cfg.current == name
+
+
+def remove_context(name: str, endpoint: str) -> None:
+    """Remove the context ``name`` if it is still this system's (same endpoint);
+    every other context, and the current one if it is another, stay as they are."""
+    with config.editing_config() as box:
+        mine = box[0].contexts.get(name)
+        if mine is not None and mine.system == name and mine.endpoint == endpoint:
+            box[0] = box[0].without_context(name)
+
+
+def remove_state(name: str) -> None:
+    """Remove ``name``'s state file if this process wrote it."""
+    running = config.local_state(name)
+    if running and running.get("pid") == os.getpid():
+        try:
+            config.local_state_path(name).unlink()
+        except OSError:
+            pass
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="quanta up", description=__doc__)
+    parser.add_argument("--name", default=config.DEFAULT_SYSTEM,
+                        help="the system's name: its CLI context and state file (default: local); "
+                             "systems of different names run side by side")
     parser.add_argument("--hosts", type=int, default=10, help="simulated hosts (default 10)")
     parser.add_argument("--frontends", type=int, default=2, help="API frontends sharing the port (default 2)")
     parser.add_argument("--schedulers", type=int, default=1,
@@ -58,6 +121,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--prometheus", action="store_true",
                         help="also run Prometheus (the 'prometheus' binary) scraping every process")
     args = parser.parse_args(argv)
+    name = args.name
+    try:
+        config.check_name(name, "system")
+        check_free(name)
+    except ConfigError as err:
+        print(f"quanta up: {err}", file=sys.stderr)
+        sys.exit(1)
 
     system = LocalSystem(hosts=args.hosts, frontends=args.frontends, schedulers=args.schedulers,
                          shards=args.shards or max(4, 2 * args.schedulers), port=args.port, latency=args.latency,
@@ -71,14 +141,17 @@ def main(argv: list[str]) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    state_path = local_state_path()
     schedulers = "scheduler" if args.schedulers == 1 else f"{args.schedulers} schedulers"
     etcd = "etcd" if args.etcd_members == 1 else f"a {args.etcd_members}-member etcd"
     print(f"starting {etcd}, {args.frontends} frontends, {schedulers} and an agent of {args.hosts} hosts ...",
           flush=True)
     try:
         system.start()
-        _write_state(state_path, system)
+        config.write_local_state(name, _state(name, system))
+        current, is_current = add_context(name, system)
+        using = (f"context {name!r} (current: the CLI and SDK on this machine use it by default)" if is_current else
+                 f"context {name!r}; the current context stays {current!r}: `quanta context use {name}`, "
+                 f"$QUANTA_CONTEXT={name} or --context {name} to use this one")
         prometheus_line = f"\n  prometheus:   {system.prometheus.url}" if system.prometheus else ""
         print(f"""
 Quanta is up.
@@ -87,8 +160,9 @@ Quanta is up.
   hosts:        {args.hosts} simulated ({args.latency} latency)
   metrics:      {", ".join(f"{n}=:{p}" for n, p in system.metrics_ports.items())}
   logs:         {system.log_dir}{prometheus_line}
+  CLI:          {using}
 
-Admin token (system-admin, 30 days; the CLI and SDK on this machine use it by default):
+Admin token (system-admin, 30 days; kept in the context {name!r}):
   {system.admin_token}
 
 Try:  quanta vm create --name web-1 --flavor small --image ubuntu
@@ -96,7 +170,7 @@ Try:  quanta vm create --name web-1 --flavor small --image ubuntu
       quanta tenant create acme --quota vms=10,vcpus=8
 Press Ctrl-C to stop.""", flush=True)
         restart_at: dict[str, float] = {}
-        started_at = {name: time.monotonic() for name in system.processes}
+        started_at = {proc: time.monotonic() for proc in system.processes}
         while not stopping:
             now = time.monotonic()
             for process in system.processes.values():
@@ -116,17 +190,17 @@ Press Ctrl-C to stop.""", flush=True)
                     process.restarts += 1
                     process.start()
                     started_at[process.name] = now
-                    _write_state(state_path, system)
+                    config.write_local_state(name, _state(name, system))
             time.sleep(0.2)
-    except (TimeoutError, RuntimeError, FileNotFoundError) as err:
+    except (TimeoutError, RuntimeError, FileNotFoundError, ConfigError) as err:
         print(f"quanta up: {err}", file=sys.stderr)
         sys.exit(1)
     finally:
         print("stopping ...", flush=True)
         system.cleanup()
         try:
-            if json.loads(state_path.read_text()).get("endpoint") == system.endpoint:
-                state_path.unlink()
-        except (OSError, ValueError):
-            pass
+            remove_context(name, system.endpoint)
+        except ConfigError as err:  # a config file broken meanwhile: say so, stop anyway
+            print(f"quanta up: could not remove context {name!r}: {err}", file=sys.stderr)
+        remove_state(name)
         print("stopped.", flush=True)

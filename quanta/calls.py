@@ -1,0 +1,465 @@
+"""What each SDK method sends and how its answer is read: one place for both clients.
+
+:class:`Calls` has one builder per SDK method; a builder returns a description of
+the call (:class:`Unary`, :class:`Pages` or :class:`Stream`) and does no I/O. The
+sync :class:`quanta.Client` and the asyncio :class:`quanta.aio.Client` differ only
+in how they carry a description out (blocking, or awaiting), through the
+``unary``/``pages``/``listed``/``stream`` method factories each defines.
+
+Retries are the channel's: :func:`service_config` gives gRPC a retry policy for
+UNAVAILABLE on the methods in :data:`RETRIED` (reads, idempotent verbs, and
+CreateVm, whose request_id makes a retry return the VM the first attempt made),
+within the call's deadline, with the same bytes on every attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf.message import Message
+
+from controlplane.gen.quanta.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    host_pb2,
+    host_pb2_grpc,
+    tenancy_pb2,
+    tenancy_pb2_grpc,
+    vm_pb2,
+    vm_pb2_grpc,
+)
+from quanta import config
+from quanta.errors import ConfigError, QuantaError, from_rpc_error
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+VMS = "quanta.v1.VmService"
+HOSTS = "quanta.v1.HostService"
+TENANTS = "quanta.v1.TenantService"
+PROJECTS = "quanta.v1.ProjectService"
+QUOTAS = "quanta.v1.QuotaService"
+FLAVORS = "quanta.v1.FlavorService"
+IMAGES = "quanta.v1.ImageService"
+TOKENS = "quanta.v1.TokenService"
+AUDIT = "quanta.v1.AuditService"
+
+#: The stub class of each service (sync and asyncio channels take the same stubs).
+STUBS: dict[str, Callable[[Any], Any]] = {
+    VMS: vm_pb2_grpc.VmServiceStub, HOSTS: host_pb2_grpc.HostServiceStub,
+    TENANTS: tenancy_pb2_grpc.TenantServiceStub, PROJECTS: tenancy_pb2_grpc.ProjectServiceStub,
+    QUOTAS: tenancy_pb2_grpc.QuotaServiceStub, FLAVORS: catalog_pb2_grpc.FlavorServiceStub,
+    IMAGES: catalog_pb2_grpc.ImageServiceStub, TOKENS: auth_pb2_grpc.TokenServiceStub,
+    AUDIT: auth_pb2_grpc.AuditServiceStub,
+}
+
+#: Methods retried on UNAVAILABLE: reads, verbs that are idempotent, and CreateVm
+#: (idempotent by the request_id every SDK create carries). Creates of other
+#: resources take no request_id the server honours, so they are not retried.
+RETRIED: dict[str, tuple[str, ...]] = {
+    VMS: ("CreateVm", "GetVm", "ListVms", "DeleteVm"),
+    HOSTS: ("GetHost", "ListHosts", "SetMaintenance", "DrainHost", "ListOrphans", "DestroyOrphan"),
+    TENANTS: ("GetTenant", "ListTenants"),
+    PROJECTS: ("GetProject", "ListProjects"),
+    QUOTAS: ("GetQuota", "ListQuotas"),
+    FLAVORS: ("GetFlavor", "ListFlavors"),
+    IMAGES: ("GetImage", "ListImages"),
+    TOKENS: ("GetToken", "GetCaller"),
+    AUDIT: ("ListAuditRecords",),
+}
+
+#: Attempts in all (the first and three retries, as the SDK did by hand before), with
+#: exponential backoff from 0.1 s (gRPC randomises each pause below its bound).
+RETRY_POLICY = {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"]}
+
+
+def service_config() -> str:
+    """The gRPC service config (JSON) that gives :data:`RETRIED` its retry policy."""
+    names = [{"service": service, "method": method} for service, methods in RETRIED.items() for method in methods]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
+
+
+def channel_options(*, own_connection: bool = False) -> list[tuple[str, Any]]:
+    """The options of every SDK channel: retries on, the service config above, and
+    with ``own_connection`` a connection not shared with other clients of the process."""
+    options: list[tuple[str, Any]] = [("grpc.enable_retries", 1), ("grpc.service_config", service_config())]
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
+    return options
+
+
+def _same(message: Any) -> Any:
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class Unary(Generic[R]):
+    """One call of ``service``'s ``method`` with ``request``, answered by one message;
+    ``timeout``: seconds for it (None: the client's), retries included; ``parse``
+    turns the answer into what the SDK method returns."""
+
+    service: str
+    method: str
+    request: Message
+    timeout: float | None = None
+    parse: Callable[[Any], R] = field(default=_same)
+
+
+@dataclass(frozen=True, slots=True)
+class Pages(Generic[T]):
+    """A paginated list: ``page(token)`` is the call for one page (token "" first);
+    ``items`` names the answer's repeated field; the last page has no next token."""
+
+    page: Callable[[str], Unary[Any]]
+    items: str
+
+    def read(self, response: Any) -> tuple[Iterable[T], str]:
+        """The items of one answer and the next page's token ("" after the last)."""
+        return getattr(response, self.items), response.next_page_token
+
+
+@dataclass(frozen=True, slots=True)
+class Stream(Generic[T]):
+    """A server stream of ``T``; ``timeout``: it ends quietly after that many seconds
+    (None: runs until the caller stops reading)."""
+
+    service: str
+    method: str
+    request: Message
+    timeout: float | None = None
+
+
+def named(collection: str, id_or_name: str) -> str:
+    """``"hosts/", "h1"`` → ``"hosts/h1"``; a full name is kept as it is."""
+    return id_or_name if id_or_name.startswith(collection) else f"{collection}{id_or_name}"
+
+
+ROLES = {"system-admin": auth_pb2.Grant.SYSTEM_ADMIN, "tenant-admin": auth_pb2.Grant.TENANT_ADMIN,
+         "project-member": auth_pb2.Grant.PROJECT_MEMBER, "viewer": auth_pb2.Grant.VIEWER}
+
+#: The timeout of deletes that may remove many VMs first (force).
+LONG_TIMEOUT_S = 120.0
+
+
+class Calls:
+    """The request of every SDK method, for a caller in ``tenant``/``project`` (the
+    defaults of VM calls and of the tenant-scoped lists). Pure: builds messages."""
+
+    def __init__(self, tenant: str, project: str, timeout: float) -> None:
+        self.tenant = tenant
+        self.project = project
+        self.timeout = timeout
+
+    @property
+    def parent(self) -> str:
+        return f"tenants/{self.tenant}/projects/{self.project}"
+
+    def vm_name(self, vm_id: str) -> str:
+        return vm_id if vm_id.startswith("tenants/") else f"{self.parent}/vms/{vm_id}"
+
+    def _long(self) -> float:
+        return max(self.timeout, LONG_TIMEOUT_S)
+
+    # VMs
+    def create_vm(self, vm_id: str = "", *, flavor: str, image: str, labels: dict[str, str] | None = None,
+                  request_id: str | None = None, node_selector: dict[str, str] | None = None,
+                  anti_affinity_group: str = "", restart_policy: str = "ALWAYS", anti_affinity_scope: str = "HOST",
+                  affinity_group: str = "", affinity_scope: str = "HOST") -> Unary[vm_pb2.Vm]:
+        """Create a VM; returns it PENDING. ``vm_id`` "" lets the server assign one.
+        Idempotent per request_id (one is generated if not given; the channel's
+        retries resend it). ``node_selector``: host labels it needs;
+        ``anti_affinity_group``: no two VMs of the group on one host;
+        ``anti_affinity_scope`` "ZONE": nor two zone-scoped VMs of the group in one
+        zone (host label topology.quanta.io/zone); ``affinity_group``: only on a host
+        (``affinity_scope`` "HOST") or in a zone ("ZONE") that runs a VM of that
+        group; ``restart_policy``: "ALWAYS" (placed again when its host is drained or
+        dead) or "NEVER" (deleted then). Raises QuotaExceeded, AlreadyExists,
+        InvalidArgument, ..."""
+        return Unary(VMS, "CreateVm", vm_pb2.CreateVmRequest(
+            parent=self.parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex,
+            vm=vm_pb2.Vm(flavor=flavor, image=image, labels=labels or {}, node_selector=node_selector or {},
+                         anti_affinity_group=anti_affinity_group,
+                         # Enum fields take their value names (ValueError on an unknown one).
+                         restart_policy=restart_policy, anti_affinity_scope=anti_affinity_scope,
+                         affinity_group=affinity_group, affinity_scope=affinity_scope)))
+
+    def get_vm(self, vm_id: str) -> Unary[vm_pb2.Vm]:
+        """The VM ``vm_id`` (an id in this client's project, or a full name). NotFound."""
+        return Unary(VMS, "GetVm", vm_pb2.GetVmRequest(name=self.vm_name(vm_id)))
+
+    def list_vms(self, *, label_selector: str = "", page_size: int = 500) -> Pages[vm_pb2.Vm]:
+        """Every VM of the project, fetched page by page at one consistent revision."""
+        return Pages(lambda token: Unary(VMS, "ListVms", vm_pb2.ListVmsRequest(
+            parent=self.parent, page_size=page_size, page_token=token, label_selector=label_selector)), "vms")
+
+    def delete_vm(self, vm_id: str, *, etag: str = "") -> Unary[vm_pb2.Vm]:
+        """Request deletion; returns the VM DELETING. Idempotent."""
+        return Unary(VMS, "DeleteVm", vm_pb2.DeleteVmRequest(name=self.vm_name(vm_id), etag=etag))
+
+    def watch_vms(self, *, resource_version: int = 0, label_selector: str = "",
+                  timeout: float | None = None) -> Stream[vm_pb2.VmEvent]:
+        """Stream VM events (from 0: current state first). Ends after ``timeout`` seconds if given."""
+        return Stream(VMS, "WatchVms", vm_pb2.WatchVmsRequest(
+            parent=self.parent, resource_version=resource_version, label_selector=label_selector), timeout)
+
+    # Hosts
+    def list_hosts(self) -> Pages[host_pb2.Host]:
+        """Every host; system admins."""
+        return Pages(lambda token: Unary(HOSTS, "ListHosts", host_pb2.ListHostsRequest(
+            page_size=1000, page_token=token)), "hosts")
+
+    def get_host(self, host_id: str) -> Unary[host_pb2.Host]:
+        """The host ``host_id`` ("h1" or "hosts/h1"); system admins. NotFound."""
+        return Unary(HOSTS, "GetHost", host_pb2.GetHostRequest(name=named("hosts/", host_id)))
+
+    def set_maintenance(self, host_id: str, maintenance: bool = True) -> Unary[host_pb2.Host]:
+        """Take a host out of placement (or put it back); system admins. Idempotent."""
+        return Unary(HOSTS, "SetMaintenance", host_pb2.SetMaintenanceRequest(
+            name=named("hosts/", host_id), maintenance=maintenance))
+
+    def delete_host(self, host_id: str) -> Unary[host_pb2.Host]:
+        """Forget a decommissioned host (no heartbeat, no VMs); system admins. Returns
+        it as it was. FailedPrecondition (HOST_ALIVE, HOST_NOT_EMPTY) otherwise."""
+        return Unary(HOSTS, "DeleteHost", host_pb2.DeleteHostRequest(name=named("hosts/", host_id)))
+
+    def watch_hosts(self, *, resource_version: int = 0, timeout: float | None = None) -> Stream[host_pb2.HostEvent]:
+        """Stream host events (from 0: every host first); system admins. Ends after
+        ``timeout`` seconds if given."""
+        return Stream(HOSTS, "WatchHosts", host_pb2.WatchHostsRequest(resource_version=resource_version), timeout)
+
+    def drain_host(self, host_id: str) -> Unary[host_pb2.Host]:
+        return Unary(HOSTS, "DrainHost", host_pb2.DrainHostRequest(name=named("hosts/", host_id)))
+
+    def list_orphans(self, host_id: str = "") -> Pages[host_pb2.OrphanVm]:
+        """Quarantined VMs: on a host (``host_id``) or any, unknown to the store and
+        without a tombstone; system admins."""
+        host = named("hosts/", host_id) if host_id else ""
+        return Pages(lambda token: Unary(HOSTS, "ListOrphans", host_pb2.ListOrphansRequest(
+            host=host, page_size=1000, page_token=token)), "orphans")
+
+    def adopt_orphan(self, host_id: str, uid: str) -> Unary[vm_pb2.Vm]:
+        """Bring a quarantined VM back under its project, on the host it runs on; charges
+        its quota (QuotaExceeded when it does not fit). System admins."""
+        return Unary(HOSTS, "AdoptOrphan", host_pb2.AdoptOrphanRequest(
+            name=f"{named('hosts/', host_id)}/orphans/{uid}"))
+
+    def destroy_orphan(self, host_id: str, uid: str) -> Unary[host_pb2.OrphanVm]:
+        """Have a quarantined VM destroyed by its host's agent. System admins."""
+        return Unary(HOSTS, "DestroyOrphan", host_pb2.DestroyOrphanRequest(
+            name=f"{named('hosts/', host_id)}/orphans/{uid}"))
+
+    # Tenants, projects and quotas
+    def create_tenant(self, tenant_id: str, *, display_name: str = "", labels: dict[str, str] | None = None,
+                      quota: dict[str, int] | None = None) -> Unary[tenancy_pb2.Tenant]:
+        """Create a tenant (system admins); ``quota``: its ticket, e.g. {"vms": 100, "vcpus": 64}."""
+        return Unary(TENANTS, "CreateTenant", tenancy_pb2.CreateTenantRequest(
+            tenant_id=tenant_id, tenant=tenancy_pb2.Tenant(display_name=display_name, labels=labels or {}),
+            quota=tenancy_pb2.ResourceLimits(**(quota or {}))))
+
+    def get_tenant(self, tenant_id: str) -> Unary[tenancy_pb2.Tenant]:
+        return Unary(TENANTS, "GetTenant", tenancy_pb2.GetTenantRequest(name=f"tenants/{tenant_id}"))
+
+    def list_tenants(self) -> Pages[tenancy_pb2.Tenant]:
+        return Pages(lambda token: Unary(TENANTS, "ListTenants", tenancy_pb2.ListTenantsRequest(
+            page_size=1000, page_token=token)), "tenants")
+
+    def update_tenant(self, tenant_id: str, *, display_name: str | None = None,
+                      labels: dict[str, str] | None = None, etag: str = "") -> Unary[tenancy_pb2.Tenant]:
+        """Change the fields given (None: unchanged); ``etag`` guards against a lost update (Aborted)."""
+        tenant = tenancy_pb2.Tenant(name=f"tenants/{tenant_id}", display_name=display_name or "",
+                                    labels=labels or {}, etag=etag)
+        paths = [p for p, v in (("display_name", display_name), ("labels", labels)) if v is not None]
+        return Unary(TENANTS, "UpdateTenant", tenancy_pb2.UpdateTenantRequest(
+            tenant=tenant, update_mask=field_mask_pb2.FieldMask(paths=paths)))
+
+    def delete_tenant(self, tenant_id: str, *, force: bool = False, etag: str = "") -> Unary[tenancy_pb2.Tenant]:
+        """Delete a tenant; with ``force``, its projects and VMs first."""
+        return Unary(TENANTS, "DeleteTenant", tenancy_pb2.DeleteTenantRequest(
+            name=f"tenants/{tenant_id}", force=force, etag=etag), timeout=self._long())
+
+    def create_project(self, project_id: str, *, tenant: str | None = None, display_name: str = "",
+                       labels: dict[str, str] | None = None,
+                       quota: dict[str, int] | None = None) -> Unary[tenancy_pb2.Project]:
+        """Create a project in ``tenant`` (default: this client's) with limits ``quota``."""
+        return Unary(PROJECTS, "CreateProject", tenancy_pb2.CreateProjectRequest(
+            parent=f"tenants/{tenant or self.tenant}", project_id=project_id,
+            project=tenancy_pb2.Project(display_name=display_name, labels=labels or {}),
+            quota=tenancy_pb2.ResourceLimits(**(quota or {}))))
+
+    def get_project(self, project_id: str, *, tenant: str | None = None) -> Unary[tenancy_pb2.Project]:
+        return Unary(PROJECTS, "GetProject", tenancy_pb2.GetProjectRequest(
+            name=f"tenants/{tenant or self.tenant}/projects/{project_id}"))
+
+    def list_projects(self, *, tenant: str | None = None) -> Pages[tenancy_pb2.Project]:
+        parent = f"tenants/{tenant or self.tenant}"
+        return Pages(lambda token: Unary(PROJECTS, "ListProjects", tenancy_pb2.ListProjectsRequest(
+            parent=parent, page_size=1000, page_token=token)), "projects")
+
+    def delete_project(self, project_id: str, *, tenant: str | None = None, force: bool = False,
+                       etag: str = "") -> Unary[tenancy_pb2.Project]:
+        """Delete a project; refused (FailedPrecondition HAS_VMS) while it holds VMs,
+        unless ``force``: then the project is first marked as being deleted (its
+        ``delete_time``; creates in it fail with FailedPrecondition PROJECT_DELETING),
+        its VMs are deleted, then it. A forced deletion cut short stays marked: call
+        again to finish it."""
+        return Unary(PROJECTS, "DeleteProject", tenancy_pb2.DeleteProjectRequest(
+            name=f"tenants/{tenant or self.tenant}/projects/{project_id}", force=force, etag=etag),
+            timeout=self._long())
+
+    def get_quota(self, name: str) -> Unary[tenancy_pb2.Quota]:
+        """``name``: "tenants/t/quota" or "tenants/t/projects/p/quota"."""
+        return Unary(QUOTAS, "GetQuota", tenancy_pb2.GetQuotaRequest(name=name))
+
+    def update_quota(self, name: str, limits: dict[str, int | None], *, etag: str = "") -> Unary[tenancy_pb2.Quota]:
+        """Set the named limits (None: unlimited); other dimensions are unchanged."""
+        quota = tenancy_pb2.Quota(name=name, etag=etag, limits=tenancy_pb2.ResourceLimits(
+            **{k: v for k, v in limits.items() if v is not None}))
+        return Unary(QUOTAS, "UpdateQuota", tenancy_pb2.UpdateQuotaRequest(
+            quota=quota, update_mask=field_mask_pb2.FieldMask(paths=[f"limits.{k}" for k in limits])))
+
+    def list_quotas(self, *, tenant: str | None = None) -> Pages[tenancy_pb2.Quota]:
+        parent = f"tenants/{tenant or self.tenant}"
+        return Pages(lambda token: Unary(QUOTAS, "ListQuotas", tenancy_pb2.ListQuotasRequest(
+            parent=parent, page_size=1000, page_token=token)), "quotas")
+
+    # Catalog
+    def create_flavor(self, flavor_id: str, *, vcpus: int, memory_mib: int, disk_gib: int,
+                      tenant: str = "") -> Unary[catalog_pb2.Flavor]:
+        """A public flavor, or ``tenant``'s private one."""
+        return Unary(FLAVORS, "CreateFlavor", catalog_pb2.CreateFlavorRequest(
+            parent=f"tenants/{tenant}" if tenant else "", flavor_id=flavor_id, flavor=catalog_pb2.Flavor(
+                resources=common_pb2.Resources(vcpus=vcpus, memory_mib=memory_mib, disk_gib=disk_gib))))
+
+    def list_flavors(self, *, tenant: str | None = None) -> Pages[catalog_pb2.Flavor]:
+        """The flavors ``tenant`` (default: this client's) may use."""
+        parent = f"tenants/{tenant or self.tenant}"
+        return Pages(lambda token: Unary(FLAVORS, "ListFlavors", catalog_pb2.ListFlavorsRequest(
+            parent=parent, page_size=1000, page_token=token)), "flavors")
+
+    def delete_flavor(self, name: str) -> Unary[catalog_pb2.Flavor]:
+        return Unary(FLAVORS, "DeleteFlavor", catalog_pb2.DeleteFlavorRequest(name=name))
+
+    def create_image(self, image_id: str, *, source: str, os_name: str = "",
+                     size_gib: int = 0) -> Unary[catalog_pb2.Image]:
+        return Unary(IMAGES, "CreateImage", catalog_pb2.CreateImageRequest(
+            image_id=image_id, image=catalog_pb2.Image(source=source, os=os_name, size_gib=size_gib)))
+
+    def list_images(self) -> Pages[catalog_pb2.Image]:
+        return Pages(lambda token: Unary(IMAGES, "ListImages", catalog_pb2.ListImagesRequest(
+            page_size=1000, page_token=token)), "images")
+
+    def delete_image(self, image_id: str) -> Unary[catalog_pb2.Image]:
+        return Unary(IMAGES, "DeleteImage", catalog_pb2.DeleteImageRequest(name=f"images/{image_id}"))
+
+    # Tokens and audit
+    def create_token(self, subject: str, grants: list[tuple[str, str, str]], *,
+                     ttl_s: int = 24 * 3600) -> Unary[auth_pb2.CreateTokenResponse]:
+        """Issue a token; ``grants``: (role, tenant, project) with role one of
+        system-admin, tenant-admin, project-member, viewer. The bearer token is in
+        ``.bearer_token`` of the response (shown only once)."""
+        return Unary(TOKENS, "CreateToken", auth_pb2.CreateTokenRequest(
+            subject=subject, ttl=duration_pb2.Duration(seconds=ttl_s),
+            grants=[auth_pb2.Grant(role=ROLES[r], tenant=t, project=p) for r, t, p in grants]))
+
+    def get_token(self, token_id: str) -> Unary[auth_pb2.Token]:
+        return Unary(TOKENS, "GetToken", auth_pb2.GetTokenRequest(name=named("tokens/", token_id)))
+
+    def revoke_token(self, token_id: str) -> Unary[auth_pb2.Token]:
+        return Unary(TOKENS, "RevokeToken", auth_pb2.RevokeTokenRequest(name=named("tokens/", token_id)))
+
+    def whoami(self) -> Unary[auth_pb2.Token]:
+        """The caller: the token this client sends (its subject and grants)."""
+        return Unary(TOKENS, "GetCaller", auth_pb2.GetCallerRequest())
+
+    def list_audit(self, *, tenant: str = "") -> Pages[auth_pb2.AuditRecord]:
+        """The audit log, oldest first: one tenant's, or (tenant "") everything."""
+        parent = f"tenants/{tenant}" if tenant else ""
+        return Pages(lambda token: Unary(AUDIT, "ListAuditRecords", auth_pb2.ListAuditRecordsRequest(
+            parent=parent, page_size=1000, page_token=token)), "records")
+
+    def watch_audit(self, *, tenant: str = "", resource_version: int = 0,
+                    timeout: float | None = None) -> Stream[auth_pb2.AuditEvent]:
+        """Stream audit records as they are written (from 0: the log so far first)."""
+        return Stream(AUDIT, "WatchAuditRecords", auth_pb2.WatchAuditRecordsRequest(
+            parent=f"tenants/{tenant}" if tenant else "", resource_version=resource_version), timeout)
+
+
+class ClientBase:
+    """What both clients share: the settings they were built from (argument >
+    environment > context > ``quanta up``'s default, see :mod:`quanta.config`), the
+    request builders, the bearer token metadata and the error mapping.
+
+    ``tls_ca``: a PEM file to verify the server with (TLS); without one the channel
+    is plaintext (the local default on loopback). ``own_connection``: do not share
+    the TCP connection with other clients of this process (gRPC pools them per
+    target), e.g. to spread load over frontends behind one address. ``context``: the
+    config context to use instead of the current one. Raises ConfigError (a
+    QuantaError) for an unknown context or an unreadable token file or CA."""
+
+    def __init__(self, endpoint: str | None = None, *, token: str | None = None, tenant: str | None = None,
+                 project: str | None = None, timeout: float = 10.0, tls_ca: str | None = None,
+                 own_connection: bool = False, context: str | None = None) -> None:
+        resolved = config.settings(endpoint=endpoint, token=token, tenant=tenant, project=project, tls_ca=tls_ca,
+                                   context=context)
+        self.settings = resolved
+        self.endpoint = resolved.endpoint
+        #: The config context this client's settings came from (None: none applied).
+        self.context = resolved.context
+        self._calls = Calls(resolved.tenant, resolved.project, timeout)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {resolved.token}"),) if resolved.token else ())
+        self._options = channel_options(own_connection=own_connection)
+        self._credentials = _credentials(resolved.tls_ca)
+
+    @property
+    def tenant(self) -> str:
+        return self._calls.tenant
+
+    @tenant.setter
+    def tenant(self, value: str) -> None:
+        self._calls.tenant = value
+
+    @property
+    def project(self) -> str:
+        return self._calls.project
+
+    @project.setter
+    def project(self, value: str) -> None:
+        self._calls.project = value
+
+    @property
+    def timeout(self) -> float:
+        return self._calls.timeout
+
+    @property
+    def parent(self) -> str:
+        return self._calls.parent
+
+    def vm_name(self, vm_id: str) -> str:
+        return self._calls.vm_name(vm_id)
+
+    def _error(self, err: grpc.RpcError) -> QuantaError:
+        """The typed exception for a failed call, naming where it was sent."""
+        return from_rpc_error(err, endpoint=self.endpoint, context=self.context)
+
+
+def _credentials(tls_ca: str) -> grpc.ChannelCredentials | None:
+    """TLS credentials that trust ``tls_ca`` (a PEM file), or None for plaintext."""
+    if not tls_ca:
+        return None
+    try:
+        pem = pathlib.Path(tls_ca).expanduser().read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read TLS CA {tls_ca}: {err.strerror}", "FILE_UNREADABLE") from None
+    return grpc.ssl_channel_credentials(pem)
