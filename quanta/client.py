@@ -439,6 +439,18 @@ class Client:
             parent=f"tenants/{tenant}" if tenant else "", resource_version=resource_version), timeout=timeout),
             timeout)
 
+    def list_audit_for(self, resource: str, *, tenant: str = "", limit: int = 5) -> list[auth_pb2.AuditRecord]:
+        """The last ``limit`` audit records about ``resource`` (its full name), oldest
+        first, from ``tenant``'s log ("" for the whole log). The API has no filter by
+        resource: this reads the log through, page by page. Raises ApiError
+        (PERMISSION_DENIED or NOT_FOUND when the caller may not read that log)."""
+        recent: list[auth_pb2.AuditRecord] = []
+        for record in self.list_audit(tenant=tenant):
+            if record.resource == resource:
+                recent.append(record)
+                del recent[:-limit]
+        return recent
+
 
 def _named(collection: str, id_or_name: str) -> str:
     """``"hosts/", "h1"`` → ``"hosts/h1"``; a full name is kept as it is."""

@@ -30,7 +30,7 @@ def _write_state(path: pathlib.Path, system: LocalSystem) -> None:
     }, indent=2))
 
 
-def main(argv: list[str]) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quanta up", description=__doc__)
     parser.add_argument("--hosts", type=int, default=10, help="simulated hosts (default 10)")
     parser.add_argument("--frontends", type=int, default=2, help="API frontends sharing the port (default 2)")
@@ -47,7 +47,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--data-dir", default=None, help="keep state and logs here (default: a temp dir)")
     parser.add_argument("--prometheus", action="store_true",
                         help="also run Prometheus (the 'prometheus' binary) scraping every process")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
 
     system = LocalSystem(hosts=args.hosts, frontends=args.frontends, schedulers=args.schedulers,
                          shards=args.shards or max(4, 2 * args.schedulers), port=args.port, latency=args.latency,
@@ -79,7 +83,7 @@ Quanta is up.
 Admin token (system-admin, 30 days; the CLI and SDK on this machine use it by default):
   {system.admin_token}
 
-Try:  quanta vm create --name web-1 --flavor small --image ubuntu
+Try:  quanta vm create web-1 --flavor small --image ubuntu --wait
       quanta vm watch
       quanta tenant create acme --quota vms=10,vcpus=8
 Press Ctrl-C to stop.""", flush=True)
