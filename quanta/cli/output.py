@@ -317,11 +317,11 @@ class ProgressLine:
             columns.append(TimeElapsedColumn())
             self._progress = Progress(*columns, console=console, transient=True)
             self._task = self._progress.add_task("", total=total)
-            self._progress.start()
 
     def update(self, text: str, *, completed: int | None = None, total: int | None = None) -> None:
         if self._progress is not None:
             self._progress.update(self._task, description=text, completed=completed, total=total)
+            self._progress.start()  # (shown from the first update on; starting again is a no-op)
             return
         if text != self._last:
             self._plain.write(text + "\n")
