@@ -20,6 +20,7 @@ import grpc
 
 from controlplane.api.errors import ApiError
 from controlplane.api.validation import HOST_ID, RESOURCE_ID
+from controlplane.etcd.client import EtcdError
 
 
 class WaitTimeout(Exception):
@@ -85,6 +86,14 @@ def unreachable_message(endpoint: str, context: str | None = None, *, cause: str
     return f"cannot reach the Quanta API at {endpoint}{through}{why}\n  " + ", ".join(hints) + "."
 
 
+def etcd_message(err: EtcdError, endpoint: str) -> str:
+    """What to say when etcd (for the commands that read it directly) failed."""
+    if err.code is grpc.StatusCode.UNAVAILABLE:
+        return (f"cannot reach etcd at {endpoint}: {_cause(str(err))}\n  start a local system with `quanta up`, "
+                "or name its etcd with --etcd.")
+    return str(err)
+
+
 def _cause(details: str) -> str:
     """gRPC's "failed to connect to all addresses; last error: UNKNOWN:
     ipv4:127.0.0.1:7000: Failed to connect to remote host: Connection refused" →
@@ -138,11 +147,14 @@ def guarded(endpoint: Callable[[], str] = lambda: "", context: Callable[[], str 
             flags: Mapping[str, str] = FLAGS) -> Iterator[None]:
     """Run a command's body; turn every expected failure into a message and an
     exit code. ``endpoint``/``context`` are asked for only when needed (the API
-    address the command used, and the context it came from)."""
+    address the command used, or etcd's for the commands that read it, and the
+    context it came from)."""
     try:
         yield
     except ApiError as err:
         fail(describe(err, endpoint(), context(), flags))
+    except EtcdError as err:
+        fail(f"error: {etcd_message(err, endpoint())}")
     except (WaitTimeout, TimeoutError) as err:
         fail(f"error: {err}")
     except CliError as err:

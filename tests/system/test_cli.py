@@ -182,3 +182,15 @@ def test_in_a_terminal_progress_and_colour_show_and_not_when_piped(system: Local
     piped = quanta(system, "vm", "create", "tty-2", *PROJECT, "--flavor", "small", "--image", "ubuntu",
                    "--node-selector", "zone=nowhere", "--wait", "--timeout", "1")
     assert not ANSI.search(piped.stdout + piped.stderr) and "\r" not in piped.stdout + piped.stderr
+
+
+def test_version_and_completion_scripts() -> None:
+    version = subprocess.run([QUANTA, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and re.fullmatch(r"quanta \d+\.\d+\.\d+\S*\n", version.stdout), version
+    for shell in ("bash", "zsh", "fish"):
+        done = subprocess.run([QUANTA, "completion", shell], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "--node-selector" in done.stdout, done.stderr
+    bash = subprocess.run(["bash", "-n"], input=subprocess.run([QUANTA, "completion", "bash"], capture_output=True,
+                                                              text=True, timeout=60).stdout,
+                          capture_output=True, text=True, timeout=60)
+    assert bash.returncode == 0, bash.stderr  # a script bash can parse

@@ -14,10 +14,11 @@ import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.api.errors import ApiError, invalid_argument
+from controlplane.etcd.client import EtcdError
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
 from quanta.cli import views
 from quanta.cli.completion import command_tree, script
-from quanta.cli.errors import describe, flag_for, in_words, unreachable_message
+from quanta.cli.errors import describe, etcd_message, flag_for, in_words, unreachable_message
 from quanta.cli.output import Printer, plural, short_name
 from quanta.cli.waiting import follow_vm, status_line
 
@@ -200,3 +201,12 @@ def test_every_option_has_help() -> None:
 def test_completion_scripts_know_the_commands_and_their_options(shell: str) -> None:
     text = script(shell)
     assert "quanta" in text and "--node-selector" in text and "drain" in text
+
+
+def test_an_unreachable_etcd_is_named_with_a_hint() -> None:
+    err = EtcdError("etcd range: UNAVAILABLE: failed to connect to all addresses; last error: UNKNOWN: "
+                    "ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused",
+                    grpc.StatusCode.UNAVAILABLE)
+    assert etcd_message(err, "http://127.0.0.1:1").splitlines() == [
+        "cannot reach etcd at http://127.0.0.1:1: connection refused",
+        "  start a local system with `quanta up`, or name its etcd with --etcd."]
