@@ -121,7 +121,7 @@ def make_console(stream: TextIO) -> Console:
 
 
 def _styled(column: Column, cell: str) -> Text:
-    return Text(cell, style=STATE_STYLES.get(cell.rstrip("*"), "")) if column.coloured else Text(cell)
+    return Text(cell, style=STATE_STYLES.get(cell.split(",")[0], "")) if column.coloured else Text(cell)
 
 
 def table_of(columns: Sequence[Column], messages: Iterable[Any]) -> Table:
