@@ -225,18 +225,25 @@ def from_rpc_error(err: grpc.RpcError, *, endpoint: str | None = None, context: 
 
 
 def unreachable_message(endpoint: str, context: str | None = None, detail: str = "") -> str:
-    """What to tell a user whose client reached no frontend: the endpoint and context
-    tried, and the two ways out (start a system, or pick another context)."""
-    where = f"{endpoint} (context {context!r})" if context else endpoint
-    because = f": {_short(detail)}" if detail else ""
-    return (f"cannot reach Quanta at {where}{because}. Start a local system with `quanta up`, "
-            f"or pick a running one with `quanta context use NAME` (`quanta context list` shows them).")
+    """What to tell a user whose client reached no frontend at ``endpoint`` (through
+    the named ``context``, if any): which endpoint was tried, why (gRPC's ``detail``,
+    shortened to its last cause, e.g. "connection refused"), and how to get one.
+    The one wording for the SDK's :class:`Unreachable` and the CLI."""
+    through = f" (context {context!r})" if context else ""
+    why = f": {short_cause(detail)}" if detail else ""
+    hints = ["start one on this machine with `quanta up`"]
+    if context:
+        hints.append("pick another with `quanta context use NAME` (`quanta context list` shows them)")
+    hints.append("or name one with --endpoint or $QUANTA_ENDPOINT")
+    return f"cannot reach the Quanta API at {endpoint}{through}{why}\n  " + ", ".join(hints) + "."
 
 
-def _short(detail: str) -> str:
-    """gRPC's connection failure text, without its repeated prefix: the last cause."""
-    tail = detail.rsplit(": ", 1)[-1].strip() if "failed to connect" in detail else detail.strip()
-    return tail or detail
+def short_cause(detail: str) -> str:
+    """gRPC's "failed to connect to all addresses; last error: UNKNOWN:
+    ipv4:127.0.0.1:7000: Failed to connect to remote host: Connection refused" →
+    "connection refused" (its last cause); any other text as it is."""
+    last = detail.rsplit(": ", 1)[-1].strip() if "failed to connect" in detail else detail.strip()
+    return (last[:1].lower() + last[1:]) if last else detail
 
 
 def _has_rich_status(err: grpc.RpcError) -> bool:

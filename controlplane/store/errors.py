@@ -48,4 +48,5 @@ class HostNotEmpty(StoreError):
     """VMs are still bound to the host."""
 
     def __init__(self, host: str, vms: int):
-        super().__init__(f"host {host} holds {vms} VMs; drain it, or let the scheduler declare it dead")
+        super().__init__(f"host {host} holds {vms} VM{'' if vms == 1 else 's'}; drain it, or let the scheduler "
+                         "declare it dead")

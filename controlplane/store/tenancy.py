@@ -36,7 +36,8 @@ class HoldsVms(StoreError):
     """A project (or a tenant's project) still holds VMs."""
 
     def __init__(self, name: str, vms: int):
-        super().__init__(f"{name} still holds {vms} VMs; delete them first or delete with force")
+        super().__init__(f"{name} still holds {vms} VM{'' if vms == 1 else 's'}; delete them first or delete "
+                         "with force")
         self.vms = vms
 
 

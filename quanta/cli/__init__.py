@@ -13,11 +13,25 @@
     quanta flavor|image create|list|delete
     quanta token create|get|revoke|whoami|bootstrap
     quanta audit list|watch
+    quanta completion bash|zsh|fish       a shell completion script
+    quanta --version
+
+Every command takes --help. Output: -o table|wide|json|yaml|name.
 """
 
 from __future__ import annotations
 
 import sys
+from importlib import metadata
+
+from quanta.cli.errors import guarded
+
+
+def version() -> str:
+    try:
+        return metadata.version("quanta")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,8 +39,25 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         sys.exit(0 if argv else 2)
-    command, rest = argv[0], argv[1:]
-    if command == "scheduler" and rest[:1] == ["shards"]:
+    with guarded():  # Ctrl-C and closed pipes anywhere; each command reports its own API errors
+        _dispatch(argv[0], argv[1:])
+
+
+def _dispatch(command: str, rest: list[str]) -> None:
+    if command in ("--version", "version"):
+        print(f"quanta {version()}")
+    elif command == "completion":
+        from quanta.cli.completion import SHELLS, script
+
+        if len(rest) != 1 or rest[0] not in SHELLS:
+            print(f"usage: quanta completion {{{','.join(SHELLS)}}}\n\n"
+                  "  bash: source <(quanta completion bash)\n"
+                  "  zsh:  quanta completion zsh > \"${fpath[1]}/_quanta\"\n"
+                  "  fish: quanta completion fish > ~/.config/fish/completions/quanta.fish",
+                  file=sys.stderr if rest[:1] not in (["-h"], ["--help"]) else sys.stdout)
+            sys.exit(0 if rest[:1] in (["-h"], ["--help"]) else 2)
+        sys.stdout.write(script(rest[0]))
+    elif command == "scheduler" and rest[:1] == ["shards"]:
         from quanta.cli.shards import main as shards
 
         shards(rest[1:])
@@ -58,10 +89,12 @@ def main(argv: list[str] | None = None) -> None:
         from quanta.cli.resources import main as resources
 
         resources(command, rest)
-    elif command in ("tenant", "project", "quota", "flavor", "image", "token", "audit"):
+    else:
+        from quanta.cli.admin import KINDS
+
+        if command not in KINDS:
+            print(f"quanta: unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
+            sys.exit(2)
         from quanta.cli.admin import main as admin
 
         admin(command, rest)
-    else:
-        print(f"quanta: unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
-        sys.exit(2)

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import sys
 
-from google.protobuf.json_format import MessageToDict
-
 from controlplane.gen.quanta.v1 import common_pb2
 from controlplane.tenancy import DIMENSIONS
-from quanta.cli.resources import common_options, print_list, print_message, run_with_client
+from quanta.cli import views
+from quanta.cli.errors import guarded
+from quanta.cli.output import Printer
+from quanta.cli.resources import common_options, run_with_client
 from quanta.client import ROLES, Client
 
+KINDS = ("tenant", "project", "quota", "flavor", "image", "token", "audit")
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 
 
@@ -46,33 +47,31 @@ def _grant(text: str) -> tuple[str, str, str]:
     return role, tenant, project
 
 
-def _row(message) -> str:
-    fields = MessageToDict(message)
-    name = fields.pop("name", "")
-    fields.pop("etag", None)
-    return f"{name:<40} {json.dumps(fields, separators=(',', ':'))}"
-
-
 def _quota_name(text: str) -> str:
     """``acme`` → the tenant's ticket; ``acme/web`` → the project's quota."""
     tenant, _, project = text.partition("/")
     return f"tenants/{tenant}/projects/{project}/quota" if project else f"tenants/{tenant}/quota"
 
 
-def _parser(kind: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"quanta {kind}", parents=[common_options(False)])
+def fill_parser(kind: str, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the verbs of ``quanta KIND`` to ``parser``, which was made with
+    ``parents=[common_options(False)]`` (here, or in the completion scripts' tree)."""
     common = common_options(True)
-    sub = parser.add_subparsers(dest="verb", required=True)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    ids = {"tenant": "TENANT", "project": "PROJECT", "quota": "TENANT[/PROJECT]", "flavor": "FLAVOR",
+           "image": "IMAGE", "token": "TOKEN"}
 
     def verb(name: str, help_text: str, *, named: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, parents=[common])
+        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                           parents=[common])
         if named:
-            p.add_argument("id")
+            p.add_argument("id", metavar=ids[kind], help=f"the {kind}'s id" + (
+                " (a tenant's ticket) or TENANT/PROJECT (a project's quota)" if kind == "quota" else ""))
         return p
 
     if kind in ("tenant", "project"):
         create = verb("create", f"create a {kind}")
-        create.add_argument("--display-name", default="")
+        create.add_argument("--display-name", default="", help="a human-readable name")
         create.add_argument("--quota", type=_limits, default={},
                             help="limits, e.g. vms=10,vcpus=8,memory_mib=16384,disk_gib=200 (default unlimited)")
         verb("get", f"show a {kind}")
@@ -84,21 +83,22 @@ def _parser(kind: str) -> argparse.ArgumentParser:
     elif kind == "quota":
         verb("get", "show a quota: TENANT (its ticket) or TENANT/PROJECT")
         setter = verb("set", "change limits: quanta quota set acme/web vms=20,vcpus=unlimited")
-        setter.add_argument("limits", type=_limits)
+        setter.add_argument("limits", type=_limits, metavar="LIMITS",
+                            help="DIMENSION=N or =unlimited, comma separated; dimensions: " + ", ".join(DIMENSIONS))
         verb("list", "the quotas of --tenant's projects", named=False)
     elif kind == "flavor":
         create = verb("create", "create a flavor (public, or --private to --tenant)")
-        create.add_argument("--vcpus", type=int, required=True)
-        create.add_argument("--memory-mib", type=int, required=True)
-        create.add_argument("--disk-gib", type=int, required=True)
+        create.add_argument("--vcpus", type=int, required=True, help="virtual CPUs")
+        create.add_argument("--memory-mib", type=int, required=True, help="memory in MiB")
+        create.add_argument("--disk-gib", type=int, required=True, help="disk in GiB")
         create.add_argument("--private", action="store_true", help="only for --tenant")
         verb("list", "flavors --tenant may use", named=False)
         verb("delete", "delete a flavor by name (flavors/F or tenants/T/flavors/F)")
     elif kind == "image":
         create = verb("create", "register an image")
         create.add_argument("--source", required=True, help="what drivers clone from, e.g. a template VM path")
-        create.add_argument("--os", default="")
-        create.add_argument("--size-gib", type=int, default=0)
+        create.add_argument("--os", default="", help="its operating system, e.g. ubuntu-24.04")
+        create.add_argument("--size-gib", type=int, default=0, help="its disk size in GiB")
         verb("list", "list images", named=False)
         verb("delete", "delete an image")
     elif kind == "token":
@@ -112,9 +112,9 @@ def _parser(kind: str) -> argparse.ArgumentParser:
         verb("whoami", "the caller's own token", named=False)
         boot = sub.add_parser("bootstrap", help="mint a system-admin token straight from etcd (operators)")
         boot.add_argument("--etcd", required=True, help="etcd endpoint(s), comma separated")
-        boot.add_argument("--root", default="/quanta")
-        boot.add_argument("--subject", default="admin")
-        boot.add_argument("--ttl", type=_duration, default=30 * 86400)
+        boot.add_argument("--root", default="/quanta", help="Quanta's etcd key prefix (default /quanta)")
+        boot.add_argument("--subject", default="admin", help="who the token stands for (default admin)")
+        boot.add_argument("--ttl", type=_duration, default=30 * 86400, help="e.g. 12h, 30d (default 30d)")
     elif kind == "audit":
         listing = verb("list", "audit records, oldest first (--tenant's; --all for everything)", named=False)
         watching = verb("watch", "stream new audit records until Ctrl-C", named=False)
@@ -124,30 +124,33 @@ def _parser(kind: str) -> argparse.ArgumentParser:
 
 
 def main(kind: str, argv: list[str]) -> None:
-    args = _parser(kind).parse_args(argv)
+    parser = fill_parser(kind, argparse.ArgumentParser(prog=f"quanta {kind}", parents=[common_options(False)]))
+    args = parser.parse_args(argv)
     if kind == "token" and args.verb == "bootstrap":
         from controlplane.auth.bootstrap import bootstrap_admin_token
 
-        print(asyncio.run(bootstrap_admin_token(args.etcd, args.root, subject=args.subject, ttl_s=args.ttl)))
+        with guarded(lambda: args.etcd):
+            print(asyncio.run(bootstrap_admin_token(args.etcd, args.root, subject=args.subject, ttl_s=args.ttl)))
         return
-    run_with_client(args, lambda client: _run(kind, args, client))
+    run_with_client(args, lambda client, printer: _run(kind, args, client, printer))
 
 
-def _run(kind: str, args, client: Client) -> None:  # noqa: C901 - one dispatch table, flat
-    out = args.output
+def _run(kind: str, args, client: Client, printer: Printer) -> None:  # noqa: C901 - one dispatch table, flat
+    verb = args.verb
+    view = {"tenant": views.TENANT, "project": views.PROJECT, "quota": views.QUOTA, "flavor": views.FLAVOR,
+            "image": views.IMAGE, "token": views.TOKEN, "audit": views.AUDIT}[kind]
 
     def show(message) -> None:
-        print_message(message, out, _row)
+        printer.one(message, view)
 
-    verb = args.verb
     if kind == "tenant":
         if verb == "create":
             show(client.create_tenant(args.id, display_name=args.display_name,
                                       quota={k: v for k, v in args.quota.items() if v is not None}))
         elif verb == "get":
-            show(client.get_tenant(args.id))
+            printer.detail(client.get_tenant(args.id), view)
         elif verb == "list":
-            print_list(client.list_tenants(), out, _row)
+            printer.many(client.list_tenants(), view)
         else:
             show(client.delete_tenant(args.id, force=args.force))
     elif kind == "project":
@@ -155,53 +158,53 @@ def _run(kind: str, args, client: Client) -> None:  # noqa: C901 - one dispatch 
             show(client.create_project(args.id, display_name=args.display_name,
                                        quota={k: v for k, v in args.quota.items() if v is not None}))
         elif verb == "get":
-            show(client.get_project(args.id))
+            printer.detail(client.get_project(args.id), view)
         elif verb == "list":
-            print_list(client.list_projects(), out, _row)
+            printer.many(client.list_projects(), view)
         else:
             show(client.delete_project(args.id, force=args.force))
     elif kind == "quota":
         if verb == "get":
-            show(client.get_quota(_quota_name(args.id)))
+            printer.detail(client.get_quota(_quota_name(args.id)), view)
         elif verb == "set":
             show(client.update_quota(_quota_name(args.id), args.limits))
         else:
-            print_list(client.list_quotas(), out, _row)
+            printer.many(client.list_quotas(), view)
     elif kind == "flavor":
         if verb == "create":
             show(client.create_flavor(args.id, vcpus=args.vcpus, memory_mib=args.memory_mib,
                                       disk_gib=args.disk_gib, tenant=args.tenant if args.private else ""))
         elif verb == "list":
-            print_list(client.list_flavors(), out, _row)
+            printer.many(client.list_flavors(), view)
         else:
             show(client.delete_flavor(args.id if "/" in args.id else f"flavors/{args.id}"))
     elif kind == "image":
         if verb == "create":
             show(client.create_image(args.id, source=args.source, os_name=args.os, size_gib=args.size_gib))
         elif verb == "list":
-            print_list(client.list_images(), out, _row)
+            printer.many(client.list_images(), view)
         else:
-            show(client.delete_image(args.id))
+            show(client.delete_image(args.id.removeprefix("images/")))
     elif kind == "token":
         if verb == "create":
             response = client.create_token(args.subject, args.grant, ttl_s=args.ttl)
-            if out == "json":
-                print(json.dumps(MessageToDict(response), indent=2))
+            if printer.output in ("json", "yaml"):
+                printer.one(response, view)
             else:
+                # The token alone on stdout (for $(...)), what it is on stderr.
                 print(f"{response.token.name}  {args.subject}  expires {response.token.expire_time.ToJsonString()}",
                       file=sys.stderr)
-                print(response.bearer_token)
+                printer.text(response.bearer_token)
         elif verb == "get":
-            show(client.get_token(args.id))
+            printer.detail(client.get_token(args.id), view)
         elif verb == "revoke":
             show(client.revoke_token(args.id))
         else:
-            show(client.whoami())
+            printer.detail(client.whoami(), view)
     elif kind == "audit":
         tenant = "" if args.all else args.tenant
         if verb == "list":
-            print_list(client.list_audit(tenant=tenant), out, _row)
+            printer.many(client.list_audit(tenant=tenant), view)
         else:
-            for event in client.watch_audit(tenant=tenant):
-                if event.type != common_pb2.BOOKMARK:
-                    show(event.record)
+            printer.events((("ADDED", e.record) for e in client.watch_audit(tenant=tenant)
+                            if e.type != common_pb2.BOOKMARK), view)

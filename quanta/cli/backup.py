@@ -13,10 +13,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quanta backup", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
     create = sub.add_parser("create", help="snapshot etcd into FILE, with its sha256 in FILE.sha256")
-    create.add_argument("file")
+    create.add_argument("file", help="where to write the snapshot")
     create.add_argument("--etcd", required=True, help="etcd endpoint(s), comma separated")
     restore = sub.add_parser("restore", help="check FILE against FILE.sha256 and restore it into a new data dir")
-    restore.add_argument("file")
+    restore.add_argument("file", help="a snapshot made by `quanta backup create`")
     restore.add_argument("--data-dir", required=True, help="the new member's data dir (must not exist or be empty)")
     restore.add_argument("--name", default="default", help="the member's name (etcd --name)")
     restore.add_argument("--initial-cluster", default="",

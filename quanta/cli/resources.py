@@ -3,92 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-from collections.abc import Iterable
+from collections.abc import Callable
 
-from google.protobuf.json_format import MessageToDict
+import grpc
 
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
-from quanta.client import Client
+from controlplane.gen.quanta.v1 import auth_pb2, common_pb2, vm_pb2
+from quanta.cli import views
+from quanta.cli.errors import CliError, guarded
+from quanta.cli.output import FORMATS, Printer, Section, short_name
+from quanta.cli.waiting import wait_for_drain, wait_for_vm
+from quanta.client import Client, resolve_endpoint
 
-
-def _vm_row(vm: vm_pb2.Vm) -> str:
-    state = vm_pb2.Vm.State.Name(vm.state)
-    reason = f"  ({vm.conditions[0].reason}: {vm.conditions[0].message})" if vm.conditions else ""
-    return f"{vm.name.rsplit('/', 1)[-1]:<24} {state:<10} {vm.flavor:<8} {vm.image:<8} {vm.host or '-'}{reason}"
-
-
-def _allocatable(host: host_pb2.Host) -> common_pb2.Resources:
-    # A frontend older than the overcommit fields sends capacity only.
-    return host.allocatable if host.HasField("allocatable") else host.capacity
-
-
-def _host_row(host: host_pb2.Host) -> str:
-    """One line: allocated out of allocatable (capacity × overcommit)."""
-    state = host_pb2.Host.State.Name(host.state) + ("*" if host.maintenance else "")
-    allocatable = _allocatable(host)
-    return (f"{host.name.split('/', 1)[1]:<16} {state:<9} vms={host.vm_count:<6} "
-            f"vcpus={host.allocated.vcpus}/{allocatable.vcpus} "
-            f"mem={host.allocated.memory_mib}/{allocatable.memory_mib}MiB")
-
-
-def _host_detail(host: host_pb2.Host) -> str:
-    """``quanta host get``: the host, then its raw capacity, overcommit ratios,
-    allocatable capacity (their product) and allocation, per resource."""
-    state = host_pb2.Host.State.Name(host.state) + (" (maintenance)" if host.maintenance else "")
-    o = host.overcommit if host.HasField("overcommit") else host_pb2.Overcommit(vcpus=1, memory=1, disk=1)
-    allocatable = _allocatable(host)
-    rows = [("", "vcpus", "memory_mib", "disk_gib"),
-            ("capacity", *_amounts(host.capacity)),
-            ("overcommit", f"{o.vcpus:g}", f"{o.memory:g}", f"{o.disk:g}"),
-            ("allocatable", *_amounts(allocatable)),
-            ("allocated", *_amounts(host.allocated))]
-    labels = ",".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "-"
-    return "\n".join([
-        f"name:    {host.name.split('/', 1)[1]}",
-        f"state:   {state}",
-        f"driver:  {host.driver or '-'}",
-        f"vms:     {host.vm_count}",
-        f"labels:  {labels}",
-        *(f"{name:<12} {a:>8} {b:>11} {c:>9}" for name, a, b, c in rows),
-    ])
-
-
-def _amounts(r: common_pb2.Resources) -> tuple[str, str, str]:
-    return str(r.vcpus), str(r.memory_mib), str(r.disk_gib)
-
-
-def _orphan_row(orphan: host_pb2.OrphanVm) -> str:
-    power = "on" if orphan.powered_on else "off"
-    adoptable = "" if orphan.adoptable else "  (not adoptable)"
-    return (f"{orphan.host.split('/', 1)[1]:<16} {orphan.uid:<34} {power:<4} {orphan.vm or '-'} "
-            f"{orphan.flavor or '-'}{adoptable}")
-
-
-def print_message(message, output: str, row) -> None:
-    if output == "json":
-        print(json.dumps(MessageToDict(message), indent=2), flush=True)
-    else:
-        print(row(message), flush=True)
-
-
-def print_list(messages: Iterable, output: str, row) -> None:
-    """A listing: one row per message, or (json) one JSON array, written as the
-    pages arrive ([] when empty; a listing cut by an error leaves the array open
-    and the command fails)."""
-    if output != "json":
-        for message in messages:
-            print_message(message, output, row)
-        return
-    sep = "[\n"
-    for message in messages:
-        sys.stdout.write(sep + json.dumps(MessageToDict(message), indent=2))
-        sys.stdout.flush()
-        sep = ",\n"
-    print("[]" if sep == "[\n" else "\n]", flush=True)
+DEFAULT_WAIT_S = 300.0
 
 
 def common_options(suppress: bool) -> argparse.ArgumentParser:
@@ -100,137 +27,201 @@ def common_options(suppress: bool) -> argparse.ArgumentParser:
         return argparse.SUPPRESS if suppress else value
 
     parser.add_argument("--context", default=default(None),
-                        help="the config context to use (default: $QUANTA_CONTEXT or the current one)")
+                        help="the config context to use (default: $QUANTA_CONTEXT or the current one; "
+                             "see `quanta context list`)")
     parser.add_argument("--endpoint", default=default(None),
-                        help="API address (default: $QUANTA_ENDPOINT, the context's or `quanta up`'s)")
+                        help="API address host:port (default: $QUANTA_ENDPOINT, the context's or `quanta up`'s)")
     parser.add_argument("--token", default=default(None),
                         help="bearer token (default: $QUANTA_TOKEN, the context's or `quanta up`'s admin token)")
-    parser.add_argument("--tls-ca", default=default(None), help="verify the API's TLS certificate with this PEM")
-    parser.add_argument("--tenant", default=default(None))
-    parser.add_argument("--project", default=default(None))
-    parser.add_argument("-o", "--output", choices=("table", "json"), default=default("table"))
+    parser.add_argument("--tls-ca", default=default(None),
+                        help="verify the API's TLS certificate with this PEM file (default: $QUANTA_TLS_CA; "
+                             "without one the connection is plaintext)")
+    parser.add_argument("--tenant", default=default(None),
+                        help="the tenant to act in (default: $QUANTA_TENANT, the context's, else default)")
+    parser.add_argument("--project", default=default(None),
+                        help="the project to act in, within --tenant (default: $QUANTA_PROJECT, the context's, "
+                             "else default)")
+    parser.add_argument("-o", "--output", choices=FORMATS, default=default("table"),
+                        help="table (default), wide (more columns), json or yaml (the API's fields), "
+                             "name (one vms/NAME-style name a line)")
     return parser
 
 
-def run_with_client(args, action) -> None:
-    """Run ``action(client)`` with a client built from the common options; API
-    errors print as ``error: CODE: REASON: message`` (and field violations), a
-    ``--wait`` that ran out of time as ``error: message``; both exit 1."""
-    try:
-        with Client(args.endpoint, token=args.token, tenant=args.tenant, project=args.project,
-                    tls_ca=args.tls_ca, context=args.context) as client:
+def add_wait(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--wait`` and ``--timeout`` for a verb whose effect is asynchronous."""
+    parser.add_argument("--wait", action="store_true", help=f"wait until {what}, showing progress")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
+                        help=f"with --wait: give up after this long, exit 1 and say what was last seen "
+                             f"(the operation goes on; default {DEFAULT_WAIT_S:g})")
+
+
+def run_with_client(args, action: Callable[[Client, Printer], None]) -> None:
+    """Run ``action(client, printer)`` with a client built from the common options;
+    every expected failure ends as a message and an exit code (errors.guarded)."""
+    client: Client | None = None
+
+    def endpoint() -> str:
+        return client.endpoint if client is not None else resolve_endpoint(args.endpoint)
+
+    with guarded(endpoint, lambda: client.context if client is not None else args.context):
+        try:
+            client = Client(args.endpoint, token=args.token, tenant=args.tenant, project=args.project,
+                            tls_ca=args.tls_ca, context=args.context)
+        except OSError as err:  # the TLS CA file
+            raise CliError(f"--tls-ca: cannot read {err.filename}: {err.strerror}", exit_code=2) from None
+        with client:
             # Flags not given resolve through $QUANTA_* and the context (quanta.config).
             args.tenant, args.project = client.tenant, client.project
-            action(client)
+            action(client, Printer(args.output))
+
+
+def vm_id(text: str) -> str:
+    """What NAME may be: ``web-1``, ``vms/web-1`` (as ``-o name`` prints) or the full name."""
+    return text.removeprefix("vms/")
+
+
+def recent_audit(client: Client, resource: str, *, tenant: str = "", limit: int = 5) -> list[auth_pb2.AuditRecord]:
+    """The last ``limit`` audit records about ``resource`` (its full name), oldest
+    first, from ``tenant``'s log ("" for the whole log). The API has no filter by
+    resource: this reads the log through, page by page. Raises ApiError
+    (PERMISSION_DENIED or NOT_FOUND when the caller may not read that log)."""
+    recent: list[auth_pb2.AuditRecord] = []
+    for record in client.list_audit(tenant=tenant):
+        if record.resource == resource:
+            recent.append(record)
+            del recent[:-limit]
+    return recent
+
+
+def readable_audit(client: Client, resource: str, tenant: str) -> list[auth_pb2.AuditRecord] | None:
+    """Recent audit records about ``resource``, or None when the caller may not read them."""
+    try:
+        return recent_audit(client, resource, tenant=tenant)
     except ApiError as err:
-        print(f"error: {err.code.name}: {err.reason}: {err.message}", file=sys.stderr)
-        for field, description in err.field_violations:
-            print(f"  {field}: {description}", file=sys.stderr)
-        sys.exit(1)
-    except TimeoutError as err:  # a --wait that ran out of time
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BrokenPipeError:
-        # Output piped into e.g. `head`, which stopped reading: end quietly.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        if err.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND):
+            return None
+        raise
+
+
+def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    create = sub.add_parser("create", parents=[common], help="create a VM (PENDING at once; --wait until RUNNING)",
+                            description="Create a VM. It is PENDING at once; the scheduler places it and its "
+                                        "host's agent makes it. --wait follows it until RUNNING.")
+    create.add_argument("name_arg", nargs="?", metavar="NAME", default=None,
+                        help="VM id, e.g. web-1: 1 to 63 lowercase letters, digits and hyphens, starting with a "
+                             "letter (default: one is assigned)")
+    create.add_argument("--name", default=None, help="the same as NAME")
+    create.add_argument("--flavor", required=True,
+                        help="its size, e.g. small, medium, large (see `quanta flavor list`)")
+    create.add_argument("--image", required=True, help="what it runs, e.g. ubuntu (see `quanta image list`)")
+    create.add_argument("--label", action="append", default=[], metavar="K=V", help="a label (repeatable)")
+    create.add_argument("--request-id", default=None,
+                        help="idempotency key: the same create with the same key makes one VM (default: random)")
+    create.add_argument("--node-selector", action="append", default=[], metavar="K=V",
+                        help="only hosts with this label (repeatable)")
+    create.add_argument("--anti-affinity-group", default="", metavar="GROUP",
+                        help="no two VMs of this group on one host")
+    create.add_argument("--anti-affinity-scope", choices=("HOST", "ZONE"), default="HOST",
+                        help="ZONE: nor two (zone-scoped) VMs of the group in one zone (default HOST)")
+    create.add_argument("--affinity-group", default="", metavar="GROUP",
+                        help="only on a host (or zone, see --affinity-scope) that runs a VM of this group")
+    create.add_argument("--affinity-scope", choices=("HOST", "ZONE"), default="HOST",
+                        help="where --affinity-group applies: the same HOST (default) or ZONE")
+    create.add_argument("--restart-policy", choices=("ALWAYS", "NEVER"), default="ALWAYS",
+                        help="when its host is drained or dead: ALWAYS place it again (default), NEVER delete it")
+    add_wait(create, "it is RUNNING")
+    get = sub.add_parser("get", parents=[common], help="show a VM: state, conditions, placement, recent audit")
+    get.add_argument("name", metavar="NAME", help="VM id (web-1, vms/web-1 or its full name)")
+    delete = sub.add_parser("delete", parents=[common], help="delete a VM (DELETING at once; --wait until gone)")
+    delete.add_argument("name", metavar="NAME", help="VM id (web-1, vms/web-1 or its full name)")
+    delete.add_argument("--etag", default="", help="only if the VM is still at this etag (from `get -o json`)")
+    add_wait(delete, "it is gone")
+    listing = sub.add_parser("list", parents=[common], help="list the project's VMs")
+    listing.add_argument("--selector", default="", metavar="K=V,...", help="only VMs with these labels")
+    watch = sub.add_parser("watch", parents=[common], help="stream changes to the project's VMs until Ctrl-C",
+                           description="Print the project's VMs, then each change as it happens, until Ctrl-C.")
+    watch.add_argument("--resource-version", type=int, default=0, metavar="N",
+                       help="only changes after this version (default 0: the current VMs first)")
+    watch.add_argument("--selector", default="", metavar="K=V,...", help="only VMs with these labels")
+
+
+def _host_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sub.add_parser("list", parents=[common], help="list hosts with their allocation (system admins)")
+    get = sub.add_parser("get", parents=[common], help="show a host: capacity, overcommit, allocation, recent audit")
+    get.add_argument("name", metavar="HOST", help="host id (or hosts/HOST)")
+    maintenance = sub.add_parser("maintenance", parents=[common], help="no new VMs on the host (system admins)")
+    maintenance.add_argument("name", metavar="HOST", help="host id (or hosts/HOST)")
+    maintenance.add_argument("--off", action="store_true", help="take the host out of maintenance")
+    drain = sub.add_parser("drain", parents=[common],
+                           help="maintenance, then its VMs are moved off by restart policy "
+                                "(returns at once; --wait to follow it)")
+    drain.add_argument("name", metavar="HOST", help="host id (or hosts/HOST)")
+    add_wait(drain, "the host holds no VMs")
+    delete = sub.add_parser("delete", parents=[common],
+                            help="forget a host with no heartbeat and no VMs (system admins)")
+    delete.add_argument("name", metavar="HOST", help="host id (or hosts/HOST)")
+    orphans = sub.add_parser(
+        "orphans", parents=[common],
+        help="VMs quarantined on hosts: unknown to the store, no tombstone (system admins)",
+        usage="quanta host orphans [HOST] | orphans adopt HOST UID | orphans destroy HOST UID")
+    orphans.add_argument("words", nargs="*", metavar="ARG",
+                         help="HOST: list that host's; adopt HOST UID: back under its project (charges its "
+                              "quota); destroy HOST UID: its agent destroys it")
+
+
+def fill_parser(kind: str, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the verbs of ``quanta vm`` or ``quanta host`` to ``parser``, which was made
+    with ``parents=[common_options(False)]`` (here, or in the completion scripts'
+    parser tree)."""
+    (_vm_parser if kind == "vm" else _host_parser)(parser, common_options(True))
+    return parser
 
 
 def main(kind: str, argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"quanta {kind}", parents=[common_options(False)])
-    common = common_options(True)
-    sub = parser.add_subparsers(dest="verb", required=True)
-    if kind == "vm":
-        create = sub.add_parser("create", help="create a VM (returns at once, PENDING)", parents=[common])
-        create.add_argument("--name", default="", help="VM id, e.g. web-1 (default: one is assigned)")
-        create.add_argument("--flavor", required=True, help="small, medium, large")
-        create.add_argument("--image", required=True, help="ubuntu, debian, photon")
-        create.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
-        create.add_argument("--request-id", default=None, help="idempotency key (default: random)")
-        create.add_argument("--node-selector", action="append", default=[], metavar="K=V",
-                            help="only hosts with this label (repeatable)")
-        create.add_argument("--anti-affinity-group", default="", help="no two VMs of this group on one host")
-        create.add_argument("--anti-affinity-scope", choices=("HOST", "ZONE"), default="HOST",
-                            help="ZONE: nor two (zone-scoped) VMs of the group in one zone")
-        create.add_argument("--affinity-group", default="",
-                            help="only on a host (or zone, see --affinity-scope) that runs a VM of this group")
-        create.add_argument("--affinity-scope", choices=("HOST", "ZONE"), default="HOST")
-        create.add_argument("--restart-policy", choices=("ALWAYS", "NEVER"), default="ALWAYS",
-                            help="when its host is drained or dead: ALWAYS place it again, NEVER delete it")
-        create.add_argument("--wait", action="store_true", help="wait until RUNNING")
-        for verb in ("get", "delete"):
-            p = sub.add_parser(verb, parents=[common])
-            p.add_argument("name")
-        sub.choices["delete"].add_argument("--etag", default="")
-        listing = sub.add_parser("list", parents=[common])
-        listing.add_argument("--selector", default="", help="label selector k=v,k2=v2")
-        watch = sub.add_parser("watch", help="stream changes until Ctrl-C", parents=[common])
-        watch.add_argument("--resource-version", type=int, default=0)
-        watch.add_argument("--selector", default="")
-    else:
-        sub.add_parser("list", parents=[common])
-        get = sub.add_parser("get", parents=[common])
-        get.add_argument("name")
-        maintenance = sub.add_parser("maintenance", help="no new VMs on the host (system admins)",
-                                     parents=[common])
-        maintenance.add_argument("name")
-        maintenance.add_argument("--off", action="store_true", help="take the host out of maintenance")
-        drain = sub.add_parser("drain", help="maintenance, then its VMs are moved off by restart policy "
-                               "(returns at once; --wait to follow it)", parents=[common])
-        drain.add_argument("name")
-        drain.add_argument("--wait", action="store_true",
-                           help="follow the host until it holds no VMs, printing how many are left")
-        drain.add_argument("--timeout", type=float, default=300.0,
-                           help="with --wait: seconds to wait for the host to empty (then exit 1; the drain goes on)")
-        delete = sub.add_parser("delete", help="forget a host with no heartbeat and no VMs (system admins)",
-                                parents=[common])
-        delete.add_argument("name")
-        orphans = sub.add_parser(
-            "orphans", parents=[common],
-            help="VMs quarantined on hosts: unknown to the store, no tombstone (system admins)",
-            usage="quanta host orphans [HOST] | orphans adopt HOST UID | orphans destroy HOST UID")
-        orphans.add_argument("words", nargs="*", metavar="ARG",
-                             help="HOST: list that host's; adopt HOST UID: back under its project (charges its "
-                                  "quota); destroy HOST UID: its agent destroys it")
+    parser = fill_parser(kind, argparse.ArgumentParser(prog=f"quanta {kind}", parents=[common_options(False)]))
     args = parser.parse_args(argv)
     if kind == "host" and args.verb == "orphans":
         words = args.words
         if (words[:1] in (["adopt"], ["destroy"]) and len(words) != 3) or (
                 words[:1] not in (["adopt"], ["destroy"]) and len(words) > 1):
             parser.error("usage: quanta host orphans [HOST] | orphans adopt HOST UID | orphans destroy HOST UID")
-    run_with_client(args, lambda client: _run(kind, args, client))
+    if kind == "vm" and args.verb == "create":
+        if args.name_arg and args.name and args.name_arg != args.name:
+            parser.error(f"NAME {args.name_arg!r} and --name {args.name!r} differ; give one")
+        args.name = vm_id(args.name_arg or args.name or "")
+    run_with_client(args, lambda client, printer: (_host if kind == "host" else _vm)(args, client, printer))
 
 
-def _run(kind: str, args, client: Client) -> None:
-    out = args.output
-    if kind == "host":
-        if args.verb == "list":
-            print_list(client.list_hosts(), out, _host_row)
-        elif args.verb == "maintenance":
-            print_message(client.set_maintenance(args.name, not args.off), out, _host_row)
-        elif args.verb == "drain":
-            progress = sys.stderr if out == "json" else sys.stdout  # stdout stays one JSON document
-
-            def show(host: host_pb2.Host) -> None:
-                print(f"{host.name}: {host.vm_count} VMs left", file=progress, flush=True)
-
-            print_message(client.drain_host(args.name, wait=args.wait, timeout_s=args.timeout, on_progress=show),
-                          out, _host_row)
-        elif args.verb == "delete":
-            print_message(client.delete_host(args.name), out, _host_row)
-        elif args.verb == "orphans":
-            words = args.words
-            if words[:1] == ["adopt"]:
-                print_message(client.adopt_orphan(words[1], words[2]), out, _vm_row)
-            elif words[:1] == ["destroy"]:
-                print_message(client.destroy_orphan(words[1], words[2]), out, _orphan_row)
-            else:
-                print_list(client.list_orphans(words[0] if words else ""), out, _orphan_row)
+def _host(args, client: Client, printer: Printer) -> None:
+    if args.verb == "list":
+        printer.many(client.list_hosts(), views.HOST)
+    elif args.verb == "get":
+        host = client.get_host(args.name)
+        printer.detail(host, views.HOST, [views.audit_section(readable_audit(client, host.name, ""))]
+                       if printer.output == "table" else [])
+    elif args.verb == "maintenance":
+        printer.one(client.set_maintenance(args.name, not args.off), views.HOST)
+    elif args.verb == "drain":
+        host = client.drain_host(args.name)
+        if args.wait:
+            with printer.progress(total=host.vm_count) as progress:
+                host = wait_for_drain(client, host.name, timeout_s=args.timeout, progress=progress)
+        printer.one(host, views.HOST)
+    elif args.verb == "delete":
+        printer.one(client.delete_host(args.name), views.HOST)
+    elif args.verb == "orphans":
+        words = args.words
+        if words[:1] == ["adopt"]:
+            printer.one(client.adopt_orphan(words[1], words[2]), views.VM)
+        elif words[:1] == ["destroy"]:
+            printer.one(client.destroy_orphan(words[1], words[2]), views.ORPHAN)
         else:
-            print_message(client.get_host(args.name), out, _host_detail)
-        return
+            printer.many(client.list_orphans(words[0] if words else ""), views.ORPHAN)
+
+
+def _vm(args, client: Client, printer: Printer) -> None:
     if args.verb == "create":
         labels = dict(item.split("=", 1) for item in args.label if "=" in item)
         selector = dict(item.split("=", 1) for item in args.node_selector if "=" in item)
@@ -239,21 +230,38 @@ def _run(kind: str, args, client: Client) -> None:
                               anti_affinity_group=args.anti_affinity_group, restart_policy=args.restart_policy,
                               anti_affinity_scope=args.anti_affinity_scope, affinity_group=args.affinity_group,
                               affinity_scope=args.affinity_scope)
-        print_message(vm, out, _vm_row)
         if args.wait:
-            print_message(client.wait_for_vm(vm.name, "RUNNING"), out, _vm_row)
+            with printer.progress() as progress:
+                final = wait_for_vm(client, vm, lambda v: v.state in (vm_pb2.Vm.RUNNING, vm_pb2.Vm.ERROR),
+                                    goal="the creation", timeout_s=args.timeout, progress=progress)
+            if final is None:
+                raise CliError(f"{short_name(vm.name)} was deleted before it ran")
+            printer.one(final, views.VM)
+            if final.state == vm_pb2.Vm.ERROR:
+                raise CliError(f"{short_name(vm.name)} failed: {views.vm_reason(final) or 'ERROR'}")
+        else:
+            printer.one(vm, views.VM)
     elif args.verb == "get":
-        print_message(client.get_vm(args.name), out, _vm_row)
+        vm = client.get_vm(vm_id(args.name))
+        extra: list[Section] = []
+        if printer.output == "table":
+            extra.append(views.audit_section(readable_audit(client, vm.name, client.tenant)))
+        printer.detail(vm, views.VM, extra)
     elif args.verb == "list":
-        print_list(client.list_vms(label_selector=args.selector), out, _vm_row)
+        printer.many(client.list_vms(label_selector=args.selector), views.VM)
     elif args.verb == "delete":
-        print_message(client.delete_vm(args.name, etag=args.etag), out, _vm_row)
+        vm = client.delete_vm(vm_id(args.name), etag=args.etag)
+        if not args.wait:
+            printer.one(vm, views.VM)
+            return
+        with printer.progress() as progress:
+            wait_for_vm(client, vm, lambda v: False, goal="the deletion", timeout_s=args.timeout,
+                        progress=progress)
+        if printer.output in ("table", "wide"):
+            printer.text(f"{short_name(vm.name)} deleted")
+        else:
+            printer.one(vm, views.VM)
     elif args.verb == "watch":
-        for event in client.watch_vms(resource_version=args.resource_version, label_selector=args.selector):
-            if event.type == common_pb2.BOOKMARK:
-                continue
-            kind_name = common_pb2.EventType.Name(event.type)
-            if out == "json":
-                print(json.dumps(MessageToDict(event)), flush=True)
-            else:
-                print(f"{kind_name:<9} {_vm_row(event.vm)}", flush=True)
+        events = client.watch_vms(resource_version=args.resource_version, label_selector=args.selector)
+        printer.events(((common_pb2.EventType.Name(e.type), e.vm) for e in events if e.type != common_pb2.BOOKMARK),
+                       views.VM)

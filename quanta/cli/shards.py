@@ -17,6 +17,8 @@ from controlplane.etcd import EtcdClient
 from controlplane.store.cluster import read_cluster_config
 from controlplane.store.keys import Keys
 from controlplane.store.shards import ShardDirectory
+from quanta.cli.errors import guarded
+from quanta.cli.output import Column, Printer, plural, table_of
 from quanta.config import system_state
 from quanta.errors import ConfigError
 
@@ -56,19 +58,31 @@ async def _read(etcd: str, root: str) -> dict:
     return {"shards": shards, "schedulers": members, "revision": table.revision}
 
 
-def main(argv: list[str]) -> None:
+_COLUMNS = (
+    Column("SHARD", lambda s: str(s["shard"])),
+    Column("OWNER", lambda s: s["owner"] or "(none)"),
+    Column("HELD", lambda s: f"{s['held_seconds']:.0f}s" if s["owner"] else "-"),
+    Column("QUEUED", lambda s: str(s["queued"])),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quanta scheduler shards", description=__doc__)
     parser.add_argument("--etcd", default=_default_etcd(), help="etcd endpoints (default: $QUANTA_ETCD or quanta up's)")
     parser.add_argument("--root", default=os.environ.get("QUANTA_ROOT", "/quanta"), help="etcd key prefix")
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    args = parser.parse_args(argv)
-    state = asyncio.run(_read(args.etcd, args.root))
-    if args.output == "json":
-        print(json.dumps(state, indent=2))
-        return
-    print(f"{'SHARD':<6} {'OWNER':<24} {'HELD':>8} {'QUEUED':>7}")
-    for s in state["shards"]:
-        held = f"{s['held_seconds']:.0f}s" if s["owner"] else "-"
-        print(f"{s['shard']:<6} {s['owner'] or '(none)':<24} {held:>8} {s['queued']:>7}")
-    names = ", ".join(f"{m['name']} ({m['shards']})" for m in state["schedulers"]) or "none"
-    print(f"\n{len(state['schedulers'])} scheduler processes: {names}")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                        help="table (default) or json")
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    with guarded(lambda: args.etcd):
+        state = asyncio.run(_read(args.etcd, args.root))
+        if args.output == "json":
+            print(json.dumps(state, indent=2))
+            return
+        printer = Printer()
+        printer.render(table_of(_COLUMNS, state["shards"]))
+        names = ", ".join(f"{m['name']} ({m['shards']})" for m in state["schedulers"]) or "none"
+        printer.text(f"\n{plural(len(state['schedulers']), 'scheduler process', 'scheduler processes')}: {names}")

@@ -96,7 +96,7 @@ def remove_state(name: str) -> None:
             pass
 
 
-def main(argv: list[str]) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quanta up", description=__doc__)
     parser.add_argument("--name", default=config.DEFAULT_SYSTEM,
                         help="the system's name: its CLI context and state file (default: local); "
@@ -120,7 +120,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--data-dir", default=None, help="keep state and logs here (default: a temp dir)")
     parser.add_argument("--prometheus", action="store_true",
                         help="also run Prometheus (the 'prometheus' binary) scraping every process")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
     name = args.name
     try:
         config.check_name(name, "system")
@@ -165,7 +169,7 @@ Quanta is up.
 Admin token (system-admin, 30 days; kept in the context {name!r}):
   {system.admin_token}
 
-Try:  quanta vm create --name web-1 --flavor small --image ubuntu
+Try:  quanta vm create web-1 --flavor small --image ubuntu --wait
       quanta vm watch
       quanta tenant create acme --quota vms=10,vcpus=8
 Press Ctrl-C to stop.""", flush=True)

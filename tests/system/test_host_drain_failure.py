@@ -245,6 +245,10 @@ def test_drain_finishes_when_the_owner_of_shard_0_dies(etcd_server, tmp_path):
                                   ALWAYS_VMS + NEVER_VMS - len(deleted))
 
 
+def _count_vms(count: int) -> str:
+    return f"{count} VM" if count == 1 else f"{count} VMs"
+
+
 def test_cli_drain_wait_shows_progress_until_the_host_is_empty(system):
     """``quanta host drain NAME --wait`` prints how many VMs are left until none;
     one that runs out of time exits 1 with a message, not a traceback, and the
@@ -263,11 +267,13 @@ def test_cli_drain_wait_shows_progress_until_the_host_is_empty(system):
 
         done = quanta(victim, "--wait", "--timeout", "60")
         assert done.returncode == 0, done.stderr
-        lines = done.stdout.splitlines()
-        counts = [int(line.split(": ", 1)[1].split()[0]) for line in lines[:-1]]
-        assert all(line == f"hosts/{victim}: {n} VMs left" for line, n in zip(lines, counts, strict=False)), lines
+        lines = done.stdout.splitlines()  # progress lines, then the host: a header and its row
+        counts = [int(line.split(": ", 1)[1].split()[0]) for line in lines[:-2]]
+        assert all(line == f"hosts/{victim}: {_count_vms(n)} left"
+                   for line, n in zip(lines, counts, strict=False)), lines
         assert counts[0] == len(on_victim) and counts[-1] == 0 and counts == sorted(counts, reverse=True), lines
-        assert lines[-1].split()[:3] == [victim, "DRAINED*", "vms=0"], lines
+        assert lines[-2].split()[:3] == ["NAME", "STATE", "VMS"], lines
+        assert lines[-1].split()[:3] == [victim, "DRAINED,MAINTENANCE", "0"], lines
         running = wait_until(lambda: _all_running(client, len(vms)), timeout=60,
                              message="the drained VMs RUNNING elsewhere", seen=seen_in(system, client))
         assert victim not in {vm.host for vm in running.values()}
@@ -276,9 +282,9 @@ def test_cli_drain_wait_shows_progress_until_the_host_is_empty(system):
         second, on_second, _, _ = _victim(running, vms, [])
         short = quanta(second, "--wait", "--timeout", "0.2")
         assert short.returncode == 1, short
-        assert short.stderr.strip() == (f"error: hosts/{second} still holds {len(on_second)} VMs after 0.2 s; "
-                                        "the drain goes on"), short.stderr
-        assert short.stdout.splitlines() == [f"hosts/{second}: {len(on_second)} VMs left"]
+        assert short.stderr.strip() == (f"error: hosts/{second} still holds {_count_vms(len(on_second))} after 0.2 s "
+                                        "(DRAINING,MAINTENANCE); the drain goes on"), short.stderr
+        assert short.stdout.splitlines() == [f"hosts/{second}: {_count_vms(len(on_second))} left"]
         assert client.wait_for_host_drained(second, timeout_s=60).state == host_pb2.Host.DRAINED  # it went on
 
 def test_dead_host_vms_run_elsewhere_exactly_once_and_never_twice(etcd_server, tmp_path):

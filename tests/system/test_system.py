@@ -98,7 +98,7 @@ def test_lifecycle_through_cli_and_watch(system, client):
         got = quanta(system, client.project, "vm", "get", "web-1")
         assert got.returncode == 0 and "RUNNING" in got.stdout
         listed = quanta(system, client.project, "vm", "list")
-        assert [line.split()[0] for line in listed.stdout.splitlines()] == ["web-1"]
+        assert [line.split()[0] for line in listed.stdout.splitlines()] == ["NAME", "web-1"]
         vm = client.get_vm("web-1")
         host = client.get_host(vm.host)
         assert host.vm_count >= 1 and host.allocated.vcpus >= 1
@@ -345,11 +345,11 @@ def test_cli_options_go_before_or_after_the_verb(system, client):
     assert after.returncode == 0, after.stderr
     assert '"env": "prod"' in after.stdout
     listed = quanta(system, client.project, "vm", "list", "--selector", "env=prod")
-    assert listed.stdout.split()[0] == "opt-1"
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["NAME", "opt-1"]
     bad = quanta(system, client.project, "vm", "create", "--name", "Bad_Name", "--flavor", "huge",
                  "--image", "ubuntu")
     assert bad.returncode == 1
-    assert "INVALID_ARGUMENT" in bad.stderr and "vm.flavor: unknown flavor 'huge'" in bad.stderr
+    assert "INVALID_ARGUMENT" in bad.stderr and "--flavor: unknown flavor 'huge'" in bad.stderr
 
 
 def test_cli_lists_in_json_are_one_array(system, client):

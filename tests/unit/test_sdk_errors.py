@@ -100,7 +100,7 @@ def test_no_frontend_answering_is_unreachable_and_says_where_and_what_to_do() ->
     assert isinstance(got, errors.Unreachable) and isinstance(got, errors.Unavailable)
     assert (got.endpoint, got.context) == ("127.0.0.1:1", "lab")
     text = str(got)
-    assert "127.0.0.1:1" in text and "'lab'" in text and "Connection refused" in text
+    assert "127.0.0.1:1" in text and "'lab'" in text and "connection refused" in text
     assert "quanta up" in text and "quanta context use" in text
     assert text.count("UNAVAILABLE") == 0
     # Without a context, the message says only the endpoint.

@@ -1,0 +1,297 @@
+"""The columns and detail views of each resource the CLI prints (see output.py for
+how they are rendered). Pure functions of the messages (and the current time, for
+ages)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
+from quanta.cli.output import Column, Section, View, last_id, plural
+
+_DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib")
+
+
+def age(ts: Timestamp, now_s: float | None = None) -> str:
+    """How long ago ``ts`` was, kubectl style: ``45s``, ``12m``, ``3h``, ``5d``; ``-`` if unset."""
+    if not ts.seconds and not ts.nanos:
+        return "-"
+    seconds = max(0, int((time.time() if now_s is None else now_s) - ts.seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size or (unit == "m" and seconds >= size):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _when(ts: Timestamp) -> str:
+    return f"{ts.ToJsonString()} ({age(ts)} ago)" if ts.seconds or ts.nanos else "-"
+
+
+def pairs(mapping: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(mapping.items())) or "-"
+
+
+def _condition(vm: vm_pb2.Vm) -> common_pb2.Condition | None:
+    """The condition that explains the VM's state: the first with a reason."""
+    return next((c for c in vm.conditions if c.reason), None)
+
+
+def vm_state(vm: vm_pb2.Vm) -> str:
+    return vm_pb2.Vm.State.Name(vm.state)
+
+
+def vm_reason(vm: vm_pb2.Vm) -> str:
+    """``"NoHostFits: 0/11 hosts fit: ..."``, or "" when nothing is amiss."""
+    condition = _condition(vm)
+    return f"{condition.reason}: {condition.message}" if condition else ""
+
+
+def power(vm: vm_pb2.Vm) -> str:
+    """The VM's power as its state implies it (the API has no separate field)."""
+    return {vm_pb2.Vm.RUNNING: "on", vm_pb2.Vm.STOPPED: "off", vm_pb2.Vm.ERROR: "unknown"}.get(vm.state, "-")
+
+
+def _resources(r: common_pb2.Resources) -> str:
+    return f"{plural(r.vcpus, 'vCPU')}, {r.memory_mib} MiB, {r.disk_gib} GiB"
+
+
+def _scope(scope: int) -> str:
+    return vm_pb2.Vm.Scope.Name(scope) if scope else "HOST"
+
+
+def _vm_detail(vm: vm_pb2.Vm) -> list[Section]:
+    fields = [
+        ("Name", last_id(vm.name)),
+        ("Resource", vm.name),
+        ("UID", vm.uid or "-"),
+        ("State", vm_state(vm)),
+        ("Power", power(vm)),
+        ("Host", vm.host or "-"),
+        ("Flavor", f"{vm.flavor} ({_resources(vm.resources)})" if vm.HasField("resources") else vm.flavor),
+        ("Image", vm.image),
+        ("Labels", pairs(vm.labels)),
+        ("Node selector", pairs(vm.node_selector)),
+        ("Anti-affinity", f"{vm.anti_affinity_group} ({_scope(vm.anti_affinity_scope)})"
+         if vm.anti_affinity_group else "-"),
+        ("Affinity", f"{vm.affinity_group} ({_scope(vm.affinity_scope)})" if vm.affinity_group else "-"),
+        ("Restart policy", vm_pb2.Vm.RestartPolicy.Name(vm.restart_policy) if vm.restart_policy else "ALWAYS"),
+        ("Created", _when(vm.create_time)),
+        ("Updated", _when(vm.update_time)),
+    ]
+    if vm.HasField("delete_time"):
+        fields.append(("Deletion requested", _when(vm.delete_time)))
+    return [Section(fields=fields),
+            Section(title="Conditions", headers=("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE"),
+                    rows=[(c.type, c.status, c.reason or "-", c.message or "-", age(c.last_transition_time))
+                          for c in vm.conditions], empty="none")]
+
+
+VM = View(
+    columns=(
+        Column("NAME", lambda vm: last_id(vm.name)),
+        Column("STATE", vm_state, coloured=True),
+        Column("FLAVOR", lambda vm: vm.flavor),
+        Column("IMAGE", lambda vm: vm.image),
+        Column("HOST", lambda vm: vm.host or "-"),
+        Column("AGE", lambda vm: age(vm.create_time)),
+        Column("REASON", lambda vm: (_condition(vm) or common_pb2.Condition(reason="-")).reason),
+        Column("MESSAGE", lambda vm: (_condition(vm) or common_pb2.Condition(message="-")).message, wide=True),
+        Column("UID", lambda vm: vm.uid, wide=True),
+        Column("LABELS", lambda vm: pairs(vm.labels), wide=True),
+    ),
+    detail=_vm_detail,
+)
+
+
+def _allocatable(host: host_pb2.Host) -> common_pb2.Resources:
+    # A frontend older than the overcommit fields sends capacity only.
+    return host.allocatable if host.HasField("allocatable") else host.capacity
+
+
+def host_state(host: host_pb2.Host) -> str:
+    return host_pb2.Host.State.Name(host.state) + (",MAINTENANCE" if host.maintenance else "")
+
+
+def _used(allocated: int, allocatable: int) -> str:
+    return f"{allocated}/{allocatable}"
+
+
+def _host_detail(host: host_pb2.Host) -> list[Section]:
+    """The host, then its raw capacity, overcommit ratios, allocatable capacity
+    (their product) and allocation, per resource."""
+    o = host.overcommit if host.HasField("overcommit") else host_pb2.Overcommit(vcpus=1, memory=1, disk=1)
+    return [
+        Section(fields=[("Name", last_id(host.name)), ("State", host_state(host)), ("Driver", host.driver or "-"),
+                        ("VMs", str(host.vm_count)), ("Labels", pairs(host.labels)),
+                        ("Registered", _when(host.register_time))]),
+        Section(title="Resources", headers=("", "VCPUS", "MEMORY_MIB", "DISK_GIB"), rows=[
+            ("capacity", *_amounts(host.capacity)),
+            ("overcommit", f"{o.vcpus:g}", f"{o.memory:g}", f"{o.disk:g}"),
+            ("allocatable", *_amounts(_allocatable(host))),
+            ("allocated", *_amounts(host.allocated)),
+        ]),
+    ]
+
+
+def _amounts(r: common_pb2.Resources) -> tuple[str, str, str]:
+    return str(r.vcpus), str(r.memory_mib), str(r.disk_gib)
+
+
+HOST = View(
+    columns=(
+        Column("NAME", lambda h: last_id(h.name)),
+        Column("STATE", host_state, coloured=True),
+        Column("VMS", lambda h: str(h.vm_count)),
+        Column("VCPUS", lambda h: _used(h.allocated.vcpus, _allocatable(h).vcpus)),
+        Column("MEMORY_MIB", lambda h: _used(h.allocated.memory_mib, _allocatable(h).memory_mib)),
+        Column("DISK_GIB", lambda h: _used(h.allocated.disk_gib, _allocatable(h).disk_gib), wide=True),
+        Column("DRIVER", lambda h: h.driver or "-", wide=True),
+        Column("LABELS", lambda h: pairs(h.labels), wide=True),
+    ),
+    detail=_host_detail,
+)
+
+ORPHAN = View(columns=(
+    Column("HOST", lambda o: last_id(o.host)),
+    Column("UID", lambda o: o.uid),
+    Column("POWER", lambda o: "on" if o.powered_on else "off"),
+    Column("VM", lambda o: o.vm or "-"),
+    Column("FLAVOR", lambda o: o.flavor or "-"),
+    Column("ADOPTABLE", lambda o: "yes" if o.adoptable else "no"),
+    Column("FOUND", lambda o: age(o.found_time), wide=True),
+))
+
+
+def _named_detail(message) -> list[Section]:
+    fields = [("Name", message.name), ("Display name", message.display_name or "-"),
+              ("Labels", pairs(message.labels)), ("Created", _when(message.create_time)),
+              ("Updated", _when(message.update_time))]
+    if isinstance(message, tenancy_pb2.Project) and message.HasField("delete_time"):
+        fields.append(("Being deleted since", _when(message.delete_time)))
+    return [Section(fields=fields)]
+
+
+TENANT = View(columns=(
+    Column("NAME", lambda t: last_id(t.name)),
+    Column("DISPLAY NAME", lambda t: t.display_name or "-"),
+    Column("AGE", lambda t: age(t.create_time)),
+    Column("LABELS", lambda t: pairs(t.labels), wide=True),
+), detail=_named_detail)
+
+PROJECT = View(columns=(
+    Column("NAME", lambda p: last_id(p.name)),
+    Column("TENANT", lambda p: p.name.split("/")[1] if p.name.count("/") >= 3 else "-"),
+    Column("DISPLAY NAME", lambda p: p.display_name or "-"),
+    Column("AGE", lambda p: age(p.create_time)),
+    Column("DELETING", lambda p: "yes" if p.HasField("delete_time") else "no", wide=True),
+    Column("LABELS", lambda p: pairs(p.labels), wide=True),
+), detail=_named_detail)
+
+
+def limit(limits: tenancy_pb2.ResourceLimits, dimension: str) -> str:
+    return str(getattr(limits, dimension)) if limits.HasField(dimension) else "unlimited"
+
+
+def quota_scope(name: str) -> str:
+    """``tenants/acme/quota`` → ``acme``; ``tenants/acme/projects/web/quota`` → ``acme/web``
+    (what ``quanta quota get|set`` take)."""
+    parts = name.split("/")
+    return "/".join(parts[1:-1:2]) if len(parts) % 2 == 1 else name
+
+
+def _usage_of(dimension: str) -> Callable[[tenancy_pb2.Quota], str]:
+    return lambda q: f"{getattr(q.usage, dimension)}/{limit(q.limits, dimension)}"
+
+
+def _quota_detail(quota: tenancy_pb2.Quota) -> list[Section]:
+    allocated = quota.HasField("allocated")
+    headers = ("", "USAGE", *(("ALLOCATED",) if allocated else ()), "LIMIT")
+    rows = [(d, str(getattr(quota.usage, d)), *((str(getattr(quota.allocated, d)),) if allocated else ()),
+             limit(quota.limits, d)) for d in _DIMENSIONS]
+    return [Section(fields=[("Name", quota.name), ("Scope", quota_scope(quota.name))]),
+            Section(title="Limits", headers=headers, rows=rows)]
+
+
+QUOTA = View(columns=(
+    Column("QUOTA", lambda q: quota_scope(q.name)),
+    *(Column(d.upper(), _usage_of(d)) for d in _DIMENSIONS),
+), detail=_quota_detail)
+
+FLAVOR = View(columns=(
+    Column("NAME", lambda f: last_id(f.name)),
+    Column("VCPUS", lambda f: str(f.resources.vcpus)),
+    Column("MEMORY_MIB", lambda f: str(f.resources.memory_mib)),
+    Column("DISK_GIB", lambda f: str(f.resources.disk_gib)),
+    Column("VISIBILITY", lambda f: "public" if f.public else f"private ({f.name.split('/')[1]})"),
+))
+
+IMAGE = View(columns=(
+    Column("NAME", lambda i: last_id(i.name)),
+    Column("OS", lambda i: i.os or "-"),
+    Column("SIZE_GIB", lambda i: str(i.size_gib)),
+    Column("SOURCE", lambda i: i.source),
+))
+
+
+def grants(token: auth_pb2.Token) -> str:
+    """``system-admin``, ``project-member:acme/web``, ... (as ``--grant`` takes them)."""
+    out = []
+    for g in token.grants:
+        role = auth_pb2.Grant.Role.Name(g.role).lower().replace("_", "-")
+        scope = g.tenant + (f"/{g.project}" if g.project else "")
+        out.append(f"{role}:{scope}" if scope else role)
+    return ",".join(out) or "-"
+
+
+def _token_detail(token: auth_pb2.Token) -> list[Section]:
+    return [Section(fields=[("Name", token.name), ("Subject", token.subject), ("Grants", grants(token)),
+                            ("Issued", _when(token.issue_time)), ("Issued by", token.issued_by or "-"),
+                            ("Expires", token.expire_time.ToJsonString() if token.HasField("expire_time") else "-"),
+                            ("Revoked", "yes" if token.revoked else "no")])]
+
+
+TOKEN = View(columns=(
+    Column("NAME", lambda t: last_id(t.name)),
+    Column("SUBJECT", lambda t: t.subject),
+    Column("GRANTS", grants),
+    Column("EXPIRES", lambda t: t.expire_time.ToJsonString() if t.HasField("expire_time") else "-"),
+    Column("REVOKED", lambda t: "yes" if t.revoked else "no"),
+    Column("ISSUED BY", lambda t: t.issued_by or "-", wide=True),
+), detail=_token_detail)
+
+
+def _time(ts: Timestamp) -> str:
+    return ts.ToJsonString() if ts.seconds or ts.nanos else "-"
+
+
+AUDIT = View(columns=(
+    Column("TIME", lambda r: _time(r.time)),
+    Column("SUBJECT", lambda r: r.subject or "-"),
+    Column("METHOD", lambda r: r.method.rsplit("/", 1)[-1]),
+    Column("RESOURCE", lambda r: r.resource or "-"),
+    Column("CODE", lambda r: r.code),
+    Column("MESSAGE", lambda r: r.message or "-", wide=True),
+    Column("PEER", lambda r: r.peer or "-", wide=True),
+    Column("CORRELATION ID", lambda r: r.correlation_id or "-", wide=True),
+))
+
+
+def audit_section(records: Sequence[auth_pb2.AuditRecord] | None) -> Section:
+    """The detail view's "Recent audit records" (None: the caller may not read them)."""
+    if records is None:
+        return Section(title="Recent audit records", headers=("TIME",), empty="(not readable with this token)")
+    return Section(title="Recent audit records", headers=("TIME", "SUBJECT", "METHOD", "CODE"),
+                   rows=[(_time(r.time), r.subject or "-", r.method.rsplit("/", 1)[-1], r.code) for r in records],
+                   empty="none")
+
+
+#: The view of each message type (for commands that print several kinds).
+VIEWS: Mapping[type, View] = {
+    vm_pb2.Vm: VM, host_pb2.Host: HOST, host_pb2.OrphanVm: ORPHAN, tenancy_pb2.Tenant: TENANT,
+    tenancy_pb2.Project: PROJECT, tenancy_pb2.Quota: QUOTA, catalog_pb2.Flavor: FLAVOR, catalog_pb2.Image: IMAGE,
+    auth_pb2.Token: TOKEN, auth_pb2.AuditRecord: AUDIT,
+}
+
