@@ -63,12 +63,14 @@ STUBS: dict[str, Callable[[Any], Any]] = {
     AUDIT: auth_pb2_grpc.AuditServiceStub,
 }
 
-#: Methods retried on UNAVAILABLE: reads, verbs that are idempotent, and CreateVm
-#: (idempotent by the request_id every SDK create carries). Creates of other
-#: resources take no request_id the server honours, so they are not retried.
+#: Methods retried on UNAVAILABLE: reads, verbs whose retry after an attempt that
+#: applied does no harm (DeleteVm: a VM being deleted is answered as it is, whatever
+#: its etag; a pending VM it removed is NOT_FOUND), and CreateVm (idempotent by the request_id every SDK create
+#: carries). Creates of other resources take no request_id the server honours, and
+#: a retried DestroyOrphan would find its record gone (NOT_FOUND): not retried.
 RETRIED: dict[str, tuple[str, ...]] = {
     VMS: ("CreateVm", "GetVm", "ListVms", "DeleteVm"),
-    HOSTS: ("GetHost", "ListHosts", "SetMaintenance", "DrainHost", "ListOrphans", "DestroyOrphan"),
+    HOSTS: ("GetHost", "ListHosts", "SetMaintenance", "DrainHost", "ListOrphans"),
     TENANTS: ("GetTenant", "ListTenants"),
     PROJECTS: ("GetProject", "ListProjects"),
     QUOTAS: ("GetQuota", "ListQuotas"),

@@ -357,3 +357,16 @@ def system_state(context: str | None = None) -> dict[str, Any] | None:
         if system:
             return local_state(system)
     return local_state()
+
+
+def default_etcd() -> str:
+    """The etcd an operator command (``quanta scheduler shards``, ``quanta backup
+    create``) talks to when not told: $QUANTA_ETCD, else the etcd of the ``quanta up``
+    system behind the context in use, else etcd's own default address."""
+    if os.environ.get("QUANTA_ETCD"):
+        return os.environ["QUANTA_ETCD"]
+    try:
+        state = system_state()
+    except ConfigError:
+        state = None
+    return str((state or {}).get("etcd") or "http://127.0.0.1:2379")

@@ -164,7 +164,3 @@ class HostController:
                     again.add(record.host)
                 log.debug("draining host", extra={"host": record.host, "vms_left": len(left.bound)})
         return again
-
-
-#: The name before hosts were drained here too.
-HostReaper = HostController

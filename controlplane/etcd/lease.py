@@ -48,6 +48,7 @@ class Lease:
         self.id, self.ttl = await self._client.grant(self.ttl)
         self._expires_at = time.monotonic() + self.ttl
         self._task = asyncio.create_task(self._keepalive(), name=f"lease-{self.id:x}")
+        self._task.add_done_callback(self._ended)
         return self
 
     async def __aenter__(self) -> Lease:
@@ -71,6 +72,13 @@ class Lease:
             except EtcdError as err:
                 log.warning("lease revoke failed; it will expire", extra={"lease": self.id, "error": str(err)})
         self.lost.set()
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """A keepalive that died of anything unforeseen loses the lease loudly (its
+        holder stops what it guarded) rather than letting etcd expire it unnoticed."""
+        if not task.cancelled() and task.exception() is not None and not self.lost.is_set():
+            log.error("lease lost: its keepalive failed", extra={"lease": self.id}, exc_info=task.exception())
+            self.lost.set()
 
     async def _keepalive(self) -> None:
         interval = max(self.ttl / 3.0, 0.2)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controlplane.etcd import ops
 from controlplane.etcd.ops import Compare, RequestOp
@@ -212,6 +212,21 @@ def unbind(keys: Keys, host: HostRead, vms: Sequence[Unbind], *, zone_counts: Ma
             writes += [ops.delete(k.vm_spec(ref)), ops.delete(k.vm_status(ref))]
     writes.append(ops.put(k.host_alloc(host.host), allocation.to_bytes()))
     return HostTxn(host.host, compares, writes, allocation, after)
+
+
+def mark_evicting(keys: Keys, host: str, vms: Sequence[tuple[Binding, int]], *, reason: str, message: str,
+                  guard: Sequence[Compare] = ()) -> tuple[list[Compare], list[RequestOp]]:
+    """Compares and writes that mark bindings on a live ``host`` (each with its
+    mod_revision as read) evicting with ``reason`` and ``message``: its agent destroys
+    those VMs, then unbinds them into the queue (``unbind``). The allocation and
+    counts do not change until then."""
+    compares = [*guard]
+    writes = []
+    for binding, revision in vms:
+        key = keys.binding(host, binding.spec.ref)
+        compares.append(ops.mod_revision_is(key, revision))
+        writes.append(ops.put(key, replace(binding, evict_reason=reason, evict_message=message).to_bytes()))
+    return compares, writes
 
 
 # --- budgets: measured on the builders above ----------------------------------------------

@@ -22,10 +22,9 @@ less to do.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.etcd.ops import Compare
@@ -137,18 +136,15 @@ class LifecycleStore:
                                  guard=[*guard, *([fence] if fence is not None else [])])
         return (await self._etcd.txn(change.compares, change.writes)).succeeded
 
-    async def mark_evicting(self, host: str, vms: Sequence[BoundVm], *, reason: str, message: str) -> bool:
+    async def mark_evicting(self, host: str, vms: Sequence[BoundVm], *, reason: str, message: str,
+                            guard: Sequence[Compare] = ()) -> bool:
         """Mark bindings of a live host evicting (its agent destroys those VMs, then
-        queues them again). One txn comparing each binding's mod_revision; False when
-        any changed (the caller re-reads)."""
-        k = self._keys
-        compares, success = [], []
-        for vm in vms:
-            key = k.binding(host, vm.ref)
-            compares.append(ops.mod_revision_is(key, vm.mod_revision))
-            marked = replace(vm.binding, evict_reason=reason, evict_message=message)
-            success.append(ops.put(key, marked.to_bytes()))
-        return (await self._etcd.txn(compares, success)).succeeded
+        queues them again; ``bindings.mark_evicting``). One txn comparing each
+        binding's mod_revision and the caller's ``guard`` (its fence, the drain still
+        asked for); False when any changed (the caller re-reads)."""
+        compares, writes = bindings.mark_evicting(self._keys, host, [(vm.binding, vm.mod_revision) for vm in vms],
+                                                  reason=reason, message=message, guard=guard)
+        return (await self._etcd.txn(compares, writes)).succeeded
 
     async def declare_dead(self, host: str, fence: Compare) -> bool:
         """Mark ``host`` dead if it is still missing (no registration) and not
@@ -169,19 +165,6 @@ class LifecycleStore:
              ops.mod_revision_is(k.host_alloc(host), alloc_revision)],
             [ops.delete(k.host_dead(host))])
         return result.succeeded
-
-    async def wait_bindings_change(self, host: str, after_revision: int, timeout_s: float) -> bool:
-        """Block until a binding of ``host`` changes after ``after_revision`` (True)
-        or ``timeout_s`` passes (False)."""
-        prefix = self._keys.bindings_prefix(host)
-        try:
-            async with asyncio.timeout(max(0.0, timeout_s)):
-                async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=after_revision + 1):
-                    if batch.events:
-                        return True
-        except TimeoutError:
-            return False
-        return True
 
 
 class HostEvictor:
@@ -205,24 +188,26 @@ class HostEvictor:
             plan = plan_eviction(read.bound, host_dead=dead)
             if not plan:
                 return read
-            # A dead host's NEVER-policy VMs are deleted under the reaper's fence and only
-            # while the host is still declared dead (it may have come back meanwhile).
-            still_dead = [ops.present(self._store.keys.host_dead(host))] if dead else []
-            guard = [*([fence] if fence is not None else []), *still_dead]
+            # Every change is made under the controller's fence and only while what asked
+            # for it stands: a dead host still declared dead (it may have come back
+            # meanwhile), a drained one still drained (an operator may have lifted it).
+            still = [ops.present(self._store.keys.host_dead(host) if dead else self._store.keys.host_drain(host))]
+            guard = [*([fence] if fence is not None else []), *still]
             for vm in plan.delete:
                 try:
                     await self._vms.request_delete(vm.ref, guard=guard)
                 except (NotFound, Conflict) as err:
                     log.info("restart-policy deletion skipped", extra={"vm": vm.ref.name, "error": str(err)})
             for i in range(0, len(plan.mark), chunk):
-                if await self._store.mark_evicting(host, plan.mark[i:i + chunk], reason=reason, message=message):
+                if await self._store.mark_evicting(host, plan.mark[i:i + chunk], reason=reason, message=message,
+                                                   guard=guard):
                     log.info("VMs marked for eviction", extra={"host": host, "vms": len(plan.mark[i:i + chunk])})
             moves = [(vm, True) for vm in plan.requeue] + [(vm, False) for vm in plan.remove]
             for i in range(0, len(moves), chunk):
                 part = moves[i:i + chunk]
                 moved = await self._store.move_off(host, read, [vm for vm, q in part if q],
                                                    [vm for vm, q in part if not q], reason=reason,
-                                                   message=message, fence=fence, guard=still_dead)
+                                                   message=message, fence=fence, guard=still)
                 # Read again either way: a move changes the allocation's revision, a
                 # lost race means the allocation or a binding changed.
                 read = await self._store.host_bindings(host)

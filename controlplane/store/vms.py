@@ -266,7 +266,8 @@ class VmStore:
         change writes, e.g. an audit record). A change that marks a pending VM deleted
         removes it at once (``removed``): nobody holds it to destroy it.
 
-        Raises NotFound; Conflict when ``etag`` does not match or the VM or a
+        Raises NotFound; Conflict when ``etag`` does not match (and there is something to
+        change) or the VM or a
         ``guard`` compare (the caller's own, e.g. a fence) keeps changing under it;
         QuotaExceeded when the change grows the VM beyond its project's quota;
         ValueError when ``change`` alters the VM's identity or shard, or what a bound
@@ -278,12 +279,14 @@ class VmStore:
         record = await self.get(ref)
         binding_kv: KeyValue | None = None  # the VM's binding as last read, if it was
         for _attempt in range(_MAX_CAS_ATTEMPTS):
-            if etag and etag != record.etag:
-                raise Conflict(f"etag {etag} does not match {record.etag}")
             was = record.spec
             spec = change(was)
             if spec == was:
+                # Nothing to change, whatever the etag: a retry of a change that applied
+                # (its answer lost) gets the same answer, not a conflict with itself.
                 return SpecUpdate(record, False, record.resource_version, changed=False)
+            if etag and etag != record.etag:
+                raise Conflict(f"etag {etag} does not match {record.etag}")
             if (spec.ref, spec.uid, spec.shard) != (was.ref, was.uid, was.shard):
                 raise ValueError(f"a spec change may not change the identity or shard of {ref.name}")
             compares = [ops.mod_revision_is(spec_key, record.spec_revision), *guard]

@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from quanta.backup import BackupError, checksum_path, create_backup, restore_backup
+from quanta.config import default_etcd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -14,7 +15,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
     create = sub.add_parser("create", help="snapshot etcd into FILE, with its sha256 in FILE.sha256")
     create.add_argument("file", help="where to write the snapshot")
-    create.add_argument("--etcd", required=True, help="etcd endpoint(s), comma separated")
+    create.add_argument("--etcd", default=None,
+                        help="etcd endpoint(s), comma separated (default: $QUANTA_ETCD, else the etcd of the "
+                             "`quanta up` system behind the context in use)")
     restore = sub.add_parser("restore", help="check FILE against FILE.sha256 and restore it into a new data dir")
     restore.add_argument("file", help="a snapshot made by `quanta backup create`")
     restore.add_argument("--data-dir", required=True, help="the new member's data dir (must not exist or be empty)")
@@ -30,7 +33,7 @@ def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     try:
         if args.verb == "create":
-            backup = asyncio.run(create_backup(args.etcd, args.file))
+            backup = asyncio.run(create_backup(args.etcd or default_etcd(), args.file))
             print(f"{backup.sha256}  {backup.path}  ({backup.size} bytes; checksum in {checksum_path(backup.path)})")
         else:
             restore_backup(args.file, args.data_dir, name=args.name, initial_cluster=args.initial_cluster,

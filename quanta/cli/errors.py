@@ -21,7 +21,7 @@ import grpc
 from controlplane.api.errors import ApiError
 from controlplane.api.validation import HOST_ID, RESOURCE_ID
 from controlplane.etcd.client import EtcdError
-from quanta.errors import short_cause, unreachable_message
+from quanta.errors import Unreachable, short_cause, unreachable_message
 
 
 class WaitTimeout(Exception):
@@ -104,6 +104,8 @@ def describe(err: ApiError, endpoint: str, context: str | None = None,
     """The message for an API error: ``error: CODE: REASON: message`` (the reason
     left out when the server sent none) and one line per field violation, or the
     unreachable message when no server answered."""
+    if isinstance(err, Unreachable):  # the SDK said it already, with where it tried
+        return "error: " + err.message
     if err.code is grpc.StatusCode.UNAVAILABLE and err.reason == err.code.name:
         # No rich status: gRPC itself gave up, no frontend answered.
         return "error: " + unreachable_message(endpoint, context, err.message)

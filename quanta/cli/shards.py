@@ -19,19 +19,7 @@ from controlplane.store.keys import Keys
 from controlplane.store.shards import ShardDirectory
 from quanta.cli.errors import guarded
 from quanta.cli.output import Column, Printer, plural, table_of
-from quanta.config import system_state
-from quanta.errors import ConfigError
-
-
-def _default_etcd() -> str:
-    """$QUANTA_ETCD, else the etcd of the `quanta up` system behind the context in use."""
-    if os.environ.get("QUANTA_ETCD"):
-        return os.environ["QUANTA_ETCD"]
-    try:
-        state = system_state()
-    except ConfigError:
-        state = None
-    return str((state or {}).get("etcd") or "http://127.0.0.1:2379")
+from quanta.config import default_etcd
 
 
 async def _read(etcd: str, root: str) -> dict:
@@ -68,7 +56,7 @@ _COLUMNS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quanta scheduler shards", description=__doc__)
-    parser.add_argument("--etcd", default=_default_etcd(), help="etcd endpoints (default: $QUANTA_ETCD or quanta up's)")
+    parser.add_argument("--etcd", default=default_etcd(), help="etcd endpoints (default: $QUANTA_ETCD or quanta up's)")
     parser.add_argument("--root", default=os.environ.get("QUANTA_ROOT", "/quanta"), help="etcd key prefix")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table",
                         help="table (default) or json")

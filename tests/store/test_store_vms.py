@@ -297,6 +297,7 @@ def test_delete_bound_vm_marks_spec_and_binding(etcd_endpoint: str, root: str) -
             spec = make_spec("vm-1")
             await store.create(spec)
             await bind(client, keys, spec, "h1")
+            spec_revision_before = (await store.get(spec.ref)).spec_revision
 
             deletion = await store.request_delete(spec.ref)
             record, revision = deletion.record, deletion.revision
@@ -314,6 +315,10 @@ def test_delete_bound_vm_marks_spec_and_binding(etcd_endpoint: str, root: str) -
             again = await store.request_delete(spec.ref)
             assert again.record == stored and again.revision == revision and not again.removed
             assert (await client.get(keys.binding("h1", spec.ref))).mod_revision == revision
+            # A retry of a deletion that applied (its answer lost), with the etag it was
+            # sent with, gets the same answer: not a conflict with itself.
+            retried = await store.request_delete(spec.ref, etag=f"{spec_revision_before:x}")
+            assert retried.record == stored and not retried.changed
 
     run(main())
 

@@ -210,3 +210,14 @@ def test_an_unreachable_etcd_is_named_with_a_hint() -> None:
     assert etcd_message(err, "http://127.0.0.1:1").splitlines() == [
         "cannot reach etcd at http://127.0.0.1:1: connection refused",
         "  start a local system with `quanta up`, or name its etcd with --etcd."]
+
+
+def test_the_sdks_unreachable_error_is_said_once() -> None:
+    from quanta import errors
+
+    refused = errors.Unreachable(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", errors.unreachable_message(
+        "127.0.0.1:7000", "lab", "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:7000: "
+        "Failed to connect to remote host: Connection refused"), endpoint="127.0.0.1:7000", context="lab")
+    text = describe(refused, "127.0.0.1:7000", "lab")
+    assert text.startswith("error: cannot reach the Quanta API at 127.0.0.1:7000 (context 'lab'): connection refused")
+    assert text.count("cannot reach") == 1 and text.count("quanta up") == 1

@@ -44,3 +44,23 @@ def test_an_outage_is_counted_once_from_its_first_failure_to_the_next_answer() -
 ])
 def test_only_an_unreachable_etcd_is_transient(error: BaseException, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+def test_a_keepalive_that_dies_of_the_unforeseen_loses_its_lease_loudly() -> None:
+    import asyncio
+
+    from controlplane.etcd.lease import Lease
+
+    class Broken:  # grants a lease, then fails in a way nobody foresaw
+        async def grant(self, ttl: int) -> tuple[int, int]:
+            return 1, ttl
+
+        def keepalive_stream(self):
+            raise RuntimeError("something nobody foresaw")
+
+    async def main() -> bool:
+        lease = await Lease(Broken(), 10).grant()  # type: ignore[arg-type]
+        await asyncio.wait_for(lease.lost.wait(), 5)
+        return lease.lost.is_set()
+
+    assert asyncio.run(main())
