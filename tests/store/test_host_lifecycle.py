@@ -156,6 +156,7 @@ def test_drain_eviction_requeues_always_and_deletes_never(etcd_endpoint: str, ro
             vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
             keep, gone = make_spec("keep", group="g"), make_spec("gone", RestartPolicy.NEVER)
             await bind_all(vms, sched, "h1", [keep, gone])
+            await HostStore(client, keys).drain("h1")  # what the controller acts on
 
             left = await HostEvictor(lifecycle, vms).evict("h1", dead=False)
 
@@ -181,6 +182,28 @@ def test_drain_eviction_requeues_always_and_deletes_never(etcd_endpoint: str, ro
     run(main())
 
 
+def test_a_lifted_drain_moves_nothing_more(etcd_endpoint: str, root: str) -> None:
+    """An evictor working from an older read (the drain lifted meanwhile) marks no VM
+    and deletes none: every change compares that the drain is still asked for."""
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, lifecycle = VmStore(client, keys), SchedulingStore(client, keys), LifecycleStore(client, keys)
+            hosts = HostStore(client, keys)
+            keep, gone = make_spec("keep"), make_spec("gone", RestartPolicy.NEVER)
+            await bind_all(vms, sched, "h1", [keep, gone])
+            await hosts.drain("h1")
+            await hosts.set_maintenance("h1", False)  # lifted before the controller acted
+
+            left = await HostEvictor(lifecycle, vms).evict("h1", dead=False)
+
+            assert not any(b.binding.evicting or b.binding.deleting for b in left.bound)
+            assert (await vms.get(gone.ref)).state != VmState.DELETING
+
+    run(main())
+
+
 def test_a_vm_deleted_while_evicted_is_removed_not_queued_again(etcd_endpoint: str, root: str) -> None:
     """The agent destroyed an evicting VM; the VM's deletion was requested before the
     agent's removal landed. The removal goes by the binding as it is now: the VM goes
@@ -193,6 +216,7 @@ def test_a_vm_deleted_while_evicted_is_removed_not_queued_again(etcd_endpoint: s
             agent = AgentStore(client, keys)
             vm = make_spec("vm")
             await bind_all(vms, sched, "h1", [vm])
+            await HostStore(client, keys).drain("h1")
             await HostEvictor(lifecycle, vms).evict("h1", dead=False)
             (seen,), _ = await agent.list_bindings(["h1"])
             assert seen.binding.evicting  # the agent destroys it for this
