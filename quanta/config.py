@@ -85,7 +85,7 @@ class Context:
 
     name: str
     endpoint: str = ""
-    token: str = ""
+    token: str = field(default="", repr=False)  # a bearer token: never in a repr, log or traceback
     token_file: str = ""
     tenant: str = ""
     project: str = ""
@@ -178,7 +178,7 @@ class Settings:
     "quanta up (local)", "default")."""
 
     endpoint: str
-    token: str
+    token: str = field(repr=False)  # a bearer token: never in a repr, log or traceback
     tenant: str
     project: str
     tls_ca: str

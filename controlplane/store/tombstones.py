@@ -21,12 +21,12 @@ stale VMs quarantined, not destroyed: safe, and reported for an operator.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from controlplane.etcd import EtcdClient, ops
 from controlplane.etcd.ops import RequestOp
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
-from controlplane.models import VmSpec, now_ns
+from controlplane.models import now_ns
 from controlplane.store.keys import Keys
 from controlplane.store.retention import RetentionLeases
 
@@ -55,18 +55,6 @@ class Tombstones:
         self._etcd = client
         self._keys = keys
         self._leases = leases or RetentionLeases(client, TOMBSTONE_RETENTION_S)
-
-    async def puts(self, host: str, vms: Iterable[tuple[VmSpec, str]]) -> list:
-        """One put per (spec, reason) for ``host``, under the current retention lease
-        (granted lazily: no call to etcd when ``vms`` is empty). Idempotent to apply
-        twice (a put of the same key)."""
-        items = list(vms)
-        if not items:
-            return []
-        lease = await self._leases.current()
-        at = now_ns()
-        return [tombstone_put(self._keys, host, spec.uid, spec.ref.name, reason, lease=lease, at=at)
-                for spec, reason in items]
 
     async def put_ops(self, host: str, uid: str, vm: str, reason: str) -> list:
         """A put for a VM known only by uid and name (an orphan)."""

@@ -117,7 +117,7 @@ def test_unknown_vms_are_quarantined_and_tombstoned_ones_destroyed(etcd_endpoint
             for spec in (wanted, condemned, unknown):
                 await host.create_vm(request(spec))
             store = OrphanStore(client, keys)
-            await client.txn([], await store.tombstones.puts(HOST, [(condemned, "deleted")]))
+            await client.txn([], await store.tombstones.put_ops(HOST, condemned.uid, condemned.ref.name, "deleted"))
             keeper = OrphanKeeper({HOST: host}, store, agent="agent-x")
             keeper.start(lease.id)
 

@@ -152,3 +152,11 @@ def test_each_system_has_its_own_state_file(tmp_path, monkeypatch) -> None:
     assert config.local_state("c") is None
     with pytest.raises(ConfigError):
         config.local_state_path("../etc")
+
+
+def test_tokens_stay_out_of_reprs() -> None:
+    from quanta.config import Context, Settings
+
+    secret = "eyJ-secret-token"
+    assert secret not in repr(Context(name="lab", token=secret))
+    assert secret not in repr(Settings(endpoint="h:1", token=secret, tenant="t", project="p", tls_ca="", context=None))
