@@ -6,9 +6,14 @@ the rules every writer of a host's bindings obeys.
   allocation grows by the VM (resources, count, host group); the zone group count of
   a zone-scoped VM grows.
 - **unbind** (the agent after destroying a VM; the host evictor): the binding goes,
-  the allocation and the zone group count shrink, and the VM is either
-  *requeued* (the binding's copy of the spec back to its shard's queue, status
-  PENDING with why) or *removed* (spec and status go too).
+  the allocation and the zone group count shrink, the VM's tombstone is left on the
+  host (``tombstones.py``), and the VM is either *requeued* (the binding's copy of
+  the spec back to its shard's queue, status PENDING with why) or *removed* (spec
+  and status go too).
+- **mark evicting** (the host evictor, a drained host): the binding is rewritten
+  with why; its agent destroys the VM, then unbinds it into the queue.
+- **adopt** (``bind(..., adopting=True)``, ``OrphanStore.adopt``): a quarantined VM
+  already running on the host is bound with no queue entry.
 
 A *move* off a host is unbinds, some requeued and some removed, in one txn.
 
@@ -23,8 +28,8 @@ leaves, and its cost against etcd's ``--max-txn-ops``. Budgets (how many VMs one
 may carry) are measured by building the worst case with these same builders, never
 counted by hand.
 
-Pure: no I/O. Used by ``SchedulingStore.bind``, ``AgentStore.remove_destroyed`` and
-``LifecycleStore.move_off``; ``VmStore.update_spec`` (the one writer of the spec's
+Pure: no I/O. Used by ``SchedulingStore.bind``, ``AgentStore.remove_destroyed``,
+``LifecycleStore.move_off`` and ``mark_evicting``, and ``OrphanStore.adopt``; ``VmStore.update_spec`` (the one writer of the spec's
 copies) rewrites bindings with :func:`as_bound` and :func:`holds_same`.
 """
 

@@ -5,14 +5,13 @@ destroyed only when ``tombstones/{host}/{uid}`` exists; any other is quarantined
 and reported (``controlplane/store/orphans.py``). So a store restored from an
 older backup, which knows nothing of the VMs made since, destroys none of them.
 
-Every transaction that takes a VM off a host adds the tombstone puts built here,
-in the same transaction, so the proof exists exactly when the binding is gone:
-
-- ``AgentStore.remove_destroyed``: a deleted VM (``deleted``) or a drained one
-  going back to the queue (``moved``), after its agent destroyed it;
-- ``LifecycleStore.move_off``: a dead host's VMs, placed again (``moved``) or
-  removed (``deleted``) while that host may still run them;
-- ``OrphanStore.destroy``: an operator condemns a quarantined VM (``destroyed``).
+Every transaction that takes a VM off a host carries its tombstone, so the proof
+exists exactly when the binding is gone: ``bindings.unbind`` (the one builder of
+unbinds: ``AgentStore.remove_destroyed`` after the agent destroyed a VM,
+``LifecycleStore.move_off`` for a dead host's VMs) puts one per VM with
+:func:`tombstone_put` (``moved`` when requeued, else ``deleted``); and
+``OrphanStore.destroy`` puts one when an operator condemns a quarantined VM
+(``destroyed``).
 
 Tombstones live under retention leases (:data:`TOMBSTONE_RETENTION_S`), so they
 need no cleanup. A host that comes back after its tombstones expired finds its
