@@ -29,8 +29,9 @@ may carry) are measured by building the worst case with these same builders, nev
 counted by hand.
 
 Pure: no I/O. Used by ``SchedulingStore.bind``, ``AgentStore.remove_destroyed``,
-``LifecycleStore.move_off`` and ``mark_evicting``, and ``OrphanStore.adopt``; ``VmStore.update_spec`` (the one writer of the spec's
-copies) rewrites bindings with :func:`as_bound` and :func:`holds_same`.
+``LifecycleStore.move_off`` and ``mark_evicting``, and ``OrphanStore.adopt``;
+``VmStore.update_spec`` (the one writer of the spec's copies) rewrites bindings with
+:func:`as_bound` and :func:`holds_same`.
 """
 
 from __future__ import annotations
