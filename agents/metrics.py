@@ -2,7 +2,15 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from agents.drivers.protocol import CapacityExceeded, DriverError, ImageNotFound, OperationFailed, VmNotFound
+from agents.drivers.protocol import (
+    CapacityExceeded,
+    DriverError,
+    GuestUnavailable,
+    ImageNotFound,
+    OperationFailed,
+    PowerCycleRequired,
+    VmNotFound,
+)
 
 INFLIGHT = Gauge("quanta_agent_inflight_operations", "VM reconciles running now.")
 DRIVER_SECONDS = Histogram(
@@ -16,7 +24,8 @@ VMS_FAILED = Counter("quanta_vm_creations_failed_total", "VM creations that ende
 #: series exist from the start, at 0, so a healthy agent shows no failures rather than no
 #: data. A driver's own reasons appear with their first failure.
 FAILURE_REASONS = tuple(sorted({cls.reason for cls in (DriverError, VmNotFound, CapacityExceeded, ImageNotFound,
-                                                       OperationFailed) if not cls.transient}))
+                                                       OperationFailed, PowerCycleRequired, GuestUnavailable)
+                                 if not cls.transient}))
 for _reason in FAILURE_REASONS:
     VMS_FAILED.labels(_reason)
 ACCEPTED_TO_RUNNING = Histogram(

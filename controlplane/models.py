@@ -50,6 +50,104 @@ class Scope(enum.IntEnum):
     ZONE = 1
 
 
+class Power(enum.IntEnum):
+    """Desired power state of a VM. Stored values (quanta.store.v1.VmSpec.power);
+    the API's Vm.Power is shifted by one (0 there is UNSPECIFIED = POWERED_ON)."""
+
+    ON = 0
+    OFF = 1
+
+
+class PowerOffMode(enum.IntEnum):
+    """How a stop or restart powers a VM off. Stored values; the API's is shifted by one."""
+
+    SOFT = 0  # guest shutdown, then hard after the grace
+    HARD = 1
+
+
+class PowerPolicy(enum.IntEnum):
+    """What the agent does with a VM found off that nobody asked to stop. Stored values;
+    the API's is shifted by one."""
+
+    KEEP_STOPPED = 0  # report STOPPED (StoppedOutsideQuanta), leave it off
+    KEEP_RUNNING = 1  # power it on again
+
+
+class BootstrapFormat(enum.IntEnum):
+    """Stored values; the API's Bootstrap.Format is shifted by one."""
+
+    CLOUD_INIT = 0
+    IGNITION = 1
+
+
+class BootstrapState(enum.IntEnum):
+    """Where a VM's bootstrap data is (VmStatus.bootstrap_state). The API's
+    Bootstrap.State is shifted by one (0 there is UNSPECIFIED)."""
+
+    STORED = 0  # in the store only (or no bootstrap data)
+    DELIVERED = 1  # on the VM, the guest has not reported that it bootstrapped
+    CLEARED = 2  # the guest bootstrapped: deleted from the store, blanked on the VM
+
+
+#: Default grace of a soft stop before the VM is powered off hard, and the most a request may give.
+DEFAULT_STOP_GRACE_S = 60
+MAX_STOP_GRACE_S = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapSummary:
+    """What reads may show of a VM's bootstrap data: never the data itself."""
+
+    format: BootstrapFormat
+    size_bytes: int
+    sha256: bytes
+
+    def to_proto(self) -> rec.BootstrapSummary:
+        return rec.BootstrapSummary(format=int(self.format), size_bytes=self.size_bytes, sha256=self.sha256)
+
+    @classmethod
+    def from_proto(cls, m: rec.BootstrapSummary) -> BootstrapSummary:
+        fmt = BootstrapFormat(m.format) if m.format in (0, 1) else BootstrapFormat.CLOUD_INIT
+        return cls(fmt, m.size_bytes, m.sha256)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An address a VM's guest reports."""
+
+    ip: str
+    mac: str = ""
+    network: str = ""
+    family: int = 4  # 4 or 6
+
+    def to_proto(self) -> rec.Address:
+        return rec.Address(ip=self.ip, mac=self.mac, network=self.network, family=self.family)
+
+    @classmethod
+    def from_proto(cls, m: rec.Address) -> Address:
+        return cls(m.ip, m.mac, m.network, m.family or 4)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A condition of a VM's status: ``type`` is "True", "False" or "Unknown" as ``status``,
+    with an UpperCamelCase ``reason`` and a message for people."""
+
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+    time_ns: int = 0
+
+    def to_proto(self) -> rec.Condition:
+        return rec.Condition(type=self.type, status=self.status, reason=self.reason, message=self.message,
+                             time_ns=self.time_ns)
+
+    @classmethod
+    def from_proto(cls, m: rec.Condition) -> Condition:
+        return cls(m.type, m.status, m.reason, m.message, m.time_ns)
+
+
 #: The host label naming a host's availability zone (set by its agent).
 ZONE_LABEL = "topology.quanta.io/zone"
 #: Host label prefix an agent sets per image it holds locally: ``image.quanta.io/<image>=true``.
@@ -164,6 +262,14 @@ class VmSpec:
     anti_affinity_scope: Scope = Scope.HOST  # ZONE: nor two zone-scoped VMs of the group in a zone
     affinity_group: str = ""  # only where a VM of this group runs
     affinity_scope: Scope = Scope.HOST
+    power: Power = Power.ON  # desired
+    power_off_mode: PowerOffMode = PowerOffMode.SOFT  # of the last stop or restart
+    power_off_grace_s: int = DEFAULT_STOP_GRACE_S
+    power_time_ns: int = 0  # of the last Start/Stop/Restart (0: none since create)
+    restarts: int = 0  # restarts asked for so far
+    restart_request_id: str = ""  # of the last RestartVm
+    power_policy: PowerPolicy = PowerPolicy.KEEP_STOPPED
+    bootstrap: BootstrapSummary | None = None  # set: bootstrap/{t}/{p}/{vm} holds the data
 
     @property
     def deleting(self) -> bool:
@@ -207,6 +313,10 @@ class VmSpec:
             node_selector=dict(self.node_selector), anti_affinity_group=self.anti_affinity_group,
             restart_policy=int(self.restart_policy), anti_affinity_scope=int(self.anti_affinity_scope),
             affinity_group=self.affinity_group, affinity_scope=int(self.affinity_scope),
+            power=int(self.power), power_off_mode=int(self.power_off_mode),
+            power_off_grace_s=self.power_off_grace_s, power_time_ns=self.power_time_ns, restarts=self.restarts,
+            restart_request_id=self.restart_request_id, power_policy=int(self.power_policy),
+            bootstrap=self.bootstrap.to_proto() if self.bootstrap is not None else None,
         )
 
     @classmethod
@@ -217,6 +327,12 @@ class VmSpec:
             m.create_time_ns, m.delete_time_ns, m.shard, dict(m.node_selector), m.anti_affinity_group,
             RestartPolicy(m.restart_policy) if m.restart_policy in (0, 1) else RestartPolicy.ALWAYS,
             _scope(m.anti_affinity_scope), m.affinity_group, _scope(m.affinity_scope),
+            Power(m.power) if m.power in (0, 1) else Power.ON,
+            PowerOffMode(m.power_off_mode) if m.power_off_mode in (0, 1) else PowerOffMode.SOFT,
+            # 0 is unset (a spec written before the field): the default grace.
+            m.power_off_grace_s or DEFAULT_STOP_GRACE_S, m.power_time_ns, m.restarts, m.restart_request_id,
+            PowerPolicy(m.power_policy) if m.power_policy in (0, 1) else PowerPolicy.KEEP_STOPPED,
+            BootstrapSummary.from_proto(m.bootstrap) if m.HasField("bootstrap") else None,
         )
 
     def to_bytes(self) -> bytes:
@@ -244,17 +360,28 @@ class VmStatus:
     message: str = ""
     update_time_ns: int = 0
     accepted_time_ns: int = 0
+    # Written by the host's agent:
+    addresses: tuple[Address, ...] = ()
+    conditions: tuple[Condition, ...] = ()  # besides reason/message (Scheduled or Ready False)
+    power_time_ns: int = 0  # the power request (VmSpec.power_time_ns) applied
+    restarts: int = 0  # restarts applied (VmSpec.restarts)
+    bootstrap: BootstrapState = BootstrapState.STORED
 
     def to_bytes(self) -> bytes:
         return rec.VmStatus(
             state=int(self.state), host=self.host, reason=self.reason, message=self.message,
             update_time_ns=self.update_time_ns, accepted_time_ns=self.accepted_time_ns,
+            addresses=[a.to_proto() for a in self.addresses], conditions=[c.to_proto() for c in self.conditions],
+            power_time_ns=self.power_time_ns, restarts=self.restarts, bootstrap_state=int(self.bootstrap),
         ).SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VmStatus:
         m = rec.VmStatus.FromString(data)
-        return cls(VmState(m.state), m.host, m.reason, m.message, m.update_time_ns, m.accepted_time_ns)
+        return cls(VmState(m.state), m.host, m.reason, m.message, m.update_time_ns, m.accepted_time_ns,
+                   tuple(Address.from_proto(a) for a in m.addresses),
+                   tuple(Condition.from_proto(c) for c in m.conditions), m.power_time_ns, m.restarts,
+                   BootstrapState(m.bootstrap_state) if m.bootstrap_state in (0, 1, 2) else BootstrapState.STORED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,41 @@ overlap, though agents avoid that).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 #: The longest VmRequest.record a driver must keep.
 MAX_RECORD_CHARS = 16 * 1024
+
+
+class BootstrapFormat(enum.Enum):
+    CLOUD_INIT = "cloud-init"
+    IGNITION = "ignition"
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapPayload:
+    """Bootstrap data for a VM's guest: handed to the driver at create only, and
+    secret: a driver never logs it, never puts it in ``VmRequest.record``, a journal or
+    any name, and removes it from the VM on :meth:`HostDriver.clear_bootstrap`.
+
+    ``user_data``: cloud-init user data, or an Ignition config (``format``);
+    ``metadata``: instance metadata as JSON (cloud-init's meta-data)."""
+
+    format: BootstrapFormat
+    user_data: bytes = field(repr=False)
+    metadata: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An address the guest reports on one of its NICs."""
+
+    ip: str
+    mac: str = ""
+    network: str = ""
+    family: int = 4  # 4 or 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +69,8 @@ class VmRequest:
     returns as ``VmInfo.record``: the control plane's record of what the VM is (its
     spec as made), by which a VM found on a host that the store does not know can be
     adopted (controlplane/store/orphans.py)."""
+    bootstrap: BootstrapPayload | None = field(default=None, repr=False, compare=False)
+    """Delivered to the guest with the VM (ESXi: guestinfo keys), never kept elsewhere."""
 
 
 class PowerState(enum.Enum):
@@ -57,6 +88,15 @@ class VmInfo:
     # what it is, not how it is, so not part of equality.
     name: str = field(default="", compare=False)
     record: str = field(default="", compare=False)
+    # How the VM is now (0: unknown to the driver).
+    vcpus: int = field(default=0, compare=False)
+    memory_mib: int = field(default=0, compare=False)
+    # What the guest reports: its addresses (first = primary), and whether it has
+    # reported that it bootstrapped (guestinfo.quanta.bootstrap=done on ESXi).
+    addresses: tuple[Address, ...] = field(default=(), compare=False)
+    bootstrapped: bool = field(default=False, compare=False)
+    # Whether bootstrap data is still on the VM (delivered, not cleared).
+    bootstrap_present: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +163,22 @@ class HostUnavailable(DriverError):
     transient = True
 
 
+class PowerCycleRequired(DriverError):
+    """The change cannot be made while the VM runs (e.g. removing vCPUs, or a host
+    without hot-add): power it off, make the change, power it on."""
+
+    reason = "PowerCycleRequired"
+    transient = False
+
+
+class GuestUnavailable(DriverError):
+    """The guest cannot be asked (no guest tools running, or the guest is not up):
+    a soft shutdown is not possible now; power off hard instead."""
+
+    reason = "GuestUnavailable"
+    transient = False
+
+
 class OperationFailed(DriverError):
     """The hypervisor reported a failure; ``transient`` (default False) is set by the driver."""
 
@@ -173,13 +229,35 @@ class HostDriver(Protocol):
         """Power the VM off (hard). Idempotent (off stays off). Raises VmNotFound if absent."""
         ...
 
+    async def shutdown_guest(self, vm_uid: str) -> None:
+        """Ask the guest OS to shut down (soft) and return without waiting for it: the
+        VM powers off when the guest is done (``watch`` tells). Idempotent (an off VM
+        stays off). Raises VmNotFound if absent, GuestUnavailable when the guest cannot
+        be asked (then power it off hard)."""
+        ...
+
     async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
-        """Set the VM's vCPUs and memory, whatever its power state.
+        """Set the VM's vCPUs and memory.
 
         Idempotent (the same values again change nothing). Raises VmNotFound if the VM
-        is absent, CapacityExceeded if the host lacks room for the increase; a host
-        that cannot change a running VM raises a permanent OperationFailed.
+        is absent, CapacityExceeded if the host lacks room for the increase, and
+        PowerCycleRequired when the VM is on and the change cannot be made while it
+        runs (the caller powers it off, reconfigures, powers it on).
         """
+        ...
+
+    async def clear_bootstrap(self, vm_uid: str) -> None:
+        """Blank the VM's bootstrap data (the keys its guest read it from), whatever its
+        power state; afterwards ``VmInfo.bootstrap_present`` is False. Idempotent.
+        Raises VmNotFound if absent."""
+        ...
+
+    def watch(self, notify: Callable[[str], None]) -> None:
+        """Have ``notify(vm_uid)`` called, on the event loop, whenever a VM's observed
+        state changes by something other than a call of this driver returning: power
+        (e.g. a guest shutdown completing, a stop outside Quanta), addresses, the
+        guest's bootstrap report. ``notify`` must not block; it is called with the
+        uid only (read the rest with ``get_vm``). Replaces an earlier ``notify``."""
         ...
 
     async def destroy_vm(self, vm_uid: str) -> None:

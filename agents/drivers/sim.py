@@ -399,6 +399,17 @@ class SimHost:
         if after is not None:
             raise after
 
+    async def shutdown_guest(self, vm_uid: str) -> None:
+        # Placeholder until the simulated guest exists: a guest that shuts down at once.
+        await self.power_off(vm_uid)
+
+    async def clear_bootstrap(self, vm_uid: str) -> None:
+        if vm_uid not in self._vms:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+
+    def watch(self, notify: Callable[[str], None]) -> None:
+        self._notify = notify
+
     async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
         after = self._fail_before("reconfigure")
         if vcpus < 1 or memory_mib < 1:

@@ -9,7 +9,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controlplane.auth.principal import Grant, Role
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
-from controlplane.models import Flavor, Image, Resources, RestartPolicy, Scope, VmState
+from controlplane.models import (
+    BootstrapFormat,
+    BootstrapState,
+    Flavor,
+    Image,
+    Power,
+    PowerOffMode,
+    PowerPolicy,
+    Resources,
+    RestartPolicy,
+    Scope,
+    VmState,
+)
 from controlplane.store.hosts import HostRecord
 from controlplane.store.orphans import Orphan
 from controlplane.store.vms import VmRecord
@@ -41,18 +53,49 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
         restart_policy=RESTART_POLICY_TO_PROTO[spec.restart_policy],
         anti_affinity_scope=SCOPE_TO_PROTO[spec.anti_affinity_scope], affinity_group=spec.affinity_group,
         affinity_scope=SCOPE_TO_PROTO[spec.affinity_scope],
+        power=POWER_TO_PROTO[spec.power], power_policy=POWER_POLICY_TO_PROTO[spec.power_policy],
+        addresses=[vm_pb2.Address(ip=a.ip, mac=a.mac, network=a.network,
+                                  family=vm_pb2.Address.IPV6 if a.family == 6 else vm_pb2.Address.IPV4)
+                   for a in status.addresses],
     )
+    if spec.bootstrap is not None:
+        # The summary only: the data itself is in bootstrap/, which no read touches.
+        b = spec.bootstrap
+        vm.bootstrap.CopyFrom(vm_pb2.Bootstrap(
+            format=BOOTSTRAP_FORMAT_TO_PROTO[b.format], size_bytes=b.size_bytes, sha256=b.sha256.hex(),
+            state=BOOTSTRAP_STATE_TO_PROTO[status.bootstrap]))
     if status.reason:
         condition_type = "Scheduled" if status.state == VmState.PENDING else "Ready"
         vm.conditions.append(common_pb2.Condition(
             type=condition_type, status="False", reason=status.reason, message=status.message,
             last_transition_time=_ts(status.update_time_ns)))
+    for c in status.conditions:
+        vm.conditions.append(common_pb2.Condition(type=c.type, status=c.status, reason=c.reason, message=c.message,
+                                                  last_transition_time=_ts(c.time_ns)))
     return vm
 
 
 RESTART_POLICY_TO_PROTO = {RestartPolicy.ALWAYS: vm_pb2.Vm.ALWAYS, RestartPolicy.NEVER: vm_pb2.Vm.NEVER}
 RESTART_POLICY_FROM_PROTO = {vm_pb2.Vm.RESTART_POLICY_UNSPECIFIED: RestartPolicy.ALWAYS,
                              vm_pb2.Vm.ALWAYS: RestartPolicy.ALWAYS, vm_pb2.Vm.NEVER: RestartPolicy.NEVER}
+POWER_TO_PROTO = {Power.ON: vm_pb2.Vm.POWERED_ON, Power.OFF: vm_pb2.Vm.POWERED_OFF}
+POWER_FROM_PROTO = {vm_pb2.Vm.POWER_UNSPECIFIED: Power.ON, vm_pb2.Vm.POWERED_ON: Power.ON,
+                    vm_pb2.Vm.POWERED_OFF: Power.OFF}
+POWER_POLICY_TO_PROTO = {PowerPolicy.KEEP_STOPPED: vm_pb2.Vm.KEEP_STOPPED,
+                         PowerPolicy.KEEP_RUNNING: vm_pb2.Vm.KEEP_RUNNING}
+POWER_POLICY_FROM_PROTO = {vm_pb2.Vm.POWER_POLICY_UNSPECIFIED: PowerPolicy.KEEP_STOPPED,
+                           vm_pb2.Vm.KEEP_STOPPED: PowerPolicy.KEEP_STOPPED,
+                           vm_pb2.Vm.KEEP_RUNNING: PowerPolicy.KEEP_RUNNING}
+POWER_OFF_MODE_FROM_PROTO = {vm_pb2.POWER_OFF_MODE_UNSPECIFIED: PowerOffMode.SOFT, vm_pb2.SOFT: PowerOffMode.SOFT,
+                             vm_pb2.HARD: PowerOffMode.HARD}
+BOOTSTRAP_FORMAT_TO_PROTO = {BootstrapFormat.CLOUD_INIT: vm_pb2.Bootstrap.CLOUD_INIT,
+                             BootstrapFormat.IGNITION: vm_pb2.Bootstrap.IGNITION}
+BOOTSTRAP_FORMAT_FROM_PROTO = {vm_pb2.Bootstrap.FORMAT_UNSPECIFIED: BootstrapFormat.CLOUD_INIT,
+                               vm_pb2.Bootstrap.CLOUD_INIT: BootstrapFormat.CLOUD_INIT,
+                               vm_pb2.Bootstrap.IGNITION: BootstrapFormat.IGNITION}
+BOOTSTRAP_STATE_TO_PROTO = {BootstrapState.STORED: vm_pb2.Bootstrap.STORED,
+                            BootstrapState.DELIVERED: vm_pb2.Bootstrap.DELIVERED,
+                            BootstrapState.CLEARED: vm_pb2.Bootstrap.CLEARED}
 SCOPE_TO_PROTO = {Scope.HOST: vm_pb2.Vm.HOST, Scope.ZONE: vm_pb2.Vm.ZONE}
 SCOPE_FROM_PROTO = {vm_pb2.Vm.SCOPE_UNSPECIFIED: Scope.HOST, vm_pb2.Vm.HOST: Scope.HOST, vm_pb2.Vm.ZONE: Scope.ZONE}
 

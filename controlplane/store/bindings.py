@@ -9,7 +9,7 @@ the rules every writer of a host's bindings obeys.
   the allocation and the zone group count shrink, the VM's tombstone is left on the
   host (``tombstones.py``), and the VM is either *requeued* (the binding's copy of
   the spec back to its shard's queue, status PENDING with why) or *removed* (spec
-  and status go too).
+  and status go too, and its bootstrap data if it is still stored).
 - **mark evicting** (the host evictor, a drained host): the binding is rewritten
   with why; its agent destroys the VM, then unbinds it into the queue.
 - **adopt** (``bind(..., adopting=True)``, ``OrphanStore.adopt``): a quarantined VM
@@ -42,7 +42,19 @@ from dataclasses import dataclass, field, replace
 
 from controlplane.etcd import ops
 from controlplane.etcd.ops import Compare, RequestOp
-from controlplane.models import Binding, HostAllocation, Resources, Scope, VmRef, VmSpec, VmState, VmStatus
+from controlplane.models import (
+    Binding,
+    BootstrapFormat,
+    BootstrapSummary,
+    HostAllocation,
+    Resources,
+    Scope,
+    VmRef,
+    VmSpec,
+    VmState,
+    VmStatus,
+)
+from controlplane.store import bootstrap
 from controlplane.store.keys import Keys
 from controlplane.store.tombstones import DELETED, MOVED, tombstone_put
 from controlplane.store.zones import ZoneCount, ZoneGroupId, add_delta, counted_changes
@@ -216,6 +228,8 @@ def unbind(keys: Keys, host: HostRead, vms: Sequence[Unbind], *, zone_counts: Ma
             writes += [ops.put(k.queue(spec.shard, ref), spec.to_bytes()), ops.put(k.vm_status(ref), status.to_bytes())]
         else:
             writes += [ops.delete(k.vm_spec(ref)), ops.delete(k.vm_status(ref))]
+            if spec.bootstrap is not None:  # its secret goes with it, if still there
+                writes.append(bootstrap.delete_op(k, ref))
     writes.append(ops.put(k.host_alloc(host.host), allocation.to_bytes()))
     return HostTxn(host.host, compares, writes, allocation, after)
 
@@ -242,7 +256,8 @@ def _worst_spec(i: int) -> VmSpec:
     on another (both its own, so nothing is shared with other VMs)."""
     return VmSpec(VmRef("t", "p", f"v{i}"), f"u{i}", "f", "i", Resources(1, 1, 1), shard=0,
                   anti_affinity_group=f"g{i}", anti_affinity_scope=Scope.ZONE,
-                  affinity_group=f"a{i}", affinity_scope=Scope.ZONE)
+                  affinity_group=f"a{i}", affinity_scope=Scope.ZONE,
+                  bootstrap=BootstrapSummary(BootstrapFormat.CLOUD_INIT, 1, b"\0" * 32))
 
 
 def _fixed_and_each(cost_of) -> tuple[Cost, Cost]:

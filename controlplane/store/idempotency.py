@@ -20,13 +20,15 @@ VERSION = b"vm-create-v1\0"
 
 FINGERPRINTED = frozenset({
     "flavor", "image", "labels", "node_selector", "anti_affinity_group", "anti_affinity_scope",
-    "affinity_group", "affinity_scope", "restart_policy",
+    "affinity_group", "affinity_scope", "restart_policy", "power", "power_policy", "bootstrap",
 })
 """The VmSpec fields a caller chooses (besides the VM's id)."""
 
 NOT_FINGERPRINTED = frozenset({
     "ref",  # its tenant and project are in the request record's key; its id counts when chosen (below)
     "uid", "resources", "request_id", "create_time_ns", "delete_time_ns", "shard",  # made by the server
+    # set by later power requests (a create sets their defaults):
+    "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id",
 })
 
 
@@ -36,7 +38,12 @@ def fingerprint(spec: VmSpec, *, chosen_id: bool) -> bytes:
     id differs on every attempt) and every field in :data:`FINGERPRINTED`. Pure."""
     chosen = {name: getattr(spec, name) for name in sorted(FINGERPRINTED)}
     chosen = {name: dict(value) if name in ("labels", "node_selector") else
-              int(value) if name.endswith(("_scope", "_policy")) else value for name, value in chosen.items()}
+              int(value) if name.endswith(("_scope", "_policy")) or name == "power" else value
+              for name, value in chosen.items()}
+    # Bootstrap data by its summary (format, size, SHA-256 of the user data): the
+    # metadata is not in the spec, so two creates differing only there count as one.
+    b = spec.bootstrap
+    chosen["bootstrap"] = [int(b.format), b.size_bytes, b.sha256.hex()] if b is not None else None
     chosen["vm_id"] = spec.ref.vm_id if chosen_id else ""
     encoded = json.dumps(chosen, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(VERSION + encoded).digest()

@@ -11,6 +11,9 @@ independent systems (or tests) share one etcd.
     A VM's spec is copied into its queue entry or its binding (their readers place and
     reconcile from them); after create, only VmStore.update_spec changes the spec, and it
     rewrites the copy in the same txn.
+    bootstrap/{tenant}/{project}/{vm}     BootstrapData  frontends, in the VM's create txn (write-once); read only
+                                                  by the agent of the VM's host; deleted with the VM (in the txn
+                                                  that removes it) or by that agent once the guest bootstrapped
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present
@@ -92,6 +95,11 @@ class Keys:
         """The VM a queue or binding key ends with (``.../{tenant}/{project}/{vm}``)."""
         tenant, project, vm_id = key.decode().rsplit("/", 3)[1:]
         return VmRef(tenant, project, vm_id)
+
+    # Bootstrap data (controlplane/store/bootstrap.py): apart from vms/, so that no VM
+    # read, list or watch ever carries it.
+    def bootstrap(self, ref: VmRef) -> bytes:
+        return self._k(f"bootstrap/{ref.tenant}/{ref.project}/{ref.vm_id}")
 
     # Scheduler queue
     def queue_prefix(self, shard: int) -> bytes:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from controlplane.etcd import EtcdClient, KeyValue, WatchEvent, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
-from controlplane.store import bindings
+from controlplane.store import bindings, bootstrap
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, QuotaExceeded, UsageLedger
@@ -296,6 +296,8 @@ class VmStore:
                 compares.append(ops.present(queue_key))
                 if spec.deleting:
                     writes = [ops.delete(prefix, prefix_end(prefix)), ops.delete(queue_key)]
+                    if was.bootstrap is not None:
+                        writes.append(bootstrap.delete_op(k, ref))
                 else:
                     writes = [ops.put(spec_key, spec.to_bytes()), ops.put(queue_key, spec.to_bytes())]
             else:

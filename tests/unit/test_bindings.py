@@ -23,7 +23,18 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from controlplane.etcd import ops
 from controlplane.gen.etcd.v3 import rpc_pb2 as pb
 from controlplane.gen.quanta.store.v1.records_pb2 import Tombstone
-from controlplane.models import Binding, HostAllocation, Resources, Scope, VmRef, VmSpec, VmState, VmStatus
+from controlplane.models import (
+    Binding,
+    BootstrapFormat,
+    BootstrapSummary,
+    HostAllocation,
+    Resources,
+    Scope,
+    VmRef,
+    VmSpec,
+    VmState,
+    VmStatus,
+)
 from controlplane.store import bindings
 from controlplane.store.bindings import HostRead, Unbind
 from controlplane.store.keys import Keys
@@ -350,14 +361,18 @@ def test_the_fullest_bind_fits_the_limit(limit: int) -> None:
 @pytest.mark.parametrize("guards", [0, 2])
 def test_the_fullest_unbind_fits_the_limit(limit: int, guards: int) -> None:
     n = bindings.unbinds_per_txn(limit, guards=guards)
-    specs = [make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE, "", Scope.HOST) for i in range(n)]
+    # The costliest to remove: counted in a zone group, with bootstrap data to delete.
+    secret = BootstrapSummary(BootstrapFormat.CLOUD_INIT, 1, bytes(32))
+    specs = [replace(make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE, "", Scope.HOST), bootstrap=secret)
+             for i in range(n)]
     for requeue in (True, False):
         txn = bindings.unbind(KEYS, HostRead("h"), [Unbind(Binding(s, "h", "z"), 1, requeue) for s in specs],
                               zone_counts={}, at=0, tombstone_lease=7, guard=[ops.present(FENCE)] * guards)
         assert txn.cost.ops <= limit
     # One more would not fit (at a limit where one fits at all).
     if n > 1:
-        more = [make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE, "", Scope.HOST) for i in range(n + 1)]
+        more = [replace(make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE, "", Scope.HOST), bootstrap=secret)
+                for i in range(n + 1)]
         txn = bindings.unbind(KEYS, HostRead("h"), [Unbind(Binding(s, "h", "z"), 1, False) for s in more],
                               zone_counts={}, at=0, tombstone_lease=7, guard=[ops.present(FENCE)] * guards)
         assert txn.cost.ops > limit

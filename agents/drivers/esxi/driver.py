@@ -25,6 +25,7 @@ from agents.drivers.esxi.images import ImageCache
 from agents.drivers.esxi.session import Datastore, HostInfo, Observed, Session, host_id_for
 from agents.drivers.protocol import (
     DriverError,
+    GuestUnavailable,
     HostCapacity,
     ImageNotFound,
     OperationFailed,
@@ -282,6 +283,15 @@ class EsxiHost:
                     if not await self._session.wait_for(settled, _STATE_WAIT_S):
                         raise OperationFailed(f"VM {vm_uid} not {want} after its task", transient=True)
             await self._retrying("power_on" if want == "poweredOn" else "power_off", attempt)
+
+    async def shutdown_guest(self, vm_uid: str) -> None:
+        raise GuestUnavailable("not implemented yet")  # placeholder (issue 12)
+
+    async def clear_bootstrap(self, vm_uid: str) -> None:
+        self._require(vm_uid)  # placeholder (issue 12)
+
+    def watch(self, notify: Callable[[str], None]) -> None:
+        self._notify = notify  # placeholder (issue 12)
 
     async def destroy_vm(self, vm_uid: str) -> None:
         await self._synced()

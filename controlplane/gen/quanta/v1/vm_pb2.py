@@ -22,47 +22,79 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from controlplane.gen.quanta.v1 import common_pb2 as quanta_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12quanta/v1/vm.proto\x12\tquanta.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16quanta/v1/common.proto\"\x87\x08\n\x02Vm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0e\n\x06\x66lavor\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12)\n\x06labels\x18\x05 \x03(\x0b\x32\x19.quanta.v1.Vm.LabelsEntry\x12\'\n\tresources\x18\x06 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\"\n\x05state\x18\x07 \x01(\x0e\x32\x13.quanta.v1.Vm.State\x12\x0c\n\x04host\x18\x08 \x01(\t\x12(\n\nconditions\x18\t \x03(\x0b\x32\x14.quanta.v1.Condition\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12\x18\n\x10resource_version\x18\x0e \x01(\x03\x12\x36\n\rnode_selector\x18\x0f \x03(\x0b\x32\x1f.quanta.v1.Vm.NodeSelectorEntry\x12\x1b\n\x13\x61nti_affinity_group\x18\x10 \x01(\t\x12\x33\n\x0erestart_policy\x18\x11 \x01(\x0e\x32\x1b.quanta.v1.Vm.RestartPolicy\x12\x30\n\x13\x61nti_affinity_scope\x18\x12 \x01(\x0e\x32\x13.quanta.v1.Vm.Scope\x12\x16\n\x0e\x61\x66\x66inity_group\x18\x13 \x01(\t\x12+\n\x0e\x61\x66\x66inity_scope\x18\x14 \x01(\x0e\x32\x13.quanta.v1.Vm.Scope\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tSCHEDULED\x10\x02\x12\x0c\n\x08\x43REATING\x10\x03\x12\x0b\n\x07RUNNING\x10\x04\x12\x0b\n\x07STOPPED\x10\x05\x12\t\n\x05\x45RROR\x10\x06\x12\x0c\n\x08\x44\x45LETING\x10\x07\"F\n\rRestartPolicy\x12\x1e\n\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\n\n\x06\x41LWAYS\x10\x01\x12\t\n\x05NEVER\x10\x02\"2\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x08\n\x04HOST\x10\x01\x12\x08\n\x04ZONE\x10\x02\"_\n\x0f\x43reateVmRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05vm_id\x18\x02 \x01(\t\x12\x19\n\x02vm\x18\x03 \x01(\x0b\x32\r.quanta.v1.Vm\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1c\n\x0cGetVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"_\n\x0eListVmsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"`\n\x0fListVmsResponse\x12\x1a\n\x03vms\x18\x01 \x03(\x0b\x32\r.quanta.v1.Vm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"-\n\x0f\x44\x65leteVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"S\n\x0fWatchVmsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"b\n\x07VmEvent\x12\"\n\x04type\x18\x01 \x01(\x0e\x32\x14.quanta.v1.EventType\x12\x19\n\x02vm\x18\x02 \x01(\x0b\x32\r.quanta.v1.Vm\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\x32\xaa\x02\n\tVmService\x12\x35\n\x08\x43reateVm\x12\x1a.quanta.v1.CreateVmRequest\x1a\r.quanta.v1.Vm\x12/\n\x05GetVm\x12\x17.quanta.v1.GetVmRequest\x1a\r.quanta.v1.Vm\x12@\n\x07ListVms\x12\x19.quanta.v1.ListVmsRequest\x1a\x1a.quanta.v1.ListVmsResponse\x12\x35\n\x08\x44\x65leteVm\x12\x1a.quanta.v1.DeleteVmRequest\x1a\r.quanta.v1.Vm\x12<\n\x08WatchVms\x12\x1a.quanta.v1.WatchVmsRequest\x1a\x12.quanta.v1.VmEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12quanta/v1/vm.proto\x12\tquanta.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16quanta/v1/common.proto\"\x94\x01\n\x07\x41\x64\x64ress\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12)\n\x06\x66\x61mily\x18\x04 \x01(\x0e\x32\x19.quanta.v1.Address.Family\"4\n\x06\x46\x61mily\x12\x16\n\x12\x46\x41MILY_UNSPECIFIED\x10\x00\x12\x08\n\x04IPV4\x10\x01\x12\x08\n\x04IPV6\x10\x02\"\xd2\x02\n\tBootstrap\x12\x11\n\tuser_data\x18\x01 \x01(\x0c\x12+\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1b.quanta.v1.Bootstrap.Format\x12.\n\x08metadata\x18\x03 \x01(\x0b\x32\x1c.quanta.v1.BootstrapMetadata\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12)\n\x05state\x18\x06 \x01(\x0e\x32\x1a.quanta.v1.Bootstrap.State\">\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x0e\n\nCLOUD_INIT\x10\x01\x12\x0c\n\x08IGNITION\x10\x02\"F\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06STORED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x0b\n\x07\x43LEARED\x10\x03\"\xc0\x01\n\x11\x42ootstrapMetadata\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x1b\n\x13ssh_authorized_keys\x18\x03 \x03(\t\x12\x38\n\x06values\x18\x04 \x03(\x0b\x32(.quanta.v1.BootstrapMetadata.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbe\n\n\x02Vm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x0e\n\x06\x66lavor\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12)\n\x06labels\x18\x05 \x03(\x0b\x32\x19.quanta.v1.Vm.LabelsEntry\x12\'\n\tresources\x18\x06 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\"\n\x05state\x18\x07 \x01(\x0e\x32\x13.quanta.v1.Vm.State\x12\x0c\n\x04host\x18\x08 \x01(\t\x12(\n\nconditions\x18\t \x03(\x0b\x32\x14.quanta.v1.Condition\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12\x18\n\x10resource_version\x18\x0e \x01(\x03\x12\x36\n\rnode_selector\x18\x0f \x03(\x0b\x32\x1f.quanta.v1.Vm.NodeSelectorEntry\x12\x1b\n\x13\x61nti_affinity_group\x18\x10 \x01(\t\x12\x33\n\x0erestart_policy\x18\x11 \x01(\x0e\x32\x1b.quanta.v1.Vm.RestartPolicy\x12\x30\n\x13\x61nti_affinity_scope\x18\x12 \x01(\x0e\x32\x13.quanta.v1.Vm.Scope\x12\x16\n\x0e\x61\x66\x66inity_group\x18\x13 \x01(\t\x12+\n\x0e\x61\x66\x66inity_scope\x18\x14 \x01(\x0e\x32\x13.quanta.v1.Vm.Scope\x12\"\n\x05power\x18\x15 \x01(\x0e\x32\x13.quanta.v1.Vm.Power\x12/\n\x0cpower_policy\x18\x16 \x01(\x0e\x32\x19.quanta.v1.Vm.PowerPolicy\x12\'\n\tbootstrap\x18\x17 \x01(\x0b\x32\x14.quanta.v1.Bootstrap\x12%\n\taddresses\x18\x18 \x03(\x0b\x32\x12.quanta.v1.Address\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tSCHEDULED\x10\x02\x12\x0c\n\x08\x43REATING\x10\x03\x12\x0b\n\x07RUNNING\x10\x04\x12\x0b\n\x07STOPPED\x10\x05\x12\t\n\x05\x45RROR\x10\x06\x12\x0c\n\x08\x44\x45LETING\x10\x07\"F\n\rRestartPolicy\x12\x1e\n\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\n\n\x06\x41LWAYS\x10\x01\x12\t\n\x05NEVER\x10\x02\"2\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x08\n\x04HOST\x10\x01\x12\x08\n\x04ZONE\x10\x02\"?\n\x05Power\x12\x15\n\x11POWER_UNSPECIFIED\x10\x00\x12\x0e\n\nPOWERED_ON\x10\x01\x12\x0f\n\x0bPOWERED_OFF\x10\x02\"O\n\x0bPowerPolicy\x12\x1c\n\x18POWER_POLICY_UNSPECIFIED\x10\x00\x12\x10\n\x0cKEEP_STOPPED\x10\x01\x12\x10\n\x0cKEEP_RUNNING\x10\x02\"_\n\x0f\x43reateVmRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05vm_id\x18\x02 \x01(\t\x12\x19\n\x02vm\x18\x03 \x01(\x0b\x32\r.quanta.v1.Vm\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1c\n\x0cGetVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"_\n\x0eListVmsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"`\n\x0fListVmsResponse\x12\x1a\n\x03vms\x18\x01 \x03(\x0b\x32\r.quanta.v1.Vm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"-\n\x0f\x44\x65leteVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"S\n\x0fWatchVmsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"b\n\x07VmEvent\x12\"\n\x04type\x18\x01 \x01(\x0e\x32\x14.quanta.v1.EventType\x12\x19\n\x02vm\x18\x02 \x01(\x0b\x32\r.quanta.v1.Vm\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"]\n\x0fUpdateVmRequest\x12\x19\n\x02vm\x18\x01 \x01(\x0b\x32\r.quanta.v1.Vm\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\",\n\x0eStartVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"|\n\rStopVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04mode\x18\x02 \x01(\x0e\x32\x17.quanta.v1.PowerOffMode\x12(\n\x05grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"\x93\x01\n\x10RestartVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04mode\x18\x02 \x01(\x0e\x32\x17.quanta.v1.PowerOffMode\x12(\n\x05grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t*B\n\x0cPowerOffMode\x12\x1e\n\x1aPOWER_OFF_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04SOFT\x10\x01\x12\x08\n\x04HARD\x10\x02\x32\x82\x04\n\tVmService\x12\x35\n\x08\x43reateVm\x12\x1a.quanta.v1.CreateVmRequest\x1a\r.quanta.v1.Vm\x12/\n\x05GetVm\x12\x17.quanta.v1.GetVmRequest\x1a\r.quanta.v1.Vm\x12@\n\x07ListVms\x12\x19.quanta.v1.ListVmsRequest\x1a\x1a.quanta.v1.ListVmsResponse\x12\x35\n\x08\x44\x65leteVm\x12\x1a.quanta.v1.DeleteVmRequest\x1a\r.quanta.v1.Vm\x12<\n\x08WatchVms\x12\x1a.quanta.v1.WatchVmsRequest\x1a\x12.quanta.v1.VmEvent0\x01\x12\x35\n\x08UpdateVm\x12\x1a.quanta.v1.UpdateVmRequest\x1a\r.quanta.v1.Vm\x12\x33\n\x07StartVm\x12\x19.quanta.v1.StartVmRequest\x1a\r.quanta.v1.Vm\x12\x31\n\x06StopVm\x12\x18.quanta.v1.StopVmRequest\x1a\r.quanta.v1.Vm\x12\x37\n\tRestartVm\x12\x1b.quanta.v1.RestartVmRequest\x1a\r.quanta.v1.Vmb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quanta.v1.vm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_BOOTSTRAPMETADATA_VALUESENTRY']._loaded_options = None
+  _globals['_BOOTSTRAPMETADATA_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_VM_LABELSENTRY']._loaded_options = None
   _globals['_VM_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_VM_NODESELECTORENTRY']._loaded_options = None
   _globals['_VM_NODESELECTORENTRY']._serialized_options = b'8\001'
-  _globals['_VM']._serialized_start=91
-  _globals['_VM']._serialized_end=1122
-  _globals['_VM_LABELSENTRY']._serialized_start=775
-  _globals['_VM_LABELSENTRY']._serialized_end=820
-  _globals['_VM_NODESELECTORENTRY']._serialized_start=822
-  _globals['_VM_NODESELECTORENTRY']._serialized_end=873
-  _globals['_VM_STATE']._serialized_start=875
-  _globals['_VM_STATE']._serialized_end=998
-  _globals['_VM_RESTARTPOLICY']._serialized_start=1000
-  _globals['_VM_RESTARTPOLICY']._serialized_end=1070
-  _globals['_VM_SCOPE']._serialized_start=1072
-  _globals['_VM_SCOPE']._serialized_end=1122
-  _globals['_CREATEVMREQUEST']._serialized_start=1124
-  _globals['_CREATEVMREQUEST']._serialized_end=1219
-  _globals['_GETVMREQUEST']._serialized_start=1221
-  _globals['_GETVMREQUEST']._serialized_end=1249
-  _globals['_LISTVMSREQUEST']._serialized_start=1251
-  _globals['_LISTVMSREQUEST']._serialized_end=1346
-  _globals['_LISTVMSRESPONSE']._serialized_start=1348
-  _globals['_LISTVMSRESPONSE']._serialized_end=1444
-  _globals['_DELETEVMREQUEST']._serialized_start=1446
-  _globals['_DELETEVMREQUEST']._serialized_end=1491
-  _globals['_WATCHVMSREQUEST']._serialized_start=1493
-  _globals['_WATCHVMSREQUEST']._serialized_end=1576
-  _globals['_VMEVENT']._serialized_start=1578
-  _globals['_VMEVENT']._serialized_end=1676
-  _globals['_VMSERVICE']._serialized_start=1679
-  _globals['_VMSERVICE']._serialized_end=1977
+  _globals['_POWEROFFMODE']._serialized_start=3159
+  _globals['_POWEROFFMODE']._serialized_end=3225
+  _globals['_ADDRESS']._serialized_start=157
+  _globals['_ADDRESS']._serialized_end=305
+  _globals['_ADDRESS_FAMILY']._serialized_start=253
+  _globals['_ADDRESS_FAMILY']._serialized_end=305
+  _globals['_BOOTSTRAP']._serialized_start=308
+  _globals['_BOOTSTRAP']._serialized_end=646
+  _globals['_BOOTSTRAP_FORMAT']._serialized_start=512
+  _globals['_BOOTSTRAP_FORMAT']._serialized_end=574
+  _globals['_BOOTSTRAP_STATE']._serialized_start=576
+  _globals['_BOOTSTRAP_STATE']._serialized_end=646
+  _globals['_BOOTSTRAPMETADATA']._serialized_start=649
+  _globals['_BOOTSTRAPMETADATA']._serialized_end=841
+  _globals['_BOOTSTRAPMETADATA_VALUESENTRY']._serialized_start=796
+  _globals['_BOOTSTRAPMETADATA_VALUESENTRY']._serialized_end=841
+  _globals['_VM']._serialized_start=844
+  _globals['_VM']._serialized_end=2186
+  _globals['_VM_LABELSENTRY']._serialized_start=1693
+  _globals['_VM_LABELSENTRY']._serialized_end=1738
+  _globals['_VM_NODESELECTORENTRY']._serialized_start=1740
+  _globals['_VM_NODESELECTORENTRY']._serialized_end=1791
+  _globals['_VM_STATE']._serialized_start=1793
+  _globals['_VM_STATE']._serialized_end=1916
+  _globals['_VM_RESTARTPOLICY']._serialized_start=1918
+  _globals['_VM_RESTARTPOLICY']._serialized_end=1988
+  _globals['_VM_SCOPE']._serialized_start=1990
+  _globals['_VM_SCOPE']._serialized_end=2040
+  _globals['_VM_POWER']._serialized_start=2042
+  _globals['_VM_POWER']._serialized_end=2105
+  _globals['_VM_POWERPOLICY']._serialized_start=2107
+  _globals['_VM_POWERPOLICY']._serialized_end=2186
+  _globals['_CREATEVMREQUEST']._serialized_start=2188
+  _globals['_CREATEVMREQUEST']._serialized_end=2283
+  _globals['_GETVMREQUEST']._serialized_start=2285
+  _globals['_GETVMREQUEST']._serialized_end=2313
+  _globals['_LISTVMSREQUEST']._serialized_start=2315
+  _globals['_LISTVMSREQUEST']._serialized_end=2410
+  _globals['_LISTVMSRESPONSE']._serialized_start=2412
+  _globals['_LISTVMSRESPONSE']._serialized_end=2508
+  _globals['_DELETEVMREQUEST']._serialized_start=2510
+  _globals['_DELETEVMREQUEST']._serialized_end=2555
+  _globals['_WATCHVMSREQUEST']._serialized_start=2557
+  _globals['_WATCHVMSREQUEST']._serialized_end=2640
+  _globals['_VMEVENT']._serialized_start=2642
+  _globals['_VMEVENT']._serialized_end=2740
+  _globals['_UPDATEVMREQUEST']._serialized_start=2742
+  _globals['_UPDATEVMREQUEST']._serialized_end=2835
+  _globals['_STARTVMREQUEST']._serialized_start=2837
+  _globals['_STARTVMREQUEST']._serialized_end=2881
+  _globals['_STOPVMREQUEST']._serialized_start=2883
+  _globals['_STOPVMREQUEST']._serialized_end=3007
+  _globals['_RESTARTVMREQUEST']._serialized_start=3010
+  _globals['_RESTARTVMREQUEST']._serialized_end=3157
+  _globals['_VMSERVICE']._serialized_start=3228
+  _globals['_VMSERVICE']._serialized_end=3742
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,7 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from controlplane.gen.quanta.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
@@ -11,8 +13,90 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PowerOffMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POWER_OFF_MODE_UNSPECIFIED: _ClassVar[PowerOffMode]
+    SOFT: _ClassVar[PowerOffMode]
+    HARD: _ClassVar[PowerOffMode]
+POWER_OFF_MODE_UNSPECIFIED: PowerOffMode
+SOFT: PowerOffMode
+HARD: PowerOffMode
+
+class Address(_message.Message):
+    __slots__ = ("ip", "mac", "network", "family")
+    class Family(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        FAMILY_UNSPECIFIED: _ClassVar[Address.Family]
+        IPV4: _ClassVar[Address.Family]
+        IPV6: _ClassVar[Address.Family]
+    FAMILY_UNSPECIFIED: Address.Family
+    IPV4: Address.Family
+    IPV6: Address.Family
+    IP_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ip: str
+    mac: str
+    network: str
+    family: Address.Family
+    def __init__(self, ip: _Optional[str] = ..., mac: _Optional[str] = ..., network: _Optional[str] = ..., family: _Optional[_Union[Address.Family, str]] = ...) -> None: ...
+
+class Bootstrap(_message.Message):
+    __slots__ = ("user_data", "format", "metadata", "size_bytes", "sha256", "state")
+    class Format(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        FORMAT_UNSPECIFIED: _ClassVar[Bootstrap.Format]
+        CLOUD_INIT: _ClassVar[Bootstrap.Format]
+        IGNITION: _ClassVar[Bootstrap.Format]
+    FORMAT_UNSPECIFIED: Bootstrap.Format
+    CLOUD_INIT: Bootstrap.Format
+    IGNITION: Bootstrap.Format
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[Bootstrap.State]
+        STORED: _ClassVar[Bootstrap.State]
+        DELIVERED: _ClassVar[Bootstrap.State]
+        CLEARED: _ClassVar[Bootstrap.State]
+    STATE_UNSPECIFIED: Bootstrap.State
+    STORED: Bootstrap.State
+    DELIVERED: Bootstrap.State
+    CLEARED: Bootstrap.State
+    USER_DATA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    user_data: bytes
+    format: Bootstrap.Format
+    metadata: BootstrapMetadata
+    size_bytes: int
+    sha256: str
+    state: Bootstrap.State
+    def __init__(self, user_data: _Optional[bytes] = ..., format: _Optional[_Union[Bootstrap.Format, str]] = ..., metadata: _Optional[_Union[BootstrapMetadata, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[_Union[Bootstrap.State, str]] = ...) -> None: ...
+
+class BootstrapMetadata(_message.Message):
+    __slots__ = ("instance_id", "hostname", "ssh_authorized_keys", "values")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SSH_AUTHORIZED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    hostname: str
+    ssh_authorized_keys: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.ScalarMap[str, str]
+    def __init__(self, instance_id: _Optional[str] = ..., hostname: _Optional[str] = ..., ssh_authorized_keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class Vm(_message.Message):
-    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope")
+    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_policy", "bootstrap", "addresses")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Vm.State]
@@ -47,6 +131,22 @@ class Vm(_message.Message):
     SCOPE_UNSPECIFIED: Vm.Scope
     HOST: Vm.Scope
     ZONE: Vm.Scope
+    class Power(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        POWER_UNSPECIFIED: _ClassVar[Vm.Power]
+        POWERED_ON: _ClassVar[Vm.Power]
+        POWERED_OFF: _ClassVar[Vm.Power]
+    POWER_UNSPECIFIED: Vm.Power
+    POWERED_ON: Vm.Power
+    POWERED_OFF: Vm.Power
+    class PowerPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        POWER_POLICY_UNSPECIFIED: _ClassVar[Vm.PowerPolicy]
+        KEEP_STOPPED: _ClassVar[Vm.PowerPolicy]
+        KEEP_RUNNING: _ClassVar[Vm.PowerPolicy]
+    POWER_POLICY_UNSPECIFIED: Vm.PowerPolicy
+    KEEP_STOPPED: Vm.PowerPolicy
+    KEEP_RUNNING: Vm.PowerPolicy
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +181,10 @@ class Vm(_message.Message):
     ANTI_AFFINITY_SCOPE_FIELD_NUMBER: _ClassVar[int]
     AFFINITY_GROUP_FIELD_NUMBER: _ClassVar[int]
     AFFINITY_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    POWER_FIELD_NUMBER: _ClassVar[int]
+    POWER_POLICY_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     uid: str
     flavor: str
@@ -101,7 +205,11 @@ class Vm(_message.Message):
     anti_affinity_scope: Vm.Scope
     affinity_group: str
     affinity_scope: Vm.Scope
-    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[_Union[Vm.RestartPolicy, str]] = ..., anti_affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[_Union[Vm.Scope, str]] = ...) -> None: ...
+    power: Vm.Power
+    power_policy: Vm.PowerPolicy
+    bootstrap: Bootstrap
+    addresses: _containers.RepeatedCompositeFieldContainer[Address]
+    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[_Union[Vm.RestartPolicy, str]] = ..., anti_affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., power: _Optional[_Union[Vm.Power, str]] = ..., power_policy: _Optional[_Union[Vm.PowerPolicy, str]] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., addresses: _Optional[_Iterable[_Union[Address, _Mapping]]] = ...) -> None: ...
 
 class CreateVmRequest(_message.Message):
     __slots__ = ("parent", "vm_id", "vm", "request_id")
@@ -170,3 +278,45 @@ class VmEvent(_message.Message):
     vm: Vm
     resource_version: int
     def __init__(self, type: _Optional[_Union[_common_pb2.EventType, str]] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class UpdateVmRequest(_message.Message):
+    __slots__ = ("vm", "update_mask")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class StartVmRequest(_message.Message):
+    __slots__ = ("name", "etag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class StopVmRequest(_message.Message):
+    __slots__ = ("name", "mode", "grace", "etag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    GRACE_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mode: PowerOffMode
+    grace: _duration_pb2.Duration
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[_Union[PowerOffMode, str]] = ..., grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class RestartVmRequest(_message.Message):
+    __slots__ = ("name", "mode", "grace", "etag", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    GRACE_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mode: PowerOffMode
+    grace: _duration_pb2.Duration
+    etag: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[_Union[PowerOffMode, str]] = ..., grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., etag: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

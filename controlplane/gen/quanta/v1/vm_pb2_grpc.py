@@ -61,6 +61,26 @@ class VmServiceStub:
                 request_serializer=quanta_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
                 response_deserializer=quanta_dot_v1_dot_vm__pb2.VmEvent.FromString,
                 _registered_method=True)
+        self.UpdateVm = channel.unary_unary(
+                '/quanta.v1.VmService/UpdateVm',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.UpdateVmRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
+        self.StartVm = channel.unary_unary(
+                '/quanta.v1.VmService/StartVm',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.StartVmRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
+        self.StopVm = channel.unary_unary(
+                '/quanta.v1.VmService/StopVm',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.StopVmRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
+        self.RestartVm = channel.unary_unary(
+                '/quanta.v1.VmService/RestartVm',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.RestartVmRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
 
 
 class VmServiceServicer:
@@ -103,6 +123,45 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateVm(self, request, context):
+        """Changes labels and flavor (a resize) by update_mask ("labels", "flavor"; "*" is
+        both). vm.etag, if set, must match (ABORTED, ETAG_MISMATCH). A resize is charged
+        against the project's quota (RESOURCE_EXHAUSTED, QUOTA_EXCEEDED) and, for a placed
+        VM, its host's allocation (FAILED_PRECONDITION, HOST_FULL) in one transaction;
+        the host's agent then reconfigures the VM, power-cycling it only where its
+        driver says it must. FAILED_PRECONDITION, VM_DELETING for a VM being deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartVm(self, request, context):
+        """Sets the desired power state to POWERED_ON; the host's agent powers the VM on.
+        Idempotent. FAILED_PRECONDITION, VM_DELETING for a VM being deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopVm(self, request, context):
+        """Sets the desired power state to POWERED_OFF; the host's agent shuts the guest
+        down (SOFT, then powers it off after grace) or powers it off (HARD). A stopped VM
+        keeps its host and its quota. Idempotent. FAILED_PRECONDITION with reason
+        VM_PENDING (not placed yet) or VM_DELETING.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestartVm(self, request, context):
+        """Restarts the VM once (SOFT: guest shutdown, hard after grace; HARD: power-cycle),
+        and leaves it POWERED_ON. A retry with the same request_id restarts it no more.
+        FAILED_PRECONDITION with reason VM_PENDING or VM_DELETING.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +189,26 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.WatchVms,
                     request_deserializer=quanta_dot_v1_dot_vm__pb2.WatchVmsRequest.FromString,
                     response_serializer=quanta_dot_v1_dot_vm__pb2.VmEvent.SerializeToString,
+            ),
+            'UpdateVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateVm,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.UpdateVmRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'StartVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartVm,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.StartVmRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'StopVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopVm,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.StopVmRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'RestartVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartVm,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.RestartVmRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.Vm.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +348,114 @@ class VmService:
             '/quanta.v1.VmService/WatchVms',
             quanta_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
             quanta_dot_v1_dot_vm__pb2.VmEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.VmService/UpdateVm',
+            quanta_dot_v1_dot_vm__pb2.UpdateVmRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.VmService/StartVm',
+            quanta_dot_v1_dot_vm__pb2.StartVmRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.VmService/StopVm',
+            quanta_dot_v1_dot_vm__pb2.StopVmRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.VmService/RestartVm',
+            quanta_dot_v1_dot_vm__pb2.RestartVmRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.Vm.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquanta/store/v1/records.proto\x12\x0fquanta.store.v1\"\xc9\x04\n\x06VmSpec\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05vm_id\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x0e\n\x06\x66lavor\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\t\x12\x33\n\x06labels\x18\x07 \x03(\x0b\x32#.quanta.store.v1.VmSpec.LabelsEntry\x12\r\n\x05vcpus\x18\x08 \x01(\x05\x12\x12\n\nmemory_mib\x18\t \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\n \x01(\x03\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x16\n\x0e\x63reate_time_ns\x18\x0c \x01(\x03\x12\x16\n\x0e\x64\x65lete_time_ns\x18\r \x01(\x03\x12\r\n\x05shard\x18\x0e \x01(\x05\x12@\n\rnode_selector\x18\x0f \x03(\x0b\x32).quanta.store.v1.VmSpec.NodeSelectorEntry\x12\x1b\n\x13\x61nti_affinity_group\x18\x10 \x01(\t\x12\x16\n\x0erestart_policy\x18\x11 \x01(\x05\x12\x1b\n\x13\x61nti_affinity_scope\x18\x12 \x01(\x05\x12\x16\n\x0e\x61\x66\x66inity_group\x18\x13 \x01(\t\x12\x16\n\x0e\x61\x66\x66inity_scope\x18\x14 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x08VmStatus\x12\r\n\x05state\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0eupdate_time_ns\x18\x05 \x01(\x03\x12\x18\n\x10\x61\x63\x63\x65pted_time_ns\x18\x06 \x01(\x03\"\x91\x01\n\x07\x42inding\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.quanta.store.v1.VmSpec\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65lete_time_ns\x18\x03 \x01(\x03\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x14\n\x0c\x65vict_reason\x18\x05 \x01(\t\x12\x15\n\revict_message\x18\x06 \x01(\t\"\x18\n\tZoneGroup\x12\x0b\n\x03vms\x18\x01 \x01(\x05\"\xc9\x02\n\x10HostRegistration\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\r\n\x05vcpus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x05 \x01(\x03\x12=\n\x06labels\x18\x06 \x03(\x0b\x32-.quanta.store.v1.HostRegistration.LabelsEntry\x12\r\n\x05\x61gent\x18\x07 \x01(\t\x12\x18\n\x10register_time_ns\x18\x08 \x01(\x03\x12\x17\n\x0fvcpu_overcommit\x18\t \x01(\x01\x12\x19\n\x11memory_overcommit\x18\n \x01(\x01\x12\x17\n\x0f\x64isk_overcommit\x18\x0b \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc3\x01\n\x0eHostAllocation\x12\r\n\x05vcpus\x18\x01 \x01(\x05\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x03 \x01(\x03\x12\x10\n\x08vm_count\x18\x04 \x01(\x05\x12;\n\x06groups\x18\x05 \x03(\x0b\x32+.quanta.store.v1.HostAllocation.GroupsEntry\x1a-\n\x0bGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"K\n\x06\x46lavor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x04 \x01(\x03\"C\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08size_gib\x18\x04 \x01(\x03\"A\n\rRequestRecord\x12\x0e\n\x06vm_key\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\x0c\"4\n\nShardOwner\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63quire_time_ns\x18\x02 \x01(\x03\"\x1f\n\rClusterConfig\x12\x0e\n\x06shards\x18\x01 \x01(\x05\"8\n\tTombstone\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\n\n\x02vm\x18\x02 \x01(\t\x12\x0f\n\x07time_ns\x18\x03 \x01(\x03\"\x92\x01\n\x08OrphanVm\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\n\n\x02vm\x18\x03 \x01(\t\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.quanta.store.v1.VmSpec\x12\x12\n\npowered_on\x18\x05 \x01(\x08\x12\x15\n\rfound_time_ns\x18\x06 \x01(\x03\x12\r\n\x05\x61gent\x18\x07 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquanta/store/v1/records.proto\x12\x0fquanta.store.v1\"\x9c\x06\n\x06VmSpec\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05vm_id\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x0e\n\x06\x66lavor\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\t\x12\x33\n\x06labels\x18\x07 \x03(\x0b\x32#.quanta.store.v1.VmSpec.LabelsEntry\x12\r\n\x05vcpus\x18\x08 \x01(\x05\x12\x12\n\nmemory_mib\x18\t \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\n \x01(\x03\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x16\n\x0e\x63reate_time_ns\x18\x0c \x01(\x03\x12\x16\n\x0e\x64\x65lete_time_ns\x18\r \x01(\x03\x12\r\n\x05shard\x18\x0e \x01(\x05\x12@\n\rnode_selector\x18\x0f \x03(\x0b\x32).quanta.store.v1.VmSpec.NodeSelectorEntry\x12\x1b\n\x13\x61nti_affinity_group\x18\x10 \x01(\t\x12\x16\n\x0erestart_policy\x18\x11 \x01(\x05\x12\x1b\n\x13\x61nti_affinity_scope\x18\x12 \x01(\x05\x12\x16\n\x0e\x61\x66\x66inity_group\x18\x13 \x01(\t\x12\x16\n\x0e\x61\x66\x66inity_scope\x18\x14 \x01(\x05\x12\r\n\x05power\x18\x15 \x01(\x05\x12\x16\n\x0epower_off_mode\x18\x16 \x01(\x05\x12\x19\n\x11power_off_grace_s\x18\x17 \x01(\x05\x12\x15\n\rpower_time_ns\x18\x18 \x01(\x03\x12\x10\n\x08restarts\x18\x19 \x01(\x03\x12\x1a\n\x12restart_request_id\x18\x1a \x01(\t\x12\x14\n\x0cpower_policy\x18\x1b \x01(\x05\x12\x34\n\tbootstrap\x18\x1c \x01(\x0b\x32!.quanta.store.v1.BootstrapSummary\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x10\x42ootstrapSummary\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\x05\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"Q\n\rBootstrapData\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\x05\x12\x11\n\tuser_data\x18\x03 \x01(\x0c\x12\x10\n\x08metadata\x18\x04 \x01(\x0c\"C\n\x07\x41\x64\x64ress\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\x05\"[\n\tCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07time_ns\x18\x05 \x01(\x03\"\x99\x02\n\x08VmStatus\x12\r\n\x05state\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0eupdate_time_ns\x18\x05 \x01(\x03\x12\x18\n\x10\x61\x63\x63\x65pted_time_ns\x18\x06 \x01(\x03\x12+\n\taddresses\x18\x07 \x03(\x0b\x32\x18.quanta.store.v1.Address\x12.\n\nconditions\x18\x08 \x03(\x0b\x32\x1a.quanta.store.v1.Condition\x12\x15\n\rpower_time_ns\x18\t \x01(\x03\x12\x10\n\x08restarts\x18\n \x01(\x03\x12\x17\n\x0f\x62ootstrap_state\x18\x0b \x01(\x05\"\x91\x01\n\x07\x42inding\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.quanta.store.v1.VmSpec\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65lete_time_ns\x18\x03 \x01(\x03\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x14\n\x0c\x65vict_reason\x18\x05 \x01(\t\x12\x15\n\revict_message\x18\x06 \x01(\t\"\x18\n\tZoneGroup\x12\x0b\n\x03vms\x18\x01 \x01(\x05\"\xc9\x02\n\x10HostRegistration\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\r\n\x05vcpus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x05 \x01(\x03\x12=\n\x06labels\x18\x06 \x03(\x0b\x32-.quanta.store.v1.HostRegistration.LabelsEntry\x12\r\n\x05\x61gent\x18\x07 \x01(\t\x12\x18\n\x10register_time_ns\x18\x08 \x01(\x03\x12\x17\n\x0fvcpu_overcommit\x18\t \x01(\x01\x12\x19\n\x11memory_overcommit\x18\n \x01(\x01\x12\x17\n\x0f\x64isk_overcommit\x18\x0b \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc3\x01\n\x0eHostAllocation\x12\r\n\x05vcpus\x18\x01 \x01(\x05\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x03 \x01(\x03\x12\x10\n\x08vm_count\x18\x04 \x01(\x05\x12;\n\x06groups\x18\x05 \x03(\x0b\x32+.quanta.store.v1.HostAllocation.GroupsEntry\x1a-\n\x0bGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"K\n\x06\x46lavor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x04 \x01(\x03\"C\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08size_gib\x18\x04 \x01(\x03\"A\n\rRequestRecord\x12\x0e\n\x06vm_key\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\x0c\"4\n\nShardOwner\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63quire_time_ns\x18\x02 \x01(\x03\"\x1f\n\rClusterConfig\x12\x0e\n\x06shards\x18\x01 \x01(\x05\"8\n\tTombstone\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\n\n\x02vm\x18\x02 \x01(\t\x12\x0f\n\x07time_ns\x18\x03 \x01(\x03\"\x92\x01\n\x08OrphanVm\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\n\n\x02vm\x18\x03 \x01(\t\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.quanta.store.v1.VmSpec\x12\x12\n\npowered_on\x18\x05 \x01(\x08\x12\x15\n\rfound_time_ns\x18\x06 \x01(\x03\x12\r\n\x05\x61gent\x18\x07 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,37 +40,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOSTALLOCATION_GROUPSENTRY']._loaded_options = None
   _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_options = b'8\001'
   _globals['_VMSPEC']._serialized_start=51
-  _globals['_VMSPEC']._serialized_end=636
-  _globals['_VMSPEC_LABELSENTRY']._serialized_start=538
-  _globals['_VMSPEC_LABELSENTRY']._serialized_end=583
-  _globals['_VMSPEC_NODESELECTORENTRY']._serialized_start=585
-  _globals['_VMSPEC_NODESELECTORENTRY']._serialized_end=636
-  _globals['_VMSTATUS']._serialized_start=638
-  _globals['_VMSTATUS']._serialized_end=760
-  _globals['_BINDING']._serialized_start=763
-  _globals['_BINDING']._serialized_end=908
-  _globals['_ZONEGROUP']._serialized_start=910
-  _globals['_ZONEGROUP']._serialized_end=934
-  _globals['_HOSTREGISTRATION']._serialized_start=937
-  _globals['_HOSTREGISTRATION']._serialized_end=1266
-  _globals['_HOSTREGISTRATION_LABELSENTRY']._serialized_start=538
-  _globals['_HOSTREGISTRATION_LABELSENTRY']._serialized_end=583
-  _globals['_HOSTALLOCATION']._serialized_start=1269
-  _globals['_HOSTALLOCATION']._serialized_end=1464
-  _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_start=1419
-  _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_end=1464
-  _globals['_FLAVOR']._serialized_start=1466
-  _globals['_FLAVOR']._serialized_end=1541
-  _globals['_IMAGE']._serialized_start=1543
-  _globals['_IMAGE']._serialized_end=1610
-  _globals['_REQUESTRECORD']._serialized_start=1612
-  _globals['_REQUESTRECORD']._serialized_end=1677
-  _globals['_SHARDOWNER']._serialized_start=1679
-  _globals['_SHARDOWNER']._serialized_end=1731
-  _globals['_CLUSTERCONFIG']._serialized_start=1733
-  _globals['_CLUSTERCONFIG']._serialized_end=1764
-  _globals['_TOMBSTONE']._serialized_start=1766
-  _globals['_TOMBSTONE']._serialized_end=1822
-  _globals['_ORPHANVM']._serialized_start=1825
-  _globals['_ORPHANVM']._serialized_end=1971
+  _globals['_VMSPEC']._serialized_end=847
+  _globals['_VMSPEC_LABELSENTRY']._serialized_start=749
+  _globals['_VMSPEC_LABELSENTRY']._serialized_end=794
+  _globals['_VMSPEC_NODESELECTORENTRY']._serialized_start=796
+  _globals['_VMSPEC_NODESELECTORENTRY']._serialized_end=847
+  _globals['_BOOTSTRAPSUMMARY']._serialized_start=849
+  _globals['_BOOTSTRAPSUMMARY']._serialized_end=919
+  _globals['_BOOTSTRAPDATA']._serialized_start=921
+  _globals['_BOOTSTRAPDATA']._serialized_end=1002
+  _globals['_ADDRESS']._serialized_start=1004
+  _globals['_ADDRESS']._serialized_end=1071
+  _globals['_CONDITION']._serialized_start=1073
+  _globals['_CONDITION']._serialized_end=1164
+  _globals['_VMSTATUS']._serialized_start=1167
+  _globals['_VMSTATUS']._serialized_end=1448
+  _globals['_BINDING']._serialized_start=1451
+  _globals['_BINDING']._serialized_end=1596
+  _globals['_ZONEGROUP']._serialized_start=1598
+  _globals['_ZONEGROUP']._serialized_end=1622
+  _globals['_HOSTREGISTRATION']._serialized_start=1625
+  _globals['_HOSTREGISTRATION']._serialized_end=1954
+  _globals['_HOSTREGISTRATION_LABELSENTRY']._serialized_start=749
+  _globals['_HOSTREGISTRATION_LABELSENTRY']._serialized_end=794
+  _globals['_HOSTALLOCATION']._serialized_start=1957
+  _globals['_HOSTALLOCATION']._serialized_end=2152
+  _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_start=2107
+  _globals['_HOSTALLOCATION_GROUPSENTRY']._serialized_end=2152
+  _globals['_FLAVOR']._serialized_start=2154
+  _globals['_FLAVOR']._serialized_end=2229
+  _globals['_IMAGE']._serialized_start=2231
+  _globals['_IMAGE']._serialized_end=2298
+  _globals['_REQUESTRECORD']._serialized_start=2300
+  _globals['_REQUESTRECORD']._serialized_end=2365
+  _globals['_SHARDOWNER']._serialized_start=2367
+  _globals['_SHARDOWNER']._serialized_end=2419
+  _globals['_CLUSTERCONFIG']._serialized_start=2421
+  _globals['_CLUSTERCONFIG']._serialized_end=2452
+  _globals['_TOMBSTONE']._serialized_start=2454
+  _globals['_TOMBSTONE']._serialized_end=2510
+  _globals['_ORPHANVM']._serialized_start=2513
+  _globals['_ORPHANVM']._serialized_end=2659
 # @@protoc_insertion_point(module_scope)

@@ -1,13 +1,13 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VmSpec(_message.Message):
-    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope")
+    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id", "power_policy", "bootstrap")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,14 @@ class VmSpec(_message.Message):
     ANTI_AFFINITY_SCOPE_FIELD_NUMBER: _ClassVar[int]
     AFFINITY_GROUP_FIELD_NUMBER: _ClassVar[int]
     AFFINITY_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    POWER_FIELD_NUMBER: _ClassVar[int]
+    POWER_OFF_MODE_FIELD_NUMBER: _ClassVar[int]
+    POWER_OFF_GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    POWER_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    RESTART_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    POWER_POLICY_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     project: str
     vm_id: str
@@ -62,23 +70,89 @@ class VmSpec(_message.Message):
     anti_affinity_scope: int
     affinity_group: str
     affinity_scope: int
-    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ...) -> None: ...
+    power: int
+    power_off_mode: int
+    power_off_grace_s: int
+    power_time_ns: int
+    restarts: int
+    restart_request_id: str
+    power_policy: int
+    bootstrap: BootstrapSummary
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ..., power: _Optional[int] = ..., power_off_mode: _Optional[int] = ..., power_off_grace_s: _Optional[int] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., restart_request_id: _Optional[str] = ..., power_policy: _Optional[int] = ..., bootstrap: _Optional[_Union[BootstrapSummary, _Mapping]] = ...) -> None: ...
+
+class BootstrapSummary(_message.Message):
+    __slots__ = ("format", "size_bytes", "sha256")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    format: int
+    size_bytes: int
+    sha256: bytes
+    def __init__(self, format: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+
+class BootstrapData(_message.Message):
+    __slots__ = ("uid", "format", "user_data", "metadata")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    USER_DATA_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    uid: str
+    format: int
+    user_data: bytes
+    metadata: bytes
+    def __init__(self, uid: _Optional[str] = ..., format: _Optional[int] = ..., user_data: _Optional[bytes] = ..., metadata: _Optional[bytes] = ...) -> None: ...
+
+class Address(_message.Message):
+    __slots__ = ("ip", "mac", "network", "family")
+    IP_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ip: str
+    mac: str
+    network: str
+    family: int
+    def __init__(self, ip: _Optional[str] = ..., mac: _Optional[str] = ..., network: _Optional[str] = ..., family: _Optional[int] = ...) -> None: ...
+
+class Condition(_message.Message):
+    __slots__ = ("type", "status", "reason", "message", "time_ns")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    status: str
+    reason: str
+    message: str
+    time_ns: int
+    def __init__(self, type: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., time_ns: _Optional[int] = ...) -> None: ...
 
 class VmStatus(_message.Message):
-    __slots__ = ("state", "host", "reason", "message", "update_time_ns", "accepted_time_ns")
+    __slots__ = ("state", "host", "reason", "message", "update_time_ns", "accepted_time_ns", "addresses", "conditions", "power_time_ns", "restarts", "bootstrap_state")
     STATE_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    POWER_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_STATE_FIELD_NUMBER: _ClassVar[int]
     state: int
     host: str
     reason: str
     message: str
     update_time_ns: int
     accepted_time_ns: int
-    def __init__(self, state: _Optional[int] = ..., host: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., update_time_ns: _Optional[int] = ..., accepted_time_ns: _Optional[int] = ...) -> None: ...
+    addresses: _containers.RepeatedCompositeFieldContainer[Address]
+    conditions: _containers.RepeatedCompositeFieldContainer[Condition]
+    power_time_ns: int
+    restarts: int
+    bootstrap_state: int
+    def __init__(self, state: _Optional[int] = ..., host: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., update_time_ns: _Optional[int] = ..., accepted_time_ns: _Optional[int] = ..., addresses: _Optional[_Iterable[_Union[Address, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., bootstrap_state: _Optional[int] = ...) -> None: ...
 
 class Binding(_message.Message):
     __slots__ = ("spec", "host", "delete_time_ns", "zone", "evict_reason", "evict_message")
