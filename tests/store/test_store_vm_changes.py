@@ -52,7 +52,10 @@ def make_spec(vm_id: str, resources: Resources = SMALL, **kwargs) -> VmSpec:
                   shard=shard_of(uid, SHARDS), **kwargs)
 
 
-async def make_project(client: EtcdClient, keys: Keys, limits: Limits = Limits()) -> None:
+UNLIMITED = Limits()
+
+
+async def make_project(client: EtcdClient, keys: Keys, limits: Limits = UNLIMITED) -> None:
     store = TenancyStore(client, keys)
     try:
         await store.create_tenant(Tenant(TENANT))
@@ -75,6 +78,16 @@ async def bind_all(client: EtcdClient, keys: Keys, specs: list[VmSpec], host: st
     alloc = HostAllocation.from_bytes(alloc_kv.value) if alloc_kv else HostAllocation()
     result = await sched.bind(None, [HostBind(host, alloc_kv.mod_revision if alloc_kv else 0, alloc, queued)])
     assert result.committed == [True]
+
+
+async def unbind(client: EtcdClient, keys: Keys, ref: VmRef, host: str, *, requeue: bool) -> None:
+    """Unbind ``ref`` from ``host`` as an agent or the host evictor does (bindings.unbind)."""
+    binding_kv = await client.get(keys.binding(host, ref))
+    alloc_kv = await client.get(keys.host_alloc(host))
+    txn = bindings.unbind(keys, HostRead(host, HostAllocation.from_bytes(alloc_kv.value), alloc_kv.mod_revision),
+                          [Unbind(Binding.from_bytes(binding_kv.value), binding_kv.mod_revision, requeue)],
+                          zone_counts={}, at=now_ns(), tombstone_lease=0)
+    assert (await client.txn(txn.compares, txn.writes)).succeeded
 
 
 async def usage(client: EtcdClient, keys: Keys) -> Usage:
@@ -124,7 +137,8 @@ def test_a_bound_vms_resize_moves_binding_allocation_and_quota_in_one_revision(e
             # The VM as read, its binding + allocation + registration in one read, the commit.
             assert client.round_trips == 3
             assert update.changed and update.record.spec.resources == Resources(4, 4096, 40)
-            spec_kv, binding_kv = await client.get(keys.vm_spec(spec.ref)), await client.get(keys.binding("h1", spec.ref))
+            spec_kv = await client.get(keys.vm_spec(spec.ref))
+            binding_kv = await client.get(keys.binding("h1", spec.ref))
             alloc_kv = await client.get(keys.host_alloc("h1"))
             usage_kvs, _rev = await client.range_prefix(keys.usage_prefix(TENANT, PROJECT))
             assert spec_kv.mod_revision == binding_kv.mod_revision == alloc_kv.mod_revision == update.revision
@@ -301,13 +315,7 @@ def test_a_check_sees_a_requeue_that_raced_the_change(etcd_endpoint: str, root: 
             await bind_all(client, keys, [spec], "h1")
 
             async def requeue() -> None:
-                binding_kv = await other.get(keys.binding("h1", spec.ref))
-                alloc_kv = await other.get(keys.host_alloc("h1"))
-                txn = bindings.unbind(keys, HostRead("h1", HostAllocation.from_bytes(alloc_kv.value),
-                                                     alloc_kv.mod_revision),
-                                      [Unbind(Binding.from_bytes(binding_kv.value), binding_kv.mod_revision, True)],
-                                      zone_counts={}, at=now_ns(), tombstone_lease=0)
-                assert (await other.txn(txn.compares, txn.writes)).succeeded
+                await unbind(other, keys, spec.ref, "h1", requeue=True)
 
             client.before_write = requeue
             seen: list[VmState] = []
@@ -393,12 +401,7 @@ def test_bootstrap_data_goes_with_the_unbind_that_removes_its_vm(etcd_endpoint: 
             await bind_all(client, keys, [spec], "h1")
             await store.request_delete(spec.ref)
             assert await client.get(keys.bootstrap(spec.ref)) is not None  # the agent has not destroyed it yet
-            binding_kv = await client.get(keys.binding("h1", spec.ref))
-            alloc_kv = await client.get(keys.host_alloc("h1"))
-            txn = bindings.unbind(keys, HostRead("h1", HostAllocation.from_bytes(alloc_kv.value), alloc_kv.mod_revision),
-                                  [Unbind(Binding.from_bytes(binding_kv.value), binding_kv.mod_revision, False)],
-                                  zone_counts={}, at=now_ns(), tombstone_lease=0)
-            assert (await client.txn(txn.compares, txn.writes)).succeeded
+            await unbind(client, keys, spec.ref, "h1", requeue=False)  # as its agent, once it destroyed it
             assert await client.get(keys.bootstrap(spec.ref)) is None
             assert await client.get(keys.vm_spec(spec.ref)) is None
 

@@ -285,7 +285,8 @@ def test_bootstrap_data_is_stored_apart_and_never_read_back(system, c) -> None:
     assert not any(MARKER.encode() in value for value in vm_values)
 
     # No read, list, watch or audit record carries any of it.
-    wait_until(lambda: c.get_vm(vm_id).state != vm_pb2.Vm.PENDING, timeout=30, message="the VM to be placed")
+    wait_until(lambda: c.get_vm(vm_id).state != vm_pb2.Vm.PENDING, timeout=30, message="the VM to be placed",
+               seen=lambda: vm_pb2.Vm.State.Name(c.get_vm(vm_id).state))
     answers = [c.get_vm(vm_id).SerializeToString(),
                c._call(c._vms.ListVms, vm_pb2.ListVmsRequest(parent=c.parent)).SerializeToString()]
     for resource_version in (0, listed_from):
