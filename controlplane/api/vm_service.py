@@ -1,7 +1,13 @@
 """quanta.v1.VmService: validate, then read or write desired state in etcd.
 
 Stateless: everything it knows comes from etcd (the flavor/image catalog is a
-watched cache). Create returns at once with the VM PENDING.
+watched cache). Create returns at once with the VM PENDING. Every later change
+(update, start, stop, restart, delete) goes through VmStore.update_spec, audited in
+its transaction; a refusal writes nothing.
+
+Bootstrap data (CreateVm's vm.bootstrap) is secret: it is stored in the create's
+transaction under its own key, and nothing here logs it, puts it in an error or an
+audit record, or returns more than its summary.
 """
 
 from __future__ import annotations
@@ -266,8 +272,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
 
     async def StopVm(self, request: vm_pb2.StopVmRequest, context) -> vm_pb2.Vm:
         tenant, project, vm_id = validation.parse_vm_name(request.name)
-        mode, grace = _power_off(request)
         require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
+        mode, grace = _power_off(request)
         at = now_ns()
 
         def change(spec: VmSpec) -> VmSpec:
@@ -281,9 +287,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
 
     async def RestartVm(self, request: vm_pb2.RestartVmRequest, context) -> vm_pb2.Vm:
         tenant, project, vm_id = validation.parse_vm_name(request.name)
+        require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
         mode, grace = _power_off(request)
         validation.validate_request_id(request.request_id)
-        require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
         at = now_ns()
 
         def change(spec: VmSpec) -> VmSpec:
