@@ -157,7 +157,7 @@ def test_destroy_frees_capacity_and_is_idempotent(tmp_path: Any) -> None:
         hv.close()
 
     run(main())
-    assert [r["op"] for r in read_journal(tmp_path)] == ["create", "power_on", "destroy", "create"]
+    assert [r["op"] for r in read_journal(tmp_path)] == ["create", "power_on", "booted", "destroy", "create"]
 
 
 def test_power_is_idempotent_and_needs_the_vm(tmp_path: Any) -> None:
@@ -177,7 +177,7 @@ def test_power_is_idempotent_and_needs_the_vm(tmp_path: Any) -> None:
         hv.close()
 
     run(main())
-    assert [r["op"] for r in read_journal(tmp_path)] == ["create", "power_on", "power_off"]
+    assert [r["op"] for r in read_journal(tmp_path)] == ["create", "power_on", "booted", "power_off"]
 
 
 def test_concurrent_create_of_one_uid_makes_one_vm(tmp_path: Any) -> None:
@@ -376,7 +376,7 @@ def test_zero_latency_never_suspends() -> None:
 
 def test_realistic_latency_and_validation() -> None:
     assert SimLatency.realistic() == SimLatency(create=0.3, power_on=0.1, power_off=0.05, reconfigure=0.1,
-                                                destroy=0.1)
+                                                destroy=0.1, boot=1.0, shutdown=0.5)
     with pytest.raises(ValueError):
         SimLatency(create=-1)
     with pytest.raises(ValueError):
