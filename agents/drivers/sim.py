@@ -295,12 +295,13 @@ class SimHypervisor:
             op, uid = r["op"], r["vm_uid"]
             if op == "create":
                 # Fields a journal written by an older version lacks take their defaults.
-                vm = vms.setdefault(uid, _Vm(VmRequest(**{k: r[k] for k in _REQUEST_FIELDS if k in r})))
-                vm.bootstrap_present = "bootstrap_size" in r  # its bytes died with the last process
+                made = vms.setdefault(uid, _Vm(VmRequest(**{k: r[k] for k in _REQUEST_FIELDS if k in r})))
+                made.bootstrap_present = "bootstrap_size" in r  # its bytes died with the last process
                 continue
-            vm = vms.get(uid)
-            if vm is None:
+            found = vms.get(uid)
+            if found is None:
                 continue
+            vm = found
             if op == "destroy":
                 del vms[uid]
             elif op == "power_on":
