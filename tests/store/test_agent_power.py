@@ -45,6 +45,7 @@ from controlplane.store.vms import VmStore
 from tests.conftest import async_wait_until, make_projects, running
 
 HOST = "sim-00000"
+ZERO = SimLatency()
 SMALL = Resources(1, 1024, 10)
 TENANT, PROJECT = "acme", "web"
 
@@ -120,7 +121,7 @@ def running_with_address(status: VmStatus) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def world(etcd_endpoint: str, root: str, state_dir: str, *, latency: SimLatency = SimLatency(),
+async def world(etcd_endpoint: str, root: str, state_dir: str, *, latency: SimLatency = ZERO,
                 clear_after_s: float = 600.0, silent_images: tuple[str, ...] = ()) -> AsyncIterator[World]:
     hv = SimHypervisor(state_dir, latency=latency, silent_images=silent_images)
     host = hv.add_host(HOST, HostCapacity(64, 256 * 1024, 10_000))
