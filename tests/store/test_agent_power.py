@@ -167,7 +167,7 @@ def test_a_guest_that_ignores_the_shutdown_is_powered_off_hard_after_the_grace(e
             asked = time.monotonic()
             spec = await w.change(spec, **stopping({"power_off_grace_s": 2}))
             await async_wait_until(lambda: any(r["op"] == "shutdown_guest" for r in w.journal(spec.uid)),
-                                   message="the guest asked to shut down")
+                                   message="the guest asked to shut down", seen=lambda: w.journal(spec.uid))
             assert (await w.status(spec)).state == VmState.RUNNING  # within its grace
             status = await w.until(spec, lambda s: s.state == VmState.STOPPED, "STOPPED after the grace")
             assert time.monotonic() - asked >= 1.5  # (the deadline counts from the request's time)
@@ -225,7 +225,8 @@ def test_a_restart_is_applied_once_also_across_an_agent_restart(etcd_endpoint, r
         async with world(etcd_endpoint, root, str(tmp_path)) as w:
             key = (HOST, spec.ref)
             await async_wait_until(lambda: key in w.agent.reconciler.applied and w.agent.reconciler.applied[key].last,
-                                   message="the new agent reconciled the VM")
+                                   message="the new agent reconciled the VM",
+                                   seen=lambda: w.agent.reconciler.applied.get(key))
             assert w.agent.reconciler.applied[key].restarts == 1
             assert len(w.journal(spec.uid)) == journaled, "the restart was repeated"
             assert (await w.status(spec)).restarts == 1
@@ -246,12 +247,14 @@ def test_a_stop_outside_quanta_is_reported_and_respected_unless_keep_running(etc
             assert (await w.host.get_vm(kept.uid)).power is PowerState.OFF
             # The KEEP_RUNNING VM is powered on again.
             await async_wait_until(lambda: [r["op"] for r in w.journal(revived.uid)].count("power_on") == 2,
-                                   message="the KEEP_RUNNING VM powered on again")
+                                   message="the KEEP_RUNNING VM powered on again",
+                                   seen=lambda: w.journal(revived.uid))
             await w.until(revived, running_with_address, "the KEEP_RUNNING VM RUNNING")
             # A resync does not power the kept one on either; a start does.
             w.agent._queue.add((HOST, kept.ref))
             await async_wait_until(lambda: not w.agent._queue.in_flight() and not len(w.agent._queue),
-                                   message="the queue drained")
+                                   message="the queue drained",
+                                   seen=lambda: (w.agent._queue.in_flight(), len(w.agent._queue)))
             assert [r["op"] for r in w.journal(kept.uid)].count("power_on") == 1
             kept = await w.change(kept, power=Power.ON, power_time_ns=now_ns())
             await w.until(kept, running_with_address, "started")
@@ -273,7 +276,8 @@ def test_a_resize_that_needs_a_power_cycle_gets_one(etcd_endpoint, root, tmp_pat
             await async_wait_until(
                 lambda: _is(w.host.hardware(spec.uid), (1, 1024)), message="shrunk",
                 seen=lambda: w.host.hardware(spec.uid))
-            await async_wait_until(lambda: _on(w.host, spec.uid), message="powered on again")
+            await async_wait_until(lambda: _on(w.host, spec.uid), message="powered on again",
+                                   seen=lambda: w.journal(spec.uid))
             ops = [(r["op"], r.get("by")) for r in w.journal(spec.uid)]
             assert ("shutdown_guest", None) in ops and ops.count(("power_on", None)) == 2
             await w.until(spec, running_with_address, "RUNNING after the resize")
