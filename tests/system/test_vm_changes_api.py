@@ -269,18 +269,24 @@ def test_bootstrap_data_is_stored_apart_and_never_read_back(system, c) -> None:
     request.vm.bootstrap.user_data = user_data + b"\n"
     assert _error(lambda: c._call(c._vms.CreateVm, request)).reason == "REQUEST_ID_REUSED"
 
-    # In etcd, under bootstrap/, with the rendered metadata: and nowhere under vms/.
+    # In etcd, under bootstrap/, with the rendered metadata: and nowhere under vms/. Read
+    # for a VM no host takes (the agent clears a placed VM's data once its guest has
+    # bootstrapped, which the sim's guest does at once).
+    held_id = _fresh()
+    held = create(c, held_id, node_selector={"nowhere": "x"}, bootstrap=_bootstrap(user_data, metadata=(
+        vm_pb2.BootstrapMetadata(ssh_authorized_keys=[f"ssh-ed25519 AAAA {MARKER}"], values={"role": MARKER}))))
+
     async def read() -> tuple[BootstrapData, list[bytes]]:
         keys = Keys(system.root)
         async with EtcdClient(system.etcd_endpoint) as client:
-            kv = await client.get(keys.bootstrap(VmRef(TENANT, PROJECT, vm_id)))
+            kv = await client.get(keys.bootstrap(VmRef(TENANT, PROJECT, held_id)))
             assert kv is not None
             vms, _rev = await client.range_prefix(keys.vms_prefix())
             return BootstrapData.from_bytes(kv.value), [v.value for v in vms]
 
     data, vm_values = asyncio.run(read())
-    assert data.user_data == user_data and data.uid == made.uid
-    assert f'"local-hostname":"{vm_id}"'.encode() in data.metadata and f'"instance-id":"{made.uid}"'.encode() \
+    assert data.user_data == user_data and data.uid == held.uid
+    assert f'"local-hostname":"{held_id}"'.encode() in data.metadata and f'"instance-id":"{held.uid}"'.encode() \
         in data.metadata and MARKER.encode() in data.metadata
     assert not any(MARKER.encode() in value for value in vm_values)
 
