@@ -15,7 +15,15 @@ from controlplane.gen.quanta.v1 import auth_pb2, common_pb2, vm_pb2
 from quanta.cli import views
 from quanta.cli.errors import CliError, describe, guarded
 from quanta.cli.output import FORMATS, Printer, Section, short_name
-from quanta.cli.waiting import running, settled_after, stopped, wait_for_drain, wait_for_vm, wait_for_vms
+from quanta.cli.waiting import (
+    as_desired,
+    running,
+    settled_after,
+    stopped,
+    wait_for_drain,
+    wait_for_vm,
+    wait_for_vms,
+)
 from quanta.client import Client, resolve_endpoint
 from quanta.errors import Aborted
 
@@ -253,7 +261,7 @@ def _power_parsers(sub, common: argparse.ArgumentParser) -> None:
     resize.add_argument("name", metavar="NAME", help="VM id (web-1, vms/web-1 or its full name)")
     resize.add_argument("flavor", metavar="FLAVOR", help="the new flavor (see `quanta flavor list`)")
     resize.add_argument("--etag", default="", help="only if the VM is still at this etag (from `get -o json`)")
-    add_wait(resize, "its agent has reconfigured it")
+    add_wait(resize, "it is in its desired power state (RUNNING with an address, or STOPPED) again")
     update = sub.add_parser("update", parents=[common], help="change a VM's labels and/or flavor",
                             description="Change a VM's labels (read, changed and written back with the etag read, "
                                         "again if another change came between) and/or its flavor (a resize).")
@@ -265,7 +273,7 @@ def _power_parsers(sub, common: argparse.ArgumentParser) -> None:
     update.add_argument("--flavor", default=None, help="resize to this flavor")
     update.add_argument("--etag", default="",
                         help="only if the VM is still at this etag (default: the one read before changing labels)")
-    add_wait(update, "its agent has applied a resize")
+    add_wait(update, "after a resize, it is in its desired power state again")
 
 
 def _host_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -400,7 +408,9 @@ def _vm(args, client: Client, printer: Printer) -> None:
     elif args.verb in ("resize", "update"):
         vm = _update(args, client)
         if args.wait and (args.verb == "resize" or args.flavor):
-            _wait_and_show(client, printer, [vm], settled_after(vm), "the resize", args.timeout)
+            # The agent writes no status for a resize that needs no power cycle: wait for
+            # the power state a cycle would pass through, not for a write that may not come.
+            _wait_and_show(client, printer, [vm], as_desired, "the resize", args.timeout)
         else:
             printer.one(vm, views.VM)
     elif args.verb == "watch":
