@@ -35,8 +35,14 @@ def pairs(mapping: Mapping[str, str]) -> str:
 
 
 def _condition(vm: vm_pb2.Vm) -> common_pb2.Condition | None:
-    """The condition that explains the VM's state: the first with a reason."""
-    return next((c for c in vm.conditions if c.reason), None)
+    """The condition that explains the VM's state: the first not True with a reason
+    (NoHostFits, WaitingForAddress, ...), else for a STOPPED VM why it is stopped
+    (StoppedByRequest, StoppedOutsideQuanta, CreatedStopped); None when nothing needs
+    explaining (AddressReported and BootstrapCleared say all is well)."""
+    pending = next((c for c in vm.conditions if c.reason and c.status != "True"), None)
+    if pending is not None or vm.state != vm_pb2.Vm.STOPPED:
+        return pending
+    return next((c for c in vm.conditions if c.type == "Stopped" and c.reason), None)
 
 
 def vm_state(vm: vm_pb2.Vm) -> str:
@@ -46,7 +52,9 @@ def vm_state(vm: vm_pb2.Vm) -> str:
 def vm_reason(vm: vm_pb2.Vm) -> str:
     """``"NoHostFits: 0/11 hosts fit: ..."``, or "" when nothing is amiss."""
     condition = _condition(vm)
-    return f"{condition.reason}: {condition.message}" if condition else ""
+    if condition is None:
+        return ""
+    return f"{condition.reason}: {condition.message}" if condition.message else condition.reason
 
 
 def desired_power(vm: vm_pb2.Vm) -> str:

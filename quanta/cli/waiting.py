@@ -127,14 +127,18 @@ def wait_for_vms(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[vm_pb
     ``timeout_s`` naming a VM not done, its state and condition, and ``goal``."""
     last: dict[str, vm_pb2.Vm | None] = {vm.name: vm for vm in vms}
     finished: set[str] = set()
+    shown: dict[str, str] = {}
 
     def show(name: str) -> None:
         vm = last[name]
+        line = status_line(name, vm) if vm is not None else f"{short_name(name)}: gone"
+        if shown.get(name) == line and name not in finished:
+            return  # nothing new about this VM (e.g. a watch listing it again)
+        shown[name] = line
         if len(last) == 1:
-            progress.update(status_line(name, vm) if vm is not None else f"{short_name(name)}: gone")
+            progress.update(line)
         else:
-            text = f"{len(finished)}/{len(last)} done" + (f"; {status_line(name, vm)}" if vm is not None else "")
-            progress.update(text, completed=len(finished), total=len(last))
+            progress.update(f"{len(finished)}/{len(last)} done; {line}", completed=len(finished), total=len(last))
 
     for vm in vms:
         show(vm.name)

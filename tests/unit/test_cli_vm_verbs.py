@@ -262,3 +262,29 @@ def test_one_vm_of_several_failing_is_said_and_the_others_go_on(capsys) -> None:
     assert capsys.readouterr().err == "error: vms/b: FAILED_PRECONDITION: VM_PENDING: vm b is not placed yet\n"
     with pytest.raises(ApiError):  # one VM: its error ends the command as any other
         resources._each(client, ["b"], client.stop)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("state", "conditions", "reason"), [
+    (vm_pb2.Vm.RUNNING, [("AddressAssigned", "True", "AddressReported"), ("Bootstrapped", "True", "BootstrapCleared")],
+     "-"),
+    (vm_pb2.Vm.RUNNING, [("AddressAssigned", "False", "WaitingForAddress")], "WaitingForAddress"),
+    (vm_pb2.Vm.RUNNING, [("AddressAssigned", "True", "AddressReported"), ("Bootstrapped", "False", "WaitingForGuest")],
+     "WaitingForGuest"),
+    (vm_pb2.Vm.STOPPED, [("Stopped", "True", "StoppedOutsideQuanta")], "StoppedOutsideQuanta"),
+    (vm_pb2.Vm.PENDING, [("Scheduled", "False", "NoHostFits")], "NoHostFits"),
+])
+def test_the_reason_column_explains_only_what_needs_explaining(state: int, conditions: list, reason: str) -> None:
+    subject = vm("a", state, conditions=[common_pb2.Condition(type=t, status=s, reason=r) for t, s, r in conditions])
+    assert printed("table", lambda p: p.one(subject, views.VM)).splitlines()[1].split()[-1] == reason
+    assert views.vm_reason(subject) == ("" if reason == "-" else reason)
+
+
+def test_quanta_up_zones_take_a_count_or_names() -> None:
+    from quanta.cli.up import build_parser
+
+    assert build_parser().parse_args(["--zones", "3"]).zones == ("zone-1", "zone-2", "zone-3")
+    assert build_parser().parse_args(["--zones", "a, b"]).zones == ("a", "b")
+    assert build_parser().parse_args([]).zones == ()
+    for bad in ("0", ",", "101"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--zones", bad])
