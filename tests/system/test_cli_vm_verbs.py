@@ -99,7 +99,7 @@ def test_refusals_say_code_and_reason_and_change_nothing(system) -> None:
     assert unknown.returncode == 1 and "INVALID_ARGUMENT" in unknown.stderr and "--flavor" in unknown.stderr
     assert "Traceback" not in stale.stderr + unknown.stderr
     after = get(system, "db-1")
-    assert (after["labels"] if "labels" in after else {}) == before.get("labels", {}) and after["flavor"] == "small"
+    assert after.get("labels", {}) == before.get("labels", {}) and after["flavor"] == "small"
     # Several VMs: the one that fails is named, the others are stopped, the exit code says it.
     several = quanta(system, "stop", "db-1", "missing-1", "--hard")
     assert several.returncode == 1 and "error: vms/missing-1: NOT_FOUND" in several.stderr, several.stderr
