@@ -52,6 +52,7 @@ class Violations:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self.reason = ""  # set: the reason to raise with instead of FIELD_INVALID (e.g. USER_DATA_TOO_LARGE)
 
     def add(self, field: str, description: str) -> None:
         self.items.append((field, description))
@@ -66,10 +67,11 @@ class Violations:
             self.items.extend(err.field_violations)
             return None
 
-    def raise_if_any(self, reason: str = "FIELD_INVALID") -> None:
-        """Raises INVALID_ARGUMENT listing everything collected; no-op when nothing was."""
+    def raise_if_any(self, reason: str = "") -> None:
+        """Raises INVALID_ARGUMENT listing everything collected, with ``reason``, else
+        :attr:`reason` if set, else FIELD_INVALID; no-op when nothing was collected."""
         if self.items:
-            raise invalid_argument(self.items, reason)
+            raise invalid_argument(self.items, reason or self.reason or "FIELD_INVALID")
 
     def valid(self, value: T | None) -> T:
         """``value`` (what a ``capture`` returned, or a lookup whose absence was
@@ -422,3 +424,64 @@ def validate_resource_version(value: int, field: str = "resource_version") -> No
     """A watch's starting point: 0 (now) or an etcd revision."""
     if not 0 <= value <= MAX_REVISION:
         raise invalid_argument([(field, f"must be between 0 and {MAX_REVISION}")])
+
+
+def update_mask(paths: list[str], allowed: tuple[str, ...], *, write_once: tuple[str, ...] = (),
+                field: str = "update_mask") -> set[str]:
+    """The paths of a required update mask, each one of ``allowed``, or ``"*"`` for all of
+    them. A path in ``write_once`` (set at create, never changed) is refused by name;
+    any other is refused listing the allowed ones."""
+    if not paths:
+        raise invalid_argument([(field, f"required: one or more of {list(allowed)}, or \"*\"")])
+    out: list[tuple[str, str]] = []
+    chosen: set[str] = set()
+    for path in paths:
+        if path == "*":
+            chosen.update(allowed)
+        elif path in allowed:
+            chosen.add(path)
+        elif path.split(".")[0] in write_once:
+            out.append((field, f"{_show(path)} is write-once (set at create only)"))
+        else:
+            out.append((field, f"unknown or immutable path {_show(path)}; allowed: {list(allowed)} or \"*\""))
+    if out:
+        raise invalid_argument(out)
+    return chosen
+
+
+def duration_seconds(seconds: int, nanos: int, *, default: int, maximum: int, field: str) -> int:
+    """Whole seconds of a google.protobuf.Duration (a fraction rounds up); 0 (unset) →
+    ``default``; negative or above ``maximum`` is INVALID_ARGUMENT."""
+    if seconds < 0 or nanos < 0:
+        raise invalid_argument([(field, "must not be negative")])
+    whole = seconds + (1 if nanos else 0)
+    if whole > maximum:
+        raise invalid_argument([(field, f"must be at most {maximum} s, got {whole} s")])
+    return whole or default
+
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$")
+#: Metadata keys Quanta renders itself (``bootstrap.render_metadata``); ``values`` may not set them.
+RESERVED_METADATA_KEYS = ("instance-id", "local-hostname", "public-keys-data")
+
+
+def bootstrap_metadata_violations(*, instance_id: str, hostname: str, ssh_authorized_keys: list[str],
+                                  values: Mapping[str, str], field: str) -> list[tuple[str, str]]:
+    """Problems with a VM's instance metadata. Bootstrap data is secret: the
+    descriptions never repeat what was given (only which field, and why)."""
+    out: list[tuple[str, str]] = []
+    if len(instance_id) > 256 or any(not " " < ch <= "~" for ch in instance_id):
+        out.append((f"{field}.instance_id", "at most 256 printable ASCII characters without spaces"))
+    if hostname and (len(hostname) > 253 or not _HOSTNAME.match(hostname)):
+        out.append((f"{field}.hostname", "must be a DNS name (labels of letters, digits and '-', "
+                                          "at most 253 characters)"))
+    for i, key in enumerate(ssh_authorized_keys):
+        if not key.strip() or "\n" in key or "\r" in key:
+            out.append((f"{field}.ssh_authorized_keys[{i}]", "must be one non-empty line"))
+    for key in RESERVED_METADATA_KEYS:
+        if key in values:
+            out.append((_label_field(f"{field}.values", key),
+                        "set by Quanta (from instance_id, hostname, ssh_authorized_keys)"))
+    if any(not k for k in values):
+        out.append((f"{field}.values", "keys must not be empty"))
+    return out

@@ -1,31 +1,66 @@
 """quanta.v1.VmService: validate, then read or write desired state in etcd.
 
 Stateless: everything it knows comes from etcd (the flavor/image catalog is a
-watched cache). Create returns at once with the VM PENDING.
+watched cache). Create returns at once with the VM PENDING. Every later change
+(update, start, stop, restart, delete) goes through VmStore.update_spec, audited in
+its transaction; a refusal writes nothing.
+
+Bootstrap data (CreateVm's vm.bootstrap) is secret: it is stored in the create's
+transaction under its own key, and nothing here logs it, puts it in an error or an
+audit record, or returns more than its summary.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import grpc
 from prometheus_client import Counter
 
 from controlplane.api import errors, validation
 from controlplane.api.access import audit_draft, require
-from controlplane.api.convert import RESTART_POLICY_FROM_PROTO, SCOPE_FROM_PROTO, vm_to_proto
+from controlplane.api.convert import (
+    BOOTSTRAP_FORMAT_FROM_PROTO,
+    POWER_FROM_PROTO,
+    POWER_OFF_MODE_FROM_PROTO,
+    POWER_POLICY_FROM_PROTO,
+    RESTART_POLICY_FROM_PROTO,
+    SCOPE_FROM_PROTO,
+    vm_to_proto,
+)
 from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
-from controlplane.models import Scope, VmRef, VmSpec, now_ns
-from controlplane.store import idempotency
+from controlplane.models import (
+    DEFAULT_STOP_GRACE_S,
+    MAX_STOP_GRACE_S,
+    BootstrapFormat,
+    Power,
+    PowerOffMode,
+    Scope,
+    VmRef,
+    VmSpec,
+    VmState,
+    now_ns,
+)
+from controlplane.store import bootstrap, idempotency
+from controlplane.store.bootstrap import MAX_METADATA_BYTES, MAX_USER_DATA_BYTES, BootstrapData
 from controlplane.store.catalog import Catalog
-from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
+from controlplane.store.errors import (
+    AlreadyExists,
+    Conflict,
+    HostFull,
+    NotFound,
+    RequestMismatch,
+    RequestReplayed,
+)
 from controlplane.store.keys import shard_of
 from controlplane.store.ledger import ProjectDeleting, QuotaExceeded
-from controlplane.store.vms import VmStore
+from controlplane.store.vms import SpecUpdate, VmRecord, VmStore
 
 CREATIONS_ACCEPTED = Counter("quanta_vm_creations_accepted_total", "VM creations accepted by the API.")
 
@@ -77,13 +112,18 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             v.add("vm.affinity_scope", "ZONE needs an affinity_group")
         if vm.restart_policy not in RESTART_POLICY_FROM_PROTO:
             v.add("vm.restart_policy", f"unknown restart policy {vm.restart_policy}; ALWAYS or NEVER")
+        if vm.power not in POWER_FROM_PROTO:
+            v.add("vm.power", f"unknown power state {vm.power}; POWERED_ON or POWERED_OFF")
+        if vm.power_policy not in POWER_POLICY_FROM_PROTO:
+            v.add("vm.power_policy", f"unknown power policy {vm.power_policy}; KEEP_STOPPED or KEEP_RUNNING")
         v.capture(validation.validate_request_id, request.request_id)
         if vm.name and parent and vm.name != validation.vm_name(*parent, vm_id):
             v.add("vm.name", "output only; leave empty or equal to parent/vms/vm_id")
+        uid = uuid.uuid4().hex
+        data = _bootstrap_data(vm, uid, vm_id, v)
         v.raise_if_any()
         tenant, project = v.valid(parent)
         flavor = v.valid(flavor)
-        uid = uuid.uuid4().hex
         spec = VmSpec(
             ref=VmRef(tenant, project, vm_id), uid=uid, flavor=vm.flavor, image=vm.image,
             resources=flavor.resources, labels=dict(vm.labels),
@@ -92,11 +132,15 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             restart_policy=RESTART_POLICY_FROM_PROTO[vm.restart_policy],
             anti_affinity_scope=SCOPE_FROM_PROTO[vm.anti_affinity_scope], affinity_group=vm.affinity_group,
             affinity_scope=SCOPE_FROM_PROTO[vm.affinity_scope],
+            power=POWER_FROM_PROTO[vm.power], power_policy=POWER_POLICY_FROM_PROTO[vm.power_policy],
+            bootstrap=data.summary() if data is not None else None,
         )
         draft = audit_draft()
+        # The bootstrap data goes in the create's own transaction (no round trip of its own).
+        secret = [bootstrap.put_op(self._store.keys, spec.ref, data)] if data is not None else []
         try:
             record, created = await self._store.create(
-                spec, also=await draft.writes() if draft else (),
+                spec, also=[*(await draft.writes() if draft else ()), *secret],
                 fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id)))
         except RequestMismatch as err:
             raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED", str(err),
@@ -178,6 +222,115 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         vm.resource_version = deletion.revision
         return vm
 
+    # --- changes after create: one path (VmStore.update_spec) ------------------------------
+
+    async def UpdateVm(self, request: vm_pb2.UpdateVmRequest, context) -> vm_pb2.Vm:
+        vm = request.vm
+        tenant, project, vm_id = validation.parse_vm_name(vm.name, "vm.name")
+        require(Action.WRITE_VMS, tenant, project, kind="vm", name=vm.name)
+        v = validation.Violations()
+        paths = v.capture(validation.update_mask, list(request.update_mask.paths), UPDATABLE,
+                          write_once=WRITE_ONCE)
+        v.raise_if_any()
+        paths = v.valid(paths)
+        labels = dict(vm.labels)
+        if "labels" in paths:
+            v.capture(validation.validate_labels, labels, "vm.labels")
+            if sum(len(k) + len(val) for k, val in labels.items()) > MAX_LABELS_BYTES:
+                v.add("vm.labels", f"labels exceed {MAX_LABELS_BYTES} bytes in total")
+        flavor = None
+        if "flavor" in paths:
+            flavor = self._catalog.flavor_for(tenant, vm.flavor)
+            if not vm.flavor:
+                v.add("vm.flavor", "required when the mask names flavor")
+            elif flavor is None:
+                known = ", ".join(sorted(self._catalog.flavors_for(tenant)))
+                v.add("vm.flavor", f"unknown flavor {vm.flavor!r}; known: {known}")
+        v.raise_if_any()
+
+        def change(spec: VmSpec) -> VmSpec:
+            if "labels" in paths:
+                spec = replace(spec, labels=labels)
+            if flavor is not None and vm.flavor != spec.flavor:
+                # A resize: what the VM holds (quota, and its host's allocation) moves with it.
+                spec = replace(spec, flavor=vm.flavor, resources=flavor.resources)
+            return spec
+
+        update = await self._change(VmRef(tenant, project, vm_id), vm.name, change, etag=vm.etag,
+                                    check=_refuse_deleting)
+        return _answer(update)
+
+    async def StartVm(self, request: vm_pb2.StartVmRequest, context) -> vm_pb2.Vm:
+        tenant, project, vm_id = validation.parse_vm_name(request.name)
+        require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
+        at = now_ns()
+        update = await self._change(
+            VmRef(tenant, project, vm_id), request.name,
+            lambda spec: spec if spec.power is Power.ON else replace(spec, power=Power.ON, power_time_ns=at),
+            etag=request.etag, check=_refuse_deleting)
+        return _answer(update)
+
+    async def StopVm(self, request: vm_pb2.StopVmRequest, context) -> vm_pb2.Vm:
+        tenant, project, vm_id = validation.parse_vm_name(request.name)
+        require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
+        mode, grace = _power_off(request)
+        at = now_ns()
+
+        def change(spec: VmSpec) -> VmSpec:
+            if spec.power is Power.OFF:
+                return spec  # stopped already (or stopping): a retry, or a second stop
+            return replace(spec, power=Power.OFF, power_off_mode=mode, power_off_grace_s=grace, power_time_ns=at)
+
+        update = await self._change(VmRef(tenant, project, vm_id), request.name, change, etag=request.etag,
+                                    check=_refuse_pending_or_deleting)
+        return _answer(update)
+
+    async def RestartVm(self, request: vm_pb2.RestartVmRequest, context) -> vm_pb2.Vm:
+        tenant, project, vm_id = validation.parse_vm_name(request.name)
+        require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
+        mode, grace = _power_off(request)
+        validation.validate_request_id(request.request_id)
+        at = now_ns()
+
+        def change(spec: VmSpec) -> VmSpec:
+            if request.request_id and spec.restart_request_id == request.request_id:
+                return spec  # a retry of the restart that applied: no second restart
+            return replace(spec, power=Power.ON, restarts=spec.restarts + 1, power_off_mode=mode,
+                           power_off_grace_s=grace, power_time_ns=at, restart_request_id=request.request_id)
+
+        update = await self._change(VmRef(tenant, project, vm_id), request.name, change, etag=request.etag,
+                                    check=_refuse_pending_or_deleting)
+        return _answer(update)
+
+    async def _change(self, ref: VmRef, name: str, change: Callable[[VmSpec], VmSpec], *, etag: str,
+                      check: Callable[[VmRecord], None]) -> SpecUpdate:
+        """``change`` through VmStore.update_spec, audited in its transaction; store
+        outcomes as API errors. Nothing is written when it refuses."""
+        draft = audit_draft()
+        try:
+            update = await self._store.update_spec(ref, change, etag=etag, check=check,
+                                                   also=await draft.writes() if draft else ())
+        except NotFound as err:
+            raise errors.not_found("vm", name) from err
+        except Conflict as err:
+            raise errors.aborted(str(err), "ETAG_MISMATCH" if etag else "CONFLICT") from err
+        except QuotaExceeded as err:
+            raise errors.resource_exhausted(
+                str(err), "QUOTA_EXCEEDED",
+                metadata={"project": validation.project_name(ref.tenant, ref.project),
+                          "dimensions": ",".join(err.dimensions)}) from err
+        except ProjectDeleting as err:
+            raise errors.failed_precondition(
+                str(err), "PROJECT_DELETING",
+                metadata={"project": validation.project_name(ref.tenant, ref.project)}) from err
+        except HostFull as err:
+            raise errors.failed_precondition(
+                str(err), "HOST_FULL" if err.registered else "HOST_UNAVAILABLE",
+                metadata={"host": err.host, "dimensions": ",".join(err.dimensions)}) from err
+        if update.changed and draft:
+            draft.committed()
+        return update
+
     async def WatchVms(self, request: vm_pb2.WatchVmsRequest, context) -> AsyncIterator[vm_pb2.VmEvent]:
         v = validation.Violations()
         parent = v.capture(validation.parse_project_parent, request.parent)
@@ -227,6 +380,89 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             raise errors.out_of_range(
                 f"resource_version {request.resource_version} is too old; list again and watch from its "
                 "resource_version", "RESOURCE_VERSION_EXPIRED") from err
+
+
+#: The paths UpdateVm changes; and those it refuses by name (set at create only).
+UPDATABLE = ("labels", "flavor")
+WRITE_ONCE = ("bootstrap",)
+
+
+def _answer(update: SpecUpdate) -> vm_pb2.Vm:
+    vm = vm_to_proto(update.record)
+    vm.resource_version = update.revision
+    return vm
+
+
+def _refuse_deleting(record: VmRecord) -> None:
+    """Every verb refuses a VM being deleted (FAILED_PRECONDITION, VM_DELETING)."""
+    if record.spec.deleting:
+        raise errors.failed_precondition(f"vm {record.ref.name!r} is being deleted", "VM_DELETING",
+                                         metadata={"name": record.ref.name})
+
+
+def _refuse_pending_or_deleting(record: VmRecord) -> None:
+    """Stop and restart also refuse a VM not placed (FAILED_PRECONDITION, VM_PENDING):
+    there is nothing running to power off. Decided on the record update_spec compares."""
+    _refuse_deleting(record)
+    if record.status.state is VmState.PENDING:
+        raise errors.failed_precondition(f"vm {record.ref.name!r} is pending (not placed on a host yet)",
+                                         "VM_PENDING", metadata={"name": record.ref.name})
+
+
+def _power_off(request: vm_pb2.StopVmRequest | vm_pb2.RestartVmRequest) -> tuple[PowerOffMode, int]:
+    """(mode, grace in seconds) of a stop or restart; INVALID_ARGUMENT for an unknown
+    mode or a grace that is negative or above MAX_STOP_GRACE_S."""
+    v = validation.Violations()
+    if request.mode not in POWER_OFF_MODE_FROM_PROTO:
+        v.add("mode", f"unknown power-off mode {request.mode}; SOFT or HARD")
+    grace = v.capture(validation.duration_seconds, request.grace.seconds, request.grace.nanos,
+                      default=DEFAULT_STOP_GRACE_S, maximum=MAX_STOP_GRACE_S, field="grace")
+    v.raise_if_any()
+    return POWER_OFF_MODE_FROM_PROTO[request.mode], v.valid(grace)
+
+
+def _bootstrap_data(vm: vm_pb2.Vm, uid: str, vm_id: str, v: validation.Violations) -> BootstrapData | None:
+    """The bootstrap data a create stores (None when ``vm.bootstrap`` is unset), its
+    problems added to ``v``. Secret: no description repeats any of it."""
+    if not vm.HasField("bootstrap"):
+        return None
+    b = vm.bootstrap
+    field = "vm.bootstrap"
+    for name in ("size_bytes", "sha256", "state"):
+        if getattr(b, name):
+            v.add(f"{field}.{name}", "output only; leave it unset")
+    if b.format not in BOOTSTRAP_FORMAT_FROM_PROTO:
+        v.add(f"{field}.format", f"unknown format {b.format}; CLOUD_INIT or IGNITION")
+        return None
+    fmt = BOOTSTRAP_FORMAT_FROM_PROTO[b.format]
+    if not b.user_data and not b.HasField("metadata"):
+        v.add(field, "set user_data or metadata, or leave bootstrap unset")
+    if len(b.user_data) > MAX_USER_DATA_BYTES:
+        v.add(f"{field}.user_data", f"{len(b.user_data)} bytes; at most {MAX_USER_DATA_BYTES}")
+        v.reason = "USER_DATA_TOO_LARGE"
+    elif fmt is BootstrapFormat.IGNITION and b.user_data and not _json_object(b.user_data):
+        v.add(f"{field}.user_data", "an Ignition config must be a JSON object (UTF-8)")
+    m = b.metadata
+    problems = validation.bootstrap_metadata_violations(
+        instance_id=m.instance_id, hostname=m.hostname, ssh_authorized_keys=list(m.ssh_authorized_keys),
+        values=m.values, field=f"{field}.metadata")
+    if problems:
+        for path, why in problems:
+            v.add(path, why)
+        return None
+    metadata = bootstrap.render_metadata(instance_id=m.instance_id or uid, hostname=m.hostname or vm_id,
+                                         ssh_authorized_keys=list(m.ssh_authorized_keys), values=dict(m.values))
+    if len(metadata) > MAX_METADATA_BYTES:
+        v.add(f"{field}.metadata", f"{len(metadata)} bytes as rendered; at most {MAX_METADATA_BYTES}")
+        v.reason = v.reason or "METADATA_TOO_LARGE"
+    return BootstrapData(uid, fmt, b.user_data, metadata)
+
+
+def _json_object(data: bytes) -> bool:
+    try:
+        return isinstance(json.loads(data.decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError):
+        return False
 
 
 def encode_or_empty(scope: str, revision: int, next_ref: VmRef | None) -> str:

@@ -4,8 +4,8 @@ Actions, from least to most privileged:
 
 - READ: see a tenant's or project's resources. Any grant covering the scope; the
   tenant as a whole (its record, ticket and flavors) is readable with any grant in it.
-- WRITE_VMS: create and delete VMs in a project. tenant-admin of the tenant or
-  project-member of the project.
+- WRITE_VMS: create, update (relabel, resize), start, stop, restart and delete VMs
+  in a project. tenant-admin of the tenant or project-member of the project.
 - ADMIN: manage a tenant's projects, project quotas, private flavors, tokens and read
   its audit log. tenant-admin of the tenant.
 - SYSTEM: tenants, tenant tickets, public flavors and images. system-admin only.

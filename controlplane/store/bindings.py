@@ -12,6 +12,9 @@ the rules every writer of a host's bindings obeys.
   and status go too, and its bootstrap data if it is still stored).
 - **mark evicting** (the host evictor, a drained host): the binding is rewritten
   with why; its agent destroys the VM, then unbinds it into the queue.
+- **resize** (``VmStore.update_spec``, a flavor change of a bound VM): the binding is
+  rewritten with the new spec and the allocation moves by the difference, refused
+  when a dimension it grows would exceed the host's allocatable.
 - **adopt** (``bind(..., adopting=True)``, ``OrphanStore.adopt``): a quarantined VM
   already running on the host is bound with no queue entry.
 
@@ -31,7 +34,7 @@ counted by hand.
 Pure: no I/O. Used by ``SchedulingStore.bind``, ``AgentStore.remove_destroyed``,
 ``LifecycleStore.move_off`` and ``mark_evicting``, and ``OrphanStore.adopt``;
 ``VmStore.update_spec`` (the one writer of the spec's copies) rewrites bindings with
-:func:`as_bound` and :func:`holds_same`.
+:func:`as_bound` and :func:`holds_same`, and resizes with :func:`resize`.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from controlplane.models import (
     VmStatus,
 )
 from controlplane.store import bootstrap
+from controlplane.store.errors import HostFull
 from controlplane.store.keys import Keys
 from controlplane.store.tombstones import DELETED, MOVED, tombstone_put
 from controlplane.store.zones import ZoneCount, ZoneGroupId, add_delta, counted_changes
@@ -232,6 +236,41 @@ def unbind(keys: Keys, host: HostRead, vms: Sequence[Unbind], *, zone_counts: Ma
                 writes.append(bootstrap.delete_op(k, ref))
     writes.append(ops.put(k.host_alloc(host.host), allocation.to_bytes()))
     return HostTxn(host.host, compares, writes, allocation, after)
+
+
+#: The dimensions of Resources, as HostFull names them.
+DIMENSIONS = ("vcpus", "memory_mib", "disk_gib")
+
+
+def resize(keys: Keys, host: HostRead, binding: Binding, binding_revision: int, spec: VmSpec,
+           allocatable: Resources | None) -> HostTxn:
+    """Rewrite a bound VM's ``binding`` (as read, with its mod_revision) with ``spec``,
+    its new resources, and move ``host``'s allocation by the difference; the VM's
+    count, host group and zone (counts) stay. Compares the allocation's and the
+    binding's mod_revision, so a resize built from a stale read fails as a whole.
+
+    ``allocatable``: the host's (``HostRegistration.allocatable``), None when it has no
+    registration. Raises HostFull when a dimension the resize grows would exceed it
+    (any growth when None; a shrink always fits), ValueError when ``spec`` is not the
+    binding's VM or would change its groups (that is a move)."""
+    was = binding.spec
+    if (spec.ref, spec.uid, spec.host_group, spec.zone_group) != (was.ref, was.uid, was.host_group, was.zone_group):
+        raise ValueError(f"a resize of {was.ref.name} keeps its identity and groups")
+    delta = spec.resources - was.resources
+    allocation = replace(host.allocation, resources=host.allocation.resources + delta)
+    grown = [d for d in DIMENSIONS if getattr(delta, d) > 0]
+    if grown:
+        if allocatable is None:
+            raise HostFull(host.host, grown, registered=False)
+        over = [d for d in grown if getattr(allocation.resources, d) > getattr(allocatable, d)]
+        if over:
+            raise HostFull(host.host, over)
+    binding_key = keys.binding(host.host, spec.ref)
+    compares = [ops.mod_revision_is(keys.host_alloc(host.host), host.revision),
+                ops.mod_revision_is(binding_key, binding_revision)]
+    writes = [ops.put(binding_key, replace(binding, spec=spec).to_bytes()),
+              ops.put(keys.host_alloc(host.host), allocation.to_bytes())]
+    return HostTxn(host.host, compares, writes, allocation)
 
 
 def mark_evicting(keys: Keys, host: str, vms: Sequence[tuple[Binding, int]], *, reason: str, message: str,

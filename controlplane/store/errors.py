@@ -50,3 +50,18 @@ class HostNotEmpty(StoreError):
     def __init__(self, host: str, vms: int):
         super().__init__(f"host {host} holds {vms} VM{'' if vms == 1 else 's'}; drain it, or let the scheduler "
                          "declare it dead")
+
+
+class HostFull(StoreError):
+    """A bound VM's resize would book more of its host than the host's allocatable in
+    ``dimensions`` (those it grows: ``vcpus``, ``memory_mib``, ``disk_gib``).
+    ``registered`` False: the host has no registration (its agent is not heartbeating),
+    so no growth can be checked against it and none is taken."""
+
+    def __init__(self, host: str, dimensions: list[str], *, registered: bool = True):
+        why = (f"would exceed its allocatable {', '.join(dimensions)}" if registered
+               else "is not registered (its agent is not heartbeating), so it takes no growth")
+        super().__init__(f"host {host} has no room for the resize: it {why}")
+        self.host = host
+        self.dimensions = dimensions
+        self.registered = registered

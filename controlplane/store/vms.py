@@ -13,7 +13,16 @@ from dataclasses import dataclass, replace
 
 from controlplane.etcd import EtcdClient, KeyValue, WatchEvent, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
-from controlplane.models import Binding, VmRef, VmSpec, VmState, VmStatus, now_ns
+from controlplane.models import (
+    Binding,
+    HostAllocation,
+    HostRegistration,
+    VmRef,
+    VmSpec,
+    VmState,
+    VmStatus,
+    now_ns,
+)
 from controlplane.store import bindings, bootstrap
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
 from controlplane.store.keys import Keys
@@ -104,6 +113,10 @@ class VmStore:
         self._keys = keys
         self._requests = requests or RetentionLeases(client)
         self._ledger = ledger or UsageLedger(client, keys)
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
 
     # --- create ------------------------------------------------------------------------
 
@@ -253,8 +266,15 @@ class VmStore:
     # --- change ------------------------------------------------------------------------
 
     async def update_spec(self, ref: VmRef, change: Callable[[VmSpec], VmSpec], *, etag: str = "",
-                          guard: Sequence = (), also: Sequence = ()) -> SpecUpdate:
+                          guard: Sequence = (), also: Sequence = (),
+                          check: Callable[[VmRecord], None] | None = None) -> SpecUpdate:
         """Change a VM's desired state: the one path every change after create takes.
+
+        ``check`` (optional) is called with the VM as read before each attempt: it
+        raises to refuse the change (e.g. a stop of a VM still pending), and what it
+        raises propagates with nothing written. The attempt that commits compares
+        what ``check`` saw (the spec, and the queue entry or the binding), so a
+        decision on the VM's state cannot race with its bind or unbind.
 
         ``change`` (pure, may be called more than once) maps the spec as stored to the
         wanted one; returning it unchanged writes nothing (``changed`` False). Every
@@ -264,21 +284,30 @@ class VmStore:
         copies). The project's quota moves by what the VM holds before and after
         (``held``), in the same transaction, with the puts ``also`` (keys no other
         change writes, e.g. an audit record). A change that marks a pending VM deleted
-        removes it at once (``removed``): nobody holds it to destroy it.
+        removes it at once (``removed``): nobody holds it to destroy it. A change of a
+        bound VM's resources (a resize) also moves its host's allocation, built by
+        ``bindings.resize`` from the binding, allocation and registration read in one
+        round trip, all in that same transaction.
 
         Raises NotFound; Conflict when ``etag`` does not match (and there is something to
         change) or the VM or a
         ``guard`` compare (the caller's own, e.g. a fence) keeps changing under it;
         QuotaExceeded when the change grows the VM beyond its project's quota;
-        ValueError when ``change`` alters the VM's identity or shard, or what a bound
-        VM holds on its host (that is a move: ``bindings.py``).
+        HostFull when a resize grows a bound VM beyond its host's allocatable;
+        ValueError when ``change`` alters the VM's identity or shard, or a bound VM's
+        groups (that is a move: ``bindings.py``).
         """
         k = self._keys
         spec_key, prefix = k.vm_spec(ref), k.vm_prefix(ref)
         vm_range = ops.get(prefix, prefix_end(prefix))
         record = await self.get(ref)
-        binding_kv: KeyValue | None = None  # the VM's binding as last read, if it was
+        # The VM's binding, its host's allocation and registration as last read (a
+        # resize needs all three; another change of a bound VM at most the binding).
+        binding_kv: KeyValue | None = None
+        host_kvs: tuple[str, KeyValue | None, KeyValue | None] | None = None  # host, alloc, reg
         for _attempt in range(_MAX_CAS_ATTEMPTS):
+            if check is not None:
+                check(record)
             was = record.spec
             spec = change(was)
             if spec == was:
@@ -291,6 +320,7 @@ class VmStore:
                 raise ValueError(f"a spec change may not change the identity or shard of {ref.name}")
             compares = [ops.mod_revision_is(spec_key, record.spec_revision), *guard]
             reads = [vm_range]
+            exclusive: tuple[bytes, ...] = (prefix,)
             if record.status.state == VmState.PENDING:
                 queue_key = k.queue(was.shard, ref)
                 compares.append(ops.present(queue_key))
@@ -301,11 +331,21 @@ class VmStore:
                 else:
                     writes = [ops.put(spec_key, spec.to_bytes()), ops.put(queue_key, spec.to_bytes())]
             else:
-                if not bindings.holds_same(was, spec):
-                    raise ValueError(f"{ref.name} is bound: its resources and groups stay while it is")
+                if (was.host_group, was.zone_group) != (spec.host_group, spec.zone_group):
+                    raise ValueError(f"{ref.name} is bound: its groups stay while it is")
                 host = record.status.host
                 binding_key = k.binding(host, ref)
-                if (binding_kv is None or binding_kv.key != binding_key) and was.zone_group:
+                resizing = was.resources != spec.resources
+                if resizing and (host_kvs is None or host_kvs[0] != host
+                                 or binding_kv is None or binding_kv.key != binding_key):
+                    read = await self._etcd.txn([], [ops.get(binding_key), ops.get(k.host_alloc(host)),
+                                                     ops.get(k.host_reg(host))])
+                    binding_kv = next(iter(read.kvs(0)), None)
+                    host_kvs = (host, next(iter(read.kvs(1)), None), next(iter(read.kvs(2)), None))
+                    if binding_kv is None:
+                        record = await self.get(ref)  # moved off meanwhile
+                        continue
+                elif (binding_kv is None or binding_kv.key != binding_key) and was.zone_group:
                     # The binding names the zone the VM is counted in: read it.
                     binding_kv = await self._etcd.get(binding_key)
                     if binding_kv is None:
@@ -313,16 +353,30 @@ class VmStore:
                         continue
                 if binding_kv is not None and binding_kv.key == binding_key:
                     placed = Binding.from_bytes(binding_kv.value)
-                    compares.append(ops.mod_revision_is(binding_key, binding_kv.mod_revision))
+                    binding_compare = ops.mod_revision_is(binding_key, binding_kv.mod_revision)
                 else:
                     # A binding never written since its bind holds what the bind wrote
                     # (the spec as stored: every change rewrites both): no need to read it.
                     placed = bindings.as_bound(was, host, "")
-                    compares.append(ops.version_is(binding_key, 1))
-                writes = [ops.put(spec_key, spec.to_bytes()),
-                          ops.put(binding_key, replace(placed, spec=spec).to_bytes())]
+                    binding_compare = ops.version_is(binding_key, 1)
                 reads.append(ops.get(binding_key))
-            charge = Charge(held(spec) - held(was), compares, [*writes, *also], reads, exclusive=(prefix,))
+                if resizing:
+                    assert host_kvs is not None and binding_kv is not None
+                    alloc_kv, reg_kv = host_kvs[1], host_kvs[2]
+                    host_read = bindings.HostRead(host, HostAllocation.from_bytes(alloc_kv.value),
+                                                  alloc_kv.mod_revision) if alloc_kv else bindings.HostRead(host)
+                    allocatable = HostRegistration.from_bytes(reg_kv.value).allocatable if reg_kv else None
+                    txn = bindings.resize(k, host_read, placed, binding_kv.mod_revision, spec, allocatable)
+                    compares += txn.compares
+                    writes = [ops.put(spec_key, spec.to_bytes()), *txn.writes]
+                    reads += [ops.get(k.host_alloc(host)), ops.get(k.host_reg(host))]
+                    # Two resizes on one host in one group commit would write its allocation twice.
+                    exclusive += (k.host_alloc(host),)
+                else:
+                    compares.append(binding_compare)
+                    writes = [ops.put(spec_key, spec.to_bytes()),
+                              ops.put(binding_key, replace(placed, spec=spec).to_bytes())]
+            charge = Charge(held(spec) - held(was), compares, [*writes, *also], reads, exclusive=exclusive)
             try:
                 revision = await self._ledger.apply(ref.tenant, ref.project, charge)
             except GuardFailed as failed:
@@ -331,6 +385,8 @@ class VmStore:
                     raise NotFound(ref.name) from None
                 record = now
                 binding_kv = failed.kvs[1][0] if len(failed.kvs) > 1 and failed.kvs[1] else None
+                if len(failed.kvs) > 3 and host_kvs is not None:
+                    host_kvs = (host_kvs[0], next(iter(failed.kvs[2]), None), next(iter(failed.kvs[3]), None))
                 continue
             if spec.deleting and record.status.state == VmState.PENDING:
                 return SpecUpdate(VmRecord(spec, record.status, record.spec_revision, record.status_revision), True,

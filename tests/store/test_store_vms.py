@@ -26,7 +26,7 @@ from controlplane.models import (
     now_ns,
 )
 from controlplane.store.cluster import ensure_cluster_config
-from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch
+from controlplane.store.errors import AlreadyExists, Conflict, HostFull, NotFound, RequestMismatch
 from controlplane.store.hosts import HostStore
 from controlplane.store.idempotency import fingerprint
 from controlplane.store.keys import Keys, shard_of
@@ -421,8 +421,12 @@ def test_update_spec_rewrites_the_binding_and_keeps_its_placement(etcd_endpoint:
                 assert binding_kv.mod_revision == update.revision == update.record.spec_revision
                 assert Binding.from_bytes(binding_kv.value) == replace(before, spec=update.record.spec)
                 assert (await store.get(spec.ref)).spec == update.record.spec
-            with pytest.raises(ValueError):
+            # A resize moves the host's allocation too (test_store_vm_changes.py): h1 has no
+            # registration here, so it takes no growth; a change of groups is a move, never a rewrite.
+            with pytest.raises(HostFull):
                 await store.update_spec(plain.ref, lambda spec: replace(spec, resources=Resources(2, 2048, 20)))
+            with pytest.raises(ValueError):
+                await store.update_spec(plain.ref, lambda spec: replace(spec, anti_affinity_group="g"))
 
     run(main())
 

@@ -76,7 +76,11 @@ def _raw(system: LocalSystem, method: str, streaming: bool, data: bytes, token: 
 
 def test_undecodable_requests_are_unauthenticated_or_invalid_on_every_method(system) -> None:
     methods = _api_methods()
-    assert len(methods) == 43  # the 40 the issue counted, and ListOrphans, AdoptOrphan, DestroyOrphan
+    # The 40 the issue counted, ListOrphans, AdoptOrphan, DestroyOrphan, and issue 12's
+    # UpdateVm, StartVm, StopVm, RestartVm.
+    assert len(methods) == 47
+    assert {f"/quanta.v1.VmService/{m}" for m in ("UpdateVm", "StartVm", "StopVm", "RestartVm")} <= \
+        {m for m, _streaming in methods}
     answers: dict[str, tuple[str, str]] = {}
     for method, streaming in methods:
         anonymous = _raw(system, method, streaming, b"\xff", None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import tenancy_pb2, vm_pb2
@@ -58,6 +59,12 @@ def world():
         for tenant, project, vm in (("acme", "web", "vm-a"), ("acme", "db", "vm-d"), ("globex", "app", "vm-g")):
             with w.as_("admin", tenant, project) as c:
                 c.create_vm(vm, flavor="small", image="ubuntu")
+        # Placed, so that stopping and restarting them is allowed (a pending VM is FAILED_PRECONDITION).
+        for tenant, project, vm in (("acme", "web", "vm-a"), ("acme", "db", "vm-d"), ("globex", "app", "vm-g")):
+            with w.as_("admin", tenant, project) as c:
+                wait_until(lambda c=c, vm=vm: c.get_vm(vm).state not in (vm_pb2.Vm.PENDING, vm_pb2.Vm.SCHEDULED),
+                           timeout=60, message=f"{vm} to be placed",
+                           seen=lambda c=c, vm=vm: vm_pb2.Vm.State.Name(c.get_vm(vm).state))
         yield w
 
 
@@ -71,6 +78,14 @@ def outcome(call: Callable[[], object]) -> str:
 
 def _fresh() -> str:
     return f"x-{uuid.uuid4().hex[:8]}"
+
+
+VM_A = "tenants/acme/projects/web/vms/vm-a"
+
+
+def _vm_call(c: Client, method: str, request) -> object:
+    """A VmService method by its raw stub (the SDK's verbs are another change's)."""
+    return c._call(getattr(c._vms, method), request)
 
 
 def _delete_fresh_vm(w: World, c: Client) -> None:
@@ -99,6 +114,21 @@ MATRIX: dict[str, tuple[Callable[[World, Client], object], tuple[str, ...]]] = {
     "create vm acme/db": (lambda w, c: Client.create_vm(c, _fresh(), flavor="small", image="ubuntu")
                           if c.project == "db" else None, (OK, OK, NF, PD, NF, NF)),
     "delete vm acme/web": (_delete_fresh_vm, (OK, OK, OK, PD, PD, NF)),
+    # Issue 12's verbs: WRITE_VMS, like create and delete (vm-a is placed: see the fixture).
+    "update vm acme/web": (lambda w, c: _vm_call(c, "UpdateVm", vm_pb2.UpdateVmRequest(
+        vm=vm_pb2.Vm(name=VM_A, labels={"touched": "yes"}), update_mask=field_mask_pb2.FieldMask(paths=["labels"]))),
+                           (OK, OK, OK, PD, PD, NF)),
+    "start vm acme/web": (lambda w, c: _vm_call(c, "StartVm", vm_pb2.StartVmRequest(name=VM_A)),
+                          (OK, OK, OK, PD, PD, NF)),
+    "stop vm acme/web": (lambda w, c: _vm_call(c, "StopVm", vm_pb2.StopVmRequest(name=VM_A)),
+                         (OK, OK, OK, PD, PD, NF)),
+    "restart vm acme/web": (lambda w, c: _vm_call(c, "RestartVm", vm_pb2.RestartVmRequest(name=VM_A)),
+                            (OK, OK, OK, PD, PD, NF)),
+    "stop vm acme/db": (lambda w, c: _vm_call(c, "StopVm", vm_pb2.StopVmRequest(
+        name="tenants/acme/projects/db/vms/vm-d")), (OK, OK, NF, PD, NF, NF)),
+    "update vm globex/app": (lambda w, c: _vm_call(c, "UpdateVm", vm_pb2.UpdateVmRequest(
+        vm=vm_pb2.Vm(name="tenants/globex/projects/app/vms/vm-g", labels={"x": "y"}),
+        update_mask=field_mask_pb2.FieldMask(paths=["labels"]))), (OK, NF, NF, NF, NF, OK)),
     "create project in acme": (lambda w, c: c.create_project(_fresh(), tenant="acme", quota={"vms": 1}),
                                (OK, OK, PD, PD, PD, NF)),
     "update quota acme/web": (lambda w, c: c.update_quota("tenants/acme/projects/web/quota", {"vms": 40}),
@@ -142,6 +172,18 @@ def test_not_found_for_another_tenant_looks_like_absence(world: World) -> None:
         made_up = pytest.raises(ApiError, spy.get_project, "no-such").value
     assert (real.code, real.reason) == (made_up.code, made_up.reason) == (grpc.StatusCode.NOT_FOUND,
                                                                           "PROJECT_NOT_FOUND")
+    # So do issue 12's verbs on acme's real VM and on one that does not exist.
+    with world.as_("globex_admin", "acme", "web") as spy:
+        for name in (VM_A, "tenants/acme/projects/web/vms/no-such"):
+            for method, request in (("StopVm", vm_pb2.StopVmRequest(name=name)),
+                                    ("StartVm", vm_pb2.StartVmRequest(name=name)),
+                                    ("RestartVm", vm_pb2.RestartVmRequest(name=name)),
+                                    ("UpdateVm", vm_pb2.UpdateVmRequest(
+                                        vm=vm_pb2.Vm(name=name, flavor="large"),
+                                        update_mask=field_mask_pb2.FieldMask(paths=["flavor"])))):
+                err = pytest.raises(ApiError, _vm_call, spy, method, request).value
+                assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.NOT_FOUND, "VM_NOT_FOUND",
+                                                                {"kind": "vm", "name": name}), (method, name)
 
 
 def test_lists_contain_only_what_the_caller_may_see(world: World) -> None:

@@ -37,11 +37,14 @@ from controlplane.models import (
 )
 from controlplane.store import bindings
 from controlplane.store.bindings import HostRead, Unbind
+from controlplane.store.errors import HostFull
 from controlplane.store.keys import Keys
 from controlplane.store.zones import ZoneCount, decode
 
 MAX_TXN_OPS = 16  # small, so that budgets bind
 HOSTS = {"h1": "a", "h2": "a", "h3": "b", "h4": ""}  # host -> zone ("": none)
+# What a resize may book on each host (h4 has no registration: no growth there).
+ALLOCATABLE = {"h1": Resources(12, 12, 12), "h2": Resources(20, 8, 20), "h3": Resources(6, 40, 6), "h4": None}
 KEYS = Keys("/t")
 FENCE = b"/t/v1/shards/0000"
 
@@ -281,6 +284,45 @@ class BindingMachine(RuleBasedStateMachine):
         if self.etcd.txn(compares, writes)[0]:
             self._committed()
 
+    @rule(data=st.data(), lag=st.integers(0, 3),
+          resources=st.builds(Resources, st.integers(1, 6), st.integers(1, 6), st.integers(0, 6)))
+    def resize(self, data, lag: int, resources: Resources) -> None:
+        """A bound VM's resize (as VmStore.update_spec makes it): spec, binding and the
+        host's allocation in one txn, built by bindings.resize from what was read."""
+        read = self._read(lag)
+        spec = data.draw(st.sampled_from(self.specs))
+        spec_kv = read.get(KEYS.vm_spec(spec.ref))
+        host = next((h for h in HOSTS if KEYS.binding(h, spec.ref) in read), None)
+        if spec_kv is None or host is None:
+            return
+        binding_kv = read[KEYS.binding(host, spec.ref)]
+        binding = Binding.from_bytes(binding_kv[0])
+        changed = replace(VmSpec.from_bytes(spec_kv[0]), resources=resources)
+        before = self._host(read, host)
+        try:
+            txn = bindings.resize(KEYS, before, binding, binding_kv[2], changed, ALLOCATABLE[host])
+        except HostFull as full:
+            # Refused only for a dimension it grows past the allocatable (any growth without one).
+            grown = [d for d in bindings.DIMENSIONS
+                     if getattr(resources, d) > getattr(binding.spec.resources, d)]
+            assert full.dimensions and set(full.dimensions) <= set(grown)
+            limit = ALLOCATABLE[host]
+            if limit is not None:
+                after = before.allocation.resources + resources - binding.spec.resources
+                assert all(getattr(after, d) > getattr(limit, d) for d in full.dimensions)
+            return
+        ok, _ = self.etcd.txn([ops.mod_revision_is(KEYS.vm_spec(spec.ref), spec_kv[2]), *txn.compares],
+                              [ops.put(KEYS.vm_spec(spec.ref), changed.to_bytes()), *txn.writes])
+        if ok:
+            assert self.where[spec.ref] == host, "resized on a host it was not on"
+            self._check_left(txn)
+            limit = ALLOCATABLE[host]
+            grown = [d for d in bindings.DIMENSIONS if getattr(resources, d) > getattr(binding.spec.resources, d)]
+            assert limit is not None or not grown
+            for d in grown:  # a committed growth never overshoots the host
+                assert getattr(txn.allocation.resources, d) <= getattr(limit, d)
+            self._committed()
+
     @precondition(lambda self: any(w is None for w in self.where.values()))
     @rule(data=st.data())
     def create_again(self, data) -> None:
@@ -385,6 +427,43 @@ def test_holds_same_is_what_the_allocation_and_counts_depend_on() -> None:
     assert not bindings.holds_same(base, make_spec(0, Resources(2, 1, 1), "g1", Scope.ZONE, "", Scope.HOST))
     assert not bindings.holds_same(base, make_spec(0, Resources(1, 1, 1), "g2", Scope.ZONE, "", Scope.HOST))
     assert not bindings.holds_same(base, make_spec(0, Resources(1, 1, 1), "g1", Scope.HOST, "", Scope.HOST))
+
+
+def test_a_resize_moves_the_allocation_by_the_delta_and_refuses_a_dimension_past_the_allocatable() -> None:
+    etcd = FakeEtcd()
+    spec = make_spec(1, Resources(2, 2, 2), "g", Scope.HOST, "", Scope.HOST)
+    other = make_spec(2, Resources(1, 1, 1), "", Scope.HOST, "", Scope.HOST)
+    placed = bindings.bind(KEYS, HostRead("h"), [(spec, 0), (other, 0)], zone="", zone_counts={}, at=5, adopting=True)
+    assert etcd.txn(placed.compares, placed.writes)[0]
+    alloc_kv, binding_kv = etcd.kv[KEYS.host_alloc("h")], etcd.kv[KEYS.binding("h", spec.ref)]
+    host = HostRead("h", HostAllocation.from_bytes(alloc_kv[0]), alloc_kv[2])
+    binding = Binding.from_bytes(binding_kv[0])
+    limit = Resources(4, 8, 3)
+    # Growing memory to the limit while shrinking disk: fits; count and group stay.
+    grown = replace(spec, resources=Resources(3, 7, 1))
+    txn = bindings.resize(KEYS, host, binding, binding_kv[2], grown, limit)
+    assert txn.allocation == HostAllocation(Resources(4, 8, 2), 2, {spec.host_group: 1})
+    # One dimension over: refused by name, whatever the others do.
+    with pytest.raises(HostFull) as full:
+        bindings.resize(KEYS, host, binding, binding_kv[2], replace(spec, resources=Resources(4, 1, 1)), limit)
+    assert full.value.dimensions == ["vcpus"] and full.value.registered
+    # A host already over its allocatable (its overcommit lowered) still takes a shrink.
+    tight = Resources(1, 1, 1)
+    assert bindings.resize(KEYS, host, binding, binding_kv[2], replace(spec, resources=Resources(1, 1, 1)),
+                           tight).allocation.resources == Resources(2, 2, 2)
+    # Without a registration: no growth at all.
+    with pytest.raises(HostFull) as unregistered:
+        bindings.resize(KEYS, host, binding, binding_kv[2], grown, None)
+    assert not unregistered.value.registered and unregistered.value.dimensions == ["vcpus", "memory_mib"]
+    # Groups never change by a resize.
+    with pytest.raises(ValueError):
+        bindings.resize(KEYS, host, binding, binding_kv[2], replace(grown, anti_affinity_group="h"), limit)
+    assert etcd.txn(txn.compares, txn.writes)[0]
+    assert Binding.from_bytes(etcd.kv[KEYS.binding("h", spec.ref)][0]).spec == grown
+    assert HostAllocation.from_bytes(etcd.kv[KEYS.host_alloc("h")][0]) == txn.allocation
+    # Built from the read before it: refused as a whole.
+    stale = bindings.resize(KEYS, host, binding, binding_kv[2], replace(spec, resources=Resources(1, 1, 1)), limit)
+    assert not etcd.txn(stale.compares, stale.writes)[0]
 
 
 def test_an_adopted_vm_is_bound_without_a_queue_entry_even_under_maintenance() -> None:

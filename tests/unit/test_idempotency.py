@@ -6,7 +6,17 @@ import dataclasses
 
 import pytest
 
-from controlplane.models import Resources, RestartPolicy, Scope, VmRef, VmSpec
+from controlplane.models import (
+    BootstrapFormat,
+    BootstrapSummary,
+    Power,
+    PowerPolicy,
+    Resources,
+    RestartPolicy,
+    Scope,
+    VmRef,
+    VmSpec,
+)
 from controlplane.store.idempotency import FINGERPRINTED, NOT_FINGERPRINTED, fingerprint
 
 BASE = VmSpec(VmRef("t", "p", "vm-1"), "uid-1", "small", "ubuntu", Resources(1, 1024, 10),
@@ -37,6 +47,9 @@ def test_a_server_assigned_id_does_not_count_a_chosen_one_does() -> None:
     {"flavor": "large"}, {"image": "debian"}, {"labels": {"a": "1"}}, {"labels": {"a": "1", "b": "3"}},
     {"node_selector": {"zone": "a"}}, {"anti_affinity_group": "g"}, {"anti_affinity_scope": Scope.ZONE},
     {"affinity_group": "g"}, {"affinity_scope": Scope.ZONE}, {"restart_policy": RestartPolicy.NEVER},
+    {"power": Power.OFF}, {"power_policy": PowerPolicy.KEEP_RUNNING},
+    {"bootstrap": BootstrapSummary(BootstrapFormat.CLOUD_INIT, 3, b"\1" * 32)},
+    {"bootstrap": BootstrapSummary(BootstrapFormat.IGNITION, 0, b"\0" * 32)},
 ])
 def test_each_choice_of_the_caller_counts(change: dict) -> None:
     assert set(change) <= FINGERPRINTED

@@ -381,3 +381,42 @@ def test_garbage_page_tokens_are_rejected_cleanly(garbage: str) -> None:
         assert err.reason == "INVALID_PAGE_TOKEN"
     else:  # only possible if garbage happens to be a valid token for this scope
         assert decoded is not None
+
+
+# --- issue 12: update masks, durations, instance metadata ------------------------------------
+
+
+def test_update_mask_is_required_and_names_what_it_refuses() -> None:
+    allowed = ("labels", "flavor")
+    assert v.update_mask(["*"], allowed) == {"labels", "flavor"}
+    assert v.update_mask(["flavor", "flavor"], allowed) == {"flavor"}
+    for paths, words in (([], "required"), (["image"], "unknown or immutable"),
+                         (["bootstrap.user_data"], "write-once")):
+        with pytest.raises(ApiError) as err:
+            v.update_mask(paths, allowed, write_once=("bootstrap",))
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.reason == "FIELD_INVALID"
+        assert err.value.field_violations[0][0] == "update_mask" and words in err.value.field_violations[0][1]
+
+
+@pytest.mark.parametrize("seconds, nanos, want", [(0, 0, 60), (5, 0, 5), (5, 1, 6), (0, 1, 1), (3600, 0, 3600)])
+def test_duration_seconds_rounds_up_and_defaults(seconds: int, nanos: int, want: int) -> None:
+    assert v.duration_seconds(seconds, nanos, default=60, maximum=3600, field="grace") == want
+
+
+@pytest.mark.parametrize("seconds, nanos", [(-1, 0), (0, -1), (3600, 1), (3601, 0)])
+def test_duration_seconds_out_of_range(seconds: int, nanos: int) -> None:
+    with pytest.raises(ApiError) as err:
+        v.duration_seconds(seconds, nanos, default=60, maximum=3600, field="grace")
+    assert err.value.field_violations[0][0] == "grace"
+
+
+def test_metadata_problems_name_the_field_and_never_repeat_the_value() -> None:
+    secret = "s3cr3t-value"
+    problems = v.bootstrap_metadata_violations(
+        instance_id=f"has space {secret}", hostname=f"{secret}_!", ssh_authorized_keys=[f"a\n{secret}", " "],
+        values={"instance-id": secret, "": secret}, field="m")
+    assert [f for f, _ in problems] == ["m.instance_id", "m.hostname", "m.ssh_authorized_keys[0]",
+                                        "m.ssh_authorized_keys[1]", 'm.values["instance-id"]', "m.values"]
+    assert secret not in repr(problems)
+    assert not v.bootstrap_metadata_violations(instance_id="i-1", hostname="node-1.example", ssh_authorized_keys=[
+        "ssh-ed25519 AAAA x"], values={"role": "worker"}, field="m")

@@ -89,7 +89,10 @@ class VmServiceServicer:
     """
 
     def CreateVm(self, request, context):
-        """Creates a VM in state PENDING. Idempotent by request_id.
+        """Creates a VM in state PENDING. Idempotent by request_id. Bad bootstrap data is
+        INVALID_ARGUMENT with a field violation under vm.bootstrap and reason
+        USER_DATA_TOO_LARGE (user_data over 64 KiB), METADATA_TOO_LARGE (metadata over
+        16 KiB as rendered) or FIELD_INVALID (anything else); no error repeats the data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,11 +128,17 @@ class VmServiceServicer:
 
     def UpdateVm(self, request, context):
         """Changes labels and flavor (a resize) by update_mask ("labels", "flavor"; "*" is
-        both). vm.etag, if set, must match (ABORTED, ETAG_MISMATCH). A resize is charged
-        against the project's quota (RESOURCE_EXHAUSTED, QUOTA_EXCEEDED) and, for a placed
-        VM, its host's allocation (FAILED_PRECONDITION, HOST_FULL) in one transaction;
-        the host's agent then reconfigures the VM, power-cycling it only where its
-        driver says it must. FAILED_PRECONDITION, VM_DELETING for a VM being deleted.
+        both; required). Another path is INVALID_ARGUMENT (FIELD_INVALID, field
+        update_mask; "bootstrap" is refused as write-once), so is an unknown flavor (field
+        vm.flavor, listing the known ones). vm.etag, if set, must match (ABORTED,
+        ETAG_MISMATCH) when something changes. A resize is charged
+        against the project's quota (RESOURCE_EXHAUSTED, QUOTA_EXCEEDED, metadata
+        "dimensions") and, for a placed VM, its host's allocation (FAILED_PRECONDITION,
+        HOST_FULL, metadata "host" and "dimensions" among vcpus, memory_mib, disk_gib;
+        HOST_UNAVAILABLE when the host's agent is not registered: no growth then) in one
+        transaction; nothing changes on a refusal. The host's agent then reconfigures
+        the VM, power-cycling it only where its driver says it must.
+        FAILED_PRECONDITION, VM_DELETING for a VM being deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,7 +146,9 @@ class VmServiceServicer:
 
     def StartVm(self, request, context):
         """Sets the desired power state to POWERED_ON; the host's agent powers the VM on.
-        Idempotent. FAILED_PRECONDITION, VM_DELETING for a VM being deleted.
+        Idempotent: a VM desired on already is returned unchanged (etag included; its
+        etag is then not compared). Taken for a PENDING VM (it starts once placed).
+        FAILED_PRECONDITION, VM_DELETING for a VM being deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,8 +157,10 @@ class VmServiceServicer:
     def StopVm(self, request, context):
         """Sets the desired power state to POWERED_OFF; the host's agent shuts the guest
         down (SOFT, then powers it off after grace) or powers it off (HARD). A stopped VM
-        keeps its host and its quota. Idempotent. FAILED_PRECONDITION with reason
-        VM_PENDING (not placed yet) or VM_DELETING.
+        keeps its host and its quota. Idempotent: a VM desired off already is returned
+        unchanged (its mode and grace stay those of the first stop). FAILED_PRECONDITION
+        with reason VM_PENDING (not placed yet) or VM_DELETING; INVALID_ARGUMENT
+        (FIELD_INVALID) for an unknown mode or a grace out of range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
