@@ -8,6 +8,11 @@ Drivers report a host's raw capacity; ``--vcpu-overcommit``, ``--memory-overcomm
 and ``--disk-overcommit`` are the one overcommit setting, registered with every
 host of the agent and applied once, by placement (``quanta host get`` shows the
 raw capacity, the ratios and the allocatable capacity that results).
+
+Bootstrap data (cloud-init user data, an Ignition config) is cleared from the VM and
+from etcd once the guest reports that it bootstrapped; a guest that cannot report
+(an image without the report, or ``--silent-images`` on sim) has it cleared once it
+has run with an address for ``--bootstrap-clear-after`` seconds (default 600).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import os
 from collections.abc import Coroutine
 
 from agents.drivers.factory import (
+    DEFAULT_NETWORK,
+    DEFAULT_NETWORK_NAME,
     LATENCY_HELP,
     SimConfig,
     SimLatency,
@@ -28,6 +35,7 @@ from agents.drivers.factory import (
     sim_latency,
 )
 from agents.drivers.protocol import HostCapacity
+from agents.reconciler import DEFAULT_BOOTSTRAP_CLEAR_AFTER_S
 from agents.service import AgentConfig, run_agent
 from controlplane.models import Overcommit
 from controlplane.process import add_common_args, run_process
@@ -57,6 +65,16 @@ def _ratio(text: str) -> float:
     if not (math.isfinite(ratio) and ratio > 0):
         raise argparse.ArgumentTypeError(f"a ratio must be > 0, got {text!r}")
     return ratio
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text!r}")
+    return value
 
 
 def _dest(flag: str) -> str:
@@ -132,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     esxi.add_argument("--esxi-threads", type=int, default=16, help="concurrent vSphere calls")
     for old_flag, new_flag in _ALIASES:
         esxi.add_argument(old_flag, type=_ratio, default=None, help=f"deprecated: use {new_flag}")
+    parser.add_argument("--network", default=DEFAULT_NETWORK,
+                        help="sim: CIDR the simulated guests' addresses come from (the lowest free one)")
+    parser.add_argument("--network-name", default=DEFAULT_NETWORK_NAME, help="sim: name of that network")
+    parser.add_argument("--silent-images", default="",
+                        help="sim: comma-separated images whose guests never report that they bootstrapped")
+    parser.add_argument("--bootstrap-clear-after", type=_seconds, default=DEFAULT_BOOTSTRAP_CLEAR_AFTER_S,
+                        metavar="SECONDS",
+                        help="clear the bootstrap data of a guest that has not reported that it bootstrapped "
+                             "once it has run with an address this long (default %(default)g)")
     parser.add_argument("--workers", type=int, default=256, help="concurrent reconciles in this process")
     parser.add_argument("--per-host-concurrency", type=int, default=8)
     parser.add_argument("--lease-ttl", type=int, default=10, help="heartbeat lease TTL, seconds")
@@ -155,12 +182,17 @@ def main(argv: list[str] | None = None) -> None:
         state_dir=args.state_dir, fault_rate=args.fault_rate, seed=args.seed,
         images=tuple(i.strip() for i in args.images.split(",") if i.strip()) if args.images is not None else None,
         zones=tuple(z.strip() for z in args.zones.split(",") if z.strip()),
+        network=args.network, network_name=args.network_name,
+        silent_images=tuple(i.strip() for i in args.silent_images.split(",") if i.strip()),
     )
-    _hypervisor, drivers = build_sim_drivers(sim)
+    try:
+        _hypervisor, drivers = build_sim_drivers(sim)
+    except ValueError as err:  # a bad --network
+        parser.error(str(err))
     config = AgentConfig(etcd=args.etcd, root=args.root, name=args.name or args.host_prefix,
                          driver=args.driver, lease_ttl=args.lease_ttl, workers=args.workers,
                          per_host_concurrency=args.per_host_concurrency, shutdown_grace_s=args.shutdown_grace,
-                         overcommit=overcommit)
+                         overcommit=overcommit, bootstrap_clear_after_s=args.bootstrap_clear_after)
     run_process("agent", args, _warned(warnings, run_agent(config, drivers)))
 
 
@@ -179,7 +211,7 @@ def _run_esxi(parser: argparse.ArgumentParser, args: argparse.Namespace, overcom
     config = AgentConfig(etcd=args.etcd, root=args.root, name=args.name or f"esxi-{args.esxi_host_id_prefix}agent",
                          driver="esxi", lease_ttl=args.lease_ttl, workers=args.workers,
                          per_host_concurrency=args.per_host_concurrency, shutdown_grace_s=args.shutdown_grace,
-                         overcommit=overcommit)
+                         overcommit=overcommit, bootstrap_clear_after_s=args.bootstrap_clear_after)
 
     async def run() -> None:
         async with esxi_drivers(esxi) as drivers:

@@ -1,11 +1,35 @@
 """Makes one host's bound VMs true, one VM at a time per key.
 
-``reconcile(host, ref)`` compares desired state (the binding, from etcd) with
-observed state (the driver) and acts: create and power on, or destroy and hand
-the removal to the Remover. Idempotent: a VM the driver already has (made by
-an earlier run of this agent) is adopted, never made twice. Never runs twice
-at once for one VM (the work queue guarantees it). Driver errors marked
-transient are retried with backoff by the caller; permanent ones set ERROR.
+``reconcile(host, ref)`` compares three things and acts:
+
+- desired: the binding's copy of the spec (etcd): exists or deleted, power,
+  restarts asked for, vCPUs and memory, bootstrap data;
+- observed: the driver's ``VmInfo`` (power, size, addresses, the guest's
+  bootstrap report);
+- applied: what this agent already did to the VM (:class:`Applied`, in memory:
+  the power request and restarts applied, where the bootstrap data is). For a VM
+  it finds made but has no memory of (an agent restart), it reads the VM's status
+  from etcd once, and only when that matters: the spec has power, restart or
+  bootstrap history, or the VM is off while it should run (just created, or
+  stopped outside Quanta?).
+
+What it does, in order: create (handing the driver the bootstrap data, read from
+etcd only for a VM that has some); a restart asked for and not applied (power off
+soft or hard, then on); a resize (``reconfigure``; a driver that raises
+PowerCycleRequired gets the VM off, resized and on again); the desired power (a
+stop not applied: soft, the guest's shutdown, then hard at ``power_time_ns +
+grace``; a VM found off that should run is powered on when it was just made, a
+start was asked for or its policy is KEEP_RUNNING, else reported STOPPED
+StoppedOutsideQuanta); clearing the bootstrap data once the guest reported that it
+bootstrapped (or, for images that cannot, ran with an address for
+``bootstrap_clear_after_s``): blanked on the VM, then its key deleted, the status
+written and an audit record filed in one txn. It never polls: it waits for the
+driver's ``watch`` (which re-enqueues the key) or for a deadline (``requeue_after``).
+
+Idempotent: a VM the driver already has is adopted, never made twice; each step
+is safe to redo after a crash at any point. Never runs twice at once for one VM
+(the work queue guarantees it). Driver errors marked transient are retried with
+backoff by the caller; permanent ones set ERROR.
 """
 
 from __future__ import annotations
@@ -13,21 +37,78 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from agents import metrics
-from agents.drivers.protocol import DriverError, HostDriver, PowerState, VmRequest
+from agents.drivers.protocol import (
+    BootstrapFormat as DriverBootstrapFormat,
+)
+from agents.drivers.protocol import (
+    BootstrapPayload,
+    DriverError,
+    GuestUnavailable,
+    HostDriver,
+    OperationFailed,
+    PowerCycleRequired,
+    PowerState,
+    VmInfo,
+    VmRequest,
+)
 from agents.orphans import OrphanKeeper
 from agents.remover import Remover
 from agents.status_writer import StatusWriter
+from controlplane.etcd.ops import RequestOp
+from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.logcontext import bound
-from controlplane.models import VmRef, VmState, VmStatus, now_ns
-from controlplane.store.hostagent import BoundVm, StatusUpdate
+from controlplane.models import (
+    DEFAULT_STOP_GRACE_S,
+    Address,
+    BootstrapFormat,
+    BootstrapState,
+    Condition,
+    Power,
+    PowerOffMode,
+    PowerPolicy,
+    VmRef,
+    VmSpec,
+    VmState,
+    VmStatus,
+    now_ns,
+)
+from controlplane.store.audit import AuditLog
+from controlplane.store.bootstrap import BootstrapData
+from controlplane.store.hostagent import AgentStore, BoundVm, StatusUpdate
 from controlplane.store.orphans import spec_record
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, VmRef]
+
+#: Default of ``--bootstrap-clear-after``: how long a guest that cannot report its
+#: bootstrap must have run with an address before its bootstrap data is cleared.
+DEFAULT_BOOTSTRAP_CLEAR_AFTER_S = 600.0
+
+# Condition types and reasons (the CLI and SDK rely on these names).
+STOPPED = "Stopped"
+STOPPED_BY_REQUEST = "StoppedByRequest"
+STOPPED_OUTSIDE = "StoppedOutsideQuanta"
+CREATED_STOPPED = "CreatedStopped"
+ADDRESS_ASSIGNED = "AddressAssigned"
+WAITING_FOR_ADDRESS = "WaitingForAddress"
+ADDRESS_REPORTED = "AddressReported"
+BOOTSTRAPPED = "Bootstrapped"
+WAITING_FOR_GUEST = "WaitingForGuest"
+BOOTSTRAP_CLEARED = "BootstrapCleared"
+
+_STOPPED_MESSAGES = {
+    STOPPED_BY_REQUEST: "stopped as requested",
+    STOPPED_OUTSIDE: "found powered off without a stop request; left off (power policy KEEP_STOPPED)",
+    CREATED_STOPPED: "created with power off",
+}
+
+#: The methods audit records of the agent name.
+CLEAR_BOOTSTRAP_METHOD = "quanta.agent/ClearBootstrap"
 
 
 async def _timed(op: str, call):
@@ -42,21 +123,54 @@ async def _timed(op: str, call):
         metrics.DRIVER_SECONDS.labels(op, result).observe(time.perf_counter() - started)
 
 
+@dataclass(slots=True)
+class Applied:
+    """What this agent did to one VM (of ``uid``), and what it last reported of it."""
+
+    uid: str
+    power_time_ns: int = 0  # the power request (VmSpec.power_time_ns) applied
+    restarts: int = 0  # restarts applied
+    bootstrap: BootstrapState = BootstrapState.STORED
+    started: bool = False  # powered on by Quanta since it was made (off then means: stopped by someone)
+    shutdown_asked: tuple = ()  # the stop, restart or resize for which the guest was asked to shut down
+    resize_deadline_ns: int = 0  # a resize's power cycle: hard off after this
+    resize_cycled: bool = False  # powered off for a resize: power on again once resized
+    address_since: float = 0.0  # monotonic: running with an address since (0: not)
+    last: tuple = ()  # the last status submitted, without times
+    conditions: dict[str, Condition] = field(default_factory=dict)  # as last submitted, by type
+
+
+def _payload(data: BootstrapData) -> BootstrapPayload:
+    ignition = data.format == BootstrapFormat.IGNITION
+    fmt = DriverBootstrapFormat.IGNITION if ignition else DriverBootstrapFormat.CLOUD_INIT
+    return BootstrapPayload(fmt, data.user_data, data.metadata)
+
+
 class Reconciler:
     def __init__(self, drivers: Mapping[str, HostDriver], statuses: StatusWriter, remover: Remover,
-                 *, per_host_concurrency: int = 8, orphans: OrphanKeeper | None = None):
+                 *, per_host_concurrency: int = 8, orphans: OrphanKeeper | None = None,
+                 store: AgentStore | None = None, audit: AuditLog | None = None, agent: str = "agent",
+                 requeue_after: Callable[[Key, float], None] | None = None,
+                 bootstrap_clear_after_s: float = DEFAULT_BOOTSTRAP_CLEAR_AFTER_S):
         self._drivers = drivers
         #: Decides the fate of a VM whose binding went without a deletion (None: keep it).
         self._orphans = orphans
         self._statuses = statuses
         self._remover = remover
+        #: Reads a VM's status and bootstrap data (None: a VM with history is treated as new).
+        self._store = store
+        self._audit = audit
+        self._agent = agent
+        self._requeue_after = requeue_after
+        self._clear_after_s = bootstrap_clear_after_s
         self.desired: dict[Key, BoundVm] = {}
+        self._by_uid: dict[tuple[str, str], Key] = {}  # (host, uid) -> key, of ``desired``
         #: VMs whose binding went away without a deletion (moved to another host):
         #: the next reconcile of their key hands them to the OrphanKeeper, which
         #: destroys them by their tombstone (or quarantines them without one).
         self.unbound: dict[Key, str] = {}
-        #: Last state written per VM, so unchanged states are not written again.
-        self.reported: dict[Key, VmState] = {}
+        #: What was done to each VM (see :class:`Applied`).
+        self.applied: dict[Key, Applied] = {}
         self._host_slots = {host: asyncio.Semaphore(per_host_concurrency) for host in drivers}
         #: Reconciles in driver calls now.
         self.acting = 0
@@ -67,22 +181,79 @@ class Reconciler:
         (the VM stays desired in etcd for the next agent); those acting finish."""
         self._stopping = True
 
-    def _report(self, key: Key, vm: BoundVm, state: VmState, reason: str = "", message: str = "") -> None:
-        if self.reported.get(key) == state and not reason:
-            return
-        self.reported[key] = state
-        host, ref = key
-        self._statuses.submit(StatusUpdate(host, ref, vm.create_revision, VmStatus(
-            state, host=host, reason=reason, message=message, update_time_ns=now_ns(),
-            accepted_time_ns=vm.binding.spec.create_time_ns)))
+    def key_of(self, host: str, uid: str) -> Key | None:
+        """The key of the VM ``uid`` bound to ``host``, if this agent wants it (for a
+        driver's ``watch``)."""
+        return self._by_uid.get((host, uid))
+
+    def set_desired(self, key: Key, vm: BoundVm) -> None:
+        """The binding of ``key`` is now ``vm``."""
+        old = self.desired.get(key)
+        self.desired[key] = vm
+        if old is not None and old.binding.spec.uid != vm.binding.spec.uid:
+            self._by_uid.pop((key[0], old.binding.spec.uid), None)
+        self._by_uid[(key[0], vm.binding.spec.uid)] = key
 
     def unbind(self, key: Key) -> None:
         """The binding of ``key`` is gone. Unless it went because its VM was deleted
         (destroyed already), the VM was moved off this host: remember its uid so
         that reconcile releases it (destroyed only with a tombstone)."""
         vm = self.desired.pop(key, None)
+        if vm is not None:
+            self._by_uid.pop((key[0], vm.binding.spec.uid), None)
         if vm is not None and not (vm.binding.deleting or vm.binding.evicting):
             self.unbound[key] = vm.binding.spec.uid
+
+    # --- status ------------------------------------------------------------------------
+
+    def _report(self, key: Key, vm: BoundVm, state: VmState, reason: str = "", message: str = "") -> None:
+        """A status without agent conditions (CREATING, ERROR)."""
+        applied = self._applied_for(key, vm)
+        self._submit(key, vm, applied, state, reason=reason, message=message)
+
+    def _submit(self, key: Key, vm: BoundVm, applied: Applied, state: VmState, *, info: VmInfo | None = None,
+                stopped: str = "", reason: str = "", message: str = "", also: tuple[RequestOp, ...] = ()) -> None:
+        spec = vm.binding.spec
+        wanted: list[tuple[str, str, str, str]] = []
+        if state == VmState.STOPPED:
+            wanted.append((STOPPED, "True", stopped, _STOPPED_MESSAGES.get(stopped, "")))
+        addresses: tuple[Address, ...] = ()
+        if state == VmState.RUNNING and info is not None:
+            addresses = tuple(Address(a.ip, a.mac, a.network, a.family) for a in info.addresses)
+            wanted.append((ADDRESS_ASSIGNED, "True", ADDRESS_REPORTED, "") if addresses else
+                          (ADDRESS_ASSIGNED, "False", WAITING_FOR_ADDRESS, "the guest has reported no address yet"))
+        if spec.bootstrap is not None and state in (VmState.RUNNING, VmState.STOPPED):
+            if applied.bootstrap == BootstrapState.DELIVERED:
+                wanted.append((BOOTSTRAPPED, "False", WAITING_FOR_GUEST,
+                               "the bootstrap data is on the VM; the guest has not reported that it bootstrapped"))
+            elif applied.bootstrap == BootstrapState.CLEARED:
+                wanted.append((BOOTSTRAPPED, "True", BOOTSTRAP_CLEARED,
+                               "deleted from the store and blanked on the VM"))
+        signature = (state, reason, message, addresses, tuple(wanted), applied.power_time_ns, applied.restarts,
+                     applied.bootstrap)
+        if signature == applied.last and not also:
+            return
+        at = now_ns()
+        conditions = []
+        for ctype, cstatus, creason, cmessage in wanted:
+            old = applied.conditions.get(ctype)
+            same = old is not None and (old.status, old.reason) == (cstatus, creason)
+            conditions.append(Condition(ctype, cstatus, creason, cmessage, old.time_ns if same and old else at))
+        applied.conditions = {c.type: c for c in conditions}
+        applied.last = signature
+        host, ref = key
+        self._statuses.submit(StatusUpdate(host, ref, vm.create_revision, VmStatus(
+            state, host=host, reason=reason, message=message, update_time_ns=at,
+            accepted_time_ns=spec.create_time_ns, addresses=addresses, conditions=tuple(conditions),
+            power_time_ns=applied.power_time_ns, restarts=applied.restarts, bootstrap=applied.bootstrap), also))
+
+    def _applied_for(self, key: Key, vm: BoundVm) -> Applied:
+        applied = self.applied.get(key)
+        if applied is None or applied.uid != vm.binding.spec.uid:
+            applied = self.applied[key] = Applied(vm.binding.spec.uid)
+        return applied
+
+    # --- reconcile ---------------------------------------------------------------------
 
     async def reconcile(self, key: Key) -> None:
         """Bring one VM to its desired state. Raises DriverError when a transient
@@ -90,7 +261,7 @@ class Reconciler:
         host, ref = key
         vm = self.desired.get(key)
         if vm is None:
-            self.reported.pop(key, None)
+            self.applied.pop(key, None)
             uid = self.unbound.get(key)
             if uid is not None:
                 with bound(vm=ref.name, host=host):
@@ -116,9 +287,10 @@ class Reconciler:
                         await _timed("destroy", driver.destroy_vm(spec.uid))
                         self._statuses.discard(host, ref)
                         self._remover.submit(host, vm)
+                        self.applied.pop(key, None)
                         return
                     try:
-                        await self._make_running(key, vm, driver)
+                        await self._converge(key, vm, driver)
                     except DriverError as err:
                         if err.transient:
                             raise
@@ -129,18 +301,189 @@ class Reconciler:
                     metrics.INFLIGHT.dec()
                     self.acting -= 1
 
-    async def _make_running(self, key: Key, vm: BoundVm, driver: HostDriver) -> None:
+    async def _recall(self, key: Key, vm: BoundVm, info: VmInfo | None) -> Applied:
+        """What was applied to a VM this agent has no memory of: nothing, for a VM not
+        made yet or without history; else what its status in etcd says (one get)."""
+        spec = vm.binding.spec
+        applied = Applied(spec.uid)
+        if info is None:
+            return applied
+        applied.started = info.power is PowerState.ON
+        history = spec.power_time_ns or spec.restarts or spec.bootstrap is not None
+        off_but_wanted = info.power is not PowerState.ON and spec.power == Power.ON
+        if self._store is None or not (history or off_but_wanted):
+            return applied
+        status = await self._store.read_status(spec.ref)
+        if status is None:
+            return applied
+        applied.power_time_ns, applied.restarts, applied.bootstrap = (status.power_time_ns, status.restarts,
+                                                                      status.bootstrap)
+        applied.started = applied.started or status.state in (VmState.RUNNING, VmState.STOPPED)
+        if spec.bootstrap is not None and applied.bootstrap == BootstrapState.STORED and info.bootstrap_present:
+            applied.bootstrap = BootstrapState.DELIVERED  # made, and the status not written before a crash
+        return applied
+
+    async def _get(self, driver: HostDriver, uid: str) -> VmInfo:
+        info = await _timed("get", driver.get_vm(uid))
+        if info is None:
+            # Gone from its host in the middle of a reconcile: retried (and made again).
+            raise OperationFailed(f"VM {uid} vanished from its host", transient=True)
+        return info
+
+    async def _converge(self, key: Key, vm: BoundVm, driver: HostDriver) -> None:
         spec = vm.binding.spec
         info = await _timed("get", driver.get_vm(spec.uid))
-        acted = info is None or info.power is not PowerState.ON
+        applied = self.applied.get(key)
+        if applied is None or applied.uid != spec.uid:
+            applied = self.applied[key] = await self._recall(key, vm, info)
         if info is None:
-            self._report(key, vm, VmState.CREATING)
-            info = await _timed("create", driver.create_vm(VmRequest(
-                vm_uid=spec.uid, name=spec.ref.name, image=spec.image, vcpus=spec.resources.vcpus,
-                memory_mib=spec.resources.memory_mib, disk_gib=spec.resources.disk_gib, record=spec_record(spec))))
+            info = await self._create(key, vm, driver, applied)
+        # A restart asked for and not applied: a power cycle.
+        if spec.restarts > applied.restarts:
+            token = ("power", spec.power_time_ns, spec.restarts)
+            if not await self._off(key, driver, info, applied, token, spec.power_off_mode,
+                                   spec.power_time_ns + spec.power_off_grace_s * 1_000_000_000):
+                return self._submit(key, vm, applied, VmState.RUNNING, info=info)
+            if spec.power == Power.ON:
+                await self._on(driver, spec, applied)
+            applied.restarts, applied.power_time_ns = spec.restarts, spec.power_time_ns
+            info = await self._get(driver, spec.uid)
+            log.info("VM restarted", extra={"restarts": spec.restarts})
+        # A resize: the binding's size against the VM's.
+        want = (spec.resources.vcpus, spec.resources.memory_mib)
+        if info.vcpus and (info.vcpus, info.memory_mib) != want:
+            info = await self._resize(key, driver, spec, info, applied)
+            if info is None:
+                return self._submit(key, vm, applied, VmState.RUNNING, info=await self._get(driver, spec.uid))
+        # The desired power.
+        stopped = ""
+        requested = spec.power_time_ns > applied.power_time_ns
+        if spec.power == Power.ON:
+            if info.power is not PowerState.ON:
+                if (not applied.started or requested or applied.resize_cycled
+                        or spec.power_policy == PowerPolicy.KEEP_RUNNING):
+                    first = not applied.started
+                    await self._on(driver, spec, applied)
+                    info = await self._get(driver, spec.uid)
+                    if first:
+                        metrics.VMS_RUNNING.inc()
+                        metrics.ACCEPTED_TO_RUNNING.observe(max(0.0, (now_ns() - spec.create_time_ns) / 1e9))
+                else:
+                    stopped = STOPPED_OUTSIDE
+        elif info.power is PowerState.ON and requested:
+            token = ("power", spec.power_time_ns, spec.restarts)
+            if not await self._off(key, driver, info, applied, token, spec.power_off_mode,
+                                   spec.power_time_ns + spec.power_off_grace_s * 1_000_000_000):
+                return self._submit(key, vm, applied, VmState.RUNNING, info=info)
+            info = await self._get(driver, spec.uid)
+        if info.power is not PowerState.ON and not stopped:
+            stopped = STOPPED_BY_REQUEST if spec.power_time_ns else CREATED_STOPPED
+        applied.power_time_ns = spec.power_time_ns
+        applied.resize_cycled = False
+        state = VmState.RUNNING if info.power is PowerState.ON else VmState.STOPPED
+        also = await self._maybe_clear_bootstrap(key, vm, driver, info, applied)
+        self._submit(key, vm, applied, state, info=info, stopped=stopped, also=also)
+
+    async def _create(self, key: Key, vm: BoundVm, driver: HostDriver, applied: Applied) -> VmInfo:
+        spec = vm.binding.spec
+        self._report(key, vm, VmState.CREATING)
+        payload = None
+        if spec.bootstrap is not None and applied.bootstrap != BootstrapState.CLEARED and self._store is not None:
+            data = await self._store.read_bootstrap(spec.ref, spec.uid)
+            if data is None:  # deleted: the guest bootstrapped already (the VM is made again)
+                applied.bootstrap = BootstrapState.CLEARED
+            else:
+                payload = _payload(data)
+        info = await _timed("create", driver.create_vm(VmRequest(
+            vm_uid=spec.uid, name=spec.ref.name, image=spec.image, vcpus=spec.resources.vcpus,
+            memory_mib=spec.resources.memory_mib, disk_gib=spec.resources.disk_gib, record=spec_record(spec),
+            bootstrap=payload)))
+        if payload is not None:
+            applied.bootstrap = BootstrapState.DELIVERED
+        # A new VM: requests made before it existed are moot.
+        applied.power_time_ns, applied.restarts, applied.started = spec.power_time_ns, spec.restarts, False
+        return info
+
+    async def _on(self, driver: HostDriver, spec: VmSpec, applied: Applied) -> None:
+        await _timed("power_on", driver.power_on(spec.uid))
+        applied.started = True
+        applied.shutdown_asked = ()
+
+    async def _off(self, key: Key, driver: HostDriver, info: VmInfo, applied: Applied, token: tuple,
+                   mode: PowerOffMode, deadline_ns: int) -> bool:
+        """Get the VM off: at once (HARD, past the deadline, or no guest to ask), or by
+        asking its guest to shut down. True once off; False while the guest has until
+        ``deadline_ns`` (the key comes back by the driver's watch or at the deadline)."""
         if info.power is not PowerState.ON:
-            await _timed("power_on", driver.power_on(spec.uid))
-        if acted:
-            metrics.VMS_RUNNING.inc()
-            metrics.ACCEPTED_TO_RUNNING.observe(max(0.0, (now_ns() - spec.create_time_ns) / 1e9))
-        self._report(key, vm, VmState.RUNNING)
+            return True
+        now = now_ns()
+        if mode == PowerOffMode.HARD or now >= deadline_ns:
+            await _timed("power_off", driver.power_off(info.vm_uid))
+            return True
+        if applied.shutdown_asked != token:
+            try:
+                await _timed("shutdown_guest", driver.shutdown_guest(info.vm_uid))
+            except GuestUnavailable:
+                log.info("guest cannot be asked to shut down; powering off hard")
+                await _timed("power_off", driver.power_off(info.vm_uid))
+                return True
+            applied.shutdown_asked = token
+            if (await self._get(driver, info.vm_uid)).power is not PowerState.ON:
+                return True
+        if self._requeue_after is not None:
+            self._requeue_after(key, (deadline_ns - now) / 1e9)
+        return False
+
+    async def _resize(self, key: Key, driver: HostDriver, spec: VmSpec, info: VmInfo,
+                      applied: Applied) -> VmInfo | None:
+        """Make the VM the binding's size; None while a power cycle it needs waits for the guest."""
+        vcpus, memory_mib = spec.resources.vcpus, spec.resources.memory_mib
+        try:
+            await _timed("reconfigure", driver.reconfigure(spec.uid, vcpus=vcpus, memory_mib=memory_mib))
+        except PowerCycleRequired:
+            if not applied.resize_deadline_ns:
+                applied.resize_deadline_ns = now_ns() + DEFAULT_STOP_GRACE_S * 1_000_000_000
+            token = ("resize", applied.resize_deadline_ns)
+            if not await self._off(key, driver, info, applied, token, PowerOffMode.SOFT, applied.resize_deadline_ns):
+                return None
+            await _timed("reconfigure", driver.reconfigure(spec.uid, vcpus=vcpus, memory_mib=memory_mib))
+            applied.resize_cycled = info.power is PowerState.ON
+        applied.resize_deadline_ns = 0
+        log.info("VM resized", extra={"vcpus": vcpus, "memory_mib": memory_mib})
+        return await self._get(driver, spec.uid)
+
+    async def _maybe_clear_bootstrap(self, key: Key, vm: BoundVm, driver: HostDriver, info: VmInfo,
+                                     applied: Applied) -> tuple[RequestOp, ...]:
+        """Clear the VM's bootstrap data once its guest is done with it: blank it on the
+        VM, then (returned, for the status txn) delete its key and file an audit record."""
+        if applied.bootstrap != BootstrapState.DELIVERED or self._store is None:
+            return ()
+        running_with_address = info.power is PowerState.ON and bool(info.addresses)
+        if running_with_address and not applied.address_since:
+            applied.address_since = time.monotonic()
+        elif not running_with_address:
+            applied.address_since = 0.0
+        if info.bootstrapped:
+            why = "the guest reported that it bootstrapped"
+        elif not info.bootstrap_present:
+            why = "already blanked on the VM"  # by an agent that crashed before its etcd write
+        elif applied.address_since:
+            waited = time.monotonic() - applied.address_since
+            if waited < self._clear_after_s:
+                if self._requeue_after is not None:
+                    self._requeue_after(key, self._clear_after_s - waited)
+                return ()
+            why = f"the guest ran with an address for {self._clear_after_s:g}s without reporting"
+        else:
+            return ()
+        await _timed("clear_bootstrap", driver.clear_bootstrap(info.vm_uid))
+        applied.bootstrap = BootstrapState.CLEARED
+        ref = vm.binding.spec.ref
+        also = [self._store.bootstrap_deleted(ref)]
+        if self._audit is not None:
+            also.append(await self._audit.put(trec.AuditRecord(
+                time_ns=now_ns(), subject=f"agent/{self._agent}", method=CLEAR_BOOTSTRAP_METHOD, resource=ref.name,
+                tenant=ref.tenant, code="OK",
+                message=f"bootstrap data deleted from the store and blanked on the VM: {why}")))
+        log.info("bootstrap data cleared", extra={"why": why})
+        return tuple(also)

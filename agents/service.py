@@ -4,8 +4,10 @@ One process may run one host (production, one agent per ESXi host) or many
 simulated hosts (scale tests, ``quanta up``), with the same code.
 
 Flow (client-go controller): list bindings at R → watch from R+1 → each change
-enqueues its (host, vm) key → workers reconcile; a periodic resync re-enqueues
-everything and scans the hosts for VMs that no binding wants. A binding that
+enqueues its (host, vm) key → workers reconcile; so does each guest-side change a
+driver reports (``HostDriver.watch``: a guest shutdown done, an address, a stop
+from outside Quanta), and each deadline a reconcile sets (a soft stop's grace);
+a periodic resync re-enqueues everything and scans the hosts for VMs that no binding wants. A binding that
 disappears while its VM is not being deleted (the VM was moved off this host:
 host declared dead) makes the worker release the VM here. Either way such a VM
 is destroyed only with proof, a tombstone; without one it is quarantined and
@@ -20,6 +22,7 @@ in etcd for the next agent; a second signal stops at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Mapping
@@ -28,12 +31,13 @@ from dataclasses import dataclass
 from agents import metrics
 from agents.drivers.protocol import DriverError, HostDriver
 from agents.orphans import OrphanKeeper
-from agents.reconciler import Key, Reconciler
+from agents.reconciler import DEFAULT_BOOTSTRAP_CLEAR_AFTER_S, Key, Reconciler
 from agents.remover import Remover
 from agents.status_writer import StatusWriter
 from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, LeaseLost
 from controlplane.etcd.outages import ride_out
 from controlplane.models import NO_OVERCOMMIT, HostRegistration, Overcommit, Resources, now_ns
+from controlplane.store.audit import AuditLog
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.keys import Keys
 from controlplane.store.orphans import OrphanStore
@@ -56,6 +60,9 @@ class AgentConfig:
     overcommit: Overcommit = NO_OVERCOMMIT
     """Registered with every host of this agent: placement books up to the raw
     capacity its driver reports times these ratios."""
+    bootstrap_clear_after_s: float = DEFAULT_BOOTSTRAP_CLEAR_AFTER_S
+    """A guest that does not report that it bootstrapped has its bootstrap data
+    cleared after running with an address this long."""
 
 
 class Agent:
@@ -71,7 +78,10 @@ class Agent:
         self.remover = Remover(self._store)
         self.orphans = OrphanKeeper(drivers, OrphanStore(client, self._keys), agent=config.name)
         self.reconciler = Reconciler(drivers, self.statuses, self.remover,
-                                     per_host_concurrency=config.per_host_concurrency, orphans=self.orphans)
+                                     per_host_concurrency=config.per_host_concurrency, orphans=self.orphans,
+                                     store=self._store, audit=AuditLog(client, self._keys), agent=config.name,
+                                     requeue_after=self._queue.add_after,
+                                     bootstrap_clear_after_s=config.bootstrap_clear_after_s)
         self._stopping = asyncio.Event()
 
     @property
@@ -87,6 +97,8 @@ class Agent:
         raises LeaseLost if the heartbeat lease is lost."""
         async with Lease(self._etcd, self.config.lease_ttl) as lease:
             await self._register(lease)
+            for host, driver in self._drivers.items():
+                driver.watch(functools.partial(self._vm_changed, host))
             self.orphans.start(lease.id)
             metrics.HOSTS.labels("ready").set(len(self._hosts))
             try:
@@ -137,6 +149,12 @@ class Agent:
         await self._store.register(registrations, lease.id)
         log.info("hosts registered", extra={"hosts": len(registrations), "lease": f"{lease.id:x}"})
 
+    def _vm_changed(self, host: str, uid: str) -> None:
+        """A driver's watch: something changed on the VM (a guest-side event)."""
+        key = self.reconciler.key_of(host, uid)
+        if key is not None:
+            self._queue.add(key)
+
     async def _watch_lease(self, lease: Lease) -> None:
         await lease.lost.wait()
         raise LeaseLost(f"agent heartbeat lease {lease.id:x} lost")
@@ -151,7 +169,7 @@ class Agent:
                     self.reconciler.unbind(key)
                     self._queue.add(key)
             for key, vm in listed.items():
-                desired[key] = vm
+                self.reconciler.set_desired(key, vm)
                 self._queue.add(key)
             await self._scan_hosts()
             log.info("bindings listed", extra={"vms": len(listed), "revision": revision})
@@ -163,7 +181,7 @@ class Agent:
                             if change.bound is None:
                                 self.reconciler.unbind(key)
                             else:
-                                desired[key] = change.bound
+                                self.reconciler.set_desired(key, change.bound)
                             self._queue.add(key)
             except TimeoutError:
                 log.info("periodic resync")

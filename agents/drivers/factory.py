@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agents.drivers.protocol import HostCapacity, HostDriver
-from agents.drivers.sim import SimHypervisor, SimLatency
+from agents.drivers.sim import DEFAULT_NETWORK, DEFAULT_NETWORK_NAME, SimHypervisor, SimLatency
 from controlplane.models import IMAGE_LABEL_PREFIX, NO_OVERCOMMIT, ZONE_LABEL, Overcommit
 
 if TYPE_CHECKING:
@@ -34,12 +34,17 @@ class SimConfig:
     zones: tuple[str, ...] = ()
     """Availability zones the hosts are spread over, round robin by index (label
     ``topology.quanta.io/zone``); empty: hosts have no zone."""
+    network: str = DEFAULT_NETWORK
+    """CIDR the simulated guests' addresses come from (unique among this agent's VMs)."""
+    network_name: str = DEFAULT_NETWORK_NAME
+    silent_images: tuple[str, ...] = ()
+    """Images whose guests cannot report that they bootstrapped."""
 
 
 LATENCY_MODELS = ("zero", "realistic")
 LATENCY_HELP = ('"zero", "realistic" (create 0.3 s, power on 0.1 s, power off 0.05 s, reconfigure 0.1 s, '
-                'destroy 0.1 s), '
-                'or seconds per operation, e.g. "create=0.5,power_on=0.2" (others 0)')
+                'destroy 0.1 s, guest boot 1 s, guest shutdown 0.5 s), '
+                'or seconds per operation, e.g. "create=0.5,power_on=0.2,boot=2,shutdown=1" (others 0)')
 
 
 def sim_latency(spec: str) -> SimLatency:
@@ -69,7 +74,8 @@ def sim_host_ids(config: SimConfig) -> list[str]:
 
 def build_sim_drivers(config: SimConfig) -> tuple[SimHypervisor, dict[str, HostDriver]]:
     hypervisor = SimHypervisor(config.state_dir, latency=config.latency, seed=config.seed,
-                               fault_rate=config.fault_rate, images=config.images)
+                               fault_rate=config.fault_rate, images=config.images, network=config.network,
+                               network_name=config.network_name, silent_images=config.silent_images)
     drivers: dict[str, HostDriver] = {
         host: hypervisor.add_host(host, sim_host_capacity(config, config.first_index + i), config.overcommit)
         for i, host in enumerate(sim_host_ids(config))

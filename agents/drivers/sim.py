@@ -15,7 +15,18 @@ it. It models what the control plane must cope with:
   rate; a fault may strike after the effect applied, as a timed-out task does;
 - a hypervisor that outlives the agent: with a ``state_dir`` every change is
   appended to ``<state_dir>/journal.jsonl`` and replayed by the next
-  :class:`SimHypervisor` on that directory, so a restarted agent finds its VMs.
+  :class:`SimHypervisor` on that directory, so a restarted agent finds its VMs;
+- a guest per VM: powered on, it boots (``SimLatency.boot``), reads its bootstrap
+  data and reports that it bootstrapped (unless its image is one of
+  ``silent_images``), and gets an address on the hypervisor's network (the lowest
+  free one; no two VMs that exist share one; held until the VM is destroyed) and a
+  MAC derived from its uid. It shuts down when asked (``SimLatency.shutdown``).
+  Guest-side changes are told through :meth:`SimHost.watch`. Test hooks:
+  :meth:`SimHost.stop_outside` (a stop by someone outside Quanta) and
+  :meth:`SimHost.ignore_shutdown` (a guest deaf to shutdown requests).
+
+Bootstrap data is secret: it lives in memory only (journal records carry its size
+and SHA-256, never its bytes) and is blanked by :meth:`SimHost.clear_bootstrap`.
 
 Nothing here reads the wall clock or unseeded randomness: runs are reproducible.
 """
@@ -24,6 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import heapq
+import ipaddress
 import json
 import os
 import random
@@ -34,11 +48,15 @@ from types import MappingProxyType
 from typing import Any
 
 from agents.drivers.protocol import (
+    Address,
+    BootstrapPayload,
     CapacityExceeded,
     DriverError,
+    GuestUnavailable,
     HostCapacity,
     ImageNotFound,
     OperationFailed,
+    PowerCycleRequired,
     PowerState,
     VmInfo,
     VmNotFound,
@@ -50,9 +68,14 @@ JOURNAL_NAME = "journal.jsonl"
 
 # Operations that fault injection can target; the mutating ones also take latency and
 # random faults.
-OPS = frozenset({"capacity", "list_vms", "get_vm", "create", "power_on", "power_off", "reconfigure", "destroy"})
+OPS = frozenset({"capacity", "list_vms", "get_vm", "create", "power_on", "power_off", "reconfigure", "destroy",
+                 "shutdown_guest", "clear_bootstrap"})
 _MUTATING = ("create", "power_on", "power_off", "reconfigure", "destroy")
-_REQUEST_FIELDS = tuple(f.name for f in fields(VmRequest))
+#: Journaled as they are; the bootstrap payload never is (only its size and SHA-256).
+_REQUEST_FIELDS = tuple(f.name for f in fields(VmRequest) if f.name != "bootstrap")
+#: The network the guests' addresses come from unless the hypervisor is given one.
+DEFAULT_NETWORK = "10.80.0.0/16"
+DEFAULT_NETWORK_NAME = "VM Network"
 
 Sleep = Callable[[float], Awaitable[Any]]
 
@@ -66,24 +89,113 @@ class SimLatency:
     power_off: float = 0.0
     reconfigure: float = 0.0
     destroy: float = 0.0
+    boot: float = 0.0
+    """From power-on until the guest is up (has its address, has read its bootstrap data)."""
+    shutdown: float = 0.0
+    """From a guest shutdown request until the VM is off."""
 
     def __post_init__(self) -> None:
-        for name in _MUTATING:
-            if getattr(self, name) < 0:
-                raise ValueError(f"SimLatency.{name} must be >= 0")
+        for f in fields(self):
+            if getattr(self, f.name) < 0:
+                raise ValueError(f"SimLatency.{f.name} must be >= 0")
 
     @classmethod
     def realistic(cls) -> SimLatency:
         """Linked-clone-like figures, for ``quanta up``."""
-        return cls(create=0.3, power_on=0.1, power_off=0.05, reconfigure=0.1, destroy=0.1)
+        return cls(create=0.3, power_on=0.1, power_off=0.05, reconfigure=0.1, destroy=0.1, boot=1.0, shutdown=0.5)
 
 
 class _Vm:
-    __slots__ = ("request", "info")
+    """A VM and its guest. ``info`` is rebuilt by :meth:`refresh` after every change."""
+
+    __slots__ = ("request", "info", "power", "booted", "ip", "payload", "bootstrap_present", "bootstrapped",
+                 "shutting_down", "deaf", "timer")
 
     def __init__(self, request: VmRequest, power: PowerState = PowerState.OFF):
         self.request = request
+        self.power = power
+        self.booted = False  # the guest is up (only while powered on)
+        self.ip = ""  # held from the first boot until the VM is destroyed
+        self.payload: BootstrapPayload | None = request.bootstrap  # in memory only
+        self.bootstrap_present = request.bootstrap is not None
+        self.bootstrapped = False  # the guest reported it (kept, as guestinfo keys are)
+        self.shutting_down = False
+        self.deaf = False  # test hook: the guest ignores shutdown requests
+        self.timer: asyncio.Task | None = None  # a boot or shutdown in progress
         self.info = VmInfo(request.vm_uid, power, request.name, request.record)
+        self.refresh("")
+
+    def refresh(self, network: str) -> None:
+        r = self.request
+        up = self.power is PowerState.ON and self.booted and self.ip
+        addresses = (Address(self.ip, _mac(r.vm_uid), network, 6 if ":" in self.ip else 4),) if up else ()
+        self.info = VmInfo(r.vm_uid, self.power, r.name, r.record, vcpus=r.vcpus, memory_mib=r.memory_mib,
+                           addresses=addresses, bootstrapped=self.bootstrapped,
+                           bootstrap_present=self.bootstrap_present)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _mac(uid: str) -> str:
+    """A MAC in VMware's static range (00:50:56:00:00:00-3f:ff:ff), derived from the uid."""
+    d = hashlib.sha256(uid.encode()).digest()
+    return f"00:50:56:{d[0] & 0x3F:02x}:{d[1]:02x}:{d[2]:02x}"
+
+
+class AddressPool:
+    """The addresses of one network: hands out the lowest free host address. Pure, O(log n).
+
+    The network and broadcast addresses and the first host address (the gateway) are
+    never handed out. Raises nothing: :meth:`take` returns "" when the pool is empty."""
+
+    def __init__(self, cidr: str):
+        self.network = ipaddress.ip_network(cidr)
+        self._first = 2  # .0 network, .1 gateway
+        self._last = self.network.num_addresses - 2  # the broadcast address is the last
+        self._next = self._first
+        self._freed: list[int] = []  # heap of offsets below _next
+        self._taken: set[int] = set()
+
+    def take(self) -> str:
+        if self._freed:
+            offset = heapq.heappop(self._freed)
+        elif self._next <= self._last:
+            offset = self._next
+            self._next += 1
+        else:
+            return ""
+        self._taken.add(offset)
+        return str(self.network.network_address + offset)
+
+    def reserve(self, ip: str) -> bool:
+        """Mark ``ip`` taken (a replayed VM's); False if it is outside the pool or taken."""
+        offset = int(ipaddress.ip_address(ip)) - int(self.network.network_address)
+        if not self._first <= offset <= self._last or offset in self._taken:
+            return False
+        while self._next <= offset:  # offsets skipped over are free
+            if self._next != offset:
+                heapq.heappush(self._freed, self._next)
+            self._next += 1
+        if offset in self._freed:
+            self._freed.remove(offset)
+            heapq.heapify(self._freed)
+        self._taken.add(offset)
+        return True
+
+    def free(self, ip: str) -> None:
+        if not ip:
+            return
+        offset = int(ipaddress.ip_address(ip)) - int(self.network.network_address)
+        if offset in self._taken:
+            self._taken.remove(offset)
+            heapq.heappush(self._freed, offset)
+
+    def __len__(self) -> int:
+        """Addresses taken."""
+        return len(self._taken)
 
 
 class _Fault:
@@ -132,6 +244,8 @@ class SimHypervisor:
     drawn from ``random.Random(seed)``; half of those faults strike after the effect
     has applied. ``sleep`` is how latency is spent (tests pass a gate).
     ``images``: the image names every host has (None: any name is an image).
+    ``network`` (a CIDR) and ``network_name``: where the guests' addresses come from;
+    ``silent_images``: images whose guests cannot report that they bootstrapped.
 
     With ``state_dir``, construction replays the journal there; VMs of a host come
     back when that host is added again with :meth:`add_host`. Not thread-safe: use
@@ -147,10 +261,18 @@ class SimHypervisor:
         fault_rate: float = 0.0,
         sleep: Sleep = asyncio.sleep,
         images: Iterable[str] | None = None,
+        network: str = DEFAULT_NETWORK,
+        network_name: str = DEFAULT_NETWORK_NAME,
+        silent_images: Iterable[str] = (),
     ):
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError("fault_rate must be within [0, 1]")
         self.images: frozenset[str] | None = None if images is None else frozenset(images)
+        #: Every guest's address comes from here: unique among the VMs of all hosts.
+        self.addresses = AddressPool(network)  # raises ValueError for a bad CIDR
+        self.network_name = network_name
+        #: Images whose guests never report that they bootstrapped.
+        self.silent_images = frozenset(silent_images)
         self.latency = latency
         self.fault_rate = fault_rate
         self.rng = random.Random(seed)
@@ -173,15 +295,34 @@ class SimHypervisor:
             op, uid = r["op"], r["vm_uid"]
             if op == "create":
                 # Fields a journal written by an older version lacks take their defaults.
-                vms.setdefault(uid, _Vm(VmRequest(**{k: r[k] for k in _REQUEST_FIELDS if k in r})))
-            elif op == "destroy":
-                vms.pop(uid, None)
-            elif op in ("power_on", "power_off") and uid in vms:
-                vm = vms[uid]
-                vm.info = replace(vm.info, power=PowerState.ON if op == "power_on" else PowerState.OFF)
-            elif op == "reconfigure" and uid in vms:
-                vm = vms[uid]
+                made = vms.setdefault(uid, _Vm(VmRequest(**{k: r[k] for k in _REQUEST_FIELDS if k in r})))
+                made.bootstrap_present = "bootstrap_size" in r  # its bytes died with the last process
+                continue
+            found = vms.get(uid)
+            if found is None:
+                continue
+            vm = found
+            if op == "destroy":
+                del vms[uid]
+            elif op == "power_on":
+                vm.power, vm.booted = PowerState.ON, False
+            elif op == "power_off":
+                vm.power, vm.booted, vm.shutting_down = PowerState.OFF, False, False
+            elif op == "reconfigure":
                 vm.request = replace(vm.request, vcpus=r["vcpus"], memory_mib=r["memory_mib"])
+            elif op == "booted":
+                vm.booted, vm.ip = True, r.get("ip", "")
+            elif op == "bootstrapped":
+                vm.bootstrapped = True
+            elif op == "shutdown_guest":
+                vm.shutting_down = True
+            elif op == "clear_bootstrap":
+                vm.bootstrap_present = False
+        for vms in self._replayed.values():
+            for vm in vms.values():
+                if vm.ip and not self.addresses.reserve(vm.ip):
+                    vm.ip = ""  # another network now (or a clash): the guest asks again on boot
+                vm.refresh(self.network_name)
 
     def journal(self, record: dict[str, Any]) -> None:
         """Append one record (one os.write on an O_APPEND file); no-op in memory mode."""
@@ -248,6 +389,10 @@ class SimHost:
         self._vcpus = sum(vm.request.vcpus for vm in vms.values())
         self._memory_mib = sum(vm.request.memory_mib for vm in vms.values())
         self._disk_gib = sum(vm.request.disk_gib for vm in vms.values())
+        self._notify: Callable[[str], None] | None = None
+        #: Replayed guests in the middle of a boot or shutdown: resumed once an event loop runs.
+        self._to_resume = any(vm.power is PowerState.ON and (not vm.booted or not vm.ip or vm.shutting_down)
+                              for vm in vms.values())
 
     def __len__(self) -> int:
         return len(self._vms)
@@ -306,10 +451,14 @@ class SimHost:
 
     async def list_vms(self) -> list[VmInfo]:
         self._fail_before("list_vms")
+        if self._to_resume:
+            self._resume()
         return [vm.info for vm in self._vms.values()]
 
     async def get_vm(self, vm_uid: str) -> VmInfo | None:
         self._fail_before("get_vm")
+        if self._to_resume:
+            self._resume()
         if vm_uid in self._creating:
             await self._settled(vm_uid)
         vm = self._vms.get(vm_uid)
@@ -344,6 +493,7 @@ class SimHost:
                 await self._hv.sleep(delay)
             self._hv.journal({"host": self.host_id, "op": "create", **_request_record(request)})
             vm = self._vms[uid] = _Vm(request)
+            vm.refresh(self._hv.network_name)
             committed = True
         finally:
             if not committed:
@@ -382,33 +532,172 @@ class SimHost:
 
     async def _set_power(self, vm_uid: str, power: PowerState, op: str, delay: float) -> None:
         after = self._fail_before(op)
+        if self._to_resume:
+            self._resume()
         if vm_uid in self._creating:
             await self._settled(vm_uid)
         vm = self._vms.get(vm_uid)
         if vm is None:
             raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
-        if vm.info.power is not power:
+        if vm.power is not power:
             if delay > 0:
                 await self._hv.sleep(delay)
                 vm = self._vms.get(vm_uid)
                 if vm is None:  # destroyed meanwhile
                     raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
-            if vm.info.power is not power:
+            if vm.power is not power:
                 self._hv.journal({"host": self.host_id, "op": op, "vm_uid": vm_uid})
-                vm.info = replace(vm.info, power=power)
+                if power is PowerState.ON:
+                    vm.power = power
+                    self._boot(vm)
+                else:
+                    self._off(vm)
         if after is not None:
             raise after
 
+    # --- the guest -------------------------------------------------------------------
+
+    def _tell(self, vm_uid: str) -> None:
+        if self._notify is not None:
+            self._notify(vm_uid)
+
+    def _off(self, vm: _Vm) -> None:
+        vm.cancel_timer()
+        vm.power, vm.booted, vm.shutting_down = PowerState.OFF, False, False
+        vm.refresh(self._hv.network_name)
+
+    def _later(self, vm: _Vm, delay: float, then: Callable[[_Vm], None]) -> None:
+        async def wait() -> None:
+            await self._hv.sleep(delay)
+            if vm.timer is task:
+                vm.timer = None
+            if self._vms.get(vm.request.vm_uid) is vm:
+                try:
+                    then(vm)
+                except DriverError:  # the journal failed: the guest's change did not happen
+                    return
+                self._tell(vm.request.vm_uid)
+
+        vm.cancel_timer()
+        task = vm.timer = asyncio.get_running_loop().create_task(wait())
+
+    def _boot(self, vm: _Vm) -> None:
+        """The guest starts booting (at once at zero boot latency, without suspending)."""
+        vm.refresh(self._hv.network_name)
+        delay = self._hv.latency.boot
+        if delay > 0:
+            self._later(vm, delay, self._booted)
+        else:
+            self._booted(vm)
+
+    def _booted(self, vm: _Vm) -> None:
+        if vm.power is not PowerState.ON:
+            return
+        uid = vm.request.vm_uid
+        if not vm.booted or not vm.ip:
+            ip = vm.ip or self._hv.addresses.take()  # "" when the network is full: no address
+            self._hv.journal({"host": self.host_id, "op": "booted", "vm_uid": uid, "ip": ip})
+            vm.booted, vm.ip = True, ip
+        if vm.bootstrap_present and not vm.bootstrapped and vm.request.image not in self._hv.silent_images:
+            # The guest has read its bootstrap data (cloud-init ran) and says so.
+            self._hv.journal({"host": self.host_id, "op": "bootstrapped", "vm_uid": uid})
+            vm.bootstrapped = True
+        vm.refresh(self._hv.network_name)
+
+    def _shut_down(self, vm: _Vm) -> None:
+        if vm.power is PowerState.ON:
+            self._hv.journal({"host": self.host_id, "op": "power_off", "vm_uid": vm.request.vm_uid, "by": "guest"})
+            self._off(vm)
+
+    def _resume(self) -> None:
+        """Carry on with boots and shutdowns that a replayed journal left half-way."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not in a loop yet: the next call in one resumes them
+        self._to_resume = False
+        for vm in list(self._vms.values()):
+            if vm.power is not PowerState.ON or vm.timer is not None:
+                continue
+            if vm.shutting_down and not vm.deaf:
+                delay = self._hv.latency.shutdown
+                if delay > 0:
+                    self._later(vm, delay, self._shut_down)
+                else:
+                    self._shut_down(vm)
+            elif not vm.booted or not vm.ip:
+                self._boot(vm)
+
     async def shutdown_guest(self, vm_uid: str) -> None:
-        # Placeholder until the simulated guest exists: a guest that shuts down at once.
-        await self.power_off(vm_uid)
+        after = self._fail_before("shutdown_guest")
+        if self._to_resume:
+            self._resume()
+        if vm_uid in self._creating:
+            await self._settled(vm_uid)
+        vm = self._vms.get(vm_uid)
+        if vm is None:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        if vm.power is PowerState.ON and not vm.shutting_down:
+            if not vm.booted:
+                raise GuestUnavailable(f"host {self.host_id}: the guest of VM {vm_uid} is not up")
+            self._hv.journal({"host": self.host_id, "op": "shutdown_guest", "vm_uid": vm_uid})
+            vm.shutting_down = True
+            if not vm.deaf:
+                delay = self._hv.latency.shutdown
+                if delay > 0:
+                    self._later(vm, delay, self._shut_down)
+                else:
+                    self._shut_down(vm)
+        if after is not None:
+            raise after
 
     async def clear_bootstrap(self, vm_uid: str) -> None:
-        if vm_uid not in self._vms:
+        after = self._fail_before("clear_bootstrap")
+        if vm_uid in self._creating:
+            await self._settled(vm_uid)
+        vm = self._vms.get(vm_uid)
+        if vm is None:
             raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        if vm.bootstrap_present or vm.payload is not None:
+            self._hv.journal({"host": self.host_id, "op": "clear_bootstrap", "vm_uid": vm_uid})
+            vm.payload, vm.bootstrap_present = None, False
+            vm.refresh(self._hv.network_name)
+        if after is not None:
+            raise after
 
     def watch(self, notify: Callable[[str], None]) -> None:
         self._notify = notify
+        if self._to_resume:
+            self._resume()
+
+    def stop_outside(self, vm_uid: str) -> None:
+        """Test hook: someone outside Quanta powers the VM off (hard), and watchers are
+        told. Raises VmNotFound."""
+        vm = self._vms.get(vm_uid)
+        if vm is None:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        if vm.power is PowerState.ON:
+            self._hv.journal({"host": self.host_id, "op": "power_off", "vm_uid": vm_uid, "by": "outside"})
+            self._off(vm)
+            self._tell(vm_uid)
+
+    def ignore_shutdown(self, vm_uid: str, ignore: bool = True) -> None:
+        """Test hook: the guest ignores shutdown requests (one in progress stops), so only
+        a hard power-off stops it. In memory only. Raises VmNotFound."""
+        vm = self._vms.get(vm_uid)
+        if vm is None:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        vm.deaf = ignore
+        if ignore and vm.shutting_down:
+            vm.cancel_timer()
+
+    def bootstrap_payload(self, vm_uid: str) -> BootstrapPayload | None:
+        """The bootstrap data on the VM now (None: none, or cleared). Raises VmNotFound.
+        (Not part of HostDriver; for tests.)"""
+        vm = self._vms.get(vm_uid)
+        if vm is None:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        return vm.payload
 
     async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
         after = self._fail_before("reconfigure")
@@ -421,6 +710,9 @@ class SimHost:
         if vm is None:
             raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
         old = vm.request
+        if vm.power is PowerState.ON and (vcpus < old.vcpus or memory_mib < old.memory_mib):
+            # As ESXi: vCPUs and memory can be hot-added, never hot-removed.
+            raise PowerCycleRequired(f"host {self.host_id}: VM {vm_uid} must be off to shrink")
         if (old.vcpus, old.memory_mib) != (vcpus, memory_mib):
             # Hold room for the growth while the change takes its time; give back what
             # shrinks only once it is made, so the host is never overbooked meanwhile.
@@ -437,6 +729,7 @@ class SimHost:
                 self._hv.journal({"host": self.host_id, "op": "reconfigure", "vm_uid": vm_uid, "vcpus": vcpus,
                                   "memory_mib": memory_mib})
                 vm.request = replace(now, vcpus=vcpus, memory_mib=memory_mib)
+                vm.refresh(self._hv.network_name)
                 self._release(now.vcpus + grow_vcpus - vcpus, now.memory_mib + grow_memory - memory_mib, 0)
                 committed = True
             finally:
@@ -464,6 +757,8 @@ class SimHost:
             if vm is not None:  # a concurrent destroy may have won
                 self._hv.journal({"host": self.host_id, "op": "destroy", "vm_uid": vm_uid})
                 del self._vms[vm_uid]
+                vm.cancel_timer()
+                self._hv.addresses.free(vm.ip)
                 r = vm.request
                 self._release(r.vcpus, r.memory_mib, r.disk_gib)
         if after is not None:
@@ -479,4 +774,8 @@ def _fresh(error: DriverError) -> DriverError:
 
 
 def _request_record(r: VmRequest) -> dict[str, Any]:
-    return {name: getattr(r, name) for name in _REQUEST_FIELDS}
+    record = {name: getattr(r, name) for name in _REQUEST_FIELDS}
+    if r.bootstrap is not None:  # that it is there, never what it is
+        record["bootstrap_size"] = len(r.bootstrap.user_data)
+        record["bootstrap_sha256"] = hashlib.sha256(r.bootstrap.user_data).hexdigest()
+    return record

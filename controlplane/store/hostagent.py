@@ -1,8 +1,11 @@
 """What a host agent reads and writes: its hosts' registrations (heartbeat),
-the bindings it must make true, VM statuses, and the final removal of a VM.
+the bindings it must make true, VM statuses, the bootstrap data of its VMs (read
+to deliver it; deleted once the guest bootstrapped), and the final removal of a VM.
 
 Status writes are batched into one round trip of nested txns, each guarded by
-its binding's create_revision, so a status never resurrects a deleted VM.
+its binding's create_revision, so a status never resurrects a deleted VM; a
+status may carry writes that must land with it (:attr:`StatusUpdate.also`: the
+deletion of the VM's bootstrap data and its audit record).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from controlplane.etcd import EtcdClient, ops
+from controlplane.etcd.ops import RequestOp
 from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmStatus, now_ns
-from controlplane.store import bindings
+from controlplane.store import bindings, bootstrap
 from controlplane.store.bindings import HostRead
+from controlplane.store.bootstrap import BootstrapData
 from controlplane.store.keys import Keys
 from controlplane.store.tombstones import Tombstones
 from controlplane.store.zones import ZoneStore
@@ -43,6 +48,8 @@ class StatusUpdate:
     ref: VmRef
     binding_create_revision: int
     status: VmStatus
+    also: tuple[RequestOp, ...] = ()
+    """Writes applied with this status, in its txn (under its guard), or not at all."""
 
 
 class AgentStore:
@@ -93,13 +100,28 @@ class AgentStore:
                     changes.append(BindingChange(host, bound.ref, bound))
             yield changes, batch.revision
 
+    async def read_status(self, ref: VmRef) -> VmStatus | None:
+        """The VM's status as stored (None: no VM). One get: for what an agent that
+        restarted needs to know of a VM it did not make in this life."""
+        kv = await self._etcd.get(self._keys.vm_status(ref))
+        return VmStatus.from_bytes(kv.value) if kv is not None else None
+
+    async def read_bootstrap(self, ref: VmRef, uid: str) -> BootstrapData | None:
+        """The VM's bootstrap data (None: none or deleted). Secret: deliver it, never log it."""
+        return await bootstrap.read(self._etcd, self._keys, ref, uid)
+
+    def bootstrap_deleted(self, ref: VmRef) -> RequestOp:
+        """The write that deletes the VM's bootstrap data (for :attr:`StatusUpdate.also`)."""
+        return bootstrap.delete_op(self._keys, ref)
+
     async def write_statuses(self, updates: Sequence[StatusUpdate]) -> list[bool]:
-        """Write statuses in one round trip (chunked). Each is applied only if its
-        binding still exists with the same create_revision; returns which were."""
+        """Write statuses in one round trip (chunked). Each is applied, with its
+        ``also``, only if its binding still exists with the same create_revision;
+        returns which were."""
         k = self._keys
         nested = [
             ops.txn([ops.create_revision_is(k.binding(u.host, u.ref), u.binding_create_revision)],
-                    [ops.put(k.vm_status(u.ref), u.status.to_bytes())])
+                    [ops.put(k.vm_status(u.ref), u.status.to_bytes()), *u.also])
             for u in updates
         ]
         return [response.response_txn.succeeded for response in await self._etcd.txn_chunked(nested)]

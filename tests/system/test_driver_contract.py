@@ -5,6 +5,12 @@ new SimHypervisor on the same journal; a new vSphere session) and make a slow on
 (sim latency; vcsim method delays). A vcsim process serves one test module and is
 stopped at its end, also on failure. VM ids are fresh per test so that tests can
 share one simulator.
+
+Tests marked ``esxi_pending`` state the contract of the guest-side methods (issue
+12: ``shutdown_guest``, ``clear_bootstrap``, ``watch``, addresses, PowerCycleRequired)
+that the esxi driver does not meet yet: they run on sim and are reported as xfail
+(not run) on vcsim. Remove the marker once the esxi driver passes them. A backend
+plays the guest where a test needs one up (``guest_up``).
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ import pytest
 
 from agents.drivers.factory import esxi_drivers
 from agents.drivers.protocol import (
+    BootstrapFormat,
+    BootstrapPayload,
     HostCapacity,
     HostDriver,
     ImageNotFound,
+    PowerCycleRequired,
     PowerState,
     VmInfo,
     VmNotFound,
@@ -43,26 +52,39 @@ def uids(n: int = 1) -> list[str]:
     return [uuid.uuid4().hex[:12] for _ in range(n)]
 
 
+GUEST_S = 0.2  # boot and shutdown of a slow guest
+
+
 class SimBackend:
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
 
     @contextlib.asynccontextmanager
-    async def driver(self, *, slow: bool = False) -> AsyncIterator[HostDriver]:
+    async def driver(self, *, slow: bool = False, slow_guest: bool = False) -> AsyncIterator[HostDriver]:
         latency = SimLatency(create=SLOW_CREATE_S) if slow else SimLatency()
+        if slow_guest:
+            latency = replace(latency, boot=GUEST_S, shutdown=GUEST_S)
         hypervisor = SimHypervisor(self.state_dir, latency=latency, images=SIM_IMAGES)
         try:
             yield hypervisor.add_host("sim-0", HostCapacity(vcpus=512, memory_mib=1 << 20, disk_gib=100_000))
         finally:
             hypervisor.close()
 
+    async def guest_up(self, driver: HostDriver, uid: str) -> VmInfo:
+        """Wait until the powered-on VM's guest is up (has an address); the sim's boots by itself."""
+        return await _until(driver, uid, lambda info: bool(info.addresses), "the guest up with an address")
+
 
 class VcsimBackend:
     def __init__(self, fast: Vcsim, slow: Vcsim):
         self.fast, self.slow = fast, slow
 
+    async def guest_up(self, driver: HostDriver, uid: str) -> VmInfo:
+        # For the esxi helper: play the guest (extraConfig SET.guest.ipAddress), then wait.
+        raise NotImplementedError("vcsim: play the guest here")
+
     @contextlib.asynccontextmanager
-    async def driver(self, *, slow: bool = False) -> AsyncIterator[HostDriver]:
+    async def driver(self, *, slow: bool = False, slow_guest: bool = False) -> AsyncIterator[HostDriver]:
         vcsim = self.slow if slow else self.fast
         async with esxi_drivers(vcsim.config()) as drivers:
             (driver,) = drivers.values()
@@ -88,11 +110,28 @@ def vcsims():
 def backend(request, tmp_path):
     if request.param == "sim":
         return SimBackend(str(tmp_path / "sim"))
+    if request.node.get_closest_marker("esxi_pending"):
+        pytest.xfail("the esxi driver does not meet this part of the contract yet (issue 12)")
     return VcsimBackend(*request.getfixturevalue("vcsims"))
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _until(driver: HostDriver, uid: str, check, what: str, timeout: float = 20.0) -> VmInfo:
+    """Poll ``get_vm`` until ``check(info)`` (tests only: agents never poll)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await driver.get_vm(uid)
+        if info is not None and check(info):
+            return info
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {info}")
+        await asyncio.sleep(0.02)
+
+
+esxi_pending = pytest.mark.esxi_pending
 
 
 def test_create_makes_one_vm_powered_off(backend):
@@ -242,9 +281,9 @@ def test_reconfigure_sets_cpu_and_memory_idempotently(backend):
             for _ in range(2):
                 await driver.reconfigure(uid, vcpus=4, memory_mib=2048)
                 assert await driver.hardware(uid) == (4, 2048)
-            await driver.power_on(uid)
-            await driver.reconfigure(uid, vcpus=1, memory_mib=512)
+            await driver.reconfigure(uid, vcpus=1, memory_mib=512)  # shrinking, while off
             assert await driver.hardware(uid) == (1, 512)
+            await driver.power_on(uid)
             assert await driver.get_vm(uid) == VmInfo(uid, PowerState.ON)
         async with backend.driver() as driver:  # the change outlives the agent
             assert await driver.hardware(uid) == (1, 512)
@@ -264,4 +303,107 @@ def test_an_unknown_image_raises_image_not_found_and_leaves_no_vm(backend):
             assert (caught.value.reason, caught.value.transient) == ("ImageNotFound", False)
             assert await driver.get_vm(uid) is None
             assert uid not in {vm.vm_uid for vm in await driver.list_vms()}
+    run(body())
+
+
+@esxi_pending
+def test_shrinking_a_running_vm_requires_a_power_cycle(backend):
+    async def body():
+        (uid,) = uids()
+        async with backend.driver() as driver:
+            await driver.create_vm(req(uid, vcpus=2, memory_mib=1024))
+            await driver.power_on(uid)
+            for vcpus, memory_mib in ((1, 1024), (2, 512)):
+                with pytest.raises(PowerCycleRequired) as caught:
+                    await driver.reconfigure(uid, vcpus=vcpus, memory_mib=memory_mib)
+                assert (caught.value.reason, caught.value.transient) == ("PowerCycleRequired", False)
+                assert await driver.hardware(uid) == (2, 1024)
+            # Growing may be hot (sim) or need a cycle too (a VM without hot-add): never half-made.
+            try:
+                await driver.reconfigure(uid, vcpus=3, memory_mib=2048)
+                assert await driver.hardware(uid) == (3, 2048)
+            except PowerCycleRequired:
+                assert await driver.hardware(uid) == (2, 1024)
+            await driver.power_off(uid)
+            await driver.reconfigure(uid, vcpus=1, memory_mib=512)
+            info = await driver.get_vm(uid)
+            assert (info.vcpus, info.memory_mib) in ((1, 512), (0, 0))  # 0: the driver does not say
+            assert await driver.hardware(uid) == (1, 512)
+    run(body())
+
+
+@esxi_pending
+def test_a_running_guest_reports_an_address_unique_on_its_network(backend):
+    async def body():
+        a, b = uids(2)
+        async with backend.driver() as driver:
+            for uid in (a, b):
+                await driver.create_vm(req(uid))
+                assert (await driver.get_vm(uid)).addresses == ()  # off: no guest
+                await driver.power_on(uid)
+            first, second = [(await backend.guest_up(driver, uid)).addresses[0] for uid in (a, b)]
+            assert first.ip and second.ip and first.ip != second.ip
+            assert first.mac and first.mac != second.mac and first.family in (4, 6)
+            await driver.power_off(b)
+            assert (await driver.get_vm(b)).addresses == ()
+    run(body())
+
+
+@esxi_pending
+def test_shutdown_guest_powers_the_vm_off_and_watch_tells(backend):
+    async def body():
+        (uid,) = uids()
+        told: list[str] = []
+        async with backend.driver(slow_guest=True) as driver:
+            driver.watch(told.append)
+            await driver.create_vm(req(uid))
+            await driver.power_on(uid)
+            await backend.guest_up(driver, uid)
+            told.clear()
+            await driver.shutdown_guest(uid)  # returns without waiting for the guest
+            await driver.shutdown_guest(uid)  # idempotent
+            await _until(driver, uid, lambda info: info.power is PowerState.OFF, "the guest shut down")
+            assert uid in told, "watch did not tell of the guest's shutdown"
+            await driver.shutdown_guest(uid)  # off stays off
+            assert (await driver.get_vm(uid)).power is PowerState.OFF
+            (absent,) = uids()
+            with pytest.raises(VmNotFound):
+                await driver.shutdown_guest(absent)
+    run(body())
+
+
+@esxi_pending
+def test_watch_tells_when_a_guest_comes_up(backend):
+    async def body():
+        (uid,) = uids()
+        told: list[str] = []
+        async with backend.driver(slow_guest=True) as driver:
+            driver.watch(told.append)
+            await driver.create_vm(req(uid))
+            await driver.power_on(uid)
+            await backend.guest_up(driver, uid)
+            deadline = time.monotonic() + 10
+            while uid not in told and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert uid in told
+    run(body())
+
+
+@esxi_pending
+def test_clear_bootstrap_blanks_the_data_and_is_idempotent(backend):
+    async def body():
+        (uid,) = uids()
+        payload = BootstrapPayload(BootstrapFormat.CLOUD_INIT, b"#cloud-config\nhostname: x\n", b'{"instance-id":"i"}')
+        async with backend.driver() as driver:
+            await driver.create_vm(replace(req(uid), bootstrap=payload))
+            assert (await driver.get_vm(uid)).bootstrap_present
+            await driver.power_on(uid)
+            for _ in range(2):
+                await driver.clear_bootstrap(uid)
+                assert not (await driver.get_vm(uid)).bootstrap_present
+            (absent,) = uids()
+            with pytest.raises(VmNotFound):
+                await driver.clear_bootstrap(absent)
+        async with backend.driver() as driver:  # blanked for good
+            assert not (await driver.get_vm(uid)).bootstrap_present
     run(body())

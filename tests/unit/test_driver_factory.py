@@ -10,7 +10,8 @@ from agents.drivers.sim import SimLatency
 
 @pytest.mark.parametrize("spec, expected", [
     ("zero", SimLatency()),
-    ("realistic", SimLatency(create=0.3, power_on=0.1, power_off=0.05, reconfigure=0.1, destroy=0.1)),
+    ("realistic", SimLatency(create=0.3, power_on=0.1, power_off=0.05, reconfigure=0.1, destroy=0.1, boot=1.0,
+                             shutdown=0.5)),
     ("create=1.5", SimLatency(create=1.5)),
     ("create=0.5, power_on=0.2,destroy=0", SimLatency(create=0.5, power_on=0.2)),
 ])

@@ -4,13 +4,14 @@ sinks are recorded instead of written (their etcd side is tested elsewhere)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from agents.drivers.protocol import CapacityExceeded, HostCapacity, HostUnavailable, PowerState, VmRequest
 from agents.drivers.sim import SimHypervisor
 from agents.reconciler import Reconciler
-from controlplane.models import Binding, Resources, VmRef, VmSpec, VmState, now_ns
+from controlplane.models import Binding, Power, PowerOffMode, Resources, VmRef, VmSpec, VmState, now_ns
 from controlplane.store.hostagent import BoundVm
 
 HOST = "h-00000"
@@ -119,5 +120,84 @@ def test_deletion_destroys_then_hands_over_removal():
         del reconciler.desired[key]
         await reconciler.reconcile(key)  # binding gone: nothing to do
         assert remover.removed == [vm.ref]
+
+    asyncio.run(main())
+
+
+def _conditions(update) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in update.status.conditions}
+
+
+class FullRecorder(StatusRecorder):
+    def __init__(self):
+        super().__init__()
+        self.updates: list = []
+
+    def submit(self, update) -> None:
+        super().submit(update)
+        self.updates.append(update)
+
+
+def setup_full():
+    hypervisor = SimHypervisor(None)
+    host = hypervisor.add_host(HOST, HostCapacity(vcpus=8, memory_mib=16384, disk_gib=100))
+    statuses = FullRecorder()
+    return host, statuses, Reconciler({HOST: host}, statuses, RemoverRecorder())
+
+
+def with_spec(vm: BoundVm, **fields) -> BoundVm:
+    return BoundVm(Binding(replace(vm.binding.spec, **fields), HOST), vm.create_revision, vm.mod_revision + 1)
+
+
+def test_power_requests_are_applied_once_and_conditions_say_why():
+    async def main():
+        host, statuses, reconciler = setup_full()
+        vm = bound("a")
+        key = (HOST, vm.ref)
+        reconciler.desired[key] = vm
+        await reconciler.reconcile(key)
+        assert statuses.updates[-1].status.state == VmState.RUNNING
+        assert _conditions(statuses.updates[-1])["AddressAssigned"] == ("True", "AddressReported")
+        assert statuses.updates[-1].status.addresses[0].ip
+        # A hard stop.
+        reconciler.desired[key] = vm = with_spec(vm, power=Power.OFF, power_off_mode=PowerOffMode.HARD,
+                                                 power_time_ns=now_ns())
+        await reconciler.reconcile(key)
+        last = statuses.updates[-1]
+        assert last.status.state == VmState.STOPPED and _conditions(last)["Stopped"] == ("True", "StoppedByRequest")
+        assert last.status.power_time_ns == vm.binding.spec.power_time_ns and not last.status.addresses
+        # A start, then a stop outside Quanta: left off (KEEP_STOPPED), reported so.
+        reconciler.desired[key] = vm = with_spec(vm, power=Power.ON, power_time_ns=now_ns() + 1)
+        await reconciler.reconcile(key)
+        assert (await host.get_vm("uid-a")).power is PowerState.ON
+        host.stop_outside("uid-a")
+        await reconciler.reconcile(key)
+        assert _conditions(statuses.updates[-1])["Stopped"] == ("True", "StoppedOutsideQuanta")
+        assert (await host.get_vm("uid-a")).power is PowerState.OFF
+        # A restart powers it on, once.
+        reconciler.desired[key] = vm = with_spec(vm, restarts=1, power_time_ns=now_ns() + 2)
+        for _ in range(2):
+            await reconciler.reconcile(key)
+        assert statuses.updates[-1].status.restarts == 1 and statuses.updates[-1].status.state == VmState.RUNNING
+        assert (await host.get_vm("uid-a")).power is PowerState.ON
+
+    asyncio.run(main())
+
+
+def test_a_vm_created_off_and_a_new_vm_of_a_reused_name():
+    async def main():
+        host, statuses, reconciler = setup_full()
+        vm = bound("a")
+        vm = with_spec(vm, power=Power.OFF)
+        key = (HOST, vm.ref)
+        reconciler.desired[key] = vm
+        await reconciler.reconcile(key)
+        assert _conditions(statuses.updates[-1])["Stopped"] == ("True", "CreatedStopped")
+        assert (await host.get_vm("uid-a")).power is PowerState.OFF
+        # The name deleted and made again (a new uid): nothing applied to the old one carries over.
+        reconciler.desired[key] = with_spec(vm, uid="uid-b", power=Power.ON)
+        await reconciler.reconcile(key)
+        assert (await host.get_vm("uid-b")).power is PowerState.ON
+        assert reconciler.applied[key].uid == "uid-b"
 
     asyncio.run(main())

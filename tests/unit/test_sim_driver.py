@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.drivers.protocol import (
+    Address,
+    BootstrapFormat,
+    BootstrapPayload,
     CapacityExceeded,
     DriverError,
+    GuestUnavailable,
     HostCapacity,
     HostDriver,
     HostUnavailable,
     ImageNotFound,
     OperationFailed,
+    PowerCycleRequired,
     PowerState,
     VmInfo,
     VmNotFound,
     VmRequest,
 )
-from agents.drivers.sim import SimHost, SimHypervisor, SimLatency, read_journal
+from agents.drivers.sim import AddressPool, SimHost, SimHypervisor, SimLatency, read_journal
 
 CAP = HostCapacity(vcpus=8, memory_mib=8192, disk_gib=100, labels={"zone": "a"})
 
@@ -157,7 +166,7 @@ def test_destroy_frees_capacity_and_is_idempotent(tmp_path: Any) -> None:
         hv.close()
 
     run(main())
-    assert [r["op"] for r in read_journal(tmp_path)] == ["create", "power_on", "destroy", "create"]
+    assert [r["op"] for r in read_journal(tmp_path)] == ["create", "power_on", "booted", "destroy", "create"]
 
 
 def test_power_is_idempotent_and_needs_the_vm(tmp_path: Any) -> None:
@@ -177,7 +186,7 @@ def test_power_is_idempotent_and_needs_the_vm(tmp_path: Any) -> None:
         hv.close()
 
     run(main())
-    assert [r["op"] for r in read_journal(tmp_path)] == ["create", "power_on", "power_off"]
+    assert [r["op"] for r in read_journal(tmp_path)] == ["create", "power_on", "booted", "power_off"]
 
 
 def test_concurrent_create_of_one_uid_makes_one_vm(tmp_path: Any) -> None:
@@ -376,7 +385,7 @@ def test_zero_latency_never_suspends() -> None:
 
 def test_realistic_latency_and_validation() -> None:
     assert SimLatency.realistic() == SimLatency(create=0.3, power_on=0.1, power_off=0.05, reconfigure=0.1,
-                                                destroy=0.1)
+                                                destroy=0.1, boot=1.0, shutdown=0.5)
     with pytest.raises(ValueError):
         SimLatency(create=-1)
     with pytest.raises(ValueError):
@@ -454,3 +463,156 @@ def test_a_host_with_an_image_set_makes_only_those_images() -> None:
         assert await anything.create_vm(VmRequest("x", "x", "centos", 1, 512, 10)) == VmInfo("x", PowerState.OFF)
 
     run(main())
+
+
+# --- the simulated guest ----------------------------------------------------------------
+
+PAYLOAD = BootstrapPayload(BootstrapFormat.CLOUD_INIT, b"#cloud-config\npassword: hunter2-secret\n", b'{"k":"v"}')
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=120))
+def test_the_address_pool_hands_out_the_lowest_free_address_never_twice(steps) -> None:
+    pool = AddressPool("10.1.0.0/26")  # 61 usable host addresses (.2 - .62)
+    held: list[str] = []
+    for take, pick in steps:
+        if take or not held:
+            ip = pool.take()
+            model_free = [o for o in range(2, 63) if str(ipaddress.ip_address("10.1.0.0") + o) not in held]
+            if not model_free:
+                assert ip == ""
+                continue
+            assert ip == str(ipaddress.ip_address("10.1.0.0") + model_free[0])  # the lowest free one
+            assert ip not in held
+            held.append(ip)
+        else:
+            pool.free(held.pop(pick % len(held)))
+        assert len(pool) == len(held) == len(set(held))
+
+
+def test_the_address_pool_reserves_replayed_addresses() -> None:
+    pool = AddressPool("10.1.0.0/24")
+    assert pool.reserve("10.1.0.5") and not pool.reserve("10.1.0.5") and not pool.reserve("10.2.0.1")
+    assert [pool.take() for _ in range(4)] == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.6"]
+
+
+def test_a_guest_boots_reads_its_data_and_gets_an_address_at_zero_latency_without_suspending() -> None:
+    def sleep(delay: float) -> Any:
+        raise AssertionError("zero latency must not sleep")
+
+    def complete(coro: Coroutine[Any, Any, Any]) -> Any:
+        with pytest.raises(StopIteration) as stop:
+            coro.send(None)
+        return stop.value.value
+
+    host = SimHypervisor(None, sleep=sleep).add_host("h1", CAP)
+    complete(host.create_vm(replace(req(), bootstrap=PAYLOAD)))
+    complete(host.power_on("vm-1"))
+    info = complete(host.get_vm("vm-1"))
+    assert info.bootstrapped and info.bootstrap_present and (info.vcpus, info.memory_mib) == (2, 2048)
+    (address,) = info.addresses
+    assert address == Address("10.80.0.2", address.mac, "VM Network", 4) and address.mac.startswith("00:50:56:")
+    assert complete(host.shutdown_guest("vm-1")) is None
+    assert complete(host.get_vm("vm-1")).power is PowerState.OFF
+    assert complete(host.clear_bootstrap("vm-1")) is None
+    assert not complete(host.get_vm("vm-1")).bootstrap_present and host.bootstrap_payload("vm-1") is None
+
+
+def test_guest_changes_are_told_through_watch() -> None:
+    async def main() -> None:
+        host = SimHypervisor(None, latency=SimLatency(boot=0.05, shutdown=0.05)).add_host("h1", CAP)
+        told: list[str] = []
+        host.watch(told.append)
+        await host.create_vm(req())
+        with pytest.raises(VmNotFound):
+            await host.shutdown_guest("absent")
+        await host.power_on("vm-1")
+        with pytest.raises(GuestUnavailable):  # still booting
+            await host.shutdown_guest("vm-1")
+        assert (await host.get_vm("vm-1")).addresses == () and told == []
+        while not told:
+            await asyncio.sleep(0.01)
+        assert told == ["vm-1"] and (await host.get_vm("vm-1")).addresses
+        await host.shutdown_guest("vm-1")
+        assert (await host.get_vm("vm-1")).power is PowerState.ON  # the guest takes its time
+        while len(told) < 2:
+            await asyncio.sleep(0.01)
+        assert (await host.get_vm("vm-1")).power is PowerState.OFF
+        await host.shutdown_guest("vm-1")  # off: nothing to do
+        # A stop from outside Quanta is told too; a deaf guest ignores shutdowns.
+        await host.power_on("vm-1")
+        while len(told) < 3:
+            await asyncio.sleep(0.01)
+        host.stop_outside("vm-1")
+        assert told[-1] == "vm-1" and len(told) == 4 and (await host.get_vm("vm-1")).power is PowerState.OFF
+        await host.power_on("vm-1")
+        while len(told) < 5:
+            await asyncio.sleep(0.01)
+        host.ignore_shutdown("vm-1")
+        await host.shutdown_guest("vm-1")
+        await asyncio.sleep(0.2)
+        assert (await host.get_vm("vm-1")).power is PowerState.ON and len(told) == 5
+
+    run(main())
+
+
+def test_shrinking_a_running_vm_needs_a_power_cycle_growing_does_not() -> None:
+    async def main() -> None:
+        host = SimHypervisor(None).add_host("h1", CAP)
+        await host.create_vm(req(vcpus=2, memory_mib=2048))
+        await host.power_on("vm-1")
+        with pytest.raises(PowerCycleRequired):
+            await host.reconfigure("vm-1", vcpus=1, memory_mib=2048)
+        await host.reconfigure("vm-1", vcpus=3, memory_mib=4096)
+        info = await host.get_vm("vm-1")
+        assert (info.vcpus, info.memory_mib) == (3, 4096)
+        await host.power_off("vm-1")
+        await host.reconfigure("vm-1", vcpus=1, memory_mib=512)
+        assert await host.hardware("vm-1") == (1, 512)
+
+    run(main())
+
+
+def test_guest_state_outlives_the_process_but_bootstrap_bytes_are_never_journaled(tmp_path: Any) -> None:
+    async def first_life() -> tuple[str, str]:
+        hv = SimHypervisor(tmp_path, latency=SimLatency(shutdown=30), silent_images=("mute",))
+        host = hv.add_host("h1", CAP)
+        await host.create_vm(replace(req("a"), bootstrap=PAYLOAD))
+        await host.create_vm(replace(req("b", vcpus=1, memory_mib=1), bootstrap=PAYLOAD, image="mute"))
+        await host.create_vm(req("c", vcpus=1, memory_mib=1))
+        for uid in ("a", "b", "c"):
+            await host.power_on(uid)
+        await host.clear_bootstrap("a")
+        await host.shutdown_guest("c")  # takes 30 s: still shutting down when the process dies
+        ips = [(await host.get_vm(uid)).addresses[0].ip for uid in ("a", "b")]
+        assert repr(PAYLOAD).count("hunter2") == 0 and "hunter2" not in repr(host.bootstrap_payload("b"))
+        hv.close()
+        return ips[0], ips[1]
+
+    a_ip, b_ip = run(first_life())
+    journal = (tmp_path / "journal.jsonl").read_bytes()
+    assert b"hunter2" not in journal and b"cloud-config" not in journal
+    assert b'"bootstrap_size"' in journal and b'"bootstrap_sha256"' in journal
+
+    async def second_life() -> None:
+        hv = SimHypervisor(tmp_path, latency=SimLatency(shutdown=0.05))
+        host = hv.add_host("h1", CAP)
+        told: list[str] = []
+        host.watch(told.append)  # resumes the replayed guest's shutdown
+        a, b = await host.get_vm("a"), await host.get_vm("b")
+        assert (a.addresses[0].ip, b.addresses[0].ip) == (a_ip, b_ip)
+        assert a.bootstrapped and not a.bootstrap_present
+        assert not b.bootstrapped and b.bootstrap_present and host.bootstrap_payload("b") is None
+        while not told:
+            await asyncio.sleep(0.01)
+        assert told == ["c"] and (await host.get_vm("c")).power is PowerState.OFF
+        await host.create_vm(req("d", vcpus=1, memory_mib=1))
+        await host.power_on("d")
+        assert (await host.get_vm("d")).addresses[0].ip not in (a_ip, b_ip)
+        await host.destroy_vm("a")
+        await host.create_vm(req("e", vcpus=1, memory_mib=1))
+        await host.power_on("e")
+        assert (await host.get_vm("e")).addresses[0].ip == a_ip  # freed on destroy, the lowest free
+        hv.close()
+
+    run(second_life())
