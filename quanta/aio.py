@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 
 from controlplane.gen.quanta.v1 import host_pb2, vm_pb2
 from quanta.calls import STUBS, Calls, ClientBase, Pages, Stream, Unary, named
-from quanta.waits import DrainWait, VmWait
+from quanta.waits import DrainWait, VmsWait, VmWait
 
 __all__ = ["Client"]
 
@@ -135,15 +135,32 @@ class Client(ClientBase):
     list_vms = pages(Calls.list_vms)
     delete_vm = unary(Calls.delete_vm)
     watch_vms = stream(Calls.watch_vms)
+    start_vm = unary(Calls.start_vm)
+    stop_vm = unary(Calls.stop_vm)
+    restart_vm = unary(Calls.restart_vm)
+    update_vm = unary(Calls.update_vm)
+    resize_vm = unary(Calls.resize_vm)
 
-    async def wait_for_vm(self, vm_id: str, state: str, *, timeout: float = 60.0) -> vm_pb2.Vm:
-        """Return once the VM is in ``state`` (e.g. "RUNNING"), watching, not polling.
-        Raises WaitTimeout (a TimeoutError) with the VM as last seen."""
-        wait = VmWait(self.vm_name(vm_id), state)
+    async def wait_for_vm(self, vm_id: str, state: str = "RUNNING", *, timeout: float = 60.0,
+                          address: bool = False) -> vm_pb2.Vm:
+        """Return once the VM is in ``state`` (e.g. "RUNNING") and, with ``address``,
+        has at least one address; watching, not polling. Raises WaitTimeout (a
+        TimeoutError) with the VM as last seen."""
+        wait = VmWait(self.vm_name(vm_id), state, address=address)
         async with contextlib.aclosing(self.watch_vms(timeout=timeout)) as events:  # ends after timeout
             async for event in events:
                 if (vm := wait.seen(event)) is not None:
                     return vm
+        raise wait.timed_out(timeout)
+
+    async def wait_for_vms(self, vm_ids: Iterable[str], state: str = "RUNNING", *, timeout: float = 60.0,
+                           address: bool = False) -> list[vm_pb2.Vm]:
+        """As :meth:`quanta.Client.wait_for_vms`: one watch for several VMs."""
+        wait = VmsWait([self.vm_name(v) for v in vm_ids], state, address=address)
+        async with contextlib.aclosing(self.watch_vms(timeout=timeout)) as events:
+            async for event in events:
+                if (vms := wait.seen(event)) is not None:
+                    return vms
         raise wait.timed_out(timeout)
 
     # Hosts

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import pathlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -68,8 +68,20 @@ STUBS: dict[str, Callable[[Any], Any]] = {
 #: its etag; a pending VM it removed is NOT_FOUND), and CreateVm (idempotent by the request_id every SDK create
 #: carries). Creates of other resources take no request_id the server honours, and
 #: a retried DestroyOrphan would find its record gone (NOT_FOUND): not retried.
+#:
+#: The VM verbs of issue 12: StartVm and StopVm set the desired power state, so a
+#: second attempt sets what the first set. RestartVm is retried because every SDK
+#: restart carries a request_id (generated per call, resent by every attempt): a
+#: retry of an attempt that applied returns the VM and restarts it no more. UpdateVm
+#: sets absolute values (the whole label map, the flavor) under its field mask, so
+#: applying one request twice leaves what applying it once does; with an etag (what
+#: the CLI always sends) an attempt after one that applied fails ABORTED
+#: (ETAG_MISMATCH) instead of writing again, and the caller re-reads. Without an
+#: etag a retry could land after another client's change and undo it; that is the
+#: last-writer-wins the caller chose by sending no etag (the first attempt's place
+#: among the writers was unknown anyway once it went unanswered).
 RETRIED: dict[str, tuple[str, ...]] = {
-    VMS: ("CreateVm", "GetVm", "ListVms", "DeleteVm"),
+    VMS: ("CreateVm", "GetVm", "ListVms", "DeleteVm", "StartVm", "StopVm", "RestartVm", "UpdateVm"),
     HOSTS: ("GetHost", "ListHosts", "SetMaintenance", "DrainHost", "ListOrphans"),
     TENANTS: ("GetTenant", "ListTenants"),
     PROJECTS: ("GetProject", "ListProjects"),
@@ -113,7 +125,7 @@ class Unary(Generic[R]):
 
     service: str
     method: str
-    request: Message
+    request: Message = field(repr=False)  # a CreateVm's holds bootstrap data: never in a repr
     timeout: float | None = None
     parse: Callable[[Any], R] = field(default=_same)
 
@@ -140,6 +152,58 @@ class Stream(Generic[T]):
     method: str
     request: Message
     timeout: float | None = None
+
+
+#: ``mode`` of stop_vm/restart_vm → the API's PowerOffMode.
+POWER_OFF_MODES: dict[str, vm_pb2.PowerOffMode] = {"soft": vm_pb2.SOFT, "hard": vm_pb2.HARD}
+
+#: Metadata keys (cloud-init's spelling, or the API's) that are fields of BootstrapMetadata.
+_METADATA_FIELDS = {"instance-id": "instance_id", "instance_id": "instance_id",
+                    "local-hostname": "hostname", "hostname": "hostname"}
+
+
+def power_off_mode(mode: str) -> vm_pb2.PowerOffMode:
+    """"soft" or "hard" (any case) → the API's PowerOffMode; ValueError otherwise."""
+    try:
+        return POWER_OFF_MODES[mode.lower()]
+    except KeyError:
+        raise ValueError(f"mode must be soft or hard, not {mode!r}") from None
+
+
+def _duration(seconds: float | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def bootstrap_input(*, user_data: bytes | str | None = None, ignition: bytes | str | None = None,
+                    metadata: Mapping[str, str] | None = None, ssh_keys: Sequence[str] = (),
+                    hostname: str = "") -> vm_pb2.Bootstrap | None:
+    """The Vm.bootstrap of a create (None when nothing is given): ``user_data``
+    (cloud-init) or ``ignition`` (ValueError for both), str as UTF-8; ``metadata``'s
+    keys instance-id and local-hostname (or instance_id, hostname) become those
+    fields, the rest ``values``; ``hostname`` wins over metadata's. The message
+    holds the secret: never log or print it."""
+    if user_data is not None and ignition is not None:
+        raise ValueError("give user_data (cloud-init) or ignition, not both")
+    data = ignition if ignition is not None else user_data
+    if data is None and not metadata and not ssh_keys and not hostname:
+        return None
+    fields: dict[str, str] = {}
+    values: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        if key in _METADATA_FIELDS:
+            fields[_METADATA_FIELDS[key]] = value
+        else:
+            values[key] = value
+    if hostname:
+        fields["hostname"] = hostname
+    return vm_pb2.Bootstrap(
+        user_data=data.encode() if isinstance(data, str) else (data or b""),
+        format=vm_pb2.Bootstrap.IGNITION if ignition is not None else vm_pb2.Bootstrap.CLOUD_INIT,
+        metadata=vm_pb2.BootstrapMetadata(ssh_authorized_keys=list(ssh_keys), values=values, **fields))
 
 
 def named(collection: str, id_or_name: str) -> str:
@@ -177,7 +241,10 @@ class Calls:
     def create_vm(self, vm_id: str = "", *, flavor: str, image: str, labels: dict[str, str] | None = None,
                   request_id: str | None = None, node_selector: dict[str, str] | None = None,
                   anti_affinity_group: str = "", restart_policy: str = "ALWAYS", anti_affinity_scope: str = "HOST",
-                  affinity_group: str = "", affinity_scope: str = "HOST") -> Unary[vm_pb2.Vm]:
+                  affinity_group: str = "", affinity_scope: str = "HOST", user_data: bytes | str | None = None,
+                  ignition: bytes | str | None = None, metadata: Mapping[str, str] | None = None,
+                  ssh_keys: Sequence[str] = (), hostname: str = "", power_on: bool = True,
+                  power_policy: str = "KEEP_STOPPED") -> Unary[vm_pb2.Vm]:
         """Create a VM; returns it PENDING. ``vm_id`` "" lets the server assign one.
         Idempotent per request_id (one is generated if not given; the channel's
         retries resend it). ``node_selector``: host labels it needs;
@@ -186,15 +253,83 @@ class Calls:
         zone (host label topology.quanta.io/zone); ``affinity_group``: only on a host
         (``affinity_scope`` "HOST") or in a zone ("ZONE") that runs a VM of that
         group; ``restart_policy``: "ALWAYS" (placed again when its host is drained or
-        dead) or "NEVER" (deleted then). Raises QuotaExceeded, AlreadyExists,
-        InvalidArgument, ..."""
+        dead) or "NEVER" (deleted then).
+
+        Bootstrap data (write-once, never read back: reads show its format, size,
+        SHA-256 and state only; deleted from the store and blanked on the VM once the
+        guest has bootstrapped): ``user_data`` (cloud-init: ``#cloud-config``, a
+        script, ...) or ``ignition`` (an Ignition config), at most 64 KiB, str as
+        UTF-8; ``metadata``: cloud-init meta-data keys (``instance-id`` and
+        ``local-hostname`` set the instance id and hostname, the others are passed
+        as they are), ``ssh_keys`` (public keys) and ``hostname`` (default: the VM's
+        id). ValueError for both user_data and ignition.
+
+        ``power_on`` False creates it STOPPED (it keeps its host and quota);
+        ``power_policy``: what its agent does when it finds the VM off without a stop
+        (KEEP_STOPPED: report it STOPPED; KEEP_RUNNING: power it on again).
+        Raises QuotaExceeded, AlreadyExists, InvalidArgument, ..."""
+        vm = vm_pb2.Vm(flavor=flavor, image=image, labels=labels or {}, node_selector=node_selector or {},
+                       anti_affinity_group=anti_affinity_group,
+                       # Enum fields take their value names (ValueError on an unknown one).
+                       restart_policy=restart_policy, anti_affinity_scope=anti_affinity_scope,
+                       affinity_group=affinity_group, affinity_scope=affinity_scope,
+                       power="POWERED_ON" if power_on else "POWERED_OFF", power_policy=power_policy)
+        bootstrap = bootstrap_input(user_data=user_data, ignition=ignition, metadata=metadata, ssh_keys=ssh_keys,
+                                    hostname=hostname)
+        if bootstrap is not None:
+            vm.bootstrap.CopyFrom(bootstrap)
         return Unary(VMS, "CreateVm", vm_pb2.CreateVmRequest(
-            parent=self.parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex,
-            vm=vm_pb2.Vm(flavor=flavor, image=image, labels=labels or {}, node_selector=node_selector or {},
-                         anti_affinity_group=anti_affinity_group,
-                         # Enum fields take their value names (ValueError on an unknown one).
-                         restart_policy=restart_policy, anti_affinity_scope=anti_affinity_scope,
-                         affinity_group=affinity_group, affinity_scope=affinity_scope)))
+            parent=self.parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex, vm=vm))
+
+    def start_vm(self, vm_id: str, *, etag: str = "") -> Unary[vm_pb2.Vm]:
+        """Have the VM powered on (desired power POWERED_ON); returns it at once, its
+        agent powers it on. Idempotent. ``etag``: only if the VM is still at it
+        (Aborted ETAG_MISMATCH). FailedPrecondition VM_DELETING, NotFound."""
+        return Unary(VMS, "StartVm", vm_pb2.StartVmRequest(name=self.vm_name(vm_id), etag=etag))
+
+    def stop_vm(self, vm_id: str, *, mode: str = "soft", grace: float | None = None,
+                etag: str = "") -> Unary[vm_pb2.Vm]:
+        """Have the VM powered off (desired power POWERED_OFF); returns it at once.
+        ``mode`` "soft": the guest is asked to shut down and powered off hard after
+        ``grace`` seconds (None: the server's default, 60 s; at most an hour);
+        "hard": at once. A stopped VM keeps its host and its quota. Idempotent.
+        FailedPrecondition VM_PENDING (not placed yet) or VM_DELETING; Aborted for a
+        stale ``etag``. ValueError for an unknown mode."""
+        return Unary(VMS, "StopVm", vm_pb2.StopVmRequest(
+            name=self.vm_name(vm_id), mode=power_off_mode(mode), grace=_duration(grace), etag=etag))
+
+    def restart_vm(self, vm_id: str, *, mode: str = "soft", grace: float | None = None, etag: str = "",
+                   request_id: str | None = None) -> Unary[vm_pb2.Vm]:
+        """Restart the VM once (``mode`` and ``grace`` as :meth:`stop_vm`; "hard": a
+        power cycle) and leave it powered on; returns it at once. Idempotent per
+        ``request_id`` (generated per call if not given, resent by the channel's
+        retries): a retry restarts it no more. FailedPrecondition VM_PENDING or
+        VM_DELETING; Aborted for a stale ``etag``."""
+        return Unary(VMS, "RestartVm", vm_pb2.RestartVmRequest(
+            name=self.vm_name(vm_id), mode=power_off_mode(mode), grace=_duration(grace), etag=etag,
+            request_id=request_id or uuid.uuid4().hex))
+
+    def update_vm(self, vm_id: str, *, labels: Mapping[str, str] | None = None, flavor: str | None = None,
+                  etag: str = "") -> Unary[vm_pb2.Vm]:
+        """Change what is given (None: unchanged): ``labels`` replaces the whole
+        label map ({} removes every label), ``flavor`` resizes the VM (charged
+        against the project's quota and its host's room in one transaction:
+        QuotaExceeded, FailedPrecondition HOST_FULL; InvalidArgument for an unknown
+        flavor; the host's agent then reconfigures it, power-cycling it only where
+        its driver must). ``etag``: only if the VM is still at it (Aborted
+        ETAG_MISMATCH): give the etag of the VM the new labels were computed from,
+        or another client's change made meanwhile is overwritten. Retried on
+        UNAVAILABLE (the values are absolute; see :data:`RETRIED`). ValueError when
+        nothing is given."""
+        paths = [path for path, value in (("labels", labels), ("flavor", flavor)) if value is not None]
+        if not paths:
+            raise ValueError("update_vm: give labels, flavor or both")
+        vm = vm_pb2.Vm(name=self.vm_name(vm_id), labels=dict(labels or {}), flavor=flavor or "", etag=etag)
+        return Unary(VMS, "UpdateVm", vm_pb2.UpdateVmRequest(vm=vm, update_mask=field_mask_pb2.FieldMask(paths=paths)))
+
+    def resize_vm(self, vm_id: str, flavor: str, *, etag: str = "") -> Unary[vm_pb2.Vm]:
+        """:meth:`update_vm` of the flavor alone."""
+        return self.update_vm(vm_id, flavor=flavor, etag=etag)
 
     def get_vm(self, vm_id: str) -> Unary[vm_pb2.Vm]:
         """The VM ``vm_id`` (an id in this client's project, or a full name). NotFound."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
@@ -44,7 +44,7 @@ from quanta.calls import (
     named,
 )
 from quanta.config import DEFAULT_ENDPOINT, local_state_path, settings
-from quanta.waits import DrainWait, VmWait
+from quanta.waits import DrainWait, VmsWait, VmWait
 
 __all__ = ["DEFAULT_ENDPOINT", "ROLES", "Client", "local_state_path", "resolve_endpoint", "resolve_token"]
 
@@ -187,15 +187,36 @@ class Client(ClientBase):
     list_vms = pages(Calls.list_vms)
     delete_vm = unary(Calls.delete_vm)
     watch_vms = stream(Calls.watch_vms)
+    start_vm = unary(Calls.start_vm)
+    stop_vm = unary(Calls.stop_vm)
+    restart_vm = unary(Calls.restart_vm)
+    update_vm = unary(Calls.update_vm)
+    resize_vm = unary(Calls.resize_vm)
 
-    def wait_for_vm(self, vm_id: str, state: str, *, timeout: float = 60.0) -> vm_pb2.Vm:
-        """Block until the VM is in ``state`` (e.g. "RUNNING"), watching, not polling.
-        Raises WaitTimeout (a TimeoutError) with the VM as last seen."""
-        wait = VmWait(self.vm_name(vm_id), state)
+    def wait_for_vm(self, vm_id: str, state: str = "RUNNING", *, timeout: float = 60.0,
+                    address: bool = False) -> vm_pb2.Vm:
+        """Block until the VM is in ``state`` (e.g. "RUNNING", "STOPPED") and, with
+        ``address``, has at least one address; watching, not polling. Raises
+        WaitTimeout (a TimeoutError) with the VM as last seen."""
+        wait = VmWait(self.vm_name(vm_id), state, address=address)
         deadline = time.monotonic() + timeout
         for event in self.watch_vms(timeout=timeout):
             if (vm := wait.seen(event)) is not None:
                 return vm
+            if time.monotonic() > deadline:
+                break
+        raise wait.timed_out(timeout)
+
+    def wait_for_vms(self, vm_ids: Iterable[str], state: str = "RUNNING", *, timeout: float = 60.0,
+                     address: bool = False) -> list[vm_pb2.Vm]:
+        """:meth:`wait_for_vm` for several VMs through one watch; returns them in the
+        order given once every one is as waited for. WaitTimeout (``.last``: the VMs
+        still awaited, as last seen)."""
+        wait = VmsWait([self.vm_name(v) for v in vm_ids], state, address=address)
+        deadline = time.monotonic() + timeout
+        for event in self.watch_vms(timeout=timeout):
+            if (vms := wait.seen(event)) is not None:
+                return vms
             if time.monotonic() > deadline:
                 break
         raise wait.timed_out(timeout)

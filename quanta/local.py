@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -112,6 +113,8 @@ class LocalSystem:
         scheduler_args: tuple[str, ...] = (),
         sim_agents: int = 1,
         etcd_members: int = 1,
+        zones: Sequence[str] = (),
+        sim_agent_args: tuple[str, ...] = (),
     ):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if not data_dir:
@@ -142,6 +145,11 @@ class LocalSystem:
         #: Sim agent processes sharing the ``hosts``: agent-0 runs sim-00000..., agent-i
         #: (i > 0) runs sim{i}-00000... with its journal in sim_state_dir(i).
         self.sim_agents = max(1, sim_agents)
+        #: Availability zones given to the simulated hosts round robin (host label
+        #: topology.quanta.io/zone), for zone anti-affinity; none by default.
+        self.zones = tuple(zones)
+        #: More arguments for each sim agent (e.g. its guest's simulated boot latency).
+        self.sim_agent_args = tuple(sim_agent_args)
         self.prometheus: PrometheusServer | None = None  # once started
         #: Members of the etcd started here (1: an EtcdServer; more: an EtcdCluster).
         self.etcd_members = etcd_members
@@ -235,6 +243,7 @@ class LocalSystem:
                         "--state-dir", str(self.sim_state_dir(i)), "--lease-ttl", str(self.lease_ttl),
                         "--host-vcpus", str(self.host_vcpus), "--host-memory-mib", str(self.host_memory_mib),
                         "--fault-rate", str(self.fault_rate),
+                        *(("--zones", ",".join(self.zones)) if self.zones else ()), *self.sim_agent_args,
                     ])
             for process in self.processes.values():
                 process.start()

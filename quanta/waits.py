@@ -6,7 +6,7 @@ when it is done; the clients only carry the events (blocking or awaiting).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
 from quanta.errors import WaitTimeout
@@ -14,24 +14,72 @@ from quanta.errors import WaitTimeout
 
 class VmWait:
     """Waiting for the VM ``name`` to be in ``state`` (a Vm.State name, e.g. "RUNNING";
-    ValueError for an unknown one)."""
+    ValueError for an unknown one) and, with ``address``, to have at least one
+    address (Vm.addresses, which its guest reports)."""
 
-    def __init__(self, name: str, state: str) -> None:
+    def __init__(self, name: str, state: str, *, address: bool = False) -> None:
         self.name = name
         self.state = state
+        self.address = address
         self._wanted = vm_pb2.Vm.State.Value(state)
         self.last: vm_pb2.Vm | None = None
 
     def seen(self, event: vm_pb2.VmEvent) -> vm_pb2.Vm | None:
-        """The VM if this event shows it in the state waited for, else None."""
+        """The VM if this event shows it as waited for, else None."""
         if event.vm.name != self.name or event.type == common_pb2.BOOKMARK:
             return None
         self.last = event.vm
-        return event.vm if event.vm.state == self._wanted and event.type != common_pb2.DELETED else None
+        return event.vm if self.done(event.vm) and event.type != common_pb2.DELETED else None
+
+    def done(self, vm: vm_pb2.Vm) -> bool:
+        """Whether ``vm`` is as waited for."""
+        return vm.state == self._wanted and (not self.address or len(vm.addresses) > 0)
+
+    def goal(self) -> str:
+        return self.state + (" with an address" if self.address else "")
 
     def timed_out(self, timeout: float) -> WaitTimeout:
-        now = f"; it is {vm_pb2.Vm.State.Name(self.last.state)}" if self.last is not None else ""
-        return WaitTimeout(f"{self.name} not {self.state} within {timeout:g}s{now}", self.last)
+        now = f"; it is {describe_vm(self.last)}" if self.last is not None else ""
+        return WaitTimeout(f"{self.name} not {self.goal()} within {timeout:g}s{now}", self.last)
+
+
+class VmsWait:
+    """Waiting for each of the VMs ``names`` as :class:`VmWait` waits for one (one
+    watch for all of them)."""
+
+    def __init__(self, names: Iterable[str], state: str, *, address: bool = False) -> None:
+        self.waits = {name: VmWait(name, state, address=address) for name in names}
+        self.done: dict[str, vm_pb2.Vm] = {}
+
+    def seen(self, event: vm_pb2.VmEvent) -> list[vm_pb2.Vm] | None:
+        """Every VM (in the order named) once the last of them is as waited for, else None."""
+        wait = self.waits.get(event.vm.name)
+        if wait is None or event.type == common_pb2.BOOKMARK:
+            return None
+        if (vm := wait.seen(event)) is not None:
+            self.done[wait.name] = vm
+        else:
+            self.done.pop(wait.name, None)  # it was, and is no longer (e.g. stopped meanwhile)
+        return [self.done[name] for name in self.waits] if len(self.done) == len(self.waits) else None
+
+    def timed_out(self, timeout: float) -> WaitTimeout:
+        waiting = [w for name, w in self.waits.items() if name not in self.done]
+        first = waiting[0]
+        seen = describe_vm(first.last) if first.last is not None else "not seen"
+        more = f" and {len(waiting) - 1} more" if len(waiting) > 1 else ""
+        return WaitTimeout(f"{first.name}{more} not {first.goal()} within {timeout:g}s; {first.name} is {seen}",
+                           [w.last for w in waiting])
+
+
+def describe_vm(vm: vm_pb2.Vm) -> str:
+    """``RUNNING``, ``RUNNING, no address yet``, ``PENDING (NoHostFits: ...)``: a VM's
+    state, whether it has an address when running, and the condition that says why."""
+    text = vm_pb2.Vm.State.Name(vm.state)
+    if vm.state == vm_pb2.Vm.RUNNING and not vm.addresses:
+        text += ", no address yet"
+    reason = next((c for c in vm.conditions if c.reason and c.status != "True"), None)
+    return text + (f" ({reason.reason}: {reason.message})" if reason is not None and reason.message else
+                   f" ({reason.reason})" if reason is not None else "")
 
 
 class DrainWait:

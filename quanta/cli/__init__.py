@@ -4,7 +4,7 @@
     quanta context list|current|use|set|delete   where the CLI and SDK connect
     quanta frontend|scheduler|agent ...   one component (see --help of each)
     quanta scheduler shards               who owns each scheduler shard
-    quanta vm create|get|list|watch|delete
+    quanta vm create|get|list|watch|delete|start|stop|restart|resize|update
     quanta host list|get|maintenance|drain|delete
     quanta host orphans [HOST] | orphans adopt|destroy HOST UID
     quanta backup create|restore FILE     an etcd snapshot with its checksum; restore one

@@ -61,6 +61,17 @@ FLAGS: Mapping[str, str] = {
     "image_id": "IMAGE",
     "etag": "--etag",
     "resource_version": "--resource-version",
+    "vm.name": "NAME",
+    "vm.etag": "--etag",
+    "vm.power_policy": "--power-policy",
+    "vm.bootstrap": "--user-data/--ignition",
+    "vm.bootstrap.format": "--ignition",
+    "vm.bootstrap.metadata": "--metadata",
+    "vm.bootstrap.metadata.hostname": "--hostname",
+    "vm.bootstrap.metadata.ssh_authorized_keys": "--ssh-key",
+    "update_mask": "--label/--flavor",
+    "grace": "--grace",
+    "mode": "--hard",
 }
 
 #: Patterns the API quotes in violations, and the rule they stand for.

@@ -82,13 +82,15 @@ def plural(count: int, noun: str, many: str = "") -> str:
 @dataclass(frozen=True, slots=True)
 class Column:
     """One column of a table: its header and how to get the cell from a message.
-    ``wide``: only with ``-o wide``; ``coloured``: the cell is styled by
-    :data:`STATE_STYLES` (on a terminal)."""
+    ``wide``: only with ``-o wide``; ``narrow``: only without it (a column that a
+    wide one replaces); ``coloured``: the cell is styled by :data:`STATE_STYLES`
+    (on a terminal)."""
 
     header: str
     value: Callable[[Any], str]
     wide: bool = False
     coloured: bool = False
+    narrow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,11 +248,12 @@ class Printer:
     # --- internals ----------------------------------------------------------------------
 
     def _columns(self, view: View) -> list[Column]:
-        return [c for c in view.columns if self.output == "wide" or not c.wide]
+        wide = self.output == "wide"
+        return [c for c in view.columns if (not c.narrow if wide else not c.wide)]
 
     def _watch_widths(self, view: View) -> list[int]:
         # Room for typical values, so that streamed rows line up most of the time.
-        hints = {"NAME": 20, "STATE": 9, "HOST": 10}
+        hints = {"NAME": 20, "STATE": 9, "HOST": 10, "IP": 15}
         return [8, *(max(len(c.header), hints.get(c.header, 0)) for c in self._columns(view))]
 
     def _documents(self, messages: Iterable[Any], *, array: bool) -> None:

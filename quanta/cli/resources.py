@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import pathlib
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import auth_pb2, common_pb2, vm_pb2
 from quanta.cli import views
-from quanta.cli.errors import CliError, guarded
+from quanta.cli.errors import CliError, describe, guarded
 from quanta.cli.output import FORMATS, Printer, Section, short_name
-from quanta.cli.waiting import wait_for_drain, wait_for_vm
+from quanta.cli.waiting import (
+    as_desired,
+    running,
+    settled_after,
+    stopped,
+    wait_for_drain,
+    wait_for_vm,
+    wait_for_vms,
+)
 from quanta.client import Client, resolve_endpoint
+from quanta.errors import Aborted
 
 DEFAULT_WAIT_S = 300.0
 
@@ -75,6 +87,58 @@ def run_with_client(args, action: Callable[[Client, Printer], None]) -> None:
             action(client, Printer(args.output))
 
 
+def key_value(text: str) -> tuple[str, str]:
+    """``K=V`` (an argparse type): the pair; an argparse error without ``=``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def duration(text: str) -> float:
+    """``30s``, ``2m``, ``1m30s``, ``500ms``, ``1h`` or plain seconds (``45``) →
+    seconds (an argparse type)."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30s, 2m or 1m30s, got {text!r}")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def read_input(path: str, flag: str) -> bytes:
+    """The bytes of the file ``path`` (``-``: stdin) given to ``flag``; CliError
+    (exit 2) naming the flag and the file, never its content, if unreadable."""
+    try:
+        return sys.stdin.buffer.read() if path == "-" else pathlib.Path(path).expanduser().read_bytes()
+    except OSError as err:
+        raise CliError(f"{flag}: cannot read {path}: {err.strerror}", exit_code=2) from None
+
+
+def ssh_keys(paths: list[str]) -> list[str]:
+    """The public keys in the files ``paths`` (``--ssh-key``): each non-empty line
+    that is not a comment, as an authorized_keys file holds them."""
+    keys: list[str] = []
+    for path in paths:
+        text = read_input(path, "--ssh-key").decode("utf-8", errors="replace")
+        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return keys
+
+
+def merged_labels(labels: Mapping[str, str], add: list[tuple[str, str]], remove: list[str]) -> dict[str, str]:
+    """``labels`` with ``add`` set and ``remove`` gone (a key not there is no error)."""
+    out = {k: v for k, v in labels.items() if k not in remove}
+    out.update(add)
+    return out
+
+
 def vm_id(text: str) -> str:
     """What NAME may be: ``web-1``, ``vms/web-1`` (as ``-o name`` prints) or the full name."""
     return text.removeprefix("vms/")
@@ -130,8 +194,27 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
                         help="where --affinity-group applies: the same HOST (default) or ZONE")
     create.add_argument("--restart-policy", choices=("ALWAYS", "NEVER"), default="ALWAYS",
                         help="when its host is drained or dead: ALWAYS place it again (default), NEVER delete it")
-    add_wait(create, "it is RUNNING")
-    get = sub.add_parser("get", parents=[common], help="show a VM: state, conditions, placement, recent audit")
+    data = create.add_mutually_exclusive_group()
+    data.add_argument("--user-data", metavar="FILE", default=None,
+                      help="cloud-init user data (#cloud-config, a script, ...; at most 64 KiB; - for stdin): "
+                           "given to the guest once, never shown again, deleted once the guest bootstrapped")
+    data.add_argument("--ignition", metavar="FILE", default=None,
+                      help="an Ignition config (JSON) instead of --user-data, kept and cleared the same way")
+    create.add_argument("--metadata", action="append", default=[], type=key_value, metavar="K=V",
+                        help="instance metadata the guest reads beside its user data (repeatable; "
+                             "instance-id and local-hostname set those)")
+    create.add_argument("--ssh-key", action="append", default=[], metavar="FILE",
+                        help="public SSH keys for the guest, one a line (repeatable)")
+    create.add_argument("--hostname", default="", help="the guest's hostname (default: the VM's id)")
+    create.add_argument("--stopped", action="store_true",
+                        help="create it powered off (STOPPED; it keeps its host and quota; `quanta vm start`)")
+    create.add_argument("--power-policy", choices=("KEEP_STOPPED", "KEEP_RUNNING"), default="KEEP_STOPPED",
+                        help="when found off without a stop: KEEP_STOPPED report it STOPPED (default), "
+                             "KEEP_RUNNING power it on again")
+    add_wait(create, "it is RUNNING with its address (or STOPPED with --stopped)")
+    _power_parsers(sub, common)
+    get = sub.add_parser("get", parents=[common],
+                         help="show a VM: state, power, addresses, bootstrap summary, conditions, recent audit")
     get.add_argument("name", metavar="NAME", help="VM id (web-1, vms/web-1 or its full name)")
     delete = sub.add_parser("delete", parents=[common], help="delete a VM (DELETING at once; --wait until gone)")
     delete.add_argument("name", metavar="NAME", help="VM id (web-1, vms/web-1 or its full name)")
@@ -144,6 +227,53 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
     watch.add_argument("--resource-version", type=int, default=0, metavar="N",
                        help="only changes after this version (default 0: the current VMs first)")
     watch.add_argument("--selector", default="", metavar="K=V,...", help="only VMs with these labels")
+
+
+def _power_parsers(sub, common: argparse.ArgumentParser) -> None:
+    """``vm start|stop|restart|resize|update``."""
+    names = {"nargs": "+", "metavar": "NAME", "help": "VM ids (web-1, vms/web-1 or full names)"}
+    etag = {"default": "", "help": "only if the VM is still at this etag (from `get -o json`; one NAME only)"}
+    start = sub.add_parser("start", parents=[common], help="power VMs on (returns at once; --wait until RUNNING)")
+    start.add_argument("names", **names)
+    start.add_argument("--etag", **etag)
+    add_wait(start, "they are RUNNING")
+    stop = sub.add_parser("stop", parents=[common],
+                          help="power VMs off: guest shutdown, hard after --grace (--hard: at once); "
+                               "a stopped VM keeps its host and quota",
+                          description="Power VMs off. By default the guest is asked to shut down and the VM is "
+                                      "powered off hard if it has not after --grace; --hard powers it off at once. "
+                                      "A stopped VM keeps its host and its quota; `quanta vm start` powers it on.")
+    restart = sub.add_parser("restart", parents=[common],
+                             help="restart VMs once: guest shutdown (hard after --grace) or --hard power cycle")
+    for parser, what in ((stop, "they are STOPPED"), (restart, "they run again")):
+        parser.add_argument("names", **names)
+        parser.add_argument("--hard", action="store_true", help="power off at once, without a guest shutdown")
+        parser.add_argument("--grace", type=duration, default=None, metavar="DURATION",
+                            help="how long the guest may take to shut down before the VM is powered off hard, "
+                                 "e.g. 30s, 2m (default 60s, at most 1h)")
+        parser.add_argument("--etag", **etag)
+        add_wait(parser, what)
+    resize = sub.add_parser("resize", parents=[common],
+                            help="give a VM another flavor (charged to the quota and its host at once)",
+                            description="Give a VM another flavor. The project's quota and the host's room are "
+                                        "charged at once (refused if either has none); the host's agent then "
+                                        "reconfigures the VM, power-cycling it only where its driver must.")
+    resize.add_argument("name", metavar="NAME", help="VM id (web-1, vms/web-1 or its full name)")
+    resize.add_argument("flavor", metavar="FLAVOR", help="the new flavor (see `quanta flavor list`)")
+    resize.add_argument("--etag", default="", help="only if the VM is still at this etag (from `get -o json`)")
+    add_wait(resize, "it is in its desired power state (RUNNING with an address, or STOPPED) again")
+    update = sub.add_parser("update", parents=[common], help="change a VM's labels and/or flavor",
+                            description="Change a VM's labels (read, changed and written back with the etag read, "
+                                        "again if another change came between) and/or its flavor (a resize).")
+    update.add_argument("name", metavar="NAME", help="VM id (web-1, vms/web-1 or its full name)")
+    update.add_argument("--label", action="append", default=[], type=key_value, metavar="K=V",
+                        help="set a label (repeatable)")
+    update.add_argument("--remove-label", action="append", default=[], metavar="K",
+                        help="remove a label (repeatable; one that is not there is no error)")
+    update.add_argument("--flavor", default=None, help="resize to this flavor")
+    update.add_argument("--etag", default="",
+                        help="only if the VM is still at this etag (default: the one read before changing labels)")
+    add_wait(update, "after a resize, it is in its desired power state again")
 
 
 def _host_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -191,6 +321,13 @@ def main(kind: str, argv: list[str]) -> None:
         if args.name_arg and args.name and args.name_arg != args.name:
             parser.error(f"NAME {args.name_arg!r} and --name {args.name!r} differ; give one")
         args.name = vm_id(args.name_arg or args.name or "")
+    if kind == "vm" and args.verb in ("start", "stop", "restart") and args.etag and len(args.names) > 1:
+        parser.error("--etag names one VM's version: give one NAME with it")
+    if kind == "vm" and args.verb == "update":
+        if not (args.label or args.remove_label or args.flavor):
+            parser.error("nothing to change: give --label, --remove-label or --flavor")
+        if both := {k for k, _ in args.label} & set(args.remove_label):
+            parser.error(f"--label and --remove-label both name {', '.join(sorted(both))}")
     run_with_client(args, lambda client, printer: (_host if kind == "host" else _vm)(args, client, printer))
 
 
@@ -225,14 +362,19 @@ def _vm(args, client: Client, printer: Printer) -> None:
     if args.verb == "create":
         labels = dict(item.split("=", 1) for item in args.label if "=" in item)
         selector = dict(item.split("=", 1) for item in args.node_selector if "=" in item)
+        user_data = read_input(args.user_data, "--user-data") if args.user_data else None
+        ignition = read_input(args.ignition, "--ignition") if args.ignition else None
         vm = client.create_vm(args.name, flavor=args.flavor, image=args.image, labels=labels,
                               request_id=args.request_id, node_selector=selector,
                               anti_affinity_group=args.anti_affinity_group, restart_policy=args.restart_policy,
                               anti_affinity_scope=args.anti_affinity_scope, affinity_group=args.affinity_group,
-                              affinity_scope=args.affinity_scope)
+                              affinity_scope=args.affinity_scope, user_data=user_data, ignition=ignition,
+                              metadata=dict(args.metadata), ssh_keys=ssh_keys(args.ssh_key),
+                              hostname=args.hostname, power_on=not args.stopped, power_policy=args.power_policy)
         if args.wait:
+            goal = stopped if args.stopped else running
             with printer.progress() as progress:
-                final = wait_for_vm(client, vm, lambda v: v.state in (vm_pb2.Vm.RUNNING, vm_pb2.Vm.ERROR),
+                final = wait_for_vm(client, vm, lambda v: goal(v) or v.state == vm_pb2.Vm.ERROR,
                                     goal="the creation", timeout_s=args.timeout, progress=progress)
             if final is None:
                 raise CliError(f"{short_name(vm.name)} was deleted before it ran")
@@ -261,7 +403,108 @@ def _vm(args, client: Client, printer: Printer) -> None:
             printer.text(f"{short_name(vm.name)} deleted")
         else:
             printer.one(vm, views.VM)
+    elif args.verb in ("start", "stop", "restart"):
+        _power(args, client, printer)
+    elif args.verb in ("resize", "update"):
+        vm = _update(args, client)
+        if args.wait and (args.verb == "resize" or args.flavor):
+            # The agent writes no status for a resize that needs no power cycle: wait for
+            # the power state a cycle would pass through, not for a write that may not come.
+            _wait_and_show(client, printer, [vm], as_desired, "the resize", args.timeout)
+        else:
+            printer.one(vm, views.VM)
     elif args.verb == "watch":
         events = client.watch_vms(resource_version=args.resource_version, label_selector=args.selector)
         printer.events(((common_pb2.EventType.Name(e.type), e.vm) for e in events if e.type != common_pb2.BOOKMARK),
                        views.VM)
+
+
+def _power(args, client: Client, printer: Printer) -> None:
+    """``vm start|stop|restart NAME...``: each VM in turn; a failure is reported and
+    the others go on (exit 1 at the end). With --wait, one watch follows them all."""
+    mode = "hard" if getattr(args, "hard", False) else "soft"
+    grace = getattr(args, "grace", None)
+
+    def call(name: str) -> vm_pb2.Vm:
+        if args.verb == "start":
+            return client.start_vm(name, etag=args.etag)
+        if args.verb == "stop":
+            return client.stop_vm(name, mode=mode, grace=grace, etag=args.etag)
+        return client.restart_vm(name, mode=mode, grace=grace, etag=args.etag)
+
+    vms, failures = _each(client, [vm_id(n) for n in args.names], call)
+    if vms:
+        if args.wait:
+            goals = {"start": lambda vm: running, "stop": lambda vm: stopped, "restart": settled_after}
+            done = {vm.name: goals[args.verb](vm) for vm in vms}
+            what = {"start": "the start", "stop": "the stop", "restart": "the restart"}[args.verb]
+            _wait_and_show(client, printer, vms, lambda vm: done[vm.name](vm), what, args.timeout)
+        else:
+            _show(printer, vms)
+    if failures:
+        sys.exit(1)
+
+
+def _each(client: Client, names: Sequence[str],
+          call: Callable[[str], vm_pb2.Vm]) -> tuple[list[vm_pb2.Vm], list[str]]:
+    """``call(name)`` for each name. One name: its error ends the command as any
+    other; several: each error is said on stderr (naming the VM) and the rest go on.
+    Returns the VMs answered and the names that failed."""
+    if len(names) == 1:
+        return [call(names[0])], []
+    vms: list[vm_pb2.Vm] = []
+    failures: list[str] = []
+    for name in names:
+        try:
+            vms.append(call(name))
+        except ApiError as err:
+            failures.append(name)
+            text = describe(err, client.endpoint, client.context).removeprefix("error: ")
+            print(f"error: vms/{name.rsplit('/', 1)[-1]}: {text}", file=sys.stderr, flush=True)
+    return vms, failures
+
+
+def _show(printer: Printer, vms: Sequence[vm_pb2.Vm]) -> None:
+    if len(vms) == 1:
+        printer.one(vms[0], views.VM)
+    else:
+        printer.many(vms, views.VM)
+
+
+def _wait_and_show(client: Client, printer: Printer, vms: Sequence[vm_pb2.Vm], done: Callable[[vm_pb2.Vm], bool],
+                   goal: str, timeout_s: float) -> None:
+    """Follow ``vms`` until ``done``; print them as they ended; CliError if one went
+    to ERROR or was deleted meanwhile."""
+    with printer.progress(total=len(vms) if len(vms) > 1 else None) as progress:
+        final = wait_for_vms(client, vms, done, goal=goal, timeout_s=timeout_s, progress=progress)
+    shown = [vm for vm in final.values() if vm is not None]
+    if shown:
+        _show(printer, shown)
+    gone = [short_name(name) for name, vm in final.items() if vm is None]
+    broken = [vm for vm in shown if vm.state in (vm_pb2.Vm.ERROR, vm_pb2.Vm.DELETING)]
+    problems = [f"{name} was deleted" for name in gone]
+    problems += [f"{short_name(vm.name)} is {views.vm_state(vm)}"
+                 + (f": {views.vm_reason(vm)}" if views.vm_reason(vm) else "") for vm in broken]
+    if problems:
+        raise CliError("; ".join(problems))
+
+
+def _update(args, client: Client) -> vm_pb2.Vm:
+    """``vm resize`` and ``vm update``. New labels are computed from the VM as read
+    and written with its etag (or --etag); without --etag, a change that came
+    between is read again and merged, a few times."""
+    name = vm_id(args.name)
+    if args.verb == "resize":
+        return client.resize_vm(name, args.flavor, etag=args.etag)
+    if not (args.label or args.remove_label):
+        return client.update_vm(name, flavor=args.flavor, etag=args.etag)
+    attempts = 5
+    for attempt in range(attempts):
+        current = client.get_vm(name)
+        labels = merged_labels(current.labels, args.label, args.remove_label)
+        try:
+            return client.update_vm(name, labels=labels, flavor=args.flavor, etag=args.etag or current.etag)
+        except Aborted as err:
+            if args.etag or err.reason != "ETAG_MISMATCH" or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

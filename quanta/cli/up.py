@@ -96,6 +96,19 @@ def remove_state(name: str) -> None:
             pass
 
 
+def zone_names(text: str) -> tuple[str, ...]:
+    """``--zones``: ``3`` → zone-1, zone-2, zone-3; ``a,b`` → a, b."""
+    if text.strip().isdigit():
+        count = int(text)
+        if not 1 <= count <= 100:
+            raise argparse.ArgumentTypeError("give 1 to 100 zones")
+        return tuple(f"zone-{i}" for i in range(1, count + 1))
+    names = tuple(z.strip() for z in text.split(",") if z.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give a count or comma-separated zone names")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quanta up", description=__doc__)
     parser.add_argument("--name", default=config.DEFAULT_SYSTEM,
@@ -117,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--etcd-members", type=int, choices=(1, 3, 5), default=1,
                         help="members of the etcd started here: 1, or a cluster of 3 or 5 on loopback that "
                              "rides out the loss of a minority (default 1)")
+    parser.add_argument("--zones", type=zone_names, default=(), metavar="N|A,B,...",
+                        help="availability zones for the simulated hosts, given to them round robin (host label "
+                             "topology.quanta.io/zone, for --anti-affinity-scope ZONE): a count (3: zone-1, "
+                             "zone-2, zone-3) or names; default none")
     parser.add_argument("--data-dir", default=None, help="keep state and logs here (default: a temp dir)")
     parser.add_argument("--prometheus", action="store_true",
                         help="also run Prometheus (the 'prometheus' binary) scraping every process")
@@ -136,7 +153,7 @@ def main(argv: list[str]) -> None:
     system = LocalSystem(hosts=args.hosts, frontends=args.frontends, schedulers=args.schedulers,
                          shards=args.shards or max(4, 2 * args.schedulers), port=args.port, latency=args.latency,
                          etcd_endpoint=args.etcd or None, data_dir=args.data_dir, prometheus=args.prometheus,
-                         etcd_members=args.etcd_members)
+                         etcd_members=args.etcd_members, zones=args.zones)
     stopping = False
 
     def on_signal(_signum, _frame):
@@ -157,11 +174,12 @@ def main(argv: list[str]) -> None:
                  f"context {name!r}; the current context stays {current!r}: `quanta context use {name}`, "
                  f"$QUANTA_CONTEXT={name} or --context {name} to use this one")
         prometheus_line = f"\n  prometheus:   {system.prometheus.url}" if system.prometheus else ""
+        zones_text = f", in zones {', '.join(args.zones)}" if args.zones else ""
         print(f"""
 Quanta is up.
   API (gRPC):   {system.endpoint}    ({args.frontends} frontends share this port)
   etcd:         {system.etcd_endpoint}
-  hosts:        {args.hosts} simulated ({args.latency} latency)
+  hosts:        {args.hosts} simulated ({args.latency} latency){zones_text}
   metrics:      {", ".join(f"{n}=:{p}" for n, p in system.metrics_ports.items())}
   logs:         {system.log_dir}{prometheus_line}
   CLI:          {using}

@@ -35,8 +35,14 @@ def pairs(mapping: Mapping[str, str]) -> str:
 
 
 def _condition(vm: vm_pb2.Vm) -> common_pb2.Condition | None:
-    """The condition that explains the VM's state: the first with a reason."""
-    return next((c for c in vm.conditions if c.reason), None)
+    """The condition that explains the VM's state: the first not True with a reason
+    (NoHostFits, WaitingForAddress, ...), else for a STOPPED VM why it is stopped
+    (StoppedByRequest, StoppedOutsideQuanta, CreatedStopped); None when nothing needs
+    explaining (AddressReported and BootstrapCleared say all is well)."""
+    pending = next((c for c in vm.conditions if c.reason and c.status != "True"), None)
+    if pending is not None or vm.state != vm_pb2.Vm.STOPPED:
+        return pending
+    return next((c for c in vm.conditions if c.type == "Stopped" and c.reason), None)
 
 
 def vm_state(vm: vm_pb2.Vm) -> str:
@@ -46,12 +52,54 @@ def vm_state(vm: vm_pb2.Vm) -> str:
 def vm_reason(vm: vm_pb2.Vm) -> str:
     """``"NoHostFits: 0/11 hosts fit: ..."``, or "" when nothing is amiss."""
     condition = _condition(vm)
-    return f"{condition.reason}: {condition.message}" if condition else ""
+    if condition is None:
+        return ""
+    return f"{condition.reason}: {condition.message}" if condition.message else condition.reason
+
+
+def desired_power(vm: vm_pb2.Vm) -> str:
+    """``on`` or ``off``: what the VM's spec asks for (Vm.power)."""
+    return "off" if vm.power == vm_pb2.Vm.POWERED_OFF else "on"
 
 
 def power(vm: vm_pb2.Vm) -> str:
-    """The VM's power as its state implies it (the API has no separate field)."""
-    return {vm_pb2.Vm.RUNNING: "on", vm_pb2.Vm.STOPPED: "off", vm_pb2.Vm.ERROR: "unknown"}.get(vm.state, "-")
+    """The desired power, and what the VM is while it differs: ``on``, ``off``,
+    ``off (desired; the VM is RUNNING)`` while a stop is under way."""
+    desired = desired_power(vm)
+    actual = {vm_pb2.Vm.RUNNING: "on", vm_pb2.Vm.STOPPED: "off"}.get(vm.state)
+    return desired if actual in (None, desired) else f"{desired} (desired; the VM is {vm_state(vm)})"
+
+
+def waiting_for_address(vm: vm_pb2.Vm) -> bool:
+    """Whether the VM waits for its first address (condition AddressAssigned False)."""
+    return any(c.type == "AddressAssigned" and c.status == "False" for c in vm.conditions)
+
+
+def first_ip(vm: vm_pb2.Vm) -> str:
+    return vm.addresses[0].ip if vm.addresses else "-"
+
+
+def ips(vm: vm_pb2.Vm) -> str:
+    return ",".join(a.ip for a in vm.addresses) or "-"
+
+
+def _family(address: vm_pb2.Address) -> str:
+    return {vm_pb2.Address.IPV4: "IPv4", vm_pb2.Address.IPV6: "IPv6"}.get(address.family, "-")
+
+
+def size(count: int) -> str:
+    """``512 B``, ``4.0 KiB (4096 B)``: a byte count for people."""
+    return f"{count} B" if count < 1024 else f"{count / 1024:.1f} KiB ({count} B)"
+
+
+def bootstrap_summary(vm: vm_pb2.Vm) -> str:
+    """``CLOUD_INIT, 4.0 KiB (4096 B), CLEARED`` or ``-``: what reads show of the
+    bootstrap data (never the data, which the API does not return)."""
+    if not vm.HasField("bootstrap"):
+        return "-"
+    b = vm.bootstrap
+    fmt = vm_pb2.Bootstrap.Format.Name(b.format) if b.format else "CLOUD_INIT"
+    return f"{fmt}, {size(b.size_bytes)}, " + (vm_pb2.Bootstrap.State.Name(b.state) if b.state else "-")
 
 
 def _resources(r: common_pb2.Resources) -> str:
@@ -69,6 +117,7 @@ def _vm_detail(vm: vm_pb2.Vm) -> list[Section]:
         ("UID", vm.uid or "-"),
         ("State", vm_state(vm)),
         ("Power", power(vm)),
+        ("Power policy", vm_pb2.Vm.PowerPolicy.Name(vm.power_policy) if vm.power_policy else "KEEP_STOPPED"),
         ("Host", vm.host or "-"),
         ("Flavor", f"{vm.flavor} ({_resources(vm.resources)})" if vm.HasField("resources") else vm.flavor),
         ("Image", vm.image),
@@ -83,10 +132,22 @@ def _vm_detail(vm: vm_pb2.Vm) -> list[Section]:
     ]
     if vm.HasField("delete_time"):
         fields.append(("Deletion requested", _when(vm.delete_time)))
-    return [Section(fields=fields),
-            Section(title="Conditions", headers=("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE"),
-                    rows=[(c.type, c.status, c.reason or "-", c.message or "-", age(c.last_transition_time))
-                          for c in vm.conditions], empty="none")]
+    sections = [Section(fields=fields),
+                Section(title="Addresses", headers=("IP", "FAMILY", "MAC", "NETWORK"),
+                        rows=[(a.ip, _family(a), a.mac or "-", a.network or "-") for a in vm.addresses],
+                        empty="none yet (waiting for the guest to report one)" if waiting_for_address(vm)
+                        else "none")]
+    if vm.HasField("bootstrap"):
+        b = vm.bootstrap
+        sections.append(Section(title="Bootstrap data (never shown: its summary only)", fields=[
+            ("Format", vm_pb2.Bootstrap.Format.Name(b.format) if b.format else "CLOUD_INIT"),
+            ("Size", size(b.size_bytes)),
+            ("SHA-256", b.sha256 or "-"),
+            ("State", vm_pb2.Bootstrap.State.Name(b.state) if b.state else "-")]))
+    sections.append(Section(title="Conditions", headers=("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE"),
+                            rows=[(c.type, c.status, c.reason or "-", c.message or "-",
+                                   age(c.last_transition_time)) for c in vm.conditions], empty="none"))
+    return sections
 
 
 VM = View(
@@ -96,8 +157,12 @@ VM = View(
         Column("FLAVOR", lambda vm: vm.flavor),
         Column("IMAGE", lambda vm: vm.image),
         Column("HOST", lambda vm: vm.host or "-"),
+        Column("IP", first_ip, narrow=True),
+        Column("ADDRESSES", ips, wide=True),
         Column("AGE", lambda vm: age(vm.create_time)),
         Column("REASON", lambda vm: (_condition(vm) or common_pb2.Condition(reason="-")).reason),
+        Column("POWER", desired_power, wide=True),
+        Column("BOOTSTRAP", bootstrap_summary, wide=True),
         Column("MESSAGE", lambda vm: (_condition(vm) or common_pb2.Condition(message="-")).message, wide=True),
         Column("UID", lambda vm: vm.uid, wide=True),
         Column("LABELS", lambda vm: pairs(vm.labels), wide=True),

@@ -8,12 +8,12 @@ its progress, and say clearly what was last seen when time runs out.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
 from quanta.cli.errors import WaitTimeout
 from quanta.cli.output import ProgressLine, plural, short_name
-from quanta.cli.views import host_state, vm_reason, vm_state
+from quanta.cli.views import host_state, vm_reason, vm_state, waiting_for_address
 from quanta.client import Client
 
 
@@ -34,6 +34,60 @@ def follow_vm(events: Iterable[vm_pb2.VmEvent], name: str) -> Iterator[vm_pb2.Vm
                 return
             seen = True
             yield event.vm
+
+
+def follow_vms(events: Iterable[vm_pb2.VmEvent], names: Iterable[str]) -> Iterator[tuple[str, vm_pb2.Vm | None]]:
+    """:func:`follow_vm` for several VMs through one watch from resource_version 0:
+    ``(name, vm)`` when first listed and on each change, ``(name, None)`` when it is
+    gone (deleted, or absent from the initial listing); other VMs are skipped."""
+    wanted = set(names)
+    seen: set[str] = set()
+    listed = False
+    for event in events:
+        if event.type == common_pb2.BOOKMARK:
+            if not listed:
+                listed = True
+                for name in sorted(wanted - seen):
+                    yield name, None
+            continue
+        name = event.vm.name
+        if name not in wanted:
+            continue
+        if event.type == common_pb2.DELETED:
+            yield name, None
+        else:
+            seen.add(name)
+            yield name, event.vm
+
+
+#: What the verbs' --wait waits for: pure predicates of the VM as last seen.
+def running(vm: vm_pb2.Vm) -> bool:
+    """Up and usable: RUNNING, and not waiting for its first address (a VM whose
+    guest reports none has no AddressAssigned condition and is done when RUNNING)."""
+    return vm.state == vm_pb2.Vm.RUNNING and not waiting_for_address(vm)
+
+
+def stopped(vm: vm_pb2.Vm) -> bool:
+    return vm.state == vm_pb2.Vm.STOPPED
+
+
+def as_desired(vm: vm_pb2.Vm) -> bool:
+    """In its desired power state: :func:`stopped` if desired off, else :func:`running`."""
+    return stopped(vm) if vm.power == vm_pb2.Vm.POWERED_OFF else running(vm)
+
+
+def settled_after(before: vm_pb2.Vm) -> Callable[[vm_pb2.Vm], bool]:
+    """For a restart or resize (which leave the state as it was): the VM as its
+    desired power says (running, or stopped) in a status its agent wrote after
+    ``before`` (the VM the request returned), i.e. once the agent acted on it."""
+    def done(vm: vm_pb2.Vm) -> bool:
+        later = (vm.update_time.seconds, vm.update_time.nanos) > (before.update_time.seconds, before.update_time.nanos)
+        return later and as_desired(vm)
+    return done
+
+
+def failed(vm: vm_pb2.Vm) -> bool:
+    return vm.state in (vm_pb2.Vm.ERROR, vm_pb2.Vm.DELETING)
 
 
 def status_line(name: str, vm: vm_pb2.Vm) -> str:
@@ -61,6 +115,51 @@ def wait_for_vm(client: Client, vm: vm_pb2.Vm, done: Callable[[vm_pb2.Vm], bool]
             last = state
     reason = vm_reason(last)
     raise WaitTimeout(f"{short_name(name)} is still {vm_state(last)} after {timeout_s:g} s"
+                      + (f": {reason}" if reason else "") + f"; {goal} goes on")
+
+
+def wait_for_vms(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[vm_pb2.Vm], bool], *, goal: str,
+                 timeout_s: float, progress: ProgressLine) -> dict[str, vm_pb2.Vm | None]:
+    """Watch ``vms`` (one watch for all) until each satisfies ``done``, has failed
+    (ERROR or DELETING: :func:`failed`) or is gone; return each by name as last
+    seen (None: gone). One VM's progress is its status line; several show a bar of
+    how many are done. ``done`` is asked of each VM. Raises WaitTimeout after
+    ``timeout_s`` naming a VM not done, its state and condition, and ``goal``."""
+    last: dict[str, vm_pb2.Vm | None] = {vm.name: vm for vm in vms}
+    finished: set[str] = set()
+    shown: dict[str, str] = {}
+
+    def show(name: str) -> None:
+        vm = last[name]
+        line = status_line(name, vm) if vm is not None else f"{short_name(name)}: gone"
+        if shown.get(name) == line and name not in finished:
+            return  # nothing new about this VM (e.g. a watch listing it again)
+        shown[name] = line
+        if len(last) == 1:
+            progress.update(line)
+        else:
+            progress.update(f"{len(finished)}/{len(last)} done; {line}", completed=len(finished), total=len(last))
+
+    for vm in vms:
+        show(vm.name)
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        for name, state in follow_vms(client.watch_vms(timeout=left), list(last)):
+            if name in finished:
+                continue
+            last[name] = state
+            if state is None or done(state) or failed(state):
+                finished.add(name)
+            show(name)
+            if len(finished) == len(last):
+                return last
+    waiting = [name for name in last if name not in finished]
+    name = waiting[0]
+    stuck = last[name]
+    assert stuck is not None  # only a VM seen (not gone) is still awaited
+    reason = vm_reason(stuck)
+    more = f" (and {plural(len(waiting) - 1, 'other VM')})" if len(waiting) > 1 else ""
+    raise WaitTimeout(f"{short_name(name)}{more} is still {vm_state(stuck)} after {timeout_s:g} s"
                       + (f": {reason}" if reason else "") + f"; {goal} goes on")
 
 

@@ -76,7 +76,8 @@ def in_terminal(system: LocalSystem, *args: str, timeout: float = 60) -> tuple[i
 
 
 def test_listings_have_headers(system: LocalSystem) -> None:
-    for args, header in ((("vm", "list", *PROJECT), ["NAME", "STATE", "FLAVOR", "IMAGE", "HOST", "AGE", "REASON"]),
+    vm_header = ["NAME", "STATE", "FLAVOR", "IMAGE", "HOST", "IP", "AGE", "REASON"]
+    for args, header in ((("vm", "list", *PROJECT), vm_header),
                          (("host", "list"), ["NAME", "STATE", "VMS", "VCPUS", "MEMORY_MIB"]),
                          (("tenant", "list"), ["NAME", "DISPLAY", "NAME", "AGE"]),
                          (("flavor", "list"), ["NAME", "VCPUS", "MEMORY_MIB", "DISK_GIB", "VISIBILITY"]),

@@ -44,7 +44,7 @@ def test_a_table_has_a_header_and_columns_aligned_whatever_the_widths() -> None:
                                                                               message="0/3 hosts fit")])]
     text = _print("table", lambda p: p.many(vms, views.VM))
     lines = text.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "FLAVOR", "IMAGE", "HOST", "AGE", "REASON"]
+    assert lines[0].split() == ["NAME", "STATE", "FLAVOR", "IMAGE", "HOST", "IP", "AGE", "REASON"]
     # Every column starts at the same offset on every line.
     for header in ("STATE", "FLAVOR", "HOST", "REASON"):
         offset = lines[0].index(header)
