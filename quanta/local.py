@@ -87,6 +87,13 @@ def _serving(endpoint: str) -> bool:
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def sim_network(agent: int) -> str:
+    """The address range sim agent process ``agent`` hands its guests: a /16 of 10.0.0.0/8
+    each (10.80.0.0/16 for the first), so that the agents of one system never hand out
+    one address twice."""
+    return f"10.{(80 + agent) % 256}.0.0/16"
+
+
 class LocalSystem:
     def __init__(
         self,
@@ -243,6 +250,8 @@ class LocalSystem:
                         "--state-dir", str(self.sim_state_dir(i)), "--lease-ttl", str(self.lease_ttl),
                         "--host-vcpus", str(self.host_vcpus), "--host-memory-mib", str(self.host_memory_mib),
                         "--fault-rate", str(self.fault_rate),
+                        # One network, a range of it per agent process: no two VMs share an address.
+                        "--network", sim_network(i),
                         *(("--zones", ",".join(self.zones)) if self.zones else ()), *self.sim_agent_args,
                     ])
             for process in self.processes.values():

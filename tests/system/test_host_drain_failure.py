@@ -302,6 +302,11 @@ def test_dead_host_vms_run_elsewhere_exactly_once_and_never_twice(etcd_server, t
         dead_hosts = {h.name.split("/", 1)[1] for h in client.list_hosts() if h.name.startswith("hosts/sim1-")}
         assert len(dead_hosts) == 2
         on_dead = {uid for uid, vm in vms.items() if vm.host in dead_hosts}
+        # Two agent processes, one network: each hands out its own range, so no address twice.
+        addressed = client.wait_for_vms([vm.name.rsplit("/", 1)[1] for vm in vms.values()], address=True, timeout=30)
+        ips = [a.ip for vm in addressed for a in vm.addresses]
+        assert len(ips) == len(set(ips)) == len(vms), ips
+        assert {vm.host.startswith("sim1-") for vm in addressed} == {True, False}
         moved = on_dead & {vm.uid for vm in always}
         deleted = on_dead & {vm.uid for vm in never}
         assert moved, "no ALWAYS VM on agent-1's hosts"
