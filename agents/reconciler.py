@@ -7,11 +7,12 @@
 - observed: the driver's ``VmInfo`` (power, size, addresses, the guest's
   bootstrap report);
 - applied: what this agent already did to the VM (:class:`Applied`, in memory:
-  the power request and restarts applied, where the bootstrap data is). For a VM
-  it finds made but has no memory of (an agent restart), it reads the VM's status
-  from etcd once, and only when that matters: the spec has power, restart or
-  bootstrap history, or the VM is off while it should run (just created, or
-  stopped outside Quanta?).
+  the power request and restarts applied, where the bootstrap data is, a power
+  cycle under way). For a VM it finds made but has no memory of (an agent
+  restart), it reads the VM's status from etcd once, and only when that matters:
+  the spec has power, restart or bootstrap history, the VM is off while it should
+  run (just created, stopped outside Quanta, or off within a power cycle?), or its
+  size is not the spec's (a resize under way).
 
 What it does, in order: create (handing the driver the bootstrap data, read from
 etcd only for a VM that has some); a restart asked for and not applied (power off
@@ -19,12 +20,23 @@ soft or hard, then on); a resize (``reconfigure``; a driver that raises
 PowerCycleRequired gets the VM off, resized and on again); the desired power (a
 stop not applied: soft, the guest's shutdown, then hard at ``power_time_ns +
 grace``; a VM found off that should run is powered on when it was just made, a
-start was asked for or its policy is KEEP_RUNNING, else reported STOPPED
-StoppedOutsideQuanta); clearing the bootstrap data once the guest reported that it
+start was asked for, a power cycle is under way or its policy is KEEP_RUNNING, else
+reported STOPPED StoppedOutsideQuanta); clearing the bootstrap data once the guest reported that it
 bootstrapped (or, for images that cannot, ran with an address for
 ``bootstrap_clear_after_s``): blanked on the VM, then its key deleted, the status
 written and an audit record filed in one txn. It never polls: it waits for the
 driver's ``watch`` (which re-enqueues the key) or for a deadline (``requeue_after``).
+
+Power cycles (a restart; a resize the driver cannot apply hot) are on record
+before they disrupt the VM: a status with the condition ``PowerCycle`` (True,
+reason ``Restart`` or ``Resize``; for a restart, ``restarts`` already the value
+applied) is written and awaited, not batched, before the VM goes off, and again,
+STOPPED, once it is off within a restart; the next (batched) status clears it. An
+agent that restarts and finds the condition finishes the cycle: it powers the VM
+on if it is off and should run (never reports it StoppedOutsideQuanta), repeats a
+restart's power-off only while the record says the VM has not been off (RUNNING),
+and never begins the recorded restart again. So a restart is applied exactly once
+across crashes at any point, and a resize's VM is never left off.
 
 Idempotent: a VM the driver already has is adopted, never made twice; each step
 is safe to redo after a crash at any point. Never runs twice at once for one VM
@@ -100,11 +112,19 @@ ADDRESS_REPORTED = "AddressReported"
 BOOTSTRAPPED = "Bootstrapped"
 WAITING_FOR_GUEST = "WaitingForGuest"
 BOOTSTRAP_CLEARED = "BootstrapCleared"
+POWER_CYCLE = "PowerCycle"
+RESTART = "Restart"
+RESIZE = "Resize"
 
 _STOPPED_MESSAGES = {
     STOPPED_BY_REQUEST: "stopped as requested",
     STOPPED_OUTSIDE: "found powered off without a stop request; left off (power policy KEEP_STOPPED)",
     CREATED_STOPPED: "created with power off",
+}
+
+_CYCLE_MESSAGES = {
+    RESTART: "restarting: powered off, then on again",
+    RESIZE: "the new size needs the VM off: powered off, resized, then on again",
 }
 
 #: The methods audit records of the agent name.
@@ -134,7 +154,8 @@ class Applied:
     started: bool = False  # powered on by Quanta since it was made (off then means: stopped by someone)
     shutdown_asked: tuple = ()  # the stop, restart or resize for which the guest was asked to shut down
     resize_deadline_ns: int = 0  # a resize's power cycle: hard off after this
-    resize_cycled: bool = False  # powered off for a resize: power on again once resized
+    cycle: str = ""  # a power cycle on record in etcd (RESTART, RESIZE): power on again when done
+    cycle_off: bool = False  # ... and on record that the VM has been off within it (a restart's)
     address_since: float = 0.0  # monotonic: running with an address since (0: not)
     last: tuple = ()  # the last status submitted, without times
     conditions: dict[str, Condition] = field(default_factory=dict)  # as last submitted, by type
@@ -213,9 +234,22 @@ class Reconciler:
 
     def _submit(self, key: Key, vm: BoundVm, applied: Applied, state: VmState, *, info: VmInfo | None = None,
                 stopped: str = "", reason: str = "", message: str = "", also: tuple[RequestOp, ...] = ()) -> None:
+        """Queue the VM's status (batched), unless it is the one last submitted."""
+        update = self._update(key, vm, applied, state, info=info, stopped=stopped, reason=reason, message=message,
+                              also=also)
+        if update is not None:
+            self._statuses.submit(update)
+
+    def _update(self, key: Key, vm: BoundVm, applied: Applied, state: VmState, *, info: VmInfo | None = None,
+                stopped: str = "", reason: str = "", message: str = "", also: tuple[RequestOp, ...] = (),
+                force: bool = False) -> StatusUpdate | None:
+        """The VM's status as ``applied`` and ``info`` say (None: unchanged since the last
+        one, unless ``force``); remembered in ``applied`` as the last one."""
         spec = vm.binding.spec
         wanted: list[tuple[str, str, str, str]] = []
-        if state == VmState.STOPPED:
+        if applied.cycle:
+            wanted.append((POWER_CYCLE, "True", applied.cycle, _CYCLE_MESSAGES.get(applied.cycle, "")))
+        elif state == VmState.STOPPED:
             wanted.append((STOPPED, "True", stopped, _STOPPED_MESSAGES.get(stopped, "")))
         addresses: tuple[Address, ...] = ()
         if state == VmState.RUNNING and info is not None:
@@ -231,8 +265,8 @@ class Reconciler:
                                "deleted from the store and blanked on the VM"))
         signature = (state, reason, message, addresses, tuple(wanted), applied.power_time_ns, applied.restarts,
                      applied.bootstrap)
-        if signature == applied.last and not also:
-            return
+        if signature == applied.last and not also and not force:
+            return None
         at = now_ns()
         conditions = []
         for ctype, cstatus, creason, cmessage in wanted:
@@ -242,10 +276,29 @@ class Reconciler:
         applied.conditions = {c.type: c for c in conditions}
         applied.last = signature
         host, ref = key
-        self._statuses.submit(StatusUpdate(host, ref, vm.create_revision, VmStatus(
+        return StatusUpdate(host, ref, vm.create_revision, VmStatus(
             state, host=host, reason=reason, message=message, update_time_ns=at,
             accepted_time_ns=spec.create_time_ns, addresses=addresses, conditions=tuple(conditions),
-            power_time_ns=applied.power_time_ns, restarts=applied.restarts, bootstrap=applied.bootstrap), also))
+            power_time_ns=applied.power_time_ns, restarts=applied.restarts, bootstrap=applied.bootstrap), also)
+
+    async def _record_cycle(self, key: Key, vm: BoundVm, applied: Applied, info: VmInfo | None, cycle: str, *,
+                            off: bool) -> None:
+        """Put a power cycle on record before its next disruptive step: the status with
+        the condition PowerCycle (reason ``cycle``), RUNNING (the VM has not been off
+        within the cycle yet) or STOPPED (``off``: it has), written and awaited. Raises
+        OperationFailed (transient) if the binding changed meanwhile (nothing recorded;
+        the cycle is not begun)."""
+        before = (applied.cycle, applied.cycle_off)
+        applied.cycle, applied.cycle_off = cycle, off
+        state = VmState.STOPPED if off else VmState.RUNNING
+        update = self._update(key, vm, applied, state, info=None if off else info, force=True)
+        assert update is not None
+        if not await self._statuses.write(update):
+            applied.cycle, applied.cycle_off = before
+            applied.last = ()
+            raise OperationFailed("the binding changed before the power cycle was on record; not begun",
+                                  reason="BindingChanged", transient=True)
+        log.info("power cycle on record", extra={"cycle": cycle, "off": off, "restarts": applied.restarts})
 
     def _applied_for(self, key: Key, vm: BoundVm) -> Applied:
         applied = self.applied.get(key)
@@ -311,7 +364,9 @@ class Reconciler:
         applied.started = info.power is PowerState.ON
         history = spec.power_time_ns or spec.restarts or spec.bootstrap is not None
         off_but_wanted = info.power is not PowerState.ON and spec.power == Power.ON
-        if self._store is None or not (history or off_but_wanted):
+        resizing = bool(info.vcpus) and (info.vcpus, info.memory_mib) != (spec.resources.vcpus,
+                                                                           spec.resources.memory_mib)
+        if self._store is None or not (history or off_but_wanted or resizing):
             return applied
         status = await self._store.read_status(spec.ref)
         if status is None:
@@ -319,6 +374,15 @@ class Reconciler:
         applied.power_time_ns, applied.restarts, applied.bootstrap = (status.power_time_ns, status.restarts,
                                                                       status.bootstrap)
         applied.started = applied.started or status.state in (VmState.RUNNING, VmState.STOPPED)
+        applied.conditions = {c.type: c for c in status.conditions}  # (keeps their times)
+        cycle = applied.conditions.get(POWER_CYCLE)
+        if cycle is not None and cycle.status == "True" and cycle.reason in (RESTART, RESIZE):
+            # A power cycle the last agent began: finished, not begun again.
+            applied.cycle, applied.cycle_off = cycle.reason, status.state == VmState.STOPPED
+            if cycle.reason == RESIZE:  # its guest's grace counts from when it was put on record
+                applied.resize_deadline_ns = cycle.time_ns + DEFAULT_STOP_GRACE_S * 1_000_000_000
+            log.info("finishing a power cycle begun before a restart",
+                     extra={"cycle": cycle.reason, "off": applied.cycle_off, "restarts": applied.restarts})
         if spec.bootstrap is not None and applied.bootstrap == BootstrapState.STORED and info.bootstrap_present:
             applied.bootstrap = BootstrapState.DELIVERED  # made, and the status not written before a crash
         return applied
@@ -338,21 +402,28 @@ class Reconciler:
             applied = self.applied[key] = await self._recall(key, vm, info)
         if info is None:
             info = await self._create(key, vm, driver, applied)
-        # A restart asked for and not applied: a power cycle.
+        # A restart asked for and not applied: a power cycle, on record before the VM
+        # goes off (with the restarts it applies: never begun twice).
         if spec.restarts > applied.restarts:
-            token = ("power", spec.power_time_ns, spec.restarts)
-            if not await self._off(key, driver, info, applied, token, spec.power_off_mode,
-                                   spec.power_time_ns + spec.power_off_grace_s * 1_000_000_000):
-                return self._submit(key, vm, applied, VmState.RUNNING, info=info)
-            if spec.power == Power.ON:
-                await self._on(driver, spec, applied)
             applied.restarts, applied.power_time_ns = spec.restarts, spec.power_time_ns
-            info = await self._get(driver, spec.uid)
-            log.info("VM restarted", extra={"restarts": spec.restarts})
+            await self._record_cycle(key, vm, applied, info, RESTART, off=info.power is not PowerState.ON)
+        if applied.cycle == RESTART:
+            if not applied.cycle_off:
+                token = ("power", spec.power_time_ns, spec.restarts)
+                if not await self._off(key, driver, info, applied, token, spec.power_off_mode,
+                                       spec.power_time_ns + spec.power_off_grace_s * 1_000_000_000):
+                    return self._submit(key, vm, applied, VmState.RUNNING, info=info)
+                await self._record_cycle(key, vm, applied, info, RESTART, off=True)
+                info = await self._get(driver, spec.uid)
+            if spec.power == Power.ON and info.power is not PowerState.ON:
+                await self._on(driver, spec, applied)
+                info = await self._get(driver, spec.uid)
+            applied.cycle, applied.cycle_off = "", False
+            log.info("VM restarted", extra={"restarts": applied.restarts})
         # A resize: the binding's size against the VM's.
         want = (spec.resources.vcpus, spec.resources.memory_mib)
         if info.vcpus and (info.vcpus, info.memory_mib) != want:
-            info = await self._resize(key, driver, spec, info, applied)
+            info = await self._resize(key, vm, driver, info, applied)
             if info is None:
                 return self._submit(key, vm, applied, VmState.RUNNING, info=await self._get(driver, spec.uid))
         # The desired power.
@@ -360,7 +431,7 @@ class Reconciler:
         requested = spec.power_time_ns > applied.power_time_ns
         if spec.power == Power.ON:
             if info.power is not PowerState.ON:
-                if (not applied.started or requested or applied.resize_cycled
+                if (not applied.started or requested or applied.cycle
                         or spec.power_policy == PowerPolicy.KEEP_RUNNING):
                     first = not applied.started
                     await self._on(driver, spec, applied)
@@ -379,7 +450,7 @@ class Reconciler:
         if info.power is not PowerState.ON and not stopped:
             stopped = STOPPED_BY_REQUEST if spec.power_time_ns else CREATED_STOPPED
         applied.power_time_ns = spec.power_time_ns
-        applied.resize_cycled = False
+        applied.cycle, applied.cycle_off = "", False  # (a resize's: done)
         state = VmState.RUNNING if info.power is PowerState.ON else VmState.STOPPED
         also = await self._maybe_clear_bootstrap(key, vm, driver, info, applied)
         self._submit(key, vm, applied, state, info=info, stopped=stopped, also=also)
@@ -434,20 +505,22 @@ class Reconciler:
             self._requeue_after(key, (deadline_ns - now) / 1e9)
         return False
 
-    async def _resize(self, key: Key, driver: HostDriver, spec: VmSpec, info: VmInfo,
+    async def _resize(self, key: Key, vm: BoundVm, driver: HostDriver, info: VmInfo,
                       applied: Applied) -> VmInfo | None:
-        """Make the VM the binding's size; None while a power cycle it needs waits for the guest."""
+        """Make the VM the binding's size; None while a power cycle it needs waits for the
+        guest. The cycle is on record before the VM goes off; the caller powers it on."""
+        spec = vm.binding.spec
         vcpus, memory_mib = spec.resources.vcpus, spec.resources.memory_mib
         try:
             await _timed("reconfigure", driver.reconfigure(spec.uid, vcpus=vcpus, memory_mib=memory_mib))
         except PowerCycleRequired:
-            if not applied.resize_deadline_ns:
+            if applied.cycle != RESIZE:
                 applied.resize_deadline_ns = now_ns() + DEFAULT_STOP_GRACE_S * 1_000_000_000
+                await self._record_cycle(key, vm, applied, info, RESIZE, off=False)
             token = ("resize", applied.resize_deadline_ns)
             if not await self._off(key, driver, info, applied, token, PowerOffMode.SOFT, applied.resize_deadline_ns):
                 return None
             await _timed("reconfigure", driver.reconfigure(spec.uid, vcpus=vcpus, memory_mib=memory_mib))
-            applied.resize_cycled = info.power is PowerState.ON
         applied.resize_deadline_ns = 0
         log.info("VM resized", extra={"vcpus": vcpus, "memory_mib": memory_mib})
         return await self._get(driver, spec.uid)

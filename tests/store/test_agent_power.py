@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agents.drivers.protocol import HostCapacity, PowerState
-from agents.drivers.sim import SimHost, SimHypervisor, SimLatency, read_journal
+from agents.drivers.sim import SimHost, SimHypervisor, SimLatency, Sleep, read_journal
 from agents.reconciler import CLEAR_BOOTSTRAP_METHOD
 from agents.service import Agent, AgentConfig
 from controlplane.etcd import EtcdClient
@@ -122,8 +122,9 @@ def running_with_address(status: VmStatus) -> bool:
 
 @contextlib.asynccontextmanager
 async def world(etcd_endpoint: str, root: str, state_dir: str, *, latency: SimLatency = ZERO,
-                clear_after_s: float = 600.0, silent_images: tuple[str, ...] = ()) -> AsyncIterator[World]:
-    hv = SimHypervisor(state_dir, latency=latency, silent_images=silent_images)
+                clear_after_s: float = 600.0, silent_images: tuple[str, ...] = (),
+                sleep: Sleep = asyncio.sleep) -> AsyncIterator[World]:
+    hv = SimHypervisor(state_dir, latency=latency, silent_images=silent_images, sleep=sleep)
     host = hv.add_host(HOST, HostCapacity(64, 256 * 1024, 10_000))
     keys = Keys(root)
     try:
@@ -230,6 +231,75 @@ def test_a_restart_is_applied_once_also_across_an_agent_restart(etcd_endpoint, r
             assert w.agent.reconciler.applied[key].restarts == 1
             assert len(w.journal(spec.uid)) == journaled, "the restart was repeated"
             assert (await w.status(spec)).restarts == 1
+
+    run(second_life())
+
+
+class Gate:
+    """The sim's latency, held while closed: a test decides when an operation completes."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.open.set()
+        self.waiting = 0
+
+    async def sleep(self, _seconds: float) -> None:
+        self.waiting += 1
+        try:
+            await self.open.wait()
+        finally:
+            self.waiting -= 1
+
+
+class HeldWrites:
+    """Stands in for the StatusWriter's store once the test holds status writes: what
+    the agent writes then never lands (as when it dies first). Not etcd: the store
+    object of this agent's writer only."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.held: list = []
+
+    async def write_statuses(self, updates):
+        self.held.extend(updates)
+        await asyncio.Event().wait()  # until the agent is cancelled
+        return await self._store.write_statuses(updates)
+
+
+def test_an_agent_killed_after_a_restarts_power_on_does_not_restart_again(etcd_endpoint, root, tmp_path):
+    gate = Gate()
+
+    async def first_life() -> tuple[VmSpec, list]:
+        async with world(etcd_endpoint, root, str(tmp_path), latency=SimLatency(power_on=0.01),
+                         sleep=gate.sleep) as w:
+            spec = await w.create(make_spec("once"))
+            await w.until(spec, running_with_address, "RUNNING")
+            gate.open.clear()
+            spec = await w.change(spec, restarts=1, power_time_ns=now_ns(), power_off_mode=PowerOffMode.HARD)
+            status = await w.until(spec, lambda s: s.state == VmState.STOPPED, "off within the restart, on record")
+            assert condition(status, "PowerCycle") == ("True", "Restart") and status.restarts == 1
+            await async_wait_until(lambda: gate.waiting == 1, message="the power-on under way",
+                                   seen=lambda: w.journal(spec.uid))
+            # The power-on completes; the status saying so never lands.
+            held = w.agent.statuses._store = HeldWrites(w.agent.statuses._store)
+            gate.open.set()
+            await async_wait_until(lambda: any(u.ref == spec.ref for u in held.held),
+                                   message="the status after the power-on held", seen=lambda: held.held)
+            assert (await w.host.get_vm(spec.uid)).power is PowerState.ON
+            status = await w.status(spec)
+            assert status.state == VmState.STOPPED and condition(status, "PowerCycle") == ("True", "Restart")
+            return spec, w.journal(spec.uid)
+
+    spec, journal = run(first_life())
+    assert [r["op"] for r in journal].count("power_on") == 2
+
+    async def second_life() -> None:
+        async with world(etcd_endpoint, root, str(tmp_path)) as w:
+            status = await w.until(spec, lambda s: s.state == VmState.RUNNING and not condition(s, "PowerCycle"),
+                                   "RUNNING, the restart finished")
+            assert status.restarts == 1 and condition(status, "Stopped") is None
+            ops = [r["op"] for r in w.journal(spec.uid)]
+            assert ops.count("power_on") == 2 and ops.count("power_off") == 1, f"restarted again: {ops}"
 
     run(second_life())
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agents.status_writer import StatusWriter
 from controlplane.etcd import EtcdClient, Lease
 from controlplane.models import (
     Binding,
@@ -302,6 +303,39 @@ def test_write_statuses_skips_another_binding_incarnation(etcd_endpoint: str, ro
                 [StatusUpdate("h1", specs[0].ref, bound["vm-s1"].create_revision, running)])
             assert late == [False]
             assert await client.get(keys.vm_status(specs[0].ref)) is None
+
+    run(main())
+
+
+def test_an_awaited_status_write_lands_before_it_returns_in_order_with_the_batch(etcd_endpoint, root) -> None:
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            vms, sched, agent = VmStore(client, keys), SchedulingStore(client, keys), AgentStore(client, keys)
+            specs = [make_spec("vm-w1"), make_spec("vm-w2")]
+            await bind_all(vms, sched, "h1", specs)
+            bound = {b.ref.vm_id: b for b in (await agent.list_bindings(["h1"]))[0]}
+            writer = StatusWriter(agent)
+            task = asyncio.create_task(writer.run())
+            try:
+                first, second = (VmStatus(state, host="h1", update_time_ns=now_ns())
+                                 for state in (VmState.CREATING, VmState.RUNNING))
+                # Batched, then awaited: the awaited one is the last word, in etcd when it returns.
+                writer.submit(StatusUpdate("h1", specs[0].ref, bound["vm-w1"].create_revision, first))
+                assert await writer.write(StatusUpdate("h1", specs[0].ref, bound["vm-w1"].create_revision, second))
+                assert (await vms.get(specs[0].ref)).status == second
+                # Another binding incarnation: not applied, and the caller is told.
+                assert not await writer.write(
+                    StatusUpdate("h1", specs[1].ref, bound["vm-w2"].create_revision + 1, second))
+                assert (await vms.get(specs[1].ref)).status.state == VmState.SCHEDULED
+                # Many awaited at once: one batch, each told.
+                results = await asyncio.gather(*(writer.write(StatusUpdate(
+                    "h1", spec.ref, bound[spec.ref.vm_id].create_revision, first)) for spec in specs))
+                assert results == [True, True]
+                assert [(await vms.get(spec.ref)).status for spec in specs] == [first, first]
+            finally:
+                writer.close()
+                await task
 
     run(main())
 

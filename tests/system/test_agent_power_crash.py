@@ -1,8 +1,10 @@
 """The agent as a real process: killed (SIGKILL) in the middle of a soft stop, the
-restarted agent finishes it (hard, at the deadline counted from the request); and
-bootstrap data delivered and cleared is in no line of the agent's log, nor in the
-simulated hypervisor's journal. Desired state is written with the store, as the
-frontends do."""
+restarted agent finishes it (hard, at the deadline counted from the request);
+killed between the power-off and the power-on of a restart and of a resize that
+needs a power cycle, the restarted agent powers the VMs on (the restart applied
+once, the new size kept); and bootstrap data delivered and cleared is in no line
+of the agent's log, nor in the simulated hypervisor's journal. Desired state is
+written with the store, as the frontends do."""
 
 from __future__ import annotations
 
@@ -114,3 +116,72 @@ def test_a_killed_agent_finishes_a_soft_stop_and_never_logs_bootstrap_data(etcd_
         assert SECRET not in log_text and SECRET.split(b"'")[1] not in log_text
         journal = (state_dir / "journal.jsonl").read_bytes()
         assert SECRET.split(b"'")[1] not in journal
+
+
+def _cycle(status: VmStatus) -> tuple[str, str] | None:
+    return next(((c.status, c.reason) for c in status.conditions if c.type == "PowerCycle"), None)
+
+
+def test_a_killed_agent_finishes_a_restart_and_a_resize_between_power_off_and_on(etcd_server, tmp_path) -> None:
+    root = f"/cycle-{uuid.uuid4().hex[:8]}"
+    state_dir = tmp_path / "sim"
+    agent_args = ["--hosts", "1", "--host-prefix", "sim", "--state-dir", str(state_dir)]
+    make_projects(etcd_server.endpoint, root, TENANT, PROJECT)
+    with LocalSystem(etcd_endpoint=etcd_server.endpoint, root=root, hosts=1, frontends=1, lease_ttl=3,
+                     metrics=False, data_dir=str(tmp_path), agents=[agent_args]) as system:
+        seen = lambda: describe_processes(system)  # noqa: E731
+        big, again = replace(_spec("big"), resources=Resources(2, 2048, 10)), _spec("again")
+
+        async def create(vms: VmStore, client: EtcdClient) -> None:
+            for spec in (big, again):
+                await vms.create(spec)
+
+        _store(system, create)
+        for spec in (big, again):
+            wait_until(lambda s=spec: _reasons(_status(system, s)).get("AddressAssigned") == "AddressReported",
+                       timeout=60, message=f"{spec.ref.vm_id} RUNNING with an address", seen=seen)
+
+        def ops(spec: VmSpec) -> list[tuple]:
+            """What was done to the VM (not what its guest did, but shut down)."""
+            return [(r["op"], r.get("by") or r.get("vcpus")) for r in read_journal(state_dir)
+                    if r["vm_uid"] == spec.uid and r["op"] != "booted"]
+
+        # The next agent takes half a minute to power a VM on: it dies before it has.
+        agent = system.processes["agent-0"]
+        agent.kill(signal.SIGKILL)
+        argv = list(agent.argv)
+        agent.argv = [*argv, "--latency", "power_on=30"]
+        agent.start()
+        before = {spec.uid: len(ops(spec)) for spec in (big, again)}
+        # A shrink (the sim, as ESXi, cannot hot-remove: a power cycle) and a hard restart.
+        _store(system, lambda vms, _: vms.update_spec(big.ref, lambda s: replace(s, resources=Resources(1, 1024, 10))))
+        _store(system, lambda vms, _: vms.update_spec(again.ref, lambda s: replace(
+            s, restarts=1, power_time_ns=now_ns(), power_off_mode=PowerOffMode.HARD)))
+
+        def news() -> str:
+            return f"big: {ops(big)[before[big.uid]:]}; again: {ops(again)[before[again.uid]:]}; {seen()}"
+
+        wait_until(lambda: ops(big)[before[big.uid]:] == [("shutdown_guest", None), ("power_off", "guest"),
+                                                          ("reconfigure", 1)],
+                   timeout=60, message="the VM to shrink off and resized", seen=news)
+        status = wait_until(lambda: (s := _status(system, again)).state == VmState.STOPPED and s, timeout=30,
+                            message="the restart's power-off on record", seen=lambda: f"{_status(system, again)}")
+        assert ops(again)[before[again.uid]:] == [("power_off", None)]
+        assert _cycle(status) == ("True", "Restart") and status.restarts == 1
+        assert _cycle(_status(system, big)) == ("True", "Resize")
+        agent.kill(signal.SIGKILL)
+        assert [op for op, _ in ops(big) + ops(again)].count("power_on") == 2, "powered on before the kill"
+
+        agent.argv = argv
+        agent.start()
+        for spec in (big, again):
+            status = wait_until(lambda s=spec: (st := _status(system, s)).state == VmState.RUNNING
+                                and _cycle(st) is None and st, timeout=60,
+                                message=f"{spec.ref.vm_id} RUNNING again, its power cycle finished", seen=news)
+            assert "Stopped" not in _reasons(status), "not reported stopped outside Quanta"
+            wait_until(lambda s=spec: _reasons(_status(system, s)).get("AddressAssigned") == "AddressReported",
+                       timeout=30, message=f"{spec.ref.vm_id} with an address again", seen=news)
+        assert ops(big)[before[big.uid]:] == [("shutdown_guest", None), ("power_off", "guest"), ("reconfigure", 1),
+                                             ("power_on", None)], "resized once, powered on once"
+        assert ops(again)[before[again.uid]:] == [("power_off", None), ("power_on", None)], "restarted once"
+        assert _status(system, again).restarts == 1

@@ -11,7 +11,18 @@ import pytest
 from agents.drivers.protocol import CapacityExceeded, HostCapacity, HostUnavailable, PowerState, VmRequest
 from agents.drivers.sim import SimHypervisor
 from agents.reconciler import Reconciler
-from controlplane.models import Binding, Power, PowerOffMode, Resources, VmRef, VmSpec, VmState, now_ns
+from controlplane.models import (
+    Binding,
+    Condition,
+    Power,
+    PowerOffMode,
+    Resources,
+    VmRef,
+    VmSpec,
+    VmState,
+    VmStatus,
+    now_ns,
+)
 from controlplane.store.hostagent import BoundVm
 
 HOST = "h-00000"
@@ -25,6 +36,10 @@ class StatusRecorder:
 
     def submit(self, update) -> None:
         self.statuses.append((update.ref, update.status.state, update.status.reason))
+
+    async def write(self, update) -> bool:
+        self.submit(update)
+        return True
 
     def discard(self, host, ref) -> None:
         pass
@@ -199,5 +214,110 @@ def test_a_vm_created_off_and_a_new_vm_of_a_reused_name():
         await reconciler.reconcile(key)
         assert (await host.get_vm("uid-b")).power is PowerState.ON
         assert reconciler.applied[key].uid == "uid-b"
+
+    asyncio.run(main())
+
+
+class StatusStore:
+    """Stands in for AgentStore's reads: the status a crashed agent left (nothing else)."""
+
+    def __init__(self, status):
+        self.status = status
+
+    async def read_status(self, ref):
+        return self.status
+
+
+def _cycle(update) -> tuple[str, str] | None:
+    return _conditions(update).get("PowerCycle")
+
+
+def test_a_restart_is_on_record_before_the_power_off_and_cleared_after():
+    async def main():
+        host, statuses, reconciler = setup_full()
+        vm = bound("a")
+        key = (HOST, vm.ref)
+        reconciler.desired[key] = vm
+        await reconciler.reconcile(key)
+        reconciler.desired[key] = vm = with_spec(vm, restarts=1, power_time_ns=now_ns(),
+                                                 power_off_mode=PowerOffMode.HARD)
+        before = len(statuses.updates)
+        await reconciler.reconcile(key)
+        intent, off, done = statuses.updates[before:]
+        assert (intent.status.state, _cycle(intent), intent.status.restarts) == (VmState.RUNNING,
+                                                                               ("True", "Restart"), 1)
+        assert (off.status.state, _cycle(off), off.status.restarts) == (VmState.STOPPED, ("True", "Restart"), 1)
+        assert "Stopped" not in _conditions(off)  # off within the cycle, not stopped
+        assert done.status.state == VmState.RUNNING and _cycle(done) is None and done.status.restarts == 1
+
+    asyncio.run(main())
+
+
+def _left(vm: BoundVm, state: VmState, cycle: str, restarts: int):
+    """The status an agent killed within a power cycle left."""
+    return VmStatus(state, host=HOST, restarts=restarts, power_time_ns=vm.binding.spec.power_time_ns,
+                    conditions=(Condition("PowerCycle", "True", cycle, "", now_ns()),))
+
+
+@pytest.mark.parametrize("left_state, power, powered", [
+    # Killed before the power-off: the restart is done now (off, then on).
+    (VmState.RUNNING, PowerState.ON, ["power_off", "power_on"]),
+    # Killed after the power-off, before its record: powered on only.
+    (VmState.RUNNING, PowerState.OFF, ["power_on"]),
+    # Killed between the power-off (on record) and the power-on: powered on only.
+    (VmState.STOPPED, PowerState.OFF, ["power_on"]),
+    # Killed after the power-on, before the clearing status: nothing done again.
+    (VmState.STOPPED, PowerState.ON, []),
+])
+def test_an_agent_that_restarts_finishes_a_restart_once(left_state, power, powered):
+    async def main():
+        hypervisor = SimHypervisor(None)
+        host = hypervisor.add_host(HOST, HostCapacity(vcpus=8, memory_mib=16384, disk_gib=100))
+        vm = with_spec(bound("a"), restarts=1, power_time_ns=now_ns(), power_off_mode=PowerOffMode.HARD)
+        spec = vm.binding.spec
+        await host.create_vm(VmRequest(spec.uid, spec.ref.name, spec.image, 1, 1024, 10))
+        if power is PowerState.ON:
+            await host.power_on(spec.uid)
+        calls: list[str] = []
+        for op in ("power_on", "power_off"):
+            real = getattr(host, op)
+
+            async def spy(uid, op=op, real=real):
+                calls.append(op)
+                await real(uid)
+
+            setattr(host, op, spy)
+        statuses = FullRecorder()
+        reconciler = Reconciler({HOST: host}, statuses, RemoverRecorder(),
+                                store=StatusStore(_left(vm, left_state, "Restart", 1)))
+        key = (HOST, vm.ref)
+        reconciler.desired[key] = vm
+        await reconciler.reconcile(key)
+        assert calls == powered
+        last = statuses.updates[-1]
+        assert (last.status.state, last.status.restarts, _cycle(last)) == (VmState.RUNNING, 1, None)
+        assert (await host.get_vm(spec.uid)).power is PowerState.ON
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("size", [(2, 2048), (1, 1024)])  # killed before / after the reconfigure
+def test_an_agent_that_restarts_finishes_a_resize_power_cycle(size):
+    async def main():
+        hypervisor = SimHypervisor(None)
+        host = hypervisor.add_host(HOST, HostCapacity(vcpus=8, memory_mib=16384, disk_gib=100))
+        vm = bound("a")  # 1 vCPU, 1024 MiB: shrunk from 2, 2048
+        spec = vm.binding.spec
+        await host.create_vm(VmRequest(spec.uid, spec.ref.name, spec.image, *size, 10))  # off, as left
+        statuses = FullRecorder()
+        reconciler = Reconciler({HOST: host}, statuses, RemoverRecorder(),
+                                store=StatusStore(_left(vm, VmState.RUNNING, "Resize", 0)))
+        key = (HOST, vm.ref)
+        reconciler.desired[key] = vm
+        await reconciler.reconcile(key)
+        assert (await host.get_vm(spec.uid)).power is PowerState.ON
+        assert await host.hardware(spec.uid) == (1, 1024)
+        last = statuses.updates[-1]
+        assert last.status.state == VmState.RUNNING and _cycle(last) is None and "Stopped" not in _conditions(last)
 
     asyncio.run(main())
