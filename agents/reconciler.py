@@ -157,6 +157,7 @@ class Applied:
     cycle: str = ""  # a power cycle on record in etcd (RESTART, RESIZE): power on again when done
     cycle_off: bool = False  # ... and on record that the VM has been off within it (a restart's)
     address_since: float = 0.0  # monotonic: running with an address since (0: not)
+    observed_revision: int = 0  # the binding revision whose desired state was made true
     last: tuple = ()  # the last status submitted, without times
     conditions: dict[str, Condition] = field(default_factory=dict)  # as last submitted, by type
 
@@ -264,7 +265,7 @@ class Reconciler:
                 wanted.append((BOOTSTRAPPED, "True", BOOTSTRAP_CLEARED,
                                "deleted from the store and blanked on the VM"))
         signature = (state, reason, message, addresses, tuple(wanted), applied.power_time_ns, applied.restarts,
-                     applied.bootstrap)
+                     applied.bootstrap, applied.observed_revision)
         if signature == applied.last and not also and not force:
             return None
         at = now_ns()
@@ -279,7 +280,8 @@ class Reconciler:
         return StatusUpdate(host, ref, vm.create_revision, VmStatus(
             state, host=host, reason=reason, message=message, update_time_ns=at,
             accepted_time_ns=spec.create_time_ns, addresses=addresses, conditions=tuple(conditions),
-            power_time_ns=applied.power_time_ns, restarts=applied.restarts, bootstrap=applied.bootstrap), also)
+            power_time_ns=applied.power_time_ns, restarts=applied.restarts, bootstrap=applied.bootstrap,
+            observed_revision=applied.observed_revision), also)
 
     async def _record_cycle(self, key: Key, vm: BoundVm, applied: Applied, info: VmInfo | None, cycle: str, *,
                             off: bool) -> None:
@@ -373,6 +375,7 @@ class Reconciler:
             return applied
         applied.power_time_ns, applied.restarts, applied.bootstrap = (status.power_time_ns, status.restarts,
                                                                       status.bootstrap)
+        applied.observed_revision = status.observed_revision
         applied.started = applied.started or status.state in (VmState.RUNNING, VmState.STOPPED)
         applied.conditions = {c.type: c for c in status.conditions}  # (keeps their times)
         cycle = applied.conditions.get(POWER_CYCLE)
@@ -452,6 +455,8 @@ class Reconciler:
         applied.power_time_ns = spec.power_time_ns
         applied.cycle, applied.cycle_off = "", False  # (a resize's: done)
         state = VmState.RUNNING if info.power is PowerState.ON else VmState.STOPPED
+        # Power, size and restarts are as this binding asks: its desired state is true.
+        applied.observed_revision = max(applied.observed_revision, vm.mod_revision)
         also = await self._maybe_clear_bootstrap(key, vm, driver, info, applied)
         self._submit(key, vm, applied, state, info=info, stopped=stopped, also=also)
 

@@ -366,6 +366,7 @@ class VmStatus:
     power_time_ns: int = 0  # the power request (VmSpec.power_time_ns) applied
     restarts: int = 0  # restarts applied (VmSpec.restarts)
     bootstrap: BootstrapState = BootstrapState.STORED
+    observed_revision: int = 0  # the binding revision whose desired state the agent made true
 
     def to_bytes(self) -> bytes:
         return rec.VmStatus(
@@ -373,6 +374,7 @@ class VmStatus:
             update_time_ns=self.update_time_ns, accepted_time_ns=self.accepted_time_ns,
             addresses=[a.to_proto() for a in self.addresses], conditions=[c.to_proto() for c in self.conditions],
             power_time_ns=self.power_time_ns, restarts=self.restarts, bootstrap_state=int(self.bootstrap),
+            observed_revision=self.observed_revision,
         ).SerializeToString()
 
     @classmethod
@@ -381,7 +383,8 @@ class VmStatus:
         return cls(VmState(m.state), m.host, m.reason, m.message, m.update_time_ns, m.accepted_time_ns,
                    tuple(Address.from_proto(a) for a in m.addresses),
                    tuple(Condition.from_proto(c) for c in m.conditions), m.power_time_ns, m.restarts,
-                   BootstrapState(m.bootstrap_state) if m.bootstrap_state in (0, 1, 2) else BootstrapState.STORED)
+                   BootstrapState(m.bootstrap_state) if m.bootstrap_state in (0, 1, 2) else BootstrapState.STORED,
+                   m.observed_revision)
 
 
 @dataclass(frozen=True, slots=True)

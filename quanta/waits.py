@@ -14,8 +14,9 @@ from quanta.errors import WaitTimeout
 
 class VmWait:
     """Waiting for the VM ``name`` to be in ``state`` (a Vm.State name, e.g. "RUNNING";
-    ValueError for an unknown one) and, with ``address``, to have at least one
-    address (Vm.addresses, which its guest reports)."""
+    ValueError for an unknown one) with its latest desired state made true by its
+    agent (not ``reconciling``: a restart or resize asked for is done), and, with
+    ``address``, to have at least one address (Vm.addresses, which its guest reports)."""
 
     def __init__(self, name: str, state: str, *, address: bool = False) -> None:
         self.name = name
@@ -33,7 +34,8 @@ class VmWait:
 
     def done(self, vm: vm_pb2.Vm) -> bool:
         """Whether ``vm`` is as waited for."""
-        return vm.state == self._wanted and (not self.address or len(vm.addresses) > 0)
+        return (vm.state == self._wanted and not vm.reconciling
+                and (not self.address or len(vm.addresses) > 0))
 
     def goal(self) -> str:
         return self.state + (" with an address" if self.address else "")

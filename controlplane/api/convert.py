@@ -52,7 +52,7 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
         node_selector=dict(spec.node_selector), anti_affinity_group=spec.anti_affinity_group,
         restart_policy=RESTART_POLICY_TO_PROTO[spec.restart_policy],
         anti_affinity_scope=SCOPE_TO_PROTO[spec.anti_affinity_scope], affinity_group=spec.affinity_group,
-        affinity_scope=SCOPE_TO_PROTO[spec.affinity_scope],
+        affinity_scope=SCOPE_TO_PROTO[spec.affinity_scope], reconciling=record.reconciling,
         power=POWER_TO_PROTO[spec.power], power_policy=POWER_POLICY_TO_PROTO[spec.power_policy],
         addresses=[vm_pb2.Address(ip=a.ip, mac=a.mac, network=a.network,
                                   family=vm_pb2.Address.IPV6 if a.family == 6 else vm_pb2.Address.IPV4)

@@ -62,6 +62,14 @@ class VmRecord:
     def etag(self) -> str:
         return f"{self.spec_revision:x}"
 
+    @property
+    def reconciling(self) -> bool:
+        """True until the host's agent has made the latest desired state true. Every
+        spec change rewrites the binding in its txn and a bind comes after the create,
+        so a bound VM's binding revision is never below its spec's: the agent's
+        observed revision reaches the spec's once it has acted on the latest."""
+        return self.status.observed_revision < self.spec_revision
+
 
 @dataclass(frozen=True, slots=True)
 class SpecUpdate:

@@ -18,7 +18,6 @@ from quanta.cli.output import FORMATS, Printer, Section, short_name
 from quanta.cli.waiting import (
     as_desired,
     running,
-    settled_after,
     stopped,
     wait_for_drain,
     wait_for_vm,
@@ -408,8 +407,6 @@ def _vm(args, client: Client, printer: Printer) -> None:
     elif args.verb in ("resize", "update"):
         vm = _update(args, client)
         if args.wait and (args.verb == "resize" or args.flavor):
-            # The agent writes no status for a resize that needs no power cycle: wait for
-            # the power state a cycle would pass through, not for a write that may not come.
             _wait_and_show(client, printer, [vm], as_desired, "the resize", args.timeout)
         else:
             printer.one(vm, views.VM)
@@ -435,10 +432,8 @@ def _power(args, client: Client, printer: Printer) -> None:
     vms, failures = _each(client, [vm_id(n) for n in args.names], call)
     if vms:
         if args.wait:
-            goals = {"start": lambda vm: running, "stop": lambda vm: stopped, "restart": settled_after}
-            done = {vm.name: goals[args.verb](vm) for vm in vms}
             what = {"start": "the start", "stop": "the stop", "restart": "the restart"}[args.verb]
-            _wait_and_show(client, printer, vms, lambda vm: done[vm.name](vm), what, args.timeout)
+            _wait_and_show(client, printer, vms, as_desired, what, args.timeout)
         else:
             _show(printer, vms)
     if failures:

@@ -72,18 +72,10 @@ def stopped(vm: vm_pb2.Vm) -> bool:
 
 
 def as_desired(vm: vm_pb2.Vm) -> bool:
-    """In its desired power state: :func:`stopped` if desired off, else :func:`running`."""
-    return stopped(vm) if vm.power == vm_pb2.Vm.POWERED_OFF else running(vm)
-
-
-def settled_after(before: vm_pb2.Vm) -> Callable[[vm_pb2.Vm], bool]:
-    """For a restart or resize (which leave the state as it was): the VM as its
-    desired power says (running, or stopped) in a status its agent wrote after
-    ``before`` (the VM the request returned), i.e. once the agent acted on it."""
-    def done(vm: vm_pb2.Vm) -> bool:
-        later = (vm.update_time.seconds, vm.update_time.nanos) > (before.update_time.seconds, before.update_time.nanos)
-        return later and as_desired(vm)
-    return done
+    """Its latest desired state made true by its agent (``reconciling`` false: every
+    restart done, at its flavor's size) and in its desired power state: :func:`stopped`
+    if desired off, else :func:`running`."""
+    return not vm.reconciling and (stopped(vm) if vm.power == vm_pb2.Vm.POWERED_OFF else running(vm))
 
 
 def failed(vm: vm_pb2.Vm) -> bool:

@@ -133,6 +133,29 @@ def test_stop_start_and_restart_are_idempotent(system, c) -> None:
     assert (spec.restarts, spec.restart_request_id, spec.power_off_mode) == (3, "restart-2", PowerOffMode.SOFT)
 
 
+def test_reconciling_says_when_a_restart_and_a_resize_are_done(system, c) -> None:
+    """Vm.reconciling is true from the request until the agent has made it true, so a
+    client waits for the end of a restart or a resize, not for a state the VM already
+    had (a shrink of a running sim VM needs a power cycle)."""
+    vm_id = _fresh()
+    placed(c, vm_id)
+    vm = c.wait_for_vm(vm_id, timeout=30)
+    assert not vm.reconciling and vm.state == vm_pb2.Vm.RUNNING
+    asked = restart(c, vm_id, mode=vm_pb2.HARD)
+    assert asked.reconciling and asked.state == vm_pb2.Vm.RUNNING  # as it was: the agent has not acted yet
+    done = c.wait_for_vm(vm_id, timeout=30)
+    assert not done.reconciling and done.state == vm_pb2.Vm.RUNNING
+    assert not any(cond.type == "PowerCycle" for cond in done.conditions), done.conditions
+
+    grown = update(c, vm_pb2.Vm(name=done.name, flavor="medium"), "flavor")
+    assert grown.reconciling
+    grown = c.wait_for_vm(vm_id, timeout=30)
+    shrunk = update(c, vm_pb2.Vm(name=done.name, flavor="small"), "flavor")  # smaller: off, resized, on
+    assert shrunk.reconciling and shrunk.resources.vcpus == 1
+    settled = c.wait_for_vm(vm_id, timeout=30)
+    assert not settled.reconciling and settled.state == vm_pb2.Vm.RUNNING and settled.etag == shrunk.etag
+
+
 def test_a_vm_created_powered_off_stays_off_until_started(c) -> None:
     vm_id = _fresh()
     vm = create(c, vm_id, power=vm_pb2.Vm.POWERED_OFF, power_policy=vm_pb2.Vm.KEEP_RUNNING)

@@ -19,7 +19,7 @@ from quanta.cli import resources, views
 from quanta.cli.completion import script
 from quanta.cli.errors import CliError, WaitTimeout, describe
 from quanta.cli.output import Printer
-from quanta.cli.waiting import follow_vms, running, settled_after, stopped, wait_for_vms
+from quanta.cli.waiting import as_desired, follow_vms, running, stopped, wait_for_vms
 
 NAME = "tenants/t/projects/p/vms/"
 WAITING = common_pb2.Condition(type="AddressAssigned", status="False", reason="WaitingForAddress",
@@ -189,15 +189,12 @@ def test_the_wait_goals() -> None:
     assert running(vm("a")) and running(vm("a", ips=("10.0.0.1",)))
     assert not running(vm("a", conditions=[WAITING])) and not running(vm("a", vm_pb2.Vm.STOPPED))
     assert stopped(vm("a", vm_pb2.Vm.STOPPED)) and not stopped(vm("a"))
-    before = vm("a", update_time={"seconds": 100})
-    after = settled_after(before)
-    assert not after(vm("a", update_time={"seconds": 100}))  # not written since the request
-    assert not after(vm("a", update_time={"seconds": 101}, conditions=[WAITING]))
-    assert after(vm("a", update_time={"seconds": 100, "nanos": 1}))
-    off = settled_after(vm("a", power=vm_pb2.Vm.POWERED_OFF, state=vm_pb2.Vm.STOPPED, update_time={"seconds": 5}))
-    assert after(vm("a", update_time={"seconds": 101})) and not off(
-        vm("a", power=vm_pb2.Vm.POWERED_OFF, update_time={"seconds": 6}))
-    assert off(vm("a", vm_pb2.Vm.STOPPED, power=vm_pb2.Vm.POWERED_OFF, update_time={"seconds": 6}))
+    # In its desired state only once the agent made the latest desired state true.
+    assert as_desired(vm("a")) and not as_desired(vm("a", reconciling=True))
+    assert not as_desired(vm("a", conditions=[WAITING]))
+    assert not as_desired(vm("a", power=vm_pb2.Vm.POWERED_OFF))  # still RUNNING
+    assert as_desired(vm("a", vm_pb2.Vm.STOPPED, power=vm_pb2.Vm.POWERED_OFF))
+    assert not as_desired(vm("a", vm_pb2.Vm.STOPPED, power=vm_pb2.Vm.POWERED_OFF, reconciling=True))
 
 
 def test_follow_vms_reports_each_of_several_and_those_gone() -> None:

@@ -129,7 +129,7 @@ class Condition(_message.Message):
     def __init__(self, type: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., time_ns: _Optional[int] = ...) -> None: ...
 
 class VmStatus(_message.Message):
-    __slots__ = ("state", "host", "reason", "message", "update_time_ns", "accepted_time_ns", "addresses", "conditions", "power_time_ns", "restarts", "bootstrap_state")
+    __slots__ = ("state", "host", "reason", "message", "update_time_ns", "accepted_time_ns", "addresses", "conditions", "power_time_ns", "restarts", "bootstrap_state", "observed_revision")
     STATE_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class VmStatus(_message.Message):
     POWER_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_STATE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_REVISION_FIELD_NUMBER: _ClassVar[int]
     state: int
     host: str
     reason: str
@@ -152,7 +153,8 @@ class VmStatus(_message.Message):
     power_time_ns: int
     restarts: int
     bootstrap_state: int
-    def __init__(self, state: _Optional[int] = ..., host: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., update_time_ns: _Optional[int] = ..., accepted_time_ns: _Optional[int] = ..., addresses: _Optional[_Iterable[_Union[Address, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., bootstrap_state: _Optional[int] = ...) -> None: ...
+    observed_revision: int
+    def __init__(self, state: _Optional[int] = ..., host: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., update_time_ns: _Optional[int] = ..., accepted_time_ns: _Optional[int] = ..., addresses: _Optional[_Iterable[_Union[Address, _Mapping]]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., bootstrap_state: _Optional[int] = ..., observed_revision: _Optional[int] = ...) -> None: ...
 
 class Binding(_message.Message):
     __slots__ = ("spec", "host", "delete_time_ns", "zone", "evict_reason", "evict_message")
