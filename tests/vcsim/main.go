@@ -36,7 +36,68 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
 )
+
+// reconfigNotifier makes the simulator (govmomi 0.24) do after a ReconfigVM what
+// vSphere does and it does not: a key given again replaces the extraConfig value it
+// had, a key given "" is removed, and PropertyCollector watchers are told of the new
+// config.extraConfig, config.hardware.numCPU and config.hardware.memoryMB (vcsim
+// appends every key given and tells watchers of none of these). Without it a test
+// could not play a guest that writes guestinfo, nor see keys blanked.
+type reconfigNotifier struct{}
+
+func (reconfigNotifier) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "QuantaReconfigNotifier", Value: "quanta-reconfig"}
+}
+
+func (reconfigNotifier) PutObject(mo.Reference) {}
+
+func (reconfigNotifier) RemoveObject(types.ManagedObjectReference) {}
+
+func (reconfigNotifier) UpdateObject(obj mo.Reference, changes []types.PropertyChange) {
+	task, ok := obj.(*mo.Task)
+	if !ok || task.Info.DescriptionId != "VirtualMachine.reconfigVm" || task.Info.Entity == nil {
+		return
+	}
+	succeeded := false
+	for _, change := range changes {
+		if change.Name == "info.state" && change.Val == types.TaskInfoStateSuccess {
+			succeeded = true
+		}
+	}
+	if !succeeded {
+		return
+	}
+	vm, ok := simulator.Map.Get(*task.Info.Entity).(*simulator.VirtualMachine)
+	if !ok || vm.Config == nil {
+		return
+	}
+	index := map[string]int{}
+	var merged []types.BaseOptionValue
+	for _, option := range vm.Config.ExtraConfig {
+		value := option.GetOptionValue()
+		if i, seen := index[value.Key]; seen {
+			merged[i] = option
+		} else {
+			index[value.Key] = len(merged)
+			merged = append(merged, option)
+		}
+	}
+	kept := merged[:0]
+	for _, option := range merged {
+		if text, isText := option.GetOptionValue().Value.(string); !isText || text != "" {
+			kept = append(kept, option)
+		}
+	}
+	vm.Config.ExtraConfig = kept
+	simulator.Map.Update(vm, []types.PropertyChange{
+		{Name: "config.extraConfig", Val: kept},
+		{Name: "config.hardware.numCPU", Val: vm.Config.Hardware.NumCPU},
+		{Name: "config.hardware.memoryMB", Val: vm.Config.Hardware.MemoryMB},
+	})
+}
 
 func parseMethodDelay(spec string) (map[string]int, error) {
 	delays := map[string]int{}
@@ -135,6 +196,7 @@ func main() {
 	if err := model.Create(); err != nil {
 		log.Fatal(err)
 	}
+	simulator.Map.AddHandler(reconfigNotifier{})
 	defer model.Remove()
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}

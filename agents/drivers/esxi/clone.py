@@ -15,6 +15,7 @@ from typing import Any
 
 from pyVmomi import vim
 
+from agents.drivers.esxi import guestinfo
 from agents.drivers.esxi.session import NAME_KEY, RECORD_KEY, UID_KEY, Datastore, HostInfo
 from agents.drivers.protocol import OperationFailed, VmRequest
 
@@ -43,11 +44,13 @@ def vm_name(request: VmRequest) -> str:
 
 
 def _extra_config(request: VmRequest) -> list:
+    """The VM's extraConfig: its Quanta id, name and record, and its bootstrap data as
+    guestinfo keys (guestinfo.py), so that the VM is made with them in one task."""
     options = [vim.option.OptionValue(key=UID_KEY, value=request.vm_uid),
                vim.option.OptionValue(key=NAME_KEY, value=request.name)]
     if request.record:
         options.append(vim.option.OptionValue(key=RECORD_KEY, value=request.record))
-    return options
+    return options + guestinfo.options(request.bootstrap)
 
 
 def _config(request: VmRequest) -> Any:
