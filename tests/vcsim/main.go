@@ -43,7 +43,7 @@ import (
 // reconfigNotifier makes the simulator (govmomi 0.24) do after a ReconfigVM what
 // vSphere does and it does not: a key given again replaces the extraConfig value it
 // had, a key given "" is removed, and PropertyCollector watchers are told of the new
-// config.extraConfig, config.hardware.numCPU and config.hardware.memoryMB (vcsim
+// config.extraConfig, config.hardware.numCPU and .memoryMB, and the hot-add flags (vcsim
 // appends every key given and tells watchers of none of these). Without it a test
 // could not play a guest that writes guestinfo, nor see keys blanked.
 type reconfigNotifier struct{}
@@ -92,11 +92,18 @@ func (reconfigNotifier) UpdateObject(obj mo.Reference, changes []types.PropertyC
 		}
 	}
 	vm.Config.ExtraConfig = kept
-	simulator.Map.Update(vm, []types.PropertyChange{
+	changed := []types.PropertyChange{
 		{Name: "config.extraConfig", Val: kept},
 		{Name: "config.hardware.numCPU", Val: vm.Config.Hardware.NumCPU},
 		{Name: "config.hardware.memoryMB", Val: vm.Config.Hardware.MemoryMB},
-	})
+	}
+	if flag := vm.Config.CpuHotAddEnabled; flag != nil {
+		changed = append(changed, types.PropertyChange{Name: "config.cpuHotAddEnabled", Val: *flag})
+	}
+	if flag := vm.Config.MemoryHotAddEnabled; flag != nil {
+		changed = append(changed, types.PropertyChange{Name: "config.memoryHotAddEnabled", Val: *flag})
+	}
+	simulator.Map.Update(vm, changed)
 }
 
 func parseMethodDelay(spec string) (map[string]int, error) {
