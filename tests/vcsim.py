@@ -43,12 +43,17 @@ class QuantaVm:
 
 class Vcsim:
     def __init__(self, *, mode: str = "esx", hosts: int = 1, datastores: int = 1, delay_ms: int = 0,
-                 method_delay: dict[str, int] | None = None, session_idle_s: float = 0.0):
+                 method_delay: dict[str, int] | None = None, session_idle_s: float = 0.0,
+                 guest_boot_s: float | None = None):
+        """``guest_boot_s``: simulate a guest with tools in every VM, up that long after a
+        power-on (tests/vcsim/main.go ``simulatedGuest``); None: no guest (tests play it)."""
         self.mode = mode
         self.argv = [vcsim_binary(), "-listen", "127.0.0.1:0", "-mode", mode, "-hosts", str(hosts),
                      "-ds", str(datastores), "-delay", str(delay_ms),
                      "-method-delay", ",".join(f"{k}={v}" for k, v in (method_delay or {}).items()),
                      "-session-idle", f"{session_idle_s}s"]
+        if guest_boot_s is not None:
+            self.argv += ["-guest", "-guest-boot", f"{guest_boot_s}s"]
         self._tmp = tempfile.TemporaryDirectory(prefix="quanta-vcsim-")
         self.cert = str(pathlib.Path(self._tmp.name) / "cert.pem")
         self.log_path = pathlib.Path(self._tmp.name) / "vcsim.log"

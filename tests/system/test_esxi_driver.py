@@ -595,3 +595,46 @@ def test_reconfigure_hot_where_vsphere_can_else_power_cycle_required(guest):
         finally:
             await session.close()
     run(body())
+
+
+def test_a_simulated_guest_boots_reports_and_shuts_down_through_the_driver_alone():
+    """vcsim with its simulated guest (tests/vcsim/main.go ``-guest``): after a power-on
+    its tools run, it reports an address and, having bootstrap data, that it
+    bootstrapped; the driver sees all of it through its watcher, clears the data, and
+    shuts the guest down softly, which drops the address. Nothing is played from outside."""
+    request = replace(req(), bootstrap=BootstrapPayload(BootstrapFormat.IGNITION, IGNITION))
+    uid = request.vm_uid
+    with Vcsim(mode="esx", guest_boot_s=0.2) as vcsim:
+        vcsim.make_image("ubuntu", nic=True)
+
+        async def body():
+            session, drivers = await open_esxi(vcsim.config())
+            try:
+                (driver,) = drivers.values()
+                notified: list[str] = []
+                driver.watch(notified.append)
+                await driver.create_vm(request)
+                await driver.power_on(uid)
+
+                async def up():
+                    info = await driver.get_vm(uid)
+                    return info if info.bootstrapped and info.addresses else None
+                info = await async_wait_until(up, timeout=20, message="the guest to report",
+                                              seen=lambda: driver.get_vm(uid))
+                assert info.addresses[0].ip.startswith("10.77.") and info.addresses[0].network == "VM Network"
+                assert info.bootstrap_present and uid in notified
+                await driver.clear_bootstrap(uid)
+                assert not (await driver.get_vm(uid)).bootstrap_present
+
+                await driver.shutdown_guest(uid)
+
+                async def down():
+                    info = await driver.get_vm(uid)
+                    return info if info.power is PowerState.OFF and not info.addresses else None
+                off = await async_wait_until(down, timeout=20, message="the guest to shut down",
+                                             seen=lambda: driver.get_vm(uid))
+                assert off.bootstrapped and not off.bootstrap_present
+            finally:
+                await session.close()
+        run(body())
+        assert not set(guestinfo.CLEARED_KEYS) & set(vcsim.extra_config(uid))

@@ -529,6 +529,9 @@ class Session:
         vm = self.vms.pop(moid, None)
         if vm is None:
             return
+        if vm.uid:  # gone (destroyed, or moved away): its listeners re-read it
+            for listener in self.listeners:
+                listener(vm)
         if vm.uid:
             moids = self.by_uid.get(vm.uid, set())
             moids.discard(moid)
