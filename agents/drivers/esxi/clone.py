@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,12 @@ def linked_create_spec(request: VmRequest, image: ImageRef, datastore: Datastore
                                              unitNumber=device.unitNumber, capacityInKB=device.capacityInKB,
                                              backing=backing)
             changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
+        elif isinstance(device, vim.vm.device.VirtualEthernetCard):
+            # A copy that asks for a MAC of its own: given the image's, CreateVM may keep
+            # it (vcsim does), and every clone would share it.
+            card = copy.copy(device)
+            card.macAddress, card.addressType = None, "generated"
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=card))
         elif isinstance(device, _COPIED_DEVICES):
             changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=device))
     config = _config(request)

@@ -111,8 +111,9 @@ class EsxiHost:
             return None
         on = [vm for vm in vms if vm.power == "poweredOn"]
         vm = on[0] if on else vms[0]
+        # An off VM has no guest to report addresses, whatever the host still shows.
         return VmInfo(vm_uid, PowerState.ON if on else PowerState.OFF, vm.vm_name, vm.record, vcpus=vm.vcpus,
-                      memory_mib=vm.memory_mib, addresses=vm.addresses, bootstrapped=vm.bootstrapped,
+                      memory_mib=vm.memory_mib, addresses=vm.addresses if on else (), bootstrapped=vm.bootstrapped,
                       bootstrap_present=any(v.bootstrap_present for v in vms))
 
     def _seen(self, vm_uid: str) -> VmInfo:
