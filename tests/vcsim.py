@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from pyVim.connect import Disconnect, SmartConnect
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from agents.drivers.esxi import UID_KEY, EsxiConfig
 
@@ -43,12 +43,17 @@ class QuantaVm:
 
 class Vcsim:
     def __init__(self, *, mode: str = "esx", hosts: int = 1, datastores: int = 1, delay_ms: int = 0,
-                 method_delay: dict[str, int] | None = None, session_idle_s: float = 0.0):
+                 method_delay: dict[str, int] | None = None, session_idle_s: float = 0.0,
+                 guest_boot_s: float | None = None):
+        """``guest_boot_s``: simulate a guest with tools in every VM, up that long after a
+        power-on (tests/vcsim/main.go ``simulatedGuest``); None: no guest (tests play it)."""
         self.mode = mode
         self.argv = [vcsim_binary(), "-listen", "127.0.0.1:0", "-mode", mode, "-hosts", str(hosts),
                      "-ds", str(datastores), "-delay", str(delay_ms),
                      "-method-delay", ",".join(f"{k}={v}" for k, v in (method_delay or {}).items()),
                      "-session-idle", f"{session_idle_s}s"]
+        if guest_boot_s is not None:
+            self.argv += ["-guest", "-guest-boot", f"{guest_boot_s}s"]
         self._tmp = tempfile.TemporaryDirectory(prefix="quanta-vcsim-")
         self.cert = str(pathlib.Path(self._tmp.name) / "cert.pem")
         self.log_path = pathlib.Path(self._tmp.name) / "vcsim.log"
@@ -143,9 +148,44 @@ class Vcsim:
         finally:
             Disconnect(si)
 
+    def _quanta_vm(self, si, uid: str):
+        for vm in self._vms(si):
+            if any(o.key == UID_KEY and o.value == uid for o in vm.config.extraConfig or ()):
+                return vm
+        raise LookupError(f"no VM with Quanta id {uid}")
+
+    def extra_config(self, uid: str) -> dict[str, str]:
+        """The extraConfig of the VM with Quanta id ``uid``, read afresh through a
+        PropertyCollector of its own (one session, then logged out)."""
+        si = self.connect()
+        try:
+            vm = self._quanta_vm(si, uid)
+            spec = vmodl.query.PropertyCollector.FilterSpec(
+                objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm, skip=False)],
+                propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine,
+                                                                   pathSet=["config.extraConfig"])])
+            (found,) = si.RetrieveContent().propertyCollector.RetrieveContents([spec])
+            return {o.key: str(o.value) for p in found.propSet for o in p.val}
+        finally:
+            Disconnect(si)
+
+    def reconfigure(self, uid: str, extra: dict[str, str] | None = None, **config) -> None:
+        """ReconfigVM_Task on the VM with Quanta id ``uid``, as someone outside Quanta
+        would, or as its guest would (vcsim: ``SET.guest.ipAddress``, ``SET.guest.toolsRunningStatus``
+        set guest properties; ``guestinfo.*`` keys stand for what the guest writes)."""
+        si = self.connect()
+        try:
+            vm = self._quanta_vm(si, uid)
+            options = [vim.option.OptionValue(key=k, value=v) for k, v in (extra or {}).items()]
+            _wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(extraConfig=options, **config)))
+        finally:
+            Disconnect(si)
+
     def make_image(self, image: str = "ubuntu", *, prefix: str = "quanta-image-", datastore: str | None = None,
-                   snapshot: bool = True, power_on: bool = False) -> None:
-        """Register an image: a small VM with a disk (on ``datastore``, default the first) and a snapshot."""
+                   snapshot: bool = True, power_on: bool = False, nic: bool = False) -> None:
+        """Register an image: a small VM with a disk (on ``datastore``, default the first)
+        and a snapshot; ``nic``: with a vmxnet3 NIC on "VM Network" (which clones copy, and
+        whose guest.net entry ``SET.guest.ipAddress`` fills)."""
         si = self.connect()
         try:
             content = si.RetrieveContent()
@@ -165,6 +205,10 @@ class Vcsim:
                         key=-1, busNumber=0, sharedBus="noSharing")),
                     vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk),
                 ])
+            if nic:
+                card = vim.vm.device.VirtualVmxnet3(
+                    key=-3, backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName="VM Network"))
+                config.deviceChange.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=card))
             vm = _wait(datacenter.vmFolder.CreateVM_Task(config, host.parent.resourcePool, host))
             if snapshot:
                 _wait(vm.CreateSnapshot_Task("quanta-base", "image base", False, False))

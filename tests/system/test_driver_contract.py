@@ -6,11 +6,10 @@ new SimHypervisor on the same journal; a new vSphere session) and make a slow on
 stopped at its end, also on failure. VM ids are fresh per test so that tests can
 share one simulator.
 
-Tests marked ``esxi_pending`` state the contract of the guest-side methods (issue
-12: ``shutdown_guest``, ``clear_bootstrap``, ``watch``, addresses, PowerCycleRequired)
-that the esxi driver does not meet yet: they run on sim and are reported as xfail
-(not run) on vcsim. Remove the marker once the esxi driver passes them. A backend
-plays the guest where a test needs one up (``guest_up``).
+The guest-side methods (``shutdown_guest``, ``clear_bootstrap``, ``watch``,
+addresses, PowerCycleRequired) need a guest: the sim's boots by itself; on vcsim,
+tests/vcsim/main.go's simulated guest (``Vcsim(guest_boot_s=...)``) does, in VMs
+cloned from an image with a NIC. ``guest_up`` waits for it.
 """
 
 from __future__ import annotations
@@ -80,8 +79,8 @@ class VcsimBackend:
         self.fast, self.slow = fast, slow
 
     async def guest_up(self, driver: HostDriver, uid: str) -> VmInfo:
-        # For the esxi helper: play the guest (extraConfig SET.guest.ipAddress), then wait.
-        raise NotImplementedError("vcsim: play the guest here")
+        """Wait until the powered-on VM's simulated guest is up (tools running, an address)."""
+        return await _until(driver, uid, lambda info: bool(info.addresses), "the guest up with an address")
 
     @contextlib.asynccontextmanager
     async def driver(self, *, slow: bool = False, slow_guest: bool = False) -> AsyncIterator[HostDriver]:
@@ -96,10 +95,11 @@ def vcsims():
     started: list[Vcsim] = []
     try:
         for delays in ({}, {"CreateVM_Task": int(SLOW_CREATE_S * 1000)}):
-            vcsim = Vcsim(mode="esx", method_delay=delays)
+            # vcsim's ShutdownGuest is instant: only the boot of its guest is slow.
+            vcsim = Vcsim(mode="esx", method_delay=delays, guest_boot_s=GUEST_S)
             started.append(vcsim)
             vcsim.start()
-            vcsim.make_image("ubuntu")
+            vcsim.make_image("ubuntu", nic=True)
         yield started
     finally:
         for vcsim in started:
@@ -110,8 +110,6 @@ def vcsims():
 def backend(request, tmp_path):
     if request.param == "sim":
         return SimBackend(str(tmp_path / "sim"))
-    if request.node.get_closest_marker("esxi_pending"):
-        pytest.xfail("the esxi driver does not meet this part of the contract yet (issue 12)")
     return VcsimBackend(*request.getfixturevalue("vcsims"))
 
 
@@ -129,9 +127,6 @@ async def _until(driver: HostDriver, uid: str, check, what: str, timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {info}")
         await asyncio.sleep(0.02)
-
-
-esxi_pending = pytest.mark.esxi_pending
 
 
 def test_create_makes_one_vm_powered_off(backend):
@@ -306,7 +301,6 @@ def test_an_unknown_image_raises_image_not_found_and_leaves_no_vm(backend):
     run(body())
 
 
-@esxi_pending
 def test_shrinking_a_running_vm_requires_a_power_cycle(backend):
     async def body():
         (uid,) = uids()
@@ -332,7 +326,6 @@ def test_shrinking_a_running_vm_requires_a_power_cycle(backend):
     run(body())
 
 
-@esxi_pending
 def test_a_running_guest_reports_an_address_unique_on_its_network(backend):
     async def body():
         a, b = uids(2)
@@ -349,7 +342,6 @@ def test_a_running_guest_reports_an_address_unique_on_its_network(backend):
     run(body())
 
 
-@esxi_pending
 def test_shutdown_guest_powers_the_vm_off_and_watch_tells(backend):
     async def body():
         (uid,) = uids()
@@ -372,7 +364,6 @@ def test_shutdown_guest_powers_the_vm_off_and_watch_tells(backend):
     run(body())
 
 
-@esxi_pending
 def test_watch_tells_when_a_guest_comes_up(backend):
     async def body():
         (uid,) = uids()
@@ -389,7 +380,6 @@ def test_watch_tells_when_a_guest_comes_up(backend):
     run(body())
 
 
-@esxi_pending
 def test_clear_bootstrap_blanks_the_data_and_is_idempotent(backend):
     async def body():
         (uid,) = uids()

@@ -1,31 +1,42 @@
 """The esxi driver's own promises beyond the contract: its fault table, TLS and
 login, re-login on session expiry, vCenter clone paths (linked, full fallback,
 InstantClone error handling and call shape), image copy-once and
-retries of transient faults. Against vcsim except where a fault must be forced.
+retries of transient faults; bootstrap data as guestinfo keys (delivered, reported
+on, blanked), guest addresses, soft shutdown and hot/cold reconfigure. Against vcsim
+except where a fault must be forced; a test plays the guest with ReconfigVM
+(tests/vcsim.py ``reconfigure``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import json
 import uuid
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 from pyVim.connect import Disconnect
 from pyVmomi import vim, vmodl
 
-from agents.drivers.esxi import EsxiConfig, open_esxi
+from agents.drivers.esxi import EsxiConfig, guestinfo, open_esxi
 from agents.drivers.esxi.clone import ImageRef
 from agents.drivers.esxi.driver import EsxiHost
 from agents.drivers.esxi.faults import to_driver_error
-from agents.drivers.esxi.session import Datastore, HostInfo
+from agents.drivers.esxi.session import Datastore, HostInfo, guest_addresses
 from agents.drivers.protocol import (
+    Address,
+    BootstrapFormat,
+    BootstrapPayload,
     CapacityExceeded,
     DriverError,
+    GuestUnavailable,
     HostUnavailable,
     ImageNotFound,
     OperationFailed,
+    PowerCycleRequired,
     PowerState,
     VmInfo,
     VmNotFound,
@@ -71,6 +82,10 @@ FAULT_TABLE = [
     (vim.fault.NotAuthenticated(), HostUnavailable, "NotAuthenticated", True),
     (vim.fault.InvalidLogin(), OperationFailed, "InvalidLogin", False),
     (vmodl.fault.ManagedObjectNotFound(), VmNotFound, "VmNotFound", False),
+    (vim.fault.ToolsUnavailable(), GuestUnavailable, "GuestUnavailable", False),
+    (vim.fault.GuestOperationsUnavailable(), GuestUnavailable, "GuestUnavailable", False),
+    (vim.fault.CpuHotPlugNotSupported(), PowerCycleRequired, "PowerCycleRequired", False),
+    (vim.fault.MemoryHotPlugNotSupported(), PowerCycleRequired, "PowerCycleRequired", False),
     (vim.fault.FileNotFound(), ImageNotFound, "ImageNotFound", False),
     (vmodl.fault.MethodNotFound(method="InstantClone"), OperationFailed, "NotSupported", False),
     (vmodl.fault.InvalidArgument(invalidProperty="spec"), OperationFailed, "InvalidArgument", False),
@@ -87,6 +102,34 @@ def test_fault_table(fault, error, reason, transient):
     assert type(mapped) is error
     assert (mapped.reason, mapped.transient) == (reason, transient)
     assert str(mapped).startswith("ctx: ")
+
+
+@pytest.mark.parametrize("op, error, reason, transient", [
+    ("reconfigure", PowerCycleRequired, "PowerCycleRequired", False),
+    ("shutdown_guest", GuestUnavailable, "GuestUnavailable", False),
+    ("power_on", OperationFailed, "InvalidPowerState", True),
+    ("", OperationFailed, "InvalidPowerState", True),
+])
+def test_a_wrong_power_state_means_what_the_operation_makes_it(op, error, reason, transient):
+    mapped = to_driver_error(vim.fault.InvalidPowerState(), "ctx", op=op)
+    assert (type(mapped), mapped.reason, mapped.transient) == (error, reason, transient)
+
+
+def test_guest_addresses_primary_first_link_local_left_out():
+    v4 = vim.vm.GuestInfo.NicInfo(macAddress="00:50:56:00:00:01", network="VM Network",
+                                  ipAddress=["10.0.0.7", "fe80::1"])
+    v6 = vim.vm.GuestInfo.NicInfo(
+        macAddress="00:50:56:00:00:02", network="pods", ipAddress=["ignored-when-ipConfig-is-set"],
+        ipConfig=vim.net.IpConfigInfo(ipAddress=[
+            vim.net.IpConfigInfo.IpAddress(ipAddress="fd00::5", prefixLength=64),
+            vim.net.IpConfigInfo.IpAddress(ipAddress="169.254.1.1", prefixLength=16),
+            vim.net.IpConfigInfo.IpAddress(ipAddress="10.1.0.9", prefixLength=24)]))
+    assert guest_addresses((v4, v6), "10.1.0.9") == (
+        Address("10.1.0.9", "00:50:56:00:00:02", "pods", 4),
+        Address("10.0.0.7", "00:50:56:00:00:01", "VM Network", 4),
+        Address("fd00::5", "00:50:56:00:00:02", "pods", 6))
+    assert guest_addresses((), "10.0.0.5") == (Address("10.0.0.5"),)  # no NIC reported: the primary alone
+    assert guest_addresses((), "") == ()
 
 
 def test_tls_is_verified_and_bad_credentials_fail_permanently(esx):
@@ -302,6 +345,17 @@ def test_instant_clone_call_shape_from_a_running_parent():
                                                        ("quanta.vm_name", request.name)]
 
 
+def test_instant_clone_carries_the_bootstrap_keys_in_its_config():
+    session = FakeSession()
+    request = replace(req(), bootstrap=BootstrapPayload(BootstrapFormat.CLOUD_INIT, USER_DATA))
+    run(fake_host(session)._make(request, fake_image()))
+    ((_, (spec,)),) = session.calls
+    keys = {o.key: o.value for o in spec.config}
+    # No metadata given: the datasource falls back to the VM's UUID as instance id.
+    assert {k: v for k, v in keys.items() if k.startswith("guestinfo.")} == {
+        "guestinfo.userdata": b64(USER_DATA), "guestinfo.userdata.encoding": "base64"}
+
+
 def test_instant_clone_unsupported_falls_back_to_a_linked_clone_but_capacity_does_not():
     session = FakeSession([vmodl.fault.MethodNotFound(method="InstantClone")])
     assert run(fake_host(session)._make(req(), fake_image())) == "vm-made"
@@ -343,3 +397,244 @@ def test_transient_faults_are_retried_with_backoff_and_permanent_ones_are_not():
     with pytest.raises(HostUnavailable) as caught:
         run(host._retrying("op", down))
     assert caught.value.transient and len(attempts) == 1 + host._config.retries
+
+
+# --- bootstrap data, guest report, addresses, soft shutdown, hot/cold reconfigure ----
+
+USER_DATA = b"#cloud-config\nruncmd:\n  - [vmware-rpctool, 'info-set guestinfo.quanta.bootstrap done']\n"
+IGNITION = json.dumps({"ignition": {"version": "3.4.0"},
+                       "passwd": {"users": [{"name": "core", "sshAuthorizedKeys": ["ssh-ed25519 AAAA"]}]}}).encode()
+METADATA = json.dumps({"instance-id": "i-1", "local-hostname": "node-1", "public-keys-data": "ssh-ed25519 AAAA"},
+                      sort_keys=True).encode()
+
+
+@pytest.fixture(scope="module")
+def guest():
+    """An ESXi simulator whose image has a NIC, so that clones have a guest.net entry."""
+    with Vcsim(mode="esx") as vcsim:
+        vcsim.make_image("ubuntu", nic=True)
+        yield vcsim
+
+
+def vars_of(observed) -> dict:
+    return {f: getattr(observed, f) for f in observed.__slots__ if f != "nics"}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize("payload, expected", [
+    (BootstrapPayload(BootstrapFormat.CLOUD_INIT, USER_DATA, METADATA),
+     {"guestinfo.userdata": b64(USER_DATA), "guestinfo.userdata.encoding": "base64",
+      "guestinfo.metadata": b64(METADATA), "guestinfo.metadata.encoding": "base64"}),
+    (BootstrapPayload(BootstrapFormat.IGNITION, IGNITION),
+     {"guestinfo.ignition.config.data": b64(IGNITION), "guestinfo.ignition.config.data.encoding": "base64"}),
+], ids=["cloud-init", "ignition"])
+def test_bootstrap_data_is_delivered_reported_on_and_blanked(guest, payload, expected):
+    """The VM is made with its guestinfo keys; the guest (played here) reports that it
+    bootstrapped and its address, which the watcher shows and ``notify`` announces;
+    ``clear_bootstrap`` removes every bootstrap key and nothing else; the session's
+    cache never holds the data."""
+    request = replace(req(), record="rec", bootstrap=payload)
+    uid = request.vm_uid
+
+    async def body():
+        session, drivers = await open_esxi(guest.config())
+        try:
+            (driver,) = drivers.values()
+            notified: list[str] = []
+            driver.watch(notified.append)
+            made = await driver.create_vm(request)
+            assert (made.bootstrap_present, made.bootstrapped, made.addresses) == (True, False, ())
+            keys = await asyncio.to_thread(guest.extra_config, uid)
+            assert {k: v for k, v in keys.items() if k.startswith("guestinfo.")} == expected
+            decoded = base64.b64decode(keys[next(iter(expected))])
+            assert decoded == payload.user_data
+            # Nowhere else: not the record, the name, the annotation, nor the cache.
+            (moid,) = session.by_uid[uid]
+            cached = session.vms[moid]
+            for secret in (payload.user_data, payload.metadata or payload.user_data):
+                for text in (made.record, made.name, repr(made), repr(vars_of(cached)), repr(cached.nics)):
+                    assert secret.decode() not in text and b64(secret) not in text
+
+            await driver.power_on(uid)
+            notified.clear()
+            await asyncio.to_thread(guest.reconfigure, uid, {guestinfo.REPORT_KEY: guestinfo.REPORT_DONE,
+                                                             "SET.guest.ipAddress": "10.0.0.5"})
+
+            async def reported():
+                info = await driver.get_vm(uid)
+                return info if info.bootstrapped and info.addresses else None
+            info = await async_wait_until(reported, timeout=20, message="the guest's report and address",
+                                          seen=lambda: driver.get_vm(uid))
+            (address,) = info.addresses
+            assert (address.ip, address.network, address.family) == ("10.0.0.5", "VM Network", 4)
+            assert address.mac.count(":") == 5
+            assert info.bootstrap_present and uid in notified
+
+            notified.clear()
+            for _ in range(2):  # idempotent
+                await driver.clear_bootstrap(uid)
+                after = await driver.get_vm(uid)
+                assert (after.bootstrap_present, after.bootstrapped, after.power) == (False, True, PowerState.ON)
+            keys = await asyncio.to_thread(guest.extra_config, uid)
+            assert not set(guestinfo.CLEARED_KEYS) & set(keys)
+            assert keys[guestinfo.REPORT_KEY] == "done" and keys["quanta.vm_uid"] == uid
+            assert keys["quanta.vm_record"] == "rec"
+            assert uid in notified
+        finally:
+            await session.close()
+        # A restarted agent sees the same: reported, cleared, with its address.
+        session, drivers = await open_esxi(guest.config())
+        try:
+            (driver,) = drivers.values()
+            again = await driver.get_vm(uid)
+            assert (again.bootstrapped, again.bootstrap_present, again.addresses) == (True, False, info.addresses)
+        finally:
+            await session.close()
+    run(body())
+
+
+def test_a_vm_without_bootstrap_data_gets_no_guestinfo_and_clearing_is_a_no_op(guest):
+    request = req()
+
+    async def body():
+        session, drivers = await open_esxi(guest.config())
+        try:
+            (driver,) = drivers.values()
+            made = await driver.create_vm(request)
+            assert not made.bootstrap_present and not made.bootstrapped
+            await driver.clear_bootstrap(request.vm_uid)
+            with pytest.raises(VmNotFound):
+                await driver.clear_bootstrap(uuid.uuid4().hex[:12])
+        finally:
+            await session.close()
+    run(body())
+    assert not [k for k in guest.extra_config(request.vm_uid) if k.startswith("guestinfo.")]
+
+
+def test_shutdown_guest_needs_running_tools_and_powers_the_vm_off(guest):
+    """vcsim's ShutdownGuest powers off at once and does not look at the tools (real
+    hosts answer ToolsUnavailable); the driver refuses by the tools state it watches,
+    which the test sets as a guest's tools would."""
+    request = req()
+    uid = request.vm_uid
+
+    async def body():
+        session, drivers = await open_esxi(guest.config())
+        try:
+            (driver,) = drivers.values()
+            notified: list[str] = []
+            driver.watch(notified.append)
+            await driver.create_vm(request)
+            await driver.shutdown_guest(uid)  # off stays off, no call
+            assert (await driver.get_vm(uid)).power is PowerState.OFF
+            await driver.power_on(uid)
+            with pytest.raises(GuestUnavailable) as caught:
+                await driver.shutdown_guest(uid)  # vcsim's VMs report guestToolsNotRunning
+            assert not caught.value.transient
+            assert (await driver.get_vm(uid)).power is PowerState.ON
+
+            await asyncio.to_thread(guest.reconfigure, uid, {"SET.guest.toolsRunningStatus": "guestToolsRunning"})
+            (moid,) = session.by_uid[uid]
+            await async_wait_until(lambda: session.vms[moid].tools == "guestToolsRunning", timeout=20,
+                                   message="the tools to run", seen=lambda: session.vms[moid].tools)
+            notified.clear()
+            await driver.shutdown_guest(uid)
+
+            async def off():
+                return (await driver.get_vm(uid)).power is PowerState.OFF
+            await async_wait_until(off, timeout=20, message="the guest to power off",
+                                   seen=lambda: driver.get_vm(uid))
+            await async_wait_until(lambda: uid in notified, timeout=20, message="notify of the power-off",
+                                   seen=lambda: notified)
+            with pytest.raises(VmNotFound):
+                await driver.shutdown_guest(uuid.uuid4().hex[:12])
+        finally:
+            await session.close()
+    run(body())
+
+
+def test_reconfigure_hot_where_vsphere_can_else_power_cycle_required(guest):
+    request = req(vcpus=2, memory_mib=1024)
+    uid = request.vm_uid
+
+    async def body():
+        session, drivers = await open_esxi(guest.config())
+        try:
+            (driver,) = drivers.values()
+            await driver.create_vm(request)
+            await driver.power_on(uid)
+            assert ((await driver.get_vm(uid)).vcpus, (await driver.get_vm(uid)).memory_mib) == (2, 1024)
+            for vcpus, memory in ((4, 1024), (2, 2048), (1, 1024), (2, 512)):
+                with pytest.raises(PowerCycleRequired) as caught:
+                    await driver.reconfigure(uid, vcpus=vcpus, memory_mib=memory)
+                assert not caught.value.transient
+                assert await driver.hardware(uid) == (2, 1024)  # nothing was sent
+            await driver.reconfigure(uid, vcpus=2, memory_mib=1024)  # no change: fine while on
+
+            await asyncio.to_thread(guest.reconfigure, uid, cpuHotAddEnabled=True, memoryHotAddEnabled=True)
+
+            async def hot():
+                (moid,) = session.by_uid[uid]
+                return session.vms[moid].cpu_hot_add and session.vms[moid].memory_hot_add
+            await async_wait_until(hot, timeout=20, message="hot-add to be seen",
+                                   seen=lambda: [vars_of(session.vms[m]) for m in session.by_uid[uid]])
+            await driver.reconfigure(uid, vcpus=4, memory_mib=2048)  # grows hot
+            info = await driver.get_vm(uid)
+            assert (info.power, info.vcpus, info.memory_mib) == (PowerState.ON, 4, 2048)
+            assert await driver.hardware(uid) == (4, 2048)
+            with pytest.raises(PowerCycleRequired):
+                await driver.reconfigure(uid, vcpus=2, memory_mib=2048)  # never shrinks hot
+
+            await driver.power_off(uid)
+            await driver.reconfigure(uid, vcpus=1, memory_mib=512)
+            info = await driver.get_vm(uid)
+            assert (info.power, info.vcpus, info.memory_mib) == (PowerState.OFF, 1, 512)
+        finally:
+            await session.close()
+    run(body())
+
+
+def test_a_simulated_guest_boots_reports_and_shuts_down_through_the_driver_alone():
+    """vcsim with its simulated guest (tests/vcsim/main.go ``-guest``): after a power-on
+    its tools run, it reports an address and, having bootstrap data, that it
+    bootstrapped; the driver sees all of it through its watcher, clears the data, and
+    shuts the guest down softly, which drops the address. Nothing is played from outside."""
+    request = replace(req(), bootstrap=BootstrapPayload(BootstrapFormat.IGNITION, IGNITION))
+    uid = request.vm_uid
+    with Vcsim(mode="esx", guest_boot_s=0.2) as vcsim:
+        vcsim.make_image("ubuntu", nic=True)
+
+        async def body():
+            session, drivers = await open_esxi(vcsim.config())
+            try:
+                (driver,) = drivers.values()
+                notified: list[str] = []
+                driver.watch(notified.append)
+                await driver.create_vm(request)
+                await driver.power_on(uid)
+
+                async def up():
+                    info = await driver.get_vm(uid)
+                    return info if info.bootstrapped and info.addresses else None
+                info = await async_wait_until(up, timeout=20, message="the guest to report",
+                                              seen=lambda: driver.get_vm(uid))
+                assert info.addresses[0].ip.startswith("10.77.") and info.addresses[0].network == "VM Network"
+                assert info.bootstrap_present and uid in notified
+                await driver.clear_bootstrap(uid)
+                assert not (await driver.get_vm(uid)).bootstrap_present
+
+                await driver.shutdown_guest(uid)
+
+                async def down():
+                    info = await driver.get_vm(uid)
+                    return info if info.power is PowerState.OFF and not info.addresses else None
+                off = await async_wait_until(down, timeout=20, message="the guest to shut down",
+                                             seen=lambda: driver.get_vm(uid))
+                assert off.bootstrapped and not off.bootstrap_present
+            finally:
+                await session.close()
+        run(body())
+        assert not set(guestinfo.CLEARED_KEYS) & set(vcsim.extra_config(uid))

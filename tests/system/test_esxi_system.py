@@ -1,5 +1,6 @@
 """The whole system with its agents on vcsim: 200 VMs from the API to RUNNING,
-then checked on the vSphere side with an independent pyvmomi query.
+then checked on the vSphere side with an independent pyvmomi query; a VM's bootstrap
+data delivered as guestinfo keys and blanked once its (simulated) guest reports.
 
 Production layout: two simulated ESXi hosts, one agent process each, TLS
 verified against each simulator's certificate, the password in the environment.
@@ -7,11 +8,15 @@ verified against each simulator's certificate, the password in the environment.
 
 from __future__ import annotations
 
+import base64
 import collections
+import json
 import time
+import uuid
 
+from controlplane.gen.quanta.v1 import vm_pb2
 from quanta.local import LocalSystem
-from tests.conftest import describe_processes, describe_vms
+from tests.conftest import describe_processes, describe_vms, wait_until
 from tests.vcsim import Vcsim
 
 VMS = 200
@@ -62,3 +67,47 @@ def test_200_vms_on_vcsim_hosts_end_to_end():
     finally:
         for vcsim in vcsims:
             vcsim.cleanup()
+
+
+def test_bootstrap_data_reaches_the_vm_as_guestinfo_and_is_blanked_once_the_guest_reports():
+    """Issue 12 on vcsim, through the API and an esxi agent: the VM is made with its
+    cloud-init keys; vcsim's simulated guest (tests/vcsim/main.go ``-guest``) comes up,
+    reports an address and that it bootstrapped; the agent blanks the keys, and the
+    API shows the address and CLEARED. The user data is in no agent or frontend log."""
+    user_data = f"#cloud-config\nhostname: secret-{uuid.uuid4().hex}\n".encode()
+    # The guest boots slowly enough for the keys to be seen on the VM before they are blanked.
+    with Vcsim(mode="esx", guest_boot_s=3.0) as vcsim:
+        vcsim.make_image("ubuntu", nic=True)
+        with LocalSystem(hosts=1, frontends=1, metrics=False, agents=[agent_args(vcsim, 0)],
+                         agent_env={"QUANTA_ESXI_PASSWORD": vcsim.password}) as system:
+            seen = lambda: describe_processes(system)  # noqa: E731
+            with system.client() as client:
+                made = client._call(client._vms.CreateVm, vm_pb2.CreateVmRequest(
+                    parent=client.parent, vm_id="boot-1", vm=vm_pb2.Vm(
+                        flavor="small", image="ubuntu", bootstrap=vm_pb2.Bootstrap(
+                            user_data=user_data, metadata=vm_pb2.BootstrapMetadata(hostname="node-1")))))
+
+                def delivered() -> dict[str, str] | None:
+                    try:
+                        keys = vcsim.extra_config(made.uid)
+                    except LookupError:
+                        return None
+                    return keys if "guestinfo.userdata" in keys else None
+                keys = wait_until(delivered, timeout=60, message="the guestinfo keys on the VM", seen=seen)
+                assert base64.b64decode(keys["guestinfo.userdata"]) == user_data
+                assert keys["guestinfo.userdata.encoding"] == keys["guestinfo.metadata.encoding"] == "base64"
+                metadata = json.loads(base64.b64decode(keys["guestinfo.metadata"]))
+                assert metadata["local-hostname"] == "node-1" and metadata["instance-id"]
+
+                def cleared() -> vm_pb2.Vm | None:
+                    vm = client.get_vm("boot-1")
+                    return vm if vm.bootstrap.state == vm_pb2.Bootstrap.CLEARED and vm.addresses else None
+                vm = wait_until(cleared, timeout=60, message="bootstrapped, cleared, with an address",
+                                seen=lambda: f"{client.get_vm('boot-1')}; {seen()}")
+                assert vm.addresses[0].ip.startswith("10.77.") and vm.addresses[0].network == "VM Network"
+                left = vcsim.extra_config(made.uid)
+                assert not [k for k in left if k.startswith(("guestinfo.userdata", "guestinfo.metadata"))], left
+                assert left["guestinfo.quanta.bootstrap"] == "done"
+            secret = user_data.decode().split("hostname: ")[1].strip()
+            logged = [p.name for p in system.log_dir.iterdir() if secret in p.read_text(errors="replace")]
+            assert not logged, f"the user data is in {logged}"

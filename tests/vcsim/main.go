@@ -32,11 +32,80 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
 )
+
+// reconfigNotifier makes the simulator (govmomi 0.24) do after a ReconfigVM what
+// vSphere does and it does not: a key given again replaces the extraConfig value it
+// had, a key given "" is removed, and PropertyCollector watchers are told of the new
+// config.extraConfig, config.hardware.numCPU and .memoryMB, and the hot-add flags (vcsim
+// appends every key given and tells watchers of none of these). Without it a test
+// could not play a guest that writes guestinfo, nor see keys blanked.
+type reconfigNotifier struct{}
+
+func (reconfigNotifier) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "QuantaReconfigNotifier", Value: "quanta-reconfig"}
+}
+
+func (reconfigNotifier) PutObject(mo.Reference) {}
+
+func (reconfigNotifier) RemoveObject(types.ManagedObjectReference) {}
+
+func (reconfigNotifier) UpdateObject(obj mo.Reference, changes []types.PropertyChange) {
+	task, ok := obj.(*mo.Task)
+	if !ok || task.Info.DescriptionId != "VirtualMachine.reconfigVm" || task.Info.Entity == nil {
+		return
+	}
+	succeeded := false
+	for _, change := range changes {
+		if change.Name == "info.state" && change.Val == types.TaskInfoStateSuccess {
+			succeeded = true
+		}
+	}
+	if !succeeded {
+		return
+	}
+	vm, ok := simulator.Map.Get(*task.Info.Entity).(*simulator.VirtualMachine)
+	if !ok || vm.Config == nil {
+		return
+	}
+	index := map[string]int{}
+	var merged []types.BaseOptionValue
+	for _, option := range vm.Config.ExtraConfig {
+		value := option.GetOptionValue()
+		if i, seen := index[value.Key]; seen {
+			merged[i] = option
+		} else {
+			index[value.Key] = len(merged)
+			merged = append(merged, option)
+		}
+	}
+	kept := merged[:0]
+	for _, option := range merged {
+		if text, isText := option.GetOptionValue().Value.(string); !isText || text != "" {
+			kept = append(kept, option)
+		}
+	}
+	vm.Config.ExtraConfig = kept
+	changed := []types.PropertyChange{
+		{Name: "config.extraConfig", Val: kept},
+		{Name: "config.hardware.numCPU", Val: vm.Config.Hardware.NumCPU},
+		{Name: "config.hardware.memoryMB", Val: vm.Config.Hardware.MemoryMB},
+	}
+	if flag := vm.Config.CpuHotAddEnabled; flag != nil {
+		changed = append(changed, types.PropertyChange{Name: "config.cpuHotAddEnabled", Val: *flag})
+	}
+	if flag := vm.Config.MemoryHotAddEnabled; flag != nil {
+		changed = append(changed, types.PropertyChange{Name: "config.memoryHotAddEnabled", Val: *flag})
+	}
+	simulator.Map.Update(vm, changed)
+}
 
 func parseMethodDelay(spec string) (map[string]int, error) {
 	delays := map[string]int{}
@@ -90,6 +159,106 @@ func loopbackCertificate() (tls.Certificate, []byte, error) {
 	return pair, certPEM, err
 }
 
+// simulatedGuest plays, with -guest, a guest OS with VMware Tools in every VM: -guest-boot
+// after a power-on its tools run, it reports an address (10.77.x.y, unique per VM,
+// kept across power cycles) in guest.ipAddress and its first NIC's guest.net entry, and,
+// if the VM carries bootstrap data (guestinfo.userdata or guestinfo.ignition.config.data),
+// it sets guestinfo.quanta.bootstrap=done as a guest that ran it would. A power-off stops
+// its tools and drops the address, as on a real host. (It neither boots nor reads the data.)
+type simulatedGuest struct {
+	boot time.Duration
+	mu   sync.Mutex
+	ips  map[string]string
+}
+
+func (*simulatedGuest) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "QuantaSimulatedGuest", Value: "quanta-guest"}
+}
+
+func (*simulatedGuest) PutObject(mo.Reference) {}
+
+func (*simulatedGuest) RemoveObject(types.ManagedObjectReference) {}
+
+func (g *simulatedGuest) UpdateObject(obj mo.Reference, changes []types.PropertyChange) {
+	if _, ok := obj.(*mo.VirtualMachine); !ok {
+		return
+	}
+	for _, change := range changes {
+		if change.Name != "runtime.powerState" {
+			continue
+		}
+		vm, ok := simulator.Map.Get(obj.Reference()).(*simulator.VirtualMachine)
+		if !ok {
+			return
+		}
+		switch change.Val {
+		case types.VirtualMachinePowerStatePoweredOn:
+			go func() {
+				time.Sleep(g.boot)
+				simulator.Map.WithLock(vm, func() { g.up(vm) })
+			}()
+		case types.VirtualMachinePowerStatePoweredOff:
+			g.down(vm) // inside the power-off call, which holds the VM's lock
+		}
+	}
+}
+
+func (g *simulatedGuest) address(vm *simulator.VirtualMachine) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ip, ok := g.ips[vm.Self.Value]
+	if !ok {
+		n := len(g.ips)
+		ip = fmt.Sprintf("10.77.%d.%d", n/250, n%250+2)
+		g.ips[vm.Self.Value] = ip
+	}
+	return ip
+}
+
+func (g *simulatedGuest) up(vm *simulator.VirtualMachine) {
+	if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn || vm.Config == nil {
+		return // switched off (or gone) while it booted
+	}
+	ip := g.address(vm)
+	changes := []types.PropertyChange{
+		{Name: "guest.toolsRunningStatus", Val: string(types.VirtualMachineToolsRunningStatusGuestToolsRunning)},
+		{Name: "guest.ipAddress", Val: ip},
+	}
+	if len(vm.Guest.Net) > 0 {
+		vm.Guest.Net[0].IpAddress = []string{ip}
+		changes = append(changes, types.PropertyChange{Name: "guest.net", Val: vm.Guest.Net})
+	}
+	data, reported := false, false
+	for _, option := range vm.Config.ExtraConfig {
+		value := option.GetOptionValue()
+		text, _ := value.Value.(string)
+		switch value.Key {
+		case "guestinfo.userdata", "guestinfo.ignition.config.data":
+			data = data || text != ""
+		case "guestinfo.quanta.bootstrap":
+			reported = true
+		}
+	}
+	if data && !reported {
+		vm.Config.ExtraConfig = append(vm.Config.ExtraConfig,
+			&types.OptionValue{Key: "guestinfo.quanta.bootstrap", Value: "done"})
+		changes = append(changes, types.PropertyChange{Name: "config.extraConfig", Val: vm.Config.ExtraConfig})
+	}
+	simulator.Map.Update(vm, changes)
+}
+
+func (g *simulatedGuest) down(vm *simulator.VirtualMachine) {
+	changes := []types.PropertyChange{
+		{Name: "guest.toolsRunningStatus", Val: string(types.VirtualMachineToolsRunningStatusGuestToolsNotRunning)},
+		{Name: "guest.ipAddress", Val: ""},
+	}
+	if len(vm.Guest.Net) > 0 {
+		vm.Guest.Net[0].IpAddress = nil
+		changes = append(changes, types.PropertyChange{Name: "guest.net", Val: vm.Guest.Net})
+	}
+	simulator.Map.Update(vm, changes)
+}
+
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to serve on (port 0: a free port)")
 	mode := flag.String("mode", "esx", "esx (a standalone ESXi host) or vpx (a vCenter)")
@@ -104,6 +273,8 @@ func main() {
 	username := flag.String("username", "user", "the only accepted user name")
 	password := flag.String("password", "pass", "its password")
 	sessionIdle := flag.Duration("session-idle", 0, "expire sessions idle this long (0: never)")
+	guest := flag.Bool("guest", false, "simulate a guest with tools in every VM (address, bootstrap report)")
+	guestBoot := flag.Duration("guest-boot", 200*time.Millisecond, "with -guest: from power-on to tools and address")
 	flag.Parse()
 
 	delays, err := parseMethodDelay(*methodDelay)
@@ -134,6 +305,10 @@ func main() {
 
 	if err := model.Create(); err != nil {
 		log.Fatal(err)
+	}
+	simulator.Map.AddHandler(reconfigNotifier{})
+	if *guest {
+		simulator.Map.AddHandler(&simulatedGuest{boot: *guestBoot, ips: map[string]string{}})
 	}
 	defer model.Remove()
 

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyVmomi import vim
 
+from agents.drivers.esxi import guestinfo
 from agents.drivers.esxi.session import NAME_KEY, RECORD_KEY, UID_KEY, Datastore, HostInfo
 from agents.drivers.protocol import OperationFailed, VmRequest
 
@@ -43,11 +45,13 @@ def vm_name(request: VmRequest) -> str:
 
 
 def _extra_config(request: VmRequest) -> list:
+    """The VM's extraConfig: its Quanta id, name and record, and its bootstrap data as
+    guestinfo keys (guestinfo.py), so that the VM is made with them in one task."""
     options = [vim.option.OptionValue(key=UID_KEY, value=request.vm_uid),
                vim.option.OptionValue(key=NAME_KEY, value=request.name)]
     if request.record:
         options.append(vim.option.OptionValue(key=RECORD_KEY, value=request.record))
-    return options
+    return options + guestinfo.options(request.bootstrap)
 
 
 def _config(request: VmRequest) -> Any:
@@ -88,6 +92,12 @@ def linked_create_spec(request: VmRequest, image: ImageRef, datastore: Datastore
                                              unitNumber=device.unitNumber, capacityInKB=device.capacityInKB,
                                              backing=backing)
             changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
+        elif isinstance(device, vim.vm.device.VirtualEthernetCard):
+            # A copy that asks for a MAC of its own: given the image's, CreateVM may keep
+            # it (vcsim does), and every clone would share it.
+            card = copy.copy(device)
+            card.macAddress, card.addressType = None, "generated"
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=card))
         elif isinstance(device, _COPIED_DEVICES):
             changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=device))
     config = _config(request)

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from pyVmomi import vim, vmodl
 
-from agents.drivers.esxi import clone
+from agents.drivers.esxi import clone, guestinfo
 from agents.drivers.esxi.config import EsxiConfig
 from agents.drivers.esxi.faults import to_driver_error
 from agents.drivers.esxi.images import ImageCache
@@ -29,6 +29,7 @@ from agents.drivers.protocol import (
     HostCapacity,
     ImageNotFound,
     OperationFailed,
+    PowerCycleRequired,
     PowerState,
     VmInfo,
     VmNotFound,
@@ -59,6 +60,7 @@ class EsxiHost:
         self.host_id = host_id_for(self._config.host_id_prefix, host.name)
         self._images = images
         self._locks: dict[str, asyncio.Lock] = {}
+        self._notify: Callable[[str], None] | None = None
         self.datastore = self._pick_datastore()
 
     def _pick_datastore(self) -> Datastore:
@@ -81,7 +83,7 @@ class EsxiHost:
             try:
                 return await attempt()
             except Exception as raw:
-                err = to_driver_error(raw, f"{what} on {self.host_id}")
+                err = to_driver_error(raw, f"{what} on {self.host_id}", op=what)
                 if not err.transient or left == 0:
                     raise err from raw
                 log.info("transient vSphere fault; retrying", extra={"host": self.host_id, "op": what,
@@ -107,8 +109,12 @@ class EsxiHost:
         vms = self._observed(vm_uid)
         if not vms:
             return None
-        on = any(vm.power == "poweredOn" for vm in vms)
-        return VmInfo(vm_uid, PowerState.ON if on else PowerState.OFF, vms[0].vm_name, vms[0].record)
+        on = [vm for vm in vms if vm.power == "poweredOn"]
+        vm = on[0] if on else vms[0]
+        # An off VM has no guest to report addresses, whatever the host still shows.
+        return VmInfo(vm_uid, PowerState.ON if on else PowerState.OFF, vm.vm_name, vm.record, vcpus=vm.vcpus,
+                      memory_mib=vm.memory_mib, addresses=vm.addresses if on else (), bootstrapped=vm.bootstrapped,
+                      bootstrap_present=any(v.bootstrap_present for v in vms))
 
     def _seen(self, vm_uid: str) -> VmInfo:
         """The VM of ``vm_uid`` once the watcher has shown it; raises OperationFailed
@@ -230,17 +236,33 @@ class EsxiHost:
             await self._session.run_task(mo.ReconfigVM_Task, spec)
 
     async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
-        """Set the VM's vCPUs and memory. Idempotent. Raises VmNotFound; a host that
-        cannot change a running VM raises a permanent OperationFailed."""
+        """Set the VM's vCPUs and memory. Idempotent. Raises VmNotFound, and
+        PowerCycleRequired (before any call) when the VM is on and the change is not
+        one vSphere makes hot: any decrease, or an increase without CPU / memory
+        hot-add enabled on the VM; a host that refuses anyway (InvalidPowerState,
+        *HotPlugNotSupported) raises it too. Returns once the watcher shows the values."""
         await self._synced()
         async with self._lock(vm_uid):
-            vms = self._require(vm_uid)
             spec = vim.vm.ConfigSpec(numCPUs=vcpus, memoryMB=memory_mib)
+            for vm in self._require(vm_uid):
+                if vm.power == "poweredOn" and (why := cold_only(vm, vcpus, memory_mib)):
+                    raise PowerCycleRequired(f"VM {vm_uid} on {self.host_id}: {why} while it runs")
 
             async def attempt() -> None:
-                for vm in vms:
+                for vm in self._require(vm_uid):
+                    if (vm.vcpus, vm.memory_mib) == (vcpus, memory_mib):
+                        continue
                     await self._session.run_task(self._session.vm_mo(vm.moid).ReconfigVM_Task, spec)
+                    def fitted(v: Observed = vm) -> bool:
+                        return (v.vcpus, v.memory_mib) == (vcpus, memory_mib)
+                    await self._settle(vm, fitted)
             await self._retrying("reconfigure", attempt)
+
+    async def _settle(self, vm: Observed, done: Callable[[], bool]) -> None:
+        """Wait until the watcher shows what a call of ours did; read the VM directly if
+        it does not within a few seconds (vcsim, a lagging watcher)."""
+        if not await self._session.wait_for(lambda: done() or vm.moid not in self._session.vms, _STATE_WAIT_S):
+            await self._session.refresh(self._session.vm_mo(vm.moid))
 
     async def hardware(self, vm_uid: str) -> tuple[int, int]:
         """(vCPUs, memory MiB) as the host reports them now. Raises VmNotFound."""
@@ -285,13 +307,61 @@ class EsxiHost:
             await self._retrying("power_on" if want == "poweredOn" else "power_off", attempt)
 
     async def shutdown_guest(self, vm_uid: str) -> None:
-        raise GuestUnavailable("not implemented yet")  # placeholder (issue 12)
+        """``ShutdownGuest`` (not a task: returns once the guest was asked; the VM
+        powers off when the guest is done, which ``watch`` reports). An off VM stays
+        off (no call). Raises VmNotFound; GuestUnavailable when the guest's tools are
+        not running (as the watcher last saw them, or as vSphere answers:
+        ToolsUnavailable, InvalidPowerState of a suspended VM...)."""
+        await self._synced()
+        async with self._lock(vm_uid):
+            async def attempt() -> None:
+                for vm in self._require(vm_uid):
+                    if vm.power == "poweredOff":
+                        continue
+                    if vm.tools and vm.tools != "guestToolsRunning":
+                        raise GuestUnavailable(f"VM {vm_uid} on {self.host_id}: guest tools {vm.tools}")
+                    try:
+                        await self._session.call(self._session.vm_mo(vm.moid).ShutdownGuest)
+                    except vim.fault.InvalidPowerState:
+                        # Off already (our cache was behind)? Then done; else the guest cannot be asked.
+                        await self._session.refresh(self._session.vm_mo(vm.moid))
+                        if vm.power != "poweredOff":
+                            raise
+            await self._retrying("shutdown_guest", attempt)
 
     async def clear_bootstrap(self, vm_uid: str) -> None:
-        self._require(vm_uid)  # placeholder (issue 12)
+        """Blank every bootstrap key (guestinfo.py: data and encoding keys of both
+        formats) with one ``ReconfigVM_Task`` per VM still carrying any; vSphere removes
+        a key set to "". Idempotent (a VM without them gets no call). Returns once the
+        watcher shows them gone. Raises VmNotFound."""
+        await self._synced()
+        async with self._lock(vm_uid):
+            spec = vim.vm.ConfigSpec(extraConfig=guestinfo.clear_options())
+
+            async def attempt() -> None:
+                for vm in self._require(vm_uid):
+                    if not vm.bootstrap_present:
+                        continue
+                    await self._session.run_task(self._session.vm_mo(vm.moid).ReconfigVM_Task, spec)
+                    def cleared(v: Observed = vm) -> bool:
+                        return not v.bootstrap_present
+                    await self._settle(vm, cleared)
+            await self._retrying("clear_bootstrap", attempt)
 
     def watch(self, notify: Callable[[str], None]) -> None:
-        self._notify = notify  # placeholder (issue 12)
+        """Call ``notify(uid)`` on the event loop when the watcher sees a VM of this
+        host change power, addresses, bootstrap report or presence (also when a call
+        of this driver made the change). Replaces an earlier ``notify``."""
+        if self._notify is None:
+            self._session.listeners.append(self._changed)
+        self._notify = notify
+
+    def _changed(self, vm: Observed) -> None:
+        if self._notify is not None and self._mine(vm):
+            try:
+                self._notify(vm.uid)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the watcher
+                log.exception("watch notify failed", extra={"host": self.host_id})
 
     async def destroy_vm(self, vm_uid: str) -> None:
         await self._synced()
@@ -312,6 +382,24 @@ class EsxiHost:
             await self._session.run_task(mo.Destroy_Task)
         except vmodl.fault.ManagedObjectNotFound:
             pass  # gone already: what we wanted
+
+
+def cold_only(vm: Observed, vcpus: int, memory_mib: int) -> str:
+    """Why changing ``vm`` to ``vcpus``/``memory_mib`` needs it powered off ("" if it
+    can be done while it runs): vSphere adds CPUs and memory hot only where the VM
+    has hot-add enabled, and never removes them hot. Unknown hardware (not reported
+    yet): "" (the host's answer decides). Pure."""
+    if not vm.vcpus or not vm.memory_mib:
+        return ""
+    if vcpus < vm.vcpus:
+        return f"cannot remove vCPUs ({vm.vcpus} -> {vcpus})"
+    if vcpus > vm.vcpus and not vm.cpu_hot_add:
+        return f"cannot add vCPUs ({vm.vcpus} -> {vcpus}) without CPU hot-add"
+    if memory_mib < vm.memory_mib:
+        return f"cannot remove memory ({vm.memory_mib} -> {memory_mib} MiB)"
+    if memory_mib > vm.memory_mib and not vm.memory_hot_add:
+        return f"cannot add memory ({vm.memory_mib} -> {memory_mib} MiB) without memory hot-add"
+    return ""
 
 
 def _falls_back(fault: BaseException) -> bool:

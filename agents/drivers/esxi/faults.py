@@ -4,7 +4,9 @@ Every fault a vSphere call raises leaves the driver as a
 :class:`~agents.drivers.protocol.DriverError` made by :func:`to_driver_error`, whose
 class, reason and ``transient`` flag come from :data:`FAULTS`. The first row whose
 fault class the raised fault is an instance of wins, so specific faults come before
-their bases. Network-level errors (refused, reset, TLS, timeouts) are a host that
+their bases; a row naming an ``op`` applies only to faults of that operation (the
+same fault can mean different things: a wrong power state for a reconfigure means
+"power-cycle it", for a power-on "try again"). Network-level errors (refused, reset, TLS, timeouts) are a host that
 cannot be reached: :class:`HostUnavailable`.
 """
 
@@ -20,9 +22,11 @@ from pyVmomi import vim, vmodl
 from agents.drivers.protocol import (
     CapacityExceeded,
     DriverError,
+    GuestUnavailable,
     HostUnavailable,
     ImageNotFound,
     OperationFailed,
+    PowerCycleRequired,
     VmNotFound,
 )
 
@@ -33,16 +37,26 @@ class FaultRule:
     error: type[DriverError]
     reason: str
     transient: bool
+    op: str = ""  # "": any operation
 
 
-def _rule(fault, error, reason=None, transient=None) -> FaultRule:
-    return FaultRule(fault, error, reason or error.reason, error.transient if transient is None else transient)
+def _rule(fault, error, reason=None, transient=None, op="") -> FaultRule:
+    return FaultRule(fault, error, reason or error.reason, error.transient if transient is None else transient, op)
 
 
 FAULTS: tuple[FaultRule, ...] = (
     # Out of room on the host or its datastore: the scheduler's view was stale.
     _rule(vim.fault.InsufficientResourcesFault, CapacityExceeded),
     _rule(vim.fault.NoDiskSpace, CapacityExceeded),
+    # The change cannot be made while the VM runs: power it off first.
+    _rule(vim.fault.CpuHotPlugNotSupported, PowerCycleRequired),
+    _rule(vim.fault.MemoryHotPlugNotSupported, PowerCycleRequired),
+    _rule(vim.fault.InvalidPowerState, PowerCycleRequired, op="reconfigure"),
+    # The guest cannot be asked (no tools running, not up): power off hard instead.
+    _rule(vim.fault.ToolsUnavailable, GuestUnavailable),
+    _rule(vim.fault.GuestOperationsUnavailable, GuestUnavailable),
+    _rule(vim.fault.InvalidPowerState, GuestUnavailable, op="shutdown_guest"),
+    _rule(vim.fault.InvalidState, GuestUnavailable, op="shutdown_guest"),
     # Busy or mid-change: the same call later may well succeed.
     _rule(vim.fault.InvalidPowerState, OperationFailed, "InvalidPowerState", transient=True),
     _rule(vim.fault.InvalidHostState, HostUnavailable, "HostNotReady"),
@@ -103,22 +117,23 @@ def fault_message(fault: BaseException) -> str:
 _DETAIL_FIELDS = ("method", "invalidProperty", "name", "obj", "receiver")
 
 
-def rule_for(fault: BaseException) -> FaultRule | None:
+def rule_for(fault: BaseException, op: str = "") -> FaultRule | None:
     for rule in FAULTS:
-        if isinstance(fault, rule.fault):
+        if isinstance(fault, rule.fault) and rule.op in ("", op):
             return rule
     return None
 
 
-def to_driver_error(fault: BaseException, context: str = "") -> DriverError:
-    """The DriverError for ``fault`` (a DriverError passes through unchanged).
+def to_driver_error(fault: BaseException, context: str = "", *, op: str = "") -> DriverError:
+    """The DriverError for ``fault`` raised by operation ``op`` (a DriverError passes
+    through unchanged).
 
     Raises nothing; a fault in no row (not a vSphere or network error) becomes a
     permanent OperationFailed, so a bug is reported on the VM rather than retried forever.
     """
     if isinstance(fault, DriverError):
         return fault
-    rule = rule_for(fault)
+    rule = rule_for(fault, op)
     name = type(fault).__name__
     message = f"{context}: {name}: {fault_message(fault)}" if context else f"{name}: {fault_message(fault)}"
     if rule is None:

@@ -29,9 +29,10 @@ from pyVim.connect import SmartStubAdapter
 from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapStubAdapter
 
+from agents.drivers.esxi import guestinfo
 from agents.drivers.esxi.config import EsxiConfig
 from agents.drivers.esxi.faults import to_driver_error
-from agents.drivers.protocol import HostUnavailable
+from agents.drivers.protocol import Address, HostUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ NAME_KEY = "quanta.vm_name"
 RECORD_KEY = "quanta.vm_record"
 """extraConfig keys of VmRequest.name and .record (what the VM was made as, for adoption)."""
 
-_VM_PATHS = ["name", "runtime.powerState", "runtime.host", "config.extraConfig"]
+_VM_PATHS = ["name", "runtime.powerState", "runtime.host", "config.extraConfig", "config.hardware.numCPU",
+             "config.hardware.memoryMB", "config.cpuHotAddEnabled", "config.memoryHotAddEnabled", "guest.net",
+             "guest.ipAddress", "guest.toolsRunningStatus"]
 _TASK_PATHS = ["info.state", "info.error", "info.result"]
 _WAIT_SECONDS = 5  # how long a replaced collector (after a re-login) may go unnoticed
 
@@ -57,6 +60,23 @@ class Observed:
     host: str = ""
     vm_name: str = ""  # VmRequest.name, from extraConfig
     record: str = ""  # VmRequest.record, from extraConfig
+    vcpus: int = 0
+    memory_mib: int = 0
+    cpu_hot_add: bool = False
+    memory_hot_add: bool = False
+    tools: str = ""  # guest.toolsRunningStatus ("": not reported)
+    # What the guest reports: guest.net, with guest.ipAddress (its primary) apart until merged.
+    nics: tuple = field(default=(), repr=False)
+    primary_ip: str = ""
+    addresses: tuple[Address, ...] = ()
+    # From extraConfig: the guest's bootstrap report, and whether bootstrap data is on
+    # the VM. Only that flag: the data itself is never kept here.
+    bootstrapped: bool = False
+    bootstrap_present: bool = False
+
+    def watched(self) -> tuple:
+        """What a driver's ``watch`` reports changes of."""
+        return self.power, self.addresses, self.bootstrapped, self.bootstrap_present, self.host
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +154,8 @@ class Session:
         self._resync_seen: set[str] | None = None
         self.synced = asyncio.Event()
         self.changed = asyncio.Condition()
+        self.listeners: list[Callable[[Observed], None]] = []
+        """Called on the event loop with a VM whose :meth:`Observed.watched` state changed."""
 
     @property
     def _service(self) -> _Service:
@@ -450,8 +472,11 @@ class Session:
         vm = self.vms.get(moid)
         if vm is None:
             vm = self.vms[moid] = Observed(moid)
-        uid, name = vm.uid, vm.name
+        uid, name, before = vm.uid, vm.name, vm.watched()
+        guest_changed = False
         for path, op, value in props:
+            if op == "remove":
+                value = None
             if path == "name":
                 vm.name = value or ""
             elif path == "runtime.powerState":
@@ -459,11 +484,31 @@ class Session:
             elif path == "runtime.host":
                 vm.host = value._moId if value is not None else ""
             elif path == "config.extraConfig":
-                options = {o.key: str(o.value) for o in value or ()} if op != "remove" else {}
-                vm.uid, vm.vm_name, vm.record = (options.get(UID_KEY, ""), options.get(NAME_KEY, ""),
-                                                 options.get(RECORD_KEY, ""))
+                # Read key by key: the bootstrap values are looked at, never kept.
+                options = {o.key: o.value for o in value or ()}
+                vm.uid, vm.vm_name, vm.record = (str(options.get(UID_KEY, "")), str(options.get(NAME_KEY, "")),
+                                                 str(options.get(RECORD_KEY, "")))
+                vm.bootstrapped = options.get(guestinfo.REPORT_KEY) == guestinfo.REPORT_DONE
+                vm.bootstrap_present = guestinfo.present(options)
+                del options
             elif path == f'config.extraConfig["{UID_KEY}"]':
-                vm.uid = str(value.value) if value is not None and op != "remove" else ""
+                vm.uid = str(value.value) if value is not None else ""
+            elif path == "config.hardware.numCPU":
+                vm.vcpus = int(value or 0)
+            elif path == "config.hardware.memoryMB":
+                vm.memory_mib = int(value or 0)
+            elif path == "config.cpuHotAddEnabled":
+                vm.cpu_hot_add = bool(value)
+            elif path == "config.memoryHotAddEnabled":
+                vm.memory_hot_add = bool(value)
+            elif path == "guest.toolsRunningStatus":
+                vm.tools = str(value or "")
+            elif path == "guest.net":
+                vm.nics, guest_changed = tuple(value or ()), True
+            elif path == "guest.ipAddress":
+                vm.primary_ip, guest_changed = str(value or ""), True
+        if guest_changed:
+            vm.addresses = guest_addresses(vm.nics, vm.primary_ip)
         if uid != vm.uid:
             if uid:
                 self.by_uid.get(uid, set()).discard(moid)
@@ -476,11 +521,17 @@ class Session:
                 del self.by_name[name]
             if vm.name:
                 self.by_name[vm.name] = moid
+        if vm.uid and (before != vm.watched() or uid != vm.uid):
+            for listener in self.listeners:
+                listener(vm)
 
     def _forget(self, moid: str) -> None:
         vm = self.vms.pop(moid, None)
         if vm is None:
             return
+        if vm.uid:  # gone (destroyed, or moved away): its listeners re-read it
+            for listener in self.listeners:
+                listener(vm)
         if vm.uid:
             moids = self.by_uid.get(vm.uid, set())
             moids.discard(moid)
@@ -511,6 +562,31 @@ class Session:
             return True
         except TimeoutError:
             return predicate()
+
+
+def guest_addresses(nics: tuple, primary: str) -> tuple[Address, ...]:
+    """The addresses a guest reports (``guest.net``; ``guest.ipAddress`` is the
+    primary, first): per NIC its ``ipConfig`` addresses, else its plain ``ipAddress``
+    list; link-local ones left out (they say nothing about reachability). Pure."""
+    found: list[Address] = []
+    for nic in nics:
+        config = getattr(nic, "ipConfig", None)
+        ips = [a.ipAddress for a in (config.ipAddress or ())] if config is not None and config.ipAddress else \
+            list(getattr(nic, "ipAddress", None) or ())
+        for ip in ips:
+            if ip and not _link_local(ip) and all(a.ip != ip for a in found):
+                found.append(Address(ip=ip, mac=getattr(nic, "macAddress", None) or "",
+                                     network=getattr(nic, "network", None) or "", family=6 if ":" in ip else 4))
+    if primary and not _link_local(primary):
+        first = next((a for a in found if a.ip == primary), None)
+        if first is None:
+            first = Address(ip=primary, family=6 if ":" in primary else 4)
+        found = [first, *(a for a in found if a.ip != primary)]
+    return tuple(found)
+
+
+def _link_local(ip: str) -> bool:
+    return ip.lower().startswith("fe80:") or ip.startswith("169.254.")
 
 
 def _task_filter(task: Any) -> Any:
