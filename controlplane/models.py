@@ -270,6 +270,7 @@ class VmSpec:
     restart_request_id: str = ""  # of the last RestartVm
     power_policy: PowerPolicy = PowerPolicy.KEEP_STOPPED
     bootstrap: BootstrapSummary | None = None  # set: bootstrap/{t}/{p}/{vm} holds the data
+    vm_set: str = ""  # the all-or-nothing set it was admitted in (its shard is the set's)
 
     @property
     def deleting(self) -> bool:
@@ -316,7 +317,7 @@ class VmSpec:
             power=int(self.power), power_off_mode=int(self.power_off_mode),
             power_off_grace_s=self.power_off_grace_s, power_time_ns=self.power_time_ns, restarts=self.restarts,
             restart_request_id=self.restart_request_id, power_policy=int(self.power_policy),
-            bootstrap=self.bootstrap.to_proto() if self.bootstrap is not None else None,
+            bootstrap=self.bootstrap.to_proto() if self.bootstrap is not None else None, vm_set=self.vm_set,
         )
 
     @classmethod
@@ -332,7 +333,7 @@ class VmSpec:
             # 0 is unset (a spec written before the field): the default grace.
             m.power_off_grace_s or DEFAULT_STOP_GRACE_S, m.power_time_ns, m.restarts, m.restart_request_id,
             PowerPolicy(m.power_policy) if m.power_policy in (0, 1) else PowerPolicy.KEEP_STOPPED,
-            BootstrapSummary.from_proto(m.bootstrap) if m.HasField("bootstrap") else None,
+            BootstrapSummary.from_proto(m.bootstrap) if m.HasField("bootstrap") else None, m.vm_set,
         )
 
     def to_bytes(self) -> bytes:
@@ -385,6 +386,62 @@ class VmStatus:
                    tuple(Condition.from_proto(c) for c in m.conditions), m.power_time_ns, m.restarts,
                    BootstrapState(m.bootstrap_state) if m.bootstrap_state in (0, 1, 2) else BootstrapState.STORED,
                    m.observed_revision)
+
+
+class VmSetState(enum.IntEnum):
+    """Values match quanta.v1.VmSet.State shifted by one (stored 0 is PENDING)."""
+
+    PENDING = 0
+    PLACED = 1
+    FAILED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class VmSetRef:
+    tenant: str
+    project: str
+    set_id: str
+
+    @property
+    def name(self) -> str:
+        return f"tenants/{self.tenant}/projects/{self.project}/vmSets/{self.set_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class VmSet:
+    """VMs admitted together (CreateVms, ALL_OR_NOTHING) and placed in one transaction
+    or not at all. Written by a frontend at admission (PENDING), then by the scheduler
+    shard ``shard`` (every member's): PLACED in the bind's txn, FAILED at the deadline
+    (its members removed, their quota released, in one txn), ``reason``/``message``
+    the shortfall while PENDING."""
+
+    ref: VmSetRef
+    uid: str
+    vms: tuple[str, ...]  # member VM ids, as admitted
+    shard: int
+    state: VmSetState = VmSetState.PENDING
+    create_time_ns: int = 0
+    deadline_ns: int = 0
+    update_time_ns: int = 0
+    reason: str = ""
+    message: str = ""
+    request_id: str = ""
+
+    def member(self, vm_id: str) -> VmRef:
+        return VmRef(self.ref.tenant, self.ref.project, vm_id)
+
+    def to_bytes(self) -> bytes:
+        return rec.VmSetRecord(
+            uid=self.uid, vms=list(self.vms), shard=self.shard, state=int(self.state),
+            create_time_ns=self.create_time_ns, deadline_ns=self.deadline_ns, update_time_ns=self.update_time_ns,
+            reason=self.reason, message=self.message, request_id=self.request_id).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, ref: VmSetRef, data: bytes) -> VmSet:
+        m = rec.VmSetRecord.FromString(data)
+        state = VmSetState(m.state) if m.state in (0, 1, 2) else VmSetState.PENDING
+        return cls(ref, m.uid, tuple(m.vms), m.shard, state, m.create_time_ns, m.deadline_ns, m.update_time_ns,
+                   m.reason, m.message, m.request_id)
 
 
 @dataclass(frozen=True, slots=True)

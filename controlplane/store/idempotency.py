@@ -29,6 +29,7 @@ NOT_FINGERPRINTED = frozenset({
     "uid", "resources", "request_id", "create_time_ns", "delete_time_ns", "shard",  # made by the server
     # set by later power requests (a create sets their defaults):
     "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id",
+    "vm_set",  # a set's member: the set's own request_id covers the set
 })
 
 

@@ -14,6 +14,11 @@ independent systems (or tests) share one etcd.
     bootstrap/{tenant}/{project}/{vm}     BootstrapData  frontends, in the VM's create txn (write-once); read only
                                                   by the agent of the VM's host; deleted with the VM (in the txn
                                                   that removes it) or by that agent once the guest bootstrapped
+    vmsets/{tenant}/{project}/{set}       VmSetRecord  frontends admit it (PENDING) in one txn with all its
+                                                  members (each VmSpec.vm_set names it; all in the set's
+                                                  shard) and their quota; the scheduler shard owning it
+                                                  writes PLACED in the one txn that binds every member,
+                                                  or FAILED at its deadline (members removed, quota released)
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present
@@ -100,6 +105,15 @@ class Keys:
     # read, list or watch ever carries it.
     def bootstrap(self, ref: VmRef) -> bytes:
         return self._k(f"bootstrap/{ref.tenant}/{ref.project}/{ref.vm_id}")
+
+    # All-or-nothing sets (CreateVms)
+    def vm_sets_prefix(self, tenant: str | None = None, project: str | None = None) -> bytes:
+        if tenant is None:
+            return self._k("vmsets/")
+        return self._k(f"vmsets/{tenant}/" if project is None else f"vmsets/{tenant}/{project}/")
+
+    def vm_set(self, tenant: str, project: str, set_id: str) -> bytes:
+        return self._k(f"vmsets/{tenant}/{project}/{set_id}")
 
     # Scheduler queue
     def queue_prefix(self, shard: int) -> bytes:

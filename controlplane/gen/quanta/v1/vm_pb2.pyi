@@ -96,7 +96,7 @@ class BootstrapMetadata(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., hostname: _Optional[str] = ..., ssh_authorized_keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Vm(_message.Message):
-    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_policy", "bootstrap", "addresses", "reconciling")
+    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_policy", "bootstrap", "addresses", "reconciling", "vm_set")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Vm.State]
@@ -186,6 +186,7 @@ class Vm(_message.Message):
     BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     RECONCILING_FIELD_NUMBER: _ClassVar[int]
+    VM_SET_FIELD_NUMBER: _ClassVar[int]
     name: str
     uid: str
     flavor: str
@@ -211,19 +212,106 @@ class Vm(_message.Message):
     bootstrap: Bootstrap
     addresses: _containers.RepeatedCompositeFieldContainer[Address]
     reconciling: bool
-    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[_Union[Vm.RestartPolicy, str]] = ..., anti_affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., power: _Optional[_Union[Vm.Power, str]] = ..., power_policy: _Optional[_Union[Vm.PowerPolicy, str]] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., addresses: _Optional[_Iterable[_Union[Address, _Mapping]]] = ..., reconciling: _Optional[bool] = ...) -> None: ...
+    vm_set: str
+    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[_Union[Vm.RestartPolicy, str]] = ..., anti_affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., power: _Optional[_Union[Vm.Power, str]] = ..., power_policy: _Optional[_Union[Vm.PowerPolicy, str]] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., addresses: _Optional[_Iterable[_Union[Address, _Mapping]]] = ..., reconciling: _Optional[bool] = ..., vm_set: _Optional[str] = ...) -> None: ...
 
 class CreateVmRequest(_message.Message):
-    __slots__ = ("parent", "vm_id", "vm", "request_id")
+    __slots__ = ("parent", "vm_id", "vm", "request_id", "validate_only")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     VM_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     parent: str
     vm_id: str
     vm: Vm
     request_id: str
-    def __init__(self, parent: _Optional[str] = ..., vm_id: _Optional[str] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, parent: _Optional[str] = ..., vm_id: _Optional[str] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+
+class CreateVmsRequest(_message.Message):
+    __slots__ = ("parent", "requests", "mode", "set_id", "request_id", "deadline", "validate_only")
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        MODE_UNSPECIFIED: _ClassVar[CreateVmsRequest.Mode]
+        INDEPENDENT: _ClassVar[CreateVmsRequest.Mode]
+        ALL_OR_NOTHING: _ClassVar[CreateVmsRequest.Mode]
+    MODE_UNSPECIFIED: CreateVmsRequest.Mode
+    INDEPENDENT: CreateVmsRequest.Mode
+    ALL_OR_NOTHING: CreateVmsRequest.Mode
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SET_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    requests: _containers.RepeatedCompositeFieldContainer[CreateVmRequest]
+    mode: CreateVmsRequest.Mode
+    set_id: str
+    request_id: str
+    deadline: _duration_pb2.Duration
+    validate_only: bool
+    def __init__(self, parent: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[CreateVmRequest, _Mapping]]] = ..., mode: _Optional[_Union[CreateVmsRequest.Mode, str]] = ..., set_id: _Optional[str] = ..., request_id: _Optional[str] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+
+class CreateVmsResponse(_message.Message):
+    __slots__ = ("results", "set")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CreateVmsResult]
+    set: VmSet
+    def __init__(self, results: _Optional[_Iterable[_Union[CreateVmsResult, _Mapping]]] = ..., set: _Optional[_Union[VmSet, _Mapping]] = ...) -> None: ...
+
+class CreateVmsResult(_message.Message):
+    __slots__ = ("vm", "code", "reason", "message")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    code: int
+    reason: str
+    message: str
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class VmSet(_message.Message):
+    __slots__ = ("name", "uid", "state", "vms", "conditions", "create_time", "deadline_time", "update_time", "resource_version")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[VmSet.State]
+        PENDING: _ClassVar[VmSet.State]
+        PLACED: _ClassVar[VmSet.State]
+        FAILED: _ClassVar[VmSet.State]
+    STATE_UNSPECIFIED: VmSet.State
+    PENDING: VmSet.State
+    PLACED: VmSet.State
+    FAILED: VmSet.State
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    uid: str
+    state: VmSet.State
+    vms: _containers.RepeatedScalarFieldContainer[str]
+    conditions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Condition]
+    create_time: _timestamp_pb2.Timestamp
+    deadline_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    resource_version: int
+    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., state: _Optional[_Union[VmSet.State, str]] = ..., vms: _Optional[_Iterable[str]] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class GetVmSetRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class GetVmRequest(_message.Message):
     __slots__ = ("name",)

@@ -81,6 +81,16 @@ class VmServiceStub:
                 request_serializer=quanta_dot_v1_dot_vm__pb2.RestartVmRequest.SerializeToString,
                 response_deserializer=quanta_dot_v1_dot_vm__pb2.Vm.FromString,
                 _registered_method=True)
+        self.CreateVms = channel.unary_unary(
+                '/quanta.v1.VmService/CreateVms',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.CreateVmsRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.CreateVmsResponse.FromString,
+                _registered_method=True)
+        self.GetVmSet = channel.unary_unary(
+                '/quanta.v1.VmService/GetVmSet',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.GetVmSetRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.VmSet.FromString,
+                _registered_method=True)
 
 
 class VmServiceServicer:
@@ -175,6 +185,30 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVms(self, request, context):
+        """Creates up to 1,000 VMs in one call, each as CreateVm would (its own id,
+        request_id, flavor, image, constraints, bootstrap data), in one of two modes:
+        INDEPENDENT: each VM is created or refused on its own (its outcome in
+        results, quota charged per VM); ALL_OR_NOTHING: the VMs form a VmSet, admitted
+        against quota as a whole (RESOURCE_EXHAUSTED for the whole set) and placed as a
+        whole: the scheduler binds every member in one transaction or none, no member
+        takes capacity while the whole set does not fit (the set's condition Placed says
+        the shortfall), and a set still unplaced at its deadline FAILS (its members are
+        removed and their quota released). Members of a placed set are VMs like any
+        other (deleted, stopped, resized one by one). validate_only checks everything
+        (quota included) and writes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVmSet(self, request, context):
+        """A set made by CreateVms in ALL_OR_NOTHING mode.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +256,16 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.RestartVm,
                     request_deserializer=quanta_dot_v1_dot_vm__pb2.RestartVmRequest.FromString,
                     response_serializer=quanta_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'CreateVms': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVms,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.CreateVmsRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.CreateVmsResponse.SerializeToString,
+            ),
+            'GetVmSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVmSet,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.GetVmSetRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.VmSet.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -469,6 +513,60 @@ class VmService:
             '/quanta.v1.VmService/RestartVm',
             quanta_dot_v1_dot_vm__pb2.RestartVmRequest.SerializeToString,
             quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.VmService/CreateVms',
+            quanta_dot_v1_dot_vm__pb2.CreateVmsRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.CreateVmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVmSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.VmService/GetVmSet',
+            quanta_dot_v1_dot_vm__pb2.GetVmSetRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.VmSet.FromString,
             options,
             channel_credentials,
             insecure,

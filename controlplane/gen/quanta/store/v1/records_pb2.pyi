@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VmSpec(_message.Message):
-    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id", "power_policy", "bootstrap")
+    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id", "power_policy", "bootstrap", "vm_set")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class VmSpec(_message.Message):
     RESTART_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     POWER_POLICY_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    VM_SET_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     project: str
     vm_id: str
@@ -78,7 +79,32 @@ class VmSpec(_message.Message):
     restart_request_id: str
     power_policy: int
     bootstrap: BootstrapSummary
-    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ..., power: _Optional[int] = ..., power_off_mode: _Optional[int] = ..., power_off_grace_s: _Optional[int] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., restart_request_id: _Optional[str] = ..., power_policy: _Optional[int] = ..., bootstrap: _Optional[_Union[BootstrapSummary, _Mapping]] = ...) -> None: ...
+    vm_set: str
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ..., power: _Optional[int] = ..., power_off_mode: _Optional[int] = ..., power_off_grace_s: _Optional[int] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., restart_request_id: _Optional[str] = ..., power_policy: _Optional[int] = ..., bootstrap: _Optional[_Union[BootstrapSummary, _Mapping]] = ..., vm_set: _Optional[str] = ...) -> None: ...
+
+class VmSetRecord(_message.Message):
+    __slots__ = ("uid", "vms", "shard", "state", "create_time_ns", "deadline_ns", "update_time_ns", "reason", "message", "request_id")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_NS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    uid: str
+    vms: _containers.RepeatedScalarFieldContainer[str]
+    shard: int
+    state: int
+    create_time_ns: int
+    deadline_ns: int
+    update_time_ns: int
+    reason: str
+    message: str
+    request_id: str
+    def __init__(self, uid: _Optional[str] = ..., vms: _Optional[_Iterable[str]] = ..., shard: _Optional[int] = ..., state: _Optional[int] = ..., create_time_ns: _Optional[int] = ..., deadline_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class BootstrapSummary(_message.Message):
     __slots__ = ("format", "size_bytes", "sha256")
