@@ -3,6 +3,8 @@
     python bench/e2e.py --vms 5000 --hosts 100            # starts a LocalSystem (sim, zero latency)
     python bench/e2e.py --endpoint 127.0.0.1:7000 --vms 500  # against a running system
     python bench/e2e.py --vms 500 --delete --json
+    python bench/e2e.py --vms 5000 --hosts 100 --user-data-bytes 4096   # bootstrap data on every VM
+    python bench/e2e.py --vms 5000 --hosts 100 --power                  # then stop all, start all
 
 Creates ``--vms`` VMs in a fresh project (``tenants/default/projects/bench-<random>``)
 with ``--concurrency`` CreateVm calls in flight, each with its own vm_id and
@@ -26,8 +28,15 @@ report also gives create→RUNNING as the system saw it and how late the watch
 delivered it; on one machine both clocks are the same. The benchmark client runs
 on the same machine and its own CPU is reported too.
 
-Exit status: 0 when every VM was accepted, reached RUNNING (and, with
-``--delete``, was gone again); 1 when some did not; 2 on ``--timeout``.
+``--user-data-bytes N`` gives every VM N bytes of cloud-init user data (its own,
+so none is deduplicated anywhere): the create path with bootstrap data. ``--power``
+then stops every VM (``--stop-mode``) and, once all are seen STOPPED, starts them
+all again until all are seen RUNNING: StopVm/StartVm throughput and latency, with
+the agents' power operations and status writes behind them.
+
+Exit status: 0 when every VM was accepted, reached RUNNING (and, with ``--power``,
+STOPPED and RUNNING again; with ``--delete``, was gone again); 1 when some did not;
+2 on ``--timeout``.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc  # noqa: 
 
 SCHEDULED = vm_pb2.Vm.SCHEDULED
 RUNNING = vm_pb2.Vm.RUNNING
+STOPPED = vm_pb2.Vm.STOPPED
 ERROR = vm_pb2.Vm.ERROR
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 MAX_ATTEMPTS = 4          # per request; retries reuse the request_id
@@ -113,15 +123,19 @@ class Phase:
 
 class Bench:
     def __init__(self, endpoint: str, *, vms: int, concurrency: int, channels: int, flavor: str, image: str,
-                 tenant: str, project: str, token: str, rate: float = 0.0):
+                 tenant: str, project: str, token: str, rate: float = 0.0, user_data_bytes: int = 0,
+                 stop_mode: str = "soft"):
         self.rate = rate
+        self.user_data_bytes = user_data_bytes
+        self.stop_mode = vm_pb2.HARD if stop_mode == "hard" else vm_pb2.SOFT
         self.endpoint = endpoint
         self.vms = vms
         self.concurrency = concurrency
         self.flavor = flavor
         self.image = image
         self.parent = f"tenants/{tenant}/projects/{project}"
-        self.errors: dict[str, Counter] = {m: Counter() for m in ("CreateVm", "DeleteVm", "WatchVms")}
+        self.errors: dict[str, Counter] = {m: Counter() for m in ("CreateVm", "DeleteVm", "WatchVms", "StopVm",
+                                                                   "StartVm")}
         self.retries = 0
         self.watch_restarts = 0
         self.create = Phase()
@@ -133,6 +147,10 @@ class Bench:
         self.delivery_s: list[float] = []          # RUNNING status written -> its watch event read here
         self.server_span_ns = [2**63, 0]           # first create_time, last RUNNING update_time
         self.delete = Phase()
+        self.stop = Phase()
+        self.start = Phase()
+        self.stopping: set[str] = set()   # asked to stop (a STOPPED event may beat the answer)
+        self.starting: set[str] = set()
         self.watch_events: Counter = Counter()   # by "TYPE" or "TYPE/STATE"
         # One connection per channel (no shared subchannel pool), so that SO_REUSEPORT
         # spreads the calls over the frontends that share the port.
@@ -206,6 +224,14 @@ class Bench:
             if vm_id not in self.scheduled:
                 self.scheduled[vm_id] = now
                 self.server_scheduled_s.append(_since_create(vm))
+        elif vm.state == STOPPED:
+            if vm_id in self.stopping and vm_id not in self.stop.done:
+                self.stop.done[vm_id] = now
+                self.stop.check()
+        elif vm.state == RUNNING and vm_id in self.starting:
+            if vm_id not in self.start.done:
+                self.start.done[vm_id] = now
+                self.start.check()
         elif vm.state == RUNNING:
             if vm_id not in self.create.done:
                 self.create.done[vm_id] = now
@@ -278,12 +304,35 @@ class Bench:
         request_ids = {vm_id: uuid.uuid4().hex for vm_id in self._ids}
 
         def make_create(stub, vm_id):
+            vm = vm_pb2.Vm(flavor=self.flavor, image=self.image)
+            if self.user_data_bytes:
+                vm.bootstrap.user_data = user_data(vm_id, self.user_data_bytes)
             return stub.CreateVm(vm_pb2.CreateVmRequest(
-                parent=self.parent, vm_id=vm_id, request_id=request_ids[vm_id],
-                vm=vm_pb2.Vm(flavor=self.flavor, image=self.image)), timeout=RPC_TIMEOUT_S, metadata=self._md)
+                parent=self.parent, vm_id=vm_id, request_id=request_ids[vm_id], vm=vm),
+                timeout=RPC_TIMEOUT_S, metadata=self._md)
 
         await self._run_requests("CreateVm", self.create, self._ids, make_create, self.rate)
         await self.create.complete.wait()
+
+    async def stop_all(self) -> None:
+        def make_stop(stub, vm_id):
+            return stub.StopVm(vm_pb2.StopVmRequest(name=self.name(vm_id), mode=self.stop_mode),
+                               timeout=RPC_TIMEOUT_S, metadata=self._md)
+
+        ids = [vm_id for vm_id in self._ids if vm_id in self.create.done]
+        self.stopping = set(ids)
+        await self._run_requests("StopVm", self.stop, ids, make_stop)
+        await self.stop.complete.wait()
+
+    async def start_all(self) -> None:
+        def make_start(stub, vm_id):
+            return stub.StartVm(vm_pb2.StartVmRequest(name=self.name(vm_id)), timeout=RPC_TIMEOUT_S,
+                                metadata=self._md)
+
+        ids = [vm_id for vm_id in self._ids if vm_id in self.stop.done]
+        self.starting = set(ids)
+        await self._run_requests("StartVm", self.start, ids, make_start)
+        await self.start.complete.wait()
 
     async def delete_all(self) -> None:
         def make_delete(stub, vm_id):
@@ -323,6 +372,12 @@ class Bench:
         return out
 
 
+def user_data(vm_id: str, size: int) -> bytes:
+    """``size`` bytes of cloud-config, different for every VM."""
+    head = f"#cloud-config\n# {vm_id}\nwrite_files:\n- path: /etc/bench\n  content: ".encode()
+    return (head + (uuid.uuid4().hex * (size // 32 + 1)).encode())[:size]
+
+
 def _since_create(vm: vm_pb2.Vm) -> float:
     """Seconds from the VM's create_time to its update_time (both set by the servers)."""
     return (vm.update_time.ToNanoseconds() - vm.create_time.ToNanoseconds()) / 1e9
@@ -354,7 +409,7 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
     await asyncio.to_thread(ensure_project, endpoint, token, args.tenant, project)
     bench = Bench(endpoint, vms=args.vms, concurrency=args.concurrency, channels=args.channels,
                   flavor=args.flavor, image=args.image, tenant=args.tenant, project=project, token=token,
-                  rate=args.rate)
+                  rate=args.rate, user_data_bytes=args.user_data_bytes, stop_mode=args.stop_mode)
     report: dict = {"project": f"tenants/{args.tenant}/projects/{project}", "timed_out": False}
     pids = {**pids, "bench-client": os.getpid()}
     cpu: dict[str, dict] = {}
@@ -375,6 +430,15 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
                 raise RuntimeError("the watch ended early")
             work.result()
             cpu["create"] = cpu_delta(before, cpu_snapshot(pids))
+            for phase, go in ((("stop", bench.stop_all), ("start", bench.start_all)) if args.power else ()):
+                before = cpu_snapshot(pids)
+                work = asyncio.create_task(go())
+                await asyncio.wait({work, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():
+                    watch_task.result()
+                    raise RuntimeError("the watch ended early")
+                work.result()
+                cpu[phase] = cpu_delta(before, cpu_snapshot(pids))
             if args.delete:
                 phase = "delete"
                 before = cpu_snapshot(pids)
@@ -411,6 +475,9 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
         "create_to_running": p50_p99(bench.server_running_s),
         "running_written_to_watch_event_read": p50_p99(bench.delivery_s),
     }
+    if args.power:
+        report["stop"] = bench.figures(bench.stop, "stopped")
+        report["start"] = bench.figures(bench.start, "running")
     if phase == "delete":
         report["delete"] = bench.figures(bench.delete, "deleted")
     unfinished = Counter(bench.last_seen.get(v, "no event seen") for v in bench.create.answered
@@ -475,6 +542,14 @@ def print_report(r: dict) -> None:
               f"(DeleteVm p50 {fmt(d['api_latency_ms']['p50'])}"
               f" p99 {fmt(d['api_latency_ms']['p99'])} ms; requested->gone p50 "
               f"{fmt(d['accepted_to_deleted_ms']['p50'])} p99 {fmt(d['accepted_to_deleted_ms']['p99'])} ms)")
+    for word, done in (("stop", "stopped"), ("start", "running")):
+        if word in r:
+            f = r[word]
+            print(f"{word:<20}{f[done]}/{f['requested']} in {fmt(f.get(done + '_seconds'), ' s')}"
+                  f"  -> {fmt(f.get(done + '_per_s'))} {done.upper()}/s; accepted {fmt(f.get('accepted_per_s'))}/s  "
+                  f"(API p50 {fmt(f['api_latency_ms']['p50'])} p99 {fmt(f['api_latency_ms']['p99'])} ms; "
+                  f"requested->{done.upper()} p50 {fmt(f['accepted_to_' + done + '_ms']['p50'])}"
+                  f" p99 {fmt(f['accepted_to_' + done + '_ms']['p99'])} ms)")
     errors = ", ".join(f"{m} {code} {n}" for m, codes in r["errors"].items() for code, n in codes.items())
     print(f"errors by code      {errors or 'none'}  (retries {r['retries']}, watch restarts "
           f"{r['watch_restarts']})")
@@ -482,7 +557,7 @@ def print_report(r: dict) -> None:
     print(f"watch events        {sum(events.values())}: "
           + ", ".join(f"{kind} {n}" for kind, n in events.items()))
     for phase, figures in r["cpu_seconds"].items():
-        count = r[phase].get("running" if phase == "create" else "deleted") or 0
+        count = r[phase].get({"create": "running", "start": "running", "stop": "stopped"}.get(phase, "deleted")) or 0
         total = sum(v for v in figures.values() if v is not None)
         system = sum(v for n, v in figures.items() if v is not None and n != "bench-client")
         parts = "  ".join(f"{n} {fmt(v)}" for n, v in figures.items())
@@ -517,6 +592,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", default="ubuntu")
     p.add_argument("--tenant", default="default")
     p.add_argument("--project", help="an empty project to create in (default: a fresh bench-<random>)")
+    p.add_argument("--user-data-bytes", type=int, default=0,
+                   help="give every VM this many bytes of cloud-init user data (bootstrap data)")
+    p.add_argument("--power", action="store_true",
+                   help="then stop them all (until STOPPED), then start them all (until RUNNING)")
+    p.add_argument("--stop-mode", choices=("soft", "hard"), default="soft", help="with --power")
     p.add_argument("--delete", action="store_true", help="then delete them all and wait until gone")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for the run (after start-up)")
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds for a LocalSystem to start")
@@ -527,6 +607,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.vms < 1 or args.concurrency < 1 or args.channels < 1:
         p.error("--vms, --concurrency and --channels must be positive")
+    if not 0 <= args.user_data_bytes <= 64 * 1024:
+        p.error("--user-data-bytes must be within 0..65536 (the API's limit)")
     try:
         args.pids = {name: int(pid) for name, pid in (item.split("=", 1) for item in args.pid)}
     except ValueError:
@@ -591,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     if report["timed_out"]:
         return 2
     ok = report["create"]["running"] == args.vms and not report.get("aborted")
+    if args.power:
+        ok = ok and all(report[p][d] == args.vms for p, d in (("stop", "stopped"), ("start", "running")))
     if args.delete:
         ok = ok and "delete" in report and report["delete"]["deleted"] == report["delete"]["requested"]
     return 0 if ok else 1
