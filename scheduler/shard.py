@@ -384,21 +384,29 @@ class ShardScheduler:
 
     async def _place_sets(self, sets: dict[VmSetRef, list[VmRef]]) -> list[VmRef]:
         """Place (or fail at their deadline) the sets of a batch, one bind txn per set;
-        returns the batch's members of sets that are no longer PENDING, to be placed
-        alone like any VM."""
+        returns the batch's members of sets that are no longer PENDING (PLACED or
+        FAILED), to be placed alone like any VM. Members of a set without a record
+        wait (re-read at the next wake-up)."""
         unknown = [ref for ref in sets if ref not in self._sets]
         if unknown:
             now = now_ns()
             for set_ref, fresh in (await self._store.read_sets(unknown)).items():
                 self._sets[set_ref] = fresh
                 if fresh.vm_set is None:
-                    log.warning("set record missing; its members are placed alone",
+                    log.warning("set record missing; its members wait for it",
                                 extra={"shard": self.shard, "set": set_ref.name})
                 elif fresh.vm_set.state == VmSetState.PENDING and fresh.vm_set.deadline_ns:
                     self._queue.add_after(set_ref, max(0, fresh.vm_set.deadline_ns - now) / 1e9)
         alone: list[VmRef] = []
         for set_ref, batch_members in sets.items():
             read = self._sets.get(set_ref)
+            if read is not None and read.vm_set is None:
+                # Never admitted so (an admission writes the record with its members) or
+                # deleted: no member is placed alone; read it again at the next wake-up.
+                self._sets.pop(set_ref, None)
+                if set_ref in self._members:
+                    self._sets_waiting[set_ref] = None
+                continue
             if read is None or read.vm_set is None or read.vm_set.state != VmSetState.PENDING:
                 alone += batch_members
                 if set_ref not in self._members:

@@ -27,11 +27,13 @@ from controlplane.models import (
     VmSetState,
     VmSpec,
     VmState,
+    VmStatus,
     now_ns,
 )
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
+from controlplane.store.ledger import Charge, UsageLedger
 from controlplane.store.scheduling import SchedulingStore
 from controlplane.store.shards import ShardLock
 from controlplane.store.tenancy import TenancyStore
@@ -57,16 +59,23 @@ def member(set_id: str, vm_id: str, *, shard: int, group: str = "", scope: Scope
 
 async def admit_set(client: EtcdClient, keys: Keys, set_id: str, specs: Sequence[VmSpec], *, shard: int,
                     deadline_ns: int = 0) -> VmSet:
-    """What the admission of an all-or-nothing set leaves in etcd (its atomicity is the
-    frontend's): each member created (spec.vm_set and spec.shard the set's), then the
-    set's record PENDING."""
-    vms = VmStore(client, keys)
-    for spec in specs:
-        assert spec.vm_set == set_id and spec.shard == shard
-        await vms.create(spec)
+    """What the admission of an all-or-nothing set writes, in ONE txn with the quota of
+    all its members (as CreateVms does; the frontend owns the real one): the set's
+    record PENDING, and each member's spec, status PENDING and queue entry, with
+    spec.vm_set and spec.shard the set's."""
     vm_set = VmSet(VmSetRef("acme", "web", set_id), uuid.uuid4().hex, tuple(s.ref.vm_id for s in specs), shard,
                    create_time_ns=now_ns(), deadline_ns=deadline_ns)
-    await client.put(keys.vm_set("acme", "web", set_id), vm_set.to_bytes())
+    record_key = keys.vm_set("acme", "web", set_id)
+    compares, writes = [ops.absent(record_key)], [ops.put(record_key, vm_set.to_bytes())]
+    for spec in specs:
+        assert spec.vm_set == set_id and spec.shard == shard
+        status = VmStatus(VmState.PENDING, update_time_ns=spec.create_time_ns, accepted_time_ns=spec.create_time_ns)
+        compares.append(ops.absent(keys.vm_spec(spec.ref)))
+        writes += [ops.put(keys.vm_spec(spec.ref), spec.to_bytes()),
+                   ops.put(keys.vm_status(spec.ref), status.to_bytes()),
+                   ops.put(keys.queue(shard, spec.ref), spec.to_bytes())]
+    usage = sum((Usage.of_vm(spec.resources) for spec in specs), Usage())
+    await UsageLedger(client, keys).apply("acme", "web", Charge(usage, compares, writes))
     return vm_set
 
 
