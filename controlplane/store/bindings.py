@@ -17,6 +17,11 @@ the rules every writer of a host's bindings obeys.
   when a dimension it grows would exceed the host's allocatable.
 - **adopt** (``bind(..., adopting=True)``, ``OrphanStore.adopt``): a quarantined VM
   already running on the host is bound with no queue entry.
+- **bind a set** (``bind_set``, the scheduler): the members of an all-or-nothing set,
+  on several hosts, in ONE flat txn: each host as ``bind``, each zone group count
+  compared and written once with the whole set's delta, the set's record rewritten.
+- **remove pending** (``remove_pending``, a set failed at its deadline): a pending
+  VM's spec, status, queue entry and bootstrap data go (quota: the caller's charge).
 
 A *move* off a host is unbinds, some requeued and some removed, in one txn.
 
