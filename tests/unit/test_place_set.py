@@ -11,9 +11,10 @@ from scheduler.placement import HostSnapshot, HostView, PlacementRequest, Resour
 from scheduler.placement.model import ZONE_LABEL
 
 ONE = Resources(1, 1, 1)
+ROOM = Resources(8, 8, 8)
 
 
-def _host(host_id: str, zone: str, capacity: Resources = Resources(8, 8, 8)) -> HostSnapshot:
+def _host(host_id: str, zone: str, capacity: Resources = ROOM) -> HostSnapshot:
     return HostSnapshot(host_id, True, capacity, Resources(), labels={ZONE_LABEL: zone} if zone else {})
 
 
