@@ -386,8 +386,12 @@ class Reconciler:
                 applied.resize_deadline_ns = cycle.time_ns + DEFAULT_STOP_GRACE_S * 1_000_000_000
             log.info("finishing a power cycle begun before a restart",
                      extra={"cycle": cycle.reason, "off": applied.cycle_off, "restarts": applied.restarts})
-        if spec.bootstrap is not None and applied.bootstrap == BootstrapState.STORED and info.bootstrap_present:
-            applied.bootstrap = BootstrapState.DELIVERED  # made, and the status not written before a crash
+        if spec.bootstrap is not None and applied.bootstrap != BootstrapState.CLEARED:
+            # Made, and the status saying so not written before a crash: the data was
+            # delivered (and maybe blanked on the VM already, the key's deletion lost
+            # with the status). DELIVERED lets the clearing run (again): blanking and
+            # deleting are idempotent.
+            applied.bootstrap = BootstrapState.DELIVERED
         return applied
 
     async def _get(self, driver: HostDriver, uid: str) -> VmInfo:
