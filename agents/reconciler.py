@@ -412,8 +412,14 @@ class Reconciler:
         # A restart asked for and not applied: a power cycle, on record before the VM
         # goes off (with the restarts it applies: never begun twice).
         if spec.restarts > applied.restarts:
+            before = (applied.restarts, applied.power_time_ns)
             applied.restarts, applied.power_time_ns = spec.restarts, spec.power_time_ns
-            await self._record_cycle(key, vm, applied, info, RESTART, off=info.power is not PowerState.ON)
+            try:
+                await self._record_cycle(key, vm, applied, info, RESTART, off=info.power is not PowerState.ON)
+            except BaseException:
+                # Not on record (or not known to be): not begun, so not applied; the retry begins it.
+                applied.restarts, applied.power_time_ns = before
+                raise
         if applied.cycle == RESTART:
             if not applied.cycle_off:
                 token = ("power", spec.power_time_ns, spec.restarts)
