@@ -121,6 +121,11 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             v.add("vm.name", "output only; leave empty or equal to parent/vms/vm_id")
         uid = uuid.uuid4().hex
         data = _bootstrap_data(vm, uid, vm_id, v)
+        m = vm.bootstrap.metadata
+        # The metadata as given, for the request's fingerprint only (it is not in the spec).
+        metadata = idempotency.metadata_digest(
+            instance_id=m.instance_id, hostname=m.hostname, ssh_authorized_keys=list(m.ssh_authorized_keys),
+            values=m.values) if data is not None else b""
         v.raise_if_any()
         tenant, project = v.valid(parent)
         flavor = v.valid(flavor)
@@ -141,7 +146,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         try:
             record, created = await self._store.create(
                 spec, also=[*(await draft.writes() if draft else ()), *secret],
-                fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id)))
+                fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id), metadata=metadata))
         except RequestMismatch as err:
             raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED", str(err),
                                   metadata={"request_id": request.request_id, "created": err.made}) from err

@@ -291,6 +291,18 @@ def test_bootstrap_data_is_stored_apart_and_never_read_back(system, c) -> None:
     assert c._call(c._vms.CreateVm, request).uid == first.uid
     request.vm.bootstrap.user_data = user_data + b"\n"
     assert _error(lambda: c._call(c._vms.CreateVm, request)).reason == "REQUEST_ID_REUSED"
+    # The metadata counts too (as given: its rendered defaults, the uid, differ per attempt).
+    keyed = vm_pb2.CreateVmRequest(parent=c.parent, vm_id=_fresh(), request_id="boot-2", vm=vm_pb2.Vm(
+        flavor="small", image="ubuntu", bootstrap=_bootstrap(user_data, metadata=vm_pb2.BootstrapMetadata(
+            ssh_authorized_keys=["ssh-ed25519 AAAA one"], values={"role": "worker"}))))
+    first = c._call(c._vms.CreateVm, keyed)
+    assert c._call(c._vms.CreateVm, keyed).uid == first.uid  # a true retry
+    keyed.vm.bootstrap.metadata.ssh_authorized_keys[0] = "ssh-ed25519 AAAA two"
+    err = _error(lambda: c._call(c._vms.CreateVm, keyed))
+    assert (err.code, err.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    assert "AAAA" not in repr(err)
+    keyed.vm.bootstrap.metadata.ssh_authorized_keys[0] = "ssh-ed25519 AAAA one"
+    assert c._call(c._vms.CreateVm, keyed).uid == first.uid  # the first request again: still a retry
 
     # In etcd, under bootstrap/, with the rendered metadata: and nowhere under vms/. Read
     # for a VM no host takes (the agent clears a placed VM's data once its guest has
