@@ -280,13 +280,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
         mode, grace = _power_off(request)
         at = now_ns()
-
-        def change(spec: VmSpec) -> VmSpec:
-            if spec.power is Power.OFF:
-                return spec  # stopped already (or stopping): a retry, or a second stop
-            return replace(spec, power=Power.OFF, power_off_mode=mode, power_off_grace_s=grace, power_time_ns=at)
-
-        update = await self._change(VmRef(tenant, project, vm_id), request.name, change, etag=request.etag,
+        # Stopped already (or stopping): a retry or a second stop writes nothing, but a
+        # HARD stop forces a SOFT one that the guest may never finish.
+        update = await self._change(VmRef(tenant, project, vm_id), request.name,
+                                    lambda spec: spec.stopped(mode, grace, at), etag=request.etag,
                                     check=_refuse_pending_or_deleting)
         return _answer(update)
 

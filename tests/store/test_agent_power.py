@@ -178,6 +178,31 @@ def test_a_guest_that_ignores_the_shutdown_is_powered_off_hard_after_the_grace(e
     run(main())
 
 
+def test_a_hard_stop_forces_a_soft_stop_the_guest_ignores(etcd_endpoint, root, tmp_path) -> None:
+    async def main() -> None:
+        async with world(etcd_endpoint, root, str(tmp_path)) as w:
+            spec = await w.create(make_spec("stuck"))
+            await w.until(spec, running_with_address, "RUNNING with an address")
+            w.host.ignore_shutdown(spec.uid)
+            soft = await w.vms.update_spec(spec.ref, lambda s: s.stopped(PowerOffMode.SOFT, 600, now_ns()))
+            spec = soft.record.spec
+            await async_wait_until(lambda: any(r["op"] == "shutdown_guest" for r in w.journal(spec.uid)),
+                                   message="the guest asked to shut down", seen=lambda: w.journal(spec.uid))
+            assert (await w.status(spec)).state == VmState.RUNNING  # and would be for 600 s
+            # What StopVm(HARD) writes: the same stop, HARD; a second one writes nothing.
+            hard = await w.vms.update_spec(spec.ref, lambda s: s.stopped(PowerOffMode.HARD, 0, now_ns()))
+            assert hard.changed and hard.record.spec == replace(spec, power_off_mode=PowerOffMode.HARD)
+            again = await w.vms.update_spec(spec.ref, lambda s: s.stopped(PowerOffMode.HARD, 0, now_ns()))
+            softer = await w.vms.update_spec(spec.ref, lambda s: s.stopped(PowerOffMode.SOFT, 5, now_ns()))
+            assert not again.changed and not softer.changed
+            status = await w.until(spec, lambda s: s.state == VmState.STOPPED, "STOPPED at once", timeout=15)
+            assert condition(status, "Stopped") == ("True", "StoppedByRequest")
+            assert status.power_time_ns == spec.power_time_ns
+            assert [(r["op"], r.get("by")) for r in w.journal(spec.uid)][-1] == ("power_off", None)  # hard
+
+    run(main())
+
+
 def test_a_hard_stop_does_not_ask_the_guest(etcd_endpoint, root, tmp_path) -> None:
     async def main() -> None:
         async with world(etcd_endpoint, root, str(tmp_path), latency=SimLatency(shutdown=30)) as w:

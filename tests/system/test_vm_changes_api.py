@@ -7,6 +7,7 @@ read, list, watch, audit record, error or frontend log line."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import signal
 import uuid
@@ -131,6 +132,22 @@ def test_stop_start_and_restart_are_idempotent(system, c) -> None:
     restart(c, vm_id, request_id="restart-2")
     spec = stored(system, vm_id)
     assert (spec.restarts, spec.restart_request_id, spec.power_off_mode) == (3, "restart-2", PowerOffMode.SOFT)
+
+
+
+def test_a_hard_stop_replaces_a_soft_one(system, c) -> None:
+    vm_id = _fresh()
+    placed(c, vm_id)
+    soft = stop(c, vm_id, mode=vm_pb2.SOFT, grace=duration_pb2.Duration(seconds=300))
+    first = stored(system, vm_id)
+    assert first.power_off_mode == PowerOffMode.SOFT
+    hard = stop(c, vm_id, mode=vm_pb2.HARD)
+    assert hard.etag != soft.etag and hard.power == vm_pb2.Vm.POWERED_OFF
+    # The same stop (its time and grace), forced.
+    assert stored(system, vm_id) == dataclasses.replace(first, power_off_mode=PowerOffMode.HARD)
+    assert stop(c, vm_id, mode=vm_pb2.HARD).etag == hard.etag  # a retry: nothing written
+    assert stop(c, vm_id, mode=vm_pb2.SOFT).etag == hard.etag  # a soft stop never softens a hard one
+    assert stored(system, vm_id).power_off_mode == PowerOffMode.HARD
 
 
 def test_reconciling_says_when_a_restart_and_a_resize_are_done(system, c) -> None:
