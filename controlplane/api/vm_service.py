@@ -53,6 +53,7 @@ from controlplane.store.catalog import Catalog
 from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
+    EtagMismatch,
     HostFull,
     NotFound,
     RequestMismatch,
@@ -219,8 +220,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                                                         also=await draft.writes() if draft else ())
         except NotFound as err:
             raise errors.not_found("vm", request.name) from err
+        except EtagMismatch as err:
+            raise errors.aborted(str(err), "ETAG_MISMATCH") from err
         except Conflict as err:
-            raise errors.aborted(str(err), "ETAG_MISMATCH" if request.etag else "CONFLICT") from err
+            raise errors.aborted(str(err)) from err
         if deletion.changed and draft:
             draft.committed()
         vm = vm_to_proto(deletion.record)
@@ -314,8 +317,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                                                    also=await draft.writes() if draft else ())
         except NotFound as err:
             raise errors.not_found("vm", name) from err
-        except Conflict as err:
-            raise errors.aborted(str(err), "ETAG_MISMATCH" if etag else "CONFLICT") from err
+        except EtagMismatch as err:
+            raise errors.aborted(str(err), "ETAG_MISMATCH") from err
+        except Conflict as err:  # lost compares, the etag (if any) matching
+            raise errors.aborted(str(err)) from err
         except QuotaExceeded as err:
             raise errors.resource_exhausted(
                 str(err), "QUOTA_EXCEEDED",
