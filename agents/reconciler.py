@@ -386,8 +386,12 @@ class Reconciler:
                 applied.resize_deadline_ns = cycle.time_ns + DEFAULT_STOP_GRACE_S * 1_000_000_000
             log.info("finishing a power cycle begun before a restart",
                      extra={"cycle": cycle.reason, "off": applied.cycle_off, "restarts": applied.restarts})
-        if spec.bootstrap is not None and applied.bootstrap == BootstrapState.STORED and info.bootstrap_present:
-            applied.bootstrap = BootstrapState.DELIVERED  # made, and the status not written before a crash
+        if spec.bootstrap is not None and applied.bootstrap != BootstrapState.CLEARED:
+            # Made, and the status saying so not written before a crash: the data was
+            # delivered (and maybe blanked on the VM already, the key's deletion lost
+            # with the status). DELIVERED lets the clearing run (again): blanking and
+            # deleting are idempotent.
+            applied.bootstrap = BootstrapState.DELIVERED
         return applied
 
     async def _get(self, driver: HostDriver, uid: str) -> VmInfo:
@@ -408,8 +412,14 @@ class Reconciler:
         # A restart asked for and not applied: a power cycle, on record before the VM
         # goes off (with the restarts it applies: never begun twice).
         if spec.restarts > applied.restarts:
+            before = (applied.restarts, applied.power_time_ns)
             applied.restarts, applied.power_time_ns = spec.restarts, spec.power_time_ns
-            await self._record_cycle(key, vm, applied, info, RESTART, off=info.power is not PowerState.ON)
+            try:
+                await self._record_cycle(key, vm, applied, info, RESTART, off=info.power is not PowerState.ON)
+            except BaseException:
+                # Not on record (or not known to be): not begun, so not applied; the retry begins it.
+                applied.restarts, applied.power_time_ns = before
+                raise
         if applied.cycle == RESTART:
             if not applied.cycle_off:
                 token = ("power", spec.power_time_ns, spec.restarts)

@@ -53,6 +53,7 @@ from controlplane.store.catalog import Catalog
 from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
+    EtagMismatch,
     HostFull,
     NotFound,
     RequestMismatch,
@@ -121,6 +122,11 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             v.add("vm.name", "output only; leave empty or equal to parent/vms/vm_id")
         uid = uuid.uuid4().hex
         data = _bootstrap_data(vm, uid, vm_id, v)
+        m = vm.bootstrap.metadata
+        # The metadata as given, for the request's fingerprint only (it is not in the spec).
+        metadata = idempotency.metadata_digest(
+            instance_id=m.instance_id, hostname=m.hostname, ssh_authorized_keys=list(m.ssh_authorized_keys),
+            values=m.values) if data is not None else b""
         v.raise_if_any()
         tenant, project = v.valid(parent)
         flavor = v.valid(flavor)
@@ -141,7 +147,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         try:
             record, created = await self._store.create(
                 spec, also=[*(await draft.writes() if draft else ()), *secret],
-                fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id)))
+                fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id), metadata=metadata))
         except RequestMismatch as err:
             raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED", str(err),
                                   metadata={"request_id": request.request_id, "created": err.made}) from err
@@ -214,8 +220,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                                                         also=await draft.writes() if draft else ())
         except NotFound as err:
             raise errors.not_found("vm", request.name) from err
+        except EtagMismatch as err:
+            raise errors.aborted(str(err), "ETAG_MISMATCH") from err
         except Conflict as err:
-            raise errors.aborted(str(err), "ETAG_MISMATCH" if request.etag else "CONFLICT") from err
+            raise errors.aborted(str(err)) from err
         if deletion.changed and draft:
             draft.committed()
         vm = vm_to_proto(deletion.record)
@@ -275,13 +283,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
         mode, grace = _power_off(request)
         at = now_ns()
-
-        def change(spec: VmSpec) -> VmSpec:
-            if spec.power is Power.OFF:
-                return spec  # stopped already (or stopping): a retry, or a second stop
-            return replace(spec, power=Power.OFF, power_off_mode=mode, power_off_grace_s=grace, power_time_ns=at)
-
-        update = await self._change(VmRef(tenant, project, vm_id), request.name, change, etag=request.etag,
+        # Stopped already (or stopping): a retry or a second stop writes nothing, but a
+        # HARD stop forces a SOFT one that the guest may never finish.
+        update = await self._change(VmRef(tenant, project, vm_id), request.name,
+                                    lambda spec: spec.stopped(mode, grace, at), etag=request.etag,
                                     check=_refuse_pending_or_deleting)
         return _answer(update)
 
@@ -312,8 +317,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                                                    also=await draft.writes() if draft else ())
         except NotFound as err:
             raise errors.not_found("vm", name) from err
-        except Conflict as err:
-            raise errors.aborted(str(err), "ETAG_MISMATCH" if etag else "CONFLICT") from err
+        except EtagMismatch as err:
+            raise errors.aborted(str(err), "ETAG_MISMATCH") from err
+        except Conflict as err:  # lost compares, the etag (if any) matching
+            raise errors.aborted(str(err)) from err
         except QuotaExceeded as err:
             raise errors.resource_exhausted(
                 str(err), "QUOTA_EXCEEDED",

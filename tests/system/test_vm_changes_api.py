@@ -7,6 +7,7 @@ read, list, watch, audit record, error or frontend log line."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import signal
 import uuid
@@ -131,6 +132,22 @@ def test_stop_start_and_restart_are_idempotent(system, c) -> None:
     restart(c, vm_id, request_id="restart-2")
     spec = stored(system, vm_id)
     assert (spec.restarts, spec.restart_request_id, spec.power_off_mode) == (3, "restart-2", PowerOffMode.SOFT)
+
+
+
+def test_a_hard_stop_replaces_a_soft_one(system, c) -> None:
+    vm_id = _fresh()
+    placed(c, vm_id)
+    soft = stop(c, vm_id, mode=vm_pb2.SOFT, grace=duration_pb2.Duration(seconds=300))
+    first = stored(system, vm_id)
+    assert first.power_off_mode == PowerOffMode.SOFT
+    hard = stop(c, vm_id, mode=vm_pb2.HARD)
+    assert hard.etag != soft.etag and hard.power == vm_pb2.Vm.POWERED_OFF
+    # The same stop (its time and grace), forced.
+    assert stored(system, vm_id) == dataclasses.replace(first, power_off_mode=PowerOffMode.HARD)
+    assert stop(c, vm_id, mode=vm_pb2.HARD).etag == hard.etag  # a retry: nothing written
+    assert stop(c, vm_id, mode=vm_pb2.SOFT).etag == hard.etag  # a soft stop never softens a hard one
+    assert stored(system, vm_id).power_off_mode == PowerOffMode.HARD
 
 
 def test_reconciling_says_when_a_restart_and_a_resize_are_done(system, c) -> None:
@@ -291,6 +308,18 @@ def test_bootstrap_data_is_stored_apart_and_never_read_back(system, c) -> None:
     assert c._call(c._vms.CreateVm, request).uid == first.uid
     request.vm.bootstrap.user_data = user_data + b"\n"
     assert _error(lambda: c._call(c._vms.CreateVm, request)).reason == "REQUEST_ID_REUSED"
+    # The metadata counts too (as given: its rendered defaults, the uid, differ per attempt).
+    keyed = vm_pb2.CreateVmRequest(parent=c.parent, vm_id=_fresh(), request_id="boot-2", vm=vm_pb2.Vm(
+        flavor="small", image="ubuntu", bootstrap=_bootstrap(user_data, metadata=vm_pb2.BootstrapMetadata(
+            ssh_authorized_keys=["ssh-ed25519 AAAA one"], values={"role": "worker"}))))
+    first = c._call(c._vms.CreateVm, keyed)
+    assert c._call(c._vms.CreateVm, keyed).uid == first.uid  # a true retry
+    keyed.vm.bootstrap.metadata.ssh_authorized_keys[0] = "ssh-ed25519 AAAA two"
+    err = _error(lambda: c._call(c._vms.CreateVm, keyed))
+    assert (err.code, err.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    assert "AAAA" not in repr(err)
+    keyed.vm.bootstrap.metadata.ssh_authorized_keys[0] = "ssh-ed25519 AAAA one"
+    assert c._call(c._vms.CreateVm, keyed).uid == first.uid  # the first request again: still a retry
 
     # In etcd, under bootstrap/, with the rendered metadata: and nowhere under vms/. Read
     # for a VM no host takes (the agent clears a placed VM's data once its guest has

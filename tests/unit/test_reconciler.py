@@ -8,7 +8,14 @@ from dataclasses import replace
 
 import pytest
 
-from agents.drivers.protocol import CapacityExceeded, HostCapacity, HostUnavailable, PowerState, VmRequest
+from agents.drivers.protocol import (
+    CapacityExceeded,
+    HostCapacity,
+    HostUnavailable,
+    OperationFailed,
+    PowerState,
+    VmRequest,
+)
 from agents.drivers.sim import SimHypervisor
 from agents.reconciler import Reconciler
 from controlplane.models import (
@@ -319,5 +326,56 @@ def test_an_agent_that_restarts_finishes_a_resize_power_cycle(size):
         assert await host.hardware(spec.uid) == (1, 1024)
         last = statuses.updates[-1]
         assert last.status.state == VmState.RUNNING and _cycle(last) is None and "Stopped" not in _conditions(last)
+
+    asyncio.run(main())
+
+
+class RefusingRecorder(FullRecorder):
+    """A StatusWriter whose awaited writes are refused (the binding changed) while ``refuse``."""
+
+    def __init__(self):
+        super().__init__()
+        self.refuse = False
+
+    async def write(self, update) -> bool:
+        if self.refuse:
+            return False
+        return await super().write(update)
+
+
+def test_a_restart_whose_record_is_refused_is_not_taken_as_applied():
+    async def main():
+        hypervisor = SimHypervisor(None)
+        host = hypervisor.add_host(HOST, HostCapacity(vcpus=8, memory_mib=16384, disk_gib=100))
+        statuses = RefusingRecorder()
+        reconciler = Reconciler({HOST: host}, statuses, RemoverRecorder())
+        vm = bound("a")
+        key = (HOST, vm.ref)
+        reconciler.desired[key] = vm
+        await reconciler.reconcile(key)
+        before = (reconciler.applied[key].restarts, reconciler.applied[key].power_time_ns)
+        reconciler.desired[key] = vm = with_spec(vm, restarts=1, power_time_ns=now_ns(),
+                                                 power_off_mode=PowerOffMode.HARD)
+        statuses.refuse = True
+        with pytest.raises(OperationFailed):
+            await reconciler.reconcile(key)
+        assert (reconciler.applied[key].restarts, reconciler.applied[key].power_time_ns) == before
+        assert (await host.get_vm("uid-a")).power is PowerState.ON  # not begun
+        # The retry (the write accepted now) restarts the VM.
+        statuses.refuse = False
+        calls: list[str] = []
+        for op in ("power_on", "power_off"):
+            real = getattr(host, op)
+
+            async def spy(uid, op=op, real=real):
+                calls.append(op)
+                await real(uid)
+
+            setattr(host, op, spy)
+        await reconciler.reconcile(key)
+        assert calls == ["power_off", "power_on"]
+        last = statuses.updates[-1]
+        assert (last.status.state, last.status.restarts, _cycle(last)) == (VmState.RUNNING, 1, None)
+        assert last.status.power_time_ns == vm.binding.spec.power_time_ns
 
     asyncio.run(main())
