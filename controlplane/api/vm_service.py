@@ -264,8 +264,12 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 spec = replace(spec, flavor=vm.flavor, resources=flavor.resources)
             return spec
 
-        update = await self._change(VmRef(tenant, project, vm_id), vm.name, change, etag=vm.etag,
-                                    check=_refuse_deleting)
+        def check(record: VmRecord) -> None:
+            _refuse_deleting(record)
+            if flavor is not None and vm.flavor != record.spec.flavor:
+                _refuse_disk_shrink(record, vm.flavor, flavor.resources.disk_gib)
+
+        update = await self._change(VmRef(tenant, project, vm_id), vm.name, change, etag=vm.etag, check=check)
         return _answer(update)
 
     async def StartVm(self, request: vm_pb2.StartVmRequest, context) -> vm_pb2.Vm:
@@ -405,6 +409,18 @@ def _refuse_deleting(record: VmRecord) -> None:
     if record.spec.deleting:
         raise errors.failed_precondition(f"vm {record.ref.name!r} is being deleted", "VM_DELETING",
                                          metadata={"name": record.ref.name})
+
+
+def _refuse_disk_shrink(record: VmRecord, flavor: str, disk_gib: int) -> None:
+    """A resize grows the root disk or keeps it, never shrinks it (as Nova): a flavor
+    with a smaller disk is refused (FAILED_PRECONDITION, DISK_SHRINK_UNSUPPORTED)."""
+    current = record.spec.resources.disk_gib
+    if disk_gib < current:
+        raise errors.failed_precondition(
+            f"flavor {flavor!r} has a {disk_gib} GiB disk, smaller than the {current} GiB of vm "
+            f"{record.ref.name!r}: a resize never shrinks a disk", "DISK_SHRINK_UNSUPPORTED",
+            metadata={"name": record.ref.name, "flavor": flavor, "current_disk_gib": str(current),
+                      "requested_disk_gib": str(disk_gib)})
 
 
 def _refuse_pending_or_deleting(record: VmRecord) -> None:

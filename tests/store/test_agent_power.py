@@ -380,6 +380,25 @@ def test_a_resize_that_needs_a_power_cycle_gets_one(etcd_endpoint, root, tmp_pat
     run(main())
 
 
+def test_a_resize_that_grows_the_disk_grows_it_hot(etcd_endpoint, root, tmp_path) -> None:
+    async def main() -> None:
+        async with world(etcd_endpoint, root, str(tmp_path)) as w:
+            spec = await w.create(make_spec("roomy", resources=Resources(1, 1024, 10)))
+            await w.until(spec, running_with_address, "RUNNING")
+            key = w.keys.binding(HOST, spec.ref)
+            binding = Binding.from_bytes((await w.client.get(key)).value)
+            grown = replace(binding.spec, resources=Resources(1, 1024, 30))  # the disk alone grows
+            await w.client.put(key, replace(binding, spec=grown).to_bytes())
+            revision = (await w.client.get(key)).mod_revision
+            status = await w.until(spec, lambda s: s.observed_revision >= revision, "the resize made true")
+            assert status.state == VmState.RUNNING and condition(status, "PowerCycle") is None
+            assert (await w.host.get_vm(spec.uid)).disk_gib == 30
+            ops = [(r["op"], r.get("disk_gib")) for r in w.journal(spec.uid) if r["op"] != "booted"]
+            assert ops == [("create", 10), ("power_on", None), ("reconfigure", 30)], "grown hot, no power cycle"
+
+    run(main())
+
+
 async def _is(value, want) -> bool:
     return (await value) == want
 

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
+from agents.drivers.sim import read_journal
 from controlplane.api.errors import ApiError
 from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
@@ -39,8 +40,10 @@ def system(etcd_server) -> Iterator[LocalSystem]:
         with local.client(ensure_project=False) as admin:
             admin.create_tenant(TENANT)
             admin.create_project(PROJECT, tenant=TENANT, quota={"memory_mib": 40 * 1024})
-            admin.create_flavor("huge", vcpus=17, memory_mib=1024, disk_gib=10)  # more than the host has
-            admin.create_flavor("wide", vcpus=1, memory_mib=48 * 1024, disk_gib=10)  # more than the quota
+            admin.create_flavor("huge", vcpus=17, memory_mib=1024, disk_gib=40)  # more than the host has
+            admin.create_flavor("wide", vcpus=1, memory_mib=48 * 1024, disk_gib=40)  # more than the quota
+            admin.create_flavor("narrow", vcpus=1, memory_mib=1024, disk_gib=40)  # small's size, medium's disk
+            admin.create_flavor("roomy", vcpus=1, memory_mib=1024, disk_gib=20)  # small with a bigger disk
         yield local
 
 
@@ -167,7 +170,7 @@ def test_reconciling_says_when_a_restart_and_a_resize_are_done(system, c) -> Non
     grown = update(c, vm_pb2.Vm(name=done.name, flavor="medium"), "flavor")
     assert grown.reconciling
     grown = c.wait_for_vm(vm_id, timeout=30)
-    shrunk = update(c, vm_pb2.Vm(name=done.name, flavor="small"), "flavor")  # smaller: off, resized, on
+    shrunk = update(c, vm_pb2.Vm(name=done.name, flavor="narrow"), "flavor")  # smaller: off, resized, on
     assert shrunk.reconciling and shrunk.resources.vcpus == 1
     settled = c.wait_for_vm(vm_id, timeout=30)
     assert not settled.reconciling and settled.state == vm_pb2.Vm.RUNNING and settled.etag == shrunk.etag
@@ -255,9 +258,51 @@ def test_update_relabels_and_resizes_against_quota_and_host(system, c) -> None:
         assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID"), paths
         assert err.field_violations[0][0] == "update_mask" and words in err.field_violations[0][1]
     assert same(grown, c.get_vm(vm_id))
-    # Back to small, by "*" (labels as given, emptied).
-    small = update(c, vm_pb2.Vm(name=vm.name, flavor="small"), "*")
-    assert small.resources.vcpus == 1 and not small.labels
+    # Back to fewer vCPUs (the disk kept), by "*" (labels as given, emptied).
+    narrow = update(c, vm_pb2.Vm(name=vm.name, flavor="narrow"), "*")
+    assert narrow.resources.vcpus == 1 and not narrow.labels
+
+
+def _journal(system: LocalSystem, uid: str) -> list[dict]:
+    """The sim host's journal records of the VM ``uid``: what its driver did to it."""
+    return [r for r in read_journal(system.sim_state_dir()) if r.get("vm_uid") == uid]
+
+
+def test_a_resize_grows_the_disk_hot_and_never_shrinks_it(system, c) -> None:
+    vm_id = _fresh()
+    placed(c, vm_id)
+    uid = stored(system, vm_id).uid
+    c.wait_for_vm(vm_id, timeout=30)
+
+    # A disk growth alone: the VM's disk grows, without a power cycle.
+    roomy = update(c, vm_pb2.Vm(name=c.vm_name(vm_id), flavor="roomy"), "flavor")
+    assert roomy.reconciling and roomy.resources.disk_gib == 20
+    done = c.wait_for_vm(vm_id, timeout=30)
+    assert not done.reconciling and done.state == vm_pb2.Vm.RUNNING
+    records = _journal(system, uid)
+    assert [r["disk_gib"] for r in records if r["op"] == "reconfigure"] == [20], records
+    assert not [r for r in records if r["op"] == "power_off"], records
+
+    medium = update(c, vm_pb2.Vm(name=c.vm_name(vm_id), flavor="medium"), "flavor")
+    assert medium.resources.disk_gib == 40
+    medium = c.wait_for_vm(vm_id, timeout=30)
+    assert not medium.reconciling and medium.state == vm_pb2.Vm.RUNNING
+    last = [r for r in _journal(system, uid) if r["op"] == "reconfigure"][-1]
+    assert (last["vcpus"], last["memory_mib"], last["disk_gib"]) == (2, 4096, 40)
+
+    # A smaller disk: refused, nothing written (spec, quota, the VM).
+    usage = c.get_quota(f"tenants/{TENANT}/projects/{PROJECT}/quota").usage
+    spec = stored(system, vm_id)
+    for flavor in ("small", "roomy"):
+        err = _error(lambda flavor=flavor: update(c, vm_pb2.Vm(name=c.vm_name(vm_id), flavor=flavor), "flavor"))
+        assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DISK_SHRINK_UNSUPPORTED"), err
+        assert (err.metadata["current_disk_gib"], err.metadata["flavor"]) == ("40", flavor)
+        assert err.metadata["requested_disk_gib"] == ("10" if flavor == "small" else "20")
+    assert stored(system, vm_id) == spec
+    assert c.get_quota(f"tenants/{TENANT}/projects/{PROJECT}/quota").usage == usage
+    assert same(medium, c.get_vm(vm_id)) and not c.get_vm(vm_id).reconciling
+    # The same flavor again is no resize: nothing to refuse.
+    assert update(c, vm_pb2.Vm(name=c.vm_name(vm_id), flavor="medium"), "flavor").etag == medium.etag
 
 
 # --- bootstrap data ---------------------------------------------------------------------
