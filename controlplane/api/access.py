@@ -32,8 +32,8 @@ class AuditDraft(Protocol):
         """Tell the interceptor the writes were committed with the mutation."""
 
     def dry_run(self) -> None:
-        """Tell the interceptor the call wrote nothing and files no record
-        (validate_only: AIP-163, no side effects)."""
+        """Tell the interceptor the call writes nothing, whatever its outcome, and files
+        no record (validate_only: AIP-163, no side effects; like a read)."""
 
 
 def audit_draft() -> AuditDraft | None:

@@ -217,7 +217,7 @@ class AuditInterceptor(_BehaviorInterceptor):
             finally:
                 audit_scope.reset(token)
                 written = None
-                if not (draft.done and code == "OK"):  # else written with the mutation
+                if not draft.dry and not (draft.done and code == "OK"):  # else written with the mutation
                     try:
                         record = self.record(short, request, context, code, message, scope)
                         written = self._log.append(record) if record is not None else None
@@ -266,13 +266,13 @@ class AuditInterceptor(_BehaviorInterceptor):
 class _Draft:
     """:class:`controlplane.api.access.AuditDraft` of one audited call."""
 
-    __slots__ = ("_interceptor", "_log", "_method", "_request", "_context", "_scope", "done")
+    __slots__ = ("_interceptor", "_log", "_method", "_request", "_context", "_scope", "done", "dry")
 
     def __init__(self, interceptor: AuditInterceptor, log: AuditLog, method: str, request: Any,
                  context: grpc.aio.ServicerContext, scope: dict):
         self._interceptor, self._log, self._method, self._request = interceptor, log, method, request
         self._context, self._scope = context, scope
-        self.done = False
+        self.done = self.dry = False
 
     async def writes(self, resource: str = "") -> list:
         record = self._interceptor.record(self._method, self._request, self._context, "OK", "", self._scope,
@@ -283,4 +283,4 @@ class _Draft:
         self.done = True
 
     def dry_run(self) -> None:
-        self.done = True
+        self.dry = True

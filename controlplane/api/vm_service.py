@@ -90,6 +90,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         self._bookmark_s = bookmark_s
 
     async def CreateVm(self, request: vm_pb2.CreateVmRequest, context) -> vm_pb2.Vm:
+        if request.validate_only:
+            _dry_run()
         v = validation.Violations()
         parent = v.capture(validation.parse_project_parent, request.parent)
         if parent:
@@ -227,6 +229,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         return out
 
     async def CreateVms(self, request: vm_pb2.CreateVmsRequest, context) -> vm_pb2.CreateVmsResponse:
+        if request.validate_only:
+            _dry_run()
         v = validation.Violations()
         parent = v.capture(validation.parse_project_parent, request.parent)
         if parent:
@@ -280,9 +284,6 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             for (i, spec, _data), error in zip(valid, outcomes, strict=True):
                 results[i] = (vm_pb2.CreateVmsResult(vm=_would_make(spec)) if error is None else
                               _refused(_create_error(error, request.parent, spec.request_id, spec.ref.name)))
-            draft = audit_draft()
-            if draft:
-                draft.dry_run()
             return vm_pb2.CreateVmsResponse(results=results)
         draft = audit_draft()
 
@@ -344,9 +345,6 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             error = outcomes[0]
             if error is not None:
                 raise _create_error(error, request.parent, request.request_id, ref.name) from error
-            draft = audit_draft()
-            if draft:
-                draft.dry_run()
             would = vm_set_to_proto(vm_set, 0)
             would.uid = ""
             return vm_pb2.CreateVmsResponse(results=[vm_pb2.CreateVmsResult(vm=_would_make(m.spec))
@@ -636,6 +634,13 @@ def _set_too_large(err: SetTooLarge) -> errors.ApiError:
         [("requests", str(err))], "SET_TOO_LARGE",
         metadata={"max_members": str(err.most), "max_members_with_bootstrap": str(err.most_with_bootstrap),
                   "max_txn_ops": str(err.limit)})
+
+
+def _dry_run() -> None:
+    """validate_only: the call writes nothing and is not audited, whatever its outcome."""
+    draft = audit_draft()
+    if draft:
+        draft.dry_run()
 
 
 def _refused(err: errors.ApiError) -> vm_pb2.CreateVmsResult:

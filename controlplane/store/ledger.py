@@ -19,8 +19,10 @@ arrive while a transaction is in flight go together in the next one (one set of
 compares, one put of the stripe, plus each charge's own compares and writes). Charges
 are admitted in arrival order; one that would exceed a limit is refused without
 holding up the rest, so 50 concurrent creates against a limit of 10 make exactly 10
-VMs, whatever the number of frontends. A project marked as being deleted (its
-record's ``delete_time_ns``) takes no growth at all.
+VMs, whatever the number of frontends. A refusal is final only once the charges
+counted before it are known to commit: when some fail their own compares (e.g. a
+create of a taken name), the refusals are decided again without them. A project
+marked as being deleted (its record's ``delete_time_ns``) takes no growth at all.
 """
 
 from __future__ import annotations
@@ -128,6 +130,12 @@ class _Lane:
 def _fail(future: asyncio.Future, error: BaseException) -> None:
     if not future.done():  # its caller may have gone (cancelled)
         future.set_exception(error)
+
+
+def _refuse(refused: list[tuple[asyncio.Future, StoreError]]) -> None:
+    QUOTA_REFUSALS.inc(sum(isinstance(error, QuotaExceeded) for _future, error in refused))
+    for future, error in refused:
+        _fail(future, error)
 
 
 def _succeed(future: asyncio.Future, revision: int) -> None:
@@ -332,10 +340,8 @@ class UsageLedger:
             if refused and not fresh:
                 self._states.pop((tenant, project), None)
                 continue
-            QUOTA_REFUSALS.inc(sum(isinstance(error, QuotaExceeded) for _future, error in refused))
-            for future, error in refused:
-                _fail(future, error)
             if not accepted:
+                _refuse(refused)
                 return
             compares = [ops.mod_revision_is(project_key, state.project_revision)]
             if limited:
@@ -351,19 +357,22 @@ class UsageLedger:
                 # A limited commit compared every stripe, so all are known as of its revision.
                 self._remember(tenant, project, _State(state.project, state.project_revision, stripes,
                                                        result.revision if limited else 0))
+                _refuse(refused)
                 for _charge, future in accepted:
                     _succeed(future, result.revision)
                 return
             QUOTA_CONFLICTS.inc()
             self._remember(tenant, project, self._state_from(result, 0))
             fresh = True
-            batch = []
+            doomed = set()
             for i, (charge, future) in enumerate(accepted):
-                guard = result.nested(2 + i)
-                if guard.succeeded:
-                    batch.append((charge, future))
-                else:
+                guard = result.nested(_FRAME[2] + i)
+                if not guard.succeeded:
                     _fail(future, GuardFailed([guard.kvs(j) for j in range(len(charge.reads))]))
+                    doomed.add(future)
+            # The refusals were decided with the doomed charges counted (e.g. a create of
+            # a taken name): decide them again without, in arrival order.
+            batch = [(charge, future) for charge, future in batch if future not in doomed]
             if not batch:
                 return
         for _charge, future in batch:

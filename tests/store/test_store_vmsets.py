@@ -35,10 +35,10 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 120.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout=timeout))
 
 
-async def setup(client: EtcdClient, keys: Keys, limits: Limits = Limits()) -> tuple[VmStore, VmSetStore]:
+async def setup(client: EtcdClient, keys: Keys, limits: Limits | None = None) -> tuple[VmStore, VmSetStore]:
     tenancy = TenancyStore(client, keys)
     await tenancy.create_tenant(Tenant(TENANT))
-    await tenancy.create_project(Project(TENANT, PROJECT, quota=limits))
+    await tenancy.create_project(Project(TENANT, PROJECT, quota=limits or Limits()))
     ledger = UsageLedger(client, keys)
     requests = RetentionLeases(client)
     return VmStore(client, keys, requests, ledger), VmSetStore(client, keys, requests, ledger)
