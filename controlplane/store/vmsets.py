@@ -19,6 +19,7 @@ A set's size is bounded by etcd's ``--max-txn-ops`` (``EtcdClient.max_txn_ops``)
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,8 @@ from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, Quot
 from controlplane.store.retention import RetentionLeases
 from controlplane.store.vms import VmRecord, create_ops, pending_status
 from controlplane.tenancy import Usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,8 @@ class VmSetStore:
         set_kvs: list[KeyValue] = []
         try:
             revision = await self._ledger.apply(ref.tenant, ref.project, charge)
+            log.info("vm set admitted", extra={"tenant": ref.tenant, "project": ref.project, "vm_set": ref.set_id,
+                                               "members": len(members), "shard": vm_set.shard, "revision": revision})
             return Admission(vm_set, [VmRecord(m.spec, pending_status(m.spec), revision, revision) for m in members],
                              revision, True)
         except GuardFailed as failed:

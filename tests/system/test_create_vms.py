@@ -259,7 +259,7 @@ def test_validate_only_writes_nothing(admin: Client) -> None:
     assert gone.code is grpc.StatusCode.NOT_FOUND
     admin._call(admin._vms.CreateVm, vm_pb2.CreateVmRequest(parent=parent, vm_id="vo-real", vm=create().vm))
     wait_until(lambda: ("CreateVm", f"{parent}/vms/vo-real", "OK") in audited(admin), timeout=30,
-               message="the real create's audit record")
+               message="the real create's audit record", seen=lambda: sorted(audited(admin)))
     assert not [r for r in audited(admin) if r[1].startswith(parent) and r[0] in ("CreateVm", "CreateVms")
                 and "vo-real" not in r[1]], "validate_only left an audit record"
     # The same checks a real create makes: a taken name.
