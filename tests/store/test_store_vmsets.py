@@ -229,3 +229,32 @@ def test_a_set_larger_than_one_txn_is_refused_and_the_largest_fits(etcd_endpoint
                 assert admitted.created and len(await sets.members(vm_set)) == n
 
     run(main())
+
+
+@pytest.mark.parametrize("limit", [128, ETCD_MAX_TXN_OPS])
+def test_sets_and_single_creates_share_group_commits_within_the_limit(etcd_endpoint: str, root: str,
+                                                                      limit: int) -> None:
+    """The ledger batches charges by what etcd counts (a set's nested txn included):
+    the largest sets racing single creates all commit, each whole (at the server's own
+    limit, a batch counted without the nested txn is refused by etcd)."""
+    most = most_members(limit, with_bootstrap=False)
+
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint, max_txn_ops=limit) as client:
+            keys = Keys(root)
+            vms, sets = await setup(client, keys)
+            made = [make_set(most, prefix=f"s{i}") for i in range(3)]
+            singles = [VmSpec(VmRef(TENANT, PROJECT, f"one-{i}"), uid, "small", "ubuntu", SIZE,
+                              create_time_ns=now_ns(), shard=shard_of(uid, SHARDS))
+                       for i, uid in enumerate(uuid.uuid4().hex for _ in range(600))]
+            outcomes = await asyncio.gather(*(vms.create(spec) for spec in singles[:300]),
+                                            *(sets.admit(s, m) for s, m in made),
+                                            *(vms.create(spec) for spec in singles[300:]))
+            assert all(o[1] for o in outcomes[:300] + outcomes[303:])
+            for (vm_set, _members), admitted in zip(made, outcomes[300:303], strict=True):
+                assert admitted.created
+                assert {r.spec_revision for r in await sets.members(vm_set)} == {admitted.revision}
+            usage = (await TenancyStore(client, keys).usages(TENANT))[PROJECT]
+            assert usage == Usage.of_vm(SIZE, 600 + 3 * most)
+
+    run(main())
