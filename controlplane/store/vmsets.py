@@ -34,7 +34,7 @@ from controlplane.models import (
     VmSpec,
     VmStatus,
 )
-from controlplane.store import bootstrap
+from controlplane.store import bindings, bootstrap
 from controlplane.store.bootstrap import BootstrapData
 from controlplane.store.errors import (
     AlreadyExists,
@@ -79,10 +79,16 @@ class SetTooLarge(StoreError):
     ``limit`` (``--max-txn-ops``); ``most``/``most_with_bootstrap``: the most members
     this store takes without / with bootstrap data on every member."""
 
-    def __init__(self, members: int, ops_: int, limit: int, most: int, most_with_bootstrap: int):
-        super().__init__(
-            f"a set of {members} VMs needs {ops_} operations in one etcd transaction; this store takes at most "
-            f"{limit}: at most {most} VMs per set ({most_with_bootstrap} when every VM has bootstrap data)")
+    def __init__(self, members: int, ops_: int, limit: int, most: int, most_with_bootstrap: int, *,
+                 what: str = ""):
+        if what:  # the bind, not the admission: bootstrap data does not count there
+            super().__init__(
+                f"a set of {members} VMs needs {ops_} operations in one etcd transaction for {what}; this store "
+                f"takes at most {limit}: at most {most} VMs per set when every one is zone-scoped")
+        else:
+            super().__init__(
+                f"a set of {members} VMs needs {ops_} operations in one etcd transaction; this store takes at most "
+                f"{limit}: at most {most} VMs per set ({most_with_bootstrap} when every VM has bootstrap data)")
         self.members, self.ops, self.limit = members, ops_, limit
         self.most, self.most_with_bootstrap = most, most_with_bootstrap
 
@@ -122,6 +128,17 @@ def admission(keys: Keys, vm_set: VmSet, members: Sequence[Member], *, also: Seq
 def admission_ops(charge: Charge) -> int:
     """What admitting a set by ``charge`` counts against etcd's ``--max-txn-ops``."""
     return txn_ops(charge)
+
+
+def _bind_too_large(keys: Keys, members: Sequence[Member], limit: int) -> SetTooLarge | None:
+    """SetTooLarge if the set's bind, however placement spreads its members (nested
+    under the scheduler's fence: one op more), could exceed ``limit``: such a set
+    would be admitted only to wait for its deadline."""
+    cost = bindings.set_bind_worst(keys, [m.spec for m in members]).ops + 1
+    if cost <= limit:
+        return None
+    most = bindings.set_bind_limit(limit)
+    return SetTooLarge(len(members), cost, limit, most, most, what="its bind (each member on a host of its own)")
 
 
 @functools.lru_cache(maxsize=16)
@@ -180,7 +197,7 @@ class VmSetStore:
         cost = admission_ops(admission(self._keys, vm_set, members, also=also, request=request))
         limit = self._etcd.max_txn_ops
         if cost <= limit:
-            return None
+            return _bind_too_large(self._keys, members, limit)
         return SetTooLarge(len(members), cost, limit, self.most_members(with_bootstrap=False),
                            self.most_members(with_bootstrap=True))
 
@@ -214,6 +231,8 @@ class VmSetStore:
         if cost > limit:
             raise SetTooLarge(len(members), cost, limit, self.most_members(with_bootstrap=False),
                               self.most_members(with_bootstrap=True))
+        if (unbindable := _bind_too_large(k, members, limit)) is not None:
+            raise unbindable
         set_kvs: list[KeyValue] = []
         try:
             revision = await self._ledger.apply(ref.tenant, ref.project, charge)

@@ -188,10 +188,15 @@ def test_an_all_or_nothing_set_is_admitted_whole_and_pending_while_it_cannot_be_
     assert [(r.code, r.vm.name, r.vm.vm_set) for r in response.results] == \
         [(0, f"{parent}/vms/cp-{i}", name) for i in range(3)]
     assert vm_ids(admin, parent) == {"cp-0", "cp-1", "cp-2"} and usage_vms(admin, parent) == 3
-    got = admin._call(admin._vms.GetVmSet, vm_pb2.GetVmSetRequest(name=name))
+    # The set's scheduler shard finds it does not fit, and says why on the set.
+    got = wait_until(
+        lambda: "fit no host" in (g := admin._call(admin._vms.GetVmSet, vm_pb2.GetVmSetRequest(name=name)))
+        .conditions[0].message and g, timeout=30, message="the set's shortfall written by its scheduler shard",
+        seen=lambda: admin._call(admin._vms.GetVmSet, vm_pb2.GetVmSetRequest(name=name)).conditions)
     assert (got.uid, got.state, list(got.vms)) == (vm_set.uid, vm_pb2.VmSet.PENDING, list(vm_set.vms))
     assert [(c.type, c.status, c.reason) for c in got.conditions] == [("Placed", "False", "SetDoesNotFit")]
-    assert got.resource_version == vm_set.resource_version > 0
+    assert "fit no host" in got.conditions[0].message, got.conditions[0].message
+    assert got.resource_version > vm_set.resource_version > 0
     assert admin._call(admin._vms.GetVm, vm_pb2.GetVmRequest(name=f"{parent}/vms/cp-1")).vm_set == name
     # A retry returns the same set; another set under that request_id is refused.
     again = create_vms(admin, parent, requests, mode=ALL_OR_NOTHING, set_id="control-plane",
