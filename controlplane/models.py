@@ -271,6 +271,7 @@ class VmSpec:
     power_policy: PowerPolicy = PowerPolicy.KEEP_STOPPED
     bootstrap: BootstrapSummary | None = None  # set: bootstrap/{t}/{p}/{vm} holds the data
     vm_set: str = ""  # the all-or-nothing set it was admitted in (its shard is the set's)
+    plan: str = ""  # the plan whose held room it is bound to (holds/{plan})
 
     @property
     def deleting(self) -> bool:
@@ -318,6 +319,7 @@ class VmSpec:
             power_off_grace_s=self.power_off_grace_s, power_time_ns=self.power_time_ns, restarts=self.restarts,
             restart_request_id=self.restart_request_id, power_policy=int(self.power_policy),
             bootstrap=self.bootstrap.to_proto() if self.bootstrap is not None else None, vm_set=self.vm_set,
+            plan=self.plan,
         )
 
     @classmethod
@@ -333,7 +335,7 @@ class VmSpec:
             # 0 is unset (a spec written before the field): the default grace.
             m.power_off_grace_s or DEFAULT_STOP_GRACE_S, m.power_time_ns, m.restarts, m.restart_request_id,
             PowerPolicy(m.power_policy) if m.power_policy in (0, 1) else PowerPolicy.KEEP_STOPPED,
-            BootstrapSummary.from_proto(m.bootstrap) if m.HasField("bootstrap") else None, m.vm_set,
+            BootstrapSummary.from_proto(m.bootstrap) if m.HasField("bootstrap") else None, m.vm_set, m.plan,
         )
 
     def to_bytes(self) -> bytes:
@@ -538,30 +540,95 @@ def _stored_ratio(ratio: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldRoom:
+    """Room a plan holds on one host (PlanVms with a hold): resources, VM count and the
+    anti-affinity host groups of the VMs it is for."""
+
+    resources: Resources = Resources()
+    vm_count: int = 0
+    groups: Mapping[str, int] = field(default_factory=dict)
+
+    def to_proto(self) -> rec.HeldRoom:
+        r = self.resources
+        return rec.HeldRoom(vcpus=r.vcpus, memory_mib=r.memory_mib, disk_gib=r.disk_gib, vm_count=self.vm_count,
+                            groups=dict(self.groups))
+
+    @classmethod
+    def from_proto(cls, m: rec.HeldRoom) -> HeldRoom:
+        return cls(Resources(m.vcpus, m.memory_mib, m.disk_gib), m.vm_count, dict(m.groups))
+
+
+@dataclass(frozen=True, slots=True)
 class HostAllocation:
-    """Sum of what is bound to a host; changes only with its bindings, in one txn."""
+    """Sum of what is bound to a host; changes only with its bindings, in one txn.
+    ``holds``: room plans hold on it, by plan id (taken while the plan's hold key
+    exists; see controlplane/store/holds.py); carried unchanged by :meth:`plus` and
+    :meth:`minus`."""
 
     resources: Resources = Resources()
     vm_count: int = 0
     groups: Mapping[str, int] = field(default_factory=dict)  # VMs per anti-affinity group
+    holds: Mapping[str, HeldRoom] = field(default_factory=dict)
 
     def plus(self, resources: Resources, count: int = 1, group: str = "") -> HostAllocation:
         return HostAllocation(self.resources + resources, self.vm_count + count,
-                              _count(self.groups, group, count))
+                              _count(self.groups, group, count), self.holds)
 
     def minus(self, resources: Resources, count: int = 1, group: str = "") -> HostAllocation:
         return HostAllocation(self.resources - resources, self.vm_count - count,
-                              _count(self.groups, group, -count))
+                              _count(self.groups, group, -count), self.holds)
 
     def to_bytes(self) -> bytes:
         r = self.resources
         return rec.HostAllocation(vcpus=r.vcpus, memory_mib=r.memory_mib, disk_gib=r.disk_gib,
-                                  vm_count=self.vm_count, groups=dict(self.groups)).SerializeToString()
+                                  vm_count=self.vm_count, groups=dict(self.groups),
+                                  holds={plan: room.to_proto() for plan, room in self.holds.items()}
+                                  ).SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HostAllocation:
         m = rec.HostAllocation.FromString(data)
-        return cls(Resources(m.vcpus, m.memory_mib, m.disk_gib), m.vm_count, dict(m.groups))
+        return cls(Resources(m.vcpus, m.memory_mib, m.disk_gib), m.vm_count, dict(m.groups),
+                   {plan: HeldRoom.from_proto(room) for plan, room in m.holds.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedVm:
+    vm_id: str
+    host: str
+    flavor: str
+    resources: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A plan's hold (holds/{plan}, under a lease that ends at ``expire_ns``): the VMs
+    it was made for and the host each was planned on; the room itself is in those
+    hosts' allocations (HostAllocation.holds[plan])."""
+
+    tenant: str
+    project: str
+    plan: str
+    vms: tuple[PlannedVm, ...]
+    expire_ns: int
+
+    @property
+    def name(self) -> str:
+        return f"tenants/{self.tenant}/projects/{self.project}/plans/{self.plan}"
+
+    def to_bytes(self) -> bytes:
+        return rec.HoldRecord(tenant=self.tenant, project=self.project, plan=self.plan, expire_ns=self.expire_ns,
+                              vms=[rec.PlannedVm(vm_id=v.vm_id, host=v.host, flavor=v.flavor,
+                                                 vcpus=v.resources.vcpus, memory_mib=v.resources.memory_mib,
+                                                 disk_gib=v.resources.disk_gib) for v in self.vms]
+                              ).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Hold:
+        m = rec.HoldRecord.FromString(data)
+        return cls(m.tenant, m.project, m.plan,
+                   tuple(PlannedVm(v.vm_id, v.host, v.flavor, Resources(v.vcpus, v.memory_mib, v.disk_gib))
+                         for v in m.vms), m.expire_ns)
 
 
 def _count(groups: Mapping[str, int], group: str, delta: int) -> Mapping[str, int]:

@@ -36,6 +36,7 @@ NOT_FINGERPRINTED = frozenset({
     # set by later power requests (a create sets their defaults):
     "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id",
     "vm_set",  # a set's member: the set's own request_id covers the set
+    "plan",  # as vm_set
 })
 
 

@@ -19,6 +19,10 @@ independent systems (or tests) share one etcd.
                                                   shard) and their quota; the scheduler shard owning it
                                                   writes PLACED in the one txn that binds every member,
                                                   or FAILED at its deadline (members removed, quota released)
+    holds/{plan}                          HoldRecord  a frontend (PlanVms with a hold), under a lease ending with
+                                                  the hold, in one txn with each planned host's allocation
+                                                  (HostAllocation.holds[plan]); the bind of the plan's set
+                                                  (CreateVms with the plan) deletes it and the room it held
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present
@@ -114,6 +118,13 @@ class Keys:
 
     def vm_set(self, tenant: str, project: str, set_id: str) -> bytes:
         return self._k(f"vmsets/{tenant}/{project}/{set_id}")
+
+    # Plans' holds (controlplane/store/holds.py)
+    def holds_prefix(self) -> bytes:
+        return self._k("holds/")
+
+    def hold(self, plan: str) -> bytes:
+        return self._k(f"holds/{plan}")
 
     # Scheduler queue
     def queue_prefix(self, shard: int) -> bytes:

@@ -4,6 +4,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from controlplane.gen.quanta.v1 import common_pb2 as _common_pb2
+from controlplane.gen.quanta.v1 import tenancy_pb2 as _tenancy_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -230,7 +231,7 @@ class CreateVmRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., vm_id: _Optional[str] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class CreateVmsRequest(_message.Message):
-    __slots__ = ("parent", "requests", "mode", "set_id", "request_id", "deadline", "validate_only")
+    __slots__ = ("parent", "requests", "mode", "set_id", "request_id", "deadline", "validate_only", "plan")
     class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         MODE_UNSPECIFIED: _ClassVar[CreateVmsRequest.Mode]
@@ -246,6 +247,7 @@ class CreateVmsRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     parent: str
     requests: _containers.RepeatedCompositeFieldContainer[CreateVmRequest]
     mode: CreateVmsRequest.Mode
@@ -253,7 +255,51 @@ class CreateVmsRequest(_message.Message):
     request_id: str
     deadline: _duration_pb2.Duration
     validate_only: bool
-    def __init__(self, parent: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[CreateVmRequest, _Mapping]]] = ..., mode: _Optional[_Union[CreateVmsRequest.Mode, str]] = ..., set_id: _Optional[str] = ..., request_id: _Optional[str] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    plan: str
+    def __init__(self, parent: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[CreateVmRequest, _Mapping]]] = ..., mode: _Optional[_Union[CreateVmsRequest.Mode, str]] = ..., set_id: _Optional[str] = ..., request_id: _Optional[str] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validate_only: _Optional[bool] = ..., plan: _Optional[str] = ...) -> None: ...
+
+class PlanVmsRequest(_message.Message):
+    __slots__ = ("parent", "requests", "hold")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    requests: _containers.RepeatedCompositeFieldContainer[CreateVmRequest]
+    hold: _duration_pb2.Duration
+    def __init__(self, parent: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[CreateVmRequest, _Mapping]]] = ..., hold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class PlanVmsResponse(_message.Message):
+    __slots__ = ("placements", "fits", "quota_headroom", "plan", "expire_time")
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    FITS_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_HEADROOM_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    placements: _containers.RepeatedCompositeFieldContainer[VmPlacement]
+    fits: bool
+    quota_headroom: _tenancy_pb2.ResourceUsage
+    plan: str
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, placements: _Optional[_Iterable[_Union[VmPlacement, _Mapping]]] = ..., fits: _Optional[bool] = ..., quota_headroom: _Optional[_Union[_tenancy_pb2.ResourceUsage, _Mapping]] = ..., plan: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class VmPlacement(_message.Message):
+    __slots__ = ("vm", "host", "filtered", "message")
+    class FilteredEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VM_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    host: str
+    filtered: _containers.ScalarMap[str, int]
+    message: str
+    def __init__(self, vm: _Optional[str] = ..., host: _Optional[str] = ..., filtered: _Optional[_Mapping[str, int]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CreateVmsResponse(_message.Message):
     __slots__ = ("results", "set")

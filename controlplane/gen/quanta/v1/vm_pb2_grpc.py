@@ -91,6 +91,11 @@ class VmServiceStub:
                 request_serializer=quanta_dot_v1_dot_vm__pb2.GetVmSetRequest.SerializeToString,
                 response_deserializer=quanta_dot_v1_dot_vm__pb2.VmSet.FromString,
                 _registered_method=True)
+        self.PlanVms = channel.unary_unary(
+                '/quanta.v1.VmService/PlanVms',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.PlanVmsRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.PlanVmsResponse.FromString,
+                _registered_method=True)
 
 
 class VmServiceServicer:
@@ -214,6 +219,19 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanVms(self, request, context):
+        """Where a set of VMs would be placed now, all together (as ALL_OR_NOTHING places
+        them), without writing anything: per VM its host, or how many hosts each filter
+        removed; the project's quota headroom after the set; whether the set fits at all.
+        With hold, the room found is reserved for that long (under an etcd lease, so a
+        crashed client's hold expires) and the answer names a plan: CreateVms with that
+        plan (the same VMs) is then guaranteed the room while the hold lasts, and no
+        other placement takes it. Nothing is held when the set does not fit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -271,6 +289,11 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.GetVmSet,
                     request_deserializer=quanta_dot_v1_dot_vm__pb2.GetVmSetRequest.FromString,
                     response_serializer=quanta_dot_v1_dot_vm__pb2.VmSet.SerializeToString,
+            ),
+            'PlanVms': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanVms,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.PlanVmsRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.PlanVmsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +595,33 @@ class VmService:
             '/quanta.v1.VmService/GetVmSet',
             quanta_dot_v1_dot_vm__pb2.GetVmSetRequest.SerializeToString,
             quanta_dot_v1_dot_vm__pb2.VmSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanVms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.VmService/PlanVms',
+            quanta_dot_v1_dot_vm__pb2.PlanVmsRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.PlanVmsResponse.FromString,
             options,
             channel_credentials,
             insecure,

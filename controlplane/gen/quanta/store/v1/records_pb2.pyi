@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VmSpec(_message.Message):
-    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id", "power_policy", "bootstrap", "vm_set")
+    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id", "power_policy", "bootstrap", "vm_set", "plan")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class VmSpec(_message.Message):
     POWER_POLICY_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
     VM_SET_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     project: str
     vm_id: str
@@ -80,7 +81,8 @@ class VmSpec(_message.Message):
     power_policy: int
     bootstrap: BootstrapSummary
     vm_set: str
-    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ..., power: _Optional[int] = ..., power_off_mode: _Optional[int] = ..., power_off_grace_s: _Optional[int] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., restart_request_id: _Optional[str] = ..., power_policy: _Optional[int] = ..., bootstrap: _Optional[_Union[BootstrapSummary, _Mapping]] = ..., vm_set: _Optional[str] = ...) -> None: ...
+    plan: str
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ..., power: _Optional[int] = ..., power_off_mode: _Optional[int] = ..., power_off_grace_s: _Optional[int] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., restart_request_id: _Optional[str] = ..., power_policy: _Optional[int] = ..., bootstrap: _Optional[_Union[BootstrapSummary, _Mapping]] = ..., vm_set: _Optional[str] = ..., plan: _Optional[str] = ...) -> None: ...
 
 class VmSetRecord(_message.Message):
     __slots__ = ("uid", "vms", "shard", "state", "create_time_ns", "deadline_ns", "update_time_ns", "reason", "message", "request_id")
@@ -238,6 +240,36 @@ class HostRegistration(_message.Message):
     def __init__(self, host: _Optional[str] = ..., driver: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent: _Optional[str] = ..., register_time_ns: _Optional[int] = ..., vcpu_overcommit: _Optional[float] = ..., memory_overcommit: _Optional[float] = ..., disk_overcommit: _Optional[float] = ...) -> None: ...
 
 class HostAllocation(_message.Message):
+    __slots__ = ("vcpus", "memory_mib", "disk_gib", "vm_count", "groups", "holds")
+    class GroupsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class HoldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: HeldRoom
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[HeldRoom, _Mapping]] = ...) -> None: ...
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    DISK_GIB_FIELD_NUMBER: _ClassVar[int]
+    VM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    vm_count: int
+    groups: _containers.ScalarMap[str, int]
+    holds: _containers.MessageMap[str, HeldRoom]
+    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., vm_count: _Optional[int] = ..., groups: _Optional[_Mapping[str, int]] = ..., holds: _Optional[_Mapping[str, HeldRoom]] = ...) -> None: ...
+
+class HeldRoom(_message.Message):
     __slots__ = ("vcpus", "memory_mib", "disk_gib", "vm_count", "groups")
     class GroupsEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -257,6 +289,36 @@ class HostAllocation(_message.Message):
     vm_count: int
     groups: _containers.ScalarMap[str, int]
     def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., vm_count: _Optional[int] = ..., groups: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class HoldRecord(_message.Message):
+    __slots__ = ("tenant", "project", "plan", "vms", "expire_ns")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_NS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    project: str
+    plan: str
+    vms: _containers.RepeatedCompositeFieldContainer[PlannedVm]
+    expire_ns: int
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., plan: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[PlannedVm, _Mapping]]] = ..., expire_ns: _Optional[int] = ...) -> None: ...
+
+class PlannedVm(_message.Message):
+    __slots__ = ("vm_id", "host", "flavor", "vcpus", "memory_mib", "disk_gib")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    FLAVOR_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    DISK_GIB_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    host: str
+    flavor: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    def __init__(self, vm_id: _Optional[str] = ..., host: _Optional[str] = ..., flavor: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ...) -> None: ...
 
 class Flavor(_message.Message):
     __slots__ = ("name", "vcpus", "memory_mib", "disk_gib")
