@@ -4,18 +4,27 @@ revision; re-list when the watch's revision was compacted.
 Hosts are shared by every shard of a process. Ready = registered (heartbeat
 lease alive); an unregistered host with an allocation stays in the view as not
 ready, so nothing new lands on it.
+
+Plans' holds: the plans whose ``holds/{plan}`` key exists (list + watch, like the
+hosts) are *live*; a host's snapshot counts its allocation plus the room live plans
+hold on it (``HostAllocation.holds``: resources, VM count, host groups), so no other
+placement takes that room while the hold lasts. When a hold's key goes (lease
+expired, or its set bound), the hosts it held room on may take more: the shards'
+waiting VMs are woken for them. The allocation as stored (holds included) is kept
+apart (:meth:`HostSync.allocation`): it is what a bind starts from and compares.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Container
 from dataclasses import replace
 
 from controlplane.etcd import Compacted
 from controlplane.etcd.outages import ride_out
-from controlplane.models import HostAllocation, Resources
+from controlplane.models import Hold, HostAllocation, Resources
+from controlplane.store import holds
 from controlplane.store.hosts import HostRecord, HostStore, HostTable
 from scheduler import metrics
 from scheduler.placement import HostSnapshot, HostView
@@ -23,23 +32,34 @@ from scheduler.placement import HostSnapshot, HostView
 log = logging.getLogger(__name__)
 
 
-def snapshot_of(record: HostRecord) -> HostSnapshot:
+def snapshot_of(record: HostRecord, live: Container[str] = ()) -> HostSnapshot:
     """The placement view of a host record. Allocatable capacity is the registration's
     raw capacity times its overcommit setting (:meth:`HostRegistration.allocatable`,
-    the one place a ratio is applied)."""
+    the one place a ratio is applied). The room held by ``live`` plans counts as
+    allocated (:func:`with_holds`)."""
     reg = record.registration
-    return HostSnapshot(
+    return with_holds(HostSnapshot(
         host_id=record.host,
         ready=record.ready and not record.dead,  # a dead host takes nothing until its marker is lifted
         capacity=reg.capacity if reg else Resources(),
-        allocated=record.allocation.resources,
-        vm_count=record.allocation.vm_count,
+        allocated=Resources(),
         labels=dict(reg.labels) if reg else {},
         alloc_revision=record.alloc_revision,
         maintenance=record.maintenance,
         allocatable=reg.allocatable if reg else Resources(),
-        groups=dict(record.allocation.groups),
-    )
+    ), record.allocation, record.alloc_revision, live)
+
+
+def with_holds(snapshot: HostSnapshot, allocation: HostAllocation, revision: int,
+               live: Container[str]) -> HostSnapshot:
+    """``snapshot`` with ``allocation`` (at ``revision``) as what is allocated, plus the
+    room the ``live`` plans among its holds take (resources, VM count, host groups)."""
+    held = holds.held_total(allocation.holds, live)
+    groups = dict(allocation.groups)
+    for group, n in held.groups.items():
+        groups[group] = groups.get(group, 0) + n
+    return replace(snapshot, allocated=allocation.resources + held.resources,
+                   vm_count=allocation.vm_count + held.vm_count, groups=groups, alloc_revision=revision)
 
 
 def _may_fit_more(before: HostSnapshot, after: HostSnapshot) -> bool:
@@ -60,6 +80,12 @@ class HostSync:
         self._hosts = hosts
         self.view = view
         self.ready = asyncio.Event()
+        #: Each host's allocation as stored (holds included) and its mod_revision: what
+        #: its next bind starts from (the view's snapshot adds live holds to it).
+        self._allocations: dict[str, tuple[HostAllocation, int]] = {}
+        #: The live plans' holds, by plan id (their holds/{plan} key exists).
+        self.plans: dict[str, Hold] = {}
+        self._plans_listed = asyncio.Event()
         #: The hosts' records as of the last watch event (a new table after each listing).
         self.table = HostTable(hosts.keys)
         #: Called after capacity may have grown (a host joined, an allocation shrank, a
@@ -74,14 +100,22 @@ class HostSync:
         # Counted at scrape time, not per watch event: a view holds up to 10,000s of hosts.
         metrics.HOSTS.labels("ready").set_function(lambda: sum(1 for h in view if h.ready))
         metrics.HOSTS.labels("missing").set_function(lambda: sum(1 for h in view if not h.ready))
+        metrics.HOLDS.set_function(lambda: len(self.plans))
+
+    def allocation(self, host: str) -> tuple[HostAllocation, int] | None:
+        """The host's allocation as last read or written by this process (holds
+        included) and its mod_revision; None for a host not in the view."""
+        if host not in self.view:
+            return None
+        return self._allocations.get(host, (HostAllocation(), 0))
 
     def confirm(self, host: str, allocation: HostAllocation, revision: int) -> None:
         """Take an allocation this process wrote or read at ``revision`` into the
         view, unless the host is gone or the view already holds a newer revision."""
         current = self.view.committed(host)
         if current is not None and current.alloc_revision <= revision:
-            updated = replace(current, allocated=allocation.resources, vm_count=allocation.vm_count,
-                              groups=dict(allocation.groups), alloc_revision=revision)
+            self._allocations[host] = (allocation, revision)
+            updated = with_holds(current, allocation, revision, self.plans)
             self.view.upsert(updated)
             if updated.groups.keys() != current.groups.keys():
                 # A group arriving lets affine VMs in (not only capacity does).
@@ -90,22 +124,64 @@ class HostSync:
     def _apply(self, record: HostRecord | str) -> bool:
         if isinstance(record, str):
             self.view.remove(record)
+            self._allocations.pop(record, None)
             return False
-        snapshot = snapshot_of(record)
         current = self.view.committed(record.host)
-        if current is not None and current.alloc_revision > snapshot.alloc_revision:
+        ours = self._allocations.get(record.host)
+        if current is not None and ours is not None and ours[1] > record.alloc_revision:
             # Our own bind already put a newer allocation in; keep it but take the registration.
-            snapshot = replace(snapshot, allocated=current.allocated, vm_count=current.vm_count,
-                               groups=current.groups, alloc_revision=current.alloc_revision)
+            record = replace(record, allocation=ours[0], alloc_revision=ours[1])
+        self._allocations[record.host] = (record.allocation, record.alloc_revision)
+        snapshot = snapshot_of(record, self.plans)
         grew = current is None or _may_fit_more(current, snapshot)
         self.view.upsert(snapshot)
         return grew
 
     async def run(self) -> None:
-        """List and watch the hosts until cancelled; rides out etcd outages (re-lists)."""
-        await ride_out(self._list_and_watch, "hosts")
+        """List and watch the hosts and the plans' holds until cancelled; rides out
+        etcd outages (re-lists). Ready once both were listed."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ride_out(self._list_and_watch_holds, "holds"))
+            group.create_task(ride_out(self._list_and_watch, "hosts"))
+
+    async def _list_and_watch_holds(self) -> None:
+        while True:
+            plans, revision = await self._hosts.list_holds()
+            ended = [plan for plan in self.plans if plan not in plans]
+            touched = {vm.host for plan in (*ended, *plans) for vm in (self.plans.get(plan) or plans[plan]).vms}
+            self.plans = plans
+            self._rehold(touched, bool(ended))
+            self._plans_listed.set()
+            log.info("holds listed", extra={"holds": len(plans), "revision": revision})
+            try:
+                async for events in self._hosts.watch_holds(revision + 1):
+                    touched, grew = set(), False
+                    for plan, hold in events:
+                        was = self.plans.pop(plan, None) if hold is None else self.plans.get(plan)
+                        if hold is not None:
+                            self.plans[plan] = hold
+                        grew |= hold is None and was is not None
+                        touched |= {vm.host for h in (was, hold) if h is not None for vm in h.vms}
+                    self._rehold(touched, grew)
+            except Compacted:
+                log.warning("holds watch compacted; re-listing")
+
+    def _rehold(self, hosts: Collection[str], grew: bool) -> None:
+        """Recount the live holds on ``hosts`` after plans came or went (``grew``: some
+        ended, so those hosts may take more: the waiting VMs are woken for them)."""
+        changed = []
+        for host in hosts:
+            current = self.view.committed(host)
+            stored = self._allocations.get(host)
+            if current is None or stored is None:
+                continue
+            self.view.upsert(with_holds(current, *stored, self.plans))
+            changed.append(host)
+        if grew and changed:
+            self.notify(changed)
 
     async def _list_and_watch(self) -> None:
+        await self._plans_listed.wait()  # a host's room counts the live holds from its first listing
         while True:
             table, revision = await self._hosts.snapshot()
             self.table = table
@@ -117,6 +193,7 @@ class HostSync:
             for snapshot in list(self.view):
                 if snapshot.host_id not in known:
                     self.view.remove(snapshot.host_id)
+                    self._allocations.pop(snapshot.host_id, None)
             self.ready.set()
             for callback in self.on_records:
                 callback(None)

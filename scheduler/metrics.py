@@ -25,3 +25,5 @@ SET_FAILURES = Counter("quanta_scheduler_set_failures_total",
                        "All-or-nothing VM sets failed (their pending members removed), by reason.", ["reason"])
 SETS_WAITING = Gauge("quanta_scheduler_sets_waiting",
                      "All-or-nothing VM sets pending because not all their members fit now.", ["shard"])
+HOLDS = Gauge("quanta_scheduler_holds",
+              "Plans' holds this process sees live (their room on hosts is taken by no other placement).")

@@ -19,6 +19,13 @@ record PLACED; a set that does not fit takes nothing, its record and members say
 why, and waits for capacity; at its deadline (a delayed work queue item, no polling)
 the set is failed in one txn that removes its pending members and releases their
 quota. A member of a PLACED set that is queued again (e.g. evicted) is placed alone.
+
+A set created with a plan (its members' ``VmSpec.plan``): the plan's hold is read
+when the shard meets the set. While it lasts, each member goes on the host the plan
+recorded, the plan's held room counting as free for its own members (``place_planned``),
+and the set's one txn also consumes the hold (``bindings.bind_set``: the key deleted,
+``holds[plan]`` gone from every planned host's allocation). Once the hold's key is
+gone the set is placed as any set.
 """
 
 from __future__ import annotations
@@ -28,11 +35,11 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 
 from controlplane.etcd import Compacted, EtcdError
 from controlplane.etcd.outages import ride_out
-from controlplane.models import HostAllocation, VmRef, VmSet, VmSetRef, VmSetState, VmSpec, now_ns
+from controlplane.models import HeldRoom, Hold, Resources, VmRef, VmSet, VmSetRef, VmSetState, VmSpec, now_ns
 from controlplane.store.errors import NotFound
 from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore, SetRead
 from controlplane.store.shards import ShardLock
@@ -40,7 +47,22 @@ from controlplane.store.zones import ZoneCount, ZoneGroupId
 from controlplane.workqueue import WorkQueue
 from scheduler import metrics
 from scheduler.hostsync import HostSync
-from scheduler.placement import PlacementRequest, Scorer, SetMember, ZoneCounts, admit, place, place_set, spread
+from scheduler.placement import (
+    HostSnapshot,
+    HostView,
+    Placement,
+    PlacementRequest,
+    Scorer,
+    SetMember,
+    SetPlacement,
+    ZoneCounts,
+    admit,
+    place,
+    place_set,
+    spread,
+)
+from scheduler.placement.sets import forget as forget_placed
+from scheduler.placement.sets import resolved
 from scheduler.zonesync import ZoneSync
 
 log = logging.getLogger(__name__)
@@ -74,6 +96,51 @@ def _set_of(spec: VmSpec) -> VmSetRef:
 def _pending_set(read: SetRead | None) -> bool:
     """Whether members of a set with this record (None: not read yet) are placed as a set."""
     return read is None or (read.vm_set is not None and read.vm_set.state == VmSetState.PENDING)
+
+
+def _released(snapshot: HostSnapshot, room: HeldRoom | None) -> HostSnapshot:
+    """``snapshot`` with ``room`` (held for the members being placed) counted as free."""
+    if room is None:
+        return snapshot
+    return snapshot.with_allocated(Resources() - room.resources, -room.vm_count,
+                                   {group: -n for group, n in room.groups.items()})
+
+
+def place_planned(members: Sequence[SetMember[VmRef]], planned: Mapping[VmRef, str], view: HostView,
+                  counts: ZoneCounts, held: Mapping[str, HeldRoom], *, rng: random.Random,
+                  scorer: Scorer = spread) -> SetPlacement[VmRef]:
+    """Place each member on the host its plan recorded (``planned``), all or none, as
+    ``place_set`` does over the fleet: the filters decide on that one host, with the
+    room the plan holds there (``held``, by host: as the view counts it) free for the
+    plan's own members, each member assumed before the next is placed. A member the
+    plan does not name, or whose host left the view, fits nowhere. Pure but for
+    ``view`` and ``counts`` (assumed when the whole set fits, untouched otherwise)."""
+    hosts: dict[str, HostSnapshot] = {}
+    placed: list[tuple[SetMember[VmRef], str, str]] = []
+    missing: list[tuple[VmRef, Placement]] = []
+    for member in members:
+        host_id = planned.get(member.key)
+        snapshot = hosts.get(host_id) if host_id is not None else None
+        if snapshot is None and host_id is not None and (current := view.get(host_id)) is not None:
+            snapshot = _released(current, held.get(host_id))
+        if host_id is None or snapshot is None:
+            missing.append((member.key, Placement(None, 0.0, {"NotPlanned" if host_id is None else "HostGone": 1},
+                                                  1, 1)))
+            continue
+        request = resolved(member, counts)
+        on_host = place(request, [snapshot], rng=rng, scorer=scorer)
+        if on_host.host_id is None:
+            missing.append((member.key, on_host))
+            continue
+        group = request.anti_affinity_group
+        hosts[host_id] = snapshot.with_allocated(request.resources, 1, {group: 1} if group else {})
+        view.assume(host_id, request.resources, group=group)
+        counts.assume(snapshot.zone, member.zone_group)
+        placed.append((member, host_id, snapshot.zone))
+    if missing:
+        forget_placed(view, counts, placed)
+        return SetPlacement([], missing, len(members))
+    return SetPlacement([(m.key, host, zone) for m, host, zone in placed], [], len(members))
 
 
 class _ZoneKeys:
@@ -432,14 +499,25 @@ class ShardScheduler:
         if not members:
             return  # every member deleted: its deadline ends it
         self._sets_waiting.pop(set_ref, None)
+        plan = members[0].spec.plan
+        hold = await self._store.read_hold(plan) if plan else None
+        members = self._members_of(vm_set)  # again: members may have gone while the hold was read
+        if not members:
+            return
         view, counts = self._hosts.view, self._zones.counts
-        placement = place_set([SetMember(vm.spec.ref, _request(vm, counts), vm.spec.zone_group,
-                                         vm.spec.zone_affinity_group) for vm in members],
-                              view, counts, rng=self._rng, scorer=self._scorer)
+        set_members = [SetMember(vm.spec.ref, _request(vm, counts), vm.spec.zone_group, vm.spec.zone_affinity_group)
+                       for vm in members]
+        if hold is not None:
+            placement = place_planned(set_members, self._planned(hold), view, counts, self._held(plan),
+                                      rng=self._rng, scorer=self._scorer)
+        else:
+            placement = place_set(set_members, view, counts, rng=self._rng, scorer=self._scorer)
         if not placement.fits:
             self._sets_waiting[set_ref] = None
             self._hosts.turned_away += 1
             message = placement.message(lambda ref: ref.vm_id)
+            if hold is not None:
+                message = f"on the hosts of plan {plan}: {message}"
             if self._set_told.get(set_ref) != message:
                 log.info("set does not fit", extra={"shard": self.shard, "set": set_ref.name, "why": message})
                 written = await self._store.write_set_shortfall(vm_set, revision, "SetDoesNotFit", message)
@@ -457,9 +535,15 @@ class ShardScheduler:
         for ref, host, zone in placement.hosts:
             by_host[host].append(by_ref[ref])
             zone_of_host[host] = zone
+        if hold is not None:
+            # Planned hosts left without members (deleted ones) give their held room back too.
+            for host in sorted({vm.host for vm in hold.vms} - by_host.keys()):
+                if self._hosts.allocation(host) is not None:
+                    by_host[host] = []
         binds = self._host_binds(by_host, zone_of_host)
         try:
-            result = await self._store.bind_set(self._lock.fence(), vm_set, revision, binds)
+            result = await self._store.bind_set(self._lock.fence(), vm_set, revision, binds,
+                                                plan=plan if hold is not None else "")
         except BaseException:
             self._forget_all(binds)
             raise
@@ -494,23 +578,42 @@ class ShardScheduler:
             self._drop(vm.spec.ref)
         self._forget_set(set_ref)
         log.info("set bound", extra={"shard": self.shard, "set": set_ref.name, "vms": len(members),
-                                     "hosts": len(binds), "revision": result.revision})
+                                     "hosts": len(binds), "plan": plan if hold is not None else "",
+                                     "revision": result.revision})
+
+    def _planned(self, hold: Hold) -> dict[VmRef, str]:
+        """Each VM of ``hold``'s plan and the host it was planned on."""
+        return {VmRef(hold.tenant, hold.project, vm.vm_id): vm.host for vm in hold.vms}
+
+    def _held(self, plan: str) -> dict[str, HeldRoom]:
+        """The room ``plan`` holds on each host as the view counts it (only while this
+        process sees the plan live: else the view counts none of it)."""
+        if plan not in self._hosts.plans:
+            return {}
+        held = {}
+        for host in {vm.host for vm in self._hosts.plans[plan].vms}:
+            stored = self._hosts.allocation(host)
+            room = stored[0].holds.get(plan) if stored is not None else None
+            if room is not None:
+                held[host] = room
+        return held
 
     def _host_binds(self, by_host: dict[str, list[QueuedVm]], zone_of_host: dict[str, str]) -> list[HostBind]:
-        """Each host's bind, from its allocation and zone counts as committed (never
-        with the assumptions of the placements being bound)."""
-        view = self._hosts.view
+        """Each host's bind, from its allocation (holds included) and zone counts as
+        committed (never with the assumptions of the placements being bound)."""
         counts = self._zones.counts
         binds = []
         for host, vms in by_host.items():
-            committed = view.committed(host)
-            if committed is None:  # placed on just now, with no await since
+            stored = self._hosts.allocation(host)
+            if stored is None:  # placed on just now, with no await since
                 raise KeyError(host)
-            allocation = HostAllocation(committed.allocated, committed.vm_count, committed.groups)
+            allocation, alloc_revision = stored
             zone = zone_of_host.get(host, "")
             zone_counts = {(zone, g): ZoneCount(*counts.committed(zone, g))
                            for vm in vms for g in (vm.spec.zone_group, vm.spec.zone_affinity_group) if zone and g}
-            binds.append(HostBind(host, committed.alloc_revision, allocation, vms, zone, zone_counts))
+            # The live plans as this process sees them: a bind drops a stale hold (its
+            # key compared absent), never a live one.
+            binds.append(HostBind(host, alloc_revision, allocation, vms, zone, zone_counts, live=self._hosts.plans))
         return binds
 
     async def _fail_set(self, vm_set: VmSet, revision: int, members: list[QueuedVm], reason: str,

@@ -19,7 +19,11 @@ the rules every writer of a host's bindings obeys.
   already running on the host is bound with no queue entry.
 - **bind a set** (``bind_set``, the scheduler): the members of an all-or-nothing set,
   on several hosts, in ONE flat txn: each host as ``bind``, each zone group count
-  compared and written once with the whole set's delta, the set's record rewritten.
+  compared and written once with the whole set's delta, the set's record rewritten;
+  a set created with a plan consumes the plan's hold in the same txn.
+- **holds** (``holds.py``): every change of an allocation carries the holds of live
+  plans; a bind drops a stale one only comparing its key absent. Unbinds, moves and
+  resizes keep every hold (they do not know which plans are live).
 - **remove pending** (``remove_pending``, a set failed at its deadline): a pending
   VM's spec, status, queue entry and bootstrap data go (quota: the caller's charge).
 
@@ -45,7 +49,7 @@ Pure: no I/O. Used by ``SchedulingStore.bind``, ``AgentStore.remove_destroyed``,
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from controlplane.etcd import ops, prefix_end
@@ -54,6 +58,7 @@ from controlplane.models import (
     Binding,
     BootstrapFormat,
     BootstrapSummary,
+    HeldRoom,
     HostAllocation,
     Resources,
     Scope,
@@ -62,7 +67,7 @@ from controlplane.models import (
     VmState,
     VmStatus,
 )
-from controlplane.store import bootstrap
+from controlplane.store import bootstrap, holds
 from controlplane.store.errors import HostFull
 from controlplane.store.keys import Keys
 from controlplane.store.tombstones import DELETED, MOVED, tombstone_put
@@ -98,6 +103,10 @@ class HostRead:
     host: str
     allocation: HostAllocation = HostAllocation()
     revision: int = 0  # the allocation key's mod_revision (0: absent)
+    # The plans the writer knows live (their holds/{plan} key exists): a bind drops a
+    # hold of any other plan from the allocation, comparing its key absent
+    # (``holds.keep_live``); None: the writer does not know, every hold is kept.
+    live: Container[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,15 +211,17 @@ def _zone_binds(keys: Keys, zone_counts: Mapping[ZoneGroupId, ZoneCount], deltas
 
 
 def _host_binds(keys: Keys, host: HostRead, vms: Sequence[tuple[VmSpec, int]], *, zone: str, at: int,
-                adopting: bool) -> tuple[list[Compare], list[RequestOp], HostAllocation]:
+                adopting: bool, plan: str = "") -> tuple[list[Compare], list[RequestOp], HostAllocation]:
     """The host part of a bind (everything but the zone group counts): the host's
     allocation compared and written once, that it is neither dead nor in maintenance,
-    each VM's queue entry compared and deleted, its binding and status written."""
+    each VM's queue entry compared and deleted, its binding and status written. Holds
+    of live plans are carried; a stale one is dropped with its key compared absent
+    (``holds.keep_live``); ``plan``'s hold is consumed (dropped, not compared here)."""
     k = keys
+    allocation, hold_compares = holds.keep_live(k, holds.consume(host.allocation, plan), host.live)
     compares = [ops.mod_revision_is(k.host_alloc(host.host), host.revision), ops.absent(k.host_dead(host.host)),
-                *([] if adopting else [ops.absent(k.host_maintenance(host.host))])]
+                *([] if adopting else [ops.absent(k.host_maintenance(host.host))]), *hold_compares]
     writes: list[RequestOp] = []
-    allocation = host.allocation
     for spec, queue_revision in vms:
         queue_key = k.queue(spec.shard, spec.ref)
         allocation = allocation.plus(spec.resources, group=spec.host_group)
@@ -249,7 +260,7 @@ class SetTxn:
 
 
 def bind_set(keys: Keys, hosts: Sequence[SetHost], *, zone_counts: Mapping[ZoneGroupId, ZoneCount],
-             record: tuple[bytes, int, bytes], at: int, guard: Sequence[Compare] = ()) -> SetTxn:
+             record: tuple[bytes, int, bytes], at: int, guard: Sequence[Compare] = (), plan: str = "") -> SetTxn:
     """Bind every member of an all-or-nothing set, onto several hosts, in one flat txn:
     all or none. The per-host rules are ``bind``'s; what differs is that a zone group
     count that members on several hosts of one zone change (or rely on) is compared
@@ -257,7 +268,13 @@ def bind_set(keys: Keys, hosts: Sequence[SetHost], *, zone_counts: Mapping[ZoneG
     twice). ``zone_counts``: the counts of every host's ``bind_zone_ids`` as read.
     ``record``: (key, mod_revision as read, new value) of the set's record, compared
     and rewritten (PLACED) in the same txn; ``guard``: the caller's compares (its
-    shard's fence). Raises ValueError when a host appears twice."""
+    shard's fence).
+
+    ``plan``: the set is the plan's (CreateVms with a plan): its hold is consumed in
+    the same txn: ``holds[plan]`` leaves the allocation of every host of ``hosts``
+    (a planned host without members is a SetHost with no VMs), so an allocation grows
+    only by what its members take beyond the hold; ``holds/{plan}`` is compared
+    present and deleted. Raises ValueError when a host appears twice."""
     if len({h.host.host for h in hosts}) != len(hosts):
         raise ValueError("a set bind names each host once")
     deltas: dict[ZoneGroupId, int] = {}
@@ -270,10 +287,14 @@ def bind_set(keys: Keys, hosts: Sequence[SetHost], *, zone_counts: Mapping[ZoneG
     record_key, record_revision, record_value = record
     compares = [*guard, ops.mod_revision_is(record_key, record_revision), *compares]
     writes.append(ops.put(record_key, record_value))
+    if plan:
+        plan_compares, plan_writes = holds.consume_key(keys, plan)
+        compares += plan_compares
+        writes += plan_writes
     allocations = {}
     for h in hosts:
         host_compares, host_writes, allocations[h.host.host] = _host_binds(keys, h.host, h.vms, zone=h.zone, at=at,
-                                                                            adopting=False)
+                                                                            adopting=False, plan=plan)
         compares += host_compares
         writes += host_writes
     return SetTxn(compares, writes, allocations, after)
@@ -391,6 +412,13 @@ def _worst_spec(i: int) -> VmSpec:
                   bootstrap=BootstrapSummary(BootstrapFormat.CLOUD_INIT, 1, b"\0" * 32))
 
 
+def _worst_host(name: str) -> HostRead:
+    """A host whose allocation carries more stale holds than a change drops: each
+    change of it pays the most hold compares."""
+    stale = {f"stale{i}": HeldRoom(Resources(1, 1, 1), 1) for i in range(holds.STALE_PER_CHANGE + 1)}
+    return HostRead(name, HostAllocation(holds=stale), 1, live=())
+
+
 def _fixed_and_each(cost_of) -> tuple[Cost, Cost]:
     one, two = cost_of(1), cost_of(2)
     each = two - one
@@ -400,7 +428,7 @@ def _fixed_and_each(cost_of) -> tuple[Cost, Cost]:
 @functools.cache
 def _bind_costs() -> tuple[Cost, Cost]:
     keys = Keys("/")
-    return _fixed_and_each(lambda n: bind(keys, HostRead("h"), [(_worst_spec(i), 1) for i in range(n)], zone="z",
+    return _fixed_and_each(lambda n: bind(keys, _worst_host("h"), [(_worst_spec(i), 1) for i in range(n)], zone="z",
                                           zone_counts={}, at=0).cost)
 
 
@@ -424,8 +452,8 @@ def _set_bind_costs() -> tuple[Cost, Cost]:
 
     def cost(n: int) -> Cost:
         # Each member on a host of its own, in a zone of its own: nothing shared.
-        hosts = [SetHost(HostRead(f"h{i}"), f"z{i}", [(_worst_spec(i), 1)]) for i in range(n)]
-        return bind_set(keys, hosts, zone_counts={}, record=(b"/s", 1, b""), at=0).cost
+        hosts = [SetHost(_worst_host(f"h{i}"), f"z{i}", [(_worst_spec(i), 1)]) for i in range(n)]
+        return bind_set(keys, hosts, zone_counts={}, record=(b"/s", 1, b""), at=0, plan="p").cost
 
     return _fixed_and_each(cost)
 
@@ -435,8 +463,8 @@ def set_bind_worst(keys: Keys, specs: Sequence[VmSpec]) -> Cost:
     built with each member on a host and in a zone of its own (nothing shared), for
     these members (a member without zone groups costs less than :func:`set_bind_cost`
     assumes). Pure."""
-    hosts = [SetHost(HostRead(f"h{i}"), f"z{i}", [(spec, 1)]) for i, spec in enumerate(specs)]
-    return bind_set(keys, hosts, zone_counts={}, record=(b"/s", 1, b""), at=0).cost
+    hosts = [SetHost(_worst_host(f"h{i}"), f"z{i}", [(spec, 1)]) for i, spec in enumerate(specs)]
+    return bind_set(keys, hosts, zone_counts={}, record=(b"/s", 1, b""), at=0, plan="p").cost
 
 
 def set_bind_cost(members: int) -> Cost:

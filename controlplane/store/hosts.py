@@ -1,5 +1,6 @@
 """Hosts as stored: an agent's registration (under its heartbeat lease) and the
-allocation the scheduler and agent keep with the host's bindings."""
+allocation the scheduler and agent keep with the host's bindings; and the plans'
+holds (holds/{plan}) whose room is in those allocations, as the scheduler follows them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
-from controlplane.models import HostAllocation, HostRegistration
+from controlplane.models import Hold, HostAllocation, HostRegistration
 from controlplane.store.errors import Conflict, HostAlive, HostNotEmpty, NotFound
 from controlplane.store.keys import Keys
 
@@ -193,6 +194,20 @@ class HostStore:
         moves the VMs off (scheduler.lifecycle). Idempotent."""
         k = self._keys
         await self._etcd.txn([], [ops.put(k.host_maintenance(host), b""), ops.put(k.host_drain(host), b"")])
+
+    async def list_holds(self) -> tuple[dict[str, Hold], int]:
+        """Every live hold by plan id, and the revision read at."""
+        kvs, revision = await self._etcd.range_prefix(self._keys.holds_prefix())
+        prefix = len(self._keys.holds_prefix())
+        return {kv.key[prefix:].decode(): Hold.from_bytes(kv.value) for kv in kvs}, revision
+
+    async def watch_holds(self, start_revision: int) -> AsyncIterator[builtins.list[tuple[str, Hold | None]]]:
+        """Holds made (plan, Hold) and ended (plan, None: lease expired or consumed) from
+        ``start_revision``, per watch response. Raises Compacted (re-list then)."""
+        prefix = self._keys.holds_prefix()
+        async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
+            yield [(event.kv.key[len(prefix):].decode(), None if event.is_delete else Hold.from_bytes(event.kv.value))
+                   for event in batch.events]
 
     async def watch(self, start_revision: int, table: HostTable
                     ) -> AsyncIterator[tuple[builtins.list[HostRecord | str], int]]:

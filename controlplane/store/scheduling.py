@@ -17,12 +17,23 @@ members, releases their quota (``UsageLedger``) and writes the record FAILED.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.etcd.ops import Compare
-from controlplane.models import HostAllocation, VmRef, VmSet, VmSetRef, VmSetState, VmSpec, VmState, VmStatus, now_ns
+from controlplane.models import (
+    Hold,
+    HostAllocation,
+    VmRef,
+    VmSet,
+    VmSetRef,
+    VmSetState,
+    VmSpec,
+    VmState,
+    VmStatus,
+    now_ns,
+)
 from controlplane.store import bindings
 from controlplane.store.bindings import HostRead, SetHost
 from controlplane.store.keys import Keys
@@ -60,6 +71,9 @@ class HostBind:
     # Zone group counts as placement read them: those the VMs' zone_group and
     # zone_affinity_group name in ``zone`` (absent from the map: read as absent).
     zone_counts: Mapping[ZoneGroupId, ZoneCount] = field(default_factory=dict)
+    # The plans the scheduler knows live: a stale hold in ``committed`` is dropped by
+    # the bind, its key compared absent (``holds.keep_live``); None: every hold kept.
+    live: Container[str] | None = None
 
     def zone_ids(self) -> set[ZoneGroupId]:
         """The zone group counts this bind compares."""
@@ -128,7 +142,7 @@ class SchedulingStore:
         (another bind or an unbind on that host, or the VM left the queue).
         """
         at = now_ns()
-        built = [bindings.bind(self._keys, HostRead(b.host, b.committed, b.alloc_revision),
+        built = [bindings.bind(self._keys, HostRead(b.host, b.committed, b.alloc_revision, b.live),
                                [(vm.spec, vm.queue_revision) for vm in b.vms], zone=b.zone,
                                zone_counts=b.zone_counts, at=at) for b in binds]
         result = await self._etcd.txn([fence] if fence is not None else [], [t.nested() for t in built])
@@ -203,11 +217,14 @@ class SchedulingStore:
         fence compare and that one op, and etcd counts both."""
         return self._etcd.max_txn_ops - 1
 
-    async def bind_set(self, fence: Compare | None, vm_set: VmSet, set_revision: int, binds: Sequence[HostBind]
-                       ) -> SetBindResult:
+    async def bind_set(self, fence: Compare | None, vm_set: VmSet, set_revision: int, binds: Sequence[HostBind],
+                       *, plan: str = "") -> SetBindResult:
         """Bind every member of ``vm_set`` (as placed: ``binds``, one per host) and
         rewrite its record PLACED, compared by ``set_revision``, in ONE flat txn
-        (``bindings.bind_set``) nested under ``fence``: all or nothing.
+        (``bindings.bind_set``) nested under ``fence``: all or nothing. ``plan``: the
+        plan whose hold the set consumes in that txn (its key compared present and
+        deleted, ``holds[plan]`` dropped from each host of ``binds``: a planned host
+        without members is a HostBind with no VMs).
 
         Sends nothing and returns ``too_large`` when that txn would exceed the
         server's max_txn_ops (measured on the built txn). Not retried here."""
@@ -218,10 +235,10 @@ class SchedulingStore:
                        vm_set.deadline_ns, at, "", "", vm_set.request_id)
         zone_counts = {zg: count for b in binds for zg, count in b.zone_counts.items()}
         built = bindings.bind_set(
-            k, [SetHost(HostRead(b.host, b.committed, b.alloc_revision), b.zone,
+            k, [SetHost(HostRead(b.host, b.committed, b.alloc_revision, b.live), b.zone,
                         [(vm.spec, vm.queue_revision) for vm in b.vms]) for b in binds],
             zone_counts=zone_counts, record=(k.vm_set(ref.tenant, ref.project, ref.set_id), set_revision,
-                                             placed.to_bytes()), at=at)
+                                             placed.to_bytes()), at=at, plan=plan)
         cost = built.cost.ops
         if cost > self.set_bind_room():
             return SetBindResult(True, False, 0, too_large=True, cost=cost)
@@ -231,6 +248,13 @@ class SchedulingStore:
         if not result.nested(0).succeeded:
             return SetBindResult(True, False, result.revision, cost=cost)
         return SetBindResult(True, True, result.revision, built.allocations, built.zone_counts, cost=cost)
+
+    # --- plans' holds (holds/{plan}) ------------------------------------------------------
+
+    async def read_hold(self, plan: str) -> Hold | None:
+        """The plan's hold as it is now (None: ended or never made)."""
+        kv = await self._etcd.get(self._keys.hold(plan))
+        return Hold.from_bytes(kv.value) if kv is not None else None
 
     async def write_set_shortfall(self, vm_set: VmSet, set_revision: int, reason: str, message: str) -> int:
         """Record why a pending set does not fit on its record (compared by
