@@ -154,6 +154,12 @@ def parse_vm_set_name(name: str, field: str = "name") -> tuple[str, str, str]:
     return t, p, s
 
 
+def parse_plan_name(name: str, field: str = "plan") -> tuple[str, str, str]:
+    """``"tenants/{t}/projects/{p}/plans/{plan}"`` → ``(t, p, plan)``."""
+    t, p, plan = _parse(name, field, ("tenants", "projects", "plans"), RESOURCE_ID)
+    return t, p, plan
+
+
 def parse_host_name(name: str, field: str = "name") -> str:
     """``"hosts/{h}"`` → ``h``; host ids are DNS names (see :data:`HOST_ID`)."""
     (h,) = _parse(name, field, ("hosts",), HOST_ID)

@@ -246,8 +246,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 v.add(f"requests[{i}].validate_only", "set validate_only on the CreateVms request instead")
         mode = request.mode or vm_pb2.CreateVmsRequest.INDEPENDENT
         deadline_s = 0
+        plan = ""
         if mode == vm_pb2.CreateVmsRequest.INDEPENDENT:
-            for field in ("set_id", "request_id", "deadline"):
+            for field in ("set_id", "request_id", "deadline", "plan"):
                 if request.HasField(field) if field == "deadline" else getattr(request, field):
                     v.add(field, "only for mode ALL_OR_NOTHING (each create has its own request_id)")
         elif mode == vm_pb2.CreateVmsRequest.ALL_OR_NOTHING:
@@ -257,12 +258,17 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             deadline_s = v.capture(validation.duration_seconds, request.deadline.seconds, request.deadline.nanos,
                                    default=DEFAULT_SET_DEADLINE_S, maximum=MAX_SET_DEADLINE_S,
                                    field="deadline") or 0
+            if request.plan:
+                plan_name = v.capture(validation.parse_plan_name, request.plan)
+                if plan_name and parent and plan_name[:2] != parent:
+                    v.add("plan", "a plan of the call's parent")
+                plan = plan_name[2] if plan_name else ""
         else:
             v.add("mode", f"unknown mode {mode}; INDEPENDENT or ALL_OR_NOTHING")
         v.raise_if_any()
         tenant, project = v.valid(parent)
         if mode == vm_pb2.CreateVmsRequest.ALL_OR_NOTHING:
-            return await self._create_set(request, tenant, project, deadline_s)
+            return await self._create_set(request, tenant, project, deadline_s, plan)
         return await self._create_each(request, tenant, project)
 
     async def _create_each(self, request: vm_pb2.CreateVmsRequest, tenant: str,
@@ -311,9 +317,13 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         return vm_pb2.CreateVmsResponse(results=results)
 
     async def _create_set(self, request: vm_pb2.CreateVmsRequest, tenant: str, project: str,
-                          deadline_s: int) -> vm_pb2.CreateVmsResponse:
+                          deadline_s: int, plan: str) -> vm_pb2.CreateVmsResponse:
         """ALL_OR_NOTHING: every create valid, then the set and all its members admitted
-        in one transaction (VmSetStore.admit), or nothing; one audit record, the set's."""
+        in one transaction (VmSetStore.admit), or nothing; one audit record, the set's.
+        With a ``plan``: its hold must still exist, be the project's and name exactly
+        these VMs (ids, flavors, resources), else FAILED_PRECONDITION PLAN_EXPIRED or
+        PLAN_MISMATCH, nothing written; each member's spec names the plan (its shard
+        binds the set onto the plan's hosts and consumes the hold)."""
         set_id = request.set_id or f"set-{uuid.uuid4().hex[:16]}"
         uid = uuid.uuid4().hex
         shard = shard_of(uid, self._shards)
@@ -331,8 +341,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 v.add(f"{at}vm_id", f"{spec.ref.vm_id!r} is also the id of requests[{first[spec.ref.vm_id]}]")
                 continue
             first[spec.ref.vm_id] = i
-            members.append(Member(spec, data))
+            members.append(Member(replace(spec, plan=plan) if plan else spec, data))
         v.raise_if_any()
+        if plan:
+            await self._check_plan(request, tenant, project, plan, [m.spec for m in members])
         at_ns = now_ns()
         ref = VmSetRef(tenant, project, set_id)
         vm_set = VmSet(ref, uid, tuple(m.spec.ref.vm_id for m in members), shard, VmSetState.PENDING,
@@ -369,6 +381,28 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         return vm_pb2.CreateVmsResponse(
             results=[vm_pb2.CreateVmsResult(vm=vm_to_proto(record)) for record in admitted.vms],
             set=vm_set_to_proto(admitted.vm_set, admitted.revision))
+
+    async def _check_plan(self, request: vm_pb2.CreateVmsRequest, tenant: str, project: str, plan: str,
+                          specs: list[VmSpec]) -> None:
+        """Raise FAILED_PRECONDITION PLAN_EXPIRED when the plan's hold is gone (or is
+        another project's: not told apart, nothing leaks), PLAN_MISMATCH when it holds
+        room for other VMs than ``specs`` (by id, flavor and resources). A retry of a
+        create that was admitted (its request_id recorded) passes: its admission answers
+        as the first did, though its set consumed the hold since. Reads only."""
+        hold = await self._sets.hold(plan)
+        if hold is None or (hold.tenant, hold.project) != (tenant, project):
+            if request.request_id and await self._sets.made(tenant, project, request.request_id):
+                return
+            raise errors.failed_precondition(f"the hold of plan {request.plan} ended (or never was); plan again",
+                                             "PLAN_EXPIRED", metadata={"plan": request.plan})
+        planned = {vm.vm_id: (vm.flavor, vm.resources) for vm in hold.vms}
+        asked = {spec.ref.vm_id: (spec.flavor, spec.resources) for spec in specs}
+        if planned != asked:
+            differ = sorted(set(planned) ^ set(asked)) or sorted(i for i in asked if asked[i] != planned[i])
+            raise errors.failed_precondition(
+                f"plan {request.plan} holds room for other VMs than these (first difference: {differ[0]!r}); "
+                "create the VMs it was made for, or plan again", "PLAN_MISMATCH",
+                metadata={"plan": request.plan, "vm_id": differ[0]})
 
     async def GetVmSet(self, request: vm_pb2.GetVmSetRequest, context) -> vm_pb2.VmSet:
         tenant, project, set_id = validation.parse_vm_set_name(request.name)

@@ -27,6 +27,7 @@ from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import (
     BootstrapFormat,
+    Hold,
     Resources,
     VmRef,
     VmSet,
@@ -279,6 +280,16 @@ class VmSetStore:
         responses = await self._etcd.txn_chunked([ops.get(self._keys.vm_spec(r)) for r in refs])
         return next((r for r, response in zip(refs, responses, strict=True) if response.response_range.kvs),
                     None)
+
+    async def hold(self, plan: str) -> Hold | None:
+        """A plan's hold as it is now (holds/{plan}); None once it ended (its lease
+        expired or its set was bound) or if it never was."""
+        kv = await self._etcd.get(self._keys.hold(plan))
+        return Hold.from_bytes(kv.value) if kv is not None else None
+
+    async def made(self, tenant: str, project: str, request_id: str) -> bool:
+        """Whether a create with ``request_id`` was admitted (its request record is kept)."""
+        return await self._etcd.get(self._keys.request(tenant, project, request_id)) is not None
 
     async def get(self, ref: VmSetRef) -> tuple[VmSet, int]:
         """The set and its record's mod_revision. Raises NotFound."""

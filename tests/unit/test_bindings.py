@@ -1,15 +1,19 @@
 """The binding rules (``controlplane/store/bindings.py``) held against a model.
 
 Random sequences of bind (the scheduler, several hosts in one round trip), set bind
-(the scheduler: members of an all-or-nothing set on several hosts, one flat txn), set
-removal (a set failed at its deadline: pending members removed), remove
+(the scheduler: members of an all-or-nothing set on several hosts, one flat txn,
+consuming a plan's hold or not), a plan's hold (room held on hosts while its key
+lives), a hold's end (its key gone), set removal (a set failed at its deadline:
+pending members removed), remove
 (the agent, after destroying VMs), requeue (the agent, after destroying evicted VMs)
 and move (the host evictor: some requeued, some removed, under a fence) are built by
 the module from reads that may be stale, as racing writers' are, and applied to an
 interpreter of etcd's transaction rules. After every step the host allocations and
 the zone group counts must equal what the bindings imply, every VM must be in
-exactly one place (queue, one host, or gone), and no transaction may exceed
-``--max-txn-ops`` under the budgets the module derives.
+exactly one place (queue, one host, or gone), every live plan's hold must be in the
+allocation of each host it was made on (a hold is dropped only once its key is gone,
+which the dropping txn compares), and no transaction may exceed ``--max-txn-ops``
+under the budgets the module derives.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from controlplane.models import (
     Binding,
     BootstrapFormat,
     BootstrapSummary,
+    HeldRoom,
     HostAllocation,
     Resources,
     Scope,
@@ -151,6 +156,26 @@ class BindingMachine(RuleBasedStateMachine):
         for spec in self.specs:
             self._create(spec)
         self.history = [copy.copy(self.etcd.kv)]
+        self.plans: dict[str, dict[str, HeldRoom]] = {}  # every plan made: its room per host
+        # A plan held from the start, which a writer whose holds view lags does not know yet.
+        assert self._make_hold(self.history[0], ["h1", "h3"], HeldRoom(Resources(1, 1, 1), 1, {"g1": 1}))
+        self._committed()
+
+    def _make_hold(self, read: dict, hosts: list[str], room: HeldRoom) -> bool:
+        """What PlanVms writes for a plan: its key, and its room in each planned host's
+        allocation as read, in one txn compared by those allocations."""
+        plan = f"plan{len(self.plans)}"
+        compares, writes = [ops.absent(KEYS.hold(plan))], [ops.put(KEYS.hold(plan), plan.encode())]
+        for host in hosts:
+            before = self._host(read, host)
+            compares.append(ops.mod_revision_is(KEYS.host_alloc(host), before.revision))
+            writes.append(ops.put(KEYS.host_alloc(host), replace(
+                before.allocation, holds={**before.allocation.holds, plan: room}).to_bytes()))
+        self.plans[plan] = {}
+        if not self.etcd.txn(compares, writes)[0]:
+            return False
+        self.plans[plan] = {host: room for host in hosts}
+        return True
 
     def _create(self, spec: VmSpec) -> None:
         status = VmStatus(VmState.PENDING, accepted_time_ns=1)
@@ -168,9 +193,15 @@ class BindingMachine(RuleBasedStateMachine):
         self.history.append(copy.copy(self.etcd.kv))
 
     @staticmethod
-    def _host(read: dict, host: str) -> HostRead:
+    def _host(read: dict, host: str, live: set[str] | None = None) -> HostRead:
         kv = read.get(KEYS.host_alloc(host))
-        return HostRead(host, HostAllocation.from_bytes(kv[0]), kv[2]) if kv else HostRead(host)
+        return HostRead(host, HostAllocation.from_bytes(kv[0]), kv[2], live) if kv else HostRead(host, live=live)
+
+    def _live(self, lag: int) -> set[str]:
+        """The plans live as a writer saw them (its view of holds/ lags on its own, as
+        the scheduler's holds watch does next to its hosts watch)."""
+        read = self._read(lag)
+        return {plan for plan in self.plans if KEYS.hold(plan) in read}
 
     @staticmethod
     def _counts(read: dict, ids) -> dict:
@@ -182,10 +213,12 @@ class BindingMachine(RuleBasedStateMachine):
 
     # --- the writers ----------------------------------------------------------------------
 
-    @rule(data=st.data(), lag=st.integers(0, 3))
-    def bind(self, data, lag: int) -> None:
-        """The scheduler: queued VMs (as it read the queue) onto hosts, one nested txn per host."""
+    @rule(data=st.data(), lag=st.integers(0, 3), live_lag=st.integers(0, 3))
+    def bind(self, data, lag: int, live_lag: int) -> None:
+        """The scheduler: queued VMs (as it read the queue) onto hosts, one nested txn per
+        host, dropping holds of plans it does not see live."""
         read = self._read(lag)
+        live = self._live(live_lag)
         queued = [VmSpec.from_bytes(read[key][0]) for key in (KEYS.queue(s.shard, s.ref) for s in self.specs)
                   if key in read]
         max_hosts, per_host = bindings.bind_limits(MAX_TXN_OPS)
@@ -214,7 +247,7 @@ class BindingMachine(RuleBasedStateMachine):
         built = []
         for host, specs in by_host.items():
             zone = HOSTS[host]
-            built.append(bindings.bind(KEYS, self._host(read, host),
+            built.append(bindings.bind(KEYS, self._host(read, host, live),
                                        [(s, read[KEYS.queue(s.shard, s.ref)][2]) for s in specs], zone=zone,
                                        zone_counts=self._counts(read, bindings.bind_zone_ids(zone, specs)), at=1))
         fenced, committed = self.etcd.txn([ops.present(FENCE)], [t.nested() for t in built])
@@ -227,24 +260,29 @@ class BindingMachine(RuleBasedStateMachine):
                 self._check_left(txn)
         self._committed()
 
-    @rule(data=st.data(), lag=st.integers(0, 3))
-    def bind_set(self, data, lag: int) -> None:
+    @rule(data=st.data(), lag=st.integers(0, 3), live_lag=st.integers(0, 3))
+    def bind_set(self, data, lag: int, live_lag: int) -> None:
         """The scheduler: queued members of a set onto hosts (several per host and per
-        zone), in ONE flat txn nested under the fence, with the set's record rewritten."""
+        zone), in ONE flat txn nested under the fence, with the set's record rewritten;
+        a set made with a plan it saw live consumes the plan's hold on every planned
+        host (with members or not)."""
         read = self._read(lag)
+        live = self._live(live_lag)
         queued = [VmSpec.from_bytes(read[key][0]) for key in (KEYS.queue(s.shard, s.ref) for s in self.specs)
                   if key in read]
         if not queued:
             return
         members = data.draw(st.lists(st.sampled_from(queued), min_size=1, max_size=4, unique_by=lambda s: s.ref))
-        by_host: dict[str, list[VmSpec]] = {}
+        plan = data.draw(st.sampled_from(["", *sorted(live)]))
+        by_host: dict[str, list[VmSpec]] = {h: [] for h in self.plans.get(plan, {})}
         for spec in members:
             by_host.setdefault(data.draw(st.sampled_from(list(HOSTS))), []).append(spec)
         ids = set().union(*(bindings.bind_zone_ids(HOSTS[h], specs) for h, specs in by_host.items()))
         built = bindings.bind_set(
-            KEYS, [bindings.SetHost(self._host(read, h), HOSTS[h], [(s, read[KEYS.queue(s.shard, s.ref)][2])
-                                                                     for s in specs]) for h, specs in by_host.items()],
-            zone_counts=self._counts(read, ids), record=(SET_KEY, read[SET_KEY][2], b"placed"), at=1)
+            KEYS, [bindings.SetHost(self._host(read, h, live), HOSTS[h],
+                                    [(s, read[KEYS.queue(s.shard, s.ref)][2]) for s in specs])
+                   for h, specs in by_host.items()],
+            zone_counts=self._counts(read, ids), record=(SET_KEY, read[SET_KEY][2], b"placed"), at=1, plan=plan)
         if built.cost.ops > MAX_TXN_OPS - 1:
             return  # the store sends no such txn (the scheduler fails the set instead)
         fenced, committed = self.etcd.txn([ops.present(FENCE)], [ops.txn(built.compares, built.writes)])
@@ -259,8 +297,28 @@ class BindingMachine(RuleBasedStateMachine):
                 kv = self.etcd.kv.get(KEYS.zone_group(*zg))
                 assert (decode(kv[0]) if kv else 0) == n
             assert self.etcd.kv[SET_KEY][0] == b"placed"
+            if plan:  # consumed in the same txn: its key and its room on every planned host
+                assert KEYS.hold(plan) not in self.etcd.kv
+                assert all(plan not in built.allocations[h].holds for h in self.plans[plan])
             self.etcd.kv[SET_KEY] = (b"pending", *self.etcd.kv[SET_KEY][1:])  # the next set, in the model
             self._committed()
+
+    @rule(data=st.data(), lag=st.integers(0, 3),
+          room=st.builds(HeldRoom, st.builds(Resources, st.integers(1, 3), st.integers(1, 3), st.integers(0, 3)),
+                         st.integers(1, 2), st.sampled_from([{}, {"g1": 1}, {"g2": 2}])))
+    def hold(self, data, lag: int, room: HeldRoom) -> None:
+        """A plan's hold, on one or two hosts as read."""
+        hosts = data.draw(st.lists(st.sampled_from(list(HOSTS)), min_size=1, max_size=2, unique=True))
+        if self._make_hold(self._read(lag), hosts, room):
+            self._committed()
+
+    @precondition(lambda self: any(KEYS.hold(plan) in self.etcd.kv for plan in self.plans))
+    @rule(data=st.data())
+    def hold_ends(self, data) -> None:
+        """A hold's lease expires: its key goes, its room stays in the allocations (stale)."""
+        plan = data.draw(st.sampled_from(sorted(p for p in self.plans if KEYS.hold(p) in self.etcd.kv)))
+        assert self.etcd.txn([], [ops.delete(KEYS.hold(plan))])[0]
+        self._committed()
 
     @rule(data=st.data(), lag=st.integers(0, 3))
     def fail_set(self, data, lag: int) -> None:
@@ -411,10 +469,24 @@ class BindingMachine(RuleBasedStateMachine):
                     counts[(b.zone, b.spec.zone_group)] = counts.get((b.zone, b.spec.zone_group), 0) + 1
         for host, allocation in implied.items():
             kv = self.etcd.kv.get(KEYS.host_alloc(host))
-            assert (HostAllocation.from_bytes(kv[0]) if kv else HostAllocation()) == allocation, host
+            stored = HostAllocation.from_bytes(kv[0]) if kv else HostAllocation()
+            assert replace(stored, holds={}) == allocation, host
         stored = {KEYS.parse_zone_group_key(key): decode(value) for key, (value, *_rest) in self.etcd.kv.items()
                   if key.startswith(KEYS.zones_prefix())}
         assert stored == counts
+
+    @invariant()
+    def a_live_hold_stays_where_it_was_made(self) -> None:
+        """Every hold in an allocation is one a plan made there, unchanged; while the
+        plan's key lives, each host it was made on still holds it."""
+        for host in HOSTS:
+            kv = self.etcd.kv.get(KEYS.host_alloc(host))
+            for plan, room in (HostAllocation.from_bytes(kv[0]).holds if kv else {}).items():
+                assert self.plans[plan].get(host) == room, (host, plan)
+        for plan, rooms in self.plans.items():
+            if KEYS.hold(plan) in self.etcd.kv:
+                for host, room in rooms.items():
+                    assert HostAllocation.from_bytes(self.etcd.kv[KEYS.host_alloc(host)][0]).holds.get(plan) == room
 
     @invariant()
     def each_vm_is_in_exactly_one_place(self) -> None:
@@ -447,6 +519,13 @@ test_binding_rules_hold_against_the_model = BindingMachine.TestCase
 
 # --- budgets ------------------------------------------------------------------------------
 
+def stale_host(name: str) -> HostRead:
+    """A host whose allocation carries more stale holds (plans not live) than one
+    change drops: its binds pay the most hold compares."""
+    return HostRead(name, HostAllocation(holds={f"old{i}": HeldRoom(Resources(1, 1, 1), 1) for i in range(3)}), 1,
+                    live=())
+
+
 @pytest.mark.parametrize("limit", [8, 16, 128, 4096])
 def test_the_fullest_bind_fits_the_limit(limit: int) -> None:
     """Every host full of the costliest VMs (each counted in a zone group and relying
@@ -454,7 +533,7 @@ def test_the_fullest_bind_fits_the_limit(limit: int) -> None:
     hosts, per_host = bindings.bind_limits(limit)
     assert hosts >= 1 and per_host >= 1
     specs = [make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE, f"a{i}", Scope.ZONE) for i in range(per_host)]
-    group = bindings.bind(KEYS, HostRead("h"), [(s, 1) for s in specs], zone="z", zone_counts={}, at=0)
+    group = bindings.bind(KEYS, stale_host("h"), [(s, 1) for s in specs], zone="z", zone_counts={}, at=0)
     FakeEtcd._check([ops.present(FENCE)], [group.nested()] * hosts, limit)
     assert hosts + group.cost.ops <= limit
 
@@ -487,14 +566,17 @@ def test_the_largest_set_bind_fits_the_limit(limit: int) -> None:
     n = bindings.set_bind_limit(limit)
 
     def built(members: int) -> bindings.SetTxn:
-        hosts = [bindings.SetHost(HostRead(f"h{i}"), f"z{i}", [(make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE,
-                                                                          f"a{i}", Scope.ZONE), 1)])
+        hosts = [bindings.SetHost(stale_host(f"h{i}"), f"z{i}", [(make_spec(i, Resources(1, 1, 1), f"g{i}",
+                                                                           Scope.ZONE, f"a{i}", Scope.ZONE), 1)])
                  for i in range(members)]
-        return bindings.bind_set(KEYS, hosts, zone_counts={}, record=(SET_KEY, 1, b""), at=0)
+        return bindings.bind_set(KEYS, hosts, zone_counts={}, record=(SET_KEY, 1, b""), at=0, plan="p")
 
     txn = built(n)
+    assert txn.cost == bindings.set_bind_cost(n)
+    if bindings.set_bind_cost(1).ops > limit - 1:
+        return  # not even one such member fits (the set is refused at admission)
     FakeEtcd._check([ops.present(FENCE)], [ops.txn(txn.compares, txn.writes)], limit)
-    assert txn.cost == bindings.set_bind_cost(n) and txn.cost.ops <= limit - 1
+    assert txn.cost.ops <= limit - 1
     if limit >= 16:
         assert built(n + 1).cost.ops > limit - 1
 
@@ -585,3 +667,43 @@ def test_an_adopted_vm_is_bound_without_a_queue_entry_even_under_maintenance() -
     assert Binding.from_bytes(etcd.kv[KEYS.binding("h", spec.ref)][0]).zone == "z"
     assert HostAllocation.from_bytes(etcd.kv[KEYS.host_alloc("h")][0]).vm_count == 1
     assert decode(etcd.kv[KEYS.zone_group("z", spec.zone_group)][0]) == 1
+
+
+def test_a_bind_keeps_live_holds_drops_a_stale_one_comparing_its_key_absent_and_a_set_consumes_its_plan() -> None:
+    etcd = FakeEtcd()
+    spec = make_spec(1, Resources(1, 1, 1), "", Scope.HOST, "", Scope.HOST)
+    etcd.txn([], [ops.put(KEYS.queue(0, spec.ref), spec.to_bytes())])
+    live, stale = HeldRoom(Resources(2, 2, 2), 1, {"g": 1}), HeldRoom(Resources(3, 3, 3), 2)
+    before = HostAllocation(Resources(1, 1, 1), 1, holds={"live": live, "stale": stale})
+    etcd.txn([], [ops.put(KEYS.host_alloc("h1"), before.to_bytes()), ops.put(KEYS.hold("live"), b"")])
+    revision = etcd.kv[KEYS.host_alloc("h1")][2]
+    queued = etcd.kv[KEYS.queue(0, spec.ref)][2]
+    # A writer that does not know which plans are live keeps both, compares neither.
+    unknown = bindings.bind(KEYS, HostRead("h1", before, revision), [(spec, queued)], zone="", zone_counts={}, at=1)
+    assert unknown.allocation.holds == before.holds
+    assert not any(c.key.startswith(KEYS.holds_prefix()) for c in unknown.compares)
+    # Seen live: "live"; the stale one is dropped with holds/stale compared absent.
+    txn = bindings.bind(KEYS, HostRead("h1", before, revision, live={"live"}), [(spec, queued)], zone="",
+                        zone_counts={}, at=1)
+    assert txn.allocation.holds == {"live": live}
+    assert txn.allocation.resources == Resources(2, 2, 2) and txn.allocation.vm_count == 2
+    assert [c.key for c in txn.compares if c.key.startswith(KEYS.holds_prefix())] == [KEYS.hold("stale")]
+    # A lagging view that misses the live plan: the bind fails on the absent compare.
+    lagging = bindings.bind(KEYS, HostRead("h1", before, revision, live=()), [(spec, queued)], zone="",
+                            zone_counts={}, at=1)
+    assert "live" not in lagging.allocation.holds
+    assert not etcd.txn(lagging.compares, lagging.writes)[0]
+    assert etcd.txn(txn.compares, txn.writes)[0]
+    # The plan's set consumes it: the key compared present and deleted, its room gone.
+    etcd.kv[SET_KEY] = (b"pending", 1, 1, 1)
+    member = make_spec(2, Resources(1, 1, 1), "", Scope.HOST, "", Scope.HOST)
+    etcd.txn([], [ops.put(KEYS.queue(0, member.ref), member.to_bytes())])
+    after = HostRead("h1", txn.allocation, etcd.kv[KEYS.host_alloc("h1")][2], live={"live"})
+    set_txn = bindings.bind_set(KEYS, [bindings.SetHost(after, "", [(member, etcd.kv[KEYS.queue(0, member.ref)][2])])],
+                                zone_counts={}, record=(SET_KEY, 1, b"placed"), at=2, plan="live")
+    assert set_txn.allocations["h1"].holds == {}
+    assert set_txn.allocations["h1"].resources == Resources(3, 3, 3)  # grew by its member only, beyond the hold
+    assert etcd.txn(set_txn.compares, set_txn.writes)[0]
+    assert KEYS.hold("live") not in etcd.kv
+    # Built again (the hold ended meanwhile): refused as a whole.
+    assert not etcd.txn(set_txn.compares, set_txn.writes)[0]
