@@ -20,10 +20,12 @@ the rules every writer of a host's bindings obeys.
 - **bind a set** (``bind_set``, the scheduler): the members of an all-or-nothing set,
   on several hosts, in ONE flat txn: each host as ``bind``, each zone group count
   compared and written once with the whole set's delta, the set's record rewritten;
-  a set created with a plan consumes the plan's hold in the same txn.
+  a set created with a plan consumes the plan's hold in the same txn (other holds
+  are kept as they are: a set's budget is fixed at its admission).
 - **holds** (``holds.py``): every change of an allocation carries the holds of live
-  plans; a bind drops a stale one only comparing its key absent. Unbinds, moves and
-  resizes keep every hold (they do not know which plans are live).
+  plans; a (single) bind drops a stale one only comparing its key absent. Set binds,
+  unbinds, moves and resizes keep every hold (they do not know which plans are live,
+  or have no budget for the compare).
 - **remove pending** (``remove_pending``, a set failed at its deadline): a pending
   VM's spec, status, queue entry and bootstrap data go (quota: the caller's charge).
 
@@ -293,7 +295,10 @@ def bind_set(keys: Keys, hosts: Sequence[SetHost], *, zone_counts: Mapping[ZoneG
         writes += plan_writes
     allocations = {}
     for h in hosts:
-        host_compares, host_writes, allocations[h.host.host] = _host_binds(keys, h.host, h.vms, zone=h.zone, at=at,
+        # Every other hold is kept (no compare): a set's budget, measured at its
+        # admission, has no room for them; single binds drop the stale ones.
+        host = replace(h.host, live=None)
+        host_compares, host_writes, allocations[h.host.host] = _host_binds(keys, host, h.vms, zone=h.zone, at=at,
                                                                             adopting=False, plan=plan)
         compares += host_compares
         writes += host_writes
@@ -452,7 +457,7 @@ def _set_bind_costs() -> tuple[Cost, Cost]:
 
     def cost(n: int) -> Cost:
         # Each member on a host of its own, in a zone of its own: nothing shared.
-        hosts = [SetHost(_worst_host(f"h{i}"), f"z{i}", [(_worst_spec(i), 1)]) for i in range(n)]
+        hosts = [SetHost(HostRead(f"h{i}"), f"z{i}", [(_worst_spec(i), 1)]) for i in range(n)]
         return bind_set(keys, hosts, zone_counts={}, record=(b"/s", 1, b""), at=0, plan="p").cost
 
     return _fixed_and_each(cost)
@@ -463,7 +468,7 @@ def set_bind_worst(keys: Keys, specs: Sequence[VmSpec]) -> Cost:
     built with each member on a host and in a zone of its own (nothing shared), for
     these members (a member without zone groups costs less than :func:`set_bind_cost`
     assumes). Pure."""
-    hosts = [SetHost(_worst_host(f"h{i}"), f"z{i}", [(spec, 1)]) for i, spec in enumerate(specs)]
+    hosts = [SetHost(HostRead(f"h{i}"), f"z{i}", [(spec, 1)]) for i, spec in enumerate(specs)]
     return bind_set(keys, hosts, zone_counts={}, record=(b"/s", 1, b""), at=0, plan="p").cost
 
 
