@@ -102,9 +102,9 @@ def parse(text: str, base_dir: str, read: Callable[[str], bytes]) -> Manifest:
     seen: dict[str, str] = {}
     for index, entry in enumerate(entries):
         where = f"vms[{index}]"
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            where += f" ({entry['name']})"
         raw = _fields(entry, where)
-        if isinstance(raw.get("name"), str):
-            where += f" ({raw['name']})"
         merged = _merge(defaults, raw)
         for name, fields in _expand(merged, where):
             here = f"{where} {name}" if name != merged.get("name") else where
@@ -131,13 +131,13 @@ def _fields(entry: Any, where: str) -> dict[str, Any]:
 
 
 def _merge(defaults: Mapping[str, Any], vm: Mapping[str, Any]) -> dict[str, Any]:
-    """``vm`` over ``defaults``: maps merged key by key; for bootstrap data, the VM's
-    inline data or file replaces both of the defaults'."""
+    """``vm`` over ``defaults``: maps merged key by key; the VM's bootstrap data
+    (user data or ignition, inline or a file) replaces all of the defaults'."""
     out = dict(defaults)
-    for inline, path in DATA.items():
-        if inline in vm or path in vm:
-            out.pop(inline, None)
-            out.pop(path, None)
+    data_keys = {*DATA, *DATA.values()}
+    if data_keys & set(vm):
+        for key in data_keys:
+            out.pop(key, None)
     if "ssh_keys" in vm or "ssh_key_files" in vm:
         out.pop("ssh_keys", None)
         out.pop("ssh_key_files", None)
