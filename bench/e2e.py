@@ -345,19 +345,24 @@ class Bench:
             await self._run_requests("CreateVm", self.create, self._ids, make_create, self.rate)
             await self.create.complete.wait()
             return
-        # --batch N: CreateVms of N VMs per call (each VM with its request_id, the call with its own).
+        # --batch N: CreateVms of N VMs per call.
         batches = {f"batch-{i // self.batch:06d}": self._ids[i:i + self.batch]
                    for i in range(0, len(self._ids), self.batch)}
-        call_ids = {key: uuid.uuid4().hex for key in batches}
-        mode = vm_pb2.CreateVmsRequest.ALL_OR_NOTHING if self.all_or_nothing else vm_pb2.CreateVmsRequest.INDEPENDENT
+        # INDEPENDENT: each VM's request_id; all or nothing: the set's, which covers its members.
+        set_ids = {key: uuid.uuid4().hex for key in batches}
+        aon = self.all_or_nothing
 
         def make_batch(stub, key):
-            return stub.CreateVms(vm_pb2.CreateVmsRequest(
-                parent=self.parent, mode=mode, request_id=call_ids[key],
-                set_id=f"set-{key.removeprefix('batch-')}" if self.all_or_nothing else "",
-                requests=[vm_pb2.CreateVmRequest(vm_id=vm_id, request_id=request_ids[vm_id], vm=vm_of(vm_id))
-                          for vm_id in batches[key]]),
-                timeout=RPC_TIMEOUT_S * 6, metadata=self._md)
+            requests = [vm_pb2.CreateVmRequest(vm_id=vm_id, request_id="" if aon else request_ids[vm_id],
+                                               vm=vm_of(vm_id)) for vm_id in batches[key]]
+            if aon:
+                request = vm_pb2.CreateVmsRequest(
+                    parent=self.parent, mode=vm_pb2.CreateVmsRequest.ALL_OR_NOTHING, requests=requests,
+                    request_id=set_ids[key], set_id=f"set-{key.removeprefix('batch-')}")
+            else:
+                request = vm_pb2.CreateVmsRequest(parent=self.parent, mode=vm_pb2.CreateVmsRequest.INDEPENDENT,
+                                                  requests=requests)
+            return stub.CreateVms(request, timeout=RPC_TIMEOUT_S * 6, metadata=self._md)
 
         await self._run_requests("CreateVms", self.create, list(batches), make_batch, self.rate / self.batch,
                                  batches)

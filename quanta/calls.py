@@ -67,13 +67,14 @@ STUBS: dict[str, Callable[[Any], Any]] = {
 #: Methods retried on UNAVAILABLE: reads, verbs whose retry after an attempt that
 #: applied does no harm (DeleteVm: a VM being deleted is answered as it is, whatever
 #: its etag; a pending VM it removed is NOT_FOUND), and CreateVm (idempotent by the request_id every SDK create
-#: carries). CreateVms is retried because every SDK ``create_vms`` carries a request_id
-#: for each of its VMs and one for the call (the set's), all generated when not
-#: given (:func:`create_vm_request`, :meth:`Calls.create_vms`) and resent unchanged by
-#: every attempt: a retry of an attempt that applied returns the VMs (and the set) it
-#: made, never second ones; a VM refused by the first attempt is tried again, as a
-#: retried CreateVm would be. A CreateVms sent by other means without those ids must
-#: not be retried blindly. Creates of other resources take no request_id the server honours, and
+#: carries). CreateVms is retried because every SDK ``create_vms`` carries the ids
+#: that make it idempotent, generated when not given and resent unchanged by every
+#: attempt: INDEPENDENT, a request_id for each of its VMs (:func:`create_vm_request`),
+#: so a retry returns the VMs the first attempt made and tries again only those it
+#: refused, as retried CreateVms would; ALL_OR_NOTHING, the set's request_id (which
+#: covers its members: the server refuses theirs), so a retry returns the same set
+#: and VMs, never a second set. A CreateVms sent by other means without those ids
+#: must not be retried blindly. Creates of other resources take no request_id the server honours, and
 #: a retried DestroyOrphan would find its record gone (NOT_FOUND): not retried.
 #:
 #: The VM verbs of issue 12: StartVm and StopVm set the desired power state, so a
@@ -329,12 +330,12 @@ class Calls:
                    request_id: str | None = None) -> Unary[CreatedVms]:
         """Create up to 1,000 VMs in one call. Each of ``vms`` is a mapping of the
         keyword arguments :meth:`create_vm` takes, ``vm_id`` among them (e.g.
-        ``{"vm_id": "web-1", "flavor": "small", "image": "ubuntu", "user_data": ...}``);
-        each gets a request_id of its own if it names none. Returns a
-        :class:`CreatedVms`: one :class:`VmOutcome` per VM in the order given.
+        ``{"vm_id": "web-1", "flavor": "small", "image": "ubuntu", "user_data": ...}``).
+        Returns a :class:`CreatedVms`: one :class:`VmOutcome` per VM in the order given.
 
         INDEPENDENT (the default): each VM is created or refused on its own, as by
-        its own CreateVm (quota charged per VM); a refused VM raises nothing, its
+        its own CreateVm (quota charged per VM), and carries its own request_id (one
+        is generated for each VM that names none); a refused VM raises nothing, its
         outcome says why (``.refused``, ``.raise_for_refusals()``).
 
         ``all_or_nothing``: the VMs form a VmSet (``set_id``: its id; "" lets the
@@ -343,30 +344,44 @@ class Calls:
         within ``deadline`` seconds (None: the server's default, 10 minutes; at most
         24 hours) FAILS and its members are removed. A refusal refuses the whole set
         and raises its typed error (QuotaExceeded, InvalidArgument naming the VM,
-        ...). ``request_id`` (generated if not given): a retry returns the same set.
+        ...). The set's ``request_id`` (generated if not given) covers its members,
+        which carry none: a retry returns the same set and VMs.
 
         ``validate_only``: check everything (quota included), write nothing.
-        Idempotent: every VM carries its request_id and the call the set's, which
-        the channel's retries resend (see :data:`RETRIED`). TypeError for an
-        unknown keyword in a VM (naming it), ValueError as :meth:`create_vm`."""
+        Idempotent either way, so the channel retries it (see :data:`RETRIED`).
+        TypeError for an unknown keyword in a VM (naming it); ValueError as
+        :meth:`create_vm`, for no VMs, for ``set_id``, ``deadline`` or ``request_id``
+        without ``all_or_nothing``, and for a member's request_id with it."""
         if not vms:
             raise ValueError("create_vms: give at least one VM")
+        if not all_or_nothing and (set_id or deadline is not None or request_id):
+            raise ValueError("create_vms: set_id, deadline and request_id are an all_or_nothing set's "
+                             "(each independent VM takes its own request_id)")
         requests = []
         for index, spec in enumerate(vms):
             fields = dict(spec)
             vm_id = str(fields.pop("vm_id", "") or "")
+            where = f"vms[{index}] ({vm_id or 'no vm_id'})"
             unknown = sorted(set(fields) - CREATE_VM_FIELDS)
             if unknown:
-                raise TypeError(f"vms[{index}] ({vm_id or 'no vm_id'}): unknown field(s) {', '.join(unknown)}; "
+                raise TypeError(f"{where}: unknown field(s) {', '.join(unknown)}; "
                                 f"known: vm_id, {', '.join(sorted(CREATE_VM_FIELDS))}")
+            if all_or_nothing and fields.get("request_id"):
+                raise ValueError(f"{where}: request_id: the set's request_id covers its members; give none")
             try:
-                requests.append(create_vm_request("", vm_id, **fields))
+                one = create_vm_request("", vm_id, **fields)
             except (TypeError, ValueError) as err:
-                raise type(err)(f"vms[{index}] ({vm_id or 'no vm_id'}): {err}") from None
-        mode = vm_pb2.CreateVmsRequest.ALL_OR_NOTHING if all_or_nothing else vm_pb2.CreateVmsRequest.INDEPENDENT
-        request = vm_pb2.CreateVmsRequest(
-            parent=self.parent, requests=requests, mode=mode, set_id=set_id, deadline=_duration(deadline),
-            request_id=request_id or uuid.uuid4().hex, validate_only=validate_only)
+                raise type(err)(f"{where}: {err}") from None
+            if all_or_nothing:
+                one.request_id = ""
+            requests.append(one)
+        if all_or_nothing:
+            request = vm_pb2.CreateVmsRequest(
+                parent=self.parent, requests=requests, mode=vm_pb2.CreateVmsRequest.ALL_OR_NOTHING, set_id=set_id,
+                deadline=_duration(deadline), request_id=request_id or uuid.uuid4().hex, validate_only=validate_only)
+        else:
+            request = vm_pb2.CreateVmsRequest(parent=self.parent, requests=requests,
+                                              mode=vm_pb2.CreateVmsRequest.INDEPENDENT, validate_only=validate_only)
         names = [f"{self.parent}/vms/{r.vm_id}" if r.vm_id else "" for r in requests]
         return Unary(VMS, "CreateVms", request, timeout=self._long() if len(requests) > BIG_BATCH else None,
                      parse=lambda response: CreatedVms.of(response, names, raise_refusal=all_or_nothing))

@@ -21,8 +21,9 @@ A VM's fields are the flags of ``quanta vm create``, spelt with ``_`` or ``-``:
 ``anti_affinity_group``, ``anti_affinity_scope``, ``affinity_group``,
 ``affinity_scope``, ``restart_policy``, ``user_data`` / ``user_data_file``,
 ``ignition`` / ``ignition_file``, ``metadata``, ``ssh_keys`` (public keys) /
-``ssh_key_files``, ``hostname``, ``stopped``, ``power_policy``, ``request_id``;
-and ``count``. Pure: files are read through the ``read`` function given.
+``ssh_key_files``, ``hostname``, ``stopped``, ``power_policy``, ``request_id``
+(independent VMs only: a set's members take the set's); and ``count``.
+Pure: files are read through the ``read`` function given.
 """
 
 from __future__ import annotations

@@ -234,8 +234,8 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
     many.add_argument("--validate-only", action="store_true",
                       help="check every VM (quota included) and create nothing")
     many.add_argument("--request-id", default=None,
-                      help="idempotency key of the call (with --all-or-nothing: a retry returns the same set; "
-                           "default: random)")
+                      help="with --all-or-nothing: the set's idempotency key (the same call with the same key "
+                           "makes one set; default: random). Independent VMs take theirs in the file")
     add_wait(many, "every VM is RUNNING with its address (STOPPED if created stopped), with a bar of how many "
                    "are placed and running")
     vm_set = sub.add_parser("set", parents=[common], help="VM sets made by create-many --all-or-nothing")
@@ -354,8 +354,9 @@ def main(kind: str, argv: list[str]) -> None:
             parser.error(f"NAME {args.name_arg!r} and --name {args.name!r} differ; give one")
         args.name = vm_id(args.name_arg or args.name or "")
     if kind == "vm" and args.verb == "create-many":
-        if not args.all_or_nothing and (args.set_id or args.deadline is not None):
-            parser.error("--set-id and --deadline are for an --all-or-nothing set")
+        if not args.all_or_nothing and (args.set_id or args.deadline is not None or args.request_id):
+            parser.error("--set-id, --deadline and --request-id are an --all-or-nothing set's "
+                         "(each independent VM takes its own request_id in the file)")
         if args.validate_only and args.wait:
             parser.error("--validate-only creates nothing to --wait for")
     if kind == "vm" and args.verb in ("start", "stop", "restart") and args.etag and len(args.names) > 1:
@@ -558,9 +559,15 @@ def _create_many(args, client: Client, printer: Printer) -> None:
         raise CliError(f"{args.file}: {err}", exit_code=2) from None
     except OSError as err:
         raise CliError(f"-f: cannot read {args.file}: {err.strerror or err}", exit_code=2) from None
-    created = client.create_vms(wanted.vms, all_or_nothing=args.all_or_nothing, set_id=args.set_id,
-                                deadline=args.deadline, validate_only=args.validate_only,
-                                request_id=args.request_id)
+    if args.all_or_nothing and (named := [vm["vm_id"] for vm in wanted.vms if vm.get("request_id")]):
+        raise CliError(f"{args.file}: request_id ({', '.join(named)}): a set's members take none; "
+                       "give the set's with --request-id", exit_code=2)
+    try:
+        created = client.create_vms(wanted.vms, all_or_nothing=args.all_or_nothing, set_id=args.set_id,
+                                    deadline=args.deadline, validate_only=args.validate_only,
+                                    request_id=args.request_id)
+    except (TypeError, ValueError) as err:  # a VM the SDK cannot build (e.g. an unknown enum value)
+        raise CliError(f"{args.file}: {err}", exit_code=2) from None
     response = vm_pb2.CreateVmsResponse()
     response.CopyFrom(created.response)
     for result, outcome in zip(response.results, created.outcomes, strict=False):

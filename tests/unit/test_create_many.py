@@ -153,30 +153,40 @@ SPEC = dict(flavor="small", image="ubuntu", labels={"a": "1"}, node_selector={"g
 
 def test_each_vm_of_create_vms_is_built_as_create_vm_builds_it() -> None:
     single = BUILT.create_vm("web-1", request_id="r-1", **SPEC).request
-    many = BUILT.create_vms([{"vm_id": "web-1", "request_id": "r-1", **SPEC}, {"flavor": "small", "image": "u"}],
-                            request_id="call-1").request
+    many = BUILT.create_vms([{"vm_id": "web-1", "request_id": "r-1", **SPEC},
+                             {"flavor": "small", "image": "u"}]).request
     assert many.parent == PARENT and many.mode == vm_pb2.CreateVmsRequest.INDEPENDENT
-    assert many.request_id == "call-1" and not many.validate_only and not many.HasField("deadline")
+    assert many.request_id == "" and many.set_id == "" and not many.validate_only and not many.HasField("deadline")
     assert many.requests[0].vm == single.vm and many.requests[0].vm_id == "web-1"
     assert many.requests[0].request_id == "r-1" and many.requests[0].parent == ""  # the call's parent
     assert many.requests[1].vm_id == "" and many.requests[1].request_id  # the server names it; still an id
 
 
-def test_every_vm_and_the_call_carry_a_request_id_of_their_own() -> None:
+def test_independent_vms_carry_request_ids_of_their_own() -> None:
     first = BUILT.create_vms([{"vm_id": f"w-{i}", "flavor": "s", "image": "u"} for i in range(50)]).request
     second = BUILT.create_vms([{"vm_id": "w-0", "flavor": "s", "image": "u"}]).request
     ids = [r.request_id for r in first.requests]
-    assert all(ids) and len(set(ids)) == 50 and first.request_id and first.request_id not in ids
-    assert second.request_id != first.request_id and second.requests[0].request_id not in ids
+    assert all(ids) and len(set(ids)) == 50 and second.requests[0].request_id not in ids
     assert "CreateVms" in calls.RETRIED[calls.VMS] and "GetVmSet" in calls.RETRIED[calls.VMS]
+    for kwargs in ({"set_id": "s"}, {"deadline": 60}, {"request_id": "r"}):
+        with pytest.raises(ValueError, match="all_or_nothing set's"):
+            BUILT.create_vms([{"vm_id": "a", "flavor": "s", "image": "u"}], **kwargs)
 
 
-def test_all_or_nothing_sends_the_mode_set_id_and_deadline() -> None:
-    call = BUILT.create_vms([{"vm_id": "cp-1", "flavor": "s", "image": "u"}], all_or_nothing=True, set_id="cp",
-                            deadline=90.5, validate_only=True)
+def test_all_or_nothing_sends_the_mode_set_id_deadline_and_the_sets_request_id_only() -> None:
+    call = BUILT.create_vms([{"vm_id": "cp-1", "flavor": "s", "image": "u"},
+                             {"vm_id": "cp-2", "flavor": "s", "image": "u"}],
+                            all_or_nothing=True, set_id="cp", deadline=90.5, validate_only=True)
     r = call.request
     assert r.mode == vm_pb2.CreateVmsRequest.ALL_OR_NOTHING and r.set_id == "cp" and r.validate_only
     assert (r.deadline.seconds, r.deadline.nanos) == (90, 500_000_000)
+    assert r.request_id and [m.request_id for m in r.requests] == ["", ""]  # the set's covers its members
+    again = BUILT.create_vms([{"vm_id": "cp-1", "flavor": "s", "image": "u"}], all_or_nothing=True).request
+    assert again.request_id and again.request_id != r.request_id and again.set_id == ""
+    assert BUILT.create_vms([{"vm_id": "a", "flavor": "s", "image": "u"}], all_or_nothing=True,
+                            request_id="set-r").request.request_id == "set-r"
+    with pytest.raises(ValueError, match=r"vms\[0\] \(a\): request_id: the set's request_id covers"):
+        BUILT.create_vms([{"vm_id": "a", "flavor": "s", "image": "u", "request_id": "x"}], all_or_nothing=True)
     assert call.timeout is None  # a small call: the client's timeout
     big = BUILT.create_vms([{"vm_id": f"w-{i}", "flavor": "s", "image": "u"} for i in range(calls.BIG_BATCH + 1)])
     assert big.timeout == calls.LONG_TIMEOUT_S
@@ -369,6 +379,7 @@ def test_both_clients_create_many_retrying_with_the_same_ids(server) -> None:
         created = client.create_vms(WANTED)
     assert [o.ok for o in created.outcomes] == [True, False] and created.refused[0].name.endswith("/bad-1")
     assert len(vms.requests) == 3 and all(r == vms.requests[0] for r in vms.requests)  # the same bytes each time
+    assert all(r.request_id for r in vms.requests[0].requests)
 
     async def run() -> CreatedVms:
         async with quanta.aio.Client(endpoint, token="t", tenant="t", project="p") as client:
@@ -466,6 +477,15 @@ def test_create_many_against_a_server_prints_outcomes_and_exits_1_on_a_refusal(s
     with pytest.raises(SystemExit) as exited:
         main(["vm", "create-many", "-f", str(tmp_path / "nope.yaml"), "--endpoint", endpoint])
     assert exited.value.code == 2 and "cannot read" in capsys.readouterr().err
+    for flags in (["--deadline", "5m"], ["--set-id", "s"], ["--request-id", "r"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["vm", "create-many", "-f", str(tmp_path / "c.yaml"), *flags])
+        assert exited.value.code == 2 and "--all-or-nothing" in capsys.readouterr().err
+    (tmp_path / "r.yaml").write_text("vms: [{name: a, flavor: s, image: u, request_id: r-a}]\n")
     with pytest.raises(SystemExit) as exited:
-        main(["vm", "create-many", "-f", str(tmp_path / "c.yaml"), "--deadline", "5m"])
-    assert exited.value.code == 2 and "--all-or-nothing" in capsys.readouterr().err
+        main(["vm", "create-many", "-f", str(tmp_path / "r.yaml"), "--all-or-nothing", "--endpoint", endpoint])
+    assert exited.value.code == 2 and "a set's members take none" in capsys.readouterr().err
+    (tmp_path / "e.yaml").write_text("vms: [{name: a, flavor: s, image: u, restart_policy: sometimes}]\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["vm", "create-many", "-f", str(tmp_path / "e.yaml"), "--endpoint", endpoint])
+    assert exited.value.code == 2 and "vms[0] (a)" in capsys.readouterr().err
