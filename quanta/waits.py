@@ -125,7 +125,7 @@ class VmSetWait(VmsWait):
         """The error for a set whose member is gone, from the set as read since."""
         self.set = vm_set
         if vm_set.state == vm_pb2.VmSet.FAILED:
-            return VmSetFailed(f"{vm_set.name} FAILED: {describe_set(vm_set)}", vm_set)
+            return VmSetFailed(f"{vm_set.name} is {describe_set(vm_set)}", vm_set)
         gone = ", ".join(sorted(n.rsplit("/", 1)[-1] for n in self.gone))
         return VmSetFailed(f"{vm_set.name}: member(s) {gone} deleted while waiting; the set is "
                            f"{describe_set(vm_set)}", vm_set, reason="VM_SET_MEMBER_DELETED")

@@ -177,9 +177,14 @@ def wait_for_members(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[v
     last: dict[str, vm_pb2.Vm | None] = {vm.name: vm for vm in vms}
     finished: set[str] = set()
     running: set[str] = set()
+    shown: dict[str, str] = {}
 
     def show(name: str) -> None:
-        progress.update(members_line(last, running, name), completed=len(running), total=len(last))
+        line = members_line(last, running, name)
+        if shown.get(name) == line:
+            return  # nothing new about this VM (e.g. a watch listing it again)
+        shown[name] = line
+        progress.update(line, completed=len(running), total=len(last))
 
     for vm in vms:
         show(vm.name)
@@ -192,8 +197,7 @@ def wait_for_members(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[v
             if state is None and set_name:
                 vm_set = client.get_vm_set(set_name)
                 if vm_set.state == vm_pb2.VmSet.FAILED:
-                    raise CliError(f"{short_name(set_name)} FAILED: {describe_set(vm_set)}; "
-                                   "its VMs were removed and their quota released")
+                    raise CliError(f"{short_name(set_name)} is {describe_set(vm_set)}")
             if state is None or done(state) or failed(state):
                 finished.add(name)
                 if state is not None and done(state):

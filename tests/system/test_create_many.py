@@ -163,9 +163,11 @@ def test_a_set_that_cannot_fit_fails_at_its_deadline_and_ends_the_wait(system, p
     done = quanta(system, project, "create-many", "-f", path, "--all-or-nothing", "--set-id", "four",
                   "--deadline", "5s", "--wait", "--timeout", "120")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "vmSets/four FAILED" in done.stderr and "DeadlineExceeded" in done.stderr
+    assert "vmSets/four is FAILED (DeadlineExceeded" in done.stderr
     progress = [line for line in done.stdout.splitlines() if " placed, " in line]
     assert progress and all(line.startswith("0/4 placed") for line in progress)
+    assert len(progress) == len(set(progress))  # a line only when something changed
+    assert any("SetDoesNotFit" in line for line in progress)  # the members say why they wait
     vm_set = json.loads(quanta(system, project, "set", "get", "four", "-o", "json").stdout)
     assert vm_set["state"] == "FAILED"
     assert json.loads(quanta(system, project, "list", "-o", "json").stdout) == []
