@@ -489,3 +489,55 @@ def test_create_many_against_a_server_prints_outcomes_and_exits_1_on_a_refusal(s
     with pytest.raises(SystemExit) as exited:
         main(["vm", "create-many", "-f", str(tmp_path / "e.yaml"), "--endpoint", endpoint])
     assert exited.value.code == 2 and "vms[0] (a)" in capsys.readouterr().err
+
+
+class Lines:
+    """A ProgressLine stand-in: what a --wait would print."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def update(self, text: str, *, completed: int | None = None, total: int | None = None) -> None:
+        self.lines.append(text)
+
+
+class Watching:
+    """The two calls wait_for_members makes: one watch (``events``) and GetVmSet."""
+
+    def __init__(self, events: list[vm_pb2.VmEvent], sets: list[vm_pb2.VmSet] = ()) -> None:
+        self.events = events
+        self.sets = list(sets)
+
+    def watch_vms(self, *, timeout: float | None = None) -> Iterator[vm_pb2.VmEvent]:
+        return iter(self.events)
+
+    def get_vm_set(self, name: str) -> vm_pb2.VmSet:
+        return self.sets.pop(0)
+
+
+def test_the_cli_wait_counts_placed_and_running_and_prints_only_changes() -> None:
+    from quanta.cli.waiting import running, wait_for_members
+
+    lines = Lines()
+    first = [vm(f"cp-{i}") for i in (1, 2, 3)]
+    events = ([ev(v, common_pb2.ADDED) for v in first] + [BOOKMARK] + [ev(v) for v in first]  # nothing new
+              + [ev(vm(f"cp-{i}", vm_pb2.Vm.SCHEDULED, f"h{i}")) for i in (1, 2, 3)]
+              + [ev(vm(f"cp-{i}", vm_pb2.Vm.RUNNING, f"h{i}", (f"10.0.0.{i}",))) for i in (1, 2, 3)])
+    final = wait_for_members(Watching(events), first, running, set_name=SET, timeout_s=5,
+                             progress=lines)  # type: ignore[arg-type]
+    assert [v.state for v in final.values() if v is not None] == [vm_pb2.Vm.RUNNING] * 3
+    assert len(lines.lines) == len(set(lines.lines)) == 9
+    assert lines.lines[0] == "0/3 placed, 0/3 running; vms/cp-1: PENDING"
+    assert "3/3 placed, 0/3 running; vms/cp-3: SCHEDULED" in lines.lines
+    assert lines.lines[-1] == "3/3 placed, 3/3 running; vms/cp-3: RUNNING"
+
+
+def test_the_cli_wait_ends_when_the_set_failed() -> None:
+    from quanta.cli.errors import CliError
+    from quanta.cli.waiting import running, wait_for_members
+
+    first = [vm(f"cp-{i}") for i in (1, 2, 3)]
+    events = [ev(v, common_pb2.ADDED) for v in first] + [BOOKMARK] + [ev(first[0], common_pb2.DELETED)]
+    with pytest.raises(CliError, match=r"vmSets/cp is FAILED \(DeadlineExceeded: not placed within 10m\)"):
+        wait_for_members(Watching(events, [vm_set(vm_pb2.VmSet.FAILED, EXPIRED)]), first, running,
+                         set_name=SET, timeout_s=5, progress=Lines())  # type: ignore[arg-type]
