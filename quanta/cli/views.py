@@ -128,6 +128,8 @@ def _vm_detail(vm: vm_pb2.Vm) -> list[Section]:
          if vm.anti_affinity_group else "-"),
         ("Affinity", f"{vm.affinity_group} ({_scope(vm.affinity_scope)})" if vm.affinity_group else "-"),
         ("Restart policy", vm_pb2.Vm.RestartPolicy.Name(vm.restart_policy) if vm.restart_policy else "ALWAYS"),
+        ("Set", f"{last_id(vm.vm_set)} (all or nothing; `quanta vm set get {last_id(vm.vm_set)}`)"
+         if vm.vm_set else "-"),
         ("Created", _when(vm.create_time)),
         ("Updated", _when(vm.update_time)),
     ]

@@ -541,3 +541,11 @@ def test_the_cli_wait_ends_when_the_set_failed() -> None:
     with pytest.raises(CliError, match=r"vmSets/cp is FAILED \(DeadlineExceeded: not placed within 10m\)"):
         wait_for_members(Watching(events, [vm_set(vm_pb2.VmSet.FAILED, EXPIRED)]), first, running,
                          set_name=SET, timeout_s=5, progress=Lines())  # type: ignore[arg-type]
+
+
+def test_a_members_detail_names_its_set() -> None:
+    member = vm("cp-1", vm_pb2.Vm.RUNNING, "h1", vm_set=SET)
+    assert "Set:" in printed("table", lambda p: p.detail(member, views.VM)) and "vm set get cp" in printed(
+        "table", lambda p: p.detail(member, views.VM))
+    lone = printed("table", lambda p: p.detail(vm("web-1"), views.VM))
+    assert [line.split() for line in lone.splitlines() if line.startswith("Set:")] == [["Set:", "-"]]
