@@ -3,7 +3,7 @@
 ``reconcile(host, ref)`` compares three things and acts:
 
 - desired: the binding's copy of the spec (etcd): exists or deleted, power,
-  restarts asked for, vCPUs and memory, bootstrap data;
+  restarts asked for, vCPUs, memory and disk, bootstrap data;
 - observed: the driver's ``VmInfo`` (power, size, addresses, the guest's
   bootstrap report);
 - applied: what this agent already did to the VM (:class:`Applied`, in memory:
@@ -16,8 +16,10 @@
 
 What it does, in order: create (handing the driver the bootstrap data, read from
 etcd only for a VM that has some); a restart asked for and not applied (power off
-soft or hard, then on); a resize (``reconfigure``; a driver that raises
-PowerCycleRequired gets the VM off, resized and on again); the desired power (a
+soft or hard, then on); a resize (``reconfigure``, the root disk grown with it
+when the resize grew it (:func:`_disk_growth`; a disk never shrinks, and grows
+hot); a driver that raises PowerCycleRequired gets the VM off, resized and on
+again); the desired power (a
 stop not applied: soft, the guest's shutdown, then hard at ``power_time_ns +
 grace``; a VM found off that should run is powered on when it was just made, a
 start was asked for, a power cycle is under way or its policy is KEEP_RUNNING, else
@@ -91,7 +93,7 @@ from controlplane.models import (
 from controlplane.store.audit import AuditLog
 from controlplane.store.bootstrap import BootstrapData
 from controlplane.store.hostagent import AgentStore, BoundVm, StatusUpdate
-from controlplane.store.orphans import spec_record
+from controlplane.store.orphans import spec_from_record, spec_record
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,21 @@ def _payload(data: BootstrapData) -> BootstrapPayload:
     ignition = data.format == BootstrapFormat.IGNITION
     fmt = DriverBootstrapFormat.IGNITION if ignition else DriverBootstrapFormat.CLOUD_INIT
     return BootstrapPayload(fmt, data.user_data, data.metadata)
+
+
+def _disk_growth(spec: VmSpec, info: VmInfo) -> int | None:
+    """The size to grow the VM's root disk to (the binding's), or None: only when a
+    resize grew the disk, i.e. the binding asks for more than the VM has (as its driver
+    reports it; 0: unknown, left alone) and more than the VM was made with (its record).
+    A disk a driver made from an image smaller than the flavor is left as made (an ESXi
+    linked clone's cannot grow); a disk never shrinks (the API refuses that resize)."""
+    want = spec.resources.disk_gib
+    if not info.disk_gib or info.disk_gib >= want:
+        return None
+    made = spec_from_record(info.record)
+    if made is not None and made.resources.disk_gib >= want:
+        return None
+    return want
 
 
 class Reconciler:
@@ -386,8 +403,12 @@ class Reconciler:
                 applied.resize_deadline_ns = cycle.time_ns + DEFAULT_STOP_GRACE_S * 1_000_000_000
             log.info("finishing a power cycle begun before a restart",
                      extra={"cycle": cycle.reason, "off": applied.cycle_off, "restarts": applied.restarts})
-        if spec.bootstrap is not None and applied.bootstrap == BootstrapState.STORED and info.bootstrap_present:
-            applied.bootstrap = BootstrapState.DELIVERED  # made, and the status not written before a crash
+        if spec.bootstrap is not None and applied.bootstrap != BootstrapState.CLEARED:
+            # Made, and the status saying so not written before a crash: the data was
+            # delivered (and maybe blanked on the VM already, the key's deletion lost
+            # with the status). DELIVERED lets the clearing run (again): blanking and
+            # deleting are idempotent.
+            applied.bootstrap = BootstrapState.DELIVERED
         return applied
 
     async def _get(self, driver: HostDriver, uid: str) -> VmInfo:
@@ -408,8 +429,14 @@ class Reconciler:
         # A restart asked for and not applied: a power cycle, on record before the VM
         # goes off (with the restarts it applies: never begun twice).
         if spec.restarts > applied.restarts:
+            before = (applied.restarts, applied.power_time_ns)
             applied.restarts, applied.power_time_ns = spec.restarts, spec.power_time_ns
-            await self._record_cycle(key, vm, applied, info, RESTART, off=info.power is not PowerState.ON)
+            try:
+                await self._record_cycle(key, vm, applied, info, RESTART, off=info.power is not PowerState.ON)
+            except BaseException:
+                # Not on record (or not known to be): not begun, so not applied; the retry begins it.
+                applied.restarts, applied.power_time_ns = before
+                raise
         if applied.cycle == RESTART:
             if not applied.cycle_off:
                 token = ("power", spec.power_time_ns, spec.restarts)
@@ -425,8 +452,9 @@ class Reconciler:
             log.info("VM restarted", extra={"restarts": applied.restarts})
         # A resize: the binding's size against the VM's.
         want = (spec.resources.vcpus, spec.resources.memory_mib)
-        if info.vcpus and (info.vcpus, info.memory_mib) != want:
-            info = await self._resize(key, vm, driver, info, applied)
+        disk = _disk_growth(spec, info)
+        if (info.vcpus and (info.vcpus, info.memory_mib) != want) or disk is not None:
+            info = await self._resize(key, vm, driver, info, applied, disk)
             if info is None:
                 return self._submit(key, vm, applied, VmState.RUNNING, info=await self._get(driver, spec.uid))
         # The desired power.
@@ -511,13 +539,15 @@ class Reconciler:
         return False
 
     async def _resize(self, key: Key, vm: BoundVm, driver: HostDriver, info: VmInfo,
-                      applied: Applied) -> VmInfo | None:
-        """Make the VM the binding's size; None while a power cycle it needs waits for the
-        guest. The cycle is on record before the VM goes off; the caller powers it on."""
+                      applied: Applied, disk_gib: int | None = None) -> VmInfo | None:
+        """Make the VM the binding's size (its root disk grown to ``disk_gib``, if given:
+        hot, never a reason to power-cycle); None while a power cycle it needs waits for
+        the guest. The cycle is on record before the VM goes off; the caller powers it on."""
         spec = vm.binding.spec
         vcpus, memory_mib = spec.resources.vcpus, spec.resources.memory_mib
         try:
-            await _timed("reconfigure", driver.reconfigure(spec.uid, vcpus=vcpus, memory_mib=memory_mib))
+            await _timed("reconfigure", driver.reconfigure(spec.uid, vcpus=vcpus, memory_mib=memory_mib,
+                                                           disk_gib=disk_gib))
         except PowerCycleRequired:
             if applied.cycle != RESIZE:
                 applied.resize_deadline_ns = now_ns() + DEFAULT_STOP_GRACE_S * 1_000_000_000
@@ -525,9 +555,10 @@ class Reconciler:
             token = ("resize", applied.resize_deadline_ns)
             if not await self._off(key, driver, info, applied, token, PowerOffMode.SOFT, applied.resize_deadline_ns):
                 return None
-            await _timed("reconfigure", driver.reconfigure(spec.uid, vcpus=vcpus, memory_mib=memory_mib))
+            await _timed("reconfigure", driver.reconfigure(spec.uid, vcpus=vcpus, memory_mib=memory_mib,
+                                                           disk_gib=disk_gib))
         applied.resize_deadline_ns = 0
-        log.info("VM resized", extra={"vcpus": vcpus, "memory_mib": memory_mib})
+        log.info("VM resized", extra={"vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib})
         return await self._get(driver, spec.uid)
 
     async def _maybe_clear_bootstrap(self, key: Key, vm: BoundVm, driver: HostDriver, info: VmInfo,

@@ -346,6 +346,18 @@ class VmSpec:
     def marked_deleted(self, at_ns: int) -> VmSpec:
         return replace(self, delete_time_ns=at_ns)
 
+    def stopped(self, mode: PowerOffMode, grace_s: int, at_ns: int) -> VmSpec:
+        """This spec after a stop request (StopVm) at ``at_ns``: a running VM's is
+        OFF with ``mode`` and ``grace_s``. One already OFF stays as it is (a retry, or
+        a second stop), except that a HARD stop replaces a SOFT one (a guest that does
+        not shut down is forced off at once, by the same request: ``power_time_ns``
+        kept); a SOFT stop never softens a HARD one."""
+        if self.power is Power.OFF:
+            if mode is PowerOffMode.HARD and self.power_off_mode is not PowerOffMode.HARD:
+                return replace(self, power_off_mode=PowerOffMode.HARD)
+            return self
+        return replace(self, power=Power.OFF, power_off_mode=mode, power_off_grace_s=grace_s, power_time_ns=at_ns)
+
 
 def _scope(value: int) -> Scope:
     return Scope(value) if value in (0, 1) else Scope.HOST

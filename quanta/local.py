@@ -27,7 +27,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.api.errors import ApiError
 from controlplane.auth.bootstrap import bootstrap_admin_token
-from controlplane.etcd.server import ETCD_MAX_TXN_OPS, EtcdCluster, EtcdServer, free_port, terminate
+from controlplane.etcd.server import (
+    ETCD_MAX_REQUEST_BYTES,
+    ETCD_MAX_TXN_OPS,
+    EtcdCluster,
+    EtcdServer,
+    free_port,
+    terminate,
+)
 
 if TYPE_CHECKING:
     from quanta.prometheus import PrometheusServer
@@ -196,7 +203,8 @@ class LocalSystem:
         return args
 
     def _add(self, name: str, module: str, args: list[str]) -> ManagedProcess:
-        env = {"QUANTA_ETCD_MAX_TXN_OPS": str(ETCD_MAX_TXN_OPS)} if self.etcd else {}
+        env = {"QUANTA_ETCD_MAX_TXN_OPS": str(ETCD_MAX_TXN_OPS),
+               "QUANTA_ETCD_MAX_REQUEST_BYTES": str(ETCD_MAX_REQUEST_BYTES)} if self.etcd else {}
         process = ManagedProcess(name, [sys.executable, "-m", module, *self._common(name), *args],
                                  self.log_dir / f"{name}.log", env)
         self.processes[name] = process

@@ -19,3 +19,9 @@ SHARD_CHANGES = Counter("quanta_scheduler_shard_ownership_changes_total",
                         "Shards acquired or lost by this process.", ["event"])
 HOSTS_DECLARED_DEAD = Counter("quanta_scheduler_hosts_declared_dead_total",
                               "Hosts this process declared dead (missing past the grace); their VMs are moved off.")
+SET_BINDS = Counter("quanta_scheduler_set_binds_total",
+                    "All-or-nothing VM sets bound whole, every member in one transaction.")
+SET_FAILURES = Counter("quanta_scheduler_set_failures_total",
+                       "All-or-nothing VM sets failed (their pending members removed), by reason.", ["reason"])
+SETS_WAITING = Gauge("quanta_scheduler_sets_waiting",
+                     "All-or-nothing VM sets pending because not all their members fit now.", ["shard"])

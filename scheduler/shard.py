@@ -7,6 +7,18 @@ commits the whole batch in one round trip of per-host compare-and-swap txns,
 fenced by the shard lock. A lost race forgets the assumption, refreshes that
 host's allocation and re-queues its VMs (bounded attempts per VM); a VM that
 fits nowhere waits, with a status saying why, until capacity appears.
+
+All-or-nothing sets (CreateVms): every member of a set is queued in the set's shard.
+A watch response carries every event of one etcd revision, so once the shard has
+seen one member it has seen all those admitted with it; members missing from the
+pending map were deleted meanwhile: the set is whatever of it is still pending. The
+set's record is read once (cached by set; re-read after a lost race). A member of a
+PENDING set pulls in all its pending members, placed by ``place_set`` (all or
+nothing, anti-affinity among members held) and bound in ONE txn that also writes the
+record PLACED; a set that does not fit takes nothing, its record and members saying
+why, and waits for capacity; at its deadline (a delayed work queue item, no polling)
+the set is failed in one txn that removes its pending members and releases their
+quota. A member of a PLACED set that is queued again (e.g. evicted) is placed alone.
 """
 
 from __future__ import annotations
@@ -20,14 +32,15 @@ from collections.abc import Collection
 
 from controlplane.etcd import Compacted, EtcdError
 from controlplane.etcd.outages import ride_out
-from controlplane.models import HostAllocation, VmRef
-from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore
+from controlplane.models import HostAllocation, VmRef, VmSet, VmSetRef, VmSetState, VmSpec, now_ns
+from controlplane.store.errors import NotFound
+from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore, SetRead
 from controlplane.store.shards import ShardLock
 from controlplane.store.zones import ZoneCount, ZoneGroupId
 from controlplane.workqueue import WorkQueue
 from scheduler import metrics
 from scheduler.hostsync import HostSync
-from scheduler.placement import PlacementRequest, Scorer, ZoneCounts, admit, place, spread
+from scheduler.placement import PlacementRequest, Scorer, SetMember, ZoneCounts, admit, place, place_set, spread
 from scheduler.zonesync import ZoneSync
 
 log = logging.getLogger(__name__)
@@ -52,6 +65,15 @@ def _request(vm: QueuedVm, zones: ZoneCounts) -> PlacementRequest:
                             host_affinity_group=spec.host_affinity_group,
                             affinity_zones=zones.zones_with(zone_affinity) if zone_affinity else None,
                             image=spec.image)
+
+
+def _set_of(spec: VmSpec) -> VmSetRef:
+    return VmSetRef(spec.ref.tenant, spec.ref.project, spec.vm_set)
+
+
+def _pending_set(read: SetRead | None) -> bool:
+    """Whether members of a set with this record (None: not read yet) are placed as a set."""
+    return read is None or (read.vm_set is not None and read.vm_set.state == VmSetState.PENDING)
 
 
 class _ZoneKeys:
@@ -91,7 +113,12 @@ class ShardScheduler:
         self._scorer = scorer
         self._rng = random.Random(seed)
         self._pending: dict[VmRef, QueuedVm] = {}
-        self._queue: WorkQueue[VmRef] = WorkQueue()
+        # VM refs, and set refs (a set to place or whose deadline is due).
+        self._queue: WorkQueue[VmRef | VmSetRef] = WorkQueue()
+        self._members: dict[VmSetRef, set[VmRef]] = {}  # pending members of each set
+        self._sets: dict[VmSetRef, SetRead] = {}  # set records as last read or written
+        self._sets_waiting: dict[VmSetRef, None] = {}  # do not fit as a whole; retried when capacity appears
+        self._set_told: dict[VmSetRef, str] = {}  # last shortfall written per set
         self._waiting: dict[VmRef, None] = {}  # fit nowhere, oldest first; retried when capacity appears
         self._told: dict[VmRef, str] = {}  # last "no host fits" message written per VM
         self._turned_away_at = 0  # HostSync.turned_away when this batch began assuming
@@ -100,7 +127,12 @@ class ShardScheduler:
     def _capacity_changed(self, hosts: Collection[str] | None = None) -> None:
         """Re-queue the waiting VMs that may fit now: all of them (``hosts`` None), or,
         oldest first, as many as the changed ``hosts`` can take (``admit``: a check of
-        those hosts, not a placement over the fleet per waiting VM)."""
+        those hosts, not a placement over the fleet per waiting VM). Waiting sets are
+        all retried: a set is placed as a whole, not admitted host by host."""
+        for set_ref in self._sets_waiting:
+            self._queue.add(set_ref)
+        self._sets_waiting.clear()
+        metrics.SETS_WAITING.labels(self._label).set(0)
         if not self._waiting:
             return
         if hosts is None:
@@ -132,6 +164,7 @@ class ShardScheduler:
             self._queue.shutdown()
             metrics.QUEUE_DEPTH.remove(self._label)
             metrics.UNSCHEDULABLE.remove(self._label)
+            metrics.SETS_WAITING.remove(self._label)
 
     async def _sync_queue(self) -> None:
         while True:
@@ -141,7 +174,7 @@ class ShardScheduler:
                 if ref not in current:
                     self._drop(ref)
             for ref, vm in current.items():
-                self._pending[ref] = vm
+                self._track(ref, vm)
                 if ref not in self._waiting:
                     self._queue.add(ref)
             self._update_depth()
@@ -152,21 +185,44 @@ class ShardScheduler:
                         if queued is None:
                             self._drop(ref)
                         else:
-                            self._pending[ref] = queued
+                            self._track(ref, queued)
                             self._waiting.pop(ref, None)
                             self._queue.add(ref)
                     self._update_depth()
             except Compacted:
                 log.warning("queue watch compacted; re-listing", extra={"shard": self.shard})
 
+    def _track(self, ref: VmRef, vm: QueuedVm) -> None:
+        self._pending[ref] = vm
+        if vm.spec.vm_set:
+            self._members.setdefault(_set_of(vm.spec), set()).add(ref)
+
     def _drop(self, ref: VmRef) -> None:
-        self._pending.pop(ref, None)
+        vm = self._pending.pop(ref, None)
         self._waiting.pop(ref, None)
         self._told.pop(ref, None)
+        if vm is not None and vm.spec.vm_set:
+            set_ref = _set_of(vm.spec)
+            members = self._members.get(set_ref)
+            if members is not None:
+                members.discard(ref)
+                if not members:
+                    del self._members[set_ref]
+            read = self._sets.get(set_ref)
+            if read is not None and _pending_set(read):
+                self._queue.add(set_ref)  # a member deleted: what is left may fit now
+            elif read is not None and set_ref not in self._members:
+                self._forget_set(set_ref)
+
+    def _forget_set(self, set_ref: VmSetRef) -> None:
+        self._sets.pop(set_ref, None)
+        self._sets_waiting.pop(set_ref, None)
+        self._set_told.pop(set_ref, None)
 
     def _update_depth(self) -> None:
         metrics.QUEUE_DEPTH.labels(self._label).set(len(self._pending))
         metrics.UNSCHEDULABLE.labels(self._label).set(len(self._waiting))
+        metrics.SETS_WAITING.labels(self._label).set(len(self._sets_waiting))
 
     async def _place_loop(self) -> None:
         while True:
@@ -186,8 +242,21 @@ class ShardScheduler:
                 for ref in refs:
                     self._queue.done(ref)
 
-    async def _place_batch(self, refs: list[VmRef]) -> None:
+    async def _place_batch(self, batch: list[VmRef | VmSetRef]) -> None:
         started = time.perf_counter()
+        refs: list[VmRef] = []
+        sets: dict[VmSetRef, list[VmRef]] = {}
+        for item in batch:
+            if isinstance(item, VmSetRef):
+                sets.setdefault(item, [])
+                continue
+            queued = self._pending.get(item)
+            if queued is not None and queued.spec.vm_set and _pending_set(self._sets.get(_set_of(queued.spec))):
+                sets.setdefault(_set_of(queued.spec), []).append(item)
+            else:
+                refs.append(item)
+        if sets:
+            refs += await self._place_sets(sets)
         self._turned_away_at = self._hosts.turned_away
         view = self._hosts.view
         by_host: dict[str, list[QueuedVm]] = defaultdict(list)
@@ -241,19 +310,7 @@ class ShardScheduler:
         metrics.PLACEMENT_SECONDS.observe(time.perf_counter() - started)
 
     async def _bind(self, by_host: dict[str, list[QueuedVm]], zone_of_host: dict[str, str]) -> None:
-        view = self._hosts.view
-        counts = self._zones.counts
-        binds = []
-        for host, vms in by_host.items():
-            committed = view.committed(host)
-            if committed is None:  # placed on in this batch, with no await since
-                raise KeyError(host)
-            allocation = HostAllocation(committed.allocated, committed.vm_count, committed.groups)
-            zone = zone_of_host.get(host, "")
-            # The counts as committed (what etcd holds), never with the batch's assumptions.
-            zone_counts = {(zone, g): ZoneCount(*counts.committed(zone, g))
-                           for vm in vms for g in (vm.spec.zone_group, vm.spec.zone_affinity_group) if zone and g}
-            binds.append(HostBind(host, committed.alloc_revision, allocation, vms, zone, zone_counts))
+        binds = self._host_binds(by_host, zone_of_host)
         try:
             result = await self._store.bind(self._lock.fence(), binds)
         except BaseException:
@@ -320,5 +377,169 @@ class ShardScheduler:
             if entry is None:
                 self._drop(ref)
             elif ref in self._pending:
-                self._pending[ref] = entry
+                self._track(ref, entry)
                 self._queue.add(ref)
+
+    # --- all-or-nothing sets ------------------------------------------------------------
+
+    async def _place_sets(self, sets: dict[VmSetRef, list[VmRef]]) -> list[VmRef]:
+        """Place (or fail at their deadline) the sets of a batch, one bind txn per set;
+        returns the batch's members of sets that are no longer PENDING (PLACED or
+        FAILED), to be placed alone like any VM. Members of a set without a record
+        wait (re-read at the next wake-up)."""
+        unknown = [ref for ref in sets if ref not in self._sets]
+        if unknown:
+            now = now_ns()
+            for set_ref, fresh in (await self._store.read_sets(unknown)).items():
+                self._sets[set_ref] = fresh
+                if fresh.vm_set is None:
+                    log.warning("set record missing; its members wait for it",
+                                extra={"shard": self.shard, "set": set_ref.name})
+                elif fresh.vm_set.state == VmSetState.PENDING and fresh.vm_set.deadline_ns:
+                    self._queue.add_after(set_ref, max(0, fresh.vm_set.deadline_ns - now) / 1e9)
+        alone: list[VmRef] = []
+        for set_ref, batch_members in sets.items():
+            read = self._sets.get(set_ref)
+            if read is not None and read.vm_set is None:
+                # Never admitted so (an admission writes the record with its members) or
+                # deleted: no member is placed alone; read it again at the next wake-up.
+                self._sets.pop(set_ref, None)
+                if set_ref in self._members:
+                    self._sets_waiting[set_ref] = None
+                continue
+            if read is None or read.vm_set is None or read.vm_set.state != VmSetState.PENDING:
+                alone += batch_members
+                if set_ref not in self._members:
+                    self._forget_set(set_ref)
+                continue
+            await self._place_set(set_ref, read.vm_set, read.revision)
+        return alone
+
+    def _members_of(self, vm_set: VmSet) -> list[QueuedVm]:
+        """The set's members still pending, in the order admitted."""
+        pending = self._members.get(vm_set.ref, set())
+        order = {vm_id: i for i, vm_id in enumerate(vm_set.vms)}
+        refs = sorted(pending, key=lambda ref: (order.get(ref.vm_id, len(order)), ref.vm_id))
+        return [self._pending[ref] for ref in refs]
+
+    async def _place_set(self, set_ref: VmSetRef, vm_set: VmSet, revision: int) -> None:
+        members = self._members_of(vm_set)
+        if vm_set.deadline_ns and now_ns() >= vm_set.deadline_ns:
+            await self._fail_set(vm_set, revision, members, "DeadlineExceeded",
+                                 f"the set did not fit before its deadline; its {len(members)} pending "
+                                 f"member(s) of {len(vm_set.vms)} were removed and their quota released")
+            return
+        if not members:
+            return  # every member deleted: its deadline ends it
+        self._sets_waiting.pop(set_ref, None)
+        view, counts = self._hosts.view, self._zones.counts
+        placement = place_set([SetMember(vm.spec.ref, _request(vm, counts), vm.spec.zone_group,
+                                         vm.spec.zone_affinity_group) for vm in members],
+                              view, counts, rng=self._rng, scorer=self._scorer)
+        if not placement.fits:
+            self._sets_waiting[set_ref] = None
+            self._hosts.turned_away += 1
+            message = placement.message(lambda ref: ref.vm_id)
+            if self._set_told.get(set_ref) != message:
+                log.info("set does not fit", extra={"shard": self.shard, "set": set_ref.name, "why": message})
+                written = await self._store.write_set_shortfall(vm_set, revision, "SetDoesNotFit", message)
+                if not written:
+                    self._sets.pop(set_ref, None)  # changed meanwhile: read it again
+                    self._queue.add(set_ref)
+                    return
+                self._sets[set_ref] = SetRead(vm_set, written)
+                await self._store.write_unschedulable([(vm, message) for vm in members], reason="SetDoesNotFit")
+                self._set_told[set_ref] = message
+            return
+        by_ref = {vm.spec.ref: vm for vm in members}
+        by_host: dict[str, list[QueuedVm]] = defaultdict(list)
+        zone_of_host: dict[str, str] = {}
+        for ref, host, zone in placement.hosts:
+            by_host[host].append(by_ref[ref])
+            zone_of_host[host] = zone
+        binds = self._host_binds(by_host, zone_of_host)
+        try:
+            result = await self._store.bind_set(self._lock.fence(), vm_set, revision, binds)
+        except BaseException:
+            self._forget_all(binds)
+            raise
+        if not result.fenced:
+            self._forget_all(binds)
+            raise ShardLost(f"shard {self.shard} was taken over")
+        if result.too_large:
+            self._forget_all(binds)
+            room = self._store.set_bind_room()
+            await self._fail_set(vm_set, revision, members, "SetTooLarge",
+                                 f"binding the set's {len(members)} members in one transaction takes "
+                                 f"{result.cost} etcd ops, more than the {room} allowed (--max-txn-ops)")
+            return
+        if not result.committed:
+            self._forget_all(binds)
+            metrics.BIND_CONFLICTS.inc(len(binds))
+            log.info("set bind lost a race; retrying", extra={"shard": self.shard, "set": set_ref.name})
+            self._sets.pop(set_ref, None)  # the record may be what changed
+            await self._refresh(binds)
+            self._queue.add(set_ref)
+            return
+        for bind in binds:
+            self._forget(bind)
+            self._hosts.confirm(bind.host, result.allocations[bind.host], result.revision)
+        for (zone, group), n in result.zone_counts.items():
+            self._zones.confirm(zone, group, n, result.revision, result.revision)
+        self._sets[set_ref] = SetRead(VmSet(vm_set.ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.PLACED),
+                                      result.revision)
+        metrics.BINDS.inc(len(members))
+        metrics.SET_BINDS.inc()
+        for vm in members:
+            self._drop(vm.spec.ref)
+        self._forget_set(set_ref)
+        log.info("set bound", extra={"shard": self.shard, "set": set_ref.name, "vms": len(members),
+                                     "hosts": len(binds), "revision": result.revision})
+
+    def _host_binds(self, by_host: dict[str, list[QueuedVm]], zone_of_host: dict[str, str]) -> list[HostBind]:
+        """Each host's bind, from its allocation and zone counts as committed (never
+        with the assumptions of the placements being bound)."""
+        view = self._hosts.view
+        counts = self._zones.counts
+        binds = []
+        for host, vms in by_host.items():
+            committed = view.committed(host)
+            if committed is None:  # placed on just now, with no await since
+                raise KeyError(host)
+            allocation = HostAllocation(committed.allocated, committed.vm_count, committed.groups)
+            zone = zone_of_host.get(host, "")
+            zone_counts = {(zone, g): ZoneCount(*counts.committed(zone, g))
+                           for vm in vms for g in (vm.spec.zone_group, vm.spec.zone_affinity_group) if zone and g}
+            binds.append(HostBind(host, committed.alloc_revision, allocation, vms, zone, zone_counts))
+        return binds
+
+    async def _fail_set(self, vm_set: VmSet, revision: int, members: list[QueuedVm], reason: str,
+                        message: str) -> None:
+        set_ref = vm_set.ref
+        try:
+            done = await self._store.fail_set(self._lock.fence(), vm_set, revision, members, reason=reason,
+                                              message=message)
+        except NotFound:
+            log.warning("set's project is gone; forgetting the set", extra={"shard": self.shard, "set": set_ref.name})
+            self._forget_set(set_ref)
+            return
+        if not done:
+            # The record, a member's entry or the fence changed: read them again and retry
+            # (a lost shard shows at its next bind).
+            self._sets.pop(set_ref, None)
+            _allocations, entries = await self._store.read_current([], members)
+            for vm in members:
+                entry = entries[vm.spec.ref]
+                if entry is None:
+                    self._drop(vm.spec.ref)
+                else:
+                    self._track(vm.spec.ref, entry)
+            self._queue.add_rate_limited(set_ref)
+            return
+        metrics.SET_FAILURES.labels(reason).inc()
+        log.info("set failed", extra={"shard": self.shard, "set": set_ref.name, "reason": reason,
+                                      "removed": len(members)})
+        self._sets[set_ref] = SetRead(VmSet(vm_set.ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.FAILED), 0)
+        for vm in members:
+            self._drop(vm.spec.ref)
+        self._forget_set(set_ref)

@@ -91,6 +91,8 @@ class VmInfo:
     # How the VM is now (0: unknown to the driver).
     vcpus: int = field(default=0, compare=False)
     memory_mib: int = field(default=0, compare=False)
+    disk_gib: int = field(default=0, compare=False)
+    """The root (first) disk's size in whole GiB, rounded down (0: unknown, or under 1 GiB)."""
     # What the guest reports: its addresses (first = primary), and whether it has
     # reported that it bootstrapped (guestinfo.quanta.bootstrap=done on ESXi).
     addresses: tuple[Address, ...] = field(default=(), compare=False)
@@ -236,8 +238,17 @@ class HostDriver(Protocol):
         be asked (then power it off hard)."""
         ...
 
-    async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
-        """Set the VM's vCPUs and memory.
+    async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int, disk_gib: int | None = None) -> None:
+        """Set the VM's vCPUs and memory and, with ``disk_gib``, grow its root (first)
+        disk to that many GiB.
+
+        A disk only grows: a ``disk_gib`` below the disk's size raises OperationFailed
+        (reason ``InvalidArgument``, permanent) before anything changes; its size again
+        changes nothing. Growing a disk needs no power cycle (ESXi extends a running
+        VM's disk hot); the guest grows its partition and file system itself (e.g.
+        cloud-init's growpart, on its next boot). ``VmInfo.disk_gib`` reports the size.
+        A host that cannot grow this disk at all (ESXi: a linked clone's disk, which has
+        a parent) raises OperationFailed (reason ``NotSupported``, permanent).
 
         Idempotent (the same values again change nothing). Raises VmNotFound if the VM
         is absent, CapacityExceeded if the host lacks room for the increase, and

@@ -130,7 +130,7 @@ class _Vm:
         up = self.power is PowerState.ON and self.booted and self.ip
         addresses = (Address(self.ip, _mac(r.vm_uid), network, 6 if ":" in self.ip else 4),) if up else ()
         self.info = VmInfo(r.vm_uid, self.power, r.name, r.record, vcpus=r.vcpus, memory_mib=r.memory_mib,
-                           addresses=addresses, bootstrapped=self.bootstrapped,
+                           disk_gib=r.disk_gib, addresses=addresses, bootstrapped=self.bootstrapped,
                            bootstrap_present=self.bootstrap_present)
 
     def cancel_timer(self) -> None:
@@ -309,7 +309,8 @@ class SimHypervisor:
             elif op == "power_off":
                 vm.power, vm.booted, vm.shutting_down = PowerState.OFF, False, False
             elif op == "reconfigure":
-                vm.request = replace(vm.request, vcpus=r["vcpus"], memory_mib=r["memory_mib"])
+                vm.request = replace(vm.request, vcpus=r["vcpus"], memory_mib=r["memory_mib"],
+                                     disk_gib=r.get("disk_gib", vm.request.disk_gib))
             elif op == "booted":
                 vm.booted, vm.ip = True, r.get("ip", "")
             elif op == "bootstrapped":
@@ -699,10 +700,10 @@ class SimHost:
             raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
         return vm.payload
 
-    async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
+    async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int, disk_gib: int | None = None) -> None:
         after = self._fail_before("reconfigure")
-        if vcpus < 1 or memory_mib < 1:
-            raise OperationFailed(f"host {self.host_id}: bad size {vcpus} vCPUs, {memory_mib} MiB",
+        if vcpus < 1 or memory_mib < 1 or (disk_gib is not None and disk_gib < 1):
+            raise OperationFailed(f"host {self.host_id}: bad size {vcpus} vCPUs, {memory_mib} MiB, {disk_gib} GiB",
                                   reason="InvalidArgument")
         if vm_uid in self._creating:
             await self._settled(vm_uid)
@@ -710,14 +711,19 @@ class SimHost:
         if vm is None:
             raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
         old = vm.request
+        if disk_gib is not None and disk_gib < old.disk_gib:
+            raise OperationFailed(f"host {self.host_id}: VM {vm_uid}: a disk only grows ({old.disk_gib} GiB -> "
+                                  f"{disk_gib} GiB)", reason="InvalidArgument")
         if vm.power is PowerState.ON and (vcpus < old.vcpus or memory_mib < old.memory_mib):
-            # As ESXi: vCPUs and memory can be hot-added, never hot-removed.
+            # As ESXi: vCPUs and memory can be hot-added, never hot-removed (a disk grows hot).
             raise PowerCycleRequired(f"host {self.host_id}: VM {vm_uid} must be off to shrink")
-        if (old.vcpus, old.memory_mib) != (vcpus, memory_mib):
+        disk = old.disk_gib if disk_gib is None else disk_gib
+        if (old.vcpus, old.memory_mib, old.disk_gib) != (vcpus, memory_mib, disk):
             # Hold room for the growth while the change takes its time; give back what
             # shrinks only once it is made, so the host is never overbooked meanwhile.
             grow_vcpus, grow_memory = max(0, vcpus - old.vcpus), max(0, memory_mib - old.memory_mib)
-            self._reserve_amounts(grow_vcpus, grow_memory, 0)
+            grow_disk = max(0, disk - old.disk_gib)
+            self._reserve_amounts(grow_vcpus, grow_memory, grow_disk)
             committed = False
             try:
                 delay = self._hv.latency.reconfigure
@@ -726,15 +732,17 @@ class SimHost:
                 if self._vms.get(vm_uid) is not vm:  # destroyed meanwhile
                     raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
                 now = vm.request  # another reconfigure may have landed meanwhile
+                disk = max(disk, now.disk_gib)  # (which may have grown the disk further: it never shrinks)
                 self._hv.journal({"host": self.host_id, "op": "reconfigure", "vm_uid": vm_uid, "vcpus": vcpus,
-                                  "memory_mib": memory_mib})
-                vm.request = replace(now, vcpus=vcpus, memory_mib=memory_mib)
+                                  "memory_mib": memory_mib, "disk_gib": disk})
+                vm.request = replace(now, vcpus=vcpus, memory_mib=memory_mib, disk_gib=disk)
                 vm.refresh(self._hv.network_name)
-                self._release(now.vcpus + grow_vcpus - vcpus, now.memory_mib + grow_memory - memory_mib, 0)
+                self._release(now.vcpus + grow_vcpus - vcpus, now.memory_mib + grow_memory - memory_mib,
+                              now.disk_gib + grow_disk - disk)
                 committed = True
             finally:
                 if not committed:
-                    self._release(grow_vcpus, grow_memory, 0)
+                    self._release(grow_vcpus, grow_memory, grow_disk)
         if after is not None:
             raise after
 

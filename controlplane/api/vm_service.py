@@ -53,6 +53,7 @@ from controlplane.store.catalog import Catalog
 from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
+    EtagMismatch,
     HostFull,
     NotFound,
     RequestMismatch,
@@ -121,6 +122,11 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             v.add("vm.name", "output only; leave empty or equal to parent/vms/vm_id")
         uid = uuid.uuid4().hex
         data = _bootstrap_data(vm, uid, vm_id, v)
+        m = vm.bootstrap.metadata
+        # The metadata as given, for the request's fingerprint only (it is not in the spec).
+        metadata = idempotency.metadata_digest(
+            instance_id=m.instance_id, hostname=m.hostname, ssh_authorized_keys=list(m.ssh_authorized_keys),
+            values=m.values) if data is not None else b""
         v.raise_if_any()
         tenant, project = v.valid(parent)
         flavor = v.valid(flavor)
@@ -141,7 +147,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         try:
             record, created = await self._store.create(
                 spec, also=[*(await draft.writes() if draft else ()), *secret],
-                fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id)))
+                fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id), metadata=metadata))
         except RequestMismatch as err:
             raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED", str(err),
                                   metadata={"request_id": request.request_id, "created": err.made}) from err
@@ -214,8 +220,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                                                         also=await draft.writes() if draft else ())
         except NotFound as err:
             raise errors.not_found("vm", request.name) from err
+        except EtagMismatch as err:
+            raise errors.aborted(str(err), "ETAG_MISMATCH") from err
         except Conflict as err:
-            raise errors.aborted(str(err), "ETAG_MISMATCH" if request.etag else "CONFLICT") from err
+            raise errors.aborted(str(err)) from err
         if deletion.changed and draft:
             draft.committed()
         vm = vm_to_proto(deletion.record)
@@ -256,8 +264,12 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 spec = replace(spec, flavor=vm.flavor, resources=flavor.resources)
             return spec
 
-        update = await self._change(VmRef(tenant, project, vm_id), vm.name, change, etag=vm.etag,
-                                    check=_refuse_deleting)
+        def check(record: VmRecord) -> None:
+            _refuse_deleting(record)
+            if flavor is not None and vm.flavor != record.spec.flavor:
+                _refuse_disk_shrink(record, vm.flavor, flavor.resources.disk_gib)
+
+        update = await self._change(VmRef(tenant, project, vm_id), vm.name, change, etag=vm.etag, check=check)
         return _answer(update)
 
     async def StartVm(self, request: vm_pb2.StartVmRequest, context) -> vm_pb2.Vm:
@@ -275,13 +287,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
         mode, grace = _power_off(request)
         at = now_ns()
-
-        def change(spec: VmSpec) -> VmSpec:
-            if spec.power is Power.OFF:
-                return spec  # stopped already (or stopping): a retry, or a second stop
-            return replace(spec, power=Power.OFF, power_off_mode=mode, power_off_grace_s=grace, power_time_ns=at)
-
-        update = await self._change(VmRef(tenant, project, vm_id), request.name, change, etag=request.etag,
+        # Stopped already (or stopping): a retry or a second stop writes nothing, but a
+        # HARD stop forces a SOFT one that the guest may never finish.
+        update = await self._change(VmRef(tenant, project, vm_id), request.name,
+                                    lambda spec: spec.stopped(mode, grace, at), etag=request.etag,
                                     check=_refuse_pending_or_deleting)
         return _answer(update)
 
@@ -312,8 +321,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                                                    also=await draft.writes() if draft else ())
         except NotFound as err:
             raise errors.not_found("vm", name) from err
-        except Conflict as err:
-            raise errors.aborted(str(err), "ETAG_MISMATCH" if etag else "CONFLICT") from err
+        except EtagMismatch as err:
+            raise errors.aborted(str(err), "ETAG_MISMATCH") from err
+        except Conflict as err:  # lost compares, the etag (if any) matching
+            raise errors.aborted(str(err)) from err
         except QuotaExceeded as err:
             raise errors.resource_exhausted(
                 str(err), "QUOTA_EXCEEDED",
@@ -398,6 +409,18 @@ def _refuse_deleting(record: VmRecord) -> None:
     if record.spec.deleting:
         raise errors.failed_precondition(f"vm {record.ref.name!r} is being deleted", "VM_DELETING",
                                          metadata={"name": record.ref.name})
+
+
+def _refuse_disk_shrink(record: VmRecord, flavor: str, disk_gib: int) -> None:
+    """A resize grows the root disk or keeps it, never shrinks it (as Nova): a flavor
+    with a smaller disk is refused (FAILED_PRECONDITION, DISK_SHRINK_UNSUPPORTED)."""
+    current = record.spec.resources.disk_gib
+    if disk_gib < current:
+        raise errors.failed_precondition(
+            f"flavor {flavor!r} has a {disk_gib} GiB disk, smaller than the {current} GiB of vm "
+            f"{record.ref.name!r}: a resize never shrinks a disk", "DISK_SHRINK_UNSUPPORTED",
+            metadata={"name": record.ref.name, "flavor": flavor, "current_disk_gib": str(current),
+                      "requested_disk_gib": str(disk_gib)})
 
 
 def _refuse_pending_or_deleting(record: VmRecord) -> None:

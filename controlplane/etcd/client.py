@@ -202,6 +202,7 @@ def _send_failed(op: str, err: grpc.aio.AioRpcError | asyncio.InvalidStateError)
 _PROGRESS_ALL = -1
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's own default for --max-txn-ops
+DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's own default for --max-request-bytes
 
 
 def _nested_size(op: pb.RequestOp) -> int:
@@ -219,15 +220,20 @@ LEASE_NOT_FOUND = "requested lease not found"
 class EtcdClient:
     """One channel to an etcd cluster. Safe to share between tasks of one event loop.
 
-    ``max_txn_ops`` must not exceed the server's ``--max-txn-ops``; stores split
-    their batches by it (default: $QUANTA_ETCD_MAX_TXN_OPS, else etcd's 128).
+    ``max_txn_ops`` must not exceed the server's ``--max-txn-ops``, nor
+    ``max_request_bytes`` its ``--max-request-bytes``; stores split their batches by
+    them (defaults: $QUANTA_ETCD_MAX_TXN_OPS and $QUANTA_ETCD_MAX_REQUEST_BYTES, else
+    etcd's own 128 and 1.5 MiB).
     """
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0, max_txn_ops: int | None = None):
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0, max_txn_ops: int | None = None,
+                 max_request_bytes: int | None = None):
         target, options = _target(endpoints)
         self.target = target
         self.timeout = timeout
         self.max_txn_ops = max_txn_ops or int(os.environ.get("QUANTA_ETCD_MAX_TXN_OPS", DEFAULT_MAX_TXN_OPS))
+        self.max_request_bytes = max_request_bytes or int(
+            os.environ.get("QUANTA_ETCD_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES))
         self._channel = grpc.aio.insecure_channel(target, options=options)
         self._kv = pb_grpc.KVStub(self._channel)
         self._watch = pb_grpc.WatchStub(self._channel)

@@ -20,6 +20,8 @@ import urllib.request
 
 #: What the etcd started here allows per txn; processes using it are told so.
 ETCD_MAX_TXN_OPS = 4096
+#: --max-request-bytes of the etcd we start (etcd's default is 1.5 MiB).
+ETCD_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
 class EtcdNotFound(RuntimeError):
@@ -73,7 +75,8 @@ class EtcdServer:
     """
 
     def __init__(self, data_dir: str | None = None, *, quota_bytes: int = 8 * 1024**3,
-                 log_path: str | None = None, name: str = "quanta", token: str = "etcd-cluster"):
+                 log_path: str | None = None, name: str = "quanta", token: str = "etcd-cluster",
+                 max_request_bytes: int = ETCD_MAX_REQUEST_BYTES):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if not data_dir:
             self._tmp = tempfile.TemporaryDirectory(prefix="quanta-etcd-")
@@ -81,6 +84,7 @@ class EtcdServer:
         self.data_dir = data_dir
         os.makedirs(self.data_dir, exist_ok=True)
         self.quota_bytes = quota_bytes
+        self.max_request_bytes = max_request_bytes
         self.log_path = log_path or os.path.join(self.data_dir, "etcd.log")
         self.name = name
         self.token = token
@@ -140,7 +144,7 @@ class EtcdServer:
             "--auto-compaction-retention", "10m",
             "--quota-backend-bytes", str(self.quota_bytes),
             "--max-txn-ops", str(ETCD_MAX_TXN_OPS),
-            "--max-request-bytes", str(8 * 1024 * 1024),
+            "--max-request-bytes", str(self.max_request_bytes),
             "--snapshot-count", "100000",
             "--log-level", "warn",
         ]

@@ -17,6 +17,11 @@ the rules every writer of a host's bindings obeys.
   when a dimension it grows would exceed the host's allocatable.
 - **adopt** (``bind(..., adopting=True)``, ``OrphanStore.adopt``): a quarantined VM
   already running on the host is bound with no queue entry.
+- **bind a set** (``bind_set``, the scheduler): the members of an all-or-nothing set,
+  on several hosts, in ONE flat txn: each host as ``bind``, each zone group count
+  compared and written once with the whole set's delta, the set's record rewritten.
+- **remove pending** (``remove_pending``, a set failed at its deadline): a pending
+  VM's spec, status, queue entry and bootstrap data go (quota: the caller's charge).
 
 A *move* off a host is unbinds, some requeued and some removed, in one txn.
 
@@ -43,7 +48,7 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from controlplane.etcd import ops
+from controlplane.etcd import ops, prefix_end
 from controlplane.etcd.ops import Compare, RequestOp
 from controlplane.models import (
     Binding,
@@ -176,16 +181,35 @@ def bind(keys: Keys, host: HostRead, vms: Sequence[tuple[VmSpec, int]], *, zone:
     run on ``host`` and were in no queue (an operator adopts a quarantined VM,
     ``orphans.py``): no queue entry is compared or deleted, and maintenance does not
     refuse them (they are not new placements)."""
-    k = keys
     deltas: dict[ZoneGroupId, int] = {}
     for spec, _revision in vms:
         add_delta(deltas, zone, spec.zone_group, 1)
-    compares, writes, after = _counts(k, zone_counts, deltas)
+    compares, writes, after = _zone_binds(keys, zone_counts, deltas, bind_zone_ids(zone, (spec for spec, _ in vms)))
+    host_compares, host_writes, allocation = _host_binds(keys, host, vms, zone=zone, at=at, adopting=adopting)
+    return HostTxn(host.host, compares + host_compares, writes + host_writes, allocation, after)
+
+
+def _zone_binds(keys: Keys, zone_counts: Mapping[ZoneGroupId, ZoneCount], deltas: Mapping[ZoneGroupId, int],
+                ids: Iterable[ZoneGroupId]) -> tuple[list[Compare], list[RequestOp], dict[ZoneGroupId, int]]:
+    """The zone group count part of a bind: each count of ``deltas`` compared and
+    written once, and each other count of ``ids`` (relied on by zone affinity)
+    compared unchanged."""
+    compares, writes, after = _counts(keys, zone_counts, deltas)
     # Affinity only reads a count: compare it unchanged, write nothing.
-    compares += [ops.mod_revision_is(k.zone_group(*zg), zone_counts.get(zg, ZoneCount()).revision)
-                 for zg in bind_zone_ids(zone, (spec for spec, _ in vms)) if not deltas.get(zg)]
-    compares += [ops.mod_revision_is(k.host_alloc(host.host), host.revision), ops.absent(k.host_dead(host.host)),
-                 *([] if adopting else [ops.absent(k.host_maintenance(host.host))])]
+    compares += [ops.mod_revision_is(keys.zone_group(*zg), zone_counts.get(zg, ZoneCount()).revision)
+                 for zg in sorted(set(ids)) if not deltas.get(zg)]
+    return compares, writes, after
+
+
+def _host_binds(keys: Keys, host: HostRead, vms: Sequence[tuple[VmSpec, int]], *, zone: str, at: int,
+                adopting: bool) -> tuple[list[Compare], list[RequestOp], HostAllocation]:
+    """The host part of a bind (everything but the zone group counts): the host's
+    allocation compared and written once, that it is neither dead nor in maintenance,
+    each VM's queue entry compared and deleted, its binding and status written."""
+    k = keys
+    compares = [ops.mod_revision_is(k.host_alloc(host.host), host.revision), ops.absent(k.host_dead(host.host)),
+                *([] if adopting else [ops.absent(k.host_maintenance(host.host))])]
+    writes: list[RequestOp] = []
     allocation = host.allocation
     for spec, queue_revision in vms:
         queue_key = k.queue(spec.shard, spec.ref)
@@ -197,7 +221,75 @@ def bind(keys: Keys, host: HostRead, vms: Sequence[tuple[VmSpec, int]], *, zone:
         writes += [ops.put(k.binding(host.host, spec.ref), as_bound(spec, host.host, zone).to_bytes()),
                    ops.put(k.vm_status(spec.ref), status.to_bytes())]
     writes.append(ops.put(k.host_alloc(host.host), allocation.to_bytes()))
-    return HostTxn(host.host, compares, writes, allocation, after)
+    return compares, writes, allocation
+
+
+@dataclass(frozen=True, slots=True)
+class SetHost:
+    """The members of a set placed on one host: the host's allocation as read, its
+    zone as placement saw it, and each member's spec with its queue entry's mod_revision."""
+
+    host: HostRead
+    zone: str
+    vms: Sequence[tuple[VmSpec, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class SetTxn:
+    """A whole set's bind as ONE flat transaction, and what it leaves behind."""
+
+    compares: list[Compare]
+    writes: list[RequestOp]
+    allocations: dict[str, HostAllocation]  # per host, once it applied
+    zone_counts: dict[ZoneGroupId, int]  # each count it writes, once it applied
+
+    @property
+    def cost(self) -> Cost:
+        return Cost(len(self.compares), len(self.writes))
+
+
+def bind_set(keys: Keys, hosts: Sequence[SetHost], *, zone_counts: Mapping[ZoneGroupId, ZoneCount],
+             record: tuple[bytes, int, bytes], at: int, guard: Sequence[Compare] = ()) -> SetTxn:
+    """Bind every member of an all-or-nothing set, onto several hosts, in one flat txn:
+    all or none. The per-host rules are ``bind``'s; what differs is that a zone group
+    count that members on several hosts of one zone change (or rely on) is compared
+    and written ONCE with their combined delta (etcd refuses a txn that writes a key
+    twice). ``zone_counts``: the counts of every host's ``bind_zone_ids`` as read.
+    ``record``: (key, mod_revision as read, new value) of the set's record, compared
+    and rewritten (PLACED) in the same txn; ``guard``: the caller's compares (its
+    shard's fence). Raises ValueError when a host appears twice."""
+    if len({h.host.host for h in hosts}) != len(hosts):
+        raise ValueError("a set bind names each host once")
+    deltas: dict[ZoneGroupId, int] = {}
+    ids: set[ZoneGroupId] = set()
+    for h in hosts:
+        for spec, _revision in h.vms:
+            add_delta(deltas, h.zone, spec.zone_group, 1)
+        ids |= bind_zone_ids(h.zone, (spec for spec, _ in h.vms))
+    compares, writes, after = _zone_binds(keys, zone_counts, deltas, ids)
+    record_key, record_revision, record_value = record
+    compares = [*guard, ops.mod_revision_is(record_key, record_revision), *compares]
+    writes.append(ops.put(record_key, record_value))
+    allocations = {}
+    for h in hosts:
+        host_compares, host_writes, allocations[h.host.host] = _host_binds(keys, h.host, h.vms, zone=h.zone, at=at,
+                                                                            adopting=False)
+        compares += host_compares
+        writes += host_writes
+    return SetTxn(compares, writes, allocations, after)
+
+
+def remove_pending(keys: Keys, spec: VmSpec, queue_revision: int) -> tuple[list[Compare], list[RequestOp]]:
+    """Compares and writes that remove a pending VM (as its queue entry was read, with
+    its mod_revision): its spec and status, its queue entry, and its bootstrap data
+    if it has any. Its quota is the caller's to release (in the same txn)."""
+    k = keys
+    prefix = k.vm_prefix(spec.ref)
+    queue_key = k.queue(spec.shard, spec.ref)
+    writes = [ops.delete(prefix, prefix_end(prefix)), ops.delete(queue_key)]
+    if spec.bootstrap is not None:
+        writes.append(bootstrap.delete_op(k, spec.ref))
+    return [ops.mod_revision_is(queue_key, queue_revision)], writes
 
 
 def unbind(keys: Keys, host: HostRead, vms: Sequence[Unbind], *, zone_counts: Mapping[ZoneGroupId, ZoneCount],
@@ -324,6 +416,35 @@ def _unbind_costs() -> tuple[Cost, Cost]:
     fixed_r, each_r = _fixed_and_each(lambda n: cost(n, False))
     return (Cost(max(fixed_q.compares, fixed_r.compares), max(fixed_q.writes, fixed_r.writes)),
             Cost(max(each_q.compares, each_r.compares), max(each_q.writes, each_r.writes)))
+
+
+@functools.cache
+def _set_bind_costs() -> tuple[Cost, Cost]:
+    keys = Keys("/")
+
+    def cost(n: int) -> Cost:
+        # Each member on a host of its own, in a zone of its own: nothing shared.
+        hosts = [SetHost(HostRead(f"h{i}"), f"z{i}", [(_worst_spec(i), 1)]) for i in range(n)]
+        return bind_set(keys, hosts, zone_counts={}, record=(b"/s", 1, b""), at=0).cost
+
+    return _fixed_and_each(cost)
+
+
+def set_bind_cost(members: int) -> Cost:
+    """The most a set bind of ``members`` VMs can cost (each member on a host and in
+    a zone of its own, counted in a zone group and relying on another)."""
+    fixed, each = _set_bind_costs()
+    return fixed + each * members
+
+
+def set_bind_limit(max_txn_ops: int) -> int:
+    """The most members a set may have so that its bind, however its members are
+    placed, fits one txn within ``max_txn_ops`` (nested in a parent holding the
+    fence compare and one op: etcd counts the parent's ops with the nested one's).
+    A set admitted larger may still bind if its members share hosts and zones; the
+    scheduler measures the txn it built and fails a set whose bind cannot fit."""
+    fixed, each = _set_bind_costs()
+    return most_that_fit(max_txn_ops - 1, fixed, each)
 
 
 def most_that_fit(budget: int, fixed: Cost, each: Cost) -> int:

@@ -34,7 +34,11 @@ class RequestMismatch(AlreadyExists):
 
 
 class Conflict(StoreError):
-    """A compare-and-swap kept failing, or an etag did not match."""
+    """A compare-and-swap kept failing, or an etag did not match (:class:`EtagMismatch`)."""
+
+
+class EtagMismatch(Conflict):
+    """The etag the caller gave is not the resource's: it changed since the caller read it."""
 
 
 class HostAlive(StoreError):

@@ -7,12 +7,18 @@ fingerprint is the same: then it gets the first answer; otherwise it is refused
 (``RequestMismatch``), never answered with a VM it did not describe (DESIGN.md:
 "A request_id reused with different parameters is refused"). Records written
 before fingerprints existed have none and are taken as retries, as before.
+
+Bootstrap metadata is not in the spec (it is secret, stored apart, and rendered with
+defaults such as the VM's uid that differ per attempt): the frontend digests it as the
+request gave it (:func:`metadata_digest`) and passes the digest in; it is only ever
+hashed into the fingerprint, never stored or returned on its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 
 from controlplane.models import VmSpec
 
@@ -33,18 +39,35 @@ NOT_FINGERPRINTED = frozenset({
 })
 
 
-def fingerprint(spec: VmSpec, *, chosen_id: bool) -> bytes:
+def metadata_digest(*, instance_id: str, hostname: str, ssh_authorized_keys: Sequence[str],
+                    values: Mapping[str, str]) -> bytes:
+    """SHA-256 of a create's bootstrap metadata as the request gave it (keys in order,
+    values in key order; not the rendered metadata, whose defaults differ per attempt),
+    or b"" when it gave none (every field empty). Pure."""
+    if not (instance_id or hostname or ssh_authorized_keys or values):
+        return b""
+    doc = {"instance_id": instance_id, "hostname": hostname, "ssh_authorized_keys": list(ssh_authorized_keys),
+           "values": dict(sorted(values.items()))}
+    encoded = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(b"vm-bootstrap-metadata-v1\0" + encoded).digest()
+
+
+def fingerprint(spec: VmSpec, *, chosen_id: bool, metadata: bytes = b"") -> bytes:
     """SHA-256 of the create's parameters, normalised (defaults as stored, maps in
     key order): the VM's id if the caller chose it (``chosen_id``; a server-assigned
-    id differs on every attempt) and every field in :data:`FINGERPRINTED`. Pure."""
+    id differs on every attempt), every field in :data:`FINGERPRINTED`, and
+    ``metadata``, the :func:`metadata_digest` of its bootstrap metadata (b"": none,
+    which leaves the fingerprint as it was before metadata counted). Pure."""
     chosen = {name: getattr(spec, name) for name in sorted(FINGERPRINTED)}
     chosen = {name: dict(value) if name in ("labels", "node_selector") else
               int(value) if name.endswith(("_scope", "_policy")) or name == "power" else value
               for name, value in chosen.items()}
-    # Bootstrap data by its summary (format, size, SHA-256 of the user data): the
-    # metadata is not in the spec, so two creates differing only there count as one.
+    # Bootstrap data by its summary (format, size, SHA-256 of the user data) and the
+    # metadata's digest (not in the spec).
     b = spec.bootstrap
     chosen["bootstrap"] = [int(b.format), b.size_bytes, b.sha256.hex()] if b is not None else None
+    if metadata:
+        chosen["bootstrap_metadata"] = metadata.hex()
     chosen["vm_id"] = spec.ref.vm_id if chosen_id else ""
     encoded = json.dumps(chosen, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(VERSION + encoded).digest()

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 _MAX_ROUNDS = 32
 USAGE_STRIPES = 8
+#: Bytes of a group commit's request besides its charges: the project's and the
+#: stripes' compares and reads, the stripe's put, gRPC framing; generous.
+_OWN_BYTES = 16 * 1024
 
 QUOTA_BATCH_SIZE = Histogram(
     "quanta_quota_commit_batch_size", "Charges (VM creates/deletes) per quota group-commit transaction.",
@@ -96,6 +99,13 @@ class Charge:
     writes: list = field(default_factory=list)
     reads: list = field(default_factory=list)
     exclusive: tuple[bytes, ...] = ()
+    size: int = -1  # bytes of its compares and writes on the wire (-1: not measured yet)
+
+    def measured(self) -> int:
+        """Bytes its compares and writes take in a transaction (measured once)."""
+        if self.size < 0:
+            self.size = sum(op.ByteSize() for op in self.writes) + sum(c.ByteSize() for c in self.compares)
+        return self.size
 
 
 @dataclass(slots=True)
@@ -195,21 +205,27 @@ class UsageLedger:
                 del self._lanes[(tenant, project)]
 
     def _take(self, pending: list) -> tuple[list, list]:
-        """As many charges as fit one transaction under etcd's --max-txn-ops, in
-        arrival order, leaving for later those that touch a name already taken."""
+        """As many charges as fit one transaction under etcd's --max-txn-ops and
+        --max-request-bytes (bootstrap data makes creates up to ~80 KiB each), in
+        arrival order, leaving for later those that touch a name already taken. A
+        charge too large to share a transaction goes alone."""
         budget = self._etcd.max_txn_ops - 2
-        compares = writes = 0
+        # Room for the ledger's own compares and reads and the request's framing.
+        byte_budget = self._etcd.max_request_bytes - _OWN_BYTES
+        compares = writes = size = 0
         taken: set[bytes] = set()
         batch: list = []
         later: list = []
         for item in pending:
             charge = item[0]
-            if taken.intersection(charge.exclusive) or (batch and max(
-                    compares + len(charge.compares), writes + len(charge.writes), len(batch) + 3) > budget):
+            if taken.intersection(charge.exclusive) or (batch and (max(
+                    compares + len(charge.compares), writes + len(charge.writes), len(batch) + 3) > budget
+                    or size + charge.measured() > byte_budget)):
                 later.append(item)
                 continue
             compares += len(charge.compares)
             writes += len(charge.writes)
+            size += charge.measured()
             taken.update(charge.exclusive)
             batch.append(item)
         return batch, later

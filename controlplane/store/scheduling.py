@@ -8,6 +8,11 @@ zone-scoped VMs change or zone-affine VMs rely on; what it compares and writes
 is built by ``bindings.py``.
 Binds are batched: one etcd round trip carries one nested txn per host, so a
 conflict on one host fails only that host's binds.
+
+All-or-nothing sets (``VmSet``, CreateVms): every member is bound in ONE flat txn
+(``bindings.bind_set``) that also rewrites the set's record PLACED, or none is; a set
+that never fits is failed at its deadline in one txn that removes its pending
+members, releases their quota (``UsageLedger``) and writes the record FAILED.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from dataclasses import dataclass, field
 
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.etcd.ops import Compare
-from controlplane.models import HostAllocation, VmRef, VmSpec, VmState, VmStatus, now_ns
+from controlplane.models import HostAllocation, VmRef, VmSet, VmSetRef, VmSetState, VmSpec, VmState, VmStatus, now_ns
 from controlplane.store import bindings
-from controlplane.store.bindings import HostRead
+from controlplane.store.bindings import HostRead, SetHost
 from controlplane.store.keys import Keys
+from controlplane.store.ledger import Charge, GuardFailed, UsageLedger
+from controlplane.store.vms import held
 from controlplane.store.zones import ZoneCount, ZoneGroupId, ZoneStore
+from controlplane.tenancy import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +75,30 @@ class BindResult:
     zone_counts: list[dict[ZoneGroupId, int]] = field(default_factory=list)  # per HostBind: counts it wrote
 
 
+@dataclass(frozen=True, slots=True)
+class SetRead:
+    """A set's record as read: None when absent, with the key's mod_revision (0: absent)."""
+
+    vm_set: VmSet | None
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetBindResult:
+    fenced: bool  # False: the shard is no longer ours; nothing was written
+    committed: bool  # every member bound and the record PLACED (else nothing was written)
+    revision: int
+    allocations: dict[str, HostAllocation] = field(default_factory=dict)  # per host, if committed
+    zone_counts: dict[ZoneGroupId, int] = field(default_factory=dict)  # counts written, if committed
+    too_large: bool = False  # the txn would exceed max_txn_ops: nothing was sent
+    cost: int = 0  # the ops of the set's txn as etcd counts them
+
+
 class SchedulingStore:
-    def __init__(self, client: EtcdClient, keys: Keys):
+    def __init__(self, client: EtcdClient, keys: Keys, ledger: UsageLedger | None = None):
         self._etcd = client
         self._keys = keys
+        self._ledger = ledger
 
     def _queued(self, kv) -> QueuedVm:
         return QueuedVm(VmSpec.from_bytes(kv.value), kv.mod_revision)
@@ -139,8 +167,9 @@ class SchedulingStore:
         """After lost bind races: the zone group counts of ``ids`` now, and the revision read at."""
         return await ZoneStore(self._etcd, self._keys).read(ids)
 
-    async def write_unschedulable(self, items: Sequence[tuple[QueuedVm, str]]) -> None:
-        """Record why queued VMs could not be placed (they stay queued).
+    async def write_unschedulable(self, items: Sequence[tuple[QueuedVm, str]], *, reason: str = "NoHostFits") -> None:
+        """Record why queued VMs could not be placed (they stay queued): ``reason``
+        (NoHostFits; SetDoesNotFit for the members of a set) and each VM's message.
 
         Guarded by each queue entry, so a VM bound or deleted meanwhile is not touched.
         """
@@ -149,9 +178,99 @@ class SchedulingStore:
         nested = []
         for vm, message in items:
             spec = vm.spec
-            status = VmStatus(VmState.PENDING, reason="NoHostFits", message=message, update_time_ns=at,
+            status = VmStatus(VmState.PENDING, reason=reason, message=message, update_time_ns=at,
                               accepted_time_ns=spec.create_time_ns)
             nested.append(ops.txn([ops.mod_revision_is(k.queue(spec.shard, spec.ref), vm.queue_revision)],
                                   [ops.put(k.vm_status(spec.ref), status.to_bytes())]))
         if nested:
             await self._etcd.txn_chunked(nested)
+
+    # --- all-or-nothing sets ---------------------------------------------------------------
+
+    async def read_sets(self, refs: Sequence[VmSetRef]) -> dict[VmSetRef, SetRead]:
+        """The records of ``refs`` as they are now, in one round trip (chunked if many)."""
+        responses = await self._etcd.txn_chunked(
+            [ops.get(self._keys.vm_set(r.tenant, r.project, r.set_id)) for r in refs])
+        reads = {}
+        for ref, response in zip(refs, responses, strict=True):
+            kvs = response.response_range.kvs
+            reads[ref] = SetRead(VmSet.from_bytes(ref, kvs[0].value), kvs[0].mod_revision) if kvs \
+                else SetRead(None, 0)
+        return reads
+
+    def set_bind_room(self) -> int:
+        """The ops one set's flat txn may have: it is nested in a parent holding the
+        fence compare and that one op, and etcd counts both."""
+        return self._etcd.max_txn_ops - 1
+
+    async def bind_set(self, fence: Compare | None, vm_set: VmSet, set_revision: int, binds: Sequence[HostBind]
+                       ) -> SetBindResult:
+        """Bind every member of ``vm_set`` (as placed: ``binds``, one per host) and
+        rewrite its record PLACED, compared by ``set_revision``, in ONE flat txn
+        (``bindings.bind_set``) nested under ``fence``: all or nothing.
+
+        Sends nothing and returns ``too_large`` when that txn would exceed the
+        server's max_txn_ops (measured on the built txn). Not retried here."""
+        at = now_ns()
+        k = self._keys
+        ref = vm_set.ref
+        placed = VmSet(ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.PLACED, vm_set.create_time_ns,
+                       vm_set.deadline_ns, at, "", "", vm_set.request_id)
+        zone_counts = {zg: count for b in binds for zg, count in b.zone_counts.items()}
+        built = bindings.bind_set(
+            k, [SetHost(HostRead(b.host, b.committed, b.alloc_revision), b.zone,
+                        [(vm.spec, vm.queue_revision) for vm in b.vms]) for b in binds],
+            zone_counts=zone_counts, record=(k.vm_set(ref.tenant, ref.project, ref.set_id), set_revision,
+                                             placed.to_bytes()), at=at)
+        cost = built.cost.ops
+        if cost > self.set_bind_room():
+            return SetBindResult(True, False, 0, too_large=True, cost=cost)
+        result = await self._etcd.txn([fence] if fence is not None else [], [ops.txn(built.compares, built.writes)])
+        if not result.succeeded:
+            return SetBindResult(False, False, result.revision, cost=cost)
+        if not result.nested(0).succeeded:
+            return SetBindResult(True, False, result.revision, cost=cost)
+        return SetBindResult(True, True, result.revision, built.allocations, built.zone_counts, cost=cost)
+
+    async def write_set_shortfall(self, vm_set: VmSet, set_revision: int, reason: str, message: str) -> int:
+        """Record why a pending set does not fit on its record (compared by
+        ``set_revision``). Returns the record's new mod_revision, 0 when it changed
+        meanwhile (nothing written: read it again)."""
+        ref = vm_set.ref
+        key = self._keys.vm_set(ref.tenant, ref.project, ref.set_id)
+        told = VmSet(ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.PENDING, vm_set.create_time_ns,
+                     vm_set.deadline_ns, now_ns(), reason, message, vm_set.request_id)
+        result = await self._etcd.txn([ops.mod_revision_is(key, set_revision)], [ops.put(key, told.to_bytes())])
+        return result.revision if result.succeeded else 0
+
+    async def fail_set(self, fence: Compare, vm_set: VmSet, set_revision: int, members: Sequence[QueuedVm], *,
+                       reason: str, message: str) -> bool:
+        """End a pending set in ONE txn, fenced: every member still pending (``members``,
+        each compared by its queue entry) removed (``bindings.remove_pending``), their
+        quota released through the ledger, the record written FAILED with ``reason``
+        and ``message`` (compared by ``set_revision``). Nothing partially.
+
+        Returns False when a compare failed (nothing written): the fence (the caller
+        checks its lock), the record or a member's entry changed; read them again.
+        Raises NotFound when the project is gone."""
+        k = self._keys
+        ref = vm_set.ref
+        key = k.vm_set(ref.tenant, ref.project, ref.set_id)
+        failed = VmSet(ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.FAILED, vm_set.create_time_ns,
+                       vm_set.deadline_ns, now_ns(), reason, message, vm_set.request_id)
+        compares = [fence, ops.mod_revision_is(key, set_revision)]
+        writes = [ops.put(key, failed.to_bytes())]
+        released = Usage()
+        for vm in members:
+            member_compares, member_writes = bindings.remove_pending(k, vm.spec, vm.queue_revision)
+            compares += member_compares
+            writes += member_writes
+            released = released - held(vm.spec)
+        charge = Charge(released, compares, writes, exclusive=(key, *(k.vm_prefix(vm.spec.ref) for vm in members)))
+        if self._ledger is None:
+            self._ledger = UsageLedger(self._etcd, self._keys)
+        try:
+            await self._ledger.apply(ref.tenant, ref.project, charge)
+        except GuardFailed:
+            return False
+        return True

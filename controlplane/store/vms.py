@@ -24,7 +24,14 @@ from controlplane.models import (
     now_ns,
 )
 from controlplane.store import bindings, bootstrap
-from controlplane.store.errors import AlreadyExists, Conflict, NotFound, RequestMismatch, RequestReplayed
+from controlplane.store.errors import (
+    AlreadyExists,
+    Conflict,
+    EtagMismatch,
+    NotFound,
+    RequestMismatch,
+    RequestReplayed,
+)
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, QuotaExceeded, UsageLedger
 from controlplane.store.retention import RetentionLeases
@@ -297,9 +304,9 @@ class VmStore:
         ``bindings.resize`` from the binding, allocation and registration read in one
         round trip, all in that same transaction.
 
-        Raises NotFound; Conflict when ``etag`` does not match (and there is something to
-        change) or the VM or a
-        ``guard`` compare (the caller's own, e.g. a fence) keeps changing under it;
+        Raises NotFound; EtagMismatch (a Conflict) when ``etag`` does not match (and there
+        is something to change); Conflict when the VM or a ``guard`` compare (the
+        caller's own, e.g. a fence) keeps changing under it;
         QuotaExceeded when the change grows the VM beyond its project's quota;
         HostFull when a resize grows a bound VM beyond its host's allocatable;
         ValueError when ``change`` alters the VM's identity or shard, or a bound VM's
@@ -323,7 +330,7 @@ class VmStore:
                 # (its answer lost) gets the same answer, not a conflict with itself.
                 return SpecUpdate(record, False, record.resource_version, changed=False)
             if etag and etag != record.etag:
-                raise Conflict(f"etag {etag} does not match {record.etag}")
+                raise EtagMismatch(f"etag {etag} does not match {record.etag}")
             if (spec.ref, spec.uid, spec.shard) != (was.ref, was.uid, was.shard):
                 raise ValueError(f"a spec change may not change the identity or shard of {ref.name}")
             compares = [ops.mod_revision_is(spec_key, record.spec_revision), *guard]

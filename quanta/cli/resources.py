@@ -543,7 +543,7 @@ def _update(args, client: Client) -> vm_pb2.Vm:
         try:
             return client.update_vm(name, labels=labels, flavor=args.flavor, etag=args.etag or current.etag)
         except Aborted as err:
-            if args.etag or err.reason != "ETAG_MISMATCH" or attempt == attempts - 1:
+            if args.etag or err.reason not in ("ETAG_MISMATCH", "CONFLICT") or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 

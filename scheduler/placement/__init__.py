@@ -39,6 +39,7 @@ from scheduler.placement.scoring import (
     utilisation_after,
     weighted,
 )
+from scheduler.placement.sets import SetMember, SetPlacement, place_set
 from scheduler.placement.view import HostView
 from scheduler.placement.zones import ZoneCounts
 
@@ -55,6 +56,8 @@ __all__ = [
     "PlacementRequest",
     "Resources",
     "Scorer",
+    "SetMember",
+    "SetPlacement",
     "Verdict",
     "ZoneCounts",
     "default_candidates",
@@ -70,6 +73,7 @@ __all__ = [
     "not_in_maintenance",
     "pack",
     "place",
+    "place_set",
     "policy",
     "spread",
     "utilisation_after",

@@ -178,6 +178,31 @@ def test_a_guest_that_ignores_the_shutdown_is_powered_off_hard_after_the_grace(e
     run(main())
 
 
+def test_a_hard_stop_forces_a_soft_stop_the_guest_ignores(etcd_endpoint, root, tmp_path) -> None:
+    async def main() -> None:
+        async with world(etcd_endpoint, root, str(tmp_path)) as w:
+            spec = await w.create(make_spec("stuck"))
+            await w.until(spec, running_with_address, "RUNNING with an address")
+            w.host.ignore_shutdown(spec.uid)
+            soft = await w.vms.update_spec(spec.ref, lambda s: s.stopped(PowerOffMode.SOFT, 600, now_ns()))
+            spec = soft.record.spec
+            await async_wait_until(lambda: any(r["op"] == "shutdown_guest" for r in w.journal(spec.uid)),
+                                   message="the guest asked to shut down", seen=lambda: w.journal(spec.uid))
+            assert (await w.status(spec)).state == VmState.RUNNING  # and would be for 600 s
+            # What StopVm(HARD) writes: the same stop, HARD; a second one writes nothing.
+            hard = await w.vms.update_spec(spec.ref, lambda s: s.stopped(PowerOffMode.HARD, 0, now_ns()))
+            assert hard.changed and hard.record.spec == replace(spec, power_off_mode=PowerOffMode.HARD)
+            again = await w.vms.update_spec(spec.ref, lambda s: s.stopped(PowerOffMode.HARD, 0, now_ns()))
+            softer = await w.vms.update_spec(spec.ref, lambda s: s.stopped(PowerOffMode.SOFT, 5, now_ns()))
+            assert not again.changed and not softer.changed
+            status = await w.until(spec, lambda s: s.state == VmState.STOPPED, "STOPPED at once", timeout=15)
+            assert condition(status, "Stopped") == ("True", "StoppedByRequest")
+            assert status.power_time_ns == spec.power_time_ns
+            assert [(r["op"], r.get("by")) for r in w.journal(spec.uid)][-1] == ("power_off", None)  # hard
+
+    run(main())
+
+
 def test_a_hard_stop_does_not_ask_the_guest(etcd_endpoint, root, tmp_path) -> None:
     async def main() -> None:
         async with world(etcd_endpoint, root, str(tmp_path), latency=SimLatency(shutdown=30)) as w:
@@ -355,6 +380,25 @@ def test_a_resize_that_needs_a_power_cycle_gets_one(etcd_endpoint, root, tmp_pat
     run(main())
 
 
+def test_a_resize_that_grows_the_disk_grows_it_hot(etcd_endpoint, root, tmp_path) -> None:
+    async def main() -> None:
+        async with world(etcd_endpoint, root, str(tmp_path)) as w:
+            spec = await w.create(make_spec("roomy", resources=Resources(1, 1024, 10)))
+            await w.until(spec, running_with_address, "RUNNING")
+            key = w.keys.binding(HOST, spec.ref)
+            binding = Binding.from_bytes((await w.client.get(key)).value)
+            grown = replace(binding.spec, resources=Resources(1, 1024, 30))  # the disk alone grows
+            await w.client.put(key, replace(binding, spec=grown).to_bytes())
+            revision = (await w.client.get(key)).mod_revision
+            status = await w.until(spec, lambda s: s.observed_revision >= revision, "the resize made true")
+            assert status.state == VmState.RUNNING and condition(status, "PowerCycle") is None
+            assert (await w.host.get_vm(spec.uid)).disk_gib == 30
+            ops = [(r["op"], r.get("disk_gib")) for r in w.journal(spec.uid) if r["op"] != "booted"]
+            assert ops == [("create", 10), ("power_on", None), ("reconfigure", 30)], "grown hot, no power cycle"
+
+    run(main())
+
+
 async def _is(value, want) -> bool:
     return (await value) == want
 
@@ -424,3 +468,44 @@ def test_addresses_are_unique_across_many_vms(etcd_endpoint, root, tmp_path) -> 
             assert all(ipaddress.ip_address(ip) in ipaddress.ip_network("10.80.0.0/16") for ip in ips)
 
     run(main())
+
+
+def test_an_agent_killed_after_blanking_the_bootstrap_data_clears_it_after_its_restart(etcd_endpoint, root, tmp_path):
+    """At zero boot latency the guest reports within the converge that made the VM: the
+    agent blanks the data on the VM, and is killed before the status (RUNNING, CLEARED,
+    with the key's deletion and the audit record in its txn) lands. etcd still says
+    STORED and the VM has nothing left to report: the next agent clears it all the same."""
+    async def first_life() -> VmSpec:
+        async with world(etcd_endpoint, root, str(tmp_path)) as w:
+            held = w.agent.statuses._store = HeldWrites(w.agent.statuses._store)
+            base = make_spec("blanked")
+            data = BootstrapData(base.uid, BootstrapFormat.CLOUD_INIT, SECRET)
+            spec = await w.create(replace(base, bootstrap=data.summary()), data)
+            key = (HOST, spec.ref)
+            await async_wait_until(
+                lambda: any(r["op"] == "clear_bootstrap" for r in w.journal(spec.uid))
+                and w.agent.reconciler.applied[key].bootstrap == BootstrapState.CLEARED,
+                message="blanked on the VM, CLEARED in the agent's memory",
+                seen=lambda: (w.journal(spec.uid), w.agent.reconciler.applied.get(key)))
+            info = await w.host.get_vm(spec.uid)
+            assert info.bootstrapped and not info.bootstrap_present
+            assert held.held  # the statuses never land
+            assert (await w.status(spec)).bootstrap == BootstrapState.STORED
+            assert await w.client.get(w.keys.bootstrap(spec.ref)) is not None
+            return spec
+
+    spec = run(first_life())
+
+    async def second_life() -> None:
+        async with world(etcd_endpoint, root, str(tmp_path)) as w:
+            status = await w.until(spec, lambda s: s.bootstrap == BootstrapState.CLEARED, "CLEARED after the restart")
+            assert condition(status, "Bootstrapped") == ("True", "BootstrapCleared")
+            assert await w.client.get(w.keys.bootstrap(spec.ref)) is None
+            entries, _, _ = await AuditLog(w.client, w.keys).list(TENANT)
+            # Exactly one: the first agent's record was in the txn that never landed.
+            (entry,) = [e.record for e in entries
+                        if e.record.method == CLEAR_BOOTSTRAP_METHOD and e.record.resource == spec.ref.name]
+            assert "reported that it bootstrapped" in entry.message
+            assert [r["op"] for r in w.journal(spec.uid)].count("clear_bootstrap") == 1  # (a no-op the 2nd time)
+
+    run(second_life())

@@ -624,3 +624,35 @@ def test_a_limit_set_later_counts_every_stripe(etcd_endpoint: str, root: str) ->
             assert (await usage_of(c1, keys)).vms == 7
 
     run(main())
+
+
+def test_creates_with_large_bootstrap_data_are_batched_under_etcds_request_limit():
+    """etcd's default --max-request-bytes is 1.5 MiB; 40 concurrent creates with 60 KiB
+    of user data each (2.4 MiB) must not go in one group commit, or etcd refuses it
+    ("request is too large") and every create of the batch fails."""
+    from controlplane.etcd.client import DEFAULT_MAX_REQUEST_BYTES
+    from controlplane.etcd.server import EtcdServer
+    from controlplane.models import BootstrapFormat
+    from controlplane.store import bootstrap
+
+    server = EtcdServer(max_request_bytes=DEFAULT_MAX_REQUEST_BYTES).start()
+    try:
+        async def scenario() -> None:
+            keys = Keys(f"/big-{uuid.uuid4().hex[:8]}")
+            async with EtcdClient(server.endpoint, max_txn_ops=4096,
+                                  max_request_bytes=DEFAULT_MAX_REQUEST_BYTES) as client:
+                await make_project(client, keys, Limits())
+                store = VmStore(client, keys)
+
+                async def create(i: int) -> None:
+                    spec = make_spec(f"big-{i:02d}")
+                    data = bootstrap.BootstrapData(spec.uid, BootstrapFormat.CLOUD_INIT, bytes([i]) * 60 * 1024)
+                    await store.create(spec, also=[bootstrap.put_op(keys, spec.ref, data)])
+
+                await asyncio.gather(*(create(i) for i in range(40)))
+                assert (await usage_of(client, keys)).vms == 40
+                kvs, _revision = await client.range_prefix(keys._k("bootstrap/"))
+                assert len(kvs) == 40
+        run(scenario())
+    finally:
+        server.stop()

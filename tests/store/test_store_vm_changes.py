@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.etcd import EtcdClient
+from controlplane.etcd import EtcdClient, ops
 from controlplane.models import (
     Binding,
     BootstrapFormat,
@@ -29,7 +29,7 @@ from controlplane.models import (
 )
 from controlplane.store import bindings, bootstrap
 from controlplane.store.bindings import HostRead, Unbind
-from controlplane.store.errors import AlreadyExists, HostFull
+from controlplane.store.errors import AlreadyExists, Conflict, EtagMismatch, HostFull
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.ledger import QuotaExceeded
 from controlplane.store.scheduling import HostBind, SchedulingStore
@@ -404,5 +404,28 @@ def test_bootstrap_data_goes_with_the_unbind_that_removes_its_vm(etcd_endpoint: 
             await unbind(client, keys, spec.ref, "h1", requeue=False)  # as its agent, once it destroyed it
             assert await client.get(keys.bootstrap(spec.ref)) is None
             assert await client.get(keys.vm_spec(spec.ref)) is None
+
+    run(main())
+
+
+def test_a_stale_etag_is_an_etag_mismatch_lost_compares_are_not(etcd_endpoint: str, root: str) -> None:
+    """Both are Conflicts; only a stale etag is an EtagMismatch (the API's ETAG_MISMATCH,
+    else CONFLICT), also when an etag was given and matched."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            await make_project(client, keys)
+            vms = VmStore(client, keys)
+            spec = make_spec("cas")
+            record, _ = await vms.create(spec)
+            relabel = lambda s: replace(s, labels={"a": "b"})  # noqa: E731
+            with pytest.raises(EtagMismatch):
+                await vms.update_spec(spec.ref, relabel, etag=f"{record.spec_revision + 1:x}")
+            # The etag matches; a compare of the caller's fails every round.
+            fenced = keys.vm_spec(spec.ref)  # present: ``absent`` never holds
+            with pytest.raises(Conflict) as lost:
+                await vms.update_spec(spec.ref, relabel, etag=record.etag, guard=[ops.absent(fenced)])
+            assert not isinstance(lost.value, EtagMismatch)
+            assert (await vms.get(spec.ref)).spec == spec  # nothing written either time
 
     run(main())

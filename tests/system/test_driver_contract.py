@@ -30,6 +30,7 @@ from agents.drivers.protocol import (
     HostCapacity,
     HostDriver,
     ImageNotFound,
+    OperationFailed,
     PowerCycleRequired,
     PowerState,
     VmInfo,
@@ -55,6 +56,8 @@ GUEST_S = 0.2  # boot and shutdown of a slow guest
 
 
 class SimBackend:
+    flat_image = "ubuntu"  # an image whose VMs have a disk of their own (growable)
+
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
 
@@ -75,6 +78,8 @@ class SimBackend:
 
 
 class VcsimBackend:
+    flat_image = "flat"  # no snapshot: its VMs are full clones (a linked clone's disk cannot grow)
+
     def __init__(self, fast: Vcsim, slow: Vcsim):
         self.fast, self.slow = fast, slow
 
@@ -100,6 +105,7 @@ def vcsims():
             started.append(vcsim)
             vcsim.start()
             vcsim.make_image("ubuntu", nic=True)
+            vcsim.make_image("flat", snapshot=False)
         yield started
     finally:
         for vcsim in started:
@@ -323,6 +329,33 @@ def test_shrinking_a_running_vm_requires_a_power_cycle(backend):
             info = await driver.get_vm(uid)
             assert (info.vcpus, info.memory_mib) in ((1, 512), (0, 0))  # 0: the driver does not say
             assert await driver.hardware(uid) == (1, 512)
+    run(body())
+
+
+def test_reconfigure_grows_the_disk_hot_and_never_shrinks_it(backend):
+    async def body():
+        (uid,) = uids()
+        async with backend.driver() as driver:
+            made = await driver.create_vm(req(uid, image=backend.flat_image))
+            # The disk as made: the request's (sim), or the image's (ESXi; 0 if under 1 GiB).
+            assert made.disk_gib in (10, 1, 0)
+            grown = max(made.disk_gib, 10) + 2
+            await driver.power_on(uid)
+            for _ in range(2):  # hot, and idempotent
+                await driver.reconfigure(uid, vcpus=1, memory_mib=512, disk_gib=grown)
+                info = await driver.get_vm(uid)
+                assert (info.power, info.disk_gib, info.vcpus, info.memory_mib) == (PowerState.ON, grown, 1, 512)
+            for smaller in (grown - 1, made.disk_gib or 1):
+                with pytest.raises(OperationFailed) as caught:
+                    await driver.reconfigure(uid, vcpus=1, memory_mib=512, disk_gib=smaller)
+                assert (caught.value.reason, caught.value.transient) == ("InvalidArgument", False)
+                assert (await driver.get_vm(uid)).disk_gib == grown
+            # Without disk_gib the disk is left as it is.
+            await driver.power_off(uid)
+            await driver.reconfigure(uid, vcpus=2, memory_mib=1024)
+            assert (await driver.get_vm(uid)).disk_gib == grown
+        async with backend.driver() as driver:  # the growth outlives the agent
+            assert (await driver.get_vm(uid)).disk_gib == grown
     run(body())
 
 

@@ -25,7 +25,7 @@ from agents.drivers.esxi import EsxiConfig, guestinfo, open_esxi
 from agents.drivers.esxi.clone import ImageRef
 from agents.drivers.esxi.driver import EsxiHost
 from agents.drivers.esxi.faults import to_driver_error
-from agents.drivers.esxi.session import Datastore, HostInfo, guest_addresses
+from agents.drivers.esxi.session import Datastore, HostInfo, guest_addresses, root_disk
 from agents.drivers.protocol import (
     Address,
     BootstrapFormat,
@@ -397,6 +397,38 @@ def test_transient_faults_are_retried_with_backoff_and_permanent_ones_are_not():
     with pytest.raises(HostUnavailable) as caught:
         run(host._retrying("op", down))
     assert caught.value.transient and len(attempts) == 1 + host._config.retries
+
+
+def test_the_root_disk_grows_by_a_device_edit_but_not_a_linked_clones(esx):
+    async def body():
+        session, drivers = await open_esxi(esx.config(datastore="LocalDS_0"))  # the images' own: not copied
+        try:
+            (driver,) = drivers.values()
+            full, linked = req(image="bare"), req(image="ubuntu")  # "bare" has no snapshot: a full clone
+            for request in (full, linked):
+                assert (await driver.create_vm(request)).disk_gib == 1  # the image's disk, not the request's
+
+            async def disk_of(uid: str):
+                (moid,) = session.by_uid[uid]
+                props = await session.call(session.retrieve, session.vm_mo(moid), ["config.hardware.device"])
+                return root_disk(props["config.hardware.device"])
+
+            before = await disk_of(full.vm_uid)
+            await driver.reconfigure(full.vm_uid, vcpus=2, memory_mib=1024, disk_gib=3)  # one ReconfigVM
+            info = await driver.get_vm(full.vm_uid)
+            assert (info.vcpus, info.memory_mib, info.disk_gib) == (2, 1024, 3)
+            after = await disk_of(full.vm_uid)
+            assert (after.key, after.capacityInKB, after.capacityInBytes) == (before.key, 3 * 2**20, 3 * 2**30)
+            assert after.backing.fileName == before.backing.fileName  # the same disk, grown
+
+            with pytest.raises(OperationFailed) as caught:
+                await driver.reconfigure(linked.vm_uid, vcpus=2, memory_mib=1024, disk_gib=3)
+            assert (caught.value.reason, caught.value.transient) == ("NotSupported", False)
+            info = await driver.get_vm(linked.vm_uid)
+            assert (info.vcpus, info.disk_gib) == (1, 1)  # nothing was sent
+        finally:
+            await session.close()
+    run(body())
 
 
 # --- bootstrap data, guest report, addresses, soft shutdown, hot/cold reconfigure ----

@@ -7,6 +7,7 @@ read, list, watch, audit record, error or frontend log line."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import signal
 import uuid
@@ -16,6 +17,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
+from agents.drivers.sim import read_journal
 from controlplane.api.errors import ApiError
 from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
@@ -38,8 +40,10 @@ def system(etcd_server) -> Iterator[LocalSystem]:
         with local.client(ensure_project=False) as admin:
             admin.create_tenant(TENANT)
             admin.create_project(PROJECT, tenant=TENANT, quota={"memory_mib": 40 * 1024})
-            admin.create_flavor("huge", vcpus=17, memory_mib=1024, disk_gib=10)  # more than the host has
-            admin.create_flavor("wide", vcpus=1, memory_mib=48 * 1024, disk_gib=10)  # more than the quota
+            admin.create_flavor("huge", vcpus=17, memory_mib=1024, disk_gib=40)  # more than the host has
+            admin.create_flavor("wide", vcpus=1, memory_mib=48 * 1024, disk_gib=40)  # more than the quota
+            admin.create_flavor("narrow", vcpus=1, memory_mib=1024, disk_gib=40)  # small's size, medium's disk
+            admin.create_flavor("roomy", vcpus=1, memory_mib=1024, disk_gib=20)  # small with a bigger disk
         yield local
 
 
@@ -133,6 +137,22 @@ def test_stop_start_and_restart_are_idempotent(system, c) -> None:
     assert (spec.restarts, spec.restart_request_id, spec.power_off_mode) == (3, "restart-2", PowerOffMode.SOFT)
 
 
+
+def test_a_hard_stop_replaces_a_soft_one(system, c) -> None:
+    vm_id = _fresh()
+    placed(c, vm_id)
+    soft = stop(c, vm_id, mode=vm_pb2.SOFT, grace=duration_pb2.Duration(seconds=300))
+    first = stored(system, vm_id)
+    assert first.power_off_mode == PowerOffMode.SOFT
+    hard = stop(c, vm_id, mode=vm_pb2.HARD)
+    assert hard.etag != soft.etag and hard.power == vm_pb2.Vm.POWERED_OFF
+    # The same stop (its time and grace), forced.
+    assert stored(system, vm_id) == dataclasses.replace(first, power_off_mode=PowerOffMode.HARD)
+    assert stop(c, vm_id, mode=vm_pb2.HARD).etag == hard.etag  # a retry: nothing written
+    assert stop(c, vm_id, mode=vm_pb2.SOFT).etag == hard.etag  # a soft stop never softens a hard one
+    assert stored(system, vm_id).power_off_mode == PowerOffMode.HARD
+
+
 def test_reconciling_says_when_a_restart_and_a_resize_are_done(system, c) -> None:
     """Vm.reconciling is true from the request until the agent has made it true, so a
     client waits for the end of a restart or a resize, not for a state the VM already
@@ -150,7 +170,7 @@ def test_reconciling_says_when_a_restart_and_a_resize_are_done(system, c) -> Non
     grown = update(c, vm_pb2.Vm(name=done.name, flavor="medium"), "flavor")
     assert grown.reconciling
     grown = c.wait_for_vm(vm_id, timeout=30)
-    shrunk = update(c, vm_pb2.Vm(name=done.name, flavor="small"), "flavor")  # smaller: off, resized, on
+    shrunk = update(c, vm_pb2.Vm(name=done.name, flavor="narrow"), "flavor")  # smaller: off, resized, on
     assert shrunk.reconciling and shrunk.resources.vcpus == 1
     settled = c.wait_for_vm(vm_id, timeout=30)
     assert not settled.reconciling and settled.state == vm_pb2.Vm.RUNNING and settled.etag == shrunk.etag
@@ -238,9 +258,51 @@ def test_update_relabels_and_resizes_against_quota_and_host(system, c) -> None:
         assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID"), paths
         assert err.field_violations[0][0] == "update_mask" and words in err.field_violations[0][1]
     assert same(grown, c.get_vm(vm_id))
-    # Back to small, by "*" (labels as given, emptied).
-    small = update(c, vm_pb2.Vm(name=vm.name, flavor="small"), "*")
-    assert small.resources.vcpus == 1 and not small.labels
+    # Back to fewer vCPUs (the disk kept), by "*" (labels as given, emptied).
+    narrow = update(c, vm_pb2.Vm(name=vm.name, flavor="narrow"), "*")
+    assert narrow.resources.vcpus == 1 and not narrow.labels
+
+
+def _journal(system: LocalSystem, uid: str) -> list[dict]:
+    """The sim host's journal records of the VM ``uid``: what its driver did to it."""
+    return [r for r in read_journal(system.sim_state_dir()) if r.get("vm_uid") == uid]
+
+
+def test_a_resize_grows_the_disk_hot_and_never_shrinks_it(system, c) -> None:
+    vm_id = _fresh()
+    placed(c, vm_id)
+    uid = stored(system, vm_id).uid
+    c.wait_for_vm(vm_id, timeout=30)
+
+    # A disk growth alone: the VM's disk grows, without a power cycle.
+    roomy = update(c, vm_pb2.Vm(name=c.vm_name(vm_id), flavor="roomy"), "flavor")
+    assert roomy.reconciling and roomy.resources.disk_gib == 20
+    done = c.wait_for_vm(vm_id, timeout=30)
+    assert not done.reconciling and done.state == vm_pb2.Vm.RUNNING
+    records = _journal(system, uid)
+    assert [r["disk_gib"] for r in records if r["op"] == "reconfigure"] == [20], records
+    assert not [r for r in records if r["op"] == "power_off"], records
+
+    medium = update(c, vm_pb2.Vm(name=c.vm_name(vm_id), flavor="medium"), "flavor")
+    assert medium.resources.disk_gib == 40
+    medium = c.wait_for_vm(vm_id, timeout=30)
+    assert not medium.reconciling and medium.state == vm_pb2.Vm.RUNNING
+    last = [r for r in _journal(system, uid) if r["op"] == "reconfigure"][-1]
+    assert (last["vcpus"], last["memory_mib"], last["disk_gib"]) == (2, 4096, 40)
+
+    # A smaller disk: refused, nothing written (spec, quota, the VM).
+    usage = c.get_quota(f"tenants/{TENANT}/projects/{PROJECT}/quota").usage
+    spec = stored(system, vm_id)
+    for flavor in ("small", "roomy"):
+        err = _error(lambda flavor=flavor: update(c, vm_pb2.Vm(name=c.vm_name(vm_id), flavor=flavor), "flavor"))
+        assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DISK_SHRINK_UNSUPPORTED"), err
+        assert (err.metadata["current_disk_gib"], err.metadata["flavor"]) == ("40", flavor)
+        assert err.metadata["requested_disk_gib"] == ("10" if flavor == "small" else "20")
+    assert stored(system, vm_id) == spec
+    assert c.get_quota(f"tenants/{TENANT}/projects/{PROJECT}/quota").usage == usage
+    assert same(medium, c.get_vm(vm_id)) and not c.get_vm(vm_id).reconciling
+    # The same flavor again is no resize: nothing to refuse.
+    assert update(c, vm_pb2.Vm(name=c.vm_name(vm_id), flavor="medium"), "flavor").etag == medium.etag
 
 
 # --- bootstrap data ---------------------------------------------------------------------
@@ -291,6 +353,18 @@ def test_bootstrap_data_is_stored_apart_and_never_read_back(system, c) -> None:
     assert c._call(c._vms.CreateVm, request).uid == first.uid
     request.vm.bootstrap.user_data = user_data + b"\n"
     assert _error(lambda: c._call(c._vms.CreateVm, request)).reason == "REQUEST_ID_REUSED"
+    # The metadata counts too (as given: its rendered defaults, the uid, differ per attempt).
+    keyed = vm_pb2.CreateVmRequest(parent=c.parent, vm_id=_fresh(), request_id="boot-2", vm=vm_pb2.Vm(
+        flavor="small", image="ubuntu", bootstrap=_bootstrap(user_data, metadata=vm_pb2.BootstrapMetadata(
+            ssh_authorized_keys=["ssh-ed25519 AAAA one"], values={"role": "worker"}))))
+    first = c._call(c._vms.CreateVm, keyed)
+    assert c._call(c._vms.CreateVm, keyed).uid == first.uid  # a true retry
+    keyed.vm.bootstrap.metadata.ssh_authorized_keys[0] = "ssh-ed25519 AAAA two"
+    err = _error(lambda: c._call(c._vms.CreateVm, keyed))
+    assert (err.code, err.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    assert "AAAA" not in repr(err)
+    keyed.vm.bootstrap.metadata.ssh_authorized_keys[0] = "ssh-ed25519 AAAA one"
+    assert c._call(c._vms.CreateVm, keyed).uid == first.uid  # the first request again: still a retry
 
     # In etcd, under bootstrap/, with the rendered metadata: and nowhere under vms/. Read
     # for a VM no host takes (the agent clears a placed VM's data once its guest has

@@ -1,6 +1,8 @@
 """The binding rules (``controlplane/store/bindings.py``) held against a model.
 
-Random sequences of bind (the scheduler, several hosts in one round trip), remove
+Random sequences of bind (the scheduler, several hosts in one round trip), set bind
+(the scheduler: members of an all-or-nothing set on several hosts, one flat txn), set
+removal (a set failed at its deadline: pending members removed), remove
 (the agent, after destroying VMs), requeue (the agent, after destroying evicted VMs)
 and move (the host evictor: some requeued, some removed, under a fence) are built by
 the module from reads that may be stale, as racing writers' are, and applied to an
@@ -47,6 +49,7 @@ HOSTS = {"h1": "a", "h2": "a", "h3": "b", "h4": ""}  # host -> zone ("": none)
 ALLOCATABLE = {"h1": Resources(12, 12, 12), "h2": Resources(20, 8, 20), "h3": Resources(6, 40, 6), "h4": None}
 KEYS = Keys("/t")
 FENCE = b"/t/v1/shards/0000"
+SET_KEY = KEYS.vm_set("t", "p", "s")
 
 
 class TooManyOps(Exception):
@@ -104,8 +107,8 @@ class FakeEtcd:
                 flat += item or []
             else:
                 flat.append(item)
-        keys = [op.request_put.key if op.WhichOneof("request") == "request_put" else op.request_delete_range.key
-                for op in flat]
+        keys = [op.request_put.key if op.WhichOneof("request") == "request_put" else
+                (op.request_delete_range.key, op.request_delete_range.range_end) for op in flat]
         assert len(keys) == len(set(keys)), "etcd refuses a txn that writes one key twice"
         self.revision += 1
         for op in flat:
@@ -114,8 +117,9 @@ class FakeEtcd:
                 self.kv[op.request_put.key] = (op.request_put.value, create or self.revision, self.revision,
                                                version + 1)
             else:
-                assert not op.request_delete_range.range_end
-                self.kv.pop(op.request_delete_range.key, None)
+                start, end = op.request_delete_range.key, op.request_delete_range.range_end
+                for key in [k for k in self.kv if start <= k < end] if end else [start]:
+                    self.kv.pop(key, None)
         return True, nested
 
 
@@ -141,6 +145,7 @@ class BindingMachine(RuleBasedStateMachine):
     def start(self, params) -> None:
         self.etcd = FakeEtcd()
         self.etcd.kv[FENCE] = (b"", 1, 1, 1)
+        self.etcd.kv[SET_KEY] = (b"pending", 1, 1, 1)
         self.specs = [make_spec(i, *p) for i, p in enumerate(params)]
         self.where: dict[VmRef, str | None] = {}  # "queue", a host, or None: gone
         for spec in self.specs:
@@ -221,6 +226,61 @@ class BindingMachine(RuleBasedStateMachine):
                     self.where[spec.ref] = txn.host
                 self._check_left(txn)
         self._committed()
+
+    @rule(data=st.data(), lag=st.integers(0, 3))
+    def bind_set(self, data, lag: int) -> None:
+        """The scheduler: queued members of a set onto hosts (several per host and per
+        zone), in ONE flat txn nested under the fence, with the set's record rewritten."""
+        read = self._read(lag)
+        queued = [VmSpec.from_bytes(read[key][0]) for key in (KEYS.queue(s.shard, s.ref) for s in self.specs)
+                  if key in read]
+        if not queued:
+            return
+        members = data.draw(st.lists(st.sampled_from(queued), min_size=1, max_size=4, unique_by=lambda s: s.ref))
+        by_host: dict[str, list[VmSpec]] = {}
+        for spec in members:
+            by_host.setdefault(data.draw(st.sampled_from(list(HOSTS))), []).append(spec)
+        ids = set().union(*(bindings.bind_zone_ids(HOSTS[h], specs) for h, specs in by_host.items()))
+        built = bindings.bind_set(
+            KEYS, [bindings.SetHost(self._host(read, h), HOSTS[h], [(s, read[KEYS.queue(s.shard, s.ref)][2])
+                                                                     for s in specs]) for h, specs in by_host.items()],
+            zone_counts=self._counts(read, ids), record=(SET_KEY, read[SET_KEY][2], b"placed"), at=1)
+        if built.cost.ops > MAX_TXN_OPS - 1:
+            return  # the store sends no such txn (the scheduler fails the set instead)
+        fenced, committed = self.etcd.txn([ops.present(FENCE)], [ops.txn(built.compares, built.writes)])
+        assert fenced
+        if committed[0]:
+            for host, specs in by_host.items():
+                for spec in specs:
+                    assert self.where[spec.ref] == "queue", "bound from a queue entry that was gone"
+                    self.where[spec.ref] = host
+                assert HostAllocation.from_bytes(self.etcd.kv[KEYS.host_alloc(host)][0]) == built.allocations[host]
+            for zg, n in built.zone_counts.items():
+                kv = self.etcd.kv.get(KEYS.zone_group(*zg))
+                assert (decode(kv[0]) if kv else 0) == n
+            assert self.etcd.kv[SET_KEY][0] == b"placed"
+            self.etcd.kv[SET_KEY] = (b"pending", *self.etcd.kv[SET_KEY][1:])  # the next set, in the model
+            self._committed()
+
+    @rule(data=st.data(), lag=st.integers(0, 3))
+    def fail_set(self, data, lag: int) -> None:
+        """A set failed at its deadline: its pending members (as read) removed, all or none."""
+        read = self._read(lag)
+        queued = [(VmSpec.from_bytes(read[key][0]), read[key][2])
+                  for key in (KEYS.queue(s.shard, s.ref) for s in self.specs) if key in read]
+        if not queued:
+            return
+        members = data.draw(st.lists(st.sampled_from(queued), min_size=1, max_size=4, unique_by=lambda m: m[0].ref))
+        compares, writes = [ops.mod_revision_is(SET_KEY, read[SET_KEY][2])], [ops.put(SET_KEY, b"pending")]
+        for spec, revision in members:
+            c, w = bindings.remove_pending(KEYS, spec, revision)
+            compares += c
+            writes += w
+        if self.etcd.txn(compares, writes)[0]:
+            for spec, _revision in members:
+                assert self.where[spec.ref] == "queue", "removed from a queue entry that was gone"
+                self.where[spec.ref] = None
+            self._committed()
 
     def _unbind(self, data, lag: int, *, requeue, guards: int) -> None:
         read = self._read(lag)
@@ -418,6 +478,53 @@ def test_the_fullest_unbind_fits_the_limit(limit: int, guards: int) -> None:
         txn = bindings.unbind(KEYS, HostRead("h"), [Unbind(Binding(s, "h", "z"), 1, False) for s in more],
                               zone_counts={}, at=0, tombstone_lease=7, guard=[ops.present(FENCE)] * guards)
         assert txn.cost.ops > limit
+
+
+@pytest.mark.parametrize("limit", [8, 16, 128, 4096])
+def test_the_largest_set_bind_fits_the_limit(limit: int) -> None:
+    """A set of ``set_bind_limit`` of the costliest members, each on a host and in a zone
+    of its own, fits one txn nested under the fence; one more member would not."""
+    n = bindings.set_bind_limit(limit)
+
+    def built(members: int) -> bindings.SetTxn:
+        hosts = [bindings.SetHost(HostRead(f"h{i}"), f"z{i}", [(make_spec(i, Resources(1, 1, 1), f"g{i}", Scope.ZONE,
+                                                                          f"a{i}", Scope.ZONE), 1)])
+                 for i in range(members)]
+        return bindings.bind_set(KEYS, hosts, zone_counts={}, record=(SET_KEY, 1, b""), at=0)
+
+    txn = built(n)
+    FakeEtcd._check([ops.present(FENCE)], [ops.txn(txn.compares, txn.writes)], limit)
+    assert txn.cost == bindings.set_bind_cost(n) and txn.cost.ops <= limit - 1
+    if limit >= 16:
+        assert built(n + 1).cost.ops > limit - 1
+
+
+def test_a_set_bind_writes_a_shared_zone_count_once() -> None:
+    """Two members counted in one zone group, on two hosts of one zone (and a third
+    relying on that group there): the count is compared and written once, with +2."""
+    etcd = FakeEtcd()
+    etcd.kv[SET_KEY] = (b"pending", 1, 1, 1)
+    a = make_spec(1, Resources(1, 1, 1), "g", Scope.ZONE, "", Scope.HOST)
+    b = make_spec(2, Resources(1, 1, 1), "g", Scope.ZONE, "", Scope.HOST)
+    c = make_spec(3, Resources(1, 1, 1), "", Scope.HOST, "g", Scope.ZONE)
+    for spec in (a, b, c):
+        etcd.txn([], [ops.put(KEYS.queue(0, spec.ref), spec.to_bytes())])
+    queued = {spec.ref: etcd.kv[KEYS.queue(0, spec.ref)][2] for spec in (a, b, c)}
+    txn = bindings.bind_set(KEYS, [bindings.SetHost(HostRead("h1"), "a", [(a, queued[a.ref]), (c, queued[c.ref])]),
+                                   bindings.SetHost(HostRead("h2"), "a", [(b, queued[b.ref])])],
+                            zone_counts={}, record=(SET_KEY, 1, b"placed"), at=1)
+    count_key = KEYS.zone_group("a", a.zone_group)
+    assert sum(1 for c_ in txn.compares if c_.key == count_key) == 1
+    assert sum(1 for w in txn.writes if w.request_put.key == count_key) == 1
+    assert etcd.txn(txn.compares, txn.writes)[0]
+    assert decode(etcd.kv[count_key][0]) == 2 == txn.zone_counts[("a", a.zone_group)]
+    assert etcd.kv[SET_KEY][0] == b"placed"
+    # Built from the same reads again: refused as a whole (nothing written twice).
+    assert not etcd.txn(txn.compares, txn.writes)[0]
+    with pytest.raises(ValueError):
+        bindings.bind_set(KEYS, [bindings.SetHost(HostRead("h1"), "a", [(a, 1)]),
+                                 bindings.SetHost(HostRead("h1"), "a", [(b, 1)])],
+                          zone_counts={}, record=(SET_KEY, 1, b""), at=1)
 
 
 def test_holds_same_is_what_the_allocation_and_counts_depend_on() -> None:

@@ -17,7 +17,7 @@ from controlplane.models import (
     VmRef,
     VmSpec,
 )
-from controlplane.store.idempotency import FINGERPRINTED, NOT_FINGERPRINTED, fingerprint
+from controlplane.store.idempotency import FINGERPRINTED, NOT_FINGERPRINTED, fingerprint, metadata_digest
 
 BASE = VmSpec(VmRef("t", "p", "vm-1"), "uid-1", "small", "ubuntu", Resources(1, 1024, 10),
               labels={"a": "1", "b": "2"}, request_id="req-1", create_time_ns=5, shard=1)
@@ -54,3 +54,28 @@ def test_a_server_assigned_id_does_not_count_a_chosen_one_does() -> None:
 def test_each_choice_of_the_caller_counts(change: dict) -> None:
     assert set(change) <= FINGERPRINTED
     assert fingerprint(dataclasses.replace(BASE, **change), chosen_id=True) != fingerprint(BASE, chosen_id=True)
+
+
+META = {"instance_id": "i-1", "hostname": "node-1", "ssh_authorized_keys": ["ssh-ed25519 AAAA one"],
+        "values": {"role": "worker", "zone": "a"}}
+
+
+@pytest.mark.parametrize("change", [
+    {"instance_id": "i-2"}, {"hostname": "node-2"}, {"ssh_authorized_keys": ["ssh-ed25519 AAAA two"]},
+    {"ssh_authorized_keys": ["ssh-ed25519 AAAA one", "ssh-ed25519 AAAA two"]},
+    {"values": {"role": "worker"}}, {"values": {"role": "control", "zone": "a"}},
+])
+def test_the_bootstrap_metadata_counts(change: dict) -> None:
+    with_data = dataclasses.replace(BASE, bootstrap=BootstrapSummary(BootstrapFormat.CLOUD_INIT, 3, b"\1" * 32))
+    first = fingerprint(with_data, chosen_id=True, metadata=metadata_digest(**META))
+    assert fingerprint(with_data, chosen_id=True, metadata=metadata_digest(**{**META, **change})) != first
+    # The same metadata (values in another order) is the same request.
+    again = {**META, "values": dict(reversed(list(META["values"].items())))}
+    assert fingerprint(with_data, chosen_id=True, metadata=metadata_digest(**again)) == first
+
+
+def test_no_metadata_leaves_the_fingerprint_as_it_was() -> None:
+    none = metadata_digest(instance_id="", hostname="", ssh_authorized_keys=[], values={})
+    assert none == b""
+    assert fingerprint(BASE, chosen_id=True, metadata=none) == fingerprint(BASE, chosen_id=True)
+    assert len(metadata_digest(**META)) == 32

@@ -8,9 +8,17 @@ from dataclasses import replace
 
 import pytest
 
-from agents.drivers.protocol import CapacityExceeded, HostCapacity, HostUnavailable, PowerState, VmRequest
+from agents.drivers.protocol import (
+    CapacityExceeded,
+    HostCapacity,
+    HostUnavailable,
+    OperationFailed,
+    PowerState,
+    VmInfo,
+    VmRequest,
+)
 from agents.drivers.sim import SimHypervisor
-from agents.reconciler import Reconciler
+from agents.reconciler import Reconciler, _disk_growth
 from controlplane.models import (
     Binding,
     Condition,
@@ -24,6 +32,7 @@ from controlplane.models import (
     now_ns,
 )
 from controlplane.store.hostagent import BoundVm
+from controlplane.store.orphans import spec_record
 
 HOST = "h-00000"
 
@@ -321,3 +330,84 @@ def test_an_agent_that_restarts_finishes_a_resize_power_cycle(size):
         assert last.status.state == VmState.RUNNING and _cycle(last) is None and "Stopped" not in _conditions(last)
 
     asyncio.run(main())
+
+
+class RefusingRecorder(FullRecorder):
+    """A StatusWriter whose awaited writes are refused (the binding changed) while ``refuse``."""
+
+    def __init__(self):
+        super().__init__()
+        self.refuse = False
+
+    async def write(self, update) -> bool:
+        if self.refuse:
+            return False
+        return await super().write(update)
+
+
+def test_a_restart_whose_record_is_refused_is_not_taken_as_applied():
+    async def main():
+        hypervisor = SimHypervisor(None)
+        host = hypervisor.add_host(HOST, HostCapacity(vcpus=8, memory_mib=16384, disk_gib=100))
+        statuses = RefusingRecorder()
+        reconciler = Reconciler({HOST: host}, statuses, RemoverRecorder())
+        vm = bound("a")
+        key = (HOST, vm.ref)
+        reconciler.desired[key] = vm
+        await reconciler.reconcile(key)
+        before = (reconciler.applied[key].restarts, reconciler.applied[key].power_time_ns)
+        reconciler.desired[key] = vm = with_spec(vm, restarts=1, power_time_ns=now_ns(),
+                                                 power_off_mode=PowerOffMode.HARD)
+        statuses.refuse = True
+        with pytest.raises(OperationFailed):
+            await reconciler.reconcile(key)
+        assert (reconciler.applied[key].restarts, reconciler.applied[key].power_time_ns) == before
+        assert (await host.get_vm("uid-a")).power is PowerState.ON  # not begun
+        # The retry (the write accepted now) restarts the VM.
+        statuses.refuse = False
+        calls: list[str] = []
+        for op in ("power_on", "power_off"):
+            real = getattr(host, op)
+
+            async def spy(uid, op=op, real=real):
+                calls.append(op)
+                await real(uid)
+
+            setattr(host, op, spy)
+        await reconciler.reconcile(key)
+        assert calls == ["power_off", "power_on"]
+        last = statuses.updates[-1]
+        assert (last.status.state, last.status.restarts, _cycle(last)) == (VmState.RUNNING, 1, None)
+        assert last.status.power_time_ns == vm.binding.spec.power_time_ns
+
+    asyncio.run(main())
+
+
+def test_the_disk_grows_only_as_far_as_a_resize_grew_it():
+    """An image disk smaller than the flavor's is left as made (an ESXi linked clone's
+    cannot grow); a resize that grew the disk grows it; a disk never shrinks; 0 is unknown."""
+    spec = bound("d").binding.spec  # made with 10 GiB
+    made = VmInfo(spec.uid, PowerState.ON, record=spec_record(spec))
+    grown = replace(spec, resources=Resources(1, 1024, 30))
+    assert _disk_growth(spec, replace(made, disk_gib=4)) is None  # the image's disk, as made
+    assert _disk_growth(grown, replace(made, disk_gib=4)) == 30  # a resize grew it
+    assert _disk_growth(grown, replace(made, disk_gib=10)) == 30
+    assert _disk_growth(grown, replace(made, disk_gib=30)) is None  # grown already
+    assert _disk_growth(spec, replace(made, disk_gib=30)) is None  # never shrunk
+    assert _disk_growth(grown, made) is None  # the driver does not say
+    assert _disk_growth(grown, replace(made, disk_gib=4, record="")) == 30  # no record: the binding's
+
+
+def test_a_disk_growth_alone_is_made_hot():
+    host, statuses, remover, reconciler = setup()
+    vm = bound("d")
+    key = (HOST, vm.ref)
+    reconciler.set_desired(key, vm)
+    asyncio.run(reconciler.reconcile(key))
+    grown = replace(vm.binding.spec, resources=Resources(1, 1024, 30))
+    reconciler.set_desired(key, BoundVm(Binding(grown, HOST), create_revision=10, mod_revision=11))
+    asyncio.run(reconciler.reconcile(key))
+    info = asyncio.run(host.get_vm(grown.uid))
+    assert (info.power, info.disk_gib) == (PowerState.ON, 30)
+    assert statuses.statuses[-1] == (vm.ref, VmState.RUNNING, "")
+    assert reconciler.applied[key].observed_revision == 11 and not reconciler.applied[key].cycle

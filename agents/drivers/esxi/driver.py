@@ -22,7 +22,7 @@ from agents.drivers.esxi import clone, guestinfo
 from agents.drivers.esxi.config import EsxiConfig
 from agents.drivers.esxi.faults import to_driver_error
 from agents.drivers.esxi.images import ImageCache
-from agents.drivers.esxi.session import Datastore, HostInfo, Observed, Session, host_id_for
+from agents.drivers.esxi.session import Datastore, HostInfo, Observed, Session, disk_bytes, host_id_for, root_disk
 from agents.drivers.protocol import (
     DriverError,
     GuestUnavailable,
@@ -113,7 +113,8 @@ class EsxiHost:
         vm = on[0] if on else vms[0]
         # An off VM has no guest to report addresses, whatever the host still shows.
         return VmInfo(vm_uid, PowerState.ON if on else PowerState.OFF, vm.vm_name, vm.record, vcpus=vm.vcpus,
-                      memory_mib=vm.memory_mib, addresses=vm.addresses if on else (), bootstrapped=vm.bootstrapped,
+                      memory_mib=vm.memory_mib, disk_gib=vm.disk_bytes // 2**30,
+                      addresses=vm.addresses if on else (), bootstrapped=vm.bootstrapped,
                       bootstrap_present=any(v.bootstrap_present for v in vms))
 
     def _seen(self, vm_uid: str) -> VmInfo:
@@ -235,28 +236,60 @@ class EsxiHost:
             spec = vim.vm.ConfigSpec(numCPUs=request.vcpus, memoryMB=request.memory_mib)
             await self._session.run_task(mo.ReconfigVM_Task, spec)
 
-    async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int) -> None:
-        """Set the VM's vCPUs and memory. Idempotent. Raises VmNotFound, and
+    async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int, disk_gib: int | None = None) -> None:
+        """Set the VM's vCPUs and memory, and grow its root disk (the VirtualDisk of the
+        lowest key) to ``disk_gib`` GiB, in one ReconfigVM (the disk by a device edit of
+        its capacityInKB and capacityInBytes). Idempotent. Raises VmNotFound;
+        OperationFailed InvalidArgument (before any call) for a ``disk_gib`` below the
+        disk's size, or a VM without a disk; OperationFailed NotSupported for a disk
+        with a parent (a linked clone's delta disk: vSphere never extends those); and
         PowerCycleRequired (before any call) when the VM is on and the change is not
         one vSphere makes hot: any decrease, or an increase without CPU / memory
         hot-add enabled on the VM; a host that refuses anyway (InvalidPowerState,
-        *HotPlugNotSupported) raises it too. Returns once the watcher shows the values."""
+        *HotPlugNotSupported) raises it too. A disk grows hot (vSphere extends a running
+        VM's SCSI, SATA or NVMe disk; an IDE disk or one with snapshots it refuses, a
+        permanent OperationFailed). Returns once the watcher shows the values."""
         await self._synced()
+        want_bytes = disk_gib * 2**30 if disk_gib is not None else 0
         async with self._lock(vm_uid):
-            spec = vim.vm.ConfigSpec(numCPUs=vcpus, memoryMB=memory_mib)
             for vm in self._require(vm_uid):
+                if want_bytes and want_bytes < vm.disk_bytes:
+                    raise OperationFailed(f"VM {vm_uid} on {self.host_id}: a disk only grows "
+                                          f"({vm.disk_bytes / 2**30:g} GiB -> {disk_gib} GiB)",
+                                          reason="InvalidArgument")
                 if vm.power == "poweredOn" and (why := cold_only(vm, vcpus, memory_mib)):
                     raise PowerCycleRequired(f"VM {vm_uid} on {self.host_id}: {why} while it runs")
 
             async def attempt() -> None:
                 for vm in self._require(vm_uid):
-                    if (vm.vcpus, vm.memory_mib) == (vcpus, memory_mib):
+                    grow = want_bytes > vm.disk_bytes
+                    if (vm.vcpus, vm.memory_mib) == (vcpus, memory_mib) and not grow:
                         continue
-                    await self._session.run_task(self._session.vm_mo(vm.moid).ReconfigVM_Task, spec)
+                    mo = self._session.vm_mo(vm.moid)
+                    spec = vim.vm.ConfigSpec(numCPUs=vcpus, memoryMB=memory_mib)
+                    if grow:
+                        spec.deviceChange = [await self._disk_growth(mo, vm_uid, want_bytes)]
+                    await self._session.run_task(mo.ReconfigVM_Task, spec)
+
                     def fitted(v: Observed = vm) -> bool:
-                        return (v.vcpus, v.memory_mib) == (vcpus, memory_mib)
+                        return (v.vcpus, v.memory_mib) == (vcpus, memory_mib) and v.disk_bytes >= want_bytes
                     await self._settle(vm, fitted)
             await self._retrying("reconfigure", attempt)
+
+    async def _disk_growth(self, mo, vm_uid: str, want_bytes: int):
+        """The device edit that grows the VM's root disk to ``want_bytes``, from its
+        devices as the host reports them now (the watcher keeps only the disk's size)."""
+        props = await self._session.call(self._session.retrieve, mo, ["config.hardware.device"])
+        disk = root_disk(props.get("config.hardware.device") or ())
+        if disk is None:
+            raise OperationFailed(f"VM {vm_uid} on {self.host_id} has no disk to grow", reason="InvalidArgument")
+        if getattr(disk.backing, "parent", None) is not None:
+            raise OperationFailed(f"VM {vm_uid} on {self.host_id}: its disk has a parent (a linked clone); "
+                                  "vSphere cannot grow it", reason="NotSupported")
+        if want_bytes < disk_bytes(disk):
+            raise OperationFailed(f"VM {vm_uid} on {self.host_id}: a disk only grows", reason="InvalidArgument")
+        disk.capacityInKB, disk.capacityInBytes = want_bytes // 1024, want_bytes
+        return vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)
 
     async def _settle(self, vm: Observed, done: Callable[[], bool]) -> None:
         """Wait until the watcher shows what a call of ours did; read the VM directly if

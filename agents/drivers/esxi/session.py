@@ -42,9 +42,12 @@ NAME_KEY = "quanta.vm_name"
 RECORD_KEY = "quanta.vm_record"
 """extraConfig keys of VmRequest.name and .record (what the VM was made as, for adoption)."""
 
+# config.hardware.device is the one source of a disk's size (vcsim serves no keyed
+# path such as device[2000]); it changes only on a reconfigure, and the watcher keeps
+# of it nothing but the root disk's size.
 _VM_PATHS = ["name", "runtime.powerState", "runtime.host", "config.extraConfig", "config.hardware.numCPU",
-             "config.hardware.memoryMB", "config.cpuHotAddEnabled", "config.memoryHotAddEnabled", "guest.net",
-             "guest.ipAddress", "guest.toolsRunningStatus"]
+             "config.hardware.memoryMB", "config.cpuHotAddEnabled", "config.memoryHotAddEnabled",
+             "config.hardware.device", "guest.net", "guest.ipAddress", "guest.toolsRunningStatus"]
 _TASK_PATHS = ["info.state", "info.error", "info.result"]
 _WAIT_SECONDS = 5  # how long a replaced collector (after a re-login) may go unnoticed
 
@@ -64,6 +67,7 @@ class Observed:
     memory_mib: int = 0
     cpu_hot_add: bool = False
     memory_hot_add: bool = False
+    disk_bytes: int = 0  # the root (first) disk's capacity (0: no disk, or not seen yet)
     tools: str = ""  # guest.toolsRunningStatus ("": not reported)
     # What the guest reports: guest.net, with guest.ipAddress (its primary) apart until merged.
     nics: tuple = field(default=(), repr=False)
@@ -501,6 +505,9 @@ class Session:
                 vm.cpu_hot_add = bool(value)
             elif path == "config.memoryHotAddEnabled":
                 vm.memory_hot_add = bool(value)
+            elif path == "config.hardware.device":
+                disk = root_disk(value or ())
+                vm.disk_bytes = disk_bytes(disk) if disk is not None else 0
             elif path == "guest.toolsRunningStatus":
                 vm.tools = str(value or "")
             elif path == "guest.net":
@@ -562,6 +569,18 @@ class Session:
             return True
         except TimeoutError:
             return predicate()
+
+
+def root_disk(devices: Any) -> Any:
+    """The VM's root disk: the first VirtualDisk of ``devices`` by key (the order of the
+    list is not stable: vcsim moves an edited device to its end), or None. Pure."""
+    disks = [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+    return min(disks, key=lambda d: d.key) if disks else None
+
+
+def disk_bytes(disk: Any) -> int:
+    """A VirtualDisk's capacity in bytes (capacityInBytes, else capacityInKB). Pure."""
+    return int(disk.capacityInBytes or 0) or int(disk.capacityInKB or 0) * 1024
 
 
 def guest_addresses(nics: tuple, primary: str) -> tuple[Address, ...]:

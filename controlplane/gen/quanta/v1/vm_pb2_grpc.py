@@ -147,7 +147,12 @@ class VmServiceServicer:
         HOST_FULL, metadata "host" and "dimensions" among vcpus, memory_mib, disk_gib;
         HOST_UNAVAILABLE when the host's agent is not registered: no growth then) in one
         transaction; nothing changes on a refusal. The host's agent then reconfigures
-        the VM, power-cycling it only where its driver says it must.
+        the VM, power-cycling it only where its driver says it must. A resize may grow
+        the root disk (hot: no power cycle; the guest grows its file system itself, e.g.
+        cloud-init's growpart at its next boot), never shrink it: a flavor with a smaller
+        disk_gib than the VM's is FAILED_PRECONDITION, DISK_SHRINK_UNSUPPORTED (metadata
+        "flavor", "current_disk_gib", "requested_disk_gib"). On ESXi a linked clone's
+        disk cannot grow: such a VM goes ERROR (reason NotSupported) after the resize.
         FAILED_PRECONDITION, VM_DELETING for a VM being deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
