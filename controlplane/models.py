@@ -418,6 +418,15 @@ class VmSetRef:
     def name(self) -> str:
         return f"tenants/{self.tenant}/projects/{self.project}/vmSets/{self.set_id}"
 
+    @classmethod
+    def from_name(cls, name: str) -> VmSetRef | None:
+        """The ref a ``name`` stands for, or None if it is not shaped like one
+        (no validation of the ids: this reads names the system wrote itself)."""
+        parts = name.split("/")
+        if len(parts) == 6 and parts[0] == "tenants" and parts[2] == "projects" and parts[4] == "vmSets":
+            return cls(parts[1], parts[3], parts[5])
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class VmSet:

@@ -23,11 +23,17 @@ class AuditDraft(Protocol):
     """The success record of the mutation being handled, for a service to write in
     the mutation's own transaction (then the audit interceptor writes none)."""
 
-    async def writes(self) -> list:
-        """The ops (puts) that file the record; [] if there is none to file."""
+    async def writes(self, resource: str = "") -> list:
+        """The ops (puts) that file the record; [] if there is none to file.
+        ``resource``: the record's resource, when the call makes several (CreateVms
+        files one record per VM it creates, or one for its set); else as authorised."""
 
     def committed(self) -> None:
         """Tell the interceptor the writes were committed with the mutation."""
+
+    def dry_run(self) -> None:
+        """Tell the interceptor the call writes nothing, whatever its outcome, and files
+        no record (validate_only: AIP-163, no side effects; like a read)."""
 
 
 def audit_draft() -> AuditDraft | None:

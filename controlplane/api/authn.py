@@ -217,7 +217,7 @@ class AuditInterceptor(_BehaviorInterceptor):
             finally:
                 audit_scope.reset(token)
                 written = None
-                if not (draft.done and code == "OK"):  # else written with the mutation
+                if not draft.dry and not (draft.done and code == "OK"):  # else written with the mutation
                     try:
                         record = self.record(short, request, context, code, message, scope)
                         written = self._log.append(record) if record is not None else None
@@ -243,7 +243,7 @@ class AuditInterceptor(_BehaviorInterceptor):
         return behavior
 
     def record(self, method: str, request: Any, context: grpc.aio.ServicerContext, code: str, message: str,
-               scope: dict) -> trec.AuditRecord | None:
+               scope: dict, *, resource: str = "") -> trec.AuditRecord | None:
         """The call's record (None for an unauthenticated call), filed under the tenant
         the caller was authorised (or visibly denied) for; an attempt that never got
         that far (bad input, a scope hidden from the caller, a global resource) goes
@@ -251,7 +251,7 @@ class AuditInterceptor(_BehaviorInterceptor):
         principal = current.get()
         if principal is None:
             return None
-        resource = resource_of(request)
+        resource = resource or resource_of(request)
         tenant = scope.get("tenant", "")
         if tenant and tenant_of(resource) != tenant:
             resource = scope["resource"]  # what the request claims is not what was authorised
@@ -266,17 +266,21 @@ class AuditInterceptor(_BehaviorInterceptor):
 class _Draft:
     """:class:`controlplane.api.access.AuditDraft` of one audited call."""
 
-    __slots__ = ("_interceptor", "_log", "_method", "_request", "_context", "_scope", "done")
+    __slots__ = ("_interceptor", "_log", "_method", "_request", "_context", "_scope", "done", "dry")
 
     def __init__(self, interceptor: AuditInterceptor, log: AuditLog, method: str, request: Any,
                  context: grpc.aio.ServicerContext, scope: dict):
         self._interceptor, self._log, self._method, self._request = interceptor, log, method, request
         self._context, self._scope = context, scope
-        self.done = False
+        self.done = self.dry = False
 
-    async def writes(self) -> list:
-        record = self._interceptor.record(self._method, self._request, self._context, "OK", "", self._scope)
+    async def writes(self, resource: str = "") -> list:
+        record = self._interceptor.record(self._method, self._request, self._context, "OK", "", self._scope,
+                                          resource=resource)
         return [] if record is None else [await self._log.put(record)]
 
     def committed(self) -> None:
         self.done = True
+
+    def dry_run(self) -> None:
+        self.dry = True

@@ -20,6 +20,8 @@ from controlplane.models import (
     Resources,
     RestartPolicy,
     Scope,
+    VmSet,
+    VmSetState,
     VmState,
 )
 from controlplane.store.hosts import HostRecord
@@ -38,6 +40,34 @@ def _ts(ns: int) -> Timestamp | None:
 
 def resources_to_proto(r: Resources) -> common_pb2.Resources:
     return common_pb2.Resources(vcpus=r.vcpus, memory_mib=r.memory_mib, disk_gib=r.disk_gib)
+
+
+VM_SET_STATE_TO_PROTO = {VmSetState.PENDING: vm_pb2.VmSet.PENDING, VmSetState.PLACED: vm_pb2.VmSet.PLACED,
+                         VmSetState.FAILED: vm_pb2.VmSet.FAILED}
+
+
+def vm_set_to_proto(vm_set: VmSet, revision: int) -> vm_pb2.VmSet:
+    """A set as the API shows it, with its condition Placed: False with reason
+    SetDoesNotFit (the shortfall the scheduler recorded) while PENDING, False with
+    DeadlineExceeded once FAILED, True once PLACED."""
+    ref = vm_set.ref
+    if vm_set.state is VmSetState.PLACED:
+        placed = common_pb2.Condition(type="Placed", status="True", reason="Placed",
+                                      message=vm_set.message or "every member was bound in one transaction",
+                                      last_transition_time=_ts(vm_set.update_time_ns))
+    elif vm_set.state is VmSetState.FAILED:
+        placed = common_pb2.Condition(type="Placed", status="False", reason="DeadlineExceeded",
+                                      message=vm_set.message or "the set did not fit before its deadline",
+                                      last_transition_time=_ts(vm_set.update_time_ns))
+    else:
+        placed = common_pb2.Condition(type="Placed", status="False", reason="SetDoesNotFit",
+                                      message=vm_set.message or "waiting until every member fits at once",
+                                      last_transition_time=_ts(vm_set.update_time_ns or vm_set.create_time_ns))
+    return vm_pb2.VmSet(
+        name=ref.name, uid=vm_set.uid, state=VM_SET_STATE_TO_PROTO[vm_set.state],
+        vms=[vm_set.member(vm_id).name for vm_id in vm_set.vms], conditions=[placed],
+        create_time=_ts(vm_set.create_time_ns), deadline_time=_ts(vm_set.deadline_ns),
+        update_time=_ts(vm_set.update_time_ns), resource_version=revision)
 
 
 def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:

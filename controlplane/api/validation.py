@@ -148,6 +148,12 @@ def parse_vm_name(name: str, field: str = "name") -> tuple[str, str, str]:
     return t, p, v
 
 
+def parse_vm_set_name(name: str, field: str = "name") -> tuple[str, str, str]:
+    """``"tenants/{t}/projects/{p}/vmSets/{s}"`` → ``(t, p, s)``."""
+    t, p, s = _parse(name, field, ("tenants", "projects", "vmSets"), RESOURCE_ID)
+    return t, p, s
+
+
 def parse_host_name(name: str, field: str = "name") -> str:
     """``"hosts/{h}"`` → ``h``; host ids are DNS names (see :data:`HOST_ID`)."""
     (h,) = _parse(name, field, ("hosts",), HOST_ID)

@@ -12,6 +12,7 @@ audit record, or returns more than its summary.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,11 +30,13 @@ from controlplane.api.convert import (
     POWER_POLICY_FROM_PROTO,
     RESTART_POLICY_FROM_PROTO,
     SCOPE_FROM_PROTO,
+    vm_set_to_proto,
     vm_to_proto,
 )
+from controlplane.api.interceptors import error_for_exception
 from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
-from controlplane.etcd import Compacted
+from controlplane.etcd import Compacted, ops
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
 from controlplane.models import (
     DEFAULT_STOP_GRACE_S,
@@ -43,6 +46,9 @@ from controlplane.models import (
     PowerOffMode,
     Scope,
     VmRef,
+    VmSet,
+    VmSetRef,
+    VmSetState,
     VmSpec,
     VmState,
     now_ns,
@@ -58,120 +64,320 @@ from controlplane.store.errors import (
     NotFound,
     RequestMismatch,
     RequestReplayed,
+    StoreError,
 )
 from controlplane.store.keys import shard_of
-from controlplane.store.ledger import ProjectDeleting, QuotaExceeded
-from controlplane.store.vms import SpecUpdate, VmRecord, VmStore
+from controlplane.store.ledger import ProjectDeleting, QuotaExceeded, refuse
+from controlplane.store.vms import SpecUpdate, VmRecord, VmStore, pending_status
+from controlplane.store.vmsets import Member, SetTooLarge, VmSetStore
+from controlplane.tenancy import Usage
 
 CREATIONS_ACCEPTED = Counter("quanta_vm_creations_accepted_total", "VM creations accepted by the API.")
 
 MAX_LABELS_BYTES = 16 * 1024
+MAX_CREATE_VMS = 1000
+"""The most creates one CreateVms call takes."""
+DEFAULT_SET_DEADLINE_S = 10 * 60
+MAX_SET_DEADLINE_S = 24 * 3600
+_AUDIT_PLACEHOLDER = [ops.put(b"audit", b"")]  # a set's audit record, to measure its admission with
 
 
 class VmService(vm_pb2_grpc.VmServiceServicer):
     def __init__(self, store: VmStore, catalog: Catalog, *, shards: int, bookmark_s: float = 10.0):
         self._store = store
+        self._sets = VmSetStore(store.client, store.keys, store.requests, store.ledger)
         self._catalog = catalog
         self._shards = shards
         self._bookmark_s = bookmark_s
 
     async def CreateVm(self, request: vm_pb2.CreateVmRequest, context) -> vm_pb2.Vm:
+        if request.validate_only:
+            _dry_run()
         v = validation.Violations()
         parent = v.capture(validation.parse_project_parent, request.parent)
-        # The id is optional (DESIGN.md): without one the server assigns "vm-<random>".
-        vm_id = request.vm_id or f"vm-{uuid.uuid4().hex[:16]}"
-        v.capture(validation.validate_resource_id, vm_id, "vm_id", "VM id")
-        vm = request.vm
         if parent:
             require(Action.WRITE_VMS, *parent, kind="project", name=request.parent)
-        flavor = self._catalog.flavor_for(parent[0], vm.flavor) if parent else None
-        if not vm.flavor:
-            v.add("vm.flavor", "required")
-        elif parent and flavor is None:
-            known = ", ".join(sorted(self._catalog.flavors_for(parent[0])))
-            v.add("vm.flavor", f"unknown flavor {vm.flavor!r}; known: {known}")
-        if not vm.image:
-            v.add("vm.image", "required")
-        elif vm.image not in self._catalog.images:
-            v.add("vm.image", f"unknown image {vm.image!r}; known: {', '.join(sorted(self._catalog.images))}")
-        v.capture(validation.validate_labels, vm.labels, "vm.labels")
-        if sum(len(k) + len(val) for k, val in vm.labels.items()) > MAX_LABELS_BYTES:
-            v.add("vm.labels", f"labels exceed {MAX_LABELS_BYTES} bytes in total")
-        v.capture(validation.validate_labels, vm.node_selector, "vm.node_selector")
-        if vm.anti_affinity_group:
-            v.capture(validation.validate_resource_id, vm.anti_affinity_group, "vm.anti_affinity_group",
-                      "anti-affinity group")
-        if vm.anti_affinity_scope not in SCOPE_FROM_PROTO:
-            v.add("vm.anti_affinity_scope", f"unknown scope {vm.anti_affinity_scope}; HOST or ZONE")
-        elif SCOPE_FROM_PROTO[vm.anti_affinity_scope] is Scope.ZONE and not vm.anti_affinity_group:
-            v.add("vm.anti_affinity_scope", "ZONE needs an anti_affinity_group")
-        if vm.affinity_group:
-            v.capture(validation.validate_resource_id, vm.affinity_group, "vm.affinity_group", "affinity group")
-        if vm.affinity_scope not in SCOPE_FROM_PROTO:
-            v.add("vm.affinity_scope", f"unknown scope {vm.affinity_scope}; HOST or ZONE")
-        elif SCOPE_FROM_PROTO[vm.affinity_scope] is Scope.ZONE and not vm.affinity_group:
-            v.add("vm.affinity_scope", "ZONE needs an affinity_group")
-        if vm.restart_policy not in RESTART_POLICY_FROM_PROTO:
-            v.add("vm.restart_policy", f"unknown restart policy {vm.restart_policy}; ALWAYS or NEVER")
-        if vm.power not in POWER_FROM_PROTO:
-            v.add("vm.power", f"unknown power state {vm.power}; POWERED_ON or POWERED_OFF")
-        if vm.power_policy not in POWER_POLICY_FROM_PROTO:
-            v.add("vm.power_policy", f"unknown power policy {vm.power_policy}; KEEP_STOPPED or KEEP_RUNNING")
-        v.capture(validation.validate_request_id, request.request_id)
-        if vm.name and parent and vm.name != validation.vm_name(*parent, vm_id):
-            v.add("vm.name", "output only; leave empty or equal to parent/vms/vm_id")
-        uid = uuid.uuid4().hex
-        data = _bootstrap_data(vm, uid, vm_id, v)
-        m = vm.bootstrap.metadata
-        # The metadata as given, for the request's fingerprint only (it is not in the spec).
-        metadata = idempotency.metadata_digest(
-            instance_id=m.instance_id, hostname=m.hostname, ssh_authorized_keys=list(m.ssh_authorized_keys),
-            values=m.values) if data is not None else b""
+        spec, data = self._spec(request, parent, v)
         v.raise_if_any()
-        tenant, project = v.valid(parent)
-        flavor = v.valid(flavor)
-        spec = VmSpec(
-            ref=VmRef(tenant, project, vm_id), uid=uid, flavor=vm.flavor, image=vm.image,
-            resources=flavor.resources, labels=dict(vm.labels),
-            request_id=request.request_id, create_time_ns=now_ns(), shard=shard_of(uid, self._shards),
-            node_selector=dict(vm.node_selector), anti_affinity_group=vm.anti_affinity_group,
-            restart_policy=RESTART_POLICY_FROM_PROTO[vm.restart_policy],
-            anti_affinity_scope=SCOPE_FROM_PROTO[vm.anti_affinity_scope], affinity_group=vm.affinity_group,
-            affinity_scope=SCOPE_FROM_PROTO[vm.affinity_scope],
-            power=POWER_FROM_PROTO[vm.power], power_policy=POWER_POLICY_FROM_PROTO[vm.power_policy],
-            bootstrap=data.summary() if data is not None else None,
-        )
+        spec = v.valid(spec)
+        if request.validate_only:
+            error = (await self._preview(spec.ref.tenant, spec.ref.project, [spec]))[0]
+            if error is not None:
+                raise _create_error(error, request.parent, request.request_id, spec.ref.name) from error
+            return _would_make(spec)
         draft = audit_draft()
         # The bootstrap data goes in the create's own transaction (no round trip of its own).
         secret = [bootstrap.put_op(self._store.keys, spec.ref, data)] if data is not None else []
         try:
             record, created = await self._store.create(
                 spec, also=[*(await draft.writes() if draft else ()), *secret],
-                fingerprint=idempotency.fingerprint(spec, chosen_id=bool(request.vm_id), metadata=metadata))
-        except RequestMismatch as err:
-            raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED", str(err),
-                                  metadata={"request_id": request.request_id, "created": err.made}) from err
-        except RequestReplayed as err:
-            raise errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_ALREADY_USED", str(err),
-                                  metadata={"request_id": request.request_id, "created": err.made}) from err
-        except AlreadyExists as err:
-            raise errors.already_exists("vm", spec.ref.name) from err
-        except NotFound as err:
-            raise errors.not_found("project", request.parent) from err
-        except ProjectDeleting as err:
-            raise errors.failed_precondition(str(err), "PROJECT_DELETING",
-                                             metadata={"project": request.parent}) from err
-        except QuotaExceeded as err:
-            raise errors.resource_exhausted(
-                str(err), "QUOTA_EXCEEDED",
-                metadata={"project": request.parent, "dimensions": ",".join(err.dimensions)}) from err
-        except Conflict as err:
-            raise errors.aborted(str(err)) from err
+                fingerprint=_fingerprint(request, spec))
+        except StoreError as err:
+            raise _create_error(err, request.parent, request.request_id, spec.ref.name) from err
         if created:
             CREATIONS_ACCEPTED.inc()
             if draft:
                 draft.committed()
         return vm_to_proto(record)
+
+    def _spec(self, request: vm_pb2.CreateVmRequest, parent: tuple[str, str] | None, v: validation.Violations,
+              *, at: str = "", shard: int | None = None,
+              vm_set: str = "") -> tuple[VmSpec | None, BootstrapData | None]:
+        """The VM (and its bootstrap data) a create ``request`` of ``parent`` (None: the
+        parent was invalid, already in ``v``) would make: the one place for every rule
+        of a VM's create (CreateVm, each request of CreateVms). Problems are added to
+        ``v``, their fields prefixed by ``at`` (e.g. "requests[3]."); the spec is None
+        when this request has any. ``shard``: a set's (default: by the VM's uid);
+        ``vm_set``: the set's id. Pure apart from the catalog (a watched cache)."""
+        before = len(v.items)
+        # The id is optional (DESIGN.md): without one the server assigns "vm-<random>".
+        vm_id = request.vm_id or f"vm-{uuid.uuid4().hex[:16]}"
+        v.capture(validation.validate_resource_id, vm_id, f"{at}vm_id", "VM id")
+        vm = request.vm
+        flavor = self._catalog.flavor_for(parent[0], vm.flavor) if parent else None
+        if not vm.flavor:
+            v.add(f"{at}vm.flavor", "required")
+        elif parent and flavor is None:
+            known = ", ".join(sorted(self._catalog.flavors_for(parent[0])))
+            v.add(f"{at}vm.flavor", f"unknown flavor {vm.flavor!r}; known: {known}")
+        if not vm.image:
+            v.add(f"{at}vm.image", "required")
+        elif vm.image not in self._catalog.images:
+            v.add(f"{at}vm.image", f"unknown image {vm.image!r}; known: {', '.join(sorted(self._catalog.images))}")
+        v.capture(validation.validate_labels, vm.labels, f"{at}vm.labels")
+        if sum(len(k) + len(val) for k, val in vm.labels.items()) > MAX_LABELS_BYTES:
+            v.add(f"{at}vm.labels", f"labels exceed {MAX_LABELS_BYTES} bytes in total")
+        v.capture(validation.validate_labels, vm.node_selector, f"{at}vm.node_selector")
+        if vm.anti_affinity_group:
+            v.capture(validation.validate_resource_id, vm.anti_affinity_group, f"{at}vm.anti_affinity_group",
+                      "anti-affinity group")
+        if vm.anti_affinity_scope not in SCOPE_FROM_PROTO:
+            v.add(f"{at}vm.anti_affinity_scope", f"unknown scope {vm.anti_affinity_scope}; HOST or ZONE")
+        elif SCOPE_FROM_PROTO[vm.anti_affinity_scope] is Scope.ZONE and not vm.anti_affinity_group:
+            v.add(f"{at}vm.anti_affinity_scope", "ZONE needs an anti_affinity_group")
+        if vm.affinity_group:
+            v.capture(validation.validate_resource_id, vm.affinity_group, f"{at}vm.affinity_group",
+                      "affinity group")
+        if vm.affinity_scope not in SCOPE_FROM_PROTO:
+            v.add(f"{at}vm.affinity_scope", f"unknown scope {vm.affinity_scope}; HOST or ZONE")
+        elif SCOPE_FROM_PROTO[vm.affinity_scope] is Scope.ZONE and not vm.affinity_group:
+            v.add(f"{at}vm.affinity_scope", "ZONE needs an affinity_group")
+        if vm.restart_policy not in RESTART_POLICY_FROM_PROTO:
+            v.add(f"{at}vm.restart_policy", f"unknown restart policy {vm.restart_policy}; ALWAYS or NEVER")
+        if vm.power not in POWER_FROM_PROTO:
+            v.add(f"{at}vm.power", f"unknown power state {vm.power}; POWERED_ON or POWERED_OFF")
+        if vm.power_policy not in POWER_POLICY_FROM_PROTO:
+            v.add(f"{at}vm.power_policy", f"unknown power policy {vm.power_policy}; KEEP_STOPPED or KEEP_RUNNING")
+        v.capture(validation.validate_request_id, request.request_id, f"{at}request_id")
+        if vm.name and parent and vm.name != validation.vm_name(*parent, vm_id):
+            v.add(f"{at}vm.name", "output only; leave empty or equal to parent/vms/vm_id")
+        uid = uuid.uuid4().hex
+        data = _bootstrap_data(vm, uid, vm_id, v, f"{at}vm.bootstrap")
+        if len(v.items) > before or parent is None or flavor is None:
+            return None, data
+        tenant, project = parent
+        spec = VmSpec(
+            ref=VmRef(tenant, project, vm_id), uid=uid, flavor=vm.flavor, image=vm.image,
+            resources=flavor.resources, labels=dict(vm.labels),
+            request_id=request.request_id, create_time_ns=now_ns(),
+            shard=shard_of(uid, self._shards) if shard is None else shard,
+            node_selector=dict(vm.node_selector), anti_affinity_group=vm.anti_affinity_group,
+            restart_policy=RESTART_POLICY_FROM_PROTO[vm.restart_policy],
+            anti_affinity_scope=SCOPE_FROM_PROTO[vm.anti_affinity_scope], affinity_group=vm.affinity_group,
+            affinity_scope=SCOPE_FROM_PROTO[vm.affinity_scope],
+            power=POWER_FROM_PROTO[vm.power], power_policy=POWER_POLICY_FROM_PROTO[vm.power_policy],
+            bootstrap=data.summary() if data is not None else None, vm_set=vm_set,
+        )
+        return spec, data
+
+    async def _preview(self, tenant: str, project: str, specs: list[VmSpec],
+                       set_ref: VmSetRef | None = None) -> list[StoreError | None]:
+        """What creating ``specs`` would meet now, read without writing (validate_only):
+        per spec, None or the store error its create would raise. AlreadyExists: its
+        name is taken (here or by an earlier spec); QuotaExceeded: the quota cannot
+        take it after the specs before it that fit; ProjectDeleting; NotFound (no such
+        project). With ``set_ref`` (an all-or-nothing set): the set's key must be free
+        too, and the quota is checked for all specs at once; the first error stands for
+        the set. Two round trips at once; request_ids are not looked up (a retry's
+        answer is the VM it made)."""
+        keys = self._store.keys
+        set_reads = [ops.get(keys.vm_set(set_ref.tenant, set_ref.project, set_ref.set_id))] if set_ref else []
+        try:
+            (record, usage, set_kvs), taken = await asyncio.gather(
+                self._store.ledger.usage(tenant, project, set_reads),
+                self._store.names_taken([spec.ref for spec in specs]))
+        except NotFound as err:
+            return [err] * len(specs)
+        name = validation.project_name(tenant, project)
+        if set_ref is not None:
+            error: StoreError | None = AlreadyExists(set_ref.name) if set_kvs[0] else next(
+                (AlreadyExists(spec.ref.name) for spec, present in zip(specs, taken, strict=True) if present), None)
+            total = sum((Usage.of_vm(spec.resources) for spec in specs), Usage())
+            return [error or refuse(record, name, usage, total)] + [None] * (len(specs) - 1)
+        out: list[StoreError | None] = []
+        seen: set[VmRef] = set()
+        delta = Usage()
+        for spec, present in zip(specs, taken, strict=True):
+            if present or spec.ref in seen:
+                out.append(AlreadyExists(spec.ref.name))
+                continue
+            seen.add(spec.ref)
+            grow = Usage.of_vm(spec.resources)
+            refusal = refuse(record, name, usage + delta, grow)
+            out.append(refusal)
+            if refusal is None:
+                delta = delta + grow
+        return out
+
+    async def CreateVms(self, request: vm_pb2.CreateVmsRequest, context) -> vm_pb2.CreateVmsResponse:
+        if request.validate_only:
+            _dry_run()
+        v = validation.Violations()
+        parent = v.capture(validation.parse_project_parent, request.parent)
+        if parent:
+            require(Action.WRITE_VMS, *parent, kind="project", name=request.parent)
+        count = len(request.requests)
+        if not 1 <= count <= MAX_CREATE_VMS:
+            v.add("requests", f"{count} creates; 1 to {MAX_CREATE_VMS} per call")
+        for i, one in enumerate(request.requests):
+            if one.parent and one.parent != request.parent:
+                v.add(f"requests[{i}].parent", "leave it empty or equal to the call's parent")
+            if one.validate_only:
+                v.add(f"requests[{i}].validate_only", "set validate_only on the CreateVms request instead")
+        mode = request.mode or vm_pb2.CreateVmsRequest.INDEPENDENT
+        deadline_s = 0
+        if mode == vm_pb2.CreateVmsRequest.INDEPENDENT:
+            for field in ("set_id", "request_id", "deadline"):
+                if request.HasField(field) if field == "deadline" else getattr(request, field):
+                    v.add(field, "only for mode ALL_OR_NOTHING (each create has its own request_id)")
+        elif mode == vm_pb2.CreateVmsRequest.ALL_OR_NOTHING:
+            if request.set_id:
+                v.capture(validation.validate_resource_id, request.set_id, "set_id", "set id")
+            v.capture(validation.validate_request_id, request.request_id)
+            deadline_s = v.capture(validation.duration_seconds, request.deadline.seconds, request.deadline.nanos,
+                                   default=DEFAULT_SET_DEADLINE_S, maximum=MAX_SET_DEADLINE_S,
+                                   field="deadline") or 0
+        else:
+            v.add("mode", f"unknown mode {mode}; INDEPENDENT or ALL_OR_NOTHING")
+        v.raise_if_any()
+        tenant, project = v.valid(parent)
+        if mode == vm_pb2.CreateVmsRequest.ALL_OR_NOTHING:
+            return await self._create_set(request, tenant, project, deadline_s)
+        return await self._create_each(request, tenant, project)
+
+    async def _create_each(self, request: vm_pb2.CreateVmsRequest, tenant: str,
+                           project: str) -> vm_pb2.CreateVmsResponse:
+        """INDEPENDENT: each create as CreateVm would do it, all at once (the ledger
+        group-commits them), each with its own outcome and audit record."""
+        results = [vm_pb2.CreateVmsResult() for _ in request.requests]  # each set below
+        valid: list[tuple[int, VmSpec, BootstrapData | None]] = []
+        for i, one in enumerate(request.requests):
+            v = validation.Violations()
+            spec, data = self._spec(one, (tenant, project), v)
+            try:
+                v.raise_if_any()
+            except errors.ApiError as err:
+                results[i] = _refused(err)
+                continue
+            valid.append((i, v.valid(spec), data))
+        if request.validate_only:
+            outcomes = await self._preview(tenant, project, [spec for _i, spec, _data in valid])
+            for (i, spec, _data), error in zip(valid, outcomes, strict=True):
+                results[i] = (vm_pb2.CreateVmsResult(vm=_would_make(spec)) if error is None else
+                              _refused(_create_error(error, request.parent, spec.request_id, spec.ref.name)))
+            return vm_pb2.CreateVmsResponse(results=results)
+        draft = audit_draft()
+
+        async def create(i: int, spec: VmSpec, data: BootstrapData | None) -> bool:
+            secret = [bootstrap.put_op(self._store.keys, spec.ref, data)] if data is not None else []
+            try:
+                record, created = await self._store.create(
+                    spec, also=[*(await draft.writes(spec.ref.name) if draft else ()), *secret],
+                    fingerprint=_fingerprint(request.requests[i], spec))
+            except StoreError as err:
+                results[i] = _refused(_create_error(err, request.parent, spec.request_id, spec.ref.name))
+                return False
+            except Exception as err:  # noqa: BLE001 - one create's failure is its own outcome
+                results[i] = _refused(error_for_exception(err))
+                return False
+            results[i] = vm_pb2.CreateVmsResult(vm=vm_to_proto(record))
+            return created
+
+        made = sum(await asyncio.gather(*(create(i, spec, data) for i, spec, data in valid)))
+        if made:
+            CREATIONS_ACCEPTED.inc(made)
+            if draft:
+                draft.committed()
+        return vm_pb2.CreateVmsResponse(results=results)
+
+    async def _create_set(self, request: vm_pb2.CreateVmsRequest, tenant: str, project: str,
+                          deadline_s: int) -> vm_pb2.CreateVmsResponse:
+        """ALL_OR_NOTHING: every create valid, then the set and all its members admitted
+        in one transaction (VmSetStore.admit), or nothing; one audit record, the set's."""
+        set_id = request.set_id or f"set-{uuid.uuid4().hex[:16]}"
+        uid = uuid.uuid4().hex
+        shard = shard_of(uid, self._shards)
+        v = validation.Violations()
+        members: list[Member] = []
+        first: dict[str, int] = {}
+        for i, one in enumerate(request.requests):
+            at = f"requests[{i}]."
+            if one.request_id:
+                v.add(f"{at}request_id", "the set's request_id covers its members; leave it empty")
+            spec, data = self._spec(one, (tenant, project), v, at=at, shard=shard, vm_set=set_id)
+            if spec is None:
+                continue
+            if spec.ref.vm_id in first:
+                v.add(f"{at}vm_id", f"{spec.ref.vm_id!r} is also the id of requests[{first[spec.ref.vm_id]}]")
+                continue
+            first[spec.ref.vm_id] = i
+            members.append(Member(spec, data))
+        v.raise_if_any()
+        at_ns = now_ns()
+        ref = VmSetRef(tenant, project, set_id)
+        vm_set = VmSet(ref, uid, tuple(m.spec.ref.vm_id for m in members), shard, VmSetState.PENDING,
+                       create_time_ns=at_ns, deadline_ns=at_ns + deadline_s * 1_000_000_000,
+                       request_id=request.request_id)
+        if request.validate_only:
+            too_large = self._sets.too_large(vm_set, members, also=_AUDIT_PLACEHOLDER)
+            if too_large is not None:
+                raise _set_too_large(too_large)
+            outcomes = await self._preview(tenant, project, [m.spec for m in members], set_ref=ref)
+            error = outcomes[0]
+            if error is not None:
+                raise _create_error(error, request.parent, request.request_id, ref.name) from error
+            would = vm_set_to_proto(vm_set, 0)
+            would.uid = ""
+            return vm_pb2.CreateVmsResponse(results=[vm_pb2.CreateVmsResult(vm=_would_make(m.spec))
+                                                     for m in members], set=would)
+        fingerprint = idempotency.set_fingerprint(
+            [_fingerprint(one, m.spec)
+             for m, one in zip(members, request.requests, strict=True)],
+            set_id=request.set_id, deadline_s=deadline_s)
+        draft = audit_draft()
+        try:
+            admitted = await self._sets.admit(vm_set, members, also=await draft.writes(ref.name) if draft else (),
+                                              fingerprint=fingerprint)
+        except SetTooLarge as err:
+            raise _set_too_large(err) from err
+        except StoreError as err:
+            raise _create_error(err, request.parent, request.request_id, ref.name) from err
+        if admitted.created:
+            CREATIONS_ACCEPTED.inc(len(members))
+            if draft:
+                draft.committed()
+        return vm_pb2.CreateVmsResponse(
+            results=[vm_pb2.CreateVmsResult(vm=vm_to_proto(record)) for record in admitted.vms],
+            set=vm_set_to_proto(admitted.vm_set, admitted.revision))
+
+    async def GetVmSet(self, request: vm_pb2.GetVmSetRequest, context) -> vm_pb2.VmSet:
+        tenant, project, set_id = validation.parse_vm_set_name(request.name)
+        require(Action.READ, tenant, project, kind="vm set", name=request.name)
+        try:
+            vm_set, revision = await self._sets.get(VmSetRef(tenant, project, set_id))
+        except NotFound as err:
+            raise errors.not_found("vm set", request.name) from err
+        return vm_set_to_proto(vm_set, revision)
 
     async def GetVm(self, request: vm_pb2.GetVmRequest, context) -> vm_pb2.Vm:
         tenant, project, vm_id = validation.parse_vm_name(request.name)
@@ -404,6 +610,57 @@ def _answer(update: SpecUpdate) -> vm_pb2.Vm:
     return vm
 
 
+def _create_error(err: StoreError, parent: str, request_id: str, name: str) -> errors.ApiError:
+    """The API error for a store outcome of a create (of the VM or set ``name``): the
+    one mapping CreateVm and CreateVms share."""
+    if isinstance(err, RequestMismatch):
+        return errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED", str(err),
+                               metadata={"request_id": request_id, "created": err.made})
+    if isinstance(err, RequestReplayed):
+        return errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_ALREADY_USED", str(err),
+                               metadata={"request_id": request_id, "created": err.made})
+    if isinstance(err, AlreadyExists):
+        # A set's admission names what was taken: the set or one of its members.
+        taken = str(err) or name
+        return errors.already_exists("vm set" if VmSetRef.from_name(taken) else "vm", taken)
+    if isinstance(err, NotFound):
+        return errors.not_found("project", parent)
+    if isinstance(err, ProjectDeleting):
+        return errors.failed_precondition(str(err), "PROJECT_DELETING", metadata={"project": parent})
+    if isinstance(err, QuotaExceeded):
+        return errors.resource_exhausted(str(err), "QUOTA_EXCEEDED",
+                                         metadata={"project": parent, "dimensions": ",".join(err.dimensions)})
+    if isinstance(err, Conflict):
+        return errors.aborted(str(err))
+    return error_for_exception(err)
+
+
+def _set_too_large(err: SetTooLarge) -> errors.ApiError:
+    return errors.invalid_argument(
+        [("requests", str(err))], "SET_TOO_LARGE",
+        metadata={"max_members": str(err.most), "max_members_with_bootstrap": str(err.most_with_bootstrap),
+                  "max_txn_ops": str(err.limit)})
+
+
+def _dry_run() -> None:
+    """validate_only: the call writes nothing and is not audited, whatever its outcome."""
+    draft = audit_draft()
+    if draft:
+        draft.dry_run()
+
+
+def _refused(err: errors.ApiError) -> vm_pb2.CreateVmsResult:
+    return vm_pb2.CreateVmsResult(code=err.code.value[0], reason=err.reason, message=err.message)
+
+
+def _would_make(spec: VmSpec) -> vm_pb2.Vm:
+    """What a validate_only create answers: the VM it would make, PENDING, with no uid,
+    etag or resource_version (nothing was stored); its create_time is the check's."""
+    vm = vm_to_proto(VmRecord(spec, pending_status(spec), 0, 0))
+    vm.uid = vm.etag = ""
+    return vm
+
+
 def _refuse_deleting(record: VmRecord) -> None:
     """Every verb refuses a VM being deleted (FAILED_PRECONDITION, VM_DELETING)."""
     if record.spec.deleting:
@@ -444,13 +701,13 @@ def _power_off(request: vm_pb2.StopVmRequest | vm_pb2.RestartVmRequest) -> tuple
     return POWER_OFF_MODE_FROM_PROTO[request.mode], v.valid(grace)
 
 
-def _bootstrap_data(vm: vm_pb2.Vm, uid: str, vm_id: str, v: validation.Violations) -> BootstrapData | None:
+def _bootstrap_data(vm: vm_pb2.Vm, uid: str, vm_id: str, v: validation.Violations,
+                    field: str = "vm.bootstrap") -> BootstrapData | None:
     """The bootstrap data a create stores (None when ``vm.bootstrap`` is unset), its
-    problems added to ``v``. Secret: no description repeats any of it."""
+    problems added to ``v`` under ``field``. Secret: no description repeats any of it."""
     if not vm.HasField("bootstrap"):
         return None
     b = vm.bootstrap
-    field = "vm.bootstrap"
     for name in ("size_bytes", "sha256", "state"):
         if getattr(b, name):
             v.add(f"{field}.{name}", "output only; leave it unset")
@@ -490,3 +747,16 @@ def _json_object(data: bytes) -> bool:
 
 def encode_or_empty(scope: str, revision: int, next_ref: VmRef | None) -> str:
     return validation.encode_page_token(scope, revision, next_ref.vm_id) if next_ref else ""
+
+
+def _fingerprint(request: vm_pb2.CreateVmRequest, spec: VmSpec) -> bytes:
+    """What makes a create with ``request``'s request_id the same request
+    (:mod:`controlplane.store.idempotency`): the spec's chosen fields, and the
+    bootstrap metadata as the request gave it (it is not in the spec)."""
+    metadata = b""
+    if spec.bootstrap is not None:
+        m = request.vm.bootstrap.metadata
+        metadata = idempotency.metadata_digest(
+            instance_id=m.instance_id, hostname=m.hostname, ssh_authorized_keys=list(m.ssh_authorized_keys),
+            values=m.values)
+    return idempotency.fingerprint(spec, chosen_id=bool(request.vm_id), metadata=metadata)

@@ -430,6 +430,15 @@ def _set_bind_costs() -> tuple[Cost, Cost]:
     return _fixed_and_each(cost)
 
 
+def set_bind_worst(keys: Keys, specs: Sequence[VmSpec]) -> Cost:
+    """What binding a set of ``specs`` costs at most, however placement spreads them:
+    built with each member on a host and in a zone of its own (nothing shared), for
+    these members (a member without zone groups costs less than :func:`set_bind_cost`
+    assumes). Pure."""
+    hosts = [SetHost(HostRead(f"h{i}"), f"z{i}", [(spec, 1)]) for i, spec in enumerate(specs)]
+    return bind_set(keys, hosts, zone_counts={}, record=(b"/s", 1, b""), at=0).cost
+
+
 def set_bind_cost(members: int) -> Cost:
     """The most a set bind of ``members`` VMs can cost (each member on a host and in
     a zone of its own, counted in a zone group and relying on another)."""

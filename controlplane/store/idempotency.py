@@ -71,3 +71,18 @@ def fingerprint(spec: VmSpec, *, chosen_id: bool, metadata: bytes = b"") -> byte
     chosen["vm_id"] = spec.ref.vm_id if chosen_id else ""
     encoded = json.dumps(chosen, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(VERSION + encoded).digest()
+
+
+SET_VERSION = b"vm-set-create-v1\0"
+
+
+def set_fingerprint(members: list[bytes], *, set_id: str, deadline_s: int) -> bytes:
+    """SHA-256 of an all-or-nothing CreateVms: its members' :func:`fingerprint`s in
+    request order, the set's id if the caller chose it (``set_id``, else "") and its
+    deadline in seconds. A retry with the set's request_id is one only if this is the
+    same. Pure."""
+    digest = hashlib.sha256(SET_VERSION)
+    digest.update(json.dumps([set_id, deadline_s]).encode())
+    for member in members:
+        digest.update(member)
+    return digest.digest()

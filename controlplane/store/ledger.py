@@ -19,8 +19,10 @@ arrive while a transaction is in flight go together in the next one (one set of
 compares, one put of the stripe, plus each charge's own compares and writes). Charges
 are admitted in arrival order; one that would exceed a limit is refused without
 holding up the rest, so 50 concurrent creates against a limit of 10 make exactly 10
-VMs, whatever the number of frontends. A project marked as being deleted (its
-record's ``delete_time_ns``) takes no growth at all.
+VMs, whatever the number of frontends. A refusal is final only once the charges
+counted before it are known to commit: when some fail their own compares (e.g. a
+create of a taken name), the refusals are decided again without them. A project
+marked as being deleted (its record's ``delete_time_ns``) takes no growth at all.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -139,9 +142,63 @@ def _fail(future: asyncio.Future, error: BaseException) -> None:
         future.set_exception(error)
 
 
+def _refuse(refused: list[tuple[asyncio.Future, StoreError]]) -> None:
+    QUOTA_REFUSALS.inc(sum(isinstance(error, QuotaExceeded) for _future, error in refused))
+    for future, error in refused:
+        _fail(future, error)
+
+
 def _succeed(future: asyncio.Future, revision: int) -> None:
     if not future.done():
         future.set_result(revision)
+
+
+def refuse(project: Project, name: str, usage: Usage, delta: Usage) -> StoreError | None:
+    """Why ``delta`` may not be applied to a project using ``usage`` (ProjectDeleting:
+    a growth of a project being deleted; QuotaExceeded: a growth over a limit), or
+    None. Only growth is ever refused. Pure: the one rule the ledger's commits and
+    validate-only checks (:meth:`UsageLedger.check`) share."""
+    if not delta.grows:
+        return None
+    if project.deleting:
+        return ProjectDeleting(name)
+    after = usage + delta
+    over = project.quota.exceeded(after)
+    return QuotaExceeded(name, over, project.quota, after) if over else None
+
+
+def _txn(compares: list, writes: list, reads: list, charges: list[Charge]) -> tuple[list, list, list]:
+    """The group commit's txn: the ledger's own ``compares``, ``writes`` (its stripe)
+    and ``reads`` (the state its failure branch re-reads), then each charge's
+    compares and writes, and per charge a nested txn in the failure branch that tells
+    whether its own compares held (and reads what explains it)."""
+    for charge in charges:
+        compares.extend(charge.compares)
+        writes.extend(charge.writes)
+        reads.append(ops.txn(list(charge.compares), [], list(charge.reads)))
+    return compares, writes, reads
+
+
+def _frame() -> tuple[list, list, list]:
+    """The ledger's own part of a commit, as :meth:`UsageLedger._commit` builds it
+    (values aside), to measure op costs with."""
+    keys = Keys("/")
+    prefix = keys.usage_prefix("t", "p")
+    return ([ops.mod_revision_is(keys.project("t", "p"), 0), ops.mod_revision_is(prefix, 0)],
+            [ops.put(keys.usage("t", "p", 0), b"")],
+            [ops.get(keys.project("t", "p")), ops.get(prefix, prefix_end(prefix))])
+
+
+_FRAME = tuple(len(part) for part in _frame())  # the ledger's own (compares, writes, reads)
+
+
+def txn_ops(charge: Charge) -> int:
+    """What a commit of ``charge`` alone counts against etcd's --max-txn-ops (the
+    ledger's own compares, write and reads included): a charge above the limit can
+    never be applied. Measured on the ops the commit builds."""
+    compares, writes, reads = _txn(*_frame(), [charge])
+    nested = max(len(charge.compares), len(charge.reads))
+    return max(len(compares), len(writes), len(reads)) + nested
 
 
 class UsageLedger:
@@ -187,6 +244,16 @@ class UsageLedger:
             raise EtcdError("quota ledger: the caller's deadline passed waiting for the batch's txn",
                             grpc.StatusCode.DEADLINE_EXCEEDED) from None
 
+    async def usage(self, tenant: str, project: str, reads: Sequence = ()) -> tuple[Project, Usage, list]:
+        """The project and its usage now, read in one round trip with ``reads`` (their
+        kvs returned, one list per read): what a validate-only call checks against
+        (:func:`refuse`). Writes nothing. Raises NotFound (no such project)."""
+        result = await self._etcd.txn([], [*self._state_reads(tenant, project), *reads])
+        state = self._state_from(result, 0)
+        if state.project is None:
+            raise NotFound(f"tenants/{tenant}/projects/{project}")
+        return state.project, state.total, [result.kvs(2 + i) for i in range(len(reads))]
+
     async def _drain(self, tenant: str, project: str, lane: _Lane) -> None:
         try:
             while lane.pending:
@@ -205,26 +272,28 @@ class UsageLedger:
                 del self._lanes[(tenant, project)]
 
     def _take(self, pending: list) -> tuple[list, list]:
-        """As many charges as fit one transaction under etcd's --max-txn-ops and
-        --max-request-bytes (bootstrap data makes creates up to ~80 KiB each), in
-        arrival order, leaving for later those that touch a name already taken. A
-        charge too large to share a transaction goes alone."""
-        budget = self._etcd.max_txn_ops - 2
+        """As many charges as fit one transaction under etcd's --max-txn-ops (measured by
+        :func:`txn_ops`) and --max-request-bytes (bootstrap data makes a create up to
+        ~80 KiB), in arrival order, leaving for later those that touch a name already
+        taken. The first always goes (a charge too large alone is refused by etcd)."""
+        limit = self._etcd.max_txn_ops
         # Room for the ledger's own compares and reads and the request's framing.
         byte_budget = self._etcd.max_request_bytes - _OWN_BYTES
-        compares = writes = size = 0
+        compares, writes, reads = _FRAME
+        nested = 0  # etcd counts a parent's ops and its largest nested txn's together
+        size = 0
         taken: set[bytes] = set()
         batch: list = []
         later: list = []
         for item in pending:
             charge = item[0]
-            if taken.intersection(charge.exclusive) or (batch and (max(
-                    compares + len(charge.compares), writes + len(charge.writes), len(batch) + 3) > budget
-                    or size + charge.measured() > byte_budget)):
+            c, w = compares + len(charge.compares), writes + len(charge.writes)
+            n = max(nested, len(charge.compares), len(charge.reads))
+            if taken.intersection(charge.exclusive) or (batch and (
+                    max(c, w, reads + 1) + n > limit or size + charge.measured() > byte_budget)):
                 later.append(item)
                 continue
-            compares += len(charge.compares)
-            writes += len(charge.writes)
+            compares, writes, reads, nested = c, w, reads + 1, n
             size += charge.measured()
             taken.update(charge.exclusive)
             batch.append(item)
@@ -278,35 +347,25 @@ class UsageLedger:
             own = state.stripes.get(self.stripe, (Usage(), 0))
             delta = Usage()
             for charge, future in batch:
-                if state.project.deleting and charge.delta.grows:
-                    refused.append((future, ProjectDeleting(name)))
-                    continue
-                after = total + delta + charge.delta
-                over = state.project.quota.exceeded(after) if charge.delta.grows else []
-                if over:
-                    refused.append((future, QuotaExceeded(name, over, state.project.quota, after)))
+                refusal = refuse(state.project, name, total + delta, charge.delta)
+                if refusal is not None:
+                    refused.append((future, refusal))
                     continue
                 delta = delta + charge.delta
                 accepted.append((charge, future))
             if refused and not fresh:
                 self._states.pop((tenant, project), None)
                 continue
-            QUOTA_REFUSALS.inc(sum(isinstance(error, QuotaExceeded) for _future, error in refused))
-            for future, error in refused:
-                _fail(future, error)
             if not accepted:
+                _refuse(refused)
                 return
             compares = [ops.mod_revision_is(project_key, state.project_revision)]
             if limited:
                 compares.append(ops.unchanged_since(prefix, prefix_end(prefix), state.complete_at))
             else:
                 compares.append(ops.mod_revision_is(mine, own[1]))
-            writes = [ops.put(mine, (own[0] + delta).to_bytes())]
-            reads = self._state_reads(tenant, project)
-            for charge, _future in accepted:
-                compares.extend(charge.compares)
-                writes.extend(charge.writes)
-                reads.append(ops.txn(list(charge.compares), [], list(charge.reads)))
+            compares, writes, reads = _txn(compares, [ops.put(mine, (own[0] + delta).to_bytes())],
+                                           self._state_reads(tenant, project), [c for c, _f in accepted])
             QUOTA_BATCH_SIZE.observe(len(accepted))
             result = await self._etcd.txn(compares, writes, reads)
             if result.succeeded:
@@ -314,19 +373,22 @@ class UsageLedger:
                 # A limited commit compared every stripe, so all are known as of its revision.
                 self._remember(tenant, project, _State(state.project, state.project_revision, stripes,
                                                        result.revision if limited else 0))
+                _refuse(refused)
                 for _charge, future in accepted:
                     _succeed(future, result.revision)
                 return
             QUOTA_CONFLICTS.inc()
             self._remember(tenant, project, self._state_from(result, 0))
             fresh = True
-            batch = []
+            doomed = set()
             for i, (charge, future) in enumerate(accepted):
-                guard = result.nested(2 + i)
-                if guard.succeeded:
-                    batch.append((charge, future))
-                else:
+                guard = result.nested(_FRAME[2] + i)
+                if not guard.succeeded:
                     _fail(future, GuardFailed([guard.kvs(j) for j in range(len(charge.reads))]))
+                    doomed.add(future)
+            # The refusals were decided with the doomed charges counted (e.g. a create of
+            # a taken name): decide them again without, in arrival order.
+            batch = [(charge, future) for charge, future in batch if future not in doomed]
             if not batch:
                 return
         for _charge, future in batch:

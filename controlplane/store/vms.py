@@ -121,6 +121,22 @@ def _record(spec_kv: KeyValue, status_kv: KeyValue) -> VmRecord:
                     spec_kv.mod_revision, status_kv.mod_revision)
 
 
+def pending_status(spec: VmSpec) -> VmStatus:
+    """A new VM's status: PENDING, accepted at its create time."""
+    return VmStatus(VmState.PENDING, update_time_ns=spec.create_time_ns, accepted_time_ns=spec.create_time_ns)
+
+
+def create_ops(keys: Keys, spec: VmSpec, status: VmStatus) -> tuple[list, list]:
+    """What creating a VM compares (its name is free) and writes (its spec, status and
+    queue entry in its shard): the one place for it, used by :meth:`VmStore.create`
+    and by a set's admission (``vmsets.py``). Pure."""
+    spec_key = keys.vm_spec(spec.ref)
+    spec_bytes = spec.to_bytes()
+    return ([ops.absent(spec_key)],
+            [ops.put(spec_key, spec_bytes), ops.put(keys.vm_status(spec.ref), status.to_bytes()),
+             ops.put(keys.queue(spec.shard, spec.ref), spec_bytes)])
+
+
 class VmStore:
     def __init__(self, client: EtcdClient, keys: Keys, requests: RetentionLeases | None = None,
                  ledger: UsageLedger | None = None):
@@ -132,6 +148,18 @@ class VmStore:
     @property
     def keys(self) -> Keys:
         return self._keys
+
+    @property
+    def client(self) -> EtcdClient:
+        return self._etcd
+
+    @property
+    def ledger(self) -> UsageLedger:
+        return self._ledger
+
+    @property
+    def requests(self) -> RetentionLeases:
+        return self._requests
 
     # --- create ------------------------------------------------------------------------
 
@@ -152,19 +180,11 @@ class VmStore:
         ``created`` False: nothing was written, ``also`` neither.
         """
         k = self._keys
-        status = VmStatus(VmState.PENDING, update_time_ns=spec.create_time_ns,
-                          accepted_time_ns=spec.create_time_ns)
-        spec_key, status_key = k.vm_spec(spec.ref), k.vm_status(spec.ref)
-        spec_bytes = spec.to_bytes()
+        status = pending_status(spec)
         vm_range = ops.get(k.vm_prefix(spec.ref), prefix_end(k.vm_prefix(spec.ref)))
-        charge = Charge(
-            Usage.of_vm(spec.resources),
-            compares=[ops.absent(spec_key)],
-            writes=[ops.put(spec_key, spec_bytes), ops.put(status_key, status.to_bytes()),
-                    ops.put(k.queue(spec.shard, spec.ref), spec_bytes), *also],
-            reads=[vm_range],
-            exclusive=(k.vm_prefix(spec.ref),),
-        )
+        compares, writes = create_ops(k, spec, status)
+        charge = Charge(Usage.of_vm(spec.resources), compares=compares, writes=[*writes, *also], reads=[vm_range],
+                        exclusive=(k.vm_prefix(spec.ref),))
         request_key = b""
         if spec.request_id:
             request_key = k.request(spec.ref.tenant, spec.ref.project, spec.request_id)
@@ -232,6 +252,12 @@ class VmStore:
         if record is None:
             raise NotFound(ref.name)
         return record
+
+    async def names_taken(self, refs: Sequence[VmRef]) -> builtins.list[bool]:
+        """Per ref, whether a VM of that name is stored now (one round trip per
+        ``max_txn_ops`` refs, all at once). Writes nothing."""
+        responses = await self._etcd.txn_chunked([ops.get(self._keys.vm_spec(ref)) for ref in refs])
+        return [bool(response.response_range.kvs) for response in responses]
 
     async def current_revision(self) -> int:
         """The store's revision now: a consistent point to list at and watch after."""

@@ -76,11 +76,11 @@ def _raw(system: LocalSystem, method: str, streaming: bool, data: bytes, token: 
 
 def test_undecodable_requests_are_unauthenticated_or_invalid_on_every_method(system) -> None:
     methods = _api_methods()
-    # The 40 the issue counted, ListOrphans, AdoptOrphan, DestroyOrphan, and issue 12's
-    # UpdateVm, StartVm, StopVm, RestartVm.
-    assert len(methods) == 47
-    assert {f"/quanta.v1.VmService/{m}" for m in ("UpdateVm", "StartVm", "StopVm", "RestartVm")} <= \
-        {m for m, _streaming in methods}
+    # The 40 the issue counted, ListOrphans, AdoptOrphan, DestroyOrphan, issue 12's
+    # UpdateVm, StartVm, StopVm, RestartVm, and issue 15's CreateVms, GetVmSet.
+    assert len(methods) == 49
+    assert {f"/quanta.v1.VmService/{m}" for m in ("UpdateVm", "StartVm", "StopVm", "RestartVm", "CreateVms",
+                                                   "GetVmSet")} <= {m for m, _streaming in methods}
     answers: dict[str, tuple[str, str]] = {}
     for method, streaming in methods:
         anonymous = _raw(system, method, streaming, b"\xff", None)
@@ -189,6 +189,22 @@ def test_a_request_id_reused_with_other_parameters_is_refused(system, admin) -> 
                    "--image", "ubuntu", "--request-id", "req-1")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: ALREADY_EXISTS: REQUEST_ID_REUSED: request_id 'req-1' was used"), done.stderr
+    # CreateVms: a set's request_id is the set's; reused for another set or a single
+    # create, it is refused the same way.
+    with system.client(tenant=tenant, project="p", ensure_project=False) as c:
+        parent = f"tenants/{tenant}/projects/p"
+        member = vm_pb2.CreateVmRequest(vm_id="m-0", vm=vm_pb2.Vm(flavor="small", image="ubuntu"))
+        made = c._call(c._vms.CreateVms, vm_pb2.CreateVmsRequest(
+            parent=parent, requests=[member], mode=vm_pb2.CreateVmsRequest.ALL_OR_NOTHING, request_id="req-set"))
+        for other in (
+            lambda: c._call(c._vms.CreateVms, vm_pb2.CreateVmsRequest(
+                parent=parent, requests=[member], mode=vm_pb2.CreateVmsRequest.ALL_OR_NOTHING, set_id="another",
+                request_id="req-set")),
+            lambda: c.create_vm("m-1", flavor="small", image="ubuntu", request_id="req-set"),
+        ):
+            err = _error(other)
+            assert (err.code, err.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+            assert err.metadata == {"request_id": "req-set", "created": made.set.name}
 
 
 # --- forced project deletion ------------------------------------------------------------

@@ -95,6 +95,19 @@ def _delete_fresh_vm(w: World, c: Client) -> None:
     c.delete_vm(vm_id)
 
 
+def _create_vms(c: Client, mode: int = vm_pb2.CreateVmsRequest.INDEPENDENT, **fields) -> vm_pb2.CreateVmsResponse:
+    return _vm_call(c, "CreateVms", vm_pb2.CreateVmsRequest(
+        parent=f"tenants/{c.tenant}/projects/{c.project}", mode=mode, requests=[vm_pb2.CreateVmRequest(
+            vm_id=_fresh(), vm=vm_pb2.Vm(flavor="small", image="ubuntu"))], **fields))
+
+
+def _get_fresh_set(w: World, c: Client, project: str) -> object:
+    """GetVmSet of a set the system admin just made in acme/``project``."""
+    with w.as_("admin", "acme", project) as admin:
+        name = _create_vms(admin, vm_pb2.CreateVmsRequest.ALL_OR_NOTHING).set.name
+    return _vm_call(c, "GetVmSet", vm_pb2.GetVmSetRequest(name=name))
+
+
 OK, PD, NF, FP = "OK", "PERMISSION_DENIED", "NOT_FOUND", "FAILED_PRECONDITION"
 
 # operation -> (what it does with a client, expected outcome per role in ROLES order)
@@ -129,6 +142,12 @@ MATRIX: dict[str, tuple[Callable[[World, Client], object], tuple[str, ...]]] = {
     "update vm globex/app": (lambda w, c: _vm_call(c, "UpdateVm", vm_pb2.UpdateVmRequest(
         vm=vm_pb2.Vm(name="tenants/globex/projects/app/vms/vm-g", labels={"x": "y"}),
         update_mask=field_mask_pb2.FieldMask(paths=["labels"]))), (OK, NF, NF, NF, NF, OK)),
+    # Issue 15's: CreateVms is WRITE_VMS on its parent (either mode), GetVmSet READ.
+    "create vms acme/web": (lambda w, c: _create_vms(c), (OK, OK, OK, PD, PD, NF)),
+    "create vm set acme/web": (lambda w, c: _create_vms(c, vm_pb2.CreateVmsRequest.ALL_OR_NOTHING),
+                               (OK, OK, OK, PD, PD, NF)),
+    "get vm set acme/web": (lambda w, c: _get_fresh_set(w, c, "web"), (OK, OK, OK, OK, OK, NF)),
+    "get vm set acme/db": (lambda w, c: _get_fresh_set(w, c, "db"), (OK, OK, NF, OK, NF, NF)),
     "create project in acme": (lambda w, c: c.create_project(_fresh(), tenant="acme", quota={"vms": 1}),
                                (OK, OK, PD, PD, PD, NF)),
     "update quota acme/web": (lambda w, c: c.update_quota("tenants/acme/projects/web/quota", {"vms": 40}),
@@ -184,6 +203,14 @@ def test_not_found_for_another_tenant_looks_like_absence(world: World) -> None:
                 err = pytest.raises(ApiError, _vm_call, spy, method, request).value
                 assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.NOT_FOUND, "VM_NOT_FOUND",
                                                                 {"kind": "vm", "name": name}), (method, name)
+    # And GetVmSet on acme's real set and on one that does not exist.
+    with world.as_("admin", "acme", "web") as admin:
+        real_set = _create_vms(admin, vm_pb2.CreateVmsRequest.ALL_OR_NOTHING).set.name
+    with world.as_("globex_admin", "acme", "web") as spy:
+        for name in (real_set, "tenants/acme/projects/web/vmSets/no-such"):
+            err = pytest.raises(ApiError, _vm_call, spy, "GetVmSet", vm_pb2.GetVmSetRequest(name=name)).value
+            assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.NOT_FOUND, "VM_SET_NOT_FOUND",
+                                                            {"kind": "vm set", "name": name}), name
 
 
 def test_lists_contain_only_what_the_caller_may_see(world: World) -> None:
