@@ -16,9 +16,9 @@ from dataclasses import replace
 from controlplane.etcd import Compacted
 from controlplane.etcd.outages import ride_out
 from controlplane.models import HostAllocation, Resources
+from controlplane.placement import HostSnapshot, HostView
 from controlplane.store.hosts import HostRecord, HostStore, HostTable
 from scheduler import metrics
-from scheduler.placement import HostSnapshot, HostView
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-from scheduler.placement.filters import DEFAULT_FILTERS, Filter
-from scheduler.placement.model import Placement, PlacementRequest
-from scheduler.placement.place import place
-from scheduler.placement.scoring import Scorer, spread
-from scheduler.placement.view import HostView
-from scheduler.placement.zones import ZoneCounts
+from controlplane.placement.filters import DEFAULT_FILTERS, Filter
+from controlplane.placement.model import Placement, PlacementRequest
+from controlplane.placement.place import place
+from controlplane.placement.scoring import Scorer, spread
+from controlplane.placement.view import HostView
+from controlplane.placement.zones import ZoneCounts
 
 K = TypeVar("K")
 
