@@ -34,6 +34,7 @@ from controlplane.api.convert import (
     vm_to_proto,
 )
 from controlplane.api.interceptors import error_for_exception
+from controlplane.api.plans import Planner
 from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted, ops
@@ -68,6 +69,7 @@ from controlplane.store.errors import (
 )
 from controlplane.store.keys import shard_of
 from controlplane.store.ledger import ProjectDeleting, QuotaExceeded, refuse
+from controlplane.store.plans import MAX_HOLD_S
 from controlplane.store.vms import SpecUpdate, VmRecord, VmStore, pending_status
 from controlplane.store.vmsets import Member, SetTooLarge, VmSetStore
 from controlplane.tenancy import Usage
@@ -86,6 +88,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
     def __init__(self, store: VmStore, catalog: Catalog, *, shards: int, bookmark_s: float = 10.0):
         self._store = store
         self._sets = VmSetStore(store.client, store.keys, store.requests, store.ledger)
+        self._planner = Planner(store)
         self._catalog = catalog
         self._shards = shards
         self._bookmark_s = bookmark_s
@@ -369,6 +372,42 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         return vm_pb2.CreateVmsResponse(
             results=[vm_pb2.CreateVmsResult(vm=vm_to_proto(record)) for record in admitted.vms],
             set=vm_set_to_proto(admitted.vm_set, admitted.revision))
+
+    async def PlanVms(self, request: vm_pb2.PlanVmsRequest, context) -> vm_pb2.PlanVmsResponse:
+        """Validated as CreateVms ALL_OR_NOTHING would validate the same creates (each
+        with its vm_id), WRITE_VMS (a plan may hold room); then ``Planner.plan``."""
+        if not (request.hold.seconds or request.hold.nanos):
+            _dry_run()  # writes nothing, whatever its outcome
+        v = validation.Violations()
+        parent = v.capture(validation.parse_project_parent, request.parent)
+        if parent:
+            require(Action.WRITE_VMS, *parent, kind="project", name=request.parent)
+        count = len(request.requests)
+        if not 1 <= count <= MAX_CREATE_VMS:
+            v.add("requests", f"{count} creates; 1 to {MAX_CREATE_VMS} per call")
+        hold_s = v.capture(validation.duration_seconds, request.hold.seconds, request.hold.nanos, default=0,
+                           maximum=MAX_HOLD_S, field="hold") or 0
+        specs: list[VmSpec] = []
+        first: dict[str, int] = {}
+        for i, one in enumerate(request.requests):
+            at = f"requests[{i}]."
+            if one.parent and one.parent != request.parent:
+                v.add(f"{at}parent", "leave it empty or equal to the call's parent")
+            if one.validate_only:
+                v.add(f"{at}validate_only", "a plan writes nothing; leave it unset")
+            if not one.vm_id:
+                v.add(f"{at}vm_id", "required: a plan names its VMs")
+                continue
+            spec, _data = self._spec(one, parent, v, at=at)
+            if spec is None:
+                continue
+            if spec.ref.vm_id in first:
+                v.add(f"{at}vm_id", f"{spec.ref.vm_id!r} is also the id of requests[{first[spec.ref.vm_id]}]")
+                continue
+            first[spec.ref.vm_id] = i
+            specs.append(spec)
+        v.raise_if_any()
+        return await self._planner.plan(request.parent, specs, hold_s)
 
     async def GetVmSet(self, request: vm_pb2.GetVmSetRequest, context) -> vm_pb2.VmSet:
         tenant, project, set_id = validation.parse_vm_set_name(request.name)

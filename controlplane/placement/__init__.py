@@ -40,6 +40,7 @@ from controlplane.placement.scoring import (
     weighted,
 )
 from controlplane.placement.sets import SetMember, SetPlacement, place_set
+from controlplane.placement.specs import member_of, request_of
 from controlplane.placement.view import HostView
 from controlplane.placement.zones import ZoneCounts
 
@@ -74,6 +75,8 @@ __all__ = [
     "pack",
     "place",
     "place_set",
+    "member_of",
+    "request_of",
     "policy",
     "spread",
     "utilisation_after",

@@ -46,6 +46,9 @@ class SetPlacement(Generic[K]):
     hosts: list[tuple[K, str, str]] = field(default_factory=list)  # (key, host, zone) once it fits
     missing: list[tuple[K, Placement]] = field(default_factory=list)
     members: int = 0
+    # When it does not fit: where the members that fit would have gone with the others
+    # before them placed ((key, host, zone); not assumed), for plans to show.
+    partial: list[tuple[K, str, str]] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
@@ -93,7 +96,7 @@ def place_set(members: Sequence[SetMember[K]], view: HostView, counts: ZoneCount
         placed.append((member, placement.host_id, zone))
     if missing:
         forget(view, counts, [(m, host, zone) for m, host, zone in placed])
-        return SetPlacement([], missing, len(members))
+        return SetPlacement([], missing, len(members), [(m.key, host, zone) for m, host, zone in placed])
     return SetPlacement([(m.key, host, zone) for m, host, zone in placed], [], len(members))
 
 
