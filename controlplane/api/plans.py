@@ -65,6 +65,15 @@ class Planner:
         members = [member_of(i, spec, counts) for i, spec in enumerate(specs)]
         return fleet, place_set(members, view, counts, rng=self._rng, scorer=SCORER)
 
+    async def hosts(self, specs: Sequence[VmSpec]) -> list[str]:
+        """Per spec, the host it would be placed on now with the specs before it
+        placed ("": none fits): validate_only's answer. Writes nothing."""
+        _fleet, placement = await self.place(specs)
+        hosts = [""] * len(specs)
+        for i, host, _zone in placement.hosts or placement.partial:
+            hosts[i] = host
+        return hosts
+
     async def plan(self, parent: str, specs: Sequence[VmSpec], hold_s: int) -> vm_pb2.PlanVmsResponse:
         """The answer to PlanVms for valid ``specs`` of project ``parent`` (ids unique),
         holding the room for ``hold_s`` seconds (0: none) when the set fits. Raises

@@ -107,7 +107,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             error = (await self._preview(spec.ref.tenant, spec.ref.project, [spec]))[0]
             if error is not None:
                 raise _create_error(error, request.parent, request.request_id, spec.ref.name) from error
-            return _would_make(spec)
+            return _would_make(spec, (await self._planner.hosts([spec]))[0])
         draft = audit_draft()
         # The bootstrap data goes in the create's own transaction (no round trip of its own).
         secret = [bootstrap.put_op(self._store.keys, spec.ref, data)] if data is not None else []
@@ -285,8 +285,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             valid.append((i, v.valid(spec), data))
         if request.validate_only:
             outcomes = await self._preview(tenant, project, [spec for _i, spec, _data in valid])
+            fine = [spec for (_i, spec, _data), error in zip(valid, outcomes, strict=True) if error is None]
+            hosts = iter(await self._planner.hosts(fine) if fine else [])
             for (i, spec, _data), error in zip(valid, outcomes, strict=True):
-                results[i] = (vm_pb2.CreateVmsResult(vm=_would_make(spec)) if error is None else
+                results[i] = (vm_pb2.CreateVmsResult(vm=_would_make(spec, next(hosts))) if error is None else
                               _refused(_create_error(error, request.parent, spec.request_id, spec.ref.name)))
             return vm_pb2.CreateVmsResponse(results=results)
         draft = audit_draft()
@@ -351,8 +353,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 raise _create_error(error, request.parent, request.request_id, ref.name) from error
             would = vm_set_to_proto(vm_set, 0)
             would.uid = ""
-            return vm_pb2.CreateVmsResponse(results=[vm_pb2.CreateVmsResult(vm=_would_make(m.spec))
-                                                     for m in members], set=would)
+            hosts = await self._planner.hosts([m.spec for m in members])
+            return vm_pb2.CreateVmsResponse(results=[vm_pb2.CreateVmsResult(vm=_would_make(m.spec, host))
+                                                     for m, host in zip(members, hosts, strict=True)], set=would)
         fingerprint = idempotency.set_fingerprint(
             [_fingerprint(one, m.spec)
              for m, one in zip(members, request.requests, strict=True)],
@@ -692,11 +695,13 @@ def _refused(err: errors.ApiError) -> vm_pb2.CreateVmsResult:
     return vm_pb2.CreateVmsResult(code=err.code.value[0], reason=err.reason, message=err.message)
 
 
-def _would_make(spec: VmSpec) -> vm_pb2.Vm:
+def _would_make(spec: VmSpec, host: str = "") -> vm_pb2.Vm:
     """What a validate_only create answers: the VM it would make, PENDING, with no uid,
-    etag or resource_version (nothing was stored); its create_time is the check's."""
+    etag or resource_version (nothing was stored); its create_time is the check's;
+    ``host``: where it would be placed now ("": nowhere)."""
     vm = vm_to_proto(VmRecord(spec, pending_status(spec), 0, 0))
     vm.uid = vm.etag = ""
+    vm.host = host
     return vm
 
 

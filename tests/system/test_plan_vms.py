@@ -140,6 +140,8 @@ def test_bad_plans_are_refused_precisely(admin: Client) -> None:
     assert missing.code == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.xfail(strict=True, reason="the scheduler honours holds with branch hold15 (passes merged with it): "
+                   "remove this marker at the merge")
 def test_a_held_plan_keeps_its_room_from_other_placements_until_the_hold_ends(system, admin: Client) -> None:
     parent = project(admin)
     hold_s = 4
