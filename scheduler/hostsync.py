@@ -15,31 +15,13 @@ from dataclasses import replace
 
 from controlplane.etcd import Compacted
 from controlplane.etcd.outages import ride_out
-from controlplane.models import HostAllocation, Resources
+from controlplane.models import HostAllocation
+from controlplane.placement import HostSnapshot, HostView
+from controlplane.store.fleet import snapshot_of
 from controlplane.store.hosts import HostRecord, HostStore, HostTable
 from scheduler import metrics
-from scheduler.placement import HostSnapshot, HostView
 
 log = logging.getLogger(__name__)
-
-
-def snapshot_of(record: HostRecord) -> HostSnapshot:
-    """The placement view of a host record. Allocatable capacity is the registration's
-    raw capacity times its overcommit setting (:meth:`HostRegistration.allocatable`,
-    the one place a ratio is applied)."""
-    reg = record.registration
-    return HostSnapshot(
-        host_id=record.host,
-        ready=record.ready and not record.dead,  # a dead host takes nothing until its marker is lifted
-        capacity=reg.capacity if reg else Resources(),
-        allocated=record.allocation.resources,
-        vm_count=record.allocation.vm_count,
-        labels=dict(reg.labels) if reg else {},
-        alloc_revision=record.alloc_revision,
-        maintenance=record.maintenance,
-        allocatable=reg.allocatable if reg else Resources(),
-        groups=dict(record.allocation.groups),
-    )
 
 
 def _may_fit_more(before: HostSnapshot, after: HostSnapshot) -> bool:

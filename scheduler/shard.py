@@ -33,6 +33,7 @@ from collections.abc import Collection
 from controlplane.etcd import Compacted, EtcdError
 from controlplane.etcd.outages import ride_out
 from controlplane.models import HostAllocation, VmRef, VmSet, VmSetRef, VmSetState, VmSpec, now_ns
+from controlplane.placement import PlacementRequest, Scorer, SetMember, ZoneCounts, admit, place, place_set, spread
 from controlplane.store.errors import NotFound
 from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore, SetRead
 from controlplane.store.shards import ShardLock
@@ -40,7 +41,6 @@ from controlplane.store.zones import ZoneCount, ZoneGroupId
 from controlplane.workqueue import WorkQueue
 from scheduler import metrics
 from scheduler.hostsync import HostSync
-from scheduler.placement import PlacementRequest, Scorer, SetMember, ZoneCounts, admit, place, place_set, spread
 from scheduler.zonesync import ZoneSync
 
 log = logging.getLogger(__name__)
