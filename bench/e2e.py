@@ -5,6 +5,7 @@
     python bench/e2e.py --vms 500 --delete --json
     python bench/e2e.py --vms 5000 --hosts 100 --user-data-bytes 4096   # bootstrap data on every VM
     python bench/e2e.py --vms 5000 --hosts 100 --power                  # then stop all, start all
+    python bench/e2e.py --vms 5000 --hosts 100 --batch 100              # CreateVms of 100 VMs per call
 
 Creates ``--vms`` VMs in a fresh project (``tenants/default/projects/bench-<random>``)
 with ``--concurrency`` CreateVm calls in flight, each with its own vm_id and
@@ -27,6 +28,12 @@ timestamps (create_time, and update_time of the SCHEDULED/RUNNING status), so th
 report also gives create→RUNNING as the system saw it and how late the watch
 delivered it; on one machine both clocks are the same. The benchmark client runs
 on the same machine and its own CPU is reported too.
+
+``--batch N`` sends CreateVms calls of N VMs each (INDEPENDENT; ``--all-or-nothing``:
+each call's VMs form a set) instead of one CreateVm per VM: ``--concurrency`` then
+counts calls in flight, ``--rate`` still VMs per second, accepted/s still VMs, and
+the API latency reported is per call (with calls/s); VMs refused in an answer are
+counted by code and reason. Without it (or with 1) nothing changes.
 
 ``--user-data-bytes N`` gives every VM N bytes of cloud-init user data (its own,
 so none is deduplicated anywhere): the create path with bootstrap data. ``--power``
@@ -68,6 +75,7 @@ MAX_ATTEMPTS = 4          # per request; retries reuse the request_id
 MAX_WATCH_RESTARTS = 20   # per run
 RPC_TIMEOUT_S = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+_CODES = {code.value[0]: code for code in grpc.StatusCode}   # a CreateVms result's code → StatusCode
 
 
 # --- process CPU -----------------------------------------------------------------------
@@ -124,8 +132,10 @@ class Phase:
 class Bench:
     def __init__(self, endpoint: str, *, vms: int, concurrency: int, channels: int, flavor: str, image: str,
                  tenant: str, project: str, token: str, rate: float = 0.0, user_data_bytes: int = 0,
-                 stop_mode: str = "soft"):
+                 stop_mode: str = "soft", batch: int = 1, all_or_nothing: bool = False):
         self.rate = rate
+        self.batch = batch
+        self.all_or_nothing = all_or_nothing
         self.user_data_bytes = user_data_bytes
         self.stop_mode = vm_pb2.HARD if stop_mode == "hard" else vm_pb2.SOFT
         self.endpoint = endpoint
@@ -134,8 +144,9 @@ class Bench:
         self.flavor = flavor
         self.image = image
         self.parent = f"tenants/{tenant}/projects/{project}"
-        self.errors: dict[str, Counter] = {m: Counter() for m in ("CreateVm", "DeleteVm", "WatchVms", "StopVm",
-                                                                   "StartVm")}
+        self.errors: dict[str, Counter] = {m: Counter() for m in ("CreateVm", "CreateVms", "DeleteVm", "WatchVms",
+                                                                   "StopVm", "StartVm")}
+        self.refused: Counter = Counter()   # CreateVms: VMs refused in an answer, by code and reason
         self.retries = 0
         self.watch_restarts = 0
         self.create = Phase()
@@ -247,14 +258,17 @@ class Bench:
 
     # requests ------------------------------------------------------------------------
 
-    async def _call(self, method: str, phase: Phase, vm_id: str, stub_index: int, make_call) -> None:
-        """One request, retried with the same request on UNAVAILABLE (bounded)."""
+    async def _call(self, method: str, phase: Phase, vm_id: str, stub_index: int, make_call,
+                    members: list[str] | None = None) -> None:
+        """One request, retried with the same request on UNAVAILABLE (bounded).
+        ``members``: the request is a CreateVms of these VMs (``vm_id`` names the
+        batch): its answer is recorded VM by VM, its latency once per call."""
         for attempt in range(MAX_ATTEMPTS):
             sent = time.monotonic()
             if phase.first_sent is None:
                 phase.first_sent = sent
             try:
-                await make_call(self._stubs[stub_index % len(self._stubs)])
+                response = await make_call(self._stubs[stub_index % len(self._stubs)])
             except grpc.aio.AioRpcError as err:
                 self.errors[method][err.code().name] += 1
                 if err.code() in RETRIED_CODES and attempt + 1 < MAX_ATTEMPTS:
@@ -264,22 +278,34 @@ class Bench:
                 if method == "DeleteVm" and err.code() == grpc.StatusCode.NOT_FOUND:
                     phase.done.setdefault(vm_id, time.monotonic())  # already gone
                 else:
-                    phase.failed.setdefault(vm_id, err.code().name)
+                    for failed_id in members if members is not None else [vm_id]:
+                        phase.failed.setdefault(failed_id, err.code().name)
                 phase.check()
                 return
             answered = time.monotonic()
-            phase.answered[vm_id] = answered
             phase.last_answered = answered
             phase.api_latency_s.append(answered - sent)
+            if members is None:
+                phase.answered[vm_id] = answered
+                return
+            for member, result in zip(members, response.results, strict=False):
+                if result.code == 0:
+                    phase.answered[member] = answered
+                else:
+                    why = f"{_CODES.get(result.code, grpc.StatusCode.UNKNOWN).name} {result.reason}"
+                    self.refused[why] += 1
+                    phase.failed.setdefault(member, why)
+            phase.check()
             return
 
     async def _run_requests(self, method: str, phase: Phase, ids: list[str], make_call,
-                            rate: float = 0.0) -> None:
+                            rate: float = 0.0, batches: dict[str, list[str]] | None = None) -> None:
         """``make_call`` for every id, ``concurrency`` at a time; with ``rate`` (requests
         per second) each request waits for its slot on a fixed schedule (open loop,
         capped by the concurrency) and ``phase.schedule_lag_s`` records how far the
-        sends fell behind that schedule."""
-        phase.requested = len(ids)
+        sends fell behind that schedule. ``batches``: each id names a CreateVms of
+        these VMs (the phase counts VMs, ``rate`` calls)."""
+        phase.requested = sum(map(len, batches.values())) if batches is not None else len(ids)
         it = iter(enumerate(ids))
         start = time.monotonic()
 
@@ -291,7 +317,8 @@ class Bench:
                         await asyncio.sleep(delay)
                     else:
                         phase.schedule_lag_s = max(phase.schedule_lag_s, -delay)
-                await self._call(method, phase, vm_id, index, lambda stub, v=vm_id: make_call(stub, v))
+                await self._call(method, phase, vm_id, index, lambda stub, v=vm_id: make_call(stub, v),
+                                 batches[vm_id] if batches is not None else None)
 
         async with asyncio.TaskGroup() as tg:
             for i in range(min(self.concurrency, len(ids)) or 1):
@@ -303,15 +330,42 @@ class Bench:
         # One request_id per VM, kept across retries, so a retry never makes a second VM.
         request_ids = {vm_id: uuid.uuid4().hex for vm_id in self._ids}
 
-        def make_create(stub, vm_id):
+        def vm_of(vm_id: str) -> vm_pb2.Vm:
             vm = vm_pb2.Vm(flavor=self.flavor, image=self.image)
             if self.user_data_bytes:
                 vm.bootstrap.user_data = user_data(vm_id, self.user_data_bytes)
+            return vm
+
+        def make_create(stub, vm_id):
             return stub.CreateVm(vm_pb2.CreateVmRequest(
-                parent=self.parent, vm_id=vm_id, request_id=request_ids[vm_id], vm=vm),
+                parent=self.parent, vm_id=vm_id, request_id=request_ids[vm_id], vm=vm_of(vm_id)),
                 timeout=RPC_TIMEOUT_S, metadata=self._md)
 
-        await self._run_requests("CreateVm", self.create, self._ids, make_create, self.rate)
+        if self.batch <= 1:
+            await self._run_requests("CreateVm", self.create, self._ids, make_create, self.rate)
+            await self.create.complete.wait()
+            return
+        # --batch N: CreateVms of N VMs per call.
+        batches = {f"batch-{i // self.batch:06d}": self._ids[i:i + self.batch]
+                   for i in range(0, len(self._ids), self.batch)}
+        # INDEPENDENT: each VM's request_id; all or nothing: the set's, which covers its members.
+        set_ids = {key: uuid.uuid4().hex for key in batches}
+        aon = self.all_or_nothing
+
+        def make_batch(stub, key):
+            requests = [vm_pb2.CreateVmRequest(vm_id=vm_id, request_id="" if aon else request_ids[vm_id],
+                                               vm=vm_of(vm_id)) for vm_id in batches[key]]
+            if aon:
+                request = vm_pb2.CreateVmsRequest(
+                    parent=self.parent, mode=vm_pb2.CreateVmsRequest.ALL_OR_NOTHING, requests=requests,
+                    request_id=set_ids[key], set_id=f"set-{key.removeprefix('batch-')}")
+            else:
+                request = vm_pb2.CreateVmsRequest(parent=self.parent, mode=vm_pb2.CreateVmsRequest.INDEPENDENT,
+                                                  requests=requests)
+            return stub.CreateVms(request, timeout=RPC_TIMEOUT_S * 6, metadata=self._md)
+
+        await self._run_requests("CreateVms", self.create, list(batches), make_batch, self.rate / self.batch,
+                                 batches)
         await self.create.complete.wait()
 
     async def stop_all(self) -> None:
@@ -409,7 +463,8 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
     await asyncio.to_thread(ensure_project, endpoint, token, args.tenant, project)
     bench = Bench(endpoint, vms=args.vms, concurrency=args.concurrency, channels=args.channels,
                   flavor=args.flavor, image=args.image, tenant=args.tenant, project=project, token=token,
-                  rate=args.rate, user_data_bytes=args.user_data_bytes, stop_mode=args.stop_mode)
+                  rate=args.rate, user_data_bytes=args.user_data_bytes, stop_mode=args.stop_mode,
+                  batch=args.batch, all_or_nothing=args.all_or_nothing)
     report: dict = {"project": f"tenants/{args.tenant}/projects/{project}", "timed_out": False}
     pids = {**pids, "bench-client": os.getpid()}
     cpu: dict[str, dict] = {}
@@ -484,6 +539,13 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
                          if v not in bench.create.done and v not in bench.create.failed)
     if unfinished:
         report["create"]["unfinished_last_seen"] = dict(unfinished.most_common(10))
+    if args.batch > 1:
+        calls = len(bench.create.api_latency_s)
+        report["create"]["calls"] = calls
+        span = report["create"].get("api_seconds")
+        report["create"]["calls_per_s"] = round(calls / span, 1) if span else None
+        if bench.refused:
+            report["create"]["refused_in_answers"] = dict(bench.refused.most_common(10))
     report["errors"] = {method: dict(codes) for method, codes in bench.errors.items() if codes}
     report["retries"] = bench.retries
     report["watch_restarts"] = bench.watch_restarts
@@ -505,7 +567,10 @@ def print_report(r: dict) -> None:
               f"schedulers {r['schedulers']}x{r['shards']} shards" if r["hosts"] is not None
               else f"endpoint {r['endpoint']}")
     rate = f"rate {r['rate']:g}/s  " if r["rate"] else ""
-    print(f"VMs {r['vms']}  {system}  concurrency {r['concurrency']}  {rate}flavor {r['flavor']}  "
+    batch = r.get("batch") or 1
+    batched = (f"batch {batch} VMs per CreateVms{' (all or nothing)' if r.get('all_or_nothing') else ''}  "
+               if batch > 1 else "")
+    print(f"VMs {r['vms']}  {system}  concurrency {r['concurrency']}  {rate}{batched}flavor {r['flavor']}  "
           f"({r['project']})")
     print(f"machine: {r['machine']['nproc']} CPUs, load average at start {r['machine']['loadavg_at_start']}")
     print(f"accepted            {c['accepted']}/{c['requested']} in {fmt(c.get('api_seconds'), ' s')}"
@@ -514,8 +579,15 @@ def print_report(r: dict) -> None:
     print(f"RUNNING             {c['running']}/{c['requested']} in {fmt(c.get('running_seconds'), ' s')}"
           f"  -> {fmt(per_s)} RUNNING/s = {fmt(round(per_s * 60) if per_s else None)} creations/min")
     lat, lag = c["api_latency_ms"], c["accepted_to_running_ms"]
-    print(f"API create latency  p50 {fmt(lat['p50'], ' ms')}  p99 {fmt(lat['p99'], ' ms')}"
-          f"  max {fmt(lat['max'], ' ms')}")
+    if batch > 1:
+        print(f"API CreateVms calls {c.get('calls')} -> {fmt(c.get('calls_per_s'))} calls/s of {batch} VMs;"
+              f" per-call latency p50 {fmt(lat['p50'], ' ms')}  p99 {fmt(lat['p99'], ' ms')}"
+              f"  max {fmt(lat['max'], ' ms')}")
+        if c.get("refused_in_answers"):
+            print(f"VMs refused in answers: {c['refused_in_answers']}")
+    else:
+        print(f"API create latency  p50 {fmt(lat['p50'], ' ms')}  p99 {fmt(lat['p99'], ' ms')}"
+              f"  max {fmt(lat['max'], ' ms')}")
     print(f"accepted->RUNNING   p50 {fmt(lag['p50'], ' ms')}  p99 {fmt(lag['p99'], ' ms')}"
           f"  max {fmt(lag['max'], ' ms')}")
     sched = c["accepted_to_scheduled_ms"]
@@ -592,6 +664,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", default="ubuntu")
     p.add_argument("--tenant", default="default")
     p.add_argument("--project", help="an empty project to create in (default: a fresh bench-<random>)")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="create N VMs per call (CreateVms, INDEPENDENT; --rate counts VMs); 1: CreateVm each")
+    p.add_argument("--all-or-nothing", action="store_true",
+                   help="with --batch: each call's VMs form an all-or-nothing set")
     p.add_argument("--user-data-bytes", type=int, default=0,
                    help="give every VM this many bytes of cloud-init user data (bootstrap data)")
     p.add_argument("--power", action="store_true",
@@ -607,6 +683,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.vms < 1 or args.concurrency < 1 or args.channels < 1:
         p.error("--vms, --concurrency and --channels must be positive")
+    if not 1 <= args.batch <= 1000:
+        p.error("--batch must be within 1..1000 (CreateVms takes at most 1,000 VMs)")
+    if args.all_or_nothing and args.batch < 2:
+        p.error("--all-or-nothing needs --batch N (N >= 2)")
     if not 0 <= args.user_data_bytes <= 64 * 1024:
         p.error("--user-data-bytes must be within 0..65536 (the API's limit)")
     try:
@@ -661,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 system.cleanup()
     report = {"vms": args.vms, "hosts": args.hosts if system else None, "concurrency": args.concurrency,
-              "rate": args.rate or None,
+              "rate": args.rate or None, "batch": args.batch, "all_or_nothing": args.all_or_nothing,
               "frontends": args.frontends if system else None,
               "schedulers": args.schedulers if system else None,
               "shards": args.shards if system else None, "flavor": args.flavor, "endpoint": endpoint,

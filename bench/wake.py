@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scheduler.placement import (  # noqa: E402
+from controlplane.placement import (  # noqa: E402
     HostSnapshot,
     HostView,
     PlacementRequest,

@@ -11,6 +11,8 @@ from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.models import Resources
 
 DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib")
+#: The headroom of a dimension without a limit (int64's largest: any amount fits).
+UNLIMITED = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,12 @@ class Limits:
         """The limits as amounts (unlimited counts as 0): what a project takes of its
         tenant's ticket."""
         return Usage(*(getattr(self, d) or 0 for d in DIMENSIONS))
+
+    def headroom(self, usage: Usage) -> Usage:
+        """What may still be used on top of ``usage`` per dimension (negative: over by
+        that much); :data:`UNLIMITED` where there is no limit."""
+        return Usage(*(UNLIMITED if getattr(self, d) is None else getattr(self, d) - getattr(usage, d)
+                       for d in DIMENSIONS))
 
     def limited(self) -> list[str]:
         return [d for d in DIMENSIONS if getattr(self, d) is not None]

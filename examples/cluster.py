@@ -6,11 +6,15 @@ installer's next step, then proof that the bootstrap data stayed secret.
     scripts/up --zones 3                       # in one terminal (hosts in three zones)
     .venv/bin/python examples/cluster.py       # in another; --help for options
 
-1. Creates 3 control-plane VMs in one anti-affinity group of scope ZONE (no two in
-   one availability zone: the hosts need the label topology.quanta.io/zone, which
-   ``quanta up --zones 3`` gives simulated hosts) and 5 workers, each with its own
+1. Creates 3 control-plane VMs with ONE all-or-nothing call (``create_vms(...,
+   all_or_nothing=True)``): a set admitted and placed as a whole or not at all, in
+   one anti-affinity group of scope ZONE (no two in one availability zone: the hosts
+   need the label topology.quanta.io/zone, which ``quanta up --zones 3`` gives
+   simulated hosts); then 5 workers with one INDEPENDENT call. Each VM has its own
    cloud-init user data and instance metadata (a unique marker in each).
-2. Waits, through one watch, until every VM is RUNNING with an address.
+2. Waits for the control planes' set (``wait_for_vm_set``: fails at once if the set
+   FAILED at its deadline), then, through one watch, until every VM is RUNNING with
+   an address; checks that the set is PLACED and its members name it.
 3. Prints an inventory: Ansible INI and JSON (``--inventory-dir`` also writes them).
 4. Checks through the API that the bootstrap data never comes back: no Get, List or
    Watch answer and no audit record holds any marker (raw or base64), and every VM's
@@ -34,6 +38,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
 from quanta import Client, PermissionDenied, QuantaError
@@ -153,20 +158,32 @@ def main(argv: list[str] | None = None) -> int:
         names = [quanta.vm_name(node.name) for node in nodes]
         roles = {quanta.vm_name(node.name): node.role for node in nodes}
 
-        # 1. Create. Control planes: no two in one zone.
+        # 1. Create. Control planes: one all-or-nothing set (placed together, no two in
+        # one zone, or not at all); workers: one call, each VM on its own.
         print(f"creating {len(nodes)} VMs in {quanta.parent} at {quanta.endpoint} ...", flush=True)
-        for node in nodes:
-            control_plane = node.role == "control-plane"
-            quanta.create_vm(
-                node.name, flavor=args.flavor, image=args.image,
-                labels={"cluster": args.prefix, "role": node.role},
-                anti_affinity_group=f"{args.prefix}-cp" if control_plane else "",
-                anti_affinity_scope="ZONE" if control_plane else "HOST",
-                user_data=node.user_data, hostname=node.name,
-                metadata={"cluster-join-token": node.markers[1], "role": node.role})
+        control_planes = [node for node in nodes if node.role == "control-plane"]
+        workers = [node for node in nodes if node.role == "worker"]
+        cp_set = quanta.create_vms([vm_args(node, args) for node in control_planes], all_or_nothing=True,
+                                   set_id=f"{args.prefix}-cp-{args.run_id}", deadline=args.timeout)
+        assert cp_set.set is not None  # an all-or-nothing call answers with its set
+        print(f"control planes: set {cp_set.set.name} "
+              f"{vm_pb2.VmSet.State.Name(cp_set.set.state)}", flush=True)
+        made = quanta.create_vms([vm_args(node, args) for node in workers])
+        for outcome in made.refused:
+            checks.expect(False, f"{short(outcome.name)} created", f"{outcome.code.name} {outcome.reason}: "
+                                                                    f"{outcome.message}")
+        if made.refused:
+            return finish(checks)
 
-        # 2. Wait for every address (one watch for all of them).
+        # 2. Wait for every address (one watch for all of them; the control planes' set
+        # is read first, so a set that FAILED at its deadline ends the wait at once).
+        cp_vms = quanta.wait_for_vm_set(cp_set.set.name, "RUNNING", address=True, timeout=args.timeout)
         vms = quanta.wait_for_vms(names, "RUNNING", address=True, timeout=args.timeout)
+        placed = quanta.get_vm_set(cp_set.set.name)
+        checks.expect(placed.state == vm_pb2.VmSet.PLACED and sorted(placed.vms) == sorted(v.name for v in cp_vms)
+                      and all(v.vm_set == placed.name for v in cp_vms),
+                      "the control planes' set is PLACED and names them, each names it",
+                      f"{vm_pb2.VmSet.State.Name(placed.state)}, members {list(placed.vms)}")
         zones = host_zones(quanta, {vm.host for vm in vms})
 
         # 3. The inventory.
@@ -193,13 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             checks.expect(b.size_bytes == len(node.user_data) and b.sha256 == sha256,
                           f"{short(vm.name)}: bootstrap summary matches what was sent",
                           f"size {b.size_bytes}, sha256 {b.sha256}")
-        seen: list[bytes] = [vm.SerializeToString() for vm in vms]  # what the wait's watch returned
+        seen: list[bytes] = [vm.SerializeToString() for vm in (*vms, *cp_vms)]  # what the waits' watches returned
+        seen += [cp_set.response.SerializeToString(), made.response.SerializeToString(), placed.SerializeToString()]
         seen += [quanta.get_vm(name).SerializeToString() for name in names]
         seen += [vm.SerializeToString() for vm in quanta.list_vms()]
         events = watch_until_cleared(quanta, names, args.timeout, checks)
         seen += [event.SerializeToString() for event in events]
         found = sorted({m for blob in seen for m in leaks(blob, markers)})
-        checks.expect(not found, f"no Get, List or Watch answer ({len(seen)} messages) holds bootstrap data",
+        checks.expect(not found, f"no Create, Get, List or Watch answer ({len(seen)} messages) holds bootstrap data",
                       f"found {found}")
         try:
             records = quanta.list_audit(tenant=quanta.tenant)
@@ -216,6 +234,22 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 quanta.delete_vm(name)
             print(f"deleted {len(names)} VMs", flush=True)
+    return finish(checks)
+
+
+def vm_args(node: Node, args: argparse.Namespace) -> dict[str, Any]:
+    """The create of one node, as ``create_vms`` takes it (the keyword arguments of
+    ``create_vm``). Control planes: no two in one zone."""
+    control_plane = node.role == "control-plane"
+    return {"vm_id": node.name, "flavor": args.flavor, "image": args.image,
+            "labels": {"cluster": args.prefix, "role": node.role},
+            "anti_affinity_group": f"{args.prefix}-cp" if control_plane else "",
+            "anti_affinity_scope": "ZONE" if control_plane else "HOST",
+            "user_data": node.user_data, "hostname": node.name,
+            "metadata": {"cluster-join-token": node.markers[1], "role": node.role}}
+
+
+def finish(checks: Checks) -> int:
     if checks.failures:
         print(f"{len(checks.failures)} check(s) failed", file=sys.stderr)
         return 1

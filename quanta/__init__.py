@@ -43,8 +43,10 @@ from quanta.errors import (
     Unavailable,
     Unimplemented,
     Unreachable,
+    VmSetFailed,
     WaitTimeout,
 )
+from quanta.outcomes import CreatedVms, VmOutcome
 
 try:
     __version__ = version("quanta")
@@ -52,8 +54,9 @@ except PackageNotFoundError:  # a checkout on sys.path without an install
     __version__ = "0+unknown"
 
 __all__ = [
-    "Aborted", "AlreadyExists", "ApiError", "Cancelled", "Client", "ConfigError", "Conflict", "DeadlineExceeded",
+    "Aborted", "AlreadyExists", "ApiError", "Cancelled", "Client", "ConfigError", "Conflict", "CreatedVms",
+    "DeadlineExceeded",
     "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "OutOfRange", "PermissionDenied",
     "QuantaError", "QuotaExceeded", "RateLimited", "ResourceExhausted", "Unauthenticated", "Unavailable",
-    "Unimplemented", "Unreachable", "WaitTimeout", "__version__", "aio",
+    "Unimplemented", "Unreachable", "VmOutcome", "VmSetFailed", "WaitTimeout", "__version__", "aio",
 ]

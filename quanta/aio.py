@@ -25,7 +25,7 @@ import grpc
 
 from controlplane.gen.quanta.v1 import host_pb2, vm_pb2
 from quanta.calls import STUBS, Calls, ClientBase, Pages, Stream, Unary, named
-from quanta.waits import DrainWait, VmsWait, VmWait
+from quanta.waits import DrainWait, VmSetWait, VmsWait, VmWait
 
 __all__ = ["Client"]
 
@@ -131,6 +131,8 @@ class Client(ClientBase):
 
     # VMs
     create_vm = unary(Calls.create_vm)
+    create_vms = unary(Calls.create_vms)
+    get_vm_set = unary(Calls.get_vm_set)
     get_vm = unary(Calls.get_vm)
     list_vms = pages(Calls.list_vms)
     delete_vm = unary(Calls.delete_vm)
@@ -162,6 +164,21 @@ class Client(ClientBase):
                 if (vms := wait.seen(event)) is not None:
                     return vms
         raise wait.timed_out(timeout)
+
+    async def wait_for_vm_set(self, set_id: str, state: str = "RUNNING", *, timeout: float = 300.0,
+                              address: bool = False,
+                              on_progress: Callable[[VmSetWait], None] | None = None) -> list[vm_pb2.Vm]:
+        """As :meth:`quanta.Client.wait_for_vm_set`: reads the set, watches its members;
+        VmSetFailed, WaitTimeout, NotFound."""
+        wait = VmSetWait(await self.get_vm_set(set_id), state, address=address, on_progress=on_progress)
+        wait.start()
+        async with contextlib.aclosing(self.watch_vms(timeout=timeout)) as events:  # ends after timeout
+            async for event in events:
+                if (vms := wait.seen(event)) is not None:
+                    return vms
+                if wait.gone:
+                    raise wait.failed(await self.get_vm_set(set_id))
+        raise wait.timed_out(timeout, await self.get_vm_set(set_id))
 
     # Hosts
     list_hosts = pages(Calls.list_hosts)

@@ -40,6 +40,7 @@ from controlplane.gen.quanta.v1 import (
 )
 from quanta import config
 from quanta.errors import ConfigError, QuantaError, from_rpc_error
+from quanta.outcomes import CreatedVms
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -66,7 +67,14 @@ STUBS: dict[str, Callable[[Any], Any]] = {
 #: Methods retried on UNAVAILABLE: reads, verbs whose retry after an attempt that
 #: applied does no harm (DeleteVm: a VM being deleted is answered as it is, whatever
 #: its etag; a pending VM it removed is NOT_FOUND), and CreateVm (idempotent by the request_id every SDK create
-#: carries). Creates of other resources take no request_id the server honours, and
+#: carries). CreateVms is retried because every SDK ``create_vms`` carries the ids
+#: that make it idempotent, generated when not given and resent unchanged by every
+#: attempt: INDEPENDENT, a request_id for each of its VMs (:func:`create_vm_request`),
+#: so a retry returns the VMs the first attempt made and tries again only those it
+#: refused, as retried CreateVms would; ALL_OR_NOTHING, the set's request_id (which
+#: covers its members: the server refuses theirs), so a retry returns the same set
+#: and VMs, never a second set. A CreateVms sent by other means without those ids
+#: must not be retried blindly. Creates of other resources take no request_id the server honours, and
 #: a retried DestroyOrphan would find its record gone (NOT_FOUND): not retried.
 #:
 #: The VM verbs of issue 12: StartVm and StopVm set the desired power state, so a
@@ -81,7 +89,8 @@ STUBS: dict[str, Callable[[Any], Any]] = {
 #: last-writer-wins the caller chose by sending no etag (the first attempt's place
 #: among the writers was unknown anyway once it went unanswered).
 RETRIED: dict[str, tuple[str, ...]] = {
-    VMS: ("CreateVm", "GetVm", "ListVms", "DeleteVm", "StartVm", "StopVm", "RestartVm", "UpdateVm"),
+    VMS: ("CreateVm", "CreateVms", "GetVm", "GetVmSet", "ListVms", "DeleteVm", "StartVm", "StopVm", "RestartVm",
+          "UpdateVm"),
     HOSTS: ("GetHost", "ListHosts", "SetMaintenance", "DrainHost", "ListOrphans"),
     TENANTS: ("GetTenant", "ListTenants"),
     PROJECTS: ("GetProject", "ListProjects"),
@@ -206,6 +215,42 @@ def bootstrap_input(*, user_data: bytes | str | None = None, ignition: bytes | s
         metadata=vm_pb2.BootstrapMetadata(ssh_authorized_keys=list(ssh_keys), values=values, **fields))
 
 
+#: The keyword arguments of a VM in :meth:`Calls.create_vms` besides ``vm_id``: those
+#: of :meth:`Calls.create_vm` (without ``validate_only``, which is the call's).
+CREATE_VM_FIELDS = frozenset({
+    "flavor", "image", "labels", "request_id", "node_selector", "anti_affinity_group", "restart_policy",
+    "anti_affinity_scope", "affinity_group", "affinity_scope", "user_data", "ignition", "metadata", "ssh_keys",
+    "hostname", "power_on", "power_policy"})
+
+#: A CreateVms of more VMs than this gets :data:`LONG_TIMEOUT_S` instead of the client's timeout.
+BIG_BATCH = 100
+
+
+def create_vm_request(parent: str, vm_id: str = "", *, flavor: str, image: str,
+                      labels: Mapping[str, str] | None = None, request_id: str | None = None,
+                      node_selector: Mapping[str, str] | None = None, anti_affinity_group: str = "",
+                      restart_policy: str = "ALWAYS", anti_affinity_scope: str = "HOST", affinity_group: str = "",
+                      affinity_scope: str = "HOST", user_data: bytes | str | None = None,
+                      ignition: bytes | str | None = None, metadata: Mapping[str, str] | None = None,
+                      ssh_keys: Sequence[str] = (), hostname: str = "", power_on: bool = True,
+                      power_policy: str = "KEEP_STOPPED") -> vm_pb2.CreateVmRequest:
+    """The one place a VM's create is built, for CreateVm and each VM of CreateVms
+    (arguments as :meth:`Calls.create_vm`); a request_id is generated if none is
+    given. ValueError for an unknown enum value or both user_data and ignition.
+    The message may hold bootstrap data: never log or print it."""
+    vm = vm_pb2.Vm(flavor=flavor, image=image, labels=dict(labels or {}), node_selector=dict(node_selector or {}),
+                   anti_affinity_group=anti_affinity_group,
+                   # Enum fields take their value names (ValueError on an unknown one).
+                   restart_policy=restart_policy, anti_affinity_scope=anti_affinity_scope,
+                   affinity_group=affinity_group, affinity_scope=affinity_scope,
+                   power="POWERED_ON" if power_on else "POWERED_OFF", power_policy=power_policy)
+    bootstrap = bootstrap_input(user_data=user_data, ignition=ignition, metadata=metadata, ssh_keys=ssh_keys,
+                                hostname=hostname)
+    if bootstrap is not None:
+        vm.bootstrap.CopyFrom(bootstrap)
+    return vm_pb2.CreateVmRequest(parent=parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex, vm=vm)
+
+
 def named(collection: str, id_or_name: str) -> str:
     """``"hosts/", "h1"`` → ``"hosts/h1"``; a full name is kept as it is."""
     return id_or_name if id_or_name.startswith(collection) else f"{collection}{id_or_name}"
@@ -244,7 +289,7 @@ class Calls:
                   affinity_group: str = "", affinity_scope: str = "HOST", user_data: bytes | str | None = None,
                   ignition: bytes | str | None = None, metadata: Mapping[str, str] | None = None,
                   ssh_keys: Sequence[str] = (), hostname: str = "", power_on: bool = True,
-                  power_policy: str = "KEEP_STOPPED") -> Unary[vm_pb2.Vm]:
+                  power_policy: str = "KEEP_STOPPED", validate_only: bool = False) -> Unary[vm_pb2.Vm]:
         """Create a VM; returns it PENDING. ``vm_id`` "" lets the server assign one.
         Idempotent per request_id (one is generated if not given; the channel's
         retries resend it). ``node_selector``: host labels it needs;
@@ -267,19 +312,91 @@ class Calls:
         ``power_on`` False creates it STOPPED (it keeps its host and quota);
         ``power_policy``: what its agent does when it finds the VM off without a stop
         (KEEP_STOPPED: report it STOPPED; KEEP_RUNNING: power it on again).
+        ``validate_only``: check everything (quota included) and return the VM it
+        would make, writing nothing.
         Raises QuotaExceeded, AlreadyExists, InvalidArgument, ..."""
-        vm = vm_pb2.Vm(flavor=flavor, image=image, labels=labels or {}, node_selector=node_selector or {},
-                       anti_affinity_group=anti_affinity_group,
-                       # Enum fields take their value names (ValueError on an unknown one).
-                       restart_policy=restart_policy, anti_affinity_scope=anti_affinity_scope,
-                       affinity_group=affinity_group, affinity_scope=affinity_scope,
-                       power="POWERED_ON" if power_on else "POWERED_OFF", power_policy=power_policy)
-        bootstrap = bootstrap_input(user_data=user_data, ignition=ignition, metadata=metadata, ssh_keys=ssh_keys,
-                                    hostname=hostname)
-        if bootstrap is not None:
-            vm.bootstrap.CopyFrom(bootstrap)
-        return Unary(VMS, "CreateVm", vm_pb2.CreateVmRequest(
-            parent=self.parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex, vm=vm))
+        request = create_vm_request(self.parent, vm_id, flavor=flavor, image=image, labels=labels,
+                                    request_id=request_id, node_selector=node_selector,
+                                    anti_affinity_group=anti_affinity_group, restart_policy=restart_policy,
+                                    anti_affinity_scope=anti_affinity_scope, affinity_group=affinity_group,
+                                    affinity_scope=affinity_scope, user_data=user_data, ignition=ignition,
+                                    metadata=metadata, ssh_keys=ssh_keys, hostname=hostname, power_on=power_on,
+                                    power_policy=power_policy)
+        request.validate_only = validate_only
+        return Unary(VMS, "CreateVm", request)
+
+    def create_vms(self, vms: Sequence[Mapping[str, Any]], *, all_or_nothing: bool = False,
+                   set_id: str = "", deadline: float | None = None, validate_only: bool = False,
+                   request_id: str | None = None) -> Unary[CreatedVms]:
+        """Create up to 1,000 VMs in one call. Each of ``vms`` is a mapping of the
+        keyword arguments :meth:`create_vm` takes, ``vm_id`` among them (e.g.
+        ``{"vm_id": "web-1", "flavor": "small", "image": "ubuntu", "user_data": ...}``).
+        Returns a :class:`CreatedVms`: one :class:`VmOutcome` per VM in the order given.
+
+        INDEPENDENT (the default): each VM is created or refused on its own, as by
+        its own CreateVm (quota charged per VM), and carries its own request_id (one
+        is generated for each VM that names none); a refused VM raises nothing, its
+        outcome says why (``.refused``, ``.raise_for_refusals()``).
+
+        ``all_or_nothing``: the VMs form a VmSet (``set_id``: its id; "" lets the
+        server name it), admitted against quota as a whole and placed as a whole:
+        every member bound in one transaction, or none; a set that has not fitted
+        within ``deadline`` seconds (None: the server's default, 10 minutes; at most
+        24 hours) FAILS and its members are removed. A refusal refuses the whole set
+        and raises its typed error (QuotaExceeded, InvalidArgument naming the VM,
+        ...). The set's ``request_id`` (generated if not given) covers its members,
+        which carry none: a retry returns the same set and VMs.
+
+        ``validate_only``: check everything (quota included), write nothing.
+        Idempotent either way, so the channel retries it (see :data:`RETRIED`).
+        TypeError for an unknown keyword in a VM (naming it); ValueError as
+        :meth:`create_vm`, for no VMs, for ``set_id``, ``deadline`` or ``request_id``
+        without ``all_or_nothing``, and for a member's request_id with it."""
+        if not vms:
+            raise ValueError("create_vms: give at least one VM")
+        if not all_or_nothing and (set_id or deadline is not None or request_id):
+            raise ValueError("create_vms: set_id, deadline and request_id are an all_or_nothing set's "
+                             "(each independent VM takes its own request_id)")
+        requests = []
+        for index, spec in enumerate(vms):
+            fields = dict(spec)
+            vm_id = str(fields.pop("vm_id", "") or "")
+            where = f"vms[{index}] ({vm_id or 'no vm_id'})"
+            unknown = sorted(set(fields) - CREATE_VM_FIELDS)
+            if unknown:
+                raise TypeError(f"{where}: unknown field(s) {', '.join(unknown)}; "
+                                f"known: vm_id, {', '.join(sorted(CREATE_VM_FIELDS))}")
+            if all_or_nothing and fields.get("request_id"):
+                raise ValueError(f"{where}: request_id: the set's request_id covers its members; give none")
+            try:
+                one = create_vm_request("", vm_id, **fields)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{where}: {err}") from None
+            if all_or_nothing:
+                one.request_id = ""
+            requests.append(one)
+        if all_or_nothing:
+            request = vm_pb2.CreateVmsRequest(
+                parent=self.parent, requests=requests, mode=vm_pb2.CreateVmsRequest.ALL_OR_NOTHING, set_id=set_id,
+                deadline=_duration(deadline), request_id=request_id or uuid.uuid4().hex, validate_only=validate_only)
+        else:
+            request = vm_pb2.CreateVmsRequest(parent=self.parent, requests=requests,
+                                              mode=vm_pb2.CreateVmsRequest.INDEPENDENT, validate_only=validate_only)
+        names = [f"{self.parent}/vms/{r.vm_id}" if r.vm_id else "" for r in requests]
+        return Unary(VMS, "CreateVms", request, timeout=self._long() if len(requests) > BIG_BATCH else None,
+                     parse=lambda response: CreatedVms.of(response, names, raise_refusal=all_or_nothing))
+
+    def vm_set_name(self, set_id: str) -> str:
+        """``cp`` or ``vmSets/cp`` (as ``-o name`` prints) → the set's full name; a full name is kept."""
+        if set_id.startswith("tenants/"):
+            return set_id
+        return f"{self.parent}/vmSets/{set_id.removeprefix('vmSets/')}"
+
+    def get_vm_set(self, set_id: str) -> Unary[vm_pb2.VmSet]:
+        """The VM set ``set_id`` (an id in this client's project, or a full name) made by
+        :meth:`create_vms` with ``all_or_nothing``: its state (PENDING, PLACED,
+        FAILED), members and condition Placed (the shortfall while PENDING). NotFound."""
+        return Unary(VMS, "GetVmSet", vm_pb2.GetVmSetRequest(name=self.vm_set_name(set_id)))
 
     def start_vm(self, vm_id: str, *, etag: str = "") -> Unary[vm_pb2.Vm]:
         """Have the VM powered on (desired power POWERED_ON); returns it at once, its

@@ -44,7 +44,7 @@ from quanta.calls import (
     named,
 )
 from quanta.config import DEFAULT_ENDPOINT, local_state_path, settings
-from quanta.waits import DrainWait, VmsWait, VmWait
+from quanta.waits import DrainWait, VmSetWait, VmsWait, VmWait
 
 __all__ = ["DEFAULT_ENDPOINT", "ROLES", "Client", "local_state_path", "resolve_endpoint", "resolve_token"]
 
@@ -183,6 +183,8 @@ class Client(ClientBase):
 
     # VMs
     create_vm = unary(Calls.create_vm)
+    create_vms = unary(Calls.create_vms)
+    get_vm_set = unary(Calls.get_vm_set)
     get_vm = unary(Calls.get_vm)
     list_vms = pages(Calls.list_vms)
     delete_vm = unary(Calls.delete_vm)
@@ -220,6 +222,29 @@ class Client(ClientBase):
             if time.monotonic() > deadline:
                 break
         raise wait.timed_out(timeout)
+
+    def wait_for_vm_set(self, set_id: str, state: str = "RUNNING", *, timeout: float = 300.0,
+                        address: bool = False,
+                        on_progress: Callable[[VmSetWait], None] | None = None) -> list[vm_pb2.Vm]:
+        """Block until every member of the VM set ``set_id`` (see :meth:`create_vms`)
+        is in ``state`` and, with ``address``, has an address; returns the members in
+        the set's order. Reads the set once, then watches its members (no polling);
+        ``on_progress(wait)`` is called on every change of a member (``wait.placed``,
+        ``len(wait.done)`` of ``len(wait.waits)``). Raises VmSetFailed when the set
+        FAILED (its deadline passed before it fitted) or a member was deleted meanwhile,
+        WaitTimeout (saying the set's state and condition) after ``timeout``, NotFound
+        for an unknown set."""
+        wait = VmSetWait(self.get_vm_set(set_id), state, address=address, on_progress=on_progress)
+        wait.start()
+        deadline = time.monotonic() + timeout
+        for event in self.watch_vms(timeout=timeout):
+            if (vms := wait.seen(event)) is not None:
+                return vms
+            if wait.gone:
+                raise wait.failed(self.get_vm_set(set_id))
+            if time.monotonic() > deadline:
+                break
+        raise wait.timed_out(timeout, self.get_vm_set(set_id))
 
     # Hosts
     list_hosts = pages(Calls.list_hosts)

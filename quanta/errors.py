@@ -155,6 +155,19 @@ class WaitTimeout(DeadlineExceeded, TimeoutError):
         self.last = last
 
 
+class VmSetFailed(FailedPrecondition):
+    """A wait for a VM set (``wait_for_vm_set``) ended without it: the set FAILED
+    (reason VM_SET_FAILED: its deadline passed before it fitted, its members were
+    removed and their quota released), or one of its members was deleted meanwhile
+    (VM_SET_MEMBER_DELETED). ``set``: the VmSet as last read."""
+
+    set: Any
+
+    def __init__(self, message: str, vm_set: Any = None, *, reason: str = "VM_SET_FAILED") -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, reason, message)
+        self.set = vm_set
+
+
 class Cancelled(QuantaError):
     """CANCELLED: the call was cancelled (by this client or the server)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
-from quanta.errors import WaitTimeout
+from quanta.errors import VmSetFailed, WaitTimeout
 
 
 class VmWait:
@@ -47,22 +47,37 @@ class VmWait:
 
 class VmsWait:
     """Waiting for each of the VMs ``names`` as :class:`VmWait` waits for one (one
-    watch for all of them)."""
+    watch for all of them). Counts as it goes: ``placed`` (members with a host),
+    ``done`` (as waited for) and ``gone`` (seen DELETED)."""
 
     def __init__(self, names: Iterable[str], state: str, *, address: bool = False) -> None:
         self.waits = {name: VmWait(name, state, address=address) for name in names}
         self.done: dict[str, vm_pb2.Vm] = {}
+        self.gone: set[str] = set()
+        self._placed: set[str] = set()
 
     def seen(self, event: vm_pb2.VmEvent) -> list[vm_pb2.Vm] | None:
         """Every VM (in the order named) once the last of them is as waited for, else None."""
         wait = self.waits.get(event.vm.name)
         if wait is None or event.type == common_pb2.BOOKMARK:
             return None
+        if event.type == common_pb2.DELETED:
+            self.gone.add(wait.name)
+            self._placed.discard(wait.name)
+        else:
+            self.gone.discard(wait.name)
+            if event.vm.host:
+                self._placed.add(wait.name)
         if (vm := wait.seen(event)) is not None:
             self.done[wait.name] = vm
         else:
             self.done.pop(wait.name, None)  # it was, and is no longer (e.g. stopped meanwhile)
         return [self.done[name] for name in self.waits] if len(self.done) == len(self.waits) else None
+
+    @property
+    def placed(self) -> int:
+        """How many of the VMs are (last seen) on a host."""
+        return len(self._placed)
 
     def timed_out(self, timeout: float) -> WaitTimeout:
         waiting = [w for name, w in self.waits.items() if name not in self.done]
@@ -71,6 +86,66 @@ class VmsWait:
         more = f" and {len(waiting) - 1} more" if len(waiting) > 1 else ""
         return WaitTimeout(f"{first.name}{more} not {first.goal()} within {timeout:g}s; {first.name} is {seen}",
                            [w.last for w in waiting])
+
+
+class VmSetWait(VmsWait):
+    """Waiting for every member of the VM set ``vm_set`` (as first read) as
+    :class:`VmsWait` waits; ``on_progress(wait)`` is called whenever a member
+    changes. A member gone means the set FAILED (its deadline passed: the
+    members were removed) or someone deleted it: :meth:`failed` says which from
+    the set read again."""
+
+    def __init__(self, vm_set: vm_pb2.VmSet, state: str, *, address: bool = False,
+                 on_progress: Callable[[VmSetWait], None] | None = None) -> None:
+        super().__init__(vm_set.vms, state, address=address)
+        self.set = vm_set
+        self._on_progress = on_progress
+        self._listed = False
+
+    def start(self) -> None:
+        """Raise VmSetFailed if the set as first read FAILED already."""
+        if self.set.state == vm_pb2.VmSet.FAILED:
+            raise self.failed(self.set)
+        if self._on_progress is not None:
+            self._on_progress(self)
+
+    def seen(self, event: vm_pb2.VmEvent) -> list[vm_pb2.Vm] | None:
+        """As :meth:`VmsWait.seen`; a watch from resource_version 0 lists every VM
+        before its first bookmark, so a member absent from that listing is gone."""
+        if event.type == common_pb2.BOOKMARK and not self._listed:
+            self._listed = True
+            self.gone |= {name for name, wait in self.waits.items() if wait.last is None}
+            return None
+        done = super().seen(event)
+        if event.vm.name in self.waits and event.type != common_pb2.BOOKMARK and self._on_progress is not None:
+            self._on_progress(self)
+        return done
+
+    def failed(self, vm_set: vm_pb2.VmSet) -> VmSetFailed:
+        """The error for a set whose member is gone, from the set as read since."""
+        self.set = vm_set
+        if vm_set.state == vm_pb2.VmSet.FAILED:
+            return VmSetFailed(f"{vm_set.name} is {describe_set(vm_set)}", vm_set)
+        gone = ", ".join(sorted(n.rsplit("/", 1)[-1] for n in self.gone))
+        return VmSetFailed(f"{vm_set.name}: member(s) {gone} deleted while waiting; the set is "
+                           f"{describe_set(vm_set)}", vm_set, reason="VM_SET_MEMBER_DELETED")
+
+    def timed_out(self, timeout: float, vm_set: vm_pb2.VmSet | None = None) -> WaitTimeout:
+        """The timeout, saying the set's state as read again (``vm_set``) when given."""
+        base = super().timed_out(timeout)
+        if vm_set is None:
+            return base
+        return WaitTimeout(f"{vm_set.name} is {describe_set(vm_set)}; {base.message}", base.last)
+
+
+def describe_set(vm_set: vm_pb2.VmSet) -> str:
+    """``PENDING (SetDoesNotFit: ...)``, ``PLACED``, ``FAILED (DeadlineExceeded: ...)``:
+    a set's state and its condition Placed when it is not True."""
+    text = vm_pb2.VmSet.State.Name(vm_set.state)
+    reason = next((c for c in vm_set.conditions if c.reason and c.status != "True"), None)
+    if reason is None:
+        return text
+    return text + (f" ({reason.reason}: {reason.message})" if reason.message else f" ({reason.reason})")
 
 
 def describe_vm(vm: vm_pb2.Vm) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from controlplane.placement import POLICIES
 from controlplane.process import add_common_args, run_process
-from scheduler.placement import POLICIES
 from scheduler.service import SchedulerConfig, run_scheduler
 
 

@@ -18,48 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Container
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from controlplane.etcd import Compacted
 from controlplane.etcd.outages import ride_out
-from controlplane.models import Hold, HostAllocation, Resources
-from controlplane.store import holds
+from controlplane.models import Hold, HostAllocation
+from controlplane.placement import HostSnapshot, HostView
+from controlplane.store.fleet import snapshot_of, with_holds
 from controlplane.store.hosts import HostRecord, HostStore, HostTable
 from scheduler import metrics
-from scheduler.placement import HostSnapshot, HostView
 
 log = logging.getLogger(__name__)
-
-
-def snapshot_of(record: HostRecord, live: Container[str] = ()) -> HostSnapshot:
-    """The placement view of a host record. Allocatable capacity is the registration's
-    raw capacity times its overcommit setting (:meth:`HostRegistration.allocatable`,
-    the one place a ratio is applied). The room held by ``live`` plans counts as
-    allocated (:func:`with_holds`)."""
-    reg = record.registration
-    return with_holds(HostSnapshot(
-        host_id=record.host,
-        ready=record.ready and not record.dead,  # a dead host takes nothing until its marker is lifted
-        capacity=reg.capacity if reg else Resources(),
-        allocated=Resources(),
-        labels=dict(reg.labels) if reg else {},
-        alloc_revision=record.alloc_revision,
-        maintenance=record.maintenance,
-        allocatable=reg.allocatable if reg else Resources(),
-    ), record.allocation, record.alloc_revision, live)
-
-
-def with_holds(snapshot: HostSnapshot, allocation: HostAllocation, revision: int,
-               live: Container[str]) -> HostSnapshot:
-    """``snapshot`` with ``allocation`` (at ``revision``) as what is allocated, plus the
-    room the ``live`` plans among its holds take (resources, VM count, host groups)."""
-    held = holds.held_total(allocation.holds, live)
-    groups = dict(allocation.groups)
-    for group, n in held.groups.items():
-        groups[group] = groups.get(group, 0) + n
-    return replace(snapshot, allocated=allocation.resources + held.resources,
-                   vm_count=allocation.vm_count + held.vm_count, groups=groups, alloc_revision=revision)
 
 
 def _may_fit_more(before: HostSnapshot, after: HostSnapshot) -> bool:

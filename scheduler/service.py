@@ -31,6 +31,7 @@ from typing import Any
 
 from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, LeaseLost
 from controlplane.etcd.outages import ride_out
+from controlplane.placement import HostView, policy
 from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
@@ -42,7 +43,6 @@ from controlplane.store.zones import ZoneStore
 from scheduler import balance, metrics
 from scheduler.hostsync import HostSync
 from scheduler.lifecycle import HostController
-from scheduler.placement import HostView, policy
 from scheduler.shard import ShardLost, ShardScheduler
 from scheduler.zonesync import ZoneSync
 

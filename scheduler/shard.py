@@ -40,14 +40,7 @@ from collections.abc import Collection, Mapping, Sequence
 from controlplane.etcd import Compacted, EtcdError
 from controlplane.etcd.outages import ride_out
 from controlplane.models import HeldRoom, Hold, Resources, VmRef, VmSet, VmSetRef, VmSetState, VmSpec, now_ns
-from controlplane.store.errors import NotFound
-from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore, SetRead
-from controlplane.store.shards import ShardLock
-from controlplane.store.zones import ZoneCount, ZoneGroupId
-from controlplane.workqueue import WorkQueue
-from scheduler import metrics
-from scheduler.hostsync import HostSync
-from scheduler.placement import (
+from controlplane.placement import (
     HostSnapshot,
     HostView,
     Placement,
@@ -61,8 +54,15 @@ from scheduler.placement import (
     place_set,
     spread,
 )
-from scheduler.placement.sets import forget as forget_placed
-from scheduler.placement.sets import resolved
+from controlplane.placement.sets import forget as forget_placed
+from controlplane.placement.sets import resolved
+from controlplane.store.errors import NotFound
+from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore, SetRead
+from controlplane.store.shards import ShardLock
+from controlplane.store.zones import ZoneCount, ZoneGroupId
+from controlplane.workqueue import WorkQueue
+from scheduler import metrics
+from scheduler.hostsync import HostSync
 from scheduler.zonesync import ZoneSync
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from controlplane.etcd import Compacted
 from controlplane.etcd.outages import ride_out
+from controlplane.placement import ZoneCounts
 from controlplane.store.zones import ZoneStore
-from scheduler.placement import ZoneCounts
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from controlplane.api.convert import (
     vm_to_proto,
 )
 from controlplane.api.interceptors import error_for_exception
+from controlplane.api.plans import Planner
 from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.etcd import Compacted, ops
@@ -68,6 +69,7 @@ from controlplane.store.errors import (
 )
 from controlplane.store.keys import shard_of
 from controlplane.store.ledger import ProjectDeleting, QuotaExceeded, refuse
+from controlplane.store.plans import MAX_HOLD_S
 from controlplane.store.vms import SpecUpdate, VmRecord, VmStore, pending_status
 from controlplane.store.vmsets import Member, SetTooLarge, VmSetStore
 from controlplane.tenancy import Usage
@@ -86,6 +88,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
     def __init__(self, store: VmStore, catalog: Catalog, *, shards: int, bookmark_s: float = 10.0):
         self._store = store
         self._sets = VmSetStore(store.client, store.keys, store.requests, store.ledger)
+        self._planner = Planner(store)
         self._catalog = catalog
         self._shards = shards
         self._bookmark_s = bookmark_s
@@ -104,7 +107,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             error = (await self._preview(spec.ref.tenant, spec.ref.project, [spec]))[0]
             if error is not None:
                 raise _create_error(error, request.parent, request.request_id, spec.ref.name) from error
-            return _would_make(spec)
+            return _would_make(spec, (await self._planner.hosts([spec]))[0])
         draft = audit_draft()
         # The bootstrap data goes in the create's own transaction (no round trip of its own).
         secret = [bootstrap.put_op(self._store.keys, spec.ref, data)] if data is not None else []
@@ -288,8 +291,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             valid.append((i, v.valid(spec), data))
         if request.validate_only:
             outcomes = await self._preview(tenant, project, [spec for _i, spec, _data in valid])
+            fine = [spec for (_i, spec, _data), error in zip(valid, outcomes, strict=True) if error is None]
+            hosts = iter(await self._planner.hosts(fine) if fine else [])
             for (i, spec, _data), error in zip(valid, outcomes, strict=True):
-                results[i] = (vm_pb2.CreateVmsResult(vm=_would_make(spec)) if error is None else
+                results[i] = (vm_pb2.CreateVmsResult(vm=_would_make(spec, next(hosts))) if error is None else
                               _refused(_create_error(error, request.parent, spec.request_id, spec.ref.name)))
             return vm_pb2.CreateVmsResponse(results=results)
         draft = audit_draft()
@@ -360,8 +365,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 raise _create_error(error, request.parent, request.request_id, ref.name) from error
             would = vm_set_to_proto(vm_set, 0)
             would.uid = ""
-            return vm_pb2.CreateVmsResponse(results=[vm_pb2.CreateVmsResult(vm=_would_make(m.spec))
-                                                     for m in members], set=would)
+            hosts = await self._planner.hosts([m.spec for m in members])
+            return vm_pb2.CreateVmsResponse(results=[vm_pb2.CreateVmsResult(vm=_would_make(m.spec, host))
+                                                     for m, host in zip(members, hosts, strict=True)], set=would)
         fingerprint = idempotency.set_fingerprint(
             [_fingerprint(one, m.spec)
              for m, one in zip(members, request.requests, strict=True)],
@@ -403,6 +409,42 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 f"plan {request.plan} holds room for other VMs than these (first difference: {differ[0]!r}); "
                 "create the VMs it was made for, or plan again", "PLAN_MISMATCH",
                 metadata={"plan": request.plan, "vm_id": differ[0]})
+
+    async def PlanVms(self, request: vm_pb2.PlanVmsRequest, context) -> vm_pb2.PlanVmsResponse:
+        """Validated as CreateVms ALL_OR_NOTHING would validate the same creates (each
+        with its vm_id), WRITE_VMS (a plan may hold room); then ``Planner.plan``."""
+        if not (request.hold.seconds or request.hold.nanos):
+            _dry_run()  # writes nothing, whatever its outcome
+        v = validation.Violations()
+        parent = v.capture(validation.parse_project_parent, request.parent)
+        if parent:
+            require(Action.WRITE_VMS, *parent, kind="project", name=request.parent)
+        count = len(request.requests)
+        if not 1 <= count <= MAX_CREATE_VMS:
+            v.add("requests", f"{count} creates; 1 to {MAX_CREATE_VMS} per call")
+        hold_s = v.capture(validation.duration_seconds, request.hold.seconds, request.hold.nanos, default=0,
+                           maximum=MAX_HOLD_S, field="hold") or 0
+        specs: list[VmSpec] = []
+        first: dict[str, int] = {}
+        for i, one in enumerate(request.requests):
+            at = f"requests[{i}]."
+            if one.parent and one.parent != request.parent:
+                v.add(f"{at}parent", "leave it empty or equal to the call's parent")
+            if one.validate_only:
+                v.add(f"{at}validate_only", "a plan writes nothing; leave it unset")
+            if not one.vm_id:
+                v.add(f"{at}vm_id", "required: a plan names its VMs")
+                continue
+            spec, _data = self._spec(one, parent, v, at=at)
+            if spec is None:
+                continue
+            if spec.ref.vm_id in first:
+                v.add(f"{at}vm_id", f"{spec.ref.vm_id!r} is also the id of requests[{first[spec.ref.vm_id]}]")
+                continue
+            first[spec.ref.vm_id] = i
+            specs.append(spec)
+        v.raise_if_any()
+        return await self._planner.plan(request.parent, specs, hold_s)
 
     async def GetVmSet(self, request: vm_pb2.GetVmSetRequest, context) -> vm_pb2.VmSet:
         tenant, project, set_id = validation.parse_vm_set_name(request.name)
@@ -687,11 +729,13 @@ def _refused(err: errors.ApiError) -> vm_pb2.CreateVmsResult:
     return vm_pb2.CreateVmsResult(code=err.code.value[0], reason=err.reason, message=err.message)
 
 
-def _would_make(spec: VmSpec) -> vm_pb2.Vm:
+def _would_make(spec: VmSpec, host: str = "") -> vm_pb2.Vm:
     """What a validate_only create answers: the VM it would make, PENDING, with no uid,
-    etag or resource_version (nothing was stored); its create_time is the check's."""
+    etag or resource_version (nothing was stored); its create_time is the check's;
+    ``host``: where it would be placed now ("": nowhere)."""
     vm = vm_to_proto(VmRecord(spec, pending_status(spec), 0, 0))
     vm.uid = vm.etag = ""
+    vm.host = host
     return vm
 
 

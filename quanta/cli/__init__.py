@@ -5,6 +5,7 @@
     quanta frontend|scheduler|agent ...   one component (see --help of each)
     quanta scheduler shards               who owns each scheduler shard
     quanta vm create|get|list|watch|delete|start|stop|restart|resize|update
+    quanta vm create-many -f FILE [--all-or-nothing] [--wait]   many VMs in one call; vm set get SET
     quanta host list|get|maintenance|drain|delete
     quanta host orphans [HOST] | orphans adopt|destroy HOST UID
     quanta backup create|restore FILE     an etcd snapshot with its checksum; restore one

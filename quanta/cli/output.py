@@ -48,6 +48,9 @@ _PIPED_WIDTH = 4096
 STATE_STYLES = {
     "RUNNING": "green", "READY": "green", "True": "green",
     "PENDING": "yellow", "SCHEDULED": "yellow", "CREATING": "yellow", "DRAINING": "yellow", "MISSING": "yellow",
+    # VM sets, and the outcome of each VM of a create-many (a refusal: its gRPC code)
+    "PLACED": "green", "OK": "green", "FAILED": "red", "RESOURCE_EXHAUSTED": "red", "INVALID_ARGUMENT": "red",
+    "ALREADY_EXISTS": "red", "FAILED_PRECONDITION": "red", "NOT_FOUND": "red", "PERMISSION_DENIED": "red",
     "ERROR": "red", "DEAD": "red", "False": "red",
     "DELETING": "dim", "STOPPED": "dim", "DRAINED": "dim",
 }

@@ -12,19 +12,22 @@ import grpc
 
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import auth_pb2, common_pb2, vm_pb2
-from quanta.cli import views
+from quanta.cli import manifest, views
 from quanta.cli.errors import CliError, describe, guarded
-from quanta.cli.output import FORMATS, Printer, Section, short_name
+from quanta.cli.output import FORMATS, Printer, Section, plural, short_name
 from quanta.cli.waiting import (
     as_desired,
+    failed,
     running,
     stopped,
     wait_for_drain,
+    wait_for_members,
     wait_for_vm,
     wait_for_vms,
 )
 from quanta.client import Client, resolve_endpoint
 from quanta.errors import Aborted
+from quanta.waits import describe_set
 
 DEFAULT_WAIT_S = 300.0
 
@@ -211,6 +214,36 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
                         help="when found off without a stop: KEEP_STOPPED report it STOPPED (default), "
                              "KEEP_RUNNING power it on again")
     add_wait(create, "it is RUNNING with its address (or STOPPED with --stopped)")
+    many = sub.add_parser(
+        "create-many", parents=[common],
+        help="create the VMs a YAML file lists in one call (--all-or-nothing: all placed together or none)",
+        description="Create up to 1,000 VMs in one call from a YAML file (a defaults: block and a vms: list; "
+                    "see `quanta.cli.manifest` or the README). Each VM is created or refused on its own, unless "
+                    "--all-or-nothing: then they form a set, admitted against the quota as a whole and placed "
+                    "in one transaction or not at all (until --deadline, then the set FAILS and its VMs are "
+                    "removed). Prints each VM's outcome; exits 1 if any was refused or the wait failed.")
+    many.add_argument("-f", "--file", required=True, metavar="FILE",
+                      help="the YAML file (user_data_file, ignition_file, ssh_key_files relative to it)")
+    many.add_argument("--all-or-nothing", action="store_true",
+                      help="all of them or none: one quota admission, one placement transaction")
+    many.add_argument("--set-id", default="", metavar="ID",
+                      help="with --all-or-nothing: the set's id (default: one is assigned)")
+    many.add_argument("--deadline", type=duration, default=None, metavar="DURATION",
+                      help="with --all-or-nothing: how long the set may wait for room before it FAILS, "
+                           "e.g. 10m (default 10m, at most 24h)")
+    many.add_argument("--validate-only", action="store_true",
+                      help="check every VM (quota included) and create nothing")
+    many.add_argument("--request-id", default=None,
+                      help="with --all-or-nothing: the set's idempotency key (the same call with the same key "
+                           "makes one set; default: random). Independent VMs take theirs in the file")
+    add_wait(many, "every VM is RUNNING with its address (STOPPED if created stopped), with a bar of how many "
+                   "are placed and running")
+    vm_set = sub.add_parser("set", parents=[common], help="VM sets made by create-many --all-or-nothing")
+    set_verbs = vm_set.add_subparsers(dest="set_verb", required=True, metavar="VERB")
+    set_get = set_verbs.add_parser("get", parents=[common],
+                                   help="show a set: state (PENDING, PLACED, FAILED), members, deadline, "
+                                        "conditions (the shortfall while PENDING)")
+    set_get.add_argument("name", metavar="SET", help="set id (cp, vmSets/cp or its full name)")
     _power_parsers(sub, common)
     get = sub.add_parser("get", parents=[common],
                          help="show a VM: state, power, addresses, bootstrap summary, conditions, recent audit")
@@ -320,6 +353,12 @@ def main(kind: str, argv: list[str]) -> None:
         if args.name_arg and args.name and args.name_arg != args.name:
             parser.error(f"NAME {args.name_arg!r} and --name {args.name!r} differ; give one")
         args.name = vm_id(args.name_arg or args.name or "")
+    if kind == "vm" and args.verb == "create-many":
+        if not args.all_or_nothing and (args.set_id or args.deadline is not None or args.request_id):
+            parser.error("--set-id, --deadline and --request-id are an --all-or-nothing set's "
+                         "(each independent VM takes its own request_id in the file)")
+        if args.validate_only and args.wait:
+            parser.error("--validate-only creates nothing to --wait for")
     if kind == "vm" and args.verb in ("start", "stop", "restart") and args.etag and len(args.names) > 1:
         parser.error("--etag names one VM's version: give one NAME with it")
     if kind == "vm" and args.verb == "update":
@@ -382,6 +421,10 @@ def _vm(args, client: Client, printer: Printer) -> None:
                 raise CliError(f"{short_name(vm.name)} failed: {views.vm_reason(final) or 'ERROR'}")
         else:
             printer.one(vm, views.VM)
+    elif args.verb == "create-many":
+        _create_many(args, client, printer)
+    elif args.verb == "set":
+        printer.detail(client.get_vm_set(args.name), views.VM_SET)
     elif args.verb == "get":
         vm = client.get_vm(vm_id(args.name))
         extra: list[Section] = []
@@ -503,3 +546,81 @@ def _update(args, client: Client) -> vm_pb2.Vm:
             if args.etag or err.reason not in ("ETAG_MISMATCH", "CONFLICT") or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _create_many(args, client: Client, printer: Printer) -> None:
+    """``vm create-many -f FILE``: one CreateVms; with --wait one watch follows every
+    VM made; then each VM's outcome (a refusal: its code, reason and message). Exit 1
+    when a VM was refused (INDEPENDENT; an all-or-nothing refusal fails the call) or
+    the wait failed."""
+    try:
+        wanted = manifest.load(args.file)
+    except manifest.ManifestError as err:
+        raise CliError(f"{args.file}: {err}", exit_code=2) from None
+    except OSError as err:
+        raise CliError(f"-f: cannot read {args.file}: {err.strerror or err}", exit_code=2) from None
+    if args.all_or_nothing and (named := [vm["vm_id"] for vm in wanted.vms if vm.get("request_id")]):
+        raise CliError(f"{args.file}: request_id ({', '.join(named)}): a set's members take none; "
+                       "give the set's with --request-id", exit_code=2)
+    try:
+        created = client.create_vms(wanted.vms, all_or_nothing=args.all_or_nothing, set_id=args.set_id,
+                                    deadline=args.deadline, validate_only=args.validate_only,
+                                    request_id=args.request_id)
+    except (TypeError, ValueError) as err:  # a VM the SDK cannot build (e.g. an unknown enum value)
+        raise CliError(f"{args.file}: {err}", exit_code=2) from None
+    response = vm_pb2.CreateVmsResponse()
+    response.CopyFrom(created.response)
+    for result, outcome in zip(response.results, created.outcomes, strict=False):
+        if not outcome.ok and outcome.name:
+            result.vm.name = outcome.name  # which VM was refused: the only field a refused one shows
+    problem = ""
+    if args.wait and created.vms:
+        powered_off = {client.vm_name(name) for name in wanted.stopped}
+
+        def done(vm: vm_pb2.Vm) -> bool:
+            return stopped(vm) if vm.name in powered_off else running(vm)
+
+        set_name = created.set.name if created.set is not None else ""
+        if set_name and printer.output in ("table", "wide"):
+            printer.text(f"{short_name(set_name)}: {describe_set(response.set)}")
+        with printer.progress(total=len(created.vms)) as progress:
+            final = wait_for_members(client, created.vms, done, set_name=set_name, timeout_s=args.timeout,
+                                     progress=progress)
+        for result in response.results:
+            if result.code == 0 and result.vm.name in final:
+                vm = final[result.vm.name]
+                if vm is not None:
+                    result.vm.CopyFrom(vm)
+        gone = [short_name(n) for n, vm in final.items() if vm is None]
+        broken = [vm for vm in final.values() if vm is not None and failed(vm)]
+        problem = "; ".join([f"{name} was deleted" for name in gone]
+                            + [f"{short_name(vm.name)} is {views.vm_state(vm)}"
+                               + (f": {views.vm_reason(vm)}" if views.vm_reason(vm) else "") for vm in broken])
+        if set_name:
+            response.set.CopyFrom(client.get_vm_set(set_name))
+    _show_created(printer, response, validate_only=args.validate_only)
+    refused = [r for r in response.results if r.code != 0]
+    if refused:
+        raise CliError(f"{plural(len(refused), 'VM')} of {len(response.results)} refused"
+                       + (f"; {problem}" if problem else ""))
+    if problem:
+        raise CliError(problem)
+
+
+def _show_created(printer: Printer, response: vm_pb2.CreateVmsResponse, *, validate_only: bool) -> None:
+    """Each VM's outcome (and the set's state) in the ``-o`` format: the response
+    itself for json/yaml, the VMs made for name, a table otherwise."""
+    if printer.output in ("json", "yaml"):
+        printer.one(response, views.CREATE_RESULT)
+        return
+    if printer.output == "name":
+        for result in response.results:
+            if result.code == 0 and result.vm.name:
+                printer.text(short_name(result.vm.name))
+        return
+    if response.HasField("set"):
+        printer.text(f"{short_name(response.set.name)}: {describe_set(response.set)}")
+    printer.many(response.results, views.CREATE_RESULT)
+    if validate_only:
+        made = sum(1 for r in response.results if r.code == 0)
+        printer.note(f"validate only: nothing was created ({plural(made, 'VM')} would be)")

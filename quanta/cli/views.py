@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
 from quanta.cli.output import Column, Section, View, last_id, plural
+from quanta.outcomes import status_code
 
 _DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib")
 
@@ -127,6 +128,8 @@ def _vm_detail(vm: vm_pb2.Vm) -> list[Section]:
          if vm.anti_affinity_group else "-"),
         ("Affinity", f"{vm.affinity_group} ({_scope(vm.affinity_scope)})" if vm.affinity_group else "-"),
         ("Restart policy", vm_pb2.Vm.RestartPolicy.Name(vm.restart_policy) if vm.restart_policy else "ALWAYS"),
+        ("Set", f"{last_id(vm.vm_set)} (all or nothing; `quanta vm set get {last_id(vm.vm_set)}`)"
+         if vm.vm_set else "-"),
         ("Created", _when(vm.create_time)),
         ("Updated", _when(vm.update_time)),
     ]
@@ -168,6 +171,91 @@ VM = View(
         Column("LABELS", lambda vm: pairs(vm.labels), wide=True),
     ),
     detail=_vm_detail,
+)
+
+
+def result_code(result: vm_pb2.CreateVmsResult) -> str:
+    """``OK`` or the code a refused VM of a CreateVms got (``RESOURCE_EXHAUSTED``)."""
+    return "OK" if result.code == 0 else status_code(result.code).name
+
+
+def _result_vm(result: vm_pb2.CreateVmsResult, cell: Callable[[vm_pb2.Vm], str]) -> str:
+    return cell(result.vm) if result.code == 0 else "-"
+
+
+def _result_reason(result: vm_pb2.CreateVmsResult) -> str:
+    if result.code != 0:
+        return result.reason or "-"
+    return (_condition(result.vm) or common_pb2.Condition(reason="-")).reason
+
+
+def _result_message(result: vm_pb2.CreateVmsResult) -> str:
+    if result.code != 0:
+        return result.message or "-"
+    return (_condition(result.vm) or common_pb2.Condition(message="-")).message
+
+
+#: One VM of ``vm create-many``: made (its state as last seen) or refused (code, reason, message).
+CREATE_RESULT = View(columns=(
+    Column("NAME", lambda r: last_id(r.vm.name) if r.vm.name else "-"),
+    Column("RESULT", result_code, coloured=True),
+    Column("STATE", lambda r: _result_vm(r, vm_state), coloured=True),
+    Column("HOST", lambda r: _result_vm(r, lambda vm: vm.host or "-")),
+    Column("IP", lambda r: _result_vm(r, first_ip), narrow=True),
+    Column("ADDRESSES", lambda r: _result_vm(r, ips), wide=True),
+    Column("REASON", _result_reason),
+    Column("MESSAGE", _result_message),
+))
+
+
+def set_state(vm_set: vm_pb2.VmSet) -> str:
+    return vm_pb2.VmSet.State.Name(vm_set.state)
+
+
+def _set_condition(vm_set: vm_pb2.VmSet) -> common_pb2.Condition:
+    """Its condition Placed (or the first), or an empty one."""
+    return next((c for c in vm_set.conditions if c.type == "Placed"),
+                vm_set.conditions[0] if vm_set.conditions else common_pb2.Condition())
+
+
+def _deadline(vm_set: vm_pb2.VmSet, now_s: float | None = None) -> str:
+    """How long a PENDING set has left (``in 9m``), or ``-``."""
+    if vm_set.state != vm_pb2.VmSet.PENDING or not vm_set.deadline_time.seconds:
+        return "-"
+    left = vm_set.deadline_time.seconds - (time.time() if now_s is None else now_s)
+    if left <= 0:
+        return "passed"
+    # age() formats a span back from now: the span from now to the deadline, as if past.
+    now = time.time() if now_s is None else now_s
+    return f"in {age(Timestamp(seconds=int(now - left)), now)}"
+
+
+def _set_detail(vm_set: vm_pb2.VmSet) -> list[Section]:
+    fields = [("Name", last_id(vm_set.name)), ("Resource", vm_set.name), ("UID", vm_set.uid or "-"),
+              ("State", set_state(vm_set)), ("VMs", str(len(vm_set.vms))),
+              ("Created", _when(vm_set.create_time))]
+    if vm_set.state == vm_pb2.VmSet.PENDING:
+        fields.append(("Deadline", f"{_when(vm_set.deadline_time)}"))
+    fields.append(("Updated", _when(vm_set.update_time)))
+    return [Section(fields=fields),
+            Section(title="Members", headers=("NAME",), rows=[(last_id(n),) for n in vm_set.vms], empty="none"),
+            Section(title="Conditions", headers=("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE"),
+                    rows=[(c.type, c.status, c.reason or "-", c.message or "-", age(c.last_transition_time))
+                          for c in vm_set.conditions], empty="none")]
+
+
+VM_SET = View(
+    columns=(
+        Column("NAME", lambda s: last_id(s.name)),
+        Column("STATE", set_state, coloured=True),
+        Column("VMS", lambda s: str(len(s.vms))),
+        Column("AGE", lambda s: age(s.create_time)),
+        Column("DEADLINE", _deadline),
+        Column("REASON", lambda s: _set_condition(s).reason or "-"),
+        Column("MESSAGE", lambda s: _set_condition(s).message or "-", wide=True),
+        Column("UID", lambda s: s.uid, wide=True),
+    ),
+    detail=_set_detail,
 )
 
 

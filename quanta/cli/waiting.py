@@ -8,13 +8,14 @@ its progress, and say clearly what was last seen when time runs out.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from controlplane.gen.quanta.v1 import common_pb2, host_pb2, vm_pb2
-from quanta.cli.errors import WaitTimeout
+from quanta.cli.errors import CliError, WaitTimeout
 from quanta.cli.output import ProgressLine, plural, short_name
 from quanta.cli.views import host_state, vm_reason, vm_state, waiting_for_address
 from quanta.client import Client
+from quanta.waits import describe_set
 
 
 def follow_vm(events: Iterable[vm_pb2.VmEvent], name: str) -> Iterator[vm_pb2.Vm | None]:
@@ -153,6 +154,68 @@ def wait_for_vms(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[vm_pb
     more = f" (and {plural(len(waiting) - 1, 'other VM')})" if len(waiting) > 1 else ""
     raise WaitTimeout(f"{short_name(name)}{more} is still {vm_state(stuck)} after {timeout_s:g} s"
                       + (f": {reason}" if reason else "") + f"; {goal} goes on")
+
+
+def members_line(last: Mapping[str, vm_pb2.Vm | None], done: set[str], name: str) -> str:
+    """``3/23 placed, 1/23 running; vms/cp-1: CREATING``: a create-many's progress."""
+    placed = sum(1 for vm in last.values() if vm is not None and vm.host)
+    total = len(last)
+    vm = last[name]
+    line = status_line(name, vm) if vm is not None else f"{short_name(name)}: gone"
+    return f"{placed}/{total} placed, {len(done)}/{total} running; {line}"
+
+
+def wait_for_members(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[vm_pb2.Vm], bool], *,
+                     set_name: str = "", timeout_s: float, progress: ProgressLine) -> dict[str, vm_pb2.Vm | None]:
+    """Watch the VMs of a create-many (one watch for all) until each satisfies
+    ``done``, has failed (:func:`failed`) or is gone, showing a bar of how many are
+    done with how many are placed; return each by name as last seen (None: gone).
+    ``set_name``: they form that set; a member gone means the set FAILED (its
+    deadline passed) or a member was deleted: the set is read once then, and a
+    FAILED set ends the wait with a CliError saying its condition. Raises
+    WaitTimeout after ``timeout_s`` naming a VM not done (and the set's state)."""
+    last: dict[str, vm_pb2.Vm | None] = {vm.name: vm for vm in vms}
+    finished: set[str] = set()
+    running: set[str] = set()
+    shown: dict[str, str] = {}
+
+    def show(name: str) -> None:
+        line = members_line(last, running, name)
+        if shown.get(name) == line:
+            return  # nothing new about this VM (e.g. a watch listing it again)
+        shown[name] = line
+        progress.update(line, completed=len(running), total=len(last))
+
+    for vm in vms:
+        show(vm.name)
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        for name, state in follow_vms(client.watch_vms(timeout=left), list(last)):
+            if name in finished:
+                continue
+            last[name] = state
+            if state is None and set_name:
+                vm_set = client.get_vm_set(set_name)
+                if vm_set.state == vm_pb2.VmSet.FAILED:
+                    raise CliError(f"{short_name(set_name)} is {describe_set(vm_set)}")
+            if state is None or done(state) or failed(state):
+                finished.add(name)
+                if state is not None and done(state):
+                    running.add(name)
+            show(name)
+            if len(finished) == len(last):
+                return last
+    waiting = [name for name in last if name not in finished]
+    name = waiting[0]
+    stuck = last[name]
+    assert stuck is not None  # only a VM seen (not gone) is still awaited
+    reason = vm_reason(stuck)
+    more = f" (and {plural(len(waiting) - 1, 'other VM')})" if len(waiting) > 1 else ""
+    where = ""
+    if set_name:
+        where = f"{short_name(set_name)} is {describe_set(client.get_vm_set(set_name))}; "
+    raise WaitTimeout(f"{where}{short_name(name)}{more} is still {vm_state(stuck)} after {timeout_s:g} s"
+                      + (f": {reason}" if reason else "") + "; the creation goes on")
 
 
 def drain_line(host: host_pb2.Host) -> str:

@@ -186,11 +186,11 @@ def test_list_and_watch_loops_outlive_a_read_that_gave_up(tmp_path) -> None:
     for 1 s; the outage lasts 3) lists again once etcd is back instead of ending, and
     with it the scheduler."""
     from controlplane.models import HostRegistration, Resources
+    from controlplane.placement import HostView
     from controlplane.store.hostagent import AgentStore
     from controlplane.store.hosts import HostStore
     from controlplane.store.keys import Keys
     from scheduler.hostsync import HostSync
-    from scheduler.placement import HostView
 
     async def main(server: EtcdServer) -> None:
         keys = Keys("/outage")

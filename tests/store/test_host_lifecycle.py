@@ -26,6 +26,7 @@ from controlplane.models import (
     VmStatus,
     now_ns,
 )
+from controlplane.placement import HostView
 from controlplane.store.errors import NotFound
 from controlplane.store.hostagent import AgentStore, BoundVm
 from controlplane.store.hosts import HostRecord, HostStore
@@ -36,7 +37,6 @@ from controlplane.store.shards import ShardLock
 from controlplane.store.vms import VmRecord, VmStore
 from scheduler.hostsync import HostSync
 from scheduler.lifecycle import HostController, MissingClock
-from scheduler.placement import HostView
 from tests.conftest import async_wait_until, describe_tasks, make_projects, running
 
 SHARDS = 4

@@ -17,9 +17,7 @@ from hypothesis import strategies as st
 
 from controlplane.etcd import EtcdClient
 from controlplane.models import Binding, HostAllocation, Resources, VmRef, VmSpec
-from controlplane.store.hosts import HostStore
-from controlplane.store.keys import Keys
-from scheduler.placement import (
+from controlplane.placement import (
     DEFAULT_FILTERS,
     HostSnapshot,
     HostView,
@@ -33,6 +31,8 @@ from scheduler.placement import (
     place,
     spread,
 )
+from controlplane.store.hosts import HostStore
+from controlplane.store.keys import Keys
 from scheduler.service import SchedulerConfig, run_scheduler
 from scheduler.simulate import make_specs, queue_specs, seed_hosts
 from tests.conftest import async_wait_until, describe_tasks, running

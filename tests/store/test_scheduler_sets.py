@@ -30,6 +30,7 @@ from controlplane.models import (
     VmStatus,
     now_ns,
 )
+from controlplane.placement.view import HostView
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
@@ -41,7 +42,6 @@ from controlplane.store.vms import VmStore
 from controlplane.store.zones import ZoneStore
 from controlplane.tenancy import Usage
 from scheduler.hostsync import HostSync
-from scheduler.placement.view import HostView
 from scheduler.shard import ShardScheduler
 from scheduler.zonesync import ZoneSync
 from tests.conftest import async_wait_until, describe_tasks, make_projects, running

@@ -9,6 +9,7 @@ import uuid
 
 from controlplane.etcd import EtcdClient, EtcdError, Lease
 from controlplane.models import HostRegistration, Resources, VmRef, VmSpec, now_ns
+from controlplane.placement.view import HostView
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
@@ -17,7 +18,6 @@ from controlplane.store.shards import ShardLock
 from controlplane.store.vms import VmStore
 from controlplane.store.zones import ZoneStore
 from scheduler.hostsync import HostSync
-from scheduler.placement.view import HostView
 from scheduler.shard import ShardScheduler
 from scheduler.zonesync import ZoneSync
 from tests.conftest import async_wait_until, describe_tasks, make_projects, running

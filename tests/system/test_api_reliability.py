@@ -77,10 +77,10 @@ def _raw(system: LocalSystem, method: str, streaming: bool, data: bytes, token: 
 def test_undecodable_requests_are_unauthenticated_or_invalid_on_every_method(system) -> None:
     methods = _api_methods()
     # The 40 the issue counted, ListOrphans, AdoptOrphan, DestroyOrphan, issue 12's
-    # UpdateVm, StartVm, StopVm, RestartVm, and issue 15's CreateVms, GetVmSet.
-    assert len(methods) == 49
+    # UpdateVm, StartVm, StopVm, RestartVm, and issue 15's CreateVms, GetVmSet, PlanVms.
+    assert len(methods) == 50
     assert {f"/quanta.v1.VmService/{m}" for m in ("UpdateVm", "StartVm", "StopVm", "RestartVm", "CreateVms",
-                                                   "GetVmSet")} <= {m for m, _streaming in methods}
+                                                   "GetVmSet", "PlanVms")} <= {m for m, _streaming in methods}
     answers: dict[str, tuple[str, str]] = {}
     for method, streaming in methods:
         anonymous = _raw(system, method, streaming, b"\xff", None)

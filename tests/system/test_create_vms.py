@@ -255,6 +255,13 @@ def test_validate_only_writes_nothing(admin: Client) -> None:
                        validate_only=True)
     assert (whole.set.name, whole.set.state, whole.set.uid) == (f"{parent}/vmSets/vo-set", vm_pb2.VmSet.PENDING, "")
     assert [r.vm.vm_set for r in whole.results] == [f"{parent}/vmSets/vo-set"] * 2
+    # Each VM says where it would be placed now (nowhere: no host has its selector).
+    hosts = {"sim-00000", "sim-00001"}
+    assert vm.host in hosts and {r.vm.host for r in each.results[:2]} <= hosts
+    assert {r.vm.host for r in whole.results} <= hosts
+    nowhere = admin._call(admin._vms.CreateVm, vm_pb2.CreateVmRequest(
+        parent=parent, vm_id="vo-n", vm=create(node_selector=NOWHERE).vm, validate_only=True))
+    assert nowhere.host == "" and nowhere.state == vm_pb2.Vm.PENDING
     over = error(lambda: create_vms(admin, parent, [create(f"vo-{i}") for i in range(7, 10)], mode=ALL_OR_NOTHING,
                                     validate_only=True))
     assert (over.code, over.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED")

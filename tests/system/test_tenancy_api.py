@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import tenancy_pb2, vm_pb2
@@ -101,6 +101,13 @@ def _create_vms(c: Client, mode: int = vm_pb2.CreateVmsRequest.INDEPENDENT, **fi
             vm_id=_fresh(), vm=vm_pb2.Vm(flavor="small", image="ubuntu"))], **fields))
 
 
+def _plan_vms(c: Client, project: str, hold_s: int = 0) -> vm_pb2.PlanVmsResponse:
+    """PlanVms of one small VM in acme/``project`` (held ``hold_s`` s, then released by its lease)."""
+    return _vm_call(c, "PlanVms", vm_pb2.PlanVmsRequest(
+        parent=f"tenants/acme/projects/{project}", hold=duration_pb2.Duration(seconds=hold_s),
+        requests=[vm_pb2.CreateVmRequest(vm_id=_fresh(), vm=vm_pb2.Vm(flavor="small", image="ubuntu"))]))
+
+
 def _get_fresh_set(w: World, c: Client, project: str) -> object:
     """GetVmSet of a set the system admin just made in acme/``project``."""
     with w.as_("admin", "acme", project) as admin:
@@ -146,6 +153,10 @@ MATRIX: dict[str, tuple[Callable[[World, Client], object], tuple[str, ...]]] = {
     "create vms acme/web": (lambda w, c: _create_vms(c), (OK, OK, OK, PD, PD, NF)),
     "create vm set acme/web": (lambda w, c: _create_vms(c, vm_pb2.CreateVmsRequest.ALL_OR_NOTHING),
                                (OK, OK, OK, PD, PD, NF)),
+    # PlanVms is WRITE_VMS on its parent (a plan may hold room), held or not.
+    "plan vms acme/web": (lambda w, c: _plan_vms(c, "web"), (OK, OK, OK, PD, PD, NF)),
+    "plan vms acme/db": (lambda w, c: _plan_vms(c, "db"), (OK, OK, NF, PD, NF, NF)),
+    "plan and hold acme/web": (lambda w, c: _plan_vms(c, "web", hold_s=2), (OK, OK, OK, PD, PD, NF)),
     "get vm set acme/web": (lambda w, c: _get_fresh_set(w, c, "web"), (OK, OK, OK, OK, OK, NF)),
     "get vm set acme/db": (lambda w, c: _get_fresh_set(w, c, "db"), (OK, OK, NF, OK, NF, NF)),
     "create project in acme": (lambda w, c: c.create_project(_fresh(), tenant="acme", quota={"vms": 1}),

@@ -21,13 +21,7 @@ from hypothesis import strategies as st
 from controlplane.api.errors import ApiError
 from controlplane.etcd import EtcdClient
 from controlplane.models import ZONE_LABEL, Binding, HostAllocation, Resources, Scope, VmRef, VmSpec, now_ns
-from controlplane.store.hostagent import AgentStore
-from controlplane.store.keys import Keys, shard_of
-from controlplane.store.lifecycle import LifecycleStore
-from controlplane.store.scheduling import HostBind, SchedulingStore
-from controlplane.store.zones import ZoneCount, ZoneStore
-from quanta.local import LocalSystem
-from scheduler.placement import (
+from controlplane.placement import (
     DEFAULT_FILTERS,
     HostSnapshot,
     HostView,
@@ -42,6 +36,12 @@ from scheduler.placement import (
     zone_affinity,
     zone_anti_affinity,
 )
+from controlplane.store.hostagent import AgentStore
+from controlplane.store.keys import Keys, shard_of
+from controlplane.store.lifecycle import LifecycleStore
+from controlplane.store.scheduling import HostBind, SchedulingStore
+from controlplane.store.zones import ZoneCount, ZoneStore
+from quanta.local import LocalSystem
 from scheduler.simulate import queue_specs, seed_hosts
 from tests.conftest import describe_vms, seen_in, wait_until
 

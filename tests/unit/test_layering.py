@@ -2,11 +2,12 @@
 
 - quanta (the SDK, CLI and `quanta up`, on a user's machine) sits on top: nothing
   else imports it;
-- controlplane owns the shared foundations (etcd client, store, models, work queue)
-  and the frontend (api, auth, frontend); it never imports scheduler or agents;
+- controlplane owns the shared foundations (etcd client, store, models, work queue,
+  placement) and the frontend (api, auth, frontend); it never imports scheduler or agents;
 - the foundations never import the frontend, and scheduler and agents import only
   the foundations: never the frontend, never each other;
-- placement is pure: no asyncio, grpc, protobuf or etcd;
+- placement (controlplane/placement, a foundation: the scheduler places with it, the
+  frontend plans with it) is pure: no asyncio, grpc, protobuf or etcd;
 - only the driver factory imports concrete drivers other than through the Protocol.
 """
 
@@ -41,7 +42,8 @@ def modules(package: str) -> list[pathlib.Path]:
 FRONTEND = ("controlplane.api", "controlplane.auth", "controlplane.frontend")
 #: The shared foundations, as files and folders of controlplane/.
 FOUNDATIONS = ("controlplane/etcd", "controlplane/store", "controlplane/models.py", "controlplane/workqueue.py",
-               "controlplane/logcontext.py", "controlplane/process.py", "controlplane/tenancy.py")
+               "controlplane/logcontext.py", "controlplane/process.py", "controlplane/tenancy.py",
+               "controlplane/placement")
 
 #: Deprecated re-exports of what moved to quanta, kept for one release.
 SHIMS = {ROOT / "controlplane/sdk.py"}
@@ -51,8 +53,8 @@ RULES = [
     *[(foundation, FRONTEND) for foundation in FOUNDATIONS],
     ("scheduler", ("agents", "quanta", *FRONTEND)),
     ("agents", ("scheduler", "quanta", *FRONTEND)),
-    ("scheduler/placement", ("asyncio", "grpc", "google.protobuf", "controlplane.etcd", "controlplane.store",
-                             "controlplane.gen")),
+    ("controlplane/placement", ("asyncio", "grpc", "google.protobuf", "controlplane.etcd", "controlplane.store",
+                                "controlplane.gen")),
 ]
 
 

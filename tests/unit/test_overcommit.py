@@ -16,9 +16,9 @@ from agents.drivers.factory import SimConfig, build_sim_drivers
 from agents.drivers.protocol import CapacityExceeded, HostCapacity, VmRequest
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import NO_OVERCOMMIT, HostAllocation, HostRegistration, Overcommit, Resources
+from controlplane.placement import HostView, PlacementRequest, place
 from controlplane.store.hosts import HostRecord
 from scheduler.hostsync import snapshot_of
-from scheduler.placement import HostView, PlacementRequest, place
 
 CAP = Resources(16, 65536, 1000)
 

@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.placement import HostSnapshot, HostView, PlacementRequest, Resources, SetMember, ZoneCounts, place_set
-from scheduler.placement.model import ZONE_LABEL
+from controlplane.placement import HostSnapshot, HostView, PlacementRequest, Resources, SetMember, ZoneCounts, place_set
+from controlplane.placement.model import ZONE_LABEL
 
 ONE = Resources(1, 1, 1)
 ROOM = Resources(8, 8, 8)

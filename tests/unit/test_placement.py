@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.placement import (
+from controlplane.placement import (
     DEFAULT_FILTERS,
     Filter,
     HostSnapshot,
@@ -29,7 +29,7 @@ from scheduler.placement import (
     visit_order,
     weighted,
 )
-from scheduler.placement.model import Placement
+from controlplane.placement.model import Placement
 
 PROPS = settings(max_examples=100, deadline=None)
 

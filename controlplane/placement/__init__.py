@@ -5,7 +5,7 @@ order → ``filters`` decide feasibility (cheapest first) → a scorer ranks the
 candidates → best one wins. No I/O, no asyncio, no protobuf: the shard owns those.
 """
 
-from scheduler.placement.filters import (
+from controlplane.placement.filters import (
     DEFAULT_FILTERS,
     Filter,
     fits_resources,
@@ -18,7 +18,7 @@ from scheduler.placement.filters import (
     zone_affinity,
     zone_anti_affinity,
 )
-from scheduler.placement.model import (
+from controlplane.placement.model import (
     IMAGE_LABEL_PREFIX,
     ZONE_LABEL,
     HostSnapshot,
@@ -27,8 +27,8 @@ from scheduler.placement.model import (
     Resources,
     Verdict,
 )
-from scheduler.placement.place import Hosts, admit, default_candidates, place, visit_order
-from scheduler.placement.scoring import (
+from controlplane.placement.place import Hosts, admit, default_candidates, place, visit_order
+from controlplane.placement.scoring import (
     POLICIES,
     Scorer,
     image_locality,
@@ -39,9 +39,10 @@ from scheduler.placement.scoring import (
     utilisation_after,
     weighted,
 )
-from scheduler.placement.sets import SetMember, SetPlacement, place_set
-from scheduler.placement.view import HostView
-from scheduler.placement.zones import ZoneCounts
+from controlplane.placement.sets import SetMember, SetPlacement, place_set
+from controlplane.placement.specs import member_of, request_of
+from controlplane.placement.view import HostView
+from controlplane.placement.zones import ZoneCounts
 
 __all__ = [
     "DEFAULT_FILTERS",
@@ -74,6 +75,8 @@ __all__ = [
     "pack",
     "place",
     "place_set",
+    "member_of",
+    "request_of",
     "policy",
     "spread",
     "utilisation_after",

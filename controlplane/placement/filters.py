@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from scheduler.placement.model import FITS, HostSnapshot, PlacementRequest, Verdict
+from controlplane.placement.model import FITS, HostSnapshot, PlacementRequest, Verdict
 
 
 class Filter(Protocol):

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-from scheduler.placement.filters import DEFAULT_FILTERS, Filter
-from scheduler.placement.model import Placement, PlacementRequest
-from scheduler.placement.place import place
-from scheduler.placement.scoring import Scorer, spread
-from scheduler.placement.view import HostView
-from scheduler.placement.zones import ZoneCounts
+from controlplane.placement.filters import DEFAULT_FILTERS, Filter
+from controlplane.placement.model import Placement, PlacementRequest
+from controlplane.placement.place import place
+from controlplane.placement.scoring import Scorer, spread
+from controlplane.placement.view import HostView
+from controlplane.placement.zones import ZoneCounts
 
 K = TypeVar("K")
 
@@ -46,6 +46,9 @@ class SetPlacement(Generic[K]):
     hosts: list[tuple[K, str, str]] = field(default_factory=list)  # (key, host, zone) once it fits
     missing: list[tuple[K, Placement]] = field(default_factory=list)
     members: int = 0
+    # When it does not fit: where the members that fit would have gone with the others
+    # before them placed ((key, host, zone); not assumed), for plans to show.
+    partial: list[tuple[K, str, str]] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
@@ -93,7 +96,7 @@ def place_set(members: Sequence[SetMember[K]], view: HostView, counts: ZoneCount
         placed.append((member, placement.host_id, zone))
     if missing:
         forget(view, counts, [(m, host, zone) for m, host, zone in placed])
-        return SetPlacement([], missing, len(members))
+        return SetPlacement([], missing, len(members), [(m.key, host, zone) for m, host, zone in placed])
     return SetPlacement([(m.key, host, zone) for m, host, zone in placed], [], len(members))
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from scheduler.placement.model import HostSnapshot, Resources
+from controlplane.placement.model import HostSnapshot, Resources
 
 _ZERO = Resources()
 

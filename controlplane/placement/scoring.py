@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from scheduler.placement.model import IMAGE_LABEL_PREFIX, HostSnapshot, PlacementRequest
+from controlplane.placement.model import IMAGE_LABEL_PREFIX, HostSnapshot, PlacementRequest
 
 Scorer = Callable[[PlacementRequest, HostSnapshot], float]
 

@@ -14,9 +14,9 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Protocol, TypeVar
 
-from scheduler.placement.filters import DEFAULT_FILTERS, Filter
-from scheduler.placement.model import HostSnapshot, Placement, PlacementRequest
-from scheduler.placement.scoring import Scorer, spread
+from controlplane.placement.filters import DEFAULT_FILTERS, Filter
+from controlplane.placement.model import HostSnapshot, Placement, PlacementRequest
+from controlplane.placement.scoring import Scorer, spread
 
 K = TypeVar("K")
 

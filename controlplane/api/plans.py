@@ -1,0 +1,171 @@
+"""PlanVms: where a set of VMs would be placed now, and optionally a hold on that room.
+
+The frontend places with the scheduler's own pure code (``controlplane.placement``):
+it reads the fleet once per call (``FleetStore.read``: hosts, zone group counts and
+live holds at one revision; the room of live holds counts as taken, as the scheduler
+counts it), turns it into the same ``HostSnapshot``s (``fleet.snapshot_of``) and
+places every VM together with ``place_set``, as an ALL_OR_NOTHING set is placed
+(anti-affinity among members holds). The scorer is the scheduler's default (spread,
+image locality 0.5): a scheduler run with another policy may choose other hosts,
+which a held plan does not affect (its room is on the planned hosts).
+
+Without a hold nothing is written (and no audit record filed). With one, and only
+when the set fits (quota and hosts), the room is held in ONE txn (``plans.hold_txn``)
+under a lease of the hold's length; a lost race (a planned host's allocation or a
+relied-on zone count changed since the read) re-reads and plans again, at most
+``HOLD_ATTEMPTS`` times, then answers fits False saying so. The audit record of a
+held plan (resource: the plan's name) is written in the hold's txn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controlplane.api import errors
+from controlplane.api.access import audit_draft
+from controlplane.api.convert import usage_to_proto
+from controlplane.gen.quanta.v1 import vm_pb2
+from controlplane.models import HeldRoom, Hold, PlannedVm, VmSpec, now_ns
+from controlplane.placement import SetPlacement, member_of, place_set, policy
+from controlplane.store.errors import NotFound
+from controlplane.store.fleet import Fleet, FleetStore
+from controlplane.store.ledger import ProjectDeleting, refuse
+from controlplane.store.plans import HeldHost, HoldStore, held_room
+from controlplane.store.vms import VmStore
+from controlplane.store.zones import ZoneCount, ZoneGroupId
+from controlplane.tenancy import Usage
+
+log = logging.getLogger(__name__)
+
+#: How often a hold that lost a race to another writer is planned again.
+HOLD_ATTEMPTS = 3
+#: The scheduler's default scorer (SchedulerConfig: spread, image locality 0.5).
+SCORER = policy("spread", image_locality_weight=0.5)
+
+
+class Planner:
+    def __init__(self, store: VmStore):
+        self._store = store
+        self._fleet = FleetStore(store.client, store.keys)
+        self._holds = HoldStore(store.client, store.keys)
+        self._rng = random.Random()
+
+    async def place(self, specs: Sequence[VmSpec]) -> tuple[Fleet, SetPlacement[int]]:
+        """``specs`` placed together on the fleet as it is now (keys: their indexes);
+        nothing assumed stays anywhere (the view is this call's own)."""
+        fleet = await self._fleet.read()
+        view, counts = fleet.view()
+        members = [member_of(i, spec, counts) for i, spec in enumerate(specs)]
+        return fleet, place_set(members, view, counts, rng=self._rng, scorer=SCORER)
+
+    async def hosts(self, specs: Sequence[VmSpec]) -> list[str]:
+        """Per spec, the host it would be placed on now with the specs before it
+        placed ("": none fits): validate_only's answer. Writes nothing."""
+        _fleet, placement = await self.place(specs)
+        hosts = [""] * len(specs)
+        for i, host, _zone in placement.hosts or placement.partial:
+            hosts[i] = host
+        return hosts
+
+    async def plan(self, parent: str, specs: Sequence[VmSpec], hold_s: int) -> vm_pb2.PlanVmsResponse:
+        """The answer to PlanVms for valid ``specs`` of project ``parent`` (ids unique),
+        holding the room for ``hold_s`` seconds (0: none) when the set fits. Raises
+        ApiError: NOT_FOUND (no such project), ALREADY_EXISTS (a VM id is taken),
+        FAILED_PRECONDITION PROJECT_DELETING."""
+        tenant, project = specs[0].ref.tenant, specs[0].ref.project
+        total = sum((Usage.of_vm(spec.resources) for spec in specs), Usage())
+        for attempt in range(1, HOLD_ATTEMPTS + 1):
+            try:
+                (record, usage, _), taken = await asyncio.gather(
+                    self._store.ledger.usage(tenant, project), self._store.names_taken([s.ref for s in specs]))
+            except NotFound as err:
+                raise errors.not_found("project", parent) from err
+            for spec, present in zip(specs, taken, strict=True):
+                if present:
+                    raise errors.already_exists("vm", spec.ref.name)
+            refusal = refuse(record, parent, usage, total)
+            if isinstance(refusal, ProjectDeleting):
+                raise errors.failed_precondition(str(refusal), "PROJECT_DELETING", metadata={"project": parent})
+            fleet, placement = await self.place(specs)
+            answer = _answer(specs, placement, quota_ok=refusal is None,
+                             headroom=record.quota.headroom(usage + total))
+            if not hold_s or not answer.fits:
+                _writes_nothing()
+                return answer
+            held = await self._hold(specs, fleet, placement, hold_s)
+            if held is not None:
+                answer.plan = held.name
+                answer.expire_time.CopyFrom(_timestamp(held.expire_ns))
+                return answer
+            log.info("a plan's hold lost a race; planning again", extra={"project": parent, "attempt": attempt})
+        _writes_nothing()
+        answer.fits = False
+        for p in answer.placements:
+            p.message = (f"the planned hosts changed {HOLD_ATTEMPTS} times while holding their room; "
+                         "plan again")
+        return answer
+
+    async def _hold(self, specs: Sequence[VmSpec], fleet: Fleet, placement: SetPlacement[int],
+                    hold_s: int) -> Hold | None:
+        """Hold the room ``placement`` found (it fits) for ``hold_s`` s; None when the
+        fleet changed since ``fleet`` was read (nothing written)."""
+        spec0 = specs[0]
+        plan = f"plan-{uuid.uuid4().hex[:16]}"
+        rooms: dict[str, list[HeldRoom]] = defaultdict(list)
+        zone_counts: dict[ZoneGroupId, ZoneCount] = {}
+        vms = []
+        for i, host, zone in placement.hosts:
+            spec = specs[i]
+            group = spec.host_group
+            rooms[host].append(HeldRoom(spec.resources, 1, {group: 1} if group else {}))
+            vms.append(PlannedVm(spec.ref.vm_id, host, spec.flavor, spec.resources))
+            for g in (spec.zone_group, spec.zone_affinity_group):
+                if zone and g:
+                    zone_counts[(zone, g)] = fleet.zones.get((zone, g), ZoneCount())
+        hosts = [HeldHost(host, fleet.hosts[host].allocation, fleet.hosts[host].alloc_revision, held_room(room))
+                 for host, room in rooms.items()]
+        hold = Hold(spec0.ref.tenant, spec0.ref.project, plan, tuple(vms), now_ns() + hold_s * 1_000_000_000)
+        draft = audit_draft()
+        result = await self._holds.hold(hold, hosts, ttl_s=hold_s, live=fleet.plans, zone_counts=zone_counts,
+                                        also=await draft.writes(hold.name) if draft else ())
+        if not result.committed:
+            return None
+        if draft:
+            draft.committed()
+        log.info("plan held", extra={"plan": hold.name, "vms": len(vms), "hosts": len(hosts), "hold_s": hold_s,
+                                     "revision": result.revision})
+        return hold
+
+
+def _answer(specs: Sequence[VmSpec], placement: SetPlacement[int], *, quota_ok: bool,
+            headroom: Usage) -> vm_pb2.PlanVmsResponse:
+    placements = [vm_pb2.VmPlacement(vm=spec.ref.name) for spec in specs]
+    for i, host, _zone in placement.hosts or placement.partial:
+        placements[i].host = f"hosts/{host}"
+    for i, missed in placement.missing:
+        placements[i].filtered.update(missed.filtered)
+        placements[i].message = missed.message()
+    return vm_pb2.PlanVmsResponse(placements=placements, fits=quota_ok and placement.fits,
+                                  quota_headroom=usage_to_proto(headroom))
+
+
+def _writes_nothing() -> None:
+    """The call wrote nothing (no hold asked, or none made): no audit record either."""
+    draft = audit_draft()
+    if draft:
+        draft.dry_run()
+
+
+def _timestamp(ns: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(ns)
+    return ts
+
+
