@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from controlplane.api.errors import ApiError
 from controlplane.etcd import EtcdClient, ops
@@ -135,3 +136,36 @@ def test_create_vms_with_a_plan(system: LocalSystem, admin: Client) -> None:
     again = create_vms(admin, parent, [create("cp-0"), create("cp-1")], request_id="with-plan", **with_plan)
     assert again.set.name == set_name
     assert written(admin, parent) == (2, 2)
+
+
+def test_plan_vms_with_a_hold_then_its_create_lands_where_planned(system: LocalSystem, admin: Client) -> None:
+    """PlanVms holds room for three host-anti-affine VMs; CreateVms with that plan
+    binds each one on the host the plan named, and the hold is consumed."""
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    admin.create_project(name, tenant=TENANT)
+    parent = f"tenants/{TENANT}/projects/{name}"
+
+    def requests() -> list[vm_pb2.CreateVmRequest]:
+        return [vm_pb2.CreateVmRequest(vm_id=f"db-{i}", vm=vm_pb2.Vm(
+            flavor="small", image="ubuntu", anti_affinity_group="db")) for i in range(3)]
+
+    got = admin._call(admin._vms.PlanVms, vm_pb2.PlanVmsRequest(
+        parent=parent, requests=requests(), hold=duration_pb2.Duration(seconds=120)), timeout=60)
+    assert got.fits and got.plan.startswith(f"{parent}/plans/"), got
+    planned = {p.vm.rsplit("/", 1)[1]: p.host.removeprefix("hosts/") for p in got.placements}
+    assert len(set(planned.values())) == 3, planned
+    plan_id = got.plan.rsplit("/", 1)[1]
+    assert hold_exists(system, plan_id)
+    made = create_vms(admin, parent, requests(), mode=ALL_OR_NOTHING, plan=got.plan)
+
+    def hosts() -> dict[str, str] | None:
+        vm_set = admin._call(admin._vms.GetVmSet, vm_pb2.GetVmSetRequest(name=made.set.name))
+        if vm_set.state != vm_pb2.VmSet.PLACED:
+            return None
+        return {vm: admin._call(admin._vms.GetVm, vm_pb2.GetVmRequest(name=f"{parent}/vms/{vm}")).host
+                for vm in planned}
+
+    assert wait_until(hosts, timeout=60, message="the plan's set placed",
+                      seen=lambda: admin._call(admin._vms.GetVmSet,
+                                               vm_pb2.GetVmSetRequest(name=made.set.name))) == planned
+    assert not hold_exists(system, plan_id)
