@@ -63,6 +63,7 @@ from controlplane.store.errors import (
     EtagMismatch,
     HostFull,
     NotFound,
+    PlanEnded,
     RequestMismatch,
     RequestReplayed,
     StoreError,
@@ -371,7 +372,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         fingerprint = idempotency.set_fingerprint(
             [_fingerprint(one, m.spec)
              for m, one in zip(members, request.requests, strict=True)],
-            set_id=request.set_id, deadline_s=deadline_s)
+            set_id=request.set_id, deadline_s=deadline_s, plan=request.plan)
         draft = audit_draft()
         try:
             admitted = await self._sets.admit(vm_set, members, also=await draft.writes(ref.name) if draft else (),
@@ -706,6 +707,8 @@ def _create_error(err: StoreError, parent: str, request_id: str, name: str) -> e
     if isinstance(err, QuotaExceeded):
         return errors.resource_exhausted(str(err), "QUOTA_EXCEEDED",
                                          metadata={"project": parent, "dimensions": ",".join(err.dimensions)})
+    if isinstance(err, PlanEnded):
+        return errors.failed_precondition(str(err), "PLAN_EXPIRED")
     if isinstance(err, Conflict):
         return errors.aborted(str(err))
     return error_for_exception(err)

@@ -41,6 +41,11 @@ class EtagMismatch(Conflict):
     """The etag the caller gave is not the resource's: it changed since the caller read it."""
 
 
+class PlanEnded(StoreError):
+    """The plan whose held room a set was to be bound to has no hold any more (its
+    lease ended, or another set consumed it)."""
+
+
 class HostAlive(StoreError):
     """The host's agent still heartbeats: it cannot be forgotten."""
 

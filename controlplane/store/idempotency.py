@@ -77,13 +77,13 @@ def fingerprint(spec: VmSpec, *, chosen_id: bool, metadata: bytes = b"") -> byte
 SET_VERSION = b"vm-set-create-v1\0"
 
 
-def set_fingerprint(members: list[bytes], *, set_id: str, deadline_s: int) -> bytes:
+def set_fingerprint(members: list[bytes], *, set_id: str, deadline_s: int, plan: str = "") -> bytes:
     """SHA-256 of an all-or-nothing CreateVms: its members' :func:`fingerprint`s in
     request order, the set's id if the caller chose it (``set_id``, else "") and its
-    deadline in seconds. A retry with the set's request_id is one only if this is the
-    same. Pure."""
+    deadline in seconds, and the plan it names (none: as before plans existed). A retry
+    with the set's request_id is one only if this is the same. Pure."""
     digest = hashlib.sha256(SET_VERSION)
-    digest.update(json.dumps([set_id, deadline_s]).encode())
+    digest.update(json.dumps([set_id, deadline_s, plan] if plan else [set_id, deadline_s]).encode())
     for member in members:
         digest.update(member)
     return digest.digest()

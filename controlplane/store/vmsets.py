@@ -41,6 +41,7 @@ from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
     NotFound,
+    PlanEnded,
     RequestMismatch,
     RequestReplayed,
     StoreError,
@@ -123,6 +124,11 @@ def admission(keys: Keys, vm_set: VmSet, members: Sequence[Member], *, also: Seq
         writes.append(put)
         reads.append(ops.get(request_key))
         exclusive += (request_key,)
+    # A set made with a plan is admitted only while the plan's hold lasts (compared here,
+    # not only checked before: it may end in between); read last, for the failure branch.
+    for plan in sorted({m.spec.plan for m in members if m.spec.plan}):
+        compares.append(ops.present(keys.hold(plan)))
+        reads.append(ops.get(keys.hold(plan)))
     return Charge(delta, compares, [*writes, *also], reads, exclusive=exclusive)
 
 
@@ -235,6 +241,7 @@ class VmSetStore:
         if (unbindable := _bind_too_large(k, members, limit)) is not None:
             raise unbindable
         set_kvs: list[KeyValue] = []
+        ended: list[str] = []
         try:
             revision = await self._ledger.apply(ref.tenant, ref.project, charge)
             log.info("vm set admitted", extra={"tenant": ref.tenant, "project": ref.project, "vm_set": ref.set_id,
@@ -243,6 +250,9 @@ class VmSetStore:
                              revision, True)
         except GuardFailed as failed:
             set_kvs, request_kvs = failed.kvs[0], (failed.kvs[1] if request else [])
+            plans = sorted({m.spec.plan for m in members if m.spec.plan})
+            ended = [plan for plan, kvs in zip(plans, failed.kvs[len(failed.kvs) - len(plans):], strict=True)
+                     if not kvs]
         except (QuotaExceeded, ProjectDeleting):
             if not request:
                 raise
@@ -255,6 +265,8 @@ class VmSetStore:
             return await self._retried(vm_set, request_kvs[0], fingerprint)
         if set_kvs:
             raise AlreadyExists(ref.name)
+        if ended:
+            raise PlanEnded(f"the hold of plan {ended[0]} ended before the set was admitted; plan again")
         taken = await self._taken([m.spec.ref for m in members])
         if taken is not None:
             raise AlreadyExists(taken.name)

@@ -258,3 +258,31 @@ def test_sets_and_single_creates_share_group_commits_within_the_limit(etcd_endpo
             assert usage == Usage.of_vm(SIZE, 600 + 3 * most)
 
     run(main())
+
+
+def test_a_set_made_with_a_plan_is_admitted_only_while_the_plan_is_held(etcd_endpoint: str, root: str) -> None:
+    """The plan's hold is compared in the admission txn, not only checked before it: a
+    hold that ends between the frontend's check and the admission admits nothing."""
+    from dataclasses import replace
+
+    from controlplane.store.errors import PlanEnded
+
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            keys = Keys(root)
+            _vms, sets = await setup(client, keys)
+            vm_set, members = make_set(2, request_id="planned")
+            members = [Member(replace(m.spec, plan="plan-0123456789abcdef"), m.bootstrap) for m in members]
+            lease, _ttl = await client.grant(60)
+            await client.put(keys.hold("plan-0123456789abcdef"), b"held", lease=lease)
+            await client.revoke(lease)  # the hold ends (as its lease would) after the check
+            before = await stored(client, root)
+            with pytest.raises(PlanEnded):
+                await sets.admit(vm_set, members, fingerprint=fingerprint(members))
+            assert await stored(client, root) == before
+            # Held: admitted.
+            await client.put(keys.hold("plan-0123456789abcdef"), b"held")
+            admitted = await sets.admit(vm_set, members, fingerprint=fingerprint(members))
+            assert admitted.created and [r.spec.plan for r in admitted.vms] == ["plan-0123456789abcdef"] * 2
+
+    run(main())
