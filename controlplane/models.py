@@ -306,7 +306,7 @@ class VmSpec:
         return f"{self.ref.tenant}/{self.ref.project}/{self.affinity_group}"
 
     def to_proto(self) -> rec.VmSpec:
-        return rec.VmSpec(
+        m = rec.VmSpec(
             tenant=self.ref.tenant, project=self.ref.project, vm_id=self.ref.vm_id, uid=self.uid,
             flavor=self.flavor, image=self.image, labels=dict(self.labels),
             vcpus=self.resources.vcpus, memory_mib=self.resources.memory_mib,
@@ -315,12 +315,25 @@ class VmSpec:
             node_selector=dict(self.node_selector), anti_affinity_group=self.anti_affinity_group,
             restart_policy=int(self.restart_policy), anti_affinity_scope=int(self.anti_affinity_scope),
             affinity_group=self.affinity_group, affinity_scope=int(self.affinity_scope),
-            power=int(self.power), power_off_mode=int(self.power_off_mode),
-            power_off_grace_s=self.power_off_grace_s, power_time_ns=self.power_time_ns, restarts=self.restarts,
-            restart_request_id=self.restart_request_id, power_policy=int(self.power_policy),
-            bootstrap=self.bootstrap.to_proto() if self.bootstrap is not None else None, vm_set=self.vm_set,
-            plan=self.plan,
         )
+        # The fields most VMs leave at their defaults are set only when not (the spec is
+        # built for every copy on the create and bind paths; proto3 omits defaults anyway).
+        if self.power_time_ns or self.restarts or self.power or self.power_off_mode \
+                or self.power_off_grace_s != DEFAULT_STOP_GRACE_S:
+            m.power, m.power_off_mode, m.power_time_ns, m.restarts = (
+                int(self.power), int(self.power_off_mode), self.power_time_ns, self.restarts)
+            # 0 is read back as the default grace: stored only when another.
+            m.power_off_grace_s = self.power_off_grace_s if self.power_off_grace_s != DEFAULT_STOP_GRACE_S else 0
+            m.restart_request_id = self.restart_request_id
+        if self.power_policy:
+            m.power_policy = int(self.power_policy)
+        if self.bootstrap is not None:
+            m.bootstrap.CopyFrom(self.bootstrap.to_proto())
+        if self.vm_set:
+            m.vm_set = self.vm_set
+        if self.plan:
+            m.plan = self.plan
+        return m
 
     @classmethod
     def from_proto(cls, m: rec.VmSpec) -> VmSpec:

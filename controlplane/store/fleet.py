@@ -30,31 +30,42 @@ def snapshot_of(record: HostRecord, live: Container[str] = ()) -> HostSnapshot:
     """The placement view of a host record. Allocatable capacity is the registration's
     raw capacity times its overcommit setting (:meth:`HostRegistration.allocatable`,
     the one place a ratio is applied). The room held by ``live`` plans counts as
-    allocated (:func:`with_holds`); by default no plan is live (holds count for nothing)."""
+    allocated (:func:`allocated`); by default no plan is live (holds count for nothing)."""
     reg = record.registration
-    return with_holds(HostSnapshot(
+    resources, vm_count, groups = allocated(record.allocation, live)
+    return HostSnapshot(
         host_id=record.host,
         ready=record.ready and not record.dead,  # a dead host takes nothing until its marker is lifted
         capacity=reg.capacity if reg else Resources(),
-        allocated=Resources(),
+        allocated=resources,
+        vm_count=vm_count,
         labels=dict(reg.labels) if reg else {},
         alloc_revision=record.alloc_revision,
         maintenance=record.maintenance,
         allocatable=reg.allocatable if reg else Resources(),
-    ), record.allocation, record.alloc_revision, live)
+        groups=groups,
+    )
 
 
 def with_holds(snapshot: HostSnapshot, allocation: HostAllocation, revision: int,
                live: Container[str]) -> HostSnapshot:
     """``snapshot`` with ``allocation`` (at ``revision``) as what is allocated, plus the
-    room the ``live`` plans among its holds take (resources, VM count, host groups:
-    :func:`holds.held_total`)."""
+    room the ``live`` plans among its holds take (:func:`allocated`)."""
+    resources, vm_count, groups = allocated(allocation, live)
+    return replace(snapshot, allocated=resources, vm_count=vm_count, groups=groups, alloc_revision=revision)
+
+
+def allocated(allocation: HostAllocation, live: Container[str]) -> tuple[Resources, int, Mapping[str, int]]:
+    """What placement counts as taken on a host: ``allocation``'s resources, VM count and
+    host groups, plus the room the ``live`` plans among its holds take
+    (:func:`holds.held_total`). Without holds (nearly always) the allocation's own."""
+    if not allocation.holds:
+        return allocation.resources, allocation.vm_count, allocation.groups
     held = holds.held_total(allocation.holds, live)
     groups = dict(allocation.groups)
     for group, n in held.groups.items():
         groups[group] = groups.get(group, 0) + n
-    return replace(snapshot, allocated=allocation.resources + held.resources,
-                   vm_count=allocation.vm_count + held.vm_count, groups=groups, alloc_revision=revision)
+    return allocation.resources + held.resources, allocation.vm_count + held.vm_count, groups
 
 
 @dataclass(frozen=True, slots=True)
