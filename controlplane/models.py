@@ -593,16 +593,17 @@ class HostAllocation:
 
     def to_bytes(self) -> bytes:
         r = self.resources
-        return rec.HostAllocation(vcpus=r.vcpus, memory_mib=r.memory_mib, disk_gib=r.disk_gib,
-                                  vm_count=self.vm_count, groups=dict(self.groups),
-                                  holds={plan: room.to_proto() for plan, room in self.holds.items()}
-                                  ).SerializeToString()
+        m = rec.HostAllocation(vcpus=r.vcpus, memory_mib=r.memory_mib, disk_gib=r.disk_gib,
+                               vm_count=self.vm_count, groups=dict(self.groups))
+        for plan, room in self.holds.items():  # (written on every bind: nothing to do without holds)
+            m.holds[plan].CopyFrom(room.to_proto())
+        return m.SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HostAllocation:
         m = rec.HostAllocation.FromString(data)
-        return cls(Resources(m.vcpus, m.memory_mib, m.disk_gib), m.vm_count, dict(m.groups),
-                   {plan: HeldRoom.from_proto(room) for plan, room in m.holds.items()})
+        holds = {plan: HeldRoom.from_proto(room) for plan, room in m.holds.items()} if m.holds else {}
+        return cls(Resources(m.vcpus, m.memory_mib, m.disk_gib), m.vm_count, dict(m.groups), holds)
 
 
 @dataclass(frozen=True, slots=True)

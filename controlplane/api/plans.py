@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 HOLD_ATTEMPTS = 3
 #: The scheduler's default scorer (SchedulerConfig: spread, image locality 0.5).
 SCORER = policy("spread", image_locality_weight=0.5)
+#: How old the fleet validate_only places on may be (seconds).
+RECENT_S = 1.0
 
 
 class Planner:
@@ -56,19 +59,29 @@ class Planner:
         self._fleet = FleetStore(store.client, store.keys)
         self._holds = HoldStore(store.client, store.keys)
         self._rng = random.Random()
+        self._recent: tuple[float, Fleet] | None = None  # validate_only's fleet, read at (monotonic)
 
-    async def place(self, specs: Sequence[VmSpec]) -> tuple[Fleet, SetPlacement[int]]:
-        """``specs`` placed together on the fleet as it is now (keys: their indexes);
-        nothing assumed stays anywhere (the view is this call's own)."""
-        fleet = await self._fleet.read()
+    async def place(self, specs: Sequence[VmSpec], *, fleet: Fleet | None = None) -> tuple[Fleet, SetPlacement[int]]:
+        """``specs`` placed together on ``fleet`` (default: the fleet as it is now; keys:
+        their indexes); nothing assumed stays anywhere (the view is this call's own)."""
+        fleet = fleet or await self._fleet.read()
         view, counts = fleet.view()
         members = [member_of(i, spec, counts) for i, spec in enumerate(specs)]
         return fleet, place_set(members, view, counts, rng=self._rng, scorer=SCORER)
 
+    async def _recent_fleet(self) -> Fleet:
+        """The fleet as read at most RECENT_S ago: validate_only's hosts are advice, and a
+        create with validate_only must not cost a read of every host each time."""
+        now = time.monotonic()
+        if self._recent is None or now - self._recent[0] > RECENT_S:
+            self._recent = (now, await self._fleet.read())
+        return self._recent[1]
+
     async def hosts(self, specs: Sequence[VmSpec]) -> list[str]:
         """Per spec, the host it would be placed on now with the specs before it
-        placed ("": none fits): validate_only's answer. Writes nothing."""
-        _fleet, placement = await self.place(specs)
+        placed ("": none fits): validate_only's answer, on a fleet read at most
+        RECENT_S ago. Writes nothing."""
+        _fleet, placement = await self.place(specs, fleet=await self._recent_fleet())
         hosts = [""] * len(specs)
         for i, host, _zone in placement.hosts or placement.partial:
             hosts[i] = host
@@ -90,12 +103,17 @@ class Planner:
             for spec, present in zip(specs, taken, strict=True):
                 if present:
                     raise errors.already_exists("vm", spec.ref.name)
-            refusal = refuse(record, parent, usage, total)
+            fleet, placement = await self.place(specs)
+            # The project's live holds count against its quota here, so that plans cannot
+            # hold more of the fleet than the project may use (a create from a plan then
+            # charges its VMs as any create, and its hold ends).
+            holding = sum((Usage.of_vm(vm.resources) for h in fleet.plans.values()
+                           if (h.tenant, h.project) == (tenant, project) for vm in h.vms), Usage())
+            refusal = refuse(record, parent, usage + holding, total)
             if isinstance(refusal, ProjectDeleting):
                 raise errors.failed_precondition(str(refusal), "PROJECT_DELETING", metadata={"project": parent})
-            fleet, placement = await self.place(specs)
             answer = _answer(specs, placement, quota_ok=refusal is None,
-                             headroom=record.quota.headroom(usage + total))
+                             headroom=record.quota.headroom(usage + holding + total))
             if not hold_s or not answer.fits:
                 _writes_nothing()
                 return answer
