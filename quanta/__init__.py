@@ -46,7 +46,7 @@ from quanta.errors import (
     VmSetFailed,
     WaitTimeout,
 )
-from quanta.outcomes import CreatedVms, VmOutcome
+from quanta.outcomes import CreatedVms, PlannedVms, VmOutcome, VmPlacement
 
 try:
     __version__ = version("quanta")
@@ -56,7 +56,7 @@ except PackageNotFoundError:  # a checkout on sys.path without an install
 __all__ = [
     "Aborted", "AlreadyExists", "ApiError", "Cancelled", "Client", "ConfigError", "Conflict", "CreatedVms",
     "DeadlineExceeded",
-    "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "OutOfRange", "PermissionDenied",
+    "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "OutOfRange", "PermissionDenied", "PlannedVms",
     "QuantaError", "QuotaExceeded", "RateLimited", "ResourceExhausted", "Unauthenticated", "Unavailable",
-    "Unimplemented", "Unreachable", "VmOutcome", "VmSetFailed", "WaitTimeout", "__version__", "aio",
+    "Unimplemented", "Unreachable", "VmOutcome", "VmPlacement", "VmSetFailed", "WaitTimeout", "__version__", "aio",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from controlplane.gen.quanta.v1 import (
 )
 from quanta import config
 from quanta.errors import ConfigError, QuantaError, from_rpc_error
-from quanta.outcomes import CreatedVms
+from quanta.outcomes import CreatedVms, PlannedVms
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -74,7 +75,10 @@ STUBS: dict[str, Callable[[Any], Any]] = {
 #: refused, as retried CreateVms would; ALL_OR_NOTHING, the set's request_id (which
 #: covers its members: the server refuses theirs), so a retry returns the same set
 #: and VMs, never a second set. A CreateVms sent by other means without those ids
-#: must not be retried blindly. Creates of other resources take no request_id the server honours, and
+#: must not be retried blindly. PlanVms is not here: with a hold it writes and carries no
+#: idempotency key (a retry could hold the room twice), and the channel's policy is per
+#: method; :meth:`Calls.plan_vms` without a hold has the client retry it itself
+#: (:attr:`Unary.attempts`). Creates of other resources take no request_id the server honours, and
 #: a retried DestroyOrphan would find its record gone (NOT_FOUND): not retried.
 #:
 #: The VM verbs of issue 12: StartVm and StopVm set the desired power state, so a
@@ -103,8 +107,25 @@ RETRIED: dict[str, tuple[str, ...]] = {
 
 #: Attempts in all (the first and three retries, as the SDK did by hand before), with
 #: exponential backoff from 0.1 s (gRPC randomises each pause below its bound).
-RETRY_POLICY = {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2,
+RETRY_ATTEMPTS = 4
+RETRY_BACKOFF_S = (0.1, 2.0)  # the first pause's bound, the largest bound
+RETRY_POLICY = {"maxAttempts": RETRY_ATTEMPTS, "initialBackoff": f"{RETRY_BACKOFF_S[0]}s",
+                "maxBackoff": f"{RETRY_BACKOFF_S[1]}s", "backoffMultiplier": 2,
                 "retryableStatusCodes": ["UNAVAILABLE"]}
+
+
+def retry_pause(err: grpc.RpcError, attempt: int, attempts: int, left_s: float, *,
+                rng: Callable[[], float] = random.random) -> float | None:
+    """How long to pause before attempt ``attempt + 1`` of a call the client retries
+    itself (:attr:`Unary.attempts`) after ``err``, with ``left_s`` seconds of its
+    deadline left; None when it must not be retried: not UNAVAILABLE, the attempts
+    used up, or no time left. The backoff is :data:`RETRY_POLICY`'s, randomised below
+    its bound as gRPC does."""
+    if err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= attempts:
+        return None
+    bound = min(RETRY_BACKOFF_S[0] * 2 ** (attempt - 1), RETRY_BACKOFF_S[1])
+    pause = bound * rng()
+    return pause if pause < left_s else None
 
 
 def service_config() -> str:
@@ -137,6 +158,10 @@ class Unary(Generic[R]):
     request: Message = field(repr=False)  # a CreateVm's holds bootstrap data: never in a repr
     timeout: float | None = None
     parse: Callable[[Any], R] = field(default=_same)
+    #: Attempts the client makes itself on UNAVAILABLE (see :func:`retry_pause`), for a
+    #: method the channel does not retry because only some of its requests are safe
+    #: to repeat (PlanVms without a hold); 1 for every other call.
+    attempts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +352,7 @@ class Calls:
 
     def create_vms(self, vms: Sequence[Mapping[str, Any]], *, all_or_nothing: bool = False,
                    set_id: str = "", deadline: float | None = None, validate_only: bool = False,
-                   request_id: str | None = None) -> Unary[CreatedVms]:
+                   request_id: str | None = None, plan: str = "") -> Unary[CreatedVms]:
         """Create up to 1,000 VMs in one call. Each of ``vms`` is a mapping of the
         keyword arguments :meth:`create_vm` takes, ``vm_id`` among them (e.g.
         ``{"vm_id": "web-1", "flavor": "small", "image": "ubuntu", "user_data": ...}``).
@@ -347,16 +372,73 @@ class Calls:
         ...). The set's ``request_id`` (generated if not given) covers its members,
         which carry none: a retry returns the same set and VMs.
 
+        ``plan`` (all_or_nothing only): a plan :meth:`plan_vms` held for these same
+        VMs (ids and flavors; its id, ``plans/ID`` or full name): the set is bound
+        to the room it holds, on the hosts it planned. FailedPrecondition with reason
+        PLAN_EXPIRED once its hold has ended (plan again), PLAN_MISMATCH for other
+        VMs; nothing is written then.
+
         ``validate_only``: check everything (quota included), write nothing.
         Idempotent either way, so the channel retries it (see :data:`RETRIED`).
         TypeError for an unknown keyword in a VM (naming it); ValueError as
-        :meth:`create_vm`, for no VMs, for ``set_id``, ``deadline`` or ``request_id``
-        without ``all_or_nothing``, and for a member's request_id with it."""
-        if not vms:
-            raise ValueError("create_vms: give at least one VM")
-        if not all_or_nothing and (set_id or deadline is not None or request_id):
-            raise ValueError("create_vms: set_id, deadline and request_id are an all_or_nothing set's "
+        :meth:`create_vm`, for no VMs, for ``set_id``, ``deadline``, ``request_id``
+        or ``plan`` without ``all_or_nothing``, and for a member's request_id with it."""
+        if not all_or_nothing and (set_id or deadline is not None or request_id or plan):
+            raise ValueError("create_vms: set_id, deadline, request_id and plan are an all_or_nothing set's "
                              "(each independent VM takes its own request_id)")
+        requests = self._creates("create_vms", vms, set_members=all_or_nothing)
+        if all_or_nothing:
+            request = vm_pb2.CreateVmsRequest(
+                parent=self.parent, requests=requests, mode=vm_pb2.CreateVmsRequest.ALL_OR_NOTHING, set_id=set_id,
+                deadline=_duration(deadline), request_id=request_id or uuid.uuid4().hex, validate_only=validate_only,
+                plan=self.plan_name(plan) if plan else "")
+        else:
+            request = vm_pb2.CreateVmsRequest(parent=self.parent, requests=requests,
+                                              mode=vm_pb2.CreateVmsRequest.INDEPENDENT, validate_only=validate_only)
+        names = [f"{self.parent}/vms/{r.vm_id}" if r.vm_id else "" for r in requests]
+        return Unary(VMS, "CreateVms", request, timeout=self._long() if len(requests) > BIG_BATCH else None,
+                     parse=lambda response: CreatedVms.of(response, names, raise_refusal=all_or_nothing))
+
+    def plan_vms(self, vms: Sequence[Mapping[str, Any]], *, hold: float | None = None) -> Unary[PlannedVms]:
+        """Where ``vms`` (as :meth:`create_vms` takes them, each with its ``vm_id``)
+        would be placed now, all together, as an all_or_nothing set is placed:
+        returns a :class:`PlannedVms` (per VM its host, or which filters removed how
+        many hosts; ``fits``; the project's ``quota_headroom`` after the set).
+
+        ``hold`` (seconds, at most 600; None or 0: none): when the set fits, its room
+        is reserved for that long under a lease and the answer names a ``plan`` (and
+        its ``expire_time``): ``create_vms(the same vms, all_or_nothing=True,
+        plan=...)`` is then guaranteed that room while the hold lasts, and no other
+        placement takes it. Nothing is held when the set does not fit. An unused
+        hold ends by itself.
+
+        Without ``hold`` it writes nothing and is retried on UNAVAILABLE, as a read.
+        With one it is NOT retried: the call carries no idempotency key, so a retry of
+        an attempt whose answer was lost would hold the room a second time (the
+        first hold, unknown to the caller, would keep it from others until it
+        expired). The caller sees Unavailable and may plan again.
+
+        Raises NotFound (no such project), AlreadyExists (a VM id is taken),
+        InvalidArgument (a bad VM, naming it); TypeError / ValueError as
+        :meth:`create_vms` with all_or_nothing, and ValueError for a VM without a
+        vm_id or a negative ``hold``."""
+        if hold is not None and hold < 0:
+            raise ValueError(f"plan_vms: hold must be 0 or more seconds, not {hold}")
+        requests = self._creates("plan_vms", vms, set_members=True)
+        if missing := [i for i, r in enumerate(requests) if not r.vm_id]:
+            raise ValueError(f"plan_vms: vms[{missing[0]}]: give a vm_id (a plan names its VMs)")
+        request = vm_pb2.PlanVmsRequest(parent=self.parent, requests=requests,
+                                        hold=_duration(hold) if hold else None)
+        return Unary(VMS, "PlanVms", request, timeout=self._long() if len(requests) > BIG_BATCH else None,
+                     parse=PlannedVms.of, attempts=1 if hold else RETRY_ATTEMPTS)
+
+    def _creates(self, call: str, vms: Sequence[Mapping[str, Any]], *,
+                 set_members: bool) -> list[vm_pb2.CreateVmRequest]:
+        """Each of ``vms`` built by :func:`create_vm_request` (parent left empty: the
+        call's); ``set_members``: the VMs of an all-or-nothing set or a plan, which
+        carry no request_id (ValueError for one given). Errors name the VM."""
+        if not vms:
+            raise ValueError(f"{call}: give at least one VM")
         requests = []
         for index, spec in enumerate(vms):
             fields = dict(spec)
@@ -366,25 +448,23 @@ class Calls:
             if unknown:
                 raise TypeError(f"{where}: unknown field(s) {', '.join(unknown)}; "
                                 f"known: vm_id, {', '.join(sorted(CREATE_VM_FIELDS))}")
-            if all_or_nothing and fields.get("request_id"):
+            if set_members and fields.get("request_id"):
                 raise ValueError(f"{where}: request_id: the set's request_id covers its members; give none")
             try:
                 one = create_vm_request("", vm_id, **fields)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"{where}: {err}") from None
-            if all_or_nothing:
+            if set_members:
                 one.request_id = ""
             requests.append(one)
-        if all_or_nothing:
-            request = vm_pb2.CreateVmsRequest(
-                parent=self.parent, requests=requests, mode=vm_pb2.CreateVmsRequest.ALL_OR_NOTHING, set_id=set_id,
-                deadline=_duration(deadline), request_id=request_id or uuid.uuid4().hex, validate_only=validate_only)
-        else:
-            request = vm_pb2.CreateVmsRequest(parent=self.parent, requests=requests,
-                                              mode=vm_pb2.CreateVmsRequest.INDEPENDENT, validate_only=validate_only)
-        names = [f"{self.parent}/vms/{r.vm_id}" if r.vm_id else "" for r in requests]
-        return Unary(VMS, "CreateVms", request, timeout=self._long() if len(requests) > BIG_BATCH else None,
-                     parse=lambda response: CreatedVms.of(response, names, raise_refusal=all_or_nothing))
+        return requests
+
+    def plan_name(self, plan: str) -> str:
+        """``plan-1f..``, ``plans/plan-1f..`` (as ``-o name`` prints) → the plan's full
+        name in this client's project; a full name is kept."""
+        if plan.startswith("tenants/"):
+            return plan
+        return f"{self.parent}/plans/{plan.removeprefix('plans/')}"
 
     def vm_set_name(self, set_id: str) -> str:
         """``cp`` or ``vmSets/cp`` (as ``-o name`` prints) → the set's full name; a full name is kept."""

@@ -17,6 +17,7 @@ same client for asyncio.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -42,6 +43,7 @@ from quanta.calls import (
     Stream,
     Unary,
     named,
+    retry_pause,
 )
 from quanta.config import DEFAULT_ENDPOINT, local_state_path, settings
 from quanta.waits import DrainWait, VmSetWait, VmsWait, VmWait
@@ -149,8 +151,21 @@ class Client(ClientBase):
 
     # How calls are carried out: the only part the asyncio client does differently.
     def _unary(self, call: Unary[R]) -> R:
-        return call.parse(self._call(getattr(self._stubs[call.service], call.method), call.request,
-                                     timeout=call.timeout))
+        method = getattr(self._stubs[call.service], call.method)
+        if call.attempts == 1:
+            return call.parse(self._call(method, call.request, timeout=call.timeout))
+        deadline = time.monotonic() + (call.timeout or self.timeout)
+        for attempt in itertools.count(1):
+            try:
+                response = method(call.request, timeout=max(deadline - time.monotonic(), 0.001))
+            except grpc.RpcError as err:
+                pause = retry_pause(err, attempt, call.attempts, deadline - time.monotonic())
+                if pause is None:
+                    raise self._error(err) from None
+                time.sleep(pause)
+                continue
+            return call.parse(response)
+        raise AssertionError("unreachable")
 
     def _call(self, method: Any, request: Any, *, timeout: float | None = None) -> Any:
         """``method`` (a raw stub's) with ``request`` within ``timeout`` (default: the
@@ -184,6 +199,7 @@ class Client(ClientBase):
     # VMs
     create_vm = unary(Calls.create_vm)
     create_vms = unary(Calls.create_vms)
+    plan_vms = unary(Calls.plan_vms)
     get_vm_set = unary(Calls.get_vm_set)
     get_vm = unary(Calls.get_vm)
     list_vms = pages(Calls.list_vms)

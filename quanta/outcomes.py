@@ -1,17 +1,21 @@
-"""What a CreateVms call answered, read once for both clients and the CLI.
+"""What a CreateVms or PlanVms call answered, read once for both clients and the CLI.
 
 :class:`CreatedVms` holds one :class:`VmOutcome` per VM asked for, in the order
-asked, and the set (ALL_OR_NOTHING). Pure: built from the response message.
+asked, and the set (ALL_OR_NOTHING); :class:`PlannedVms` one :class:`VmPlacement`
+per VM planned, whether the set fits, the quota headroom and the held plan. Pure:
+built from the response message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import grpc
 
-from controlplane.gen.quanta.v1 import vm_pb2
+from controlplane.gen.quanta.v1 import tenancy_pb2, vm_pb2
 from quanta.errors import QuantaError, error_class
 
 #: google.rpc.Code numbers → grpc.StatusCode (a result carries the number).
@@ -103,3 +107,80 @@ class CreatedVms:
 
     def __len__(self) -> int:
         return len(self.outcomes)
+
+
+#: The quota dimensions a headroom has, in the order shown.
+DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib")
+#: What the API sends for a dimension without a limit (int64's largest).
+UNLIMITED = 2**63 - 1
+
+
+def headroom(usage: tenancy_pb2.ResourceUsage) -> Mapping[str, int | None]:
+    """A PlanVmsResponse's quota_headroom: dimension → what is left once the set is
+    made (negative: short by that much), None where there is no limit."""
+    return MappingProxyType({d: None if getattr(usage, d) == UNLIMITED else getattr(usage, d) for d in DIMENSIONS})
+
+
+@dataclass(frozen=True, slots=True)
+class VmPlacement:
+    """One VM of a plan: ``name`` (its full name), ``host`` (the host's id, as
+    ``Vm.host`` names it, e.g. ``sim-00003``; "" when it fits nowhere with the others
+    placed), and when it fits nowhere ``filtered`` (filter → hosts it removed, e.g.
+    ``{"ZoneAntiAffinity": 6}``) and ``message`` (why, for people)."""
+
+    name: str
+    host: str
+    filtered: Mapping[str, int]
+    message: str = ""
+
+    @property
+    def placed(self) -> bool:
+        return bool(self.host)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedVms:
+    """The answer of ``plan_vms``: ``placements`` (one per VM, in the order asked),
+    ``fits`` (every VM at once, quota and hosts), ``quota_headroom`` (see
+    :func:`headroom`), and for a hold that was made ``plan`` (its full name, what
+    ``create_vms(plan=...)`` takes) and ``expire_time`` (when the hold ends, UTC);
+    ``response``: the PlanVmsResponse as received. A plan that fits may still show a
+    VM placed where another placement then takes the room, unless it was held."""
+
+    placements: tuple[VmPlacement, ...]
+    fits: bool
+    quota_headroom: Mapping[str, int | None]
+    plan: str
+    expire_time: datetime.datetime | None
+    response: vm_pb2.PlanVmsResponse
+
+    @classmethod
+    def of(cls, response: vm_pb2.PlanVmsResponse) -> PlannedVms:
+        placements = tuple(VmPlacement(p.vm, p.host.removeprefix("hosts/"), MappingProxyType(dict(p.filtered)),
+                                       p.message) for p in response.placements)
+        expire = (response.expire_time.ToDatetime(tzinfo=datetime.UTC)
+                  if response.plan and response.HasField("expire_time") else None)
+        return cls(placements, response.fits, headroom(response.quota_headroom), response.plan, expire, response)
+
+    @property
+    def held(self) -> bool:
+        """Whether its room is held (a plan was made)."""
+        return bool(self.plan)
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """VM name → host id, for the VMs placed."""
+        return {p.name: p.host for p in self.placements if p.host}
+
+    @property
+    def unplaced(self) -> list[VmPlacement]:
+        """The VMs that fit nowhere (with the others placed)."""
+        return [p for p in self.placements if not p.host]
+
+    @property
+    def quota_short(self) -> dict[str, int]:
+        """The dimensions the set would exceed the quota in, and by how much."""
+        return {d: -v for d, v in self.quota_headroom.items() if v is not None and v < 0}
+
+    def __len__(self) -> int:
+        return len(self.placements)

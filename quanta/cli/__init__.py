@@ -6,6 +6,7 @@
     quanta scheduler shards               who owns each scheduler shard
     quanta vm create|get|list|watch|delete|start|stop|restart|resize|update
     quanta vm create-many -f FILE [--all-or-nothing] [--wait]   many VMs in one call; vm set get SET
+    quanta vm create-many -f FILE --plan [--hold 60s]   where they would go; --from-plan PLAN creates them there
     quanta host list|get|maintenance|drain|delete
     quanta host orphans [HOST] | orphans adopt|destroy HOST UID
     quanta backup create|restore FILE     an etcd snapshot with its checksum; restore one

@@ -72,6 +72,8 @@ FLAGS: Mapping[str, str] = {
     "update_mask": "--label/--flavor",
     "grace": "--grace",
     "mode": "--hard",
+    "plan": "--from-plan",
+    "hold": "--hold",
 }
 
 #: Patterns the API quotes in violations, and the rule they stand for.

@@ -7,6 +7,7 @@ import pathlib
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -14,7 +15,7 @@ from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import auth_pb2, common_pb2, vm_pb2
 from quanta.cli import manifest, views
 from quanta.cli.errors import FLAGS, CliError, describe, guarded
-from quanta.cli.output import FORMATS, Printer, Section, plural, short_name
+from quanta.cli.output import FORMATS, Printer, Section, last_id, plural, short_name
 from quanta.cli.waiting import (
     as_desired,
     failed,
@@ -228,7 +229,10 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
                     "see `quanta.cli.manifest` or the README). Each VM is created or refused on its own, unless "
                     "--all-or-nothing: then they form a set, admitted against the quota as a whole and placed "
                     "in one transaction or not at all (until --deadline, then the set FAILS and its VMs are "
-                    "removed). Prints each VM's outcome; exits 1 if any was refused or the wait failed.")
+                    "removed). Prints each VM's outcome; exits 1 if any was refused or the wait failed. "
+                    "--plan creates nothing: it shows where each VM would go now (all together), whether the "
+                    "set fits and the quota it leaves, and exits 1 if it does not fit; with --hold it also "
+                    "holds that room and names a plan, which --from-plan then creates the set on.")
     many.add_argument("-f", "--file", required=True, metavar="FILE",
                       help="the YAML file (user_data_file, ignition_file, ssh_key_files relative to it)")
     many.add_argument("--all-or-nothing", action="store_true",
@@ -243,6 +247,17 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
     many.add_argument("--request-id", default=None,
                       help="with --all-or-nothing: the set's idempotency key (the same call with the same key "
                            "makes one set; default: random). Independent VMs take theirs in the file")
+    many.add_argument("--plan", action="store_true",
+                      help="create nothing: show where each VM would be placed now, all together (as "
+                           "--all-or-nothing places them), or which filters ruled out how many hosts; whether "
+                           "the set fits and the project's quota left after it. Exits 1 if it does not fit")
+    many.add_argument("--hold", type=duration, default=None, metavar="DURATION",
+                      help="with --plan: hold the room found for this long (e.g. 60s; at most 10m) and print "
+                           "the plan's name, for --from-plan; nothing is held if the set does not fit")
+    many.add_argument("--from-plan", default="", metavar="PLAN",
+                      help="create the set on the room a `--plan --hold` held (plan-..., plans/plan-... or its "
+                           "full name), for the same file; implies --all-or-nothing. Fails (PLAN_EXPIRED) once "
+                           "the hold has ended")
     add_wait(many, "every VM is RUNNING with its address (STOPPED if created stopped), with a bar of how many "
                    "are placed and running")
     vm_set = sub.add_parser("set", parents=[common], help="VM sets made by create-many --all-or-nothing")
@@ -362,6 +377,15 @@ def main(kind: str, argv: list[str]) -> None:
             parser.error(f"NAME {args.name_arg!r} and --name {args.name!r} differ; give one")
         args.name = vm_id(args.name_arg or args.name or "")
     if kind == "vm" and args.verb == "create-many":
+        if args.hold is not None and not args.plan:
+            parser.error("--hold holds the room a --plan finds: give --plan with it")
+        if args.plan and (given := [flag for flag, value in (
+                ("--from-plan", args.from_plan), ("--validate-only", args.validate_only), ("--wait", args.wait),
+                ("--set-id", args.set_id), ("--deadline", args.deadline is not None),
+                ("--request-id", args.request_id)) if value]):
+            parser.error(f"--plan creates nothing: leave out {', '.join(given)}")
+        if args.from_plan:
+            args.all_or_nothing = True  # a plan holds room for a set
         if not args.all_or_nothing and (args.set_id or args.deadline is not None or args.request_id):
             parser.error("--set-id, --deadline and --request-id are an --all-or-nothing set's "
                          "(each independent VM takes its own request_id in the file)")
@@ -577,13 +601,16 @@ def _create_many(args, client: Client, printer: Printer) -> None:
         raise CliError(f"{args.file}: {err}", exit_code=2) from None
     except OSError as err:
         raise CliError(f"-f: cannot read {args.file}: {err.strerror or err}", exit_code=2) from None
-    if args.all_or_nothing and (named := [vm["vm_id"] for vm in wanted.vms if vm.get("request_id")]):
+    if (args.all_or_nothing or args.plan) and (named := [vm["vm_id"] for vm in wanted.vms if vm.get("request_id")]):
         raise CliError(f"{args.file}: request_id ({', '.join(named)}): a set's members take none; "
-                       "give the set's with --request-id", exit_code=2)
+                       + ("a plan's neither" if args.plan else "give the set's with --request-id"), exit_code=2)
+    if args.plan:
+        _plan(args, client, printer, wanted.vms)
+        return
     try:
         created = client.create_vms(wanted.vms, all_or_nothing=args.all_or_nothing, set_id=args.set_id,
                                     deadline=args.deadline, validate_only=args.validate_only,
-                                    request_id=args.request_id)
+                                    request_id=args.request_id, plan=args.from_plan)
     except (TypeError, ValueError) as err:  # a VM the SDK cannot build (e.g. an unknown enum value)
         raise CliError(f"{args.file}: {err}", exit_code=2) from None
     response = vm_pb2.CreateVmsResponse()
@@ -623,6 +650,32 @@ def _create_many(args, client: Client, printer: Printer) -> None:
                        + (f"; {problem}" if problem else ""))
     if problem:
         raise CliError(problem)
+
+
+def _plan(args, client: Client, printer: Printer, vms: list[dict[str, Any]]) -> None:
+    """``vm create-many -f FILE --plan [--hold D]``: one PlanVms; each VM's host or why
+    it fits nowhere, whether the set fits, the quota headroom and (held) the plan's
+    name and end, in the ``-o`` format (json/yaml: the answer itself; name: the held
+    plan). Exit 1 when the set does not fit (nothing held then)."""
+    try:
+        planned = client.plan_vms(vms, hold=args.hold)
+    except (TypeError, ValueError) as err:
+        raise CliError(f"{args.file}: {err}", exit_code=2) from None
+    if printer.output in ("json", "yaml"):
+        printer.one(planned.response, views.PLACEMENT)
+    elif printer.output == "name":
+        if planned.held:
+            printer.text(short_name(planned.plan))
+    else:
+        printer.many(planned.placements, views.PLACEMENT)
+        for line in views.plan_summary(planned):
+            printer.text(line)
+        if planned.held:
+            printer.note(f"create the set on it before the hold ends: quanta vm create-many -f {args.file} "
+                         f"--from-plan {last_id(planned.plan)} [--wait]")
+    if not planned.fits:
+        raise CliError(f"the set does not fit: {views.why_not(planned)}"
+                       + ("; nothing was held" if args.hold else ""))
 
 
 def _show_created(printer: Printer, response: vm_pb2.CreateVmsResponse, *, validate_only: bool) -> None:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
-from quanta.cli.output import Column, Section, View, last_id, plural
-from quanta.outcomes import status_code
+from quanta.cli.output import Column, Section, View, last_id, plural, short_name
+from quanta.outcomes import PlannedVms, VmPlacement, status_code
 
 _DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib")
 
@@ -216,6 +216,75 @@ VALIDATED_RESULT = View(columns=(
     Column("REASON", lambda r: r.reason or "-" if r.code != 0 else "-"),
     Column("MESSAGE", lambda r: r.message or "-" if r.code != 0 else "-"),
 ))
+
+
+def _filtered(placement: VmPlacement) -> str:
+    """``6 ZoneAntiAffinity, 2 NotEnoughMemory`` (largest first) or ``-``."""
+    parts = sorted(placement.filtered.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {reason}" for reason, n in parts) or "-"
+
+
+#: One VM of ``vm create-many --plan``: the host it would go to, or why it fits nowhere.
+PLACEMENT = View(columns=(
+    Column("NAME", lambda p: last_id(p.name)),
+    Column("HOST", lambda p: p.host or "-"),
+    Column("WHY NOT", lambda p: p.message or "-"),
+    Column("FILTERED", _filtered, wide=True),
+))
+
+
+def headroom_text(planned: PlannedVms) -> str:
+    """``vms 77, vcpus 60 (short by 4), memory_mib unlimited, ...``: the project's quota
+    left once the set is made."""
+    cells = []
+    for dimension, left in planned.quota_headroom.items():
+        if left is None:
+            cells.append(f"{dimension} unlimited")
+        else:
+            cells.append(f"{dimension} {left}" + (f" (short by {-left})" if left < 0 else ""))
+    return ", ".join(cells)
+
+
+def _in(ts: Timestamp, now_s: float | None = None) -> str:
+    """``in 59s``: how long until ``ts`` (``passed`` once it has)."""
+    now = int(time.time() if now_s is None else now_s)
+    left = int(ts.seconds + ts.nanos / 1e9 - now)
+    if left <= 0:
+        return "passed"
+    # age() formats a span back from now: the span from now to ts, as if past.
+    return f"in {age(Timestamp(seconds=now - left), now)}"
+
+
+def plan_summary(planned: PlannedVms, *, now_s: float | None = None) -> list[str]:
+    """What ``--plan`` says under its table: whether the set fits (and if not, why),
+    the quota headroom after it, and a held plan's name and end."""
+    count = len(planned)
+    hosts = len(set(planned.hosts.values()))
+    if planned.fits:
+        lines = [f"fits: yes ({plural(count, 'VM')} on {plural(hosts, 'host')})"]
+    else:
+        lines = [f"fits: no ({why_not(planned)})"]
+    lines.append(f"quota headroom after the set: {headroom_text(planned)}")
+    if planned.held:
+        expire = planned.response.expire_time
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expire.seconds))
+        lines.append(f"{short_name(planned.plan)}: held until {until} ({_in(expire, now_s)})")
+    return lines
+
+
+def why_not(planned: PlannedVms) -> str:
+    """Why a plan does not fit, in one line: the VMs no host takes (the first by
+    name and message), the quota dimensions it would exceed."""
+    parts = []
+    if unplaced := planned.unplaced:
+        first = unplaced[0]
+        parts.append(f"{plural(len(unplaced), 'VM')} of {len(planned)} {'fits' if len(unplaced) == 1 else 'fit'} "
+                     f"no host; {last_id(first.name)}: {first.message or _filtered(first)}")
+    if short := planned.quota_short:
+        parts.append("quota short by " + ", ".join(f"{n} {d}" for d, n in short.items()))
+    if not parts:  # e.g. a hold that lost its race to other writers each time
+        parts.append(next((p.message for p in planned.placements if p.message), "it does not fit now"))
+    return "; ".join(parts)
 
 
 def set_state(vm_set: vm_pb2.VmSet) -> str:
