@@ -10,11 +10,13 @@ installer's next step, then proof that the bootstrap data stayed secret.
    all_or_nothing=True)``): a set admitted and placed as a whole or not at all, in
    one anti-affinity group of scope ZONE (no two in one availability zone: the hosts
    need the label topology.quanta.io/zone, which ``quanta up --zones 3`` gives
-   simulated hosts); then 5 workers with one INDEPENDENT call. Each VM has its own
-   cloud-init user data and instance metadata (a unique marker in each).
-2. Waits for the control planes' set (``wait_for_vm_set``: fails at once if the set
-   FAILED at its deadline), then, through one watch, until every VM is RUNNING with
-   an address; checks that the set is PLACED and its members name it.
+   simulated hosts), and waits for it (``wait_for_vm_set``, printing the set's
+   progress and, while it does not fit, why: ``SetDoesNotFit`` with the shortfall;
+   a set that FAILED at its deadline ends the run, leaving nothing behind).
+2. Only then creates 5 workers with one INDEPENDENT call. Each VM has its own
+   cloud-init user data and instance metadata (a unique marker in each). Waits,
+   through one watch, until every VM is RUNNING with an address; checks that the
+   set is PLACED and its members name it.
 3. Prints an inventory: Ansible INI and JSON (``--inventory-dir`` also writes them).
 4. Checks through the API that the bootstrap data never comes back: no Get, List or
    Watch answer and no audit record holds any marker (raw or base64), and every VM's
@@ -41,7 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
-from quanta import Client, PermissionDenied, QuantaError
+from quanta import Client, PermissionDenied, QuantaError, VmSetFailed
+from quanta.waits import VmSetWait, describe_vm
 
 ZONE_LABEL = "topology.quanta.io/zone"
 
@@ -140,14 +143,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--context", default=None, help="the CLI context to use (default: the current one)")
-    parser.add_argument("--prefix", default="demo", help="VM names start with this (default demo)")
-    parser.add_argument("--run-id", default=uuid.uuid4().hex[:12], help="part of every marker (default: random)")
-    parser.add_argument("--control-planes", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=5)
-    parser.add_argument("--flavor", default="small")
-    parser.add_argument("--image", default="ubuntu")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for each wait (default 300)")
-    parser.add_argument("--inventory-dir", default=None, help="also write inventory.ini and inventory.json here")
+    parser.add_argument("--prefix", default="demo",
+                        help="VM names, labels, the control planes' set and anti-affinity group start with this "
+                             "(default demo)")
+    parser.add_argument("--run-id", default=uuid.uuid4().hex[:12],
+                        help="part of every secret marker and of the set's id (default: random)")
+    parser.add_argument("--control-planes", type=int, default=3, metavar="N",
+                        help="control-plane VMs, no two in one zone: at most one per zone (default 3)")
+    parser.add_argument("--workers", type=int, default=5, metavar="N", help="worker VMs (default 5)")
+    parser.add_argument("--flavor", default="small", help="every VM's flavor (default small)")
+    parser.add_argument("--image", default="ubuntu", help="every VM's image (default ubuntu)")
+    parser.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="seconds for each wait (default 300)")
+    parser.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                        help="the control planes' set fails if not placed by then (default: --timeout)")
+    parser.add_argument("--inventory-dir", default=None, metavar="DIR",
+                        help="also write inventory.ini and inventory.json here")
     parser.add_argument("--delete", action="store_true", help="delete the VMs at the end")
     args = parser.parse_args(argv)
 
@@ -158,26 +169,33 @@ def main(argv: list[str] | None = None) -> int:
         names = [quanta.vm_name(node.name) for node in nodes]
         roles = {quanta.vm_name(node.name): node.role for node in nodes}
 
-        # 1. Create. Control planes: one all-or-nothing set (placed together, no two in
-        # one zone, or not at all); workers: one call, each VM on its own.
-        print(f"creating {len(nodes)} VMs in {quanta.parent} at {quanta.endpoint} ...", flush=True)
+        # 1. The control planes: one all-or-nothing set (placed together, no two in one
+        # zone, or not at all), followed until every one runs with an address.
         control_planes = [node for node in nodes if node.role == "control-plane"]
         workers = [node for node in nodes if node.role == "worker"]
+        print(f"creating {len(control_planes)} control planes in {quanta.parent} at {quanta.endpoint} ...",
+              flush=True)
         cp_set = quanta.create_vms([vm_args(node, args) for node in control_planes], all_or_nothing=True,
-                                   set_id=f"{args.prefix}-cp-{args.run_id}", deadline=args.timeout)
+                                   set_id=f"{args.prefix}-cp-{args.run_id}",
+                                   deadline=args.timeout if args.deadline is None else args.deadline)
         assert cp_set.set is not None  # an all-or-nothing call answers with its set
-        print(f"control planes: set {cp_set.set.name} "
-              f"{vm_pb2.VmSet.State.Name(cp_set.set.state)}", flush=True)
+        try:
+            cp_vms = quanta.wait_for_vm_set(cp_set.set.name, "RUNNING", address=True, timeout=args.timeout,
+                                            on_progress=Progress(f"control planes: {short(cp_set.set.name)}"))
+        except VmSetFailed as err:  # its deadline passed: its members are removed, nothing is left
+            print(f"error: {err.message}\nno VM is left: the set's members were removed and no worker was "
+                  "created", file=sys.stderr)
+            return 1
+
+        # 2. The workers, once the control planes are placed: one call, each VM on its own.
+        print(f"creating {len(workers)} workers ...", flush=True)
         made = quanta.create_vms([vm_args(node, args) for node in workers])
         for outcome in made.refused:
             checks.expect(False, f"{short(outcome.name)} created", f"{outcome.code.name} {outcome.reason}: "
                                                                     f"{outcome.message}")
         if made.refused:
             return finish(checks)
-
-        # 2. Wait for every address (one watch for all of them; the control planes' set
-        # is read first, so a set that FAILED at its deadline ends the wait at once).
-        cp_vms = quanta.wait_for_vm_set(cp_set.set.name, "RUNNING", address=True, timeout=args.timeout)
+        # Every address (one watch for all of them).
         vms = quanta.wait_for_vms(names, "RUNNING", address=True, timeout=args.timeout)
         placed = quanta.get_vm_set(cp_set.set.name)
         checks.expect(placed.state == vm_pb2.VmSet.PLACED and sorted(placed.vms) == sorted(v.name for v in cp_vms)
@@ -235,6 +253,32 @@ def main(argv: list[str] | None = None) -> int:
                 quanta.delete_vm(name)
             print(f"deleted {len(names)} VMs", flush=True)
     return finish(checks)
+
+
+class Progress:
+    """``on_progress`` for ``wait_for_vm_set``: prints a line whenever what it says
+    changes: how many members are placed and running, and the first member not yet
+    running as last seen (``PENDING (SetDoesNotFit: <the shortfall>)`` while the set
+    does not fit)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.last = ""
+
+    def __call__(self, wait: VmSetWait) -> None:
+        line = progress_line(self.what, wait)
+        if line != self.last:
+            print(line, flush=True)
+            self.last = line
+
+
+def progress_line(what: str, wait: VmSetWait) -> str:
+    """``control planes: demo-cp-1f2e: 0/3 placed, 0/3 running; demo-cp-3: PENDING
+    (SetDoesNotFit: ...)`` (pure)."""
+    total = len(wait.waits)
+    line = f"{what}: {wait.placed}/{total} placed, {len(wait.done)}/{total} running"
+    behind = next((w.last for name, w in wait.waits.items() if name not in wait.done and w.last is not None), None)
+    return line + (f"; {short(behind.name)}: {describe_vm(behind)}" if behind is not None else "")
 
 
 def vm_args(node: Node, args: argparse.Namespace) -> dict[str, Any]:

@@ -492,9 +492,12 @@ class ShardScheduler:
     async def _place_set(self, set_ref: VmSetRef, vm_set: VmSet, revision: int) -> None:
         members = self._members_of(vm_set)
         if vm_set.deadline_ns and now_ns() >= vm_set.deadline_ns:
+            # The last shortfall told (this process's, else the record's) says why.
+            shortfall = self._set_told.get(set_ref) or (vm_set.message if vm_set.reason == "SetDoesNotFit" else "")
             await self._fail_set(vm_set, revision, members, "DeadlineExceeded",
                                  f"the set did not fit before its deadline; its {len(members)} pending "
-                                 f"member(s) of {len(vm_set.vms)} were removed and their quota released")
+                                 f"member(s) of {len(vm_set.vms)} were removed and their quota released"
+                                 + (f"; last shortfall: {shortfall}" if shortfall else ""))
             return
         if not members:
             return  # every member deleted: its deadline ends it

@@ -56,9 +56,38 @@ STATE_STYLES = {
 }
 
 
+#: Fields shown even at their default (proto's JSON omits them), per message type,
+#: in a message that is one (a VM with a uid; not a refused create's name alone):
+#: a VM says ``reconciling: false`` once a change is done, not nothing.
+ALWAYS_SHOWN: dict[str, tuple[str, ...]] = {"quanta.v1.Vm": ("reconciling",)}
+
+
 def to_dict(message: Any) -> dict[str, Any]:
-    """A message as the API's JSON (proto field names, canonical mapping otherwise)."""
-    return MessageToDict(message, preserving_proto_field_name=True)
+    """A message as the API's JSON (proto field names, canonical mapping otherwise),
+    with the :data:`ALWAYS_SHOWN` fields of it and of the messages it holds."""
+    return _with_always_shown(message, MessageToDict(message, preserving_proto_field_name=True))
+
+
+def _with_always_shown(message: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    descriptor = message.DESCRIPTOR
+    wanted = ALWAYS_SHOWN.get(descriptor.full_name, ()) if doc.get("uid") else ()
+    if any(name not in doc for name in wanted):
+        # Put each in field-number order among those present (as MessageToDict orders them).
+        shown = {}
+        for field in descriptor.fields:
+            if field.name in doc:
+                shown[field.name] = doc[field.name]
+            elif field.name in wanted:
+                shown[field.name] = getattr(message, field.name)
+        doc = shown
+    for field, value in message.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry or field.name not in doc:
+            continue
+        if isinstance(doc[field.name], list):
+            doc[field.name] = [_with_always_shown(m, d) for m, d in zip(value, doc[field.name], strict=True)]
+        elif isinstance(doc[field.name], dict):
+            doc[field.name] = _with_always_shown(value, doc[field.name])
+    return doc
 
 
 def short_name(name: str) -> str:

@@ -14,7 +14,7 @@ import grpc
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import auth_pb2, common_pb2, vm_pb2
 from quanta.cli import manifest, views
-from quanta.cli.errors import CliError, describe, guarded
+from quanta.cli.errors import FLAGS, CliError, describe, guarded
 from quanta.cli.output import FORMATS, Printer, Section, last_id, plural, short_name
 from quanta.cli.waiting import (
     as_desired,
@@ -78,7 +78,7 @@ def run_with_client(args, action: Callable[[Client, Printer], None]) -> None:
     def endpoint() -> str:
         return client.endpoint if client is not None else resolve_endpoint(args.endpoint)
 
-    with guarded(endpoint, lambda: client.context if client is not None else args.context):
+    with guarded(endpoint, lambda: client.context if client is not None else args.context, cli_flags(args)):
         try:
             client = Client(args.endpoint, token=args.token, tenant=args.tenant, project=args.project,
                             tls_ca=args.tls_ca, context=args.context)
@@ -88,6 +88,13 @@ def run_with_client(args, action: Callable[[Client, Printer], None]) -> None:
             # Flags not given resolve through $QUANTA_* and the context (quanta.config).
             args.tenant, args.project = client.tenant, client.project
             action(client, Printer(args.output))
+
+
+def cli_flags(args: argparse.Namespace) -> Mapping[str, str]:
+    """API field → what the user typed, for this command's field violations: as
+    everywhere (errors.FLAGS), but ``vm resize NAME FLAVOR`` takes the flavor as an
+    argument, not as --flavor."""
+    return {**FLAGS, "vm.flavor": "FLAVOR"} if getattr(args, "verb", None) == "resize" else FLAGS
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -263,10 +270,11 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
     get = sub.add_parser("get", parents=[common],
                          help="show a VM: state, power, addresses, bootstrap summary, conditions, recent audit")
     get.add_argument("name", metavar="NAME", help="VM id (web-1, vms/web-1 or its full name)")
-    delete = sub.add_parser("delete", parents=[common], help="delete a VM (DELETING at once; --wait until gone)")
-    delete.add_argument("name", metavar="NAME", help="VM id (web-1, vms/web-1 or its full name)")
-    delete.add_argument("--etag", default="", help="only if the VM is still at this etag (from `get -o json`)")
-    add_wait(delete, "it is gone")
+    delete = sub.add_parser("delete", parents=[common], help="delete VMs (DELETING at once; --wait until gone)")
+    delete.add_argument("names", nargs="+", metavar="NAME", help="VM ids (web-1, vms/web-1 or full names)")
+    delete.add_argument("--etag", default="",
+                        help="only if the VM is still at this etag (from `get -o json`; one NAME only)")
+    add_wait(delete, "they are gone")
     listing = sub.add_parser("list", parents=[common], help="list the project's VMs")
     listing.add_argument("--selector", default="", metavar="K=V,...", help="only VMs with these labels")
     watch = sub.add_parser("watch", parents=[common], help="stream changes to the project's VMs until Ctrl-C",
@@ -383,7 +391,7 @@ def main(kind: str, argv: list[str]) -> None:
                          "(each independent VM takes its own request_id in the file)")
         if args.validate_only and args.wait:
             parser.error("--validate-only creates nothing to --wait for")
-    if kind == "vm" and args.verb in ("start", "stop", "restart") and args.etag and len(args.names) > 1:
+    if kind == "vm" and args.verb in ("start", "stop", "restart", "delete") and args.etag and len(args.names) > 1:
         parser.error("--etag names one VM's version: give one NAME with it")
     if kind == "vm" and args.verb == "update":
         if not (args.label or args.remove_label or args.flavor):
@@ -458,17 +466,7 @@ def _vm(args, client: Client, printer: Printer) -> None:
     elif args.verb == "list":
         printer.many(client.list_vms(label_selector=args.selector), views.VM)
     elif args.verb == "delete":
-        vm = client.delete_vm(vm_id(args.name), etag=args.etag)
-        if not args.wait:
-            printer.one(vm, views.VM)
-            return
-        with printer.progress() as progress:
-            wait_for_vm(client, vm, lambda v: False, goal="the deletion", timeout_s=args.timeout,
-                        progress=progress)
-        if printer.output in ("table", "wide"):
-            printer.text(f"{short_name(vm.name)} deleted")
-        else:
-            printer.one(vm, views.VM)
+        _delete(args, client, printer)
     elif args.verb in ("start", "stop", "restart"):
         _power(args, client, printer)
     elif args.verb in ("resize", "update"):
@@ -503,6 +501,26 @@ def _power(args, client: Client, printer: Printer) -> None:
             _wait_and_show(client, printer, vms, as_desired, what, args.timeout)
         else:
             _show(printer, vms)
+    if failures:
+        sys.exit(1)
+
+
+def _delete(args, client: Client, printer: Printer) -> None:
+    """``vm delete NAME...``: each VM in turn (a failure is reported and the others go
+    on; exit 1 at the end); with --wait, one watch follows them all until gone."""
+    vms, failures = _each(client, [vm_id(n) for n in args.names],
+                          lambda name: client.delete_vm(name, etag=args.etag))
+    if vms and args.wait:
+        with printer.progress(total=len(vms) if len(vms) > 1 else None) as progress:
+            wait_for_vms(client, vms, lambda v: False, goal="the deletion", timeout_s=args.timeout,
+                         progress=progress, until_gone=True)
+        if printer.output in ("table", "wide"):
+            for vm in vms:
+                printer.text(f"{short_name(vm.name)} deleted")
+        else:
+            _show(printer, vms)
+    elif vms:
+        _show(printer, vms)
     if failures:
         sys.exit(1)
 
@@ -671,9 +689,12 @@ def _show_created(printer: Printer, response: vm_pb2.CreateVmsResponse, *, valid
             if result.code == 0 and result.vm.name:
                 printer.text(short_name(result.vm.name))
         return
+    if validate_only:  # a dry run: no set, no VM, no state to show
+        made = sum(1 for r in response.results if r.code == 0)
+        printer.text(f"validate only: nothing was created ({made} of {plural(len(response.results), 'VM')} "
+                     "would be)")
+        printer.many(response.results, views.VALIDATED_RESULT)
+        return
     if response.HasField("set"):
         printer.text(f"{short_name(response.set.name)}: {describe_set(response.set)}")
     printer.many(response.results, views.CREATE_RESULT)
-    if validate_only:
-        made = sum(1 for r in response.results if r.code == 0)
-        printer.note(f"validate only: nothing was created ({plural(made, 'VM')} would be)")

@@ -208,6 +208,16 @@ CREATE_RESULT = View(columns=(
 ))
 
 
+#: One VM of ``vm create-many --validate-only``: nothing was made, so no state: would
+#: it be created, or how would it be refused.
+VALIDATED_RESULT = View(columns=(
+    Column("NAME", lambda r: last_id(r.vm.name) if r.vm.name else "-"),
+    Column("RESULT", lambda r: "would create" if r.code == 0 else result_code(r), coloured=True),
+    Column("REASON", lambda r: r.reason or "-" if r.code != 0 else "-"),
+    Column("MESSAGE", lambda r: r.message or "-" if r.code != 0 else "-"),
+))
+
+
 def _filtered(placement: VmPlacement) -> str:
     """``6 ZoneAntiAffinity, 2 NotEnoughMemory`` (largest first) or ``-``."""
     parts = sorted(placement.filtered.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -303,8 +313,9 @@ def _set_detail(vm_set: vm_pb2.VmSet) -> list[Section]:
     fields = [("Name", last_id(vm_set.name)), ("Resource", vm_set.name), ("UID", vm_set.uid or "-"),
               ("State", set_state(vm_set)), ("VMs", str(len(vm_set.vms))),
               ("Created", _when(vm_set.create_time))]
-    if vm_set.state == vm_pb2.VmSet.PENDING:
-        fields.append(("Deadline", f"{_when(vm_set.deadline_time)}"))
+    if vm_set.deadline_time.seconds:
+        left = _deadline(vm_set)
+        fields.append(("Deadline", vm_set.deadline_time.ToJsonString() + (f" ({left})" if left != "-" else "")))
     fields.append(("Updated", _when(vm_set.update_time)))
     return [Section(fields=fields),
             Section(title="Members", headers=("NAME",), rows=[(last_id(n),) for n in vm_set.vms], empty="none"),

@@ -112,12 +112,13 @@ def wait_for_vm(client: Client, vm: vm_pb2.Vm, done: Callable[[vm_pb2.Vm], bool]
 
 
 def wait_for_vms(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[vm_pb2.Vm], bool], *, goal: str,
-                 timeout_s: float, progress: ProgressLine) -> dict[str, vm_pb2.Vm | None]:
+                 timeout_s: float, progress: ProgressLine, until_gone: bool = False) -> dict[str, vm_pb2.Vm | None]:
     """Watch ``vms`` (one watch for all) until each satisfies ``done``, has failed
-    (ERROR or DELETING: :func:`failed`) or is gone; return each by name as last
-    seen (None: gone). One VM's progress is its status line; several show a bar of
-    how many are done. ``done`` is asked of each VM. Raises WaitTimeout after
-    ``timeout_s`` naming a VM not done, its state and condition, and ``goal``."""
+    (ERROR or DELETING: :func:`failed`; not with ``until_gone``, which waits for a
+    deletion) or is gone; return each by name as last seen (None: gone). One VM's
+    progress is its status line; several show a bar of how many are done. ``done``
+    is asked of each VM. Raises WaitTimeout after ``timeout_s`` naming a VM not
+    done, its state and condition, and ``goal``."""
     last: dict[str, vm_pb2.Vm | None] = {vm.name: vm for vm in vms}
     finished: set[str] = set()
     shown: dict[str, str] = {}
@@ -141,7 +142,7 @@ def wait_for_vms(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[vm_pb
             if name in finished:
                 continue
             last[name] = state
-            if state is None or done(state) or failed(state):
+            if state is None or done(state) or (failed(state) and not until_gone):
                 finished.add(name)
             show(name)
             if len(finished) == len(last):

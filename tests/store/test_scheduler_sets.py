@@ -257,6 +257,8 @@ def test_a_set_that_never_fits_fails_at_its_deadline_with_its_quota_back(etcd_en
                 await async_wait_until(failed, timeout=30, message="the set failed at its deadline", seen=seen)
             vm_set, _ = await read_set(client, keys, "late")
             assert vm_set.reason == "DeadlineExceeded" and "2 pending member(s)" in vm_set.message
+            # The last shortfall is kept in the failure's message (the API's VM_SET_FAILED says it).
+            assert "; last shortfall: " in vm_set.message and "AntiAffinity" in vm_set.message, vm_set.message
             for spec in specs:
                 assert await client.get(keys.vm_spec(spec.ref)) is None
                 assert await client.get(keys.vm_status(spec.ref)) is None

@@ -83,6 +83,7 @@ def test_stop_start_restart_resize_and_update(system) -> None:
     resized = table(ok(system, "resize", "web-1", "medium", "--wait", "--timeout", "60"))
     assert resized["FLAVOR"] == "medium" and resized["STATE"] == "RUNNING"
     assert get(system, "web-1")["resources"]["vcpus"] == 2
+    assert yaml.safe_load(ok(system, "get", "web-1", "-o", "yaml"))["reconciling"] is False  # said, not omitted
     ok(system, "update", "web-1", "--label", "tier=gold", "--label", "team=a")
     ok(system, "update", "web-1", "--label", "tier=silver", "--remove-label", "team")
     assert get(system, "web-1")["labels"] == {"tier": "silver"}
@@ -96,7 +97,8 @@ def test_refusals_say_code_and_reason_and_change_nothing(system) -> None:
     stale = quanta(system, "update", "db-1", "--label", "x=y", "--etag", "stale")
     assert stale.returncode == 1 and stale.stderr.startswith("error: ABORTED: ETAG_MISMATCH"), stale.stderr
     unknown = quanta(system, "resize", "db-1", "huge")
-    assert unknown.returncode == 1 and "INVALID_ARGUMENT" in unknown.stderr and "--flavor" in unknown.stderr
+    assert unknown.returncode == 1 and "INVALID_ARGUMENT" in unknown.stderr, unknown.stderr
+    assert "  FLAVOR: unknown flavor 'huge'" in unknown.stderr and "--flavor" not in unknown.stderr  # positional
     assert "Traceback" not in stale.stderr + unknown.stderr
     after = get(system, "db-1")
     assert after.get("labels", {}) == before.get("labels", {}) and after["flavor"] == "small"
@@ -113,3 +115,16 @@ def test_refusals_say_code_and_reason_and_change_nothing(system) -> None:
     both = quanta(system, "create", "x-1", "--flavor", "small", "--image", "ubuntu", "--user-data", "a",
                   "--ignition", "b")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_delete_takes_several_names_and_waits_for_all(system) -> None:
+    for name in ("del-1", "del-2"):
+        ok(system, "create", name, "--flavor", "small", "--image", "ubuntu")
+    done = quanta(system, "delete", "del-1", "missing-2", "vms/del-2", "--wait", "--timeout", "60")
+    # The missing one is named and makes the exit code 1; the others are deleted and followed until gone.
+    assert done.returncode == 1 and "error: vms/missing-2: NOT_FOUND" in done.stderr, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-2:] == ["vms/del-1 deleted", "vms/del-2 deleted"], done.stdout
+    names = [vm["name"].rsplit("/", 1)[-1] for vm in json.loads(ok(system, "list", "-o", "json"))]
+    assert "del-1" not in names and "del-2" not in names
+    both = quanta(system, "delete", "del-1", "del-2", "--etag", "e")
+    assert both.returncode == 2 and "one NAME" in both.stderr

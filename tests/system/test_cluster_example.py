@@ -96,3 +96,23 @@ def test_the_cluster_example_brings_up_its_nodes_and_leaves_no_secret(system: Lo
     assert [p.name for p in sim_files if cluster.leaks(p.read_bytes(), markers)] == []
     # The example's own output names no marker either (it prints the inventory only).
     assert cluster.leaks((done.stdout + done.stderr).encode(), markers) == []
+
+
+def test_control_planes_that_cannot_fit_fail_with_the_shortfall_and_leave_nothing(system: LocalSystem,
+                                                                                  tmp_path) -> None:
+    """4 zone-anti-affine control planes, 3 zones: the run says why while it waits
+    (SetDoesNotFit, ZoneAntiAffinity), fails at the set's deadline naming the
+    shortfall, and never creates a worker: no VM of the run is left."""
+    env = {**os.environ, "QUANTA_CONFIG": str(tmp_path / "config.yaml"), "QUANTA_ENDPOINT": system.endpoint,
+           "QUANTA_TOKEN": system.admin_token, "QUANTA_TENANT": "default", "QUANTA_PROJECT": PROJECT}
+    env.pop("QUANTA_CONTEXT", None)
+    done = subprocess.run([sys.executable, str(EXAMPLE), "--prefix", "four", "--control-planes", "4",
+                           "--deadline", "5", "--timeout", "120"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    said = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.returncode == 1, said
+    assert "SetDoesNotFit" in done.stdout and "ZoneAntiAffinity" in done.stdout, said  # the progress, while waiting
+    assert "DeadlineExceeded" in done.stderr and "last shortfall" in done.stderr, said
+    assert "ZoneAntiAffinity" in done.stderr and "creating 5 workers" not in done.stdout, said
+    with system.client(project=PROJECT) as client:
+        assert [vm.name for vm in client.list_vms() if "/vms/four-" in vm.name] == []

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 import pytest
+import yaml
 
 from controlplane.api.errors import ApiError, invalid_argument
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
@@ -80,6 +81,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def test_the_new_verbs_parse() -> None:
     args = parse(["stop", "a", "vms/b", "--hard", "--grace", "1m", "--wait", "--timeout", "5"])
     assert (args.names, args.hard, args.grace, args.wait, args.timeout) == (["a", "vms/b"], True, 60.0, True, 5.0)
+    args = parse(["delete", "a", "vms/b", "--wait"])
+    assert (args.names, args.wait, args.etag) == (["a", "vms/b"], True, "")
     args = parse(["restart", "a"])
     assert (args.hard, args.grace, args.etag) == (False, None, "")
     args = parse(["resize", "a", "large", "--wait"])
@@ -100,6 +103,8 @@ def test_the_new_verbs_parse() -> None:
     ["stop", "a", "--grace", "soon"],
     ["stop"],
     ["start", "a", "b", "--etag", "e"],
+    ["delete", "a", "b", "--etag", "e"],
+    ["delete"],
     ["update", "a"],
     ["update", "a", "--label", "k=v", "--remove-label", "k"],
     ["resize", "a"],
@@ -285,3 +290,76 @@ def test_quanta_up_zones_take_a_count_or_names() -> None:
     for bad in ("0", ",", "101"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--zones", bad])
+
+
+def test_delete_takes_several_names_says_each_failure_and_follows_the_rest_until_gone(capsys) -> None:
+    class Client(Watching):
+        endpoint, context = "127.0.0.1:1", None
+
+        def __init__(self) -> None:
+            super().__init__([event(vm("a", vm_pb2.Vm.DELETING), common_pb2.ADDED),
+                              event(vm("c", vm_pb2.Vm.DELETING), common_pb2.ADDED), BOOKMARK,
+                              event(vm("a", vm_pb2.Vm.DELETING), common_pb2.DELETED),
+                              event(vm("c", vm_pb2.Vm.DELETING), common_pb2.DELETED)])
+            self.deleted: list[str] = []
+
+        def delete_vm(self, name: str, *, etag: str = "") -> vm_pb2.Vm:
+            self.deleted.append(name)
+            if name == "b":
+                raise ApiError(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "vm b not found")
+            return vm(name, vm_pb2.Vm.DELETING)
+
+    client = Client()
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exited:
+        resources._delete(parse(["delete", "a", "vms/b", "c", "--wait"]), client,  # type: ignore[arg-type]
+                          Printer("table", out=out, err=io.StringIO()))
+    assert exited.value.code == 1 and client.deleted == ["a", "b", "c"]
+    assert capsys.readouterr().err == "error: vms/b: NOT_FOUND: vm b not found\n"
+    # One watch followed both past DELETING (not a failure here) until each was gone.
+    assert client.watches == 1 and out.getvalue().splitlines()[-2:] == ["vms/a deleted", "vms/c deleted"]
+
+
+def test_resize_names_its_flavor_argument_in_a_violation() -> None:
+    err = invalid_argument([("vm.flavor", "unknown flavor 'huge'; known: small, medium, large")])
+    resize = describe(err, "127.0.0.1:1", flags=resources.cli_flags(parse(["resize", "a", "huge"])))
+    update = describe(err, "127.0.0.1:1", flags=resources.cli_flags(parse(["update", "a", "--flavor", "huge"])))
+    assert resize.splitlines()[1] == "  FLAVOR: unknown flavor 'huge'; known: small, medium, large"
+    assert update.splitlines()[1] == "  --flavor: unknown flavor 'huge'; known: small, medium, large"
+
+
+def test_json_and_yaml_show_reconciling_even_when_false() -> None:
+    done = vm("a", uid="u1")
+    assert json.loads(printed("json", lambda p: p.one(done, views.VM)))["reconciling"] is False
+    assert yaml.safe_load(printed("yaml", lambda p: p.one(vm("a", uid="u1", reconciling=True), views.VM)))[
+        "reconciling"] is True
+    answer = vm_pb2.CreateVmsResponse(results=[vm_pb2.CreateVmsResult(vm=done),
+                                               vm_pb2.CreateVmsResult(vm=vm_pb2.Vm(name=NAME + "x"), code=8)])
+    doc = yaml.safe_load(printed("yaml", lambda p: p.one(answer, views.CREATE_RESULT)))
+    assert doc["results"][0]["vm"]["reconciling"] is False
+    assert doc["results"][1]["vm"] == {"name": NAME + "x"}  # a refused VM: its name only
+
+
+def test_validate_only_output_is_a_dry_run() -> None:
+    answer = vm_pb2.CreateVmsResponse(
+        results=[vm_pb2.CreateVmsResult(vm=vm("a", vm_pb2.Vm.PENDING)),
+                 vm_pb2.CreateVmsResult(vm=vm_pb2.Vm(name=NAME + "b"), code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                        reason="INVALID_ARGUMENT", message="unknown flavor 'x'")],
+        set=vm_pb2.VmSet(name="tenants/t/projects/p/vmSets/s", state=vm_pb2.VmSet.PENDING))
+    lines = printed("table", lambda p: resources._show_created(p, answer, validate_only=True)).splitlines()
+    assert lines[0] == "validate only: nothing was created (1 of 2 VMs would be)"
+    assert lines[1].split() == ["NAME", "RESULT", "REASON", "MESSAGE"]
+    assert lines[2].split() == ["a", "would", "create", "-", "-"]
+    assert lines[3].split()[:3] == ["b", "INVALID_ARGUMENT", "INVALID_ARGUMENT"]
+    assert "PENDING" not in "\n".join(lines) and "vmSets" not in "\n".join(lines)
+
+
+def test_set_get_shows_the_deadline() -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    for state in (vm_pb2.VmSet.PENDING, vm_pb2.VmSet.FAILED):
+        vm_set = vm_pb2.VmSet(name="tenants/t/projects/p/vmSets/s", state=state,
+                              deadline_time=Timestamp(seconds=4_000_000_000))
+        detail = printed("table", lambda p, s=vm_set: p.detail(s, views.VM_SET))
+        line = next(line for line in detail.splitlines() if line.startswith("Deadline:"))
+        assert "2096-10-02T07:06:40Z" in line and (("(in " in line) == (state == vm_pb2.VmSet.PENDING)), line

@@ -57,3 +57,39 @@ def test_the_inventory_in_ini_and_json() -> None:
     assert nodes[0] == {"name": "k8s-cp-1", "role": "control-plane", "ip": "10.0.0.1", "addresses": ["10.0.0.1"],
                         "host": "h1", "zone": "zone-a"}
     assert nodes[1]["zone"] == ""
+
+
+def test_the_set_progress_says_counts_and_why_a_member_waits(capsys) -> None:
+    from controlplane.gen.quanta.v1 import common_pb2
+    from quanta.waits import VmSetWait
+
+    names = [f"tenants/t/projects/p/vms/k8s-cp-{i}" for i in (1, 2, 3)]
+    wait = VmSetWait(vm_pb2.VmSet(name="tenants/t/projects/p/vmSets/k8s-cp-r1", vms=names), "RUNNING", address=True)
+    assert cluster.progress_line("cp", wait) == "cp: 0/3 placed, 0/3 running"
+    short = "1 of 3 members fit no host: k8s-cp-3: 0/2 hosts fit: 2 ZoneAntiAffinity"
+    for name in names:
+        wait.seen(vm_pb2.VmEvent(type=common_pb2.ADDED, vm=vm_pb2.Vm(name=name, state=vm_pb2.Vm.PENDING, conditions=[
+            common_pb2.Condition(type="Scheduled", status="False", reason="SetDoesNotFit", message=short)])))
+    assert cluster.progress_line("cp", wait) == (
+        f"cp: 0/3 placed, 0/3 running; k8s-cp-1: PENDING (SetDoesNotFit: {short})")
+    progress = cluster.Progress("cp")
+    capsys.readouterr()
+    progress(wait)
+    progress(wait)  # nothing new: not printed again
+    assert capsys.readouterr().out.splitlines() == [cluster.progress_line("cp", wait)]
+
+
+def test_the_example_file_and_the_example_program_use_distinct_groups_and_names() -> None:
+    """`quanta vm create-many -f examples/cluster.yaml` and `examples/cluster.py` (default
+    prefix) run one after the other on three zones: neither may take the other's group."""
+    import yaml
+
+    doc = yaml.safe_load((EXAMPLE.parent / "cluster.yaml").read_text())
+    groups = {vm.get("anti_affinity_group") for vm in doc["vms"]} - {None}
+    names = {f"{vm['name']}-{i}" for vm in doc["vms"] for i in range(1, vm.get("count", 1) + 1)}
+    import argparse
+
+    args = argparse.Namespace(prefix="demo", flavor="small", image="ubuntu")
+    nodes = cluster.plan("demo", "r1", 3, 5)
+    assert groups and not groups & {cluster.vm_args(n, args)["anti_affinity_group"] for n in nodes}
+    assert not names & {n.name for n in nodes}

@@ -139,8 +139,24 @@ def test_the_example_file_is_3_anti_affine_control_planes_and_20_workers() -> No
     m = manifest.load("examples/cluster.yaml")
     cps = [vm for vm in m.vms if vm["labels"]["role"] == "control-plane"]
     assert len(m.vms) == 23 and len(cps) == 3
-    assert all(vm["anti_affinity_scope"] == "ZONE" and vm["anti_affinity_group"] == "demo-cp" for vm in cps)
+    assert all(vm["anti_affinity_scope"] == "ZONE" and vm["anti_affinity_group"] == "many-cp" for vm in cps)
     assert all(vm["user_data"].startswith(b"#cloud-config") for vm in m.vms)
+
+
+def test_the_files_the_readme_names_are_shipped_and_load() -> None:
+    more = manifest.load("examples/more.yaml")
+    assert [vm["vm_id"] for vm in more.vms] == ["app-1", "app-2"] and more.vms[1]["flavor"] == "huge"
+    four = manifest.load("examples/four-zones.yaml")
+    assert len(four.vms) == 4 and {vm["anti_affinity_scope"] for vm in four.vms} == {"ZONE"}
+    with open("examples/cloud-init.yaml", "rb") as f:
+        assert f.read().startswith(b"#cloud-config\n")
+    with open("examples/ssh-key.pub") as f:
+        assert f.read().startswith("ssh-ed25519 ")
+    with open("README.md") as f:
+        readme = f.read()
+    for path in ("examples/more.yaml", "examples/four-zones.yaml", "examples/cloud-init.yaml",
+                 "examples/ssh-key.pub", "examples/cluster/control-plane.yaml"):
+        assert path in readme, path
 
 
 # --- the request ------------------------------------------------------------------------
