@@ -176,3 +176,15 @@ def test_a_held_plan_keeps_its_room_from_other_placements_until_the_hold_ends(sy
     wait_until(lambda: big().state == vm_pb2.Vm.RUNNING, timeout=60,
                message="the big VM placed once the hold ended", seen=lambda: (big(), etcd_state(system)[1].keys()))
     assert plan_id not in etcd_state(system)[1]
+
+
+def test_a_projects_holds_count_against_its_quota_for_further_plans(admin: Client) -> None:
+    """Plans cannot hold more of the fleet than their project may use: a held plan's
+    VMs count against the quota of the next plan (not of creates)."""
+    parent = project(admin, vms=3)
+    first = plan(admin, parent, [create(f"a-{i}", group=f"ga{i}") for i in range(2)], hold_s=30)
+    assert first.fits and first.plan and first.quota_headroom.vms == 1
+    second = plan(admin, parent, [create(f"b-{i}", group=f"gb{i}") for i in range(2)], hold_s=30)
+    assert not second.fits and not second.plan and second.quota_headroom.vms == -1, second
+    one = plan(admin, parent, [create("c-0", group="gc")])
+    assert one.fits and one.quota_headroom.vms == 0
