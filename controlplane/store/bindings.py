@@ -218,11 +218,18 @@ def _host_binds(keys: Keys, host: HostRead, vms: Sequence[tuple[VmSpec, int]], *
     allocation compared and written once, that it is neither dead nor in maintenance,
     each VM's queue entry compared and deleted, its binding and status written. Holds
     of live plans are carried; a stale one is dropped with its key compared absent
-    (``holds.keep_live``); ``plan``'s hold is consumed (dropped, not compared here)."""
+    (``holds.keep_live``); ``plan``'s hold is consumed (dropped, not compared here).
+
+    Without ``vms`` (a planned host of a set that only gives its held room back)
+    nothing lands on the host: only the allocation is compared, not that the host is
+    alive or out of maintenance (a drained or dead planned host must not keep the
+    plan's set from binding)."""
     k = keys
     allocation, hold_compares = holds.keep_live(k, holds.consume(host.allocation, plan), host.live)
-    compares = [ops.mod_revision_is(k.host_alloc(host.host), host.revision), ops.absent(k.host_dead(host.host)),
-                *([] if adopting else [ops.absent(k.host_maintenance(host.host))]), *hold_compares]
+    compares = [ops.mod_revision_is(k.host_alloc(host.host), host.revision), *hold_compares]
+    if vms:
+        compares[1:1] = [ops.absent(k.host_dead(host.host)),
+                         *([] if adopting else [ops.absent(k.host_maintenance(host.host))])]
     writes: list[RequestOp] = []
     for spec, queue_revision in vms:
         queue_key = k.queue(spec.shard, spec.ref)
@@ -274,9 +281,11 @@ def bind_set(keys: Keys, hosts: Sequence[SetHost], *, zone_counts: Mapping[ZoneG
 
     ``plan``: the set is the plan's (CreateVms with a plan): its hold is consumed in
     the same txn: ``holds[plan]`` leaves the allocation of every host of ``hosts``
-    (a planned host without members is a SetHost with no VMs), so an allocation grows
-    only by what its members take beyond the hold; ``holds/{plan}`` is compared
-    present and deleted. Raises ValueError when a host appears twice."""
+    (a planned host without members is a SetHost with no VMs: its change compares
+    only its allocation, so a planned host drained or declared dead since still gets
+    its held room back), so an allocation grows only by what its members take beyond
+    the hold; ``holds/{plan}`` is compared present and deleted. Raises ValueError
+    when a host appears twice."""
     if len({h.host.host for h in hosts}) != len(hosts):
         raise ValueError("a set bind names each host once")
     deltas: dict[ZoneGroupId, int] = {}

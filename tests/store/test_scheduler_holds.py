@@ -15,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
+import pytest
+
 from controlplane.etcd import EtcdClient, Lease, ops
 from controlplane.models import (
     HeldRoom,
@@ -211,5 +213,52 @@ def test_a_plans_set_waits_while_its_planned_host_cannot_take_it(etcd_endpoint: 
                 await async_wait_until(placed, timeout=30, message="placed as any set once the hold ended",
                                        seen=seen)
             assert (await bindings_of(client, keys))["m-0"][0] == "host-2"
+
+    asyncio.run(asyncio.wait_for(main(), timeout=120))
+
+
+@pytest.mark.parametrize("out", ["maintenance", "dead"])
+def test_a_plans_set_binds_and_gives_back_the_room_held_on_a_planned_host_gone_out_of_placement(
+        etcd_endpoint: str, root: str, out: str) -> None:
+    """A plan for two members on two hosts; one member deleted, and its planned host
+    then put in maintenance (or declared dead): the set still binds its other member
+    (the host left without members only gives its held room back, which a host out of
+    placement must not refuse), and that host's allocation drops holds[plan]."""
+    make_projects(etcd_endpoint, root, "acme", "web")
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client, Lease(client, 10) as lease, Lease(client, 60) as held:
+            agents = AgentStore(client, keys)
+            await agents.register([host("host-1", capacity=SMALL), host("host-2", capacity=SMALL)], lease.id)
+            await write_hold(client, keys, "p-4", [("m-0", "host-1", SMALL, ""), ("m-1", "host-2", SMALL, "")],
+                             held.id)
+            specs = [replace(member("pair", f"m-{i}", shard=0), plan="p-4") for i in range(2)]
+            await admit_set(client, keys, "pair", specs, shard=0)
+            vms = VmStore(client, keys)
+            assert (await vms.request_delete(specs[1].ref)).removed
+            await client.put(keys.host_maintenance("host-2") if out == "maintenance" else keys.host_dead("host-2"),
+                             b"")
+            shard = Shard(client, keys, lease, 0)
+            await shard.acquire()
+            conflicts = metrics.BIND_CONFLICTS.collect()[0].samples[0].value
+            async with running(*shard.coros()) as tasks:
+                async def seen() -> str:
+                    return (f"{(await read_set(client, keys, 'pair'))[0]}; bound {await bindings_of(client, keys)}; "
+                            f"allocations {await allocations(client, keys, ['host-1', 'host-2'])}; "
+                            f"{describe_tasks(tasks)}")
+
+                async def placed() -> bool:
+                    return (await read_set(client, keys, "pair"))[0].state == VmSetState.PLACED
+
+                await async_wait_until(placed, timeout=30, message="the plan's set placed", seen=seen)
+            _set, record_revision = await read_set(client, keys, "pair")
+            assert await bindings_of(client, keys) == {"m-0": ("host-1", record_revision)}
+            assert await client.get(keys.hold("p-4")) is None
+            assert await allocations(client, keys, ["host-1", "host-2"]) == {
+                "host-1": HostAllocation(SMALL, 1), "host-2": HostAllocation()}, "the held room was given back"
+            kv = await client.get(keys.host_alloc("host-2"))
+            assert kv is not None and kv.mod_revision == record_revision, "in the set's one txn"
+            assert metrics.BIND_CONFLICTS.collect()[0].samples[0].value == conflicts, "no bind lost a race"
 
     asyncio.run(asyncio.wait_for(main(), timeout=120))
