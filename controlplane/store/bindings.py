@@ -14,7 +14,8 @@ the rules every writer of a host's bindings obeys.
   with why; its agent destroys the VM, then unbinds it into the queue.
 - **resize** (``VmStore.update_spec``, a flavor change of a bound VM): the binding is
   rewritten with the new spec and the allocation moves by the difference, refused
-  when a dimension it grows would exceed the host's allocatable.
+  when a dimension it grows would exceed the host's allocatable (every hold in the
+  allocation counted as taken).
 - **adopt** (``bind(..., adopting=True)``, ``OrphanStore.adopt``): a quarantined VM
   already running on the host is bound with no queue entry.
 - **bind a set** (``bind_set``, the scheduler): the members of an all-or-nothing set,
@@ -378,8 +379,11 @@ def resize(keys: Keys, host: HostRead, binding: Binding, binding_revision: int, 
 
     ``allocatable``: the host's (``HostRegistration.allocatable``), None when it has no
     registration. Raises HostFull when a dimension the resize grows would exceed it
-    (any growth when None; a shrink always fits), ValueError when ``spec`` is not the
-    binding's VM or would change its groups (that is a move)."""
+    with the room of EVERY hold in the allocation counted as taken (live or stale:
+    which plans are live is not known here, so conservatively all; a stale hold is
+    dropped by the host's next bind) (any growth when None; a shrink always fits),
+    ValueError when ``spec`` is not the binding's VM or would change its groups (that
+    is a move). The holds are kept as they are."""
     was = binding.spec
     if (spec.ref, spec.uid, spec.host_group, spec.zone_group) != (was.ref, was.uid, was.host_group, was.zone_group):
         raise ValueError(f"a resize of {was.ref.name} keeps its identity and groups")
@@ -389,9 +393,11 @@ def resize(keys: Keys, host: HostRead, binding: Binding, binding_revision: int, 
     if grown:
         if allocatable is None:
             raise HostFull(host.host, grown, registered=False)
-        over = [d for d in grown if getattr(allocation.resources, d) > getattr(allocatable, d)]
+        taken = allocation.resources + holds.held_total(allocation.holds, allocation.holds).resources
+        over = [d for d in grown if getattr(taken, d) > getattr(allocatable, d)]
         if over:
-            raise HostFull(host.host, over)
+            raise HostFull(host.host, over, held=any(getattr(allocation.resources, d) <= getattr(allocatable, d)
+                                                     for d in over))
     binding_key = keys.binding(host.host, spec.ref)
     compares = [ops.mod_revision_is(keys.host_alloc(host.host), host.revision),
                 ops.mod_revision_is(binding_key, binding_revision)]
