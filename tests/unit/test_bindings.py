@@ -198,8 +198,8 @@ class BindingMachine(RuleBasedStateMachine):
         return HostRead(host, HostAllocation.from_bytes(kv[0]), kv[2], live) if kv else HostRead(host, live=live)
 
     def _live(self, lag: int) -> set[str]:
-        """The plans live as a writer saw them (its view of holds/ lags on its own, as
-        the scheduler's holds watch does next to its hosts watch)."""
+        """The plans live as a writer saw them, lagging on their own (more than the
+        scheduler's one watch of holds and hosts lets them: the rules must not need it)."""
         read = self._read(lag)
         return {plan for plan in self.plans if KEYS.hold(plan) in read}
 
