@@ -5,13 +5,18 @@ Hosts are shared by every shard of a process. Ready = registered (heartbeat
 lease alive); an unregistered host with an allocation stays in the view as not
 ready, so nothing new lands on it.
 
-Plans' holds: the plans whose ``holds/{plan}`` key exists (list + watch, like the
-hosts) are *live*; a host's snapshot counts its allocation plus the room live plans
-hold on it (``HostAllocation.holds``: resources, VM count, host groups), so no other
-placement takes that room while the hold lasts. When a hold's key goes (lease
-expired, or its set bound), the hosts it held room on may take more: the shards'
-waiting VMs are woken for them. The allocation as stored (holds included) is kept
-apart (:meth:`HostSync.allocation`): it is what a bind starts from and compares.
+Plans' holds: the plans whose ``holds/{plan}`` key exists are *live*; a host's
+snapshot counts its allocation plus the room live plans hold on it
+(``HostAllocation.holds``: resources, VM count, host groups), so no other placement
+takes that room while the hold lasts. Holds and hosts are listed and watched as ONE
+key range (``HostStore.snapshot_with_holds``/``watch_with_holds``): PlanVms writes a
+hold's key and the allocations holding its room in one txn, so they arrive in one
+batch, whose holds are applied before its hosts: no allocation with ``holds[plan]``
+is ever counted before its plan is known live (two streams could deliver the
+allocation first, and the room would count as free meanwhile). When a hold's key
+goes (lease expired, or its set bound), the hosts it held room on may take more: the
+shards' waiting VMs are woken for them. The allocation as stored (holds included) is
+kept apart (:meth:`HostSync.allocation`): it is what a bind starts from and compares.
 """
 
 from __future__ import annotations
@@ -55,7 +60,6 @@ class HostSync:
         self._allocations: dict[str, tuple[HostAllocation, int]] = {}
         #: The live plans' holds, by plan id (their holds/{plan} key exists).
         self.plans: dict[str, Hold] = {}
-        self._plans_listed = asyncio.Event()
         #: The hosts' records as of the last watch event (a new table after each listing).
         self.table = HostTable(hosts.keys)
         #: Called after capacity may have grown (a host joined, an allocation shrank, a
@@ -109,36 +113,25 @@ class HostSync:
 
     async def run(self) -> None:
         """List and watch the hosts and the plans' holds until cancelled; rides out
-        etcd outages (re-lists). Ready once both were listed."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(ride_out(self._list_and_watch_holds, "holds"))
-            group.create_task(ride_out(self._list_and_watch, "hosts"))
+        etcd outages (re-lists). Ready once listed."""
+        await ride_out(self._list_and_watch, "hosts")
 
-    async def _list_and_watch_holds(self) -> None:
-        while True:
-            plans, revision = await self._hosts.list_holds()
-            ended = [plan for plan in self.plans if plan not in plans]
-            touched = {vm.host for plan in (*ended, *plans) for vm in (self.plans.get(plan) or plans[plan]).vms}
-            self.plans = plans
-            self._rehold(touched, bool(ended))
-            self._plans_listed.set()
-            log.info("holds listed", extra={"holds": len(plans), "revision": revision})
-            try:
-                async for events in self._hosts.watch_holds(revision + 1):
-                    touched, grew = set(), False
-                    for plan, hold in events:
-                        was = self.plans.pop(plan, None) if hold is None else self.plans.get(plan)
-                        if hold is not None:
-                            self.plans[plan] = hold
-                        grew |= hold is None and was is not None
-                        touched |= {vm.host for h in (was, hold) if h is not None for vm in h.vms}
-                    self._rehold(touched, grew)
-            except Compacted:
-                log.warning("holds watch compacted; re-listing")
+    def _apply_holds(self, events: Collection[tuple[str, Hold | None]]) -> tuple[set[str], bool]:
+        """Take holds made and ended into ``plans``; returns the hosts they held room on,
+        and whether some ended (those hosts may take more)."""
+        touched: set[str] = set()
+        ended = False
+        for plan, hold in events:
+            was = self.plans.pop(plan, None) if hold is None else self.plans.get(plan)
+            if hold is not None:
+                self.plans[plan] = hold
+            ended |= hold is None and was is not None
+            touched |= {vm.host for h in (was, hold) if h is not None for vm in h.vms}
+        return touched, ended
 
-    def _rehold(self, hosts: Collection[str], grew: bool) -> None:
-        """Recount the live holds on ``hosts`` after plans came or went (``grew``: some
-        ended, so those hosts may take more: the waiting VMs are woken for them)."""
+    def _rehold(self, hosts: Collection[str]) -> list[str]:
+        """Recount the live holds on ``hosts`` after plans came or went; returns those
+        in the view."""
         changed = []
         for host in hosts:
             current = self.view.committed(host)
@@ -147,13 +140,12 @@ class HostSync:
                 continue
             self.view.upsert(with_holds(current, *stored, self.plans))
             changed.append(host)
-        if grew and changed:
-            self.notify(changed)
+        return changed
 
     async def _list_and_watch(self) -> None:
-        await self._plans_listed.wait()  # a host's room counts the live holds from its first listing
         while True:
-            table, revision = await self._hosts.snapshot()
+            table, plans, revision = await self._hosts.snapshot_with_holds()
+            self.plans = plans  # first: a host's room counts the live holds from its listing on
             self.table = table
             records = table.records()
             known = set()
@@ -168,17 +160,22 @@ class HostSync:
             for callback in self.on_records:
                 callback(None)
             self.notify()
-            log.info("hosts listed", extra={"hosts": len(records), "revision": revision})
+            log.info("hosts listed", extra={"hosts": len(records), "holds": len(plans), "revision": revision})
             try:
-                async for changed, _revision in self._hosts.watch(revision + 1, table):
-                    grew = [record.host for record in changed  # (str: removed, never grew)
-                            if self._apply(record) and isinstance(record, HostRecord)]
-                    if self.on_records:
-                        hosts = [r if isinstance(r, str) else r.host for r in changed]
+                async for batch in self._hosts.watch_with_holds(revision + 1, table):
+                    # The batch's holds first: its hosts' allocations are counted with them.
+                    touched, ended = self._apply_holds(batch.holds)
+                    grew = {record.host for record in batch.hosts  # (str: removed, never grew)
+                            if self._apply(record) and isinstance(record, HostRecord)}
+                    changed = {r if isinstance(r, str) else r.host for r in batch.hosts}
+                    reheld = self._rehold(touched - changed)
+                    if ended:
+                        grew.update(reheld)
+                    if self.on_records and batch.hosts:
                         for callback in self.on_records:
-                            callback(hosts)
+                            callback(sorted(changed))
                     if grew:
-                        self.notify(grew)
+                        self.notify(sorted(grew))
             except Compacted:
                 log.warning("host watch compacted; re-listing")
 

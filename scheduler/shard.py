@@ -294,6 +294,7 @@ class ShardScheduler:
     async def _place_loop(self) -> None:
         while True:
             refs = await self._queue.get_batch(self._batch_size)
+            requeues = {ref: self._queue.num_requeues(ref) for ref in refs}
             try:
                 await self._place_batch(refs)
             except EtcdError as err:
@@ -304,7 +305,8 @@ class ShardScheduler:
                     self._queue.add_rate_limited(ref)
             else:
                 for ref in refs:
-                    self._queue.forget(ref)
+                    if self._queue.num_requeues(ref) == requeues[ref]:  # not backed off again by this batch
+                        self._queue.forget(ref)
             finally:
                 for ref in refs:
                     self._queue.done(ref)
@@ -566,7 +568,8 @@ class ShardScheduler:
             log.info("set bind lost a race; retrying", extra={"shard": self.shard, "set": set_ref.name})
             self._sets.pop(set_ref, None)  # the record may be what changed
             await self._refresh(binds)
-            self._queue.add(set_ref)
+            # Backed off: a compare that keeps failing must not spin etcd round trips.
+            self._queue.add_rate_limited(set_ref)
             return
         for bind in binds:
             self._forget(bind)

@@ -14,7 +14,8 @@ the rules every writer of a host's bindings obeys.
   with why; its agent destroys the VM, then unbinds it into the queue.
 - **resize** (``VmStore.update_spec``, a flavor change of a bound VM): the binding is
   rewritten with the new spec and the allocation moves by the difference, refused
-  when a dimension it grows would exceed the host's allocatable.
+  when a dimension it grows would exceed the host's allocatable (every hold in the
+  allocation counted as taken).
 - **adopt** (``bind(..., adopting=True)``, ``OrphanStore.adopt``): a quarantined VM
   already running on the host is bound with no queue entry.
 - **bind a set** (``bind_set``, the scheduler): the members of an all-or-nothing set,
@@ -218,11 +219,18 @@ def _host_binds(keys: Keys, host: HostRead, vms: Sequence[tuple[VmSpec, int]], *
     allocation compared and written once, that it is neither dead nor in maintenance,
     each VM's queue entry compared and deleted, its binding and status written. Holds
     of live plans are carried; a stale one is dropped with its key compared absent
-    (``holds.keep_live``); ``plan``'s hold is consumed (dropped, not compared here)."""
+    (``holds.keep_live``); ``plan``'s hold is consumed (dropped, not compared here).
+
+    Without ``vms`` (a planned host of a set that only gives its held room back)
+    nothing lands on the host: only the allocation is compared, not that the host is
+    alive or out of maintenance (a drained or dead planned host must not keep the
+    plan's set from binding)."""
     k = keys
     allocation, hold_compares = holds.keep_live(k, holds.consume(host.allocation, plan), host.live)
-    compares = [ops.mod_revision_is(k.host_alloc(host.host), host.revision), ops.absent(k.host_dead(host.host)),
-                *([] if adopting else [ops.absent(k.host_maintenance(host.host))]), *hold_compares]
+    compares = [ops.mod_revision_is(k.host_alloc(host.host), host.revision), *hold_compares]
+    if vms:
+        compares[1:1] = [ops.absent(k.host_dead(host.host)),
+                         *([] if adopting else [ops.absent(k.host_maintenance(host.host))])]
     writes: list[RequestOp] = []
     for spec, queue_revision in vms:
         queue_key = k.queue(spec.shard, spec.ref)
@@ -274,9 +282,11 @@ def bind_set(keys: Keys, hosts: Sequence[SetHost], *, zone_counts: Mapping[ZoneG
 
     ``plan``: the set is the plan's (CreateVms with a plan): its hold is consumed in
     the same txn: ``holds[plan]`` leaves the allocation of every host of ``hosts``
-    (a planned host without members is a SetHost with no VMs), so an allocation grows
-    only by what its members take beyond the hold; ``holds/{plan}`` is compared
-    present and deleted. Raises ValueError when a host appears twice."""
+    (a planned host without members is a SetHost with no VMs: its change compares
+    only its allocation, so a planned host drained or declared dead since still gets
+    its held room back), so an allocation grows only by what its members take beyond
+    the hold; ``holds/{plan}`` is compared present and deleted. Raises ValueError
+    when a host appears twice."""
     if len({h.host.host for h in hosts}) != len(hosts):
         raise ValueError("a set bind names each host once")
     deltas: dict[ZoneGroupId, int] = {}
@@ -369,8 +379,11 @@ def resize(keys: Keys, host: HostRead, binding: Binding, binding_revision: int, 
 
     ``allocatable``: the host's (``HostRegistration.allocatable``), None when it has no
     registration. Raises HostFull when a dimension the resize grows would exceed it
-    (any growth when None; a shrink always fits), ValueError when ``spec`` is not the
-    binding's VM or would change its groups (that is a move)."""
+    with the room of EVERY hold in the allocation counted as taken (live or stale:
+    which plans are live is not known here, so conservatively all; a stale hold is
+    dropped by the host's next bind) (any growth when None; a shrink always fits),
+    ValueError when ``spec`` is not the binding's VM or would change its groups (that
+    is a move). The holds are kept as they are."""
     was = binding.spec
     if (spec.ref, spec.uid, spec.host_group, spec.zone_group) != (was.ref, was.uid, was.host_group, was.zone_group):
         raise ValueError(f"a resize of {was.ref.name} keeps its identity and groups")
@@ -380,9 +393,11 @@ def resize(keys: Keys, host: HostRead, binding: Binding, binding_revision: int, 
     if grown:
         if allocatable is None:
             raise HostFull(host.host, grown, registered=False)
-        over = [d for d in grown if getattr(allocation.resources, d) > getattr(allocatable, d)]
+        taken = allocation.resources + holds.held_total(allocation.holds, allocation.holds).resources
+        over = [d for d in grown if getattr(taken, d) > getattr(allocatable, d)]
         if over:
-            raise HostFull(host.host, over)
+            raise HostFull(host.host, over, held=any(getattr(allocation.resources, d) <= getattr(allocatable, d)
+                                                     for d in over))
     binding_key = keys.binding(host.host, spec.ref)
     compares = [ops.mod_revision_is(keys.host_alloc(host.host), host.revision),
                 ops.mod_revision_is(binding_key, binding_revision)]

@@ -65,11 +65,14 @@ class HostFull(StoreError):
     """A bound VM's resize would book more of its host than the host's allocatable in
     ``dimensions`` (those it grows: ``vcpus``, ``memory_mib``, ``disk_gib``).
     ``registered`` False: the host has no registration (its agent is not heartbeating),
-    so no growth can be checked against it and none is taken."""
+    so no growth can be checked against it and none is taken. ``held``: room plans
+    hold on the host was counted as taken (the message says so)."""
 
-    def __init__(self, host: str, dimensions: list[str], *, registered: bool = True):
+    def __init__(self, host: str, dimensions: list[str], *, registered: bool = True, held: bool = False):
         why = (f"would exceed its allocatable {', '.join(dimensions)}" if registered
                else "is not registered (its agent is not heartbeating), so it takes no growth")
+        if registered and held:
+            why += " (counting the room plans hold on it as taken)"
         super().__init__(f"host {host} has no room for the resize: it {why}")
         self.host = host
         self.dimensions = dimensions

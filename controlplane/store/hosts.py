@@ -37,6 +37,17 @@ class HostRecord:
         return self.drain and self.maintenance
 
 
+@dataclass(frozen=True, slots=True)
+class HostsAndHolds:
+    """One batch of ``HostStore.watch_with_holds``: holds made (plan, Hold) and ended
+    (plan, None: lease expired or consumed), in event order; the hosts changed (a
+    HostRecord, or the id of a host now gone); the batch's revision."""
+
+    holds: list[tuple[str, Hold | None]]
+    hosts: list[HostRecord | str]
+    revision: int
+
+
 class HostTable:
     """Folds host key-values into HostRecords; used by list, watch and the scheduler."""
 
@@ -195,19 +206,46 @@ class HostStore:
         k = self._keys
         await self._etcd.txn([], [ops.put(k.host_maintenance(host), b""), ops.put(k.host_drain(host), b"")])
 
-    async def list_holds(self) -> tuple[dict[str, Hold], int]:
-        """Every live hold by plan id, and the revision read at."""
-        kvs, revision = await self._etcd.range_prefix(self._keys.holds_prefix())
-        prefix = len(self._keys.holds_prefix())
-        return {kv.key[prefix:].decode(): Hold.from_bytes(kv.value) for kv in kvs}, revision
-
-    async def watch_holds(self, start_revision: int) -> AsyncIterator[builtins.list[tuple[str, Hold | None]]]:
-        """Holds made (plan, Hold) and ended (plan, None: lease expired or consumed) from
-        ``start_revision``, per watch response. Raises Compacted (re-list then)."""
+    def _plan_of(self, key: bytes) -> str | None:
+        """The plan id of a key under holds/, None for any other key."""
         prefix = self._keys.holds_prefix()
-        async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
-            yield [(event.kv.key[len(prefix):].decode(), None if event.is_delete else Hold.from_bytes(event.kv.value))
-                   for event in batch.events]
+        return key[len(prefix):].decode() if key.startswith(prefix) else None
+
+    async def snapshot_with_holds(self) -> tuple[HostTable, dict[str, Hold], int]:
+        """Every known host (as ``snapshot``) and every live hold by plan id, read as ONE
+        key range at one revision (``Keys.holds_and_hosts``): a hold and the
+        allocations its txn wrote are never seen apart. Raises Compacted."""
+        start, end = self._keys.holds_and_hosts()
+        kvs, revision = await self._etcd.range_all(start, end)
+        table, plans = HostTable(self._keys), {}
+        hosts = self._keys.hosts_prefix()
+        for kv in kvs:
+            plan = self._plan_of(kv.key)
+            if plan is not None:
+                plans[plan] = Hold.from_bytes(kv.value)
+            elif kv.key.startswith(hosts):
+                table.apply(kv, False)
+        return table, plans, revision
+
+    async def watch_with_holds(self, start_revision: int, table: HostTable) -> AsyncIterator[HostsAndHolds]:
+        """Host and hold changes from ``start_revision``, from ONE watch of the range of
+        ``snapshot_with_holds`` (host changes folded into ``table``, which must hold the
+        state at start_revision - 1), per watch response. etcd never splits one
+        revision's events across responses, so a plan's hold and the allocations its
+        txn wrote arrive in the same batch. Raises Compacted (re-list then)."""
+        start, end = self._keys.holds_and_hosts()
+        hosts = self._keys.hosts_prefix()
+        async for batch in self._etcd.watch(start, end, start_revision=start_revision):
+            plans: builtins.list[tuple[str, Hold | None]] = []
+            changed: dict[str, HostRecord | str] = {}
+            for event in batch.events:
+                plan = self._plan_of(event.kv.key)
+                if plan is not None:
+                    plans.append((plan, None if event.is_delete else Hold.from_bytes(event.kv.value)))
+                elif event.kv.key.startswith(hosts):
+                    host = table.apply(event.kv, event.is_delete)
+                    changed[host] = table.record(host) or host
+            yield HostsAndHolds(plans, builtins.list(changed.values()), batch.revision)
 
     async def watch(self, start_revision: int, table: HostTable
                     ) -> AsyncIterator[tuple[builtins.list[HostRecord | str], int]]:

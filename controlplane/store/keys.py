@@ -126,6 +126,14 @@ class Keys:
     def hold(self, plan: str) -> bytes:
         return self._k(f"holds/{plan}")
 
+    def holds_and_hosts(self) -> tuple[bytes, bytes]:
+        """[holds/, end of hosts/): the plans' holds and the hosts as ONE key range, so
+        one read or watch sees a plan's hold and the allocations that hold room for it
+        (written in one txn) at one revision. holds/ and hosts/ are adjacent in key
+        order: no other prefix of this layout sorts between them (``test_keys``);
+        readers of the range still skip any key under neither."""
+        return self.holds_prefix(), prefix_end(self.hosts_prefix())
+
     # Scheduler queue
     def queue_prefix(self, shard: int) -> bytes:
         return self._k(f"queue/{shard:04d}/")

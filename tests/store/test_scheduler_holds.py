@@ -15,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
+import pytest
+
 from controlplane.etcd import EtcdClient, Lease, ops
 from controlplane.models import (
     HeldRoom,
@@ -28,10 +30,13 @@ from controlplane.models import (
     VmState,
     now_ns,
 )
+from controlplane.placement import HostView
 from controlplane.store.hostagent import AgentStore
+from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
 from controlplane.store.vms import VmStore
 from scheduler import metrics
+from scheduler.hostsync import HostSync
 from tests.conftest import async_wait_until, describe_tasks, make_projects, running
 from tests.store.test_scheduler_sets import SMALL, Shard, admit_set, allocations, bindings_of, host, member, read_set
 
@@ -213,3 +218,91 @@ def test_a_plans_set_waits_while_its_planned_host_cannot_take_it(etcd_endpoint: 
             assert (await bindings_of(client, keys))["m-0"][0] == "host-2"
 
     asyncio.run(asyncio.wait_for(main(), timeout=120))
+
+
+@pytest.mark.parametrize("out", ["maintenance", "dead"])
+def test_a_plans_set_binds_and_gives_back_the_room_held_on_a_planned_host_gone_out_of_placement(
+        etcd_endpoint: str, root: str, out: str) -> None:
+    """A plan for two members on two hosts; one member deleted, and its planned host
+    then put in maintenance (or declared dead): the set still binds its other member
+    (the host left without members only gives its held room back, which a host out of
+    placement must not refuse), and that host's allocation drops holds[plan]."""
+    make_projects(etcd_endpoint, root, "acme", "web")
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client, Lease(client, 10) as lease, Lease(client, 60) as held:
+            agents = AgentStore(client, keys)
+            await agents.register([host("host-1", capacity=SMALL), host("host-2", capacity=SMALL)], lease.id)
+            await write_hold(client, keys, "p-4", [("m-0", "host-1", SMALL, ""), ("m-1", "host-2", SMALL, "")],
+                             held.id)
+            specs = [replace(member("pair", f"m-{i}", shard=0), plan="p-4") for i in range(2)]
+            await admit_set(client, keys, "pair", specs, shard=0)
+            vms = VmStore(client, keys)
+            assert (await vms.request_delete(specs[1].ref)).removed
+            await client.put(keys.host_maintenance("host-2") if out == "maintenance" else keys.host_dead("host-2"),
+                             b"")
+            shard = Shard(client, keys, lease, 0)
+            await shard.acquire()
+            conflicts = metrics.BIND_CONFLICTS.collect()[0].samples[0].value
+            async with running(*shard.coros()) as tasks:
+                async def seen() -> str:
+                    return (f"{(await read_set(client, keys, 'pair'))[0]}; bound {await bindings_of(client, keys)}; "
+                            f"allocations {await allocations(client, keys, ['host-1', 'host-2'])}; "
+                            f"{describe_tasks(tasks)}")
+
+                async def placed() -> bool:
+                    return (await read_set(client, keys, "pair"))[0].state == VmSetState.PLACED
+
+                await async_wait_until(placed, timeout=30, message="the plan's set placed", seen=seen)
+            _set, record_revision = await read_set(client, keys, "pair")
+            assert await bindings_of(client, keys) == {"m-0": ("host-1", record_revision)}
+            assert await client.get(keys.hold("p-4")) is None
+            assert await allocations(client, keys, ["host-1", "host-2"]) == {
+                "host-1": HostAllocation(SMALL, 1), "host-2": HostAllocation()}, "the held room was given back"
+            kv = await client.get(keys.host_alloc("host-2"))
+            assert kv is not None and kv.mod_revision == record_revision, "in the set's one txn"
+            assert metrics.BIND_CONFLICTS.collect()[0].samples[0].value == conflicts, "no bind lost a race"
+
+    asyncio.run(asyncio.wait_for(main(), timeout=120))
+
+
+def test_the_host_view_never_sees_an_allocation_holding_room_before_its_plan_is_live(
+        etcd_endpoint: str, root: str) -> None:
+    """A scheduler's host view (one watch of holds and hosts) while 20 plans, each
+    written as PlanVms does (its hold's key and the allocation in one txn), hold room
+    on a host: whenever the view takes an allocation in, every plan it holds room for
+    is already live and its room counted as taken, never free for a moment."""
+    make_projects(etcd_endpoint, root, "acme", "web")
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client, Lease(client, 10) as lease, Lease(client, 60) as held:
+            await AgentStore(client, keys).register([host("host-a")], lease.id)
+            sync = HostSync(HostStore(client, keys), HostView())
+            missed: list[str] = []
+            taken: list[int] = []
+
+            def check(hosts: list[str] | None) -> None:
+                stored = sync.allocation("host-a")
+                snapshot = sync.view.committed("host-a")
+                if stored is None or snapshot is None:
+                    return
+                unknown = [plan for plan in stored[0].holds if plan not in sync.plans]
+                if unknown or snapshot.vm_count != len(stored[0].holds):
+                    missed.append(f"revision {stored[1]}: holds {sorted(stored[0].holds)}, live {sorted(sync.plans)}, "
+                                  f"counted {snapshot.vm_count}")
+                taken.append(snapshot.vm_count)
+
+            sync.on_records.append(check)
+            async with running(sync.run()) as tasks:
+                await async_wait_until(sync.ready.is_set, timeout=10, message="listed",
+                                       seen=lambda: describe_tasks(tasks))
+                for i in range(20):
+                    await write_hold(client, keys, f"p-{i}", [(f"vm-{i}", "host-a", SMALL, "")], held.id)
+                await async_wait_until(lambda: taken and taken[-1] == 20, timeout=30,
+                                       message="all 20 holds counted", seen=lambda: f"{taken}; {missed}")
+            assert missed == [], missed
+            assert sync.plans.keys() == {f"p-{i}" for i in range(20)}
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))

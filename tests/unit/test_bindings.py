@@ -42,7 +42,7 @@ from controlplane.models import (
     VmState,
     VmStatus,
 )
-from controlplane.store import bindings
+from controlplane.store import bindings, holds
 from controlplane.store.bindings import HostRead, Unbind
 from controlplane.store.errors import HostFull
 from controlplane.store.keys import Keys
@@ -198,8 +198,8 @@ class BindingMachine(RuleBasedStateMachine):
         return HostRead(host, HostAllocation.from_bytes(kv[0]), kv[2], live) if kv else HostRead(host, live=live)
 
     def _live(self, lag: int) -> set[str]:
-        """The plans live as a writer saw them (its view of holds/ lags on its own, as
-        the scheduler's holds watch does next to its hosts watch)."""
+        """The plans live as a writer saw them, lagging on their own (more than the
+        scheduler's one watch of holds and hosts lets them: the rules must not need it)."""
         read = self._read(lag)
         return {plan for plan in self.plans if KEYS.hold(plan) in read}
 
@@ -425,8 +425,9 @@ class BindingMachine(RuleBasedStateMachine):
                      if getattr(resources, d) > getattr(binding.spec.resources, d)]
             assert full.dimensions and set(full.dimensions) <= set(grown)
             limit = ALLOCATABLE[host]
-            if limit is not None:
-                after = before.allocation.resources + resources - binding.spec.resources
+            if limit is not None:  # every hold's room counted as taken (live or not: conservative)
+                held = holds.held_total(before.allocation.holds, before.allocation.holds).resources
+                after = before.allocation.resources + resources - binding.spec.resources + held
                 assert all(getattr(after, d) > getattr(limit, d) for d in full.dimensions)
             return
         ok, _ = self.etcd.txn([ops.mod_revision_is(KEYS.vm_spec(spec.ref), spec_kv[2]), *txn.compares],
@@ -437,8 +438,13 @@ class BindingMachine(RuleBasedStateMachine):
             limit = ALLOCATABLE[host]
             grown = [d for d in bindings.DIMENSIONS if getattr(resources, d) > getattr(binding.spec.resources, d)]
             assert limit is not None or not grown
-            for d in grown:  # a committed growth never overshoots the host
-                assert getattr(txn.allocation.resources, d) <= getattr(limit, d)
+            # A committed growth never overshoots the host, nor grows into room a plan
+            # holds there (the allocation as committed carries every hold it had).
+            live = {plan for plan in self.plans if KEYS.hold(plan) in self.etcd.kv}
+            assert txn.allocation.holds == before.allocation.holds
+            held = holds.held_total(txn.allocation.holds, live).resources
+            for d in grown:
+                assert getattr(txn.allocation.resources + held, d) <= getattr(limit, d)
             self._committed()
 
     @precondition(lambda self: any(w is None for w in self.where.values()))
@@ -653,6 +659,30 @@ def test_a_resize_moves_the_allocation_by_the_delta_and_refuses_a_dimension_past
     # Built from the read before it: refused as a whole.
     stale = bindings.resize(KEYS, host, binding, binding_kv[2], replace(spec, resources=Resources(1, 1, 1)), limit)
     assert not etcd.txn(stale.compares, stale.writes)[0]
+
+
+def test_a_resize_does_not_grow_into_room_a_plan_holds_on_the_host() -> None:
+    """Every hold in the allocation counts as taken against the allocatable (whether
+    its plan is still live is not known to a resize: conservatively all), and a
+    resize keeps the holds as they are."""
+    spec = make_spec(1, Resources(2, 2, 2), "", Scope.HOST, "", Scope.HOST)
+    binding = bindings.as_bound(spec, "h", "")
+    held = HostAllocation(Resources(2, 2, 2), 1, {}, {"live": HeldRoom(Resources(1, 2, 0), 1),
+                                                       "stale": HeldRoom(Resources(1, 0, 0), 1)})
+    host = HostRead("h", held, 3)
+    limit = Resources(4, 8, 8)
+    # Allocated 2 + held 2 vcpus: the host's 4 are all taken, no vcpu more.
+    with pytest.raises(HostFull) as full:
+        bindings.resize(KEYS, host, binding, 7, replace(spec, resources=Resources(3, 2, 2)), limit)
+    assert full.value.dimensions == ["vcpus"] and "plans hold" in str(full.value)
+    # Memory: 2 allocated + 2 held of 8: growing by 4 fits exactly, by 5 does not.
+    txn = bindings.resize(KEYS, host, binding, 7, replace(spec, resources=Resources(2, 6, 2)), limit)
+    assert txn.allocation == replace(held, resources=Resources(2, 6, 2)), "the holds kept as they were"
+    with pytest.raises(HostFull):
+        bindings.resize(KEYS, host, binding, 7, replace(spec, resources=Resources(2, 7, 2)), limit)
+    # A shrink always fits, holds or not.
+    assert bindings.resize(KEYS, host, binding, 7, replace(spec, resources=Resources(1, 1, 1)),
+                           Resources(1, 1, 1)).allocation.resources == Resources(1, 1, 1)
 
 
 def test_an_adopted_vm_is_bound_without_a_queue_entry_even_under_maintenance() -> None:

@@ -48,3 +48,26 @@ def test_refs_read_back_from_names_and_key_ends():
     assert VmRef.from_name(ref.name) == ref
     assert VmRef.from_name("tenants/t/projects/p") is None
     assert keys.ref_at_end(keys.queue(3, ref)) == ref == keys.ref_at_end(keys.binding("h-1", ref))
+
+
+def test_holds_and_hosts_are_one_range_with_nothing_else_between():
+    """Every prefix of the layout sorts outside [holds/, end of hosts/) but those two,
+    so the scheduler's one watch of that range sees only holds and hosts."""
+    keys = Keys("/q")
+    start, end = keys.holds_and_hosts()
+    ref = VmRef("t", "p", "v")
+    inside = [keys.hold("p-1"), keys.hold(""), keys.host_reg("a"), keys.host_alloc("zz~"), keys.host_dead("h"),
+              keys.host_maintenance("a-b"), keys.host_drain("h.example.com")]
+    assert all(start <= key < end for key in inside)
+    outside = [keys.vm_spec(ref), keys.vm_status(ref), keys.bootstrap(ref), keys.vm_set("t", "p", "s"),
+               keys.queue(0, ref), keys.binding("h", ref), keys.tombstone("h", "u"), keys.orphan("h", "u"),
+               keys.zone_group("z", "t/p/g"), keys.flavor("f"), keys.image("i"), keys.tenant_flavor("t", "f"),
+               keys.tenant("t"), keys.project("t", "p"), keys.usage("t", "p", 0), keys.signing_key(),
+               keys.token("x"), keys.revocation("x"), keys.audit("t", 1, "x"), keys.rate_demand("f"),
+               keys.request("t", "p", "r"), keys.cluster_config(), keys.shard(0), keys.shard_member("m")]
+    outside += [keys.vms_prefix(), keys.vm_sets_prefix(), keys.queue_prefix(0), keys.bindings_prefix(),
+                keys.orphans_prefix(), keys.zones_prefix(), keys.flavors_prefix(), keys.images_prefix(),
+                keys.tenant_flavors_prefix(), keys.tenants_prefix(), keys.projects_prefix(),
+                keys.usage_prefix("t"), keys.tokens_prefix(), keys.revocations_prefix(), keys.audit_prefix(),
+                keys.rate_demand_prefix(), keys.shards_prefix()]
+    assert not [key for key in outside if start <= key < end]
