@@ -56,6 +56,7 @@ from controlplane.placement import (
 )
 from controlplane.placement.sets import forget as forget_placed
 from controlplane.placement.sets import resolved
+from controlplane.placement.specs import request_of
 from controlplane.store.errors import NotFound
 from controlplane.store.scheduling import HostBind, QueuedVm, SchedulingStore, SetRead
 from controlplane.store.shards import ShardLock
@@ -76,17 +77,8 @@ _NO_ZONES: frozenset[str] = frozenset()
 
 
 def _request(vm: QueuedVm, zones: ZoneCounts) -> PlacementRequest:
-    """The placement request of a queued VM, its zone constraints resolved against
-    ``zones`` (committed + assumed) as they are now."""
-    spec = vm.spec
-    zone_group, zone_affinity = spec.zone_group, spec.zone_affinity_group
-    return PlacementRequest(vm_key=spec.ref.name, uid=spec.uid, resources=spec.resources,
-                            labels=spec.labels, node_selector=spec.node_selector,
-                            anti_affinity_group=spec.host_group, zone_spread=bool(zone_group),
-                            avoid_zones=zones.zones_with(zone_group) if zone_group else _NO_ZONES,
-                            host_affinity_group=spec.host_affinity_group,
-                            affinity_zones=zones.zones_with(zone_affinity) if zone_affinity else None,
-                            image=spec.image)
+    """The placement request of a queued VM (``controlplane.placement.specs.request_of``)."""
+    return request_of(vm.spec, zones)
 
 
 def _set_of(spec: VmSpec) -> VmSetRef:
