@@ -40,6 +40,19 @@ async def by_kind(endpoint: str) -> tuple[collections.Counter, collections.Count
     return size, count, revision
 
 
+def _metrics(endpoint: str) -> dict[str, float]:
+    """etcd's own Prometheus metrics (unlabelled series, summed over labels)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(endpoint.split(",")[0] + "/metrics", timeout=10).read().decode()
+    out: dict[str, float] = collections.defaultdict(float)
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name.split("{", 1)[0]] += float(value)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vms", type=int, default=30000)
@@ -68,6 +81,13 @@ def main() -> int:
         db_size = db.stat().st_size if db.exists() else 0
         print(f"etcd RSS {rss_kib / 1024:.0f} MiB = {rss_kib * 1024 / args.vms:.0f} B/VM; "
               f"db file {db_size / 2**20:.0f} MiB = {db_size / args.vms:.0f} B/VM")
+        # Where etcd's memory is: its Go heap (raft log, index, watchers) against the
+        # rest (mostly the db file's mmap), and the bytes clients sent it in all.
+        metrics = _metrics(system.etcd_endpoint)
+        for name in ("go_memstats_heap_inuse_bytes", "go_memstats_heap_alloc_bytes",
+                     "etcd_network_client_grpc_received_bytes_total"):
+            if name in metrics:
+                print(f"  {name} {metrics[name] / 2**20:.0f} MiB = {metrics[name] / args.vms:.0f} B/VM")
         return run.returncode
     finally:
         system.cleanup()
