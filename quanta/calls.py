@@ -75,11 +75,14 @@ STUBS: dict[str, Callable[[Any], Any]] = {
 #: refused, as retried CreateVms would; ALL_OR_NOTHING, the set's request_id (which
 #: covers its members: the server refuses theirs), so a retry returns the same set
 #: and VMs, never a second set. A CreateVms sent by other means without those ids
-#: must not be retried blindly. PlanVms is not here: with a hold it writes and carries no
-#: idempotency key (a retry could hold the room twice), and the channel's policy is per
-#: method; :meth:`Calls.plan_vms` without a hold has the client retry it itself
-#: (:attr:`Unary.attempts`). Creates of other resources take no request_id the server honours, and
-#: a retried DestroyOrphan would find its record gone (NOT_FOUND): not retried.
+#: must not be retried blindly. PlanVms is not here: a PlanVms with a hold sent by
+#: other means without a request_id must not be retried (a retry could hold the room
+#: twice), and the channel's policy is per method; :meth:`Calls.plan_vms` has the
+#: client retry it itself (:attr:`Unary.attempts`): without a hold it writes nothing,
+#: with one it carries a request_id (generated per call, resent by every attempt), so
+#: a retry returns the plan the first attempt held, never a second hold. Creates of
+#: other resources take no request_id the server honours, and a retried DestroyOrphan
+#: would find its record gone (NOT_FOUND): not retried.
 #:
 #: The VM verbs of issue 12: StartVm and StopVm set the desired power state, so a
 #: second attempt sets what the first set. RestartVm is retried because every SDK
@@ -399,7 +402,8 @@ class Calls:
         return Unary(VMS, "CreateVms", request, timeout=self._long() if len(requests) > BIG_BATCH else None,
                      parse=lambda response: CreatedVms.of(response, names, raise_refusal=all_or_nothing))
 
-    def plan_vms(self, vms: Sequence[Mapping[str, Any]], *, hold: float | None = None) -> Unary[PlannedVms]:
+    def plan_vms(self, vms: Sequence[Mapping[str, Any]], *, hold: float | None = None,
+                 request_id: str | None = None) -> Unary[PlannedVms]:
         """Where ``vms`` (as :meth:`create_vms` takes them, each with its ``vm_id``)
         would be placed now, all together, as an all_or_nothing set is placed:
         returns a :class:`PlannedVms` (per VM its host, or which filters removed how
@@ -412,11 +416,13 @@ class Calls:
         placement takes it. Nothing is held when the set does not fit. An unused
         hold ends by itself.
 
-        Without ``hold`` it writes nothing and is retried on UNAVAILABLE, as a read.
-        With one it is NOT retried: the call carries no idempotency key, so a retry of
-        an attempt whose answer was lost would hold the room a second time (the
-        first hold, unknown to the caller, would keep it from others until it
-        expired). The caller sees Unavailable and may plan again.
+        Retried on UNAVAILABLE either way: without ``hold`` it writes nothing, as a
+        read; with one it carries ``request_id`` (generated when not given, resent by
+        every attempt), so a retry of an attempt whose answer was lost returns the
+        plan that attempt held (the same plan and expire_time), never a second hold.
+        The same request_id with other VMs raises AlreadyExists with reason
+        REQUEST_ID_REUSED while that hold lasts. ``request_id`` is ignored without
+        ``hold``.
 
         Raises NotFound (no such project), AlreadyExists (a VM id is taken),
         InvalidArgument (a bad VM, naming it); TypeError / ValueError as
@@ -428,9 +434,10 @@ class Calls:
         if missing := [i for i, r in enumerate(requests) if not r.vm_id]:
             raise ValueError(f"plan_vms: vms[{missing[0]}]: give a vm_id (a plan names its VMs)")
         request = vm_pb2.PlanVmsRequest(parent=self.parent, requests=requests,
-                                        hold=_duration(hold) if hold else None)
+                                        hold=_duration(hold) if hold else None,
+                                        request_id=(request_id or uuid.uuid4().hex) if hold else "")
         return Unary(VMS, "PlanVms", request, timeout=self._long() if len(requests) > BIG_BATCH else None,
-                     parse=PlannedVms.of, attempts=1 if hold else RETRY_ATTEMPTS)
+                     parse=PlannedVms.of, attempts=RETRY_ATTEMPTS)
 
     def _creates(self, call: str, vms: Sequence[Mapping[str, Any]], *,
                  set_members: bool) -> list[vm_pb2.CreateVmRequest]:

@@ -15,11 +15,19 @@ under a lease of the hold's length; a lost race (a planned host's allocation or 
 relied-on zone count changed since the read) re-reads and plans again, at most
 ``HOLD_ATTEMPTS`` times, then answers fits False saying so. The audit record of a
 held plan (resource: the plan's name) is written in the hold's txn.
+
+A hold with a request_id is idempotent: its plan id is derived from the project and
+the request_id (:func:`plan_id`), so the hold txn's ``absent(holds/{plan})`` compare
+makes a second hold impossible. A retry finds the first attempt's hold live among the
+fleet's plans (it reads them anyway) and answers from it, writing nothing: the same
+plan name and expire_time, its hosts; with other VMs it is refused REQUEST_ID_REUSED.
+Once the hold has ended (used by a create, or expired) the request_id holds again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -27,6 +35,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.api import errors
@@ -87,23 +96,27 @@ class Planner:
             hosts[i] = host
         return hosts
 
-    async def plan(self, parent: str, specs: Sequence[VmSpec], hold_s: int) -> vm_pb2.PlanVmsResponse:
+    async def plan(self, parent: str, specs: Sequence[VmSpec], hold_s: int, *,
+                   request_id: str = "") -> vm_pb2.PlanVmsResponse:
         """The answer to PlanVms for valid ``specs`` of project ``parent`` (ids unique),
-        holding the room for ``hold_s`` seconds (0: none) when the set fits. Raises
-        ApiError: NOT_FOUND (no such project), ALREADY_EXISTS (a VM id is taken),
-        FAILED_PRECONDITION PROJECT_DELETING."""
+        holding the room for ``hold_s`` seconds (0: none) when the set fits.
+        ``request_id`` (with a hold only): a retry returns the live hold the first
+        attempt made (see the module docstring). Raises ApiError: NOT_FOUND (no such
+        project), ALREADY_EXISTS (a VM id is taken; REQUEST_ID_REUSED: the
+        request_id's live hold is for other VMs), FAILED_PRECONDITION PROJECT_DELETING."""
         tenant, project = specs[0].ref.tenant, specs[0].ref.project
+        plan = plan_id(tenant, project, request_id) if hold_s and request_id else ""
         total = sum((Usage.of_vm(spec.resources) for spec in specs), Usage())
         for attempt in range(1, HOLD_ATTEMPTS + 1):
             try:
-                (record, usage, _), taken = await asyncio.gather(
-                    self._store.ledger.usage(tenant, project), self._store.names_taken([s.ref for s in specs]))
+                (record, usage, _), taken, fleet = await asyncio.gather(
+                    self._store.ledger.usage(tenant, project), self._store.names_taken([s.ref for s in specs]),
+                    self._fleet.read())
             except NotFound as err:
                 raise errors.not_found("project", parent) from err
             for spec, present in zip(specs, taken, strict=True):
                 if present:
                     raise errors.already_exists("vm", spec.ref.name)
-            fleet, placement = await self.place(specs)
             # The project's live holds count against its quota here, so that plans cannot
             # hold more of the fleet than the project may use (a create from a plan then
             # charges its VMs as any create, and its hold ends).
@@ -112,12 +125,16 @@ class Planner:
             refusal = refuse(record, parent, usage + holding, total)
             if isinstance(refusal, ProjectDeleting):
                 raise errors.failed_precondition(str(refusal), "PROJECT_DELETING", metadata={"project": parent})
+            if plan and (held := fleet.plans.get(plan)) is not None:
+                _writes_nothing()  # the first attempt held it (and filed its audit record)
+                return _held_answer(specs, held, request_id, headroom=record.quota.headroom(usage + holding))
+            fleet, placement = await self.place(specs, fleet=fleet)
             answer = _answer(specs, placement, quota_ok=refusal is None,
                              headroom=record.quota.headroom(usage + holding + total))
             if not hold_s or not answer.fits:
                 _writes_nothing()
                 return answer
-            held = await self._hold(specs, fleet, placement, hold_s)
+            held = await self._hold(specs, fleet, placement, hold_s, plan=plan)
             if held is not None:
                 answer.plan = held.name
                 answer.expire_time.CopyFrom(_timestamp(held.expire_ns))
@@ -131,11 +148,12 @@ class Planner:
         return answer
 
     async def _hold(self, specs: Sequence[VmSpec], fleet: Fleet, placement: SetPlacement[int],
-                    hold_s: int) -> Hold | None:
-        """Hold the room ``placement`` found (it fits) for ``hold_s`` s; None when the
-        fleet changed since ``fleet`` was read (nothing written)."""
+                    hold_s: int, *, plan: str = "") -> Hold | None:
+        """Hold the room ``placement`` found (it fits) for ``hold_s`` s as plan ``plan``
+        (default: a random id); None when the fleet changed since ``fleet`` was read or
+        the plan's key exists (nothing written)."""
         spec0 = specs[0]
-        plan = f"plan-{uuid.uuid4().hex[:16]}"
+        plan = plan or f"plan-{uuid.uuid4().hex[:16]}"
         rooms: dict[str, list[HeldRoom]] = defaultdict(list)
         zone_counts: dict[ZoneGroupId, ZoneCount] = {}
         vms = []
@@ -160,6 +178,35 @@ class Planner:
         log.info("plan held", extra={"plan": hold.name, "vms": len(vms), "hosts": len(hosts), "hold_s": hold_s,
                                      "revision": result.revision})
         return hold
+
+
+def plan_id(tenant: str, project: str, request_id: str) -> str:
+    """The plan id a hold with ``request_id`` takes in project ``tenant/project``: the
+    same for every retry, so only one hold can exist under it at a time."""
+    digest = hashlib.sha256(f"{tenant}/{project}/{request_id}".encode()).hexdigest()
+    return f"plan-{digest[:16]}"
+
+
+def _held_answer(specs: Sequence[VmSpec], held: Hold, request_id: str, *,
+                 headroom: Usage) -> vm_pb2.PlanVmsResponse:
+    """The answer of a retried hold: the live ``held`` (what its first attempt
+    answered: each VM's planned host, the plan and its expire_time; ``headroom`` counts
+    the hold already). Raises ALREADY_EXISTS REQUEST_ID_REUSED when ``held`` was made
+    for other VMs (ids, flavors or sizes) or in another project."""
+    planned = {vm.vm_id: vm for vm in held.vms}
+    ref = specs[0].ref
+    if ((held.tenant, held.project) != (ref.tenant, ref.project) or set(planned) != {s.ref.vm_id for s in specs}
+            or any((planned[s.ref.vm_id].flavor, planned[s.ref.vm_id].resources) != (s.flavor, s.resources)
+                   for s in specs)):
+        raise errors.ApiError(
+            grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED",
+            f"request_id {request_id!r} already holds a plan for other VMs; use a new request_id for another plan",
+            metadata={"request_id": request_id})
+    placements = [vm_pb2.VmPlacement(vm=s.ref.name, host=f"hosts/{planned[s.ref.vm_id].host}") for s in specs]
+    answer = vm_pb2.PlanVmsResponse(placements=placements, fits=True, quota_headroom=usage_to_proto(headroom),
+                                    plan=held.name)
+    answer.expire_time.CopyFrom(_timestamp(held.expire_ns))
+    return answer
 
 
 def _answer(specs: Sequence[VmSpec], placement: SetPlacement[int], *, quota_ok: bool,

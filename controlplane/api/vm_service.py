@@ -413,7 +413,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
 
     async def PlanVms(self, request: vm_pb2.PlanVmsRequest, context) -> vm_pb2.PlanVmsResponse:
         """Validated as CreateVms ALL_OR_NOTHING would validate the same creates (each
-        with its vm_id), WRITE_VMS (a plan may hold room); then ``Planner.plan``."""
+        with its vm_id), WRITE_VMS (a plan may hold room); request_id checked only with
+        a hold (without one it is ignored); then ``Planner.plan``."""
         if not (request.hold.seconds or request.hold.nanos):
             _dry_run()  # writes nothing, whatever its outcome
         v = validation.Violations()
@@ -425,6 +426,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             v.add("requests", f"{count} creates; 1 to {MAX_CREATE_VMS} per call")
         hold_s = v.capture(validation.duration_seconds, request.hold.seconds, request.hold.nanos, default=0,
                            maximum=MAX_HOLD_S, field="hold") or 0
+        if hold_s:
+            v.capture(validation.validate_request_id, request.request_id)
         specs: list[VmSpec] = []
         first: dict[str, int] = {}
         for i, one in enumerate(request.requests):
@@ -445,7 +448,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             first[spec.ref.vm_id] = i
             specs.append(spec)
         v.raise_if_any()
-        return await self._planner.plan(request.parent, specs, hold_s)
+        return await self._planner.plan(request.parent, specs, hold_s,
+                                        request_id=request.request_id if hold_s else "")
 
     async def GetVmSet(self, request: vm_pb2.GetVmSetRequest, context) -> vm_pb2.VmSet:
         tenant, project, set_id = validation.parse_vm_set_name(request.name)

@@ -76,7 +76,8 @@ def hold_txn(keys: Keys, hold: Hold, hosts: Sequence[HeldHost], *, lease: int, l
     key put under ``lease``. ``live``: the plans read as live with the allocations
     (their holds are kept; a stale one may be dropped, compared absent).
     ``zone_counts``: the zone group counts the placement relied on, as read. Pure.
-    Raises ValueError when a host appears twice or already holds room for the plan."""
+    Raises ValueError when a host appears twice or already holds room for the plan
+    while it is live."""
     if len({h.host for h in hosts}) != len(hosts):
         raise ValueError("a hold names each host once")
     k = keys
@@ -84,8 +85,10 @@ def hold_txn(keys: Keys, hold: Hold, hosts: Sequence[HeldHost], *, lease: int, l
     writes: list[RequestOp] = []
     allocations = {}
     for h in hosts:
-        if hold.plan in h.allocation.holds:
+        if hold.plan in h.allocation.holds and hold.plan in live:
             raise ValueError(f"host {h.host} already holds room for {hold.plan}")
+        # A stale holds[plan] (an ended hold of the same plan id: a request_id's plan
+        # held again) is replaced: holds/{plan} is compared absent.
         kept, stale = holds.keep_live(k, h.allocation, live)
         allocation = replace(kept, holds={**kept.holds, hold.plan: h.room})
         compares += [ops.mod_revision_is(k.host_alloc(h.host), h.revision), ops.absent(k.host_dead(h.host)),

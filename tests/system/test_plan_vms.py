@@ -3,7 +3,8 @@ host in each of three zones, each with room for one "large" VM): a 3-member ZONE
 anti-affine set that cannot fit says so per VM (which filters removed how many
 hosts) and writes nothing; once it fits, three distinct zones; a held plan takes its
 room in the hosts' allocations under a lease, other placements do not take it, and
-when the hold ends the room is free again."""
+when the hold ends the room is free again; a hold's request_id makes a retry return
+the first attempt's plan, never a second hold."""
 
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ def create(vm_id: str, *, flavor: str = "small", group: str = "cp") -> vm_pb2.Cr
         flavor=flavor, image="ubuntu", anti_affinity_group=group, anti_affinity_scope=vm_pb2.Vm.ZONE))
 
 
-def plan(c: Client, parent: str, requests: list[vm_pb2.CreateVmRequest], hold_s: int = 0) -> vm_pb2.PlanVmsResponse:
-    return c._call(c._vms.PlanVms, vm_pb2.PlanVmsRequest(parent=parent, requests=requests,
+def plan(c: Client, parent: str, requests: list[vm_pb2.CreateVmRequest], hold_s: int = 0,
+         request_id: str = "") -> vm_pb2.PlanVmsResponse:
+    return c._call(c._vms.PlanVms, vm_pb2.PlanVmsRequest(parent=parent, requests=requests, request_id=request_id,
                                                          hold=duration_pb2.Duration(seconds=hold_s)), timeout=60)
 
 
@@ -188,3 +190,27 @@ def test_a_projects_holds_count_against_its_quota_for_further_plans(admin: Clien
     assert not second.fits and not second.plan and second.quota_headroom.vms == -1, second
     one = plan(admin, parent, [create("c-0", group="gc")])
     assert one.fits and one.quota_headroom.vms == 0
+
+
+def test_a_held_plans_retry_with_its_request_id_returns_the_same_plan_and_holds_once(system, admin: Client) -> None:
+    """The same request_id twice with a hold: the same plan (name, expire_time, hosts),
+    one hold key, the quota counting it once; the request_id with other VMs while the
+    hold lasts: ALREADY_EXISTS REQUEST_ID_REUSED, nothing held."""
+    parent = project(admin, vms=5)
+    vms = [create(f"r-{i}", group=f"gr{i}") for i in range(2)]
+    first = plan(admin, parent, vms, hold_s=30, request_id="rid-1")
+    assert first.fits and first.plan and first.quota_headroom.vms == 3, first
+    again = plan(admin, parent, vms, hold_s=30, request_id="rid-1")
+    assert again.plan == first.plan and again.expire_time == first.expire_time
+    assert list(again.placements) == list(first.placements) and again.fits
+    assert again.quota_headroom.vms == 3, "the retry counts the hold once"
+    mine = [h for h in etcd_state(system)[1].values() if h.name.startswith(parent + "/")]
+    assert [h.name for h in mine] == [first.plan], "one hold, not two"
+    with pytest.raises(ApiError) as refused:
+        plan(admin, parent, [create("other", group="go")], hold_s=30, request_id="rid-1")
+    assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS and refused.value.reason == "REQUEST_ID_REUSED"
+    assert [h.name for h in etcd_state(system)[1].values() if h.name.startswith(parent + "/")] == [first.plan]
+    # Another request_id is another plan; without a hold the request_id is ignored.
+    other = plan(admin, parent, [create("other", group="go")], hold_s=30, request_id="rid-2")
+    assert other.plan and other.plan != first.plan
+    assert not plan(admin, parent, vms, request_id="rid-1").plan

@@ -1,10 +1,11 @@
 """Plans, client side, without a real system: the PlanVms the SDK builds (each VM as
 create_vms builds a set's member, a hold as a Duration), CreateVms bound to a plan
 (ALL_OR_NOTHING only), how an answer is read (hosts as Vm.host names them, unlimited
-quota as None, the hold's end), the retry rule (a plan without a hold is retried on
-UNAVAILABLE like a read, one with a hold never: a retry could hold twice) in both
-clients against an in-process server, the views, and ``vm create-many --plan``,
-``--hold`` and ``--from-plan`` against that server."""
+quota as None, the hold's end), the retry rule (a plan is retried on UNAVAILABLE:
+without a hold like a read, with one resending the same request_id, so the server
+answers a retry with the first attempt's hold) in both clients against an in-process
+server, the views, and ``vm create-many --plan``, ``--hold`` and ``--from-plan``
+against that server."""
 
 from __future__ import annotations
 
@@ -49,14 +50,17 @@ def test_a_plan_sends_each_vm_as_a_sets_member_and_the_hold() -> None:
     assert r.requests[0] == member  # built as create_vms builds a set's member: no request_id, no parent
     assert [m.request_id for m in r.requests] == ["", "", "", ""] and r.requests[3].vm.bootstrap.user_data
     assert (r.hold.seconds, r.hold.nanos) == (60, 0)
-    assert not BUILT.plan_vms(CP).request.HasField("hold") and not BUILT.plan_vms(CP, hold=0).request.HasField("hold")
+    assert len(r.request_id) == 32 and BUILT.plan_vms(CP, hold=60).request.request_id != r.request_id  # per call
+    assert BUILT.plan_vms(CP, hold=60, request_id="mine").request.request_id == "mine"
+    for unheld in (BUILT.plan_vms(CP), BUILT.plan_vms(CP, hold=0, request_id="mine")):
+        assert not unheld.request.HasField("hold") and not unheld.request.request_id  # ignored without a hold
     assert "marker-71d0" not in repr(call)
 
 
-def test_a_plan_is_retried_as_a_read_only_without_a_hold() -> None:
+def test_a_plan_is_retried_with_or_without_a_hold_by_the_client() -> None:
     assert BUILT.plan_vms(CP).attempts == calls.RETRY_ATTEMPTS
-    assert BUILT.plan_vms(CP, hold=30).attempts == 1
-    assert "PlanVms" not in calls.RETRIED[calls.VMS]  # the channel would retry a hold too
+    assert BUILT.plan_vms(CP, hold=30).attempts == calls.RETRY_ATTEMPTS  # its request_id makes it idempotent
+    assert "PlanVms" not in calls.RETRIED[calls.VMS]  # the channel would retry one sent without a request_id too
 
 
 def test_bad_plans_are_refused_before_anything_is_sent() -> None:
@@ -219,16 +223,16 @@ def server() -> Iterator[tuple[str, Vms]]:
         srv.stop(None)
 
 
-def test_both_clients_retry_a_plan_without_a_hold_and_never_one_with(server) -> None:
+def test_both_clients_retry_a_plan_and_a_held_one_with_the_same_request_id(server) -> None:
     endpoint, vms = server
     vms.failures = 2
     with quanta.Client(endpoint, token="t", tenant="t", project="p") as client:
         planned = client.plan_vms(CP)
         assert planned.fits and len(vms.plans) == 3 and all(r == vms.plans[0] for r in vms.plans)
-        vms.failures, vms.plans = 1, []
-        with pytest.raises(errors.Unavailable):
-            client.plan_vms(CP, hold=60)
-        assert len(vms.plans) == 1  # a retry could have held the room twice
+        vms.failures, vms.plans = 2, []
+        held = client.plan_vms(CP, hold=60)
+        assert held.plan == f"{PARENT}/plans/plan-0a1b" and len(vms.plans) == 3
+        assert vms.plans[0].request_id and all(r == vms.plans[0] for r in vms.plans)  # the same request_id resent
         vms.failures, vms.plans = 10, []
         with pytest.raises(errors.Unavailable):
             client.plan_vms(CP)
@@ -239,11 +243,10 @@ def test_both_clients_retry_a_plan_without_a_hold_and_never_one_with(server) -> 
             vms.failures, vms.plans = 2, []
             first = await client.plan_vms(CP)
             attempts = len(vms.plans)
-            vms.failures, vms.plans = 1, []
-            with pytest.raises(errors.Unavailable):
-                await client.plan_vms(CP, hold=60)
-            assert len(vms.plans) == 1
-            return first, attempts, await client.plan_vms(CP, hold=60)
+            vms.failures, vms.plans = 2, []
+            held = await client.plan_vms(CP, hold=60)
+            assert len(vms.plans) == 3 and vms.plans[0].request_id and all(r == vms.plans[0] for r in vms.plans)
+            return first, attempts, held
 
     first, attempts, held = asyncio.run(run())
     assert first.fits and attempts == 3 and held.plan == f"{PARENT}/plans/plan-0a1b"

@@ -259,14 +259,16 @@ class CreateVmsRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[CreateVmRequest, _Mapping]]] = ..., mode: _Optional[_Union[CreateVmsRequest.Mode, str]] = ..., set_id: _Optional[str] = ..., request_id: _Optional[str] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validate_only: _Optional[bool] = ..., plan: _Optional[str] = ...) -> None: ...
 
 class PlanVmsRequest(_message.Message):
-    __slots__ = ("parent", "requests", "hold")
+    __slots__ = ("parent", "requests", "hold", "request_id")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     HOLD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     parent: str
     requests: _containers.RepeatedCompositeFieldContainer[CreateVmRequest]
     hold: _duration_pb2.Duration
-    def __init__(self, parent: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[CreateVmRequest, _Mapping]]] = ..., hold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, parent: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[CreateVmRequest, _Mapping]]] = ..., hold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PlanVmsResponse(_message.Message):
     __slots__ = ("placements", "fits", "quota_headroom", "plan", "expire_time")
