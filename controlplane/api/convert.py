@@ -21,6 +21,7 @@ from controlplane.models import (
     RestartPolicy,
     Scope,
     VmSet,
+    VmSetRef,
     VmSetState,
     VmState,
 )
@@ -83,7 +84,7 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
         restart_policy=RESTART_POLICY_TO_PROTO[spec.restart_policy],
         anti_affinity_scope=SCOPE_TO_PROTO[spec.anti_affinity_scope], affinity_group=spec.affinity_group,
         affinity_scope=SCOPE_TO_PROTO[spec.affinity_scope], reconciling=record.reconciling,
-        vm_set=f"tenants/{spec.ref.tenant}/projects/{spec.ref.project}/vmSets/{spec.vm_set}" if spec.vm_set else "",
+        vm_set=VmSetRef(spec.ref.tenant, spec.ref.project, spec.vm_set).name if spec.vm_set else "",
         power=POWER_TO_PROTO[spec.power], power_policy=POWER_POLICY_TO_PROTO[spec.power_policy],
         addresses=[vm_pb2.Address(ip=a.ip, mac=a.mac, network=a.network,
                                   family=vm_pb2.Address.IPV6 if a.family == 6 else vm_pb2.Address.IPV4)

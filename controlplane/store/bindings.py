@@ -317,15 +317,19 @@ def bind_set(keys: Keys, hosts: Sequence[SetHost], *, zone_counts: Mapping[ZoneG
 
 def remove_pending(keys: Keys, spec: VmSpec, queue_revision: int) -> tuple[list[Compare], list[RequestOp]]:
     """Compares and writes that remove a pending VM (as its queue entry was read, with
-    its mod_revision): its spec and status, its queue entry, and its bootstrap data
-    if it has any. Its quota is the caller's to release (in the same txn)."""
-    k = keys
-    prefix = k.vm_prefix(spec.ref)
-    queue_key = k.queue(spec.shard, spec.ref)
-    writes = [ops.delete(prefix, prefix_end(prefix)), ops.delete(queue_key)]
+    its mod_revision): :func:`pending_removal`. Its quota is the caller's to release
+    (in the same txn)."""
+    return [ops.mod_revision_is(keys.queue(spec.shard, spec.ref), queue_revision)], pending_removal(keys, spec)
+
+
+def pending_removal(keys: Keys, spec: VmSpec) -> list[RequestOp]:
+    """The writes that remove a pending VM: its spec and status, its queue entry, and
+    its bootstrap data if it has any (the caller compares the entry as it read it)."""
+    prefix = keys.vm_prefix(spec.ref)
+    writes = [ops.delete(prefix, prefix_end(prefix)), ops.delete(keys.queue(spec.shard, spec.ref))]
     if spec.bootstrap is not None:
-        writes.append(bootstrap.delete_op(k, spec.ref))
-    return [ops.mod_revision_is(queue_key, queue_revision)], writes
+        writes.append(bootstrap.delete_op(keys, spec.ref))
+    return writes
 
 
 def unbind(keys: Keys, host: HostRead, vms: Sequence[Unbind], *, zone_counts: Mapping[ZoneGroupId, ZoneCount],

@@ -23,7 +23,7 @@ from controlplane.models import (
     VmStatus,
     now_ns,
 )
-from controlplane.store import bindings, bootstrap
+from controlplane.store import bindings
 from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
@@ -366,9 +366,7 @@ class VmStore:
                 queue_key = k.queue(was.shard, ref)
                 compares.append(ops.present(queue_key))
                 if spec.deleting:
-                    writes = [ops.delete(prefix, prefix_end(prefix)), ops.delete(queue_key)]
-                    if was.bootstrap is not None:
-                        writes.append(bootstrap.delete_op(k, ref))
+                    writes = bindings.pending_removal(k, was)
                 else:
                     writes = [ops.put(spec_key, spec.to_bytes()), ops.put(queue_key, spec.to_bytes())]
             else:

@@ -147,14 +147,7 @@ def wait_for_vms(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[vm_pb
             show(name)
             if len(finished) == len(last):
                 return last
-    waiting = [name for name in last if name not in finished]
-    name = waiting[0]
-    stuck = last[name]
-    assert stuck is not None  # only a VM seen (not gone) is still awaited
-    reason = vm_reason(stuck)
-    more = f" (and {plural(len(waiting) - 1, 'other VM')})" if len(waiting) > 1 else ""
-    raise WaitTimeout(f"{short_name(name)}{more} is still {vm_state(stuck)} after {timeout_s:g} s"
-                      + (f": {reason}" if reason else "") + f"; {goal} goes on")
+    raise _still_waiting(last, finished, timeout_s, f"; {goal} goes on")
 
 
 def members_line(last: Mapping[str, vm_pb2.Vm | None], done: set[str], name: str) -> str:
@@ -206,17 +199,22 @@ def wait_for_members(client: Client, vms: Sequence[vm_pb2.Vm], done: Callable[[v
             show(name)
             if len(finished) == len(last):
                 return last
+    where = f"{short_name(set_name)} is {describe_set(client.get_vm_set(set_name))}; " if set_name else ""
+    raise _still_waiting(last, finished, timeout_s, "; the creation goes on", where)
+
+
+def _still_waiting(last: Mapping[str, vm_pb2.Vm | None], finished: set[str], timeout_s: float, then: str,
+                   where: str = "") -> WaitTimeout:
+    """The WaitTimeout of a wait for several VMs: the first one not finished, as last
+    seen and why, how many others, ``where`` before and ``then`` after."""
     waiting = [name for name in last if name not in finished]
     name = waiting[0]
     stuck = last[name]
     assert stuck is not None  # only a VM seen (not gone) is still awaited
     reason = vm_reason(stuck)
     more = f" (and {plural(len(waiting) - 1, 'other VM')})" if len(waiting) > 1 else ""
-    where = ""
-    if set_name:
-        where = f"{short_name(set_name)} is {describe_set(client.get_vm_set(set_name))}; "
-    raise WaitTimeout(f"{where}{short_name(name)}{more} is still {vm_state(stuck)} after {timeout_s:g} s"
-                      + (f": {reason}" if reason else "") + "; the creation goes on")
+    return WaitTimeout(f"{where}{short_name(name)}{more} is still {vm_state(stuck)} after {timeout_s:g} s"
+                       + (f": {reason}" if reason else "") + then)
 
 
 def drain_line(host: host_pb2.Host) -> str:
