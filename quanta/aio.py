@@ -16,18 +16,15 @@ client in one event loop only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import itertools
-import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 
 from controlplane.gen.quanta.v1 import host_pb2, vm_pb2
-from quanta.calls import STUBS, Calls, ClientBase, Pages, Stream, Unary, named, retry_pause
+from quanta.calls import STUBS, Calls, ClientBase, Pages, Stream, Unary, named
 from quanta.waits import DrainWait, VmSetWait, VmsWait, VmWait
 
 __all__ = ["Client"]
@@ -102,19 +99,11 @@ class Client(ClientBase):
     # How calls are carried out: the only part the blocking client does differently.
     async def _unary(self, call: Unary[R]) -> R:
         method = getattr(self._stub(call.service), call.method)
-        deadline = time.monotonic() + (call.timeout or self.timeout)
-        for attempt in itertools.count(1):
-            try:
-                response = await method(call.request, timeout=max(deadline - time.monotonic(), 0.001),
-                                        metadata=self._metadata)
-            except grpc.RpcError as err:
-                pause = retry_pause(err, attempt, call.attempts, deadline - time.monotonic())
-                if pause is None:
-                    raise self._error(err) from None
-                await asyncio.sleep(pause)
-                continue
-            return call.parse(response)
-        raise AssertionError("unreachable")
+        try:
+            response = await method(call.request, timeout=call.timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        return call.parse(response)
 
     async def _pages(self, listing: Pages[T]) -> AsyncGenerator[T, None]:
         token = ""

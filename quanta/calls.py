@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,12 +74,11 @@ STUBS: dict[str, Callable[[Any], Any]] = {
 #: refused, as retried CreateVms would; ALL_OR_NOTHING, the set's request_id (which
 #: covers its members: the server refuses theirs), so a retry returns the same set
 #: and VMs, never a second set. A CreateVms sent by other means without those ids
-#: must not be retried blindly. PlanVms is not here: a PlanVms with a hold sent by
-#: other means without a request_id must not be retried (a retry could hold the room
-#: twice), and the channel's policy is per method; :meth:`Calls.plan_vms` has the
-#: client retry it itself (:attr:`Unary.attempts`): without a hold it writes nothing,
-#: with one it carries a request_id (generated per call, resent by every attempt), so
-#: a retry returns the plan the first attempt held, never a second hold. Creates of
+#: must not be retried blindly. PlanVms likewise: without a hold it writes nothing,
+#: and every SDK ``plan_vms`` with a hold carries a request_id (generated per call,
+#: resent by every attempt), so a retry returns the plan the first attempt held, never
+#: a second hold; a held PlanVms sent by other means without one must not be retried
+#: blindly. Creates of
 #: other resources take no request_id the server honours, and a retried DestroyOrphan
 #: would find its record gone (NOT_FOUND): not retried.
 #:
@@ -96,8 +94,8 @@ STUBS: dict[str, Callable[[Any], Any]] = {
 #: last-writer-wins the caller chose by sending no etag (the first attempt's place
 #: among the writers was unknown anyway once it went unanswered).
 RETRIED: dict[str, tuple[str, ...]] = {
-    VMS: ("CreateVm", "CreateVms", "GetVm", "GetVmSet", "ListVms", "DeleteVm", "StartVm", "StopVm", "RestartVm",
-          "UpdateVm"),
+    VMS: ("CreateVm", "CreateVms", "PlanVms", "GetVm", "GetVmSet", "ListVms", "DeleteVm", "StartVm", "StopVm",
+          "RestartVm", "UpdateVm"),
     HOSTS: ("GetHost", "ListHosts", "SetMaintenance", "DrainHost", "ListOrphans"),
     TENANTS: ("GetTenant", "ListTenants"),
     PROJECTS: ("GetProject", "ListProjects"),
@@ -115,20 +113,6 @@ RETRY_BACKOFF_S = (0.1, 2.0)  # the first pause's bound, the largest bound
 RETRY_POLICY = {"maxAttempts": RETRY_ATTEMPTS, "initialBackoff": f"{RETRY_BACKOFF_S[0]}s",
                 "maxBackoff": f"{RETRY_BACKOFF_S[1]}s", "backoffMultiplier": 2,
                 "retryableStatusCodes": ["UNAVAILABLE"]}
-
-
-def retry_pause(err: grpc.RpcError, attempt: int, attempts: int, left_s: float, *,
-                rng: Callable[[], float] = random.random) -> float | None:
-    """How long to pause before attempt ``attempt + 1`` of a call the client retries
-    itself (:attr:`Unary.attempts`) after ``err``, with ``left_s`` seconds of its
-    deadline left; None when it must not be retried: not UNAVAILABLE, the attempts
-    used up, or no time left. The backoff is :data:`RETRY_POLICY`'s, randomised below
-    its bound as gRPC does."""
-    if err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= attempts:
-        return None
-    bound = min(RETRY_BACKOFF_S[0] * 2 ** (attempt - 1), RETRY_BACKOFF_S[1])
-    pause = bound * rng()
-    return pause if pause < left_s else None
 
 
 def service_config() -> str:
@@ -161,10 +145,6 @@ class Unary(Generic[R]):
     request: Message = field(repr=False)  # a CreateVm's holds bootstrap data: never in a repr
     timeout: float | None = None
     parse: Callable[[Any], R] = field(default=_same)
-    #: Attempts the client makes itself on UNAVAILABLE (see :func:`retry_pause`), for a
-    #: method the channel does not retry because only some of its requests are safe
-    #: to repeat (PlanVms without a hold); 1 for every other call.
-    attempts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +417,7 @@ class Calls:
                                         hold=_duration(hold) if hold else None,
                                         request_id=(request_id or uuid.uuid4().hex) if hold else "")
         return Unary(VMS, "PlanVms", request, timeout=self._long() if len(requests) > BIG_BATCH else None,
-                     parse=PlannedVms.of, attempts=RETRY_ATTEMPTS)
+                     parse=PlannedVms.of)
 
     def _creates(self, call: str, vms: Sequence[Mapping[str, Any]], *,
                  set_members: bool) -> list[vm_pb2.CreateVmRequest]:

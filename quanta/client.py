@@ -17,7 +17,6 @@ same client for asyncio.
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -43,7 +42,6 @@ from quanta.calls import (
     Stream,
     Unary,
     named,
-    retry_pause,
 )
 from quanta.config import DEFAULT_ENDPOINT, local_state_path, settings
 from quanta.waits import DrainWait, VmSetWait, VmsWait, VmWait
@@ -151,21 +149,8 @@ class Client(ClientBase):
 
     # How calls are carried out: the only part the asyncio client does differently.
     def _unary(self, call: Unary[R]) -> R:
-        method = getattr(self._stubs[call.service], call.method)
-        if call.attempts == 1:
-            return call.parse(self._call(method, call.request, timeout=call.timeout))
-        deadline = time.monotonic() + (call.timeout or self.timeout)
-        for attempt in itertools.count(1):
-            try:
-                response = method(call.request, timeout=max(deadline - time.monotonic(), 0.001))
-            except grpc.RpcError as err:
-                pause = retry_pause(err, attempt, call.attempts, deadline - time.monotonic())
-                if pause is None:
-                    raise self._error(err) from None
-                time.sleep(pause)
-                continue
-            return call.parse(response)
-        raise AssertionError("unreachable")
+        return call.parse(self._call(getattr(self._stubs[call.service], call.method), call.request,
+                                     timeout=call.timeout))
 
     def _call(self, method: Any, request: Any, *, timeout: float | None = None) -> Any:
         """``method`` (a raw stub's) with ``request`` within ``timeout`` (default: the
