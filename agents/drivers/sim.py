@@ -441,6 +441,13 @@ class SimHost:
             raise error
         return error
 
+    def _vm(self, vm_uid: str) -> _Vm:
+        """The VM of ``vm_uid`` on this host; raises VmNotFound."""
+        vm = self._vms.get(vm_uid)
+        if vm is None:
+            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        return vm
+
     async def _settled(self, vm_uid: str) -> None:
         # Wait out an in-flight create of this uid, so calls see it made or not made.
         while (pending := self._creating.get(vm_uid)) is not None:
@@ -537,15 +544,11 @@ class SimHost:
             self._resume()
         if vm_uid in self._creating:
             await self._settled(vm_uid)
-        vm = self._vms.get(vm_uid)
-        if vm is None:
-            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        vm = self._vm(vm_uid)
         if vm.power is not power:
             if delay > 0:
                 await self._hv.sleep(delay)
-                vm = self._vms.get(vm_uid)
-                if vm is None:  # destroyed meanwhile
-                    raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+                vm = self._vm(vm_uid)  # again: it may have been destroyed meanwhile
             if vm.power is not power:
                 self._hv.journal({"host": self.host_id, "op": op, "vm_uid": vm_uid})
                 if power is PowerState.ON:
@@ -635,9 +638,7 @@ class SimHost:
             self._resume()
         if vm_uid in self._creating:
             await self._settled(vm_uid)
-        vm = self._vms.get(vm_uid)
-        if vm is None:
-            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        vm = self._vm(vm_uid)
         if vm.power is PowerState.ON and not vm.shutting_down:
             if not vm.booted:
                 raise GuestUnavailable(f"host {self.host_id}: the guest of VM {vm_uid} is not up")
@@ -656,9 +657,7 @@ class SimHost:
         after = self._fail_before("clear_bootstrap")
         if vm_uid in self._creating:
             await self._settled(vm_uid)
-        vm = self._vms.get(vm_uid)
-        if vm is None:
-            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        vm = self._vm(vm_uid)
         if vm.bootstrap_present or vm.payload is not None:
             self._hv.journal({"host": self.host_id, "op": "clear_bootstrap", "vm_uid": vm_uid})
             vm.payload, vm.bootstrap_present = None, False
@@ -674,9 +673,7 @@ class SimHost:
     def stop_outside(self, vm_uid: str) -> None:
         """Test hook: someone outside Quanta powers the VM off (hard), and watchers are
         told. Raises VmNotFound."""
-        vm = self._vms.get(vm_uid)
-        if vm is None:
-            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        vm = self._vm(vm_uid)
         if vm.power is PowerState.ON:
             self._hv.journal({"host": self.host_id, "op": "power_off", "vm_uid": vm_uid, "by": "outside"})
             self._off(vm)
@@ -685,9 +682,7 @@ class SimHost:
     def ignore_shutdown(self, vm_uid: str, ignore: bool = True) -> None:
         """Test hook: the guest ignores shutdown requests (one in progress stops), so only
         a hard power-off stops it. In memory only. Raises VmNotFound."""
-        vm = self._vms.get(vm_uid)
-        if vm is None:
-            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        vm = self._vm(vm_uid)
         vm.deaf = ignore
         if ignore and vm.shutting_down:
             vm.cancel_timer()
@@ -695,9 +690,7 @@ class SimHost:
     def bootstrap_payload(self, vm_uid: str) -> BootstrapPayload | None:
         """The bootstrap data on the VM now (None: none, or cleared). Raises VmNotFound.
         (Not part of HostDriver; for tests.)"""
-        vm = self._vms.get(vm_uid)
-        if vm is None:
-            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        vm = self._vm(vm_uid)
         return vm.payload
 
     async def reconfigure(self, vm_uid: str, *, vcpus: int, memory_mib: int, disk_gib: int | None = None) -> None:
@@ -707,9 +700,7 @@ class SimHost:
                                   reason="InvalidArgument")
         if vm_uid in self._creating:
             await self._settled(vm_uid)
-        vm = self._vms.get(vm_uid)
-        if vm is None:
-            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        vm = self._vm(vm_uid)
         old = vm.request
         if disk_gib is not None and disk_gib < old.disk_gib:
             raise OperationFailed(f"host {self.host_id}: VM {vm_uid}: a disk only grows ({old.disk_gib} GiB -> "
@@ -748,9 +739,7 @@ class SimHost:
 
     async def hardware(self, vm_uid: str) -> tuple[int, int]:
         """(vCPUs, memory MiB) of the VM now. Raises VmNotFound. (Not part of HostDriver; as EsxiHost's.)"""
-        vm = self._vms.get(vm_uid)
-        if vm is None:
-            raise VmNotFound(f"host {self.host_id}: no VM {vm_uid}")
+        vm = self._vm(vm_uid)
         return vm.request.vcpus, vm.request.memory_mib
 
     async def destroy_vm(self, vm_uid: str) -> None:
