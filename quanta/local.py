@@ -129,6 +129,8 @@ class LocalSystem:
         etcd_members: int = 1,
         zones: Sequence[str] = (),
         sim_agent_args: tuple[str, ...] = (),
+        etcd_args: tuple[str, ...] = (),
+        etcd_env: dict[str, str] | None = None,
     ):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if not data_dir:
@@ -164,6 +166,10 @@ class LocalSystem:
         self.zones = tuple(zones)
         #: More arguments for each sim agent (e.g. its guest's simulated boot latency).
         self.sim_agent_args = tuple(sim_agent_args)
+        #: More flags and environment for the etcd started here (a single member),
+        #: e.g. ``("--snapshot-count", "10000")`` and ``{"GOGC": "50"}`` for a big run.
+        self.etcd_args = tuple(etcd_args)
+        self.etcd_env = dict(etcd_env or {})
         self.prometheus: PrometheusServer | None = None  # once started
         #: Members of the etcd started here (1: an EtcdServer; more: an EtcdCluster).
         self.etcd_members = etcd_members
@@ -235,7 +241,8 @@ class LocalSystem:
         try:
             if not self.etcd_endpoint:
                 etcd_dir = str(self.data_dir / "etcd")
-                self.etcd = (EtcdServer(etcd_dir) if self.etcd_members == 1
+                self.etcd = (EtcdServer(etcd_dir, extra_args=self.etcd_args, env=self.etcd_env)
+                             if self.etcd_members == 1
                              else EtcdCluster(self.etcd_members, etcd_dir)).start()
                 self.etcd_endpoint = self.etcd.endpoint  # every member, comma separated
             self.port = self.port or free_port()

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 
 #: What the etcd started here allows per txn; processes using it are told so.
 ETCD_MAX_TXN_OPS = 4096
@@ -76,7 +77,8 @@ class EtcdServer:
 
     def __init__(self, data_dir: str | None = None, *, quota_bytes: int = 8 * 1024**3,
                  log_path: str | None = None, name: str = "quanta", token: str = "etcd-cluster",
-                 max_request_bytes: int = ETCD_MAX_REQUEST_BYTES):
+                 max_request_bytes: int = ETCD_MAX_REQUEST_BYTES, extra_args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if not data_dir:
             self._tmp = tempfile.TemporaryDirectory(prefix="quanta-etcd-")
@@ -85,6 +87,10 @@ class EtcdServer:
         os.makedirs(self.data_dir, exist_ok=True)
         self.quota_bytes = quota_bytes
         self.max_request_bytes = max_request_bytes
+        #: More etcd flags, after ours (a repeated flag's last value wins: e.g.
+        #: ``("--snapshot-count", "10000")``), and environment (e.g. ``GOGC``).
+        self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
         self.log_path = log_path or os.path.join(self.data_dir, "etcd.log")
         self.name = name
         self.token = token
@@ -147,9 +153,11 @@ class EtcdServer:
             "--max-request-bytes", str(self.max_request_bytes),
             "--snapshot-count", "100000",
             "--log-level", "warn",
+            *self.extra_args,
         ]
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **self.env} if self.env else None,
                                             start_new_session=True)
 
     def wait_healthy(self, timeout: float) -> bool:
