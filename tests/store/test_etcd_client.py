@@ -368,3 +368,40 @@ def test_a_full_bind_fits_the_limit(limit: int) -> None:
     hosts, per_host = SchedulingStore(SimpleNamespace(max_txn_ops=limit), Keys("/x")).bind_limits()
     group_ops = max(2 + 2 * per_host, 1 + 4 * per_host)  # compares; writes (incl. a zone count per VM)
     assert hosts >= 1 and per_host >= 1 and hosts + group_ops <= limit
+
+
+def test_read_only_txns_timing_out_never_bring_etcd_down() -> None:
+    """etcd 3.5.0-3.5.4 panics when a read-only txn's request ends while it is applied
+    (etcd-io/etcd#14110); the client sends read-only txns as writes (a no-op delete in
+    the failure branch), so a read that times out leaves etcd up. Its own etcd: the
+    shared one must survive whatever this test finds."""
+    from controlplane.etcd.server import EtcdServer
+
+    server = EtcdServer().start()
+    try:
+        async def main() -> None:
+            async with EtcdClient(server.endpoint) as client:
+                prefix = b"/guard/"
+                value = b"x" * 2048
+                for start in range(0, 20_000, 100):
+                    await client.txn([], [ops.put(prefix + b"%06d" % i, value) for i in range(start, start + 100)])
+                reads = [ops.get(prefix, prefix_end(prefix)), ops.get(prefix + b"000001")]
+                timed_out = 0
+                for _ in range(30):
+                    try:
+                        await client.txn([], reads, timeout=0.002)
+                    except EtcdError:
+                        timed_out += 1
+                assert timed_out, "no read timed out: the test did not exercise a cancelled read-only txn"
+                # Unguarded results look the same: the guard's response is never shown.
+                result = await client.txn([ops.present(prefix + b"none")], [], [ops.get(prefix + b"000001")])
+                assert not result.succeeded and len(result.responses) == 1
+                assert result.kvs(0)[0].value == value
+                result = await client.txn([], [ops.get(prefix + b"000002")])
+                assert result.succeeded and len(result.responses) == 1
+
+        run(main(), timeout=120)
+        assert server.alive, f"etcd exited; see {server.log_path}"
+    finally:
+        server.stop()
+        server.cleanup()
