@@ -128,6 +128,78 @@ class Address:
         return cls(m.ip, m.mac, m.network, m.family or 4)
 
 
+class AddressMode(enum.IntEnum):
+    """How a NIC gets its address (stored values; the API's are one higher)."""
+
+    DHCP = 0  # the guest asks the network's DHCP; Vm.addresses shows what it got
+    STATIC_POOL = 1  # Quanta took a free address of the network's pool
+    STATIC = 2  # the address the create asked for
+
+
+@dataclass(frozen=True, slots=True)
+class Nic:
+    """A NIC of a VM as its spec holds it: a copy of what the scheduler (``backing``)
+    and the host's agent (backing, and for static modes the address, prefix, gateway
+    and DNS it renders into the guest's network config) need, so neither reads
+    networks. Static modes own ``addresses/{network_uid}/{ip}``; every NIC owns
+    ``ports/{network_uid}/{t}/{p}/{vm}/{index}`` (controlplane/store/keys.py)."""
+
+    network: str  # full name: tenants/{t}/projects/{p}/networks/{n} or tenants/{t}/networks/{n}
+    network_uid: str
+    backing: str  # port group on the hosts
+    address_mode: AddressMode = AddressMode.DHCP
+    ip: str = ""  # static modes
+    prefix_length: int = 0
+    gateway: str = ""
+    dns_servers: tuple[str, ...] = ()
+
+    @property
+    def static(self) -> bool:
+        return self.address_mode is not AddressMode.DHCP
+
+    def to_proto(self) -> rec.Nic:
+        return rec.Nic(network=self.network, network_uid=self.network_uid, backing=self.backing,
+                       address_mode=int(self.address_mode), ip=self.ip, prefix_length=self.prefix_length,
+                       gateway=self.gateway, dns_servers=list(self.dns_servers))
+
+    @classmethod
+    def from_proto(cls, m: rec.Nic) -> Nic:
+        mode = AddressMode(m.address_mode) if m.address_mode in (0, 1, 2) else AddressMode.DHCP
+        return cls(m.network, m.network_uid, m.backing, mode, m.ip, m.prefix_length, m.gateway,
+                   tuple(m.dns_servers))
+
+
+#: The datastore class of a disk created without one; sim hosts carry its label.
+DEFAULT_DATASTORE_CLASS = "standard"
+#: Host label prefix: "datastore.quanta.io/{class}" = "true" on hosts that reach the
+#: (shared) datastore of that class.
+DATASTORE_LABEL_PREFIX = "datastore.quanta.io/"
+
+
+def datastore_label(datastore_class: str) -> str:
+    return DATASTORE_LABEL_PREFIX + datastore_class
+
+
+@dataclass(frozen=True, slots=True)
+class DiskRef:
+    """A persistent disk attached to a VM, as the VM's spec holds it: what placement
+    (its class) and the host's agent (uid: the disk's identity on the datastore; size)
+    need. The disk itself is ``disks/{t}/{p}/{disk_id}`` of the VM's project."""
+
+    disk_id: str
+    uid: str
+    size_gib: int
+    datastore_class: str = DEFAULT_DATASTORE_CLASS
+
+    def to_proto(self) -> rec.DiskRef:
+        return rec.DiskRef(disk_id=self.disk_id, uid=self.uid, size_gib=self.size_gib,
+                           datastore_class=self.datastore_class)
+
+    @classmethod
+    def from_proto(cls, m: rec.DiskRef) -> DiskRef:
+        return cls(m.disk_id, m.uid, m.size_gib, m.datastore_class or DEFAULT_DATASTORE_CLASS)
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """A condition of a VM's status: ``type`` is "True", "False" or "Unknown" as ``status``,
@@ -272,6 +344,18 @@ class VmSpec:
     bootstrap: BootstrapSummary | None = None  # set: bootstrap/{t}/{p}/{vm} holds the data
     vm_set: str = ""  # the all-or-nothing set it was admitted in (its shard is the set's)
     plan: str = ""  # the plan whose held room it is bound to (holds/{plan})
+    nics: tuple[Nic, ...] = ()  # empty: one DHCP NIC on the host's default network
+    disks: tuple[DiskRef, ...] = ()  # persistent disks attached, in attach order
+
+    @property
+    def backings(self) -> frozenset[str]:
+        """The network backings a host must reach to take this VM."""
+        return frozenset(nic.backing for nic in self.nics)
+
+    @property
+    def datastore_classes(self) -> frozenset[str]:
+        """The datastore classes a host must reach (label ``datastore_label(c)``)."""
+        return frozenset(disk.datastore_class for disk in self.disks)
 
     @property
     def deleting(self) -> bool:
@@ -333,6 +417,10 @@ class VmSpec:
             m.vm_set = self.vm_set
         if self.plan:
             m.plan = self.plan
+        if self.nics:
+            m.nics.extend(nic.to_proto() for nic in self.nics)
+        if self.disks:
+            m.disks.extend(disk.to_proto() for disk in self.disks)
         return m
 
     @classmethod
@@ -349,6 +437,8 @@ class VmSpec:
             m.power_off_grace_s or DEFAULT_STOP_GRACE_S, m.power_time_ns, m.restarts, m.restart_request_id,
             PowerPolicy(m.power_policy) if m.power_policy in (0, 1) else PowerPolicy.KEEP_STOPPED,
             BootstrapSummary.from_proto(m.bootstrap) if m.HasField("bootstrap") else None, m.vm_set, m.plan,
+            tuple(Nic.from_proto(n) for n in m.nics) if m.nics else (),
+            tuple(DiskRef.from_proto(d) for d in m.disks) if m.disks else (),
         )
 
     def to_bytes(self) -> bytes:
@@ -522,6 +612,7 @@ class HostRegistration:
     agent: str = ""
     register_time_ns: int = 0
     overcommit: Overcommit = NO_OVERCOMMIT
+    networks: frozenset[str] = frozenset()  # network backings (port groups) the host reaches
 
     @property
     def allocatable(self) -> Resources:
@@ -534,6 +625,7 @@ class HostRegistration:
             memory_mib=self.capacity.memory_mib, disk_gib=self.capacity.disk_gib, labels=dict(self.labels),
             agent=self.agent, register_time_ns=self.register_time_ns,
             vcpu_overcommit=o.vcpus, memory_overcommit=o.memory, disk_overcommit=o.disk,
+            networks=sorted(self.networks),
         ).SerializeToString()
 
     @classmethod
@@ -542,7 +634,7 @@ class HostRegistration:
         overcommit = Overcommit(_stored_ratio(m.vcpu_overcommit), _stored_ratio(m.memory_overcommit),
                                 _stored_ratio(m.disk_overcommit))
         return cls(m.host, m.driver, Resources(m.vcpus, m.memory_mib, m.disk_gib), dict(m.labels), m.agent,
-                   m.register_time_ns, overcommit)
+                   m.register_time_ns, overcommit, frozenset(m.networks))
 
 
 def _stored_ratio(ratio: float) -> float:

@@ -53,6 +53,29 @@ class Address:
 
 
 @dataclass(frozen=True, slots=True)
+class NicRequest:
+    """A NIC to give a VM: on the port group ``backing``; with ``ip`` (static modes) the
+    guest is told its address, prefix, gateway and DNS servers (cloud-init network
+    config in its metadata; on ESXi the guestinfo metadata), else it uses DHCP."""
+
+    backing: str
+    ip: str = ""
+    prefix_length: int = 0
+    gateway: str = ""
+    dns_servers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DiskRequest:
+    """A persistent data disk: ``uid`` is its identity on the datastore of its
+    ``datastore_class`` (made there, empty, at its first attach; found by uid after)."""
+
+    uid: str
+    size_gib: int
+    datastore_class: str
+
+
+@dataclass(frozen=True, slots=True)
 class VmRequest:
     """What an agent asks a host to make."""
 
@@ -71,6 +94,10 @@ class VmRequest:
     adopted (controlplane/store/orphans.py)."""
     bootstrap: BootstrapPayload | None = field(default=None, repr=False, compare=False)
     """Delivered to the guest with the VM (ESXi: guestinfo keys), never kept elsewhere."""
+    nics: tuple[NicRequest, ...] = ()
+    """In order; empty: one NIC on the host's default network (DHCP)."""
+    disks: tuple[DiskRequest, ...] = ()
+    """Persistent disks to attach after the root disk, in order (each made if absent)."""
 
 
 class PowerState(enum.Enum):
@@ -99,6 +126,10 @@ class VmInfo:
     bootstrapped: bool = field(default=False, compare=False)
     # Whether bootstrap data is still on the VM (delivered, not cleared).
     bootstrap_present: bool = field(default=False, compare=False)
+    # The port groups of its NICs, in order, and the uids of the persistent disks
+    # attached to it (not the root disk), in order.
+    networks: tuple[str, ...] = field(default=(), compare=False)
+    disks: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +144,10 @@ class HostCapacity:
     memory_mib: int
     disk_gib: int
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Among them "datastore.quanta.io/{class}" = "true" for each datastore class the
+    host reaches (controlplane.models.datastore_label)."""
+    networks: frozenset[str] = frozenset()
+    """The port groups (network backings) the host reaches."""
 
     def __post_init__(self) -> None:
         # A private copy, so that a caller mutating its dict cannot change a frozen value.
@@ -271,6 +306,28 @@ class HostDriver(Protocol):
         uid only (read the rest with ``get_vm``). Replaces an earlier ``notify``."""
         ...
 
+    async def attach_disk(self, vm_uid: str, disk: DiskRequest) -> None:
+        """Attach the persistent disk (made, empty, on a datastore of its class if no
+        disk of that uid exists there yet), whatever the VM's power state (hot).
+        Idempotent: attached already changes nothing. Raises VmNotFound if the VM is
+        absent; OperationFailed (reason ``DatastoreUnreachable``, permanent) when the
+        host reaches no datastore of the class; CapacityExceeded when the datastore
+        has no room for a new disk."""
+        ...
+
+    async def detach_disk(self, vm_uid: str, disk_uid: str) -> None:
+        """Detach the persistent disk from the VM, keeping its data. Idempotent: a disk
+        not attached (or a VM that is absent) is fine."""
+        ...
+
+    async def delete_disk(self, disk_uid: str, datastore_class: str) -> None:
+        """Destroy a persistent disk that no VM of this host has attached, and its data.
+        Idempotent: an absent disk is fine. Raises OperationFailed (reason ``DiskInUse``,
+        permanent) while a VM has it attached."""
+        ...
+
     async def destroy_vm(self, vm_uid: str) -> None:
-        """Destroy the VM, whatever its power state. Idempotent: an absent VM is fine."""
+        """Destroy the VM, whatever its power state, but not its persistent disks: they
+        are detached first and kept (``delete_disk`` destroys one). Idempotent: an
+        absent VM is fine."""
         ...

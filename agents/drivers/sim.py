@@ -51,6 +51,7 @@ from agents.drivers.protocol import (
     Address,
     BootstrapPayload,
     CapacityExceeded,
+    DiskRequest,
     DriverError,
     GuestUnavailable,
     HostCapacity,
@@ -741,6 +742,18 @@ class SimHost:
         """(vCPUs, memory MiB) of the VM now. Raises VmNotFound. (Not part of HostDriver; as EsxiHost's.)"""
         vm = self._vm(vm_uid)
         return vm.request.vcpus, vm.request.memory_mib
+
+    async def attach_disk(self, vm_uid: str, disk: DiskRequest) -> None:
+        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
+                              transient=False)
+
+    async def detach_disk(self, vm_uid: str, disk_uid: str) -> None:
+        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
+                              transient=False)
+
+    async def delete_disk(self, disk_uid: str, datastore_class: str) -> None:
+        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
+                              transient=False)
 
     async def destroy_vm(self, vm_uid: str) -> None:
         after = self._fail_before("destroy")

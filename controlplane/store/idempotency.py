@@ -20,13 +20,14 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
-from controlplane.models import VmSpec
+from controlplane.models import AddressMode, VmSpec
 
 VERSION = b"vm-create-v1\0"
 
 FINGERPRINTED = frozenset({
     "flavor", "image", "labels", "node_selector", "anti_affinity_group", "anti_affinity_scope",
     "affinity_group", "affinity_scope", "restart_policy", "power", "power_policy", "bootstrap",
+    "nics", "disks",
 })
 """The VmSpec fields a caller chooses (besides the VM's id)."""
 
@@ -69,6 +70,15 @@ def fingerprint(spec: VmSpec, *, chosen_id: bool, metadata: bytes = b"") -> byte
     chosen["bootstrap"] = [int(b.format), b.size_bytes, b.sha256.hex()] if b is not None else None
     if metadata:
         chosen["bootstrap_metadata"] = metadata.hex()
+    # NICs and disks by what the caller chose (a pool's address, the subnet's copy and
+    # the disk's uid and size are the server's); absent when none, so that the
+    # fingerprint of a create without them is what it was before they existed.
+    chosen.pop("nics"), chosen.pop("disks")
+    if spec.nics:
+        chosen["nics"] = [[n.network, int(n.address_mode), n.ip if n.address_mode is AddressMode.STATIC else ""]
+                          for n in spec.nics]
+    if spec.disks:
+        chosen["disks"] = [d.disk_id for d in spec.disks]
     chosen["vm_id"] = spec.ref.vm_id if chosen_id else ""
     encoded = json.dumps(chosen, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(VERSION + encoded).digest()

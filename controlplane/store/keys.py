@@ -23,6 +23,20 @@ independent systems (or tests) share one etcd.
                                                   the hold, in one txn with each planned host's allocation
                                                   (HostAllocation.holds[plan]); the bind of the plan's set
                                                   (CreateVms with the plan) deletes it and the room it held
+    networks/{tenant}/{project or -}/{net} NetworkRecord  frontends (NetworkService); "-": a tenant's shared network
+    ports/{network uid}/{t}/{p}/{vm}/{i}  PortRecord  NIC i of a VM on the network: put in the txn that creates the
+                                                  VM, deleted in every txn that removes it; DeleteNetwork
+                                                  compares that none is under the network's uid
+    addresses/{network uid}/{ip}          AddressRecord  an address handed out (STATIC_POOL, STATIC): created with an
+                                                  absent compare in the VM's create txn (never twice), deleted
+                                                  in every txn that removes the VM
+    disks/{tenant}/{project}/{disk}       DiskRecord  frontends (DiskService, delete marks it DELETING); removed
+                                                  by an agent that reaches its class once it destroyed the data
+    disk-attachments/{t}/{p}/{disk}       DiskAttachment  the disk is attached to this VM: created with an absent
+                                                  compare in the txn that adds the disk to the VM's spec
+                                                  (create, AttachDisk); marked detaching by DetachDisk or the
+                                                  VM's deletion; deleted by the host's agent once it let go of
+                                                  the disk, or in the txn that removes the VM
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present
@@ -133,6 +147,46 @@ class Keys:
         order: no other prefix of this layout sorts between them (``test_keys``);
         readers of the range still skip any key under neither."""
         return self.holds_prefix(), prefix_end(self.hosts_prefix())
+
+    # Networks (controlplane/store/networks.py). project "" is a tenant's shared network.
+    def networks_prefix(self, tenant: str | None = None, project: str | None = None) -> bytes:
+        if tenant is None:
+            return self._k("networks/")
+        if project is None:
+            return self._k(f"networks/{tenant}/")
+        return self._k(f"networks/{tenant}/{project or '-'}/")
+
+    def network(self, tenant: str, project: str, network_id: str) -> bytes:
+        return self._k(f"networks/{tenant}/{project or '-'}/{network_id}")
+
+    def ports_prefix(self, network_uid: str) -> bytes:
+        return self._k(f"ports/{network_uid}/")
+
+    def port(self, network_uid: str, ref: VmRef, index: int) -> bytes:
+        return self._k(f"ports/{network_uid}/{ref.tenant}/{ref.project}/{ref.vm_id}/{index}")
+
+    def addresses_prefix(self, network_uid: str) -> bytes:
+        return self._k(f"addresses/{network_uid}/")
+
+    def address(self, network_uid: str, ip: str) -> bytes:
+        return self._k(f"addresses/{network_uid}/{ip}")
+
+    # Persistent disks (controlplane/store/disks.py)
+    def disks_prefix(self, tenant: str | None = None, project: str | None = None) -> bytes:
+        if tenant is None:
+            return self._k("disks/")
+        return self._k(f"disks/{tenant}/" if project is None else f"disks/{tenant}/{project}/")
+
+    def disk(self, tenant: str, project: str, disk_id: str) -> bytes:
+        return self._k(f"disks/{tenant}/{project}/{disk_id}")
+
+    def disk_attachments_prefix(self, tenant: str | None = None, project: str | None = None) -> bytes:
+        if tenant is None:
+            return self._k("disk-attachments/")
+        return self._k(f"disk-attachments/{tenant}/" if project is None else f"disk-attachments/{tenant}/{project}/")
+
+    def disk_attachment(self, tenant: str, project: str, disk_id: str) -> bytes:
+        return self._k(f"disk-attachments/{tenant}/{project}/{disk_id}")
 
     # Scheduler queue
     def queue_prefix(self, shard: int) -> bytes:

@@ -24,6 +24,7 @@ from agents.drivers.esxi.faults import to_driver_error
 from agents.drivers.esxi.images import ImageCache
 from agents.drivers.esxi.session import Datastore, HostInfo, Observed, Session, disk_bytes, host_id_for, root_disk
 from agents.drivers.protocol import (
+    DiskRequest,
     DriverError,
     GuestUnavailable,
     HostCapacity,
@@ -395,6 +396,18 @@ class EsxiHost:
                 self._notify(vm.uid)
             except Exception:  # noqa: BLE001 - a listener's bug must not stop the watcher
                 log.exception("watch notify failed", extra={"host": self.host_id})
+
+    async def attach_disk(self, vm_uid: str, disk: DiskRequest) -> None:
+        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
+                              transient=False)
+
+    async def detach_disk(self, vm_uid: str, disk_uid: str) -> None:
+        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
+                              transient=False)
+
+    async def delete_disk(self, disk_uid: str, datastore_class: str) -> None:
+        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
+                              transient=False)
 
     async def destroy_vm(self, vm_uid: str) -> None:
         await self._synced()

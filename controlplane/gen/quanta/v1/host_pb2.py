@@ -28,7 +28,7 @@ from controlplane.gen.quanta.v1 import common_pb2 as quanta_dot_v1_dot_common__p
 from controlplane.gen.quanta.v1 import vm_pb2 as quanta_dot_v1_dot_vm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14quanta/v1/host.proto\x12\tquanta.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16quanta/v1/common.proto\x1a\x12quanta/v1/vm.proto\"\xbe\x02\n\x08OrphanVm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\n\n\x02vm\x18\x04 \x01(\t\x12\'\n\tresources\x18\x05 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\x0e\n\x06\x66lavor\x18\x06 \x01(\t\x12\r\n\x05image\x18\x07 \x01(\t\x12\x12\n\npowered_on\x18\x08 \x01(\x08\x12.\n\nfound_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tadoptable\x18\n \x01(\x08\x12/\n\x06labels\x18\x0b \x03(\x0b\x32\x1f.quanta.v1.OrphanVm.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x12ListOrphansRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x13ListOrphansResponse\x12$\n\x07orphans\x18\x01 \x03(\x0b\x32\x13.quanta.v1.OrphanVm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x41\x64optOrphanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14\x44\x65stroyOrphanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9e\x04\n\x04Host\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.quanta.v1.Host.State\x12&\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\'\n\tallocated\x18\x04 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\x10\n\x08vm_count\x18\x05 \x01(\x05\x12+\n\x06labels\x18\x06 \x03(\x0b\x32\x1b.quanta.v1.Host.LabelsEntry\x12\x0e\n\x06\x64river\x18\x07 \x01(\t\x12\x31\n\rregister_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10resource_version\x18\t \x01(\x03\x12\x13\n\x0bmaintenance\x18\n \x01(\x08\x12)\n\novercommit\x18\x0b \x01(\x0b\x32\x15.quanta.v1.Overcommit\x12)\n\x0b\x61llocatable\x18\x0c \x01(\x0b\x32\x14.quanta.v1.Resources\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0b\n\x07MISSING\x10\x02\x12\x08\n\x04\x44\x45\x41\x44\x10\x03\x12\x0c\n\x08\x44RAINING\x10\x04\x12\x0b\n\x07\x44RAINED\x10\x05\"9\n\nOvercommit\x12\r\n\x05vcpus\x18\x01 \x01(\x01\x12\x0e\n\x06memory\x18\x02 \x01(\x01\x12\x0c\n\x04\x64isk\x18\x03 \x01(\x01\"\x1e\n\x0eGetHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10ListHostsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x11ListHostsResponse\x12\x1e\n\x05hosts\x18\x01 \x03(\x0b\x32\x0f.quanta.v1.Host\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\":\n\x15SetMaintenanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bmaintenance\x18\x02 \x01(\x08\"P\n\x10\x44rainHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x02\x18\x01\"!\n\x11\x44\x65leteHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x11WatchHostsRequest\x12\x18\n\x10resource_version\x18\x01 \x01(\x03\"h\n\tHostEvent\x12\"\n\x04type\x18\x01 \x01(\x0e\x32\x14.quanta.v1.EventType\x12\x1d\n\x04host\x18\x02 \x01(\x0b\x32\x0f.quanta.v1.Host\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\x32\xdf\x04\n\x0bHostService\x12\x35\n\x07GetHost\x12\x19.quanta.v1.GetHostRequest\x1a\x0f.quanta.v1.Host\x12\x46\n\tListHosts\x12\x1b.quanta.v1.ListHostsRequest\x1a\x1c.quanta.v1.ListHostsResponse\x12\x42\n\nWatchHosts\x12\x1c.quanta.v1.WatchHostsRequest\x1a\x14.quanta.v1.HostEvent0\x01\x12\x43\n\x0eSetMaintenance\x12 .quanta.v1.SetMaintenanceRequest\x1a\x0f.quanta.v1.Host\x12\x39\n\tDrainHost\x12\x1b.quanta.v1.DrainHostRequest\x1a\x0f.quanta.v1.Host\x12;\n\nDeleteHost\x12\x1c.quanta.v1.DeleteHostRequest\x1a\x0f.quanta.v1.Host\x12L\n\x0bListOrphans\x12\x1d.quanta.v1.ListOrphansRequest\x1a\x1e.quanta.v1.ListOrphansResponse\x12;\n\x0b\x41\x64optOrphan\x12\x1d.quanta.v1.AdoptOrphanRequest\x1a\r.quanta.v1.Vm\x12\x45\n\rDestroyOrphan\x12\x1f.quanta.v1.DestroyOrphanRequest\x1a\x13.quanta.v1.OrphanVmb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14quanta/v1/host.proto\x12\tquanta.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16quanta/v1/common.proto\x1a\x12quanta/v1/vm.proto\"\xbe\x02\n\x08OrphanVm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\n\n\x02vm\x18\x04 \x01(\t\x12\'\n\tresources\x18\x05 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\x0e\n\x06\x66lavor\x18\x06 \x01(\t\x12\r\n\x05image\x18\x07 \x01(\t\x12\x12\n\npowered_on\x18\x08 \x01(\x08\x12.\n\nfound_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tadoptable\x18\n \x01(\x08\x12/\n\x06labels\x18\x0b \x03(\x0b\x32\x1f.quanta.v1.OrphanVm.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x12ListOrphansRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x13ListOrphansResponse\x12$\n\x07orphans\x18\x01 \x03(\x0b\x32\x13.quanta.v1.OrphanVm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x41\x64optOrphanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14\x44\x65stroyOrphanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb0\x04\n\x04Host\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.quanta.v1.Host.State\x12&\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\'\n\tallocated\x18\x04 \x01(\x0b\x32\x14.quanta.v1.Resources\x12\x10\n\x08vm_count\x18\x05 \x01(\x05\x12+\n\x06labels\x18\x06 \x03(\x0b\x32\x1b.quanta.v1.Host.LabelsEntry\x12\x0e\n\x06\x64river\x18\x07 \x01(\t\x12\x31\n\rregister_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10resource_version\x18\t \x01(\x03\x12\x13\n\x0bmaintenance\x18\n \x01(\x08\x12)\n\novercommit\x18\x0b \x01(\x0b\x32\x15.quanta.v1.Overcommit\x12)\n\x0b\x61llocatable\x18\x0c \x01(\x0b\x32\x14.quanta.v1.Resources\x12\x10\n\x08networks\x18\r \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0b\n\x07MISSING\x10\x02\x12\x08\n\x04\x44\x45\x41\x44\x10\x03\x12\x0c\n\x08\x44RAINING\x10\x04\x12\x0b\n\x07\x44RAINED\x10\x05\"9\n\nOvercommit\x12\r\n\x05vcpus\x18\x01 \x01(\x01\x12\x0e\n\x06memory\x18\x02 \x01(\x01\x12\x0c\n\x04\x64isk\x18\x03 \x01(\x01\"\x1e\n\x0eGetHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10ListHostsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x11ListHostsResponse\x12\x1e\n\x05hosts\x18\x01 \x03(\x0b\x32\x0f.quanta.v1.Host\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\":\n\x15SetMaintenanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bmaintenance\x18\x02 \x01(\x08\"P\n\x10\x44rainHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x02\x18\x01\"!\n\x11\x44\x65leteHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x11WatchHostsRequest\x12\x18\n\x10resource_version\x18\x01 \x01(\x03\"h\n\tHostEvent\x12\"\n\x04type\x18\x01 \x01(\x0e\x32\x14.quanta.v1.EventType\x12\x1d\n\x04host\x18\x02 \x01(\x0b\x32\x0f.quanta.v1.Host\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\x32\xdf\x04\n\x0bHostService\x12\x35\n\x07GetHost\x12\x19.quanta.v1.GetHostRequest\x1a\x0f.quanta.v1.Host\x12\x46\n\tListHosts\x12\x1b.quanta.v1.ListHostsRequest\x1a\x1c.quanta.v1.ListHostsResponse\x12\x42\n\nWatchHosts\x12\x1c.quanta.v1.WatchHostsRequest\x1a\x14.quanta.v1.HostEvent0\x01\x12\x43\n\x0eSetMaintenance\x12 .quanta.v1.SetMaintenanceRequest\x1a\x0f.quanta.v1.Host\x12\x39\n\tDrainHost\x12\x1b.quanta.v1.DrainHostRequest\x1a\x0f.quanta.v1.Host\x12;\n\nDeleteHost\x12\x1c.quanta.v1.DeleteHostRequest\x1a\x0f.quanta.v1.Host\x12L\n\x0bListOrphans\x12\x1d.quanta.v1.ListOrphansRequest\x1a\x1e.quanta.v1.ListOrphansResponse\x12;\n\x0b\x41\x64optOrphan\x12\x1d.quanta.v1.AdoptOrphanRequest\x1a\r.quanta.v1.Vm\x12\x45\n\rDestroyOrphan\x12\x1f.quanta.v1.DestroyOrphanRequest\x1a\x13.quanta.v1.OrphanVmb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,29 +54,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESTROYORPHANREQUEST']._serialized_start=662
   _globals['_DESTROYORPHANREQUEST']._serialized_end=698
   _globals['_HOST']._serialized_start=701
-  _globals['_HOST']._serialized_end=1243
+  _globals['_HOST']._serialized_end=1261
   _globals['_HOST_LABELSENTRY']._serialized_start=418
   _globals['_HOST_LABELSENTRY']._serialized_end=463
-  _globals['_HOST_STATE']._serialized_start=1152
-  _globals['_HOST_STATE']._serialized_end=1243
-  _globals['_OVERCOMMIT']._serialized_start=1245
-  _globals['_OVERCOMMIT']._serialized_end=1302
-  _globals['_GETHOSTREQUEST']._serialized_start=1304
-  _globals['_GETHOSTREQUEST']._serialized_end=1334
-  _globals['_LISTHOSTSREQUEST']._serialized_start=1336
-  _globals['_LISTHOSTSREQUEST']._serialized_end=1393
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=1395
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=1497
-  _globals['_SETMAINTENANCEREQUEST']._serialized_start=1499
-  _globals['_SETMAINTENANCEREQUEST']._serialized_end=1557
-  _globals['_DRAINHOSTREQUEST']._serialized_start=1559
-  _globals['_DRAINHOSTREQUEST']._serialized_end=1639
-  _globals['_DELETEHOSTREQUEST']._serialized_start=1641
-  _globals['_DELETEHOSTREQUEST']._serialized_end=1674
-  _globals['_WATCHHOSTSREQUEST']._serialized_start=1676
-  _globals['_WATCHHOSTSREQUEST']._serialized_end=1721
-  _globals['_HOSTEVENT']._serialized_start=1723
-  _globals['_HOSTEVENT']._serialized_end=1827
-  _globals['_HOSTSERVICE']._serialized_start=1830
-  _globals['_HOSTSERVICE']._serialized_end=2437
+  _globals['_HOST_STATE']._serialized_start=1170
+  _globals['_HOST_STATE']._serialized_end=1261
+  _globals['_OVERCOMMIT']._serialized_start=1263
+  _globals['_OVERCOMMIT']._serialized_end=1320
+  _globals['_GETHOSTREQUEST']._serialized_start=1322
+  _globals['_GETHOSTREQUEST']._serialized_end=1352
+  _globals['_LISTHOSTSREQUEST']._serialized_start=1354
+  _globals['_LISTHOSTSREQUEST']._serialized_end=1411
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=1413
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=1515
+  _globals['_SETMAINTENANCEREQUEST']._serialized_start=1517
+  _globals['_SETMAINTENANCEREQUEST']._serialized_end=1575
+  _globals['_DRAINHOSTREQUEST']._serialized_start=1577
+  _globals['_DRAINHOSTREQUEST']._serialized_end=1657
+  _globals['_DELETEHOSTREQUEST']._serialized_start=1659
+  _globals['_DELETEHOSTREQUEST']._serialized_end=1692
+  _globals['_WATCHHOSTSREQUEST']._serialized_start=1694
+  _globals['_WATCHHOSTSREQUEST']._serialized_end=1739
+  _globals['_HOSTEVENT']._serialized_start=1741
+  _globals['_HOSTEVENT']._serialized_end=1845
+  _globals['_HOSTSERVICE']._serialized_start=1848
+  _globals['_HOSTSERVICE']._serialized_end=2455
 # @@protoc_insertion_point(module_scope)

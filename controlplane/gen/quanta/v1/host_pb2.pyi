@@ -77,7 +77,7 @@ class DestroyOrphanRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Host(_message.Message):
-    __slots__ = ("name", "state", "capacity", "allocated", "vm_count", "labels", "driver", "register_time", "resource_version", "maintenance", "overcommit", "allocatable")
+    __slots__ = ("name", "state", "capacity", "allocated", "vm_count", "labels", "driver", "register_time", "resource_version", "maintenance", "overcommit", "allocatable", "networks")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Host.State]
@@ -111,6 +111,7 @@ class Host(_message.Message):
     MAINTENANCE_FIELD_NUMBER: _ClassVar[int]
     OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
     ALLOCATABLE_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: Host.State
     capacity: _common_pb2.Resources
@@ -123,7 +124,8 @@ class Host(_message.Message):
     maintenance: bool
     overcommit: Overcommit
     allocatable: _common_pb2.Resources
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[Host.State, str]] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., allocated: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., vm_count: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[str] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource_version: _Optional[int] = ..., maintenance: _Optional[bool] = ..., overcommit: _Optional[_Union[Overcommit, _Mapping]] = ..., allocatable: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
+    networks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[Host.State, str]] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., allocated: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., vm_count: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[str] = ..., register_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource_version: _Optional[int] = ..., maintenance: _Optional[bool] = ..., overcommit: _Optional[_Union[Overcommit, _Mapping]] = ..., allocatable: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., networks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Overcommit(_message.Message):
     __slots__ = ("vcpus", "memory", "disk")

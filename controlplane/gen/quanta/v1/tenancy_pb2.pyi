@@ -11,28 +11,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ResourceLimits(_message.Message):
-    __slots__ = ("vms", "vcpus", "memory_mib", "disk_gib")
+    __slots__ = ("vms", "vcpus", "memory_mib", "disk_gib", "data_disks", "data_disk_gib")
     VMS_FIELD_NUMBER: _ClassVar[int]
     VCPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
     DISK_GIB_FIELD_NUMBER: _ClassVar[int]
+    DATA_DISKS_FIELD_NUMBER: _ClassVar[int]
+    DATA_DISK_GIB_FIELD_NUMBER: _ClassVar[int]
     vms: int
     vcpus: int
     memory_mib: int
     disk_gib: int
-    def __init__(self, vms: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ...) -> None: ...
+    data_disks: int
+    data_disk_gib: int
+    def __init__(self, vms: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., data_disks: _Optional[int] = ..., data_disk_gib: _Optional[int] = ...) -> None: ...
 
 class ResourceUsage(_message.Message):
-    __slots__ = ("vms", "vcpus", "memory_mib", "disk_gib")
+    __slots__ = ("vms", "vcpus", "memory_mib", "disk_gib", "data_disks", "data_disk_gib")
     VMS_FIELD_NUMBER: _ClassVar[int]
     VCPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
     DISK_GIB_FIELD_NUMBER: _ClassVar[int]
+    DATA_DISKS_FIELD_NUMBER: _ClassVar[int]
+    DATA_DISK_GIB_FIELD_NUMBER: _ClassVar[int]
     vms: int
     vcpus: int
     memory_mib: int
     disk_gib: int
-    def __init__(self, vms: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ...) -> None: ...
+    data_disks: int
+    data_disk_gib: int
+    def __init__(self, vms: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., data_disks: _Optional[int] = ..., data_disk_gib: _Optional[int] = ...) -> None: ...
 
 class Tenant(_message.Message):
     __slots__ = ("name", "display_name", "labels", "create_time", "update_time", "etag")

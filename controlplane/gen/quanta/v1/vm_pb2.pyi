@@ -23,6 +23,54 @@ POWER_OFF_MODE_UNSPECIFIED: PowerOffMode
 SOFT: PowerOffMode
 HARD: PowerOffMode
 
+class NetworkInterface(_message.Message):
+    __slots__ = ("network", "address_mode", "ip", "prefix_length", "gateway", "dns_servers", "backing")
+    class AddressMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ADDRESS_MODE_UNSPECIFIED: _ClassVar[NetworkInterface.AddressMode]
+        DHCP: _ClassVar[NetworkInterface.AddressMode]
+        STATIC_POOL: _ClassVar[NetworkInterface.AddressMode]
+        STATIC: _ClassVar[NetworkInterface.AddressMode]
+    ADDRESS_MODE_UNSPECIFIED: NetworkInterface.AddressMode
+    DHCP: NetworkInterface.AddressMode
+    STATIC_POOL: NetworkInterface.AddressMode
+    STATIC: NetworkInterface.AddressMode
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_MODE_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    DNS_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    BACKING_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    address_mode: NetworkInterface.AddressMode
+    ip: str
+    prefix_length: int
+    gateway: str
+    dns_servers: _containers.RepeatedScalarFieldContainer[str]
+    backing: str
+    def __init__(self, network: _Optional[str] = ..., address_mode: _Optional[_Union[NetworkInterface.AddressMode, str]] = ..., ip: _Optional[str] = ..., prefix_length: _Optional[int] = ..., gateway: _Optional[str] = ..., dns_servers: _Optional[_Iterable[str]] = ..., backing: _Optional[str] = ...) -> None: ...
+
+class AttachDiskRequest(_message.Message):
+    __slots__ = ("name", "disk", "etag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISK_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    disk: str
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., disk: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class DetachDiskRequest(_message.Message):
+    __slots__ = ("name", "disk", "etag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISK_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    disk: str
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., disk: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+
 class Address(_message.Message):
     __slots__ = ("ip", "mac", "network", "family")
     class Family(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -97,7 +145,7 @@ class BootstrapMetadata(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., hostname: _Optional[str] = ..., ssh_authorized_keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Vm(_message.Message):
-    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_policy", "bootstrap", "addresses", "reconciling", "vm_set")
+    __slots__ = ("name", "uid", "flavor", "image", "labels", "resources", "state", "host", "conditions", "create_time", "update_time", "delete_time", "etag", "resource_version", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_policy", "bootstrap", "addresses", "reconciling", "vm_set", "nics", "disks")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Vm.State]
@@ -188,6 +236,8 @@ class Vm(_message.Message):
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     RECONCILING_FIELD_NUMBER: _ClassVar[int]
     VM_SET_FIELD_NUMBER: _ClassVar[int]
+    NICS_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     uid: str
     flavor: str
@@ -214,7 +264,9 @@ class Vm(_message.Message):
     addresses: _containers.RepeatedCompositeFieldContainer[Address]
     reconciling: bool
     vm_set: str
-    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[_Union[Vm.RestartPolicy, str]] = ..., anti_affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., power: _Optional[_Union[Vm.Power, str]] = ..., power_policy: _Optional[_Union[Vm.PowerPolicy, str]] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., addresses: _Optional[_Iterable[_Union[Address, _Mapping]]] = ..., reconciling: _Optional[bool] = ..., vm_set: _Optional[str] = ...) -> None: ...
+    nics: _containers.RepeatedCompositeFieldContainer[NetworkInterface]
+    disks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., state: _Optional[_Union[Vm.State, str]] = ..., host: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., resource_version: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[_Union[Vm.RestartPolicy, str]] = ..., anti_affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[_Union[Vm.Scope, str]] = ..., power: _Optional[_Union[Vm.Power, str]] = ..., power_policy: _Optional[_Union[Vm.PowerPolicy, str]] = ..., bootstrap: _Optional[_Union[Bootstrap, _Mapping]] = ..., addresses: _Optional[_Iterable[_Union[Address, _Mapping]]] = ..., reconciling: _Optional[bool] = ..., vm_set: _Optional[str] = ..., nics: _Optional[_Iterable[_Union[NetworkInterface, _Mapping]]] = ..., disks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateVmRequest(_message.Message):
     __slots__ = ("parent", "vm_id", "vm", "request_id", "validate_only")
@@ -390,12 +442,14 @@ class ListVmsResponse(_message.Message):
     def __init__(self, vms: _Optional[_Iterable[_Union[Vm, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., resource_version: _Optional[int] = ...) -> None: ...
 
 class DeleteVmRequest(_message.Message):
-    __slots__ = ("name", "etag")
+    __slots__ = ("name", "etag", "delete_disks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    DELETE_DISKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     etag: str
-    def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+    delete_disks: bool
+    def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ..., delete_disks: _Optional[bool] = ...) -> None: ...
 
 class WatchVmsRequest(_message.Message):
     __slots__ = ("parent", "resource_version", "label_selector")

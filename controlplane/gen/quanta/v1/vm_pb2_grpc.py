@@ -96,6 +96,16 @@ class VmServiceStub:
                 request_serializer=quanta_dot_v1_dot_vm__pb2.PlanVmsRequest.SerializeToString,
                 response_deserializer=quanta_dot_v1_dot_vm__pb2.PlanVmsResponse.FromString,
                 _registered_method=True)
+        self.AttachDisk = channel.unary_unary(
+                '/quanta.v1.VmService/AttachDisk',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.AttachDiskRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
+        self.DetachDisk = channel.unary_unary(
+                '/quanta.v1.VmService/DetachDisk',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.DetachDiskRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
 
 
 class VmServiceServicer:
@@ -232,6 +242,27 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachDisk(self, request, context):
+        """Attaches a persistent disk (DiskService) of the VM's project: in one transaction
+        the disk is taken for this VM (FAILED_PRECONDITION, reason DISK_IN_USE, when
+        another VM has it or it is DETACHING; DISK_DELETING) and added to the VM's spec;
+        a placed VM's host must reach the disk's datastore class (FAILED_PRECONDITION,
+        DATASTORE_UNREACHABLE). The host's agent then attaches it (hot). Idempotent: a
+        disk attached to this VM already returns the VM unchanged. At most 16 disks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachDisk(self, request, context):
+        """Detaches a disk from the VM: the disk is DETACHING until the VM's host has let go
+        of it, then AVAILABLE (at once for a VM not placed yet). Idempotent.
+        FAILED_PRECONDITION, reason DISK_NOT_ATTACHED, for a disk not on this VM.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -294,6 +325,16 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.PlanVms,
                     request_deserializer=quanta_dot_v1_dot_vm__pb2.PlanVmsRequest.FromString,
                     response_serializer=quanta_dot_v1_dot_vm__pb2.PlanVmsResponse.SerializeToString,
+            ),
+            'AttachDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachDisk,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.AttachDiskRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'DetachDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachDisk,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.DetachDiskRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.Vm.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -622,6 +663,60 @@ class VmService:
             '/quanta.v1.VmService/PlanVms',
             quanta_dot_v1_dot_vm__pb2.PlanVmsRequest.SerializeToString,
             quanta_dot_v1_dot_vm__pb2.PlanVmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.VmService/AttachDisk',
+            quanta_dot_v1_dot_vm__pb2.AttachDiskRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quanta.v1.VmService/DetachDisk',
+            quanta_dot_v1_dot_vm__pb2.DetachDiskRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.Vm.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VmSpec(_message.Message):
-    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id", "power_policy", "bootstrap", "vm_set", "plan")
+    __slots__ = ("tenant", "project", "vm_id", "uid", "flavor", "image", "labels", "vcpus", "memory_mib", "disk_gib", "request_id", "create_time_ns", "delete_time_ns", "shard", "node_selector", "anti_affinity_group", "restart_policy", "anti_affinity_scope", "affinity_group", "affinity_scope", "power", "power_off_mode", "power_off_grace_s", "power_time_ns", "restarts", "restart_request_id", "power_policy", "bootstrap", "vm_set", "plan", "nics", "disks")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class VmSpec(_message.Message):
     BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
     VM_SET_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    NICS_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     project: str
     vm_id: str
@@ -82,7 +84,151 @@ class VmSpec(_message.Message):
     bootstrap: BootstrapSummary
     vm_set: str
     plan: str
-    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ..., power: _Optional[int] = ..., power_off_mode: _Optional[int] = ..., power_off_grace_s: _Optional[int] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., restart_request_id: _Optional[str] = ..., power_policy: _Optional[int] = ..., bootstrap: _Optional[_Union[BootstrapSummary, _Mapping]] = ..., vm_set: _Optional[str] = ..., plan: _Optional[str] = ...) -> None: ...
+    nics: _containers.RepeatedCompositeFieldContainer[Nic]
+    disks: _containers.RepeatedCompositeFieldContainer[DiskRef]
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ..., power: _Optional[int] = ..., power_off_mode: _Optional[int] = ..., power_off_grace_s: _Optional[int] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., restart_request_id: _Optional[str] = ..., power_policy: _Optional[int] = ..., bootstrap: _Optional[_Union[BootstrapSummary, _Mapping]] = ..., vm_set: _Optional[str] = ..., plan: _Optional[str] = ..., nics: _Optional[_Iterable[_Union[Nic, _Mapping]]] = ..., disks: _Optional[_Iterable[_Union[DiskRef, _Mapping]]] = ...) -> None: ...
+
+class Nic(_message.Message):
+    __slots__ = ("network", "network_uid", "backing", "address_mode", "ip", "prefix_length", "gateway", "dns_servers")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_UID_FIELD_NUMBER: _ClassVar[int]
+    BACKING_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_MODE_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    DNS_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    network_uid: str
+    backing: str
+    address_mode: int
+    ip: str
+    prefix_length: int
+    gateway: str
+    dns_servers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, network: _Optional[str] = ..., network_uid: _Optional[str] = ..., backing: _Optional[str] = ..., address_mode: _Optional[int] = ..., ip: _Optional[str] = ..., prefix_length: _Optional[int] = ..., gateway: _Optional[str] = ..., dns_servers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DiskRef(_message.Message):
+    __slots__ = ("disk_id", "uid", "size_gib", "datastore_class")
+    DISK_ID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_GIB_FIELD_NUMBER: _ClassVar[int]
+    DATASTORE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    disk_id: str
+    uid: str
+    size_gib: int
+    datastore_class: str
+    def __init__(self, disk_id: _Optional[str] = ..., uid: _Optional[str] = ..., size_gib: _Optional[int] = ..., datastore_class: _Optional[str] = ...) -> None: ...
+
+class NetworkRecord(_message.Message):
+    __slots__ = ("tenant", "project", "network_id", "uid", "labels", "description", "backing", "subnet", "create_time_ns", "update_time_ns", "request_id")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    BACKING_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    project: str
+    network_id: str
+    uid: str
+    labels: _containers.ScalarMap[str, str]
+    description: str
+    backing: str
+    subnet: SubnetRecord
+    create_time_ns: int
+    update_time_ns: int
+    request_id: str
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., network_id: _Optional[str] = ..., uid: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., backing: _Optional[str] = ..., subnet: _Optional[_Union[SubnetRecord, _Mapping]] = ..., create_time_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SubnetRecord(_message.Message):
+    __slots__ = ("cidr", "gateway", "dns_servers", "range_start", "range_end")
+    CIDR_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    DNS_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    RANGE_START_FIELD_NUMBER: _ClassVar[int]
+    RANGE_END_FIELD_NUMBER: _ClassVar[int]
+    cidr: str
+    gateway: str
+    dns_servers: _containers.RepeatedScalarFieldContainer[str]
+    range_start: str
+    range_end: str
+    def __init__(self, cidr: _Optional[str] = ..., gateway: _Optional[str] = ..., dns_servers: _Optional[_Iterable[str]] = ..., range_start: _Optional[str] = ..., range_end: _Optional[str] = ...) -> None: ...
+
+class PortRecord(_message.Message):
+    __slots__ = ("vm_uid", "ip")
+    VM_UID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    vm_uid: str
+    ip: str
+    def __init__(self, vm_uid: _Optional[str] = ..., ip: _Optional[str] = ...) -> None: ...
+
+class AddressRecord(_message.Message):
+    __slots__ = ("vm", "vm_uid")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    VM_UID_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    vm_uid: str
+    def __init__(self, vm: _Optional[str] = ..., vm_uid: _Optional[str] = ...) -> None: ...
+
+class DiskRecord(_message.Message):
+    __slots__ = ("tenant", "project", "disk_id", "uid", "labels", "description", "size_gib", "datastore_class", "create_time_ns", "update_time_ns", "delete_time_ns", "request_id")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    DISK_ID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_GIB_FIELD_NUMBER: _ClassVar[int]
+    DATASTORE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    project: str
+    disk_id: str
+    uid: str
+    labels: _containers.ScalarMap[str, str]
+    description: str
+    size_gib: int
+    datastore_class: str
+    create_time_ns: int
+    update_time_ns: int
+    delete_time_ns: int
+    request_id: str
+    def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., disk_id: _Optional[str] = ..., uid: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., size_gib: _Optional[int] = ..., datastore_class: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DiskAttachment(_message.Message):
+    __slots__ = ("vm", "vm_uid", "detaching", "attach_time_ns")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    VM_UID_FIELD_NUMBER: _ClassVar[int]
+    DETACHING_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    vm_uid: str
+    detaching: bool
+    attach_time_ns: int
+    def __init__(self, vm: _Optional[str] = ..., vm_uid: _Optional[str] = ..., detaching: _Optional[bool] = ..., attach_time_ns: _Optional[int] = ...) -> None: ...
 
 class VmSetRecord(_message.Message):
     __slots__ = ("uid", "vms", "shard", "state", "create_time_ns", "deadline_ns", "update_time_ns", "reason", "message", "request_id")
@@ -207,7 +353,7 @@ class ZoneGroup(_message.Message):
     def __init__(self, vms: _Optional[int] = ...) -> None: ...
 
 class HostRegistration(_message.Message):
-    __slots__ = ("host", "driver", "vcpus", "memory_mib", "disk_gib", "labels", "agent", "register_time_ns", "vcpu_overcommit", "memory_overcommit", "disk_overcommit")
+    __slots__ = ("host", "driver", "vcpus", "memory_mib", "disk_gib", "labels", "agent", "register_time_ns", "vcpu_overcommit", "memory_overcommit", "disk_overcommit", "networks")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +372,7 @@ class HostRegistration(_message.Message):
     VCPU_OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
     DISK_OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
     host: str
     driver: str
     vcpus: int
@@ -237,7 +384,8 @@ class HostRegistration(_message.Message):
     vcpu_overcommit: float
     memory_overcommit: float
     disk_overcommit: float
-    def __init__(self, host: _Optional[str] = ..., driver: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent: _Optional[str] = ..., register_time_ns: _Optional[int] = ..., vcpu_overcommit: _Optional[float] = ..., memory_overcommit: _Optional[float] = ..., disk_overcommit: _Optional[float] = ...) -> None: ...
+    networks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host: _Optional[str] = ..., driver: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent: _Optional[str] = ..., register_time_ns: _Optional[int] = ..., vcpu_overcommit: _Optional[float] = ..., memory_overcommit: _Optional[float] = ..., disk_overcommit: _Optional[float] = ..., networks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HostAllocation(_message.Message):
     __slots__ = ("vcpus", "memory_mib", "disk_gib", "vm_count", "groups", "holds")

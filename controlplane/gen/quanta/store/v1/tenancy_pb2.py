@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquanta/store/v1/tenancy.proto\x12\x0fquanta.store.v1\"\x8c\x01\n\x06Limits\x12\x10\n\x03vms\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05vcpus\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nmemory_mib\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x15\n\x08\x64isk_gib\x18\x04 \x01(\x03H\x03\x88\x01\x01\x42\x06\n\x04_vmsB\x08\n\x06_vcpusB\r\n\x0b_memory_mibB\x0b\n\t_disk_gib\"I\n\x05Usage\x12\x0b\n\x03vms\x18\x01 \x01(\x03\x12\r\n\x05vcpus\x18\x02 \x01(\x03\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x04 \x01(\x03\"\xa4\x02\n\x0cTenantRecord\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x39\n\x06labels\x18\x03 \x03(\x0b\x32).quanta.store.v1.TenantRecord.LabelsEntry\x12&\n\x05quota\x18\x04 \x01(\x0b\x32\x17.quanta.store.v1.Limits\x12)\n\tallocated\x18\x05 \x01(\x0b\x32\x16.quanta.store.v1.Usage\x12\x16\n\x0e\x63reate_time_ns\x18\x06 \x01(\x03\x12\x16\n\x0eupdate_time_ns\x18\x07 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x02\n\rProjectRecord\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12:\n\x06labels\x18\x04 \x03(\x0b\x32*.quanta.store.v1.ProjectRecord.LabelsEntry\x12&\n\x05quota\x18\x05 \x01(\x0b\x32\x17.quanta.store.v1.Limits\x12\x16\n\x0e\x63reate_time_ns\x18\x06 \x01(\x03\x12\x16\n\x0eupdate_time_ns\x18\x07 \x01(\x03\x12\x16\n\x0e\x64\x65lete_time_ns\x18\x08 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x05Grant\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\"\x9a\x01\n\x0bTokenRecord\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12&\n\x06grants\x18\x03 \x03(\x0b\x32\x16.quanta.store.v1.Grant\x12\x15\n\rissue_time_ns\x18\x04 \x01(\x03\x12\x16\n\x0e\x65xpire_time_ns\x18\x05 \x01(\x03\x12\x11\n\tissued_by\x18\x06 \x01(\t\"J\n\nRevocation\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x16\n\x0erevoke_time_ns\x18\x02 \x01(\x03\x12\x12\n\nrevoked_by\x18\x03 \x01(\t\"M\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63reate_time_ns\x18\x03 \x01(\x03\"\xb8\x01\n\x0b\x41uditRecord\x12\x0f\n\x07time_ns\x18\x01 \x01(\x03\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\x12\x10\n\x08token_id\x18\n \x01(\t\"\x8f\x01\n\nRateDemand\x12>\n\nper_second\x18\x01 \x03(\x0b\x32*.quanta.store.v1.RateDemand.PerSecondEntry\x12\x0f\n\x07time_ns\x18\x02 \x01(\x03\x1a\x30\n\x0ePerSecondEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquanta/store/v1/tenancy.proto\x12\x0fquanta.store.v1\"\xe2\x01\n\x06Limits\x12\x10\n\x03vms\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05vcpus\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nmemory_mib\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x15\n\x08\x64isk_gib\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x17\n\ndata_disks\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x1a\n\rdata_disk_gib\x18\x06 \x01(\x03H\x05\x88\x01\x01\x42\x06\n\x04_vmsB\x08\n\x06_vcpusB\r\n\x0b_memory_mibB\x0b\n\t_disk_gibB\r\n\x0b_data_disksB\x10\n\x0e_data_disk_gib\"t\n\x05Usage\x12\x0b\n\x03vms\x18\x01 \x01(\x03\x12\r\n\x05vcpus\x18\x02 \x01(\x03\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x04 \x01(\x03\x12\x12\n\ndata_disks\x18\x05 \x01(\x03\x12\x15\n\rdata_disk_gib\x18\x06 \x01(\x03\"\xa4\x02\n\x0cTenantRecord\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x39\n\x06labels\x18\x03 \x03(\x0b\x32).quanta.store.v1.TenantRecord.LabelsEntry\x12&\n\x05quota\x18\x04 \x01(\x0b\x32\x17.quanta.store.v1.Limits\x12)\n\tallocated\x18\x05 \x01(\x0b\x32\x16.quanta.store.v1.Usage\x12\x16\n\x0e\x63reate_time_ns\x18\x06 \x01(\x03\x12\x16\n\x0eupdate_time_ns\x18\x07 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x02\n\rProjectRecord\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12:\n\x06labels\x18\x04 \x03(\x0b\x32*.quanta.store.v1.ProjectRecord.LabelsEntry\x12&\n\x05quota\x18\x05 \x01(\x0b\x32\x17.quanta.store.v1.Limits\x12\x16\n\x0e\x63reate_time_ns\x18\x06 \x01(\x03\x12\x16\n\x0eupdate_time_ns\x18\x07 \x01(\x03\x12\x16\n\x0e\x64\x65lete_time_ns\x18\x08 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x05Grant\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\"\x9a\x01\n\x0bTokenRecord\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12&\n\x06grants\x18\x03 \x03(\x0b\x32\x16.quanta.store.v1.Grant\x12\x15\n\rissue_time_ns\x18\x04 \x01(\x03\x12\x16\n\x0e\x65xpire_time_ns\x18\x05 \x01(\x03\x12\x11\n\tissued_by\x18\x06 \x01(\t\"J\n\nRevocation\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x16\n\x0erevoke_time_ns\x18\x02 \x01(\x03\x12\x12\n\nrevoked_by\x18\x03 \x01(\t\"M\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63reate_time_ns\x18\x03 \x01(\x03\"\xb8\x01\n\x0b\x41uditRecord\x12\x0f\n\x07time_ns\x18\x01 \x01(\x03\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\x12\x10\n\x08token_id\x18\n \x01(\t\"\x8f\x01\n\nRateDemand\x12>\n\nper_second\x18\x01 \x03(\x0b\x32*.quanta.store.v1.RateDemand.PerSecondEntry\x12\x0f\n\x07time_ns\x18\x02 \x01(\x03\x1a\x30\n\x0ePerSecondEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,29 +38,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RATEDEMAND_PERSECONDENTRY']._loaded_options = None
   _globals['_RATEDEMAND_PERSECONDENTRY']._serialized_options = b'8\001'
   _globals['_LIMITS']._serialized_start=51
-  _globals['_LIMITS']._serialized_end=191
-  _globals['_USAGE']._serialized_start=193
-  _globals['_USAGE']._serialized_end=266
-  _globals['_TENANTRECORD']._serialized_start=269
-  _globals['_TENANTRECORD']._serialized_end=561
-  _globals['_TENANTRECORD_LABELSENTRY']._serialized_start=516
-  _globals['_TENANTRECORD_LABELSENTRY']._serialized_end=561
-  _globals['_PROJECTRECORD']._serialized_start=564
-  _globals['_PROJECTRECORD']._serialized_end=859
-  _globals['_PROJECTRECORD_LABELSENTRY']._serialized_start=516
-  _globals['_PROJECTRECORD_LABELSENTRY']._serialized_end=561
-  _globals['_GRANT']._serialized_start=861
-  _globals['_GRANT']._serialized_end=915
-  _globals['_TOKENRECORD']._serialized_start=918
-  _globals['_TOKENRECORD']._serialized_end=1072
-  _globals['_REVOCATION']._serialized_start=1074
-  _globals['_REVOCATION']._serialized_end=1148
-  _globals['_SIGNINGKEY']._serialized_start=1150
-  _globals['_SIGNINGKEY']._serialized_end=1227
-  _globals['_AUDITRECORD']._serialized_start=1230
-  _globals['_AUDITRECORD']._serialized_end=1414
-  _globals['_RATEDEMAND']._serialized_start=1417
-  _globals['_RATEDEMAND']._serialized_end=1560
-  _globals['_RATEDEMAND_PERSECONDENTRY']._serialized_start=1512
-  _globals['_RATEDEMAND_PERSECONDENTRY']._serialized_end=1560
+  _globals['_LIMITS']._serialized_end=277
+  _globals['_USAGE']._serialized_start=279
+  _globals['_USAGE']._serialized_end=395
+  _globals['_TENANTRECORD']._serialized_start=398
+  _globals['_TENANTRECORD']._serialized_end=690
+  _globals['_TENANTRECORD_LABELSENTRY']._serialized_start=645
+  _globals['_TENANTRECORD_LABELSENTRY']._serialized_end=690
+  _globals['_PROJECTRECORD']._serialized_start=693
+  _globals['_PROJECTRECORD']._serialized_end=988
+  _globals['_PROJECTRECORD_LABELSENTRY']._serialized_start=645
+  _globals['_PROJECTRECORD_LABELSENTRY']._serialized_end=690
+  _globals['_GRANT']._serialized_start=990
+  _globals['_GRANT']._serialized_end=1044
+  _globals['_TOKENRECORD']._serialized_start=1047
+  _globals['_TOKENRECORD']._serialized_end=1201
+  _globals['_REVOCATION']._serialized_start=1203
+  _globals['_REVOCATION']._serialized_end=1277
+  _globals['_SIGNINGKEY']._serialized_start=1279
+  _globals['_SIGNINGKEY']._serialized_end=1356
+  _globals['_AUDITRECORD']._serialized_start=1359
+  _globals['_AUDITRECORD']._serialized_end=1543
+  _globals['_RATEDEMAND']._serialized_start=1546
+  _globals['_RATEDEMAND']._serialized_end=1689
+  _globals['_RATEDEMAND_PERSECONDENTRY']._serialized_start=1641
+  _globals['_RATEDEMAND_PERSECONDENTRY']._serialized_end=1689
 # @@protoc_insertion_point(module_scope)
