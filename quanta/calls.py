@@ -31,8 +31,12 @@ from controlplane.gen.quanta.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     common_pb2,
+    disk_pb2,
+    disk_pb2_grpc,
     host_pb2,
     host_pb2_grpc,
+    network_pb2,
+    network_pb2_grpc,
     tenancy_pb2,
     tenancy_pb2_grpc,
     vm_pb2,
@@ -54,6 +58,8 @@ FLAVORS = "quanta.v1.FlavorService"
 IMAGES = "quanta.v1.ImageService"
 TOKENS = "quanta.v1.TokenService"
 AUDIT = "quanta.v1.AuditService"
+NETWORKS = "quanta.v1.NetworkService"
+DISKS = "quanta.v1.DiskService"
 
 #: The stub class of each service (sync and asyncio channels take the same stubs).
 STUBS: dict[str, Callable[[Any], Any]] = {
@@ -61,7 +67,8 @@ STUBS: dict[str, Callable[[Any], Any]] = {
     TENANTS: tenancy_pb2_grpc.TenantServiceStub, PROJECTS: tenancy_pb2_grpc.ProjectServiceStub,
     QUOTAS: tenancy_pb2_grpc.QuotaServiceStub, FLAVORS: catalog_pb2_grpc.FlavorServiceStub,
     IMAGES: catalog_pb2_grpc.ImageServiceStub, TOKENS: auth_pb2_grpc.TokenServiceStub,
-    AUDIT: auth_pb2_grpc.AuditServiceStub,
+    AUDIT: auth_pb2_grpc.AuditServiceStub, NETWORKS: network_pb2_grpc.NetworkServiceStub,
+    DISKS: disk_pb2_grpc.DiskServiceStub,
 }
 
 #: Methods retried on UNAVAILABLE: reads, verbs whose retry after an attempt that
@@ -93,9 +100,17 @@ STUBS: dict[str, Callable[[Any], Any]] = {
 #: etag a retry could land after another client's change and undo it; that is the
 #: last-writer-wins the caller chose by sending no etag (the first attempt's place
 #: among the writers was unknown anyway once it went unanswered).
+#:
+#: Networks and disks (issue 14): CreateNetwork and CreateDisk are idempotent by the
+#: request_id every SDK create carries; AttachDisk and DetachDisk are idempotent (a
+#: disk attached to, or detached from, this VM already returns the VM unchanged).
+#: Deletes of networks and disks are not retried: a retry after one that applied is
+#: NOT_FOUND.
 RETRIED: dict[str, tuple[str, ...]] = {
     VMS: ("CreateVm", "CreateVms", "PlanVms", "GetVm", "GetVmSet", "ListVms", "DeleteVm", "StartVm", "StopVm",
-          "RestartVm", "UpdateVm"),
+          "RestartVm", "UpdateVm", "AttachDisk", "DetachDisk"),
+    NETWORKS: ("CreateNetwork", "GetNetwork", "ListNetworks"),
+    DISKS: ("CreateDisk", "GetDisk", "ListDisks"),
     HOSTS: ("GetHost", "ListHosts", "SetMaintenance", "DrainHost", "ListOrphans"),
     TENANTS: ("GetTenant", "ListTenants"),
     PROJECTS: ("GetProject", "ListProjects"),
@@ -228,7 +243,7 @@ def bootstrap_input(*, user_data: bytes | str | None = None, ignition: bytes | s
 CREATE_VM_FIELDS = frozenset({
     "flavor", "image", "labels", "request_id", "node_selector", "anti_affinity_group", "restart_policy",
     "anti_affinity_scope", "affinity_group", "affinity_scope", "user_data", "ignition", "metadata", "ssh_keys",
-    "hostname", "power_on", "power_policy"})
+    "hostname", "power_on", "power_policy", "nics", "disks"})
 
 #: A CreateVms of more VMs than this gets :data:`LONG_TIMEOUT_S` instead of the client's timeout.
 BIG_BATCH = 100
@@ -241,7 +256,8 @@ def create_vm_request(parent: str, vm_id: str = "", *, flavor: str, image: str,
                       affinity_scope: str = "HOST", user_data: bytes | str | None = None,
                       ignition: bytes | str | None = None, metadata: Mapping[str, str] | None = None,
                       ssh_keys: Sequence[str] = (), hostname: str = "", power_on: bool = True,
-                      power_policy: str = "KEEP_STOPPED") -> vm_pb2.CreateVmRequest:
+                      power_policy: str = "KEEP_STOPPED", nics: Sequence[str | Mapping[str, str]] = (),
+                      disks: Sequence[str] = ()) -> vm_pb2.CreateVmRequest:
     """The one place a VM's create is built, for CreateVm and each VM of CreateVms
     (arguments as :meth:`Calls.create_vm`); a request_id is generated if none is
     given. ValueError for an unknown enum value or both user_data and ignition.
@@ -256,7 +272,40 @@ def create_vm_request(parent: str, vm_id: str = "", *, flavor: str, image: str,
                                 hostname=hostname)
     if bootstrap is not None:
         vm.bootstrap.CopyFrom(bootstrap)
+    vm.nics.extend(nic_input(nic) for nic in nics)
+    vm.disks.extend(disks)
     return vm_pb2.CreateVmRequest(parent=parent, vm_id=vm_id, request_id=request_id or uuid.uuid4().hex, vm=vm)
+
+
+#: ``ip=`` of a NIC (``nic_input``) that asks for an address of the network's pool.
+POOL = "pool"
+#: ``ip=`` of a NIC that asks for DHCP (also what a NIC without ``ip`` gets).
+DHCP = "dhcp"
+
+
+def nic_input(nic: str | Mapping[str, str]) -> vm_pb2.NetworkInterface:
+    """A VM's NIC from ``"net=web"`` (DHCP), ``"net=web,ip=pool"`` (an address of the
+    network's pool), ``"net=web,ip=10.0.0.5"`` (that address), or the same as a mapping
+    (``{"net": "web", "ip": "pool"}``; ``network`` for ``net``). The network is an id
+    (the project's, else its tenant's shared one) or a full name. ValueError for
+    anything else."""
+    if isinstance(nic, str):
+        try:
+            fields = dict(part.split("=", 1) for part in nic.split(",") if part.strip())
+        except ValueError:
+            raise ValueError(f"a NIC is net=NETWORK[,ip=pool|dhcp|ADDRESS], not {nic!r}") from None
+    else:
+        fields = dict(nic)
+    fields = {key.strip().lower(): value.strip() for key, value in fields.items()}
+    network = fields.pop("net", "") or fields.pop("network", "")
+    ip = fields.pop("ip", DHCP) or DHCP
+    if not network or fields:
+        raise ValueError(f"a NIC is net=NETWORK[,ip=pool|dhcp|ADDRESS], not {nic!r}")
+    if ip.lower() == POOL:
+        return vm_pb2.NetworkInterface(network=network, address_mode=vm_pb2.NetworkInterface.STATIC_POOL)
+    if ip.lower() == DHCP:
+        return vm_pb2.NetworkInterface(network=network, address_mode=vm_pb2.NetworkInterface.DHCP)
+    return vm_pb2.NetworkInterface(network=network, address_mode=vm_pb2.NetworkInterface.STATIC, ip=ip)
 
 
 def named(collection: str, id_or_name: str) -> str:
@@ -297,7 +346,8 @@ class Calls:
                   affinity_group: str = "", affinity_scope: str = "HOST", user_data: bytes | str | None = None,
                   ignition: bytes | str | None = None, metadata: Mapping[str, str] | None = None,
                   ssh_keys: Sequence[str] = (), hostname: str = "", power_on: bool = True,
-                  power_policy: str = "KEEP_STOPPED", validate_only: bool = False) -> Unary[vm_pb2.Vm]:
+                  power_policy: str = "KEEP_STOPPED", nics: Sequence[str | Mapping[str, str]] = (),
+                  disks: Sequence[str] = (), validate_only: bool = False) -> Unary[vm_pb2.Vm]:
         """Create a VM; returns it PENDING. ``vm_id`` "" lets the server assign one.
         Idempotent per request_id (one is generated if not given; the channel's
         retries resend it). ``node_selector``: host labels it needs;
@@ -320,16 +370,20 @@ class Calls:
         ``power_on`` False creates it STOPPED (it keeps its host and quota);
         ``power_policy``: what its agent does when it finds the VM off without a stop
         (KEEP_STOPPED: report it STOPPED; KEEP_RUNNING: power it on again).
+        ``nics``: its NICs in order (see :func:`nic_input`: ``"net=web,ip=pool"``, ...;
+        none: one DHCP NIC on the hosts' default network); ``disks``: persistent disks
+        of the project to attach (ids or names; AVAILABLE ones).
         ``validate_only``: check everything (quota included) and return the VM it
         would make, writing nothing.
-        Raises QuotaExceeded, AlreadyExists, InvalidArgument, ..."""
+        Raises QuotaExceeded, AlreadyExists, InvalidArgument, ResourceExhausted
+        (ADDRESS_POOL_EXHAUSTED), FailedPrecondition (DISK_IN_USE), ..."""
         request = create_vm_request(self.parent, vm_id, flavor=flavor, image=image, labels=labels,
                                     request_id=request_id, node_selector=node_selector,
                                     anti_affinity_group=anti_affinity_group, restart_policy=restart_policy,
                                     anti_affinity_scope=anti_affinity_scope, affinity_group=affinity_group,
                                     affinity_scope=affinity_scope, user_data=user_data, ignition=ignition,
                                     metadata=metadata, ssh_keys=ssh_keys, hostname=hostname, power_on=power_on,
-                                    power_policy=power_policy)
+                                    power_policy=power_policy, nics=nics, disks=disks)
         request.validate_only = validate_only
         return Unary(VMS, "CreateVm", request)
 
@@ -524,14 +578,145 @@ class Calls:
         return Pages(lambda token: Unary(VMS, "ListVms", vm_pb2.ListVmsRequest(
             parent=self.parent, page_size=page_size, page_token=token, label_selector=label_selector)), "vms")
 
-    def delete_vm(self, vm_id: str, *, etag: str = "") -> Unary[vm_pb2.Vm]:
-        """Request deletion; returns the VM DELETING. Idempotent."""
-        return Unary(VMS, "DeleteVm", vm_pb2.DeleteVmRequest(name=self.vm_name(vm_id), etag=etag))
+    def delete_vm(self, vm_id: str, *, etag: str = "", delete_disks: bool = False) -> Unary[vm_pb2.Vm]:
+        """Request deletion; returns the VM DELETING. Idempotent. Its persistent disks
+        are detached and kept, or with ``delete_disks`` deleted with it."""
+        return Unary(VMS, "DeleteVm", vm_pb2.DeleteVmRequest(name=self.vm_name(vm_id), etag=etag,
+                                                             delete_disks=delete_disks))
+
+    def attach_disk(self, vm_id: str, disk: str, *, etag: str = "") -> Unary[vm_pb2.Vm]:
+        """Attach a persistent disk of the VM's project (id or name) to the VM; its host
+        attaches it hot. Idempotent. FailedPrecondition (DISK_IN_USE, DISK_DELETING,
+        DATASTORE_UNREACHABLE)."""
+        return Unary(VMS, "AttachDisk", vm_pb2.AttachDiskRequest(name=self.vm_name(vm_id), disk=disk, etag=etag))
+
+    def detach_disk(self, vm_id: str, disk: str, *, etag: str = "") -> Unary[vm_pb2.Vm]:
+        """Detach a persistent disk from the VM (DETACHING until its host let go of it,
+        then AVAILABLE). Idempotent. FailedPrecondition (DISK_NOT_ATTACHED)."""
+        return Unary(VMS, "DetachDisk", vm_pb2.DetachDiskRequest(name=self.vm_name(vm_id), disk=disk, etag=etag))
 
     def watch_vms(self, *, resource_version: int = 0, label_selector: str = "",
                   timeout: float | None = None) -> Stream[vm_pb2.VmEvent]:
         """Stream VM events (from 0: current state first). Ends after ``timeout`` seconds if given."""
         return Stream(VMS, "WatchVms", vm_pb2.WatchVmsRequest(
+            parent=self.parent, resource_version=resource_version, label_selector=label_selector), timeout)
+
+    # Networks
+    def network_name(self, network_id: str, *, shared: bool = False) -> str:
+        """A network's name: a full name as it is; an id in this client's project, or
+        with ``shared`` its tenant's shared one."""
+        if network_id.startswith("tenants/"):
+            return network_id
+        return f"tenants/{self.tenant}/networks/{network_id}" if shared else f"{self.parent}/networks/{network_id}"
+
+    def create_network(self, network_id: str, *, backing: str, cidr: str = "", gateway: str = "",
+                       dns_servers: Sequence[str] = (), range_start: str = "", range_end: str = "",
+                       labels: Mapping[str, str] | None = None, description: str = "", shared: bool = False,
+                       request_id: str | None = None) -> Unary[network_pb2.Network]:
+        """Create a network on the hosts' port group ``backing``; with ``cidr`` a subnet
+        whose addresses Quanta hands out (STATIC_POOL NICs; the pool is
+        ``range_start``..``range_end``, default every host address but the gateway).
+        ``shared``: the tenant's, for all its projects (tenant admins). Idempotent per
+        request_id. InvalidArgument, AlreadyExists."""
+        subnet = (network_pb2.Subnet(cidr=cidr, gateway=gateway, dns_servers=list(dns_servers),
+                                     range_start=range_start, range_end=range_end) if cidr else None)
+        network = network_pb2.Network(backing=backing, labels=dict(labels or {}), description=description,
+                                      subnet=subnet)
+        parent = f"tenants/{self.tenant}" if shared else self.parent
+        return Unary(NETWORKS, "CreateNetwork", network_pb2.CreateNetworkRequest(
+            parent=parent, network_id=network_id, network=network, request_id=request_id or uuid.uuid4().hex))
+
+    def get_network(self, network_id: str, *, shared: bool = False) -> Unary[network_pb2.Network]:
+        """The network (id in this client's project, or ``shared``: the tenant's; or a full name). NotFound."""
+        return Unary(NETWORKS, "GetNetwork", network_pb2.GetNetworkRequest(
+            name=self.network_name(network_id, shared=shared)))
+
+    def list_networks(self, *, label_selector: str = "", include_shared: bool = True,
+                      shared: bool = False) -> Pages[network_pb2.Network]:
+        """The project's networks and (``include_shared``) its tenant's shared ones; with
+        ``shared``, the tenant's shared ones only."""
+        parent = f"tenants/{self.tenant}" if shared else self.parent
+        return Pages(lambda token: Unary(NETWORKS, "ListNetworks", network_pb2.ListNetworksRequest(
+            parent=parent, page_size=500, page_token=token, label_selector=label_selector,
+            include_shared=include_shared and not shared)), "networks")
+
+    def update_network(self, network_id: str, *, labels: Mapping[str, str] | None = None,
+                       description: str | None = None, dns_servers: Sequence[str] | None = None,
+                       shared: bool = False, etag: str = "") -> Unary[network_pb2.Network]:
+        """Change the given fields (labels replace all labels). Aborted on a stale etag."""
+        network = network_pb2.Network(name=self.network_name(network_id, shared=shared), etag=etag)
+        paths = []
+        if labels is not None:
+            network.labels.update(labels)
+            paths.append("labels")
+        if description is not None:
+            network.description = description
+            paths.append("description")
+        if dns_servers is not None:
+            network.subnet.dns_servers.extend(dns_servers)
+            paths.append("subnet.dns_servers")
+        if not paths:
+            raise ValueError("nothing to update: give labels, description or dns_servers")
+        return Unary(NETWORKS, "UpdateNetwork", network_pb2.UpdateNetworkRequest(
+            network=network, update_mask=field_mask_pb2.FieldMask(paths=paths)))
+
+    def delete_network(self, network_id: str, *, shared: bool = False, etag: str = "") -> Unary[network_pb2.Network]:
+        """Delete a network no VM uses (FailedPrecondition NETWORK_IN_USE otherwise)."""
+        return Unary(NETWORKS, "DeleteNetwork", network_pb2.DeleteNetworkRequest(
+            name=self.network_name(network_id, shared=shared), etag=etag))
+
+    def watch_networks(self, *, resource_version: int = 0, label_selector: str = "", shared: bool = False,
+                       timeout: float | None = None) -> Stream[network_pb2.NetworkEvent]:
+        """Stream the project's (``shared``: the tenant's) network events."""
+        parent = f"tenants/{self.tenant}" if shared else self.parent
+        return Stream(NETWORKS, "WatchNetworks", network_pb2.WatchNetworksRequest(
+            parent=parent, resource_version=resource_version, label_selector=label_selector), timeout)
+
+    # Persistent disks
+    def disk_name(self, disk_id: str) -> str:
+        return disk_id if disk_id.startswith("tenants/") else f"{self.parent}/disks/{disk_id}"
+
+    def create_disk(self, disk_id: str, *, size_gib: int, datastore_class: str = "",
+                    labels: Mapping[str, str] | None = None, description: str = "",
+                    request_id: str | None = None) -> Unary[disk_pb2.Disk]:
+        """Create a persistent disk (AVAILABLE) of ``size_gib`` on datastores of
+        ``datastore_class`` (default "standard"), charged to the project's quota.
+        Idempotent per request_id. QuotaExceeded, InvalidArgument, AlreadyExists."""
+        disk = disk_pb2.Disk(size_gib=size_gib, datastore_class=datastore_class, labels=dict(labels or {}),
+                             description=description)
+        return Unary(DISKS, "CreateDisk", disk_pb2.CreateDiskRequest(
+            parent=self.parent, disk_id=disk_id, disk=disk, request_id=request_id or uuid.uuid4().hex))
+
+    def get_disk(self, disk_id: str) -> Unary[disk_pb2.Disk]:
+        return Unary(DISKS, "GetDisk", disk_pb2.GetDiskRequest(name=self.disk_name(disk_id)))
+
+    def list_disks(self, *, label_selector: str = "") -> Pages[disk_pb2.Disk]:
+        return Pages(lambda token: Unary(DISKS, "ListDisks", disk_pb2.ListDisksRequest(
+            parent=self.parent, page_size=500, page_token=token, label_selector=label_selector)), "disks")
+
+    def update_disk(self, disk_id: str, *, labels: Mapping[str, str] | None = None, description: str | None = None,
+                    etag: str = "") -> Unary[disk_pb2.Disk]:
+        """Change labels (all of them) and/or the description. Aborted on a stale etag."""
+        disk = disk_pb2.Disk(name=self.disk_name(disk_id), etag=etag)
+        paths = []
+        if labels is not None:
+            disk.labels.update(labels)
+            paths.append("labels")
+        if description is not None:
+            disk.description = description
+            paths.append("description")
+        if not paths:
+            raise ValueError("nothing to update: give labels or description")
+        return Unary(DISKS, "UpdateDisk", disk_pb2.UpdateDiskRequest(
+            disk=disk, update_mask=field_mask_pb2.FieldMask(paths=paths)))
+
+    def delete_disk(self, disk_id: str, *, etag: str = "") -> Unary[disk_pb2.Disk]:
+        """Delete a detached disk and its data (FailedPrecondition DISK_ATTACHED otherwise)."""
+        return Unary(DISKS, "DeleteDisk", disk_pb2.DeleteDiskRequest(name=self.disk_name(disk_id), etag=etag))
+
+    def watch_disks(self, *, resource_version: int = 0, label_selector: str = "",
+                    timeout: float | None = None) -> Stream[disk_pb2.DiskEvent]:
+        return Stream(DISKS, "WatchDisks", disk_pb2.WatchDisksRequest(
             parent=self.parent, resource_version=resource_version, label_selector=label_selector), timeout)
 
     # Hosts

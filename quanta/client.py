@@ -247,6 +247,25 @@ class Client(ClientBase):
                 break
         raise wait.timed_out(timeout, self.get_vm_set(set_id))
 
+    attach_disk = unary(Calls.attach_disk)
+    detach_disk = unary(Calls.detach_disk)
+
+    # Networks
+    create_network = unary(Calls.create_network)
+    get_network = unary(Calls.get_network)
+    list_networks = listed(Calls.list_networks)
+    update_network = unary(Calls.update_network)
+    delete_network = unary(Calls.delete_network)
+    watch_networks = stream(Calls.watch_networks)
+
+    # Persistent disks
+    create_disk = unary(Calls.create_disk)
+    get_disk = unary(Calls.get_disk)
+    list_disks = listed(Calls.list_disks)
+    update_disk = unary(Calls.update_disk)
+    delete_disk = unary(Calls.delete_disk)
+    watch_disks = stream(Calls.watch_disks)
+
     # Hosts
     list_hosts = pages(Calls.list_hosts)
     get_host = unary(Calls.get_host)

@@ -100,7 +100,7 @@ def test_the_retry_policy_names_real_methods_and_only_idempotent_ones() -> None:
     assert {"StartVm", "StopVm", "RestartVm", "UpdateVm"} <= set(calls.RETRIED[calls.VMS])
     retried_creates = [m for ms in calls.RETRIED.values() for m in ms if m.startswith("Create")]
     # The creates with request_ids the server honours (CreateVms: every VM's and the set's; see calls.RETRIED).
-    assert retried_creates == ["CreateVm", "CreateVms"]
+    assert sorted(retried_creates) == ["CreateDisk", "CreateNetwork", "CreateVm", "CreateVms"]
 
 
 def test_a_create_is_retried_by_the_channel_with_the_same_request_id(server) -> None:
@@ -217,3 +217,27 @@ def test_the_request_builders_name_the_clients_project() -> None:
     assert isinstance(built.create_project("p").request, tenancy_pb2.CreateProjectRequest)
     first, second = built.create_vm(flavor="f", image="i"), built.create_vm(flavor="f", image="i")
     assert first.request.request_id and first.request.request_id != second.request.request_id
+
+
+@pytest.mark.parametrize(("given", "mode", "ip"), [
+    ("net=web", "DHCP", ""), ("net=web,ip=dhcp", "DHCP", ""), ("net=web,ip=pool", "STATIC_POOL", ""),
+    (" net = web , ip = 10.0.0.5 ", "STATIC", "10.0.0.5"), ({"network": "web", "ip": "POOL"}, "STATIC_POOL", ""),
+    ("network=tenants/t/networks/web", "DHCP", ""),
+])
+def test_a_nic_is_read_from_net_and_ip(given, mode: str, ip: str) -> None:
+    nic = calls.nic_input(given)
+    assert vm_pb2.NetworkInterface.AddressMode.Name(nic.address_mode) == mode and nic.ip == ip
+    assert nic.network in ("web", "tenants/t/networks/web")
+
+
+@pytest.mark.parametrize("given", ["web", "ip=pool", "net=web,mac=x", "", "net=web,ip"])
+def test_a_nic_without_a_network_or_with_unknown_keys_is_refused(given: str) -> None:
+    with pytest.raises(ValueError, match="net=NETWORK"):
+        calls.nic_input(given)
+
+
+def test_a_create_carries_its_nics_and_disks_in_order() -> None:
+    request = calls.create_vm_request("tenants/t/projects/p", "vm-1", flavor="small", image="ubuntu",
+                                      nics=["net=cp,ip=pool", "net=storage"], disks=["etcd-1", "logs"])
+    assert [n.network for n in request.vm.nics] == ["cp", "storage"]
+    assert list(request.vm.disks) == ["etcd-1", "logs"]
