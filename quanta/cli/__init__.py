@@ -7,6 +7,9 @@
     quanta vm create|get|list|watch|delete|start|stop|restart|resize|update
     quanta vm create-many -f FILE [--all-or-nothing] [--wait]   many VMs in one call; vm set get SET
     quanta vm create-many -f FILE --plan [--hold 60s]   where they would go; --from-plan PLAN creates them there
+    quanta vm attach-disk|detach-disk VM DISK   persistent disks on a VM (vm create --nic net=web,ip=pool --disk d1)
+    quanta network create|get|list|update|delete|watch [--shared]   networks (port group, subnet, address pool)
+    quanta disk create|get|list|update|delete|watch   persistent disks that outlive their VMs
     quanta host list|get|maintenance|drain|delete
     quanta host orphans [HOST] | orphans adopt|destroy HOST UID
     quanta backup create|restore FILE     an etcd snapshot with its checksum; restore one
@@ -91,6 +94,14 @@ def _dispatch(command: str, rest: list[str]) -> None:
         from quanta.cli.resources import main as resources
 
         resources(command, rest)
+    elif command == "network":
+        from quanta.cli.network import main as network
+
+        network(rest)
+    elif command == "disk":
+        from quanta.cli.disk import main as disk
+
+        disk(rest)
     else:
         from quanta.cli.admin import KINDS
 

@@ -14,7 +14,7 @@ def command_tree() -> argparse.ArgumentParser:
     """One parser for the whole CLI: every command and verb with its options.
     (The components ``frontend``, ``scheduler`` and ``agent`` are named only: their
     options belong to their own packages.)"""
-    from quanta.cli import admin, backup, resources, shards, up
+    from quanta.cli import admin, backup, disk, network, resources, shards, up
 
     root = argparse.ArgumentParser(prog="quanta")
     root.add_argument("--version", action="store_true", help="print the version")
@@ -22,6 +22,8 @@ def command_tree() -> argparse.ArgumentParser:
     for kind in ("vm", "host"):
         resources.fill_parser(kind, sub.add_parser(kind, parents=[resources.common_options(False)],
                                                    help=f"manage {kind}s"))
+    for module, kind in ((network, "network"), (disk, "disk")):
+        module.fill_parser(sub.add_parser(kind, parents=[resources.common_options(False)], help=f"manage {kind}s"))
     for kind in admin.KINDS:
         admin.fill_parser(kind, sub.add_parser(kind, parents=[resources.common_options(False)],
                                                help=f"manage {kind}s" if kind != "audit" else "the audit log"))

@@ -53,6 +53,8 @@ STATE_STYLES = {
     "ALREADY_EXISTS": "red", "FAILED_PRECONDITION": "red", "NOT_FOUND": "red", "PERMISSION_DENIED": "red",
     "ERROR": "red", "DEAD": "red", "False": "red",
     "DELETING": "dim", "STOPPED": "dim", "DRAINED": "dim",
+    # persistent disks
+    "AVAILABLE": "green", "ATTACHED": "green", "DETACHING": "yellow",
 }
 
 

@@ -13,6 +13,7 @@ import grpc
 
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import auth_pb2, common_pb2, vm_pb2
+from quanta.calls import nic_input
 from quanta.cli import manifest, views
 from quanta.cli.errors import FLAGS, CliError, describe, guarded
 from quanta.cli.output import FORMATS, Printer, Section, last_id, plural, short_name
@@ -149,6 +150,15 @@ def merged_labels(labels: Mapping[str, str], add: list[tuple[str, str]], remove:
     return out
 
 
+def nic(text: str) -> str:
+    """``net=NETWORK[,ip=pool|dhcp|ADDRESS]`` (an argparse type): the text, checked."""
+    try:
+        nic_input(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def vm_id(text: str) -> str:
     """What NAME may be: ``web-1``, ``vms/web-1`` (as ``-o name`` prints) or the full name."""
     return text.removeprefix("vms/")
@@ -221,6 +231,12 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
     create.add_argument("--power-policy", choices=("KEEP_STOPPED", "KEEP_RUNNING"), default="KEEP_STOPPED",
                         help="when found off without a stop: KEEP_STOPPED report it STOPPED (default), "
                              "KEEP_RUNNING power it on again")
+    create.add_argument("--nic", action="append", type=nic, default=[], metavar="net=NETWORK[,ip=pool|dhcp|ADDRESS]",
+                        help="a NIC (repeatable, in order; the first is the primary): on NETWORK (the project's, "
+                             "else the tenant's shared one), its address from the network's pool, DHCP "
+                             "(default) or ADDRESS (default without --nic: one DHCP NIC on the hosts' network)")
+    create.add_argument("--disk", action="append", default=[], metavar="DISK",
+                        help="a persistent disk of the project to attach (repeatable; `quanta disk create`)")
     add_wait(create, "it is RUNNING with its address (or STOPPED with --stopped)")
     many = sub.add_parser(
         "create-many", parents=[common],
@@ -274,7 +290,18 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
     delete.add_argument("names", nargs="+", metavar="NAME", help="VM ids (web-1, vms/web-1 or full names)")
     delete.add_argument("--etag", default="",
                         help="only if the VM is still at this etag (from `get -o json`; one NAME only)")
+    delete.add_argument("--delete-disks", action="store_true",
+                        help="also delete their persistent disks (default: detached and kept)")
     add_wait(delete, "they are gone")
+    for name, help_text in (("attach-disk", "attach a persistent disk to a VM (hot; its host must reach the "
+                                            "disk's datastore class)"),
+                            ("detach-disk", "detach a persistent disk from a VM (kept; AVAILABLE once its host "
+                                            "let go of it)")):
+        disk_verb = sub.add_parser(name, parents=[common], help=help_text,
+                                   description=help_text[:1].upper() + help_text[1:] + ".")
+        disk_verb.add_argument("name", metavar="VM", help="VM id (web-1, vms/web-1 or its full name)")
+        disk_verb.add_argument("disk", metavar="DISK", help="the disk's id (or its full name)")
+        disk_verb.add_argument("--etag", default="", help="only if the VM is still at this etag")
     listing = sub.add_parser("list", parents=[common], help="list the project's VMs")
     listing.add_argument("--selector", default="", metavar="K=V,...", help="only VMs with these labels")
     watch = sub.add_parser("watch", parents=[common], help="stream changes to the project's VMs until Ctrl-C",
@@ -440,7 +467,8 @@ def _vm(args, client: Client, printer: Printer) -> None:
                               anti_affinity_scope=args.anti_affinity_scope, affinity_group=args.affinity_group,
                               affinity_scope=args.affinity_scope, user_data=user_data, ignition=ignition,
                               metadata=dict(args.metadata), ssh_keys=ssh_keys(args.ssh_key),
-                              hostname=args.hostname, power_on=not args.stopped, power_policy=args.power_policy)
+                              hostname=args.hostname, power_on=not args.stopped, power_policy=args.power_policy,
+                              nics=args.nic, disks=args.disk)
         if args.wait:
             goal = stopped if args.stopped else running
             with printer.progress() as progress:
@@ -467,6 +495,10 @@ def _vm(args, client: Client, printer: Printer) -> None:
         printer.many(client.list_vms(label_selector=args.selector), views.VM)
     elif args.verb == "delete":
         _delete(args, client, printer)
+    elif args.verb == "attach-disk":
+        printer.one(client.attach_disk(vm_id(args.name), args.disk, etag=args.etag), views.VM)
+    elif args.verb == "detach-disk":
+        printer.one(client.detach_disk(vm_id(args.name), args.disk, etag=args.etag), views.VM)
     elif args.verb in ("start", "stop", "restart"):
         _power(args, client, printer)
     elif args.verb in ("resize", "update"):
@@ -509,7 +541,7 @@ def _delete(args, client: Client, printer: Printer) -> None:
     """``vm delete NAME...``: each VM in turn (a failure is reported and the others go
     on; exit 1 at the end); with --wait, one watch follows them all until gone."""
     vms, failures = _each(client, [vm_id(n) for n in args.names],
-                          lambda name: client.delete_vm(name, etag=args.etag))
+                          lambda name: client.delete_vm(name, etag=args.etag, delete_disks=args.delete_disks))
     if vms and args.wait:
         with printer.progress(total=len(vms) if len(vms) > 1 else None) as progress:
             wait_for_vms(client, vms, lambda v: False, goal="the deletion", timeout_s=args.timeout,

@@ -9,7 +9,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
+from controlplane.gen.quanta.v1 import (
+    auth_pb2,
+    catalog_pb2,
+    common_pb2,
+    disk_pb2,
+    host_pb2,
+    network_pb2,
+    tenancy_pb2,
+    vm_pb2,
+)
 from quanta.cli.output import Column, Section, View, last_id, plural, short_name
 from quanta.outcomes import PlannedVms, VmPlacement, status_code
 
@@ -140,6 +149,13 @@ def _vm_detail(vm: vm_pb2.Vm) -> list[Section]:
                         rows=[(a.ip, _family(a), a.mac or "-", a.network or "-") for a in vm.addresses],
                         empty="none yet (waiting for the guest to report one)" if waiting_for_address(vm)
                         else "none")]
+    if vm.nics:
+        sections.append(Section(title="NICs", headers=("#", "NETWORK", "MODE", "ADDRESS", "GATEWAY", "BACKING"),
+                                rows=[(str(i), nic_network(n), nic_mode(n), nic_address(n), n.gateway or "-",
+                                       n.backing or "-") for i, n in enumerate(vm.nics)]))
+    if vm.disks:
+        sections.append(Section(title="Persistent disks",
+                                fields=[("Attached", ", ".join(last_id(d) for d in vm.disks))]))
     if vm.HasField("bootstrap"):
         b = vm.bootstrap
         sections.append(Section(title="Bootstrap data (never shown: its summary only)", fields=[
@@ -151,6 +167,26 @@ def _vm_detail(vm: vm_pb2.Vm) -> list[Section]:
                             rows=[(c.type, c.status, c.reason or "-", c.message or "-",
                                    age(c.last_transition_time)) for c in vm.conditions], empty="none"))
     return sections
+
+
+def nic_mode(nic: vm_pb2.NetworkInterface) -> str:
+    return vm_pb2.NetworkInterface.AddressMode.Name(nic.address_mode) if nic.address_mode else "DHCP"
+
+
+def nic_network(nic: vm_pb2.NetworkInterface) -> str:
+    """A NIC's network as the commands take it: its id, ``shared:ID`` for a tenant's."""
+    parts = nic.network.split("/")
+    return f"shared:{parts[-1]}" if len(parts) == 4 else parts[-1]
+
+
+def nic_address(nic: vm_pb2.NetworkInterface) -> str:
+    if not nic.ip:
+        return "-"
+    return f"{nic.ip}/{nic.prefix_length}" if nic.prefix_length else nic.ip
+
+
+def nics(vm: vm_pb2.Vm) -> str:
+    return ", ".join(f"{nic_network(n)}:{n.ip or nic_mode(n).lower()}" for n in vm.nics) or "-"
 
 
 VM = View(
@@ -168,6 +204,8 @@ VM = View(
         Column("BOOTSTRAP", bootstrap_summary, wide=True),
         Column("MESSAGE", lambda vm: (_condition(vm) or common_pb2.Condition(message="-")).message, wide=True),
         Column("UID", lambda vm: vm.uid, wide=True),
+        Column("NICS", nics, wide=True),
+        Column("DISKS", lambda vm: ", ".join(last_id(d) for d in vm.disks) or "-", wide=True),
         Column("LABELS", lambda vm: pairs(vm.labels), wide=True),
     ),
     detail=_vm_detail,
@@ -528,3 +566,63 @@ VIEWS: Mapping[type, View] = {
     auth_pb2.Token: TOKEN, auth_pb2.AuditRecord: AUDIT,
 }
 
+
+
+def network_scope(network: network_pb2.Network) -> str:
+    """"project" or "shared" (a tenant's network, for all its projects)."""
+    return "shared" if network.name.count("/") == 3 else "project"
+
+
+def pool(network: network_pb2.Network) -> str:
+    subnet = network.subnet
+    if not subnet.cidr:
+        return "-"
+    return f"{subnet.range_start}-{subnet.range_end}" if subnet.range_start else subnet.cidr
+
+
+def _network_detail(network: network_pb2.Network) -> list[Section]:
+    subnet = network.subnet
+    return [Section(fields=[
+        ("Name", last_id(network.name)), ("Resource", network.name), ("UID", network.uid or "-"),
+        ("Scope", network_scope(network)), ("Backing", network.backing), ("Description", network.description or "-"),
+        ("Subnet", subnet.cidr or "none (DHCP only)"), ("Gateway", subnet.gateway or "-"),
+        ("DNS servers", ", ".join(subnet.dns_servers) or "-"), ("Pool", pool(network)),
+        ("Addresses used", f"{network.addresses_used} of {network.addresses_total}" if subnet.cidr else "-"),
+        ("Labels", pairs(network.labels)), ("Created", _when(network.create_time)),
+        ("Updated", _when(network.update_time))])]
+
+
+NETWORK = View(columns=(
+    Column("NAME", lambda n: last_id(n.name)),
+    Column("SCOPE", network_scope),
+    Column("BACKING", lambda n: n.backing),
+    Column("SUBNET", lambda n: n.subnet.cidr or "-"),
+    Column("USED", lambda n: f"{n.addresses_used}/{n.addresses_total}" if n.subnet.cidr else "-"),
+    Column("AGE", lambda n: age(n.create_time)),
+    Column("GATEWAY", lambda n: n.subnet.gateway or "-", wide=True),
+    Column("POOL", pool, wide=True),
+    Column("LABELS", lambda n: pairs(n.labels), wide=True),
+), detail=_network_detail)
+
+
+def disk_state(disk: disk_pb2.Disk) -> str:
+    return disk_pb2.Disk.State.Name(disk.state) if disk.state else "AVAILABLE"
+
+
+def _disk_detail(disk: disk_pb2.Disk) -> list[Section]:
+    return [Section(fields=[
+        ("Name", last_id(disk.name)), ("Resource", disk.name), ("UID", disk.uid or "-"), ("State", disk_state(disk)),
+        ("Size", f"{disk.size_gib} GiB"), ("Datastore class", disk.datastore_class or "standard"),
+        ("Attached to", last_id(disk.vm) if disk.vm else "-"), ("Description", disk.description or "-"),
+        ("Labels", pairs(disk.labels)), ("Created", _when(disk.create_time)), ("Updated", _when(disk.update_time))])]
+
+
+DISK = View(columns=(
+    Column("NAME", lambda d: last_id(d.name)),
+    Column("STATE", disk_state, coloured=True),
+    Column("SIZE_GIB", lambda d: str(d.size_gib)),
+    Column("CLASS", lambda d: d.datastore_class or "standard"),
+    Column("VM", lambda d: last_id(d.vm) if d.vm else "-"),
+    Column("AGE", lambda d: age(d.create_time)),
+    Column("LABELS", lambda d: pairs(d.labels), wide=True),
+), detail=_disk_detail)

@@ -55,7 +55,7 @@ def test_a_table_has_a_header_and_columns_aligned_whatever_the_widths() -> None:
 
 def test_wide_adds_columns() -> None:
     header = _print("wide", lambda p: p.many([_vm("web-1", uid="u-1")], views.VM)).splitlines()[0].split()
-    assert header[-3:] == ["MESSAGE", "UID", "LABELS"]
+    assert header[-5:] == ["MESSAGE", "UID", "NICS", "DISKS", "LABELS"]
 
 
 def test_json_is_one_array_with_the_apis_field_names() -> None:
@@ -221,3 +221,37 @@ def test_the_sdks_unreachable_error_is_said_once() -> None:
     text = describe(refused, "127.0.0.1:7000", "lab")
     assert text.startswith("error: cannot reach the Quanta API at 127.0.0.1:7000 (context 'lab'): connection refused")
     assert text.count("cannot reach") == 1 and text.count("quanta up") == 1
+
+
+def test_networks_show_scope_backing_and_addresses_used() -> None:
+    from controlplane.gen.quanta.v1 import network_pb2
+
+    project = network_pb2.Network(name="tenants/t/projects/p/networks/cp", backing="pg-cp", addresses_used=3,
+                                  addresses_total=62, subnet=network_pb2.Subnet(cidr="10.1.0.0/26"))
+    shared = network_pb2.Network(name="tenants/t/networks/workers", backing="pg-workers")
+    lines = _print("table", lambda p: p.many([project, shared], views.NETWORK)).splitlines()
+    assert lines[0].split() == ["NAME", "SCOPE", "BACKING", "SUBNET", "USED", "AGE"]
+    assert lines[1].split()[:5] == ["cp", "project", "pg-cp", "10.1.0.0/26", "3/62"]
+    assert lines[2].split()[:5] == ["workers", "shared", "pg-workers", "-", "-"]
+
+
+def test_disks_show_state_size_class_and_vm() -> None:
+    from controlplane.gen.quanta.v1 import disk_pb2
+
+    disks = [disk_pb2.Disk(name="tenants/t/projects/p/disks/etcd-1", size_gib=20, state=disk_pb2.Disk.ATTACHED,
+                           vm="tenants/t/projects/p/vms/cp-1"),
+             disk_pb2.Disk(name="tenants/t/projects/p/disks/spare", size_gib=5, datastore_class="ssd")]
+    lines = _print("table", lambda p: p.many(disks, views.DISK)).splitlines()
+    assert lines[1].split()[:5] == ["etcd-1", "ATTACHED", "20", "standard", "cp-1"]
+    assert lines[2].split()[:5] == ["spare", "AVAILABLE", "5", "ssd", "-"]
+
+
+def test_a_vm_shows_its_nics_and_disks() -> None:
+    vm = _vm("cp-1", disks=["tenants/t/projects/p/disks/etcd-1"], nics=[
+        vm_pb2.NetworkInterface(network="tenants/t/projects/p/networks/cp", ip="10.1.0.5", prefix_length=26,
+                                address_mode=vm_pb2.NetworkInterface.STATIC_POOL, gateway="10.1.0.1", backing="pg"),
+        vm_pb2.NetworkInterface(network="tenants/t/networks/workers", address_mode=vm_pb2.NetworkInterface.DHCP)])
+    text = _print("table", lambda p: p.detail(vm, views.VM))
+    assert "10.1.0.5/26" in text and "STATIC_POOL" in text and "shared:workers" in text and "etcd-1" in text
+    wide = _print("wide", lambda p: p.many([vm], views.VM))
+    assert "cp:10.1.0.5, shared:workers:dhcp" in wide

@@ -303,7 +303,7 @@ def test_delete_takes_several_names_says_each_failure_and_follows_the_rest_until
                               event(vm("c", vm_pb2.Vm.DELETING), common_pb2.DELETED)])
             self.deleted: list[str] = []
 
-        def delete_vm(self, name: str, *, etag: str = "") -> vm_pb2.Vm:
+        def delete_vm(self, name: str, *, etag: str = "", delete_disks: bool = False) -> vm_pb2.Vm:
             self.deleted.append(name)
             if name == "b":
                 raise ApiError(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "vm b not found")
