@@ -34,6 +34,7 @@ from agents.orphans import OrphanKeeper
 from agents.reconciler import DEFAULT_BOOTSTRAP_CLEAR_AFTER_S, Key, Reconciler
 from agents.remover import Remover
 from agents.status_writer import StatusWriter
+from controlplane import cooperative
 from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, LeaseLost
 from controlplane.etcd.outages import ride_out
 from controlplane.models import NO_OVERCOMMIT, HostRegistration, Overcommit, Resources, now_ns
@@ -164,12 +165,12 @@ class Agent:
         while True:
             bound, revision = await self._store.list_bindings(self._hosts)
             listed = {(vm.binding.host, vm.ref): vm for vm in bound}
-            for key in list(desired):
+            async for key in cooperative.each(list(desired)):
                 if key not in listed:
                     self.reconciler.unbind(key)
                     self._queue.add(key)
-            for key, vm in listed.items():
-                self.reconciler.set_desired(key, vm)
+            async for key in cooperative.each(listed):
+                self.reconciler.set_desired(key, listed[key])
                 self._queue.add(key)
             await self._scan_hosts()
             log.info("bindings listed", extra={"vms": len(listed), "revision": revision})
@@ -201,6 +202,9 @@ class Agent:
 
     async def _worker(self) -> None:
         while True:
+            # A reconcile whose driver answers without I/O (sim) never suspends: without
+            # this, a queue of thousands would hold the loop and starve the heartbeat.
+            await cooperative.pause()
             try:
                 key = await self._queue.get()
             except QueueShutDown:

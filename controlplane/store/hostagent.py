@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from controlplane import cooperative
 from controlplane.etcd import EtcdClient, ops
 from controlplane.etcd.ops import RequestOp
 from controlplane.models import Binding, HostAllocation, HostRegistration, VmRef, VmStatus, now_ns
@@ -78,7 +79,9 @@ class AgentStore:
         start, end = self._keys.bindings_range(list(hosts))
         kvs, revision = await self._etcd.range_all(start, end)
         wanted = set(hosts)
-        bound = [self._bound(kv) for kv in kvs if self._keys.host_of_binding(kv.key) in wanted]
+        # Hundreds of thousands at scale: decoded in steps, so the agent's heartbeat runs.
+        ours = [kv for kv in kvs if self._keys.host_of_binding(kv.key) in wanted]
+        bound = await cooperative.mapped(self._bound, ours)
         return bound, revision
 
     async def watch_bindings(self, hosts: Sequence[str], start_revision: int

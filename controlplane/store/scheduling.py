@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from controlplane import cooperative
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.etcd.ops import Compare
 from controlplane.models import (
@@ -119,7 +120,8 @@ class SchedulingStore:
 
     async def list_queue(self, shard: int) -> tuple[list[QueuedVm], int]:
         kvs, revision = await self._etcd.range_prefix(self._keys.queue_prefix(shard))
-        return [self._queued(kv) for kv in kvs], revision
+        # A backlog may be hundreds of thousands: decoded in steps, so the shard lease is kept.
+        return await cooperative.mapped(self._queued, kvs), revision
 
     async def watch_queue(self, shard: int, start_revision: int) -> AsyncIterator[QueueChange]:
         """Queue changes from ``start_revision``. Raises Compacted (re-list then)."""
