@@ -57,6 +57,14 @@ def _latency(spec: str) -> SimLatency:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _datastore_class(text: str) -> tuple[str, str]:
+    """``CLASS=DATASTORE`` as a pair (the esxi config checks the names)."""
+    cls, sep, ds = text.partition("=")
+    if not sep or not cls.strip() or not ds.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CLASS=DATASTORE")
+    return cls.strip(), ds.strip()
+
+
 def _ratio(text: str) -> float:
     try:
         ratio = float(text)
@@ -144,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="HostSystem name to run (repeatable); default: every host of the endpoint")
     esxi.add_argument("--esxi-host-id-prefix", default="", help="Quanta host id = PREFIX + host name")
     esxi.add_argument("--esxi-datastore", default="", help="datastore for new VMs (default: most free space)")
+    esxi.add_argument("--esxi-datastore-class", type=_datastore_class, action="append", default=[],
+                      metavar="CLASS=DATASTORE",
+                      help="persistent disks of CLASS live on DATASTORE (repeatable); hosts that mount it "
+                           "get the label datastore.quanta.io/CLASS=true")
     esxi.add_argument("--esxi-image-prefix", default="quanta-image-",
                       help="image NAME is the template VM PREFIX+NAME, with a snapshot")
     esxi.add_argument("--esxi-clone-mode", choices=("auto", "instant", "linked", "full"), default="auto")
@@ -205,7 +217,8 @@ def _run_esxi(parser: argparse.ArgumentParser, args: argparse.Namespace, overcom
             url=args.esxi_url, user=args.esxi_user, password=os.environ.get("QUANTA_ESXI_PASSWORD", ""),
             verify_tls=not args.esxi_insecure, ca_file=args.esxi_ca_file, hosts=tuple(args.esxi_host),
             host_id_prefix=args.esxi_host_id_prefix, datastore=args.esxi_datastore,
-            image_prefix=args.esxi_image_prefix, clone_mode=args.esxi_clone_mode, threads=args.esxi_threads)
+            datastore_classes=tuple(args.esxi_datastore_class), image_prefix=args.esxi_image_prefix,
+            clone_mode=args.esxi_clone_mode, threads=args.esxi_threads)
     except ValueError as err:
         parser.error(str(err))
     config = AgentConfig(etcd=args.etcd, root=args.root, name=args.name or f"esxi-{args.esxi_host_id_prefix}agent",

@@ -44,9 +44,12 @@ class QuantaVm:
 class Vcsim:
     def __init__(self, *, mode: str = "esx", hosts: int = 1, datastores: int = 1, delay_ms: int = 0,
                  method_delay: dict[str, int] | None = None, session_idle_s: float = 0.0,
-                 guest_boot_s: float | None = None):
+                 guest_boot_s: float | None = None, distributed_port_groups: int = 0,
+                 port_groups: tuple[str, ...] = ()):
         """``guest_boot_s``: simulate a guest with tools in every VM, up that long after a
-        power-on (tests/vcsim/main.go ``simulatedGuest``); None: no guest (tests play it)."""
+        power-on (tests/vcsim/main.go ``simulatedGuest``); None: no guest (tests play it).
+        ``distributed_port_groups`` (vpx): DC0_DVPG0... on a switch of every host;
+        ``port_groups``: standard port groups every host reaches besides "VM Network"."""
         self.mode = mode
         self.argv = [vcsim_binary(), "-listen", "127.0.0.1:0", "-mode", mode, "-hosts", str(hosts),
                      "-ds", str(datastores), "-delay", str(delay_ms),
@@ -54,6 +57,10 @@ class Vcsim:
                      "-session-idle", f"{session_idle_s}s"]
         if guest_boot_s is not None:
             self.argv += ["-guest", "-guest-boot", f"{guest_boot_s}s"]
+        if distributed_port_groups:
+            self.argv += ["-pg", str(distributed_port_groups)]
+        if port_groups:
+            self.argv += ["-portgroups", ",".join(port_groups)]
         self._tmp = tempfile.TemporaryDirectory(prefix="quanta-vcsim-")
         self.cert = str(pathlib.Path(self._tmp.name) / "cert.pem")
         self.log_path = pathlib.Path(self._tmp.name) / "vcsim.log"
@@ -166,6 +173,27 @@ class Vcsim:
                                                                    pathSet=["config.extraConfig"])])
             (found,) = si.RetrieveContent().propertyCollector.RetrieveContents([spec])
             return {o.key: str(o.value) for p in found.propSet for o in p.val}
+        finally:
+            Disconnect(si)
+
+    def devices(self, uid: str) -> list:
+        """The devices of the VM with Quanta id ``uid``, read afresh, in key order."""
+        si = self.connect()
+        try:
+            return sorted(self._quanta_vm(si, uid).config.hardware.device, key=lambda d: d.key)
+        finally:
+            Disconnect(si)
+
+    def disk_exists(self, path: str) -> bool:
+        """Whether the virtual disk at datastore path ``path`` exists, asked afresh."""
+        si = self.connect()
+        try:
+            content = si.RetrieveContent()
+            try:
+                content.virtualDiskManager.QueryVirtualDiskUuid(path, content.rootFolder.childEntity[0])
+                return True
+            except vim.fault.FileNotFound:
+                return False
         finally:
             Disconnect(si)
 

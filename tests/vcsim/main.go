@@ -275,6 +275,8 @@ func main() {
 	sessionIdle := flag.Duration("session-idle", 0, "expire sessions idle this long (0: never)")
 	guest := flag.Bool("guest", false, "simulate a guest with tools in every VM (address, bootstrap report)")
 	guestBoot := flag.Duration("guest-boot", 200*time.Millisecond, "with -guest: from power-on to tools and address")
+	distributed := flag.Int("pg", 0, "vpx: distributed port groups (DC0_DVPG0...) on a switch every host is a member of")
+	portgroups := flag.String("portgroups", "", "standard port groups every host reaches besides \"VM Network\", e.g. web,db")
 	flag.Parse()
 
 	delays, err := parseMethodDelay(*methodDelay)
@@ -293,7 +295,7 @@ func main() {
 		if *clusterHosts == 0 {
 			model.Cluster = 0
 		}
-		model.Portgroup = 0
+		model.Portgroup = *distributed
 	default:
 		log.Fatalf("unknown -mode %q: esx or vpx", *mode)
 	}
@@ -305,6 +307,9 @@ func main() {
 
 	if err := model.Create(); err != nil {
 		log.Fatal(err)
+	}
+	if *portgroups != "" {
+		addPortgroups(strings.Split(*portgroups, ","))
 	}
 	simulator.Map.AddHandler(reconfigNotifier{})
 	if *guest {
@@ -349,4 +354,26 @@ func main() {
 	case <-signals:
 	}
 	log.Printf("vcsim: stopping after %s", time.Since(start).Round(time.Millisecond))
+}
+
+// addPortgroups adds standard port groups (Networks) to every datacenter, reached by
+// every host. The simulator's HostNetworkSystem.AddPortGroup puts the network in the
+// inventory but not in host.network, which is where a driver looks for what a host reaches.
+func addPortgroups(names []string) {
+	for _, entity := range simulator.Map.All("Datacenter") {
+		dc := entity.(*simulator.Datacenter)
+		folder := simulator.Map.Get(dc.NetworkFolder).(*simulator.Folder)
+		for _, name := range names {
+			network := &mo.Network{}
+			network.Name = name
+			simulator.Map.PutEntity(folder, network)
+			network.Summary = &types.NetworkSummary{Network: &network.Self, Name: name, Accessible: true}
+			simulator.Map.AppendReference(folder, &folder.ChildEntity, network.Self)
+			simulator.Map.AppendReference(dc, &dc.Network, network.Self)
+			for _, h := range simulator.Map.All("HostSystem") {
+				host := h.(*simulator.HostSystem)
+				simulator.Map.AppendReference(host, &host.Network, network.Self)
+			}
+		}
+	}
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 CLONE_MODES = ("auto", "instant", "linked", "full")
@@ -27,6 +28,10 @@ class EsxiConfig:
     """Quanta host id = prefix + host name (lower-cased, other than [a-z0-9.-] replaced by '-')."""
     datastore: str = ""
     """Datastore for new VMs; empty: the host's datastore with the most free space."""
+    datastore_classes: tuple[tuple[str, str], ...] = ()
+    """(class, datastore name) pairs: persistent disks of a class live on that datastore
+    (``[ds] quanta-disks/{uid}.vmdk``), and a host that mounts it carries the label
+    ``datastore.quanta.io/{class}=true``. One datastore per class."""
     image_prefix: str = "quanta-image-"
     """An image named ``ubuntu`` is the template VM ``quanta-image-ubuntu`` (with a snapshot)."""
     clone_mode: str = "auto"
@@ -46,3 +51,17 @@ class EsxiConfig:
             raise ValueError("threads must be >= 1")
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
+        classes = [c for c, _ in self.datastore_classes]
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"a datastore class is given twice: {sorted(classes)}")
+        for cls, ds in self.datastore_classes:
+            if not cls or not ds or not _CLASS.fullmatch(cls):
+                raise ValueError(f"datastore class {cls!r}={ds!r}: need CLASS=DATASTORE, CLASS of [a-z0-9-]")
+
+    def datastore_for(self, datastore_class: str) -> str:
+        """The datastore name of a class ("" if the class is not configured)."""
+        return next((ds for c, ds in self.datastore_classes if c == datastore_class), "")
+
+
+_CLASS = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+

@@ -6,11 +6,19 @@ session's watcher last saw them, so a restarted agent adopts what it made and
 fault is mapped by :mod:`faults`; operations that fail with a transient fault are
 retried here ``retries`` times with jittered exponential backoff before the error
 reaches the agent. All operations are idempotent, which is what makes retrying safe.
+
+Persistent disks are independent-persistent VMDKs, ``[ds] quanta-disks/{uid}.vmdk`` on
+the datastore of their class (``EsxiConfig.datastore_classes``), attached and detached
+with ReconfigVM (never with a file operation that destroys) and deleted through the
+VirtualDiskManager: First Class Disks would need ``VirtualMachine.AttachDisk_Task``,
+which vcsim lacks (docs/esxi.md). A VM is destroyed only after its persistent disks are
+detached, so that their data outlives it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -22,7 +30,18 @@ from agents.drivers.esxi import clone, guestinfo
 from agents.drivers.esxi.config import EsxiConfig
 from agents.drivers.esxi.faults import to_driver_error
 from agents.drivers.esxi.images import ImageCache
-from agents.drivers.esxi.session import Datastore, HostInfo, Observed, Session, disk_bytes, host_id_for, root_disk
+from agents.drivers.esxi.session import (
+    DISK_DIR,
+    Datastore,
+    HostInfo,
+    Observed,
+    Session,
+    disk_bytes,
+    disk_path,
+    host_id_for,
+    persistent_disks,
+    root_disk,
+)
 from agents.drivers.protocol import (
     DiskRequest,
     DriverError,
@@ -36,6 +55,7 @@ from agents.drivers.protocol import (
     VmNotFound,
     VmRequest,
 )
+from controlplane.models import datastore_label
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +63,7 @@ T = TypeVar("T")
 _STATE_WAIT_S = 3.0
 _POWER = {"poweredOn": PowerState.ON}
 # Faults after which a linked clone is worth retrying as a full clone (not capacity, not a missing image).
+_SCSI_UNITS = tuple(u for u in range(16) if u != 7)  # 7 is the controller's own
 _FALLBACK_REASONS = frozenset({"NotSupported", "SnapshotFault", "InvalidArgument", "InvalidRequest", "InvalidVmConfig",
                                "FileFault", "InvalidDatastore", "VimFault", "MethodFault"})
 
@@ -63,6 +84,8 @@ class EsxiHost:
         self._locks: dict[str, asyncio.Lock] = {}
         self._notify: Callable[[str], None] | None = None
         self.datastore = self._pick_datastore()
+        # What a NIC's backing shows as (Observed.nic_backings) -> the port group's name.
+        self._network_names = {pg.backing_id: pg.name for pg in host.port_groups}
 
     def _pick_datastore(self) -> Datastore:
         stores = self.host.datastores
@@ -116,7 +139,9 @@ class EsxiHost:
         return VmInfo(vm_uid, PowerState.ON if on else PowerState.OFF, vm.vm_name, vm.record, vcpus=vm.vcpus,
                       memory_mib=vm.memory_mib, disk_gib=vm.disk_bytes // 2**30,
                       addresses=vm.addresses if on else (), bootstrapped=vm.bootstrapped,
-                      bootstrap_present=any(v.bootstrap_present for v in vms))
+                      bootstrap_present=any(v.bootstrap_present for v in vms),
+                      networks=tuple(self._network_names.get(b, b) for b in vm.nic_backings),
+                      disks=vm.disk_uids)
 
     def _seen(self, vm_uid: str) -> VmInfo:
         """The VM of ``vm_uid`` once the watcher has shown it; raises OperationFailed
@@ -135,12 +160,16 @@ class EsxiHost:
         """Raw: hardware threads, physical memory and the VM datastore's size (the agent's
         overcommit setting applies on top, in placement)."""
         h = self.host
+        labels = {"hypervisor": "esxi", "esxi.version": h.version, "esxi.datastore": self.datastore.name,
+                  "esxi.api": self._session.api_type}
+        mounted = {ds.name for ds in h.datastores}
+        labels.update({datastore_label(cls): "true" for cls, ds in self._config.datastore_classes if ds in mounted})
         return HostCapacity(
             vcpus=h.threads,
             memory_mib=h.memory_bytes // 2**20,
             disk_gib=self.datastore.capacity // 2**30,
-            labels={"hypervisor": "esxi", "esxi.version": h.version, "esxi.datastore": self.datastore.name,
-                    "esxi.api": self._session.api_type})
+            labels=labels,
+            networks=frozenset(h.networks))
 
     def inventory(self) -> dict[str, list[str]]:
         """The host's datastores and networks as discovered at start (names)."""
@@ -159,15 +188,19 @@ class EsxiHost:
         await self._synced()
         async with self._lock(request.vm_uid):
             info = self._info(request.vm_uid)
-            if info is not None:
-                return info
-            attempts = 0
+            if info is None:
+                attempts = 0
 
-            async def attempt() -> VmInfo:
-                nonlocal attempts
-                attempts += 1
-                return await self._create(request, retry=attempts > 1)
-            return await self._retrying("create", attempt)
+                async def attempt() -> VmInfo:
+                    nonlocal attempts
+                    attempts += 1
+                    return await self._create(request, retry=attempts > 1)
+                info = await self._retrying("create", attempt)
+            # A VM found again (a retried create) gets the disks an earlier attempt did not attach.
+            for disk in request.disks:
+                if disk.uid not in info.disks:
+                    await self._retrying("attach_disk", functools.partial(self._attach, request.vm_uid, disk))
+            return self._seen(request.vm_uid) if request.disks else info
 
     async def _create(self, request: VmRequest, *, retry: bool = False) -> VmInfo:
         info = self._info(request.vm_uid)
@@ -191,6 +224,8 @@ class EsxiHost:
             raise
         try:
             await self._fit_hardware(mo, request)
+            for disk in request.disks:
+                await self._attach_to(mo, request.vm_uid, disk)
         except Exception:
             await self._destroy_mo(mo)
             raise
@@ -205,7 +240,10 @@ class EsxiHost:
     async def _make(self, request: VmRequest, image: clone.ImageRef):
         """Make the VM by the first way that works; its VirtualMachine object. Raises the vSphere fault."""
         s, mode, ds = self._session, self._config.clone_mode, self.datastore
-        if mode == "instant" or (mode == "auto" and s.is_vcenter and image.powered_on):
+        if mode == "instant" and request.nics:
+            raise OperationFailed("an instant clone keeps its parent's NICs: a VM with NICs of its own needs "
+                                  "clone mode auto, linked or full", reason="NotSupported")
+        if mode == "instant" or (mode == "auto" and s.is_vcenter and image.powered_on and not request.nics):
             try:
                 return await s.run_task(image.mo.InstantClone_Task, clone.instant_clone_spec(request, self.host, ds))
             except (vim.fault.VimFault, vmodl.MethodFault) as fault:
@@ -218,7 +256,7 @@ class EsxiHost:
                 if s.is_vcenter:
                     spec = clone.clone_spec(request, image, self.host, ds, linked=True)
                     return await s.run_task(image.mo.CloneVM_Task, self.host.vm_folder, clone.vm_name(request), spec)
-                config = clone.linked_create_spec(request, image, ds)
+                config = clone.linked_create_spec(request, image, ds, self.host)
                 return await s.run_task(self.host.vm_folder.CreateVM_Task, config, self.host.pool, self.host.mo)
             except (vim.fault.VimFault, vmodl.MethodFault) as fault:
                 if mode == "linked" or not _falls_back(fault):
@@ -366,17 +404,23 @@ class EsxiHost:
     async def clear_bootstrap(self, vm_uid: str) -> None:
         """Blank every bootstrap key (guestinfo.py: data and encoding keys of both
         formats) with one ``ReconfigVM_Task`` per VM still carrying any; vSphere removes
-        a key set to "". Idempotent (a VM without them gets no call). Returns once the
-        watcher shows them gone. Raises VmNotFound."""
+        a key set to "". Metadata with a network config is set again to what the guest
+        needs on its next boot (instance id, host name, network config:
+        ``guestinfo.kept_metadata``), read from the VM just before. Idempotent (a VM
+        without user data or an Ignition config gets no call). Returns once the watcher
+        shows them gone. Raises VmNotFound."""
         await self._synced()
         async with self._lock(vm_uid):
-            spec = vim.vm.ConfigSpec(extraConfig=guestinfo.clear_options())
-
             async def attempt() -> None:
                 for vm in self._require(vm_uid):
                     if not vm.bootstrap_present:
                         continue
-                    await self._session.run_task(self._session.vm_mo(vm.moid).ReconfigVM_Task, spec)
+                    mo = self._session.vm_mo(vm.moid)
+                    props = await self._session.call(self._session.retrieve, mo, ["config.extraConfig"])
+                    kept = guestinfo.kept_metadata({o.key: o.value for o in props.get("config.extraConfig") or ()})
+                    del props
+                    spec = vim.vm.ConfigSpec(extraConfig=guestinfo.clear_options(kept))
+                    await self._session.run_task(mo.ReconfigVM_Task, spec)
                     def cleared(v: Observed = vm) -> bool:
                         return not v.bootstrap_present
                     await self._settle(vm, cleared)
@@ -397,19 +441,137 @@ class EsxiHost:
             except Exception:  # noqa: BLE001 - a listener's bug must not stop the watcher
                 log.exception("watch notify failed", extra={"host": self.host_id})
 
+    # --- persistent disks -------------------------------------------------------------
+
+    def _disk_datastore(self, datastore_class: str) -> Datastore:
+        """The datastore of a class on this host; OperationFailed DatastoreUnreachable if none."""
+        name = self._config.datastore_for(datastore_class)
+        for ds in self.host.datastores:
+            if name and ds.name == name:
+                return ds
+        why = f"datastore {name!r} is not mounted" if name else "the class has no datastore (--esxi-datastore-class)"
+        raise OperationFailed(f"host {self.host_id}: no datastore of class {datastore_class!r}: {why}",
+                              reason="DatastoreUnreachable")
+
     async def attach_disk(self, vm_uid: str, disk: DiskRequest) -> None:
-        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
-                              transient=False)
+        """Attach ``[ds] quanta-disks/{uid}.vmdk`` (made, thin, when the file does not
+        exist yet) as an independent-persistent disk on a free unit of the VM's first
+        SCSI controller, hot or cold, with one ReconfigVM. Idempotent (attached
+        already: no call). Raises VmNotFound; OperationFailed DatastoreUnreachable
+        (before any call); OperationFailed NoDiskSlot when the VM has no SCSI
+        controller with a free unit; CapacityExceeded (NoDiskSpace). Returns once the
+        watcher shows the disk."""
+        await self._synced()
+        async with self._lock(vm_uid):
+            self._disk_datastore(disk.datastore_class)
+            self._require(vm_uid)
+            await self._retrying("attach_disk", functools.partial(self._attach, vm_uid, disk))
+
+    async def _attach(self, vm_uid: str, disk: DiskRequest) -> None:
+        for vm in self._require(vm_uid):
+            if disk.uid in vm.disk_uids:
+                continue
+            await self._attach_to(self._session.vm_mo(vm.moid), vm_uid, disk)
+
+            def attached(v: Observed = vm) -> bool:
+                return disk.uid in v.disk_uids
+            await self._settle(vm, attached)
+
+    async def _attach_to(self, mo, vm_uid: str, disk: DiskRequest) -> None:
+        """One ReconfigVM that adds the disk to the VM ``mo`` (raises the vSphere fault)."""
+        ds = self._disk_datastore(disk.datastore_class)
+        path = disk_path(ds.name, disk.uid)
+        s = self._session
+        props = await s.call(s.retrieve, mo, ["config.hardware.device"])
+        devices = props.get("config.hardware.device") or ()
+        if any(uid == disk.uid for _, uid in persistent_disks(devices)):
+            return
+        controller, unit = _free_scsi_unit(devices)
+        if controller is None:
+            raise OperationFailed(f"VM {vm_uid} on {self.host_id} has no SCSI controller with a free unit",
+                                  reason="NoDiskSlot")
+        exists = await s.call(self._disk_exists, path)
+        if not exists:
+            await s.call(self._make_disk_dir, ds.name)
+        device = vim.vm.device.VirtualDisk(
+            key=-1, controllerKey=controller.key, unitNumber=unit, capacityInKB=disk.size_gib * 2**20,
+            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                fileName=path, diskMode="independent_persistent", thinProvisioned=True))
+        change = vim.vm.device.VirtualDeviceSpec(operation="add", device=device)
+        if not exists:
+            change.fileOperation = vim.vm.device.VirtualDeviceSpec.FileOperation.create
+        else:
+            device.capacityInKB = 0  # an existing disk keeps its size
+        log.info("attaching persistent disk", extra={"host": self.host_id, "vm": vm_uid, "disk": disk.uid,
+                                                     "created": not exists})
+        await s.run_task(mo.ReconfigVM_Task, vim.vm.ConfigSpec(deviceChange=[change]))
+
+    def _disk_exists(self, path: str) -> bool:
+        """Blocking: whether the VMDK at ``path`` exists (its uuid can be read)."""
+        manager = self._session.disk_manager
+        try:
+            manager.QueryVirtualDiskUuid(path, self.host.datacenter)
+            return True
+        except vim.fault.FileNotFound:
+            return False
+
+    def _make_disk_dir(self, datastore: str) -> None:
+        try:
+            self._session.file_manager.MakeDirectory(f"[{datastore}] {DISK_DIR}", self.host.datacenter, True)
+        except vim.fault.FileAlreadyExists:
+            pass
 
     async def detach_disk(self, vm_uid: str, disk_uid: str) -> None:
-        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
-                              transient=False)
+        """Detach the disk with one ReconfigVM (device remove, no file operation: the
+        VMDK stays). Idempotent: a disk not attached, or a VM that is absent, is fine.
+        Returns once the watcher shows it gone."""
+        await self._synced()
+        async with self._lock(vm_uid):
+            async def attempt() -> None:
+                for vm in self._observed(vm_uid):
+                    if disk_uid not in vm.disk_uids:
+                        continue
+                    await self._detach_from(self._session.vm_mo(vm.moid), {disk_uid})
+
+                    def detached(v: Observed = vm) -> bool:
+                        return disk_uid not in v.disk_uids
+                    await self._settle(vm, detached)
+            await self._retrying("detach_disk", attempt)
+
+    async def _detach_from(self, mo, uids: set[str] | None = None) -> list[str]:
+        """One ReconfigVM removing the persistent disks of ``uids`` (None: all) from the
+        VM ``mo``, keeping their files; the uids removed."""
+        props = await self._session.call(self._session.retrieve, mo, ["config.hardware.device"])
+        found = [(d, uid) for d, uid in persistent_disks(props.get("config.hardware.device") or ())
+                 if uids is None or uid in uids]
+        if found:
+            changes = [vim.vm.device.VirtualDeviceSpec(operation="remove", device=d) for d, _ in found]
+            await self._session.run_task(mo.ReconfigVM_Task, vim.vm.ConfigSpec(deviceChange=changes))
+        return [uid for _, uid in found]
 
     async def delete_disk(self, disk_uid: str, datastore_class: str) -> None:
-        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
-                              transient=False)
+        """Delete ``[ds] quanta-disks/{uid}.vmdk`` through the VirtualDiskManager.
+        Idempotent (no file: done). Raises OperationFailed DiskInUse (before any call)
+        while a VM this session sees has it attached, or when the host refuses a
+        locked file; OperationFailed DatastoreUnreachable when the host does not
+        mount the class's datastore."""
+        await self._synced()
+        ds = self._disk_datastore(datastore_class)
+        holders = sorted(vm.uid or vm.name for vm in self._session.vms.values() if disk_uid in vm.disk_uids)
+        if holders:
+            raise OperationFailed(f"disk {disk_uid} is attached to {', '.join(holders)}", reason="DiskInUse")
+        path = disk_path(ds.name, disk_uid)
+
+        async def attempt() -> None:
+            manager = self._session.disk_manager
+            try:
+                await self._session.run_task(manager.DeleteVirtualDisk_Task, path, self.host.datacenter)
+            except vim.fault.FileNotFound:
+                pass  # gone already: what we wanted
+        await self._retrying("delete_disk", attempt)
 
     async def destroy_vm(self, vm_uid: str) -> None:
+        """Power off, detach the persistent disks (kept), destroy. Idempotent."""
         await self._synced()
         async with self._lock(vm_uid):
             async def attempt() -> None:
@@ -425,6 +587,8 @@ class EsxiHost:
                 await self._session.run_task(mo.PowerOffVM_Task)
             except vim.fault.InvalidPowerState:
                 pass  # off already
+            # Destroy_Task deletes every disk the VM has, independent ones too.
+            await self._detach_from(mo)
             await self._session.run_task(mo.Destroy_Task)
         except vmodl.fault.ManagedObjectNotFound:
             pass  # gone already: what we wanted
@@ -446,6 +610,17 @@ def cold_only(vm: Observed, vcpus: int, memory_mib: int) -> str:
     if memory_mib > vm.memory_mib and not vm.memory_hot_add:
         return f"cannot add memory ({vm.memory_mib} -> {memory_mib} MiB) without memory hot-add"
     return ""
+
+
+def _free_scsi_unit(devices) -> tuple:
+    """(the first SCSI controller with a free unit, that unit), or (None, -1). Pure."""
+    for controller in sorted((d for d in devices if isinstance(d, vim.vm.device.VirtualSCSIController)),
+                             key=lambda d: d.key):
+        used = {d.unitNumber for d in devices if d.controllerKey == controller.key}
+        for unit in _SCSI_UNITS:
+            if unit not in used:
+                return controller, unit
+    return None, -1
 
 
 def _falls_back(fault: BaseException) -> bool:

@@ -57,6 +57,12 @@ FAULTS: tuple[FaultRule, ...] = (
     _rule(vim.fault.GuestOperationsUnavailable, GuestUnavailable),
     _rule(vim.fault.InvalidPowerState, GuestUnavailable, op="shutdown_guest"),
     _rule(vim.fault.InvalidState, GuestUnavailable, op="shutdown_guest"),
+    # Persistent disks: a file another VM holds open is a disk in use; a file that
+    # appeared or vanished between the driver's look and its ReconfigVM is looked at again.
+    _rule(vim.fault.FileLocked, OperationFailed, "DiskInUse", op="delete_disk"),
+    _rule(vim.fault.ResourceInUse, OperationFailed, "DiskInUse", op="delete_disk"),
+    _rule(vim.fault.FileAlreadyExists, OperationFailed, "FileAlreadyExists", transient=True, op="attach_disk"),
+    _rule(vim.fault.FileNotFound, OperationFailed, "FileNotFound", transient=True, op="attach_disk"),
     # Busy or mid-change: the same call later may well succeed.
     _rule(vim.fault.InvalidPowerState, OperationFailed, "InvalidPowerState", transient=True),
     _rule(vim.fault.InvalidHostState, HostUnavailable, "HostNotReady"),

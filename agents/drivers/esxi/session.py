@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 UID_KEY = "quanta.vm_uid"
 """The extraConfig key that carries a VM's Quanta id."""
+DISK_DIR = "quanta-disks"
+"""The folder, on each datastore of a class, of Quanta's persistent disks: ``[ds] quanta-disks/{uid}.vmdk``."""
 NAME_KEY = "quanta.vm_name"
 RECORD_KEY = "quanta.vm_record"
 """extraConfig keys of VmRequest.name and .record (what the VM was made as, for adoption)."""
@@ -68,6 +70,11 @@ class Observed:
     cpu_hot_add: bool = False
     memory_hot_add: bool = False
     disk_bytes: int = 0  # the root (first) disk's capacity (0: no disk, or not seen yet)
+    # From config.hardware.device: the backing of each NIC in key order (a standard
+    # port group's name, or DVPG_PREFIX + a distributed one's key) and the uids of
+    # the persistent disks (DISK_DIR files) in key order.
+    nic_backings: tuple[str, ...] = ()
+    disk_uids: tuple[str, ...] = ()
     tools: str = ""  # guest.toolsRunningStatus ("": not reported)
     # What the guest reports: guest.net, with guest.ipAddress (its primary) apart until merged.
     nics: tuple = field(default=(), repr=False)
@@ -92,6 +99,29 @@ class Datastore:
     mo: Any = field(compare=False, repr=False)
 
 
+DVPG_PREFIX = "dvportgroup:"
+_UPLINK_TAG = "SYSTEM/DVS.UPLINKPG"  # how vSphere marks a distributed switch's uplink port group
+
+
+@dataclass(frozen=True, slots=True)
+class PortGroup:
+    """A network a host reaches: a standard port group (``switch_uuid`` "") or a
+    distributed one (its ``key`` and its switch's uuid, what a NIC's port backing names)."""
+
+    name: str
+    key: str = ""
+    switch_uuid: str = ""
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.switch_uuid)
+
+    @property
+    def backing_id(self) -> str:
+        """How a NIC on it shows in ``Observed.nic_backings``."""
+        return DVPG_PREFIX + self.key if self.distributed else self.name
+
+
 @dataclass(frozen=True, slots=True)
 class HostInfo:
     """A HostSystem as discovered at start."""
@@ -106,6 +136,12 @@ class HostInfo:
     mo: Any = field(compare=False, repr=False)
     pool: Any = field(compare=False, repr=False)
     vm_folder: Any = field(compare=False, repr=False)
+    port_groups: tuple[PortGroup, ...] = ()
+    """The networks of ``networks`` a VM's NIC can be on (uplink port groups left out)."""
+    datacenter: Any = field(compare=False, repr=False, default=None)
+
+    def port_group(self, name: str) -> PortGroup | None:
+        return next((pg for pg in self.port_groups if pg.name == name), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +203,24 @@ class Session:
         if self._connected is None:
             raise HostUnavailable(f"{self.config.url}: not connected")
         return self._connected
+
+    @property
+    def content(self) -> vim.ServiceInstanceContent:
+        """The endpoint's service content (its managers); raises HostUnavailable before connecting."""
+        return self._service.content
+
+    @property
+    def disk_manager(self) -> vim.VirtualDiskManager:
+        """The VirtualDiskManager (ESXi and vCenter have one); HostUnavailable without it."""
+        if self.content.virtualDiskManager is None:
+            raise HostUnavailable(f"{self.config.url} has no virtual disk manager")
+        return self.content.virtualDiskManager
+
+    @property
+    def file_manager(self) -> vim.FileManager:
+        if self.content.fileManager is None:
+            raise HostUnavailable(f"{self.config.url} has no file manager")
+        return self.content.fileManager
 
     @property
     def is_vcenter(self) -> bool:
@@ -330,14 +384,31 @@ class Session:
                     Datastore(ds._moId, ds.name, ds.summary.capacity, ds.summary.freeSpace, ds)
                     for ds in host.datastore if ds.summary.accessible)
                 hardware = host.hardware
+                port_groups = tuple(pg for n in host.network if (pg := self._port_group(n)) is not None)
                 hosts.append(HostInfo(
                     moid=host._moId, name=host.name, threads=hardware.cpuInfo.numCpuThreads,
                     memory_bytes=hardware.memorySize, version=content.about.version,
-                    datastores=datastores, networks=tuple(n.name for n in host.network),
-                    mo=host, pool=host.parent.resourcePool, vm_folder=datacenter.vmFolder))
+                    datastores=datastores, networks=tuple(pg.name for pg in port_groups),
+                    mo=host, pool=host.parent.resourcePool, vm_folder=datacenter.vmFolder,
+                    port_groups=port_groups, datacenter=datacenter))
             return hosts
         finally:
             view.Destroy()
+
+    def _port_group(self, network: Any) -> PortGroup | None:
+        """Blocking: what a NIC needs to name ``network``; None for a distributed switch's
+        uplink port group (no VM NIC goes there)."""
+        if not isinstance(network, vim.dvs.DistributedVirtualPortgroup):
+            return PortGroup(network.name)
+        props = self.retrieve(network, ["name", "key", "config.distributedVirtualSwitch", "config.uplink", "tag"])
+        switch = props.get("config.distributedVirtualSwitch")
+        if props.get("config.uplink") or switch is None or any(
+                t.key == _UPLINK_TAG for t in props.get("tag") or ()):
+            return None
+        switch_props = self.retrieve(switch, ["uuid", "config.uplinkPortgroup"])
+        if any(pg._moId == network._moId for pg in switch_props.get("config.uplinkPortgroup") or ()):
+            return None
+        return PortGroup(props.get("name", ""), props.get("key", ""), switch_props.get("uuid", ""))
 
     def retrieve(self, mo: Any, paths: list[str]) -> dict[str, Any]:
         """Blocking: the properties of one object that are set (unset ones are absent).
@@ -508,6 +579,8 @@ class Session:
             elif path == "config.hardware.device":
                 disk = root_disk(value or ())
                 vm.disk_bytes = disk_bytes(disk) if disk is not None else 0
+                vm.nic_backings = nic_backings(value or ())
+                vm.disk_uids = tuple(uid for _, uid in persistent_disks(value or ()))
             elif path == "guest.toolsRunningStatus":
                 vm.tools = str(value or "")
             elif path == "guest.net":
@@ -573,9 +646,45 @@ class Session:
 
 def root_disk(devices: Any) -> Any:
     """The VM's root disk: the first VirtualDisk of ``devices`` by key (the order of the
-    list is not stable: vcsim moves an edited device to its end), or None. Pure."""
-    disks = [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+    list is not stable: vcsim moves an edited device to its end) that is not a
+    persistent disk (keys are the host's choice: vcsim reuses freed ones), or None. Pure."""
+    disks = [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)
+             and not _DISK_FILE.match(getattr(d.backing, "fileName", None) or "")]
     return min(disks, key=lambda d: d.key) if disks else None
+
+
+def nic_backings(devices: Any) -> tuple[str, ...]:
+    """What each NIC of ``devices`` is on, in key order: a standard port group's name,
+    or ``DVPG_PREFIX`` + a distributed port group's key ("" for another backing). Pure."""
+    found = []
+    for card in sorted((d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)), key=lambda d: d.key):
+        backing = card.backing
+        if isinstance(backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo):
+            found.append(DVPG_PREFIX + (backing.port.portgroupKey or "") if backing.port is not None else "")
+        elif isinstance(backing, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo):
+            found.append(backing.deviceName or "")
+        else:
+            found.append("")
+    return tuple(found)
+
+
+def disk_path(datastore: str, disk_uid: str) -> str:
+    """The datastore path of persistent disk ``disk_uid`` on ``datastore``. Pure."""
+    return f"[{datastore}] {DISK_DIR}/{disk_uid}.vmdk"
+
+
+_DISK_FILE = re.compile(r"^\[[^\]]*\] ?" + DISK_DIR + r"/([A-Za-z0-9._-]+)\.vmdk$")
+
+
+def persistent_disks(devices: Any) -> list[tuple[Any, str]]:
+    """The persistent disks among ``devices`` (VirtualDisks whose file is a DISK_DIR
+    file), each with its uid, in key order. Pure."""
+    found = []
+    for d in sorted((d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)), key=lambda d: d.key):
+        match = _DISK_FILE.match(getattr(d.backing, "fileName", None) or "")
+        if match:
+            found.append((d, match.group(1)))
+    return found
 
 
 def disk_bytes(disk: Any) -> int:
