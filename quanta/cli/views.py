@@ -13,7 +13,7 @@ from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_p
 from quanta.cli.output import Column, Section, View, last_id, plural, short_name
 from quanta.outcomes import PlannedVms, VmPlacement, status_code
 
-_DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib")
+_DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib", "data_disks", "data_disk_gib")
 
 
 def age(ts: Timestamp, now_s: float | None = None) -> str:
