@@ -21,6 +21,7 @@ from controlplane.api.audit_service import AuditService
 from controlplane.api.authn import AuditInterceptor, AuthInterceptor
 from controlplane.api.catalog_service import FlavorService, ImageService
 from controlplane.api.decoding import DecodeInterceptor
+from controlplane.api.disk_service import DiskService
 from controlplane.api.host_service import HostService
 from controlplane.api.interceptors import default_interceptors, initialise_request_metrics
 from controlplane.api.project_service import ProjectService
@@ -39,6 +40,8 @@ from controlplane.gen.quanta.v1 import (
     auth_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
+    disk_pb2,
+    disk_pb2_grpc,
     host_pb2,
     host_pb2_grpc,
     tenancy_pb2,
@@ -50,6 +53,7 @@ from controlplane.process import add_common_args, run_process
 from controlplane.store.audit import DEFAULT_AUDIT_RETENTION_S, AuditLog
 from controlplane.store.catalog import Catalog, seed_defaults
 from controlplane.store.cluster import ensure_cluster_config
+from controlplane.store.disks import DiskStore
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import UsageLedger
@@ -126,8 +130,10 @@ async def serve(config: FrontendConfig) -> None:
         vms = VmStore(client, keys, RetentionLeases(client, config.request_retention_s), ledger)
         tenancy = TenancyStore(client, keys)
         records = KeyedRecords(client)
+        disks = DiskStore(client, keys, vms.requests, ledger)
         vm_pb2_grpc.add_VmServiceServicer_to_server(
-            VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
+            VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s, disks=disks), server)
+        disk_pb2_grpc.add_DiskServiceServicer_to_server(DiskService(disks, bookmark_s=config.bookmark_s), server)
         host_pb2_grpc.add_HostServiceServicer_to_server(
             HostService(HostStore(client, keys), bookmark_s=config.bookmark_s,
                         orphans=OrphanStore(client, keys, ledger)), server)
@@ -141,7 +147,7 @@ async def serve(config: FrontendConfig) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         api_services = [
             module.DESCRIPTOR.services_by_name[name].full_name
-            for module, names in ((vm_pb2, ("VmService",)), (host_pb2, ("HostService",)),
+            for module, names in ((vm_pb2, ("VmService",)), (disk_pb2, ("DiskService",)), (host_pb2, ("HostService",)),
                                   (tenancy_pb2, ("TenantService", "ProjectService", "QuotaService")),
                                   (catalog_pb2, ("FlavorService", "ImageService")),
                                   (auth_pb2, ("TokenService", "AuditService")))

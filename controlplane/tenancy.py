@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
 from controlplane.models import Resources
 
-DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib")
+DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib", "data_disks", "data_disk_gib")
 #: The headroom of a dimension without a limit (int64's largest: any amount fits).
 UNLIMITED = 2**63 - 1
 
@@ -22,11 +22,19 @@ class Usage:
     vms: int = 0
     vcpus: int = 0
     memory_mib: int = 0
-    disk_gib: int = 0
+    disk_gib: int = 0  # VMs' root disks (their flavors')
+    data_disks: int = 0  # persistent disks (DiskService), from create to delete
+    data_disk_gib: int = 0
 
     @classmethod
     def of_vm(cls, resources: Resources, count: int = 1) -> Usage:
+        """What VMs hold: never a persistent disk (those are charged by the disk store)."""
         return cls(count, resources.vcpus * count, resources.memory_mib * count, resources.disk_gib * count)
+
+    @classmethod
+    def of_disk(cls, size_gib: int, count: int = 1) -> Usage:
+        """What persistent disks of ``size_gib`` hold."""
+        return cls(data_disks=count, data_disk_gib=size_gib * count)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(*(getattr(self, d) + getattr(other, d) for d in DIMENSIONS))
@@ -47,7 +55,7 @@ class Usage:
 
     @classmethod
     def from_record(cls, m: trec.Usage) -> Usage:
-        return cls(m.vms, m.vcpus, m.memory_mib, m.disk_gib)
+        return cls(*(getattr(m, d) for d in DIMENSIONS))
 
     def to_bytes(self) -> bytes:
         return self.to_record().SerializeToString()
@@ -65,6 +73,8 @@ class Limits:
     vcpus: int | None = None
     memory_mib: int | None = None
     disk_gib: int | None = None
+    data_disks: int | None = None
+    data_disk_gib: int | None = None
 
     def exceeded(self, usage: Usage) -> list[str]:
         """The dimensions in which ``usage`` is over these limits."""

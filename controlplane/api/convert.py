@@ -7,8 +7,9 @@ from typing import cast
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.auth.principal import Grant, Role
+from controlplane.disks import DiskName
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
-from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
+from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, disk_pb2, host_pb2, tenancy_pb2, vm_pb2
 from controlplane.models import (
     BootstrapFormat,
     BootstrapState,
@@ -25,6 +26,7 @@ from controlplane.models import (
     VmSetState,
     VmState,
 )
+from controlplane.store.disks import DiskView
 from controlplane.store.hosts import HostRecord
 from controlplane.store.orphans import Orphan
 from controlplane.store.vms import VmRecord
@@ -90,6 +92,7 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
                                   family=vm_pb2.Address.IPV6 if a.family == 6 else vm_pb2.Address.IPV4)
                    for a in status.addresses],
     )
+    vm.disks.extend(DiskName(spec.ref.tenant, spec.ref.project, d.disk_id).name for d in spec.disks)
     if spec.bootstrap is not None:
         # The summary only: the data itself is in bootstrap/, which no read touches.
         b = spec.bootstrap
@@ -105,6 +108,17 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
         vm.conditions.append(common_pb2.Condition(type=c.type, status=c.status, reason=c.reason, message=c.message,
                                                   last_transition_time=_ts(c.time_ns)))
     return vm
+
+
+def disk_to_proto(view: DiskView) -> disk_pb2.Disk:
+    """A disk as the API shows it: its record and attachment read at one revision."""
+    d = view.disk
+    # DiskState's values are Disk.State's.
+    return disk_pb2.Disk(
+        name=d.name, uid=d.uid, labels=dict(d.labels), description=d.description, size_gib=d.size_gib,
+        datastore_class=d.datastore_class, state=cast(disk_pb2.Disk.State, int(view.state)), vm=view.vm,
+        create_time=_ts(d.create_time_ns), update_time=_ts(d.update_time_ns or d.create_time_ns),
+        etag=view.etag, resource_version=view.resource_version)
 
 
 RESTART_POLICY_TO_PROTO = {RestartPolicy.ALWAYS: vm_pb2.Vm.ALWAYS, RestartPolicy.NEVER: vm_pb2.Vm.NEVER}

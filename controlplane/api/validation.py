@@ -154,6 +154,24 @@ def parse_vm_set_name(name: str, field: str = "name") -> tuple[str, str, str]:
     return t, p, s
 
 
+def parse_disk_name(name: str, field: str = "name") -> tuple[str, str, str]:
+    """``"tenants/{t}/projects/{p}/disks/{d}"`` → ``(t, p, d)``."""
+    t, p, d = _parse(name, field, ("tenants", "projects", "disks"), RESOURCE_ID)
+    return t, p, d
+
+
+def parse_disk_of(value: str, tenant: str, project: str, field: str) -> str:
+    """A disk of the project ``tenant``/``project`` named by its id or full name → its
+    id; INVALID_ARGUMENT for another project's name (disks attach within a project)."""
+    if "/" not in value:
+        validate_resource_id(value, field, "disk id")
+        return value
+    t, p, d = parse_disk_name(value, field)
+    if (t, p) != (tenant, project):
+        raise invalid_argument([(field, f"{_show(value)} is not a disk of {project_name(tenant, project)}")])
+    return d
+
+
 def parse_plan_name(name: str, field: str = "plan") -> tuple[str, str, str]:
     """``"tenants/{t}/projects/{p}/plans/{plan}"`` → ``(t, p, plan)``."""
     t, p, plan = _parse(name, field, ("tenants", "projects", "plans"), RESOURCE_ID)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 
 import grpc
@@ -37,12 +37,15 @@ from controlplane.api.interceptors import error_for_exception
 from controlplane.api.plans import Planner
 from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
+from controlplane.disks import MAX_DISKS_PER_VM, DiskName
 from controlplane.etcd import Compacted, ops
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
 from controlplane.models import (
     DEFAULT_STOP_GRACE_S,
     MAX_STOP_GRACE_S,
     BootstrapFormat,
+    DiskRef,
+    HostRegistration,
     Power,
     PowerOffMode,
     Scope,
@@ -52,11 +55,23 @@ from controlplane.models import (
     VmSetState,
     VmSpec,
     VmState,
+    datastore_label,
     now_ns,
 )
 from controlplane.store import bootstrap, idempotency
 from controlplane.store.bootstrap import MAX_METADATA_BYTES, MAX_USER_DATA_BYTES, BootstrapData
 from controlplane.store.catalog import Catalog
+from controlplane.store.disks import (
+    DiskChanged,
+    DiskDeleting,
+    DiskInUse,
+    DiskMissing,
+    DiskStore,
+    attach_exclusive,
+    attach_ops,
+    attach_refusal,
+)
+from controlplane.store.disks import deletion as disk_deletion
 from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
@@ -82,12 +97,15 @@ MAX_CREATE_VMS = 1000
 """The most creates one CreateVms call takes."""
 DEFAULT_SET_DEADLINE_S = 10 * 60
 MAX_SET_DEADLINE_S = 24 * 3600
+_DISK_ATTEMPTS = 4  # reads of a create's or attach's disks before it gives up (ABORTED)
 _AUDIT_PLACEHOLDER = [ops.put(b"audit", b"")]  # a set's audit record, to measure its admission with
 
 
 class VmService(vm_pb2_grpc.VmServiceServicer):
-    def __init__(self, store: VmStore, catalog: Catalog, *, shards: int, bookmark_s: float = 10.0):
+    def __init__(self, store: VmStore, catalog: Catalog, *, shards: int, bookmark_s: float = 10.0,
+                 disks: DiskStore | None = None):
         self._store = store
+        self._disks = disks or DiskStore(store.client, store.keys, store.requests, store.ledger)
         self._sets = VmSetStore(store.client, store.keys, store.requests, store.ledger)
         self._planner = Planner(store)
         self._catalog = catalog
@@ -105,6 +123,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         v.raise_if_any()
         spec = v.valid(spec)
         if request.validate_only:
+            try:
+                spec, _revisions = await self._take_disks(spec)
+            except StoreError as err:
+                raise _create_error(err, request.parent, request.request_id, spec.ref.name) from err
             error = (await self._preview(spec.ref.tenant, spec.ref.project, [spec]))[0]
             if error is not None:
                 raise _create_error(error, request.parent, request.request_id, spec.ref.name) from error
@@ -113,9 +135,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         # The bootstrap data goes in the create's own transaction (no round trip of its own).
         secret = [bootstrap.put_op(self._store.keys, spec.ref, data)] if data is not None else []
         try:
-            record, created = await self._store.create(
-                spec, also=[*(await draft.writes() if draft else ()), *secret],
-                fingerprint=_fingerprint(request, spec))
+            record, created = await self._create_one(spec, [*(await draft.writes() if draft else ()), *secret],
+                                                     _fingerprint(request, spec))
         except StoreError as err:
             raise _create_error(err, request.parent, request.request_id, spec.ref.name) from err
         if created:
@@ -123,6 +144,37 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             if draft:
                 draft.committed()
         return vm_to_proto(record)
+
+    async def _create_one(self, spec: VmSpec, also: list, fingerprint: bytes) -> tuple[VmRecord, bool]:
+        """VmStore.create with the spec's disks taken as read just now (a disk that
+        changed in between, e.g. relabelled, is read again)."""
+        for _attempt in range(_DISK_ATTEMPTS):
+            taken, revisions = await self._take_disks(spec)
+            try:
+                return await self._store.create(taken, also=also, fingerprint=fingerprint, disk_revisions=revisions)
+            except DiskChanged:
+                continue
+        raise Conflict(f"the disks of {spec.ref.name} kept changing; retry")
+
+    async def _take_disks(self, spec: VmSpec) -> tuple[VmSpec, dict[str, int]]:
+        """The spec with its disks (ids, as ``_spec`` left them) as they are now, and
+        each disk's record revision: what its create compares. Raises DiskMissing,
+        DiskDeleting or DiskInUse (another VM has it; one of this VM's name does not
+        count: a retry of its create). Reads only; a spec without disks is returned as is."""
+        if not spec.disks:
+            return spec, {}
+        names = [DiskName(spec.ref.tenant, spec.ref.project, d.disk_id) for d in spec.disks]
+        views = await self._disks.get_many(names)
+        refs = []
+        revisions: dict[str, int] = {}
+        for name, view in zip(names, views, strict=True):
+            refusal = attach_refusal(view, name.name, spec.ref)
+            if refusal is not None:
+                raise refusal
+            assert view is not None
+            refs.append(view.disk.attached_as())
+            revisions[name.disk_id] = view.revision
+        return replace(spec, disks=tuple(refs)), revisions
 
     def _spec(self, request: vm_pb2.CreateVmRequest, parent: tuple[str, str] | None, v: validation.Violations,
               *, at: str = "", shard: int | None = None,
@@ -175,6 +227,16 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         v.capture(validation.validate_request_id, request.request_id, f"{at}request_id")
         if vm.name and parent and vm.name != validation.vm_name(*parent, vm_id):
             v.add(f"{at}vm.name", "output only; leave empty or equal to parent/vms/vm_id")
+        disk_ids: list[str] = []
+        if len(vm.disks) > MAX_DISKS_PER_VM:
+            v.add(f"{at}vm.disks", f"{len(vm.disks)} disks; at most {MAX_DISKS_PER_VM}")
+        elif parent:
+            for j, named in enumerate(vm.disks):
+                disk_id = v.capture(validation.parse_disk_of, named, *parent, f"{at}vm.disks[{j}]")
+                if disk_id is not None and disk_id in disk_ids:
+                    v.add(f"{at}vm.disks[{j}]", f"disk {disk_id!r} is named twice")
+                elif disk_id is not None:
+                    disk_ids.append(disk_id)
         uid = uuid.uuid4().hex
         data = _bootstrap_data(vm, uid, vm_id, v, f"{at}vm.bootstrap")
         if len(v.items) > before or parent is None or flavor is None:
@@ -191,6 +253,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             affinity_scope=SCOPE_FROM_PROTO[vm.affinity_scope],
             power=POWER_FROM_PROTO[vm.power], power_policy=POWER_POLICY_FROM_PROTO[vm.power_policy],
             bootstrap=data.summary() if data is not None else None, vm_set=vm_set,
+            # Ids only until the create reads the disks (_take_disks): what the caller chose.
+            disks=tuple(DiskRef(disk_id, "", 0) for disk_id in disk_ids),
         )
         return spec, data
 
@@ -291,6 +355,14 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 continue
             valid.append((i, v.valid(spec), data))
         if request.validate_only:
+            async def take(i: int, spec: VmSpec, data: BootstrapData | None
+                           ) -> tuple[int, VmSpec, BootstrapData | None] | None:
+                try:
+                    return i, (await self._take_disks(spec))[0], data
+                except StoreError as err:
+                    results[i] = _refused(_create_error(err, request.parent, spec.request_id, spec.ref.name))
+                    return None
+            valid = [t for t in await asyncio.gather(*(take(*one) for one in valid)) if t is not None]
             outcomes = await self._preview(tenant, project, [spec for _i, spec, _data in valid])
             fine = [spec for (_i, spec, _data), error in zip(valid, outcomes, strict=True) if error is None]
             hosts = iter(await self._planner.hosts(fine) if fine else [])
@@ -303,9 +375,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         async def create(i: int, spec: VmSpec, data: BootstrapData | None) -> bool:
             secret = [bootstrap.put_op(self._store.keys, spec.ref, data)] if data is not None else []
             try:
-                record, created = await self._store.create(
-                    spec, also=[*(await draft.writes(spec.ref.name) if draft else ()), *secret],
-                    fingerprint=_fingerprint(request.requests[i], spec))
+                record, created = await self._create_one(
+                    spec, [*(await draft.writes(spec.ref.name) if draft else ()), *secret],
+                    _fingerprint(request.requests[i], spec))
             except StoreError as err:
                 results[i] = _refused(_create_error(err, request.parent, spec.request_id, spec.ref.name))
                 return False
@@ -348,9 +420,17 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 continue
             first[spec.ref.vm_id] = i
             members.append(Member(replace(spec, plan=plan) if plan else spec, data))
+        named: dict[str, str] = {}
+        for m in members:
+            for d in m.spec.disks:
+                if d.disk_id in named:
+                    v.add(f"requests[{first[m.spec.ref.vm_id]}].vm.disks",
+                          f"disk {d.disk_id!r} is also taken by {named[d.disk_id]!r}")
+                named.setdefault(d.disk_id, m.spec.ref.vm_id)
         v.raise_if_any()
         if plan:
             await self._check_plan(request, tenant, project, plan, [m.spec for m in members])
+        members = await self._take_set_disks(members, request.parent, request.request_id)
         at_ns = now_ns()
         ref = VmSetRef(tenant, project, set_id)
         vm_set = VmSet(ref, uid, tuple(m.spec.ref.vm_id for m in members), shard, VmSetState.PENDING,
@@ -375,8 +455,16 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             set_id=request.set_id, deadline_s=deadline_s, plan=request.plan)
         draft = audit_draft()
         try:
-            admitted = await self._sets.admit(vm_set, members, also=await draft.writes(ref.name) if draft else (),
-                                              fingerprint=fingerprint)
+            for _attempt in range(_DISK_ATTEMPTS):
+                try:
+                    admitted = await self._sets.admit(vm_set, members,
+                                                      also=await draft.writes(ref.name) if draft else (),
+                                                      fingerprint=fingerprint)
+                    break
+                except DiskChanged:
+                    members = await self._take_set_disks(members, request.parent, request.request_id)
+            else:
+                raise Conflict(f"the disks of {ref.name} kept changing; retry")
         except SetTooLarge as err:
             raise _set_too_large(err) from err
         except StoreError as err:
@@ -388,6 +476,18 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         return vm_pb2.CreateVmsResponse(
             results=[vm_pb2.CreateVmsResult(vm=vm_to_proto(record)) for record in admitted.vms],
             set=vm_set_to_proto(admitted.vm_set, admitted.revision))
+
+    async def _take_set_disks(self, members: list[Member], parent: str, request_id: str) -> list[Member]:
+        """The members with their disks read now (:meth:`_take_disks`); a disk that
+        cannot be taken refuses the whole set."""
+        out = []
+        for m in members:
+            try:
+                spec, revisions = await self._take_disks(m.spec)
+            except StoreError as err:
+                raise _create_error(err, parent, request_id, m.spec.ref.name) from err
+            out.append(Member(spec, m.bootstrap, revisions))
+        return out
 
     async def _check_plan(self, request: vm_pb2.CreateVmsRequest, tenant: str, project: str, plan: str,
                           specs: list[VmSpec]) -> None:
@@ -448,6 +548,9 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             first[spec.ref.vm_id] = i
             specs.append(spec)
         v.raise_if_any()
+        # Placed as they would be made: with their disks' datastore classes.
+        specs = [m.spec for m in await self._take_set_disks([Member(spec) for spec in specs], request.parent,
+                                                             request.request_id)]
         return await self._planner.plan(request.parent, specs, hold_s,
                                         request_id=request.request_id if hold_s else "")
 
@@ -503,8 +606,11 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         ref = VmRef(tenant, project, vm_id)
         draft = audit_draft()
         try:
-            deletion = await self._store.request_delete(ref, etag=request.etag,
-                                                        also=await draft.writes() if draft else ())
+            if request.delete_disks:
+                deletion = await self._delete_with_disks(ref, request.etag, draft)
+            else:
+                deletion = await self._store.request_delete(ref, etag=request.etag,
+                                                            also=await draft.writes() if draft else ())
         except NotFound as err:
             raise errors.not_found("vm", request.name) from err
         except EtagMismatch as err:
@@ -516,6 +622,177 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         vm = vm_to_proto(deletion.record)
         vm.resource_version = deletion.revision
         return vm
+
+    async def _delete_with_disks(self, ref: VmRef, etag: str, draft) -> SpecUpdate:
+        """DeleteVm with ``delete_disks``: in the deletion's own transaction, each of the
+        VM's disks is marked DELETING and its quota released (``disks.deletion``; the
+        attachments stay until the VM is removed). A VM being deleted already gets
+        only its disks marked. Raises what request_delete raises."""
+        for _attempt in range(_DISK_ATTEMPTS):
+            record = await self._store.get(ref)
+            names = [DiskName(ref.tenant, ref.project, d.disk_id) for d in record.spec.disks]
+            views = [v for v in await self._disks.get_many(names) if v is not None and not v.disk.deleting]
+            charges = [disk_deletion(self._store.keys, view, attached_ok=True) for view in views]
+            read = record.spec.disks
+
+            def check(now: VmRecord, read: tuple = read) -> None:
+                if now.spec.disks != read:
+                    raise _Reread()
+
+            async def changed(views: list = views) -> None:
+                now = await self._disks.get_many([v.disk.ref for v in views])
+                if [v.revision if v else 0 for v in now] != [v.revision for v in views]:
+                    raise _Reread()
+
+            also = [w for c in charges for w in c.writes]
+            guard = [c for charge in charges for c in charge.compares]
+            delta = sum((c.delta for c in charges), Usage())
+            names_held = [n for c in charges for n in c.exclusive]
+            try:
+                if record.spec.deleting:
+                    if not charges:
+                        return SpecUpdate(record, False, record.resource_version, changed=False)
+                    # Deleted already without its disks: mark them now, the VM unchanged.
+                    for view in views:
+                        await self._disks.delete(view.disk.ref, attached_ok=True)
+                    return SpecUpdate(record, False, record.resource_version, changed=False)
+                return await self._store.request_delete(
+                    ref, etag=etag, guard=guard, also=[*also, *(await draft.writes() if draft else ())],
+                    check=check, exclusive=names_held, delta=delta, on_conflict=changed)
+            except _Reread:
+                continue
+        raise Conflict(f"the disks of {ref.name} kept changing; retry")
+
+    # --- disks: AttachDisk, DetachDisk (through VmStore.update_spec) ---------------------
+
+    async def AttachDisk(self, request: vm_pb2.AttachDiskRequest, context) -> vm_pb2.Vm:
+        """The disk is taken for the VM in the transaction that adds it to the VM's spec
+        (``disks.attach_ops``: its attachment absent, its record as read); a VM on a host
+        needs the host to carry the disk's datastore label (its registration compared too)."""
+        tenant, project, vm_id = validation.parse_vm_name(request.name)
+        require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
+        disk_id = validation.parse_disk_of(request.disk, tenant, project, "disk")
+        ref = VmRef(tenant, project, vm_id)
+        name = DiskName(tenant, project, disk_id)
+        keys = self._store.keys
+        for _attempt in range(_DISK_ATTEMPTS):
+            record = await self._get_vm(ref, request.name)
+            view = await self._get_disk(name)
+            _refuse_deleting(record)
+            if any(d.disk_id == disk_id for d in record.spec.disks):
+                return _answer(SpecUpdate(record, False, record.resource_version, changed=False))
+            refusal = attach_refusal(view, name.name, ref, record.spec.uid)
+            if refusal is not None:
+                raise _create_error(refusal, "", "", request.name)
+            if len(record.spec.disks) >= MAX_DISKS_PER_VM:
+                raise _too_many_disks(record)
+            host = _host_of(record)
+            guard: list = []
+            if host:
+                reg = await self._store.client.get(keys.host_reg(host))
+                labels = HostRegistration.from_bytes(reg.value).labels if reg is not None else {}
+                label = datastore_label(view.disk.datastore_class)
+                if labels.get(label) != "true":
+                    raise errors.failed_precondition(
+                        f"vm {request.name!r} is on host {host}, which does not reach datastore class "
+                        f"{view.disk.datastore_class!r} (label {label}=true)", "DATASTORE_UNREACHABLE",
+                        metadata={"name": request.name, "host": host, "datastore_class": view.disk.datastore_class})
+                guard.append(ops.mod_revision_is(keys.host_reg(host), reg.mod_revision if reg else 0))
+            disk_ref = view.disk.attached_as()
+            compares, writes = attach_ops(keys, ref, record.spec.uid, [disk_ref], {disk_id: view.revision})
+
+            def check(now: VmRecord, host: str = host, uid: str = record.spec.uid) -> None:
+                _refuse_deleting(now)
+                if _host_of(now) != host or now.spec.uid != uid:
+                    raise _Reread()  # placed or moved since: its host is checked again
+                if len(now.spec.disks) >= MAX_DISKS_PER_VM and not any(d.disk_id == disk_id for d in now.spec.disks):
+                    raise _too_many_disks(now)
+
+            async def changed(revision: int = view.revision) -> None:
+                now = (await self._disks.get_many([name]))[0]
+                if now is None or now.revision != revision or now.attachment is not None:
+                    raise _Reread()
+
+            def attach(spec: VmSpec, disk_ref: DiskRef = disk_ref) -> VmSpec:
+                if any(d.disk_id == disk_ref.disk_id for d in spec.disks):
+                    return spec
+                return replace(spec, disks=(*spec.disks, disk_ref))
+
+            try:
+                update = await self._change(
+                    ref, request.name, attach,
+                    etag=request.etag, check=check, guard=[*compares, *guard], also=writes,
+                    exclusive=attach_exclusive(keys, ref, [disk_ref]), on_conflict=changed)
+            except _Reread:
+                continue
+            return _answer(update)
+        raise errors.aborted(f"disk {name.name} or vm {request.name} kept changing; retry")
+
+    async def DetachDisk(self, request: vm_pb2.DetachDiskRequest, context) -> vm_pb2.Vm:
+        """The disk leaves the VM's spec; in the same transaction its attachment is
+        deleted (a VM not on a host: AVAILABLE at once) or marked detaching (the host's
+        agent deletes it once it let go: ``DiskStore.detach_done``)."""
+        tenant, project, vm_id = validation.parse_vm_name(request.name)
+        require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
+        disk_id = validation.parse_disk_of(request.disk, tenant, project, "disk")
+        ref = VmRef(tenant, project, vm_id)
+        name = DiskName(tenant, project, disk_id)
+        keys = self._store.keys
+        attachment_key = keys.disk_attachment(tenant, project, disk_id)
+        for _attempt in range(_DISK_ATTEMPTS):
+            record = await self._get_vm(ref, request.name)
+            view = (await self._disks.get_many([name]))[0]
+            ours = view is not None and view.attachment is not None and view.attachment.vm_uid == record.spec.uid
+            if not any(d.disk_id == disk_id for d in record.spec.disks):
+                if ours:  # detaching already: a retry
+                    return _answer(SpecUpdate(record, False, record.resource_version, changed=False))
+                raise errors.failed_precondition(f"disk {name.name!r} is not attached to vm {request.name!r}",
+                                                 "DISK_NOT_ATTACHED", metadata={"name": request.name,
+                                                                                "disk": name.name})
+            _refuse_deleting(record)
+            host = _host_of(record)
+            writes: list = []
+            guard: list = []
+            if ours:
+                assert view is not None and view.attachment is not None
+                guard.append(ops.mod_revision_is(attachment_key, view.attachment_revision))
+                if host:
+                    writes.append(ops.put(attachment_key, replace(view.attachment, detaching=True).to_bytes()))
+                else:
+                    writes.append(ops.delete(attachment_key))
+
+            def check(now: VmRecord, host: str = host) -> None:
+                _refuse_deleting(now)
+                if _host_of(now) != host:
+                    raise _Reread()
+
+            async def changed(revision: int = view.attachment_revision if view else 0) -> None:
+                now = (await self._disks.get_many([name]))[0]
+                if (now.attachment_revision if now else 0) != revision:
+                    raise _Reread()
+
+            try:
+                update = await self._change(
+                    ref, request.name, lambda spec: replace(spec, disks=tuple(d for d in spec.disks
+                                                                              if d.disk_id != disk_id)),
+                    etag=request.etag, check=check, guard=guard, also=writes,
+                    exclusive=(keys.disk_prefix(tenant, project, disk_id),), on_conflict=changed)
+            except _Reread:
+                continue
+            return _answer(update)
+        raise errors.aborted(f"disk {name.name} or vm {request.name} kept changing; retry")
+
+    async def _get_vm(self, ref: VmRef, name: str) -> VmRecord:
+        try:
+            return await self._store.get(ref)
+        except NotFound as err:
+            raise errors.not_found("vm", name) from err
+
+    async def _get_disk(self, name: DiskName):
+        view = (await self._disks.get_many([name]))[0]
+        if view is None:
+            raise errors.not_found("disk", name.name)
+        return view
 
     # --- changes after create: one path (VmStore.update_spec) ------------------------------
 
@@ -599,13 +876,17 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         return _answer(update)
 
     async def _change(self, ref: VmRef, name: str, change: Callable[[VmSpec], VmSpec], *, etag: str,
-                      check: Callable[[VmRecord], None]) -> SpecUpdate:
+                      check: Callable[[VmRecord], None], guard: Sequence = (), also: Sequence = (),
+                      exclusive: Sequence[bytes] = (),
+                      on_conflict: Callable[[], Awaitable[None]] | None = None) -> SpecUpdate:
         """``change`` through VmStore.update_spec, audited in its transaction; store
-        outcomes as API errors. Nothing is written when it refuses."""
+        outcomes as API errors. Nothing is written when it refuses. ``guard``, ``also``,
+        ``exclusive``, ``on_conflict``: what the change takes besides the VM (update_spec)."""
         draft = audit_draft()
         try:
-            update = await self._store.update_spec(ref, change, etag=etag, check=check,
-                                                   also=await draft.writes() if draft else ())
+            update = await self._store.update_spec(ref, change, etag=etag, check=check, guard=guard,
+                                                   also=[*also, *(await draft.writes() if draft else ())],
+                                                   exclusive=exclusive, on_conflict=on_conflict)
         except NotFound as err:
             raise errors.not_found("vm", name) from err
         except EtagMismatch as err:
@@ -700,6 +981,12 @@ def _create_error(err: StoreError, parent: str, request_id: str, name: str) -> e
     if isinstance(err, RequestReplayed):
         return errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_ALREADY_USED", str(err),
                                metadata={"request_id": request_id, "created": err.made})
+    if isinstance(err, DiskMissing):
+        return errors.not_found("disk", str(err))
+    if isinstance(err, DiskInUse):
+        return errors.failed_precondition(str(err), "DISK_IN_USE", metadata={"disk": err.disk, "vm": err.vm})
+    if isinstance(err, DiskDeleting):
+        return errors.failed_precondition(str(err), "DISK_DELETING", metadata={"disk": err.disk})
     if isinstance(err, AlreadyExists):
         # A set's admission names what was taken: the set or one of its members.
         taken = str(err) or name
@@ -744,6 +1031,22 @@ def _would_make(spec: VmSpec, host: str = "") -> vm_pb2.Vm:
     vm.uid = vm.etag = ""
     vm.host = host
     return vm
+
+
+class _Reread(Exception):
+    """What a disk change was decided on changed (the VM was placed or moved, the disk
+    changed): read both again and decide again."""
+
+
+def _too_many_disks(record: VmRecord) -> errors.ApiError:
+    return errors.failed_precondition(
+        f"vm {record.ref.name!r} has {len(record.spec.disks)} disks; at most {MAX_DISKS_PER_VM}",
+        "TOO_MANY_DISKS", metadata={"name": record.ref.name})
+
+
+def _host_of(record: VmRecord) -> str:
+    """The host a VM is bound to ("" while it waits in its shard's queue)."""
+    return "" if record.status.state == VmState.PENDING else record.status.host
 
 
 def _refuse_deleting(record: VmRecord) -> None:

@@ -30,13 +30,14 @@ independent systems (or tests) share one etcd.
     addresses/{network uid}/{ip}          AddressRecord  an address handed out (STATIC_POOL, STATIC): created with an
                                                   absent compare in the VM's create txn (never twice), deleted
                                                   in every txn that removes the VM
-    disks/{tenant}/{project}/{disk}       DiskRecord  frontends (DiskService, delete marks it DELETING); removed
+    disks/{tenant}/{project}/{disk}/record  DiskRecord  frontends (DiskService, delete marks it DELETING); removed
                                                   by an agent that reaches its class once it destroyed the data
-    disk-attachments/{t}/{p}/{disk}       DiskAttachment  the disk is attached to this VM: created with an absent
-                                                  compare in the txn that adds the disk to the VM's spec
-                                                  (create, AttachDisk); marked detaching by DetachDisk or the
-                                                  VM's deletion; deleted by the host's agent once it let go of
-                                                  the disk, or in the txn that removes the VM
+    disks/{tenant}/{project}/{disk}/attachment  DiskAttachment  the disk is attached to this VM: created with an
+                                                  absent compare in the txn that adds the disk to the VM's spec
+                                                  (create, AttachDisk); marked detaching by DetachDisk; deleted by
+                                                  the host's agent once it let go of the disk, or in the txn that
+                                                  removes the VM. Beside the record (one prefix per disk), so that
+                                                  one range or watch reads a disk and its attachment at one revision
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present
@@ -177,16 +178,19 @@ class Keys:
             return self._k("disks/")
         return self._k(f"disks/{tenant}/" if project is None else f"disks/{tenant}/{project}/")
 
-    def disk(self, tenant: str, project: str, disk_id: str) -> bytes:
-        return self._k(f"disks/{tenant}/{project}/{disk_id}")
+    def disk_prefix(self, tenant: str, project: str, disk_id: str) -> bytes:
+        return self._k(f"disks/{tenant}/{project}/{disk_id}/")
 
-    def disk_attachments_prefix(self, tenant: str | None = None, project: str | None = None) -> bytes:
-        if tenant is None:
-            return self._k("disk-attachments/")
-        return self._k(f"disk-attachments/{tenant}/" if project is None else f"disk-attachments/{tenant}/{project}/")
+    def disk(self, tenant: str, project: str, disk_id: str) -> bytes:
+        return self.disk_prefix(tenant, project, disk_id) + b"record"
 
     def disk_attachment(self, tenant: str, project: str, disk_id: str) -> bytes:
-        return self._k(f"disk-attachments/{tenant}/{project}/{disk_id}")
+        return self.disk_prefix(tenant, project, disk_id) + b"attachment"
+
+    def parse_disk_key(self, key: bytes) -> tuple[str, str, str, str]:
+        """(tenant, project, disk id, "record" | "attachment") of a key under disks/."""
+        tenant, project, disk_id, part = key[len(self.base) + 6:].decode().split("/")
+        return tenant, project, disk_id, part
 
     # Scheduler queue
     def queue_prefix(self, shard: int) -> bytes:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from controlplane.disks import DiskName
 from controlplane.etcd import EtcdClient, KeyValue, WatchEvent, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import (
@@ -23,7 +24,7 @@ from controlplane.models import (
     VmStatus,
     now_ns,
 )
-from controlplane.store import bindings
+from controlplane.store import bindings, disks
 from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
@@ -31,6 +32,7 @@ from controlplane.store.errors import (
     NotFound,
     RequestMismatch,
     RequestReplayed,
+    StoreError,
 )
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, QuotaExceeded, UsageLedger
@@ -40,6 +42,7 @@ from controlplane.tenancy import Usage
 log = logging.getLogger(__name__)
 
 _MAX_CAS_ATTEMPTS = 8
+_NO_USAGE = Usage()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +129,30 @@ def pending_status(spec: VmSpec) -> VmStatus:
     return VmStatus(VmState.PENDING, update_time_ns=spec.create_time_ns, accepted_time_ns=spec.create_time_ns)
 
 
-def create_ops(keys: Keys, spec: VmSpec, status: VmStatus) -> tuple[list, list]:
+def create_ops(keys: Keys, spec: VmSpec, status: VmStatus,
+               disk_revisions: Mapping[str, int] | None = None) -> tuple[list, list]:
     """What creating a VM compares (its name is free) and writes (its spec, status and
-    queue entry in its shard): the one place for it, used by :meth:`VmStore.create`
-    and by a set's admission (``vmsets.py``). Pure."""
+    queue entry in its shard), and what it takes with it (its disks' attachments,
+    ``disks.attach_ops``; ``disk_revisions``: each disk's record mod_revision as read):
+    the one place for it, used by :meth:`VmStore.create` and by a set's admission
+    (``vmsets.py``); :func:`create_exclusive` names what it holds. Pure."""
     spec_key = keys.vm_spec(spec.ref)
     spec_bytes = spec.to_bytes()
-    return ([ops.absent(spec_key)],
-            [ops.put(spec_key, spec_bytes), ops.put(keys.vm_status(spec.ref), status.to_bytes()),
-             ops.put(keys.queue(spec.shard, spec.ref), spec_bytes)])
+    compares = [ops.absent(spec_key)]
+    writes = [ops.put(spec_key, spec_bytes), ops.put(keys.vm_status(spec.ref), status.to_bytes()),
+              ops.put(keys.queue(spec.shard, spec.ref), spec_bytes)]
+    if spec.disks:
+        c, w = disks.attach_ops(keys, spec.ref, spec.uid, spec.disks, disk_revisions or {},
+                                at_ns=spec.create_time_ns)
+        compares += c
+        writes += w
+    return compares, writes
+
+
+def create_exclusive(keys: Keys, spec: VmSpec) -> tuple[bytes, ...]:
+    """The names a VM's create holds in a group commit (``Charge.exclusive``): its own
+    prefix and what :func:`create_ops` takes with it. Pure."""
+    return (keys.vm_prefix(spec.ref), *disks.attach_exclusive(keys, spec.ref, spec.disks))
 
 
 class VmStore:
@@ -163,7 +181,8 @@ class VmStore:
 
     # --- create ------------------------------------------------------------------------
 
-    async def create(self, spec: VmSpec, *, also: Sequence = (), fingerprint: bytes = b"") -> tuple[VmRecord, bool]:
+    async def create(self, spec: VmSpec, *, also: Sequence = (), fingerprint: bytes = b"",
+                     disk_revisions: Mapping[str, int] | None = None) -> tuple[VmRecord, bool]:
         """Store a new PENDING VM, queue it for its scheduler shard and charge its
         project's quota, in one transaction, with the puts ``also`` (e.g. its audit
         record; keys no other change writes).
@@ -176,15 +195,17 @@ class VmStore:
         (when both have one). Returns (record, created). Raises
         AlreadyExists when the name is taken by another request, NotFound when the
         project does not exist, QuotaExceeded when the VM does not fit its quota,
-        ProjectDeleting when the project is being deleted.
+        ProjectDeleting when the project is being deleted. With ``spec.disks`` (each
+        read at ``disk_revisions``): DiskInUse, DiskDeleting, NotFound (a disk is gone)
+        or DiskChanged (one changed since it was read: read again) when one cannot be taken.
         ``created`` False: nothing was written, ``also`` neither.
         """
         k = self._keys
         status = pending_status(spec)
         vm_range = ops.get(k.vm_prefix(spec.ref), prefix_end(k.vm_prefix(spec.ref)))
-        compares, writes = create_ops(k, spec, status)
+        compares, writes = create_ops(k, spec, status, disk_revisions)
         charge = Charge(Usage.of_vm(spec.resources), compares=compares, writes=[*writes, *also], reads=[vm_range],
-                        exclusive=(k.vm_prefix(spec.ref),))
+                        exclusive=create_exclusive(k, spec))
         request_key = b""
         if spec.request_id:
             request_key = k.request(spec.ref.tenant, spec.ref.project, spec.request_id)
@@ -208,7 +229,12 @@ class VmStore:
             existing, request_kvs = self._record_from(result.kvs(0)), result.kvs(1)
             if not request_kvs:
                 raise
-        return await self._existing(spec, existing, request_kvs, fingerprint)
+        try:
+            return await self._existing(spec, existing, request_kvs, fingerprint)
+        except Conflict:
+            if spec.disks:  # neither its name nor its request: a disk it takes
+                raise await self.disk_refusal(spec, disk_revisions or {}) from None
+            raise
 
     async def _existing(self, spec: VmSpec, existing: VmRecord | None,
                         request_kvs: list[KeyValue], fingerprint: bytes = b"") -> tuple[VmRecord, bool]:
@@ -232,6 +258,17 @@ class VmStore:
         if existing is not None:
             raise AlreadyExists(spec.ref.name)
         raise Conflict(f"create of {spec.ref.name} raced; retry")
+
+    async def disk_refusal(self, spec: VmSpec, revisions: Mapping[str, int]) -> StoreError:
+        """Why a create of ``spec`` could not take its disks (read now): NotFound,
+        DiskDeleting, DiskInUse, else DiskChanged (a disk changed since ``revisions``)."""
+        names = [DiskName(spec.ref.tenant, spec.ref.project, d.disk_id) for d in spec.disks]
+        views = await disks.DiskStore(self._etcd, self._keys).get_many(names)
+        for name, view in zip(names, views, strict=True):
+            refusal = disks.attach_refusal(view, name.name, spec.ref)
+            if refusal is not None:
+                return refusal
+        return disks.DiskChanged(f"a disk of {spec.ref.name} changed while it was created; retry")
 
     # --- read --------------------------------------------------------------------------
 
@@ -308,7 +345,9 @@ class VmStore:
 
     async def update_spec(self, ref: VmRef, change: Callable[[VmSpec], VmSpec], *, etag: str = "",
                           guard: Sequence = (), also: Sequence = (),
-                          check: Callable[[VmRecord], None] | None = None) -> SpecUpdate:
+                          check: Callable[[VmRecord], None] | None = None,
+                          exclusive: Sequence[bytes] = (), delta: Usage = _NO_USAGE,
+                          on_conflict: Callable[[], Awaitable[None]] | None = None) -> SpecUpdate:
         """Change a VM's desired state: the one path every change after create takes.
 
         ``check`` (optional) is called with the VM as read before each attempt: it
@@ -330,6 +369,13 @@ class VmStore:
         ``bindings.resize`` from the binding, allocation and registration read in one
         round trip, all in that same transaction.
 
+        What the change takes or gives besides the VM (AttachDisk's attachment, DeleteVm's
+        disks): ``guard`` compares, ``also`` puts, ``exclusive`` names it holds in a group
+        commit (keys it writes that another change may write too), ``delta`` the quota it
+        moves on top of the VM's own. ``on_conflict`` (optional) is awaited after an
+        attempt that failed its compares, before the next: it raises to stop (e.g. a
+        guarded key changed, so ``guard`` can never hold again).
+
         Raises NotFound; EtagMismatch (a Conflict) when ``etag`` does not match (and there
         is something to change); Conflict when the VM or a ``guard`` compare (the
         caller's own, e.g. a fence) keeps changing under it;
@@ -341,6 +387,7 @@ class VmStore:
         k = self._keys
         spec_key, prefix = k.vm_spec(ref), k.vm_prefix(ref)
         vm_range = ops.get(prefix, prefix_end(prefix))
+        extra_exclusive = tuple(exclusive)
         record = await self.get(ref)
         # The VM's binding, its host's allocation and registration as last read (a
         # resize needs all three; another change of a bound VM at most the binding).
@@ -361,7 +408,7 @@ class VmStore:
                 raise ValueError(f"a spec change may not change the identity or shard of {ref.name}")
             compares = [ops.mod_revision_is(spec_key, record.spec_revision), *guard]
             reads = [vm_range]
-            exclusive: tuple[bytes, ...] = (prefix,)
+            names: tuple[bytes, ...] = (prefix,)
             if record.status.state == VmState.PENDING:
                 queue_key = k.queue(was.shard, ref)
                 compares.append(ops.present(queue_key))
@@ -410,18 +457,21 @@ class VmStore:
                     writes = [ops.put(spec_key, spec.to_bytes()), *txn.writes]
                     reads += [ops.get(k.host_alloc(host)), ops.get(k.host_reg(host))]
                     # Two resizes on one host in one group commit would write its allocation twice.
-                    exclusive += (k.host_alloc(host),)
+                    names += (k.host_alloc(host),)
                 else:
                     compares.append(binding_compare)
                     writes = [ops.put(spec_key, spec.to_bytes()),
                               ops.put(binding_key, replace(placed, spec=spec).to_bytes())]
-            charge = Charge(held(spec) - held(was), compares, [*writes, *also], reads, exclusive=exclusive)
+            charge = Charge(held(spec) - held(was) + delta, compares, [*writes, *also], reads,
+                            exclusive=(*names, *extra_exclusive))
             try:
                 revision = await self._ledger.apply(ref.tenant, ref.project, charge)
             except GuardFailed as failed:
                 now = self._record_from(failed.kvs[0])
                 if now is None:
                     raise NotFound(ref.name) from None
+                if on_conflict is not None:
+                    await on_conflict()
                 record = now
                 binding_kv = failed.kvs[1][0] if len(failed.kvs) > 1 and failed.kvs[1] else None
                 if len(failed.kvs) > 3 and host_kvs is not None:
@@ -434,7 +484,9 @@ class VmStore:
         raise Conflict(f"the change of {ref.name} kept conflicting; retry")
 
     async def request_delete(self, ref: VmRef, *, etag: str = "", guard: Sequence = (),
-                             also: Sequence = ()) -> Deletion:
+                             also: Sequence = (), check: Callable[[VmRecord], None] | None = None,
+                             exclusive: Sequence[bytes] = (), delta: Usage = _NO_USAGE,
+                             on_conflict: Callable[[], Awaitable[None]] | None = None) -> Deletion:
         """Request deletion of a VM: its spec marked deleted through :meth:`update_spec`
         (quota released in the same transaction). A pending VM is removed at once
         (``removed``); a bound VM's agent destroys it, then removes it. Idempotent: a
@@ -442,7 +494,8 @@ class VmStore:
         Raises NotFound, or Conflict (see :meth:`update_spec`)."""
         at = now_ns()
         return await self.update_spec(ref, lambda spec: spec if spec.deleting else spec.marked_deleted(at),
-                                      etag=etag, guard=guard, also=also)
+                                      etag=etag, guard=guard, also=also, check=check, exclusive=exclusive,
+                                      delta=delta, on_conflict=on_conflict)
 
     # --- watch -------------------------------------------------------------------------
 

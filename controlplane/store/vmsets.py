@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
@@ -49,7 +49,7 @@ from controlplane.store.errors import (
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, QuotaExceeded, UsageLedger, txn_ops
 from controlplane.store.retention import RetentionLeases
-from controlplane.store.vms import VmRecord, create_ops, pending_status
+from controlplane.store.vms import VmRecord, VmStore, create_exclusive, create_ops, pending_status
 from controlplane.tenancy import Usage
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Member:
 
     spec: VmSpec
     bootstrap: BootstrapData | None = None
+    disk_revisions: Mapping[str, int] = field(default_factory=dict)  # its disks' records as read (create_ops)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +106,13 @@ def admission(keys: Keys, vm_set: VmSet, members: Sequence[Member], *, also: Seq
     prefixes: list[bytes] = []
     for member in members:
         spec = member.spec
-        c, w = create_ops(keys, spec, pending_status(spec))
+        c, w = create_ops(keys, spec, pending_status(spec), member.disk_revisions)
         compares += c
         writes += w
         if member.bootstrap is not None:
             writes.append(bootstrap.put_op(keys, spec.ref, member.bootstrap))
         delta = delta + Usage.of_vm(spec.resources)
-        prefixes.append(keys.vm_prefix(spec.ref))
+        prefixes += create_exclusive(keys, spec)
     ref = vm_set.ref
     set_key = keys.vm_set(ref.tenant, ref.project, ref.set_id)
     compares.append(ops.absent(set_key))
@@ -270,6 +271,12 @@ class VmSetStore:
         taken = await self._taken([m.spec.ref for m in members])
         if taken is not None:
             raise AlreadyExists(taken.name)
+        vms = VmStore(self._etcd, k, self._requests, self._ledger)
+        for member in members:
+            if member.spec.disks:
+                refusal = await vms.disk_refusal(member.spec, member.disk_revisions)
+                if not isinstance(refusal, Conflict):
+                    raise refusal
         raise Conflict(f"the admission of {ref.name} raced; retry")
 
     async def _retried(self, vm_set: VmSet, request_kv: KeyValue, fingerprint: bytes) -> Admission:

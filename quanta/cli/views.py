@@ -22,7 +22,7 @@ from controlplane.gen.quanta.v1 import (
 from quanta.cli.output import Column, Section, View, last_id, plural, short_name
 from quanta.outcomes import PlannedVms, VmPlacement, status_code
 
-_DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib")
+_DIMENSIONS = ("vms", "vcpus", "memory_mib", "disk_gib", "data_disks", "data_disk_gib")
 
 
 def age(ts: Timestamp, now_s: float | None = None) -> str:

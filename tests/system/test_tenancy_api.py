@@ -20,7 +20,7 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import tenancy_pb2, vm_pb2
+from controlplane.gen.quanta.v1 import disk_pb2, disk_pb2_grpc, tenancy_pb2, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
 from tests.conftest import Tally, describe_vms, wait_until
@@ -59,6 +59,7 @@ def world():
         for tenant, project, vm in (("acme", "web", "vm-a"), ("acme", "db", "vm-d"), ("globex", "app", "vm-g")):
             with w.as_("admin", tenant, project) as c:
                 c.create_vm(vm, flavor="small", image="ubuntu")
+                _create_disk(c, "disk-" + vm[-1])
         # Placed, so that stopping and restarting them is allowed (a pending VM is FAILED_PRECONDITION).
         for tenant, project, vm in (("acme", "web", "vm-a"), ("acme", "db", "vm-d"), ("globex", "app", "vm-g")):
             with w.as_("admin", tenant, project) as c:
@@ -86,6 +87,30 @@ VM_A = "tenants/acme/projects/web/vms/vm-a"
 def _vm_call(c: Client, method: str, request) -> object:
     """A VmService method by its raw stub (the SDK's verbs are another change's)."""
     return c._call(getattr(c._vms, method), request)
+
+
+def _disk_call(c: Client, method: str, request) -> object:
+    """A DiskService method by its raw stub (the SDK's disk verbs are another change's)."""
+    return c._call(getattr(disk_pb2_grpc.DiskServiceStub(c._channel), method), request)
+
+
+def _create_disk(c: Client, disk_id: str, size_gib: int = 1) -> disk_pb2.Disk:
+    return _disk_call(c, "CreateDisk", disk_pb2.CreateDiskRequest(
+        parent=f"tenants/{c.tenant}/projects/{c.project}", disk_id=disk_id, disk=disk_pb2.Disk(size_gib=size_gib)))
+
+
+def _list_disks(c: Client, parent: str) -> list[str]:
+    return [d.name for d in _disk_call(c, "ListDisks", disk_pb2.ListDisksRequest(parent=parent)).disks]
+
+
+def _delete_fresh_disk(w: World, c: Client) -> None:
+    disk_id = _fresh()
+    with w.as_("admin", "acme", "web") as admin:
+        _create_disk(admin, disk_id)
+    _disk_call(c, "DeleteDisk", disk_pb2.DeleteDiskRequest(name=f"tenants/acme/projects/web/disks/{disk_id}"))
+
+
+DISK_A, DISK_G = "tenants/acme/projects/web/disks/disk-a", "tenants/globex/projects/app/disks/disk-g"
 
 
 def _delete_fresh_vm(w: World, c: Client) -> None:
@@ -180,6 +205,23 @@ MATRIX: dict[str, tuple[Callable[[World, Client], object], tuple[str, ...]]] = {
     "list acme flavors": (lambda w, c: c.list_flavors(tenant="acme"), (OK, OK, OK, OK, OK, NF)),
     "list images": (lambda w, c: c.list_images(), (OK, OK, OK, OK, OK, OK)),
     "delete project acme/db": (lambda w, c: c.delete_project("db", tenant="acme"), (FP, FP, NF, PD, NF, NF)),
+    # Issue 14's disks: managed by project members, read by viewers, like VMs.
+    "get disk acme/web": (lambda w, c: _disk_call(c, "GetDisk", disk_pb2.GetDiskRequest(name=DISK_A)),
+                          (OK, OK, OK, OK, OK, NF)),
+    "get disk globex/app": (lambda w, c: _disk_call(c, "GetDisk", disk_pb2.GetDiskRequest(name=DISK_G)),
+                            (OK, NF, NF, NF, NF, OK)),
+    "list disks acme/web": (lambda w, c: _list_disks(c, "tenants/acme/projects/web"), (OK, OK, OK, OK, OK, NF)),
+    "list disks acme/db": (lambda w, c: _list_disks(c, "tenants/acme/projects/db"), (OK, OK, NF, OK, NF, NF)),
+    "list disks globex/app": (lambda w, c: _list_disks(c, "tenants/globex/projects/app"), (OK, NF, NF, NF, NF, OK)),
+    "create disk acme/web": (lambda w, c: _create_disk(c, _fresh()), (OK, OK, OK, PD, PD, NF)),
+    "update disk acme/web": (lambda w, c: _disk_call(c, "UpdateDisk", disk_pb2.UpdateDiskRequest(
+        disk=disk_pb2.Disk(name=DISK_A, description="touched"),
+        update_mask=field_mask_pb2.FieldMask(paths=["description"]))), (OK, OK, OK, PD, PD, NF)),
+    "delete disk acme/web": (_delete_fresh_disk, (OK, OK, OK, PD, PD, NF)),
+    "detach disk acme/web": (lambda w, c: _vm_call(c, "DetachDisk", vm_pb2.DetachDiskRequest(name=VM_A, disk="disk-a")),
+                             (FP, FP, FP, PD, PD, NF)),  # allowed, and not attached
+    "attach disk globex/app": (lambda w, c: _vm_call(c, "AttachDisk", vm_pb2.AttachDiskRequest(
+        name="tenants/globex/projects/app/vms/vm-g", disk="no-such")), (NF, NF, NF, NF, NF, NF)),
 }
 
 
@@ -214,6 +256,21 @@ def test_not_found_for_another_tenant_looks_like_absence(world: World) -> None:
                 err = pytest.raises(ApiError, _vm_call, spy, method, request).value
                 assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.NOT_FOUND, "VM_NOT_FOUND",
                                                                 {"kind": "vm", "name": name}), (method, name)
+    # So do disks: acme's real one and one that does not exist, by every disk method.
+    with world.as_("globex_admin", "acme", "web") as spy:
+        for name in (DISK_A, "tenants/acme/projects/web/disks/no-such"):
+            for method, request in (("GetDisk", disk_pb2.GetDiskRequest(name=name)),
+                                    ("DeleteDisk", disk_pb2.DeleteDiskRequest(name=name)),
+                                    ("UpdateDisk", disk_pb2.UpdateDiskRequest(
+                                        disk=disk_pb2.Disk(name=name, description="x"),
+                                        update_mask=field_mask_pb2.FieldMask(paths=["description"])))):
+                err = pytest.raises(ApiError, _disk_call, spy, method, request).value
+                assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.NOT_FOUND, "DISK_NOT_FOUND",
+                                                                {"kind": "disk", "name": name}), (method, name)
+            # Attaching acme's disk to globex's VM: disks attach within the VM's project only.
+            err = pytest.raises(ApiError, _vm_call, spy, "AttachDisk", vm_pb2.AttachDiskRequest(
+                name="tenants/globex/projects/app/vms/vm-g", disk=name)).value
+            assert err.code == grpc.StatusCode.INVALID_ARGUMENT and "acme" not in err.message.split("is not")[1]
     # And GetVmSet on acme's real set and on one that does not exist.
     with world.as_("admin", "acme", "web") as admin:
         real_set = _create_vms(admin, vm_pb2.CreateVmsRequest.ALL_OR_NOTHING).set.name
@@ -237,6 +294,9 @@ def test_lists_contain_only_what_the_caller_may_see(world: World) -> None:
         assert {"tenants/acme/projects/web", "tenants/acme/projects/db"} <= {p.name for p in viewer.list_projects()}
         assert [q.name for q in member.list_quotas()] == ["tenants/acme/projects/web/quota"]
         assert all(vm.name.startswith("tenants/acme/projects/web/") for vm in member.list_vms())
+        assert DISK_A in _list_disks(member, "tenants/acme/projects/web")
+        assert all(name.startswith("tenants/acme/projects/web/") for name in
+                   _list_disks(member, "tenants/acme/projects/web"))
     with world.as_("acme_admin") as acme:
         records = acme.list_audit(tenant="acme")
     assert records and all(r.resource.split("/")[:2] == ["tenants", "acme"] or r.resource == "tokens"
@@ -295,6 +355,32 @@ def test_quota_holds_under_concurrent_creates_across_frontends(world: World) -> 
     after = _frontend_creates(world.system)
     served = [name for name in after if after[name] > before.get(name, 0)]
     assert len(served) >= 2, f"the creates reached only {served}"
+
+
+def test_disk_quota_holds_under_concurrent_creates_across_frontends(world: World) -> None:
+    """5 disks at once over 3 frontends against data_disks 2: exactly 2 made."""
+    with world.as_("admin", "acme") as admin:
+        admin.create_project("disk-race", tenant="acme", quota={"vms": 0, "data_disks": 2, "data_disk_gib": 100})
+    clients = [world.as_("acme_admin", "acme", "disk-race", own_connection=True) for _ in range(5)]
+    try:
+        def create(i: int) -> str:
+            try:
+                _create_disk(clients[i], f"d-{i}", 10)
+                return "OK"
+            except ApiError as err:
+                return f"{err.code.name}:{err.reason}"
+
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            results = Counter(pool.map(create, range(5)))
+    finally:
+        for client in clients:
+            client.close()
+    assert results == {"OK": 2, "RESOURCE_EXHAUSTED:QUOTA_EXCEEDED": 3}
+    with world.as_("acme_admin", "acme", "disk-race") as c:
+        assert len(_list_disks(c, "tenants/acme/projects/disk-race")) == 2
+        quota = c.get_quota("tenants/acme/projects/disk-race/quota")
+    assert (quota.usage.data_disks, quota.usage.data_disk_gib, quota.limits.data_disks) == (2, 20, 2)
+    assert quota.usage.vms == 0  # disks charge no VM dimension
 
 
 def test_deleting_releases_quota_at_once(world: World) -> None:

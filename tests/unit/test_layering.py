@@ -43,6 +43,7 @@ FRONTEND = ("controlplane.api", "controlplane.auth", "controlplane.frontend")
 #: The shared foundations, as files and folders of controlplane/.
 FOUNDATIONS = ("controlplane/etcd", "controlplane/store", "controlplane/models.py", "controlplane/workqueue.py",
                "controlplane/logcontext.py", "controlplane/process.py", "controlplane/tenancy.py",
+               "controlplane/disks.py",
                "controlplane/placement")
 
 #: Deprecated re-exports of what moved to quanta, kept for one release.

@@ -149,7 +149,7 @@ def test_fleet_view_counts_live_holds_and_zone_counts() -> None:
 
 def test_headroom_is_limits_minus_usage_unlimited_as_int64_max() -> None:
     limits = Limits(vms=10, vcpus=8, memory_mib=None, disk_gib=100)
-    assert limits.headroom(Usage(3, 10, 4096, 50)) == Usage(7, -2, UNLIMITED, 50)
+    assert limits.headroom(Usage(3, 10, 4096, 50)) == Usage(7, -2, UNLIMITED, 50, UNLIMITED, UNLIMITED)
     assert UNLIMITED == 2**63 - 1
 
 
