@@ -37,7 +37,7 @@ from agents.drivers.factory import (
 from agents.drivers.protocol import HostCapacity
 from agents.reconciler import DEFAULT_BOOTSTRAP_CLEAR_AFTER_S
 from agents.service import AgentConfig, run_agent
-from controlplane.models import Overcommit
+from controlplane.models import DEFAULT_DATASTORE_CLASS, Overcommit
 from controlplane.process import add_common_args, run_process
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--network", default=DEFAULT_NETWORK,
                         help="sim: CIDR the simulated guests' addresses come from (the lowest free one)")
     parser.add_argument("--network-name", default=DEFAULT_NETWORK_NAME, help="sim: name of that network")
+    parser.add_argument("--networks", default=None,
+                        help="sim: comma-separated network backings (port groups) every host reaches "
+                             "(default: the --network-name)")
+    parser.add_argument("--datastore-classes", default=DEFAULT_DATASTORE_CLASS,
+                        help="sim: comma-separated datastore classes every host reaches "
+                             "(labels datastore.quanta.io/CLASS=true)")
+    parser.add_argument("--sim-datastore-dir", default=None,
+                        help="sim: directory of the simulated shared datastore (persistent disks); give every "
+                             "sim agent of a system the same one (default: STATE_DIR/datastore)")
     parser.add_argument("--silent-images", default="",
                         help="sim: comma-separated images whose guests never report that they bootstrapped")
     parser.add_argument("--bootstrap-clear-after", type=_seconds, default=DEFAULT_BOOTSTRAP_CLEAR_AFTER_S,
@@ -178,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM/SIGINT, seconds that in-flight host operations get to finish "
                              "(a second signal stops at once)")
     return parser
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list, each name stripped, empty ones dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         zones=tuple(z.strip() for z in args.zones.split(",") if z.strip()),
         network=args.network, network_name=args.network_name,
         silent_images=tuple(i.strip() for i in args.silent_images.split(",") if i.strip()),
+        networks=_names(args.networks) if args.networks is not None else None,
+        datastore_classes=_names(args.datastore_classes), datastore_dir=args.sim_datastore_dir,
     )
     try:
         _hypervisor, drivers = build_sim_drivers(sim)

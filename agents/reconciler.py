@@ -55,14 +55,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from agents import metrics
+from agents.disks import DiskKeeper
 from agents.drivers.protocol import (
     BootstrapFormat as DriverBootstrapFormat,
 )
 from agents.drivers.protocol import (
     BootstrapPayload,
+    DiskRequest,
     DriverError,
     GuestUnavailable,
     HostDriver,
+    NicRequest,
     OperationFailed,
     PowerCycleRequired,
     PowerState,
@@ -81,6 +84,8 @@ from controlplane.models import (
     BootstrapFormat,
     BootstrapState,
     Condition,
+    DiskRef,
+    Nic,
     Power,
     PowerOffMode,
     PowerPolicy,
@@ -170,6 +175,17 @@ def _payload(data: BootstrapData) -> BootstrapPayload:
     return BootstrapPayload(fmt, data.user_data, data.metadata)
 
 
+def nic_request(nic: Nic) -> NicRequest:
+    """What the host needs of a NIC of the spec: its backing, and a static address."""
+    if not nic.static:
+        return NicRequest(nic.backing)
+    return NicRequest(nic.backing, nic.ip, nic.prefix_length, nic.gateway, nic.dns_servers)
+
+
+def disk_request(disk: DiskRef) -> DiskRequest:
+    return DiskRequest(disk.uid, disk.size_gib, disk.datastore_class)
+
+
 def _disk_growth(spec: VmSpec, info: VmInfo) -> int | None:
     """The size to grow the VM's root disk to (the binding's), or None: only when a
     resize grew the disk, i.e. the binding asks for more than the VM has (as its driver
@@ -190,7 +206,7 @@ class Reconciler:
                  *, per_host_concurrency: int = 8, orphans: OrphanKeeper | None = None,
                  store: AgentStore | None = None, audit: AuditLog | None = None, agent: str = "agent",
                  requeue_after: Callable[[Key, float], None] | None = None,
-                 bootstrap_clear_after_s: float = DEFAULT_BOOTSTRAP_CLEAR_AFTER_S):
+                 bootstrap_clear_after_s: float = DEFAULT_BOOTSTRAP_CLEAR_AFTER_S, disks: DiskKeeper | None = None):
         self._drivers = drivers
         #: Decides the fate of a VM whose binding went without a deletion (None: keep it).
         self._orphans = orphans
@@ -202,8 +218,11 @@ class Reconciler:
         self._agent = agent
         self._requeue_after = requeue_after
         self._clear_after_s = bootstrap_clear_after_s
+        #: Which attachments of a VM are being detached (None: none ever are).
+        self._disks = disks
         self.desired: dict[Key, BoundVm] = {}
         self._by_uid: dict[tuple[str, str], Key] = {}  # (host, uid) -> key, of ``desired``
+        self._by_vm_uid: dict[str, Key] = {}  # uid -> key, of ``desired``
         #: VMs whose binding went away without a deletion (moved to another host):
         #: the next reconcile of their key hands them to the OrphanKeeper, which
         #: destroys them by their tombstone (or quarantines them without one).
@@ -225,13 +244,20 @@ class Reconciler:
         driver's ``watch``)."""
         return self._by_uid.get((host, uid))
 
+    def key_of_uid(self, uid: str) -> Key | None:
+        """The key of the VM ``uid`` bound to some host of this agent, if any."""
+        return self._by_vm_uid.get(uid)
+
     def set_desired(self, key: Key, vm: BoundVm) -> None:
         """The binding of ``key`` is now ``vm``."""
         old = self.desired.get(key)
         self.desired[key] = vm
         if old is not None and old.binding.spec.uid != vm.binding.spec.uid:
             self._by_uid.pop((key[0], old.binding.spec.uid), None)
+            if self._by_vm_uid.get(old.binding.spec.uid) == key:
+                del self._by_vm_uid[old.binding.spec.uid]
         self._by_uid[(key[0], vm.binding.spec.uid)] = key
+        self._by_vm_uid[vm.binding.spec.uid] = key
 
     def unbind(self, key: Key) -> None:
         """The binding of ``key`` is gone. Unless it went because its VM was deleted
@@ -240,6 +266,8 @@ class Reconciler:
         vm = self.desired.pop(key, None)
         if vm is not None:
             self._by_uid.pop((key[0], vm.binding.spec.uid), None)
+            if self._by_vm_uid.get(vm.binding.spec.uid) == key:
+                del self._by_vm_uid[vm.binding.spec.uid]
         if vm is not None and not (vm.binding.deleting or vm.binding.evicting):
             self.unbound[key] = vm.binding.spec.uid
 
@@ -426,6 +454,7 @@ class Reconciler:
             applied = self.applied[key] = await self._recall(key, vm, info)
         if info is None:
             info = await self._create(key, vm, driver, applied)
+        info = await self._sync_disks(vm, driver, info)
         # A restart asked for and not applied: a power cycle, on record before the VM
         # goes off (with the restarts it applies: never begun twice).
         if spec.restarts > applied.restarts:
@@ -501,12 +530,41 @@ class Reconciler:
         info = await _timed("create", driver.create_vm(VmRequest(
             vm_uid=spec.uid, name=spec.ref.name, image=spec.image, vcpus=spec.resources.vcpus,
             memory_mib=spec.resources.memory_mib, disk_gib=spec.resources.disk_gib, record=spec_record(spec),
-            bootstrap=payload)))
+            bootstrap=payload, nics=tuple(nic_request(nic) for nic in spec.nics),
+            disks=tuple(disk_request(disk) for disk in spec.disks))))
         if payload is not None:
             applied.bootstrap = BootstrapState.DELIVERED
         # A new VM: requests made before it existed are moot.
         applied.power_time_ns, applied.restarts, applied.started = spec.power_time_ns, spec.restarts, False
         return info
+
+    async def _sync_disks(self, vm: BoundVm, driver: HostDriver, info: VmInfo) -> VmInfo:
+        """Make the VM's persistent disks the spec's: detach those it has that the spec
+        no longer lists (data kept), attach those it lacks; then delete the attachment
+        keys marked detaching for this VM whose disks the spec no longer lists (the
+        host let go of them: none but the spec's is attached now). Raises DriverError
+        (a disk another VM still holds: transient), so the VM counts as reconciling
+        (its binding revision not observed) until its disks match."""
+        spec = vm.binding.spec
+        wanted = {disk.uid for disk in spec.disks}
+        changed = False
+        for uid in info.disks:
+            if uid not in wanted:
+                await _timed("detach_disk", driver.detach_disk(spec.uid, uid))
+                log.info("disk detached", extra={"disk_uid": uid})
+                changed = True
+        for disk in spec.disks:
+            if disk.uid not in info.disks:
+                await _timed("attach_disk", driver.attach_disk(spec.uid, disk_request(disk)))
+                log.info("disk attached", extra={"disk": disk.disk_id, "disk_uid": disk.uid})
+                changed = True
+        if self._disks is not None:
+            listed = {disk.disk_id for disk in spec.disks}
+            for attachment in self._disks.detaching_of(spec.uid):
+                if (attachment.tenant, attachment.project) == (spec.ref.tenant, spec.ref.project) \
+                        and attachment.disk_id not in listed:
+                    await self._disks.detach_done(attachment)
+        return await self._get(driver, spec.uid) if changed else info
 
     async def _on(self, driver: HostDriver, spec: VmSpec, applied: Applied) -> None:
         await _timed("power_on", driver.power_on(spec.uid))

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agents import metrics
+from agents.disks import DiskKeeper
 from agents.drivers.protocol import DriverError, HostDriver
 from agents.orphans import OrphanKeeper
 from agents.reconciler import DEFAULT_BOOTSTRAP_CLEAR_AFTER_S, Key, Reconciler
@@ -38,6 +39,7 @@ from controlplane import cooperative
 from controlplane.etcd import Compacted, EtcdClient, EtcdError, Lease, LeaseLost
 from controlplane.etcd.outages import ride_out
 from controlplane.models import NO_OVERCOMMIT, HostRegistration, Overcommit, Resources, now_ns
+from controlplane.store.agentdisks import AgentDiskStore
 from controlplane.store.audit import AuditLog
 from controlplane.store.hostagent import AgentStore
 from controlplane.store.keys import Keys
@@ -78,11 +80,15 @@ class Agent:
         self.statuses = StatusWriter(self._store)
         self.remover = Remover(self._store)
         self.orphans = OrphanKeeper(drivers, OrphanStore(client, self._keys), agent=config.name)
+        #: Each host's labels as registered (which datastore classes it reaches).
+        self._host_labels: dict[str, dict[str, str]] = {}
+        self.disks = DiskKeeper(AgentDiskStore(client, self._keys), drivers, self._host_labels,
+                                self._detaching, resync_s=config.resync_s)
         self.reconciler = Reconciler(drivers, self.statuses, self.remover,
                                      per_host_concurrency=config.per_host_concurrency, orphans=self.orphans,
                                      store=self._store, audit=AuditLog(client, self._keys), agent=config.name,
                                      requeue_after=self._queue.add_after,
-                                     bootstrap_clear_after_s=config.bootstrap_clear_after_s)
+                                     bootstrap_clear_after_s=config.bootstrap_clear_after_s, disks=self.disks)
         self._stopping = asyncio.Event()
 
     @property
@@ -108,9 +114,11 @@ class Agent:
                     writers = [group.create_task(self.statuses.run()), group.create_task(self.remover.run())]
                     sync = group.create_task(ride_out(self._sync_bindings, "bindings"))
                     decisions = group.create_task(self.orphans.watch())
+                    disks = group.create_task(self.disks.run())
                     workers = [group.create_task(self._worker()) for _ in range(self.config.workers)]
                     await self._stopping.wait()
                     decisions.cancel()
+                    disks.cancel()
                     await self._drain(sync, workers, writers)
                     lease_watch.cancel()
             finally:
@@ -143,12 +151,19 @@ class Agent:
         registrations = []
         for host in self._hosts:
             cap = await self._drivers[host].capacity()
+            self._host_labels[host] = dict(cap.labels)
             registrations.append(HostRegistration(
                 host=host, driver=self.config.driver, capacity=Resources(cap.vcpus, cap.memory_mib, cap.disk_gib),
                 labels=dict(cap.labels), agent=self.config.name, register_time_ns=now_ns(),
-                overcommit=self.config.overcommit))
+                overcommit=self.config.overcommit, networks=frozenset(cap.networks)))
         await self._store.register(registrations, lease.id)
         log.info("hosts registered", extra={"hosts": len(registrations), "lease": f"{lease.id:x}"})
+
+    def _detaching(self, uid: str) -> None:
+        """An attachment of the VM ``uid`` is marked detaching: reconcile it, if it is ours."""
+        key = self.reconciler.key_of_uid(uid)
+        if key is not None:
+            self._queue.add(key)
 
     def _vm_changed(self, host: str, uid: str) -> None:
         """A driver's watch: something changed on the VM (a guest-side event)."""

@@ -94,6 +94,11 @@ def _serving(endpoint: str) -> bool:
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+#: The network backings every simulated host reaches (``--networks``): the sim's own
+#: network and two for an installer's control plane and workers (examples/cluster.py).
+SIM_NETWORKS = ("VM Network", "cp", "workers")
+
+
 def sim_network(agent: int) -> str:
     """The address range sim agent process ``agent`` hands its guests: a /16 of 10.0.0.0/8
     each (10.80.0.0/16 for the first), so that the agents of one system never hand out
@@ -232,6 +237,11 @@ class LocalSystem:
                 raise TimeoutError(f"{name} did not serve within 60 s; log in {process.log_path}")
             time.sleep(0.1)
 
+    @property
+    def sim_datastore_dir(self) -> pathlib.Path:
+        """The simulated shared datastore of every sim agent (persistent disks)."""
+        return self.data_dir / "sim-datastore"
+
     def sim_state_dir(self, agent: int = 0) -> pathlib.Path:
         """Where sim agent ``agent`` keeps its simulated hosts' journal."""
         return self.data_dir / (f"sim{agent}" if agent else "sim")
@@ -266,7 +276,9 @@ class LocalSystem:
                         "--host-vcpus", str(self.host_vcpus), "--host-memory-mib", str(self.host_memory_mib),
                         "--fault-rate", str(self.fault_rate),
                         # One network, a range of it per agent process: no two VMs share an address.
-                        "--network", sim_network(i),
+                        "--network", sim_network(i), "--networks", ",".join(SIM_NETWORKS),
+                        # One datastore for all: a VM's disk follows it to another agent's host.
+                        "--sim-datastore-dir", str(self.sim_datastore_dir),
                         *(("--zones", ",".join(self.zones)) if self.zones else ()), *self.sim_agent_args,
                     ])
             for process in self.processes.values():

@@ -39,15 +39,16 @@ log = logging.getLogger(__name__)
 
 def _may_fit_more(before: HostSnapshot, after: HostSnapshot) -> bool:
     """Whether a VM that did not fit ``before`` may fit ``after``: the host became
-    ready or left maintenance, freed resources, changed labels (node selectors, zones)
-    or allocatable capacity, or its set of groups changed (anti-affinity leaves,
-    affinity arrives)."""
+    ready or left maintenance, freed resources, changed labels (node selectors, zones,
+    datastore classes), networks or allocatable capacity, or its set of groups changed
+    (anti-affinity leaves, affinity arrives)."""
     return (not before.ready and after.ready or before.maintenance and not after.maintenance
             or after.groups.keys() != before.groups.keys()
             or after.allocated.vcpus < before.allocated.vcpus
             or after.allocated.memory_mib < before.allocated.memory_mib
             or after.allocated.disk_gib < before.allocated.disk_gib
-            or after.labels != before.labels or after.allocatable != before.allocatable)
+            or after.labels != before.labels or after.allocatable != before.allocatable
+            or after.networks != before.networks)
 
 
 class HostSync:

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 
 from agents.drivers.protocol import HostCapacity, HostDriver
 from agents.drivers.sim import DEFAULT_NETWORK, DEFAULT_NETWORK_NAME, SimHypervisor, SimLatency
-from controlplane.models import IMAGE_LABEL_PREFIX, NO_OVERCOMMIT, ZONE_LABEL, Overcommit
+from agents.drivers.sim_datastore import SimDatastore
+from controlplane.models import (
+    DEFAULT_DATASTORE_CLASS,
+    IMAGE_LABEL_PREFIX,
+    NO_OVERCOMMIT,
+    ZONE_LABEL,
+    Overcommit,
+    datastore_label,
+)
 
 if TYPE_CHECKING:
     from agents.drivers.esxi import EsxiConfig
@@ -39,6 +47,13 @@ class SimConfig:
     network_name: str = DEFAULT_NETWORK_NAME
     silent_images: tuple[str, ...] = ()
     """Images whose guests cannot report that they bootstrapped."""
+    networks: tuple[str, ...] | None = None
+    """The network backings (port groups) every host reaches; None: ``network_name``."""
+    datastore_classes: tuple[str, ...] = (DEFAULT_DATASTORE_CLASS,)
+    """The datastore classes every host reaches (label ``datastore.quanta.io/{class}``)."""
+    datastore_dir: str | None = None
+    """The sim datastore (persistent disks) shared by the sim agents of one system;
+    None: ``<state_dir>/datastore`` (in memory without a state_dir)."""
 
 
 LATENCY_MODELS = ("zero", "realistic")
@@ -73,9 +88,11 @@ def sim_host_ids(config: SimConfig) -> list[str]:
 
 
 def build_sim_drivers(config: SimConfig) -> tuple[SimHypervisor, dict[str, HostDriver]]:
+    datastore = SimDatastore(config.datastore_dir) if config.datastore_dir else None
     hypervisor = SimHypervisor(config.state_dir, latency=config.latency, seed=config.seed,
                                fault_rate=config.fault_rate, images=config.images, network=config.network,
-                               network_name=config.network_name, silent_images=config.silent_images)
+                               network_name=config.network_name, silent_images=config.silent_images,
+                               datastore=datastore)
     drivers: dict[str, HostDriver] = {
         host: hypervisor.add_host(host, sim_host_capacity(config, config.first_index + i), config.overcommit)
         for i, host in enumerate(sim_host_ids(config))
@@ -84,15 +101,20 @@ def build_sim_drivers(config: SimConfig) -> tuple[SimHypervisor, dict[str, HostD
 
 
 def sim_host_capacity(config: SimConfig, index: int) -> HostCapacity:
-    """The capacity and labels of sim host number ``index``: its zone and images."""
+    """The capacity, labels and networks of sim host number ``index``: its zone, images,
+    datastore classes and network backings."""
     labels = dict(config.capacity.labels)
     if config.zones:
         labels[ZONE_LABEL] = config.zones[index % len(config.zones)]
     for image in config.images or ():
         labels[IMAGE_LABEL_PREFIX + image] = "true"
-    if labels == config.capacity.labels:
+    for datastore_class in config.datastore_classes:
+        labels[datastore_label(datastore_class)] = "true"
+    networks = frozenset((config.network_name,) if config.networks is None else config.networks)
+    if labels == config.capacity.labels and networks == config.capacity.networks:
         return config.capacity
-    return HostCapacity(config.capacity.vcpus, config.capacity.memory_mib, config.capacity.disk_gib, labels)
+    return HostCapacity(config.capacity.vcpus, config.capacity.memory_mib, config.capacity.disk_gib, labels,
+                        networks)
 
 
 def esxi_config(**settings) -> EsxiConfig:

@@ -18,12 +18,19 @@ it. It models what the control plane must cope with:
   :class:`SimHypervisor` on that directory, so a restarted agent finds its VMs;
 - a guest per VM: powered on, it boots (``SimLatency.boot``), reads its bootstrap
   data and reports that it bootstrapped (unless its image is one of
-  ``silent_images``), and gets an address on the hypervisor's network (the lowest
-  free one; no two VMs that exist share one; held until the VM is destroyed) and a
-  MAC derived from its uid. It shuts down when asked (``SimLatency.shutdown``).
+  ``silent_images``), and gets an address per NIC: a static NIC's own, else the
+  lowest free one of its backing's pool (the hypervisor's network for the default
+  NIC and the NICs on its ``network_name``; a pool per other backing; no two VMs
+  that exist share one; held until the VM is destroyed) and a MAC derived from its
+  uid and the NIC's index. It shuts down when asked (``SimLatency.shutdown``).
   Guest-side changes are told through :meth:`SimHost.watch`. Test hooks:
   :meth:`SimHost.stop_outside` (a stop by someone outside Quanta) and
   :meth:`SimHost.ignore_shutdown` (a guest deaf to shutdown requests).
+
+- NICs (``VmRequest.nics``; none: one on ``network_name``) and persistent disks:
+  disks live in a :class:`~agents.drivers.sim_datastore.SimDatastore` that all sim
+  hosts of a system share (a directory), reached by hosts labelled
+  ``datastore.quanta.io/{class}``; attach, detach and delete are journaled.
 
 Bootstrap data is secret: it lives in memory only (journal records carry its size
 and SHA-256, never its bytes) and is blanked by :meth:`SimHost.clear_bootstrap`.
@@ -43,7 +50,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -56,6 +63,7 @@ from agents.drivers.protocol import (
     GuestUnavailable,
     HostCapacity,
     ImageNotFound,
+    NicRequest,
     OperationFailed,
     PowerCycleRequired,
     PowerState,
@@ -63,14 +71,15 @@ from agents.drivers.protocol import (
     VmNotFound,
     VmRequest,
 )
-from controlplane.models import NO_OVERCOMMIT, Overcommit, Resources
+from agents.drivers.sim_datastore import SimDatastore
+from controlplane.models import NO_OVERCOMMIT, Overcommit, Resources, datastore_label
 
 JOURNAL_NAME = "journal.jsonl"
 
 # Operations that fault injection can target; the mutating ones also take latency and
 # random faults.
 OPS = frozenset({"capacity", "list_vms", "get_vm", "create", "power_on", "power_off", "reconfigure", "destroy",
-                 "shutdown_guest", "clear_bootstrap"})
+                 "shutdown_guest", "clear_bootstrap", "attach_disk", "detach_disk", "delete_disk"})
 _MUTATING = ("create", "power_on", "power_off", "reconfigure", "destroy")
 #: Journaled as they are; the bootstrap payload never is (only its size and SHA-256).
 _REQUEST_FIELDS = tuple(f.name for f in fields(VmRequest) if f.name != "bootstrap")
@@ -109,14 +118,17 @@ class SimLatency:
 class _Vm:
     """A VM and its guest. ``info`` is rebuilt by :meth:`refresh` after every change."""
 
-    __slots__ = ("request", "info", "power", "booted", "ip", "payload", "bootstrap_present", "bootstrapped",
-                 "shutting_down", "deaf", "timer")
+    __slots__ = ("request", "info", "power", "booted", "ips", "disks", "payload", "bootstrap_present",
+                 "bootstrapped", "shutting_down", "deaf", "timer")
 
-    def __init__(self, request: VmRequest, power: PowerState = PowerState.OFF):
+    def __init__(self, request: VmRequest, power: PowerState = PowerState.OFF, network: str = ""):
         self.request = request
         self.power = power
         self.booted = False  # the guest is up (only while powered on)
-        self.ip = ""  # held from the first boot until the VM is destroyed
+        #: Per NIC: the address its backing's pool gave it ("" for a static NIC, or none
+        #: yet), held from the first boot until the VM is destroyed.
+        self.ips: list[str] = [""] * len(nics_of(request, network))
+        self.disks: list[str] = []  # uids of the persistent disks attached, in order
         self.payload: BootstrapPayload | None = request.bootstrap  # in memory only
         self.bootstrap_present = request.bootstrap is not None
         self.bootstrapped = False  # the guest reported it (kept, as guestinfo keys are)
@@ -124,15 +136,27 @@ class _Vm:
         self.deaf = False  # test hook: the guest ignores shutdown requests
         self.timer: asyncio.Task | None = None  # a boot or shutdown in progress
         self.info = VmInfo(request.vm_uid, power, request.name, request.record)
-        self.refresh("")
+        self.refresh(network)
+
+    def addresses(self, network: str) -> list[tuple[NicRequest, str]]:
+        """(NIC, its address or "") of each NIC, in order."""
+        return [(nic, nic.ip or self.ips[i]) for i, nic in enumerate(nics_of(self.request, network))]
+
+    def needs_address(self, network: str) -> bool:
+        """Some DHCP NIC has no address from its pool yet."""
+        return any(not ip for _, ip in self.addresses(network))
 
     def refresh(self, network: str) -> None:
         r = self.request
-        up = self.power is PowerState.ON and self.booted and self.ip
-        addresses = (Address(self.ip, _mac(r.vm_uid), network, 6 if ":" in self.ip else 4),) if up else ()
+        nics = self.addresses(network)
+        addresses: tuple[Address, ...] = ()
+        if self.power is PowerState.ON and self.booted:
+            addresses = tuple(Address(ip, _mac(r.vm_uid, i), nic.backing, 6 if ":" in ip else 4)
+                              for i, (nic, ip) in enumerate(nics) if ip)
         self.info = VmInfo(r.vm_uid, self.power, r.name, r.record, vcpus=r.vcpus, memory_mib=r.memory_mib,
                            disk_gib=r.disk_gib, addresses=addresses, bootstrapped=self.bootstrapped,
-                           bootstrap_present=self.bootstrap_present)
+                           bootstrap_present=self.bootstrap_present,
+                           networks=tuple(nic.backing for nic, _ in nics), disks=tuple(self.disks))
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -140,9 +164,15 @@ class _Vm:
             self.timer = None
 
 
-def _mac(uid: str) -> str:
-    """A MAC in VMware's static range (00:50:56:00:00:00-3f:ff:ff), derived from the uid."""
-    d = hashlib.sha256(uid.encode()).digest()
+def nics_of(request: VmRequest, network: str) -> tuple[NicRequest, ...]:
+    """The VM's NICs: the request's, or one DHCP NIC on the hypervisor's ``network``."""
+    return request.nics or (NicRequest(network),)
+
+
+def _mac(uid: str, index: int = 0) -> str:
+    """A MAC in VMware's static range (00:50:56:00:00:00-3f:ff:ff), derived from the uid
+    (and, past the first NIC, its index)."""
+    d = hashlib.sha256(uid.encode() if index == 0 else f"{uid}/{index}".encode()).digest()
     return f"00:50:56:{d[0] & 0x3F:02x}:{d[1]:02x}:{d[2]:02x}"
 
 
@@ -199,6 +229,17 @@ class AddressPool:
         return len(self._taken)
 
 
+def backing_cidr(backing: str, network: str = DEFAULT_NETWORK) -> str:
+    """The subnet a backing other than the hypervisor's own ``network`` hands DHCP
+    addresses from: a /24 of 100.64.0.0/10 whose third octet is ``network``'s second
+    (so sim agent processes given distinct networks, as LocalSystem's are, never hand
+    out one address twice) and whose second derives from the backing's name (two
+    backings may share one, as two VLANs may reuse a range)."""
+    d = hashlib.sha256(backing.encode()).digest()
+    octet = ipaddress.ip_network(network).network_address.packed[1]
+    return f"100.{64 + d[0] % 64}.{octet}.0/24"
+
+
 class _Fault:
     __slots__ = ("error", "remaining", "after_effect")
 
@@ -247,6 +288,8 @@ class SimHypervisor:
     ``images``: the image names every host has (None: any name is an image).
     ``network`` (a CIDR) and ``network_name``: where the guests' addresses come from;
     ``silent_images``: images whose guests cannot report that they bootstrapped.
+    ``datastore``: where persistent disks live (share one between the hypervisors of
+    a system; default: ``<state_dir>/datastore``, or memory without a state_dir).
 
     With ``state_dir``, construction replays the journal there; VMs of a host come
     back when that host is added again with :meth:`add_host`. Not thread-safe: use
@@ -265,6 +308,7 @@ class SimHypervisor:
         network: str = DEFAULT_NETWORK,
         network_name: str = DEFAULT_NETWORK_NAME,
         silent_images: Iterable[str] = (),
+        datastore: SimDatastore | None = None,
     ):
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError("fault_rate must be within [0, 1]")
@@ -272,6 +316,11 @@ class SimHypervisor:
         #: Every guest's address comes from here: unique among the VMs of all hosts.
         self.addresses = AddressPool(network)  # raises ValueError for a bad CIDR
         self.network_name = network_name
+        #: The DHCP pools of the other backings, made on first use.
+        self._pools: dict[str, AddressPool] = {}
+        if datastore is None:
+            datastore = SimDatastore(None if state_dir is None else os.path.join(state_dir, "datastore"))
+        self.datastore = datastore
         #: Images whose guests never report that they bootstrapped.
         self.silent_images = frozenset(silent_images)
         self.latency = latency
@@ -290,13 +339,22 @@ class SimHypervisor:
                 os.truncate(path, good)  # drop a torn tail so the next line starts clean
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
+    def pool(self, backing: str) -> AddressPool:
+        """The DHCP pool of ``backing``: the hypervisor's network for its own name."""
+        if backing == self.network_name:
+            return self.addresses
+        pool = self._pools.get(backing)
+        if pool is None:
+            pool = self._pools[backing] = AddressPool(backing_cidr(backing, str(self.addresses.network)))
+        return pool
+
     def _replay(self, records: list[dict[str, Any]]) -> None:
         for r in records:
             vms = self._replayed.setdefault(r["host"], {})
             op, uid = r["op"], r["vm_uid"]
             if op == "create":
                 # Fields a journal written by an older version lacks take their defaults.
-                made = vms.setdefault(uid, _Vm(VmRequest(**{k: r[k] for k in _REQUEST_FIELDS if k in r})))
+                made = vms.setdefault(uid, _Vm(_request_of_record(r), network=self.network_name))
                 made.bootstrap_present = "bootstrap_size" in r  # its bytes died with the last process
                 continue
             found = vms.get(uid)
@@ -313,17 +371,24 @@ class SimHypervisor:
                 vm.request = replace(vm.request, vcpus=r["vcpus"], memory_mib=r["memory_mib"],
                                      disk_gib=r.get("disk_gib", vm.request.disk_gib))
             elif op == "booted":
-                vm.booted, vm.ip = True, r.get("ip", "")
+                vm.booted = True
+                ips = r.get("ips") or [r.get("ip", "")]
+                vm.ips = [ips[i] if i < len(ips) else "" for i in range(len(vm.ips))]
             elif op == "bootstrapped":
                 vm.bootstrapped = True
             elif op == "shutdown_guest":
                 vm.shutting_down = True
             elif op == "clear_bootstrap":
                 vm.bootstrap_present = False
+            elif op == "attach_disk" and r["disk_uid"] not in vm.disks:
+                vm.disks.append(r["disk_uid"])
+            elif op == "detach_disk" and r["disk_uid"] in vm.disks:
+                vm.disks.remove(r["disk_uid"])
         for vms in self._replayed.values():
             for vm in vms.values():
-                if vm.ip and not self.addresses.reserve(vm.ip):
-                    vm.ip = ""  # another network now (or a clash): the guest asks again on boot
+                for i, nic in enumerate(nics_of(vm.request, self.network_name)):
+                    if vm.ips[i] and not self.pool(nic.backing).reserve(vm.ips[i]):
+                        vm.ips[i] = ""  # another network now (or a clash): the guest asks again on boot
                 vm.refresh(self.network_name)
 
     def journal(self, record: dict[str, Any]) -> None:
@@ -393,7 +458,8 @@ class SimHost:
         self._disk_gib = sum(vm.request.disk_gib for vm in vms.values())
         self._notify: Callable[[str], None] | None = None
         #: Replayed guests in the middle of a boot or shutdown: resumed once an event loop runs.
-        self._to_resume = any(vm.power is PowerState.ON and (not vm.booted or not vm.ip or vm.shutting_down)
+        self._to_resume = any(vm.power is PowerState.ON and (not vm.booted or vm.needs_address(hypervisor.network_name)
+                                                             or vm.shutting_down)
                               for vm in vms.values())
 
     def __len__(self) -> int:
@@ -484,9 +550,16 @@ class SimHost:
             if images is not None and request.image not in images:
                 raise ImageNotFound(f"host {self.host_id}: no image {request.image!r}; has {sorted(images)}")
             vm = await self._make(request)
+        self._attach_all(vm)  # (a disk another VM holds raises: the retry attaches the rest)
         if after is not None:
             raise after
         return vm.info
+
+    def _attach_all(self, vm: _Vm) -> None:
+        """Attach the disks the VM was made with (those it lacks: a retried create)."""
+        for disk in vm.request.disks:
+            if disk.uid not in vm.disks:
+                self._attach(vm, disk)
 
     async def _make(self, request: VmRequest) -> _Vm:
         # Reserve, spend the latency, then commit; nothing is committed unless all
@@ -501,8 +574,7 @@ class SimHost:
                 done = self._creating[uid] = asyncio.Event()  # same-uid callers wait on it
                 await self._hv.sleep(delay)
             self._hv.journal({"host": self.host_id, "op": "create", **_request_record(request)})
-            vm = self._vms[uid] = _Vm(request)
-            vm.refresh(self._hv.network_name)
+            vm = self._vms[uid] = _Vm(request, network=self._hv.network_name)
             committed = True
         finally:
             if not committed:
@@ -599,10 +671,13 @@ class SimHost:
         if vm.power is not PowerState.ON:
             return
         uid = vm.request.vm_uid
-        if not vm.booted or not vm.ip:
-            ip = vm.ip or self._hv.addresses.take()  # "" when the network is full: no address
-            self._hv.journal({"host": self.host_id, "op": "booted", "vm_uid": uid, "ip": ip})
-            vm.booted, vm.ip = True, ip
+        network = self._hv.network_name
+        if not vm.booted or vm.needs_address(network):
+            # "" when the backing's pool is full: no address (asked again at the next boot).
+            ips = [vm.ips[i] or ("" if nic.ip else self._hv.pool(nic.backing).take())
+                   for i, nic in enumerate(nics_of(vm.request, network))]
+            self._hv.journal({"host": self.host_id, "op": "booted", "vm_uid": uid, "ip": ips[0], "ips": ips})
+            vm.booted, vm.ips = True, ips
         if vm.bootstrap_present and not vm.bootstrapped and vm.request.image not in self._hv.silent_images:
             # The guest has read its bootstrap data (cloud-init ran) and says so.
             self._hv.journal({"host": self.host_id, "op": "bootstrapped", "vm_uid": uid})
@@ -630,7 +705,7 @@ class SimHost:
                     self._later(vm, delay, self._shut_down)
                 else:
                     self._shut_down(vm)
-            elif not vm.booted or not vm.ip:
+            elif not vm.booted or vm.needs_address(self._hv.network_name):
                 self._boot(vm)
 
     async def shutdown_guest(self, vm_uid: str) -> None:
@@ -743,17 +818,58 @@ class SimHost:
         vm = self._vm(vm_uid)
         return vm.request.vcpus, vm.request.memory_mib
 
+    def reaches(self, datastore_class: str) -> bool:
+        """Whether this host reaches the datastore of ``datastore_class`` (its label)."""
+        return self._capacity.labels.get(datastore_label(datastore_class)) == "true"
+
+    def _attach(self, vm: _Vm, disk: DiskRequest) -> None:
+        if not self.reaches(disk.datastore_class):
+            raise OperationFailed(f"host {self.host_id} reaches no datastore of class {disk.datastore_class!r}",
+                                  reason="DatastoreUnreachable", transient=False)
+        uid = vm.request.vm_uid
+        self._hv.datastore.attach(disk.uid, disk.size_gib, disk.datastore_class, uid, self.host_id)
+        if disk.uid not in vm.disks:
+            self._hv.journal({"host": self.host_id, "op": "attach_disk", "vm_uid": uid, "disk_uid": disk.uid,
+                              "size_gib": disk.size_gib, "datastore_class": disk.datastore_class})
+            vm.disks.append(disk.uid)
+            vm.refresh(self._hv.network_name)
+
+    def _detach(self, vm: _Vm, disk_uid: str) -> None:
+        uid = vm.request.vm_uid
+        if disk_uid in vm.disks:
+            self._hv.journal({"host": self.host_id, "op": "detach_disk", "vm_uid": uid, "disk_uid": disk_uid})
+            vm.disks.remove(disk_uid)
+            vm.refresh(self._hv.network_name)
+        # Even when the VM no longer lists it: a crash between the journal and the file.
+        self._hv.datastore.detach(disk_uid, uid, self.host_id)
+
     async def attach_disk(self, vm_uid: str, disk: DiskRequest) -> None:
-        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
-                              transient=False)
+        after = self._fail_before("attach_disk")
+        if vm_uid in self._creating:
+            await self._settled(vm_uid)
+        self._attach(self._vm(vm_uid), disk)
+        if after is not None:
+            raise after
 
     async def detach_disk(self, vm_uid: str, disk_uid: str) -> None:
-        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
-                              transient=False)
+        after = self._fail_before("detach_disk")
+        if vm_uid in self._creating:
+            await self._settled(vm_uid)
+        vm = self._vms.get(vm_uid)
+        if vm is not None:
+            self._detach(vm, disk_uid)
+        if after is not None:
+            raise after
 
     async def delete_disk(self, disk_uid: str, datastore_class: str) -> None:
-        raise OperationFailed("persistent disks are not supported by this driver yet", reason="NotSupported",
-                              transient=False)
+        after = self._fail_before("delete_disk")
+        if not self.reaches(datastore_class):
+            raise OperationFailed(f"host {self.host_id} reaches no datastore of class {datastore_class!r}",
+                                  reason="DatastoreUnreachable", transient=False)
+        if self._hv.datastore.delete(disk_uid):
+            self._hv.journal({"host": self.host_id, "op": "delete_disk", "vm_uid": "", "disk_uid": disk_uid})
+        if after is not None:
+            raise after
 
     async def destroy_vm(self, vm_uid: str) -> None:
         after = self._fail_before("destroy")
@@ -765,10 +881,13 @@ class SimHost:
                 await self._hv.sleep(delay)
             vm = self._vms.get(vm_uid)
             if vm is not None:  # a concurrent destroy may have won
+                for disk_uid in list(vm.disks):  # persistent disks are kept, detached
+                    self._detach(vm, disk_uid)
                 self._hv.journal({"host": self.host_id, "op": "destroy", "vm_uid": vm_uid})
                 del self._vms[vm_uid]
                 vm.cancel_timer()
-                self._hv.addresses.free(vm.ip)
+                for nic, ip in zip(nics_of(vm.request, self._hv.network_name), vm.ips, strict=True):
+                    self._hv.pool(nic.backing).free(ip)
                 r = vm.request
                 self._release(r.vcpus, r.memory_mib, r.disk_gib)
         if after is not None:
@@ -785,7 +904,18 @@ def _fresh(error: DriverError) -> DriverError:
 
 def _request_record(r: VmRequest) -> dict[str, Any]:
     record = {name: getattr(r, name) for name in _REQUEST_FIELDS}
+    record["nics"] = [asdict(nic) for nic in r.nics]
+    record["disks"] = [asdict(disk) for disk in r.disks]
     if r.bootstrap is not None:  # that it is there, never what it is
         record["bootstrap_size"] = len(r.bootstrap.user_data)
         record["bootstrap_sha256"] = hashlib.sha256(r.bootstrap.user_data).hexdigest()
     return record
+
+
+def _request_of_record(r: dict[str, Any]) -> VmRequest:
+    """The VmRequest of a journaled create (fields an older journal lacks: defaults)."""
+    fields_ = {k: r[k] for k in _REQUEST_FIELDS if k in r}
+    fields_["nics"] = tuple(NicRequest(**{**n, "dns_servers": tuple(n.get("dns_servers", ()))})
+                            for n in r.get("nics", ()))
+    fields_["disks"] = tuple(DiskRequest(**d) for d in r.get("disks", ()))
+    return VmRequest(**fields_)

@@ -172,6 +172,7 @@ def host_to_proto(record: HostRecord) -> host_pb2.Host:
         host.overcommit.CopyFrom(host_pb2.Overcommit(vcpus=o.vcpus, memory=o.memory, disk=o.disk))
         host.allocatable.CopyFrom(resources_to_proto(reg.allocatable))
         host.labels.update(reg.labels)
+        host.networks.extend(sorted(reg.networks))
         host.driver = reg.driver
         if reg.register_time_ns:
             host.register_time.FromNanoseconds(reg.register_time_ns)

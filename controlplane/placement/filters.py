@@ -42,6 +42,8 @@ _ZONE_AFFINITY = Verdict(False, "ZoneAffinity")
 _NO_VCPUS = Verdict(False, "InsufficientVcpus")
 _NO_MEMORY = Verdict(False, "InsufficientMemory")
 _NO_DISK = Verdict(False, "InsufficientDisk")
+_NO_NETWORK = Verdict(False, "NetworkUnreachable")
+_NO_DATASTORE = Verdict(False, "DatastoreUnreachable")
 
 
 @named("HostReady")
@@ -63,6 +65,25 @@ def matches_node_selector(request: PlacementRequest, host: HostSnapshot) -> Verd
     for key, value in request.node_selector.items():
         if labels.get(key) != value:
             return _SELECTOR
+    return FITS
+
+
+@named("NetworksReachable")
+def networks_reachable(request: PlacementRequest, host: HostSnapshot) -> Verdict:
+    """Rejects hosts that do not reach every network backing of the request's NICs
+    (``HostSnapshot.networks``, as the host's agent registered them)."""
+    backings = request.backings
+    return FITS if not backings or backings <= host.networks else _NO_NETWORK
+
+
+@named("DatastoreReachable")
+def datastore_reachable(request: PlacementRequest, host: HostSnapshot) -> Verdict:
+    """Rejects hosts without the label ``datastore.quanta.io/{class}`` = "true" for
+    the datastore class of any of the request's persistent disks."""
+    labels = host.labels
+    for label in request.datastore_labels:
+        if labels.get(label) != "true":
+            return _NO_DATASTORE
     return FITS
 
 
@@ -127,8 +148,9 @@ def fits_resources(request: PlacementRequest, host: HostSnapshot) -> Verdict:
 
 
 # Cheapest first: boolean checks, then lookups that cost nothing without a selector,
-# group or zone constraint, then arithmetic over three dimensions.
+# NIC, disk, group or zone constraint, then arithmetic over three dimensions.
 # Zone anti-affinity before host anti-affinity: for a zone-scoped VM it is the
 # wider reason, so "no host fits" names it for every host of a taken zone.
-DEFAULT_FILTERS: tuple[Filter, ...] = (host_ready, not_in_maintenance, matches_node_selector, zone_anti_affinity,
-                                       host_anti_affinity, host_affinity, zone_affinity, fits_resources)
+DEFAULT_FILTERS: tuple[Filter, ...] = (host_ready, not_in_maintenance, matches_node_selector, networks_reachable,
+                                       datastore_reachable, zone_anti_affinity, host_anti_affinity, host_affinity,
+                                       zone_affinity, fits_resources)

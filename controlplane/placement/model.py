@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 # One resource type for the whole system: placement shares the control plane's.
-from controlplane.models import IMAGE_LABEL_PREFIX, ZONE_LABEL, Resources, zone_of
+from controlplane.models import IMAGE_LABEL_PREFIX, ZONE_LABEL, Resources, datastore_label, zone_of
 
 # Shared, read-only empty mappings: defaults that no caller can mutate by accident.
 # (Given through default_factory: dataclasses reject unhashable plain defaults.)
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 _NO_COUNTS: Mapping[str, int] = MappingProxyType({})
 _NO_ZONES: frozenset[str] = frozenset()
+_NOTHING: frozenset[str] = frozenset()
 
 __all__ = ["IMAGE_LABEL_PREFIX", "ZONE_LABEL", "HostSnapshot", "Placement", "PlacementRequest", "Resources",
            "Verdict"]
@@ -34,6 +35,7 @@ class HostSnapshot:
     Placement reads it as ``limit``, which is typed as always set.
     ``groups`` counts the VMs of each anti-affinity group on the host; it is part of the
     allocation, so the same compare that guards capacity guards anti-affinity.
+    ``networks``: the network backings (port groups) the host reaches (its registration).
     """
 
     host_id: str
@@ -47,6 +49,7 @@ class HostSnapshot:
     maintenance: bool = False
     allocatable: Resources | None = None
     groups: Mapping[str, int] = field(default_factory=lambda: _NO_COUNTS, hash=False)
+    networks: frozenset[str] = _NOTHING
 
     def __post_init__(self) -> None:
         if self.allocatable is None:
@@ -95,6 +98,7 @@ class HostSnapshot:
             maintenance=self.maintenance,
             allocatable=self.allocatable,
             groups=groups,
+            networks=self.networks,
         )
 
 
@@ -110,7 +114,10 @@ class PlacementRequest:
     already holding a zone-scoped VM of its group. ``host_affinity_group``: only
     hosts running a VM of that group. ``affinity_zones``: only hosts in one of
     these zones (None: no zone affinity; empty: no zone qualifies yet).
-    ``image``: for image locality scoring.
+    ``image``: for image locality scoring. ``backings``: the network backings of its
+    NICs, all of which the host must reach; ``datastore_classes``: the classes of its
+    persistent disks, each of which the host must carry the label
+    ``datastore_label(class)`` = "true" for.
     """
 
     vm_key: str
@@ -124,6 +131,15 @@ class PlacementRequest:
     host_affinity_group: str = ""
     affinity_zones: frozenset[str] | None = None
     image: str = ""
+    backings: frozenset[str] = _NOTHING
+    datastore_classes: frozenset[str] = _NOTHING
+    # The host labels of datastore_classes, made once here so filters build no strings.
+    datastore_labels: tuple[str, ...] = field(default=(), init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.datastore_classes:
+            object.__setattr__(self, "datastore_labels",
+                               tuple(datastore_label(c) for c in sorted(self.datastore_classes)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,8 @@ def request_of(spec: VmSpec, zones: ZoneCounts) -> PlacementRequest:
                             avoid_zones=zones.zones_with(zone_group) if zone_group else _NO_ZONES,
                             host_affinity_group=spec.host_affinity_group,
                             affinity_zones=zones.zones_with(zone_affinity) if zone_affinity else None,
-                            image=spec.image)
+                            image=spec.image, backings=spec.backings,
+                            datastore_classes=spec.datastore_classes)
 
 
 def member_of(key: K, spec: VmSpec, zones: ZoneCounts) -> SetMember[K]:

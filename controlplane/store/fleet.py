@@ -44,6 +44,7 @@ def snapshot_of(record: HostRecord, live: Container[str] = ()) -> HostSnapshot:
         maintenance=record.maintenance,
         allocatable=reg.allocatable if reg else Resources(),
         groups=groups,
+        networks=reg.networks if reg else frozenset(),
     )
 
 

@@ -36,3 +36,15 @@ def test_host_ids_are_contiguous_and_each_gets_a_driver():
     _hypervisor, drivers = build_sim_drivers(config)
     assert sorted(drivers) == sim_host_ids(config) == sorted(sim_host_ids(config))
     assert all(driver.host_id == host for host, driver in drivers.items())
+
+
+def test_sim_hosts_reach_the_default_network_and_datastore_class_unless_told_otherwise() -> None:
+    from agents.drivers.factory import SimConfig, sim_host_capacity
+    from controlplane.models import datastore_label
+
+    default = sim_host_capacity(SimConfig(), 0)
+    assert default.networks == frozenset({"VM Network"})
+    assert default.labels[datastore_label("standard")] == "true"
+    told = sim_host_capacity(SimConfig(networks=("cp", "workers"), datastore_classes=("fast",)), 0)
+    assert told.networks == frozenset({"cp", "workers"})
+    assert datastore_label("standard") not in told.labels and told.labels[datastore_label("fast")] == "true"

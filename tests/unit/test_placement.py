@@ -129,8 +129,8 @@ def test_fits_resources(name: str, request_: PlacementRequest, allocated: Resour
 
 def test_default_filters_are_named_cheapest_first() -> None:
     assert [f.name for f in DEFAULT_FILTERS] == ["HostReady", "NotInMaintenance", "NodeSelector",
-                                                 "ZoneAntiAffinity", "HostAntiAffinity", "HostAffinity",
-                                                 "ZoneAffinity", "FitsResources"]
+                                                 "NetworksReachable", "DatastoreReachable", "ZoneAntiAffinity",
+                                                 "HostAntiAffinity", "HostAffinity", "ZoneAffinity", "FitsResources"]
 
 
 # --- scorers -----------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""The agent's view of persistent disks: which attachments of its VMs are being
+detached, and the collection of disks marked DELETING.
+
+Two controllers (list at R, watch from R+1, re-list when compacted), no polling:
+
+- attachments (``disk-attachments/``): those marked detaching are kept by VM uid;
+  each one that arrives for a VM of this agent re-enqueues that VM (``on_detaching``),
+  whose reconcile detaches the disk on its host and then calls :meth:`detach_done`,
+  which deletes the attachment key (compared: still as read);
+- disks (``disks/``): a disk marked DELETING whose datastore class one of this
+  agent's hosts reaches (its label ``datastore.quanta.io/{class}``) is queued; a
+  worker checks it has no attachment, has a reaching host's driver destroy it
+  (``delete_disk``: idempotent; refused while a VM holds it), then deletes its record
+  comparing its mod_revision. Every agent reaching the class may race for it: the
+  driver call is idempotent and one record deletion wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from agents.drivers.protocol import DriverError, HostDriver
+from controlplane.etcd import Compacted, EtcdError
+from controlplane.etcd.outages import ride_out
+from controlplane.models import datastore_label
+from controlplane.store.agentdisks import AgentDiskStore, AttachmentState, DiskState
+from controlplane.workqueue import QueueShutDown, WorkQueue
+
+log = logging.getLogger(__name__)
+
+DiskId = tuple[str, str, str]  # tenant, project, disk id
+
+
+class DiskKeeper:
+    def __init__(self, store: AgentDiskStore, drivers: Mapping[str, HostDriver],
+                 host_labels: Mapping[str, Mapping[str, str]],
+                 on_detaching: Callable[[str], None] = lambda uid: None, *, resync_s: float = 300.0):
+        self._store = store
+        self._drivers = drivers
+        #: Each host's labels as registered: which datastore classes it reaches.
+        self._labels = host_labels
+        self._on_detaching = on_detaching
+        self._resync_s = resync_s
+        #: Attachments marked detaching, by VM uid, then by disk.
+        self._detaching: dict[str, dict[DiskId, AttachmentState]] = {}
+        self._vm_of: dict[DiskId, str] = {}  # the VM uid of each attachment in _detaching
+        self._deleting: dict[DiskId, DiskState] = {}  # DELETING disks this agent reaches
+        self._queue: WorkQueue[DiskId] = WorkQueue(base_delay_s=0.5, max_delay_s=60.0)
+
+    def detaching_of(self, vm_uid: str) -> list[AttachmentState]:
+        """The attachments of VM ``vm_uid`` marked detaching, as last seen."""
+        return list(self._detaching.get(vm_uid, {}).values())
+
+    async def detach_done(self, attachment: AttachmentState) -> None:
+        """The host let go of the disk: its attachment key goes (if still as read)."""
+        done = await self._store.detach_done(attachment)
+        log.info("disk detached" if done else "disk attachment changed meanwhile; left as it is",
+                 extra={"disk": attachment.disk_id, "vm_uid": attachment.vm_uid})
+        self._forget_detaching((attachment.tenant, attachment.project, attachment.disk_id))
+
+    def reaching_host(self, datastore_class: str) -> str | None:
+        """A host of this agent that reaches the class, or None."""
+        label = datastore_label(datastore_class)
+        return next((host for host, labels in self._labels.items() if labels.get(label) == "true"), None)
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(ride_out(self._sync_attachments, "disk attachments"))
+                group.create_task(ride_out(self._sync_disks, "disks"))
+                group.create_task(self._collect())
+        finally:
+            self._queue.shutdown()
+
+    # --- attachments -------------------------------------------------------------------
+
+    def _forget_detaching(self, disk: DiskId) -> None:
+        vm_uid = self._vm_of.pop(disk, None)
+        if vm_uid is not None:
+            of_vm = self._detaching.get(vm_uid, {})
+            of_vm.pop(disk, None)
+            if not of_vm:
+                self._detaching.pop(vm_uid, None)
+
+    def _attachment(self, disk: DiskId, state: AttachmentState | None) -> None:
+        self._forget_detaching(disk)
+        if state is None and disk in self._deleting:
+            self._queue.add(disk)  # a DELETING disk let go of: its record does not change
+        if state is not None and state.detaching:
+            self._detaching.setdefault(state.vm_uid, {})[disk] = state
+            self._vm_of[disk] = state.vm_uid
+            self._on_detaching(state.vm_uid)
+
+    async def _sync_attachments(self) -> None:
+        while True:
+            listed, revision = await self._store.list_attachments()
+            self._detaching.clear()
+            self._vm_of.clear()
+            for state in listed:
+                self._attachment((state.tenant, state.project, state.disk_id), state)
+            try:
+                async with asyncio.timeout(self._resync_s):
+                    async for changes in self._store.watch_attachments(revision + 1):
+                        for change in changes:
+                            value = change.value
+                            assert value is None or isinstance(value, AttachmentState)
+                            self._attachment((change.tenant, change.project, change.disk_id), value)
+            except TimeoutError:
+                pass
+            except Compacted:
+                log.warning("disk attachments watch compacted; re-listing")
+
+    # --- the collector -----------------------------------------------------------------
+
+    def _disk(self, disk: DiskId, state: DiskState | None) -> None:
+        if state is None or not state.deleting or self.reaching_host(state.datastore_class) is None:
+            self._deleting.pop(disk, None)
+            return
+        self._deleting[disk] = state
+        self._queue.add(disk)
+
+    async def _sync_disks(self) -> None:
+        while True:
+            listed, revision = await self._store.list_disks()
+            self._deleting.clear()
+            for state in listed:
+                self._disk((state.tenant, state.project, state.disk_id), state)
+            try:
+                async with asyncio.timeout(self._resync_s):
+                    async for changes in self._store.watch_disks(revision + 1):
+                        for change in changes:
+                            value = change.value
+                            assert value is None or isinstance(value, DiskState)
+                            self._disk((change.tenant, change.project, change.disk_id), value)
+            except TimeoutError:
+                pass
+            except Compacted:
+                log.warning("disks watch compacted; re-listing")
+
+    async def _collect(self) -> None:
+        while True:
+            try:
+                disk = await self._queue.get()
+            except QueueShutDown:
+                return
+            try:
+                await self._delete(disk)
+                self._queue.forget(disk)
+            except (DriverError, EtcdError) as err:
+                log.info("disk deletion failed; will retry", extra={"disk": disk[2], "error": str(err)})
+                self._queue.add_rate_limited(disk)
+            except Exception:
+                log.exception("disk deletion failed; will retry", extra={"disk": disk[2]})
+                self._queue.add_rate_limited(disk)
+            finally:
+                self._queue.done(disk)
+
+    async def _delete(self, disk: DiskId) -> None:
+        state = self._deleting.get(disk)
+        if state is None:
+            return
+        host = self.reaching_host(state.datastore_class)
+        if host is None or await self._store.attached(state):
+            return  # attached (detaching): its attachment's deletion queues it again
+        await self._drivers[host].delete_disk(state.uid, state.datastore_class)
+        removed = await self._store.remove_deleted(state)
+        log.info("disk destroyed" if removed else "disk destroyed; its record changed or went meanwhile",
+                 extra={"disk": state.disk_id, "uid": state.uid, "host": host})
+        self._deleting.pop(disk, None)

@@ -1,0 +1,133 @@
+"""What a host agent reads and writes of persistent disks (controlplane/store/keys.py:
+``disks/`` and ``disk-attachments/``): the attachments marked detaching, whose key it
+deletes once its host let go of the disk (:meth:`AgentDiskStore.detach_done`), and
+the disks marked DELETING, whose record it deletes once its driver destroyed the
+data (:meth:`AgentDiskStore.remove_deleted`). Both deletions compare what was read
+(mod_revision), so agents racing for one of them are safe: one wins, the others find
+nothing left to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
+from controlplane.gen.quanta.store.v1 import records_pb2 as rec
+from controlplane.models import DEFAULT_DATASTORE_CLASS
+from controlplane.store.keys import Keys
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentState:
+    """An attachment as read: of disk ``disk_id`` in (tenant, project) to ``vm_uid``."""
+
+    tenant: str
+    project: str
+    disk_id: str
+    vm_uid: str
+    detaching: bool
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiskState:
+    """A disk record as read (only what an agent needs)."""
+
+    tenant: str
+    project: str
+    disk_id: str
+    uid: str
+    datastore_class: str
+    deleting: bool
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One watched key: ``value`` None when it was deleted (then only the ids are set)."""
+
+    tenant: str
+    project: str
+    disk_id: str
+    value: AttachmentState | DiskState | None
+
+
+class AgentDiskStore:
+    def __init__(self, client: EtcdClient, keys: Keys):
+        self._etcd = client
+        self._keys = keys
+
+    # --- attachments -------------------------------------------------------------------
+
+    def _ids(self, key: bytes, prefix: bytes) -> tuple[str, str, str]:
+        tenant, project, disk_id = key[len(prefix):].decode().split("/", 2)
+        return tenant, project, disk_id
+
+    def _attachment(self, kv: KeyValue) -> AttachmentState:
+        t, p, d = self._ids(kv.key, self._keys.disk_attachments_prefix())
+        m = rec.DiskAttachment.FromString(kv.value)
+        return AttachmentState(t, p, d, m.vm_uid, m.detaching, kv.mod_revision)
+
+    def _disk(self, kv: KeyValue) -> DiskState:
+        t, p, d = self._ids(kv.key, self._keys.disks_prefix())
+        m = rec.DiskRecord.FromString(kv.value)
+        return DiskState(t, p, d, m.uid, m.datastore_class or DEFAULT_DATASTORE_CLASS, bool(m.delete_time_ns),
+                         kv.mod_revision)
+
+    async def list_attachments(self) -> tuple[list[AttachmentState], int]:
+        """Every attachment, at one revision (watch from revision + 1)."""
+        prefix = self._keys.disk_attachments_prefix()
+        kvs, revision = await self._etcd.range_all(prefix, prefix_end(prefix))
+        return [self._attachment(kv) for kv in kvs], revision
+
+    async def watch_attachments(self, start_revision: int) -> AsyncIterator[list[Change]]:
+        """Attachment changes from ``start_revision``. Raises Compacted (re-list then)."""
+        prefix = self._keys.disk_attachments_prefix()
+        async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
+            yield [Change(*self._ids(e.kv.key, prefix), None if e.is_delete else self._attachment(e.kv))
+                   for e in batch.events]
+
+    async def detach_done(self, attachment: AttachmentState) -> bool:
+        """The VM's host let go of the disk: delete its attachment key, if it is still
+        as read (``attachment``: detaching, of that VM; compared by mod_revision).
+        Returns whether it was deleted. Idempotent (a second call finds it changed)."""
+        if not attachment.detaching:
+            raise ValueError("only an attachment marked detaching is done by its host")
+        key = self._keys.disk_attachment(attachment.tenant, attachment.project, attachment.disk_id)
+        response = await self._etcd.txn([ops.mod_revision_is(key, attachment.mod_revision)], [ops.delete(key)])
+        return response.succeeded
+
+    # --- disks -------------------------------------------------------------------------
+
+    async def list_disks(self) -> tuple[list[DiskState], int]:
+        """Every disk record, at one revision (watch from revision + 1)."""
+        prefix = self._keys.disks_prefix()
+        kvs, revision = await self._etcd.range_all(prefix, prefix_end(prefix))
+        return [self._disk(kv) for kv in kvs], revision
+
+    async def watch_disks(self, start_revision: int) -> AsyncIterator[list[Change]]:
+        """Disk record changes from ``start_revision``. Raises Compacted (re-list then)."""
+        prefix = self._keys.disks_prefix()
+        async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
+            yield [Change(*self._ids(e.kv.key, prefix), None if e.is_delete else self._disk(e.kv))
+                   for e in batch.events]
+
+    async def attached(self, disk: DiskState) -> bool:
+        """Whether the disk has an attachment now (one get)."""
+        key = self._keys.disk_attachment(disk.tenant, disk.project, disk.disk_id)
+        return await self._etcd.get(key) is not None
+
+    async def remove_deleted(self, disk: DiskState) -> bool:
+        """Its data destroyed: delete the DELETING disk's record, comparing that it is
+        as read and has no attachment. Returns whether it was deleted (False: another
+        agent did, or it changed). Idempotent."""
+        if not disk.deleting:
+            raise ValueError("only a disk marked DELETING is removed")
+        k = self._keys
+        key = k.disk(disk.tenant, disk.project, disk.disk_id)
+        response = await self._etcd.txn(
+            [ops.mod_revision_is(key, disk.mod_revision),
+             ops.absent(k.disk_attachment(disk.tenant, disk.project, disk.disk_id))],
+            [ops.delete(key)])
+        return response.succeeded
