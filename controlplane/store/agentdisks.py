@@ -1,5 +1,5 @@
 """What a host agent reads and writes of persistent disks (controlplane/store/keys.py:
-``disks/`` and ``disk-attachments/``): the attachments marked detaching, whose key it
+``disks/{t}/{p}/{disk}/record`` and ``.../attachment``): the attachments marked detaching, whose key it
 deletes once its host let go of the disk (:meth:`AgentDiskStore.detach_done`), and
 the disks marked DELETING, whose record it deletes once its driver destroyed the
 data (:meth:`AgentDiskStore.remove_deleted`). Both deletions compare what was read
@@ -60,33 +60,43 @@ class AgentDiskStore:
 
     # --- attachments -------------------------------------------------------------------
 
-    def _ids(self, key: bytes, prefix: bytes) -> tuple[str, str, str]:
-        tenant, project, disk_id = key[len(prefix):].decode().split("/", 2)
-        return tenant, project, disk_id
-
     def _attachment(self, kv: KeyValue) -> AttachmentState:
-        t, p, d = self._ids(kv.key, self._keys.disk_attachments_prefix())
+        t, p, d, _part = self._keys.parse_disk_key(kv.key)
         m = rec.DiskAttachment.FromString(kv.value)
         return AttachmentState(t, p, d, m.vm_uid, m.detaching, kv.mod_revision)
 
     def _disk(self, kv: KeyValue) -> DiskState:
-        t, p, d = self._ids(kv.key, self._keys.disks_prefix())
+        t, p, d, _part = self._keys.parse_disk_key(kv.key)
         m = rec.DiskRecord.FromString(kv.value)
         return DiskState(t, p, d, m.uid, m.datastore_class or DEFAULT_DATASTORE_CLASS, bool(m.delete_time_ns),
                          kv.mod_revision)
 
+    async def _list(self, part: str) -> tuple[list[KeyValue], int]:
+        prefix = self._keys.disks_prefix()
+        kvs, revision = await self._etcd.range_all(prefix, prefix_end(prefix))
+        return [kv for kv in kvs if kv.key.endswith(b"/" + part.encode())], revision
+
+    async def _watch(self, part: str, start_revision: int, decode) -> AsyncIterator[list[Change]]:
+        prefix = self._keys.disks_prefix()
+        suffix = b"/" + part.encode()
+        async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
+            changes = []
+            for e in batch.events:
+                if e.kv.key.endswith(suffix):
+                    t, p, d, _part = self._keys.parse_disk_key(e.kv.key)
+                    changes.append(Change(t, p, d, None if e.is_delete else decode(e.kv)))
+            if changes:
+                yield changes
+
     async def list_attachments(self) -> tuple[list[AttachmentState], int]:
         """Every attachment, at one revision (watch from revision + 1)."""
-        prefix = self._keys.disk_attachments_prefix()
-        kvs, revision = await self._etcd.range_all(prefix, prefix_end(prefix))
+        kvs, revision = await self._list("attachment")
         return [self._attachment(kv) for kv in kvs], revision
 
     async def watch_attachments(self, start_revision: int) -> AsyncIterator[list[Change]]:
         """Attachment changes from ``start_revision``. Raises Compacted (re-list then)."""
-        prefix = self._keys.disk_attachments_prefix()
-        async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
-            yield [Change(*self._ids(e.kv.key, prefix), None if e.is_delete else self._attachment(e.kv))
-                   for e in batch.events]
+        async for changes in self._watch("attachment", start_revision, self._attachment):
+            yield changes
 
     async def detach_done(self, attachment: AttachmentState) -> bool:
         """The VM's host let go of the disk: delete its attachment key, if it is still
@@ -102,16 +112,13 @@ class AgentDiskStore:
 
     async def list_disks(self) -> tuple[list[DiskState], int]:
         """Every disk record, at one revision (watch from revision + 1)."""
-        prefix = self._keys.disks_prefix()
-        kvs, revision = await self._etcd.range_all(prefix, prefix_end(prefix))
+        kvs, revision = await self._list("record")
         return [self._disk(kv) for kv in kvs], revision
 
     async def watch_disks(self, start_revision: int) -> AsyncIterator[list[Change]]:
         """Disk record changes from ``start_revision``. Raises Compacted (re-list then)."""
-        prefix = self._keys.disks_prefix()
-        async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
-            yield [Change(*self._ids(e.kv.key, prefix), None if e.is_delete else self._disk(e.kv))
-                   for e in batch.events]
+        async for changes in self._watch("record", start_revision, self._disk):
+            yield changes
 
     async def attached(self, disk: DiskState) -> bool:
         """Whether the disk has an attachment now (one get)."""

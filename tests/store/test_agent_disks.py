@@ -1,9 +1,9 @@
 """The host agent and persistent disks, against a real etcd with the agent (and its
 sim hypervisor) in this process: registration of the host's networks and datastore
 classes, attach and detach as the spec changes (the detaching attachment's key
-deleted once the host let go), and the collector of DELETING disks. The records the
-disks service writes (DiskRecord, DiskAttachment, the spec's DiskRef) are written
-here directly, as that service would."""
+deleted once the host let go), and the collector of DELETING disks. Disk records and
+the attachments AttachDisk/DetachDisk write are put here directly, as the disks
+service would (its own tests are tests/store/test_store_disks.py, test_disk_attach.py)."""
 
 from __future__ import annotations
 
@@ -65,8 +65,15 @@ def test_disks_follow_the_spec_and_a_detach_is_done_by_the_agent(etcd_endpoint, 
         data, logs = DiskRef("data", "disk-uid-1", 5), DiskRef("logs", "disk-uid-2", 1)
         async with world(etcd_endpoint, root, str(tmp_path)) as w:
             nic = Nic(f"tenants/{TENANT}/projects/{PROJECT}/networks/cp", "net-uid", "cp")
-            spec = await w.create(make_spec("db", nics=(nic,), disks=(data,)))
-            await attach_record(w, spec, data)
+            revisions = {}
+            for disk in (data, logs):
+                record = rec.DiskRecord(tenant=TENANT, project=PROJECT, disk_id=disk.disk_id, uid=disk.uid,
+                                        size_gib=disk.size_gib, datastore_class="standard")
+                revisions[disk.disk_id] = (await w.client.txn([], [ops.put(
+                    w.keys.disk(TENANT, PROJECT, disk.disk_id), record.SerializeToString())])).revision
+            # The create takes "data" (its attachment in the create's txn).
+            spec = await w.create(make_spec("db", nics=(nic,), disks=(data,)),
+                                  disk_revisions={"data": revisions["data"]})
             await w.until(spec, lambda s: s.state == VmState.RUNNING, "running")
             info = await w.host.get_vm(spec.uid)
             assert info is not None and info.disks == ("disk-uid-1",) and info.networks == ("cp",)

@@ -74,10 +74,12 @@ class World:
     agent: Agent
     state_dir: str
 
-    async def create(self, spec: VmSpec, data: BootstrapData | None = None) -> VmSpec:
-        """Create ``spec`` (with its bootstrap data) and bind it to the host, as a scheduler would."""
+    async def create(self, spec: VmSpec, data: BootstrapData | None = None,
+                     disk_revisions: dict[str, int] | None = None) -> VmSpec:
+        """Create ``spec`` (with its bootstrap data; its disks' records read at
+        ``disk_revisions``) and bind it to the host, as a scheduler would."""
         also = [bootstrap.put_op(self.keys, spec.ref, data)] if data is not None else []
-        await self.vms.create(spec, also=also)
+        await self.vms.create(spec, also=also, disk_revisions=disk_revisions)
         sched = SchedulingStore(self.client, self.keys)
         (queued,) = [q for q in (await sched.list_queue(spec.shard))[0] if q.spec.ref == spec.ref]
         current, _ = await sched.read_current([HOST], [])
