@@ -120,7 +120,7 @@ class DiskServiceServicer:
     def DeleteDisk(self, request, context):
         """Deletes a detached disk (its data is destroyed: DELETING until a host that
         reaches its datastore has removed it); FAILED_PRECONDITION, reason DISK_ATTACHED,
-        while it is attached or detaching. Its quota is released when it is gone.
+        while it is attached or detaching. Its quota is released by this call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
