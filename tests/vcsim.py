@@ -184,6 +184,21 @@ class Vcsim:
         finally:
             Disconnect(si)
 
+    def disk_holders(self, path: str) -> list[str]:
+        """The Quanta ids of the VMs that have the virtual disk at datastore path ``path``
+        among their devices (any host), read afresh, sorted."""
+        si = self.connect()
+        try:
+            found = []
+            for vm in self._vms(si):
+                uid = next((o.value for o in vm.config.extraConfig or () if o.key == UID_KEY), "")
+                if any(isinstance(d, vim.vm.device.VirtualDisk) and getattr(d.backing, "fileName", None) == path
+                       for d in vm.config.hardware.device):
+                    found.append(uid or vm.name)
+            return sorted(found)
+        finally:
+            Disconnect(si)
+
     def disk_exists(self, path: str) -> bool:
         """Whether the virtual disk at datastore path ``path`` exists, asked afresh."""
         si = self.connect()
@@ -210,18 +225,20 @@ class Vcsim:
             Disconnect(si)
 
     def make_image(self, image: str = "ubuntu", *, prefix: str = "quanta-image-", datastore: str | None = None,
-                   snapshot: bool = True, power_on: bool = False, nic: bool = False) -> None:
+                   snapshot: bool = True, power_on: bool = False, nic: bool = False, host: str | None = None) -> None:
         """Register an image: a small VM with a disk (on ``datastore``, default the first)
-        and a snapshot; ``nic``: with a vmxnet3 NIC on "VM Network" (which clones copy, and
-        whose guest.net entry ``SET.guest.ipAddress`` fills)."""
+        and a snapshot, on ``host`` (default the first); ``nic``: with a vmxnet3 NIC on
+        "VM Network" (which clones copy, and whose guest.net entry ``SET.guest.ipAddress``
+        fills). vcsim's CloneVM puts a clone on its source's host, whatever the clone
+        spec says: a host's VMs come from an image on that host."""
         si = self.connect()
         try:
             content = si.RetrieveContent()
             datacenter = content.rootFolder.childEntity[0]
             host_view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
-            host = host_view.view[0]
+            host_mo = next(h for h in host_view.view if host is None or h.name == host)
             host_view.Destroy()
-            ds = datastore or host.datastore[0].name
+            ds = datastore or host_mo.datastore[0].name
             disk = vim.vm.device.VirtualDisk(
                 key=-2, controllerKey=-1, unitNumber=0, capacityInKB=1024 * 1024,
                 backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(diskMode="persistent", fileName=f"[{ds}]"))
@@ -237,7 +254,7 @@ class Vcsim:
                 card = vim.vm.device.VirtualVmxnet3(
                     key=-3, backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName="VM Network"))
                 config.deviceChange.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=card))
-            vm = _wait(datacenter.vmFolder.CreateVM_Task(config, host.parent.resourcePool, host))
+            vm = _wait(datacenter.vmFolder.CreateVM_Task(config, host_mo.parent.resourcePool, host_mo))
             if snapshot:
                 _wait(vm.CreateSnapshot_Task("quanta-base", "image base", False, False))
             if power_on:

@@ -311,8 +311,10 @@ class HostDriver(Protocol):
         disk of that uid exists there yet), whatever the VM's power state (hot).
         Idempotent: attached already changes nothing. Raises VmNotFound if the VM is
         absent; OperationFailed (reason ``DatastoreUnreachable``, permanent) when the
-        host reaches no datastore of the class; CapacityExceeded when the datastore
-        has no room for a new disk."""
+        host reaches no datastore of the class; OperationFailed (reason ``DiskInUse``,
+        transient: its holder may be letting go) while another VM has it attached (a
+        VM of the same uid on another host, moved here, takes it over); CapacityExceeded
+        when the datastore has no room for a new disk."""
         ...
 
     async def detach_disk(self, vm_uid: str, disk_uid: str) -> None:

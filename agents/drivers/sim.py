@@ -549,6 +549,9 @@ class SimHost:
             images = self._hv.images
             if images is not None and request.image not in images:
                 raise ImageNotFound(f"host {self.host_id}: no image {request.image!r}; has {sorted(images)}")
+            for disk in request.disks:  # refused before a VM is made for it (the attach decides)
+                self._check_reach(disk.datastore_class)
+                self._hv.datastore.check_attachable(disk.uid, uid)
             vm = await self._make(request)
         self._attach_all(vm)  # (a disk another VM holds raises: the retry attaches the rest)
         if after is not None:
@@ -822,10 +825,13 @@ class SimHost:
         """Whether this host reaches the datastore of ``datastore_class`` (its label)."""
         return self._capacity.labels.get(datastore_label(datastore_class)) == "true"
 
-    def _attach(self, vm: _Vm, disk: DiskRequest) -> None:
-        if not self.reaches(disk.datastore_class):
-            raise OperationFailed(f"host {self.host_id} reaches no datastore of class {disk.datastore_class!r}",
+    def _check_reach(self, datastore_class: str) -> None:
+        if not self.reaches(datastore_class):
+            raise OperationFailed(f"host {self.host_id} reaches no datastore of class {datastore_class!r}",
                                   reason="DatastoreUnreachable", transient=False)
+
+    def _attach(self, vm: _Vm, disk: DiskRequest) -> None:
+        self._check_reach(disk.datastore_class)
         uid = vm.request.vm_uid
         self._hv.datastore.attach(disk.uid, disk.size_gib, disk.datastore_class, uid, self.host_id)
         if disk.uid not in vm.disks:
@@ -863,9 +869,7 @@ class SimHost:
 
     async def delete_disk(self, disk_uid: str, datastore_class: str) -> None:
         after = self._fail_before("delete_disk")
-        if not self.reaches(datastore_class):
-            raise OperationFailed(f"host {self.host_id} reaches no datastore of class {datastore_class!r}",
-                                  reason="DatastoreUnreachable", transient=False)
+        self._check_reach(datastore_class)
         if self._hv.datastore.delete(disk_uid):
             self._hv.journal({"host": self.host_id, "op": "delete_disk", "vm_uid": "", "disk_uid": disk_uid})
         if after is not None:

@@ -59,13 +59,19 @@ class SimDatastore:
             disk = self._read(uid)
             if disk is None:
                 disk = SimDisk(uid, size_gib, datastore_class)
-            elif disk.vm_uid and disk.vm_uid != vm_uid:
-                raise OperationFailed(f"disk {uid} is attached to VM {disk.vm_uid} on host {disk.host}",
-                                      reason=DISK_IN_USE, transient=True)
+            _refuse_held(disk, vm_uid)
             if (disk.vm_uid, disk.host) != (vm_uid, host):
                 disk = replace(disk, vm_uid=vm_uid, host=host)
                 self._write(disk)
             return disk
+
+    def check_attachable(self, uid: str, vm_uid: str) -> None:
+        """Raise what :meth:`attach` would while another VM has the disk, changing nothing
+        (a look before a VM is made for it: the attach itself decides)."""
+        with self._locked():
+            disk = self._read(uid)
+        if disk is not None:
+            _refuse_held(disk, vm_uid)
 
     def detach(self, uid: str, vm_uid: str, host: str) -> bool:
         """Let go of the disk if ``vm_uid`` on ``host`` has it (data kept); True if it
@@ -139,3 +145,9 @@ class SimDatastore:
             os.replace(tmp, path)
         except OSError as e:
             raise OperationFailed(f"sim datastore write failed: {e}", transient=True) from e
+
+
+def _refuse_held(disk: SimDisk, vm_uid: str) -> None:
+    if disk.vm_uid and disk.vm_uid != vm_uid:
+        raise OperationFailed(f"disk {disk.uid} is attached to VM {disk.vm_uid} on host {disk.host}",
+                              reason=DISK_IN_USE, transient=True)

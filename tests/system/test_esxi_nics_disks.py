@@ -329,6 +329,7 @@ def test_disk_errors_are_clear_and_permanent(esx):
 
 @pytest.mark.parametrize("fault, op, reason, transient", [
     (vim.fault.FileLocked(), "delete_disk", "DiskInUse", False),
+    (vim.fault.FileLocked(), "attach_disk", "DiskInUse", True),
     (vim.fault.ResourceInUse(), "delete_disk", "DiskInUse", False),
     (vim.fault.ResourceInUse(), "attach_disk", "ResourceInUse", True),
     (vim.fault.FileAlreadyExists(), "attach_disk", "FileAlreadyExists", True),

@@ -122,7 +122,7 @@ def test_a_disk_another_vm_holds_keeps_the_vm_reconciling_until_it_is_let_go():
             await reconciler.reconcile(key)
         assert in_use.value.reason == "DiskInUse" and in_use.value.transient
         assert reconciler.applied[key].observed_revision == 0  # not made true yet
-        assert (await host.get_vm("uid-a")).power is PowerState.OFF  # not started without its disk
+        assert await host.get_vm("uid-a") is None  # not made without its disk (the create refused it)
         await host.detach_disk(holder.vm_uid, "disk-1")
         await reconciler.reconcile(key)  # the retry
         info = await host.get_vm("uid-a")

@@ -18,6 +18,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"flag"
@@ -160,11 +161,15 @@ func loopbackCertificate() (tls.Certificate, []byte, error) {
 }
 
 // simulatedGuest plays, with -guest, a guest OS with VMware Tools in every VM: -guest-boot
-// after a power-on its tools run, it reports an address (10.77.x.y, unique per VM,
-// kept across power cycles) in guest.ipAddress and its first NIC's guest.net entry, and,
+// after a power-on its tools run, it reports an address on each NIC in guest.net (the
+// static one the network config in guestinfo.metadata gives the NIC's MAC, as cloud-init
+// would set it, else one of 10.77.x.y, unique per VM and NIC, kept across power cycles),
+// the first NIC's in guest.ipAddress, and,
 // if the VM carries bootstrap data (guestinfo.userdata or guestinfo.ignition.config.data),
 // it sets guestinfo.quanta.bootstrap=done as a guest that ran it would. A power-off stops
-// its tools and drops the address, as on a real host. (It neither boots nor reads the data.)
+// its tools and drops the addresses, as on a real host. (It neither boots nor reads the
+// user data.) guest.net lists the NICs the VM has: vcsim keeps an entry for a NIC removed
+// by a reconfigure or a clone spec (govmomi 0.24), which the guest drops.
 type simulatedGuest struct {
 	boot time.Duration
 	mu   sync.Mutex
@@ -203,30 +208,113 @@ func (g *simulatedGuest) UpdateObject(obj mo.Reference, changes []types.Property
 	}
 }
 
-func (g *simulatedGuest) address(vm *simulator.VirtualMachine) string {
+func (g *simulatedGuest) address(vm *simulator.VirtualMachine, nic int) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	ip, ok := g.ips[vm.Self.Value]
+	key := vm.Self.Value
+	if nic > 0 {
+		key = fmt.Sprintf("%s/%d", key, nic)
+	}
+	ip, ok := g.ips[key]
 	if !ok {
 		n := len(g.ips)
 		ip = fmt.Sprintf("10.77.%d.%d", n/250, n%250+2)
-		g.ips[vm.Self.Value] = ip
+		g.ips[key] = ip
 	}
 	return ip
+}
+
+// presentNics is guest.net without the entries of NICs the VM no longer has (by MAC).
+func presentNics(vm *simulator.VirtualMachine) []types.GuestNicInfo {
+	macs := map[string]bool{}
+	for _, device := range vm.Config.Hardware.Device {
+		if card, ok := device.(types.BaseVirtualEthernetCard); ok {
+			macs[strings.ToLower(card.GetVirtualEthernetCard().MacAddress)] = true
+		}
+	}
+	var present []types.GuestNicInfo
+	for _, nic := range vm.Guest.Net {
+		if macs[strings.ToLower(nic.MacAddress)] {
+			present = append(present, nic)
+		}
+	}
+	return present
+}
+
+// staticAddresses reads the network config Quanta puts in the VM's guestinfo.metadata
+// (agents/netconfig.py: cloud-init v2, one ethernets entry per NIC matched by
+// macaddress, base64 JSON under "network"): MAC (lower case) -> its first address,
+// without the prefix length. Nothing for metadata without one.
+func staticAddresses(vm *simulator.VirtualMachine) map[string]string {
+	options := map[string]string{}
+	for _, option := range vm.Config.ExtraConfig {
+		value := option.GetOptionValue()
+		if text, ok := value.Value.(string); ok {
+			options[value.Key] = text
+		}
+	}
+	found := map[string]string{}
+	raw := []byte(options["guestinfo.metadata"])
+	if options["guestinfo.metadata.encoding"] == "base64" {
+		decoded, err := base64.StdEncoding.DecodeString(string(raw))
+		if err != nil {
+			return found
+		}
+		raw = decoded
+	}
+	var metadata map[string]string
+	if json.Unmarshal(raw, &metadata) != nil || metadata["network"] == "" {
+		return found
+	}
+	network := []byte(metadata["network"])
+	if metadata["network.encoding"] == "base64" {
+		decoded, err := base64.StdEncoding.DecodeString(metadata["network"])
+		if err != nil {
+			return found
+		}
+		network = decoded
+	}
+	var config struct {
+		Ethernets map[string]struct {
+			Match     struct{ Macaddress string } `json:"match"`
+			Addresses []string                    `json:"addresses"`
+		} `json:"ethernets"`
+	}
+	if json.Unmarshal(network, &config) != nil {
+		return found
+	}
+	for _, entry := range config.Ethernets {
+		if len(entry.Addresses) > 0 && entry.Match.Macaddress != "" {
+			found[strings.ToLower(entry.Match.Macaddress)] = strings.SplitN(entry.Addresses[0], "/", 2)[0]
+		}
+	}
+	return found
 }
 
 func (g *simulatedGuest) up(vm *simulator.VirtualMachine) {
 	if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn || vm.Config == nil {
 		return // switched off (or gone) while it booted
 	}
-	ip := g.address(vm)
+	vm.Guest.Net = presentNics(vm)
+	static := staticAddresses(vm)
+	primary := ""
+	for i := range vm.Guest.Net {
+		ip := static[strings.ToLower(vm.Guest.Net[i].MacAddress)]
+		if ip == "" {
+			ip = g.address(vm, i)
+		}
+		vm.Guest.Net[i].IpAddress = []string{ip}
+		if i == 0 {
+			primary = ip
+		}
+	}
+	if primary == "" {
+		primary = g.address(vm, 0)
+	}
 	changes := []types.PropertyChange{
 		{Name: "guest.toolsRunningStatus", Val: string(types.VirtualMachineToolsRunningStatusGuestToolsRunning)},
-		{Name: "guest.ipAddress", Val: ip},
-	}
-	if len(vm.Guest.Net) > 0 {
-		vm.Guest.Net[0].IpAddress = []string{ip}
-		changes = append(changes, types.PropertyChange{Name: "guest.net", Val: vm.Guest.Net})
+		{Name: "guest.ipAddress", Val: primary},
+		{Name: "guest.net", Val: vm.Guest.Net},
 	}
 	data, reported := false, false
 	for _, option := range vm.Config.ExtraConfig {
@@ -253,7 +341,9 @@ func (g *simulatedGuest) down(vm *simulator.VirtualMachine) {
 		{Name: "guest.ipAddress", Val: ""},
 	}
 	if len(vm.Guest.Net) > 0 {
-		vm.Guest.Net[0].IpAddress = nil
+		for i := range vm.Guest.Net {
+			vm.Guest.Net[i].IpAddress = nil
+		}
 		changes = append(changes, types.PropertyChange{Name: "guest.net", Val: vm.Guest.Net})
 	}
 	simulator.Map.Update(vm, changes)

@@ -187,6 +187,8 @@ class EsxiHost:
     async def create_vm(self, request: VmRequest) -> VmInfo:
         await self._synced()
         async with self._lock(request.vm_uid):
+            for disk in request.disks:
+                await self._refuse_held(request.vm_uid, disk.uid)
             info = self._info(request.vm_uid)
             if info is None:
                 attempts = 0
@@ -229,13 +231,20 @@ class EsxiHost:
         except Exception:
             await self._destroy_mo(mo)
             raise
-        if not await self._session.wait_for(lambda: self._info(request.vm_uid) is not None, _STATE_WAIT_S):
+        if not await self._session.wait_for(lambda: self._shows_made(request), _STATE_WAIT_S):
             # The watcher missed it (seen with vcsim under load): read it once, directly.
             await self._session.refresh(mo)
-            if self._info(request.vm_uid) is None:
+            if not self._shows_made(request):
                 raise OperationFailed(f"VM {request.vm_uid} made on {self.host_id} but not seen", transient=True)
             log.warning("watcher missed a new VM; read it directly", extra={"host": self.host_id})
         return self._seen(request.vm_uid)
+
+    def _shows_made(self, request: VmRequest) -> bool:
+        """Whether the watcher shows the VM, with the NICs asked for: a clone is seen
+        before its clone spec's device changes are (vcsim; a vCenter too), with its
+        image's NIC."""
+        info = self._info(request.vm_uid)
+        return info is not None and (not request.nics or info.networks == tuple(n.backing for n in request.nics))
 
     async def _make(self, request: VmRequest, image: clone.ImageRef):
         """Make the VM by the first way that works; its VirtualMachine object. Raises the vSphere fault."""
@@ -458,14 +467,40 @@ class EsxiHost:
         exist yet) as an independent-persistent disk on a free unit of the VM's first
         SCSI controller, hot or cold, with one ReconfigVM. Idempotent (attached
         already: no call). Raises VmNotFound; OperationFailed DatastoreUnreachable
-        (before any call); OperationFailed NoDiskSlot when the VM has no SCSI
-        controller with a free unit; CapacityExceeded (NoDiskSpace). Returns once the
-        watcher shows the disk."""
+        (before any call); OperationFailed DiskInUse (transient, before any call) while
+        another VM this session sees has it attached, or when the host finds its file
+        locked (a VM of a host this session does not see runs with it); OperationFailed
+        NoDiskSlot when the VM has no SCSI controller with a free unit; CapacityExceeded
+        (NoDiskSpace). Returns once the watcher shows the disk."""
         await self._synced()
         async with self._lock(vm_uid):
             self._disk_datastore(disk.datastore_class)
             self._require(vm_uid)
+            await self._refuse_held(vm_uid, disk.uid)
             await self._retrying("attach_disk", functools.partial(self._attach, vm_uid, disk))
+
+    async def _refuse_held(self, vm_uid: str, disk_uid: str) -> None:
+        """OperationFailed DiskInUse (transient: the holder may be letting go) while a VM
+        other than ``vm_uid`` (on any host this session sees) has the disk attached:
+        vSphere itself refuses a second attach only where the file is locked, by a
+        running VM, so a powered-off VM could otherwise take a disk another VM has. A
+        holder the cache shows is read again first (another agent's session may just
+        have detached the disk or destroyed the VM, and the watcher lag behind)."""
+        s = self._session
+        holders = []
+        for moid in [m for m, vm in s.vms.items() if disk_uid in vm.disk_uids and vm.uid != vm_uid]:
+            try:
+                await s.refresh(s.vm_mo(moid))
+            except vmodl.fault.ManagedObjectNotFound:
+                continue  # destroyed since
+            except Exception as raw:
+                raise to_driver_error(raw, f"read the holder of disk {disk_uid} on {self.host_id}") from raw
+            vm = s.vms.get(moid)
+            if vm is not None and disk_uid in vm.disk_uids and vm.uid != vm_uid:
+                holders.append(vm.uid or vm.name)
+        if holders:
+            raise OperationFailed(f"disk {disk_uid} is attached to {', '.join(sorted(holders))}",
+                                  reason="DiskInUse", transient=True)
 
     async def _attach(self, vm_uid: str, disk: DiskRequest) -> None:
         for vm in self._require(vm_uid):

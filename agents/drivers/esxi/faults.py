@@ -60,6 +60,7 @@ FAULTS: tuple[FaultRule, ...] = (
     # Persistent disks: a file another VM holds open is a disk in use; a file that
     # appeared or vanished between the driver's look and its ReconfigVM is looked at again.
     _rule(vim.fault.FileLocked, OperationFailed, "DiskInUse", op="delete_disk"),
+    _rule(vim.fault.FileLocked, OperationFailed, "DiskInUse", transient=True, op="attach_disk"),
     _rule(vim.fault.ResourceInUse, OperationFailed, "DiskInUse", op="delete_disk"),
     _rule(vim.fault.FileAlreadyExists, OperationFailed, "FileAlreadyExists", transient=True, op="attach_disk"),
     _rule(vim.fault.FileNotFound, OperationFailed, "FileNotFound", transient=True, op="attach_disk"),
