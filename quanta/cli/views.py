@@ -397,6 +397,7 @@ def _host_detail(host: host_pb2.Host) -> list[Section]:
     return [
         Section(fields=[("Name", last_id(host.name)), ("State", host_state(host)), ("Driver", host.driver or "-"),
                         ("VMs", str(host.vm_count)), ("Labels", pairs(host.labels)),
+                        ("Networks", ", ".join(host.networks) or "-"),
                         ("Registered", _when(host.register_time))]),
         Section(title="Resources", headers=("", "VCPUS", "MEMORY_MIB", "DISK_GIB"), rows=[
             ("capacity", *_amounts(host.capacity)),
