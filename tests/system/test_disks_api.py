@@ -173,10 +173,11 @@ def test_watch_sends_each_disk_change_once_and_resumes(system: LocalSystem, c: C
         return [(common_pb2.EventType.Name(e.type), disk_pb2.Disk.State.Name(e.disk.state))
                 for e in events if e.type != common_pb2.BOOKMARK and e.disk.name.endswith(disk_id)]
 
-    wait_until(lambda: len(changes()) >= 4, timeout=30, message="4 changes of the disk", seen=changes)
+    # The fifth: an agent that reaches the disk's class destroys its data and removes it.
+    wait_until(lambda: len(changes()) >= 5, timeout=60, message="5 changes of the disk", seen=changes)
     stop.set()
     assert changes() == [("ADDED", "AVAILABLE"), ("MODIFIED", "ATTACHED"), ("MODIFIED", "AVAILABLE"),
-                         ("MODIFIED", "DELETING")]
+                         ("MODIFIED", "DELETING"), ("DELETED", "DELETING")]
     ours = [e for e in events if e.type != common_pb2.BOOKMARK and e.disk.name.endswith(disk_id)]
     assert ours[1].disk.vm == vm.name and ours[2].disk.vm == ""
     revisions = [e.resource_version for e in ours]
