@@ -23,6 +23,7 @@ from controlplane.api.catalog_service import FlavorService, ImageService
 from controlplane.api.decoding import DecodeInterceptor
 from controlplane.api.host_service import HostService
 from controlplane.api.interceptors import default_interceptors, initialise_request_metrics
+from controlplane.api.network_service import NetworkService
 from controlplane.api.project_service import ProjectService
 from controlplane.api.quota_service import QuotaService
 from controlplane.api.reflection import enable_server_reflection
@@ -41,6 +42,8 @@ from controlplane.gen.quanta.v1 import (
     catalog_pb2_grpc,
     host_pb2,
     host_pb2_grpc,
+    network_pb2,
+    network_pb2_grpc,
     tenancy_pb2,
     tenancy_pb2_grpc,
     vm_pb2,
@@ -53,6 +56,7 @@ from controlplane.store.cluster import ensure_cluster_config
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import UsageLedger
+from controlplane.store.networks import NetworkStore
 from controlplane.store.orphans import OrphanStore
 from controlplane.store.records import KeyedRecords
 from controlplane.store.retention import DEFAULT_RETENTION_S, RetentionLeases
@@ -126,8 +130,11 @@ async def serve(config: FrontendConfig) -> None:
         vms = VmStore(client, keys, RetentionLeases(client, config.request_retention_s), ledger)
         tenancy = TenancyStore(client, keys)
         records = KeyedRecords(client)
+        networks = NetworkStore(client, keys, vms.requests)
         vm_pb2_grpc.add_VmServiceServicer_to_server(
-            VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s), server)
+            VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s, networks=networks), server)
+        network_pb2_grpc.add_NetworkServiceServicer_to_server(
+            NetworkService(networks, bookmark_s=config.bookmark_s), server)
         host_pb2_grpc.add_HostServiceServicer_to_server(
             HostService(HostStore(client, keys), bookmark_s=config.bookmark_s,
                         orphans=OrphanStore(client, keys, ledger)), server)
@@ -141,7 +148,8 @@ async def serve(config: FrontendConfig) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         api_services = [
             module.DESCRIPTOR.services_by_name[name].full_name
-            for module, names in ((vm_pb2, ("VmService",)), (host_pb2, ("HostService",)),
+            for module, names in ((vm_pb2, ("VmService",)), (network_pb2, ("NetworkService",)),
+                                  (host_pb2, ("HostService",)),
                                   (tenancy_pb2, ("TenantService", "ProjectService", "QuotaService")),
                                   (catalog_pb2, ("FlavorService", "ImageService")),
                                   (auth_pb2, ("TokenService", "AuditService")))

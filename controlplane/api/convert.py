@@ -8,12 +8,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.auth.principal import Grant, Role
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
-from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
+from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, network_pb2, tenancy_pb2, vm_pb2
 from controlplane.models import (
+    AddressMode,
     BootstrapFormat,
     BootstrapState,
     Flavor,
     Image,
+    Nic,
     Power,
     PowerOffMode,
     PowerPolicy,
@@ -26,6 +28,7 @@ from controlplane.models import (
     VmState,
 )
 from controlplane.store.hosts import HostRecord
+from controlplane.store.networks import NetworkView
 from controlplane.store.orphans import Orphan
 from controlplane.store.vms import VmRecord
 from controlplane.tenancy import DIMENSIONS, Limits, Project, Tenant, Usage
@@ -90,6 +93,7 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
                                   family=vm_pb2.Address.IPV6 if a.family == 6 else vm_pb2.Address.IPV4)
                    for a in status.addresses],
     )
+    vm.nics.extend(nic_to_proto(nic) for nic in spec.nics)
     if spec.bootstrap is not None:
         # The summary only: the data itself is in bootstrap/, which no read touches.
         b = spec.bootstrap
@@ -105,6 +109,37 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
         vm.conditions.append(common_pb2.Condition(type=c.type, status=c.status, reason=c.reason, message=c.message,
                                                   last_transition_time=_ts(c.time_ns)))
     return vm
+
+
+ADDRESS_MODE_TO_PROTO = {AddressMode.DHCP: vm_pb2.NetworkInterface.DHCP,
+                         AddressMode.STATIC_POOL: vm_pb2.NetworkInterface.STATIC_POOL,
+                         AddressMode.STATIC: vm_pb2.NetworkInterface.STATIC}
+ADDRESS_MODE_FROM_PROTO = {vm_pb2.NetworkInterface.ADDRESS_MODE_UNSPECIFIED: AddressMode.DHCP,
+                           vm_pb2.NetworkInterface.DHCP: AddressMode.DHCP,
+                           vm_pb2.NetworkInterface.STATIC_POOL: AddressMode.STATIC_POOL,
+                           vm_pb2.NetworkInterface.STATIC: AddressMode.STATIC}
+
+
+def nic_to_proto(nic: Nic) -> vm_pb2.NetworkInterface:
+    """A VM's NIC as its spec holds it: the network's full name, the mode, and for
+    static modes the address with the subnet's prefix, gateway and DNS."""
+    return vm_pb2.NetworkInterface(network=nic.network, address_mode=ADDRESS_MODE_TO_PROTO[nic.address_mode],
+                                   ip=nic.ip, prefix_length=nic.prefix_length, gateway=nic.gateway,
+                                   dns_servers=list(nic.dns_servers), backing=nic.backing)
+
+
+def network_to_proto(view: NetworkView) -> network_pb2.Network:
+    n = view.network
+    m = network_pb2.Network(name=n.name, uid=n.uid, labels=dict(n.labels), description=n.description,
+                            backing=n.backing, addresses_used=view.addresses_used,
+                            addresses_total=view.addresses_total, create_time=_ts(n.create_time_ns),
+                            update_time=_ts(n.update_time_ns or n.create_time_ns), etag=view.etag,
+                            resource_version=view.revision)
+    if n.subnet is not None:
+        s = n.subnet
+        m.subnet.CopyFrom(network_pb2.Subnet(cidr=s.cidr, gateway=s.gateway, dns_servers=list(s.dns_servers),
+                                             range_start=s.range_start, range_end=s.range_end))
+    return m
 
 
 RESTART_POLICY_TO_PROTO = {RestartPolicy.ALWAYS: vm_pb2.Vm.ALWAYS, RestartPolicy.NEVER: vm_pb2.Vm.NEVER}

@@ -16,12 +16,12 @@ import grpc
 import pytest
 
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, tenancy_pb2, vm_pb2
+from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, host_pb2, network_pb2, tenancy_pb2, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
 from tests.conftest import describe_vms, wait_until
 
-SERVICE_MODULES = (vm_pb2, host_pb2, tenancy_pb2, catalog_pb2, auth_pb2)
+SERVICE_MODULES = (vm_pb2, network_pb2, host_pb2, tenancy_pb2, catalog_pb2, auth_pb2)
 INVALID_UTF8_NAME = bytes.fromhex("0a04fffec328")  # GetVmRequest.name = b"\xff\xfe\xc3("
 
 
@@ -77,8 +77,11 @@ def _raw(system: LocalSystem, method: str, streaming: bool, data: bytes, token: 
 def test_undecodable_requests_are_unauthenticated_or_invalid_on_every_method(system) -> None:
     methods = _api_methods()
     # The 40 the issue counted, ListOrphans, AdoptOrphan, DestroyOrphan, issue 12's
-    # UpdateVm, StartVm, StopVm, RestartVm, and issue 15's CreateVms, GetVmSet, PlanVms.
-    assert len(methods) == 50
+    # UpdateVm, StartVm, StopVm, RestartVm, issue 15's CreateVms, GetVmSet, PlanVms, and
+    # issue 14's AttachDisk, DetachDisk and NetworkService's six.
+    assert len(methods) == 58
+    assert {f"/quanta.v1.NetworkService/{m}" for m in ("CreateNetwork", "GetNetwork", "ListNetworks", "UpdateNetwork",
+                                                        "DeleteNetwork", "WatchNetworks")} <= {m for m, _ in methods}
     assert {f"/quanta.v1.VmService/{m}" for m in ("UpdateVm", "StartVm", "StopVm", "RestartVm", "CreateVms",
                                                    "GetVmSet", "PlanVms")} <= {m for m, _streaming in methods}
     answers: dict[str, tuple[str, str]] = {}
