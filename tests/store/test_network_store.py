@@ -20,6 +20,7 @@ from controlplane.store.addresses import AddressInUse, NetworkGone, PoolExhauste
 from controlplane.store.errors import AlreadyExists, EtagMismatch, NotFound, RequestMismatch
 from controlplane.store.keys import Keys, shard_of
 from controlplane.store.networks import SHARED, Network, NetworkInUse, NetworkStore, NetworkView
+from controlplane.store.tenancy import TenancyStore
 from controlplane.store.vms import VmStore
 from tests.conftest import make_projects
 
@@ -215,5 +216,23 @@ def test_a_static_address_is_taken_once_and_a_create_fails_if_its_network_was_de
             await networks.create(network("gone"))
             with pytest.raises(NetworkGone):
                 await vms.create(vm("late", other, AddressMode.DHCP), networks={other.network.name: other})
+
+    run(main())
+
+
+def test_a_deleted_project_or_tenant_takes_its_networks_along(etcd_endpoint: str, root: str) -> None:
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            keys = Keys(root)
+            store, tenancy = NetworkStore(client, keys), TenancyStore(client, keys)
+            await store.create(network("in-other", project="other"))
+            await store.create(network("kept"))
+            await tenancy.delete_project(TENANT, "other")
+            with pytest.raises(NotFound):
+                await store.get(TENANT, "other", "in-other")
+            await store.get(TENANT, PROJECT, "kept")
+            await store.create(network("shared", project=SHARED))
+            await tenancy.delete_tenant(TENANT, delete_project=lambda p: tenancy.delete_project(TENANT, p))
+            assert not (await client.range(keys.networks_prefix(), prefix_end(keys.networks_prefix()))).kvs
 
     run(main())
