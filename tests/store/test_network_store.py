@@ -15,11 +15,15 @@ import pytest
 
 from controlplane.addressing import parse_subnet
 from controlplane.etcd import EtcdClient, prefix_end
-from controlplane.models import AddressMode, Nic, Resources, VmRef, VmSpec, now_ns
+from controlplane.models import AddressMode, Nic, Resources, RestartPolicy, VmRef, VmSpec, VmState, now_ns
 from controlplane.store.addresses import AddressInUse, NetworkGone, PoolExhausted
 from controlplane.store.errors import AlreadyExists, EtagMismatch, NotFound, RequestMismatch
+from controlplane.store.hostagent import AgentStore
+from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys, shard_of
+from controlplane.store.lifecycle import HostEvictor, LifecycleStore
 from controlplane.store.networks import SHARED, Network, NetworkInUse, NetworkStore, NetworkView
+from controlplane.store.scheduling import HostBind, SchedulingStore
 from controlplane.store.tenancy import TenancyStore
 from controlplane.store.vms import VmStore
 from tests.conftest import make_projects
@@ -234,5 +238,38 @@ def test_a_deleted_project_or_tenant_takes_its_networks_along(etcd_endpoint: str
             await store.create(network("shared", project=SHARED))
             await tenancy.delete_tenant(TENANT, delete_project=lambda p: tenancy.delete_project(TENANT, p))
             assert not (await client.range(keys.networks_prefix(), prefix_end(keys.networks_prefix()))).kvs
+
+    run(main())
+
+
+def test_a_drained_vm_keeps_its_address_and_a_removed_one_gives_it_back(etcd_endpoint: str, root: str) -> None:
+    """On a drained host: a VM that restarts elsewhere (ALWAYS) is requeued with its
+    port and address; one that does not (NEVER) is removed by its agent's unbind,
+    which releases them."""
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            keys = Keys(root)
+            networks, vms = NetworkStore(client, keys), VmStore(client, keys)
+            sched, lifecycle = SchedulingStore(client, keys), LifecycleStore(client, keys)
+            view, _ = await networks.create(network("drained", "10.8.0.0/24"))
+            keep = vm("keep", view)
+            gone = replace(vm("gone", view), restart_policy=RestartPolicy.NEVER)
+            made = [(await vms.create(s, networks={view.network.name: view}))[0] for s in (keep, gone)]
+            ips = {r.ref.vm_id: r.spec.nics[0].ip for r in made}
+            queued = {q.spec.ref: q for shard in {s.shard for s in (keep, gone)}
+                      for q in (await sched.list_queue(shard))[0]}
+            current = await sched.read_current(["h1"], [])
+            result = await sched.bind(None, [HostBind("h1", current[0]["h1"][1], current[0]["h1"][0],
+                                                      [queued[r.ref] for r in made])])
+            assert result.committed == [True]
+            await HostStore(client, keys).drain("h1")
+            left = await HostEvictor(lifecycle, vms).evict("h1", dead=False)
+            assert await AgentStore(client, keys).remove_destroyed("h1", list(left.bound))
+            assert (await vms.get(made[0].ref)).status.state == VmState.PENDING
+            with pytest.raises(NotFound):
+                await vms.get(made[1].ref)
+            assert await taken(client, keys, view.network.uid) == {ips["keep"]}
+            ports = keys.ports_prefix(view.network.uid)
+            assert len((await client.range(ports, prefix_end(ports))).kvs) == 1
 
     run(main())
