@@ -17,11 +17,20 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
+from prometheus_client import Counter
+
 from controlplane.addressing import Subnet, choose_free, free_count
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.models import AddressMode, VmSpec
 from controlplane.store.errors import StoreError
 from controlplane.store.keys import Keys
+
+ADDRESS_PICK_CONFLICTS = Counter(
+    "quanta_address_pick_conflicts_total",
+    "STATIC_POOL addresses picked for a create and lost to another create (another frontend) before its "
+    "commit: picked again.")
+ADDRESS_POOL_EXHAUSTED = Counter("quanta_address_pool_exhausted_total",
+                                 "Creates refused because a network's address pool had no free address.")
 
 _WAIT_S = 1.0  # at most, for an in-flight proposal to be decided, before reading again
 
@@ -91,6 +100,7 @@ class AddressPicker:
                         short = short or nic.network
                         if choose_free(subnet, taken[nic.network_uid], self._rng) is None:
                             self._release(held)
+                            ADDRESS_POOL_EXHAUSTED.inc()
                             raise PoolExhausted(nic.network)
                         continue
                     nics[i] = replace(nic, ip=ip)
@@ -108,6 +118,11 @@ class AddressPicker:
                     await asyncio.wait_for(self._decided.wait(), _WAIT_S)
                 except TimeoutError:
                     pass
+
+    @staticmethod
+    def lost() -> None:
+        """A create lost a proposed address to another create (it picks again)."""
+        ADDRESS_PICK_CONFLICTS.inc()
 
     async def forget(self, specs: Iterable[VmSpec]) -> None:
         """The creates of ``specs`` are decided (committed or not): their STATIC_POOL

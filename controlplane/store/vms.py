@@ -222,6 +222,7 @@ class VmStore:
             try:
                 return await self._create_once(chosen, also, fingerprint, revisions)
             except _PoolAddressTaken:
+                self._addresses.lost()
                 continue
             finally:
                 if chosen is not spec:

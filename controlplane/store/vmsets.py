@@ -306,6 +306,7 @@ class VmSetStore:
             try:
                 return await self._admit_once(vm_set, chosen, also, fingerprint, request, revisions)
             except _PoolAddressTaken:
+                self._addresses.lost()
                 continue
             finally:
                 if specs:
