@@ -3,7 +3,7 @@ detached, and the collection of disks marked DELETING.
 
 Two controllers (list at R, watch from R+1, re-list when compacted), no polling:
 
-- attachments (``disk-attachments/``): those marked detaching are kept by VM uid;
+- attachments (``disks/{t}/{p}/{d}/attachment``): those marked detaching are kept by VM uid;
   each one that arrives for a VM of this agent re-enqueues that VM (``on_detaching``),
   whose reconcile detaches the disk on its host and then calls :meth:`detach_done`,
   which deletes the attachment key (compared: still as read);

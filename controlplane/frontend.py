@@ -24,6 +24,7 @@ from controlplane.api.decoding import DecodeInterceptor
 from controlplane.api.disk_service import DiskService
 from controlplane.api.host_service import HostService
 from controlplane.api.interceptors import default_interceptors, initialise_request_metrics
+from controlplane.api.network_service import NetworkService
 from controlplane.api.project_service import ProjectService
 from controlplane.api.quota_service import QuotaService
 from controlplane.api.reflection import enable_server_reflection
@@ -44,6 +45,8 @@ from controlplane.gen.quanta.v1 import (
     disk_pb2_grpc,
     host_pb2,
     host_pb2_grpc,
+    network_pb2,
+    network_pb2_grpc,
     tenancy_pb2,
     tenancy_pb2_grpc,
     vm_pb2,
@@ -57,6 +60,7 @@ from controlplane.store.disks import DiskStore
 from controlplane.store.hosts import HostStore
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import UsageLedger
+from controlplane.store.networks import NetworkStore
 from controlplane.store.orphans import OrphanStore
 from controlplane.store.records import KeyedRecords
 from controlplane.store.retention import DEFAULT_RETENTION_S, RetentionLeases
@@ -131,9 +135,13 @@ async def serve(config: FrontendConfig) -> None:
         tenancy = TenancyStore(client, keys)
         records = KeyedRecords(client)
         disks = DiskStore(client, keys, vms.requests, ledger)
+        networks = NetworkStore(client, keys, vms.requests)
         vm_pb2_grpc.add_VmServiceServicer_to_server(
-            VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s, disks=disks), server)
+            VmService(vms, catalog, shards=cluster.shards, bookmark_s=config.bookmark_s, disks=disks,
+                      networks=networks), server)
         disk_pb2_grpc.add_DiskServiceServicer_to_server(DiskService(disks, bookmark_s=config.bookmark_s), server)
+        network_pb2_grpc.add_NetworkServiceServicer_to_server(
+            NetworkService(networks, bookmark_s=config.bookmark_s), server)
         host_pb2_grpc.add_HostServiceServicer_to_server(
             HostService(HostStore(client, keys), bookmark_s=config.bookmark_s,
                         orphans=OrphanStore(client, keys, ledger)), server)
@@ -147,7 +155,8 @@ async def serve(config: FrontendConfig) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         api_services = [
             module.DESCRIPTOR.services_by_name[name].full_name
-            for module, names in ((vm_pb2, ("VmService",)), (disk_pb2, ("DiskService",)), (host_pb2, ("HostService",)),
+            for module, names in ((vm_pb2, ("VmService",)), (disk_pb2, ("DiskService",)),
+                                  (network_pb2, ("NetworkService",)), (host_pb2, ("HostService",)),
                                   (tenancy_pb2, ("TenantService", "ProjectService", "QuotaService")),
                                   (catalog_pb2, ("FlavorService", "ImageService")),
                                   (auth_pb2, ("TokenService", "AuditService")))

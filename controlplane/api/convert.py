@@ -9,12 +9,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controlplane.auth.principal import Grant, Role
 from controlplane.disks import DiskName
 from controlplane.gen.quanta.store.v1 import tenancy_pb2 as trec
-from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, disk_pb2, host_pb2, tenancy_pb2, vm_pb2
+from controlplane.gen.quanta.v1 import (
+    auth_pb2,
+    catalog_pb2,
+    common_pb2,
+    disk_pb2,
+    host_pb2,
+    network_pb2,
+    tenancy_pb2,
+    vm_pb2,
+)
 from controlplane.models import (
+    AddressMode,
     BootstrapFormat,
     BootstrapState,
     Flavor,
     Image,
+    Nic,
     Power,
     PowerOffMode,
     PowerPolicy,
@@ -28,6 +39,7 @@ from controlplane.models import (
 )
 from controlplane.store.disks import DiskView
 from controlplane.store.hosts import HostRecord
+from controlplane.store.networks import NetworkView
 from controlplane.store.orphans import Orphan
 from controlplane.store.vms import VmRecord
 from controlplane.tenancy import DIMENSIONS, Limits, Project, Tenant, Usage
@@ -93,6 +105,7 @@ def vm_to_proto(record: VmRecord) -> vm_pb2.Vm:
                    for a in status.addresses],
     )
     vm.disks.extend(DiskName(spec.ref.tenant, spec.ref.project, d.disk_id).name for d in spec.disks)
+    vm.nics.extend(nic_to_proto(nic) for nic in spec.nics)
     if spec.bootstrap is not None:
         # The summary only: the data itself is in bootstrap/, which no read touches.
         b = spec.bootstrap
@@ -119,6 +132,37 @@ def disk_to_proto(view: DiskView) -> disk_pb2.Disk:
         datastore_class=d.datastore_class, state=cast(disk_pb2.Disk.State, int(view.state)), vm=view.vm,
         create_time=_ts(d.create_time_ns), update_time=_ts(d.update_time_ns or d.create_time_ns),
         etag=view.etag, resource_version=view.resource_version)
+
+
+ADDRESS_MODE_TO_PROTO = {AddressMode.DHCP: vm_pb2.NetworkInterface.DHCP,
+                         AddressMode.STATIC_POOL: vm_pb2.NetworkInterface.STATIC_POOL,
+                         AddressMode.STATIC: vm_pb2.NetworkInterface.STATIC}
+ADDRESS_MODE_FROM_PROTO = {vm_pb2.NetworkInterface.ADDRESS_MODE_UNSPECIFIED: AddressMode.DHCP,
+                           vm_pb2.NetworkInterface.DHCP: AddressMode.DHCP,
+                           vm_pb2.NetworkInterface.STATIC_POOL: AddressMode.STATIC_POOL,
+                           vm_pb2.NetworkInterface.STATIC: AddressMode.STATIC}
+
+
+def nic_to_proto(nic: Nic) -> vm_pb2.NetworkInterface:
+    """A VM's NIC as its spec holds it: the network's full name, the mode, and for
+    static modes the address with the subnet's prefix, gateway and DNS."""
+    return vm_pb2.NetworkInterface(network=nic.network, address_mode=ADDRESS_MODE_TO_PROTO[nic.address_mode],
+                                   ip=nic.ip, prefix_length=nic.prefix_length, gateway=nic.gateway,
+                                   dns_servers=list(nic.dns_servers), backing=nic.backing)
+
+
+def network_to_proto(view: NetworkView) -> network_pb2.Network:
+    n = view.network
+    m = network_pb2.Network(name=n.name, uid=n.uid, labels=dict(n.labels), description=n.description,
+                            backing=n.backing, addresses_used=view.addresses_used,
+                            addresses_total=view.addresses_total, create_time=_ts(n.create_time_ns),
+                            update_time=_ts(n.update_time_ns or n.create_time_ns), etag=view.etag,
+                            resource_version=view.revision)
+    if n.subnet is not None:
+        s = n.subnet
+        m.subnet.CopyFrom(network_pb2.Subnet(cidr=s.cidr, gateway=s.gateway, dns_servers=list(s.dns_servers),
+                                             range_start=s.range_start, range_end=s.range_end))
+    return m
 
 
 RESTART_POLICY_TO_PROTO = {RestartPolicy.ALWAYS: vm_pb2.Vm.ALWAYS, RestartPolicy.NEVER: vm_pb2.Vm.NEVER}

@@ -405,6 +405,24 @@ def parse_quota_name(name: str, field: str = "name") -> tuple[str, str | None]:
     return parse_project_parent(owner, field)
 
 
+def parse_network_owner(parent: str, field: str = "parent") -> tuple[str, str]:
+    """``"tenants/{t}/projects/{p}"`` → ``(t, p)``; ``"tenants/{t}"`` → ``(t, "")`` (the
+    tenant's shared networks)."""
+    if parent.count("/") == 1:
+        return parse_tenant_name(parent, field), ""
+    return parse_project_parent(parent, field)
+
+
+def parse_network_name(name: str, field: str = "name") -> tuple[str, str, str]:
+    """``"tenants/{t}/projects/{p}/networks/{n}"`` → ``(t, p, n)``;
+    ``"tenants/{t}/networks/{n}"`` → ``(t, "", n)`` (shared)."""
+    if name.count("/") == 3:
+        t, n = _parse(name, field, ("tenants", "networks"), RESOURCE_ID)
+        return t, "", n
+    t, p, n = _parse(name, field, ("tenants", "projects", "networks"), RESOURCE_ID)
+    return t, p, n
+
+
 def parse_flavor_name(name: str, field: str = "name") -> tuple[str, str]:
     """``"flavors/{f}"`` → ``("", f)`` (public); ``"tenants/{t}/flavors/{f}"`` → ``(t, f)``."""
     if name.startswith("tenants/"):

@@ -15,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 import grpc
 from prometheus_client import Counter
 
+from controlplane.addressing import static_problem
 from controlplane.api import errors, validation
 from controlplane.api.access import audit_draft, require
 from controlplane.api.convert import (
+    ADDRESS_MODE_FROM_PROTO,
     BOOTSTRAP_FORMAT_FROM_PROTO,
     POWER_FROM_PROTO,
     POWER_OFF_MODE_FROM_PROTO,
@@ -43,9 +45,11 @@ from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc
 from controlplane.models import (
     DEFAULT_STOP_GRACE_S,
     MAX_STOP_GRACE_S,
+    AddressMode,
     BootstrapFormat,
     DiskRef,
     HostRegistration,
+    Nic,
     Power,
     PowerOffMode,
     Scope,
@@ -59,8 +63,10 @@ from controlplane.models import (
     now_ns,
 )
 from controlplane.store import bootstrap, idempotency
+from controlplane.store.addresses import AddressInUse, NetworkGone, PoolExhausted
 from controlplane.store.bootstrap import MAX_METADATA_BYTES, MAX_USER_DATA_BYTES, BootstrapData
 from controlplane.store.catalog import Catalog
+from controlplane.store.claims import MAX_NICS
 from controlplane.store.disks import (
     DiskChanged,
     DiskDeleting,
@@ -85,6 +91,7 @@ from controlplane.store.errors import (
 )
 from controlplane.store.keys import shard_of
 from controlplane.store.ledger import ProjectDeleting, QuotaExceeded, refuse
+from controlplane.store.networks import NetworkStore, NetworkView
 from controlplane.store.plans import MAX_HOLD_S
 from controlplane.store.vms import SpecUpdate, VmRecord, VmStore, pending_status
 from controlplane.store.vmsets import Member, SetTooLarge, VmSetStore
@@ -103,10 +110,11 @@ _AUDIT_PLACEHOLDER = [ops.put(b"audit", b"")]  # a set's audit record, to measur
 
 class VmService(vm_pb2_grpc.VmServiceServicer):
     def __init__(self, store: VmStore, catalog: Catalog, *, shards: int, bookmark_s: float = 10.0,
-                 disks: DiskStore | None = None):
+                 disks: DiskStore | None = None, networks: NetworkStore | None = None):
         self._store = store
         self._disks = disks or DiskStore(store.client, store.keys, store.requests, store.ledger)
-        self._sets = VmSetStore(store.client, store.keys, store.requests, store.ledger)
+        self._networks = networks or NetworkStore(store.client, store.keys, store.requests)
+        self._sets = VmSetStore(store.client, store.keys, store.requests, store.ledger, store.addresses)
         self._planner = Planner(store)
         self._catalog = catalog
         self._shards = shards
@@ -119,7 +127,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         parent = v.capture(validation.parse_project_parent, request.parent)
         if parent:
             require(Action.WRITE_VMS, *parent, kind="project", name=request.parent)
-        spec, data = self._spec(request, parent, v)
+        networks = await self._resolve(parent, [request])
+        spec, data = self._spec(request, parent, v, networks=networks)
         v.raise_if_any()
         spec = v.valid(spec)
         if request.validate_only:
@@ -127,7 +136,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 spec, _revisions = await self._take_disks(spec)
             except StoreError as err:
                 raise _create_error(err, request.parent, request.request_id, spec.ref.name) from err
-            error = (await self._preview(spec.ref.tenant, spec.ref.project, [spec]))[0]
+            error = (await self._preview(spec.ref.tenant, spec.ref.project, [spec], networks=networks))[0]
             if error is not None:
                 raise _create_error(error, request.parent, request.request_id, spec.ref.name) from error
             return _would_make(spec, (await self._planner.hosts([spec]))[0])
@@ -136,7 +145,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         secret = [bootstrap.put_op(self._store.keys, spec.ref, data)] if data is not None else []
         try:
             record, created = await self._create_one(spec, [*(await draft.writes() if draft else ()), *secret],
-                                                     _fingerprint(request, spec))
+                                                     _fingerprint(request, spec), networks)
         except StoreError as err:
             raise _create_error(err, request.parent, request.request_id, spec.ref.name) from err
         if created:
@@ -145,13 +154,16 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 draft.committed()
         return vm_to_proto(record)
 
-    async def _create_one(self, spec: VmSpec, also: list, fingerprint: bytes) -> tuple[VmRecord, bool]:
-        """VmStore.create with the spec's disks taken as read just now (a disk that
-        changed in between, e.g. relabelled, is read again)."""
+    async def _create_one(self, spec: VmSpec, also: list, fingerprint: bytes,
+                          networks: Mapping[str, NetworkView]) -> tuple[VmRecord, bool]:
+        """VmStore.create with the spec's NICs on ``networks`` (as :meth:`_resolve` read
+        them) and its disks taken as read just now (a disk that changed in between,
+        e.g. relabelled, is read again)."""
         for _attempt in range(_DISK_ATTEMPTS):
             taken, revisions = await self._take_disks(spec)
             try:
-                return await self._store.create(taken, also=also, fingerprint=fingerprint, disk_revisions=revisions)
+                return await self._store.create(taken, also=also, fingerprint=fingerprint,
+                                                networks=_by_name(networks), disk_revisions=revisions)
             except DiskChanged:
                 continue
         raise Conflict(f"the disks of {spec.ref.name} kept changing; retry")
@@ -177,14 +189,15 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         return replace(spec, disks=tuple(refs)), revisions
 
     def _spec(self, request: vm_pb2.CreateVmRequest, parent: tuple[str, str] | None, v: validation.Violations,
-              *, at: str = "", shard: int | None = None,
-              vm_set: str = "") -> tuple[VmSpec | None, BootstrapData | None]:
+              *, at: str = "", shard: int | None = None, vm_set: str = "",
+              networks: Mapping[str, NetworkView] | None = None) -> tuple[VmSpec | None, BootstrapData | None]:
         """The VM (and its bootstrap data) a create ``request`` of ``parent`` (None: the
         parent was invalid, already in ``v``) would make: the one place for every rule
         of a VM's create (CreateVm, each request of CreateVms). Problems are added to
         ``v``, their fields prefixed by ``at`` (e.g. "requests[3]."); the spec is None
         when this request has any. ``shard``: a set's (default: by the VM's uid);
-        ``vm_set``: the set's id. Pure apart from the catalog (a watched cache)."""
+        ``vm_set``: the set's id; ``networks``: what its NICs' network references
+        mean (:meth:`_resolve`). Pure apart from the catalog (a watched cache)."""
         before = len(v.items)
         # The id is optional (DESIGN.md): without one the server assigns "vm-<random>".
         vm_id = request.vm_id or f"vm-{uuid.uuid4().hex[:16]}"
@@ -237,6 +250,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                     v.add(f"{at}vm.disks[{j}]", f"disk {disk_id!r} is named twice")
                 elif disk_id is not None:
                     disk_ids.append(disk_id)
+        nics = _nics(vm.nics, networks or {}, v, f"{at}vm.nics")
         uid = uuid.uuid4().hex
         data = _bootstrap_data(vm, uid, vm_id, v, f"{at}vm.bootstrap")
         if len(v.items) > before or parent is None or flavor is None:
@@ -252,22 +266,33 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             anti_affinity_scope=SCOPE_FROM_PROTO[vm.anti_affinity_scope], affinity_group=vm.affinity_group,
             affinity_scope=SCOPE_FROM_PROTO[vm.affinity_scope],
             power=POWER_FROM_PROTO[vm.power], power_policy=POWER_POLICY_FROM_PROTO[vm.power_policy],
-            bootstrap=data.summary() if data is not None else None, vm_set=vm_set,
+            bootstrap=data.summary() if data is not None else None, vm_set=vm_set, nics=nics,
             # Ids only until the create reads the disks (_take_disks): what the caller chose.
             disks=tuple(DiskRef(disk_id, "", 0) for disk_id in disk_ids),
         )
         return spec, data
 
-    async def _preview(self, tenant: str, project: str, specs: list[VmSpec],
-                       set_ref: VmSetRef | None = None) -> list[StoreError | None]:
+    async def _resolve(self, parent: tuple[str, str] | None,
+                       requests: Sequence[vm_pb2.CreateVmRequest]) -> dict[str, NetworkView]:
+        """What the network references of ``requests``' NICs mean in ``parent`` (one
+        round trip; none without NICs): see NetworkStore.resolve."""
+        refs = [nic.network for one in requests for nic in one.vm.nics if nic.network]
+        if parent is None or not refs:
+            return {}
+        return await self._networks.resolve(*parent, refs)
+
+    async def _preview(self, tenant: str, project: str, specs: list[VmSpec], set_ref: VmSetRef | None = None,
+                       networks: Mapping[str, NetworkView] | None = None) -> list[StoreError | None]:
         """What creating ``specs`` would meet now, read without writing (validate_only):
         per spec, None or the store error its create would raise. AlreadyExists: its
         name is taken (here or by an earlier spec); QuotaExceeded: the quota cannot
         take it after the specs before it that fit; ProjectDeleting; NotFound (no such
         project). With ``set_ref`` (an all-or-nothing set): the set's key must be free
         too, and the quota is checked for all specs at once; the first error stands for
-        the set. Two round trips at once; request_ids are not looked up (a retry's
-        answer is the VM it made)."""
+        the set. Then their NICs' addresses (``networks``: what the NICs are on, by
+        any name): AddressInUse, PoolExhausted (``AddressPicker.preview``). Two round
+        trips at once, a third with static NICs; request_ids are not looked up (a
+        retry's answer is the VM it made)."""
         keys = self._store.keys
         set_reads = [ops.get(keys.vm_set(set_ref.tenant, set_ref.project, set_ref.set_id))] if set_ref else []
         try:
@@ -277,11 +302,16 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         except NotFound as err:
             return [err] * len(specs)
         name = validation.project_name(tenant, project)
+        subnets = {view.network.uid: view.network.subnet for view in (networks or {}).values()
+                   if view.network.subnet is not None}
+        addressed = await self._store.addresses.preview(specs, subnets) if any(s.nics for s in specs) else \
+            [None] * len(specs)
         if set_ref is not None:
             error: StoreError | None = AlreadyExists(set_ref.name) if set_kvs[0] else next(
                 (AlreadyExists(spec.ref.name) for spec, present in zip(specs, taken, strict=True) if present), None)
             total = sum((Usage.of_vm(spec.resources) for spec in specs), Usage())
-            return [error or refuse(record, name, usage, total)] + [None] * (len(specs) - 1)
+            error = error or refuse(record, name, usage, total) or next((e for e in addressed if e), None)
+            return [error] + [None] * (len(specs) - 1)
         out: list[StoreError | None] = []
         seen: set[VmRef] = set()
         delta = Usage()
@@ -291,7 +321,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 continue
             seen.add(spec.ref)
             grow = Usage.of_vm(spec.resources)
-            refusal = refuse(record, name, usage + delta, grow)
+            refusal = refuse(record, name, usage + delta, grow) or addressed[len(out)]
             out.append(refusal)
             if refusal is None:
                 delta = delta + grow
@@ -345,9 +375,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         group-commits them), each with its own outcome and audit record."""
         results = [vm_pb2.CreateVmsResult() for _ in request.requests]  # each set below
         valid: list[tuple[int, VmSpec, BootstrapData | None]] = []
+        networks = await self._resolve((tenant, project), request.requests)
         for i, one in enumerate(request.requests):
             v = validation.Violations()
-            spec, data = self._spec(one, (tenant, project), v)
+            spec, data = self._spec(one, (tenant, project), v, networks=networks)
             try:
                 v.raise_if_any()
             except errors.ApiError as err:
@@ -363,7 +394,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                     results[i] = _refused(_create_error(err, request.parent, spec.request_id, spec.ref.name))
                     return None
             valid = [t for t in await asyncio.gather(*(take(*one) for one in valid)) if t is not None]
-            outcomes = await self._preview(tenant, project, [spec for _i, spec, _data in valid])
+            outcomes = await self._preview(tenant, project, [spec for _i, spec, _data in valid], networks=networks)
             fine = [spec for (_i, spec, _data), error in zip(valid, outcomes, strict=True) if error is None]
             hosts = iter(await self._planner.hosts(fine) if fine else [])
             for (i, spec, _data), error in zip(valid, outcomes, strict=True):
@@ -377,7 +408,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             try:
                 record, created = await self._create_one(
                     spec, [*(await draft.writes(spec.ref.name) if draft else ()), *secret],
-                    _fingerprint(request.requests[i], spec))
+                    _fingerprint(request.requests[i], spec), networks)
             except StoreError as err:
                 results[i] = _refused(_create_error(err, request.parent, spec.request_id, spec.ref.name))
                 return False
@@ -408,12 +439,17 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         v = validation.Violations()
         members: list[Member] = []
         first: dict[str, int] = {}
+        networks = await self._resolve((tenant, project), request.requests)
+        statics: dict[tuple[str, str], int] = {}
         for i, one in enumerate(request.requests):
             at = f"requests[{i}]."
             if one.request_id:
                 v.add(f"{at}request_id", "the set's request_id covers its members; leave it empty")
-            spec, data = self._spec(one, (tenant, project), v, at=at, shard=shard, vm_set=set_id)
+            spec, data = self._spec(one, (tenant, project), v, at=at, shard=shard, vm_set=set_id,
+                                    networks=networks)
             if spec is None:
+                continue
+            if _static_twice(spec, statics, i, v, at):
                 continue
             if spec.ref.vm_id in first:
                 v.add(f"{at}vm_id", f"{spec.ref.vm_id!r} is also the id of requests[{first[spec.ref.vm_id]}]")
@@ -440,7 +476,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             too_large = self._sets.too_large(vm_set, members, also=_AUDIT_PLACEHOLDER)
             if too_large is not None:
                 raise _set_too_large(too_large)
-            outcomes = await self._preview(tenant, project, [m.spec for m in members], set_ref=ref)
+            outcomes = await self._preview(tenant, project, [m.spec for m in members], set_ref=ref,
+                                           networks=networks)
             error = outcomes[0]
             if error is not None:
                 raise _create_error(error, request.parent, request.request_id, ref.name) from error
@@ -459,7 +496,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 try:
                     admitted = await self._sets.admit(vm_set, members,
                                                       also=await draft.writes(ref.name) if draft else (),
-                                                      fingerprint=fingerprint)
+                                                      fingerprint=fingerprint, networks=_by_name(networks))
                     break
                 except DiskChanged:
                     members = await self._take_set_disks(members, request.parent, request.request_id)
@@ -530,6 +567,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             v.capture(validation.validate_request_id, request.request_id)
         specs: list[VmSpec] = []
         first: dict[str, int] = {}
+        networks = await self._resolve(parent, request.requests)
+        statics: dict[tuple[str, str], int] = {}
         for i, one in enumerate(request.requests):
             at = f"requests[{i}]."
             if one.parent and one.parent != request.parent:
@@ -539,8 +578,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             if not one.vm_id:
                 v.add(f"{at}vm_id", "required: a plan names its VMs")
                 continue
-            spec, _data = self._spec(one, parent, v, at=at)
-            if spec is None:
+            spec, _data = self._spec(one, parent, v, at=at, networks=networks)
+            if spec is None or _static_twice(spec, statics, i, v, at):
                 continue
             if spec.ref.vm_id in first:
                 v.add(f"{at}vm_id", f"{spec.ref.vm_id!r} is also the id of requests[{first[spec.ref.vm_id]}]")
@@ -1000,6 +1039,13 @@ def _create_error(err: StoreError, parent: str, request_id: str, name: str) -> e
                                          metadata={"project": parent, "dimensions": ",".join(err.dimensions)})
     if isinstance(err, PlanEnded):
         return errors.failed_precondition(str(err), "PLAN_EXPIRED")
+    if isinstance(err, PoolExhausted):
+        return errors.resource_exhausted(str(err), "ADDRESS_POOL_EXHAUSTED", metadata={"network": err.network})
+    if isinstance(err, AddressInUse):
+        return errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "ADDRESS_IN_USE", str(err),
+                               metadata={"network": err.network, "ip": err.ip})
+    if isinstance(err, NetworkGone):
+        return errors.failed_precondition(str(err), "NETWORK_DELETED", metadata={"network": err.network})
     if isinstance(err, Conflict):
         return errors.aborted(str(err))
     return error_for_exception(err)
@@ -1148,3 +1194,75 @@ def _fingerprint(request: vm_pb2.CreateVmRequest, spec: VmSpec) -> bytes:
             instance_id=m.instance_id, hostname=m.hostname, ssh_authorized_keys=list(m.ssh_authorized_keys),
             values=m.values)
     return idempotency.fingerprint(spec, chosen_id=bool(request.vm_id), metadata=metadata)
+
+
+def _nics(nics: Sequence[vm_pb2.NetworkInterface], networks: Mapping[str, NetworkView], v: validation.Violations,
+          field: str) -> tuple[Nic, ...]:
+    """The NICs a create asks for, as its spec holds them (each a copy of what its
+    network says: full name, uid, backing, and for static modes the subnet's prefix,
+    gateway and DNS; a STATIC_POOL address is picked at commit), problems added to
+    ``v`` under ``field``. ``networks``: what each reference means (absent: unknown,
+    or not the caller's to use: told apart from nothing, so nothing leaks). Pure."""
+    if len(nics) > MAX_NICS:
+        v.add(field, f"{len(nics)} NICs; at most {MAX_NICS}")
+        return ()
+    out: list[Nic] = []
+    statics: set[tuple[str, str]] = set()
+    for i, nic in enumerate(nics):
+        at = f"{field}[{i}]"
+        for name in ("prefix_length", "gateway", "dns_servers", "backing"):
+            if getattr(nic, name):
+                v.add(f"{at}.{name}", "output only; leave it unset")
+        if nic.address_mode not in ADDRESS_MODE_FROM_PROTO:
+            v.add(f"{at}.address_mode", f"unknown address mode {nic.address_mode}; DHCP, STATIC_POOL or STATIC")
+            continue
+        mode = ADDRESS_MODE_FROM_PROTO[nic.address_mode]
+        if not nic.network:
+            v.add(f"{at}.network", "required: a network id of the project or the tenant, or its full name")
+            continue
+        view = networks.get(nic.network)
+        if view is None:
+            v.add(f"{at}.network", f"unknown network {nic.network!r}")
+            continue
+        network = view.network
+        subnet = network.subnet
+        if mode is not AddressMode.STATIC and nic.ip:
+            v.add(f"{at}.ip", "only for address_mode STATIC (a STATIC_POOL address is chosen by Quanta)")
+            continue
+        if mode is not AddressMode.DHCP and subnet is None:
+            v.add(f"{at}.address_mode", f"network {network.name!r} has no subnet: DHCP only")
+            continue
+        if mode is AddressMode.STATIC:
+            assert subnet is not None
+            problem = "required for address_mode STATIC" if not nic.ip else static_problem(subnet, nic.ip)
+            if problem:
+                v.add(f"{at}.ip", problem)
+                continue
+            if (network.uid, nic.ip) in statics:
+                v.add(f"{at}.ip", f"{nic.ip} is also another NIC's")
+                continue
+            statics.add((network.uid, nic.ip))
+        static = subnet is not None and mode is not AddressMode.DHCP
+        out.append(Nic(network.name, network.uid, network.backing, mode, nic.ip if mode is AddressMode.STATIC else "",
+                       subnet.prefix_length if static and subnet else 0, subnet.gateway if static and subnet else "",
+                       subnet.dns_servers if static and subnet else ()))
+    return tuple(out)
+
+
+def _static_twice(spec: VmSpec, seen: dict[tuple[str, str], int], i: int, v: validation.Violations,
+                  at: str) -> bool:
+    """True (with a violation in ``v``) when a STATIC address of ``spec`` (request ``i``
+    of a set or plan) is also one of an earlier request's (``seen``, filled here)."""
+    clash = False
+    for j, nic in enumerate(spec.nics):
+        if nic.address_mode is AddressMode.STATIC:
+            other = seen.setdefault((nic.network_uid, nic.ip), i)
+            if other != i:
+                v.add(f"{at}vm.nics[{j}].ip", f"{nic.ip} is also requests[{other}]'s")
+                clash = True
+    return clash
+
+
+def _by_name(networks: Mapping[str, NetworkView]) -> dict[str, NetworkView]:
+    """The resolved networks by full name (as a spec's NICs name them)."""
+    return {view.network.name: view for view in networks.values()}

@@ -61,6 +61,14 @@ def present(key: bytes) -> pb.Compare:
     return _cmp(key, pb.Compare.CREATE, pb.Compare.GREATER, create_revision=0)
 
 
+def none_under(prefix: bytes) -> pb.Compare:
+    """True when no key starts with ``prefix``: a range compare of create_revision == 0
+    over [prefix, prefix_end), which etcd holds vacuously true on an empty range and
+    false as soon as one key exists there."""
+    return pb.Compare(key=prefix, range_end=prefix_end(prefix), target=pb.Compare.CREATE,
+                      result=pb.Compare.EQUAL, create_revision=0)
+
+
 def value_is(key: bytes, value: bytes) -> pb.Compare:
     """True when ``key`` exists and holds exactly ``value``."""
     return _cmp(key, pb.Compare.VALUE, pb.Compare.EQUAL, value=value)
@@ -74,10 +82,12 @@ def delete(key: bytes, range_end: bytes = b"") -> pb.RequestOp:
     return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key, range_end=range_end))
 
 
-def get(key: bytes, range_end: bytes = b"", limit: int = 0, revision: int = 0) -> pb.RequestOp:
+def get(key: bytes, range_end: bytes = b"", limit: int = 0, revision: int = 0, *, keys_only: bool = False,
+        count_only: bool = False) -> pb.RequestOp:
     """A range read; ``revision`` > 0 reads the store as it was then."""
     return pb.RequestOp(request_range=pb.RangeRequest(key=key, range_end=range_end, limit=limit,
-                                                      revision=revision))
+                                                      revision=revision, keys_only=keys_only,
+                                                      count_only=count_only))
 
 
 def txn(compare: list[pb.Compare], success: list[pb.RequestOp], failure: Sequence[pb.RequestOp] = ()) -> pb.RequestOp:

@@ -9,7 +9,9 @@ the rules every writer of a host's bindings obeys.
   the allocation and the zone group count shrink, the VM's tombstone is left on the
   host (``tombstones.py``), and the VM is either *requeued* (the binding's copy of
   the spec back to its shard's queue, status PENDING with why) or *removed* (spec
-  and status go too, and its bootstrap data if it is still stored).
+  and status go too, and its bootstrap data if it is still stored, its ports,
+  addresses and disk attachments: ``claims.release_ops``). A requeued VM keeps
+  them: it is the same VM on another host.
 - **mark evicting** (the host evictor, a drained host): the binding is rewritten
   with why; its agent destroys the VM, then unbinds it into the queue.
 - **resize** (``VmStore.update_spec``, a flavor change of a bound VM): the binding is
@@ -28,7 +30,8 @@ the rules every writer of a host's bindings obeys.
   unbinds, moves and resizes keep every hold (they do not know which plans are live,
   or have no budget for the compare).
 - **remove pending** (``remove_pending``, a set failed at its deadline): a pending
-  VM's spec, status, queue entry and bootstrap data go (quota: the caller's charge).
+  VM's spec, status, queue entry, bootstrap data and claims go (quota: the caller's
+  charge).
 
 A *move* off a host is unbinds, some requeued and some removed, in one txn.
 
@@ -58,11 +61,14 @@ from dataclasses import dataclass, field, replace
 from controlplane.etcd import ops, prefix_end
 from controlplane.etcd.ops import Compare, RequestOp
 from controlplane.models import (
+    AddressMode,
     Binding,
     BootstrapFormat,
     BootstrapSummary,
+    DiskRef,
     HeldRoom,
     HostAllocation,
+    Nic,
     Resources,
     Scope,
     VmRef,
@@ -70,7 +76,7 @@ from controlplane.models import (
     VmState,
     VmStatus,
 )
-from controlplane.store import bootstrap, holds
+from controlplane.store import bootstrap, claims, holds
 from controlplane.store.errors import HostFull
 from controlplane.store.keys import Keys
 from controlplane.store.tombstones import DELETED, MOVED, tombstone_put
@@ -323,13 +329,15 @@ def remove_pending(keys: Keys, spec: VmSpec, queue_revision: int) -> tuple[list[
 
 
 def pending_removal(keys: Keys, spec: VmSpec) -> list[RequestOp]:
-    """The writes that remove a pending VM: its spec and status, its queue entry, and
-    its bootstrap data if it has any (the caller compares the entry as it read it)."""
+    """The writes that remove a pending VM: its spec and status, its queue entry, its
+    bootstrap data if it has any, and what it holds outside its keys (ports,
+    addresses, disk attachments: ``claims.release_ops``). The caller compares the
+    entry as it read it."""
     prefix = keys.vm_prefix(spec.ref)
     writes = [ops.delete(prefix, prefix_end(prefix)), ops.delete(keys.queue(spec.shard, spec.ref))]
     if spec.bootstrap is not None:
         writes.append(bootstrap.delete_op(keys, spec.ref))
-    return writes
+    return writes + claims.release_ops(keys, spec)
 
 
 def unbind(keys: Keys, host: HostRead, vms: Sequence[Unbind], *, zone_counts: Mapping[ZoneGroupId, ZoneCount],
@@ -366,6 +374,7 @@ def unbind(keys: Keys, host: HostRead, vms: Sequence[Unbind], *, zone_counts: Ma
             writes += [ops.delete(k.vm_spec(ref)), ops.delete(k.vm_status(ref))]
             if spec.bootstrap is not None:  # its secret goes with it, if still there
                 writes.append(bootstrap.delete_op(k, ref))
+            writes += claims.release_ops(k, spec)  # its ports, addresses and disk attachments
     writes.append(ops.put(k.host_alloc(host.host), allocation.to_bytes()))
     return HostTxn(host.host, compares, writes, allocation, after)
 
@@ -427,13 +436,18 @@ def mark_evicting(keys: Keys, host: str, vms: Sequence[tuple[Binding, int]], *, 
 
 # --- budgets: measured on the builders above ----------------------------------------------
 
-def _worst_spec(i: int) -> VmSpec:
+def worst_spec(i: int) -> VmSpec:
     """A VM that costs the most to bind or unbind: counted in a zone group and relying
-    on another (both its own, so nothing is shared with other VMs)."""
+    on another (both its own, so nothing is shared with other VMs), with bootstrap
+    data, the most NICs (every one static: a port and an address to release) and the
+    most disks (an attachment each)."""
+    nics = tuple(Nic(f"tenants/t/networks/n{j}", f"n{j}", "pg", AddressMode.STATIC, f"10.0.{i % 250}.{j + 1}", 24)
+                 for j in range(claims.MAX_NICS))
+    disks = tuple(DiskRef(f"d{i}-{j}", f"du{i}-{j}", 1) for j in range(claims.MAX_DISKS))
     return VmSpec(VmRef("t", "p", f"v{i}"), f"u{i}", "f", "i", Resources(1, 1, 1), shard=0,
                   anti_affinity_group=f"g{i}", anti_affinity_scope=Scope.ZONE,
                   affinity_group=f"a{i}", affinity_scope=Scope.ZONE,
-                  bootstrap=BootstrapSummary(BootstrapFormat.CLOUD_INIT, 1, b"\0" * 32))
+                  bootstrap=BootstrapSummary(BootstrapFormat.CLOUD_INIT, 1, b"\0" * 32), nics=nics, disks=disks)
 
 
 def _worst_host(name: str) -> HostRead:
@@ -452,7 +466,7 @@ def _fixed_and_each(cost_of) -> tuple[Cost, Cost]:
 @functools.cache
 def _bind_costs() -> tuple[Cost, Cost]:
     keys = Keys("/")
-    return _fixed_and_each(lambda n: bind(keys, _worst_host("h"), [(_worst_spec(i), 1) for i in range(n)], zone="z",
+    return _fixed_and_each(lambda n: bind(keys, _worst_host("h"), [(worst_spec(i), 1) for i in range(n)], zone="z",
                                           zone_counts={}, at=0).cost)
 
 
@@ -461,7 +475,7 @@ def _unbind_costs() -> tuple[Cost, Cost]:
     keys = Keys("/")
 
     def cost(n: int, requeue: bool) -> Cost:
-        vms = [Unbind(Binding(_worst_spec(i), "h", "z"), 1, requeue) for i in range(n)]
+        vms = [Unbind(Binding(worst_spec(i), "h", "z"), 1, requeue) for i in range(n)]
         return unbind(keys, HostRead("h"), vms, zone_counts={}, at=0, tombstone_lease=1).cost
 
     fixed_q, each_q = _fixed_and_each(lambda n: cost(n, True))
@@ -476,7 +490,7 @@ def _set_bind_costs() -> tuple[Cost, Cost]:
 
     def cost(n: int) -> Cost:
         # Each member on a host of its own, in a zone of its own: nothing shared.
-        hosts = [SetHost(HostRead(f"h{i}"), f"z{i}", [(_worst_spec(i), 1)]) for i in range(n)]
+        hosts = [SetHost(HostRead(f"h{i}"), f"z{i}", [(worst_spec(i), 1)]) for i in range(n)]
         return bind_set(keys, hosts, zone_counts={}, record=(b"/s", 1, b""), at=0, plan="p").cost
 
     return _fixed_and_each(cost)

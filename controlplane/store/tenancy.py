@@ -148,7 +148,10 @@ class TenancyStore:
                 [ops.delete(k.tenant(tenant_id)),
                  ops.delete(k.projects_prefix(tenant_id), prefix_end(k.projects_prefix(tenant_id))),
                  ops.delete(k.usage_prefix(tenant_id), prefix_end(k.usage_prefix(tenant_id))),
-                 ops.delete(k.tenant_flavors_prefix(tenant_id), prefix_end(k.tenant_flavors_prefix(tenant_id)))],
+                 ops.delete(k.tenant_flavors_prefix(tenant_id), prefix_end(k.tenant_flavors_prefix(tenant_id))),
+                 # Its networks, shared or not (their VMs are gone or going: a VM's NIC
+                 # holds a copy, and its removal releases its port and address by uid).
+                 ops.delete(k.networks_prefix(tenant_id), prefix_end(k.networks_prefix(tenant_id)))],
             )
             if result.succeeded:
                 return tenant
@@ -269,8 +272,10 @@ class TenancyStore:
             # No VM may be charged between this read and the delete (every charge writes a stripe).
             compares = [ops.mod_revision_is(key, project_kvs[0].mod_revision),
                         ops.unchanged_since(usage, prefix_end(usage), result.revision)]
+            networks = k.networks_prefix(tenant_id, project_id)
             writes = [ops.delete(key), ops.delete(usage, prefix_end(usage)),
-                      ops.delete(*_prefix_range(k.request(tenant_id, project_id, "x")))]
+                      ops.delete(*_prefix_range(k.request(tenant_id, project_id, "x"))),
+                      ops.delete(networks, prefix_end(networks))]  # its networks go with it
             if tenant_kvs:
                 tenant = Tenant.from_bytes(tenant_kvs[0].value)
                 compares.append(ops.mod_revision_is(k.tenant(tenant_id), tenant_kvs[0].mod_revision))

@@ -15,6 +15,7 @@ from controlplane.disks import DiskName
 from controlplane.etcd import EtcdClient, KeyValue, WatchEvent, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import (
+    AddressMode,
     Binding,
     HostAllocation,
     HostRegistration,
@@ -24,7 +25,8 @@ from controlplane.models import (
     VmStatus,
     now_ns,
 )
-from controlplane.store import bindings, disks
+from controlplane.store import bindings, claims, disks
+from controlplane.store.addresses import AddressInUse, AddressPicker, NetworkGone, PoolExhausted
 from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
@@ -36,6 +38,7 @@ from controlplane.store.errors import (
 )
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, QuotaExceeded, UsageLedger
+from controlplane.store.networks import NetworkView
 from controlplane.store.retention import RetentionLeases
 from controlplane.tenancy import Usage
 
@@ -130,38 +133,43 @@ def pending_status(spec: VmSpec) -> VmStatus:
 
 
 def create_ops(keys: Keys, spec: VmSpec, status: VmStatus,
-               disk_revisions: Mapping[str, int] | None = None) -> tuple[list, list]:
+               networks: Mapping[str, int] | None = None,
+               disk_revisions: Mapping[str, int] | None = None) -> tuple[list, list, claims.Claims]:
     """What creating a VM compares (its name is free) and writes (its spec, status and
-    queue entry in its shard), and what it takes with it (its disks' attachments,
-    ``disks.attach_ops``; ``disk_revisions``: each disk's record mod_revision as read):
-    the one place for it, used by :meth:`VmStore.create` and by a set's admission
-    (``vmsets.py``); :func:`create_exclusive` names what it holds. Pure."""
+    queue entry in its shard), with what it takes with it (``claims.create_claims``:
+    its NICs' ports and addresses, ``networks`` giving the create_revision of each
+    network they are on, as read; its disks' attachments, ``disk_revisions`` giving
+    each disk's record mod_revision as read). The claims come back too: their reads
+    and exclusive keys belong in the caller's charge (with the VM's own prefix). The
+    one place for it, used by :meth:`VmStore.create` and by a set's admission
+    (``vmsets.py``). Pure."""
     spec_key = keys.vm_spec(spec.ref)
     spec_bytes = spec.to_bytes()
-    compares = [ops.absent(spec_key)]
-    writes = [ops.put(spec_key, spec_bytes), ops.put(keys.vm_status(spec.ref), status.to_bytes()),
-              ops.put(keys.queue(spec.shard, spec.ref), spec_bytes)]
-    if spec.disks:
-        c, w = disks.attach_ops(keys, spec.ref, spec.uid, spec.disks, disk_revisions or {},
-                                at_ns=spec.create_time_ns)
-        compares += c
-        writes += w
-    return compares, writes
+    taken = claims.create_claims(keys, spec, networks or {}, disk_revisions)
+    return ([ops.absent(spec_key), *taken.compares],
+            [ops.put(spec_key, spec_bytes), ops.put(keys.vm_status(spec.ref), status.to_bytes()),
+             ops.put(keys.queue(spec.shard, spec.ref), spec_bytes), *taken.writes], taken)
 
 
-def create_exclusive(keys: Keys, spec: VmSpec) -> tuple[bytes, ...]:
-    """The names a VM's create holds in a group commit (``Charge.exclusive``): its own
-    prefix and what :func:`create_ops` takes with it. Pure."""
-    return (keys.vm_prefix(spec.ref), *disks.attach_exclusive(keys, spec.ref, spec.disks))
+_MAX_POOL_ATTEMPTS = 64  # creates that lost a pool address to another frontend, then pick again
+
+
+class _PoolAddressTaken(Exception):
+    """A create's STATIC_POOL address was taken by another create first: pick again."""
 
 
 class VmStore:
     def __init__(self, client: EtcdClient, keys: Keys, requests: RetentionLeases | None = None,
-                 ledger: UsageLedger | None = None):
+                 ledger: UsageLedger | None = None, addresses: AddressPicker | None = None):
         self._etcd = client
         self._keys = keys
         self._requests = requests or RetentionLeases(client)
         self._ledger = ledger or UsageLedger(client, keys)
+        self._addresses = addresses or AddressPicker(client, keys)
+
+    @property
+    def addresses(self) -> AddressPicker:
+        return self._addresses
 
     @property
     def keys(self) -> Keys:
@@ -182,30 +190,72 @@ class VmStore:
     # --- create ------------------------------------------------------------------------
 
     async def create(self, spec: VmSpec, *, also: Sequence = (), fingerprint: bytes = b"",
+                     networks: Mapping[str, NetworkView] | None = None,
                      disk_revisions: Mapping[str, int] | None = None) -> tuple[VmRecord, bool]:
         """Store a new PENDING VM, queue it for its scheduler shard and charge its
         project's quota, in one transaction, with the puts ``also`` (e.g. its audit
-        record; keys no other change writes).
+        record; keys no other change writes) and its claims (``claims.py``: NICs' ports
+        and addresses, ``networks`` giving each network its NICs are on, by full name,
+        as read; disks' attachments, ``disk_revisions`` giving each disk's record
+        mod_revision as read). A STATIC_POOL NIC gets a free address of its network's pool, picked
+        here (``addresses.AddressPicker``) and picked again when another create took
+        it first.
 
         Idempotent by ``spec.request_id`` for the request retention: a retry
-        returns the VM the first attempt made, or raises RequestReplayed if that
-        VM is gone (never a second VM). ``fingerprint`` (see
-        :mod:`controlplane.store.idempotency`) is kept with the request_id: a create
-        with the same request_id and another fingerprint raises RequestMismatch
-        (when both have one). Returns (record, created). Raises
+        returns the VM the first attempt made (with its addresses), or raises
+        RequestReplayed if that VM is gone (never a second VM, nor a second address).
+        ``fingerprint`` (see :mod:`controlplane.store.idempotency`) is kept with the
+        request_id: a create with the same request_id and another fingerprint raises
+        RequestMismatch (when both have one). Returns (record, created). Raises
         AlreadyExists when the name is taken by another request, NotFound when the
         project does not exist, QuotaExceeded when the VM does not fit its quota,
-        ProjectDeleting when the project is being deleted. With ``spec.disks`` (each
-        read at ``disk_revisions``): DiskInUse, DiskDeleting, NotFound (a disk is gone)
-        or DiskChanged (one changed since it was read: read again) when one cannot be taken.
-        ``created`` False: nothing was written, ``also`` neither.
+        ProjectDeleting when the project is being deleted, PoolExhausted (a pool has
+        no free address), AddressInUse (a STATIC address is taken), NetworkGone (a
+        network was deleted meanwhile). With ``spec.disks`` (each read at
+        ``disk_revisions``): DiskInUse, DiskDeleting, NotFound (a disk is gone) or
+        DiskChanged (one changed since it was read: read again) when one cannot be
+        taken. ``created`` False: nothing was written, ``also`` neither.
         """
+        networks = networks or {}
+        revisions = {name: view.create_revision for name, view in networks.items()}
+        subnets = {view.network.uid: view.network.subnet for view in networks.values()
+                   if view.network.subnet is not None}
+        for _attempt in range(_MAX_POOL_ATTEMPTS):
+            try:
+                chosen = (await self._addresses.propose([spec], subnets))[0] if claims.uses_pool(spec) else spec
+            except PoolExhausted:
+                if spec.request_id:  # a retry of a create that made its VM gets it, whatever the pool holds now
+                    existing, request_kvs = await self._read_existing(spec)
+                    if request_kvs or existing is not None:
+                        return await self._existing(spec, existing, request_kvs, fingerprint)
+                raise
+            try:
+                return await self._create_once(chosen, also, fingerprint, revisions, disk_revisions or {})
+            except _PoolAddressTaken:
+                self._addresses.lost()
+                continue
+            finally:
+                if chosen is not spec:
+                    await self._addresses.forget([chosen])
+        raise Conflict(f"the create of {spec.ref.name} kept losing its pool address to other creates; retry")
+
+    async def _read_existing(self, spec: VmSpec) -> tuple[VmRecord | None, list[KeyValue]]:
+        k = self._keys
+        request = [ops.get(k.request(spec.ref.tenant, spec.ref.project, spec.request_id))] if spec.request_id else []
+        result = await self._etcd.txn([], [ops.get(k.vm_prefix(spec.ref), prefix_end(k.vm_prefix(spec.ref))),
+                                           *request])
+        return self._record_from(result.kvs(0)), (result.kvs(1) if request else [])
+
+    async def _create_once(self, spec: VmSpec, also: Sequence, fingerprint: bytes,
+                           networks: Mapping[str, int], disk_revisions: Mapping[str, int]) -> tuple[VmRecord, bool]:
+        """One attempt of :meth:`create` with the addresses chosen; raises
+        _PoolAddressTaken when a STATIC_POOL address was taken meanwhile."""
         k = self._keys
         status = pending_status(spec)
         vm_range = ops.get(k.vm_prefix(spec.ref), prefix_end(k.vm_prefix(spec.ref)))
-        compares, writes = create_ops(k, spec, status, disk_revisions)
+        compares, writes, taken = create_ops(k, spec, status, networks, disk_revisions)
         charge = Charge(Usage.of_vm(spec.resources), compares=compares, writes=[*writes, *also], reads=[vm_range],
-                        exclusive=create_exclusive(k, spec))
+                        exclusive=(k.vm_prefix(spec.ref), *taken.exclusive))
         request_key = b""
         if spec.request_id:
             request_key = k.request(spec.ref.tenant, spec.ref.project, spec.request_id)
@@ -215,25 +265,34 @@ class VmStore:
                 lease=await self._requests.current()))
             charge.reads.append(ops.get(request_key))
             charge.exclusive += (request_key,)
+        charge.reads += taken.reads
         try:
             revision = await self._ledger.apply(spec.ref.tenant, spec.ref.project, charge)
             return VmRecord(spec, status, revision, revision), True
         except GuardFailed as failed:
             existing, request_kvs = self._record_from(failed.kvs[0]), failed.kvs[1] if spec.request_id else []
+            if existing is None and not request_kvs:
+                failure = claims.failed_claim(spec, networks, failed.kvs[2 if spec.request_id else 1:])
+                if failure is not None and not failure.address_taken:
+                    raise NetworkGone(failure.network) from None
+                if failure is not None:
+                    nic = spec.nics[failure.nic]
+                    if nic.address_mode is AddressMode.STATIC_POOL:
+                        raise _PoolAddressTaken() from None
+                    raise AddressInUse(nic.network, nic.ip) from None
         except (QuotaExceeded, ProjectDeleting):
             if not spec.request_id:
                 raise
             # A retry of a create that succeeded must return its VM, even when the
             # quota is now full or the project is being deleted.
-            result = await self._etcd.txn([], [vm_range, ops.get(request_key)])
-            existing, request_kvs = self._record_from(result.kvs(0)), result.kvs(1)
+            existing, request_kvs = await self._read_existing(spec)
             if not request_kvs:
                 raise
         try:
             return await self._existing(spec, existing, request_kvs, fingerprint)
         except Conflict:
             if spec.disks:  # neither its name nor its request: a disk it takes
-                raise await self.disk_refusal(spec, disk_revisions or {}) from None
+                raise await self.disk_refusal(spec, disk_revisions) from None
             raise
 
     async def _existing(self, spec: VmSpec, existing: VmRecord | None,

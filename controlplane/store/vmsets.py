@@ -21,11 +21,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import (
+    AddressMode,
     BootstrapFormat,
     Hold,
     Resources,
@@ -35,7 +36,8 @@ from controlplane.models import (
     VmSpec,
     VmStatus,
 )
-from controlplane.store import bindings, bootstrap
+from controlplane.store import bindings, bootstrap, claims
+from controlplane.store.addresses import AddressInUse, AddressPicker, NetworkGone, PoolExhausted
 from controlplane.store.bootstrap import BootstrapData
 from controlplane.store.errors import (
     AlreadyExists,
@@ -48,8 +50,9 @@ from controlplane.store.errors import (
 )
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import Charge, GuardFailed, ProjectDeleting, QuotaExceeded, UsageLedger, txn_ops
+from controlplane.store.networks import NetworkView
 from controlplane.store.retention import RetentionLeases
-from controlplane.store.vms import VmRecord, VmStore, create_exclusive, create_ops, pending_status
+from controlplane.store.vms import VmRecord, VmStore, create_ops, pending_status
 from controlplane.tenancy import Usage
 
 log = logging.getLogger(__name__)
@@ -97,22 +100,27 @@ class SetTooLarge(StoreError):
 
 
 def admission(keys: Keys, vm_set: VmSet, members: Sequence[Member], *, also: Sequence = (),
-              request: tuple[bytes, object] | None = None) -> Charge:
+              request: tuple[bytes, object] | None = None, networks: Mapping[str, int] | None = None) -> Charge:
     """The charge that admits ``vm_set`` with ``members`` (see the module docstring);
-    ``request``: the set's request key and the put of its record. Pure."""
+    ``request``: the set's request key and the put of its record; ``networks``: the
+    create_revision of each network the members' NICs are on, as read. Its reads:
+    the set's key, the request key (if any), every member's claim reads in member
+    order, then each plan's hold. Pure."""
     compares: list = []
     writes: list = []
+    claim_reads: list = []
     delta = Usage()
     prefixes: list[bytes] = []
     for member in members:
         spec = member.spec
-        c, w = create_ops(keys, spec, pending_status(spec), member.disk_revisions)
+        c, w, taken = create_ops(keys, spec, pending_status(spec), networks, member.disk_revisions)
         compares += c
         writes += w
+        claim_reads += taken.reads
+        prefixes += (keys.vm_prefix(spec.ref), *taken.exclusive)
         if member.bootstrap is not None:
             writes.append(bootstrap.put_op(keys, spec.ref, member.bootstrap))
         delta = delta + Usage.of_vm(spec.resources)
-        prefixes += create_exclusive(keys, spec)
     ref = vm_set.ref
     set_key = keys.vm_set(ref.tenant, ref.project, ref.set_id)
     compares.append(ops.absent(set_key))
@@ -125,6 +133,7 @@ def admission(keys: Keys, vm_set: VmSet, members: Sequence[Member], *, also: Seq
         writes.append(put)
         reads.append(ops.get(request_key))
         exclusive += (request_key,)
+    reads += claim_reads
     # A set made with a plan is admitted only while the plan's hold lasts (compared here,
     # not only checked before: it may end in between); read last, for the failure branch.
     for plan in sorted({m.spec.plan for m in members if m.spec.plan}):
@@ -182,15 +191,59 @@ def _worst_case(keys: Keys, n: int, with_bootstrap: bool, also: int) -> Charge:
                      request=(request_key, ops.put(request_key, b"")))
 
 
+_MAX_POOL_ATTEMPTS = 64
+
+
+class _PoolAddressTaken(Exception):
+    """A member's STATIC_POOL address was taken by another create first: pick again."""
+
+
+def _raise_failed_claim(keys: Keys, members: Sequence[Member], networks: Mapping[str, int],
+                        kvs: Sequence[list[KeyValue]]) -> None:
+    """Raise what made a member's claims fail (NetworkGone, AddressInUse for a STATIC
+    address, _PoolAddressTaken for a pool's), from the claim reads of an admission
+    (``kvs``, in member order); nothing when every claim held."""
+    at = 0
+    for member in members:
+        spec = member.spec
+        n = len(claims.create_claims(keys, spec, networks, member.disk_revisions).reads)
+        failure = claims.failed_claim(spec, networks, kvs[at:at + n])
+        at += n
+        if failure is None:
+            continue
+        if not failure.address_taken:
+            raise NetworkGone(failure.network)
+        nic = spec.nics[failure.nic]
+        if nic.address_mode is AddressMode.STATIC_POOL:
+            raise _PoolAddressTaken()
+        raise AddressInUse(nic.network, nic.ip)
+
+
+def measurable(members: Sequence[Member]) -> tuple[list[Member], dict[str, int]]:
+    """``members`` as an admission can be built (measured) before addresses are
+    picked: each STATIC_POOL NIC with a placeholder address, a revision for each
+    network and for each disk not read yet. For validate-only checks."""
+    out = []
+    networks: dict[str, int] = {}
+    for m in members:
+        nics = tuple(replace(nic, ip=nic.ip or f"pool-{i}") for i, nic in enumerate(m.spec.nics))
+        networks.update((nic.network, 1) for nic in nics)
+        disk_revisions = {d.disk_id: m.disk_revisions.get(d.disk_id, 1) for d in m.spec.disks}
+        out.append(replace(m, spec=replace(m.spec, nics=nics), disk_revisions=disk_revisions))
+    return out, networks
+
+
 class VmSetStore:
     """Admits and reads all-or-nothing sets. Shares the frontend's quota ledger and
     request retention with its :class:`~controlplane.store.vms.VmStore`."""
 
-    def __init__(self, client: EtcdClient, keys: Keys, requests: RetentionLeases, ledger: UsageLedger):
+    def __init__(self, client: EtcdClient, keys: Keys, requests: RetentionLeases, ledger: UsageLedger,
+                 addresses: AddressPicker | None = None):
         self._etcd = client
         self._keys = keys
         self._requests = requests
         self._ledger = ledger
+        self._addresses = addresses or AddressPicker(client, keys)
 
     def most_members(self, *, with_bootstrap: bool) -> int:
         """The most members a set may have in this store (see :func:`most_members`)."""
@@ -202,7 +255,8 @@ class VmSetStore:
         if vm_set.request_id:
             key = self._keys.request(vm_set.ref.tenant, vm_set.ref.project, vm_set.request_id)
             request = (key, ops.put(key, b""))
-        cost = admission_ops(admission(self._keys, vm_set, members, also=also, request=request))
+        built, networks = measurable(members)
+        cost = admission_ops(admission(self._keys, vm_set, built, also=also, request=request, networks=networks))
         limit = self._etcd.max_txn_ops
         if cost <= limit:
             return _bind_too_large(self._keys, members, limit)
@@ -210,10 +264,13 @@ class VmSetStore:
                            self.most_members(with_bootstrap=True))
 
     async def admit(self, vm_set: VmSet, members: Sequence[Member], *, also: Sequence = (),
-                    fingerprint: bytes = b"") -> Admission:
+                    fingerprint: bytes = b"", networks: Mapping[str, NetworkView] | None = None) -> Admission:
         """Admit a PENDING set and all its members in one transaction with its quota
         charge (see the module docstring), with the puts ``also`` (keys no other change
-        writes, e.g. its audit record).
+        writes, e.g. its audit record) and the members' claims (``networks``: each
+        network their NICs are on, by full name, as read; STATIC_POOL addresses are
+        picked here, all distinct, and picked again when another create took one;
+        each member's disks at its ``Member.disk_revisions``).
 
         Idempotent by ``vm_set.request_id`` for the request retention: a retry (same
         ``fingerprint``, :func:`controlplane.store.idempotency.set_fingerprint`) returns
@@ -222,8 +279,10 @@ class VmSetStore:
         used with another fingerprint), RequestReplayed (its set is gone),
         AlreadyExists (the set's name or a member's is taken: the message names it),
         NotFound (no such project), QuotaExceeded (the whole set does not fit the
-        quota), ProjectDeleting, SetTooLarge (more ops than one txn takes), or
-        Conflict; nothing is written when it raises.
+        quota), ProjectDeleting, SetTooLarge (more ops than one txn takes),
+        PoolExhausted, AddressInUse, NetworkGone, a member's disk refusal (DiskInUse,
+        DiskDeleting, NotFound, DiskChanged), or Conflict; nothing is written when it
+        raises.
         """
         ref = vm_set.ref
         k = self._keys
@@ -234,7 +293,35 @@ class VmSetStore:
             record = rec.RequestRecord(vm_key=ref.name, uid=vm_set.uid, fingerprint=fingerprint)
             request = (request_key, ops.put(request_key, record.SerializeToString(),
                                             lease=await self._requests.current()))
-        charge = admission(k, vm_set, members, also=also, request=request)
+        networks = networks or {}
+        revisions = {name: view.create_revision for name, view in networks.items()}
+        subnets = {view.network.uid: view.network.subnet for view in networks.values()
+                   if view.network.subnet is not None}
+        pooled = any(claims.uses_pool(m.spec) for m in members)
+        for _attempt in range(_MAX_POOL_ATTEMPTS):
+            try:
+                specs = await self._addresses.propose([m.spec for m in members], subnets) if pooled else None
+            except PoolExhausted:
+                if request_key and (made := (await self._etcd.txn([], [ops.get(request_key)])).kvs(0)):
+                    return await self._retried(vm_set, made[0], fingerprint)
+                raise
+            chosen = [replace(m, spec=spec) for m, spec in zip(members, specs, strict=True)] if specs else members
+            try:
+                return await self._admit_once(vm_set, chosen, also, fingerprint, request, revisions)
+            except _PoolAddressTaken:
+                self._addresses.lost()
+                continue
+            finally:
+                if specs:
+                    await self._addresses.forget(specs)
+        raise Conflict(f"the admission of {ref.name} kept losing pool addresses to other creates; retry")
+
+    async def _admit_once(self, vm_set: VmSet, members: Sequence[Member], also: Sequence, fingerprint: bytes,
+                          request: tuple[bytes, object] | None, networks: Mapping[str, int]) -> Admission:
+        ref = vm_set.ref
+        k = self._keys
+        request_key = request[0] if request else b""
+        charge = admission(k, vm_set, members, also=also, request=request, networks=networks)
         cost, limit = admission_ops(charge), self._etcd.max_txn_ops
         if cost > limit:
             raise SetTooLarge(len(members), cost, limit, self.most_members(with_bootstrap=False),
@@ -254,6 +341,8 @@ class VmSetStore:
             plans = sorted({m.spec.plan for m in members if m.spec.plan})
             ended = [plan for plan, kvs in zip(plans, failed.kvs[len(failed.kvs) - len(plans):], strict=True)
                      if not kvs]
+            if not set_kvs and not request_kvs:
+                _raise_failed_claim(k, members, networks, failed.kvs[2 if request else 1:])
         except (QuotaExceeded, ProjectDeleting):
             if not request:
                 raise
@@ -271,7 +360,7 @@ class VmSetStore:
         taken = await self._taken([m.spec.ref for m in members])
         if taken is not None:
             raise AlreadyExists(taken.name)
-        vms = VmStore(self._etcd, k, self._requests, self._ledger)
+        vms = VmStore(self._etcd, k, self._requests, self._ledger, self._addresses)
         for member in members:
             if member.spec.disks:
                 refusal = await vms.disk_refusal(member.spec, member.disk_revisions)

@@ -17,6 +17,7 @@ from controlplane.etcd import EtcdClient, ops
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import DiskRef, HostRegistration, Nic, VmState, datastore_label, now_ns
 from controlplane.store.keys import Keys
+from controlplane.store.networks import Network, NetworkStore
 from controlplane.store.vms import VmStore
 from tests.conftest import async_wait_until, running
 from tests.store.test_agent_power import HOST, PROJECT, TENANT, World, make_spec, run
@@ -64,7 +65,10 @@ def test_disks_follow_the_spec_and_a_detach_is_done_by_the_agent(etcd_endpoint, 
     async def body():
         data, logs = DiskRef("data", "disk-uid-1", 5), DiskRef("logs", "disk-uid-2", 1)
         async with world(etcd_endpoint, root, str(tmp_path)) as w:
-            nic = Nic(f"tenants/{TENANT}/projects/{PROJECT}/networks/cp", "net-uid", "cp")
+            # The create compares its NIC's network (claims.py): made first, as NetworkService would.
+            cp, _ = await NetworkStore(w.client, w.keys).create(
+                Network(TENANT, PROJECT, "cp", "net-uid", "cp", create_time_ns=now_ns()))
+            nic = Nic(cp.network.name, cp.network.uid, "cp")
             revisions = {}
             for disk in (data, logs):
                 record = rec.DiskRecord(tenant=TENANT, project=PROJECT, disk_id=disk.disk_id, uid=disk.uid,
@@ -73,7 +77,7 @@ def test_disks_follow_the_spec_and_a_detach_is_done_by_the_agent(etcd_endpoint, 
                     w.keys.disk(TENANT, PROJECT, disk.disk_id), record.SerializeToString())])).revision
             # The create takes "data" (its attachment in the create's txn).
             spec = await w.create(make_spec("db", nics=(nic,), disks=(data,)),
-                                  disk_revisions={"data": revisions["data"]})
+                                  disk_revisions={"data": revisions["data"]}, networks={cp.network.name: cp})
             await w.until(spec, lambda s: s.state == VmState.RUNNING, "running")
             info = await w.host.get_vm(spec.uid)
             assert info is not None and info.disks == ("disk-uid-1",) and info.networks == ("cp",)

@@ -40,6 +40,7 @@ from controlplane.store import bootstrap
 from controlplane.store.audit import AuditLog
 from controlplane.store.bootstrap import BootstrapData
 from controlplane.store.keys import Keys, shard_of
+from controlplane.store.networks import NetworkView
 from controlplane.store.scheduling import HostBind, SchedulingStore
 from controlplane.store.vms import VmStore
 from tests.conftest import async_wait_until, make_projects, running
@@ -75,11 +76,13 @@ class World:
     state_dir: str
 
     async def create(self, spec: VmSpec, data: BootstrapData | None = None,
-                     disk_revisions: dict[str, int] | None = None) -> VmSpec:
+                     disk_revisions: dict[str, int] | None = None,
+                     networks: dict[str, NetworkView] | None = None) -> VmSpec:
         """Create ``spec`` (with its bootstrap data; its disks' records read at
-        ``disk_revisions``) and bind it to the host, as a scheduler would."""
+        ``disk_revisions``; its NICs on ``networks``, by full name, as read) and bind
+        it to the host, as a scheduler would."""
         also = [bootstrap.put_op(self.keys, spec.ref, data)] if data is not None else []
-        await self.vms.create(spec, also=also, disk_revisions=disk_revisions)
+        await self.vms.create(spec, also=also, disk_revisions=disk_revisions, networks=networks)
         sched = SchedulingStore(self.client, self.keys)
         (queued,) = [q for q in (await sched.list_queue(spec.shard))[0] if q.spec.ref == spec.ref]
         current, _ = await sched.read_current([HOST], [])

@@ -16,12 +16,21 @@ import grpc
 import pytest
 
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import auth_pb2, catalog_pb2, common_pb2, disk_pb2, host_pb2, tenancy_pb2, vm_pb2
+from controlplane.gen.quanta.v1 import (
+    auth_pb2,
+    catalog_pb2,
+    common_pb2,
+    disk_pb2,
+    host_pb2,
+    network_pb2,
+    tenancy_pb2,
+    vm_pb2,
+)
 from quanta.client import Client
 from quanta.local import LocalSystem
 from tests.conftest import describe_vms, wait_until
 
-SERVICE_MODULES = (vm_pb2, disk_pb2, host_pb2, tenancy_pb2, catalog_pb2, auth_pb2)
+SERVICE_MODULES = (vm_pb2, disk_pb2, network_pb2, host_pb2, tenancy_pb2, catalog_pb2, auth_pb2)
 INVALID_UTF8_NAME = bytes.fromhex("0a04fffec328")  # GetVmRequest.name = b"\xff\xfe\xc3("
 
 
@@ -78,8 +87,10 @@ def test_undecodable_requests_are_unauthenticated_or_invalid_on_every_method(sys
     methods = _api_methods()
     # The 40 the issue counted, ListOrphans, AdoptOrphan, DestroyOrphan, issue 12's
     # UpdateVm, StartVm, StopVm, RestartVm, issue 15's CreateVms, GetVmSet, PlanVms, and
-    # issue 14's AttachDisk, DetachDisk and DiskService's 6.
-    assert len(methods) == 58
+    # issue 14's AttachDisk, DetachDisk, DiskService's 6 and NetworkService's 6.
+    assert len(methods) == 64
+    assert {f"/quanta.v1.NetworkService/{m}" for m in ("CreateNetwork", "GetNetwork", "ListNetworks", "UpdateNetwork",
+                                                        "DeleteNetwork", "WatchNetworks")} <= {m for m, _ in methods}
     assert {f"/quanta.v1.VmService/{m}" for m in ("UpdateVm", "StartVm", "StopVm", "RestartVm", "CreateVms",
                                                    "GetVmSet", "PlanVms", "AttachDisk", "DetachDisk")} <= {
         m for m, _streaming in methods}

@@ -135,11 +135,26 @@ def test_vm_disks_attach_detach_and_delete_with_disks(c: Client) -> None:
         f"{PARENT}/disks/{d1}"]
 
     before = c.get_quota(f"{PARENT}/quota").usage
-    c._call(c._vms.DeleteVm, vm_pb2.DeleteVmRequest(name=other.name, delete_disks=True))
-    assert get_disk(c, d1).state == disk_pb2.Disk.DELETING
+    deleted = c._call(c._vms.DeleteVm, vm_pb2.DeleteVmRequest(name=other.name, delete_disks=True))
+    assert list(deleted.disks) == [f"{PARENT}/disks/{d1}"]
+    # The pending VM is removed at once and gives its attachment back in that txn
+    # (claims.release_ops); the DELETING disk, attached to nothing, is then destroyed
+    # by an agent that reaches its class and its record removed.
+    wait_until(lambda: _gone(c, d1), timeout=30, message=f"{d1} collected", seen=lambda: _state(c, d1))
     after = c.get_quota(f"{PARENT}/quota").usage
     assert (before.data_disks - after.data_disks, before.data_disk_gib - after.data_disk_gib) == (1, 2)
     assert get_disk(c, d2).state == disk_pb2.Disk.ATTACHED and get_disk(c, d3).state == disk_pb2.Disk.AVAILABLE
+
+
+def _state(c: Client, disk_id: str) -> str:
+    try:
+        return disk_pb2.Disk.State.Name(get_disk(c, disk_id).state)
+    except ApiError as err:
+        return err.reason
+
+
+def _gone(c: Client, disk_id: str) -> bool:
+    return _state(c, disk_id) == "DISK_NOT_FOUND"
 
 
 def test_watch_sends_each_disk_change_once_and_resumes(system: LocalSystem, c: Client) -> None:
@@ -173,8 +188,8 @@ def test_watch_sends_each_disk_change_once_and_resumes(system: LocalSystem, c: C
         return [(common_pb2.EventType.Name(e.type), disk_pb2.Disk.State.Name(e.disk.state))
                 for e in events if e.type != common_pb2.BOOKMARK and e.disk.name.endswith(disk_id)]
 
-    # The fifth: an agent that reaches the disk's class destroys its data and removes it.
-    wait_until(lambda: len(changes()) >= 5, timeout=60, message="5 changes of the disk", seen=changes)
+    # The last: an agent that reaches the disk's class destroyed it (attached to nothing).
+    wait_until(lambda: len(changes()) >= 5, timeout=30, message="5 changes of the disk", seen=changes)
     stop.set()
     assert changes() == [("ADDED", "AVAILABLE"), ("MODIFIED", "ATTACHED"), ("MODIFIED", "AVAILABLE"),
                          ("MODIFIED", "DELETING"), ("DELETED", "DELETING")]

@@ -15,7 +15,7 @@ from controlplane.gen.quanta.v1 import disk_pb2, disk_pb2_grpc, network_pb2, net
 from quanta.local import LocalSystem
 from tests.conftest import wait_until
 
-pytestmark = [pytest.mark.system, pytest.mark.skip(reason="needs networks+disks API (merge)")]
+pytestmark = pytest.mark.system
 
 STATIC_IP = "10.77.0.10"
 

@@ -20,7 +20,7 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import disk_pb2, disk_pb2_grpc, tenancy_pb2, vm_pb2
+from controlplane.gen.quanta.v1 import disk_pb2, disk_pb2_grpc, network_pb2, network_pb2_grpc, tenancy_pb2, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
 from tests.conftest import Tally, describe_vms, wait_until
@@ -301,6 +301,73 @@ def test_lists_contain_only_what_the_caller_may_see(world: World) -> None:
         records = acme.list_audit(tenant="acme")
     assert records and all(r.resource.split("/")[:2] == ["tenants", "acme"] or r.resource == "tokens"
                            for r in records)
+
+
+def _networks(c: Client) -> network_pb2_grpc.NetworkServiceStub:
+    return network_pb2_grpc.NetworkServiceStub(c._channel)
+
+
+def _make_network(c: Client, parent: str, network_id: str) -> network_pb2.Network:
+    return c._call(_networks(c).CreateNetwork, network_pb2.CreateNetworkRequest(
+        parent=parent, network_id=network_id, network=network_pb2.Network(
+            backing=f"pg-{network_id}", subnet=network_pb2.Subnet(cidr="10.40.0.0/24"))))
+
+
+def _listed(c: Client, parent: str, include_shared: bool = False) -> set[str]:
+    response = c._call(_networks(c).ListNetworks, network_pb2.ListNetworksRequest(
+        parent=parent, include_shared=include_shared, page_size=1000))
+    return {n.name for n in response.networks}
+
+
+def test_networks_of_another_tenant_are_not_found_and_never_listed(world: World) -> None:
+    """A project's members manage its networks, tenant admins the shared ones, every
+    project of the tenant reads and uses the shared ones; another tenant's network is
+    NOT_FOUND like one that does not exist, never listed, and unusable by a VM."""
+    web, db = "tenants/acme/projects/web", "tenants/acme/projects/db"
+    net = _fresh()
+    with world.as_("acme_admin") as acme:
+        shared = _make_network(acme, "tenants/acme", f"s-{net}")
+        db_net = _make_network(acme, db, f"d-{net}")
+    with world.as_("web_member") as member:
+        own = _make_network(member, web, f"w-{net}")
+        assert outcome(lambda: _make_network(member, "tenants/acme", _fresh())) == PD
+        assert outcome(lambda: _make_network(member, db, _fresh())) == NF
+        assert member._call(_networks(member).GetNetwork, network_pb2.GetNetworkRequest(name=shared.name)).uid \
+            == shared.uid
+        listed = _listed(member, web, include_shared=True)
+        assert {own.name, shared.name} <= listed and db_net.name not in listed
+        assert all(n.startswith((f"{web}/", "tenants/acme/networks/")) for n in listed)
+        # Usable by id: the project's own and the tenant's shared one.
+        vm = _vm_call(member, "CreateVm", vm_pb2.CreateVmRequest(parent=web, vm_id=_fresh(), vm=vm_pb2.Vm(
+            flavor="small", image="ubuntu", nics=[vm_pb2.NetworkInterface(network=f"s-{net}")])))
+        assert vm.nics[0].network == shared.name and vm.nics[0].backing == f"pg-s-{net}"
+        member.delete_vm(vm.name)
+    with world.as_("web_viewer") as viewer:
+        assert outcome(lambda: _make_network(viewer, web, _fresh())) == PD
+    with world.as_("globex_admin", "globex", "app") as spy:
+        for name in (own.name, shared.name, f"{web}/networks/no-such", "tenants/acme/networks/no-such"):
+            err = pytest.raises(ApiError, spy._call, _networks(spy).GetNetwork,
+                                network_pb2.GetNetworkRequest(name=name)).value
+            assert (err.code, err.reason, err.metadata) == (grpc.StatusCode.NOT_FOUND, "NETWORK_NOT_FOUND",
+                                                            {"kind": "network", "name": name}), name
+            for method, request in (("DeleteNetwork", network_pb2.DeleteNetworkRequest(name=name)),
+                                    ("UpdateNetwork", network_pb2.UpdateNetworkRequest(
+                                        network=network_pb2.Network(name=name, description="x")))):
+                assert outcome(lambda m=method, r=request: spy._call(getattr(_networks(spy), m), r)) == NF
+        assert outcome(lambda: _listed(spy, web)) == NF
+        assert outcome(lambda: _listed(spy, "tenants/acme")) == NF
+        theirs = _make_network(spy, "tenants/globex/projects/app", f"g-{net}")
+        assert _listed(spy, "tenants/globex/projects/app", include_shared=True) >= {theirs.name}
+        assert not any(n.startswith("tenants/acme/") for n in _listed(spy, "tenants/globex/projects/app", True))
+        # A VM of globex cannot name acme's network: the same answer as for no network at all.
+        answers = set()
+        for ref in (own.name, shared.name, "tenants/acme/networks/no-such"):
+            err = pytest.raises(ApiError, _vm_call, spy, "CreateVm", vm_pb2.CreateVmRequest(
+                parent="tenants/globex/projects/app", vm_id=_fresh(), vm=vm_pb2.Vm(
+                    flavor="small", image="ubuntu", nics=[vm_pb2.NetworkInterface(network=ref)]))).value
+            assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+            answers.add(err.field_violations[0][1].replace(ref, "REF"))
+        assert len(answers) == 1, answers
 
 
 def test_private_flavors_are_seen_and_used_only_in_their_tenant(world: World) -> None:
