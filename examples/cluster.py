@@ -17,6 +17,12 @@ installer's next step, then proof that the bootstrap data stayed secret.
    cloud-init user data and instance metadata (a unique marker in each). Waits,
    through one watch, until every VM is RUNNING with an address; checks that the
    set is PLACED and its members name it.
+   Networks first: the control planes get a static address from the pool of network
+   ``cp`` (a subnet Quanta hands addresses out of, exactly) and a persistent etcd
+   data disk each; the workers a DHCP NIC on network ``workers``. Both networks are
+   made if absent (port groups of the same names: ``quanta up`` hosts reach them),
+   and so are the disks (they outlive the VMs: a control plane replaced on another
+   host keeps its disk and its address).
 3. Prints an inventory: Ansible INI and JSON (``--inventory-dir`` also writes them).
 4. Checks through the API that the bootstrap data never comes back: no Get, List or
    Watch answer and no audit record holds any marker (raw or base64), and every VM's
@@ -43,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2
-from quanta import Client, PermissionDenied, QuantaError, VmSetFailed
+from quanta import AlreadyExists, Client, PermissionDenied, QuantaError, VmSetFailed
 from quanta.waits import VmSetWait, describe_vm
 
 ZONE_LABEL = "topology.quanta.io/zone"
@@ -159,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the control planes' set fails if not placed by then (default: --timeout)")
     parser.add_argument("--inventory-dir", default=None, metavar="DIR",
                         help="also write inventory.ini and inventory.json here")
-    parser.add_argument("--delete", action="store_true", help="delete the VMs at the end")
+    parser.add_argument("--cp-network", default="cp", metavar="NETWORK",
+                        help="the control planes' network (made if absent, on the port group of that name, with "
+                             "--cp-cidr; default cp)")
+    parser.add_argument("--cp-cidr", default="10.100.0.0/24", help="its subnet (default 10.100.0.0/24, gateway .1)")
+    parser.add_argument("--workers-network", default="workers", metavar="NETWORK",
+                        help="the workers' network (made if absent; DHCP; default workers)")
+    parser.add_argument("--etcd-disk-gib", type=int, default=10, metavar="GIB",
+                        help="size of each control plane's etcd data disk (default 10)")
+    parser.add_argument("--delete", action="store_true", help="delete the VMs and their etcd disks at the end")
     args = parser.parse_args(argv)
 
     nodes = plan(args.prefix, args.run_id, args.control_planes, args.workers)
@@ -168,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     with Client(context=args.context) as quanta:
         names = [quanta.vm_name(node.name) for node in nodes]
         roles = {quanta.vm_name(node.name): node.role for node in nodes}
+
+        # 0. The networks and the control planes' etcd disks (made if absent).
+        ensure_networks(quanta, args)
+        for node in nodes:
+            if node.role == "control-plane":
+                ensure_disk(quanta, etcd_disk(node), args.etcd_disk_gib, args.prefix)
 
         # 1. The control planes: one all-or-nothing set (placed together, no two in one
         # zone, or not at all), followed until every one runs with an address.
@@ -221,6 +241,16 @@ def main(argv: list[str] | None = None) -> int:
                           "control planes in distinct zones", f"zones {cp_zones}")
         ips = [vm.addresses[0].ip for vm in vms]
         checks.expect(len(set(ips)) == len(ips), "every VM has its own address", f"{ips}")
+        for vm in vms:
+            if roles[vm.name] == "control-plane":
+                static = [nic.ip for nic in vm.nics if nic.ip]
+                checks.expect(bool(static) and static[0] == vm.addresses[0].ip,
+                              f"{short(vm.name)}: runs with the static address taken from {args.cp_network}'s pool",
+                              f"NICs {static}, addresses {[a.ip for a in vm.addresses]}")
+                disk = quanta.get_disk(etcd_disk(short(vm.name)))
+                checks.expect(list(vm.disks) == [disk.name] and disk.vm == vm.name,
+                              f"{short(vm.name)}: its etcd disk is attached", f"disks {list(vm.disks)}, disk's VM "
+                                                                              f"{disk.vm or '-'}")
         by_name = {node.name: node for node in nodes}
         for vm in vms:
             node = by_name[short(vm.name)]
@@ -250,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.delete:
             for name in names:
-                quanta.delete_vm(name)
-            print(f"deleted {len(names)} VMs", flush=True)
+                quanta.delete_vm(name, delete_disks=True)
+            print(f"deleted {len(names)} VMs and the control planes' etcd disks", flush=True)
     return finish(checks)
 
 
@@ -281,11 +311,39 @@ def progress_line(what: str, wait: VmSetWait) -> str:
     return line + (f"; {short(behind.name)}: {describe_vm(behind)}" if behind is not None else "")
 
 
+def etcd_disk(node: Node | str) -> str:
+    """The id of a control plane's etcd data disk."""
+    return f"{node.name if isinstance(node, Node) else node}-etcd"
+
+
+def ensure_networks(quanta: Client, args: argparse.Namespace) -> None:
+    """The control planes' network (a subnet with a pool) and the workers' (DHCP),
+    each on the port group of its name; kept as they are when they exist."""
+    cidr = args.cp_cidr
+    gateway = cidr.split("/")[0].rsplit(".", 1)[0] + ".1"
+    for network_id, kwargs in ((args.cp_network, {"cidr": cidr, "gateway": gateway}), (args.workers_network, {})):
+        try:
+            quanta.create_network(network_id, backing=network_id, labels={"cluster": args.prefix}, **kwargs)
+            print(f"network {network_id}: created", flush=True)
+        except AlreadyExists:
+            print(f"network {network_id}: exists", flush=True)
+
+
+def ensure_disk(quanta: Client, disk_id: str, size_gib: int, prefix: str) -> None:
+    try:
+        quanta.create_disk(disk_id, size_gib=size_gib, labels={"cluster": prefix, "role": "etcd"})
+    except AlreadyExists:
+        pass
+
+
 def vm_args(node: Node, args: argparse.Namespace) -> dict[str, Any]:
     """The create of one node, as ``create_vms`` takes it (the keyword arguments of
-    ``create_vm``). Control planes: no two in one zone."""
+    ``create_vm``). Control planes: no two in one zone, a static address from the
+    control planes' network's pool, their etcd disk; workers: DHCP on theirs."""
     control_plane = node.role == "control-plane"
-    return {"vm_id": node.name, "flavor": args.flavor, "image": args.image,
+    network = {"nics": [f"net={args.cp_network},ip=pool"], "disks": [etcd_disk(node)]} if control_plane else {
+        "nics": [f"net={args.workers_network}"]}
+    return {"vm_id": node.name, "flavor": args.flavor, "image": args.image, **network,
             "labels": {"cluster": args.prefix, "role": node.role},
             "anti_affinity_group": f"{args.prefix}-cp" if control_plane else "",
             "anti_affinity_scope": "ZONE" if control_plane else "HOST",

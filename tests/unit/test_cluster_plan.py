@@ -89,7 +89,19 @@ def test_the_example_file_and_the_example_program_use_distinct_groups_and_names(
     names = {f"{vm['name']}-{i}" for vm in doc["vms"] for i in range(1, vm.get("count", 1) + 1)}
     import argparse
 
-    args = argparse.Namespace(prefix="demo", flavor="small", image="ubuntu")
+    args = argparse.Namespace(prefix="demo", flavor="small", image="ubuntu", cp_network="cp",
+                              workers_network="workers")
     nodes = cluster.plan("demo", "r1", 3, 5)
     assert groups and not groups & {cluster.vm_args(n, args)["anti_affinity_group"] for n in nodes}
     assert not names & {n.name for n in nodes}
+
+
+def test_control_planes_get_a_pool_address_and_their_etcd_disk_workers_dhcp() -> None:
+    import argparse
+
+    args = argparse.Namespace(prefix="demo", flavor="small", image="ubuntu", cp_network="cp",
+                              workers_network="workers")
+    cp, worker = cluster.plan("demo", "r1", 1, 1)
+    assert cluster.vm_args(cp, args)["nics"] == ["net=cp,ip=pool"]
+    assert cluster.vm_args(cp, args)["disks"] == ["demo-cp-1-etcd"]
+    assert cluster.vm_args(worker, args)["nics"] == ["net=workers"] and "disks" not in cluster.vm_args(worker, args)
