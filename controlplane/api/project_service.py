@@ -13,7 +13,7 @@ from controlplane.auth.policy import Action, visible_projects
 from controlplane.gen.quanta.v1 import tenancy_pb2, tenancy_pb2_grpc
 from controlplane.models import now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound
-from controlplane.store.tenancy import HoldsVms, QuotaInvalid, TenancyStore
+from controlplane.store.tenancy import HoldsDisks, HoldsVms, QuotaInvalid, TenancyStore
 from controlplane.store.vms import VmStore
 from controlplane.tenancy import Project
 
@@ -27,6 +27,10 @@ def quota_invalid(err: QuotaInvalid) -> errors.ApiError:
 
 def holds_vms(err: HoldsVms) -> errors.ApiError:
     return errors.failed_precondition(str(err), "HAS_VMS", metadata={"vms": str(err.vms)})
+
+
+def holds_disks(err: HoldsDisks) -> errors.ApiError:
+    return errors.failed_precondition(str(err), "HAS_DISKS", metadata={"disks": str(err.disks)})
 
 
 async def delete_project(tenancy: TenancyStore, vms: VmStore, tenant: str, project: str, *, force: bool,
@@ -152,6 +156,8 @@ class ProjectService(tenancy_pb2_grpc.ProjectServiceServicer):
             raise errors.not_found("project", request.name) from err
         except HoldsVms as err:
             raise holds_vms(err) from err
+        except HoldsDisks as err:
+            raise holds_disks(err) from err
         except Conflict as err:
             raise errors.aborted(str(err), "ETAG_MISMATCH" if request.etag else "CONFLICT") from err
         return project_to_proto(project, 0)

@@ -7,13 +7,13 @@ from controlplane.api import errors, validation
 from controlplane.api.access import caller, require
 from controlplane.api.convert import limits_from_proto, tenant_to_proto
 from controlplane.api.paging import page
-from controlplane.api.project_service import delete_project, holds_vms
+from controlplane.api.project_service import delete_project, holds_disks, holds_vms
 from controlplane.auth.policy import Action, visible_tenants
 from controlplane.auth.revocations import RevocationList
 from controlplane.gen.quanta.v1 import tenancy_pb2, tenancy_pb2_grpc
 from controlplane.models import now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound
-from controlplane.store.tenancy import HoldsVms, TenancyStore
+from controlplane.store.tenancy import HoldsDisks, HoldsVms, TenancyStore
 from controlplane.store.vms import VmStore
 from controlplane.tenancy import Tenant
 
@@ -101,6 +101,8 @@ class TenantService(tenancy_pb2_grpc.TenantServiceServicer):
             raise errors.not_found("tenant", request.name) from err
         except HoldsVms as err:
             raise holds_vms(err) from err
+        except HoldsDisks as err:
+            raise holds_disks(err) from err
         except Conflict as err:
             raise errors.aborted(str(err), "ETAG_MISMATCH" if request.etag else "CONFLICT") from err
         # Its tokens go with it: a tenant made again under this id starts with none.

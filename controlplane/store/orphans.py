@@ -67,6 +67,20 @@ def spec_from_record(record: str) -> VmSpec | None:
         return None
 
 
+def unadoptable(spec: VmSpec) -> str | None:
+    """Why a recorded spec cannot be adopted as it is, or None. A VM made with NICs or
+    persistent disks holds addresses, ports and disk attachments that its adoption would
+    have to claim again (another VM may have them since: a store restored from an older
+    backup handed them out anew), and its record is its spec at create time (later
+    attaches and detaches are not in it): adopting it as recorded could give one address
+    or disk to two VMs, and its deletion would then release the other's. Refused until
+    adoption claims them (left open). Pure."""
+    if spec.nics or spec.disks:
+        return ("it has NICs or persistent disks, whose addresses and attachments an adoption cannot claim "
+                "yet: destroy it (quanta host orphans destroy) and create it again")
+    return None
+
+
 class NotAdoptable(StoreError):
     """The orphan's driver recorded no spec to adopt it by."""
 
@@ -218,6 +232,8 @@ class OrphanStore:
             orphan = await self.get(host, uid)
             if orphan.spec is None:
                 raise NotAdoptable(f"{orphan.vm or uid} on {host}: its driver recorded no spec")
+            if (why := unadoptable(orphan.spec)) is not None:
+                raise NotAdoptable(f"{orphan.vm or uid} on {host}: {why}")
             spec = replace(orphan.spec, delete_time_ns=0)
             read = await self._etcd.txn([], [ops.get(k.host_alloc(host)), ops.get(k.host_dead(host)),
                                              ops.get(k.host_reg(host))])

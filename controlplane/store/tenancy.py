@@ -32,6 +32,17 @@ class QuotaInvalid(StoreError):
         self.violations = violations
 
 
+class HoldsDisks(StoreError):
+    """A project still holds persistent disks (not being deleted): they would be left
+    on their datastores with no project, so they are deleted first, explicitly (their
+    data is destroyed), never by a project's deletion, not even a forced one."""
+
+    def __init__(self, name: str, disks: int):
+        super().__init__(f"{name} still holds {disks} persistent disk{'' if disks == 1 else 's'}; delete them "
+                         "first (quanta disk delete)")
+        self.disks = disks
+
+
 class HoldsVms(StoreError):
     """A project (or a tenant's project) still holds VMs."""
 
@@ -253,9 +264,9 @@ class TenancyStore:
         raise Conflict(f"tenants/{tenant_id}/projects/{project_id} kept changing; retry")
 
     async def delete_project(self, tenant_id: str, project_id: str, *, etag: str = "") -> Project:
-        """Delete a project that holds no VMs (its usage shows none: VMs being deleted
-        have released theirs), returning its limits to the tenant's ticket. Raises
-        NotFound, Conflict, HoldsVms."""
+        """Delete a project that holds no VMs and no persistent disks (its usage shows
+        none: VMs and disks being deleted have released theirs), returning its limits to
+        the tenant's ticket. Raises NotFound, Conflict, HoldsVms, HoldsDisks."""
         k = self._keys
         key, usage = k.project(tenant_id, project_id), k.usage_prefix(tenant_id, project_id)
         for _attempt in range(_MAX_CAS_ATTEMPTS):
@@ -265,9 +276,11 @@ class TenancyStore:
             if not project_kvs:
                 raise NotFound(f"tenants/{tenant_id}/projects/{project_id}")
             _check_etag(etag, project_kvs[0].mod_revision)
-            vms = sum(Usage.from_bytes(kv.value).vms for kv in usage_kvs)
-            if vms > 0:
-                raise HoldsVms(f"tenants/{tenant_id}/projects/{project_id}", vms)
+            used = sum((Usage.from_bytes(kv.value) for kv in usage_kvs), Usage())
+            if used.vms > 0:
+                raise HoldsVms(f"tenants/{tenant_id}/projects/{project_id}", used.vms)
+            if used.data_disks > 0:  # DELETING disks released theirs: agents collect them whatever the project
+                raise HoldsDisks(f"tenants/{tenant_id}/projects/{project_id}", used.data_disks)
             project = Project.from_bytes(project_kvs[0].value)
             # No VM may be charged between this read and the delete (every charge writes a stripe).
             compares = [ops.mod_revision_is(key, project_kvs[0].mod_revision),

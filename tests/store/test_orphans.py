@@ -199,3 +199,16 @@ def test_operators_adopt_or_destroy_quarantined_vms(etcd_endpoint: str, root: st
             assert {vm.vm_uid for vm in await host.list_vms()} == {keep.uid, twin.uid, over.uid}
 
     run(main())
+
+
+def test_a_vm_with_nics_or_disks_is_not_adoptable_as_recorded() -> None:
+    from dataclasses import replace
+
+    from controlplane.models import AddressMode, DiskRef, Nic
+    from controlplane.store.orphans import unadoptable
+
+    plain = make_spec("plain")
+    assert unadoptable(plain) is None
+    nic = Nic("tenants/acme/projects/web/networks/cp", "net-uid", "cp", AddressMode.STATIC_POOL, "10.0.0.5", 24)
+    assert "NICs or persistent disks" in (unadoptable(replace(plain, nics=(nic,))) or "")
+    assert "NICs or persistent disks" in (unadoptable(replace(plain, disks=(DiskRef("d1", "u1", 5),))) or "")

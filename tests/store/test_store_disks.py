@@ -277,3 +277,24 @@ def test_detach_done_compares_the_attachment(etcd_endpoint: str, root: str) -> N
             assert result.kvs(0) == []
 
     run(main())
+
+
+def test_a_project_holding_disks_is_not_deleted_until_they_are(etcd_endpoint: str, root: str) -> None:
+    """A project's deletion never leaves disks behind with no project (their data on a
+    datastore, their record found again by a project made under the same id)."""
+    from controlplane.store.tenancy import HoldsDisks
+
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store, tenancy = DiskStore(client, keys), TenancyStore(client, keys)
+            view, _ = await store.create(make_disk("keep-me", 5, project="other"))
+            with pytest.raises(HoldsDisks) as caught:
+                await tenancy.delete_project(TENANT, "other")
+            assert caught.value.disks == 1
+            assert await client.get(keys.project(TENANT, "other")) is not None
+            await store.delete(view.disk.ref)  # DELETING: its quota released, agents collect it
+            await tenancy.delete_project(TENANT, "other")
+            assert await client.get(keys.project(TENANT, "other")) is None
+
+    run(main())
