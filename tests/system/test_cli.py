@@ -104,7 +104,7 @@ def test_every_output_format_parses(system: LocalSystem) -> None:
     hosts = json.loads(quanta(system, "host", "list", "-o", "json").stdout)
     assert {h["name"] for h in hosts} == {"hosts/sim-00000", "hosts/sim-00001"} and "vm_count" in str(hosts)
     wide = quanta(system, "vm", "list", *PROJECT, "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[-3:] == ["MESSAGE", "UID", "LABELS"]
+    assert wide[0].split()[-5:] == ["MESSAGE", "UID", "NICS", "DISKS", "LABELS"]
 
 
 def test_get_shows_the_detail_with_its_audit_records(system: LocalSystem) -> None:
