@@ -6,7 +6,15 @@ Two controllers (list at R, watch from R+1, re-list when compacted), no polling:
 - attachments (``disks/{t}/{p}/{d}/attachment``): those marked detaching are kept by VM uid;
   each one that arrives for a VM of this agent re-enqueues that VM (``on_detaching``),
   whose reconcile detaches the disk on its host and then calls :meth:`detach_done`,
-  which deletes the attachment key (compared: still as read);
+  which deletes the attachment key (compared: still as read). A detaching
+  attachment whose VM no longer exists (deleted before its agent reconciled the
+  detach, or removed without its agent: a dead host, a failed set, a pending VM)
+  has nobody to do that: each one listed or watched, and each of a VM this agent
+  has just removed (:meth:`vm_removed`), is queued for a check that deletes it in
+  one txn comparing it as read and the VM's spec absent
+  (``AgentDiskStore.clear_orphaned``; any agent may, one wins). The re-list every
+  ``resync_s`` checks every detaching attachment again: a VM removed elsewhere
+  after its attachment was seen is caught by the next re-list at the latest;
 - disks (``disks/``): a disk marked DELETING whose datastore class one of this
   agent's hosts reaches (its label ``datastore.quanta.io/{class}``) is queued; a
   worker checks it has no attachment, has a reaching host's driver destroy it
@@ -48,6 +56,8 @@ class DiskKeeper:
         self._vm_of: dict[DiskId, str] = {}  # the VM uid of each attachment in _detaching
         self._deleting: dict[DiskId, DiskState] = {}  # DELETING disks this agent reaches
         self._queue: WorkQueue[DiskId] = WorkQueue(base_delay_s=0.5, max_delay_s=60.0)
+        #: Detaching attachments to check for a VM that no longer exists.
+        self._orphan_checks: WorkQueue[DiskId] = WorkQueue(base_delay_s=0.5, max_delay_s=60.0)
 
     def detaching_of(self, vm_uid: str) -> list[AttachmentState]:
         """The attachments of VM ``vm_uid`` marked detaching, as last seen."""
@@ -59,6 +69,12 @@ class DiskKeeper:
         log.info("disk detached" if done else "disk attachment changed meanwhile; left as it is",
                  extra={"disk": attachment.disk_id, "vm_uid": attachment.vm_uid})
         self._forget_detaching((attachment.tenant, attachment.project, attachment.disk_id))
+
+    def vm_removed(self, vm_uid: str) -> None:
+        """This agent removed the VM ``vm_uid`` from etcd: its detaching attachments (as
+        last seen) are checked again, and deleted now that its spec is gone."""
+        for disk in self._detaching.get(vm_uid, {}):
+            self._orphan_checks.add(disk)
 
     def reaching_host(self, datastore_class: str) -> str | None:
         """A host of this agent that reaches the class, or None."""
@@ -72,8 +88,10 @@ class DiskKeeper:
                 group.create_task(ride_out(self._sync_attachments, "disk attachments"))
                 group.create_task(ride_out(self._sync_disks, "disks"))
                 group.create_task(self._collect())
+                group.create_task(self._clear_orphans())
         finally:
             self._queue.shutdown()
+            self._orphan_checks.shutdown()
 
     # --- attachments -------------------------------------------------------------------
 
@@ -93,6 +111,7 @@ class DiskKeeper:
             self._detaching.setdefault(state.vm_uid, {})[disk] = state
             self._vm_of[disk] = state.vm_uid
             self._on_detaching(state.vm_uid)
+            self._orphan_checks.add(disk)
 
     async def _sync_attachments(self) -> None:
         while True:
@@ -112,6 +131,28 @@ class DiskKeeper:
                 pass
             except Compacted:
                 log.warning("disk attachments watch compacted; re-listing")
+
+    async def _clear_orphans(self) -> None:
+        while True:
+            try:
+                disk = await self._orphan_checks.get()
+            except QueueShutDown:
+                return
+            try:
+                state = self._detaching.get(self._vm_of.get(disk, ""), {}).get(disk)
+                if state is not None and await self._store.clear_orphaned(state):
+                    log.info("detaching attachment of a VM that is gone deleted",
+                             extra={"disk": state.disk_id, "vm_uid": state.vm_uid})
+                    self._forget_detaching(disk)
+                self._orphan_checks.forget(disk)
+            except EtcdError as err:
+                log.info("detaching attachment check failed; will retry", extra={"disk": disk[2], "error": str(err)})
+                self._orphan_checks.add_rate_limited(disk)
+            except Exception:
+                log.exception("detaching attachment check failed; will retry", extra={"disk": disk[2]})
+                self._orphan_checks.add_rate_limited(disk)
+            finally:
+                self._orphan_checks.done(disk)
 
     # --- the collector -----------------------------------------------------------------
 

@@ -385,6 +385,7 @@ class Reconciler:
                         # Evicting (a drain): destroyed here first; removing the binding then
                         # queues the VM again, so it never runs on two hosts at once.
                         await _timed("destroy", driver.destroy_vm(spec.uid))
+                        await self._detached_all(spec)
                         self._statuses.discard(host, ref)
                         self._remover.submit(host, vm)
                         self.applied.pop(key, None)
@@ -565,6 +566,16 @@ class Reconciler:
                         and attachment.disk_id not in listed:
                     await self._disks.detach_done(attachment)
         return await self._get(driver, spec.uid) if changed else info
+
+    async def _detached_all(self, spec: VmSpec) -> None:
+        """The VM is destroyed (its driver detached its data disks first): the
+        attachment keys marked detaching for it (a detach not reconciled before its
+        deletion or eviction) are done."""
+        if self._disks is None:
+            return
+        for attachment in self._disks.detaching_of(spec.uid):
+            if (attachment.tenant, attachment.project) == (spec.ref.tenant, spec.ref.project):
+                await self._disks.detach_done(attachment)
 
     async def _on(self, driver: HostDriver, spec: VmSpec, applied: Applied) -> None:
         await _timed("power_on", driver.power_on(spec.uid))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from controlplane.etcd import EtcdError
 from controlplane.store.hostagent import AgentStore, BoundVm
@@ -14,8 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class Remover:
-    def __init__(self, store: AgentStore):
+    def __init__(self, store: AgentStore, on_removed: Callable[[BoundVm], None] = lambda vm: None):
+        """``on_removed`` is called with each VM once its removal is written."""
         self._store = store
+        self._on_removed = on_removed
         self._pending: dict[str, dict[object, BoundVm]] = defaultdict(dict)
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -57,6 +60,8 @@ class Remover:
             )
             for (host, vms), result in zip(batch.items(), results, strict=True):
                 if result is True:
+                    for vm in vms.values():
+                        self._on_removed(vm)
                     continue
                 if isinstance(result, BaseException) and not isinstance(result, EtcdError):
                     raise result

@@ -2,9 +2,11 @@
 ``disks/{t}/{p}/{disk}/record`` and ``.../attachment``): the attachments marked detaching, whose key it
 deletes once its host let go of the disk (:meth:`AgentDiskStore.detach_done`), and
 the disks marked DELETING, whose record it deletes once its driver destroyed the
-data (:meth:`AgentDiskStore.remove_deleted`). Both deletions compare what was read
-(mod_revision), so agents racing for one of them are safe: one wins, the others find
-nothing left to do.
+data (:meth:`AgentDiskStore.remove_deleted`). A detaching attachment whose VM no
+longer exists (removed before its agent reconciled the detach, or without its
+agent) is deleted by any agent (:meth:`AgentDiskStore.clear_orphaned`). Every
+deletion compares what was read (mod_revision), so agents racing for one of them
+are safe: one wins, the others find nothing left to do.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from dataclasses import dataclass
 
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
-from controlplane.models import DEFAULT_DATASTORE_CLASS
+from controlplane.models import DEFAULT_DATASTORE_CLASS, VmRef, VmSpec
 from controlplane.store.keys import Keys
 
 
 @dataclass(frozen=True, slots=True)
 class AttachmentState:
-    """An attachment as read: of disk ``disk_id`` in (tenant, project) to ``vm_uid``."""
+    """An attachment as read: of disk ``disk_id`` in (tenant, project) to the VM named
+    ``vm`` (its full name; empty when not recorded) of uid ``vm_uid``."""
 
     tenant: str
     project: str
@@ -28,6 +31,7 @@ class AttachmentState:
     vm_uid: str
     detaching: bool
     mod_revision: int
+    vm: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +67,7 @@ class AgentDiskStore:
     def _attachment(self, kv: KeyValue) -> AttachmentState:
         t, p, d, _part = self._keys.parse_disk_key(kv.key)
         m = rec.DiskAttachment.FromString(kv.value)
-        return AttachmentState(t, p, d, m.vm_uid, m.detaching, kv.mod_revision)
+        return AttachmentState(t, p, d, m.vm_uid, m.detaching, kv.mod_revision, m.vm)
 
     def _disk(self, kv: KeyValue) -> DiskState:
         t, p, d, _part = self._keys.parse_disk_key(kv.key)
@@ -106,6 +110,31 @@ class AgentDiskStore:
             raise ValueError("only an attachment marked detaching is done by its host")
         key = self._keys.disk_attachment(attachment.tenant, attachment.project, attachment.disk_id)
         response = await self._etcd.txn([ops.mod_revision_is(key, attachment.mod_revision)], [ops.delete(key)])
+        return response.succeeded
+
+    async def clear_orphaned(self, attachment: AttachmentState) -> bool:
+        """Delete a detaching attachment whose VM no longer exists: one txn comparing
+        the attachment as read (mod_revision) and the VM's spec key absent; when the
+        name is held by another incarnation (another uid) since, a second txn compares
+        that incarnation's create_revision instead. Returns whether it was deleted
+        (False: the VM is still there, the attachment changed, or it names no VM).
+        Idempotent: agents racing for it, one wins."""
+        if not attachment.detaching:
+            raise ValueError("only an attachment marked detaching is cleared")
+        ref = VmRef.from_name(attachment.vm)
+        if ref is None or (ref.tenant, ref.project) != (attachment.tenant, attachment.project):
+            return False
+        key = self._keys.disk_attachment(attachment.tenant, attachment.project, attachment.disk_id)
+        spec_key = self._keys.vm_spec(ref)
+        held = ops.mod_revision_is(key, attachment.mod_revision)
+        response = await self._etcd.txn([held, ops.absent(spec_key)], [ops.delete(key)], [ops.get(spec_key)])
+        if response.succeeded:
+            return True
+        found = response.kvs(0)
+        if not found or not attachment.vm_uid or VmSpec.from_bytes(found[0].value).uid == attachment.vm_uid:
+            return False  # the attachment changed (the spec went meanwhile: seen again), or its VM is there
+        response = await self._etcd.txn([held, ops.create_revision_is(spec_key, found[0].create_revision)],
+                                        [ops.delete(key)])
         return response.succeeded
 
     # --- disks -------------------------------------------------------------------------

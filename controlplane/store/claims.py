@@ -14,7 +14,10 @@ compare per network that it is still the incarnation the create read: one object
 that carries a create's compares, writes and exclusive keys.
 :func:`release_ops` is what every transaction that finally removes a VM deletes
 (``bindings.pending_removal`` and ``bindings.unbind``, not when a VM is requeued: a
-moved VM keeps its NICs, addresses and disks). Pure.
+moved VM keeps its NICs, addresses and disks), and :func:`release_exclusive` the
+names such a removal holds in a group commit when it goes through the ledger (a
+pending VM's delete, a failed set): the same names a create of that address or disk
+holds (``Claims.exclusive``), so the two never share a transaction. Pure.
 """
 
 from __future__ import annotations
@@ -130,6 +133,15 @@ def release_ops(keys: Keys, spec: VmSpec) -> list[RequestOp]:
     for disk in spec.disks:
         writes.append(ops.delete(keys.disk_attachment(spec.ref.tenant, spec.ref.project, disk.disk_id)))
     return writes
+
+
+def release_exclusive(keys: Keys, spec: VmSpec) -> tuple[bytes, ...]:
+    """The names a ledger charge that includes :func:`release_ops` holds in a group
+    commit (``Charge.exclusive``): its static addresses' keys and its disks' prefixes,
+    as :func:`create_claims` names them for a create taking one of them (etcd refuses
+    a txn that deletes and puts one key: every charge of that batch would fail)."""
+    addresses = tuple(keys.address(nic.network_uid, nic.ip) for nic in spec.nics if nic.static and nic.ip)
+    return addresses + disks.attach_exclusive(keys, spec.ref, spec.disks)
 
 
 def uses_pool(spec: VmSpec) -> bool:

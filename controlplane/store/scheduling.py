@@ -35,7 +35,7 @@ from controlplane.models import (
     VmStatus,
     now_ns,
 )
-from controlplane.store import bindings
+from controlplane.store import bindings, claims
 from controlplane.store.bindings import HostRead, SetHost
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import Charge, GuardFailed, UsageLedger
@@ -292,7 +292,10 @@ class SchedulingStore:
             compares += member_compares
             writes += member_writes
             released = released - held(vm.spec)
-        charge = Charge(released, compares, writes, exclusive=(key, *(k.vm_prefix(vm.spec.ref) for vm in members)))
+        names = [key]
+        for vm in members:  # each member's keys, and its addresses and disks a create may take
+            names += [k.vm_prefix(vm.spec.ref), *claims.release_exclusive(k, vm.spec)]
+        charge = Charge(released, compares, writes, exclusive=tuple(names))
         if self._ledger is None:
             self._ledger = UsageLedger(self._etcd, self._keys)
         try:

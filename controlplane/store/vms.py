@@ -473,6 +473,7 @@ class VmStore:
                 compares.append(ops.present(queue_key))
                 if spec.deleting:
                     writes = bindings.pending_removal(k, was)
+                    names += claims.release_exclusive(k, was)  # addresses, disks a create may take
                 else:
                     writes = [ops.put(spec_key, spec.to_bytes()), ops.put(queue_key, spec.to_bytes())]
             else:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from agents.drivers.protocol import HostCapacity
 from agents.drivers.sim import SimHypervisor, read_journal
 from agents.service import Agent, AgentConfig
+from controlplane.disks import DiskName, DiskState
 from controlplane.etcd import EtcdClient, ops
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import DiskRef, HostRegistration, Nic, VmState, datastore_label, now_ns
+from controlplane.store.agentdisks import AgentDiskStore, AttachmentState
+from controlplane.store.disks import DiskStore
 from controlplane.store.keys import Keys
 from controlplane.store.networks import Network, NetworkStore
 from controlplane.store.vms import VmStore
@@ -146,3 +150,122 @@ def test_the_collector_destroys_deleting_disks_once_detached(etcd_endpoint, root
 
     run(body())
 
+
+
+async def put_disk(w: World, disk: DiskRef) -> int:
+    """A disk record, as CreateDisk writes it; returns its mod_revision."""
+    record = rec.DiskRecord(tenant=TENANT, project=PROJECT, disk_id=disk.disk_id, uid=disk.uid,
+                            size_gib=disk.size_gib, datastore_class="standard")
+    return (await w.client.txn([], [ops.put(w.keys.disk(TENANT, PROJECT, disk.disk_id),
+                                            record.SerializeToString())])).revision
+
+
+def test_a_disk_detached_from_a_vm_deleted_at_once_ends_available(etcd_endpoint, root, tmp_path):
+    """DetachDisk then DeleteVm in quick succession on a running VM, as the agent sees
+    them when its queue merged both (one change: straight to destroy): the detaching
+    attachment is not in the spec the removal releases, yet it goes (the agent's delete
+    path, or its DiskKeeper once the VM's spec is gone): d1 ends AVAILABLE and another
+    VM takes it."""
+    async def body():
+        d1 = DiskRef("d1", "disk-uid-d1", 2)
+        async with world(etcd_endpoint, root, str(tmp_path)) as w:
+            revision = await put_disk(w, d1)
+            spec = await w.create(make_spec("db", disks=(d1,)), disk_revisions={"d1": revision})
+            await w.until(spec, lambda s: s.state == VmState.RUNNING, "running")
+            info = await w.host.get_vm(spec.uid)
+            assert info is not None and info.disks == ("disk-uid-d1",)
+            attachment_key = w.keys.disk_attachment(TENANT, PROJECT, "d1")
+            detaching = rec.DiskAttachment(vm=spec.ref.name, vm_uid=spec.uid, detaching=True,
+                                           attach_time_ns=now_ns()).SerializeToString()
+            # DetachDisk (as vm_service.detach_disk writes it) and DeleteVm as the agent sees
+            # them when its queue merged both: one change, so it goes straight to destroy.
+            await w.vms.update_spec(spec.ref, lambda s: replace(s, disks=()).marked_deleted(now_ns()),
+                                    also=[ops.put(attachment_key, detaching)])
+            disks = DiskStore(w.client, w.keys)
+
+            async def available():
+                view = await disks.get(DiskName(TENANT, PROJECT, "d1"))
+                gone = await w.client.get(w.keys.vm_spec(spec.ref)) is None
+                return view if gone and view.state is DiskState.AVAILABLE else None
+
+            view = await async_wait_until(
+                available, timeout=60.0, message="the VM removed and d1 available",
+                seen=lambda: (w.client.get(attachment_key), w.client.get(w.keys.vm_spec(spec.ref))))
+            assert view.attachment is None
+            # d1 is free: another VM takes it (its create compares the attachment absent).
+            other = await w.create(make_spec("db2", disks=(d1,)), disk_revisions={"d1": view.revision})
+            await w.until(other, lambda s: s.state == VmState.RUNNING, "the other VM running with d1")
+            taken = await disks.get(DiskName(TENANT, PROJECT, "d1"))
+            assert taken.state is DiskState.ATTACHED and taken.attachment.vm_uid == other.uid
+            info = await w.host.get_vm(other.uid)
+            assert info is not None and info.disks == ("disk-uid-d1",)
+
+    run(body())
+
+
+def test_a_detaching_attachment_whose_vm_is_gone_is_cleared_by_an_agent(etcd_endpoint, root, tmp_path):
+    """The no-agent path (a VM removed on a dead host, by a failed set, or pending): a
+    detaching attachment naming a VM whose spec is absent is deleted by the DiskKeeper
+    of any agent; one whose VM still exists stays."""
+    async def body():
+        async with world(etcd_endpoint, root, str(tmp_path)) as w:
+            alive = make_spec("alive")
+            await w.vms.create(alive)  # pending: its spec is there, no agent holds it
+            ghost = make_spec("ghost")  # never made (removed without its agent)
+            kept_key = w.keys.disk_attachment(TENANT, PROJECT, "kept")
+            gone_key = w.keys.disk_attachment(TENANT, PROJECT, "orphan")
+            await w.client.txn([], [
+                ops.put(kept_key, rec.DiskAttachment(vm=alive.ref.name, vm_uid=alive.uid,
+                                                     detaching=True).SerializeToString()),
+                ops.put(gone_key, rec.DiskAttachment(vm=ghost.ref.name, vm_uid=ghost.uid,
+                                                     detaching=True).SerializeToString()),
+            ])
+
+            async def cleared():
+                return await w.client.get(gone_key) is None
+
+            await async_wait_until(cleared, timeout=60.0, message="the orphaned attachment deleted",
+                                   seen=lambda: w.client.get(gone_key))
+            assert await w.client.get(kept_key) is not None
+
+    run(body())
+
+
+def test_clear_orphaned_compares_the_attachment_and_the_vm(etcd_endpoint, root):
+    """AgentDiskStore.clear_orphaned, the txn itself: it deletes a detaching attachment
+    only while its VM's spec is absent (or held by another incarnation of the name) and
+    the attachment is as read; a second call (another agent) finds nothing to do."""
+    async def body():
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = AgentDiskStore(client, keys)
+            vms = VmStore(client, keys)
+            vm = make_spec("holder")
+            await vms.create(vm)
+            key = keys.disk_attachment(TENANT, PROJECT, "x")
+
+            async def attachment(vm_uid: str) -> AttachmentState:
+                await client.txn([], [ops.put(key, rec.DiskAttachment(vm=vm.ref.name, vm_uid=vm_uid,
+                                                                      detaching=True).SerializeToString())])
+                (state,) = [a for a in (await store.list_attachments())[0] if a.disk_id == "x"]
+                return state
+
+            mine = await attachment(vm.uid)
+            assert mine.vm == vm.ref.name
+            assert not await store.clear_orphaned(mine)  # its VM is there
+            stale = mine
+            mine = await attachment(vm.uid)
+            assert (await vms.request_delete(vm.ref)).removed  # pending: removed at once
+            assert not await store.clear_orphaned(stale)  # not as read
+            assert await store.clear_orphaned(mine)
+            assert await client.get(key) is None
+            assert not await store.clear_orphaned(mine)  # another agent: nothing left
+            # The name made again (another uid): the old incarnation's attachment goes.
+            again = make_spec("holder")
+            await vms.create(again)
+            old = await attachment(vm.uid)
+            assert await store.clear_orphaned(old)
+            ours = await attachment(again.uid)
+            assert not await store.clear_orphaned(ours)
+
+    run(body())

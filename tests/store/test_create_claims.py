@@ -14,6 +14,7 @@ import pytest
 from controlplane.disks import DiskState
 from controlplane.etcd import EtcdClient, prefix_end
 from controlplane.models import AddressMode, VmSet, VmSetRef, now_ns
+from controlplane.store.addresses import AddressInUse
 from controlplane.store.disks import DiskInUse, DiskStore
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import UsageLedger
@@ -113,3 +114,41 @@ def test_a_set_whose_member_cannot_take_its_disk_takes_no_address_and_no_disk(et
                 assert now.state is DiskState.ATTACHED and now.attachment.vm_uid == record.spec.uid
 
     run(main())
+
+
+def test_a_pending_delete_racing_a_create_of_its_static_address_never_fails_their_batch(
+        etcd_endpoint: str, root: str) -> None:
+    """A pending VM holding STATIC 10.0.0.5 deleted while other creates ask for
+    10.0.0.5 through the same VmStore (one ledger: their charges are group-committed;
+    unrelated creates keep its lane busy so they queue up together): the release names
+    the address (``claims.release_exclusive``), so it never shares a transaction with
+    such a create (etcd would refuse one that deletes and puts the key, failing every
+    charge of the batch). Every round: the delete removes the VM, each create is made
+    or told AddressInUse, and at most one holds the address."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            store = VmStore(client, keys, ledger=UsageLedger(client, keys))
+            view, _ = await NetworkStore(client, keys).create(network("fixed", "10.0.0.0/24"))
+            by_name = {view.network.name: view}
+            for i in range(10):
+                held, _ = await store.create(vm(f"held{i}", view, AddressMode.STATIC, "10.0.0.5"), networks=by_name)
+                others = [vm(f"busy{i}-{j}", view, AddressMode.DHCP) for j in range(4)]
+                wanting = [vm(f"new{i}-{j}", view, AddressMode.STATIC, "10.0.0.5") for j in range(3)]
+                deletion, *outcomes = await asyncio.gather(
+                    store.request_delete(held.ref),
+                    *(store.create(spec, networks=by_name) for pair in zip(others, [*wanting, None], strict=True)
+                      for spec in pair if spec is not None),
+                    return_exceptions=True)
+                assert not isinstance(deletion, BaseException), deletion
+                assert deletion.removed
+                assert all(isinstance(o, (tuple, AddressInUse)) for o in outcomes), outcomes
+                made = [o[0] for o in outcomes if isinstance(o, tuple)]
+                holders = [r for r in made if r.spec.nics[0].address_mode is AddressMode.STATIC]
+                assert len(holders) <= 1, holders
+                assert await taken(client, keys, view.network.uid) == ({"10.0.0.5"} if holders else set())
+                for record in made:
+                    assert (await store.request_delete(record.ref)).removed
+                assert await taken(client, keys, view.network.uid) == set()
+
+    run(main(), timeout=180.0)
