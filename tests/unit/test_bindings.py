@@ -335,10 +335,16 @@ class BindingMachine(RuleBasedStateMachine):
                   for key in (KEYS.queue(s.shard, s.ref) for s in self.specs) if key in read]
         if not queued:
             return
-        members = data.draw(st.lists(st.sampled_from(queued), min_size=1, max_size=4, unique_by=lambda m: m[0].ref))
+        drawn = data.draw(st.lists(st.sampled_from(queued), min_size=1, max_size=4, unique_by=lambda m: m[0].ref))
         compares, writes = [ops.mod_revision_is(SET_KEY, read[SET_KEY][2])], [ops.put(SET_KEY, b"pending")]
-        for spec, revision in members:
+        members = []
+        for spec, revision in drawn:
             c, w = bindings.remove_pending(KEYS, spec, revision)
+            # A real set's removal fits one txn because its admission (the same keys,
+            # created) did: take the members whose removal fits, as admission bounds a set.
+            if members and max(len(compares) + len(c), len(writes) + len(w)) > MAX_TXN_OPS:
+                break
+            members.append((spec, revision))
             compares += c
             writes += w
         if self.etcd.txn(compares, writes)[0]:
