@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import DEFAULT_DATASTORE_CLASS, VmRef, VmSpec
+from controlplane.store.disks import detach_done_ops, removal_ops
 from controlplane.store.keys import Keys
 
 
@@ -108,8 +109,8 @@ class AgentDiskStore:
         Returns whether it was deleted. Idempotent (a second call finds it changed)."""
         if not attachment.detaching:
             raise ValueError("only an attachment marked detaching is done by its host")
-        key = self._keys.disk_attachment(attachment.tenant, attachment.project, attachment.disk_id)
-        response = await self._etcd.txn([ops.mod_revision_is(key, attachment.mod_revision)], [ops.delete(key)])
+        response = await self._etcd.txn(*detach_done_ops(self._keys, attachment.tenant, attachment.project,
+                                                          attachment.disk_id, attachment.mod_revision))
         return response.succeeded
 
     async def clear_orphaned(self, attachment: AttachmentState) -> bool:
@@ -160,10 +161,6 @@ class AgentDiskStore:
         agent did, or it changed). Idempotent."""
         if not disk.deleting:
             raise ValueError("only a disk marked DELETING is removed")
-        k = self._keys
-        key = k.disk(disk.tenant, disk.project, disk.disk_id)
-        response = await self._etcd.txn(
-            [ops.mod_revision_is(key, disk.mod_revision),
-             ops.absent(k.disk_attachment(disk.tenant, disk.project, disk.disk_id))],
-            [ops.delete(key)])
+        response = await self._etcd.txn(*removal_ops(self._keys, disk.tenant, disk.project, disk.disk_id,
+                                                      disk.mod_revision))
         return response.succeeded

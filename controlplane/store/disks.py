@@ -163,6 +163,24 @@ class DiskChange:
 # --- the rules, pure --------------------------------------------------------------------
 
 
+def detach_done_ops(keys: Keys, tenant: str, project: str, disk_id: str,
+                    attachment_revision: int) -> tuple[list, list]:
+    """What deleting a detaching attachment once the VM's host let go of the disk
+    compares (the attachment as read) and writes: the one place for it (DiskStore,
+    the agents' AgentDiskStore). Pure."""
+    key = keys.disk_attachment(tenant, project, disk_id)
+    return [ops.mod_revision_is(key, attachment_revision)], [ops.delete(key)]
+
+
+def removal_ops(keys: Keys, tenant: str, project: str, disk_id: str, record_revision: int) -> tuple[list, list]:
+    """What removing a DELETING disk's record once its data is destroyed compares (the
+    record as read, no attachment) and writes: the one place for it (DiskStore, the
+    agents' AgentDiskStore). Pure."""
+    key = keys.disk(tenant, project, disk_id)
+    return ([ops.mod_revision_is(key, record_revision), ops.absent(keys.disk_attachment(tenant, project, disk_id))],
+            [ops.delete(key)])
+
+
 def attach_ops(keys: Keys, vm: VmRef, vm_uid: str, disks: Sequence[DiskRef], revisions: Mapping[str, int], *,
                at_ns: int = 0) -> tuple[list, list]:
     """What taking ``disks`` (of ``vm``'s project) for ``vm`` compares and writes, in the
@@ -415,10 +433,7 @@ class DiskStore:
         kv = await self._etcd.get(key)
         if kv is None or kv.mod_revision != revision or not Disk.from_bytes(kv.value).deleting:
             return False
-        result = await self._etcd.txn(
-            [ops.mod_revision_is(key, revision), ops.absent(k.disk_attachment(name.tenant, name.project,
-                                                                              name.disk_id))],
-            [ops.delete(key)])
+        result = await self._etcd.txn(*removal_ops(k, name.tenant, name.project, name.disk_id, revision))
         if result.succeeded:
             log.info("disk removed", extra={"tenant": name.tenant, "project": name.project, "disk": name.disk_id})
         return result.succeeded
@@ -427,8 +442,8 @@ class DiskStore:
         """Delete a detaching attachment once the VM's host let go of the disk (its
         agent), compared with the attachment's mod_revision as read: the disk is
         AVAILABLE (or, if DELETING, ready to be destroyed). False: it changed or is gone."""
-        key = self._keys.disk_attachment(vm.tenant, vm.project, disk_id)
-        result = await self._etcd.txn([ops.mod_revision_is(key, attachment_revision)], [ops.delete(key)])
+        result = await self._etcd.txn(*detach_done_ops(self._keys, vm.tenant, vm.project, disk_id,
+                                                        attachment_revision))
         return result.succeeded
 
     # --- watch -------------------------------------------------------------------------
