@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from controlplane.api import errors, validation
+from controlplane.api import errors, paging, validation
 from controlplane.api.access import audit_draft, require
 from controlplane.api.convert import disk_to_proto
 from controlplane.api.streams import start_revision, watch_with_bookmarks
@@ -103,22 +103,13 @@ class DiskService(disk_pb2_grpc.DiskServiceServicer):
             raise errors.not_found("disk", request.name) from err
 
     async def ListDisks(self, request: disk_pb2.ListDisksRequest, context) -> disk_pb2.ListDisksResponse:
-        v = validation.Violations()
-        parent = v.capture(validation.parse_project_parent, request.parent)
-        size = v.capture(validation.page_size, request.page_size)
-        selector = v.capture(validation.parse_label_selector, request.label_selector)
-        v.raise_if_any()
-        tenant, project = v.valid(parent)
-        size, selector = v.valid(size), v.valid(selector)
-        require(Action.READ, tenant, project, kind="project", name=request.parent)
-        scope = f"disks|{request.parent}|{validation.format_label_selector(selector)}"
-        token = validation.decode_page_token(request.page_token, scope)
-        revision, after = token if token else (0, "")
-        if after:
-            validation.validate_resource_id(after, "page_token", "page token position")
+        listing = paging.project_listing("disks", request.parent, request.page_size, request.label_selector,
+                                         request.page_token)
+        selector, scope = listing.selector, listing.scope
         try:
             views, next_after, revision = await self._store.list(
-                tenant, project, page_size=size, after=after, revision=revision,
+                listing.tenant, listing.project, page_size=listing.size, after=listing.after,
+                revision=listing.revision,
                 selector=(lambda disk: validation.matches(selector, disk.labels)) if selector else None)
         except Compacted as err:
             raise errors.out_of_range("the listing's revision was compacted; start it again",

@@ -22,7 +22,7 @@ import grpc
 from prometheus_client import Counter
 
 from controlplane.addressing import static_problem
-from controlplane.api import errors, validation
+from controlplane.api import errors, paging, validation
 from controlplane.api.access import audit_draft, require
 from controlplane.api.convert import (
     ADDRESS_MODE_FROM_PROTO,
@@ -611,23 +611,14 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
             raise errors.not_found("vm", request.name) from err
 
     async def ListVms(self, request: vm_pb2.ListVmsRequest, context) -> vm_pb2.ListVmsResponse:
-        v = validation.Violations()
-        parent = v.capture(validation.parse_project_parent, request.parent)
-        size = v.capture(validation.page_size, request.page_size)
-        selector = v.capture(validation.parse_label_selector, request.label_selector)
-        v.raise_if_any()
-        tenant, project = v.valid(parent)
-        size, selector = v.valid(size), v.valid(selector)
-        require(Action.READ, tenant, project, kind="project", name=request.parent)
-        scope = f"vms|{request.parent}|{validation.format_label_selector(selector)}"
-        token = validation.decode_page_token(request.page_token, scope)
-        revision, after_vm = token if token else (0, "")
-        if after_vm:
-            validation.validate_resource_id(after_vm, "page_token", "page token position")
-        keys_after = VmRef(tenant, project, after_vm) if after_vm else None
+        listing = paging.project_listing("vms", request.parent, request.page_size, request.label_selector,
+                                         request.page_token)
+        selector, scope = listing.selector, listing.scope
+        keys_after = VmRef(listing.tenant, listing.project, listing.after) if listing.after else None
         try:
             records, next_ref, revision = await self._store.list(
-                tenant, project, page_size=size, after=keys_after, revision=revision,
+                listing.tenant, listing.project, page_size=listing.size, after=keys_after,
+                revision=listing.revision,
                 selector=(lambda spec: validation.matches(selector, spec.labels)) if selector else None,
             )
         except Compacted as err:
