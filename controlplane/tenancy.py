@@ -111,6 +111,8 @@ class Tenant:
     allocated: Usage = Usage()
     create_time_ns: int = 0
     update_time_ns: int = 0
+    #: The backings its networks may map to, as granted (see controlplane.backings).
+    network_backings: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -121,13 +123,14 @@ class Tenant:
             tenant_id=self.tenant_id, display_name=self.display_name, labels=dict(self.labels),
             quota=self.quota.to_record(), allocated=self.allocated.to_record(),
             create_time_ns=self.create_time_ns, update_time_ns=self.update_time_ns,
+            network_backings=list(self.network_backings),
         ).SerializeToString()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Tenant:
         m = trec.TenantRecord.FromString(data)
         return cls(m.tenant_id, m.display_name, dict(m.labels), Limits.from_record(m.quota),
-                   Usage.from_record(m.allocated), m.create_time_ns, m.update_time_ns)
+                   Usage.from_record(m.allocated), m.create_time_ns, m.update_time_ns, tuple(m.network_backings))
 
     def with_(self, **changes) -> Tenant:
         return replace(self, **changes)

@@ -767,10 +767,13 @@ class Calls:
 
     # Tenants, projects and quotas
     def create_tenant(self, tenant_id: str, *, display_name: str = "", labels: dict[str, str] | None = None,
-                      quota: dict[str, int] | None = None) -> Unary[tenancy_pb2.Tenant]:
-        """Create a tenant (system admins); ``quota``: its ticket, e.g. {"vms": 100, "vcpus": 64}."""
+                      quota: dict[str, int] | None = None,
+                      network_backings: Sequence[str] = ()) -> Unary[tenancy_pb2.Tenant]:
+        """Create a tenant (system admins); ``quota``: its ticket, e.g. {"vms": 100, "vcpus": 64};
+        ``network_backings``: the port groups its networks may map to."""
         return Unary(TENANTS, "CreateTenant", tenancy_pb2.CreateTenantRequest(
-            tenant_id=tenant_id, tenant=tenancy_pb2.Tenant(display_name=display_name, labels=labels or {}),
+            tenant_id=tenant_id, tenant=tenancy_pb2.Tenant(display_name=display_name, labels=labels or {},
+                                                           network_backings=list(network_backings)),
             quota=tenancy_pb2.ResourceLimits(**(quota or {}))))
 
     def get_tenant(self, tenant_id: str) -> Unary[tenancy_pb2.Tenant]:
@@ -781,11 +784,15 @@ class Calls:
             page_size=1000, page_token=token)), "tenants")
 
     def update_tenant(self, tenant_id: str, *, display_name: str | None = None,
-                      labels: dict[str, str] | None = None, etag: str = "") -> Unary[tenancy_pb2.Tenant]:
-        """Change the fields given (None: unchanged); ``etag`` guards against a lost update (Aborted)."""
+                      labels: dict[str, str] | None = None, network_backings: Sequence[str] | None = None,
+                      etag: str = "") -> Unary[tenancy_pb2.Tenant]:
+        """Change the fields given (None: unchanged); ``etag`` guards against a lost update (Aborted).
+        ``network_backings`` (system admins) replaces the tenant's grants: revoking one a
+        network is on is FailedPrecondition BACKING_IN_USE."""
         tenant = tenancy_pb2.Tenant(name=f"tenants/{tenant_id}", display_name=display_name or "",
-                                    labels=labels or {}, etag=etag)
-        paths = [p for p, v in (("display_name", display_name), ("labels", labels)) if v is not None]
+                                    labels=labels or {}, network_backings=list(network_backings or ()), etag=etag)
+        paths = [p for p, v in (("display_name", display_name), ("labels", labels),
+                                ("network_backings", network_backings)) if v is not None]
         return Unary(TENANTS, "UpdateTenant", tenancy_pb2.UpdateTenantRequest(
             tenant=tenant, update_mask=field_mask_pb2.FieldMask(paths=paths)))
 

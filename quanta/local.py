@@ -35,6 +35,7 @@ from controlplane.etcd.server import (
     free_port,
     terminate,
 )
+from quanta.config import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from quanta.prometheus import PrometheusServer
@@ -136,6 +137,7 @@ class LocalSystem:
         sim_agent_args: tuple[str, ...] = (),
         etcd_args: tuple[str, ...] = (),
         etcd_env: dict[str, str] | None = None,
+        network_backings: Sequence[str] = SIM_NETWORKS,
     ):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if not data_dir:
@@ -175,6 +177,10 @@ class LocalSystem:
         #: e.g. ``("--snapshot-count", "10000")`` and ``{"GOGC": "50"}`` for a big run.
         self.etcd_args = tuple(etcd_args)
         self.etcd_env = dict(etcd_env or {})
+        #: The network backings granted to the default tenant once the system serves,
+        #: and to the tenants :meth:`client` makes (as a system admin grants them):
+        #: by default those the simulated hosts reach, so networks on them just work.
+        self.network_backings = tuple(network_backings)
         self.prometheus: PrometheusServer | None = None  # once started
         #: Members of the etcd started here (1: an EtcdServer; more: an EtcdCluster).
         self.etcd_members = etcd_members
@@ -196,7 +202,7 @@ class LocalSystem:
 
         client = Client(self.endpoint, token=token or self.admin_token, **kwargs)
         if ensure_project and token is None:
-            for create in (lambda: client.create_tenant(client.tenant),
+            for create in (lambda: client.create_tenant(client.tenant, network_backings=self.network_backings),
                            lambda: client.create_project(client.project)):
                 try:
                     create()
@@ -284,6 +290,7 @@ class LocalSystem:
             for process in self.processes.values():
                 process.start()
             self.wait_ready(timeout)
+            self._grant_backings()
             if self.with_prometheus:
                 self._start_prometheus()
         except BaseException:
@@ -311,6 +318,26 @@ class LocalSystem:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"system not ready within {timeout}s; logs in {self.log_dir}")
             time.sleep(0.1)
+
+    def _grant_backings(self, tenant: str = DEFAULT_TENANT) -> None:
+        """Grant ``tenant`` (made by every frontend at start) :attr:`network_backings`
+        it lacks, as a system admin would, keeping what it has. Idempotent."""
+        from quanta.client import Client
+
+        with Client(self.endpoint, token=self.admin_token) as client:
+            for _attempt in range(10):
+                granted = client.get_tenant(tenant)
+                missing = [b for b in self.network_backings if b not in granted.network_backings]
+                if not missing:
+                    return
+                try:
+                    client.update_tenant(tenant, network_backings=[*granted.network_backings, *missing],
+                                         etag=granted.etag)
+                    return
+                except ApiError as err:
+                    if err.code is not grpc.StatusCode.ABORTED:  # else the tenant changed meanwhile: again
+                        raise
+            raise RuntimeError(f"could not grant tenants/{tenant} its network backings: it kept changing")
 
     def _start_prometheus(self) -> None:
         """A Prometheus scraping every process here and etcd (``quanta up --prometheus``)."""

@@ -84,17 +84,23 @@ def root() -> str:
     return f"/t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
 
 
-def make_projects(etcd_endpoint: str, root: str, tenant: str, *projects: str) -> None:
+def make_projects(etcd_endpoint: str, root: str, tenant: str, *projects: str, backings: Iterable[str] = ()) -> None:
     """Make ``tenant`` and its ``projects`` (unlimited) under the test's key prefix, as
-    store-level tests need: every VM is charged to a project that must exist."""
+    store-level tests need: every VM is charged to a project that must exist. The
+    tenant is granted ``backings`` too (its networks may map only to those)."""
     from controlplane.etcd import EtcdClient
     from controlplane.store.keys import Keys
-    from controlplane.store.tenancy import ensure_project
+    from controlplane.store.tenancy import TenancyStore, ensure_project
+
+    grants = tuple(backings)
 
     async def main() -> None:
         async with EtcdClient(etcd_endpoint) as client:
             for project in projects:
                 await ensure_project(client, Keys(root), tenant, project)
+            if grants:
+                await TenancyStore(client, Keys(root)).update_tenant(tenant, lambda t: t.with_(
+                    network_backings=tuple(dict.fromkeys((*t.network_backings, *grants)))))
 
     asyncio.run(main())
 

@@ -42,6 +42,15 @@ def audit_draft() -> AuditDraft | None:
     return scope.get("draft") if scope is not None else None
 
 
+def audit_note(note: str) -> None:
+    """What the audited call being handled changed that its method and resource do not
+    say (e.g. the backings an UpdateTenant granted), for its success record's message;
+    the last note set wins. Never a secret. No-op outside an audited call."""
+    scope = audit_scope.get()
+    if scope is not None:
+        scope["note"] = note
+
+
 def caller() -> Principal:
     """The authenticated caller of the RPC being handled."""
     principal = current.get()

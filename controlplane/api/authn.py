@@ -253,6 +253,8 @@ class AuditInterceptor(_BehaviorInterceptor):
             return None
         resource = resource or resource_of(request)
         tenant = scope.get("tenant", "")
+        if code == "OK":
+            message = scope.get("note", "")  # what a success changed (audit_note), if the service said
         if tenant and tenant_of(resource) != tenant:
             resource = scope["resource"]  # what the request claims is not what was authorised
         # Fields a request controls are cut short, so a batch of records always fits etcd.

@@ -251,7 +251,7 @@ def usage_to_proto(usage: Usage) -> tenancy_pb2.ResourceUsage:
 def tenant_to_proto(tenant: Tenant, revision: int) -> tenancy_pb2.Tenant:
     return tenancy_pb2.Tenant(name=tenant.name, display_name=tenant.display_name, labels=dict(tenant.labels),
                               create_time=_ts(tenant.create_time_ns), update_time=_ts(tenant.update_time_ns),
-                              etag=f"{revision:x}")
+                              etag=f"{revision:x}", network_backings=list(tenant.network_backings))
 
 
 def project_to_proto(project: Project, revision: int) -> tenancy_pb2.Project:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from controlplane import backings
 from controlplane.addressing import parse_subnet
 from controlplane.api import errors, validation
 from controlplane.api.access import audit_draft, require
@@ -33,9 +34,16 @@ from controlplane.store.errors import (
     RequestReplayed,
     StoreError,
 )
-from controlplane.store.networks import SHARED, Network, NetworkInUse, NetworkStore, NetworkView, network_name
+from controlplane.store.networks import (
+    SHARED,
+    BackingNotGranted,
+    Network,
+    NetworkInUse,
+    NetworkStore,
+    NetworkView,
+    network_name,
+)
 
-MAX_BACKING = 80  # vSphere's limit on a port group's name
 MAX_DESCRIPTION = 1024
 UPDATABLE = ("labels", "description", "subnet.dns_servers")
 
@@ -68,6 +76,10 @@ def _store_error(err: StoreError, kind: str, name: str, request_id: str = "") ->
         return errors.already_exists("network", name)
     if isinstance(err, NotFound):
         return errors.not_found(kind, name)
+    if isinstance(err, BackingNotGranted):
+        return errors.ApiError(grpc.StatusCode.PERMISSION_DENIED, "BACKING_NOT_GRANTED", str(err),
+                               metadata={"backing": err.backing, "tenant": err.tenant},
+                               field_violations=[("network.backing", f"{err.backing!r} is not granted to the tenant")])
     if isinstance(err, NetworkInUse):
         return errors.failed_precondition(str(err), "NETWORK_IN_USE", metadata={"name": name, "vms": str(err.vms)})
     if isinstance(err, EtagMismatch):
@@ -97,10 +109,9 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         _check_text(v, n)
         backing = n.backing
         if not backing:
-            v.add("network.backing", "required: the port group on the hosts")
-        elif len(backing) > MAX_BACKING or not backing.isprintable() or backing != backing.strip():
-            v.add("network.backing", f"a port group name: printable, no surrounding spaces, at most {MAX_BACKING} "
-                                     "characters")
+            v.add("network.backing", "required: the port group on the hosts (one granted to the tenant)")
+        elif (why := backings.name_problem(backing)) is not None:
+            v.add("network.backing", why)
         for out_field in ("name", "uid", "etag", "addresses_used", "addresses_total", "resource_version"):
             if getattr(n, out_field):
                 v.add(f"network.{out_field}", "output only; leave it unset")

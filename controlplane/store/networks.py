@@ -8,7 +8,8 @@ create and removal (``vms.py``, ``bindings.py``); here they are only counted and
 compared: a deletion compares that no port exists (a range compare in its own txn),
 so a network is never deleted under a VM, and a create compares that the network
 still exists (:func:`network_guard`), so a concurrent deletion sees the port or the
-create fails.
+create fails. A create compares its tenant's record as read, whose grants hold its
+backing (controlplane/backings.py), so a concurrent revoke refuses it or is refused.
 """
 
 from __future__ import annotations
@@ -32,9 +33,20 @@ from controlplane.store.errors import (
 )
 from controlplane.store.keys import Keys
 from controlplane.store.retention import RetentionLeases
+from controlplane.tenancy import Tenant
 
 _MAX_CAS_ATTEMPTS = 8
 SHARED = ""  # the project of a tenant's shared network
+
+
+class BackingNotGranted(StoreError):
+    """The network's backing is not one granted to its tenant (see controlplane/backings.py)."""
+
+    def __init__(self, tenant: str, backing: str):
+        super().__init__(f"backing {backing!r} is not granted to tenants/{tenant}; a system admin grants "
+                         "backings (UpdateTenant network_backings)")
+        self.tenant = tenant
+        self.backing = backing
 
 
 class NetworkInUse(StoreError):
@@ -168,47 +180,60 @@ class NetworkStore:
     async def create(self, network: Network, *, fingerprint: bytes = b"",
                      also: Sequence = ()) -> tuple[NetworkView, bool]:
         """Store a new network, with the puts ``also`` (its audit record), in one txn
-        that compares its name free and its project (or, shared, its tenant) present.
-        Idempotent by ``network.request_id``: a retry (same ``fingerprint``) returns
-        the network the first attempt made, ``created`` False, nothing written.
-        Raises AlreadyExists (the name is another request's), NotFound (no such
-        project or tenant), RequestMismatch, RequestReplayed (its network is gone)."""
+        that compares its name free, its project (or, shared, its tenant) present and
+        its tenant's record as read, whose grants must hold its backing (a revoke
+        meanwhile makes it read again, and refuse). Idempotent by
+        ``network.request_id``: a retry (same ``fingerprint``) returns the network the
+        first attempt made, ``created`` False, nothing written. Raises AlreadyExists
+        (the name is another request's), NotFound (no such project or tenant),
+        BackingNotGranted, RequestMismatch, RequestReplayed (its network is gone),
+        Conflict (the tenant's record kept changing)."""
         k = self._keys
         n = network
         key = k.network(n.tenant, n.project, n.network_id)
         owner = self._owner_key(n.tenant, n.project)
-        compares = [ops.absent(key), ops.present(owner)]
-        writes = [ops.put(key, n.to_bytes()), *also]
-        reads = [ops.get(key), ops.get(owner)]
-        request_key = b""
-        if n.request_id:
-            request_key = k.request(n.tenant, n.project or "-", n.request_id)
-            compares.append(ops.absent(request_key))
-            writes.append(ops.put(request_key, rec.RequestRecord(vm_key=n.name, uid=n.uid,
-                                                                 fingerprint=fingerprint).SerializeToString(),
-                                  lease=await self._requests.current()))
-            reads.append(ops.get(request_key))
-        result = await self._etcd.txn(compares, writes, reads)
-        if result.succeeded:
-            return NetworkView(n, result.revision, result.revision), True
-        existing, owner_kvs = result.kvs(0), result.kvs(1)
-        if n.request_id and (made_kvs := result.kvs(2)):
-            made = rec.RequestRecord.FromString(made_kvs[0].value)
-            if made.fingerprint and fingerprint and made.fingerprint != fingerprint:
-                raise RequestMismatch(n.request_id, made.vm_key)
-            first = parse_network_name(made.vm_key)
-            if first is not None:
-                try:
-                    view = await self.get(*first)
-                except NotFound:
-                    view = None
-                if view is not None and view.network.uid == made.uid:
-                    return view, False
-            raise RequestReplayed(n.request_id, made.vm_key)
-        if not owner_kvs:
-            raise NotFound(f"tenants/{n.tenant}" if n.shared else f"tenants/{n.tenant}/projects/{n.project}")
-        if existing:
-            raise AlreadyExists(n.name)
+        tenant_key = k.tenant(n.tenant)
+        missing = NotFound(f"tenants/{n.tenant}" if n.shared else f"tenants/{n.tenant}/projects/{n.project}")
+        request_key = k.request(n.tenant, n.project or "-", n.request_id) if n.request_id else b""
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            tenant_kv = await self._etcd.get(tenant_key)
+            if tenant_kv is None:
+                raise missing
+            granted = Tenant.from_bytes(tenant_kv.value).network_backings
+            if n.backing not in granted:
+                raise BackingNotGranted(n.tenant, n.backing)
+            compares = [ops.absent(key), ops.present(owner), ops.mod_revision_is(tenant_key, tenant_kv.mod_revision)]
+            writes = [ops.put(key, n.to_bytes()), *also]
+            reads = [ops.get(key), ops.get(owner)]
+            if request_key:
+                compares.append(ops.absent(request_key))
+                writes.append(ops.put(request_key, rec.RequestRecord(vm_key=n.name, uid=n.uid,
+                                                                     fingerprint=fingerprint).SerializeToString(),
+                                      lease=await self._requests.current()))
+                reads.append(ops.get(request_key))
+            result = await self._etcd.txn(compares, writes, reads)
+            if result.succeeded:
+                return NetworkView(n, result.revision, result.revision), True
+            existing, owner_kvs = result.kvs(0), result.kvs(1)
+            if request_key and (made_kvs := result.kvs(2)):
+                made = rec.RequestRecord.FromString(made_kvs[0].value)
+                if made.fingerprint and fingerprint and made.fingerprint != fingerprint:
+                    raise RequestMismatch(n.request_id, made.vm_key)
+                first = parse_network_name(made.vm_key)
+                if first is not None:
+                    try:
+                        view = await self.get(*first)
+                    except NotFound:
+                        view = None
+                    if view is not None and view.network.uid == made.uid:
+                        return view, False
+                raise RequestReplayed(n.request_id, made.vm_key)
+            if not owner_kvs:
+                raise missing
+            if existing:
+                raise AlreadyExists(n.name)
+            # The tenant's record changed since it was read (a grant, a revoke, a
+            # project's limits): read it again.
         raise Conflict(f"the create of {n.name} raced; retry")
 
     async def _counted(self, kvs: Sequence[KeyValue], revision: int = 0) -> list[NetworkView]:

@@ -6,16 +6,21 @@
 - Creating or deleting a project also rewrites its tenant record, so a tenant
   deletion that compares the tenant's revision cannot miss a project made meanwhile.
 - A project's usage stripes (``usage/{t}/{p}/{n}``, see ledger.py) go with the project.
+- A tenant's network backings (see controlplane/backings.py): a revoke compares, in its
+  transaction, that no network of the tenant changed since it read them (none is on a
+  revoked backing); a network's create compares the tenant's record as it read it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from controlplane import backings
 from controlplane.etcd import EtcdClient, ops, prefix_end
 from controlplane.models import now_ns
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, StoreError
 from controlplane.store.keys import Keys
+from controlplane.store.networks import Network
 from controlplane.tenancy import Limits, Project, Tenant, Usage, ticket_problems
 
 _MAX_CAS_ATTEMPTS = 16
@@ -41,6 +46,22 @@ class HoldsDisks(StoreError):
         super().__init__(f"{name} still holds {disks} persistent disk{'' if disks == 1 else 's'}; delete them "
                          "first (quanta disk delete)")
         self.disks = disks
+
+
+class BackingInUse(StoreError):
+    """A revoke of backings that networks of the tenant are on (``networks``: their
+    names, all of them, sorted)."""
+
+    SHOWN = 3  # how many networks the message names
+
+    def __init__(self, tenant_id: str, revoked: tuple[str, ...], networks: list[str]):
+        shown = ", ".join(networks[:self.SHOWN]) + (f" and {len(networks) - self.SHOWN} more"
+                                                    if len(networks) > self.SHOWN else "")
+        super().__init__(f"tenants/{tenant_id}: backing{'' if len(revoked) == 1 else 's'} "
+                         f"{', '.join(repr(b) for b in revoked)} in use by network{'' if len(networks) == 1 else 's'} "
+                         f"{shown}; delete them first")
+        self.revoked = revoked
+        self.networks = networks
 
 
 class HoldsVms(StoreError):
@@ -90,13 +111,26 @@ class TenancyStore:
     async def update_tenant(self, tenant_id: str, change: Callable[[Tenant], Tenant], *, etag: str = "") -> tuple[
             Tenant, int]:
         """Apply ``change`` to the tenant by compare-and-swap. ``change`` may raise to
-        refuse (e.g. QuotaInvalid). Raises NotFound, Conflict (etag)."""
+        refuse (e.g. QuotaInvalid). A change that revokes network backings reads the
+        tenant's networks and refuses (BackingInUse) while one is on a revoked backing;
+        its txn compares that none of them changed since (a network made meanwhile
+        makes it read again). Raises NotFound, Conflict (etag), BackingInUse."""
         key = self._keys.tenant(tenant_id)
+        networks = self._keys.networks_prefix(tenant_id)
         for _attempt in range(_MAX_CAS_ATTEMPTS):
             tenant, revision = await self.get_tenant(tenant_id)
             _check_etag(etag, revision)
             updated = change(tenant).with_(update_time_ns=now_ns())
-            result = await self._etcd.txn([ops.mod_revision_is(key, revision)], [ops.put(key, updated.to_bytes())])
+            compares = [ops.mod_revision_is(key, revision)]
+            revoked = backings.revoked(tenant.network_backings, updated.network_backings)
+            if revoked:
+                kvs, read_at = await self._etcd.range_prefix(networks)
+                on = backings.networks_on(revoked, ((n.name, n.backing) for n in map(Network.from_bytes,
+                                                                                     (kv.value for kv in kvs))))
+                if on:
+                    raise BackingInUse(tenant_id, revoked, on)
+                compares.append(ops.unchanged_since(networks, prefix_end(networks), read_at))
+            result = await self._etcd.txn(compares, [ops.put(key, updated.to_bytes())])
             if result.succeeded:
                 return updated, result.revision
         raise Conflict(f"tenants/{tenant_id} kept changing; retry")

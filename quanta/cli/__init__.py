@@ -14,6 +14,7 @@
     quanta host orphans [HOST] | orphans adopt|destroy HOST UID
     quanta backup create|restore FILE     an etcd snapshot with its checksum; restore one
     quanta tenant|project create|get|list|delete
+    quanta tenant update T --grant-backing PG --revoke-backing PG   port groups its networks may use (system admins)
     quanta quota get|set|list
     quanta flavor|image create|list|delete
     quanta token create|get|revoke|whoami|bootstrap

@@ -15,6 +15,7 @@ from quanta.cli.errors import guarded
 from quanta.cli.output import Printer
 from quanta.cli.resources import common_options, run_with_client
 from quanta.client import ROLES, Client
+from quanta.errors import Aborted
 
 KINDS = ("tenant", "project", "quota", "flavor", "image", "token", "audit")
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -53,6 +54,26 @@ def _quota_name(text: str) -> str:
     return f"tenants/{tenant}/projects/{project}/quota" if project else f"tenants/{tenant}/quota"
 
 
+def _update_tenant(client: Client, args) -> object:
+    """``quanta tenant update``: the grants read, changed and written with their etag
+    (read again if the tenant changed meanwhile), so concurrent grants are not lost."""
+    if args.display_name is None and not (args.grant_backing or args.revoke_backing):
+        raise SystemExit("quanta tenant update: nothing to change (--display-name, --grant-backing, "
+                         "--revoke-backing)")
+    for _attempt in range(5):
+        tenant = client.get_tenant(args.id)
+        backings = None
+        if args.grant_backing or args.revoke_backing:
+            kept = [b for b in tenant.network_backings if b not in args.revoke_backing]
+            backings = kept + [b for b in dict.fromkeys(args.grant_backing) if b not in kept]
+        try:
+            return client.update_tenant(args.id, display_name=args.display_name, network_backings=backings,
+                                        etag=tenant.etag)
+        except Aborted:
+            continue
+    raise SystemExit(f"quanta tenant update: tenants/{args.id} kept changing; try again")
+
+
 def fill_parser(kind: str, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the verbs of ``quanta KIND`` to ``parser``, which was made with
     ``parents=[common_options(False)]`` (here, or in the completion scripts' tree)."""
@@ -74,6 +95,17 @@ def fill_parser(kind: str, parser: argparse.ArgumentParser) -> argparse.Argument
         create.add_argument("--display-name", default="", help="a human-readable name")
         create.add_argument("--quota", type=_limits, default={},
                             help="limits, e.g. vms=10,vcpus=8,memory_mib=16384,disk_gib=200 (default unlimited)")
+        if kind == "tenant":
+            create.add_argument("--backing", action="append", default=[], metavar="PORT_GROUP",
+                                help="grant a network backing (port group) its networks may map to; repeatable "
+                                "(system admins)")
+            update = verb("update", "rename a tenant, or grant and revoke network backings (system admins)")
+            update.add_argument("--display-name", default=None, help="a human-readable name")
+            update.add_argument("--grant-backing", action="append", default=[], metavar="PORT_GROUP",
+                                help="grant a backing (port group) to the tenant's networks; repeatable")
+            update.add_argument("--revoke-backing", action="append", default=[], metavar="PORT_GROUP",
+                                help="revoke a backing; refused while one of the tenant's networks is on it; "
+                                "repeatable")
         verb("get", f"show a {kind}")
         verb("list", f"list {kind}s", named=False)
         delete = verb("delete", f"delete a {kind} (refused while it holds VMs, unless --force)")
@@ -146,7 +178,10 @@ def _run(kind: str, args, client: Client, printer: Printer) -> None:  # noqa: C9
     if kind == "tenant":
         if verb == "create":
             show(client.create_tenant(args.id, display_name=args.display_name,
-                                      quota={k: v for k, v in args.quota.items() if v is not None}))
+                                      quota={k: v for k, v in args.quota.items() if v is not None},
+                                      network_backings=args.backing))
+        elif verb == "update":
+            show(_update_tenant(client, args))
         elif verb == "get":
             printer.detail(client.get_tenant(args.id), view)
         elif verb == "list":

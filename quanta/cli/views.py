@@ -443,6 +443,8 @@ def _named_detail(message) -> list[Section]:
               ("Updated", _when(message.update_time))]
     if isinstance(message, tenancy_pb2.Project) and message.HasField("delete_time"):
         fields.append(("Being deleted since", _when(message.delete_time)))
+    if isinstance(message, tenancy_pb2.Tenant):
+        fields.append(("Network backings", ", ".join(message.network_backings) or "- (none granted)"))
     return [Section(fields=fields)]
 
 
@@ -451,6 +453,7 @@ TENANT = View(columns=(
     Column("DISPLAY NAME", lambda t: t.display_name or "-"),
     Column("AGE", lambda t: age(t.create_time)),
     Column("LABELS", lambda t: pairs(t.labels), wide=True),
+    Column("BACKINGS", lambda t: ",".join(t.network_backings) or "-", wide=True),
 ), detail=_named_detail)
 
 PROJECT = View(columns=(

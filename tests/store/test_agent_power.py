@@ -57,7 +57,7 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
 
 @pytest.fixture(autouse=True)
 def _project(etcd_endpoint: str, root: str) -> None:
-    make_projects(etcd_endpoint, root, TENANT, PROJECT)
+    make_projects(etcd_endpoint, root, TENANT, PROJECT, backings=["cp"])  # test_agent_disks' network
 
 
 def make_spec(vm_id: str, **fields: Any) -> VmSpec:

@@ -29,6 +29,7 @@ from controlplane.store.vms import VmStore
 from tests.conftest import make_projects
 
 TENANT, PROJECT = "acme", "web"
+BACKING = "pg-acme"  # the port group the tenant is granted (its networks may map only to such)
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
@@ -37,7 +38,7 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
 
 @pytest.fixture(autouse=True)
 def _projects(etcd_endpoint: str, root: str) -> None:
-    make_projects(etcd_endpoint, root, TENANT, PROJECT, "other")
+    make_projects(etcd_endpoint, root, TENANT, PROJECT, "other", backings=[BACKING])
 
 
 def network(network_id: str, cidr: str = "", *, project: str = PROJECT, request_id: str = "",
@@ -46,7 +47,7 @@ def network(network_id: str, cidr: str = "", *, project: str = PROJECT, request_
     if cidr:
         subnet, problems = parse_subnet(cidr, gateway)
         assert subnet is not None, problems
-    return Network(TENANT, project, network_id, uuid.uuid4().hex, f"pg-{network_id}", labels or {}, "", subnet,
+    return Network(TENANT, project, network_id, uuid.uuid4().hex, BACKING, labels or {}, "", subnet,
                    now_ns(), now_ns(), request_id)
 
 

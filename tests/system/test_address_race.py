@@ -41,7 +41,9 @@ def system() -> Iterator[LocalSystem]:
             ENDPOINTS.append(f"127.0.0.1:{free_port()}")
             local.add_frontend(name, ENDPOINTS[-1])
         with local.client(ensure_project=False) as admin:
-            admin.create_tenant(TENANT)
+            # A system admin grants the port groups the tests' networks map to.
+            admin.create_tenant(TENANT, network_backings=[f"pg-{n}" for n in ("pool", "fixed", "plain", "fixed2",
+                                                                             "small")])
             admin.create_project(PROJECT, tenant=TENANT)
         yield local
 

@@ -24,7 +24,7 @@ PARENT = f"tenants/{TENANT}/projects/{PROJECT}"
 def admin() -> Iterator[Client]:
     with LocalSystem(hosts=1, frontends=1, latency="zero", metrics=False) as local, \
             local.client(ensure_project=False) as c:
-        c.create_tenant(TENANT)
+        c.create_tenant(TENANT, network_backings=["VM Network"])
         c.create_project(PROJECT, tenant=TENANT)
         yield c
 
@@ -117,3 +117,45 @@ def test_update_by_mask_and_etag_and_the_watch_rule(admin: Client) -> None:
     assert (future.code, future.reason) == (grpc.StatusCode.OUT_OF_RANGE, "RESOURCE_VERSION_TOO_NEW")
     audited = {(r.method, r.resource) for r in admin.list_audit(tenant=TENANT)}
     assert {("CreateNetwork", made.name), ("UpdateNetwork", made.name), ("DeleteNetwork", made.name)} <= audited
+
+
+def test_backings_are_granted_by_a_system_admin_and_one_in_use_is_not_revoked(admin: Client) -> None:
+    """A backing not granted to the tenant is PERMISSION_DENIED BACKING_NOT_GRANTED (a
+    field violation on network.backing), a project's network and a shared one alike;
+    granted, it is used; revoking it while a network is on it is FAILED_PRECONDITION
+    BACKING_IN_USE naming the network; every grant and revoke is in the audit log."""
+    for parent in (PARENT, f"tenants/{TENANT}"):
+        refused = error(lambda parent=parent: admin._call(stub(admin).CreateNetwork, network_pb2.CreateNetworkRequest(
+            parent=parent, network_id="late", network=network_pb2.Network(backing="pg-late"))))
+        assert (refused.code, refused.reason) == (grpc.StatusCode.PERMISSION_DENIED, "BACKING_NOT_GRANTED")
+        assert [path for path, _ in refused.field_violations] == ["network.backing"]
+        assert refused.metadata == {"backing": "pg-late", "tenant": TENANT}
+    granted = admin.update_tenant(TENANT, network_backings=["VM Network", "pg-late"])
+    assert list(granted.network_backings) == ["VM Network", "pg-late"]
+    assert list(admin.get_tenant(TENANT).network_backings) == ["VM Network", "pg-late"]
+    made = admin._call(stub(admin).CreateNetwork, network_pb2.CreateNetworkRequest(
+        parent=PARENT, network_id="late", network=network_pb2.Network(backing="pg-late")))
+    assert made.backing == "pg-late"
+    in_use = error(lambda: admin.update_tenant(TENANT, network_backings=["VM Network"]))
+    assert (in_use.code, in_use.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "BACKING_IN_USE")
+    assert (in_use.metadata["backings"], in_use.metadata["networks"], in_use.metadata["network_count"]) == (
+        "pg-late", made.name, "1")
+    assert made.name in in_use.message
+    assert list(admin.get_tenant(TENANT).network_backings) == ["VM Network", "pg-late"]
+    # Other paths are not held up by a network on a backing: only a revoke is.
+    assert admin.update_tenant(TENANT, display_name="Nets").display_name == "Nets"
+    admin._call(stub(admin).DeleteNetwork, network_pb2.DeleteNetworkRequest(name=made.name))
+    assert list(admin.update_tenant(TENANT, network_backings=["VM Network"]).network_backings) == ["VM Network"]
+    notes = [r.message for r in admin.list_audit(tenant=TENANT) if r.method == "UpdateTenant" and r.code == "OK"]
+    assert "granted backings ['pg-late']" in notes and "revoked backings ['pg-late']" in notes, notes
+
+
+def test_bad_grants_are_refused_field_by_field(admin: Client) -> None:
+    for bad, paths in ((["", "ok", "x" * 81, "ok", " pad"], ["[0]", "[2]", "[3]", "[4]"]),
+                       ([f"pg-{i}" for i in range(257)], [""])):
+        err = error(lambda bad=bad: admin.update_tenant(TENANT, network_backings=bad))
+        assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
+        assert [path for path, _ in err.field_violations] == [f"tenant.network_backings{p}" for p in paths]
+    err = error(lambda: admin.create_tenant("bad-grants", network_backings=["dup", "dup"]))
+    assert err.field_violations == [("tenant.network_backings[1]", "'dup' is listed twice")]
+    assert error(lambda: admin.get_tenant("bad-grants")).code is grpc.StatusCode.NOT_FOUND

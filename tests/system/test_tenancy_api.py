@@ -26,6 +26,8 @@ from quanta.local import LocalSystem
 from tests.conftest import Tally, describe_vms, wait_until
 
 ROLES = ("admin", "acme_admin", "web_member", "acme_viewer", "web_viewer", "globex_admin")
+#: The port groups a system admin granted each tenant (its networks may map only to those).
+BACKINGS = {"acme": ["pg-acme", "pg-acme-2"], "globex": ["pg-globex"]}
 
 
 @dataclass
@@ -42,8 +44,8 @@ class World:
 def world():
     with LocalSystem(hosts=3, frontends=3, latency="zero", metrics=True) as system:
         with system.client(ensure_project=False) as admin:
-            admin.create_tenant("acme", quota={"vms": 100})
-            admin.create_tenant("globex")
+            admin.create_tenant("acme", quota={"vms": 100}, network_backings=BACKINGS["acme"])
+            admin.create_tenant("globex", network_backings=BACKINGS["globex"])
             admin.create_project("web", tenant="acme", quota={"vms": 40})
             admin.create_project("db", tenant="acme", quota={"vms": 40})
             admin.create_project("app", tenant="globex")
@@ -75,6 +77,10 @@ def outcome(call: Callable[[], object]) -> str:
     except ApiError as err:
         return err.code.name
     return "OK"
+
+
+def _same(got: object, want: object) -> None:
+    assert got == want, (got, want)
 
 
 def _fresh() -> str:
@@ -192,6 +198,14 @@ MATRIX: dict[str, tuple[Callable[[World, Client], object], tuple[str, ...]]] = {
                              (OK, OK, NF, PD, NF, NF)),
     "update ticket acme": (lambda w, c: c.update_quota("tenants/acme/quota", {"vms": 100}), (OK, PD, PD, PD, PD, NF)),
     "create tenant": (lambda w, c: c.create_tenant(_fresh()), (OK, PD, PD, PD, PD, PD)),
+    # Backings are infrastructure: a tenant's admin renames it but grants it no backing.
+    "rename tenant acme": (lambda w, c: c.update_tenant("acme", display_name="Acme"), (OK, OK, PD, PD, PD, NF)),
+    "grant backings to acme": (lambda w, c: c.update_tenant("acme", network_backings=BACKINGS["acme"]),
+                               (OK, PD, PD, PD, PD, NF)),
+    "grant backings to a new tenant": (lambda w, c: c.create_tenant(_fresh(), network_backings=["pg-globex"]),
+                                       (OK, PD, PD, PD, PD, PD)),
+    "read acme's backings": (lambda w, c: _same(list(c.get_tenant("acme").network_backings), BACKINGS["acme"]),
+                             (OK, OK, OK, OK, OK, NF)),
     "issue acme token": (lambda w, c: c.create_token("x@acme", [("project-member", "acme", "web")]),
                          (OK, OK, PD, PD, PD, PD)),
     "issue system token": (lambda w, c: c.create_token("x", [("system-admin", "", "")]), (OK, PD, PD, PD, PD, PD)),
@@ -307,10 +321,11 @@ def _networks(c: Client) -> network_pb2_grpc.NetworkServiceStub:
     return network_pb2_grpc.NetworkServiceStub(c._channel)
 
 
-def _make_network(c: Client, parent: str, network_id: str) -> network_pb2.Network:
+def _make_network(c: Client, parent: str, network_id: str, backing: str = "") -> network_pb2.Network:
+    """A network on ``backing`` (default: the first granted to the parent's tenant)."""
     return c._call(_networks(c).CreateNetwork, network_pb2.CreateNetworkRequest(
         parent=parent, network_id=network_id, network=network_pb2.Network(
-            backing=f"pg-{network_id}", subnet=network_pb2.Subnet(cidr="10.40.0.0/24"))))
+            backing=backing or BACKINGS[parent.split("/")[1]][0], subnet=network_pb2.Subnet(cidr="10.40.0.0/24"))))
 
 
 def _listed(c: Client, parent: str, include_shared: bool = False) -> set[str]:
@@ -340,10 +355,25 @@ def test_networks_of_another_tenant_are_not_found_and_never_listed(world: World)
         # Usable by id: the project's own and the tenant's shared one.
         vm = _vm_call(member, "CreateVm", vm_pb2.CreateVmRequest(parent=web, vm_id=_fresh(), vm=vm_pb2.Vm(
             flavor="small", image="ubuntu", nics=[vm_pb2.NetworkInterface(network=f"s-{net}")])))
-        assert vm.nics[0].network == shared.name and vm.nics[0].backing == f"pg-s-{net}"
+        assert vm.nics[0].network == shared.name and vm.nics[0].backing == "pg-acme"
         member.delete_vm(vm.name)
     with world.as_("web_viewer") as viewer:
         assert outcome(lambda: _make_network(viewer, web, _fresh())) == PD
+    # No tenant maps a network to a port group granted only to another: globex's
+    # segment is not acme's to join, whoever of acme asks, nor acme's globex's.
+    for who, parent, theirs in (("web_member", web, "pg-globex"), ("acme_admin", "tenants/acme", "pg-globex"),
+                                ("globex_admin", "tenants/globex/projects/app", "pg-acme"),
+                                ("globex_admin", "tenants/globex", "pg-acme-2")):
+        tenant = parent.split("/")[1]
+        with world.as_(who, tenant, "app" if tenant == "globex" else "web") as c:
+            err = pytest.raises(ApiError, _make_network, c, parent, _fresh(), theirs).value
+            assert (err.code, err.reason, err.field_violations[0][0]) == (
+                grpc.StatusCode.PERMISSION_DENIED, "BACKING_NOT_GRANTED", "network.backing"), (who, parent)
+    with world.as_("acme_admin") as acme:  # nor grant itself one
+        err = pytest.raises(ApiError, acme.update_tenant, "acme", network_backings=[*BACKINGS["acme"],
+                                                                                    "pg-globex"]).value
+        assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_GRANTED")
+        assert list(acme.get_tenant("acme").network_backings) == BACKINGS["acme"]
     with world.as_("globex_admin", "globex", "app") as spy:
         for name in (own.name, shared.name, f"{web}/networks/no-such", "tenants/acme/networks/no-such"):
             err = pytest.raises(ApiError, spy._call, _networks(spy).GetNetwork,

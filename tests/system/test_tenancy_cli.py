@@ -77,6 +77,30 @@ def test_tenant_project_quota_token_and_vms_from_the_cli(system: LocalSystem) ->
                seen=lambda: f"vm list answered {(r := listed()).returncode}: {(r.stderr or r.stdout)[-300:]!r}")
 
 
+def test_a_system_admin_grants_and_revokes_backings_from_the_cli(system: LocalSystem) -> None:
+    """`tenant create --backing`, `tenant update --grant-backing/--revoke-backing`
+    (keeping the others), `tenant get` shows them; a tenant admin may not grant, a
+    network only takes a granted backing, and one in use is not revoked."""
+    admin = system.admin_token
+    made = quanta(system, admin, "tenant", "create", "initech", "--backing", "pg-a", "--backing", "pg-b")
+    assert made.returncode == 0, made.stderr
+    done = quanta(system, admin, "tenant", "update", "initech", "--grant-backing", "pg-c", "--revoke-backing", "pg-a",
+                  "-o", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["network_backings"] == ["pg-b", "pg-c"]
+    assert "pg-b, pg-c" in quanta(system, admin, "tenant", "get", "initech").stdout
+    boss = quanta(system, admin, "token", "create", "--subject", "boss@initech",
+                  "--grant", "tenant-admin:initech").stdout.strip()
+    refused = quanta(system, boss, "tenant", "update", "initech", "--grant-backing", "VM Network")
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+    denied = quanta(system, boss, "network", "create", "lan", "--tenant", "initech", "--shared", "--backing", "pg-a")
+    assert denied.returncode == 1 and "BACKING_NOT_GRANTED" in denied.stderr, denied.stderr
+    lan = quanta(system, boss, "network", "create", "lan", "--tenant", "initech", "--shared", "--backing", "pg-b")
+    assert lan.returncode == 0, lan.stderr
+    in_use = quanta(system, admin, "tenant", "update", "initech", "--revoke-backing", "pg-b")
+    assert in_use.returncode == 1 and "BACKING_IN_USE" in in_use.stderr and "lan" in in_use.stderr, in_use.stderr
+
+
 def test_an_operator_bootstraps_the_first_admin_token_from_etcd(system: LocalSystem) -> None:
     minted = subprocess.run([QUANTA, "token", "bootstrap", "--etcd", system.etcd_endpoint, "--root", system.root,
                              "--subject", "ops", "--ttl", "1h"], capture_output=True, text=True, timeout=60)

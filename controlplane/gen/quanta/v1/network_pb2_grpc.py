@@ -89,7 +89,10 @@ class NetworkServiceServicer:
 
     def CreateNetwork(self, request, context):
         """Creates a network. Idempotent by request_id. INVALID_ARGUMENT (field violations)
-        for a bad id, backing, CIDR, gateway or range; ALREADY_EXISTS for a taken id.
+        for a bad id, backing, CIDR, gateway or range; ALREADY_EXISTS for a taken id;
+        PERMISSION_DENIED, reason BACKING_NOT_GRANTED (a field violation on
+        network.backing), for a backing a system admin has not granted to the tenant
+        (Tenant.network_backings).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

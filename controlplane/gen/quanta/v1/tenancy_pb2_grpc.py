@@ -83,7 +83,10 @@ class TenantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTenant(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """network_backings (system admins only): revoking a backing one of the tenant's
+        networks is on fails with FAILED_PRECONDITION, reason BACKING_IN_USE (metadata
+        "networks": a few of them, "network_count": how many).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -39,7 +39,7 @@ class Usage(_message.Message):
     def __init__(self, vms: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., data_disks: _Optional[int] = ..., data_disk_gib: _Optional[int] = ...) -> None: ...
 
 class TenantRecord(_message.Message):
-    __slots__ = ("tenant_id", "display_name", "labels", "quota", "allocated", "create_time_ns", "update_time_ns")
+    __slots__ = ("tenant_id", "display_name", "labels", "quota", "allocated", "create_time_ns", "update_time_ns", "network_backings")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class TenantRecord(_message.Message):
     ALLOCATED_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_BACKINGS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     display_name: str
     labels: _containers.ScalarMap[str, str]
@@ -61,7 +62,8 @@ class TenantRecord(_message.Message):
     allocated: Usage
     create_time_ns: int
     update_time_ns: int
-    def __init__(self, tenant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., quota: _Optional[_Union[Limits, _Mapping]] = ..., allocated: _Optional[_Union[Usage, _Mapping]] = ..., create_time_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ...) -> None: ...
+    network_backings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., quota: _Optional[_Union[Limits, _Mapping]] = ..., allocated: _Optional[_Union[Usage, _Mapping]] = ..., create_time_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ..., network_backings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProjectRecord(_message.Message):
     __slots__ = ("tenant_id", "project_id", "display_name", "labels", "quota", "create_time_ns", "update_time_ns", "delete_time_ns")
