@@ -76,6 +76,7 @@ from controlplane.store.disks import (
     attach_exclusive,
     attach_ops,
     attach_refusal,
+    detaching_ops,
 )
 from controlplane.store.disks import deletion as disk_deletion
 from controlplane.store.errors import (
@@ -787,7 +788,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 assert view is not None and view.attachment is not None
                 guard.append(ops.mod_revision_is(attachment_key, view.attachment_revision))
                 if host:
-                    writes.append(ops.put(attachment_key, replace(view.attachment, detaching=True).to_bytes()))
+                    writes += detaching_ops(keys, tenant, project, disk_id, view.attachment)
                 else:
                     writes.append(ops.delete(attachment_key))
 

@@ -18,10 +18,10 @@ from controlplane.api.disk_service import DiskService
 from controlplane.api.errors import ApiError
 from controlplane.api.vm_service import VmService
 from controlplane.auth.principal import Grant, Principal, Role, current
-from controlplane.disks import DiskName
 from controlplane.etcd import EtcdClient
 from controlplane.gen.quanta.v1 import disk_pb2, vm_pb2
 from controlplane.models import HostAllocation, HostRegistration, Resources, VmRef, datastore_label
+from controlplane.store.agentdisks import AgentDiskStore
 from controlplane.store.catalog import Catalog, seed_defaults
 from controlplane.store.disks import DiskStore
 from controlplane.store.keys import Keys
@@ -191,8 +191,10 @@ def test_a_placed_vm_takes_disks_its_host_reaches_and_lets_go_through_its_agent(
             assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DISK_IN_USE")
             again = await fe.detach("vm-a", "fast")  # a retry while detaching: no error
             assert list(again.disks) == []
-            view = await fe.disks_store.get(DiskName(TENANT, PROJECT, "fast"))
-            assert await fe.disks_store.detach_done(record.ref, "fast", view.attachment_revision)
+            # Its host's agent: the work index names it (put with the mark), detach_done ends it.
+            (marked,), _ = await AgentDiskStore(client, keys).list_detaching()
+            assert (marked.disk_id, marked.vm_uid) == ("fast", record.spec.uid)
+            assert await AgentDiskStore(client, keys).detach_done(marked)
             assert (await fe.get_disk("fast")).state == disk_pb2.Disk.AVAILABLE
             assert list((await fe.attach("vm-b", "fast")).disks) == [f"{PARENT}/disks/fast"]
 
