@@ -658,7 +658,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         """DeleteVm with ``delete_disks``: in the deletion's own transaction, each of the
         VM's disks is marked DELETING and its quota released (``disks.deletion``; the
         attachments stay until the VM is removed). A VM being deleted already gets
-        only its disks marked. Raises what request_delete raises."""
+        only its disks marked, in one txn with the call's audit record. Raises what
+        request_delete raises."""
         for _attempt in range(_DISK_ATTEMPTS):
             record = await self._store.get(ref)
             names = [DiskName(ref.tenant, ref.project, d.disk_id) for d in record.spec.disks]
@@ -683,10 +684,11 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 if record.spec.deleting:
                     if not charges:
                         return SpecUpdate(record, False, record.resource_version, changed=False)
-                    # Deleted already without its disks: mark them now, the VM unchanged.
-                    for view in views:
-                        await self._disks.delete(view.disk.ref, attached_ok=True)
-                    return SpecUpdate(record, False, record.resource_version, changed=False)
+                    # Deleted already without its disks: mark them now, the VM unchanged, in
+                    # one txn with the call's audit record (as the first DeleteVm).
+                    if not await self._disks.delete_attached(views, also=await draft.writes() if draft else ()):
+                        continue
+                    return SpecUpdate(record, False, record.resource_version, changed=True)
                 return await self._store.request_delete(
                     ref, etag=etag, guard=guard, also=[*also, *(await draft.writes() if draft else ())],
                     check=check, exclusive=names_held, delta=delta, on_conflict=changed)

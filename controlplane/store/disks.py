@@ -450,6 +450,27 @@ class DiskStore:
             return DiskView(disk, revision, None, 0, view.create_revision), True
         raise Conflict(f"{name.name} kept changing; retry")
 
+    async def delete_attached(self, views: Sequence[DiskView], *, also: Sequence = ()) -> int:
+        """Mark the disks ``views`` (as read; a VM still has them: DeleteVm's
+        ``delete_disks`` on a VM being deleted already) DELETING and release their quota
+        in ONE transaction with the puts ``also`` (its audit record): :func:`deletion`
+        of each, ``attached_ok``. Returns its revision; 0 when a disk changed since it
+        was read (nothing written: read them again)."""
+        if not views:
+            raise ValueError("no disk to mark")
+        charges = [deletion(self._keys, view, attached_ok=True) for view in views]
+        first = views[0].disk
+        charge = Charge(sum((c.delta for c in charges), Usage()), [x for c in charges for x in c.compares],
+                        [*(w for c in charges for w in c.writes), *also], [r for c in charges for r in c.reads],
+                        exclusive=tuple(n for c in charges for n in c.exclusive))
+        try:
+            revision = await self._ledger.apply(first.tenant, first.project, charge)
+        except GuardFailed:
+            return 0
+        log.info("disks deleting", extra={"tenant": first.tenant, "project": first.project,
+                                          "disks": ",".join(v.disk.disk_id for v in views)})
+        return revision
+
     # --- watch -------------------------------------------------------------------------
 
     async def watch(self, tenant: str, project: str, *, start_revision: int,
