@@ -1036,8 +1036,9 @@ def _create_error(err: StoreError, parent: str, request_id: str, name: str) -> e
     if isinstance(err, PoolExhausted):
         return errors.resource_exhausted(str(err), "ADDRESS_POOL_EXHAUSTED", metadata={"network": err.network})
     if isinstance(err, AddressInUse):
-        return errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "ADDRESS_IN_USE", str(err),
-                               metadata={"network": err.network, "ip": err.ip})
+        # The VM does not exist: what is in the way is the address, a state of the
+        # network the caller must change first (google.rpc: FAILED_PRECONDITION).
+        return errors.failed_precondition(str(err), "ADDRESS_IN_USE", metadata={"network": err.network, "ip": err.ip})
     if isinstance(err, NetworkGone):
         return errors.failed_precondition(str(err), "NETWORK_DELETED", metadata={"network": err.network})
     if isinstance(err, Conflict):
