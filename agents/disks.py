@@ -1,39 +1,46 @@
 """The agent's view of persistent disks: which attachments of its VMs are being
-detached, and the collection of disks marked DELETING.
+detached, and the collection of disks marked DELETING. It reads only the disk work
+index (controlplane/store/agentdisks.py), never every tenant's disks: memory and
+events in proportion to the work, not to the disks.
 
-Two controllers (list at R, watch from R+1, re-list when compacted), no polling:
+Controllers (list at R, watch from R+1, re-list every ``resync_s`` and when
+compacted), no polling:
 
-- attachments (``disks/{t}/{p}/{d}/attachment``): those marked detaching are kept by VM uid;
-  each one that arrives for a VM of this agent re-enqueues that VM (``on_detaching``),
-  whose reconcile detaches the disk on its host and then calls :meth:`detach_done`,
-  which deletes the attachment key (compared: still as read). A detaching
+- detaching attachments (``disk-work/detaching/``) are kept by VM uid; each one that
+  arrives for a VM of this agent re-enqueues that VM (``on_detaching``), whose
+  reconcile detaches the disk on its host and then calls :meth:`detach_done`, which
+  deletes the attachment and its work key (compared: still as marked). A detaching
   attachment whose VM no longer exists (deleted before its agent reconciled the
   detach, or removed without its agent: a dead host, a failed set, a pending VM)
   has nobody to do that: each one listed or watched, and each of a VM this agent
   has just removed (:meth:`vm_removed`), is queued for a check that deletes it in
-  one txn comparing it as read and the VM's spec absent
-  (``AgentDiskStore.clear_orphaned``; any agent may, one wins). The re-list every
-  ``resync_s`` checks every detaching attachment again: a VM removed elsewhere
-  after its attachment was seen is caught by the next re-list at the latest;
-- disks (``disks/``): a disk marked DELETING whose datastore class one of this
-  agent's hosts reaches (its label ``datastore.quanta.io/{class}``) is queued; a
-  worker checks it has no attachment, has a reaching host's driver destroy it
-  (``delete_disk``: idempotent; refused while a VM holds it), then deletes its record
-  comparing its mod_revision. Every agent reaching the class may race for it: the
-  driver call is idempotent and one record deletion wins.
+  one txn comparing it as marked and the VM's spec absent
+  (``AgentDiskStore.clear_orphaned``; any agent may, one wins). The re-list checks
+  every detaching attachment again: a VM removed elsewhere after its attachment was
+  seen is caught by the next re-list at the latest;
+- DELETING disks (``disk-work/deleting/{class}/``, one controller per datastore class
+  one of this agent's hosts reaches: its label ``datastore.quanta.io/{class}``) are
+  queued; a worker reads the disk (``deleting_now``): with no VM holding it, a
+  reaching host's driver destroys it (``delete_disk``: idempotent; refused while a
+  VM holds it), then its record and work key go, comparing the record as read.
+  Every agent reaching the class may race for it: the driver call is idempotent and
+  one record deletion wins. A disk a VM still holds waits: it is queued again when a
+  detaching attachment of it ends, when this agent removes the VM that held it
+  (:meth:`vm_removed`), or at the next re-list (a VM removed by another process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 
 from agents.drivers.protocol import DriverError, HostDriver
 from controlplane.etcd import Compacted, EtcdError
 from controlplane.etcd.outages import ride_out
-from controlplane.models import datastore_label
-from controlplane.store.agentdisks import AgentDiskStore, AttachmentState, DiskState
+from controlplane.models import DATASTORE_LABEL_PREFIX, VmSpec, datastore_label
+from controlplane.store.agentdisks import AgentDiskStore, AttachmentState, DiskState, Next
 from controlplane.workqueue import QueueShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -64,17 +71,28 @@ class DiskKeeper:
         return list(self._detaching.get(vm_uid, {}).values())
 
     async def detach_done(self, attachment: AttachmentState) -> None:
-        """The host let go of the disk: its attachment key goes (if still as read)."""
+        """The host let go of the disk: its attachment and work key go (if still as marked)."""
         done = await self._store.detach_done(attachment)
         log.info("disk detached" if done else "disk attachment changed meanwhile; left as it is",
                  extra={"disk": attachment.disk_id, "vm_uid": attachment.vm_uid})
         self._forget_detaching((attachment.tenant, attachment.project, attachment.disk_id))
 
-    def vm_removed(self, vm_uid: str) -> None:
-        """This agent removed the VM ``vm_uid`` from etcd: its detaching attachments (as
-        last seen) are checked again, and deleted now that its spec is gone."""
-        for disk in self._detaching.get(vm_uid, {}):
+    def vm_removed(self, spec: VmSpec) -> None:
+        """This agent removed the VM ``spec`` from etcd: its detaching attachments (as
+        last seen) are checked again, and deleted now that its spec is gone; its disks
+        marked DELETING (as last seen) are queued: no VM holds them now."""
+        for disk in self._detaching.get(spec.uid, {}):
             self._orphan_checks.add(disk)
+        for ref in spec.disks:
+            disk = (spec.ref.tenant, spec.ref.project, ref.disk_id)
+            if disk in self._deleting:
+                self._queue.add(disk)
+
+    def classes(self) -> list[str]:
+        """The datastore classes that a host of this agent reaches, in order."""
+        return sorted({label[len(DATASTORE_LABEL_PREFIX):] for labels in self._labels.values()
+                       for label, value in labels.items()
+                       if label.startswith(DATASTORE_LABEL_PREFIX) and value == "true"})
 
     def reaching_host(self, datastore_class: str) -> str | None:
         """A host of this agent that reaches the class, or None."""
@@ -85,8 +103,10 @@ class DiskKeeper:
         """Run until cancelled."""
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(ride_out(self._sync_attachments, "disk attachments"))
-                group.create_task(ride_out(self._sync_disks, "disks"))
+                group.create_task(ride_out(self._sync_attachments, "detaching disk attachments"))
+                for datastore_class in self.classes():
+                    group.create_task(ride_out(functools.partial(self._sync_deleting, datastore_class),
+                                               f"deleting disks of class {datastore_class}"))
                 group.create_task(self._collect())
                 group.create_task(self._clear_orphans())
         finally:
@@ -107,7 +127,7 @@ class DiskKeeper:
         self._forget_detaching(disk)
         if state is None and disk in self._deleting:
             self._queue.add(disk)  # a DELETING disk let go of: its record does not change
-        if state is not None and state.detaching:
+        if state is not None:
             self._detaching.setdefault(state.vm_uid, {})[disk] = state
             self._vm_of[disk] = state.vm_uid
             self._on_detaching(state.vm_uid)
@@ -115,14 +135,14 @@ class DiskKeeper:
 
     async def _sync_attachments(self) -> None:
         while True:
-            listed, revision = await self._store.list_attachments()
+            listed, revision = await self._store.list_detaching()
             self._detaching.clear()
             self._vm_of.clear()
             for state in listed:
                 self._attachment((state.tenant, state.project, state.disk_id), state)
             try:
                 async with asyncio.timeout(self._resync_s):
-                    async for changes in self._store.watch_attachments(revision + 1):
+                    async for changes in self._store.watch_detaching(revision + 1):
                         for change in changes:
                             value = change.value
                             assert value is None or isinstance(value, AttachmentState)
@@ -130,7 +150,7 @@ class DiskKeeper:
             except TimeoutError:
                 pass
             except Compacted:
-                log.warning("disk attachments watch compacted; re-listing")
+                log.warning("detaching disk attachments watch compacted; re-listing")
 
     async def _clear_orphans(self) -> None:
         while True:
@@ -157,21 +177,23 @@ class DiskKeeper:
     # --- the collector -----------------------------------------------------------------
 
     def _disk(self, disk: DiskId, state: DiskState | None) -> None:
-        if state is None or not state.deleting or self.reaching_host(state.datastore_class) is None:
+        if state is None or self.reaching_host(state.datastore_class) is None:
             self._deleting.pop(disk, None)
             return
         self._deleting[disk] = state
         self._queue.add(disk)
 
-    async def _sync_disks(self) -> None:
+    async def _sync_deleting(self, datastore_class: str) -> None:
         while True:
-            listed, revision = await self._store.list_disks()
-            self._deleting.clear()
+            listed, revision = await self._store.list_deleting(datastore_class)
+            for disk, state in list(self._deleting.items()):
+                if state.datastore_class == datastore_class:
+                    del self._deleting[disk]
             for state in listed:
                 self._disk((state.tenant, state.project, state.disk_id), state)
             try:
                 async with asyncio.timeout(self._resync_s):
-                    async for changes in self._store.watch_disks(revision + 1):
+                    async for changes in self._store.watch_deleting(datastore_class, revision + 1):
                         for change in changes:
                             value = change.value
                             assert value is None or isinstance(value, DiskState)
@@ -179,7 +201,7 @@ class DiskKeeper:
             except TimeoutError:
                 pass
             except Compacted:
-                log.warning("disks watch compacted; re-listing")
+                log.warning("deleting disks watch compacted; re-listing", extra={"datastore_class": datastore_class})
 
     async def _collect(self) -> None:
         while True:
@@ -204,10 +226,15 @@ class DiskKeeper:
         if state is None:
             return
         host = self.reaching_host(state.datastore_class)
-        if host is None or await self._store.attached(state):
-            return  # attached (detaching): its attachment's deletion queues it again
-        await self._drivers[host].delete_disk(state.uid, state.datastore_class)
-        removed = await self._store.remove_deleted(state)
-        log.info("disk destroyed" if removed else "disk destroyed; its record changed or went meanwhile",
-                 extra={"disk": state.disk_id, "uid": state.uid, "host": host})
-        self._deleting.pop(disk, None)
+        if host is None:
+            return
+        now = await self._store.deleting_now(state)
+        if now.next is Next.WAIT:
+            return  # a VM holds it: queued again when it lets go (see the module doc)
+        if now.next is Next.DESTROY:
+            await self._drivers[host].delete_disk(state.uid, state.datastore_class)
+            removed = await self._store.remove_deleted(state, now.record_revision)
+            log.info("disk destroyed" if removed else "disk destroyed; its record changed or went meanwhile",
+                     extra={"disk": state.disk_id, "uid": state.uid, "host": host})
+        if self._deleting.get(disk) is state:
+            del self._deleting[disk]

@@ -79,8 +79,9 @@ class Agent:
         self._queue: WorkQueue[Key] = WorkQueue(base_delay_s=0.05, max_delay_s=30.0)
         self.statuses = StatusWriter(self._store)
         # A VM removed: its detaching attachments (a detach not reconciled before its
-        # deletion) are checked again, and go now that its spec has.
-        self.remover = Remover(self._store, on_removed=lambda vm: self.disks.vm_removed(vm.binding.spec.uid))
+        # deletion) are checked again, and go now that its spec has; its DELETING disks
+        # are free to be destroyed.
+        self.remover = Remover(self._store, on_removed=lambda vm: self.disks.vm_removed(vm.binding.spec))
         self.orphans = OrphanKeeper(drivers, OrphanStore(client, self._keys), agent=config.name)
         #: Each host's labels as registered (which datastore classes it reaches).
         self._host_labels: dict[str, dict[str, str]] = {}

@@ -376,7 +376,7 @@ class Calls:
         ``validate_only``: check everything (quota included) and return the VM it
         would make, writing nothing.
         Raises QuotaExceeded, AlreadyExists, InvalidArgument, ResourceExhausted
-        (ADDRESS_POOL_EXHAUSTED), FailedPrecondition (DISK_IN_USE), ..."""
+        (ADDRESS_POOL_EXHAUSTED), FailedPrecondition (DISK_IN_USE, ADDRESS_IN_USE), ..."""
         request = create_vm_request(self.parent, vm_id, flavor=flavor, image=image, labels=labels,
                                     request_id=request_id, node_selector=node_selector,
                                     anti_affinity_group=anti_affinity_group, restart_policy=restart_policy,

@@ -76,6 +76,7 @@ from controlplane.store.disks import (
     attach_exclusive,
     attach_ops,
     attach_refusal,
+    detaching_ops,
 )
 from controlplane.store.disks import deletion as disk_deletion
 from controlplane.store.errors import (
@@ -657,7 +658,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         """DeleteVm with ``delete_disks``: in the deletion's own transaction, each of the
         VM's disks is marked DELETING and its quota released (``disks.deletion``; the
         attachments stay until the VM is removed). A VM being deleted already gets
-        only its disks marked. Raises what request_delete raises."""
+        only its disks marked, in one txn with the call's audit record. Raises what
+        request_delete raises."""
         for _attempt in range(_DISK_ATTEMPTS):
             record = await self._store.get(ref)
             names = [DiskName(ref.tenant, ref.project, d.disk_id) for d in record.spec.disks]
@@ -682,10 +684,11 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 if record.spec.deleting:
                     if not charges:
                         return SpecUpdate(record, False, record.resource_version, changed=False)
-                    # Deleted already without its disks: mark them now, the VM unchanged.
-                    for view in views:
-                        await self._disks.delete(view.disk.ref, attached_ok=True)
-                    return SpecUpdate(record, False, record.resource_version, changed=False)
+                    # Deleted already without its disks: mark them now, the VM unchanged, in
+                    # one txn with the call's audit record (as the first DeleteVm).
+                    if not await self._disks.delete_attached(views, also=await draft.writes() if draft else ()):
+                        continue
+                    return SpecUpdate(record, False, record.resource_version, changed=True)
                 return await self._store.request_delete(
                     ref, etag=etag, guard=guard, also=[*also, *(await draft.writes() if draft else ())],
                     check=check, exclusive=names_held, delta=delta, on_conflict=changed)
@@ -787,7 +790,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 assert view is not None and view.attachment is not None
                 guard.append(ops.mod_revision_is(attachment_key, view.attachment_revision))
                 if host:
-                    writes.append(ops.put(attachment_key, replace(view.attachment, detaching=True).to_bytes()))
+                    writes += detaching_ops(keys, tenant, project, disk_id, view.attachment)
                 else:
                     writes.append(ops.delete(attachment_key))
 
@@ -1033,8 +1036,9 @@ def _create_error(err: StoreError, parent: str, request_id: str, name: str) -> e
     if isinstance(err, PoolExhausted):
         return errors.resource_exhausted(str(err), "ADDRESS_POOL_EXHAUSTED", metadata={"network": err.network})
     if isinstance(err, AddressInUse):
-        return errors.ApiError(grpc.StatusCode.ALREADY_EXISTS, "ADDRESS_IN_USE", str(err),
-                               metadata={"network": err.network, "ip": err.ip})
+        # The VM does not exist: what is in the way is the address, a state of the
+        # network the caller must change first (google.rpc: FAILED_PRECONDITION).
+        return errors.failed_precondition(str(err), "ADDRESS_IN_USE", metadata={"network": err.network, "ip": err.ip})
     if isinstance(err, NetworkGone):
         return errors.failed_precondition(str(err), "NETWORK_DELETED", metadata={"network": err.network})
     if isinstance(err, Conflict):

@@ -1,30 +1,49 @@
-"""What a host agent reads and writes of persistent disks (controlplane/store/keys.py:
-``disks/{t}/{p}/{disk}/record`` and ``.../attachment``): the attachments marked detaching, whose key it
-deletes once its host let go of the disk (:meth:`AgentDiskStore.detach_done`), and
-the disks marked DELETING, whose record it deletes once its driver destroyed the
-data (:meth:`AgentDiskStore.remove_deleted`). A detaching attachment whose VM no
-longer exists (removed before its agent reconciled the detach, or without its
-agent) is deleted by any agent (:meth:`AgentDiskStore.clear_orphaned`). Every
-deletion compares what was read (mod_revision), so agents racing for one of them
-are safe: one wins, the others find nothing left to do.
+"""What a host agent reads and writes of persistent disks: every agent-side read and
+write of them is here. An agent never lists or watches ``disks/`` (every tenant's
+records and attachments): only the work index of controlplane/store/keys.py, whose
+keys the txns that mark and end the work put and delete (controlplane/store/disks.py,
+the one place for those rules):
+
+- ``disk-work/detaching/{t}/{p}/{d}``: an attachment marked detaching (a copy of it,
+  put in the txn that marked it: both carry that txn's revision). Its VM's host's
+  agent deletes both once the host let go of the disk (:meth:`AgentDiskStore.detach_done`);
+  any agent deletes both when the VM no longer exists (removed before its agent
+  reconciled the detach, or without its agent: :meth:`AgentDiskStore.clear_orphaned`).
+- ``disk-work/deleting/{class}/{t}/{p}/{d}``: a disk marked DELETING. An agent lists and
+  watches the classes its hosts reach; before acting it reads the disk itself (record
+  and attachment, :meth:`AgentDiskStore.deleting_now`), has it destroyed, then deletes
+  its record and work key (:meth:`AgentDiskStore.remove_deleted`).
+
+Every deletion compares what was read (mod_revision), so agents racing for one of them
+are safe: one wins, the others find nothing left to do. A work key with nothing behind
+it (no writer leaves one: only a store edited by hand or by an older version could
+hold it) is dropped by the agent that finds it, compared: the work key as listed, what
+is behind it as found.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import enum
+import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from controlplane.disks import Disk
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import DEFAULT_DATASTORE_CLASS, VmRef, VmSpec
 from controlplane.store.disks import detach_done_ops, removal_ops
 from controlplane.store.keys import Keys
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class AttachmentState:
-    """An attachment as read: of disk ``disk_id`` in (tenant, project) to the VM named
-    ``vm`` (its full name; empty when not recorded) of uid ``vm_uid``."""
+    """An attachment marked detaching, as its work key holds it: of disk ``disk_id`` in
+    (tenant, project) to the VM named ``vm`` (its full name; empty when not recorded) of
+    uid ``vm_uid``; ``mod_revision``: the work key's, which is the attachment's (one txn
+    wrote both)."""
 
     tenant: str
     project: str
@@ -37,20 +56,20 @@ class AttachmentState:
 
 @dataclass(frozen=True, slots=True)
 class DiskState:
-    """A disk record as read (only what an agent needs)."""
+    """A disk marked DELETING, as its work key holds it (only what an agent needs);
+    ``mod_revision``: the work key's."""
 
     tenant: str
     project: str
     disk_id: str
     uid: str
     datastore_class: str
-    deleting: bool
     mod_revision: int
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One watched key: ``value`` None when it was deleted (then only the ids are set)."""
+    """One watched work key: ``value`` None when it was deleted (then only the ids are set)."""
 
     tenant: str
     project: str
@@ -58,109 +77,184 @@ class Change:
     value: AttachmentState | DiskState | None
 
 
+class Next(enum.Enum):
+    """What to do next with a DELETING disk (:meth:`AgentDiskStore.deleting_now`)."""
+
+    DESTROY = "destroy"  # no VM has it: destroy its data, then remove_deleted
+    WAIT = "wait"  # a VM still has it (attached or detaching): again once it lets go
+    NOTHING = "nothing"  # its work ended or changed (another agent), or the key was stale (dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class Deleting:
+    next: Next
+    record_revision: int = 0  # the record's mod_revision as read (remove_deleted compares it)
+
+
 class AgentDiskStore:
     def __init__(self, client: EtcdClient, keys: Keys):
         self._etcd = client
         self._keys = keys
 
-    # --- attachments -------------------------------------------------------------------
-
-    def _attachment(self, kv: KeyValue) -> AttachmentState:
-        t, p, d, _part = self._keys.parse_disk_key(kv.key)
-        m = rec.DiskAttachment.FromString(kv.value)
-        return AttachmentState(t, p, d, m.vm_uid, m.detaching, kv.mod_revision, m.vm)
-
-    def _disk(self, kv: KeyValue) -> DiskState:
-        t, p, d, _part = self._keys.parse_disk_key(kv.key)
-        m = rec.DiskRecord.FromString(kv.value)
-        return DiskState(t, p, d, m.uid, m.datastore_class or DEFAULT_DATASTORE_CLASS, bool(m.delete_time_ns),
-                         kv.mod_revision)
-
-    async def _list(self, part: str) -> tuple[list[KeyValue], int]:
-        prefix = self._keys.disks_prefix()
+    async def _list(self, prefix: bytes, decode: Callable[[KeyValue], AttachmentState | DiskState]):
         kvs, revision = await self._etcd.range_all(prefix, prefix_end(prefix))
-        return [kv for kv in kvs if kv.key.endswith(b"/" + part.encode())], revision
+        return [decode(kv) for kv in kvs], revision
 
-    async def _watch(self, part: str, start_revision: int, decode) -> AsyncIterator[list[Change]]:
-        prefix = self._keys.disks_prefix()
-        suffix = b"/" + part.encode()
+    async def _watch(self, prefix: bytes, start_revision: int,
+                     decode: Callable[[KeyValue], AttachmentState | DiskState]) -> AsyncIterator[list[Change]]:
         async for batch in self._etcd.watch(prefix, prefix_end(prefix), start_revision=start_revision):
             changes = []
             for e in batch.events:
-                if e.kv.key.endswith(suffix):
-                    t, p, d, _part = self._keys.parse_disk_key(e.kv.key)
-                    changes.append(Change(t, p, d, None if e.is_delete else decode(e.kv)))
+                t, p, d = self._keys.parse_disk_work_key(e.kv.key)
+                changes.append(Change(t, p, d, None if e.is_delete else decode(e.kv)))
             if changes:
                 yield changes
 
-    async def list_attachments(self) -> tuple[list[AttachmentState], int]:
-        """Every attachment, at one revision (watch from revision + 1)."""
-        kvs, revision = await self._list("attachment")
-        return [self._attachment(kv) for kv in kvs], revision
+    # --- detaching attachments ---------------------------------------------------------
 
-    async def watch_attachments(self, start_revision: int) -> AsyncIterator[list[Change]]:
-        """Attachment changes from ``start_revision``. Raises Compacted (re-list then)."""
-        async for changes in self._watch("attachment", start_revision, self._attachment):
+    def _attachment(self, kv: KeyValue) -> AttachmentState:
+        t, p, d = self._keys.parse_disk_work_key(kv.key)
+        m = rec.DiskAttachment.FromString(kv.value)
+        return AttachmentState(t, p, d, m.vm_uid, True, kv.mod_revision, m.vm)
+
+    async def list_detaching(self) -> tuple[list[AttachmentState], int]:
+        """Every attachment marked detaching (its work key), at one revision (watch from
+        revision + 1). Reads nothing else."""
+        return await self._list(self._keys.disk_work_detaching_prefix(), self._attachment)
+
+    async def watch_detaching(self, start_revision: int) -> AsyncIterator[list[Change]]:
+        """Detaching work keys' changes from ``start_revision``. Raises Compacted (re-list then)."""
+        async for changes in self._watch(self._keys.disk_work_detaching_prefix(), start_revision,
+                                         self._attachment):
             yield changes
 
     async def detach_done(self, attachment: AttachmentState) -> bool:
-        """The VM's host let go of the disk: delete its attachment key, if it is still
-        as read (``attachment``: detaching, of that VM; compared by mod_revision).
-        Returns whether it was deleted. Idempotent (a second call finds it changed)."""
+        """The VM's host let go of the disk: delete its attachment and work key, if both
+        are still as marked (``disks.detach_done_ops``). Returns whether they were
+        deleted. Idempotent (a second call finds them gone). A work key whose attachment
+        is not the one it copies is dropped (compared)."""
         if not attachment.detaching:
             raise ValueError("only an attachment marked detaching is done by its host")
-        response = await self._etcd.txn(*detach_done_ops(self._keys, attachment.tenant, attachment.project,
-                                                          attachment.disk_id, attachment.mod_revision))
+        a = attachment
+        compares, writes = detach_done_ops(self._keys, a.tenant, a.project, a.disk_id, a.mod_revision)
+        response = await self._etcd.txn(compares, writes, self._detaching_reads(a))
+        if response.succeeded:
+            return True
+        await self._drop_stale_detaching(a, response.kvs(0), response.kvs(1))
+        return False
+
+    def _detaching_reads(self, a: AttachmentState) -> list:
+        return [ops.get(self._keys.disk_attachment(a.tenant, a.project, a.disk_id)),
+                ops.get(self._keys.disk_work_detaching(a.tenant, a.project, a.disk_id))]
+
+    async def _drop_stale_detaching(self, a: AttachmentState, attachment: list[KeyValue],
+                                    work: list[KeyValue]) -> bool:
+        """Drop ``a``'s work key when it is still as listed but its attachment is not the
+        one it copies (gone, or written since); compared: the work key as listed, the
+        attachment as found. Returns whether it was dropped (False: the work key
+        changed or went, or the attachment is the one)."""
+        if not work or work[0].mod_revision != a.mod_revision:
+            return False
+        if attachment and attachment[0].mod_revision == a.mod_revision:
+            return False
+        key = self._keys.disk_attachment(a.tenant, a.project, a.disk_id)
+        work_key = self._keys.disk_work_detaching(a.tenant, a.project, a.disk_id)
+        found = ops.mod_revision_is(key, attachment[0].mod_revision) if attachment else ops.absent(key)
+        response = await self._etcd.txn([ops.mod_revision_is(work_key, a.mod_revision), found],
+                                        [ops.delete(work_key)])
+        if response.succeeded:
+            log.warning("a detaching work key without its attachment dropped",
+                        extra={"tenant": a.tenant, "project": a.project, "disk": a.disk_id})
         return response.succeeded
 
     async def clear_orphaned(self, attachment: AttachmentState) -> bool:
-        """Delete a detaching attachment whose VM no longer exists: one txn comparing
-        the attachment as read (mod_revision) and the VM's spec key absent; when the
-        name is held by another incarnation (another uid) since, a second txn compares
-        that incarnation's create_revision instead. Returns whether it was deleted
-        (False: the VM is still there, the attachment changed, or it names no VM).
-        Idempotent: agents racing for it, one wins."""
+        """Delete a detaching attachment (and its work key) whose VM no longer exists:
+        one txn comparing both as marked and the VM's spec key absent; when the name is
+        held by another incarnation (another uid) since, a second txn compares that
+        incarnation's create_revision instead. Returns whether it was deleted (False:
+        the VM is still there, the attachment changed, or it names no VM). A stale work
+        key is dropped (compared). Idempotent: agents racing for it, one wins."""
         if not attachment.detaching:
             raise ValueError("only an attachment marked detaching is cleared")
-        ref = VmRef.from_name(attachment.vm)
-        if ref is None or (ref.tenant, ref.project) != (attachment.tenant, attachment.project):
+        a = attachment
+        ref = VmRef.from_name(a.vm)
+        if ref is None or (ref.tenant, ref.project) != (a.tenant, a.project):
             return False
-        key = self._keys.disk_attachment(attachment.tenant, attachment.project, attachment.disk_id)
         spec_key = self._keys.vm_spec(ref)
-        held = ops.mod_revision_is(key, attachment.mod_revision)
-        response = await self._etcd.txn([held, ops.absent(spec_key)], [ops.delete(key)], [ops.get(spec_key)])
+        compares, writes = detach_done_ops(self._keys, a.tenant, a.project, a.disk_id, a.mod_revision)
+        response = await self._etcd.txn([*compares, ops.absent(spec_key)], writes,
+                                        [ops.get(spec_key), *self._detaching_reads(a)])
         if response.succeeded:
             return True
+        attachment_kvs, work_kvs = response.kvs(1), response.kvs(2)
+        if not work_kvs or work_kvs[0].mod_revision != a.mod_revision:
+            return False  # done meanwhile (or marked again: seen again)
+        if not attachment_kvs or attachment_kvs[0].mod_revision != a.mod_revision:
+            await self._drop_stale_detaching(a, attachment_kvs, work_kvs)
+            return False
         found = response.kvs(0)
-        if not found or not attachment.vm_uid or VmSpec.from_bytes(found[0].value).uid == attachment.vm_uid:
-            return False  # the attachment changed (the spec went meanwhile: seen again), or its VM is there
-        response = await self._etcd.txn([held, ops.create_revision_is(spec_key, found[0].create_revision)],
-                                        [ops.delete(key)])
+        if not found or not a.vm_uid or VmSpec.from_bytes(found[0].value).uid == a.vm_uid:
+            return False  # its VM is there (or the spec went meanwhile: seen again)
+        response = await self._etcd.txn([*compares, ops.create_revision_is(spec_key, found[0].create_revision)],
+                                        writes)
         return response.succeeded
 
-    # --- disks -------------------------------------------------------------------------
+    # --- DELETING disks ----------------------------------------------------------------
 
-    async def list_disks(self) -> tuple[list[DiskState], int]:
-        """Every disk record, at one revision (watch from revision + 1)."""
-        kvs, revision = await self._list("record")
-        return [self._disk(kv) for kv in kvs], revision
+    def _disk(self, kv: KeyValue) -> DiskState:
+        t, p, d = self._keys.parse_disk_work_key(kv.key)
+        m = rec.DiskRef.FromString(kv.value)
+        return DiskState(t, p, d, m.uid, m.datastore_class or DEFAULT_DATASTORE_CLASS, kv.mod_revision)
 
-    async def watch_disks(self, start_revision: int) -> AsyncIterator[list[Change]]:
-        """Disk record changes from ``start_revision``. Raises Compacted (re-list then)."""
-        async for changes in self._watch("record", start_revision, self._disk):
+    async def list_deleting(self, datastore_class: str) -> tuple[list[DiskState], int]:
+        """Every disk of the class marked DELETING (its work key), at one revision (watch
+        from revision + 1). Reads nothing else: no other class, no disk record."""
+        return await self._list(self._keys.disk_work_deleting_prefix(datastore_class), self._disk)
+
+    async def watch_deleting(self, datastore_class: str, start_revision: int) -> AsyncIterator[list[Change]]:
+        """The class's DELETING work keys' changes from ``start_revision``. Raises
+        Compacted (re-list then)."""
+        async for changes in self._watch(self._keys.disk_work_deleting_prefix(datastore_class), start_revision,
+                                         self._disk):
             yield changes
 
-    async def attached(self, disk: DiskState) -> bool:
-        """Whether the disk has an attachment now (one get)."""
-        key = self._keys.disk_attachment(disk.tenant, disk.project, disk.disk_id)
-        return await self._etcd.get(key) is not None
+    async def deleting_now(self, disk: DiskState) -> Deleting:
+        """What to do with a DELETING disk now: its record, attachment and work key read
+        in one txn. DESTROY (with the record's revision) when the work key is as listed
+        and the record is that disk's (its uid and class), DELETING, with no attachment;
+        WAIT when a VM still has it; NOTHING when the work key changed or went, or when
+        it was stale (no such record behind it: dropped here, compared)."""
+        k = self._keys
+        prefix = k.disk_prefix(disk.tenant, disk.project, disk.disk_id)
+        work_key = k.disk_work_deleting(disk.datastore_class, disk.tenant, disk.project, disk.disk_id)
+        response = await self._etcd.txn([], [ops.get(prefix, prefix_end(prefix)), ops.get(work_key)])
+        work = response.kvs(1)
+        if not work or work[0].mod_revision != disk.mod_revision:
+            return Deleting(Next.NOTHING)
+        record = attachment = None
+        for kv in response.kvs(0):
+            if kv.key.endswith(b"/record"):
+                record = kv
+            elif kv.key.endswith(b"/attachment"):
+                attachment = kv
+        if record is not None:
+            found = Disk.from_bytes(record.value)
+            if found.deleting and (found.uid, found.datastore_class) == (disk.uid, disk.datastore_class):
+                return Deleting(Next.DESTROY if attachment is None else Next.WAIT, record.mod_revision)
+        key = k.disk(disk.tenant, disk.project, disk.disk_id)
+        behind = ops.absent(key) if record is None else ops.mod_revision_is(key, record.mod_revision)
+        dropped = await self._etcd.txn([ops.mod_revision_is(work_key, disk.mod_revision), behind],
+                                       [ops.delete(work_key)])
+        if dropped.succeeded:
+            log.warning("a deleting work key without its disk dropped",
+                        extra={"tenant": disk.tenant, "project": disk.project, "disk": disk.disk_id})
+        return Deleting(Next.NOTHING)
 
-    async def remove_deleted(self, disk: DiskState) -> bool:
-        """Its data destroyed: delete the DELETING disk's record, comparing that it is
-        as read and has no attachment. Returns whether it was deleted (False: another
-        agent did, or it changed). Idempotent."""
-        if not disk.deleting:
-            raise ValueError("only a disk marked DELETING is removed")
+    async def remove_deleted(self, disk: DiskState, record_revision: int) -> bool:
+        """Its data destroyed: delete the DELETING disk's record and its work key,
+        comparing that the record is as read (``record_revision``, from
+        :meth:`deleting_now`) and has no attachment (``disks.removal_ops``). Returns
+        whether it was deleted (False: another agent did, or it changed). Idempotent."""
         response = await self._etcd.txn(*removal_ops(self._keys, disk.tenant, disk.project, disk.disk_id,
-                                                      disk.mod_revision))
+                                                      disk.datastore_class, record_revision))
         return response.succeeded

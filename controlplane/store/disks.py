@@ -11,7 +11,13 @@ revision (one range over the disk's prefix), and the state shown is derived from
   through the quota ledger, in the transaction that stores the record; delete marks the
   record DELETING and releases that charge in one transaction (:func:`deletion`, the one
   place for it: DeleteDisk and DeleteVm's ``delete_disks``). An agent that reaches the
-  disk's class destroys the data, then removes the record (:meth:`DiskStore.finish_disk_delete`).
+  disk's class destroys the data, then removes the record (``AgentDiskStore``,
+  controlplane/store/agentdisks.py: every agent-side read and write of disks).
+- The agents' work index (``disk-work/``): a DELETING disk and a detaching attachment
+  each have a key there, put in the txn that marks it and deleted in the txn that
+  ends it (:func:`deletion`, :func:`removal_ops`, :func:`detaching_ops`,
+  :func:`detach_done_ops`), so that an agent lists and watches only the work, not
+  every tenant's disks.
 - A disk is attached to at most one VM: the transaction that adds it to a VM's spec
   (create, AttachDisk) creates the attachment with a compare that it is absent and a
   compare of the record's mod_revision as read (:func:`attach_ops`, the one place for it),
@@ -25,10 +31,11 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controlplane.disks import Attachment, Disk, DiskName, DiskState, disk_state
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
+from controlplane.etcd.ops import RequestOp
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import DiskRef, VmRef, now_ns
 from controlplane.store.errors import (
@@ -163,22 +170,46 @@ class DiskChange:
 # --- the rules, pure --------------------------------------------------------------------
 
 
+def detaching_ops(keys: Keys, tenant: str, project: str, disk_id: str, attachment: Attachment) -> list:
+    """The writes that mark a disk's attachment detaching (DetachDisk of a VM on a
+    host): the attachment rewritten with ``detaching`` and, in the same txn, its copy
+    under the agents' work index (``Keys.disk_work_detaching``): both then carry that
+    txn's revision, and every txn that deletes the attachment deletes the copy
+    (:func:`detach_done_ops`). The one place for it. Pure."""
+    marked = replace(attachment, detaching=True).to_bytes()
+    return [ops.put(keys.disk_attachment(tenant, project, disk_id), marked),
+            ops.put(keys.disk_work_detaching(tenant, project, disk_id), marked)]
+
+
 def detach_done_ops(keys: Keys, tenant: str, project: str, disk_id: str,
                     attachment_revision: int) -> tuple[list, list]:
-    """What deleting a detaching attachment once the VM's host let go of the disk
-    compares (the attachment as read) and writes: the one place for it (DiskStore,
-    the agents' AgentDiskStore). Pure."""
+    """What deleting a detaching attachment compares (the attachment and its work key
+    as marked: both at ``attachment_revision``, the revision of :func:`detaching_ops`'
+    txn) and writes (both deleted): its host let go of the disk, or an agent clears
+    it once its VM is gone. The one place for it (the agents' AgentDiskStore). Pure."""
     key = keys.disk_attachment(tenant, project, disk_id)
-    return [ops.mod_revision_is(key, attachment_revision)], [ops.delete(key)]
+    work = keys.disk_work_detaching(tenant, project, disk_id)
+    return ([ops.mod_revision_is(key, attachment_revision), ops.mod_revision_is(work, attachment_revision)],
+            [ops.delete(key), ops.delete(work)])
 
 
-def removal_ops(keys: Keys, tenant: str, project: str, disk_id: str, record_revision: int) -> tuple[list, list]:
+def deleting_work(keys: Keys, disk: Disk) -> RequestOp:
+    """The put of a DELETING disk's key in the agents' work index
+    (``Keys.disk_work_deleting``, under its class; the value names its uid), written in
+    the txn that marks it (:func:`deletion`) and deleted in the one that removes its
+    record (:func:`removal_ops`). Pure."""
+    return ops.put(keys.disk_work_deleting(disk.datastore_class, disk.tenant, disk.project, disk.disk_id),
+                   disk.attached_as().to_proto().SerializeToString())
+
+
+def removal_ops(keys: Keys, tenant: str, project: str, disk_id: str, datastore_class: str,
+                record_revision: int) -> tuple[list, list]:
     """What removing a DELETING disk's record once its data is destroyed compares (the
-    record as read, no attachment) and writes: the one place for it (DiskStore, the
-    agents' AgentDiskStore). Pure."""
+    record as read, no attachment) and writes (the record and its work key deleted):
+    the one place for it (the agents' AgentDiskStore). Pure."""
     key = keys.disk(tenant, project, disk_id)
     return ([ops.mod_revision_is(key, record_revision), ops.absent(keys.disk_attachment(tenant, project, disk_id))],
-            [ops.delete(key)])
+            [ops.delete(key), ops.delete(keys.disk_work_deleting(datastore_class, tenant, project, disk_id))])
 
 
 def attach_ops(keys: Keys, vm: VmRef, vm_uid: str, disks: Sequence[DiskRef], revisions: Mapping[str, int], *,
@@ -211,7 +242,8 @@ def attach_exclusive(keys: Keys, vm: VmRef, disks: Sequence[DiskRef]) -> tuple[b
 
 def deletion(keys: Keys, view: DiskView, *, at_ns: int = 0, attached_ok: bool = False) -> Charge:
     """What marking a disk DELETING compares, writes and releases: its record unchanged
-    since ``view`` was read, rewritten with ``delete_time_ns``, and the quota it holds
+    since ``view`` was read, rewritten with ``delete_time_ns`` (the first write), its
+    key in the agents' work index put (:func:`deleting_work`), and the quota it holds
     (``Usage.of_disk``) released, in one transaction. Unless ``attached_ok`` (DeleteVm's
     ``delete_disks``: its VM still has it until removed), its attachment must be absent.
     The one place for it. Pure."""
@@ -223,7 +255,8 @@ def deletion(keys: Keys, view: DiskView, *, at_ns: int = 0, attached_ok: bool = 
         compares.append(ops.absent(keys.disk_attachment(disk.tenant, disk.project, disk.disk_id)))
     prefix = keys.disk_prefix(disk.tenant, disk.project, disk.disk_id)
     return Charge(-Usage.of_disk(disk.size_gib), compares,
-                  [ops.put(key, disk.with_(delete_time_ns=at, update_time_ns=at).to_bytes())],
+                  [ops.put(key, disk.with_(delete_time_ns=at, update_time_ns=at).to_bytes()),
+                   deleting_work(keys, disk)],
                   [ops.get(prefix, prefix_end(prefix))], exclusive=(prefix,))
 
 
@@ -365,13 +398,6 @@ class DiskStore:
                 views.append(view)
         return views, (last if more and last else None), result.revision
 
-    async def list_deleting(self, *, revision: int = 0) -> tuple[builtins.list[DiskView], int]:
-        """Every DELETING disk of every project, and the revision read at (watch from
-        it + 1 with :meth:`watch_all`): what agents destroy once no VM has it."""
-        kvs, revision = await self._etcd.range_prefix(self._keys.disks_prefix(), revision=revision)
-        views = [_view(group) for _name, group in _grouped(self._keys, kvs)]
-        return [v for v in views if v is not None and v.disk.deleting], revision
-
     # --- change ------------------------------------------------------------------------
 
     async def update(self, name: DiskName, change: Callable[[Disk], Disk], *, etag: str = "",
@@ -424,27 +450,26 @@ class DiskStore:
             return DiskView(disk, revision, None, 0, view.create_revision), True
         raise Conflict(f"{name.name} kept changing; retry")
 
-    async def finish_disk_delete(self, name: DiskName, revision: int) -> bool:
-        """Remove a DELETING disk's record once its data is destroyed (an agent that
-        reaches its class): compared with the record's mod_revision as the agent read it
-        and with no attachment. False: it changed (or is gone), nothing removed."""
-        k = self._keys
-        key = k.disk(name.tenant, name.project, name.disk_id)
-        kv = await self._etcd.get(key)
-        if kv is None or kv.mod_revision != revision or not Disk.from_bytes(kv.value).deleting:
-            return False
-        result = await self._etcd.txn(*removal_ops(k, name.tenant, name.project, name.disk_id, revision))
-        if result.succeeded:
-            log.info("disk removed", extra={"tenant": name.tenant, "project": name.project, "disk": name.disk_id})
-        return result.succeeded
-
-    async def detach_done(self, vm: VmRef, disk_id: str, attachment_revision: int) -> bool:
-        """Delete a detaching attachment once the VM's host let go of the disk (its
-        agent), compared with the attachment's mod_revision as read: the disk is
-        AVAILABLE (or, if DELETING, ready to be destroyed). False: it changed or is gone."""
-        result = await self._etcd.txn(*detach_done_ops(self._keys, vm.tenant, vm.project, disk_id,
-                                                        attachment_revision))
-        return result.succeeded
+    async def delete_attached(self, views: Sequence[DiskView], *, also: Sequence = ()) -> int:
+        """Mark the disks ``views`` (as read; a VM still has them: DeleteVm's
+        ``delete_disks`` on a VM being deleted already) DELETING and release their quota
+        in ONE transaction with the puts ``also`` (its audit record): :func:`deletion`
+        of each, ``attached_ok``. Returns its revision; 0 when a disk changed since it
+        was read (nothing written: read them again)."""
+        if not views:
+            raise ValueError("no disk to mark")
+        charges = [deletion(self._keys, view, attached_ok=True) for view in views]
+        first = views[0].disk
+        charge = Charge(sum((c.delta for c in charges), Usage()), [x for c in charges for x in c.compares],
+                        [*(w for c in charges for w in c.writes), *also], [r for c in charges for r in c.reads],
+                        exclusive=tuple(n for c in charges for n in c.exclusive))
+        try:
+            revision = await self._ledger.apply(first.tenant, first.project, charge)
+        except GuardFailed:
+            return 0
+        log.info("disks deleting", extra={"tenant": first.tenant, "project": first.project,
+                                          "disks": ",".join(v.disk.disk_id for v in views)})
+        return revision
 
     # --- watch -------------------------------------------------------------------------
 
@@ -454,12 +479,6 @@ class DiskStore:
         (inclusive), batched; an empty batch is progress. ``seed``: the disks as of
         ``start_revision - 1`` if the caller listed them. Raises Compacted."""
         async for changes in self._watch(self._keys.disks_prefix(tenant, project), start_revision, seed):
-            yield changes
-
-    async def watch_all(self, *, start_revision: int,
-                        seed: Iterable[DiskView] = ()) -> AsyncIterator[builtins.list[DiskChange]]:
-        """Changes of every disk of every project (agents: :meth:`list_deleting`, then this)."""
-        async for changes in self._watch(self._keys.disks_prefix(), start_revision, seed):
             yield changes
 
     async def _watch(self, prefix: bytes, start_revision: int,

@@ -38,6 +38,14 @@ independent systems (or tests) share one etcd.
                                                   the host's agent once it let go of the disk, or in the txn that
                                                   removes the VM. Beside the record (one prefix per disk), so that
                                                   one range or watch reads a disk and its attachment at one revision
+    disk-work/detaching/{t}/{p}/{disk}    DiskAttachment  the agents' work index: a copy of an attachment marked
+                                                  detaching, put in the txn that marks it (DetachDisk), deleted
+                                                  in every txn that deletes that attachment (its host done, an
+                                                  agent clearing it once its VM is gone)
+    disk-work/deleting/{class}/{t}/{p}/{disk}  DiskRef  the agents' work index: a disk marked DELETING, put in the
+                                                  txn that marks it, deleted in the txn that removes its record.
+                                                  Agents list and watch only these (deleting: the classes their
+                                                  hosts reach), never every tenant's disks/
     hosts/{host}/reg                      HostRegistration  agent, under its heartbeat lease
     hosts/{host}/alloc                    HostAllocation    changed with the host's bindings only
     hosts/{host}/maintenance              (empty)     an operator: no new placements while present
@@ -191,6 +199,24 @@ class Keys:
         """(tenant, project, disk id, "record" | "attachment") of a key under disks/."""
         tenant, project, disk_id, part = key[len(self.base) + 6:].decode().split("/")
         return tenant, project, disk_id, part
+
+    # The agents' disk work index (controlplane/store/agentdisks.py)
+    def disk_work_detaching_prefix(self) -> bytes:
+        return self._k("disk-work/detaching/")
+
+    def disk_work_detaching(self, tenant: str, project: str, disk_id: str) -> bytes:
+        return self._k(f"disk-work/detaching/{tenant}/{project}/{disk_id}")
+
+    def disk_work_deleting_prefix(self, datastore_class: str) -> bytes:
+        return self._k(f"disk-work/deleting/{datastore_class}/")
+
+    def disk_work_deleting(self, datastore_class: str, tenant: str, project: str, disk_id: str) -> bytes:
+        return self._k(f"disk-work/deleting/{datastore_class}/{tenant}/{project}/{disk_id}")
+
+    def parse_disk_work_key(self, key: bytes) -> tuple[str, str, str]:
+        """(tenant, project, disk id) of a key under disk-work/ (either kind)."""
+        tenant, project, disk_id = key.decode().rsplit("/", 3)[1:]
+        return tenant, project, disk_id
 
     # Scheduler queue
     def queue_prefix(self, shard: int) -> bytes:

@@ -17,6 +17,7 @@ members, releases their quota (``UsageLedger``) and writes the record FAILED.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,10 +39,12 @@ from controlplane.models import (
 from controlplane.store import bindings, claims
 from controlplane.store.bindings import HostRead, SetHost
 from controlplane.store.keys import Keys
-from controlplane.store.ledger import Charge, GuardFailed, UsageLedger
+from controlplane.store.ledger import Charge, GuardFailed, UsageLedger, txn_ops
 from controlplane.store.vms import held
 from controlplane.store.zones import ZoneCount, ZoneGroupId, ZoneStore
 from controlplane.tenancy import Usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,42 @@ class SetBindResult:
     zone_counts: dict[ZoneGroupId, int] = field(default_factory=dict)  # counts written, if committed
     too_large: bool = False  # the txn would exceed max_txn_ops: nothing was sent
     cost: int = 0  # the ops of the set's txn as etcd counts them
+
+
+def failure_charge(keys: Keys, fence: Compare, record: VmSet, set_revision: int,
+                   members: Sequence[QueuedVm]) -> Charge:
+    """What one txn of a set's failure compares (the fence, the set's record at
+    ``set_revision``, each member's queue entry as read), writes (``record``, each
+    member's removal: ``bindings.remove_pending``) and releases (their quota), with
+    the names it holds in a group commit (each member's keys, addresses and disks).
+    Pure."""
+    ref = record.ref
+    key = keys.vm_set(ref.tenant, ref.project, ref.set_id)
+    compares = [fence, ops.mod_revision_is(key, set_revision)]
+    writes = [ops.put(key, record.to_bytes())]
+    released = Usage()
+    names = [key]
+    for vm in members:
+        member_compares, member_writes = bindings.remove_pending(keys, vm.spec, vm.queue_revision)
+        compares += member_compares
+        writes += member_writes
+        released = released - held(vm.spec)
+        names += [keys.vm_prefix(vm.spec.ref), *claims.release_exclusive(keys, vm.spec)]
+    return Charge(released, compares, writes, exclusive=tuple(names))
+
+
+def failure_parts(keys: Keys, fence: Compare, record: VmSet, members: Sequence[QueuedVm],
+                  max_txn_ops: int) -> list[list[QueuedVm]]:
+    """``members`` in order, cut into parts whose :func:`failure_charge` each fits
+    ``max_txn_ops`` (measured on the built charge, ledger included: ``txn_ops``); one
+    part when they all fit, and always at least one (a set with no member left still
+    gets its record written). Pure."""
+    parts: list[list[QueuedVm]] = [[]]
+    for vm in members:
+        if parts[-1] and txn_ops(failure_charge(keys, fence, record, 0, [*parts[-1], vm])) > max_txn_ops:
+            parts.append([])
+        parts[-1].append(vm)
+    return parts
 
 
 class SchedulingStore:
@@ -271,35 +310,41 @@ class SchedulingStore:
 
     async def fail_set(self, fence: Compare, vm_set: VmSet, set_revision: int, members: Sequence[QueuedVm], *,
                        reason: str, message: str) -> bool:
-        """End a pending set in ONE txn, fenced: every member still pending (``members``,
-        each compared by its queue entry) removed (``bindings.remove_pending``), their
-        quota released through the ledger, the record written FAILED with ``reason``
-        and ``message`` (compared by ``set_revision``). Nothing partially.
+        """End a pending set, fenced: every member still pending (``members``, each
+        compared by its queue entry) removed (``bindings.remove_pending``), their quota
+        released through the ledger, the record written FAILED with ``reason`` and
+        ``message`` (compared by ``set_revision``).
 
-        Returns False when a compare failed (nothing written): the fence (the caller
-        checks its lock), the record or a member's entry changed; read them again.
-        Raises NotFound when the project is gone."""
+        In ONE txn when it fits ``max_txn_ops`` (measured on the built charge); else in
+        parts that each fit (:func:`failure_parts`; a member may have taken more
+        since its admission, e.g. disks attached while pending), in order, each
+        comparing the record as the part before wrote it: every part but the last
+        writes the record still PENDING with its deadline past (``reason``,
+        ``message``), so that the set is never bound with members missing, and
+        whoever reads it next fails it again; the last writes it FAILED.
+
+        Returns False when a compare failed (the part failing wrote nothing): the
+        fence (the caller checks its lock), the record or a member's entry changed;
+        read them again. Raises NotFound when the project is gone."""
         k = self._keys
         ref = vm_set.ref
-        key = k.vm_set(ref.tenant, ref.project, ref.set_id)
+        at = now_ns()
         failed = VmSet(ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.FAILED, vm_set.create_time_ns,
-                       vm_set.deadline_ns, now_ns(), reason, message, vm_set.request_id)
-        compares = [fence, ops.mod_revision_is(key, set_revision)]
-        writes = [ops.put(key, failed.to_bytes())]
-        released = Usage()
-        for vm in members:
-            member_compares, member_writes = bindings.remove_pending(k, vm.spec, vm.queue_revision)
-            compares += member_compares
-            writes += member_writes
-            released = released - held(vm.spec)
-        names = [key]
-        for vm in members:  # each member's keys, and its addresses and disks a create may take
-            names += [k.vm_prefix(vm.spec.ref), *claims.release_exclusive(k, vm.spec)]
-        charge = Charge(released, compares, writes, exclusive=tuple(names))
+                       vm_set.deadline_ns, at, reason, message, vm_set.request_id)
+        failing = VmSet(ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.PENDING, vm_set.create_time_ns,
+                        min(vm_set.deadline_ns or at, at), at, reason, message, vm_set.request_id)
         if self._ledger is None:
             self._ledger = UsageLedger(self._etcd, self._keys)
-        try:
-            await self._ledger.apply(ref.tenant, ref.project, charge)
-        except GuardFailed:
-            return False
+        parts = failure_parts(k, fence, failed, members, self._etcd.max_txn_ops)
+        revision = set_revision
+        for i, part in enumerate(parts):
+            record = failed if i == len(parts) - 1 else failing
+            try:
+                revision = await self._ledger.apply(ref.tenant, ref.project,
+                                                    failure_charge(k, fence, record, revision, part))
+            except GuardFailed:
+                return False
+            if i < len(parts) - 1:
+                log.info("set failing in parts", extra={"set": ref.name, "part": i + 1, "parts": len(parts),
+                                                        "removed": len(part)})
         return True

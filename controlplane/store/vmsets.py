@@ -28,7 +28,9 @@ from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import (
     AddressMode,
     BootstrapFormat,
+    DiskRef,
     Hold,
+    Nic,
     Resources,
     VmRef,
     VmSet,
@@ -86,15 +88,17 @@ class SetTooLarge(StoreError):
     this store takes without / with bootstrap data on every member."""
 
     def __init__(self, members: int, ops_: int, limit: int, most: int, most_with_bootstrap: int, *,
-                 what: str = ""):
+                 what: str = "", shape: Shape | None = None):
         if what:  # the bind, not the admission: bootstrap data does not count there
             super().__init__(
                 f"a set of {members} VMs needs {ops_} operations in one etcd transaction for {what}; this store "
                 f"takes at most {limit}: at most {most} VMs per set when every one is zone-scoped")
         else:
+            like = (f", counted for VMs with {shape.nics} NICs ({shape.static_nics} static) and {shape.disks} "
+                    f"disks each" if shape is not None and shape != Shape() else "")
             super().__init__(
                 f"a set of {members} VMs needs {ops_} operations in one etcd transaction; this store takes at most "
-                f"{limit}: at most {most} VMs per set ({most_with_bootstrap} when every VM has bootstrap data)")
+                f"{limit}: at most {most} VMs per set ({most_with_bootstrap} when every VM has bootstrap data){like}")
         self.members, self.ops, self.limit = members, ops_, limit
         self.most, self.most_with_bootstrap = most, most_with_bootstrap
 
@@ -158,15 +162,34 @@ def _bind_too_large(keys: Keys, members: Sequence[Member], limit: int) -> SetToo
     return SetTooLarge(len(members), cost, limit, most, most, what="its bind (each member on a host of its own)")
 
 
-@functools.lru_cache(maxsize=16)
-def most_members(max_txn_ops: int, *, with_bootstrap: bool, also: int = 1) -> int:
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a member takes besides its own keys, as a set's worst case counts it: its
+    NICs (a port each; ``static_nics`` of them an address too), each on a network of
+    its own (a network compare each), and its disks (an attachment each)."""
+
+    nics: int = 0
+    static_nics: int = 0
+    disks: int = 0
+
+    @classmethod
+    def widest(cls, specs: Sequence[VmSpec]) -> Shape:
+        """The shape that takes at least what each of ``specs`` takes."""
+        return cls(max((len(s.nics) for s in specs), default=0),
+                   max((sum(nic.static for nic in s.nics) for s in specs), default=0),
+                   max((len(s.disks) for s in specs), default=0))
+
+
+@functools.lru_cache(maxsize=64)
+def most_members(max_txn_ops: int, *, with_bootstrap: bool, also: int = 1, shape: Shape = Shape()) -> int:
     """The most members a set's admission fits in one txn under ``max_txn_ops``, with a
     request_id and ``also`` extra puts (its audit record), every member with bootstrap
-    data or none. Measured on what :func:`admission` builds (0: not even one)."""
+    data or none and of ``shape`` (its NICs and disks: their claims count). Measured
+    on what :func:`admission` builds (0: not even one)."""
     keys = Keys("/m")
 
     def cost(n: int) -> int:
-        return admission_ops(_worst_case(keys, n, with_bootstrap, also))
+        return admission_ops(_worst_case(keys, n, with_bootstrap, also, shape))
 
     each = cost(2) - cost(1)
     n = max(0, (max_txn_ops - cost(1)) // each + 1) if each > 0 else 0
@@ -177,18 +200,29 @@ def most_members(max_txn_ops: int, *, with_bootstrap: bool, also: int = 1) -> in
     return n
 
 
-def _worst_case(keys: Keys, n: int, with_bootstrap: bool, also: int) -> Charge:
+def _worst_case(keys: Keys, n: int, with_bootstrap: bool, also: int, shape: Shape = Shape()) -> Charge:
+    """A set of ``n`` members of ``shape`` as :func:`admission` builds it: each NIC on a
+    network of its own, the static ones with an address, each disk its own."""
     ref = VmSetRef("t", "p", "s")
     members = []
+    networks: dict[str, int] = {}
     for i in range(n):
+        nics = []
+        for j in range(shape.nics):
+            network = f"tenants/t/projects/p/networks/n-{j}"
+            networks[network] = 1
+            static = j < shape.static_nics
+            nics.append(Nic(network, f"uid-{j}", f"pg-{j}", AddressMode.STATIC if static else AddressMode.DHCP,
+                            f"10.{j}.{i // 256}.{i % 256}" if static else "", 16 if static else 0))
+        disks = tuple(DiskRef(f"d-{i}-{j}", f"u-{i}-{j}", 1) for j in range(shape.disks))
         spec = VmSpec(ref=VmRef("t", "p", f"vm-{i}"), uid="u", flavor="f", image="i",
-                      resources=Resources(1, 1, 1), vm_set="s")
+                      resources=Resources(1, 1, 1), vm_set="s", nics=tuple(nics), disks=disks)
         data = BootstrapData("u", BootstrapFormat.CLOUD_INIT, b"x") if with_bootstrap else None
-        members.append(Member(spec, data))
+        members.append(Member(spec, data, {d.disk_id: 1 for d in disks}))
     vm_set = VmSet(ref, "u", tuple(m.spec.ref.vm_id for m in members), 0)
     request_key = keys.request("t", "p", "r")
     return admission(keys, vm_set, members, also=[ops.put(keys.audit("t", 0, "a"), b"")] * also,
-                     request=(request_key, ops.put(request_key, b"")))
+                     request=(request_key, ops.put(request_key, b"")), networks=networks)
 
 
 _MAX_POOL_ATTEMPTS = 64
@@ -245,9 +279,9 @@ class VmSetStore:
         self._ledger = ledger
         self._addresses = addresses or AddressPicker(client, keys)
 
-    def most_members(self, *, with_bootstrap: bool) -> int:
-        """The most members a set may have in this store (see :func:`most_members`)."""
-        return most_members(self._etcd.max_txn_ops, with_bootstrap=with_bootstrap)
+    def most_members(self, *, with_bootstrap: bool, shape: Shape = Shape()) -> int:
+        """The most members of ``shape`` a set may have in this store (see :func:`most_members`)."""
+        return most_members(self._etcd.max_txn_ops, with_bootstrap=with_bootstrap, shape=shape)
 
     def too_large(self, vm_set: VmSet, members: Sequence[Member], *, also: Sequence = ()) -> SetTooLarge | None:
         """SetTooLarge if admitting ``members`` would not fit one txn of this store, else None."""
@@ -260,8 +294,14 @@ class VmSetStore:
         limit = self._etcd.max_txn_ops
         if cost <= limit:
             return _bind_too_large(self._keys, members, limit)
-        return SetTooLarge(len(members), cost, limit, self.most_members(with_bootstrap=False),
-                           self.most_members(with_bootstrap=True))
+        return self._too_large(members, cost, limit)
+
+    def _too_large(self, members: Sequence[Member], cost: int, limit: int) -> SetTooLarge:
+        """The refusal of ``members`` (``cost`` ops, past ``limit``), with the most members
+        of their widest shape (:class:`Shape`) this store takes."""
+        shape = Shape.widest([m.spec for m in members])
+        return SetTooLarge(len(members), cost, limit, self.most_members(with_bootstrap=False, shape=shape),
+                           self.most_members(with_bootstrap=True, shape=shape), shape=shape)
 
     async def admit(self, vm_set: VmSet, members: Sequence[Member], *, also: Sequence = (),
                     fingerprint: bytes = b"", networks: Mapping[str, NetworkView] | None = None) -> Admission:
@@ -324,8 +364,7 @@ class VmSetStore:
         charge = admission(k, vm_set, members, also=also, request=request, networks=networks)
         cost, limit = admission_ops(charge), self._etcd.max_txn_ops
         if cost > limit:
-            raise SetTooLarge(len(members), cost, limit, self.most_members(with_bootstrap=False),
-                              self.most_members(with_bootstrap=True))
+            raise self._too_large(members, cost, limit)
         if (unbindable := _bind_too_large(k, members, limit)) is not None:
             raise unbindable
         set_kvs: list[KeyValue] = []

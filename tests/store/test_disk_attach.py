@@ -14,14 +14,15 @@ from typing import Any
 import grpc
 import pytest
 
+from controlplane.api.access import audit_scope
 from controlplane.api.disk_service import DiskService
 from controlplane.api.errors import ApiError
 from controlplane.api.vm_service import VmService
 from controlplane.auth.principal import Grant, Principal, Role, current
-from controlplane.disks import DiskName
-from controlplane.etcd import EtcdClient
+from controlplane.etcd import EtcdClient, ops
 from controlplane.gen.quanta.v1 import disk_pb2, vm_pb2
 from controlplane.models import HostAllocation, HostRegistration, Resources, VmRef, datastore_label
+from controlplane.store.agentdisks import AgentDiskStore
 from controlplane.store.catalog import Catalog, seed_defaults
 from controlplane.store.disks import DiskStore
 from controlplane.store.keys import Keys
@@ -191,8 +192,10 @@ def test_a_placed_vm_takes_disks_its_host_reaches_and_lets_go_through_its_agent(
             assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DISK_IN_USE")
             again = await fe.detach("vm-a", "fast")  # a retry while detaching: no error
             assert list(again.disks) == []
-            view = await fe.disks_store.get(DiskName(TENANT, PROJECT, "fast"))
-            assert await fe.disks_store.detach_done(record.ref, "fast", view.attachment_revision)
+            # Its host's agent: the work index names it (put with the mark), detach_done ends it.
+            (marked,), _ = await AgentDiskStore(client, keys).list_detaching()
+            assert (marked.disk_id, marked.vm_uid) == ("fast", record.spec.uid)
+            assert await AgentDiskStore(client, keys).detach_done(marked)
             assert (await fe.get_disk("fast")).state == disk_pb2.Disk.AVAILABLE
             assert list((await fe.attach("vm-b", "fast")).disks) == [f"{PARENT}/disks/fast"]
 
@@ -274,5 +277,55 @@ def test_delete_vm_with_its_disks(etcd_endpoint: str, root: str) -> None:
             # A second delete_disks changes nothing more.
             await fe.vms.DeleteVm(vm_pb2.DeleteVmRequest(name=f"{PARENT}/vms/vm-a", delete_disks=True), None)
             assert await TenancyStore(client, keys).usage(TENANT, PROJECT) == after
+
+    run(main())
+
+
+class RecordedDraft:
+    """Stands in for the audit interceptor's draft: one record put, and whether the
+    call said it was committed with its mutation."""
+
+    def __init__(self, key: bytes):
+        self.key, self.done = key, False
+
+    async def writes(self, resource: str = "") -> list:
+        return [ops.put(self.key, b"record")]
+
+    def committed(self) -> None:
+        self.done = True
+
+    def dry_run(self) -> None:
+        raise AssertionError("not a dry run")
+
+
+def test_delete_disks_of_a_vm_being_deleted_is_audited_in_its_txn(etcd_endpoint: str, root: str) -> None:
+    """DeleteVm(delete_disks) on a VM deleted already (without its disks) marks them
+    DELETING in one txn with its audit record, as the first DeleteVm is audited."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with frontends(etcd_endpoint, root, 1) as (fe,):
+            client = fe.vms_store.client
+            await fe.disk("late-1", 3)
+            await fe.disk("late-2", 4)
+            await fe.vm("vm-late", "late-1", "late-2")
+            await bind(client, keys, "vm-late", "h1", classes=("standard",))  # no agent: stays DELETING
+            vm = await fe.vms.DeleteVm(vm_pb2.DeleteVmRequest(name=f"{PARENT}/vms/vm-late"), None)
+            assert vm.state == vm_pb2.Vm.DELETING
+            before = await TenancyStore(client, keys).usage(TENANT, PROJECT)
+            draft = RecordedDraft(keys.audit(TENANT, 1, "late"))
+            token = audit_scope.set({"draft": draft})
+            try:
+                await fe.vms.DeleteVm(vm_pb2.DeleteVmRequest(name=f"{PARENT}/vms/vm-late", delete_disks=True), None)
+            finally:
+                audit_scope.reset(token)
+            assert draft.done  # filed with the mutation, not after it
+            record = await client.get(draft.key)
+            assert record is not None
+            for disk_id in ("late-1", "late-2"):
+                assert (await fe.get_disk(disk_id)).state == disk_pb2.Disk.DELETING
+                marked = await client.get(keys.disk(TENANT, PROJECT, disk_id))
+                assert marked is not None and marked.mod_revision == record.mod_revision  # one txn
+            after = await TenancyStore(client, keys).usage(TENANT, PROJECT)
+            assert after == before - Usage(data_disks=2, data_disk_gib=7)
 
     run(main())

@@ -1,7 +1,8 @@
 """DiskStore against a real etcd: create charged to the quota exactly (and idempotent by
 request_id), get/list/update/delete, a disk and its attachment read at one revision,
-the watch, the agents' finish_disk_delete/detach_done, and creates of VMs that take disks
-(at most one VM per disk, however many stores race)."""
+the watch, the agents' side (AgentDiskStore: the work index, remove_deleted,
+detach_done, stale work keys dropped), and creates of VMs that take disks (at most one
+VM per disk, however many stores race)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from controlplane.disks import Attachment, Disk, DiskName, DiskState
 from controlplane.etcd import EtcdClient, ops
 from controlplane.models import Resources, VmRef, VmSpec, now_ns
+from controlplane.store.agentdisks import AgentDiskStore, Next
 from controlplane.store.disks import (
     DiskAttached,
     DiskChange,
@@ -23,6 +25,8 @@ from controlplane.store.disks import (
     DiskDeleting,
     DiskInUse,
     DiskStore,
+    deleting_work,
+    detaching_ops,
 )
 from controlplane.store.errors import AlreadyExists, EtagMismatch, NotFound, RequestMismatch
 from controlplane.store.keys import Keys, shard_of
@@ -93,12 +97,19 @@ def test_create_get_update_delete_with_exact_quota(etcd_endpoint: str, root: str
             assert not changed and again.state is DiskState.DELETING
             assert await usage(client, keys) == Usage()  # released once
 
-            deleting, revision = await store.list_deleting()
-            assert [v.disk.disk_id for v in deleting] == ["data-1"]
-            assert not await store.finish_disk_delete(got.disk.ref, deleting[0].revision - 1)
-            assert await store.finish_disk_delete(got.disk.ref, deleting[0].revision)
+            # The agents' side: the disk is in its class's work index, then removed with it.
+            agents = AgentDiskStore(client, keys)
+            assert (await agents.list_deleting("other-class"))[0] == []
+            (work,), _revision = await agents.list_deleting("standard")
+            assert (work.disk_id, work.uid) == ("data-1", got.disk.uid)
+            now = await agents.deleting_now(work)
+            assert now.next is Next.DESTROY and now.record_revision == deleted.revision
+            assert not await agents.remove_deleted(work, now.record_revision - 1)
+            assert await agents.remove_deleted(work, now.record_revision)
             with pytest.raises(NotFound):
                 await store.get(got.disk.ref)
+            assert (await agents.list_deleting("standard"))[0] == []
+            assert (await agents.deleting_now(work)).next is Next.NOTHING
 
     run(main())
 
@@ -194,7 +205,8 @@ def test_watch_reports_record_and_attachment_changes(etcd_endpoint: str, root: s
                 await client.delete(att)
                 await store.delete(view.disk.ref)
                 deleting = await store.get(view.disk.ref)
-                await store.finish_disk_delete(view.disk.ref, deleting.revision)
+                (work,), _ = await AgentDiskStore(client, keys).list_deleting("standard")
+                await AgentDiskStore(client, keys).remove_deleted(work, deleting.revision)
 
                 def done() -> bool:
                     return len(got) >= 6
@@ -260,21 +272,58 @@ def test_a_create_refuses_a_deleting_or_changed_disk(etcd_endpoint: str, root: s
     run(main())
 
 
-def test_detach_done_compares_the_attachment(etcd_endpoint: str, root: str) -> None:
+def test_detach_done_compares_the_attachment_and_its_work_key(etcd_endpoint: str, root: str) -> None:
+    """The detaching mark writes the attachment and its work key in one txn
+    (disks.detaching_ops); the agents' detach_done deletes both, compared as marked."""
     async def main() -> None:
         keys = Keys(root)
         async with EtcdClient(etcd_endpoint) as client:
-            disks = DiskStore(client, keys)
+            disks, agents = DiskStore(client, keys), AgentDiskStore(client, keys)
             view, _ = await disks.create(make_disk("det"))
             ref = VmRef(TENANT, PROJECT, "v")
             key = keys.disk_attachment(TENANT, PROJECT, "det")
-            revision = await client.put(key, Attachment(ref.name, "u", True).to_bytes())
-            assert not await disks.detach_done(ref, "det", revision - 1)
+            work_key = keys.disk_work_detaching(TENANT, PROJECT, "det")
+            await client.txn([], detaching_ops(keys, TENANT, PROJECT, "det", Attachment(ref.name, "u")))
+            (marked,), _ = await agents.list_detaching()
+            assert (marked.disk_id, marked.vm, marked.vm_uid) == ("det", ref.name, "u")
+            assert marked.mod_revision == (await disks.get(view.disk.ref)).attachment_revision
+            assert not await agents.detach_done(replace(marked, mod_revision=marked.mod_revision - 1))
             assert (await disks.get(view.disk.ref)).state is DiskState.DETACHING
-            assert await disks.detach_done(ref, "det", revision)
+            assert await agents.detach_done(marked)
             assert (await disks.get(view.disk.ref)).state is DiskState.AVAILABLE
-            result = await client.txn([], [ops.get(key)])
-            assert result.kvs(0) == []
+            result = await client.txn([], [ops.get(key), ops.get(work_key)])
+            assert result.kvs(0) == [] and result.kvs(1) == []
+            assert not await agents.detach_done(marked)  # another agent: nothing left
+
+    run(main())
+
+
+def test_a_stale_work_key_is_dropped_compared(etcd_endpoint: str, root: str) -> None:
+    """No writer leaves a work key without what it indexes; one found (a store edited by
+    hand) is dropped by the agent that acts on it, and only while it is as listed."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            disks, agents = DiskStore(client, keys), AgentDiskStore(client, keys)
+            ref = VmRef(TENANT, PROJECT, "v")
+            # A detaching work key whose attachment is gone.
+            await client.txn([], detaching_ops(keys, TENANT, PROJECT, "lost", Attachment(ref.name, "u")))
+            await client.delete(keys.disk_attachment(TENANT, PROJECT, "lost"))
+            (stale,), _ = await agents.list_detaching()
+            assert not await agents.detach_done(stale)
+            assert (await agents.list_detaching())[0] == []
+            # A deleting work key whose record is gone, and one whose record is another disk's.
+            view, _ = await disks.create(make_disk("gone"))
+            await disks.delete(view.disk.ref)
+            await client.delete(keys.disk(TENANT, PROJECT, "gone"))
+            again, _ = await disks.create(make_disk("reused"))
+            await client.txn([], [deleting_work(keys, replace(again.disk, uid="an-older-uid"))])
+            listed, _ = await agents.list_deleting("standard")
+            assert sorted(d.disk_id for d in listed) == ["gone", "reused"]
+            for work in listed:
+                assert (await agents.deleting_now(work)).next is Next.NOTHING
+            assert (await agents.list_deleting("standard"))[0] == []
+            assert (await disks.get(again.disk.ref)).state is DiskState.AVAILABLE  # untouched
 
     run(main())
 

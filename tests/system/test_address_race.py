@@ -138,7 +138,7 @@ def test_a_retried_create_keeps_its_address_and_a_static_address_is_taken_once(s
         assert first.nics[0].gateway == "10.98.0.1"
         create_vm(admin, "fixed", STATIC, "10.98.0.10")
         err = error(lambda: create_vm(admin, f"{PARENT}/networks/fixed", STATIC, "10.98.0.10"))
-        assert (err.code, err.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ADDRESS_IN_USE")
+        assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ADDRESS_IN_USE")
         assert err.metadata == {"network": f"{PARENT}/networks/fixed", "ip": "10.98.0.10"}
 
 
@@ -202,5 +202,5 @@ def test_create_vms_takes_pool_addresses_per_vm_or_for_the_whole_set(system: Loc
             flavor="small", image="ubuntu", nics=[vm_pb2.NetworkInterface(network="small", address_mode=STATIC,
                                                                           ip=taken_ip)]))
         err = error(lambda: admin._call(admin._vms.CreateVm, static))
-        assert (err.code, err.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ADDRESS_IN_USE")
+        assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ADDRESS_IN_USE")
         assert used() == 6

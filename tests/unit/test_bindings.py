@@ -340,8 +340,8 @@ class BindingMachine(RuleBasedStateMachine):
         members = []
         for spec, revision in drawn:
             c, w = bindings.remove_pending(KEYS, spec, revision)
-            # A real set's removal fits one txn because its admission (the same keys,
-            # created) did: take the members whose removal fits, as admission bounds a set.
+            # A real failure is cut into parts that each fit (scheduling.failure_parts:
+            # members may take more while pending than their admission did); this is one.
             if members and max(len(compares) + len(c), len(writes) + len(w)) > MAX_TXN_OPS:
                 break
             members.append((spec, revision))

@@ -24,6 +24,20 @@ def test_key_parsers_invert_the_builders():
     assert keys.parse_host_key(keys.host_alloc("h.example.com")) == ("h.example.com", "alloc")
     assert keys.host_of_binding(keys.binding("h-1", ref)) == "h-1"
     assert keys.parse_orphan_key(keys.orphan("h.example.com", "ab12")) == ("h.example.com", "ab12")
+    assert keys.parse_disk_work_key(keys.disk_work_detaching("t-1", "p-2", "d-3")) == ("t-1", "p-2", "d-3")
+    assert keys.parse_disk_work_key(keys.disk_work_deleting("fast", "t-1", "p-2", "d-3")) == ("t-1", "p-2", "d-3")
+
+
+def test_disk_work_is_apart_from_disks_and_each_class_from_the_others():
+    """An agent's range of its work (one class) holds none of disks/ and no other class's."""
+    keys = Keys("/q")
+    prefix = keys.disk_work_deleting_prefix("fast")
+    inside = [keys.disk_work_deleting("fast", "t", "p", "d")]
+    outside = [keys.disk("t", "p", "d"), keys.disk_attachment("t", "p", "d"), keys.disk_work_detaching("t", "p", "d"),
+               keys.disk_work_deleting("fast-2", "t", "p", "d"), keys.disk_work_deleting("fas", "t", "p", "d")]
+    assert all(key.startswith(prefix) for key in inside)
+    assert not [key for key in outside if key.startswith(prefix)]
+    assert not keys.disk("t", "p", "d").startswith(keys.disk_work_detaching_prefix())
 
 
 def test_orphans_range_covers_every_host_and_no_other():
@@ -64,7 +78,9 @@ def test_holds_and_hosts_are_one_range_with_nothing_else_between():
                keys.zone_group("z", "t/p/g"), keys.flavor("f"), keys.image("i"), keys.tenant_flavor("t", "f"),
                keys.tenant("t"), keys.project("t", "p"), keys.usage("t", "p", 0), keys.signing_key(),
                keys.token("x"), keys.revocation("x"), keys.audit("t", 1, "x"), keys.rate_demand("f"),
-               keys.request("t", "p", "r"), keys.cluster_config(), keys.shard(0), keys.shard_member("m")]
+               keys.request("t", "p", "r"), keys.cluster_config(), keys.shard(0), keys.shard_member("m"),
+               keys.disk("t", "p", "d"), keys.disk_work_detaching("t", "p", "d"),
+               keys.disk_work_deleting("c", "t", "p", "d")]
     outside += [keys.vms_prefix(), keys.vm_sets_prefix(), keys.queue_prefix(0), keys.bindings_prefix(),
                 keys.orphans_prefix(), keys.zones_prefix(), keys.flavors_prefix(), keys.images_prefix(),
                 keys.tenant_flavors_prefix(), keys.tenants_prefix(), keys.projects_prefix(),
