@@ -1,11 +1,13 @@
 """A VM's NICs as its guest sees them: the MAC of each NIC and the cloud-init network
 config that names them (pure; no I/O).
 
-- MACs are in VMware's static range 00:50:56:00:00:00-00:50:56:3f:ff:ff and derived
-  from the VM's uid and the NIC's index, so a VM made again (another host, a retried
-  create) gets the same MACs and its guest the same interface-to-network mapping.
-  NIC ``i`` of a VM is its NIC 0 plus ``i`` (modulo the range), so the NICs of one VM
-  never share a MAC; VMs may, with the odds of a 22-bit hash.
+- A NIC's MAC is the one its request carries (``NicRequest.mac``: chosen at random by
+  the control plane in VMware's static range 00:50:56:00:00:00-00:50:56:3f:ff:ff and
+  claimed on its backing, so unique there; ``controlplane/macs.py``). A NIC without
+  one (a VM made before MACs were claimed) gets one derived from the VM's uid and the
+  NIC's index (:func:`mac`): the same on every host the VM is made on, NIC ``i`` its
+  NIC 0's plus ``i``, but two VMs may share it (a 22-bit hash). :func:`nic_mac` is
+  the one rule both drivers follow.
 - The network config is cloud-init's version 2 (netplan-like): one ``ethernets``
   entry per NIC matched by ``macaddress``; a static NIC gets ``addresses``
   ([ip/prefix]) and ``nameservers``, the first static NIC with a gateway (per address
@@ -25,9 +27,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from agents.drivers.protocol import NicRequest
+from controlplane import macs as mac_range
 
-MAC_PREFIX = "00:50:56"
-_MAC_SPAN = 0x400000  # 00:00:00-3f:ff:ff after the prefix: VMware's range for static MACs
+MAC_PREFIX = mac_range.PREFIX
 
 NETWORK_CONFIG_VERSION = 2
 
@@ -41,8 +43,12 @@ def mac(vm_uid: str, index: int = 0) -> str:
         raise ValueError(f"NIC index must be >= 0, got {index}")
     d = hashlib.sha256(vm_uid.encode()).digest()
     base = ((d[0] & 0x3F) << 16) | (d[1] << 8) | d[2]
-    n = (base + index) % _MAC_SPAN
-    return f"{MAC_PREFIX}:{n >> 16:02x}:{(n >> 8) & 0xFF:02x}:{n & 0xFF:02x}"
+    return mac_range.mac_of((base + index) % mac_range.SPAN)
+
+
+def nic_mac(vm_uid: str, index: int, nic: NicRequest) -> str:
+    """The MAC NIC ``index`` of the VM gets: its request's, else :func:`mac`. Pure."""
+    return nic.mac or mac(vm_uid, index)
 
 
 def macs(vm_uid: str, count: int) -> tuple[str, ...]:
@@ -80,7 +86,7 @@ def network_config(vm_uid: str, nics: Sequence[NicRequest]) -> dict[str, Any] | 
     ethernets: dict[str, Any] = {}
     routed: set[int] = set()  # address families that have their default route already
     for i, nic in enumerate(nics):
-        entry: dict[str, Any] = {"match": {"macaddress": mac(vm_uid, i)}}
+        entry: dict[str, Any] = {"match": {"macaddress": nic_mac(vm_uid, i, nic)}}
         if not is_static(nic):
             entry["dhcp4"] = True
             ethernets[interface_name(i)] = entry

@@ -176,10 +176,10 @@ def _payload(data: BootstrapData) -> BootstrapPayload:
 
 
 def nic_request(nic: Nic) -> NicRequest:
-    """What the host needs of a NIC of the spec: its backing, and a static address."""
+    """What the host needs of a NIC of the spec: its backing and MAC, and a static address."""
     if not nic.static:
-        return NicRequest(nic.backing)
-    return NicRequest(nic.backing, nic.ip, nic.prefix_length, nic.gateway, nic.dns_servers)
+        return NicRequest(nic.backing, mac=nic.mac)
+    return NicRequest(nic.backing, nic.ip, nic.prefix_length, nic.gateway, nic.dns_servers, nic.mac)
 
 
 def disk_request(disk: DiskRef) -> DiskRequest:

@@ -1,27 +1,39 @@
 """Subnet arithmetic for networks that Quanta hands addresses out of: the one place for
 what a subnet accepts, what its pool is, which address a static NIC may ask for, and
-how a free pool address is chosen. Pure: no I/O, randomness passed in.
+how free pool addresses are found. Pure: no I/O, randomness passed in.
 
 Vocabulary: a subnet is an IPv4 ``cidr`` with an optional ``gateway`` (never handed
 out) and a *range* ``range_start..range_end`` (inclusive, inside the cidr's host
 addresses), the *pool* STATIC_POOL addresses come from: the range minus the gateway.
 A STATIC address may be any host address of the cidr but the gateway (in the range
-or not); it and the pool's share one key space (``addresses/{network uid}/{ip}``),
-so an address is never handed out twice whichever mode asked for it.
+or not). Every address handed out on a backing (port group: one L2 segment) shares
+one key space, ``addresses/{backing}/{ip}`` with the address as 8 hex digits
+(``keys.ip_key``), whichever network on the backing and whichever mode asked for it:
+an address is never handed out twice on one segment, and a pool's range is one key
+range, read from any point in address order.
+
+Finding free addresses (:class:`PoolSearch`) costs a window, not the pool: from a
+random start in the range, one keys-only read of at most :data:`WINDOW` keys; the
+first free addresses of what it covers; a window that comes back full without
+enough is followed by the next one, past the range's end wrapping to its start; only
+after :data:`MAX_WINDOWS` full windows is the whole range read. So a create in a
+pool that is not nearly full reads a window or two whatever the pool holds (linear
+probing: expected cost 1/(1 - load)^2 addresses, half full: 4).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import random
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Container, Sequence
+from dataclasses import dataclass, field
 
 MIN_PREFIX = 8
 MAX_PREFIX = 30
 MAX_DNS_SERVERS = 8
-#: Random draws before :func:`choose_free` falls back to listing the free addresses.
-_DRAWS = 32
+#: Keys one window read of a pool returns at most (:class:`PoolSearch`).
+WINDOW = 64
+#: Full windows a search reads before it reads the whole range at once.
+MAX_WINDOWS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +56,16 @@ class Subnet:
 
     def _bounds(self) -> tuple[int, int]:
         return int(ipaddress.IPv4Address(self.range_start)), int(ipaddress.IPv4Address(self.range_end))
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """The range's first and last address, as ints."""
+        return self._bounds()
+
+    @property
+    def gateway_value(self) -> int | None:
+        return int(ipaddress.IPv4Address(self.gateway)) if self.gateway else None
+
 
     def _gateway_in_range(self) -> bool:
         if not self.gateway:
@@ -137,24 +159,128 @@ def static_problem(subnet: Subnet, ip: str) -> str | None:
     return None
 
 
-def choose_free(subnet: Subnet, taken: Collection[str], rng: random.Random) -> str | None:
-    """A free address of the pool (not in ``taken``), chosen at random so that
-    concurrent frontends rarely pick the same one; None when the pool is exhausted.
-    Draws at random first (cheap for a large, sparse pool); then lists what is free
-    and picks among it (a nearly full pool), so it finds the last free address."""
-    lo, hi = subnet._bounds()
-    size = hi - lo + 1
-    gateway = int(ipaddress.IPv4Address(subnet.gateway)) if subnet.gateway else -1
-    used = {int(ipaddress.IPv4Address(ip)) for ip in taken}
-    if len(used) < size // 2:
-        for _ in range(_DRAWS):
-            value = lo + rng.randrange(size)
-            if value != gateway and value not in used:
-                return str(ipaddress.IPv4Address(value))
-    free = [v for v in range(lo, hi + 1) if v != gateway and v not in used]
-    return str(ipaddress.IPv4Address(rng.choice(free))) if free else None
+def to_int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
 
 
-def free_count(subnet: Subnet, taken: Collection[str]) -> int:
-    """How many pool addresses are not in ``taken``."""
-    return subnet.pool_size - sum(1 for ip in set(taken) if subnet.in_pool(ip))
+def to_ip(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+def pool_spans(lo: int, hi: int, gateway: int | None) -> tuple[tuple[int, int], ...]:
+    """A pool (range ``lo..hi``, ``gateway`` never handed out) as inclusive spans of
+    ints: the range, split around the gateway."""
+    if gateway is None or not lo <= gateway <= hi:
+        return ((lo, hi),)
+    return tuple((a, b) for a, b in ((lo, gateway - 1), (gateway + 1, hi)) if a <= b)
+
+
+def first_free(start: int, end: int, skip: Container[int], want: int) -> list[int]:
+    """The first ``want`` addresses (ints) of [start, end], ascending, not in ``skip``
+    (fewer when [start, end] has fewer). Costs ``want`` plus the skipped addresses met."""
+    out: list[int] = []
+    value = start
+    while value <= end and len(out) < want:
+        if value not in skip:
+            out.append(value)
+        value += 1
+    return out
+
+
+@dataclass(slots=True)
+class PoolSearch:
+    """Finding ``want`` free addresses of one pool (inclusive ``lo..hi``), pure: it
+    says which key range to read next (:meth:`next_read`), is told what the read
+    returned (:meth:`seen`), and ends with :attr:`picked` (the first free addresses in
+    address order from ``start``, wrapping past ``hi`` to ``lo``) and, when it looked
+    at the whole range (:attr:`complete`), every taken address of it (:attr:`taken`).
+
+    ``skip``: addresses that are not free though no key says so (the gateway, this
+    call's other addresses, proposals of this process in flight). The reads are
+    windows of at most :data:`WINDOW` keys, from ``start`` to ``hi`` and then (the
+    wrap) from ``lo`` to ``start - 1``: a window covers up to its last key when it
+    comes back full, else to the end of its part; the next window starts after what
+    the last one covered. Enough free addresses end the search. After
+    :data:`MAX_WINDOWS` full windows it reads the whole range at once (the pool is
+    nearly full: linear probing's cost grows as 1/(1 - load)^2)."""
+
+    lo: int
+    hi: int
+    start: int
+    want: int
+    skip: Container[int] = frozenset()
+    picked: list[int] = field(default_factory=list)
+    taken: set[int] = field(default_factory=set)
+    complete: bool = False
+    _at: int = -1  # where the next window starts
+    _wrapped: bool = False  # in the part lo..start-1
+    _full_windows: int = 0
+    _phase: str = "scan"  # "scan" -> "done", or -> "all" -> "done"
+
+    def __post_init__(self) -> None:
+        if not self.lo <= self.start <= self.hi:
+            raise ValueError(f"start {self.start} is outside {self.lo}..{self.hi}")
+        self._at = self.start
+
+    @property
+    def done(self) -> bool:
+        return self._phase == "done"
+
+    def _part_end(self) -> int:
+        return self.start - 1 if self._wrapped else self.hi
+
+    def next_read(self) -> tuple[int, int, int] | None:
+        """(first, last, limit) of the next read of the pool's keys (inclusive; limit
+        0: none), or None when the search is done."""
+        if self._phase == "scan":
+            return self._at, self._part_end(), WINDOW
+        if self._phase == "all":
+            return self.lo, self.hi, 0
+        return None
+
+    def seen(self, taken: Sequence[int], full: bool) -> None:
+        """What the read :meth:`next_read` asked for returned: the taken addresses in
+        it (ascending) and whether it stopped at its limit (``full``: more follow)."""
+        first, last, _limit = self.next_read() or (0, 0, 0)
+        self.taken.update(taken)
+        skip = Skip(self.taken, self.skip)
+        if self._phase == "all":
+            self.picked = []
+            for a, b in ((self.start, self.hi), (self.lo, self.start - 1)):
+                self.picked += first_free(a, b, skip, self.want - len(self.picked))
+            self.complete, self._phase = True, "done"
+            return
+        covered = taken[-1] if full and taken else last
+        self.picked += first_free(first, covered, skip, self.want - len(self.picked))
+        if len(self.picked) >= self.want:
+            self._phase = "done"
+            return
+        if full:
+            self._full_windows += 1
+            if self._full_windows >= MAX_WINDOWS:
+                self._phase = "all"
+                return
+        self._at = covered + 1
+        if self._at > self._part_end():
+            if self._wrapped or self.start == self.lo:
+                self.complete, self._phase = True, "done"
+                return
+            self._wrapped, self._at = True, self.lo
+
+    def free_besides(self, hard: Collection[int]) -> int:
+        """With :attr:`complete`: how many addresses of lo..hi are free but for ``hard``
+        (what :attr:`skip` holds that is no proposal in flight): fewer than ``want``
+        means the pool is exhausted; else only proposals in flight stand in the way."""
+        blocked = {v for v in (*self.taken, *hard) if self.lo <= v <= self.hi}
+        return self.hi - self.lo + 1 - len(blocked)
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Membership in either of two collections, read live, without copying them."""
+
+    a: Container[int]
+    b: Container[int]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.a or value in self.b

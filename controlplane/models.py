@@ -141,8 +141,10 @@ class Nic:
     """A NIC of a VM as its spec holds it: a copy of what the scheduler (``backing``)
     and the host's agent (backing, and for static modes the address, prefix, gateway
     and DNS it renders into the guest's network config) need, so neither reads
-    networks. Static modes own ``addresses/{network_uid}/{ip}``; every NIC owns
-    ``ports/{network_uid}/{t}/{p}/{vm}/{index}`` (controlplane/store/keys.py)."""
+    networks. Static modes own ``addresses/{backing}/{ip}``; every NIC owns
+    ``ports/{network_uid}/{t}/{p}/{vm}/{index}`` and, with ``mac`` (chosen at create,
+    ``controlplane/macs.py``; "" in VMs made before MACs were claimed),
+    ``macs/{backing}/{mac}`` (controlplane/store/keys.py)."""
 
     network: str  # full name: tenants/{t}/projects/{p}/networks/{n} or tenants/{t}/networks/{n}
     network_uid: str
@@ -152,6 +154,7 @@ class Nic:
     prefix_length: int = 0
     gateway: str = ""
     dns_servers: tuple[str, ...] = ()
+    mac: str = ""
 
     @property
     def static(self) -> bool:
@@ -160,13 +163,13 @@ class Nic:
     def to_proto(self) -> rec.Nic:
         return rec.Nic(network=self.network, network_uid=self.network_uid, backing=self.backing,
                        address_mode=int(self.address_mode), ip=self.ip, prefix_length=self.prefix_length,
-                       gateway=self.gateway, dns_servers=list(self.dns_servers))
+                       gateway=self.gateway, dns_servers=list(self.dns_servers), mac=self.mac)
 
     @classmethod
     def from_proto(cls, m: rec.Nic) -> Nic:
         mode = AddressMode(m.address_mode) if m.address_mode in (0, 1, 2) else AddressMode.DHCP
         return cls(m.network, m.network_uid, m.backing, mode, m.ip, m.prefix_length, m.gateway,
-                   tuple(m.dns_servers))
+                   tuple(m.dns_servers), m.mac)
 
 
 #: The datastore class of a disk created without one; sim hosts carry its label.

@@ -54,15 +54,19 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class NicRequest:
-    """A NIC to give a VM: on the port group ``backing``; with ``ip`` (static modes) the
-    guest is told its address, prefix, gateway and DNS servers (cloud-init network
-    config in its metadata; on ESXi the guestinfo metadata), else it uses DHCP."""
+    """A NIC to give a VM: on the port group ``backing``, with the MAC ``mac`` (chosen
+    and claimed on the backing by the control plane; "" for a VM made before that: the
+    driver derives one from the VM's uid, ``agents.netconfig.mac``); with ``ip``
+    (static modes) the guest is told its address, prefix, gateway and DNS servers
+    (cloud-init network config in its metadata; on ESXi the guestinfo metadata), else
+    it uses DHCP."""
 
     backing: str
     ip: str = ""
     prefix_length: int = 0
     gateway: str = ""
     dns_servers: tuple[str, ...] = ()
+    mac: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,7 +151,7 @@ class _Vm:
         nics = self.addresses(network)
         addresses: tuple[Address, ...] = ()
         if self.power is PowerState.ON and self.booted:
-            addresses = tuple(Address(ip, _mac(r.vm_uid, i), nic.backing, 6 if ":" in ip else 4)
+            addresses = tuple(Address(ip, nic.mac or _mac(r.vm_uid, i), nic.backing, 6 if ":" in ip else 4)
                               for i, (nic, ip) in enumerate(nics) if ip)
         self.info = VmInfo(r.vm_uid, self.power, r.name, r.record, vcpus=r.vcpus, memory_mib=r.memory_mib,
                            disk_gib=r.disk_gib, addresses=addresses, bootstrapped=self.bootstrapped,
@@ -170,8 +170,9 @@ def nics_of(request: VmRequest, network: str) -> tuple[NicRequest, ...]:
 
 
 def _mac(uid: str, index: int = 0) -> str:
-    """A MAC in VMware's static range (00:50:56:00:00:00-3f:ff:ff), derived from the uid
-    (and, past the first NIC, its index)."""
+    """The MAC of a NIC whose request has none (a VM made before MACs were claimed, or
+    the default NIC): in VMware's static range (00:50:56:00:00:00-3f:ff:ff), derived
+    from the uid (and, past the first NIC, its index)."""
     d = hashlib.sha256(uid.encode() if index == 0 else f"{uid}/{index}".encode()).digest()
     return f"00:50:56:{d[0] & 0x3F:02x}:{d[1]:02x}:{d[2]:02x}"
 

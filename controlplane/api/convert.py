@@ -144,11 +144,11 @@ ADDRESS_MODE_FROM_PROTO = {vm_pb2.NetworkInterface.ADDRESS_MODE_UNSPECIFIED: Add
 
 
 def nic_to_proto(nic: Nic) -> vm_pb2.NetworkInterface:
-    """A VM's NIC as its spec holds it: the network's full name, the mode, and for
-    static modes the address with the subnet's prefix, gateway and DNS."""
+    """A VM's NIC as its spec holds it: the network's full name, the mode, its MAC, and
+    for static modes the address with the subnet's prefix, gateway and DNS."""
     return vm_pb2.NetworkInterface(network=nic.network, address_mode=ADDRESS_MODE_TO_PROTO[nic.address_mode],
                                    ip=nic.ip, prefix_length=nic.prefix_length, gateway=nic.gateway,
-                                   dns_servers=list(nic.dns_servers), backing=nic.backing)
+                                   dns_servers=list(nic.dns_servers), backing=nic.backing, mac_address=nic.mac)
 
 
 def network_to_proto(view: NetworkView) -> network_pb2.Network:

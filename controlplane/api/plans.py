@@ -34,6 +34,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -60,6 +61,15 @@ HOLD_ATTEMPTS = 3
 SCORER = policy("spread", image_locality_weight=0.5)
 #: How old the fleet validate_only places on may be (seconds).
 RECENT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a planned VM could not be created whatever the hosts: the ErrorInfo reason
+    its create would carry (e.g. ADDRESS_POOL_EXHAUSTED) and a message for people."""
+
+    reason: str
+    message: str
 
 
 class Planner:
@@ -97,9 +107,11 @@ class Planner:
         return hosts
 
     async def plan(self, parent: str, specs: Sequence[VmSpec], hold_s: int, *,
-                   request_id: str = "") -> vm_pb2.PlanVmsResponse:
+                   request_id: str = "", refusals: Sequence[Refusal | None] = ()) -> vm_pb2.PlanVmsResponse:
         """The answer to PlanVms for valid ``specs`` of project ``parent`` (ids unique),
         holding the room for ``hold_s`` seconds (0: none) when the set fits.
+        ``refusals``: per spec, why it could not be created whatever the hosts (its
+        addresses: ``AddressPicker.preview``), or None; any makes the set not fit.
         ``request_id`` (with a hold only): a retry returns the live hold the first
         attempt made (see the module docstring). Raises ApiError: NOT_FOUND (no such
         project), ALREADY_EXISTS (a VM id is taken; REQUEST_ID_REUSED: the
@@ -130,7 +142,7 @@ class Planner:
                 return _held_answer(specs, held, request_id, headroom=record.quota.headroom(usage + holding))
             fleet, placement = await self.place(specs, fleet=fleet)
             answer = _answer(specs, placement, quota_ok=refusal is None,
-                             headroom=record.quota.headroom(usage + holding + total))
+                             headroom=record.quota.headroom(usage + holding + total), refusals=refusals)
             if not hold_s or not answer.fits:
                 _writes_nothing()
                 return answer
@@ -210,14 +222,18 @@ def _held_answer(specs: Sequence[VmSpec], held: Hold, request_id: str, *,
 
 
 def _answer(specs: Sequence[VmSpec], placement: SetPlacement[int], *, quota_ok: bool,
-            headroom: Usage) -> vm_pb2.PlanVmsResponse:
+            headroom: Usage, refusals: Sequence[Refusal | None] = ()) -> vm_pb2.PlanVmsResponse:
     placements = [vm_pb2.VmPlacement(vm=spec.ref.name) for spec in specs]
     for i, host, _zone in placement.hosts or placement.partial:
         placements[i].host = f"hosts/{host}"
     for i, missed in placement.missing:
         placements[i].filtered.update(missed.filtered)
         placements[i].message = missed.message()
-    return vm_pb2.PlanVmsResponse(placements=placements, fits=quota_ok and placement.fits,
+    for p, refused in zip(placements, refusals, strict=False):
+        if refused is not None:
+            p.reason, p.message = refused.reason, refused.message
+    return vm_pb2.PlanVmsResponse(placements=placements,
+                                  fits=quota_ok and placement.fits and not any(refusals),
                                   quota_headroom=usage_to_proto(headroom))
 
 

@@ -36,7 +36,7 @@ from controlplane.api.convert import (
     vm_to_proto,
 )
 from controlplane.api.interceptors import error_for_exception
-from controlplane.api.plans import Planner
+from controlplane.api.plans import Planner, Refusal
 from controlplane.api.streams import start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.disks import MAX_DISKS_PER_VM, DiskName
@@ -592,7 +592,22 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         specs = [m.spec for m in await self._take_set_disks([Member(spec) for spec in specs], request.parent,
                                                              request.request_id)]
         return await self._planner.plan(request.parent, specs, hold_s,
-                                        request_id=request.request_id if hold_s else "")
+                                        request_id=request.request_id if hold_s else "",
+                                        refusals=await self._address_refusals(specs, networks))
+
+    async def _address_refusals(self, specs: list[VmSpec], networks: Mapping[str, NetworkView]
+                                ) -> list[Refusal | None]:
+        """Per spec, in order, what its addresses would meet now (``AddressPicker.preview``:
+        ADDRESS_POOL_EXHAUSTED, ADDRESS_IN_USE) as a plan says it; read, not held."""
+        if not any(spec.nics for spec in specs):
+            return [None] * len(specs)
+        subnets = {view.network.uid: view.network.subnet for view in networks.values()
+                   if view.network.subnet is not None}
+        out: list[Refusal | None] = []
+        for spec, error in zip(specs, await self._store.addresses.preview(specs, subnets), strict=True):
+            out.append(Refusal(_create_error(error, "", "", spec.ref.name).reason, str(error))
+                       if error is not None else None)
+        return out
 
     async def GetVmSet(self, request: vm_pb2.GetVmSetRequest, context) -> vm_pb2.VmSet:
         tenant, project, set_id = validation.parse_vm_set_name(request.name)
@@ -1195,7 +1210,7 @@ def _nics(nics: Sequence[vm_pb2.NetworkInterface], networks: Mapping[str, Networ
           field: str) -> tuple[Nic, ...]:
     """The NICs a create asks for, as its spec holds them (each a copy of what its
     network says: full name, uid, backing, and for static modes the subnet's prefix,
-    gateway and DNS; a STATIC_POOL address is picked at commit), problems added to
+    gateway and DNS; a STATIC_POOL address and every MAC are picked at commit), problems added to
     ``v`` under ``field``. ``networks``: what each reference means (absent: unknown,
     or not the caller's to use: told apart from nothing, so nothing leaks). Pure."""
     if len(nics) > MAX_NICS:
@@ -1205,7 +1220,7 @@ def _nics(nics: Sequence[vm_pb2.NetworkInterface], networks: Mapping[str, Networ
     statics: set[tuple[str, str]] = set()
     for i, nic in enumerate(nics):
         at = f"{field}[{i}]"
-        for name in ("prefix_length", "gateway", "dns_servers", "backing"):
+        for name in ("prefix_length", "gateway", "dns_servers", "backing", "mac_address"):
             if getattr(nic, name):
                 v.add(f"{at}.{name}", "output only; leave it unset")
         if nic.address_mode not in ADDRESS_MODE_FROM_PROTO:
@@ -1233,10 +1248,10 @@ def _nics(nics: Sequence[vm_pb2.NetworkInterface], networks: Mapping[str, Networ
             if problem:
                 v.add(f"{at}.ip", problem)
                 continue
-            if (network.uid, nic.ip) in statics:
+            if (network.backing, nic.ip) in statics:  # one pool per port group, whichever network
                 v.add(f"{at}.ip", f"{nic.ip} is also another NIC's")
                 continue
-            statics.add((network.uid, nic.ip))
+            statics.add((network.backing, nic.ip))
         static = subnet is not None and mode is not AddressMode.DHCP
         out.append(Nic(network.name, network.uid, network.backing, mode, nic.ip if mode is AddressMode.STATIC else "",
                        subnet.prefix_length if static and subnet else 0, subnet.gateway if static and subnet else "",
@@ -1251,7 +1266,7 @@ def _static_twice(spec: VmSpec, seen: dict[tuple[str, str], int], i: int, v: val
     clash = False
     for j, nic in enumerate(spec.nics):
         if nic.address_mode is AddressMode.STATIC:
-            other = seen.setdefault((nic.network_uid, nic.ip), i)
+            other = seen.setdefault((nic.backing, nic.ip), i)  # one pool per port group
             if other != i:
                 v.add(f"{at}vm.nics[{j}].ip", f"{nic.ip} is also requests[{other}]'s")
                 clash = True

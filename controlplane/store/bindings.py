@@ -58,6 +58,7 @@ import functools
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from controlplane import macs
 from controlplane.etcd import ops, prefix_end
 from controlplane.etcd.ops import Compare, RequestOp
 from controlplane.models import (
@@ -439,9 +440,10 @@ def mark_evicting(keys: Keys, host: str, vms: Sequence[tuple[Binding, int]], *, 
 def worst_spec(i: int) -> VmSpec:
     """A VM that costs the most to bind or unbind: counted in a zone group and relying
     on another (both its own, so nothing is shared with other VMs), with bootstrap
-    data, the most NICs (every one static: a port and an address to release) and the
-    most disks (an attachment each)."""
-    nics = tuple(Nic(f"tenants/t/networks/n{j}", f"n{j}", "pg", AddressMode.STATIC, f"10.0.{i % 250}.{j + 1}", 24)
+    data, the most NICs (every one static with a MAC: a port, an address and a MAC to
+    release) and the most disks (an attachment each)."""
+    nics = tuple(Nic(f"tenants/t/networks/n{j}", f"n{j}", "pg", AddressMode.STATIC, f"10.0.{i % 250}.{j + 1}", 24,
+                     mac=macs.mac_of((i * claims.MAX_NICS + j) % macs.SPAN))
                  for j in range(claims.MAX_NICS))
     disks = tuple(DiskRef(f"d{i}-{j}", f"du{i}-{j}", 1) for j in range(claims.MAX_DISKS))
     return VmSpec(VmRef("t", "p", f"v{i}"), f"u{i}", "f", "i", Resources(1, 1, 1), shard=0,

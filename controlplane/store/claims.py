@@ -2,8 +2,12 @@
 
 - a port per NIC, ``ports/{network uid}/{t}/{p}/{vm}/{i}`` (DeleteNetwork compares
   that none is under the network's uid);
-- an address per static NIC (STATIC_POOL or STATIC), ``addresses/{network uid}/{ip}``,
-  created with a compare that it is absent: never handed out twice;
+- an address per static NIC (STATIC_POOL or STATIC), ``addresses/{backing}/{ip}``,
+  created with a compare that it is absent: never handed out twice on one port group,
+  whichever network on it (one pool per backing);
+- a MAC per NIC that has one (chosen at create, ``controlplane/macs.py``),
+  ``macs/{backing}/{mac}``, created with a compare that it is absent: no two NICs on
+  one port group share a MAC;
 - an attachment per disk, ``disks/{t}/{p}/{disk}/attachment``, created with a compare
   that it is absent and that the disk's record is as read (``disks.attach_ops``, the
   rule it shares with AttachDisk).
@@ -18,6 +22,9 @@ moved VM keeps its NICs, addresses and disks), and :func:`release_exclusive` the
 names such a removal holds in a group commit when it goes through the ledger (a
 pending VM's delete, a failed set): the same names a create of that address or disk
 holds (``Claims.exclusive``), so the two never share a transaction. Pure.
+
+A create's reads, in order (what :func:`failed_claim` reads back): one per network,
+then one per static NIC's address, then one per NIC's MAC.
 """
 
 from __future__ import annotations
@@ -58,8 +65,9 @@ def create_claims(keys: Keys, spec: VmSpec, networks: Mapping[str, int],
                   disk_revisions: Mapping[str, int] | None = None) -> Claims:
     """The claims of ``spec``'s NICs (every static one with its address chosen) and
     disks: per network (by full name) a compare that it is the incarnation whose
-    create_revision ``networks`` gives; per static NIC its address compared absent
-    and put; per NIC its port put; per disk its attachment (``disks.attach_ops`` with
+    create_revision ``networks`` gives; per static NIC its address on its backing
+    compared absent and put; per NIC its port put, and its MAC on its backing (if it
+    has one) compared absent and put; per disk its attachment (``disks.attach_ops`` with
     ``disk_revisions``, disk id → the record's mod_revision as read). Raises
     ValueError for a NIC whose network is not in ``networks``, a static NIC without
     an address, or a disk without a revision."""
@@ -79,13 +87,20 @@ def create_claims(keys: Keys, spec: VmSpec, networks: Mapping[str, int],
         if nic.static:
             if not nic.ip:
                 raise ValueError(f"NIC {i} of {spec.ref.name} is static without an address")
-            key = keys.address(nic.network_uid, nic.ip)
+            key = keys.address(nic.backing, nic.ip)
             compares.append(ops.absent(key))
             writes.append(ops.put(key, address))
             reads.append(ops.get(key))
             exclusive.append(key)
         writes.append(ops.put(keys.port(nic.network_uid, spec.ref, i),
                               rec.PortRecord(vm_uid=spec.uid, ip=nic.ip).SerializeToString()))
+    for nic in spec.nics:
+        if nic.mac:
+            key = keys.mac(nic.backing, nic.mac)
+            compares.append(ops.absent(key))
+            writes.append(ops.put(key, address))
+            reads.append(ops.get(key))
+            exclusive.append(key)
     if spec.disks:
         c, w = disks.attach_ops(keys, spec.ref, spec.uid, spec.disks, disk_revisions or {},
                                 at_ns=spec.create_time_ns)
@@ -98,38 +113,53 @@ def create_claims(keys: Keys, spec: VmSpec, networks: Mapping[str, int],
 @dataclass(frozen=True, slots=True)
 class FailedClaim:
     """Why a create's claims failed: the network ``network`` is gone (or another
-    incarnation now), or the address of NIC ``nic`` is taken (``network`` its)."""
+    incarnation now), or the address (``mac`` False) or MAC (``mac`` True) of NIC
+    ``nic`` is taken on its backing (``network`` the NIC's)."""
 
     network: str
     nic: int = -1  # -1: the network itself
+    mac: bool = False
 
     @property
     def address_taken(self) -> bool:
-        return self.nic >= 0
+        return self.nic >= 0 and not self.mac
+
+    @property
+    def mac_taken(self) -> bool:
+        return self.nic >= 0 and self.mac
 
 
 def failed_claim(spec: VmSpec, networks: Mapping[str, int], kvs: Sequence[list[KeyValue]]) -> FailedClaim | None:
     """Which claim of ``spec`` failed, from what the reads of :func:`create_claims`
-    returned (``kvs``, in their order); None when every claim still held."""
+    returned (``kvs``, in their order); None when every claim still held. A lost
+    network comes first, then a lost address, then a lost MAC (a STATIC_POOL address
+    or a MAC lost to another create is picked again; see ``VmStore.create``)."""
     names = _networks(spec)
     for name, found in zip(names, kvs, strict=False):
         if not found or found[0].create_revision != networks.get(name):
             return FailedClaim(name)
     statics = [i for i, nic in enumerate(spec.nics) if nic.static]
-    for i, found in zip(statics, kvs[len(names):], strict=False):
+    rest = kvs[len(names):]
+    for i, found in zip(statics, rest, strict=False):
         if found:
             return FailedClaim(spec.nics[i].network, i)
+    with_mac = [i for i, nic in enumerate(spec.nics) if nic.mac]
+    for i, found in zip(with_mac, rest[len(statics):], strict=False):
+        if found:
+            return FailedClaim(spec.nics[i].network, i, mac=True)
     return None
 
 
 def release_ops(keys: Keys, spec: VmSpec) -> list[RequestOp]:
     """What a transaction that finally removes a VM deletes besides its own keys: its
-    ports, its addresses (static NICs) and its disks' attachments."""
+    ports, its addresses (static NICs), its MACs and its disks' attachments."""
     writes = []
     for i, nic in enumerate(spec.nics):
         writes.append(ops.delete(keys.port(nic.network_uid, spec.ref, i)))
         if nic.static and nic.ip:
-            writes.append(ops.delete(keys.address(nic.network_uid, nic.ip)))
+            writes.append(ops.delete(keys.address(nic.backing, nic.ip)))
+        if nic.mac:
+            writes.append(ops.delete(keys.mac(nic.backing, nic.mac)))
     for disk in spec.disks:
         writes.append(ops.delete(keys.disk_attachment(spec.ref.tenant, spec.ref.project, disk.disk_id)))
     return writes
@@ -137,11 +167,12 @@ def release_ops(keys: Keys, spec: VmSpec) -> list[RequestOp]:
 
 def release_exclusive(keys: Keys, spec: VmSpec) -> tuple[bytes, ...]:
     """The names a ledger charge that includes :func:`release_ops` holds in a group
-    commit (``Charge.exclusive``): its static addresses' keys and its disks' prefixes,
-    as :func:`create_claims` names them for a create taking one of them (etcd refuses
-    a txn that deletes and puts one key: every charge of that batch would fail)."""
-    addresses = tuple(keys.address(nic.network_uid, nic.ip) for nic in spec.nics if nic.static and nic.ip)
-    return addresses + disks.attach_exclusive(keys, spec.ref, spec.disks)
+    commit (``Charge.exclusive``): its static addresses' and MACs' keys and its disks'
+    prefixes, as :func:`create_claims` names them for a create taking one of them (etcd
+    refuses a txn that deletes and puts one key: every charge of that batch would fail)."""
+    addresses = tuple(keys.address(nic.backing, nic.ip) for nic in spec.nics if nic.static and nic.ip)
+    macs = tuple(keys.mac(nic.backing, nic.mac) for nic in spec.nics if nic.mac)
+    return addresses + macs + disks.attach_exclusive(keys, spec.ref, spec.disks)
 
 
 def uses_pool(spec: VmSpec) -> bool:

@@ -27,9 +27,15 @@ independent systems (or tests) share one etcd.
     ports/{network uid}/{t}/{p}/{vm}/{i}  PortRecord  NIC i of a VM on the network: put in the txn that creates the
                                                   VM, deleted in every txn that removes it; DeleteNetwork
                                                   compares that none is under the network's uid
-    addresses/{network uid}/{ip}          AddressRecord  an address handed out (STATIC_POOL, STATIC): created with an
-                                                  absent compare in the VM's create txn (never twice), deleted
-                                                  in every txn that removes the VM
+    addresses/{backing}/{ip}              AddressRecord  an address handed out (STATIC_POOL, STATIC) on the backing
+                                                  (port group: one L2 segment, so one pool whichever network on
+                                                  it asked): created with an absent compare in the VM's create txn
+                                                  (never twice), deleted in every txn that removes the VM. {ip} is
+                                                  fixed-width hex (IPv4: 8 digits, ``addressing.ip_key``) so keys
+                                                  sort numerically and a pool's range is one key range
+    macs/{backing}/{mac}                  AddressRecord  a NIC's MAC on the backing (lower case, colons), taken and
+                                                  released as its addresses are
+    {backing} in both is escaped (``backing_segment``): any port group name is one key segment.
     disks/{tenant}/{project}/{disk}/record  DiskRecord  frontends (DiskService, delete marks it DELETING); removed
                                                   by an agent that reaches its class once it destroyed the data
     disks/{tenant}/{project}/{disk}/attachment  DiskAttachment  the disk is attached to this VM: created with an
@@ -87,6 +93,8 @@ single prefix watch sees every change of a project's VMs.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+from urllib.parse import quote
 
 from controlplane.etcd.ops import prefix_end
 from controlplane.models import VmRef
@@ -174,11 +182,27 @@ class Keys:
     def port(self, network_uid: str, ref: VmRef, index: int) -> bytes:
         return self._k(f"ports/{network_uid}/{ref.tenant}/{ref.project}/{ref.vm_id}/{index}")
 
-    def addresses_prefix(self, network_uid: str) -> bytes:
-        return self._k(f"addresses/{network_uid}/")
+    def addresses_prefix(self, backing: str) -> bytes:
+        return self._k(f"addresses/{backing_segment(backing)}/")
 
-    def address(self, network_uid: str, ip: str) -> bytes:
-        return self._k(f"addresses/{network_uid}/{ip}")
+    def address(self, backing: str, ip: str) -> bytes:
+        """The key of ``ip`` handed out on ``backing``. Raises ValueError (not an IPv4 address)."""
+        return self.addresses_prefix(backing) + ip_key(ip).encode()
+
+    def address_at(self, backing: str, value: int) -> bytes:
+        """The key of the IPv4 address ``value`` (as an int) on ``backing``: the bounds of
+        a pool's key range (``address_at(b, lo)``, ``address_at(b, hi + 1)``)."""
+        return self.addresses_prefix(backing) + f"{value:08x}".encode()
+
+    def parse_address_key(self, backing: str, key: bytes) -> int:
+        """The IPv4 address (an int) a key under ``addresses_prefix(backing)`` names."""
+        return int(key[len(self.addresses_prefix(backing)):], 16)
+
+    def macs_prefix(self, backing: str) -> bytes:
+        return self._k(f"macs/{backing_segment(backing)}/")
+
+    def mac(self, backing: str, mac: str) -> bytes:
+        return self.macs_prefix(backing) + mac.lower().encode()
 
     # Persistent disks (controlplane/store/disks.py)
     def disks_prefix(self, tenant: str | None = None, project: str | None = None) -> bytes:
@@ -389,3 +413,15 @@ class Keys:
 def shard_of(uid: str, shards: int) -> int:
     """The scheduler shard that owns a pending VM: a stable hash of its uid."""
     return int.from_bytes(hashlib.blake2b(uid.encode(), digest_size=8).digest(), "big") % shards
+
+
+def backing_segment(backing: str) -> str:
+    """A backing (port group name: any printable text, '/' included) as one key
+    segment: percent-encoded, so no two backings share a segment or a prefix."""
+    return quote(backing, safe="")
+
+
+def ip_key(ip: str) -> str:
+    """An IPv4 address as its key segment: 8 hex digits, so keys sort as the addresses
+    do. Raises ValueError for anything but an IPv4 address."""
+    return f"{int(ipaddress.IPv4Address(ip)):08x}"

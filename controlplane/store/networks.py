@@ -3,12 +3,15 @@ read and write them: create (idempotent by request_id), get, list, update, delet
 watch, and the lookup a VM create resolves its NICs' networks with.
 
 A network's ports (``ports/{network uid}/...``, one per NIC of a VM on it) and the
-addresses handed out of it (``addresses/{network uid}/{ip}``) are written by the VM's
-create and removal (``vms.py``, ``bindings.py``); here they are only counted and
-compared: a deletion compares that no port exists (a range compare in its own txn),
-so a network is never deleted under a VM, and a create compares that the network
-still exists (:func:`network_guard`), so a concurrent deletion sees the port or the
-create fails. A create compares its tenant's record as read, whose grants hold its
+addresses handed out on its backing (``addresses/{backing}/{ip}``: one pool per port
+group, shared by every network on it) are written by the VM's create and removal
+(``vms.py``, ``bindings.py``); here they are only counted and compared: a deletion
+compares that no port exists (a range compare in its own txn), so a network is never
+deleted under a VM, and a create compares that the network still exists
+(:func:`network_guard`), so a concurrent deletion sees the port or the create fails.
+A network's ``addresses_used`` counts the taken keys of its pool's range on its
+backing, whichever network took them: they are not free for it either.
+A create compares its tenant's record as read, whose grants hold its
 backing (controlplane/backings.py), so a concurrent revoke refuses it or is refused.
 """
 
@@ -18,7 +21,7 @@ import builtins
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from controlplane.addressing import Subnet
+from controlplane.addressing import Subnet, pool_spans
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import now_ns
@@ -123,8 +126,8 @@ class Network:
 @dataclass(frozen=True, slots=True)
 class NetworkView:
     """A network as read: with its key's mod_revision (etag, resource_version),
-    create_revision (its incarnation: what a VM create compares) and how many of its
-    addresses are handed out."""
+    create_revision (its incarnation: what a VM create compares) and how many
+    addresses of its pool are handed out on its backing (by any network on it)."""
 
     network: Network
     revision: int
@@ -237,15 +240,29 @@ class NetworkStore:
         raise Conflict(f"the create of {n.name} raced; retry")
 
     async def _counted(self, kvs: Sequence[KeyValue], revision: int = 0) -> list[NetworkView]:
-        """Views of ``kvs`` with their addresses counted (one round trip, at ``revision``)."""
+        """Views of ``kvs`` with their pools' taken addresses counted (keys in the
+        range on the backing, the gateway excepted; one round trip, at ``revision``)."""
         if not kvs:
             return []
         networks = [Network.from_bytes(kv.value) for kv in kvs]
-        responses = await self._etcd.txn_chunked([
-            ops.get(self._keys.addresses_prefix(n.uid), prefix_end(self._keys.addresses_prefix(n.uid)),
-                    revision=revision, count_only=True) for n in networks])
-        return [NetworkView(n, kv.mod_revision, kv.create_revision, response.response_range.count)
-                for n, kv, response in zip(networks, kvs, responses, strict=True)]
+        k = self._keys
+        reads, spans = [], []
+        for n in networks:
+            if n.subnet is None:
+                spans.append(0)
+                continue
+            lo, hi = n.subnet.bounds
+            parts = pool_spans(lo, hi, n.subnet.gateway_value)
+            spans.append(len(parts))
+            reads += [ops.get(k.address_at(n.backing, a), k.address_at(n.backing, b + 1), revision=revision,
+                              count_only=True) for a, b in parts]
+        responses = await self._etcd.txn_chunked(reads) if reads else []
+        views, at = [], 0
+        for n, kv, count in zip(networks, kvs, spans, strict=True):
+            used = sum(r.response_range.count for r in responses[at:at + count])
+            at += count
+            views.append(NetworkView(n, kv.mod_revision, kv.create_revision, used))
+        return views
 
     async def get(self, tenant: str, project: str, network_id: str) -> NetworkView:
         """The network now, its addresses counted. Raises NotFound."""
@@ -331,10 +348,11 @@ class NetworkStore:
             if etag and etag != view.etag:
                 raise EtagMismatch(f"etag {etag} does not match {view.etag}")
             ports = self._keys.ports_prefix(view.network.uid)
-            addresses = self._keys.addresses_prefix(view.network.uid)
+            # Its addresses went with its VMs (no port: no VM); the backing's other
+            # networks' addresses stay.
             result = await self._etcd.txn(
                 [ops.mod_revision_is(key, view.revision), ops.none_under(ports)],
-                [ops.delete(key), ops.delete(addresses, prefix_end(addresses)), *also],
+                [ops.delete(key), *also],
                 [ops.get(key), ops.get(ports, prefix_end(ports), keys_only=True)])
             if result.succeeded:
                 return view

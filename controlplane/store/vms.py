@@ -158,6 +158,14 @@ class _PoolAddressTaken(Exception):
     """A create's STATIC_POOL address was taken by another create first: pick again."""
 
 
+class _MacTaken(Exception):
+    """The MAC of NIC ``nic`` of a create was taken on its backing first: draw again."""
+
+    def __init__(self, nic: int):
+        super().__init__(nic)
+        self.nic = nic
+
+
 class VmStore:
     def __init__(self, client: EtcdClient, keys: Keys, requests: RetentionLeases | None = None,
                  ledger: UsageLedger | None = None, addresses: AddressPicker | None = None):
@@ -197,9 +205,10 @@ class VmStore:
         record; keys no other change writes) and its claims (``claims.py``: NICs' ports
         and addresses, ``networks`` giving each network its NICs are on, by full name,
         as read; disks' attachments, ``disk_revisions`` giving each disk's record
-        mod_revision as read). A STATIC_POOL NIC gets a free address of its network's pool, picked
-        here (``addresses.AddressPicker``) and picked again when another create took
-        it first.
+        mod_revision as read). A STATIC_POOL NIC gets a free address of its network's pool
+        on its backing, picked here (``addresses.AddressPicker``) and picked again when
+        another create took it first; every NIC without a MAC gets a random one, drawn
+        again when it is taken on the backing.
 
         Idempotent by ``spec.request_id`` for the request retention: a retry
         returns the VM the first attempt made (with its addresses), or raises
@@ -220,6 +229,7 @@ class VmStore:
         revisions = {name: view.create_revision for name, view in networks.items()}
         subnets = {view.network.uid: view.network.subnet for view in networks.values()
                    if view.network.subnet is not None}
+        spec = self._addresses.with_macs([spec])[0] if spec.nics else spec
         for _attempt in range(_MAX_POOL_ATTEMPTS):
             try:
                 chosen = (await self._addresses.propose([spec], subnets))[0] if claims.uses_pool(spec) else spec
@@ -229,15 +239,19 @@ class VmStore:
                     if request_kvs or existing is not None:
                         return await self._existing(spec, existing, request_kvs, fingerprint)
                 raise
+            proposed = chosen is not spec
             try:
                 return await self._create_once(chosen, also, fingerprint, revisions, disk_revisions or {})
             except _PoolAddressTaken:
                 self._addresses.lost()
                 continue
+            except _MacTaken as taken:
+                spec = self._addresses.redraw_mac([spec], 0, taken.nic)[0]
+                continue
             finally:
-                if chosen is not spec:
+                if proposed:
                     await self._addresses.forget([chosen])
-        raise Conflict(f"the create of {spec.ref.name} kept losing its pool address to other creates; retry")
+        raise Conflict(f"the create of {spec.ref.name} kept losing its pool address or MAC to other creates; retry")
 
     async def _read_existing(self, spec: VmSpec) -> tuple[VmRecord | None, list[KeyValue]]:
         k = self._keys
@@ -273,6 +287,8 @@ class VmStore:
             existing, request_kvs = self._record_from(failed.kvs[0]), failed.kvs[1] if spec.request_id else []
             if existing is None and not request_kvs:
                 failure = claims.failed_claim(spec, networks, failed.kvs[2 if spec.request_id else 1:])
+                if failure is not None and failure.mac_taken:
+                    raise _MacTaken(failure.nic) from None
                 if failure is not None and not failure.address_taken:
                     raise NetworkGone(failure.network) from None
                 if failure is not None:

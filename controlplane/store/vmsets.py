@@ -232,19 +232,30 @@ class _PoolAddressTaken(Exception):
     """A member's STATIC_POOL address was taken by another create first: pick again."""
 
 
+class _MacTaken(Exception):
+    """The MAC of NIC ``nic`` of member ``member`` was taken on its backing first: draw again."""
+
+    def __init__(self, member: int, nic: int):
+        super().__init__(member, nic)
+        self.member = member
+        self.nic = nic
+
+
 def _raise_failed_claim(keys: Keys, members: Sequence[Member], networks: Mapping[str, int],
                         kvs: Sequence[list[KeyValue]]) -> None:
     """Raise what made a member's claims fail (NetworkGone, AddressInUse for a STATIC
-    address, _PoolAddressTaken for a pool's), from the claim reads of an admission
-    (``kvs``, in member order); nothing when every claim held."""
+    address, _PoolAddressTaken for a pool's, _MacTaken for a MAC), from the claim reads
+    of an admission (``kvs``, in member order); nothing when every claim held."""
     at = 0
-    for member in members:
+    for index, member in enumerate(members):
         spec = member.spec
         n = len(claims.create_claims(keys, spec, networks, member.disk_revisions).reads)
         failure = claims.failed_claim(spec, networks, kvs[at:at + n])
         at += n
         if failure is None:
             continue
+        if failure.mac_taken:
+            raise _MacTaken(index, failure.nic)
         if not failure.address_taken:
             raise NetworkGone(failure.network)
         nic = spec.nics[failure.nic]
@@ -254,13 +265,15 @@ def _raise_failed_claim(keys: Keys, members: Sequence[Member], networks: Mapping
 
 
 def measurable(members: Sequence[Member]) -> tuple[list[Member], dict[str, int]]:
-    """``members`` as an admission can be built (measured) before addresses are
-    picked: each STATIC_POOL NIC with a placeholder address, a revision for each
-    network and for each disk not read yet. For validate-only checks."""
+    """``members`` as an admission can be built (measured) before addresses and MACs
+    are picked: each STATIC_POOL NIC with a placeholder address, each NIC with a
+    placeholder MAC, a revision for each network and for each disk not read yet. For
+    validate-only checks."""
     out = []
     networks: dict[str, int] = {}
     for m in members:
-        nics = tuple(replace(nic, ip=nic.ip or f"pool-{i}") for i, nic in enumerate(m.spec.nics))
+        nics = tuple(replace(nic, ip=nic.ip or f"10.0.0.{i + 1}", mac=nic.mac or f"00:50:56:00:00:{i:02x}")
+                     for i, nic in enumerate(m.spec.nics))
         networks.update((nic.network, 1) for nic in nics)
         disk_revisions = {d.disk_id: m.disk_revisions.get(d.disk_id, 1) for d in m.spec.disks}
         out.append(replace(m, spec=replace(m.spec, nics=nics), disk_revisions=disk_revisions))
@@ -310,6 +323,7 @@ class VmSetStore:
         writes, e.g. its audit record) and the members' claims (``networks``: each
         network their NICs are on, by full name, as read; STATIC_POOL addresses are
         picked here, all distinct, and picked again when another create took one;
+        MACs drawn here, all distinct, and drawn again when one is taken;
         each member's disks at its ``Member.disk_revisions``).
 
         Idempotent by ``vm_set.request_id`` for the request retention: a retry (same
@@ -338,6 +352,9 @@ class VmSetStore:
         subnets = {view.network.uid: view.network.subnet for view in networks.values()
                    if view.network.subnet is not None}
         pooled = any(claims.uses_pool(m.spec) for m in members)
+        if any(m.spec.nics for m in members):
+            members = [replace(m, spec=spec) for m, spec in
+                       zip(members, self._addresses.with_macs([m.spec for m in members]), strict=True)]
         for _attempt in range(_MAX_POOL_ATTEMPTS):
             try:
                 specs = await self._addresses.propose([m.spec for m in members], subnets) if pooled else None
@@ -351,10 +368,14 @@ class VmSetStore:
             except _PoolAddressTaken:
                 self._addresses.lost()
                 continue
+            except _MacTaken as taken:
+                redrawn = self._addresses.redraw_mac([m.spec for m in members], taken.member, taken.nic)
+                members = [replace(m, spec=spec) for m, spec in zip(members, redrawn, strict=True)]
+                continue
             finally:
                 if specs:
                     await self._addresses.forget(specs)
-        raise Conflict(f"the admission of {ref.name} kept losing pool addresses to other creates; retry")
+        raise Conflict(f"the admission of {ref.name} kept losing pool addresses or MACs to other creates; retry")
 
     async def _admit_once(self, vm_set: VmSet, members: Sequence[Member], also: Sequence, fingerprint: bytes,
                           request: tuple[bytes, object] | None, networks: Mapping[str, int]) -> Admission:

@@ -150,9 +150,10 @@ def _vm_detail(vm: vm_pb2.Vm) -> list[Section]:
                         empty="none yet (waiting for the guest to report one)" if waiting_for_address(vm)
                         else "none")]
     if vm.nics:
-        sections.append(Section(title="NICs", headers=("#", "NETWORK", "MODE", "ADDRESS", "GATEWAY", "BACKING"),
-                                rows=[(str(i), nic_network(n), nic_mode(n), nic_address(n), n.gateway or "-",
-                                       n.backing or "-") for i, n in enumerate(vm.nics)]))
+        sections.append(Section(title="NICs",
+                                headers=("#", "NETWORK", "MODE", "ADDRESS", "MAC", "GATEWAY", "BACKING"),
+                                rows=[(str(i), nic_network(n), nic_mode(n), nic_address(n), n.mac_address or "-",
+                                       n.gateway or "-", n.backing or "-") for i, n in enumerate(vm.nics)]))
     if vm.disks:
         sections.append(Section(title="Persistent disks",
                                 fields=[("Attached", ", ".join(last_id(d) for d in vm.disks))]))

@@ -51,14 +51,14 @@ def test_racing_creates_with_a_pool_nic_and_one_disk_take_both_or_neither(etcd_e
             assert len(made) == 1, outcomes
             assert all(isinstance(o, DiskInUse) for o in outcomes if not isinstance(o, tuple)), outcomes
             winner = made[0]
-            assert await taken(one, keys, view.network.uid) == {winner.spec.nics[0].ip}
+            assert await taken(one, keys, view.network.backing) == {winner.spec.nics[0].ip}
             assert await ports(one, keys, view.network.uid) == 1
             now = await DiskStore(one, keys).get(disk.disk.ref)
             assert now.state is DiskState.ATTACHED and now.attachment.vm_uid == winner.spec.uid
 
             deletion = await stores[1].request_delete(winner.ref)  # pending: removed at once
             assert deletion.removed
-            assert await taken(one, keys, view.network.uid) == set()
+            assert await taken(one, keys, view.network.backing) == set()
             assert await ports(one, keys, view.network.uid) == 0
             assert (await DiskStore(one, keys).get(disk.disk.ref)).state is DiskState.AVAILABLE
 
@@ -95,10 +95,10 @@ def test_a_set_whose_member_cannot_take_its_disk_takes_no_address_and_no_disk(et
                 return out
 
             vm_set = VmSet(ref, uid, ("m0", "m1"), 0, create_time_ns=now_ns())
-            before = await taken(client, keys, view.network.uid)
+            before = await taken(client, keys, view.network.backing)
             with pytest.raises(DiskInUse):
                 await sets.admit(vm_set, members(), networks=by_name)
-            assert await taken(client, keys, view.network.uid) == before
+            assert await taken(client, keys, view.network.backing) == before
             assert await ports(client, keys, view.network.uid) == 1  # the holder's
             assert (await disks.get(a.disk.ref)).state is DiskState.AVAILABLE
 
@@ -108,7 +108,7 @@ def test_a_set_whose_member_cannot_take_its_disk_takes_no_address_and_no_disk(et
             admitted = await sets.admit(vm_set, members(), networks=by_name)
             ips = {r.spec.nics[0].ip for r in admitted.vms}
             assert admitted.created and len(ips) == 2
-            assert await taken(client, keys, view.network.uid) == ips
+            assert await taken(client, keys, view.network.backing) == ips
             for d, record in zip((a, b), admitted.vms, strict=True):
                 now = await disks.get(d.disk.ref)
                 assert now.state is DiskState.ATTACHED and now.attachment.vm_uid == record.spec.uid
@@ -146,9 +146,9 @@ def test_a_pending_delete_racing_a_create_of_its_static_address_never_fails_thei
                 made = [o[0] for o in outcomes if isinstance(o, tuple)]
                 holders = [r for r in made if r.spec.nics[0].address_mode is AddressMode.STATIC]
                 assert len(holders) <= 1, holders
-                assert await taken(client, keys, view.network.uid) == ({"10.0.0.5"} if holders else set())
+                assert await taken(client, keys, view.network.backing) == ({"10.0.0.5"} if holders else set())
                 for record in made:
                     assert (await store.request_delete(record.ref)).removed
-                assert await taken(client, keys, view.network.uid) == set()
+                assert await taken(client, keys, view.network.backing) == set()
 
     run(main(), timeout=180.0)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.addressing import parse_subnet
+from controlplane.addressing import parse_subnet, to_ip
 from controlplane.etcd import EtcdClient, prefix_end
 from controlplane.models import AddressMode, Nic, Resources, RestartPolicy, VmRef, VmSpec, VmState, now_ns
 from controlplane.store.addresses import AddressInUse, NetworkGone, PoolExhausted
@@ -62,10 +62,11 @@ def vm(vm_id: str, view: NetworkView, mode: AddressMode = AddressMode.STATIC_POO
                   request_id=request_id, create_time_ns=now_ns(), shard=shard_of(uid, 4), nics=(nic,))
 
 
-async def taken(client: EtcdClient, keys: Keys, uid: str) -> set[str]:
-    prefix = keys.addresses_prefix(uid)
+async def taken(client: EtcdClient, keys: Keys, backing: str) -> set[str]:
+    """The addresses handed out on ``backing`` (its one pool's keys)."""
+    prefix = keys.addresses_prefix(backing)
     result = await client.range(prefix, prefix_end(prefix), keys_only=True)
-    return {kv.key[len(prefix):].decode() for kv in result.kvs}
+    return {to_ip(keys.parse_address_key(backing, kv.key)) for kv in result.kvs}
 
 
 def test_create_is_idempotent_by_request_id_and_names_are_exclusive(etcd_endpoint: str, root: str) -> None:
@@ -151,14 +152,14 @@ def test_a_network_in_use_is_not_deleted_and_a_removed_vm_gives_its_port_and_add
             view, _ = await networks.create(network("used", "10.5.0.0/29"))
             record, _ = await vms.create(vm("a", view), networks={view.network.name: view})
             ip = record.spec.nics[0].ip
-            assert await taken(client, keys, view.network.uid) == {ip}
+            assert await taken(client, keys, view.network.backing) == {ip}
             assert (await networks.get(TENANT, PROJECT, "used")).addresses_used == 1
             with pytest.raises(NetworkInUse) as info:
                 await networks.delete(TENANT, PROJECT, "used")
             assert info.value.vms == 1
             deletion = await vms.request_delete(record.ref)  # pending: removed at once, claims released
             assert deletion.removed
-            assert await taken(client, keys, view.network.uid) == set()
+            assert await taken(client, keys, view.network.backing) == set()
             ports = keys.ports_prefix(view.network.uid)
             assert not (await client.range(ports, prefix_end(ports))).kvs
             await networks.delete(TENANT, PROJECT, "used")
@@ -188,7 +189,7 @@ def test_a_pool_hands_out_each_address_once_under_concurrency_and_a_retry_keeps_
             assert all(isinstance(o, PoolExhausted) for o in refused), refused
             ips = [r.spec.nics[0].ip for r in made]
             assert len(made) == 6 and len(set(ips)) == 6
-            assert await taken(client, keys, view.network.uid) == set(ips)
+            assert await taken(client, keys, view.network.backing) == set(ips)
             # A retry of a create that made its VM returns it, with its address, pool full or not.
             first = made[0]
             i = int(first.ref.vm_id[1:])
@@ -269,7 +270,7 @@ def test_a_drained_vm_keeps_its_address_and_a_removed_one_gives_it_back(etcd_end
             assert (await vms.get(made[0].ref)).status.state == VmState.PENDING
             with pytest.raises(NotFound):
                 await vms.get(made[1].ref)
-            assert await taken(client, keys, view.network.uid) == {ips["keep"]}
+            assert await taken(client, keys, view.network.backing) == {ips["keep"]}
             ports = keys.ports_prefix(view.network.uid)
             assert len((await client.range(ports, prefix_end(ports))).kvs) == 1
 

@@ -1,14 +1,16 @@
 """Networks and exact address allocation through the real processes (LocalSystem, three
 frontends on addresses of their own): 200 concurrent creates with a STATIC_POOL NIC on
 a /26 spread over the three frontends hand out exactly its 62 addresses, none twice,
-the rest RESOURCE_EXHAUSTED ADDRESS_POOL_EXHAUSTED; deleted VMs give their addresses
-back; a network in use is not deleted; a STATIC address is taken once; bad NICs are
-INVALID_ARGUMENT."""
+and 62 distinct MACs, the rest RESOURCE_EXHAUSTED ADDRESS_POOL_EXHAUSTED; deleted VMs
+give their addresses back; a network in use is not deleted; a STATIC address is taken
+once; two networks on one port group share its pool; bad NICs are INVALID_ARGUMENT;
+validate_only and PlanVms say when a pool cannot take the VMs."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ PARENT = f"tenants/{TENANT}/projects/{PROJECT}"
 POOL = vm_pb2.NetworkInterface.STATIC_POOL
 STATIC = vm_pb2.NetworkInterface.STATIC
 EXHAUSTED = (grpc.StatusCode.RESOURCE_EXHAUSTED, "ADDRESS_POOL_EXHAUSTED")
+MAC = re.compile(r"^00:50:56:[0-3][0-9a-f]:[0-9a-f]{2}:[0-9a-f]{2}$")  # VMware's manual range
 
 
 ENDPOINTS: list[str] = []  # the three frontends' addresses, once the system is up
@@ -52,10 +55,12 @@ def networks(c: Client) -> network_pb2_grpc.NetworkServiceStub:
     return network_pb2_grpc.NetworkServiceStub(c._channel)
 
 
-def make_network(c: Client, network_id: str, cidr: str = "", gateway: str = "") -> network_pb2.Network:
+def make_network(c: Client, network_id: str, cidr: str = "", gateway: str = "", *,
+                 backing: str = "") -> network_pb2.Network:
     subnet = network_pb2.Subnet(cidr=cidr, gateway=gateway) if cidr else None
     return c._call(networks(c).CreateNetwork, network_pb2.CreateNetworkRequest(
-        parent=PARENT, network_id=network_id, network=network_pb2.Network(backing=f"pg-{network_id}", subnet=subnet)))
+        parent=PARENT, network_id=network_id,
+        network=network_pb2.Network(backing=backing or f"pg-{network_id}", subnet=subnet)))
 
 
 def create_vm(c: Client, network: str, mode: int = POOL, ip: str = "", *, vm_id: str = "",
@@ -77,6 +82,7 @@ def test_200_creates_over_three_frontends_hand_out_a_26_exactly(system: LocalSys
         made = make_network(admin, "pool", "10.99.0.64/26")
         assert (made.addresses_total, made.addresses_used) == (62, 0)
     clients = [Client(ENDPOINTS[i % 3], token=system.admin_token, own_connection=True) for i in range(30)]
+    macs: list[str] = []
     try:
         def one(i: int) -> tuple[str, str]:
             try:
@@ -84,6 +90,7 @@ def test_200_creates_over_three_frontends_hand_out_a_26_exactly(system: LocalSys
             except ApiError as err:
                 return (err.code.name, err.reason)
             assert len(vm.nics) == 1
+            macs.append(vm.nics[0].mac_address)
             return ("OK", vm.nics[0].ip)
 
         with concurrent.futures.ThreadPoolExecutor(30) as pool:
@@ -95,6 +102,7 @@ def test_200_creates_over_three_frontends_hand_out_a_26_exactly(system: LocalSys
     refused = Counter(o for o in outcomes if o[0] != "OK")
     assert len(ips) == 62 and len(set(ips)) == 62, Counter(o[0] for o in outcomes)
     assert refused == {(EXHAUSTED[0].name, EXHAUSTED[1]): 138}
+    assert len(set(macs)) == 62 and all(MAC.match(m) for m in macs), macs  # one MAC per NIC on the port group
     net = ipaddress.IPv4Network("10.99.0.64/26")
     assert all(ipaddress.IPv4Address(ip) in net for ip in ips)
     with system.client(ensure_project=False) as admin:
@@ -106,6 +114,7 @@ def test_200_creates_over_three_frontends_hand_out_a_26_exactly(system: LocalSys
         nic = vm.nics[0]
         assert (nic.network, nic.address_mode, nic.ip, nic.prefix_length, nic.backing) == (
             f"{PARENT}/networks/pool", POOL, ips[0], 26, "pg-pool")
+        assert nic.mac_address in macs
         # In use: not deleted.
         err = error(lambda: admin._call(networks(admin).DeleteNetwork,
                                         network_pb2.DeleteNetworkRequest(name=f"{PARENT}/networks/pool")))
@@ -204,3 +213,81 @@ def test_create_vms_takes_pool_addresses_per_vm_or_for_the_whole_set(system: Loc
         err = error(lambda: admin._call(admin._vms.CreateVm, static))
         assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ADDRESS_IN_USE")
         assert used() == 6
+
+
+def test_two_networks_on_one_port_group_share_its_pool(system: LocalSystem) -> None:
+    """Two networks with the same /28 on one backing, 40 creates racing over the three
+    frontends on both: 14 VMs in all (the one pool's 14 addresses), none twice on the
+    segment, the rest ADDRESS_POOL_EXHAUSTED; each network counts all 14 as used; a
+    STATIC address one network handed out is ADDRESS_IN_USE on the other. A MAC set
+    by the caller is refused: Quanta chooses it."""
+    with system.client(ensure_project=False) as admin:
+        for network_id in ("seg-a", "seg-b"):
+            make_network(admin, network_id, "10.95.0.0/28", backing="pg-segment")
+    clients = [Client(ENDPOINTS[i % 3], token=system.admin_token, own_connection=True) for i in range(12)]
+    try:
+        def one(i: int) -> tuple[str, str]:
+            try:
+                vm = create_vm(clients[i % 12], "seg-a" if i % 2 else "seg-b", vm_id=f"seg-{i:02d}")
+            except ApiError as err:
+                return (err.code.name, err.reason)
+            return ("OK", vm.nics[0].ip)
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            outcomes = list(pool.map(one, range(40)))
+    finally:
+        for client in clients:
+            client.close()
+    ips = [ip for code, ip in outcomes if code == "OK"]
+    assert len(ips) == 14 and len(set(ips)) == 14, outcomes
+    assert Counter(o for o in outcomes if o[0] != "OK") == {(EXHAUSTED[0].name, EXHAUSTED[1]): 26}
+    with system.client(ensure_project=False) as admin:
+        for network_id in ("seg-a", "seg-b"):
+            got = admin._call(networks(admin).GetNetwork,
+                              network_pb2.GetNetworkRequest(name=f"{PARENT}/networks/{network_id}"))
+            assert (got.addresses_used, got.addresses_total) == (14, 14)
+        a_ip = next(ip for i, (code, ip) in enumerate(outcomes) if code == "OK" and i % 2)
+        err = error(lambda: create_vm(admin, "seg-b", STATIC, a_ip))
+        assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ADDRESS_IN_USE")
+        err = error(lambda: admin._call(admin._vms.CreateVm, vm_pb2.CreateVmRequest(
+            parent=PARENT, vm_id="mac", vm=vm_pb2.Vm(flavor="small", image="ubuntu", nics=[vm_pb2.NetworkInterface(
+                network="seg-a", mac_address="00:50:56:00:00:01")]))))
+        assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert "vm.nics[0].mac_address" in [path for path, _why in err.field_violations]
+
+
+def test_plans_and_validate_only_say_when_a_pool_cannot_take_the_vms(system: LocalSystem) -> None:
+    """A /29 (6 addresses) with 4 taken, three VMs asking it: PlanVms places the first
+    two and says ADDRESS_POOL_EXHAUSTED for the third (fits false, nothing held);
+    validate_only CreateVms says the same per VM (INDEPENDENT) or for the set
+    (ALL_OR_NOTHING); nothing is taken."""
+    def request(vm_id: str, node_selector: dict[str, str] | None = None) -> vm_pb2.CreateVmRequest:
+        return vm_pb2.CreateVmRequest(vm_id=vm_id, vm=vm_pb2.Vm(
+            flavor="small", image="ubuntu", node_selector=node_selector or {},
+            nics=[vm_pb2.NetworkInterface(network="planned", address_mode=POOL)]))
+
+    with system.client(ensure_project=False) as admin:
+        make_network(admin, "planned", "10.94.0.0/29", backing="VM Network")  # a port group the hosts reach
+        for i in range(4):
+            create_vm(admin, "planned", vm_id=f"planned-{i}")
+
+        def used() -> int:
+            return admin._call(networks(admin).GetNetwork,
+                               network_pb2.GetNetworkRequest(name=f"{PARENT}/networks/planned")).addresses_used
+
+        three = [request(f"p-{i}") for i in range(3)]
+        plan = admin._call(admin._vms.PlanVms, vm_pb2.PlanVmsRequest(parent=PARENT, requests=three), timeout=60)
+        assert not plan.fits
+        assert [p.reason for p in plan.placements] == ["", "", EXHAUSTED[1]]
+        assert all(p.host for p in plan.placements[:2]) and "exhausted" in plan.placements[2].message
+        two = admin._call(admin._vms.PlanVms, vm_pb2.PlanVmsRequest(parent=PARENT, requests=three[:2]), timeout=60)
+        assert two.fits and [p.reason for p in two.placements] == ["", ""]
+        response = admin._call(admin._vms.CreateVms, vm_pb2.CreateVmsRequest(
+            parent=PARENT, validate_only=True, requests=three), timeout=60)
+        assert [(r.code, r.reason) for r in response.results][2] == (EXHAUSTED[0].value[0], EXHAUSTED[1])
+        assert [r.code for r in response.results][:2] == [0, 0]
+        err = error(lambda: admin._call(admin._vms.CreateVms, vm_pb2.CreateVmsRequest(
+            parent=PARENT, validate_only=True, mode=vm_pb2.CreateVmsRequest.ALL_OR_NOTHING, requests=three),
+            timeout=60))
+        assert (err.code, err.reason) == EXHAUSTED
+        assert used() == 4

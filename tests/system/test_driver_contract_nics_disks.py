@@ -40,6 +40,8 @@ from tests.vcsim import Vcsim
 pytestmark = pytest.mark.system
 
 STATIC_IP = "192.168.50.10"
+#: The MACs the control plane chose for the two NICs (Nic.mac): the VM's NICs must have them.
+MACS = ("00:50:56:1a:2b:3c", "00:50:56:3f:00:01")
 
 
 class SimNicsDisksBackend:
@@ -154,7 +156,8 @@ def nic_req(backend, uid: str) -> VmRequest:
     dhcp, static = backend.backings
     base = req(uid)
     return VmRequest(base.vm_uid, base.name, base.image, base.vcpus, base.memory_mib, base.disk_gib,
-                     nics=(NicRequest(dhcp), NicRequest(static, STATIC_IP, 24, "192.168.50.1", ("192.168.50.2",))))
+                     nics=(NicRequest(dhcp, mac=MACS[0]),
+                           NicRequest(static, STATIC_IP, 24, "192.168.50.1", ("192.168.50.2",), mac=MACS[1])))
 
 
 def test_create_with_two_nics_reports_them_in_order_and_the_static_address(backend):
@@ -172,11 +175,13 @@ def test_create_with_two_nics_reports_them_in_order_and_the_static_address(backe
             assert by_network[backend.backings[1]].ip == STATIC_IP
             dhcp = by_network[backend.backings[0]].ip
             assert dhcp and dhcp != STATIC_IP
-            assert len({a.mac for a in info.addresses}) == 2
+            # Each NIC has the MAC its request gave it (the one claimed on its backing).
+            assert {a.network: a.mac.lower() for a in info.addresses} == dict(zip(backend.backings, MACS, strict=True))
         async with backend.driver() as driver:  # a restarted agent sees the same
             info = await _until(driver, uid, lambda i: len(i.addresses) == 2, "both addresses after a restart")
             assert info.networks == backend.backings
             assert {a.ip for a in info.addresses} == {dhcp, STATIC_IP}
+            assert {a.mac.lower() for a in info.addresses} == set(MACS)
             await driver.destroy_vm(uid)
 
     run(body())

@@ -29,6 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from controlplane.etcd import ops
 from controlplane.gen.etcd.v3 import rpc_pb2 as pb
 from controlplane.gen.quanta.store.v1.records_pb2 import Tombstone
+from controlplane.macs import mac_of
 from controlplane.models import (
     AddressMode,
     Binding,
@@ -134,8 +135,8 @@ NETWORK = "tenants/t/networks/n"  # the machine's VMs' NICs are on it (created w
 
 def make_spec(i: int, resources: Resources, group: str, group_scope: Scope, affinity: str,
               affinity_scope: Scope, nic: AddressMode | None = None) -> VmSpec:
-    nics = (Nic(NETWORK, "nuid", "pg", nic, f"10.0.0.{i + 1}" if nic is not AddressMode.DHCP else "", 24),) \
-        if nic is not None else ()
+    nics = (Nic(NETWORK, "nuid", "pg", nic, f"10.0.0.{i + 1}" if nic is not AddressMode.DHCP else "", 24,
+                mac=mac_of(i)),) if nic is not None else ()
     return VmSpec(VmRef("t", "p", f"vm{i}"), f"uid{i}", "f", "img", resources, shard=0,
                   anti_affinity_group=group, anti_affinity_scope=group_scope,
                   affinity_group=affinity, affinity_scope=affinity_scope, nics=nics)
@@ -523,14 +524,16 @@ class BindingMachine(RuleBasedStateMachine):
 
     @invariant()
     def a_vm_holds_its_port_and_address_until_it_is_removed(self) -> None:
-        """Requeued or bound, a VM keeps its NIC's port and static address; the txn
-        that removes it gives them back."""
+        """Requeued or bound, a VM keeps its NIC's port, static address and MAC; the
+        txn that removes it gives them back."""
         for spec in self.specs:
             alive = self.where[spec.ref] is not None
             for i, nic in enumerate(spec.nics):
                 assert (KEYS.port(nic.network_uid, spec.ref, i) in self.etcd.kv) == alive
                 if nic.static:
-                    assert (KEYS.address(nic.network_uid, nic.ip) in self.etcd.kv) == alive
+                    assert (KEYS.address(nic.backing, nic.ip) in self.etcd.kv) == alive
+                if nic.mac:
+                    assert (KEYS.mac(nic.backing, nic.mac) in self.etcd.kv) == alive
 
     @invariant()
     def every_copy_of_a_spec_is_the_spec(self) -> None:

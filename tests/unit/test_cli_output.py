@@ -249,9 +249,11 @@ def test_disks_show_state_size_class_and_vm() -> None:
 def test_a_vm_shows_its_nics_and_disks() -> None:
     vm = _vm("cp-1", disks=["tenants/t/projects/p/disks/etcd-1"], nics=[
         vm_pb2.NetworkInterface(network="tenants/t/projects/p/networks/cp", ip="10.1.0.5", prefix_length=26,
-                                address_mode=vm_pb2.NetworkInterface.STATIC_POOL, gateway="10.1.0.1", backing="pg"),
+                                address_mode=vm_pb2.NetworkInterface.STATIC_POOL, gateway="10.1.0.1", backing="pg",
+                                mac_address="00:50:56:01:02:03"),
         vm_pb2.NetworkInterface(network="tenants/t/networks/workers", address_mode=vm_pb2.NetworkInterface.DHCP)])
     text = _print("table", lambda p: p.detail(vm, views.VM))
     assert "10.1.0.5/26" in text and "STATIC_POOL" in text and "shared:workers" in text and "etcd-1" in text
+    assert "00:50:56:01:02:03" in text  # the MAC Quanta chose (a DHCP reservation names it)
     wide = _print("wide", lambda p: p.many([vm], views.VM))
     assert "cp:10.1.0.5, shared:workers:dhcp" in wide

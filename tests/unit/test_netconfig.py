@@ -1,5 +1,5 @@
-"""agents/netconfig.py: MACs in VMware's static range, derived from uid and index, and
-the cloud-init network config (version 2) a guest is given."""
+"""agents/netconfig.py: a NIC's MAC (its request's, else derived from uid and index in
+VMware's static range), and the cloud-init network config (version 2) a guest is given."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import re
 import pytest
 
 from agents import netconfig
-from agents.drivers.protocol import NicRequest
+from agents.drivers.esxi.clone import nic_changes
+from agents.drivers.esxi.session import HostInfo, PortGroup
+from agents.drivers.protocol import NicRequest, VmRequest
 
 pytestmark = pytest.mark.unit
 
@@ -89,3 +91,20 @@ def test_network_config(nics, ethernets):
 def test_bad_static_settings_are_refused_naming_the_nic(nic, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         netconfig.network_config("u", (nic,))
+
+
+def test_a_nic_with_a_mac_is_matched_by_it_and_one_without_by_the_derived_one():
+    """The control plane's MAC (NicRequest.mac) wins; a NIC of a VM made before MACs
+    were claimed keeps the one derived from the uid, in the config and on the card."""
+    chosen = NicRequest("web", ip="10.1.0.10", prefix_length=24, mac="00:50:56:12:34:56")
+    config = netconfig.network_config("u", (chosen, DHCP))
+    assert config is not None
+    assert config["ethernets"]["nic0"]["match"] == {"macaddress": "00:50:56:12:34:56"}
+    assert config["ethernets"]["nic1"]["match"] == {"macaddress": netconfig.mac("u", 1)}
+    assert netconfig.nic_mac("u", 0, chosen) == "00:50:56:12:34:56"
+    assert netconfig.nic_mac("u", 1, DHCP) == netconfig.mac("u", 1)
+    host = HostInfo("host-1", "h", 4, 1 << 30, "8.0", (), ("web", "lan"), mo=None, pool=None, vm_folder=None,
+                    port_groups=(PortGroup("web"), PortGroup("lan")))
+    cards = [change.device for change in nic_changes(VmRequest("u", "vm", "img", 1, 1, 1, nics=(chosen, DHCP)), host)]
+    assert [c.macAddress for c in cards] == ["00:50:56:12:34:56", netconfig.mac("u", 1)]
+    assert all(c.addressType == "manual" for c in cards)

@@ -73,8 +73,9 @@ def _port_group(host: HostInfo, name: str) -> PortGroup:
     return pg
 
 
-def nic_card(vm_uid: str, index: int, port_group: PortGroup) -> Any:
-    """NIC ``index`` of the VM on ``port_group``: a VirtualVmxnet3 with its derived MAC. Pure."""
+def nic_card(index: int, port_group: PortGroup, mac: str) -> Any:
+    """NIC ``index`` of a VM on ``port_group``: a VirtualVmxnet3 with the manual MAC
+    ``mac`` (``netconfig.nic_mac``). Pure."""
     backing: Any
     if port_group.distributed:
         backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
@@ -82,7 +83,7 @@ def nic_card(vm_uid: str, index: int, port_group: PortGroup) -> Any:
     else:
         backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=port_group.name)
     return vim.vm.device.VirtualVmxnet3(
-        key=-100 - index, addressType="manual", macAddress=netconfig.mac(vm_uid, index), backing=backing,
+        key=-100 - index, addressType="manual", macAddress=mac, backing=backing,
         connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True,
                                                             connected=True),
         wakeOnLanEnabled=False)
@@ -94,7 +95,8 @@ def nic_changes(request: VmRequest, host: HostInfo, image_devices: tuple = ()) -
     (NetworkNotFound) for a port group the host does not reach."""
     if not request.nics:
         return []
-    cards = [nic_card(request.vm_uid, i, _port_group(host, nic.backing)) for i, nic in enumerate(request.nics)]
+    cards = [nic_card(i, _port_group(host, nic.backing), netconfig.nic_mac(request.vm_uid, i, nic))
+             for i, nic in enumerate(request.nics)]
     removed = [vim.vm.device.VirtualDeviceSpec(operation="remove", device=d) for d in image_devices
                if isinstance(d, vim.vm.device.VirtualEthernetCard)]
     return removed + [vim.vm.device.VirtualDeviceSpec(operation="add", device=card) for card in cards]

@@ -24,7 +24,7 @@ SOFT: PowerOffMode
 HARD: PowerOffMode
 
 class NetworkInterface(_message.Message):
-    __slots__ = ("network", "address_mode", "ip", "prefix_length", "gateway", "dns_servers", "backing")
+    __slots__ = ("network", "address_mode", "ip", "prefix_length", "gateway", "dns_servers", "backing", "mac_address")
     class AddressMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ADDRESS_MODE_UNSPECIFIED: _ClassVar[NetworkInterface.AddressMode]
@@ -42,6 +42,7 @@ class NetworkInterface(_message.Message):
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     DNS_SERVERS_FIELD_NUMBER: _ClassVar[int]
     BACKING_FIELD_NUMBER: _ClassVar[int]
+    MAC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     network: str
     address_mode: NetworkInterface.AddressMode
     ip: str
@@ -49,7 +50,8 @@ class NetworkInterface(_message.Message):
     gateway: str
     dns_servers: _containers.RepeatedScalarFieldContainer[str]
     backing: str
-    def __init__(self, network: _Optional[str] = ..., address_mode: _Optional[_Union[NetworkInterface.AddressMode, str]] = ..., ip: _Optional[str] = ..., prefix_length: _Optional[int] = ..., gateway: _Optional[str] = ..., dns_servers: _Optional[_Iterable[str]] = ..., backing: _Optional[str] = ...) -> None: ...
+    mac_address: str
+    def __init__(self, network: _Optional[str] = ..., address_mode: _Optional[_Union[NetworkInterface.AddressMode, str]] = ..., ip: _Optional[str] = ..., prefix_length: _Optional[int] = ..., gateway: _Optional[str] = ..., dns_servers: _Optional[_Iterable[str]] = ..., backing: _Optional[str] = ..., mac_address: _Optional[str] = ...) -> None: ...
 
 class AttachDiskRequest(_message.Message):
     __slots__ = ("name", "disk", "etag")
@@ -337,7 +339,7 @@ class PlanVmsResponse(_message.Message):
     def __init__(self, placements: _Optional[_Iterable[_Union[VmPlacement, _Mapping]]] = ..., fits: _Optional[bool] = ..., quota_headroom: _Optional[_Union[_tenancy_pb2.ResourceUsage, _Mapping]] = ..., plan: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VmPlacement(_message.Message):
-    __slots__ = ("vm", "host", "filtered", "message")
+    __slots__ = ("vm", "host", "filtered", "message", "reason")
     class FilteredEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -349,11 +351,13 @@ class VmPlacement(_message.Message):
     HOST_FIELD_NUMBER: _ClassVar[int]
     FILTERED_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     vm: str
     host: str
     filtered: _containers.ScalarMap[str, int]
     message: str
-    def __init__(self, vm: _Optional[str] = ..., host: _Optional[str] = ..., filtered: _Optional[_Mapping[str, int]] = ..., message: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, vm: _Optional[str] = ..., host: _Optional[str] = ..., filtered: _Optional[_Mapping[str, int]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CreateVmsResponse(_message.Message):
     __slots__ = ("results", "set")

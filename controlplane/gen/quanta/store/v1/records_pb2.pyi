@@ -89,7 +89,7 @@ class VmSpec(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., project: _Optional[str] = ..., vm_id: _Optional[str] = ..., uid: _Optional[str] = ..., flavor: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., disk_gib: _Optional[int] = ..., request_id: _Optional[str] = ..., create_time_ns: _Optional[int] = ..., delete_time_ns: _Optional[int] = ..., shard: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., anti_affinity_group: _Optional[str] = ..., restart_policy: _Optional[int] = ..., anti_affinity_scope: _Optional[int] = ..., affinity_group: _Optional[str] = ..., affinity_scope: _Optional[int] = ..., power: _Optional[int] = ..., power_off_mode: _Optional[int] = ..., power_off_grace_s: _Optional[int] = ..., power_time_ns: _Optional[int] = ..., restarts: _Optional[int] = ..., restart_request_id: _Optional[str] = ..., power_policy: _Optional[int] = ..., bootstrap: _Optional[_Union[BootstrapSummary, _Mapping]] = ..., vm_set: _Optional[str] = ..., plan: _Optional[str] = ..., nics: _Optional[_Iterable[_Union[Nic, _Mapping]]] = ..., disks: _Optional[_Iterable[_Union[DiskRef, _Mapping]]] = ...) -> None: ...
 
 class Nic(_message.Message):
-    __slots__ = ("network", "network_uid", "backing", "address_mode", "ip", "prefix_length", "gateway", "dns_servers")
+    __slots__ = ("network", "network_uid", "backing", "address_mode", "ip", "prefix_length", "gateway", "dns_servers", "mac")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     NETWORK_UID_FIELD_NUMBER: _ClassVar[int]
     BACKING_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class Nic(_message.Message):
     PREFIX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     DNS_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
     network: str
     network_uid: str
     backing: str
@@ -106,7 +107,8 @@ class Nic(_message.Message):
     prefix_length: int
     gateway: str
     dns_servers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, network: _Optional[str] = ..., network_uid: _Optional[str] = ..., backing: _Optional[str] = ..., address_mode: _Optional[int] = ..., ip: _Optional[str] = ..., prefix_length: _Optional[int] = ..., gateway: _Optional[str] = ..., dns_servers: _Optional[_Iterable[str]] = ...) -> None: ...
+    mac: str
+    def __init__(self, network: _Optional[str] = ..., network_uid: _Optional[str] = ..., backing: _Optional[str] = ..., address_mode: _Optional[int] = ..., ip: _Optional[str] = ..., prefix_length: _Optional[int] = ..., gateway: _Optional[str] = ..., dns_servers: _Optional[_Iterable[str]] = ..., mac: _Optional[str] = ...) -> None: ...
 
 class DiskRef(_message.Message):
     __slots__ = ("disk_id", "uid", "size_gib", "datastore_class")
