@@ -34,7 +34,8 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 90.0) -> Any:
 
 @pytest.fixture(autouse=True)
 def _projects(etcd_endpoint: str, root: str) -> None:
-    make_projects(etcd_endpoint, root, TENANT, PROJECT, "other")
+    make_projects(etcd_endpoint, root, TENANT, PROJECT, "other",
+                  backings=(BACKING, "pg-other", "pg-2", "pg-big", "pg-small"))
 
 
 def network(network_id: str, cidr: str, *, project: str = PROJECT, backing: str = BACKING) -> Network:
