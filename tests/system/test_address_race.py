@@ -46,7 +46,8 @@ def system() -> Iterator[LocalSystem]:
         with local.client(ensure_project=False) as admin:
             # A system admin grants the port groups the tests' networks map to.
             admin.create_tenant(TENANT, network_backings=[f"pg-{n}" for n in ("pool", "fixed", "plain", "fixed2",
-                                                                             "small")])
+                                                                             "small", "segment")]
+                                + ["VM Network"])
             admin.create_project(PROJECT, tenant=TENANT)
         yield local
 
