@@ -2,12 +2,19 @@
 
     python bench/million.py                                  # 1,000,000 VMs on 1,000 hosts
     python bench/million.py --vms 100000 --snapshot-count 100000   # a smaller run, etcd's default snapshots
+    python bench/million.py --vms 50000 --hosts 100 --no-recovery   # a quick look
 
 Starts a LocalSystem (sim driver at zero latency; two sim agent processes, each with
 half of the ``--hosts`` in a zone of its own and a /9 of addresses, hosts big enough
 for every VM) whose etcd runs with ``--snapshot-count`` (how many raft entries etcd
 keeps in memory between snapshots) and ``GOGC``; runs ``bench/e2e.py --batch N``
-against it (its report is printed as it comes); then prints, at that size:
+against it (its report is printed as it comes; every ``--progress`` seconds it prints
+a line to stderr: VMs admitted and RUNNING, the rate over the interval, resends,
+re-lists, how late the watch is, etcd's and the client's RSS). The client resends
+what the frontends refuse UNAVAILABLE or DEADLINE_EXCEEDED (same request_id; at most
+``--resend-limit`` sends) and, should its watch fall behind etcd's compaction
+(OUT_OF_RANGE), lists the project again and watches on from there. Then it prints, at
+that size:
 
 - etcd's db file size and its own size metrics, and the peak RSS (``VmHWM``) of every
   process of the system and of the benchmark client;
@@ -18,6 +25,9 @@ against it (its report is printed as it comes); then prints, at that size:
   the seconds until it has listed its bindings (its log's ``bindings listed``), until
   its hosts are READY again, and until a VM created after the restart in its zone
   is RUNNING.
+
+Leases (scheduler shards, agents' hosts) last ``--lease-ttl`` seconds, 30 by default:
+with 10 s the processes lost their leases under this load (docs/performance.md).
 
 Exit status: 0 when every VM reached RUNNING and both recoveries ended, 1 otherwise.
 """
@@ -138,7 +148,12 @@ def main() -> int:
     p.add_argument("--frontends", type=int, default=2)
     p.add_argument("--snapshot-count", type=int, default=10000, help="etcd --snapshot-count")
     p.add_argument("--gogc", default="", help="etcd's GOGC (default: Go's, 100)")
-    p.add_argument("--lease-ttl", type=int, default=10)
+    p.add_argument("--lease-ttl", type=int, default=30,
+                   help="seconds of the scheduler's and agents' leases (default 30; 10 lost leases under load)")
+    p.add_argument("--progress", type=float, default=30.0, metavar="SECONDS",
+                   help="the benchmark client's progress line to stderr this often (default 30; 0: none)")
+    p.add_argument("--resend-limit", type=int, default=30, metavar="N",
+                   help="sends at most of a request refused UNAVAILABLE or DEADLINE_EXCEEDED (default 30)")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--no-recovery", action="store_true", help="skip the kill/restart measurements")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
@@ -162,6 +177,7 @@ def main() -> int:
         bench = [sys.executable, str(pathlib.Path(__file__).with_name("e2e.py")), "--endpoint", system.endpoint,
                  "--token", system.admin_token, "--vms", str(args.vms), "--batch", str(args.batch),
                  "--concurrency", str(args.concurrency), "--timeout", str(args.timeout), "--json",
+                 "--progress", str(args.progress), "--resend-limit", str(args.resend_limit),
                  *(f"--pid={n}={pid}" for n, pid in pids.items())]
         client = subprocess.Popen(bench, stdout=subprocess.PIPE, text=True)
         client_peak = 0.0
