@@ -84,6 +84,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 
 import grpc
 
@@ -197,7 +198,7 @@ class Bench:
                  tenant: str, project: str, token: str, rate: float = 0.0, user_data_bytes: int = 0,
                  stop_mode: str = "soft", batch: int = 1, all_or_nothing: bool = False,
                  resend_limit: int = 30, backoff: Backoff | None = None,
-                 batch_timeout_s: float = RPC_TIMEOUT_S * 6):
+                 batch_timeout_s: float = RPC_TIMEOUT_S * 6, balance_over: Sequence[str] = ()):
         self.rate = rate
         self.batch = batch
         self.all_or_nothing = all_or_nothing
@@ -234,9 +235,14 @@ class Bench:
         self.watch_events: Counter = Counter()   # by (event type, state); BOOKMARK: (BOOKMARK, -1)
         # One TCP connection per channel: its own subchannel pool and distinct channel
         # arguments (gRPC shares a subchannel between channels of equal arguments), so
-        # that SO_REUSEPORT may land the channels on different frontends.
-        self._channels = [grpc.aio.insecure_channel(endpoint, options=channel_options(i))
-                          for i in range(max(1, channels))]
+        # that SO_REUSEPORT may land the channels on different frontends. With
+        # ``balance_over`` (the frontends' own addresses) each channel instead reaches
+        # every frontend and sends its calls round robin: calls spread, not connections.
+        target, options = endpoint, channel_options
+        if balance_over:
+            target = "ipv4:" + ",".join(balance_over)
+            options = lambda i: [*channel_options(i), ("grpc.lb_policy_name", "round_robin")]  # noqa: E731
+        self._channels = [grpc.aio.insecure_channel(target, options=options(i)) for i in range(max(1, channels))]
         self._watch_channel = grpc.aio.insecure_channel(endpoint, options=channel_options(-1))
         self._stubs = [vm_pb2_grpc.VmServiceStub(c) for c in self._channels]
         self._watch_stub = vm_pb2_grpc.VmServiceStub(self._watch_channel)
@@ -601,7 +607,8 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
                   flavor=args.flavor, image=args.image, tenant=args.tenant, project=project, token=token,
                   rate=args.rate, user_data_bytes=args.user_data_bytes, stop_mode=args.stop_mode,
                   batch=args.batch, all_or_nothing=args.all_or_nothing, resend_limit=args.resend_limit,
-                  backoff=Backoff(cap_s=args.resend_cap), batch_timeout_s=args.batch_timeout)
+                  backoff=Backoff(cap_s=args.resend_cap), batch_timeout_s=args.batch_timeout,
+                  balance_over=args.balance_over)
     report: dict = {"project": f"tenants/{args.tenant}/projects/{project}", "timed_out": False}
     pids = {**pids, "bench-client": os.getpid()}
     cpu: dict[str, dict] = {}
@@ -810,6 +817,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     p.add_argument("--rate", type=float, default=0.0,
                    help="creates per second, paced (open loop, capped by --concurrency); 0: flat out")
+    p.add_argument("--balance-over", type=lambda text: [a for a in text.split(",") if a], default=[],
+                   metavar="HOST:PORT,...", help="the frontends' own addresses (frontend --also-listen): each "
+                   "request channel sends its calls round robin over them (default with a LocalSystem)")
+    p.add_argument("--balance-connections", action="store_true",
+                   help="with a LocalSystem: use its shared port only (SO_REUSEPORT spreads the channels' "
+                   "connections, not their calls), as before --balance-over")
     p.add_argument("--channels", type=int, default=4,
                    help="gRPC channels for the requests, each its own TCP connection (SO_REUSEPORT spreads "
                    "connections, not calls, over the frontends: the report shows each frontend's share of the "
@@ -897,6 +910,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             endpoint = system.endpoint
             token = system.admin_token
+            if not args.balance_over and not args.balance_connections:
+                args.balance_over = list(system.frontend_endpoints)
             pids = {"etcd": system.etcd.process.pid,
                     **{name: p.pid for name, p in system.processes.items()}, **pids}
         try:

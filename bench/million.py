@@ -175,6 +175,7 @@ def main() -> int:
         assert system.etcd is not None
         pids = {"etcd": system.etcd.process.pid, **{n: p.pid for n, p in system.processes.items()}}
         bench = [sys.executable, str(pathlib.Path(__file__).with_name("e2e.py")), "--endpoint", system.endpoint,
+                 "--balance-over", ",".join(system.frontend_endpoints),
                  "--token", system.admin_token, "--vms", str(args.vms), "--batch", str(args.batch),
                  "--concurrency", str(args.concurrency), "--timeout", str(args.timeout), "--json",
                  "--progress", str(args.progress), "--resend-limit", str(args.resend_limit),

@@ -76,6 +76,10 @@ MAX_REQUEST_BYTES = 1024 * 1024
 class FrontendConfig:
     etcd: str
     listen: str = "127.0.0.1:7000"
+    #: Addresses of this frontend alone, served besides ``listen`` (which several
+    #: frontends may share): a client balancing calls (gRPC round_robin) over these
+    #: spreads calls, where SO_REUSEPORT on ``listen`` spreads only connections.
+    also_listen: tuple[str, ...] = ()
     root: str = "/quanta"
     shards: int | None = None  # proposed if the system has no shard count yet
     bookmark_s: float = 10.0
@@ -167,17 +171,18 @@ async def serve(config: FrontendConfig) -> None:
         # Reflection in v1 and v1alpha (what buf curl and grpcurl use to call the API).
         enable_server_reflection((*api_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
                                  server)
-        if credentials is not None:
-            port = server.add_secure_port(config.listen, credentials)
-        else:
-            port = server.add_insecure_port(config.listen)
-        if port == 0:
-            raise RuntimeError(f"cannot listen on {config.listen}")
+        for address in (config.listen, *config.also_listen):
+            if credentials is not None:
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+            if port == 0:
+                raise RuntimeError(f"cannot listen on {address}")
         await server.start()
         for name in ("", *api_services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("frontend serving", extra={"listen": config.listen, "pid": os.getpid(),
-                                            "tls": credentials is not None})
+        log.info("frontend serving", extra={"listen": config.listen, "also_listen": list(config.also_listen),
+                                            "pid": os.getpid(), "tls": credentials is not None})
         await server.wait_for_termination()
     finally:
         await health_servicer.enter_graceful_shutdown()
@@ -201,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     add_common_args(parser)
     parser.add_argument("--listen", default=os.environ.get("QUANTA_LISTEN", "127.0.0.1:7000"),
                         help="host:port to serve gRPC on (env QUANTA_LISTEN)")
+    parser.add_argument("--also-listen", action="append", default=[], metavar="HOST:PORT",
+                        help="another address to serve on, this frontend's alone (repeatable): clients that "
+                             "balance calls over the frontends' own addresses (gRPC round_robin) spread calls "
+                             "evenly, where a shared --listen spreads only connections")
     parser.add_argument("--shards", type=int, default=_env_int("QUANTA_SHARDS"),
                         help="scheduler shard count, if this system has none stored yet (default 1)")
     parser.add_argument("--bookmark-interval", type=float, default=10.0, metavar="SECONDS",
@@ -220,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the certificate's private key (env QUANTA_TLS_KEY)")
     args = parser.parse_args(argv)
     run_process("frontend", args, serve(FrontendConfig(
-        etcd=args.etcd, listen=args.listen, root=args.root, shards=args.shards, bookmark_s=args.bookmark_interval,
+        etcd=args.etcd, listen=args.listen, also_listen=tuple(args.also_listen), root=args.root,
+        shards=args.shards, bookmark_s=args.bookmark_interval,
         request_retention_s=args.request_retention, audit_retention_s=args.audit_retention,
         rate_limit=args.rate_limit, rate_burst=args.rate_burst, tls_cert=args.tls_cert, tls_key=args.tls_key)))
 

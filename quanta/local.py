@@ -164,6 +164,8 @@ class LocalSystem:
         self.agent_env = agent_env or {}
         self.with_prometheus = prometheus
         self.frontend_args = tuple(frontend_args)
+        #: Each frontend's own address (besides the shared :attr:`endpoint`), in order.
+        self.frontend_endpoints: list[str] = []
         self.scheduler_args = tuple(scheduler_args)
         #: Sim agent processes sharing the ``hosts``: agent-0 runs sim-00000..., agent-i
         #: (i > 0) runs sim{i}-00000... with its journal in sim_state_dir(i).
@@ -193,6 +195,13 @@ class LocalSystem:
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def balanced_target(self) -> str:
+        """A gRPC target naming every frontend's own address (``ipv4:a,b``): a channel
+        to it with the ``round_robin`` policy spreads calls over the frontends, where
+        :attr:`endpoint` (one port shared by SO_REUSEPORT) spreads connections."""
+        return "ipv4:" + ",".join(self.frontend_endpoints)
 
     def client(self, *, token: str | None = None, ensure_project: bool = True, **kwargs):
         """An SDK client for this system's API, as the admin unless ``token`` is given.
@@ -264,8 +273,10 @@ class LocalSystem:
             self.port = self.port or free_port()
             self.admin_token = asyncio.run(bootstrap_admin_token(self.etcd_endpoint, self.root))
             for i in range(self.frontends):
+                self.frontend_endpoints.append(f"127.0.0.1:{free_port()}")
                 self._add(f"frontend-{i}", "controlplane.frontend",
-                          ["--listen", self.endpoint, "--shards", str(self.shards),
+                          ["--listen", self.endpoint, "--also-listen", self.frontend_endpoints[-1],
+                           "--shards", str(self.shards),
                            "--bookmark-interval", str(self.bookmark_interval_s), *self.frontend_args])
             for i in range(self.schedulers):
                 self._add(f"scheduler-{i}", "scheduler",

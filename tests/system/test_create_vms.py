@@ -17,7 +17,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import vm_pb2
+from controlplane.gen.quanta.v1 import vm_pb2, vm_pb2_grpc
 from quanta.client import Client
 from quanta.local import LocalSystem
 from tests.conftest import wait_until
@@ -170,6 +170,36 @@ def test_bulk_creates_from_two_frontends_hold_the_quota_exactly(system: LocalSys
     after = _frontend_calls(system, "CreateVms")
     served = [name for name in after if after[name] > before.get(name, 0)]
     assert len(served) == 2, f"the calls reached only {served}"
+
+
+def test_a_round_robin_channel_over_the_frontends_own_addresses_spreads_calls(system: LocalSystem,
+                                                                              admin: Client) -> None:
+    """Each frontend also serves on an address of its own (``--also-listen``); one
+    channel sending round robin over those spreads its calls over the frontends (a
+    shared port spreads only connections: one channel's calls all reach one)."""
+    parent = project(admin)
+    before = _frontend_calls(system, "ListVms")
+    channel = grpc.insecure_channel(system.balanced_target, options=[("grpc.lb_policy_name", "round_robin")])
+    try:
+        stub = vm_pb2_grpc.VmServiceStub(channel)
+        metadata = (("authorization", f"Bearer {system.admin_token}"),)
+
+        def both_ready() -> bool:  # round_robin sends only to connected frontends
+            for _ in range(4):
+                stub.ListVms(vm_pb2.ListVmsRequest(parent=parent), metadata=metadata, timeout=30)
+            after = _frontend_calls(system, "ListVms")
+            return all(after[name] > before.get(name, 0) for name in after)
+
+        wait_until(both_ready, timeout=60, seen=lambda: _frontend_calls(system, "ListVms"))
+        start = _frontend_calls(system, "ListVms")
+        for _ in range(40):
+            stub.ListVms(vm_pb2.ListVmsRequest(parent=parent), metadata=metadata, timeout=30)
+        end = _frontend_calls(system, "ListVms")
+    finally:
+        channel.close()
+    served = {name: end[name] - start.get(name, 0) for name in end}
+    assert len(served) == 2 and sum(served.values()) == 40, served
+    assert min(served.values()) >= 15, f"40 calls spread unevenly: {served}"
 
 
 # --- ALL_OR_NOTHING and GetVmSet ------------------------------------------------------
