@@ -25,6 +25,7 @@ import grpc
 
 from controlplane.gen.quanta.v1 import host_pb2, vm_pb2
 from quanta.calls import STUBS, Calls, ClientBase, Pages, Stream, Unary, named
+from quanta.methods import Methods, install
 from quanta.waits import DrainWait, VmSetWait, VmsWait, VmWait
 
 __all__ = ["Client"]
@@ -70,7 +71,7 @@ def stream(build: Callable[Concatenate[Calls, P], Stream[T]]
     return method
 
 
-class Client(ClientBase):
+class Client(ClientBase, Methods):
     """:class:`quanta.Client` for asyncio: same arguments, same settings resolution,
     same methods, awaited. ``async with`` closes it; or call :meth:`close`."""
 
@@ -129,21 +130,6 @@ class Client(ClientBase):
         finally:
             responses.cancel()
 
-    # VMs
-    create_vm = unary(Calls.create_vm)
-    create_vms = unary(Calls.create_vms)
-    plan_vms = unary(Calls.plan_vms)
-    get_vm_set = unary(Calls.get_vm_set)
-    get_vm = unary(Calls.get_vm)
-    list_vms = pages(Calls.list_vms)
-    delete_vm = unary(Calls.delete_vm)
-    watch_vms = stream(Calls.watch_vms)
-    start_vm = unary(Calls.start_vm)
-    stop_vm = unary(Calls.stop_vm)
-    restart_vm = unary(Calls.restart_vm)
-    update_vm = unary(Calls.update_vm)
-    resize_vm = unary(Calls.resize_vm)
-
     async def wait_for_vm(self, vm_id: str, state: str = "RUNNING", *, timeout: float = 60.0,
                           address: bool = False) -> vm_pb2.Vm:
         """Return once the VM is in ``state`` (e.g. "RUNNING") and, with ``address``,
@@ -181,32 +167,6 @@ class Client(ClientBase):
                     raise wait.failed(await self.get_vm_set(set_id))
         raise wait.timed_out(timeout, await self.get_vm_set(set_id))
 
-    attach_disk = unary(Calls.attach_disk)
-    detach_disk = unary(Calls.detach_disk)
-
-    # Networks
-    create_network = unary(Calls.create_network)
-    get_network = unary(Calls.get_network)
-    list_networks = listed(Calls.list_networks)
-    update_network = unary(Calls.update_network)
-    delete_network = unary(Calls.delete_network)
-    watch_networks = stream(Calls.watch_networks)
-
-    # Persistent disks
-    create_disk = unary(Calls.create_disk)
-    get_disk = unary(Calls.get_disk)
-    list_disks = listed(Calls.list_disks)
-    update_disk = unary(Calls.update_disk)
-    delete_disk = unary(Calls.delete_disk)
-    watch_disks = stream(Calls.watch_disks)
-
-    # Hosts
-    list_hosts = pages(Calls.list_hosts)
-    get_host = unary(Calls.get_host)
-    set_maintenance = unary(Calls.set_maintenance)
-    delete_host = unary(Calls.delete_host)
-    watch_hosts = stream(Calls.watch_hosts)
-
     async def drain_host(self, host_id: str, *, wait: bool = False, timeout_s: float = 300.0,
                          on_progress: Callable[[host_pb2.Host], None] | None = None) -> host_pb2.Host:
         """As :meth:`quanta.Client.drain_host`."""
@@ -227,36 +187,5 @@ class Client(ClientBase):
                     return done
         raise wait.timed_out(timeout_s)
 
-    list_orphans = pages(Calls.list_orphans)
-    adopt_orphan = unary(Calls.adopt_orphan)
-    destroy_orphan = unary(Calls.destroy_orphan)
 
-    # Tenants, projects and quotas
-    create_tenant = unary(Calls.create_tenant)
-    get_tenant = unary(Calls.get_tenant)
-    list_tenants = listed(Calls.list_tenants)
-    update_tenant = unary(Calls.update_tenant)
-    delete_tenant = unary(Calls.delete_tenant)
-    create_project = unary(Calls.create_project)
-    get_project = unary(Calls.get_project)
-    list_projects = listed(Calls.list_projects)
-    delete_project = unary(Calls.delete_project)
-    get_quota = unary(Calls.get_quota)
-    update_quota = unary(Calls.update_quota)
-    list_quotas = listed(Calls.list_quotas)
-
-    # Catalog
-    create_flavor = unary(Calls.create_flavor)
-    list_flavors = listed(Calls.list_flavors)
-    delete_flavor = unary(Calls.delete_flavor)
-    create_image = unary(Calls.create_image)
-    list_images = listed(Calls.list_images)
-    delete_image = unary(Calls.delete_image)
-
-    # Tokens and audit
-    create_token = unary(Calls.create_token)
-    get_token = unary(Calls.get_token)
-    revoke_token = unary(Calls.revoke_token)
-    whoami = unary(Calls.whoami)
-    list_audit = listed(Calls.list_audit)
-    watch_audit = stream(Calls.watch_audit)
+install(Client, unary=unary, pages=pages, listed=listed, stream=stream)

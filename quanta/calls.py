@@ -4,7 +4,9 @@
 the call (:class:`Unary`, :class:`Pages` or :class:`Stream`) and does no I/O. The
 sync :class:`quanta.Client` and the asyncio :class:`quanta.aio.Client` differ only
 in how they carry a description out (blocking, or awaiting), through the
-``unary``/``pages``/``listed``/``stream`` method factories each defines.
+``unary``/``pages``/``listed``/``stream`` method factories each defines; which
+builder each SDK method calls, and of which kind, is a table written once
+(:class:`quanta.methods.Methods`) that each client installs with its factories.
 
 Retries are the channel's: :func:`service_config` gives gRPC a retry policy for
 UNAVAILABLE on the methods in :data:`RETRIED` (reads, idempotent verbs, and

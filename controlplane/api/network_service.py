@@ -16,7 +16,7 @@ import grpc
 
 from controlplane import backings
 from controlplane.addressing import parse_subnet
-from controlplane.api import errors, validation
+from controlplane.api import errors, paging, validation
 from controlplane.api.access import audit_draft, require
 from controlplane.api.convert import network_to_proto
 from controlplane.api.interceptors import error_for_exception
@@ -63,6 +63,14 @@ def _require_write(tenant: str, project: str, name: str) -> None:
 
 def _require_read(tenant: str, project: str, name: str, kind: str = "network") -> None:
     require(Action.READ, tenant, None if project == SHARED else project, kind=kind, name=name)
+
+
+def _check_position(position: str) -> None:
+    """A ListNetworks page token's position: "p:{id}" in the project's networks,
+    "s:{id}" in the tenant's shared ones (no id: that section's start)."""
+    section, _, after = position.partition(":")
+    if section not in ("p", "s") or (after and not validation.RESOURCE_ID.match(after)):
+        raise errors.invalid_argument([("page_token", "not a token of this listing")], "PAGE_TOKEN_INVALID")
 
 
 def _store_error(err: StoreError, kind: str, name: str, request_id: str = "") -> errors.ApiError:
@@ -151,24 +159,13 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
 
     async def ListNetworks(self, request: network_pb2.ListNetworksRequest,
                            context) -> network_pb2.ListNetworksResponse:
-        v = validation.Violations()
-        owner = v.capture(validation.parse_network_owner, request.parent)
-        size = v.capture(validation.page_size, request.page_size)
-        selector = v.capture(validation.parse_label_selector, request.label_selector)
-        if request.include_shared and owner and owner[1] == SHARED:
-            v.add("include_shared", "only with a project parent")
-        v.raise_if_any()
-        tenant, project = v.valid(owner)
-        size, selector = v.valid(size), v.valid(selector)
-        _require_read(tenant, project, request.parent, "tenant" if project == SHARED else "project")
-        scope = (f"networks|{request.parent}|{int(request.include_shared)}|"
-                 f"{validation.format_label_selector(selector)}")
-        token = validation.decode_page_token(request.page_token, scope)
-        revision, position = token if token else (0, "")
-        # The position: "p:{id}" in the project's networks, "s:{id}" in the shared ones.
-        section, _, after = position.partition(":")
-        if position and (section not in ("p", "s") or (after and not validation.RESOURCE_ID.match(after))):
-            raise errors.invalid_argument([("page_token", "not a token of this listing")], "PAGE_TOKEN_INVALID")
+        listing = paging.project_listing(
+            "networks", request.parent, request.page_size, request.label_selector, request.page_token,
+            parse_parent=validation.parse_network_owner, shape=[str(int(request.include_shared))],
+            project_only=("include_shared",) if request.include_shared else (), check_position=_check_position)
+        tenant, project, size, selector, revision = (listing.tenant, listing.project, listing.size,
+                                                     listing.selector, listing.revision)
+        section, _, after = listing.after.partition(":")
         sections = [(project, "p")] + ([(SHARED, "s")] if request.include_shared else [])
         if section == "s":
             sections = sections[1:]
@@ -194,7 +191,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         except Compacted as err:
             raise errors.out_of_range("the listing's revision was compacted; start it again",
                                       "PAGE_TOKEN_EXPIRED") from err
-        token_out = validation.encode_page_token(scope, revision, next_position) if next_position else ""
+        token_out = validation.encode_page_token(listing.scope, revision, next_position) if next_position else ""
         return network_pb2.ListNetworksResponse(networks=[network_to_proto(view) for view in views],
                                                 next_page_token=token_out, resource_version=revision)
 

@@ -13,7 +13,7 @@ from controlplane.tenancy import DIMENSIONS
 from quanta.cli import views
 from quanta.cli.errors import guarded
 from quanta.cli.output import Printer
-from quanta.cli.resources import common_options, run_with_client
+from quanta.cli.resources import common_options, run_with_client, verb_maker
 from quanta.client import ROLES, Client
 from quanta.errors import Aborted
 
@@ -77,18 +77,11 @@ def _update_tenant(client: Client, args) -> object:
 def fill_parser(kind: str, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the verbs of ``quanta KIND`` to ``parser``, which was made with
     ``parents=[common_options(False)]`` (here, or in the completion scripts' tree)."""
-    common = common_options(True)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     ids = {"tenant": "TENANT", "project": "PROJECT", "quota": "TENANT[/PROJECT]", "flavor": "FLAVOR",
            "image": "IMAGE", "token": "TOKEN"}
-
-    def verb(name: str, help_text: str, *, named: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
-                           parents=[common])
-        if named:
-            p.add_argument("id", metavar=ids[kind], help=f"the {kind}'s id" + (
-                " (a tenant's ticket) or TENANT/PROJECT (a project's quota)" if kind == "quota" else ""))
-        return p
+    verb = verb_maker(sub, [common_options(True)], "id", ids.get(kind, kind.upper()), f"the {kind}'s id" + (
+        " (a tenant's ticket) or TENANT/PROJECT (a project's quota)" if kind == "quota" else ""))
 
     if kind in ("tenant", "project"):
         create = verb("create", f"create a {kind}")

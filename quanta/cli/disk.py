@@ -9,23 +9,16 @@ import argparse
 from controlplane.gen.quanta.v1 import common_pb2
 from quanta.cli import views
 from quanta.cli.output import Printer
-from quanta.cli.resources import common_options, key_value, run_with_client
+from quanta.cli.resources import common_options, key_value, run_with_client, verb_maker
 from quanta.client import Client
 
 
 def fill_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the verbs of ``quanta disk`` to ``parser`` (made with
     ``parents=[common_options(False)]``, here or in the completion scripts' tree)."""
-    common = common_options(True)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    def verb(name: str, help_text: str, *, named: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
-                           parents=[common])
-        if named:
-            p.add_argument("name", metavar="DISK", help="the disk's id (or its full name)")
-        return p
-
+    verb = verb_maker(sub, [common_options(True)], "name", "DISK", "the disk's id (or its full name)")
     create = verb("create", "create a persistent disk (AVAILABLE), charged to the project's quota")
     create.add_argument("--size", type=int, required=True, metavar="GIB", help="its size in GiB (1-65536)")
     create.add_argument("--class", dest="datastore_class", default="", metavar="CLASS",

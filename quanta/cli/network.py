@@ -9,7 +9,7 @@ import argparse
 from controlplane.gen.quanta.v1 import common_pb2
 from quanta.cli import views
 from quanta.cli.output import Printer
-from quanta.cli.resources import common_options, key_value, run_with_client
+from quanta.cli.resources import common_options, key_value, run_with_client, verb_maker
 from quanta.client import Client
 
 
@@ -28,18 +28,11 @@ def _servers(text: str) -> list[str]:
 def fill_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the verbs of ``quanta network`` to ``parser`` (made with
     ``parents=[common_options(False)]``, here or in the completion scripts' tree)."""
-    common = common_options(True)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    def verb(name: str, help_text: str, *, named: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
-                           parents=[common])
-        if named:
-            p.add_argument("name", metavar="NETWORK", help="the network's id (or its full name)")
-        p.add_argument("--shared", action="store_true",
-                       help="the tenant's shared network (for all its projects) rather than the project's")
-        return p
-
+    shared = argparse.ArgumentParser(add_help=False)  # every verb takes --shared
+    shared.add_argument("--shared", action="store_true",
+                        help="the tenant's shared network (for all its projects) rather than the project's")
+    verb = verb_maker(sub, [common_options(True), shared], "name", "NETWORK", "the network's id (or its full name)")
     create = verb("create", "create a network on a port group of the hosts")
     create.add_argument("--backing", required=True, metavar="PORTGROUP",
                         help="the (distributed) port group on the hosts; VMs go only to hosts that reach it")

@@ -63,6 +63,24 @@ def common_options(suppress: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def verb_maker(sub, parents: Sequence[argparse.ArgumentParser], dest: str, metavar: str,
+               id_help: str) -> Callable[..., argparse.ArgumentParser]:
+    """``verb(name, help_text, *, named=True)`` for one kind's subcommands ``sub``:
+    it adds the verb ``name`` with ``parents`` (the common options, and any option
+    every verb of the kind takes), ``help_text`` in the verb list and, capitalised
+    and with a full stop, as its description; with ``named``, the positional id of
+    the resource (``dest``, ``metavar``, ``id_help``). Returns the verb's parser."""
+
+    def verb(name: str, help_text: str, *, named: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                           parents=list(parents))
+        if named:
+            p.add_argument(dest, metavar=metavar, help=id_help)
+        return p
+
+    return verb
+
+
 def add_wait(parser: argparse.ArgumentParser, what: str) -> None:
     """``--wait`` and ``--timeout`` for a verb whose effect is asynchronous."""
     parser.add_argument("--wait", action="store_true", help=f"wait until {what}, showing progress")
@@ -293,13 +311,12 @@ def _vm_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser)
     delete.add_argument("--delete-disks", action="store_true",
                         help="also delete their persistent disks (default: detached and kept)")
     add_wait(delete, "they are gone")
+    vm_verb = verb_maker(sub, [common], "name", "VM", "VM id (web-1, vms/web-1 or its full name)")
     for name, help_text in (("attach-disk", "attach a persistent disk to a VM (hot; its host must reach the "
                                             "disk's datastore class)"),
                             ("detach-disk", "detach a persistent disk from a VM (kept; AVAILABLE once its host "
                                             "let go of it)")):
-        disk_verb = sub.add_parser(name, parents=[common], help=help_text,
-                                   description=help_text[:1].upper() + help_text[1:] + ".")
-        disk_verb.add_argument("name", metavar="VM", help="VM id (web-1, vms/web-1 or its full name)")
+        disk_verb = vm_verb(name, help_text)
         disk_verb.add_argument("disk", metavar="DISK", help="the disk's id (or its full name)")
         disk_verb.add_argument("--etag", default="", help="only if the VM is still at this etag")
     listing = sub.add_parser("list", parents=[common], help="list the project's VMs")

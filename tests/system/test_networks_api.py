@@ -11,6 +11,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
+from controlplane.api import validation
 from controlplane.api.errors import ApiError
 from controlplane.gen.quanta.v1 import common_pb2, network_pb2, network_pb2_grpc
 from quanta.client import Client
@@ -159,3 +160,33 @@ def test_bad_grants_are_refused_field_by_field(admin: Client) -> None:
     err = error(lambda: admin.create_tenant("bad-grants", network_backings=["dup", "dup"]))
     assert err.field_violations == [("tenant.network_backings[1]", "'dup' is listed twice")]
     assert error(lambda: admin.get_tenant("bad-grants")).code is grpc.StatusCode.NOT_FOUND
+
+
+def test_bad_list_requests_are_refused_field_by_field(admin: Client) -> None:
+    """Every field violation of a ListNetworks at once (include_shared only with a
+    project parent); a token of another listing (include_shared flipped) is
+    INVALID_PAGE_TOKEN; a token of this listing whose position is not "p:ID" or "s:ID"
+    is PAGE_TOKEN_INVALID (the tokens below are made as the service makes them)."""
+    bad = error(lambda: admin._call(stub(admin).ListNetworks, network_pb2.ListNetworksRequest(
+        parent=f"tenants/{TENANT}", include_shared=True, page_size=-1, label_selector="a!=b")))
+    assert (bad.code, bad.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
+    assert [path for path, _ in bad.field_violations] == ["page_size", "label_selector", "include_shared"]
+    for i in range(2):
+        create(admin, PARENT, f"paged-{i}")
+    first = admin._call(stub(admin).ListNetworks, network_pb2.ListNetworksRequest(parent=PARENT, page_size=1))
+    assert first.next_page_token
+    other = error(lambda: admin._call(stub(admin).ListNetworks, network_pb2.ListNetworksRequest(
+        parent=PARENT, include_shared=True, page_token=first.next_page_token)))
+    assert (other.code, other.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+    scope = f"networks|{PARENT}|1|"
+    for position in ("x:own-0", "p:Bad_Id", "own-0"):
+        token = validation.encode_page_token(scope, first.resource_version, position)
+        refused = error(lambda token=token: admin._call(stub(admin).ListNetworks, network_pb2.ListNetworksRequest(
+            parent=PARENT, include_shared=True, page_token=token)))
+        assert (refused.code, refused.reason, refused.field_violations) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", [("page_token", "not a token of this listing")])
+    shared_only = admin._call(stub(admin).ListNetworks, network_pb2.ListNetworksRequest(
+        parent=PARENT, include_shared=True, page_size=1000,
+        page_token=validation.encode_page_token(scope, first.resource_version, "s:")))
+    assert shared_only.networks and all(
+        n.name.startswith(f"tenants/{TENANT}/networks/") for n in shared_only.networks)

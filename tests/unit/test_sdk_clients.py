@@ -28,6 +28,7 @@ from controlplane.gen.quanta.v1 import (
     vm_pb2_grpc,
 )
 from quanta import calls, errors
+from quanta import methods as sdk_methods
 from quanta.waits import DrainWait, VmWait
 
 
@@ -88,6 +89,9 @@ def test_both_clients_have_the_same_methods_with_the_same_parameters() -> None:
     # Calls answered by one message are coroutines in asyncio; lists of all items too.
     for name in ("create_vm", "get_vm", "delete_vm", "wait_for_vm", "drain_host", "list_tenants", "close"):
         assert inspect.iscoroutinefunction(aio[name]), name
+    # The table written once (quanta.methods) is installed on both: plain functions, no marker left.
+    table = [name for name in vars(sdk_methods.Methods) if not name.startswith("_")]
+    assert len(table) > 50 and all(inspect.isfunction(sync[name]) and inspect.isfunction(aio[name]) for name in table)
 
 
 def test_the_retry_policy_names_real_methods_and_only_idempotent_ones() -> None:
