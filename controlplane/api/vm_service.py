@@ -785,7 +785,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
     async def DetachDisk(self, request: vm_pb2.DetachDiskRequest, context) -> vm_pb2.Vm:
         """The disk leaves the VM's spec; in the same transaction its attachment is
         deleted (a VM not on a host: AVAILABLE at once) or marked detaching (the host's
-        agent deletes it once it let go: ``DiskStore.detach_done``)."""
+        agent deletes it once it let go: ``AgentDiskStore.detach_done``)."""
         tenant, project, vm_id = validation.parse_vm_name(request.name)
         require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
         disk_id = validation.parse_disk_of(request.disk, tenant, project, "disk")
