@@ -542,7 +542,9 @@ class VmSet:
     or not at all. Written by a frontend at admission (PENDING), then by the scheduler
     shard ``shard`` (every member's): PLACED in the bind's txn, FAILED at the deadline
     (its members removed, their quota released, in one txn), ``reason``/``message``
-    the shortfall while PENDING."""
+    the shortfall while PENDING. ``failing``: PENDING between the parts of a failure
+    too large for one txn (``SchedulingStore.fail_set``), ``reason``/``message`` the
+    failure's; such a set is never bound, only failed (with them)."""
 
     ref: VmSetRef
     uid: str
@@ -555,6 +557,7 @@ class VmSet:
     reason: str = ""
     message: str = ""
     request_id: str = ""
+    failing: bool = False
 
     def member(self, vm_id: str) -> VmRef:
         return VmRef(self.ref.tenant, self.ref.project, vm_id)
@@ -563,14 +566,15 @@ class VmSet:
         return rec.VmSetRecord(
             uid=self.uid, vms=list(self.vms), shard=self.shard, state=int(self.state),
             create_time_ns=self.create_time_ns, deadline_ns=self.deadline_ns, update_time_ns=self.update_time_ns,
-            reason=self.reason, message=self.message, request_id=self.request_id).SerializeToString()
+            reason=self.reason, message=self.message, request_id=self.request_id,
+            failing=self.failing).SerializeToString()
 
     @classmethod
     def from_bytes(cls, ref: VmSetRef, data: bytes) -> VmSet:
         m = rec.VmSetRecord.FromString(data)
         state = VmSetState(m.state) if m.state in (0, 1, 2) else VmSetState.PENDING
         return cls(ref, m.uid, tuple(m.vms), m.shard, state, m.create_time_ns, m.deadline_ns, m.update_time_ns,
-                   m.reason, m.message, m.request_id)
+                   m.reason, m.message, m.request_id, m.failing)
 
 
 @dataclass(frozen=True, slots=True)

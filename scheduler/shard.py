@@ -456,6 +456,8 @@ class ShardScheduler:
                 if fresh.vm_set is None:
                     log.warning("set record missing; its members wait for it",
                                 extra={"shard": self.shard, "set": set_ref.name})
+                elif fresh.vm_set.state == VmSetState.PENDING and fresh.vm_set.failing:
+                    self._queue.add(set_ref)  # left between the parts of its failure: finish it now
                 elif fresh.vm_set.state == VmSetState.PENDING and fresh.vm_set.deadline_ns:
                     self._queue.add_after(set_ref, max(0, fresh.vm_set.deadline_ns - now) / 1e9)
         alone: list[VmRef] = []
@@ -485,6 +487,12 @@ class ShardScheduler:
 
     async def _place_set(self, set_ref: VmSetRef, vm_set: VmSet, revision: int) -> None:
         members = self._members_of(vm_set)
+        if vm_set.failing:
+            # Left between the parts of its failure (some members removed already): only
+            # ever finished failing, with its own reason and message, whatever this
+            # process's clock says of its deadline.
+            await self._fail_set(vm_set, revision, members, vm_set.reason, vm_set.message)
+            return
         if vm_set.deadline_ns and now_ns() >= vm_set.deadline_ns:
             # The last shortfall told (this process's, else the record's) says why.
             shortfall = self._set_told.get(set_ref) or (vm_set.message if vm_set.reason == "SetDoesNotFit" else "")

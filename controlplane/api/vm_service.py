@@ -673,12 +673,17 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         """DeleteVm with ``delete_disks``: in the deletion's own transaction, each of the
         VM's disks is marked DELETING and its quota released (``disks.deletion``; the
         attachments stay until the VM is removed). A VM being deleted already gets
-        only its disks marked, in one txn with the call's audit record. Raises what
-        request_delete raises."""
+        only its disks marked, in one txn with the call's audit record. Only a disk
+        whose attachment names this VM (its uid) is marked, its attachment compared as
+        read: one the VM let go of (removed since it was read) and another VM took is
+        never marked. Raises what request_delete raises."""
         for _attempt in range(_DISK_ATTEMPTS):
             record = await self._store.get(ref)
+            uid = record.spec.uid
             names = [DiskName(ref.tenant, ref.project, d.disk_id) for d in record.spec.disks]
-            views = [v for v in await self._disks.get_many(names) if v is not None and not v.disk.deleting]
+            views = [v for v in await self._disks.get_many(names)
+                     if v is not None and not v.disk.deleting and v.attachment is not None
+                     and v.attachment.vm_uid == uid]
             charges = [disk_deletion(self._store.keys, view, attached_ok=True) for view in views]
             read = record.spec.disks
 
@@ -688,7 +693,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
 
             async def changed(views: list = views) -> None:
                 now = await self._disks.get_many([v.disk.ref for v in views])
-                if [v.revision if v else 0 for v in now] != [v.revision for v in views]:
+                if ([(v.revision, v.attachment_revision) if v else (0, 0) for v in now]
+                        != [(v.revision, v.attachment_revision) for v in views]):
                     raise _Reread()
 
             also = [w for c in charges for w in c.writes]
@@ -779,7 +785,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
     async def DetachDisk(self, request: vm_pb2.DetachDiskRequest, context) -> vm_pb2.Vm:
         """The disk leaves the VM's spec; in the same transaction its attachment is
         deleted (a VM not on a host: AVAILABLE at once) or marked detaching (the host's
-        agent deletes it once it let go: ``DiskStore.detach_done``)."""
+        agent deletes it once it let go: ``AgentDiskStore.detach_done``)."""
         tenant, project, vm_id = validation.parse_vm_name(request.name)
         require(Action.WRITE_VMS, tenant, project, kind="vm", name=request.name)
         disk_id = validation.parse_disk_of(request.disk, tenant, project, "disk")

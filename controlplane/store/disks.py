@@ -244,15 +244,17 @@ def deletion(keys: Keys, view: DiskView, *, at_ns: int = 0, attached_ok: bool = 
     """What marking a disk DELETING compares, writes and releases: its record unchanged
     since ``view`` was read, rewritten with ``delete_time_ns`` (the first write), its
     key in the agents' work index put (:func:`deleting_work`), and the quota it holds
-    (``Usage.of_disk``) released, in one transaction. Unless ``attached_ok`` (DeleteVm's
-    ``delete_disks``: its VM still has it until removed), its attachment must be absent.
+    (``Usage.of_disk``) released, in one transaction. Its attachment must be absent;
+    with ``attached_ok`` (DeleteVm's ``delete_disks``: its VM still has it until removed)
+    it must be the one ``view`` read (its mod_revision): an attach writes the attachment,
+    not the record, so a disk whose VM was removed since and another VM took fails it.
     The one place for it. Pure."""
     disk = view.disk
     key = keys.disk(disk.tenant, disk.project, disk.disk_id)
     at = at_ns or now_ns()
-    compares = [ops.mod_revision_is(key, view.revision)]
-    if not attached_ok:
-        compares.append(ops.absent(keys.disk_attachment(disk.tenant, disk.project, disk.disk_id)))
+    attachment = keys.disk_attachment(disk.tenant, disk.project, disk.disk_id)
+    compares = [ops.mod_revision_is(key, view.revision),
+                ops.mod_revision_is(attachment, view.attachment_revision) if attached_ok else ops.absent(attachment)]
     prefix = keys.disk_prefix(disk.tenant, disk.project, disk.disk_id)
     return Charge(-Usage.of_disk(disk.size_gib), compares,
                   [ops.put(key, disk.with_(delete_time_ns=at, update_time_ns=at).to_bytes()),
@@ -454,8 +456,10 @@ class DiskStore:
         """Mark the disks ``views`` (as read; a VM still has them: DeleteVm's
         ``delete_disks`` on a VM being deleted already) DELETING and release their quota
         in ONE transaction with the puts ``also`` (its audit record): :func:`deletion`
-        of each, ``attached_ok``. Returns its revision; 0 when a disk changed since it
-        was read (nothing written: read them again)."""
+        of each, ``attached_ok``: each record and attachment as read, so pass only views
+        whose attachment names the VM being deleted (its uid). Returns its revision; 0
+        when a disk or its attachment changed since it was read (nothing written: read
+        them again)."""
         if not views:
             raise ValueError("no disk to mark")
         charges = [deletion(self._keys, view, attached_ok=True) for view in views]

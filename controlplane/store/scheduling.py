@@ -268,7 +268,11 @@ class SchedulingStore:
         without members is a HostBind with no VMs).
 
         Sends nothing and returns ``too_large`` when that txn would exceed the
-        server's max_txn_ops (measured on the built txn). Not retried here."""
+        server's max_txn_ops (measured on the built txn). Not retried here. Raises
+        ValueError for a set being failed (``vm_set.failing``: some of its members are
+        removed already; it is only ever failed, :meth:`fail_set`)."""
+        if vm_set.failing:
+            raise ValueError(f"set {vm_set.ref.name} is being failed ({vm_set.reason}); it is never bound")
         at = now_ns()
         k = self._keys
         ref = vm_set.ref
@@ -300,7 +304,10 @@ class SchedulingStore:
     async def write_set_shortfall(self, vm_set: VmSet, set_revision: int, reason: str, message: str) -> int:
         """Record why a pending set does not fit on its record (compared by
         ``set_revision``). Returns the record's new mod_revision, 0 when it changed
-        meanwhile (nothing written: read it again)."""
+        meanwhile or is being failed (``vm_set.failing``: its reason is the failure's;
+        nothing written: read it again)."""
+        if vm_set.failing:
+            return 0
         ref = vm_set.ref
         key = self._keys.vm_set(ref.tenant, ref.project, ref.set_id)
         told = VmSet(ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.PENDING, vm_set.create_time_ns,
@@ -319,9 +326,11 @@ class SchedulingStore:
         parts that each fit (:func:`failure_parts`; a member may have taken more
         since its admission, e.g. disks attached while pending), in order, each
         comparing the record as the part before wrote it: every part but the last
-        writes the record still PENDING with its deadline past (``reason``,
-        ``message``), so that the set is never bound with members missing, and
-        whoever reads it next fails it again; the last writes it FAILED.
+        writes the record still PENDING, marked ``failing`` (with ``reason``,
+        ``message``, its deadline past too), so that the set is never bound with
+        members missing (:meth:`bind_set` refuses it, whatever the reader's clock)
+        and whoever reads it next finishes the failure with that reason and message;
+        the last writes it FAILED.
 
         Returns False when a compare failed (the part failing wrote nothing): the
         fence (the caller checks its lock), the record or a member's entry changed;
@@ -332,7 +341,7 @@ class SchedulingStore:
         failed = VmSet(ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.FAILED, vm_set.create_time_ns,
                        vm_set.deadline_ns, at, reason, message, vm_set.request_id)
         failing = VmSet(ref, vm_set.uid, vm_set.vms, vm_set.shard, VmSetState.PENDING, vm_set.create_time_ns,
-                        min(vm_set.deadline_ns or at, at), at, reason, message, vm_set.request_id)
+                        min(vm_set.deadline_ns or at, at), at, reason, message, vm_set.request_id, failing=True)
         if self._ledger is None:
             self._ledger = UsageLedger(self._etcd, self._keys)
         parts = failure_parts(k, fence, failed, members, self._etcd.max_txn_ops)

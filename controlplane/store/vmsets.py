@@ -165,8 +165,9 @@ def _bind_too_large(keys: Keys, members: Sequence[Member], limit: int) -> SetToo
 @dataclass(frozen=True, slots=True)
 class Shape:
     """What a member takes besides its own keys, as a set's worst case counts it: its
-    NICs (a port each; ``static_nics`` of them an address too), each on a network of
-    its own (a network compare each), and its disks (an attachment each)."""
+    NICs (a port and a MAC each, as admit gives every NIC a MAC; ``static_nics`` of
+    them an address too), each on a network of its own (a network compare each), and
+    its disks (an attachment each)."""
 
     nics: int = 0
     static_nics: int = 0
@@ -202,7 +203,8 @@ def most_members(max_txn_ops: int, *, with_bootstrap: bool, also: int = 1, shape
 
 def _worst_case(keys: Keys, n: int, with_bootstrap: bool, also: int, shape: Shape = Shape()) -> Charge:
     """A set of ``n`` members of ``shape`` as :func:`admission` builds it: each NIC on a
-    network of its own, the static ones with an address, each disk its own."""
+    network of its own with a MAC of its own (admit draws one for every NIC), the
+    static ones with an address, each disk its own."""
     ref = VmSetRef("t", "p", "s")
     members = []
     networks: dict[str, int] = {}
@@ -213,7 +215,8 @@ def _worst_case(keys: Keys, n: int, with_bootstrap: bool, also: int, shape: Shap
             networks[network] = 1
             static = j < shape.static_nics
             nics.append(Nic(network, f"uid-{j}", f"pg-{j}", AddressMode.STATIC if static else AddressMode.DHCP,
-                            f"10.{j}.{i // 256}.{i % 256}" if static else "", 16 if static else 0))
+                            f"10.{j}.{i // 256}.{i % 256}" if static else "", 16 if static else 0,
+                            mac=f"02:{j % 256:02x}:" + ":".join(f"{i >> shift & 255:02x}" for shift in (24, 16, 8, 0))))
         disks = tuple(DiskRef(f"d-{i}-{j}", f"u-{i}-{j}", 1) for j in range(shape.disks))
         spec = VmSpec(ref=VmRef("t", "p", f"vm-{i}"), uid="u", flavor="f", image="i",
                       resources=Resources(1, 1, 1), vm_set="s", nics=tuple(nics), disks=disks)

@@ -24,6 +24,7 @@ from controlplane.gen.quanta.v1 import disk_pb2, vm_pb2
 from controlplane.models import HostAllocation, HostRegistration, Resources, VmRef, datastore_label
 from controlplane.store.agentdisks import AgentDiskStore
 from controlplane.store.catalog import Catalog, seed_defaults
+from controlplane.store.claims import release_ops
 from controlplane.store.disks import DiskStore
 from controlplane.store.keys import Keys
 from controlplane.store.ledger import UsageLedger
@@ -277,6 +278,45 @@ def test_delete_vm_with_its_disks(etcd_endpoint: str, root: str) -> None:
             # A second delete_disks changes nothing more.
             await fe.vms.DeleteVm(vm_pb2.DeleteVmRequest(name=f"{PARENT}/vms/vm-a", delete_disks=True), None)
             assert await TenancyStore(client, keys).usage(TENANT, PROJECT) == after
+
+    run(main())
+
+
+def test_delete_disks_of_a_vm_being_deleted_skips_a_disk_another_vm_took(etcd_endpoint: str, root: str) -> None:
+    """DeleteVm(delete_disks) on a VM being deleted already reads it (the disk in its
+    spec); before the disk is read, the VM is finally removed (its attachment released
+    as claims.release_ops does) and another VM takes the disk: the disk, now another
+    VM's, is left alone (ATTACHED, its quota held)."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with frontends(etcd_endpoint, root, 1) as (fe,):
+            client = fe.vms_store.client
+            await fe.disk("taken", 6)
+            await fe.vm("vm-old", "taken")
+            await bind(client, keys, "vm-old", "h1", classes=("standard",))  # no agent: stays DELETING
+            await fe.vms.DeleteVm(vm_pb2.DeleteVmRequest(name=f"{PARENT}/vms/vm-old"), None)
+            old = await fe.vms_store.get(VmRef(TENANT, PROJECT, "vm-old"))
+            assert old.spec.deleting
+            real_get_many = fe.disks_store.get_many
+            raced: list[bool] = []
+
+            async def get_many(names):
+                if not raced:  # between the VM's read and its disks' read
+                    raced.append(True)
+                    ref = old.spec.ref
+                    await client.txn([], [ops.delete(keys.vm_spec(ref)), ops.delete(keys.vm_status(ref)),
+                                          *release_ops(keys, old.spec)])
+                    await fe.vm("vm-new", "taken")
+                return await real_get_many(names)
+
+            fe.disks_store.get_many = get_many  # type: ignore[method-assign]
+            before = await TenancyStore(client, keys).usage(TENANT, PROJECT)
+            await fe.vms.DeleteVm(vm_pb2.DeleteVmRequest(name=f"{PARENT}/vms/vm-old", delete_disks=True), None)
+            assert raced
+            disk = await fe.get_disk("taken")
+            assert disk.state == disk_pb2.Disk.ATTACHED and disk.vm == f"{PARENT}/vms/vm-new"
+            after = await TenancyStore(client, keys).usage(TENANT, PROJECT)
+            assert (after.data_disks, after.data_disk_gib) == (before.data_disks, before.data_disk_gib)
 
     run(main())
 

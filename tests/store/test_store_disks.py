@@ -347,3 +347,33 @@ def test_a_project_holding_disks_is_not_deleted_until_they_are(etcd_endpoint: st
             assert await client.get(keys.project(TENANT, "other")) is None
 
     run(main())
+
+
+def test_delete_attached_never_marks_a_disk_another_vm_took_since_it_was_read(etcd_endpoint: str,
+                                                                               root: str) -> None:
+    """DeleteVm(delete_disks) on a VM being deleted already reads the VM and its disk;
+    the VM is then finally removed (its attachment deleted, as claims.release_ops does)
+    and the disk attached to another VM (its record unchanged). Marking the disk with the
+    earlier view must fail: the attachment is compared as read, not only the record."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            disks, vms = DiskStore(client, keys), VmStore(client, keys)
+            view, _ = await disks.create(make_disk("moved", 12))
+            one, _ = await vms.create(make_vm("vm-1", view), disk_revisions={"moved": view.revision})
+            read = await disks.get(view.disk.ref)
+            assert read.attachment is not None and read.attachment.vm_uid == one.spec.uid
+            # vm-1 finally removed: its attachment goes (the record stays as it was).
+            await client.txn([], [ops.delete(keys.disk_attachment(TENANT, PROJECT, "moved"))])
+            two, _ = await vms.create(make_vm("vm-2", view), disk_revisions={"moved": view.revision})
+            before = await usage(client, keys)
+            assert await disks.delete_attached([read]) == 0
+            now = await disks.get(view.disk.ref)
+            assert not now.disk.deleting and now.state is DiskState.ATTACHED
+            assert now.attachment is not None and now.attachment.vm_uid == two.spec.uid
+            assert await usage(client, keys) == before  # its quota still held
+            # Read again, the disk is vm-2's: marking it as vm-2's (its own view) works.
+            assert await disks.delete_attached([now]) > 0
+            assert (await disks.get(view.disk.ref)).disk.deleting
+
+    run(main())

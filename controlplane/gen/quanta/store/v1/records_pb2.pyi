@@ -233,7 +233,7 @@ class DiskAttachment(_message.Message):
     def __init__(self, vm: _Optional[str] = ..., vm_uid: _Optional[str] = ..., detaching: _Optional[bool] = ..., attach_time_ns: _Optional[int] = ...) -> None: ...
 
 class VmSetRecord(_message.Message):
-    __slots__ = ("uid", "vms", "shard", "state", "create_time_ns", "deadline_ns", "update_time_ns", "reason", "message", "request_id")
+    __slots__ = ("uid", "vms", "shard", "state", "create_time_ns", "deadline_ns", "update_time_ns", "reason", "message", "request_id", "failing")
     UID_FIELD_NUMBER: _ClassVar[int]
     VMS_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +244,7 @@ class VmSetRecord(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILING_FIELD_NUMBER: _ClassVar[int]
     uid: str
     vms: _containers.RepeatedScalarFieldContainer[str]
     shard: int
@@ -254,7 +255,8 @@ class VmSetRecord(_message.Message):
     reason: str
     message: str
     request_id: str
-    def __init__(self, uid: _Optional[str] = ..., vms: _Optional[_Iterable[str]] = ..., shard: _Optional[int] = ..., state: _Optional[int] = ..., create_time_ns: _Optional[int] = ..., deadline_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    failing: bool
+    def __init__(self, uid: _Optional[str] = ..., vms: _Optional[_Iterable[str]] = ..., shard: _Optional[int] = ..., state: _Optional[int] = ..., create_time_ns: _Optional[int] = ..., deadline_ns: _Optional[int] = ..., update_time_ns: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ..., failing: _Optional[bool] = ...) -> None: ...
 
 class BootstrapSummary(_message.Message):
     __slots__ = ("format", "size_bytes", "sha256")
