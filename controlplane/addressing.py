@@ -3,14 +3,15 @@ what a subnet accepts, what its pool is, which address a static NIC may ask for,
 how free pool addresses are found. Pure: no I/O, randomness passed in.
 
 Vocabulary: a subnet is an IPv4 ``cidr`` with an optional ``gateway`` (never handed
-out) and a *range* ``range_start..range_end`` (inclusive, inside the cidr's host
-addresses), the *pool* STATIC_POOL addresses come from: the range minus the gateway.
-A STATIC address may be any host address of the cidr but the gateway (in the range
-or not). Every address handed out on a backing (port group: one L2 segment) shares
-one key space, ``addresses/{backing}/{ip}`` with the address as 8 hex digits
-(``keys.ip_key``), whichever network on the backing and whichever mode asked for it:
-an address is never handed out twice on one segment, and a pool's range is one key
-range, read from any point in address order.
+out: its network claims it on the backing, ``store/networks.py``) and a *range*
+``range_start..range_end`` (inclusive, inside the cidr's host addresses), the *pool*
+STATIC_POOL addresses come from: the range minus the gateway. A STATIC address may
+be any host address of the cidr but the gateway (in the range or not). Every address
+handed out on a backing (port group: one L2 segment) shares one key space,
+``addresses/{backing}/{ip}`` with the address as 8 hex digits (``keys.ip_key``),
+whichever network on the backing and whichever mode asked for it: an address is
+never handed out twice on one segment, and a pool's range is one key range, read
+from any point in address order.
 
 Finding free addresses (:class:`PoolSearch`) costs a window, not the pool: from a
 random start in the range, one keys-only read of at most :data:`WINDOW` keys; the

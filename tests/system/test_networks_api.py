@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import common_pb2, network_pb2, network_pb2_grpc
+from controlplane.gen.quanta.v1 import common_pb2, network_pb2, network_pb2_grpc, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
 
@@ -159,3 +159,21 @@ def test_bad_grants_are_refused_field_by_field(admin: Client) -> None:
     err = error(lambda: admin.create_tenant("bad-grants", network_backings=["dup", "dup"]))
     assert err.field_violations == [("tenant.network_backings[1]", "'dup' is listed twice")]
     assert error(lambda: admin.get_tenant("bad-grants")).code is grpc.StatusCode.NOT_FOUND
+
+
+def test_a_gateway_a_vm_holds_refuses_the_network(admin: Client) -> None:
+    """A VM holds 10.45.0.1 (STATIC) on a network without a gateway: a network on the
+    same backing whose gateway is 10.45.0.1 is FAILED_PRECONDITION ADDRESS_IN_USE, a
+    field violation on network.subnet.gateway; another network with a free gateway on
+    that segment is made."""
+    plain = create(admin, PARENT, "plain-45", cidr="10.45.0.0/24")
+    admin._call(admin._vms.CreateVm, vm_pb2.CreateVmRequest(
+        parent=PARENT, vm_id="holder-45", vm=vm_pb2.Vm(flavor="small", image="ubuntu", nics=[
+            vm_pb2.NetworkInterface(network=plain.name, address_mode=vm_pb2.NetworkInterface.STATIC,
+                                    ip="10.45.0.1")])))
+    refused = error(lambda: create(admin, PARENT, "routed-45", cidr="10.45.0.0/24", gateway="10.45.0.1"))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ADDRESS_IN_USE")
+    assert [path for path, _ in refused.field_violations] == ["network.subnet.gateway"]
+    assert refused.metadata == {"network": f"{PARENT}/networks/routed-45", "ip": "10.45.0.1"}
+    assert create(admin, PARENT, "routed-45", cidr="10.45.0.0/24", gateway="10.45.0.254").subnet.gateway == \
+        "10.45.0.254"
