@@ -30,10 +30,11 @@ import builtins
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from controlplane.addressing import Subnet, pool_spans
+from controlplane.addressing import Subnet
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import now_ns
+from controlplane.store.addresses import Pool
 from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
@@ -286,22 +287,18 @@ class NetworkStore:
         raise Conflict(f"the create of {n.name} raced; retry")
 
     async def _counted(self, kvs: Sequence[KeyValue], revision: int = 0) -> list[NetworkView]:
-        """Views of ``kvs`` with their pools' taken addresses counted (keys in the
-        range on the backing, the gateway excepted; one round trip, at ``revision``)."""
+        """Views of ``kvs`` with their pools' taken addresses counted (keys in
+        ``Pool.key_ranges``: the range on the backing, the network's own gateway
+        excepted; one round trip, at ``revision``)."""
         if not kvs:
             return []
         networks = [Network.from_bytes(kv.value) for kv in kvs]
         k = self._keys
         reads, spans = [], []
         for n in networks:
-            if n.subnet is None:
-                spans.append(0)
-                continue
-            lo, hi = n.subnet.bounds
-            parts = pool_spans(lo, hi, n.subnet.gateway_value)
+            parts = Pool.of(n.backing, n.subnet).key_ranges(k) if n.subnet is not None else []
             spans.append(len(parts))
-            reads += [ops.get(k.address_at(n.backing, a), k.address_at(n.backing, b + 1), revision=revision,
-                              count_only=True) for a, b in parts]
+            reads += [ops.get(start, end, revision=revision, count_only=True) for start, end in parts]
         responses = await self._etcd.txn_chunked(reads) if reads else []
         views, at = [], 0
         for n, kv, count in zip(networks, kvs, spans, strict=True):
