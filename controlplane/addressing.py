@@ -55,33 +55,31 @@ class Subnet:
     def prefix_length(self) -> int:
         return self.network.prefixlen
 
-    def _bounds(self) -> tuple[int, int]:
-        return int(ipaddress.IPv4Address(self.range_start)), int(ipaddress.IPv4Address(self.range_end))
-
     @property
     def bounds(self) -> tuple[int, int]:
         """The range's first and last address, as ints."""
-        return self._bounds()
+        return int(ipaddress.IPv4Address(self.range_start)), int(ipaddress.IPv4Address(self.range_end))
 
     @property
     def gateway_value(self) -> int | None:
+        """The gateway as an int, or None when the subnet has none."""
         return int(ipaddress.IPv4Address(self.gateway)) if self.gateway else None
 
-
     def _gateway_in_range(self) -> bool:
-        if not self.gateway:
+        value = self.gateway_value
+        if value is None:
             return False
-        lo, hi = self._bounds()
-        return lo <= int(ipaddress.IPv4Address(self.gateway)) <= hi
+        lo, hi = self.bounds
+        return lo <= value <= hi
 
     @property
     def pool_size(self) -> int:
         """How many addresses STATIC_POOL may hand out (the range but the gateway)."""
-        lo, hi = self._bounds()
+        lo, hi = self.bounds
         return hi - lo + 1 - self._gateway_in_range()
 
     def in_pool(self, ip: str) -> bool:
-        lo, hi = self._bounds()
+        lo, hi = self.bounds
         value = int(ipaddress.IPv4Address(ip))
         return lo <= value <= hi and ip != self.gateway
 

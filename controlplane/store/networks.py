@@ -21,7 +21,10 @@ compares that and writes nothing); an address a VM holds is refused
 deleted: a router's address on a segment is never a host address.
 
 A create compares its tenant's record as read, whose grants hold its backing
-(controlplane/backings.py), so a concurrent revoke refuses it or is refused.
+(controlplane/backings.py), so a concurrent revoke refuses it or is refused. That
+record is also rewritten by every project create and delete of the tenant (and a
+project's limits changing: the tenant's allocation), so network creates retry under
+project churn: at most ``_MAX_CAS_ATTEMPTS`` reads, then Conflict (ABORTED).
 """
 
 from __future__ import annotations
@@ -217,11 +220,13 @@ class NetworkStore:
         the network (:meth:`delete` leaves it: a router's address is never a host
         address). Idempotent by ``network.request_id``: a retry (same
         ``fingerprint``) returns the network the first attempt made, ``created``
-        False, nothing written. Raises AlreadyExists (the
-        name is another request's), NotFound (no such project or tenant),
-        BackingNotGranted, GatewayInUse (a VM holds the gateway's address on the
-        backing), RequestMismatch, RequestReplayed (its network is gone), Conflict
-        (the tenant's record kept changing)."""
+        False, nothing written. The tenant's record is also rewritten by the
+        tenant's project creates and deletes (and limit changes), so under project
+        churn this reads and tries again, at most ``_MAX_CAS_ATTEMPTS`` times.
+        Raises AlreadyExists (the name is another request's), NotFound (no such
+        project or tenant), BackingNotGranted, GatewayInUse (a VM holds the
+        gateway's address on the backing), RequestMismatch, RequestReplayed (its
+        network is gone), Conflict (ABORTED: the tenant's record kept changing)."""
         k = self._keys
         n = network
         key = k.network(n.tenant, n.project, n.network_id)
