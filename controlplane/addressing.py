@@ -3,14 +3,15 @@ what a subnet accepts, what its pool is, which address a static NIC may ask for,
 how free pool addresses are found. Pure: no I/O, randomness passed in.
 
 Vocabulary: a subnet is an IPv4 ``cidr`` with an optional ``gateway`` (never handed
-out) and a *range* ``range_start..range_end`` (inclusive, inside the cidr's host
-addresses), the *pool* STATIC_POOL addresses come from: the range minus the gateway.
-A STATIC address may be any host address of the cidr but the gateway (in the range
-or not). Every address handed out on a backing (port group: one L2 segment) shares
-one key space, ``addresses/{backing}/{ip}`` with the address as 8 hex digits
-(``keys.ip_key``), whichever network on the backing and whichever mode asked for it:
-an address is never handed out twice on one segment, and a pool's range is one key
-range, read from any point in address order.
+out: its network claims it on the backing, ``store/networks.py``) and a *range*
+``range_start..range_end`` (inclusive, inside the cidr's host addresses), the *pool*
+STATIC_POOL addresses come from: the range minus the gateway. A STATIC address may
+be any host address of the cidr but the gateway (in the range or not). Every address
+handed out on a backing (port group: one L2 segment) shares one key space,
+``addresses/{backing}/{ip}`` with the address as 8 hex digits (``keys.ip_key``),
+whichever network on the backing and whichever mode asked for it: an address is
+never handed out twice on one segment, and a pool's range is one key range, read
+from any point in address order.
 
 Finding free addresses (:class:`PoolSearch`) costs a window, not the pool: from a
 random start in the range, one keys-only read of at most :data:`WINDOW` keys; the
@@ -54,33 +55,31 @@ class Subnet:
     def prefix_length(self) -> int:
         return self.network.prefixlen
 
-    def _bounds(self) -> tuple[int, int]:
-        return int(ipaddress.IPv4Address(self.range_start)), int(ipaddress.IPv4Address(self.range_end))
-
     @property
     def bounds(self) -> tuple[int, int]:
         """The range's first and last address, as ints."""
-        return self._bounds()
+        return int(ipaddress.IPv4Address(self.range_start)), int(ipaddress.IPv4Address(self.range_end))
 
     @property
     def gateway_value(self) -> int | None:
+        """The gateway as an int, or None when the subnet has none."""
         return int(ipaddress.IPv4Address(self.gateway)) if self.gateway else None
 
-
     def _gateway_in_range(self) -> bool:
-        if not self.gateway:
+        value = self.gateway_value
+        if value is None:
             return False
-        lo, hi = self._bounds()
-        return lo <= int(ipaddress.IPv4Address(self.gateway)) <= hi
+        lo, hi = self.bounds
+        return lo <= value <= hi
 
     @property
     def pool_size(self) -> int:
         """How many addresses STATIC_POOL may hand out (the range but the gateway)."""
-        lo, hi = self._bounds()
+        lo, hi = self.bounds
         return hi - lo + 1 - self._gateway_in_range()
 
     def in_pool(self, ip: str) -> bool:
-        lo, hi = self._bounds()
+        lo, hi = self.bounds
         value = int(ipaddress.IPv4Address(ip))
         return lo <= value <= hi and ip != self.gateway
 

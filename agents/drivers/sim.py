@@ -21,11 +21,13 @@ it. It models what the control plane must cope with:
   ``silent_images``), and gets an address per NIC: a static NIC's own, else the
   lowest free one of its backing's pool (the hypervisor's network for the default
   NIC and the NICs on its ``network_name``; a pool per other backing; no two VMs
-  that exist share one; held until the VM is destroyed) and a MAC derived from its
-  uid and the NIC's index. It shuts down when asked (``SimLatency.shutdown``).
-  Guest-side changes are told through :meth:`SimHost.watch`. Test hooks:
-  :meth:`SimHost.stop_outside` (a stop by someone outside Quanta) and
-  :meth:`SimHost.ignore_shutdown` (a guest deaf to shutdown requests).
+  that exist share one; held until the VM is destroyed) and its MAC as
+  ``netconfig.nic_mac`` says (the request's, else derived from the uid and the NIC's
+  index: the rule the esxi driver and the guest's network config follow). It shuts
+  down when asked (``SimLatency.shutdown``). Guest-side changes are told through
+  :meth:`SimHost.watch`. Test hooks: :meth:`SimHost.stop_outside` (a stop by someone
+  outside Quanta) and :meth:`SimHost.ignore_shutdown` (a guest deaf to shutdown
+  requests).
 
 - NICs (``VmRequest.nics``; none: one on ``network_name``) and persistent disks:
   disks live in a :class:`~agents.drivers.sim_datastore.SimDatastore` that all sim
@@ -54,6 +56,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any
 
+from agents import netconfig
 from agents.drivers.protocol import (
     Address,
     BootstrapPayload,
@@ -151,7 +154,7 @@ class _Vm:
         nics = self.addresses(network)
         addresses: tuple[Address, ...] = ()
         if self.power is PowerState.ON and self.booted:
-            addresses = tuple(Address(ip, nic.mac or _mac(r.vm_uid, i), nic.backing, 6 if ":" in ip else 4)
+            addresses = tuple(Address(ip, netconfig.nic_mac(r.vm_uid, i, nic), nic.backing, 6 if ":" in ip else 4)
                               for i, (nic, ip) in enumerate(nics) if ip)
         self.info = VmInfo(r.vm_uid, self.power, r.name, r.record, vcpus=r.vcpus, memory_mib=r.memory_mib,
                            disk_gib=r.disk_gib, addresses=addresses, bootstrapped=self.bootstrapped,
@@ -167,14 +170,6 @@ class _Vm:
 def nics_of(request: VmRequest, network: str) -> tuple[NicRequest, ...]:
     """The VM's NICs: the request's, or one DHCP NIC on the hypervisor's ``network``."""
     return request.nics or (NicRequest(network),)
-
-
-def _mac(uid: str, index: int = 0) -> str:
-    """The MAC of a NIC whose request has none (a VM made before MACs were claimed, or
-    the default NIC): in VMware's static range (00:50:56:00:00:00-3f:ff:ff), derived
-    from the uid (and, past the first NIC, its index)."""
-    d = hashlib.sha256(uid.encode() if index == 0 else f"{uid}/{index}".encode()).digest()
-    return f"00:50:56:{d[0] & 0x3F:02x}:{d[1]:02x}:{d[2]:02x}"
 
 
 class AddressPool:

@@ -37,6 +37,7 @@ from controlplane.store.errors import (
 from controlplane.store.networks import (
     SHARED,
     BackingNotGranted,
+    GatewayInUse,
     Network,
     NetworkInUse,
     NetworkStore,
@@ -88,6 +89,11 @@ def _store_error(err: StoreError, kind: str, name: str, request_id: str = "") ->
         return errors.ApiError(grpc.StatusCode.PERMISSION_DENIED, "BACKING_NOT_GRANTED", str(err),
                                metadata={"backing": err.backing, "tenant": err.tenant},
                                field_violations=[("network.backing", f"{err.backing!r} is not granted to the tenant")])
+    if isinstance(err, GatewayInUse):
+        return errors.ApiError(grpc.StatusCode.FAILED_PRECONDITION, "ADDRESS_IN_USE", str(err),
+                               metadata={"network": err.name, "ip": err.gateway},
+                               field_violations=[("network.subnet.gateway",
+                                                  f"{err.gateway} is an address a VM holds on the backing")])
     if isinstance(err, NetworkInUse):
         return errors.failed_precondition(str(err), "NETWORK_IN_USE", metadata={"name": name, "vms": str(err.vms)})
     if isinstance(err, EtagMismatch):

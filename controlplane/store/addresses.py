@@ -76,7 +76,9 @@ class NetworkGone(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class Pool:
-    """A network's pool as keys see it: its range on its backing, and its gateway."""
+    """A network's pool as keys see it: its range on its backing, and its gateway. The
+    one place that says which keys a pool's addresses are (:meth:`key_ranges`: what
+    counting its taken addresses reads, here and in ``networks.py``)."""
 
     backing: str
     lo: int
@@ -95,6 +97,12 @@ class Pool:
     @property
     def size(self) -> int:
         return sum(b - a + 1 for a, b in self.spans)
+
+    def key_ranges(self, keys: Keys) -> list[tuple[bytes, bytes]]:
+        """The pool's addresses as key ranges on its backing, [start, end) per span (the
+        range split around its gateway): every key in them is an address it cannot
+        give, whichever network or gateway took it. Pure."""
+        return [(keys.address_at(self.backing, a), keys.address_at(self.backing, b + 1)) for a, b in self.spans]
 
 
 class AddressPicker:
@@ -231,17 +239,14 @@ class AddressPicker:
         statics = list(dict.fromkeys((nic.backing, to_int(nic.ip)) for spec in specs for nic in spec.nics
                                      if nic.address_mode is AddressMode.STATIC))
         k = self._keys
-        reads = []
-        for pool in pools:
-            for lo, hi in pool.spans:
-                reads.append(ops.get(k.address_at(pool.backing, lo), k.address_at(pool.backing, hi + 1),
-                                     count_only=True))
+        ranges = [pool.key_ranges(k) for pool in pools]
+        reads = [ops.get(start, end, count_only=True) for parts in ranges for start, end in parts]
         reads += [ops.get(k.address_at(backing, value), keys_only=True) for backing, value in statics]
         responses = await self._etcd.txn_chunked(reads) if reads else []
         free: dict[Pool, int] = {}
         at = 0
-        for pool in pools:
-            n = len(pool.spans)
+        for pool, parts in zip(pools, ranges, strict=True):
+            n = len(parts)
             free[pool] = pool.size - sum(r.response_range.count for r in responses[at:at + n])
             at += n
         taken = {s for s, r in zip(statics, responses[at:], strict=True) if r.response_range.kvs}

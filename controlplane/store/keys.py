@@ -31,8 +31,10 @@ independent systems (or tests) share one etcd.
                                                   (port group: one L2 segment, so one pool whichever network on
                                                   it asked): created with an absent compare in the VM's create txn
                                                   (never twice), deleted in every txn that removes the VM. {ip} is
-                                                  fixed-width hex (IPv4: 8 digits, ``addressing.ip_key``) so keys
+                                                  fixed-width hex (IPv4: 8 digits, ``keys.ip_key``) so keys
                                                   sort numerically and a pool's range is one key range
+                                                  A network's gateway is one too (``networks.GATEWAY``, put in the
+                                                  network's create txn unless already there, never deleted)
     macs/{backing}/{mac}                  AddressRecord  a NIC's MAC on the backing (lower case, colons), taken and
                                                   released as its addresses are
     {backing} in both is escaped (``backing_segment``): any port group name is one key segment.

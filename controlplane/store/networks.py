@@ -11,8 +11,20 @@ deleted under a VM, and a create compares that the network still exists
 (:func:`network_guard`), so a concurrent deletion sees the port or the create fails.
 A network's ``addresses_used`` counts the taken keys of its pool's range on its
 backing, whichever network took them: they are not free for it either.
-A create compares its tenant's record as read, whose grants hold its
-backing (controlplane/backings.py), so a concurrent revoke refuses it or is refused.
+
+A network with a gateway claims it on its backing in its create txn
+(``addresses/{backing}/{gateway}`` holding :data:`GATEWAY`): no pool of another
+network on the segment and no STATIC NIC is ever handed the router's address. Networks
+on one segment may share a router (the key already holds the marker: the create
+compares that and writes nothing); an address a VM holds is refused
+(:class:`GatewayInUse`). The claim is never released, not even when the network is
+deleted: a router's address on a segment is never a host address.
+
+A create compares its tenant's record as read, whose grants hold its backing
+(controlplane/backings.py), so a concurrent revoke refuses it or is refused. That
+record is also rewritten by every project create and delete of the tenant (and a
+project's limits changing: the tenant's allocation), so network creates retry under
+project churn: at most ``_MAX_CAS_ATTEMPTS`` reads, then Conflict (ABORTED).
 """
 
 from __future__ import annotations
@@ -21,10 +33,11 @@ import builtins
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from controlplane.addressing import Subnet, pool_spans
+from controlplane.addressing import Subnet
 from controlplane.etcd import EtcdClient, KeyValue, ops, prefix_end
 from controlplane.gen.quanta.store.v1 import records_pb2 as rec
 from controlplane.models import now_ns
+from controlplane.store.addresses import Pool
 from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
@@ -40,6 +53,9 @@ from controlplane.tenancy import Tenant
 
 _MAX_CAS_ATTEMPTS = 8
 SHARED = ""  # the project of a tenant's shared network
+#: What ``addresses/{backing}/{gateway}`` holds once a network claimed its gateway: the
+#: same bytes whichever network did (a create finding them compares them, no put).
+GATEWAY = rec.AddressRecord(gateway=True).SerializeToString()
 
 
 class BackingNotGranted(StoreError):
@@ -50,6 +66,18 @@ class BackingNotGranted(StoreError):
                          "backings (UpdateTenant network_backings)")
         self.tenant = tenant
         self.backing = backing
+
+
+class GatewayInUse(StoreError):
+    """The gateway ``gateway`` of network ``name`` is an address a VM's NIC holds on
+    ``backing`` (handed out by another network's pool, or STATIC)."""
+
+    def __init__(self, name: str, backing: str, gateway: str):
+        super().__init__(f"the gateway {gateway} of network {name} is an address a VM holds on backing "
+                         f"{backing!r}; choose another gateway or free the address first")
+        self.name = name
+        self.backing = backing
+        self.gateway = gateway
 
 
 class NetworkInUse(StoreError):
@@ -183,14 +211,22 @@ class NetworkStore:
     async def create(self, network: Network, *, fingerprint: bytes = b"",
                      also: Sequence = ()) -> tuple[NetworkView, bool]:
         """Store a new network, with the puts ``also`` (its audit record), in one txn
-        that compares its name free, its project (or, shared, its tenant) present and
-        its tenant's record as read, whose grants must hold its backing (a revoke
-        meanwhile makes it read again, and refuse). Idempotent by
-        ``network.request_id``: a retry (same ``fingerprint``) returns the network the
-        first attempt made, ``created`` False, nothing written. Raises AlreadyExists
-        (the name is another request's), NotFound (no such project or tenant),
-        BackingNotGranted, RequestMismatch, RequestReplayed (its network is gone),
-        Conflict (the tenant's record kept changing)."""
+        that compares its name free, its project (or, shared, its tenant) present, its
+        tenant's record as read, whose grants must hold its backing (a revoke
+        meanwhile makes it read again, and refuse), and, with a gateway, claims the
+        gateway on its backing: the key compared absent and :data:`GATEWAY` put, or,
+        when it already holds :data:`GATEWAY` (another network on the segment with
+        the same router), compared to hold it and left as it is. The claim outlives
+        the network (:meth:`delete` leaves it: a router's address is never a host
+        address). Idempotent by ``network.request_id``: a retry (same
+        ``fingerprint``) returns the network the first attempt made, ``created``
+        False, nothing written. The tenant's record is also rewritten by the
+        tenant's project creates and deletes (and limit changes), so under project
+        churn this reads and tries again, at most ``_MAX_CAS_ATTEMPTS`` times.
+        Raises AlreadyExists (the name is another request's), NotFound (no such
+        project or tenant), BackingNotGranted, GatewayInUse (a VM holds the
+        gateway's address on the backing), RequestMismatch, RequestReplayed (its
+        network is gone), Conflict (ABORTED: the tenant's record kept changing)."""
         k = self._keys
         n = network
         key = k.network(n.tenant, n.project, n.network_id)
@@ -198,6 +234,8 @@ class NetworkStore:
         tenant_key = k.tenant(n.tenant)
         missing = NotFound(f"tenants/{n.tenant}" if n.shared else f"tenants/{n.tenant}/projects/{n.project}")
         request_key = k.request(n.tenant, n.project or "-", n.request_id) if n.request_id else b""
+        gateway_key = k.address(n.backing, n.subnet.gateway) if n.subnet is not None and n.subnet.gateway else b""
+        gateway_claimed = False  # the gateway key holds GATEWAY already: compare it, do not put
         for _attempt in range(_MAX_CAS_ATTEMPTS):
             tenant_kv = await self._etcd.get(tenant_key)
             if tenant_kv is None:
@@ -208,6 +246,13 @@ class NetworkStore:
             compares = [ops.absent(key), ops.present(owner), ops.mod_revision_is(tenant_key, tenant_kv.mod_revision)]
             writes = [ops.put(key, n.to_bytes()), *also]
             reads = [ops.get(key), ops.get(owner)]
+            if gateway_key:
+                if gateway_claimed:
+                    compares.append(ops.value_is(gateway_key, GATEWAY))
+                else:
+                    compares.append(ops.absent(gateway_key))
+                    writes.append(ops.put(gateway_key, GATEWAY))
+                reads.append(ops.get(gateway_key))
             if request_key:
                 compares.append(ops.absent(request_key))
                 writes.append(ops.put(request_key, rec.RequestRecord(vm_key=n.name, uid=n.uid,
@@ -218,7 +263,8 @@ class NetworkStore:
             if result.succeeded:
                 return NetworkView(n, result.revision, result.revision), True
             existing, owner_kvs = result.kvs(0), result.kvs(1)
-            if request_key and (made_kvs := result.kvs(2)):
+            gateway_kvs = result.kvs(2) if gateway_key else []
+            if request_key and (made_kvs := result.kvs(3 if gateway_key else 2)):
                 made = rec.RequestRecord.FromString(made_kvs[0].value)
                 if made.fingerprint and fingerprint and made.fingerprint != fingerprint:
                     raise RequestMismatch(n.request_id, made.vm_key)
@@ -235,27 +281,29 @@ class NetworkStore:
                 raise missing
             if existing:
                 raise AlreadyExists(n.name)
-            # The tenant's record changed since it was read (a grant, a revoke, a
-            # project's limits): read it again.
+            if gateway_kvs and gateway_kvs[0].value != GATEWAY:
+                assert n.subnet is not None  # gateway_key is set only with a subnet
+                raise GatewayInUse(n.name, n.backing, n.subnet.gateway)
+            # Else the gateway key is as this attempt expects it now (GATEWAY: another
+            # network on the segment claimed the same router), or the tenant's record
+            # changed since it was read (a grant, a revoke, a project created or
+            # deleted): read it again.
+            gateway_claimed = bool(gateway_kvs)
         raise Conflict(f"the create of {n.name} raced; retry")
 
     async def _counted(self, kvs: Sequence[KeyValue], revision: int = 0) -> list[NetworkView]:
-        """Views of ``kvs`` with their pools' taken addresses counted (keys in the
-        range on the backing, the gateway excepted; one round trip, at ``revision``)."""
+        """Views of ``kvs`` with their pools' taken addresses counted (keys in
+        ``Pool.key_ranges``: the range on the backing, the network's own gateway
+        excepted; one round trip, at ``revision``)."""
         if not kvs:
             return []
         networks = [Network.from_bytes(kv.value) for kv in kvs]
         k = self._keys
         reads, spans = [], []
         for n in networks:
-            if n.subnet is None:
-                spans.append(0)
-                continue
-            lo, hi = n.subnet.bounds
-            parts = pool_spans(lo, hi, n.subnet.gateway_value)
+            parts = Pool.of(n.backing, n.subnet).key_ranges(k) if n.subnet is not None else []
             spans.append(len(parts))
-            reads += [ops.get(k.address_at(n.backing, a), k.address_at(n.backing, b + 1), revision=revision,
-                              count_only=True) for a, b in parts]
+            reads += [ops.get(start, end, revision=revision, count_only=True) for start, end in parts]
         responses = await self._etcd.txn_chunked(reads) if reads else []
         views, at = [], 0
         for n, kv, count in zip(networks, kvs, spans, strict=True):
@@ -339,7 +387,9 @@ class NetworkStore:
     async def delete(self, tenant: str, project: str, network_id: str, *, etag: str = "",
                      also: Sequence = ()) -> NetworkView:
         """Delete a network no NIC is on, in one txn comparing its mod_revision and that
-        no port is under its uid (with the puts ``also``). Returns it as it was.
+        no port is under its uid (with the puts ``also``). Its gateway's claim on the
+        backing stays (a router's address on a segment is never a host address).
+        Returns it as it was.
         Raises NotFound, EtagMismatch, NetworkInUse (``vms``: how many VMs), Conflict."""
         key = self._keys.network(tenant, project, network_id)
         name = network_name(tenant, project, network_id)

@@ -2,7 +2,9 @@
 one backing share one address pool (never one address twice on the segment, whichever
 network asked), each counts the pool's taken keys as used; a NIC's MAC is claimed on
 its backing (a taken one makes the create draw another, never two NICs with one
-MAC); a removal frees both the address and the MAC."""
+MAC); a removal frees both the address and the MAC. A network's gateway is claimed on
+its backing: no other network's pool or STATIC NIC gets it, networks sharing a router
+share the claim, a gateway a VM holds refuses the network."""
 
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ from typing import Any
 import pytest
 
 from controlplane import macs
-from controlplane.addressing import parse_subnet
+from controlplane.addressing import parse_subnet, to_int
 from controlplane.etcd import EtcdClient, prefix_end
 from controlplane.models import AddressMode, Nic, Resources, VmRef, VmSpec, now_ns
 from controlplane.store.addresses import AddressInUse, AddressPicker, PoolExhausted
 from controlplane.store.keys import Keys, shard_of
-from controlplane.store.networks import Network, NetworkStore, NetworkView
+from controlplane.store.networks import GATEWAY, GatewayInUse, Network, NetworkStore, NetworkView
 from controlplane.store.vms import VmStore
 from tests.conftest import make_projects
 
@@ -35,11 +37,12 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 90.0) -> Any:
 @pytest.fixture(autouse=True)
 def _projects(etcd_endpoint: str, root: str) -> None:
     make_projects(etcd_endpoint, root, TENANT, PROJECT, "other",
-                  backings=(BACKING, "pg-other", "pg-2", "pg-big", "pg-small"))
+                  backings=(BACKING, "pg-other", "pg-2", "pg-big", "pg-small", "pg-gw"))
 
 
-def network(network_id: str, cidr: str, *, project: str = PROJECT, backing: str = BACKING) -> Network:
-    subnet, problems = parse_subnet(cidr)
+def network(network_id: str, cidr: str, *, project: str = PROJECT, backing: str = BACKING, gateway: str = "",
+            range_start: str = "", range_end: str = "") -> Network:
+    subnet, problems = parse_subnet(cidr, gateway, (), range_start, range_end)
     assert subnet is not None, problems
     return Network(TENANT, project, network_id, uuid.uuid4().hex, backing, {}, "", subnet, now_ns(), now_ns())
 
@@ -194,3 +197,89 @@ def test_a_large_sparse_pool_is_searched_by_a_window_not_read_whole(etcd_endpoin
 def _put(key: bytes):
     from controlplane.etcd import ops
     return ops.put(key, b"")
+
+
+def test_no_pool_and_no_static_nic_gets_another_networks_gateway(etcd_endpoint: str, root: str) -> None:
+    """The reviewer's case: network A (gateway .1) and B (gateway .254, range .1-.10) on
+    one backing. Filling B's pool hands out .2-.10 (9 addresses) and never .1, then is
+    exhausted; B counts A's gateway as used; STATIC .1 on B is AddressInUse. Deleting A
+    leaves its gateway claimed (a router's address is never a host address)."""
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            keys = Keys(root)
+            networks = NetworkStore(client, keys)
+            store = VmStore(client, keys)
+            await networks.create(network("a", "10.20.0.0/24", backing="pg-gw", gateway="10.20.0.1"))
+            b, _ = await networks.create(network("b", "10.20.0.0/24", backing="pg-gw", gateway="10.20.0.254",
+                                                 range_start="10.20.0.1", range_end="10.20.0.10"))
+            gw = await client.get(keys.address("pg-gw", "10.20.0.1"))
+            assert gw is not None and gw.value == GATEWAY
+            views = {b.network.name: b}
+            ips = []
+            for i in range(12):
+                try:
+                    record, _ = await store.create(vm(f"b{i}", b), networks=views)
+                except PoolExhausted:
+                    break
+                ips.append(record.spec.nics[0].ip)
+            assert sorted(ips, key=to_int) == [f"10.20.0.{i}" for i in range(2, 11)], ips
+            view = await networks.get(TENANT, PROJECT, "b")
+            assert (view.addresses_used, view.addresses_total) == (10, 10)  # A's gateway is not free for B
+            with pytest.raises(AddressInUse):
+                await store.create(vm("fixed", b, mode=AddressMode.STATIC, ip="10.20.0.1"), networks=views)
+            await networks.delete(TENANT, PROJECT, "a")
+            assert await client.get(keys.address("pg-gw", "10.20.0.1")) == gw  # the same claim, untouched
+            with pytest.raises(AddressInUse):
+                await store.create(vm("fixed", b, mode=AddressMode.STATIC, ip="10.20.0.1"), networks=views)
+
+    run(main())
+
+
+def test_networks_sharing_a_router_on_one_backing_all_create(etcd_endpoint: str, root: str) -> None:
+    """Four networks with gateway .1 on one backing, created at once through two stores
+    (two frontends), two projects: all four are made; the gateway key holds the marker,
+    written once (version 1)."""
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            keys = Keys(root)
+            fronts = [NetworkStore(client, keys), NetworkStore(client, keys)]
+            made = await asyncio.gather(*(
+                fronts[i % 2].create(network(f"r{i}", "10.21.0.0/24", backing="pg-gw", gateway="10.21.0.1",
+                                             project=PROJECT if i < 2 else "other"))
+                for i in range(4)))
+            assert all(created for _view, created in made)
+            gw = await client.get(keys.address("pg-gw", "10.21.0.1"))
+            assert gw is not None and (gw.value, gw.version) == (GATEWAY, 1)
+            # Each one's pool is the range but the shared gateway: nothing counted as used.
+            assert [(await fronts[0].get(v.network.tenant, v.network.project, v.network.network_id)).addresses_used
+                    for v, _ in made] == [0, 0, 0, 0]
+
+    run(main())
+
+
+def test_a_network_whose_gateway_a_vm_holds_is_refused(etcd_endpoint: str, root: str) -> None:
+    """A VM holds 10.22.0.1 STATIC on a network without a gateway: a network on the same
+    backing with gateway 10.22.0.1 is GatewayInUse and not stored (nor is its claim);
+    once the VM is deleted, it is made."""
+    async def main() -> None:
+        async with EtcdClient(etcd_endpoint) as client:
+            keys = Keys(root)
+            networks = NetworkStore(client, keys)
+            store = VmStore(client, keys)
+            plain, _ = await networks.create(network("plain", "10.22.0.0/24", backing="pg-gw"))
+            record, _ = await store.create(vm("holder", plain, mode=AddressMode.STATIC, ip="10.22.0.1"),
+                                           networks={plain.network.name: plain})
+            routed = network("routed", "10.22.0.0/24", backing="pg-gw", gateway="10.22.0.1")
+            with pytest.raises(GatewayInUse) as refused:
+                await networks.create(routed)
+            assert (refused.value.gateway, refused.value.backing) == ("10.22.0.1", "pg-gw")
+            held = await client.get(keys.address("pg-gw", "10.22.0.1"))
+            assert held is not None and held.value != GATEWAY
+            assert await client.get(keys.network(TENANT, PROJECT, "routed")) is None
+            assert (await store.request_delete(record.ref)).removed
+            view, created = await networks.create(routed)
+            assert created and view.network.uid == routed.uid
+            gw = await client.get(keys.address("pg-gw", "10.22.0.1"))
+            assert gw is not None and gw.value == GATEWAY
+
+    run(main())

@@ -13,7 +13,7 @@ from google.protobuf import field_mask_pb2
 
 from controlplane.api import validation
 from controlplane.api.errors import ApiError
-from controlplane.gen.quanta.v1 import common_pb2, network_pb2, network_pb2_grpc
+from controlplane.gen.quanta.v1 import common_pb2, network_pb2, network_pb2_grpc, vm_pb2
 from quanta.client import Client
 from quanta.local import LocalSystem
 
@@ -190,3 +190,21 @@ def test_bad_list_requests_are_refused_field_by_field(admin: Client) -> None:
         page_token=validation.encode_page_token(scope, first.resource_version, "s:")))
     assert shared_only.networks and all(
         n.name.startswith(f"tenants/{TENANT}/networks/") for n in shared_only.networks)
+
+
+def test_a_gateway_a_vm_holds_refuses_the_network(admin: Client) -> None:
+    """A VM holds 10.45.0.1 (STATIC) on a network without a gateway: a network on the
+    same backing whose gateway is 10.45.0.1 is FAILED_PRECONDITION ADDRESS_IN_USE, a
+    field violation on network.subnet.gateway; another network with a free gateway on
+    that segment is made."""
+    plain = create(admin, PARENT, "plain-45", cidr="10.45.0.0/24")
+    admin._call(admin._vms.CreateVm, vm_pb2.CreateVmRequest(
+        parent=PARENT, vm_id="holder-45", vm=vm_pb2.Vm(flavor="small", image="ubuntu", nics=[
+            vm_pb2.NetworkInterface(network=plain.name, address_mode=vm_pb2.NetworkInterface.STATIC,
+                                    ip="10.45.0.1")])))
+    refused = error(lambda: create(admin, PARENT, "routed-45", cidr="10.45.0.0/24", gateway="10.45.0.1"))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ADDRESS_IN_USE")
+    assert [path for path, _ in refused.field_violations] == ["network.subnet.gateway"]
+    assert refused.metadata == {"network": f"{PARENT}/networks/routed-45", "ip": "10.45.0.1"}
+    assert create(admin, PARENT, "routed-45", cidr="10.45.0.0/24", gateway="10.45.0.254").subnet.gateway == \
+        "10.45.0.254"

@@ -26,7 +26,7 @@ def test_macs_are_in_the_static_range_deterministic_and_distinct_per_vm(uid):
 
 
 def test_nic_zero_keeps_the_sim_drivers_historical_mac():
-    # The sim driver's _mac(uid): the first 22 bits of the uid's SHA-256.
+    # The sim driver's historical MAC of a VM: the first 22 bits of the uid's SHA-256.
     assert netconfig.mac("vm-1") == "00:50:56:2d:62:b0"
     assert netconfig.mac("vm-1", 1) == "00:50:56:2d:62:b1"
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agents import netconfig
 from agents.drivers.protocol import (
     Address,
     BootstrapFormat,
@@ -24,6 +25,7 @@ from agents.drivers.protocol import (
     HostDriver,
     HostUnavailable,
     ImageNotFound,
+    NicRequest,
     OperationFailed,
     PowerCycleRequired,
     PowerState,
@@ -494,6 +496,29 @@ def test_the_address_pool_reserves_replayed_addresses() -> None:
     pool = AddressPool("10.1.0.0/24")
     assert pool.reserve("10.1.0.5") and not pool.reserve("10.1.0.5") and not pool.reserve("10.2.0.1")
     assert [pool.take() for _ in range(4)] == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.6"]
+
+
+def test_the_sim_reports_the_macs_the_guests_network_config_matches() -> None:
+    """Each NIC's reported MAC is ``netconfig.nic_mac``'s (the one rule both drivers
+    follow, and what the cloud-init network config names): the request's where it has
+    one, else derived from the uid and the NIC's index, for every NIC, not only NIC 0."""
+    def complete(coro: Coroutine[Any, Any, Any]) -> Any:
+        with pytest.raises(StopIteration) as stop:
+            coro.send(None)
+        return stop.value.value
+
+    nics = (NicRequest("pg-a", ip="10.1.0.10", prefix_length=24), NicRequest("pg-b", ip="10.2.0.10", prefix_length=24),
+            NicRequest("pg-c", ip="10.3.0.10", prefix_length=24, mac="00:50:56:12:34:56"))
+    host = SimHypervisor(None, sleep=lambda delay: None).add_host("h1", CAP)
+    complete(host.create_vm(replace(req("vm-nics"), nics=nics)))
+    complete(host.power_on("vm-nics"))
+    reported = [a.mac for a in complete(host.get_vm("vm-nics")).addresses]
+    expected = [netconfig.nic_mac("vm-nics", i, nic) for i, nic in enumerate(nics)]
+    assert reported == expected == [netconfig.mac("vm-nics"), netconfig.mac("vm-nics", 1), "00:50:56:12:34:56"]
+    config = netconfig.network_config("vm-nics", nics)
+    assert config is not None
+    configured = config["ethernets"]
+    assert sorted(e["match"]["macaddress"] for e in configured.values()) == sorted(reported)
 
 
 def test_a_guest_boots_reads_its_data_and_gets_an_address_at_zero_latency_without_suspending() -> None:

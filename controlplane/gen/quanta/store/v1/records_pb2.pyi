@@ -178,12 +178,14 @@ class PortRecord(_message.Message):
     def __init__(self, vm_uid: _Optional[str] = ..., ip: _Optional[str] = ...) -> None: ...
 
 class AddressRecord(_message.Message):
-    __slots__ = ("vm", "vm_uid")
+    __slots__ = ("vm", "vm_uid", "gateway")
     VM_FIELD_NUMBER: _ClassVar[int]
     VM_UID_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
     vm: str
     vm_uid: str
-    def __init__(self, vm: _Optional[str] = ..., vm_uid: _Optional[str] = ...) -> None: ...
+    gateway: bool
+    def __init__(self, vm: _Optional[str] = ..., vm_uid: _Optional[str] = ..., gateway: _Optional[bool] = ...) -> None: ...
 
 class DiskRecord(_message.Message):
     __slots__ = ("tenant", "project", "disk_id", "uid", "labels", "description", "size_gib", "datastore_class", "create_time_ns", "update_time_ns", "delete_time_ns", "request_id")
