@@ -190,7 +190,8 @@ def test_a_round_robin_channel_over_the_frontends_own_addresses_spreads_calls(sy
             after = _frontend_calls(system, "ListVms")
             return all(after[name] > before.get(name, 0) for name in after)
 
-        wait_until(both_ready, timeout=60, seen=lambda: _frontend_calls(system, "ListVms"))
+        wait_until(both_ready, timeout=60, message="both frontends served a ListVms of the channel",
+                   seen=lambda: _frontend_calls(system, "ListVms"))
         start = _frontend_calls(system, "ListVms")
         for _ in range(40):
             stub.ListVms(vm_pb2.ListVmsRequest(parent=parent), metadata=metadata, timeout=30)
