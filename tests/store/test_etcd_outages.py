@@ -168,6 +168,10 @@ def test_watches_resume_after_an_outage(tmp_path, fault: str) -> None:
                         await asyncio.to_thread(etcd.members[i].stop)
                     await asyncio.sleep(3)  # the outage itself
                     await asyncio.to_thread(etcd.restart, *down)
+                # Writes are not retried (client.py): a read, which is, waits until this
+                # client's channel is connected again (it may still be in its reconnect
+                # backoff when the restarted etcd first answers its health check).
+                await client.get(b"/watched/b")
                 await client.put(b"/watched/b", b"2")
                 await async_wait_until(lambda: all(s == [b"/watched/a", b"/watched/b"] for s in seen),
                                        timeout=20, message="every watch saw the put after the outage",
