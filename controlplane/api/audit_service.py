@@ -40,8 +40,7 @@ class AuditService(auth_pb2_grpc.AuditServiceServicer):
         try:
             entries, last, revision = await self._log.list(tenant, after=after, page_size=size, revision=revision)
         except Compacted as err:
-            raise errors.out_of_range("the listing's revision was compacted; start it again",
-                                      "PAGE_TOKEN_EXPIRED") from err
+            raise errors.page_token_expired() from err
         return auth_pb2.ListAuditRecordsResponse(
             records=[audit_to_proto(e.key, e.record) for e in entries], resource_version=revision,
             next_page_token=validation.encode_page_token(scope, revision, last) if last else "")

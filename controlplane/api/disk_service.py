@@ -112,8 +112,7 @@ class DiskService(disk_pb2_grpc.DiskServiceServicer):
                 revision=listing.revision,
                 selector=(lambda disk: validation.matches(selector, disk.labels)) if selector else None)
         except Compacted as err:
-            raise errors.out_of_range("the listing's revision was compacted; start it again",
-                                      "PAGE_TOKEN_EXPIRED") from err
+            raise errors.page_token_expired() from err
         return disk_pb2.ListDisksResponse(
             disks=[disk_to_proto(view) for view in views],
             next_page_token=validation.encode_page_token(scope, revision, next_after) if next_after else "",
@@ -214,9 +213,7 @@ class DiskService(disk_pb2_grpc.DiskServiceServicer):
                 if not item:
                     yield disk_pb2.DiskEvent(type=common_pb2.BOOKMARK, resource_version=start)
         except Compacted as err:
-            raise errors.out_of_range(
-                f"resource_version {request.resource_version} is too old; list again and watch from its "
-                "resource_version", "RESOURCE_VERSION_EXPIRED") from err
+            raise errors.watch_expired(request.resource_version) from err
 
 
 def _check_labels_and_description(v: validation.Violations, d: disk_pb2.Disk) -> None:

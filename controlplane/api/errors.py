@@ -284,6 +284,19 @@ def out_of_range(message: str, reason: str, *, metadata: Mapping[str, str] | Non
     return ApiError(grpc.StatusCode.OUT_OF_RANGE, reason, message, metadata=metadata)
 
 
+def page_token_expired() -> ApiError:
+    """OUT_OF_RANGE PAGE_TOKEN_EXPIRED: a paged listing's revision was compacted
+    between its pages (the client starts the listing again)."""
+    return out_of_range("the listing's revision was compacted; start it again", "PAGE_TOKEN_EXPIRED")
+
+
+def watch_expired(resource_version: int) -> ApiError:
+    """OUT_OF_RANGE RESOURCE_VERSION_EXPIRED: a watch from a compacted
+    ``resource_version`` (the client lists again and watches from the listing's)."""
+    return out_of_range(f"resource_version {resource_version} is too old; list again and watch from its "
+                        "resource_version", "RESOURCE_VERSION_EXPIRED")
+
+
 def internal(message: str = "internal error", reason: str = "INTERNAL") -> ApiError:
     """INTERNAL: a bug on our side; the message must not leak internals."""
     return ApiError(grpc.StatusCode.INTERNAL, reason, message)

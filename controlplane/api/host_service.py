@@ -130,8 +130,7 @@ class HostService(host_pb2_grpc.HostServiceServicer):
         try:
             records, last, revision = await self._store.page(after=after, limit=size, revision=revision)
         except Compacted as err:
-            raise errors.out_of_range("the listing's revision was compacted; start it again",
-                                      "PAGE_TOKEN_EXPIRED") from err
+            raise errors.page_token_expired() from err
         next_token = validation.encode_page_token("hosts", revision, last) if last else ""
         return host_pb2.ListHostsResponse(hosts=[host_to_proto(r) for r in records], next_page_token=next_token,
                                           resource_version=revision)

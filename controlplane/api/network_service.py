@@ -195,8 +195,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
                     next_position = f"{tag}:{last}"
                     break
         except Compacted as err:
-            raise errors.out_of_range("the listing's revision was compacted; start it again",
-                                      "PAGE_TOKEN_EXPIRED") from err
+            raise errors.page_token_expired() from err
         token_out = validation.encode_page_token(listing.scope, revision, next_position) if next_position else ""
         return network_pb2.ListNetworksResponse(networks=[network_to_proto(view) for view in views],
                                                 next_page_token=token_out, resource_version=revision)
@@ -302,9 +301,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
                 if not item:
                     yield network_pb2.NetworkEvent(type=common_pb2.BOOKMARK, resource_version=start)
         except Compacted as err:
-            raise errors.out_of_range(
-                f"resource_version {request.resource_version} is too old; list again and watch from its "
-                "resource_version", "RESOURCE_VERSION_EXPIRED") from err
+            raise errors.watch_expired(request.resource_version) from err
 
 
 def _fingerprint(request: network_pb2.CreateNetworkRequest) -> bytes:

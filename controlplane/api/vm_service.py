@@ -638,8 +638,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 selector=(lambda spec: validation.matches(selector, spec.labels)) if selector else None,
             )
         except Compacted as err:
-            raise errors.out_of_range("the listing's revision was compacted; start it again",
-                                      "PAGE_TOKEN_EXPIRED") from err
+            raise errors.page_token_expired() from err
         return vm_pb2.ListVmsResponse(
             vms=[vm_to_proto(r) for r in records],
             next_page_token=encode_or_empty(scope, revision, next_ref),
@@ -1010,9 +1009,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 if not item:
                     yield vm_pb2.VmEvent(type=common_pb2.BOOKMARK, resource_version=start)
         except Compacted as err:
-            raise errors.out_of_range(
-                f"resource_version {request.resource_version} is too old; list again and watch from its "
-                "resource_version", "RESOURCE_VERSION_EXPIRED") from err
+            raise errors.watch_expired(request.resource_version) from err
 
 
 #: The paths UpdateVm changes; and those it refuses by name (set at create only).
