@@ -34,18 +34,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
 from agents.drivers.protocol import DriverError, HostDriver
 from controlplane.etcd import Compacted, EtcdError
 from controlplane.etcd.outages import ride_out
 from controlplane.models import DATASTORE_LABEL_PREFIX, VmSpec, datastore_label
-from controlplane.store.agentdisks import AgentDiskStore, AttachmentState, DiskState, Next
+from controlplane.store.agentdisks import AgentDiskStore, AttachmentState, Change, DiskState, Next
 from controlplane.workqueue import QueueShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
 
 DiskId = tuple[str, str, str]  # tenant, project, disk id
+T = TypeVar("T", AttachmentState, DiskState)
 
 
 class DiskKeeper:
@@ -133,24 +135,38 @@ class DiskKeeper:
             self._on_detaching(state.vm_uid)
             self._orphan_checks.add(disk)
 
-    async def _sync_attachments(self) -> None:
+    async def _list_and_watch(self, listing: Callable[[], Awaitable[tuple[Sequence[T], int]]],
+                              watching: Callable[[int], AsyncIterator[list[Change]]], forget: Callable[[], None],
+                              apply: Callable[[DiskId, T | None], None], kind: type[T], what: str,
+                              extra: Mapping[str, str] | None = None) -> None:
+        """Forever: list (then ``forget`` what the last listing said, and ``apply``
+        each listed state), watch from the listing's revision for ``resync_s``
+        (``apply`` each change; None: gone), list again; a compacted watch lists again
+        at once. The one loop of both of the keeper's views."""
         while True:
-            listed, revision = await self._store.list_detaching()
-            self._detaching.clear()
-            self._vm_of.clear()
+            listed, revision = await listing()
+            forget()
             for state in listed:
-                self._attachment((state.tenant, state.project, state.disk_id), state)
+                apply((state.tenant, state.project, state.disk_id), state)
             try:
                 async with asyncio.timeout(self._resync_s):
-                    async for changes in self._store.watch_detaching(revision + 1):
+                    async for changes in watching(revision + 1):
                         for change in changes:
                             value = change.value
-                            assert value is None or isinstance(value, AttachmentState)
-                            self._attachment((change.tenant, change.project, change.disk_id), value)
+                            assert value is None or isinstance(value, kind)
+                            apply((change.tenant, change.project, change.disk_id), value)
             except TimeoutError:
                 pass
             except Compacted:
-                log.warning("detaching disk attachments watch compacted; re-listing")
+                log.warning(f"{what} watch compacted; re-listing", extra=extra)
+
+    async def _sync_attachments(self) -> None:
+        def forget() -> None:
+            self._detaching.clear()
+            self._vm_of.clear()
+
+        await self._list_and_watch(self._store.list_detaching, self._store.watch_detaching, forget,
+                                   self._attachment, AttachmentState, "detaching disk attachments")
 
     async def _clear_orphans(self) -> None:
         while True:
@@ -184,24 +200,14 @@ class DiskKeeper:
         self._queue.add(disk)
 
     async def _sync_deleting(self, datastore_class: str) -> None:
-        while True:
-            listed, revision = await self._store.list_deleting(datastore_class)
+        def forget() -> None:
             for disk, state in list(self._deleting.items()):
                 if state.datastore_class == datastore_class:
                     del self._deleting[disk]
-            for state in listed:
-                self._disk((state.tenant, state.project, state.disk_id), state)
-            try:
-                async with asyncio.timeout(self._resync_s):
-                    async for changes in self._store.watch_deleting(datastore_class, revision + 1):
-                        for change in changes:
-                            value = change.value
-                            assert value is None or isinstance(value, DiskState)
-                            self._disk((change.tenant, change.project, change.disk_id), value)
-            except TimeoutError:
-                pass
-            except Compacted:
-                log.warning("deleting disks watch compacted; re-listing", extra={"datastore_class": datastore_class})
+
+        await self._list_and_watch(functools.partial(self._store.list_deleting, datastore_class),
+                                   functools.partial(self._store.watch_deleting, datastore_class), forget,
+                                   self._disk, DiskState, "deleting disks", {"datastore_class": datastore_class})
 
     async def _collect(self) -> None:
         while True:
