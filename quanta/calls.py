@@ -646,19 +646,14 @@ class Calls:
                        description: str | None = None, dns_servers: Sequence[str] | None = None,
                        shared: bool = False, etag: str = "") -> Unary[network_pb2.Network]:
         """Change the given fields (labels replace all labels). Aborted on a stale etag."""
-        network = network_pb2.Network(name=self.network_name(network_id, shared=shared), etag=etag)
-        paths = []
-        if labels is not None:
-            network.labels.update(labels)
-            paths.append("labels")
-        if description is not None:
-            network.description = description
-            paths.append("description")
-        if dns_servers is not None:
-            network.subnet.dns_servers.extend(dns_servers)
-            paths.append("subnet.dns_servers")
+        paths = [p for p, v in (("labels", labels), ("description", description),
+                                ("subnet.dns_servers", dns_servers)) if v is not None]
         if not paths:
             raise ValueError("nothing to update: give labels, description or dns_servers")
+        network = network_pb2.Network(name=self.network_name(network_id, shared=shared), labels=dict(labels or {}),
+                                      description=description or "", etag=etag)
+        if dns_servers is not None:
+            network.subnet.dns_servers.extend(dns_servers)
         return Unary(NETWORKS, "UpdateNetwork", network_pb2.UpdateNetworkRequest(
             network=network, update_mask=field_mask_pb2.FieldMask(paths=paths)))
 
@@ -699,16 +694,11 @@ class Calls:
     def update_disk(self, disk_id: str, *, labels: Mapping[str, str] | None = None, description: str | None = None,
                     etag: str = "") -> Unary[disk_pb2.Disk]:
         """Change labels (all of them) and/or the description. Aborted on a stale etag."""
-        disk = disk_pb2.Disk(name=self.disk_name(disk_id), etag=etag)
-        paths = []
-        if labels is not None:
-            disk.labels.update(labels)
-            paths.append("labels")
-        if description is not None:
-            disk.description = description
-            paths.append("description")
+        paths = [p for p, v in (("labels", labels), ("description", description)) if v is not None]
         if not paths:
             raise ValueError("nothing to update: give labels or description")
+        disk = disk_pb2.Disk(name=self.disk_name(disk_id), labels=dict(labels or {}), description=description or "",
+                             etag=etag)
         return Unary(DISKS, "UpdateDisk", disk_pb2.UpdateDiskRequest(
             disk=disk, update_mask=field_mask_pb2.FieldMask(paths=paths)))
 
