@@ -26,9 +26,32 @@ def _outages() -> float:
     return REGISTRY.get_sample_value("quanta_etcd_outages_total") or 0.0
 
 
+async def _connected_again(client: EtcdClient, timeout: float = 10.0) -> None:
+    """Wait until ``client`` reaches etcd again after a restart.
+
+    A restarted etcd answers its health check while this client's channel may still
+    be in its reconnect backoff (capped at 1 s, with jitter, in client.py): its calls
+    fail UNAVAILABLE until then, and a client with a 1 s timeout can spend all of one
+    read's retries inside that backoff. Writes are not retried at all (client.py)."""
+    errors: list[str] = []
+
+    async def reads() -> bool:
+        try:
+            await client.get(b"/outage/probe")
+        except EtcdError as err:
+            if err.code != grpc.StatusCode.UNAVAILABLE:
+                raise
+            errors[:] = [str(err)]
+            return False
+        return True
+    await async_wait_until(reads, timeout=timeout, interval=0.1, message="the client reads from etcd again",
+                           seen=lambda: errors)
+
+
 async def _renewed_after(client: EtcdClient, lease: Lease, moment: float, ttl: int) -> None:
     """Wait until etcd holds the lease with a TTL renewed after ``moment`` (monotonic)."""
     left: list[float] = []
+    await _connected_again(client)
 
     async def renewed() -> bool:
         remaining = await client.time_to_live(lease.id)
@@ -168,10 +191,7 @@ def test_watches_resume_after_an_outage(tmp_path, fault: str) -> None:
                         await asyncio.to_thread(etcd.members[i].stop)
                     await asyncio.sleep(3)  # the outage itself
                     await asyncio.to_thread(etcd.restart, *down)
-                # Writes are not retried (client.py): a read, which is, waits until this
-                # client's channel is connected again (it may still be in its reconnect
-                # backoff when the restarted etcd first answers its health check).
-                await client.get(b"/watched/b")
+                await _connected_again(client)  # writes are not retried (client.py)
                 await client.put(b"/watched/b", b"2")
                 await async_wait_until(lambda: all(s == [b"/watched/a", b"/watched/b"] for s in seen),
                                        timeout=20, message="every watch saw the put after the outage",
@@ -210,6 +230,7 @@ def test_list_and_watch_loops_outlive_a_read_that_gave_up(tmp_path) -> None:
                 await asyncio.sleep(3)  # the outage itself; the listing gives up meanwhile
                 assert not task.done(), f"the host view ended: {task.exception()!r}"
                 await asyncio.to_thread(server.restart)
+                await _connected_again(writer)  # writes are not retried (client.py)
                 await agents.register([HostRegistration("h2", "sim", Resources(8, 8192, 100))], lease.id)
                 await async_wait_until(lambda: sync.view.get("h1") and sync.view.get("h2"), timeout=15,
                                        message="h1 and h2 in the view after the outage",
