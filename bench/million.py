@@ -45,9 +45,8 @@ import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from bench.recovery import recovery_of_agent, recovery_of_scheduler  # noqa: E402
 from quanta.local import LocalSystem  # noqa: E402
-
-ZONE_LABEL = "topology.quanta.io/zone"
 
 
 def peak_rss_mib(pid: int | None) -> float | None:
@@ -87,56 +86,20 @@ def loop_seconds() -> float:
     return round(time.perf_counter() - start, 2)
 
 
-def wait(what: str, condition, timeout: float, seen=lambda: None) -> float:
-    """Seconds until ``condition()`` is true; TimeoutError naming ``what`` and ``seen()``."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"{what} not within {timeout:.0f} s; seen: {seen()}")
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
 def log_has(path: pathlib.Path, offset: int, text: str) -> bool:
     with open(path, "rb") as f:
         f.seek(offset)
         return text.encode() in f.read()
 
 
-def recovery_of_scheduler(system: LocalSystem, timeout: float) -> dict:
-    process = system.processes["scheduler-0"]
-    killed = time.monotonic()
-    process.kill(signal.SIGKILL)
-    process.start()
-    started = time.monotonic()
-    with system.client() as client:
-        vm = client.create_vm(flavor="small", image="ubuntu")
-        client.wait_for_vm(vm.name.rsplit("/", 1)[-1], timeout=timeout)
-    done = time.monotonic()
-    return {"kill_to_running_s": round(done - killed, 2), "restart_to_running_s": round(done - started, 2),
-            "lease_ttl_s": system.lease_ttl}
+def restart_of(system: LocalSystem, name: str):
+    """A callable that SIGKILLs the system's process ``name`` and starts it again."""
+    process = system.processes[name]
 
-
-def recovery_of_agent(system: LocalSystem, timeout: float) -> dict:
-    process = system.processes["agent-0"]
-    offset = process.log_path.stat().st_size
-    killed = time.monotonic()
-    process.kill(signal.SIGKILL)
-    process.start()
-    started = time.monotonic()
-    listed = wait("agent-0 lists its bindings", lambda: log_has(process.log_path, offset, "bindings listed"),
-                  timeout, lambda: process.log_path.read_bytes()[offset:][-500:])
-    with system.client() as client:
-        def ready() -> bool:
-            hosts = [h for h in client.list_hosts() if h.labels.get(ZONE_LABEL) == "zone-0"]
-            return bool(hosts) and all(h.state == h.READY for h in hosts)
-        hosts_ready = wait("agent-0's hosts READY", ready, timeout)
-        vm = client.create_vm(flavor="small", image="ubuntu", node_selector={ZONE_LABEL: "zone-0"})
-        client.wait_for_vm(vm.name.rsplit("/", 1)[-1], timeout=timeout)
-    done = time.monotonic()
-    return {"restart_to_bindings_listed_s": round(listed, 2),
-            "restart_to_hosts_ready_s": round(listed + hosts_ready, 2),
-            "kill_to_running_s": round(done - killed, 2), "restart_to_running_s": round(done - started, 2)}
+    def restart() -> None:
+        process.kill(signal.SIGKILL)
+        process.start()
+    return restart
 
 
 def main() -> int:
@@ -206,10 +169,17 @@ def main() -> int:
         report["loop_s_after"] = loop_seconds()
         print(f"calibration after: 10M-addition loop {report['loop_s_after']} s", flush=True)
         if ok and not args.no_recovery:
-            report["scheduler_recovery"] = recovery_of_scheduler(system, timeout=600)
-            print(f"scheduler recovery: {report['scheduler_recovery']}", flush=True)
-            report["agent_recovery"] = recovery_of_agent(system, timeout=900)
-            print(f"agent-0 recovery: {report['agent_recovery']}", flush=True)
+            agent = system.processes["agent-0"]
+            offset = agent.log_path.stat().st_size
+            with system.client() as probe:
+                report["scheduler_recovery"] = {**recovery_of_scheduler(restart_of(system, "scheduler-0"), probe,
+                                                                        timeout=600),
+                                                "lease_ttl_s": system.lease_ttl}
+                print(f"scheduler recovery: {report['scheduler_recovery']}", flush=True)
+                report["agent_recovery"] = recovery_of_agent(
+                    restart_of(system, "agent-0"), lambda: log_has(agent.log_path, offset, "bindings listed"),
+                    probe, "zone-0", timeout=900, log_tail=lambda: agent.log_path.read_bytes()[offset:][-500:])
+                print(f"agent-0 recovery: {report['agent_recovery']}", flush=True)
             report["peak_rss_mib_after_recovery"] = {n: round(peak_rss_mib(p.pid) or 0)
                                                      for n, p in system.processes.items()}
             print("peak RSS after the restarts (MiB): "
