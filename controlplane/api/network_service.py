@@ -71,7 +71,7 @@ def _check_position(position: str) -> None:
     "s:{id}" in the tenant's shared ones (no id: that section's start)."""
     section, _, after = position.partition(":")
     if section not in ("p", "s") or (after and not validation.RESOURCE_ID.match(after)):
-        raise errors.invalid_argument([("page_token", "not a token of this listing")], "PAGE_TOKEN_INVALID")
+        raise validation.invalid_page_token("not a token of this listing")
 
 
 def _store_error(err: StoreError, kind: str, name: str, request_id: str = "") -> errors.ApiError:

@@ -348,6 +348,13 @@ def encode_page_token(scope: str, revision: int, after_key: str) -> str:
     return base64.urlsafe_b64encode(body + _digest(body, _CHECKSUM_LEN)).rstrip(b"=").decode("ascii")
 
 
+def invalid_page_token(why: str, field: str = "page_token") -> ApiError:
+    """INVALID_ARGUMENT ``INVALID_PAGE_TOKEN``: the one answer of every listing to a
+    page token it did not issue (malformed, tampered, another version or scope, or a
+    position that is not one of its own)."""
+    return invalid_argument([(field, why)], reason="INVALID_PAGE_TOKEN")
+
+
 def decode_page_token(token: str, scope: str, field: str = "page_token") -> tuple[int, str] | None:
     """``(revision, after_key)`` from a token made by :func:`encode_page_token`; ``""`` → None.
 
@@ -358,7 +365,7 @@ def decode_page_token(token: str, scope: str, field: str = "page_token") -> tupl
         return None
 
     def bad(why: str) -> ApiError:
-        return invalid_argument([(field, why)], reason="INVALID_PAGE_TOKEN")
+        return invalid_page_token(why, field)
 
     if len(token) > _MAX_TOKEN_CHARS:
         raise bad("malformed page token")

@@ -166,7 +166,7 @@ def test_bad_list_requests_are_refused_field_by_field(admin: Client) -> None:
     """Every field violation of a ListNetworks at once (include_shared only with a
     project parent); a token of another listing (include_shared flipped) is
     INVALID_PAGE_TOKEN; a token of this listing whose position is not "p:ID" or "s:ID"
-    is PAGE_TOKEN_INVALID (the tokens below are made as the service makes them)."""
+    is INVALID_PAGE_TOKEN, as in every listing (the tokens below are made as the service makes them)."""
     bad = error(lambda: admin._call(stub(admin).ListNetworks, network_pb2.ListNetworksRequest(
         parent=f"tenants/{TENANT}", include_shared=True, page_size=-1, label_selector="a!=b")))
     assert (bad.code, bad.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
@@ -184,7 +184,7 @@ def test_bad_list_requests_are_refused_field_by_field(admin: Client) -> None:
         refused = error(lambda token=token: admin._call(stub(admin).ListNetworks, network_pb2.ListNetworksRequest(
             parent=PARENT, include_shared=True, page_token=token)))
         assert (refused.code, refused.reason, refused.field_violations) == (
-            grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", [("page_token", "not a token of this listing")])
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN", [("page_token", "not a token of this listing")])
     shared_only = admin._call(stub(admin).ListNetworks, network_pb2.ListNetworksRequest(
         parent=PARENT, include_shared=True, page_size=1000,
         page_token=validation.encode_page_token(scope, first.resource_version, "s:")))
