@@ -87,6 +87,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
@@ -600,6 +601,30 @@ def ensure_project(endpoint: str, token: str, tenant: str, project: str) -> None
                 raise
 
 
+async def probe_health(addresses: Sequence[str], every_s: float, seen: dict[str, list[float]]) -> None:
+    """Until cancelled: every ``every_s`` seconds, one grpc.health Check to each of
+    ``addresses`` (the frontends' own), its latency (or its 30 s timeout) appended to
+    ``seen[address]``: how long a frontend under the benchmark's load takes to answer
+    anything at all (its event loop's responsiveness, which every call and watch on
+    it shares)."""
+    channels = [grpc.aio.insecure_channel(a) for a in addresses]
+    stubs = [health_pb2_grpc.HealthStub(c) for c in channels]
+    try:
+        while True:
+            async def check(address: str, stub) -> None:
+                started = time.monotonic()
+                try:
+                    await stub.Check(health_pb2.HealthCheckRequest(), timeout=30)
+                except grpc.aio.AioRpcError:
+                    pass  # counted at its latency: a refusal or the timeout is an answer too late
+                seen.setdefault(address, []).append(time.monotonic() - started)
+            await asyncio.gather(*(check(a, s) for a, s in zip(addresses, stubs, strict=True)),
+                                 asyncio.sleep(every_s))
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], token: str) -> dict:
     project = args.project or f"bench-{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(ensure_project, endpoint, token, args.tenant, project)
@@ -617,6 +642,9 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
     before: dict | None = None
     phase = "create"
     progress = asyncio.create_task(bench.progress(args.progress, pids)) if args.progress else None
+    health: dict[str, list[float]] = {}
+    prober = (asyncio.create_task(probe_health(args.balance_over, args.health_probe, health))
+              if args.balance_over and args.health_probe else None)
     try:
         async with asyncio.timeout(args.timeout):
             revision = await bench.start_revision()
@@ -658,7 +686,7 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
     finally:
         if before is not None and phase not in cpu:
             cpu[phase] = cpu_delta(before, cpu_snapshot(pids))
-        for task in (work, watch_task, progress):
+        for task in (work, watch_task, progress, prober):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -698,6 +726,8 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
     report["watch_events"] = {event_kind(k): n for k, n in bench.watch_events.most_common()}
     report["cpu_seconds"] = {p: {n: (round(s, 2) if s is not None else None) for n, s in d.items()}
                              for p, d in cpu.items()}
+    report["health_check_ms"] = {address: {**p50_p99(seen), "max": ms(max(seen)), "checks": len(seen)}
+                                 for address, seen in health.items()}
     return report
 
 
@@ -801,6 +831,9 @@ def print_report(r: dict) -> None:
             print("  frontends' share: " + "  ".join(
                 f"{n} {100 * v / spent:.0f} %" + (f" ({conns[n]} connections)" if n in conns else "")
                 for n, v in frontends.items()))
+    for address, h in (r.get("health_check_ms") or {}).items():
+        print(f"health checks       {address}: {h['checks']} during the run, p50 {fmt(h['p50'], ' ms')}"
+              f"  p99 {fmt(h['p99'], ' ms')}  max {fmt(h['max'], ' ms')}  (how long the frontend took to answer)")
     if r.get("timed_out"):
         print(f"TIMED OUT after {r['timeout_s']} s")
     if r.get("aborted"):
@@ -855,6 +888,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-timeout", type=float, default=RPC_TIMEOUT_S * 6, metavar="SECONDS",
                    help="deadline of a CreateVms call (default 60); a short one makes calls time out "
                    "(DEADLINE_EXCEEDED) and be resent: a check that resends never count a VM twice")
+    p.add_argument("--health-probe", type=float, default=0.5, metavar="SECONDS",
+                   help="with --balance-over (default with a LocalSystem): a health check to each frontend's own "
+                   "address this often, their latencies reported (how responsive the frontends stay under the "
+                   "load); 0: none")
     p.add_argument("--progress", type=float, default=0.0, metavar="SECONDS",
                    help="print a progress line to stderr this often (accepted, RUNNING, rate, resends, "
                    "re-lists, watch delay, RSS of etcd and the client); 0: none")
