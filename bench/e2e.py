@@ -92,6 +92,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from bench.tally import OK, Backoff, Phase, Resends  # noqa: E402
+from bench.teardown import exit_on_sigterm  # noqa: E402
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc  # noqa: E402
 
 SCHEDULED = vm_pb2.Vm.SCHEDULED
@@ -921,6 +922,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    exit_on_sigterm()  # `timeout`, kill: the LocalSystem is still stopped
     loadavg = os.getloadavg()[0]
     system = None
     pids = args.pids

@@ -21,6 +21,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from bench.teardown import exit_on_sigterm  # noqa: E402
 from controlplane.etcd import EtcdClient  # noqa: E402
 from quanta.local import LocalSystem  # noqa: E402
 
@@ -59,6 +60,7 @@ def main() -> int:
     p.add_argument("--hosts", type=int, default=100)
     p.add_argument("--batch", type=int, default=100, help="VMs per CreateVms call (1: single creates)")
     args = p.parse_args()
+    exit_on_sigterm()
     per_host = -(-args.vms // args.hosts)
     system = LocalSystem(hosts=args.hosts, host_vcpus=max(128, per_host), host_memory_mib=max(512, per_host) * 1024,
                          frontends=2, latency="zero", metrics=False)

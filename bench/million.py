@@ -46,6 +46,7 @@ import urllib.request
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from bench.recovery import recovery_of_agent, recovery_of_scheduler  # noqa: E402
+from bench.teardown import exit_on_sigterm  # noqa: E402
 from quanta.local import LocalSystem  # noqa: E402
 
 
@@ -121,7 +122,7 @@ def main() -> int:
     p.add_argument("--no-recovery", action="store_true", help="skip the kill/restart measurements")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`, kill: still stop the system
+    exit_on_sigterm()  # `timeout`, kill: still stop the system
 
     per_host = -(-args.vms // args.hosts) * 11 // 10 + 10  # room for the recovery VMs and an uneven spread
     halves = (args.hosts - args.hosts // 2, args.hosts // 2)

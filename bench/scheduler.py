@@ -30,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.teardown import exit_on_sigterm  # noqa: E402
 from controlplane.etcd import EtcdClient  # noqa: E402
 from controlplane.etcd.server import ETCD_MAX_TXN_OPS, EtcdServer  # noqa: E402
 from controlplane.models import Resources, VmStatus  # noqa: E402
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("QUANTA_ETCD_MAX_TXN_OPS", str(ETCD_MAX_TXN_OPS))
+    exit_on_sigterm()
     server = None if args.etcd else EtcdServer().start()
     try:
         results = asyncio.run(main_async(args, args.etcd or server.endpoint))

@@ -38,6 +38,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from bench.e2e import fmt, print_report, run  # noqa: E402
+from bench.teardown import exit_on_sigterm  # noqa: E402
 
 VSPHERE_DELAYS_MS = {"CreateVM_Task": 200, "CloneVM_Task": 200, "PowerOnVM_Task": 100, "ReconfigVM_Task": 50}
 
@@ -138,6 +139,7 @@ def print_run(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    exit_on_sigterm()
     runs = {"none": [{}], "vsphere": [args.delay_ms], "both": [{}, args.delay_ms]}[args.delays]
     ok = True
     for delays in runs:

@@ -1,0 +1,57 @@
+"""A benchmark told to stop by SIGTERM (``timeout``, ``kill``) stops the processes it
+started, as Ctrl-C does. (bench/e2e.py left its whole LocalSystem running.)"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of the live processes that mention ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def test_e2e_stops_its_local_system_on_sigterm() -> None:
+    bench = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "e2e.py"), "--vms", "100000", "--hosts", "2", "--timeout", "600"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert bench.stderr is not None
+        line = bench.stderr.readline()  # "started LocalSystem in N s (logs in DIR/logs)"
+        found = re.search(r"logs in (\S+)/logs\)", line)
+        assert found, f"not the line that says the system started: {line!r}"
+        data_dir = found.group(1)
+        etcd = wait_until(lambda: [c for c in processes_naming(data_dir) if "--listen-client-urls" in c],
+                          timeout=30, message=f"the etcd of {data_dir}", seen=lambda: processes_naming(data_dir))
+        url = re.search(r"--listen-client-urls (\S+) ", etcd[0]).group(1) + " "  # the others name it as --etcd
+
+        def left() -> list[str]:
+            return sorted(set(processes_naming(data_dir)) | set(processes_naming(url)))
+        assert len(left()) >= 5, f"etcd, 2 frontends, a scheduler and an agent: {left()}"
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(120) == 143
+        wait_until(lambda: not left(), timeout=60,
+                   message=f"no process of {data_dir} left after the benchmark's SIGTERM", seen=left)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(30)
