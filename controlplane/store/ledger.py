@@ -137,6 +137,12 @@ class _Lane:
     draining: bool = False
 
 
+def _heard(future: asyncio.Future) -> None:
+    """Retrieve ``future``'s outcome (its caller, if still there, hears it too)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _fail(future: asyncio.Future, error: BaseException) -> None:
     if not future.done():  # its caller may have gone (cancelled)
         future.set_exception(error)
@@ -225,6 +231,10 @@ class UsageLedger:
         written) or Conflict (the usage key kept changing under it)."""
         lane = self._lanes.setdefault((tenant, project), _Lane())
         future = asyncio.get_running_loop().create_future()
+        # The batch's outcome may reach nobody: the caller gone (its call cancelled, or
+        # past its deadline) by the time the txn ends. Heard here, it is not reported
+        # as an error "never retrieved" (thousands of them when etcd was slow).
+        future.add_done_callback(_heard)
         lane.pending.append((charge, future))
         if not lane.draining:
             lane.draining = True
@@ -240,7 +250,6 @@ class UsageLedger:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 return await asyncio.shield(future)
         except TimeoutError:
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # heard by nobody now
             raise EtcdError("quota ledger: the caller's deadline passed waiting for the batch's txn",
                             grpc.StatusCode.DEADLINE_EXCEEDED) from None
 

@@ -6,6 +6,9 @@ though the ledger caches project state; and the tenancy store's ticket invariant
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -13,10 +16,11 @@ from typing import Any
 import pytest
 
 from controlplane.etcd import EtcdClient
+from controlplane.etcd.client import call_deadline
 from controlplane.models import Resources, VmRef, VmSpec, now_ns
 from controlplane.store.errors import AlreadyExists, NotFound
 from controlplane.store.keys import Keys, shard_of
-from controlplane.store.ledger import QUOTA_CONFLICTS, ProjectDeleting, QuotaExceeded, UsageLedger
+from controlplane.store.ledger import QUOTA_CONFLICTS, Charge, ProjectDeleting, QuotaExceeded, UsageLedger
 from controlplane.store.tenancy import HoldsVms, QuotaInvalid, TenancyStore
 from controlplane.store.vms import VmRecord, VmStore
 from controlplane.tenancy import Limits, Project, Tenant, Usage
@@ -656,3 +660,28 @@ def test_creates_with_large_bootstrap_data_are_batched_under_etcds_request_limit
         run(scenario())
     finally:
         server.stop()
+
+
+def test_an_outcome_whose_caller_is_gone_is_not_an_unretrieved_error(etcd_endpoint: str, root: str,
+                                                                       caplog) -> None:
+    """A caller (with a call deadline, so it waits on its batch through a shield) is
+    cancelled before its batch fails: the failure reaches nobody, and is not logged as
+    asyncio's "Future exception was never retrieved" (a slow etcd made thousands)."""
+    async def main() -> None:
+        keys = Keys(root)
+        async with EtcdClient(etcd_endpoint) as client:
+            ledger = UsageLedger(client, keys)
+            call_deadline.set(time.monotonic() + 30)
+            gone = asyncio.create_task(ledger.apply(TENANT, "nope", Charge(Usage(vms=1))))
+            await asyncio.sleep(0)  # one turn: it has queued its charge and waits for the batch
+            gone.cancel()
+            assert (await asyncio.gather(gone, return_exceptions=True))[0].__class__ is asyncio.CancelledError
+            with pytest.raises(NotFound):  # same lane, later or same batch: the first one has failed by now
+                await ledger.apply(TENANT, "nope", Charge(Usage(vms=1)))
+        del gone
+        gc.collect()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        run(main())
+    unretrieved = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert not unretrieved, unretrieved
