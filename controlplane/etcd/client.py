@@ -77,6 +77,18 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 REQUIRE_LEADER = (("hasleader", "true"),)
 
 
+#: How gRPC (C-core) fails a call for which no connection was ready: the request was
+#: never sent, so even a write may be sent again (etcd's Go client retries mutations
+#: on its equivalents, "there is no address/connection available").
+_NO_CONNECTION = "failed to connect to all addresses"
+
+
+def _never_sent(err: grpc.aio.AioRpcError) -> bool:
+    """``err`` says the request never left this client (no connection was ready:
+    etcd down, or the channel still in its reconnect backoff after etcd came back)."""
+    return err.code() == grpc.StatusCode.UNAVAILABLE and (err.details() or "").startswith(_NO_CONNECTION)
+
+
 def caller_deadline() -> float | None:
     """When etcd work for the caller of ``call_deadline`` must end (time.monotonic()),
     leaving it time to hear the answer; None: no caller deadline. Work that waits
@@ -289,7 +301,7 @@ class EtcdClient:
                     self.reachability.unreachable(f"{op}: {code.name}: {err.details()}")
                 elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
                     self.reachability.reachable()
-                if retry and code in _RETRYABLE and time.monotonic() + delay < deadline:
+                if (retry and code in _RETRYABLE or _never_sent(err)) and time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue

@@ -32,7 +32,7 @@ async def _connected_again(client: EtcdClient, timeout: float = 10.0) -> None:
     A restarted etcd answers its health check while this client's channel may still
     be in its reconnect backoff (capped at 1 s, with jitter, in client.py): its calls
     fail UNAVAILABLE until then, and a client with a 1 s timeout can spend all of one
-    read's retries inside that backoff. Writes are not retried at all (client.py)."""
+    read's retries inside that backoff."""
     errors: list[str] = []
 
     async def reads() -> bool:
@@ -191,7 +191,8 @@ def test_watches_resume_after_an_outage(tmp_path, fault: str) -> None:
                         await asyncio.to_thread(etcd.members[i].stop)
                     await asyncio.sleep(3)  # the outage itself
                     await asyncio.to_thread(etcd.restart, *down)
-                await _connected_again(client)  # writes are not retried (client.py)
+                # A write at once: while the channel is still in its reconnect backoff the
+                # request is never sent, and sent again once it connects (client.py).
                 await client.put(b"/watched/b", b"2")
                 await async_wait_until(lambda: all(s == [b"/watched/a", b"/watched/b"] for s in seen),
                                        timeout=20, message="every watch saw the put after the outage",
@@ -230,7 +231,6 @@ def test_list_and_watch_loops_outlive_a_read_that_gave_up(tmp_path) -> None:
                 await asyncio.sleep(3)  # the outage itself; the listing gives up meanwhile
                 assert not task.done(), f"the host view ended: {task.exception()!r}"
                 await asyncio.to_thread(server.restart)
-                await _connected_again(writer)  # writes are not retried (client.py)
                 await agents.register([HostRegistration("h2", "sim", Resources(8, 8192, 100))], lease.id)
                 await async_wait_until(lambda: sync.view.get("h1") and sync.view.get("h2"), timeout=15,
                                        message="h1 and h2 in the view after the outage",

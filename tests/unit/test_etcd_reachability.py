@@ -7,7 +7,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from controlplane.etcd.client import Compacted, EtcdError
+from controlplane.etcd.client import Compacted, EtcdError, _never_sent
 from controlplane.etcd.outages import is_transient
 from controlplane.etcd.reachability import Reachability
 
@@ -64,3 +64,18 @@ def test_a_keepalive_that_dies_of_the_unforeseen_loses_its_lease_loudly() -> Non
         return lease.lost.is_set()
 
     assert asyncio.run(main())
+
+
+@pytest.mark.parametrize(("code", "details", "never_sent"), [
+    (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:2379: "
+     "Failed to connect to remote host: Connection refused", True),
+    (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNKNOWN: tcp handshaker shutdown",
+     True),
+    (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out", False),  # etcd had it: it may apply
+    (grpc.StatusCode.UNAVAILABLE, "Socket closed", False),  # sent, then the connection broke
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", False),
+])
+def test_only_a_request_no_connection_took_counts_as_never_sent(code, details: str, never_sent: bool) -> None:
+    """Writes are sent again only when gRPC had no connection to send them on."""
+    err = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    assert _never_sent(err) is never_sent
