@@ -498,6 +498,31 @@ def test_the_address_pool_reserves_replayed_addresses() -> None:
     assert [pool.take() for _ in range(4)] == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.6"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 70), max_size=80), st.lists(st.integers(0, 70), max_size=80),
+       st.integers(0, 10))
+def test_replayed_addresses_reserved_at_once_in_any_order_leave_the_pool_as_one_by_one(
+        first: list[int], then: list[int], taken_before: int) -> None:
+    """reserve_all (a restart's replay, in whatever order the VMs come) answers as a
+    model of the pool does one address at a time: a clash or an address outside the
+    pool is refused; and take() goes on with the lowest free one."""
+    def ip(offset: int) -> str:
+        return str(ipaddress.ip_address("10.1.0.0") + offset)  # a /26: .2 - .62 are in the pool
+
+    pool, model = AddressPool("10.1.0.0/26"), set(range(2, 2 + taken_before))
+    assert [pool.take() for _ in range(taken_before)] == [ip(o) for o in sorted(model)]
+    for batch in (first, then):
+        expected = []
+        for offset in batch:
+            expected.append(2 <= offset <= 62 and offset not in model)
+            if expected[-1]:
+                model.add(offset)
+        assert pool.reserve_all([ip(o) for o in batch]) == expected
+    assert len(pool) == len(model)
+    free = [ip(o) for o in range(2, 63) if o not in model]
+    assert [pool.take() for _ in range(70)] == free + [""] * (70 - len(free))
+
+
 def test_the_sim_reports_the_macs_the_guests_network_config_matches() -> None:
     """Each NIC's reported MAC is ``netconfig.nic_mac``'s (the one rule both drivers
     follow, and what the cloud-init network config names): the request's where it has
