@@ -91,6 +91,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from bench.procfs import memory_kib  # noqa: E402
 from bench.tally import OK, Backoff, Phase, Resends  # noqa: E402
 from bench.teardown import exit_on_sigterm  # noqa: E402
 from controlplane.gen.quanta.v1 import common_pb2, vm_pb2, vm_pb2_grpc  # noqa: E402
@@ -129,11 +130,8 @@ def cpu_delta(before: dict[str, float | None], after: dict[str, float | None]) -
 
 def rss_mib(pid: int) -> float | None:
     """``VmRSS`` of ``pid`` in MiB; None when it is gone."""
-    try:
-        status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    return round(int(status.split("VmRSS:")[1].split()[0]) / 1024)
+    kib = memory_kib(pid, "VmRSS")
+    return None if kib is None else round(kib / 1024)
 
 
 def connections_per_process(endpoint: str, pids: dict[str, int]) -> dict[str, int]:

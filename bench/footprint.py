@@ -21,6 +21,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from bench.procfs import memory_kib  # noqa: E402
 from bench.teardown import exit_on_sigterm  # noqa: E402
 from controlplane.etcd import EtcdClient  # noqa: E402
 from quanta.local import LocalSystem  # noqa: E402
@@ -77,8 +78,7 @@ def main() -> int:
         print(f"revision {revision}, keys {sum(count.values())}, bytes {total} = {total / args.vms:.0f} per VM")
         for kind, n in size.most_common():
             print(f"  {kind:20s} {count[kind]:9d} keys {n:11d} B {n / args.vms:8.1f} B/VM")
-        status = pathlib.Path(f"/proc/{system.etcd.process.pid}/status").read_text()
-        rss_kib = int(status.split("VmRSS:")[1].split()[0])
+        rss_kib = memory_kib(system.etcd.process.pid, "VmRSS") or 0
         db = pathlib.Path(system.etcd.data_dir, "member", "member", "snap", "db")
         db_size = db.stat().st_size if db.exists() else 0
         print(f"etcd RSS {rss_kib / 1024:.0f} MiB = {rss_kib * 1024 / args.vms:.0f} B/VM; "

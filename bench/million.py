@@ -45,18 +45,17 @@ import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from bench.procfs import memory_kib  # noqa: E402
 from bench.recovery import recovery_of_agent, recovery_of_scheduler  # noqa: E402
 from bench.teardown import exit_on_sigterm  # noqa: E402
 from quanta.local import LocalSystem  # noqa: E402
 
 
 def peak_rss_mib(pid: int | None) -> float | None:
-    """``VmHWM`` of ``pid`` (its peak resident set) in MiB; None when it is gone."""
-    try:
-        status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except (OSError, TypeError):
-        return None
-    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    """``VmHWM`` of ``pid`` (its peak resident set) in MiB; None when it is gone
+    (or a zombie: a dead benchmark client not reaped yet)."""
+    kib = memory_kib(pid, "VmHWM")
+    return None if kib is None else kib / 1024
 
 
 def etcd_metrics(endpoint: str, names: tuple[str, ...]) -> dict[str, float]:
