@@ -515,7 +515,8 @@ class Bench:
 
     async def progress(self, every_s: float, pids: dict[str, int]) -> None:
         """Every ``every_s`` seconds, one line to stderr: VMs accepted and RUNNING so
-        far, RUNNING/s over the interval, resends, re-lists, the watch's delay (how long
+        far, RUNNING/s over the interval, those refused for good (by code and reason, the
+        three most), resends, re-lists, the watch's delay (how long
         ago the last RUNNING it read was written), and the RSS of etcd and this client."""
         started = last_t = time.monotonic()
         last_running = 0
@@ -528,7 +529,9 @@ class Bench:
                             if name in ("etcd", "bench-client"))
             print(f"[{now - started:7.0f} s] accepted {len(self.create.answered)}/{self.create.requested or self.vms}"
                   f"  RUNNING {running} ({(running - last_running) / (now - last_t):.0f}/s)"
-                  f"  failed {len(self.create.failed)}  resent {sum(self.resends.vms.values())} VMs"
+                  f"  failed {len(self.create.failed)}"
+                  + (f" {dict(self.resends.refused.most_common(3))}" if self.resends.refused else "")
+                  + f"  resent {sum(self.resends.vms.values())} VMs"
                   f" in {self.resends.calls} calls  re-lists {self.relists}"
                   f"  watch delay {fmt(round(delay, 1) if delay is not None else None, ' s')}  RSS {rss}",
                   file=sys.stderr, flush=True)
