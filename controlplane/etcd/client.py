@@ -77,10 +77,11 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 REQUIRE_LEADER = (("hasleader", "true"),)
 
 
-#: How gRPC (C-core) fails a call for which no connection was ready: the request was
-#: never sent, so even a write may be sent again (etcd's Go client retries mutations
-#: on its equivalents, "there is no address/connection available").
-_NO_CONNECTION = "failed to connect to all addresses"
+#: How gRPC (C-core) fails a call for which no connection was ready, with one endpoint
+#: (pick_first) and with several (round_robin): the request was never sent, so even a
+#: write may be sent again (etcd's Go client retries mutations on its equivalents,
+#: "there is no address/connection available").
+_NO_CONNECTION = ("failed to connect to all addresses", "connections to all backends failing")
 
 
 def _never_sent(err: grpc.aio.AioRpcError) -> bool:
@@ -377,13 +378,15 @@ class EtcdClient:
         return await self.range_all(prefix, prefix_end(prefix), revision=revision)
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
-        """Unconditional put; returns the new revision. Not retried."""
+        """Unconditional put; returns the new revision. Sent again only if it was never
+        sent (no connection ready: ``_never_sent``)."""
         response = await self._call("put", self._kv.Put, pb.PutRequest(key=key, value=value, lease=lease),
                                     retry=False)
         return response.header.revision
 
     async def delete(self, key: bytes, range_end: bytes = b"") -> int:
-        """Deletes [key, range_end); returns how many keys went. Not retried."""
+        """Deletes [key, range_end); returns how many keys went. Sent again only if it
+        was never sent."""
         response = await self._call(
             "delete", self._kv.DeleteRange, pb.DeleteRangeRequest(key=key, range_end=range_end), retry=False
         )
@@ -397,9 +400,10 @@ class EtcdClient:
         *,
         timeout: float | None = None,
     ) -> TxnResult:
-        """One atomic transaction. Not retried, unless it only reads: make it safe to
-        repeat by its compares. A read-only one is sent with a no-op write
-        (``READ_ONLY_TXN_GUARD``), not seen in its result."""
+        """One atomic transaction. Retried if it only reads; otherwise sent again only
+        if it was never sent (``_never_sent``): make it safe to repeat by its compares.
+        A read-only one is sent with a no-op write (``READ_ONLY_TXN_GUARD``), not seen
+        in its result."""
         read_only = not any(op.WhichOneof("request") != "request_range" for op in (*success, *failure))
         guarded = [*failure, _GUARD_OP] if read_only else list(failure)
         request = pb.TxnRequest(compare=list(compare), success=list(success), failure=guarded)
@@ -538,7 +542,8 @@ class EtcdClient:
     # --- Lease --------------------------------------------------------------------------
 
     async def grant(self, ttl: int) -> tuple[int, int]:
-        """Grant a lease; returns (id, ttl). Not retried (an orphan lease just expires)."""
+        """Grant a lease; returns (id, ttl). Sent again only if it was never sent (a
+        retried grant could leave an orphan lease, which just expires)."""
         response = await self._call("lease_grant", self._lease.LeaseGrant, pb.LeaseGrantRequest(TTL=ttl),
                                     retry=False)
         if response.error:

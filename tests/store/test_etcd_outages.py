@@ -287,3 +287,24 @@ async def _put_if_quorum(client: EtcdClient, key: bytes) -> bool:
     except EtcdError:
         return False
     return True
+
+
+def test_a_write_sent_while_no_endpoint_answers_goes_through_once_one_is_back(tmp_path) -> None:
+    """Two endpoints (round_robin), neither answering: a put is never sent (gRPC has no
+    connection: "connections to all backends failing"), so the client sends it again
+    until its deadline, and it applies once etcd is back."""
+    async def main(server: EtcdServer) -> None:
+        async with EtcdClient([server.endpoint, "127.0.0.1:1"], timeout=60.0) as client:
+            await client.put(b"/back/before", b"0")
+            server.kill(signal.SIGKILL)
+            put = asyncio.create_task(client.put(b"/back/after", b"1"))
+            await async_wait_until(lambda: not client.reachability.ok or put.done(), timeout=30,
+                                   message="the put to meet the outage")
+            assert not put.done(), f"the put ended while etcd was down: {put.exception()!r}"
+            await asyncio.to_thread(server.restart)
+            revision = await asyncio.wait_for(put, 60)
+            got = await client.get(b"/back/after")
+            assert got is not None and got.value == b"1" and got.mod_revision == revision
+
+    with EtcdServer(str(tmp_path / "etcd")) as server:
+        asyncio.run(main(server))

@@ -71,6 +71,8 @@ def test_a_keepalive_that_dies_of_the_unforeseen_loses_its_lease_loudly() -> Non
      "Failed to connect to remote host: Connection refused", True),
     (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNKNOWN: tcp handshaker shutdown",
      True),
+    (grpc.StatusCode.UNAVAILABLE, "connections to all backends failing; last error: UNKNOWN: ipv4:127.0.0.1:2379: "
+     "Failed to connect to remote host: Connection refused", True),  # round_robin, several endpoints
     (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out", False),  # etcd had it: it may apply
     (grpc.StatusCode.UNAVAILABLE, "Socket closed", False),  # sent, then the connection broke
     (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", False),
