@@ -92,11 +92,15 @@ def log_has(path: pathlib.Path, offset: int, text: str) -> bool:
         return text.encode() in f.read()
 
 
-def restart_of(system: LocalSystem, name: str):
-    """A callable that SIGKILLs the system's process ``name`` and starts it again."""
+def restart_of(system: LocalSystem, name: str, offsets: dict[str, int] | None = None):
+    """A callable that SIGKILLs the system's process ``name`` and starts it again;
+    ``offsets[name]``, if given, is set to its log's size just before (where what the
+    restarted process writes begins)."""
     process = system.processes[name]
 
     def restart() -> None:
+        if offsets is not None:
+            offsets[name] = process.log_path.stat().st_size
         process.kill(signal.SIGKILL)
         process.start()
     return restart
@@ -170,15 +174,17 @@ def main() -> int:
         print(f"calibration after: 10M-addition loop {report['loop_s_after']} s", flush=True)
         if ok and not args.no_recovery:
             agent = system.processes["agent-0"]
-            offset = agent.log_path.stat().st_size
+            offsets: dict[str, int] = {}
             with system.client() as probe:
                 report["scheduler_recovery"] = {**recovery_of_scheduler(restart_of(system, "scheduler-0"), probe,
                                                                         timeout=600),
                                                 "lease_ttl_s": system.lease_ttl}
                 print(f"scheduler recovery: {report['scheduler_recovery']}", flush=True)
                 report["agent_recovery"] = recovery_of_agent(
-                    restart_of(system, "agent-0"), lambda: log_has(agent.log_path, offset, "bindings listed"),
-                    probe, "zone-0", timeout=900, log_tail=lambda: agent.log_path.read_bytes()[offset:][-500:])
+                    restart_of(system, "agent-0", offsets),
+                    lambda: log_has(agent.log_path, offsets["agent-0"], "bindings listed"),
+                    probe, "zone-0", timeout=900,
+                    log_tail=lambda: agent.log_path.read_bytes()[offsets["agent-0"]:][-500:])
                 print(f"agent-0 recovery: {report['agent_recovery']}", flush=True)
             report["peak_rss_mib_after_recovery"] = {n: round(peak_rss_mib(p.pid) or 0)
                                                      for n, p in system.processes.items()}

@@ -90,16 +90,20 @@ def recovery_of_agent(restart: Callable[[], None], listed: Callable[[], bool], c
 
 class ForeignProcess:
     """A process this script did not start, known by pid: killed, and started again
-    as it was (``/proc/PID/cmdline``, ``environ``, ``cwd``) with its output to ``log``."""
+    as it was (``/proc/PID/cmdline``, ``environ``, ``cwd``) with its output appended to
+    ``log`` and its new pid written to ``log`` with the suffix ``.pid`` at once (so
+    whoever runs this can stop it, also when a measurement fails)."""
 
     def __init__(self, pid: int, log: pathlib.Path):
         proc = pathlib.Path(f"/proc/{pid}")
         self.pid = pid
-        self.argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
-        self.env = dict(item.decode().split("=", 1) for item in (proc / "environ").read_bytes().split(b"\0")
-                        if b"=" in item)
+        self.argv = [os.fsdecode(a) for a in (proc / "cmdline").read_bytes().split(b"\0")[:-1]]
+        self.env = {os.fsdecode(k): os.fsdecode(v) for k, _, v in
+                    (item.partition(b"=") for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item)}
         self.cwd = os.readlink(proc / "cwd")
         self.log = log
+        self._offset = 0  # where the restarted process's output begins in ``log``
+        self._child: subprocess.Popen | None = None
 
     def _gone(self) -> bool:
         try:
@@ -112,11 +116,20 @@ class ForeignProcess:
         os.kill(self.pid, signal.SIGKILL)
         wait(f"pid {self.pid} gone", self._gone, 30)
         with open(self.log, "ab") as out:
-            self.pid = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True).pid
+            self._offset = out.tell()
+            self._child = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self._child.pid
+        self.log.with_name(self.log.name + ".pid").write_text(f"{self.pid}\n")
 
     def log_has(self, text: str) -> bool:
-        return self.log.exists() and text.encode() in self.log.read_bytes()
+        """The restarted process has written ``text`` (not counting what the log held
+        before); raises RuntimeError if it has exited instead."""
+        if self._child is not None and self._child.poll() is not None:
+            raise RuntimeError(f"{self.argv[:3]} exited with {self._child.returncode}: {self.log_tail()}")
+        with open(self.log, "rb") as f:
+            f.seek(self._offset)
+            return text.encode() in f.read()
 
     def log_tail(self) -> str:
         return self.log.read_bytes()[-500:].decode(errors="replace") if self.log.exists() else ""

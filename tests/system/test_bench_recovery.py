@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_recovery_restarts_the_scheduler_and_an_agent_it_did_not_start(tmp_path) -> None:
-    restarted: list[int] = []
     with LocalSystem(hosts=2, latency="zero", metrics=False, lease_ttl=5, zones=("zone-a",)) as system:
         scheduler, agent = system.processes["scheduler-0"], system.processes["agent-0"]
         old = {scheduler.pid, agent.pid}
@@ -31,10 +30,11 @@ def test_recovery_restarts_the_scheduler_and_an_agent_it_did_not_start(tmp_path)
                  "--timeout", "120"],
                 capture_output=True, text=True, timeout=400)
             report = json.loads(run.stdout.strip().splitlines()[-1]) if run.returncode == 0 else {}
-            restarted = [part["pid"] for part in report.values()]
             assert run.returncode == 0, f"recovery.py failed:\n{run.stderr[-3000:]}"
+            restarted = [part["pid"] for part in report.values()]
             assert set(report) == {"scheduler_recovery", "agent_recovery"}, report
             assert not old & set(restarted), f"the same pids {old} after the restarts: {restarted}"
+            assert sorted(restarted) == sorted(int(p.read_text()) for p in tmp_path.glob("*.pid"))
             for pid in restarted:
                 os.kill(pid, 0)  # still running: the restarted processes outlive the script
             agent_figures = report["agent_recovery"]
@@ -47,8 +47,10 @@ def test_recovery_restarts_the_scheduler_and_an_agent_it_did_not_start(tmp_path)
                 states = [vm.state for vm in client.list_vms()]
             assert states == [vm_pb2.Vm.RUNNING] * 2, f"the probe VMs: {states}"
         finally:
-            for pid in restarted:
-                stop(pid)
+            # Each restarted process's pid is in LOG.pid from its start on, also when the
+            # measurement failed (recovery.py leaves them running).
+            for pidfile in tmp_path.glob("*.pid"):
+                stop(int(pidfile.read_text()))
 
 
 def stop(pid: int) -> None:
