@@ -603,28 +603,27 @@ def ensure_project(endpoint: str, token: str, tenant: str, project: str) -> None
                 raise
 
 
-async def probe_health(addresses: Sequence[str], every_s: float, seen: dict[str, list[float]]) -> None:
-    """Until cancelled: every ``every_s`` seconds, one grpc.health Check to each of
-    ``addresses`` (the frontends' own), its latency (or its 30 s timeout) appended to
-    ``seen[address]``: how long a frontend under the benchmark's load takes to answer
-    anything at all (its event loop's responsiveness, which every call and watch on
-    it shares)."""
-    channels = [grpc.aio.insecure_channel(a) for a in addresses]
-    stubs = [health_pb2_grpc.HealthStub(c) for c in channels]
-    try:
-        while True:
-            async def check(address: str, stub) -> None:
+async def probe_health(addresses: Sequence[str], every_s: float, seen: dict[str, list[float]],
+                       failed: Counter) -> None:
+    """Until cancelled: every ``every_s`` seconds (per frontend, each on its own), one
+    grpc.health Check to each of ``addresses`` (the frontends' own), its latency
+    appended to ``seen[address]`` if it answered, else ``failed[address]`` counted
+    (refused, or no answer within 30 s): how long a frontend under the benchmark's
+    load takes to answer anything at all (its event loop's responsiveness, which every
+    call and watch on it shares)."""
+    async def probe(address: str) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
                 started = time.monotonic()
                 try:
                     await stub.Check(health_pb2.HealthCheckRequest(), timeout=30)
                 except grpc.aio.AioRpcError:
-                    pass  # counted at its latency: a refusal or the timeout is an answer too late
-                seen.setdefault(address, []).append(time.monotonic() - started)
-            await asyncio.gather(*(check(a, s) for a, s in zip(addresses, stubs, strict=True)),
-                                 asyncio.sleep(every_s))
-    finally:
-        for channel in channels:
-            await channel.close()
+                    failed[address] += 1
+                else:
+                    seen.setdefault(address, []).append(time.monotonic() - started)
+                await asyncio.sleep(max(0.0, every_s - (time.monotonic() - started)))
+    await asyncio.gather(*(probe(a) for a in addresses))
 
 
 async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], token: str) -> dict:
@@ -645,7 +644,8 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
     phase = "create"
     progress = asyncio.create_task(bench.progress(args.progress, pids)) if args.progress else None
     health: dict[str, list[float]] = {}
-    prober = (asyncio.create_task(probe_health(args.balance_over, args.health_probe, health))
+    unhealthy: Counter = Counter()
+    prober = (asyncio.create_task(probe_health(args.balance_over, args.health_probe, health, unhealthy))
               if args.balance_over and args.health_probe else None)
     try:
         async with asyncio.timeout(args.timeout):
@@ -728,8 +728,10 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
     report["watch_events"] = {event_kind(k): n for k, n in bench.watch_events.most_common()}
     report["cpu_seconds"] = {p: {n: (round(s, 2) if s is not None else None) for n, s in d.items()}
                              for p, d in cpu.items()}
-    report["health_check_ms"] = {address: {**p50_p99(seen), "max": ms(max(seen)), "checks": len(seen)}
-                                 for address, seen in health.items()}
+    report["health_check_ms"] = {address: {**p50_p99(health.get(address, [])),
+                                           "max": ms(max(health.get(address, []), default=None)),
+                                           "checks": len(health.get(address, [])), "failed": unhealthy[address]}
+                                 for address in sorted({*health, *unhealthy})}
     return report
 
 
@@ -834,8 +836,9 @@ def print_report(r: dict) -> None:
                 f"{n} {100 * v / spent:.0f} %" + (f" ({conns[n]} connections)" if n in conns else "")
                 for n, v in frontends.items()))
     for address, h in (r.get("health_check_ms") or {}).items():
-        print(f"health checks       {address}: {h['checks']} during the run, p50 {fmt(h['p50'], ' ms')}"
-              f"  p99 {fmt(h['p99'], ' ms')}  max {fmt(h['max'], ' ms')}  (how long the frontend took to answer)")
+        print(f"health checks       {address}: {h['checks']} answered during the run, p50 {fmt(h['p50'], ' ms')}"
+              f"  p99 {fmt(h['p99'], ' ms')}  max {fmt(h['max'], ' ms')}, {h['failed']} failed"
+              "  (how long the frontend took to answer)")
     if r.get("timed_out"):
         print(f"TIMED OUT after {r['timeout_s']} s")
     if r.get("aborted"):

@@ -14,5 +14,9 @@ import sys
 
 def exit_on_sigterm() -> None:
     """Make SIGTERM raise SystemExit(143) (128 + 15, what a shell reports for it), so
-    every ``finally`` block runs and the processes the benchmark started are stopped."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    every ``finally`` block runs and the processes the benchmark started are stopped.
+    Further SIGTERMs are ignored, so they do not cut that teardown short."""
+    def on_sigterm(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, on_sigterm)
