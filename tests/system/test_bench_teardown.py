@@ -3,6 +3,7 @@ started, as Ctrl-C does. (bench/e2e.py left its whole LocalSystem running.)"""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -34,24 +35,41 @@ def test_e2e_stops_its_local_system_on_sigterm() -> None:
     bench = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "e2e.py"), "--vms", "100000", "--hosts", "2", "--timeout", "600"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marks: list[str] = []  # what the system's processes name: its data dir, its etcd's URL
+
+    def left() -> list[str]:
+        """The system's processes still there."""
+        return sorted(set().union(*(processes_naming(mark) for mark in marks)))
+
     try:
         assert bench.stderr is not None
-        line = bench.stderr.readline()  # "started LocalSystem in N s (logs in DIR/logs)"
-        found = re.search(r"logs in (\S+)/logs\)", line)
-        assert found, f"not the line that says the system started: {line!r}"
+        lines: list[str] = []
+        for line in bench.stderr:  # until "started LocalSystem in N s (logs in DIR/logs)"
+            lines.append(line)
+            if found := re.search(r"started LocalSystem in .* \(logs in (\S+)/logs\)", line):
+                break
+        else:
+            raise AssertionError(f"e2e ended without saying its system started: {''.join(lines)[-2000:]}")
         data_dir = found.group(1)
+        marks.append(data_dir)
         etcd = wait_until(lambda: [c for c in processes_naming(data_dir) if "--listen-client-urls" in c],
                           timeout=30, message=f"the etcd of {data_dir}", seen=lambda: processes_naming(data_dir))
-        url = re.search(r"--listen-client-urls (\S+) ", etcd[0]).group(1) + " "  # the others name it as --etcd
-
-        def left() -> list[str]:
-            return sorted(set(processes_naming(data_dir)) | set(processes_naming(url)))
+        marks.append(re.search(r"--listen-client-urls (\S+) ", etcd[0]).group(1) + " ")  # the others' --etcd
         assert len(left()) >= 5, f"etcd, 2 frontends, a scheduler and an agent: {left()}"
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(120) == 143
         wait_until(lambda: not left(), timeout=60,
                    message=f"no process of {data_dir} left after the benchmark's SIGTERM", seen=left)
     finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait(30)
+        if bench.poll() is None:  # failed before its SIGTERM: let it stop its system first
+            bench.send_signal(signal.SIGTERM)
+            try:
+                bench.wait(120)
+            except subprocess.TimeoutExpired:
+                bench.kill()
+                bench.wait(30)
+        for process in left():  # whatever it did not stop
+            try:
+                os.kill(int(process.split(":", 1)[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
