@@ -173,7 +173,8 @@ def nics_of(request: VmRequest, network: str) -> tuple[NicRequest, ...]:
 
 
 class AddressPool:
-    """The addresses of one network: hands out the lowest free host address. Pure, O(log n).
+    """The addresses of one network: hands out the lowest free host address. Pure;
+    take and free O(log n), reserve_all one pass (a restart's replay).
 
     The network and broadcast addresses and the first host address (the gateway) are
     never handed out. Raises nothing: :meth:`take` returns "" when the pool is empty."""

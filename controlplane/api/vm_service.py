@@ -102,13 +102,13 @@ CREATIONS_ACCEPTED = Counter("quanta_vm_creations_accepted_total", "VM creations
 
 MAX_LABELS_BYTES = 16 * 1024
 MAX_CREATE_VMS = 1000
+"""The most creates one CreateVms call takes."""
 #: A CreateVms call lets its frontend's other calls and streams run after validating
 #: this many of its VMs, and runs at most this many of its creates at once: a call of
 #: 1,000 never holds the event loop (every call and watch on that frontend) for long.
 #: (Eight calls of 1,000, each all at once, held it for seconds: health checks beside
 #: them took up to 3.3 s, and the watch streams fell minutes behind.)
 CREATE_VMS_STEP = 64
-"""The most creates one CreateVms call takes."""
 DEFAULT_SET_DEADLINE_S = 10 * 60
 MAX_SET_DEADLINE_S = 24 * 3600
 _DISK_ATTEMPTS = 4  # reads of a create's or attach's disks before it gives up (ABORTED)
@@ -378,8 +378,8 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
 
     async def _create_each(self, request: vm_pb2.CreateVmsRequest, tenant: str,
                            project: str) -> vm_pb2.CreateVmsResponse:
-        """INDEPENDENT: each create as CreateVm would do it, all at once (the ledger
-        group-commits them), each with its own outcome and audit record."""
+        """INDEPENDENT: each create as CreateVm would do it, CREATE_VMS_STEP at a time
+        (the ledger group-commits them), each with its own outcome and audit record."""
         results = [vm_pb2.CreateVmsResult() for _ in request.requests]  # each set below
         valid: list[tuple[int, VmSpec, BootstrapData | None]] = []
         networks = await self._resolve((tenant, project), request.requests)

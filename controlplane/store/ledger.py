@@ -138,9 +138,14 @@ class _Lane:
 
 
 def _heard(future: asyncio.Future) -> None:
-    """Retrieve ``future``'s outcome (its caller, if still there, hears it too)."""
-    if not future.cancelled():
-        future.exception()
+    """Retrieve ``future``'s outcome (its caller, if still there, hears it too). A
+    failure that is not a store's or etcd's answer (a defect) is logged here, since
+    its caller may be gone."""
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None and not isinstance(error, (StoreError, EtcdError)):
+        log.error("quota ledger batch failed unexpectedly", exc_info=error)
 
 
 def _fail(future: asyncio.Future, error: BaseException) -> None:

@@ -39,7 +39,7 @@ async def _connected_again(client: EtcdClient, timeout: float = 10.0) -> None:
         try:
             await client.get(b"/outage/probe")
         except EtcdError as err:
-            if err.code != grpc.StatusCode.UNAVAILABLE:
+            if err.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
             errors[:] = [str(err)]
             return False
