@@ -299,7 +299,8 @@ def test_a_write_sent_while_no_endpoint_answers_goes_through_once_one_is_back(tm
             server.kill(signal.SIGKILL)
             put = asyncio.create_task(client.put(b"/back/after", b"1"))
             await async_wait_until(lambda: not client.reachability.ok or put.done(), timeout=30,
-                                   message="the put to meet the outage")
+                                   message="the put to meet the outage",
+                                   seen=lambda: f"reachable {client.reachability.ok}, put done {put.done()}")
             assert not put.done(), f"the put ended while etcd was down: {put.exception()!r}"
             await asyncio.to_thread(server.restart)
             revision = await asyncio.wait_for(put, 60)

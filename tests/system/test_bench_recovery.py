@@ -66,7 +66,8 @@ def stop(pid: int) -> None:
         except ProcessLookupError:
             return
         try:
-            wait_until(gone, timeout=10, message=f"pid {pid} gone after {sig.name}")
+            wait_until(gone, timeout=10, message=f"pid {pid} gone after {sig.name}",
+                       seen=lambda: Path(f"/proc/{pid}/stat").read_text()[:200])
             return
         except AssertionError:
             continue
