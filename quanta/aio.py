@@ -116,19 +116,31 @@ class Client(ClientBase, Methods):
                 return
 
     async def _stream(self, call: Stream[T]) -> AsyncGenerator[T, None]:
-        """The messages of a server stream; ends quietly when its timeout (if any) runs
-        out, raises QuantaError for anything else, and cancels the call when abandoned."""
+        """The items of a server stream (see :class:`quanta.calls.Stream`); ends quietly
+        when its timeout (if any) runs out, raises QuantaError for anything else, and
+        cancels the call when abandoned."""
         responses = getattr(self._stub(call.service), call.method)(
             call.request, timeout=call.timeout, metadata=self._metadata)
+        received = unimplemented = False
         try:
             async for response in responses:
-                yield response
+                received = True
+                if call.items is None:
+                    yield response
+                else:
+                    for item in getattr(response, call.items):
+                        yield item
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and call.timeout is not None:
                 return
-            raise self._error(err) from None
+            unimplemented = err.code() == grpc.StatusCode.UNIMPLEMENTED and call.older is not None and not received
+            if not unimplemented:
+                raise self._error(err) from None
         finally:
             responses.cancel()
+        if unimplemented and call.older is not None:
+            async for item in self._stream(call.older):
+                yield item
 
     async def wait_for_vm(self, vm_id: str, state: str = "RUNNING", *, timeout: float = 60.0,
                           address: bool = False) -> vm_pb2.Vm:

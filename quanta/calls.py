@@ -180,12 +180,18 @@ class Pages(Generic[T]):
 @dataclass(frozen=True, slots=True)
 class Stream(Generic[T]):
     """A server stream of ``T``; ``timeout``: it ends quietly after that many seconds
-    (None: runs until the caller stops reading)."""
+    (None: runs until the caller stops reading). ``items``: the name of each message's
+    repeated field that holds the ``T``s (a batched stream, handed back one ``T`` at a
+    time); ``older``: the same ``T``s through an older method, called instead when
+    the server answers ``method`` UNIMPLEMENTED before any message (a frontend older
+    than this SDK)."""
 
     service: str
     method: str
     request: Message
     timeout: float | None = None
+    items: str | None = None
+    older: Stream[T] | None = None
 
 
 #: ``mode`` of stop_vm/restart_vm → the API's PowerOffMode.
@@ -599,9 +605,13 @@ class Calls:
 
     def watch_vms(self, *, resource_version: int = 0, label_selector: str = "",
                   timeout: float | None = None) -> Stream[vm_pb2.VmEvent]:
-        """Stream VM events (from 0: current state first). Ends after ``timeout`` seconds if given."""
-        return Stream(VMS, "WatchVms", vm_pb2.WatchVmsRequest(
-            parent=self.parent, resource_version=resource_version, label_selector=label_selector), timeout)
+        """Stream VM events (from 0: current state first). Ends after ``timeout`` seconds if given.
+        Received several to a message (WatchVmBatches; WatchVms from a frontend without it)."""
+        older = vm_pb2.WatchVmsRequest(parent=self.parent, resource_version=resource_version,
+                                       label_selector=label_selector)
+        batched = vm_pb2.WatchVmBatchesRequest.FromString(older.SerializeToString())  # the same fields
+        return Stream(VMS, "WatchVmBatches", batched, timeout, items="events",
+                      older=Stream(VMS, "WatchVms", older, timeout))
 
     # Networks
     def network_name(self, network_id: str, *, shared: bool = False) -> str:

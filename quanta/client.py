@@ -170,17 +170,28 @@ class Client(ClientBase, Methods):
                 return
 
     def _stream(self, call: Stream[T]) -> Iterator[T]:
-        """The messages of a server stream; ends quietly when its timeout (if any) runs
-        out, raises QuantaError for anything else, and cancels the call when abandoned."""
+        """The items of a server stream (see :class:`Stream`); ends quietly when its
+        timeout (if any) runs out, raises QuantaError for anything else, and cancels the
+        call when abandoned."""
         responses: Any = getattr(self._stubs[call.service], call.method)(call.request, timeout=call.timeout)
+        received = unimplemented = False
         try:
-            yield from responses
+            for response in responses:
+                received = True
+                if call.items is None:
+                    yield response
+                else:
+                    yield from getattr(response, call.items)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and call.timeout is not None:
                 return
-            raise self._error(err) from None
+            unimplemented = err.code() == grpc.StatusCode.UNIMPLEMENTED and call.older is not None and not received
+            if not unimplemented:
+                raise self._error(err) from None
         finally:
             responses.cancel()
+        if unimplemented and call.older is not None:
+            yield from self._stream(call.older)
 
     def wait_for_vm(self, vm_id: str, state: str = "RUNNING", *, timeout: float = 60.0,
                     address: bool = False) -> vm_pb2.Vm:

@@ -15,12 +15,19 @@ so a client resuming from the last version it saw gets every later change once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TypeVar
+
+from google.protobuf.message import Message
 
 from controlplane.api import errors
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+#: At most about this many bytes of events in one message of a batched watch
+#: (WatchVmBatches): well under the 4 MiB a gRPC client accepts by default.
+MAX_BATCH_BYTES = 1 << 20
 
 _END = object()
 
@@ -57,6 +64,23 @@ async def watch_with_bookmarks(source: AsyncIterator[T], idle_s: float) -> Async
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def by_size(messages: Sequence[M], limit: int) -> Iterator[list[M]]:
+    """``messages`` in order, cut into consecutive non-empty runs whose serialized
+    sizes add up to at most ``limit`` (a message larger than ``limit`` is a run of its
+    own); nothing for no messages."""
+    run: list[M] = []
+    size = 0
+    for message in messages:
+        weight = message.ByteSize()
+        if run and size + weight > limit:
+            yield run
+            run, size = [], 0
+        run.append(message)
+        size += weight
+    if run:
+        yield run
 
 
 def too_new(requested: int, current: int) -> errors.ApiError:

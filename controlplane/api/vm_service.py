@@ -37,7 +37,7 @@ from controlplane.api.convert import (
 )
 from controlplane.api.interceptors import error_for_exception
 from controlplane.api.plans import Planner, Refusal
-from controlplane.api.streams import start_revision, watch_with_bookmarks
+from controlplane.api.streams import MAX_BATCH_BYTES, by_size, start_revision, watch_with_bookmarks
 from controlplane.auth.policy import Action
 from controlplane.disks import MAX_DISKS_PER_VM, DiskName
 from controlplane.etcd import Compacted, ops
@@ -976,6 +976,21 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
         return update
 
     async def WatchVms(self, request: vm_pb2.WatchVmsRequest, context) -> AsyncIterator[vm_pb2.VmEvent]:
+        async for batch in self._event_batches(request):
+            for event in batch:
+                yield event
+
+    async def WatchVmBatches(self, request: vm_pb2.WatchVmBatchesRequest,
+                             context) -> AsyncIterator[vm_pb2.VmEventBatch]:
+        async for batch in self._event_batches(request):
+            for events in by_size(batch, MAX_BATCH_BYTES):
+                yield vm_pb2.VmEventBatch(events=events)
+
+    async def _event_batches(self, request: vm_pb2.WatchVmsRequest | vm_pb2.WatchVmBatchesRequest
+                             ) -> AsyncIterator[list[vm_pb2.VmEvent]]:
+        """The events of a watch of ``request`` (validated and authorised first), in
+        order, as they come: a page of the initial listing, the bookmark after it, or
+        one batch of store changes (a bookmark when it has none); never an empty list."""
         v = validation.Violations()
         parent = v.capture(validation.parse_project_parent, request.parent)
         selector = v.capture(validation.parse_label_selector, request.label_selector)
@@ -992,19 +1007,22 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                 records, after, _ = await self._store.list(tenant, project, page_size=1000, after=after,
                                                            revision=start)
                 seed.extend(records)
-                for record in records:
-                    if wanted(record.spec):
-                        yield vm_pb2.VmEvent(type=common_pb2.ADDED, vm=vm_to_proto(record),
-                                             resource_version=record.resource_version)
+                page = [vm_pb2.VmEvent(type=common_pb2.ADDED, vm=vm_to_proto(record),
+                                       resource_version=record.resource_version)
+                        for record in records if wanted(record.spec)]
                 if after is None:
+                    page.append(vm_pb2.VmEvent(type=common_pb2.BOOKMARK, resource_version=start))
+                    yield page
                     break
-            yield vm_pb2.VmEvent(type=common_pb2.BOOKMARK, resource_version=start)
+                if page:
+                    yield page
         changes = self._store.watch(tenant, project, start_revision=start + 1, seed=seed)
         try:
             async for item in watch_with_bookmarks(changes, self._bookmark_s):
                 if item is None:
-                    yield vm_pb2.VmEvent(type=common_pb2.BOOKMARK, resource_version=start)
+                    yield [vm_pb2.VmEvent(type=common_pb2.BOOKMARK, resource_version=start)]
                     continue
+                batch = []
                 for change in item:
                     start = max(start, change.revision)
                     if change.record is None or not wanted(change.record.spec):
@@ -1017,9 +1035,11 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                         # A create writes spec and status in one txn; nothing else does.
                         created = change.record.spec_revision == change.record.status_revision == change.revision
                         kind = common_pb2.ADDED if created else common_pb2.MODIFIED
-                    yield vm_pb2.VmEvent(type=kind, vm=vm, resource_version=change.revision)
+                    batch.append(vm_pb2.VmEvent(type=kind, vm=vm, resource_version=change.revision))
                 if not item:
-                    yield vm_pb2.VmEvent(type=common_pb2.BOOKMARK, resource_version=start)
+                    batch.append(vm_pb2.VmEvent(type=common_pb2.BOOKMARK, resource_version=start))
+                if batch:
+                    yield batch
         except Compacted as err:
             raise errors.watch_expired(request.resource_version) from err
 

@@ -87,12 +87,14 @@ def test_undecodable_requests_are_unauthenticated_or_invalid_on_every_method(sys
     methods = _api_methods()
     # The 40 the issue counted, ListOrphans, AdoptOrphan, DestroyOrphan, issue 12's
     # UpdateVm, StartVm, StopVm, RestartVm, issue 15's CreateVms, GetVmSet, PlanVms, and
-    # issue 14's AttachDisk, DetachDisk, DiskService's 6 and NetworkService's 6.
-    assert len(methods) == 64
+    # issue 14's AttachDisk, DetachDisk, DiskService's 6 and NetworkService's 6, and
+    # WatchVmBatches.
+    assert len(methods) == 65
     assert {f"/quanta.v1.NetworkService/{m}" for m in ("CreateNetwork", "GetNetwork", "ListNetworks", "UpdateNetwork",
                                                         "DeleteNetwork", "WatchNetworks")} <= {m for m, _ in methods}
     assert {f"/quanta.v1.VmService/{m}" for m in ("UpdateVm", "StartVm", "StopVm", "RestartVm", "CreateVms",
-                                                   "GetVmSet", "PlanVms", "AttachDisk", "DetachDisk")} <= {
+                                                   "GetVmSet", "PlanVms", "AttachDisk", "DetachDisk",
+                                                   "WatchVmBatches")} <= {
         m for m, _streaming in methods}
     assert {f"/quanta.v1.DiskService/{m}Disk" for m in ("Create", "Get", "Update", "Delete")} <= {
         m for m, _streaming in methods}
@@ -126,7 +128,9 @@ def test_every_watch_refuses_a_version_beyond_the_store(system, admin) -> None:
         listed = c._call(c._vms.ListVms, vm_pb2.ListVmsRequest(parent=c.parent)).resource_version
         beyond = listed + 1_000_000
         watches = {
-            "WatchVms": lambda: next(c.watch_vms(resource_version=beyond, timeout=10)),
+            "WatchVms": lambda: next(iter(c._vms.WatchVms(vm_pb2.WatchVmsRequest(
+                parent=c.parent, resource_version=beyond), timeout=10))),
+            "WatchVmBatches": lambda: next(c.watch_vms(resource_version=beyond, timeout=10)),
             "WatchHosts": lambda: next(iter(c._hosts.WatchHosts(host_pb2.WatchHostsRequest(
                 resource_version=beyond), timeout=10))),
             "WatchAuditRecords": lambda: next(c.watch_audit(tenant=tenant, resource_version=beyond, timeout=10)),

@@ -323,6 +323,49 @@ def test_watch_from_zero_sends_current_state_then_bookmark(system, client):
     assert second.type == common_pb2.BOOKMARK and second.resource_version >= first.resource_version
 
 
+def _events_until(messages, batched: bool, name: str) -> list[tuple]:
+    """(type, VM, state, version) of the events a raw watch stream brought before the
+    first one of VM ``name``; bookmarks left out (they come when a stream is idle)."""
+    seen: list[tuple] = []
+    try:
+        for message in messages:
+            for event in message.events if batched else (message,):
+                if event.vm.name.endswith("/" + name):
+                    return seen
+                if event.type != common_pb2.BOOKMARK:
+                    seen.append((event.type, event.vm.name, event.vm.state, event.resource_version))
+    except grpc.RpcError as err:
+        raise AssertionError(f"the stream ended ({err.code().name}) before {name}; seen {seen}") from None
+    raise AssertionError(f"the stream ended before {name}; seen {seen}")
+
+
+def test_watch_batches_carry_watch_vms_events_in_the_same_order(system, client):
+    listed = client._call(client._vms.ListVms, vm_pb2.ListVmsRequest(parent=client.parent)).resource_version
+    client.create_vms([{"vm_id": f"b-{i}", "flavor": "small", "image": "ubuntu"} for i in range(4)]
+                      ).raise_for_refusals()
+    client.create_vm("b-4", flavor="small", image="ubuntu")
+    client.wait_for_vms([f"b-{i}" for i in range(5)], timeout=60)
+    client.delete_vm("b-0")
+    client.create_vm("b-end", flavor="small", image="ubuntu")  # after every event compared
+    one_by_one = _events_until(client._vms.WatchVms(vm_pb2.WatchVmsRequest(
+        parent=client.parent, resource_version=listed), timeout=30), False, "b-end")
+    batches = _events_until(client._vms.WatchVmBatches(vm_pb2.WatchVmBatchesRequest(
+        parent=client.parent, resource_version=listed), timeout=30), True, "b-end")
+    assert batches == one_by_one
+    states = {(name.rsplit("/", 1)[-1], State.Name(state)) for _, name, state, _ in batches}
+    assert {(f"b-{i}", "RUNNING") for i in range(5)} | {("b-0", "DELETING")} <= states, states
+
+
+def test_watch_batches_from_zero_send_a_page_and_its_bookmark_in_one_message(system, client):
+    made = client.create_vms([{"vm_id": f"z-{i}", "flavor": "small", "image": "ubuntu"} for i in range(3)])
+    assert made.ok, made.refused
+    first = next(iter(client._vms.WatchVmBatches(vm_pb2.WatchVmBatchesRequest(parent=client.parent),
+                                                timeout=30)))
+    assert [common_pb2.EventType.Name(e.type) for e in first.events] == ["ADDED"] * 3 + ["BOOKMARK"], first
+    assert sorted(e.vm.name for e in first.events[:3]) == sorted(vm.name for vm in made.vms)
+    assert first.events[3].resource_version >= max(e.resource_version for e in first.events[:3])
+
+
 def test_killing_a_frontend_loses_nothing_it_acknowledged(system, client):
     acknowledged = [client.create_vm(f"k-{i}", flavor="small", image="ubuntu").uid for i in range(10)]
     victim = system.processes["frontend-0"]

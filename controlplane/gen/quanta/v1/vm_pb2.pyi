@@ -475,6 +475,22 @@ class VmEvent(_message.Message):
     resource_version: int
     def __init__(self, type: _Optional[_Union[_common_pb2.EventType, str]] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
 
+class WatchVmBatchesRequest(_message.Message):
+    __slots__ = ("parent", "resource_version", "label_selector")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    resource_version: int
+    label_selector: str
+    def __init__(self, parent: _Optional[str] = ..., resource_version: _Optional[int] = ..., label_selector: _Optional[str] = ...) -> None: ...
+
+class VmEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[VmEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[VmEvent, _Mapping]]] = ...) -> None: ...
+
 class UpdateVmRequest(_message.Message):
     __slots__ = ("vm", "update_mask")
     VM_FIELD_NUMBER: _ClassVar[int]

@@ -61,6 +61,11 @@ class VmServiceStub:
                 request_serializer=quanta_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
                 response_deserializer=quanta_dot_v1_dot_vm__pb2.VmEvent.FromString,
                 _registered_method=True)
+        self.WatchVmBatches = channel.unary_stream(
+                '/quanta.v1.VmService/WatchVmBatches',
+                request_serializer=quanta_dot_v1_dot_vm__pb2.WatchVmBatchesRequest.SerializeToString,
+                response_deserializer=quanta_dot_v1_dot_vm__pb2.VmEventBatch.FromString,
+                _registered_method=True)
         self.UpdateVm = channel.unary_unary(
                 '/quanta.v1.VmService/UpdateVm',
                 request_serializer=quanta_dot_v1_dot_vm__pb2.UpdateVmRequest.SerializeToString,
@@ -146,6 +151,18 @@ class VmServiceServicer:
     def WatchVms(self, request, context):
         """Streams changes after resource_version (0: the current state first, as ADDED).
         A resource_version compacted away, or beyond the store's, is OUT_OF_RANGE: list again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchVmBatches(self, request, context):
+        """WatchVms' events, the same ones in the same order, several to a message: those of
+        one store change (a transaction, or one etcd watch response), or of one page of
+        the initial listing, up to about 1 MiB a message. For watchers of many VMs
+        (installers, dashboards, the SDK's watch_vms): a message costs the frontend and
+        the client a send and a receive whatever its size, so fewer messages cost less.
+        Bookmarks are events of their own; the same rules and errors as WatchVms.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -290,6 +307,11 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.WatchVms,
                     request_deserializer=quanta_dot_v1_dot_vm__pb2.WatchVmsRequest.FromString,
                     response_serializer=quanta_dot_v1_dot_vm__pb2.VmEvent.SerializeToString,
+            ),
+            'WatchVmBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchVmBatches,
+                    request_deserializer=quanta_dot_v1_dot_vm__pb2.WatchVmBatchesRequest.FromString,
+                    response_serializer=quanta_dot_v1_dot_vm__pb2.VmEventBatch.SerializeToString,
             ),
             'UpdateVm': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateVm,
@@ -474,6 +496,33 @@ class VmService:
             '/quanta.v1.VmService/WatchVms',
             quanta_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
             quanta_dot_v1_dot_vm__pb2.VmEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchVmBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quanta.v1.VmService/WatchVmBatches',
+            quanta_dot_v1_dot_vm__pb2.WatchVmBatchesRequest.SerializeToString,
+            quanta_dot_v1_dot_vm__pb2.VmEventBatch.FromString,
             options,
             channel_credentials,
             insecure,
