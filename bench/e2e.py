@@ -9,7 +9,7 @@
 
 Creates ``--vms`` VMs in a fresh project (``tenants/default/projects/bench-<random>``)
 with ``--concurrency`` CreateVm calls in flight, each with its own vm_id and
-request_id, while one WatchVms stream (from the revision before the first create)
+request_id, while one watch stream (from the revision before the first create)
 records when each VM is first seen RUNNING. Nothing polls. Then prints throughput
 (accepted/s, RUNNING/s, creations a minute), API create latency and
 accepted→RUNNING latency (p50/p99), errors by gRPC code and the CPU seconds each
@@ -56,6 +56,8 @@ Frontends share one port (SO_REUSEPORT), which spreads connections, not calls:
 shared subchannel), and the report gives each frontend's share of the frontends'
 CPU and the connections it holds, so an uneven spread shows.
 
+The watch is WatchVmBatches (several events a message: those of one store change);
+``--watch per-event`` uses WatchVms (a message per event) instead, to compare.
 The client's own cost is mostly gRPC's per-message work on the watch stream (three
 events per VM: PENDING, SCHEDULED, RUNNING); per event it reads the state, the last
 condition's reason and two timestamps, formatting nothing (names are made for the
@@ -198,8 +200,10 @@ class Bench:
                  tenant: str, project: str, token: str, rate: float = 0.0, user_data_bytes: int = 0,
                  stop_mode: str = "soft", batch: int = 1, all_or_nothing: bool = False,
                  resend_limit: int = 30, backoff: Backoff | None = None,
-                 batch_timeout_s: float = RPC_TIMEOUT_S * 6, balance_over: Sequence[str] = ()):
+                 batch_timeout_s: float = RPC_TIMEOUT_S * 6, balance_over: Sequence[str] = (),
+                 batched_watch: bool = True):
         self.rate = rate
+        self.batched_watch = batched_watch  # WatchVmBatches (several events a message), else WatchVms
         self.batch = batch
         self.all_or_nothing = all_or_nothing
         self.user_data_bytes = user_data_bytes
@@ -285,11 +289,17 @@ class Bench:
         failures = 0
         while True:
             events_before = self._events_read
-            stream = self._watch_stub.WatchVms(
-                vm_pb2.WatchVmsRequest(parent=self.parent, resource_version=self._revision), metadata=self._md)
+            if self.batched_watch:
+                stream = self._watch_stub.WatchVmBatches(vm_pb2.WatchVmBatchesRequest(
+                    parent=self.parent, resource_version=self._revision), metadata=self._md)
+            else:
+                stream = self._watch_stub.WatchVms(vm_pb2.WatchVmsRequest(
+                    parent=self.parent, resource_version=self._revision), metadata=self._md)
             try:
-                async for event in stream:
-                    self._on_event(event, time.monotonic())
+                async for message in stream:
+                    now = time.monotonic()
+                    for event in message.events if self.batched_watch else (message,):
+                        self._on_event(event, now)
                 code = "stream ended"
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.CANCELLED:
@@ -634,7 +644,7 @@ async def run(args: argparse.Namespace, endpoint: str, pids: dict[str, int], tok
                   rate=args.rate, user_data_bytes=args.user_data_bytes, stop_mode=args.stop_mode,
                   batch=args.batch, all_or_nothing=args.all_or_nothing, resend_limit=args.resend_limit,
                   backoff=Backoff(cap_s=args.resend_cap), batch_timeout_s=args.batch_timeout,
-                  balance_over=args.balance_over)
+                  balance_over=args.balance_over, batched_watch=args.watch == "batched")
     report: dict = {"project": f"tenants/{args.tenant}/projects/{project}", "timed_out": False}
     pids = {**pids, "bench-client": os.getpid()}
     cpu: dict[str, dict] = {}
@@ -877,6 +887,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--project", help="an empty project to create in (default: a fresh bench-<random>)")
     p.add_argument("--batch", type=int, default=1, metavar="N",
                    help="create N VMs per call (CreateVms, INDEPENDENT; --rate counts VMs); 1: CreateVm each")
+    p.add_argument("--watch", choices=("batched", "per-event"), default="batched",
+                   help="watch through WatchVmBatches (several events a message; default) or WatchVms (one each)")
     p.add_argument("--all-or-nothing", action="store_true",
                    help="with --batch: each call's VMs form an all-or-nothing set")
     p.add_argument("--user-data-bytes", type=int, default=0,
@@ -973,6 +985,7 @@ def main(argv: list[str] | None = None) -> int:
                 system.cleanup()
     report = {"vms": args.vms, "hosts": args.hosts if system else None, "concurrency": args.concurrency,
               "rate": args.rate or None, "batch": args.batch, "all_or_nothing": args.all_or_nothing,
+              "watch": args.watch,
               "frontends": args.frontends if system else None,
               "schedulers": args.schedulers if system else None,
               "shards": args.shards if system else None, "flavor": args.flavor, "endpoint": endpoint,
