@@ -29,6 +29,10 @@ that size:
 Leases (scheduler shards, agents' hosts) last ``--lease-ttl`` seconds, 30 by default:
 with 10 s the processes lost their leases under this load (docs/performance.md).
 
+The recoveries are measured whenever the client ran to its end, also when some VMs
+were refused or not RUNNING (the report's ``all_running`` says). SIGTERM stops the
+client, then the system.
+
 Exit status: 0 when every VM reached RUNNING and both recoveries ended, 1 otherwise.
 """
 
@@ -134,6 +138,8 @@ def main() -> int:
                          etcd_env={"GOGC": args.gogc} if args.gogc else None)
     system.agents = [sim_agent(i, n, per_host, args.lease_ttl, system.sim_state_dir(i)) for i, n in enumerate(halves)]
     system.start(timeout=600)
+    print(f"started LocalSystem (logs in {system.log_dir})", file=sys.stderr, flush=True)
+    client: subprocess.Popen | None = None
     report: dict = {"vms": args.vms, "hosts": args.hosts, "batch": args.batch, "concurrency": args.concurrency,
                     "etcd": {"snapshot_count": args.snapshot_count, "gogc": args.gogc or "100"},
                     "loop_s_before": loop_seconds()}
@@ -158,6 +164,7 @@ def main() -> int:
             client_peak = max(client_peak, peak_rss_mib(client.pid) or 0.0)
         ok = client.wait() == 0
         e2e = json.loads(next((line for line in reversed(lines) if line.startswith("{")), "{}"))
+        report["all_running"] = ok
         report["create"] = e2e.get("create", {})
         db = pathlib.Path(system.etcd.data_dir, "member", "member", "snap", "db")
         sizes = etcd_metrics(system.etcd.endpoint, ("etcd_mvcc_db_total_size_in_bytes",
@@ -172,7 +179,7 @@ def main() -> int:
         print("peak RSS (MiB): " + ", ".join(f"{n} {v}" for n, v in report["peak_rss_mib"].items()))
         report["loop_s_after"] = loop_seconds()
         print(f"calibration after: 10M-addition loop {report['loop_s_after']} s", flush=True)
-        if ok and not args.no_recovery:
+        if e2e and not args.no_recovery:  # the client ran to its end (if not every VM got RUNNING: at that size)
             agent = system.processes["agent-0"]
             offsets: dict[str, int] = {}
             with system.client() as probe:
@@ -191,6 +198,13 @@ def main() -> int:
             print("peak RSS after the restarts (MiB): "
                   + ", ".join(f"{n} {v}" for n, v in report["peak_rss_mib_after_recovery"].items()))
     finally:
+        if client is not None and client.poll() is None:  # stopped early (SIGTERM, an error): its system goes
+            client.terminate()  # e2e exits on SIGTERM
+            try:
+                client.wait(60)
+            except subprocess.TimeoutExpired:
+                client.kill()
+                client.wait(30)
         system.cleanup()
     if args.json:
         print(json.dumps(report, sort_keys=True))
