@@ -15,7 +15,8 @@ so a client resuming from the last version it saw gets every later change once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -66,19 +67,36 @@ async def watch_with_bookmarks(source: AsyncIterator[T], idle_s: float) -> Async
         await asyncio.gather(task, return_exceptions=True)
 
 
-def by_size(messages: Sequence[M], limit: int) -> Iterator[list[M]]:
+def by_size(messages: Sequence[M], limit: int, key: Callable[[M], object] = id) -> Iterator[list[M]]:
     """``messages`` in order, cut into consecutive non-empty runs whose serialized
     sizes add up to at most ``limit`` (a message larger than ``limit`` is a run of its
-    own); nothing for no messages."""
+    own), and not between two neighbours with the same ``key`` unless their group is
+    larger than ``limit`` (a watch: the events of one revision stay in one message, so
+    a client that resumes after the last version it saw misses none of that revision's).
+    Nothing for no messages; a single message is not measured."""
+    if len(messages) <= 1:
+        if messages:
+            yield list(messages)
+        return
     run: list[M] = []
     size = 0
-    for message in messages:
-        weight = message.ByteSize()
-        if run and size + weight > limit:
+    for _, group in itertools.groupby(messages, key):
+        members = list(group)
+        weights = [m.ByteSize() for m in members]
+        total = sum(weights)
+        if run and size + total > limit:
             yield run
             run, size = [], 0
-        run.append(message)
-        size += weight
+        if total <= limit:
+            run.extend(members)
+            size += total
+            continue
+        for member, weight in zip(members, weights, strict=True):  # a group over the limit: cut by size
+            if run and size + weight > limit:
+                yield run
+                run, size = [], 0
+            run.append(member)
+            size += weight
     if run:
         yield run
 

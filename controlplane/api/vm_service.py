@@ -983,7 +983,7 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
     async def WatchVmBatches(self, request: vm_pb2.WatchVmBatchesRequest,
                              context) -> AsyncIterator[vm_pb2.VmEventBatch]:
         async for batch in self._event_batches(request):
-            for events in by_size(batch, MAX_BATCH_BYTES):
+            for events in by_size(batch, MAX_BATCH_BYTES, key=_revision):
                 yield vm_pb2.VmEventBatch(events=events)
 
     async def _event_batches(self, request: vm_pb2.WatchVmsRequest | vm_pb2.WatchVmBatchesRequest
@@ -1042,6 +1042,10 @@ class VmService(vm_pb2_grpc.VmServiceServicer):
                     yield batch
         except Compacted as err:
             raise errors.watch_expired(request.resource_version) from err
+
+
+def _revision(event: vm_pb2.VmEvent) -> int:
+    return event.resource_version
 
 
 #: The paths UpdateVm changes; and those it refuses by name (set at create only).

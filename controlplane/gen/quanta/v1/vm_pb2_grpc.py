@@ -159,7 +159,8 @@ class VmServiceServicer:
     def WatchVmBatches(self, request, context):
         """WatchVms' events, the same ones in the same order, several to a message: those of
         one store change (a transaction, or one etcd watch response), or of one page of
-        the initial listing, up to about 1 MiB a message. For watchers of many VMs
+        the initial listing, up to about 1 MiB a message (one revision's events are cut
+        apart only when they are more). For watchers of many VMs
         (installers, dashboards, the SDK's watch_vms): a message costs the frontend and
         the client a send and a receive whatever its size, so fewer messages cost less.
         Bookmarks are events of their own; the same rules and errors as WatchVms.
