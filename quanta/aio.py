@@ -121,7 +121,8 @@ class Client(ClientBase, Methods):
         cancels the call when abandoned."""
         responses = getattr(self._stub(call.service), call.method)(
             call.request, timeout=call.timeout, metadata=self._metadata)
-        received = unimplemented = False
+        received = False
+        instead: Stream[T] | None = None
         try:
             async for response in responses:
                 received = True
@@ -133,14 +134,15 @@ class Client(ClientBase, Methods):
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and call.timeout is not None:
                 return
-            unimplemented = err.code() == grpc.StatusCode.UNIMPLEMENTED and call.older is not None and not received
-            if not unimplemented:
+            instead = call.instead(err.code(), received)
+            if instead is None:
                 raise self._error(err) from None
         finally:
             responses.cancel()
-        if unimplemented and call.older is not None:
-            async for item in self._stream(call.older):
-                yield item
+        if instead is not None:
+            async with contextlib.aclosing(self._stream(instead)) as older:
+                async for item in older:
+                    yield item
 
     async def wait_for_vm(self, vm_id: str, state: str = "RUNNING", *, timeout: float = 60.0,
                           address: bool = False) -> vm_pb2.Vm:

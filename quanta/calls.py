@@ -193,6 +193,12 @@ class Stream(Generic[T]):
     items: str | None = None
     older: Stream[T] | None = None
 
+    def instead(self, code: grpc.StatusCode, received: bool) -> Stream[T] | None:
+        """The stream to read instead after ``method`` failed with ``code`` (``received``:
+        after some messages): ``older`` when the server lacks ``method`` (UNIMPLEMENTED
+        before any message), else None (the failure is the caller's)."""
+        return self.older if code == grpc.StatusCode.UNIMPLEMENTED and not received else None
+
 
 #: ``mode`` of stop_vm/restart_vm → the API's PowerOffMode.
 POWER_OFF_MODES: dict[str, vm_pb2.PowerOffMode] = {"soft": vm_pb2.SOFT, "hard": vm_pb2.HARD}

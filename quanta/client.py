@@ -174,7 +174,8 @@ class Client(ClientBase, Methods):
         timeout (if any) runs out, raises QuantaError for anything else, and cancels the
         call when abandoned."""
         responses: Any = getattr(self._stubs[call.service], call.method)(call.request, timeout=call.timeout)
-        received = unimplemented = False
+        received = False
+        instead: Stream[T] | None = None
         try:
             for response in responses:
                 received = True
@@ -185,13 +186,13 @@ class Client(ClientBase, Methods):
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and call.timeout is not None:
                 return
-            unimplemented = err.code() == grpc.StatusCode.UNIMPLEMENTED and call.older is not None and not received
-            if not unimplemented:
+            instead = call.instead(err.code(), received)
+            if instead is None:
                 raise self._error(err) from None
         finally:
             responses.cancel()
-        if unimplemented and call.older is not None:
-            yield from self._stream(call.older)
+        if instead is not None:
+            yield from self._stream(instead)
 
     def wait_for_vm(self, vm_id: str, state: str = "RUNNING", *, timeout: float = 60.0,
                     address: bool = False) -> vm_pb2.Vm:
