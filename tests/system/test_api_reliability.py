@@ -130,7 +130,9 @@ def test_every_watch_refuses_a_version_beyond_the_store(system, admin) -> None:
         watches = {
             "WatchVms": lambda: next(iter(c._vms.WatchVms(vm_pb2.WatchVmsRequest(
                 parent=c.parent, resource_version=beyond), timeout=10))),
-            "WatchVmBatches": lambda: next(c.watch_vms(resource_version=beyond, timeout=10)),
+            "WatchVmBatches": lambda: next(iter(c._vms.WatchVmBatches(vm_pb2.WatchVmBatchesRequest(
+                parent=c.parent, resource_version=beyond), timeout=10))),
+            "watch_vms (SDK)": lambda: next(c.watch_vms(resource_version=beyond, timeout=10)),
             "WatchHosts": lambda: next(iter(c._hosts.WatchHosts(host_pb2.WatchHostsRequest(
                 resource_version=beyond), timeout=10))),
             "WatchAuditRecords": lambda: next(c.watch_audit(tenant=tenant, resource_version=beyond, timeout=10)),

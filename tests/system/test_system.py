@@ -323,17 +323,21 @@ def test_watch_from_zero_sends_current_state_then_bookmark(system, client):
     assert second.type == common_pb2.BOOKMARK and second.resource_version >= first.resource_version
 
 
-def _events_until(messages, batched: bool, name: str) -> list[tuple]:
-    """(type, VM, state, version) of the events a raw watch stream brought before the
-    first one of VM ``name``; bookmarks left out (they come when a stream is idle)."""
-    seen: list[tuple] = []
+def _messages_until(messages, batched: bool, name: str) -> list[list[tuple]]:
+    """(type, VM, state, version) of the events of each message of a raw watch stream
+    before the first event of VM ``name``; bookmarks left out (they come when a stream
+    is idle), and so are messages left empty."""
+    seen: list[list[tuple]] = []
     try:
         for message in messages:
+            events = []
             for event in message.events if batched else (message,):
                 if event.vm.name.endswith("/" + name):
-                    return seen
+                    return [*seen, events] if events else seen
                 if event.type != common_pb2.BOOKMARK:
-                    seen.append((event.type, event.vm.name, event.vm.state, event.resource_version))
+                    events.append((event.type, event.vm.name, event.vm.state, event.resource_version))
+            if events:
+                seen.append(events)
     except grpc.RpcError as err:
         raise AssertionError(f"the stream ended ({err.code().name}) before {name}; seen {seen}") from None
     raise AssertionError(f"the stream ended before {name}; seen {seen}")
@@ -344,16 +348,23 @@ def test_watch_batches_carry_watch_vms_events_in_the_same_order(system, client):
     client.create_vms([{"vm_id": f"b-{i}", "flavor": "small", "image": "ubuntu"} for i in range(4)]
                       ).raise_for_refusals()
     client.create_vm("b-4", flavor="small", image="ubuntu")
-    client.wait_for_vms([f"b-{i}" for i in range(5)], timeout=60)
+    # An all-or-nothing set: bound in one txn, so its members' SCHEDULED events are of one revision.
+    client.create_vms([{"vm_id": f"s-{i}", "flavor": "small", "image": "ubuntu"} for i in range(3)],
+                      all_or_nothing=True)
+    client.wait_for_vms([*(f"b-{i}" for i in range(5)), *(f"s-{i}" for i in range(3))], timeout=60)
     client.delete_vm("b-0")
     client.create_vm("b-end", flavor="small", image="ubuntu")  # after every event compared
-    one_by_one = _events_until(client._vms.WatchVms(vm_pb2.WatchVmsRequest(
+    one_by_one = _messages_until(client._vms.WatchVms(vm_pb2.WatchVmsRequest(
         parent=client.parent, resource_version=listed), timeout=30), False, "b-end")
-    batches = _events_until(client._vms.WatchVmBatches(vm_pb2.WatchVmBatchesRequest(
+    batches = _messages_until(client._vms.WatchVmBatches(vm_pb2.WatchVmBatchesRequest(
         parent=client.parent, resource_version=listed), timeout=30), True, "b-end")
-    assert batches == one_by_one
-    states = {(name.rsplit("/", 1)[-1], State.Name(state)) for _, name, state, _ in batches}
+    events = [event for message in batches for event in message]
+    assert events == [event for message in one_by_one for event in message]
+    states = {(name.rsplit("/", 1)[-1], State.Name(state)) for _, name, state, _ in events}
     assert {(f"b-{i}", "RUNNING") for i in range(5)} | {("b-0", "DELETING")} <= states, states
+    bound = [message for message in batches
+             if {(client.vm_name(f"s-{i}"), State.SCHEDULED) for i in range(3)} <= {e[1:3] for e in message}]
+    assert bound, f"no message holds the set's three SCHEDULED events: {batches}"
 
 
 def test_watch_batches_from_zero_send_a_page_and_its_bookmark_in_one_message(system, client):
