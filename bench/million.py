@@ -137,14 +137,15 @@ def main() -> int:
                          lease_ttl=args.lease_ttl, etcd_args=("--snapshot-count", str(args.snapshot_count)),
                          etcd_env={"GOGC": args.gogc} if args.gogc else None)
     system.agents = [sim_agent(i, n, per_host, args.lease_ttl, system.sim_state_dir(i)) for i, n in enumerate(halves)]
-    system.start(timeout=600)
-    print(f"started LocalSystem (logs in {system.log_dir})", file=sys.stderr, flush=True)
     client: subprocess.Popen | None = None
+    ok = False
     report: dict = {"vms": args.vms, "hosts": args.hosts, "batch": args.batch, "concurrency": args.concurrency,
-                    "etcd": {"snapshot_count": args.snapshot_count, "gogc": args.gogc or "100"},
-                    "loop_s_before": loop_seconds()}
-    print(f"calibration: 10M-addition loop {report['loop_s_before']} s", flush=True)
-    try:
+                    "etcd": {"snapshot_count": args.snapshot_count, "gogc": args.gogc or "100"}}
+    try:  # from the start: a SIGTERM at any point stops what was started
+        system.start(timeout=600)
+        print(f"started LocalSystem (logs in {system.log_dir})", file=sys.stderr, flush=True)
+        report["loop_s_before"] = loop_seconds()
+        print(f"calibration: 10M-addition loop {report['loop_s_before']} s", flush=True)
         assert system.etcd is not None
         pids = {"etcd": system.etcd.process.pid, **{n: p.pid for n, p in system.processes.items()}}
         bench = [sys.executable, str(pathlib.Path(__file__).with_name("e2e.py")), "--endpoint", system.endpoint,
