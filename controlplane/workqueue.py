@@ -16,8 +16,9 @@ Watch handlers only :meth:`~WorkQueue.add` keys; workers loop::
 Guarantees: a key waits in the queue at most once however often it is added; a key
 is never handed to two workers at once; a key added while a worker holds it is
 handed out again after that worker calls :meth:`~WorkQueue.done`, so the latest
-change is always reconciled. Waiting keys come out in FIFO order. The queue belongs
-to one event loop and is not thread-safe.
+change is always reconciled. Waiting keys come out in FIFO order, those added in the
+background (``add(key, background=True)``: a periodic resync's) after every other
+waiting key. The queue belongs to one event loop and is not thread-safe.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ class QueueShutDown(Exception):
 
 
 class WorkQueue(Generic[K]):
-    """De-duplicating FIFO of keys, each processed by at most one worker at a time.
+    """De-duplicating FIFO of keys, each processed by at most one worker at a time,
+    with a second FIFO for keys added in the background (handed out when no other
+    key waits).
 
     ``base_delay_s`` and ``max_delay_s`` shape :meth:`add_rate_limited`: the n-th
     consecutive retry of a key waits ``base_delay_s * 2**(n-1)``, at most
@@ -44,7 +47,13 @@ class WorkQueue(Generic[K]):
 
     def __init__(self, *, base_delay_s: float = 0.005, max_delay_s: float = 60.0):
         self._queue: deque[K] = deque()  # waiting keys, in order
-        self._dirty: set[K] = set()  # keys that need processing (waiting, or re-added while processing)
+        # Waiting background keys, in order: those in _waiting_background; an entry whose
+        # key is not (it moved to _queue) is stale and skipped.
+        self._background: deque[K] = deque()
+        self._waiting_background: set[K] = set()
+        # Keys that need processing (waiting, or re-added while processing) → whether in
+        # the background (every add since they became dirty was a background one).
+        self._dirty: dict[K, bool] = {}
         self._processing: set[K] = set()
         self._getters: deque[asyncio.Future[None]] = deque()
         self._timers: dict[K, asyncio.TimerHandle] = {}
@@ -55,7 +64,7 @@ class WorkQueue(Generic[K]):
 
     def __len__(self) -> int:
         """Keys waiting to be handed out (not those being processed or delayed)."""
-        return len(self._queue)
+        return len(self._queue) + len(self._waiting_background)
 
     def in_flight(self) -> int:
         """Keys handed out and not yet done."""
@@ -65,18 +74,35 @@ class WorkQueue(Generic[K]):
     def shutting_down(self) -> bool:
         return self._shut_down
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, *, background: bool = False) -> None:
         """Mark ``key`` as needing processing. Never blocks; idempotent while it waits.
 
         If the key is being processed it is handed out again after :meth:`done`.
-        Ignored after :meth:`shutdown`.
+        ``background``: it waits behind every key added without it (a periodic
+        resync's keys, so that new work goes first); added again without it while it
+        waits (or is being processed), it moves to the end of the other keys. Ignored
+        after :meth:`shutdown`.
         """
-        if self._shut_down or key in self._dirty:
+        if self._shut_down:
             return
-        self._dirty.add(key)
+        if key in self._dirty:
+            if not background and self._dirty[key]:
+                self._dirty[key] = False
+                if key in self._waiting_background:  # waiting: move it up (its old entry goes stale)
+                    self._waiting_background.discard(key)
+                    self._queue.append(key)
+            return
+        self._dirty[key] = background
         if key not in self._processing:
-            self._queue.append(key)
+            self._enqueue(key, background)
             self._wake_one()
+
+    def _enqueue(self, key: K, background: bool) -> None:
+        if background:
+            self._background.append(key)
+            self._waiting_background.add(key)
+        else:
+            self._queue.append(key)
 
     def add_after(self, key: K, delay_s: float) -> None:
         """:meth:`add` ``key`` once ``delay_s`` seconds have passed. Never blocks.
@@ -135,8 +161,8 @@ class WorkQueue(Generic[K]):
         if max_n < 1:
             raise ValueError("max_n must be >= 1")
         await self._wait_nonempty()
-        batch = [self._take() for _ in range(min(max_n, len(self._queue)))]
-        if self._queue:
+        batch = [self._take() for _ in range(min(max_n, len(self)))]
+        if len(self):
             self._wake_one()  # what this batch left is for other getters
         return batch
 
@@ -150,7 +176,7 @@ class WorkQueue(Generic[K]):
         except KeyError:
             raise ValueError(f"done({key!r}): key is not being processed") from None
         if key in self._dirty and not self._shut_down:
-            self._queue.append(key)
+            self._enqueue(key, self._dirty[key])
             self._wake_one()
 
     def shutdown(self) -> None:
@@ -169,8 +195,16 @@ class WorkQueue(Generic[K]):
                 getter.set_result(None)
 
     def _take(self) -> K:
-        key = self._queue.popleft()
-        self._dirty.discard(key)
+        """The next waiting key (there is one): the oldest of the others, else of the
+        background ones."""
+        if self._queue:
+            key = self._queue.popleft()
+        else:
+            key = self._background.popleft()
+            while key not in self._waiting_background:  # stale: it moved up and was taken
+                key = self._background.popleft()
+            self._waiting_background.discard(key)
+        del self._dirty[key]
         self._processing.add(key)
         return key
 
@@ -178,7 +212,7 @@ class WorkQueue(Generic[K]):
         while True:
             if self._shut_down:
                 raise QueueShutDown
-            if self._queue:
+            if len(self):
                 return
             getter = asyncio.get_running_loop().create_future()
             self._getters.append(getter)
@@ -191,7 +225,7 @@ class WorkQueue(Generic[K]):
                 except ValueError:
                     pass
                 # If we were woken just before being cancelled, pass the wake-up on.
-                if self._queue and not getter.cancelled():
+                if len(self) and not getter.cancelled():
                     self._wake_one()
                 raise
 

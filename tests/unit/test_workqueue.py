@@ -21,6 +21,14 @@ def drain(q: WorkQueue[str]) -> list[str]:
     """Take every waiting key without suspending (and mark each done)."""
     out = []
     while len(q):
+        out += drain_n(q, 1)
+    return out
+
+
+def drain_n(q: WorkQueue[str], n: int) -> list[str]:
+    """Take ``n`` waiting keys without suspending (and mark each done)."""
+    out = []
+    for _ in range(n):
         coro = q.get()
         with pytest.raises(StopIteration) as stop:
             coro.send(None)
@@ -44,6 +52,44 @@ def test_add_dedups_and_keeps_fifo(adds: list[Any], expected: list[Any]) -> None
         q.add(key)
     assert len(q) == len(expected)
     assert drain(q) == expected
+
+
+def test_background_keys_wait_behind_the_others_and_move_up_when_added_plainly() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    for key in ("r1", "r2", "r3"):
+        q.add(key, background=True)
+    q.add("new-1")
+    q.add("r2")  # also wanted now: it leaves the background
+    q.add("new-2", background=False)
+    q.add("new-1", background=True)  # already waiting in front: stays there
+    assert len(q) == 5
+    assert drain(q) == ["new-1", "r2", "new-2", "r1", "r3"] and len(q) == 0
+
+
+def test_a_key_that_left_the_background_is_handed_out_once_when_it_is_back() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    for key in ("r1", "r2", "r3"):
+        q.add(key, background=True)
+    q.add("r2")  # moves up; its background entry stays behind, stale
+    first = drain_n(q, 1)
+    q.add("r2", background=True)  # back in the background while that stale entry waits
+    assert len(q) == 3
+    assert first + drain(q) in (["r2", "r1", "r2", "r3"], ["r2", "r1", "r3", "r2"])
+    assert len(q) == 0
+
+
+def test_a_background_key_added_plainly_while_processing_comes_back_in_front() -> None:
+    async def main() -> list[str]:
+        q: WorkQueue[str] = WorkQueue()
+        q.add("a", background=True)
+        held = await q.get()
+        q.add("a", background=True)  # dirty while processing, in the background
+        q.add("b", background=True)
+        q.add("a")  # now wanted in front
+        q.done(held)
+        return drain(q)
+
+    assert run(main()) == ["a", "b"]
 
 
 def test_key_added_while_processing_is_requeued_after_done() -> None:
@@ -198,6 +244,7 @@ def test_rate_limited_backoff_grows_and_forget_resets() -> None:
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.sampled_from("abcde")),
+        st.tuples(st.just("background"), st.sampled_from("abcde")),
         st.tuples(st.just("yield"), st.integers(0, 3)),
     ),
     max_size=40,
@@ -250,10 +297,10 @@ def test_property_one_worker_per_key_and_every_add_processed(
 
         workers = [asyncio.create_task(worker(w)) for w in range(n_workers)]
         for op, arg in steps:
-            if op == "add":
+            if op in ("add", "background"):
                 clock += 1
                 events.append((clock, "add", arg))
-                q.add(arg)
+                q.add(arg, background=op == "background")
             else:
                 for _ in range(arg):
                     await asyncio.sleep(0)
