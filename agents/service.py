@@ -8,8 +8,9 @@ enqueues its (host, vm) key → workers reconcile; so does each guest-side chang
 driver reports (``HostDriver.watch``: a guest shutdown done, an address, a stop
 from outside Quanta), and each deadline a reconcile sets (a soft stop's grace);
 a periodic resync (every ``resync_s``, or ten times as long as the last listing took
-if longer: :func:`resync_after`) re-enqueues everything and scans the hosts for VMs
-that no binding wants. A binding that
+if longer: :func:`resync_after`) re-enqueues everything (a binding it knew as it is in
+the queue's background: new work goes first) and scans the hosts for VMs that no
+binding wants. A binding that
 disappears while its VM is not being deleted (the VM was moved off this host:
 host declared dead) makes the worker release the VM here. Either way such a VM
 is destroyed only with proof, a tombstone; without one it is quarantined and
@@ -206,8 +207,11 @@ class Agent:
                     self.reconciler.unbind(key)
                     self._queue.add(key)
             async for key in cooperative.each(listed):
+                known = desired.get(key)
+                unchanged = known is not None and known.mod_revision == listed[key].mod_revision
                 self.reconciler.set_desired(key, listed[key])
-                self._queue.add(key)
+                # A binding known as it is: a resync's check, queued behind new work.
+                self._queue.add(key, background=unchanged)
             await self._scan_hosts()
             listed_s = loop.time() - started
             next_resync_s = resync_after(self.config.resync_s, listed_s)
