@@ -17,8 +17,9 @@ Guarantees: a key waits in the queue at most once however often it is added; a k
 is never handed to two workers at once; a key added while a worker holds it is
 handed out again after that worker calls :meth:`~WorkQueue.done`, so the latest
 change is always reconciled. Waiting keys come out in FIFO order, those added in the
-background (``add(key, background=True)``: a periodic resync's) after every other
-waiting key. The queue belongs to one event loop and is not thread-safe.
+background (``add(key, background=True)``: a periodic resync's) after the other
+waiting keys, but for one in every BACKGROUND_SHARE handed out while both wait (so
+they are never starved). The queue belongs to one event loop and is not thread-safe.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
+#: While both kinds of keys wait, every this-many-th key handed out is a background one.
+BACKGROUND_SHARE = 16
+
 
 class QueueShutDown(Exception):
     """The queue was shut down; workers should return."""
@@ -38,7 +42,7 @@ class QueueShutDown(Exception):
 class WorkQueue(Generic[K]):
     """De-duplicating FIFO of keys, each processed by at most one worker at a time,
     with a second FIFO for keys added in the background (handed out when no other
-    key waits).
+    key waits, and as one in every BACKGROUND_SHARE when others do).
 
     ``base_delay_s`` and ``max_delay_s`` shape :meth:`add_rate_limited`: the n-th
     consecutive retry of a key waits ``base_delay_s * 2**(n-1)``, at most
@@ -47,10 +51,13 @@ class WorkQueue(Generic[K]):
 
     def __init__(self, *, base_delay_s: float = 0.005, max_delay_s: float = 60.0):
         self._queue: deque[K] = deque()  # waiting keys, in order
-        # Waiting background keys, in order: those in _waiting_background; an entry whose
-        # key is not (it moved to _queue) is stale and skipped.
-        self._background: deque[K] = deque()
-        self._waiting_background: set[K] = set()
+        # Waiting background keys, in order, as (sequence number, key): an entry whose
+        # number is not its key's in _waiting_background is stale (the key moved up) and
+        # is skipped; the deque is compacted when most of it is stale.
+        self._background: deque[tuple[int, K]] = deque()
+        self._waiting_background: dict[K, int] = {}
+        self._sequence = 0
+        self._since_background = 0  # keys handed out from _queue since the last background one
         # Keys that need processing (waiting, or re-added while processing) → whether in
         # the background (every add since they became dirty was a background one).
         self._dirty: dict[K, bool] = {}
@@ -78,29 +85,37 @@ class WorkQueue(Generic[K]):
         """Mark ``key`` as needing processing. Never blocks; idempotent while it waits.
 
         If the key is being processed it is handed out again after :meth:`done`.
-        ``background``: it waits behind every key added without it (a periodic
-        resync's keys, so that new work goes first); added again without it while it
-        waits (or is being processed), it moves to the end of the other keys. Ignored
-        after :meth:`shutdown`.
+        ``background``: it waits behind the keys added without it (a periodic
+        resync's keys, so that new work goes first; see the class doc); added again
+        without it while it waits (or is being processed), it moves to the end of the
+        other keys. Ignored after :meth:`shutdown`.
         """
         if self._shut_down:
             return
         if key in self._dirty:
             if not background and self._dirty[key]:
                 self._dirty[key] = False
-                if key in self._waiting_background:  # waiting: move it up (its old entry goes stale)
-                    self._waiting_background.discard(key)
+                if self._waiting_background.pop(key, None) is not None:  # waiting: move it up
                     self._queue.append(key)
+                    self._compact_background()
             return
         self._dirty[key] = background
         if key not in self._processing:
             self._enqueue(key, background)
             self._wake_one()
 
+    def _compact_background(self) -> None:
+        """Drop the stale entries of the background deque once they are most of it
+        (keys that move up while the background lane waits would pile them up)."""
+        if len(self._background) > 2 * len(self._waiting_background) + 64:
+            self._background = deque(entry for entry in self._background
+                                     if self._waiting_background.get(entry[1]) == entry[0])
+
     def _enqueue(self, key: K, background: bool) -> None:
         if background:
-            self._background.append(key)
-            self._waiting_background.add(key)
+            self._sequence += 1
+            self._background.append((self._sequence, key))
+            self._waiting_background[key] = self._sequence
         else:
             self._queue.append(key)
 
@@ -195,15 +210,17 @@ class WorkQueue(Generic[K]):
                 getter.set_result(None)
 
     def _take(self) -> K:
-        """The next waiting key (there is one): the oldest of the others, else of the
-        background ones."""
-        if self._queue:
+        """The next waiting key (there is one): the oldest of the others, else (or every
+        BACKGROUND_SHARE-th time) of the background ones."""
+        if self._queue and not (self._waiting_background and self._since_background >= BACKGROUND_SHARE - 1):
             key = self._queue.popleft()
+            self._since_background += 1
         else:
-            key = self._background.popleft()
-            while key not in self._waiting_background:  # stale: it moved up and was taken
-                key = self._background.popleft()
-            self._waiting_background.discard(key)
+            sequence, key = self._background.popleft()
+            while self._waiting_background.get(key) != sequence:  # stale: the key moved up
+                sequence, key = self._background.popleft()
+            del self._waiting_background[key]
+            self._since_background = 0
         del self._dirty[key]
         self._processing.add(key)
         return key
