@@ -198,15 +198,27 @@ def test_two_sets_racing_for_the_last_room_one_wins_whole(etcd_endpoint: str, ro
             shards = [Shard(client, keys, lease, shard_no) for shard_no in sets.values()]
             for shard in shards:
                 await shard.acquire()
+            vms = VmStore(client, keys)
+
+            async def reasons() -> dict[str, str]:
+                return {f"{s}-{i}": (await vms.get(VmRef("acme", "web", f"{s}-{i}"))).status.reason
+                        for s in sets for i in range(2)}
+
             async with running(*(c for shard in shards for c in shard.coros())) as tasks:
                 async def settled() -> bool:
                     records = [(await read_set(client, keys, s))[0] for s in sets]
-                    return sorted((r.state, r.reason) for r in records) == [
-                        (VmSetState.PENDING, "SetDoesNotFit"), (VmSetState.PLACED, "")]
+                    if sorted((r.state, r.reason) for r in records) != [
+                            (VmSetState.PENDING, "SetDoesNotFit"), (VmSetState.PLACED, "")]:
+                        return False
+                    # The members' statuses are written after the set's record.
+                    (loser,) = [r.ref.set_id for r in records if r.state == VmSetState.PENDING]
+                    reason = await reasons()
+                    return all(reason[f"{loser}-{i}"] == "SetDoesNotFit" for i in range(2))
 
                 async def seen() -> str:
                     records = [(await read_set(client, keys, s))[0] for s in sets]
                     return (f"{[(r.ref.set_id, r.state.name, r.reason, r.message) for r in records]}; "
+                            f"members' reasons {await reasons()}; "
                             f"bound {await bindings_of(client, keys)}; {describe_tasks(tasks)}")
 
                 await async_wait_until(settled, timeout=30, message="one set placed, the other waiting", seen=seen)
@@ -219,7 +231,6 @@ def test_two_sets_racing_for_the_last_room_one_wins_whole(etcd_endpoint: str, ro
             assert {rev for _, rev in bound.values()} == {records[winner][1]}
             allocated = await allocations(client, keys, names)
             assert sum(a.vm_count for a in allocated.values()) == 2
-            vms = VmStore(client, keys)
             for i in range(2):
                 record = await vms.get(VmRef("acme", "web", f"{loser}-{i}"))
                 assert record.status.state == VmState.PENDING and record.status.reason == "SetDoesNotFit"
