@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
 import secrets
 import shutil
 import signal
@@ -62,8 +63,34 @@ def terminate(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
         process.wait()
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux: ip_local_port_range)."""
+    try:
+        low, high = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on ``host`` that nothing is bound to now, for a process about to
+    listen on it. Picked at random outside the kernel's ephemeral range: a port from
+    that range (what binding port 0 gives) can be taken meanwhile as the local port of
+    any outgoing connection, and the process then fails to listen (seen: a frontend
+    of a test system gone at its start). Another process picking ports at the same
+    moment can still take it, rarely."""
+    low, high = _ephemeral_range()
+    spans = [(first, last) for first, last in ((10_000, low - 1), (high + 1, 65_535)) if last - first >= 1_000]
+    rng = random.SystemRandom()
+    for _ in range(200 if spans else 0):
+        port = rng.randint(*rng.choice(spans))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no room outside: the kernel's pick
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
