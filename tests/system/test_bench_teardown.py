@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,43 +19,32 @@ from tests.conftest import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def processes_naming(text: str) -> list[str]:
-    """Command lines of the live processes that mention ``text``."""
-    found = []
+def live_processes() -> Iterator[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process that is not a zombie."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
+            state, parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if text in cmdline and state not in ("Z", "X"):
-            found.append(f"{proc.name}: {cmdline}")
-    return found
+        if state not in ("Z", "X"):
+            yield int(proc.name), int(parent), cmdline
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of the live processes that mention ``text``."""
+    return [f"{pid}: {cmdline}" for pid, _, cmdline in live_processes() if text in cmdline]
 
 
 def children_naming(pid: int, text: str) -> list[int]:
     """The live child processes of ``pid`` whose command line mentions ``text``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(stat[1]) == pid and stat[0] not in ("Z", "X") and text in cmdline:
-            found.append(int(proc.name))
-    return found
+    return [child for child, parent, cmdline in live_processes() if parent == pid and text in cmdline]
 
 
 def alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+    return any(live == pid for live, _, _ in live_processes())
 
 
 @pytest.mark.parametrize("command", [
